@@ -1,0 +1,108 @@
+"""
+Content digests and the incremental hashers behind them.
+
+Uploads hash inline while bytes stream to storage.  The hashers come from ``rehashes`` because
+their state serialises in about a hundred bytes: a chunked upload can continue in another
+process (or on another instance sharing S3) without re-reading what is already stored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+import attrs
+import rehashes
+
+from registry.api.errors import DIGEST_INVALID, RegistryError
+
+_DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+_HEX_RE = re.compile(r"[a-f0-9]+")
+SUPPORTED_ALGORITHMS = tuple(_HEX_LENGTHS)
+
+
+@attrs.frozen(order=True)
+class Digest:
+    """A validated ``algorithm:hex`` digest of a supported algorithm."""
+
+    algorithm: str
+    hex: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Parse and validate; anything unsupported or malformed is DIGEST_INVALID."""
+        match = _DIGEST_RE.fullmatch(text)
+        if match is None:
+            raise RegistryError(DIGEST_INVALID, {"digest": text[:300]}, "invalid digest format")
+        algorithm, encoded = match.groups()
+        expected = _HEX_LENGTHS.get(algorithm)
+        if expected is None:
+            raise RegistryError(
+                DIGEST_INVALID,
+                {"digest": text[:300], "supported": list(SUPPORTED_ALGORITHMS)},
+                "unsupported digest algorithm",
+            )
+        if len(encoded) != expected or _HEX_RE.fullmatch(encoded) is None:
+            raise RegistryError(
+                DIGEST_INVALID, {"digest": text[:300]}, f"invalid {algorithm} digest"
+            )
+        return cls(algorithm, encoded)
+
+    @classmethod
+    def is_digest(cls, text: str) -> bool:
+        """True when ``text`` looks like a digest (used to tell tags from digests)."""
+        return ":" in text
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes) -> None: ...
+    def finalize(self) -> str: ...
+    def serialize(self) -> bytes: ...
+
+
+_HASHERS = {"sha256": rehashes.PySha256, "sha512": rehashes.PySha512}
+
+
+def new_hasher(algorithm: str = "sha256") -> Hasher:
+    hasher: Hasher = _HASHERS[algorithm]()
+    return hasher
+
+
+def restore_hasher(algorithm: str, state: bytes) -> Hasher:
+    """Rebuild a hasher from `Hasher.serialize` output; ValueError when the state is unusable."""
+    try:
+        hasher: Hasher = _HASHERS[algorithm].deserialize(state)
+    except Exception as exc:  # the extension raises its own error types
+        raise ValueError(f"unusable {algorithm} hash state: {exc}") from exc
+    return hasher
+
+
+def digest_of(data: bytes, algorithm: str = "sha256") -> Digest:
+    hasher = new_hasher(algorithm)
+    hasher.update(data)
+    return Digest(algorithm, hasher.finalize())
+
+
+class DigestingHasher:
+    """A hasher that remembers its algorithm, so callers can ask for the `Digest` at the end."""
+
+    def __init__(self, algorithm: str = "sha256", state: bytes | None = None) -> None:
+        self.algorithm = algorithm
+        self._hasher = (
+            restore_hasher(algorithm, state) if state is not None else new_hasher(algorithm)
+        )
+
+    def update(self, data: bytes) -> None:
+        self._hasher.update(data)
+
+    def serialize(self) -> bytes:
+        return self._hasher.serialize()
+
+    def digest(self) -> Digest:
+        """The digest of everything so far; the hasher stays usable (finalize works on a copy)."""
+        copy = restore_hasher(self.algorithm, self._hasher.serialize())
+        return Digest(self.algorithm, copy.finalize())

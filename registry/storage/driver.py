@@ -1,0 +1,128 @@
+"""
+The storage-driver interface: the only thing a storage backend implements.
+
+Paths are ``/``-separated, relative to the driver's root, with no leading slash, and always built
+by `registry.storage.layout` from validated names and digests.  Every method is asynchronous
+(returns an awaitable) because the S3 backend does network I/O for each of them; the filesystem
+backend answers most of them at once.
+
+Large data never passes through a single call: reads come back as an `IBodyProducer` that writes
+into any `IConsumer` (an HTTP response, a hasher, an upstream tee) with back-pressure, and writes
+go through an `IFileWriter` that appends chunk by chunk.  The writer's contract follows
+registry:2's ``FileWriter``: append until ``commit``; ``close`` keeps what was written so a later
+``writer(path, append=True)`` continues it; ``cancel`` discards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IBodyProducer
+from zope.interface import Attribute, Interface
+
+
+class StorageError(Exception):
+    """A backend failure that is not the caller's fault (I/O error, S3 5xx, ...)."""
+
+
+class PathNotFoundError(StorageError):
+    """The path does not exist (for `list`: the folder is missing or empty)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"path not found: {path}")
+        self.path = path
+
+
+class InvalidOffsetError(StorageError):
+    """A read started beyond the end of the file."""
+
+    def __init__(self, path: str, offset: int) -> None:
+        super().__init__(f"invalid offset {offset} for {path}")
+        self.path = path
+        self.offset = offset
+
+
+@attrs.frozen
+class FileInfo:
+    """What `IStorageDriver.stat` knows of a path; ``size`` is 0 for folders."""
+
+    path: str
+    size: int
+    modified: float
+    is_dir: bool
+
+
+class IFileWriter(Interface):
+    """
+    Appends bytes to one file.  Not safe for two writers on one path at once: the upload logic
+    serialises access to an upload.
+    """
+
+    size = Attribute("int: bytes in the file so far, including what an appended-to file held")
+
+    def write(data: bytes) -> Deferred[None] | None:
+        """
+        Append ``data``.  Return None when the data is taken and the caller may write again at
+        once; return a Deferred when the caller must wait for it before writing more (that is
+        the back-pressure an upload passes on to the client's socket).  Failures surface through
+        the Deferred or on the next `close`/`commit`.
+        """
+
+    def close() -> Awaitable[None]:
+        """Flush and stop; what was written stays, so ``writer(path, append=True)`` resumes it."""
+
+    def commit() -> Awaitable[None]:
+        """Flush and finish: the file is complete and visible at its path."""
+
+    def cancel() -> Awaitable[None]:
+        """Discard the file and everything written to it."""
+
+
+class IStorageDriver(Interface):
+    """A storage backend.  Implementations: filesystem, in-memory, S3."""
+
+    name = Attribute("str: the driver's config name (filesystem, inmemory, s3)")
+
+    def get_content(path: str) -> Awaitable[bytes]:
+        """The whole content of a small file (links, manifests).  PathNotFoundError if missing."""
+
+    def put_content(path: str, data: bytes) -> Awaitable[None]:
+        """Replace the file at ``path`` with ``data`` atomically: readers see old or new, whole."""
+
+    def stat(path: str) -> Awaitable[FileInfo]:
+        """Size and modification time of a file, or ``is_dir`` for a folder; PathNotFoundError."""
+
+    def list(path: str) -> Awaitable[list[str]]:
+        """
+        The names (not paths) of the direct children of folder ``path``, sorted.
+        PathNotFoundError when the folder does not exist or is empty.
+        """
+
+    def delete(path: str) -> Awaitable[None]:
+        """Delete a file or a whole folder; PathNotFoundError when nothing is there."""
+
+    def move(source: str, dest: str) -> Awaitable[None]:
+        """Move a file, replacing ``dest``; atomic for readers of ``dest``.  PathNotFoundError."""
+
+    def reader(path: str, offset: int = 0, length: int | None = None) -> Awaitable[IBodyProducer]:
+        """
+        A producer of ``length`` bytes (default: to the end) starting at ``offset``; its
+        ``length`` attribute is the number of bytes it will write.  ``startProducing(consumer)``
+        returns a Deferred that fires when all bytes were written; the caller registers the
+        producer with the consumer if the consumer needs to pause it (an HTTP request does).
+        PathNotFoundError if missing, InvalidOffsetError if ``offset`` is past the end.
+        """
+
+    def writer(path: str, append: bool = False) -> Awaitable[IFileWriter]:
+        """A writer for ``path``: a new empty file, or (``append``) one continuing it."""
+
+    def redirect_url(path: str, method: str) -> Awaitable[str | None]:
+        """A URL a client can fetch ``path`` from directly, or None when the driver has none."""
+
+
+def driver_description(driver: Any) -> str:
+    """A one-line description for logs."""
+    return f"{getattr(driver, 'name', type(driver).__name__)} storage"

@@ -1,0 +1,158 @@
+"""
+The behaviour every storage driver must show, written once and run against each backend.
+
+A backend's test module subclasses `DriverSuite` and provides a ``driver`` fixture; the S3
+driver runs this same suite against a real S3 server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import pytest
+import pytest_twisted
+from zope.interface.verify import verifyObject
+
+from registry.storage.driver import (
+    IFileWriter,
+    InvalidOffsetError,
+    IStorageDriver,
+    PathNotFoundError,
+)
+from registry.storage.producers import CollectingConsumer
+
+
+async def read_all(driver: Any, path: str, offset: int = 0, length: int | None = None) -> bytes:
+    producer = await driver.reader(path, offset, length)
+    consumer = CollectingConsumer()
+    await producer.startProducing(consumer)
+    data = consumer.value()
+    assert len(data) == producer.length
+    return data
+
+
+class DriverSuite:
+    """Subclasses provide a fixture named ``driver`` returning a fresh, empty driver."""
+
+    def test_provides_interface(self, driver: Any) -> None:
+        assert verifyObject(IStorageDriver, driver)
+
+    @pytest_twisted.ensureDeferred
+    async def test_put_get_content(self, driver: Any) -> None:
+        await driver.put_content("a/b/c", b"hello")
+        assert await driver.get_content("a/b/c") == b"hello"
+        await driver.put_content("a/b/c", b"again")
+        assert await driver.get_content("a/b/c") == b"again"
+
+    @pytest_twisted.ensureDeferred
+    async def test_missing_content(self, driver: Any) -> None:
+        with pytest.raises(PathNotFoundError):
+            await driver.get_content("nope/x")
+        with pytest.raises(PathNotFoundError):
+            await driver.stat("nope/x")
+        with pytest.raises(PathNotFoundError):
+            await driver.reader("nope/x")
+        with pytest.raises(PathNotFoundError):
+            await driver.delete("nope/x")
+        with pytest.raises(PathNotFoundError):
+            await driver.list("nope")
+
+    @pytest_twisted.ensureDeferred
+    async def test_stat_file_and_folder(self, driver: Any) -> None:
+        await driver.put_content("d/e/f", b"12345")
+        info = await driver.stat("d/e/f")
+        assert (info.size, info.is_dir) == (5, False)
+        assert info.modified > 0
+        folder = await driver.stat("d/e")
+        assert folder.is_dir
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_children_sorted(self, driver: Any) -> None:
+        for name in ("z", "a", "m/deep"):
+            await driver.put_content(f"top/{name}", b"x")
+        assert await driver.list("top") == ["a", "m", "z"]
+        assert await driver.list("top/m") == ["deep"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_file_and_tree(self, driver: Any) -> None:
+        await driver.put_content("t/one", b"1")
+        await driver.put_content("t/sub/two", b"2")
+        await driver.put_content("keep/three", b"3")
+        await driver.delete("t/one")
+        with pytest.raises(PathNotFoundError):
+            await driver.get_content("t/one")
+        await driver.delete("t")
+        with pytest.raises(PathNotFoundError):
+            await driver.get_content("t/sub/two")
+        assert await driver.get_content("keep/three") == b"3"
+
+    @pytest_twisted.ensureDeferred
+    async def test_move_replaces_destination(self, driver: Any) -> None:
+        await driver.put_content("m/src", b"new")
+        await driver.put_content("m/dst", b"old")
+        await driver.move("m/src", "m/dst")
+        assert await driver.get_content("m/dst") == b"new"
+        with pytest.raises(PathNotFoundError):
+            await driver.get_content("m/src")
+        with pytest.raises(PathNotFoundError):
+            await driver.move("m/src", "m/other")
+
+    @pytest_twisted.ensureDeferred
+    async def test_reader_ranges(self, driver: Any) -> None:
+        data = os.urandom(100_000)
+        await driver.put_content("r/data", data)
+        assert await read_all(driver, "r/data") == data
+        assert await read_all(driver, "r/data", 1000) == data[1000:]
+        assert await read_all(driver, "r/data", 1000, 500) == data[1000:1500]
+        assert await read_all(driver, "r/data", 100_000) == b""
+        with pytest.raises(InvalidOffsetError):
+            await driver.reader("r/data", 100_001)
+
+    @pytest_twisted.ensureDeferred
+    async def test_writer_commit(self, driver: Any) -> None:
+        writer = await driver.writer("w/file")
+        assert verifyObject(IFileWriter, writer)
+        parts = [os.urandom(70_000) for _ in range(5)]
+        for part in parts:
+            pending = writer.write(part)
+            if pending is not None:
+                await pending
+        assert writer.size == 350_000
+        await writer.commit()
+        assert await read_all(driver, "w/file") == b"".join(parts)
+
+    @pytest_twisted.ensureDeferred
+    async def test_writer_close_then_append(self, driver: Any) -> None:
+        """A closed writer keeps its bytes; an appending writer continues at the same size."""
+        first = os.urandom(6 * 1024 * 1024)
+        second = os.urandom(3 * 1024 * 1024 + 17)
+        writer = await driver.writer("w/upload")
+        pending = writer.write(first)
+        if pending is not None:
+            await pending
+        await writer.close()
+        writer = await driver.writer("w/upload", append=True)
+        assert writer.size == len(first)
+        pending = writer.write(second)
+        if pending is not None:
+            await pending
+        assert writer.size == len(first) + len(second)
+        await writer.commit()
+        data = await read_all(driver, "w/upload")
+        assert hashlib.sha256(data).digest() == hashlib.sha256(first + second).digest()
+
+    @pytest_twisted.ensureDeferred
+    async def test_writer_cancel(self, driver: Any) -> None:
+        writer = await driver.writer("w/gone")
+        writer.write(b"abc")
+        await writer.cancel()
+        with pytest.raises(PathNotFoundError):
+            await driver.get_content("w/gone")
+
+    @pytest_twisted.ensureDeferred
+    async def test_invalid_paths_refused(self, driver: Any) -> None:
+        for bad in ("../etc/passwd", "a/../../b", "a//b", "/abs"):
+            with pytest.raises((ValueError, PathNotFoundError)):
+                await driver.put_content(bad, b"x")
