@@ -1,0 +1,76 @@
+"""
+The contract between the HTTP layer and access control.
+
+Every handler states the access it needs as `Access` values (Docker's token-scope vocabulary:
+``repository:<name>:pull,push``, ``registry:catalog:*``) and asks the configured
+`IAccessController`.  Handlers never look at credentials; controllers never look at storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+
+import attrs
+from twisted.web.iweb import IRequest
+from zope.interface import Interface, implementer
+
+PULL = "pull"
+PUSH = "push"
+DELETE = "delete"
+
+
+@attrs.frozen
+class Access:
+    """One resource and the actions wanted on it."""
+
+    type: str  # "repository" or "registry"
+    name: str  # a repository name, or "catalog"
+    actions: tuple[str, ...]
+
+    def scope(self) -> str:
+        """As written in a token scope / WWW-Authenticate challenge."""
+        return f"{self.type}:{self.name}:{','.join(self.actions)}"
+
+
+def repository(name: str, *actions: str) -> Access:
+    return Access("repository", name, tuple(actions))
+
+
+CATALOG = Access("registry", "catalog", ("*",))
+
+
+@attrs.frozen
+class Principal:
+    """Who made the request: ``name`` None is anonymous."""
+
+    name: str | None
+    groups: tuple[str, ...] = ()
+
+
+ANONYMOUS = Principal(None)
+
+
+class IAccessController(Interface):
+    """Decides, for each request, whether the caller gets the access it needs."""
+
+    def authorize(request: IRequest, wanted: Sequence[Access]) -> Awaitable[Principal]:
+        """
+        Return the caller when every access in ``wanted`` is granted.  Otherwise raise
+        `registry.api.errors.RegistryError`: UNAUTHORIZED (401, with the ``WWW-Authenticate``
+        challenge in its ``headers``) when credentials are missing or wrong, DENIED (403) when
+        the caller is known but lacks the access.
+        """
+
+    def may_pull(principal: Principal, name: str) -> bool:
+        """Whether ``principal`` may pull ``name`` (used to filter the catalog)."""
+
+
+@implementer(IAccessController)
+class AllowAll:
+    """No authentication configured: everyone may do everything (registry:2's default)."""
+
+    async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
+        return ANONYMOUS
+
+    def may_pull(self, principal: Principal, name: str) -> bool:
+        return True

@@ -1,0 +1,115 @@
+"""
+Blobs: content stored once under its digest, and per-repository links that let a repository
+serve it.
+
+A blob is visible in a repository when both its data file and the repository's ``_layers`` link
+exist (registry:2's rule).  Manifests are blobs too; their repository link is the
+``_manifests/revisions`` one, handled by the manifest store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+import attrs
+from twisted.web.iweb import IBodyProducer
+from zope.interface import Interface, implementer
+
+from registry.api.digests import Digest, digest_of
+from registry.api.errors import BLOB_UNKNOWN, RegistryError
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+
+
+@attrs.frozen
+class BlobInfo:
+    digest: Digest
+    size: int
+
+
+class IBlobStore(Interface):
+    """What handlers need of blobs; the pull-through cache provides it too."""
+
+    def stat(name: str, digest: Digest) -> Awaitable[BlobInfo]:
+        """Size of a blob the repository may serve; RegistryError BLOB_UNKNOWN otherwise."""
+
+    def open(name: str, digest: Digest, offset: int, length: int | None) -> Awaitable[IBodyProducer]:
+        """A producer of the blob's bytes; BLOB_UNKNOWN when it is not served here."""
+
+    def redirect_url(name: str, digest: Digest) -> Awaitable[str | None]:
+        """A URL the client may fetch the blob from directly, or None."""
+
+    def link(name: str, digest: Digest) -> Awaitable[None]:
+        """Make an existing blob visible in repository ``name`` (commit, mount)."""
+
+    def unlink(name: str, digest: Digest) -> Awaitable[None]:
+        """Remove the blob from the repository (the data stays for garbage collection)."""
+
+
+def _unknown(name: str, digest: Digest) -> RegistryError:
+    return RegistryError(BLOB_UNKNOWN, {"name": name, "digest": str(digest)})
+
+
+@implementer(IBlobStore)
+@attrs.define
+class BlobStore:
+    driver: IStorageDriver
+
+    async def exists(self, digest: Digest) -> BlobInfo | None:
+        """The blob's global data, whatever repository holds it."""
+        try:
+            info = await self.driver.stat(layout.blob_data(digest))
+        except PathNotFoundError:
+            return None
+        return BlobInfo(digest, info.size)
+
+    async def is_linked(self, name: str, digest: Digest) -> bool:
+        try:
+            link = await self.driver.get_content(layout.layer_link(name, digest))
+        except PathNotFoundError:
+            return False
+        return link.decode("ascii", "replace").strip() == str(digest)
+
+    async def stat(self, name: str, digest: Digest) -> BlobInfo:
+        if not await self.is_linked(name, digest):
+            raise _unknown(name, digest)
+        info = await self.exists(digest)
+        if info is None:
+            raise _unknown(name, digest)
+        return info
+
+    async def open(
+        self, name: str, digest: Digest, offset: int = 0, length: int | None = None
+    ) -> IBodyProducer:
+        if not await self.is_linked(name, digest):
+            raise _unknown(name, digest)
+        try:
+            return await self.driver.reader(layout.blob_data(digest), offset, length)
+        except PathNotFoundError:
+            raise _unknown(name, digest) from None
+
+    async def redirect_url(self, name: str, digest: Digest) -> str | None:
+        return await self.driver.redirect_url(layout.blob_data(digest), "GET")
+
+    async def link(self, name: str, digest: Digest) -> None:
+        await self.driver.put_content(layout.layer_link(name, digest), str(digest).encode())
+
+    async def unlink(self, name: str, digest: Digest) -> None:
+        try:
+            await self.driver.delete(layout.layer_link(name, digest).rsplit("/", 1)[0])
+        except PathNotFoundError:
+            raise _unknown(name, digest) from None
+
+    async def put_small(self, data: bytes, algorithm: str = "sha256") -> Digest:
+        """Store a small blob (a manifest, a config) given whole; idempotent."""
+        digest = digest_of(data, algorithm)
+        if await self.exists(digest) is None:
+            await self.driver.put_content(layout.blob_data(digest), data)
+        return digest
+
+    async def get_small(self, digest: Digest) -> bytes:
+        """The whole content of a small blob (manifests); BLOB_UNKNOWN when missing."""
+        try:
+            return await self.driver.get_content(layout.blob_data(digest))
+        except PathNotFoundError:
+            raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)}) from None
