@@ -1,0 +1,146 @@
+"""
+The Klein application: every ``/v2/...`` request is parsed by `registry.http.routes` and sent to
+the handler registered for its resource kind and method; errors are rendered once, here, as the
+OCI error envelope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from registry.api.errors import (
+    NOT_FOUND,
+    SIZE_INVALID,
+    UNKNOWN,
+    UNSUPPORTED,
+    RegistryError,
+)
+from registry.handlers import blobs, uploads
+from registry.handlers.common import authorize
+from registry.handlers.context import RegistryContext
+from registry.http import responses
+from registry.http.request import RegistryRequest, RegistrySite
+from registry.http.routes import Kind, Route, parse_route
+from registry.storage.driver import StorageError
+
+log = Logger()
+
+Handler = Callable[[RegistryContext, IRequest, Route], Awaitable[bytes | None]]
+
+
+async def _base(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    await authorize(ctx, request, [])
+    return responses.json_body(request, 200, {})
+
+
+# (resource kind, method) -> handler.  Other modules add theirs with `register_handler`.
+HANDLERS: dict[tuple[Kind, bytes], Handler] = {
+    (Kind.BASE, b"GET"): _base,
+    (Kind.BASE, b"HEAD"): _base,
+    (Kind.BLOB, b"GET"): blobs.get_blob,
+    (Kind.BLOB, b"HEAD"): blobs.get_blob,
+    (Kind.BLOB, b"DELETE"): blobs.delete_blob,
+    (Kind.UPLOADS, b"POST"): uploads.start_upload,
+    (Kind.UPLOAD, b"PATCH"): uploads.patch_upload,
+    (Kind.UPLOAD, b"PUT"): uploads.put_upload,
+    (Kind.UPLOAD, b"GET"): uploads.get_upload,
+    (Kind.UPLOAD, b"DELETE"): uploads.delete_upload,
+}
+
+
+def register_handler(kind: Kind, method: bytes, handler: Handler) -> None:
+    HANDLERS[(kind, method)] = handler
+
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@attrs.define
+class RegistryApp:
+    ctx: RegistryContext
+    handlers: dict[tuple[Kind, bytes], Handler] = attrs.field(factory=lambda: dict(HANDLERS))
+
+    router = Klein()
+
+    @router.route("/v2", methods=_METHODS, strict_slashes=False)
+    async def base(self, request: IRequest) -> bytes | None:
+        return await self._dispatch(request, "")
+
+    @router.route("/v2/<path:rest>", methods=_METHODS)
+    async def v2(self, request: IRequest, rest: str) -> bytes | None:
+        return await self._dispatch(request, rest)
+
+    @router.route("/", branch=True, methods=_METHODS)
+    async def elsewhere(self, request: IRequest) -> bytes:
+        raise RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})  # type: ignore[attr-defined]
+
+    async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:
+        request.setHeader(*responses.API_VERSION_HEADER)
+        if getattr(request, "body_too_large", False):
+            raise RegistryError(
+                SIZE_INVALID, {"reason": "request body too large"}, status=413
+            )
+        route = parse_route(rest)
+        handler = self.handlers.get((route.kind, request.method))
+        if handler is None:
+            raise RegistryError(
+                UNSUPPORTED,
+                {"method": request.method.decode("latin-1"), "resource": route.kind.value},
+                "method not allowed",
+            )
+        return await handler(self.ctx, request, route)
+
+    @router.handle_errors(RegistryError)
+    def registry_error(self, request: IRequest, failure: Failure) -> bytes:
+        request.setHeader(*responses.API_VERSION_HEADER)
+        return responses.error(request, failure.value)
+
+    @router.handle_errors(StorageError)
+    def storage_error(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure(
+            "storage failure on {method} {uri}",
+            failure,
+            method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1")[:300],  # type: ignore[attr-defined]
+        )
+        err = RegistryError(UNKNOWN, {"reason": str(failure.value)[:500]}, status=503)
+        return responses.error(request, err)
+
+    @router.handle_errors(Exception)
+    def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
+        if failure.check(CancelledError):
+            return b""
+        log.failure(
+            "unexpected error on {method} {uri}",
+            failure,
+            method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1")[:300],  # type: ignore[attr-defined]
+        )
+        request.setHeader(*responses.API_VERSION_HEADER)
+        return responses.error(request, RegistryError(UNKNOWN, {"reason": "internal error"}))
+
+
+def make_site(ctx: RegistryContext) -> RegistrySite:
+    app = RegistryApp(ctx)
+
+    def sink_factory(
+        request: RegistryRequest, method: bytes, uri: bytes, length: int | None
+    ) -> Any:
+        return uploads.upload_sink(ctx, request, method, uri, length)
+
+    site = RegistrySite(
+        app.router.resource(),
+        sink_factory=sink_factory,
+        max_body_size=max(ctx.config.http.max_body_size, ctx.config.storage.max_manifest_size),
+        access_log=ctx.config.log.accesslog,
+        timeout=ctx.config.http.timeout,
+    )
+    return site

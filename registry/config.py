@@ -1,0 +1,221 @@
+"""
+Configuration: ``tap.cfg`` (INI) plus ``REGISTRY_<SECTION>_<KEY>`` environment overrides,
+turned once into a frozen `Config` that is passed explicitly to whatever needs it.
+
+Every section is an attrs class whose fields are the section's keys; a field's metadata says how
+its text is parsed.  Unknown sections and keys are refused, so a typo stops start-up with one
+line naming the key instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the section and key."""
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(text: str) -> int:
+    """``4MiB``, ``50GiB``, ``10MB``, ``1048576`` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 4MiB, 50GiB, 1048576)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``5m``, ``168h``, ``7d``, ``1h30m``, ``120`` -> seconds."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 5m, 168h, 7d)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """Whitespace-, comma- or newline-separated words."""
+    return tuple(word for word in re.split(r"[\s,]+", text.strip()) if word)
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.strip() not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text.strip()
+
+    return parse
+
+
+def key(default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
+    """A configuration key: its default and how to parse its text."""
+    return attrs.field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@attrs.frozen
+class HttpConfig:
+    port: tuple[str, ...] = key(("tcp:5000",), parse_list)
+    relativeurls: bool = key(True, parse_bool)
+    http2: bool = key(False, parse_bool)
+    clientcas: str = key("")
+    clientauth: str = key("none", parse_choice("none", "optional", "required"))
+    max_body_size: int = key(1024 * 1024, parse_size)
+    timeout: float = key(300.0, parse_duration)
+
+
+@attrs.frozen
+class StorageConfig:
+    driver: str = key("filesystem", parse_choice("filesystem", "inmemory", "s3"))
+    rootdirectory: str = key("./registry-data")
+    delete_enabled: bool = key(False, parse_bool)
+    fsync: bool = key(False, parse_bool)
+    max_manifest_size: int = key(4 * 1024 * 1024, parse_size)
+    redirect: bool = key(False, parse_bool)
+    # S3 (registry:2's key names).
+    bucket: str = key("")
+    region: str = key("us-east-1")
+    regionendpoint: str = key("")
+    accesskey: str = key("")
+    secretkey: str = key("")
+    chunksize: int = key(10 * 1024 * 1024, parse_size)
+    secure: bool = key(True, parse_bool)
+    forcepathstyle: bool = key(False, parse_bool)
+    spooldirectory: str = key("")
+
+
+@attrs.frozen
+class UploadsConfig:
+    purge_enabled: bool = key(True, parse_bool)
+    purge_age: float = key(7 * 86400.0, parse_duration)
+    purge_interval: float = key(86400.0, parse_duration)
+
+
+@attrs.frozen
+class MaintenanceConfig:
+    readonly: bool = key(False, parse_bool)
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = key("info", parse_choice("debug", "info", "warn", "error"))
+    accesslog: bool = key(True, parse_bool)
+
+
+@attrs.frozen
+class Config:
+    http: HttpConfig = HttpConfig()
+    storage: StorageConfig = StorageConfig()
+    uploads: UploadsConfig = UploadsConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
+    log: LogConfig = LogConfig()
+    # Sections whose names are not fixed (``[proxy:NAME]``), raw, parsed by their owners.
+    extra: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "http": HttpConfig,
+    "storage": StorageConfig,
+    "uploads": UploadsConfig,
+    "maintenance": MaintenanceConfig,
+    "log": LogConfig,
+}
+# Sections parsed elsewhere (auth, proxies); names matching these are kept raw in Config.extra.
+OPEN_SECTIONS = re.compile(r"(proxy:[a-z0-9._-]+|auth|auth\.[a-z0-9_]+)")
+
+
+def env_name(section: str, name: str) -> str:
+    return "REGISTRY_" + re.sub(r"[^A-Z0-9]", "_", f"{section}_{name}".upper())
+
+
+def _parse_section(section: str, cls: type[T], values: Mapping[str, str]) -> T:
+    fields = {field.name: field for field in attrs.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, text in values.items():
+        field = fields.get(name)
+        if field is None:
+            raise ConfigError(f"[{section}] {name}: unknown key")
+        try:
+            kwargs[name] = field.metadata["parse"](text)
+        except ValueError as exc:
+            raise ConfigError(f"[{section}] {name}: {exc}") from None
+    return cls(**kwargs)
+
+
+def load(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], str] | None = None,
+) -> Config:
+    """
+    Read ``path`` (if any), apply environment variables, then ``overrides`` (command-line
+    options), and validate everything.  Raises ConfigError naming the offending key.
+    """
+    environ = os.environ if environ is None else environ
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as file:
+                parser.read_file(file)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except configparser.Error as exc:
+            raise ConfigError(f"config file {path}: {exc.message}") from None
+    raw: dict[str, dict[str, str]] = {s: dict(parser.items(s)) for s in parser.sections()}
+    for section in raw:
+        if section not in SECTIONS and OPEN_SECTIONS.fullmatch(section) is None:
+            raise ConfigError(f"[{section}]: unknown section")
+    for section, cls in SECTIONS.items():
+        for field in attrs.fields(cls):
+            value = environ.get(env_name(section, field.name))
+            if value is not None:
+                raw.setdefault(section, {})[field.name] = value
+    for section in list(raw):
+        if section in SECTIONS:
+            continue
+        for name in list(raw[section]):
+            value = environ.get(env_name(section, name))
+            if value is not None:
+                raw[section][name] = value
+    for (section, name), value in (overrides or {}).items():
+        raw.setdefault(section, {})[name] = value
+    parsed = {s: _parse_section(s, cls, raw.get(s, {})) for s, cls in SECTIONS.items()}
+    extra = {s: v for s, v in raw.items() if s not in SECTIONS}
+    return Config(**parsed, extra=extra)

@@ -1,0 +1,1 @@
+"""One module per registry resource; each exports async handlers ``(ctx, request, route)``."""

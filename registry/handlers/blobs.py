@@ -1,0 +1,64 @@
+"""Blob GET, HEAD and DELETE: streamed with back-pressure, with ``Range`` support."""
+
+from __future__ import annotations
+
+from twisted.web.iweb import IRequest
+
+from registry.api.errors import RANGE_INVALID, RegistryError
+from registry.auth.interfaces import DELETE, PULL, repository
+from registry.handlers.common import authorize, header, refuse_if_delete_disabled
+from registry.handlers.context import RegistryContext
+from registry.http import responses
+from registry.http.ranges import RangeNotSatisfiable, parse_range
+from registry.http.routes import Route
+
+
+async def get_blob(ctx: RegistryContext, request: IRequest, route: Route) -> bytes | None:
+    await authorize(ctx, request, [repository(route.name, PULL)])
+    digest = route.digest
+    info = await ctx.blobs.stat(route.name, digest)
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "max-age=31536000",
+    }
+    if ctx.config.storage.redirect and request.method == b"GET":
+        url = await ctx.blobs.redirect_url(route.name, digest)
+        if url is not None:
+            return responses.empty(request, 307, {**headers, "Location": url})
+    try:
+        wanted = parse_range(header(request, "range"), info.size)
+    except RangeNotSatisfiable:
+        raise RegistryError(
+            RANGE_INVALID,
+            {"size": info.size, "range": header(request, "range")},
+            "requested range not satisfiable",
+            headers={"Content-Range": f"bytes */{info.size}"},
+        ) from None
+    request.setHeader("Content-Type", "application/octet-stream")
+    for name, value in headers.items():
+        request.setHeader(name, value)
+    if wanted is None:
+        request.setResponseCode(200)
+        offset, length = 0, info.size
+    else:
+        first, last = wanted
+        request.setResponseCode(206)
+        request.setHeader("Content-Range", f"bytes {first}-{last}/{info.size}")
+        offset, length = first, last - first + 1
+    request.setHeader("Content-Length", str(length))
+    if request.method == b"HEAD" or length == 0:
+        return b""
+    producer = await ctx.blobs.open(route.name, digest, offset, length)
+    await responses.stream(request, producer)
+    return None
+
+
+async def delete_blob(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    refuse_if_delete_disabled(ctx)
+    await authorize(ctx, request, [repository(route.name, DELETE)])
+    digest = route.digest
+    await ctx.blobs.stat(route.name, digest)
+    await ctx.blobs.unlink(route.name, digest)
+    return responses.empty(request, 202, {"Docker-Content-Digest": str(digest)})

@@ -1,0 +1,54 @@
+"""What every handler does: authorize, refuse writes when read-only, read query parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.web.iweb import IRequest
+
+from registry.api.errors import UNSUPPORTED, RegistryError
+from registry.auth.interfaces import Access, Principal
+from registry.handlers.context import RegistryContext
+
+
+async def authorize(
+    ctx: RegistryContext, request: IRequest, wanted: Sequence[Access]
+) -> Principal:
+    principal = await ctx.access.authorize(request, wanted)
+    request.principal_name = principal.name  # type: ignore[attr-defined]
+    return principal
+
+
+def refuse_if_readonly(ctx: RegistryContext) -> None:
+    if ctx.config.maintenance.readonly:
+        raise RegistryError(
+            UNSUPPORTED,
+            {"reason": "the registry is in read-only mode"},
+            "the registry is in read-only mode: writes are refused, reads go on",
+        )
+
+
+def refuse_if_delete_disabled(ctx: RegistryContext) -> None:
+    refuse_if_readonly(ctx)
+    if not ctx.config.storage.delete_enabled:
+        raise RegistryError(
+            UNSUPPORTED,
+            {"reason": "deletes are disabled ([storage] delete_enabled = false)"},
+            "the operation is unsupported: deletes are disabled",
+        )
+
+
+def query(request: IRequest, name: str) -> str | None:
+    """The first value of query parameter ``name``, decoded."""
+    values = request.args.get(name.encode())  # type: ignore[attr-defined]
+    if not values:
+        return None
+    value: bytes = values[0]
+    return value.decode("utf-8", "replace")
+
+
+def header(request: IRequest, name: str) -> str | None:
+    value = request.getHeader(name)
+    if value is None:
+        return None
+    return value if isinstance(value, str) else value.decode("latin-1")

@@ -1,0 +1,320 @@
+"""
+Blob uploads: start (``POST``), mount, chunks (``PATCH``), status (``GET``), commit (``PUT``),
+cancel (``DELETE``).
+
+Bodies never reach the Klein route: `upload_sink` is called by the streaming request as soon as
+an upload request's headers arrive, authorizes it and opens the upload, and every chunk then goes
+from the socket to storage and the inline hasher.  The route runs when the body is complete and
+only finishes the job (records the hash state, or commits).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from registry.api.digests import Digest
+from registry.api.errors import BLOB_UPLOAD_INVALID, RegistryError
+from registry.api.names import is_valid_name
+from registry.asyncutil import shielded
+from registry.auth.interfaces import PULL, PUSH, repository
+from registry.handlers.common import authorize, header, query, refuse_if_readonly
+from registry.handlers.context import RegistryContext
+from registry.http import responses
+from registry.http.ranges import parse_content_range
+from registry.http.request import RegistryRequest
+from registry.http.routes import Kind, Route, parse_route
+from registry.storage.uploads import UploadAppender, range_header
+
+log = Logger()
+
+
+def _location(name: str, upload_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload_id}"
+
+
+def _session_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
+    return {
+        "Location": _location(name, upload_id),
+        "Docker-Upload-UUID": upload_id,
+        "Range": range_header(size),
+    }
+
+
+class UploadSink:
+    """
+    Takes an upload's body from the socket while the upload is being opened, then writes it
+    through the appender; asks for the socket to be paused while storage is behind.
+    """
+
+    def __init__(self, prepare: Coroutine[Any, Any, UploadAppender]) -> None:
+        self.received = 0
+        self._queue: deque[bytes] = deque()
+        self._appender: UploadAppender | None = None
+        self._error: BaseException | None = None
+        self._pending: Deferred[None] | None = None
+        self._drained: Deferred[None] | None = None
+        self._idle: list[Deferred[None]] = []
+        self._claimed = False
+        self._lost = False
+        self._ready: Deferred[None] = Deferred.fromCoroutine(prepare).addCallbacks(
+            self._prepared, self._failed
+        )
+
+    def _prepared(self, appender: UploadAppender) -> None:
+        self._appender = appender
+        if self._lost:
+            Deferred.fromCoroutine(self._keep_after_drain())
+        self._pump()
+
+    def _failed(self, failure: Failure) -> None:
+        self._fail(failure.value)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._queue.clear()
+        self._pump()
+
+    def feed(self, data: bytes) -> Deferred[None] | None:
+        if self._error is not None:
+            return None  # the body is read and dropped; the route reports the error
+        self._queue.append(data)
+        self.received += len(data)
+        self._pump()
+        if self._queue or self._pending is not None:
+            if self._drained is None:
+                self._drained = Deferred()
+            return self._drained
+        return None
+
+    def _pump(self) -> None:
+        appender = self._appender
+        while (
+            appender is not None
+            and self._queue
+            and self._pending is None
+            and self._error is None
+        ):
+            data = self._queue.popleft()
+            try:
+                pending = appender.write(data)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            if pending is not None:
+                self._pending = pending
+                pending.addCallbacks(self._written, self._write_failed)
+        if not self._queue and self._pending is None:
+            drained, self._drained = self._drained, None
+            if drained is not None:
+                drained.callback(None)
+            idle, self._idle = self._idle, []
+            for waiter in idle:
+                waiter.callback(None)
+
+    def _written(self, _: object) -> None:
+        self._pending = None
+        self._pump()
+
+    def _write_failed(self, failure: Failure) -> None:
+        self._pending = None
+        self._fail(failure.value)
+
+    async def result(self) -> UploadAppender:
+        """The appender once every byte of the body is in storage; raises the first error."""
+        self._claimed = True
+        await self._ready
+        while self._queue or self._pending is not None:
+            waiter: Deferred[None] = Deferred()
+            self._idle.append(waiter)
+            await waiter
+        if self._error is not None:
+            if self._appender is not None:
+                await shielded(self._appender.close())
+            raise self._error
+        assert self._appender is not None
+        return self._appender
+
+    def connection_lost(self, reason: Failure) -> None:
+        """Keep every byte that reached storage: the client may resume from there."""
+        if self._claimed or self._lost:
+            return
+        self._lost = True
+        if self._appender is not None:
+            Deferred.fromCoroutine(self._keep_after_drain())
+
+    async def _keep_after_drain(self) -> None:
+        appender = self._appender
+        assert appender is not None
+        while self._pending is not None:
+            waiter: Deferred[None] = Deferred()
+            self._idle.append(waiter)
+            await waiter
+        self._queue.clear()
+        try:
+            await appender.close()
+        except Exception:
+            log.failure("closing upload {upload} after disconnect", upload=appender.upload_id)
+        else:
+            log.info(
+                "client left mid-upload; {name} upload {upload} kept at {size} bytes",
+                name=appender.name,
+                upload=appender.upload_id,
+                size=appender.size,
+            )
+
+
+def upload_sink(
+    ctx: RegistryContext, request: RegistryRequest, method: bytes, uri: bytes, length: int | None
+) -> UploadSink | None:
+    """The body sink for upload requests (called from `RegistryRequest.gotLength`)."""
+    if method not in (b"PATCH", b"PUT", b"POST"):
+        return None
+    path, _, query_bytes = uri.partition(b"?")
+    if not path.startswith(b"/v2/"):
+        return None
+    try:
+        route = parse_route(unquote(path[4:].decode("utf-8", "replace")))
+    except RegistryError:
+        return None
+    params = parse_qs(query_bytes.decode("utf-8", "replace"))
+    if route.kind is Kind.UPLOAD and method in (b"PATCH", b"PUT"):
+        start = None
+        content_range = header(request, "content-range")
+        if method == b"PATCH" and content_range:
+            start = _chunk_start(route, content_range)
+        return UploadSink(_open_existing(ctx, request, route, start))
+    if route.kind is Kind.UPLOADS and method == b"POST" and "digest" in params:
+        if "mount" in params:
+            return None
+        return UploadSink(_open_new(ctx, request, route.name))
+    return None
+
+
+def _chunk_start(route: Route, content_range: str) -> int | None:
+    try:
+        return parse_content_range(content_range)[0]
+    except ValueError:
+        return -1  # never equal to a size: answered with 416 and the current range
+
+
+async def _open_existing(
+    ctx: RegistryContext, request: IRequest, route: Route, start: int | None
+) -> UploadAppender:
+    refuse_if_readonly(ctx)
+    await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
+    return await ctx.uploads.open(route.name, route.reference, start)
+
+
+async def _open_new(ctx: RegistryContext, request: IRequest, name: str) -> UploadAppender:
+    refuse_if_readonly(ctx)
+    await authorize(ctx, request, [repository(name, PULL, PUSH)])
+    upload_id = await ctx.uploads.start(name)
+    return await ctx.uploads.open(name, upload_id)
+
+
+def _sink(request: IRequest) -> UploadSink:
+    sink = getattr(request, "sink", None)
+    if not isinstance(sink, UploadSink):
+        raise RegistryError(BLOB_UPLOAD_INVALID, {"reason": "request body was not streamed"})
+    return sink
+
+
+async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    refuse_if_readonly(ctx)
+    name = route.name
+    digest_text = query(request, "digest")
+    mount = query(request, "mount")
+    if mount is not None:
+        mounted = await _try_mount(ctx, request, name, mount, query(request, "from"))
+        if mounted is not None:
+            return mounted
+    elif digest_text is not None:
+        digest = Digest.parse(digest_text)
+        appender = await _sink(request).result()
+        size = await shielded(ctx.uploads.commit(appender, digest))
+        return _created(request, name, digest, size)
+    await authorize(ctx, request, [repository(name, PULL, PUSH)])
+    upload_id = await ctx.uploads.start(name)
+    return responses.empty(request, 202, _session_headers(name, upload_id, 0))
+
+
+async def _try_mount(
+    ctx: RegistryContext, request: IRequest, name: str, mount: str, source: str | None
+) -> bytes | None:
+    """Cross-repository mount; None (fall back to a new upload) when it cannot be done."""
+    digest = Digest.parse(mount)
+    wanted = [repository(name, PULL, PUSH)]
+    if source is not None and is_valid_name(source) and source != name:
+        wanted.append(repository(source, PULL))
+    await authorize(ctx, request, wanted)
+    if source is None or not is_valid_name(source):
+        return None
+    if not await ctx.blobs.is_linked(source, digest):
+        return None
+    info = await ctx.blobs.exists(digest)
+    if info is None:
+        return None
+    await ctx.blobs.link(name, digest)
+    return _created(request, name, digest, info.size)
+
+
+def _created(request: IRequest, name: str, digest: Digest, size: int) -> bytes:
+    return responses.empty(
+        request,
+        201,
+        {
+            "Location": f"/v2/{name}/blobs/{digest}",
+            "Docker-Content-Digest": str(digest),
+        },
+    )
+
+
+async def patch_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    appender = await _sink(request).result()
+    await shielded(appender.close())
+    return responses.empty(
+        request, 202, _session_headers(route.name, route.reference, appender.size)
+    )
+
+
+async def put_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    digest_text = query(request, "digest")
+    sink = _sink(request)
+    if digest_text is None:
+        appender = await sink.result()
+        await shielded(appender.close())
+        raise RegistryError(
+            BLOB_UPLOAD_INVALID, {"reason": "PUT needs ?digest= to complete an upload"}
+        )
+    try:
+        digest = Digest.parse(digest_text)
+    except RegistryError:
+        appender = await sink.result()
+        await shielded(appender.close())
+        raise
+    appender = await sink.result()
+    size = await shielded(ctx.uploads.commit(appender, digest))
+    return _created(request, route.name, digest, size)
+
+
+async def get_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
+    size = await ctx.uploads.size(route.name, route.reference)
+    return responses.empty(request, 204, _session_headers(route.name, route.reference, size))
+
+
+async def delete_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    refuse_if_readonly(ctx)
+    await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
+    await ctx.uploads.cancel(route.name, route.reference)
+    return responses.empty(request, 204)
+

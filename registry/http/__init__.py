@@ -1,0 +1,1 @@
+"""The wire: routes, the streaming request, responses, ranges, error rendering and access logs."""

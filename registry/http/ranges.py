@@ -1,0 +1,66 @@
+"""
+``Range`` (blob downloads) and ``Content-Range`` (chunked uploads) parsing.
+
+Pure functions: a malformed ``Range`` is ignored (the whole blob is served with 200, as
+twisted.web's static files and Go's ServeContent do); a well-formed one that cannot be satisfied
+raises `RangeNotSatisfiable` (416 with ``Content-Range: bytes */<size>``).
+"""
+
+from __future__ import annotations
+
+import re
+
+_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+_CONTENT_RANGE_RE = re.compile(r"\s*(?:bytes[ =])?\s*(\d{1,19})\s*-\s*(\d{1,19})\s*(?:/\s*(?:\d+|\*))?")
+
+
+class RangeNotSatisfiable(ValueError):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"range not satisfiable for size {size}")
+        self.size = size
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """
+    The inclusive ``(first, last)`` byte positions a single-range ``Range`` header asks for,
+    clipped to ``size``; None to serve the whole content (no header, malformed, multi-range).
+    """
+    if not header:
+        return None
+    match = _RANGE_RE.fullmatch(header)
+    if match is None:
+        return None
+    first_text, last_text = match.groups()
+    if not first_text and not last_text:
+        return None
+    if not first_text:
+        suffix = int(last_text)
+        if suffix == 0:
+            raise RangeNotSatisfiable(size)
+        return (max(size - suffix, 0), size - 1) if size else _unsatisfiable(size)
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last < first:
+        return None
+    if first >= size:
+        raise RangeNotSatisfiable(size)
+    return first, min(last, size - 1)
+
+
+def _unsatisfiable(size: int) -> tuple[int, int]:
+    raise RangeNotSatisfiable(size)
+
+
+def parse_content_range(header: str) -> tuple[int, int]:
+    """
+    The inclusive ``(first, last)`` of an upload chunk's ``Content-Range`` (``<first>-<last>``,
+    as the distribution spec writes it; a ``bytes`` prefix and ``/total`` are tolerated).
+    ValueError when malformed or reversed.
+    """
+    match = _CONTENT_RANGE_RE.fullmatch(header)
+    if match is None:
+        raise ValueError(f"malformed Content-Range {header[:100]!r}")
+    first, last = int(match.group(1)), int(match.group(2))
+    if last < first:
+        raise ValueError(f"reversed Content-Range {header[:100]!r}")
+    return first, last

@@ -1,0 +1,87 @@
+"""
+Which registry resource a ``/v2/...`` path names.
+
+Repository names contain ``/`` and may contain words such as ``blobs``, ``manifests`` or
+``uploads``, so one Klein route takes the whole rest of the path and this module parses it from
+the right-hand end, the way registry:2's router effectively does.  It is pure (used both by the
+streaming request, before the body arrives, and by the app) and it validates every name,
+reference and upload id it returns, so later code can build storage paths from them safely.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+import attrs
+
+from registry.api.digests import Digest
+from registry.api.errors import BLOB_UPLOAD_UNKNOWN, NOT_FOUND, RegistryError
+from registry.api.names import check_name, check_tag
+
+_UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+class Kind(Enum):
+    BASE = "base"
+    CATALOG = "catalog"
+    TAGS = "tags"
+    MANIFEST = "manifest"
+    BLOB = "blob"
+    UPLOADS = "uploads"  # /blobs/uploads/  (start an upload)
+    UPLOAD = "upload"  # /blobs/uploads/<id>
+    REFERRERS = "referrers"
+
+
+@attrs.frozen
+class Route:
+    kind: Kind
+    name: str = ""
+    reference: str = ""  # tag or digest text for manifests; digest for blobs/referrers; id
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.parse(self.reference)
+
+    @property
+    def is_digest_reference(self) -> bool:
+        return Digest.is_digest(self.reference)
+
+
+_PATTERNS: list[tuple[Kind, re.Pattern[str]]] = [
+    (Kind.UPLOADS, re.compile(r"(?P<name>.+)/blobs/uploads/?")),
+    (Kind.UPLOAD, re.compile(r"(?P<name>.+)/blobs/uploads/(?P<ref>[^/]+)")),
+    (Kind.TAGS, re.compile(r"(?P<name>.+)/tags/list")),
+    (Kind.MANIFEST, re.compile(r"(?P<name>.+)/manifests/(?P<ref>[^/]+)")),
+    (Kind.BLOB, re.compile(r"(?P<name>.+)/blobs/(?P<ref>[^/]+)")),
+    (Kind.REFERRERS, re.compile(r"(?P<name>.+)/referrers/(?P<ref>[^/]+)")),
+]
+
+
+def parse_route(rest: str) -> Route:
+    """
+    Parse the part of the path after ``/v2/``.  Raises RegistryError: NOT_FOUND for a path the
+    API does not have, NAME_INVALID, TAG_INVALID, DIGEST_INVALID or BLOB_UPLOAD_UNKNOWN for a
+    malformed component.
+    """
+    if rest in ("", "/"):
+        return Route(Kind.BASE)
+    if rest in ("_catalog", "_catalog/"):
+        return Route(Kind.CATALOG)
+    for kind, pattern in _PATTERNS:
+        match = pattern.fullmatch(rest)
+        if match is None:
+            continue
+        name = check_name(match.group("name"))
+        reference = match.groupdict().get("ref") or ""
+        if kind is Kind.UPLOAD and _UPLOAD_ID_RE.fullmatch(reference) is None:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": reference[:200]})
+        if kind in (Kind.BLOB, Kind.REFERRERS):
+            Digest.parse(reference)
+        if kind is Kind.MANIFEST:
+            if Digest.is_digest(reference):
+                Digest.parse(reference)
+            else:
+                check_tag(reference)
+        return Route(kind, name, reference)
+    raise RegistryError(NOT_FOUND, {"path": "/v2/" + rest[:300]})

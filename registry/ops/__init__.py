@@ -1,0 +1,1 @@
+"""Operations: upload purging, health, metrics, garbage collection."""

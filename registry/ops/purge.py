@@ -1,0 +1,69 @@
+"""
+Purging abandoned uploads, as registry:2 does (``uploadpurging``): every ``interval``, remove
+uploads started more than ``age`` ago.  Without it, clients that give up mid-push leave data in
+``_uploads`` forever.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator
+
+from twisted.logger import Logger
+
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+
+log = Logger()
+
+
+async def upload_folders(driver: IStorageDriver, path: str = layout.REPOSITORIES) -> AsyncIterator[str]:
+    """Every ``_uploads`` folder below ``path``, descending through multi-part names."""
+    try:
+        children = await driver.list(path)
+    except PathNotFoundError:
+        return
+    for child in children:
+        if child == "_uploads":
+            yield f"{path}/{child}"
+        elif not child.startswith("_"):
+            async for found in upload_folders(driver, f"{path}/{child}"):
+                yield found
+
+
+def _parse_started(text: str) -> float | None:
+    try:
+        value = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return value.timestamp()
+
+
+async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
+    """Delete uploads older than ``age`` seconds; returns how many were removed."""
+    removed = 0
+    async for folder in upload_folders(driver):
+        try:
+            upload_ids = await driver.list(folder)
+        except PathNotFoundError:
+            continue
+        for upload_id in upload_ids:
+            upload = f"{folder}/{upload_id}"
+            try:
+                started = _parse_started((await driver.get_content(f"{upload}/startedat")).decode())
+            except (PathNotFoundError, UnicodeDecodeError):
+                try:
+                    started = (await driver.stat(upload)).modified
+                except PathNotFoundError:
+                    continue
+            if started is None or now - started < age:
+                continue
+            try:
+                await driver.delete(upload)
+            except PathNotFoundError:
+                continue
+            removed += 1
+            log.info("purged abandoned upload {upload}", upload=upload)
+    return removed

@@ -1,0 +1,293 @@
+"""
+Blob uploads: sessions that receive bytes over one or many requests and become a blob on commit.
+
+State lives only in storage (``_uploads/<id>/``), so an upload continues after a restart or on
+another instance: the data file, the start time, and after every request the serialised sha256
+state at the offset reached (``txhashstates/sha256/<offset>``).  A session resumes from the state
+whose offset equals the data's size; when there is none (a registry:2 upload, or a process
+killed mid-request) the stored bytes are hashed again.
+
+One request at a time may append to an upload in this process; a second concurrent one gets
+416 with the current range instead of interleaving bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from registry.api.digests import Digest, DigestingHasher
+from registry.api.errors import (
+    BLOB_UPLOAD_UNKNOWN,
+    DIGEST_INVALID,
+    RANGE_INVALID,
+    SIZE_INVALID,
+    RegistryError,
+)
+from registry.storage import layout
+from registry.storage.blobs import BlobStore
+from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
+from registry.storage.producers import CollectingConsumer
+
+log = Logger()
+INLINE_ALGORITHM = "sha256"
+
+
+def range_header(size: int) -> str:
+    """The upload ``Range`` header value: registry:2 answers ``0-0`` for an empty upload."""
+    return f"0-{max(size - 1, 0)}"
+
+
+def _range_error(name: str, upload_id: str, size: int, detail: str) -> RegistryError:
+    return RegistryError(
+        RANGE_INVALID,
+        {"upload": upload_id, "size": size, "reason": detail},
+        headers={
+            "Range": range_header(size),
+            "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
+            "Docker-Upload-UUID": upload_id,
+        },
+    )
+
+
+class _HashingConsumer:
+    """Feeds a stored upload back through a hasher (the resume-without-state path)."""
+
+    def __init__(self, hasher: DigestingHasher) -> None:
+        self.hasher = hasher
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.hasher.update(data)
+
+
+@attrs.define
+class UploadAppender:
+    """
+    An open upload: bytes written here go to storage and through the inline hasher.  End it
+    with `close` (resumable later), or hand it to `UploadStore.commit`.
+    """
+
+    store: UploadStore
+    name: str
+    upload_id: str
+    writer: IFileWriter
+    hasher: DigestingHasher
+    start: int
+    _closed: bool = False
+
+    @property
+    def size(self) -> int:
+        written: int = self.writer.size
+        return written
+
+    def write(self, data: bytes) -> Deferred[None] | None:
+        self.hasher.update(data)
+        return self.writer.write(data)
+
+    async def close(self) -> None:
+        """Keep what was written and record the hash state, so the upload can continue."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.writer.close()
+            await self.store._save_state(self.name, self.upload_id, self.hasher, self.size)
+        finally:
+            self.store._release(self.name, self.upload_id)
+
+    async def _finish_writing(self) -> None:
+        self._closed = True
+        try:
+            await self.writer.commit()
+        finally:
+            self.store._release(self.name, self.upload_id)
+
+    async def _discard(self) -> None:
+        self._closed = True
+        try:
+            await self.writer.cancel()
+        finally:
+            self.store._release(self.name, self.upload_id)
+
+
+@attrs.define
+class UploadStore:
+    driver: IStorageDriver
+    blobs: BlobStore
+    _busy: set[tuple[str, str]] = attrs.field(factory=set)
+
+    async def start(self, name: str) -> str:
+        """Create an empty upload and return its id."""
+        upload_id = str(uuid.uuid4())
+        started = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+        await self.driver.put_content(
+            layout.upload_started_at(name, upload_id), started.encode()
+        )
+        writer = await self.driver.writer(layout.upload_data(name, upload_id))
+        await writer.close()
+        return upload_id
+
+    async def exists(self, name: str, upload_id: str) -> bool:
+        try:
+            await self.driver.stat(layout.upload_started_at(name, upload_id))
+        except PathNotFoundError:
+            return False
+        return True
+
+    async def _require(self, name: str, upload_id: str) -> None:
+        if not await self.exists(name, upload_id):
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"name": name, "upload": upload_id})
+
+    async def _state_offsets(self, name: str, upload_id: str) -> list[int]:
+        try:
+            names = await self.driver.list(
+                layout.upload_hashstates(name, upload_id, INLINE_ALGORITHM)
+            )
+        except PathNotFoundError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
+    async def size(self, name: str, upload_id: str) -> int:
+        """Bytes received so far (for ``GET`` on an upload and ``Range`` headers)."""
+        await self._require(name, upload_id)
+        try:
+            info = await self.driver.stat(layout.upload_data(name, upload_id))
+            return info.size
+        except PathNotFoundError:
+            # Backends that hold an unfinished file elsewhere (S3 multipart) know the size
+            # from the hash state saved at the end of each request.
+            offsets = await self._state_offsets(name, upload_id)
+            return offsets[-1] if offsets else 0
+
+    def _acquire(self, name: str, upload_id: str, size_hint: int) -> None:
+        if (name, upload_id) in self._busy:
+            raise _range_error(name, upload_id, size_hint, "another request is writing")
+        self._busy.add((name, upload_id))
+
+    def _release(self, name: str, upload_id: str) -> None:
+        self._busy.discard((name, upload_id))
+
+    async def open(self, name: str, upload_id: str, start: int | None = None) -> UploadAppender:
+        """
+        Open an upload for appending.  ``start`` is where the client says its bytes begin
+        (``Content-Range``); anything but the current size is 416 with the current range.
+        """
+        await self._require(name, upload_id)
+        self._acquire(name, upload_id, 0)
+        try:
+            writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
+            size: int = writer.size
+            if start is not None and start != size:
+                await writer.close()
+                raise _range_error(
+                    name, upload_id, size, f"chunk starts at {start}, upload has {size} bytes"
+                )
+            hasher = await self._resume_hasher(name, upload_id, size)
+        except BaseException:
+            self._release(name, upload_id)
+            raise
+        return UploadAppender(self, name, upload_id, writer, hasher, size)
+
+    async def _resume_hasher(self, name: str, upload_id: str, size: int) -> DigestingHasher:
+        if size == 0:
+            return DigestingHasher(INLINE_ALGORITHM)
+        path = layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, size)
+        try:
+            state = await self.driver.get_content(path)
+            return DigestingHasher(INLINE_ALGORITHM, state)
+        except (PathNotFoundError, ValueError):
+            pass
+        log.info(
+            "upload {upload} of {name}: no hash state at offset {size}, re-hashing stored data",
+            upload=upload_id,
+            name=name,
+            size=size,
+        )
+        return await self._hash_stored(name, upload_id, INLINE_ALGORITHM, size)
+
+    async def _hash_stored(
+        self, name: str, upload_id: str, algorithm: str, size: int
+    ) -> DigestingHasher:
+        hasher = DigestingHasher(algorithm)
+        producer = await self.driver.reader(layout.upload_data(name, upload_id), 0, size)
+        await producer.startProducing(_HashingConsumer(hasher))
+        return hasher
+
+    async def _save_state(
+        self, name: str, upload_id: str, hasher: DigestingHasher, size: int
+    ) -> None:
+        old = await self._state_offsets(name, upload_id)
+        await self.driver.put_content(
+            layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, size), hasher.serialize()
+        )
+        for offset in old:
+            if offset != size:
+                try:
+                    await self.driver.delete(
+                        layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, offset)
+                    )
+                except PathNotFoundError:
+                    pass
+
+    async def commit(
+        self,
+        appender: UploadAppender,
+        digest: Digest,
+        expected_size: int | None = None,
+    ) -> int:
+        """
+        Finish the upload as blob ``digest``.  A digest or size that does not match the data
+        cancels the upload and stores nothing (registry:2 does the same).  Returns the size.
+        """
+        name, upload_id = appender.name, appender.upload_id
+        size = appender.size
+        await appender._finish_writing()
+        try:
+            if digest.algorithm == INLINE_ALGORITHM:
+                actual = appender.hasher.digest()
+            else:
+                actual = (await self._hash_stored(name, upload_id, digest.algorithm, size)).digest()
+            if expected_size is not None and expected_size != size:
+                raise RegistryError(
+                    SIZE_INVALID, {"expected": expected_size, "received": size}
+                )
+            if actual != digest:
+                raise RegistryError(
+                    DIGEST_INVALID, {"expected": str(digest), "received": str(actual)}
+                )
+        except RegistryError:
+            await self.cancel(name, upload_id)
+            raise
+        if await self.blobs.exists(digest) is None:
+            await self.driver.move(layout.upload_data(name, upload_id), layout.blob_data(digest))
+        await self.blobs.link(name, digest)
+        await self._remove(name, upload_id)
+        return size
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        await self._require(name, upload_id)
+        await self._remove(name, upload_id)
+
+    async def _remove(self, name: str, upload_id: str) -> None:
+        try:
+            await self.driver.delete(layout.upload_dir(name, upload_id))
+        except PathNotFoundError:
+            pass
+
+    async def read_small(self, name: str, upload_id: str, limit: int) -> bytes:
+        """Whole content of a small upload (tests and diagnostics)."""
+        producer = await self.driver.reader(layout.upload_data(name, upload_id))
+        consumer = CollectingConsumer(limit)
+        await producer.startProducing(consumer)
+        return consumer.value()
