@@ -1,0 +1,171 @@
+"""
+Running registries for end-to-end tests, in two forms:
+
+- `start_in_process`: `registry.tap.makeService` inside the test's reactor, listening on a free
+  loopback port (fast; most wire tests use it);
+- `RegistryProcess`: ``twistd -n registry`` as a child process (restarts, kills, memory).
+
+Both go through the real option parsing and service wiring.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import treq
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from registry.tap import Options, makeService
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def sleep(seconds: float) -> None:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
+    await d
+
+
+def _storage_configured(sections: Mapping[str, Mapping[str, str]] | None) -> bool:
+    storage = (sections or {}).get("storage", {})
+    return "rootdirectory" in storage or "driver" in storage
+
+
+@attrs.define
+class InProcessRegistry:
+    url: str
+    service: IService
+    options: Options
+
+    async def stop(self) -> None:
+        result = self.service.stopService()
+        if isinstance(result, Deferred):
+            await result
+
+
+def write_config(path: Path, sections: Mapping[str, Mapping[str, str]]) -> Path:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {value}" for key, value in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+async def start_in_process(
+    tmp_path: Path, sections: Mapping[str, Mapping[str, str]] | None = None
+) -> InProcessRegistry:
+    port = free_port()
+    config = write_config(tmp_path / "registry.cfg", sections or {})
+    options = Options()
+    arguments = ["--config", str(config), "--port", f"tcp:{port}:interface=127.0.0.1"]
+    if not _storage_configured(sections):
+        arguments += ["--storage", str(tmp_path / "data")]
+    options.parseOptions(arguments)
+    service = makeService(options)
+    service.startService()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            response = await treq.get(url + "/v2/")
+            await response.content()
+            break
+        except Exception:
+            await sleep(0.05)
+    return InProcessRegistry(url, service, options)
+
+
+class RegistryProcess:
+    """``twistd -n registry`` in a child process, for restarts, kills and memory checks."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        sections: Mapping[str, Mapping[str, str]] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.sections = sections or {}
+        self.config = write_config(workdir / "registry.cfg", self.sections)
+        self.env = dict(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "registry.log"
+
+    def start(self) -> None:
+        sections_storage = ["--storage", str(self.workdir / "data")]
+        if _storage_configured(self.sections):
+            sections_storage = []
+        command = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "registry",
+            "--config",
+            str(self.config),
+            "--port",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            *sections_storage,
+        ]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(self.env)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"registry exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("registry did not start listening within 30 s")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")

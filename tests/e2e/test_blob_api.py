@@ -1,0 +1,289 @@
+"""Blob push and pull through the real HTTP interface (OCI distribution-spec end-2 ... end-10)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import pytest_twisted
+import treq
+
+from tests.e2e.client import (
+    error_codes,
+    get,
+    header,
+    push_blob,
+    raw_headers,
+    sha256,
+    start_upload,
+)
+from tests.e2e.conftest import Starter
+from tests.e2e.harness import InProcessRegistry
+
+ZERO = "sha256:" + "0" * 64
+
+
+@pytest_twisted.ensureDeferred
+async def test_base_endpoint(registry: InProcessRegistry) -> None:
+    response, body = await get(registry.url + "/v2/")
+    assert response.code == 200
+    assert header(response, "docker-distribution-api-version") == "registry/2.0"
+    assert json.loads(body) == {}
+    response, _ = await get(registry.url + "/v2")
+    assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_paths_get_oci_errors(registry: InProcessRegistry) -> None:
+    for path in ("/", "/v1/", "/v2/foo/bar", "/v2/foo/nothing/here"):
+        response = await treq.get(registry.url + path)
+        assert response.code == 404, path
+        assert await error_codes(response) == ["NOT_FOUND"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_monolithic_post_then_get_head_range(registry: InProcessRegistry) -> None:
+    data = os.urandom(300_000)
+    digest = await push_blob(registry.url, "team/app", data)
+    response, body = await get(f"{registry.url}/v2/team/app/blobs/{digest}")
+    assert response.code == 200
+    assert body == data
+    assert header(response, "docker-content-digest") == digest
+    assert response.length == len(data)
+
+    status, headers = await raw_headers("HEAD", f"{registry.url}/v2/team/app/blobs/{digest}")
+    assert status == 200
+    assert headers["content-length"] == str(len(data))
+    assert headers["docker-content-digest"] == digest
+
+    response, body = await get(
+        f"{registry.url}/v2/team/app/blobs/{digest}", headers={"Range": "bytes=100-199"}
+    )
+    assert response.code == 206
+    assert body == data[100:200]
+    assert header(response, "content-range") == f"bytes 100-199/{len(data)}"
+
+    response, body = await get(
+        f"{registry.url}/v2/team/app/blobs/{digest}", headers={"Range": "bytes=-10"}
+    )
+    assert (response.code, body) == (206, data[-10:])
+
+    response = await treq.get(
+        f"{registry.url}/v2/team/app/blobs/{digest}", headers={"Range": "bytes=999999-"}
+    )
+    assert response.code == 416
+    assert header(response, "content-range") == f"bytes */{len(data)}"
+    assert await error_codes(response) == ["RANGE_INVALID"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_not_in_repository(registry: InProcessRegistry) -> None:
+    digest = await push_blob(registry.url, "one", b"only in one")
+    response = await treq.get(f"{registry.url}/v2/two/blobs/{digest}")
+    assert response.code == 404
+    assert await error_codes(response) == ["BLOB_UNKNOWN"]
+    response = await treq.head(f"{registry.url}/v2/two/blobs/{digest}")
+    assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_with_body_completes_session(registry: InProcessRegistry) -> None:
+    data = os.urandom(70_000)
+    location = await start_upload(registry.url, "web")
+    response = await treq.put(f"{location}?digest={sha256(data)}", data=data)
+    assert response.code == 201, await response.text()
+    assert header(response, "location") == f"/v2/web/blobs/{sha256(data)}"
+    _, body = await get(f"{registry.url}/v2/web/blobs/{sha256(data)}")
+    assert body == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_patch_with_and_without_content_range(registry: InProcessRegistry) -> None:
+    chunks = [os.urandom(100_000), os.urandom(50_001), os.urandom(7)]
+    location = await start_upload(registry.url, "chunky")
+    offset = 0
+    for index, chunk in enumerate(chunks):
+        headers = {"Content-Type": "application/octet-stream"}
+        if index != 1:  # the middle chunk is sent the Docker way, without Content-Range
+            headers["Content-Range"] = f"{offset}-{offset + len(chunk) - 1}"
+        response = await treq.patch(location, data=chunk, headers=headers)
+        assert response.code == 202, await response.text()
+        offset += len(chunk)
+        assert header(response, "range") == f"0-{offset - 1}"
+        assert header(response, "docker-upload-uuid") == location.rsplit("/", 1)[1]
+        location = registry.url + header(response, "location")  # type: ignore[operator]
+
+    response = await treq.get(location)
+    assert response.code == 204
+    assert header(response, "range") == f"0-{offset - 1}"
+
+    whole = b"".join(chunks)
+    response = await treq.put(f"{location}?digest={sha256(whole)}")
+    assert response.code == 201, await response.text()
+    _, body = await get(f"{registry.url}/v2/chunky/blobs/{sha256(whole)}")
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(whole).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_out_of_order_chunk_is_416(registry: InProcessRegistry) -> None:
+    location = await start_upload(registry.url, "order")
+    response = await treq.patch(location, data=b"x" * 10, headers={"Content-Range": "0-9"})
+    assert response.code == 202
+    for bad in ("20-29", "5-14", "0-9", "garbage"):
+        response = await treq.patch(location, data=b"y" * 10, headers={"Content-Range": bad})
+        assert response.code == 416, bad
+        assert header(response, "range") == "0-9"
+        assert await error_codes(response) == ["RANGE_INVALID"]
+    response = await treq.get(location)
+    assert header(response, "range") == "0-9"
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_digest_stores_nothing(registry: InProcessRegistry) -> None:
+    data = b"some bytes"
+    wrong = sha256(b"other bytes")
+    response = await treq.post(f"{registry.url}/v2/x/blobs/uploads/?digest={wrong}", data=data)
+    assert response.code == 400
+    assert await error_codes(response) == ["DIGEST_INVALID"]
+    for digest in (wrong, sha256(data)):
+        response = await treq.head(f"{registry.url}/v2/x/blobs/{digest}")
+        assert response.code == 404
+
+    location = await start_upload(registry.url, "x")
+    response = await treq.put(f"{location}?digest={wrong}", data=data)
+    assert response.code == 400
+    assert await error_codes(response) == ["DIGEST_INVALID"]
+    response = await treq.get(location)
+    assert response.code == 404  # the failed upload is gone, as in registry:2
+
+
+@pytest_twisted.ensureDeferred
+async def test_sha512_digest(registry: InProcessRegistry) -> None:
+    data = os.urandom(10_000)
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    response = await treq.post(f"{registry.url}/v2/x/blobs/uploads/?digest={digest}", data=data)
+    assert response.code == 201, await response.text()
+    response, body = await get(f"{registry.url}/v2/x/blobs/{digest}")
+    assert (response.code, body) == (200, data)
+    assert header(response, "docker-content-digest") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_digests_and_names(registry: InProcessRegistry) -> None:
+    cases = [
+        ("/v2/x/blobs/sha256:abc", "DIGEST_INVALID"),
+        ("/v2/x/blobs/md5:" + "a" * 32, "DIGEST_INVALID"),
+        ("/v2/x/blobs/sha256:" + "G" * 64, "DIGEST_INVALID"),
+        ("/v2/UPPER/blobs/" + ZERO, "NAME_INVALID"),
+        ("/v2/a..b/blobs/" + ZERO, "NAME_INVALID"),
+        ("/v2/" + "a" * 256 + "/blobs/" + ZERO, "NAME_INVALID"),
+        ("/v2/-x/blobs/" + ZERO, "NAME_INVALID"),
+    ]
+    for path, code in cases:
+        response = await treq.get(registry.url + path)
+        assert response.code in (400, 404), path
+        assert await error_codes(response) == [code], path
+    response = await treq.post(f"{registry.url}/v2/x/blobs/uploads/?digest=sha256:zz", data=b"a")
+    assert response.code == 400
+    assert await error_codes(response) == ["DIGEST_INVALID"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_with_api_words(registry: InProcessRegistry) -> None:
+    for name in ("blobs", "a/blobs/uploads", "manifests/x", "tags/list/y", "a/b/c/d/e/f"):
+        data = name.encode() * 10
+        digest = await push_blob(registry.url, name, data)
+        response, body = await get(f"{registry.url}/v2/{name}/blobs/{digest}")
+        assert (response.code, body) == (200, data), name
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_upload(registry: InProcessRegistry) -> None:
+    missing = f"{registry.url}/v2/x/blobs/uploads/00000000-0000-4000-8000-000000000000"
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
+        response = await treq.request(method, missing + f"?digest={ZERO}", data=b"abc")
+        assert response.code == 404, method
+        assert await error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"], method
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_upload(registry: InProcessRegistry) -> None:
+    location = await start_upload(registry.url, "x")
+    await treq.patch(location, data=b"partial")
+    response = await treq.delete(location)
+    assert response.code == 204
+    response = await treq.get(location)
+    assert response.code == 404
+    assert await error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cross_repository_mount(registry: InProcessRegistry) -> None:
+    digest = await push_blob(registry.url, "source/repo", b"mount me")
+    response = await treq.post(
+        f"{registry.url}/v2/dest/blobs/uploads/?mount={digest}&from=source/repo"
+    )
+    assert response.code == 201
+    assert header(response, "location") == f"/v2/dest/blobs/{digest}"
+    assert header(response, "docker-content-digest") == digest
+    _, body = await get(f"{registry.url}/v2/dest/blobs/{digest}")
+    assert body == b"mount me"
+
+    # Unknown blob, missing or unrelated ``from``: a new upload session instead.
+    for query in (f"mount={ZERO}&from=source/repo", f"mount={digest}", f"mount={digest}&from=dest2"):
+        response = await treq.post(f"{registry.url}/v2/other/blobs/uploads/?{query}")
+        assert response.code == 202, query
+        assert header(response, "location", ).startswith("/v2/other/blobs/uploads/")  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_delete_disabled_by_default(registry: InProcessRegistry) -> None:
+    digest = await push_blob(registry.url, "x", b"keep")
+    response = await treq.delete(f"{registry.url}/v2/x/blobs/{digest}")
+    assert response.code == 405
+    assert await error_codes(response) == ["UNSUPPORTED"]
+    response, body = await get(f"{registry.url}/v2/x/blobs/{digest}")
+    assert body == b"keep"
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_delete_when_enabled(start_registry: Starter) -> None:
+    registry = await start_registry({"storage": {"delete_enabled": "true"}})
+    digest = await push_blob(registry.url, "x", b"remove")
+    response = await treq.delete(f"{registry.url}/v2/x/blobs/{digest}")
+    assert response.code == 202
+    response = await treq.get(f"{registry.url}/v2/x/blobs/{digest}")
+    assert response.code == 404
+    response = await treq.delete(f"{registry.url}/v2/x/blobs/{digest}")
+    assert response.code == 404
+    assert await error_codes(response) == ["BLOB_UNKNOWN"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_readonly_refuses_writes(start_registry: Starter) -> None:
+    registry = await start_registry({"maintenance": {"readonly": "true"}})
+    response = await treq.post(f"{registry.url}/v2/x/blobs/uploads/")
+    assert response.code == 405
+    assert await error_codes(response) == ["UNSUPPORTED"]
+    response = await treq.post(f"{registry.url}/v2/x/blobs/uploads/?digest={sha256(b'a')}", data=b"a")
+    assert response.code == 405
+    response, _ = await get(registry.url + "/v2/")
+    assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_method_not_allowed(registry: InProcessRegistry) -> None:
+    response = await treq.request("PATCH", f"{registry.url}/v2/x/blobs/{ZERO}")
+    assert response.code == 405
+    assert await error_codes(response) == ["UNSUPPORTED"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4 * 1024 * 1024 + 3])
+@pytest_twisted.ensureDeferred
+async def test_sizes(registry: InProcessRegistry, size: int) -> None:
+    data = os.urandom(size)
+    digest = await push_blob(registry.url, "sizes", data)
+    response, body = await get(f"{registry.url}/v2/sizes/blobs/{digest}")
+    assert (response.code, body) == (200, data)

@@ -1,0 +1,198 @@
+"""
+Uploads that survive what happens to real pushes: clients leaving mid-body, the server being
+restarted or killed between or during chunks, and multi-GiB bodies with bounded memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
+
+from tests.e2e.client import PatternBody, error_codes, header, sha256, start_upload
+from tests.e2e.harness import InProcessRegistry, RegistryProcess, sleep
+
+
+def send_partial_body(url: str, method: str, path: str, total: int, data: bytes) -> None:
+    """Send request headers announcing ``total`` bytes, then only ``data``, then hang up."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {total}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
+        sock.sendall(data)
+
+
+async def upload_range(location: str) -> str | None:
+    response = await treq.get(location)
+    await response.content()
+    assert response.code == 204
+    return header(response, "range")
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_disconnect_leaves_upload_resumable(registry: InProcessRegistry) -> None:
+    data = os.urandom(1_000_000)
+    location = await start_upload(registry.url, "resume")
+    path = location.removeprefix(registry.url)
+    await deferToThread(send_partial_body, registry.url, "PATCH", path, len(data), data[:300_000])
+    stored = None
+    for _ in range(100):
+        stored = await upload_range(location)
+        if stored == "0-299999":
+            break
+        await sleep(0.05)
+    assert stored == "0-299999"
+
+    response = await treq.patch(
+        location, data=data[300_000:], headers={"Content-Range": f"300000-{len(data) - 1}"}
+    )
+    assert response.code == 202, await response.text()
+    response = await treq.put(f"{location}?digest={sha256(data)}")
+    assert response.code == 201, await response.text()
+    response = await treq.get(f"{registry.url}/v2/resume/blobs/{sha256(data)}")
+    assert await response.content() == data
+
+
+@pytest.fixture
+def registry_process(tmp_path: Path):  # type: ignore[no-untyped-def]
+    process = RegistryProcess(tmp_path)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest_twisted.ensureDeferred
+async def test_restart_between_chunks(registry_process: RegistryProcess, sig: int) -> None:
+    first, second = os.urandom(2_000_000), os.urandom(1_500_000)
+    location = await start_upload(registry_process.url, "restart/me")
+    response = await treq.patch(location, data=first, headers={"Content-Range": "0-1999999"})
+    assert response.code == 202
+    registry_process.stop(sig)
+    registry_process.start()
+    assert await upload_range(location) == "0-1999999"
+    response = await treq.patch(
+        location, data=second, headers={"Content-Range": f"2000000-{3_500_000 - 1}"}
+    )
+    assert response.code == 202, await response.text()
+    whole = first + second
+    response = await treq.put(f"{location}?digest={sha256(whole)}")
+    assert response.code == 201, await response.text()
+    response = await treq.get(f"{registry_process.url}/v2/restart/me/blobs/{sha256(whole)}")
+    assert hashlib.sha256(await response.content()).hexdigest() == sha256(whole)[7:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_mid_body(registry_process: RegistryProcess) -> None:
+    """Killed while bytes arrive: no blob appears, and the upload resumes where data stopped."""
+    data = os.urandom(8_000_000)
+    location = await start_upload(registry_process.url, "killed")
+    path = location.removeprefix(registry_process.url)
+    # A monolithic push cut short by the kill: nothing may become visible.
+    await deferToThread(
+        send_partial_body,
+        registry_process.url,
+        "POST",
+        f"/v2/killed/blobs/uploads/?digest={sha256(data)}",
+        len(data),
+        data[:5_000_000],
+    )
+    await deferToThread(
+        send_partial_body, registry_process.url, "PATCH", path, len(data), data[:3_000_000]
+    )
+    await sleep(0.3)
+    registry_process.kill()
+    registry_process.start()
+    response = await treq.head(f"{registry_process.url}/v2/killed/blobs/{sha256(data)}")
+    assert response.code == 404
+
+    stored = await upload_range(location)
+    assert stored is not None
+    size = int(stored.split("-")[1]) + 1
+    assert 0 < size <= 3_000_000
+    response = await treq.patch(
+        location, data=data[size:], headers={"Content-Range": f"{size}-{len(data) - 1}"}
+    )
+    assert response.code == 202, await response.text()
+    response = await treq.put(f"{location}?digest={sha256(data)}")
+    assert response.code == 201, await response.text()
+    response = await treq.get(f"{registry_process.url}/v2/killed/blobs/{sha256(data)}")
+    assert hashlib.sha256(await response.content()).hexdigest() == sha256(data)[7:]
+
+
+class _HashingProtocolSink:
+    def __init__(self) -> None:
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def __call__(self, data: bytes) -> None:
+        self.hasher.update(data)
+        self.size += len(data)
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_two_gib_push_and_pull_with_flat_memory(registry_process: RegistryProcess) -> None:
+    body = PatternBody(count=512)  # 512 x 4 MiB = 2 GiB, generated on the fly
+    digest = body.digest()
+    server = psutil.Process(registry_process.pid)
+    peak = [server.memory_info().rss]
+
+    def sample() -> None:
+        peak[0] = max(peak[0], server.memory_info().rss)
+
+    sampler = LoopingCall(sample)
+    sampler.clock = reactor
+    sampler.start(0.1)
+    try:
+        response = await treq.post(
+            f"{registry_process.url}/v2/big/blobs/uploads/?digest={digest}",
+            data=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert response.code == 201, await response.text()
+        response = await treq.get(
+            f"{registry_process.url}/v2/big/blobs/{digest}", unbuffered=True
+        )
+        assert response.code == 200
+        assert response.length == body.length
+        sink = _HashingProtocolSink()
+        await treq.collect(response, sink)
+    finally:
+        sampler.stop()
+    assert sink.size == body.length
+    assert "sha256:" + sink.hasher.hexdigest() == digest
+    peak_mib = peak[0] / 2**20
+    assert peak_mib < 120, f"server peak RSS {peak_mib:.0f} MiB"
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_writes_to_one_upload(registry: InProcessRegistry) -> None:
+    """Two PATCHes racing on one upload: one wins, the other gets 416, bytes never interleave."""
+    location = await start_upload(registry.url, "race")
+    path = location.removeprefix(registry.url)
+    # Hold the upload open with a body that never completes...
+    host, port = registry.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode() + b"a" * 10
+    )
+    await sleep(0.2)
+    response = await treq.patch(location, data=b"b" * 10)
+    assert response.code == 416
+    assert await error_codes(response) == ["RANGE_INVALID"]
+    await deferToThread(sock.close)
+    await sleep(0.2)
+    assert await upload_range(location) == "0-9"
