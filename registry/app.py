@@ -80,14 +80,12 @@ class RegistryApp:
 
     @router.route("/", branch=True, methods=_METHODS)
     async def elsewhere(self, request: IRequest) -> bytes:
-        raise RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})  # type: ignore[attr-defined]
+        raise RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
 
     async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:
         request.setHeader(*responses.API_VERSION_HEADER)
         if getattr(request, "body_too_large", False):
-            raise RegistryError(
-                SIZE_INVALID, {"reason": "request body too large"}, status=413
-            )
+            raise RegistryError(SIZE_INVALID, {"reason": "request body too large"}, status=413)
         route = parse_route(rest)
         handler = self.handlers.get((route.kind, request.method))
         if handler is None:
@@ -101,7 +99,9 @@ class RegistryApp:
     @router.handle_errors(RegistryError)
     def registry_error(self, request: IRequest, failure: Failure) -> bytes:
         request.setHeader(*responses.API_VERSION_HEADER)
-        return responses.error(request, failure.value)
+        error = failure.value
+        assert isinstance(error, RegistryError)
+        return responses.error(request, error)
 
     @router.handle_errors(StorageError)
     def storage_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -109,7 +109,7 @@ class RegistryApp:
             "storage failure on {method} {uri}",
             failure,
             method=request.method.decode("latin-1"),
-            uri=request.uri.decode("latin-1")[:300],  # type: ignore[attr-defined]
+            uri=request.uri.decode("latin-1")[:300],
         )
         err = RegistryError(UNKNOWN, {"reason": str(failure.value)[:500]}, status=503)
         return responses.error(request, err)
@@ -122,7 +122,7 @@ class RegistryApp:
             "unexpected error on {method} {uri}",
             failure,
             method=request.method.decode("latin-1"),
-            uri=request.uri.decode("latin-1")[:300],  # type: ignore[attr-defined]
+            uri=request.uri.decode("latin-1")[:300],
         )
         request.setHeader(*responses.API_VERSION_HEADER)
         return responses.error(request, RegistryError(UNKNOWN, {"reason": "internal error"}))

@@ -166,7 +166,7 @@ def env_name(section: str, name: str) -> str:
 
 
 def _parse_section(section: str, cls: type[T], values: Mapping[str, str]) -> T:
-    fields = {field.name: field for field in attrs.fields(cls)}
+    fields = {field.name: field for field in attrs.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for name, text in values.items():
         field = fields.get(name)

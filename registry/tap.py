@@ -42,7 +42,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["port"] = []
         self.config: Config | None = None
 
@@ -72,11 +72,11 @@ class ThreadPoolService(Service):
         self.pool = pool
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.pool.start()
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self.pool.stop()
         return None
 
@@ -88,7 +88,7 @@ def makeService(options: Options) -> IService:
     assert config is not None
     root = MultiService()
     pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
-    ThreadPoolService(pool).setServiceParent(root)
+    ThreadPoolService(pool).setServiceParent(root)  # type: ignore[no-untyped-call]
     driver = build_driver(config, reactor, pool)
     ctx = RegistryContext.build(config, driver, reactor)
     site = make_site(ctx)

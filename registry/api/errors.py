@@ -41,9 +41,7 @@ def registered_codes() -> dict[str, ErrorCode]:
 BLOB_UNKNOWN = register("BLOB_UNKNOWN", "blob unknown to registry", 404)
 BLOB_UPLOAD_INVALID = register("BLOB_UPLOAD_INVALID", "blob upload invalid", 400)
 BLOB_UPLOAD_UNKNOWN = register("BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry", 404)
-DIGEST_INVALID = register(
-    "DIGEST_INVALID", "provided digest did not match uploaded content", 400
-)
+DIGEST_INVALID = register("DIGEST_INVALID", "provided digest did not match uploaded content", 400)
 MANIFEST_BLOB_UNKNOWN = register(
     "MANIFEST_BLOB_UNKNOWN", "manifest references a manifest or blob unknown to registry", 400
 )

@@ -11,9 +11,7 @@ from registry.auth.interfaces import Access, Principal
 from registry.handlers.context import RegistryContext
 
 
-async def authorize(
-    ctx: RegistryContext, request: IRequest, wanted: Sequence[Access]
-) -> Principal:
+async def authorize(ctx: RegistryContext, request: IRequest, wanted: Sequence[Access]) -> Principal:
     principal = await ctx.access.authorize(request, wanted)
     request.principal_name = principal.name  # type: ignore[attr-defined]
     return principal
@@ -40,7 +38,7 @@ def refuse_if_delete_disabled(ctx: RegistryContext) -> None:
 
 def query(request: IRequest, name: str) -> str | None:
     """The first value of query parameter ``name``, decoded."""
-    values = request.args.get(name.encode())  # type: ignore[attr-defined]
+    values = request.args.get(name.encode())
     if not values:
         return None
     value: bytes = values[0]

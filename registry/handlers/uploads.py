@@ -75,7 +75,7 @@ class UploadSink:
         self._pump()
 
     def _failed(self, failure: Failure) -> None:
-        self._fail(failure.value)
+        self._fail(failure.value or Exception("upload preparation failed"))
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
@@ -98,10 +98,7 @@ class UploadSink:
     def _pump(self) -> None:
         appender = self._appender
         while (
-            appender is not None
-            and self._queue
-            and self._pending is None
-            and self._error is None
+            appender is not None and self._queue and self._pending is None and self._error is None
         ):
             data = self._queue.popleft()
             try:
@@ -126,7 +123,7 @@ class UploadSink:
 
     def _write_failed(self, failure: Failure) -> None:
         self._pending = None
-        self._fail(failure.value)
+        self._fail(failure.value or Exception("storage write failed"))
 
     async def result(self) -> UploadAppender:
         """The appender once every byte of the body is in storage; raises the first error."""
@@ -317,4 +314,3 @@ async def delete_upload(ctx: RegistryContext, request: IRequest, route: Route) -
     await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
     await ctx.uploads.cancel(route.name, route.reference)
     return responses.empty(request, 204)
-

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 
 _RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
-_CONTENT_RANGE_RE = re.compile(r"\s*(?:bytes[ =])?\s*(\d{1,19})\s*-\s*(\d{1,19})\s*(?:/\s*(?:\d+|\*))?")
+_CONTENT_RANGE_RE = re.compile(
+    r"\s*(?:bytes[ =])?\s*(\d{1,19})\s*-\s*(\d{1,19})\s*(?:/\s*(?:\d+|\*))?"
+)
 
 
 class RangeNotSatisfiable(ValueError):

@@ -47,8 +47,10 @@ SinkFactory = Callable[["RegistryRequest", bytes, bytes, "int | None"], "BodySin
 
 def _innermost_transport(transport: Any) -> Any:
     """The TCP connection below any TLS wrapper (where read and send sizes live)."""
-    while transport is not None and hasattr(transport, "transport") and not hasattr(
-        transport, "socket"
+    while (
+        transport is not None
+        and hasattr(transport, "transport")
+        and not hasattr(transport, "socket")
     ):
         transport = transport.transport
     return transport
@@ -63,7 +65,7 @@ class RegistryRequest(server.Request):
     principal_name: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._parsePOSTFormSubmission = False
         self.started = time.monotonic()
         self._body_limit = 1024 * 1024
@@ -105,16 +107,18 @@ class RegistryRequest(server.Request):
             return
         if self.body_too_large:
             return
-        if self.content.tell() + len(data) > self._body_limit:
+        content = self.content
+        assert content is not None
+        if content.tell() + len(data) > self._body_limit:
             self.body_too_large = True
             self.content = io.BytesIO()
             return
-        self.content.write(data)
+        content.write(data)
 
     def _pause_body(self) -> None:
         self._paused_by_body = True
         if hasattr(self.channel, "_networkProducer"):
-            self.channel.transport.pauseProducing()
+            self.channel.transport.pauseProducing()  # type: ignore[union-attr]
         else:  # HTTP/2 stream: flow control through the stream
             self.channel.pauseProducing()
 
@@ -125,7 +129,7 @@ class RegistryRequest(server.Request):
         if self.channel is None:
             return
         if hasattr(self.channel, "_networkProducer"):
-            self.channel.transport.resumeProducing()
+            self.channel.transport.resumeProducing()  # type: ignore[union-attr]
         else:
             self.channel.resumeProducing()
 
@@ -133,7 +137,7 @@ class RegistryRequest(server.Request):
         sink = self.sink
         if sink is not None and not self.finished:
             sink.connection_lost(reason)
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def raise_send_limit(self) -> None:
         """Before a large download: let the transport push bigger writes per reactor turn."""
@@ -153,7 +157,7 @@ class RegistrySite(server.Site):
         access_log: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(resource, requestFactory=RegistryRequest, **kwargs)
+        super().__init__(resource, requestFactory=RegistryRequest, **kwargs)  # type: ignore[no-untyped-call]
         self.sink_factory = sink_factory
         self.max_body_size = max_body_size
         self.access_log = access_log

@@ -72,7 +72,7 @@ async def stream(request: IRequest, producer: IBodyProducer) -> None:
     raise_limit = getattr(request, "raise_send_limit", None)
     if raise_limit is not None:
         raise_limit()
-    request.registerProducer(producer, True)
+    request.registerProducer(producer, True)  # type: ignore[attr-defined]
     try:
         await producer.startProducing(request)
     except CancelledError:
@@ -80,4 +80,4 @@ async def stream(request: IRequest, producer: IBodyProducer) -> None:
         raise
     finally:
         if not request.finished:  # type: ignore[attr-defined]
-            request.unregisterProducer()
+            request.unregisterProducer()  # type: ignore[attr-defined]

@@ -17,7 +17,9 @@ from registry.storage.driver import IStorageDriver, PathNotFoundError
 log = Logger()
 
 
-async def upload_folders(driver: IStorageDriver, path: str = layout.REPOSITORIES) -> AsyncIterator[str]:
+async def upload_folders(
+    driver: IStorageDriver, path: str = layout.REPOSITORIES
+) -> AsyncIterator[str]:
     """Every ``_uploads`` folder below ``path``, descending through multi-part names."""
     try:
         children = await driver.list(path)

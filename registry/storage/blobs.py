@@ -33,7 +33,9 @@ class IBlobStore(Interface):
     def stat(name: str, digest: Digest) -> Awaitable[BlobInfo]:
         """Size of a blob the repository may serve; RegistryError BLOB_UNKNOWN otherwise."""
 
-    def open(name: str, digest: Digest, offset: int, length: int | None) -> Awaitable[IBodyProducer]:
+    def open(
+        name: str, digest: Digest, offset: int, length: int | None
+    ) -> Awaitable[IBodyProducer]:
         """A producer of the blob's bytes; BLOB_UNKNOWN when it is not served here."""
 
     def redirect_url(name: str, digest: Digest) -> Awaitable[str | None]:

@@ -21,7 +21,8 @@ def build_driver(config: Config, reactor: Any, threadpool: ThreadPool) -> IStora
 
         return MemoryDriver()
     if storage.driver == "s3":
-        from registry.storage.s3 import build_s3_driver
+        from registry.storage.s3 import build_s3_driver  # type: ignore[import-not-found]
 
-        return build_s3_driver(config, reactor)
+        driver: IStorageDriver = build_s3_driver(config, reactor)
+        return driver
     raise ConfigError(f"[storage] driver: unknown driver {storage.driver!r}")

@@ -14,6 +14,7 @@ happens to the process.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -70,10 +71,8 @@ class _FileWriter:
 
     async def cancel(self) -> None:
         await self.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._driver._full(self._path))
-        except FileNotFoundError:
-            pass
 
 
 @implementer(IStorageDriver)
@@ -159,9 +158,7 @@ class FilesystemDriver:
         except FileNotFoundError:
             raise PathNotFoundError(source) from None
 
-    async def reader(
-        self, path: str, offset: int = 0, length: int | None = None
-    ) -> IBodyProducer:
+    async def reader(self, path: str, offset: int = 0, length: int | None = None) -> IBodyProducer:
         try:
             file = open(self._full(path), "rb")  # noqa: SIM115 - the producer owns it
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):

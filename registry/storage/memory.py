@@ -115,9 +115,7 @@ class MemoryDriver:
         self._store(_check(dest), data)
         del self._files[source]
 
-    async def reader(
-        self, path: str, offset: int = 0, length: int | None = None
-    ) -> IBodyProducer:
+    async def reader(self, path: str, offset: int = 0, length: int | None = None) -> IBodyProducer:
         data = self._file(path)
         if offset < 0 or offset > len(data):
             raise InvalidOffsetError(path, offset)

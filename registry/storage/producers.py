@@ -138,9 +138,7 @@ class FileProducer(_PausableProducer):
             return
         size = min(self._chunk_size, self._remaining)
         self._remaining -= size
-        ahead: Deferred[bytes] = deferToThreadPool(
-            self._reactor, self._threadpool, file.read, size
-        )
+        ahead: Deferred[bytes] = deferToThreadPool(self._reactor, self._threadpool, file.read, size)
         self._ahead = ahead
         ahead.addCallbacks(self._chunk_read, self._read_failed, callbackArgs=(size,))
 

@@ -13,6 +13,7 @@ One request at a time may append to an upload in this process; a second concurre
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
 from typing import Any
@@ -131,9 +132,7 @@ class UploadStore:
         """Create an empty upload and return its id."""
         upload_id = str(uuid.uuid4())
         started = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
-        await self.driver.put_content(
-            layout.upload_started_at(name, upload_id), started.encode()
-        )
+        await self.driver.put_content(layout.upload_started_at(name, upload_id), started.encode())
         writer = await self.driver.writer(layout.upload_data(name, upload_id))
         await writer.close()
         return upload_id
@@ -233,12 +232,10 @@ class UploadStore:
         )
         for offset in old:
             if offset != size:
-                try:
+                with contextlib.suppress(PathNotFoundError):
                     await self.driver.delete(
                         layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, offset)
                     )
-                except PathNotFoundError:
-                    pass
 
     async def commit(
         self,
@@ -259,9 +256,7 @@ class UploadStore:
             else:
                 actual = (await self._hash_stored(name, upload_id, digest.algorithm, size)).digest()
             if expected_size is not None and expected_size != size:
-                raise RegistryError(
-                    SIZE_INVALID, {"expected": expected_size, "received": size}
-                )
+                raise RegistryError(SIZE_INVALID, {"expected": expected_size, "received": size})
             if actual != digest:
                 raise RegistryError(
                     DIGEST_INVALID, {"expected": str(digest), "received": str(actual)}
@@ -280,10 +275,8 @@ class UploadStore:
         await self._remove(name, upload_id)
 
     async def _remove(self, name: str, upload_id: str) -> None:
-        try:
+        with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(layout.upload_dir(name, upload_id))
-        except PathNotFoundError:
-            pass
 
     async def read_small(self, name: str, upload_id: str, limit: int) -> bytes:
         """Whole content of a small upload (tests and diagnostics)."""

@@ -232,10 +232,17 @@ async def test_cross_repository_mount(registry: InProcessRegistry) -> None:
     assert body == b"mount me"
 
     # Unknown blob, missing or unrelated ``from``: a new upload session instead.
-    for query in (f"mount={ZERO}&from=source/repo", f"mount={digest}", f"mount={digest}&from=dest2"):
+    for query in (
+        f"mount={ZERO}&from=source/repo",
+        f"mount={digest}",
+        f"mount={digest}&from=dest2",
+    ):
         response = await treq.post(f"{registry.url}/v2/other/blobs/uploads/?{query}")
         assert response.code == 202, query
-        assert header(response, "location", ).startswith("/v2/other/blobs/uploads/")  # type: ignore[union-attr]
+        assert header(
+            response,
+            "location",
+        ).startswith("/v2/other/blobs/uploads/")  # type: ignore[union-attr]
 
 
 @pytest_twisted.ensureDeferred
@@ -267,7 +274,9 @@ async def test_readonly_refuses_writes(start_registry: Starter) -> None:
     response = await treq.post(f"{registry.url}/v2/x/blobs/uploads/")
     assert response.code == 405
     assert await error_codes(response) == ["UNSUPPORTED"]
-    response = await treq.post(f"{registry.url}/v2/x/blobs/uploads/?digest={sha256(b'a')}", data=b"a")
+    response = await treq.post(
+        f"{registry.url}/v2/x/blobs/uploads/?digest={sha256(b'a')}", data=b"a"
+    )
     assert response.code == 405
     response, _ = await get(registry.url + "/v2/")
     assert response.code == 200

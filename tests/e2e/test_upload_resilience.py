@@ -163,9 +163,7 @@ async def test_two_gib_push_and_pull_with_flat_memory(registry_process: Registry
             headers={"Content-Type": "application/octet-stream"},
         )
         assert response.code == 201, await response.text()
-        response = await treq.get(
-            f"{registry_process.url}/v2/big/blobs/{digest}", unbuffered=True
-        )
+        response = await treq.get(f"{registry_process.url}/v2/big/blobs/{digest}", unbuffered=True)
         assert response.code == 200
         assert response.length == body.length
         sink = _HashingProtocolSink()

@@ -1,0 +1,47 @@
+# txregistry: `make run` starts the registry on tcp:5000 with filesystem storage in
+# ./registry-data; `make test` runs the whole test suite.  Both set up .venv themselves.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck bench tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,s3,auth,http2]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/twistd --nodaemon --pidfile= registry --config tap.cfg
+
+# System tools the interoperability tests drive (skopeo, registry:2 from Debian's
+# docker-registry package); installed when missing and we are allowed to.
+tools:
+	@missing=""; \
+	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "missing system tools:$$missing (tests needing them will skip; CI installs them)"; \
+	  fi; \
+	fi
+
+test: $(STAMP) tools
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m pytest -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check registry tests bench twisted
+	$(BIN)/ruff format --check registry tests bench twisted
+	$(BIN)/mypy
+
+bench: $(STAMP) tools
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) registry-data

@@ -1,0 +1,91 @@
+"""Configuration: tap.cfg documents every key with its default; bad values stop start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+
+from registry import config
+from tests.e2e.harness import REPO_ROOT
+
+
+def test_tap_cfg_documents_every_key_with_its_default() -> None:
+    documented = config.load(str(REPO_ROOT / "tap.cfg"), environ={})
+    assert attrs.evolve(documented, extra={}) == config.Config()
+    text = (REPO_ROOT / "tap.cfg").read_text()
+    for section, cls in config.SECTIONS.items():
+        assert f"[{section}]" in text
+        for field in attrs.fields(cls):
+            assert f"\n{field.name} =" in text, f"[{section}] {field.name} not in tap.cfg"
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.cfg"
+    path.write_text("[storage]\nrootdirectory = /from/file\ndelete_enabled = false\n")
+    loaded = config.load(
+        str(path),
+        environ={"REGISTRY_STORAGE_DELETE_ENABLED": "true", "REGISTRY_HTTP_PORT": "tcp:1 tcp:2"},
+    )
+    assert loaded.storage.rootdirectory == "/from/file"
+    assert loaded.storage.delete_enabled is True
+    assert loaded.http.port == ("tcp:1", "tcp:2")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[storage]\ndelete_enabled = perhaps\n", "[storage] delete_enabled: not a boolean"),
+        ("[storage]\nmax_manifest_size = lots\n", "[storage] max_manifest_size: not a size"),
+        ("[storage]\ndriver = floppy\n", "[storage] driver:"),
+        ("[storage]\nrootdir = /x\n", "[storage] rootdir: unknown key"),
+        ("[storrage]\n", "[storrage]: unknown section"),
+        ("[uploads]\npurge_age = soon\n", "[uploads] purge_age: not a duration"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.cfg"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(str(path), environ={})
+    assert message in str(caught.value)
+
+
+def test_bad_value_stops_twistd_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.cfg"
+    path.write_text("[storage]\nfsync = maybe\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "registry",
+            "--config",
+            str(path),
+        ],
+        capture_output=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert b"configuration error: [storage] fsync: not a boolean" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("168h", 604800), ("1h30m", 5400), ("12", 12)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("4MiB", 4 << 20), ("50GiB", 50 << 30), ("10MB", 10_000_000), ("7", 7)]
+)
+def test_sizes(text: str, size: int) -> None:
+    assert config.parse_size(text) == size

@@ -1,0 +1,121 @@
+"""Names, digests, routes, ranges: the parsers every request goes through."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from registry.api.digests import Digest
+from registry.api.errors import RegistryError
+from registry.api.names import NAME_RE, is_valid_name
+from registry.http.ranges import RangeNotSatisfiable, parse_content_range, parse_range
+from registry.http.routes import Kind, parse_route
+
+HEX = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("rest", "kind", "name", "reference"),
+    [
+        ("", Kind.BASE, "", ""),
+        ("_catalog", Kind.CATALOG, "", ""),
+        ("a/blobs/uploads/", Kind.UPLOADS, "a", ""),
+        ("a/blobs/uploads", Kind.UPLOADS, "a", ""),
+        ("a/blobs/uploads/blobs/uploads/", Kind.UPLOADS, "a/blobs/uploads", ""),
+        ("a/blobs/uploads/abc-123", Kind.UPLOAD, "a", "abc-123"),
+        ("x/y/z/tags/list", Kind.TAGS, "x/y/z", ""),
+        ("m/manifests/latest", Kind.MANIFEST, "m", "latest"),
+        ("manifests/manifests/manifests", Kind.MANIFEST, "manifests", "manifests"),
+        (f"b/blobs/sha256:{HEX}", Kind.BLOB, "b", f"sha256:{HEX}"),
+        (f"r/referrers/sha256:{HEX}", Kind.REFERRERS, "r", f"sha256:{HEX}"),
+    ],
+)
+def test_routes(rest: str, kind: Kind, name: str, reference: str) -> None:
+    route = parse_route(rest)
+    assert (route.kind, route.name, route.reference) == (kind, name, reference)
+
+
+@pytest.mark.parametrize(
+    ("rest", "code"),
+    [
+        ("x/y", "NOT_FOUND"),
+        ("A/manifests/x", "NAME_INVALID"),
+        ("a/manifests/-x", "TAG_INVALID"),
+        ("a/blobs/sha1:abc", "DIGEST_INVALID"),
+        ("a/blobs/uploads/../x", "NOT_FOUND"),
+        ("../../etc/manifests/x", "NAME_INVALID"),
+        ("a/blobs/uploads/-bad", "BLOB_UPLOAD_UNKNOWN"),
+    ],
+)
+def test_bad_routes(rest: str, code: str) -> None:
+    with pytest.raises(RegistryError) as caught:
+        parse_route(rest)
+    assert caught.value.code.value == code
+
+
+@given(st.text(max_size=300))
+def test_routes_never_fail_unexpectedly(rest: str) -> None:
+    """Whatever the path, the parser answers a route or a RegistryError (never a crash)."""
+    try:
+        route = parse_route(rest)
+    except RegistryError:
+        return
+    if route.name:
+        assert is_valid_name(route.name)
+        assert ".." not in route.name.split("/")
+
+
+@given(st.from_regex(NAME_RE, fullmatch=True))
+def test_valid_names_have_no_path_escape(name: str) -> None:
+    assert all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def test_digest_parse() -> None:
+    assert str(Digest.parse(f"sha256:{HEX}")) == f"sha256:{HEX}"
+    assert Digest.parse("sha512:" + "b" * 128).algorithm == "sha512"
+    for bad in ("sha256:" + "A" * 64, "sha256:abc", "md5:" + "a" * 32, "sha256", ":", ""):
+        with pytest.raises(RegistryError):
+            Digest.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        (None, 100, None),
+        ("bytes=0-9", 100, (0, 9)),
+        ("bytes=90-", 100, (90, 99)),
+        ("bytes=-10", 100, (90, 99)),
+        ("bytes=50-1000", 100, (50, 99)),
+        ("bytes=9-0", 100, None),
+        ("items=0-9", 100, None),
+        ("bytes=0-9,20-29", 100, None),
+    ],
+)
+def test_range(header: str | None, size: int, expected: tuple[int, int] | None) -> None:
+    assert parse_range(header, size) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=200-300", "bytes=-0"])
+def test_range_unsatisfiable(header: str) -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(header, 100)
+
+
+@given(st.text(max_size=60), st.integers(min_value=0, max_value=10**12))
+def test_range_is_total(header: str, size: int) -> None:
+    try:
+        result = parse_range(header, size)
+    except RangeNotSatisfiable:
+        return
+    if result is not None:
+        first, last = result
+        assert 0 <= first <= last < size
+
+
+def test_content_range() -> None:
+    assert parse_content_range("0-9") == (0, 9)
+    assert parse_content_range("bytes 10-19/*") == (10, 19)
+    for bad in ("9-0", "x", "-1-5", ""):
+        with pytest.raises(ValueError):
+            parse_content_range(bad)
