@@ -9,7 +9,8 @@ empty-ish marker file in one flat folder::
     txregistry/catalog/complete                                      (written by a full walk)
 
 so a page is one folder listing.  `Catalog.note_repository` adds a repository; the handlers
-call it (through the manifest store on a manifest push, directly on a blob link or mount).
+call it (through the manifest store on a manifest push, directly on a blob link or mount),
+*after* writing the link: a rebuild drops entries whose repository folder does not exist.
 
 Data written by registry:2 (or by anything that does not note repositories) is found by
 `Catalog.rebuild`, a full walk of ``repositories/`` that recognises a repository as a folder
