@@ -311,7 +311,7 @@ class ManifestStore:
             return []
 
 
-def describe(result: PutResult) -> dict[str, Any]:
+def put_response_headers(result: PutResult) -> dict[str, Any]:
     """The response headers of a successful manifest PUT (besides ``Location``)."""
     headers = {"Docker-Content-Digest": str(result.digest)}
     if result.subject is not None:

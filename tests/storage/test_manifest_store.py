@@ -31,8 +31,8 @@ from registry.storage.manifests import (
     ManifestStore,
     PutResult,
     check_manifest_size,
-    describe,
     parse_reference,
+    put_response_headers,
 )
 from tests.manifests import samples
 from tests.storage.manifest_fixtures import blobs, driver, push_blob
@@ -250,7 +250,7 @@ async def test_subject_need_not_exist(store: ManifestStore) -> None:
     body = samples.artifact(image)
     result = await store.put(NAME, str(digest_of(body)), body, mt.OCI_IMAGE_MANIFEST)
     assert result.subject == digest_of(image)
-    assert describe(result) == {
+    assert put_response_headers(result) == {
         "Docker-Content-Digest": str(digest_of(body)),
         "OCI-Subject": str(digest_of(image)),
     }
@@ -381,3 +381,43 @@ def test_parse_reference() -> None:
     assert parse_reference(digest) is digest
     assert parse_reference(str(digest)) == digest
     assert parse_reference("v1.0") == "v1.0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_revision_link_must_name_the_digest(
+    store: ManifestStore, driver: IStorageDriver
+) -> None:
+    await push_image_blobs(store.blobs)
+    body = samples.oci_image()
+    await store.put(NAME, "a", body, None)
+    await driver.put_content(layout.revision_link(NAME, digest_of(body)), b"sha256:other")
+    assert not await store.exists(NAME, digest_of(body))
+    await raises(MANIFEST_UNKNOWN, store.get(NAME, "a"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_repeating_a_child(store: ManifestStore) -> None:
+    await push_image_blobs(store.blobs)
+    child = samples.oci_image()
+    await store.put(NAME, str(digest_of(child)), child, None)
+    index = samples.oci_index([child, child])
+    assert (await store.put(NAME, "twice", index, None)).media_type == mt.OCI_IMAGE_INDEX
+
+
+@pytest_twisted.ensureDeferred
+async def test_reindex_skips_what_it_cannot_read(
+    store: ManifestStore, driver: IStorageDriver
+) -> None:
+    legacy = samples.schema1()
+    digest = await store.blobs.put_small(legacy)
+    await driver.put_content(layout.revision_link(NAME, digest), str(digest).encode())
+    await driver.put_content(f"{layout.revisions_dir(NAME)}/sha256/not-hex/link", b"x")
+    await driver.put_content(
+        layout.revision_link(NAME, digest_of(b"no data")), str(digest_of(b"no data")).encode()
+    )
+    assert await store.reindex_referrers(NAME) == 0
+    # A delete of a manifest whose subject cannot be read still works.
+    bad_subject = json.dumps({"schemaVersion": 2, "subject": {"digest": "nope"}}).encode()
+    digest = await store.blobs.put_small(bad_subject)
+    await driver.put_content(layout.revision_link(NAME, digest), str(digest).encode())
+    assert await store.delete(NAME, digest) == []
