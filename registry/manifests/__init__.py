@@ -1,0 +1,27 @@
+"""Parse and validate Docker schema2, manifest lists, OCI image manifests and OCI indexes."""
+
+from registry.manifests.model import (
+    DEFAULT_URL_POLICY,
+    Descriptor,
+    Kind,
+    ParsedManifest,
+    UrlPolicy,
+)
+from registry.manifests.parse import (
+    SCHEMA1_REFUSED,
+    load_json_object,
+    parse_manifest,
+    stored_media_type,
+)
+
+__all__ = [
+    "DEFAULT_URL_POLICY",
+    "SCHEMA1_REFUSED",
+    "Descriptor",
+    "Kind",
+    "ParsedManifest",
+    "UrlPolicy",
+    "load_json_object",
+    "parse_manifest",
+    "stored_media_type",
+]

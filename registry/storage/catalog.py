@@ -1,0 +1,206 @@
+"""
+The repository catalog (``GET /v2/_catalog``), served from an index instead of a tree walk.
+
+registry:2 answers the catalog by walking ``repositories/`` (on S3: one List call per folder),
+which takes seconds to minutes on thousands of repositories.  Here every repository has an
+empty-ish marker file in one flat folder::
+
+    txregistry/catalog/repositories/<name with "/" written as "~">   (content: the name)
+    txregistry/catalog/complete                                      (written by a full walk)
+
+so a page is one folder listing.  `Catalog.note_repository` adds a repository; the handlers
+call it (through the manifest store on a manifest push, directly on a blob link or mount),
+*after* writing the link: a rebuild drops entries whose repository folder does not exist.
+
+Data written by registry:2 (or by anything that does not note repositories) is found by
+`Catalog.rebuild`, a full walk of ``repositories/`` that recognises a repository as a folder
+holding ``_manifests``, ``_layers`` or ``_uploads`` and never descends into ``_`` folders.
+The first listing rebuilds when the ``complete`` marker is missing, which is the case on a
+registry:2 data directory served for the first time; call `Catalog.ensure_index` at start-up
+to do it before the first request, and `Catalog.rebuild` again (an operations task) after
+registry:2 wrote to the same storage, or after repositories were removed behind our back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from registry.api.names import NAME_RE, is_valid_name
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.pagination import paginate, parse_count
+from registry.storage.repositories import repository_exists
+
+CATALOG_DIR = f"{layout.OWN}/catalog"
+ENTRIES_DIR = f"{CATALOG_DIR}/repositories"
+COMPLETE_MARKER = f"{CATALOG_DIR}/complete"
+# Folders that make their parent a repository (registry:2 itself only looks for _layers).
+REPOSITORY_MARKERS = frozenset({"_manifests", "_layers", "_uploads"})
+# "~" is outside the name grammar, and unreserved in URLs (S3 keys stay readable).
+_SEPARATOR = "~"
+
+
+def entry_name(name: str) -> str:
+    return name.replace("/", _SEPARATOR)
+
+
+def entry_path(name: str) -> str:
+    return f"{ENTRIES_DIR}/{entry_name(name)}"
+
+
+def name_of_entry(entry: str) -> str:
+    return entry.replace(_SEPARATOR, "/")
+
+
+class ICatalog(Interface):
+    """The repository listing as handlers need it."""
+
+    def list_repositories(
+        n: int | str | None = None, last: str | None = None
+    ) -> Awaitable[tuple[list[str], bool]]:
+        """Sorted repository names after ``last`` (exclusive), at most ``n``, and more-to-come."""
+
+    def note_repository(name: str) -> Awaitable[None]:
+        """Record that ``name`` exists (on its first manifest push or blob link)."""
+
+
+@implementer(ICatalog)
+@attrs.define
+class Catalog:
+    driver: IStorageDriver
+    # Page size when the client sends no ``n`` (None: everything), and the bound on ``n``.
+    default_page: int | None = None
+    max_page: int | None = None
+    # Folder listings in flight during a walk: S3 latency, not CPU, is what a walk waits on.
+    concurrency: int = 16
+    _noted: set[str] = attrs.field(factory=set, init=False)
+    _ready: bool = attrs.field(default=False, init=False)
+    _rebuilding: Deferred[list[str]] | None = attrs.field(default=None, init=False)
+    _waiters: list[Deferred[list[str]]] = attrs.field(factory=list, init=False)
+
+    async def note_repository(self, name: str) -> None:
+        # Remembered per process: this runs on every blob link, and the marker rarely changes.
+        if name in self._noted:
+            return
+        await self.driver.put_content(entry_path(name), name.encode())
+        self._noted.add(name)
+
+    async def forget_repository(self, name: str) -> None:
+        self._noted.discard(name)
+        with contextlib.suppress(PathNotFoundError):
+            await self.driver.delete(entry_path(name))
+
+    async def list_repositories(
+        self, n: int | str | None = None, last: str | None = None
+    ) -> tuple[list[str], bool]:
+        count = parse_count(n, self.max_page)
+        if count is None:
+            count = self.default_page
+        await self.ensure_index()
+        return paginate(await self._indexed(), count, last)
+
+    async def _indexed(self) -> list[str]:
+        try:
+            entries = await self.driver.list(ENTRIES_DIR)
+        except PathNotFoundError:
+            return []
+        return sorted(name for name in map(name_of_entry, entries) if is_valid_name(name))
+
+    async def ensure_index(self) -> None:
+        """Rebuild once when no full walk was ever recorded (a registry:2 data directory)."""
+        if self._ready:
+            return
+        try:
+            await self.driver.stat(COMPLETE_MARKER)
+        except PathNotFoundError:
+            await self.rebuild()
+        self._ready = True
+
+    def rebuild(self) -> Deferred[list[str]]:
+        """
+        Walk ``repositories/``, add every repository found to the index, drop entries whose
+        repository folder is gone, and mark the index complete.  Concurrent calls share one
+        walk (each caller gets its own Deferred, so one cancelling does not cancel the rest).
+        Returns the repositories found.
+        """
+        waiter: Deferred[list[str]] = Deferred()
+        self._waiters.append(waiter)
+        if self._rebuilding is None:
+            rebuilding = Deferred.fromCoroutine(self._rebuild())
+            self._rebuilding = rebuilding
+            rebuilding.addBoth(self._rebuilt)
+        return waiter
+
+    def _rebuilt(self, result: list[str] | Failure) -> None:
+        self._rebuilding = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if waiter.called:
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(list(result))
+
+    async def _rebuild(self) -> list[str]:
+        found = await self.walk()
+        indexed = set(await self._indexed())
+        for name in found:
+            if name not in indexed:
+                await self.driver.put_content(entry_path(name), name.encode())
+            self._noted.add(name)
+        for name in indexed.difference(found):
+            # Checked again: it may have been created (and noted) during the walk.
+            if not await repository_exists(self.driver, name):
+                await self.forget_repository(name)
+        await self.driver.put_content(COMPLETE_MARKER, b"1")
+        self._ready = True
+        return found
+
+    async def _children(self, path: str) -> list[str]:
+        try:
+            return await self.driver.list(path)
+        except PathNotFoundError:
+            return []
+
+    async def _list_many(self, paths: Sequence[str]) -> list[list[str]]:
+        semaphore = DeferredSemaphore(self.concurrency)
+
+        def one(path: str) -> Deferred[list[str]]:
+            return semaphore.run(lambda: Deferred.fromCoroutine(self._children(path)))
+
+        return await gatherResults([one(path) for path in paths], consumeErrors=True)
+
+    async def walk(self) -> list[str]:
+        """
+        Every repository under ``repositories/``, sorted, found the registry:2 way: a folder
+        is a repository when it holds ``_manifests``, ``_layers`` or ``_uploads``; names may
+        have many components (and a repository may sit inside another), but ``_`` folders are
+        never entered.  Breadth first, a level's listings run concurrently.
+        """
+        found: list[str] = []
+        frontier = [""]
+        while frontier:
+            paths = [
+                f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES
+                for name in frontier
+            ]
+            listings = await self._list_many(paths)
+            next_frontier: list[str] = []
+            for prefix, children in zip(frontier, listings, strict=True):
+                if prefix and REPOSITORY_MARKERS.intersection(children):
+                    found.append(prefix)
+                for child in children:
+                    if child.startswith("_") or NAME_RE.fullmatch(child) is None:
+                        continue
+                    name = f"{prefix}/{child}" if prefix else child
+                    if is_valid_name(name):
+                        next_frontier.append(name)
+            frontier = next_frontier
+        return sorted(found)

@@ -1,0 +1,319 @@
+"""
+Manifests in a repository: push (validate, check references, store), pull, delete.
+
+A manifest is stored the registry:2 way: its bytes as a blob, exactly as pushed (its digest
+is over those bytes), plus ``_manifests/revisions/<alg>/<hex>/link`` saying the repository
+has it; tags point at revisions.  Its media type is read back from the stored bytes on every
+GET, as registry:2 does, so no side file can disagree with the content.
+
+Write order matters to concurrent readers: blob data, then the revision link, then the
+referrers index, then the tag; a reader following a tag therefore always finds the rest.
+Deletion goes the other way round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os.path
+from collections.abc import Awaitable
+from typing import Any
+
+import attrs
+from zope.interface import Interface, implementer
+
+from registry.api import mediatypes
+from registry.api.digests import Digest, digest_of
+from registry.api.errors import (
+    DIGEST_INVALID,
+    MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_INVALID,
+    MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
+    RegistryError,
+)
+from registry.api.names import check_tag
+from registry.manifests import (
+    DEFAULT_URL_POLICY,
+    ParsedManifest,
+    UrlPolicy,
+    load_json_object,
+    parse_manifest,
+    stored_media_type,
+)
+from registry.storage import layout
+from registry.storage.blobs import BlobStore
+from registry.storage.catalog import Catalog
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.referrers import ReferrersIndex, referrer_descriptor
+from registry.storage.repositories import repository_exists
+from registry.storage.tags import TagStore
+
+# The distribution-spec asks registries to accept at least 4 MiB; registry:2 also uses 4 MiB.
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+
+
+def check_manifest_size(length: int | None, limit: int = MAX_MANIFEST_SIZE) -> None:
+    """
+    Refuse a manifest body longer than ``limit`` with 413 (distribution-spec), before reading
+    it when the Content-Length is known.  ``None`` (length unknown) passes.
+    """
+    if length is not None and length > limit:
+        raise RegistryError(
+            MANIFEST_INVALID,
+            {"size": length, "limit": limit},
+            f"manifest too big: {length} bytes, the limit is {limit}",
+            status=413,
+        )
+
+
+def parse_reference(reference: str | Digest) -> Digest | str:
+    """A digest (DIGEST_INVALID when malformed) or a tag (TAG_INVALID when malformed)."""
+    if isinstance(reference, Digest):
+        return reference
+    if Digest.is_digest(reference):
+        return Digest.parse(reference)
+    return check_tag(reference)
+
+
+@attrs.frozen
+class PutResult:
+    """What a manifest PUT answers with: ``Docker-Content-Digest``, and ``OCI-Subject``."""
+
+    digest: Digest
+    media_type: str
+    subject: Digest | None
+
+
+@attrs.frozen
+class StoredManifest:
+    """A manifest to serve: the bytes as pushed, their digest and media type."""
+
+    digest: Digest
+    media_type: str
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
+
+
+class IManifestStore(Interface):
+    """What handlers need of manifests; the pull-through cache provides it too."""
+
+    def get(name: str, reference: str | Digest) -> Awaitable[StoredManifest]:
+        """By tag or digest; MANIFEST_UNKNOWN, or NAME_UNKNOWN for an unknown repository."""
+
+    def put(
+        name: str, reference: str | Digest, body: bytes, content_type: str | None
+    ) -> Awaitable[PutResult]:
+        """Validate and store; the errors are those of the distribution-spec's PUT."""
+
+    def delete(name: str, digest: str | Digest) -> Awaitable[list[str]]:
+        """Delete a manifest and the tags pointing at it (returned)."""
+
+    def untag(name: str, tag: str) -> Awaitable[None]:
+        """Delete a tag only; MANIFEST_UNKNOWN when there is no such tag."""
+
+
+def _subject_of(body: bytes) -> Digest | None:
+    """The subject digest of stored bytes, leniently (they may predate our validation)."""
+    try:
+        document = load_json_object(body)
+        subject = document.get("subject")
+        if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
+            return Digest.parse(subject["digest"])
+    except RegistryError:
+        pass
+    return None
+
+
+@implementer(IManifestStore)
+@attrs.define
+class ManifestStore:
+    driver: IStorageDriver
+    blobs: BlobStore
+    tags: TagStore = attrs.field(
+        default=attrs.Factory(lambda self: TagStore(self.driver), takes_self=True)
+    )
+    referrers: ReferrersIndex = attrs.field(
+        default=attrs.Factory(lambda self: ReferrersIndex(self.driver), takes_self=True)
+    )
+    # When set, a manifest push records its repository in the catalog index.
+    catalog: Catalog | None = None
+    url_policy: UrlPolicy = DEFAULT_URL_POLICY
+    max_size: int = MAX_MANIFEST_SIZE
+
+    async def _unknown(self, name: str, reference: str | Digest) -> RegistryError:
+        if not await repository_exists(self.driver, name):
+            return RegistryError(NAME_UNKNOWN, {"name": name})
+        return RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": str(reference)})
+
+    async def exists(self, name: str, digest: Digest) -> bool:
+        """Whether the repository has the manifest: its revision link and its bytes."""
+        try:
+            link = await self.driver.get_content(layout.revision_link(name, digest))
+        except PathNotFoundError:
+            return False
+        if link.decode("ascii", "replace").strip() != str(digest):
+            return False
+        return await self.blobs.exists(digest) is not None
+
+    async def resolve(self, name: str, reference: str | Digest) -> Digest:
+        """The digest a tag or digest reference names in the repository, if it has it."""
+        ref = parse_reference(reference)
+        digest = await self.tags.resolve(name, ref) if isinstance(ref, str) else ref
+        if digest is None or not await self.exists(name, digest):
+            raise await self._unknown(name, reference)
+        return digest
+
+    async def get(self, name: str, reference: str | Digest) -> StoredManifest:
+        digest = await self.resolve(name, reference)
+        try:
+            body = await self.blobs.get_small(digest)
+        except RegistryError:
+            raise await self._unknown(name, reference) from None
+        return StoredManifest(digest, stored_media_type(body), body)
+
+    async def put(
+        self, name: str, reference: str | Digest, body: bytes, content_type: str | None
+    ) -> PutResult:
+        check_manifest_size(len(body), self.max_size)
+        ref = parse_reference(reference)
+        manifest = parse_manifest(body, content_type, self.url_policy)
+        if isinstance(ref, Digest):
+            digest = digest_of(body, ref.algorithm)
+            if digest != ref:
+                raise RegistryError(
+                    DIGEST_INVALID,
+                    {"expected": str(ref), "actual": str(digest)},
+                    "manifest digest does not match the digest in the URL",
+                )
+        else:
+            digest = digest_of(body)
+        await self._check_references(name, manifest)
+        await self.blobs.put_small(body, digest.algorithm)
+        await self.driver.put_content(layout.revision_link(name, digest), str(digest).encode())
+        if manifest.subject is not None:
+            descriptor = referrer_descriptor(manifest, digest, len(body))
+            await self.referrers.add(name, manifest.subject.digest, descriptor)
+        if isinstance(ref, str):
+            await self.tags.set(name, ref, digest)
+        if self.catalog is not None:
+            await self.catalog.note_repository(name)
+        subject = manifest.subject.digest if manifest.subject is not None else None
+        return PutResult(digest, manifest.media_type, subject)
+
+    async def _check_references(self, name: str, manifest: ParsedManifest) -> None:
+        """
+        Config and layers must be blobs of this repository (foreign layers excepted), index
+        children manifests of this repository.  The subject need not exist (the spec lets a
+        referrer arrive before its subject).
+        """
+        seen: set[Digest] = set()
+        for descriptor in manifest.blob_references:
+            if descriptor.is_foreign or descriptor.digest in seen:
+                continue
+            seen.add(descriptor.digest)
+            if await self._blob_available(name, descriptor.digest):
+                continue
+            if str(descriptor.digest) == mediatypes.OCI_EMPTY_DIGEST:
+                # The empty config's content is known: store it rather than fail a client
+                # that did not upload the two bytes.
+                await self.blobs.put_small(mediatypes.OCI_EMPTY_CONTENT)
+                await self.blobs.link(name, descriptor.digest)
+                continue
+            raise RegistryError(
+                MANIFEST_BLOB_UNKNOWN,
+                {"digest": str(descriptor.digest), "mediaType": descriptor.media_type},
+                f"manifest references blob {descriptor.digest} unknown to this repository",
+            )
+        for child in manifest.manifests:
+            if child.digest in seen:
+                continue
+            seen.add(child.digest)
+            if not await self.exists(name, child.digest):
+                # registry:2 answers MANIFEST_BLOB_UNKNOWN here too: its message says
+                # "manifest or blob", and a 404 would tell the client the repository is
+                # missing rather than its request being incomplete.
+                raise RegistryError(
+                    MANIFEST_BLOB_UNKNOWN,
+                    {"digest": str(child.digest), "mediaType": child.media_type},
+                    f"index references manifest {child.digest} unknown to this repository",
+                )
+
+    async def _blob_available(self, name: str, digest: Digest) -> bool:
+        return await self.blobs.is_linked(name, digest) and (
+            await self.blobs.exists(digest) is not None
+        )
+
+    async def delete(self, name: str, digest: str | Digest) -> list[str]:
+        ref = parse_reference(digest)
+        if not isinstance(ref, Digest):
+            raise RegistryError(
+                MANIFEST_INVALID, {"reference": ref}, "delete a manifest by digest, or untag"
+            )
+        if not await self.exists(name, ref):
+            raise await self._unknown(name, ref)
+        try:
+            body: bytes | None = await self.blobs.get_small(ref)
+        except RegistryError:
+            body = None
+        removed: list[str] = []
+        for tag in await self.tags.tags_for(name, ref):
+            if await self.tags.remove(name, tag):
+                removed.append(tag)
+        subject = _subject_of(body) if body is not None else None
+        if subject is not None:
+            await self.referrers.remove(name, subject, ref)
+        with contextlib.suppress(PathNotFoundError):
+            await self.driver.delete(os.path.dirname(layout.revision_link(name, ref)))
+        return removed
+
+    async def untag(self, name: str, tag: str) -> None:
+        check_tag(tag)
+        if not await self.tags.remove(name, tag):
+            raise await self._unknown(name, tag)
+
+    async def reindex_referrers(self, name: str) -> int:
+        """
+        Rebuild the repository's referrers index from its manifests: for data pushed before
+        the index existed (registry:2, older txregistry).  An operations task, not a request
+        path.  Returns how many referrers were indexed.
+        """
+        count = 0
+        for digest in await self._revisions(name):
+            try:
+                body = await self.blobs.get_small(digest)
+                manifest = parse_manifest(body, None, DEFAULT_URL_POLICY)
+            except RegistryError:
+                continue
+            if manifest.subject is not None:
+                descriptor = referrer_descriptor(manifest, digest, len(body))
+                await self.referrers.add(name, manifest.subject.digest, descriptor)
+                count += 1
+        return count
+
+    async def _revisions(self, name: str) -> list[Digest]:
+        digests: list[Digest] = []
+        root = layout.revisions_dir(name)
+        for algorithm in await self._list(root):
+            for hex_ in await self._list(f"{root}/{algorithm}"):
+                try:
+                    digests.append(Digest.parse(f"{algorithm}:{hex_}"))
+                except RegistryError:
+                    continue
+        return digests
+
+    async def _list(self, path: str) -> list[str]:
+        try:
+            return await self.driver.list(path)
+        except PathNotFoundError:
+            return []
+
+
+def put_response_headers(result: PutResult) -> dict[str, Any]:
+    """The response headers of a successful manifest PUT (besides ``Location``)."""
+    headers = {"Docker-Content-Digest": str(result.digest)}
+    if result.subject is not None:
+        headers["OCI-Subject"] = str(result.subject)
+    return headers

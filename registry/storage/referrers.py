@@ -1,0 +1,139 @@
+"""
+The referrers index: which manifests name a given manifest as their ``subject``.
+
+Scanning every manifest of a repository on each referrers request is what makes the API slow
+elsewhere, so the index is kept up to date as manifests are pushed and deleted: under
+``txregistry/referrers/<name>/<alg>/<hex>/`` (registry:2 ignores that folder) one small JSON
+file per referrer holds the descriptor the referrers API returns.  Files are named
+``<alg>-<hex>`` so a folder listing is already in digest order, which is the order pages
+follow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable
+from typing import Any
+
+import attrs
+from zope.interface import Interface, implementer
+
+from registry.api import mediatypes
+from registry.api.digests import Digest
+from registry.manifests.model import ParsedManifest
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.pagination import parse_count
+
+
+def referrer_descriptor(manifest: ParsedManifest, digest: Digest, size: int) -> dict[str, Any]:
+    """The descriptor of a referrer as the referrers API lists it (an OCI index entry)."""
+    descriptor: dict[str, Any] = {
+        "mediaType": manifest.media_type,
+        "digest": str(digest),
+        "size": size,
+    }
+    artifact_type = manifest.referrer_artifact_type
+    if artifact_type:
+        descriptor["artifactType"] = artifact_type
+    if manifest.annotations:
+        descriptor["annotations"] = dict(manifest.annotations)
+    return descriptor
+
+
+def referrers_response(descriptors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of ``GET /v2/<name>/referrers/<digest>``: an OCI image index."""
+    return {
+        "schemaVersion": 2,
+        "mediaType": mediatypes.OCI_IMAGE_INDEX,
+        "manifests": descriptors,
+    }
+
+
+def _entry_name(digest: Digest | str) -> str:
+    return str(digest).replace(":", "-", 1)
+
+
+class IReferrers(Interface):
+    """The referrers API as handlers need it."""
+
+    def list_referrers(
+        name: str, subject: Digest, artifact_type: str | None = None
+    ) -> Awaitable[list[dict[str, Any]]]:
+        """Every referrer of ``subject`` (descriptors, digest order), optionally filtered."""
+
+    def page(
+        name: str,
+        subject: Digest,
+        artifact_type: str | None = None,
+        n: int | str | None = None,
+        last: str | None = None,
+    ) -> Awaitable[tuple[list[dict[str, Any]], bool]]:
+        """At most ``n`` referrers with digests after ``last``, and whether more follow."""
+
+
+@implementer(IReferrers)
+@attrs.define
+class ReferrersIndex:
+    driver: IStorageDriver
+    max_page: int | None = None
+
+    async def add(self, name: str, subject: Digest, descriptor: dict[str, Any]) -> None:
+        referrer = Digest.parse(descriptor["digest"])
+        data = json.dumps(descriptor, sort_keys=True, separators=(",", ":")).encode()
+        await self.driver.put_content(layout.referrer_entry(name, subject, referrer), data)
+
+    async def remove(self, name: str, subject: Digest, referrer: Digest) -> bool:
+        try:
+            await self.driver.delete(layout.referrer_entry(name, subject, referrer))
+        except PathNotFoundError:
+            return False
+        return True
+
+    async def _entries(self, name: str, subject: Digest) -> list[str]:
+        try:
+            return sorted(await self.driver.list(layout.referrers_dir(name, subject)))
+        except PathNotFoundError:
+            return []
+
+    async def _read(self, name: str, subject: Digest, entry: str) -> dict[str, Any] | None:
+        path = f"{layout.referrers_dir(name, subject)}/{entry}"
+        try:
+            descriptor = json.loads(await self.driver.get_content(path))
+        except (PathNotFoundError, ValueError):
+            # Deleted meanwhile, or a torn file from a crash: not a referrer to report.
+            return None
+        return descriptor if isinstance(descriptor, dict) else None
+
+    async def page(
+        self,
+        name: str,
+        subject: Digest,
+        artifact_type: str | None = None,
+        n: int | str | None = None,
+        last: str | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        count = parse_count(n, self.max_page)
+        if count == 0:
+            return [], False
+        entries = await self._entries(name, subject)
+        after = _entry_name(last) if last else ""
+        found: list[dict[str, Any]] = []
+        for entry in entries:
+            if entry <= after:
+                continue
+            descriptor = await self._read(name, subject, entry)
+            if descriptor is None:
+                continue
+            if artifact_type is not None and descriptor.get("artifactType") != artifact_type:
+                continue
+            if count is not None and len(found) == count:
+                return found, True
+            found.append(descriptor)
+        return found, False
+
+    async def list_referrers(
+        self, name: str, subject: Digest, artifact_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        descriptors, _ = await self.page(name, subject, artifact_type)
+        return descriptors

@@ -1,0 +1,87 @@
+"""
+Tags: the ``_manifests/tags/<tag>`` folders registry:2 keeps per repository.
+
+``current/link`` is the digest the tag points at; ``index/<alg>/<hex>/link`` records every
+digest the tag ever pointed at (registry:2 writes it; its garbage collector reads it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+import attrs
+from zope.interface import Interface, implementer
+
+from registry.api.digests import Digest
+from registry.api.errors import NAME_UNKNOWN, RegistryError
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.pagination import paginate, parse_count
+from registry.storage.repositories import repository_exists
+
+
+class ITagStore(Interface):
+    """Tag listing as handlers need it; the pull-through cache provides it too."""
+
+    def list_tags(
+        name: str, n: int | str | None = None, last: str | None = None
+    ) -> Awaitable[tuple[list[str], bool]]:
+        """
+        Sorted tags after ``last`` (exclusive), at most ``n``, and whether more follow.
+        NAME_UNKNOWN for an unknown repository, PAGINATION_NUMBER_INVALID for a bad ``n``.
+        """
+
+
+@implementer(ITagStore)
+@attrs.define
+class TagStore:
+    driver: IStorageDriver
+    # Bound on ``n`` (None: no bound); larger requests get a shorter page and a Link.
+    max_page: int | None = None
+
+    async def resolve(self, name: str, tag: str) -> Digest | None:
+        """The digest ``tag`` points at, or None when there is no such tag."""
+        try:
+            text = await self.driver.get_content(layout.tag_current_link(name, tag))
+        except PathNotFoundError:
+            return None
+        try:
+            return Digest.parse(text.decode("ascii", "replace").strip())
+        except RegistryError:
+            # A corrupt link is a missing tag for readers; a push repairs it.
+            return None
+
+    async def set(self, name: str, tag: str, digest: Digest) -> None:
+        """Point ``tag`` at ``digest``: the index link first, so history is never behind."""
+        data = str(digest).encode()
+        await self.driver.put_content(layout.tag_index_link(name, tag, digest), data)
+        await self.driver.put_content(layout.tag_current_link(name, tag), data)
+
+    async def remove(self, name: str, tag: str) -> bool:
+        """Delete the tag's folder; False when there was no such tag."""
+        try:
+            await self.driver.delete(layout.tag_dir(name, tag))
+        except PathNotFoundError:
+            return False
+        return True
+
+    async def all_tags(self, name: str) -> list[str]:
+        """Every tag folder of the repository, sorted ([] when none)."""
+        try:
+            names = await self.driver.list(layout.tags_dir(name))
+        except PathNotFoundError:
+            return []
+        return sorted(names)
+
+    async def tags_for(self, name: str, digest: Digest) -> list[str]:
+        """The tags currently pointing at ``digest``."""
+        return [tag for tag in await self.all_tags(name) if await self.resolve(name, tag) == digest]
+
+    async def list_tags(
+        self, name: str, n: int | str | None = None, last: str | None = None
+    ) -> tuple[list[str], bool]:
+        count = parse_count(n, self.max_page)
+        tags = await self.all_tags(name)
+        if not tags and not await repository_exists(self.driver, name):
+            raise RegistryError(NAME_UNKNOWN, {"name": name})
+        return paginate(tags, count, last)

@@ -1,0 +1,227 @@
+"""The repository catalog: its index, pagination, and the registry:2 walk behind it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import CancelledError, gatherResults
+from zope.interface.verify import verifyObject
+
+from registry.api.digests import digest_of
+from registry.api.errors import PAGINATION_NUMBER_INVALID, RegistryError
+from registry.storage import layout
+from registry.storage.blobs import BlobStore
+from registry.storage.catalog import (
+    COMPLETE_MARKER,
+    Catalog,
+    ICatalog,
+    entry_name,
+    name_of_entry,
+)
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.filesystem import FilesystemDriver
+from tests.storage.manifest_fixtures import blobs, driver
+
+__all__ = ["blobs", "driver"]
+
+R = layout.REPOSITORIES
+HEX = digest_of(b"x").hex
+
+
+async def registry2_repository(driver: IStorageDriver, name: str, kind: str = "_layers") -> None:
+    """Write what registry:2 leaves for a repository (one of its three kinds of folder)."""
+    if kind == "_layers":
+        path = f"{R}/{name}/_layers/sha256/{HEX}/link"
+    elif kind == "_manifests":
+        path = f"{R}/{name}/_manifests/revisions/sha256/{HEX}/link"
+    else:
+        path = f"{R}/{name}/_uploads/2b0e5b1c-8a2f-4c3e-9a57-6f1d1f0c4e11/startedat"
+    await driver.put_content(path, b"sha256:" + HEX.encode())
+
+
+def test_provides_interface(driver: IStorageDriver) -> None:
+    assert verifyObject(ICatalog, Catalog(driver))
+
+
+def test_entry_names() -> None:
+    for name in ["a", "a/b", "a-b/c.d/e__f"]:
+        assert "/" not in entry_name(name)
+        assert name_of_entry(entry_name(name)) == name
+
+
+@pytest_twisted.ensureDeferred
+async def test_note_and_list(driver: IStorageDriver) -> None:
+    catalog = Catalog(driver)
+    assert await catalog.list_repositories() == ([], False)
+    for name in ["b/x", "a", "a/b", "a-b", "c"]:
+        await registry2_repository(driver, name)
+        await catalog.note_repository(name)
+        await catalog.note_repository(name)
+    everything = ["a", "a-b", "a/b", "b/x", "c"]
+    assert await catalog.list_repositories() == (everything, False)
+    assert await catalog.list_repositories(2) == (everything[:2], True)
+    assert await catalog.list_repositories("2", "a-b") == (everything[2:4], True)
+    assert await catalog.list_repositories(2, "b/x") == (["c"], False)
+    assert await catalog.list_repositories(0) == ([], False)
+    with pytest.raises(RegistryError) as info:
+        await catalog.list_repositories("x")
+    assert info.value.code is PAGINATION_NUMBER_INVALID
+    await catalog.forget_repository("a-b")
+    await catalog.forget_repository("never")
+    assert await catalog.list_repositories() == (["a", "a/b", "b/x", "c"], False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_bounds(driver: IStorageDriver) -> None:
+    catalog = Catalog(driver, default_page=2, max_page=3)
+    for name in ["a", "b", "c", "d", "e"]:
+        await registry2_repository(driver, name)
+        await catalog.note_repository(name)
+    assert await catalog.list_repositories() == (["a", "b"], True)
+    assert await catalog.list_repositories(100) == (["a", "b", "c"], True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_thousand_repositories(driver: IStorageDriver) -> None:
+    catalog = Catalog(driver)
+    names = [f"team{i % 37}/service-{i:04d}" + ("/sub" if i % 5 == 0 else "") for i in range(3000)]
+    for name in names:
+        await registry2_repository(driver, name)
+        await catalog.note_repository(name)
+    await driver.put_content(COMPLETE_MARKER, b"1")
+    expected = sorted(names)
+    reader = Catalog(driver)  # a fresh process: nothing cached
+    started = time.perf_counter()
+    repositories, more = await reader.list_repositories()
+    full = time.perf_counter() - started
+    assert repositories == expected and not more
+    started = time.perf_counter()
+    collected: list[str] = []
+    last = None
+    while True:
+        page, more = await reader.list_repositories(500, last)
+        collected += page
+        if not more:
+            break
+        last = page[-1]
+    paged = time.perf_counter() - started
+    assert collected == expected
+    # One folder listing per page: tens of milliseconds here, seconds for a tree walk.
+    assert full < 1.0, full
+    assert paged < 3.0, paged
+    # The fallback: the same data as registry:2 left it, found by a full walk.
+    await driver.delete(f"{layout.OWN}/catalog")
+    started = time.perf_counter()
+    repositories, more = await Catalog(driver).list_repositories()
+    walked = time.perf_counter() - started
+    assert repositories == expected and not more
+    assert walked < 30.0, walked
+    print(
+        f"3000 repositories: full list {full * 1000:.1f} ms, 6 pages {paged * 1000:.1f} ms, "
+        f"first list by walk {walked * 1000:.0f} ms"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry2_data_without_index(driver: IStorageDriver, blobs: BlobStore) -> None:
+    await registry2_repository(driver, "alpine")
+    await registry2_repository(driver, "library/ubuntu", "_manifests")
+    await registry2_repository(driver, "deep/a/b/c/d/e/f", "_uploads")
+    await registry2_repository(driver, "nested")
+    await registry2_repository(driver, "nested/inner")
+    # Decoys: a repository-looking folder inside an _ folder, bad names, stray files.
+    await driver.put_content(f"{R}/alpine/_layers/sha256/_layers/x/link", b"x")
+    await driver.put_content(f"{R}/alpine/_manifests/tags/_layers/link", b"x")
+    await driver.put_content(f"{R}/UPPER/_layers/sha256/{HEX}/link", b"x")
+    await driver.put_content(f"{R}/-dash/_layers/sha256/{HEX}/link", b"x")
+    await driver.put_content(f"{R}/stray-file", b"x")
+    await driver.put_content(f"{R}/notrepo/readme", b"x")
+    catalog = Catalog(driver)
+    expected = ["alpine", "deep/a/b/c/d/e/f", "library/ubuntu", "nested", "nested/inner"]
+    assert await catalog.list_repositories() == (expected, False)
+    await driver.stat(COMPLETE_MARKER)
+    # registry:2 writes another repository: listed after an explicit rebuild only.
+    await registry2_repository(driver, "later")
+    assert (await Catalog(driver).list_repositories())[0] == expected
+    assert await catalog.rebuild() == sorted([*expected, "later"])
+    assert (await Catalog(driver).list_repositories())[0] == sorted([*expected, "later"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_rebuild_prunes_vanished(driver: IStorageDriver) -> None:
+    catalog = Catalog(driver)
+    await registry2_repository(driver, "kept")
+    await catalog.note_repository("gone/away")
+    await catalog.note_repository("kept")
+    assert await catalog.rebuild() == ["kept"]
+    assert await catalog.list_repositories() == (["kept"], False)
+    # The process-local memo was dropped too: noting again writes the entry again.
+    await catalog.note_repository("gone/away")
+    assert await catalog.list_repositories() == (["gone/away", "kept"], False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_storage(driver: IStorageDriver) -> None:
+    catalog = Catalog(driver)
+    assert await catalog.walk() == []
+    assert await catalog.list_repositories() == ([], False)
+    await catalog.ensure_index()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_rebuilds_share_one_walk(driver: IStorageDriver) -> None:
+    walks = []
+
+    class Counting(Catalog):
+        async def walk(self) -> list[str]:
+            walks.append(1)
+            return await super().walk()
+
+    for i in range(20):
+        await registry2_repository(driver, f"r{i:02d}/x")
+    catalog = Counting(driver)
+    results = await gatherResults([catalog.rebuild(), catalog.rebuild(), catalog.rebuild()])
+    if isinstance(driver, FilesystemDriver):
+        # Listings run in threads, so the three calls overlap; the in-memory driver answers
+        # at once and each rebuild has finished before the next starts.
+        assert len(walks) == 1
+    assert results[0] == results[1] == results[2] == [f"r{i:02d}/x" for i in range(20)]
+    walks.clear()
+    first = catalog.rebuild()
+    first.addErrback(lambda failure: failure.trap(CancelledError))
+    first.cancel()
+    assert await catalog.rebuild() == results[0]
+    if isinstance(driver, FilesystemDriver):
+        assert len(walks) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_rebuild_failure_reaches_every_waiter(driver: IStorageDriver) -> None:
+    class Broken(Catalog):
+        async def walk(self) -> list[str]:
+            raise OSError("disk on fire")
+
+    catalog = Broken(driver)
+    one, two = catalog.rebuild(), catalog.rebuild()
+    for waiter in (one, two):
+        with pytest.raises(OSError):
+            await waiter
+    with pytest.raises(OSError):
+        await catalog.list_repositories()
+    with pytest.raises(PathNotFoundError):
+        await driver.stat(COMPLETE_MARKER)
+
+
+@pytest_twisted.ensureDeferred
+async def test_walk_speed(driver: IStorageDriver) -> None:
+    names = [f"org{i % 10}/team{i % 7}/app{i:03d}" for i in range(300)]
+    for name in names:
+        await registry2_repository(driver, name)
+    started = time.perf_counter()
+    found = await Catalog(driver).walk()
+    elapsed = time.perf_counter() - started
+    assert found == sorted(names)
+    assert elapsed < 10.0, elapsed
+    print(f"walk of 300 registry:2 repositories: {elapsed * 1000:.0f} ms")
