@@ -17,13 +17,14 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from registry.api.errors import (
+    MANIFEST_INVALID,
     NOT_FOUND,
     SIZE_INVALID,
     UNKNOWN,
     UNSUPPORTED,
     RegistryError,
 )
-from registry.handlers import blobs, uploads
+from registry.handlers import blobs, listings, manifests, uploads
 from registry.handlers.common import authorize
 from registry.handlers.context import RegistryContext
 from registry.http import responses
@@ -53,6 +54,13 @@ HANDLERS: dict[tuple[Kind, bytes], Handler] = {
     (Kind.UPLOAD, b"PUT"): uploads.put_upload,
     (Kind.UPLOAD, b"GET"): uploads.get_upload,
     (Kind.UPLOAD, b"DELETE"): uploads.delete_upload,
+    (Kind.MANIFEST, b"GET"): manifests.get_manifest,
+    (Kind.MANIFEST, b"HEAD"): manifests.get_manifest,
+    (Kind.MANIFEST, b"PUT"): manifests.put_manifest,
+    (Kind.MANIFEST, b"DELETE"): manifests.delete_manifest,
+    (Kind.TAGS, b"GET"): listings.list_tags,
+    (Kind.CATALOG, b"GET"): listings.list_catalog,
+    (Kind.REFERRERS, b"GET"): listings.list_referrers,
 }
 
 

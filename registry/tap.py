@@ -92,6 +92,14 @@ def makeService(options: Options) -> IService:
     driver = build_driver(config, reactor, pool)
     ctx = RegistryContext.build(config, driver, reactor)
     site = make_site(ctx)
+
+    def index_catalog() -> None:
+        # A registry:2 data directory served for the first time has no catalog index yet:
+        # build it now rather than inside the first catalog request.
+        d = Deferred.fromCoroutine(ctx.catalog.ensure_index())
+        d.addErrback(lambda f: log.failure("building the catalog index failed", f))
+
+    reactor.callWhenRunning(index_catalog)
     for description in config.http.port:
         strports.service(description, site).setServiceParent(root)
     if config.uploads.purge_enabled:

@@ -15,8 +15,16 @@ import attrs
 from registry.auth.interfaces import AllowAll, IAccessController
 from registry.config import Config
 from registry.storage.blobs import BlobStore
+from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver
+from registry.storage.manifests import ManifestStore
+from registry.storage.referrers import ReferrersIndex
+from registry.storage.tags import TagStore
 from registry.storage.uploads import UploadStore
+
+
+# The largest page a client may ask for with ``n`` (tags, catalog, referrers).
+MAX_PAGE = 10_000
 
 
 @attrs.define
@@ -25,6 +33,10 @@ class RegistryContext:
     driver: IStorageDriver
     blobs: BlobStore
     uploads: UploadStore
+    manifests: ManifestStore
+    tags: TagStore
+    referrers: ReferrersIndex
+    catalog: Catalog
     reactor: Any
     access: IAccessController = attrs.field(factory=AllowAll)
     # Filled in by the modules that own them (manifests, tags, referrers, catalog, proxy).
@@ -39,11 +51,26 @@ class RegistryContext:
         access: IAccessController | None = None,
     ) -> RegistryContext:
         blobs = BlobStore(driver)
+        tags = TagStore(driver, max_page=MAX_PAGE)
+        referrers = ReferrersIndex(driver, max_page=MAX_PAGE)
+        catalog = Catalog(driver, max_page=MAX_PAGE)
+        manifests = ManifestStore(
+            driver,
+            blobs,
+            tags=tags,
+            referrers=referrers,
+            catalog=catalog,
+            max_size=config.storage.max_manifest_size,
+        )
         return cls(
             config=config,
             driver=driver,
             blobs=blobs,
             uploads=UploadStore(driver, blobs),
+            manifests=manifests,
+            tags=tags,
+            referrers=referrers,
+            catalog=catalog,
             reactor=reactor,
             access=access or AllowAll(),
         )

@@ -238,6 +238,7 @@ async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) ->
         digest = Digest.parse(digest_text)
         appender = await _sink(request).result()
         size = await shielded(ctx.uploads.commit(appender, digest))
+        await ctx.catalog.note_repository(name)
         return _created(request, name, digest, size)
     await authorize(ctx, request, [repository(name, PULL, PUSH)])
     upload_id = await ctx.uploads.start(name)
@@ -261,6 +262,7 @@ async def _try_mount(
     if info is None:
         return None
     await ctx.blobs.link(name, digest)
+    await ctx.catalog.note_repository(name)
     return _created(request, name, digest, info.size)
 
 
@@ -300,6 +302,7 @@ async def put_upload(ctx: RegistryContext, request: IRequest, route: Route) -> b
         raise
     appender = await sink.result()
     size = await shielded(ctx.uploads.commit(appender, digest))
+    await ctx.catalog.note_repository(route.name)
     return _created(request, route.name, digest, size)
 
 

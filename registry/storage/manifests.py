@@ -232,13 +232,13 @@ class ManifestStore:
                 continue
             seen.add(child.digest)
             if not await self.exists(name, child.digest):
-                # registry:2 answers MANIFEST_BLOB_UNKNOWN here too: its message says
-                # "manifest or blob", and a 404 would tell the client the repository is
-                # missing rather than its request being incomplete.
+                # MANIFEST_UNKNOWN names what is missing (a manifest, not a blob); the status
+                # stays 400 because the request is incomplete, the repository is not missing.
                 raise RegistryError(
-                    MANIFEST_BLOB_UNKNOWN,
+                    MANIFEST_UNKNOWN,
                     {"digest": str(child.digest), "mediaType": child.media_type},
                     f"index references manifest {child.digest} unknown to this repository",
+                    status=400,
                 )
 
     async def _blob_available(self, name: str, digest: Digest) -> bool:

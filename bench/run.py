@@ -1,0 +1,263 @@
+"""
+txregistry against registry:2 (Debian's docker-registry, v2.8), interleaved in one run.
+
+    make bench                 # or: python bench/run.py [--rounds 3] [--big-gib 4] [--quick]
+
+Each round runs every scenario on registry:2 and then on txregistry, both on loopback with
+their own empty storage, driven by curl (the same client for both).  Reported: median MB/s
+(or req/s), the ratio txregistry / registry:2, and each server's peak RSS during the scenario.
+These machines are noisy: compare ratios within one run, not figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.reference import Registry2, Server, TxRegistry  # noqa: E402
+
+MiB = 1024 * 1024
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class PeakRss:
+    """Samples a process's RSS every 50 ms in a thread; ``peak`` in MiB."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak / MiB
+
+
+def make_file(path: Path, size: int) -> str:
+    """A file of pseudo-random bytes (made once, reused across runs); returns its digest."""
+    digest_path = path.with_suffix(".sha256")
+    if path.exists() and path.stat().st_size == size and digest_path.exists():
+        return digest_path.read_text()
+    hasher = hashlib.sha256()
+    block = os.urandom(4 * MiB)
+    with open(path, "wb") as file:
+        for index in range(size // len(block)):
+            chunk = index.to_bytes(8, "big") + block[8:]
+            hasher.update(chunk)
+            file.write(chunk)
+    digest = "sha256:" + hasher.hexdigest()
+    digest_path.write_text(digest)
+    return digest
+
+
+def curl(*args: str) -> tuple[int, dict[str, str]]:
+    result = subprocess.run(
+        ["curl", "-s", "-S", "-o", "/dev/null", "-D", "-", *args],
+        capture_output=True,
+        check=True,
+    )
+    lines = result.stdout.decode("latin-1").split("\r\n")
+    status = 0
+    headers: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("HTTP/"):
+            status = int(line.split()[1])
+            headers = {}
+        elif ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def absolute(server: Server, location: str) -> str:
+    return location if location.startswith("http") else server.url + location
+
+
+def start_upload(server: Server, repo: str) -> str:
+    status, headers = curl("-X", "POST", f"{server.url}/v2/{repo}/blobs/uploads/")
+    assert status == 202, status
+    return absolute(server, headers["location"])
+
+
+def with_query(location: str, query: str) -> str:
+    return location + ("&" if "?" in location else "?") + query
+
+
+def push_monolithic(server: Server, repo: str, path: Path, digest: str) -> None:
+    location = start_upload(server, repo)
+    status, _ = curl(
+        "-X", "PUT", "-H", "Content-Type: application/octet-stream", "-T", str(path),
+        with_query(location, f"digest={digest}"),
+    )
+    assert status == 201, f"{server.name} monolithic push: {status}"
+
+
+def push_chunked(server: Server, repo: str, chunks: list[Path], digest: str) -> None:
+    location = start_upload(server, repo)
+    offset = 0
+    for chunk in chunks:
+        size = chunk.stat().st_size
+        status, headers = curl(
+            "-X", "PATCH", "-H", "Content-Type: application/octet-stream",
+            "-H", f"Content-Range: {offset}-{offset + size - 1}", "-T", str(chunk), location,
+        )
+        assert status == 202, f"{server.name} PATCH: {status}"
+        location = absolute(server, headers["location"])
+        offset += size
+    status, _ = curl("-X", "PUT", with_query(location, f"digest={digest}"))
+    assert status == 201, f"{server.name} chunked commit: {status}"
+
+
+def pull(server: Server, repo: str, digest: str, size: int) -> None:
+    status, headers = curl(f"{server.url}/v2/{repo}/blobs/{digest}")
+    assert status == 200, f"{server.name} pull: {status}"
+    assert int(headers["content-length"]) == size
+
+
+def measure(server: Server, action: Callable[[], None]) -> tuple[float, float]:
+    with PeakRss(server.pid) as rss:
+        started = time.perf_counter()
+        action()
+        elapsed = time.perf_counter() - started
+    return elapsed, rss.peak_mib
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big-gib", type=int, default=4, help="size of the RSS run (0: skip)")
+    parser.add_argument("--workdir", default="/tmp/txregistry-bench")
+    parser.add_argument("--quick", action="store_true", help="1 round, no big run")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.big_gib = 1, 0
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+
+    print("preparing test files ...", flush=True)
+    one_gib = work / "blob-1g"
+    digest_1g = make_file(one_gib, 1024 * MiB)
+    chunks = []
+    with open(one_gib, "rb") as source:
+        for index in range(16):
+            chunk = work / f"chunk-{index:02d}"
+            if not chunk.exists() or chunk.stat().st_size != 64 * MiB:
+                chunk.write_bytes(source.read(64 * MiB))
+            else:
+                source.seek(64 * MiB, 1)
+            chunks.append(chunk)
+
+    servers: list[Server] = [
+        Registry2("registry:2", work / "registry2"),
+        TxRegistry("txregistry", work / "txregistry"),
+    ]
+    for server in servers:
+        server.start()
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    try:
+        for round_index in range(args.rounds):
+            for server in servers:
+                repo = f"bench/r{round_index}"
+                scenarios: dict[str, Callable[[], None]] = {
+                    "push 1 GiB monolithic": lambda s=server, r=repo: push_monolithic(
+                        s, r + "m", one_gib, digest_1g
+                    ),
+                    "push 16 x 64 MiB chunked": lambda s=server, r=repo: push_chunked(
+                        s, r + "c", chunks, digest_1g
+                    ),
+                    "pull 1 GiB": lambda s=server, r=repo: pull(s, r + "m", digest_1g, 1024 * MiB),
+                }
+                for name, action in scenarios.items():
+                    elapsed, peak = measure(server, action)
+                    results.setdefault(name, {}).setdefault(server.name, []).append(
+                        (1024 / elapsed, peak)
+                    )
+                    print(
+                        f"round {round_index + 1} {server.name:11} {name:26} "
+                        f"{1024 / elapsed:8.0f} MB/s  peak RSS {peak:6.1f} MiB",
+                        flush=True,
+                    )
+                    if "push" in name:
+                        # Remove the blob so the next push is a real write, not a dedupe.
+                        subprocess.run(
+                            ["curl", "-s", "-o", "/dev/null", "-X", "DELETE",
+                             f"{server.url}/v2/{repo}c/blobs/{digest_1g}"],
+                            check=False,
+                        )
+        if args.big_gib:
+            big = work / f"blob-{args.big_gib}g"
+            print(f"preparing {args.big_gib} GiB file ...", flush=True)
+            digest_big = make_file(big, args.big_gib * 1024 * MiB)
+            for server in servers:
+                for name, action in {
+                    f"push {args.big_gib} GiB (RSS)": lambda s=server: push_monolithic(
+                        s, "bench/big", big, digest_big
+                    ),
+                    f"pull {args.big_gib} GiB (RSS)": lambda s=server: pull(
+                        s, "bench/big", digest_big, args.big_gib * 1024 * MiB
+                    ),
+                }.items():
+                    elapsed, peak = measure(server, action)
+                    results.setdefault(name, {}).setdefault(server.name, []).append(
+                        (args.big_gib * 1024 / elapsed, peak)
+                    )
+                    print(
+                        f"{server.name:11} {name:26} {args.big_gib * 1024 / elapsed:8.0f} MB/s"
+                        f"  peak RSS {peak:6.1f} MiB",
+                        flush=True,
+                    )
+    finally:
+        for server in servers:
+            server.stop()
+
+    print()
+    print("| scenario | registry:2 MB/s | txregistry MB/s | ratio | registry:2 peak RSS | "
+          "txregistry peak RSS |")
+    print("|---|---:|---:|---:|---:|---:|")
+    summary = {}
+    for name, by_server in results.items():
+        reference = statistics.median(v for v, _ in by_server["registry:2"])
+        ours = statistics.median(v for v, _ in by_server["txregistry"])
+        ref_rss = max(r for _, r in by_server["registry:2"])
+        our_rss = max(r for _, r in by_server["txregistry"])
+        summary[name] = {"registry2": reference, "txregistry": ours, "ratio": ours / reference,
+                         "registry2_rss_mib": ref_rss, "txregistry_rss_mib": our_rss}
+        print(f"| {name} | {reference:.0f} | {ours:.0f} | {ours / reference:.2f}x | "
+              f"{ref_rss:.0f} MiB | {our_rss:.0f} MiB |")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"rounds": args.rounds, "results": summary}, indent=2))
+    print(f"\nresults written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The paginated lists: tags of a repository, the catalog, and referrers of a manifest."""
+
+from __future__ import annotations
+
+from twisted.web.iweb import IRequest
+
+from registry.api import mediatypes
+from registry.api.errors import NAME_UNKNOWN, RegistryError
+from registry.auth.interfaces import PULL, repository
+from registry.handlers.common import authorize, query
+from registry.handlers.context import RegistryContext
+from registry.handlers.pages import next_link
+from registry.http import responses
+from registry.http.routes import Route
+from registry.storage.pagination import paginate, parse_count
+from registry.storage.referrers import referrers_response
+from registry.storage.repositories import repository_exists
+
+
+async def list_tags(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    await authorize(ctx, request, [repository(route.name, PULL)])
+    n = parse_count(query(request, "n"), ctx.tags.max_page)
+    last = query(request, "last")
+    tags, more = await ctx.tags.list_tags(route.name, n, last)
+    headers = {}
+    if more and tags:
+        headers["Link"] = next_link(f"/v2/{route.name}/tags/list", n, tags[-1])
+    return responses.json_body(request, 200, {"name": route.name, "tags": tags}, headers)
+
+
+async def list_catalog(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    principal = await authorize(ctx, request, [])
+    n = parse_count(query(request, "n"), ctx.catalog.max_page)
+    last = query(request, "last")
+    names, _ = await ctx.catalog.list_repositories()
+    visible = [name for name in names if ctx.access.may_pull(principal, name)]
+    page, more = paginate(visible, n, last)
+    headers = {}
+    if more and page:
+        headers["Link"] = next_link("/v2/_catalog", n, page[-1])
+    return responses.json_body(request, 200, {"repositories": page}, headers)
+
+
+async def list_referrers(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    await authorize(ctx, request, [repository(route.name, PULL)])
+    subject = route.digest
+    artifact_type = query(request, "artifactType")
+    n = parse_count(query(request, "n"), ctx.referrers.max_page)
+    last = query(request, "last")
+    if not await repository_exists(ctx.driver, route.name):
+        raise RegistryError(NAME_UNKNOWN, {"name": route.name})
+    descriptors, more = await ctx.referrers.page(route.name, subject, artifact_type, n, last)
+    headers = {}
+    if artifact_type is not None:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    if more and descriptors:
+        extra = {"artifactType": artifact_type} if artifact_type is not None else {}
+        headers["Link"] = next_link(
+            f"/v2/{route.name}/referrers/{subject}", n, descriptors[-1]["digest"], **extra
+        )
+    return responses.json_body(
+        request,
+        200,
+        referrers_response(descriptors),
+        headers,
+        content_type=mediatypes.OCI_IMAGE_INDEX,
+    )

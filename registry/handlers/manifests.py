@@ -1,0 +1,71 @@
+"""Manifest PUT, GET, HEAD and DELETE (by tag or digest)."""
+
+from __future__ import annotations
+
+from twisted.web.iweb import IRequest
+
+from registry.api import mediatypes
+from registry.api.errors import MANIFEST_UNKNOWN, RegistryError
+from registry.auth.interfaces import DELETE, PULL, PUSH, repository
+from registry.handlers.common import (
+    authorize,
+    header,
+    refuse_if_delete_disabled,
+    refuse_if_readonly,
+)
+from registry.handlers.context import RegistryContext
+from registry.http import responses
+from registry.http.routes import Route
+from registry.storage.manifests import put_response_headers
+
+
+def _only_schema1(request: IRequest) -> bool:
+    """A client that accepts schema1 and no other manifest type (docker before 1.10)."""
+    values = request.requestHeaders.getRawHeaders(b"accept") or []
+    types = mediatypes.accepted_types(value.decode("latin-1") for value in values)
+    return bool(types & mediatypes.SCHEMA1_TYPES) and not (
+        types & (mediatypes.MANIFEST_TYPES | {"*/*", "application/*"})
+    )
+
+
+async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    await authorize(ctx, request, [repository(route.name, PULL)])
+    manifest = await ctx.manifests.get(route.name, route.reference)
+    if _only_schema1(request):
+        raise RegistryError(
+            MANIFEST_UNKNOWN,
+            {"reference": route.reference, "mediaType": manifest.media_type},
+            "the client accepts only Docker schema1 manifests, which this registry does not "
+            "serve; upgrade the client (docker 1.10 or later) to pull schema2/OCI",
+        )
+    # Like registry:2 v3, the stored manifest is served even when Accept leaves its type out:
+    # converting would change its digest.
+    return responses.body(
+        request,
+        200,
+        manifest.body,
+        manifest.media_type,
+        {"Docker-Content-Digest": str(manifest.digest), "ETag": f'"{manifest.digest}"'},
+    )
+
+
+async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    refuse_if_readonly(ctx)
+    await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
+    content = request.content.read()
+    result = await ctx.manifests.put(
+        route.name, route.reference, content, header(request, "content-type")
+    )
+    headers = put_response_headers(result)
+    headers["Location"] = f"/v2/{route.name}/manifests/{result.digest}"
+    return responses.empty(request, 201, headers)
+
+
+async def delete_manifest(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
+    refuse_if_delete_disabled(ctx)
+    await authorize(ctx, request, [repository(route.name, DELETE)])
+    if route.is_digest_reference:
+        await ctx.manifests.delete(route.name, route.digest)
+    else:
+        await ctx.manifests.untag(route.name, route.reference)
+    return responses.empty(request, 202)
