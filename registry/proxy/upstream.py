@@ -128,6 +128,8 @@ def _header(headers: Headers, name: str) -> str | None:
 
 
 def _content_length(headers: Headers) -> int | None:
+    """``Content-Length`` of a HEAD answer (twisted keeps it among the headers only for HEAD;
+    for a body it becomes ``response.length``)."""
     value = _header(headers, "content-length")
     if value is None or not value.strip().isdigit():
         return None
@@ -356,7 +358,8 @@ class UpstreamClient:
         if announced is not None and announced != dgst:
             await self._discard(response)
             raise self._bad(f"blob GET {dgst} answered for {announced}")
-        return UpstreamBlob(self, response, dgst, _content_length(response.headers))
+        length = response.length if isinstance(response.length, int) else None
+        return UpstreamBlob(self, response, dgst, length)
 
     async def blob_head(self, name: str, digest: Digest | str) -> int:
         """The blob's size upstream; raises UpstreamNotFound when it is not there."""
@@ -414,11 +417,11 @@ class UpstreamClient:
 
     async def _fetch_challenge(self) -> Challenge | None:
         response = await self._exchange("GET", self.remote_url + "/v2/", {}, None)
+        if response.code >= 500 or response.code == 429:
+            await self._fail(response, "GET", "/v2/")
         await self._discard(response)
         if response.code == 401:
             return pick_challenge(response.headers.getRawHeaders("www-authenticate", []))
-        if response.code >= 500 or response.code == 429:
-            await self._fail(response, "GET", "/v2/")
         return None
 
     def _basic(self) -> str | None:
@@ -516,18 +519,20 @@ class UpstreamClient:
         timer = self.reactor.callLater(self.timeout, expire)
         try:
             response: IResponse = await d
-        except CancelledError:
-            if timed_out:
+        except UpstreamError:
+            self.errors += 1
+            raise
+        except Exception as exc:
+            # A cancelled request surfaces as CancelledError or, once sent, wrapped in
+            # ResponseNeverReceived; either is our timeout or our caller going away.
+            if _is_cancellation(exc):
+                if not timed_out:
+                    raise CancelledError() from exc
                 self.errors += 1
                 where = "{}://{}:{}".format(*origin_of(url))
                 raise UpstreamUnavailable(
                     None, f"no answer from {where} within {self.timeout}s"
                 ) from None
-            raise
-        except UpstreamError:
-            self.errors += 1
-            raise
-        except Exception as exc:
             self.errors += 1
             raise UpstreamUnavailable(None, _describe(exc)) from exc
         finally:
@@ -627,6 +632,13 @@ class UpstreamClient:
             return None
         now: float = self.reactor.seconds()
         return max(0.0, when.timestamp() - now)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, CancelledError):
+        return True
+    reasons = getattr(exc, "reasons", None) or []
+    return any(isinstance(getattr(r, "value", None), CancelledError) for r in reasons)
 
 
 def _describe(exc: BaseException) -> str:
