@@ -280,6 +280,7 @@ class UpstreamClient:
         self._owns_pool = pool is None
         if pool is None:
             pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+            pool.maxPersistentPerHost = 8  # concurrent fills to one CDN host
         self.pool = pool
         trust_root = load_trust_root(ca_bundle) if ca_bundle is not None else None
         policy: IPolicyForHTTPS = BrowserLikePolicyForHTTPS(  # type: ignore[no-untyped-call]
