@@ -136,6 +136,11 @@ def _content_length(headers: Headers) -> int | None:
     return int(value)
 
 
+def _content_range_start(value: str | None) -> int:
+    match = re.match(r"\s*bytes\s+(\d+)-", value or "")
+    return int(match.group(1)) if match else -1
+
+
 def _leading_int(value: str) -> int | None:
     match = re.match(r"\s*(\d+)", value)
     return int(match.group(1)) if match else None
@@ -173,12 +178,18 @@ class UpstreamBlob:
     """
 
     def __init__(
-        self, client: UpstreamClient, response: IResponse, digest: Digest, length: int | None
+        self,
+        client: UpstreamClient,
+        response: IResponse,
+        digest: Digest,
+        length: int | None,
+        offset: int = 0,
     ) -> None:
         self._client = client
         self._response = response
         self.digest = digest
-        self.length = length
+        self.length = length  # bytes in this response (None: unknown)
+        self.offset = offset  # where in the blob this body starts
         self.headers: Headers = response.headers
         self._relay: BodyRelay | None = None
 
@@ -208,7 +219,7 @@ class UpstreamBlob:
             reactor=client.reactor,
             digest=self.digest,
             length=self.length,
-            verify=verify,
+            verify=verify and self.offset == 0,
             idle_timeout=client.timeout,
             on_bytes=count_bytes,
             on_error=count_error,
@@ -347,20 +358,34 @@ class UpstreamClient:
             media_type = _sniff_media_type(body) or media_type
         return UpstreamManifest(digest, media_type, len(body), body, response.headers)
 
-    async def blob(self, name: str, digest: Digest | str) -> UpstreamBlob:
+    async def blob(self, name: str, digest: Digest | str, *, offset: int = 0) -> UpstreamBlob:
         """Open a blob GET (following a CDN redirect without ``Authorization``) and return it
-        once the headers are in; the body is streamed by the caller (`UpstreamBlob`)."""
+        once the headers are in; the body is streamed by the caller (`UpstreamBlob`).
+
+        ``offset`` > 0 asks for the rest of the blob from there (to resume a fill).  Check
+        ``blob.offset``: it is 0 when the upstream ignored the range and sends everything.
+        A partial body cannot be verified here; the caller's hasher must carry on.
+        """
         dgst = digest if isinstance(digest, Digest) else Digest.parse(digest)
         upstream = self.upstream_name(name)
-        response = await self._registry_request("GET", upstream, f"/v2/{upstream}/blobs/{dgst}", {})
-        if response.code != 200:
+        headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
+        response = await self._registry_request(
+            "GET", upstream, f"/v2/{upstream}/blobs/{dgst}", headers
+        )
+        start = 0
+        if offset > 0 and response.code == 206:
+            start = _content_range_start(_header(response.headers, "content-range"))
+            if start != offset:
+                await self._discard(response)
+                raise self._bad(f"asked for bytes from {offset}, got a range from {start}")
+        elif response.code != 200:
             await self._fail(response, "GET", f"blob {upstream}@{dgst}")
         announced = self._announced_digest(response)
         if announced is not None and announced != dgst:
             await self._discard(response)
             raise self._bad(f"blob GET {dgst} answered for {announced}")
         length = response.length if isinstance(response.length, int) else None
-        return UpstreamBlob(self, response, dgst, length)
+        return UpstreamBlob(self, response, dgst, length, start)
 
     async def blob_head(self, name: str, digest: Digest | str) -> int:
         """The blob's size upstream; raises UpstreamNotFound when it is not there."""

@@ -72,6 +72,8 @@ class Switches:
     cut_blob_after: int | None = None  # CDN drops the connection after this many bytes
     blob_rate: int | None = None  # CDN bytes per second
     corrupt_blobs: bool = False  # CDN flips the first byte of every body
+    corrupt_manifests: bool = False  # manifest bodies get a trailing space (digest header kept)
+    omit_manifest_digest: bool = False  # no Docker-Content-Digest on manifest answers
     redirect_blob_head: bool = False  # HEAD on a blob redirects too (some registries do)
 
 
@@ -408,7 +410,10 @@ class _RegistryResource(_Base):
                 return _json_error(request, 429, "TOOMANYREQUESTS", "pull rate limit reached")
             sw.ratelimit_remaining -= 1
         self._ratelimit_headers(request)
-        request.setHeader(b"docker-content-digest", digest.encode())
+        if not sw.omit_manifest_digest:
+            request.setHeader(b"docker-content-digest", digest.encode())
+        if sw.corrupt_manifests:
+            body += b" "
         request.setHeader(b"content-type", media_type.encode())
         request.setHeader(b"content-length", str(len(body)).encode())
         return body if is_get else b""

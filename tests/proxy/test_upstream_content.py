@@ -269,3 +269,38 @@ async def test_cancel_before_headers_closes_the_connection(
     with pytest.raises(CancelledError):
         await pending
     await wait_until(lambda: fake.registry_open_connections == 0, within=2.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifest_digest_checks(
+    fake: FakeUpstream, image: Image, make_client: ClientFactory
+) -> None:
+    """A body that does not hash to the announced digest, or to the digest asked for, is
+    refused; without a digest header the body's own sha256 is the digest."""
+    client = make_client()
+    fake.switches.corrupt_manifests = True
+    with pytest.raises(UpstreamBadResponse):
+        await client.manifest("library/alpine", "latest")
+    fake.switches.omit_manifest_digest = True
+    with pytest.raises(UpstreamBadResponse):
+        await client.manifest("library/alpine", image.digest)
+    fake.switches.corrupt_manifests = False
+    by_tag = await client.manifest("library/alpine", "latest")
+    assert by_tag.digest == Digest.parse(image.digest)
+    with pytest.raises(UpstreamBadResponse, match="without a digest"):
+        await client.manifest("library/alpine", "latest", "HEAD")
+    head = await client.manifest("library/alpine", image.digest, "HEAD")
+    assert head.digest == Digest.parse(image.digest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_from_offset(
+    fake: FakeUpstream, image: Image, make_client: ClientFactory
+) -> None:
+    """Resuming a fill: the rest of the blob from an offset, through the CDN's Range support."""
+    client = make_client()
+    layer = image.layers[1]
+    whole = await (await client.blob("library/alpine", layer.digest)).read()
+    rest = await client.blob("library/alpine", layer.digest, offset=1000)
+    assert (rest.offset, rest.length) == (1000, layer.size - 1000)
+    assert await rest.read() == whole[1000:]
