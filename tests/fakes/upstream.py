@@ -1,0 +1,701 @@
+"""
+A fake Docker-Hub-like upstream registry over real HTTP on 127.0.0.1, with switches to break it.
+
+Two listeners, like Docker Hub: the registry (``/v2/...`` plus the token service at ``/token``)
+and a "CDN" on another port that serves blob bytes after a 307 from the registry.  The CDN answers
+400 to any request carrying ``Authorization``, which is how tests prove a client does not forward
+credentials across origins.
+
+In-process::
+
+    fake = await start_fake_upstream(reactor)
+    image = fake.content.add_image("library/alpine", "latest", [4096, 1 << 20])
+    ...
+    await fake.stop()
+
+As its own process (heavy tests, so a 1 GiB layer is not served from the test's reactor)::
+
+    python -m tests.fakes.upstream --port 0 --cdn-port 0 --layer-size 1073741824
+
+prints one JSON line (urls and the image's digests) when ready; ``GET /_fake/stats`` and
+``POST /_fake/switches`` (a JSON object of `Switches` fields) drive it from outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sys
+from collections import Counter
+from typing import Any
+from urllib.parse import parse_qs
+
+import attrs
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IPushProducer, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.protocols.policies import WrappingFactory
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from tests.fakes.content import Blob, Content, Image
+
+SERVICE = "fake-registry"
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_MANIFEST_RE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
+_TAGS_RE = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@attrs.define
+class Switches:
+    """Everything a test may flip while the fake runs."""
+
+    auth: str = "bearer"  # "bearer", "basic" or "none"
+    credentials: tuple[str, str] | None = None  # required by the token service / Basic auth
+    token_expires_in: int = 300
+    token_fields: tuple[str, ...] = ("token", "access_token")
+    ratelimit_limit: int = 100
+    ratelimit_remaining: int = 100
+    ratelimit_window: int = 21600
+    fail_status: int | None = None  # every registry, token and CDN request answers this
+    stall: bool = False  # accept requests, never answer
+    stall_blob_after: int | None = None  # CDN sends this many bytes, then goes silent
+    cut_blob_after: int | None = None  # CDN drops the connection after this many bytes
+    blob_rate: int | None = None  # CDN bytes per second
+    corrupt_blobs: bool = False  # CDN flips the first byte of every body
+    corrupt_manifests: bool = False  # manifest bodies get a trailing space (digest header kept)
+    omit_manifest_digest: bool = False  # no Docker-Content-Digest on manifest answers
+    redirect_blob_head: bool = False  # HEAD on a blob redirects too (some registries do)
+
+
+@attrs.frozen
+class LoggedRequest:
+    method: str
+    kind: str  # "ping", "token", "manifest", "blob", "tags", "cdn", "other"
+    path: str
+    name: str | None
+    ref: str | None
+    authorization: str | None
+    accept: str | None
+    status: int | None = None
+
+
+class _TrackingFactory(WrappingFactory):
+    """Knows its open connections (to drop them) and counts opened/closed ones."""
+
+    def __init__(self, wrapped: Site) -> None:
+        super().__init__(wrapped)
+        self.opened = 0
+        self.closed = 0
+
+    def registerProtocol(self, p: Any) -> None:
+        self.opened += 1
+        super().registerProtocol(p)
+
+    def unregisterProtocol(self, p: Any) -> None:
+        self.closed += 1
+        super().unregisterProtocol(p)
+
+    def drop_all(self) -> None:
+        for p in list(self.protocols):
+            p.transport.abortConnection()
+
+
+def _json_error(request: Request, status: int, code: str, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()
+
+
+class FakeUpstream:
+    """The fake; see the module docstring.  ``clock`` measures token lifetimes."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        content: Content | None = None,
+        *,
+        clock: IReactorTime | None = None,
+        tls: Any = None,
+        switches: Switches | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.content = content if content is not None else Content()
+        self.switches = switches if switches is not None else Switches()
+        self.tls = tls
+        self.log: list[LoggedRequest] = []
+        self.tokens: dict[str, tuple[set[str], float]] = {}
+        self.cdn_auth_rejections = 0
+        self.stalled: list[Request] = []
+        self._secret = secrets.token_bytes(16)
+        self._registry = _TrackingFactory(Site(_RegistryResource(self)))
+        self._cdn = _TrackingFactory(Site(_CdnResource(self)))
+        self._ports: list[IListeningPort] = []
+        self.port = 0
+        self.cdn_port = 0
+
+    # -- lifecycle
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def cdn_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.cdn_port}"
+
+    def _endpoint(self, port: int) -> Any:
+        if self.tls is not None:
+            return endpoints.SSL4ServerEndpoint(self.reactor, port, self.tls, interface="127.0.0.1")
+        return endpoints.TCP4ServerEndpoint(self.reactor, port, interface="127.0.0.1")
+
+    async def start(self, port: int = 0, cdn_port: int = 0) -> FakeUpstream:
+        registry = await self._endpoint(port).listen(self._registry)
+        cdn = await self._endpoint(cdn_port).listen(self._cdn)
+        self._ports = [registry, cdn]
+        self.port = registry.getHost().port
+        self.cdn_port = cdn.getHost().port
+        return self
+
+    async def go_down(self) -> None:
+        """Stop listening (new connections are refused) and drop every open connection."""
+        ports, self._ports = self._ports, []
+        await DeferredList([Deferred.fromCoroutine(_stop(p)) for p in ports])
+        self.drop_connections()
+
+    async def come_up(self) -> None:
+        """Listen again on the same ports."""
+        await self.start(self.port, self.cdn_port)
+
+    def drop_connections(self) -> None:
+        for request in self.stalled:
+            if request.channel is not None and request.channel.transport is not None:
+                request.channel.transport.abortConnection()
+        self.stalled.clear()
+        self._registry.drop_all()
+        self._cdn.drop_all()
+
+    async def stop(self) -> None:
+        await self.go_down()
+
+    # -- observations
+
+    def count(
+        self,
+        method: str | None = None,
+        kind: str | None = None,
+        *,
+        name: str | None = None,
+        ref: str | None = None,
+    ) -> int:
+        """How many logged requests match (``None`` matches anything)."""
+        return sum(
+            1
+            for r in self.log
+            if (method is None or r.method == method)
+            and (kind is None or r.kind == kind)
+            and (name is None or r.name == name)
+            and (ref is None or r.ref == ref)
+        )
+
+    def stats(self) -> dict[str, object]:
+        counts = Counter(f"{r.method} {r.kind}" for r in self.log)
+        return {
+            "counts": dict(counts),
+            "blob_gets": dict(Counter(r.ref for r in self.log if r.kind == "cdn")),
+            "cdn_auth_rejections": self.cdn_auth_rejections,
+            "registry_connections": {
+                "open": len(self._registry.protocols),
+                "opened": self._registry.opened,
+            },
+            "cdn_connections": {"open": len(self._cdn.protocols), "opened": self._cdn.opened},
+            "ratelimit_remaining": self.switches.ratelimit_remaining,
+        }
+
+    @property
+    def cdn_open_connections(self) -> int:
+        return len(self._cdn.protocols)
+
+    @property
+    def registry_open_connections(self) -> int:
+        return len(self._registry.protocols)
+
+    def revoke_tokens(self) -> None:
+        """Forget every token issued: the next registry request gets a 401."""
+        self.tokens.clear()
+
+    # -- pieces used by the resources
+
+    def challenge(self, scope: str | None = None, error: str | None = None) -> bytes:
+        if self.switches.auth == "basic":
+            return b'Basic realm="fake registry"'
+        parts = [f'realm="{self.url}/token"', f'service="{SERVICE}"']
+        if scope:
+            parts.append(f'scope="{scope}"')
+        if error:
+            parts.append(f'error="{error}"')
+        return ("Bearer " + ",".join(parts)).encode()
+
+    def basic_ok(self, request: Request) -> bool:
+        expected = self.switches.credentials
+        if expected is None:
+            return True
+        header = request.getHeader(b"authorization") or b""
+        if not header.startswith(b"Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return False
+        return (user, password) == expected
+
+    def authorized(self, request: Request, name: str | None) -> bool:
+        """Whether the request may read ``name`` (any repository for ``None``: ``/v2/``)."""
+        mode = self.switches.auth
+        if mode == "none":
+            return True
+        if mode == "basic":
+            return (request.getHeader(b"authorization") or b"").startswith(
+                b"Basic "
+            ) and self.basic_ok(request)
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        if not header.startswith("Bearer "):
+            return False
+        grant = self.tokens.get(header[7:])
+        if grant is None:
+            return False
+        scopes, expires_at = grant
+        if self.clock.seconds() >= expires_at:
+            return False
+        return name is None or f"repository:{name}:pull" in scopes
+
+    def sign(self, digest: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{digest}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+async def _stop(port: IListeningPort) -> None:
+    await port.stopListening()
+
+
+class _Base(Resource):
+    isLeaf = True
+
+    def __init__(self, fake: FakeUpstream) -> None:
+        super().__init__()
+        self.fake = fake
+
+    def _log(self, request: Request, kind: str, name: str | None, ref: str | None) -> None:
+        self.fake.log.append(
+            LoggedRequest(
+                method=request.method.decode(),
+                kind=kind,
+                path=request.path.decode(),
+                name=name,
+                ref=ref,
+                authorization=(request.getHeader(b"authorization") or b"").decode("latin-1")
+                or None,
+                accept=(request.getHeader(b"accept") or b"").decode("latin-1") or None,
+            )
+        )
+
+    def _broken(self, request: Request) -> bytes | int | None:
+        """The answer the failure switches impose, if any."""
+        if self.fake.switches.stall:
+            self.fake.stalled.append(request)
+            return NOT_DONE_YET
+        if self.fake.switches.fail_status is not None:
+            return _json_error(
+                request, self.fake.switches.fail_status, "UNAVAILABLE", "injected failure"
+            )
+        return None
+
+
+class _RegistryResource(_Base):
+    def render(self, request: Request) -> bytes | int:
+        path = request.path.decode("latin-1")
+        if path.startswith("/_fake/"):
+            return self._control(request, path)
+        match = _MANIFEST_RE.match(path)
+        tags = _TAGS_RE.match(path)
+        if path == "/token":
+            kind, name, ref = "token", None, None
+        elif path in ("/v2/", "/v2"):
+            kind, name, ref = "ping", None, None
+        elif match is not None:
+            kind, name, ref = match["kind"][:-1], match["name"], match["ref"]
+        elif tags is not None:
+            kind, name, ref = "tags", tags["name"], None
+        else:
+            kind, name, ref = "other", None, None
+        self._log(request, kind, name, ref)
+        broken = self._broken(request)
+        if broken is not None:
+            return broken
+        if kind == "token":
+            return self._token(request)
+        if kind == "other":
+            return _json_error(request, 404, "NOT_FOUND", "no such endpoint")
+        scope = f"repository:{name}:pull" if name else None
+        if not self.fake.authorized(request, name):
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", self.fake.challenge(scope))
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+            ).encode()
+        if kind == "ping":
+            request.setHeader(b"content-type", b"application/json")
+            return b"{}"
+        assert name is not None
+        repo = self.fake.content.repos.get(name)
+        if repo is None:
+            return _json_error(request, 404, "NAME_UNKNOWN", f"repository {name} not known")
+        if kind == "tags":
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"name": name, "tags": sorted(repo.tags)}).encode()
+        assert ref is not None
+        if kind == "manifest":
+            return self._manifest(request, name, ref)
+        return self._blob(request, name, ref)
+
+    def _token(self, request: Request) -> bytes:
+        sw = self.fake.switches
+        if not self.fake.basic_ok(request):
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", b'Basic realm="fake token service"')
+            return b'{"details": "incorrect username or password"}'
+        args = parse_qs(request.uri.decode("latin-1").partition("?")[2])
+        scopes = set(" ".join(args.get("scope", [])).split())
+        if args.get("service") != [SERVICE]:
+            request.setResponseCode(400)
+            return b'{"details": "wrong service"}'
+        token = secrets.token_urlsafe(24)
+        self.fake.tokens[token] = (scopes, self.fake.clock.seconds() + sw.token_expires_in)
+        body: dict[str, object] = {field: token for field in sw.token_fields}
+        body["expires_in"] = sw.token_expires_in
+        body["issued_at"] = "2026-01-01T00:00:00Z"
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body).encode()
+
+    def _manifest(self, request: Request, name: str, ref: str) -> bytes:
+        sw = self.fake.switches
+        repo = self.fake.content.repos[name]
+        digest = repo.tags.get(ref, ref)
+        found = repo.manifests.get(digest)
+        if found is None:
+            return _json_error(request, 404, "MANIFEST_UNKNOWN", f"manifest {ref} unknown")
+        media_type, body = found
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        if accept and media_type not in accept and "*/*" not in accept:
+            return _json_error(request, 404, "MANIFEST_UNKNOWN", f"{media_type} not accepted")
+        is_get = request.method == b"GET"
+        if is_get:
+            if sw.ratelimit_remaining <= 0:
+                request.setHeader(b"retry-after", b"60")
+                self._ratelimit_headers(request)
+                return _json_error(request, 429, "TOOMANYREQUESTS", "pull rate limit reached")
+            sw.ratelimit_remaining -= 1
+        self._ratelimit_headers(request)
+        if not sw.omit_manifest_digest:
+            request.setHeader(b"docker-content-digest", digest.encode())
+        if sw.corrupt_manifests:
+            body += b" "
+        request.setHeader(b"content-type", media_type.encode())
+        request.setHeader(b"content-length", str(len(body)).encode())
+        return body if is_get else b""
+
+    def _ratelimit_headers(self, request: Request) -> None:
+        sw = self.fake.switches
+        window = sw.ratelimit_window
+        request.setHeader(b"ratelimit-limit", f"{sw.ratelimit_limit};w={window}".encode())
+        request.setHeader(
+            b"ratelimit-remaining", f"{max(sw.ratelimit_remaining, 0)};w={window}".encode()
+        )
+
+    def _blob(self, request: Request, name: str, digest: str) -> bytes:
+        repo = self.fake.content.repos[name]
+        blob = self.fake.content.blobs.get(digest)
+        if blob is None or digest not in repo.blobs:
+            return _json_error(request, 404, "BLOB_UNKNOWN", f"blob {digest} unknown")
+        if request.method == b"HEAD" and not self.fake.switches.redirect_blob_head:
+            request.setHeader(b"docker-content-digest", digest.encode())
+            request.setHeader(b"content-type", b"application/octet-stream")
+            request.setHeader(b"content-length", str(blob.size).encode())
+            return b""
+        expires = int(self.fake.reactor.seconds()) + 600
+        sig = self.fake.sign(digest, expires)
+        request.setResponseCode(307)
+        request.setHeader(
+            b"location", f"{self.fake.cdn_url}/blobs/{digest}?expires={expires}&sig={sig}".encode()
+        )
+        return b""
+
+    def _control(self, request: Request, path: str) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        if path == "/_fake/switches" and request.method == b"POST":
+            changes = json.loads(request.content.read() or b"{}")
+            for key, value in changes.items():
+                if key == "credentials" and value is not None:
+                    value = tuple(value)
+                setattr(self.fake.switches, key, value)
+            return json.dumps(attrs.asdict(self.fake.switches)).encode()
+        if path == "/_fake/revoke":
+            self.fake.revoke_tokens()
+            return b"{}"
+        if path == "/_fake/drop":
+            self.fake.reactor.callLater(0, self.fake.drop_connections)
+            return b"{}"
+        return json.dumps(self.fake.stats()).encode()
+
+
+class _CdnResource(_Base):
+    def render(self, request: Request) -> bytes | int:
+        path = request.path.decode("latin-1")
+        digest = path.removeprefix("/blobs/")
+        self._log(request, "cdn", None, digest)
+        if request.getHeader(b"authorization") is not None:
+            self.fake.cdn_auth_rejections += 1
+            request.setResponseCode(400)
+            return b"Authorization header not allowed on the CDN"
+        broken = self._broken(request)
+        if broken is not None:
+            return broken
+        args = parse_qs(request.uri.decode("latin-1").partition("?")[2])
+        try:
+            expires = int(args["expires"][0])
+            sig = args["sig"][0]
+        except (KeyError, ValueError):
+            request.setResponseCode(403)
+            return b"unsigned"
+        if not hmac.compare_digest(sig, self.fake.sign(digest, expires)):
+            request.setResponseCode(403)
+            return b"bad signature"
+        blob = self.fake.content.blobs.get(digest)
+        if blob is None:
+            request.setResponseCode(404)
+            return b"gone"
+        start, end = 0, blob.size
+        range_header = (request.getHeader(b"range") or b"").decode("latin-1")
+        match = _RANGE_RE.match(range_header)
+        if match is not None and (match[1] or match[2]):
+            if match[1]:
+                start = int(match[1])
+                end = min(int(match[2]) + 1, blob.size) if match[2] else blob.size
+            else:
+                start = max(0, blob.size - int(match[2]))
+            if start >= blob.size or start >= end:
+                request.setResponseCode(416)
+                request.setHeader(b"content-range", f"bytes */{blob.size}".encode())
+                return b""
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", f"bytes {start}-{end - 1}/{blob.size}".encode())
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(end - start).encode())
+        if request.method == b"HEAD":
+            return b""
+        _Streamer(self.fake, request, blob, start, end).start()
+        return NOT_DONE_YET
+
+
+@implementer(IPushProducer)
+class _Streamer:
+    """Writes a blob range with back-pressure, obeying the CDN failure switches."""
+
+    def __init__(
+        self, fake: FakeUpstream, request: Request, blob: Blob, start: int, end: int
+    ) -> None:
+        self.fake = fake
+        self.request = request
+        self.blob = blob
+        self.pos = start
+        self.end = end
+        self.sent = 0
+        self.paused = False
+        self.done = False
+        self.call: IDelayedCall | None = None
+        sw = fake.switches
+        self.rate = sw.blob_rate
+        self.stall_after = sw.stall_blob_after
+        self.cut_after = sw.cut_blob_after
+        self.corrupt = sw.corrupt_blobs
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        self._schedule(0)
+
+    def _schedule(self, delay: float) -> None:
+        if self.call is None and not self.done:
+            self.call = self.fake.reactor.callLater(delay, self._pump)
+
+    def _pump(self) -> None:
+        self.call = None
+        while not self.paused and not self.done and self.pos < self.end:
+            n = self.end - self.pos
+            if self.rate is not None:
+                n = min(n, max(1, self.rate // 20))
+            for limit in (self.cut_after, self.stall_after):
+                if limit is not None:
+                    n = min(n, limit - self.sent)
+            if n <= 0:
+                if self.cut_after is not None and self.sent >= self.cut_after:
+                    self.done = True
+                    self.request.channel.transport.loseConnection()
+                return  # stalled: never send again
+            data = next(iter(self.blob.read(self.pos, self.pos + n)))
+            if self.corrupt and self.sent == 0:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+            self.pos += len(data)
+            self.sent += len(data)
+            self.request.write(data)
+            if self.rate is not None:
+                self._schedule(len(data) / self.rate)
+                return
+        if self.pos >= self.end and not self.done:
+            self.done = True
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule(0)
+
+    def stopProducing(self) -> None:
+        self.done = True
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+
+
+async def start_fake_upstream(reactor: Any, **kwargs: Any) -> FakeUpstream:
+    """A started `FakeUpstream` on 127.0.0.1 (ports chosen by the OS)."""
+    port = kwargs.pop("port", 0)
+    cdn_port = kwargs.pop("cdn_port", 0)
+    return await FakeUpstream(reactor, **kwargs).start(port, cdn_port)
+
+
+# -- standalone process
+
+
+class _ReadyProtocol(ProcessProtocol):
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.ready: Deferred[dict[str, Any]] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        if self.ready.called:
+            return
+        self.buffer += data
+        if b"\n" in self.buffer:
+            self.ready.callback(json.loads(self.buffer.split(b"\n", 1)[0]))
+
+    def errReceived(self, data: bytes) -> None:
+        sys.stderr.write(data.decode(errors="replace"))
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(f"fake upstream exited: {reason.value}"))
+        self.ended.callback(None)
+
+
+@attrs.define
+class RunningFake:
+    """A fake upstream in its own process; ``info`` is its ready line (urls, image digests)."""
+
+    info: dict[str, Any]
+    process: Any
+    ended: Deferred[None]
+
+    @property
+    def url(self) -> str:
+        return str(self.info["url"])
+
+    async def stop(self) -> None:
+        if not self.ended.called:
+            self.process.signalProcess("TERM")
+        await self.ended
+
+
+async def spawn_fake_upstream(reactor: Any, *args: str) -> RunningFake:
+    """Run ``python -m tests.fakes.upstream *args`` and wait for its ready line."""
+    root = _REPO_ROOT
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    protocol = _ReadyProtocol()
+    process = reactor.spawnProcess(
+        protocol,
+        sys.executable,
+        [sys.executable, "-m", "tests.fakes.upstream", *args],
+        env=env,
+        path=root,
+    )
+    info = await protocol.ready
+    return RunningFake(info, process, protocol.ended)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.upstream")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cdn-port", type=int, default=0)
+    parser.add_argument(
+        "--layer-size", type=int, action="append", help="bytes; repeat for more layers"
+    )
+    parser.add_argument("--image", default="library/alpine:latest", help="name:tag")
+    parser.add_argument("--seed", default=None)
+    parser.add_argument("--auth", choices=["bearer", "basic", "none"], default="bearer")
+    parser.add_argument("--username")
+    parser.add_argument("--password")
+    parser.add_argument("--token-expires-in", type=int, default=300)
+    parser.add_argument("--ratelimit", type=int, default=100)
+    parser.add_argument("--blob-rate", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from twisted.internet.task import react
+
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+
+    async def run(reactor: Any) -> None:
+        switches = Switches(
+            auth=args.auth,
+            credentials=(args.username, args.password or "") if args.username else None,
+            token_expires_in=args.token_expires_in,
+            ratelimit_limit=args.ratelimit,
+            ratelimit_remaining=args.ratelimit,
+            blob_rate=args.blob_rate,
+        )
+        fake = FakeUpstream(reactor, switches=switches)
+        name, _, tag = args.image.rpartition(":")
+        image: Image = fake.content.add_image(
+            name, tag, args.layer_size or [1 << 20], seed=args.seed
+        )
+        await fake.start(args.port, args.cdn_port)
+        ready = {"url": fake.url, "cdn_url": fake.cdn_url, "image": image.as_json()}
+        sys.stdout.write(json.dumps(ready) + "\n")
+        sys.stdout.flush()
+        await Deferred()  # until killed
+
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+
+
+if __name__ == "__main__":
+    main()
