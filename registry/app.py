@@ -17,7 +17,6 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from registry.api.errors import (
-    MANIFEST_INVALID,
     NOT_FOUND,
     SIZE_INVALID,
     UNKNOWN,

@@ -22,7 +22,6 @@ from registry.storage.referrers import ReferrersIndex
 from registry.storage.tags import TagStore
 from registry.storage.uploads import UploadStore
 
-
 # The largest page a client may ask for with ``n`` (tags, catalog, referrers).
 MAX_PAGE = 10_000
 
