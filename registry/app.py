@@ -29,6 +29,8 @@ from registry.handlers.context import RegistryContext
 from registry.http import responses
 from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
+from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from registry.proxy.service import metrics_of
 from registry.storage.driver import StorageError
 
 log = Logger()
@@ -85,6 +87,12 @@ class RegistryApp:
     async def v2(self, request: IRequest, rest: str) -> bytes | None:
         return await self._dispatch(request, rest)
 
+    @router.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        """Prometheus text format, outside /v2 (not part of the registry API; see docs)."""
+        text = metrics_of(self.ctx).render()
+        return responses.body(request, 200, text.encode(), METRICS_CONTENT_TYPE)
+
     @router.route("/", branch=True, methods=_METHODS)
     async def elsewhere(self, request: IRequest) -> bytes:
         raise RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
@@ -94,6 +102,10 @@ class RegistryApp:
         if getattr(request, "body_too_large", False):
             raise RegistryError(SIZE_INVALID, {"reason": "request body too large"}, status=413)
         route = parse_route(rest)
+        # Pull-through cache: containerd's ?ns= selects the upstream (registry.proxy.routing).
+        router = self.ctx.extras.get("proxy_router")
+        if router is not None:
+            route = router.rewrite_route(request, route)
         handler = self.handlers.get((route.kind, request.method))
         if handler is None:
             raise RegistryError(

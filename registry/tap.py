@@ -24,6 +24,8 @@ from registry.app import make_site
 from registry.config import Config, ConfigError, load
 from registry.handlers.context import RegistryContext
 from registry.ops.purge import purge_uploads
+from registry.proxy.config import parse_proxies
+from registry.proxy.service import install_proxies
 from registry.storage.factory import build_driver
 
 log = Logger()
@@ -61,6 +63,7 @@ class Options(usage.Options):
             overrides[("http", "port")] = " ".join(self["port"])
         try:
             self.config = load(self["config"], os.environ, overrides)
+            parse_proxies(self.config)  # [proxy:NAME] sections are validated here too
         except ConfigError as exc:
             raise usage.UsageError(f"configuration error: {exc}") from None
 
@@ -91,6 +94,8 @@ def makeService(options: Options) -> IService:
     ThreadPoolService(pool).setServiceParent(root)  # type: ignore[no-untyped-call]
     driver = build_driver(config, reactor, pool)
     ctx = RegistryContext.build(config, driver, reactor)
+    # Pull-through caches ([proxy:NAME]): swaps in routing stores, adds their service.
+    install_proxies(ctx, config, reactor, root)
     site = make_site(ctx)
 
     def index_catalog() -> None:

@@ -1,0 +1,567 @@
+"""
+The pull-through cache of one upstream: blobs and manifests served from local storage when
+cached, fetched (once, however many clients ask) when not, and evicted under a size bound.
+
+Everything cached lands in the registry:2 layout under the repository's *local* name (blob data,
+``_layers`` links, ``_manifests/revisions`` and tags), so a cached image stays pullable with the
+upstream gone, and the usual tools (garbage collection, registry:2 itself) understand it.
+
+Tags are revalidated with an upstream HEAD (Docker Hub does not count HEADs against its rate
+limit) at most every ``tag_freshness`` seconds; by-digest content never goes upstream once
+cached.  When the upstream fails (down, slow, 429, 5xx) a cached tag is served stale and the
+event logged; only with nothing cached does the client get the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os.path
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IBodyProducer
+
+from registry.api.digests import Digest, DigestingHasher
+from registry.api.errors import (
+    BLOB_UNKNOWN,
+    MANIFEST_UNKNOWN,
+    TOOMANYREQUESTS,
+    UNAVAILABLE,
+    ErrorCode,
+    RegistryError,
+)
+from registry.manifests import DEFAULT_URL_POLICY, parse_manifest, stored_media_type
+from registry.proxy._inflight import Inflight
+from registry.proxy.config import ProxyConfig
+from registry.proxy.errors import (
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamUnauthorized,
+)
+from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
+from registry.proxy.index import CacheIndex, Victim
+from registry.proxy.upstream import UpstreamClient, UpstreamManifest
+from registry.storage import layout
+from registry.storage.blobs import BlobInfo, BlobStore
+from registry.storage.catalog import Catalog
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.manifests import StoredManifest
+from registry.storage.tags import TagStore
+
+log = Logger()
+
+
+def state_dir(upstream: str) -> str:
+    return f"{layout.OWN}/proxy/{upstream}"
+
+
+@attrs.define
+class UpstreamStats:
+    """Counters for metrics and the periodic log line (bytes from upstream: the client's)."""
+
+    hits: int = 0
+    misses: int = 0
+    served_bytes: int = 0  # from the cache (hits)
+    upstream_errors: int = 0
+    stale_served: int = 0
+    evictions: int = 0
+    evicted_bytes: int = 0
+    corrupt_blobs: int = 0
+
+
+def upstream_error(exc: UpstreamError, code: ErrorCode, detail: dict[str, Any]) -> RegistryError:
+    """The client's answer when the upstream failed and nothing cached can stand in."""
+    detail = {**detail, "upstream": exc.reason[:300]}
+    if isinstance(exc, UpstreamNotFound):
+        return RegistryError(code, detail)
+    if isinstance(exc, UpstreamRateLimited):
+        headers = {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(math.ceil(exc.retry_after))
+        return RegistryError(
+            TOOMANYREQUESTS, detail, "upstream rate limit reached", headers=headers
+        )
+    if isinstance(exc, UpstreamUnauthorized):
+        return RegistryError(UNAVAILABLE, detail, "upstream refused our credentials", status=502)
+    return RegistryError(UNAVAILABLE, detail, "upstream registry unavailable")
+
+
+HostedUses = Callable[[Digest], Awaitable[bool]]
+
+
+async def _never_hosted(digest: Digest) -> bool:
+    return False
+
+
+@attrs.define(eq=False)
+class ProxyCache:
+    config: ProxyConfig
+    client: UpstreamClient
+    driver: IStorageDriver
+    blobs: BlobStore
+    tags: TagStore
+    reactor: Any
+    catalog: Catalog | None = None
+    # Whether a hosted (non-cache) repository uses a digest: its data must then stay.
+    hosted_uses: HostedUses = _never_hosted
+    # Every cache of the process: blob data shared with another upstream's cache stays.
+    peers: list[ProxyCache] = attrs.field(factory=list)
+    index: CacheIndex = attrs.field(factory=CacheIndex)
+    stats: UpstreamStats = attrs.field(factory=UpstreamStats)
+    _fills: dict[Digest, Fill] = attrs.field(factory=dict)
+    _heads: Inflight[Digest, int] = attrs.field(factory=Inflight)
+    _revalidations: Inflight[tuple[str, str], Digest] = attrs.field(factory=Inflight)
+    _checked: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    _evicting: bool = False
+    _eviction_scheduled: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def now(self) -> float:
+        return float(self.reactor.seconds())
+
+    @property
+    def fills_dir(self) -> str:
+        return f"{state_dir(self.name)}/fills"
+
+    @property
+    def active_fills(self) -> int:
+        return len(self._fills)
+
+    # -- blobs
+
+    async def _local_blob(self, local: str, digest: Digest) -> BlobInfo | None:
+        """The cached blob if it is complete; a blob whose data is missing or whose size
+        disagrees with what was cached is a miss (and is dropped), so it gets fetched again."""
+        if not await self.blobs.is_linked(local, digest):
+            return None
+        info = await self.blobs.exists(digest)
+        if info is None:
+            return None
+        entry = self.index.blobs.get(str(digest))
+        if entry is not None and entry.size != info.size and str(digest) not in self.index.in_use:
+            log.warn(
+                "proxy {upstream}: cached {digest} has {actual} bytes, expected {size}; refetching",
+                upstream=self.name,
+                digest=str(digest),
+                actual=info.size,
+                size=entry.size,
+            )
+            self.stats.corrupt_blobs += 1
+            await self._drop_blob_data(digest)
+            return None
+        if not self.index.touch_blob(str(digest), self.now()):
+            self.index.add_blob(local, str(digest), info.size, self.now())
+        return info
+
+    async def blob_stat(self, local: str, upstream: str, digest: Digest) -> BlobInfo:
+        info = await self._local_blob(local, digest)
+        if info is not None:
+            return info
+        fill = self._fills.get(digest)
+        if fill is not None and fill.size is not None:
+            return BlobInfo(digest, fill.size)
+        try:
+            size = await self._heads.run(digest, lambda: self.client.blob_head(upstream, digest))
+        except UpstreamError as exc:
+            self._upstream_failed("blob HEAD", upstream, str(digest), exc)
+            raise upstream_error(
+                exc, BLOB_UNKNOWN, {"name": local, "digest": str(digest)}
+            ) from None
+        return BlobInfo(digest, size)
+
+    async def blob_open(
+        self, local: str, upstream: str, digest: Digest, offset: int, length: int | None
+    ) -> IBodyProducer:
+        info = await self._local_blob(local, digest)
+        if info is None and await self.blobs.exists(digest) is not None:
+            info = await self._adopt(local, upstream, digest)
+        if info is not None:
+            try:
+                producer = await self.driver.reader(layout.blob_data(digest), offset, length)
+            except PathNotFoundError:
+                pass  # evicted or deleted meanwhile: fetch it again
+            else:
+                self.stats.hits += 1
+                whole = offset == 0 and int(producer.length) == info.size
+                return self._observe(digest, producer, verify=whole and self.config.verify_reads)
+        self.stats.misses += 1
+        fill = await self._join_fill(local, upstream, digest)
+        size = fill.size if fill.size is not None else offset + (length or 0)
+        count = size - offset if length is None else length
+        return self._observe(digest, TailProducer(fill, self.driver, offset, count), verify=False)
+
+    async def _adopt(self, local: str, upstream: str, digest: Digest) -> BlobInfo | None:
+        """The data is already stored (another repository, another image): link it here once
+        the upstream confirms this repository has it, instead of downloading it again."""
+        try:
+            size = await self._heads.run(digest, lambda: self.client.blob_head(upstream, digest))
+        except UpstreamError:
+            return None
+        info = await self.blobs.exists(digest)
+        if info is None or info.size != size:
+            return None
+        await self.blobs.link(local, digest)
+        self.index.add_blob(local, str(digest), size, self.now())
+        return info
+
+    def _observe(self, digest: Digest, producer: IBodyProducer, verify: bool) -> IBodyProducer:
+        """Count served bytes, keep the blob from eviction while it is served and, for a whole
+        read of cached data, hash it: a mismatch drops the data so the next pull refetches."""
+        key = str(digest)
+        self.index.use(key)
+        hasher = DigestingHasher(digest.algorithm) if verify else None
+        from_cache = not isinstance(producer, TailProducer)
+
+        def on_write(data: bytes) -> None:
+            if from_cache:
+                self.stats.served_bytes += len(data)
+            if hasher is not None:
+                hasher.update(data)
+
+        def on_end(failure: Failure | None) -> None:
+            self.index.release(key)
+            if hasher is not None and failure is None and hasher.digest() != digest:
+                log.error(
+                    "proxy {upstream}: cached blob {digest} is corrupt (hashes to {actual}); "
+                    "dropping it so the next pull fetches it again",
+                    upstream=self.name,
+                    digest=key,
+                    actual=str(hasher.digest()),
+                )
+                self.stats.corrupt_blobs += 1
+                Deferred.fromCoroutine(self._drop_blob_data(digest)).addErrback(
+                    lambda f: log.failure("dropping a corrupt blob failed", f)
+                )
+
+        return ObservedProducer(producer, on_write, on_end)
+
+    async def _drop_blob_data(self, digest: Digest) -> None:
+        with contextlib.suppress(PathNotFoundError):
+            await self.driver.delete(layout.blob_dir(digest))
+
+    async def _join_fill(self, local: str, upstream: str, digest: Digest) -> Fill:
+        """The running fill for ``digest`` or a new one, once the upstream answered: an
+        upstream error before the body becomes an error response, not a broken body."""
+        fill = self._fills.get(digest)
+        if fill is None:
+            path = f"{self.fills_dir}/{digest.algorithm}-{digest.hex}-{uuid.uuid4().hex}"
+            fill = Fill(digest, path, layout.blob_data(digest), None)
+            self._fills[digest] = fill
+            self.index.use(str(digest))
+            Deferred.fromCoroutine(self._run_fill(fill, local, upstream))
+        while not fill.opened and not fill.finished:
+            await fill.changed()
+        if not fill.opened and fill.error is not None:
+            error = fill.error
+            if isinstance(error, UpstreamError):
+                raise upstream_error(error, BLOB_UNKNOWN, {"name": local, "digest": str(digest)})
+            raise error
+        return fill
+
+    async def _run_fill(self, fill: Fill, local: str, upstream: str) -> None:
+        digest = fill.digest
+        writer = None
+        try:
+            blob = await self.client.blob(upstream, digest)
+            if blob.length is not None:
+                fill.size = blob.length
+            else:
+                fill.size = await self.client.blob_head(upstream, digest)
+            writer = await self.driver.writer(fill.path)
+            fill.opened = True
+            fill.notify()
+            protocol = FillProtocol(fill, writer, lambda n: None)
+            blob.deliver(protocol, verify=True)
+            await protocol.done
+            committing, writer = writer, None
+            await committing.commit()
+            await self.driver.move(fill.path, fill.final_path)
+            await self.blobs.link(local, digest)
+            self.index.add_blob(local, str(digest), fill.stored, self.now())
+            fill.done = True
+            log.info(
+                "proxy {upstream}: cached {name}@{digest} ({size} bytes)",
+                upstream=self.name,
+                name=local,
+                digest=str(digest),
+                size=fill.stored,
+            )
+            self.schedule_eviction()
+        except Exception as exc:
+            fill.error = exc
+            if isinstance(exc, UpstreamError):
+                self._upstream_failed("blob GET", upstream, str(digest), exc)
+            else:
+                log.failure("proxy fill of {digest} failed", Failure(), digest=str(digest))
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    await writer.cancel()
+            with contextlib.suppress(Exception):
+                await self.driver.delete(fill.path)
+        finally:
+            self._fills.pop(digest, None)
+            self.index.release(str(digest))
+            fill.notify()
+
+    # -- manifests
+
+    async def _local_manifest(self, local: str, digest: Digest) -> StoredManifest | None:
+        try:
+            link = await self.driver.get_content(layout.revision_link(local, digest))
+            if link.decode("ascii", "replace").strip() != str(digest):
+                return None
+            body = await self.blobs.get_small(digest)
+        except (PathNotFoundError, RegistryError):
+            return None
+        if not self.index.touch_manifest(local, str(digest), self.now()):
+            self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
+        return StoredManifest(digest, stored_media_type(body), body)
+
+    async def manifest_get(self, local: str, upstream: str, reference: str) -> StoredManifest:
+        if Digest.is_digest(reference):
+            digest = Digest.parse(reference)
+            cached = await self._local_manifest(local, digest)
+            if cached is not None:
+                self.stats.hits += 1
+                return cached
+            try:
+                self.stats.misses += 1
+                fetched = await self.client.manifest(upstream, reference, "GET")
+            except UpstreamError as exc:
+                self._upstream_failed("manifest GET", upstream, reference, exc)
+                raise upstream_error(
+                    exc, MANIFEST_UNKNOWN, {"name": local, "reference": reference}
+                ) from None
+            return await self._store_manifest(local, fetched, None)
+        return await self._tagged(local, upstream, reference)
+
+    async def _tagged(self, local: str, upstream: str, tag: str) -> StoredManifest:
+        key = (local, tag)
+        digest = await self.tags.resolve(local, tag)
+        cached = await self._local_manifest(local, digest) if digest is not None else None
+        freshness = self.config.tag_freshness
+        fresh = self.now() - self._checked.get(key, -math.inf) < freshness
+        if cached is not None and freshness > 0 and fresh:
+            self.stats.hits += 1
+            return cached
+        try:
+            current = await self._revalidations.run(
+                key, lambda: self._revalidate(local, upstream, tag, cached)
+            )
+        except UpstreamNotFound as exc:
+            self._upstream_failed("manifest HEAD", upstream, tag, exc)
+            raise upstream_error(exc, MANIFEST_UNKNOWN, {"name": local, "reference": tag}) from None
+        except UpstreamError as exc:
+            self._upstream_failed("manifest revalidation", upstream, tag, exc)
+            if cached is None:
+                raise upstream_error(
+                    exc, MANIFEST_UNKNOWN, {"name": local, "reference": tag}
+                ) from None
+            self.stats.stale_served += 1
+            self.stats.hits += 1
+            log.warn(
+                "proxy {upstream}: serving cached {name}:{tag} ({digest}) stale: {reason}",
+                upstream=self.name,
+                name=local,
+                tag=tag,
+                digest=str(cached.digest),
+                reason=str(exc),
+            )
+            return cached
+        if cached is not None and current == cached.digest:
+            self.stats.hits += 1
+            return cached
+        stored = await self._local_manifest(local, current)
+        if stored is None:
+            raise RegistryError(MANIFEST_UNKNOWN, {"name": local, "reference": tag})
+        return stored
+
+    async def _revalidate(
+        self, local: str, upstream: str, tag: str, cached: StoredManifest | None
+    ) -> Digest:
+        """The tag's current digest upstream, its manifest cached.  A HEAD when something is
+        cached (free on Docker Hub), a GET only for content we do not have."""
+        if cached is not None:
+            head = await self.client.manifest(upstream, tag, "HEAD")
+            if head.digest == cached.digest:
+                self._checked[(local, tag)] = self.now()
+                return head.digest
+            existing = await self._local_manifest(local, head.digest)
+            if existing is not None:
+                await self.tags.set(local, tag, head.digest)
+                self._checked[(local, tag)] = self.now()
+                return head.digest
+            fetched = await self.client.manifest(upstream, str(head.digest), "GET")
+        else:
+            fetched = await self.client.manifest(upstream, tag, "GET")
+        self.stats.misses += 1
+        stored = await self._store_manifest(local, fetched, tag)
+        self._checked[(local, tag)] = self.now()
+        return stored.digest
+
+    async def _store_manifest(
+        self, local: str, fetched: UpstreamManifest, tag: str | None
+    ) -> StoredManifest:
+        body = fetched.body
+        assert body is not None
+        digest = fetched.digest
+        # The order readers rely on: data, revision link, then the tag.
+        await self.blobs.put_small(body, digest.algorithm)
+        await self.driver.put_content(layout.revision_link(local, digest), str(digest).encode())
+        if tag is not None:
+            await self.tags.set(local, tag, digest)
+        if self.catalog is not None:
+            await self.catalog.note_repository(local)
+        self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
+        self.schedule_eviction()
+        return StoredManifest(digest, stored_media_type(body), body)
+
+    # -- eviction
+
+    def schedule_eviction(self) -> None:
+        """Evict soon when over the size bound (once, however many fills just finished)."""
+        limit = self.config.max_size
+        if limit is None or self._eviction_scheduled or self.index.size <= limit:
+            return
+        self._eviction_scheduled = True
+
+        def run() -> None:
+            self._eviction_scheduled = False
+            Deferred.fromCoroutine(self.evict()).addErrback(
+                lambda f: log.failure("proxy eviction failed", f)
+            )
+
+        self.reactor.callLater(0, run)
+
+    async def evict(self) -> int:
+        """Evict what the size bound and the TTL ask for; returns how many entries went."""
+        if self._evicting:
+            return 0
+        self._evicting = True
+        count = 0
+        try:
+            victims = self.index.plan(self.now(), self.config.max_size, self.config.ttl)
+            for victim in victims:
+                if self.index.in_use.get(victim.digest, 0) > 0:
+                    continue
+                await self._evict_one(victim)
+                self.index.remove(victim)
+                self.stats.evictions += 1
+                self.stats.evicted_bytes += victim.size
+                count += 1
+            if count:
+                log.info(
+                    "proxy {upstream}: evicted {count} entries, cache now {size} bytes",
+                    upstream=self.name,
+                    count=count,
+                    size=self.index.size,
+                )
+        finally:
+            self._evicting = False
+        return count
+
+    async def _evict_one(self, victim: Victim) -> None:
+        digest = Digest.parse(victim.digest)
+        if victim.kind == "manifest":
+            name = victim.name or ""
+            for tag in await self.tags.tags_for(name, digest):
+                await self.tags.remove(name, tag)
+                self._checked.pop((name, tag), None)
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(os.path.dirname(layout.revision_link(name, digest)))
+        else:
+            for name in victim.names:
+                with contextlib.suppress(PathNotFoundError):
+                    await self.driver.delete(os.path.dirname(layout.layer_link(name, digest)))
+        if not await self._used_elsewhere(victim):
+            await self._drop_blob_data(digest)
+
+    async def _used_elsewhere(self, victim: Victim) -> bool:
+        digest = victim.digest
+        if digest in self.index.blobs and victim.kind == "manifest":
+            return True
+        others = [key for key in self.index.manifests if key[1] == digest]
+        if others and others != [(victim.name, digest)]:
+            return True
+        for peer in self.peers:
+            if peer is not self and peer.index.knows(digest):
+                return True
+        return await self.hosted_uses(Digest.parse(digest))
+
+    # -- persistence
+
+    async def load_state(self) -> None:
+        try:
+            data = await self.driver.get_content(f"{state_dir(self.name)}/state.json")
+        except PathNotFoundError:
+            return
+        self.index = CacheIndex.loads(data)
+        log.info(
+            "proxy {upstream}: {blobs} blobs, {manifests} manifests, {size} bytes cached",
+            upstream=self.name,
+            blobs=len(self.index.blobs),
+            manifests=len(self.index.manifests),
+            size=self.index.size,
+        )
+
+    async def flush_state(self) -> None:
+        if not self.index.dirty:
+            return
+        self.index.dirty = False
+        try:
+            await self.driver.put_content(f"{state_dir(self.name)}/state.json", self.index.dumps())
+        except Exception:
+            self.index.dirty = True
+            raise
+
+    async def clean_fills(self) -> None:
+        """Fills interrupted by a crash or a restart leave partial files: remove them."""
+        with contextlib.suppress(PathNotFoundError):
+            await self.driver.delete(self.fills_dir)
+
+    # -- logging
+
+    def _upstream_failed(self, what: str, upstream: str, ref: str, exc: UpstreamError) -> None:
+        if not isinstance(exc, UpstreamNotFound):
+            self.stats.upstream_errors += 1
+        log.warn(
+            "proxy {upstream}: {what} {name}:{ref} failed: {reason}",
+            upstream=self.name,
+            what=what,
+            name=upstream,
+            ref=ref,
+            reason=str(exc),
+        )
+
+    def summary(self) -> str:
+        rate = self.client.rate_limit
+        remaining = rate.remaining if rate is not None else None
+        s = self.stats
+        return (
+            f"proxy {self.name}: hits={s.hits} misses={s.misses} "
+            f"upstream_bytes={self.client.bytes_received} served_bytes={s.served_bytes} "
+            f"upstream_errors={s.upstream_errors} stale={s.stale_served} "
+            f"evictions={s.evictions} cache_bytes={self.index.size} "
+            f"ratelimit_remaining={remaining if remaining is not None else '-'}"
+        )
+
+
+def _refs(body: bytes) -> list[str]:
+    """The digests a manifest keeps alive (config, layers, children); none if unparseable."""
+    try:
+        manifest = parse_manifest(body, None, DEFAULT_URL_POLICY)
+    except RegistryError:
+        return []
+    refs = [str(d.digest) for d in manifest.blob_references if not d.is_foreign]
+    refs += [str(d.digest) for d in manifest.manifests]
+    return refs

@@ -1,0 +1,150 @@
+"""
+``[proxy:NAME]`` sections: one upstream registry each, parsed from `Config.extra`.
+
+The core config refuses unknown sections and keys for the sections it knows; it keeps
+``[proxy:NAME]`` raw so this module owns their keys and their error messages, which name the
+section and key (``[proxy:dockerhub] ttl: not a duration``) so a typo stops start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from registry.api.errors import RegistryError
+from registry.api.names import check_name
+from registry.config import Config, ConfigError, parse_bool, parse_duration, parse_size
+
+SECTION_PREFIX = "proxy:"
+
+
+def _optional_size(text: str) -> int | None:
+    """``0``, ``none`` or empty: no bound."""
+    if text.strip().lower() in ("", "0", "none", "off"):
+        return None
+    return parse_size(text)
+
+
+def _optional_duration(text: str) -> float | None:
+    if text.strip().lower() in ("", "0", "none", "off"):
+        return None
+    return parse_duration(text)
+
+
+def _prefix(text: str) -> str:
+    text = text.strip().strip("/")
+    if not text:
+        return ""
+    try:
+        check_name(text)
+    except RegistryError:
+        raise ValueError(f"{text!r} is not a repository-name prefix (e.g. docker.io)") from None
+    return text
+
+
+def _url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+@attrs.frozen
+class ProxyConfig:
+    """One upstream.  Durations are seconds; ``None`` disables a bound."""
+
+    name: str
+    remoteurl: str
+    username: str | None = None
+    password: str | None = None
+    # Repository names ``<prefix>/<upstream name>`` go to this upstream ("docker.io").
+    prefix: str = ""
+    # Names matching no prefix (and not looking like another registry's host) come here.
+    default: bool = False
+    # Delete cached content unused for this long (None: keep until evicted for space).
+    ttl: float | None = None
+    # Revalidate a cached tag with upstream HEAD at most this often (0: on every request).
+    tag_freshness: float = 0.0
+    # Evict least-recently-used content above this many bytes (None: unbounded).
+    max_size: int | None = None
+    # Connect-to-first-byte bound, and the silence allowed in a blob body.
+    timeout: float = 30.0
+    cabundle: str | None = None
+    # Hash every full read of a cached blob; a mismatch drops the blob so the next pull refetches.
+    verify_reads: bool = True
+    # Map one-component names to ``library/<name>`` upstream (None: only for Docker Hub hosts).
+    library: bool | None = None
+    # How often the eviction state is written to storage, eviction runs, and a summary is logged.
+    flush_interval: float = 30.0
+    evict_interval: float = 60.0
+    log_interval: float = 300.0
+
+
+_KEYS: dict[str, Callable[[str], Any]] = {
+    "remoteurl": _url,
+    "username": lambda t: t.strip() or None,
+    "password": lambda t: t or None,
+    "prefix": _prefix,
+    "default": parse_bool,
+    "ttl": _optional_duration,
+    "tag_freshness": parse_duration,
+    "max_size": _optional_size,
+    "timeout": _positive_duration,
+    "cabundle": lambda t: t.strip() or None,
+    "verify_reads": parse_bool,
+    "library": parse_bool,
+    "flush_interval": _positive_duration,
+    "evict_interval": _positive_duration,
+    "log_interval": _positive_duration,
+}
+
+
+def parse_proxy(name: str, values: Mapping[str, str]) -> ProxyConfig:
+    section = f"[{SECTION_PREFIX}{name}]"
+    kwargs: dict[str, Any] = {}
+    for key, text in values.items():
+        parse = _KEYS.get(key)
+        if parse is None:
+            raise ConfigError(f"{section} {key}: unknown key")
+        try:
+            kwargs[key] = parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{section} {key}: {exc}") from None
+    if "remoteurl" not in kwargs:
+        raise ConfigError(f"{section} remoteurl: required")
+    if not kwargs.get("prefix") and not kwargs.get("default"):
+        raise ConfigError(f"{section} prefix: required unless default = true")
+    if kwargs.get("tag_freshness", 0.0) < 0:
+        raise ConfigError(f"{section} tag_freshness: must not be negative")
+    return ProxyConfig(name=name, **kwargs)
+
+
+def parse_proxies(config: Config) -> list[ProxyConfig]:
+    """Every configured upstream, in name order; ConfigError for a bad or conflicting one."""
+    proxies = [
+        parse_proxy(section[len(SECTION_PREFIX) :], values)
+        for section, values in sorted(config.extra.items())
+        if section.startswith(SECTION_PREFIX)
+    ]
+    defaults = [p.name for p in proxies if p.default]
+    if len(defaults) > 1:
+        raise ConfigError(f"[proxy:{defaults[1]}] default: only one upstream may be the default")
+    prefixes: dict[str, str] = {}
+    for proxy in proxies:
+        if proxy.prefix and proxy.prefix in prefixes:
+            raise ConfigError(
+                f"[proxy:{proxy.name}] prefix: {proxy.prefix!r} already used by "
+                f"[proxy:{prefixes[proxy.prefix]}]"
+            )
+        if proxy.prefix:
+            prefixes[proxy.prefix] = proxy.name
+    return proxies

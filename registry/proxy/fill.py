@@ -1,0 +1,272 @@
+"""
+Filling the cache with one upstream blob while any number of clients read it.
+
+A `Fill` writes the upstream body into a storage file at upstream speed (pausing the upstream
+socket only when the storage writer asks to) and moves it to the blob's content-addressed path
+once the body is complete and hashed to its digest (`BodyRelay` checks both).  Clients never
+read from the upstream stream: every reader, first or late, is a `TailProducer` that reads the
+growing file from storage "tail -f" style, in bounded segments and with its own back-pressure,
+waking up when the fill reports progress.  So memory does not depend on the number of clients,
+their speed or the layer size, and the fill carries on when any client (the first included)
+goes away.
+
+With the filesystem driver the growing file is readable while it is written.  A driver whose
+writer only publishes the file on commit (the in-memory one) still works: readers simply see
+the bytes once the fill is committed.  A driver without readable partial files and with large
+blobs (S3) should spool the fill to a local folder first; that is not done yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from registry.api.digests import Digest
+from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
+
+# A reader asks the growing file for at most this much at a time, so what it holds in memory
+# stays small however far the fill has run ahead of it.
+SEGMENT = 1024 * 1024
+
+
+class Fill:
+    """The state of one blob fill that readers follow.  ``path`` is the growing file; once
+    ``done``, the data is at ``final_path``; ``error`` is set when the fill failed."""
+
+    def __init__(self, digest: Digest, path: str, final_path: str, size: int | None) -> None:
+        self.digest = digest
+        self.path = path
+        self.final_path = final_path
+        self.size = size
+        self.stored = 0
+        self.opened = False  # the upstream answered and the file exists
+        self.done = False
+        self.error: BaseException | None = None
+        self.readers = 0
+        self._waiters: list[Deferred[None]] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.error is not None
+
+    def changed(self) -> Deferred[None]:
+        """Fires at the next progress, completion or failure.  Each caller gets its own
+        Deferred, so cancelling one reader never disturbs the others or the fill."""
+        d: Deferred[None] = Deferred(self._forget)
+        self._waiters.append(d)
+        return d
+
+    def _forget(self, d: Deferred[None]) -> None:
+        if d in self._waiters:
+            self._waiters.remove(d)
+
+    def notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+class FillProtocol(Protocol):
+    """Receives the upstream body (through `BodyRelay`) and appends it to the fill's file.
+
+    ``done`` fires when the body ended complete and verified, or fails with its error."""
+
+    def __init__(self, fill: Fill, writer: IFileWriter, on_bytes: Callable[[int], None]) -> None:
+        self.fill = fill
+        self.writer = writer
+        self.on_bytes = on_bytes
+        self.done: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            pending = self.writer.write(data)
+        except Exception as exc:  # disk full, closed writer: the fill fails, nothing visible
+            self.transport.stopProducing()  # type: ignore[union-attr]
+            if not self.done.called:
+                self.done.errback(Failure(exc))
+            return
+        self.fill.stored += len(data)
+        self.on_bytes(len(data))
+        self.fill.notify()
+        if isinstance(pending, Deferred):
+            transport: Any = self.transport
+            transport.pauseProducing()
+            pending.addCallbacks(lambda _: transport.resumeProducing(), self._write_failed)
+
+    def _write_failed(self, failure: Failure) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+        if not self.done.called:
+            self.done.errback(failure)
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        if self.done.called:
+            return
+        if isinstance(reason.value, ResponseDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+@implementer(IBodyProducer, IPushProducer)
+class TailProducer:
+    """Streams ``length`` bytes from ``offset`` of a blob being filled, following the fill.
+
+    Each segment is a driver reader started on the consumer directly, so the consumer's
+    back-pressure reaches the file reads; between segments it waits for the fill to progress.
+    If the fill fails after bytes went out, production fails and the caller drops the
+    connection: the client sees a truncated body, never a wrong complete one.
+    """
+
+    def __init__(self, fill: Fill, driver: IStorageDriver, offset: int, length: int) -> None:
+        self.fill = fill
+        self.driver = driver
+        self.offset = offset
+        self.length = length
+        self.sent = 0
+        self._inner: IBodyProducer | None = None
+        self._paused = False
+        self._stopped = False
+        self._run: Deferred[None] | None = None
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self.fill.readers += 1
+        run = Deferred.fromCoroutine(self._produce(consumer))
+        self._run = run
+
+        def released(result: object) -> object:
+            self.fill.readers -= 1
+            return result
+
+        run.addBoth(released)
+        return run
+
+    async def _produce(self, consumer: IConsumer) -> None:
+        fill = self.fill
+        position, end = self.offset, self.offset + self.length
+        while position < end:
+            if self._stopped:
+                raise CancelledError("tail producer stopped")
+            if fill.error is not None:
+                raise fill.error
+            if fill.done:
+                path, wanted = fill.final_path, end - position
+            elif fill.stored > position:
+                path, wanted = fill.path, min(end - position, fill.stored - position, SEGMENT)
+            else:
+                await fill.changed()
+                continue
+            try:
+                producer = await self.driver.reader(path, position, wanted)
+            except PathNotFoundError:
+                if fill.done and path == fill.final_path:
+                    raise
+                # Moved into place (or not published yet): wait for the fill to say so.
+                if not fill.finished:
+                    await fill.changed()
+                continue
+            count = int(producer.length)
+            if count <= 0:
+                producer.stopProducing()
+                if not fill.finished:
+                    await fill.changed()
+                continue
+            self._inner = producer
+            if self._paused:
+                producer.pauseProducing()
+            try:
+                await producer.startProducing(consumer)
+            finally:
+                self._inner = None
+            position += count
+            self.sent += count
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._inner is not None:
+            self._inner.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._inner is not None:
+            self._inner.resumeProducing()
+
+    def stopProducing(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.stopProducing()
+        if self._run is not None and not self._run.called:
+            self._run.cancel()
+
+
+@implementer(IConsumer)
+class _CountingConsumer:
+    def __init__(self, consumer: IConsumer, on_write: Callable[[bytes], None]) -> None:
+        self._consumer = consumer
+        self._on_write = on_write
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._consumer.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self._on_write(data)
+        self._consumer.write(data)
+
+
+@implementer(IBodyProducer, IPushProducer)
+class ObservedProducer:
+    """Wraps a producer to see every chunk it writes (byte counters, inline hashing), and to
+    run ``on_end`` once, whatever the outcome (releasing an "in use" mark)."""
+
+    def __init__(
+        self,
+        inner: IBodyProducer,
+        on_write: Callable[[bytes], None],
+        on_end: Callable[[Failure | None], None],
+    ) -> None:
+        self._inner = inner
+        self._on_write = on_write
+        self._on_end = on_end
+        self._ended = False
+        self.length = inner.length
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        d: Deferred[None] = self._inner.startProducing(_CountingConsumer(consumer, self._on_write))
+
+        def ok(result: None) -> None:
+            self._end(None)
+
+        def failed(failure: Failure) -> Failure:
+            self._end(failure)
+            return failure
+
+        d.addCallbacks(ok, failed)
+        return d
+
+    def _end(self, failure: Failure | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._on_end(failure)
+
+    def pauseProducing(self) -> None:
+        self._inner.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._inner.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._inner.stopProducing()
+        self._end(Failure(CancelledError("stopped")))

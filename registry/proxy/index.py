@@ -1,0 +1,197 @@
+"""
+What the cache holds and when each piece was last used: the state behind eviction.
+
+Kept in memory, written to storage (``txregistry/proxy/<upstream>/state.json`` under
+`layout.OWN`) by the proxy service every ``flush_interval`` when it changed, and read back at
+start, so least-recently-used order and TTLs survive restarts without a write per request.
+Content the file does not know (written after the last flush before a crash) is added back the
+next time it is served.
+
+Eviction is reference-aware: a blob is a candidate only when no cached manifest references it,
+a manifest only when no cached index references it, and nothing marked in use (being served or
+filled) is ever chosen.  Evicting a manifest releases its references, which can make older blobs
+candidates in turn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+
+import attrs
+
+STATE_VERSION = 1
+
+
+@attrs.define
+class BlobEntry:
+    size: int
+    last_used: float
+    names: set[str] = attrs.field(factory=set)  # local repositories linking it
+
+
+@attrs.define
+class ManifestEntry:
+    size: int
+    last_used: float
+    refs: tuple[str, ...] = ()  # config, layers and child manifests (digest strings)
+
+
+@attrs.frozen
+class Victim:
+    kind: str  # "blob" or "manifest"
+    digest: str
+    name: str | None = None  # the repository, for a manifest
+    size: int = 0
+    names: frozenset[str] = frozenset()  # for a blob: the repositories linking it
+
+
+@attrs.define
+class CacheIndex:
+    blobs: dict[str, BlobEntry] = attrs.field(factory=dict)
+    manifests: dict[tuple[str, str], ManifestEntry] = attrs.field(factory=dict)
+    refcount: Counter[str] = attrs.field(factory=Counter)
+    in_use: Counter[str] = attrs.field(factory=Counter)
+    dirty: bool = False
+
+    # -- size
+
+    @property
+    def size(self) -> int:
+        return sum(b.size for b in self.blobs.values()) + sum(
+            m.size for m in self.manifests.values()
+        )
+
+    # -- updates
+
+    def add_blob(self, name: str, digest: str, size: int, now: float) -> None:
+        entry = self.blobs.get(digest)
+        if entry is None:
+            entry = self.blobs[digest] = BlobEntry(size, now)
+        entry.size = size
+        entry.last_used = max(entry.last_used, now)
+        entry.names.add(name)
+        self.dirty = True
+
+    def touch_blob(self, digest: str, now: float) -> bool:
+        """Record a use; False when the index does not know the blob."""
+        entry = self.blobs.get(digest)
+        if entry is None:
+            return False
+        entry.last_used = max(entry.last_used, now)
+        self.dirty = True
+        return True
+
+    def add_manifest(
+        self, name: str, digest: str, size: int, refs: Iterable[str], now: float
+    ) -> None:
+        key = (name, digest)
+        old = self.manifests.get(key)
+        if old is not None:
+            self.refcount.subtract(old.refs)
+        refs_tuple = tuple(dict.fromkeys(refs))
+        self.manifests[key] = ManifestEntry(
+            size, max(now, old.last_used if old else now), refs_tuple
+        )
+        self.refcount.update(refs_tuple)
+        self.dirty = True
+
+    def touch_manifest(self, name: str, digest: str, now: float) -> bool:
+        entry = self.manifests.get((name, digest))
+        if entry is None:
+            return False
+        entry.last_used = max(entry.last_used, now)
+        self.dirty = True
+        return True
+
+    def remove(self, victim: Victim) -> None:
+        if victim.kind == "blob":
+            self.blobs.pop(victim.digest, None)
+        else:
+            entry = self.manifests.pop((victim.name or "", victim.digest), None)
+            if entry is not None:
+                self.refcount.subtract(entry.refs)
+        self.dirty = True
+
+    def use(self, digest: str) -> None:
+        self.in_use[digest] += 1
+
+    def release(self, digest: str) -> None:
+        self.in_use[digest] -= 1
+        if self.in_use[digest] <= 0:
+            del self.in_use[digest]
+
+    def knows(self, digest: str) -> bool:
+        return digest in self.blobs or any(d == digest for _, d in self.manifests)
+
+    # -- eviction
+
+    def plan(self, now: float, max_size: int | None, ttl: float | None) -> list[Victim]:
+        """What to evict, in order, so that the cache fits ``max_size`` and holds nothing
+        unused for longer than ``ttl``; the index itself is not changed."""
+        size = self.size
+        refcount = Counter(self.refcount)
+        removed: set[tuple[str, str, str]] = set()
+        victims: list[Victim] = []
+        entries: list[tuple[float, str, str, str]] = [
+            (b.last_used, "blob", "", d) for d, b in self.blobs.items()
+        ] + [(m.last_used, "manifest", n, d) for (n, d), m in self.manifests.items()]
+        entries.sort()
+        progress = True
+        while progress:
+            progress = False
+            for last_used, kind, name, digest in entries:
+                over = max_size is not None and size > max_size
+                expired = ttl is not None and last_used < now - ttl
+                if not over and not expired:
+                    break  # sorted by last use: nothing later is expired either
+                key = (kind, name, digest)
+                if key in removed or self.in_use.get(digest, 0) > 0 or refcount[digest] > 0:
+                    continue
+                removed.add(key)
+                if kind == "blob":
+                    blob = self.blobs[digest]
+                    size -= blob.size
+                    victims.append(Victim("blob", digest, None, blob.size, frozenset(blob.names)))
+                else:
+                    manifest = self.manifests[(name, digest)]
+                    size -= manifest.size
+                    refcount.subtract(manifest.refs)
+                    victims.append(Victim("manifest", digest, name, manifest.size))
+                    if manifest.refs:
+                        progress = True
+                        break  # restart: the released references may free older entries
+        return victims
+
+    # -- persistence
+
+    def dumps(self) -> bytes:
+        state = {
+            "version": STATE_VERSION,
+            "blobs": {d: [b.size, b.last_used, sorted(b.names)] for d, b in self.blobs.items()},
+            "manifests": [
+                [n, d, m.size, m.last_used, list(m.refs)] for (n, d), m in self.manifests.items()
+            ],
+        }
+        return json.dumps(state, separators=(",", ":")).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> CacheIndex:
+        """Rebuild from `dumps` output; anything unreadable gives an empty index (the state is
+        an optimisation: content it forgets is re-added when used)."""
+        index = cls()
+        try:
+            state = json.loads(data)
+            if state.get("version") != STATE_VERSION:
+                return index
+            for digest, (size, last_used, names) in state["blobs"].items():
+                index.blobs[str(digest)] = BlobEntry(int(size), float(last_used), set(names))
+            for name, digest, size, last_used, refs in state["manifests"]:
+                index.manifests[(str(name), str(digest))] = ManifestEntry(
+                    int(size), float(last_used), tuple(str(r) for r in refs)
+                )
+                index.refcount.update(str(r) for r in refs)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return cls()
+        return index

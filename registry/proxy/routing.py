@@ -1,0 +1,211 @@
+"""
+Which repositories are proxied, and the stores that send each request to the local stores or
+to the right upstream's cache.
+
+Handlers keep calling ``ctx.blobs``, ``ctx.manifests``, ``ctx.tags`` and ``ctx.uploads``; these
+subclasses of the local stores look at the repository name and either behave exactly as the
+local store or hand over to a `ProxyCache`.  Rules, in order:
+
+1. ``<prefix>/<rest>``: the upstream with that prefix (``docker.io/library/alpine``);
+2. otherwise the default upstream, if any, unless the first component looks like a registry
+   host (it contains ``.`` or ``:``, or is ``localhost``: Docker's own rule), so that names
+   such as ``registry.example.com/team/app`` stay hosted next to a Docker Hub mirror;
+3. otherwise the repository is hosted: push and pull work as usual.
+
+A proxied repository is stored under one canonical local name, ``<prefix>/<upstream name>``
+(``docker.io/library/alpine`` whether the client asked for ``alpine``, ``library/alpine`` or
+``docker.io/alpine``), so every spelling shares one cached copy.  Writes to proxied names are
+refused with 405 UNSUPPORTED, as registry:2 does.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.web.iweb import IBodyProducer, IRequest
+
+from registry.api.digests import Digest
+from registry.api.errors import NAME_UNKNOWN, UNSUPPORTED, RegistryError
+from registry.http.routes import Route
+from registry.proxy.cache import ProxyCache
+from registry.storage.blobs import BlobInfo, BlobStore
+from registry.storage.manifests import ManifestStore, PutResult, StoredManifest
+from registry.storage.tags import TagStore
+from registry.storage.uploads import UploadAppender, UploadStore
+
+
+@attrs.frozen
+class Routed:
+    cache: ProxyCache
+    local: str  # where the cache stores it here
+    upstream: str  # the name the upstream knows (``library/alpine``)
+
+
+def _looks_like_host(component: str) -> bool:
+    return "." in component or ":" in component or component == "localhost"
+
+
+@attrs.define
+class ProxyRouter:
+    caches: list[ProxyCache]
+
+    @property
+    def default(self) -> ProxyCache | None:
+        for cache in self.caches:
+            if cache.config.default:
+                return cache
+        return None
+
+    def by_prefix(self, prefix: str) -> ProxyCache | None:
+        for cache in self.caches:
+            if cache.config.prefix and cache.config.prefix == prefix:
+                return cache
+        return None
+
+    def route(self, name: str) -> Routed | None:
+        """The upstream serving repository ``name``, or None for a hosted repository."""
+        for cache in self.caches:
+            prefix = cache.config.prefix
+            if prefix and name.startswith(prefix + "/"):
+                return self._routed(cache, name[len(prefix) + 1 :])
+        default = self.default
+        if default is not None and not _looks_like_host(name.split("/", 1)[0]):
+            return self._routed(default, name)
+        return None
+
+    def _routed(self, cache: ProxyCache, rest: str) -> Routed:
+        upstream = cache.client.upstream_name(rest)
+        prefix = cache.config.prefix
+        local = f"{prefix}/{upstream}" if prefix else upstream
+        return Routed(cache, local, upstream)
+
+    def local_name(self, name: str) -> str:
+        routed = self.route(name)
+        return routed.local if routed is not None else name
+
+    def rewrite_route(self, request: IRequest, route: Route) -> Route:
+        """containerd's ``?ns=<registry host>`` names the upstream a mirror request is for:
+        answer from that upstream (with ``OCI-Namespace``), or 404 NAME_UNKNOWN when none is
+        configured for it so containerd tries its next host."""
+        values = request.args.get(b"ns") if request.args else None
+        if not values or not route.name:
+            return route
+        namespace = values[0].decode("utf-8", "replace").strip().lower()
+        cache = self.by_prefix(namespace)
+        if cache is None:
+            raise RegistryError(
+                NAME_UNKNOWN,
+                {"name": route.name, "ns": namespace[:200]},
+                f"no upstream is configured for namespace {namespace[:200]}",
+            )
+        request.setHeader("OCI-Namespace", namespace)
+        return attrs.evolve(route, name=f"{namespace}/{route.name}")
+
+
+def _refuse_write(name: str) -> RegistryError:
+    return RegistryError(
+        UNSUPPORTED,
+        {"name": name, "reason": "repository is a pull-through cache of an upstream"},
+        "the operation is unsupported: this repository is a read-only pull-through cache",
+    )
+
+
+@attrs.define
+class RoutingBlobStore(BlobStore):
+    router: ProxyRouter | None = None
+
+    def _route(self, name: str) -> Routed | None:
+        return self.router.route(name) if self.router is not None else None
+
+    async def stat(self, name: str, digest: Digest) -> BlobInfo:
+        routed = self._route(name)
+        if routed is None:
+            return await super().stat(name, digest)
+        return await routed.cache.blob_stat(routed.local, routed.upstream, digest)
+
+    async def open(
+        self, name: str, digest: Digest, offset: int = 0, length: int | None = None
+    ) -> IBodyProducer:
+        routed = self._route(name)
+        if routed is None:
+            return await super().open(name, digest, offset, length)
+        return await routed.cache.blob_open(routed.local, routed.upstream, digest, offset, length)
+
+    async def redirect_url(self, name: str, digest: Digest) -> str | None:
+        if self._route(name) is not None:
+            return None  # the data may not be stored yet
+        return await super().redirect_url(name, digest)
+
+    async def is_linked(self, name: str, digest: Digest) -> bool:
+        routed = self._route(name)
+        return await super().is_linked(routed.local if routed else name, digest)
+
+    async def link(self, name: str, digest: Digest) -> None:
+        if self._route(name) is not None:
+            raise _refuse_write(name)
+        await super().link(name, digest)
+
+    async def unlink(self, name: str, digest: Digest) -> None:
+        if self._route(name) is not None:
+            raise _refuse_write(name)
+        await super().unlink(name, digest)
+
+
+@attrs.define
+class RoutingManifestStore(ManifestStore):
+    router: ProxyRouter | None = None
+
+    def _route(self, name: str) -> Routed | None:
+        return self.router.route(name) if self.router is not None else None
+
+    async def get(self, name: str, reference: str | Digest) -> StoredManifest:
+        routed = self._route(name)
+        if routed is None:
+            return await super().get(name, reference)
+        return await routed.cache.manifest_get(routed.local, routed.upstream, str(reference))
+
+    async def put(
+        self, name: str, reference: str | Digest, body: bytes, content_type: str | None
+    ) -> PutResult:
+        if self._route(name) is not None:
+            raise _refuse_write(name)
+        return await super().put(name, reference, body, content_type)
+
+    async def delete(self, name: str, digest: str | Digest) -> list[str]:
+        if self._route(name) is not None:
+            raise _refuse_write(name)
+        return await super().delete(name, digest)
+
+    async def untag(self, name: str, tag: str) -> None:
+        if self._route(name) is not None:
+            raise _refuse_write(name)
+        await super().untag(name, tag)
+
+
+@attrs.define
+class RoutingTagStore(TagStore):
+    """Tags of a proxied repository are those cached here (the upstream is not asked)."""
+
+    router: ProxyRouter | None = None
+
+    async def list_tags(
+        self, name: str, n: int | str | None = None, last: str | None = None
+    ) -> tuple[list[str], bool]:
+        local = self.router.local_name(name) if self.router is not None else name
+        return await super().list_tags(local, n, last)
+
+
+@attrs.define
+class RoutingUploadStore(UploadStore):
+    router: ProxyRouter | None = None
+
+    def _refuse(self, name: str) -> None:
+        if self.router is not None and self.router.route(name) is not None:
+            raise _refuse_write(name)
+
+    async def start(self, name: str) -> str:
+        self._refuse(name)
+        return await super().start(name)
+
+    async def open(self, name: str, upload_id: str, start: int | None = None) -> UploadAppender:
+        self._refuse(name)
+        return await super().open(name, upload_id, start)

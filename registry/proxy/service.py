@@ -1,0 +1,281 @@
+"""
+Wiring the pull-through caches into a running registry: `install_proxies` is what
+``makeService`` calls when ``[proxy:NAME]`` sections exist.
+
+It builds one `UpstreamClient` and one `ProxyCache` per upstream, swaps the context's stores for
+the routing ones (handlers do not change), registers the metrics, and adds a `ProxyService`
+that loads each cache's eviction state at start, writes it back periodically and at stop, runs
+eviction, and logs a one-line summary per upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from registry.api.digests import Digest
+from registry.config import Config
+from registry.handlers.context import RegistryContext
+from registry.ops.metrics import MetricsRegistry, Sample
+from registry.proxy.cache import ProxyCache
+from registry.proxy.config import ProxyConfig, parse_proxies
+from registry.proxy.routing import (
+    ProxyRouter,
+    RoutingBlobStore,
+    RoutingManifestStore,
+    RoutingTagStore,
+    RoutingUploadStore,
+)
+from registry.proxy.upstream import UpstreamClient
+from registry.storage import layout
+from registry.storage.driver import PathNotFoundError
+
+log = Logger()
+
+
+def metrics_of(ctx: RegistryContext) -> MetricsRegistry:
+    """The process's metrics registry (created on first use)."""
+    registry = ctx.extras.get("metrics")
+    if not isinstance(registry, MetricsRegistry):
+        registry = MetricsRegistry()
+        ctx.extras["metrics"] = registry
+    return registry
+
+
+class ProxyService(MultiService):
+    """Start-up and periodic work of the caches; see the module docstring."""
+
+    def __init__(self, caches: list[ProxyCache]) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.caches = caches
+        self._started: Deferred[Any] | None = None
+        for cache in caches:
+            config = cache.config
+            TimerService(
+                config.flush_interval, self._guard, cache.flush_state, "flush"
+            ).setServiceParent(self)
+            TimerService(
+                config.evict_interval, self._guard, cache.evict, "eviction"
+            ).setServiceParent(self)
+            TimerService(config.log_interval, self._log_summary, cache).setServiceParent(self)
+
+    def startService(self) -> None:
+        # Load the eviction state before the timers first fire (TimerService runs at once).
+        self._started = DeferredList(
+            [Deferred.fromCoroutine(self._prepare(cache)) for cache in self.caches]
+        )
+        super().startService()  # type: ignore[no-untyped-call]
+
+    async def _prepare(self, cache: ProxyCache) -> None:
+        await cache.clean_fills()
+        await cache.load_state()
+
+    def _guard(self, call: Any, what: str) -> Deferred[Any]:
+        async def run() -> None:
+            if self._started is not None:
+                await self._started
+            await call()
+
+        d = Deferred.fromCoroutine(run())
+        d.addErrback(lambda f: log.failure("proxy {what} failed", f, what=what))
+        return d
+
+    def _log_summary(self, cache: ProxyCache) -> None:
+        log.info("{summary}", summary=cache.summary())
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()  # type: ignore[no-untyped-call]
+
+        async def stop() -> None:
+            for cache in self.caches:
+                try:
+                    await cache.flush_state()
+                except Exception:
+                    log.failure(
+                        "proxy {upstream}: writing the cache state failed", upstream=cache.name
+                    )
+                await cache.client.close()
+
+        return Deferred.fromCoroutine(stop())
+
+
+def _samples(caches: list[ProxyCache], name: str, value: Any) -> Iterator[Sample]:
+    for cache in caches:
+        result = value(cache)
+        if result is not None:
+            yield (name, {"upstream": cache.name}, float(result))
+
+
+def _collector(caches: list[ProxyCache], name: str, value: Any) -> Any:
+    def collect() -> Iterator[Sample]:
+        return _samples(caches, name, value)
+
+    return collect
+
+
+def register_metrics(metrics: MetricsRegistry, caches: list[ProxyCache]) -> None:
+    families: list[tuple[str, str, str, Any]] = [
+        (
+            "txregistry_proxy_hits_total",
+            "Requests served from the cache.",
+            "counter",
+            lambda c: c.stats.hits,
+        ),
+        (
+            "txregistry_proxy_misses_total",
+            "Requests that had to fetch from upstream.",
+            "counter",
+            lambda c: c.stats.misses,
+        ),
+        (
+            "txregistry_proxy_upstream_bytes_total",
+            "Bytes received from the upstream.",
+            "counter",
+            lambda c: c.client.bytes_received,
+        ),
+        (
+            "txregistry_proxy_served_bytes_total",
+            "Blob bytes served from the cache.",
+            "counter",
+            lambda c: c.stats.served_bytes,
+        ),
+        (
+            "txregistry_proxy_upstream_errors_total",
+            "Failed upstream exchanges.",
+            "counter",
+            lambda c: c.stats.upstream_errors,
+        ),
+        (
+            "txregistry_proxy_stale_served_total",
+            "Cached tags served because upstream failed.",
+            "counter",
+            lambda c: c.stats.stale_served,
+        ),
+        (
+            "txregistry_proxy_evictions_total",
+            "Cache entries evicted.",
+            "counter",
+            lambda c: c.stats.evictions,
+        ),
+        (
+            "txregistry_proxy_evicted_bytes_total",
+            "Bytes evicted.",
+            "counter",
+            lambda c: c.stats.evicted_bytes,
+        ),
+        (
+            "txregistry_proxy_corrupt_blobs_total",
+            "Cached blobs found corrupt and dropped.",
+            "counter",
+            lambda c: c.stats.corrupt_blobs,
+        ),
+        (
+            "txregistry_proxy_upstream_requests_total",
+            "Requests sent to the upstream.",
+            "counter",
+            lambda c: c.client.requests,
+        ),
+        (
+            "txregistry_proxy_cache_bytes",
+            "Bytes held by the cache.",
+            "gauge",
+            lambda c: c.index.size,
+        ),
+        (
+            "txregistry_proxy_active_fills",
+            "Blob fills in progress.",
+            "gauge",
+            lambda c: c.active_fills,
+        ),
+        (
+            "txregistry_proxy_ratelimit_remaining",
+            "Last ratelimit-remaining the upstream sent.",
+            "gauge",
+            lambda c: c.client.rate_limit.remaining if c.client.rate_limit else None,
+        ),
+    ]
+    for name, help, kind, value in families:
+        metrics.collect(name, help, kind, _collector(caches, name, value))
+
+
+def build_client(config: ProxyConfig, reactor: Any) -> UpstreamClient:
+    return UpstreamClient(
+        reactor,
+        config.remoteurl,
+        username=config.username,
+        password=config.password,
+        ca_bundle=config.cabundle,
+        timeout=config.timeout,
+        docker_hub_library=config.library,
+    )
+
+
+def install_proxies(
+    ctx: RegistryContext, config: Config, reactor: Any, parent: MultiService
+) -> ProxyRouter | None:
+    """Route proxied repositories to their upstreams; None when no upstream is configured."""
+    proxies = parse_proxies(config)
+    if not proxies:
+        return None
+    local_blobs, local_tags = ctx.blobs, ctx.tags
+    peers: list[ProxyCache] = []
+    router = ProxyRouter(peers)
+
+    async def hosted_uses(digest: Digest) -> bool:
+        names, _ = await ctx.catalog.list_repositories()
+        for name in names:
+            if router.route(name) is not None:
+                continue
+            for path in (layout.layer_link(name, digest), layout.revision_link(name, digest)):
+                try:
+                    await ctx.driver.stat(path)
+                    return True
+                except PathNotFoundError:
+                    continue
+        return False
+
+    for proxy in proxies:
+        peers.append(
+            ProxyCache(
+                config=proxy,
+                client=build_client(proxy, reactor),
+                driver=ctx.driver,
+                blobs=local_blobs,
+                tags=local_tags,
+                reactor=reactor,
+                catalog=ctx.catalog,
+                hosted_uses=hosted_uses,
+                peers=peers,
+            )
+        )
+    manifests = ctx.manifests
+    ctx.blobs = RoutingBlobStore(ctx.driver, router=router)
+    ctx.manifests = RoutingManifestStore(
+        driver=manifests.driver,
+        blobs=manifests.blobs,
+        tags=manifests.tags,
+        referrers=manifests.referrers,
+        catalog=manifests.catalog,
+        url_policy=manifests.url_policy,
+        max_size=manifests.max_size,
+        router=router,
+    )
+    ctx.tags = RoutingTagStore(local_tags.driver, max_page=local_tags.max_page, router=router)
+    ctx.uploads = RoutingUploadStore(ctx.uploads.driver, ctx.uploads.blobs, router=router)
+    ctx.extras["proxy_router"] = router
+    register_metrics(metrics_of(ctx), peers)
+    ProxyService(peers).setServiceParent(parent)  # type: ignore[no-untyped-call]
+    for cache in peers:
+        log.info(
+            "proxy {upstream}: {url} for {names}",
+            upstream=cache.name,
+            url=cache.config.remoteurl,
+            names=(f"{cache.config.prefix}/*" if cache.config.prefix else "")
+            + (" and unprefixed names (default)" if cache.config.default else ""),
+        )
+    return router
