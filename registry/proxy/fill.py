@@ -115,6 +115,17 @@ class FillProtocol(Protocol):
             self.done.errback(reason)
 
 
+def abort_connection(consumer: object) -> None:
+    """Drop the connection under an HTTP response (a twisted.web request) now."""
+    channel = getattr(consumer, "channel", None)
+    transport = getattr(channel, "transport", None)
+    abort = getattr(transport, "abortConnection", None) or getattr(
+        transport, "loseConnection", None
+    )
+    if callable(abort):
+        abort()
+
+
 @implementer(IBodyProducer, IPushProducer)
 class TailProducer:
     """Streams ``length`` bytes from ``offset`` of a blob being filled, following the fill.
@@ -143,6 +154,10 @@ class TailProducer:
 
         def released(result: object) -> object:
             self.fill.readers -= 1
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                # The status line and Content-Length are out: the only honest end is to drop
+                # the connection, so the client sees a short body, not a finished response.
+                abort_connection(consumer)
             return result
 
         run.addBoth(released)
@@ -156,10 +171,13 @@ class TailProducer:
                 raise CancelledError("tail producer stopped")
             if fill.error is not None:
                 raise fill.error
+            # Until the fill is verified, hold back its last byte: if the upstream body turns
+            # out truncated or corrupt, no client has received a complete wrong blob.
+            verified = fill.stored if fill.size is None else min(fill.stored, fill.size - 1)
             if fill.done:
                 path, wanted = fill.final_path, end - position
-            elif fill.stored > position:
-                path, wanted = fill.path, min(end - position, fill.stored - position, SEGMENT)
+            elif verified > position:
+                path, wanted = fill.path, min(end - position, verified - position, SEGMENT)
             else:
                 await fill.changed()
                 continue

@@ -98,6 +98,8 @@ class ProxyRouter:
                 f"no upstream is configured for namespace {namespace[:200]}",
             )
         request.setHeader("OCI-Namespace", namespace)
+        if route.name.startswith(namespace + "/"):
+            return route
         return attrs.evolve(route, name=f"{namespace}/{route.name}")
 
 

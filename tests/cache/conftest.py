@@ -44,9 +44,7 @@ async def proxied(start_registry: Any, fake: FakeUpstream) -> AsyncIterator[Prox
     async def start(
         extra: Mapping[str, Mapping[str, str]] | None = None, **overrides: str
     ) -> InProcessRegistry:
-        sections: dict[str, Mapping[str, str]] = {
-            "proxy:hub": proxy_section(fake.url, **overrides)
-        }
+        sections: dict[str, Mapping[str, str]] = {"proxy:hub": proxy_section(fake.url, **overrides)}
         sections.update(extra or {})
         registry: InProcessRegistry = await start_registry(sections)
         return registry
