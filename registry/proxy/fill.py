@@ -243,6 +243,10 @@ class _CountingConsumer:
         self._on_write(data)
         self._consumer.write(data)
 
+    def __getattr__(self, name: str) -> Any:
+        # The rest (``channel``, to drop a broken response) is the wrapped consumer's.
+        return getattr(self._consumer, name)
+
 
 @implementer(IBodyProducer, IPushProducer)
 class ObservedProducer:

@@ -1,0 +1,146 @@
+"""Fills: one upstream GET however many clients, nothing visible unless complete and verified,
+self-healing of damaged cached data."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.defer import DeferredList, ensureDeferred
+
+from tests.cache.conftest import Proxied
+from tests.cache.util import blob_data_path, fetch, fill_files, metric, storage_root, wait_for
+from tests.e2e.client import sha256
+from tests.fakes.upstream import FakeUpstream
+
+LAYER = 3 * 1024 * 1024
+
+
+async def _try_get(url: str) -> tuple[int, bytes | None]:
+    """Status and body, or None for a body that did not arrive whole."""
+    response = await treq.get(url)
+    try:
+        return response.code, await response.content()
+    except Exception:
+        return response.code, None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+@pytest_twisted.ensureDeferred
+async def test_broken_upstream_stream_leaves_no_visible_blob(
+    proxied: Proxied, fake: FakeUpstream, damage: str
+) -> None:
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    registry = await proxied()
+    root = storage_root(registry)
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+    if damage == "truncated":
+        fake.switches.cut_blob_after = LAYER // 2
+    else:
+        fake.switches.corrupt_blobs = True
+    status, body = await _try_get(url)
+    # The client never gets a complete body: the connection drops before the last byte.
+    assert body is None or sha256(body) != layer.digest
+    assert body is None or len(body) < LAYER
+    assert not blob_data_path(root, layer.digest).exists()
+    await wait_for(lambda: not fill_files(root))
+    fake.switches.cut_blob_after = None
+    fake.switches.corrupt_blobs = False
+    response, data = await fetch(url)
+    assert response.code == 200
+    assert sha256(data) == layer.digest
+    assert blob_data_path(root, layer.digest).exists()
+    assert fake.count("GET", "cdn", ref=layer.digest) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleted_blob_data_is_fetched_again(proxied: Proxied, fake: FakeUpstream) -> None:
+    image = fake.content.add_image("library/alpine", "latest", [100_000])
+    layer = image.layers[0]
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+    response, data = await fetch(url)
+    assert sha256(data) == layer.digest
+    blob_data_path(storage_root(registry), layer.digest).unlink()
+    response, data = await fetch(url)
+    assert response.code == 200
+    assert sha256(data) == layer.digest
+    assert fake.count("GET", "cdn", ref=layer.digest) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_corrupt_cached_data_heals_on_the_next_pull(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Same size, wrong bytes: the full read is hashed, the data dropped, the next pull
+    fetches it again.  A different size is caught before serving."""
+    image = fake.content.add_image("library/alpine", "latest", [100_000, 50_000])
+    registry = await proxied()
+    root = storage_root(registry)
+    same_size, shorter = image.layers
+    for layer in image.layers:
+        response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+        assert sha256(data) == layer.digest
+    path = blob_data_path(root, same_size.digest)
+    raw = bytearray(path.read_bytes())
+    raw[0] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    blob_data_path(root, shorter.digest).write_bytes(b"short")
+    response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{same_size.digest}")
+    assert sha256(data) != same_size.digest  # served once from the damaged file...
+    await wait_for(lambda: not path.exists())  # ...and dropped
+    for layer in image.layers:
+        response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+        assert response.code == 200
+        assert sha256(data) == layer.digest
+        assert fake.count("GET", "cdn", ref=layer.digest) == 2
+    response, body = await fetch(f"{registry.url}/metrics")
+    assert metric(body.decode(), "txregistry_proxy_corrupt_blobs_total") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_cold_pulls_share_one_upstream_get(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """20 clients ask for one uncached layer at once (the upstream is slow, so they overlap),
+    and one of them leaves early: one upstream GET, every other client gets the blob."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    fake.switches.blob_rate = 6 * 1024 * 1024
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+
+    async def leave_early() -> None:
+        response = await treq.get(url, unbuffered=True)
+        assert response.code == 200
+        response.original._transport.abortConnection()  # the first client goes away
+
+    await leave_early()
+    pulls = [ensureDeferred(fetch(url)) for _ in range(19)]
+    results = await DeferredList(pulls, consumeErrors=True)
+    for ok, (response, data) in results:
+        assert ok
+        assert response.code == 200
+        assert sha256(data) == layer.digest
+    assert fake.count("GET", "cdn", ref=layer.digest) == 1
+    assert blob_data_path(storage_root(registry), layer.digest).exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fill_continues_when_its_only_client_leaves(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    fake.switches.blob_rate = 8 * 1024 * 1024
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+    response = await treq.get(url, unbuffered=True)
+    response.original._transport.abortConnection()
+    path = blob_data_path(storage_root(registry), layer.digest)
+    await wait_for(path.exists)
+    await fake.go_down()
+    response, data = await fetch(url)
+    assert sha256(data) == layer.digest
+    assert fake.count("GET", "cdn", ref=layer.digest) == 1
