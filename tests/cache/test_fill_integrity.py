@@ -8,6 +8,7 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import DeferredList, ensureDeferred
 
+from registry.proxy.body import abort_transport
 from tests.cache.conftest import Proxied
 from tests.cache.util import blob_data_path, fetch, fill_files, metric, storage_root, wait_for
 from tests.e2e.client import sha256
@@ -39,7 +40,7 @@ async def test_broken_upstream_stream_leaves_no_visible_blob(
         fake.switches.cut_blob_after = LAYER // 2
     else:
         fake.switches.corrupt_blobs = True
-    status, body = await _try_get(url)
+    _status, body = await _try_get(url)
     # The client never gets a complete body: the connection drops before the last byte.
     assert body is None or sha256(body) != layer.digest
     assert body is None or len(body) < LAYER
@@ -114,7 +115,7 @@ async def test_concurrent_cold_pulls_share_one_upstream_get(
     async def leave_early() -> None:
         response = await treq.get(url, unbuffered=True)
         assert response.code == 200
-        response.original._transport.abortConnection()  # the first client goes away
+        abort_transport(response.original._transport)  # the first client goes away
 
     await leave_early()
     pulls = [ensureDeferred(fetch(url)) for _ in range(19)]
@@ -137,7 +138,7 @@ async def test_fill_continues_when_its_only_client_leaves(
     registry = await proxied()
     url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
     response = await treq.get(url, unbuffered=True)
-    response.original._transport.abortConnection()
+    abort_transport(response.original._transport)
     path = blob_data_path(storage_root(registry), layer.digest)
     await wait_for(path.exists)
     await fake.go_down()

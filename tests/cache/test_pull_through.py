@@ -75,17 +75,17 @@ async def test_tags_are_revalidated_with_head_and_follow_upstream(
     registry = await proxied()
     url = f"{registry.url}/v2/alpine/manifests/latest"
     for _ in range(3):
-        response, body = await fetch(url)
+        _, body = await fetch(url)
         assert sha256(body) == first.digest
     assert fake.count("GET", "manifest") == 1
     assert fake.count("HEAD", "manifest") == 2  # every request (tag_freshness = 0)
     second = fake.content.add_image("library/alpine", "3.20", [5000], seed="new")
     fake.content.retag("library/alpine", "latest", second.digest)
-    response, body = await fetch(url)
+    _, body = await fetch(url)
     assert sha256(body) == second.digest
     # By digest, cached content never goes upstream.
     heads = fake.count("HEAD", "manifest")
-    response, body = await fetch(f"{registry.url}/v2/alpine/manifests/{first.digest}")
+    _response, body = await fetch(f"{registry.url}/v2/alpine/manifests/{first.digest}")
     assert sha256(body) == first.digest
     assert fake.count("HEAD", "manifest") == heads
 
