@@ -175,7 +175,7 @@ class TailProducer:
             # out truncated or corrupt, no client has received a complete wrong blob.
             verified = fill.stored if fill.size is None else min(fill.stored, fill.size - 1)
             if fill.done:
-                path, wanted = fill.final_path, end - position
+                path, wanted = fill.final_path, min(end - position, SEGMENT)
             elif verified > position:
                 path, wanted = fill.path, min(end - position, verified - position, SEGMENT)
             else:

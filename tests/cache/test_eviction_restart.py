@@ -1,0 +1,103 @@
+"""Bounds and persistence: LRU eviction that keeps shared layers, a cache surviving restarts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+
+from tests.cache.conftest import Proxied, proxy_section
+from tests.cache.util import (
+    blob_data_path,
+    build_image,
+    fetch,
+    metric,
+    pull,
+    storage_root,
+    wait_for,
+)
+from tests.e2e.client import error_codes
+from tests.e2e.harness import RegistryProcess
+from tests.fakes.content import GeneratedBlob
+from tests.fakes.upstream import FakeUpstream
+
+SIZE = 150_000
+
+
+@pytest_twisted.ensureDeferred
+async def test_lru_eviction_keeps_a_layer_shared_with_a_cached_image(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    shared, only_a, only_b = (GeneratedBlob(seed, SIZE) for seed in ("shared", "a", "b"))
+    image_a = build_image(fake.content, "library/app", "a", [shared, only_a])
+    image_b = build_image(fake.content, "library/app", "b", [shared, only_b])
+    registry = await proxied(max_size="350KB")
+    root = storage_root(registry)
+    await pull(registry, "app", "a")
+    await pull(registry, "app", "b")
+    # Over the bound: image a (least recently used) goes, with the layer only it used and its
+    # config; the shared layer stays because image b still references it.
+    await wait_for(lambda: not blob_data_path(root, only_a.digest).exists())
+    assert not blob_data_path(root, image_a.config or "").exists()
+    assert blob_data_path(root, shared.digest).exists()
+    assert blob_data_path(root, only_b.digest).exists()
+    response, body = await fetch(f"{registry.url}/metrics")
+    text = body.decode()
+    # The manifest of a, its config and its own layer.
+    assert metric(text, "txregistry_proxy_evictions_total") == 3
+    assert metric(text, "txregistry_proxy_cache_bytes") <= 350_000
+    await fake.go_down()
+    manifest = await pull(registry, "app", "b")  # everything of b is still here
+    assert manifest["digest"] == image_b.digest
+    response, _ = await fetch(f"{registry.url}/v2/app/manifests/a")
+    assert response.code == 503
+    assert await error_codes(response) == ["UNAVAILABLE"]
+    response, body = await fetch(f"{registry.url}/v2/app/tags/list")
+    assert json.loads(body)["tags"] == ["b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ttl_evicts_unused_content(proxied: Proxied, fake: FakeUpstream) -> None:
+    fake.content.add_image("library/alpine", "latest", [1000, 2000])
+    registry = await proxied(ttl="1s", evict_interval="0.3s")
+    root = storage_root(registry)
+    manifest = await pull(registry, "alpine", "latest")
+    layer = manifest["layers"][0]["digest"]
+    assert blob_data_path(root, layer).exists()
+    await wait_for(lambda: not blob_data_path(root, layer).exists(), within=10)
+
+
+def _metrics(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_cache_and_eviction_state_survive_a_restart(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    image = fake.content.add_image("library/alpine", "latest", [4096, 300_000])
+    sections: dict[str, Any] = {"proxy:hub": proxy_section(fake.url, flush_interval="1s")}
+    process = RegistryProcess(tmp_path, sections)
+    process.start()
+    try:
+        manifest = await pull(process.url, "alpine", "latest")
+        assert manifest["digest"] == image.digest
+        before = metric(_metrics(process.url), "txregistry_proxy_cache_bytes")
+        assert before > 300_000
+        process.stop()
+        state = tmp_path / "data/docker/registry/v2/txregistry/proxy/hub/state.json"
+        assert state.exists()
+        await fake.go_down()
+        process.start()
+        assert metric(_metrics(process.url), "txregistry_proxy_cache_bytes") == before
+        manifest = await pull(process.url, "alpine", "latest")  # stale tag, cached blobs
+        assert manifest["digest"] == image.digest
+        manifest = await pull(process.url, "docker.io/library/alpine", image.digest)
+    finally:
+        process.stop()
+    assert "serving cached docker.io/library/alpine:latest" in process.log_text()
