@@ -79,7 +79,8 @@ class ProxyConfig:
     # Connect-to-first-byte bound, and the silence allowed in a blob body.
     timeout: float = 30.0
     cabundle: str | None = None
-    # Hash every full read of a cached blob; a mismatch drops the blob so the next pull refetches.
+    # Hash the first full read of each cached blob after a start (fills are hashed anyway); a
+    # mismatch drops the blob so that the next pull fetches it again.
     verify_reads: bool = True
     # Map one-component names to ``library/<name>`` upstream (None: only for Docker Hub hosts).
     library: bool | None = None

@@ -77,12 +77,16 @@ async def test_corrupt_cached_data_heals_on_the_next_pull(
     """Same size, wrong bytes: the full read is hashed, the data dropped, the next pull
     fetches it again.  A different size is caught before serving."""
     image = fake.content.add_image("library/alpine", "latest", [100_000, 50_000])
-    registry = await proxied()
-    root = storage_root(registry)
+    first = await proxied()
+    root = storage_root(first)
     same_size, shorter = image.layers
     for layer in image.layers:
-        response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+        response, data = await fetch(f"{first.url}/v2/alpine/blobs/{layer.digest}")
         assert sha256(data) == layer.digest
+    await first.stop()
+    # Damage at rest, found by the next process that serves the data (fills are verified, so
+    # a process only hashes the first full read of data it did not fill itself).
+    registry = await proxied({"storage": {"rootdirectory": str(root)}})
     path = blob_data_path(root, same_size.digest)
     raw = bytearray(path.read_bytes())
     raw[0] ^= 0xFF
