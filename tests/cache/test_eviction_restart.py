@@ -100,4 +100,6 @@ async def test_cache_and_eviction_state_survive_a_restart(
         manifest = await pull(process.url, "docker.io/library/alpine", image.digest)
     finally:
         process.stop()
-    assert "serving cached docker.io/library/alpine:latest" in process.log_text()
+    log = process.log_text()
+    assert "serving cached docker.io/library/alpine:latest" in log
+    assert "proxy hub: hits=" in log  # the periodic summary line (also logged at start)
