@@ -30,7 +30,7 @@ from registry.http import responses
 from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
 from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from registry.proxy.service import metrics_of
+from registry.ops.metrics import metrics_of
 from registry.storage.driver import StorageError
 
 log = Logger()
@@ -90,7 +90,7 @@ class RegistryApp:
     @router.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
         """Prometheus text format, outside /v2 (not part of the registry API; see docs)."""
-        text = metrics_of(self.ctx).render()
+        text = metrics_of(self.ctx.extras).render()
         return responses.body(request, 200, text.encode(), METRICS_CONTENT_TYPE)
 
     @router.route("/", branch=True, methods=_METHODS)

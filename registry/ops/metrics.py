@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any
 
 import attrs
 
@@ -114,3 +115,13 @@ class MetricsRegistry:
             for sample_name, sample_labels, value in collector():
                 lines.append(_line(sample_name, sample_labels, value))
         return "\n".join(lines) + "\n"
+
+
+def metrics_of(extras: MutableMapping[str, Any]) -> MetricsRegistry:
+    """The process's registry, kept in ``RegistryContext.extras["metrics"]`` (made on first
+    use), so that any module can add metrics without the context knowing them."""
+    registry = extras.get("metrics")
+    if not isinstance(registry, MetricsRegistry):
+        registry = MetricsRegistry()
+        extras["metrics"] = registry
+    return registry

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from registry.api.digests import Digest
 from registry.config import Config
 from registry.handlers.context import RegistryContext
-from registry.ops.metrics import MetricsRegistry, Sample
+from registry.ops.metrics import MetricsRegistry, Sample, metrics_of
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
 from registry.proxy.routing import (
@@ -36,15 +36,6 @@ from registry.storage import layout
 from registry.storage.driver import PathNotFoundError
 
 log = Logger()
-
-
-def metrics_of(ctx: RegistryContext) -> MetricsRegistry:
-    """The process's metrics registry (created on first use)."""
-    registry = ctx.extras.get("metrics")
-    if not isinstance(registry, MetricsRegistry):
-        registry = MetricsRegistry()
-        ctx.extras["metrics"] = registry
-    return registry
 
 
 class ProxyService(MultiService):
@@ -268,7 +259,7 @@ def install_proxies(
     ctx.tags = RoutingTagStore(local_tags.driver, max_page=local_tags.max_page, router=router)
     ctx.uploads = RoutingUploadStore(ctx.uploads.driver, ctx.uploads.blobs, router=router)
     ctx.extras["proxy_router"] = router
-    register_metrics(metrics_of(ctx), peers)
+    register_metrics(metrics_of(ctx.extras), peers)
     ProxyService(peers).setServiceParent(parent)  # type: ignore[no-untyped-call]
     for cache in peers:
         log.info(
