@@ -40,6 +40,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 from joserfc import jws
+from joserfc.jws import JWSRegistry
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey, import_key
 from twisted.internet.interfaces import IReactorTime
@@ -58,6 +59,12 @@ LEEWAY = 60.0
 _MAX_TOKEN = 64 * 1024
 
 _PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+
+
+class _TokenRegistry(JWSRegistry):
+    # joserfc caps the protected header at 512 bytes, but an x5c chain of two RSA
+    # certificates alone is several kilobytes.
+    max_header_length = 32 * 1024
 
 
 class InvalidToken(Exception):
@@ -162,7 +169,8 @@ class TokenVerifier:
         self._clock = clock
         self._roots = list(roots)
         self._leeway = leeway
-        self._algorithms = list(algorithms)
+        # Unknown header parameters are ignored (only "crit" ones refused), as go-jose does.
+        self._registry = _TokenRegistry(algorithms=list(algorithms), strict_check_header=False)
         self._trusted: dict[str, Key] = {}
         for cert in self._roots:
             public_key = cert.public_key()
@@ -250,13 +258,13 @@ class TokenVerifier:
         if len(raw) > _MAX_TOKEN:
             raise InvalidToken("token too large")
         try:
-            obj = jws.extract_compact(raw.encode("ascii"))
+            obj = jws.extract_compact(raw.encode("ascii"), registry=self._registry)
             header = obj.headers()
         except (JoseError, ValueError, TypeError, KeyError) as e:
             raise InvalidToken(f"malformed token: {e}") from e
         key = self._signing_key(header)
         try:
-            valid = jws.validate_compact(obj, key, algorithms=self._algorithms)
+            valid = jws.validate_compact(obj, key, registry=self._registry)
         except (JoseError, ValueError, TypeError) as e:
             raise InvalidToken(f"signature not acceptable: {e}") from e
         if not valid:
