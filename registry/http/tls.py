@@ -207,7 +207,7 @@ def warn_if_plain_public(description: str, auth_enabled: bool) -> str | None:
         return None
     where = f"interface {interface}" if interface else "all interfaces"
     return (
-        f"listening on {description!r} ({where}) without TLS while authentication is on: "
+        f"listening on {description} ({where}) without TLS while authentication is on: "
         "passwords and tokens would cross the network in clear text. Use an ssl: endpoint "
         "(see docs/tls.md) or bind to 127.0.0.1 behind a TLS-terminating proxy."
     )
