@@ -206,3 +206,31 @@ def test_warn_if_plain_public(description: str, auth: bool, warns: bool) -> None
     assert (warning is not None) is warns
     if warning:
         assert "clear text" in warning and description in warning
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_users_with_password_fallback(
+    certs: PKI, tmp_path: os.PathLike[str], threadpool: Any
+) -> None:
+    from twisted.internet.task import Clock
+
+    from tests.auth.test_controllers_http import basic_controller
+
+    basic = basic_controller(tmp_path, threadpool, Clock())
+    controller = ClientCertificateAccessController(basic.policy, basic)
+    tls = TLSSettings(clientcas=certs.ca_path, clientauth="optional")
+    endpoint = server_endpoint(reactor(), certs.description(), tls)
+    async with serving(controller, endpoint) as port:
+        # The certificate names alice, whose group may push to team/*.
+        code, body = await fetch(certs, port, "repository:team/app:push", certs.client_pem)
+        assert (code, body["principal"], body["groups"]) == (200, "alice", ["devs"])
+        # No certificate: the htpasswd controller answers, with its Basic challenge.
+        client = http_client(_Policy(certs.client_options()))
+        url = f"https://127.0.0.1:{port}/v2/?scope=repository:team/app:push"
+        response = await client.get(url)
+        await response.content()
+        assert response.code == 401
+        assert response.headers.getRawHeaders("www-authenticate") == ['Basic realm="test realm"']
+        response = await client.get(url, auth=("alice", "wonderland"))
+        assert response.code == 200
+        assert json.loads(await response.content())["principal"] == "alice"
