@@ -40,9 +40,9 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 from joserfc import jws
-from joserfc.jws import JWSRegistry
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey, import_key
+from joserfc.jws import JWSRegistry
 from twisted.internet.interfaces import IReactorTime
 
 from registry.auth.interfaces import Access
