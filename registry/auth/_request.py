@@ -25,7 +25,7 @@ class MalformedCredentials(ValueError):
 
 def authorization(request: IRequest) -> tuple[str, str] | None:
     """``(scheme lower-cased, credentials)`` from the Authorization header, or None."""
-    value: str | None = request.getHeader("authorization")  # type: ignore[no-untyped-call]
+    value: str | None = request.getHeader("authorization")
     if not value:
         return None
     scheme, _, rest = value.strip().partition(" ")
@@ -49,7 +49,7 @@ def source_address(request: IRequest) -> str:
     The address failures are counted against.  IPv6 clients are grouped by /64, because one
     host usually owns a whole /64 and could otherwise rotate through it.
     """
-    addr = request.getClientAddress()  # type: ignore[no-untyped-call]
+    addr = request.getClientAddress()
     if isinstance(addr, IPv4Address | IPv6Address):
         try:
             ip = ipaddress.ip_address(addr.host.split("%", 1)[0])

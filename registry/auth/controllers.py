@@ -42,7 +42,7 @@ _log = Logger()
 
 
 def _peer(request: IRequest) -> str:
-    addr = request.getClientAddress()  # type: ignore[no-untyped-call]
+    addr = request.getClientAddress()
     return str(getattr(addr, "host", None) or addr)
 
 

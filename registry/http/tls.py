@@ -147,9 +147,7 @@ class _TLSServerEndpoint:
     protocols: list[bytes]
 
     def listen(self, protocolFactory: interfaces.IProtocolFactory) -> Any:
-        return self.inner.listen(  # type: ignore[no-untyped-call]
-            _NegotiationFactory(protocolFactory, self.protocols)
-        )
+        return self.inner.listen(_NegotiationFactory(protocolFactory, self.protocols))
 
 
 def server_endpoint(
@@ -158,9 +156,7 @@ def server_endpoint(
     """An endpoint for ``--port`` ``description``; ``tls`` applies to ``ssl:`` ones."""
     kind, args, kwargs = split_description(description)
     if kind != "ssl":
-        endpoint: interfaces.IStreamServerEndpoint = serverFromString(  # type: ignore[no-untyped-call]
-            reactor, description
-        )
+        endpoint: interfaces.IStreamServerEndpoint = serverFromString(reactor, description)
         return endpoint
     tls = tls or TLSSettings()
     unknown = set(kwargs) - _SSL_KEYS
@@ -172,7 +168,7 @@ def server_endpoint(
     if tls.http2 and not http.H2_ENABLED:
         raise ValueError("http2 = true needs the h2 package (pip install 'twisted[http2]')")
     protocols = [b"h2", b"http/1.1"] if tls.http2 else [b"http/1.1"]
-    ssl_endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
+    ssl_endpoint = SSL4ServerEndpoint(
         reactor,
         int(port_text),
         _certificate_options(kwargs, tls),

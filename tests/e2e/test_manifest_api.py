@@ -102,7 +102,9 @@ async def test_manifest_put_errors(registry: InProcessRegistry) -> None:
     await push_image(url, "bad", "ok", image, mt.OCI_IMAGE_MANIFEST)
     wrong = sha256(b"something else")
     response = await treq.put(
-        f"{url}/v2/bad/manifests/{wrong}", data=image, headers={"Content-Type": mt.OCI_IMAGE_MANIFEST}
+        f"{url}/v2/bad/manifests/{wrong}",
+        data=image,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
     )
     assert response.code == 400
     assert await error_codes(response) == ["DIGEST_INVALID"]
@@ -119,14 +121,18 @@ async def test_manifest_too_large_is_413(start_registry: Starter) -> None:
     registry = await start_registry({"storage": {"max_manifest_size": "64KiB"}})
     big = b"{" + b" " * (100 * 1024) + b"}"
     response = await treq.put(
-        f"{registry.url}/v2/big/manifests/x", data=big, headers={"Content-Type": mt.OCI_IMAGE_MANIFEST}
+        f"{registry.url}/v2/big/manifests/x",
+        data=big,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
     )
     assert response.code == 413
     assert await error_codes(response) == ["MANIFEST_INVALID"]
     # Above the default 4 MiB: refused from the Content-Length alone.
     huge = b" " * (5 * 1024 * 1024)
     response = await treq.put(
-        f"{registry.url}/v2/big/manifests/y", data=huge, headers={"Content-Type": mt.OCI_IMAGE_MANIFEST}
+        f"{registry.url}/v2/big/manifests/y",
+        data=huge,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
     )
     assert response.code == 413
 
@@ -199,7 +205,9 @@ async def test_deletes(start_registry: Starter) -> None:
     url = registry.url
     body = samples.oci_image()
     digest = await push_image(url, "del", "one", body, mt.OCI_IMAGE_MANIFEST)
-    await treq.put(f"{url}/v2/del/manifests/two", data=body, headers={"Content-Type": mt.OCI_IMAGE_MANIFEST})
+    await treq.put(
+        f"{url}/v2/del/manifests/two", data=body, headers={"Content-Type": mt.OCI_IMAGE_MANIFEST}
+    )
 
     response = await treq.delete(f"{url}/v2/del/manifests/one")  # untag only
     assert response.code == 202
@@ -267,14 +275,19 @@ async def test_referrers(start_registry: Starter) -> None:
     await push_blob(url, "ref", b"{}")
     sbom = samples.config_typed_artifact(subject)
     response = await treq.put(
-        f"{url}/v2/ref/manifests/{sha256(sbom)}", data=sbom, headers={"Content-Type": mt.OCI_IMAGE_MANIFEST}
+        f"{url}/v2/ref/manifests/{sha256(sbom)}",
+        data=sbom,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
     )
     assert response.code == 201, await response.text()
 
     response, got = await get(f"{url}/v2/ref/referrers/{subject_digest}")
     found = {d["digest"]: d for d in json.loads(got)["manifests"]}
     assert set(found) == {sha256(signature), sha256(sbom)}
-    assert found[sha256(signature)]["artifactType"] == "application/vnd.dev.cosign.artifact.sig.v1+json"
+    assert (
+        found[sha256(signature)]["artifactType"]
+        == "application/vnd.dev.cosign.artifact.sig.v1+json"
+    )
     assert found[sha256(signature)]["annotations"] == {"who": "ci"}
     assert found[sha256(sbom)]["artifactType"] == "application/vnd.example.sbom.config.v1+json"
 
@@ -296,7 +309,9 @@ async def test_referrers(start_registry: Starter) -> None:
     ghost = samples.oci_image(layers=(samples.LAYER_1,))
     orphan = samples.artifact(ghost)
     response = await treq.put(
-        f"{url}/v2/ref/manifests/orphan", data=orphan, headers={"Content-Type": mt.OCI_IMAGE_MANIFEST}
+        f"{url}/v2/ref/manifests/orphan",
+        data=orphan,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
     )
     assert response.code == 201
     assert header(response, "oci-subject") == sha256(ghost)

@@ -29,27 +29,35 @@ async def test_skopeo_round_trip_multi_layer(registry: InProcessRegistry, tmp_pa
         [{"etc/hello": b"hello\n"}, {"usr/bin/tool": b"\x7fELF" + b"x" * 200_000}, {"a": b"b"}],
     )
     layout.tag(descriptor, "v1")
-    await skopeo("copy", *NO_TLS, "--preserve-digests", f"oci:{layout.root}:v1",
-                 docker_ref(registry, "team/app:v1"))
+    await skopeo(
+        "copy",
+        *NO_TLS,
+        "--preserve-digests",
+        f"oci:{layout.root}:v1",
+        docker_ref(registry, "team/app:v1"),
+    )
 
     response, body = await get(f"{registry.url}/v2/team/app/manifests/v1")
     assert header(response, "docker-content-digest") == descriptor["digest"]
     assert header(response, "content-type") == OCI_MANIFEST
 
     out = tmp_path / "out"
-    await skopeo("copy", *NO_TLS, "--preserve-digests", docker_ref(registry, "team/app:v1"),
-                 f"oci:{out}:v1")
+    await skopeo(
+        "copy", *NO_TLS, "--preserve-digests", docker_ref(registry, "team/app:v1"), f"oci:{out}:v1"
+    )
     assert read_index_digest(out, "v1") == descriptor["digest"]
     for layer in json.loads(body)["layers"]:
         stored = out / "blobs" / "sha256" / layer["digest"][7:]
         assert stored.stat().st_size == layer["size"]
 
-    inspected = json.loads(await skopeo("inspect", "--tls-verify=false",
-                                        docker_ref(registry, "team/app:v1")))
+    inspected = json.loads(
+        await skopeo("inspect", "--tls-verify=false", docker_ref(registry, "team/app:v1"))
+    )
     assert inspected["Digest"] == descriptor["digest"]
     assert len(inspected["Layers"]) == 3
-    tags = json.loads(await skopeo("list-tags", "--tls-verify=false",
-                                   docker_ref(registry, "team/app")))
+    tags = json.loads(
+        await skopeo("list-tags", "--tls-verify=false", docker_ref(registry, "team/app"))
+    )
     assert tags["Tags"] == ["v1"]
 
 
@@ -61,16 +69,28 @@ async def test_skopeo_round_trip_multi_arch(registry: InProcessRegistry, tmp_pat
         _, images[arch] = layout.image(arch, [{f"{arch}/bin": arch.encode() * 1000}])
     _, index = layout.multi_arch(images)
     layout.tag(index, "multi")
-    await skopeo("copy", *NO_TLS, "--all", "--preserve-digests", f"oci:{layout.root}:multi",
-                 docker_ref(registry, "multi/arch:latest"))
+    await skopeo(
+        "copy",
+        *NO_TLS,
+        "--all",
+        "--preserve-digests",
+        f"oci:{layout.root}:multi",
+        docker_ref(registry, "multi/arch:latest"),
+    )
     response, body = await get(f"{registry.url}/v2/multi/arch/manifests/latest")
     assert header(response, "docker-content-digest") == index["digest"]
     assert {m["digest"] for m in json.loads(body)["manifests"]} == {
         d["digest"] for d in images.values()
     }
     out = tmp_path / "out"
-    await skopeo("copy", *NO_TLS, "--all", "--preserve-digests",
-                 docker_ref(registry, "multi/arch:latest"), f"oci:{out}:multi")
+    await skopeo(
+        "copy",
+        *NO_TLS,
+        "--all",
+        "--preserve-digests",
+        docker_ref(registry, "multi/arch:latest"),
+        f"oci:{out}:multi",
+    )
     assert read_index_digest(out, "multi") == index["digest"]
     for descriptor in images.values():
         assert (out / "blobs" / "sha256" / descriptor["digest"][7:]).exists()
@@ -84,8 +104,13 @@ async def test_oras_artifact_with_subject(registry: InProcessRegistry, tmp_path:
     layout = Layout(tmp_path / "src")
     _, descriptor = layout.image("amd64", [{"x": b"y"}])
     layout.tag(descriptor, "v1")
-    await skopeo("copy", *NO_TLS, "--preserve-digests", f"oci:{layout.root}:v1",
-                 docker_ref(registry, "signed/app:v1"))
+    await skopeo(
+        "copy",
+        *NO_TLS,
+        "--preserve-digests",
+        f"oci:{layout.root}:v1",
+        docker_ref(registry, "signed/app:v1"),
+    )
 
     sbom = tmp_path / "sbom.spdx.json"
     sbom.write_text('{"spdxVersion": "SPDX-2.3"}')

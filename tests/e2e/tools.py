@@ -20,11 +20,11 @@ def require(tool: str) -> str:
     return path
 
 
-async def run(*command: str, timeout: float = 300) -> str:
+async def run(*command: str, limit: float = 300) -> str:
     """Run a command in a thread (the reactor keeps serving); fail with its output."""
 
     def call() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(command, capture_output=True, text=True, timeout=limit)
 
     result = await deferToThread(call)
     if result.returncode != 0:
