@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from registry.api.digests import Digest
-from registry.api.errors import BLOB_UPLOAD_INVALID, RegistryError
+from registry.api.errors import BLOB_UPLOAD_INVALID, DENIED, RegistryError
 from registry.api.names import is_valid_name
 from registry.asyncutil import shielded
 from registry.auth.interfaces import PULL, PUSH, repository
@@ -230,6 +230,7 @@ async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) ->
     name = route.name
     digest_text = query(request, "digest")
     mount = query(request, "mount")
+    await authorize(ctx, request, [repository(name, PULL, PUSH)])
     if mount is not None:
         mounted = await _try_mount(ctx, request, name, mount, query(request, "from"))
         if mounted is not None:
@@ -240,7 +241,6 @@ async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) ->
         size = await shielded(ctx.uploads.commit(appender, digest))
         await ctx.catalog.note_repository(name)
         return _created(request, name, digest, size)
-    await authorize(ctx, request, [repository(name, PULL, PUSH)])
     upload_id = await ctx.uploads.start(name)
     return responses.empty(request, 202, _session_headers(name, upload_id, 0))
 
@@ -250,12 +250,17 @@ async def _try_mount(
 ) -> bytes | None:
     """Cross-repository mount; None (fall back to a new upload) when it cannot be done."""
     digest = Digest.parse(mount)
-    wanted = [repository(name, PULL, PUSH)]
-    if source is not None and is_valid_name(source) and source != name:
-        wanted.append(repository(source, PULL))
-    await authorize(ctx, request, wanted)
     if source is None or not is_valid_name(source):
         return None
+    if source != name:
+        # The caller must be allowed to pull from the source; if it is not, the mount quietly
+        # becomes a plain upload (registry:2 does the same), so no 403 leaks its existence.
+        try:
+            await authorize(ctx, request, [repository(name, PULL, PUSH), repository(source, PULL)])
+        except RegistryError as error:
+            if error.code is not DENIED:
+                raise
+            return None
     if not await ctx.blobs.is_linked(source, digest):
         return None
     info = await ctx.blobs.exists(digest)

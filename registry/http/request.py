@@ -146,6 +146,32 @@ class RegistryRequest(server.Request):
             transport.SEND_LIMIT = _DOWNLOAD_SEND_LIMIT
 
 
+_TLS_ON_PLAIN_HTTP = (
+    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 47\r\n\r\nThis port speaks plain HTTP; TLS was attempted.\n"
+)
+
+
+def _refuse_tls_on_plain_http(protocol: Any) -> None:
+    """
+    Answer a TLS handshake on a plain-HTTP port at once.  Clients told a registry is
+    "insecure" (skopeo --tls-verify=false, docker's insecure-registries) try TLS first and
+    fall back to HTTP; twisted.web would wait for a request line that never comes, so every
+    such client stalled for its TLS timeout.  On ``ssl:`` listeners this sees decrypted bytes.
+    """
+    original = protocol.dataReceived
+
+    def first_data(data: bytes) -> None:
+        del protocol.dataReceived  # later data goes straight to the class's method
+        if data[:1] == b"\x16":  # a TLS handshake record
+            protocol.transport.write(_TLS_ON_PLAIN_HTTP)
+            protocol.transport.loseConnection()
+            return
+        original(data)
+
+    protocol.dataReceived = first_data
+
+
 class RegistrySite(server.Site):
     """A Site with streaming bodies and one structured access-log line per request."""
 
@@ -162,6 +188,12 @@ class RegistrySite(server.Site):
         self.max_body_size = max_body_size
         self.access_log = access_log
         self.displayTracebacks = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            _refuse_tls_on_plain_http(protocol)
+        return protocol
 
     def log(self, request: Any) -> None:
         if not self.access_log:

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
-import treq
 from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -70,25 +69,28 @@ def write_config(path: Path, sections: Mapping[str, Mapping[str, str]]) -> Path:
 
 
 async def start_in_process(
-    tmp_path: Path, sections: Mapping[str, Mapping[str, str]] | None = None
+    tmp_path: Path,
+    sections: Mapping[str, Mapping[str, str]] | None = None,
+    listen: str = "tcp:{port}:interface=127.0.0.1",
 ) -> InProcessRegistry:
+    """``listen`` is the endpoint description, ``{port}`` replaced by a free port."""
     port = free_port()
     config = write_config(tmp_path / "registry.cfg", sections or {})
     options = Options()
-    arguments = ["--config", str(config), "--port", f"tcp:{port}:interface=127.0.0.1"]
+    arguments = ["--config", str(config), "--port", listen.format(port=port)]
     if not _storage_configured(sections):
         arguments += ["--storage", str(tmp_path / "data")]
     options.parseOptions(arguments)
     service = makeService(options)
     service.startService()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    scheme = "https" if listen.startswith("ssl:") else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+    for _ in range(200):
         try:
-            response = await treq.get(url + "/v2/")
-            await response.content()
-            break
-        except Exception:
-            await sleep(0.05)
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            await sleep(0.02)
     return InProcessRegistry(url, service, options)
 
 

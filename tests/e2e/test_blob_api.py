@@ -296,3 +296,27 @@ async def test_sizes(registry: InProcessRegistry, size: int) -> None:
     digest = await push_blob(registry.url, "sizes", data)
     response, body = await get(f"{registry.url}/v2/sizes/blobs/{digest}")
     assert (response.code, body) == (200, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_handshake_on_plain_port_is_refused_at_once(registry: InProcessRegistry) -> None:
+    """Clients that try TLS first (insecure registries) must not wait for a timeout."""
+    import socket
+    import ssl
+    import time
+
+    from twisted.internet.threads import deferToThread
+
+    host, port = registry.url.removeprefix("http://").split(":")
+
+    def handshake() -> float:
+        started = time.monotonic()
+        context = ssl.create_default_context()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            with pytest.raises(ssl.SSLError):
+                context.wrap_socket(sock, server_hostname=host)
+        return time.monotonic() - started
+
+    assert await deferToThread(handshake) < 2
+    response, _ = await get(registry.url + "/v2/")
+    assert response.code == 200
