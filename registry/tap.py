@@ -136,9 +136,9 @@ def makeService(options: Options) -> IService:
     try:
         access: IAccessController = make_access_controller(
             settings,
+            reactor,  # type: ignore[arg-type]
             reactor,
-            reactor,
-            pool,  # type: ignore[arg-type]
+            pool,
         )
         listeners = _listeners(config, reactor, settings.enabled)
         driver = build_driver(config, reactor, pool)

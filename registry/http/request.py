@@ -190,7 +190,7 @@ class RegistrySite(server.Site):
         self.displayTracebacks = False
 
     def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
+        protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if protocol is not None:
             _refuse_tls_on_plain_http(protocol)
         return protocol
