@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from twisted.internet.threads import deferToThread
@@ -36,3 +39,43 @@ async def run(*command: str, limit: float = 300) -> str:
 
 async def skopeo(*args: str) -> str:
     return await run(require("skopeo"), "--insecure-policy", *args)
+
+
+class Registry2Process:
+    """registry:2 (Debian's docker-registry, v2.8) on loopback over a given storage root."""
+
+    CONFIG = (
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\n"
+        "  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+
+    def __init__(self, workdir: Path, root: Path) -> None:
+        from tests.e2e.harness import free_port
+
+        self.workdir = workdir
+        self.root = root
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = require("docker-registry")
+        config = self.workdir / f"registry2-{self.port}.yml"
+        config.write_text(self.CONFIG.format(root=self.root, port=self.port))
+        log = open(self.workdir / "registry2.log", "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("registry:2 did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
