@@ -1,0 +1,353 @@
+"""
+The S3 file writer: an append-only file built as a multipart upload, resumable across processes.
+
+Design.  Bytes are gathered into a *segment* (in memory, or a temporary file in
+``spooldirectory``).  When a segment reaches ``chunksize`` it becomes the next part of a
+multipart upload (created on the first full part) and a new segment starts; only one part
+uploads at a time, and while it does, a second full segment makes ``write`` return a Deferred:
+memory stays near two parts per writer whatever the client sends.  Segments keep the callers'
+``bytes`` objects as they are (a part ends at the first write that fills it), so no byte is
+copied on its way to the socket.
+
+``commit`` sends what is left as the last part and completes the upload; when no part was ever
+needed the whole file goes in one PUT, so small files cost one request.
+
+``close`` must leave the file resumable by ``writer(path, append=True)`` in any process, but S3
+cannot take a part under 5 MiB unless it is the last, and the parts of an unfinished upload
+cannot be read back.  So ``close`` uploads the pending segment as a part only if it is at least
+5 MiB, and writes the rest (the *tail*, under 5 MiB) into a *state object* next to the file:
+``<key>~txregistry-upload``, holding one JSON line (upload id, parts with their ETags and sizes)
+then the tail's bytes.  ``~`` never occurs in registry:2 layout names, so the state object
+cannot clash with a real file, and ``list`` leaves it out.  Resuming reads the state object (one
+GET of under 5 MiB) and continues: ``size`` is the parts plus the tail, the tail is the start of
+the next segment, and new parts are numbered after the recorded ones (parts a crashed writer
+uploaded after its last ``close`` are overwritten or left out of the completion).  ``commit``
+and ``cancel`` delete the state object; ``cancel`` also aborts the upload.  A resumed file's
+cost is therefore O(5 MiB), never O(file) as in registry:2's complete-and-copy.
+
+Appending to a finished object (no state object) starts from it: under 5 MiB it is read back as
+the tail, larger it becomes the first parts by server-side UploadPartCopy.
+
+Until ``commit``, written data is not visible at the path (``stat``/``get_content`` raise
+PathNotFoundError), as with registry:2's S3 driver: use the writer's ``size``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import deque
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from registry.storage.driver import IFileWriter, StorageError
+from registry.storage.producers import FileProducer, _PausableProducer
+from registry.storage.s3 import _multipart as multipart
+from registry.storage.s3._client import S3Client, header
+from registry.storage.s3._multipart import Part
+from registry.storage.s3._settings import MIN_PART_SIZE
+
+STATE_SUFFIX = "~txregistry-upload"
+_STATE_VERSION = 1
+
+
+def state_key(key: str) -> str:
+    return key + STATE_SUFFIX
+
+
+@implementer(IBodyProducer, IPushProducer)
+class _ChunksProducer(_PausableProducer):
+    """Writes a list of bytes objects as they are (no joining, no copies)."""
+
+    def __init__(self, chunks: list[bytes], length: int) -> None:
+        super().__init__()
+        self._chunks: deque[bytes] = deque(chunks)
+        self.length = length
+
+    def _produce(self) -> None:
+        assert self._consumer is not None
+        while not self._paused and not self._stopped:
+            if not self._chunks:
+                self._done()
+                return
+            # write() may re-enter pauseProducing (or stopProducing) synchronously.
+            self._consumer.write(self._chunks.popleft())
+
+    def _release(self) -> None:
+        self._chunks.clear()
+
+
+class _MemorySegment:
+    def __init__(self) -> None:
+        self.size = 0
+        self._chunks: list[bytes] = []
+
+    def append(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.size += len(data)
+
+    def producer(self) -> IBodyProducer:
+        chunks, self._chunks = self._chunks, []
+        return _ChunksProducer(chunks, self.size)
+
+    def read(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def discard(self) -> None:
+        self._chunks = []
+
+
+class _FileSegment:
+    """A segment spooled to disk; small appends go to the page cache, as the filesystem driver's."""
+
+    def __init__(self, reactor: Any, directory: str) -> None:
+        self.size = 0
+        self._reactor = reactor
+        # The segment owns the file until its producer takes it.
+        self._file: IO[bytes] | None = tempfile.TemporaryFile(  # noqa: SIM115
+            dir=directory, prefix="s3part-"
+        )
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None:
+            raise StorageError("spooled part already sent")
+        return self._file
+
+    def append(self, data: bytes) -> None:
+        self._open().write(data)
+        self.size += len(data)
+
+    def producer(self) -> IBodyProducer:
+        file, self._file = self._open(), None
+        file.flush()
+        file.seek(0)
+        return FileProducer(self._reactor, self._reactor.getThreadPool(), file, self.size)
+
+    def read(self) -> bytes:
+        file = self._open()
+        file.flush()
+        file.seek(0)
+        return file.read()
+
+    def discard(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+
+_Segment = _MemorySegment | _FileSegment
+
+
+@implementer(IFileWriter)
+class S3Writer:
+    def __init__(
+        self,
+        client: S3Client,
+        reactor: Any,
+        key: str,
+        path: str,
+        upload_id: str | None = None,
+        parts: list[Part] | None = None,
+        tail: bytes = b"",
+    ) -> None:
+        self._client = client
+        self._reactor = reactor
+        self._key = key
+        self._path = path
+        self._chunksize = client.settings.chunksize
+        self._spool = client.settings.spooldirectory
+        self._upload_id = upload_id
+        self._parts: list[Part] = list(parts or [])
+        self.size = sum(part.size for part in self._parts)
+        self._current = self._segment()
+        self._full: deque[_Segment] = deque()
+        self._waiters: list[Deferred[None]] = []
+        self._uploading: Deferred[None] | None = None
+        self._failure: Failure | None = None
+        self._finished = False
+        if tail:
+            self._current.append(tail)
+            self.size += len(tail)
+
+    def _segment(self) -> _Segment:
+        if self._spool:
+            return _FileSegment(self._reactor, self._spool)
+        return _MemorySegment()
+
+    def write(self, data: bytes) -> Deferred[None] | None:
+        if self._finished:
+            raise StorageError(f"writer for {self._path} is closed")
+        if self._failure is not None:
+            return fail(self._failure)
+        if not data:
+            return None
+        self._current.append(data)
+        self.size += len(data)
+        if self._current.size >= self._chunksize:
+            self._full.append(self._current)
+            self._current = self._segment()
+            self._start_uploading()
+        if self._full:
+            # A part is on its way and the next one is ready: the caller must wait.
+            waiter: Deferred[None] = Deferred()
+            self._waiters.append(waiter)
+            return waiter
+        return None
+
+    def _start_uploading(self) -> None:
+        if self._uploading is None:
+            uploading = Deferred.fromCoroutine(self._upload_full())
+            # (A loop that ended at once has already cleared _uploading.)
+            if not uploading.called:
+                self._uploading = uploading
+
+    async def _upload_full(self) -> None:
+        try:
+            while self._full and self._failure is None:
+                segment = self._full.popleft()
+                self._wake()
+                try:
+                    await self._upload_part(segment)
+                finally:
+                    segment.discard()
+        except Exception:
+            self._failure = Failure()  # type: ignore[no-untyped-call]
+        finally:
+            self._uploading = None
+            self._wake()
+
+    async def _upload_part(self, segment: _Segment) -> None:
+        if self._upload_id is None:
+            self._upload_id = await multipart.create(self._client, self._key)
+        number = len(self._parts) + 1
+        size = segment.size
+        etag = await multipart.upload_part(
+            self._client, self._key, self._upload_id, number, segment.producer()
+        )
+        self._parts.append(Part(number, etag, size))
+
+    def _wake(self) -> None:
+        if self._full and self._failure is None:
+            return
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if self._failure is not None:
+                waiter.errback(self._failure)
+            else:
+                waiter.callback(None)
+
+    async def _settle(self) -> None:
+        """Wait until every full segment is uploaded; raise the first upload failure."""
+        while self._uploading is not None:
+            await self._uploading
+        if self._failure is not None:
+            self._failure.raiseException()
+
+    async def _flush_current(self) -> None:
+        self._full.append(self._current)
+        self._current = self._segment()
+        self._start_uploading()
+        await self._settle()
+
+    def _begin_end(self) -> None:
+        if self._finished:
+            raise StorageError(f"writer for {self._path} is closed")
+        self._finished = True
+
+    async def close(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            await self._settle()
+            if self._current.size >= MIN_PART_SIZE:
+                await self._flush_current()
+            tail = self._current.read()
+        finally:
+            self._current.discard()
+        state = {
+            "version": _STATE_VERSION,
+            "upload_id": self._upload_id,
+            "parts": [[part.number, part.etag, part.size] for part in self._parts],
+            "size": self.size,
+        }
+        body = json.dumps(state, separators=(",", ":")).encode() + b"\n" + tail
+        await self._client.call("PUT", state_key(self._key), body=body)
+
+    async def commit(self) -> None:
+        self._begin_end()
+        try:
+            await self._settle()
+            if self._upload_id is None:
+                if self._current.size:
+                    body: IBodyProducer | bytes = self._current.producer()
+                else:
+                    body = b""
+                await self._client.call("PUT", self._key, body=body)
+            else:
+                if self._current.size:
+                    await self._flush_current()
+                await multipart.complete(self._client, self._key, self._upload_id, self._parts)
+        finally:
+            self._current.discard()
+        await self._client.call("DELETE", state_key(self._key), missing_ok=True)
+
+    async def cancel(self) -> None:
+        self._finished = True
+        while self._uploading is not None:
+            await self._uploading
+        self._current.discard()
+        while self._full:
+            self._full.popleft().discard()
+        if self._upload_id is not None:
+            await multipart.abort(self._client, self._key, self._upload_id)
+        await self._client.call("DELETE", state_key(self._key), missing_ok=True)
+        await self._client.call("DELETE", self._key, missing_ok=True)
+
+
+async def open_writer(
+    client: S3Client, reactor: Any, key: str, path: str, append: bool
+) -> S3Writer:
+    """A writer for a new file, or one continuing a closed writer's state or a finished file."""
+    if not append:
+        return S3Writer(client, reactor, key, path)
+    result = await client.call("GET", state_key(key), missing_ok=True)
+    if result is not None:
+        return _from_state(client, reactor, key, path, result[1])
+    head = await client.call("HEAD", key, missing_ok=True)
+    if head is None:
+        return S3Writer(client, reactor, key, path)
+    size = int(header(head[0], "Content-Length") or 0)
+    if size < MIN_PART_SIZE:
+        content = await client.call("GET", key)
+        assert content is not None
+        return S3Writer(client, reactor, key, path, tail=content[1])
+    upload_id = await multipart.create(client, key)
+    try:
+        parts = await multipart.copy_parts(client, key, key, upload_id, size)
+    except BaseException:
+        await multipart.abort(client, key, upload_id)
+        raise
+    return S3Writer(client, reactor, key, path, upload_id, parts)
+
+
+def _from_state(client: S3Client, reactor: Any, key: str, path: str, body: bytes) -> S3Writer:
+    line, _, tail = body.partition(b"\n")
+    try:
+        state = json.loads(line)
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"version {state.get('version')}")
+        parts = [Part(int(n), str(etag), int(size)) for n, etag, size in state["parts"]]
+        upload_id = state["upload_id"]
+        expected = int(state["size"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise StorageError(f"unreadable upload state for {path}: {error}") from error
+    writer = S3Writer(client, reactor, key, path, upload_id, parts, tail)
+    if writer.size != expected:
+        raise StorageError(f"upload state for {path} says {expected} bytes, holds {writer.size}")
+    return writer
