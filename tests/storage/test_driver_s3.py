@@ -20,11 +20,11 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 
-from registry.storage.driver import InvalidOffsetError, PathNotFoundError
+from registry.storage.driver import InvalidOffsetError, PathNotFoundError, StorageError
 from registry.storage.s3 import S3CredentialsError, S3Driver, S3Settings
 from registry.storage.s3._writer import STATE_SUFFIX
 from tests.storage.driver_suite import DriverSuite, read_all
-from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - the fixture
+from tests.storage.s3server import S3Server, require_weed, s3_server  # noqa: F401 - the fixture
 
 MIB = 1024 * 1024
 
@@ -321,3 +321,41 @@ async def test_list_paginates(driver: S3Driver) -> None:
     await driver.delete("p")
     with pytest.raises(PathNotFoundError):
         await driver.list("p")
+
+
+def test_missing_weed_skips_locally_and_fails_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TXREGISTRY_WEED", "/nonexistent/weed")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="weed binary not found"):
+        require_weed()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="weed binary not found"):
+        require_weed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_server_is_a_storage_error(s3_server: S3Server) -> None:  # noqa: F811
+    """A refused connection is retried, then reported as a StorageError naming the endpoint."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    driver = S3Driver(reactor, settings_for(s3_server, regionendpoint=f"http://127.0.0.1:{port}"))
+    driver._client.retry_delays = (0.01, 0.01)
+    with pytest.raises(StorageError, match="unreachable"):
+        await driver.get_content("a/b")
+    await driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_folders_are_not_files(driver: S3Driver) -> None:
+    """A folder (a key prefix, or a folder entry on SeaweedFS) reads as missing."""
+    await driver.put_content("d/e/f", b"x")
+    with pytest.raises(PathNotFoundError):
+        await driver.get_content("d/e")
+    with pytest.raises(PathNotFoundError):
+        await driver.reader("d/e")
+    await driver.delete("d/e/f")
+    with pytest.raises(PathNotFoundError):
+        await driver.get_content("d/e/f")

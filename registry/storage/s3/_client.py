@@ -12,7 +12,7 @@ from __future__ import annotations
 import email.utils
 import types
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import treq
@@ -20,13 +20,24 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from treq.client import HTTPClient
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.task import deferLater
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+)
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from registry.storage.driver import StorageError
 from registry.storage.producers import BytesProducer
 from registry.storage.s3._settings import Endpoint, S3Settings
 
+# A request body: small bytes (signed), a producer (sent once), or a producer factory.
+Body = bytes | IBodyProducer | Callable[[], IBodyProducer] | None
+# Back-off before resending after a 5xx (S3's SlowDown, InternalError) or a network failure.
+RETRY_DELAYS = (0.2, 1.0, 3.0)
 # Presigned URLs live as long as registry:2's (20 minutes).
 PRESIGN_SECONDS = 20 * 60
 _CREDENTIAL_CODES = frozenset(
@@ -103,6 +114,8 @@ class S3Client:
 
     def __init__(self, reactor: Any, settings: S3Settings, http_client: Any = None) -> None:
         self.settings = settings
+        self.retry_delays = RETRY_DELAYS
+        self._reactor = reactor
         self.endpoint = Endpoint.from_settings(settings)
         access, secret, token = settings.credentials()
         self._credentials = Credentials(access, secret, token)
@@ -113,7 +126,8 @@ class S3Client:
             # Uploads, downloads and small requests of many clients run at once.
             self._pool.maxPersistentPerHost = 32
             self._pool.retryAutomatically = True
-            http_client = HTTPClient(Agent(reactor, pool=self._pool))  # type: ignore[no-untyped-call]
+            agent = Agent(reactor, connectTimeout=30, pool=self._pool)  # type: ignore[no-untyped-call]
+            http_client = HTTPClient(agent)
         self._http = http_client
 
     async def close(self) -> None:
@@ -148,9 +162,37 @@ class S3Client:
         *,
         query: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
-        body: bytes | IBodyProducer | None = None,
+        body: Body = None,
     ) -> IResponse:
-        """Send a signed request; the response body is left unread (see `read`)."""
+        """
+        Send a signed request; the response body is left unread.  A body given as bytes, or as
+        a callable returning a fresh producer, is sent again (newly signed) after a 5xx or a
+        network failure, as S3 asks of its clients; a bare producer can be sent only once.
+        """
+        retryable = body is None or isinstance(body, bytes) or callable(body)
+        delays = list(self.retry_delays) if retryable else []
+        while True:
+            try:
+                response = await self._send(method, key, query, headers, body)
+            except (ConnectError, DNSLookupError, ResponseFailed, RequestTransmissionFailed) as e:
+                if not delays:
+                    raise StorageError(
+                        f"S3 at {self.endpoint.bucket_url} unreachable ({method} {key or '/'}): {e}"
+                    ) from e
+            else:
+                if response.code < 500 or not delays:
+                    return response
+                await treq.content(response)
+            await deferLater(self._reactor, delays.pop(0), lambda: None)
+
+    async def _send(
+        self,
+        method: str,
+        key: str,
+        query: dict[str, str] | None,
+        headers: dict[str, str] | None,
+        body: Body,
+    ) -> IResponse:
         url = self.endpoint.url(key, query)
         data: IBodyProducer | None
         if isinstance(body, bytes):
@@ -159,7 +201,7 @@ class S3Client:
             data = BytesProducer(body) if body else None
         else:
             signed = self._signed_headers(method, url, headers or {}, None)
-            data = body
+            data = body() if callable(body) else body
         response: IResponse = await self._http.request(
             method,
             url,
@@ -177,7 +219,7 @@ class S3Client:
         *,
         query: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
-        body: bytes | IBodyProducer | None = None,
+        body: Body = None,
         ok: tuple[int, ...] = (200, 204, 206),
         missing_ok: bool = False,
         error_in_body: bool = False,

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.web.iweb import IBodyProducer
 
 from registry.storage.driver import StorageError
-from registry.storage.s3._client import S3Client, child_text, header, parse_xml
+from registry.storage.s3._client import Body, S3Client, child_text, header, parse_xml
 from registry.storage.s3._settings import MIN_PART_SIZE, quote_key
 
 # Server-side part copies are cheap for us but slow for S3: run a few at once.
@@ -33,9 +32,7 @@ async def create(client: S3Client, key: str) -> str:
     return upload_id
 
 
-async def upload_part(
-    client: S3Client, key: str, upload_id: str, number: int, body: IBodyProducer | bytes
-) -> str:
+async def upload_part(client: S3Client, key: str, upload_id: str, number: int, body: Body) -> str:
     query = {"partNumber": str(number), "uploadId": upload_id}
     result = await client.call("PUT", key, query=query, body=body)
     assert result is not None

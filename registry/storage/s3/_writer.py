@@ -35,6 +35,7 @@ PathNotFoundError), as with registry:2's S3 driver: use the writer's ``size``.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections import deque
 from typing import IO, Any
@@ -48,7 +49,7 @@ from zope.interface import implementer
 from registry.storage.driver import IFileWriter, StorageError
 from registry.storage.producers import FileProducer, _PausableProducer
 from registry.storage.s3 import _multipart as multipart
-from registry.storage.s3._client import S3Client, header
+from registry.storage.s3._client import Body, S3Client, header
 from registry.storage.s3._multipart import Part
 from registry.storage.s3._settings import MIN_PART_SIZE
 
@@ -92,8 +93,7 @@ class _MemorySegment:
         self.size += len(data)
 
     def producer(self) -> IBodyProducer:
-        chunks, self._chunks = self._chunks, []
-        return _ChunksProducer(chunks, self.size)
+        return _ChunksProducer(self._chunks, self.size)
 
     def read(self) -> bytes:
         return b"".join(self._chunks)
@@ -115,7 +115,7 @@ class _FileSegment:
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
-            raise StorageError("spooled part already sent")
+            raise StorageError("spooled part already discarded")
         return self._file
 
     def append(self, data: bytes) -> None:
@@ -123,10 +123,13 @@ class _FileSegment:
         self.size += len(data)
 
     def producer(self) -> IBodyProducer:
-        file, self._file = self._open(), None
+        file = self._open()
         file.flush()
-        file.seek(0)
-        return FileProducer(self._reactor, self._reactor.getThreadPool(), file, self.size)
+        # The producer closes what it is given: give it its own descriptor (same file, same
+        # offset), so that the segment can be sent again if S3 fails the first attempt.
+        copy = os.fdopen(os.dup(file.fileno()), "rb")
+        copy.seek(0)
+        return FileProducer(self._reactor, self._reactor.getThreadPool(), copy, self.size)
 
     def read(self) -> bytes:
         file = self._open()
@@ -186,6 +189,10 @@ class S3Writer:
             return fail(self._failure)
         if not data:
             return None
+        if type(data) is not bytes:
+            # Segments keep what they are given until it is sent: never a buffer that the
+            # caller may reuse.
+            data = bytes(data)
         self._current.append(data)
         self.size += len(data)
         if self._current.size >= self._chunksize:
@@ -227,7 +234,7 @@ class S3Writer:
         number = len(self._parts) + 1
         size = segment.size
         etag = await multipart.upload_part(
-            self._client, self._key, self._upload_id, number, segment.producer()
+            self._client, self._key, self._upload_id, number, segment.producer
         )
         self._parts.append(Part(number, etag, size))
 
@@ -284,10 +291,7 @@ class S3Writer:
         try:
             await self._settle()
             if self._upload_id is None:
-                if self._current.size:
-                    body: IBodyProducer | bytes = self._current.producer()
-                else:
-                    body = b""
+                body: Body = self._current.producer if self._current.size else b""
                 await self._client.call("PUT", self._key, body=body)
             else:
                 if self._current.size:
