@@ -359,3 +359,18 @@ async def test_folders_are_not_files(driver: S3Driver) -> None:
     await driver.delete("d/e/f")
     with pytest.raises(PathNotFoundError):
         await driver.get_content("d/e/f")
+
+
+def test_huge_single_write_is_cut_below_the_part_limit(
+    s3_server: S3Server,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One write larger than S3's part limit is cut so that no part exceeds it."""
+    from registry.storage.s3 import _writer
+
+    monkeypatch.setattr(_writer, "MAX_PART_SIZE", 6 * MIB)
+    driver = S3Driver(reactor, settings_for(s3_server, chunksize=5 * MIB))
+    writer = _writer.S3Writer(driver._client, reactor, "k", "p", tail=b"x" * MIB)
+    pieces = writer._pieces(b"y" * 20 * MIB)
+    assert [len(piece) for piece in pieces] == [5 * MIB, 5 * MIB, 5 * MIB, 5 * MIB]
+    assert writer._pieces(b"z" * MIB) == [b"z" * MIB]

@@ -31,6 +31,7 @@ from registry.storage.producers import BytesProducer
 from registry.storage.s3 import _multipart as multipart
 from registry.storage.s3._client import (
     S3Client,
+    S3Error,
     child_text,
     children,
     header,
@@ -216,8 +217,12 @@ class S3Driver:
         errors = _List(children(parse_xml(result[1]), "Error"))
         if errors:
             first = errors[0]
-            raise self._client.error(
-                500, b"", "DELETE", f"{child_text(first, 'Key')}: {child_text(first, 'Code')}"
+            code = child_text(first, "Code")
+            raise S3Error(
+                f"S3 did not delete {len(errors)} keys in bucket {self.settings.bucket}, "
+                f"first {child_text(first, 'Key')}: {code} ({child_text(first, 'Message')})",
+                result[0].code,
+                code,
             )
 
     async def move(self, source: str, dest: str) -> None:

@@ -52,6 +52,10 @@ class ResponseProducer:
         self._paused = False
         self._done = False
         self._written = 0
+        # Bytes that arrived while paused (what Twisted had buffered before deliverBody), and
+        # the end of the body if it came before they were written.
+        self._pending: list[bytes] = []
+        self._end: Failure | None = None
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         response, self._response = self._response, None
@@ -73,7 +77,14 @@ class ResponseProducer:
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._transport_call("resumeProducing")
+        while self._pending and not self._paused and not self._done:
+            self._write(self._pending.pop(0))
+        if self._pending or self._paused:
+            return
+        if self._end is not None:
+            self._ended(self._end)
+        else:
+            self._transport_call("resumeProducing")
 
     def stopProducing(self) -> None:
         if self._done:
@@ -94,12 +105,22 @@ class ResponseProducer:
     def _received(self, data: bytes) -> None:
         if self._done or self._consumer is None:
             return
+        if self._paused or self._pending:
+            self._pending.append(data)
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        assert self._consumer is not None
         self._written += len(data)
         # write() may re-enter pauseProducing (or stopProducing) synchronously.
         self._consumer.write(data)
 
     def _ended(self, reason: Failure) -> None:
         if self._done:
+            return
+        if self._pending:
+            self._end = reason
             return
         complete = reason.check(ResponseDone)  # type: ignore[no-untyped-call]
         if complete and self._written == self.length:

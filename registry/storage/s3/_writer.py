@@ -51,7 +51,7 @@ from registry.storage.producers import FileProducer, _PausableProducer
 from registry.storage.s3 import _multipart as multipart
 from registry.storage.s3._client import Body, S3Client, header
 from registry.storage.s3._multipart import Part
-from registry.storage.s3._settings import MIN_PART_SIZE
+from registry.storage.s3._settings import MAX_PART_SIZE, MIN_PART_SIZE
 
 STATE_SUFFIX = "~txregistry-upload"
 _STATE_VERSION = 1
@@ -193,11 +193,13 @@ class S3Writer:
             # Segments keep what they are given until it is sent: never a buffer that the
             # caller may reuse.
             data = bytes(data)
-        self._current.append(data)
+        for piece in self._pieces(data):
+            self._current.append(piece)
+            if self._current.size >= self._chunksize:
+                self._full.append(self._current)
+                self._current = self._segment()
         self.size += len(data)
-        if self._current.size >= self._chunksize:
-            self._full.append(self._current)
-            self._current = self._segment()
+        if self._full:
             self._start_uploading()
         if self._full:
             # A part is on its way and the next one is ready: the caller must wait.
@@ -205,6 +207,22 @@ class S3Writer:
             self._waiters.append(waiter)
             return waiter
         return None
+
+    def _pieces(self, data: bytes) -> list[bytes]:
+        """
+        ``data`` as it is, unless it would carry the segment past S3's 5 GiB part limit (only
+        a single huge write can): then cut, copying once.
+        """
+        room = MAX_PART_SIZE - self._current.size
+        if len(data) <= room:
+            return [data]
+        view = memoryview(data)
+        pieces = [bytes(view[:room])]
+        pieces.extend(
+            bytes(view[start : start + self._chunksize])
+            for start in range(room, len(data), self._chunksize)
+        )
+        return pieces
 
     def _start_uploading(self) -> None:
         if self._uploading is None:
