@@ -254,10 +254,13 @@ class S3Driver:
             raise InvalidOffsetError(path, offset)
         if length == 0:
             return await self._empty_read(path, offset)
-        end = "" if length is None else str(offset + length - 1)
-        response = await self._client.request(
-            "GET", key, headers={"Range": f"bytes={offset}-{end}"}
-        )
+        headers = {}
+        if offset or length is not None:
+            # (A whole read sends no Range: servers serve plain GETs fastest, and an empty
+            # object answers 200 instead of 416.)
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        response = await self._client.request("GET", key, headers=headers)
         if response.code == 206:
             match = _CONTENT_RANGE.match(header(response, "Content-Range") or "")
             if match is None:
@@ -270,7 +273,12 @@ class S3Driver:
             if offset != 0:
                 response.deliverBody(_Discard())  # type: ignore[no-untyped-call]
                 raise self._client.error(200, b"", "GET (Range ignored)", key)
-            return ResponseProducer(response, int(header(response, "Content-Length") or 0), path)
+            # Twisted keeps Content-Length out of the headers: it is the response's length.
+            size = response.length
+            if not isinstance(size, int):
+                response.deliverBody(_Discard())  # type: ignore[no-untyped-call]
+                raise self._client.error(200, b"", "GET (no Content-Length)", key)
+            return ResponseProducer(response, size, path)
         content: bytes = await _read(response)
         if response.code == 404:
             raise PathNotFoundError(path)
