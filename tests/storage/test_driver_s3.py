@@ -374,3 +374,34 @@ def test_huge_single_write_is_cut_below_the_part_limit(
     pieces = writer._pieces(b"y" * 20 * MIB)
     assert [len(piece) for piece in pieces] == [5 * MIB, 5 * MIB, 5 * MIB, 5 * MIB]
     assert writer._pieces(b"z" * MIB) == [b"z" * MIB]
+
+
+@pytest_twisted.ensureDeferred
+async def test_writer_backpressure_and_failure(make_driver: Any) -> None:
+    """
+    A writer fed faster than S3 takes parts makes the caller wait, holding at most two parts on
+    their way plus one ready; a part S3 refuses fails the writer instead of losing data quietly.
+    """
+    from registry.storage.s3._multipart import abort
+
+    driver = make_driver(chunksize=5 * MIB)
+    writer = await driver.writer("bp/data")
+    piece = os.urandom(MIB)
+    waited = 0
+    for _ in range(30):
+        pending = writer.write(piece)
+        assert len(writer._sending) <= 2 and len(writer._full) <= 1
+        if pending is not None:
+            waited += 1
+            await pending
+    assert waited >= 1
+    await writer.commit()
+    assert (await driver.stat("bp/data")).size == 30 * MIB
+
+    writer = await driver.writer("bp/doomed")
+    await write_all(writer, os.urandom(6 * MIB), MIB)
+    await writer._settle()
+    await abort(driver._client, driver._key("bp/doomed"), writer._upload_id)
+    with pytest.raises(StorageError, match="NoSuchUpload"):
+        await write_all(writer, os.urandom(10 * MIB), MIB)
+        await writer.commit()
