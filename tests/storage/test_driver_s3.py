@@ -19,6 +19,8 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from registry.storage.driver import InvalidOffsetError, PathNotFoundError, StorageError
 from registry.storage.s3 import S3CredentialsError, S3Driver, S3Settings
@@ -405,3 +407,49 @@ async def test_writer_backpressure_and_failure(make_driver: Any) -> None:
     with pytest.raises(StorageError, match="NoSuchUpload"):
         await write_all(writer, os.urandom(10 * MIB), MIB)
         await writer.commit()
+
+
+class _Flaky(Resource):
+    """An S3 stand-in that fails the first ``failures`` GETs with 503 SlowDown."""
+
+    isLeaf = True
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.seen = 0
+
+    def render_GET(self, request: Any) -> bytes:
+        self.seen += 1
+        assert request.getHeader(b"authorization").startswith(b"AWS4-HMAC-SHA256 ")
+        if self.seen <= self.failures:
+            request.setResponseCode(503)
+            return b"<Error><Code>SlowDown</Code><Message>Please reduce</Message></Error>"
+        return b"content"
+
+
+@pytest_twisted.ensureDeferred
+async def test_5xx_is_retried_then_reported() -> None:
+    """S3's 503 SlowDown is sent again after a pause; when it persists, its code is reported."""
+    for failures, expected in ((2, b"content"), (10, None)):
+        flaky = _Flaky(failures)
+        port = reactor.listenTCP(0, Site(flaky), interface="127.0.0.1")
+        settings = S3Settings(
+            bucket="b",
+            regionendpoint=f"http://127.0.0.1:{port.getHost().port}",
+            accesskey="k",
+            secretkey="s",
+        )
+        driver = S3Driver(reactor, settings)
+        driver._client.retry_delays = (0.01, 0.01, 0.01)
+        try:
+            if expected is not None:
+                assert await driver.get_content("x") == expected
+                assert flaky.seen == 3
+            else:
+                with pytest.raises(StorageError, match="HTTP 503 SlowDown"):
+                    await driver.get_content("x")
+                assert flaky.seen == 4
+        finally:
+            await driver.close()
+            await port.stopListening()

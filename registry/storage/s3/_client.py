@@ -22,6 +22,7 @@ from botocore.credentials import Credentials
 from treq.client import HTTPClient
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -34,6 +35,7 @@ from registry.storage.driver import StorageError
 from registry.storage.producers import BytesProducer
 from registry.storage.s3._settings import Endpoint, S3Settings
 
+_log = Logger()
 # A request body: small bytes (signed), a producer (sent once), or a producer factory.
 Body = bytes | IBodyProducer | Callable[[], IBodyProducer] | None
 # Back-off before resending after a 5xx (S3's SlowDown, InternalError) or a network failure.
@@ -179,11 +181,21 @@ class S3Client:
                     raise StorageError(
                         f"S3 at {self.endpoint.bucket_url} unreachable ({method} {key or '/'}): {e}"
                     ) from e
+                problem = str(e)
             else:
                 if response.code < 500 or not delays:
                     return response
-                await treq.content(response)
-            await deferLater(self._reactor, delays.pop(0), lambda: None)
+                content = await treq.content(response)
+                problem = str(self.error(response.code, content, method, key))
+            delay = delays.pop(0)
+            _log.warn(
+                "S3 {method} {key} failed ({problem}); sending it again in {delay}s",
+                method=method,
+                key=key or "/",
+                problem=problem,
+                delay=delay,
+            )
+            await deferLater(self._reactor, delay, lambda: None)
 
     async def _send(
         self,
