@@ -157,6 +157,10 @@ def start_s3_server(workdir: Path, timeout: float = STARTUP_TIMEOUT) -> S3Server
     s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc = _free_ports(8)
     command = [
         weed,
+        # Logs go to weed.log in workdir (glog would write files into /tmp), and toml settings
+        # are read from workdir only (not from /etc/seaweedfs or ~/.seaweedfs).
+        "-logtostderr",
+        f"-config_dir={workdir}",
         "server",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",

@@ -9,6 +9,7 @@ One pooled, persistent `Agent` serves all requests so that connections are reuse
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import types
 import xml.etree.ElementTree as ET
@@ -98,8 +99,7 @@ def parse_http_date(value: str) -> float:
 
 
 def parse_iso_date(value: str) -> float:
-    import datetime
-
+    """Seconds since the epoch from ListObjectsV2's ``LastModified``."""
     try:
         return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
