@@ -5,7 +5,7 @@ Multipart-upload calls shared by the writer and by ``move`` of objects above 5 G
 from __future__ import annotations
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 
 from registry.storage.driver import StorageError
 from registry.storage.s3._client import Body, S3Client, child_text, header, parse_xml
@@ -103,10 +103,13 @@ async def copy_parts(
         return semaphore.run(lambda: Deferred.fromCoroutine(copy(number, first, last)))
 
     ranges = copy_ranges(size, part_size)
-    parts: list[Part] = await gatherResults(
-        [run(first_number + index, first, last) for index, (first, last) in enumerate(ranges)],
-        consumeErrors=True,
-    )
+    try:
+        parts: list[Part] = await gatherResults(
+            [run(first_number + index, first, last) for index, (first, last) in enumerate(ranges)],
+            consumeErrors=True,
+        )
+    except FirstError as error:
+        error.subFailure.raiseException()
     return parts
 
 
