@@ -117,7 +117,7 @@ class RegistryApp:
         request.setHeader(*responses.API_VERSION_HEADER)
         status = getattr(failure.value, "code", 404) or 404
         code = UNSUPPORTED if status == 405 else NOT_FOUND
-        detail = {"path": request.uri.decode("latin-1")[:300]}  # type: ignore[attr-defined]
+        detail = {"path": request.uri.decode("latin-1")[:300]}
         return responses.error(request, RegistryError(code, detail, status=status))
 
     @router.handle_errors(StorageError)

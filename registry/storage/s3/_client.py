@@ -124,18 +124,18 @@ class S3Client:
         self._signer = S3SigV4Auth(self._credentials, "s3", settings.region)
         self._pool: HTTPConnectionPool | None = None
         if http_client is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
             # Uploads, downloads and small requests of many clients run at once.
             self._pool.maxPersistentPerHost = 32
             self._pool.retryAutomatically = True
-            agent = Agent(reactor, connectTimeout=30, pool=self._pool)  # type: ignore[no-untyped-call]
+            agent = Agent(reactor, connectTimeout=30, pool=self._pool)
             http_client = HTTPClient(agent)
         self._http = http_client
 
     async def close(self) -> None:
         """Drop pooled connections (tests, shutdown)."""
         if self._pool is not None:
-            await self._pool.closeCachedConnections()  # type: ignore[no-untyped-call]
+            await self._pool.closeCachedConnections()
 
     def _signed_headers(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None

@@ -264,19 +264,19 @@ class S3Driver:
         if response.code == 206:
             match = _CONTENT_RANGE.match(header(response, "Content-Range") or "")
             if match is None:
-                response.deliverBody(_Discard())  # type: ignore[no-untyped-call]
+                response.deliverBody(_Discard())
                 raise self._client.error(206, b"", "GET", key)
             count = int(match.group(2)) - int(match.group(1)) + 1
             return ResponseProducer(response, count, path)
         if response.code == 200:
             # The server ignored the range (it may when the range covers the whole object).
             if offset != 0:
-                response.deliverBody(_Discard())  # type: ignore[no-untyped-call]
+                response.deliverBody(_Discard())
                 raise self._client.error(200, b"", "GET (Range ignored)", key)
             # Twisted keeps Content-Length out of the headers: it is the response's length.
             size = response.length
             if not isinstance(size, int):
-                response.deliverBody(_Discard())  # type: ignore[no-untyped-call]
+                response.deliverBody(_Discard())
                 raise self._client.error(200, b"", "GET (no Content-Length)", key)
             return ResponseProducer(response, size, path)
         content: bytes = await _read(response)

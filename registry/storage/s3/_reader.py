@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from registry.storage.driver import StorageError
 
-_DONE = Failure(ResponseDone())  # type: ignore[no-untyped-call]
+_DONE = Failure(ResponseDone())
 
 
 class _Body(Protocol):
@@ -64,7 +64,7 @@ class ResponseProducer:
         self._consumer = consumer
         finished: Deferred[None] = Deferred(lambda _: self.stopProducing())
         self._finished = finished
-        response.deliverBody(self._protocol)  # type: ignore[no-untyped-call]
+        response.deliverBody(self._protocol)
         # deliverBody resumes the transport as its last step: re-apply a pause that arrived
         # while buffered data was being delivered.
         if self._paused and not self._done:
@@ -93,9 +93,9 @@ class ResponseProducer:
         if response is not None:
             # Never started: attach (with no consumer, so nothing is written) only to get hold
             # of the transport and close the connection instead of reading the body.
-            response.deliverBody(self._protocol)  # type: ignore[no-untyped-call]
+            response.deliverBody(self._protocol)
         self._transport_call("stopProducing")
-        self._finish(Failure(CancelledError("S3 read stopped")))  # type: ignore[no-untyped-call]
+        self._finish(Failure(CancelledError("S3 read stopped")))
 
     def _transport_call(self, name: str) -> None:
         transport: Any = self._protocol.transport
@@ -122,7 +122,7 @@ class ResponseProducer:
         if self._pending:
             self._end = reason
             return
-        complete = reason.check(ResponseDone)  # type: ignore[no-untyped-call]
+        complete = reason.check(ResponseDone)
         if complete and self._written == self.length:
             self._finish(None)
         else:
@@ -130,7 +130,7 @@ class ResponseProducer:
                 f"S3 read of {self._path} ended after {self._written} of "
                 f"{self.length} bytes: {reason.getErrorMessage()}"
             )
-            self._finish(Failure(error))  # type: ignore[no-untyped-call]
+            self._finish(Failure(error))
 
     def _finish(self, failure: Failure | None) -> None:
         self._done = True

@@ -251,7 +251,7 @@ class S3Writer:
         try:
             self._upload_id = await multipart.create(self._client, self._key)
         except Exception:
-            self._failure = self._failure or Failure()  # type: ignore[no-untyped-call]
+            self._failure = self._failure or Failure()
         finally:
             self._creating = None
             self._pump()
@@ -264,7 +264,7 @@ class S3Writer:
             )
             self._parts.append(Part(number, etag, segment.size))
         except Exception:
-            self._failure = self._failure or Failure()  # type: ignore[no-untyped-call]
+            self._failure = self._failure or Failure()
         finally:
             segment.discard()
             self._sending.pop(number, None)
