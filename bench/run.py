@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.reference import Registry2, Server, TxRegistry  # noqa: E402
+from bench.reference import Registry2, Server, TxRegistry
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,7 +115,12 @@ def with_query(location: str, query: str) -> str:
 def push_monolithic(server: Server, repo: str, path: Path, digest: str) -> None:
     location = start_upload(server, repo)
     status, _ = curl(
-        "-X", "PUT", "-H", "Content-Type: application/octet-stream", "-T", str(path),
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-T",
+        str(path),
         with_query(location, f"digest={digest}"),
     )
     assert status == 201, f"{server.name} monolithic push: {status}"
@@ -127,8 +132,15 @@ def push_chunked(server: Server, repo: str, chunks: list[Path], digest: str) -> 
     for chunk in chunks:
         size = chunk.stat().st_size
         status, headers = curl(
-            "-X", "PATCH", "-H", "Content-Type: application/octet-stream",
-            "-H", f"Content-Range: {offset}-{offset + size - 1}", "-T", str(chunk), location,
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-H",
+            f"Content-Range: {offset}-{offset + size - 1}",
+            "-T",
+            str(chunk),
+            location,
         )
         assert status == 202, f"{server.name} PATCH: {status}"
         location = absolute(server, headers["location"])
@@ -209,8 +221,15 @@ def main() -> None:
                     if "push" in name:
                         # Remove the blob so the next push is a real write, not a dedupe.
                         subprocess.run(
-                            ["curl", "-s", "-o", "/dev/null", "-X", "DELETE",
-                             f"{server.url}/v2/{repo}c/blobs/{digest_1g}"],
+                            [
+                                "curl",
+                                "-s",
+                                "-o",
+                                "/dev/null",
+                                "-X",
+                                "DELETE",
+                                f"{server.url}/v2/{repo}c/blobs/{digest_1g}",
+                            ],
                             check=False,
                         )
         if args.big_gib:
@@ -240,8 +259,10 @@ def main() -> None:
             server.stop()
 
     print()
-    print("| scenario | registry:2 MB/s | txregistry MB/s | ratio | registry:2 peak RSS | "
-          "txregistry peak RSS |")
+    print(
+        "| scenario | registry:2 MB/s | txregistry MB/s | ratio | registry:2 peak RSS | "
+        "txregistry peak RSS |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     summary = {}
     for name, by_server in results.items():
@@ -249,10 +270,17 @@ def main() -> None:
         ours = statistics.median(v for v, _ in by_server["txregistry"])
         ref_rss = max(r for _, r in by_server["registry:2"])
         our_rss = max(r for _, r in by_server["txregistry"])
-        summary[name] = {"registry2": reference, "txregistry": ours, "ratio": ours / reference,
-                         "registry2_rss_mib": ref_rss, "txregistry_rss_mib": our_rss}
-        print(f"| {name} | {reference:.0f} | {ours:.0f} | {ours / reference:.2f}x | "
-              f"{ref_rss:.0f} MiB | {our_rss:.0f} MiB |")
+        summary[name] = {
+            "registry2": reference,
+            "txregistry": ours,
+            "ratio": ours / reference,
+            "registry2_rss_mib": ref_rss,
+            "txregistry_rss_mib": our_rss,
+        }
+        print(
+            f"| {name} | {reference:.0f} | {ours:.0f} | {ours / reference:.2f}x | "
+            f"{ref_rss:.0f} MiB | {our_rss:.0f} MiB |"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"rounds": args.rounds, "results": summary}, indent=2))

@@ -20,7 +20,7 @@ from tests.e2e.client import error_codes, get, header, sha256
 from tests.e2e.harness import RegistryProcess
 from tests.e2e.ocilayout import Layout, read_index_digest
 from tests.e2e.tools import skopeo
-from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - the fixture
+from tests.storage.s3server import S3Server
 
 NO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
@@ -45,7 +45,7 @@ def s3_sections(server: S3Server, root: str, **extra: str) -> dict[str, dict[str
 @pytest.fixture
 def two_instances(
     s3_server: S3Server, tmp_path: Path
-) -> Iterator[tuple[RegistryProcess, RegistryProcess]]:  # noqa: F811
+) -> Iterator[tuple[RegistryProcess, RegistryProcess]]:
     root = f"/e2e/{uuid.uuid4().hex}"
     instances = []
     for index in range(2):
@@ -144,7 +144,7 @@ async def test_chunked_upload_alternating_instances(
 
 
 @pytest_twisted.ensureDeferred
-async def test_wrong_credentials_stop_startup_clearly(s3_server: S3Server, tmp_path: Path) -> None:  # noqa: F811
+async def test_wrong_credentials_stop_startup_clearly(s3_server: S3Server, tmp_path: Path) -> None:
     sections = s3_sections(s3_server, "/e2e/bad")
     sections["storage"]["secretkey"] = "not-the-secret"
     process = RegistryProcess(tmp_path, sections)
