@@ -28,6 +28,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.reference import Registry2, Server, TxRegistry
+from bench.requests import Rate, hey, push_small_image, wrk_get
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,12 +164,53 @@ def measure(server: Server, action: Callable[[], None]) -> tuple[float, float]:
     return elapsed, rss.peak_mib
 
 
+def run_request_scenarios(
+    servers: list[Server],
+    rounds: int,
+    seconds: int,
+    rates: dict[str, dict[str, list[tuple[Rate, float]]]],
+) -> None:
+    targets = {}
+    for server in servers:
+        manifest, layer = push_small_image(server.url, "bench/small")
+        targets[server.name] = (manifest, layer)
+    for round_index in range(rounds):
+        for server in servers:
+            _, layer = targets[server.name]
+            scenarios: dict[str, Callable[[], Rate]] = {
+                "manifest GET, 64 connections": lambda s=server: wrk_get(
+                    f"{s.url}/v2/bench/small/manifests/latest", 64, seconds
+                ),
+                "blob HEAD, 64 connections": lambda s=server, b=layer: hey(
+                    f"{s.url}/v2/bench/small/blobs/{b}", 64, seconds, "HEAD"
+                ),
+                "manifest GET, 1000 connections": lambda s=server: hey(
+                    f"{s.url}/v2/bench/small/manifests/latest", 1000, seconds
+                ),
+            }
+            for name, action in scenarios.items():
+                with PeakRss(server.pid) as rss:
+                    rate = action()
+                rates.setdefault(name, {}).setdefault(server.name, []).append((rate, rss.peak_mib))
+                print(
+                    f"round {round_index + 1} {server.name:11} {name:31} "
+                    f"{rate.requests_per_second:8.0f} req/s  p99 {rate.p99_ms:7.1f} ms  "
+                    f"errors {rate.errors} non-2xx {rate.non_2xx}  "
+                    f"peak RSS {rss.peak_mib:6.1f} MiB",
+                    flush=True,
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--big-gib", type=int, default=4, help="size of the RSS run (0: skip)")
     parser.add_argument("--workdir", default="/tmp/txregistry-bench")
     parser.add_argument("--quick", action="store_true", help="1 round, no big run")
+    parser.add_argument(
+        "--only", choices=["throughput", "requests"], help="run one group of scenarios"
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="length of each request run")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.big_gib = 1, 0
@@ -195,8 +237,11 @@ def main() -> None:
     for server in servers:
         server.start()
     results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    rates: dict[str, dict[str, list[tuple[Rate, float]]]] = {}
     try:
-        for round_index in range(args.rounds):
+        if args.only != "throughput":
+            run_request_scenarios(servers, args.rounds, args.seconds, rates)
+        for round_index in range(args.rounds if args.only != "requests" else 0):
             for server in servers:
                 repo = f"bench/r{round_index}"
                 scenarios: dict[str, Callable[[], None]] = {
@@ -232,7 +277,7 @@ def main() -> None:
                             ],
                             check=False,
                         )
-        if args.big_gib:
+        if args.big_gib and args.only != "requests":
             big = work / f"blob-{args.big_gib}g"
             print(f"preparing {args.big_gib} GiB file ...", flush=True)
             digest_big = make_file(big, args.big_gib * 1024 * MiB)
@@ -281,6 +326,35 @@ def main() -> None:
             f"| {name} | {reference:.0f} | {ours:.0f} | {ours / reference:.2f}x | "
             f"{ref_rss:.0f} MiB | {our_rss:.0f} MiB |"
         )
+    if rates:
+        print()
+        print(
+            "| scenario | registry:2 req/s | txregistry req/s | ratio | registry:2 p99 | "
+            "txregistry p99 | errors (r2 / tx) | peak RSS (r2 / tx) |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, by_server in rates.items():
+            ref = by_server["registry:2"]
+            ours = by_server["txregistry"]
+            ref_rps = statistics.median(r.requests_per_second for r, _ in ref)
+            our_rps = statistics.median(r.requests_per_second for r, _ in ours)
+            ref_p99 = statistics.median(r.p99_ms for r, _ in ref)
+            our_p99 = statistics.median(r.p99_ms for r, _ in ours)
+            ref_err = sum(r.errors + r.non_2xx for r, _ in ref)
+            our_err = sum(r.errors + r.non_2xx for r, _ in ours)
+            ref_rss = max(m for _, m in ref)
+            our_rss = max(m for _, m in ours)
+            summary[name] = {
+                "registry2_rps": ref_rps, "txregistry_rps": our_rps, "ratio": our_rps / ref_rps,
+                "registry2_p99_ms": ref_p99, "txregistry_p99_ms": our_p99,
+                "registry2_errors": ref_err, "txregistry_errors": our_err,
+                "registry2_rss_mib": ref_rss, "txregistry_rss_mib": our_rss,
+            }  # fmt: skip
+            print(
+                f"| {name} | {ref_rps:.0f} | {our_rps:.0f} | {our_rps / ref_rps:.2f}x | "
+                f"{ref_p99:.1f} ms | {our_p99:.1f} ms | {ref_err} / {our_err} | "
+                f"{ref_rss:.0f} / {our_rss:.0f} MiB |"
+            )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"rounds": args.rounds, "results": summary}, indent=2))
