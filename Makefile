@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,s3,auth,http2]'
+	$(BIN)/pip install --quiet -e '.[test,s3,http2]'
 	touch $(STAMP)
 
 run: $(STAMP)
