@@ -135,7 +135,8 @@ class MaintenanceConfig:
 
 @attrs.frozen
 class LogConfig:
-    level: str = key("info", parse_choice("debug", "info", "warn", "error"))
+    # Where logs go is twistd's business (--logfile, --syslog); this only switches the
+    # access log, one line per request.
     accesslog: bool = key(True, parse_bool)
 
 

@@ -320,3 +320,15 @@ async def test_tls_handshake_on_plain_port_is_refused_at_once(registry: InProces
     assert await deferToThread(handshake) < 2
     response, _ = await get(registry.url + "/v2/")
     assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_absolute_locations_when_asked(start_registry: Starter) -> None:
+    registry = await start_registry({"http": {"relativeurls": "false"}})
+    response = await treq.post(f"{registry.url}/v2/abs/blobs/uploads/")
+    location = header(response, "location")
+    assert location is not None
+    assert location.startswith(registry.url + "/v2/abs/blobs/uploads/")
+    data = b"absolute"
+    response = await treq.put(f"{location}?digest={sha256(data)}", data=data)
+    assert header(response, "location") == f"{registry.url}/v2/abs/blobs/{sha256(data)}"
