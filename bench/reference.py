@@ -101,15 +101,17 @@ class Registry2(Server):
 
 
 class TxRegistry(Server):
-    def __init__(self, name: str, workdir: Path, config_text: str = "") -> None:
+    def __init__(self, name: str, workdir: Path, storage: dict[str, str] | None = None) -> None:
         super().__init__(name, workdir)
-        self.config_text = config_text
+        self.storage = storage or {}
 
     def command(self) -> list[str]:
         config = self.workdir / "registry.cfg"
+        storage = {"delete_enabled": "true", "rootdirectory": str(self.workdir / "data")}
+        storage.update(self.storage)
         config.write_text(
-            "[log]\naccesslog = false\n[storage]\ndelete_enabled = true\n"
-            f"rootdirectory = {self.workdir / 'data'}\n" + self.config_text
+            "[log]\naccesslog = false\n[storage]\n"
+            + "".join(f"{key} = {value}\n" for key, value in storage.items())
         )
         return [
             sys.executable,
