@@ -140,6 +140,24 @@ class LogConfig:
     accesslog: bool = key(True, parse_bool)
 
 
+def parse_patterns(text: str) -> tuple[str, ...]:
+    """Regular expressions, one per line (or separated by spaces); each must compile."""
+    patterns = tuple(word for word in text.split() if word)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {pattern!r} ({exc})") from None
+    return patterns
+
+
+@attrs.frozen
+class ValidationConfig:
+    # registry:2's validation.manifests.urls.allow / deny, for foreign-layer URLs.
+    urls_allow: tuple[str, ...] = key((), parse_patterns)
+    urls_deny: tuple[str, ...] = key((), parse_patterns)
+
+
 @attrs.frozen
 class AuthConfig:
     policy: str = key("")
@@ -173,6 +191,7 @@ class Config:
     uploads: UploadsConfig = UploadsConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
     log: LogConfig = LogConfig()
+    validation: ValidationConfig = ValidationConfig()
     auth: AuthConfig = AuthConfig()
     auth_htpasswd: HtpasswdConfig = HtpasswdConfig()
     auth_token: TokenConfig = TokenConfig()
@@ -186,6 +205,7 @@ SECTIONS: dict[str, type[Any]] = {
     "uploads": UploadsConfig,
     "maintenance": MaintenanceConfig,
     "log": LogConfig,
+    "validation": ValidationConfig,
     "auth": AuthConfig,
     "auth.htpasswd": HtpasswdConfig,
     "auth.token": TokenConfig,

@@ -337,3 +337,41 @@ async def test_catalog(registry: InProcessRegistry) -> None:
     assert link is not None and 'rel="next"' in link
     response, got = await get(registry.url + link.split(">")[0][1:])
     assert json.loads(got)["repositories"] == ["mid/x/y", "zeta"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_layer_url_policy(start_registry: Starter) -> None:
+    registry = await start_registry(
+        {"validation": {"urls_allow": r"^https://layers\.example\.com/", "urls_deny": "forbidden"}}
+    )
+    await push_blob(registry.url, "win", samples.CONFIG)
+
+    def manifest(url: str) -> bytes:
+        foreign = {
+            "mediaType": mt.DOCKER_FOREIGN_LAYER,
+            "digest": sha256(b"windows base layer"),
+            "size": 123456789,
+            "urls": [url],
+        }
+        document = {
+            "schemaVersion": 2,
+            "mediaType": mt.DOCKER_MANIFEST_V2,
+            "config": samples.descriptor(mt.DOCKER_CONTAINER_CONFIG, samples.CONFIG),
+            "layers": [foreign],
+        }
+        return json.dumps(document).encode()
+
+    for url, status in [
+        ("https://layers.example.com/base.tar.gz", 201),
+        ("https://elsewhere.example.net/base.tar.gz", 400),
+        ("https://layers.example.com/forbidden.tar.gz", 400),
+        ("ftp://layers.example.com/base.tar.gz", 400),
+    ]:
+        response = await treq.put(
+            f"{registry.url}/v2/win/manifests/base",
+            data=manifest(url),
+            headers={"Content-Type": mt.DOCKER_MANIFEST_V2},
+        )
+        assert response.code == status, url
+        if status == 400:
+            assert await error_codes(response) == ["MANIFEST_INVALID"]
