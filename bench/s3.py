@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--workdir", default="/tmp/txregistry-bench")
+    parser.add_argument("--spool", help="[storage] spooldirectory for txregistry (default: none)")
+    parser.add_argument("--chunksize", default="10MiB", help="[storage] chunksize")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -103,6 +105,8 @@ def main() -> None:
             "accesskey": s3.access_key,
             "secretkey": s3.secret_key,
             "rootdirectory": f"/bench/{uuid.uuid4().hex}",
+            "chunksize": args.chunksize,
+            **({"spooldirectory": args.spool} if args.spool else {}),
         },
     )
     registry.start()
