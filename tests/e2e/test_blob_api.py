@@ -332,3 +332,26 @@ async def test_absolute_locations_when_asked(start_registry: Starter) -> None:
     data = b"absolute"
     response = await treq.put(f"{location}?digest={sha256(data)}", data=data)
     assert header(response, "location") == f"{registry.url}/v2/abs/blobs/{sha256(data)}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_headers_are_refused(registry: InProcessRegistry) -> None:
+    """Header bytes are bounded (16 KiB a line): a huge header is refused, the socket closed."""
+    import socket
+
+    from twisted.internet.threads import deferToThread
+
+    host, port = registry.url.removeprefix("http://").split(":")
+
+    def send() -> bytes:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+            return answer
+
+    answer = await deferToThread(send)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:100]
+    response, _ = await get(registry.url + "/v2/")
+    assert response.code == 200
