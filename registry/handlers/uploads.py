@@ -24,7 +24,7 @@ from registry.api.digests import Digest
 from registry.api.errors import BLOB_UPLOAD_INVALID, DENIED, RANGE_INVALID, RegistryError
 from registry.api.names import is_valid_name
 from registry.asyncutil import shielded
-from registry.auth.interfaces import PULL, PUSH, repository
+from registry.auth.interfaces import PULL, PUSH, AllowAll, repository
 from registry.handlers.common import authorize, header, query, refuse_if_readonly, url_for
 from registry.handlers.context import RegistryContext
 from registry.http import responses
@@ -195,7 +195,7 @@ def upload_sink(
     if route.kind is Kind.UPLOAD and method in (b"PATCH", b"PUT"):
         start = None
         content_range = header(request, "content-range")
-        if method == b"PATCH" and content_range:
+        if content_range:  # a PUT may carry the last chunk, and is checked the same way
             start = _chunk_start(route, content_range)
         return UploadSink(_open_existing(ctx, request, route, start))
     if route.kind is Kind.UPLOADS and method == b"POST" and "digest" in params:
@@ -259,7 +259,9 @@ async def _try_mount(
 ) -> bytes | None:
     """Cross-repository mount; None (fall back to a new upload) when it cannot be done."""
     digest = Digest.parse(mount)
-    if source is None or not is_valid_name(source):
+    if source is None:
+        return await _mount_anonymous(ctx, request, name, digest)
+    if not is_valid_name(source):
         return None
     if source != name:
         # The caller must be allowed to pull from the source; if it is not, the mount quietly
@@ -274,6 +276,23 @@ async def _try_mount(
         return None
     info = await ctx.blobs.exists(digest)
     if info is None:
+        return None
+    await ctx.blobs.link(name, digest)
+    await ctx.catalog.note_repository(name)
+    return _created(ctx, request, name, digest)
+
+
+async def _mount_anonymous(
+    ctx: RegistryContext, request: IRequest, name: str, digest: Digest
+) -> bytes | None:
+    """
+    ``?mount=`` without ``from`` (distribution-spec 1.1): mount when the blob is stored.  Only
+    without access control: with it, knowing a digest must not give access to content that
+    lives only in repositories the caller may not pull.
+    """
+    if not isinstance(ctx.access, AllowAll):
+        return None
+    if await ctx.blobs.exists(digest) is None:
         return None
     await ctx.blobs.link(name, digest)
     await ctx.catalog.note_repository(name)

@@ -135,9 +135,20 @@ async def test_out_of_order_chunk_is_416(registry: InProcessRegistry) -> None:
         response = await treq.patch(location, data=b"y" * 10, headers={"Content-Range": bad})
         assert response.code == 416, bad
         assert header(response, "range") == "0-9"
+        assert header(response, "location") == location.removeprefix(registry.url)
         assert await error_codes(response) == ["RANGE_INVALID"]
     response = await treq.get(location)
     assert header(response, "range") == "0-9"
+    # A last chunk sent with PUT is checked the same way, and the upload survives it.
+    whole = b"x" * 10 + b"z" * 10
+    response = await treq.put(
+        f"{location}?digest={sha256(whole)}", data=b"z" * 10, headers={"Content-Range": "30-39"}
+    )
+    assert response.code == 416
+    response = await treq.put(
+        f"{location}?digest={sha256(whole)}", data=b"z" * 10, headers={"Content-Range": "10-19"}
+    )
+    assert response.code == 201, await response.text()
 
 
 @pytest_twisted.ensureDeferred
@@ -231,18 +242,17 @@ async def test_cross_repository_mount(registry: InProcessRegistry) -> None:
     _, body = await get(f"{registry.url}/v2/dest/blobs/{digest}")
     assert body == b"mount me"
 
-    # Unknown blob, missing or unrelated ``from``: a new upload session instead.
-    for query in (
-        f"mount={ZERO}&from=source/repo",
-        f"mount={digest}",
-        f"mount={digest}&from=dest2",
-    ):
+    # Without ``from`` (and without access control), a stored blob is mounted all the same.
+    response = await treq.post(f"{registry.url}/v2/anon/blobs/uploads/?mount={digest}")
+    assert response.code == 201
+    assert (await treq.head(f"{registry.url}/v2/anon/blobs/{digest}")).code == 200
+
+    # Unknown blob, or a ``from`` that does not have it: a new upload session instead.
+    for query in (f"mount={ZERO}&from=source/repo", f"mount={ZERO}", f"mount={digest}&from=dest2"):
         response = await treq.post(f"{registry.url}/v2/other/blobs/uploads/?{query}")
         assert response.code == 202, query
-        assert header(
-            response,
-            "location",
-        ).startswith("/v2/other/blobs/uploads/")  # type: ignore[union-attr]
+        location = header(response, "location") or ""
+        assert location.startswith("/v2/other/blobs/uploads/")
 
 
 @pytest_twisted.ensureDeferred

@@ -256,6 +256,9 @@ async def test_referrers(start_registry: Starter) -> None:
     subject = samples.oci_image()
     subject_digest = await push_image(url, "ref", "v1", subject, mt.OCI_IMAGE_MANIFEST)
 
+    empty = {"schemaVersion": 2, "mediaType": mt.OCI_IMAGE_INDEX, "manifests": []}
+    response, got = await get(f"{url}/v2/never/pushed/referrers/{subject_digest}")
+    assert (response.code, json.loads(got)) == (200, empty)
     response, got = await get(f"{url}/v2/ref/referrers/{subject_digest}")
     assert response.code == 200
     assert header(response, "content-type") == mt.OCI_IMAGE_INDEX
