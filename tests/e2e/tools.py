@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from twisted.internet.threads import deferToThread
+
+from tests.e2e.harness import free_port, wait_listening
 
 
 def require(tool: str) -> str:
@@ -50,8 +50,6 @@ class Registry2Process:
     )
 
     def __init__(self, workdir: Path, root: Path) -> None:
-        from tests.e2e.harness import free_port
-
         self.workdir = workdir
         self.root = root
         self.port = free_port()
@@ -65,14 +63,7 @@ class Registry2Process:
         log = open(self.workdir / "registry2.log", "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("registry:2 did not start")
+        wait_listening(self.port, self.process)
 
     def stop(self) -> None:
         if self.process is not None:
