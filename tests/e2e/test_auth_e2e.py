@@ -7,7 +7,9 @@ from a test token service, catalog filtering, and what failed logins leave in th
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,3 +330,28 @@ async def test_plain_listener_warning_with_auth(
     captured_logs.clear()
     await start_registry(htpasswd_sections)  # loopback only: no warning
     assert not any("clear" in line.lower() and "tcp:" in line for line in captured_logs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_http2_only_when_asked(
+    start_registry: Starter, authority: Pki, tmp_path: Path
+) -> None:
+    """ALPN offers h2 only with [http] http2 = true; pushes and pulls work over both."""
+    from tests.e2e.tools import run
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(300_000))
+    digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    curl = ["curl", "-sS", "--http2", "--cacert", authority.ca_pem, "-o", "/dev/null",
+            "-w", "%{http_version} %{http_code}"]  # fmt: skip
+    for enabled, version in (("false", "1.1"), ("true", "2")):
+        registry = await start_registry({"http": {"http2": enabled}}, authority.listen())
+        pushed = await run(*curl, "-X", "POST", "-H", "Content-Type: application/octet-stream",
+                           "--data-binary", f"@{blob}",
+                           f"{registry.url}/v2/h2/blobs/uploads/?digest={digest}")  # fmt: skip
+        assert pushed == f"{version} 201", (enabled, pushed)
+        out = tmp_path / f"pulled-{enabled}"
+        pulled = await run(*curl[:-4], "-o", str(out), "-w", "%{http_version} %{http_code}",
+                           f"{registry.url}/v2/h2/blobs/{digest}")  # fmt: skip
+        assert pulled == f"{version} 200", (enabled, pulled)
+        assert out.read_bytes() == blob.read_bytes()
