@@ -70,6 +70,8 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        # Gigabytes of pushed blobs: gone with the server (the input files are kept for reuse).
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class Registry2(Server):
