@@ -201,16 +201,17 @@ class RegistrySite(server.Site):
             return
         elapsed = time.monotonic() - getattr(request, "started", time.monotonic())
         client = request.getClientAddress()
-        log.info(
-            "access method={method} path={path} status={status} bytes={bytes} "
-            "duration_ms={duration_ms:.1f} client={client} user={user} agent={agent}",
-            access=True,
-            method=request.method.decode("latin-1"),
-            path=request.uri.decode("latin-1")[:512],
-            status=request.code,
-            bytes=request.sentLength,
-            duration_ms=elapsed * 1000,
-            client=getattr(client, "host", "-"),
-            user=getattr(request, "principal_name", None) or "-",
-            agent=(request.getHeader("user-agent") or "-")[:120],
-        )
+        fields = {
+            "method": request.method.decode("latin-1"),
+            "path": request.uri.decode("latin-1")[:512],
+            "status": request.code,
+            "bytes": request.sentLength,
+            "duration_ms": round(elapsed * 1000, 1),
+            "client": getattr(client, "host", "-"),
+            "user": getattr(request, "principal_name", None) or "-",
+            "agent": (request.getHeader("user-agent") or "-")[:120],
+        }
+        # The line is formatted here, once: the fields stay in the event for structured
+        # observers (JSON logs), and text observers do not parse a format string per request.
+        line = " ".join(f"{key}={value}" for key, value in fields.items())
+        log.info("access {line}", line=line, access=True, **fields)
