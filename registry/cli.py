@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "-v", "--verbose", action="store_true", help="log every action (deletions included)"
         )
+        sub.add_argument(
+            "--progress-interval",
+            type=float,
+            default=1.0,
+            metavar="SECONDS",
+            help="seconds between progress lines (default 1)",
+        )
         return sub
 
     gc = command("gc", "delete blobs no manifest references (mark and sweep)")
@@ -152,8 +159,11 @@ async def _check_storage(driver: IStorageDriver, config: Config) -> None:
 Task = Callable[[Any, IStorageDriver, argparse.Namespace, Config, Terminal], Awaitable[int]]
 
 
-def _reporter(reactor: Any, terminal: Terminal, render: Callable[[], str]) -> ProgressReporter:
-    reporter = ProgressReporter(reactor, render, terminal.progress)
+def _reporter(
+    reactor: Any, args: argparse.Namespace, terminal: Terminal, render: Callable[[], str]
+) -> ProgressReporter:
+    interval = max(0.01, args.progress_interval)
+    reporter = ProgressReporter(reactor, render, terminal.progress, interval)
     reporter.start()
     return reporter
 
@@ -226,7 +236,7 @@ async def run_gc(
     )
     started = time.monotonic()
     collector = GarbageCollector(driver, options, time.time())
-    reporter = _reporter(reactor, term, lambda: gc_progress(collector.stats))
+    reporter = _reporter(reactor, args, term, lambda: gc_progress(collector.stats))
     try:
         await collector.run()
     except GCAborted as exc:
@@ -254,6 +264,7 @@ async def run_catalog_rebuild(
     before = set(await _entries(driver))
     reporter = _reporter(
         reactor,
+        args,
         term,
         lambda: f"catalog-rebuild: walking, {format_count(counting.listed)} folders listed",
     )
@@ -287,6 +298,7 @@ async def run_reindex_referrers(
     indexed = 0
     reporter = _reporter(
         reactor,
+        args,
         term,
         lambda: (
             f"reindex-referrers: {format_count(done)}/{format_count(len(names))} repositories, "
@@ -314,6 +326,7 @@ async def run_purge_uploads(
     started = time.monotonic()
     reporter = _reporter(
         reactor,
+        args,
         term,
         lambda: (
             f"purge-uploads: {format_count(counting.listed)} folders listed, "

@@ -24,8 +24,8 @@ import attrs
 import treq
 
 from registry.api import mediatypes as mt
-from registry.storage import layout
 from registry.api.digests import Digest
+from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IStorageDriver
 from registry.storage.manifests import ManifestStore
@@ -66,7 +66,9 @@ def index(children: list[tuple[bytes, str]]) -> bytes:
             "schemaVersion": 2,
             "mediaType": mt.OCI_IMAGE_INDEX,
             "manifests": [
-                descriptor(mt.OCI_IMAGE_MANIFEST, body, platform={"os": "linux", "architecture": arch})
+                descriptor(
+                    mt.OCI_IMAGE_MANIFEST, body, platform={"os": "linux", "architecture": arch}
+                )
                 for body, arch in children
             ],
         },

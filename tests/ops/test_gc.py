@@ -17,6 +17,7 @@ from twisted.python.threadpool import ThreadPool
 
 from registry.api import mediatypes as mt
 from registry.api.digests import Digest
+from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, collect_garbage, manifest_refs
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IStorageDriver, StorageError
@@ -25,14 +26,12 @@ from registry.storage.manifests import ManifestStore
 from registry.storage.memory import MemoryDriver
 from registry.storage.referrers import ReferrersIndex
 from registry.storage.uploads import UploadStore
-from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, collect_garbage, manifest_refs
 from tests.e2e.conftest import start_registry
 from tests.e2e.harness import InProcessRegistry
 from tests.ops import scenario
 from tests.ops.scenario import (
     DELETED_DEFAULT,
     DELETED_UNTAGGED,
-    HOUR,
     UNTAGGED,
     Content,
     age_everything,
@@ -228,9 +227,9 @@ async def test_unparseable_manifest_keeps_what_it_mentions(
     content = await build(driver, root)
     blobs = BlobStore(driver)
     layer = content.data["ORPHAN_OLD"]
-    broken = b'{"schemaVersion": 1, "fsLayers": [{"blobSum": "%s"}], ' % scenario.sha256(
-        layer
-    ).encode()
+    broken = (
+        b'{"schemaVersion": 1, "fsLayers": [{"blobSum": "%s"}], ' % scenario.sha256(layer).encode()
+    )
     digest = await blobs.put_small(broken)
     await driver.put_content(layout.revision_link("app", digest), str(digest).encode())
     age_everything(root)
