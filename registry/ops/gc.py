@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from registry.api.digests import Digest
@@ -51,6 +51,7 @@ from registry.storage.driver import IStorageDriver, PathNotFoundError
 
 log = Logger()
 T = TypeVar("T")
+U = TypeVar("U")
 
 # Digest-shaped strings in a manifest that does not parse (schema1's blobSum, damaged JSON).
 _DIGEST_TEXT = re.compile(rb"\b(sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})\b")
@@ -170,10 +171,6 @@ class GarbageCollector:
     _marked: set[str] = attrs.field(factory=set, init=False)
     _repositories: list[_Repository] = attrs.field(factory=list, init=False)
     _candidates: dict[str, _Candidate] = attrs.field(factory=dict, init=False)
-    _io: DeferredSemaphore = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self._io = DeferredSemaphore(max(1, self.options.concurrency))
 
     @property
     def cutoff(self) -> float:
@@ -204,24 +201,29 @@ class GarbageCollector:
         except PathNotFoundError:
             raise GCAborted(f"no registry data in this storage ({layout.ROOT} not found)") from None
 
-    # -- bounded storage calls ---------------------------------------------------------------
-
-    def _limited(self, call: Callable[[], Awaitable[T]]) -> Deferred[T]:
-        async def run() -> T:
-            return await call()
-
-        return self._io.run(lambda: Deferred.fromCoroutine(run()))
+    # -- storage calls, a bounded number in flight -----------------------------------------
 
     async def _list(self, path: str) -> list[str]:
         try:
-            return await self._limited(lambda: self.driver.list(path))
+            return await self.driver.list(path)
         except PathNotFoundError:
             return []
 
-    async def _gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
-        return await gatherResults(
-            [Deferred.fromCoroutine(_wrap(a)) for a in awaitables], consumeErrors=True
+    async def _map(self, func: Callable[[U], Awaitable[T]], items: Iterable[U]) -> list[T]:
+        """``func`` over ``items``, at most ``concurrency`` at a time, results in order."""
+        ordered = list(items)
+        results: list[T | None] = [None] * len(ordered)
+        pending = iter(enumerate(ordered))
+
+        async def worker() -> None:
+            for position, item in pending:
+                results[position] = await func(item)
+
+        workers = min(len(ordered), max(1, self.options.concurrency))
+        await gatherResults(
+            [Deferred.fromCoroutine(worker()) for _ in range(workers)], consumeErrors=True
         )
+        return results  # type: ignore[return-value]
 
     # -- mark ---------------------------------------------------------------------------------
 
@@ -251,35 +253,33 @@ class GarbageCollector:
     async def _tagged(self, name: str) -> set[str]:
         async def resolve(tag: str) -> str | None:
             try:
-                text = await self._limited(
-                    lambda: self.driver.get_content(layout.tag_current_link(name, tag))
-                )
+                text = await self.driver.get_content(layout.tag_current_link(name, tag))
             except PathNotFoundError:
                 return None
             digest = _digest(text.decode("ascii", "replace").strip())
             return None if digest is None else str(digest)
 
         tags = await self._list(layout.tags_dir(name))
-        return {d for d in await self._gather(resolve(tag) for tag in tags) if d is not None}
+        return {d for d in await self._map(resolve, tags) if d is not None}
 
     async def _young_revisions(self, name: str, revisions: Iterable[str]) -> set[str]:
         async def young(digest: str) -> bool:
             path = layout.revision_link(name, Digest.parse(digest))
             try:
-                info = await self._limited(lambda: self.driver.stat(path))
+                info = await self.driver.stat(path)
             except PathNotFoundError:
                 return False
             return info.modified >= self.cutoff
 
         ordered = list(revisions)
-        flags = await self._gather(young(d) for d in ordered)
+        flags = await self._map(young, ordered)
         return {d for d, flag in zip(ordered, flags, strict=True) if flag}
 
     async def _read(self, name: str, digest: str) -> ManifestRefs | None:
         """A manifest's references; None when its blob is missing (nothing to keep)."""
         path = layout.blob_data(Digest.parse(digest))
         try:
-            body = await self._limited(lambda: self.driver.get_content(path))
+            body = await self.driver.get_content(path)
         except PathNotFoundError:
             self.stats.manifests_missing += 1
             log.warn("{name}: manifest {digest} has no blob data", name=name, digest=digest)
@@ -301,7 +301,7 @@ class GarbageCollector:
         for start in range(0, len(ordered), _BATCH):
             batch = ordered[start : start + _BATCH]
             found.update(
-                zip(batch, await self._gather(self._read(name, d) for d in batch), strict=True)
+                zip(batch, await self._map(lambda d: self._read(name, d), batch), strict=True)
             )
         return found
 
@@ -387,7 +387,7 @@ class GarbageCollector:
                     self.stats.blobs_examined += 1
                     if str(digest) not in self._marked:
                         unmarked.append(str(digest))
-                stats = await self._gather(self._stat_blob(d) for d in unmarked)
+                stats = await self._map(self._stat_blob, unmarked)
                 for text, candidate in zip(unmarked, stats, strict=True):
                     if candidate is None:
                         self.stats.blobs_young += 1
@@ -409,11 +409,11 @@ class GarbageCollector:
         """A deletion candidate, or None when the blob is within the grace period."""
         parsed = Digest.parse(digest)
         try:
-            info = await self._limited(lambda: self.driver.stat(layout.blob_data(parsed)))
+            info = await self.driver.stat(layout.blob_data(parsed))
         except PathNotFoundError:
             # A folder without data: being written right now, or debris of a crash.
             try:
-                info = await self._limited(lambda: self.driver.stat(layout.blob_dir(parsed)))
+                info = await self.driver.stat(layout.blob_dir(parsed))
             except PathNotFoundError:
                 return None
         if info.modified >= self.cutoff:
@@ -469,12 +469,12 @@ class GarbageCollector:
         async def young(digest: str) -> bool:
             path = layout.layer_link(name, Digest.parse(digest))
             try:
-                info = await self._limited(lambda: self.driver.stat(path))
+                info = await self.driver.stat(path)
             except PathNotFoundError:
                 return False
             return info.modified >= self.cutoff
 
-        for digest, flag in zip(linked, await self._gather(map(young, linked)), strict=True):
+        for digest, flag in zip(linked, await self._map(young, linked), strict=True):
             if flag:
                 self.stats.blobs_young += 1
                 self._drop_candidate(digest)
@@ -485,9 +485,7 @@ class GarbageCollector:
         for repository in self._repositories:
             if repository.doomed:
                 await self._delete_revisions(repository)
-        candidates = list(self._candidates.values())
-        for start in range(0, len(candidates), _BATCH):
-            await self._gather(self._delete_blob(c) for c in candidates[start : start + _BATCH])
+        await self._map(self._delete_blob, list(self._candidates.values()))
 
     async def _delete_revisions(self, repository: _Repository) -> None:
         name = repository.name
@@ -522,7 +520,7 @@ class GarbageCollector:
             self.stats.blobs_young += 1
             return
         try:
-            await self._limited(lambda: self.driver.delete(layout.blob_dir(digest)))
+            await self.driver.delete(layout.blob_dir(digest))
         except PathNotFoundError:
             return
         except Exception as exc:
@@ -547,10 +545,6 @@ class GarbageCollector:
     def doomed_revisions(self) -> list[tuple[str, str]]:
         """(repository, digest) of revisions deleted (or that would be), sorted."""
         return sorted((r.name, d) for r in self._repositories for d in r.doomed)
-
-
-async def _wrap(awaitable: Awaitable[T]) -> T:
-    return await awaitable
 
 
 async def collect_garbage(
