@@ -36,7 +36,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import provider
 
 from registry.config import Config, ConfigError, load, parse_duration
-from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, GCStats
+from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, GCStats, describe_error
 from registry.ops.progress import (
     CountingDriver,
     ProgressReporter,
@@ -379,7 +379,7 @@ async def run(
         terminal.progress(f"{prog} {args.command}: {exc}")
         return EXIT_FAILED
     except Exception as exc:  # storage unreadable, permissions, network: a line, no traceback
-        terminal.progress(f"{prog} {args.command}: failed: {type(exc).__name__}: {exc}")
+        terminal.progress(f"{prog} {args.command}: failed: {describe_error(exc)}")
         return EXIT_FAILED
     finally:
         close = getattr(driver, "close", None)

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.logger import Logger
 
 from registry.api.digests import Digest
@@ -57,6 +57,13 @@ U = TypeVar("U")
 _DIGEST_TEXT = re.compile(rb"\b(sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})\b")
 # Manifests read per batch in one repository: bounds memory and requests in flight.
 _BATCH = 256
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a person: the error inside Twisted's FirstError wrappers."""
+    while isinstance(exc, FirstError):
+        exc = exc.subFailure.value
+    return f"{type(exc).__name__}: {exc}"
 
 
 class GCAborted(Exception):
@@ -188,7 +195,7 @@ class GarbageCollector:
         except GCAborted:
             raise
         except Exception as exc:  # storage errors of any driver: abort, delete nothing
-            raise GCAborted(f"{type(exc).__name__}: {exc}") from exc
+            raise GCAborted(describe_error(exc)) from exc
         self.stats.phase = "sweep"
         if not self.options.dry_run:
             await self.sweep()
@@ -215,14 +222,25 @@ class GarbageCollector:
         results: list[T | None] = [None] * len(ordered)
         pending = iter(enumerate(ordered))
 
+        failed: list[BaseException] = []
+
         async def worker() -> None:
             for position, item in pending:
-                results[position] = await func(item)
+                if failed:
+                    return
+                try:
+                    results[position] = await func(item)
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
 
         workers = min(len(ordered), max(1, self.options.concurrency))
-        await gatherResults(
-            [Deferred.fromCoroutine(worker()) for _ in range(workers)], consumeErrors=True
-        )
+        with contextlib.suppress(FirstError):
+            await gatherResults(
+                [Deferred.fromCoroutine(worker()) for _ in range(workers)], consumeErrors=True
+            )
+        if failed:
+            raise failed[0]
         return results  # type: ignore[return-value]
 
     # -- mark ---------------------------------------------------------------------------------

@@ -267,3 +267,25 @@ async def test_purge_uploads(driver: FilesystemDriver, root: Path, config: Path)
     assert result.out.startswith("purge-uploads: purged 1 uploads older than 2h00m00s in ")
     assert not await uploads.exists("app", old)
     assert await uploads.exists("other", fresh)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_unreadable_manifest_aborts_with_a_line(
+    driver: FilesystemDriver, root: Path, config: Path
+) -> None:
+    """An I/O error (here a symlink loop, which even root cannot read) stops gc: exit 1."""
+    content = await build(driver, root)
+    before = blob_digests(root)
+    data = root / layout.blob_data(Digest.parse(content.digests["M3"]))
+    data.unlink()
+    data.symlink_to(data.name)
+    result = await cli("gc", "--config", str(config), "--delete-untagged")
+    assert result.code == 1, result
+    assert (
+        result.err.strip()
+        .splitlines()[-1]
+        .startswith("txregistry gc: gc aborted, nothing deleted: OSError: ")
+    )
+    assert "Traceback" not in result.err
+    assert result.out == ""
+    assert blob_digests(root) == before - {content.digests["M3"]}
