@@ -61,7 +61,7 @@ _BATCH = 256
 
 def describe_error(exc: BaseException) -> str:
     """One line for a person: the error inside Twisted's FirstError wrappers."""
-    while isinstance(exc, FirstError):
+    while isinstance(exc, FirstError) and exc.subFailure.value is not None:
         exc = exc.subFailure.value
     return f"{type(exc).__name__}: {exc}"
 
