@@ -388,7 +388,8 @@ class GarbageCollector:
                 work.extend(found.children)
                 if not found.parsed:
                     work.extend(found.blobs & revisions)
-            work.extend(edges.get(digest, ()))
+            # Only revisions: an index entry left behind by a deleted referrer keeps nothing.
+            work.extend(r for r in edges.get(digest, ()) if r in revisions)
         return kept
 
     # -- candidates ----------------------------------------------------------------------------

@@ -34,11 +34,19 @@ def format_count(count: int) -> str:
 
 
 def format_seconds(seconds: float) -> str:
+    """``0.4 s``, ``12.0 s``, ``3m05s``, ``2h``, ``1h30m``, ``168h``."""
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, rest = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{rest:02d}s" if hours else f"{minutes}m{rest:02d}s"
+    if not hours:
+        return f"{minutes}m{rest:02d}s"
+    text = f"{hours}h"
+    if minutes or rest:
+        text += f"{minutes:02d}m"
+    if rest:
+        text += f"{rest:02d}s"
+    return text
 
 
 @attrs.define
