@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.python.threadpool import ThreadPool
@@ -289,3 +290,60 @@ async def test_gc_unreadable_manifest_aborts_with_a_line(
     assert "Traceback" not in result.err
     assert result.out == ""
     assert blob_digests(root) == before - {content.digests["M3"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_during_a_push_over_http(tmp_path: Path, start_registry: object) -> None:
+    """
+    A push caught half way (config uploaded, a layer's upload started with one chunk sent,
+    manifest not yet put): gc --delete-untagged, run as a command while the registry serves,
+    deletes none of it, and the push then completes and pulls.
+    """
+    root = tmp_path / "served"
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})  # type: ignore[operator]
+    url = registry.url
+    content = await scenario.build(*scenario.http_pushers(url))
+    age_everything(root)
+    push_blob, put_manifest = scenario.http_pushers(url)
+    config_blob = b'{"pushed":"during gc"}'
+    layer = b"a layer in two chunks " * 2000
+    await push_blob("app", config_blob)
+    response = await treq.post(f"{url}/v2/app/blobs/uploads/")
+    assert response.code == 202
+    location = response.headers.getRawHeaders(b"location")[0].decode()
+    location = location if location.startswith("http") else url + location
+    half = len(layer) // 2
+    response = await treq.patch(
+        location,
+        data=layer[:half],
+        headers={"Content-Type": "application/octet-stream", "Content-Range": f"0-{half - 1}"},
+    )
+    assert response.code == 202, await response.text()
+    location = response.headers.getRawHeaders(b"location")[0].decode()
+    location = location if location.startswith("http") else url + location
+
+    config = write_config(tmp_path / "online.cfg", {"storage": {"rootdirectory": str(root)}})
+    result = await cli("gc", "--config", str(config), "--delete-untagged")
+    assert result.code == 0, result
+    assert f"gc: deleted {len(DELETED_UNTAGGED) + 1} blobs, 4 untagged manifests" in result.out
+
+    separator = "&" if "?" in location else "?"
+    response = await treq.put(
+        f"{location}{separator}digest={scenario.sha256(layer)}",
+        data=layer[half:],
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert response.code == 201, await response.text()
+    body = scenario.image(config_blob, [layer])
+    await put_manifest("app", "pushed-during-gc", body, scenario.mt.OCI_IMAGE_MANIFEST)
+    response = await treq.get(
+        f"{url}/v2/app/manifests/pushed-during-gc",
+        headers={"Accept": scenario.mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 200
+    assert await response.content() == body
+    for data in (config_blob, layer):
+        response = await treq.get(f"{url}/v2/app/blobs/{scenario.sha256(data)}")
+        assert response.code == 200
+        assert await response.content() == data
+    await assert_pullable(url, content, DELETED_UNTAGGED | {"ORPHAN_NEW"})
