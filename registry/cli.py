@@ -25,10 +25,8 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.logger import (
-    FilteringLogObserver,
     ILogObserver,
     LogLevel,
-    LogLevelFilterPredicate,
     formatEvent,
     globalLogBeginner,
 )
@@ -243,13 +241,12 @@ async def run_gc(
         raise CommandError(f"gc aborted, nothing deleted: {exc}") from None
     finally:
         reporter.stop()
-    if args.verbose or args.dry_run:
-        verb = "would delete" if args.dry_run else "deleted"
-        if args.verbose:
-            for name, digest in collector.doomed_revisions:
-                term.progress(f"gc: {verb} manifest {name}@{digest}")
-            for digest in collector.candidates:
-                term.progress(f"gc: {verb} blob {digest}")
+    if args.verbose and args.dry_run:
+        # A real run logs each deletion as it happens (at info level, shown with -v).
+        for name, digest in collector.doomed_revisions:
+            term.progress(f"gc: would delete manifest {name}@{digest}")
+        for digest in collector.candidates:
+            term.progress(f"gc: would delete blob {digest}")
     stats = collector.stats
     for line in gc_summary(stats, args.dry_run, args.delete_untagged, time.monotonic() - started):
         term.summary(line)
@@ -389,19 +386,21 @@ async def run(
 
 
 def _log_observer(err: IO[str], verbose: bool) -> ILogObserver:
+    """Warnings and errors always; with ``verbose``, our own info lines (not the reactor's)."""
+
     @provider(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
-        text = formatEvent(event)
-        level = event.get("log_level")
-        prefix = f"{level.name}: " if isinstance(level, type(LogLevel.info)) else ""
-        print(f"{prefix}{text}", file=err, flush=True)
+        level = event.get("log_level", LogLevel.info)
+        if level < LogLevel.warn and not (
+            verbose and str(event.get("log_namespace", "")).startswith("registry.")
+        ):
+            return
+        print(f"{level.name}: {formatEvent(event)}", file=err, flush=True)
         failure = event.get("log_failure")
         if verbose and failure is not None:
             print(failure.getTraceback(), file=err, flush=True)
 
-    level = LogLevel.info if verbose else LogLevel.warn
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    return FilteringLogObserver(observe, [predicate])
+    return ILogObserver(observe)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -547,7 +547,7 @@ class GarbageCollector:
             return
         self.stats.blobs_deleted += 1
         self.stats.bytes_freed += candidate.size
-        log.debug("deleted blob {digest}", digest=digest)
+        log.info("deleted blob {digest}", digest=digest)
 
     def _error(self, message: str) -> None:
         self.stats.errors.append(message)
