@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench tools clean
+.PHONY: run test lint bench tools bench-tools install-missing clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,s3,auth,http2]'
+	$(BIN)/pip install --quiet -e '.[test,s3,http2]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -19,11 +19,18 @@ run: $(STAMP)
 
 # System tools the interoperability tests drive (skopeo, registry:2 from Debian's
 # docker-registry package); installed when missing and we are allowed to.
+TOOLS := skopeo docker-registry curl
+BENCH_TOOLS := $(TOOLS) wrk hey
+
 tools:
+	@$(MAKE) --no-print-directory install-missing WANTED="$(TOOLS)"
+
+bench-tools:
+	@$(MAKE) --no-print-directory install-missing WANTED="$(BENCH_TOOLS)"
+
+install-missing:
 	@missing=""; \
-	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
-	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
-	command -v curl >/dev/null || missing="$$missing curl"; \
+	for tool in $(WANTED); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -40,8 +47,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check registry tests bench twisted
 	$(BIN)/mypy
 
-bench: $(STAMP) tools
+bench: $(STAMP) bench-tools
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/run.py
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/s3.py
 
 clean:
 	rm -rf $(VENV) registry-data

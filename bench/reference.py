@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.e2e.harness import free_port, twistd_command, wait_listening  # noqa: E402
 
 REGISTRY2_CONFIG = """\
 version: 0.1
@@ -29,25 +30,6 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port} after {timeout} s")
 
 
 class Server:
@@ -88,6 +70,8 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        # Gigabytes of pushed blobs: gone with the server (the input files are kept for reuse).
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class Registry2(Server):
@@ -101,25 +85,18 @@ class Registry2(Server):
 
 
 class TxRegistry(Server):
-    def __init__(self, name: str, workdir: Path, config_text: str = "") -> None:
+    def __init__(self, name: str, workdir: Path, storage: dict[str, str] | None = None) -> None:
         super().__init__(name, workdir)
-        self.config_text = config_text
+        self.storage = storage or {}
 
     def command(self) -> list[str]:
         config = self.workdir / "registry.cfg"
+        storage = {"delete_enabled": "true", "rootdirectory": str(self.workdir / "data")}
+        storage.update(self.storage)
         config.write_text(
-            "[log]\naccesslog = false\n[storage]\ndelete_enabled = true\n"
-            f"rootdirectory = {self.workdir / 'data'}\n" + self.config_text
+            "[log]\naccesslog = false\n[storage]\n"
+            + "".join(f"{key} = {value}\n" for key, value in storage.items())
         )
-        return [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "registry",
-            "--config",
-            str(config),
-            "--port",
-            f"tcp:{self.port}:interface=127.0.0.1",
-        ]
+        return twistd_command(
+            "--config", str(config), "--port", f"tcp:{self.port}:interface=127.0.0.1"
+        )

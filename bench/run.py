@@ -27,7 +27,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.reference import Registry2, Server, TxRegistry  # noqa: E402
+from bench.reference import Registry2, Server, TxRegistry
+from bench.requests import Rate, hey, push_small_image, wrk_get
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,7 +116,12 @@ def with_query(location: str, query: str) -> str:
 def push_monolithic(server: Server, repo: str, path: Path, digest: str) -> None:
     location = start_upload(server, repo)
     status, _ = curl(
-        "-X", "PUT", "-H", "Content-Type: application/octet-stream", "-T", str(path),
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-T",
+        str(path),
         with_query(location, f"digest={digest}"),
     )
     assert status == 201, f"{server.name} monolithic push: {status}"
@@ -127,8 +133,15 @@ def push_chunked(server: Server, repo: str, chunks: list[Path], digest: str) -> 
     for chunk in chunks:
         size = chunk.stat().st_size
         status, headers = curl(
-            "-X", "PATCH", "-H", "Content-Type: application/octet-stream",
-            "-H", f"Content-Range: {offset}-{offset + size - 1}", "-T", str(chunk), location,
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-H",
+            f"Content-Range: {offset}-{offset + size - 1}",
+            "-T",
+            str(chunk),
+            location,
         )
         assert status == 202, f"{server.name} PATCH: {status}"
         location = absolute(server, headers["location"])
@@ -151,12 +164,53 @@ def measure(server: Server, action: Callable[[], None]) -> tuple[float, float]:
     return elapsed, rss.peak_mib
 
 
+def run_request_scenarios(
+    servers: list[Server],
+    rounds: int,
+    seconds: int,
+    rates: dict[str, dict[str, list[tuple[Rate, float]]]],
+) -> None:
+    targets = {}
+    for server in servers:
+        manifest, layer = push_small_image(server.url, "bench/small")
+        targets[server.name] = (manifest, layer)
+    for round_index in range(rounds):
+        for server in servers:
+            _, layer = targets[server.name]
+            scenarios: dict[str, Callable[[], Rate]] = {
+                "manifest GET, 64 connections": lambda s=server: wrk_get(
+                    f"{s.url}/v2/bench/small/manifests/latest", 64, seconds
+                ),
+                "blob HEAD, 64 connections": lambda s=server, b=layer: hey(
+                    f"{s.url}/v2/bench/small/blobs/{b}", 64, seconds, "HEAD"
+                ),
+                "manifest GET, 1000 connections": lambda s=server: hey(
+                    f"{s.url}/v2/bench/small/manifests/latest", 1000, seconds
+                ),
+            }
+            for name, action in scenarios.items():
+                with PeakRss(server.pid) as rss:
+                    rate = action()
+                rates.setdefault(name, {}).setdefault(server.name, []).append((rate, rss.peak_mib))
+                print(
+                    f"round {round_index + 1} {server.name:11} {name:31} "
+                    f"{rate.requests_per_second:8.0f} req/s  p99 {rate.p99_ms:7.1f} ms  "
+                    f"errors {rate.errors} non-2xx {rate.non_2xx}  "
+                    f"peak RSS {rss.peak_mib:6.1f} MiB",
+                    flush=True,
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--big-gib", type=int, default=4, help="size of the RSS run (0: skip)")
     parser.add_argument("--workdir", default="/tmp/txregistry-bench")
     parser.add_argument("--quick", action="store_true", help="1 round, no big run")
+    parser.add_argument(
+        "--only", choices=["throughput", "requests"], help="run one group of scenarios"
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="length of each request run")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.big_gib = 1, 0
@@ -183,8 +237,11 @@ def main() -> None:
     for server in servers:
         server.start()
     results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    rates: dict[str, dict[str, list[tuple[Rate, float]]]] = {}
     try:
-        for round_index in range(args.rounds):
+        if args.only != "throughput":
+            run_request_scenarios(servers, args.rounds, args.seconds, rates)
+        for round_index in range(args.rounds if args.only != "requests" else 0):
             for server in servers:
                 repo = f"bench/r{round_index}"
                 scenarios: dict[str, Callable[[], None]] = {
@@ -209,11 +266,18 @@ def main() -> None:
                     if "push" in name:
                         # Remove the blob so the next push is a real write, not a dedupe.
                         subprocess.run(
-                            ["curl", "-s", "-o", "/dev/null", "-X", "DELETE",
-                             f"{server.url}/v2/{repo}c/blobs/{digest_1g}"],
+                            [
+                                "curl",
+                                "-s",
+                                "-o",
+                                "/dev/null",
+                                "-X",
+                                "DELETE",
+                                f"{server.url}/v2/{repo}c/blobs/{digest_1g}",
+                            ],
                             check=False,
                         )
-        if args.big_gib:
+        if args.big_gib and args.only != "requests":
             big = work / f"blob-{args.big_gib}g"
             print(f"preparing {args.big_gib} GiB file ...", flush=True)
             digest_big = make_file(big, args.big_gib * 1024 * MiB)
@@ -240,8 +304,10 @@ def main() -> None:
             server.stop()
 
     print()
-    print("| scenario | registry:2 MB/s | txregistry MB/s | ratio | registry:2 peak RSS | "
-          "txregistry peak RSS |")
+    print(
+        "| scenario | registry:2 MB/s | txregistry MB/s | ratio | registry:2 peak RSS | "
+        "txregistry peak RSS |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     summary = {}
     for name, by_server in results.items():
@@ -249,10 +315,46 @@ def main() -> None:
         ours = statistics.median(v for v, _ in by_server["txregistry"])
         ref_rss = max(r for _, r in by_server["registry:2"])
         our_rss = max(r for _, r in by_server["txregistry"])
-        summary[name] = {"registry2": reference, "txregistry": ours, "ratio": ours / reference,
-                         "registry2_rss_mib": ref_rss, "txregistry_rss_mib": our_rss}
-        print(f"| {name} | {reference:.0f} | {ours:.0f} | {ours / reference:.2f}x | "
-              f"{ref_rss:.0f} MiB | {our_rss:.0f} MiB |")
+        summary[name] = {
+            "registry2": reference,
+            "txregistry": ours,
+            "ratio": ours / reference,
+            "registry2_rss_mib": ref_rss,
+            "txregistry_rss_mib": our_rss,
+        }
+        print(
+            f"| {name} | {reference:.0f} | {ours:.0f} | {ours / reference:.2f}x | "
+            f"{ref_rss:.0f} MiB | {our_rss:.0f} MiB |"
+        )
+    if rates:
+        print()
+        print(
+            "| scenario | registry:2 req/s | txregistry req/s | ratio | registry:2 p99 | "
+            "txregistry p99 | errors (r2 / tx) | peak RSS (r2 / tx) |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, by_server in rates.items():
+            ref = by_server["registry:2"]
+            ours = by_server["txregistry"]
+            ref_rps = statistics.median(r.requests_per_second for r, _ in ref)
+            our_rps = statistics.median(r.requests_per_second for r, _ in ours)
+            ref_p99 = statistics.median(r.p99_ms for r, _ in ref)
+            our_p99 = statistics.median(r.p99_ms for r, _ in ours)
+            ref_err = sum(r.errors + r.non_2xx for r, _ in ref)
+            our_err = sum(r.errors + r.non_2xx for r, _ in ours)
+            ref_rss = max(m for _, m in ref)
+            our_rss = max(m for _, m in ours)
+            summary[name] = {
+                "registry2_rps": ref_rps, "txregistry_rps": our_rps, "ratio": our_rps / ref_rps,
+                "registry2_p99_ms": ref_p99, "txregistry_p99_ms": our_p99,
+                "registry2_errors": ref_err, "txregistry_errors": our_err,
+                "registry2_rss_mib": ref_rss, "txregistry_rss_mib": our_rss,
+            }  # fmt: skip
+            print(
+                f"| {name} | {ref_rps:.0f} | {our_rps:.0f} | {our_rps / ref_rps:.2f}x | "
+                f"{ref_p99:.1f} ms | {our_p99:.1f} ms | {ref_err} / {our_err} | "
+                f"{ref_rss:.0f} / {our_rss:.0f} MiB |"
+            )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"rounds": args.rounds, "results": summary}, indent=2))

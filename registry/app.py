@@ -15,6 +15,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
 
 from registry.api.errors import (
     NOT_FOUND,
@@ -121,6 +122,15 @@ class RegistryApp:
         error = failure.value
         assert isinstance(error, RegistryError)
         return responses.error(request, error)
+
+    @router.handle_errors(HTTPException)
+    def routing_error(self, request: IRequest, failure: Failure) -> bytes:
+        """Paths Klein's router cannot match at all (control characters, say)."""
+        request.setHeader(*responses.API_VERSION_HEADER)
+        status = getattr(failure.value, "code", 404) or 404
+        code = UNSUPPORTED if status == 405 else NOT_FOUND
+        detail = {"path": request.uri.decode("latin-1")[:300]}
+        return responses.error(request, RegistryError(code, detail, status=status))
 
     @router.handle_errors(StorageError)
     def storage_error(self, request: IRequest, failure: Failure) -> bytes:

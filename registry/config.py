@@ -135,8 +135,53 @@ class MaintenanceConfig:
 
 @attrs.frozen
 class LogConfig:
-    level: str = key("info", parse_choice("debug", "info", "warn", "error"))
+    # Where logs go is twistd's business (--logfile, --syslog); this only switches the
+    # access log, one line per request.
     accesslog: bool = key(True, parse_bool)
+
+
+def parse_patterns(text: str) -> tuple[str, ...]:
+    """Regular expressions, one per line (or separated by spaces); each must compile."""
+    patterns = tuple(word for word in text.split() if word)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {pattern!r} ({exc})") from None
+    return patterns
+
+
+@attrs.frozen
+class ValidationConfig:
+    # registry:2's validation.manifests.urls.allow / deny, for foreign-layer URLs.
+    urls_allow: tuple[str, ...] = key((), parse_patterns)
+    urls_deny: tuple[str, ...] = key((), parse_patterns)
+
+
+@attrs.frozen
+class AuthConfig:
+    policy: str = key("")
+    anonymous_pull: tuple[str, ...] = key((), parse_list)
+    client_certificate_users: bool = key(False, parse_bool)
+    max_failures: int = key(10, int)
+    failure_window: float = key(60.0, parse_duration)
+    cooldown: float = key(60.0, parse_duration)
+
+
+@attrs.frozen
+class HtpasswdConfig:
+    path: str = key("")
+    realm: str = key("Registry Realm")
+    cache_seconds: float = key(60.0, parse_duration)
+
+
+@attrs.frozen
+class TokenConfig:
+    realm: str = key("")
+    service: str = key("")
+    issuer: str = key("")
+    rootcertbundle: str = key("")
+    jwks: str = key("")
 
 
 @attrs.frozen
@@ -146,6 +191,10 @@ class Config:
     uploads: UploadsConfig = UploadsConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
     log: LogConfig = LogConfig()
+    validation: ValidationConfig = ValidationConfig()
+    auth: AuthConfig = AuthConfig()
+    auth_htpasswd: HtpasswdConfig = HtpasswdConfig()
+    auth_token: TokenConfig = TokenConfig()
     # Sections whose names are not fixed (``[proxy:NAME]``), raw, parsed by their owners.
     extra: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
@@ -156,9 +205,13 @@ SECTIONS: dict[str, type[Any]] = {
     "uploads": UploadsConfig,
     "maintenance": MaintenanceConfig,
     "log": LogConfig,
+    "validation": ValidationConfig,
+    "auth": AuthConfig,
+    "auth.htpasswd": HtpasswdConfig,
+    "auth.token": TokenConfig,
 }
-# Sections parsed elsewhere (auth, proxies); names matching these are kept raw in Config.extra.
-OPEN_SECTIONS = re.compile(r"(proxy:[a-z0-9._-]+|auth|auth\.[a-z0-9_]+)")
+# Sections parsed by their owners (one per upstream); kept raw in Config.extra.
+OPEN_SECTIONS = re.compile(r"proxy:[a-z0-9._-]+")
 
 
 def env_name(section: str, name: str) -> str:
@@ -216,6 +269,9 @@ def load(
                 raw[section][name] = value
     for (section, name), value in (overrides or {}).items():
         raw.setdefault(section, {})[name] = value
-    parsed = {s: _parse_section(s, cls, raw.get(s, {})) for s, cls in SECTIONS.items()}
+    parsed = {
+        section.replace(".", "_"): _parse_section(section, cls, raw.get(section, {}))
+        for section, cls in SECTIONS.items()
+    }
     extra = {s: v for s, v in raw.items() if s not in SECTIONS}
     return Config(**parsed, extra=extra)

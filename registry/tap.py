@@ -12,8 +12,7 @@ import os
 import time
 from typing import Any
 
-from twisted.application import strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -21,8 +20,11 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from registry.app import make_site
+from registry.auth.interfaces import IAccessController
+from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
 from registry.handlers.context import RegistryContext
+from registry.http.tls import TLSSettings, server_endpoint, warn_if_plain_public
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
 from registry.proxy.service import install_proxies
@@ -84,6 +86,47 @@ class ThreadPoolService(Service):
         return None
 
 
+def auth_settings(config: Config) -> AuthSettings:
+    def optional(value: str) -> str | None:
+        return value or None
+
+    return AuthSettings(
+        policy=optional(config.auth.policy),
+        anonymous_pull=config.auth.anonymous_pull,
+        client_certificate_users=config.auth.client_certificate_users,
+        max_failures=config.auth.max_failures,
+        failure_window=config.auth.failure_window,
+        cooldown=config.auth.cooldown,
+        htpasswd_path=optional(config.auth_htpasswd.path),
+        htpasswd_realm=config.auth_htpasswd.realm,
+        htpasswd_cache_seconds=config.auth_htpasswd.cache_seconds,
+        token_realm=optional(config.auth_token.realm),
+        token_service=optional(config.auth_token.service),
+        token_issuer=optional(config.auth_token.issuer),
+        token_rootcertbundle=optional(config.auth_token.rootcertbundle),
+        token_jwks=optional(config.auth_token.jwks),
+    )
+
+
+def _listeners(
+    config: Config, reactor: Any, auth_enabled: bool
+) -> list[StreamServerEndpointService]:
+    """One endpoint service per ``--port``; the site is attached by the caller."""
+    tls = TLSSettings(
+        clientcas=config.http.clientcas or None,
+        clientauth=config.http.clientauth,
+        http2=config.http.http2,
+    )
+    services = []
+    for description in config.http.port:
+        warning = warn_if_plain_public(description, auth_enabled)
+        if warning:
+            log.warn("{warning}", warning=warning)
+        endpoint = server_endpoint(reactor, description, tls)
+        services.append(StreamServerEndpointService(endpoint, None))
+    return services
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -92,8 +135,20 @@ def makeService(options: Options) -> IService:
     root = MultiService()
     pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
     ThreadPoolService(pool).setServiceParent(root)  # type: ignore[no-untyped-call]
-    driver = build_driver(config, reactor, pool)
-    ctx = RegistryContext.build(config, driver, reactor)
+    settings = auth_settings(config)
+    try:
+        access: IAccessController = make_access_controller(
+            settings,
+            reactor,  # type: ignore[arg-type]
+            reactor,
+            pool,
+        )
+        listeners = _listeners(config, reactor, settings.enabled)
+        driver = build_driver(config, reactor, pool)
+    except (ValueError, OSError, ConfigError) as exc:
+        # One line naming the problem, not a traceback: these are configuration mistakes.
+        raise SystemExit(f"configuration error: {exc}") from None
+    ctx = RegistryContext.build(config, driver, reactor, access)
     # Pull-through caches ([proxy:NAME]): swaps in routing stores, adds their service.
     install_proxies(ctx, config, reactor, root)
     site = make_site(ctx)
@@ -105,8 +160,9 @@ def makeService(options: Options) -> IService:
         d.addErrback(lambda f: log.failure("building the catalog index failed", f))
 
     reactor.callWhenRunning(index_catalog)
-    for description in config.http.port:
-        strports.service(description, site).setServiceParent(root)
+    for listener in listeners:
+        listener.factory = site
+        listener.setServiceParent(root)
     if config.uploads.purge_enabled:
 
         def purge() -> Deferred[Any]:

@@ -34,10 +34,6 @@ def register(value: str, message: str, http_status: int) -> ErrorCode:
     return code
 
 
-def registered_codes() -> dict[str, ErrorCode]:
-    return dict(_REGISTERED)
-
-
 BLOB_UNKNOWN = register("BLOB_UNKNOWN", "blob unknown to registry", 404)
 BLOB_UPLOAD_INVALID = register("BLOB_UPLOAD_INVALID", "blob upload invalid", 400)
 BLOB_UPLOAD_UNKNOWN = register("BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry", 404)

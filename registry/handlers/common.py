@@ -50,3 +50,16 @@ def header(request: IRequest, name: str) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else value.decode("latin-1")
+
+
+def url_for(ctx: RegistryContext, request: IRequest, path: str) -> str:
+    """
+    A ``Location`` for ``path``: relative by default (every client resolves it, and it stays
+    right behind proxies); absolute from the request's ``Host`` with ``[http] relativeurls =
+    false``, as registry:2 answers by default.
+    """
+    if ctx.config.http.relativeurls:
+        return path
+    host = header(request, "host") or "localhost"
+    scheme = "https" if request.isSecure() else "http"
+    return f"{scheme}://{host}{path}"

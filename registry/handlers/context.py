@@ -14,6 +14,7 @@ import attrs
 
 from registry.auth.interfaces import AllowAll, IAccessController
 from registry.config import Config
+from registry.manifests import UrlPolicy
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver
@@ -60,6 +61,7 @@ class RegistryContext:
             referrers=referrers,
             catalog=catalog,
             max_size=config.storage.max_manifest_size,
+            url_policy=UrlPolicy(config.validation.urls_allow, config.validation.urls_deny),
         )
         return cls(
             config=config,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from twisted.web.iweb import IRequest
 
 from registry.api import mediatypes
-from registry.api.errors import NAME_UNKNOWN, RegistryError
 from registry.auth.interfaces import PULL, repository
 from registry.handlers.common import authorize, query
 from registry.handlers.context import RegistryContext
@@ -14,7 +13,6 @@ from registry.http import responses
 from registry.http.routes import Route
 from registry.storage.pagination import paginate, parse_count
 from registry.storage.referrers import referrers_response
-from registry.storage.repositories import repository_exists
 
 
 async def list_tags(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
@@ -47,8 +45,7 @@ async def list_referrers(ctx: RegistryContext, request: IRequest, route: Route) 
     artifact_type = query(request, "artifactType")
     n = parse_count(query(request, "n"), ctx.referrers.max_page)
     last = query(request, "last")
-    if not await repository_exists(ctx.driver, route.name):
-        raise RegistryError(NAME_UNKNOWN, {"name": route.name})
+    # An unknown repository has no referrers: the spec answers 200 with an empty index.
     descriptors, more = await ctx.referrers.page(route.name, subject, artifact_type, n, last)
     headers = {}
     if artifact_type is not None:

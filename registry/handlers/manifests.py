@@ -12,6 +12,7 @@ from registry.handlers.common import (
     header,
     refuse_if_delete_disabled,
     refuse_if_readonly,
+    url_for,
 )
 from registry.handlers.context import RegistryContext
 from registry.http import responses
@@ -57,7 +58,7 @@ async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
         route.name, route.reference, content, header(request, "content-type")
     )
     headers = put_response_headers(result)
-    headers["Location"] = f"/v2/{route.name}/manifests/{result.digest}"
+    headers["Location"] = url_for(ctx, request, f"/v2/{route.name}/manifests/{result.digest}")
     return responses.empty(request, 201, headers)
 
 

@@ -21,11 +21,11 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from registry.api.digests import Digest
-from registry.api.errors import BLOB_UPLOAD_INVALID, RegistryError
+from registry.api.errors import BLOB_UPLOAD_INVALID, DENIED, RANGE_INVALID, RegistryError
 from registry.api.names import is_valid_name
 from registry.asyncutil import shielded
-from registry.auth.interfaces import PULL, PUSH, repository
-from registry.handlers.common import authorize, header, query, refuse_if_readonly
+from registry.auth.interfaces import PULL, PUSH, AllowAll, repository
+from registry.handlers.common import authorize, header, query, refuse_if_readonly, url_for
 from registry.handlers.context import RegistryContext
 from registry.http import responses
 from registry.http.ranges import parse_content_range
@@ -36,16 +36,25 @@ from registry.storage.uploads import UploadAppender, range_header
 log = Logger()
 
 
-def _location(name: str, upload_id: str) -> str:
-    return f"/v2/{name}/blobs/uploads/{upload_id}"
-
-
-def _session_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
+def _session_headers(
+    ctx: RegistryContext, request: IRequest, name: str, upload_id: str, size: int
+) -> dict[str, str]:
     return {
-        "Location": _location(name, upload_id),
+        "Location": url_for(ctx, request, f"/v2/{name}/blobs/uploads/{upload_id}"),
         "Docker-Upload-UUID": upload_id,
         "Range": range_header(size),
     }
+
+
+async def _body_written(ctx: RegistryContext, request: IRequest, route: Route) -> UploadAppender:
+    """The upload once the request body is stored; a 416 carries the upload's real range."""
+    try:
+        return await _sink(request).result()
+    except RegistryError as error:
+        if error.code is RANGE_INVALID and isinstance(error.detail, dict):
+            size = int(error.detail.get("size", 0))
+            error.headers.update(_session_headers(ctx, request, route.name, route.reference, size))
+        raise
 
 
 class UploadSink:
@@ -186,7 +195,7 @@ def upload_sink(
     if route.kind is Kind.UPLOAD and method in (b"PATCH", b"PUT"):
         start = None
         content_range = header(request, "content-range")
-        if method == b"PATCH" and content_range:
+        if content_range:  # a PUT may carry the last chunk, and is checked the same way
             start = _chunk_start(route, content_range)
         return UploadSink(_open_existing(ctx, request, route, start))
     if route.kind is Kind.UPLOADS and method == b"POST" and "digest" in params:
@@ -230,6 +239,7 @@ async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) ->
     name = route.name
     digest_text = query(request, "digest")
     mount = query(request, "mount")
+    await authorize(ctx, request, [repository(name, PULL, PUSH)])
     if mount is not None:
         mounted = await _try_mount(ctx, request, name, mount, query(request, "from"))
         if mounted is not None:
@@ -237,12 +247,11 @@ async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) ->
     elif digest_text is not None:
         digest = Digest.parse(digest_text)
         appender = await _sink(request).result()
-        size = await shielded(ctx.uploads.commit(appender, digest))
+        await shielded(ctx.uploads.commit(appender, digest))
         await ctx.catalog.note_repository(name)
-        return _created(request, name, digest, size)
-    await authorize(ctx, request, [repository(name, PULL, PUSH)])
+        return _created(ctx, request, name, digest)
     upload_id = await ctx.uploads.start(name)
-    return responses.empty(request, 202, _session_headers(name, upload_id, 0))
+    return responses.empty(request, 202, _session_headers(ctx, request, name, upload_id, 0))
 
 
 async def _try_mount(
@@ -250,12 +259,19 @@ async def _try_mount(
 ) -> bytes | None:
     """Cross-repository mount; None (fall back to a new upload) when it cannot be done."""
     digest = Digest.parse(mount)
-    wanted = [repository(name, PULL, PUSH)]
-    if source is not None and is_valid_name(source) and source != name:
-        wanted.append(repository(source, PULL))
-    await authorize(ctx, request, wanted)
-    if source is None or not is_valid_name(source):
+    if source is None:
+        return await _mount_anonymous(ctx, request, name, digest)
+    if not is_valid_name(source):
         return None
+    if source != name:
+        # The caller must be allowed to pull from the source; if it is not, the mount quietly
+        # becomes a plain upload (registry:2 does the same), so no 403 leaks its existence.
+        try:
+            await authorize(ctx, request, [repository(name, PULL, PUSH), repository(source, PULL)])
+        except RegistryError as error:
+            if error.code is not DENIED:
+                raise
+            return None
     if not await ctx.blobs.is_linked(source, digest):
         return None
     info = await ctx.blobs.exists(digest)
@@ -263,33 +279,48 @@ async def _try_mount(
         return None
     await ctx.blobs.link(name, digest)
     await ctx.catalog.note_repository(name)
-    return _created(request, name, digest, info.size)
+    return _created(ctx, request, name, digest)
 
 
-def _created(request: IRequest, name: str, digest: Digest, size: int) -> bytes:
+async def _mount_anonymous(
+    ctx: RegistryContext, request: IRequest, name: str, digest: Digest
+) -> bytes | None:
+    """
+    ``?mount=`` without ``from`` (distribution-spec 1.1): mount when the blob is stored.  Only
+    without access control: with it, knowing a digest must not give access to content that
+    lives only in repositories the caller may not pull.
+    """
+    if not isinstance(ctx.access, AllowAll):
+        return None
+    if await ctx.blobs.exists(digest) is None:
+        return None
+    await ctx.blobs.link(name, digest)
+    await ctx.catalog.note_repository(name)
+    return _created(ctx, request, name, digest)
+
+
+def _created(ctx: RegistryContext, request: IRequest, name: str, digest: Digest) -> bytes:
     return responses.empty(
         request,
         201,
         {
-            "Location": f"/v2/{name}/blobs/{digest}",
+            "Location": url_for(ctx, request, f"/v2/{name}/blobs/{digest}"),
             "Docker-Content-Digest": str(digest),
         },
     )
 
 
 async def patch_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
-    appender = await _sink(request).result()
+    appender = await _body_written(ctx, request, route)
     await shielded(appender.close())
-    return responses.empty(
-        request, 202, _session_headers(route.name, route.reference, appender.size)
-    )
+    headers = _session_headers(ctx, request, route.name, route.reference, appender.size)
+    return responses.empty(request, 202, headers)
 
 
 async def put_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     digest_text = query(request, "digest")
-    sink = _sink(request)
     if digest_text is None:
-        appender = await sink.result()
+        appender = await _body_written(ctx, request, route)
         await shielded(appender.close())
         raise RegistryError(
             BLOB_UPLOAD_INVALID, {"reason": "PUT needs ?digest= to complete an upload"}
@@ -297,19 +328,20 @@ async def put_upload(ctx: RegistryContext, request: IRequest, route: Route) -> b
     try:
         digest = Digest.parse(digest_text)
     except RegistryError:
-        appender = await sink.result()
+        appender = await _body_written(ctx, request, route)
         await shielded(appender.close())
         raise
-    appender = await sink.result()
-    size = await shielded(ctx.uploads.commit(appender, digest))
+    appender = await _body_written(ctx, request, route)
+    await shielded(ctx.uploads.commit(appender, digest))
     await ctx.catalog.note_repository(route.name)
-    return _created(request, route.name, digest, size)
+    return _created(ctx, request, route.name, digest)
 
 
 async def get_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
     size = await ctx.uploads.size(route.name, route.reference)
-    return responses.empty(request, 204, _session_headers(route.name, route.reference, size))
+    headers = _session_headers(ctx, request, route.name, route.reference, size)
+    return responses.empty(request, 204, headers)
 
 
 async def delete_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:

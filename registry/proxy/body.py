@@ -32,7 +32,7 @@ def _ended_cleanly(reason: Failure) -> bool:
 
 
 def _failure(error: BaseException) -> Failure:
-    return Failure(error)  # type: ignore[no-untyped-call]
+    return Failure(error)
 
 
 def abort_transport(transport: object) -> None:
@@ -146,7 +146,7 @@ class BodyRelay(Protocol):
 
     def connectionMade(self) -> None:
         self._arm()
-        self._inner.makeConnection(_BodyControl(self))  # type: ignore[no-untyped-call]
+        self._inner.makeConnection(_BodyControl(self))
 
     def dataReceived(self, data: bytes) -> None:
         if self._error is not None:

@@ -95,7 +95,7 @@ def load_trust_root(ca_bundle: str | Path) -> Any:
     if not pems:
         raise ValueError(f"no PEM certificate in {ca_bundle}")
     certificates = [ssl.Certificate.loadPEM(pem) for pem in pems]
-    return ssl.trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
+    return ssl.trustRootFromCertificates(certificates)
 
 
 class _NoCookies(CookiePolicy):
@@ -224,7 +224,7 @@ class UpstreamBlob:
             on_bytes=count_bytes,
             on_error=count_error,
         )
-        self._response.deliverBody(self._relay)  # type: ignore[no-untyped-call]
+        self._response.deliverBody(self._relay)
 
     async def write_to(self, consumer: IConsumer, *, verify: bool = True) -> int:
         """Stream the body into ``consumer`` (registered as a push producer on it) and return
@@ -290,16 +290,12 @@ class UpstreamClient:
         self.docker_hub_library = docker_hub_library
         self._owns_pool = pool is None
         if pool is None:
-            pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+            pool = HTTPConnectionPool(reactor, persistent=True)
             pool.maxPersistentPerHost = 8  # concurrent fills to one CDN host
         self.pool = pool
         trust_root = load_trust_root(ca_bundle) if ca_bundle is not None else None
-        policy: IPolicyForHTTPS = BrowserLikePolicyForHTTPS(  # type: ignore[no-untyped-call]
-            trustRoot=trust_root
-        )
-        agent = Agent(  # type: ignore[no-untyped-call]
-            reactor, contextFactory=policy, connectTimeout=timeout, pool=self.pool
-        )
+        policy: IPolicyForHTTPS = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
+        agent = Agent(reactor, contextFactory=policy, connectTimeout=timeout, pool=self.pool)
         self._http = HTTPClient(agent, cookiejar=IndexableCookieJar(_NoCookies()))
         self.tokens = TokenCache(clock if clock is not None else reactor)
         self._challenge: Challenge | None = None
@@ -405,7 +401,7 @@ class UpstreamClient:
     async def close(self) -> None:
         """Close idle pooled connections (only when the pool is ours)."""
         if self._owns_pool:
-            await self.pool.closeCachedConnections()  # type: ignore[no-untyped-call]
+            await self.pool.closeCachedConnections()
 
     # -- auth
 
@@ -573,7 +569,7 @@ class UpstreamClient:
         """A whole small body within ``timeout``; ``quiet`` failures are not counted as errors
         (nobody needed that body)."""
         collector = Collector(limit, what)
-        response.deliverBody(collector)  # type: ignore[no-untyped-call]
+        response.deliverBody(collector)
         timer = self.reactor.callLater(self.timeout, collector.done.cancel)
         try:
             return await collector.done

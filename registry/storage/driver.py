@@ -16,7 +16,6 @@ registry:2's ``FileWriter``: append until ``commit``; ``close`` keeps what was w
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -121,8 +120,3 @@ class IStorageDriver(Interface):
 
     def redirect_url(path: str, method: str) -> Awaitable[str | None]:
         """A URL a client can fetch ``path`` from directly, or None when the driver has none."""
-
-
-def driver_description(driver: Any) -> str:
-    """A one-line description for logs."""
-    return f"{getattr(driver, 'name', type(driver).__name__)} storage"

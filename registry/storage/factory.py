@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.python.threadpool import ThreadPool
 
-from registry.config import Config, ConfigError
+from registry.config import Config, ConfigError, StorageConfig
 from registry.storage.driver import IStorageDriver
 
 
@@ -21,8 +21,31 @@ def build_driver(config: Config, reactor: Any, threadpool: ThreadPool) -> IStora
 
         return MemoryDriver()
     if storage.driver == "s3":
-        from registry.storage.s3 import build_s3_driver  # type: ignore[import-not-found]
+        from registry.storage.s3 import S3Driver, S3Settings
 
-        driver: IStorageDriver = build_s3_driver(config, reactor)
-        return driver
+        if not storage.bucket:
+            raise ConfigError("[storage] bucket: required with driver = s3")
+        # rootdirectory is a key prefix on S3; the filesystem default ("./registry-data")
+        # means "none" there, as registry:2's S3 driver defaults to the bucket's root.
+        root = storage.rootdirectory
+        if root == StorageConfig().rootdirectory:
+            root = ""
+        try:
+            settings = S3Settings(
+                bucket=storage.bucket,
+                region=storage.region,
+                regionendpoint=storage.regionendpoint,
+                accesskey=storage.accesskey,
+                secretkey=storage.secretkey,
+                rootdirectory=root,
+                chunksize=storage.chunksize,
+                secure=storage.secure,
+                forcepathstyle=storage.forcepathstyle,
+                redirect=storage.redirect,
+                spooldirectory=storage.spooldirectory or None,
+            )
+            settings.credentials()
+        except ValueError as exc:
+            raise ConfigError(f"[storage] {exc}") from None
+        return S3Driver(reactor, settings)
     raise ConfigError(f"[storage] driver: unknown driver {storage.driver!r}")

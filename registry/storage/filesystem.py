@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import uuid
 from typing import IO, Any
 
@@ -117,7 +118,7 @@ class FilesystemDriver:
             result = os.stat(self._full(path))
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFoundError(path) from None
-        is_dir = os.path.isdir(self._full(path))
+        is_dir = stat.S_ISDIR(result.st_mode)
         return FileInfo(path, 0 if is_dir else result.st_size, result.st_mtime, is_dir)
 
     async def list(self, path: str) -> list[str]:

@@ -33,7 +33,6 @@ from registry.api.errors import (
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
-from registry.storage.producers import CollectingConsumer
 
 log = Logger()
 INLINE_ALGORITHM = "sha256"
@@ -44,16 +43,9 @@ def range_header(size: int) -> str:
     return f"0-{max(size - 1, 0)}"
 
 
-def _range_error(name: str, upload_id: str, size: int, detail: str) -> RegistryError:
-    return RegistryError(
-        RANGE_INVALID,
-        {"upload": upload_id, "size": size, "reason": detail},
-        headers={
-            "Range": range_header(size),
-            "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
-            "Docker-Upload-UUID": upload_id,
-        },
-    )
+def _range_error(upload_id: str, size: int, detail: str) -> RegistryError:
+    """416: the handler adds the upload's ``Range`` and ``Location`` headers from ``size``."""
+    return RegistryError(RANGE_INVALID, {"upload": upload_id, "size": size, "reason": detail})
 
 
 class _HashingConsumer:
@@ -171,7 +163,7 @@ class UploadStore:
 
     def _acquire(self, name: str, upload_id: str, size_hint: int) -> None:
         if (name, upload_id) in self._busy:
-            raise _range_error(name, upload_id, size_hint, "another request is writing")
+            raise _range_error(upload_id, size_hint, "another request is writing")
         self._busy.add((name, upload_id))
 
     def _release(self, name: str, upload_id: str) -> None:
@@ -190,7 +182,7 @@ class UploadStore:
             if start is not None and start != size:
                 await writer.close()
                 raise _range_error(
-                    name, upload_id, size, f"chunk starts at {start}, upload has {size} bytes"
+                    upload_id, size, f"chunk starts at {start}, upload has {size} bytes"
                 )
             hasher = await self._resume_hasher(name, upload_id, size)
         except BaseException:
@@ -277,10 +269,3 @@ class UploadStore:
     async def _remove(self, name: str, upload_id: str) -> None:
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(layout.upload_dir(name, upload_id))
-
-    async def read_small(self, name: str, upload_id: str, limit: int) -> bytes:
-        """Whole content of a small upload (tests and diagnostics)."""
-        producer = await self.driver.reader(layout.upload_data(name, upload_id))
-        consumer = CollectingConsumer(limit)
-        await producer.startProducing(consumer)
-        return consumer.value()

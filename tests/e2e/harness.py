@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
-import treq
 from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -28,6 +27,26 @@ from twisted.internet.defer import Deferred
 from registry.tap import Options, makeService
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def twistd_command(*arguments: str) -> list[str]:
+    """``twistd -n registry ARGUMENTS`` with this interpreter (no pid file, foreground)."""
+    run_twistd = "from twisted.scripts.twistd import run; run()"
+    return [sys.executable, "-c", run_twistd, "-n", "--pidfile=", "registry", *arguments]
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Block until something accepts on 127.0.0.1:``port``; fail if ``process`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
 def free_port() -> int:
@@ -70,25 +89,28 @@ def write_config(path: Path, sections: Mapping[str, Mapping[str, str]]) -> Path:
 
 
 async def start_in_process(
-    tmp_path: Path, sections: Mapping[str, Mapping[str, str]] | None = None
+    tmp_path: Path,
+    sections: Mapping[str, Mapping[str, str]] | None = None,
+    listen: str = "tcp:{port}:interface=127.0.0.1",
 ) -> InProcessRegistry:
+    """``listen`` is the endpoint description, ``{port}`` replaced by a free port."""
     port = free_port()
     config = write_config(tmp_path / "registry.cfg", sections or {})
     options = Options()
-    arguments = ["--config", str(config), "--port", f"tcp:{port}:interface=127.0.0.1"]
+    arguments = ["--config", str(config), "--port", listen.format(port=port)]
     if not _storage_configured(sections):
         arguments += ["--storage", str(tmp_path / "data")]
     options.parseOptions(arguments)
     service = makeService(options)
     service.startService()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    scheme = "https" if listen.startswith("ssl:") else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+    for _ in range(200):
         try:
-            response = await treq.get(url + "/v2/")
-            await response.content()
-            break
-        except Exception:
-            await sleep(0.05)
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            await sleep(0.02)
     return InProcessRegistry(url, service, options)
 
 
@@ -114,19 +136,13 @@ class RegistryProcess:
         sections_storage = ["--storage", str(self.workdir / "data")]
         if _storage_configured(self.sections):
             sections_storage = []
-        command = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "registry",
+        command = twistd_command(
             "--config",
             str(self.config),
             "--port",
             f"tcp:{self.port}:interface=127.0.0.1",
             *sections_storage,
-        ]
+        )
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env.update(self.env)
@@ -135,16 +151,10 @@ class RegistryProcess:
             command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"registry exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("registry did not start listening within 30 s")
+        try:
+            wait_listening(self.port, self.process)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.log_path.read_text()[-3000:]}") from None
 
     @property
     def pid(self) -> int:

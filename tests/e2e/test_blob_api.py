@@ -135,9 +135,20 @@ async def test_out_of_order_chunk_is_416(registry: InProcessRegistry) -> None:
         response = await treq.patch(location, data=b"y" * 10, headers={"Content-Range": bad})
         assert response.code == 416, bad
         assert header(response, "range") == "0-9"
+        assert header(response, "location") == location.removeprefix(registry.url)
         assert await error_codes(response) == ["RANGE_INVALID"]
     response = await treq.get(location)
     assert header(response, "range") == "0-9"
+    # A last chunk sent with PUT is checked the same way, and the upload survives it.
+    whole = b"x" * 10 + b"z" * 10
+    response = await treq.put(
+        f"{location}?digest={sha256(whole)}", data=b"z" * 10, headers={"Content-Range": "30-39"}
+    )
+    assert response.code == 416
+    response = await treq.put(
+        f"{location}?digest={sha256(whole)}", data=b"z" * 10, headers={"Content-Range": "10-19"}
+    )
+    assert response.code == 201, await response.text()
 
 
 @pytest_twisted.ensureDeferred
@@ -231,18 +242,17 @@ async def test_cross_repository_mount(registry: InProcessRegistry) -> None:
     _, body = await get(f"{registry.url}/v2/dest/blobs/{digest}")
     assert body == b"mount me"
 
-    # Unknown blob, missing or unrelated ``from``: a new upload session instead.
-    for query in (
-        f"mount={ZERO}&from=source/repo",
-        f"mount={digest}",
-        f"mount={digest}&from=dest2",
-    ):
+    # Without ``from`` (and without access control), a stored blob is mounted all the same.
+    response = await treq.post(f"{registry.url}/v2/anon/blobs/uploads/?mount={digest}")
+    assert response.code == 201
+    assert (await treq.head(f"{registry.url}/v2/anon/blobs/{digest}")).code == 200
+
+    # Unknown blob, or a ``from`` that does not have it: a new upload session instead.
+    for query in (f"mount={ZERO}&from=source/repo", f"mount={ZERO}", f"mount={digest}&from=dest2"):
         response = await treq.post(f"{registry.url}/v2/other/blobs/uploads/?{query}")
         assert response.code == 202, query
-        assert header(
-            response,
-            "location",
-        ).startswith("/v2/other/blobs/uploads/")  # type: ignore[union-attr]
+        location = header(response, "location") or ""
+        assert location.startswith("/v2/other/blobs/uploads/")
 
 
 @pytest_twisted.ensureDeferred
@@ -296,3 +306,62 @@ async def test_sizes(registry: InProcessRegistry, size: int) -> None:
     digest = await push_blob(registry.url, "sizes", data)
     response, body = await get(f"{registry.url}/v2/sizes/blobs/{digest}")
     assert (response.code, body) == (200, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_handshake_on_plain_port_is_refused_at_once(registry: InProcessRegistry) -> None:
+    """Clients that try TLS first (insecure registries) must not wait for a timeout."""
+    import socket
+    import ssl
+    import time
+
+    from twisted.internet.threads import deferToThread
+
+    host, port = registry.url.removeprefix("http://").split(":")
+
+    def handshake() -> float:
+        started = time.monotonic()
+        context = ssl.create_default_context()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            with pytest.raises(ssl.SSLError):
+                context.wrap_socket(sock, server_hostname=host)
+        return time.monotonic() - started
+
+    assert await deferToThread(handshake) < 2
+    response, _ = await get(registry.url + "/v2/")
+    assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_absolute_locations_when_asked(start_registry: Starter) -> None:
+    registry = await start_registry({"http": {"relativeurls": "false"}})
+    response = await treq.post(f"{registry.url}/v2/abs/blobs/uploads/")
+    location = header(response, "location")
+    assert location is not None
+    assert location.startswith(registry.url + "/v2/abs/blobs/uploads/")
+    data = b"absolute"
+    response = await treq.put(f"{location}?digest={sha256(data)}", data=data)
+    assert header(response, "location") == f"{registry.url}/v2/abs/blobs/{sha256(data)}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_headers_are_refused(registry: InProcessRegistry) -> None:
+    """Header bytes are bounded (16 KiB a line): a huge header is refused, the socket closed."""
+    import socket
+
+    from twisted.internet.threads import deferToThread
+
+    host, port = registry.url.removeprefix("http://").split(":")
+
+    def send() -> bytes:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+            return answer
+
+    answer = await deferToThread(send)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:100]
+    response, _ = await get(registry.url + "/v2/")
+    assert response.code == 200

@@ -9,6 +9,7 @@ import hashlib
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 
 from tests.e2e.client import PatternBody, error_codes, header, sha256, start_upload
+from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry, RegistryProcess, sleep
 
 
@@ -194,3 +196,29 @@ async def test_concurrent_writes_to_one_upload(registry: InProcessRegistry) -> N
     await deferToThread(sock.close)
     await sleep(0.2)
     assert await upload_range(location) == "0-9"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_upload_times_out_and_stays_resumable(start_registry: Starter) -> None:
+    """A client that stops sending mid-body is dropped after [http] timeout; bytes are kept."""
+    registry = await start_registry({"http": {"timeout": "1s"}})
+    location = await start_upload(registry.url, "stalled")
+    path = location.removeprefix(registry.url)
+    host, port = registry.url.removeprefix("http://").split(":")
+
+    def stall() -> bytes:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode()
+                + b"s" * 400
+            )
+            return sock.recv(100)  # returns b"" when the server hangs up
+
+    started = time.monotonic()
+    assert await deferToThread(stall) == b""
+    assert time.monotonic() - started < 8
+    for _ in range(50):
+        if await upload_range(location) == "0-399":
+            break
+        await sleep(0.05)
+    assert await upload_range(location) == "0-399"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import attrs
 import pytest
 
 from registry import config
-from tests.e2e.harness import REPO_ROOT
+from tests.e2e.harness import REPO_ROOT, twistd_command
 
 
 def test_tap_cfg_documents_every_key_with_its_default() -> None:
@@ -58,16 +57,7 @@ def test_bad_value_stops_twistd_with_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.cfg"
     path.write_text("[storage]\nfsync = maybe\n")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "registry",
-            "--config",
-            str(path),
-        ],
+        twistd_command("--config", str(path)),
         capture_output=True,
         cwd=tmp_path,
         env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},

@@ -1,0 +1,92 @@
+"""
+What access control reads from a twisted.web request: credentials, source, client certificate.
+
+Kept apart from the controllers so the parsing rules (and their refusal of anything odd) are
+written once, and so the controllers stay about decisions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from OpenSSL.crypto import X509
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import ISSLTransport
+from twisted.web.iweb import IRequest
+
+
+class MalformedCredentials(ValueError):
+    """An Authorization header that is present but unusable (counts as a failed login)."""
+
+
+def authorization(request: IRequest) -> tuple[str, str] | None:
+    """``(scheme lower-cased, credentials)`` from the Authorization header, or None."""
+    value: str | None = request.getHeader("authorization")
+    if not value:
+        return None
+    scheme, _, rest = value.strip().partition(" ")
+    return scheme.lower(), rest.strip()
+
+
+def basic_credentials(credentials: str) -> tuple[str, str]:
+    """Decode Basic credentials strictly; a user name cannot contain ``:`` (RFC 7617)."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as e:
+        raise MalformedCredentials("undecodable Basic credentials") from e
+    user, sep, password = decoded.partition(":")
+    if not sep or not user:
+        raise MalformedCredentials("Basic credentials without user:password")
+    return user, password
+
+
+def source_address(request: IRequest) -> str:
+    """
+    The address failures are counted against.  IPv6 clients are grouped by /64, because one
+    host usually owns a whole /64 and could otherwise rotate through it.
+    """
+    addr = request.getClientAddress()
+    if isinstance(addr, IPv4Address | IPv6Address):
+        try:
+            ip = ipaddress.ip_address(addr.host.split("%", 1)[0])
+        except ValueError:
+            return addr.host
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped is not None:
+                return str(ip.ipv4_mapped)
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        return str(ip)
+    return "local"  # UNIX sockets: one local source
+
+
+def peer_certificate(request: IRequest) -> x509.Certificate | None:
+    """
+    The client certificate of a TLS connection, if it sent one.  The TLS layer (see
+    `registry.http.tls`) only accepts certificates that verify against ``clientcas``, so one
+    that is present here has been verified.
+    """
+    channel = getattr(request, "channel", None)
+    candidates = [getattr(request, "transport", None), getattr(channel, "transport", None)]
+    conn = getattr(channel, "_conn", None)  # twisted.web's HTTP/2 stream -> its connection
+    if conn is not None:
+        candidates.append(getattr(conn, "transport", None))
+    for transport in candidates:
+        if transport is not None and ISSLTransport.providedBy(transport):
+            cert = transport.getPeerCertificate()
+            if isinstance(cert, X509):
+                return cert.to_cryptography()
+    return None
+
+
+def certificate_user(cert: x509.Certificate) -> str | None:
+    """The subject CN, the user name for client-certificate logins."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return None
+    value = names[0].value
+    name = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return name or None

@@ -1,0 +1,223 @@
+"""
+The access controllers: htpasswd (Basic), token (Bearer) and client certificates.
+
+Each answers one question per request, `IAccessController.authorize`: who is calling, and may
+they have everything the handler needs?  The answer is a `Principal` or a `RegistryError`:
+
+* 401 UNAUTHORIZED with a ``WWW-Authenticate`` challenge when credentials are missing or wrong
+  (the challenge is what makes ``docker login`` and token fetching work);
+* 403 DENIED when the caller is known but the policy does not grant the access;
+* 429 TOOMANYREQUESTS, with ``Retry-After``, while a source address is cooling down after too
+  many failed logins (its credentials are then not even checked).
+
+Failed logins are logged with the source address and the user name, never the password or
+token.  Requests without credentials are not failures: Docker always tries anonymously first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from registry.api.errors import DENIED, TOOMANYREQUESTS, UNAUTHORIZED, RegistryError
+from registry.auth._request import (
+    MalformedCredentials,
+    authorization,
+    basic_credentials,
+    certificate_user,
+    peer_certificate,
+    source_address,
+)
+from registry.auth.htpasswd import Htpasswd
+from registry.auth.interfaces import ANONYMOUS, Access, IAccessController, Principal
+from registry.auth.policy import Policy, PolicySource
+from registry.auth.ratelimit import FailureLimiter
+from registry.auth.scopes import basic_challenge, bearer_challenge
+from registry.auth.token import InvalidToken, TokenVerifier
+
+_log = Logger()
+
+
+def _peer(request: IRequest) -> str:
+    addr = request.getClientAddress()
+    return str(getattr(addr, "host", None) or addr)
+
+
+def _denied(policy: Policy, principal: Principal, wanted: Sequence[Access]) -> None:
+    refused = [a.scope() for a in wanted if not policy.allows(principal, a)]
+    if refused:
+        _log.info("denied {scopes} to {user!r}", scopes=" ".join(refused), user=principal.name)
+        raise RegistryError(DENIED, {"denied": refused})
+
+
+def _anonymous_allowed(policy: Policy | None, wanted: Sequence[Access]) -> bool:
+    # `GET /v2/` asks for nothing; answering it with a challenge is what tells a client that
+    # this registry has authentication (docker login depends on it).
+    return bool(wanted) and policy is not None and all(policy.allows(ANONYMOUS, a) for a in wanted)
+
+
+class _Failures:
+    """Counting, logging and refusing failed logins for one controller."""
+
+    def __init__(self, limiter: FailureLimiter) -> None:
+        self.limiter = limiter
+
+    def check(self, request: IRequest) -> str:
+        source = source_address(request)
+        retry_after = self.limiter.retry_after(source)
+        if retry_after is not None:
+            raise RegistryError(
+                TOOMANYREQUESTS,
+                "too many failed logins from this address",
+                headers={"Retry-After": str(retry_after)},
+            )
+        return source
+
+    def failed(self, request: IRequest, source: str, user: str | None, reason: str) -> None:
+        _log.warn(
+            "failed login for {user!r} from {peer}: {reason}",
+            user=user,
+            peer=_peer(request),
+            reason=reason,
+        )
+        if self.limiter.record_failure(source):
+            _log.warn(
+                "{source} made {n} failed logins within {window}s: refusing logins for {cool}s",
+                source=source,
+                n=self.limiter.max_failures,
+                window=self.limiter.window,
+                cool=self.limiter.cooldown,
+            )
+
+
+@implementer(IAccessController)
+class HtpasswdAccessController:
+    """Basic authentication against an htpasswd file, then the policy."""
+
+    def __init__(
+        self,
+        htpasswd: Htpasswd,
+        policy: PolicySource,
+        realm: str,
+        limiter: FailureLimiter,
+    ) -> None:
+        self.htpasswd = htpasswd
+        self.policy = policy
+        self.realm = realm
+        self._challenge = {"WWW-Authenticate": basic_challenge(realm)}
+        self._failures = _Failures(limiter)
+
+    def _unauthorized(self) -> RegistryError:
+        return RegistryError(UNAUTHORIZED, headers=self._challenge)
+
+    async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
+        policy = self.policy.current()
+        auth = authorization(request)
+        if auth is None or auth[0] != "basic":
+            if _anonymous_allowed(policy, wanted):
+                return ANONYMOUS
+            raise self._unauthorized()
+        source = self._failures.check(request)
+        try:
+            user, password = basic_credentials(auth[1])
+        except MalformedCredentials as e:
+            self._failures.failed(request, source, None, str(e))
+            raise self._unauthorized() from None
+        if not await self.htpasswd.verify(user, password):
+            self._failures.failed(request, source, user, "wrong password or unknown user")
+            raise self._unauthorized()
+        policy = self.policy.current()
+        principal = policy.principal(user)
+        _denied(policy, principal, wanted)
+        return principal
+
+    def may_pull(self, principal: Principal, name: str) -> bool:
+        return self.policy.current().may_pull(principal, name)
+
+
+@implementer(IAccessController)
+class TokenAccessController:
+    """
+    Bearer tokens from a token server (Docker's token specification).  A token grants exactly
+    what its ``access`` claim lists; with a policy, that is further intersected with what the
+    policy grants the token's subject (and tokenless anonymous pulls follow the policy).
+    """
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        realm: str,
+        limiter: FailureLimiter,
+        policy: PolicySource | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.realm = realm
+        self.service = verifier.service
+        self.policy = policy
+        self._failures = _Failures(limiter)
+
+    def _unauthorized(self, wanted: Sequence[Access], error: str | None) -> RegistryError:
+        challenge = bearer_challenge(self.realm, self.service, wanted, error)
+        return RegistryError(UNAUTHORIZED, headers={"WWW-Authenticate": challenge})
+
+    async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
+        policy = self.policy.current() if self.policy is not None else None
+        auth = authorization(request)
+        if auth is None or auth[0] != "bearer" or not auth[1]:
+            if _anonymous_allowed(policy, wanted):
+                return ANONYMOUS
+            raise self._unauthorized(wanted, None)
+        source = self._failures.check(request)
+        try:
+            claims = self.verifier.verify(auth[1])
+        except InvalidToken as e:
+            self._failures.failed(request, source, None, f"invalid token: {e}")
+            raise self._unauthorized(wanted, "invalid_token") from None
+        if not all(claims.grants(a) for a in wanted):
+            raise self._unauthorized(wanted, "insufficient_scope")
+        if policy is None:
+            return Principal(claims.subject or None)
+        principal = policy.principal(claims.subject or None)
+        _denied(policy, principal, wanted)
+        return principal
+
+    def may_pull(self, principal: Principal, name: str) -> bool:
+        # Without a policy the token server decided, and a token that lists the catalog
+        # (registry:catalog:*) sees all of it, as with registry:2.
+        return self.policy is None or self.policy.current().may_pull(principal, name)
+
+
+@implementer(IAccessController)
+class ClientCertificateAccessController:
+    """
+    Mutual TLS: a client certificate verified against ``[http] clientcas`` makes its subject CN
+    the principal, subject to the policy.  Requests without one go to ``fallback`` (htpasswd or
+    token), or, without a fallback, are anonymous (policy permitting) or refused with 403.
+    """
+
+    def __init__(self, policy: PolicySource, fallback: IAccessController | None = None) -> None:
+        self.policy = policy
+        self.fallback = fallback
+
+    async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
+        cert = peer_certificate(request)
+        user = certificate_user(cert) if cert is not None else None
+        if user is None:
+            if self.fallback is not None:
+                return await self.fallback.authorize(request, wanted)
+            policy = self.policy.current()
+            if not wanted or _anonymous_allowed(policy, wanted):
+                return ANONYMOUS
+            raise RegistryError(DENIED, "a client certificate is required")
+        policy = self.policy.current()
+        principal = policy.principal(user)
+        _denied(policy, principal, wanted)
+        return principal
+
+    def may_pull(self, principal: Principal, name: str) -> bool:
+        # The fallback shares this policy (make_access_controller insists), so one answer fits
+        # principals from either side.
+        return self.policy.current().may_pull(principal, name)

@@ -1,0 +1,197 @@
+"""
+An Apache htpasswd file as a user database.
+
+Supported hashes: bcrypt (``$2y$``, ``$2b$``, ``$2a$``: what ``htpasswd -B`` writes and the only
+kind registry:2 accepts) and ``{SHA}`` (``htpasswd -s``; weak, accepted for migrations).  Any
+other kind (``$apr1$``, crypt, plain text) is refused with a warning naming the user, because a
+silently ignored line looks like a forgotten password to whoever is debugging a login.
+
+The file is re-read when it changes (checked at most once a second), so adding or revoking a
+user needs no restart.  bcrypt is deliberately slow (tens of milliseconds), so every check runs
+in a thread pool, never on the reactor thread.  Docker sends Basic credentials with every
+request of a pull, so a verified password is remembered for a short while (keyed by an HMAC
+with a per-process secret, never the password itself) to avoid one bcrypt per layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections import Counter
+from typing import Literal
+
+import attrs
+import bcrypt
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from registry.auth._watch import FileWatcher
+
+_log = Logger()
+
+# bcrypt only looks at the first 72 bytes; classic implementations (and the hashes they wrote)
+# truncate silently, the Python binding raises instead.  Truncating keeps old hashes working.
+_BCRYPT_MAX = 72
+_DEFAULT_BCRYPT_COST = 10
+
+
+@attrs.frozen
+class _Entry:
+    kind: Literal["bcrypt", "sha"]
+    hashed: bytes
+
+
+def _hash_kind(hashed: str) -> str:
+    """A name for a hash we refuse, for the warning."""
+    for prefix, name in (
+        ("$apr1$", "Apache MD5 ($apr1$)"),
+        ("$1$", "MD5-crypt ($1$)"),
+        ("$5$", "SHA-256-crypt ($5$)"),
+        ("$6$", "SHA-512-crypt ($6$)"),
+        ("{SSHA}", "salted SHA-1 ({SSHA})"),
+        ("$", "unknown crypt scheme"),
+    ):
+        if hashed.startswith(prefix):
+            return name
+    return "crypt(3) or plain text"
+
+
+def parse_htpasswd(text: str, source: str = "htpasswd") -> dict[str, _Entry]:
+    """Parse htpasswd lines; unusable lines are logged and skipped, never fatal."""
+    entries: dict[str, _Entry] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not user:
+            _log.warn(
+                "{source}:{lineno}: not a user:hash line, ignored", source=source, lineno=lineno
+            )
+            continue
+        if user in entries:
+            # Apache uses the first matching line; so do we, but say so.
+            _log.warn(
+                "{source}:{lineno}: user {user!r} appears again, later line ignored",
+                source=source,
+                lineno=lineno,
+                user=user,
+            )
+            continue
+        if hashed.startswith(("$2y$", "$2b$", "$2a$")):
+            entries[user] = _Entry("bcrypt", hashed.encode("ascii", "replace"))
+        elif hashed.startswith("{SHA}"):
+            entries[user] = _Entry("sha", hashed[5:].encode("ascii", "replace"))
+        else:
+            _log.warn(
+                "{source}:{lineno}: user {user!r} has an unsupported {kind} hash and cannot log "
+                "in; use bcrypt (htpasswd -B)",
+                source=source,
+                lineno=lineno,
+                user=user,
+                kind=_hash_kind(hashed),
+            )
+    return entries
+
+
+def _bcrypt_cost(hashed: bytes) -> int:
+    try:
+        return int(hashed[4:6])
+    except ValueError:
+        return _DEFAULT_BCRYPT_COST
+
+
+def _check(entry: _Entry | None, password: bytes, dummy_cost: int) -> bool:
+    """Runs in a worker thread: the slow part."""
+    if entry is None:
+        # Spend the same time as a real check so response timing does not reveal which
+        # user names exist (registry:2 does the same with a dummy hash).
+        bcrypt.hashpw(password[:_BCRYPT_MAX], bcrypt.gensalt(dummy_cost))
+        return False
+    if entry.kind == "bcrypt":
+        try:
+            return bcrypt.checkpw(password[:_BCRYPT_MAX], entry.hashed)
+        except ValueError:  # a malformed hash in the file
+            return False
+    digest = base64.b64encode(hashlib.sha1(password).digest())
+    return hmac.compare_digest(digest, entry.hashed)
+
+
+class Htpasswd:
+    """A live view of an htpasswd file; `verify` is the only question it answers."""
+
+    def __init__(
+        self,
+        path: str,
+        reactor: IReactorFromThreads,
+        threadpool: ThreadPool,
+        clock: IReactorTime,
+        cache_seconds: float = 60.0,
+    ) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._watcher = FileWatcher(path, clock)
+        self._entries: dict[str, _Entry] = {}
+        self._dummy_cost = _DEFAULT_BCRYPT_COST
+        self._cache_key = secrets.token_bytes(32)
+        self._cache: dict[str, tuple[bytes, float]] = {}
+        self._reload()
+
+    def users(self) -> frozenset[str]:
+        self._reload()
+        return frozenset(self._entries)
+
+    def _reload(self) -> None:
+        if not self._watcher.changed():
+            return
+        self._cache.clear()
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except FileNotFoundError:
+            # Fail closed: nobody logs in until the file is back.
+            _log.error("htpasswd file {path} is missing: no user can log in", path=self.path)
+            self._entries = {}
+            return
+        self._entries = parse_htpasswd(text, self.path)
+        costs = Counter(
+            _bcrypt_cost(e.hashed) for e in self._entries.values() if e.kind == "bcrypt"
+        )
+        self._dummy_cost = costs.most_common(1)[0][0] if costs else _DEFAULT_BCRYPT_COST
+        _log.info("loaded {n} users from {path}", n=len(self._entries), path=self.path)
+
+    def _cache_digest(self, user: str, password: bytes) -> bytes:
+        return hmac.new(self._cache_key, user.encode() + b"\0" + password, "sha256").digest()
+
+    async def verify(self, user: str, password: str) -> bool:
+        """Whether ``password`` is ``user``'s; never raises for wrong input."""
+        self._reload()
+        pw = password.encode("utf-8")
+        now = self._clock.seconds()
+        cached = self._cache.get(user)
+        if cached is not None:
+            digest, expires = cached
+            if now < expires and hmac.compare_digest(digest, self._cache_digest(user, pw)):
+                return True
+        entry = self._entries.get(user)
+        ok: bool = await deferToThreadPool(
+            self._reactor, self._threadpool, _check, entry, pw, self._dummy_cost
+        )
+        if ok and self._cache_seconds > 0 and self._entries.get(user) is entry:
+            self._cache[user] = (self._cache_digest(user, pw), now + self._cache_seconds)
+        return ok
+
+
+def hash_password(password: str, rounds: int = 10) -> str:
+    """An htpasswd bcrypt hash (for tests and tooling; ``htpasswd -nB`` does the same)."""
+    return bcrypt.hashpw(password.encode()[:_BCRYPT_MAX], bcrypt.gensalt(rounds)).decode()
+
+
+__all__ = ["Htpasswd", "hash_password", "parse_htpasswd"]

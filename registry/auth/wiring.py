@@ -1,0 +1,123 @@
+"""
+From configuration values to one `IAccessController`.
+
+Kept here rather than in ``registry/tap.py`` so the rules about which settings go together (and
+the refusal of combinations that would silently weaken access control) live beside the code
+they configure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.python.threadpool import ThreadPool
+
+from registry.auth.controllers import (
+    ClientCertificateAccessController,
+    HtpasswdAccessController,
+    TokenAccessController,
+)
+from registry.auth.htpasswd import Htpasswd
+from registry.auth.interfaces import AllowAll, IAccessController
+from registry.auth.policy import Policy, PolicyFile, PolicySource
+from registry.auth.ratelimit import FailureLimiter
+from registry.auth.token import TokenVerifier
+
+
+@attrs.frozen
+class AuthSettings:
+    """The ``[auth]``, ``[auth.htpasswd]`` and ``[auth.token]`` keys (see docs/auth.md)."""
+
+    policy: str | None = None
+    anonymous_pull: tuple[str, ...] = ()
+    client_certificate_users: bool = False
+    max_failures: int = 10
+    failure_window: float = 60.0
+    cooldown: float = 60.0
+    htpasswd_path: str | None = None
+    htpasswd_realm: str = "Registry Realm"
+    htpasswd_cache_seconds: float = 60.0
+    token_realm: str | None = None
+    token_service: str | None = None
+    token_issuer: str | None = None
+    token_rootcertbundle: str | None = None
+    token_jwks: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(
+            self.htpasswd_path or self.token_realm or self.client_certificate_users or self.policy
+        )
+
+
+def make_access_controller(
+    settings: AuthSettings,
+    reactor: IReactorFromThreads,
+    clock: IReactorTime,
+    threadpool: ThreadPool,
+) -> IAccessController:
+    """
+    The controller for ``settings``; `AllowAll` when no authentication is configured.
+    ``threadpool`` runs bcrypt; the caller owns it (start it with the service, stop it after).
+    Raises ValueError for incomplete or conflicting settings.
+    """
+    if settings.htpasswd_path and settings.token_realm:
+        raise ValueError("configure either [auth.htpasswd] or [auth.token], not both")
+    if not settings.enabled:
+        if settings.anonymous_pull:
+            raise ValueError("[auth] anonymous_pull needs an authentication method")
+        return AllowAll()
+    policy: PolicySource | None
+    if settings.policy:
+        policy = PolicyFile(settings.policy, clock, settings.anonymous_pull)
+    elif settings.token_realm and not settings.anonymous_pull:
+        policy = None  # the token server decides everything, as with registry:2
+    else:
+        policy = Policy.allow_authenticated(settings.anonymous_pull)
+    limiter = FailureLimiter(
+        clock, settings.max_failures, settings.failure_window, settings.cooldown
+    )
+    inner: IAccessController | None = None
+    if settings.htpasswd_path:
+        assert policy is not None
+        htpasswd = Htpasswd(
+            settings.htpasswd_path, reactor, threadpool, clock, settings.htpasswd_cache_seconds
+        )
+        inner = HtpasswdAccessController(htpasswd, policy, settings.htpasswd_realm, limiter)
+    elif settings.token_realm:
+        missing = [
+            key
+            for key, value in (
+                ("service", settings.token_service),
+                ("issuer", settings.token_issuer),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(f"[auth.token] needs {', '.join(missing)}")
+        if not (settings.token_rootcertbundle or settings.token_jwks):
+            raise ValueError("[auth.token] needs rootcertbundle or jwks")
+        assert settings.token_service and settings.token_issuer
+        verifier = TokenVerifier.from_files(
+            settings.token_issuer,
+            settings.token_service,
+            clock,
+            settings.token_rootcertbundle,
+            settings.token_jwks,
+        )
+        inner = TokenAccessController(verifier, settings.token_realm, limiter, policy)
+    if settings.client_certificate_users:
+        if policy is None:
+            raise ValueError("client_certificate_users with token auth needs an [auth] policy")
+        return ClientCertificateAccessController(policy, inner)
+    if inner is None:
+        raise ValueError("[auth] policy is set but no htpasswd, token or client certificates")
+    return inner
+
+
+def anonymous_pull_from(value: str | Sequence[str]) -> tuple[str, ...]:
+    """Config helper: ``"a/*, b/**"`` or a list, as a tuple of patterns."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(p.strip() for p in items if p.strip())

@@ -1,0 +1,209 @@
+"""
+Listening endpoints, with TLS we control.
+
+Plain descriptions (``tcp:``, ``unix:``, ...) go to Twisted's ``serverFromString``.  ``ssl:``
+descriptions are parsed here (same syntax as Twisted's: ``ssl:5443:privateKey=key.pem:
+certKey=cert.pem:extraCertChain=chain.pem:interface=127.0.0.1:backlog=50``, ``\\:`` escapes a
+colon) because Twisted's ``ssl:`` parser cannot ask for client certificates, and because ALPN
+must follow configuration rather than what is installed: twisted.web's ``Site`` offers ``h2``
+whenever the h2 package is importable, and its HTTP/2 is several times slower than HTTP/1.1
+for large bodies, so ``h2`` is advertised only when ``http2 = true``.
+
+Unlike Twisted, ``privateKey`` is required: a bare ``ssl:5000`` would read ``server.pem`` from
+the working directory, which is never what an operator meant.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import crypto
+from twisted.internet import interfaces
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.web import http
+from zope.interface import implementer
+
+CLIENT_AUTH = ("none", "optional", "required")
+
+
+@attrs.frozen
+class TLSSettings:
+    """``[http] clientcas``, ``clientauth`` and ``http2``."""
+
+    clientcas: str | None = None
+    clientauth: str = attrs.field(default="none", validator=attrs.validators.in_(CLIENT_AUTH))
+    http2: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.clientauth != "none" and not self.clientcas:
+            raise ValueError(f"clientauth = {self.clientauth} needs clientcas (a CA bundle)")
+
+
+def split_description(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """``(type, positional args, keyword args)`` of an endpoint description, with escapes."""
+    fields: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for c in chars:
+        if c == "\\":
+            current.append(next(chars, "\\"))
+        elif c == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+    fields.append("".join(current))
+    # Twisted's old form: a bare port number means tcp.
+    kind = "tcp" if fields[0].isdigit() else fields.pop(0).lower()
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    # Keyword detection must ignore escaped '=', so re-split on the raw text.
+    for field in fields:
+        key, sep, value = field.partition("=")
+        if sep:
+            kwargs[key] = value
+        else:
+            args.append(field)
+    return kind, args, kwargs
+
+
+_SSL_KEYS = {"port", "privateKey", "certKey", "extraCertChain", "interface", "backlog"}
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> CertificateOptions:
+    key_path = kwargs.get("privateKey")
+    if not key_path:
+        raise ValueError("ssl: endpoints need privateKey=<PEM file>")
+    key = serialization.load_pem_private_key(_read(key_path), password=None)
+    cert = x509.load_pem_x509_certificate(_read(kwargs.get("certKey") or key_path))
+    chain = (
+        x509.load_pem_x509_certificates(_read(kwargs["extraCertChain"]))
+        if kwargs.get("extraCertChain")
+        else []
+    )
+    options: dict[str, Any] = {}
+    if tls.clientauth != "none":
+        assert tls.clientcas
+        cas = x509.load_pem_x509_certificates(_read(tls.clientcas))
+        options.update(
+            verify=True,
+            caCerts=[crypto.X509.from_cryptography(c) for c in cas],
+            requireCertificate=tls.clientauth == "required",
+        )
+    return CertificateOptions(
+        privateKey=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
+        certificate=crypto.X509.from_cryptography(cert),
+        extraCertChain=[crypto.X509.from_cryptography(c) for c in chain],
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+        **options,
+    )
+
+
+@implementer(
+    interfaces.IProtocolFactory,
+    interfaces.IProtocolNegotiationFactory,
+    interfaces.ILoggingContext,
+)
+class _NegotiationFactory:
+    """Stands in front of the Site so that ALPN offers our protocols, not the Site's."""
+
+    def __init__(self, wrapped: interfaces.IProtocolFactory, protocols: list[bytes]) -> None:
+        self._wrapped = wrapped
+        self._protocols = protocols
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(self._protocols)
+
+    def buildProtocol(self, addr: interfaces.IAddress) -> interfaces.IProtocol | None:
+        return self._wrapped.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self._wrapped.doStart()
+
+    def doStop(self) -> None:
+        self._wrapped.doStop()
+
+    def logPrefix(self) -> str:
+        wrapped = self._wrapped
+        if interfaces.ILoggingContext.providedBy(wrapped):
+            return str(wrapped.logPrefix())
+        return type(wrapped).__name__
+
+
+@implementer(interfaces.IStreamServerEndpoint)
+@attrs.frozen
+class _TLSServerEndpoint:
+    inner: SSL4ServerEndpoint
+    protocols: list[bytes]
+
+    def listen(self, protocolFactory: interfaces.IProtocolFactory) -> Any:
+        return self.inner.listen(_NegotiationFactory(protocolFactory, self.protocols))
+
+
+def server_endpoint(
+    reactor: Any, description: str, tls: TLSSettings | None = None
+) -> interfaces.IStreamServerEndpoint:
+    """An endpoint for ``--port`` ``description``; ``tls`` applies to ``ssl:`` ones."""
+    kind, args, kwargs = split_description(description)
+    if kind != "ssl":
+        endpoint: interfaces.IStreamServerEndpoint = serverFromString(reactor, description)
+        return endpoint
+    tls = tls or TLSSettings()
+    unknown = set(kwargs) - _SSL_KEYS
+    if unknown:
+        raise ValueError(f"unknown ssl: options {sorted(unknown)}; known: {sorted(_SSL_KEYS)}")
+    port_text = kwargs.get("port") or (args[0] if args else "")
+    if not port_text.isdigit() or len(args) > 1:
+        raise ValueError(f"ssl: endpoint needs one port number: {description!r}")
+    if tls.http2 and not http.H2_ENABLED:
+        raise ValueError("http2 = true needs the h2 package (pip install 'twisted[http2]')")
+    protocols = [b"h2", b"http/1.1"] if tls.http2 else [b"http/1.1"]
+    ssl_endpoint = SSL4ServerEndpoint(
+        reactor,
+        int(port_text),
+        _certificate_options(kwargs, tls),
+        backlog=int(kwargs.get("backlog", "50")),
+        interface=kwargs.get("interface", ""),
+    )
+    return _TLSServerEndpoint(ssl_endpoint, protocols)
+
+
+def _is_loopback(interface: str) -> bool:
+    if interface.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_plain_public(description: str, auth_enabled: bool) -> str | None:
+    """
+    A warning for a clear-text TCP listener reachable from other hosts while authentication
+    is on: Basic passwords and bearer tokens would cross the network readable by anyone on
+    the path.  None when there is nothing to warn about.
+    """
+    if not auth_enabled:
+        return None
+    kind, _, kwargs = split_description(description)
+    if kind not in ("tcp", "tcp6"):
+        return None
+    interface = kwargs.get("interface", "")
+    if interface and _is_loopback(interface):
+        return None
+    where = f"interface {interface}" if interface else "all interfaces"
+    return (
+        f"listening on {description} ({where}) without TLS while authentication is on: "
+        "passwords and tokens would cross the network in clear text. Use an ssl: endpoint "
+        "(see docs/tls.md) or bind to 127.0.0.1 behind a TLS-terminating proxy."
+    )

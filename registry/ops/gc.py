@@ -1,0 +1,575 @@
+"""
+Garbage collection: mark every blob something still needs, sweep the rest.  Safe to run while
+the registry serves, unlike registry:2's ``registry garbage-collect``.
+
+Mark.  For every repository (found by walking ``repositories/``, so data written by registry:2
+counts), the manifests kept are its revisions, or with ``delete_untagged`` only what its tags
+reach, plus revisions younger than the grace period and revisions that could not be parsed.
+From those the closure follows index children (recursively) and referrers (manifests whose
+``subject`` is a kept manifest, known from the revisions themselves and from the referrers
+index), so a kept multi-arch index keeps its platform manifests and a kept image keeps its
+signatures and SBOMs.  Every kept manifest marks its own blob, its config and its layers.
+
+A manifest that does not parse (a schema1 manifest from registry:2, a damaged file) is never a
+reason to delete: it is kept, and every digest-shaped string in its bytes is marked.
+
+Online safety.  A push stores blobs first and the manifest last, so for a while its blobs are
+referenced by nothing.  Whatever was written after ``start - grace`` is never deleted: blob data
+by its modification time, and a blob any repository linked after that time (an upload of a blob
+that already existed only writes the link).  Just before deleting, every repository is looked at
+again: revisions that appeared (or got a tag) since the mark are marked too.  What is left is
+the short window between that last look and the delete itself; uploads in progress
+(``_uploads``) are never touched, purging them is `registry.ops.purge`'s job.
+
+Sweep.  Unmarked blob folders go (``blobs/<alg>/<xx>/<hex>``); with ``delete_untagged`` the
+revision links that were not kept go first, with their tag-history and referrers-index
+entries.  The repositories' ``_layers`` links are left as registry:2 leaves them: a link to a
+missing blob reads as "blob unknown", and a new upload restores the data.
+
+Any storage error during the mark aborts the run before anything is deleted (`GCAborted`);
+errors while deleting are counted and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os.path
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.logger import Logger
+
+from registry.api.digests import Digest
+from registry.api.errors import RegistryError
+from registry.manifests import DEFAULT_URL_POLICY, load_json_object, parse_manifest
+from registry.storage import layout
+from registry.storage.catalog import Catalog
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+
+log = Logger()
+T = TypeVar("T")
+U = TypeVar("U")
+
+# Digest-shaped strings in a manifest that does not parse (schema1's blobSum, damaged JSON).
+_DIGEST_TEXT = re.compile(rb"\b(sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})\b")
+# Manifests read per batch in one repository: bounds memory and requests in flight.
+_BATCH = 256
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a person: the error inside Twisted's FirstError wrappers."""
+    while isinstance(exc, FirstError) and exc.subFailure.value is not None:
+        exc = exc.subFailure.value
+    return f"{type(exc).__name__}: {exc}"
+
+
+class GCAborted(Exception):
+    """The mark could not complete (unreadable storage): nothing was deleted."""
+
+
+@attrs.frozen
+class GCOptions:
+    delete_untagged: bool = False
+    dry_run: bool = False
+    # Seconds: anything written more recently than this before the run started is kept.
+    grace: float = 3600.0
+    # Storage requests in flight (S3 latency, not CPU, is what a run waits on).
+    concurrency: int = 16
+
+
+@attrs.define
+class GCStats:
+    """Counters, updated as the run goes, for progress lines and the final summary."""
+
+    phase: str = "mark"
+    repositories_total: int = 0
+    repositories_scanned: int = 0
+    manifests_read: int = 0
+    manifests_unparseable: int = 0
+    manifests_missing: int = 0
+    blobs_marked: int = 0
+    blobs_examined: int = 0
+    blobs_young: int = 0
+    blobs_to_delete: int = 0
+    bytes_to_free: int = 0
+    revisions_to_delete: int = 0
+    blobs_deleted: int = 0
+    bytes_freed: int = 0
+    revisions_deleted: int = 0
+    referrer_entries_deleted: int = 0
+    errors: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class ManifestRefs:
+    """What one manifest keeps alive."""
+
+    blobs: frozenset[str]
+    children: frozenset[str]
+    subject: str | None
+    parsed: bool
+
+
+def manifest_refs(body: bytes) -> ManifestRefs:
+    """
+    The blobs, index children and subject of a stored manifest.  A manifest that does not
+    parse gives every digest in its bytes as a blob (the caller also treats those that are
+    revisions of the repository as children) and its subject if one can be read.
+    """
+    try:
+        manifest = parse_manifest(body, None, DEFAULT_URL_POLICY)
+    except RegistryError:
+        found = frozenset(match.decode() for match in _DIGEST_TEXT.findall(body))
+        return ManifestRefs(found, frozenset(), _lenient_subject(body), False)
+    subject = str(manifest.subject.digest) if manifest.subject is not None else None
+    return ManifestRefs(
+        frozenset(str(d.digest) for d in manifest.blob_references),
+        frozenset(str(d.digest) for d in manifest.manifests),
+        subject,
+        True,
+    )
+
+
+def _lenient_subject(body: bytes) -> str | None:
+    try:
+        subject = load_json_object(body).get("subject")
+        if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
+            return str(Digest.parse(subject["digest"]))
+    except RegistryError:
+        pass
+    return None
+
+
+def _digest(text: str) -> Digest | None:
+    try:
+        return Digest.parse(text)
+    except RegistryError:
+        return None
+
+
+@attrs.define
+class _Repository:
+    """What the mark learned of one repository, kept until the sweep."""
+
+    name: str
+    revisions: set[str]
+    kept: set[str]
+    # Revisions to delete (delete_untagged), with their subject (for the referrers index).
+    doomed: dict[str, str | None]
+
+
+@attrs.frozen
+class _Candidate:
+    digest: str
+    size: int
+
+
+@attrs.define
+class GarbageCollector:
+    """One run over one driver.  ``now`` is the run's start, in the storage's clock."""
+
+    driver: IStorageDriver
+    options: GCOptions
+    now: float
+    stats: GCStats = attrs.field(factory=GCStats)
+    _marked: set[str] = attrs.field(factory=set, init=False)
+    _repositories: list[_Repository] = attrs.field(factory=list, init=False)
+    _candidates: dict[str, _Candidate] = attrs.field(factory=dict, init=False)
+
+    @property
+    def cutoff(self) -> float:
+        return self.now - self.options.grace
+
+    async def run(self) -> GCStats:
+        """Mark, find candidates, look again, sweep.  Raises GCAborted before any delete."""
+        try:
+            await self._check_root()
+            await self.mark()
+            self.stats.phase = "examine"
+            await self.examine_blobs()
+            self.stats.phase = "recheck"
+            await self.recheck()
+        except GCAborted:
+            raise
+        except Exception as exc:  # storage errors of any driver: abort, delete nothing
+            raise GCAborted(describe_error(exc)) from exc
+        self.stats.phase = "sweep"
+        if not self.options.dry_run:
+            await self.sweep()
+        self.stats.phase = "done"
+        return self.stats
+
+    async def _check_root(self) -> None:
+        try:
+            await self.driver.stat(layout.ROOT)
+        except PathNotFoundError:
+            raise GCAborted(f"no registry data in this storage ({layout.ROOT} not found)") from None
+
+    # -- storage calls, a bounded number in flight -----------------------------------------
+
+    async def _list(self, path: str) -> list[str]:
+        try:
+            return await self.driver.list(path)
+        except PathNotFoundError:
+            return []
+
+    async def _map(self, func: Callable[[U], Awaitable[T]], items: Iterable[U]) -> list[T]:
+        """``func`` over ``items``, at most ``concurrency`` at a time, results in order."""
+        ordered = list(items)
+        results: list[T | None] = [None] * len(ordered)
+        pending = iter(enumerate(ordered))
+
+        failed: list[BaseException] = []
+
+        async def worker() -> None:
+            for position, item in pending:
+                if failed:
+                    return
+                try:
+                    results[position] = await func(item)
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
+
+        workers = min(len(ordered), max(1, self.options.concurrency))
+        with contextlib.suppress(FirstError):
+            await gatherResults(
+                [Deferred.fromCoroutine(worker()) for _ in range(workers)], consumeErrors=True
+            )
+        if failed:
+            raise failed[0]
+        return results  # type: ignore[return-value]
+
+    # -- mark ---------------------------------------------------------------------------------
+
+    async def mark(self) -> None:
+        names = await Catalog(self.driver, concurrency=self.options.concurrency).walk()
+        self.stats.repositories_total = len(names)
+        for name in names:
+            self._repositories.append(await self._scan(name))
+            self.stats.repositories_scanned += 1
+
+    def _mark(self, digests: Iterable[str]) -> None:
+        for digest in digests:
+            if digest not in self._marked:
+                self._marked.add(digest)
+                self.stats.blobs_marked += 1
+
+    async def _revisions(self, name: str) -> set[str]:
+        found: set[str] = set()
+        root = layout.revisions_dir(name)
+        for algorithm in await self._list(root):
+            for hex_ in await self._list(f"{root}/{algorithm}"):
+                digest = _digest(f"{algorithm}:{hex_}")
+                if digest is not None:
+                    found.add(str(digest))
+        return found
+
+    async def _tagged(self, name: str) -> set[str]:
+        async def resolve(tag: str) -> str | None:
+            try:
+                text = await self.driver.get_content(layout.tag_current_link(name, tag))
+            except PathNotFoundError:
+                return None
+            digest = _digest(text.decode("ascii", "replace").strip())
+            return None if digest is None else str(digest)
+
+        tags = await self._list(layout.tags_dir(name))
+        return {d for d in await self._map(resolve, tags) if d is not None}
+
+    async def _young_revisions(self, name: str, revisions: Iterable[str]) -> set[str]:
+        async def young(digest: str) -> bool:
+            path = layout.revision_link(name, Digest.parse(digest))
+            try:
+                info = await self.driver.stat(path)
+            except PathNotFoundError:
+                return False
+            return info.modified >= self.cutoff
+
+        ordered = list(revisions)
+        flags = await self._map(young, ordered)
+        return {d for d, flag in zip(ordered, flags, strict=True) if flag}
+
+    async def _read(self, name: str, digest: str) -> ManifestRefs | None:
+        """A manifest's references; None when its blob is missing (nothing to keep)."""
+        path = layout.blob_data(Digest.parse(digest))
+        try:
+            body = await self.driver.get_content(path)
+        except PathNotFoundError:
+            self.stats.manifests_missing += 1
+            log.warn("{name}: manifest {digest} has no blob data", name=name, digest=digest)
+            return None
+        self.stats.manifests_read += 1
+        refs = manifest_refs(body)
+        if not refs.parsed:
+            self.stats.manifests_unparseable += 1
+            log.warn(
+                "{name}: manifest {digest} does not parse; kept, with every digest it mentions",
+                name=name,
+                digest=digest,
+            )
+        return refs
+
+    async def _read_all(self, name: str, digests: Iterable[str]) -> dict[str, ManifestRefs | None]:
+        ordered = list(digests)
+        found: dict[str, ManifestRefs | None] = {}
+        for start in range(0, len(ordered), _BATCH):
+            batch = ordered[start : start + _BATCH]
+            found.update(
+                zip(batch, await self._map(lambda d: self._read(name, d), batch), strict=True)
+            )
+        return found
+
+    async def _referrers_index(self, name: str) -> dict[str, set[str]]:
+        """subject -> referrers, from our referrers index (registry:2 data has none)."""
+        edges: dict[str, set[str]] = {}
+        root = f"{layout.OWN}/referrers/{name}"
+        for algorithm in ("sha256", "sha384", "sha512"):
+            for hex_ in await self._list(f"{root}/{algorithm}"):
+                subject = _digest(f"{algorithm}:{hex_}")
+                if subject is None:
+                    continue
+                for entry in await self._list(f"{root}/{algorithm}/{hex_}"):
+                    referrer = _digest(entry.replace("-", ":", 1))
+                    if referrer is not None:
+                        edges.setdefault(str(subject), set()).add(str(referrer))
+        return edges
+
+    async def _scan(self, name: str) -> _Repository:
+        revisions = await self._revisions(name)
+        refs = await self._read_all(name, sorted(revisions))
+        if not self.options.delete_untagged:
+            roots = set(revisions)
+            edges: dict[str, set[str]] = {}
+        else:
+            unparseable = {d for d, r in refs.items() if r is not None and not r.parsed}
+            roots = (
+                await self._tagged(name)
+                | await self._young_revisions(name, revisions)
+                | unparseable
+            )
+            edges = await self._referrers_index(name)
+            for digest, found in refs.items():
+                if found is not None and found.subject is not None:
+                    edges.setdefault(found.subject, set()).add(digest)
+        kept = await self._closure(name, roots, revisions, refs, edges)
+        doomed: dict[str, str | None] = {}
+        for digest in sorted(revisions - kept):
+            found = refs.get(digest)
+            doomed[digest] = found.subject if found is not None else None
+        self.stats.revisions_to_delete += len(doomed)
+        return _Repository(name, revisions, kept, doomed)
+
+    async def _closure(
+        self,
+        name: str,
+        roots: Iterable[str],
+        revisions: set[str],
+        refs: dict[str, ManifestRefs | None],
+        edges: dict[str, set[str]],
+    ) -> set[str]:
+        """Roots, their index children (recursively) and referrers; marks all they need."""
+        kept: set[str] = set()
+        work = list(roots)
+        while work:
+            digest = work.pop()
+            if digest in kept:
+                continue
+            kept.add(digest)
+            self._mark((digest,))
+            if digest not in refs:
+                refs[digest] = await self._read(name, digest)
+            found = refs[digest]
+            if found is not None:
+                self._mark(found.blobs)
+                work.extend(found.children)
+                if not found.parsed:
+                    work.extend(found.blobs & revisions)
+            # Only revisions: an index entry left behind by a deleted referrer keeps nothing.
+            work.extend(r for r in edges.get(digest, ()) if r in revisions)
+        return kept
+
+    # -- candidates ----------------------------------------------------------------------------
+
+    async def examine_blobs(self) -> None:
+        for algorithm in await self._list(layout.BLOBS):
+            for prefix in await self._list(f"{layout.BLOBS}/{algorithm}"):
+                names = await self._list(f"{layout.BLOBS}/{algorithm}/{prefix}")
+                unmarked: list[str] = []
+                for hex_ in names:
+                    digest = _digest(f"{algorithm}:{hex_}")
+                    if digest is None or digest.hex[:2] != prefix:
+                        continue  # not ours to judge
+                    self.stats.blobs_examined += 1
+                    if str(digest) not in self._marked:
+                        unmarked.append(str(digest))
+                stats = await self._map(self._stat_blob, unmarked)
+                for text, candidate in zip(unmarked, stats, strict=True):
+                    if candidate is None:
+                        self.stats.blobs_young += 1
+                    else:
+                        self._add_candidate(text, candidate)
+
+    def _add_candidate(self, digest: str, candidate: _Candidate) -> None:
+        self._candidates[digest] = candidate
+        self.stats.blobs_to_delete += 1
+        self.stats.bytes_to_free += candidate.size
+
+    def _drop_candidate(self, digest: str) -> None:
+        candidate = self._candidates.pop(digest, None)
+        if candidate is not None:
+            self.stats.blobs_to_delete -= 1
+            self.stats.bytes_to_free -= candidate.size
+
+    async def _stat_blob(self, digest: str) -> _Candidate | None:
+        """A deletion candidate, or None when the blob is within the grace period."""
+        parsed = Digest.parse(digest)
+        try:
+            info = await self.driver.stat(layout.blob_data(parsed))
+        except PathNotFoundError:
+            # A folder without data: being written right now, or debris of a crash.
+            try:
+                info = await self.driver.stat(layout.blob_dir(parsed))
+            except PathNotFoundError:
+                return None
+        if info.modified >= self.cutoff:
+            return None
+        return _Candidate(digest, info.size)
+
+    # -- the last look -----------------------------------------------------------------------
+
+    async def recheck(self) -> None:
+        """
+        Look at every repository again just before deleting: revisions that appeared, were
+        tagged or rewritten since the mark are kept with all they reference, and candidates a
+        repository linked within the grace period are kept.
+        """
+        if not self._candidates and not any(r.doomed for r in self._repositories):
+            return
+        for repository in self._repositories:
+            await self._recheck(repository)
+
+    async def _recheck(self, repository: _Repository) -> None:
+        name = repository.name
+        revisions = await self._revisions(name)
+        revived = revisions - repository.revisions
+        if repository.doomed:
+            doomed = set(repository.doomed)
+            revived |= doomed & await self._tagged(name)
+            revived |= await self._young_revisions(name, doomed & revisions)
+        if revived:
+            # Children and referrers of what came back: read them anew (few, normally).
+            edges: dict[str, set[str]] = {}
+            if self.options.delete_untagged:
+                edges = await self._referrers_index(name)
+            refs: dict[str, ManifestRefs | None] = {}
+            kept = await self._closure(name, revived, revisions, refs, edges)
+            repository.revisions |= revisions
+            repository.kept |= kept
+            for digest in kept & set(repository.doomed):
+                del repository.doomed[digest]
+                self.stats.revisions_to_delete -= 1
+            for digest in list(self._candidates):
+                if digest in self._marked:
+                    self._drop_candidate(digest)
+        await self._recheck_links(name)
+
+    async def _recheck_links(self, name: str) -> None:
+        root = layout.layers_dir(name)
+        linked: list[str] = []
+        for algorithm in await self._list(root):
+            for hex_ in await self._list(f"{root}/{algorithm}"):
+                if f"{algorithm}:{hex_}" in self._candidates:
+                    linked.append(f"{algorithm}:{hex_}")
+
+        async def young(digest: str) -> bool:
+            path = layout.layer_link(name, Digest.parse(digest))
+            try:
+                info = await self.driver.stat(path)
+            except PathNotFoundError:
+                return False
+            return info.modified >= self.cutoff
+
+        for digest, flag in zip(linked, await self._map(young, linked), strict=True):
+            if flag:
+                self.stats.blobs_young += 1
+                self._drop_candidate(digest)
+
+    # -- sweep --------------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        for repository in self._repositories:
+            if repository.doomed:
+                await self._delete_revisions(repository)
+        await self._map(self._delete_blob, list(self._candidates.values()))
+
+    async def _delete_revisions(self, repository: _Repository) -> None:
+        name = repository.name
+        tags = await self._list(layout.tags_dir(name))
+        for digest_text, subject in repository.doomed.items():
+            digest = Digest.parse(digest_text)
+            try:
+                await self.driver.delete(os.path.dirname(layout.revision_link(name, digest)))
+            except PathNotFoundError:
+                pass
+            except Exception as exc:
+                self._error(f"{name}: cannot delete revision {digest}: {exc}")
+                continue
+            self.stats.revisions_deleted += 1
+            log.info("{name}: deleted untagged manifest {digest}", name=name, digest=digest)
+            for tag in tags:
+                path = os.path.dirname(layout.tag_index_link(name, tag, digest))
+                with contextlib.suppress(PathNotFoundError):
+                    await self.driver.delete(path)
+            subject_digest = _digest(subject) if subject is not None else None
+            if subject_digest is not None:
+                try:
+                    await self.driver.delete(layout.referrer_entry(name, subject_digest, digest))
+                    self.stats.referrer_entries_deleted += 1
+                except PathNotFoundError:
+                    pass
+
+    async def _delete_blob(self, candidate: _Candidate) -> None:
+        digest = Digest.parse(candidate.digest)
+        # Rewritten since it was examined (a new upload of the same content): keep it.
+        if await self._stat_blob(candidate.digest) is None:
+            self.stats.blobs_young += 1
+            return
+        try:
+            await self.driver.delete(layout.blob_dir(digest))
+        except PathNotFoundError:
+            return
+        except Exception as exc:
+            self._error(f"cannot delete blob {digest}: {exc}")
+            return
+        self.stats.blobs_deleted += 1
+        self.stats.bytes_freed += candidate.size
+        log.info("deleted blob {digest}", digest=digest)
+
+    def _error(self, message: str) -> None:
+        self.stats.errors.append(message)
+        log.error("{message}", message=message)
+
+    # -- results ------------------------------------------------------------------------------
+
+    @property
+    def candidates(self) -> list[str]:
+        """Blobs deleted (or, in a dry run, that would be), sorted."""
+        return sorted(self._candidates)
+
+    @property
+    def doomed_revisions(self) -> list[tuple[str, str]]:
+        """(repository, digest) of revisions deleted (or that would be), sorted."""
+        return sorted((r.name, d) for r in self._repositories for d in r.doomed)
+
+
+async def collect_garbage(
+    driver: IStorageDriver, options: GCOptions, now: float, stats: GCStats | None = None
+) -> GarbageCollector:
+    """Run one collection; ``stats`` (if given) is updated live for progress reports."""
+    collector = GarbageCollector(driver, options, now, stats if stats is not None else GCStats())
+    await collector.run()
+    return collector

@@ -1,0 +1,276 @@
+"""
+Signed S3 requests over treq, and S3's error replies turned into `StorageError`.
+
+Every request is signed by botocore's ``S3SigV4Auth``; bodies given as bytes (small: XML,
+links, manifests) have their SHA-256 signed, streamed bodies are sent as ``UNSIGNED-PAYLOAD``.
+Responses are always unbuffered: small ones are collected here, large ones go to a producer.
+One pooled, persistent `Agent` serves all requests so that connections are reused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import types
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import treq
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from treq.client import HTTPClient
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+)
+from twisted.web.iweb import IBodyProducer, IResponse
+
+from registry.storage.driver import StorageError
+from registry.storage.producers import BytesProducer
+from registry.storage.s3._settings import Endpoint, S3Settings
+
+_log = Logger()
+# A request body: small bytes (signed), a producer (sent once), or a producer factory.
+Body = bytes | IBodyProducer | Callable[[], IBodyProducer] | None
+# Back-off before resending after a 5xx (S3's SlowDown, InternalError) or a network failure.
+RETRY_DELAYS = (0.2, 1.0, 3.0)
+# Presigned URLs live as long as registry:2's (20 minutes).
+PRESIGN_SECONDS = 20 * 60
+_CREDENTIAL_CODES = frozenset(
+    {
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+        "InvalidToken",
+        "ExpiredToken",
+        "AuthorizationHeaderMalformed",
+    }
+)
+
+
+class S3Error(StorageError):
+    """S3 answered with an error status (or a 200 carrying an ``<Error>``)."""
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class S3CredentialsError(S3Error):
+    """S3 refused the credentials: wrong key, wrong secret, or no permission on the bucket."""
+
+
+def local_name(element: ET.Element) -> str:
+    """An element's tag without its namespace (S3 replies use the 2006-03-01 namespace)."""
+    return element.tag.rsplit("}", 1)[-1]
+
+
+def children(element: ET.Element, name: str) -> Iterator[ET.Element]:
+    return (child for child in element if local_name(child) == name)
+
+
+def child_text(element: ET.Element, name: str, default: str = "") -> str:
+    for child in children(element, name):
+        return child.text or ""
+    return default
+
+
+def parse_xml(body: bytes) -> ET.Element:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as error:
+        raise StorageError(f"S3 sent unreadable XML: {body[:200]!r}") from error
+
+
+def parse_http_date(value: str) -> float:
+    """Seconds since the epoch from an HTTP date (``Last-Modified``)."""
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def parse_iso_date(value: str) -> float:
+    """Seconds since the epoch from ListObjectsV2's ``LastModified``."""
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def header(response: IResponse, name: str) -> str | None:
+    values = response.headers.getRawHeaders(name.encode("latin-1"))
+    return values[0].decode("latin-1") if values else None
+
+
+class S3Client:
+    """Signs and sends requests to one bucket; knows nothing of registry paths."""
+
+    def __init__(self, reactor: Any, settings: S3Settings, http_client: Any = None) -> None:
+        self.settings = settings
+        self.retry_delays = RETRY_DELAYS
+        self._reactor = reactor
+        self.endpoint = Endpoint.from_settings(settings)
+        access, secret, token = settings.credentials()
+        self._credentials = Credentials(access, secret, token)
+        self._signer = S3SigV4Auth(self._credentials, "s3", settings.region)
+        self._pool: HTTPConnectionPool | None = None
+        if http_client is None:
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            # Uploads, downloads and small requests of many clients run at once.
+            self._pool.maxPersistentPerHost = 32
+            self._pool.retryAutomatically = True
+            agent = Agent(reactor, connectTimeout=30, pool=self._pool)
+            http_client = HTTPClient(agent)
+        self._http = http_client
+
+    async def close(self) -> None:
+        """Drop pooled connections (tests, shutdown)."""
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+
+    def _signed_headers(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None
+    ) -> dict[str, str]:
+        request = AWSRequest(method=method, url=url, headers=dict(headers), data=body or b"")
+        # Sign small bodies' SHA-256; streamed bodies are UNSIGNED-PAYLOAD (hashing them first
+        # would read them twice).
+        request.context["client_config"] = types.SimpleNamespace(
+            s3={"payload_signing_enabled": body is not None}
+        )
+        self._signer.add_auth(request)
+        return {name: value for name, value in request.headers.items()}
+
+    def presign(self, method: str, key: str, expires: int = PRESIGN_SECONDS) -> str:
+        """A URL carrying its SigV4 signature in the query string."""
+        request = AWSRequest(method=method, url=self.endpoint.url(key))
+        S3SigV4QueryAuth(self._credentials, "s3", self.settings.region, expires=expires).add_auth(
+            request
+        )
+        return str(request.url)
+
+    async def request(
+        self,
+        method: str,
+        key: str = "",
+        *,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: Body = None,
+    ) -> IResponse:
+        """
+        Send a signed request; the response body is left unread.  A body given as bytes, or as
+        a callable returning a fresh producer, is sent again (newly signed) after a 5xx or a
+        network failure, as S3 asks of its clients; a bare producer can be sent only once.
+        """
+        retryable = body is None or isinstance(body, bytes) or callable(body)
+        delays = list(self.retry_delays) if retryable else []
+        while True:
+            try:
+                response = await self._send(method, key, query, headers, body)
+            except (ConnectError, DNSLookupError, ResponseFailed, RequestTransmissionFailed) as e:
+                if not delays:
+                    raise StorageError(
+                        f"S3 at {self.endpoint.bucket_url} unreachable ({method} {key or '/'}): {e}"
+                    ) from e
+                problem = str(e)
+            else:
+                if response.code < 500 or not delays:
+                    return response
+                content = await treq.content(response)
+                problem = str(self.error(response.code, content, method, key))
+            delay = delays.pop(0)
+            _log.warn(
+                "S3 {method} {key} failed ({problem}); sending it again in {delay}s",
+                method=method,
+                key=key or "/",
+                problem=problem,
+                delay=delay,
+            )
+            await deferLater(self._reactor, delay, lambda: None)
+
+    async def _send(
+        self,
+        method: str,
+        key: str,
+        query: dict[str, str] | None,
+        headers: dict[str, str] | None,
+        body: Body,
+    ) -> IResponse:
+        url = self.endpoint.url(key, query)
+        data: IBodyProducer | None
+        if isinstance(body, bytes):
+            signed = self._signed_headers(method, url, headers or {}, body)
+            # Twisted sends "Content-Length: 0" itself for a PUT or POST without a producer.
+            data = BytesProducer(body) if body else None
+        else:
+            signed = self._signed_headers(method, url, headers or {}, None)
+            data = body() if callable(body) else body
+        response: IResponse = await self._http.request(
+            method,
+            url,
+            headers=signed,
+            data=data,
+            unbuffered=True,
+            allow_redirects=False,
+        )
+        return response
+
+    async def call(
+        self,
+        method: str,
+        key: str = "",
+        *,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: Body = None,
+        ok: tuple[int, ...] = (200, 204, 206),
+        missing_ok: bool = False,
+        error_in_body: bool = False,
+    ) -> tuple[IResponse, bytes] | None:
+        """
+        A request whose (small) reply is read whole.  Returns None on 404 when ``missing_ok``;
+        raises `S3Error` for any other status outside ``ok``, and with ``error_in_body`` for a 200
+        whose body is an ``<Error>`` (S3 sends those for copies and completions that fail late).
+        """
+        response = await self.request(method, key, query=query, headers=headers, body=body)
+        content: bytes = await treq.content(response)
+        if missing_ok and response.code == 404:
+            return None
+        if response.code not in ok:
+            raise self.error(response.code, content, method, key)
+        if error_in_body and b"<Error>" in content[:200]:
+            raise self.error(response.code, content, method, key)
+        return response, content
+
+    def error(self, status: int, body: bytes, method: str, key: str) -> S3Error:
+        code, message = "", ""
+        if body:
+            try:
+                root = ET.fromstring(body)
+                code, message = child_text(root, "Code"), child_text(root, "Message")
+            except ET.ParseError:
+                message = body[:200].decode("utf-8", "replace")
+        bucket = self.settings.bucket
+        if status == 403 or code in _CREDENTIAL_CODES:
+            return S3CredentialsError(
+                f"S3 refused the credentials for bucket {bucket}: {code or f'HTTP {status}'}"
+                + (f" ({message})" if message else ""),
+                status,
+                code or "AccessDenied",
+            )
+        where = f"{method} {key or '/'}"
+        return S3Error(
+            f"S3 error on {where} in bucket {bucket}: HTTP {status} {code}"
+            + (f" ({message})" if message else ""),
+            status,
+            code,
+        )

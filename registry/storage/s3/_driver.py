@@ -1,0 +1,341 @@
+"""
+The S3 storage driver: registry:2's layout as object keys in one bucket.
+
+The key of a path is ``<rootdirectory>/<path>``, as registry:2's s3 driver makes it, so an
+existing registry:2 bucket is served as it is.  Folders are key prefixes: a folder exists while
+a key lies below it.  Requests cost money and latency on S3, so each method makes as few as it
+can, and independent ones run concurrently.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Coroutine
+from typing import Any
+
+import treq
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from registry.storage.driver import (
+    FileInfo,
+    IFileWriter,
+    InvalidOffsetError,
+    IStorageDriver,
+    PathNotFoundError,
+)
+from registry.storage.producers import BytesProducer
+from registry.storage.s3 import _multipart as multipart
+from registry.storage.s3._client import (
+    S3Client,
+    S3Error,
+    child_text,
+    children,
+    header,
+    parse_http_date,
+    parse_iso_date,
+    parse_xml,
+)
+from registry.storage.s3._reader import ResponseProducer
+from registry.storage.s3._settings import MAX_PART_SIZE, S3Settings, quote_key
+from registry.storage.s3._writer import STATE_SUFFIX, open_writer
+
+_List = list  # "list" is a method name below
+_DELETE_BATCH = 1000  # DeleteObjects' limit
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _check(path: str) -> str:
+    parts = path.split("/")
+    if not path or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"invalid storage path {path!r}")
+    return path
+
+
+async def _gather(*coroutines: Coroutine[Any, Any, Any]) -> _List[Any]:
+    """Run coroutines concurrently; the first failure is raised as itself."""
+    try:
+        results: _List[Any] = await gatherResults(
+            [Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True
+        )
+    except FirstError as error:
+        error.subFailure.raiseException()
+    return results
+
+
+@implementer(IStorageDriver)
+class S3Driver:
+    name = "s3"
+
+    # Objects above this size are moved by UploadPartCopy (CopyObject stops at 5 GiB); tests
+    # lower both to exercise the path with small objects.
+    copy_threshold = MAX_PART_SIZE
+    copy_part_size = multipart.COPY_PART_SIZE
+
+    def __init__(self, reactor: Any, settings: S3Settings, http_client: Any = None) -> None:
+        self.settings = settings
+        self._reactor = reactor
+        self._client = S3Client(reactor, settings, http_client)
+        self._prefix = settings.key_prefix()
+
+    async def close(self) -> None:
+        """Drop pooled connections (service shutdown, tests)."""
+        await self._client.close()
+
+    def _key(self, path: str) -> str:
+        return self._prefix + _check(path)
+
+    async def get_content(self, path: str) -> bytes:
+        result = await self._client.call("GET", self._key(path), missing_ok=True)
+        if result is None:
+            raise PathNotFoundError(path)
+        return result[1]
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        await self._client.call("PUT", self._key(path), body=bytes(data))
+
+    async def stat(self, path: str) -> FileInfo:
+        key = self._key(path)
+        result = await self._client.call("HEAD", key, missing_ok=True)
+        if result is not None:
+            response = result[0]
+            return FileInfo(
+                path,
+                int(header(response, "Content-Length") or 0),
+                parse_http_date(header(response, "Last-Modified") or ""),
+                False,
+            )
+        listing = await self._list_page(key + "/", max_keys=2)
+        # A folder's own "<key>/" entry (servers that keep folders) does not make it exist.
+        contents = [
+            item for item in children(listing, "Contents") if child_text(item, "Key") != key + "/"
+        ]
+        if not contents and not _List(children(listing, "CommonPrefixes")):
+            raise PathNotFoundError(path)
+        modified = parse_iso_date(child_text(contents[0], "LastModified")) if contents else 0.0
+        return FileInfo(path, 0, modified, True)
+
+    async def _list_page(
+        self,
+        prefix: str,
+        delimiter: str | None = None,
+        token: str | None = None,
+        max_keys: int = 1000,
+    ) -> Any:
+        query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys)}
+        if delimiter:
+            query["delimiter"] = delimiter
+        if token:
+            query["continuation-token"] = token
+        result = await self._client.call("GET", query=query)
+        assert result is not None
+        return parse_xml(result[1])
+
+    async def _walk(
+        self, prefix: str, delimiter: str | None = None
+    ) -> tuple[_List[str], _List[str]]:
+        """All keys and common prefixes under ``prefix``, following continuation tokens."""
+        keys: _List[str] = []
+        prefixes: _List[str] = []
+        token: str | None = None
+        while True:
+            page = await self._list_page(prefix, delimiter, token)
+            keys.extend(child_text(item, "Key") for item in children(page, "Contents"))
+            prefixes.extend(child_text(item, "Prefix") for item in children(page, "CommonPrefixes"))
+            token = child_text(page, "NextContinuationToken") or None
+            if child_text(page, "IsTruncated") != "true" or token is None:
+                return keys, prefixes
+
+    async def list(self, path: str) -> _List[str]:
+        prefix = self._key(path) + "/"
+        keys, prefixes = await self._walk(prefix, "/")
+        names = {key[len(prefix) :] for key in keys if not key.endswith(STATE_SUFFIX)}
+        names.update(sub[len(prefix) :].rstrip("/") for sub in prefixes)
+        names.discard("")
+        if not names:
+            raise PathNotFoundError(path)
+        return sorted(names)
+
+    async def delete(self, path: str) -> None:
+        key = self._key(path)
+        head, (below, _), uploads = await _gather(
+            self._client.call("HEAD", key, missing_ok=True),
+            self._walk(key + "/"),
+            self._uploads_under(key),
+        )
+        files = [k for k in below if not k.endswith("/")]
+        if head is not None:
+            files.append(key)
+        found = any(not k.endswith(STATE_SUFFIX) for k in files)
+        # Unfinished writes of this file or below it go too, so nothing is left behind.
+        files.append(key + STATE_SUFFIX)
+        await _gather(
+            *(multipart.abort(self._client, upload, upload_id) for upload, upload_id in uploads),
+            *(self._delete_keys(files[i : i + _DELETE_BATCH]) for i in _batches(files)),
+        )
+        if below:
+            # Servers that keep folders as entries (SeaweedFS) list a folder emptied of its
+            # files until its "<folder>/" entry goes, deepest first; on AWS these are no-ops.
+            markers = sorted(_folders(key, below), key=lambda k: k.count("/"), reverse=True)
+            for i in _batches(markers):
+                await self._delete_keys(markers[i : i + _DELETE_BATCH])
+        if not found:
+            raise PathNotFoundError(path)
+
+    async def _uploads_under(self, key: str) -> _List[tuple[str, str]]:
+        """(key, upload id) of the multipart uploads of ``key`` or of keys below it."""
+        found: _List[tuple[str, str]] = []
+        query = {"uploads": "", "prefix": key}
+        while True:
+            result = await self._client.call("GET", query=query)
+            assert result is not None
+            page = parse_xml(result[1])
+            for upload in children(page, "Upload"):
+                upload_key = child_text(upload, "Key")
+                if upload_key == key or upload_key.startswith(key + "/"):
+                    found.append((upload_key, child_text(upload, "UploadId")))
+            if child_text(page, "IsTruncated") != "true":
+                return found
+            query = {
+                "uploads": "",
+                "prefix": key,
+                "key-marker": child_text(page, "NextKeyMarker"),
+                "upload-id-marker": child_text(page, "NextUploadIdMarker"),
+            }
+
+    async def _delete_keys(self, keys: _List[str]) -> None:
+        objects = "".join(f"<Object><Key>{_escape(key)}</Key></Object>" for key in keys)
+        body = f"<Delete><Quiet>true</Quiet>{objects}</Delete>".encode()
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        result = await self._client.call(
+            "POST", query={"delete": ""}, headers={"Content-MD5": md5}, body=body
+        )
+        assert result is not None
+        errors = _List(children(parse_xml(result[1]), "Error"))
+        if errors:
+            first = errors[0]
+            code = child_text(first, "Code")
+            raise S3Error(
+                f"S3 did not delete {len(errors)} keys in bucket {self.settings.bucket}, "
+                f"first {child_text(first, 'Key')}: {code} ({child_text(first, 'Message')})",
+                result[0].code,
+                code,
+            )
+
+    async def move(self, source: str, dest: str) -> None:
+        source_key, dest_key = self._key(source), self._key(dest)
+        head = await self._client.call("HEAD", source_key, missing_ok=True)
+        if head is None:
+            raise PathNotFoundError(source)
+        size = int(header(head[0], "Content-Length") or 0)
+        if size <= self.copy_threshold:
+            copy_source = f"/{self.settings.bucket}/{quote_key(source_key)}"
+            await self._client.call(
+                "PUT", dest_key, headers={"x-amz-copy-source": copy_source}, error_in_body=True
+            )
+        else:
+            upload_id = await multipart.create(self._client, dest_key)
+            try:
+                parts = await multipart.copy_parts(
+                    self._client, source_key, dest_key, upload_id, size, self.copy_part_size
+                )
+                await multipart.complete(self._client, dest_key, upload_id, parts)
+            except BaseException:
+                await multipart.abort(self._client, dest_key, upload_id)
+                raise
+        await self._client.call("DELETE", source_key, missing_ok=True)
+
+    async def reader(self, path: str, offset: int = 0, length: int | None = None) -> IBodyProducer:
+        key = self._key(path)
+        if offset < 0:
+            raise InvalidOffsetError(path, offset)
+        if length == 0:
+            return await self._empty_read(path, offset)
+        headers = {}
+        if offset or length is not None:
+            # (A whole read sends no Range: servers serve plain GETs fastest, and an empty
+            # object answers 200 instead of 416.)
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        response = await self._client.request("GET", key, headers=headers)
+        if response.code == 206:
+            match = _CONTENT_RANGE.match(header(response, "Content-Range") or "")
+            if match is None:
+                response.deliverBody(_Discard())
+                raise self._client.error(206, b"", "GET", key)
+            count = int(match.group(2)) - int(match.group(1)) + 1
+            return ResponseProducer(response, count, path)
+        if response.code == 200:
+            # The server ignored the range (it may when the range covers the whole object).
+            if offset != 0:
+                response.deliverBody(_Discard())
+                raise self._client.error(200, b"", "GET (Range ignored)", key)
+            # Twisted keeps Content-Length out of the headers: it is the response's length.
+            size = response.length
+            if not isinstance(size, int):
+                response.deliverBody(_Discard())
+                raise self._client.error(200, b"", "GET (no Content-Length)", key)
+            return ResponseProducer(response, size, path)
+        content: bytes = await _read(response)
+        if response.code == 404:
+            raise PathNotFoundError(path)
+        if response.code == 416:
+            # Past the end, or exactly at it (an empty read, which S3 refuses as a range).
+            return await self._empty_read(path, offset)
+        raise self._client.error(response.code, content, "GET", key)
+
+    async def _empty_read(self, path: str, offset: int) -> IBodyProducer:
+        info = await self.stat(path)
+        if info.is_dir:
+            raise PathNotFoundError(path)
+        if offset > info.size:
+            raise InvalidOffsetError(path, offset)
+        return BytesProducer(b"")
+
+    async def writer(self, path: str, append: bool = False) -> IFileWriter:
+        return await open_writer(self._client, self._reactor, self._key(path), path, append)
+
+    async def redirect_url(self, path: str, method: str) -> str | None:
+        if not self.settings.redirect or method.upper() not in ("GET", "HEAD"):
+            return None
+        return self._client.presign(method.upper(), self._key(path))
+
+
+def _batches(keys: _List[str]) -> range:
+    return range(0, len(keys), _DELETE_BATCH)
+
+
+def _folders(key: str, below: _List[str]) -> set[str]:
+    """``key/`` and every folder between it and the keys below it."""
+    folders = {key + "/"}
+    for item in below:
+        parent = item.rpartition("/")[0]
+        while len(parent) > len(key):
+            folders.add(parent + "/")
+            parent = parent.rpartition("/")[0]
+    return folders
+
+
+class _Discard:
+    """A body protocol that drops everything (to release a response we will not read)."""
+
+    def makeConnection(self, transport: Any) -> None:
+        transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+async def _read(response: Any) -> bytes:
+    content: bytes = await treq.content(response)
+    return content
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

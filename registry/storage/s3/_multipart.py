@@ -1,0 +1,117 @@
+"""
+Multipart-upload calls shared by the writer and by ``move`` of objects above 5 GiB.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+
+from registry.storage.driver import StorageError
+from registry.storage.s3._client import Body, S3Client, child_text, header, parse_xml
+from registry.storage.s3._settings import MIN_PART_SIZE, quote_key
+
+# Server-side part copies are cheap for us but slow for S3: run a few at once.
+COPY_CONCURRENCY = 4
+COPY_PART_SIZE = 1024 * 1024 * 1024
+
+
+@attrs.frozen
+class Part:
+    number: int
+    etag: str
+    size: int
+
+
+async def create(client: S3Client, key: str) -> str:
+    result = await client.call("POST", key, query={"uploads": ""})
+    assert result is not None
+    upload_id = child_text(parse_xml(result[1]), "UploadId")
+    if not upload_id:
+        raise StorageError(f"S3 started a multipart upload for {key} without an UploadId")
+    return upload_id
+
+
+async def upload_part(client: S3Client, key: str, upload_id: str, number: int, body: Body) -> str:
+    query = {"partNumber": str(number), "uploadId": upload_id}
+    result = await client.call("PUT", key, query=query, body=body)
+    assert result is not None
+    etag = header(result[0], "ETag")
+    if not etag:
+        raise StorageError(f"S3 sent no ETag for part {number} of {key}")
+    return etag
+
+
+async def complete(client: S3Client, key: str, upload_id: str, parts: list[Part]) -> None:
+    xml = "".join(
+        f"<Part><PartNumber>{part.number}</PartNumber><ETag>{_escape(part.etag)}</ETag></Part>"
+        for part in parts
+    )
+    body = f"<CompleteMultipartUpload>{xml}</CompleteMultipartUpload>".encode()
+    await client.call("POST", key, query={"uploadId": upload_id}, body=body, error_in_body=True)
+
+
+async def abort(client: S3Client, key: str, upload_id: str) -> None:
+    """Abort an upload; one that is already gone is fine."""
+    await client.call("DELETE", key, query={"uploadId": upload_id}, missing_ok=True)
+
+
+def copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
+    """
+    Inclusive byte ranges of ``part_size`` covering ``size``; a short remainder joins the
+    range before it, so that every range is at least 5 MiB whenever ``size`` is (the copied
+    parts may be followed by more parts).
+    """
+    ranges = [(start, min(start + part_size, size) - 1) for start in range(0, size, part_size)]
+    if len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] + 1 < MIN_PART_SIZE:
+        last = ranges.pop()
+        ranges[-1] = (ranges[-1][0], last[1])
+    return ranges
+
+
+async def copy_parts(
+    client: S3Client,
+    source_key: str,
+    key: str,
+    upload_id: str,
+    size: int,
+    part_size: int = COPY_PART_SIZE,
+    first_number: int = 1,
+) -> list[Part]:
+    """Copy the object at ``source_key`` into parts of the upload, server side."""
+    source = f"/{client.settings.bucket}/{quote_key(source_key)}"
+    semaphore = DeferredSemaphore(COPY_CONCURRENCY)
+
+    async def copy(number: int, first: int, last: int) -> Part:
+        result = await client.call(
+            "PUT",
+            key,
+            query={"partNumber": str(number), "uploadId": upload_id},
+            headers={
+                "x-amz-copy-source": source,
+                "x-amz-copy-source-range": f"bytes={first}-{last}",
+            },
+            error_in_body=True,
+        )
+        assert result is not None
+        etag = child_text(parse_xml(result[1]), "ETag")
+        if not etag:
+            raise StorageError(f"S3 sent no ETag for copied part {number} of {key}")
+        return Part(number, etag, last - first + 1)
+
+    def run(number: int, first: int, last: int) -> Deferred[Part]:
+        return semaphore.run(lambda: Deferred.fromCoroutine(copy(number, first, last)))
+
+    ranges = copy_ranges(size, part_size)
+    try:
+        parts: list[Part] = await gatherResults(
+            [run(first_number + index, first, last) for index, (first, last) in enumerate(ranges)],
+            consumeErrors=True,
+        )
+    except FirstError as error:
+        error.subFailure.raiseException()
+    return parts
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

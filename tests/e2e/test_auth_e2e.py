@@ -1,0 +1,357 @@
+"""
+Authentication, authorization and TLS through the running registry: htpasswd with a policy
+over TLS (skopeo with --dest-creds and --dest-cert-dir), client certificates, bearer tokens
+from a test token service, catalog filtering, and what failed logins leave in the logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import ssl
+from twisted.logger import globalLogPublisher
+
+from tests.auth import pki
+from tests.e2e.client import error_codes, header
+from tests.e2e.conftest import Starter
+from tests.e2e.ocilayout import Layout
+from tests.e2e.tools import skopeo
+
+PASSWORDS = {"alice": "alice-secret-pw", "bob": "bob-secret-pw"}
+
+POLICY = """
+[groups]
+admins = ["alice"]
+team-a = ["bob"]
+
+[[rule]]
+groups = ["admins"]
+repositories = ["**"]
+actions = ["*"]
+
+[[rule]]
+groups = ["team-a"]
+repositories = ["team-a/**"]
+actions = ["pull", "push"]
+"""
+
+
+class Pki:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        ca_key = pki.new_key("ec")
+        self.ca = pki.certificate("test CA", ca_key, ca=True)
+        server_key = pki.new_key("ec")
+        server = pki.certificate("127.0.0.1", server_key, (ca_key, self.ca), server=True)
+        client_key = pki.new_key("ec")
+        client = pki.certificate("alice", client_key, (ca_key, self.ca), client=True)
+        self.ca_pem = pki.write(folder / "ca.pem", pki.pem_cert(self.ca))
+        self.server_cert = pki.write(folder / "server.pem", pki.pem_cert(server))
+        self.server_key = pki.write(folder / "server.key", pki.pem_key(server_key))
+        self.client_pem = pki.pem_cert(client) + pki.pem_key(client_key)
+        # skopeo's --cert-dir wants the CA as *.crt
+        self.cert_dir = folder / "certs.d"
+        self.cert_dir.mkdir()
+        pki.write(self.cert_dir / "ca.crt", pki.pem_cert(self.ca))
+
+    def listen(self) -> str:
+        return (
+            "ssl:{port}:interface=127.0.0.1"
+            f":privateKey={self.server_key}:certKey={self.server_cert}"
+        )
+
+    def client_options(self, with_certificate: bool) -> Any:
+        authority = ssl.Certificate.loadPEM(pki.pem_cert(self.ca))
+        if with_certificate:
+            client = ssl.PrivateCertificate.loadPEM(self.client_pem)
+            return ssl.optionsForClientTLS("127.0.0.1", authority, client)
+        return ssl.optionsForClientTLS("127.0.0.1", authority)
+
+
+class _Policy:
+    """A contextFactory for treq's Agent trusting the test CA (and optionally a client cert)."""
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return self.options
+
+
+def tls_client(authority: Pki, with_certificate: bool = False) -> Any:
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.iweb import IPolicyForHTTPS
+    from zope.interface import directlyProvides
+
+    policy = _Policy(authority.client_options(with_certificate))
+    directlyProvides(policy, IPolicyForHTTPS)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+
+def basic(user: str, password: str | None = None) -> dict[str, str]:
+    secret = password if password is not None else PASSWORDS[user]
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Pki:
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    return Pki(folder)
+
+
+@pytest.fixture
+def htpasswd_sections(tmp_path: Path) -> dict[str, dict[str, str]]:
+    lines = [
+        f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)).decode()}"
+        for user, pw in PASSWORDS.items()
+    ]
+    (tmp_path / "htpasswd").write_text("\n".join(lines) + "\n")
+    (tmp_path / "policy.toml").write_text(POLICY)
+    return {
+        "auth": {"policy": str(tmp_path / "policy.toml"), "max_failures": "5"},
+        "auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "test-realm"},
+    }
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[str]]:
+    from twisted.logger import formatEvent
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event) + " " + repr(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.ensureDeferred
+async def test_htpasswd_policy_over_tls(
+    start_registry: Starter,
+    authority: Pki,
+    htpasswd_sections: dict[str, dict[str, str]],
+    tmp_path: Path,
+    captured_logs: list[str],
+) -> None:
+    registry = await start_registry(htpasswd_sections, authority.listen())
+    client = tls_client(authority)
+    url = registry.url
+
+    response = await client.get(f"{url}/v2/")
+    assert response.code == 401
+    assert header(response, "www-authenticate") == 'Basic realm="test-realm"'
+    assert await error_codes(response) == ["UNAUTHORIZED"]
+    response = await client.get(f"{url}/v2/", headers=basic("alice", "wrong-password"))
+    assert response.code == 401
+    response = await client.get(f"{url}/v2/", headers=basic("alice"))
+    assert response.code == 200
+
+    # skopeo over TLS, trusting the test CA through --dest-cert-dir, pushing as alice.
+    layout = Layout(tmp_path / "image")
+    _, descriptor = layout.image("amd64", [{"f": b"content"}])
+    layout.tag(descriptor, "v1")
+    host = url.removeprefix("https://")
+    await skopeo(
+        "copy", "--preserve-digests", f"--dest-cert-dir={authority.cert_dir}",
+        f"--dest-creds=alice:{PASSWORDS['alice']}", f"oci:{layout.root}:v1",
+        f"docker://{host}/private/app:v1",
+    )  # fmt: skip
+    await skopeo(
+        "copy", "--preserve-digests", f"--dest-cert-dir={authority.cert_dir}",
+        f"--dest-creds=bob:{PASSWORDS['bob']}", f"oci:{layout.root}:v1",
+        f"docker://{host}/team-a/app:v1",
+    )  # fmt: skip
+    with pytest.raises(AssertionError):
+        await skopeo(
+            "copy", f"--dest-cert-dir={authority.cert_dir}",
+            f"--dest-creds=bob:{PASSWORDS['bob']}", f"oci:{layout.root}:v1",
+            f"docker://{host}/private/other:v1",
+        )  # fmt: skip
+
+    response = await client.get(f"{url}/v2/private/app/manifests/v1", headers=basic("bob"))
+    assert response.code == 403
+    assert await error_codes(response) == ["DENIED"]
+    response = await client.get(f"{url}/v2/team-a/app/manifests/v1", headers=basic("bob"))
+    assert response.code == 200
+    assert header(response, "docker-content-digest") == descriptor["digest"]
+
+    # The catalog shows each user only what they may pull.
+    response = await client.get(f"{url}/v2/_catalog", headers=basic("bob"))
+    assert json.loads(await response.content()) == {"repositories": ["team-a/app"]}
+    response = await client.get(f"{url}/v2/_catalog", headers=basic("alice"))
+    assert json.loads(await response.content()) == {"repositories": ["private/app", "team-a/app"]}
+
+    # A mount from a repository bob may not pull becomes a plain upload, never a 201.
+    layer = json.loads(
+        await (
+            await client.get(f"{url}/v2/team-a/app/manifests/v1", headers=basic("bob"))
+        ).content()
+    )["layers"][0]["digest"]
+    response = await client.post(
+        f"{url}/v2/team-a/new/blobs/uploads/?mount={layer}&from=private/app", headers=basic("bob")
+    )
+    assert response.code == 202
+    response = await client.post(
+        f"{url}/v2/team-a/new/blobs/uploads/?mount={layer}&from=team-a/app", headers=basic("bob")
+    )
+    assert response.code == 201
+
+    # Failed logins: rate limited per source after 5, logged with the address, no secrets.
+    codes = []
+    for _ in range(7):
+        response = await client.get(f"{url}/v2/", headers=basic("bob", "guess-guess"))
+        await response.content()
+        codes.append(response.code)
+    # One wrong password was already counted above; max_failures is 5.
+    assert codes == [401] * 4 + [429] * 3
+    text = "\n".join(captured_logs)
+    assert "127.0.0.1" in text
+    for secret in [
+        *PASSWORDS.values(),
+        "guess-guess",
+        base64.b64encode(b"bob:guess-guess").decode(),
+    ]:
+        assert secret not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_certificates(start_registry: Starter, authority: Pki, tmp_path: Path) -> None:
+    (tmp_path / "policy.toml").write_text(POLICY)
+    registry = await start_registry(
+        {
+            "http": {"clientcas": authority.ca_pem, "clientauth": "required"},
+            "auth": {"client_certificate_users": "true", "policy": str(tmp_path / "policy.toml")},
+        },
+        authority.listen(),
+    )
+    with_cert = tls_client(authority, with_certificate=True)
+    response = await with_cert.get(f"{registry.url}/v2/_catalog")
+    assert response.code == 200
+    response = await with_cert.post(f"{registry.url}/v2/private/x/blobs/uploads/")
+    assert response.code == 202  # alice (the certificate's CN) is an admin
+    without = tls_client(authority, with_certificate=False)
+    with pytest.raises(Exception):  # noqa: B017 - the handshake fails, whatever the error type
+        await without.get(f"{registry.url}/v2/")
+
+
+def _token_sections(tmp_path: Path, key: Any, ca: Any) -> dict[str, dict[str, str]]:
+    bundle = pki.write(tmp_path / "token-ca.pem", pki.pem_cert(ca))
+    return {
+        "auth.token": {
+            "realm": "https://auth.example.test/token",
+            "service": "test-registry",
+            "issuer": "test-issuer",
+            "rootcertbundle": bundle,
+        }
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_bearer_tokens(start_registry: Starter, tmp_path: Path) -> None:
+    ca_key = pki.new_key("rsa")
+    ca = pki.certificate("token CA", ca_key, ca=True)
+    signing_key = pki.new_key("rsa")
+    signing = pki.certificate("token signer", signing_key, (ca_key, ca))
+    registry = await start_registry(_token_sections(tmp_path, signing_key, ca))
+    url = f"{registry.url}/v2/team/app/tags/list"
+
+    def token(**overrides: Any) -> dict[str, str]:
+        claims = pki.claims(time.time(), [pki.repo_access("team/app", "pull")])
+        claims.update(overrides)
+        raw = pki.sign_token(signing_key, {"x5c": pki.x5c(signing, ca)}, claims)
+        return {"Authorization": f"Bearer {raw}"}
+
+    response = await treq.get(url)
+    assert response.code == 401
+    challenge = header(response, "www-authenticate") or ""
+    assert challenge.startswith('Bearer realm="https://auth.example.test/token"')
+    assert 'service="test-registry"' in challenge
+    assert 'scope="repository:team/app:pull"' in challenge
+
+    response = await treq.get(url, headers=token())
+    assert response.code == 404  # authorized; the repository just does not exist
+    assert await error_codes(response) == ["NAME_UNKNOWN"]
+
+    good = token()["Authorization"]
+    head, payload, signature = good.removeprefix("Bearer ").split(".")
+    tampered_payload = (
+        base64.urlsafe_b64encode(
+            json.dumps(
+                {**json.loads(base64.urlsafe_b64decode(payload + "==")), "sub": "mallory"}
+            ).encode()
+        )
+        .rstrip(b"=")
+        .decode()
+    )
+    refused = {
+        "tampered": {"Authorization": f"Bearer {head}.{tampered_payload}.{signature}"},
+        "expired": token(exp=int(time.time()) - 600, nbf=int(time.time()) - 900),
+        "wrong audience": token(aud="another-registry"),
+        "wrong issuer": token(iss="someone-else"),
+    }
+    for reason, headers in refused.items():
+        response = await treq.get(url, headers=headers)
+        assert response.code == 401, reason
+        assert await error_codes(response) == ["UNAUTHORIZED"], reason
+
+    response = await treq.post(f"{registry.url}/v2/team/app/blobs/uploads/", headers=token())
+    assert response.code == 401
+    assert 'error="insufficient_scope"' in (header(response, "www-authenticate") or "")
+    assert 'scope="repository:team/app:pull,push"' in (header(response, "www-authenticate") or "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_listener_warning_with_auth(
+    start_registry: Starter,
+    htpasswd_sections: dict[str, dict[str, str]],
+    captured_logs: list[str],
+) -> None:
+    await start_registry(htpasswd_sections, "tcp:{port}:interface=0.0.0.0")
+    assert any("tcp:" in line and "warn" in line.lower() for line in captured_logs), captured_logs[
+        :5
+    ]
+    captured_logs.clear()
+    await start_registry(htpasswd_sections)  # loopback only: no warning
+    assert not any("clear" in line.lower() and "tcp:" in line for line in captured_logs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_http2_only_when_asked(
+    start_registry: Starter, authority: Pki, tmp_path: Path
+) -> None:
+    """ALPN offers h2 only with [http] http2 = true; pushes and pulls work over both."""
+    from tests.e2e.tools import run
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(300_000))
+    digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    curl = ["curl", "-sS", "--http2", "--cacert", authority.ca_pem, "-o", "/dev/null",
+            "-w", "%{http_version} %{http_code}"]  # fmt: skip
+    for enabled, version in (("false", "1.1"), ("true", "2")):
+        registry = await start_registry({"http": {"http2": enabled}}, authority.listen())
+        pushed = await run(*curl, "-X", "POST", "-H", "Content-Type: application/octet-stream",
+                           "--data-binary", f"@{blob}",
+                           f"{registry.url}/v2/h2/blobs/uploads/?digest={digest}")  # fmt: skip
+        assert pushed == f"{version} 201", (enabled, pushed)
+        out = tmp_path / f"pulled-{enabled}"
+        pulled = await run(*curl[:-4], "-o", str(out), "-w", "%{http_version} %{http_code}",
+                           f"{registry.url}/v2/h2/blobs/{digest}")  # fmt: skip
+        assert pulled == f"{version} 200", (enabled, pulled)
+        assert out.read_bytes() == blob.read_bytes()

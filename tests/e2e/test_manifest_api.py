@@ -1,0 +1,380 @@
+"""Manifests, tags, referrers and the catalog through the real HTTP interface."""
+
+from __future__ import annotations
+
+import json
+
+import pytest_twisted
+import treq
+
+from registry.api import mediatypes as mt
+from tests.e2e.client import error_codes, get, header, push_blob, raw_headers, sha256
+from tests.e2e.conftest import Starter
+from tests.e2e.harness import InProcessRegistry
+from tests.manifests import samples
+
+
+async def push_image(url: str, name: str, tag: str, manifest: bytes, content_type: str) -> str:
+    for blob in (samples.CONFIG, samples.LAYER_1, samples.LAYER_2):
+        await push_blob(url, name, blob)
+    response = await treq.put(
+        f"{url}/v2/{name}/manifests/{tag}", data=manifest, headers={"Content-Type": content_type}
+    )
+    assert response.code == 201, await response.text()
+    digest = sha256(manifest)
+    assert header(response, "docker-content-digest") == digest
+    assert header(response, "location") == f"/v2/{name}/manifests/{digest}"
+    return digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifest_types_round_trip(registry: InProcessRegistry) -> None:
+    image = samples.oci_image()
+    docker = samples.docker_image()
+    cases = [
+        ("oci", image, mt.OCI_IMAGE_MANIFEST),
+        ("docker", docker, mt.DOCKER_MANIFEST_V2),
+    ]
+    for tag, body, media_type in cases:
+        digest = await push_image(registry.url, "app", tag, body, media_type)
+        for reference in (tag, digest):
+            response, got = await get(f"{registry.url}/v2/app/manifests/{reference}")
+            assert response.code == 200
+            assert got == body
+            assert header(response, "content-type") == media_type
+            assert header(response, "docker-content-digest") == digest
+            status, headers = await raw_headers(
+                "HEAD", f"{registry.url}/v2/app/manifests/{reference}"
+            )
+            assert status == 200
+            assert headers["content-length"] == str(len(body))
+            assert headers["docker-content-digest"] == digest
+            assert headers["content-type"] == media_type
+
+    index = samples.oci_index([image, image])
+    response = await treq.put(
+        f"{registry.url}/v2/app/manifests/multi",
+        data=index,
+        headers={"Content-Type": mt.OCI_IMAGE_INDEX},
+    )
+    assert response.code == 201, await response.text()
+    lst = samples.docker_list([docker, docker])
+    response = await treq.put(
+        f"{registry.url}/v2/app/manifests/dlist",
+        data=lst,
+        headers={"Content-Type": mt.DOCKER_MANIFEST_LIST},
+    )
+    assert response.code == 201, await response.text()
+    response, got = await get(f"{registry.url}/v2/app/manifests/dlist")
+    assert (got, header(response, "content-type")) == (lst, mt.DOCKER_MANIFEST_LIST)
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifest_put_errors(registry: InProcessRegistry) -> None:
+    url = registry.url
+    cases = [
+        (b"not json", mt.OCI_IMAGE_MANIFEST, "MANIFEST_INVALID"),
+        (samples.schema1(), mt.DOCKER_SCHEMA1_SIGNED, "MANIFEST_INVALID"),
+        (samples.oci_image(), mt.DOCKER_MANIFEST_V2, "MANIFEST_INVALID"),  # type mismatch
+        (samples.oci_image(), mt.OCI_IMAGE_MANIFEST, "MANIFEST_BLOB_UNKNOWN"),  # no blobs
+    ]
+    for body, content_type, code in cases:
+        response = await treq.put(
+            f"{url}/v2/bad/manifests/x", data=body, headers={"Content-Type": content_type}
+        )
+        assert response.code == 400, code
+        assert await error_codes(response) == [code]
+
+    response = await treq.put(
+        f"{url}/v2/bad/manifests/x", data=samples.schema1(), headers={"Content-Type": "x/y"}
+    )
+    body = json.loads(await response.content())
+    assert "schema1" in body["errors"][0]["message"].lower()
+
+    image = samples.oci_image()
+    index = samples.oci_index([image])
+    response = await treq.put(
+        f"{url}/v2/bad/manifests/idx", data=index, headers={"Content-Type": mt.OCI_IMAGE_INDEX}
+    )
+    assert response.code == 400
+    assert await error_codes(response) == ["MANIFEST_UNKNOWN"]
+
+    await push_image(url, "bad", "ok", image, mt.OCI_IMAGE_MANIFEST)
+    wrong = sha256(b"something else")
+    response = await treq.put(
+        f"{url}/v2/bad/manifests/{wrong}",
+        data=image,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 400
+    assert await error_codes(response) == ["DIGEST_INVALID"]
+    response = await treq.put(
+        f"{url}/v2/bad/manifests/{sha256(image)}",
+        data=image,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 201
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifest_too_large_is_413(start_registry: Starter) -> None:
+    registry = await start_registry({"storage": {"max_manifest_size": "64KiB"}})
+    big = b"{" + b" " * (100 * 1024) + b"}"
+    response = await treq.put(
+        f"{registry.url}/v2/big/manifests/x",
+        data=big,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 413
+    assert await error_codes(response) == ["MANIFEST_INVALID"]
+    # Above the default 4 MiB: refused from the Content-Length alone.
+    huge = b" " * (5 * 1024 * 1024)
+    response = await treq.put(
+        f"{registry.url}/v2/big/manifests/y",
+        data=huge,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 413
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_manifest_and_repository(registry: InProcessRegistry) -> None:
+    response = await treq.get(f"{registry.url}/v2/nobody/manifests/latest")
+    assert response.code == 404
+    assert await error_codes(response) == ["NAME_UNKNOWN"]
+    await push_image(registry.url, "some", "v1", samples.oci_image(), mt.OCI_IMAGE_MANIFEST)
+    response = await treq.get(f"{registry.url}/v2/some/manifests/v2")
+    assert response.code == 404
+    assert await error_codes(response) == ["MANIFEST_UNKNOWN"]
+    response = await treq.get(f"{registry.url}/v2/nobody/tags/list")
+    assert response.code == 404
+    assert await error_codes(response) == ["NAME_UNKNOWN"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_accept_negotiation(registry: InProcessRegistry) -> None:
+    body = samples.oci_image()
+    await push_image(registry.url, "neg", "v1", body, mt.OCI_IMAGE_MANIFEST)
+    response, got = await get(
+        f"{registry.url}/v2/neg/manifests/v1", headers={"Accept": mt.DOCKER_MANIFEST_V2}
+    )
+    assert (response.code, got) == (200, body)
+    assert header(response, "content-type") == mt.OCI_IMAGE_MANIFEST
+    response = await treq.get(
+        f"{registry.url}/v2/neg/manifests/v1",
+        headers={"Accept": f"{mt.DOCKER_SCHEMA1_SIGNED}, {mt.DOCKER_SCHEMA1}"},
+    )
+    assert response.code == 404
+    assert await error_codes(response) == ["MANIFEST_UNKNOWN"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tags_pagination(registry: InProcessRegistry) -> None:
+    body = samples.oci_image()
+    await push_image(registry.url, "tagged", "a", body, mt.OCI_IMAGE_MANIFEST)
+    for tag in ("d", "b", "c", "e"):
+        response = await treq.put(
+            f"{registry.url}/v2/tagged/manifests/{tag}",
+            data=body,
+            headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+        )
+        assert response.code == 201
+    response, got = await get(f"{registry.url}/v2/tagged/tags/list")
+    assert json.loads(got) == {"name": "tagged", "tags": ["a", "b", "c", "d", "e"]}
+    assert header(response, "link") is None
+
+    seen: list[str] = []
+    url = f"{registry.url}/v2/tagged/tags/list?n=2"
+    while url:
+        response, got = await get(url)
+        seen += json.loads(got)["tags"]
+        link = header(response, "link")
+        url = registry.url + link.split(">")[0][1:] if link else ""
+    assert seen == ["a", "b", "c", "d", "e"]
+
+    response, got = await get(f"{registry.url}/v2/tagged/tags/list?last=c")
+    assert json.loads(got)["tags"] == ["d", "e"]
+    response = await treq.get(f"{registry.url}/v2/tagged/tags/list?n=-1")
+    assert response.code == 400
+    assert await error_codes(response) == ["PAGINATION_NUMBER_INVALID"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletes(start_registry: Starter) -> None:
+    registry = await start_registry({"storage": {"delete_enabled": "true"}})
+    url = registry.url
+    body = samples.oci_image()
+    digest = await push_image(url, "del", "one", body, mt.OCI_IMAGE_MANIFEST)
+    await treq.put(
+        f"{url}/v2/del/manifests/two", data=body, headers={"Content-Type": mt.OCI_IMAGE_MANIFEST}
+    )
+
+    response = await treq.delete(f"{url}/v2/del/manifests/one")  # untag only
+    assert response.code == 202
+    assert (await treq.get(f"{url}/v2/del/manifests/one")).code == 404
+    assert (await treq.get(f"{url}/v2/del/manifests/{digest}")).code == 200
+    response, got = await get(f"{url}/v2/del/tags/list")
+    assert json.loads(got)["tags"] == ["two"]
+
+    response = await treq.delete(f"{url}/v2/del/manifests/{digest}")  # removes its tags
+    assert response.code == 202
+    assert (await treq.get(f"{url}/v2/del/manifests/{digest}")).code == 404
+    assert (await treq.get(f"{url}/v2/del/manifests/two")).code == 404
+    response = await treq.delete(f"{url}/v2/del/manifests/{digest}")
+    assert response.code == 404
+    assert await error_codes(response) == ["MANIFEST_UNKNOWN"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifest_delete_disabled(registry: InProcessRegistry) -> None:
+    digest = await push_image(registry.url, "keep", "v", samples.oci_image(), mt.OCI_IMAGE_MANIFEST)
+    for reference in ("v", digest):
+        response = await treq.delete(f"{registry.url}/v2/keep/manifests/{reference}")
+        assert response.code == 405
+        assert await error_codes(response) == ["UNSUPPORTED"]
+    assert (await treq.get(f"{registry.url}/v2/keep/manifests/v")).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_readonly_refuses_manifest_writes(start_registry: Starter) -> None:
+    registry = await start_registry({"maintenance": {"readonly": "true"}})
+    response = await treq.put(
+        f"{registry.url}/v2/ro/manifests/x",
+        data=samples.oci_image(),
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 405
+    body = json.loads(await response.content())
+    assert body["errors"][0]["code"] == "UNSUPPORTED"
+    assert "read-only" in body["errors"][0]["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers(start_registry: Starter) -> None:
+    registry = await start_registry({"storage": {"delete_enabled": "true"}})
+    url = registry.url
+    subject = samples.oci_image()
+    subject_digest = await push_image(url, "ref", "v1", subject, mt.OCI_IMAGE_MANIFEST)
+
+    empty = {"schemaVersion": 2, "mediaType": mt.OCI_IMAGE_INDEX, "manifests": []}
+    response, got = await get(f"{url}/v2/never/pushed/referrers/{subject_digest}")
+    assert (response.code, json.loads(got)) == (200, empty)
+    response, got = await get(f"{url}/v2/ref/referrers/{subject_digest}")
+    assert response.code == 200
+    assert header(response, "content-type") == mt.OCI_IMAGE_INDEX
+    assert json.loads(got) == {"schemaVersion": 2, "mediaType": mt.OCI_IMAGE_INDEX, "manifests": []}
+
+    await push_blob(url, "ref", samples.SIGNATURE)
+    signature = samples.artifact(subject, annotations={"who": "ci"})
+    response = await treq.put(
+        f"{url}/v2/ref/manifests/{sha256(signature)}",
+        data=signature,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 201, await response.text()
+    assert header(response, "oci-subject") == subject_digest
+
+    await push_blob(url, "ref", samples.SBOM)
+    await push_blob(url, "ref", b"{}")
+    sbom = samples.config_typed_artifact(subject)
+    response = await treq.put(
+        f"{url}/v2/ref/manifests/{sha256(sbom)}",
+        data=sbom,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 201, await response.text()
+
+    response, got = await get(f"{url}/v2/ref/referrers/{subject_digest}")
+    found = {d["digest"]: d for d in json.loads(got)["manifests"]}
+    assert set(found) == {sha256(signature), sha256(sbom)}
+    assert (
+        found[sha256(signature)]["artifactType"]
+        == "application/vnd.dev.cosign.artifact.sig.v1+json"
+    )
+    assert found[sha256(signature)]["annotations"] == {"who": "ci"}
+    assert found[sha256(sbom)]["artifactType"] == "application/vnd.example.sbom.config.v1+json"
+
+    response, got = await get(
+        f"{url}/v2/ref/referrers/{subject_digest}?artifactType=application/vnd.example.sbom.config.v1%2Bjson"
+    )
+    assert header(response, "oci-filters-applied") == "artifactType"
+    assert [d["digest"] for d in json.loads(got)["manifests"]] == [sha256(sbom)]
+
+    response, got = await get(f"{url}/v2/ref/referrers/{subject_digest}?n=1")
+    assert len(json.loads(got)["manifests"]) == 1
+    assert header(response, "link") is not None
+
+    response = await treq.get(f"{url}/v2/ref/referrers/sha256:nothex")
+    assert response.code == 400
+    assert await error_codes(response) == ["DIGEST_INVALID"]
+
+    # A subject that does not exist yet still gets OCI-Subject.
+    ghost = samples.oci_image(layers=(samples.LAYER_1,))
+    orphan = samples.artifact(ghost)
+    response = await treq.put(
+        f"{url}/v2/ref/manifests/orphan",
+        data=orphan,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 201
+    assert header(response, "oci-subject") == sha256(ghost)
+
+    # Deleting a referrer removes it from the index.
+    response = await treq.delete(f"{url}/v2/ref/manifests/{sha256(signature)}")
+    assert response.code == 202
+    response, got = await get(f"{url}/v2/ref/referrers/{subject_digest}")
+    assert [d["digest"] for d in json.loads(got)["manifests"]] == [sha256(sbom)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog(registry: InProcessRegistry) -> None:
+    names = ["zeta", "alpha/one", "alpha/two", "mid/x/y"]
+    for name in names:
+        await push_blob(registry.url, name, name.encode())
+    response, got = await get(f"{registry.url}/v2/_catalog")
+    assert response.code == 200
+    assert json.loads(got) == {"repositories": sorted(names)}
+    response, got = await get(f"{registry.url}/v2/_catalog?n=2")
+    assert json.loads(got)["repositories"] == ["alpha/one", "alpha/two"]
+    link = header(response, "link")
+    assert link is not None and 'rel="next"' in link
+    response, got = await get(registry.url + link.split(">")[0][1:])
+    assert json.loads(got)["repositories"] == ["mid/x/y", "zeta"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_layer_url_policy(start_registry: Starter) -> None:
+    registry = await start_registry(
+        {"validation": {"urls_allow": r"^https://layers\.example\.com/", "urls_deny": "forbidden"}}
+    )
+    await push_blob(registry.url, "win", samples.CONFIG)
+
+    def manifest(url: str) -> bytes:
+        foreign = {
+            "mediaType": mt.DOCKER_FOREIGN_LAYER,
+            "digest": sha256(b"windows base layer"),
+            "size": 123456789,
+            "urls": [url],
+        }
+        document = {
+            "schemaVersion": 2,
+            "mediaType": mt.DOCKER_MANIFEST_V2,
+            "config": samples.descriptor(mt.DOCKER_CONTAINER_CONFIG, samples.CONFIG),
+            "layers": [foreign],
+        }
+        return json.dumps(document).encode()
+
+    for url, status in [
+        ("https://layers.example.com/base.tar.gz", 201),
+        ("https://elsewhere.example.net/base.tar.gz", 400),
+        ("https://layers.example.com/forbidden.tar.gz", 400),
+        ("ftp://layers.example.com/base.tar.gz", 400),
+    ]:
+        response = await treq.put(
+            f"{registry.url}/v2/win/manifests/base",
+            data=manifest(url),
+            headers={"Content-Type": mt.DOCKER_MANIFEST_V2},
+        )
+        assert response.code == status, url
+        if status == 400:
+            assert await error_codes(response) == ["MANIFEST_INVALID"]

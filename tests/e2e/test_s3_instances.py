@@ -1,0 +1,159 @@
+"""
+Two txregistry processes on one S3 bucket (a real SeaweedFS): what one writes the other
+serves at once, and a chunked upload continues on whichever instance gets the next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+
+from tests.e2e.client import error_codes, get, header, sha256
+from tests.e2e.harness import RegistryProcess
+from tests.e2e.ocilayout import Layout, read_index_digest
+from tests.e2e.tools import skopeo
+from tests.storage.s3server import S3Server
+
+NO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+
+
+def s3_sections(server: S3Server, root: str, **extra: str) -> dict[str, dict[str, str]]:
+    return {
+        "storage": {
+            "driver": "s3",
+            "bucket": server.bucket,
+            "region": server.region,
+            "regionendpoint": server.endpoint,
+            "accesskey": server.access_key,
+            "secretkey": server.secret_key,
+            "rootdirectory": root,
+            "chunksize": "5MiB",
+            "delete_enabled": "true",
+            **extra,
+        }
+    }
+
+
+@pytest.fixture
+def two_instances(
+    s3_server: S3Server, tmp_path: Path
+) -> Iterator[tuple[RegistryProcess, RegistryProcess]]:
+    root = f"/e2e/{uuid.uuid4().hex}"
+    instances = []
+    for index in range(2):
+        workdir = tmp_path / f"instance{index}"
+        workdir.mkdir()
+        process = RegistryProcess(workdir, s3_sections(s3_server, root))
+        process.start()
+        instances.append(process)
+    yield instances[0], instances[1]
+    for process in instances:
+        process.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_through_one_pull_through_other(
+    two_instances: tuple[RegistryProcess, RegistryProcess], tmp_path: Path
+) -> None:
+    first, second = two_instances
+    layout = Layout(tmp_path / "src")
+    _, descriptor = layout.image(
+        "amd64", [{"a": os.urandom(3_000_000)}, {"b": os.urandom(7_000_000)}, {"c": b"small"}]
+    )
+    layout.tag(descriptor, "v1")
+    await skopeo(
+        "copy",
+        *NO_TLS,
+        "--preserve-digests",
+        f"oci:{layout.root}:v1",
+        f"docker://{first.url.removeprefix('http://')}/shared/app:v1",
+    )
+    out = tmp_path / "out"
+    await skopeo(
+        "copy",
+        *NO_TLS,
+        "--preserve-digests",
+        f"docker://{second.url.removeprefix('http://')}/shared/app:v1",
+        f"oci:{out}:v1",
+    )
+    assert read_index_digest(out, "v1") == descriptor["digest"]
+    response, body = await get(f"{second.url}/v2/shared/app/tags/list")
+    assert json.loads(body)["tags"] == ["v1"]
+    response, body = await get(f"{second.url}/v2/_catalog")
+    assert "shared/app" in json.loads(body)["repositories"]
+
+    # A tag moved through the second instance is seen by the first immediately.
+    _, other = layout.image("amd64", [{"d": b"other"}])
+    layout.tag(other, "v2")
+    await skopeo(
+        "copy",
+        *NO_TLS,
+        "--preserve-digests",
+        f"oci:{layout.root}:v2",
+        f"docker://{second.url.removeprefix('http://')}/shared/app:v1",
+    )
+    response, _ = await get(f"{first.url}/v2/shared/app/manifests/v1")
+    assert header(response, "docker-content-digest") == other["digest"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_upload_alternating_instances(
+    two_instances: tuple[RegistryProcess, RegistryProcess],
+) -> None:
+    instances = two_instances
+    chunks = [os.urandom(size) for size in (6_000_000, 1_000_000, 5_500_000, 300_000, 2_000_000)]
+    whole = b"".join(chunks)
+    response = await treq.post(f"{instances[0].url}/v2/chunks/app/blobs/uploads/")
+    assert response.code == 202
+    location = header(response, "location")
+    assert location is not None
+    offset = 0
+    for index, chunk in enumerate(chunks):
+        target = instances[index % 2].url + location
+        response = await treq.patch(
+            target, data=chunk, headers={"Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
+        )
+        assert response.code == 202, await response.text()
+        offset += len(chunk)
+        assert header(response, "range") == f"0-{offset - 1}"
+        location = header(response, "location")
+        assert location is not None
+        # Status from the other instance agrees.
+        status = await treq.get(instances[(index + 1) % 2].url + location)
+        assert header(status, "range") == f"0-{offset - 1}"
+
+    wrong = await treq.patch(
+        instances[0].url + location, data=b"x", headers={"Content-Range": "0-0"}
+    )
+    assert wrong.code == 416
+    assert await error_codes(wrong) == ["RANGE_INVALID"]
+
+    response = await treq.put(f"{instances[1].url}{location}?digest={sha256(whole)}")
+    assert response.code == 201, await response.text()
+    response = await treq.get(f"{instances[0].url}/v2/chunks/app/blobs/{sha256(whole)}")
+    assert response.code == 200
+    assert hashlib.sha256(await response.content()).hexdigest() == sha256(whole)[7:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_credentials_stop_startup_clearly(s3_server: S3Server, tmp_path: Path) -> None:
+    sections = s3_sections(s3_server, "/e2e/bad")
+    sections["storage"]["secretkey"] = "not-the-secret"
+    process = RegistryProcess(tmp_path, sections)
+    process.start()
+    try:
+        response = await treq.post(f"{process.url}/v2/x/blobs/uploads/")
+        assert response.code == 503
+        body = json.loads(await response.content())
+        assert "credentials" in json.dumps(body)
+    finally:
+        process.stop()
+    assert "S3 refused the credentials" in process.log_text()

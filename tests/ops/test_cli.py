@@ -1,0 +1,349 @@
+"""
+``python -m registry.cli`` end to end, as a child process over a real data folder: output,
+exit statuses, and (for gc) that what is kept still pulls over HTTP afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.python.threadpool import ThreadPool
+
+from registry.api.digests import Digest
+from registry.storage import layout
+from registry.storage.blobs import BlobStore
+from registry.storage.catalog import ENTRIES_DIR
+from registry.storage.filesystem import FilesystemDriver
+from registry.storage.uploads import UploadStore
+from tests.e2e.conftest import start_registry
+from tests.e2e.harness import REPO_ROOT, write_config
+from tests.ops import scenario
+from tests.ops.scenario import (
+    DELETED_DEFAULT,
+    DELETED_UNTAGGED,
+    Content,
+    age_everything,
+    assert_pullable,
+    blob_digests,
+    make_young,
+)
+
+__all__ = ["start_registry"]
+
+
+@attrs.frozen
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def cli_sync(*arguments: str, env: dict[str, str] | None = None) -> Result:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    environment["PYTHONPATH"] = str(REPO_ROOT)
+    environment.update(env or {})
+    done = subprocess.run(
+        [sys.executable, "-m", "registry.cli", *arguments],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=environment,
+        timeout=120,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+async def cli(*arguments: str, env: dict[str, str] | None = None) -> Result:
+    """Run in a thread: the registry under test may be serving from this reactor."""
+    result: Result = await deferToThread(cli_sync, *arguments, env=env)
+    return result
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def config(tmp_path: Path, root: Path) -> Path:
+    return write_config(tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(root)}})
+
+
+@pytest.fixture
+def driver(root: Path) -> Iterator[FilesystemDriver]:
+    pool = ThreadPool(minthreads=1, maxthreads=4, name="test-cli")
+    pool.start()
+    try:
+        yield FilesystemDriver(str(root), reactor, pool)
+    finally:
+        pool.stop()
+
+
+async def build(driver: FilesystemDriver, root: Path) -> Content:
+    content = await scenario.build(*scenario.store_pushers(driver))
+    age_everything(root)
+    make_young(root, content.digests["ORPHAN_NEW"])
+    return content
+
+
+def test_help_lists_commands() -> None:
+    result = cli_sync("--help")
+    assert result.code == 0
+    for command in ("gc", "catalog-rebuild", "reindex-referrers", "purge-uploads"):
+        assert command in result.out
+    result = cli_sync("gc", "--help")
+    assert result.code == 0
+    for option in ("--dry-run", "--delete-untagged", "--grace", "--config"):
+        assert option in result.out
+
+
+def test_config_error_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    bad = write_config(tmp_path / "bad.cfg", {"storage": {"rootdirectry": "/x"}})
+    result = cli_sync("gc", "--config", str(bad))
+    assert result.code == 2
+    assert result.err.strip() == (
+        "txregistry: configuration error: [storage] rootdirectry: unknown key"
+    )
+    assert result.out == ""
+    result = cli_sync("gc", "--config", str(tmp_path / "missing.cfg"))
+    assert result.code == 2
+    assert "cannot read config file" in result.err
+    assert "Traceback" not in result.err
+    result = cli_sync("gc", "--grace", "soon")
+    assert result.code == 2
+    assert "not a duration" in result.err
+
+
+def test_missing_storage_is_an_error(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(tmp_path / "nowhere")}}
+    )
+    for command in ("gc", "catalog-rebuild", "reindex-referrers", "purge-uploads"):
+        result = cli_sync(command, "--config", str(config))
+        assert result.code == 1, (command, result)
+        assert "no registry data in" in result.err
+        assert "Traceback" not in result.err
+        assert not (tmp_path / "nowhere").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_dry_run_then_delete_untagged(
+    driver: FilesystemDriver, root: Path, config: Path, start_registry: object
+) -> None:
+    content = await build(driver, root)
+    before = blob_digests(root)
+
+    result = await cli("gc", "--config", str(config), "--dry-run", "--delete-untagged", "-v")
+    assert result.code == 0, result
+    assert blob_digests(root) == before
+    to_free = sum(len(content.data[label]) for label in DELETED_UNTAGGED)
+    assert f"would delete {len(DELETED_UNTAGGED)} blobs" in result.out
+    assert "and 4 untagged manifests; nothing deleted" in result.out
+    listed = {line.split()[-1] for line in result.err.splitlines() if "would delete blob" in line}
+    assert content.labels(listed) == DELETED_UNTAGGED
+    assert f"({to_free} B)" in result.out or f"({to_free / 1024:.1f} KiB)" in result.out
+
+    result = await cli(
+        "gc", "--config", str(config), "--delete-untagged", "--progress-interval", "0.01"
+    )
+    assert result.code == 0, result
+    assert content.labels(before - blob_digests(root)) == DELETED_UNTAGGED
+    lines = result.out.splitlines()
+    assert lines[0].startswith(
+        "gc: scanned 2 repositories, 11 manifests; examined 31 blobs: 20 in use"
+    )
+    assert "1 within the grace period" in lines[0]
+    assert lines[-1].startswith(f"gc: deleted {len(DELETED_UNTAGGED)} blobs, 4 untagged manifests")
+    assert "Traceback" not in result.err
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})  # type: ignore[operator]
+    await assert_pullable(registry.url, content, DELETED_UNTAGGED)
+
+    # Nothing more to do the second time.
+    result = await cli("gc", "--config", str(config), "--delete-untagged")
+    assert result.code == 0
+    assert "gc: deleted 0 blobs, 0 untagged manifests" in result.out
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_online_over_http_content(tmp_path: Path, start_registry: object) -> None:
+    """
+    Content pushed through the HTTP API; gc runs (as a command) while that registry keeps
+    serving; then everything kept pulls from the running registry, and pushes still work.
+    """
+    root = tmp_path / "served"
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})  # type: ignore[operator]
+    content = await scenario.build(*scenario.http_pushers(registry.url))
+    age_everything(root)
+    make_young(root, content.digests["ORPHAN_NEW"])
+    config = write_config(tmp_path / "online.cfg", {"storage": {"rootdirectory": str(root)}})
+    result = await cli("gc", "--config", str(config), "--progress-interval", "0.01")
+    assert result.code == 0, result
+    assert "gc: deleted 1 blobs, freed" in result.out
+    await assert_pullable(registry.url, content, DELETED_DEFAULT)
+    push_blob, put_manifest = scenario.http_pushers(registry.url)
+    config_blob, layer = b'{"after":"gc"}', content.data["L1"]
+    await push_blob("app", config_blob)
+    body = scenario.image(config_blob, [layer])
+    await put_manifest("app", "after-gc", body, scenario.mt.OCI_IMAGE_MANIFEST)
+
+
+def orphan_blobs(root: Path, count: int, seconds_old: float = 7200.0) -> int:
+    """``count`` unreferenced blobs written straight to disk; returns their total size."""
+    then = time.time() - seconds_old
+    total = 0
+    for i in range(count):
+        data = b"orphan %d" % i
+        digest = Digest.parse(scenario.sha256(data))
+        path = root / layout.blob_data(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, (then, then))
+        total += len(data)
+    return total
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_progress_lines(driver: FilesystemDriver, root: Path, config: Path) -> None:
+    """Progress goes to stderr, at most one line per interval, only when it changed."""
+    await build(driver, root)
+    size = orphan_blobs(root, 3000)
+    result = await cli("gc", "--config", str(config), "--progress-interval", "0.02")
+    assert result.code == 0, result
+    progress = [line for line in result.err.splitlines() if line.startswith("gc: ")]
+    assert progress, result.err
+    assert all(a != b for a, b in itertools.pairwise(progress))
+    assert any(line.startswith(("gc: examine: ", "gc: sweep: ")) for line in progress), progress
+    assert "gc: deleted 3,001 blobs, freed " in result.out
+    assert size > 0
+    assert len(blob_digests(root)) == 31 - 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_rebuild(driver: FilesystemDriver, root: Path, config: Path) -> None:
+    await build(driver, root)  # through the stores, without noting the catalog
+    await driver.put_content(f"{ENTRIES_DIR}/gone", b"gone")
+    result = await cli("catalog-rebuild", "--config", str(config))
+    assert result.code == 0, result
+    assert result.out.startswith("catalog-rebuild: 2 repositories (2 added, 1 removed) in ")
+    assert sorted(await driver.list(ENTRIES_DIR)) == ["app", "other"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reindex_referrers(driver: FilesystemDriver, root: Path, config: Path) -> None:
+    content = await build(driver, root)
+    await driver.delete(f"{layout.OWN}/referrers")
+    result = await cli("reindex-referrers", "--config", str(config))
+    assert result.code == 0, result
+    assert result.out.startswith("reindex-referrers: 3 referrers indexed in 2 repositories in ")
+    listed = await driver.list(f"{layout.OWN}/referrers/app/sha256")
+    subjects = {f"sha256:{hex_}" for hex_ in listed}
+    assert content.labels(subjects) == {"M1", "M2", "MA"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_uploads(driver: FilesystemDriver, root: Path, config: Path) -> None:
+    await build(driver, root)
+    uploads = UploadStore(driver, BlobStore(driver))
+    old = await uploads.start("app")
+    fresh = await uploads.start("other")
+    started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=3)
+    await driver.put_content(
+        layout.upload_started_at("app", old), started.isoformat().replace("+00:00", "Z").encode()
+    )
+    result = await cli("purge-uploads", "--config", str(config), "--age", "2h")
+    assert result.code == 0, result
+    assert result.out.startswith("purge-uploads: purged 1 uploads older than 2h in ")
+    assert not await uploads.exists("app", old)
+    assert await uploads.exists("other", fresh)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_unreadable_manifest_aborts_with_a_line(
+    driver: FilesystemDriver, root: Path, config: Path
+) -> None:
+    """An I/O error (here a symlink loop, which even root cannot read) stops gc: exit 1."""
+    content = await build(driver, root)
+    before = blob_digests(root)
+    data = root / layout.blob_data(Digest.parse(content.digests["M3"]))
+    data.unlink()
+    data.symlink_to(data.name)
+    result = await cli("gc", "--config", str(config), "--delete-untagged")
+    assert result.code == 1, result
+    assert (
+        result.err.strip()
+        .splitlines()[-1]
+        .startswith("txregistry gc: gc aborted, nothing deleted: OSError: ")
+    )
+    assert "Traceback" not in result.err
+    assert result.out == ""
+    assert blob_digests(root) == before - {content.digests["M3"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_during_a_push_over_http(tmp_path: Path, start_registry: object) -> None:
+    """
+    A push caught half way (config uploaded, a layer's upload started with one chunk sent,
+    manifest not yet put): gc --delete-untagged, run as a command while the registry serves,
+    deletes none of it, and the push then completes and pulls.
+    """
+    root = tmp_path / "served"
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})  # type: ignore[operator]
+    url = registry.url
+    content = await scenario.build(*scenario.http_pushers(url))
+    age_everything(root)
+    push_blob, put_manifest = scenario.http_pushers(url)
+    config_blob = b'{"pushed":"during gc"}'
+    layer = b"a layer in two chunks " * 2000
+    await push_blob("app", config_blob)
+    response = await treq.post(f"{url}/v2/app/blobs/uploads/")
+    assert response.code == 202
+    location = response.headers.getRawHeaders(b"location")[0].decode()
+    location = location if location.startswith("http") else url + location
+    half = len(layer) // 2
+    response = await treq.patch(
+        location,
+        data=layer[:half],
+        headers={"Content-Type": "application/octet-stream", "Content-Range": f"0-{half - 1}"},
+    )
+    assert response.code == 202, await response.text()
+    location = response.headers.getRawHeaders(b"location")[0].decode()
+    location = location if location.startswith("http") else url + location
+
+    config = write_config(tmp_path / "online.cfg", {"storage": {"rootdirectory": str(root)}})
+    result = await cli("gc", "--config", str(config), "--delete-untagged")
+    assert result.code == 0, result
+    assert f"gc: deleted {len(DELETED_UNTAGGED) + 1} blobs, 4 untagged manifests" in result.out
+
+    separator = "&" if "?" in location else "?"
+    response = await treq.put(
+        f"{location}{separator}digest={scenario.sha256(layer)}",
+        data=layer[half:],
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert response.code == 201, await response.text()
+    body = scenario.image(config_blob, [layer])
+    await put_manifest("app", "pushed-during-gc", body, scenario.mt.OCI_IMAGE_MANIFEST)
+    response = await treq.get(
+        f"{url}/v2/app/manifests/pushed-during-gc",
+        headers={"Accept": scenario.mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 200
+    assert await response.content() == body
+    for data in (config_blob, layer):
+        response = await treq.get(f"{url}/v2/app/blobs/{scenario.sha256(data)}")
+        assert response.code == 200
+        assert await response.content() == data
+    await assert_pullable(url, content, DELETED_UNTAGGED | {"ORPHAN_NEW"})

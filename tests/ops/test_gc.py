@@ -1,0 +1,301 @@
+"""
+Garbage collection over real storage (the filesystem driver in a temporary folder): what each
+mode deletes, what it keeps, and that everything kept still pulls through the HTTP API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
+
+from registry.api import mediatypes as mt
+from registry.api.digests import Digest
+from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, collect_garbage, manifest_refs
+from registry.storage import layout
+from registry.storage.blobs import BlobStore
+from registry.storage.driver import IStorageDriver, StorageError
+from registry.storage.filesystem import FilesystemDriver
+from registry.storage.manifests import ManifestStore
+from registry.storage.memory import MemoryDriver
+from registry.storage.referrers import ReferrersIndex
+from registry.storage.uploads import UploadStore
+from tests.e2e.conftest import start_registry
+from tests.e2e.harness import InProcessRegistry
+from tests.ops import scenario
+from tests.ops.scenario import (
+    DELETED_DEFAULT,
+    DELETED_UNTAGGED,
+    UNTAGGED,
+    Content,
+    age_everything,
+    assert_pullable,
+    blob_digests,
+    make_young,
+    revision_digests,
+)
+
+__all__ = ["start_registry"]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def driver(root: Path) -> Iterator[FilesystemDriver]:
+    pool = ThreadPool(minthreads=1, maxthreads=4, name="test-gc")
+    pool.start()
+    try:
+        yield FilesystemDriver(str(root), reactor, pool)
+    finally:
+        pool.stop()
+
+
+async def build(driver: IStorageDriver, root: Path) -> Content:
+    content = await scenario.build(*scenario.store_pushers(driver))
+    age_everything(root)
+    make_young(root, content.digests["ORPHAN_NEW"])
+    return content
+
+
+async def gc(driver: IStorageDriver, **options: object) -> GarbageCollector:
+    return await collect_garbage(driver, GCOptions(**options), time.time())  # type: ignore[arg-type]
+
+
+async def written(result: Deferred[None] | None) -> None:
+    if result is not None:
+        await result
+
+
+async def serve(start_registry: object, root: Path) -> InProcessRegistry:
+    return await start_registry({"storage": {"rootdirectory": str(root)}})  # type: ignore[operator]
+
+
+@pytest_twisted.ensureDeferred
+async def test_default_deletes_only_old_unreferenced_blobs(
+    driver: FilesystemDriver, root: Path, start_registry: object
+) -> None:
+    content = await build(driver, root)
+    before = blob_digests(root)
+    revisions = revision_digests(root, "app")
+    collector = await gc(driver)
+    assert content.labels(set(collector.candidates)) == DELETED_DEFAULT
+    assert content.labels(before - blob_digests(root)) == DELETED_DEFAULT
+    assert revision_digests(root, "app") == revisions
+    stats = collector.stats
+    assert stats.repositories_scanned == stats.repositories_total == 2
+    assert stats.blobs_deleted == 1
+    assert stats.bytes_freed == len(content.data["ORPHAN_OLD"])
+    assert stats.blobs_young == 1  # ORPHAN_NEW
+    assert stats.revisions_deleted == 0
+    assert stats.errors == []
+    registry = await serve(start_registry, root)
+    await assert_pullable(registry.url, content, DELETED_DEFAULT)
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_untagged_keeps_indexes_children_and_referrers(
+    driver: FilesystemDriver, root: Path, start_registry: object
+) -> None:
+    content = await build(driver, root)
+    before = blob_digests(root)
+    collector = await gc(driver, delete_untagged=True)
+    assert content.labels(before - blob_digests(root)) == DELETED_UNTAGGED
+    assert {content.label(d) for _, d in collector.doomed_revisions} == UNTAGGED
+    kept_revisions = content.labels(revision_digests(root, "app"))
+    assert kept_revisions == {"M1", "S1", "I", "MA", "MB", "SA"}
+    assert content.labels(revision_digests(root, "other")) == {"M3"}
+    stats = collector.stats
+    assert stats.revisions_deleted == 4
+    assert stats.referrer_entries_deleted == 1  # S2's entry under M2
+    assert stats.blobs_deleted == len(DELETED_UNTAGGED)
+    # The referrers index still lists the kept signatures, and no longer the deleted one.
+    referrers = ReferrersIndex(driver)
+    m1, m2, ma = (Digest.parse(content.digests[label]) for label in ("M1", "M2", "MA"))
+    assert [d["digest"] for d in await referrers.list_referrers("app", m1)] == [
+        content.digests["S1"]
+    ]
+    assert [d["digest"] for d in await referrers.list_referrers("app", ma)] == [
+        content.digests["SA"]
+    ]
+    assert await referrers.list_referrers("app", m2) == []
+    registry = await serve(start_registry, root)
+    await assert_pullable(registry.url, content, DELETED_UNTAGGED)
+    # The referrers API still answers for the kept image.
+    import treq
+
+    response = await treq.get(f"{registry.url}/v2/app/referrers/{m1}")
+    listing = await response.json()
+    assert [d["digest"] for d in listing["manifests"]] == [content.digests["S1"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_dry_run_deletes_nothing(driver: FilesystemDriver, root: Path) -> None:
+    content = await build(driver, root)
+    before = blob_digests(root)
+    revisions = revision_digests(root, "app")
+    collector = await gc(driver, delete_untagged=True, dry_run=True)
+    assert blob_digests(root) == before
+    assert revision_digests(root, "app") == revisions
+    assert content.labels(set(collector.candidates)) == DELETED_UNTAGGED
+    stats = collector.stats
+    assert stats.blobs_to_delete == len(DELETED_UNTAGGED)
+    assert stats.bytes_to_free == sum(len(content.data[label]) for label in DELETED_UNTAGGED)
+    assert stats.revisions_to_delete == 4
+    assert stats.blobs_deleted == stats.revisions_deleted == stats.bytes_freed == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_everything_young_is_kept(driver: FilesystemDriver, root: Path) -> None:
+    """Freshly pushed content: nothing is old enough, whatever the mode."""
+    await scenario.build(*scenario.store_pushers(driver))
+    before = blob_digests(root)
+    collector = await gc(driver, delete_untagged=True)
+    assert blob_digests(root) == before
+    assert collector.stats.blobs_deleted == 0
+    assert collector.stats.revisions_deleted == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_grace_zero_deletes_young_orphans(driver: FilesystemDriver, root: Path) -> None:
+    content = await build(driver, root)
+    collector = await gc(driver, grace=0.0)
+    assert content.labels(set(collector.candidates)) == {"ORPHAN_OLD", "ORPHAN_NEW"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_in_progress_survives(
+    driver: FilesystemDriver, root: Path, start_registry: object
+) -> None:
+    """
+    A push whose blobs are uploaded but whose manifest is not yet put: gc (even with
+    --delete-untagged) keeps the fresh blobs and the upload in progress, and the push completes.
+    """
+    content = await build(driver, root)
+    blobs = BlobStore(driver)
+    uploads = UploadStore(driver, blobs)
+    config, layer = b'{"architecture":"amd64"}', b"fresh layer " * 100
+    for data in (config, layer):
+        upload_id = await uploads.start("app")
+        appender = await uploads.open("app", upload_id)
+        await written(appender.write(data))
+        await uploads.commit(appender, Digest.parse(scenario.sha256(data)))
+    # A second layer still uploading, and ORPHAN_OLD uploaded again by this push: its data is
+    # old, but the push wrote a fresh link.
+    pending = await uploads.start("app")
+    appender = await uploads.open("app", pending)
+    await written(appender.write(b"half a layer"))
+    await appender.close()
+    await driver.put_content(
+        layout.layer_link("app", Digest.parse(content.digests["ORPHAN_OLD"])),
+        content.digests["ORPHAN_OLD"].encode(),
+    )
+    collector = await gc(driver, delete_untagged=True)
+    assert content.labels(set(collector.candidates)) == DELETED_UNTAGGED - {"ORPHAN_OLD"}
+    assert await uploads.exists("app", pending)
+    assert await uploads.size("app", pending) == len(b"half a layer")
+    body = scenario.image(config, [layer, content.data["ORPHAN_OLD"]])
+    store = ManifestStore(driver, blobs)
+    await store.put("app", "fresh", body, mt.OCI_IMAGE_MANIFEST)
+    registry = await serve(start_registry, root)
+    import treq
+
+    response = await treq.get(
+        f"{registry.url}/v2/app/manifests/fresh", headers={"Accept": mt.OCI_IMAGE_MANIFEST}
+    )
+    assert response.code == 200
+    assert await response.content() == body
+    for data in (config, layer, content.data["ORPHAN_OLD"]):
+        response = await treq.get(f"{registry.url}/v2/app/blobs/{scenario.sha256(data)}")
+        assert response.code == 200
+        assert await response.content() == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_unparseable_manifest_keeps_what_it_mentions(
+    driver: FilesystemDriver, root: Path
+) -> None:
+    """A damaged (or schema1) revision: kept with every digest in it, even untagged."""
+    content = await build(driver, root)
+    blobs = BlobStore(driver)
+    layer = content.data["ORPHAN_OLD"]
+    broken = (
+        b'{"schemaVersion": 1, "fsLayers": [{"blobSum": "%s"}], ' % scenario.sha256(layer).encode()
+    )
+    digest = await blobs.put_small(broken)
+    await driver.put_content(layout.revision_link("app", digest), str(digest).encode())
+    age_everything(root)
+    collector = await gc(driver, delete_untagged=True)
+    assert content.digests["ORPHAN_OLD"] not in collector.candidates
+    assert str(digest) not in collector.candidates
+    assert str(digest) in revision_digests(root, "app")
+    assert collector.stats.manifests_unparseable == 1
+    assert manifest_refs(broken).parsed is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_tag_moved_during_gc_is_kept(driver: FilesystemDriver, root: Path) -> None:
+    """The last look before deleting sees a tag put on an untagged manifest meanwhile."""
+    content = await build(driver, root)
+    collector = GarbageCollector(driver, GCOptions(delete_untagged=True), time.time())
+    await collector.mark()
+    await collector.examine_blobs()
+    store = ManifestStore(driver, BlobStore(driver))
+    await store.put("app", "revived", content.data["M2"], mt.OCI_IMAGE_MANIFEST)
+    await collector.recheck()
+    await collector.sweep()
+    gone = content.labels(set(collector.candidates))
+    assert gone == DELETED_UNTAGGED - {"M2", "C2", "L2", "S2", "Ls2"}
+    assert "M2" in content.labels(revision_digests(root, "app"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_root_aborts(tmp_path: Path) -> None:
+    pool = ThreadPool(minthreads=1, maxthreads=2)
+    pool.start()
+    try:
+        driver = FilesystemDriver(str(tmp_path / "nothing"), reactor, pool)
+        with pytest.raises(GCAborted, match="no registry data"):
+            await gc(driver)
+    finally:
+        pool.stop()
+
+
+class FailingReads(FilesystemDriver):
+    """A disk that fails to read one file (an I/O error, not a missing file)."""
+
+    failing: str = ""
+
+    async def get_content(self, path: str) -> bytes:
+        if path == self.failing:
+            raise StorageError(f"I/O error reading {path}")
+        return await super().get_content(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_storage_error_aborts_before_deleting(driver: FilesystemDriver, root: Path) -> None:
+    content = await build(driver, root)
+    before = blob_digests(root)
+    failing = FailingReads(str(root), reactor, driver._threadpool)
+    failing.failing = layout.blob_data(Digest.parse(content.digests["M3"]))
+    with pytest.raises(GCAborted, match="I/O error"):
+        await gc(failing, delete_untagged=True)
+    assert blob_digests(root) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_driver_and_blob_shared_across_repositories() -> None:
+    """Over the in-memory driver (its mtimes are write times): grace 0, untagged mode."""
+    driver = MemoryDriver()
+    content = await scenario.build(*scenario.store_pushers(driver))
+    collector = await gc(driver, delete_untagged=True, grace=0.0)
+    assert content.labels(set(collector.candidates)) == DELETED_UNTAGGED | {"ORPHAN_NEW"}
+    assert await BlobStore(driver).exists(Digest.parse(content.digests["SHARED"])) is not None
