@@ -10,9 +10,10 @@ eviction, and logs a one-line summary per upstream.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
+import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
@@ -194,6 +195,20 @@ def register_metrics(metrics: MetricsRegistry, caches: list[ProxyCache]) -> None
         metrics.collect(name, help, kind, _collector(caches, name, value))
 
 
+T = TypeVar("T")
+
+
+def _routing(cls: Callable[..., T], store: Any, router: ProxyRouter) -> T:
+    """The routing subclass of a local store, with every setting of ``store`` (whatever fields
+    the local store grows, they carry over) and its own state."""
+    values = {
+        field.alias: getattr(store, field.name)
+        for field in attrs.fields(type(store))
+        if field.init and not field.name.startswith("_")
+    }
+    return cls(**values, router=router)
+
+
 def build_client(config: ProxyConfig, reactor: Any) -> UpstreamClient:
     return UpstreamClient(
         reactor,
@@ -244,20 +259,10 @@ def install_proxies(
                 peers=peers,
             )
         )
-    manifests = ctx.manifests
-    ctx.blobs = RoutingBlobStore(ctx.driver, router=router)
-    ctx.manifests = RoutingManifestStore(
-        driver=manifests.driver,
-        blobs=manifests.blobs,
-        tags=manifests.tags,
-        referrers=manifests.referrers,
-        catalog=manifests.catalog,
-        url_policy=manifests.url_policy,
-        max_size=manifests.max_size,
-        router=router,
-    )
-    ctx.tags = RoutingTagStore(local_tags.driver, max_page=local_tags.max_page, router=router)
-    ctx.uploads = RoutingUploadStore(ctx.uploads.driver, ctx.uploads.blobs, router=router)
+    ctx.blobs = _routing(RoutingBlobStore, local_blobs, router)
+    ctx.manifests = _routing(RoutingManifestStore, ctx.manifests, router)
+    ctx.tags = _routing(RoutingTagStore, local_tags, router)
+    ctx.uploads = _routing(RoutingUploadStore, ctx.uploads, router)
     ctx.extras["proxy_router"] = router
     register_metrics(metrics_of(ctx.extras), peers)
     ProxyService(peers).setServiceParent(parent)  # type: ignore[no-untyped-call]
