@@ -149,3 +149,25 @@ async def test_fill_continues_when_its_only_client_leaves(
     response, data = await fetch(url)
     assert sha256(data) == layer.digest
     assert fake.count("GET", "cdn", ref=layer.digest) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_client_does_not_hold_back_the_fill(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """A client that reads nothing: the fill still completes at upstream speed (its bytes go
+    to storage, not into that client's buffers), and the client gets the blob when it reads."""
+    image = fake.content.add_image("library/alpine", "latest", [16 * 1024 * 1024])
+    layer = image.layers[0]
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+    response = await treq.get(url, unbuffered=True)
+    assert response.code == 200
+    transport = response.original._transport
+    transport.pauseProducing()  # the client stops reading from its socket
+    path = blob_data_path(storage_root(registry), layer.digest)
+    await wait_for(path.exists)
+    transport.resumeProducing()
+    data = await response.content()
+    assert sha256(data) == layer.digest
+    assert fake.count("GET", "cdn", ref=layer.digest) == 1
