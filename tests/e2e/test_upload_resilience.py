@@ -50,7 +50,7 @@ async def test_client_disconnect_leaves_upload_resumable(registry: InProcessRegi
     path = location.removeprefix(registry.url)
     await deferToThread(send_partial_body, registry.url, "PATCH", path, len(data), data[:300_000])
     stored = None
-    for _ in range(100):
+    for _ in range(400):  # up to 20 s: the server finishes writing after the client is gone
         stored = await upload_range(location)
         if stored == "0-299999":
             break
