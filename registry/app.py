@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from registry.api.errors import (
+    MANIFEST_INVALID,
     NOT_FOUND,
     SIZE_INVALID,
     UNKNOWN,
@@ -100,9 +101,17 @@ class RegistryApp:
 
     async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:
         request.setHeader(*responses.API_VERSION_HEADER)
-        if getattr(request, "body_too_large", False):
-            raise RegistryError(SIZE_INVALID, {"reason": "request body too large"}, status=413)
         route = parse_route(rest)
+        if getattr(request, "body_too_large", False):
+            if route.kind is Kind.MANIFEST:
+                limit = self.ctx.config.storage.max_manifest_size
+                raise RegistryError(
+                    MANIFEST_INVALID,
+                    {"limit": limit},
+                    f"manifest too big: the limit is {limit} bytes",
+                    status=413,
+                )
+            raise RegistryError(SIZE_INVALID, {"reason": "request body too large"}, status=413)
         # Pull-through cache: containerd's ?ns= selects the upstream (registry.proxy.routing).
         router = self.ctx.extras.get("proxy_router")
         if router is not None:

@@ -135,6 +135,7 @@ async def test_manifest_too_large_is_413(start_registry: Starter) -> None:
         headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
     )
     assert response.code == 413
+    assert await error_codes(response) == ["MANIFEST_INVALID"]
 
 
 @pytest_twisted.ensureDeferred
