@@ -33,7 +33,8 @@ from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
 from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from registry.ops.metrics import metrics_of
-from registry.storage.driver import StorageError
+from registry.storage import layout
+from registry.storage.driver import PathNotFoundError, StorageError
 
 log = Logger()
 
@@ -94,6 +95,20 @@ class RegistryApp:
         """Prometheus text format, outside /v2 (not part of the registry API; see docs)."""
         text = metrics_of(self.ctx.extras).render()
         return responses.body(request, 200, text.encode(), METRICS_CONTENT_TYPE)
+
+    @router.route("/health", methods=["GET", "HEAD"])
+    async def health(self, request: IRequest) -> bytes:
+        """
+        For load balancers and monitors: no authentication, 200 while storage answers, 503
+        with the reason when it does not (an S3 outage, refused credentials, a lost mount).
+        """
+        try:
+            await self.ctx.driver.stat(layout.ROOT)
+        except PathNotFoundError:
+            pass  # a registry nothing was pushed to yet
+        except StorageError as exc:
+            return responses.json_body(request, 503, {"status": "unavailable", "reason": str(exc)})
+        return responses.json_body(request, 200, {"status": "ok"})
 
     @router.route("/", branch=True, methods=_METHODS)
     async def elsewhere(self, request: IRequest) -> bytes:

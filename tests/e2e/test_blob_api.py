@@ -365,3 +365,10 @@ async def test_oversized_headers_are_refused(registry: InProcessRegistry) -> Non
     assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:100]
     response, _ = await get(registry.url + "/v2/")
     assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_health(registry: InProcessRegistry) -> None:
+    response, body = await get(registry.url + "/health")
+    assert response.code == 200
+    assert json.loads(body) == {"status": "ok"}

@@ -150,6 +150,9 @@ async def test_wrong_credentials_stop_startup_clearly(s3_server: S3Server, tmp_p
     process = RegistryProcess(tmp_path, sections)
     process.start()
     try:
+        health = await treq.get(f"{process.url}/health")
+        assert health.code == 503
+        assert "credentials" in (await health.text())
         response = await treq.post(f"{process.url}/v2/x/blobs/uploads/")
         assert response.code == 503
         body = json.loads(await response.content())
