@@ -273,6 +273,18 @@ async def test_reader_ranges_and_backpressure(driver: S3Driver) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_connections_move_large_reads_and_sends(driver: S3Driver) -> None:
+    """The pooled S3 sockets read and send IO_SIZE per reactor turn, not Twisted's 64/128 KiB."""
+    await driver.put_content("tuned/blob", b"x" * 100)
+    pool: Any = driver._client._pool
+    transports = [c.transport for cs in pool._connections.values() for c in cs]
+    assert transports
+    for transport in transports:
+        assert transport.bufferSize == IO_SIZE
+        assert transport.SEND_LIMIT == IO_SIZE
+
+
+@pytest_twisted.ensureDeferred
 async def test_presigned_redirect(make_driver: Any) -> None:
     """With redirect on, GET gives a presigned URL that serves the bytes (and only signed)."""
     plain = make_driver()
