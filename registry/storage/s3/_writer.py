@@ -43,9 +43,7 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -90,37 +88,6 @@ class _ChunksProducer(_PausableProducer):
 
     def _release(self) -> None:
         self._chunks.clear()
-
-
-class _SpoolProducer(FileProducer):
-    """
-    A `FileProducer` whose reads land in a buffer made on the reactor thread.  glibc gives each
-    worker thread its own malloc arena, and arenas kept the freed 1 MiB reads of spooled parts:
-    four concurrent spooled pushes peaked about 15 MiB higher (as with ``MALLOC_ARENA_MAX=1``
-    unset vs set).  The worker only fills the buffer; the bytes handed on are copied from it
-    here, in the reactor thread's arena, and the buffer serves every read of the part.
-    """
-
-    def __init__(
-        self, reactor: Any, threadpool: ThreadPool, file: IO[bytes], length: int, chunk_size: int
-    ) -> None:
-        super().__init__(reactor, threadpool, file, length, chunk_size)
-        self._buffer = bytearray(min(chunk_size, length))
-
-    def _read_ahead(self) -> None:
-        if self._ahead is not None or self._ready is not None or self._remaining <= 0:
-            return
-        file = self._file
-        if file is None:
-            return
-        size = min(self._chunk_size, self._remaining)
-        self._remaining -= size
-        view = memoryview(self._buffer)[:size]
-        readinto = file.readinto  # type: ignore[attr-defined]  # a BufferedReader
-        read: Deferred[int] = deferToThreadPool(self._reactor, self._threadpool, readinto, view)
-        ahead: Deferred[bytes] = read.addCallback(lambda count: bytes(view[:count]))
-        self._ahead = ahead
-        ahead.addCallbacks(self._chunk_read, self._read_failed, callbackArgs=(size,))
 
 
 class _MemorySegment:
@@ -169,7 +136,7 @@ class _FileSegment:
         # offset), so that the segment can be sent again if S3 fails the first attempt.
         copy = os.fdopen(os.dup(file.fileno()), "rb")
         copy.seek(0)
-        return _SpoolProducer(
+        return FileProducer(
             self._reactor, self._reactor.getThreadPool(), copy, self.size, SPOOL_READ_SIZE
         )
 
