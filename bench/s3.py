@@ -94,8 +94,8 @@ def main() -> None:
     blob = work / f"blob-{args.size_mib}m"
     digest = make_file(blob, size)
 
-    s3_workdir = Path(tempfile.mkdtemp(prefix="bench-s3-"))
-    s3 = start_s3_server(s3_workdir)
+    s3_dir = Path(tempfile.mkdtemp(prefix="bench-s3-"))
+    s3 = start_s3_server(s3_dir)
     registry = TxRegistry(
         "txregistry",
         work / "txregistry-s3",
@@ -147,7 +147,8 @@ def main() -> None:
     finally:
         registry.stop()
         s3.stop()
-        shutil.rmtree(s3_workdir, ignore_errors=True)
+        # About 10 GiB of objects per run: never leave them behind.
+        shutil.rmtree(s3_dir, ignore_errors=True)
     print()
     push = statistics.median(figures["txregistry push"])
     put = statistics.median(figures["plain PUT"])

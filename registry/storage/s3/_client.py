@@ -24,16 +24,12 @@ from treq.client import HTTPClient
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseFailed,
-)
+from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from registry.storage.driver import StorageError
 from registry.storage.producers import BytesProducer
+from registry.storage.s3._connections import S3ConnectionPool
 from registry.storage.s3._settings import Endpoint, S3Settings
 
 _log = Logger()
@@ -124,7 +120,7 @@ class S3Client:
         self._signer = S3SigV4Auth(self._credentials, "s3", settings.region)
         self._pool: HTTPConnectionPool | None = None
         if http_client is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool = S3ConnectionPool(reactor, persistent=True)
             # Uploads, downloads and small requests of many clients run at once.
             self._pool.maxPersistentPerHost = 32
             self._pool.retryAutomatically = True

@@ -40,7 +40,7 @@ from registry.storage.s3._client import (
     parse_xml,
 )
 from registry.storage.s3._reader import ResponseProducer
-from registry.storage.s3._settings import MAX_PART_SIZE, S3Settings, quote_key
+from registry.storage.s3._settings import S3Settings, quote_key
 from registry.storage.s3._writer import STATE_SUFFIX, open_writer
 
 _List = list  # "list" is a method name below
@@ -66,14 +66,21 @@ async def _gather(*coroutines: Coroutine[Any, Any, Any]) -> _List[Any]:
     return results
 
 
+MOVE_COPY_THRESHOLD = 128 * 1024 * 1024
+MOVE_COPY_PART_SIZE = 128 * 1024 * 1024
+
+
 @implementer(IStorageDriver)
 class S3Driver:
     name = "s3"
 
-    # Objects above this size are moved by UploadPartCopy (CopyObject stops at 5 GiB); tests
-    # lower both to exercise the path with small objects.
-    copy_threshold = MAX_PART_SIZE
-    copy_part_size = multipart.COPY_PART_SIZE
+    # Objects above this size are moved by UploadPartCopy, ``COPY_CONCURRENCY`` parts at once,
+    # as registry:2 does above its multipartcopythresholdsize: a server copies parts in parallel
+    # where one CopyObject runs alone (on SeaweedFS, moving a 1 GiB upload to its blob path took
+    # about 2.6 s this way against 4.1-4.7 s as one CopyObject, a third of a push).  CopyObject
+    # also stops at 5 GiB.  Tests lower both to exercise the path with small objects.
+    copy_threshold = MOVE_COPY_THRESHOLD
+    copy_part_size = MOVE_COPY_PART_SIZE
 
     def __init__(self, reactor: Any, settings: S3Settings, http_client: Any = None) -> None:
         self.settings = settings

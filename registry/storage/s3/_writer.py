@@ -59,6 +59,9 @@ _STATE_VERSION = 1
 # Parts sent at once: a second one hides the pause S3 takes to store each part (with 10 MiB
 # parts, one at a time reached ~78% of a single streamed PUT on SeaweedFS, two ~95%).
 PARTS_IN_FLIGHT = 2
+# Reads of a spooled part: each costs a thread hand-off, and each part in flight holds about two
+# (one being sent, one read ahead), so they are kept near the S3 sockets' send size.
+SPOOL_READ_SIZE = 1024 * 1024
 
 
 def state_key(key: str) -> str:
@@ -133,7 +136,9 @@ class _FileSegment:
         # offset), so that the segment can be sent again if S3 fails the first attempt.
         copy = os.fdopen(os.dup(file.fileno()), "rb")
         copy.seek(0)
-        return FileProducer(self._reactor, self._reactor.getThreadPool(), copy, self.size)
+        return FileProducer(
+            self._reactor, self._reactor.getThreadPool(), copy, self.size, SPOOL_READ_SIZE
+        )
 
     def read(self) -> bytes:
         file = self._open()
