@@ -25,6 +25,7 @@ from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
 from registry.handlers.context import RegistryContext
 from registry.http.tls import TLSSettings, server_endpoint, warn_if_plain_public
+from registry.memory import limit_malloc_arenas
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
 from registry.proxy.service import install_proxies
@@ -132,6 +133,7 @@ def makeService(options: Options) -> IService:
 
     config = options.config
     assert config is not None
+    limit_malloc_arenas()  # before any worker thread exists: see registry/memory.py
     root = MultiService()
     pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
     ThreadPoolService(pool).setServiceParent(root)  # type: ignore[no-untyped-call]

@@ -95,7 +95,9 @@ class UploadAppender:
         self._closed = True
         try:
             await self.writer.close()
-            await self.store._save_state(self.name, self.upload_id, self.hasher, self.size)
+            await self.store._save_state(
+                self.name, self.upload_id, self.hasher, self.size, self.start
+            )
         finally:
             self.store._release(self.name, self.upload_id)
 
@@ -216,18 +218,21 @@ class UploadStore:
         return hasher
 
     async def _save_state(
-        self, name: str, upload_id: str, hasher: DigestingHasher, size: int
+        self, name: str, upload_id: str, hasher: DigestingHasher, size: int, previous: int
     ) -> None:
-        old = await self._state_offsets(name, upload_id)
+        """
+        Record the state at ``size`` and drop the one this request started from (no listing:
+        one request = one write and one delete).  States left by a killed process go with
+        the upload folder at commit or cancel.
+        """
         await self.driver.put_content(
             layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, size), hasher.serialize()
         )
-        for offset in old:
-            if offset != size:
-                with contextlib.suppress(PathNotFoundError):
-                    await self.driver.delete(
-                        layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, offset)
-                    )
+        if previous not in (0, size):
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(
+                    layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, previous)
+                )
 
     async def commit(
         self,
