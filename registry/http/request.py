@@ -29,7 +29,7 @@ log = Logger()
 # Reads of 1 MiB per reactor turn instead of 64 KiB: measured here (bench/run.py), inline
 # sha256 + write went from ~550 to ~950 MB/s on tmpfs; a hashing thread was slower still.
 _UPLOAD_READ_SIZE = 1024 * 1024
-# A larger send buffer lets 4 MiB producer reads go out in fewer reactor turns.
+# A larger send buffer lets large producer reads go out in fewer reactor turns.
 _DOWNLOAD_SEND_LIMIT = 4 * 1024 * 1024
 
 
