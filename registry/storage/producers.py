@@ -72,12 +72,17 @@ class _PausableProducer:
         self._stopped = True
         self._release()
         finished, self._finished = self._finished, None
-        if finished is None or finished.called:
-            return
-        if failure is None:
-            finished.callback(None)
-        else:
-            finished.errback(failure)
+        settle(finished, failure)
+
+
+def settle(finished: Deferred[None] | None, failure: Failure | None) -> None:
+    """Fire a producer's "all written" Deferred once: with None, or with the failure."""
+    if finished is None or finished.called:
+        return
+    if failure is None:
+        finished.callback(None)
+    else:
+        finished.errback(failure)
 
 
 @implementer(IBodyProducer, IPushProducer)

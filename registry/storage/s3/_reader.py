@@ -21,6 +21,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from registry.storage.driver import StorageError
+from registry.storage.producers import settle
 
 _DONE = Failure(ResponseDone())
 
@@ -136,9 +137,4 @@ class ResponseProducer:
         self._done = True
         self._protocol.transport = None
         finished, self._finished = self._finished, None
-        if finished is None or finished.called:
-            return
-        if failure is None:
-            finished.callback(None)
-        else:
-            finished.errback(failure)
+        settle(finished, failure)
