@@ -4,9 +4,12 @@ txregistry against registry:2 (Debian's docker-registry, v2.8), interleaved in o
     make bench                 # or: python bench/run.py [--rounds 3] [--big-gib 4] [--quick]
 
 Each round runs every scenario on registry:2 and then on txregistry, both on loopback with
-their own empty storage, driven by curl (the same client for both).  Reported: median MB/s
+their own empty storage, driven by curl (the same client for both).  Reported: median MiB/s
 (or req/s), the ratio txregistry / registry:2, and each server's peak RSS during the scenario.
-These machines are noisy: compare ratios within one run, not figures across runs.
+These machines are noisy: compare ratios within one run, not figures across runs.  Two things
+keep the comparison even: an untimed warm-up round on each server first (``--warmup``), and a
+``sync`` before every timed step, so that neither server pays for writing back the page cache
+the previous step (often the other server's) left dirty.
 """
 
 from __future__ import annotations
@@ -157,6 +160,10 @@ def pull(server: Server, repo: str, digest: str, size: int) -> None:
 
 
 def measure(server: Server, action: Callable[[], None]) -> tuple[float, float]:
+    # Start every timed step with no dirty pages: otherwise one server's step pays for the
+    # kernel writing back what the previous step (often the other server's) left in the
+    # page cache, and the order of the scenarios decides the figures.
+    os.sync()
     with PeakRss(server.pid) as rss:
         started = time.perf_counter()
         action()
@@ -204,6 +211,12 @@ def run_request_scenarios(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed throughput rounds first (a fresh process and page cache are slower)",
+    )
     parser.add_argument("--big-gib", type=int, default=4, help="size of the RSS run (0: skip)")
     parser.add_argument("--workdir", default="/tmp/txregistry-bench")
     parser.add_argument("--quick", action="store_true", help="1 round, no big run")
@@ -213,7 +226,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="length of each request run")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.big_gib = 1, 0
+        args.rounds, args.big_gib, args.warmup = 1, 0, 0
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -241,9 +254,12 @@ def main() -> None:
     try:
         if args.only != "throughput":
             run_request_scenarios(servers, args.rounds, args.seconds, rates)
-        for round_index in range(args.rounds if args.only != "requests" else 0):
+        throughput_rounds = args.rounds if args.only != "requests" else 0
+        warmups = args.warmup if throughput_rounds else 0
+        for round_index in range(-warmups, throughput_rounds):
+            warmup = round_index < 0
             for server in servers:
-                repo = f"bench/r{round_index}"
+                repo = f"bench/w{-round_index}" if warmup else f"bench/r{round_index}"
                 scenarios: dict[str, Callable[[], None]] = {
                     "push 1 GiB monolithic": lambda s=server, r=repo: push_monolithic(
                         s, r + "m", one_gib, digest_1g
@@ -255,12 +271,14 @@ def main() -> None:
                 }
                 for name, action in scenarios.items():
                     elapsed, peak = measure(server, action)
-                    results.setdefault(name, {}).setdefault(server.name, []).append(
-                        (1024 / elapsed, peak)
-                    )
+                    if not warmup:
+                        results.setdefault(name, {}).setdefault(server.name, []).append(
+                            (1024 / elapsed, peak)
+                        )
+                    label = "warm-up" if warmup else f"round {round_index + 1}"
                     print(
-                        f"round {round_index + 1} {server.name:11} {name:26} "
-                        f"{1024 / elapsed:8.0f} MB/s  peak RSS {peak:6.1f} MiB",
+                        f"{label:7} {server.name:11} {name:26} "
+                        f"{1024 / elapsed:8.0f} MiB/s  peak RSS {peak:6.1f} MiB",
                         flush=True,
                     )
                     if "push" in name:
@@ -295,7 +313,7 @@ def main() -> None:
                         (args.big_gib * 1024 / elapsed, peak)
                     )
                     print(
-                        f"{server.name:11} {name:26} {args.big_gib * 1024 / elapsed:8.0f} MB/s"
+                        f"{server.name:11} {name:26} {args.big_gib * 1024 / elapsed:8.0f} MiB/s"
                         f"  peak RSS {peak:6.1f} MiB",
                         flush=True,
                     )
@@ -305,7 +323,7 @@ def main() -> None:
 
     print()
     print(
-        "| scenario | registry:2 MB/s | txregistry MB/s | ratio | registry:2 peak RSS | "
+        "| scenario | registry:2 MiB/s | txregistry MiB/s | ratio | registry:2 peak RSS | "
         "txregistry peak RSS |"
     )
     print("|---|---:|---:|---:|---:|---:|")
@@ -321,6 +339,8 @@ def main() -> None:
             "ratio": ours / reference,
             "registry2_rss_mib": ref_rss,
             "txregistry_rss_mib": our_rss,
+            "registry2_samples_mib_s": [round(v) for v, _ in by_server["registry:2"]],
+            "txregistry_samples_mib_s": [round(v) for v, _ in by_server["txregistry"]],
         }
         print(
             f"| {name} | {reference:.0f} | {ours:.0f} | {ours / reference:.2f}x | "

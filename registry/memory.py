@@ -14,10 +14,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-_M_ARENA_MAX = -8  # from glibc's malloc.h
+# From glibc's malloc.h.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MiB = 1024 * 1024
 
 
-def limit_malloc_arenas(arenas: int = 1) -> bool:
+def limit_malloc_arenas(
+    arenas: int = 1, mmap_threshold: int = 4 * MiB, trim_threshold: int = 8 * MiB
+) -> bool:
     """Ask glibc for at most ``arenas`` malloc arenas; False where that is not glibc."""
     name = ctypes.util.find_library("c")
     if name is None:
@@ -28,4 +34,8 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, arenas))
+    return bool(
+        mallopt(_M_ARENA_MAX, arenas)
+        and mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+        and mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )

@@ -30,6 +30,7 @@ from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
 from registry.proxy.service import install_proxies
 from registry.storage.factory import build_driver
+from registry.storage.hash_offload import HashThreads
 
 log = Logger()
 
@@ -150,7 +151,13 @@ def makeService(options: Options) -> IService:
     except (ValueError, OSError, ConfigError) as exc:
         # One line naming the problem, not a traceback: these are configuration mistakes.
         raise SystemExit(f"configuration error: {exc}") from None
-    ctx = RegistryContext.build(config, driver, reactor, access)
+    # Upload hashing gets threads of its own, one per core: it is CPU work, and long hashing
+    # slices must not delay the storage pool's file reads.
+    hash_pool = ThreadPool(minthreads=1, maxthreads=os.cpu_count() or 2, name="registry-hash")
+    ThreadPoolService(hash_pool).setServiceParent(root)  # type: ignore[no-untyped-call]
+    ctx = RegistryContext.build(
+        config, driver, reactor, access, hash_threads=HashThreads(reactor, hash_pool)
+    )
     # Pull-through caches ([proxy:NAME]): swaps in routing stores, adds their service.
     install_proxies(ctx, config, reactor, root)
     site = make_site(ctx)

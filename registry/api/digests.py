@@ -1,19 +1,23 @@
 """
 Content digests and the incremental hashers behind them.
 
-Uploads hash inline while bytes stream to storage.  The hashers come from ``rehashes`` because
-their state serialises in about a hundred bytes: a chunked upload can continue in another
-process (or on another instance sharing S3) without re-reading what is already stored.
+Uploads hash inline while bytes stream to storage.  The hashers' state serialises in about a
+hundred bytes, so a chunked upload can continue in another process (or on another instance
+sharing S3) without re-reading what is already stored.  sha256 uses libcrypto where it can be
+loaded (`registry.api.openssl_sha256`: same state format, and it releases the GIL so uploads
+can hash on another core); sha512, and sha256 elsewhere, use ``rehashes``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Protocol
 
 import attrs
 import rehashes
 
+from registry.api import openssl_sha256
 from registry.api.errors import DIGEST_INVALID, RegistryError
 
 _DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
@@ -67,13 +71,22 @@ class Hasher(Protocol):
 _HASHERS = {"sha256": rehashes.PySha256, "sha512": rehashes.PySha512}
 
 
+def releases_gil(algorithm: str) -> bool:
+    """True when this algorithm's `Hasher.update` lets other threads run meanwhile."""
+    return algorithm == "sha256" and openssl_sha256.load() is not None
+
+
 def new_hasher(algorithm: str = "sha256") -> Hasher:
+    if algorithm == "sha256" and (lib := openssl_sha256.load()) is not None:
+        return openssl_sha256.OpenSSLSha256(lib)
     hasher: Hasher = _HASHERS[algorithm]()
     return hasher
 
 
 def restore_hasher(algorithm: str, state: bytes) -> Hasher:
     """Rebuild a hasher from `Hasher.serialize` output; ValueError when the state is unusable."""
+    if algorithm == "sha256" and (lib := openssl_sha256.load()) is not None:
+        return openssl_sha256.OpenSSLSha256.deserialize(lib, state)
     try:
         hasher: Hasher = _HASHERS[algorithm].deserialize(state)
     except Exception as exc:  # the extension raises its own error types
@@ -82,9 +95,8 @@ def restore_hasher(algorithm: str, state: bytes) -> Hasher:
 
 
 def digest_of(data: bytes, algorithm: str = "sha256") -> Digest:
-    hasher = new_hasher(algorithm)
-    hasher.update(data)
-    return Digest(algorithm, hasher.finalize())
+    """One-shot digests (manifests, small blobs) need no saved state: hashlib does them."""
+    return Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
 
 
 class DigestingHasher:

@@ -18,6 +18,7 @@ from registry.manifests import UrlPolicy
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver
+from registry.storage.hash_offload import HashThreads
 from registry.storage.manifests import ManifestStore
 from registry.storage.referrers import ReferrersIndex
 from registry.storage.tags import TagStore
@@ -49,6 +50,7 @@ class RegistryContext:
         driver: IStorageDriver,
         reactor: Any,
         access: IAccessController | None = None,
+        hash_threads: HashThreads | None = None,
     ) -> RegistryContext:
         blobs = BlobStore(driver)
         tags = TagStore(driver, max_page=MAX_PAGE)
@@ -67,7 +69,7 @@ class RegistryContext:
             config=config,
             driver=driver,
             blobs=blobs,
-            uploads=UploadStore(driver, blobs),
+            uploads=UploadStore(driver, blobs, hash_threads),
             manifests=manifests,
             tags=tags,
             referrers=referrers,

@@ -22,7 +22,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from registry.api.digests import Digest, DigestingHasher
+from registry.api.digests import Digest, DigestingHasher, releases_gil
 from registry.api.errors import (
     BLOB_UPLOAD_UNKNOWN,
     DIGEST_INVALID,
@@ -33,6 +33,7 @@ from registry.api.errors import (
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
+from registry.storage.hash_offload import HashThreads, OffloadedHasher
 
 log = Logger()
 INLINE_ALGORITHM = "sha256"
@@ -77,6 +78,7 @@ class UploadAppender:
     writer: IFileWriter
     hasher: DigestingHasher
     start: int
+    offload: OffloadedHasher | None = None
     _closed: bool = False
 
     @property
@@ -85,8 +87,21 @@ class UploadAppender:
         return written
 
     def write(self, data: bytes) -> Deferred[None] | None:
-        self.hasher.update(data)
-        return self.writer.write(data)
+        """Store, then hash (so a write refused at once is not in the hash state)."""
+        written = self.writer.write(data)
+        if self.offload is None:
+            self.hasher.update(data)
+            return written
+        hashed = self.offload.update(data)
+        if written is None or hashed is None:
+            return written or hashed
+        # Both are behind: resume once storage has caught up and then the hasher has room.
+        return written.addCallback(lambda _: hashed)
+
+    async def _settled_hasher(self) -> DigestingHasher:
+        if self.offload is not None:
+            return await self.offload.settle()
+        return self.hasher
 
     async def close(self) -> None:
         """Keep what was written and record the hash state, so the upload can continue."""
@@ -95,23 +110,17 @@ class UploadAppender:
         self._closed = True
         try:
             await self.writer.close()
-            await self.store._save_state(
-                self.name, self.upload_id, self.hasher, self.size, self.start
-            )
+            hasher = await self._settled_hasher()
+            await self.store._save_state(self.name, self.upload_id, hasher, self.size, self.start)
         finally:
             self.store._release(self.name, self.upload_id)
 
-    async def _finish_writing(self) -> None:
+    async def _finish_writing(self) -> DigestingHasher:
+        """Commit the data; returns the hasher with every byte in it."""
         self._closed = True
         try:
             await self.writer.commit()
-        finally:
-            self.store._release(self.name, self.upload_id)
-
-    async def _discard(self) -> None:
-        self._closed = True
-        try:
-            await self.writer.cancel()
+            return await self._settled_hasher()
         finally:
             self.store._release(self.name, self.upload_id)
 
@@ -120,6 +129,9 @@ class UploadAppender:
 class UploadStore:
     driver: IStorageDriver
     blobs: BlobStore
+    # Where to hash off the reactor thread; None hashes inline (also when the hasher would
+    # hold the GIL, which would only move the work, not share it).
+    hash_threads: HashThreads | None = None
     _busy: set[tuple[str, str]] = attrs.field(factory=set)
 
     async def start(self, name: str) -> str:
@@ -190,7 +202,10 @@ class UploadStore:
         except BaseException:
             self._release(name, upload_id)
             raise
-        return UploadAppender(self, name, upload_id, writer, hasher, size)
+        offload = None
+        if self.hash_threads is not None and releases_gil(INLINE_ALGORITHM):
+            offload = OffloadedHasher(hasher, self.hash_threads)
+        return UploadAppender(self, name, upload_id, writer, hasher, size, offload)
 
     async def _resume_hasher(self, name: str, upload_id: str, size: int) -> DigestingHasher:
         if size == 0:
@@ -246,10 +261,10 @@ class UploadStore:
         """
         name, upload_id = appender.name, appender.upload_id
         size = appender.size
-        await appender._finish_writing()
+        hasher = await appender._finish_writing()
         try:
             if digest.algorithm == INLINE_ALGORITHM:
-                actual = appender.hasher.digest()
+                actual = hasher.digest()
             else:
                 actual = (await self._hash_stored(name, upload_id, digest.algorithm, size)).digest()
             if expected_size is not None and expected_size != size:

@@ -9,6 +9,7 @@ import os
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet.defer import DeferredList
 
 from tests.e2e.client import (
     error_codes,
@@ -124,6 +125,41 @@ async def test_chunked_patch_with_and_without_content_range(registry: InProcessR
     assert response.code == 201, await response.text()
     _, body = await get(f"{registry.url}/v2/chunky/blobs/{sha256(whole)}")
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(whole).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_chunked_uploads_hash_independently(registry: InProcessRegistry) -> None:
+    """
+    Uploads are hashed on worker threads, each in its own lane: interleaved PATCHes of
+    several uploads, with chunks larger than a lane's queue (so the socket is paused and
+    resumed), must each end with their own digest.
+    """
+    uploads = {
+        f"lanes/u{index}": [os.urandom(3 * 1024 * 1024) for _ in range(3)] for index in range(4)
+    }
+    locations = {name: await start_upload(registry.url, name) for name in uploads}
+    for step in range(3):
+        responses = await DeferredList(
+            [
+                treq.patch(
+                    locations[name],
+                    data=chunks[step],
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+                for name, chunks in uploads.items()
+            ],
+            fireOnOneErrback=True,
+        )
+        for (name, _), (_, response) in zip(uploads.items(), responses, strict=True):
+            assert response.code == 202, await response.text()
+            assert header(response, "range") == f"0-{(step + 1) * 3 * 1024 * 1024 - 1}"
+            locations[name] = registry.url + header(response, "location")  # type: ignore[operator]
+    for name, chunks in uploads.items():
+        whole = b"".join(chunks)
+        response = await treq.put(f"{locations[name]}?digest={sha256(whole)}")
+        assert response.code == 201, await response.text()
+        _, body = await get(f"{registry.url}/v2/{name}/blobs/{sha256(whole)}")
+        assert sha256(body) == sha256(whole)
 
 
 @pytest_twisted.ensureDeferred
