@@ -181,7 +181,9 @@ class RegistryApp:
         return responses.error(request, RegistryError(UNKNOWN, {"reason": "internal error"}))
 
 
-def make_site(ctx: RegistryContext) -> RegistrySite:
+def make_site(
+    ctx: RegistryContext, after_request: Callable[[int], None] | None = None
+) -> RegistrySite:
     app = RegistryApp(ctx)
 
     def sink_factory(
@@ -194,6 +196,7 @@ def make_site(ctx: RegistryContext) -> RegistrySite:
         sink_factory=sink_factory,
         max_body_size=max(ctx.config.http.max_body_size, ctx.config.storage.max_manifest_size),
         access_log=ctx.config.log.accesslog,
+        after_request=after_request,
         timeout=ctx.config.http.timeout,
     )
     return site

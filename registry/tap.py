@@ -25,7 +25,7 @@ from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
 from registry.handlers.context import RegistryContext
 from registry.http.tls import TLSSettings, server_endpoint, warn_if_plain_public
-from registry.memory import limit_malloc_arenas
+from registry.memory import HeapTrimmer, limit_malloc_arenas
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
 from registry.proxy.service import install_proxies
@@ -160,7 +160,7 @@ def makeService(options: Options) -> IService:
     )
     # Pull-through caches ([proxy:NAME]): swaps in routing stores, adds their service.
     install_proxies(ctx, config, reactor, root)
-    site = make_site(ctx)
+    site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
 
     def index_catalog() -> None:
         # A registry:2 data directory served for the first time has no catalog index yet:

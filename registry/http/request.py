@@ -182,12 +182,15 @@ class RegistrySite(server.Site):
         sink_factory: SinkFactory | None = None,
         max_body_size: int = 1024 * 1024,
         access_log: bool = True,
+        after_request: Callable[[int], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, requestFactory=RegistryRequest, **kwargs)  # type: ignore[no-untyped-call]
         self.sink_factory = sink_factory
         self.max_body_size = max_body_size
         self.access_log = access_log
+        # Told how many body bytes each finished request moved (in and out).
+        self.after_request = after_request
         self.displayTracebacks = False
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -197,6 +200,9 @@ class RegistrySite(server.Site):
         return protocol
 
     def log(self, request: Any) -> None:
+        if self.after_request is not None:
+            received = getattr(request.sink, "received", 0) if request.sink is not None else 0
+            self.after_request(request.sentLength + received)
         if not self.access_log:
             return
         elapsed = time.monotonic() - getattr(request, "started", time.monotonic())

@@ -34,8 +34,8 @@ class HashThreads:
 
     reactor: Any
     pool: ThreadPool
-    high_water: int = 2 * MiB
-    low_water: int = 1 * MiB
+    high_water: int = 6 * MiB
+    low_water: int = 2 * MiB
     slice_bytes: int = 32 * MiB
 
 

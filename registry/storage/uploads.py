@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from registry.api.digests import Digest, DigestingHasher, releases_gil
 from registry.api.errors import (
@@ -104,12 +105,25 @@ class UploadAppender:
         return self.hasher
 
     async def close(self) -> None:
-        """Keep what was written and record the hash state, so the upload can continue."""
+        """
+        Keep what was written; the hash state is recorded in the background, so the upload
+        can continue.  Returns once every byte is in storage: a PATCH is answered then, while
+        the hasher may still be catching up (a few MiB queued, a few ms).  The next request
+        on this upload waits for that to finish (`UploadStore.open`); a process that dies
+        first leaves no state, and the upload resumes by re-hashing the stored data.
+        """
         if self._closed:
             return
         self._closed = True
         try:
             await self.writer.close()
+        except BaseException:
+            self.store._release(self.name, self.upload_id)
+            raise
+        self.store._finish_in_background(self)
+
+    async def _record_state(self) -> None:
+        try:
             hasher = await self._settled_hasher()
             await self.store._save_state(self.name, self.upload_id, hasher, self.size, self.start)
         finally:
@@ -133,6 +147,8 @@ class UploadStore:
     # hold the GIL, which would only move the work, not share it).
     hash_threads: HashThreads | None = None
     _busy: set[tuple[str, str]] = attrs.field(factory=set)
+    # Uploads whose last request was answered while their hash state is still being recorded.
+    _recording: dict[tuple[str, str], Deferred[None]] = attrs.field(factory=dict)
 
     async def start(self, name: str) -> str:
         """Create an empty upload and return its id."""
@@ -166,6 +182,7 @@ class UploadStore:
     async def size(self, name: str, upload_id: str) -> int:
         """Bytes received so far (for ``GET`` on an upload and ``Range`` headers)."""
         await self._require(name, upload_id)
+        await self._recorded(name, upload_id)
         try:
             info = await self.driver.stat(layout.upload_data(name, upload_id))
             return info.size
@@ -174,6 +191,32 @@ class UploadStore:
             # from the hash state saved at the end of each request.
             offsets = await self._state_offsets(name, upload_id)
             return offsets[-1] if offsets else 0
+
+    def _finish_in_background(self, appender: UploadAppender) -> None:
+        key = (appender.name, appender.upload_id)
+        done = Deferred.fromCoroutine(appender._record_state())
+
+        def finished(result: object) -> None:
+            if self._recording.get(key) is done:
+                del self._recording[key]
+            if isinstance(result, Failure):
+                log.failure(
+                    "recording the hash state of upload {upload} ({name}); the next request "
+                    "re-hashes the stored data",
+                    result,
+                    upload=appender.upload_id,
+                    name=appender.name,
+                )
+
+        if not done.called:
+            self._recording[key] = done
+        done.addBoth(finished)
+
+    async def _recorded(self, name: str, upload_id: str) -> None:
+        """Wait until the previous request's hash state is recorded (see `UploadAppender.close`)."""
+        pending = self._recording.get((name, upload_id))
+        if pending is not None:
+            await pending  # never fails: `finished` logs the error and returns None
 
     def _acquire(self, name: str, upload_id: str, size_hint: int) -> None:
         if (name, upload_id) in self._busy:
@@ -189,6 +232,7 @@ class UploadStore:
         (``Content-Range``); anything but the current size is 416 with the current range.
         """
         await self._require(name, upload_id)
+        await self._recorded(name, upload_id)
         self._acquire(name, upload_id, 0)
         try:
             writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
@@ -284,6 +328,7 @@ class UploadStore:
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._require(name, upload_id)
+        await self._recorded(name, upload_id)
         await self._remove(name, upload_id)
 
     async def _remove(self, name: str, upload_id: str) -> None:

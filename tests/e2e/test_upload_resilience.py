@@ -97,6 +97,47 @@ async def test_restart_between_chunks(registry_process: RegistryProcess, sig: in
 
 
 @pytest_twisted.ensureDeferred
+async def test_hash_state_is_recorded_after_each_request(
+    registry_process: RegistryProcess,
+) -> None:
+    """
+    A PATCH is answered once its bytes are stored, while the hasher may still be catching up;
+    the state is then recorded before the upload is used again.  So the next request, even
+    right after a kill, continues from the saved state instead of re-hashing the data.
+    """
+    first = os.urandom(24 * 1024 * 1024)
+    second = os.urandom(3 * 1024 * 1024)
+    location = await start_upload(registry_process.url, "state/kept")
+    upload_id = location.rsplit("/", 1)[1]
+    response = await treq.patch(
+        location, data=first, headers={"Content-Range": f"0-{len(first) - 1}"}
+    )
+    assert response.code == 202, await response.text()
+    assert await upload_range(location) == f"0-{len(first) - 1}"  # waits for the recording
+    state = (
+        registry_process.workdir
+        / "data/docker/registry/v2/repositories/state/kept/_uploads"
+        / upload_id
+        / f"txhashstates/sha256/{len(first)}"
+    )
+    assert state.is_file()
+
+    registry_process.kill()
+    registry_process.start()
+    assert await upload_range(location) == f"0-{len(first) - 1}"
+    response = await treq.patch(
+        location,
+        data=second,
+        headers={"Content-Range": f"{len(first)}-{len(first) + len(second) - 1}"},
+    )
+    assert response.code == 202, await response.text()
+    whole = first + second
+    response = await treq.put(f"{location}?digest={sha256(whole)}")
+    assert response.code == 201, await response.text()
+    assert "re-hashing stored data" not in registry_process.log_text()
+
+
+@pytest_twisted.ensureDeferred
 async def test_kill_mid_body(registry_process: RegistryProcess) -> None:
     """Killed while bytes arrive: no blob appears, and the upload resumes where data stopped."""
     data = os.urandom(8_000_000)

@@ -14,7 +14,12 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
 from registry.api.digests import Digest, DigestingHasher
+from registry.storage import layout
+from registry.storage.blobs import BlobStore
+from registry.storage.driver import PathNotFoundError
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
+from registry.storage.memory import MemoryDriver
+from registry.storage.uploads import UploadStore
 
 KiB = 1024
 
@@ -25,6 +30,15 @@ def pool() -> Iterator[ThreadPool]:
     pool.start()
     yield pool
     pool.stop()
+
+
+@pytest.fixture
+def held(pool: ThreadPool) -> Iterator[threading.Event]:
+    """The pool's only thread, busy until the test sets the event (or the test ends)."""
+    gate = threading.Event()
+    pool.callInThread(gate.wait)
+    yield gate
+    gate.set()
 
 
 def chunks(count: int, size: int) -> list[bytes]:
@@ -48,18 +62,18 @@ async def test_digest_of_everything_fed_in_order(pool: ThreadPool) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_full_queue_asks_the_feeder_to_wait(pool: ThreadPool) -> None:
+async def test_a_full_queue_asks_the_feeder_to_wait(
+    pool: ThreadPool, held: threading.Event
+) -> None:
     threads = HashThreads(reactor, pool, high_water=64 * KiB, low_water=16 * KiB)
     lane = OffloadedHasher(DigestingHasher(), threads)
-    # Hold the only worker so nothing is hashed while the queue fills.
-    gate = threading.Event()
-    pool.callInThread(gate.wait)
+    # The only worker is held, so nothing is hashed while the queue fills.
     parts = chunks(4, 32 * KiB)
     waiters = [lane.update(part) for part in parts]
     assert waiters[0] is None and waiters[1] is None  # 64 KiB queued: at the mark, not over
     assert isinstance(waiters[2], Deferred) and isinstance(waiters[3], Deferred)
     assert not waiters[2].called
-    gate.set()
+    held.set()
     for waiter in waiters[2:]:
         assert waiter is not None
         await waiter
@@ -91,3 +105,35 @@ async def test_a_hashing_error_surfaces_at_settle(pool: ThreadPool) -> None:
     with pytest.raises(RuntimeError, match="the library failed"):
         await lane.settle()
     assert lane.update(b"more") is None  # further bytes are dropped, not queued
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_request_waits_for_the_state_of_the_previous_one(
+    pool: ThreadPool, held: threading.Event
+) -> None:
+    """
+    `UploadAppender.close` returns once the bytes are stored; the hash state follows in the
+    background.  Opening the upload again (the next PATCH, a GET, a cancel) waits for it.
+    """
+    driver = MemoryDriver()
+    store = UploadStore(driver, BlobStore(driver), HashThreads(reactor, pool))
+    upload_id = await store.start("repo")
+    appender = await store.open("repo", upload_id)
+    # The only hashing thread is held: hashing is behind.
+    data = os.urandom(100 * KiB)
+    appender.write(data)
+    await appender.close()
+    state_path = layout.upload_hashstate("repo", upload_id, "sha256", len(data))
+    with pytest.raises(PathNotFoundError):
+        await driver.get_content(state_path)
+
+    reopened = Deferred.fromCoroutine(store.open("repo", upload_id))
+    size = Deferred.fromCoroutine(store.size("repo", upload_id))
+    assert not reopened.called and not size.called
+    held.set()
+    appender = await reopened
+    assert await size == len(data)
+    assert await driver.get_content(state_path)  # recorded before the upload was reopened
+    appender.write(b"tail")
+    await store.commit(appender, expected([data, b"tail"]))
+    assert await store.blobs.exists(expected([data, b"tail"])) is not None
