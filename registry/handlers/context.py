@@ -24,6 +24,8 @@ from registry.storage.referrers import ReferrersIndex
 from registry.storage.tags import TagStore
 from registry.storage.uploads import UploadStore
 
+# Drivers whose storage belongs to one process (S3 buckets are shared between instances).
+LOCAL_DRIVERS = ("filesystem", "inmemory")
 # The largest page a client may ask for with ``n`` (tags, catalog, referrers).
 MAX_PAGE = 10_000
 
@@ -69,7 +71,12 @@ class RegistryContext:
             config=config,
             driver=driver,
             blobs=blobs,
-            uploads=UploadStore(driver, blobs, hash_threads),
+            uploads=UploadStore(
+                driver,
+                blobs,
+                hash_threads,
+                state_after_answer=driver.name in LOCAL_DRIVERS,
+            ),
             manifests=manifests,
             tags=tags,
             referrers=referrers,

@@ -106,11 +106,13 @@ class UploadAppender:
 
     async def close(self) -> None:
         """
-        Keep what was written; the hash state is recorded in the background, so the upload
-        can continue.  Returns once every byte is in storage: a PATCH is answered then, while
-        the hasher may still be catching up (a few MiB queued, a few ms).  The next request
-        on this upload waits for that to finish (`UploadStore.open`); a process that dies
-        first leaves no state, and the upload resumes by re-hashing the stored data.
+        Keep what was written and record the hash state, so the upload can continue.
+
+        With ``UploadStore.state_after_answer``, this returns once every byte is in storage
+        and the state is recorded in the background: a PATCH is answered while the hasher
+        may still be catching up (a few MiB queued, a few ms).  The next request on this
+        upload waits for the state (`UploadStore.open`); a process that dies first leaves no
+        state, and the upload resumes by re-hashing the stored data.
         """
         if self._closed:
             return
@@ -120,7 +122,10 @@ class UploadAppender:
         except BaseException:
             self.store._release(self.name, self.upload_id)
             raise
-        self.store._finish_in_background(self)
+        if self.store.state_after_answer:
+            self.store._finish_in_background(self)
+        else:
+            await self._record_state()
 
     async def _record_state(self) -> None:
         try:
@@ -146,6 +151,10 @@ class UploadStore:
     # Where to hash off the reactor thread; None hashes inline (also when the hasher would
     # hold the GIL, which would only move the work, not share it).
     hash_threads: HashThreads | None = None
+    # Answer a request before its hash state is recorded (see `UploadAppender.close`).  Only
+    # where this process is the only one serving the storage: on shared storage (S3) another
+    # instance may take the next PATCH at once, and must find the state there.
+    state_after_answer: bool = False
     _busy: set[tuple[str, str]] = attrs.field(factory=set)
     # Uploads whose last request was answered while their hash state is still being recorded.
     _recording: dict[tuple[str, str], Deferred[None]] = attrs.field(factory=dict)

@@ -116,7 +116,9 @@ async def test_next_request_waits_for_the_state_of_the_previous_one(
     background.  Opening the upload again (the next PATCH, a GET, a cancel) waits for it.
     """
     driver = MemoryDriver()
-    store = UploadStore(driver, BlobStore(driver), HashThreads(reactor, pool))
+    store = UploadStore(
+        driver, BlobStore(driver), HashThreads(reactor, pool), state_after_answer=True
+    )
     upload_id = await store.start("repo")
     appender = await store.open("repo", upload_id)
     # The only hashing thread is held: hashing is behind.
@@ -137,3 +139,25 @@ async def test_next_request_waits_for_the_state_of_the_previous_one(
     appender.write(b"tail")
     await store.commit(appender, expected([data, b"tail"]))
     assert await store.blobs.exists(expected([data, b"tail"])) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_shared_storage_the_state_is_recorded_before_answering(
+    pool: ThreadPool, held: threading.Event
+) -> None:
+    """Without ``state_after_answer`` (S3: another instance may take the next PATCH at once),
+    closing waits for the hasher and the state."""
+    driver = MemoryDriver()
+    store = UploadStore(driver, BlobStore(driver), HashThreads(reactor, pool))
+    upload_id = await store.start("repo")
+    appender = await store.open("repo", upload_id)
+    data = os.urandom(100 * KiB)
+    appender.write(data)
+    closed = Deferred.fromCoroutine(appender.close())
+    assert not closed.called
+    held.set()
+    await closed
+    state = await driver.get_content(
+        layout.upload_hashstate("repo", upload_id, "sha256", len(data))
+    )
+    assert DigestingHasher("sha256", state).digest() == expected([data])
