@@ -25,11 +25,8 @@ KiB = 1024
 
 
 @pytest.fixture
-def pool() -> Iterator[ThreadPool]:
-    pool = ThreadPool(minthreads=1, maxthreads=1, name="test-hash")
-    pool.start()
-    yield pool
-    pool.stop()
+def pool(one_thread_pool: ThreadPool) -> ThreadPool:
+    return one_thread_pool
 
 
 @pytest.fixture

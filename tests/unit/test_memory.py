@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
@@ -15,11 +14,8 @@ from tests.e2e.harness import sleep
 
 
 @pytest.fixture
-def pool() -> Iterator[ThreadPool]:
-    pool = ThreadPool(minthreads=1, maxthreads=1, name="test-trim")
-    pool.start()
-    yield pool
-    pool.stop()
+def pool(one_thread_pool: ThreadPool) -> ThreadPool:
+    return one_thread_pool
 
 
 class RecordingTrim:
