@@ -49,6 +49,8 @@ class OpenSSLSha256:
         self._ctx = ctx
 
     def update(self, data: bytes) -> None:
+        if type(data) is not bytes:  # ctypes passes only bytes without a copy
+            data = bytes(data)
         if data and self._lib.SHA256_Update(self._ctx, data, len(data)) != 1:
             raise RuntimeError("SHA256_Update failed")
 

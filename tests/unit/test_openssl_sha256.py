@@ -72,6 +72,14 @@ def test_resumes_across_implementations(first: list[bytes], second: list[bytes])
 
 
 @needs_libcrypto
+def test_any_buffer_is_hashed() -> None:
+    hasher = new_hasher("sha256")
+    hasher.update(bytearray(b"ab"))
+    hasher.update(memoryview(b"xcdx")[1:3])
+    assert hasher.finalize() == hashlib.sha256(b"abcd").hexdigest()
+
+
+@needs_libcrypto
 def test_finalize_leaves_the_hasher_usable() -> None:
     hasher = new_hasher("sha256")
     hasher.update(b"abc")
