@@ -7,11 +7,16 @@ from collections.abc import Iterator
 import pytest
 from twisted.python.threadpool import ThreadPool
 
+from tests.threads import started_pool
+
+
+@pytest.fixture
+def thread_pool() -> Iterator[ThreadPool]:
+    """A started pool of four threads: what a storage driver gets in the tests."""
+    yield from started_pool("test-pool", 4)
+
 
 @pytest.fixture
 def one_thread_pool() -> Iterator[ThreadPool]:
     """A started pool of one thread: work queued behind a held thread waits, visibly."""
-    pool = ThreadPool(minthreads=1, maxthreads=1, name="test-one-thread")
-    pool.start()
-    yield pool
-    pool.stop()
+    yield from started_pool("test-one-thread", 1)

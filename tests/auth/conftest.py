@@ -9,13 +9,12 @@ import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 
+from tests.threads import started_pool
+
 
 @pytest.fixture
 def threadpool() -> Iterator[ThreadPool]:
-    pool = ThreadPool(minthreads=1, maxthreads=2, name="test-bcrypt")
-    pool.start()
-    yield pool
-    pool.stop()
+    yield from started_pool("test-bcrypt", 2)
 
 
 class LogCapture:

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -83,13 +82,8 @@ def config(tmp_path: Path, root: Path) -> Path:
 
 
 @pytest.fixture
-def driver(root: Path) -> Iterator[FilesystemDriver]:
-    pool = ThreadPool(minthreads=1, maxthreads=4, name="test-cli")
-    pool.start()
-    try:
-        yield FilesystemDriver(str(root), reactor, pool)
-    finally:
-        pool.stop()
+def driver(root: Path, thread_pool: ThreadPool) -> FilesystemDriver:
+    return FilesystemDriver(str(root), reactor, thread_pool)
 
 
 async def build(driver: FilesystemDriver, root: Path) -> Content:

@@ -6,7 +6,6 @@ mode deletes, what it keeps, and that everything kept still pulls through the HT
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,13 +49,8 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def driver(root: Path) -> Iterator[FilesystemDriver]:
-    pool = ThreadPool(minthreads=1, maxthreads=4, name="test-gc")
-    pool.start()
-    try:
-        yield FilesystemDriver(str(root), reactor, pool)
-    finally:
-        pool.stop()
+def driver(root: Path, thread_pool: ThreadPool) -> FilesystemDriver:
+    return FilesystemDriver(str(root), reactor, thread_pool)
 
 
 async def build(driver: IStorageDriver, root: Path) -> Content:
@@ -258,15 +252,10 @@ async def test_tag_moved_during_gc_is_kept(driver: FilesystemDriver, root: Path)
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_root_aborts(tmp_path: Path) -> None:
-    pool = ThreadPool(minthreads=1, maxthreads=2)
-    pool.start()
-    try:
-        driver = FilesystemDriver(str(tmp_path / "nothing"), reactor, pool)
-        with pytest.raises(GCAborted, match="no registry data"):
-            await gc(driver)
-    finally:
-        pool.stop()
+async def test_missing_root_aborts(tmp_path: Path, thread_pool: ThreadPool) -> None:
+    driver = FilesystemDriver(str(tmp_path / "nothing"), reactor, thread_pool)
+    with pytest.raises(GCAborted, match="no registry data"):
+        await gc(driver)
 
 
 class FailingReads(FilesystemDriver):

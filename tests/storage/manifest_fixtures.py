@@ -5,7 +5,6 @@ in-memory driver and the filesystem driver (in a temporary folder).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,11 @@ from registry.storage.memory import MemoryDriver
 
 
 @pytest.fixture(params=["memory", "filesystem"])
-def driver(request: Any, tmp_path: Path) -> Iterator[IStorageDriver]:
+def driver(request: Any, tmp_path: Path) -> IStorageDriver:
     if request.param == "memory":
-        yield MemoryDriver()
-        return
-    pool = ThreadPool(minthreads=1, maxthreads=4, name="test-manifests")
-    pool.start()
-    try:
-        yield FilesystemDriver(str(tmp_path / "root"), reactor, pool)
-    finally:
-        pool.stop()
+        return MemoryDriver()
+    pool: ThreadPool = request.getfixturevalue("thread_pool")
+    return FilesystemDriver(str(tmp_path / "root"), reactor, pool)
 
 
 @pytest.fixture

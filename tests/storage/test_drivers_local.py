@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,8 @@ class TestMemoryDriver(DriverSuite):
 
 class TestFilesystemDriver(DriverSuite):
     @pytest.fixture
-    def driver(self, tmp_path: Path) -> Iterator[FilesystemDriver]:
-        pool = ThreadPool(minthreads=1, maxthreads=4, name="test-fs")
-        pool.start()
-        yield FilesystemDriver(str(tmp_path / "root"), reactor, pool)
-        pool.stop()
+    def driver(self, tmp_path: Path, thread_pool: ThreadPool) -> FilesystemDriver:
+        return FilesystemDriver(str(tmp_path / "root"), reactor, thread_pool)
 
     def test_paths_stay_in_root(self, driver: FilesystemDriver) -> None:
         with pytest.raises(ValueError):
