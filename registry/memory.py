@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,9 @@ _M_ARENA_MAX = -8
 MiB = 1024 * 1024
 
 
+@functools.cache
 def _libc() -> Any:
+    """Looked up once: find_library runs ldconfig in a subprocess."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None

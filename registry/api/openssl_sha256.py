@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import struct
 import sys
 from typing import Any
@@ -143,8 +144,6 @@ def _self_test(lib: Any) -> bool:
 
 
 def _known_answer(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 

@@ -201,8 +201,7 @@ class RegistrySite(server.Site):
 
     def log(self, request: Any) -> None:
         if self.after_request is not None:
-            received = getattr(request.sink, "received", 0) if request.sink is not None else 0
-            self.after_request(request.sentLength + received)
+            self.after_request(request.sentLength + getattr(request.sink, "received", 0))
         if not self.access_log:
             return
         elapsed = time.monotonic() - getattr(request, "started", time.monotonic())
