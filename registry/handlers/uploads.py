@@ -197,11 +197,11 @@ def upload_sink(
         content_range = header(request, "content-range")
         if content_range:  # a PUT may carry the last chunk, and is checked the same way
             start = _chunk_start(route, content_range)
-        return UploadSink(_open_existing(ctx, request, route, start))
+        return UploadSink(_open_existing(ctx, request, route, start, length))
     if route.kind is Kind.UPLOADS and method == b"POST" and "digest" in params:
         if "mount" in params:
             return None
-        return UploadSink(_open_new(ctx, request, route.name))
+        return UploadSink(_open_new(ctx, request, route.name, length))
     return None
 
 
@@ -213,18 +213,20 @@ def _chunk_start(route: Route, content_range: str) -> int | None:
 
 
 async def _open_existing(
-    ctx: RegistryContext, request: IRequest, route: Route, start: int | None
+    ctx: RegistryContext, request: IRequest, route: Route, start: int | None, length: int | None
 ) -> UploadAppender:
     refuse_if_readonly(ctx)
     await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
-    return await ctx.uploads.open(route.name, route.reference, start)
+    return await ctx.uploads.open(route.name, route.reference, start, length)
 
 
-async def _open_new(ctx: RegistryContext, request: IRequest, name: str) -> UploadAppender:
+async def _open_new(
+    ctx: RegistryContext, request: IRequest, name: str, length: int | None
+) -> UploadAppender:
     refuse_if_readonly(ctx)
     await authorize(ctx, request, [repository(name, PULL, PUSH)])
     upload_id = await ctx.uploads.start(name)
-    return await ctx.uploads.open(name, upload_id)
+    return await ctx.uploads.open(name, upload_id, coming=length)
 
 
 def _sink(request: IRequest) -> UploadSink:

@@ -208,6 +208,8 @@ class RoutingUploadStore(UploadStore):
         self._refuse(name)
         return await super().start(name)
 
-    async def open(self, name: str, upload_id: str, start: int | None = None) -> UploadAppender:
+    async def open(
+        self, name: str, upload_id: str, start: int | None = None, coming: int | None = None
+    ) -> UploadAppender:
         self._refuse(name)
-        return await super().open(name, upload_id, start)
+        return await super().open(name, upload_id, start, coming)

@@ -70,6 +70,12 @@ class IFileWriter(Interface):
         the Deferred or on the next `close`/`commit`.
         """
 
+    def reserve(length: int) -> Awaitable[None]:
+        """
+        A hint that ``length`` more bytes follow (a request's ``Content-Length``): a driver
+        may set space aside, or ignore it.  StorageError when the disk is known to be full.
+        """
+
     def close() -> Awaitable[None]:
         """Flush and stop; what was written stays, so ``writer(path, append=True)`` resumes it."""
 

@@ -15,7 +15,9 @@ def build_driver(config: Config, reactor: Any, threadpool: ThreadPool) -> IStora
     if storage.driver == "filesystem":
         from registry.storage.filesystem import FilesystemDriver
 
-        return FilesystemDriver(storage.rootdirectory, reactor, threadpool, fsync=storage.fsync)
+        driver = FilesystemDriver(storage.rootdirectory, reactor, threadpool, fsync=storage.fsync)
+        driver.empty_trash()
+        return driver
     if storage.driver == "inmemory":
         from registry.storage.memory import MemoryDriver
 

@@ -52,6 +52,9 @@ class _MemoryWriter:
     async def commit(self) -> None:
         await self.close()
 
+    async def reserve(self, length: int) -> None:
+        pass
+
     async def cancel(self) -> None:
         self._done = True
         self._driver._files.pop(self._path, None)

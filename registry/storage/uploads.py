@@ -235,24 +235,34 @@ class UploadStore:
     def _release(self, name: str, upload_id: str) -> None:
         self._busy.discard((name, upload_id))
 
-    async def open(self, name: str, upload_id: str, start: int | None = None) -> UploadAppender:
+    async def open(
+        self, name: str, upload_id: str, start: int | None = None, coming: int | None = None
+    ) -> UploadAppender:
         """
         Open an upload for appending.  ``start`` is where the client says its bytes begin
         (``Content-Range``); anything but the current size is 416 with the current range.
+        ``coming`` is the request's ``Content-Length``, for the storage to set aside.
         """
         await self._require(name, upload_id)
         await self._recorded(name, upload_id)
         self._acquire(name, upload_id, 0)
         try:
             writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
+        except BaseException:
+            self._release(name, upload_id)
+            raise
+        try:
             size: int = writer.size
             if start is not None and start != size:
-                await writer.close()
                 raise _range_error(
                     upload_id, size, f"chunk starts at {start}, upload has {size} bytes"
                 )
             hasher = await self._resume_hasher(name, upload_id, size)
+            if coming:
+                await writer.reserve(coming)
         except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                await writer.close()
             self._release(name, upload_id)
             raise
         offload = None

@@ -67,6 +67,35 @@ async def test_client_disconnect_leaves_upload_resumable(registry: InProcessRegi
     assert await response.content() == data
 
 
+@pytest_twisted.ensureDeferred
+async def test_space_announced_but_not_sent_is_given_back(
+    registry: InProcessRegistry, tmp_path: Path
+) -> None:
+    """
+    Disk space is set aside for a body's announced length as it arrives; a client that
+    announces 100 MiB and leaves after 2 MiB leaves 2 MiB allocated, not a window more.
+    """
+    sent = os.urandom(2 * 1024 * 1024)
+    location = await start_upload(registry.url, "announced")
+    path = location.removeprefix(registry.url)
+    await deferToThread(send_partial_body, registry.url, "PATCH", path, 100 * 1024 * 1024, sent)
+    data_file = (
+        tmp_path
+        / "registry0/data/docker/registry/v2/repositories/announced/_uploads"
+        / location.rsplit("/", 1)[1]
+        / "data"
+    )
+    allocated = -1
+    for _ in range(400):
+        if await upload_range(location) == f"0-{len(sent) - 1}":
+            allocated = data_file.stat().st_blocks * 512
+            if allocated < len(sent) + 64 * 1024:
+                break
+        await sleep(0.05)
+    assert data_file.read_bytes() == sent
+    assert len(sent) <= allocated < len(sent) + 64 * 1024
+
+
 @pytest.fixture
 def registry_process(tmp_path: Path):  # type: ignore[no-untyped-def]
     process = RegistryProcess(tmp_path)

@@ -144,6 +144,26 @@ class DriverSuite:
         assert hashlib.sha256(data).digest() == hashlib.sha256(first + second).digest()
 
     @pytest_twisted.ensureDeferred
+    async def test_reserve_is_only_a_hint(self, driver: Any) -> None:
+        """Announcing more than arrives changes neither the size nor the data."""
+        first, second = os.urandom(300_000), os.urandom(200_000)
+        writer = await driver.writer("w/promised")
+        await writer.reserve(10 * 1024 * 1024)
+        pending = writer.write(first)
+        if pending is not None:
+            await pending
+        await writer.close()
+        writer = await driver.writer("w/promised", append=True)
+        assert writer.size == len(first)
+        await writer.reserve(len(second))
+        pending = writer.write(second)
+        if pending is not None:
+            await pending
+        await writer.commit()
+        assert (await driver.stat("w/promised")).size == len(first) + len(second)
+        assert await read_all(driver, "w/promised") == first + second
+
+    @pytest_twisted.ensureDeferred
     async def test_writer_cancel(self, driver: Any) -> None:
         writer = await driver.writer("w/gone")
         writer.write(b"abc")

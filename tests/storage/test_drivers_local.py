@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 
+from registry.storage import filesystem, preallocate
+from registry.storage.driver import PathNotFoundError, StorageError
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.memory import MemoryDriver
 from tests.storage.driver_suite import DriverSuite
@@ -27,3 +34,143 @@ class TestFilesystemDriver(DriverSuite):
     def test_paths_stay_in_root(self, driver: FilesystemDriver) -> None:
         with pytest.raises(ValueError):
             driver._full("a/../../etc")
+
+
+MiB = 1024 * 1024
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+async def wait_until_empty(folder: Path) -> None:
+    for _ in range(200):
+        if not any(folder.iterdir()):
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"{folder} still holds {sorted(p.name for p in folder.iterdir())}")
+
+
+class TestFilesystemReservation:
+    """`reserve` pre-allocates in windows, and what was not written is given back."""
+
+    @pytest.fixture
+    def driver(self, tmp_path: Path, thread_pool: ThreadPool) -> FilesystemDriver:
+        return FilesystemDriver(str(tmp_path / "root"), reactor, thread_pool)
+
+    @pytest_twisted.ensureDeferred
+    async def test_windows_then_release(self, driver: FilesystemDriver, tmp_path: Path) -> None:
+        path = tmp_path / "root/w/big"
+        writer = await driver.writer("w/big")
+        await writer.reserve(200 * MiB)
+        if allocated(path) == 0:
+            pytest.skip("this filesystem does not pre-allocate")
+        # One window, not the 200 MiB announced.
+        assert 64 * MiB <= allocated(path) < 65 * MiB
+        assert path.stat().st_size == 0
+        for _ in range(65):
+            writer.write(b"x" * MiB)
+        # The write past the first window took the next one.
+        assert 128 * MiB <= allocated(path) < 129 * MiB
+        await writer.close()
+        assert path.stat().st_size == 65 * MiB
+        assert 65 * MiB <= allocated(path) < 65 * MiB + 64 * 1024
+
+    @pytest_twisted.ensureDeferred
+    async def test_exact_body_keeps_no_spare(
+        self, driver: FilesystemDriver, tmp_path: Path
+    ) -> None:
+        data = os.urandom(3 * MiB + 5)
+        writer = await driver.writer("w/exact")
+        await writer.reserve(len(data))
+        writer.write(data)
+        await writer.commit()
+        path = tmp_path / "root/w/exact"
+        assert path.read_bytes() == data
+        assert allocated(path) < len(data) + 64 * 1024
+
+    @pytest_twisted.ensureDeferred
+    async def test_full_disk_is_a_storage_error(
+        self, driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def no_space(fd: int, offset: int, length: int) -> bool:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(filesystem, "reserve_space", no_space)
+        writer = await driver.writer("w/full")
+        with pytest.raises(StorageError, match="no space left"):
+            await writer.reserve(MiB)
+        await writer.cancel()
+
+    def test_partial_allocation_given_back(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """ext4 keeps what it allocated before ENOSPC; reserve_space must hand it back."""
+        real = preallocate._fallocate()
+        if real is None:
+            pytest.skip("no fallocate here")
+
+        def runs_out(fd: int, mode: int, offset: int, length: int) -> int:
+            real(fd, mode, offset, 8 * MiB)
+            ctypes.set_errno(errno.ENOSPC)
+            return -1
+
+        monkeypatch.setattr(preallocate, "_fallocate", lambda: runs_out)
+        path = tmp_path / "f"
+        with open(path, "wb") as file:
+            file.write(b"d" * 4096)
+            file.flush()
+            with pytest.raises(OSError) as raised:
+                preallocate.reserve_space(file.fileno(), 4096, 100 * MiB)
+        assert raised.value.errno == errno.ENOSPC
+        if allocated(path) == 0:
+            pytest.skip("this filesystem does not pre-allocate")
+        assert path.stat().st_size == 4096
+        assert allocated(path) < MiB
+
+
+class TestFilesystemTrash:
+    """Deleting renames into ``.trash`` and empties it in the pool."""
+
+    @pytest.fixture
+    def root(self, tmp_path: Path) -> Path:
+        return tmp_path / "root"
+
+    @pytest.fixture
+    def driver(self, root: Path, thread_pool: ThreadPool) -> FilesystemDriver:
+        return FilesystemDriver(str(root), reactor, thread_pool)
+
+    @pytest_twisted.ensureDeferred
+    async def test_gone_at_once_and_emptied(self, driver: FilesystemDriver, root: Path) -> None:
+        await driver.put_content("d/sub/file", b"x" * 100_000)
+        await driver.put_content("d/other", b"y")
+        await driver.delete("d/sub")
+        assert not (root / "d/sub").exists()
+        assert await driver.list("d") == ["other"]
+        await wait_until_empty(root / ".trash")
+        with pytest.raises(PathNotFoundError):
+            await driver.delete("d/sub")
+        with pytest.raises(PathNotFoundError):
+            await driver.delete("d/other/below-a-file")
+        assert await driver.get_content("d/other") == b"y"
+
+    @pytest_twisted.ensureDeferred
+    async def test_leftovers_emptied_at_start(self, root: Path, thread_pool: ThreadPool) -> None:
+        (root / ".trash/abc/deep").mkdir(parents=True)
+        (root / ".trash/abc/deep/data").write_bytes(b"z" * 1000)
+        (root / ".trash/file").write_bytes(b"z")
+        FilesystemDriver(str(root), reactor, thread_pool).empty_trash()
+        await wait_until_empty(root / ".trash")
+
+    @pytest_twisted.ensureDeferred
+    async def test_without_a_usable_trash(self, driver: FilesystemDriver, root: Path) -> None:
+        """A file where the trash would be: deleting still works, in place."""
+        root.mkdir()
+        (root / ".trash").write_bytes(b"not a folder")
+        await driver.put_content("t/a/b", b"1")
+        await driver.delete("t/a")
+        assert not (root / "t/a").exists()
+        with pytest.raises(PathNotFoundError):
+            await driver.delete("t/a")
+        driver.empty_trash()  # nothing to do, and no error
+        assert (root / ".trash").read_bytes() == b"not a folder"

@@ -349,6 +349,9 @@ class S3Writer:
             self._current.discard()
         await self._client.call("DELETE", state_key(self._key), missing_ok=True)
 
+    async def reserve(self, length: int) -> None:
+        """Parts are sized by the writer's buffer; knowing the total changes nothing."""
+
     async def cancel(self) -> None:
         self._finished = True
         self._current.discard()
