@@ -6,10 +6,12 @@ txregistry against registry:2 (Debian's docker-registry, v2.8), interleaved in o
 Each round runs every scenario on registry:2 and then on txregistry, both on loopback with
 their own empty storage, driven by curl (the same client for both).  Reported: median MiB/s
 (or req/s), the ratio txregistry / registry:2, and each server's peak RSS during the scenario.
-These machines are noisy: compare ratios within one run, not figures across runs.  Two things
-keep the comparison even: an untimed warm-up round on each server first (``--warmup``), and a
-``sync`` before every timed step, so that neither server pays for writing back the page cache
-the previous step (often the other server's) left dirty.
+These machines are noisy: compare ratios within one run, not figures across runs.  Three
+things keep the comparison even: an untimed warm-up round on each server first (``--warmup``);
+a ``sync`` before every timed step, so that neither server pays for writing back the page cache
+the previous step (often the other server's) left dirty; and memory touched and freed before
+every timed step (`warm_free_memory`), so that neither pays for the virtual machine taking
+back idle memory.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import mmap
 import os
 import statistics
 import subprocess
@@ -197,11 +200,39 @@ def pull(server: Server, repo: str, digest: str, size: int) -> None:
     assert int(headers["content-length"]) == size
 
 
-def measure(server: Server, action: Callable[[], None]) -> tuple[float, float]:
+def warm_free_memory(limit: int = 2048 * MiB) -> None:
+    """
+    Touch, then free, up to 2 GiB of memory (a quarter of what is available at most).
+
+    On virtual machines that hand free memory back to the host (virtio-balloon free page
+    reporting), memory the kernel allocates after a few seconds free costs a host page fault
+    per page on first touch.  A push writes 1 GiB into the page cache, so the step that
+    follows an idle second of the other server's work paid for it: measured here, txregistry's
+    receiving thread spent 1.3 s of kernel time on a 1 GiB push instead of 0.3 s.  Freed just
+    before the step, these pages are the first the kernel hands out again.  Done before every
+    step of both servers; ``--no-warm-memory`` turns it off.
+    """
+    size = min(limit, psutil.virtual_memory().available // 4) // MiB * MiB
+    if size <= 0:
+        return
+    block = b"\1" * MiB
+    area = mmap.mmap(-1, size)
+    try:
+        for offset in range(0, size, MiB):
+            area[offset : offset + MiB] = block
+    finally:
+        area.close()
+
+
+def measure(
+    server: Server, action: Callable[[], None], warm_memory: bool = True
+) -> tuple[float, float]:
     # Start every timed step with no dirty pages: otherwise one server's step pays for the
     # kernel writing back what the previous step (often the other server's) left in the
     # page cache, and the order of the scenarios decides the figures.
     os.sync()
+    if warm_memory:
+        warm_free_memory()
     with PeakRss(server.pid) as rss:
         started = time.perf_counter()
         action()
@@ -262,6 +293,11 @@ def main() -> None:
         "--only", choices=["throughput", "requests"], help="run one group of scenarios"
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of each request run")
+    parser.add_argument(
+        "--no-warm-memory",
+        action="store_true",
+        help="do not touch and free 2 GiB before each step (see warm_free_memory)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.big_gib, args.warmup = 1, 0, 0
@@ -314,7 +350,7 @@ def main() -> None:
                     "pull 1 GiB": lambda s=server, r=repo: pull(s, r + "m", digest_1g, 1024 * MiB),
                 }
                 for name, action in scenarios.items():
-                    elapsed, peak = measure(server, action)
+                    elapsed, peak = measure(server, action, not args.no_warm_memory)
                     if not warmup:
                         results.setdefault(name, {}).setdefault(server.name, []).append(
                             (1024 / elapsed, peak)
@@ -338,7 +374,7 @@ def main() -> None:
                         s, "bench/big", digest_big, args.big_gib * 1024 * MiB
                     ),
                 }.items():
-                    elapsed, peak = measure(server, action)
+                    elapsed, peak = measure(server, action, not args.no_warm_memory)
                     results.setdefault(name, {}).setdefault(server.name, []).append(
                         (args.big_gib * 1024 / elapsed, peak)
                     )
@@ -407,7 +443,16 @@ def main() -> None:
             )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"rounds": args.rounds, "results": summary}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "rounds": args.rounds,
+                "warm_memory": not args.no_warm_memory,
+                "results": summary,
+            },
+            indent=2,
+        )
+    )
     print(f"\nresults written to {out}")
 
 
