@@ -285,6 +285,8 @@ class ProxyCache:
             else:
                 fill.size = await self.client.blob_head(upstream, digest)
             writer = await self.driver.writer(fill.path)
+            if fill.size:
+                await writer.reserve(fill.size)
             fill.opened = True
             fill.notify()
             protocol = FillProtocol(fill, writer, lambda n: None)
