@@ -206,6 +206,14 @@ def make_young(root: Path, digest: str) -> None:
     os.utime(path, (now, now))
 
 
+async def build_aged(driver: IStorageDriver, root: Path) -> Content:
+    """The scenario stored through the stores, everything past the grace period but ORPHAN_NEW."""
+    content = await build(*store_pushers(driver))
+    age_everything(root)
+    make_young(root, content.digests["ORPHAN_NEW"])
+    return content
+
+
 def blob_digests(root: Path) -> set[str]:
     """Every blob whose data is in storage."""
     found = set()

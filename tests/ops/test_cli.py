@@ -17,9 +17,7 @@ import attrs
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
-from twisted.python.threadpool import ThreadPool
 
 from registry.api.digests import Digest
 from registry.storage import layout
@@ -33,7 +31,6 @@ from tests.ops import scenario
 from tests.ops.scenario import (
     DELETED_DEFAULT,
     DELETED_UNTAGGED,
-    Content,
     age_everything,
     assert_pullable,
     blob_digests,
@@ -72,25 +69,8 @@ async def cli(*arguments: str, env: dict[str, str] | None = None) -> Result:
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
 def config(tmp_path: Path, root: Path) -> Path:
     return write_config(tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(root)}})
-
-
-@pytest.fixture
-def driver(root: Path, thread_pool: ThreadPool) -> FilesystemDriver:
-    return FilesystemDriver(str(root), reactor, thread_pool)
-
-
-async def build(driver: FilesystemDriver, root: Path) -> Content:
-    content = await scenario.build(*scenario.store_pushers(driver))
-    age_everything(root)
-    make_young(root, content.digests["ORPHAN_NEW"])
-    return content
 
 
 def test_help_lists_commands() -> None:
@@ -137,7 +117,7 @@ def test_missing_storage_is_an_error(tmp_path: Path) -> None:
 async def test_gc_dry_run_then_delete_untagged(
     driver: FilesystemDriver, root: Path, config: Path, start_registry: object
 ) -> None:
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     before = blob_digests(root)
 
     result = await cli("gc", "--config", str(config), "--dry-run", "--delete-untagged", "-v")
@@ -212,7 +192,7 @@ def orphan_blobs(root: Path, count: int, seconds_old: float = 7200.0) -> int:
 @pytest_twisted.ensureDeferred
 async def test_gc_progress_lines(driver: FilesystemDriver, root: Path, config: Path) -> None:
     """Progress goes to stderr, at most one line per interval, only when it changed."""
-    await build(driver, root)
+    await scenario.build_aged(driver, root)
     size = orphan_blobs(root, 3000)
     result = await cli("gc", "--config", str(config), "--progress-interval", "0.02")
     assert result.code == 0, result
@@ -227,7 +207,7 @@ async def test_gc_progress_lines(driver: FilesystemDriver, root: Path, config: P
 
 @pytest_twisted.ensureDeferred
 async def test_catalog_rebuild(driver: FilesystemDriver, root: Path, config: Path) -> None:
-    await build(driver, root)  # through the stores, without noting the catalog
+    await scenario.build_aged(driver, root)  # through the stores, without noting the catalog
     await driver.put_content(f"{ENTRIES_DIR}/gone", b"gone")
     result = await cli("catalog-rebuild", "--config", str(config))
     assert result.code == 0, result
@@ -237,7 +217,7 @@ async def test_catalog_rebuild(driver: FilesystemDriver, root: Path, config: Pat
 
 @pytest_twisted.ensureDeferred
 async def test_reindex_referrers(driver: FilesystemDriver, root: Path, config: Path) -> None:
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     await driver.delete(f"{layout.OWN}/referrers")
     result = await cli("reindex-referrers", "--config", str(config))
     assert result.code == 0, result
@@ -249,7 +229,7 @@ async def test_reindex_referrers(driver: FilesystemDriver, root: Path, config: P
 
 @pytest_twisted.ensureDeferred
 async def test_purge_uploads(driver: FilesystemDriver, root: Path, config: Path) -> None:
-    await build(driver, root)
+    await scenario.build_aged(driver, root)
     uploads = UploadStore(driver, BlobStore(driver))
     old = await uploads.start("app")
     fresh = await uploads.start("other")
@@ -269,7 +249,7 @@ async def test_gc_unreadable_manifest_aborts_with_a_line(
     driver: FilesystemDriver, root: Path, config: Path
 ) -> None:
     """An I/O error (here a symlink loop, which even root cannot read) stops gc: exit 1."""
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     before = blob_digests(root)
     data = root / layout.blob_data(Digest.parse(content.digests["M3"]))
     data.unlink()

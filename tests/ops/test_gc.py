@@ -32,32 +32,13 @@ from tests.ops.scenario import (
     DELETED_DEFAULT,
     DELETED_UNTAGGED,
     UNTAGGED,
-    Content,
     age_everything,
     assert_pullable,
     blob_digests,
-    make_young,
     revision_digests,
 )
 
 __all__ = ["start_registry"]
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def driver(root: Path, thread_pool: ThreadPool) -> FilesystemDriver:
-    return FilesystemDriver(str(root), reactor, thread_pool)
-
-
-async def build(driver: IStorageDriver, root: Path) -> Content:
-    content = await scenario.build(*scenario.store_pushers(driver))
-    age_everything(root)
-    make_young(root, content.digests["ORPHAN_NEW"])
-    return content
 
 
 async def gc(driver: IStorageDriver, **options: object) -> GarbageCollector:
@@ -77,7 +58,7 @@ async def serve(start_registry: object, root: Path) -> InProcessRegistry:
 async def test_default_deletes_only_old_unreferenced_blobs(
     driver: FilesystemDriver, root: Path, start_registry: object
 ) -> None:
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     before = blob_digests(root)
     revisions = revision_digests(root, "app")
     collector = await gc(driver)
@@ -99,7 +80,7 @@ async def test_default_deletes_only_old_unreferenced_blobs(
 async def test_delete_untagged_keeps_indexes_children_and_referrers(
     driver: FilesystemDriver, root: Path, start_registry: object
 ) -> None:
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     before = blob_digests(root)
     collector = await gc(driver, delete_untagged=True)
     assert content.labels(before - blob_digests(root)) == DELETED_UNTAGGED
@@ -133,7 +114,7 @@ async def test_delete_untagged_keeps_indexes_children_and_referrers(
 
 @pytest_twisted.ensureDeferred
 async def test_dry_run_deletes_nothing(driver: FilesystemDriver, root: Path) -> None:
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     before = blob_digests(root)
     revisions = revision_digests(root, "app")
     collector = await gc(driver, delete_untagged=True, dry_run=True)
@@ -160,7 +141,7 @@ async def test_everything_young_is_kept(driver: FilesystemDriver, root: Path) ->
 
 @pytest_twisted.ensureDeferred
 async def test_grace_zero_deletes_young_orphans(driver: FilesystemDriver, root: Path) -> None:
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     collector = await gc(driver, grace=0.0)
     assert content.labels(set(collector.candidates)) == {"ORPHAN_OLD", "ORPHAN_NEW"}
 
@@ -173,7 +154,7 @@ async def test_push_in_progress_survives(
     A push whose blobs are uploaded but whose manifest is not yet put: gc (even with
     --delete-untagged) keeps the fresh blobs and the upload in progress, and the push completes.
     """
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     blobs = BlobStore(driver)
     uploads = UploadStore(driver, blobs)
     config, layer = b'{"architecture":"amd64"}', b"fresh layer " * 100
@@ -218,7 +199,7 @@ async def test_unparseable_manifest_keeps_what_it_mentions(
     driver: FilesystemDriver, root: Path
 ) -> None:
     """A damaged (or schema1) revision: kept with every digest in it, even untagged."""
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     blobs = BlobStore(driver)
     layer = content.data["ORPHAN_OLD"]
     broken = (
@@ -238,7 +219,7 @@ async def test_unparseable_manifest_keeps_what_it_mentions(
 @pytest_twisted.ensureDeferred
 async def test_tag_moved_during_gc_is_kept(driver: FilesystemDriver, root: Path) -> None:
     """The last look before deleting sees a tag put on an untagged manifest meanwhile."""
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     collector = GarbageCollector(driver, GCOptions(delete_untagged=True), time.time())
     await collector.mark()
     await collector.examine_blobs()
@@ -271,7 +252,7 @@ class FailingReads(FilesystemDriver):
 
 @pytest_twisted.ensureDeferred
 async def test_storage_error_aborts_before_deleting(driver: FilesystemDriver, root: Path) -> None:
-    content = await build(driver, root)
+    content = await scenario.build_aged(driver, root)
     before = blob_digests(root)
     failing = FailingReads(str(root), reactor, driver._threadpool)
     failing.failing = layout.blob_data(Digest.parse(content.digests["M3"]))
