@@ -40,6 +40,8 @@ from bench.requests import Rate, hey, push_small_image, wrk_get
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
+# Idle machines here show 0-3% between rounds; more means something else is running.
+BUSY_PERCENT = 10.0
 
 
 class PeakRss:
@@ -224,6 +226,28 @@ def warm_free_memory(limit: int = 4096 * MiB) -> None:
         area.close()
 
 
+def background_cpu(seconds: float = 1.0) -> float:
+    """
+    Percent of the machine's CPU busy while both servers and this script sit idle.
+
+    A run on a machine that is doing something else says little: the two servers do not lose
+    the same share (txregistry keeps both cores busy, registry:2 one), so the ratio moves.
+    Sampled before every round and reported, so such a run can be recognised and set aside.
+    """
+
+    def counters() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    total_before, idle_before = counters()
+    time.sleep(seconds)
+    total_after, idle_after = counters()
+    total = total_after - total_before
+    return 100.0 * (total - (idle_after - idle_before)) / total if total else 0.0
+
+
 def measure(
     server: Server, action: Callable[[], None], warm_memory: bool = True
 ) -> tuple[float, float]:
@@ -296,7 +320,7 @@ def main() -> None:
     parser.add_argument(
         "--no-warm-memory",
         action="store_true",
-        help="do not touch and free 2 GiB before each step (see warm_free_memory)",
+        help="do not touch and free 4 GiB before each step (see warm_free_memory)",
     )
     args = parser.parse_args()
     if args.quick:
@@ -324,6 +348,7 @@ def main() -> None:
     for server in servers:
         server.start()
     results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    background: list[float] = []
     rates: dict[str, dict[str, list[tuple[Rate, float]]]] = {}
     try:
         if args.only != "throughput":
@@ -335,6 +360,9 @@ def main() -> None:
         # renaming it into place (registry:2 and txregistry alike).
         for round_index in range(-warmups, throughput_rounds):
             warmup = round_index < 0
+            busy = background_cpu()
+            background.append(round(busy, 1))
+            print(f"background CPU before this round: {busy:.1f}%", flush=True)
             for server in servers:
                 repo = f"bench/w{-round_index}" if warmup else f"bench/r{round_index}"
                 scenarios: dict[str, Callable[[], None]] = {
@@ -441,6 +469,11 @@ def main() -> None:
                 f"{ref_p99:.1f} ms | {our_p99:.1f} ms | {ref_err} / {our_err} | "
                 f"{ref_rss:.0f} / {our_rss:.0f} MiB |"
             )
+    if background and max(background) > BUSY_PERCENT:
+        print(
+            f"\nwarning: up to {max(background):.0f}% of the CPU was busy with other work "
+            "between rounds; push ratios from such a run are low (see docs/performance.md)"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(
@@ -448,6 +481,7 @@ def main() -> None:
             {
                 "rounds": args.rounds,
                 "warm_memory": not args.no_warm_memory,
+                "background_cpu_percent": background,
                 "results": summary,
             },
             indent=2,

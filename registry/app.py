@@ -21,12 +21,11 @@ from registry.api.errors import (
     MANIFEST_INVALID,
     NOT_FOUND,
     SIZE_INVALID,
-    UNKNOWN,
     UNSUPPORTED,
     RegistryError,
 )
 from registry.handlers import blobs, listings, manifests, uploads
-from registry.handlers.common import authorize
+from registry.handlers.common import authorize, error_for
 from registry.handlers.context import RegistryContext
 from registry.http import responses
 from registry.http.request import RegistryRequest, RegistrySite
@@ -164,8 +163,7 @@ class RegistryApp:
             method=request.method.decode("latin-1"),
             uri=request.uri.decode("latin-1")[:300],
         )
-        err = RegistryError(UNKNOWN, {"reason": str(failure.value)[:500]}, status=503)
-        return responses.error(request, err)
+        return responses.error(request, error_for(failure.value))
 
     @router.handle_errors(Exception)
     def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -178,7 +176,7 @@ class RegistryApp:
             uri=request.uri.decode("latin-1")[:300],
         )
         request.setHeader(*responses.API_VERSION_HEADER)
-        return responses.error(request, RegistryError(UNKNOWN, {"reason": "internal error"}))
+        return responses.error(request, error_for(failure.value))
 
 
 def make_site(

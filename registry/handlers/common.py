@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from twisted.web.iweb import IRequest
 
-from registry.api.errors import UNSUPPORTED, RegistryError
+from registry.api.errors import UNKNOWN, UNSUPPORTED, RegistryError
 from registry.auth.interfaces import Access, Principal
 from registry.handlers.context import RegistryContext
+from registry.storage.driver import StorageError
 
 
 async def authorize(ctx: RegistryContext, request: IRequest, wanted: Sequence[Access]) -> Principal:
@@ -63,3 +64,16 @@ def url_for(ctx: RegistryContext, request: IRequest, path: str) -> str:
     host = header(request, "host") or "localhost"
     scheme = "https" if request.isSecure() else "http"
     return f"{scheme}://{host}{path}"
+
+
+def error_for(exc: BaseException | None) -> RegistryError:
+    """
+    The OCI error a client gets for ``exc``: storage trouble (a full disk, an S3 outage) is a
+    503 with its reason, so the client can retry later; anything unforeseen is a 500 that
+    gives nothing of the server's internals away (the log has the traceback).
+    """
+    if isinstance(exc, RegistryError):
+        return exc
+    if isinstance(exc, StorageError):
+        return RegistryError(UNKNOWN, {"reason": str(exc)[:500]}, status=503)
+    return RegistryError(UNKNOWN, {"reason": "internal error"})

@@ -11,7 +11,7 @@ only finishes the job (records the hash state, or commits).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -25,7 +25,14 @@ from registry.api.errors import BLOB_UPLOAD_INVALID, DENIED, RANGE_INVALID, Regi
 from registry.api.names import is_valid_name
 from registry.asyncutil import shielded
 from registry.auth.interfaces import PULL, PUSH, AllowAll, repository
-from registry.handlers.common import authorize, header, query, refuse_if_readonly, url_for
+from registry.handlers.common import (
+    authorize,
+    error_for,
+    header,
+    query,
+    refuse_if_readonly,
+    url_for,
+)
 from registry.handlers.context import RegistryContext
 from registry.http import responses
 from registry.http.ranges import parse_content_range
@@ -46,25 +53,42 @@ def _session_headers(
     }
 
 
+def _with_upload_range(
+    ctx: RegistryContext, request: IRequest, route: Route, error: RegistryError
+) -> RegistryError:
+    """A 416 carries the upload's real range, so the client knows where to resume."""
+    if error.code is RANGE_INVALID and isinstance(error.detail, dict):
+        size = int(error.detail.get("size", 0))
+        error.headers.update(_session_headers(ctx, request, route.name, route.reference, size))
+    return error
+
+
 async def _body_written(ctx: RegistryContext, request: IRequest, route: Route) -> UploadAppender:
-    """The upload once the request body is stored; a 416 carries the upload's real range."""
+    """The upload once the request body is stored."""
     try:
         return await _sink(request).result()
     except RegistryError as error:
-        if error.code is RANGE_INVALID and isinstance(error.detail, dict):
-            size = int(error.detail.get("size", 0))
-            error.headers.update(_session_headers(ctx, request, route.name, route.reference, size))
-        raise
+        raise _with_upload_range(ctx, request, route, error) from None
 
 
 class UploadSink:
     """
     Takes an upload's body from the socket while the upload is being opened, then writes it
     through the appender; asks for the socket to be paused while storage is behind.
+
+    ``explain`` turns the reason a body is refused (no access, an unknown upload, a full
+    disk) into the error the client gets; the request answers with it at once (`watch`).
     """
 
-    def __init__(self, prepare: Coroutine[Any, Any, UploadAppender]) -> None:
+    def __init__(
+        self,
+        prepare: Coroutine[Any, Any, UploadAppender],
+        explain: Callable[[BaseException], RegistryError] = error_for,
+    ) -> None:
         self.received = 0
+        self._explain = explain
+        self._on_ready: Callable[[], None] | None = None
+        self._on_refused: Callable[[RegistryError], None] | None = None
         self._queue: deque[bytes] = deque()
         self._appender: UploadAppender | None = None
         self._error: BaseException | None = None
@@ -77,20 +101,36 @@ class UploadSink:
             self._prepared, self._failed
         )
 
+    def watch(self, ready: Callable[[], None], refused: Callable[[RegistryError], None]) -> None:
+        """
+        Be told when the upload is open and takes the body, or as soon as the body is refused
+        (the sink then drops whatever still arrives).
+        """
+        self._on_ready, self._on_refused = ready, refused
+        if self._error is not None:
+            refused(self._explain(self._error))
+        elif self._appender is not None:
+            ready()
+
     def _prepared(self, appender: UploadAppender) -> None:
         self._appender = appender
         if self._lost:
             Deferred.fromCoroutine(self._keep_after_drain())
         self._pump()
+        if self._error is None and self._on_ready is not None:
+            self._on_ready()
 
     def _failed(self, failure: Failure) -> None:
         self._fail(failure.value or Exception("upload preparation failed"))
 
     def _fail(self, error: BaseException) -> None:
-        if self._error is None:
+        first = self._error is None
+        if first:
             self._error = error
         self._queue.clear()
         self._pump()
+        if first and self._on_refused is not None:
+            self._on_refused(self._explain(error))
 
     def feed(self, data: bytes) -> Deferred[None] | None:
         if self._error is not None:
@@ -197,12 +237,31 @@ def upload_sink(
         content_range = header(request, "content-range")
         if content_range:  # a PUT may carry the last chunk, and is checked the same way
             start = _chunk_start(route, content_range)
-        return UploadSink(_open_existing(ctx, request, route, start, length))
+
+        def explain(exc: BaseException) -> RegistryError:
+            return _with_upload_range(ctx, request, route, _logged_error_for(method, uri, exc))
+
+        return UploadSink(_open_existing(ctx, request, route, start, length), explain)
     if route.kind is Kind.UPLOADS and method == b"POST" and "digest" in params:
         if "mount" in params:
             return None
-        return UploadSink(_open_new(ctx, request, route.name, length))
+        return UploadSink(
+            _open_new(ctx, request, route.name, length),
+            lambda exc: _logged_error_for(method, uri, exc),
+        )
     return None
+
+
+def _logged_error_for(method: bytes, uri: bytes, exc: BaseException) -> RegistryError:
+    """`error_for`, with the failure logged where it is not the client's doing."""
+    if not isinstance(exc, RegistryError):
+        log.failure(
+            "upload body refused on {method} {uri}",
+            Failure(exc),
+            method=method.decode("latin-1"),
+            uri=uri.decode("latin-1")[:300],
+        )
+    return error_for(exc)
 
 
 def _chunk_start(route: Route, content_range: str) -> int | None:

@@ -9,7 +9,11 @@ cannot keep up the transport is paused, so a slow disk or S3 pushes back on the 
 of filling memory.  Other requests keep an in-memory body, refused past ``max_body_size``.
 
 The Klein route then runs, as usual, once the body is complete, and asks the sink for the
-result.
+result.  When the sink refuses the body before it is all in (no access, an unknown upload, a
+full disk), the error is answered at once over HTTP/1.x, as registry:2 does: the rest of the
+body is read and dropped, and the connection closes after it.  A client that sent
+``Expect: 100-continue`` (curl, for bodies over 1 MiB) gets ``100 Continue`` only once the
+upload is open, so a refused body is never sent at all.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
+
+from registry.api.errors import RegistryError
+from registry.http import responses
 
 log = Logger()
 
@@ -31,6 +38,9 @@ log = Logger()
 _UPLOAD_READ_SIZE = 1024 * 1024
 # A larger send buffer lets large producer reads go out in fewer reactor turns.
 _DOWNLOAD_SEND_LIMIT = 4 * 1024 * 1024
+# After an early answer, how long a client may stay silent before the connection is closed.
+_AFTER_REFUSAL_TIMEOUT = 30.0
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class BodySink(Protocol):
@@ -41,6 +51,9 @@ class BodySink(Protocol):
 
     def connection_lost(self, reason: Failure) -> None:
         """The client went away before the request completed."""
+
+    def watch(self, ready: Callable[[], None], refused: Callable[[RegistryError], None]) -> None:
+        """Call ``ready`` once the body is welcome, or ``refused`` as soon as it is not."""
 
 
 SinkFactory = Callable[["RegistryRequest", bytes, bytes, "int | None"], "BodySink | None"]
@@ -64,6 +77,9 @@ class RegistryRequest(server.Request):
     body_too_large: bool = False
     started: float = 0.0
     principal_name: str | None = None
+    # Answered before the body was all in; what the route writes later is dropped.
+    answered_early: bool = False
+    access_logged: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -71,6 +87,9 @@ class RegistryRequest(server.Request):
         self.started = time.monotonic()
         self._body_limit = 1024 * 1024
         self._paused_by_body = False
+        self._body_complete = False
+        self._continue_held = False
+        self._body_started = False
 
     def _site(self) -> RegistrySite | None:
         site = getattr(self.channel, "site", None)
@@ -96,10 +115,72 @@ class RegistryRequest(server.Request):
             transport = _innermost_transport(self.channel.transport)
             if transport is not None and hasattr(transport, "bufferSize"):
                 transport.bufferSize = _UPLOAD_READ_SIZE
+            if self._speaks_http1():
+                self._hold_continue()
+                self.sink.watch(self._body_welcome, self._body_refused)
         elif length is not None and length > self._body_limit:
             self.body_too_large = True
 
+    def _speaks_http1(self) -> bool:
+        """HTTP/2 streams have their own flow control and no early answers here."""
+        return hasattr(self.channel, "_networkProducer")
+
+    def _hold_continue(self) -> None:
+        """
+        Take ``Expect: 100-continue`` away from twisted.web, which answers it as soon as the
+        headers are in, and answer it when the sink is ready (`_body_welcome`).
+        """
+        expect = self.requestHeaders.getRawHeaders(b"expect")
+        version = getattr(self.channel, "_version", None)
+        if expect and expect[0].lower() == b"100-continue" and version == b"HTTP/1.1":
+            self.requestHeaders.removeHeader(b"expect")
+            self._continue_held = True
+
+    def _body_welcome(self) -> None:
+        if self._continue_held and not self._body_complete and not self._disconnected:
+            self._continue_held = False
+            self.channel.transport.write(_CONTINUE)  # type: ignore[union-attr]
+
+    def _body_refused(self, error: RegistryError) -> None:
+        """Answer now; the route, once the body is in, finds the request answered."""
+        if self._body_complete or self.finished or self._disconnected or self.channel is None:
+            return
+        # A client still waiting for "100 Continue" will not send the body: nothing to wait for.
+        close_now = self._continue_held and not self._body_started
+        self._continue_held = False
+        channel: Any = self.channel
+        # The request line is filled in by twisted.web only once the body is in.
+        self.method = channel._command
+        self.uri = channel._path
+        self.path = self.uri.split(b"?", 1)[0]
+        self.clientproto = channel._version
+        channel.persistent = False
+        self.setHeader("Connection", "close")  # type: ignore[no-untyped-call]
+        self.setHeader(*responses.API_VERSION_HEADER)  # type: ignore[no-untyped-call]
+        self.setHeader("Date", http.datetimeToString())  # type: ignore[no-untyped-call]
+        body = responses.error(self, error)
+        server.Request.write(self, body)
+        self.answered_early = True
+        site = self._site()
+        if site is not None:
+            site.log(self)
+        if close_now:
+            self.loseConnection()  # type: ignore[no-untyped-call]
+        else:
+            # A client that stops sending but keeps the connection open is not waited for long.
+            channel.setTimeout(_AFTER_REFUSAL_TIMEOUT)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._body_complete = True
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def write(self, data: bytes) -> None:
+        if self.answered_early:
+            return  # the early answer was the whole response
+        super().write(data)  # type: ignore[no-untyped-call]
+
     def handleContentChunk(self, data: bytes) -> None:
+        self._body_started = True
         if self.sink is not None:
             pending = self.sink.feed(data)
             if pending is not None and not self._paused_by_body:
@@ -200,6 +281,10 @@ class RegistrySite(server.Site):
         return protocol
 
     def log(self, request: Any) -> None:
+        if getattr(request, "access_logged", False):
+            return  # answered early and logged then
+        if isinstance(request, RegistryRequest):
+            request.access_logged = True
         if self.after_request is not None:
             self.after_request(request.sentLength + getattr(request.sink, "received", 0))
         if not self.access_log:

@@ -1,0 +1,313 @@
+"""
+Upload bodies the registry refuses are answered at once, not after the client sent them.
+
+A PATCH or PUT to an unknown upload, with the wrong ``Content-Range``, without the right to
+push, or when the disk is full, gets its error while the body is still coming (and with
+``Expect: 100-continue``, before it is sent at all).  Raw sockets, so that the tests see
+exactly when each byte of the answer arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import attrs
+import bcrypt
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.threads import deferToThread
+
+from tests.e2e.client import sha256, start_upload
+from tests.e2e.conftest import Starter
+from tests.e2e.harness import InProcessRegistry, sleep
+from tests.e2e.test_upload_resilience import upload_range
+
+MiB = 1024 * 1024
+
+
+@attrs.frozen
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    # "HTTP/1.1 100 Continue" came before the final answer.
+    continued: bool
+
+
+class RawUpload:
+    """One HTTP/1.1 request over a plain socket, sent and read step by step."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.host = host
+        self._buffer = b""
+
+    def send_headers(self, method: str, path: str, length: int, *extra: str) -> None:
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}",
+            f"Content-Length: {length}",
+            "Content-Type: application/octet-stream",
+            *extra,
+        ]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _head(self) -> tuple[int, dict[str, str]]:
+        while b"\r\n\r\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, f"connection closed before an answer: {self._buffer!r}"
+            self._buffer += chunk
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+        return int(status_line.split()[1]), headers
+
+    def answer(self) -> Answer:
+        """The next final answer (after any ``100 Continue``), within the socket timeout."""
+        continued = False
+        status, headers = self._head()
+        if status == 100:
+            continued = True
+            status, headers = self._head()
+        length = int(headers.get("content-length", "0"))
+        while len(self._buffer) < length:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed in the middle of the answer"
+            self._buffer += chunk
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return Answer(status, headers, body, continued)
+
+    def interim(self) -> int:
+        """The status of the next answer's head: 100 when the body is welcome."""
+        status, _ = self._head()
+        if status != 100:
+            self._buffer = b""  # a final answer: not read further here
+        return status
+
+    def closed_by_server(self) -> bool:
+        """True when the server closes the connection (and sends nothing more)."""
+        while True:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return not self._buffer
+            self._buffer += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def error_code(answer: Answer) -> str:
+    assert answer.headers["content-type"] == "application/json"
+    errors = json.loads(answer.body)["errors"]
+    assert len(errors) == 1, errors
+    code: str = errors[0]["code"]
+    return code
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_continue_refused_before_the_body_is_sent(
+    registry: InProcessRegistry,
+) -> None:
+    def exchange() -> Answer:
+        client = RawUpload(registry.url)
+        try:
+            client.send_headers(
+                "PATCH", "/v2/early/blobs/uploads/no-such-upload", 64 * MiB, "Expect: 100-continue"
+            )
+            # Not a byte of the body: the answer must come anyway, and no "100 Continue".
+            answer = client.answer()
+            assert client.closed_by_server()
+            return answer
+        finally:
+            client.close()
+
+    answer = await deferToThread(exchange)
+    assert not answer.continued
+    assert answer.status == 404
+    assert error_code(answer) == "BLOB_UPLOAD_UNKNOWN"
+    assert answer.headers["connection"] == "close"
+    assert answer.headers["docker-distribution-api-version"] == "registry/2.0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_continue_welcomed_once_the_upload_is_open(
+    registry: InProcessRegistry,
+) -> None:
+    data = os.urandom(3 * MiB)
+    location = await start_upload(registry.url, "early")
+    path = location.removeprefix(registry.url)
+
+    def exchange() -> tuple[int, Answer]:
+        client = RawUpload(registry.url)
+        try:
+            client.send_headers("PATCH", path, len(data), "Expect: 100-continue")
+            interim = client.interim()
+            client.send(data)
+            return interim, client.answer()
+        finally:
+            client.close()
+
+    interim, answer = await deferToThread(exchange)
+    assert interim == 100
+    assert answer.status == 202, answer.body
+    assert answer.headers["range"] == f"0-{len(data) - 1}"
+    assert "connection" not in answer.headers  # the connection stays open for the next one
+    response = await treq.put(f"{location}?digest={sha256(data)}")
+    assert response.code == 201, await response.text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_while_the_body_is_coming(registry: InProcessRegistry) -> None:
+    """
+    Without ``Expect``, the answer comes while the client is still sending; a client that
+    sends the rest anyway gets no second answer, and the connection closes after the body.
+    """
+    total, first = 32 * MiB, 1 * MiB
+
+    def exchange() -> tuple[Answer, bool]:
+        client = RawUpload(registry.url)
+        try:
+            client.send_headers("PATCH", "/v2/early/blobs/uploads/no-such-upload", total)
+            client.send(os.urandom(first))
+            answer = client.answer()  # 31 MiB still to come
+            client.send(bytes(total - first))
+            return answer, client.closed_by_server()
+        finally:
+            client.close()
+
+    answer, closed = await deferToThread(exchange)
+    assert answer.status == 404
+    assert error_code(answer) == "BLOB_UPLOAD_UNKNOWN"
+    assert closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_range_answered_at_once_and_upload_untouched(
+    registry: InProcessRegistry,
+) -> None:
+    data = os.urandom(2 * MiB)
+    location = await start_upload(registry.url, "early")
+    path = location.removeprefix(registry.url)
+    response = await treq.patch(location, data=data[:1000], headers={"Content-Range": "0-999"})
+    assert response.code == 202, await response.text()
+
+    def exchange() -> Answer:
+        client = RawUpload(registry.url)
+        try:
+            client.send_headers("PATCH", path, 16 * MiB, "Content-Range: 5000-16782215")
+            client.send(os.urandom(MiB))
+            return client.answer()
+        finally:
+            client.close()
+
+    answer = await deferToThread(exchange)
+    assert answer.status == 416
+    assert error_code(answer) == "RANGE_INVALID"
+    assert answer.headers["range"] == "0-999"
+    assert answer.headers["location"].endswith(path.split("?")[0])
+    # Nothing of the refused body reached the upload, which goes on from where it was.
+    assert await upload_range(location) == "0-999"
+    response = await treq.patch(
+        location, data=data[1000:], headers={"Content-Range": f"1000-{len(data) - 1}"}
+    )
+    assert response.code == 202, await response.text()
+    response = await treq.put(f"{location}?digest={sha256(data)}")
+    assert response.code == 201, await response.text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_without_credentials_refused_before_the_body(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    secret = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "htpasswd").write_text(f"ci:{secret}\n")
+    registry = await start_registry(
+        {"auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "early-realm"}}
+    )
+    digest = "sha256:" + "0" * 64
+
+    def exchange() -> Answer:
+        client = RawUpload(registry.url)
+        try:
+            client.send_headers(
+                "POST",
+                f"/v2/early/blobs/uploads/?digest={digest}",
+                256 * MiB,
+                "Expect: 100-continue",
+            )
+            return client.answer()
+        finally:
+            client.close()
+
+    answer = await deferToThread(exchange)
+    assert not answer.continued
+    assert answer.status == 401
+    assert error_code(answer) == "UNAUTHORIZED"
+    assert 'realm="early-realm"' in answer.headers["www-authenticate"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_disk_answered_while_the_body_is_coming(
+    registry: InProcessRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The disk fills up 4 MiB into a 64 MiB chunk: 503 with the reason while the client is
+    still sending, and the bytes stored before stay a resumable upload.
+    """
+    from registry.storage import filesystem
+
+    writer_class = filesystem._FileWriter
+    original_write = writer_class.write
+    full_at = 4 * MiB
+
+    def write(self: filesystem._FileWriter, data: bytes) -> object:
+        if self.size + len(data) > full_at:
+            raise filesystem.StorageError("writing upload data: No space left on device")
+        return original_write(self, data)
+
+    monkeypatch.setattr(writer_class, "write", write)
+    data = os.urandom(8 * MiB)
+    location = await start_upload(registry.url, "early")
+    path = location.removeprefix(registry.url)
+
+    def exchange() -> Answer:
+        client = RawUpload(registry.url)
+        try:
+            client.send_headers("PATCH", path, 64 * MiB)
+            client.send(data)
+            return client.answer()  # 56 MiB still to come
+        finally:
+            client.close()
+
+    answer = await deferToThread(exchange)
+    assert answer.status == 503
+    assert error_code(answer) == "UNKNOWN"
+    assert "No space left on device" in json.loads(answer.body)["errors"][0]["detail"]["reason"]
+
+    monkeypatch.setattr(writer_class, "write", original_write)  # space freed
+    stored = await upload_range(location)
+    assert stored is not None
+    size = int(stored.split("-")[1]) + 1
+    assert 0 < size <= full_at
+    for _ in range(100):  # the server closes the upload once it sees the client leave
+        response = await treq.patch(
+            location, data=data[size:], headers={"Content-Range": f"{size}-{len(data) - 1}"}
+        )
+        text = await response.text()
+        if "another request is writing" not in text:
+            break
+        await sleep(0.05)
+    assert response.code == 202, text
+    response = await treq.put(f"{location}?digest={sha256(data)}")
+    assert response.code == 201, await response.text()
