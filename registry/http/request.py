@@ -30,6 +30,7 @@ from twisted.web import http, server
 
 from registry.api.errors import RegistryError
 from registry.http import responses
+from registry.http.chunked import ChunkedBodyDecoder
 
 log = Logger()
 
@@ -116,6 +117,7 @@ class RegistryRequest(server.Request):
             if transport is not None and hasattr(transport, "bufferSize"):
                 transport.bufferSize = _UPLOAD_READ_SIZE
             if self._speaks_http1():
+                self._decode_chunks_in_bulk()
                 self._hold_continue()
                 self.sink.watch(self._body_welcome, self._body_refused)
         elif length is not None and length > self._body_limit:
@@ -124,6 +126,15 @@ class RegistryRequest(server.Request):
     def _speaks_http1(self) -> bool:
         """HTTP/2 streams have their own flow control and no early answers here."""
         return hasattr(self.channel, "_networkProducer")
+
+    def _decode_chunks_in_bulk(self) -> None:
+        """A chunked upload body goes through `ChunkedBodyDecoder` instead of twisted.web's."""
+        channel: Any = self.channel
+        decoder = getattr(channel, "_transferDecoder", None)
+        if isinstance(decoder, http._ChunkedTransferDecoder):
+            channel._transferDecoder = ChunkedBodyDecoder(
+                decoder.dataCallback, decoder.finishCallback
+            )
 
     def _hold_continue(self) -> None:
         """
