@@ -137,6 +137,29 @@ def push_monolithic(server: Server, repo: str, path: Path, digest: str) -> None:
     assert status == 201, f"{server.name} monolithic push: {status}"
 
 
+def push_streamed(server: Server, repo: str, path: Path, digest: str) -> None:
+    """
+    One PATCH with ``Transfer-Encoding: chunked``, then the commit: how docker, containerd and
+    skopeo send a layer (they compress as they send, so the length is not known up front).
+    """
+    location = start_upload(server, repo)
+    status, headers = curl(
+        "-X",
+        "PATCH",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-T",
+        str(path),
+        location,
+    )
+    assert status == 202, f"{server.name} streamed PATCH: {status}"
+    location = absolute(server, headers["location"])
+    status, _ = curl("-X", "PUT", with_query(location, f"digest={digest}"))
+    assert status == 201, f"{server.name} streamed commit: {status}"
+
+
 def push_chunked(server: Server, repo: str, chunks: list[Path], digest: str) -> None:
     location = start_upload(server, repo)
     offset = 0
@@ -374,6 +397,9 @@ def main() -> None:
                     ),
                     "push 16 x 64 MiB chunked, one connection": lambda s=server, r=repo: (
                         push_chunked_one_connection(s, r + "k", chunks, digest_1g)
+                    ),
+                    "push 1 GiB, chunked transfer encoding": lambda s=server, r=repo: push_streamed(
+                        s, r + "t", one_gib, digest_1g
                     ),
                     "pull 1 GiB": lambda s=server, r=repo: pull(s, r + "m", digest_1g, 1024 * MiB),
                 }
