@@ -148,7 +148,8 @@ class RegistryRequest(server.Request):
             self._continue_held = True
 
     def _body_welcome(self) -> None:
-        if self._continue_held and not self._body_complete and not self._disconnected:
+        # A client tired of waiting (curl: after 1 s) sends anyway: no "100 Continue" then.
+        if self._continue_held and not self._body_started and not self._disconnected:
             self._continue_held = False
             self.channel.transport.write(_CONTINUE)  # type: ignore[union-attr]
 
