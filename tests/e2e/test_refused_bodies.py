@@ -311,3 +311,39 @@ async def test_full_disk_answered_while_the_body_is_coming(
     assert response.code == 202, text
     response = await treq.put(f"{location}?digest={sha256(data)}")
     assert response.code == 201, await response.text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_late_continue_once_the_client_sends_anyway(
+    registry: InProcessRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A client that stops waiting for ``100 Continue`` (curl: after 1 s) and sends the body must
+    not get a ``100 Continue`` in the middle of it, only the final answer.
+    """
+    from registry.storage.uploads import UploadStore
+
+    original_open = UploadStore.open
+
+    async def slow_open(self: UploadStore, *args: object, **kwargs: object) -> object:
+        await sleep(1.0)  # storage that takes its time (a slow S3, say)
+        return await original_open(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(UploadStore, "open", slow_open)
+    data = os.urandom(2 * MiB)
+    location = await start_upload(registry.url, "early")
+    path = location.removeprefix(registry.url)
+
+    def exchange() -> Answer:
+        client = RawUpload(registry.url)
+        try:
+            client.send_headers("PATCH", path, len(data), "Expect: 100-continue")
+            client.send(data)  # at once, without waiting
+            return client.answer()
+        finally:
+            client.close()
+
+    answer = await deferToThread(exchange)
+    assert not answer.continued
+    assert answer.status == 202, answer.body
+    assert answer.headers["range"] == f"0-{len(data) - 1}"
