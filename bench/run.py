@@ -137,25 +137,29 @@ def push_monolithic(server: Server, repo: str, path: Path, digest: str) -> None:
     assert status == 201, f"{server.name} monolithic push: {status}"
 
 
-def push_streamed(server: Server, repo: str, path: Path, digest: str) -> None:
-    """
-    One PATCH with ``Transfer-Encoding: chunked``, then the commit: how docker, containerd and
-    skopeo send a layer (they compress as they send, so the length is not known up front).
-    """
-    location = start_upload(server, repo)
+def patch(server: Server, location: str, body: Path, header: str) -> str:
+    """One PATCH of ``body`` by curl with ``header``; returns the next location."""
     status, headers = curl(
         "-X",
         "PATCH",
         "-H",
         "Content-Type: application/octet-stream",
         "-H",
-        "Transfer-Encoding: chunked",
+        header,
         "-T",
-        str(path),
+        str(body),
         location,
     )
-    assert status == 202, f"{server.name} streamed PATCH: {status}"
-    location = absolute(server, headers["location"])
+    assert status == 202, f"{server.name} PATCH: {status}"
+    return absolute(server, headers["location"])
+
+
+def push_streamed(server: Server, repo: str, path: Path, digest: str) -> None:
+    """
+    One PATCH with ``Transfer-Encoding: chunked``, then the commit: how docker, containerd and
+    skopeo send a layer (they compress as they send, so the length is not known up front).
+    """
+    location = patch(server, start_upload(server, repo), path, "Transfer-Encoding: chunked")
     status, _ = curl("-X", "PUT", with_query(location, f"digest={digest}"))
     assert status == 201, f"{server.name} streamed commit: {status}"
 
@@ -165,19 +169,7 @@ def push_chunked(server: Server, repo: str, chunks: list[Path], digest: str) -> 
     offset = 0
     for chunk in chunks:
         size = chunk.stat().st_size
-        status, headers = curl(
-            "-X",
-            "PATCH",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "-H",
-            f"Content-Range: {offset}-{offset + size - 1}",
-            "-T",
-            str(chunk),
-            location,
-        )
-        assert status == 202, f"{server.name} PATCH: {status}"
-        location = absolute(server, headers["location"])
+        location = patch(server, location, chunk, f"Content-Range: {offset}-{offset + size - 1}")
         offset += size
     status, _ = curl("-X", "PUT", with_query(location, f"digest={digest}"))
     assert status == 201, f"{server.name} chunked commit: {status}"

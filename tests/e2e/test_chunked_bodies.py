@@ -96,8 +96,7 @@ async def test_odd_framing_in_small_reads_then_a_pipelined_request(
     wire = frame(data, random.Random(5))
 
     def exchange() -> tuple[int, str, int]:
-        client = RawUpload(registry.url)
-        try:
+        with RawUpload(registry.url) as client:
             client.sock.sendall(
                 f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                 "Content-Type: application/octet-stream\r\n\r\n".encode()
@@ -112,8 +111,6 @@ async def test_odd_framing_in_small_reads_then_a_pipelined_request(
             patched = client.answer()
             base = client.answer()
             return patched.status, patched.headers.get("range", ""), base.status
-        finally:
-            client.close()
 
     status, stored, pipelined = await deferToThread(exchange)
     assert status == 202

@@ -103,7 +103,10 @@ class RawUpload:
                 return not self._buffer
             self._buffer += chunk
 
-    def close(self) -> None:
+    def __enter__(self) -> RawUpload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.sock.close()
 
 
@@ -120,8 +123,7 @@ async def test_expect_continue_refused_before_the_body_is_sent(
     registry: InProcessRegistry,
 ) -> None:
     def exchange() -> Answer:
-        client = RawUpload(registry.url)
-        try:
+        with RawUpload(registry.url) as client:
             client.send_headers(
                 "PATCH", "/v2/early/blobs/uploads/no-such-upload", 64 * MiB, "Expect: 100-continue"
             )
@@ -129,8 +131,6 @@ async def test_expect_continue_refused_before_the_body_is_sent(
             answer = client.answer()
             assert client.closed_by_server()
             return answer
-        finally:
-            client.close()
 
     answer = await deferToThread(exchange)
     assert not answer.continued
@@ -149,14 +149,11 @@ async def test_expect_continue_welcomed_once_the_upload_is_open(
     path = location.removeprefix(registry.url)
 
     def exchange() -> tuple[int, Answer]:
-        client = RawUpload(registry.url)
-        try:
+        with RawUpload(registry.url) as client:
             client.send_headers("PATCH", path, len(data), "Expect: 100-continue")
             interim = client.interim()
             client.send(data)
             return interim, client.answer()
-        finally:
-            client.close()
 
     interim, answer = await deferToThread(exchange)
     assert interim == 100
@@ -176,15 +173,12 @@ async def test_refused_while_the_body_is_coming(registry: InProcessRegistry) -> 
     total, first = 32 * MiB, 1 * MiB
 
     def exchange() -> tuple[Answer, bool]:
-        client = RawUpload(registry.url)
-        try:
+        with RawUpload(registry.url) as client:
             client.send_headers("PATCH", "/v2/early/blobs/uploads/no-such-upload", total)
             client.send(os.urandom(first))
             answer = client.answer()  # 31 MiB still to come
             client.send(bytes(total - first))
             return answer, client.closed_by_server()
-        finally:
-            client.close()
 
     answer, closed = await deferToThread(exchange)
     assert answer.status == 404
@@ -203,13 +197,10 @@ async def test_wrong_range_answered_at_once_and_upload_untouched(
     assert response.code == 202, await response.text()
 
     def exchange() -> Answer:
-        client = RawUpload(registry.url)
-        try:
+        with RawUpload(registry.url) as client:
             client.send_headers("PATCH", path, 16 * MiB, "Content-Range: 5000-16782215")
             client.send(os.urandom(MiB))
             return client.answer()
-        finally:
-            client.close()
 
     answer = await deferToThread(exchange)
     assert answer.status == 416
@@ -238,8 +229,7 @@ async def test_push_without_credentials_refused_before_the_body(
     digest = "sha256:" + "0" * 64
 
     def exchange() -> Answer:
-        client = RawUpload(registry.url)
-        try:
+        with RawUpload(registry.url) as client:
             client.send_headers(
                 "POST",
                 f"/v2/early/blobs/uploads/?digest={digest}",
@@ -247,8 +237,6 @@ async def test_push_without_credentials_refused_before_the_body(
                 "Expect: 100-continue",
             )
             return client.answer()
-        finally:
-            client.close()
 
     answer = await deferToThread(exchange)
     assert not answer.continued
@@ -282,13 +270,10 @@ async def test_full_disk_answered_while_the_body_is_coming(
     path = location.removeprefix(registry.url)
 
     def exchange() -> Answer:
-        client = RawUpload(registry.url)
-        try:
+        with RawUpload(registry.url) as client:
             client.send_headers("PATCH", path, 64 * MiB)
             client.send(data)
             return client.answer()  # 56 MiB still to come
-        finally:
-            client.close()
 
     answer = await deferToThread(exchange)
     assert answer.status == 503
@@ -335,13 +320,10 @@ async def test_no_late_continue_once_the_client_sends_anyway(
     path = location.removeprefix(registry.url)
 
     def exchange() -> Answer:
-        client = RawUpload(registry.url)
-        try:
+        with RawUpload(registry.url) as client:
             client.send_headers("PATCH", path, len(data), "Expect: 100-continue")
             client.send(data)  # at once, without waiting
             return client.answer()
-        finally:
-            client.close()
 
     answer = await deferToThread(exchange)
     assert not answer.continued

@@ -24,6 +24,13 @@ from registry.storage.driver import (
 from registry.storage.producers import CollectingConsumer
 
 
+async def write_all(writer: Any, data: bytes) -> None:
+    """Write, waiting when the writer asks for it."""
+    pending = writer.write(data)
+    if pending is not None:
+        await pending
+
+
 async def read_all(driver: Any, path: str, offset: int = 0, length: int | None = None) -> bytes:
     producer = await driver.reader(path, offset, length)
     consumer = CollectingConsumer()
@@ -116,9 +123,7 @@ class DriverSuite:
         assert verifyObject(IFileWriter, writer)
         parts = [os.urandom(70_000) for _ in range(5)]
         for part in parts:
-            pending = writer.write(part)
-            if pending is not None:
-                await pending
+            await write_all(writer, part)
         assert writer.size == 350_000
         await writer.commit()
         assert await read_all(driver, "w/file") == b"".join(parts)
@@ -129,15 +134,11 @@ class DriverSuite:
         first = os.urandom(6 * 1024 * 1024)
         second = os.urandom(3 * 1024 * 1024 + 17)
         writer = await driver.writer("w/upload")
-        pending = writer.write(first)
-        if pending is not None:
-            await pending
+        await write_all(writer, first)
         await writer.close()
         writer = await driver.writer("w/upload", append=True)
         assert writer.size == len(first)
-        pending = writer.write(second)
-        if pending is not None:
-            await pending
+        await write_all(writer, second)
         assert writer.size == len(first) + len(second)
         await writer.commit()
         data = await read_all(driver, "w/upload")
@@ -149,16 +150,12 @@ class DriverSuite:
         first, second = os.urandom(300_000), os.urandom(200_000)
         writer = await driver.writer("w/promised")
         await writer.reserve(10 * 1024 * 1024)
-        pending = writer.write(first)
-        if pending is not None:
-            await pending
+        await write_all(writer, first)
         await writer.close()
         writer = await driver.writer("w/promised", append=True)
         assert writer.size == len(first)
         await writer.reserve(len(second))
-        pending = writer.write(second)
-        if pending is not None:
-            await pending
+        await write_all(writer, second)
         await writer.commit()
         assert (await driver.stat("w/promised")).size == len(first) + len(second)
         assert await read_all(driver, "w/promised") == first + second
