@@ -1,11 +1,16 @@
 """
 Blob uploads: sessions that receive bytes over one or many requests and become a blob on commit.
 
-State lives only in storage (``_uploads/<id>/``), so an upload continues after a restart or on
-another instance: the data file, the start time, and after every request the serialised sha256
-state at the offset reached (``txhashstates/sha256/<offset>``).  A session resumes from the state
-whose offset equals the data's size; when there is none (a registry:2 upload, or a process
-killed mid-request) the stored bytes are hashed again.
+State lives in storage (``_uploads/<id>/``), so an upload continues after a restart or on
+another instance: the data file, the start time, and the serialised sha256 state at the offset
+reached (``txhashstates/sha256/<offset>``).  A session resumes from the state whose offset equals
+the data's size; when there is none (a registry:2 upload, or a process killed mid-request) the
+stored bytes are hashed again.
+
+Where this process is the only one serving the storage, a finished request's hasher is *parked*
+while it catches up and its state is recorded; a next request on the same upload that arrives
+meanwhile takes the hasher over instead of waiting for it (`UploadStore.open`).  Clients that
+send many small chunks over one connection otherwise paid, per chunk, for the hasher to drain.
 
 One request at a time may append to an upload in this process; a second concurrent one gets
 416 with the current range instead of interleaving bytes.
@@ -109,10 +114,10 @@ class UploadAppender:
         Keep what was written and record the hash state, so the upload can continue.
 
         With ``UploadStore.state_after_answer``, this returns once every byte is in storage
-        and the state is recorded in the background: a PATCH is answered while the hasher
-        may still be catching up (a few MiB queued, a few ms).  The next request on this
-        upload waits for the state (`UploadStore.open`); a process that dies first leaves no
-        state, and the upload resumes by re-hashing the stored data.
+        and the hasher is parked: a PATCH is answered while the hasher may still be catching
+        up (a few MiB queued, a few ms), and its state is recorded in the background unless
+        the next request takes it over first.  A process that dies before either leaves no
+        state at this offset, and the upload resumes by re-hashing the stored data.
         """
         if self._closed:
             return
@@ -123,7 +128,8 @@ class UploadAppender:
             self.store._release(self.name, self.upload_id)
             raise
         if self.store.state_after_answer:
-            self.store._finish_in_background(self)
+            self.store._release(self.name, self.upload_id)
+            self.store._park(self)
         else:
             await self._record_state()
 
@@ -158,6 +164,8 @@ class UploadStore:
     _busy: set[tuple[str, str]] = attrs.field(factory=set)
     # Uploads whose last request was answered while their hash state is still being recorded.
     _recording: dict[tuple[str, str], Deferred[None]] = attrs.field(factory=dict)
+    # Of those, the ones whose hasher the next request may still take over.
+    _parked: dict[tuple[str, str], UploadAppender] = attrs.field(factory=dict)
 
     async def start(self, name: str) -> str:
         """Create an empty upload and return its id."""
@@ -201,9 +209,11 @@ class UploadStore:
             offsets = await self._state_offsets(name, upload_id)
             return offsets[-1] if offsets else 0
 
-    def _finish_in_background(self, appender: UploadAppender) -> None:
+    def _park(self, appender: UploadAppender) -> None:
+        """Record ``appender``'s hash state in the background; until then, it may be taken over."""
         key = (appender.name, appender.upload_id)
-        done = Deferred.fromCoroutine(appender._record_state())
+        self._parked[key] = appender
+        done = Deferred.fromCoroutine(self._record_parked(appender))
 
         def finished(result: object) -> None:
             if self._recording.get(key) is done:
@@ -220,6 +230,28 @@ class UploadStore:
         if not done.called:
             self._recording[key] = done
         done.addBoth(finished)
+
+    async def _record_parked(self, appender: UploadAppender) -> None:
+        key = (appender.name, appender.upload_id)
+        try:
+            hasher = await appender._settled_hasher()
+        finally:
+            taken_over = self._parked.get(key) is not appender
+            if not taken_over:
+                del self._parked[key]
+        if taken_over:
+            return  # the next request goes on with this hasher, and records its own state
+        await self._save_state(
+            appender.name, appender.upload_id, hasher, appender.size, appender.start
+        )
+
+    def _take_over(self, name: str, upload_id: str) -> UploadAppender | None:
+        """The previous request's parked appender, now owned by the caller (see `_park`)."""
+        parked = self._parked.pop((name, upload_id), None)
+        if parked is not None:
+            # Waiting for this recording would mean waiting for the caller's own hashing.
+            self._recording.pop((name, upload_id), None)
+        return parked
 
     async def _recorded(self, name: str, upload_id: str) -> None:
         """Wait until the previous request's hash state is recorded (see `UploadAppender.close`)."""
@@ -244,12 +276,16 @@ class UploadStore:
         ``coming`` is the request's ``Content-Length``, for the storage to set aside.
         """
         await self._require(name, upload_id)
-        await self._recorded(name, upload_id)
+        if (name, upload_id) not in self._parked:
+            await self._recorded(name, upload_id)
         self._acquire(name, upload_id, 0)
+        previous = self._take_over(name, upload_id)
         try:
             writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
         except BaseException:
             self._release(name, upload_id)
+            if previous is not None:
+                self._park(previous)
             raise
         try:
             size: int = writer.size
@@ -257,16 +293,22 @@ class UploadStore:
                 raise _range_error(
                     upload_id, size, f"chunk starts at {start}, upload has {size} bytes"
                 )
-            hasher = await self._resume_hasher(name, upload_id, size)
+            if previous is not None and previous.size == size:
+                hasher, offload = previous.hasher, previous.offload
+            else:
+                hasher, offload = await self._resume_hasher(name, upload_id, size), None
             if coming:
                 await writer.reserve(coming)
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
                 await writer.close()
             self._release(name, upload_id)
+            if previous is not None:
+                self._park(previous)  # its state is recorded after all
             raise
-        offload = None
-        if self.hash_threads is not None and releases_gil(INLINE_ALGORITHM):
+        if previous is not None and previous.size != size:
+            self._park(previous)  # the data changed under it: keep its state for its offset
+        if offload is None and self.hash_threads is not None and releases_gil(INLINE_ALGORITHM):
             offload = OffloadedHasher(hasher, self.hash_threads)
         return UploadAppender(self, name, upload_id, writer, hasher, size, offload)
 

@@ -167,6 +167,41 @@ async def test_hash_state_is_recorded_after_each_request(
 
 
 @pytest_twisted.ensureDeferred
+async def test_small_chunks_back_to_back_then_a_kill(registry_process: RegistryProcess) -> None:
+    """
+    Each PATCH takes over the hasher of the one before while it is still catching up, so no
+    state is recorded in between; a kill right after the last answer then leaves the stored
+    bytes to be hashed again, and the digest still comes out right.
+    """
+    sizes = [100_000 + 37_111 * index for index in range(24)]
+    parts = [os.urandom(size) for size in sizes]
+    location = await start_upload(registry_process.url, "small/chunks")
+    offset = 0
+    for part in parts:
+        end = offset + len(part) - 1
+        response = await treq.patch(
+            location, data=part, headers={"Content-Range": f"{offset}-{end}"}
+        )
+        assert response.code == 202, await response.text()
+        assert header(response, "range") == f"0-{end}"
+        await response.content()
+        offset += len(part)
+    registry_process.kill()
+    registry_process.start()
+    assert await upload_range(location) == f"0-{offset - 1}"
+    tail = os.urandom(65_537)
+    response = await treq.patch(
+        location, data=tail, headers={"Content-Range": f"{offset}-{offset + len(tail) - 1}"}
+    )
+    assert response.code == 202, await response.text()
+    whole = b"".join(parts) + tail
+    response = await treq.put(f"{location}?digest={sha256(whole)}")
+    assert response.code == 201, await response.text()
+    response = await treq.get(f"{registry_process.url}/v2/small/chunks/blobs/{sha256(whole)}")
+    assert hashlib.sha256(await response.content()).hexdigest() == sha256(whole)[7:]
+
+
+@pytest_twisted.ensureDeferred
 async def test_kill_mid_body(registry_process: RegistryProcess) -> None:
     """Killed while bytes arrive: no blob appears, and the upload resumes where data stopped."""
     data = os.urandom(8_000_000)

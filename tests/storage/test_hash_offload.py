@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
 from registry.api.digests import Digest, DigestingHasher
+from registry.api.errors import RANGE_INVALID, RegistryError
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import PathNotFoundError
@@ -104,18 +105,23 @@ async def test_a_hashing_error_surfaces_at_settle(pool: ThreadPool) -> None:
     assert lane.update(b"more") is None  # further bytes are dropped, not queued
 
 
-@pytest_twisted.ensureDeferred
-async def test_next_request_waits_for_the_state_of_the_previous_one(
-    pool: ThreadPool, held: threading.Event
-) -> None:
-    """
-    `UploadAppender.close` returns once the bytes are stored; the hash state follows in the
-    background.  Opening the upload again (the next PATCH, a GET, a cancel) waits for it.
-    """
+def _single_instance_store(pool: ThreadPool) -> tuple[MemoryDriver, UploadStore]:
     driver = MemoryDriver()
     store = UploadStore(
         driver, BlobStore(driver), HashThreads(reactor, pool), state_after_answer=True
     )
+    return driver, store
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_and_cancel_wait_for_the_state_of_the_previous_request(
+    pool: ThreadPool, held: threading.Event
+) -> None:
+    """
+    `UploadAppender.close` returns once the bytes are stored; the hash state follows in the
+    background.  Asking for the upload's status waits for it.
+    """
+    driver, store = _single_instance_store(pool)
     upload_id = await store.start("repo")
     appender = await store.open("repo", upload_id)
     # The only hashing thread is held: hashing is behind.
@@ -126,16 +132,92 @@ async def test_next_request_waits_for_the_state_of_the_previous_one(
     with pytest.raises(PathNotFoundError):
         await driver.get_content(state_path)
 
-    reopened = Deferred.fromCoroutine(store.open("repo", upload_id))
     size = Deferred.fromCoroutine(store.size("repo", upload_id))
-    assert not reopened.called and not size.called
+    assert not size.called
     held.set()
-    appender = await reopened
     assert await size == len(data)
-    assert await driver.get_content(state_path)  # recorded before the upload was reopened
+    state = await driver.get_content(state_path)  # recorded before the status was answered
+    assert DigestingHasher("sha256", state).digest() == expected([data])
+    await store.cancel("repo", upload_id)
+    assert not await store.exists("repo", upload_id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_request_takes_over_a_hasher_that_is_behind(
+    pool: ThreadPool, held: threading.Event
+) -> None:
+    """
+    The next PATCH does not wait for the previous one's hasher to drain: it goes on feeding
+    the same hasher, and only the last request's state is recorded.
+    """
+    driver, store = _single_instance_store(pool)
+    upload_id = await store.start("repo")
+    parts = chunks(3, 64 * KiB)
+    appender = await store.open("repo", upload_id)
+    appender.write(parts[0])
+    await appender.close()
+    for index, part in enumerate(parts[1:], start=1):
+        reopened = Deferred.fromCoroutine(store.open("repo", upload_id, start=index * 64 * KiB))
+        assert reopened.called, "the next request waited for the hasher"
+        appender = await reopened
+        appender.write(part)
+        await appender.close()
+    held.set()
+    total = 3 * 64 * KiB
+    assert await store.size("repo", upload_id) == total
+    state = await driver.get_content(layout.upload_hashstate("repo", upload_id, "sha256", total))
+    assert DigestingHasher("sha256", state).digest() == expected(parts)
+    for offset in (64 * KiB, 128 * KiB):  # never recorded: the hasher was taken over
+        with pytest.raises(PathNotFoundError):
+            await driver.get_content(layout.upload_hashstate("repo", upload_id, "sha256", offset))
+    appender = await store.open("repo", upload_id)
+    await store.commit(appender, expected(parts))
+    assert await store.blobs.exists(expected(parts)) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_request_gives_the_hasher_back(
+    pool: ThreadPool, held: threading.Event
+) -> None:
+    """A chunk at the wrong offset is refused; the state of the bytes before it is still recorded."""
+    driver, store = _single_instance_store(pool)
+    upload_id = await store.start("repo")
+    data = os.urandom(100 * KiB)
+    appender = await store.open("repo", upload_id)
+    appender.write(data)
+    await appender.close()
+    with pytest.raises(RegistryError) as refused:
+        await store.open("repo", upload_id, start=5)
+    assert refused.value.code is RANGE_INVALID
+    held.set()
+    assert await store.size("repo", upload_id) == len(data)
+    state = await driver.get_content(
+        layout.upload_hashstate("repo", upload_id, "sha256", len(data))
+    )
+    assert DigestingHasher("sha256", state).digest() == expected([data])
+    appender = await store.open("repo", upload_id, start=len(data))
     appender.write(b"tail")
     await store.commit(appender, expected([data, b"tail"]))
-    assert await store.blobs.exists(expected([data, b"tail"])) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hasher_is_not_taken_over_when_the_data_changed_under_it(
+    pool: ThreadPool, held: threading.Event
+) -> None:
+    """Stored data that no longer ends where the hasher does is hashed again from storage."""
+    driver, store = _single_instance_store(pool)
+    upload_id = await store.start("repo")
+    appender = await store.open("repo", upload_id)
+    appender.write(b"hashed")
+    await appender.close()
+    # Something else appended to the data file (a repair by hand, another tool).
+    writer = await driver.writer(layout.upload_data("repo", upload_id), append=True)
+    writer.write(b" and more")
+    await writer.close()
+    held.set()
+    appender = await store.open("repo", upload_id)
+    assert appender.size == len(b"hashed and more")
+    await store.commit(appender, expected([b"hashed and more"]))
 
 
 @pytest_twisted.ensureDeferred
