@@ -32,7 +32,7 @@ async def test_only_large_transfers_trim_and_close_ones_share_a_trim(pool: Threa
     trim = RecordingTrim()
     trimmer = HeapTrimmer(reactor, pool, min_bytes=16 * MiB, delay=0.05, trim=trim)
     for _ in range(100):
-        trimmer.transferred(1 * MiB)  # manifests, small blobs: no trim
+        trimmer.transferred(MiB - 1)  # manifests, small blobs: no trim
     await sleep(0.2)
     assert trim.calls == []
     trimmer.transferred(64 * MiB)
@@ -44,6 +44,23 @@ async def test_only_large_transfers_trim_and_close_ones_share_a_trim(pool: Threa
     await sleep(0.2)
     assert trim.calls == [0, 0]
     assert trimmer.trims == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_chunks_of_one_upload_add_up_to_a_trim(pool: ThreadPool) -> None:
+    trim = RecordingTrim()
+    trimmer = HeapTrimmer(reactor, pool, min_bytes=16 * MiB, delay=0.05, trim=trim)
+    for _ in range(3):
+        trimmer.transferred(4 * MiB)
+    await sleep(0.2)
+    assert trim.calls == []  # 12 MiB so far
+    trimmer.transferred(4 * MiB)
+    await sleep(0.2)
+    assert trim.calls == [0]
+    for _ in range(3):
+        trimmer.transferred(4 * MiB)  # counted again from zero after the trim
+    await sleep(0.2)
+    assert trim.calls == [0]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
