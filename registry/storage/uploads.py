@@ -281,12 +281,26 @@ class UploadStore:
         self._acquire(name, upload_id, 0)
         previous = self._take_over(name, upload_id)
         try:
-            writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
+            appender = await self._appender(name, upload_id, start, coming, previous)
         except BaseException:
             self._release(name, upload_id)
             if previous is not None:
-                self._park(previous)
+                self._park(previous)  # not taken after all: its state is recorded
             raise
+        if previous is not None and previous.hasher is not appender.hasher:
+            self._park(previous)  # the data changed under it: keep its state for its offset
+        return appender
+
+    async def _appender(
+        self,
+        name: str,
+        upload_id: str,
+        start: int | None,
+        coming: int | None,
+        previous: UploadAppender | None,
+    ) -> UploadAppender:
+        """Open the data file and a hasher at its end: ``previous``'s when it ends there."""
+        writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
         try:
             size: int = writer.size
             if start is not None and start != size:
@@ -302,12 +316,7 @@ class UploadStore:
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
                 await writer.close()
-            self._release(name, upload_id)
-            if previous is not None:
-                self._park(previous)  # its state is recorded after all
             raise
-        if previous is not None and previous.size != size:
-            self._park(previous)  # the data changed under it: keep its state for its offset
         if offload is None and self.hash_threads is not None and releases_gil(INLINE_ALGORITHM):
             offload = OffloadedHasher(hasher, self.hash_threads)
         return UploadAppender(self, name, upload_id, writer, hasher, size, offload)

@@ -113,6 +113,21 @@ def _single_instance_store(pool: ThreadPool) -> tuple[MemoryDriver, UploadStore]
     return driver, store
 
 
+async def _upload_holding(store: UploadStore, data: bytes) -> str:
+    """A new upload after one request that sent ``data``; returns its id."""
+    upload_id = await store.start("repo")
+    appender = await store.open("repo", upload_id)
+    appender.write(data)
+    await appender.close()
+    return upload_id
+
+
+async def _recorded_digest(driver: MemoryDriver, upload_id: str, offset: int) -> Digest:
+    """The digest of the hash state recorded at ``offset``."""
+    state = await driver.get_content(layout.upload_hashstate("repo", upload_id, "sha256", offset))
+    return DigestingHasher("sha256", state).digest()
+
+
 @pytest_twisted.ensureDeferred
 async def test_status_and_cancel_wait_for_the_state_of_the_previous_request(
     pool: ThreadPool, held: threading.Event
@@ -122,22 +137,18 @@ async def test_status_and_cancel_wait_for_the_state_of_the_previous_request(
     background.  Asking for the upload's status waits for it.
     """
     driver, store = _single_instance_store(pool)
-    upload_id = await store.start("repo")
-    appender = await store.open("repo", upload_id)
     # The only hashing thread is held: hashing is behind.
     data = os.urandom(100 * KiB)
-    appender.write(data)
-    await appender.close()
-    state_path = layout.upload_hashstate("repo", upload_id, "sha256", len(data))
+    upload_id = await _upload_holding(store, data)
     with pytest.raises(PathNotFoundError):
-        await driver.get_content(state_path)
+        await _recorded_digest(driver, upload_id, len(data))
 
     size = Deferred.fromCoroutine(store.size("repo", upload_id))
     assert not size.called
     held.set()
     assert await size == len(data)
-    state = await driver.get_content(state_path)  # recorded before the status was answered
-    assert DigestingHasher("sha256", state).digest() == expected([data])
+    # Recorded before the status was answered.
+    assert await _recorded_digest(driver, upload_id, len(data)) == expected([data])
     await store.cancel("repo", upload_id)
     assert not await store.exists("repo", upload_id)
 
@@ -151,11 +162,8 @@ async def test_next_request_takes_over_a_hasher_that_is_behind(
     the same hasher, and only the last request's state is recorded.
     """
     driver, store = _single_instance_store(pool)
-    upload_id = await store.start("repo")
     parts = chunks(3, 64 * KiB)
-    appender = await store.open("repo", upload_id)
-    appender.write(parts[0])
-    await appender.close()
+    upload_id = await _upload_holding(store, parts[0])
     for index, part in enumerate(parts[1:], start=1):
         reopened = Deferred.fromCoroutine(store.open("repo", upload_id, start=index * 64 * KiB))
         assert reopened.called, "the next request waited for the hasher"
@@ -165,11 +173,10 @@ async def test_next_request_takes_over_a_hasher_that_is_behind(
     held.set()
     total = 3 * 64 * KiB
     assert await store.size("repo", upload_id) == total
-    state = await driver.get_content(layout.upload_hashstate("repo", upload_id, "sha256", total))
-    assert DigestingHasher("sha256", state).digest() == expected(parts)
+    assert await _recorded_digest(driver, upload_id, total) == expected(parts)
     for offset in (64 * KiB, 128 * KiB):  # never recorded: the hasher was taken over
         with pytest.raises(PathNotFoundError):
-            await driver.get_content(layout.upload_hashstate("repo", upload_id, "sha256", offset))
+            await _recorded_digest(driver, upload_id, offset)
     appender = await store.open("repo", upload_id)
     await store.commit(appender, expected(parts))
     assert await store.blobs.exists(expected(parts)) is not None
@@ -181,20 +188,14 @@ async def test_a_refused_request_gives_the_hasher_back(
 ) -> None:
     """A chunk at the wrong offset is refused; the state of the bytes before it is still recorded."""
     driver, store = _single_instance_store(pool)
-    upload_id = await store.start("repo")
     data = os.urandom(100 * KiB)
-    appender = await store.open("repo", upload_id)
-    appender.write(data)
-    await appender.close()
+    upload_id = await _upload_holding(store, data)
     with pytest.raises(RegistryError) as refused:
         await store.open("repo", upload_id, start=5)
     assert refused.value.code is RANGE_INVALID
     held.set()
     assert await store.size("repo", upload_id) == len(data)
-    state = await driver.get_content(
-        layout.upload_hashstate("repo", upload_id, "sha256", len(data))
-    )
-    assert DigestingHasher("sha256", state).digest() == expected([data])
+    assert await _recorded_digest(driver, upload_id, len(data)) == expected([data])
     appender = await store.open("repo", upload_id, start=len(data))
     appender.write(b"tail")
     await store.commit(appender, expected([data, b"tail"]))
@@ -206,10 +207,7 @@ async def test_a_hasher_is_not_taken_over_when_the_data_changed_under_it(
 ) -> None:
     """Stored data that no longer ends where the hasher does is hashed again from storage."""
     driver, store = _single_instance_store(pool)
-    upload_id = await store.start("repo")
-    appender = await store.open("repo", upload_id)
-    appender.write(b"hashed")
-    await appender.close()
+    upload_id = await _upload_holding(store, b"hashed")
     # Something else appended to the data file (a repair by hand, another tool).
     writer = await driver.writer(layout.upload_data("repo", upload_id), append=True)
     writer.write(b" and more")
@@ -236,7 +234,4 @@ async def test_on_shared_storage_the_state_is_recorded_before_answering(
     assert not closed.called
     held.set()
     await closed
-    state = await driver.get_content(
-        layout.upload_hashstate("repo", upload_id, "sha256", len(data))
-    )
-    assert DigestingHasher("sha256", state).digest() == expected([data])
+    assert await _recorded_digest(driver, upload_id, len(data)) == expected([data])
