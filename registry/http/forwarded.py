@@ -33,6 +33,7 @@ The answer is computed once per request and kept on it: the access log asks on e
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -149,8 +150,7 @@ def client_address(request: IRequest) -> str:
 
 def resolve(peer: Any, secure: bool, headers: Headers, trusted: TrustedProxies) -> Origin:
     """The `Origin` of a request from ``peer``; pure, for `origin` and for tests."""
-    peer_ip = _peer_ip(peer)
-    peer_text = str(peer_ip) if peer_ip is not None else LOCAL
+    peer_ip, peer_text = _peer(peer)
     direct = Origin(
         client=peer_text,
         client_ip=peer_ip,
@@ -201,7 +201,7 @@ def _walk(hops: _Hops, direct: Origin, trusted: TrustedProxies) -> Origin:
     if scheme is not None:
         scheme = scheme.lower()
     return Origin(
-        client=str(client_ip) if client_ip is not None else direct.client,
+        client=direct.client if client_ip is direct.client_ip else _text(client_ip),
         client_ip=client_ip,
         scheme=scheme if scheme in _SCHEMES else direct.scheme,
         host=_valid_host(host) or direct.host,
@@ -276,6 +276,9 @@ def parse_forwarded(value: str) -> list[dict[str, str]]:
         position += 1
 
 
+# Parsing an address costs microseconds and the same clients and proxies come back request
+# after request: remember the last few thousand (bounded; failures are not remembered).
+@functools.lru_cache(maxsize=4096)
 def _node_ip(node: str) -> IP | None:
     """
     The address of a hop: ``192.0.2.7``, ``192.0.2.7:4711``, ``2001:db8::7``,
@@ -297,14 +300,26 @@ def _node_ip(node: str) -> IP | None:
     return _unmapped(ipaddress.ip_address(node))
 
 
-def _peer_ip(peer: Any) -> IP | None:
+def _peer(peer: Any) -> tuple[IP | None, str]:
+    """The peer's address, and its text (``local`` for UNIX sockets)."""
     if isinstance(peer, IPv4Address | IPv6Address):
-        try:
-            # Twisted gives IPv6 link-local peers with their zone (fe80::1%eth0).
-            return _unmapped(ipaddress.ip_address(peer.host.split("%", 1)[0]))
-        except ValueError:
-            return None
-    return None
+        return _host(peer.host)
+    return None, LOCAL
+
+
+@functools.lru_cache(maxsize=4096)
+def _host(host: str) -> tuple[IP | None, str]:
+    try:
+        # Twisted gives IPv6 link-local peers with their zone (fe80::1%eth0).
+        ip = _unmapped(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        return None, LOCAL
+    return ip, str(ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text(ip: IP | None) -> str:
+    return LOCAL if ip is None else str(ip)
 
 
 def _unmapped(ip: IP) -> IP:

@@ -16,7 +16,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.web.http_headers import Headers
 
 from registry import config
-from registry.http.forwarded import Origin, TrustedProxies, parse_forwarded, resolve
+from registry.http.forwarded import Origin, TrustedProxies, origin, parse_forwarded, resolve
 
 LOOPBACK = TrustedProxies.from_words(["127.0.0.1", "::1"])
 PROXY = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -325,3 +325,33 @@ def test_trusted_proxies_config(tmp_path: Path) -> None:
     for bad in ("10.0.0.1/8", "nginx.local", "10.0.0.0/33"):
         with pytest.raises(config.ConfigError, match=r"\[http\] trusted_proxies: not an address"):
             config.load(None, environ={"REGISTRY_HTTP_TRUSTED_PROXIES": bad})
+
+
+class _Request:
+    """What `origin` reads from a twisted.web request, and counts of how often it asked."""
+
+    def __init__(self, site: object) -> None:
+        self.site = site
+        self.requestHeaders = Headers({"x-forwarded-for": ["203.0.113.7"], "host": ["r:1"]})
+        self.asked = 0
+
+    def getClientAddress(self) -> IPv4Address:
+        self.asked += 1
+        return PROXY
+
+    def isSecure(self) -> bool:
+        return False
+
+
+def test_origin_is_computed_once_per_request_with_the_sites_trust() -> None:
+    class Site:
+        trusted_proxies = LOOPBACK
+
+    request = _Request(Site())
+    first = origin(request)  # type: ignore[arg-type]
+    assert first.client == "203.0.113.7"
+    request.requestHeaders.setRawHeaders("x-forwarded-for", ["198.51.100.1"])
+    assert origin(request) is first  # type: ignore[arg-type]
+    assert request.asked == 1
+    # A site that names no trusted proxies (or no RegistrySite at all) trusts nobody.
+    assert origin(_Request(object())).client == "127.0.0.1"  # type: ignore[arg-type]
