@@ -76,6 +76,13 @@ async def test_trusted_proxy_headers_shape_locations_and_the_access_log(
     )
     assert clients_of(access_log, "/v2/fwd/app/") == {"203.0.113.7"}
 
+    # The standard header, from a proxy that sends only it.
+    forwarded = {"Forwarded": 'for="[2001:db8::9]:4711";proto=https;host=r.example'}
+    response = await treq.post(f"{registry.url}/v2/fwd/rfc/blobs/uploads/", headers=forwarded)
+    await response.content()
+    assert location_of(response).startswith("https://r.example/v2/fwd/rfc/blobs/uploads/")
+    assert clients_of(access_log, "/v2/fwd/rfc/") == {"2001:db8::9"}
+
     # The same registry, asked directly: its own scheme and the Host the client sent.
     response = await treq.post(f"{registry.url}/v2/fwd/direct/blobs/uploads/")
     await response.content()
