@@ -18,8 +18,9 @@ run: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(BIN)/twistd --nodaemon --pidfile= registry --config tap.cfg
 
 # System tools the interoperability tests drive (skopeo, registry:2 from Debian's
-# docker-registry package); installed when missing and we are allowed to.
-TOOLS := skopeo docker-registry curl
+# docker-registry package, nginx for the reverse-proxy example); installed when missing and we
+# are allowed to.  COMMAND:PACKAGE where the package is named otherwise (nginx from nginx-light).
+TOOLS := skopeo docker-registry curl nginx:nginx-light
 BENCH_TOOLS := $(TOOLS) wrk hey
 
 tools:
@@ -29,8 +30,10 @@ bench-tools:
 	@$(MAKE) --no-print-directory install-missing WANTED="$(BENCH_TOOLS)"
 
 install-missing:
-	@missing=""; \
-	for tool in $(WANTED); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; PATH="$$PATH:/usr/sbin:/sbin"; \
+	for tool in $(WANTED); do \
+	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

@@ -28,6 +28,7 @@ from registry.handlers import blobs, listings, manifests, uploads
 from registry.handlers.common import authorize, error_for
 from registry.handlers.context import RegistryContext
 from registry.http import responses
+from registry.http.forwarded import TrustedProxies
 from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
 from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -196,5 +197,6 @@ def make_site(
         access_log=ctx.config.log.accesslog,
         after_request=after_request,
         timeout=ctx.config.http.timeout,
+        trusted_proxies=TrustedProxies.from_words(ctx.config.http.trusted_proxies),
     )
     return site

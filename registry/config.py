@@ -10,6 +10,7 @@ line naming the key instead of being silently ignored.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -76,6 +77,23 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(word for word in re.split(r"[\s,]+", text.strip()) if word)
 
 
+def parse_trusted_proxies(text: str) -> tuple[str, ...]:
+    """
+    Addresses and CIDR networks (``127.0.0.1 10.0.0.0/8 ::1``), and ``unix`` for peers on a
+    UNIX socket; each checked here so a typo stops start-up.  Kept as text, normalised.
+    """
+    words = []
+    for word in parse_list(text):
+        if word.lower() == "unix":
+            words.append("unix")
+            continue
+        try:
+            words.append(str(ipaddress.ip_network(word, strict=True)))
+        except ValueError as exc:
+            raise ValueError(f"not an address or network: {word!r} ({exc})") from None
+    return tuple(words)
+
+
 def parse_choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.strip() not in choices:
@@ -99,6 +117,8 @@ class HttpConfig:
     clientauth: str = key("none", parse_choice("none", "optional", "required"))
     max_body_size: int = key(1024 * 1024, parse_size)
     timeout: float = key(300.0, parse_duration)
+    # Reverse proxies whose X-Forwarded-* / Forwarded headers are believed (http/forwarded.py).
+    trusted_proxies: tuple[str, ...] = key((), parse_trusted_proxies)
 
 
 @attrs.frozen

@@ -14,9 +14,10 @@ import ipaddress
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from OpenSSL.crypto import X509
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.web.iweb import IRequest
+
+from registry.http.forwarded import origin
 
 
 class MalformedCredentials(ValueError):
@@ -46,21 +47,17 @@ def basic_credentials(credentials: str) -> tuple[str, str]:
 
 def source_address(request: IRequest) -> str:
     """
-    The address failures are counted against.  IPv6 clients are grouped by /64, because one
-    host usually owns a whole /64 and could otherwise rotate through it.
+    The address failures are counted against: the client as `registry.http.forwarded` names
+    it (behind a trusted reverse proxy, the address the proxy reports).  IPv6 clients are
+    grouped by /64, because one host usually owns a whole /64 and could otherwise rotate
+    through it.
     """
-    addr = request.getClientAddress()
-    if isinstance(addr, IPv4Address | IPv6Address):
-        try:
-            ip = ipaddress.ip_address(addr.host.split("%", 1)[0])
-        except ValueError:
-            return addr.host
-        if isinstance(ip, ipaddress.IPv6Address):
-            if ip.ipv4_mapped is not None:
-                return str(ip.ipv4_mapped)
-            return str(ipaddress.IPv6Network((ip, 64), strict=False))
-        return str(ip)
-    return "local"  # UNIX sockets: one local source
+    ip = origin(request).client_ip
+    if ip is None:
+        return "local"  # UNIX sockets: one local source
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def peer_certificate(request: IRequest) -> x509.Certificate | None:

@@ -37,13 +37,9 @@ from registry.auth.policy import Policy, PolicySource
 from registry.auth.ratelimit import FailureLimiter
 from registry.auth.scopes import basic_challenge, bearer_challenge
 from registry.auth.token import InvalidToken, TokenVerifier
+from registry.http.forwarded import client_address
 
 _log = Logger()
-
-
-def _peer(request: IRequest) -> str:
-    addr = request.getClientAddress()
-    return str(getattr(addr, "host", None) or addr)
 
 
 def _denied(policy: Policy, principal: Principal, wanted: Sequence[Access]) -> None:
@@ -80,7 +76,7 @@ class _Failures:
         _log.warn(
             "failed login for {user!r} from {peer}: {reason}",
             user=user,
-            peer=_peer(request),
+            peer=client_address(request),
             reason=reason,
         )
         if self.limiter.record_failure(source):

@@ -9,6 +9,7 @@ from twisted.web.iweb import IRequest
 from registry.api.errors import UNKNOWN, UNSUPPORTED, RegistryError
 from registry.auth.interfaces import Access, Principal
 from registry.handlers.context import RegistryContext
+from registry.http.forwarded import origin
 from registry.storage.driver import StorageError
 
 
@@ -56,14 +57,14 @@ def header(request: IRequest, name: str) -> str | None:
 def url_for(ctx: RegistryContext, request: IRequest, path: str) -> str:
     """
     A ``Location`` for ``path``: relative by default (every client resolves it, and it stays
-    right behind proxies); absolute from the request's ``Host`` with ``[http] relativeurls =
-    false``, as registry:2 answers by default.
+    right behind proxies); absolute with ``[http] relativeurls = false``, as registry:2 answers
+    by default, from the scheme and host the client used: the request's own, or what a
+    trusted reverse proxy reports (`registry.http.forwarded`).
     """
     if ctx.config.http.relativeurls:
         return path
-    host = header(request, "host") or "localhost"
-    scheme = "https" if request.isSecure() else "http"
-    return f"{scheme}://{host}{path}"
+    seen = origin(request)
+    return f"{seen.scheme}://{seen.host or 'localhost'}{path}"
 
 
 def error_for(exc: BaseException | None) -> RegistryError:

@@ -31,6 +31,7 @@ from twisted.web import http, server
 from registry.api.errors import RegistryError
 from registry.http import responses
 from registry.http.chunked import ChunkedBodyDecoder
+from registry.http.forwarded import TrustedProxies, client_address
 
 log = Logger()
 
@@ -276,6 +277,7 @@ class RegistrySite(server.Site):
         max_body_size: int = 1024 * 1024,
         access_log: bool = True,
         after_request: Callable[[int], None] | None = None,
+        trusted_proxies: TrustedProxies | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, requestFactory=RegistryRequest, **kwargs)  # type: ignore[no-untyped-call]
@@ -284,6 +286,8 @@ class RegistrySite(server.Site):
         self.access_log = access_log
         # Told how many body bytes each finished request moved (in and out).
         self.after_request = after_request
+        # Whose forwarding headers name the client (read by registry.http.forwarded.origin).
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.displayTracebacks = False
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -302,14 +306,13 @@ class RegistrySite(server.Site):
         if not self.access_log:
             return
         elapsed = time.monotonic() - getattr(request, "started", time.monotonic())
-        client = request.getClientAddress()
         fields = {
             "method": request.method.decode("latin-1"),
             "path": request.uri.decode("latin-1")[:512],
             "status": request.code,
             "bytes": request.sentLength,
             "duration_ms": round(elapsed * 1000, 1),
-            "client": getattr(client, "host", "-"),
+            "client": client_address(request),
             "user": getattr(request, "principal_name", None) or "-",
             "agent": (request.getHeader("user-agent") or "-")[:120],
         }
