@@ -17,9 +17,16 @@ import treq
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import LogLevel, globalLogPublisher
 
+from registry.api.digests import Digest
+from registry.proxy.cache import Limits, ProxyCache
+from registry.proxy.config import ProxyConfig
+from registry.proxy.upstream import UpstreamClient
+from registry.storage.blobs import BlobStore
+from registry.storage.memory import MemoryDriver
+from registry.storage.tags import TagStore
 from tests.auth.conftest import LogCapture
 from tests.cache.conftest import Proxied
-from tests.cache.util import blob_data_path, fetch, storage_root, wait_for
+from tests.cache.util import blob_data_path, fetch, reactor, storage_root, wait_for
 from tests.e2e.client import header, sha256
 from tests.fakes.content import GeneratedBlob
 from tests.fakes.upstream import FakeUpstream
@@ -263,3 +270,36 @@ async def _body_or_none(response: Any) -> bytes | None:
     except Exception:
         return None
     return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_tables_keyed_by_client_choices_stay_at_their_caps(fake: FakeUpstream) -> None:
+    """Tags, names and digests are chosen by clients: asking about 30 distinct tags and 30
+    distinct blobs through a cache whose tables hold 4 entries leaves at most 4 in each."""
+    image = fake.content.add_image(A, "latest", [100])
+    blobs = [GeneratedBlob(f"many-{i}", 10) for i in range(30)]
+    for i, blob in enumerate(blobs):
+        fake.content.add_blob(A, blob)
+        fake.content.retag(A, f"t{i}", image.digest)
+    driver = MemoryDriver()
+    client = UpstreamClient(reactor, fake.url, timeout=5, max_tokens=4)
+    cache = ProxyCache(
+        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        limits=Limits(inflight=4, remembered=4),
+    )
+    try:
+        for i, blob in enumerate(blobs):
+            await cache.manifest_get(A, A, f"t{i}")
+            await cache.blob_stat(A, A, Digest.parse(blob.digest))
+            assert all(size <= 4 for size in cache.table_sizes().values()), cache.table_sizes()
+        sizes = cache.table_sizes()
+        assert sizes["checked"] == 4
+        assert sizes["confirmed"] == 4
+        assert sizes["heads"] == sizes["fills"] == sizes["revalidations"] == 0
+    finally:
+        await client.close()
