@@ -15,6 +15,7 @@ event logged; only with nothing cached does the client get the error.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os.path
 import uuid
@@ -31,6 +32,7 @@ from registry.api.digests import Digest, DigestingHasher
 from registry.api.errors import (
     BLOB_UNKNOWN,
     MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
     TOOMANYREQUESTS,
     UNAVAILABLE,
     ErrorCode,
@@ -48,7 +50,7 @@ from registry.proxy.errors import (
 )
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
 from registry.proxy.index import CacheIndex, Victim
-from registry.proxy.upstream import UpstreamClient, UpstreamManifest
+from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
 from registry.storage import layout
 from registry.storage.blobs import BlobInfo, BlobStore
 from registry.storage.catalog import Catalog
@@ -293,8 +295,14 @@ class ProxyCache:
         if info is None or info.size != size:
             return None
         await self.blobs.link(local, digest)
+        await self._note(local)
         self.index.add_blob(local, str(digest), size, self.now())
         return info
+
+    async def _note(self, local: str) -> None:
+        """List the repository in the catalog (as a push or a mount would)."""
+        if self.catalog is not None:
+            await self.catalog.note_repository(local)
 
     def _observe(self, digest: Digest, producer: IBodyProducer, verify: bool) -> IBodyProducer:
         """Count served bytes, keep the blob from eviction while it is served and, for a whole
@@ -390,6 +398,7 @@ class ProxyCache:
             while pending := sorted(fill.links - linked):
                 for name in pending:
                     await self.blobs.link(name, digest)
+                    await self._note(name)
                     self.index.add_blob(name, str(digest), fill.stored, self.now())
                     linked.add(name)
             self._verified.put(str(digest), True)
@@ -528,11 +537,51 @@ class ProxyCache:
         await self.driver.put_content(layout.revision_link(local, digest), str(digest).encode())
         if tag is not None:
             await self.tags.set(local, tag, digest)
-        if self.catalog is not None:
-            await self.catalog.note_repository(local)
+        await self._note(local)
         self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
         self.schedule_eviction()
         return StoredManifest(digest, stored_media_type(body), body)
+
+    # -- listings
+
+    async def tag_list(
+        self, local: str, upstream: str, n: int | None, last: str | None
+    ) -> tuple[list[str], bool]:
+        """The upstream's tag list (one page); the tags cached here when the upstream fails."""
+        if n == 0:
+            return [], False
+        try:
+            return await self.client.tags(upstream, n, last)
+        except UpstreamNotFound as exc:
+            raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
+        except UpstreamError as exc:
+            self._upstream_failed("tag list", upstream, "-", exc)
+            self.stats.stale_served += 1
+            return await self.tags.list_tags(local, n, last)
+
+    async def referrers(self, local: str, upstream: str, subject: Digest) -> list[dict[str, Any]]:
+        """The referrers of ``subject`` upstream: from its referrers API, or else from the
+        ``sha256-<hex>`` tag of the fallback schema (a cached index, stale when the upstream
+        is down, like any cached tag).  No referrers: an empty list."""
+        try:
+            found = await self.client.referrers(upstream, subject)
+        except UpstreamError as exc:
+            self._upstream_failed("referrers", upstream, str(subject), exc)
+            found = None
+        if found is not None:
+            return found
+        tag = f"{subject.algorithm}-{subject.hex}"
+        try:
+            index = await self.manifest_get(local, upstream, tag)
+        except RegistryError as exc:
+            if exc.code in (MANIFEST_UNKNOWN, NAME_UNKNOWN):
+                return []
+            raise
+        try:
+            document = json.loads(index.body)
+        except ValueError:
+            return []
+        return index_descriptors(document) if isinstance(document, dict) else []
 
     # -- eviction
 

@@ -35,6 +35,8 @@ from registry.http.routes import IRouteRewriter, Route
 from registry.proxy.cache import ProxyCache
 from registry.storage.blobs import BlobInfo, IBlobStore
 from registry.storage.manifests import IManifestStore, PutResult, StoredManifest
+from registry.storage.pagination import parse_count
+from registry.storage.referrers import IReferrers
 from registry.storage.tags import ITagStore
 from registry.storage.uploads import IUploadStore, UploadAppender
 
@@ -195,7 +197,7 @@ class RoutingManifestStore:
 @implementer(ITagStore)
 @attrs.frozen
 class RoutingTagStore:
-    """Tags of a proxied repository are those cached here (the upstream is not asked)."""
+    """Tags of a proxied repository are the upstream's (those cached here when it fails)."""
 
     local: ITagStore
     router: ProxyRouter
@@ -207,7 +209,55 @@ class RoutingTagStore:
     async def list_tags(
         self, name: str, n: int | str | None = None, last: str | None = None
     ) -> tuple[list[str], bool]:
-        return await self.local.list_tags(self.router.local_name(name), n, last)
+        routed = self.router.route(name)
+        if routed is None:
+            return await self.local.list_tags(name, n, last)
+        count = parse_count(n, self.local.max_page)
+        return await routed.cache.tag_list(routed.local, routed.upstream, count, last)
+
+
+@implementer(IReferrers)
+@attrs.frozen
+class RoutingReferrers:
+    """Referrers of a proxied manifest are the upstream's (its referrers API, or the
+    ``sha256-<hex>`` tag schema), filtered and paged here."""
+
+    local: IReferrers
+    router: ProxyRouter
+
+    @property
+    def max_page(self) -> Any:
+        return self.local.max_page
+
+    async def list_referrers(
+        self, name: str, subject: Digest, artifact_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        routed = self.router.route(name)
+        if routed is None:
+            return await self.local.list_referrers(name, subject, artifact_type)
+        found = await routed.cache.referrers(routed.local, routed.upstream, subject)
+        if artifact_type is not None:
+            found = [d for d in found if d.get("artifactType") == artifact_type]
+        return sorted(found, key=lambda d: str(d["digest"]))
+
+    async def page(
+        self,
+        name: str,
+        subject: Digest,
+        artifact_type: str | None = None,
+        n: int | str | None = None,
+        last: str | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        if self.router.route(name) is None:
+            return await self.local.page(name, subject, artifact_type, n, last)
+        found = await self.list_referrers(name, subject, artifact_type)
+        count = parse_count(n, self.local.max_page)
+        if count == 0:
+            return [], False
+        rest = [d for d in found if not last or str(d["digest"]) > last]
+        if count is None or len(rest) <= count:
+            return rest, False
+        return rest[:count], True
 
 
 @implementer(IUploadStore)

@@ -29,6 +29,7 @@ from registry.proxy.routing import (
     ProxyRouter,
     RoutingBlobStore,
     RoutingManifestStore,
+    RoutingReferrers,
     RoutingTagStore,
     RoutingUploadStore,
 )
@@ -265,7 +266,7 @@ def install_proxies(
         uploads=RoutingUploadStore(local.uploads, router),
         manifests=RoutingManifestStore(local.manifests, router),
         tags=RoutingTagStore(local.tags, router),
-        referrers=local.referrers,
+        referrers=RoutingReferrers(local.referrers, router),
         catalog=local.catalog,
         rewriter=router,
     )

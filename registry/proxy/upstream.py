@@ -80,6 +80,7 @@ DEFAULT_MAX_MANIFEST_SIZE = 4 * 1024 * 1024 + 65536
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _SMALL_BODY = 64 * 1024
+_LIST_BODY = 8 * 1024 * 1024  # a tag list page
 _CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 Origin = tuple[str, str, int]
@@ -405,6 +406,53 @@ class UpstreamClient:
             raise self._bad(f"HEAD blob {dgst} without Content-Length")
         return size
 
+    async def tags(
+        self, name: str, n: int | None = None, last: str | None = None
+    ) -> tuple[list[str], bool]:
+        """One page of the repository's tag list upstream (``n`` and ``last`` as the
+        distribution-spec has them) and whether the upstream announced a next page."""
+        upstream = self.upstream_name(name)
+        query = urlencode(
+            {k: v for k, v in (("n", None if n is None else str(n)), ("last", last)) if v}
+        )
+        path = f"/v2/{upstream}/tags/list" + (f"?{query}" if query else "")
+        response = await self._registry_request(
+            "GET", upstream, path, {"Accept": "application/json"}
+        )
+        if response.code != 200:
+            await self._fail(response, "GET", f"tag list of {upstream}")
+        data = self._json_object(await self._collect(response, _LIST_BODY, "tag list"), "tag list")
+        tags = data.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise self._bad("tag list without a list of tags")
+        link = _header(response.headers, "link") or ""
+        return tags, 'rel="next"' in link
+
+    async def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]] | None:
+        """The descriptors the upstream's referrers API lists for ``subject``, or None when
+        the upstream has no referrers API (a 404: then the ``sha256-<hex>`` tag schema is
+        the way to ask)."""
+        upstream = self.upstream_name(name)
+        response = await self._registry_request(
+            "GET", upstream, f"/v2/{upstream}/referrers/{subject}", {"Accept": OCI_INDEX}
+        )
+        if response.code == 404:
+            await self._discard(response)
+            return None
+        if response.code != 200:
+            await self._fail(response, "GET", f"referrers of {upstream}@{subject}")
+        body = await self._collect(response, self.max_manifest_size, "referrers index")
+        return index_descriptors(self._json_object(body, "referrers index"))
+
+    def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise self._bad(f"{what} is not JSON") from None
+        if not isinstance(data, dict):
+            raise self._bad(f"{what} is not a JSON object")
+        return data
+
     async def close(self) -> None:
         """Close idle pooled connections (only when the pool is ours)."""
         if self._owns_pool:
@@ -706,6 +754,27 @@ def _error_code(body: bytes) -> tuple[str | None, str]:
         return str(first.get("code")) or None, str(first.get("message", ""))[:200]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None, ""
+
+
+def index_descriptors(index: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The well-formed descriptors (a ``digest`` that parses, a ``mediaType``, an integer
+    ``size``) of an image index's ``manifests``; the rest are left out."""
+    found: list[dict[str, Any]] = []
+    manifests = index.get("manifests")
+    for entry in manifests if isinstance(manifests, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        digest, media_type, size = entry.get("digest"), entry.get("mediaType"), entry.get("size")
+        if not isinstance(digest, str) or not isinstance(media_type, str):
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            continue
+        try:
+            Digest.parse(digest)
+        except RegistryError:
+            continue
+        found.append(entry)
+    return found
 
 
 def _sniff_media_type(body: bytes) -> str | None:

@@ -20,6 +20,7 @@ from registry.ops.metrics import MetricsRegistry
 from registry.proxy.routing import (
     RoutingBlobStore,
     RoutingManifestStore,
+    RoutingReferrers,
     RoutingTagStore,
     RoutingUploadStore,
 )
@@ -28,7 +29,7 @@ from registry.storage.blobs import BlobStore, IBlobStore
 from registry.storage.catalog import ICatalog
 from registry.storage.manifests import IManifestStore, ManifestStore
 from registry.storage.memory import MemoryDriver
-from registry.storage.referrers import IReferrers
+from registry.storage.referrers import IReferrers, ReferrersIndex
 from registry.storage.tags import ITagStore, TagStore
 from registry.storage.uploads import IUploadStore, UploadStore
 from tests.cache.util import reactor
@@ -48,6 +49,7 @@ WRAPPERS = [
     (RoutingManifestStore, ManifestStore, IManifestStore),
     (RoutingTagStore, TagStore, ITagStore),
     (RoutingUploadStore, UploadStore, IUploadStore),
+    (RoutingReferrers, ReferrersIndex, IReferrers),
 ]
 
 

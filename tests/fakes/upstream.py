@@ -52,12 +52,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from tests.fakes.content import Blob, Content, Image
+from tests.fakes.content import OCI_INDEX, Blob, Content, Image
 
 SERVICE = "fake-registry"
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _MANIFEST_RE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
 _TAGS_RE = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
+_REFERRERS_RE = re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<ref>[^/]+)$")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -82,6 +83,7 @@ class Switches:
     omit_manifest_digest: bool = False  # no Docker-Content-Digest on manifest answers
     redirect_blob_head: bool = False  # HEAD on a blob redirects too (some registries do)
     cdn_challenge: bool = False  # the CDN answers 401 with a Bearer challenge of its own
+    referrers_api: bool = True  # False: 404 on /referrers/ (Docker Hub), use the tag schema
 
 
 class Hold:
@@ -415,10 +417,13 @@ class _RegistryResource(_Base):
             return self._control(request, path)
         match = _MANIFEST_RE.match(path)
         tags = _TAGS_RE.match(path)
+        referrers = _REFERRERS_RE.match(path)
         if path == "/token":
             kind, name, ref = "token", None, None
         elif path in ("/v2/", "/v2"):
             kind, name, ref = "ping", None, None
+        elif referrers is not None:
+            kind, name, ref = "referrers", referrers["name"], referrers["ref"]
         elif match is not None:
             kind, name, ref = match["kind"][:-1], match["name"], match["ref"]
         elif tags is not None:
@@ -454,12 +459,46 @@ class _RegistryResource(_Base):
         if repo is None:
             return _json_error(request, 404, "NAME_UNKNOWN", f"repository {name} not known")
         if kind == "tags":
-            request.setHeader(b"content-type", b"application/json")
-            return json.dumps({"name": name, "tags": sorted(repo.tags)}).encode()
+            return self._tags(request, name, sorted(repo.tags))
         assert ref is not None
+        if kind == "referrers":
+            return self._referrers(request, name, ref)
         if kind == "manifest":
             return self._manifest(request, name, ref)
         return self._blob(request, name, ref)
+
+    def _tags(self, request: Request, name: str, tags: list[str]) -> bytes:
+        """The distribution-spec pagination: ``n``, ``last`` and a ``Link`` to the next page."""
+        args = parse_qs(request.uri.decode("latin-1").partition("?")[2])
+        last = args.get("last", [""])[0]
+        page = [tag for tag in tags if tag > last]
+        if "n" in args:
+            n = int(args["n"][0])
+            if len(page) > n:
+                page = page[:n]
+                link = f'</v2/{name}/tags/list?n={n}&last={page[-1]}>; rel="next"'
+                request.setHeader(b"link", link.encode())
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"name": name, "tags": page}).encode()
+
+    def _referrers(self, request: Request, name: str, subject: str) -> bytes:
+        """Every stored manifest of the repository whose ``subject`` is ``subject``."""
+        if not self.fake.switches.referrers_api:
+            return _json_error(request, 404, "NOT_FOUND", "no referrers API here")
+        found = []
+        for digest, (media_type, body) in sorted(self.fake.content.repos[name].manifests.items()):
+            document = json.loads(body)
+            if (document.get("subject") or {}).get("digest") != subject:
+                continue
+            descriptor = {"mediaType": media_type, "digest": digest, "size": len(body)}
+            artifact_type = document.get("artifactType") or document.get("config", {}).get(
+                "mediaType"
+            )
+            if artifact_type:
+                descriptor["artifactType"] = artifact_type
+            found.append(descriptor)
+        request.setHeader(b"content-type", OCI_INDEX.encode())
+        return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}).encode()
 
     def _token(self, request: Request) -> bytes:
         sw = self.fake.switches
