@@ -253,12 +253,15 @@ class ProxyCache:
         self, local: str, upstream: str, digest: Digest, offset: int, length: int | None
     ) -> IBodyProducer:
         confirmed: int | None = None
-        # Twice at most: a fill for another repository may begin while we look, and joining
-        # it needs this repository's confirmation first.
-        for _attempt in range(2):
+        # A fill for another repository may begin while we look, and joining it needs this
+        # repository's confirmation first: look again then (a few times at most).
+        for _attempt in range(3):
             info = await self._local_blob(local, digest)
             if info is None and confirmed is None:
-                elsewhere = digest in self._fills or await self.blobs.exists(digest) is not None
+                elsewhere = (
+                    self._foreign_fill(digest, upstream)
+                    or await self.blobs.exists(digest) is not None
+                )
                 if elsewhere:
                     confirmed = await self._confirm(local, upstream, digest)
             if info is None and confirmed is not None:
@@ -277,7 +280,7 @@ class ProxyCache:
                         and self._verified.get(str(digest)) is None
                     )
                     return self._observe(digest, producer, verify=verify)
-            if digest in self._fills and confirmed is None:
+            if confirmed is None and self._foreign_fill(digest, upstream):
                 continue  # another repository's fill began meanwhile: confirm first
             self.stats.misses += 1
             fill = await self._join_fill(local, upstream, digest)
@@ -286,7 +289,17 @@ class ProxyCache:
             return self._observe(
                 digest, TailProducer(fill, self.driver, offset, count), verify=False
             )
-        raise AssertionError("unreachable: the second attempt is confirmed")
+        raise RegistryError(
+            UNAVAILABLE,
+            {"name": local, "digest": str(digest)},
+            "the blob is being fetched; try again",
+            headers={"Retry-After": "1"},
+        )
+
+    def _foreign_fill(self, digest: Digest, upstream: str) -> bool:
+        """Whether a fill of ``digest`` through another repository's path is running."""
+        fill = self._fills.get(digest)
+        return fill is not None and fill.through != upstream
 
     async def _adopt(self, local: str, digest: Digest, size: int) -> BlobInfo | None:
         """The data is already stored (another repository, another image) and the upstream
