@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import LogLevel, globalLogPublisher
 
 from registry.api.digests import Digest
+from registry.api.errors import UNAVAILABLE, RegistryError
 from registry.proxy.cache import Limits, ProxyCache
 from registry.proxy.config import ProxyConfig
 from registry.proxy.upstream import UpstreamClient
@@ -99,9 +100,15 @@ async def test_a_redirect_target_asking_for_auth_gets_no_credentials(
     response, body = await fetch(_blob_url(registry.url, A, first.digest))
     assert response.code == 502, body
     assert [e["code"] for e in json.loads(body)["errors"]] == ["UNAVAILABLE"]
-    cdn = [r for r in fake.log if r.kind in ("cdn", "cdn-token")]
-    assert [r.kind for r in cdn] == ["cdn"]  # asked once, no token asked of its realm
-    assert all(r.authorization is None for r in cdn)
+    # A HEAD redirected to the CDN (some registries do that) is refused the same way.
+    fake.switches.redirect_blob_head = True
+    assert image.config is not None
+    status, _ = await _outcome(_blob_url(registry.url, A, image.config), "HEAD")
+    assert status == 502
+    fake.switches.redirect_blob_head = False
+    cdn = [(r.method, r.kind) for r in fake.log if r.kind in ("cdn", "cdn-token")]
+    assert cdn == [("GET", "cdn"), ("HEAD", "cdn")]  # no token asked of the CDN's realm
+    assert all(r.authorization is None for r in fake.log if r.kind == "cdn")
     # The upstream's own realm stays the one tokens come from.
     fake.switches.cdn_challenge = False
     for layer in (first, second):
@@ -303,3 +310,40 @@ async def test_tables_keyed_by_client_choices_stay_at_their_caps(fake: FakeUpstr
         assert sizes["heads"] == sizes["fills"] == sizes["revalidations"] == 0
     finally:
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_calls_in_flight_are_capped(fake: FakeUpstream) -> None:
+    """With one upstream HEAD held and a cap of one call in flight, a HEAD of another digest
+    is refused at once (503 UNAVAILABLE with Retry-After) rather than queued without bound;
+    the same digest through the same repository still shares the held call."""
+    first, second = GeneratedBlob("cap-1", 10), GeneratedBlob("cap-2", 10)
+    for blob in (first, second):
+        fake.content.add_blob(A, blob)
+    driver = MemoryDriver()
+    client = UpstreamClient(reactor, fake.url, timeout=5)
+    cache = ProxyCache(
+        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        limits=Limits(inflight=1),
+    )
+    held = fake.hold("HEAD", "blob", name=A, ref=first.digest)
+    try:
+        one = ensureDeferred(cache.blob_stat(A, A, Digest.parse(first.digest)))
+        same = ensureDeferred(cache.blob_stat(A, A, Digest.parse(first.digest)))
+        await wait_for(lambda: held.arrived == 1)
+        with pytest.raises(RegistryError) as refused:
+            await cache.blob_stat(A, A, Digest.parse(second.digest))
+        assert refused.value.code is UNAVAILABLE
+        assert refused.value.headers == {"Retry-After": "1"}
+        assert cache.table_sizes()["heads"] == 1
+    finally:
+        held.release()
+    assert (await one).size == (await same).size == 10
+    assert fake.count("HEAD", "blob", name=A, ref=first.digest) == 1
+    assert (await cache.blob_stat(A, A, Digest.parse(second.digest))).size == 10
+    await client.close()
