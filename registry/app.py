@@ -32,7 +32,6 @@ from registry.http.forwarded import TrustedProxies
 from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
 from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from registry.ops.metrics import metrics_of
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError, StorageError
 
@@ -93,7 +92,7 @@ class RegistryApp:
     @router.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
         """Prometheus text format, outside /v2 (not part of the registry API; see docs)."""
-        text = metrics_of(self.ctx.extras).render()
+        text = self.ctx.metrics.render()
         return responses.body(request, 200, text.encode(), METRICS_CONTENT_TYPE)
 
     @router.route("/health", methods=["GET", "HEAD"])
@@ -128,9 +127,9 @@ class RegistryApp:
                 )
             raise RegistryError(SIZE_INVALID, {"reason": "request body too large"}, status=413)
         # Pull-through cache: containerd's ?ns= selects the upstream (registry.proxy.routing).
-        router = self.ctx.extras.get("proxy_router")
-        if router is not None:
-            route = router.rewrite_route(request, route)
+        rewriter = self.ctx.route_rewriter
+        if rewriter is not None:
+            route = rewriter.rewrite_route(request, route)
         handler = self.handlers.get((route.kind, request.method))
         if handler is None:
             raise RegistryError(

@@ -23,9 +23,10 @@ from registry.app import make_site
 from registry.auth.interfaces import IAccessController
 from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
-from registry.handlers.context import RegistryContext
+from registry.handlers.context import LocalStores, RegistryContext, Stores
 from registry.http.tls import TLSSettings, server_endpoint, warn_if_plain_public
 from registry.memory import HeapTrimmer, limit_malloc_arenas
+from registry.ops.metrics import MetricsRegistry
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
 from registry.proxy.service import install_proxies
@@ -155,11 +156,21 @@ def makeService(options: Options) -> IService:
     # slices must not delay the storage pool's file reads.
     hash_pool = ThreadPool(minthreads=1, maxthreads=os.cpu_count() or 2, name="registry-hash")
     ThreadPoolService(hash_pool).setServiceParent(root)  # type: ignore[no-untyped-call]
+    metrics = MetricsRegistry()
+
+    def wrap(local: LocalStores) -> Stores:
+        # Pull-through caches ([proxy:NAME]): wrappers around the local stores, their service.
+        return install_proxies(local, driver, config, reactor, root, metrics)
+
     ctx = RegistryContext.build(
-        config, driver, reactor, access, hash_threads=HashThreads(reactor, hash_pool)
+        config,
+        driver,
+        reactor,
+        access,
+        hash_threads=HashThreads(reactor, hash_pool),
+        metrics=metrics,
+        wrap=wrap,
     )
-    # Pull-through caches ([proxy:NAME]): swaps in routing stores, adds their service.
-    install_proxies(ctx, config, reactor, root)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
 
     def index_catalog() -> None:

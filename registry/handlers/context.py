@@ -1,28 +1,32 @@
 """
 Everything a handler needs, built once at start-up and passed explicitly.
 
-Handlers reach storage only through these stores, and access control only through
-``access``; swapping a store for a pull-through one (or the access controller for htpasswd)
-changes nothing in the handlers.
+Handlers reach storage only through the stores' interfaces, and access control only through
+``access``; swapping a store for a pull-through wrapper (or the access controller for
+htpasswd) changes nothing in the handlers.  Each collaborator is a typed field: there is no
+bag of extras to hide one in, and the context is frozen once built.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from registry.auth.interfaces import AllowAll, IAccessController
 from registry.config import Config
+from registry.http.routes import IRouteRewriter
 from registry.manifests import UrlPolicy
-from registry.storage.blobs import BlobStore
-from registry.storage.catalog import Catalog
+from registry.ops.metrics import MetricsRegistry
+from registry.storage.blobs import BlobStore, IBlobStore
+from registry.storage.catalog import Catalog, ICatalog
 from registry.storage.driver import IStorageDriver
 from registry.storage.hash_offload import HashThreads
-from registry.storage.manifests import ManifestStore
-from registry.storage.referrers import ReferrersIndex
-from registry.storage.tags import TagStore
-from registry.storage.uploads import UploadStore
+from registry.storage.manifests import IManifestStore, ManifestStore
+from registry.storage.referrers import IReferrers, ReferrersIndex
+from registry.storage.tags import ITagStore, TagStore
+from registry.storage.uploads import IUploadStore, UploadStore
 
 # Drivers whose storage belongs to one process (S3 buckets are shared between instances).
 LOCAL_DRIVERS = ("filesystem", "inmemory")
@@ -30,30 +34,22 @@ LOCAL_DRIVERS = ("filesystem", "inmemory")
 MAX_PAGE = 10_000
 
 
-@attrs.define
-class RegistryContext:
-    config: Config
-    driver: IStorageDriver
+@attrs.frozen
+class LocalStores:
+    """The registry's own stores over one driver: what wrappers (the pull-through cache)
+    wrap, and what handlers use when nothing wraps them."""
+
     blobs: BlobStore
     uploads: UploadStore
     manifests: ManifestStore
     tags: TagStore
     referrers: ReferrersIndex
     catalog: Catalog
-    reactor: Any
-    access: IAccessController = attrs.field(factory=AllowAll)
-    # Filled in by the modules that own them (manifests, tags, referrers, catalog, proxy).
-    extras: dict[str, Any] = attrs.field(factory=dict)
 
     @classmethod
     def build(
-        cls,
-        config: Config,
-        driver: IStorageDriver,
-        reactor: Any,
-        access: IAccessController | None = None,
-        hash_threads: HashThreads | None = None,
-    ) -> RegistryContext:
+        cls, config: Config, driver: IStorageDriver, hash_threads: HashThreads | None = None
+    ) -> LocalStores:
         blobs = BlobStore(driver)
         tags = TagStore(driver, max_page=MAX_PAGE)
         referrers = ReferrersIndex(driver, max_page=MAX_PAGE)
@@ -67,20 +63,77 @@ class RegistryContext:
             max_size=config.storage.max_manifest_size,
             url_policy=UrlPolicy(config.validation.urls_allow, config.validation.urls_deny),
         )
+        uploads = UploadStore(
+            driver, blobs, hash_threads, state_after_answer=driver.name in LOCAL_DRIVERS
+        )
+        return cls(blobs, uploads, manifests, tags, referrers, catalog)
+
+
+@attrs.frozen
+class Stores:
+    """The stores handlers use, by interface; ``rewriter`` may redirect a route first."""
+
+    blobs: IBlobStore
+    uploads: IUploadStore
+    manifests: IManifestStore
+    tags: ITagStore
+    referrers: IReferrers
+    catalog: ICatalog
+    rewriter: IRouteRewriter | None = None
+
+    @classmethod
+    def of(cls, local: LocalStores) -> Stores:
+        return cls(
+            local.blobs, local.uploads, local.manifests, local.tags, local.referrers, local.catalog
+        )
+
+
+# Wraps the local stores (the pull-through cache installs itself this way).
+StoreWrapper = Callable[[LocalStores], Stores]
+
+
+@attrs.frozen
+class RegistryContext:
+    config: Config
+    driver: IStorageDriver
+    blobs: IBlobStore
+    uploads: IUploadStore
+    manifests: IManifestStore
+    tags: ITagStore
+    referrers: IReferrers
+    catalog: ICatalog
+    reactor: Any
+    access: IAccessController = attrs.field(factory=AllowAll)
+    metrics: MetricsRegistry = attrs.field(factory=MetricsRegistry)
+    # Applied to every parsed route before its handler (containerd's ``?ns=``), if any.
+    route_rewriter: IRouteRewriter | None = None
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        driver: IStorageDriver,
+        reactor: Any,
+        access: IAccessController | None = None,
+        hash_threads: HashThreads | None = None,
+        *,
+        metrics: MetricsRegistry | None = None,
+        wrap: StoreWrapper | None = None,
+    ) -> RegistryContext:
+        """The context over the local stores, or over what ``wrap`` makes of them."""
+        local = LocalStores.build(config, driver, hash_threads)
+        stores = wrap(local) if wrap is not None else Stores.of(local)
         return cls(
             config=config,
             driver=driver,
-            blobs=blobs,
-            uploads=UploadStore(
-                driver,
-                blobs,
-                hash_threads,
-                state_after_answer=driver.name in LOCAL_DRIVERS,
-            ),
-            manifests=manifests,
-            tags=tags,
-            referrers=referrers,
-            catalog=catalog,
+            blobs=stores.blobs,
+            uploads=stores.uploads,
+            manifests=stores.manifests,
+            tags=stores.tags,
+            referrers=stores.referrers,
+            catalog=stores.catalog,
             reactor=reactor,
             access=access or AllowAll(),
+            metrics=metrics if metrics is not None else MetricsRegistry(),
+            route_rewriter=stores.rewriter,
         )

@@ -14,6 +14,8 @@ import re
 from enum import Enum
 
 import attrs
+from twisted.web.iweb import IRequest
+from zope.interface import Interface
 
 from registry.api.digests import Digest
 from registry.api.errors import BLOB_UPLOAD_UNKNOWN, NOT_FOUND, RegistryError
@@ -85,3 +87,11 @@ def parse_route(rest: str) -> Route:
                 check_tag(reference)
         return Route(kind, name, reference)
     raise RegistryError(NOT_FOUND, {"path": "/v2/" + rest[:300]})
+
+
+class IRouteRewriter(Interface):
+    """Something that may send a parsed request elsewhere before its handler runs (the
+    pull-through router: containerd's ``?ns=`` names the upstream a request is for)."""
+
+    def rewrite_route(request: IRequest, route: Route) -> Route:
+        """The route to handle; raise a RegistryError to answer at once."""

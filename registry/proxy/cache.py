@@ -15,6 +15,7 @@ event logged; only with nothing cached does the client get the error.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os.path
 import uuid
@@ -31,13 +32,15 @@ from registry.api.digests import Digest, DigestingHasher
 from registry.api.errors import (
     BLOB_UNKNOWN,
     MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
     TOOMANYREQUESTS,
     UNAVAILABLE,
     ErrorCode,
     RegistryError,
 )
 from registry.manifests import DEFAULT_URL_POLICY, parse_manifest, stored_media_type
-from registry.proxy._inflight import Inflight
+from registry.proxy._bounded import BoundedMap
+from registry.proxy._inflight import Inflight, Overloaded
 from registry.proxy.config import ProxyConfig
 from registry.proxy.errors import (
     UpstreamError,
@@ -47,7 +50,7 @@ from registry.proxy.errors import (
 )
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
 from registry.proxy.index import CacheIndex, Victim
-from registry.proxy.upstream import UpstreamClient, UpstreamManifest
+from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
 from registry.storage import layout
 from registry.storage.blobs import BlobInfo, BlobStore
 from registry.storage.catalog import Catalog
@@ -93,7 +96,34 @@ def upstream_error(exc: UpstreamError, code: ErrorCode, detail: dict[str, Any]) 
     return RegistryError(UNAVAILABLE, detail, "upstream registry unavailable")
 
 
+def overloaded(detail: dict[str, Any]) -> RegistryError:
+    """Too many distinct upstream calls in flight: the client should come back later."""
+    return RegistryError(
+        UNAVAILABLE,
+        detail,
+        "too many upstream requests in flight; try again",
+        headers={"Retry-After": "1"},
+    )
+
+
 HostedUses = Callable[[Digest], Awaitable[bool]]
+
+# Bounds of the tables whose keys clients choose (names, tags, digests): see `Limits`.
+MAX_INFLIGHT = 1024
+MAX_REMEMBERED = 16_384
+CONFIRMATION_AGE = 60.0
+
+
+@attrs.frozen
+class Limits:
+    """How much per-key state a cache keeps.  ``inflight``: distinct upstream calls (fills,
+    HEADs, revalidations) at once, beyond which clients get 503; ``remembered``: entries of
+    each table of recent answers (tag checks, per-repository confirmations, verified blobs);
+    ``confirmation_age``: how long a "this repository has this digest" answer is reused."""
+
+    inflight: int = MAX_INFLIGHT
+    remembered: int = MAX_REMEMBERED
+    confirmation_age: float = CONFIRMATION_AGE
 
 
 async def _never_hosted(digest: Digest) -> bool:
@@ -115,15 +145,39 @@ class ProxyCache:
     peers: list[ProxyCache] = attrs.field(factory=list)
     index: CacheIndex = attrs.field(factory=CacheIndex)
     stats: UpstreamStats = attrs.field(factory=UpstreamStats)
-    _fills: dict[Digest, Fill] = attrs.field(factory=dict)
-    _heads: Inflight[Digest, int] = attrs.field(factory=Inflight)
-    _revalidations: Inflight[tuple[str, str], Digest] = attrs.field(factory=Inflight)
-    _checked: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    limits: Limits = attrs.field(factory=Limits)
+    _fills: dict[Digest, Fill] = attrs.field(init=False, factory=dict)
+    # Blob HEADs by (upstream name, digest): a HEAD answers for one repository only.
+    _heads: Inflight[tuple[str, Digest], int] = attrs.field(init=False)
+    _revalidations: Inflight[tuple[str, str], Digest] = attrs.field(init=False)
+    # (upstream name, digest) -> size: the upstream said this repository has this blob.
+    _confirmed: BoundedMap[tuple[str, Digest], int] = attrs.field(init=False)
+    _checked: BoundedMap[tuple[str, str], float] = attrs.field(init=False)
     # Blobs whose stored data was hashed by this process (at fill or on a full read): later
     # reads skip the hashing, which would halve the throughput of warm pulls.
-    _verified: set[str] = attrs.field(factory=set)
+    _verified: BoundedMap[str, bool] = attrs.field(init=False)
     _evicting: bool = False
     _eviction_scheduled: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        limits, clock = self.limits, self.reactor
+        self._heads = Inflight(limits.inflight)
+        self._revalidations = Inflight(limits.inflight)
+        self._confirmed = BoundedMap(clock, limits.remembered, limits.confirmation_age)
+        self._checked = BoundedMap(clock, limits.remembered, None)
+        self._verified = BoundedMap(clock, limits.remembered, None)
+
+    def table_sizes(self) -> dict[str, int]:
+        """Entries of every table keyed by what clients ask for (tests check the bounds)."""
+        return {
+            "fills": len(self._fills),
+            "heads": len(self._heads),
+            "revalidations": len(self._revalidations),
+            "confirmed": len(self._confirmed),
+            "checked": len(self._checked),
+            "verified": len(self._verified),
+            "tokens": len(self.client.tokens),
+        }
 
     @property
     def name(self) -> str:
@@ -166,57 +220,102 @@ class ProxyCache:
             self.index.add_blob(local, str(digest), info.size, self.now())
         return info
 
+    async def _confirm(self, local: str, upstream: str, digest: Digest) -> int:
+        """The blob's size, once the upstream confirmed that *this* repository has it (a HEAD
+        on its own path, shared only with requests for the same repository and digest).
+
+        Data stored or being fetched for another repository is never a reason to serve it
+        here: the upstream may refuse this repository (404, or access our credentials do not
+        unlock), and the local access policy judged only the name the client asked for."""
+        known = self._confirmed.get((upstream, digest))
+        if known is not None:
+            return known
+        detail = {"name": local, "digest": str(digest)}
+        try:
+            size = await self._heads.run(
+                (upstream, digest), lambda: self.client.blob_head(upstream, digest)
+            )
+        except Overloaded:
+            raise overloaded(detail) from None
+        except UpstreamError as exc:
+            self._upstream_failed("blob HEAD", upstream, str(digest), exc)
+            raise upstream_error(exc, BLOB_UNKNOWN, detail) from None
+        self._confirmed.put((upstream, digest), size)
+        return size
+
     async def blob_stat(self, local: str, upstream: str, digest: Digest) -> BlobInfo:
         info = await self._local_blob(local, digest)
         if info is not None:
             return info
-        fill = self._fills.get(digest)
-        if fill is not None and fill.size is not None:
-            return BlobInfo(digest, fill.size)
-        try:
-            size = await self._heads.run(digest, lambda: self.client.blob_head(upstream, digest))
-        except UpstreamError as exc:
-            self._upstream_failed("blob HEAD", upstream, str(digest), exc)
-            raise upstream_error(
-                exc, BLOB_UNKNOWN, {"name": local, "digest": str(digest)}
-            ) from None
-        return BlobInfo(digest, size)
+        return BlobInfo(digest, await self._confirm(local, upstream, digest))
 
     async def blob_open(
         self, local: str, upstream: str, digest: Digest, offset: int, length: int | None
     ) -> IBodyProducer:
-        info = await self._local_blob(local, digest)
-        if info is None and await self.blobs.exists(digest) is not None:
-            info = await self._adopt(local, upstream, digest)
-        if info is not None:
-            try:
-                producer = await self.driver.reader(layout.blob_data(digest), offset, length)
-            except PathNotFoundError:
-                pass  # evicted or deleted meanwhile: fetch it again
-            else:
-                self.stats.hits += 1
-                whole = offset == 0 and int(producer.length) == info.size
-                verify = whole and self.config.verify_reads and str(digest) not in self._verified
-                return self._observe(digest, producer, verify=verify)
-        self.stats.misses += 1
-        fill = await self._join_fill(local, upstream, digest)
-        size = fill.size if fill.size is not None else offset + (length or 0)
-        count = size - offset if length is None else length
-        return self._observe(digest, TailProducer(fill, self.driver, offset, count), verify=False)
+        confirmed: int | None = None
+        # A fill for another repository may begin while we look, and joining it needs this
+        # repository's confirmation first: look again then (a few times at most).
+        for _attempt in range(3):
+            info = await self._local_blob(local, digest)
+            if info is None and confirmed is None:
+                elsewhere = (
+                    self._foreign_fill(digest, upstream)
+                    or await self.blobs.exists(digest) is not None
+                )
+                if elsewhere:
+                    confirmed = await self._confirm(local, upstream, digest)
+            if info is None and confirmed is not None:
+                info = await self._adopt(local, digest, confirmed)
+            if info is not None:
+                try:
+                    producer = await self.driver.reader(layout.blob_data(digest), offset, length)
+                except PathNotFoundError:
+                    pass  # evicted or deleted meanwhile: fetch it again
+                else:
+                    self.stats.hits += 1
+                    whole = offset == 0 and int(producer.length) == info.size
+                    verify = (
+                        whole
+                        and self.config.verify_reads
+                        and self._verified.get(str(digest)) is None
+                    )
+                    return self._observe(digest, producer, verify=verify)
+            if confirmed is None and self._foreign_fill(digest, upstream):
+                continue  # another repository's fill began meanwhile: confirm first
+            self.stats.misses += 1
+            fill = await self._join_fill(local, upstream, digest)
+            size = fill.size if fill.size is not None else offset + (length or 0)
+            count = size - offset if length is None else length
+            return self._observe(
+                digest, TailProducer(fill, self.driver, offset, count), verify=False
+            )
+        raise RegistryError(
+            UNAVAILABLE,
+            {"name": local, "digest": str(digest)},
+            "the blob is being fetched; try again",
+            headers={"Retry-After": "1"},
+        )
 
-    async def _adopt(self, local: str, upstream: str, digest: Digest) -> BlobInfo | None:
-        """The data is already stored (another repository, another image): link it here once
-        the upstream confirms this repository has it, instead of downloading it again."""
-        try:
-            size = await self._heads.run(digest, lambda: self.client.blob_head(upstream, digest))
-        except UpstreamError:
-            return None
+    def _foreign_fill(self, digest: Digest, upstream: str) -> bool:
+        """Whether a fill of ``digest`` through another repository's path is running."""
+        fill = self._fills.get(digest)
+        return fill is not None and fill.through != upstream
+
+    async def _adopt(self, local: str, digest: Digest, size: int) -> BlobInfo | None:
+        """The data is already stored (another repository, another image) and the upstream
+        confirmed this repository has it: link it here instead of downloading it again."""
         info = await self.blobs.exists(digest)
         if info is None or info.size != size:
             return None
         await self.blobs.link(local, digest)
+        await self._note(local)
         self.index.add_blob(local, str(digest), size, self.now())
         return info
+
+    async def _note(self, local: str) -> None:
+        """List the repository in the catalog (as a push or a mount would)."""
+        if self.catalog is not None:
+            await self.catalog.note_repository(local)
 
     def _observe(self, digest: Digest, producer: IBodyProducer, verify: bool) -> IBodyProducer:
         """Count served bytes, keep the blob from eviction while it is served and, for a whole
@@ -235,7 +334,7 @@ class ProxyCache:
         def on_end(failure: Failure | None) -> None:
             self.index.release(key)
             if hasher is not None and failure is None and hasher.digest() == digest:
-                self._verified.add(key)
+                self._verified.put(key, True)
             if hasher is not None and failure is None and hasher.digest() != digest:
                 log.error(
                     "proxy {upstream}: cached blob {digest} is corrupt (hashes to {actual}); "
@@ -252,30 +351,40 @@ class ProxyCache:
         return ObservedProducer(producer, on_write, on_end)
 
     async def _drop_blob_data(self, digest: Digest) -> None:
-        self._verified.discard(str(digest))
+        self._verified.pop(str(digest))
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(layout.blob_dir(digest))
 
     async def _join_fill(self, local: str, upstream: str, digest: Digest) -> Fill:
-        """The running fill for ``digest`` or a new one, once the upstream answered: an
-        upstream error before the body becomes an error response, not a broken body."""
-        fill = self._fills.get(digest)
-        if fill is None:
-            path = f"{self.fills_dir}/{digest.algorithm}-{digest.hex}-{uuid.uuid4().hex}"
-            fill = Fill(digest, path, layout.blob_data(digest), None)
-            self._fills[digest] = fill
-            self.index.use(str(digest))
-            Deferred.fromCoroutine(self._run_fill(fill, local, upstream))
-        while not fill.opened and not fill.finished:
-            await fill.changed()
-        if not fill.opened and fill.error is not None:
+        """The running fill for ``digest`` or a new one through this repository, once the
+        upstream answered: an upstream error before the body becomes an error response, not
+        a broken body.  The caller has confirmed ``digest`` for this repository when a fill
+        was running; joining adds this repository to the links the fill writes."""
+        detail = {"name": local, "digest": str(digest)}
+        for _attempt in range(2):
+            fill = self._fills.get(digest)
+            if fill is None:
+                if len(self._fills) >= self.limits.inflight:
+                    raise overloaded(detail)
+                path = f"{self.fills_dir}/{digest.algorithm}-{digest.hex}-{uuid.uuid4().hex}"
+                fill = Fill(digest, path, layout.blob_data(digest), None, upstream)
+                self._fills[digest] = fill
+                self.index.use(str(digest))
+                Deferred.fromCoroutine(self._run_fill(fill, upstream))
+            fill.links.add(local)
+            while not fill.opened and not fill.finished:
+                await fill.changed()
+            if fill.opened or fill.error is None:
+                return fill
+            if fill.through != upstream:
+                continue  # another repository's fill failed before its body: try our own path
             error = fill.error
             if isinstance(error, UpstreamError):
-                raise upstream_error(error, BLOB_UNKNOWN, {"name": local, "digest": str(digest)})
+                raise upstream_error(error, BLOB_UNKNOWN, detail)
             raise error
-        return fill
+        raise RegistryError(UNAVAILABLE, detail, "upstream blob fetch failed")
 
-    async def _run_fill(self, fill: Fill, local: str, upstream: str) -> None:
+    async def _run_fill(self, fill: Fill, upstream: str) -> None:
         digest = fill.digest
         writer = None
         try:
@@ -284,6 +393,7 @@ class ProxyCache:
                 fill.size = blob.length
             else:
                 fill.size = await self.client.blob_head(upstream, digest)
+            self._confirmed.put((upstream, digest), fill.size)
             writer = await self.driver.writer(fill.path)
             if fill.size:
                 await writer.reserve(fill.size)
@@ -295,14 +405,21 @@ class ProxyCache:
             committing, writer = writer, None
             await committing.commit()
             await self.driver.move(fill.path, fill.final_path)
-            await self.blobs.link(local, digest)
-            self.index.add_blob(local, str(digest), fill.stored, self.now())
-            self._verified.add(str(digest))
+            # Every repository that joined (each confirmed by the upstream), including those
+            # that join while these links are written.
+            linked: set[str] = set()
+            while pending := sorted(fill.links - linked):
+                for name in pending:
+                    await self.blobs.link(name, digest)
+                    await self._note(name)
+                    self.index.add_blob(name, str(digest), fill.stored, self.now())
+                    linked.add(name)
+            self._verified.put(str(digest), True)
             fill.done = True
             log.info(
-                "proxy {upstream}: cached {name}@{digest} ({size} bytes)",
+                "proxy {upstream}: cached {names}@{digest} ({size} bytes)",
                 upstream=self.name,
-                name=local,
+                names=",".join(sorted(linked)),
                 digest=str(digest),
                 size=fill.stored,
             )
@@ -360,7 +477,8 @@ class ProxyCache:
         digest = await self.tags.resolve(local, tag)
         cached = await self._local_manifest(local, digest) if digest is not None else None
         freshness = self.config.tag_freshness
-        fresh = self.now() - self._checked.get(key, -math.inf) < freshness
+        checked = self._checked.get(key)
+        fresh = checked is not None and self.now() - checked < freshness
         if cached is not None and freshness > 0 and fresh:
             self.stats.hits += 1
             return cached
@@ -368,6 +486,8 @@ class ProxyCache:
             current = await self._revalidations.run(
                 key, lambda: self._revalidate(local, upstream, tag, cached)
             )
+        except Overloaded:
+            raise overloaded({"name": local, "reference": tag}) from None
         except UpstreamNotFound as exc:
             self._upstream_failed("manifest HEAD", upstream, tag, exc)
             raise upstream_error(exc, MANIFEST_UNKNOWN, {"name": local, "reference": tag}) from None
@@ -404,19 +524,19 @@ class ProxyCache:
         if cached is not None:
             head = await self.client.manifest(upstream, tag, "HEAD")
             if head.digest == cached.digest:
-                self._checked[(local, tag)] = self.now()
+                self._checked.put((local, tag), self.now())
                 return head.digest
             existing = await self._local_manifest(local, head.digest)
             if existing is not None:
                 await self.tags.set(local, tag, head.digest)
-                self._checked[(local, tag)] = self.now()
+                self._checked.put((local, tag), self.now())
                 return head.digest
             fetched = await self.client.manifest(upstream, str(head.digest), "GET")
         else:
             fetched = await self.client.manifest(upstream, tag, "GET")
         self.stats.misses += 1
         stored = await self._store_manifest(local, fetched, tag)
-        self._checked[(local, tag)] = self.now()
+        self._checked.put((local, tag), self.now())
         return stored.digest
 
     async def _store_manifest(
@@ -430,11 +550,51 @@ class ProxyCache:
         await self.driver.put_content(layout.revision_link(local, digest), str(digest).encode())
         if tag is not None:
             await self.tags.set(local, tag, digest)
-        if self.catalog is not None:
-            await self.catalog.note_repository(local)
+        await self._note(local)
         self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
         self.schedule_eviction()
         return StoredManifest(digest, stored_media_type(body), body)
+
+    # -- listings
+
+    async def tag_list(
+        self, local: str, upstream: str, n: int | None, last: str | None
+    ) -> tuple[list[str], bool]:
+        """The upstream's tag list (one page); the tags cached here when the upstream fails."""
+        if n == 0:
+            return [], False
+        try:
+            return await self.client.tags(upstream, n, last)
+        except UpstreamNotFound as exc:
+            raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
+        except UpstreamError as exc:
+            self._upstream_failed("tag list", upstream, "-", exc)
+            self.stats.stale_served += 1
+            return await self.tags.list_tags(local, n, last)
+
+    async def referrers(self, local: str, upstream: str, subject: Digest) -> list[dict[str, Any]]:
+        """The referrers of ``subject`` upstream: from its referrers API, or else from the
+        ``sha256-<hex>`` tag of the fallback schema (a cached index, stale when the upstream
+        is down, like any cached tag).  No referrers: an empty list."""
+        try:
+            found = await self.client.referrers(upstream, subject)
+        except UpstreamError as exc:
+            self._upstream_failed("referrers", upstream, str(subject), exc)
+            found = None
+        if found is not None:
+            return found
+        tag = f"{subject.algorithm}-{subject.hex}"
+        try:
+            index = await self.manifest_get(local, upstream, tag)
+        except RegistryError as exc:
+            if exc.code in (MANIFEST_UNKNOWN, NAME_UNKNOWN):
+                return []
+            raise
+        try:
+            document = json.loads(index.body)
+        except ValueError:
+            return []
+        return index_descriptors(document) if isinstance(document, dict) else []
 
     # -- eviction
 
@@ -486,7 +646,7 @@ class ProxyCache:
             name = victim.name or ""
             for tag in await self.tags.tags_for(name, digest):
                 await self.tags.remove(name, tag)
-                self._checked.pop((name, tag), None)
+                self._checked.pop((name, tag))
             with contextlib.suppress(PathNotFoundError):
                 await self.driver.delete(os.path.dirname(layout.revision_link(name, digest)))
         else:

@@ -39,13 +39,21 @@ SEGMENT = 1024 * 1024
 
 class Fill:
     """The state of one blob fill that readers follow.  ``path`` is the growing file; once
-    ``done``, the data is at ``final_path``; ``error`` is set when the fill failed."""
+    ``done``, the data is at ``final_path``; ``error`` is set when the fill failed.
 
-    def __init__(self, digest: Digest, path: str, final_path: str, size: int | None) -> None:
+    ``through`` is the upstream repository whose path the body is fetched from; ``links``
+    are the local repositories to link the blob into once it is complete: the one that started
+    the fill and every one that joined after the upstream confirmed it has the blob."""
+
+    def __init__(
+        self, digest: Digest, path: str, final_path: str, size: int | None, through: str = ""
+    ) -> None:
         self.digest = digest
         self.path = path
         self.final_path = final_path
         self.size = size
+        self.through = through
+        self.links: set[str] = set()
         self.stored = 0
         self.opened = False  # the upstream answered and the file exists
         self.done = False
@@ -158,6 +166,9 @@ class TailProducer:
                 # The status line and Content-Length are out: the only honest end is to drop
                 # the connection, so the client sees a short body, not a finished response.
                 abort_connection(consumer)
+                # For the request this is now what a client leaving is: nothing more to send
+                # or report (the fill logged its failure once, however many readers it had).
+                return Failure(CancelledError(f"fill of {self.fill.digest} failed"))
             return result
 
         run.addBoth(released)

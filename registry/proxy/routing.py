@@ -3,8 +3,11 @@ Which repositories are proxied, and the stores that send each request to the loc
 to the right upstream's cache.
 
 Handlers keep calling ``ctx.blobs``, ``ctx.manifests``, ``ctx.tags`` and ``ctx.uploads``; these
-subclasses of the local stores look at the repository name and either behave exactly as the
-local store or hand over to a `ProxyCache`.  Rules, in order:
+*wrap* the local stores (composition, never subclasses): each provides the store's complete
+interface, method by method, looking at the repository name and either calling the local store
+or handing over to a `ProxyCache`.  A method added to a local store is therefore not reachable
+here until it is written here, and one added to an interface fails ``verifyObject`` until it
+is: a new write can never reach a read-only cache silently.  Rules, in order:
 
 1. ``<prefix>/<rest>``: the upstream with that prefix (``docker.io/library/alpine``);
 2. otherwise the default upstream, if any, unless the first component looks like a registry
@@ -20,17 +23,22 @@ refused with 405 UNSUPPORTED, as registry:2 does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 from twisted.web.iweb import IBodyProducer, IRequest
+from zope.interface import implementer
 
 from registry.api.digests import Digest
 from registry.api.errors import NAME_UNKNOWN, UNSUPPORTED, RegistryError
-from registry.http.routes import Route
+from registry.http.routes import IRouteRewriter, Route
 from registry.proxy.cache import ProxyCache
-from registry.storage.blobs import BlobInfo, BlobStore
-from registry.storage.manifests import ManifestStore, PutResult, StoredManifest
-from registry.storage.tags import TagStore
-from registry.storage.uploads import UploadAppender, UploadStore
+from registry.storage.blobs import BlobInfo, IBlobStore
+from registry.storage.manifests import IManifestStore, PutResult, StoredManifest
+from registry.storage.pagination import parse_count
+from registry.storage.referrers import IReferrers
+from registry.storage.tags import ITagStore
+from registry.storage.uploads import IUploadStore, UploadAppender
 
 
 @attrs.frozen
@@ -44,6 +52,7 @@ def _looks_like_host(component: str) -> bool:
     return "." in component or ":" in component or component == "localhost"
 
 
+@implementer(IRouteRewriter)
 @attrs.define
 class ProxyRouter:
     caches: list[ProxyCache]
@@ -111,105 +120,178 @@ def _refuse_write(name: str) -> RegistryError:
     )
 
 
-@attrs.define
-class RoutingBlobStore(BlobStore):
-    router: ProxyRouter | None = None
+@implementer(IBlobStore)
+@attrs.frozen
+class RoutingBlobStore:
+    local: IBlobStore
+    router: ProxyRouter
 
-    def _route(self, name: str) -> Routed | None:
-        return self.router.route(name) if self.router is not None else None
+    async def exists(self, digest: Digest) -> BlobInfo | None:
+        # Stored data, whoever links it: callers (mounts) check a repository's link first.
+        return await self.local.exists(digest)
+
+    async def is_linked(self, name: str, digest: Digest) -> bool:
+        routed = self.router.route(name)
+        return await self.local.is_linked(routed.local if routed else name, digest)
 
     async def stat(self, name: str, digest: Digest) -> BlobInfo:
-        routed = self._route(name)
+        routed = self.router.route(name)
         if routed is None:
-            return await super().stat(name, digest)
+            return await self.local.stat(name, digest)
         return await routed.cache.blob_stat(routed.local, routed.upstream, digest)
 
     async def open(
         self, name: str, digest: Digest, offset: int = 0, length: int | None = None
     ) -> IBodyProducer:
-        routed = self._route(name)
+        routed = self.router.route(name)
         if routed is None:
-            return await super().open(name, digest, offset, length)
+            return await self.local.open(name, digest, offset, length)
         return await routed.cache.blob_open(routed.local, routed.upstream, digest, offset, length)
 
     async def redirect_url(self, name: str, digest: Digest) -> str | None:
-        if self._route(name) is not None:
+        if self.router.route(name) is not None:
             return None  # the data may not be stored yet
-        return await super().redirect_url(name, digest)
-
-    async def is_linked(self, name: str, digest: Digest) -> bool:
-        routed = self._route(name)
-        return await super().is_linked(routed.local if routed else name, digest)
+        return await self.local.redirect_url(name, digest)
 
     async def link(self, name: str, digest: Digest) -> None:
-        if self._route(name) is not None:
+        if self.router.route(name) is not None:
             raise _refuse_write(name)
-        await super().link(name, digest)
+        await self.local.link(name, digest)
 
     async def unlink(self, name: str, digest: Digest) -> None:
-        if self._route(name) is not None:
+        if self.router.route(name) is not None:
             raise _refuse_write(name)
-        await super().unlink(name, digest)
+        await self.local.unlink(name, digest)
 
 
-@attrs.define
-class RoutingManifestStore(ManifestStore):
-    router: ProxyRouter | None = None
-
-    def _route(self, name: str) -> Routed | None:
-        return self.router.route(name) if self.router is not None else None
+@implementer(IManifestStore)
+@attrs.frozen
+class RoutingManifestStore:
+    local: IManifestStore
+    router: ProxyRouter
 
     async def get(self, name: str, reference: str | Digest) -> StoredManifest:
-        routed = self._route(name)
+        routed = self.router.route(name)
         if routed is None:
-            return await super().get(name, reference)
+            return await self.local.get(name, reference)
         return await routed.cache.manifest_get(routed.local, routed.upstream, str(reference))
 
     async def put(
         self, name: str, reference: str | Digest, body: bytes, content_type: str | None
     ) -> PutResult:
-        if self._route(name) is not None:
+        if self.router.route(name) is not None:
             raise _refuse_write(name)
-        return await super().put(name, reference, body, content_type)
+        return await self.local.put(name, reference, body, content_type)
 
     async def delete(self, name: str, digest: str | Digest) -> list[str]:
-        if self._route(name) is not None:
+        if self.router.route(name) is not None:
             raise _refuse_write(name)
-        return await super().delete(name, digest)
+        return await self.local.delete(name, digest)
 
     async def untag(self, name: str, tag: str) -> None:
-        if self._route(name) is not None:
+        if self.router.route(name) is not None:
             raise _refuse_write(name)
-        await super().untag(name, tag)
+        await self.local.untag(name, tag)
 
 
-@attrs.define
-class RoutingTagStore(TagStore):
-    """Tags of a proxied repository are those cached here (the upstream is not asked)."""
+@implementer(ITagStore)
+@attrs.frozen
+class RoutingTagStore:
+    """Tags of a proxied repository are the upstream's (those cached here when it fails)."""
 
-    router: ProxyRouter | None = None
+    local: ITagStore
+    router: ProxyRouter
+
+    @property
+    def max_page(self) -> Any:
+        return self.local.max_page
 
     async def list_tags(
         self, name: str, n: int | str | None = None, last: str | None = None
     ) -> tuple[list[str], bool]:
-        local = self.router.local_name(name) if self.router is not None else name
-        return await super().list_tags(local, n, last)
+        routed = self.router.route(name)
+        if routed is None:
+            return await self.local.list_tags(name, n, last)
+        count = parse_count(n, self.local.max_page)
+        return await routed.cache.tag_list(routed.local, routed.upstream, count, last)
 
 
-@attrs.define
-class RoutingUploadStore(UploadStore):
-    router: ProxyRouter | None = None
+@implementer(IReferrers)
+@attrs.frozen
+class RoutingReferrers:
+    """Referrers of a proxied manifest are the upstream's (its referrers API, or the
+    ``sha256-<hex>`` tag schema), filtered and paged here."""
+
+    local: IReferrers
+    router: ProxyRouter
+
+    @property
+    def max_page(self) -> Any:
+        return self.local.max_page
+
+    async def list_referrers(
+        self, name: str, subject: Digest, artifact_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        routed = self.router.route(name)
+        if routed is None:
+            return await self.local.list_referrers(name, subject, artifact_type)
+        found = await routed.cache.referrers(routed.local, routed.upstream, subject)
+        if artifact_type is not None:
+            found = [d for d in found if d.get("artifactType") == artifact_type]
+        return sorted(found, key=lambda d: str(d["digest"]))
+
+    async def page(
+        self,
+        name: str,
+        subject: Digest,
+        artifact_type: str | None = None,
+        n: int | str | None = None,
+        last: str | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        if self.router.route(name) is None:
+            return await self.local.page(name, subject, artifact_type, n, last)
+        found = await self.list_referrers(name, subject, artifact_type)
+        count = parse_count(n, self.local.max_page)
+        if count == 0:
+            return [], False
+        rest = [d for d in found if not last or str(d["digest"]) > last]
+        if count is None or len(rest) <= count:
+            return rest, False
+        return rest[:count], True
+
+
+@implementer(IUploadStore)
+@attrs.frozen
+class RoutingUploadStore:
+    """Uploads are writes: refused for proxied names, the local store's otherwise."""
+
+    local: IUploadStore
+    router: ProxyRouter
 
     def _refuse(self, name: str) -> None:
-        if self.router is not None and self.router.route(name) is not None:
+        if self.router.route(name) is not None:
             raise _refuse_write(name)
 
     async def start(self, name: str) -> str:
         self._refuse(name)
-        return await super().start(name)
+        return await self.local.start(name)
 
     async def open(
         self, name: str, upload_id: str, start: int | None = None, coming: int | None = None
     ) -> UploadAppender:
         self._refuse(name)
-        return await super().open(name, upload_id, start, coming)
+        return await self.local.open(name, upload_id, start, coming)
+
+    async def commit(
+        self, appender: UploadAppender, digest: Digest, expected_size: int | None = None
+    ) -> int:
+        self._refuse(appender.name)
+        return await self.local.commit(appender, digest, expected_size)
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        self._refuse(name)
+        await self.local.cancel(name, upload_id)
+
+    async def size(self, name: str, upload_id: str) -> int:
+        self._refuse(name)
+        return await self.local.size(name, upload_id)

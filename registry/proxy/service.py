@@ -2,18 +2,18 @@
 Wiring the pull-through caches into a running registry: `install_proxies` is what
 ``makeService`` calls when ``[proxy:NAME]`` sections exist.
 
-It builds one `UpstreamClient` and one `ProxyCache` per upstream, swaps the context's stores for
-the routing ones (handlers do not change), registers the metrics, and adds a `ProxyService`
+It builds one `UpstreamClient` and one `ProxyCache` per upstream, wraps the local stores in the
+routing ones the context is then built with (handlers do not change), registers the metrics,
+and adds a `ProxyService`
 that loads each cache's eviction state at start, writes it back periodically and at stop, runs
 eviction, and logs a one-line summary per upstream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
-import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
@@ -21,20 +21,21 @@ from twisted.logger import Logger
 
 from registry.api.digests import Digest
 from registry.config import Config
-from registry.handlers.context import RegistryContext
-from registry.ops.metrics import MetricsRegistry, Sample, metrics_of
+from registry.handlers.context import LocalStores, Stores
+from registry.ops.metrics import MetricsRegistry, Sample
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
 from registry.proxy.routing import (
     ProxyRouter,
     RoutingBlobStore,
     RoutingManifestStore,
+    RoutingReferrers,
     RoutingTagStore,
     RoutingUploadStore,
 )
 from registry.proxy.upstream import UpstreamClient
 from registry.storage import layout
-from registry.storage.driver import PathNotFoundError
+from registry.storage.driver import IStorageDriver, PathNotFoundError
 
 log = Logger()
 
@@ -195,20 +196,6 @@ def register_metrics(metrics: MetricsRegistry, caches: list[ProxyCache]) -> None
         metrics.collect(name, help, kind, _collector(caches, name, value))
 
 
-T = TypeVar("T")
-
-
-def _routing(cls: Callable[..., T], store: Any, router: ProxyRouter) -> T:
-    """The routing subclass of a local store, with every setting of ``store`` (whatever fields
-    the local store grows, they carry over) and its own state."""
-    values = {
-        field.alias: getattr(store, field.name)
-        for field in attrs.fields(type(store))
-        if field.init and not field.name.startswith("_")
-    }
-    return cls(**values, router=router)
-
-
 def build_client(config: ProxyConfig, reactor: Any) -> UpstreamClient:
     return UpstreamClient(
         reactor,
@@ -222,24 +209,29 @@ def build_client(config: ProxyConfig, reactor: Any) -> UpstreamClient:
 
 
 def install_proxies(
-    ctx: RegistryContext, config: Config, reactor: Any, parent: MultiService
-) -> ProxyRouter | None:
-    """Route proxied repositories to their upstreams; None when no upstream is configured."""
+    local: LocalStores,
+    driver: IStorageDriver,
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    metrics: MetricsRegistry,
+) -> Stores:
+    """The stores handlers should use: wrappers around ``local`` that route proxied
+    repositories to their upstreams, or ``local`` itself when no upstream is configured."""
     proxies = parse_proxies(config)
     if not proxies:
-        return None
-    local_blobs, local_tags = ctx.blobs, ctx.tags
+        return Stores.of(local)
     peers: list[ProxyCache] = []
     router = ProxyRouter(peers)
 
     async def hosted_uses(digest: Digest) -> bool:
-        names, _ = await ctx.catalog.list_repositories()
+        names, _ = await local.catalog.list_repositories()
         for name in names:
             if router.route(name) is not None:
                 continue
             for path in (layout.layer_link(name, digest), layout.revision_link(name, digest)):
                 try:
-                    await ctx.driver.stat(path)
+                    await driver.stat(path)
                     return True
                 except PathNotFoundError:
                     continue
@@ -250,21 +242,16 @@ def install_proxies(
             ProxyCache(
                 config=proxy,
                 client=build_client(proxy, reactor),
-                driver=ctx.driver,
-                blobs=local_blobs,
-                tags=local_tags,
+                driver=driver,
+                blobs=local.blobs,
+                tags=local.tags,
                 reactor=reactor,
-                catalog=ctx.catalog,
+                catalog=local.catalog,
                 hosted_uses=hosted_uses,
                 peers=peers,
             )
         )
-    ctx.blobs = _routing(RoutingBlobStore, local_blobs, router)
-    ctx.manifests = _routing(RoutingManifestStore, ctx.manifests, router)
-    ctx.tags = _routing(RoutingTagStore, local_tags, router)
-    ctx.uploads = _routing(RoutingUploadStore, ctx.uploads, router)
-    ctx.extras["proxy_router"] = router
-    register_metrics(metrics_of(ctx.extras), peers)
+    register_metrics(metrics, peers)
     ProxyService(peers).setServiceParent(parent)  # type: ignore[no-untyped-call]
     for cache in peers:
         log.info(
@@ -274,4 +261,12 @@ def install_proxies(
             names=(f"{cache.config.prefix}/*" if cache.config.prefix else "")
             + (" and unprefixed names (default)" if cache.config.default else ""),
         )
-    return router
+    return Stores(
+        blobs=RoutingBlobStore(local.blobs, router),
+        uploads=RoutingUploadStore(local.uploads, router),
+        manifests=RoutingManifestStore(local.manifests, router),
+        tags=RoutingTagStore(local.tags, router),
+        referrers=RoutingReferrers(local.referrers, router),
+        catalog=local.catalog,
+        rewriter=router,
+    )

@@ -6,6 +6,10 @@ Docker Hub hands out tokens for ``repository:<name>:pull`` that live ``expires_i
 we *asked* for the token on the injected clock, not from the upstream's ``issued_at``: our clock
 and theirs may disagree, and asking-time is the conservative end.  A token the upstream
 rejects early is dropped with `TokenCache.invalidate` and fetched again by the caller.
+
+Scopes name repositories, which clients choose: the table holds at most ``max_entries``
+tokens (least recently used first out) and drops expired ones, so pulling many distinct names
+does not grow memory.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from collections.abc import Awaitable, Callable
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
+from registry.proxy._bounded import BoundedMap
 from registry.proxy._inflight import Inflight
 
 MIN_EXPIRES_IN = 60
 DEFAULT_EXPIRES_IN = 60
+# Tokens kept at most (about 2 KB each): enough for the repositories in use at one time.
+MAX_TOKENS = 1024
 
 
 @attrs.frozen
@@ -44,8 +51,17 @@ class TokenCache:
     """Tokens by (realm, service, scope); concurrent misses for one key share one fetch."""
 
     clock: IReactorTime
-    _tokens: dict[TokenKey, Token] = attrs.field(factory=dict)
-    _inflight: Inflight[TokenKey, Token] = attrs.field(factory=Inflight)
+    max_entries: int = MAX_TOKENS
+    _tokens: BoundedMap[TokenKey, Token] = attrs.field(init=False)
+    _inflight: Inflight[TokenKey, Token] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Expiry is per token (its ``expires_at``), so no default age.
+        self._tokens = BoundedMap(self.clock, self.max_entries, None)
+        self._inflight = Inflight(self.max_entries)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
 
     @property
     def fetches(self) -> int:
@@ -53,18 +69,14 @@ class TokenCache:
         return self._inflight.started
 
     def cached(self, key: TokenKey) -> Token | None:
-        token = self._tokens.get(key)
-        if token is not None and self.clock.seconds() >= token.expires_at:
-            del self._tokens[key]
-            return None
-        return token
+        return self._tokens.get(key)
 
     def invalidate(self, key: TokenKey, value: str | None = None) -> None:
         """Forget the token for ``key`` (only if it is still ``value``, when given: another
         request may already have replaced it)."""
         token = self._tokens.get(key)
         if token is not None and (value is None or token.value == value):
-            del self._tokens[key]
+            self._tokens.pop(key)
 
     async def get(self, key: TokenKey, fetch: Fetcher) -> Token:
         token = self.cached(key)
@@ -75,7 +87,7 @@ class TokenCache:
             asked_at = self.clock.seconds()
             value, expires_in, issued_at = await fetch()
             fresh = Token(value, asked_at + expires_in, issued_at)
-            self._tokens[key] = fresh
+            self._tokens.put(key, fresh, fresh.expires_at)
             return fresh
 
         return await self._inflight.run(key, fetch_and_store)

@@ -7,8 +7,14 @@ the ``/v2/`` challenge, Bearer tokens per repository scope (cached, shared, rene
 checks, rate-limit headers, timeouts and redirects.
 
 Redirects are followed here rather than by treq because a blob GET on Docker Hub is redirected
-to a CDN on another host, and ``Authorization`` must never travel to another origin (scheme,
-host and port): treq's redirect agents would forward it.
+to a CDN on another host, and ``Authorization`` must never travel with a redirect: treq's
+redirect agents would forward it.
+
+Whom we trust with credentials: the configured username and password, and the tokens bought
+with them, go only to the token realm that the upstream's own origin (``remoteurl``: scheme,
+host and port) announced in a challenge, and to that origin itself.  A redirect target (a CDN)
+that answers 401 gets nothing: its challenge is not learned, no token is fetched for it, and
+the request fails as an upstream error.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from registry.proxy.errors import (
     UpstreamUnauthorized,
     UpstreamUnavailable,
 )
-from registry.proxy.tokens import TokenCache, TokenKey, clamp_expires_in
+from registry.proxy.tokens import MAX_TOKENS, TokenCache, TokenKey, clamp_expires_in
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -74,6 +80,7 @@ DEFAULT_MAX_MANIFEST_SIZE = 4 * 1024 * 1024 + 65536
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _SMALL_BODY = 64 * 1024
+_LIST_BODY = 8 * 1024 * 1024  # a tag list page
 _CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 Origin = tuple[str, str, int]
@@ -275,6 +282,7 @@ class UpstreamClient:
         docker_hub_library: bool | None = None,
         max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE,
         user_agent: str = "txregistry",
+        max_tokens: int = MAX_TOKENS,
     ) -> None:
         self.reactor = reactor
         self.remote_url = remote_url.rstrip("/")
@@ -297,7 +305,7 @@ class UpstreamClient:
         policy: IPolicyForHTTPS = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
         agent = Agent(reactor, contextFactory=policy, connectTimeout=timeout, pool=self.pool)
         self._http = HTTPClient(agent, cookiejar=IndexableCookieJar(_NoCookies()))
-        self.tokens = TokenCache(clock if clock is not None else reactor)
+        self.tokens = TokenCache(clock if clock is not None else reactor, max_tokens)
         self._challenge: Challenge | None = None
         self._challenge_known = False
         self._ping: Inflight[str, Challenge | None] = Inflight()
@@ -398,6 +406,53 @@ class UpstreamClient:
             raise self._bad(f"HEAD blob {dgst} without Content-Length")
         return size
 
+    async def tags(
+        self, name: str, n: int | None = None, last: str | None = None
+    ) -> tuple[list[str], bool]:
+        """One page of the repository's tag list upstream (``n`` and ``last`` as the
+        distribution-spec has them) and whether the upstream announced a next page."""
+        upstream = self.upstream_name(name)
+        query = urlencode(
+            {k: v for k, v in (("n", None if n is None else str(n)), ("last", last)) if v}
+        )
+        path = f"/v2/{upstream}/tags/list" + (f"?{query}" if query else "")
+        response = await self._registry_request(
+            "GET", upstream, path, {"Accept": "application/json"}
+        )
+        if response.code != 200:
+            await self._fail(response, "GET", f"tag list of {upstream}")
+        data = self._json_object(await self._collect(response, _LIST_BODY, "tag list"), "tag list")
+        tags = data.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise self._bad("tag list without a list of tags")
+        link = _header(response.headers, "link") or ""
+        return tags, 'rel="next"' in link
+
+    async def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]] | None:
+        """The descriptors the upstream's referrers API lists for ``subject``, or None when
+        the upstream has no referrers API (a 404: then the ``sha256-<hex>`` tag schema is
+        the way to ask)."""
+        upstream = self.upstream_name(name)
+        response = await self._registry_request(
+            "GET", upstream, f"/v2/{upstream}/referrers/{subject}", {"Accept": OCI_INDEX}
+        )
+        if response.code == 404:
+            await self._discard(response)
+            return None
+        if response.code != 200:
+            await self._fail(response, "GET", f"referrers of {upstream}@{subject}")
+        body = await self._collect(response, self.max_manifest_size, "referrers index")
+        return index_descriptors(self._json_object(body, "referrers index"))
+
+    def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise self._bad(f"{what} is not JSON") from None
+        if not isinstance(data, dict):
+            raise self._bad(f"{what} is not a JSON object")
+        return data
+
     async def close(self) -> None:
         """Close idle pooled connections (only when the pool is ours)."""
         if self._owns_pool:
@@ -414,7 +469,10 @@ class UpstreamClient:
         await self._ensure_challenge()
         for attempt in range(2):
             key, authorization = await self._authorization(upstream)
-            response = await self._exchange(method, url, headers, authorization)
+            response, answered_by = await self._exchange(method, url, headers, authorization)
+            if response.code == 401 and answered_by != self.origin:
+                await self._discard(response)
+                raise self._foreign_challenge(answered_by)
             if response.code != 401 or attempt == 1:
                 return response
             before = self._challenge
@@ -426,7 +484,17 @@ class UpstreamClient:
             await self._discard(response)
         raise AssertionError("unreachable")
 
+    def _foreign_challenge(self, origin: Origin) -> UpstreamUnauthorized:
+        """A 401 from another origin than the upstream's (a redirect target): an error for this
+        request, never a reason to send credentials or tokens anywhere else."""
+        self.errors += 1
+        where = "{}://{}:{}".format(*origin)
+        return UpstreamUnauthorized(
+            401, f"{where} (not the upstream) asked for authentication; nothing was sent to it"
+        )
+
     def _learn_challenge(self, response: IResponse) -> None:
+        """Called only for a 401 from the upstream's own origin."""
         challenge = pick_challenge(response.headers.getRawHeaders("www-authenticate", []))
         if challenge is not None:
             self._challenge = challenge
@@ -438,10 +506,12 @@ class UpstreamClient:
             self._challenge_known = True
 
     async def _fetch_challenge(self) -> Challenge | None:
-        response = await self._exchange("GET", self.remote_url + "/v2/", {}, None)
+        response, answered_by = await self._exchange("GET", self.remote_url + "/v2/", {}, None)
         if response.code >= 500 or response.code == 429:
             await self._fail(response, "GET", "/v2/")
         await self._discard(response)
+        if response.code == 401 and answered_by != self.origin:
+            raise self._foreign_challenge(answered_by)
         if response.code == 401:
             return pick_challenge(response.headers.getRawHeaders("www-authenticate", []))
         return None
@@ -476,7 +546,8 @@ class UpstreamClient:
         if basic is not None:
             headers["Authorization"] = basic
         self.token_requests += 1
-        # The realm may be another host (auth.docker.io): credentials are meant for it.
+        # The realm may be another host (auth.docker.io): the upstream's own origin named it,
+        # so credentials are meant for it.  No redirect is followed from here.
         response = await self._send("GET", url, headers)
         if response.code != 200:
             await self._fail(response, "GET", f"token for {scope}")
@@ -501,16 +572,19 @@ class UpstreamClient:
 
     async def _exchange(
         self, method: str, url: str, headers: Mapping[str, str], authorization: str | None
-    ) -> IResponse:
-        """Send, following redirects ourselves; ``Authorization`` only to the registry's origin."""
-        for _hop in range(_MAX_REDIRECTS + 1):
+    ) -> tuple[IResponse, Origin]:
+        """Send, following redirects ourselves; return the answer and the origin that gave it.
+
+        ``Authorization`` goes with the first request only, and only to the upstream's origin:
+        a redirect target never sees it, whatever its host."""
+        for hop in range(_MAX_REDIRECTS + 1):
             sent = dict(headers)
-            if authorization is not None and origin_of(url) == self.origin:
+            if authorization is not None and hop == 0 and origin_of(url) == self.origin:
                 sent["Authorization"] = authorization
             response = await self._send(method, url, sent)
             location = _header(response.headers, "location")
             if response.code not in _REDIRECTS or not location:
-                return response
+                return response, origin_of(url)
             await self._discard(response)
             target = urljoin(url, location)
             if origin_of(target)[0] not in ("http", "https"):
@@ -680,6 +754,27 @@ def _error_code(body: bytes) -> tuple[str | None, str]:
         return str(first.get("code")) or None, str(first.get("message", ""))[:200]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None, ""
+
+
+def index_descriptors(index: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The well-formed descriptors (a ``digest`` that parses, a ``mediaType``, an integer
+    ``size``) of an image index's ``manifests``; the rest are left out."""
+    found: list[dict[str, Any]] = []
+    manifests = index.get("manifests")
+    for entry in manifests if isinstance(manifests, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        digest, media_type, size = entry.get("digest"), entry.get("mediaType"), entry.get("size")
+        if not isinstance(digest, str) or not isinstance(media_type, str):
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            continue
+        try:
+            Digest.parse(digest)
+        except RegistryError:
+            continue
+        found.append(entry)
+    return found
 
 
 def _sniff_media_type(body: bytes) -> str | None:

@@ -28,7 +28,18 @@ class BlobInfo:
 
 
 class IBlobStore(Interface):
-    """What handlers need of blobs; the pull-through cache provides it too."""
+    """Every blob operation handlers use; the pull-through cache's wrapper provides it too.
+
+    Complete on purpose: a wrapper (the pull-through one) implements each method itself, and
+    ``verifyObject`` in the tests catches a method added here and not there, so a new write
+    can never reach a read-only cache by inheritance."""
+
+    def exists(digest: Digest) -> Awaitable[BlobInfo | None]:
+        """The blob's stored data whatever repository links it, or None (for mounts: the
+        caller checks access to a repository that links it first)."""
+
+    def is_linked(name: str, digest: Digest) -> Awaitable[bool]:
+        """Whether repository ``name`` links the blob (the data may still be missing)."""
 
     def stat(name: str, digest: Digest) -> Awaitable[BlobInfo]:
         """Size of a blob the repository may serve; RegistryError BLOB_UNKNOWN otherwise."""

@@ -24,12 +24,13 @@ registry:2 wrote to the same storage, or after repositories were removed behind 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from registry.api.names import NAME_RE, is_valid_name
 from registry.storage import layout
@@ -60,6 +61,11 @@ def name_of_entry(entry: str) -> str:
 
 class ICatalog(Interface):
     """The repository listing as handlers need it."""
+
+    max_page = Attribute("The largest ``n`` honoured (None: no bound); more gets a Link.")
+
+    def ensure_index() -> Coroutine[Any, Any, None]:
+        """Build the listing's index if storage has none yet (a registry:2 data folder)."""
 
     def list_repositories(
         n: int | str | None = None, last: str | None = None

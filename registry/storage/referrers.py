@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import attrs
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from registry.api import mediatypes
 from registry.api.digests import Digest
@@ -56,6 +56,8 @@ def _entry_name(digest: Digest | str) -> str:
 
 class IReferrers(Interface):
     """The referrers API as handlers need it."""
+
+    max_page = Attribute("The largest ``n`` honoured (None: no bound); more gets a Link.")
 
     def list_referrers(
         name: str, subject: Digest, artifact_type: str | None = None

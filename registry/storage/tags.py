@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 import attrs
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from registry.api.digests import Digest
 from registry.api.errors import NAME_UNKNOWN, RegistryError
@@ -22,6 +22,8 @@ from registry.storage.repositories import repository_exists
 
 class ITagStore(Interface):
     """Tag listing as handlers need it; the pull-through cache provides it too."""
+
+    max_page = Attribute("The largest ``n`` honoured (None: no bound); more gets a Link.")
 
     def list_tags(
         name: str, n: int | str | None = None, last: str | None = None

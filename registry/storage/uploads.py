@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
 from registry.api.digests import Digest, DigestingHasher, releases_gil
 from registry.api.errors import (
@@ -150,6 +152,33 @@ class UploadAppender:
             self.store._release(self.name, self.upload_id)
 
 
+class IUploadStore(Interface):
+    """Every upload operation handlers use (the pull-through wrapper refuses them all for
+    proxied names)."""
+
+    def start(name: str) -> Awaitable[str]:
+        """Create an empty upload in repository ``name``; returns its id."""
+
+    def open(
+        name: str, upload_id: str, start: int | None = None, coming: int | None = None
+    ) -> Awaitable[UploadAppender]:
+        """Open for appending at ``start`` (416 unless it is the current size); ``coming`` is
+        the request's length, for the storage to set aside."""
+
+    def commit(
+        appender: UploadAppender, digest: Digest, expected_size: int | None = None
+    ) -> Coroutine[Any, Any, int]:
+        """Finish as blob ``digest`` and link it; a mismatch cancels and stores nothing.
+        A coroutine, so that handlers can run it shielded from their client leaving."""
+
+    def cancel(name: str, upload_id: str) -> Awaitable[None]:
+        """Discard the upload; BLOB_UPLOAD_UNKNOWN when there is none."""
+
+    def size(name: str, upload_id: str) -> Awaitable[int]:
+        """Bytes received so far."""
+
+
+@implementer(IUploadStore)
 @attrs.define
 class UploadStore:
     driver: IStorageDriver

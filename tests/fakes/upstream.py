@@ -4,7 +4,13 @@ A fake Docker-Hub-like upstream registry over real HTTP on 127.0.0.1, with switc
 Two listeners, like Docker Hub: the registry (``/v2/...`` plus the token service at ``/token``)
 and a "CDN" on another port that serves blob bytes after a 307 from the registry.  The CDN answers
 400 to any request carrying ``Authorization``, which is how tests prove a client does not forward
-credentials across origins.
+credentials across origins.  With ``cdn_challenge`` it answers 401 with a Bearer challenge of its
+own instead, naming a token service on the CDN (``/token``, logged as kind ``cdn-token``), so a
+test can see whether a client sends credentials to a realm the upstream never announced.
+
+`FakeUpstream.hold` parks matching requests until the test releases them, and
+`FakeUpstream.hold_body` stops a CDN body after some bytes until released, so a test can make
+a HEAD or a fill (before or after its headers) stay in flight exactly as long as it needs.
 
 In-process::
 
@@ -46,12 +52,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from tests.fakes.content import Blob, Content, Image
+from tests.fakes.content import OCI_INDEX, Blob, Content, Image
 
 SERVICE = "fake-registry"
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _MANIFEST_RE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
 _TAGS_RE = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
+_REFERRERS_RE = re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<ref>[^/]+)$")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -75,6 +82,47 @@ class Switches:
     corrupt_manifests: bool = False  # manifest bodies get a trailing space (digest header kept)
     omit_manifest_digest: bool = False  # no Docker-Content-Digest on manifest answers
     redirect_blob_head: bool = False  # HEAD on a blob redirects too (some registries do)
+    cdn_challenge: bool = False  # the CDN answers 401 with a Bearer challenge of its own
+    referrers_api: bool = True  # False: 404 on /referrers/ (Docker Hub), use the tag schema
+
+
+class Hold:
+    """Requests matching (method, kind, name, ref) wait here until `release` (``None`` matches
+    anything).  ``arrived`` counts the requests that were parked."""
+
+    def __init__(
+        self, method: str | None, kind: str | None, name: str | None, ref: str | None
+    ) -> None:
+        self.method = method
+        self.kind = kind
+        self.name = name
+        self.ref = ref
+        self.arrived = 0
+        self.released = False
+        self._parked: list[Any] = []
+
+    def matches(self, request: LoggedRequest) -> bool:
+        return not self.released and all(
+            want is None or want == got
+            for want, got in (
+                (self.method, request.method),
+                (self.kind, request.kind),
+                (self.name, request.name),
+                (self.ref, request.ref),
+            )
+        )
+
+    def park(self, resume: Any) -> None:
+        self.arrived += 1
+        self._parked.append(resume)
+
+    def release(self) -> None:
+        """Answer every parked request now (as it would have been answered) and stop holding;
+        a held body carries on."""
+        self.released = True
+        parked, self._parked = self._parked, []
+        for resume in parked:
+            resume()
 
 
 @attrs.frozen
@@ -137,6 +185,8 @@ class FakeUpstream:
         self.tokens: dict[str, tuple[set[str], float]] = {}
         self.cdn_auth_rejections = 0
         self.stalled: list[Request] = []
+        self.holds: list[Hold] = []
+        self.body_holds: dict[str, tuple[int, Hold]] = {}
         self._secret = secrets.token_bytes(16)
         self._registry = _TrackingFactory(Site(_RegistryResource(self)))
         self._cdn = _TrackingFactory(Site(_CdnResource(self)))
@@ -234,6 +284,26 @@ class FakeUpstream:
     def registry_open_connections(self) -> int:
         return len(self._registry.protocols)
 
+    def hold(
+        self,
+        method: str | None = None,
+        kind: str | None = None,
+        *,
+        name: str | None = None,
+        ref: str | None = None,
+    ) -> Hold:
+        """Park matching requests until the returned `Hold` is released."""
+        hold = Hold(method, kind, name, ref)
+        self.holds.append(hold)
+        return hold
+
+    def hold_body(self, ref: str, after: int) -> Hold:
+        """CDN bodies of blob ``ref`` stop after ``after`` bytes until the hold is released
+        (``arrived`` counts the bodies that reached that point)."""
+        hold = Hold("GET", "cdn", None, ref)
+        self.body_holds[ref] = (after, hold)
+        return hold
+
     def revoke_tokens(self) -> None:
         """Forget every token issued: the next registry request gets a 401."""
         self.tokens.clear()
@@ -298,19 +368,35 @@ class _Base(Resource):
         super().__init__()
         self.fake = fake
 
-    def _log(self, request: Request, kind: str, name: str | None, ref: str | None) -> None:
-        self.fake.log.append(
-            LoggedRequest(
-                method=request.method.decode(),
-                kind=kind,
-                path=request.path.decode(),
-                name=name,
-                ref=ref,
-                authorization=(request.getHeader(b"authorization") or b"").decode("latin-1")
-                or None,
-                accept=(request.getHeader(b"accept") or b"").decode("latin-1") or None,
-            )
+    def _log(self, request: Request, kind: str, name: str | None, ref: str | None) -> LoggedRequest:
+        logged = LoggedRequest(
+            method=request.method.decode(),
+            kind=kind,
+            path=request.path.decode(),
+            name=name,
+            ref=ref,
+            authorization=(request.getHeader(b"authorization") or b"").decode("latin-1") or None,
+            accept=(request.getHeader(b"accept") or b"").decode("latin-1") or None,
         )
+        self.fake.log.append(logged)
+        return logged
+
+    def _held(self, request: Request, logged: LoggedRequest, answer: Any) -> bool:
+        """Park the request when a hold matches it; ``answer()`` renders it on release."""
+        for hold in self.fake.holds:
+            if hold.matches(logged):
+
+                def resume() -> None:
+                    if request.finished or request.channel is None:
+                        return
+                    body = answer()
+                    if body is not NOT_DONE_YET:
+                        request.write(body)
+                        request.finish()
+
+                hold.park(resume)
+                return True
+        return False
 
     def _broken(self, request: Request) -> bytes | int | None:
         """The answer the failure switches impose, if any."""
@@ -331,17 +417,25 @@ class _RegistryResource(_Base):
             return self._control(request, path)
         match = _MANIFEST_RE.match(path)
         tags = _TAGS_RE.match(path)
+        referrers = _REFERRERS_RE.match(path)
         if path == "/token":
             kind, name, ref = "token", None, None
         elif path in ("/v2/", "/v2"):
             kind, name, ref = "ping", None, None
+        elif referrers is not None:
+            kind, name, ref = "referrers", referrers["name"], referrers["ref"]
         elif match is not None:
             kind, name, ref = match["kind"][:-1], match["name"], match["ref"]
         elif tags is not None:
             kind, name, ref = "tags", tags["name"], None
         else:
             kind, name, ref = "other", None, None
-        self._log(request, kind, name, ref)
+        logged = self._log(request, kind, name, ref)
+        if self._held(request, logged, lambda: self._answer(request, kind, name, ref)):
+            return NOT_DONE_YET
+        return self._answer(request, kind, name, ref)
+
+    def _answer(self, request: Request, kind: str, name: str | None, ref: str | None) -> Any:
         broken = self._broken(request)
         if broken is not None:
             return broken
@@ -365,12 +459,46 @@ class _RegistryResource(_Base):
         if repo is None:
             return _json_error(request, 404, "NAME_UNKNOWN", f"repository {name} not known")
         if kind == "tags":
-            request.setHeader(b"content-type", b"application/json")
-            return json.dumps({"name": name, "tags": sorted(repo.tags)}).encode()
+            return self._tags(request, name, sorted(repo.tags))
         assert ref is not None
+        if kind == "referrers":
+            return self._referrers(request, name, ref)
         if kind == "manifest":
             return self._manifest(request, name, ref)
         return self._blob(request, name, ref)
+
+    def _tags(self, request: Request, name: str, tags: list[str]) -> bytes:
+        """The distribution-spec pagination: ``n``, ``last`` and a ``Link`` to the next page."""
+        args = parse_qs(request.uri.decode("latin-1").partition("?")[2])
+        last = args.get("last", [""])[0]
+        page = [tag for tag in tags if tag > last]
+        if "n" in args:
+            n = int(args["n"][0])
+            if len(page) > n:
+                page = page[:n]
+                link = f'</v2/{name}/tags/list?n={n}&last={page[-1]}>; rel="next"'
+                request.setHeader(b"link", link.encode())
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"name": name, "tags": page}).encode()
+
+    def _referrers(self, request: Request, name: str, subject: str) -> bytes:
+        """Every stored manifest of the repository whose ``subject`` is ``subject``."""
+        if not self.fake.switches.referrers_api:
+            return _json_error(request, 404, "NOT_FOUND", "no referrers API here")
+        found = []
+        for digest, (media_type, body) in sorted(self.fake.content.repos[name].manifests.items()):
+            document = json.loads(body)
+            if (document.get("subject") or {}).get("digest") != subject:
+                continue
+            descriptor = {"mediaType": media_type, "digest": digest, "size": len(body)}
+            artifact_type = document.get("artifactType") or document.get("config", {}).get(
+                "mediaType"
+            )
+            if artifact_type:
+                descriptor["artifactType"] = artifact_type
+            found.append(descriptor)
+        request.setHeader(b"content-type", OCI_INDEX.encode())
+        return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}).encode()
 
     def _token(self, request: Request) -> bytes:
         sw = self.fake.switches
@@ -465,8 +593,24 @@ class _RegistryResource(_Base):
 class _CdnResource(_Base):
     def render(self, request: Request) -> bytes | int:
         path = request.path.decode("latin-1")
+        if path == "/token":
+            self._log(request, "cdn-token", None, None)
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"token": "cdn-token", "expires_in": 300}).encode()
         digest = path.removeprefix("/blobs/")
-        self._log(request, "cdn", None, digest)
+        logged = self._log(request, "cdn", None, digest)
+        if self._held(request, logged, lambda: self._answer(request, digest)):
+            return NOT_DONE_YET
+        return self._answer(request, digest)
+
+    def _answer(self, request: Request, digest: str) -> Any:
+        if self.fake.switches.cdn_challenge:
+            request.setResponseCode(401)
+            request.setHeader(
+                b"www-authenticate",
+                f'Bearer realm="{self.fake.cdn_url}/token",service="cdn"'.encode(),
+            )
+            return b'{"errors": [{"code": "UNAUTHORIZED", "message": "CDN wants a token"}]}'
         if request.getHeader(b"authorization") is not None:
             self.fake.cdn_auth_rejections += 1
             request.setResponseCode(400)
@@ -533,6 +677,7 @@ class _Streamer:
         self.stall_after = sw.stall_blob_after
         self.cut_after = sw.cut_blob_after
         self.corrupt = sw.corrupt_blobs
+        self.hold_after, self.hold = fake.body_holds.get(blob.digest, (None, None))
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
@@ -549,6 +694,14 @@ class _Streamer:
             n = self.end - self.pos
             if self.rate is not None:
                 n = min(n, max(1, self.rate // 20))
+            if self.hold is not None and self.hold_after is not None:
+                if self.hold.released:
+                    self.hold = None
+                elif self.sent >= self.hold_after:
+                    self.hold.park(lambda: self._schedule(0))
+                    return
+                else:
+                    n = min(n, self.hold_after - self.sent)
             for limit in (self.cut_after, self.stall_after):
                 if limit is not None:
                     n = min(n, limit - self.sent)

@@ -10,6 +10,7 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.task import Clock
 
 from registry.api.digests import Digest
+from registry.proxy._bounded import BoundedMap
 from registry.proxy.errors import UpstreamNotFound, UpstreamUnauthorized, UpstreamUnavailable
 from registry.proxy.upstream import UpstreamClient
 from tests.fakes.content import Image
@@ -225,3 +226,40 @@ async def test_tls_upstream_with_ca_bundle(tmp_path: Path, make_client: ClientFa
             await untrusting.manifest("library/alpine", "3")
     finally:
         await tls_fake.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_table_stays_at_its_cap(fake: FakeUpstream, make_client: ClientFactory) -> None:
+    """A token per scope, and scopes are names clients choose: pulling 40 distinct names keeps
+    8 tokens (the least recently used go), and the names still in the table reuse theirs."""
+    for i in range(40):
+        fake.content.add_image(f"team/app{i}", "latest", [100])
+    client = make_client(max_tokens=8)
+    for i in range(40):
+        await client.manifest(f"team/app{i}", "latest")
+        assert len(client.tokens) == min(i + 1, 8)
+    assert fake.count("GET", "token") == 40
+    await client.manifest("team/app39", "latest")  # still cached
+    assert fake.count("GET", "token") == 40
+    await client.manifest("team/app0", "latest")  # dropped long ago: fetched again
+    assert fake.count("GET", "token") == 41
+    assert len(client.tokens) == 8
+
+
+def test_bounded_map_expires_and_caps() -> None:
+    """The table behind every client-keyed cache: a cap with least-recently-used eviction,
+    and entries gone at their expiry even if never asked for again."""
+    clock = Clock()
+    table: BoundedMap[str, int] = BoundedMap(clock, max_entries=3, max_age=10)
+    for i, key in enumerate("abc"):
+        table.put(key, i)
+    assert table.get("a") == 0  # now most recently used
+    table.put("d", 3)
+    assert sorted(table) == ["a", "c", "d"]
+    clock.advance(11)
+    table.put("e", 4)  # the sweep drops every expired entry
+    assert list(table) == ["e"]
+    assert table.get("e") == 4
+    clock.advance(10)
+    assert table.get("e") is None
+    assert len(table) == 0

@@ -1,0 +1,155 @@
+"""A complete mirror: tag lists and referrers of proxied repositories come from the upstream
+(cached ones when it is down), and the catalog lists what is cached.  Real HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import pytest_twisted
+
+from tests.cache.conftest import Proxied
+from tests.cache.util import fetch
+from tests.e2e.client import header, sha256
+from tests.fakes.content import OCI_INDEX, OCI_MANIFEST
+from tests.fakes.upstream import FakeUpstream
+
+A = "library/alpine"
+SIGNATURE = "application/vnd.example.signature.v1+json"
+SBOM = "application/vnd.example.sbom.v1+json"
+EMPTY = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+
+
+def _codes(body: bytes) -> list[str]:
+    return [e["code"] for e in json.loads(body)["errors"]]
+
+
+def _referrer(fake: FakeUpstream, subject: str, size: int, artifact_type: str) -> dict[str, object]:
+    """Store an OCI manifest whose ``subject`` is ``subject`` upstream; its descriptor."""
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": EMPTY,
+                "size": 2,
+            },
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": size},
+        }
+    ).encode()
+    digest = fake.content.add_manifest(A, OCI_MANIFEST, body)
+    return {
+        "mediaType": OCI_MANIFEST,
+        "digest": digest,
+        "size": len(body),
+        "artifactType": artifact_type,
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_tag_lists_come_from_the_upstream_and_cached_ones_when_it_is_down(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    image = fake.content.add_image(A, "latest", [1000])
+    for tag in ("3.19", "3.20", "edge"):
+        fake.content.retag(A, tag, image.digest)
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/tags/list"
+    response, body = await fetch(url)
+    assert response.code == 200
+    assert json.loads(body) == {"name": "alpine", "tags": ["3.19", "3.20", "edge", "latest"]}
+    response, body = await fetch(f"{url}?n=2")
+    assert json.loads(body)["tags"] == ["3.19", "3.20"]
+    assert header(response, "link") == '</v2/alpine/tags/list?last=3.20&n=2>; rel="next"'
+    response, body = await fetch(f"{url}?n=2&last=3.20")
+    assert json.loads(body)["tags"] == ["edge", "latest"]
+    assert header(response, "link") is None
+    assert fake.count("GET", "tags", name=A) == 3
+    response, body = await fetch(f"{registry.url}/v2/nothing-here/tags/list")
+    assert response.code == 404
+    assert _codes(body) == ["NAME_UNKNOWN"]
+    # Only "latest" is cached; with the upstream down, that is the list.
+    response, _ = await fetch(f"{registry.url}/v2/alpine/manifests/latest")
+    assert response.code == 200
+    await fake.go_down()
+    response, body = await fetch(url)
+    assert response.code == 200
+    assert json.loads(body)["tags"] == ["latest"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_come_from_the_upstream_referrers_api(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    image = fake.content.add_image(A, "latest", [1000], oci=True)
+    size = len(image.manifest)
+    signature = _referrer(fake, image.digest, size, SIGNATURE)
+    sbom = _referrer(fake, image.digest, size, SBOM)
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/referrers/{image.digest}"
+    response, body = await fetch(url)
+    assert response.code == 200
+    assert header(response, "content-type") == OCI_INDEX
+    index = json.loads(body)
+    assert index["mediaType"] == OCI_INDEX
+    assert index["manifests"] == sorted([signature, sbom], key=lambda d: str(d["digest"]))
+    response, body = await fetch(f"{url}?artifactType={quote(SBOM)}")
+    assert header(response, "oci-filters-applied") == "artifactType"
+    assert json.loads(body)["manifests"] == [sbom]
+    response, body = await fetch(f"{url}?n=1")
+    assert len(json.loads(body)["manifests"]) == 1
+    assert header(response, "link") is not None
+    assert fake.count("GET", "referrers", name=A) == 3
+    # A manifest with no referrers: an empty index.
+    other = "sha256:" + "1" * 64
+    response, body = await fetch(f"{registry.url}/v2/alpine/referrers/{other}")
+    assert response.code == 200
+    assert json.loads(body)["manifests"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_fall_back_to_the_tag_schema(proxied: Proxied, fake: FakeUpstream) -> None:
+    """An upstream without the referrers API (Docker Hub): the ``sha256-<hex>`` tag holds an
+    index of the referrers; it is cached like any tag and served when the upstream is down."""
+    fake.switches.referrers_api = False
+    image = fake.content.add_image(A, "latest", [1000], oci=True)
+    signature = _referrer(fake, image.digest, len(image.manifest), SIGNATURE)
+    index = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [signature]}
+    ).encode()
+    tag = image.digest.replace(":", "-")
+    fake.content.add_manifest(A, OCI_INDEX, index, tag)
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/referrers/{image.digest}"
+    response, body = await fetch(url)
+    assert response.code == 200
+    assert json.loads(body)["manifests"] == [signature]
+    assert fake.count("GET", "referrers", name=A) == 1
+    assert fake.count("GET", "manifest", name=A, ref=tag) == 1
+    await fake.go_down()
+    response, body = await fetch(url)
+    assert response.code == 200
+    assert json.loads(body)["manifests"] == [signature]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_catalog_lists_cached_repositories(proxied: Proxied, fake: FakeUpstream) -> None:
+    """Repositories appear once something was cached through them: a manifest, or only a blob."""
+    image = fake.content.add_image(A, "latest", [1000])
+    busybox = fake.content.add_image("library/busybox", "latest", [2000])
+    registry = await proxied()
+    _, body = await fetch(f"{registry.url}/v2/_catalog")
+    assert json.loads(body)["repositories"] == []
+    _response, body = await fetch(f"{registry.url}/v2/alpine/manifests/latest")
+    assert sha256(body) == image.digest
+    layer = busybox.layers[0].digest
+    _, data = await fetch(f"{registry.url}/v2/busybox/blobs/{layer}")
+    assert sha256(data) == layer
+    _, body = await fetch(f"{registry.url}/v2/_catalog")
+    assert json.loads(body)["repositories"] == [
+        "docker.io/library/alpine",
+        "docker.io/library/busybox",
+    ]

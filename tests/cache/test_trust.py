@@ -1,0 +1,349 @@
+"""Whom the cache trusts: credentials stay with the upstream's own token realm, and a blob is
+served or linked through a repository only after that repository's own upstream confirmed it.
+
+Real HTTP on loopback: a registry proxying the fake upstream, whose requests are recorded and
+can be held until the test releases them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import LogLevel, globalLogPublisher
+
+from registry.api.digests import Digest
+from registry.api.errors import UNAVAILABLE, RegistryError
+from registry.proxy.cache import Limits, ProxyCache
+from registry.proxy.config import ProxyConfig
+from registry.proxy.upstream import UpstreamClient
+from registry.storage.blobs import BlobStore
+from registry.storage.memory import MemoryDriver
+from registry.storage.tags import TagStore
+from tests.auth.conftest import LogCapture
+from tests.cache.conftest import Proxied
+from tests.cache.util import blob_data_path, fetch, reactor, storage_root, wait_for
+from tests.e2e.client import header, sha256
+from tests.fakes.content import GeneratedBlob
+from tests.fakes.upstream import FakeUpstream
+
+A = "library/alpine"  # upstream names; locally docker.io/library/...
+B = "library/busybox"
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    capture = LogCapture()
+    globalLogPublisher.addObserver(capture)
+    yield capture
+    globalLogPublisher.removeObserver(capture)
+
+
+def _serious(logs: LogCapture) -> list[str]:
+    """Critical events, tracebacks and unhandled errors: none may appear in normal operation."""
+    found = []
+    for event in logs.events:
+        text = str(event.get("log_format", "")) + str(event.get("log_failure", ""))
+        serious = event.get("log_level") in (LogLevel.critical, LogLevel.error)
+        if serious or "log_failure" in event or "Traceback" in text or "Unhandled" in text:
+            found.append(text)
+    return found
+
+
+def _link(root: Path, upstream_name: str, digest: str) -> Path:
+    algorithm, hex_ = digest.split(":", 1)
+    return (
+        root
+        / "docker/registry/v2/repositories/docker.io"
+        / upstream_name
+        / "_layers"
+        / algorithm
+        / hex_
+        / "link"
+    )
+
+
+def _blob_url(base: str, upstream_name: str, digest: str) -> str:
+    return f"{base}/v2/{upstream_name.removeprefix('library/')}/blobs/{digest}"
+
+
+async def _outcome(url: str, method: str = "GET") -> tuple[int, bytes | None]:
+    """Status and body, or None for a body that did not arrive whole (a dropped connection)."""
+    response = await treq.request(method, url)
+    try:
+        return response.code, await response.content()
+    except Exception:
+        return response.code, None
+
+
+def _start(url: str, method: str = "GET") -> Deferred[tuple[int, bytes | None]]:
+    return ensureDeferred(_outcome(url, method))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redirect_target_asking_for_auth_gets_no_credentials(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """The CDN answers 401 with a Bearer challenge naming its own realm: the configured
+    credentials are not sent there, no token is asked of it, the request fails as an upstream
+    error, and the upstream's own challenge stays the one used afterwards."""
+    fake.switches.credentials = ("alice", "s3cret")
+    image = fake.content.add_image(A, "latest", [4096, 5000])
+    registry = await proxied(username="alice", password="s3cret")
+    first, second = image.layers
+    fake.switches.cdn_challenge = True
+    response, body = await fetch(_blob_url(registry.url, A, first.digest))
+    assert response.code == 502, body
+    assert [e["code"] for e in json.loads(body)["errors"]] == ["UNAVAILABLE"]
+    # A HEAD redirected to the CDN (some registries do that) is refused the same way.
+    fake.switches.redirect_blob_head = True
+    assert image.config is not None
+    status, _ = await _outcome(_blob_url(registry.url, A, image.config), "HEAD")
+    assert status == 502
+    fake.switches.redirect_blob_head = False
+    cdn = [(r.method, r.kind) for r in fake.log if r.kind in ("cdn", "cdn-token")]
+    assert cdn == [("GET", "cdn"), ("HEAD", "cdn")]  # no token asked of the CDN's realm
+    assert all(r.authorization is None for r in fake.log if r.kind == "cdn")
+    # The upstream's own realm stays the one tokens come from.
+    fake.switches.cdn_challenge = False
+    for layer in (first, second):
+        response, data = await fetch(_blob_url(registry.url, A, layer.digest))
+        assert response.code == 200
+        assert sha256(data) == layer.digest
+    assert fake.count(kind="cdn-token") == 0
+    assert all(r.authorization is None for r in fake.log if r.kind == "cdn")
+    tokens = [r for r in fake.log if r.kind == "token"]
+    assert tokens
+    assert all((r.authorization or "").startswith("Basic ") for r in tokens)
+
+
+async def _cached_through_third(
+    proxied: Proxied, fake: FakeUpstream, size: int
+) -> tuple[Any, GeneratedBlob]:
+    """A registry where blob D is stored (pulled through ``library/c``); upstream, ``A`` has
+    D and ``B`` exists without it."""
+    blob = GeneratedBlob("shared", size)
+    fake.content.add_blob("library/c", blob)
+    fake.content.add_blob(A, blob)
+    fake.content.add_image(B, "latest", [1000])
+    registry = await proxied()
+    response, data = await fetch(_blob_url(registry.url, "library/c", blob.digest))
+    assert response.code == 200
+    assert sha256(data) == blob.digest
+    return registry, blob
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_head_in_flight_for_one_repository_answers_nothing_for_another(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """While A's upstream HEAD of D is held, B's HEAD and GET of D (D stored locally for a
+    third repository) get B's own answer: 404, and no link for B."""
+    registry, blob = await _cached_through_third(proxied, fake, 50_000)
+    root = storage_root(registry)
+    held = fake.hold("HEAD", "blob", name=A, ref=blob.digest)
+    through_a = _start(_blob_url(registry.url, A, blob.digest), "HEAD")
+    try:
+        await wait_for(lambda: held.arrived == 1)
+        for method in ("HEAD", "GET"):
+            through_b = _start(_blob_url(registry.url, B, blob.digest), method)
+            await wait_for(lambda d=through_b: d.called, within=5)  # type: ignore[misc]
+            status, body = through_b.result
+            assert status == 404, (method, body)
+            if method == "GET":
+                assert body is not None
+                assert [e["code"] for e in json.loads(body)["errors"]] == ["BLOB_UNKNOWN"]
+        assert fake.count("HEAD", "blob", name=B, ref=blob.digest) >= 1
+    finally:
+        held.release()
+    status, _ = await through_a
+    assert status == 200
+    assert not _link(root, B, blob.digest).exists()
+    status, _ = await _outcome(_blob_url(registry.url, B, blob.digest))
+    assert status == 404
+    assert not _link(root, B, blob.digest).exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fill_in_flight_for_one_repository_is_not_served_through_another(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """While A's fill of D is under way (its body held half way), a GET of D through B (whose
+    upstream has no D) is answered 404 BLOB_UNKNOWN at once, with B's own HEAD, and B never
+    links D."""
+    blob = GeneratedBlob("only-a", 200_000)
+    fake.content.add_blob(A, blob)
+    fake.content.add_image(B, "latest", [1000])
+    registry = await proxied()
+    root = storage_root(registry)
+    held = fake.hold_body(blob.digest, after=100_000)
+    through_a = _start(_blob_url(registry.url, A, blob.digest))
+    try:
+        await wait_for(lambda: held.arrived == 1)
+        through_b = _start(_blob_url(registry.url, B, blob.digest))
+        await wait_for(lambda: through_b.called, within=5)
+        status, body = through_b.result
+        assert status == 404
+        assert body is not None
+        assert [e["code"] for e in json.loads(body)["errors"]] == ["BLOB_UNKNOWN"]
+        assert fake.count("HEAD", "blob", name=B, ref=blob.digest) == 1
+    finally:
+        held.release()
+    status, data = await through_a
+    assert status == 200
+    assert data is not None and sha256(data) == blob.digest
+    assert _link(root, A, blob.digest).exists()
+    assert not _link(root, B, blob.digest).exists()
+    # With D stored now, B is still asked about upstream, and still refused.
+    status, _ = await _outcome(_blob_url(registry.url, B, blob.digest))
+    assert status == 404
+    assert not _link(root, B, blob.digest).exists()
+    assert fake.count("GET", "cdn", ref=blob.digest) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_confirmed_repository_joins_the_fill_in_flight(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """When B's upstream confirms D (its own HEAD), B joins A's fill: both get the bytes from
+    one upstream body, and both repositories link D."""
+    blob = GeneratedBlob("both", 300_000)
+    fake.content.add_blob(A, blob)
+    fake.content.add_blob(B, blob)
+    registry = await proxied()
+    root = storage_root(registry)
+    held = fake.hold("GET", "blob", name=A, ref=blob.digest)
+    through_a = _start(_blob_url(registry.url, A, blob.digest))
+    try:
+        await wait_for(lambda: held.arrived == 1)
+        through_b = _start(_blob_url(registry.url, B, blob.digest))
+        await wait_for(lambda: fake.count("HEAD", "blob", name=B, ref=blob.digest) == 1)
+    finally:
+        held.release()
+    for outcome in (await through_a, await through_b):
+        status, data = outcome
+        assert status == 200
+        assert data is not None and sha256(data) == blob.digest
+    assert fake.count("GET", "cdn", ref=blob.digest) == 1
+    assert fake.count("GET", "blob", name=B) == 0
+    assert _link(root, A, blob.digest).exists()
+    assert _link(root, B, blob.digest).exists()
+    assert blob_data_path(root, blob.digest).exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_fill_ends_a_joined_request_cleanly(
+    proxied: Proxied, fake: FakeUpstream, logs: LogCapture
+) -> None:
+    """A's fill stalls half way; B (confirmed) joined it.  Both requests end within the
+    upstream timeout with a short body (the connection drops: never a complete wrong blob),
+    nothing is linked, and the log has no critical event or traceback."""
+    size = 2 * 1024 * 1024
+    blob = GeneratedBlob("stalls", size)
+    fake.content.add_blob(A, blob)
+    fake.content.add_blob(B, blob)
+    registry = await proxied(timeout="1s")
+    root = storage_root(registry)
+    fake.switches.stall_blob_after = size // 2
+    response_a = await treq.get(_blob_url(registry.url, A, blob.digest))
+    assert response_a.code == 200
+    body_a = ensureDeferred(_body_or_none(response_a))
+    through_b = _start(_blob_url(registry.url, B, blob.digest))
+    results = [await body_a, await through_b]
+    assert results[0] is None
+    status_b, body_b = results[1]
+    assert body_b is None or status_b >= 500
+    assert fake.count("GET", "cdn", ref=blob.digest) == 1
+    assert not blob_data_path(root, blob.digest).exists()
+    assert not _link(root, B, blob.digest).exists()
+    assert _serious(logs) == []
+    # The next pull, with the upstream healthy, works for both.
+    fake.switches.stall_blob_after = None
+    for name in (A, B):
+        response, data = await fetch(_blob_url(registry.url, name, blob.digest))
+        assert response.code == 200
+        assert header(response, "docker-content-digest") == blob.digest
+        assert sha256(data) == blob.digest
+
+
+async def _body_or_none(response: Any) -> bytes | None:
+    try:
+        data: bytes = await response.content()
+    except Exception:
+        return None
+    return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_tables_keyed_by_client_choices_stay_at_their_caps(fake: FakeUpstream) -> None:
+    """Tags, names and digests are chosen by clients: asking about 30 distinct tags and 30
+    distinct blobs through a cache whose tables hold 4 entries leaves at most 4 in each."""
+    image = fake.content.add_image(A, "latest", [100])
+    blobs = [GeneratedBlob(f"many-{i}", 10) for i in range(30)]
+    for i, blob in enumerate(blobs):
+        fake.content.add_blob(A, blob)
+        fake.content.retag(A, f"t{i}", image.digest)
+    driver = MemoryDriver()
+    client = UpstreamClient(reactor, fake.url, timeout=5, max_tokens=4)
+    cache = ProxyCache(
+        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        limits=Limits(inflight=4, remembered=4),
+    )
+    try:
+        for i, blob in enumerate(blobs):
+            await cache.manifest_get(A, A, f"t{i}")
+            await cache.blob_stat(A, A, Digest.parse(blob.digest))
+            assert all(size <= 4 for size in cache.table_sizes().values()), cache.table_sizes()
+        sizes = cache.table_sizes()
+        assert sizes["checked"] == 4
+        assert sizes["confirmed"] == 4
+        assert sizes["heads"] == sizes["fills"] == sizes["revalidations"] == 0
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_calls_in_flight_are_capped(fake: FakeUpstream) -> None:
+    """With one upstream HEAD held and a cap of one call in flight, a HEAD of another digest
+    is refused at once (503 UNAVAILABLE with Retry-After) rather than queued without bound;
+    the same digest through the same repository still shares the held call."""
+    first, second = GeneratedBlob("cap-1", 10), GeneratedBlob("cap-2", 10)
+    for blob in (first, second):
+        fake.content.add_blob(A, blob)
+    driver = MemoryDriver()
+    client = UpstreamClient(reactor, fake.url, timeout=5)
+    cache = ProxyCache(
+        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        limits=Limits(inflight=1),
+    )
+    held = fake.hold("HEAD", "blob", name=A, ref=first.digest)
+    try:
+        one = ensureDeferred(cache.blob_stat(A, A, Digest.parse(first.digest)))
+        same = ensureDeferred(cache.blob_stat(A, A, Digest.parse(first.digest)))
+        await wait_for(lambda: held.arrived == 1)
+        with pytest.raises(RegistryError) as refused:
+            await cache.blob_stat(A, A, Digest.parse(second.digest))
+        assert refused.value.code is UNAVAILABLE
+        assert refused.value.headers == {"Retry-After": "1"}
+        assert cache.table_sizes()["heads"] == 1
+    finally:
+        held.release()
+    assert (await one).size == (await same).size == 10
+    assert fake.count("HEAD", "blob", name=A, ref=first.digest) == 1
+    assert (await cache.blob_stat(A, A, Digest.parse(second.digest))).size == 10
+    await client.close()
