@@ -34,6 +34,7 @@ from registry.http.routes import Kind, Route, parse_route
 from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError, StorageError
+from registry.ui import ui_resource
 
 log = Logger()
 
@@ -88,6 +89,19 @@ class RegistryApp:
     @router.route("/v2/<path:rest>", methods=_METHODS)
     async def v2(self, request: IRequest, rest: str) -> bytes | None:
         return await self._dispatch(request, rest)
+
+    @router.route("/ui/", branch=True, methods=["GET", "HEAD", "POST"])
+    def ui(self, request: IRequest) -> Any:
+        """The web UI (registry/ui), when ``[ui] enabled``."""
+        resource = self.ctx.extras.get("ui_resource")
+        if resource is None:
+            raise RegistryError(NOT_FOUND, {"path": "/ui/"}, "the web UI is disabled")
+        return resource
+
+    @router.route("/ui", methods=["GET", "HEAD"])
+    def ui_root(self, request: IRequest) -> bytes:
+        request.redirect(b"/ui/")
+        return b""
 
     @router.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
@@ -182,6 +196,8 @@ class RegistryApp:
 def make_site(
     ctx: RegistryContext, after_request: Callable[[int], None] | None = None
 ) -> RegistrySite:
+    if ctx.config.ui.enabled and "ui_resource" not in ctx.extras:
+        ctx.extras["ui_resource"] = ui_resource(ctx)
     app = RegistryApp(ctx)
 
     def sink_factory(
