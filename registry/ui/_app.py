@@ -22,7 +22,7 @@ import os.path
 import shutil
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import attrs
 from klein import Klein
@@ -302,9 +302,10 @@ class UiApp:
     async def _delete(self, request: IRequest, name: str) -> bytes | None:
         check_same_origin(request)
         principal = await authorize(self.ctx, request, [repository(name, DELETE)])
-        self.csrf.check(principal, query(request, "csrf"))
+        form = _form(request)
+        self.csrf.check(principal, form.get("csrf"))
         refuse_if_delete_disabled(self.ctx)
-        reference = query(request, "reference") or ""
+        reference = form.get("reference", "")
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
             await self.ctx.manifests.delete(name, ref)
@@ -404,6 +405,8 @@ class UiApp:
         detail = error.detail if isinstance(error.detail, str) else None
         if isinstance(error.detail, dict) and "reason" in error.detail:
             detail = str(error.detail["reason"])
+        elif isinstance(error.detail, dict) and isinstance(error.detail.get("denied"), list):
+            detail = "Not granted: " + " ".join(map(str, error.detail["denied"]))
         content = _pages.error(error.message, detail)
         return await self._render(request, title, "", None, content, status=error.status)
 
@@ -435,6 +438,23 @@ class UiApp:
                 uri=request.uri.decode("latin-1")[:300],
             )
         return Deferred.fromCoroutine(self._error_page(request, error_for(failure.value)))
+
+
+# A delete form is two short fields; anything longer is not one of ours.
+_MAX_FORM = 8 * 1024
+
+
+def _form(request: IRequest) -> dict[str, str]:
+    """The fields of an ``application/x-www-form-urlencoded`` body (first value of each)."""
+    kind = (_header(request, "content-type") or "").split(";", 1)[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded" or request.content is None:
+        return {}
+    request.content.seek(0)
+    data = request.content.read(_MAX_FORM + 1)
+    if len(data) > _MAX_FORM:
+        return {}
+    fields = parse_qs(data.decode("utf-8", "replace"), keep_blank_values=True)
+    return {key: values[0] for key, values in fields.items() if values}
 
 
 def _header(request: IRequest, name: str) -> str | None:
