@@ -15,6 +15,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from registry.api.errors import (
@@ -79,6 +80,8 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 class RegistryApp:
     ctx: RegistryContext
     handlers: dict[tuple[Kind, bytes], Handler] = attrs.field(factory=lambda: dict(HANDLERS))
+    # The web UI (registry.ui) mounted under /ui/, None when ``[ui] enabled = false``.
+    web_ui: IResource | None = None
 
     router = Klein()
 
@@ -93,10 +96,9 @@ class RegistryApp:
     @router.route("/ui/", branch=True, methods=["GET", "HEAD", "POST"])
     def ui(self, request: IRequest) -> Any:
         """The web UI (registry/ui), when ``[ui] enabled``."""
-        resource = self.ctx.extras.get("ui_resource")
-        if resource is None:
+        if self.web_ui is None:
             raise RegistryError(NOT_FOUND, {"path": "/ui/"}, "the web UI is disabled")
-        return resource
+        return self.web_ui
 
     @router.route("/ui", methods=["GET", "HEAD"])
     def ui_root(self, request: IRequest) -> bytes:
@@ -196,9 +198,7 @@ class RegistryApp:
 def make_site(
     ctx: RegistryContext, after_request: Callable[[int], None] | None = None
 ) -> RegistrySite:
-    if ctx.config.ui.enabled and "ui_resource" not in ctx.extras:
-        ctx.extras["ui_resource"] = ui_resource(ctx)
-    app = RegistryApp(ctx)
+    app = RegistryApp(ctx, web_ui=ui_resource(ctx) if ctx.config.ui.enabled else None)
 
     def sink_factory(
         request: RegistryRequest, method: bytes, uri: bytes, length: int | None

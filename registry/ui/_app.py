@@ -92,6 +92,9 @@ def _not_found(what: str) -> RegistryError:
 class UiApp:
     ctx: RegistryContext
     tag_times: TagTimes
+    reader: _data.LocalReader = attrs.field(
+        default=attrs.Factory(lambda self: _data.LocalReader.of(self.ctx), takes_self=True)
+    )
     csrf: CsrfTokens = attrs.field(factory=CsrfTokens)
     page_size: int = 50
     # Uploads in progress are counted by listing every repository: remembered this long.
@@ -202,7 +205,7 @@ class UiApp:
         shown = matching[offset : offset + self.page_size]
         rows = await gatherResults(
             [
-                Deferred.fromCoroutine(_data.tag_row(self.ctx, local, t, dates.get(t)))
+                Deferred.fromCoroutine(_data.tag_row(self.reader, local, t, dates.get(t)))
                 for t in shown
             ],
             consumeErrors=True,
@@ -236,7 +239,6 @@ class UiApp:
         ref = parse_reference(reference)
         stored = await self.ctx.manifests.get(name, reference)
         parsed = _data.parse_stored(stored.body)
-        local = _data.local_name(self.ctx, name)
         platforms: list[tuple[str, str, str, int]] = []
         config = None
         layers: list[_data.Layer] = []
@@ -246,10 +248,10 @@ class UiApp:
                 (_format.platform(c.platform), str(c.digest), c.media_type, c.size)
                 for c in parsed.manifests
             ]
-            config = await _data.read_config(self.ctx, parsed)
+            config = await _data.read_config(self.reader.blobs, parsed)
             layers = _data.layers_with_history(parsed, config)
             subject = str(parsed.subject.digest) if parsed.subject is not None else None
-        referrers = await self.ctx.referrers.list_referrers(local, stored.digest)
+        referrers = await self.ctx.referrers.list_referrers(name, stored.digest)
         token = self.csrf.token(principal) if await self._may_delete(request, name) else None
         host = _header(request, "host") or "localhost"
         content = _pages.manifest(
@@ -281,7 +283,7 @@ class UiApp:
             stored = await self.ctx.manifests.get(name, Digest.parse(manifest_ref))
             parsed = _data.parse_stored(stored.body)
             if parsed is not None:
-                config = await _data.read_config(self.ctx, parsed)
+                config = await _data.read_config(self.reader.blobs, parsed)
                 for i, layer in enumerate(_data.layers_with_history(parsed, config)):
                     if layer.digest == digest:
                         media_type, size, created_by = (

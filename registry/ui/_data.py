@@ -16,16 +16,21 @@ from registry.api.digests import Digest
 from registry.api.errors import RegistryError
 from registry.handlers.context import RegistryContext
 from registry.manifests import DEFAULT_URL_POLICY, ParsedManifest, parse_manifest
+from registry.proxy.routing import ProxyRouter
 from registry.storage import layout
+from registry.storage.blobs import BlobStore
 from registry.storage.driver import PathNotFoundError, StorageError
+from registry.storage.tags import TagStore
 from registry.ui import _format
 
 # The largest config blob read to show an image's settings (real ones are a few KiB).
 MAX_CONFIG_SIZE = 1024 * 1024
 
 
-def router_of(ctx: RegistryContext) -> Any:
-    return ctx.extras.get("proxy_router")
+def router_of(ctx: RegistryContext) -> ProxyRouter | None:
+    """The pull-through caches' router, when upstreams are configured."""
+    rewriter = ctx.route_rewriter
+    return rewriter if isinstance(rewriter, ProxyRouter) else None
 
 
 def source_of(ctx: RegistryContext, name: str) -> str | None:
@@ -73,13 +78,13 @@ def parse_stored(body: bytes) -> ParsedManifest | None:
         return None
 
 
-async def read_config(ctx: RegistryContext, manifest: ParsedManifest) -> dict[str, Any] | None:
+async def read_config(blobs: BlobStore, manifest: ParsedManifest) -> dict[str, Any] | None:
     """An image's config JSON when it is stored here (a cache may not have it yet)."""
     config = manifest.config
     if config is None or config.size > MAX_CONFIG_SIZE:
         return None
     try:
-        body = await ctx.blobs.get_small(config.digest)
+        body = await blobs.get_small(config.digest)
         document = json.loads(body)
     except (RegistryError, StorageError, ValueError):
         return None
@@ -100,12 +105,28 @@ def index_platforms(manifest: ParsedManifest) -> tuple[str, ...]:
     )
 
 
-async def tag_row(ctx: RegistryContext, local: str, tag: str, date: float | None) -> TagRow:
-    digest = await ctx.tags.resolve(local, tag)
+@attrs.frozen
+class LocalReader:
+    """
+    What is stored here, read with the registry's own store logic over its driver: a tag's
+    link, a manifest's or config's bytes.  The repository page uses it so that listing a
+    cached repository shows what is cached without asking the upstream once per row.
+    """
+
+    tags: TagStore
+    blobs: BlobStore
+
+    @classmethod
+    def of(cls, ctx: RegistryContext) -> LocalReader:
+        return cls(TagStore(ctx.driver), BlobStore(ctx.driver))
+
+
+async def tag_row(reader: LocalReader, local: str, tag: str, date: float | None) -> TagRow:
+    digest = await reader.tags.resolve(local, tag)
     if digest is None:
         return TagRow(tag, None, "", None, (), date)
     try:
-        body = await ctx.blobs.get_small(digest)
+        body = await reader.blobs.get_small(digest)
     except RegistryError:
         return TagRow(tag, digest, "", None, (), date)
     manifest = parse_stored(body)
@@ -113,7 +134,7 @@ async def tag_row(ctx: RegistryContext, local: str, tag: str, date: float | None
         return TagRow(tag, digest, "", len(body), (), date)
     if manifest.kind == "index":
         return TagRow(tag, digest, manifest.media_type, len(body), index_platforms(manifest), date)
-    config = await read_config(ctx, manifest)
+    config = await read_config(reader.blobs, manifest)
     platforms = (_format.platform(config),) if config and config.get("os") else ()
     return TagRow(tag, digest, manifest.media_type, image_size(manifest), platforms, date)
 
