@@ -45,6 +45,7 @@ from registry.handlers.common import (
     refuse_if_delete_disabled,
 )
 from registry.handlers.context import RegistryContext
+from registry.http.forwarded import origin
 from registry.ops import gcstatus
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError, StorageError
@@ -253,7 +254,7 @@ class UiApp:
             subject = str(parsed.subject.digest) if parsed.subject is not None else None
         referrers = await self.ctx.referrers.list_referrers(name, stored.digest)
         token = self.csrf.token(principal) if await self._may_delete(request, name) else None
-        host = _header(request, "host") or "localhost"
+        host = origin(request).host or "localhost"
         content = _pages.manifest(
             name,
             reference,

@@ -22,6 +22,7 @@ from twisted.web.iweb import IRequest
 
 from registry.api.errors import DENIED, RegistryError
 from registry.auth.interfaces import Principal
+from registry.http.forwarded import origin
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -49,18 +50,20 @@ def _header(request: IRequest, name: str) -> str | None:
 
 
 def request_origin(request: IRequest) -> str:
-    """``scheme://host[:port]`` of this request, as a browser would write it in ``Origin``."""
-    host = _header(request, "host") or ""
-    scheme = "https" if request.isSecure() else "http"
-    return f"{scheme}://{host}".lower()
+    """
+    ``scheme://host[:port]`` the browser used, as it writes it in ``Origin``: the request's
+    own, or what a trusted reverse proxy reports (``[http] trusted_proxies``).
+    """
+    seen = origin(request)
+    return f"{seen.scheme}://{seen.host or ''}".lower()
 
 
 def check_same_origin(request: IRequest) -> None:
     """Refuse (403) a request that a browser did not send from one of our own pages."""
     expected = request_origin(request)
-    origin = _header(request, "origin")
-    if origin is not None and origin != "null":
-        if origin.lower() != expected:
+    sent = _header(request, "origin")
+    if sent is not None and sent != "null":
+        if sent.lower() != expected:
             raise RegistryError(DENIED, {"reason": "cross-origin request"})
         return
     referer = _header(request, "referer")
