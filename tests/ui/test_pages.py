@@ -6,6 +6,7 @@ security headers, what each user sees, and the refusals of the delete action.
 from __future__ import annotations
 
 import html
+import os
 import re
 import subprocess
 import sys
@@ -258,3 +259,36 @@ def test_cache_and_storage_pages(filled: Filled) -> None:
     assert "No garbage collection has been recorded" not in body
     assert "<dt>Mode</dt><dd>dry run</dd>" in body
     assert "<dt>Errors</dt><dd>0</dd>" in body
+
+
+def test_tags_are_sorted_by_the_date_storage_keeps(filled: Filled) -> None:
+    alice = filled.client("alice")
+    image = content.push_image(alice, "team/dates", "a")
+    status, _, manifest = alice.request(
+        "GET", f"/v2/team/dates/manifests/{image.digest}", None, {"Accept": content.OCI_MANIFEST}
+    )
+    assert status == 200
+    for tag in ("b", "c"):
+        status, _, _ = alice.request(
+            "PUT",
+            f"/v2/team/dates/manifests/{tag}",
+            manifest,
+            {"Content-Type": content.OCI_MANIFEST},
+        )
+        assert status == 201
+    # The dates are the tag links' modification times: make "a" newest, "b" oldest.
+    tags = (
+        filled.registry.workdir / "data/docker/registry/v2/repositories/team/dates/_manifests/tags"
+    )
+    for tag, when in (("a", 3_000_000_000), ("b", 1_000_000_000), ("c", 2_000_000_000)):
+        os.utime(tags / tag / "current" / "link", (when, when))
+    _, _, body = page(filled, "/ui/r/team/dates")
+    assert rows(body, "tags") == ["a", "c", "b"]
+    assert "2065-01-24 05:20:00 UTC" in body  # a's date
+    # A tag pushed through the registry is known at once (no wait for a new listing).
+    status, _, _ = alice.request(
+        "PUT", "/v2/team/dates/manifests/d", manifest, {"Content-Type": content.OCI_MANIFEST}
+    )
+    assert status == 201
+    _, _, body = page(filled, "/ui/r/team/dates")
+    assert rows(body, "tags") == ["a", "c", "d", "b"]  # c is dated 2033
