@@ -6,6 +6,7 @@ the ``<main>`` content; `page` wraps it in the shared layout.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -206,17 +207,12 @@ def _definitions(items: Sequence[tuple[str, Content]]) -> Tag:
 
 
 def _words(value: Any) -> str:
+    """An entrypoint or cmd as docker inspect shows it: the JSON array."""
     if value is None:
         return "—"
     if isinstance(value, list):
-        return json_words(value)
+        return json.dumps(value)
     return str(value)
-
-
-def json_words(value: list[Any]) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def manifest(
