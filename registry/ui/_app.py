@@ -53,6 +53,7 @@ from registry.storage.manifests import parse_reference
 from registry.storage.repositories import repository_exists
 from registry.ui import _data, _format, _pages
 from registry.ui._security import CsrfTokens, check_same_origin, set_page_headers
+from registry.ui._sizes import RepositorySizes
 from registry.ui._tagtimes import TagTimes
 
 log = Logger()
@@ -95,6 +96,11 @@ class UiApp:
     tag_times: TagTimes
     reader: _data.LocalReader = attrs.field(
         default=attrs.Factory(lambda self: _data.LocalReader.of(self.ctx), takes_self=True)
+    )
+    sizes: RepositorySizes = attrs.field(
+        default=attrs.Factory(
+            lambda self: RepositorySizes(self.ctx.driver, self.ctx.reactor), takes_self=True
+        )
     )
     csrf: CsrfTokens = attrs.field(factory=CsrfTokens)
     page_size: int = 50
@@ -158,9 +164,13 @@ class UiApp:
             [Deferred.fromCoroutine(_data.tag_count(self.ctx, n)) for n in shown],
             consumeErrors=True,
         )
+        locals_ = [_data.local_name(self.ctx, n) for n in shown]
+        sizes = await gatherResults(
+            [Deferred.fromCoroutine(self.sizes.size(n)) for n in locals_], consumeErrors=True
+        )
         rows = [
-            _data.RepositoryRow(n, _data.source_of(self.ctx, n), count)
-            for n, count in zip(shown, counts, strict=True)
+            _data.RepositoryRow(n, _data.source_of(self.ctx, n), count, size)
+            for n, count, size in zip(shown, counts, sizes, strict=True)
         ]
         more = start + self.page_size < len(visible)
         router = _data.router_of(self.ctx)

@@ -52,6 +52,7 @@ class RepositoryRow:
     name: str
     source: str | None
     tags: int
+    size: int
 
 
 async def tag_count(ctx: RegistryContext, name: str) -> int:

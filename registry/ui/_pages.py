@@ -121,12 +121,13 @@ def repositories(
     )
     table = _table(
         f"{matched} repositories",
-        ["Repository", "Source", "Tags"],
+        ["Repository", "Source", "Tags", "Size"],
         (
             [
                 tags.a(href=repo_url(row.name))(row.name),
                 f"cache: {row.source}" if row.source else "hosted",
                 str(row.tags),
+                _format.size(row.size),
             ]
             for row in rows
         ),

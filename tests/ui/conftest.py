@@ -39,6 +39,7 @@ class Filled:
     platforms: list[content.Image]
     sbom: str
     signature: str
+    db: content.Image
 
     @property
     def url(self) -> str:
@@ -72,8 +73,8 @@ def fill(registry: RegistryProcess) -> Filled:
         alice, "team/app", image.digest, content.SIGNATURE_TYPE, "sig"
     )
     content.push_image(alice, "team/lib", "1.0")
-    content.push_image(alice, "secret/db", "latest")
-    return Filled(registry, image, index, platforms, sbom, signature)
+    db = content.push_image(alice, "secret/db", "latest")
+    return Filled(registry, image, index, platforms, sbom, signature, db)
 
 
 @pytest.fixture(scope="module")

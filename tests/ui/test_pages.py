@@ -36,6 +36,20 @@ def rows(body: str, table: str) -> list[str]:
     return [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in cells]
 
 
+def row_cells(body: str, table: str, first: str) -> list[str]:
+    """The cells' text of the row of table ``table`` whose first cell reads ``first``."""
+    match = re.search(rf'<table id="{table}">.*?<tbody>(.*?)</tbody>', body, re.S)
+    assert match is not None, body
+    for row in re.findall(r"<tr>(.*?)</tr>", match.group(1), re.S):
+        cells = [
+            html.unescape(re.sub(r"<[^>]+>", "", c))
+            for c in re.findall(r"<td>(.*?)</td>", row, re.S)
+        ]
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in {table}")
+
+
 def csrf_token(body: str) -> str:
     match = re.search(r'name="csrf" value="([0-9a-f]+)"', body)
     assert match is not None, body
@@ -54,6 +68,13 @@ def test_repository_list_has_security_headers_and_every_repository_for_alice(
     assert body.startswith("<!DOCTYPE html>")
     assert rows(body, "repositories") == ["secret/db", "team/app", "team/lib"]
     assert "<caption>3 repositories</caption>" in body
+    # Tags, and the bytes a pull of its one image downloads (config and layers).
+    assert row_cells(body, "repositories", "secret/db") == [
+        "secret/db",
+        "hosted",
+        "1",
+        f"{filled.db.size} B",
+    ]
     assert "Signed in as alice" in body
 
 
