@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import bisect
 import os.path
-import shutil
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -47,11 +44,10 @@ from registry.handlers.common import (
 from registry.handlers.context import RegistryContext
 from registry.http.forwarded import origin
 from registry.ops import gcstatus
-from registry.storage import layout
-from registry.storage.driver import PathNotFoundError, StorageError
+from registry.storage.driver import StorageError
 from registry.storage.manifests import parse_reference
 from registry.storage.repositories import repository_exists
-from registry.ui import _data, _format, _pages
+from registry.ui import _data, _format, _ops, _pages
 from registry.ui._security import CsrfTokens, check_same_origin, set_page_headers
 from registry.ui._sizes import RepositorySizes
 from registry.ui._tagtimes import TagTimes
@@ -104,9 +100,9 @@ class UiApp:
     )
     csrf: CsrfTokens = attrs.field(factory=CsrfTokens)
     page_size: int = 50
-    # Uploads in progress are counted by listing every repository: remembered this long.
-    uploads_ttl: float = 30.0
-    _uploads: tuple[float, int] | None = None
+    storage_facts: _ops.StorageFacts = attrs.field(
+        default=attrs.Factory(lambda self: _ops.StorageFacts(self.ctx), takes_self=True)
+    )
 
     router = Klein()
 
@@ -339,63 +335,18 @@ class UiApp:
     async def cache(self, request: IRequest) -> bytes:
         principal = await authorize(self.ctx, request, [])
         router = _data.router_of(self.ctx)
-        rows = [_cache_row(c) for c in router.caches] if router is not None else []
+        rows = [_ops.cache_row(c) for c in router.caches] if router is not None else []
         content = _pages.cache(rows)
         return await self._render(request, "Cache", "cache", principal, content)
 
     @router.route("/storage", methods=["GET", "HEAD"])
     async def storage(self, request: IRequest) -> bytes:
         principal = await authorize(self.ctx, request, [])
-        config = self.ctx.config
-        items: list[tuple[str, str]] = [("Driver", config.storage.driver)]
-        if config.storage.driver == "filesystem":
-            root = os.path.abspath(config.storage.rootdirectory)  # noqa: ASYNC240 - no I/O
-            items.append(("Root directory", root))
-            try:
-                usage = await deferToThread(shutil.disk_usage, root)
-            except OSError:
-                items.append(("Disk", "unavailable"))
-            else:
-                items.append(
-                    (
-                        "Disk used",
-                        f"{_format.size(usage.used)} of {_format.size(usage.total)} "
-                        f"({_format.percent(usage.used, usage.total)}), "
-                        f"{_format.size(usage.free)} free",
-                    )
-                )
-        elif config.storage.driver == "s3":
-            items.append(("Bucket", config.storage.bucket))
-        names, _ = await self.ctx.catalog.list_repositories()
-        items.append(("Repositories", str(len(names))))
-        items.append(("Uploads in progress", str(await self._uploads_in_progress(names))))
-        items.append(("Deletes", "enabled" if config.storage.delete_enabled else "disabled"))
-        items.append(("Read-only mode", "on" if config.maintenance.readonly else "off"))
+        items = await self.storage_facts.items()
         status = await gcstatus.last(self.ctx.driver)
-        gc = _gc_items(status) if status is not None else None
+        gc = _ops.gc_items(status) if status is not None else None
         content = _pages.storage(items, gc)
         return await self._render(request, "Storage and operations", "storage", principal, content)
-
-    async def _uploads_in_progress(self, names: Sequence[str]) -> int:
-        now = float(self.ctx.reactor.seconds())
-        if self._uploads is not None and now - self._uploads[0] < self.uploads_ttl:
-            return self._uploads[1]
-
-        async def count(name: str) -> int:
-            try:
-                return len(await self.ctx.driver.list(layout.uploads_dir(name)))
-            except PathNotFoundError:
-                return 0
-
-        total = 0
-        for start in range(0, len(names), 64):
-            batch = names[start : start + 64]
-            counts = await gatherResults(
-                [Deferred.fromCoroutine(count(n)) for n in batch], consumeErrors=True
-            )
-            total += sum(counts)
-        self._uploads = (now, total)
-        return total
 
     @router.route("/static/<file>", methods=["GET", "HEAD"])
     def static(self, request: IRequest, file: str) -> bytes:
@@ -475,73 +426,3 @@ def _header(request: IRequest, name: str) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else value.decode("latin-1")
-
-
-def _cache_row(cache: Any) -> dict[str, Any]:
-    """What the proxy exposes of one upstream's cache (see registry.proxy.service's metrics)."""
-    stats = cache.stats
-    client = cache.client
-    requests = stats.hits + stats.misses
-    max_size = cache.config.max_size
-    rate = client.rate_limit
-    remaining = getattr(rate, "remaining", None) if rate is not None else None
-    used = cache.index.size
-    return {
-        "name": cache.name,
-        "remote": cache.config.remoteurl,
-        "items": [
-            ("Hit ratio", f"{_format.percent(stats.hits, requests)} ({stats.hits} of {requests})"),
-            ("Served from the cache", _format.size(stats.served_bytes)),
-            ("Fetched from upstream", _format.size(client.bytes_received)),
-            (
-                "Cache size",
-                f"{_format.size(used)} of {_format.size(max_size)}"
-                + (f" ({_format.percent(used, max_size)})" if max_size else "")
-                if max_size
-                else f"{_format.size(used)} (no max_size)",
-            ),
-            ("Evictions", f"{stats.evictions} ({_format.size(stats.evicted_bytes)})"),
-            ("Stale serves", str(stats.stale_served)),
-            ("Upstream errors", str(stats.upstream_errors)),
-            ("Rate limit remaining", "—" if remaining is None else str(remaining)),
-            ("Fills in flight", str(cache.active_fills)),
-        ],
-    }
-
-
-def _gc_items(status: dict[str, Any]) -> list[tuple[str, str]]:
-    def number(key: str) -> int:
-        value = status.get(key)
-        return value if isinstance(value, int) else 0
-
-    finished = status.get("finished")
-    started = status.get("started")
-    dry = bool(status.get("dry_run"))
-    items = [
-        ("Finished", _format.date(finished if isinstance(finished, int | float) else None)),
-        (
-            "Duration",
-            f"{finished - started:.1f} s"
-            if isinstance(finished, int | float) and isinstance(started, int | float)
-            else "—",
-        ),
-        (
-            "Mode",
-            ("dry run" if dry else "deleting")
-            + (", untagged too" if status.get("delete_untagged") else ""),
-        ),
-        ("Repositories scanned", str(number("repositories"))),
-    ]
-    if dry:
-        items.append(
-            (
-                "Would delete",
-                f"{number('blobs_to_delete')} blobs, {_format.size(number('bytes_to_free'))}",
-            )
-        )
-    else:
-        items.append(
-            ("Deleted", f"{number('blobs_deleted')} blobs, {_format.size(number('bytes_freed'))}")
-        )
-    items.append(("Errors", str(number("errors"))))
-    return items
