@@ -6,6 +6,8 @@ with htpasswd, a policy and deletes enabled, filled with images, an index and re
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import attrs
 import bcrypt
 import pytest
 
-from tests.e2e.harness import RegistryProcess
+from tests.e2e.harness import REPO_ROOT, RegistryProcess, write_config
 from tests.ui import content
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -89,3 +91,19 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
         assert not re.search(r"status=5\d\d", log), log[-3000:]
     finally:
         registry.stop()
+
+
+def run_gc(filled: Filled) -> None:
+    """``txregistry gc --dry-run`` over the registry's data, as an operator runs it."""
+    config = write_config(
+        filled.registry.workdir / "gc.cfg",
+        {"storage": {"rootdirectory": str(filled.registry.workdir / "data")}},
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "registry.cli", "gc", "--config", str(config), "--dry-run"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

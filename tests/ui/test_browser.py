@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.harness import REPO_ROOT
 from tests.ui import content
-from tests.ui.conftest import PASSWORDS, Filled
+from tests.ui.conftest import PASSWORDS, Filled, run_gc
 
 SCREENSHOTS = REPO_ROOT / "docs" / "ui"
 WAIT = 10.0
@@ -204,9 +204,11 @@ def test_delete_a_tag_as_alice_and_be_refused_as_bob(browser: Any, filled: Fille
 def test_cache_and_storage_pages(browser: Any, filled: Filled) -> None:
     from selenium.webdriver.common.by import By
 
+    run_gc(filled)
     sign_in(browser, "alice")
     browser.get(f"{filled.url}/ui/storage")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Storage and operations"
+    assert "Mode\ndry run" in browser.find_element(By.TAG_NAME, "main").text
     screenshot(browser, "storage")
     browser.find_element(By.LINK_TEXT, "Cache").click()
     wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Cache")

@@ -8,13 +8,10 @@ from __future__ import annotations
 import html
 import os
 import re
-import subprocess
-import sys
 from urllib.parse import quote, urlencode
 
-from tests.e2e.harness import REPO_ROOT, write_config
 from tests.ui import content
-from tests.ui.conftest import Filled
+from tests.ui.conftest import Filled, run_gc
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -264,18 +261,7 @@ def test_cache_and_storage_pages(filled: Filled) -> None:
     assert "<dt>Driver</dt><dd>filesystem</dd>" in body
     assert "<dt>Deletes</dt><dd>enabled</dd>" in body
     # A gc run (the command line, over the same data) is shown afterwards.
-    config = write_config(
-        filled.registry.workdir / "gc.cfg",
-        {"storage": {"rootdirectory": str(filled.registry.workdir / "data")}},
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "registry.cli", "gc", "--config", str(config), "--dry-run"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    run_gc(filled)
     _, _, body = page(filled, "/ui/storage")
     assert "No garbage collection has been recorded" not in body
     assert "<dt>Mode</dt><dd>dry run</dd>" in body
