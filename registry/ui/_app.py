@@ -98,7 +98,9 @@ class UiApp:
             lambda self: RepositorySizes(self.ctx.driver, self.ctx.reactor), takes_self=True
         )
     )
-    csrf: CsrfTokens = attrs.field(factory=CsrfTokens)
+    csrf: CsrfTokens = attrs.field(
+        default=attrs.Factory(lambda self: CsrfTokens(self.ctx.driver), takes_self=True)
+    )
     page_size: int = 50
     storage_facts: _ops.StorageFacts = attrs.field(
         default=attrs.Factory(lambda self: _ops.StorageFacts(self.ctx), takes_self=True)
@@ -217,7 +219,7 @@ class UiApp:
             ],
             consumeErrors=True,
         )
-        token = self.csrf.token(principal) if await self._may_delete(request, name) else None
+        token = await self.csrf.token(principal) if await self._may_delete(request, name) else None
         path = _pages.repo_url(name)
         prev_href = (
             _href(path, q=text, offset=max(0, offset - self.page_size) or None) if offset else ""
@@ -259,7 +261,7 @@ class UiApp:
             layers = _data.layers_with_history(parsed, config)
             subject = str(parsed.subject.digest) if parsed.subject is not None else None
         referrers = await self.ctx.referrers.list_referrers(name, stored.digest)
-        token = self.csrf.token(principal) if await self._may_delete(request, name) else None
+        token = await self.csrf.token(principal) if await self._may_delete(request, name) else None
         host = origin(request).host or "localhost"
         content = _pages.manifest(
             name,
@@ -312,7 +314,7 @@ class UiApp:
         check_same_origin(request)
         principal = await authorize(self.ctx, request, [repository(name, DELETE)])
         form = _form(request)
-        self.csrf.check(principal, form.get("csrf"))
+        await self.csrf.check(principal, form.get("csrf"))
         refuse_if_delete_disabled(self.ctx)
         reference = form.get("reference", "")
         ref = parse_reference(reference)

@@ -5,9 +5,9 @@ state-changing request (a delete) must pass.
 * A Content Security Policy that allows only the UI's own script and stylesheet (no inline
   code, no other origin), no framing, forms posting only here.
 * A delete is a POST that must come from this origin (``Origin``, or ``Referer`` when a browser
-  sends no ``Origin``) and carry a CSRF token: an HMAC of the user's name under a key made at
-  start-up, so a page of another site can neither read it nor forge it.  Tokens end with the
-  process (a restart asks the person to reload the page).
+  sends no ``Origin``) and carry a CSRF token: an HMAC of the user's name under a random key
+  kept in storage, so a page of another site can neither read it nor forge it, while every
+  instance sharing the storage accepts it (behind a load balancer, across restarts).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from twisted.web.iweb import IRequest
 from registry.api.errors import DENIED, RegistryError
 from registry.auth.interfaces import Principal
 from registry.http.forwarded import origin
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver, PathNotFoundError
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -74,14 +76,36 @@ def check_same_origin(request: IRequest) -> None:
     raise RegistryError(DENIED, {"reason": "the request's origin could not be verified"})
 
 
+# The key CSRF tokens are made with, kept in storage so that every instance sharing it (and
+# the next start) accepts the tokens of the others.
+KEY_PATH = f"{layout.OWN}/ui/csrf-key"
+KEY_SIZE = 32
+
+
 @attrs.define
 class CsrfTokens:
-    key: bytes = attrs.field(factory=lambda: os.urandom(32))
+    driver: IStorageDriver
+    _key: bytes | None = None
 
-    def token(self, principal: Principal) -> str:
+    async def _load(self) -> bytes:
+        if self._key is not None:
+            return self._key
+        try:
+            key = await self.driver.get_content(KEY_PATH)
+        except PathNotFoundError:
+            key = b""
+        if len(key) < KEY_SIZE:
+            await self.driver.put_content(KEY_PATH, os.urandom(KEY_SIZE))
+            # Read back: when two instances start at once, both end up with the last one.
+            key = await self.driver.get_content(KEY_PATH)
+        self._key = key
+        return key
+
+    async def token(self, principal: Principal) -> str:
         subject = (principal.name or "").encode("utf-8")
-        return hmac.new(self.key, b"ui-delete\0" + subject, hashlib.sha256).hexdigest()
+        key = await self._load()
+        return hmac.new(key, b"ui-delete\0" + subject, hashlib.sha256).hexdigest()
 
-    def check(self, principal: Principal, token: str | None) -> None:
-        if not token or not hmac.compare_digest(token, self.token(principal)):
+    async def check(self, principal: Principal, token: str | None) -> None:
+        if not token or not hmac.compare_digest(token, await self.token(principal)):
             raise RegistryError(DENIED, {"reason": "missing or invalid CSRF token"})

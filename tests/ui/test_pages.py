@@ -299,3 +299,15 @@ def test_tags_are_sorted_by_the_date_storage_keeps(filled: Filled) -> None:
     assert status == 201
     _, _, body = page(filled, "/ui/r/team/dates")
     assert rows(body, "tags") == ["a", "c", "d", "b"]  # c is dated 2033
+
+
+def test_a_delete_token_is_accepted_after_a_restart(filled: Filled) -> None:
+    """The key is kept in storage: another instance (or this one restarted) accepts it."""
+    content.push_image(filled.client("alice"), "team/lib", "later")
+    _, _, body = page(filled, "/ui/r/team/lib")
+    token = csrf_token(body)
+    filled.registry.stop()
+    filled.registry.start()
+    status, _, answer = _post_delete(filled, "alice", "later", token, filled.url)
+    assert status == 303, answer
+    assert not _tag_exists(filled, "later")
