@@ -396,13 +396,15 @@ class UiApp:
     def unexpected_error(self, request: IRequest, failure: Failure) -> Deferred[bytes] | bytes:
         if failure.check(CancelledError):
             return b""
-        if not failure.check(StorageError):
-            log.failure(
-                "ui: unexpected error on {method} {uri}",
-                failure,
-                method=request.method.decode("latin-1"),
-                uri=request.uri.decode("latin-1")[:300],
-            )
+        # Storage trouble (503) and anything unforeseen (500) are logged, as the API does.
+        what = "storage failure" if failure.check(StorageError) else "unexpected error"
+        log.failure(
+            "ui: {what} on {method} {uri}",
+            failure,
+            what=what,
+            method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1")[:300],
+        )
         return Deferred.fromCoroutine(self._error_page(request, error_for(failure.value)))
 
 
