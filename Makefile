@@ -18,9 +18,10 @@ run: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(BIN)/twistd --nodaemon --pidfile= registry --config tap.cfg
 
 # System tools the interoperability tests drive (skopeo, registry:2 from Debian's
-# docker-registry package, nginx for the reverse-proxy example); installed when missing and we
-# are allowed to.  COMMAND:PACKAGE where the package is named otherwise (nginx from nginx-light).
-TOOLS := skopeo docker-registry curl nginx:nginx-light
+# docker-registry package, nginx for the reverse-proxy example, Chromium for the web UI's
+# browser tests); installed when missing and we are allowed to.  COMMAND:PACKAGE where the
+# package is named otherwise (nginx from nginx-light).
+TOOLS := skopeo docker-registry curl nginx:nginx-light chromium chromedriver:chromium-driver
 BENCH_TOOLS := $(TOOLS) wrk hey
 
 tools:

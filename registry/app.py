@@ -15,6 +15,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from registry.api.errors import (
@@ -34,6 +35,7 @@ from registry.http.routes import Kind, Route, parse_route
 from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError, StorageError
+from registry.ui import ui_resource
 
 log = Logger()
 
@@ -78,6 +80,8 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 class RegistryApp:
     ctx: RegistryContext
     handlers: dict[tuple[Kind, bytes], Handler] = attrs.field(factory=lambda: dict(HANDLERS))
+    # The web UI (registry.ui) mounted under /ui/, None when ``[ui] enabled = false``.
+    web_ui: IResource | None = None
 
     router = Klein()
 
@@ -88,6 +92,18 @@ class RegistryApp:
     @router.route("/v2/<path:rest>", methods=_METHODS)
     async def v2(self, request: IRequest, rest: str) -> bytes | None:
         return await self._dispatch(request, rest)
+
+    @router.route("/ui/", branch=True, methods=["GET", "HEAD", "POST"])
+    def ui(self, request: IRequest) -> Any:
+        """The web UI (registry/ui), when ``[ui] enabled``."""
+        if self.web_ui is None:
+            raise RegistryError(NOT_FOUND, {"path": "/ui/"}, "the web UI is disabled")
+        return self.web_ui
+
+    @router.route("/ui", methods=["GET", "HEAD"])
+    def ui_root(self, request: IRequest) -> bytes:
+        request.redirect(b"/ui/")
+        return b""
 
     @router.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
@@ -182,7 +198,7 @@ class RegistryApp:
 def make_site(
     ctx: RegistryContext, after_request: Callable[[int], None] | None = None
 ) -> RegistrySite:
-    app = RegistryApp(ctx)
+    app = RegistryApp(ctx, web_ui=ui_resource(ctx) if ctx.config.ui.enabled else None)
 
     def sink_factory(
         request: RegistryRequest, method: bytes, uri: bytes, length: int | None

@@ -34,6 +34,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import provider
 
 from registry.config import Config, ConfigError, load, parse_duration
+from registry.ops import gcstatus
 from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, GCStats, describe_error
 from registry.ops.progress import (
     CountingDriver,
@@ -46,7 +47,7 @@ from registry.ops.purge import purge_uploads
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import ENTRIES_DIR, Catalog, name_of_entry
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.factory import build_driver
 from registry.storage.manifests import ManifestStore
 
@@ -233,7 +234,8 @@ async def run_gc(
         concurrency=args.concurrency,
     )
     started = time.monotonic()
-    collector = GarbageCollector(driver, options, time.time())
+    started_at = time.time()
+    collector = GarbageCollector(driver, options, started_at)
     reporter = _reporter(reactor, args, term, lambda: gc_progress(collector.stats))
     try:
         await collector.run()
@@ -248,6 +250,11 @@ async def run_gc(
         for digest in collector.candidates:
             term.progress(f"gc: would delete blob {digest}")
     stats = collector.stats
+    # For the web UI's storage page; a failure to record must not fail the run.
+    try:
+        await gcstatus.record(driver, options, stats, started_at, time.time())
+    except StorageError as exc:
+        term.progress(f"gc: could not record the run's status: {exc}")
     for line in gc_summary(stats, args.dry_run, args.delete_untagged, time.monotonic() - started):
         term.summary(line)
     return EXIT_FAILED if stats.errors else EXIT_OK

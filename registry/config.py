@@ -205,6 +205,12 @@ class TokenConfig:
 
 
 @attrs.frozen
+class UiConfig:
+    # The web UI under /ui/ (registry/ui), same process, same authentication.
+    enabled: bool = key(True, parse_bool)
+
+
+@attrs.frozen
 class Config:
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
@@ -215,6 +221,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     auth_htpasswd: HtpasswdConfig = HtpasswdConfig()
     auth_token: TokenConfig = TokenConfig()
+    ui: UiConfig = UiConfig()
     # Sections whose names are not fixed (``[proxy:NAME]``), raw, parsed by their owners.
     extra: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
@@ -229,6 +236,7 @@ SECTIONS: dict[str, type[Any]] = {
     "auth": AuthConfig,
     "auth.htpasswd": HtpasswdConfig,
     "auth.token": TokenConfig,
+    "ui": UiConfig,
 }
 # Sections parsed by their owners (one per upstream); kept raw in Config.extra.
 OPEN_SECTIONS = re.compile(r"proxy:[a-z0-9._-]+")

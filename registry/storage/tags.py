@@ -7,7 +7,7 @@ digest the tag ever pointed at (registry:2 writes it; its garbage collector read
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import attrs
 from zope.interface import Attribute, Interface, implementer
@@ -40,6 +40,13 @@ class TagStore:
     driver: IStorageDriver
     # Bound on ``n`` (None: no bound); larger requests get a shorter page and a Link.
     max_page: int | None = None
+    # Called with (repository, tag, digest or None when removed) after each change made through
+    # this store, so in-process indexes (the UI's tag dates) stay current without rescans.
+    observers: list[Callable[[str, str, Digest | None], None]] = attrs.field(factory=list)
+
+    def _notify(self, name: str, tag: str, digest: Digest | None) -> None:
+        for observer in self.observers:
+            observer(name, tag, digest)
 
     async def resolve(self, name: str, tag: str) -> Digest | None:
         """The digest ``tag`` points at, or None when there is no such tag."""
@@ -58,6 +65,7 @@ class TagStore:
         data = str(digest).encode()
         await self.driver.put_content(layout.tag_index_link(name, tag, digest), data)
         await self.driver.put_content(layout.tag_current_link(name, tag), data)
+        self._notify(name, tag, digest)
 
     async def remove(self, name: str, tag: str) -> bool:
         """Delete the tag's folder; False when there was no such tag."""
@@ -65,6 +73,7 @@ class TagStore:
             await self.driver.delete(layout.tag_dir(name, tag))
         except PathNotFoundError:
             return False
+        self._notify(name, tag, None)
         return True
 
     async def all_tags(self, name: str) -> list[str]:

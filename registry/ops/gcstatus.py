@@ -1,0 +1,44 @@
+"""
+The last garbage collection, as a small JSON file the web UI shows
+(``txregistry/gc/last.json``; registry:2 ignores the folder).  Written by ``txregistry gc`` at
+the end of each run, dry runs included.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from registry.ops.gc import GCOptions, GCStats
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+
+STATUS_PATH = f"{layout.OWN}/gc/last.json"
+
+
+async def record(
+    driver: IStorageDriver, options: GCOptions, stats: GCStats, started: float, finished: float
+) -> None:
+    status = {
+        "started": started,
+        "finished": finished,
+        "dry_run": options.dry_run,
+        "delete_untagged": options.delete_untagged,
+        "repositories": stats.repositories_scanned,
+        "blobs_deleted": stats.blobs_deleted,
+        "bytes_freed": stats.bytes_freed,
+        "blobs_to_delete": stats.blobs_to_delete,
+        "bytes_to_free": stats.bytes_to_free,
+        "manifests_deleted": stats.revisions_deleted,
+        "errors": len(stats.errors),
+    }
+    await driver.put_content(STATUS_PATH, json.dumps(status, sort_keys=True).encode())
+
+
+async def last(driver: IStorageDriver) -> dict[str, Any] | None:
+    """The recorded status, or None when no run was recorded (or the file is unreadable)."""
+    try:
+        status = json.loads(await driver.get_content(STATUS_PATH))
+    except (PathNotFoundError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None

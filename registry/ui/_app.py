@@ -1,0 +1,432 @@
+"""
+The UI's routes, under ``/ui/`` (mounted by `registry.app`):
+
+    /ui/                                   repositories (?q= substring, ?source=, ?last=)
+    /ui/r/<name>                           a repository's tags, newest first (?q=, ?offset=)
+    /ui/r/<name>/-/manifest/<reference>    a manifest or index (tag or digest)
+    /ui/r/<name>/-/layer/<digest>          a layer (?manifest= the image it was reached from)
+    /ui/r/<name>/-/delete                  POST: delete a tag or manifest
+    /ui/cache   /ui/storage                the pull-through caches; storage and operations
+    /ui/static/<file>                      the stylesheet and script
+
+``-`` cannot be a component of a repository name, so ``/-/`` splits name from action.  Every
+page authenticates like the API (a 401 carries the same challenge, so a browser asks for Basic
+credentials) and every repository is checked with the API's access controller: pull to view,
+delete to delete; the list shows only what the caller may pull.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os.path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.template import Tag, flattenString
+from werkzeug.exceptions import HTTPException
+
+from registry.api.digests import Digest
+from registry.api.errors import NAME_UNKNOWN, NOT_FOUND, UNSUPPORTED, RegistryError
+from registry.api.names import is_valid_name
+from registry.auth.interfaces import DELETE, PULL, Principal, repository
+from registry.handlers.common import (
+    authorize,
+    error_for,
+    query,
+    refuse_if_delete_disabled,
+)
+from registry.handlers.context import RegistryContext
+from registry.http.forwarded import origin
+from registry.ops import gcstatus
+from registry.storage.driver import StorageError
+from registry.storage.manifests import parse_reference
+from registry.storage.repositories import repository_exists
+from registry.ui import _data, _format, _ops, _pages
+from registry.ui._security import CsrfTokens, check_same_origin, set_page_headers
+from registry.ui._sizes import RepositorySizes
+from registry.ui._tagtimes import TagTimes
+
+log = Logger()
+
+_STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+def _load_static() -> dict[str, tuple[bytes, str]]:
+    files = {}
+    for entry in sorted(os.listdir(_STATIC_DIR)):
+        kind = _STATIC_TYPES.get(os.path.splitext(entry)[1])
+        if kind is not None:
+            with open(os.path.join(_STATIC_DIR, entry), "rb") as file:
+                files[entry] = (file.read(), kind)
+    return files
+
+
+_STATIC = _load_static()
+
+
+def _int(value: str | None, default: int = 0) -> int:
+    if value is None or not value.isdigit() or len(value) > 9:
+        return default
+    return int(value)
+
+
+def _href(path: str, **params: str | int | None) -> str:
+    kept = {k: str(v) for k, v in params.items() if v not in (None, "")}
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
+def _not_found(what: str) -> RegistryError:
+    return RegistryError(NOT_FOUND, {"path": what[:300]}, "no such page")
+
+
+@attrs.define
+class UiApp:
+    ctx: RegistryContext
+    tag_times: TagTimes
+    reader: _data.LocalReader = attrs.field(
+        default=attrs.Factory(lambda self: _data.LocalReader.of(self.ctx), takes_self=True)
+    )
+    sizes: RepositorySizes = attrs.field(
+        default=attrs.Factory(
+            lambda self: RepositorySizes(self.ctx.driver, self.ctx.reactor), takes_self=True
+        )
+    )
+    csrf: CsrfTokens = attrs.field(
+        default=attrs.Factory(lambda self: CsrfTokens(self.ctx.driver), takes_self=True)
+    )
+    page_size: int = 50
+    storage_facts: _ops.StorageFacts = attrs.field(
+        default=attrs.Factory(lambda self: _ops.StorageFacts(self.ctx), takes_self=True)
+    )
+
+    router = Klein()
+
+    # -- rendering
+
+    async def _render(
+        self,
+        request: IRequest,
+        title: str,
+        active: str,
+        principal: Principal | None,
+        content: Any,
+        status: int = 200,
+    ) -> bytes:
+        request.setResponseCode(status)
+        set_page_headers(request)
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        user = principal.name if principal is not None else None
+        tree: Tag = _pages.page(title, active, user, content)
+        body: bytes = await flattenString(request, tree)
+        return b"<!DOCTYPE html>\n" + body
+
+    # -- access
+
+    async def _may_delete(self, request: IRequest, name: str) -> bool:
+        if self.ctx.config.maintenance.readonly or not self.ctx.config.storage.delete_enabled:
+            return False
+        if _data.source_of(self.ctx, name) is not None:
+            return False  # cached content is the upstream's: deletes are refused
+        try:
+            await self.ctx.access.authorize(request, [repository(name, DELETE)])
+        except RegistryError:
+            return False
+        return True
+
+    # -- pages
+
+    @router.route("/", methods=["GET", "HEAD"])
+    async def repositories(self, request: IRequest) -> bytes:
+        principal = await authorize(self.ctx, request, [])
+        text = query(request, "q") or ""
+        source = query(request, "source") or ""
+        last = query(request, "last") or ""
+        names, _ = await self.ctx.catalog.list_repositories()
+        may_pull = self.ctx.access.may_pull
+        visible = [n for n in names if text in n and may_pull(principal, n)]
+        if source:
+            wanted = None if source == "hosted" else source
+            visible = [n for n in visible if _data.source_of(self.ctx, n) == wanted]
+        start = 0
+        if last:
+            start = bisect.bisect_right(visible, last)
+        shown = visible[start : start + self.page_size]
+        counts = await gatherResults(
+            [Deferred.fromCoroutine(_data.tag_count(self.ctx, n)) for n in shown],
+            consumeErrors=True,
+        )
+        locals_ = [_data.local_name(self.ctx, n) for n in shown]
+        sizes = await gatherResults(
+            [Deferred.fromCoroutine(self.sizes.size(n)) for n in locals_], consumeErrors=True
+        )
+        rows = [
+            _data.RepositoryRow(n, _data.source_of(self.ctx, n), count, size)
+            for n, count, size in zip(shown, counts, sizes, strict=True)
+        ]
+        more = start + self.page_size < len(visible)
+        router = _data.router_of(self.ctx)
+        sources = [str(c.name) for c in router.caches] if router is not None else []
+        content = _pages.repositories(
+            rows,
+            len(visible),
+            text,
+            source,
+            sources,
+            _href("/ui/", q=text, source=source, last=shown[-1]) if more and shown else "",
+            _href("/ui/", q=text, source=source) if last else "",
+        )
+        return await self._render(request, "Repositories", "repositories", principal, content)
+
+    @router.route("/r/<path:rest>", methods=["GET", "HEAD", "POST"])
+    async def repository_pages(self, request: IRequest, rest: str) -> bytes | None:
+        name, _, action = rest.partition("/-/")
+        if not is_valid_name(name):
+            raise _not_found(rest)
+        if request.method == b"POST":
+            if action != "delete":
+                raise RegistryError(UNSUPPORTED, {"method": "POST"}, "method not allowed")
+            return await self._delete(request, name)
+        if not action:
+            return await self._repository(request, name)
+        kind, _, reference = action.partition("/")
+        if kind == "manifest" and reference:
+            return await self._manifest(request, name, reference)
+        if kind == "layer" and reference:
+            return await self._layer(request, name, reference)
+        raise _not_found(rest)
+
+    async def _repository(self, request: IRequest, name: str) -> bytes:
+        principal = await authorize(self.ctx, request, [repository(name, PULL)])
+        local = _data.local_name(self.ctx, name)
+        ordered, dates = await self.tag_times.newest_first(local)
+        if not ordered and not await repository_exists(self.ctx.driver, local):
+            raise RegistryError(NAME_UNKNOWN, {"name": name})
+        text = query(request, "q") or ""
+        matching = [t for t in ordered if text in t] if text else ordered
+        offset = _int(query(request, "offset"))
+        shown = matching[offset : offset + self.page_size]
+        rows = await gatherResults(
+            [
+                Deferred.fromCoroutine(_data.tag_row(self.reader, local, t, dates.get(t)))
+                for t in shown
+            ],
+            consumeErrors=True,
+        )
+        token = await self.csrf.token(principal) if await self._may_delete(request, name) else None
+        path = _pages.repo_url(name)
+        prev_href = (
+            _href(path, q=text, offset=max(0, offset - self.page_size) or None) if offset else ""
+        )
+        next_href = (
+            _href(path, q=text, offset=offset + self.page_size)
+            if offset + self.page_size < len(matching)
+            else ""
+        )
+        deleted = query(request, "deleted")
+        content = _pages.repository(
+            name,
+            _data.source_of(self.ctx, name),
+            rows,
+            len(matching),
+            text,
+            prev_href,
+            next_href,
+            token,
+            f"Deleted {deleted}." if deleted else None,
+        )
+        return await self._render(request, name, "repositories", principal, content)
+
+    async def _manifest(self, request: IRequest, name: str, reference: str) -> bytes:
+        principal = await authorize(self.ctx, request, [repository(name, PULL)])
+        ref = parse_reference(reference)
+        stored = await self.ctx.manifests.get(name, reference)
+        parsed = _data.parse_stored(stored.body)
+        platforms: list[tuple[str, str, str, int]] = []
+        config = None
+        layers: list[_data.Layer] = []
+        subject = None
+        if parsed is not None:
+            platforms = [
+                (_format.platform(c.platform), str(c.digest), c.media_type, c.size)
+                for c in parsed.manifests
+            ]
+            config = await _data.read_config(self.reader.blobs, parsed)
+            layers = _data.layers_with_history(parsed, config)
+            subject = str(parsed.subject.digest) if parsed.subject is not None else None
+        referrers = await self.ctx.referrers.list_referrers(name, stored.digest)
+        token = await self.csrf.token(principal) if await self._may_delete(request, name) else None
+        host = origin(request).host or "localhost"
+        content = _pages.manifest(
+            name,
+            reference,
+            str(stored.digest),
+            stored.media_type,
+            stored.size,
+            host,
+            ref if isinstance(ref, str) else None,
+            platforms,
+            config,
+            layers,
+            _data.group_referrers(referrers),
+            subject,
+            token,
+        )
+        title = (
+            f"{name}:{ref}" if isinstance(ref, str) else f"{name}@{_format.short_digest(str(ref))}"
+        )
+        return await self._render(request, title, "repositories", principal, content)
+
+    async def _layer(self, request: IRequest, name: str, reference: str) -> bytes:
+        principal = await authorize(self.ctx, request, [repository(name, PULL)])
+        digest = Digest.parse(reference)
+        media_type, size, created_by, position = "", None, None, None
+        manifest_ref = query(request, "manifest") or ""
+        if manifest_ref:
+            stored = await self.ctx.manifests.get(name, Digest.parse(manifest_ref))
+            parsed = _data.parse_stored(stored.body)
+            if parsed is not None:
+                config = await _data.read_config(self.reader.blobs, parsed)
+                for i, layer in enumerate(_data.layers_with_history(parsed, config)):
+                    if layer.digest == digest:
+                        media_type, size, created_by = (
+                            layer.media_type,
+                            layer.size,
+                            layer.created_by,
+                        )
+                        position = i + 1
+                        break
+        if size is None:
+            size = (await self.ctx.blobs.stat(name, digest)).size
+        content = _pages.layer(
+            name, manifest_ref, str(digest), media_type, size, created_by, position
+        )
+        title = f"Layer {_format.short_digest(str(digest))}"
+        return await self._render(request, title, "repositories", principal, content)
+
+    async def _delete(self, request: IRequest, name: str) -> bytes | None:
+        check_same_origin(request)
+        principal = await authorize(self.ctx, request, [repository(name, DELETE)])
+        form = _form(request)
+        await self.csrf.check(principal, form.get("csrf"))
+        refuse_if_delete_disabled(self.ctx)
+        reference = form.get("reference", "")
+        ref = parse_reference(reference)
+        if isinstance(ref, Digest):
+            await self.ctx.manifests.delete(name, ref)
+        else:
+            await self.ctx.manifests.untag(name, ref)
+        log.info(
+            "ui: {user!r} deleted {name}:{reference}",
+            user=principal.name,
+            name=name,
+            reference=reference,
+        )
+        request.setResponseCode(303)
+        set_page_headers(request)
+        request.setHeader("Location", _href(_pages.repo_url(name), deleted=reference))
+        return b""
+
+    @router.route("/cache", methods=["GET", "HEAD"])
+    async def cache(self, request: IRequest) -> bytes:
+        principal = await authorize(self.ctx, request, [])
+        router = _data.router_of(self.ctx)
+        rows = [_ops.cache_row(c) for c in router.caches] if router is not None else []
+        content = _pages.cache(rows)
+        return await self._render(request, "Cache", "cache", principal, content)
+
+    @router.route("/storage", methods=["GET", "HEAD"])
+    async def storage(self, request: IRequest) -> bytes:
+        principal = await authorize(self.ctx, request, [])
+        items = await self.storage_facts.items()
+        status = await gcstatus.last(self.ctx.driver)
+        gc = _ops.gc_items(status) if status is not None else None
+        content = _pages.storage(items, gc)
+        return await self._render(request, "Storage and operations", "storage", principal, content)
+
+    @router.route("/static/<file>", methods=["GET", "HEAD"])
+    def static(self, request: IRequest, file: str) -> bytes:
+        found = _STATIC.get(file)
+        if found is None:
+            raise _not_found(file)
+        body, kind = found
+        set_page_headers(request, cache="public, max-age=3600")
+        request.setHeader("Content-Type", kind)
+        return body
+
+    # -- errors, rendered as pages (with the API's status codes and challenges)
+
+    async def _error_page(self, request: IRequest, error: RegistryError) -> bytes:
+        for name, value in error.headers.items():
+            request.setHeader(name, value)
+        title = {401: "Sign in required", 403: "Access denied", 404: "Not found"}.get(
+            error.status, "Error"
+        )
+        detail = error.detail if isinstance(error.detail, str) else None
+        if isinstance(error.detail, dict) and "reason" in error.detail:
+            detail = str(error.detail["reason"])
+        elif isinstance(error.detail, dict) and isinstance(error.detail.get("denied"), list):
+            detail = "Not granted: " + " ".join(map(str, error.detail["denied"]))
+        content = _pages.error(error.message, detail)
+        return await self._render(request, title, "", None, content, status=error.status)
+
+    @router.handle_errors(RegistryError)
+    def registry_error(self, request: IRequest, failure: Failure) -> Deferred[bytes]:
+        error = failure.value
+        assert isinstance(error, RegistryError)
+        return Deferred.fromCoroutine(self._error_page(request, error))
+
+    @router.handle_errors(HTTPException)
+    def routing_error(self, request: IRequest, failure: Failure) -> Deferred[bytes]:
+        status = getattr(failure.value, "code", 404) or 404
+        error = (
+            RegistryError(UNSUPPORTED, {"method": "?"}, "method not allowed", status=405)
+            if status == 405
+            else _not_found(request.uri.decode("latin-1"))
+        )
+        return Deferred.fromCoroutine(self._error_page(request, error))
+
+    @router.handle_errors(Exception)
+    def unexpected_error(self, request: IRequest, failure: Failure) -> Deferred[bytes] | bytes:
+        if failure.check(CancelledError):
+            return b""
+        # Storage trouble (503) and anything unforeseen (500) are logged, as the API does.
+        what = "storage failure" if failure.check(StorageError) else "unexpected error"
+        log.failure(
+            "ui: {what} on {method} {uri}",
+            failure,
+            what=what,
+            method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1")[:300],
+        )
+        return Deferred.fromCoroutine(self._error_page(request, error_for(failure.value)))
+
+
+# A delete form is two short fields; anything longer is not one of ours.
+_MAX_FORM = 8 * 1024
+
+
+def _form(request: IRequest) -> dict[str, str]:
+    """The fields of an ``application/x-www-form-urlencoded`` body (first value of each)."""
+    kind = (_header(request, "content-type") or "").split(";", 1)[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded" or request.content is None:
+        return {}
+    request.content.seek(0)
+    data = request.content.read(_MAX_FORM + 1)
+    if len(data) > _MAX_FORM:
+        return {}
+    fields = parse_qs(data.decode("utf-8", "replace"), keep_blank_values=True)
+    return {key: values[0] for key, values in fields.items() if values}
+
+
+def _header(request: IRequest, name: str) -> str | None:
+    value = request.getHeader(name)
+    if value is None:
+        return None
+    return value if isinstance(value, str) else value.decode("latin-1")

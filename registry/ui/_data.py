@@ -1,0 +1,176 @@
+"""
+What the pages show, read through the registry's own stores (catalog index, tag links,
+manifest and config blobs, referrers index): nothing is copied, and a page reads only the rows
+it shows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from registry.api.digests import Digest
+from registry.api.errors import RegistryError
+from registry.handlers.context import RegistryContext
+from registry.manifests import DEFAULT_URL_POLICY, ParsedManifest, parse_manifest
+from registry.proxy.routing import ProxyRouter
+from registry.storage import layout
+from registry.storage.blobs import BlobStore
+from registry.storage.driver import PathNotFoundError, StorageError
+from registry.storage.tags import TagStore
+from registry.ui import _format
+
+# The largest config blob read to show an image's settings (real ones are a few KiB).
+MAX_CONFIG_SIZE = 1024 * 1024
+
+
+def router_of(ctx: RegistryContext) -> ProxyRouter | None:
+    """The pull-through caches' router, when upstreams are configured."""
+    rewriter = ctx.route_rewriter
+    return rewriter if isinstance(rewriter, ProxyRouter) else None
+
+
+def source_of(ctx: RegistryContext, name: str) -> str | None:
+    """The upstream a repository is cached from, or None for a hosted repository."""
+    router = router_of(ctx)
+    if router is None:
+        return None
+    routed = router.route(name)
+    return None if routed is None else str(routed.cache.name)
+
+
+def local_name(ctx: RegistryContext, name: str) -> str:
+    router = router_of(ctx)
+    return name if router is None else str(router.local_name(name))
+
+
+@attrs.frozen
+class RepositoryRow:
+    name: str
+    source: str | None
+    tags: int
+    size: int
+
+
+async def tag_count(ctx: RegistryContext, name: str) -> int:
+    try:
+        return len(await ctx.driver.list(layout.tags_dir(local_name(ctx, name))))
+    except PathNotFoundError:
+        return 0
+
+
+@attrs.frozen
+class TagRow:
+    tag: str
+    digest: Digest | None
+    media_type: str
+    size: int | None
+    platforms: tuple[str, ...]
+    date: float | None
+
+
+def parse_stored(body: bytes) -> ParsedManifest | None:
+    try:
+        return parse_manifest(body, None, DEFAULT_URL_POLICY)
+    except RegistryError:
+        return None
+
+
+async def read_config(blobs: BlobStore, manifest: ParsedManifest) -> dict[str, Any] | None:
+    """An image's config JSON when it is stored here (a cache may not have it yet)."""
+    config = manifest.config
+    if config is None or config.size > MAX_CONFIG_SIZE:
+        return None
+    try:
+        body = await blobs.get_small(config.digest)
+        document = json.loads(body)
+    except (RegistryError, StorageError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def image_size(manifest: ParsedManifest) -> int:
+    """What a pull downloads: config and layers (compressed)."""
+    total = manifest.config.size if manifest.config is not None else 0
+    return total + sum(layer.size for layer in manifest.layers)
+
+
+def index_platforms(manifest: ParsedManifest) -> tuple[str, ...]:
+    return tuple(
+        _format.platform(child.platform)
+        for child in manifest.manifests
+        if child.platform and child.platform.get("os") != "unknown"
+    )
+
+
+@attrs.frozen
+class LocalReader:
+    """
+    What is stored here, read with the registry's own store logic over its driver: a tag's
+    link, a manifest's or config's bytes.  The repository page uses it so that listing a
+    cached repository shows what is cached without asking the upstream once per row.
+    """
+
+    tags: TagStore
+    blobs: BlobStore
+
+    @classmethod
+    def of(cls, ctx: RegistryContext) -> LocalReader:
+        return cls(TagStore(ctx.driver), BlobStore(ctx.driver))
+
+
+async def tag_row(reader: LocalReader, local: str, tag: str, date: float | None) -> TagRow:
+    digest = await reader.tags.resolve(local, tag)
+    if digest is None:
+        return TagRow(tag, None, "", None, (), date)
+    try:
+        body = await reader.blobs.get_small(digest)
+    except RegistryError:
+        return TagRow(tag, digest, "", None, (), date)
+    manifest = parse_stored(body)
+    if manifest is None:
+        return TagRow(tag, digest, "", len(body), (), date)
+    if manifest.kind == "index":
+        return TagRow(tag, digest, manifest.media_type, len(body), index_platforms(manifest), date)
+    config = await read_config(reader.blobs, manifest)
+    platforms = (_format.platform(config),) if config and config.get("os") else ()
+    return TagRow(tag, digest, manifest.media_type, image_size(manifest), platforms, date)
+
+
+@attrs.frozen
+class Layer:
+    media_type: str
+    digest: Digest
+    size: int
+    created_by: str | None
+
+
+def layers_with_history(manifest: ParsedManifest, config: Mapping[str, Any] | None) -> list[Layer]:
+    """Each layer with the history step that made it (steps with ``empty_layer`` made none)."""
+    steps: list[str | None] = []
+    history = config.get("history") if config else None
+    if isinstance(history, list):
+        for step in history:
+            if isinstance(step, dict) and not step.get("empty_layer"):
+                created = step.get("created_by")
+                steps.append(str(created) if created is not None else None)
+    return [
+        Layer(
+            layer.media_type,
+            layer.digest,
+            layer.size,
+            steps[i] if i < len(steps) and len(steps) == len(manifest.layers) else None,
+        )
+        for i, layer in enumerate(manifest.layers)
+    ]
+
+
+def group_referrers(descriptors: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for descriptor in descriptors:
+        kind = str(descriptor.get("artifactType") or descriptor.get("mediaType") or "unknown")
+        groups.setdefault(kind, []).append(descriptor)
+    return dict(sorted(groups.items()))

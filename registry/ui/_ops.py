@@ -1,0 +1,138 @@
+"""
+What the cache and storage pages show: the figures the pull-through caches keep (the same
+ones ``/metrics`` exports), the storage's space and uploads, and the last garbage collection.
+"""
+
+from __future__ import annotations
+
+import os.path
+import shutil
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.threads import deferToThread
+
+from registry.handlers.context import RegistryContext
+from registry.proxy.cache import ProxyCache
+from registry.storage import layout
+from registry.storage.driver import PathNotFoundError
+from registry.ui import _format
+
+
+def cache_row(cache: ProxyCache) -> dict[str, Any]:
+    """One upstream's figures, counted since the process started."""
+    stats = cache.stats
+    client = cache.client
+    requests = stats.hits + stats.misses
+    max_size = cache.config.max_size
+    rate = client.rate_limit
+    remaining = rate.remaining if rate is not None else None
+    used = cache.index.size
+    if max_size:
+        size = f"{_format.size(used)} of {_format.size(max_size)} "
+        size += f"({_format.percent(used, max_size)})"
+    else:
+        size = f"{_format.size(used)} (no max_size)"
+    return {
+        "name": cache.name,
+        "remote": cache.config.remoteurl,
+        "items": [
+            ("Hit ratio", f"{_format.percent(stats.hits, requests)} ({stats.hits} of {requests})"),
+            ("Served from the cache", _format.size(stats.served_bytes)),
+            ("Fetched from upstream", _format.size(client.bytes_received)),
+            ("Cache size", size),
+            ("Evictions", f"{stats.evictions} ({_format.size(stats.evicted_bytes)})"),
+            ("Stale serves", str(stats.stale_served)),
+            ("Upstream errors", str(stats.upstream_errors)),
+            ("Rate limit remaining", "—" if remaining is None else str(remaining)),
+            ("Fills in flight", str(cache.active_fills)),
+        ],
+    }
+
+
+def gc_items(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """The recorded last run (`registry.ops.gcstatus`), read leniently: it is a file."""
+
+    def number(key: str) -> int:
+        value = status.get(key)
+        return value if isinstance(value, int) else 0
+
+    def when(key: str) -> float | None:
+        value = status.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    started, finished = when("started"), when("finished")
+    dry = bool(status.get("dry_run"))
+    mode = "dry run" if dry else "deleting"
+    if status.get("delete_untagged"):
+        mode += ", untagged too"
+    duration = f"{finished - started:.1f} s" if started and finished else "—"
+    items = [
+        ("Finished", _format.date(finished)),
+        ("Duration", duration),
+        ("Mode", mode),
+        ("Repositories scanned", str(number("repositories"))),
+    ]
+    if dry:
+        would = f"{number('blobs_to_delete')} blobs, {_format.size(number('bytes_to_free'))}"
+        items.append(("Would delete", would))
+    else:
+        done = f"{number('blobs_deleted')} blobs, {_format.size(number('bytes_freed'))}"
+        items.append(("Deleted", done))
+    items.append(("Errors", str(number("errors"))))
+    return items
+
+
+@attrs.define
+class StorageFacts:
+    ctx: RegistryContext
+    # Uploads in progress are counted by listing every repository: remembered this long.
+    uploads_ttl: float = 30.0
+    batch: int = 64
+    _uploads: tuple[float, int] | None = None
+
+    async def items(self) -> list[tuple[str, str]]:
+        config = self.ctx.config
+        items: list[tuple[str, str]] = [("Driver", config.storage.driver)]
+        if config.storage.driver == "filesystem":
+            root = os.path.abspath(config.storage.rootdirectory)  # noqa: ASYNC240 - no I/O
+            items.append(("Root directory", root))
+            try:
+                usage = await deferToThread(shutil.disk_usage, root)
+            except OSError:
+                items.append(("Disk", "unavailable"))
+            else:
+                used = f"{_format.size(usage.used)} of {_format.size(usage.total)} "
+                used += f"({_format.percent(usage.used, usage.total)}), "
+                used += f"{_format.size(usage.free)} free"
+                items.append(("Disk used", used))
+        elif config.storage.driver == "s3":
+            items.append(("Bucket", config.storage.bucket))
+        names, _ = await self.ctx.catalog.list_repositories()
+        items.append(("Repositories", str(len(names))))
+        items.append(("Uploads in progress", str(await self.uploads_in_progress(names))))
+        items.append(("Deletes", "enabled" if config.storage.delete_enabled else "disabled"))
+        items.append(("Read-only mode", "on" if config.maintenance.readonly else "off"))
+        return items
+
+    async def uploads_in_progress(self, names: list[str]) -> int:
+        now = float(self.ctx.reactor.seconds())
+        if self._uploads is not None and now - self._uploads[0] < self.uploads_ttl:
+            return self._uploads[1]
+
+        async def count(name: str) -> int:
+            try:
+                return len(await self.ctx.driver.list(layout.uploads_dir(name)))
+            except PathNotFoundError:
+                return 0
+
+        total = 0
+        for start in range(0, len(names), self.batch):
+            counts = await gatherResults(
+                [Deferred.fromCoroutine(count(n)) for n in names[start : start + self.batch]],
+                consumeErrors=True,
+            )
+            total += sum(counts)
+        self._uploads = (now, total)
+        return total

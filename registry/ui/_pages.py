@@ -1,0 +1,406 @@
+"""
+The pages, as `twisted.web.template` tag trees (escaping is the flattener's job, so nothing read
+from storage or the request can become markup).  Each function takes plain data and returns
+the ``<main>`` content; `page` wraps it in the shared layout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from twisted.web.template import Tag, tags
+
+from registry.ui import _format
+from registry.ui._data import Layer, RepositoryRow, TagRow
+
+STATIC = "/ui/static"
+NAV = (("repositories", "/ui/", "Repositories"), ("cache", "/ui/cache", "Cache"))
+NAV_STORAGE = ("storage", "/ui/storage", "Storage")
+
+# Anything the flattener takes: tags, strings, lists of them.
+Content = Any
+
+
+def repo_url(name: str) -> str:
+    return f"/ui/r/{quote(name)}"
+
+
+def manifest_url(name: str, reference: str) -> str:
+    return f"/ui/r/{quote(name)}/-/manifest/{quote(reference)}"
+
+
+def layer_url(name: str, manifest: str, digest: str) -> str:
+    return f"/ui/r/{quote(name)}/-/layer/{quote(digest)}?{urlencode({'manifest': manifest})}"
+
+
+def page(title: str, active: str, user: str | None, content: Content) -> Tag:
+    links = [*NAV, NAV_STORAGE]
+    nav = tags.ul(
+        *[
+            tags.li(tags.a(href=href, **({"aria-current": "page"} if key == active else {}))(label))
+            for key, href, label in links
+        ]
+    )
+    who = f"Signed in as {user}" if user else "Anonymous"
+    return tags.html(lang="en")(
+        tags.head(
+            tags.meta(charset="utf-8"),
+            tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
+            tags.title(f"{title} · txregistry"),
+            tags.link(rel="stylesheet", href=f"{STATIC}/ui.css"),
+            tags.script(src=f"{STATIC}/ui.js", defer="defer"),
+        ),
+        tags.body(
+            tags.a(class_="skip", href="#main")("Skip to content"),
+            tags.header(
+                tags.a(class_="brand", href="/ui/")("txregistry"),
+                tags.nav(**{"aria-label": "Main"})(nav),
+                tags.span(class_="user")(who),
+            ),
+            Tag("main")(id="main")(tags.h1(title), content),
+        ),
+    )
+
+
+def _table(
+    caption: str, headers: Sequence[str], rows: Iterable[Sequence[Content]], **attrs: str
+) -> Tag:
+    return tags.div(class_="scroll")(
+        tags.table(**attrs)(
+            tags.caption(caption),
+            tags.thead(tags.tr(*[tags.th(scope="col")(h) for h in headers])),
+            tags.tbody(*[tags.tr(*[tags.td(cell) for cell in row]) for row in rows]),
+        )
+    )
+
+
+def _pager(links: Sequence[tuple[str, str, str]]) -> Tag:
+    """``(label, href, rel)`` links; an empty href is left out."""
+    return tags.nav(class_="pager", **{"aria-label": "Pages"})(
+        *[tags.a(href=href, rel=rel)(label) for label, href, rel in links if href]
+    )
+
+
+def _copy(command: str, label: str) -> Tag:
+    return tags.div(class_="copy")(
+        tags.code(command),
+        tags.button(type="button", **{"data-copy": command, "aria-label": label})("Copy"),
+    )
+
+
+def _message(text: str | None) -> Content:
+    return tags.p(class_="message", role="status")(text) if text else ""
+
+
+def repositories(
+    rows: Sequence[RepositoryRow],
+    matched: int,
+    query: str,
+    source: str,
+    sources: Sequence[str],
+    next_href: str,
+    first_href: str,
+) -> Content:
+    options = [("", "All"), ("hosted", "Hosted"), *[(s, f"Cached: {s}") for s in sources]]
+    form = tags.form(method="get", action="/ui/", class_="search", role="search")(
+        tags.label(for_="q")("Search repositories"),
+        tags.input(id="q", name="q", type="search", value=query),
+        tags.label(for_="source")("Source"),
+        tags.select(id="source", name="source")(
+            *[
+                tags.option(value=value, **({"selected": "selected"} if value == source else {}))(
+                    label
+                )
+                for value, label in options
+            ]
+        ),
+        tags.button(type="submit")("Search"),
+    )
+    table = _table(
+        f"{matched} repositories",
+        ["Repository", "Source", "Tags", "Size"],
+        (
+            [
+                tags.a(href=repo_url(row.name))(row.name),
+                f"cache: {row.source}" if row.source else "hosted",
+                str(row.tags),
+                _format.size(row.size),
+            ]
+            for row in rows
+        ),
+        id="repositories",
+    )
+    empty = tags.p("No repository matches.") if not rows else ""
+    return [
+        form,
+        table,
+        empty,
+        _pager([("First page", first_href, "first"), ("Next page", next_href, "next")]),
+    ]
+
+
+def repository(
+    name: str,
+    source: str | None,
+    rows: Sequence[TagRow],
+    matched: int,
+    query: str,
+    prev_href: str,
+    next_href: str,
+    delete_token: str | None,
+    message: str | None,
+) -> Content:
+    head = tags.p(class_="meta")(
+        f"Cached from upstream {source}" if source else "Hosted here",
+        f" · {matched} tags",
+    )
+    form = tags.form(method="get", action=repo_url(name), class_="search", role="search")(
+        tags.label(for_="q")("Filter tags"),
+        tags.input(id="q", name="q", type="search", value=query, **{"data-filter": "tags"}),
+        tags.button(type="submit")("Filter"),
+    )
+    headers = ["Tag", "Digest", "Media type", "Size", "Platforms", "Cached" if source else "Pushed"]
+    if delete_token is not None:
+        headers.append("Delete")
+
+    def cells(row: TagRow) -> list[Content]:
+        digest: Content = (
+            tags.a(href=manifest_url(name, str(row.digest)))(
+                tags.code(_format.short_digest(str(row.digest)))
+            )
+            if row.digest
+            else "—"
+        )
+        out: list[Content] = [
+            tags.a(href=manifest_url(name, row.tag))(row.tag),
+            digest,
+            row.media_type or "—",
+            _format.size(row.size),
+            ", ".join(row.platforms) or "—",
+            _format.date(row.date),
+        ]
+        if delete_token is not None:
+            out.append(delete_form(name, row.tag, delete_token, f"Delete tag {row.tag}"))
+        return out
+
+    table = _table(f"Tags of {name}, newest first", headers, (cells(r) for r in rows), id="tags")
+    empty = tags.p("No tag matches.") if not rows else ""
+    pager = _pager([("Previous page", prev_href, "prev"), ("Next page", next_href, "next")])
+    return [_message(message), head, form, table, empty, pager]
+
+
+def delete_form(name: str, reference: str, token: str, label: str) -> Tag:
+    return tags.form(method="post", action=f"{repo_url(name)}/-/delete", class_="delete")(
+        tags.input(type="hidden", name="reference", value=reference),
+        tags.input(type="hidden", name="csrf", value=token),
+        tags.button(type="submit", class_="danger", **{"aria-label": label})("Delete"),
+    )
+
+
+def _definitions(items: Sequence[tuple[str, Content]]) -> Tag:
+    out: list[Tag] = []
+    for term, value in items:
+        out.extend([tags.dt(term), tags.dd(value)])
+    return tags.dl(*out)
+
+
+def _words(value: Any) -> str:
+    """An entrypoint or cmd as docker inspect shows it: the JSON array."""
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return json.dumps(value)
+    return str(value)
+
+
+def manifest(
+    name: str,
+    reference: str,
+    digest: str,
+    media_type: str,
+    size: int,
+    host: str,
+    tag: str | None,
+    platforms: Sequence[tuple[str, str, str, int]],
+    config: Mapping[str, Any] | None,
+    layers: Sequence[Layer],
+    referrers: Mapping[str, Sequence[Mapping[str, Any]]],
+    subject: str | None,
+    delete_token: str | None,
+) -> Content:
+    parts: list[Content] = []
+    summary: list[tuple[str, Content]] = [
+        ("Repository", tags.a(href=repo_url(name))(name)),
+        ("Digest", tags.code(digest)),
+        ("Media type", media_type),
+        ("Manifest size", _format.size(size)),
+    ]
+    if subject:
+        summary.append(("Subject", tags.a(href=manifest_url(name, subject))(tags.code(subject))))
+    parts.append(_definitions(summary))
+    pulls = [_copy(f"docker pull {host}/{name}@{digest}", "Copy the pull command by digest")]
+    if tag:
+        pulls.insert(0, _copy(f"docker pull {host}/{name}:{tag}", "Copy the pull command by tag"))
+    parts.append(tags.section(tags.h2("Pull"), *pulls))
+    if platforms:
+        parts.append(
+            tags.section(
+                tags.h2("Platforms"),
+                _table(
+                    "Platforms of this index",
+                    ["Platform", "Manifest", "Media type", "Size"],
+                    (
+                        [
+                            platform,
+                            tags.a(href=manifest_url(name, child))(
+                                tags.code(_format.short_digest(child))
+                            ),
+                            child_type,
+                            _format.size(child_size),
+                        ]
+                        for platform, child, child_type, child_size in platforms
+                    ),
+                    id="platforms",
+                ),
+            )
+        )
+    if config is not None:
+        parts.append(tags.section(tags.h2("Configuration"), _config(config)))
+    if layers:
+        total = sum(layer.size for layer in layers)
+        parts.append(
+            tags.section(
+                tags.h2("Layers"),
+                _table(
+                    f"{len(layers)} layers, {_format.size(total)}",
+                    ["#", "Layer", "Size", "Created by"],
+                    (
+                        [
+                            str(i + 1),
+                            tags.a(href=layer_url(name, digest, str(layer.digest)))(
+                                tags.code(_format.short_digest(str(layer.digest)))
+                            ),
+                            _format.size(layer.size),
+                            tags.code(layer.created_by) if layer.created_by else "—",
+                        ]
+                        for i, layer in enumerate(layers)
+                    ),
+                    id="layers",
+                ),
+            )
+        )
+    parts.append(_referrers(name, referrers))
+    if delete_token is not None:
+        parts.append(
+            tags.section(
+                tags.h2("Delete"),
+                tags.p("Deletes this manifest and every tag pointing at it."),
+                delete_form(name, digest, delete_token, "Delete this manifest"),
+            )
+        )
+    return parts
+
+
+def _config(document: Mapping[str, Any]) -> Tag:
+    inner = document.get("config")
+    settings: Mapping[str, Any] = inner if isinstance(inner, dict) else {}
+    env = settings.get("Env") or []
+    labels = settings.get("Labels") or {}
+    ports = settings.get("ExposedPorts") or {}
+    items: list[tuple[str, Content]] = [
+        ("Created", str(document.get("created") or "—")),
+        ("Platform", _format.platform(document)),
+        ("Entrypoint", tags.code(_words(settings.get("Entrypoint")))),
+        ("Cmd", tags.code(_words(settings.get("Cmd")))),
+        ("Working directory", str(settings.get("WorkingDir") or "—")),
+        ("User", str(settings.get("User") or "—")),
+        ("Exposed ports", ", ".join(sorted(map(str, ports))) or "—"),
+        (
+            "Environment",
+            tags.ul(*[tags.li(tags.code(str(e))) for e in env]) if env else "—",
+        ),
+        (
+            "Labels",
+            tags.ul(*[tags.li(tags.code(f"{k}={v}")) for k, v in sorted(labels.items())])
+            if isinstance(labels, dict) and labels
+            else "—",
+        ),
+    ]
+    return _definitions(items)
+
+
+def _referrers(name: str, groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> Tag:
+    if not groups:
+        return tags.section(tags.h2("Referrers"), tags.p("No signatures, SBOMs or attestations."))
+    sections = [
+        tags.section(class_="group")(
+            tags.h3(kind),
+            tags.ul(
+                *[
+                    tags.li(
+                        tags.a(href=manifest_url(name, str(d.get("digest"))))(
+                            tags.code(_format.short_digest(str(d.get("digest"))))
+                        ),
+                        f" · {_format.size(d.get('size'))}",
+                    )
+                    for d in descriptors
+                ]
+            ),
+        )
+        for kind, descriptors in groups.items()
+    ]
+    return tags.section(id="referrers")(tags.h2("Referrers"), *sections)
+
+
+def layer(
+    name: str,
+    manifest: str,
+    digest: str,
+    media_type: str,
+    size: int | None,
+    created_by: str | None,
+    position: int | None,
+) -> Content:
+    items: list[tuple[str, Content]] = [
+        ("Repository", tags.a(href=repo_url(name))(name)),
+        ("Image", tags.a(href=manifest_url(name, manifest))(tags.code(manifest))),
+        ("Digest", tags.code(digest)),
+        ("Media type", media_type or "—"),
+        ("Size", _format.size(size)),
+        ("Position", str(position) if position is not None else "—"),
+        ("Created by", tags.code(created_by) if created_by else "—"),
+        ("Download", tags.a(href=f"/v2/{quote(name)}/blobs/{quote(digest)}")("the layer's bytes")),
+    ]
+    return _definitions(items)
+
+
+def cache(rows: Sequence[Mapping[str, Any]]) -> Content:
+    if not rows:
+        return tags.p("No pull-through cache is configured ([proxy:NAME] sections).")
+    return [
+        tags.section(class_="upstream")(
+            tags.h2(f"{row['name']}"),
+            tags.p(class_="meta")(str(row["remote"])),
+            _definitions([(term, str(value)) for term, value in row["items"]]),
+        )
+        for row in rows
+    ]
+
+
+def storage(items: Sequence[tuple[str, str]], gc: Sequence[tuple[str, str]] | None) -> Content:
+    gc_part: Content = (
+        _definitions([(k, v) for k, v in gc])
+        if gc
+        else tags.p("No garbage collection has been recorded (txregistry gc records its runs).")
+    )
+    return [
+        tags.section(tags.h2("Storage"), _definitions(list(items))),
+        tags.section(tags.h2("Last garbage collection"), gc_part),
+    ]
+
+
+def error(message: str, detail: str | None) -> Content:
+    return [tags.p(class_="error")(message), tags.p(detail) if detail else ""]

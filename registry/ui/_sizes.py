@@ -1,0 +1,79 @@
+"""
+Repository sizes for the repository list: the bytes of the distinct blobs a repository links
+(its ``_layers`` links: layers and configs, as a pull downloads them; blobs shared with other
+repositories count in each).  Storage keeps no such figure, so it is summed from the links and
+the blobs' sizes once per repository and remembered for ``ttl`` seconds: a page of the list
+costs one listing and one ``stat`` per blob only for the repositories it shows, and only when
+their figure is older than that.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+
+from registry.api.digests import Digest
+from registry.api.errors import RegistryError
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+
+
+@attrs.define
+class RepositorySizes:
+    driver: IStorageDriver
+    clock: Any
+    ttl: float = 300.0
+    max_entries: int = 8192
+    concurrency: int = 32
+    _memo: OrderedDict[str, tuple[float, int]] = attrs.field(factory=OrderedDict, init=False)
+
+    async def _list(self, path: str) -> list[str]:
+        try:
+            return await self.driver.list(path)
+        except PathNotFoundError:
+            return []
+
+    async def _linked(self, name: str) -> list[Digest]:
+        root = layout.layers_dir(name)
+        digests = []
+        for algorithm in await self._list(root):
+            for hex_ in await self._list(f"{root}/{algorithm}"):
+                try:
+                    digests.append(Digest.parse(f"{algorithm}:{hex_}"))
+                except RegistryError:
+                    continue
+        return digests
+
+    async def _measure(self, name: str) -> int:
+        semaphore = DeferredSemaphore(self.concurrency)
+
+        async def one(digest: Digest) -> int:
+            await semaphore.acquire()
+            try:
+                return (await self.driver.stat(layout.blob_data(digest))).size
+            except PathNotFoundError:
+                return 0  # linked, but its data was collected: nothing to download
+            finally:
+                semaphore.release()
+
+        digests = await self._linked(name)
+        sizes = await gatherResults(
+            [Deferred.fromCoroutine(one(d)) for d in digests], consumeErrors=True
+        )
+        return sum(sizes)
+
+    async def size(self, name: str) -> int:
+        now = float(self.clock.seconds())
+        known = self._memo.get(name)
+        if known is not None and now - known[0] < self.ttl:
+            self._memo.move_to_end(name)
+            return known[1]
+        total = await self._measure(name)
+        self._memo[name] = (now, total)
+        self._memo.move_to_end(name)
+        while len(self._memo) > self.max_entries:
+            self._memo.popitem(last=False)
+        return total

@@ -1,0 +1,73 @@
+"""
+The UI with a pull-through cache: hosted and cached repositories told apart, a cached
+repository's page, and the cache page's figures, against a fake upstream over loopback.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.cache.conftest import Proxied, fake, proxied  # noqa: F401 - fixtures
+from tests.cache.util import fetch, pull
+from tests.e2e.conftest import start_registry  # noqa: F401 - fixture
+from tests.fakes.upstream import FakeUpstream
+from tests.ui import content
+from tests.ui.test_pages import rows
+
+
+def definitions(body: str) -> dict[str, str]:
+    pairs = re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", body, re.S)
+    return {html.unescape(k): html.unescape(re.sub(r"<[^>]+>", "", v)) for k, v in pairs}
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_repositories_are_told_apart_and_the_cache_page_counts(
+    proxied: Proxied,  # noqa: F811
+    fake: FakeUpstream,  # noqa: F811
+) -> None:
+    image = fake.content.add_image("library/alpine", "latest", [4096, 8192])
+    registry = await proxied({"storage": {"delete_enabled": "true"}}, default="false")
+    url = registry.url
+    await pull(registry, "docker.io/library/alpine", "latest")
+    # A second pull of a layer is served from the cache.
+    response, _ = await fetch(f"{url}/v2/docker.io/library/alpine/blobs/{image.layers[0].digest}")
+    assert response.code == 200
+    await deferToThread(content.push_image, content.Client(url), "team/app", "v1")
+
+    response, body = await fetch(f"{url}/ui/")
+    assert response.code == 200
+    page = body.decode()
+    assert rows(page, "repositories") == ["docker.io/library/alpine", "team/app"]
+    assert "<td>cache: hub</td>" in page and "<td>hosted</td>" in page
+    _, body = await fetch(f"{url}/ui/?source=hub")
+    assert rows(body.decode(), "repositories") == ["docker.io/library/alpine"]
+    _, body = await fetch(f"{url}/ui/?source=hosted")
+    assert rows(body.decode(), "repositories") == ["team/app"]
+
+    response, body = await fetch(f"{url}/ui/r/docker.io/library/alpine")
+    assert response.code == 200
+    page = body.decode()
+    assert "Cached from upstream hub" in page
+    assert rows(page, "tags") == ["latest"]
+    assert '<th scope="col">Cached</th>' in page
+    assert 'name="csrf"' not in page  # cached content is the upstream's: no delete
+    _, body = await fetch(f"{url}/ui/r/team/app")
+    assert 'name="csrf"' in body.decode()  # deletes are on for hosted repositories
+
+    response, body = await fetch(f"{url}/ui/cache")
+    assert response.code == 200
+    figures = definitions(body.decode())
+    # The pull missed four times (manifest, config, two layers); the second layer GET hit.
+    assert figures["Hit ratio"] == "20.0 % (1 of 5)"
+    assert figures["Served from the cache"] == "4.0 KiB"  # the 4096-byte layer
+    assert figures["Fetched from upstream"] == figures["Cache size"].split(" (")[0]
+    assert figures["Cache size"].endswith("(no max_size)")
+    assert figures["Evictions"] == "0 (0 B)"
+    assert figures["Stale serves"] == "0"
+    assert figures["Upstream errors"] == "0"
+    assert figures["Rate limit remaining"] == "99"  # what the fake upstream sends
+    assert figures["Fills in flight"] == "0"

@@ -1,0 +1,313 @@
+"""
+The UI's pages over a real socket, as a browser would fetch them without JavaScript: status,
+security headers, what each user sees, and the refusals of the delete action.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from urllib.parse import quote, urlencode
+
+from tests.ui import content
+from tests.ui.conftest import Filled, run_gc
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def page(filled: Filled, path: str, user: str | None = "alice") -> tuple[int, dict[str, str], str]:
+    status, headers, body = filled.client(user).request("GET", path)
+    return status, headers, body.decode()
+
+
+def rows(body: str, table: str) -> list[str]:
+    """The text of the first cell of each body row of table ``table``."""
+    match = re.search(rf'<table id="{table}">.*?<tbody>(.*?)</tbody>', body, re.S)
+    assert match is not None, body
+    cells = re.findall(r"<tr><td>(.*?)</td>", match.group(1), re.S)
+    return [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in cells]
+
+
+def row_cells(body: str, table: str, first: str) -> list[str]:
+    """The cells' text of the row of table ``table`` whose first cell reads ``first``."""
+    match = re.search(rf'<table id="{table}">.*?<tbody>(.*?)</tbody>', body, re.S)
+    assert match is not None, body
+    for row in re.findall(r"<tr>(.*?)</tr>", match.group(1), re.S):
+        cells = [
+            html.unescape(re.sub(r"<[^>]+>", "", c))
+            for c in re.findall(r"<td>(.*?)</td>", row, re.S)
+        ]
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in {table}")
+
+
+def csrf_token(body: str) -> str:
+    match = re.search(r'name="csrf" value="([0-9a-f]+)"', body)
+    assert match is not None, body
+    return match.group(1)
+
+
+def test_repository_list_has_security_headers_and_every_repository_for_alice(
+    filled: Filled,
+) -> None:
+    status, headers, body = page(filled, "/ui/")
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Content-Security-Policy"] == CSP
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert body.startswith("<!DOCTYPE html>")
+    assert rows(body, "repositories") == ["secret/db", "team/app", "team/lib"]
+    assert "<caption>3 repositories</caption>" in body
+    # Tags, and the bytes a pull of its one image downloads (config and layers).
+    assert row_cells(body, "repositories", "secret/db") == [
+        "secret/db",
+        "hosted",
+        "1",
+        f"{filled.db.size} B",
+    ]
+    assert "Signed in as alice" in body
+
+
+def test_the_list_shows_only_what_the_policy_lets_bob_pull(filled: Filled) -> None:
+    status, _, body = page(filled, "/ui/", "bob")
+    assert status == 200
+    assert rows(body, "repositories") == ["team/app", "team/lib"]
+    assert "secret/db" not in body
+    # ... and a repository page bob may not pull is refused, as the API refuses it.
+    status, _, body = page(filled, "/ui/r/secret/db", "bob")
+    assert status == 403
+    assert "Access denied" in body
+    status, _, _ = page(filled, "/ui/r/secret/db/-/manifest/latest", "bob")
+    assert status == 403
+
+
+def test_without_credentials_the_ui_asks_for_basic_credentials(filled: Filled) -> None:
+    for path in ("/ui/", "/ui/r/team/app", "/ui/cache", "/ui/storage"):
+        status, headers, body = page(filled, path, None)
+        assert status == 401, path
+        assert headers["WWW-Authenticate"] == 'Basic realm="ui-test"'
+        assert headers["Content-Security-Policy"] == CSP
+        assert "Sign in required" in body
+    status, _, _ = filled.client(None).request("GET", "/ui/static/ui.js")
+    assert status == 200  # the script and stylesheet carry nothing private
+
+
+def test_search_is_a_substring_match(filled: Filled) -> None:
+    _, _, body = page(filled, "/ui/?" + urlencode({"q": "lib"}))
+    assert rows(body, "repositories") == ["team/lib"]
+    _, _, body = page(filled, "/ui/?" + urlencode({"q": "a"}))
+    assert rows(body, "repositories") == ["team/app", "team/lib"]
+    _, _, body = page(filled, "/ui/?" + urlencode({"source": "hosted", "q": "db"}))
+    assert rows(body, "repositories") == ["secret/db"]
+
+
+def test_repository_page_lists_tags_newest_first_with_details(filled: Filled) -> None:
+    status, headers, body = page(filled, "/ui/r/team/app")
+    assert status == 200
+    assert headers["Content-Security-Policy"] == CSP
+    # "multi" was pushed after "v1".
+    assert rows(body, "tags") == ["multi", "v1"]
+    assert content.OCI_INDEX in body and content.OCI_MANIFEST in body
+    assert "linux/amd64, linux/arm64" in body
+    assert filled.image.digest[:19] in body
+    assert f"/ui/r/team/app/-/manifest/{quote(filled.index)}" in body
+
+
+def test_manifest_page_shows_config_layers_history_referrers_and_pull_commands(
+    filled: Filled,
+) -> None:
+    status, _, body = page(filled, "/ui/r/team/app/-/manifest/v1")
+    assert status == 200
+    text = html.unescape(body)
+    host = filled.url.removeprefix("http://")
+    assert f"docker pull {host}/team/app:v1" in text
+    assert f"docker pull {host}/team/app@{filled.image.digest}" in text
+    assert "2026-01-02T03:04:05Z" in text
+    assert '["/bin/server"]' in text and '["--port", "8080"]' in text
+    assert "MODE=test" in text and "8080/tcp" in text
+    assert "org.opencontainers.image.title=demo" in text
+    assert rows(body, "layers") == ["1", "2"]
+    assert "ADD base.tar /" in text and "RUN make install" in text
+    assert "ENV MODE=test" not in text  # an empty layer made no layer
+    referrers = text[text.index('id="referrers"') :]
+    assert f"<h3>{content.SBOM_TYPE}</h3>" in referrers
+    assert f"<h3>{content.SIGNATURE_TYPE}</h3>" in referrers
+    assert filled.sbom[:19] in referrers and filled.signature[:19] in referrers
+
+
+def test_index_page_links_each_platform_to_its_manifest(filled: Filled) -> None:
+    status, _, body = page(filled, "/ui/r/team/app/-/manifest/multi")
+    assert status == 200
+    assert rows(body, "platforms") == ["linux/amd64", "linux/arm64"]
+    for image in filled.platforms:
+        assert f"/ui/r/team/app/-/manifest/{quote(image.digest)}" in body
+
+
+def test_layer_page_names_the_step_that_made_it(filled: Filled) -> None:
+    layer = filled.image.layers[1]
+    path = f"/ui/r/team/app/-/layer/{layer}?" + urlencode({"manifest": filled.image.digest})
+    status, _, body = page(filled, path)
+    assert status == 200
+    assert layer in body
+    assert "RUN make install" in body
+    assert f"/v2/team/app/blobs/{quote(layer)}" in body
+
+
+def test_unknown_pages_are_404_pages(filled: Filled) -> None:
+    for path in ("/ui/nothing", "/ui/r/team/none", "/ui/r/team/app/-/manifest/none"):
+        status, headers, body = page(filled, path)
+        assert status == 404, path
+        assert headers["Content-Security-Policy"] == CSP
+        assert "Not found" in body
+
+
+def _post_delete(
+    filled: Filled, user: str, reference: str, token: str | None, origin: str | None
+) -> tuple[int, dict[str, str], bytes]:
+    fields = {"reference": reference}
+    if token is not None:
+        fields["csrf"] = token
+    headers = dict(FORM)
+    if origin is not None:
+        headers["Origin"] = origin
+    return filled.client(user).request(
+        "POST", "/ui/r/team/lib/-/delete", urlencode(fields).encode(), headers
+    )
+
+
+def _tag_exists(filled: Filled, tag: str) -> bool:
+    status, _, _ = filled.client("alice").request(
+        "HEAD", f"/v2/team/lib/manifests/{tag}", None, {"Accept": content.OCI_MANIFEST}
+    )
+    return status == 200
+
+
+def test_delete_is_refused_without_token_cross_origin_or_without_the_right(
+    filled: Filled,
+) -> None:
+    content.push_image(filled.client("alice"), "team/lib", "doomed")
+    _, _, body = page(filled, "/ui/r/team/lib")
+    token = csrf_token(body)
+    # bob sees no delete button: he may not delete.
+    _, _, bob_body = page(filled, "/ui/r/team/lib", "bob")
+    assert 'name="csrf"' not in bob_body
+    refusals = [
+        ("alice", None, filled.url, "missing or invalid CSRF token"),
+        ("alice", "0" * 64, filled.url, "missing or invalid CSRF token"),
+        ("alice", token, "http://evil.example", "cross-origin request"),
+        ("alice", token, None, "the request's origin could not be verified"),
+        ("bob", token, filled.url, "Not granted: repository:team/lib:delete"),
+    ]
+    for user, csrf, origin, reason in refusals:
+        status, headers, answer = _post_delete(filled, user, "doomed", csrf, origin)
+        assert status == 403, (user, csrf, origin)
+        assert headers["Content-Security-Policy"] == CSP
+        assert reason in answer.decode(), answer
+        assert _tag_exists(filled, "doomed")
+    status, headers, answer = _post_delete(filled, "alice", "doomed", token, filled.url)
+    assert status == 303, answer
+    assert headers["Location"] == "/ui/r/team/lib?deleted=doomed"
+    assert not _tag_exists(filled, "doomed")
+    assert _tag_exists(filled, "1.0")
+    _, _, body = page(filled, "/ui/r/team/lib?deleted=doomed")
+    assert "Deleted doomed." in body
+    assert rows(body, "tags") == ["1.0"]
+
+
+def test_tags_are_paginated_and_filtered(filled: Filled) -> None:
+    alice = filled.client("alice")
+    image = content.push_image(alice, "team/many", "t000")
+    status, _, manifest = alice.request(
+        "GET", f"/v2/team/many/manifests/{image.digest}", None, {"Accept": content.OCI_MANIFEST}
+    )
+    assert status == 200
+    for i in range(1, 60):
+        status, _, _ = alice.request(
+            "PUT",
+            f"/v2/team/many/manifests/t{i:03d}",
+            manifest,
+            {"Content-Type": content.OCI_MANIFEST},
+        )
+        assert status == 201
+    _, _, first = page(filled, "/ui/r/team/many")
+    shown = rows(first, "tags")
+    assert len(shown) == 50
+    assert "<caption>Tags of team/many, newest first</caption>" in first
+    assert "60 tags" in first
+    assert 'href="/ui/r/team/many?offset=50" rel="next"' in first
+    _, _, second = page(filled, "/ui/r/team/many?offset=50")
+    rest = rows(second, "tags")
+    assert len(rest) == 10
+    assert sorted(shown + rest) == [f"t{i:03d}" for i in range(60)]
+    assert 'rel="prev"' in second and 'rel="next"' not in second
+    _, _, filtered = page(filled, "/ui/r/team/many?" + urlencode({"q": "t05"}))
+    assert sorted(rows(filtered, "tags")) == [f"t05{i}" for i in range(10)]
+
+
+def test_cache_and_storage_pages(filled: Filled) -> None:
+    status, _, body = page(filled, "/ui/cache")
+    assert status == 200
+    assert "No pull-through cache is configured" in body
+    status, _, body = page(filled, "/ui/storage")
+    assert status == 200
+    assert "No garbage collection has been recorded" in body
+    assert "<dt>Driver</dt><dd>filesystem</dd>" in body
+    assert "<dt>Deletes</dt><dd>enabled</dd>" in body
+    # A gc run (the command line, over the same data) is shown afterwards.
+    run_gc(filled)
+    _, _, body = page(filled, "/ui/storage")
+    assert "No garbage collection has been recorded" not in body
+    assert "<dt>Mode</dt><dd>dry run</dd>" in body
+    assert "<dt>Errors</dt><dd>0</dd>" in body
+
+
+def test_tags_are_sorted_by_the_date_storage_keeps(filled: Filled) -> None:
+    alice = filled.client("alice")
+    image = content.push_image(alice, "team/dates", "a")
+    status, _, manifest = alice.request(
+        "GET", f"/v2/team/dates/manifests/{image.digest}", None, {"Accept": content.OCI_MANIFEST}
+    )
+    assert status == 200
+    for tag in ("b", "c"):
+        status, _, _ = alice.request(
+            "PUT",
+            f"/v2/team/dates/manifests/{tag}",
+            manifest,
+            {"Content-Type": content.OCI_MANIFEST},
+        )
+        assert status == 201
+    # The dates are the tag links' modification times: make "a" newest, "b" oldest.
+    tags = (
+        filled.registry.workdir / "data/docker/registry/v2/repositories/team/dates/_manifests/tags"
+    )
+    for tag, when in (("a", 3_000_000_000), ("b", 1_000_000_000), ("c", 2_000_000_000)):
+        os.utime(tags / tag / "current" / "link", (when, when))
+    _, _, body = page(filled, "/ui/r/team/dates")
+    assert rows(body, "tags") == ["a", "c", "b"]
+    assert "2065-01-24 05:20:00 UTC" in body  # a's date
+    # A tag pushed through the registry is known at once (no wait for a new listing).
+    status, _, _ = alice.request(
+        "PUT", "/v2/team/dates/manifests/d", manifest, {"Content-Type": content.OCI_MANIFEST}
+    )
+    assert status == 201
+    _, _, body = page(filled, "/ui/r/team/dates")
+    assert rows(body, "tags") == ["a", "c", "d", "b"]  # c is dated 2033
+
+
+def test_a_delete_token_is_accepted_after_a_restart(filled: Filled) -> None:
+    """The key is kept in storage: another instance (or this one restarted) accepts it."""
+    content.push_image(filled.client("alice"), "team/lib", "later")
+    _, _, body = page(filled, "/ui/r/team/lib")
+    token = csrf_token(body)
+    filled.registry.stop()
+    filled.registry.start()
+    status, _, answer = _post_delete(filled, "alice", "later", token, filled.url)
+    assert status == 303, answer
+    assert not _tag_exists(filled, "later")
