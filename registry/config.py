@@ -99,6 +99,8 @@ class HttpConfig:
     clientauth: str = key("none", parse_choice("none", "optional", "required"))
     max_body_size: int = key(1024 * 1024, parse_size)
     timeout: float = key(300.0, parse_duration)
+    # On SIGTERM, how long requests in flight may take to finish (registry:2's key).
+    draintimeout: float = key(60.0, parse_duration)
 
 
 @attrs.frozen
