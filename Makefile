@@ -6,16 +6,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench tools bench-tools install-missing clean
+.PHONY: venv run test lint bench tools bench-tools install-missing clean
 
-$(STAMP): pyproject.toml
+# An editable install in setuptools' "compat" mode puts this checkout on the venv's sys.path
+# (a .pth file).  Twisted finds `twistd` plugins by scanning twisted/plugins under every
+# sys.path entry, so .venv/bin/twistd finds twisted/plugins/registry_plugin.py here without
+# PYTHONPATH.  (The default editable mode maps packages through an import hook instead, which
+# Twisted's plugin scan never sees; a regular install copies the plugin into site-packages.)
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,s3,http2]'
+	$(BIN)/pip install --quiet -e '.[test,s3,http2]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
+venv: $(STAMP)
+
 run: $(STAMP)
-	PYTHONPATH=$(CURDIR) $(BIN)/twistd --nodaemon --pidfile= registry --config tap.cfg
+	$(BIN)/twistd --nodaemon --pidfile= registry --config tap.cfg
 
 # System tools the interoperability tests drive (skopeo, registry:2 from Debian's
 # docker-registry package); installed when missing and we are allowed to.

@@ -187,8 +187,9 @@ def _serving(
 
     def announce() -> None:
         log.info(
-            "txregistry listening on {ports}, {driver} storage",
+            "txregistry listening on {ports} ({addresses}), {driver} storage",
             ports=", ".join(listeners.descriptions),
+            addresses=", ".join(listeners.addresses()),
             driver=config.storage.driver,
         )
 

@@ -58,6 +58,17 @@ class Listeners:
     def descriptions(self) -> list[str]:
         return [description for description, _ in self._endpoints]
 
+    def addresses(self) -> list[str]:
+        """What each port is bound to (``127.0.0.1:41234``): the real port where 0 was asked."""
+        out = []
+        for port in self.ports:
+            host = port.getHost()
+            if hasattr(host, "port"):
+                out.append(f"{getattr(host, 'host', '')}:{host.port}")
+            else:
+                out.append(str(getattr(host, "name", host)))
+        return out
+
     def bind(self) -> None:
         """
         Bind every endpoint; raise `StartupError` for the first that fails at once.  Endpoints
