@@ -8,15 +8,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv run test lint bench tools bench-tools install-missing clean
 
-# An editable install in setuptools' "compat" mode puts this checkout on the venv's sys.path
-# (a .pth file).  Twisted finds `twistd` plugins by scanning twisted/plugins under every
-# sys.path entry, so .venv/bin/twistd finds twisted/plugins/registry_plugin.py here without
-# PYTHONPATH.  (The default editable mode maps packages through an import hook instead, which
-# Twisted's plugin scan never sees; a regular install copies the plugin into site-packages.)
+# The checkout is installed editable, and listed in a .pth file of the venv as well: Twisted
+# finds `twistd` plugins by scanning twisted/plugins under each sys.path entry, and an editable
+# install maps packages through an import hook that this scan never sees.  With the checkout on
+# sys.path, .venv/bin/twistd finds twisted/plugins/registry_plugin.py here, no PYTHONPATH
+# needed.  (A regular `pip install .` copies the plugin into site-packages/twisted/plugins.)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,s3,http2]' --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet -e '.[test,s3,http2]'
+	$(BIN)/python -c 'import sys, sysconfig; open(sysconfig.get_path("purelib") + "/txregistry-checkout.pth", "w").write(sys.argv[1] + "\n")' '$(CURDIR)'
 	touch $(STAMP)
 
 venv: $(STAMP)
