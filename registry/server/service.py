@@ -14,12 +14,14 @@ children.  Under twistd, SIGTERM then exits 0: a requested, clean stop.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -52,6 +54,7 @@ class RegistryService(MultiService):
         self.drain_timeout = drain_timeout
         self._flush = flush
         self._under_twistd = False
+        self._stop_requested = False
         # Fires once the registry accepts connections; fails with StartupError.
         self.ready: Deferred[None] = Deferred()
 
@@ -101,8 +104,18 @@ class RegistryService(MultiService):
     def _sigterm(self, signum: int, frame: Any) -> None:
         # Twisted's own handler would make twistd kill itself with SIGTERM once stopped; a
         # drained, requested stop is a success.
+        self._reactor.callFromThread(self._stop_once)
+
+    def _stop_once(self) -> None:
+        if self._stop_requested:
+            log.info(
+                "SIGTERM again: still draining (at most {timeout:g} s)", timeout=self.drain_timeout
+            )
+            return
+        self._stop_requested = True
         log.info("SIGTERM: no longer accepting; draining requests in flight")
-        self._reactor.callFromThread(self._reactor.stop)
+        with contextlib.suppress(ReactorNotRunning):  # already stopping for another reason
+            self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import signal
 import socket
 import threading
@@ -170,6 +171,8 @@ def test_sigterm_lets_a_download_in_flight_finish(registry: Child, blob: bytes) 
 
     registry.process.send_signal(signal.SIGTERM)
     wait_refused(port, registry)
+    registry.process.send_signal(signal.SIGTERM)  # an impatient second one changes nothing
+    registry.wait_for(re.compile("SIGTERM again: still draining"))
     assert registry.process.poll() is None, "exited with a download in flight"
 
     download.finish()
