@@ -6,16 +6,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench tools bench-tools install-missing clean
+.PHONY: venv run test lint bench tools bench-tools install-missing clean
 
-$(STAMP): pyproject.toml
+# The checkout is installed editable, and listed in a .pth file of the venv as well: Twisted
+# finds `twistd` plugins by scanning twisted/plugins under each sys.path entry, and an editable
+# install maps packages through an import hook that this scan never sees.  With the checkout on
+# sys.path, .venv/bin/twistd finds twisted/plugins/registry_plugin.py here, no PYTHONPATH
+# needed.  (A regular `pip install .` copies the plugin into site-packages/twisted/plugins.)
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,s3,http2]'
+	$(BIN)/python -c 'import sys, sysconfig; open(sysconfig.get_path("purelib") + "/txregistry-checkout.pth", "w").write(sys.argv[1] + "\n")' '$(CURDIR)'
 	touch $(STAMP)
 
+venv: $(STAMP)
+
 run: $(STAMP)
-	PYTHONPATH=$(CURDIR) $(BIN)/twistd --nodaemon --pidfile= registry --config tap.cfg
+	$(BIN)/twistd --nodaemon --pidfile= registry --config tap.cfg
 
 # System tools the interoperability tests drive (skopeo, registry:2 from Debian's
 # docker-registry package, nginx for the reverse-proxy example, Chromium for the web UI's

@@ -10,6 +10,7 @@ line naming the key instead of being silently ignored.
 from __future__ import annotations
 
 import configparser
+import difflib
 import ipaddress
 import os
 import re
@@ -119,6 +120,8 @@ class HttpConfig:
     timeout: float = key(300.0, parse_duration)
     # Reverse proxies whose X-Forwarded-* / Forwarded headers are believed (http/forwarded.py).
     trusted_proxies: tuple[str, ...] = key((), parse_trusted_proxies)
+    # On SIGTERM, how long requests in flight may take to finish (registry:2's key).
+    draintimeout: float = key(60.0, parse_duration)
 
 
 @attrs.frozen
@@ -246,6 +249,41 @@ def env_name(section: str, name: str) -> str:
     return "REGISTRY_" + re.sub(r"[^A-Z0-9]", "_", f"{section}_{name}".upper())
 
 
+ENV_PREFIX = "REGISTRY_"
+
+
+def _apply_open_section_environment(
+    raw: dict[str, dict[str, str]], environ: Mapping[str, str]
+) -> None:
+    """
+    Apply ``REGISTRY_*`` variables to the open sections of the file (``[proxy:NAME]``: the
+    variable's prefix names the section, the rest the key), and refuse any ``REGISTRY_*``
+    variable that names no key: a misspelt one would otherwise be ignored in silence.
+    """
+    fixed = {
+        env_name(section, field.name)
+        for section, cls in SECTIONS.items()
+        for field in attrs.fields(cls)
+    }
+    # Longest prefix first: [proxy:hub_eu] wins over [proxy:hub] for REGISTRY_PROXY_HUB_EU_*.
+    open_prefixes = sorted(
+        ((env_name(section, ""), section) for section in raw if section not in SECTIONS),
+        key=lambda item: -len(item[0]),
+    )
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable in fixed:
+            continue
+        for prefix, section in open_prefixes:
+            if variable.startswith(prefix) and len(variable) > len(prefix):
+                raw[section][variable[len(prefix) :].lower()] = environ[variable]
+                break
+        else:
+            candidates = sorted(fixed) + [prefix + "<KEY>" for prefix, _ in open_prefixes]
+            near = difflib.get_close_matches(variable, candidates, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ConfigError(f"environment variable {variable}: no such key{hint}")
+
+
 def _parse_section(section: str, cls: type[T], values: Mapping[str, str]) -> T:
     fields = {field.name: field for field in attrs.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -288,13 +326,7 @@ def load(
             value = environ.get(env_name(section, field.name))
             if value is not None:
                 raw.setdefault(section, {})[field.name] = value
-    for section in list(raw):
-        if section in SECTIONS:
-            continue
-        for name in list(raw[section]):
-            value = environ.get(env_name(section, name))
-            if value is not None:
-                raw[section][name] = value
+    _apply_open_section_environment(raw, environ)
     for (section, name), value in (overrides or {}).items():
         raw.setdefault(section, {})[name] = value
     parsed = {

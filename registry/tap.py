@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, NoReturn
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -24,12 +24,22 @@ from registry.auth.interfaces import IAccessController
 from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
 from registry.handlers.context import LocalStores, RegistryContext, Stores
-from registry.http.tls import TLSSettings, server_endpoint, warn_if_plain_public
+from registry.http.tls import (
+    TLSSettings,
+    normalize_description,
+    server_endpoint,
+    warn_if_plain_public,
+)
 from registry.memory import HeapTrimmer, limit_malloc_arenas
 from registry.ops.metrics import MetricsRegistry
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
 from registry.proxy.service import install_proxies
+from registry.server.drain import ConnectionTracker
+from registry.server.exit import StartupError, exit_now
+from registry.server.listeners import Listeners
+from registry.server.probe import describe, probe_storage, storage_description
+from registry.server.service import RegistryService
 from registry.storage.factory import build_driver
 from registry.storage.hash_offload import HashThreads
 
@@ -55,9 +65,24 @@ class Options(usage.Options):
 
     def opt_port(self, description: str) -> None:
         """Listen on this endpoint string (repeatable). Default: tcp:5000 or [http] port."""
-        self["port"].append(description)
+        self["port"].append(normalize_description(description))
 
     opt_p = opt_port
+
+    def opt_version(self) -> NoReturn:
+        """Print the version and exit."""
+        print(f"txregistry {version()}")
+        raise SystemExit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        A mistake on the command line or in the configuration prints one line naming it, not
+        twistd's whole usage text (``--help`` still prints that).
+        """
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as exc:
+            exit_now(str(exc))
 
     def postOptions(self) -> None:
         overrides: dict[tuple[str, str], str] = {}
@@ -71,6 +96,16 @@ class Options(usage.Options):
             parse_proxies(self.config)  # [proxy:NAME] sections are validated here too
         except ConfigError as exc:
             raise usage.UsageError(f"configuration error: {exc}") from None
+
+
+def version() -> str:
+    """The installed distribution's version (the checkout's pyproject.toml when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("txregistry")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 class ThreadPoolService(Service):
@@ -111,23 +146,68 @@ def auth_settings(config: Config) -> AuthSettings:
     )
 
 
-def _listeners(
-    config: Config, reactor: Any, auth_enabled: bool
-) -> list[StreamServerEndpointService]:
-    """One endpoint service per ``--port``; the site is attached by the caller."""
+def _endpoints(config: Config, reactor: Any, auth_enabled: bool) -> list[tuple[str, Any]]:
+    """One endpoint per ``--port`` (or ``[http] port``), checked but not bound yet."""
     tls = TLSSettings(
         clientcas=config.http.clientcas or None,
         clientauth=config.http.clientauth,
         http2=config.http.http2,
     )
-    services = []
+    endpoints = []
     for description in config.http.port:
+        description = normalize_description(description)
         warning = warn_if_plain_public(description, auth_enabled)
         if warning:
             log.warn("{warning}", warning=warning)
-        endpoint = server_endpoint(reactor, description, tls)
-        services.append(StreamServerEndpointService(endpoint, None))
-    return services
+        endpoints.append((description, server_endpoint(reactor, description, tls)))
+    return endpoints
+
+
+def _serving(
+    config: Config,
+    reactor: Any,
+    endpoints: list[tuple[str, Any]],
+    site: Any,
+    driver: Any,
+    flush: Any,
+) -> RegistryService:
+    """
+    The root service: binds ``endpoints``, probes ``driver``, announces, drains on stop (see
+    `registry.server.service`).
+    """
+    tracker = ConnectionTracker(reactor)
+    site.requestFactory = tracker.wrap_request_factory(site.requestFactory)
+    listeners = Listeners(reactor, endpoints, tracker.wrap_factory(site))
+    where = storage_description(config.storage)
+
+    async def probe() -> None:
+        try:
+            await probe_storage(driver, readonly=config.maintenance.readonly)
+        except Exception as exc:
+            raise StartupError(f"cannot use storage {where}: {describe(exc)}") from exc
+
+    def announce() -> None:
+        log.info(
+            "txregistry listening on {ports} ({addresses}), {driver} storage",
+            ports=", ".join(listeners.descriptions),
+            addresses=", ".join(listeners.addresses()),
+            driver=config.storage.driver,
+        )
+
+    return RegistryService(
+        reactor,
+        listeners,
+        tracker,
+        probe=probe,
+        announce=announce,
+        drain_timeout=config.http.draintimeout,
+        flush=flush,
+    )
+
+
+def _configuration_error(exc: Exception) -> NoReturn:
+    # One line naming the problem, not a traceback: these are configuration mistakes.
+    exit_now(f"configuration error: {exc}")
 
 
 def makeService(options: Options) -> IService:
@@ -147,11 +227,10 @@ def makeService(options: Options) -> IService:
             reactor,
             pool,
         )
-        listeners = _listeners(config, reactor, settings.enabled)
+        endpoints = _endpoints(config, reactor, settings.enabled)
         driver = build_driver(config, reactor, pool)
     except (ValueError, OSError, ConfigError) as exc:
-        # One line naming the problem, not a traceback: these are configuration mistakes.
-        raise SystemExit(f"configuration error: {exc}") from None
+        _configuration_error(exc)
     # Upload hashing gets threads of its own, one per core: it is CPU work, and long hashing
     # slices must not delay the storage pool's file reads.
     hash_pool = ThreadPool(minthreads=1, maxthreads=os.cpu_count() or 2, name="registry-hash")
@@ -172,17 +251,19 @@ def makeService(options: Options) -> IService:
         wrap=wrap,
     )
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
+    # The root binds, probes and announces, and drains before the rest stops.
+    serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush)
+    root.setServiceParent(serving)
+    serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))
+    return serving
 
-    def index_catalog() -> None:
-        # A registry:2 data directory served for the first time has no catalog index yet:
-        # build it now rather than inside the first catalog request.
-        d = Deferred.fromCoroutine(ctx.catalog.ensure_index())
-        d.addErrback(lambda f: log.failure("building the catalog index failed", f))
 
-    reactor.callWhenRunning(index_catalog)
-    for listener in listeners:
-        listener.factory = site
-        listener.setServiceParent(root)
+def _after_start(config: Config, root: MultiService, ctx: RegistryContext, driver: Any) -> None:
+    """Storage work that waits for the probe: on broken storage it could only log failures."""
+    # A registry:2 data directory served for the first time has no catalog index yet: build
+    # it now rather than inside the first catalog request.
+    d = Deferred.fromCoroutine(ctx.catalog.ensure_index())
+    d.addErrback(lambda f: log.failure("building the catalog index failed", f))
     if config.uploads.purge_enabled:
 
         def purge() -> Deferred[Any]:
@@ -191,9 +272,3 @@ def makeService(options: Options) -> IService:
             return d
 
         TimerService(config.uploads.purge_interval, purge).setServiceParent(root)
-    log.info(
-        "txregistry listening on {ports}, {driver} storage",
-        ports=", ".join(config.http.port),
-        driver=config.storage.driver,
-    )
-    return root

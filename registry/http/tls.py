@@ -15,13 +15,15 @@ the working directory, which is never what an operator meant.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import re
 from typing import Any
 
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import crypto
+from OpenSSL import SSL
 from twisted.internet import interfaces
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.ssl import CertificateOptions, TLSVersion
@@ -73,6 +75,61 @@ def split_description(description: str) -> tuple[str, list[str], dict[str, str]]
 
 
 _SSL_KEYS = {"port", "privateKey", "certKey", "extraCertChain", "interface", "backlog"}
+# Keyword options of the endpoint types checked here (Twisted's parsers raise a TypeError with
+# a traceback for a misspelt one); other types go to Twisted unchecked.
+_KNOWN_KEYS = {
+    "tcp": {"port", "interface", "backlog"},
+    "tcp6": {"port", "interface", "backlog"},
+    "unix": {"address", "mode", "backlog", "lockfile", "wantPID"},
+    "ssl": _SSL_KEYS,
+}
+# registry:2's ``addr`` forms: ``5000``, ``:5000``, ``127.0.0.1:5000``, ``[::1]:5000``,
+# ``localhost:5000``.
+_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost)?:(?P<port>\d+)")
+
+
+def normalize_description(description: str) -> str:
+    """
+    Accept what registry:2 users type for ``--port`` as the TCP endpoint they mean:
+    ``5000`` and ``:5000`` are ``tcp:5000``, ``127.0.0.1:5000`` is
+    ``tcp:5000:interface=127.0.0.1``, ``[::1]:5000`` is ``tcp6:5000:interface=\\:\\:1``.
+    Anything else is an endpoint string and is returned as it is.
+    """
+    text = description.strip()
+    if text.isdigit():
+        return f"tcp:{text}"
+    match = _ADDRESS.fullmatch(text)
+    if match is None:
+        return text
+    host, port = match["host"], match["port"]
+    if not host:
+        return f"tcp:{port}"
+    if host.startswith("["):
+        return f"tcp6:{port}:interface=" + host.strip("[]").replace(":", "\\:")
+    return f"tcp:{port}:interface={host}"
+
+
+def check_description(description: str) -> None:
+    """
+    Raise ValueError (one line, naming the problem) for an endpoint string whose options or
+    port number are wrong, before Twisted's parser turns them into a traceback.
+    """
+    kind, args, kwargs = split_description(description)
+    known = _KNOWN_KEYS.get(kind)
+    if known is None:
+        return
+    for key in kwargs:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {near[0]}?" if near else f"; known: {', '.join(sorted(known))}"
+            raise ValueError(f"{description}: unknown {kind}: option {key!r}{hint}")
+    if kind == "unix":
+        return
+    port_text = kwargs.get("port") or (args[0] if args else "")
+    if not port_text.isdigit() or len(args) > 1:
+        raise ValueError(f"{description}: needs one port number ({kind}:5000)")
+    if int(port_text) > 65535:
+        raise ValueError(f"{description}: port {port_text} is out of range (0-65535)")
 
 
 def _read(path: str) -> bytes:
@@ -80,7 +137,43 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> CertificateOptions:
+@implementer(interfaces.IOpenSSLContextFactory)
+class _ServerContextFactory:
+    """
+    Twisted's `CertificateOptions` (protocol versions, ciphers, curves) given cryptography's
+    key and certificates, plus client-certificate verification configured on the context.
+
+    pyOpenSSL's ``Context`` takes cryptography objects directly and deprecates its own
+    ``X509``/``PKey`` wrappers, so none are made here.  `CertificateOptions` can only verify
+    clients through ``X509`` objects (``caCerts``), so the CA bundle is loaded into the context
+    instead, with the same verification flags.
+    """
+
+    def __init__(
+        self, options: CertificateOptions, tls: TLSSettings, cas: list[x509.Certificate]
+    ) -> None:
+        self._options = options
+        self._tls = tls
+        self._cas = cas
+        self._context: SSL.Context | None = None
+
+    def getContext(self) -> SSL.Context:
+        if self._context is None:
+            context = self._options.getContext()
+            if self._tls.clientauth != "none":
+                assert self._tls.clientcas
+                context.load_verify_locations(self._tls.clientcas)
+                for ca in self._cas:
+                    context.add_client_ca(ca)  # the CAs a client certificate may come from
+                flags = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+                if self._tls.clientauth == "required":
+                    flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+                context.set_verify(flags)
+            self._context = context
+        return self._context
+
+
+def _certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> _ServerContextFactory:
     key_path = kwargs.get("privateKey")
     if not key_path:
         raise ValueError("ssl: endpoints need privateKey=<PEM file>")
@@ -91,22 +184,18 @@ def _certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> Certificat
         if kwargs.get("extraCertChain")
         else []
     )
-    options: dict[str, Any] = {}
+    cas = []
     if tls.clientauth != "none":
         assert tls.clientcas
         cas = x509.load_pem_x509_certificates(_read(tls.clientcas))
-        options.update(
-            verify=True,
-            caCerts=[crypto.X509.from_cryptography(c) for c in cas],
-            requireCertificate=tls.clientauth == "required",
-        )
-    return CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
-        certificate=crypto.X509.from_cryptography(cert),
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in chain],
+    # Twisted's annotations name pyOpenSSL's types; its Context calls accept cryptography's.
+    options = CertificateOptions(
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=cert,  # type: ignore[arg-type]
+        extraCertChain=chain,  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
-        **options,
     )
+    return _ServerContextFactory(options, tls, cas)
 
 
 @implementer(
@@ -154,9 +243,13 @@ def server_endpoint(
     reactor: Any, description: str, tls: TLSSettings | None = None
 ) -> interfaces.IStreamServerEndpoint:
     """An endpoint for ``--port`` ``description``; ``tls`` applies to ``ssl:`` ones."""
+    check_description(description)
     kind, args, kwargs = split_description(description)
     if kind != "ssl":
-        endpoint: interfaces.IStreamServerEndpoint = serverFromString(reactor, description)
+        try:
+            endpoint: interfaces.IStreamServerEndpoint = serverFromString(reactor, description)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{description}: {exc}") from None
         return endpoint
     tls = tls or TLSSettings()
     unknown = set(kwargs) - _SSL_KEYS

@@ -295,3 +295,6 @@ class RoutingUploadStore:
     async def size(self, name: str, upload_id: str) -> int:
         self._refuse(name)
         return await self.local.size(name, upload_id)
+
+    async def flush(self) -> None:
+        await self.local.flush()

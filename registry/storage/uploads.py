@@ -177,6 +177,10 @@ class IUploadStore(Interface):
     def size(name: str, upload_id: str) -> Awaitable[int]:
         """Bytes received so far."""
 
+    def flush() -> Awaitable[None]:
+        """Wait until every answered request's hash state is recorded (before the process
+        stops)."""
+
 
 @implementer(IUploadStore)
 @attrs.define
@@ -281,6 +285,19 @@ class UploadStore:
             # Waiting for this recording would mean waiting for the caller's own hashing.
             self._recording.pop((name, upload_id), None)
         return parked
+
+    async def flush(self) -> None:
+        """
+        Wait until every answered request's hash state is recorded (see `_park`): before the
+        process stops, so that the next request on each upload resumes from its state instead
+        of hashing the stored data again.
+        """
+        for _ in range(100):  # a recording finishing may not start another; bounded anyway
+            pending = list(self._recording.values())
+            if not pending:
+                return
+            for recording in pending:
+                await recording  # never fails: `_park`'s `finished` logs and returns None
 
     async def _recorded(self, name: str, upload_id: str) -> None:
         """Wait until the previous request's hash state is recorded (see `UploadAppender.close`)."""

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -92,6 +93,31 @@ def pem_key(key: PrivateKey) -> bytes:
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
+    )
+
+
+def client_tls(
+    ca: x509.Certificate,
+    client_pem: bytes | None = None,
+    protocols: list[bytes] | None = None,
+    hostname: str = "127.0.0.1",
+) -> Any:
+    """
+    Client TLS options trusting ``ca``, presenting the certificate and key in ``client_pem``
+    if given.  The key and certificate are cryptography's objects: pyOpenSSL deprecates its
+    own ``X509``/``PKey``, which Twisted's ``PrivateCertificate`` would make.
+    """
+    extra: dict[str, Any] = {}
+    if client_pem:
+        extra = {
+            "privateKey": serialization.load_pem_private_key(client_pem, password=None),
+            "certificate": x509.load_pem_x509_certificate(client_pem),
+        }
+    return optionsForClientTLS(
+        hostname,
+        trustRoot=Certificate.loadPEM(pem_cert(ca)),
+        extraCertificateOptions=extra,
+        acceptableProtocols=protocols,
     )
 
 

@@ -16,7 +16,6 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -58,12 +57,7 @@ class PKI:
     def client_options(
         self, client_pem: bytes | None = None, protocols: list[bytes] | None = None
     ) -> Any:
-        return optionsForClientTLS(
-            "127.0.0.1",
-            trustRoot=Certificate.loadPEM(pki.pem_cert(self.ca)),
-            clientCertificate=PrivateCertificate.loadPEM(client_pem) if client_pem else None,
-            acceptableProtocols=protocols,
-        )
+        return pki.client_tls(self.ca, client_pem, protocols)
 
 
 @pytest.fixture

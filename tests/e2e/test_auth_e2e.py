@@ -19,7 +19,6 @@ import bcrypt
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import ssl
 from twisted.logger import globalLogPublisher
 
 from tests.auth import pki
@@ -72,11 +71,7 @@ class Pki:
         )
 
     def client_options(self, with_certificate: bool) -> Any:
-        authority = ssl.Certificate.loadPEM(pki.pem_cert(self.ca))
-        if with_certificate:
-            client = ssl.PrivateCertificate.loadPEM(self.client_pem)
-            return ssl.optionsForClientTLS("127.0.0.1", authority, client)
-        return ssl.optionsForClientTLS("127.0.0.1", authority)
+        return pki.client_tls(self.ca, self.client_pem if with_certificate else None)
 
 
 class _Policy:

@@ -95,5 +95,7 @@ def test_no_5xx_and_nothing_outside_root(
         p for p in snapshot(server.workdir) if p.startswith("data") or p.startswith("registry.")
     }
     assert outside_after == outside_before
+    # ".trash" is the filesystem driver's own (deletes move there first; the start-up storage
+    # probe deletes its object).
     for stored in snapshot(server.workdir / "data") if (server.workdir / "data").exists() else ():
-        assert stored.startswith("docker"), stored
+        assert stored.startswith(("docker", ".trash")), stored

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest_twisted
 import treq
 
 from tests.e2e.client import error_codes, get, header, sha256
-from tests.e2e.harness import RegistryProcess
+from tests.e2e.harness import REPO_ROOT, RegistryProcess, twistd_command, write_config
 from tests.e2e.ocilayout import Layout, read_index_digest
 from tests.e2e.tools import skopeo
 from tests.storage.s3server import S3Server
@@ -143,20 +144,22 @@ async def test_chunked_upload_alternating_instances(
     assert hashlib.sha256(await response.content()).hexdigest() == sha256(whole)[7:]
 
 
-@pytest_twisted.ensureDeferred
-async def test_wrong_credentials_stop_startup_clearly(s3_server: S3Server, tmp_path: Path) -> None:
+def test_wrong_credentials_stop_startup_clearly(s3_server: S3Server, tmp_path: Path) -> None:
+    """The start-up probe goes through the S3 driver: refused credentials stop the process."""
     sections = s3_sections(s3_server, "/e2e/bad")
     sections["storage"]["secretkey"] = "not-the-secret"
-    process = RegistryProcess(tmp_path, sections)
-    process.start()
-    try:
-        health = await treq.get(f"{process.url}/health")
-        assert health.code == 503
-        assert "credentials" in (await health.text())
-        response = await treq.post(f"{process.url}/v2/x/blobs/uploads/")
-        assert response.code == 503
-        body = json.loads(await response.content())
-        assert "credentials" in json.dumps(body)
-    finally:
-        process.stop()
-    assert "S3 refused the credentials" in process.log_text()
+    config = write_config(tmp_path / "registry.cfg", sections)
+    result = subprocess.run(
+        twistd_command("--config", str(config), "--port", "tcp:0:interface=127.0.0.1"),
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout[-2000:]
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"txregistry: cannot use storage s3://{s3_server.bucket}/e2e/bad: ")
+    assert "S3 refused the credentials" in line
+    assert "Traceback" not in result.stdout
+    assert "listening" not in result.stdout

@@ -77,11 +77,7 @@ def make_test_pki(directory: Path) -> TestPKI:
     )
     ca_path = directory / "ca.pem"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    server = ssl.PrivateCertificate.loadPEM(key_pem + cert_pem)
-    return TestPKI(ca_path, server.options())
+    # cryptography's key and certificate: pyOpenSSL's Context takes them, and deprecates
+    # its own X509/PKey that ssl.PrivateCertificate would make.
+    options = ssl.CertificateOptions(privateKey=key, certificate=cert)
+    return TestPKI(ca_path, options)

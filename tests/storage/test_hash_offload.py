@@ -235,3 +235,23 @@ async def test_on_shared_storage_the_state_is_recorded_before_answering(
     held.set()
     await closed
     assert await _recorded_digest(driver, upload_id, len(data)) == expected([data])
+
+
+@pytest_twisted.ensureDeferred
+async def test_flush_waits_for_every_state_being_recorded(
+    pool: ThreadPool, held: threading.Event
+) -> None:
+    """
+    `UploadStore.flush` (what a stop awaits after draining) returns once the hash state of
+    every answered request is in storage, so the next request after a restart resumes from it
+    instead of hashing the stored bytes again.
+    """
+    driver, store = _single_instance_store(pool)
+    data = [os.urandom(100 * KiB), os.urandom(50 * KiB)]
+    uploads = [await _upload_holding(store, part) for part in data]
+    flushed = Deferred.fromCoroutine(store.flush())
+    assert not flushed.called  # the hashing thread is held: nothing is recorded yet
+    held.set()
+    await flushed
+    for upload_id, part in zip(uploads, data, strict=True):
+        assert await _recorded_digest(driver, upload_id, len(part)) == expected([part])

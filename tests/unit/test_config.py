@@ -79,3 +79,36 @@ def test_durations(text: str, seconds: float) -> None:
 )
 def test_sizes(text: str, size: int) -> None:
     assert config.parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("variable", "nearest"),
+    [
+        ("REGISTRY_STORAGE_ROOTDIRECTROY", "REGISTRY_STORAGE_ROOTDIRECTORY"),
+        ("REGISTRY_HTTP_DRAINTIMOUT", "REGISTRY_HTTP_DRAINTIMEOUT"),
+        ("REGISTRY_AUTH_HTPASWD_PATH", "REGISTRY_AUTH_HTPASSWD_PATH"),
+    ],
+)
+def test_misspelt_environment_variable_names_the_nearest_key(variable: str, nearest: str) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(None, environ={variable: "x"})
+    assert str(caught.value) == (
+        f"environment variable {variable}: no such key; did you mean {nearest}?"
+    )
+
+
+def test_environment_sets_keys_of_open_sections(tmp_path: Path) -> None:
+    path = tmp_path / "r.cfg"
+    path.write_text("[proxy:hub]\nremoteurl = https://registry-1.docker.io\n")
+    loaded = config.load(
+        str(path), environ={"REGISTRY_PROXY_HUB_TTL": "1h", "HOME": "/root", "REGISTRYX": "1"}
+    )
+    assert loaded.extra["proxy:hub"] == {"remoteurl": "https://registry-1.docker.io", "ttl": "1h"}
+    with pytest.raises(config.ConfigError, match="REGISTRY_PROXY_HUP_TTL: no such key"):
+        config.load(str(path), environ={"REGISTRY_PROXY_HUP_TTL": "1h"})
+
+
+def test_draintimeout_takes_registry2_durations() -> None:
+    loaded = config.load(None, environ={"REGISTRY_HTTP_DRAINTIMEOUT": "1m30s"})
+    assert loaded.http.draintimeout == 90
+    assert config.Config().http.draintimeout == 60

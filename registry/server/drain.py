@@ -1,0 +1,230 @@
+"""
+Draining: finish the requests in flight, close idle connections, then let the process stop.
+
+Stopping the reactor closes every connection at once, bytes still buffered included, which is
+how a restart used to cut downloads in flight ("unexpected EOF").  The `ConnectionTracker`
+knows each connection and the requests running on it:
+
+- its factory wraps the Site's, so every connection is seen open and closed;
+- its request factory wraps the Site's, so every request is seen start and finish.
+
+`ConnectionTracker.drain` (after the listeners stopped accepting) closes every connection with
+no request running, closes each other one as soon as its last request finishes (the close
+waits for the bytes still buffered to be sent), and waits until every connection is gone.
+Past the deadline the remaining connections are aborted.
+
+HTTP/2 requests do not expose their connection: an HTTP/2 connection is closed once no request
+is running anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import (
+    ILoggingContext,
+    IProtocol,
+    IProtocolFactory,
+    IProtocolNegotiationFactory,
+)
+from twisted.logger import Logger
+from twisted.python.components import proxyForInterface
+from twisted.python.failure import Failure
+from twisted.web.iweb import INonQueuedRequestFactory
+from zope.interface import directlyProvides, implementer, providedBy
+
+log = Logger()
+
+# How far to follow ``.transport`` from a request's channel to its connection's transport.
+_TRANSPORT_DEPTH = 4
+
+
+@implementer(ILoggingContext)
+class _TrackedProtocol(proxyForInterface(IProtocol, "_protocol")):  # type: ignore[misc]
+    """The Site's protocol for one connection, seen opening and closing by the tracker."""
+
+    def __init__(self, protocol: IProtocol, tracker: ConnectionTracker) -> None:
+        super().__init__(protocol)
+        self._tracker = tracker
+        self.transport: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self._tracker._opened(transport)
+        self._protocol.makeConnection(transport)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._tracker._closed(self.transport)
+        self._protocol.connectionLost(reason)
+
+    def logPrefix(self) -> str:
+        inner = self._protocol
+        if ILoggingContext.providedBy(inner):
+            return str(inner.logPrefix())
+        return type(inner).__name__
+
+
+@implementer(IProtocolFactory, ILoggingContext)
+class _TrackingFactory:
+    """Stands in front of the Site so the tracker sees every connection."""
+
+    def __init__(self, wrapped: IProtocolFactory, tracker: ConnectionTracker) -> None:
+        self._wrapped = wrapped
+        self._tracker = tracker
+        if IProtocolNegotiationFactory.providedBy(wrapped):
+            directlyProvides(self, providedBy(self), IProtocolNegotiationFactory)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(self._wrapped.acceptableProtocols())  # type: ignore[attr-defined]
+
+    def buildProtocol(self, addr: Any) -> IProtocol | None:
+        protocol = self._wrapped.buildProtocol(addr)
+        if protocol is None:
+            return None
+        return _TrackedProtocol(protocol, self._tracker)
+
+    def doStart(self) -> None:
+        self._wrapped.doStart()
+
+    def doStop(self) -> None:
+        self._wrapped.doStop()
+
+    def logPrefix(self) -> str:
+        wrapped = self._wrapped
+        if ILoggingContext.providedBy(wrapped):
+            return str(wrapped.logPrefix())
+        return type(wrapped).__name__
+
+
+class ConnectionTracker:
+    """Open connections and the requests running on each; drains them on request."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        # transport -> requests running on it (HTTP/1.x: at most one at a time, pipelining aside)
+        self._connections: dict[Any, int] = {}
+        self._unplaced = 0  # running requests whose connection is unknown (HTTP/2)
+        self._draining = False
+        self._drained: Deferred[None] | None = None
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    @property
+    def requests(self) -> int:
+        return sum(self._connections.values()) + self._unplaced
+
+    def wrap_factory(self, factory: IProtocolFactory) -> IProtocolFactory:
+        """The factory to give the listeners instead of ``factory``."""
+        return _TrackingFactory(factory, self)
+
+    def wrap_request_factory(self, request_factory: Any) -> Any:
+        """A request factory for the Site that reports each request to this tracker."""
+
+        def make_request(*args: Any, **kwargs: Any) -> Any:
+            request = request_factory(*args, **kwargs)
+            self._request_started(request)
+            return request
+
+        if INonQueuedRequestFactory.providedBy(request_factory):
+            directlyProvides(make_request, INonQueuedRequestFactory)
+        return make_request
+
+    # Connections
+
+    def _opened(self, transport: Any) -> None:
+        self._connections[transport] = 0
+        if self._draining:  # accepted just before the listeners closed
+            self._close_if_idle(transport)
+
+    def _closed(self, transport: Any) -> None:
+        self._connections.pop(transport, None)
+        self._check_drained()
+
+    # Requests
+
+    def _connection_of(self, request: Any) -> Any:
+        transport = getattr(request.channel, "transport", None)
+        for _ in range(_TRANSPORT_DEPTH):
+            if transport is None or transport in self._connections:
+                return transport
+            transport = getattr(transport, "transport", None)
+        return None
+
+    def _request_started(self, request: Any) -> None:
+        connection = self._connection_of(request)
+        if connection is None:
+            self._unplaced += 1
+        else:
+            self._connections[connection] += 1
+        request.notifyFinish().addBoth(self._request_finished, connection)
+
+    def _request_finished(self, result: object, connection: Any) -> None:
+        if connection is None:
+            self._unplaced -= 1
+        elif connection in self._connections:
+            self._connections[connection] -= 1
+            if self._draining:
+                self._close_if_idle(connection)
+        if self._draining and self._unplaced == 0:
+            for transport in list(self._connections):
+                self._close_if_idle(transport)
+        self._check_drained()
+
+    # Draining
+
+    def _close_if_idle(self, transport: Any) -> None:
+        if self._connections.get(transport) != 0:
+            return
+        if self._unplaced and getattr(transport, "negotiatedProtocol", None) == b"h2":
+            return  # may carry the HTTP/2 requests still running
+        transport.loseConnection()  # sends what is buffered, then closes
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not self._connections and not self._unplaced:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    async def drain(self, limit: float) -> int:
+        """
+        Close connections as their requests finish; after ``limit`` seconds abort the rest.
+        Returns how many connections had to be aborted.
+        """
+        self._draining = True
+        self._drained = Deferred()
+        drained = self._drained
+        for transport in list(self._connections):
+            self._close_if_idle(transport)
+        self._check_drained()
+        if drained.called:
+            return 0
+        if self.requests:
+            log.info(
+                "draining {requests} request(s) on {connections} connection(s), "
+                "for up to {timeout:g} s",
+                requests=self.requests,
+                connections=self.connections,
+                timeout=limit,
+            )
+        timer = self._clock.callLater(limit, drained.cancel)
+        try:
+            await drained
+            return 0
+        except CancelledError:
+            pass  # the deadline: cut what is left
+        finally:
+            if timer.active():
+                timer.cancel()
+        remaining = list(self._connections)
+        log.warn(
+            "draintimeout reached: cutting {connections} connection(s) with {requests} "
+            "request(s) still running",
+            connections=len(remaining),
+            requests=self.requests,
+        )
+        for transport in remaining:
+            abort = getattr(transport, "abortConnection", None) or transport.loseConnection
+            abort()
+        return len(remaining)

@@ -1,0 +1,56 @@
+"""
+Failing start-up the way service managers understand: one line on stderr, a non-zero status.
+
+twistd catches ``Exception`` around start-up and prints a traceback, swallows everything raised
+inside the running reactor, and exits 0 after the reactor stops.  So a failure found before the
+reactor runs raises `SystemExit` (which twistd lets through), and one found while it runs (the
+storage probe needs the reactor) stops the reactor and sets the status at interpreter exit.
+The line goes to the process's real stderr: twistd redirects ``sys.stderr`` into its log.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+from typing import NoReturn
+
+PREFIX = "txregistry: "
+EXIT_STARTUP_FAILED = 1
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message names the cause in one line (no prefix)."""
+
+
+def print_line(message: str) -> None:
+    """Write ``txregistry: message`` as one line to the process's real stderr."""
+    line = PREFIX + " ".join(message.split()) + "\n"
+    stream = sys.__stderr__
+    if stream is None:  # no stderr at all (a daemon): nothing to write to
+        return
+    stream.write(line)
+    stream.flush()
+
+
+def exit_now(message: str) -> NoReturn:
+    """Before the reactor runs: print the line and leave with a failure status."""
+    print_line(message)
+    raise SystemExit(EXIT_STARTUP_FAILED)
+
+
+def _exit_with(status: int) -> None:
+    # Runs last among the atexit handlers registered before it: flush what they would have.
+    logging.shutdown()
+    for stream in (sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    os._exit(status)
+
+
+def exit_after_reactor(reactor: object, message: str) -> None:
+    """While the reactor runs: print the line, stop the reactor, exit non-zero afterwards."""
+    print_line(message)
+    atexit.register(_exit_with, EXIT_STARTUP_FAILED)
+    reactor.stop()  # type: ignore[attr-defined]

@@ -1,0 +1,123 @@
+"""
+Listeners that are bound early and accept late.
+
+Every endpoint is bound when the service starts (in ``privilegedStartService`` under twistd, so
+ports below 1024 work with ``--uid``), and a bind failure is a `StartupError` naming the
+endpoint and the cause.  The bound ports then stop accepting until `Listeners.open`: start-up
+probes the storage first, and a request accepted before that could only fail.  Connections
+that arrive meanwhile wait in the kernel's backlog, not refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorFDSet,
+    IReadDescriptor,
+    IStreamServerEndpoint,
+)
+from twisted.python.failure import Failure
+
+from registry.server.exit import StartupError
+
+
+def bind_failure_reason(failure: Failure) -> str:
+    """``address already in use`` rather than Twisted's exception text."""
+    error = failure.value
+    if isinstance(error, CannotListenError):
+        error = error.socketError
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class Listeners:
+    """The registry's listening ports: bind, open, stop listening."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoints: list[tuple[str, IStreamServerEndpoint]],
+        factory: IProtocolFactory,
+    ) -> None:
+        self._reactor = reactor
+        self._endpoints = endpoints
+        self._factory = factory
+        self.ports: list[IListeningPort] = []
+        self._pending: list[Deferred[None]] = []
+        self._errors: list[str] = []
+        self._bound = False
+        self._open = False
+
+    @property
+    def descriptions(self) -> list[str]:
+        return [description for description, _ in self._endpoints]
+
+    def addresses(self) -> list[str]:
+        """What each port is bound to (``127.0.0.1:41234``): the real port where 0 was asked."""
+        out = []
+        for port in self.ports:
+            host = port.getHost()
+            if hasattr(host, "port"):
+                out.append(f"{getattr(host, 'host', '')}:{host.port}")
+            else:
+                out.append(str(getattr(host, "name", host)))
+        return out
+
+    def bind(self) -> None:
+        """
+        Bind every endpoint; raise `StartupError` for the first that fails at once.  Endpoints
+        that bind asynchronously are awaited by `wait_bound`.
+        """
+        if self._bound:
+            return
+        self._bound = True
+        for description, endpoint in self._endpoints:
+            d = endpoint.listen(self._factory)
+            done = d.addCallbacks(self._listening, self._refused, errbackArgs=(description,))
+            if not done.called:
+                self._pending.append(done)
+        if self._errors:
+            raise StartupError(self._errors[0])
+
+    async def wait_bound(self) -> None:
+        """Wait for endpoints still binding; raise `StartupError` if one failed."""
+        for d in self._pending:
+            await d
+        self._pending = []
+        if self._errors:
+            raise StartupError(self._errors[0])
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.ports.append(port)
+        if not self._open:
+            self._pause(port)
+
+    def _refused(self, failure: Failure, description: str) -> None:
+        self._errors.append(f"cannot listen on {description}: {bind_failure_reason(failure)}")
+
+    def _pause(self, port: IListeningPort) -> None:
+        # A port that is a readable descriptor accepts when the reactor reads it; taking it out
+        # of the reactor keeps it bound without accepting.
+        if IReadDescriptor.providedBy(port) and IReactorFDSet.providedBy(self._reactor):
+            self._reactor.removeReader(port)
+
+    def open(self) -> None:
+        """Start accepting connections."""
+        self._open = True
+        for port in self.ports:
+            if IReadDescriptor.providedBy(port) and IReactorFDSet.providedBy(self._reactor):
+                self._reactor.addReader(port)
+
+    async def stop_listening(self) -> None:
+        """Close every listening socket: new connections are refused from now on."""
+        ports, self.ports = self.ports, []
+        for port in ports:
+            result = port.stopListening()
+            if isinstance(result, Deferred):
+                await result

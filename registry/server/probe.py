@@ -1,0 +1,59 @@
+"""
+The start-up storage probe: write, read back and delete a small object through the driver.
+
+A storage root that is a regular file, a folder the process may not write, a bucket that does
+not exist or credentials that are refused all look healthy until the first push; probing at
+start-up turns them into a refusal to start, naming the cause.  The probe goes through the
+configured `IStorageDriver`, so it checks what pushes will use (S3 included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+
+from registry.config import StorageConfig
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+
+PROBE_DIR = f"{layout.OWN}/probes"
+
+
+def storage_description(storage: StorageConfig) -> str:
+    """How the operator named the storage: a folder, an S3 location, or ``inmemory``."""
+    if storage.driver == "filesystem":
+        return os.path.abspath(storage.rootdirectory)
+    if storage.driver == "s3":
+        prefix = storage.rootdirectory.strip("/")
+        if storage.rootdirectory == StorageConfig().rootdirectory:
+            prefix = ""
+        return f"s3://{storage.bucket}/{prefix}".rstrip("/")
+    return storage.driver
+
+
+def describe(exc: BaseException) -> str:
+    """An error as one short phrase: ``Not a directory``, ``Permission denied``, ..."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+async def probe_storage(driver: IStorageDriver, readonly: bool = False) -> None:
+    """
+    Raise if the storage cannot be written, read and deleted (only read with ``readonly``:
+    a read-only registry may sit on read-only storage).
+    """
+    if readonly:
+        with contextlib.suppress(PathNotFoundError):
+            await driver.list(layout.ROOT)
+        return
+    path = f"{PROBE_DIR}/{uuid.uuid4().hex}"
+    payload = f"txregistry start-up probe {path}".encode()
+    await driver.put_content(path, payload)
+    try:
+        if await driver.get_content(path) != payload:
+            raise OSError(0, "what was written reads back differently")
+    finally:
+        await driver.delete(path)

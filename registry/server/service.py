@@ -1,0 +1,133 @@
+"""
+The registry's root service: start-up in a fixed order, and a stop that drains.
+
+Start: bind every listener (a failure stops start-up), start the children (thread pools,
+timers), probe the storage, then accept connections and log "listening".  Under twistd
+(``privilegedStartService`` was called) a failure prints one line and exits non-zero; a
+caller that only calls ``startService`` (tests, embedding) gets `RegistryService.ready`
+failing with `StartupError` instead.
+
+Stop (SIGTERM, or ``stopService``): stop accepting, let requests in flight finish for up to
+the drain timeout (`ConnectionTracker.drain`), flush state (upload hash states), then stop the
+children.  Under twistd, SIGTERM then exits 0: a requested, clean stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from registry.server.drain import ConnectionTracker
+from registry.server.exit import StartupError, exit_after_reactor, exit_now
+from registry.server.listeners import Listeners
+
+log = Logger()
+
+
+class RegistryService(MultiService):
+    """The root of the service tree: listeners, start-up checks and draining around it."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        listeners: Listeners,
+        tracker: ConnectionTracker,
+        probe: Callable[[], Awaitable[None]],
+        announce: Callable[[], None],
+        drain_timeout: float,
+        flush: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._reactor = reactor
+        self.listeners = listeners
+        self.tracker = tracker
+        self._probe = probe
+        self._announce = announce
+        self.drain_timeout = drain_timeout
+        self._flush = flush
+        self._under_twistd = False
+        self._stop_requested = False
+        # Fires once the registry accepts connections; fails with StartupError.
+        self.ready: Deferred[None] = Deferred()
+
+    def privilegedStartService(self) -> None:
+        self._under_twistd = True
+        try:
+            self.listeners.bind()
+        except StartupError as exc:
+            exit_now(str(exc))
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def startService(self) -> None:
+        self.listeners.bind()  # done already under twistd
+        super().startService()  # type: ignore[no-untyped-call]
+        self._reactor.callWhenRunning(self._start)
+
+    def _start(self) -> None:
+        d = Deferred.fromCoroutine(self._checks())
+        d.addCallbacks(self._started, self._failed)
+
+    async def _checks(self) -> None:
+        await self.listeners.wait_bound()
+        await self._probe()
+
+    def _started(self, _: object) -> None:
+        if not self.running:
+            return
+        self.listeners.open()
+        if self._under_twistd:
+            signal.signal(signal.SIGTERM, self._sigterm)
+        self._announce()
+        self.ready.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        message = (
+            str(failure.value)
+            if failure.check(StartupError)
+            else f"start-up failed: {failure.getErrorMessage()}"
+        )
+        if not failure.check(StartupError):
+            log.failure("start-up failed", failure)
+        if self._under_twistd:
+            exit_after_reactor(self._reactor, message)
+        self.ready.errback(StartupError(message))
+        self.ready.addErrback(lambda _: None)  # the caller may not be listening
+
+    def _sigterm(self, signum: int, frame: Any) -> None:
+        # Twisted's own handler would make twistd kill itself with SIGTERM once stopped; a
+        # drained, requested stop is a success.
+        self._reactor.callFromThread(self._stop_once)
+
+    def _stop_once(self) -> None:
+        if self._stop_requested:
+            log.info(
+                "SIGTERM again: still draining (at most {timeout:g} s)", timeout=self.drain_timeout
+            )
+            return
+        self._stop_requested = True
+        log.info("SIGTERM: no longer accepting; draining requests in flight")
+        with contextlib.suppress(ReactorNotRunning):  # already stopping for another reason
+            self._reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await self.listeners.stop_listening()
+        await self.tracker.drain(self.drain_timeout)
+        if self._flush is not None:
+            try:
+                await self._flush()
+            except Exception:
+                log.failure("flushing state before stopping failed")
+        result = super().stopService()  # type: ignore[no-untyped-call]
+        if isinstance(result, Deferred):
+            await result

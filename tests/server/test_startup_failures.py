@@ -1,0 +1,141 @@
+"""
+Start-up that cannot succeed stops the process: exit status 1 and exactly one line on stderr
+naming the cause, no traceback anywhere, and "listening" never logged.  Each case runs a real
+``twistd -n registry`` child.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import twistd_command
+from tests.server.proc import child_env
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+def run_registry(
+    tmp_path: Path, *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        twistd_command(*arguments),
+        cwd=tmp_path,
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stdout[-2000:], result.stderr)
+    assert result.stderr.endswith("\n")
+    lines = result.stderr.splitlines()
+    assert lines == [expected], result.stderr
+    assert "Traceback" not in result.stdout
+    assert "listening" not in result.stdout
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_port_in_use(tmp_path: Path, taken_port: int) -> None:
+    description = f"tcp:{taken_port}:interface=127.0.0.1"
+    result = run_registry(tmp_path, "--port", description, "--storage", str(tmp_path / "d"))
+    assert_one_line(result, f"txregistry: cannot listen on {description}: address already in use")
+
+
+def test_second_port_in_use_after_a_good_one(tmp_path: Path, taken_port: int) -> None:
+    description = f"tcp:{taken_port}:interface=127.0.0.1"
+    result = run_registry(
+        tmp_path, "--port", LOOPBACK, "--port", description, "--storage", str(tmp_path / "d")
+    )
+    assert_one_line(result, f"txregistry: cannot listen on {description}: address already in use")
+
+
+def test_interface_not_on_this_host(tmp_path: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: bind() fails, nothing is sent.
+    description = "tcp:0:interface=192.0.2.1"
+    result = run_registry(tmp_path, "--port", description, "--storage", str(tmp_path / "d"))
+    assert_one_line(
+        result, f"txregistry: cannot listen on {description}: cannot assign requested address"
+    )
+
+
+@pytest.mark.parametrize(
+    ("port", "line"),
+    [
+        ("99999", "configuration error: tcp:99999: port 99999 is out of range (0-65535)"),
+        (
+            "tcp:0:interfce=127.0.0.1",
+            "configuration error: tcp:0:interfce=127.0.0.1: unknown tcp: option 'interfce'; "
+            "did you mean interface?",
+        ),
+        ("floppy:5000", "configuration error: floppy:5000: Unknown endpoint type: 'floppy'"),
+    ],
+)
+def test_bad_endpoint(tmp_path: Path, port: str, line: str) -> None:
+    result = run_registry(tmp_path, "--port", port, "--storage", str(tmp_path / "d"))
+    assert_one_line(result, f"txregistry: {line}")
+
+
+def test_storage_is_a_regular_file(tmp_path: Path) -> None:
+    storage = tmp_path / "not-a-folder"
+    storage.write_text("x")
+    result = run_registry(tmp_path, "--port", LOOPBACK, "--storage", str(storage))
+    assert_one_line(result, f"txregistry: cannot use storage {storage}: not a directory")
+
+
+def test_storage_cannot_be_written(tmp_path: Path) -> None:
+    # Under /proc nothing can be created, whoever runs the test (root included).
+    result = run_registry(tmp_path, "--port", LOOPBACK, "--storage", "/proc/txregistry-test")
+    assert_one_line(
+        result, "txregistry: cannot use storage /proc/txregistry-test: no such file or directory"
+    )
+
+
+def test_bad_configuration_value_prints_one_line_not_the_usage(tmp_path: Path) -> None:
+    config = tmp_path / "bad.cfg"
+    config.write_text("[storage]\nfsync = maybe\n")
+    result = run_registry(tmp_path, "--config", str(config))
+    assert_one_line(
+        result,
+        "txregistry: configuration error: [storage] fsync: not a boolean: 'maybe' "
+        "(use true or false)",
+    )
+
+
+def test_misspelt_environment_variable_is_refused(tmp_path: Path) -> None:
+    result = run_registry(
+        tmp_path,
+        "--port",
+        LOOPBACK,
+        env={"REGISTRY_STORAGE_ROOTDIRECTROY": str(tmp_path / "d")},
+    )
+    assert_one_line(
+        result,
+        "txregistry: configuration error: environment variable REGISTRY_STORAGE_ROOTDIRECTROY: "
+        "no such key; did you mean REGISTRY_STORAGE_ROOTDIRECTORY?",
+    )
+
+
+def test_unknown_option(tmp_path: Path) -> None:
+    result = run_registry(tmp_path, "--prot", "tcp:5000")
+    assert_one_line(result, "txregistry: option --prot not recognized")
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run_registry(tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("txregistry ")
+    assert result.stderr == ""
