@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from registry.api.errors import RegistryError
-from registry.http import responses
+from registry.http import misdirected, responses
 from registry.http.chunked import ChunkedBodyDecoder
 
 log = Logger()
@@ -240,32 +240,6 @@ class RegistryRequest(server.Request):
             transport.SEND_LIMIT = _DOWNLOAD_SEND_LIMIT
 
 
-_TLS_ON_PLAIN_HTTP = (
-    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 47\r\n\r\nThis port speaks plain HTTP; TLS was attempted.\n"
-)
-
-
-def _refuse_tls_on_plain_http(protocol: Any) -> None:
-    """
-    Answer a TLS handshake on a plain-HTTP port at once.  Clients told a registry is
-    "insecure" (skopeo --tls-verify=false, docker's insecure-registries) try TLS first and
-    fall back to HTTP; twisted.web would wait for a request line that never comes, so every
-    such client stalled for its TLS timeout.  On ``ssl:`` listeners this sees decrypted bytes.
-    """
-    original = protocol.dataReceived
-
-    def first_data(data: bytes) -> None:
-        del protocol.dataReceived  # later data goes straight to the class's method
-        if data[:1] == b"\x16":  # a TLS handshake record
-            protocol.transport.write(_TLS_ON_PLAIN_HTTP)
-            protocol.transport.loseConnection()
-            return
-        original(data)
-
-    protocol.dataReceived = first_data
-
-
 class RegistrySite(server.Site):
     """A Site with streaming bodies and one structured access-log line per request."""
 
@@ -289,7 +263,8 @@ class RegistrySite(server.Site):
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if protocol is not None:
-            _refuse_tls_on_plain_http(protocol)
+            # TLS clients on a plain port get an HTTP answer at once (see the module).
+            misdirected.refuse_tls(protocol)
         return protocol
 
     def log(self, request: Any) -> None:

@@ -345,30 +345,6 @@ async def test_sizes(registry: InProcessRegistry, size: int) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_tls_handshake_on_plain_port_is_refused_at_once(registry: InProcessRegistry) -> None:
-    """Clients that try TLS first (insecure registries) must not wait for a timeout."""
-    import socket
-    import ssl
-    import time
-
-    from twisted.internet.threads import deferToThread
-
-    host, port = registry.url.removeprefix("http://").split(":")
-
-    def handshake() -> float:
-        started = time.monotonic()
-        context = ssl.create_default_context()
-        with socket.create_connection((host, int(port)), timeout=10) as sock:
-            with pytest.raises(ssl.SSLError):
-                context.wrap_socket(sock, server_hostname=host)
-        return time.monotonic() - started
-
-    assert await deferToThread(handshake) < 2
-    response, _ = await get(registry.url + "/v2/")
-    assert response.code == 200
-
-
-@pytest_twisted.ensureDeferred
 async def test_absolute_locations_when_asked(start_registry: Starter) -> None:
     registry = await start_registry({"http": {"relativeurls": "false"}})
     response = await treq.post(f"{registry.url}/v2/abs/blobs/uploads/")
