@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from registry.api.errors import RegistryError
-from registry.http import misdirected, responses
+from registry.http import misdirected, reasons, responses
 from registry.http.chunked import ChunkedBodyDecoder
 
 log = Logger()
@@ -181,6 +181,10 @@ class RegistryRequest(server.Request):
         else:
             # A client that stops sending but keeps the connection open is not waited for long.
             channel.setTimeout(_AFTER_REFUSAL_TIMEOUT)
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        # The standard phrases (`registry.http.reasons`): twisted.web lacks some (429).
+        super().setResponseCode(code, message or reasons.phrase(code))
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._body_complete = True
