@@ -24,6 +24,7 @@ from registry.api.errors import (
     UNSUPPORTED,
     RegistryError,
 )
+from registry.failures import log_failure
 from registry.handlers import blobs, listings, manifests, uploads
 from registry.handlers.common import authorize, error_for
 from registry.handlers.context import RegistryContext
@@ -32,6 +33,7 @@ from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
 from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from registry.ops.metrics import metrics_of
+from registry.proxy.errors import UpstreamError
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError, StorageError
 
@@ -157,13 +159,34 @@ class RegistryApp:
 
     @router.handle_errors(StorageError)
     def storage_error(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure(
-            "storage failure on {method} {uri}",
+        log_failure(
+            log,
             failure,
+            "storage failure on {method} {uri}",
             method=request.method.decode("latin-1"),
             uri=request.uri.decode("latin-1")[:300],
         )
         return responses.error(request, error_for(failure.value))
+
+    @router.handle_errors(responses.ResponseInterrupted)
+    def interrupted(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        A body that failed after the status line went out: the connection is already
+        dropped (`responses.stream`), so there is nothing left to answer, only to log.
+        Storage and upstream failures say what went wrong in one line (the pull-through
+        cache logs its upstream's failure itself); anything else keeps its traceback.
+        """
+        cause = failure.value.__cause__ if failure.value is not None else None
+        fields = {
+            "method": request.method.decode("latin-1"),
+            "uri": request.uri.decode("latin-1")[:300],
+        }
+        if isinstance(cause, StorageError | UpstreamError):
+            log.warn("{method} {uri}: body cut short: {reason}", reason=str(cause), **fields)
+        else:
+            shown = Failure(cause) if cause is not None else failure
+            log.failure("{method} {uri}: body cut short", shown, **fields)
+        return b""
 
     @router.handle_errors(Exception)
     def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:

@@ -32,7 +32,9 @@ from twisted.logger import (
 from zope.interface import implementer
 
 # What a log line looks like when something went wrong that nobody handled.
-TROUBLE_TEXT = re.compile(r"Unhandled Error|Unhandled error in Deferred|Traceback \(most recent")
+TROUBLE_TEXT = re.compile(
+    r"Unhandled Error|Unhandled error in Deferred|Traceback \(most recent|#critical\]"
+)
 
 # Child-process log files to scan, and how far each was scanned.
 _files: dict[Path, int] = {}
@@ -67,10 +69,13 @@ def _blocks(text: str, path: Path) -> list[str]:
         if not TROUBLE_TEXT.search(lines[number]):
             number += 1
             continue
+        start = number
+        while start > 0 and lines[start].startswith(("\t", " ")):
+            start -= 1  # the entry's first line says what failed
         end = number + 1
         while end < len(lines) and lines[end].startswith(("\t", " ")):
             end += 1
-        found.append(f"{path}:\n" + "\n".join(lines[number:end]))
+        found.append(f"{path}:\n" + "\n".join(lines[start:end]))
         number = end
     return found
 

@@ -36,6 +36,7 @@ from registry.api.errors import (
     SIZE_INVALID,
     RegistryError,
 )
+from registry.failures import log_failure
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
@@ -219,10 +220,11 @@ class UploadStore:
             if self._recording.get(key) is done:
                 del self._recording[key]
             if isinstance(result, Failure):
-                log.failure(
+                log_failure(
+                    log,
+                    result,
                     "recording the hash state of upload {upload} ({name}); the next request "
                     "re-hashes the stored data",
-                    result,
                     upload=appender.upload_id,
                     name=appender.name,
                 )

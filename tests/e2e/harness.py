@@ -73,8 +73,13 @@ class InProcessRegistry:
     url: str
     service: IService
     options: Options
+    stopped: bool = False
 
     async def stop(self) -> None:
+        """Stop it; again is a no-op (a test may stop it before the fixture does)."""
+        if self.stopped:
+            return
+        self.stopped = True
         result = self.service.stopService()
         if isinstance(result, Deferred):
             await result
