@@ -18,14 +18,12 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from registry.api.errors import (
-    MANIFEST_INVALID,
     NOT_FOUND,
-    SIZE_INVALID,
     UNSUPPORTED,
     RegistryError,
 )
 from registry.failures import log_failure
-from registry.handlers import blobs, listings, manifests, uploads
+from registry.handlers import blobs, limits, listings, manifests, uploads
 from registry.handlers.common import authorize, error_for
 from registry.handlers.context import RegistryContext
 from registry.http import responses
@@ -118,16 +116,13 @@ class RegistryApp:
     async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:
         request.setHeader(*responses.API_VERSION_HEADER)
         route = parse_route(rest)
-        if getattr(request, "body_too_large", False):
+        if getattr(request, "body_too_large", False):  # a chunked body past the limit
+            config = self.ctx.config
             if route.kind is Kind.MANIFEST:
-                limit = self.ctx.config.storage.max_manifest_size
-                raise RegistryError(
-                    MANIFEST_INVALID,
-                    {"limit": limit},
-                    f"manifest too big: the limit is {limit} bytes",
-                    status=413,
-                )
-            raise RegistryError(SIZE_INVALID, {"reason": "request body too large"}, status=413)
+                raise limits.manifest_too_large(config.storage.max_manifest_size)
+            raise limits.body_too_large(
+                max(config.http.max_body_size, config.storage.max_manifest_size)
+            )
         # Pull-through cache: containerd's ?ns= selects the upstream (registry.proxy.routing).
         router = self.ctx.extras.get("proxy_router")
         if router is not None:
@@ -210,7 +205,10 @@ def make_site(
     def sink_factory(
         request: RegistryRequest, method: bytes, uri: bytes, length: int | None
     ) -> Any:
-        return uploads.upload_sink(ctx, request, method, uri, length)
+        sink = uploads.upload_sink(ctx, request, method, uri, length)
+        if sink is None:  # not an upload: refused at once if announced over its limit
+            return limits.refuse_by_length(ctx, method, uri, length)
+        return sink
 
     site = RegistrySite(
         app.router.resource(),

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IProtocol, ITCPTransport, ITransport
+from twisted.internet.interfaces import IProtocol, ISSLTransport, ITCPTransport, ITransport
 
 # The first byte of a TLS record carrying a handshake (every ClientHello starts with it).
 _TLS_HANDSHAKE = 0x16
@@ -75,7 +75,7 @@ def _refuse_when(protocol: IProtocol, wrong: Callable[[bytes], bool], answer: by
             return
         instance.dataReceived = _drop
         transport[0].write(answer)
-        if ITCPTransport.providedBy(transport[0]):
+        if ITCPTransport.providedBy(transport[0]) and not ISSLTransport.providedBy(transport[0]):
             transport[0].loseWriteConnection()
         else:
             transport[0].loseConnection()

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -42,6 +43,8 @@ _DOWNLOAD_SEND_LIMIT = 4 * 1024 * 1024
 # After an early answer, how long a client may stay silent before the connection is closed.
 _AFTER_REFUSAL_TIMEOUT = 30.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# How long a refused body is still read (and dropped) after the answer's FIN (Go: 500 ms).
+_RESET_AVOIDANCE_DELAY = 0.5
 
 
 class BodySink(Protocol):
@@ -178,9 +181,30 @@ class RegistryRequest(server.Request):
             site.log(self)
         if close_now:
             self.loseConnection()  # type: ignore[no-untyped-call]
+        elif error.status == 413:
+            self._close_unread()
         else:
             # A client that stops sending but keeps the connection open is not waited for long.
             channel.setTimeout(_AFTER_REFUSAL_TIMEOUT)
+
+    def _close_unread(self) -> None:
+        """
+        After refusing a body for its size, close without reading it (it may be gigabytes).
+        As Go's server does: the answer, then a FIN, then whatever still arrives is dropped
+        and the connection closed a moment later.  Closing at once, with the body's first
+        bytes unread, would send a reset, which can reach the client before the answer.
+        """
+        transport: Any = self.channel.transport
+        site = self._site()
+        if (
+            site is None
+            or not ITCPTransport.providedBy(transport)
+            or ISSLTransport.providedBy(transport)
+        ):
+            self.loseConnection()  # type: ignore[no-untyped-call]  # TLS: close_notify first
+            return
+        transport.loseWriteConnection()
+        site.reactor.callLater(_RESET_AVOIDANCE_DELAY, transport.abortConnection)
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         # The standard phrases (`registry.http.reasons`): twisted.web lacks some (429).

@@ -21,7 +21,7 @@ import pytest_twisted
 import treq
 from twisted.internet.threads import deferToThread
 
-from tests.e2e.client import sha256, start_upload
+from tests.e2e.client import sha256, split_response, start_upload
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry, sleep
 from tests.e2e.test_upload_resilience import upload_range
@@ -329,3 +329,55 @@ async def test_no_late_continue_once_the_client_sends_anyway(
     assert not answer.continued
     assert answer.status == 202, answer.body
     assert answer.headers["range"] == f"0-{len(data) - 1}"
+
+
+def announce_only(url: str, head: bytes) -> bytes:
+    """Send only a request's head, then read everything until the server closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_manifest_is_refused_from_its_length(registry: InProcessRegistry) -> None:
+    """
+    A manifest PUT announcing more than max_manifest_size gets 413 before any of its body
+    is sent, and the connection closes: the body is never waited for.
+    """
+    head = (
+        b"PUT /v2/big/manifests/v1 HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+        b"Content-Length: 10737418240\r\n\r\n"
+    )
+    status, headers, body = split_response(await deferToThread(announce_only, registry.url, head))
+    assert status == b"HTTP/1.1 413 Content Too Large"
+    assert headers["connection"] == "close"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "errors": [
+            {
+                "code": "MANIFEST_INVALID",
+                "message": "manifest too big: the limit is 4194304 bytes",
+                "detail": {"limit": 4194304},
+            }
+        ]
+    }
+    assert headers["content-length"] == str(len(body))
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_other_body_is_refused_from_its_length(
+    registry: InProcessRegistry,
+) -> None:
+    """Not an upload, not a manifest: over max_body_size (1 MiB) is 413 at once."""
+    head = b"POST /v2/big/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n"
+    status, headers, body = split_response(await deferToThread(announce_only, registry.url, head))
+    assert status == b"HTTP/1.1 413 Content Too Large"
+    assert headers["connection"] == "close"
+    (entry,) = json.loads(body)["errors"]
+    assert entry["code"] == "SIZE_INVALID"
+    assert entry["detail"] == {"reason": "request body too large", "limit": 1048576}
