@@ -99,7 +99,7 @@ def is_trouble(event: dict[str, object]) -> bool:
 
 
 @implementer(ILogObserver)
-@attrs.define
+@attrs.define(eq=False)  # observers are told apart by identity (addObserver/removeObserver)
 class LogWatch:
     """Collects troubling events between `start` and `finish`; allows the expected ones."""
 
