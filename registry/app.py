@@ -116,6 +116,11 @@ class RegistryApp:
     async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:
         request.setHeader(*responses.API_VERSION_HEADER)
         route = parse_route(rest)
+        refused = getattr(request, "sink", None)
+        if isinstance(refused, limits.RefusedBody):
+            # Refused from its Content-Length: answered already over HTTP/1.x (this answer is
+            # dropped), only now over HTTP/2, which has no early answers.
+            raise refused.error
         if getattr(request, "body_too_large", False):  # a chunked body past the limit
             config = self.ctx.config
             if route.kind is Kind.MANIFEST:

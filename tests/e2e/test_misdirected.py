@@ -13,14 +13,12 @@ import ssl
 import struct
 import termios
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.auth import pki
 from tests.e2e.client import get
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry
@@ -144,16 +142,6 @@ async def test_go_client_falls_back_to_plain_http(registry: InProcessRegistry) -
         await run(skopeo, "inspect", "--tls-verify=false", f"docker://{host}/nothing/here:v1")
     assert "name unknown" in str(caught.value)
     assert "HTTPS client" not in str(caught.value)
-
-
-@pytest.fixture
-def tls_listen(tmp_path: Path) -> str:
-    ca_key, key = pki.new_key("ec"), pki.new_key("ec")
-    authority = pki.certificate("test CA", ca_key, ca=True)
-    server = pki.certificate("127.0.0.1", key, (ca_key, authority), server=True)
-    cert_path = pki.write(tmp_path / "server.pem", pki.pem_cert(server))
-    key_path = pki.write(tmp_path / "server.key", pki.pem_key(key))
-    return f"ssl:{{port}}:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
 
 
 @pytest_twisted.ensureDeferred

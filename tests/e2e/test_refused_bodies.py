@@ -381,3 +381,27 @@ async def test_oversized_other_body_is_refused_from_its_length(
     (entry,) = json.loads(body)["errors"]
     assert entry["code"] == "SIZE_INVALID"
     assert entry["detail"] == {"reason": "request body too large", "limit": 1048576}
+
+
+@pytest.mark.parametrize("http2", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_oversized_manifest_over_tls_and_http2(
+    start_registry: Starter, tls_listen: str, tmp_path: Path, http2: bool
+) -> None:
+    """The same 413 over TLS, and over HTTP/2 (which has no early answers: it comes after)."""
+    from tests.e2e.tools import require, run
+
+    registry = await start_registry({"http": {"http2": str(http2).lower()}}, tls_listen)
+    body = tmp_path / "manifest.json"
+    body.write_bytes(b" " * (5 * MiB))
+    answer = tmp_path / "answer.json"
+    written = await run(
+        require("curl"), "-sS", "--http2" if http2 else "--http1.1", "--cacert",
+        str(tmp_path / "tls-ca.pem"), "-X", "PUT", "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary", f"@{body}",
+        "-o", str(answer), "-w", "%{http_version} %{http_code}",
+        f"{registry.url}/v2/big/manifests/v1",
+    )  # fmt: skip
+    assert written == ("2 413" if http2 else "1.1 413")
+    (entry,) = json.loads(answer.read_bytes())["errors"]
+    assert (entry["code"], entry["detail"]) == ("MANIFEST_INVALID", {"limit": 4 * MiB})
