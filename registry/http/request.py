@@ -11,7 +11,8 @@ of filling memory.  Other requests keep an in-memory body, refused past ``max_bo
 The Klein route then runs, as usual, once the body is complete, and asks the sink for the
 result.  When the sink refuses the body before it is all in (no access, an unknown upload, a
 full disk), the error is answered at once over HTTP/1.x, as registry:2 does: the rest of the
-body is read and dropped, and the connection closes after it.  A client that sent
+body is read and dropped, and the connection closes after it; a body refused for its size (413)
+is not read at all, and the connection closes just after the answer.  A client that sent
 ``Expect: 100-continue`` (curl, for bodies over 1 MiB) gets ``100 Continue`` only once the
 upload is open, so a refused body is never sent at all.
 """
