@@ -63,9 +63,9 @@ def fill(disk: Path) -> Path:
                 break
         else:
             raise AssertionError(f"{disk} did not fill up")
-        # The last pages of a partly written block: fill byte by byte-ish until nothing fits.
+        # What a partly written block left: smaller writes until not even one byte fits.
         for size in (4096, 512, 1):
-            while True:
+            for _ in range(len(block) // size + 1):
                 try:
                     os.write(fd, b"\0" * size)
                 except OSError:
