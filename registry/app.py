@@ -19,13 +19,12 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from registry.api.errors import (
-    MANIFEST_INVALID,
     NOT_FOUND,
-    SIZE_INVALID,
     UNSUPPORTED,
     RegistryError,
 )
-from registry.handlers import blobs, listings, manifests, uploads
+from registry.failures import log_failure
+from registry.handlers import blobs, limits, listings, manifests, uploads
 from registry.handlers.common import authorize, error_for
 from registry.handlers.context import RegistryContext
 from registry.http import responses
@@ -33,6 +32,7 @@ from registry.http.forwarded import TrustedProxies
 from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
 from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from registry.proxy.errors import UpstreamError
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError, StorageError
 from registry.ui import ui_resource
@@ -132,16 +132,18 @@ class RegistryApp:
     async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:
         request.setHeader(*responses.API_VERSION_HEADER)
         route = parse_route(rest)
-        if getattr(request, "body_too_large", False):
+        refused = getattr(request, "sink", None)
+        if isinstance(refused, limits.RefusedBody):
+            # Refused from its Content-Length: answered already over HTTP/1.x (this answer is
+            # dropped), only now over HTTP/2, which has no early answers.
+            raise refused.error
+        if getattr(request, "body_too_large", False):  # a chunked body past the limit
+            config = self.ctx.config
             if route.kind is Kind.MANIFEST:
-                limit = self.ctx.config.storage.max_manifest_size
-                raise RegistryError(
-                    MANIFEST_INVALID,
-                    {"limit": limit},
-                    f"manifest too big: the limit is {limit} bytes",
-                    status=413,
-                )
-            raise RegistryError(SIZE_INVALID, {"reason": "request body too large"}, status=413)
+                raise limits.manifest_too_large(config.storage.max_manifest_size)
+            raise limits.body_too_large(
+                max(config.http.max_body_size, config.storage.max_manifest_size)
+            )
         # Pull-through cache: containerd's ?ns= selects the upstream (registry.proxy.routing).
         rewriter = self.ctx.route_rewriter
         if rewriter is not None:
@@ -173,13 +175,34 @@ class RegistryApp:
 
     @router.handle_errors(StorageError)
     def storage_error(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure(
-            "storage failure on {method} {uri}",
+        log_failure(
+            log,
             failure,
+            "storage failure on {method} {uri}",
             method=request.method.decode("latin-1"),
             uri=request.uri.decode("latin-1")[:300],
         )
         return responses.error(request, error_for(failure.value))
+
+    @router.handle_errors(responses.ResponseInterrupted)
+    def interrupted(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        A body that failed after the status line went out: the connection is already
+        dropped (`responses.stream`), so there is nothing left to answer, only to log.
+        Storage and upstream failures say what went wrong in one line (the pull-through
+        cache logs its upstream's failure itself); anything else keeps its traceback.
+        """
+        cause = failure.value.__cause__ if failure.value is not None else None
+        fields = {
+            "method": request.method.decode("latin-1"),
+            "uri": request.uri.decode("latin-1")[:300],
+        }
+        if isinstance(cause, StorageError | UpstreamError):
+            log.warn("{method} {uri}: body cut short: {reason}", reason=str(cause), **fields)
+        else:
+            shown = Failure(cause) if cause is not None else failure
+            log.failure("{method} {uri}: body cut short", shown, **fields)
+        return b""
 
     @router.handle_errors(Exception)
     def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -203,7 +226,10 @@ def make_site(
     def sink_factory(
         request: RegistryRequest, method: bytes, uri: bytes, length: int | None
     ) -> Any:
-        return uploads.upload_sink(ctx, request, method, uri, length)
+        sink = uploads.upload_sink(ctx, request, method, uri, length)
+        if sink is None:  # not an upload: refused at once if announced over its limit
+            return limits.refuse_by_length(ctx, method, uri, length)
+        return sink
 
     site = RegistrySite(
         app.router.resource(),

@@ -23,6 +23,7 @@ from registry.app import make_site
 from registry.auth.interfaces import IAccessController
 from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
+from registry.failures import log_failure
 from registry.handlers.context import LocalStores, RegistryContext, Stores
 from registry.http.tls import (
     TLSSettings,
@@ -263,12 +264,12 @@ def _after_start(config: Config, root: MultiService, ctx: RegistryContext, drive
     # A registry:2 data directory served for the first time has no catalog index yet: build
     # it now rather than inside the first catalog request.
     d = Deferred.fromCoroutine(ctx.catalog.ensure_index())
-    d.addErrback(lambda f: log.failure("building the catalog index failed", f))
+    d.addErrback(lambda f: log_failure(log, f, "building the catalog index failed"))
     if config.uploads.purge_enabled:
 
         def purge() -> Deferred[Any]:
             d = Deferred.fromCoroutine(purge_uploads(driver, config.uploads.purge_age, time.time()))
-            d.addErrback(lambda f: log.failure("upload purge failed", f))
+            d.addErrback(lambda f: log_failure(log, f, "upload purge failed"))
             return d
 
         TimerService(config.uploads.purge_interval, purge).setServiceParent(root)

@@ -7,7 +7,34 @@ from collections.abc import Iterator
 import pytest
 from twisted.python.threadpool import ThreadPool
 
+from tests.logwatch import LogWatch
 from tests.threads import started_pool
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "expect_log(*patterns): the test provokes server log failures matching these regexes",
+    )
+
+
+@pytest.fixture(autouse=True)
+def log_watch(request: pytest.FixtureRequest) -> Iterator[LogWatch]:
+    """
+    Fails the test when a server it ran (in this process or a child) logged a traceback,
+    an unhandled error or a critical event it did not declare (`tests.logwatch`).
+    """
+    watch = LogWatch()
+    for marker in request.node.iter_markers("expect_log"):
+        watch.expect(*marker.args)
+    watch.start()
+    yield watch
+    unexpected = watch.finish()
+    if unexpected:
+        shown = "\n\n".join(text[-4000:] for text in unexpected[:5])
+        pytest.fail(
+            f"{len(unexpected)} unexpected failure(s) in server logs:\n\n{shown}", pytrace=False
+        )
 
 
 @pytest.fixture

@@ -33,6 +33,17 @@ def authorization(request: IRequest) -> tuple[str, str] | None:
     return scheme.lower(), rest.strip()
 
 
+def is_empty_basic(credentials: str) -> bool:
+    """
+    ``Basic Og==``: an empty user and password.  skopeo and podman send it after a Basic
+    challenge when they have no credentials, so it means "anonymous", not a failed login.
+    """
+    try:
+        return base64.b64decode(credentials, validate=True) == b":"
+    except binascii.Error:
+        return False
+
+
 def basic_credentials(credentials: str) -> tuple[str, str]:
     """Decode Basic credentials strictly; a user name cannot contain ``:`` (RFC 7617)."""
     try:

@@ -11,7 +11,8 @@ they have everything the handler needs?  The answer is a `Principal` or a `Regis
   many failed logins (its credentials are then not even checked).
 
 Failed logins are logged with the source address and the user name, never the password or
-token.  Requests without credentials are not failures: Docker always tries anonymously first.
+token.  Requests without credentials are not failures: Docker always tries anonymously first,
+and skopeo and podman send empty Basic credentials (``Basic Og==``) to mean the same.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from registry.auth._request import (
     authorization,
     basic_credentials,
     certificate_user,
+    is_empty_basic,
     peer_certificate,
     source_address,
 )
@@ -112,7 +114,7 @@ class HtpasswdAccessController:
     async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
         policy = self.policy.current()
         auth = authorization(request)
-        if auth is None or auth[0] != "basic":
+        if auth is None or auth[0] != "basic" or is_empty_basic(auth[1]):
             if _anonymous_allowed(policy, wanted):
                 return ANONYMOUS
             raise self._unauthorized()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.web.iweb import IRequest
 
 from registry.api import mediatypes
-from registry.auth.interfaces import PULL, repository
+from registry.auth.interfaces import CATALOG, PULL, repository
 from registry.handlers.common import authorize, query
 from registry.handlers.context import RegistryContext
 from registry.handlers.pages import next_link
@@ -27,7 +27,9 @@ async def list_tags(ctx: RegistryContext, request: IRequest, route: Route) -> by
 
 
 async def list_catalog(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
-    principal = await authorize(ctx, request, [])
+    # ``registry:catalog:*``: a token must list it (docs/auth.md); a policy grants it to
+    # every user and filters the names below.
+    principal = await authorize(ctx, request, [CATALOG])
     n = parse_count(query(request, "n"), ctx.catalog.max_page)
     last = query(request, "last")
     names, _ = await ctx.catalog.list_repositories()

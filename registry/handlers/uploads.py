@@ -25,6 +25,7 @@ from registry.api.errors import BLOB_UPLOAD_INVALID, DENIED, RANGE_INVALID, Regi
 from registry.api.names import is_valid_name
 from registry.asyncutil import shielded
 from registry.auth.interfaces import PULL, PUSH, AllowAll, repository
+from registry.failures import log_failure
 from registry.handlers.common import (
     authorize,
     error_for,
@@ -208,7 +209,8 @@ class UploadSink:
         try:
             await appender.close()
         except Exception:
-            log.failure("closing upload {upload} after disconnect", upload=appender.upload_id)
+            upload = appender.upload_id
+            log_failure(log, Failure(), "closing upload {upload} after disconnect", upload=upload)
         else:
             log.info(
                 "client left mid-upload; {name} upload {upload} kept at {size} bytes",
@@ -255,9 +257,10 @@ def upload_sink(
 def _logged_error_for(method: bytes, uri: bytes, exc: BaseException) -> RegistryError:
     """`error_for`, with the failure logged where it is not the client's doing."""
     if not isinstance(exc, RegistryError):
-        log.failure(
-            "upload body refused on {method} {uri}",
+        log_failure(
+            log,
             Failure(exc),
+            "upload body refused on {method} {uri}",
             method=method.decode("latin-1"),
             uri=uri.decode("latin-1")[:300],
         )

@@ -4,13 +4,21 @@
 Pure functions: a malformed ``Range`` is ignored (the whole blob is served with 200, as
 twisted.web's static files and Go's ServeContent do); a well-formed one that cannot be satisfied
 raises `RangeNotSatisfiable` (416 with ``Content-Range: bytes */<size>``).
+
+Positions may have any number of digits (RFC 9110 sets no bound): one with more than 19
+significant digits is beyond any blob's size and is read as `_BEYOND` instead of being
+converted, since ``int()`` refuses strings over 4300 digits and takes quadratic time below
+that.  So ``bytes=<5000 nines>-`` is unsatisfiable (416) and ``bytes=0-<5000 nines>`` is the
+whole blob (206), as the RFC reads them.
 """
 
 from __future__ import annotations
 
 import re
 
-_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+_RANGE_RE = re.compile(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", re.ASCII | re.IGNORECASE)
+# Larger than any size: what a position with more than 19 significant digits stands for.
+_BEYOND = 10**19
 _CONTENT_RANGE_RE = re.compile(
     r"\s*(?:bytes[ =])?\s*(\d{1,19})\s*-\s*(\d{1,19})\s*(?:/\s*(?:\d+|\*))?"
 )
@@ -36,17 +44,22 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first_text and not last_text:
         return None
     if not first_text:
-        suffix = int(last_text)
+        suffix = _position(last_text)
         if suffix == 0:
             raise RangeNotSatisfiable(size)
         return (max(size - suffix, 0), size - 1) if size else _unsatisfiable(size)
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _position(first_text)
+    last = _position(last_text) if last_text else size - 1
     if last_text and last < first:
         return None
     if first >= size:
         raise RangeNotSatisfiable(size)
     return first, min(last, size - 1)
+
+
+def _position(digits: str) -> int:
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 19 else _BEYOND
 
 
 def _unsatisfiable(size: int) -> tuple[int, int]:

@@ -11,7 +11,8 @@ of filling memory.  Other requests keep an in-memory body, refused past ``max_bo
 The Klein route then runs, as usual, once the body is complete, and asks the sink for the
 result.  When the sink refuses the body before it is all in (no access, an unknown upload, a
 full disk), the error is answered at once over HTTP/1.x, as registry:2 does: the rest of the
-body is read and dropped, and the connection closes after it.  A client that sent
+body is read and dropped, and the connection closes after it; a body refused for its size (413)
+is not read at all, and the connection closes just after the answer.  A client that sent
 ``Expect: 100-continue`` (curl, for bodies over 1 MiB) gets ``100 Continue`` only once the
 upload is open, so a refused body is never sent at all.
 """
@@ -24,12 +25,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from registry.api.errors import RegistryError
-from registry.http import responses
+from registry.http import misdirected, reasons, responses
 from registry.http.chunked import ChunkedBodyDecoder
 from registry.http.forwarded import TrustedProxies, client_address
 
@@ -43,6 +45,8 @@ _DOWNLOAD_SEND_LIMIT = 4 * 1024 * 1024
 # After an early answer, how long a client may stay silent before the connection is closed.
 _AFTER_REFUSAL_TIMEOUT = 30.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# How long a refused body is still read (and dropped) after the answer's FIN (Go: 500 ms).
+_RESET_AVOIDANCE_DELAY = 0.5
 
 
 class BodySink(Protocol):
@@ -179,9 +183,34 @@ class RegistryRequest(server.Request):
             site.log(self)
         if close_now:
             self.loseConnection()  # type: ignore[no-untyped-call]
+        elif error.status == 413:
+            self._close_unread()
         else:
             # A client that stops sending but keeps the connection open is not waited for long.
             channel.setTimeout(_AFTER_REFUSAL_TIMEOUT)
+
+    def _close_unread(self) -> None:
+        """
+        After refusing a body for its size, close without reading it (it may be gigabytes).
+        As Go's server does: the answer, then a FIN, then whatever still arrives is dropped
+        and the connection closed a moment later.  Closing at once, with the body's first
+        bytes unread, would send a reset, which can reach the client before the answer.
+        """
+        transport: Any = self.channel.transport
+        site = self._site()
+        if (
+            site is None
+            or not ITCPTransport.providedBy(transport)
+            or ISSLTransport.providedBy(transport)
+        ):
+            self.loseConnection()  # type: ignore[no-untyped-call]  # TLS: close_notify first
+            return
+        transport.loseWriteConnection()
+        site.reactor.callLater(_RESET_AVOIDANCE_DELAY, transport.abortConnection)
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        # The standard phrases (`registry.http.reasons`): twisted.web lacks some (429).
+        super().setResponseCode(code, message or reasons.phrase(code))
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._body_complete = True
@@ -241,32 +270,6 @@ class RegistryRequest(server.Request):
             transport.SEND_LIMIT = _DOWNLOAD_SEND_LIMIT
 
 
-_TLS_ON_PLAIN_HTTP = (
-    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 47\r\n\r\nThis port speaks plain HTTP; TLS was attempted.\n"
-)
-
-
-def _refuse_tls_on_plain_http(protocol: Any) -> None:
-    """
-    Answer a TLS handshake on a plain-HTTP port at once.  Clients told a registry is
-    "insecure" (skopeo --tls-verify=false, docker's insecure-registries) try TLS first and
-    fall back to HTTP; twisted.web would wait for a request line that never comes, so every
-    such client stalled for its TLS timeout.  On ``ssl:`` listeners this sees decrypted bytes.
-    """
-    original = protocol.dataReceived
-
-    def first_data(data: bytes) -> None:
-        del protocol.dataReceived  # later data goes straight to the class's method
-        if data[:1] == b"\x16":  # a TLS handshake record
-            protocol.transport.write(_TLS_ON_PLAIN_HTTP)
-            protocol.transport.loseConnection()
-            return
-        original(data)
-
-    protocol.dataReceived = first_data
-
-
 class RegistrySite(server.Site):
     """A Site with streaming bodies and one structured access-log line per request."""
 
@@ -293,7 +296,8 @@ class RegistrySite(server.Site):
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if protocol is not None:
-            _refuse_tls_on_plain_http(protocol)
+            # TLS clients on a plain port get an HTTP answer at once (see the module).
+            misdirected.refuse_tls(protocol)
         return protocol
 
     def log(self, request: Any) -> None:

@@ -61,10 +61,32 @@ def error(request: IRequest, err: RegistryError) -> bytes:
     return json_body(request, err.status, err.to_json(), err.headers)
 
 
+class ResponseInterrupted(Exception):
+    """
+    A streamed body failed after the status line and headers went out (the cause is
+    chained).  No error can be answered any more: the connection has been dropped, so the
+    client sees a short body rather than a complete wrong one.
+    """
+
+
+def _abort(request: IRequest) -> None:
+    channel: Any = getattr(request, "channel", None)
+    if channel is None:
+        return
+    # An HTTP/2 stream aborts itself (a RST_STREAM); HTTP/1.x drops the connection.
+    abort = getattr(channel, "abortConnection", None)
+    if abort is None and channel.transport is not None:
+        abort = channel.transport.abortConnection
+    if abort is not None:
+        abort()
+
+
 async def stream(request: IRequest, producer: IBodyProducer) -> None:
     """
     Write everything ``producer`` makes to the response with back-pressure.  If the client
-    goes away, Klein cancels the handler: the producer is stopped and its file closed.
+    goes away, Klein cancels the handler: the producer is stopped and its file closed.  If
+    the producer fails (a read error, an upstream that broke off), the connection is dropped
+    and `ResponseInterrupted` raised.
     """
     if request.method == b"HEAD":
         producer.stopProducing()
@@ -78,6 +100,9 @@ async def stream(request: IRequest, producer: IBodyProducer) -> None:
     except CancelledError:
         producer.stopProducing()
         raise
+    except Exception as exc:
+        _abort(request)
+        raise ResponseInterrupted(str(exc)) from exc
     finally:
         if not request.finished:  # type: ignore[attr-defined]
             request.unregisterProducer()  # type: ignore[attr-defined]

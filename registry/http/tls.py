@@ -7,7 +7,9 @@ certKey=cert.pem:extraCertChain=chain.pem:interface=127.0.0.1:backlog=50``, ``\\
 colon) because Twisted's ``ssl:`` parser cannot ask for client certificates, and because ALPN
 must follow configuration rather than what is installed: twisted.web's ``Site`` offers ``h2``
 whenever the h2 package is importable, and its HTTP/2 is several times slower than HTTP/1.1
-for large bodies, so ``h2`` is advertised only when ``http2 = true``.
+for large bodies, so ``h2`` is advertised only when ``http2 = true``.  The TLS layer is built
+here too, so that plain HTTP sent to a TLS port gets an HTTP 400 that says so
+(`registry.http.misdirected`) instead of a dropped connection.
 
 Unlike Twisted, ``privateKey`` is required: a bare ``ssl:5000`` would read ``server.pem`` from
 the working directory, which is never what an operator meant.
@@ -25,10 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet import interfaces
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import http
 from zope.interface import implementer
+
+from registry.http import misdirected
 
 CLIENT_AUTH = ("none", "optional", "required")
 
@@ -229,14 +234,31 @@ class _NegotiationFactory:
         return type(wrapped).__name__
 
 
+class _TLSOrRefusal(TLSMemoryBIOFactory):
+    """TLS over TCP, answering plain HTTP sent to the port with Go's 400 (`misdirected`)."""
+
+    def buildProtocol(self, addr: interfaces.IAddress | None) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            misdirected.refuse_plain_http(protocol)
+        return protocol
+
+
 @implementer(interfaces.IStreamServerEndpoint)
 @attrs.frozen
 class _TLSServerEndpoint:
-    inner: SSL4ServerEndpoint
+    """
+    What Twisted's ``SSL4ServerEndpoint`` does (TLS in memory over a TCP port), with the TLS
+    layer built here so that it can look at a connection's first bytes before OpenSSL does.
+    """
+
+    inner: TCP4ServerEndpoint
+    options: interfaces.IOpenSSLContextFactory
     protocols: list[bytes]
 
     def listen(self, protocolFactory: interfaces.IProtocolFactory) -> Any:
-        return self.inner.listen(_NegotiationFactory(protocolFactory, self.protocols))
+        negotiation = _NegotiationFactory(protocolFactory, self.protocols)
+        return self.inner.listen(_TLSOrRefusal(self.options, False, negotiation))
 
 
 def server_endpoint(
@@ -261,14 +283,13 @@ def server_endpoint(
     if tls.http2 and not http.H2_ENABLED:
         raise ValueError("http2 = true needs the h2 package (pip install 'twisted[http2]')")
     protocols = [b"h2", b"http/1.1"] if tls.http2 else [b"http/1.1"]
-    ssl_endpoint = SSL4ServerEndpoint(
+    tcp_endpoint = TCP4ServerEndpoint(
         reactor,
         int(port_text),
-        _certificate_options(kwargs, tls),
         backlog=int(kwargs.get("backlog", "50")),
         interface=kwargs.get("interface", ""),
     )
-    return _TLSServerEndpoint(ssl_endpoint, protocols)
+    return _TLSServerEndpoint(tcp_endpoint, _certificate_options(kwargs, tls), protocols)
 
 
 def _is_loopback(interface: str) -> bool:

@@ -33,9 +33,13 @@ def storage_description(storage: StorageConfig) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """An error as one short phrase: ``Not a directory``, ``Permission denied``, ..."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
+    """An error as one short phrase: ``Not a directory``, ``Permission denied``, ...
+
+    Drivers raise `StorageError` from the system's `OSError`: the operator needs the system's
+    reason, not the probe's own path inside the storage."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
 

@@ -9,7 +9,11 @@ writing inline beat handing chunks to a worker thread, and back-pressure bounds 
 
 Atomicity: small files are written to a temporary sibling and renamed over the target, and a
 finished upload becomes a blob by rename, so a reader never sees a half-written file, whatever
-happens to the process.
+happens to the process.  A write that fails (a full disk) removes its temporary file.
+
+Errors: a missing path is `PathNotFoundError`; every other ``OSError`` (no space, no
+permission, an I/O error) becomes a `StorageError` carrying the system's reason, which clients
+get as a 503 that says it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Iterator
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
@@ -45,6 +50,19 @@ log = Logger()
 _TEMP_PREFIX = ".tmp-"
 _RESERVE_WINDOW = 64 * 1024 * 1024
 _TRASH = ".trash"
+
+
+def _storage_error(what: str, exc: OSError) -> StorageError:
+    return StorageError(f"{what}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def _failing(what: str) -> Iterator[None]:
+    """An ``OSError`` inside becomes a `StorageError` saying what failed and why."""
+    try:
+        yield
+    except OSError as exc:
+        raise _storage_error(what, exc) from exc
 
 
 @implementer(IFileWriter)
@@ -110,26 +128,30 @@ class _FileWriter:
     async def close(self) -> None:
         file, self._file = self._file, None
         if file is not None:
-            try:
-                await self._release_unused(file)
-            finally:
-                file.close()
+            # Closing flushes the last buffered bytes: a full disk can show up here.
+            with _failing(f"writing {self._path}"):
+                try:
+                    await self._release_unused(file)
+                finally:
+                    file.close()
 
     async def commit(self) -> None:
         file, self._file = self._file, None
         if file is None:
             return
-        try:
-            await self._release_unused(file)
-            if self._driver.fsync:
+        with _failing(f"writing {self._path}"):
+            try:
+                await self._release_unused(file)
                 file.flush()
-                await self._driver._in_thread(os.fsync, file.fileno())
-        finally:
-            file.close()
+                if self._driver.fsync:
+                    await self._driver._in_thread(os.fsync, file.fileno())
+            finally:
+                file.close()
 
     async def cancel(self) -> None:
-        await self.close()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(StorageError):  # unflushed bytes of a file being removed
+            await self.close()
+        with contextlib.suppress(FileNotFoundError), _failing(f"removing {self._path}"):
             os.unlink(self._driver._full(self._path))
 
 
@@ -173,21 +195,31 @@ class FilesystemDriver:
                 return file.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise PathNotFoundError(path) from None
+        except OSError as exc:
+            raise _storage_error(f"reading {path}", exc) from exc
 
     async def put_content(self, path: str, data: bytes) -> None:
         full = self._full(path)
         directory = os.path.dirname(full)
-        os.makedirs(directory, exist_ok=True)
         temp = os.path.join(directory, f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
-        with open(temp, "wb") as file:
-            file.write(data)
-        os.replace(temp, full)
+        with _failing(f"writing {path}"):
+            try:
+                os.makedirs(directory, exist_ok=True)
+                with open(temp, "wb") as file:
+                    file.write(data)
+                os.replace(temp, full)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
 
     async def stat(self, path: str) -> FileInfo:
         try:
             result = os.stat(self._full(path))
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFoundError(path) from None
+        except OSError as exc:
+            raise _storage_error(f"reading {path}", exc) from exc
         is_dir = stat.S_ISDIR(result.st_mode)
         return FileInfo(path, 0 if is_dir else result.st_size, result.st_mtime, is_dir)
 
@@ -200,7 +232,8 @@ class FilesystemDriver:
             except (FileNotFoundError, NotADirectoryError):
                 return []
 
-        found: list[str] = await self._in_thread(names)
+        with _failing(f"listing {path}"):
+            found: list[str] = await self._in_thread(names)
         if not found:
             raise PathNotFoundError(path)
         return found
@@ -217,8 +250,12 @@ class FilesystemDriver:
             doomed = self._into_trash(full)
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFoundError(path) from None
+        except OSError as exc:
+            raise _storage_error(f"deleting {path}", exc) from exc
         if doomed is None:
-            if not await self._in_thread(_remove, full):
+            with _failing(f"deleting {path}"):
+                removed = await self._in_thread(_remove, full)
+            if not removed:
                 raise PathNotFoundError(path)
             return
         self._empty_trash_later(doomed)
@@ -257,18 +294,21 @@ class FilesystemDriver:
             self._empty_trash_later(*leftovers)
 
     async def move(self, source: str, dest: str) -> None:
-        full_dest = self._full(dest)
-        os.makedirs(os.path.dirname(full_dest), exist_ok=True)
-        try:
-            os.replace(self._full(source), full_dest)
-        except FileNotFoundError:
-            raise PathNotFoundError(source) from None
+        full_source, full_dest = self._full(source), self._full(dest)
+        with _failing(f"moving {source} to {dest}"):
+            os.makedirs(os.path.dirname(full_dest), exist_ok=True)
+            try:
+                os.replace(full_source, full_dest)
+            except FileNotFoundError:
+                raise PathNotFoundError(source) from None
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> IBodyProducer:
         try:
             file = open(self._full(path), "rb")  # noqa: SIM115 - the producer owns it
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise PathNotFoundError(path) from None
+        except OSError as exc:
+            raise _storage_error(f"reading {path}", exc) from exc
         size = os.fstat(file.fileno()).st_size
         if offset < 0 or offset > size:
             file.close()
@@ -280,13 +320,9 @@ class FilesystemDriver:
 
     async def writer(self, path: str, append: bool = False) -> IFileWriter:
         full = self._full(path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        try:
+        with _failing(f"writing {path}"):
+            os.makedirs(os.path.dirname(full), exist_ok=True)
             file = open(full, "ab" if append else "wb")  # noqa: SIM115 - the writer owns it
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise StorageError(f"no space left for {path}") from exc
-            raise
         return _FileWriter(self, path, file, file.tell())
 
     async def redirect_url(self, path: str, method: str) -> str | None:

@@ -38,9 +38,10 @@ from registry.api.errors import (
     SIZE_INVALID,
     RegistryError,
 )
+from registry.failures import log_failure
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
-from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
+from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
 
 log = Logger()
@@ -204,9 +205,16 @@ class UploadStore:
         """Create an empty upload and return its id."""
         upload_id = str(uuid.uuid4())
         started = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
-        await self.driver.put_content(layout.upload_started_at(name, upload_id), started.encode())
-        writer = await self.driver.writer(layout.upload_data(name, upload_id))
-        await writer.close()
+        try:
+            path = layout.upload_started_at(name, upload_id)
+            await self.driver.put_content(path, started.encode())
+            writer = await self.driver.writer(layout.upload_data(name, upload_id))
+            await writer.close()
+        except StorageError:
+            # A full disk, say: leave no half-made upload folder behind.
+            with contextlib.suppress(StorageError):
+                await self.driver.delete(layout.upload_dir(name, upload_id))
+            raise
         return upload_id
 
     async def exists(self, name: str, upload_id: str) -> bool:
@@ -252,10 +260,11 @@ class UploadStore:
             if self._recording.get(key) is done:
                 del self._recording[key]
             if isinstance(result, Failure):
-                log.failure(
+                log_failure(
+                    log,
+                    result,
                     "recording the hash state of upload {upload} ({name}); the next request "
                     "re-hashes the stored data",
-                    result,
                     upload=appender.upload_id,
                     name=appender.name,
                 )

@@ -127,3 +127,39 @@ class PatternBody:
 
     def stopProducing(self) -> None:
         self._index = self.count
+
+
+async def raw_request(url: str, request: bytes) -> bytes:
+    """
+    Send ``request`` as is to the server of ``url`` and return every byte of the answer, read
+    until the server closes (so send ``Connection: close``): for assertions on the exact wire.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    where = (parts.hostname, parts.port)
+
+    def exchange() -> bytes:
+        import socket
+
+        with socket.create_connection(where, timeout=30) as sock:
+            sock.sendall(request)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received
+
+    answer: bytes = await deferToThread(exchange)
+    return answer
+
+
+def split_response(answer: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """``(status line, headers lower-cased, body)`` of one raw HTTP/1.x response."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body

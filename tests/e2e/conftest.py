@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 
+from tests.auth import pki
 from tests.e2e.harness import InProcessRegistry, start_in_process
 from tests.storage.s3server import s3_server  # noqa: F401 - shared with the S3 tests
 
@@ -36,3 +38,16 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Starter]:
 @pytest_twisted.async_yield_fixture
 async def registry(start_registry: Starter) -> AsyncIterator[InProcessRegistry]:
     yield await start_registry()
+
+
+@pytest.fixture
+def tls_listen(tmp_path: Path) -> str:
+    """An ``ssl:`` listen description (``{port}`` left in) with a fresh key and certificate;
+    the CA is ``tmp_path / "tls-ca.pem"``."""
+    ca_key, key = pki.new_key("ec"), pki.new_key("ec")
+    authority = pki.certificate("test CA", ca_key, ca=True)
+    server = pki.certificate("127.0.0.1", key, (ca_key, authority), server=True)
+    pki.write(tmp_path / "tls-ca.pem", pki.pem_cert(authority))
+    cert_path = pki.write(tmp_path / "server.pem", pki.pem_cert(server))
+    key_path = pki.write(tmp_path / "server.key", pki.pem_key(key))
+    return f"ssl:{{port}}:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"

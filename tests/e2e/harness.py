@@ -3,7 +3,8 @@ Running registries for end-to-end tests, in two forms:
 
 - `start_in_process`: `registry.tap.makeService` inside the test's reactor, listening on a free
   loopback port (fast; most wire tests use it);
-- `RegistryProcess`: ``twistd -n registry`` as a child process (restarts, kills, memory).
+- `RegistryProcess`: ``twistd -n registry`` as a child process (restarts, kills, memory); its
+  log is scanned for tracebacks at the end of each test (`tests.logwatch`).
 
 Both go through the real option parsing and service wiring.
 """
@@ -25,6 +26,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from registry.tap import Options, makeService
+from tests import logwatch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,8 +73,13 @@ class InProcessRegistry:
     url: str
     service: IService
     options: Options
+    stopped: bool = False
 
     async def stop(self) -> None:
+        """Stop it; again is a no-op (a test may stop it before the fixture does)."""
+        if self.stopped:
+            return
+        self.stopped = True
         result = self.service.stopService()
         if isinstance(result, Deferred):
             await result
@@ -146,6 +153,8 @@ class RegistryProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env.update(self.env)
+        # Tracebacks in its log fail the test (tests/logwatch.py), as they would in process.
+        logwatch.watch_file(self.log_path)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT

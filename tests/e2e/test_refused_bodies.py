@@ -21,7 +21,7 @@ import pytest_twisted
 import treq
 from twisted.internet.threads import deferToThread
 
-from tests.e2e.client import sha256, start_upload
+from tests.e2e.client import sha256, split_response, start_upload
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry, sleep
 from tests.e2e.test_upload_resilience import upload_range
@@ -329,3 +329,79 @@ async def test_no_late_continue_once_the_client_sends_anyway(
     assert not answer.continued
     assert answer.status == 202, answer.body
     assert answer.headers["range"] == f"0-{len(data) - 1}"
+
+
+def announce_only(url: str, head: bytes) -> bytes:
+    """Send only a request's head, then read everything until the server closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_manifest_is_refused_from_its_length(registry: InProcessRegistry) -> None:
+    """
+    A manifest PUT announcing more than max_manifest_size gets 413 before any of its body
+    is sent, and the connection closes: the body is never waited for.
+    """
+    head = (
+        b"PUT /v2/big/manifests/v1 HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+        b"Content-Length: 10737418240\r\n\r\n"
+    )
+    status, headers, body = split_response(await deferToThread(announce_only, registry.url, head))
+    assert status == b"HTTP/1.1 413 Content Too Large"
+    assert headers["connection"] == "close"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "errors": [
+            {
+                "code": "MANIFEST_INVALID",
+                "message": "manifest too big: the limit is 4194304 bytes",
+                "detail": {"limit": 4194304},
+            }
+        ]
+    }
+    assert headers["content-length"] == str(len(body))
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_other_body_is_refused_from_its_length(
+    registry: InProcessRegistry,
+) -> None:
+    """Not an upload, not a manifest: over max_body_size (1 MiB) is 413 at once."""
+    head = b"POST /v2/big/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n"
+    status, headers, body = split_response(await deferToThread(announce_only, registry.url, head))
+    assert status == b"HTTP/1.1 413 Content Too Large"
+    assert headers["connection"] == "close"
+    (entry,) = json.loads(body)["errors"]
+    assert entry["code"] == "SIZE_INVALID"
+    assert entry["detail"] == {"reason": "request body too large", "limit": 1048576}
+
+
+@pytest.mark.parametrize("http2", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_oversized_manifest_over_tls_and_http2(
+    start_registry: Starter, tls_listen: str, tmp_path: Path, http2: bool
+) -> None:
+    """The same 413 over TLS, and over HTTP/2 (which has no early answers: it comes after)."""
+    from tests.e2e.tools import require, run
+
+    registry = await start_registry({"http": {"http2": str(http2).lower()}}, tls_listen)
+    body = tmp_path / "manifest.json"
+    body.write_bytes(b" " * (5 * MiB))
+    answer = tmp_path / "answer.json"
+    written = await run(
+        require("curl"), "-sS", "--http2" if http2 else "--http1.1", "--cacert",
+        str(tmp_path / "tls-ca.pem"), "-X", "PUT", "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary", f"@{body}",
+        "-o", str(answer), "-w", "%{http_version} %{http_code}",
+        f"{registry.url}/v2/big/manifests/v1",
+    )  # fmt: skip
+    assert written == ("2 413" if http2 else "1.1 413")
+    (entry,) = json.loads(answer.read_bytes())["errors"]
+    assert (entry["code"], entry["detail"]) == ("MANIFEST_INVALID", {"limit": 4 * MiB})

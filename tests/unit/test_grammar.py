@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -90,13 +92,28 @@ def test_digest_parse() -> None:
         ("bytes=9-0", 100, None),
         ("items=0-9", 100, None),
         ("bytes=0-9,20-29", 100, None),
+        ("BYTES=0-9", 100, (0, 9)),
+        ("bytes=0000000000000000000000000005-", 100, (5, 99)),
+        ("bytes=0-" + "9" * 5000, 100, (0, 99)),
+        ("bytes=-" + "9" * 5000, 100, (0, 99)),
+        ("bytes=" + "9" * 5000 + "-5", 100, None),
+        ("bytes=\u0661-\u0662", 100, None),  # only ASCII digits are digits
     ],
 )
 def test_range(header: str | None, size: int, expected: tuple[int, int] | None) -> None:
     assert parse_range(header, size) == expected
 
 
-@pytest.mark.parametrize("header", ["bytes=100-", "bytes=200-300", "bytes=-0"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=100-",
+        "bytes=200-300",
+        "bytes=-0",
+        "bytes=" + "9" * 5000 + "-",
+        "bytes=1" + "0" * 30 + "-",
+    ],
+)
 def test_range_unsatisfiable(header: str) -> None:
     with pytest.raises(RangeNotSatisfiable):
         parse_range(header, 100)
@@ -111,6 +128,47 @@ def test_range_is_total(header: str, size: int) -> None:
     if result is not None:
         first, last = result
         assert 0 <= first <= last < size
+
+
+_DIGITS = "0123456789"
+# Short positions, and long ones (past int()'s 4300-digit limit) with digits around a run.
+positions = st.one_of(
+    st.text(_DIGITS, min_size=1, max_size=40),
+    st.builds(
+        lambda head, run, tail: head + run[0] * run[1] + tail,
+        st.text(_DIGITS, max_size=3),
+        st.tuples(st.sampled_from(_DIGITS), st.integers(min_value=4290, max_value=6000)),
+        st.text(_DIGITS, max_size=3),
+    ),
+)
+
+
+def _value(digits: str) -> int:
+    """The oracle: the exact number, whatever its length."""
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return int(digits)
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
+@given(positions, st.one_of(st.just(""), positions), st.integers(min_value=0, max_value=2**63))
+def test_range_of_any_length_is_answered(first: str, last: str, size: int) -> None:
+    """
+    Positions of any length: a result within the size, or unsatisfiable exactly when the
+    first position is at or past the end (RFC 9110 14.1.1); never another exception.
+    """
+    try:
+        result = parse_range(f"bytes={first}-{last}", size)
+    except RangeNotSatisfiable:
+        assert _value(first) >= size
+        return
+    if result is None:  # last before first: not a valid range, so ignored
+        assert last and _value(last) < _value(first)
+        return
+    end = min(_value(last), size - 1) if last else size - 1
+    assert result == (_value(first), end)
 
 
 def test_content_range() -> None:

@@ -1,0 +1,101 @@
+"""
+Answers for clients that speak the wrong protocol to a port: TLS to a plain-HTTP port, plain
+HTTP to a TLS port.  Both get an HTTP 400 that says what happened, at once, and the connection
+closes.
+
+TLS on a plain port: skopeo, podman, dockerd and the docker CLI, told a registry is
+"insecure", try TLS first and fall back to plain HTTP only when the answer reads
+``server gave HTTP response to HTTPS client`` (Go's TLS client says so when the first bytes
+back are ``HTTP/``).  Without an answer twisted.web would wait for a request line that never
+comes, and the client would give up (``docker manifest push --insecure`` fails) or stall for
+its TLS timeout.
+
+Plain HTTP on a TLS port: OpenSSL would just drop the connection, and the client would see an
+empty reply.  Go's server answers ``400 Bad Request`` with "Client sent an HTTP request to an
+HTTPS server."; so do we.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IProtocol, ISSLTransport, ITCPTransport, ITransport
+
+# The first byte of a TLS record carrying a handshake (every ClientHello starts with it).
+_TLS_HANDSHAKE = 0x16
+
+
+def _answer(text: bytes, version: bytes = b"HTTP/1.1") -> bytes:
+    return (
+        version + b" 400 Bad Request\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: " + str(len(text)).encode() + b"\r\n\r\n" + text
+    )
+
+
+TLS_ON_PLAIN_HTTP = _answer(b"This port speaks plain HTTP; the client sent a TLS handshake.\n")
+# As Go's net/http answers (HTTP/1.0: the request's version is not known).
+PLAIN_HTTP_ON_TLS = _answer(b"Client sent an HTTP request to an HTTPS server.\n", b"HTTP/1.0")
+
+
+def is_tls_handshake(data: bytes) -> bool:
+    return bool(data) and data[0] == _TLS_HANDSHAKE
+
+
+def _refuse_when(protocol: IProtocol, wrong: Callable[[bytes], bool], answer: bytes) -> None:
+    """
+    Look at the first bytes ``protocol`` receives: when ``wrong(data)``, write ``answer`` and
+    close, without ``protocol`` seeing them.  After the first call the protocol's own methods
+    are called directly again.
+
+    The write side closes first and what still arrives is dropped until the client closes:
+    a ClientHello can span TCP segments, and closing a socket with unread bytes in it sends
+    a reset that can reach the client before the answer.  A client that never closes is
+    dropped by the HTTP channel's idle timeout.
+
+    The transport is taken from ``makeConnection`` (public `IProtocol`) because the protocol
+    twisted.web builds per connection does not expose its transport itself.
+    """
+    transport: list[ITransport] = []
+    make_connection = protocol.makeConnection
+    data_received = protocol.dataReceived
+    instance: Any = protocol
+
+    def connected(given: ITransport) -> None:
+        del instance.makeConnection
+        transport.append(given)
+        make_connection(given)
+
+    def first_data(data: bytes) -> None:
+        if not transport or not wrong(data):
+            del instance.dataReceived
+            data_received(data)
+            return
+        instance.dataReceived = _drop
+        transport[0].write(answer)
+        if ITCPTransport.providedBy(transport[0]) and not ISSLTransport.providedBy(transport[0]):
+            transport[0].loseWriteConnection()
+        else:
+            transport[0].loseConnection()
+
+    instance.makeConnection = connected
+    instance.dataReceived = first_data
+
+
+def _drop(data: bytes) -> None:
+    """The rest of a refused client's first message."""
+
+
+def refuse_tls(protocol: IProtocol) -> None:
+    """On a plain-HTTP port: answer a TLS handshake with an HTTP 400 (`TLS_ON_PLAIN_HTTP`)."""
+    _refuse_when(protocol, is_tls_handshake, TLS_ON_PLAIN_HTTP)
+
+
+def refuse_plain_http(protocol: IProtocol) -> None:
+    """
+    On a TLS port, ``protocol`` being the TLS layer (it sees the raw bytes): answer anything
+    that is not a TLS handshake with Go's 400 (`PLAIN_HTTP_ON_TLS`).
+    """
+    _refuse_when(protocol, lambda data: not is_tls_handshake(data), PLAIN_HTTP_ON_TLS)

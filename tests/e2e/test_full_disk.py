@@ -1,0 +1,163 @@
+"""
+A real full disk: the registry's storage root is a 4 MiB tmpfs, filled up.  Every write that
+fails must answer 503 with the OCI error and the system's reason (never a 500), change
+nothing a reader sees, and leave no temporary file behind; once space is back, the same
+requests succeed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+from treq.response import _Response
+
+from registry.api import mediatypes as mt
+from tests.e2e.client import get, header, push_blob, raw_request, sha256, split_response
+from tests.e2e.conftest import Starter
+from tests.manifests import samples
+
+DISK_SIZE = 4 * 1024 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, unmounted at the end (mounting needs root)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the full-disk tests need root under CI=true (to mount a tmpfs)")
+        pytest.skip("mounting a tmpfs needs root")
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0755", "tmpfs", str(mount_point)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield mount_point
+    finally:
+        # Lazily if something still holds it (a storage thread finishing a removal).
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode:
+            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a filler file until the disk refuses; returns it (remove it to free the space)."""
+    filler = disk / "filler"
+    block = b"\0" * 65536
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for _ in range(2 * DISK_SIZE // len(block)):
+            try:
+                os.write(fd, block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        else:
+            raise AssertionError(f"{disk} did not fill up")
+        # What a partly written block left: smaller writes until not even one byte fits.
+        for size in (4096, 512, 1):
+            for _ in range(len(block) // size + 1):
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def temporary_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob(".tmp-*")]
+
+
+async def no_space(response: _Response) -> str:
+    """Assert a 503 with the OCI error envelope naming a full disk; return the reason."""
+    text = await response.text()
+    assert response.code == 503, text
+    assert header(response, "content-type") == "application/json"
+    (entry,) = json.loads(text)["errors"]
+    assert entry["code"] == "UNKNOWN"
+    assert "No space left on device" in entry["detail"]["reason"], entry
+    return str(entry["detail"]["reason"])
+
+
+async def put_manifest(url: str, name: str, reference: str, body: bytes) -> _Response:
+    return await treq.put(
+        f"{url}/v2/{name}/manifests/{reference}",
+        data=body,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_disk_answers_503_and_leaves_nothing_behind(
+    small_disk: Path, start_registry: Starter
+) -> None:
+    registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    url, name = registry.url, "team/app"
+    for blob in (samples.CONFIG, samples.LAYER_1, samples.LAYER_2, b"another layer"):
+        await push_blob(url, name, blob)
+    first = samples.oci_image()
+    second = samples.oci_image(layers=(samples.LAYER_1, b"another layer"))
+    third = samples.oci_image(layers=(samples.LAYER_2,))
+    for tag, body in (("latest", first), ("next", second)):
+        response = await put_manifest(url, name, tag, body)
+        assert response.code == 201, await response.text()
+
+    filler = fill(small_disk)
+
+    # A new manifest.
+    await no_space(await put_manifest(url, name, "v3", third))
+    response = await treq.get(f"{url}/v2/{name}/manifests/{sha256(third)}")
+    assert response.code == 404
+    await response.content()
+    # A tag moved to a stored manifest, and a new tag on one: "latest" still reads as before.
+    await no_space(await put_manifest(url, name, "latest", second))
+    await no_space(await put_manifest(url, name, "other", first))
+    response, body = await get(f"{url}/v2/{name}/manifests/latest")
+    assert (response.code, body) == (200, first)
+    response = await treq.get(f"{url}/v2/{name}/manifests/other")
+    assert response.code == 404
+    await response.content()
+    # Upload starts: a session, and a monolithic push.
+    await no_space(await treq.post(f"{url}/v2/{name}/blobs/uploads/"))
+    data = b"new layer bytes" * 100
+    await no_space(
+        await treq.post(f"{url}/v2/{name}/blobs/uploads/?digest={sha256(data)}", data=data)
+    )
+    # The raw bytes of one of them: the status line has its reason phrase.
+    status, headers, body = split_response(
+        await raw_request(
+            url,
+            f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n".encode(),
+        )
+    )
+    assert status == b"HTTP/1.1 503 Service Unavailable"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["errors"][0]["code"] == "UNKNOWN"
+
+    assert temporary_files(small_disk) == []
+    uploads = small_disk / f"docker/registry/v2/repositories/{name}/_uploads"
+    assert not uploads.exists() or list(uploads.iterdir()) == []
+
+    # Space comes back: the same requests succeed.
+    filler.unlink()
+    response = await put_manifest(url, name, "latest", second)
+    assert response.code == 201, await response.text()
+    response = await put_manifest(url, name, "v3", third)
+    assert response.code == 201, await response.text()
+    response = await treq.post(f"{url}/v2/{name}/blobs/uploads/?digest={sha256(data)}", data=data)
+    assert response.code == 201, await response.text()
+    response, body = await get(f"{url}/v2/{name}/manifests/latest")
+    assert (response.code, body) == (200, second)
+    assert temporary_files(small_disk) == []

@@ -1,0 +1,79 @@
+"""The log watch (tests/logwatch.py) itself: what it catches, what a test may allow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.logger import Logger
+from twisted.python import log as legacy_log
+from twisted.python.failure import Failure
+
+from tests import logwatch
+from tests.logwatch import LogWatch
+
+log = Logger()
+
+
+def _failure(message: str) -> Failure:
+    try:
+        raise ValueError(message)
+    except ValueError:
+        return Failure()
+
+
+@pytest.mark.expect_log(r"ValueError: (one|two)", r"something critical")
+def test_failures_critical_events_and_unhandled_errors_are_caught() -> None:
+    watch = LogWatch()
+    watch.start()
+    log.failure("handler broke", _failure("one"))
+    log.critical("something critical")
+    legacy_log.err(_failure("two"), "Unhandled Error")
+    log.info("an ordinary line")
+    log.error("a storage failure on PUT /v2/x: No space left on device")
+    troubles = watch.finish()
+    assert len(troubles) == 3, troubles
+    assert "ValueError: one" in troubles[0]
+    assert "something critical" in troubles[1]
+    assert "ValueError: two" in troubles[2]
+
+
+@pytest.mark.expect_log(r"ValueError: (expected|surprise)")
+def test_expected_patterns_are_allowed_and_counted() -> None:
+    watch = LogWatch()
+    watch.expect(r"ValueError: expected")
+    watch.start()
+    log.failure("handler broke", _failure("expected"))
+    log.failure("handler broke", _failure("surprise"))
+    troubles = watch.finish()
+    assert len(troubles) == 1 and "surprise" in troubles[0]
+    assert watch.seen == {"ValueError: expected": 1}
+
+
+@pytest.mark.expect_log(r"ValueError: declared by the marker")
+def test_the_marker_allows_a_failure() -> None:
+    log.failure("on purpose", _failure("declared by the marker"))
+
+
+def test_child_logs_are_scanned_from_where_the_last_scan_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "registry.log"
+    path.write_text("2026-01-01T00:00:00+0000 [-] old line\n")
+    logwatch.watch_file(path)
+    with path.open("a") as file:
+        file.write(
+            "2026-01-01T00:00:01+0000 [_GenericHTTPChannelProtocol,0,127.0.0.1] Unhandled Error\n"
+            "\tTraceback (most recent call last):\n"
+            "\tbuiltins.AttributeError: oops\n"
+            "2026-01-01T00:00:02+0000 [registry.tap#critical] upload purge failed\n"
+            "\tTraceback (most recent call last):\n"
+            "\tbuiltins.OSError: disk\n"
+            "2026-01-01T00:00:03+0000 [-] fine again\n"
+        )
+    watch = LogWatch()
+    watch.expect(r"AttributeError: oops", r"OSError: disk")
+    watch.start()
+    assert watch.finish() == []
+    assert watch.seen == {"AttributeError: oops": 1, "OSError: disk": 1}
+    watch = LogWatch()
+    watch.start()
+    assert watch.finish() == []  # already scanned
