@@ -327,6 +327,7 @@ class Podman:
         self.cli = require("podman")
         for sub in ("tmp", "net", "volumes"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        self.auth_file.write_text('{"auths": {}}')  # podman refuses a named file that is missing
         self.set_mirror(None)
 
     def set_mirror(self, location: str | None) -> None:
