@@ -9,15 +9,38 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
 import pytest_twisted
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.cache.conftest import fake, proxied  # noqa: F401 - fixtures
 from tests.e2e.conftest import Starter
 from tests.e2e.engines.daemons import Containerd, Dockerd, Podman, require_root
 from tests.e2e.harness import InProcessRegistry
+
+
+@pytest.fixture(autouse=True)
+def server_log_clean() -> Iterator[None]:
+    """Whatever an engine sends, the registry logs no traceback and answers no 5xx."""
+    bad: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        status = event.get("status") if event.get("access") else None
+        if "log_failure" in event or event.get("isError") or (
+            isinstance(status, int) and status >= 500
+        ):
+            failure = event.get("log_failure")
+            bad.append(formatEvent(event) + (f"\n{failure.getTraceback()}" if failure else ""))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not bad, "errors in the server log:\n" + "\n".join(bad[:5])
 
 
 @pytest.fixture(scope="session")
