@@ -80,11 +80,15 @@ USER, PASSWORD = "engine-user", "engine-secret"
 
 @pytest_twisted.async_yield_fixture
 async def auth_registry(start_registry: Starter, tmp_path: Path) -> AsyncIterator[InProcessRegistry]:
-    """A registry asking for Basic credentials (htpasswd): ``USER`` / ``PASSWORD``."""
+    """A registry asking for Basic credentials (htpasswd): ``USER`` / ``PASSWORD``; anyone may
+    pull ``public/*``."""
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     (tmp_path / "htpasswd").write_text(f"{USER}:{hashed}\n")
     yield await start_registry(
-        {"auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "engines"}}
+        {
+            "auth": {"anonymous_pull": "public/*"},
+            "auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "engines"},
+        }
     )
 
 

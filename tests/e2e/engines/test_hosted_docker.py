@@ -132,3 +132,4 @@ async def test_docker_manifest_create_and_push_two_platforms(
             f"{registry.url}/v2/hosted/multi/blobs/{manifest.json['config']['digest']}"
         )
         assert json.loads(config)["architecture"] == arch
+

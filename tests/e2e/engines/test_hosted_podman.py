@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 
 from tests.e2e.client import get
@@ -113,3 +114,28 @@ async def test_podman_manifest_create_add_push_two_platforms(
             f"{registry.url}/v2/hosted/podman-multi/blobs/{manifest.json['config']['digest']}"
         )
         assert json.loads(config)["architecture"] == arch
+
+
+@pytest_twisted.ensureDeferred
+async def test_podman_pulls_a_public_repository_without_login(
+    podman: Podman, auth_registry: InProcessRegistry, tmp_path: Path
+) -> None:
+    """After the Basic challenge podman sends ``Authorization: Basic Og==`` (no user, no
+    password): that is an anonymous caller, who may pull ``anonymous_pull`` repositories."""
+    registry_host = host(auth_registry.url)
+    archive = docker_archive(tmp_path / "image.tar", "local/podman-public:v1", HOST_ARCH, LAYERS)
+    await podman.remove_all_images()
+    await load(podman, archive)
+    name = f"{registry_host}/public/podman-app"
+    with pytest.raises(AssertionError, match="401|unauthorized|authentication required"):
+        await push(podman, archive.reference, f"{name}:v1", tmp_path)
+
+    await podman.podman("login", NO_TLS, "--username", USER, "--password", PASSWORD, registry_host)
+    try:
+        digest = await push(podman, archive.reference, f"{name}:v1", tmp_path)
+    finally:
+        await podman.podman("logout", registry_host)
+
+    await podman.remove_all_images()
+    await podman.podman("pull", NO_TLS, f"{name}:v1")
+    assert await inspect(podman, f"{name}:v1") == (archive.config_digest, digest)
