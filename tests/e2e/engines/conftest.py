@@ -14,7 +14,8 @@ from typing import Any
 import bcrypt
 import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from zope.interface import provider
 
 from tests.cache.conftest import fake, proxied  # noqa: F401 - fixtures
 from tests.e2e.conftest import Starter
@@ -27,10 +28,13 @@ def server_log_clean() -> Iterator[None]:
     """Whatever an engine sends, the registry logs no traceback and answers no 5xx."""
     bad: list[str] = []
 
+    @provider(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
         status = event.get("status") if event.get("access") else None
-        if "log_failure" in event or event.get("isError") or (
-            isinstance(status, int) and status >= 500
+        if (
+            "log_failure" in event
+            or event.get("isError")
+            or (isinstance(status, int) and status >= 500)
         ):
             failure = event.get("log_failure")
             bad.append(formatEvent(event) + (f"\n{failure.getTraceback()}" if failure else ""))
@@ -79,7 +83,9 @@ USER, PASSWORD = "engine-user", "engine-secret"
 
 
 @pytest_twisted.async_yield_fixture
-async def auth_registry(start_registry: Starter, tmp_path: Path) -> AsyncIterator[InProcessRegistry]:
+async def auth_registry(
+    start_registry: Starter, tmp_path: Path
+) -> AsyncIterator[InProcessRegistry]:
     """A registry asking for Basic credentials (htpasswd): ``USER`` / ``PASSWORD``; anyone may
     pull ``public/*``."""
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()

@@ -12,6 +12,7 @@ the folder, so nothing outlives the test session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,9 +50,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = START_
         time.sleep(0.05)
 
 
-async def run(
-    command: list[str], env: Mapping[str, str] | None = None, limit: float = 120
-) -> str:
+async def run(command: list[str], env: Mapping[str, str] | None = None, limit: float = 120) -> str:
     """Run a command in a thread (the reactor keeps serving the registry); its stdout.
 
     Fails with the command's output when it exits non-zero or runs past ``limit`` seconds.
@@ -115,10 +114,8 @@ def stop_process(process: subprocess.Popen[bytes], folder: Path) -> None:
     # dockerd's own containerd runs in a process group of its own (and usually dies with
     # dockerd): anything still naming our folder was started by us and goes now.
     for pid in _pids_naming(folder):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     wait_until(lambda: not _pids_naming(folder), f"processes under {folder} to exit", 10)
     for point in sorted(_mounts_under(folder), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False, timeout=30, capture_output=True)

@@ -128,8 +128,7 @@ async def test_docker_manifest_create_and_push_two_platforms(
     assert platforms(stored.json) == pushed
     for arch, child in pushed.items():
         manifest = await stored_manifest(registry.url, "hosted/multi", child)
-        config_response, config = await get(
+        _, config = await get(
             f"{registry.url}/v2/hosted/multi/blobs/{manifest.json['config']['digest']}"
         )
         assert json.loads(config)["architecture"] == arch
-

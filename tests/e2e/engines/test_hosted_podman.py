@@ -127,7 +127,7 @@ async def test_podman_pulls_a_public_repository_without_login(
     await podman.remove_all_images()
     await load(podman, archive)
     name = f"{registry_host}/public/podman-app"
-    with pytest.raises(AssertionError, match="401|unauthorized|authentication required"):
+    with pytest.raises(AssertionError, match=r"401|unauthorized|authentication required"):
         await push(podman, archive.reference, f"{name}:v1", tmp_path)
 
     await podman.podman("login", NO_TLS, "--username", USER, "--password", PASSWORD, registry_host)
