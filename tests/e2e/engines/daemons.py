@@ -75,8 +75,9 @@ async def run(command: list[str], env: Mapping[str, str] | None = None, limit: f
 
 
 def _pids_naming(folder: Path) -> list[int]:
-    """Processes whose command line names ``folder``: only ones these fixtures started do."""
-    needle = str(folder).encode()
+    """Processes whose command line names a path in ``folder``: only ones these fixtures
+    started do (the trailing slash keeps ``dockerd1`` from matching ``dockerd10``)."""
+    needle = f"{folder}/".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
