@@ -27,9 +27,10 @@ run: $(STAMP)
 
 # System tools the interoperability tests drive (skopeo, registry:2 from Debian's
 # docker-registry package, nginx for the reverse-proxy example, Chromium for the web UI's
-# browser tests); installed when missing and we are allowed to.  COMMAND:PACKAGE where the
-# package is named otherwise (nginx from nginx-light).
-TOOLS := skopeo docker-registry curl nginx:nginx-light chromium chromedriver:chromium-driver
+# browser tests, the container engines); installed when missing and we are allowed to.  An
+# entry is a command, or COMMAND:PACKAGE when the Debian package is named otherwise.
+TOOLS := skopeo docker-registry curl nginx:nginx-light chromium chromedriver:chromium-driver \
+	dockerd:docker.io docker:docker.io podman containerd ctr:containerd
 BENCH_TOOLS := $(TOOLS) wrk hey
 
 tools:
@@ -38,13 +39,21 @@ tools:
 bench-tools:
 	@$(MAKE) --no-print-directory install-missing WANTED="$(BENCH_TOOLS)"
 
+# A policy-rc.d answering 101 keeps the packages' maintainer scripts from starting system
+# daemons (docker.io would start dockerd with iptables rules and a bridge); the tests start
+# their own.  It is removed again unless it was there before.
 install-missing:
 	@missing=""; PATH="$$PATH:/usr/sbin:/sbin"; \
-	for tool in $(WANTED); do \
-	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; \
+	for entry in $(WANTED); do \
+	  command -v $${entry%%:*} >/dev/null || case " $$missing " in \
+	    *" $${entry#*:} "*) ;; *) missing="$$missing $${entry#*:}";; esac; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
+	    if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d; \
+	      trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	    fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  else \
 	    echo "missing system tools:$$missing (tests needing them will skip; CI installs them)"; \
