@@ -185,6 +185,18 @@ class TokenConfig:
 
 
 @attrs.frozen
+class NotificationsConfig:
+    # Settings shared by every [notifications:NAME] endpoint (see registry.ops.notifications).
+    # Folder of the per-endpoint event logs; empty: <rootdirectory>/notifications with the
+    # filesystem driver, memory only with inmemory, required with s3.
+    queuedir: str = key("")
+    # How often accepted events are written to the log: the window lost to kill -9.
+    flush_interval: float = key(0.05, parse_duration)
+    # fsync the log after each write (the window then holds across power loss too).
+    fsync: bool = key(True, parse_bool)
+
+
+@attrs.frozen
 class Config:
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
@@ -195,6 +207,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     auth_htpasswd: HtpasswdConfig = HtpasswdConfig()
     auth_token: TokenConfig = TokenConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     # Sections whose names are not fixed (``[proxy:NAME]``), raw, parsed by their owners.
     extra: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
@@ -209,9 +222,11 @@ SECTIONS: dict[str, type[Any]] = {
     "auth": AuthConfig,
     "auth.htpasswd": HtpasswdConfig,
     "auth.token": TokenConfig,
+    "notifications": NotificationsConfig,
 }
-# Sections parsed by their owners (one per upstream); kept raw in Config.extra.
-OPEN_SECTIONS = re.compile(r"proxy:[a-z0-9._-]+")
+# Sections parsed by their owners (one per upstream or webhook endpoint); kept raw in
+# Config.extra.
+OPEN_SECTIONS = re.compile(r"(?:proxy|notifications):[a-z0-9._-]+")
 
 
 def env_name(section: str, name: str) -> str:

@@ -26,6 +26,7 @@ from registry.config import Config, ConfigError, load
 from registry.handlers.context import RegistryContext
 from registry.http.tls import TLSSettings, server_endpoint, warn_if_plain_public
 from registry.memory import HeapTrimmer, limit_malloc_arenas
+from registry.ops.notifications import add_notifications, check_notifications
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
 from registry.proxy.service import install_proxies
@@ -68,6 +69,7 @@ class Options(usage.Options):
         try:
             self.config = load(self["config"], os.environ, overrides)
             parse_proxies(self.config)  # [proxy:NAME] sections are validated here too
+            check_notifications(self.config)  # and [notifications:NAME]
         except ConfigError as exc:
             raise usage.UsageError(f"configuration error: {exc}") from None
 
@@ -160,6 +162,8 @@ def makeService(options: Options) -> IService:
     )
     # Pull-through caches ([proxy:NAME]): swaps in routing stores, adds their service.
     install_proxies(ctx, config, reactor, root)
+    # Webhooks ([notifications:NAME]): a durable queue and delivery service per endpoint.
+    ctx.notifier = add_notifications(config, reactor, root)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
 
     def index_catalog() -> None:

@@ -15,6 +15,7 @@ import attrs
 from registry.auth.interfaces import AllowAll, IAccessController
 from registry.config import Config
 from registry.manifests import UrlPolicy
+from registry.ops.notifications.events import Notifier
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver
@@ -42,6 +43,8 @@ class RegistryContext:
     catalog: Catalog
     reactor: Any
     access: IAccessController = attrs.field(factory=AllowAll)
+    # Webhook events ([notifications:NAME]); without endpoints every call returns at once.
+    notifier: Notifier = attrs.field(factory=Notifier)
     # Filled in by the modules that own them (manifests, tags, referrers, catalog, proxy).
     extras: dict[str, Any] = attrs.field(factory=dict)
 
