@@ -18,6 +18,7 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
@@ -112,9 +113,7 @@ class Endpoint:
                 delay=delay,
             )
             if delay > 0:
-                pause: Deferred[None] = Deferred()
-                self._reactor.callLater(delay, pause.callback, None)
-                await pause
+                await deferLater(self._reactor, delay)  # cancelled by `stop`
 
     def _delay(self) -> float:
         beyond = self._failures - self.config.threshold

@@ -198,19 +198,26 @@ class DurableQueue:
     def flushing(self) -> bool:
         return self._lock.locked
 
-    async def flush(self) -> None:
-        """Write what was accepted or done since the last flush; one write at a time."""
+    async def flush(self, compact: bool = False) -> None:
+        """
+        Write what was accepted or done since the last flush, one write at a time; with
+        ``compact``, rewrite the log with the pending events only (done at a clean stop).
+        """
         await self._lock.acquire()
         try:
-            await self._write_buffer()
+            await self._write_buffer(compact)
         finally:
             self._lock.release()
 
-    async def _write_buffer(self) -> None:
-        if self.path is None or not (self._buffer or self._rewrite):
+    async def _write_buffer(self, compact: bool) -> None:
+        if self.path is None or not self._loaded:
+            return  # never overwrite a log that was not read back
+        if not (self._buffer or self._rewrite or compact):
             return
-        compact = self._rewrite or (
-            self._file_done >= _COMPACT_MIN and self._file_done * 2 > self._file_events
+        compact = (
+            compact
+            or self._rewrite
+            or (self._file_done >= _COMPACT_MIN and self._file_done * 2 > self._file_events)
         )
         if compact:
             data = _event_lines(list(self.pending))

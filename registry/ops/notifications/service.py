@@ -101,7 +101,9 @@ class NotificationService(Service):
             if not endpoint.queue.flushing:
                 Deferred.fromCoroutine(endpoint.queue.flush())
 
-    def stopService(self) -> Deferred[Any]:
+    def stopService(self) -> Deferred[Any] | None:
+        if not self.running:
+            return None  # stopped already: the pool is gone
         super().stopService()  # type: ignore[no-untyped-call]
         return Deferred.fromCoroutine(self._stop())
 
@@ -113,7 +115,7 @@ class NotificationService(Service):
         for endpoint in self.notifier.endpoints:
             endpoint.stop()
         await DeferredList(
-            [Deferred.fromCoroutine(e.queue.flush()) for e in self.notifier.endpoints]
+            [Deferred.fromCoroutine(e.queue.flush(compact=True)) for e in self.notifier.endpoints]
         )
         self._pool.stop()
         if self._connections is not None:
