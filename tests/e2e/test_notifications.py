@@ -24,7 +24,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from registry.api import mediatypes as mt
 from registry.ops.notifications import EVENTS_MEDIA_TYPE, NotificationService, Notifier
-from tests.e2e.client import header, push_blob, sha256, start_upload
+from tests.e2e.client import push_blob, sha256, start_upload
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry, RegistryProcess, sleep, start_in_process
 from tests.fakes.webhook import WebhookReceiver
@@ -66,9 +66,9 @@ def notifier_of(registry: InProcessRegistry) -> Notifier:
     raise AssertionError("no notification service")
 
 
-async def wait_until(condition: Any, timeout: float = 30.0) -> None:
+async def wait_until(condition: Any, within: float = 30.0) -> None:
     """Poll a condition that no receiver sees (the registry's own counters)."""
-    for _ in range(int(timeout / 0.02)):
+    for _ in range(int(within / 0.02)):
         if condition():
             return
         await sleep(0.02)
@@ -309,7 +309,7 @@ async def test_ignored_media_types_and_actions(
                 ),
             }
         )
-        _, digest = await push_small_image(registry.url, "app", "v1")
+        await push_small_image(registry.url, "app", "v1")
         response = await treq.get(f"{registry.url}/v2/app/manifests/v1")
         await response.content()
         await push_small_image(registry.url, "app", "v2")  # the last event, for both
@@ -319,10 +319,7 @@ async def test_ignored_media_types_and_actions(
             ("push", "v1"),
             ("push", "v2"),
         ]
-        assert [e["action"] for e in everything.events] == ["push", "push", "pull"] + [
-            "push",
-            "push",
-        ]
+        assert [e["action"] for e in everything.events] == ["push", "push", "pull", "push", "push"]
     finally:
         await everything.stop()
 

@@ -117,20 +117,20 @@ class WebhookReceiver:
                 self._waiters.remove(waiter)
                 d.callback(None)
 
-    async def wait_for(self, condition: Any, timeout: float = 30.0) -> None:
-        """Until ``condition()`` holds after a delivery (bounded by ``timeout``)."""
+    async def wait_for(self, condition: Any, within: float = 30.0) -> None:
+        """Until ``condition()`` holds after a delivery (bounded by ``within`` seconds)."""
         if condition():
             return
         d: Deferred[None] = Deferred()
         waiter = (condition, d)
         self._waiters.append(waiter)
-        d.addTimeout(timeout, reactor)
+        d.addTimeout(within, reactor)
         try:
             await d
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    async def wait_events(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
-        await self.wait_for(lambda: len(self.events) >= count, timeout)
+    async def wait_events(self, count: int, within: float = 30.0) -> list[dict[str, Any]]:
+        await self.wait_for(lambda: len(self.events) >= count, within)
         return self.events
