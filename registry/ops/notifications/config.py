@@ -4,8 +4,8 @@
 The keys are registry:2's ``notifications.endpoints`` keys (``url``, ``headers``, ``timeout``,
 ``threshold``, ``backoff``, ``ignoredmediatypes``, ``ignore.mediatypes``/``ignore.actions``
 written ``ignore_mediatypes``/``ignore_actions``), with registry:2's defaults, plus the ones the
-durable queue needs (``maxevents``, ``maxbackoff``, ``maxbatch``).  Errors name the section and
-key, so a typo stops start-up.
+durable queue needs (``maxevents``, ``maxbackoff``, ``maxbatch``, ``batchwait``).  Errors name
+the section and key, so a typo stops start-up.
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ class EndpointConfig:
     maxevents: int = 100_000
     # Events per POST (one envelope): a backlog drains in few requests.
     maxbatch: int = 100
+    # How long a POST waits for more events unless `maxbatch` are waiting (0: no wait).
+    batchwait: float = 0.1
     disabled: bool = False
 
     def wants(self, action: str, media_type: str | None) -> bool:
@@ -112,6 +114,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "ignore_actions": _actions,
     "maxevents": _positive_int,
     "maxbatch": _positive_int,
+    "batchwait": parse_duration,
     "disabled": parse_bool,
 }
 

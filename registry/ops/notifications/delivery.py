@@ -4,7 +4,8 @@ the endpoint in the order they happened (per repository and overall).
 
 A POST answered with a status below 400 delivers its events (registry:2's rule); anything else
 (a 4xx/5xx, a refused connection, no answer within ``timeout``) leaves them first in the
-queue.  The first ``threshold`` failures in a row are retried at once (registry:2's breaker);
+queue.  Unless ``maxbatch`` events are waiting, a POST waits ``batchwait`` for more to come.
+The first ``threshold`` failures in a row are retried at once (registry:2's breaker);
 then the pause starts at ``backoff`` and doubles per failure up to ``maxbackoff`` (registry:2
 waits ``backoff`` each time, hammering an endpoint that is down for long).
 
@@ -89,6 +90,12 @@ class Endpoint:
                 self._wakeup = Deferred()
                 await self._wakeup
                 continue
+            if len(batch) < self.config.maxbatch and self.config.batchwait and not self._failures:
+                # Let a batch fill: a POST costs the reactor about as much as a small push, so
+                # one per event would slow pushes down; one per `batchwait` does not.
+                self.queue.release()
+                await deferLater(self._reactor, self.config.batchwait)
+                batch = self.queue.take(self.config.maxbatch)
             try:
                 problem = await self._post(batch)
             except BaseException:
