@@ -154,6 +154,9 @@ class DurableQueue:
         """Accept an event (its JSON, without newlines)."""
         if not self._loaded:
             self._early.append(event)
+            if len(self._early) > self.max_events:  # the log could not be read: still bounded
+                del self._early[0]
+                self.dropped += 1
             return
         seq = self._next_seq
         self._next_seq += 1

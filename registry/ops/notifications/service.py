@@ -90,7 +90,17 @@ class NotificationService(Service):
 
     async def _start(self) -> None:
         for endpoint in self.notifier.endpoints:
-            await endpoint.queue.load()
+            try:
+                await endpoint.queue.load()
+            except Exception:
+                # An unreadable log is left as it is (never overwritten) for someone to look
+                # at; this endpoint delivers nothing until then, the others go on.
+                log.failure(
+                    "notifications: cannot read {path}; {endpoint} stays stopped",
+                    path=endpoint.queue.path,
+                    endpoint=endpoint.name,
+                )
+                continue
             endpoint.start()
         self._flusher = LoopingCall(self._flush_tick)
         self._flusher.clock = self._reactor
