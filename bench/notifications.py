@@ -140,7 +140,7 @@ class Pusher:
 def endpoint_sections(receiver: Receiver) -> dict[str, dict[str, str]]:
     return {
         "log": {"accesslog": "false"},
-        "notifications": {"fsync": os.environ.get("BENCH_FSYNC", "true")},
+        "notifications": {"fsync": os.environ.get("BENCH_FSYNC", "false")},
         "notifications:bench": {
             "url": receiver.url,
             "timeout": "5s",
