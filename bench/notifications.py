@@ -4,9 +4,9 @@ Webhook notifications under an outage and a restart, and what delivery costs a p
     python bench/notifications.py [--pushes 10000] [--down 60] [--latency-pushes 1000]
 
 1. Durability: ``--pushes`` small images (a config blob and a manifest: two events each) into
-   10 repositories, one client, against ``twistd registry`` with one endpoint.  A receiver
-   (a child process recording every POST) is stopped after a fifth of the pushes and started
-   again ``--down`` seconds later; halfway through the outage the registry is restarted
+   10 repositories, one client, against ``twistd registry`` with one endpoint, spread over
+   ``--spread`` seconds.  A receiver (a child process recording every POST) is down for
+   ``--down`` seconds in the middle; halfway through the outage the registry is restarted
    (SIGTERM).  Then every event must arrive: checked and reported are the distinct ids
    (= 2 x pushes), duplicates, and the order of the manifest pushes of each repository.
 2. Cost: push latency (blob POST + manifest PUT, one client per registry) against a registry
@@ -151,7 +151,7 @@ def endpoint_sections(receiver: Receiver) -> dict[str, dict[str, str]]:
     }
 
 
-def durability(workdir: Path, pushes: int, down: float) -> dict[str, object]:
+def durability(workdir: Path, pushes: int, down: float, spread: float) -> dict[str, object]:
     receiver = Receiver(workdir / "received.jsonl")
     receiver.start()
     (workdir / "registry").mkdir()
@@ -159,13 +159,18 @@ def durability(workdir: Path, pushes: int, down: float) -> dict[str, object]:
     server.start()
     pusher = Pusher(server.url)
     pushed: dict[str, list[str]] = {name: [] for name in REPOSITORIES}
-    outage_start = pushes // 5
+    # Pushes are spread over ``spread`` seconds (when the client is faster) so that the outage
+    # sits in the middle of them: it starts at (spread - down) / 2.
+    outage_start = max(0.0, (spread - down) / 2)
     down_since: float | None = None
     restarted = False
     started = time.monotonic()
     try:
         for i in range(pushes):
-            if i == outage_start:
+            ahead = started + i * spread / pushes - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            if down_since is None and time.monotonic() - started >= outage_start:
                 receiver.stop()
                 down_since = time.monotonic()
                 print(f"  receiver stopped after {i} pushes", flush=True)
@@ -299,6 +304,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pushes", type=int, default=10_000)
     parser.add_argument("--down", type=float, default=60.0, help="receiver outage, seconds")
+    parser.add_argument(
+        "--spread", type=float, default=120.0, help="seconds the pushes are spread over (at least)"
+    )
     parser.add_argument("--latency-pushes", type=int, default=1000, help="per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-durability", action="store_true")
@@ -308,7 +316,9 @@ def main() -> int:
         results: dict[str, object] = {}
         if not arguments.skip_durability:
             print("durability: pushes with the receiver down and a restart", flush=True)
-            results["durability"] = durability(workdir, arguments.pushes, arguments.down)
+            results["durability"] = durability(
+                workdir, arguments.pushes, arguments.down, arguments.spread
+            )
             print(json.dumps(results["durability"], indent=2), flush=True)
         print("latency: without and with an endpoint", flush=True)
         results["latency"] = latency(workdir, arguments.latency_pushes, arguments.rounds)
