@@ -214,6 +214,20 @@ class UiConfig:
 
 
 @attrs.frozen
+class NotificationsConfig:
+    # Settings shared by every [notifications:NAME] endpoint (see registry.ops.notifications).
+    # Folder of the per-endpoint event logs; empty: <rootdirectory>/notifications with the
+    # filesystem driver, memory only with inmemory, required with s3.
+    queuedir: str = key("")
+    # How often accepted events are written to the log: the window lost to kill -9.
+    flush_interval: float = key(0.05, parse_duration)
+    # fsync the log after each write, so that the window holds across a power loss too. Off
+    # by default, like [storage] fsync: each fsync makes the filesystem's journal commit, which
+    # slows the storage's own file creations (measured: +5-10% push latency).
+    fsync: bool = key(False, parse_bool)
+
+
+@attrs.frozen
 class Config:
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
@@ -225,6 +239,7 @@ class Config:
     auth_htpasswd: HtpasswdConfig = HtpasswdConfig()
     auth_token: TokenConfig = TokenConfig()
     ui: UiConfig = UiConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     # Sections whose names are not fixed (``[proxy:NAME]``), raw, parsed by their owners.
     extra: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
@@ -240,9 +255,11 @@ SECTIONS: dict[str, type[Any]] = {
     "auth.htpasswd": HtpasswdConfig,
     "auth.token": TokenConfig,
     "ui": UiConfig,
+    "notifications": NotificationsConfig,
 }
-# Sections parsed by their owners (one per upstream); kept raw in Config.extra.
-OPEN_SECTIONS = re.compile(r"proxy:[a-z0-9._-]+")
+# Sections parsed by their owners (one per upstream or webhook endpoint); kept raw in
+# Config.extra.
+OPEN_SECTIONS = re.compile(r"(?:proxy|notifications):[a-z0-9._-]+")
 
 
 def env_name(section: str, name: str) -> str:

@@ -33,6 +33,7 @@ from registry.http.tls import (
 )
 from registry.memory import HeapTrimmer, limit_malloc_arenas
 from registry.ops.metrics import MetricsRegistry
+from registry.ops.notifications import add_notifications, check_notifications
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
 from registry.proxy.service import install_proxies
@@ -95,6 +96,7 @@ class Options(usage.Options):
         try:
             self.config = load(self["config"], os.environ, overrides)
             parse_proxies(self.config)  # [proxy:NAME] sections are validated here too
+            check_notifications(self.config)  # and [notifications:NAME]
         except ConfigError as exc:
             raise usage.UsageError(f"configuration error: {exc}") from None
 
@@ -249,6 +251,8 @@ def makeService(options: Options) -> IService:
         access,
         hash_threads=HashThreads(reactor, hash_pool),
         metrics=metrics,
+        # Webhooks ([notifications:NAME]): a durable queue and delivery service per endpoint.
+        notifier=add_notifications(config, reactor, root),
         wrap=wrap,
     )
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)

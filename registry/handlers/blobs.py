@@ -15,8 +15,17 @@ from registry.http.routes import Route
 
 async def get_blob(ctx: RegistryContext, request: IRequest, route: Route) -> bytes | None:
     await authorize(ctx, request, [repository(route.name, PULL)])
+    info = await ctx.blobs.stat(route.name, route.digest)
+    answer = await _serve_blob(ctx, request, route, info.size)
+    if request.method == b"GET":  # served (or redirected); a HEAD transfers nothing
+        ctx.notifier.blob_pulled(request, route.name, route.digest, info.size)
+    return answer
+
+
+async def _serve_blob(
+    ctx: RegistryContext, request: IRequest, route: Route, size: int
+) -> bytes | None:
     digest = route.digest
-    info = await ctx.blobs.stat(route.name, digest)
     headers = {
         "Docker-Content-Digest": str(digest),
         "ETag": f'"{digest}"',
@@ -28,24 +37,24 @@ async def get_blob(ctx: RegistryContext, request: IRequest, route: Route) -> byt
         if url is not None:
             return responses.empty(request, 307, {**headers, "Location": url})
     try:
-        wanted = parse_range(header(request, "range"), info.size)
+        wanted = parse_range(header(request, "range"), size)
     except RangeNotSatisfiable:
         raise RegistryError(
             RANGE_INVALID,
-            {"size": info.size, "range": header(request, "range")},
+            {"size": size, "range": header(request, "range")},
             "requested range not satisfiable",
-            headers={"Content-Range": f"bytes */{info.size}"},
+            headers={"Content-Range": f"bytes */{size}"},
         ) from None
     request.setHeader("Content-Type", "application/octet-stream")
     for name, value in headers.items():
         request.setHeader(name, value)
     if wanted is None:
         request.setResponseCode(200)
-        offset, length = 0, info.size
+        offset, length = 0, size
     else:
         first, last = wanted
         request.setResponseCode(206)
-        request.setHeader("Content-Range", f"bytes {first}-{last}/{info.size}")
+        request.setHeader("Content-Range", f"bytes {first}-{last}/{size}")
         offset, length = first, last - first + 1
     request.setHeader("Content-Length", str(length))
     if request.method == b"HEAD" or length == 0:
@@ -61,4 +70,5 @@ async def delete_blob(ctx: RegistryContext, request: IRequest, route: Route) -> 
     digest = route.digest
     await ctx.blobs.stat(route.name, digest)
     await ctx.blobs.unlink(route.name, digest)
+    ctx.notifier.blob_deleted(request, route.name, digest)
     return responses.empty(request, 202, {"Docker-Content-Digest": str(digest)})

@@ -19,6 +19,7 @@ from registry.config import Config
 from registry.http.routes import IRouteRewriter
 from registry.manifests import UrlPolicy
 from registry.ops.metrics import MetricsRegistry
+from registry.ops.notifications.events import Notifier
 from registry.storage.blobs import BlobStore, IBlobStore
 from registry.storage.catalog import Catalog, ICatalog
 from registry.storage.driver import IStorageDriver
@@ -105,6 +106,8 @@ class RegistryContext:
     reactor: Any
     access: IAccessController = attrs.field(factory=AllowAll)
     metrics: MetricsRegistry = attrs.field(factory=MetricsRegistry)
+    # Webhook events ([notifications:NAME]); without endpoints every call returns at once.
+    notifier: Notifier = attrs.field(factory=Notifier)
     # Applied to every parsed route before its handler (containerd's ``?ns=``), if any.
     route_rewriter: IRouteRewriter | None = None
 
@@ -118,6 +121,7 @@ class RegistryContext:
         hash_threads: HashThreads | None = None,
         *,
         metrics: MetricsRegistry | None = None,
+        notifier: Notifier | None = None,
         wrap: StoreWrapper | None = None,
     ) -> RegistryContext:
         """The context over the local stores, or over what ``wrap`` makes of them."""
@@ -135,5 +139,6 @@ class RegistryContext:
             reactor=reactor,
             access=access or AllowAll(),
             metrics=metrics if metrics is not None else MetricsRegistry(),
+            notifier=notifier if notifier is not None else Notifier(),
             route_rewriter=stores.rewriter,
         )

@@ -29,6 +29,10 @@ def _only_schema1(request: IRequest) -> bool:
     )
 
 
+def _tag(route: Route) -> str | None:
+    return None if route.is_digest_reference else route.reference
+
+
 async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     await authorize(ctx, request, [repository(route.name, PULL)])
     manifest = await ctx.manifests.get(route.name, route.reference)
@@ -38,6 +42,10 @@ async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
             {"reference": route.reference, "mediaType": manifest.media_type},
             "the client accepts only Docker schema1 manifests, which this registry does not "
             "serve; upgrade the client (docker 1.10 or later) to pull schema2/OCI",
+        )
+    if request.method == b"GET":  # a HEAD transfers nothing: not a pull
+        ctx.notifier.manifest_pulled(
+            request, route.name, manifest.media_type, manifest.digest, manifest.size, _tag(route)
         )
     # Like registry:2 v3, the stored manifest is served even when Accept leaves its type out:
     # converting would change its digest.
@@ -57,6 +65,9 @@ async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
     result = await ctx.manifests.put(
         route.name, route.reference, content, header(request, "content-type")
     )
+    ctx.notifier.manifest_pushed(
+        request, route.name, result.media_type, result.digest, len(content), _tag(route)
+    )
     headers = put_response_headers(result)
     headers["Location"] = url_for(ctx, request, f"/v2/{route.name}/manifests/{result.digest}")
     return responses.empty(request, 201, headers)
@@ -67,6 +78,8 @@ async def delete_manifest(ctx: RegistryContext, request: IRequest, route: Route)
     await authorize(ctx, request, [repository(route.name, DELETE)])
     if route.is_digest_reference:
         await ctx.manifests.delete(route.name, route.digest)
+        ctx.notifier.manifest_deleted(request, route.name, route.digest)
     else:
         await ctx.manifests.untag(route.name, route.reference)
+        ctx.notifier.tag_deleted(request, route.name, route.reference)
     return responses.empty(request, 202)

@@ -305,24 +305,30 @@ async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) ->
     mount = query(request, "mount")
     await authorize(ctx, request, [repository(name, PULL, PUSH)])
     if mount is not None:
-        mounted = await _try_mount(ctx, request, name, mount, query(request, "from"))
-        if mounted is not None:
-            return mounted
+        digest = Digest.parse(mount)
+        source = query(request, "from")
+        size = await _try_mount(ctx, request, name, digest, source)
+        if size is not None:
+            ctx.notifier.blob_mounted(request, name, digest, size, source)
+            return _created(ctx, request, name, digest)
     elif digest_text is not None:
         digest = Digest.parse(digest_text)
         appender = await _sink(request).result()
-        await shielded(ctx.uploads.commit(appender, digest))
+        size = await shielded(ctx.uploads.commit(appender, digest))
         await ctx.catalog.note_repository(name)
+        ctx.notifier.blob_pushed(request, name, digest, size)
         return _created(ctx, request, name, digest)
     upload_id = await ctx.uploads.start(name)
     return responses.empty(request, 202, _session_headers(ctx, request, name, upload_id, 0))
 
 
 async def _try_mount(
-    ctx: RegistryContext, request: IRequest, name: str, mount: str, source: str | None
-) -> bytes | None:
-    """Cross-repository mount; None (fall back to a new upload) when it cannot be done."""
-    digest = Digest.parse(mount)
+    ctx: RegistryContext, request: IRequest, name: str, digest: Digest, source: str | None
+) -> int | None:
+    """
+    Cross-repository mount: the blob's size once mounted, None (fall back to a new upload)
+    when it cannot be done.
+    """
     if source is None:
         return await _mount_anonymous(ctx, request, name, digest)
     if not is_valid_name(source):
@@ -343,12 +349,12 @@ async def _try_mount(
         return None
     await ctx.blobs.link(name, digest)
     await ctx.catalog.note_repository(name)
-    return _created(ctx, request, name, digest)
+    return info.size
 
 
 async def _mount_anonymous(
     ctx: RegistryContext, request: IRequest, name: str, digest: Digest
-) -> bytes | None:
+) -> int | None:
     """
     ``?mount=`` without ``from`` (distribution-spec 1.1): mount when the blob is stored.  Only
     without access control: with it, knowing a digest must not give access to content that
@@ -356,11 +362,12 @@ async def _mount_anonymous(
     """
     if not isinstance(ctx.access, AllowAll):
         return None
-    if await ctx.blobs.exists(digest) is None:
+    info = await ctx.blobs.exists(digest)
+    if info is None:
         return None
     await ctx.blobs.link(name, digest)
     await ctx.catalog.note_repository(name)
-    return _created(ctx, request, name, digest)
+    return info.size
 
 
 def _created(ctx: RegistryContext, request: IRequest, name: str, digest: Digest) -> bytes:
@@ -396,8 +403,9 @@ async def put_upload(ctx: RegistryContext, request: IRequest, route: Route) -> b
         await shielded(appender.close())
         raise
     appender = await _body_written(ctx, request, route)
-    await shielded(ctx.uploads.commit(appender, digest))
+    size = await shielded(ctx.uploads.commit(appender, digest))
     await ctx.catalog.note_repository(route.name)
+    ctx.notifier.blob_pushed(request, route.name, digest, size)
     return _created(ctx, request, route.name, digest)
 
 

@@ -1,0 +1,150 @@
+"""
+``[notifications:NAME]`` sections: one webhook endpoint each, parsed from `Config.extra`.
+
+The keys are registry:2's ``notifications.endpoints`` keys (``url``, ``headers``, ``timeout``,
+``threshold``, ``backoff``, ``ignoredmediatypes``, ``ignore.mediatypes``/``ignore.actions``
+written ``ignore_mediatypes``/``ignore_actions``), with registry:2's defaults, plus the ones the
+durable queue needs (``maxevents``, ``maxbackoff``, ``maxbatch``, ``batchwait``).  Errors name
+the section and key, so a typo stops start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from registry.config import Config, ConfigError, parse_bool, parse_duration, parse_list
+
+SECTION_PREFIX = "notifications:"
+ACTIONS = ("push", "pull", "mount", "delete")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
+    """``Name: value`` pairs, one per line; a name may repeat (registry:2: a list per name)."""
+    headers = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep or _HEADER_NAME.fullmatch(name) is None:
+            raise ValueError(f"{line!r} is not a 'Name: value' header line")
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} has a line break in its value")
+        headers.append((name, value.strip()))
+    return tuple(headers)
+
+
+def _url(text: str) -> str:
+    text = text.strip()
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _actions(text: str) -> tuple[str, ...]:
+    actions = parse_list(text)
+    for action in actions:
+        if action not in ACTIONS:
+            raise ValueError(f"{action!r} is not one of {', '.join(ACTIONS)}")
+    return actions
+
+
+@attrs.frozen
+class EndpointConfig:
+    """One webhook endpoint; durations are seconds."""
+
+    name: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    # One POST's bound, from connect to the last byte of the answer (registry:2 default: 1s).
+    timeout: float = 1.0
+    # Failures in a row retried at once before backing off (registry:2's breaker threshold).
+    threshold: int = 10
+    # The first pause after `threshold` failures; each further failure doubles it, up to
+    # `maxbackoff` (registry:2 waits `backoff` every time).
+    backoff: float = 1.0
+    maxbackoff: float = 30.0
+    # Events whose target has one of these media types, or with one of these actions, are
+    # not sent to this endpoint.
+    ignoredmediatypes: tuple[str, ...] = ()
+    ignore_actions: tuple[str, ...] = ()
+    # Events kept for the endpoint while it is unreachable; beyond, the oldest are dropped.
+    maxevents: int = 100_000
+    # Events per POST (one envelope): a backlog drains in few requests.
+    maxbatch: int = 100
+    # How long a POST waits for more events unless `maxbatch` are waiting (0: no wait).
+    batchwait: float = 0.1
+    disabled: bool = False
+
+    def wants(self, action: str, media_type: str | None) -> bool:
+        if action in self.ignore_actions:
+            return False
+        return media_type is None or media_type not in self.ignoredmediatypes
+
+
+_KEYS: dict[str, Callable[[str], Any]] = {
+    "url": _url,
+    "headers": parse_headers,
+    "timeout": _positive_duration,
+    "threshold": _positive_int,
+    "backoff": _positive_duration,
+    "maxbackoff": _positive_duration,
+    "ignoredmediatypes": parse_list,
+    "ignore_mediatypes": parse_list,
+    "ignore_actions": _actions,
+    "maxevents": _positive_int,
+    "maxbatch": _positive_int,
+    "batchwait": parse_duration,
+    "disabled": parse_bool,
+}
+
+
+def parse_endpoint(name: str, values: Mapping[str, str]) -> EndpointConfig:
+    section = f"[{SECTION_PREFIX}{name}]"
+    kwargs: dict[str, Any] = {}
+    for key, text in values.items():
+        parse = _KEYS.get(key)
+        if parse is None:
+            raise ConfigError(f"{section} {key}: unknown key")
+        try:
+            kwargs[key] = parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{section} {key}: {exc}") from None
+    if "url" not in kwargs:
+        raise ConfigError(f"{section} url: required")
+    # registry:2 merges ignoredmediatypes and ignore.mediatypes the same way.
+    ignored = kwargs.pop("ignoredmediatypes", ()) + kwargs.pop("ignore_mediatypes", ())
+    config = EndpointConfig(name=name, ignoredmediatypes=ignored, **kwargs)
+    if config.maxbackoff < config.backoff:
+        raise ConfigError(f"{section} maxbackoff: must not be less than backoff")
+    return config
+
+
+def parse_endpoints(config: Config) -> list[EndpointConfig]:
+    """Every enabled endpoint, in name order; ConfigError for a bad one."""
+    endpoints = [
+        parse_endpoint(section[len(SECTION_PREFIX) :], values)
+        for section, values in sorted(config.extra.items())
+        if section.startswith(SECTION_PREFIX)
+    ]
+    return [endpoint for endpoint in endpoints if not endpoint.disabled]

@@ -1,0 +1,181 @@
+"""
+Delivery to one webhook endpoint: one POST at a time, oldest events first, so events reach
+the endpoint in the order they happened (per repository and overall).
+
+A POST answered with a status below 400 delivers its events (registry:2's rule); anything else
+(a 4xx/5xx, a refused connection, no answer within ``timeout``) leaves them first in the
+queue.  Unless ``maxbatch`` events are waiting, a POST waits ``batchwait`` for more to come.
+The first ``threshold`` failures in a row are retried at once (registry:2's breaker);
+then the pause starts at ``backoff`` and doubles per failure up to ``maxbackoff`` (registry:2
+waits ``backoff`` each time, hammering an endpoint that is down for long).
+
+Logs: one line per failed POST (not per event), one when delivery works again, and one per
+burst of dropped events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+
+from registry.ops.notifications.config import EndpointConfig
+from registry.ops.notifications.events import EVENTS_MEDIA_TYPE, envelope
+from registry.ops.notifications.queue import DurableQueue, Entry
+
+log = Logger()
+
+
+class Endpoint:
+    """The queue and delivery loop of one ``[notifications:NAME]`` endpoint."""
+
+    def __init__(
+        self, config: EndpointConfig, queue: DurableQueue, reactor: Any, client: HTTPClient
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self._reactor = reactor
+        self._client = client
+        self.delivered = 0  # events
+        self.failed = 0  # POSTs answered with a status of 400 or more
+        self.errors = 0  # POSTs without an answer (refused, reset, timed out)
+        self._failures = 0  # in a row
+        self._wakeup: Deferred[None] | None = None
+        self._running: Deferred[None] | None = None
+        self._burst = 0  # events dropped since the queue was last below its bound
+        queue.on_drop = self._dropped
+        self._headers = Headers({b"content-type": [EVENTS_MEDIA_TYPE.encode()]})
+        for name, value in config.headers:
+            self._headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "pending": len(self.queue.pending),
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "errors": self.errors,
+            "dropped": self.queue.dropped,
+        }
+
+    def accept(self, event: bytes) -> None:
+        """Queue an event; the delivery loop picks it up."""
+        self.queue.append(event)
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.callback(None)
+
+    def start(self) -> None:
+        self._running = Deferred.fromCoroutine(self._run())
+        self._running.addErrback(lambda f: f.trap(CancelledError))
+        self._running.addErrback(lambda f: log.failure("notifications: delivery loop died", f))
+
+    def stop(self) -> None:
+        """Stop delivering; a POST in flight is abandoned and its events stay queued."""
+        running, self._running = self._running, None
+        if running is not None:
+            running.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            batch = self.queue.take(self.config.maxbatch)
+            if not batch:
+                self._wakeup = Deferred()
+                await self._wakeup
+                continue
+            if len(batch) < self.config.maxbatch and self.config.batchwait and not self._failures:
+                # Let a batch fill: a POST costs the reactor about as much as a small push, so
+                # one per event would slow pushes down; one per `batchwait` does not.
+                self.queue.release()
+                await deferLater(self._reactor, self.config.batchwait)
+                batch = self.queue.take(self.config.maxbatch)
+            try:
+                problem = await self._post(batch)
+            except BaseException:
+                self.queue.release()
+                raise
+            if problem is None:
+                self.queue.done(len(batch))
+                self.delivered += len(batch)
+                self._delivered_again()
+                continue
+            self.queue.release()
+            self._failures += 1
+            delay = self._delay()
+            log.warn(
+                "notifications: POST to {endpoint} failed: {problem}; {pending} events pending,"
+                " failure {failures} in a row, next try in {delay:.3g} s",
+                endpoint=self.name,
+                url=self.config.url,
+                problem=problem,
+                pending=len(self.queue.pending),
+                failures=self._failures,
+                delay=delay,
+            )
+            if delay > 0:
+                await deferLater(self._reactor, delay)  # cancelled by `stop`
+
+    def _delay(self) -> float:
+        beyond = self._failures - self.config.threshold
+        if beyond < 0:
+            return 0.0
+        return min(self.config.backoff * 2.0 ** min(beyond, 60), self.config.maxbackoff)
+
+    def _delivered_again(self) -> None:
+        if self._failures:
+            log.info(
+                "notifications: {endpoint} accepts events again after {failures} failed POSTs",
+                endpoint=self.name,
+                failures=self._failures,
+            )
+            self._failures = 0
+        if self._burst and len(self.queue.pending) < self.config.maxevents:
+            log.warn(
+                "notifications: {endpoint}: {count} oldest events were dropped (maxevents"
+                " {maxevents} reached); {total} dropped since start",
+                endpoint=self.name,
+                count=self._burst,
+                maxevents=self.config.maxevents,
+                total=self.queue.dropped,
+            )
+            self._burst = 0
+
+    def _dropped(self, count: int) -> None:
+        if not self._burst:
+            log.warn(
+                "notifications: {endpoint} queue full ({maxevents} events): dropping the oldest",
+                endpoint=self.name,
+                maxevents=self.config.maxevents,
+            )
+        self._burst += count
+
+    async def _post(self, batch: list[Entry]) -> str | None:
+        """None when the endpoint took the events, else what went wrong."""
+        body = envelope([event for _, event in batch])
+        exchange = Deferred.fromCoroutine(self._exchange(body))
+        exchange.addTimeout(self.config.timeout, self._reactor)
+        try:
+            status = await exchange
+        except CancelledError:
+            raise
+        except Exception as exc:
+            self.errors += 1
+            return f"{type(exc).__name__}: {exc}"[:300]
+        if status < 400:
+            return None
+        self.failed += 1
+        return f"status {status}"
+
+    async def _exchange(self, body: bytes) -> int:
+        response = await self._client.post(
+            self.config.url, data=body, headers=self._headers, allow_redirects=False
+        )
+        await response.content()  # read to the end so the connection can be reused
+        return int(response.code)

@@ -1,0 +1,47 @@
+"""Per-endpoint notification metrics for a prometheus_client ``CollectorRegistry``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from registry.ops.notifications.events import Notifier
+
+_COUNTERS = {
+    "delivered": "Events the endpoint accepted (a status below 400).",
+    "failed": "POSTs the endpoint answered with a status of 400 or more.",
+    "errors": "POSTs without an answer (connection refused or reset, timeout).",
+    "dropped": "Oldest events dropped because the endpoint's queue was full (maxevents).",
+}
+
+
+class _NotificationCollector(Collector):
+    """Reads `Notifier.stats` at each scrape: no bookkeeping on the event path."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._notifier.stats()
+        pending = GaugeMetricFamily(
+            "registry_notifications_pending",
+            "Events queued for the endpoint, not delivered yet.",
+            labels=["endpoint"],
+        )
+        for name, values in stats.items():
+            pending.add_metric([name], values["pending"])
+        yield pending
+        for key, help_text in _COUNTERS.items():
+            family = CounterMetricFamily(
+                f"registry_notifications_{key}", help_text, labels=["endpoint"]
+            )
+            for name, values in stats.items():
+                family.add_metric([name], values[key])
+            yield family
+
+
+def register_notification_metrics(registry: CollectorRegistry, notifier: Notifier) -> None:
+    """Expose ``notifier``'s per-endpoint counters in ``registry``."""
+    registry.register(_NotificationCollector(notifier))

@@ -1,0 +1,165 @@
+"""
+The notification service: reads the endpoints' queues back at start, delivers, writes the
+queues every ``flush_interval``, and writes them a last time on stop.
+
+It owns a one-thread pool for the queue files, so that the last write at shutdown does not
+depend on the order in which other services stop their pools.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from registry.config import Config, ConfigError
+from registry.ops.notifications.config import EndpointConfig, parse_endpoints
+from registry.ops.notifications.delivery import Endpoint
+from registry.ops.notifications.events import Notifier
+from registry.ops.notifications.queue import DurableQueue
+
+log = Logger()
+
+
+def queue_directory(config: Config) -> str | None:
+    """Where the endpoint logs live; None keeps queues in memory (inmemory storage only)."""
+    if config.notifications.queuedir:
+        return config.notifications.queuedir
+    if config.storage.driver == "filesystem":
+        return os.path.join(config.storage.rootdirectory, "notifications")
+    if config.storage.driver == "inmemory":
+        return None
+    raise ConfigError(
+        "[notifications] queuedir: required with the s3 driver (a local folder where each "
+        "instance keeps the events it has not delivered yet)"
+    )
+
+
+def check_notifications(config: Config) -> list[EndpointConfig]:
+    """Validate the notification settings (at option parsing, so that start-up stops early)."""
+    endpoints = parse_endpoints(config)
+    if endpoints:
+        queue_directory(config)
+    return endpoints
+
+
+def source_record(config: Config) -> dict[str, str]:
+    """registry:2's ``source``: this host and port, and an id that changes at each start."""
+    host = socket.gethostname()
+    port = re.match(r"(?:tcp6?|ssl):(\d+)", config.http.port[0]) if config.http.port else None
+    return {
+        "addr": f"{host}:{port.group(1)}" if port else host,
+        "instanceID": str(uuid.uuid4()),
+    }
+
+
+class NotificationService(Service):
+    """Starts and stops every endpoint of a `Notifier`, and writes their queues."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        reactor: Any,
+        pool: ThreadPool,
+        flush_interval: float,
+        connections: HTTPConnectionPool | None = None,
+    ) -> None:
+        self.notifier = notifier
+        self._reactor = reactor
+        self._pool = pool
+        self._flush_interval = flush_interval
+        self._flusher: LoopingCall | None = None
+        self._starting: Deferred[None] | None = None
+        self._connections = connections
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._pool.start()
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(lambda f: log.failure("notifications: start failed", f))
+
+    async def _start(self) -> None:
+        for endpoint in self.notifier.endpoints:
+            try:
+                await endpoint.queue.load()
+            except Exception:
+                # An unreadable log is left as it is (never overwritten) for someone to look
+                # at; this endpoint delivers nothing until then, the others go on.
+                log.failure(
+                    "notifications: cannot read {path}; {endpoint} stays stopped",
+                    path=endpoint.queue.path,
+                    endpoint=endpoint.name,
+                )
+                continue
+            endpoint.start()
+        self._flusher = LoopingCall(self._flush_tick)
+        self._flusher.clock = self._reactor
+        self._flusher.start(self._flush_interval, now=True)
+
+    def _flush_tick(self) -> None:
+        for endpoint in self.notifier.endpoints:
+            if not endpoint.queue.flushing:
+                Deferred.fromCoroutine(endpoint.queue.flush())
+
+    def stopService(self) -> Deferred[Any] | None:
+        if not self.running:
+            return None  # stopped already: the pool is gone
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._starting is not None:
+            await self._starting
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        for endpoint in self.notifier.endpoints:
+            endpoint.stop()
+        await DeferredList(
+            [Deferred.fromCoroutine(e.queue.flush(compact=True)) for e in self.notifier.endpoints]
+        )
+        self._pool.stop()
+        if self._connections is not None:
+            await self._connections.closeCachedConnections()
+
+
+def add_notifications(config: Config, reactor: Any, parent: MultiService) -> Notifier:
+    """
+    The `Notifier` for ``RegistryContext.notifier``: with ``[notifications:NAME]`` endpoints,
+    their service is added to ``parent``; without, a notifier that does nothing.
+    """
+    endpoints = parse_endpoints(config)
+    if not endpoints:
+        return Notifier()
+    directory = queue_directory(config)
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="registry-notifications")
+    connections = HTTPConnectionPool(reactor, persistent=True)
+    client = HTTPClient(Agent(reactor, pool=connections))
+    built = []
+    for settings in endpoints:
+        path = os.path.join(directory, f"{settings.name}.log") if directory else None
+        queue = DurableQueue(
+            path, reactor, pool, settings.maxevents, fsync=config.notifications.fsync
+        )
+        built.append(Endpoint(settings, queue, reactor, client))
+    notifier = Notifier(built, source_record(config), reactor)
+    service = NotificationService(
+        notifier, reactor, pool, config.notifications.flush_interval, connections
+    )
+    service.setServiceParent(parent)  # type: ignore[no-untyped-call]
+    log.info(
+        "notifications to {names}",
+        names=", ".join(f"{e.name} ({e.url})" for e in endpoints),
+    )
+    return notifier

@@ -1,0 +1,492 @@
+"""
+Webhook notifications over real sockets: a registry (in this reactor, or ``twistd`` in a child
+process for restarts) POSTing to a real receiver that records what it gets, answers 503 or
+goes away for a while.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import pytest_twisted
+import treq
+from twisted.application.service import MultiService
+from twisted.logger import formatEvent, globalLogPublisher
+
+from registry.api import mediatypes as mt
+from registry.ops.notifications import EVENTS_MEDIA_TYPE, NotificationService, Notifier
+from tests.e2e.client import push_blob, sha256, start_upload
+from tests.e2e.conftest import Starter
+from tests.e2e.harness import InProcessRegistry, RegistryProcess, sleep, start_in_process
+from tests.fakes.webhook import WebhookReceiver
+from tests.manifests import samples
+
+AGENT = "notify-test/1.0"
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+@pytest_twisted.async_yield_fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    hook = WebhookReceiver()
+    await hook.start()
+    yield hook
+    await hook.stop()
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[str]]:
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+def endpoint(url: str, **keys: str) -> dict[str, str]:
+    return {"url": url, "timeout": "2s", **keys}
+
+
+def notifier_of(registry: InProcessRegistry) -> Notifier:
+    pending: list[Any] = [registry.service]
+    for _ in range(1000):  # the service tree is small; bounded anyway
+        if not pending:
+            break
+        service = pending.pop()
+        if isinstance(service, NotificationService):
+            return service.notifier
+        if isinstance(service, MultiService):
+            pending.extend(service)
+    raise AssertionError("no notification service")
+
+
+async def wait_until(condition: Any, within: float = 30.0) -> None:
+    """Poll a condition that no receiver sees (the registry's own counters)."""
+    for _ in range(int(within / 0.02)):
+        if condition():
+            return
+        await sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def push_small_image(url: str, name: str, tag: str, **headers: str) -> tuple[str, str]:
+    """A config blob (one POST) and a manifest naming it: two events. (blob, manifest)."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "tag": f"{name}:{tag}"}).encode()
+    blob = sha256(config)
+    response = await treq.post(
+        f"{url}/v2/{name}/blobs/uploads/?digest={blob}", data=config, headers=headers
+    )
+    assert response.code == 201, await response.text()
+    manifest = samples.oci_image(config=config, layers=())
+    response = await treq.put(
+        f"{url}/v2/{name}/manifests/{tag}",
+        data=manifest,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST, **headers},
+    )
+    assert response.code == 201, await response.text()
+    return blob, sha256(manifest)
+
+
+def check_order(events: list[dict[str, Any]], pushed: dict[str, list[str]]) -> None:
+    """Every pushed manifest tag arrived, per repository in push order (first arrivals)."""
+    seen: dict[str, list[str]] = {}
+    for event in events:
+        target = event["target"]
+        if event["action"] == "push" and "tag" in target:
+            tags = seen.setdefault(target["repository"], [])
+            if target["tag"] not in tags:
+                tags.append(target["tag"])
+    assert seen == pushed
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_for_push_pull_mount_and_delete(
+    start_registry: Starter, receiver: WebhookReceiver
+) -> None:
+    """Each operation gives registry:2's event, with its fields, in order, in the v1 envelope
+    with the configured headers; HEADs give none."""
+    registry = await start_registry(
+        {
+            "storage": {"delete_enabled": "true"},
+            "notifications:ci": endpoint(
+                receiver.url, headers="Authorization: Bearer t0ken\n  X-Team: ci"
+            ),
+        }
+    )
+    url, host = registry.url, registry.url.removeprefix("http://")
+    ua = {"User-Agent": AGENT}
+    config = samples.CONFIG
+    layer = samples.LAYER_1
+    manifest = samples.oci_image(layers=(layer,))
+    config_digest = await push_blob(url, "team/app", config)
+    location = await start_upload(url, "team/app")
+    response = await treq.put(f"{location}?digest={sha256(layer)}", data=layer, headers=ua)
+    assert response.code == 201
+    response = await treq.put(
+        f"{url}/v2/team/app/manifests/v1",
+        data=manifest,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST, **ua},
+    )
+    assert response.code == 201
+    manifest_digest = sha256(manifest)
+    for method in ("HEAD", "GET"):
+        response = await treq.request(method, f"{url}/v2/team/app/manifests/v1", headers=ua)
+        await response.content()
+        assert response.code == 200
+        response = await treq.request(
+            method, f"{url}/v2/team/app/blobs/{sha256(layer)}", headers=ua
+        )
+        await response.content()
+        assert response.code == 200
+    response = await treq.post(
+        f"{url}/v2/other/app/blobs/uploads/?mount={sha256(layer)}&from=team/app", headers=ua
+    )
+    assert response.code == 201
+    for path in (
+        "team/app/manifests/v1",
+        f"team/app/manifests/{manifest_digest}",
+        f"team/app/blobs/{config_digest}",
+    ):
+        response = await treq.delete(f"{url}/v2/{path}", headers=ua)
+        assert response.code == 202, await response.text()
+
+    events = await receiver.wait_events(9)
+    blob = "application/octet-stream"
+
+    def blob_target(repository: str, data: bytes) -> dict[str, Any]:
+        digest = sha256(data)
+        return {
+            "mediaType": blob,
+            "size": len(data),
+            "digest": digest,
+            "length": len(data),
+            "repository": repository,
+            "url": f"http://{host}/v2/{repository}/blobs/{digest}",
+        }
+
+    manifest_target = {
+        "mediaType": mt.OCI_IMAGE_MANIFEST,
+        "size": len(manifest),
+        "digest": manifest_digest,
+        "length": len(manifest),
+        "repository": "team/app",
+        "url": f"http://{host}/v2/team/app/manifests/{manifest_digest}",
+        "tag": "v1",
+    }
+    expected = [
+        ("push", "POST", blob_target("team/app", config)),
+        ("push", "PUT", blob_target("team/app", layer)),
+        ("push", "PUT", manifest_target),
+        ("pull", "GET", manifest_target),
+        ("pull", "GET", blob_target("team/app", layer)),
+        ("mount", "POST", {**blob_target("other/app", layer), "fromRepository": "team/app"}),
+        ("delete", "DELETE", {"repository": "team/app", "tag": "v1"}),
+        ("delete", "DELETE", {"repository": "team/app", "digest": manifest_digest}),
+        ("delete", "DELETE", {"repository": "team/app", "digest": config_digest}),
+    ]
+    assert [(e["action"], e["request"]["method"], e["target"]) for e in events] == expected
+    # The target key order is registry:2's (Go marshals struct fields in order).
+    assert list(events[2]["target"]) == list(manifest_target)
+    sources = {json.dumps(e["source"]) for e in events}
+    assert len(sources) == 1
+    source = events[0]["source"]
+    assert set(source) == {"addr", "instanceID"}
+    assert source["addr"] == f"{socket.gethostname()}:{registry.url.rsplit(':', 1)[1]}"
+    assert UUID.fullmatch(source["instanceID"])
+    assert len({e["id"] for e in events}) == 9
+    for event in events:
+        assert list(event) == ["id", "timestamp", "action", "target", "request", "actor", "source"]
+        assert UUID.fullmatch(event["id"])
+        assert STAMP.fullmatch(event["timestamp"])
+        assert event["actor"] == {}
+        request = event["request"]
+        assert list(request) == ["id", "addr", "host", "method", "useragent"]
+        assert UUID.fullmatch(request["id"])
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", request["addr"])
+        assert request["host"] == host
+        assert request["useragent"] == (AGENT if event is not events[0] else "")
+    for delivery in receiver.deliveries:
+        assert delivery.header("content-type") == EVENTS_MEDIA_TYPE
+        assert delivery.headers["authorization"] == ["Bearer t0ken"]
+        assert delivery.headers["x-team"] == ["ci"]
+        assert delivery.body.startswith(b'{"events":[{"id":"')
+    notifier = notifier_of(registry)
+    await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)  # the answer was read
+    assert notifier.stats() == {
+        "ci": {"pending": 0, "delivered": 9, "failed": 0, "errors": 0, "dropped": 0}
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_actor_is_the_authenticated_user(
+    start_registry: Starter, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    password = "alice-secret-pw"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "htpasswd").write_text(f"alice:{hashed}\n")
+    (tmp_path / "policy.toml").write_text(
+        '[[rule]]\nusers = ["alice"]\nrepositories = ["**"]\nactions = ["*"]\n'
+    )
+    registry = await start_registry(
+        {
+            "auth": {"policy": str(tmp_path / "policy.toml")},
+            "auth.htpasswd": {"path": str(tmp_path / "htpasswd")},
+            "notifications:ci": endpoint(receiver.url),
+        }
+    )
+    token = base64.b64encode(f"alice:{password}".encode()).decode()
+    await push_small_image(registry.url, "team/app", "v1", Authorization=f"Basic {token}")
+    events = await receiver.wait_events(2)
+    assert [e["actor"] for e in events] == [{"name": "alice"}, {"name": "alice"}]
+    notifier = notifier_of(registry)
+    await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_addr_and_host_from_a_trusted_proxy(
+    start_registry: Starter, receiver: WebhookReceiver
+) -> None:
+    """Behind a trusted reverse proxy, events name the client and the host it used; the same
+    headers from an untrusted peer are ignored."""
+    proxied = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "registry.example:443"}
+    trusting = await start_registry(
+        {"http": {"trusted_proxies": "127.0.0.1"}, "notifications:ci": endpoint(receiver.url)}
+    )
+    await push_small_image(trusting.url, "team/app", "v1", **proxied)
+    events = await receiver.wait_events(2)
+    assert [e["request"]["addr"] for e in events] == ["203.0.113.9", "203.0.113.9"]
+    assert [e["request"]["host"] for e in events] == ["registry.example:443"] * 2
+    notifier = notifier_of(trusting)
+    await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)
+    await trusting.stop()
+
+    untrusting = await start_registry({"notifications:ci": endpoint(receiver.url)})
+    await push_small_image(untrusting.url, "team/lib", "v1", **proxied)
+    events = (await receiver.wait_events(4))[2:]
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d+", e["request"]["addr"]) for e in events), events
+    direct_host = untrusting.url.removeprefix("http://")
+    assert [e["request"]["host"] for e in events] == [direct_host, direct_host]
+
+
+@pytest_twisted.ensureDeferred
+async def test_receiver_failing_then_down_then_back(
+    start_registry: Starter, receiver: WebhookReceiver, captured_logs: list[str]
+) -> None:
+    """503s and refused connections are retried with backoff; once the receiver is back every
+    event arrives once, in order, with a unique id; one log line per failed POST."""
+    registry = await start_registry(
+        {
+            "notifications:flaky": endpoint(
+                receiver.url, threshold="2", backoff="20ms", maxbackoff="100ms", maxbatch="3"
+            )
+        }
+    )
+    notifier = notifier_of(registry)
+    receiver.status = 503
+    pushed: dict[str, list[str]] = {"a": [], "b": []}
+    await push_small_image(registry.url, "a", "t0")
+    pushed["a"].append("t0")
+    await receiver.wait_for(lambda: receiver.refused >= 3)
+    await receiver.stop()
+    await wait_until(lambda: notifier.stats()["flaky"]["errors"] >= 2)
+    for i in range(1, 6):
+        for name in ("a", "b"):
+            await push_small_image(registry.url, name, f"t{i}")
+            pushed[name].append(f"t{i}")
+    assert receiver.events == []
+    receiver.status = 200
+    await receiver.start()
+    events = await receiver.wait_events(22)
+    await wait_until(lambda: notifier.stats()["flaky"]["pending"] == 0)
+    assert len(events) == 22
+    assert len({e["id"] for e in events}) == 22
+    check_order(events, pushed)
+    assert all(len(d.events) <= 3 for d in receiver.deliveries)
+    stats = notifier.stats()["flaky"]
+    assert stats["delivered"] == 22 and stats["pending"] == 0 and stats["dropped"] == 0
+    assert stats["failed"] >= 2 and stats["errors"] >= 2  # the 3rd 503 may be cut off
+    failures = [line for line in captured_logs if "POST to flaky failed" in line]
+    assert len(failures) == stats["failed"] + stats["errors"], failures
+    assert any("status 503" in line for line in failures)
+    assert any("ConnectionRefused" in line for line in failures)
+    assert sum("flaky accepts events again" in line for line in captured_logs) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_ignored_media_types_and_actions(
+    start_registry: Starter, receiver: WebhookReceiver
+) -> None:
+    everything = WebhookReceiver()
+    await everything.start()
+    try:
+        registry = await start_registry(
+            {
+                "notifications:all": endpoint(everything.url),
+                "notifications:ci": endpoint(
+                    receiver.url,
+                    ignoredmediatypes="application/octet-stream",
+                    ignore_actions="pull",
+                ),
+            }
+        )
+        await push_small_image(registry.url, "app", "v1")
+        response = await treq.get(f"{registry.url}/v2/app/manifests/v1")
+        await response.content()
+        await push_small_image(registry.url, "app", "v2")  # the last event, for both
+        await everything.wait_events(5)
+        events = await receiver.wait_events(2)
+        assert [(e["action"], e["target"]["tag"]) for e in events] == [
+            ("push", "v1"),
+            ("push", "v2"),
+        ]
+        assert [e["action"] for e in everything.events] == ["push", "push", "pull", "push", "push"]
+    finally:
+        await everything.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_bound_drops_oldest_and_survives_restart(
+    receiver: WebhookReceiver, tmp_path: Path, captured_logs: list[str]
+) -> None:
+    """With maxevents = 3 and the receiver failing, the oldest events are dropped (counted,
+    logged once); the 3 newest are kept on disk and delivered after a restart."""
+    sections = {
+        "storage": {"rootdirectory": str(tmp_path / "shared")},
+        "notifications:ci": endpoint(
+            receiver.url, maxevents="3", threshold="1", backoff="60s", maxbackoff="60s"
+        ),
+    }
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    registry = await start_in_process(tmp_path / "first", sections)
+    try:
+        notifier = notifier_of(registry)
+        receiver.status = 503
+        blobs = [await push_blob(registry.url, "app", b"blob-0")]
+        await wait_until(lambda: notifier.stats()["ci"]["failed"] == 1)  # now pausing 60 s
+        for i in range(1, 6):
+            blobs.append(await push_blob(registry.url, "app", f"blob-{i}".encode()))
+        assert notifier.stats()["ci"] == {
+            "pending": 3,
+            "delivered": 0,
+            "failed": 1,
+            "errors": 0,
+            "dropped": 3,
+        }
+        assert sum("queue full" in line for line in captured_logs) == 1
+    finally:
+        await registry.stop()
+    receiver.status = 200
+    registry = await start_in_process(tmp_path / "second", sections)
+    try:
+        events = await receiver.wait_events(3)
+        assert [e["target"]["digest"] for e in events] == blobs[3:]
+        await wait_until(lambda: notifier_of(registry).stats()["ci"]["delivered"] == 3)
+    finally:
+        await registry.stop()
+    queue_file = tmp_path / "shared" / "notifications" / "ci.log"
+    assert queue_file.read_bytes() == b""  # compacted at stop: nothing pending
+
+
+def _pushes_in_process(url: str, images: list[tuple[str, str]]) -> None:
+    """Push from a thread with http.client (the child registry runs in its own process)."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    for name, tag in images:
+        config = json.dumps({"os": "linux", "tag": f"{name}:{tag}"}).encode()
+        digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        connection.request("POST", f"/v2/{name}/blobs/uploads/?digest={digest}", body=config)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 201
+        manifest = samples.oci_image(config=config, layers=())
+        connection.request(
+            "PUT",
+            f"/v2/{name}/manifests/{tag}",
+            body=manifest,
+            headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+        )
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 201
+    connection.close()
+
+
+async def push_images(url: str, images: list[tuple[str, str]]) -> None:
+    from twisted.internet.threads import deferToThread
+
+    await deferToThread(_pushes_in_process, url, images)
+
+
+def events_on_disk(log: Path) -> int:
+    if not log.exists():
+        return 0
+    return sum(line.startswith(b"E ") for line in log.read_bytes().splitlines())
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])
+@pytest_twisted.ensureDeferred
+async def test_restart_while_receiver_is_down(
+    tmp_path: Path, receiver: WebhookReceiver, stop_signal: int
+) -> None:
+    """``twistd`` restarted (cleanly, or killed once the events are on disk) while the
+    receiver is down: nothing is lost, order per repository holds, ids are unique."""
+    server = RegistryProcess(
+        tmp_path,
+        {
+            "notifications": {"flush_interval": "20ms"},
+            "notifications:ci": endpoint(
+                receiver.url, threshold="1", backoff="50ms", maxbackoff="200ms"
+            ),
+        },
+    )
+    queue_file = tmp_path / "data" / "notifications" / "ci.log"
+    pushed: dict[str, list[str]] = {"x": [], "y": []}
+
+    def images(first: int, last: int) -> list[tuple[str, str]]:
+        batch = [(name, f"t{i}") for i in range(first, last) for name in ("x", "y")]
+        for name, tag in batch:
+            pushed[name].append(tag)
+        return batch
+
+    server.start()
+    try:
+        await push_images(server.url, images(0, 3))
+        await receiver.wait_events(12)
+        await receiver.stop()
+        await push_images(server.url, images(3, 6))
+        if stop_signal == signal.SIGKILL:
+            # kill -9 loses what was accepted in the last flush_interval: wait until written.
+            await wait_until(lambda: events_on_disk(queue_file) >= 24)
+        server.stop(stop_signal)
+        server.start()
+        await push_images(server.url, images(6, 8))
+        await receiver.start()
+        await receiver.wait_for(lambda: len({e["id"] for e in receiver.events}) >= 32)
+        events = receiver.events
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert "Traceback" not in log
+    assert "undelivered events read back" in log
+    assert len({e["id"] for e in events}) == 32
+    if stop_signal == signal.SIGTERM:
+        assert len(events) == 32  # a clean stop writes every acknowledgement
+    check_order(events, pushed)
+    instances = [e["source"]["instanceID"] for e in events]
+    assert len(set(instances)) == 2

@@ -1,0 +1,136 @@
+"""
+A real webhook receiver for the notification tests: a twisted.web site on 127.0.0.1 that
+records every POST (body and headers), and can be told to answer 503 or to stop listening
+(connection refused) and come back on the same port.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+
+@attrs.define
+class Delivery:
+    """One POST as the receiver got it."""
+
+    headers: dict[str, list[str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        envelope = json.loads(self.body)
+        assert set(envelope) == {"events"}, envelope
+        events: list[dict[str, Any]] = envelope["events"]
+        return events
+
+
+class _Hook(Resource):
+    isLeaf = True
+
+    def __init__(self, receiver: WebhookReceiver) -> None:
+        super().__init__()
+        self.receiver = receiver
+
+    def render_POST(self, request: Request) -> bytes:
+        body = request.content.read()
+        if self.receiver.status >= 400:
+            self.receiver.refused += 1
+            self.receiver._changed()
+            request.setResponseCode(self.receiver.status)
+            return b"not now"
+        headers: dict[str, list[str]] = {}
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            headers[name.decode().lower()] = [v.decode("latin-1") for v in values]
+        delivery = Delivery(headers, body)
+        self.receiver.deliveries.append(delivery)
+        self.receiver.events.extend(delivery.events)
+        self.receiver._changed()
+        request.setResponseCode(self.receiver.status)
+        return b""
+
+
+class WebhookReceiver:
+    """Start with `start`; `url` is where to POST."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self.events: list[dict[str, Any]] = []  # of every delivery, in order
+        self.status = 200
+        self.refused = 0
+        self.port = 0
+        self._listening: IListeningPort | None = None
+        self._connections: list[Protocol] = []
+        self._waiters: list[tuple[Any, Deferred[None]]] = []
+        receiver = self
+
+        class Channel(HTTPChannel):
+            def connectionMade(self) -> None:
+                super().connectionMade()
+                receiver._connections.append(self)
+
+            def connectionLost(self, reason: Any) -> None:
+                if self in receiver._connections:
+                    receiver._connections.remove(self)
+                super().connectionLost(reason)
+
+        self._site = Site(_Hook(self))
+        self._site.protocol = Channel  # type: ignore[assignment]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> None:
+        """Listen (on a free port the first time, on the same port after `stop`)."""
+        endpoint = TCP4ServerEndpoint(reactor, self.port, interface="127.0.0.1")
+        self._listening = await endpoint.listen(self._site)
+        self.port = self._listening.getHost().port
+
+    async def stop(self) -> None:
+        """Refuse connections, and drop the open ones (a receiver that went away)."""
+        if self._listening is not None:
+            await self._listening.stopListening()
+            self._listening = None
+        for channel in list(self._connections):
+            assert channel.transport is not None
+            channel.transport.loseConnection()  # answers already written still go out
+
+    def _changed(self) -> None:
+        for waiter in list(self._waiters):
+            condition, d = waiter
+            if condition():
+                self._waiters.remove(waiter)
+                d.callback(None)
+
+    async def wait_for(self, condition: Any, within: float = 30.0) -> None:
+        """Until ``condition()`` holds after a delivery (bounded by ``within`` seconds)."""
+        if condition():
+            return
+        d: Deferred[None] = Deferred()
+        waiter = (condition, d)
+        self._waiters.append(waiter)
+        d.addTimeout(within, reactor)
+        try:
+            await d
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    async def wait_events(self, count: int, within: float = 30.0) -> list[dict[str, Any]]:
+        await self.wait_for(lambda: len(self.events) >= count, within)
+        return self.events

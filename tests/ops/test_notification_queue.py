@@ -1,0 +1,194 @@
+"""The notification queue's log file, the endpoint settings, and the metrics, without HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from prometheus_client import CollectorRegistry, generate_latest
+from twisted.internet import reactor
+from twisted.python.threadpool import ThreadPool
+
+from registry.config import ConfigError, load
+from registry.ops.notifications import check_notifications, parse_endpoints
+from registry.ops.notifications.config import parse_endpoint
+from registry.ops.notifications.events import Notifier, envelope, timestamp
+from registry.ops.notifications.metrics import register_notification_metrics
+from registry.ops.notifications.queue import DurableQueue, read_log
+
+
+def event(n: int) -> bytes:
+    return b'{"id":"%d"}' % n
+
+
+def queue(path: Path, pool: ThreadPool, max_events: int = 1000) -> DurableQueue:
+    return DurableQueue(str(path), reactor, pool, max_events, fsync=True)
+
+
+def test_read_log_skips_done_torn_and_damaged_lines(tmp_path: Path) -> None:
+    log = tmp_path / "ci.log"
+    log.write_bytes(
+        b'E 1 {}\nE 2 {"a":1}\nE 3 {}\nD 1 2\nE x {}\nE 4 {}\nE 5 {"torn'  # no newline
+    )
+    assert read_log(str(log)) == ([(3, b"{}"), (4, b"{}")], 4)
+    assert read_log(str(tmp_path / "missing.log")) == ([], 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_events_survive_a_restart_in_order(
+    tmp_path: Path, one_thread_pool: ThreadPool
+) -> None:
+    path = tmp_path / "ci.log"
+    first = queue(path, one_thread_pool)
+    first.append(event(0))  # before load: kept, and written after what load finds
+    await first.load()
+    for n in range(1, 5):
+        first.append(event(n))
+    assert first.take(2) == [(1, event(0)), (2, event(1))]
+    first.done(2)
+    first.take(2)
+    first.release()  # a failed POST: the events stay first in line
+    await first.flush()
+    second = queue(path, one_thread_pool)
+    second.append(event(5))
+    await second.load()
+    assert list(second.pending) == [(3, event(2)), (4, event(3)), (5, event(4)), (6, event(5))]
+    await second.flush()
+    assert path.read_bytes().splitlines()[0] == b"E 3 " + event(2)  # rewritten at start
+
+
+@pytest_twisted.ensureDeferred
+async def test_done_events_are_compacted_away(tmp_path: Path, one_thread_pool: ThreadPool) -> None:
+    path = tmp_path / "ci.log"
+    q = queue(path, one_thread_pool, max_events=10_000)
+    await q.load()
+    for n in range(3000):
+        q.append(event(n))
+    await q.flush()
+    for _ in range(20):
+        q.take(100)
+        q.done(100)
+    await q.flush()  # 2000 of 3000 done: the file is rewritten with the 1000 pending
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 1000 and lines[0] == b"E 2001 " + event(2000)
+    q.take(1)
+    q.done(1)
+    await q.flush()  # few done: appended
+    assert path.read_bytes().splitlines()[-1] == b"D 2001 2001"
+    await q.flush(compact=True)
+    assert read_log(str(path))[0][0] == (2002, event(2001))
+    assert len(path.read_bytes().splitlines()) == 999
+
+
+@pytest_twisted.ensureDeferred
+async def test_bound_drops_the_oldest_not_in_flight(
+    tmp_path: Path, one_thread_pool: ThreadPool
+) -> None:
+    drops: list[int] = []
+    q = DurableQueue(str(tmp_path / "ci.log"), reactor, one_thread_pool, 3, on_drop=drops.append)
+    await q.load()
+    for n in range(3):
+        q.append(event(n))
+    assert q.take(1) == [(1, event(0))]  # being delivered
+    q.append(event(3))
+    q.append(event(4))
+    assert [seq for seq, _ in q.pending] == [1, 4, 5]
+    assert q.dropped == 2 and drops == [1, 1]
+    q.done(1)
+    await q.flush()
+    reread = queue(tmp_path / "ci.log", one_thread_pool)
+    await reread.load()
+    assert [seq for seq, _ in reread.pending] == [4, 5]
+
+
+def test_endpoint_settings() -> None:
+    config = parse_endpoint(
+        "ci",
+        {
+            "url": "https://hooks.example/registry",
+            "headers": "Authorization: Bearer x:y\nX-Team: ci\nX-Team: ops",
+            "timeout": "500ms",
+            "backoff": "1s",
+            "ignoredmediatypes": "application/octet-stream",
+            "ignore_mediatypes": "application/vnd.oci.image.config.v1+json",
+            "ignore_actions": "pull, mount",
+        },
+    )
+    assert config.headers == (
+        ("Authorization", "Bearer x:y"),
+        ("X-Team", "ci"),
+        ("X-Team", "ops"),
+    )
+    assert config.timeout == 0.5 and config.threshold == 10 and config.maxevents == 100_000
+    assert config.ignoredmediatypes == (
+        "application/octet-stream",
+        "application/vnd.oci.image.config.v1+json",
+    )
+    assert not config.wants("pull", None)
+    assert not config.wants("push", "application/octet-stream")
+    assert config.wants("delete", None) and config.wants("push", "x/y")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, "[notifications:ci] url: required"),
+        ({"url": "ftp://x"}, "[notifications:ci] url: 'ftp://x' is not an http(s) URL"),
+        ({"url": "http://x", "colour": "red"}, "[notifications:ci] colour: unknown key"),
+        ({"url": "http://x", "headers": "no colon"}, "[notifications:ci] headers: 'no colon'"),
+        ({"url": "http://x", "ignore_actions": "pul"}, "[notifications:ci] ignore_actions:"),
+        ({"url": "http://x", "threshold": "0"}, "[notifications:ci] threshold: must be more"),
+        ({"url": "http://x", "backoff": "5s", "maxbackoff": "1s"}, "maxbackoff: must not"),
+    ],
+)
+def test_bad_endpoint_settings_name_the_key(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_endpoint("ci", values)
+    assert str(raised.value).startswith(message) or message in str(raised.value)
+
+
+def test_sections_environment_and_queue_folder(tmp_path: Path) -> None:
+    path = tmp_path / "registry.cfg"
+    path.write_text(
+        "[notifications:ci]\nurl = http://a/\n[notifications:off]\nurl = http://b/\ndisabled = false\n"
+    )
+    environ = {
+        "REGISTRY_NOTIFICATIONS_CI_URL": "http://c/",
+        "REGISTRY_NOTIFICATIONS_OFF_DISABLED": "true",
+    }
+    config = load(str(path), environ)
+    assert [(e.name, e.url) for e in parse_endpoints(config)] == [("ci", "http://c/")]
+    s3 = load(str(path), {}, {("storage", "driver"): "s3"})
+    with pytest.raises(ConfigError, match=r"\[notifications\] queuedir: required"):
+        check_notifications(s3)
+    check_notifications(
+        load(str(path), {}, {("storage", "driver"): "s3", ("notifications", "queuedir"): "/q"})
+    )
+
+
+def test_event_encoding_helpers() -> None:
+    assert timestamp(1_700_000_000.25) == "2023-11-14T22:13:20.250000Z"
+    assert timestamp(1_700_000_000.9999999) == "2023-11-14T22:13:21.000000Z"
+    assert envelope([b"{}", b'{"a":1}']) == b'{"events":[{},{"a":1}]}'
+    assert Notifier().stats() == {}
+
+
+def test_prometheus_metrics() -> None:
+    class Endpoint:
+        name = "ci"
+
+        def stats(self) -> dict[str, int]:
+            return {"pending": 4, "delivered": 10, "failed": 2, "errors": 1, "dropped": 3}
+
+    registry = CollectorRegistry()
+    register_notification_metrics(registry, Notifier([Endpoint()]))  # type: ignore[list-item]
+    text = generate_latest(registry).decode()
+    for line in (
+        'registry_notifications_pending{endpoint="ci"} 4.0',
+        'registry_notifications_delivered_total{endpoint="ci"} 10.0',
+        'registry_notifications_failed_total{endpoint="ci"} 2.0',
+        'registry_notifications_errors_total{endpoint="ci"} 1.0',
+        'registry_notifications_dropped_total{endpoint="ci"} 3.0',
+    ):
+        assert line in text.splitlines()
