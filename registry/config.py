@@ -185,6 +185,23 @@ class TokenConfig:
 
 
 @attrs.frozen
+class HealthConfig:
+    # How long a check's result is reused, and how long a probe may take: a storage that
+    # stops working shows in readiness within cache + timeout seconds.
+    cache: float = key(2.0, parse_duration)
+    timeout: float = key(2.0, parse_duration)
+    # Readiness includes each [proxy:NAME] upstream's GET /v2/.
+    upstreams: bool = key(True, parse_bool)
+
+
+@attrs.frozen
+class DebugConfig:
+    # A second listener for /metrics and the health checks (registry:2's http.debug), e.g.
+    # tcp:5001:interface=127.0.0.1.  When set, /metrics leaves the main port.
+    addr: str = key("")
+
+
+@attrs.frozen
 class Config:
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
@@ -195,6 +212,8 @@ class Config:
     auth: AuthConfig = AuthConfig()
     auth_htpasswd: HtpasswdConfig = HtpasswdConfig()
     auth_token: TokenConfig = TokenConfig()
+    health: HealthConfig = HealthConfig()
+    debug: DebugConfig = DebugConfig()
     # Sections whose names are not fixed (``[proxy:NAME]``), raw, parsed by their owners.
     extra: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
@@ -209,6 +228,8 @@ SECTIONS: dict[str, type[Any]] = {
     "auth": AuthConfig,
     "auth.htpasswd": HtpasswdConfig,
     "auth.token": TokenConfig,
+    "health": HealthConfig,
+    "debug": DebugConfig,
 }
 # Sections parsed by their owners (one per upstream); kept raw in Config.extra.
 OPEN_SECTIONS = re.compile(r"proxy:[a-z0-9._-]+")

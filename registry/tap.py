@@ -15,6 +15,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -24,10 +25,13 @@ from registry.auth.interfaces import IAccessController
 from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
 from registry.handlers.context import RegistryContext
+from registry.handlers.monitoring import make_debug_site
 from registry.http.tls import TLSSettings, server_endpoint, warn_if_plain_public
 from registry.memory import HeapTrimmer, limit_malloc_arenas
+from registry.ops.health import HealthCheck, upstream_probe
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
+from registry.proxy.routing import ProxyRouter
 from registry.proxy.service import install_proxies
 from registry.storage.factory import build_driver
 from registry.storage.hash_offload import HashThreads
@@ -129,6 +133,26 @@ def _listeners(
     return services
 
 
+def add_monitoring(
+    config: Config, ctx: RegistryContext, router: ProxyRouter | None, reactor: Any, root: Any
+) -> None:
+    """
+    Health checks of the upstreams (``[health] upstreams``), and the ``[debug] addr`` listener
+    that serves metrics and health apart from the registry's port.
+    """
+    if router is not None and config.health.upstreams:
+        for cache in router.caches:
+            ctx.health.add(HealthCheck(f"upstream:{cache.name}", upstream_probe(cache.client.ping)))
+    if config.debug.addr:
+        try:
+            endpoint = serverFromString(reactor, config.debug.addr)
+        except (ValueError, KeyError) as exc:
+            raise SystemExit(f"configuration error: [debug] addr: {exc}") from None
+        service = StreamServerEndpointService(endpoint, make_debug_site(ctx))
+        service.setServiceParent(root)
+        log.info("metrics and health on {addr}", addr=config.debug.addr)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -159,7 +183,8 @@ def makeService(options: Options) -> IService:
         config, driver, reactor, access, hash_threads=HashThreads(reactor, hash_pool)
     )
     # Pull-through caches ([proxy:NAME]): swaps in routing stores, adds their service.
-    install_proxies(ctx, config, reactor, root)
+    router = install_proxies(ctx, config, reactor, root)
+    add_monitoring(config, ctx, router, reactor, root)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
 
     def index_catalog() -> None:
@@ -175,7 +200,10 @@ def makeService(options: Options) -> IService:
     if config.uploads.purge_enabled:
 
         def purge() -> Deferred[Any]:
-            d = Deferred.fromCoroutine(purge_uploads(driver, config.uploads.purge_age, time.time()))
+            d = Deferred.fromCoroutine(
+                purge_uploads(ctx.driver, config.uploads.purge_age, time.time())
+            )
+            d.addCallback(ctx.metrics.uploads_purged.inc)
             d.addErrback(lambda f: log.failure("upload purge failed", f))
             return d
 

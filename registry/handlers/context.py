@@ -15,6 +15,9 @@ import attrs
 from registry.auth.interfaces import AllowAll, IAccessController
 from registry.config import Config
 from registry.manifests import UrlPolicy
+from registry.ops.health import STORAGE, HealthCheck, HealthChecker, storage_probe
+from registry.ops.metrics import Metrics
+from registry.ops.storage_metrics import MeasuredDriver
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver
@@ -42,6 +45,12 @@ class RegistryContext:
     catalog: Catalog
     reactor: Any
     access: IAccessController = attrs.field(factory=AllowAll)
+    # The process's Prometheus metrics: other components add theirs to ``metrics.registry``.
+    metrics: Metrics = attrs.field(factory=Metrics)
+    # Readiness checks: storage from the start; upstreams and others add theirs.
+    health: HealthChecker = attrs.field(
+        default=attrs.Factory(lambda self: HealthChecker(self.reactor), takes_self=True)
+    )
     # Filled in by the modules that own them (manifests, tags, referrers, catalog, proxy).
     extras: dict[str, Any] = attrs.field(factory=dict)
 
@@ -54,6 +63,18 @@ class RegistryContext:
         access: IAccessController | None = None,
         hash_threads: HashThreads | None = None,
     ) -> RegistryContext:
+        metrics = Metrics()
+        # Every storage call is timed; the stores below see only the measured driver.
+        driver = MeasuredDriver(driver, metrics)
+        health = HealthChecker(
+            reactor, cache_for=config.health.cache, timeout=config.health.timeout
+        )
+        health.add(
+            HealthCheck(
+                STORAGE,
+                storage_probe(driver, reactor, writable=not config.maintenance.readonly),
+            )
+        )
         blobs = BlobStore(driver)
         tags = TagStore(driver, max_page=MAX_PAGE)
         referrers = ReferrersIndex(driver, max_page=MAX_PAGE)
@@ -83,4 +104,6 @@ class RegistryContext:
             catalog=catalog,
             reactor=reactor,
             access=access or AllowAll(),
+            metrics=metrics,
+            health=health,
         )

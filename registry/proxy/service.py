@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from registry.api.digests import Digest
 from registry.config import Config
 from registry.handlers.context import RegistryContext
-from registry.ops.metrics import MetricsRegistry, Sample, metrics_of
+from registry.ops.metrics import Metrics, Sample
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
 from registry.proxy.routing import (
@@ -110,7 +110,7 @@ def _collector(caches: list[ProxyCache], name: str, value: Any) -> Any:
     return collect
 
 
-def register_metrics(metrics: MetricsRegistry, caches: list[ProxyCache]) -> None:
+def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
     families: list[tuple[str, str, str, Any]] = [
         (
             "txregistry_proxy_hits_total",
@@ -264,7 +264,7 @@ def install_proxies(
     ctx.tags = _routing(RoutingTagStore, local_tags, router)
     ctx.uploads = _routing(RoutingUploadStore, ctx.uploads, router)
     ctx.extras["proxy_router"] = router
-    register_metrics(metrics_of(ctx.extras), peers)
+    register_metrics(ctx.metrics, peers)
     ProxyService(peers).setServiceParent(parent)  # type: ignore[no-untyped-call]
     for cache in peers:
         log.info(
