@@ -98,11 +98,11 @@ class RegistryApp:
         return await self._dispatch(request, rest)
 
     @router.route("/metrics", methods=["GET"])
-    def metrics(self, request: IRequest) -> bytes:
+    async def metrics(self, request: IRequest) -> bytes:
         """Prometheus text format, here only when `metrics_on_main_port` (see docs)."""
         if not metrics_on_main_port(self.ctx):
             raise RegistryError(NOT_FOUND, {"path": "/metrics"})
-        return monitoring.metrics_answer(self.ctx, request)
+        return await monitoring.metrics_answer(self.ctx, request)
 
     @router.route("/health", methods=["GET", "HEAD"])
     async def health(self, request: IRequest) -> bytes:

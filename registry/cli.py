@@ -35,6 +35,7 @@ from zope.interface import provider
 
 from registry.config import Config, ConfigError, load, parse_duration
 from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, GCStats, describe_error
+from registry.ops.gc_report import record_run
 from registry.ops.progress import (
     CountingDriver,
     ProgressReporter,
@@ -248,8 +249,14 @@ async def run_gc(
         for digest in collector.candidates:
             term.progress(f"gc: would delete blob {digest}")
     stats = collector.stats
-    for line in gc_summary(stats, args.dry_run, args.delete_untagged, time.monotonic() - started):
+    elapsed = time.monotonic() - started
+    for line in gc_summary(stats, args.dry_run, args.delete_untagged, elapsed):
         term.summary(line)
+    if not args.dry_run:
+        try:  # for the registries' txregistry_gc_last_run_* metrics
+            await record_run(driver, stats, time.time(), elapsed)
+        except Exception as exc:
+            term.summary(f"gc: the report for the metrics was not written: {describe_error(exc)}")
     return EXIT_FAILED if stats.errors else EXIT_OK
 
 

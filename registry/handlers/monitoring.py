@@ -53,7 +53,8 @@ async def storage_answer(ctx: RegistryContext, request: IRequest) -> bytes:
     return responses.json_body(request, 503, {"status": "unavailable", "reason": result.error})
 
 
-def metrics_answer(ctx: RegistryContext, request: IRequest) -> bytes:
+async def metrics_answer(ctx: RegistryContext, request: IRequest) -> bytes:
+    await ctx.metrics.gc.refresh(ctx.driver, ctx.reactor)
     return responses.body(request, 200, ctx.metrics.render(), METRICS_CONTENT_TYPE)
 
 
@@ -65,8 +66,8 @@ class DebugApp:
     router = Klein()
 
     @router.route("/metrics", methods=["GET"])
-    def metrics(self, request: IRequest) -> bytes:
-        return metrics_answer(self.ctx, request)
+    async def metrics(self, request: IRequest) -> bytes:
+        return await metrics_answer(self.ctx, request)
 
     @router.route("/health/live", methods=["GET", "HEAD"])
     def live(self, request: IRequest) -> bytes:

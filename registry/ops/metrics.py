@@ -27,6 +27,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from registry.ops.gc_report import GCReport
+
 # The classic text format: understood by every Prometheus and by prometheus_client's parser.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -103,6 +105,8 @@ class Metrics:
     storage_errors: Counter = attrs.field(init=False)
     uploads_open: Gauge = attrs.field(init=False)
     uploads_purged: Counter = attrs.field(init=False)
+    # The last ``txregistry gc`` run's report; refreshed from storage by the /metrics route.
+    gc: GCReport = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -160,6 +164,8 @@ class Metrics:
             "Abandoned uploads removed by the periodic purge.",
             registry=r,
         )
+        self.gc = GCReport()
+        r.register(self.gc)
 
     def register(self, collector: Collector) -> None:
         """Add a prometheus_client collector (its ``describe`` names are checked for clashes)."""

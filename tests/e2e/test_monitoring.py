@@ -21,9 +21,10 @@ from twisted.internet import reactor
 from registry.api import mediatypes as mt
 from tests.e2e.client import get, push_blob, sha256, start_upload
 from tests.e2e.conftest import Starter
-from tests.e2e.harness import free_port, sleep
+from tests.e2e.harness import free_port, sleep, write_config
 from tests.fakes.upstream import FakeUpstream, start_fake_upstream
 from tests.manifests import samples
+from tests.ops.test_cli import cli
 
 # Short enough for quick tests; readiness must change within cache + timeout.
 FAST_HEALTH = {"cache": "500ms", "timeout": "1s"}
@@ -257,3 +258,20 @@ async def test_no_metrics_on_an_authenticated_main_port(
     assert json.loads(body)["errors"][0]["code"] == "NOT_FOUND"
     status, _ = await answer(f"{registry.url}/health/ready")
     assert status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_results_reach_the_metrics(start_registry: Starter, tmp_path: Path) -> None:
+    """``txregistry gc`` (another process) leaves a report the serving registry exposes."""
+    root = tmp_path / "root"
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    orphan = os.urandom(4321)
+    await push_blob(registry.url, "app", orphan)  # no manifest references it
+    config = write_config(tmp_path / "gc.cfg", {"storage": {"rootdirectory": str(root)}})
+    result = await cli("gc", "--config", str(config), "--grace", "0")
+    assert result.code == 0, result
+    found, _ = await scrape(registry.url)
+    assert found[("txregistry_gc_last_run_blobs_deleted", ())] == 1
+    assert found[("txregistry_gc_last_run_bytes_freed", ())] == len(orphan)
+    assert found[("txregistry_gc_last_run_errors", ())] == 0
+    assert found[("txregistry_gc_last_run_timestamp_seconds", ())] > 0
