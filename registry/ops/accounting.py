@@ -11,7 +11,6 @@ nothing a client can turn into a new label value.
 from __future__ import annotations
 
 import io
-import re
 import time
 from typing import Any
 
@@ -22,28 +21,43 @@ from zope.interface import implementer
 
 from registry.ops.metrics import METHODS, Metrics
 
-# Right-hand ends of /v2/<name>/... paths; the name itself may hold any of these words.
-_V2_KINDS: list[tuple[str, re.Pattern[bytes]]] = [
-    ("tags", re.compile(rb".+/tags/list/?")),
-    ("upload", re.compile(rb".+/blobs/uploads(/[^/]*)?")),
-    ("manifest", re.compile(rb".+/manifests/[^/]+")),
-    ("blob", re.compile(rb".+/blobs/[^/]+")),
-    ("referrers", re.compile(rb".+/referrers/[^/]+")),
-]
+
+def _v2_kind(rest: bytes) -> str:
+    """
+    The kind of ``/v2/<rest>``, read from its right-hand end (a repository name may contain
+    ``blobs``, ``manifests`` and the like).  String splits, not regular expressions: this runs
+    for every request.
+    """
+    head, _, last = rest.rpartition(b"/")
+    name, slash, parent = head.rpartition(b"/")
+    has_name = bool(slash and name)
+    if parent == b"blobs" and last == b"uploads" and has_name:
+        return "upload"  # <name>/blobs/uploads
+    if parent == b"uploads" and name.endswith(b"/blobs") and len(name) > 6:
+        return "upload"  # <name>/blobs/uploads/ and <name>/blobs/uploads/<id>
+    if parent == b"tags" and last == b"list" and has_name:
+        return "tags"
+    if parent == b"list" and last == b"" and name.endswith(b"/tags") and len(name) > 5:
+        return "tags"  # <name>/tags/list/
+    if last and has_name:
+        if parent == b"manifests":
+            return "manifest"
+        if parent == b"blobs":
+            return "blob"
+        if parent == b"referrers":
+            return "referrers"
+    return "other"
 
 
 def route_kind(path: bytes) -> str:
     """One of `registry.ops.metrics.ROUTE_KINDS` for a request path (without the query)."""
-    if path in (b"/v2", b"/v2/"):
+    if path in (b"/v2", b"/v2/", b"/v2//"):
         return "base"
     if path.startswith(b"/v2/"):
         rest = path[4:]
         if rest in (b"_catalog", b"_catalog/"):
             return "catalog"
-        for kind, pattern in _V2_KINDS:
-            if pattern.fullmatch(rest):
-                return kind
-        return "other"
+        return _v2_kind(rest)
     if path == b"/metrics":
         return "metrics"
     if path == b"/health" or path.startswith((b"/health/", b"/debug/health")):
@@ -73,16 +87,10 @@ class MeasuredResource:
 
     def __init__(self, inner: IResource, metrics: Metrics) -> None:
         self.inner = inner
-        self.metrics = metrics
-        # Children of the labelled metrics, looked up once per label set (the hot path).
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (str(id(metric)), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self.counts = metrics.http
+        self.duration = metrics.request_duration
+        # Histogram children by (method, route), looked up once (the hot path).
+        self._timers: dict[tuple[str, str], Any] = {}
 
     def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
         return self  # never called for a leaf; part of IResource
@@ -96,26 +104,22 @@ class MeasuredResource:
         if method not in METHODS:
             method = "other"
         started = getattr(request, "started", None) or time.monotonic()
-        received = _body_size(request)
-        in_flight = self._child(self.metrics.in_flight, kind)
-        in_flight.inc()
-
-        def finished(result: object) -> None:
-            in_flight.dec()
-            # A client gone before the answer: nginx's 499, not the status never sent.
-            status = "499" if isinstance(result, Failure) else str(request.code)
-            self._child(self.metrics.requests, method, kind, status).inc()
-            self._child(self.metrics.request_duration, method, kind).observe(
-                time.monotonic() - started
-            )
-            if received:
-                self._child(self.metrics.bytes_in, kind).inc(received)
-            sent = int(getattr(request, "sentLength", 0))
-            if sent:
-                self._child(self.metrics.bytes_out, kind).inc(sent)
-
-        request.notifyFinish().addBoth(finished)
+        self.counts.started(kind)
+        request.notifyFinish().addBoth(
+            self._finished, request, method, kind, started, _body_size(request)
+        )
         return self.inner.render(request)
+
+    def _finished(
+        self, result: object, request: Any, method: str, kind: str, started: float, received: int
+    ) -> None:
+        # A client gone before the answer: nginx's 499, not the status never sent.
+        status = "499" if isinstance(result, Failure) else str(request.code)
+        self.counts.finished(method, kind, status, received, int(request.sentLength))
+        timer = self._timers.get((method, kind))
+        if timer is None:
+            timer = self._timers[(method, kind)] = self.duration.labels(method, kind)
+        timer.observe(time.monotonic() - started)
 
 
 def count_upload_sinks(factory: Any, metrics: Metrics) -> Any:

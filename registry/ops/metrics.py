@@ -88,6 +88,71 @@ class SampleCollector:
 
 
 @attrs.define(eq=False)
+class RequestCounts:
+    """
+    The per-request counters, as plain dicts updated in the reactor thread and turned into
+    metric families at scrape time: a dict increment costs a tenth of a prometheus_client
+    child's locked one, and these change on every request (measured: docs/monitoring.md).
+    """
+
+    # (method, route, status) -> requests answered
+    requests: dict[tuple[str, str, str], int] = attrs.field(factory=dict)
+    bytes_in: dict[str, int] = attrs.field(factory=dict)
+    bytes_out: dict[str, int] = attrs.field(factory=dict)
+    in_flight: dict[str, int] = attrs.field(factory=dict)
+
+    def started(self, route: str) -> None:
+        self.in_flight[route] = self.in_flight.get(route, 0) + 1
+
+    def finished(self, method: str, route: str, status: str, received: int, sent: int) -> None:
+        self.in_flight[route] -= 1
+        key = (method, route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if received:
+            self.bytes_in[route] = self.bytes_in.get(route, 0) + received
+        if sent:
+            self.bytes_out[route] = self.bytes_out.get(route, 0) + sent
+
+    def _families(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
+        return [
+            CounterMetricFamily(
+                "txregistry_http_requests_total",
+                "HTTP requests answered, by method, route kind and status.",
+                labels=["method", "route", "status"],
+            ),
+            CounterMetricFamily(
+                "txregistry_http_request_body_bytes_total",
+                "Request body bytes received (blob uploads included), by route kind.",
+                labels=["route"],
+            ),
+            CounterMetricFamily(
+                "txregistry_http_response_body_bytes_total",
+                "Response body bytes sent, by route kind.",
+                labels=["route"],
+            ),
+            GaugeMetricFamily(
+                "txregistry_http_requests_in_flight",
+                "Requests being handled now (after their body arrived), by route kind.",
+                labels=["route"],
+            ),
+        ]
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        requests, received, sent, in_flight = self._families()
+        for (method, route, status), count in sorted(self.requests.items()):
+            requests.add_metric([method, route, status], count)
+        for family, values in ((received, self.bytes_in), (sent, self.bytes_out)):
+            for route, amount in sorted(values.items()):
+                family.add_metric([route], amount)
+        for route, count in sorted(self.in_flight.items()):
+            in_flight.add_metric([route], count)
+        return iter([requests, received, sent, in_flight])
+
+
+@attrs.define(eq=False)
 class Metrics:
     """
     The process's metrics.  The request, storage and upload metrics are fields (updated by
@@ -96,11 +161,8 @@ class Metrics:
     """
 
     registry: CollectorRegistry = attrs.field(factory=CollectorRegistry)
-    requests: Counter = attrs.field(init=False)
+    http: RequestCounts = attrs.field(init=False)
     request_duration: Histogram = attrs.field(init=False)
-    bytes_in: Counter = attrs.field(init=False)
-    bytes_out: Counter = attrs.field(init=False)
-    in_flight: Gauge = attrs.field(init=False)
     storage_duration: Histogram = attrs.field(init=False)
     storage_errors: Counter = attrs.field(init=False)
     uploads_open: Gauge = attrs.field(init=False)
@@ -110,35 +172,13 @@ class Metrics:
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter(
-            "txregistry_http_requests_total",
-            "HTTP requests answered, by method, route kind and status.",
-            ["method", "route", "status"],
-            registry=r,
-        )
+        self.http = RequestCounts()
+        r.register(self.http)
         self.request_duration = Histogram(
             "txregistry_http_request_duration_seconds",
             "Time from the request's first byte to the response's last, by method and route.",
             ["method", "route"],
             buckets=REQUEST_BUCKETS,
-            registry=r,
-        )
-        self.bytes_in = Counter(
-            "txregistry_http_request_body_bytes_total",
-            "Request body bytes received (blob uploads included), by route kind.",
-            ["route"],
-            registry=r,
-        )
-        self.bytes_out = Counter(
-            "txregistry_http_response_body_bytes_total",
-            "Response body bytes sent, by route kind.",
-            ["route"],
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "txregistry_http_requests_in_flight",
-            "Requests being handled now (after their body arrived), by route kind.",
-            ["route"],
             registry=r,
         )
         self.storage_duration = Histogram(

@@ -3,6 +3,8 @@ timed storage driver."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -52,6 +54,30 @@ def test_route_kind(path: str, kind: str) -> None:
 def test_route_kind_is_always_one_of_the_fixed_set(path: bytes) -> None:
     assert route_kind(b"/v2/" + path) in ROUTE_KINDS
     assert route_kind(path) in ROUTE_KINDS
+
+
+# The API's path shapes as registry.http.routes matches them, as a reference.
+_REFERENCE = [
+    ("tags", re.compile(rb".+/tags/list/?")),
+    ("upload", re.compile(rb".+/blobs/uploads(/[^/]*)?")),
+    ("manifest", re.compile(rb".+/manifests/[^/]+")),
+    ("blob", re.compile(rb".+/blobs/[^/]+")),
+    ("referrers", re.compile(rb".+/referrers/[^/]+")),
+]
+_WORDS = st.sampled_from([b"a", b"", b"blobs", b"uploads", b"manifests", b"tags", b"list",
+                          b"referrers", b"_catalog", b"x-1"])  # fmt: skip
+
+
+@given(st.lists(_WORDS, min_size=1, max_size=6))
+def test_route_kind_agrees_with_the_routes_patterns(words: list[bytes]) -> None:
+    rest = b"/".join(words)
+    if rest in (b"", b"/"):
+        expected = "base"
+    elif rest in (b"_catalog", b"_catalog/"):
+        expected = "catalog"
+    else:
+        expected = next((kind for kind, p in _REFERENCE if p.fullmatch(rest)), "other")
+    assert route_kind(b"/v2/" + rest) == expected, rest
 
 
 def test_collected_families_render_and_parse() -> None:
