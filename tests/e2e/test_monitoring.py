@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
 
 from registry.api import mediatypes as mt
 from tests.e2e.client import get, push_blob, sha256, start_upload
@@ -275,3 +277,30 @@ async def test_gc_results_reach_the_metrics(start_registry: Starter, tmp_path: P
     assert found[("txregistry_gc_last_run_bytes_freed", ())] == len(orphan)
     assert found[("txregistry_gc_last_run_errors", ())] == 0
     assert found[("txregistry_gc_last_run_timestamp_seconds", ())] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_streaming_now_is_an_open_upload(start_registry: Starter) -> None:
+    registry = await start_registry()
+    location = await start_upload(registry.url, "app")
+    path = location.removeprefix(registry.url)
+    port = int(registry.url.rsplit(":", 1)[1])
+    body = os.urandom(100_000)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        head = f"PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body[:1000])  # small: the kernel takes it at once
+
+        async def open_uploads() -> float | None:
+            found, _ = await scrape(registry.url)
+            value = found[("txregistry_uploads_open", ())]
+            return value if value else None
+
+        assert await wait_until(open_uploads, within=5.0) == 1
+        sock.sendall(body[1000:])
+        answer_line = await deferToThread(sock.recv, 200)
+        assert answer_line.startswith(b"HTTP/1.1 202"), answer_line
+    finally:
+        sock.close()
+    found, _ = await scrape(registry.url)
+    assert found[("txregistry_uploads_open", ())] == 0
