@@ -23,18 +23,18 @@ from registry.api.errors import (
     UNSUPPORTED,
     RegistryError,
 )
+from registry.auth.interfaces import AllowAll
 from registry.failures import log_failure
-from registry.handlers import blobs, limits, listings, manifests, uploads
+from registry.handlers import blobs, limits, listings, manifests, monitoring, uploads
 from registry.handlers.common import authorize, error_for
 from registry.handlers.context import RegistryContext
 from registry.http import responses
 from registry.http.forwarded import TrustedProxies
 from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
-from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from registry.ops.accounting import MeasuredResource, count_upload_sinks
 from registry.proxy.errors import UpstreamError
-from registry.storage import layout
-from registry.storage.driver import PathNotFoundError, StorageError
+from registry.storage.driver import StorageError
 from registry.ui import ui_resource
 
 log = Logger()
@@ -76,6 +76,15 @@ def register_handler(kind: Kind, method: bytes, handler: Handler) -> None:
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
+def metrics_on_main_port(ctx: RegistryContext) -> bool:
+    """
+    ``/metrics`` on the registry's own port only where that port is open to anyone anyway
+    (no authentication) and no ``[debug] addr`` listener is configured for it.  A registry
+    that denies by default does not publish its traffic figures to anonymous callers.
+    """
+    return not ctx.config.debug.addr and isinstance(ctx.access, AllowAll)
+
+
 @attrs.define
 class RegistryApp:
     ctx: RegistryContext
@@ -106,24 +115,24 @@ class RegistryApp:
         return b""
 
     @router.route("/metrics", methods=["GET"])
-    def metrics(self, request: IRequest) -> bytes:
-        """Prometheus text format, outside /v2 (not part of the registry API; see docs)."""
-        text = self.ctx.metrics.render()
-        return responses.body(request, 200, text.encode(), METRICS_CONTENT_TYPE)
+    async def metrics(self, request: IRequest) -> bytes:
+        """Prometheus text format, here only when `metrics_on_main_port` (see docs)."""
+        if not metrics_on_main_port(self.ctx):
+            raise RegistryError(NOT_FOUND, {"path": "/metrics"})
+        return await monitoring.metrics_answer(self.ctx, request)
 
     @router.route("/health", methods=["GET", "HEAD"])
     async def health(self, request: IRequest) -> bytes:
-        """
-        For load balancers and monitors: no authentication, 200 while storage answers, 503
-        with the reason when it does not (an S3 outage, refused credentials, a lost mount).
-        """
-        try:
-            await self.ctx.driver.stat(layout.ROOT)
-        except PathNotFoundError:
-            pass  # a registry nothing was pushed to yet
-        except StorageError as exc:
-            return responses.json_body(request, 503, {"status": "unavailable", "reason": str(exc)})
-        return responses.json_body(request, 200, {"status": "ok"})
+        """For load balancers and monitors: 200 while storage answers, 503 with the reason."""
+        return await monitoring.storage_answer(self.ctx, request)
+
+    @router.route("/health/live", methods=["GET", "HEAD"])
+    def live(self, request: IRequest) -> bytes:
+        return monitoring.live_answer(request)
+
+    @router.route("/health/ready", methods=["GET", "HEAD"])
+    async def ready(self, request: IRequest) -> bytes:
+        return await monitoring.ready_answer(self.ctx, request)
 
     @router.route("/", branch=True, methods=_METHODS)
     async def elsewhere(self, request: IRequest) -> bytes:
@@ -232,8 +241,8 @@ def make_site(
         return sink
 
     site = RegistrySite(
-        app.router.resource(),
-        sink_factory=sink_factory,
+        MeasuredResource(app.router.resource(), ctx.metrics),
+        sink_factory=count_upload_sinks(sink_factory, ctx.metrics),
         max_body_size=max(ctx.config.http.max_body_size, ctx.config.storage.max_manifest_size),
         access_log=ctx.config.log.accesslog,
         after_request=after_request,

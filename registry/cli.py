@@ -250,7 +250,8 @@ async def run_gc(
         for digest in collector.candidates:
             term.progress(f"gc: would delete blob {digest}")
     stats = collector.stats
-    # For the web UI's storage page; a failure to record must not fail the run.
+    # For the web UI's storage page and the txregistry_gc_last_run_* metrics; a failure to
+    # record must not fail the run.
     try:
         await gcstatus.record(driver, options, stats, started_at, time.time())
     except StorageError as exc:

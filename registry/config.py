@@ -228,6 +228,23 @@ class NotificationsConfig:
 
 
 @attrs.frozen
+class HealthConfig:
+    # How long a check's result is reused, and how long a probe may take: a storage that
+    # stops working shows in readiness within cache + timeout seconds.
+    cache: float = key(2.0, parse_duration)
+    timeout: float = key(2.0, parse_duration)
+    # Readiness includes each [proxy:NAME] upstream's GET /v2/.
+    upstreams: bool = key(True, parse_bool)
+
+
+@attrs.frozen
+class DebugConfig:
+    # A second listener for /metrics and the health checks (registry:2's http.debug), e.g.
+    # tcp:5001:interface=127.0.0.1.  When set, /metrics leaves the main port.
+    addr: str = key("")
+
+
+@attrs.frozen
 class Config:
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
@@ -240,6 +257,8 @@ class Config:
     auth_token: TokenConfig = TokenConfig()
     ui: UiConfig = UiConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    health: HealthConfig = HealthConfig()
+    debug: DebugConfig = DebugConfig()
     # Sections whose names are not fixed (``[proxy:NAME]``), raw, parsed by their owners.
     extra: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
@@ -256,6 +275,8 @@ SECTIONS: dict[str, type[Any]] = {
     "auth.token": TokenConfig,
     "ui": UiConfig,
     "notifications": NotificationsConfig,
+    "health": HealthConfig,
+    "debug": DebugConfig,
 }
 # Sections parsed by their owners (one per upstream or webhook endpoint); kept raw in
 # Config.extra.

@@ -25,6 +25,7 @@ from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
 from registry.failures import log_failure
 from registry.handlers.context import LocalStores, RegistryContext, Stores
+from registry.handlers.monitoring import make_debug_site
 from registry.http.tls import (
     TLSSettings,
     normalize_description,
@@ -32,14 +33,17 @@ from registry.http.tls import (
     warn_if_plain_public,
 )
 from registry.memory import HeapTrimmer, limit_malloc_arenas
-from registry.ops.metrics import MetricsRegistry
+from registry.ops.health import HealthCheck, upstream_probe
+from registry.ops.metrics import Metrics
 from registry.ops.notifications import add_notifications, check_notifications
+from registry.ops.notifications.metrics import register_notification_metrics
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
+from registry.proxy.routing import ProxyRouter
 from registry.proxy.service import install_proxies
 from registry.server.drain import ConnectionTracker
 from registry.server.exit import StartupError, exit_now
-from registry.server.listeners import Listeners
+from registry.server.listeners import Listeners, ListeningService
 from registry.server.probe import describe, probe_storage, storage_description
 from registry.server.service import RegistryService
 from registry.storage.factory import build_driver
@@ -213,6 +217,26 @@ def _configuration_error(exc: Exception) -> NoReturn:
     exit_now(f"configuration error: {exc}")
 
 
+def add_monitoring(
+    config: Config, ctx: RegistryContext, router: ProxyRouter | None, reactor: Any, root: Any
+) -> None:
+    """
+    Health checks of the upstreams (``[health] upstreams``), and the ``[debug] addr`` listener
+    that serves metrics and health apart from the registry's port.
+    """
+    if router is not None and config.health.upstreams:
+        for cache in router.caches:
+            ctx.health.add(HealthCheck(f"upstream:{cache.name}", upstream_probe(cache.client.ping)))
+    if config.debug.addr:
+        try:
+            endpoint = server_endpoint(reactor, normalize_description(config.debug.addr))
+        except ValueError as exc:
+            exit_now(f"configuration error: [debug] addr: {exc}")
+        listeners = Listeners(reactor, [(config.debug.addr, endpoint)], make_debug_site(ctx))
+        ListeningService(reactor, listeners).setServiceParent(root)  # type: ignore[no-untyped-call]
+        log.info("metrics and health on {addr}", addr=config.debug.addr)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -238,11 +262,11 @@ def makeService(options: Options) -> IService:
     # slices must not delay the storage pool's file reads.
     hash_pool = ThreadPool(minthreads=1, maxthreads=os.cpu_count() or 2, name="registry-hash")
     ThreadPoolService(hash_pool).setServiceParent(root)  # type: ignore[no-untyped-call]
-    metrics = MetricsRegistry()
+    metrics = Metrics()
 
     def wrap(local: LocalStores) -> Stores:
         # Pull-through caches ([proxy:NAME]): wrappers around the local stores, their service.
-        return install_proxies(local, driver, config, reactor, root, metrics)
+        return install_proxies(local, local.driver, config, reactor, root, metrics)
 
     ctx = RegistryContext.build(
         config,
@@ -255,6 +279,9 @@ def makeService(options: Options) -> IService:
         notifier=add_notifications(config, reactor, root),
         wrap=wrap,
     )
+    router = ctx.route_rewriter if isinstance(ctx.route_rewriter, ProxyRouter) else None
+    add_monitoring(config, ctx, router, reactor, root)
+    register_notification_metrics(ctx.metrics.registry, ctx.notifier)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
     # The root binds, probes and announces, and drains before the rest stops.
     serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush)
@@ -272,7 +299,10 @@ def _after_start(config: Config, root: MultiService, ctx: RegistryContext, drive
     if config.uploads.purge_enabled:
 
         def purge() -> Deferred[Any]:
-            d = Deferred.fromCoroutine(purge_uploads(driver, config.uploads.purge_age, time.time()))
+            d = Deferred.fromCoroutine(
+                purge_uploads(ctx.driver, config.uploads.purge_age, time.time())
+            )
+            d.addCallback(ctx.metrics.uploads_purged.inc)
             d.addErrback(lambda f: log_failure(log, f, "upload purge failed"))
             return d
 

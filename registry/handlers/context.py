@@ -18,8 +18,10 @@ from registry.auth.interfaces import AllowAll, IAccessController
 from registry.config import Config
 from registry.http.routes import IRouteRewriter
 from registry.manifests import UrlPolicy
-from registry.ops.metrics import MetricsRegistry
+from registry.ops.health import STORAGE, HealthCheck, HealthChecker, storage_probe
+from registry.ops.metrics import Metrics
 from registry.ops.notifications.events import Notifier
+from registry.ops.storage_metrics import MeasuredDriver
 from registry.storage.blobs import BlobStore, IBlobStore
 from registry.storage.catalog import Catalog, ICatalog
 from registry.storage.driver import IStorageDriver
@@ -46,6 +48,8 @@ class LocalStores:
     tags: TagStore
     referrers: ReferrersIndex
     catalog: Catalog
+    # The driver under them (timed: see `RegistryContext.build`), for wrappers that store too.
+    driver: IStorageDriver
 
     @classmethod
     def build(
@@ -67,7 +71,7 @@ class LocalStores:
         uploads = UploadStore(
             driver, blobs, hash_threads, state_after_answer=driver.name in LOCAL_DRIVERS
         )
-        return cls(blobs, uploads, manifests, tags, referrers, catalog)
+        return cls(blobs, uploads, manifests, tags, referrers, catalog, driver)
 
 
 @attrs.frozen
@@ -105,7 +109,12 @@ class RegistryContext:
     catalog: ICatalog
     reactor: Any
     access: IAccessController = attrs.field(factory=AllowAll)
-    metrics: MetricsRegistry = attrs.field(factory=MetricsRegistry)
+    # The process's Prometheus metrics: other components add theirs to ``metrics.registry``.
+    metrics: Metrics = attrs.field(factory=Metrics)
+    # Readiness checks: storage from the start; upstreams and others add theirs.
+    health: HealthChecker = attrs.field(
+        default=attrs.Factory(lambda self: HealthChecker(self.reactor), takes_self=True)
+    )
     # Webhook events ([notifications:NAME]); without endpoints every call returns at once.
     notifier: Notifier = attrs.field(factory=Notifier)
     # Applied to every parsed route before its handler (containerd's ``?ns=``), if any.
@@ -120,11 +129,23 @@ class RegistryContext:
         access: IAccessController | None = None,
         hash_threads: HashThreads | None = None,
         *,
-        metrics: MetricsRegistry | None = None,
+        metrics: Metrics | None = None,
         notifier: Notifier | None = None,
         wrap: StoreWrapper | None = None,
     ) -> RegistryContext:
         """The context over the local stores, or over what ``wrap`` makes of them."""
+        metrics = metrics if metrics is not None else Metrics()
+        # Every storage call is timed; the stores (and wrappers) see only the measured driver.
+        driver = MeasuredDriver(driver, metrics)
+        health = HealthChecker(
+            reactor, cache_for=config.health.cache, timeout=config.health.timeout
+        )
+        health.add(
+            HealthCheck(
+                STORAGE,
+                storage_probe(driver, writable=not config.maintenance.readonly),
+            )
+        )
         local = LocalStores.build(config, driver, hash_threads)
         stores = wrap(local) if wrap is not None else Stores.of(local)
         return cls(
@@ -138,7 +159,8 @@ class RegistryContext:
             catalog=stores.catalog,
             reactor=reactor,
             access=access or AllowAll(),
-            metrics=metrics if metrics is not None else MetricsRegistry(),
+            metrics=metrics,
+            health=health,
             notifier=notifier if notifier is not None else Notifier(),
             route_rewriter=stores.rewriter,
         )

@@ -1,127 +1,223 @@
 """
-A tiny metrics registry rendered in the Prometheus text exposition format (``GET /metrics``).
+The registry's Prometheus metrics, on a `CollectorRegistry` of its own (one per
+`RegistryContext`, not prometheus_client's global default, so that tests and several
+registries in one process do not share or clash over counters).
 
-Counters and gauges with labels, plus collectors (callables run at render time) for values that
-live elsewhere, such as an upstream's last ``ratelimit-remaining``.  Updating a metric is a dict
-operation in the reactor thread: no locks, no background work, no dependency.
+Other components add their metrics to ``ctx.metrics.registry`` with prometheus_client's own
+API (``Counter(..., registry=ctx.metrics.registry)``), or register a collector for values that
+live in their own objects (`Metrics.register`, `Metrics.collect`).  docs/monitoring.md lists
+every metric.
+
+Label values are never chosen by clients: routes are a fixed set of kinds (`ROUTE_KINDS`),
+methods outside the API's become ``other``, statuses are the server's own.  A repository name
+as a label would let any client grow the scrape without bound.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+from registry.ops.gc_report import GCReport
 
-Labels = tuple[tuple[str, str], ...]
+# The classic text format: understood by every Prometheus and by prometheus_client's parser.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+ROUTE_KINDS = (
+    "base",
+    "blob",
+    "upload",
+    "manifest",
+    "tags",
+    "catalog",
+    "referrers",
+    "health",
+    "metrics",
+    "other",
+)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# From a cached manifest HEAD (~1 ms) to a multi-GiB blob transfer (minutes).
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STORAGE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+
+# (sample name, labels, value), as `Metrics.collect`'s callables yield them.
 Sample = tuple[str, Mapping[str, str], float]
+SampleSource = Callable[[], Iterable[Sample]]
 
 
-def _labels(values: Mapping[str, str]) -> Labels:
-    return tuple(sorted(values.items()))
+class SampleCollector:
+    """
+    One metric family whose values are read at scrape time from objects that own them (the
+    proxy's per-upstream counters): a prometheus_client custom collector over a callable.
+    """
 
+    def __init__(self, name: str, help: str, kind: str, source: SampleSource) -> None:
+        if kind not in ("counter", "gauge"):
+            raise ValueError(f"{name}: kind must be counter or gauge, not {kind!r}")
+        self.name = name
+        self.help = help
+        self.kind = kind
+        self.source = source
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)
-
-
-def _line(name: str, labels: Labels | Mapping[str, str], value: float) -> str:
-    items = labels.items() if isinstance(labels, Mapping) else labels
-    text = ",".join(f'{key}="{_escape(val)}"' for key, val in items)
-    return f"{name}{{{text}}} {_format_value(value)}" if text else f"{name} {_format_value(value)}"
-
-
-@attrs.define
-class Metric:
-    name: str
-    help: str
-    kind: str  # "counter" or "gauge"
-    values: dict[Labels, float] = attrs.field(factory=dict)
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if self.kind == "counter" and amount < 0:
-            raise ValueError("a counter only goes up")
-        key = _labels(labels)
-        self.values[key] = self.values.get(key, 0.0) + amount
-
-    def set(self, value: float, **labels: str) -> None:
+    def _family(self, labels: Iterable[str]) -> CounterMetricFamily | GaugeMetricFamily:
         if self.kind == "counter":
-            raise ValueError("set a gauge, not a counter")
-        self.values[_labels(labels)] = value
+            return CounterMetricFamily(self.name, self.help, labels=list(labels))
+        return GaugeMetricFamily(self.name, self.help, labels=list(labels))
 
-    def get(self, **labels: str) -> float:
-        return self.values.get(_labels(labels), 0.0)
+    def describe(self) -> Iterator[Metric]:
+        """Names only, so that the registry refuses a second family of the same name."""
+        yield self._family(())
 
-
-Collector = Callable[[], Iterable[Sample]]
-
-
-@attrs.define
-class MetricsRegistry:
-    """The registry's metrics; one instance per process, held by the RegistryContext."""
-
-    metrics: dict[str, Metric] = attrs.field(factory=dict)
-    collectors: list[tuple[str, str, str, Collector]] = attrs.field(factory=list)
-
-    def _metric(self, name: str, help: str, kind: str) -> Metric:
-        if _NAME_RE.fullmatch(name) is None:
-            raise ValueError(f"bad metric name {name!r}")
-        existing = self.metrics.get(name)
-        if existing is not None:
-            if existing.kind != kind:
-                raise ValueError(f"{name} is already a {existing.kind}")
-            return existing
-        metric = Metric(name, help, kind)
-        self.metrics[name] = metric
-        return metric
-
-    def counter(self, name: str, help: str) -> Metric:
-        """A monotonically increasing value (its name should end in ``_total``)."""
-        return self._metric(name, help, "counter")
-
-    def gauge(self, name: str, help: str) -> Metric:
-        return self._metric(name, help, "gauge")
-
-    def collect(self, name: str, help: str, kind: str, collector: Collector) -> None:
-        """Register ``collector``: called at each render, it yields ``(name, labels, value)``
-        samples for the metric family ``name``."""
-        self.collectors.append((name, help, kind, collector))
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in sorted(self.metrics.values(), key=lambda m: m.name):
-            lines.append(f"# HELP {metric.name} {metric.help}")
-            lines.append(f"# TYPE {metric.name} {metric.kind}")
-            for labels, value in sorted(metric.values.items()):
-                lines.append(_line(metric.name, labels, value))
-        for name, help, kind, collector in self.collectors:
-            lines.append(f"# HELP {name} {help}")
-            lines.append(f"# TYPE {name} {kind}")
-            for sample_name, sample_labels, value in collector():
-                lines.append(_line(sample_name, sample_labels, value))
-        return "\n".join(lines) + "\n"
+    def collect(self) -> Iterator[Metric]:
+        samples = list(self.source())
+        keys = sorted(samples[0][1]) if samples else []
+        family = self._family(keys)
+        for _name, labels, value in samples:
+            family.add_metric([labels[key] for key in keys], value)
+        yield family
 
 
-def metrics_of(extras: MutableMapping[str, Any]) -> MetricsRegistry:
-    """The process's registry, kept in ``RegistryContext.extras["metrics"]`` (made on first
-    use), so that any module can add metrics without the context knowing them."""
-    registry = extras.get("metrics")
-    if not isinstance(registry, MetricsRegistry):
-        registry = MetricsRegistry()
-        extras["metrics"] = registry
-    return registry
+@attrs.define(eq=False)
+class RequestCounts:
+    """
+    The per-request counters, as plain dicts updated in the reactor thread and turned into
+    metric families at scrape time: a dict increment costs a tenth of a prometheus_client
+    child's locked one, and these change on every request (measured: docs/monitoring.md).
+    """
+
+    # (method, route, status) -> requests answered
+    requests: dict[tuple[str, str, str], int] = attrs.field(factory=dict)
+    bytes_in: dict[str, int] = attrs.field(factory=dict)
+    bytes_out: dict[str, int] = attrs.field(factory=dict)
+    in_flight: dict[str, int] = attrs.field(factory=dict)
+
+    def started(self, route: str) -> None:
+        self.in_flight[route] = self.in_flight.get(route, 0) + 1
+
+    def finished(self, method: str, route: str, status: str, received: int, sent: int) -> None:
+        self.in_flight[route] -= 1
+        key = (method, route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if received:
+            self.bytes_in[route] = self.bytes_in.get(route, 0) + received
+        if sent:
+            self.bytes_out[route] = self.bytes_out.get(route, 0) + sent
+
+    def _families(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
+        return [
+            CounterMetricFamily(
+                "txregistry_http_requests_total",
+                "HTTP requests answered, by method, route kind and status.",
+                labels=["method", "route", "status"],
+            ),
+            CounterMetricFamily(
+                "txregistry_http_request_body_bytes_total",
+                "Request body bytes received (blob uploads included), by route kind.",
+                labels=["route"],
+            ),
+            CounterMetricFamily(
+                "txregistry_http_response_body_bytes_total",
+                "Response body bytes sent, by route kind.",
+                labels=["route"],
+            ),
+            GaugeMetricFamily(
+                "txregistry_http_requests_in_flight",
+                "Requests being handled now (after their body arrived), by route kind.",
+                labels=["route"],
+            ),
+        ]
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        requests, received, sent, in_flight = self._families()
+        for (method, route, status), count in sorted(self.requests.items()):
+            requests.add_metric([method, route, status], count)
+        for family, values in ((received, self.bytes_in), (sent, self.bytes_out)):
+            for route, amount in sorted(values.items()):
+                family.add_metric([route], amount)
+        for route, count in sorted(self.in_flight.items()):
+            in_flight.add_metric([route], count)
+        return iter([requests, received, sent, in_flight])
+
+
+@attrs.define(eq=False)
+class Metrics:
+    """
+    The process's metrics.  The request, storage and upload metrics are fields (updated by
+    `registry.ops.accounting` and `registry.ops.storage_metrics`); anything else is added to
+    ``registry``.
+    """
+
+    registry: CollectorRegistry = attrs.field(factory=CollectorRegistry)
+    http: RequestCounts = attrs.field(init=False)
+    request_duration: Histogram = attrs.field(init=False)
+    storage_duration: Histogram = attrs.field(init=False)
+    storage_errors: Counter = attrs.field(init=False)
+    uploads_open: Gauge = attrs.field(init=False)
+    uploads_purged: Counter = attrs.field(init=False)
+    # The last ``txregistry gc`` run's report; refreshed from storage by the /metrics route.
+    gc: GCReport = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.http = RequestCounts()
+        r.register(self.http)
+        self.request_duration = Histogram(
+            "txregistry_http_request_duration_seconds",
+            "Time from the request's first byte to the response's last, by method and route.",
+            ["method", "route"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.storage_duration = Histogram(
+            "txregistry_storage_operation_duration_seconds",
+            "Storage driver calls, by driver and operation (reader/writer: until opened).",
+            ["driver", "operation"],
+            buckets=STORAGE_BUCKETS,
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "txregistry_storage_errors_total",
+            "Storage driver calls that failed (a missing path is not a failure).",
+            ["driver", "operation"],
+            registry=r,
+        )
+        self.uploads_open = Gauge(
+            "txregistry_uploads_open",
+            "Upload requests whose body is streaming into storage now.",
+            registry=r,
+        )
+        self.uploads_purged = Counter(
+            "txregistry_uploads_purged_total",
+            "Abandoned uploads removed by the periodic purge.",
+            registry=r,
+        )
+        self.gc = GCReport()
+        r.register(self.gc)
+
+    def register(self, collector: Collector) -> None:
+        """Add a prometheus_client collector (its ``describe`` names are checked for clashes)."""
+        self.registry.register(collector)
+
+    def collect(self, name: str, help: str, kind: str, source: SampleSource) -> None:
+        """
+        Add the family ``name`` (``counter`` or ``gauge``) whose samples ``source`` yields as
+        ``(name, labels, value)`` at each scrape; every sample has the same label names.
+        """
+        self.register(SampleCollector(name, help, kind, source))
+
+    def render(self) -> bytes:
+        """The text exposition of every metric (cheap: a few hundred lines)."""
+        return generate_latest(self.registry)

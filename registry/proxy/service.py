@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from registry.api.digests import Digest
 from registry.config import Config
 from registry.handlers.context import LocalStores, Stores
-from registry.ops.metrics import MetricsRegistry, Sample
+from registry.ops.metrics import Metrics, Sample
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
 from registry.proxy.routing import (
@@ -111,7 +111,7 @@ def _collector(caches: list[ProxyCache], name: str, value: Any) -> Any:
     return collect
 
 
-def register_metrics(metrics: MetricsRegistry, caches: list[ProxyCache]) -> None:
+def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
     families: list[tuple[str, str, str, Any]] = [
         (
             "txregistry_proxy_hits_total",
@@ -214,7 +214,7 @@ def install_proxies(
     config: Config,
     reactor: Any,
     parent: MultiService,
-    metrics: MetricsRegistry,
+    metrics: Metrics,
 ) -> Stores:
     """The stores handlers should use: wrappers around ``local`` that route proxied
     repositories to their upstreams, or ``local`` itself when no upstream is configured."""

@@ -453,6 +453,16 @@ class UpstreamClient:
             raise self._bad(f"{what} is not a JSON object")
         return data
 
+    async def ping(self) -> int:
+        """
+        ``GET /v2/`` without credentials (readiness checks): the upstream's status, 401 being
+        the usual healthy answer.  UpstreamError when it does not answer; the caller bounds
+        the wait by cancelling.
+        """
+        response, _ = await self._exchange("GET", self.remote_url + "/v2/", {}, None)
+        await self._discard(response)
+        return int(response.code)
+
     async def close(self) -> None:
         """Close idle pooled connections (only when the pool is ours)."""
         if self._owns_pool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
@@ -23,7 +24,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.python.failure import Failure
 
-from registry.server.exit import StartupError
+from registry.server.exit import StartupError, exit_after_reactor, exit_now
 
 
 def bind_failure_reason(failure: Failure) -> str:
@@ -121,3 +122,35 @@ class Listeners:
             result = port.stopListening()
             if isinstance(result, Deferred):
                 await result
+
+
+class ListeningService(Service):
+    """
+    A side port (the ``[debug]`` listener): bound with the registry's own ports, so that a
+    port it cannot have stops start-up with one line too, and accepting at once (metrics and
+    health checks need no storage probe first).
+    """
+
+    def __init__(self, reactor: Any, listeners: Listeners) -> None:
+        self._reactor = reactor
+        self.listeners = listeners
+
+    def privilegedStartService(self) -> None:
+        try:
+            self.listeners.bind()
+        except StartupError as exc:
+            exit_now(str(exc))
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.listeners.bind()  # done already under twistd
+        d = Deferred.fromCoroutine(self.listeners.wait_bound())
+        d.addCallbacks(lambda _: self.listeners.open(), self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        exit_after_reactor(self._reactor, str(failure.value))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self.listeners.stop_listening())

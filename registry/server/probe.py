@@ -44,20 +44,24 @@ def describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-async def probe_storage(driver: IStorageDriver, readonly: bool = False) -> None:
+async def probe_storage(
+    driver: IStorageDriver, readonly: bool = False, path: str | None = None
+) -> None:
     """
     Raise if the storage cannot be written, read and deleted (only read with ``readonly``:
-    a read-only registry may sit on read-only storage).
+    a read-only registry may sit on read-only storage).  With ``path`` (a probe repeated by
+    the health checks) that one file is written over and kept rather than deleted each time.
     """
     if readonly:
         with contextlib.suppress(PathNotFoundError):
-            await driver.list(layout.ROOT)
+            await driver.stat(layout.ROOT)
         return
-    path = f"{PROBE_DIR}/{uuid.uuid4().hex}"
-    payload = f"txregistry start-up probe {path}".encode()
-    await driver.put_content(path, payload)
+    target = path or f"{PROBE_DIR}/{uuid.uuid4().hex}"
+    payload = f"txregistry storage probe {target} {uuid.uuid4().hex}".encode()
+    await driver.put_content(target, payload)
     try:
-        if await driver.get_content(path) != payload:
+        if await driver.get_content(target) != payload:
             raise OSError(0, "what was written reads back differently")
     finally:
-        await driver.delete(path)
+        if path is None:
+            await driver.delete(target)

@@ -16,7 +16,7 @@ from zope.interface.verify import verifyClass, verifyObject
 from registry.config import load
 from registry.handlers.context import LocalStores, RegistryContext, Stores
 from registry.http.routes import IRouteRewriter
-from registry.ops.metrics import MetricsRegistry
+from registry.ops.metrics import Metrics
 from registry.proxy.routing import (
     RoutingBlobStore,
     RoutingManifestStore,
@@ -61,10 +61,10 @@ def _context(tmp_path: Path, proxied: bool) -> RegistryContext:
     path.write_text(text)
     config = load(str(path), {})
     driver = MemoryDriver()
-    metrics = MetricsRegistry()
+    metrics = Metrics()
 
     def wrap(local: LocalStores) -> Stores:
-        return install_proxies(local, driver, config, reactor, MultiService(), metrics)
+        return install_proxies(local, local.driver, config, reactor, MultiService(), metrics)
 
     return RegistryContext.build(config, driver, reactor, metrics=metrics, wrap=wrap)
 

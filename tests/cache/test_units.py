@@ -1,11 +1,10 @@
-"""Pure pieces: [proxy:NAME] parsing, the eviction plan, the metrics text format."""
+"""Pure pieces: [proxy:NAME] parsing, the eviction plan."""
 
 from __future__ import annotations
 
 import pytest
 
 from registry.config import ConfigError, load
-from registry.ops.metrics import MetricsRegistry
 from registry.proxy.config import parse_proxies
 from registry.proxy.index import CacheIndex
 
@@ -120,19 +119,3 @@ def test_index_round_trips_and_tolerates_garbage() -> None:
     assert again.refcount["shared"] == 2
     assert [v.digest for v in again.plan(10, 250, None)] == ["m1", "c1", "l1"]
     assert CacheIndex.loads(b"not json").size == 0
-
-
-def test_metrics_render_prometheus_text() -> None:
-    metrics = MetricsRegistry()
-    hits = metrics.counter("x_hits_total", "Hits.")
-    hits.inc(upstream="hub")
-    hits.inc(2, upstream="hub")
-    metrics.gauge("x_size_bytes", "Size.").set(1.5)
-    metrics.collect("x_live", "Live.", "gauge", lambda: [("x_live", {"a": 'q"uote'}, 7)])
-    text = metrics.render()
-    assert "# TYPE x_hits_total counter\n" in text
-    assert 'x_hits_total{upstream="hub"} 3\n' in text
-    assert "x_size_bytes 1.5\n" in text
-    assert 'x_live{a="q\\"uote"} 7\n' in text
-    with pytest.raises(ValueError):
-        hits.inc(-1)

@@ -1,0 +1,101 @@
+"""
+Health and metrics over HTTP, outside ``/v2`` and without authentication (load balancers and
+Prometheus have no registry credentials):
+
+- ``/health/live``: 200 while the process serves (no I/O);
+- ``/health/ready``: every readiness check (storage, each upstream), 503 naming the failing
+  ones;
+- ``/health``: the storage check alone, the body kept as it always was;
+- ``/metrics``: Prometheus text format.
+
+`DebugApp` serves the same on the ``[debug] addr`` listener, where ``/debug/health`` is
+registry:2's name for readiness.  Which of these the main port serves is decided in
+`registry.app` (see `metrics_on_main_port`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from klein import Klein
+from twisted.web.iweb import IRequest
+from twisted.web.server import Site
+
+from registry.api.errors import NOT_FOUND, RegistryError
+from registry.handlers.context import RegistryContext
+from registry.http import responses
+from registry.ops.health import STORAGE
+from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+
+def live_answer(request: IRequest) -> bytes:
+    return responses.json_body(request, 200, {"status": "ok"})
+
+
+async def ready_answer(ctx: RegistryContext, request: IRequest) -> bytes:
+    results = await ctx.health.run()
+    failing = [result.name for result in results if not result.ok]
+    value: dict[str, Any] = {
+        "status": "unavailable" if failing else "ok",
+        "checks": {result.name: result.as_json() for result in results},
+    }
+    if failing:
+        value["failing"] = failing
+    return responses.json_body(request, 503 if failing else 200, value)
+
+
+async def storage_answer(ctx: RegistryContext, request: IRequest) -> bytes:
+    """``/health`` as it always answered: ``{"status": "ok"}``, or 503 with the reason."""
+    (result,) = await ctx.health.run([STORAGE])
+    if result.ok:
+        return responses.json_body(request, 200, {"status": "ok"})
+    return responses.json_body(request, 503, {"status": "unavailable", "reason": result.error})
+
+
+async def metrics_answer(ctx: RegistryContext, request: IRequest) -> bytes:
+    await ctx.metrics.gc.refresh(ctx.driver, ctx.reactor)
+    return responses.body(request, 200, ctx.metrics.render(), METRICS_CONTENT_TYPE)
+
+
+@attrs.define
+class DebugApp:
+    """The ``[debug] addr`` listener's application: monitoring only, nothing of ``/v2``."""
+
+    ctx: RegistryContext
+    router = Klein()
+
+    @router.route("/metrics", methods=["GET"])
+    async def metrics(self, request: IRequest) -> bytes:
+        return await metrics_answer(self.ctx, request)
+
+    @router.route("/health/live", methods=["GET", "HEAD"])
+    def live(self, request: IRequest) -> bytes:
+        return live_answer(request)
+
+    @router.route("/health/ready", methods=["GET", "HEAD"])
+    @router.route("/debug/health", methods=["GET", "HEAD"])
+    async def ready(self, request: IRequest) -> bytes:
+        return await ready_answer(self.ctx, request)
+
+    @router.route("/health", methods=["GET", "HEAD"])
+    async def health(self, request: IRequest) -> bytes:
+        return await storage_answer(self.ctx, request)
+
+    @router.route("/", branch=True)
+    def elsewhere(self, request: IRequest) -> bytes:
+        error = RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
+        return responses.error(request, error)
+
+
+class _QuietSite(Site):
+    """No access log: a scrape every few seconds and a probe every second would drown it."""
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+def make_debug_site(ctx: RegistryContext) -> Site:
+    site = _QuietSite(DebugApp(ctx).router.resource())  # type: ignore[no-untyped-call]
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,81 @@
+"""
+Garbage-collection results for the metrics.  ``txregistry gc`` runs in a process of its own, so
+it records each run in storage (`registry.ops.gcstatus`, also what the web UI shows) and every
+registry serving that storage exposes the record as ``txregistry_gc_last_run_*`` gauges, read
+at most once per ``refresh_every`` seconds, when scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from twisted.internet.interfaces import IReactorTime
+
+from registry.ops import gcstatus
+from registry.storage.driver import IStorageDriver
+
+# (metric suffix, help)
+_GAUGES = (
+    ("timestamp_seconds", "When the last garbage collection finished (Unix time)."),
+    ("duration_seconds", "How long the last garbage collection ran."),
+    ("dry_run", "1 when the last garbage collection was a dry run (nothing deleted)."),
+    ("blobs_deleted", "Blobs the last garbage collection deleted."),
+    ("bytes_freed", "Bytes the last garbage collection freed."),
+    ("manifests_deleted", "Manifests it deleted (--delete-untagged)."),
+    ("errors", "Errors the last garbage collection met while deleting."),
+)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def _gauges(status: dict[str, object]) -> dict[str, float]:
+    """The gauges' values from a recorded run (`gcstatus.record`'s keys)."""
+    values = {
+        "timestamp_seconds": _number(status.get("finished")),
+        "dry_run": _number(status.get("dry_run")),
+        "blobs_deleted": _number(status.get("blobs_deleted")),
+        "bytes_freed": _number(status.get("bytes_freed")),
+        "manifests_deleted": _number(status.get("manifests_deleted")),
+        "errors": _number(status.get("errors")),
+    }
+    started, finished = _number(status.get("started")), values["timestamp_seconds"]
+    if started is not None and finished is not None:
+        values["duration_seconds"] = finished - started
+    return {key: value for key, value in values.items() if value is not None}
+
+
+class GCReport:
+    """A prometheus_client collector of the last recorded run (nothing before a first run)."""
+
+    def __init__(self, refresh_every: float = 30.0) -> None:
+        self.refresh_every = refresh_every
+        self.report: dict[str, float] = {}
+        self._read_at: float | None = None
+
+    async def refresh(self, driver: IStorageDriver, clock: IReactorTime) -> None:
+        """Re-read the record if the last read is older than ``refresh_every``."""
+        now = clock.seconds()
+        if self._read_at is not None and now - self._read_at < self.refresh_every:
+            return
+        self._read_at = now
+        status = await gcstatus.last(driver)
+        if status is not None:
+            self.report = _gauges(status)
+
+    def describe(self) -> Iterator[Metric]:
+        for suffix, help in _GAUGES:
+            yield GaugeMetricFamily(f"txregistry_gc_last_run_{suffix}", help)
+
+    def collect(self) -> Iterator[Metric]:
+        for suffix, help in _GAUGES:
+            if suffix in self.report:
+                yield GaugeMetricFamily(
+                    f"txregistry_gc_last_run_{suffix}", help, value=self.report[suffix]
+                )

@@ -1,0 +1,172 @@
+"""
+Readiness checks, as registry:2's health package has them for its storage driver and HTTP
+dependencies: each check is an async probe; `HealthChecker` runs the ones asked for, at most
+once per ``cache_for`` seconds each (a load balancer polling every second costs one probe per
+period, however many ask), gives each probe ``timeout`` seconds, and reports every check by
+name.
+
+Probes run detached from the request that asked: a caller that goes away stops waiting, the
+probe finishes for the next caller.  Nothing here blocks: the storage probe goes through the
+driver's async API and the upstream probe through the pull-through cache's HTTP client.
+
+Liveness (the process is serving) needs no check: answering is the proof.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from registry.server.probe import probe_storage
+from registry.storage import layout
+from registry.storage.driver import IStorageDriver
+
+Probe = Callable[[], Awaitable[Any]]
+
+STORAGE = "storage"
+
+
+class CheckFailed(Exception):
+    """A probe's verdict that its dependency is not usable; the message says why."""
+
+
+@attrs.frozen
+class CheckResult:
+    name: str
+    ok: bool
+    error: str | None
+    checked_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        if self.ok:
+            return {"status": "ok"}
+        return {"status": "failing", "error": self.error}
+
+
+@attrs.frozen
+class HealthCheck:
+    """A named probe: it succeeds when the dependency is usable, and raises otherwise."""
+
+    name: str
+    probe: Probe
+    # Part of readiness (``/health/ready``); the storage check alone also answers ``/health``.
+    readiness: bool = True
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:300]
+
+
+@attrs.define(eq=False)
+class HealthChecker:
+    clock: IReactorTime
+    cache_for: float = 2.0
+    timeout: float = 2.0
+    checks: list[HealthCheck] = attrs.field(factory=list)
+    _results: dict[str, CheckResult] = attrs.field(factory=dict)
+    _waiters: dict[str, list[Deferred[CheckResult]]] = attrs.field(factory=dict)
+
+    def add(self, check: HealthCheck) -> None:
+        """Add a check (other components: an upstream, a notification endpoint)."""
+        if any(existing.name == check.name for existing in self.checks):
+            raise ValueError(f"a health check named {check.name!r} exists already")
+        self.checks.append(check)
+
+    async def run(self, names: Iterable[str] | None = None) -> list[CheckResult]:
+        """The results of the checks named (default: every readiness check), in order."""
+        wanted = set(names) if names is not None else None
+        chosen = [
+            check
+            for check in self.checks
+            if (check.name in wanted if wanted is not None else check.readiness)
+        ]
+        waiting = [self._result(check) for check in chosen]
+        return [await d for d in waiting]
+
+    def _result(self, check: HealthCheck) -> Deferred[CheckResult]:
+        cached = self._results.get(check.name)
+        if cached is not None and self.clock.seconds() - cached.checked_at < self.cache_for:
+            return _fired(cached)
+        mine: Deferred[CheckResult] = Deferred()
+        waiters = self._waiters.get(check.name)
+        if waiters is not None:
+            waiters.append(mine)  # a probe is running: wait for its answer
+            return mine
+        self._waiters[check.name] = [mine]
+        Deferred.fromCoroutine(self._probe(check)).addCallback(self._done)
+        return mine
+
+    def _done(self, result: CheckResult) -> None:
+        self._results[result.name] = result
+        for waiter in self._waiters.pop(result.name, []):
+            if not waiter.called:  # a waiter may have been cancelled (its client left)
+                waiter.callback(result)
+
+    async def _probe(self, check: HealthCheck) -> CheckResult:
+        running: Deferred[Any] = Deferred.fromCoroutine(_awaited(check.probe))
+        timer: IDelayedCall = self.clock.callLater(self.timeout, running.cancel)
+        error: str | None = None
+        try:
+            await running
+        except CancelledError:
+            error = f"no answer within {self.timeout:g}s"
+        except Exception as exc:
+            error = _describe(exc)
+        finally:
+            if timer.active():
+                timer.cancel()
+        return CheckResult(check.name, error is None, error, self.clock.seconds())
+
+    def last_results(self) -> list[CheckResult]:
+        """What the checks said last (for metrics), without probing."""
+        return [self._results[c.name] for c in self.checks if c.name in self._results]
+
+
+def _fired(result: CheckResult) -> Deferred[CheckResult]:
+    d: Deferred[CheckResult] = Deferred()
+    d.callback(result)
+    return d
+
+
+async def _awaited(probe: Probe) -> Any:
+    return await probe()
+
+
+def probe_name() -> str:
+    """This process's probe file name: instances sharing a bucket do not overwrite each other."""
+    raw = f"{socket.gethostname()}-{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", raw)[:200]
+
+
+def storage_probe(driver: IStorageDriver, writable: bool = True) -> Probe:
+    """
+    Write a small file under the registry's own folder and read it back (a read-only mount, a
+    full disk, a storage root that is no longer a folder, refused S3 credentials all fail it);
+    with ``writable`` false (``[maintenance] readonly``, where storage may be mounted read-only
+    on purpose) only look at the root.
+    """
+    path = f"{layout.OWN}/health/{probe_name()}"
+
+    async def probe() -> None:
+        await probe_storage(driver, readonly=not writable, path=path)
+
+    return probe
+
+
+def upstream_probe(ping: Callable[[], Awaitable[int]]) -> Probe:
+    """An upstream is ready when ``GET /v2/`` answers below 500 (401 asks for a token: fine)."""
+
+    async def probe() -> None:
+        status = await ping()
+        if status >= 500:
+            raise CheckFailed(f"GET /v2/ answered {status}")
+
+    return probe

@@ -1,0 +1,90 @@
+"""
+Storage operation latency: `MeasuredDriver` wraps any `IStorageDriver` and times each call
+into ``txregistry_storage_operation_duration_seconds`` (by driver and operation), counting
+failures other than a missing path in ``txregistry_storage_errors_total``.
+
+``reader`` and ``writer`` are timed until the producer or writer is open (what a slow backend
+makes a client wait for); the transfer itself shows in the request metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from registry.ops.metrics import Metrics
+from registry.storage.driver import FileInfo, IFileWriter, IStorageDriver, PathNotFoundError
+
+T = TypeVar("T")
+
+OPERATIONS = (
+    "get_content",
+    "put_content",
+    "stat",
+    "list",
+    "delete",
+    "move",
+    "reader",
+    "writer",
+    "redirect_url",
+)
+
+
+@implementer(IStorageDriver)
+class MeasuredDriver:
+    """The same interface as the driver it wraps, with every call timed."""
+
+    def __init__(self, inner: IStorageDriver, metrics: Metrics) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._timers = {op: metrics.storage_duration.labels(inner.name, op) for op in OPERATIONS}
+        self._errors = {op: metrics.storage_errors.labels(inner.name, op) for op in OPERATIONS}
+
+    async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        started = time.monotonic()
+        try:
+            return await call()
+        except PathNotFoundError:
+            raise  # an answer, not a failure of the storage
+        except Exception:
+            self._errors[operation].inc()
+            raise
+        finally:
+            self._timers[operation].observe(time.monotonic() - started)
+
+    async def get_content(self, path: str) -> bytes:
+        return await self._timed("get_content", lambda: self.inner.get_content(path))
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        await self._timed("put_content", lambda: self.inner.put_content(path, data))
+
+    async def stat(self, path: str) -> FileInfo:
+        return await self._timed("stat", lambda: self.inner.stat(path))
+
+    async def list(self, path: str) -> list[str]:
+        return await self._timed("list", lambda: self.inner.list(path))
+
+    async def delete(self, path: str) -> None:
+        await self._timed("delete", lambda: self.inner.delete(path))
+
+    async def move(self, source: str, dest: str) -> None:
+        await self._timed("move", lambda: self.inner.move(source, dest))
+
+    async def reader(self, path: str, offset: int = 0, length: int | None = None) -> IBodyProducer:
+        return await self._timed("reader", lambda: self.inner.reader(path, offset, length))
+
+    async def writer(self, path: str, append: bool = False) -> IFileWriter:
+        return await self._timed("writer", lambda: self.inner.writer(path, append))
+
+    async def redirect_url(self, path: str, method: str) -> str | None:
+        return await self._timed("redirect_url", lambda: self.inner.redirect_url(path, method))
+
+    async def close(self) -> None:
+        """Close the wrapped driver's connections, for drivers that have any (S3)."""
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            await close()

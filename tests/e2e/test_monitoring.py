@@ -1,0 +1,306 @@
+"""
+Health and metrics over real sockets: readiness follows the storage and the upstreams, the
+metrics count what went over the wire, and the ``[debug] addr`` listener takes ``/metrics``
+off the registry's port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+
+from registry.api import mediatypes as mt
+from tests.e2e.client import get, push_blob, sha256, start_upload
+from tests.e2e.conftest import Starter
+from tests.e2e.harness import free_port, sleep, write_config
+from tests.fakes.upstream import FakeUpstream, start_fake_upstream
+from tests.manifests import samples
+from tests.ops.test_cli import cli
+
+# Short enough for quick tests; readiness must change within cache + timeout.
+FAST_HEALTH = {"cache": "500ms", "timeout": "1s"}
+
+
+async def wait_until(check: Callable[[], Any], within: float = 10.0) -> Any:
+    """Poll the async ``check`` until it returns something true; fail after ``within`` s."""
+    deadline = reactor.seconds() + within  # type: ignore[attr-defined]
+    while True:
+        result = await check()
+        if result:
+            return result
+        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+            raise AssertionError(f"condition not met within {within} s")
+        await sleep(0.1)
+
+
+async def answer(url: str) -> tuple[int, dict[str, Any]]:
+    response, body = await get(url)
+    return response.code, json.loads(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_readiness_follows_the_storage(start_registry: Starter, tmp_path: Path) -> None:
+    """The storage root replaced by a file (root is not stopped by chmod): 503 naming the
+    storage check, on /health/ready and /health; the folder back: 200 again."""
+    root = tmp_path / "root"
+    registry = await start_registry(
+        {"storage": {"rootdirectory": str(root)}, "health": FAST_HEALTH}
+    )
+    await push_blob(registry.url, "app", b"before")
+    status, body = await answer(f"{registry.url}/health/ready")
+    assert (status, body) == (200, {"status": "ok", "checks": {"storage": {"status": "ok"}}})
+    status, body = await answer(f"{registry.url}/health/live")
+    assert (status, body) == (200, {"status": "ok"})
+
+    aside = tmp_path / "root-aside"
+    os.rename(root, aside)
+    root.write_bytes(b"not a folder")
+
+    async def failing() -> dict[str, Any] | None:
+        status, body = await answer(f"{registry.url}/health/ready")
+        return body if status == 503 else None
+
+    body = await wait_until(failing, within=5.0)
+    assert body["status"] == "unavailable"
+    assert body["failing"] == ["storage"]
+    assert body["checks"]["storage"]["status"] == "failing"
+    assert "directory" in body["checks"]["storage"]["error"]
+    status, old = await answer(f"{registry.url}/health")
+    assert status == 503
+    assert old["status"] == "unavailable" and old["reason"]
+    status, _ = await answer(f"{registry.url}/health/live")
+    assert status == 200  # the process still serves
+
+    root.unlink()
+    os.rename(aside, root)
+
+    async def ready() -> bool:
+        status, _ = await answer(f"{registry.url}/health/ready")
+        return status == 200
+
+    await wait_until(ready, within=5.0)
+    status, body = await answer(f"{registry.url}/health")
+    assert (status, body) == (200, {"status": "ok"})
+    response, data = await get(f"{registry.url}/v2/app/blobs/{sha256(b'before')}")
+    assert (response.code, data) == (200, b"before")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_down_fails_readiness(start_registry: Starter) -> None:
+    """Nothing listens where [proxy:hub] points: readiness names it; /health (storage) is fine."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    registry = await start_registry(
+        {"proxy:hub": {"remoteurl": nowhere, "prefix": "docker.io"}, "health": FAST_HEALTH}
+    )
+    status, body = await answer(f"{registry.url}/health/ready")
+    assert status == 503
+    assert body["failing"] == ["upstream:hub"]
+    assert body["checks"]["storage"] == {"status": "ok"}
+    assert body["checks"]["upstream:hub"]["status"] == "failing"
+    status, body = await answer(f"{registry.url}/health")
+    assert (status, body) == (200, {"status": "ok"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_up_is_ready_and_can_be_left_out(start_registry: Starter) -> None:
+    fake: FakeUpstream = await start_fake_upstream(reactor)
+    try:
+        registry = await start_registry(
+            {"proxy:hub": {"remoteurl": fake.url, "prefix": "docker.io"}, "health": FAST_HEALTH}
+        )
+        status, body = await answer(f"{registry.url}/health/ready")
+        assert status == 200, body
+        assert body["checks"] == {"storage": {"status": "ok"}, "upstream:hub": {"status": "ok"}}
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        registry = await start_registry(
+            {
+                "proxy:hub": {"remoteurl": nowhere, "prefix": "docker.io"},
+                "health": {**FAST_HEALTH, "upstreams": "false"},
+            }
+        )
+        status, body = await answer(f"{registry.url}/health/ready")
+        assert (status, body["checks"]) == (200, {"storage": {"status": "ok"}})
+    finally:
+        await fake.stop()
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, parsed by prometheus_client, by name and sorted labels."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def scrape(url: str) -> tuple[dict[tuple[str, tuple[tuple[str, str], ...]], float], str]:
+    response, body = await get(f"{url}/metrics")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type") == [
+        "text/plain; version=0.0.4; charset=utf-8"
+    ]
+    return samples_of(body.decode()), body.decode()
+
+
+def moved(
+    before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    after: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    name: str,
+    **labels: str,
+) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_a_push_and_a_pull(start_registry: Starter) -> None:
+    registry = await start_registry()
+    url = registry.url
+    before, _ = await scrape(url)
+
+    layer = os.urandom(300_000)
+    await push_blob(url, "team/blobs/app", layer)  # monolithic POST ?digest=
+    config = samples.CONFIG
+    location = await start_upload(url, "team/blobs/app")  # POST, PATCH, PUT
+    response = await treq.patch(location, data=config)
+    assert response.code == 202
+    location = response.headers.getRawHeaders("location")[0]
+    separator = "&" if "?" in location else "?"
+    response = await treq.put(f"{url}{location}{separator}digest={sha256(config)}")
+    assert response.code == 201
+    manifest = samples.oci_image(config=config, layers=(layer,))
+    response = await treq.put(
+        f"{url}/v2/team/blobs/app/manifests/v1",
+        data=manifest,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 201
+    response, got = await get(f"{url}/v2/team/blobs/app/manifests/v1")
+    assert got == manifest
+    response, got = await get(f"{url}/v2/team/blobs/app/blobs/{sha256(layer)}")
+    assert got == layer
+    response, _ = await get(f"{url}/v2/team/blobs/app/blobs/{sha256(b'missing')}")
+    assert response.code == 404
+
+    after, text = await scrape(url)
+    requests = "txregistry_http_requests_total"
+    assert moved(before, after, requests, method="POST", route="upload", status="201") == 1
+    assert moved(before, after, requests, method="POST", route="upload", status="202") == 1
+    assert moved(before, after, requests, method="PATCH", route="upload", status="202") == 1
+    assert moved(before, after, requests, method="PUT", route="upload", status="201") == 1
+    assert moved(before, after, requests, method="PUT", route="manifest", status="201") == 1
+    assert moved(before, after, requests, method="GET", route="manifest", status="200") == 1
+    assert moved(before, after, requests, method="GET", route="blob", status="200") == 1
+    assert moved(before, after, requests, method="GET", route="blob", status="404") == 1
+    assert moved(before, after, requests, method="GET", route="metrics", status="200") == 1
+    received = "txregistry_http_request_body_bytes_total"
+    assert moved(before, after, received, route="upload") == len(layer) + len(config)
+    assert moved(before, after, received, route="manifest") == len(manifest)
+    sent = "txregistry_http_response_body_bytes_total"
+    assert moved(before, after, sent, route="manifest") == len(manifest)
+    assert moved(before, after, sent, route="blob") > len(layer)  # the layer and a 404 body
+    duration = "txregistry_http_request_duration_seconds_count"
+    assert moved(before, after, duration, method="GET", route="blob") == 2
+    assert moved(before, after, "txregistry_storage_operation_duration_seconds_count",
+                 driver="filesystem", operation="put_content") >= 3  # fmt: skip
+    assert after[("txregistry_http_requests_in_flight", (("route", "metrics"),))] == 1
+    assert after[("txregistry_uploads_open", ())] == 0
+    # Client-chosen names never become label values.
+    assert "team/blobs/app" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_debug_listener_takes_metrics_off_the_main_port(
+    start_registry: Starter,
+) -> None:
+    port = free_port()
+    registry = await start_registry({"debug": {"addr": f"tcp:{port}:interface=127.0.0.1"}})
+    debug = f"http://127.0.0.1:{port}"
+    await push_blob(registry.url, "app", b"counted")
+    response, body = await get(f"{registry.url}/metrics")
+    assert response.code == 404
+    assert json.loads(body)["errors"][0]["code"] == "NOT_FOUND"
+    found, _ = await scrape(debug)
+    key = (
+        "txregistry_http_requests_total",
+        (("method", "POST"), ("route", "upload"), ("status", "201")),
+    )
+    assert found[key] == 1
+    for path in ("/health/ready", "/debug/health"):
+        status, body = await answer(debug + path)
+        assert (status, body["checks"]) == (200, {"storage": {"status": "ok"}})
+    assert await answer(debug + "/health/live") == (200, {"status": "ok"})
+    response, _ = await get(f"{debug}/v2/")
+    assert response.code == 404  # no registry API on the debug port
+    status, _ = await answer(f"{registry.url}/health/ready")
+    assert status == 200  # load balancers keep their checks on the main port
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_metrics_on_an_authenticated_main_port(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    """A registry that denies by default does not publish its figures to anonymous callers."""
+    password = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "htpasswd").write_text(f"alice:{password}\n")
+    registry = await start_registry({"auth.htpasswd": {"path": str(tmp_path / "htpasswd")}})
+    response, body = await get(f"{registry.url}/metrics")
+    assert response.code == 404
+    assert json.loads(body)["errors"][0]["code"] == "NOT_FOUND"
+    status, _ = await answer(f"{registry.url}/health/ready")
+    assert status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_results_reach_the_metrics(start_registry: Starter, tmp_path: Path) -> None:
+    """``txregistry gc`` (another process) leaves a report the serving registry exposes."""
+    root = tmp_path / "root"
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    orphan = os.urandom(4321)
+    await push_blob(registry.url, "app", orphan)  # no manifest references it
+    config = write_config(tmp_path / "gc.cfg", {"storage": {"rootdirectory": str(root)}})
+    result = await cli("gc", "--config", str(config), "--grace", "0")
+    assert result.code == 0, result
+    found, _ = await scrape(registry.url)
+    assert found[("txregistry_gc_last_run_blobs_deleted", ())] == 1
+    assert found[("txregistry_gc_last_run_bytes_freed", ())] == len(orphan)
+    assert found[("txregistry_gc_last_run_errors", ())] == 0
+    assert found[("txregistry_gc_last_run_timestamp_seconds", ())] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_streaming_now_is_an_open_upload(start_registry: Starter) -> None:
+    registry = await start_registry()
+    location = await start_upload(registry.url, "app")
+    path = location.removeprefix(registry.url)
+    port = int(registry.url.rsplit(":", 1)[1])
+    body = os.urandom(100_000)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        head = f"PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body[:1000])  # small: the kernel takes it at once
+
+        async def open_uploads() -> float | None:
+            found, _ = await scrape(registry.url)
+            value = found[("txregistry_uploads_open", ())]
+            return value if value else None
+
+        assert await wait_until(open_uploads, within=5.0) == 1
+        sock.sendall(body[1000:])
+        answer_line = await deferToThread(sock.recv, 200)
+        assert answer_line.startswith(b"HTTP/1.1 202"), answer_line
+    finally:
+        sock.close()
+    found, _ = await scrape(registry.url)
+    assert found[("txregistry_uploads_open", ())] == 0
