@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
 import treq
 
 from registry.api import mediatypes as mt
-from tests.e2e.client import error_codes, get, header, push_blob, raw_headers
+from tests.e2e.client import error_codes, get, header, push_blob, raw_headers, sha256
+from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry
+from tests.e2e.tools import Registry2Process
+from tests.fakes.webhook import WebhookReceiver
 from tests.manifests import samples
+from tests.ops.test_cli import cli
 
 ROOT = "docker/registry/v2"
 ACCEPT = f"{mt.OCI_IMAGE_INDEX}, {mt.OCI_IMAGE_MANIFEST}"
@@ -120,3 +125,212 @@ async def test_reads_of_an_invalid_reference_are_manifest_unknown(
     )
     assert response.code == 400
     assert await error_codes(response) == ["DIGEST_INVALID"]
+
+
+# -- ?tag= on a push by digest --------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_tag_parameters_on_a_push_by_digest(registry: InProcessRegistry) -> None:
+    """
+    The main branch's "Tag Param" data (OCI_VERSION=dev): ``PUT .../manifests/<digest>?tag=a
+    &tag=b`` points every tag at the manifest and lists them in ``OCI-Tag``.
+    """
+    repo = f"{registry.url}/v2/tagged/app"
+    await push_blobs(registry.url, "tagged/app")
+    image = samples.oci_image()
+    digest = sha256(image)
+    response = await put_manifest(
+        registry.url,
+        f"/v2/tagged/app/manifests/{digest}?tag=1.2.3&tag=1.2&tag=latest&tag=1.2",
+        image,
+        mt.OCI_IMAGE_MANIFEST,
+    )
+    assert response.code == 201, await response.text()
+    assert response.headers.getRawHeaders("oci-tag") == ["1.2.3, 1.2, latest"]
+    assert header(response, "docker-content-digest") == digest
+    assert header(response, "location") == f"/v2/tagged/app/manifests/{digest}"
+    for tag in ("1.2.3", "1.2", "latest"):
+        await assert_manifest(repo, tag, image, digest)
+    response, body = await get(f"{repo}/tags/list")
+    assert json.loads(body) == {"name": "tagged/app", "tags": ["1.2", "1.2.3", "latest"]}
+
+    # A push by tag with tag parameters sets both; OCI-Tag lists the parameters.
+    response = await put_manifest(
+        registry.url, "/v2/tagged/app/manifests/stable?tag=prod", image, mt.OCI_IMAGE_MANIFEST
+    )
+    assert response.code == 201
+    assert response.headers.getRawHeaders("oci-tag") == ["prod"]
+    for tag in ("stable", "prod"):
+        await assert_manifest(repo, tag, image, digest)
+
+    # Without parameters there is no OCI-Tag.
+    response = await put_manifest(
+        registry.url, f"/v2/tagged/app/manifests/{digest}", image, mt.OCI_IMAGE_MANIFEST
+    )
+    assert response.code == 201
+    assert response.headers.getRawHeaders("oci-tag") is None
+
+    # One bad tag refuses the request before anything is stored.
+    other = samples.oci_image(layers=(samples.LAYER_1,))
+    for query in ("tag=fine&tag=-bad", "tag=fine&tag=" + "x" * 129, "tag=fine&tag=%FF"):
+        response = await put_manifest(
+            registry.url,
+            f"/v2/tagged/app/manifests/{sha256(other)}?{query}",
+            other,
+            mt.OCI_IMAGE_MANIFEST,
+        )
+        assert response.code == 400, query
+        assert await error_codes(response) == ["TAG_INVALID"]
+    for reference in ("fine", sha256(other)):
+        response = await treq.get(f"{repo}/manifests/{reference}")
+        assert response.code == 404
+        assert await error_codes(response) == ["MANIFEST_UNKNOWN"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sha512_manifests_pushed_with_tags(start_registry: Starter, tmp_path: Path) -> None:
+    """
+    The "Tag Param sha512" data: an index and its children pushed by sha512 digest, the index
+    with two tag parameters.  A GET or HEAD by tag answers with the sha512 digest pushed;
+    tags, catalog and referrers work; the links are registry:2's (the digest string), so gc
+    keeps it all and registry:2 itself serves it by tag with the same digest.
+    """
+    root = tmp_path / "root"
+    root.mkdir()
+    config = {"storage": {"rootdirectory": str(root)}}
+    registry = await start_registry(config)
+    repo = f"{registry.url}/v2/algo/app"
+    await push_blobs(registry.url, "algo/app")
+    image = samples.oci_image()
+    image_digest = sha512(image)
+    response = await put_manifest(
+        registry.url, f"/v2/algo/app/manifests/{image_digest}", image, mt.OCI_IMAGE_MANIFEST
+    )
+    assert response.code == 201, await response.text()
+    assert header(response, "docker-content-digest") == image_digest
+    index = index_of([(image_digest, len(image), "linux/amd64")])
+    index_digest = sha512(index)
+    response = await put_manifest(
+        registry.url,
+        f"/v2/algo/app/manifests/{index_digest}?tag=tag-param-sha512-0&tag=multi",
+        index,
+        mt.OCI_IMAGE_INDEX,
+    )
+    assert response.code == 201, await response.text()
+    assert header(response, "docker-content-digest") == index_digest
+    assert header(response, "oci-tag") == "tag-param-sha512-0, multi"
+    assert header(response, "location") == f"/v2/algo/app/manifests/{index_digest}"
+    for reference in ("tag-param-sha512-0", "multi", index_digest):
+        await assert_manifest(repo, reference, index, index_digest)
+    await assert_manifest(repo, image_digest, image, image_digest)
+
+    # A referrer of the sha512 index, itself pushed by sha512 digest.
+    signature = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_IMAGE_MANIFEST,
+            "artifactType": "application/vnd.example.sig",
+            "config": {"mediaType": mt.OCI_EMPTY, "digest": mt.OCI_EMPTY_DIGEST, "size": 2},
+            "layers": [
+                {
+                    "mediaType": "application/vnd.example.sig.v1",
+                    "digest": sha256(samples.LAYER_2),
+                    "size": len(samples.LAYER_2),
+                }
+            ],
+            "subject": {
+                "mediaType": mt.OCI_IMAGE_INDEX,
+                "digest": index_digest,
+                "size": len(index),
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+    signature_digest = sha512(signature)
+    response = await put_manifest(
+        registry.url, f"/v2/algo/app/manifests/{signature_digest}", signature, mt.OCI_IMAGE_MANIFEST
+    )
+    assert response.code == 201, await response.text()
+    assert header(response, "oci-subject") == index_digest
+    response, body = await get(f"{repo}/referrers/{index_digest}")
+    assert response.code == 200
+    assert json.loads(body)["manifests"] == [
+        {
+            "mediaType": mt.OCI_IMAGE_MANIFEST,
+            "digest": signature_digest,
+            "size": len(signature),
+            "artifactType": "application/vnd.example.sig",
+        }
+    ]
+    response, body = await get(f"{repo}/tags/list")
+    assert json.loads(body) == {"name": "algo/app", "tags": ["multi", "tag-param-sha512-0"]}
+    response, body = await get(f"{registry.url}/v2/_catalog")
+    assert json.loads(body) == {"repositories": ["algo/app"]}
+
+    # registry:2's layout: the links hold the digest string.
+    manifests = root / ROOT / "repositories/algo/app/_manifests"
+    hex_ = index_digest.split(":")[1]
+    assert (manifests / "tags/multi/current/link").read_bytes() == index_digest.encode()
+    assert (manifests / f"tags/multi/index/sha512/{hex_}/link").read_bytes() == (
+        index_digest.encode()
+    )
+    assert (manifests / f"revisions/sha512/{hex_}/link").read_bytes() == index_digest.encode()
+    assert (root / ROOT / f"blobs/sha512/{hex_[:2]}/{hex_}/data").read_bytes() == index
+    await registry.stop()
+
+    # gc (untagged manifests too) keeps the tagged index, its child and the referrer.
+    cfg = tmp_path / "gc.cfg"
+    cfg.write_text(f"[storage]\nrootdirectory = {root}\n")
+    result = await cli("gc", "--config", str(cfg), "--delete-untagged", "--grace", "0s")
+    assert result.code == 0, result.err
+    registry = await start_registry(config)
+    repo = f"{registry.url}/v2/algo/app"
+    await assert_manifest(repo, "multi", index, index_digest)
+    await assert_manifest(repo, image_digest, image, image_digest)
+    await assert_manifest(repo, signature_digest, signature, signature_digest)
+    response, body = await get(f"{repo}/blobs/{sha256(samples.LAYER_1)}")
+    assert (response.code, body) == (200, samples.LAYER_1)
+    await registry.stop()
+
+    # registry:2 serves the same data by tag, with the sha512 digest.
+    registry2 = Registry2Process(tmp_path, root)
+    registry2.start()
+    try:
+        await assert_manifest(
+            f"http://{registry2.host}/v2/algo/app", "tag-param-sha512-0", index, index_digest
+        )
+    finally:
+        registry2.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tag_parameters_send_one_push_event_per_tag(start_registry: Starter) -> None:
+    hook = WebhookReceiver()
+    await hook.start()
+    try:
+        registry = await start_registry(
+            {
+                "notifications:hook": {
+                    "url": hook.url,
+                    "timeout": "2s",
+                    "ignoredmediatypes": "application/octet-stream",  # blob events
+                }
+            }
+        )
+        await push_blobs(registry.url, "events")
+        image = samples.oci_image()
+        digest = sha256(image)
+        for query in ("?tag=a&tag=b", ""):
+            response = await put_manifest(
+                registry.url, f"/v2/events/manifests/{digest}{query}", image, mt.OCI_IMAGE_MANIFEST
+            )
+            assert response.code == 201
+        events = await hook.wait_events(3)
+        assert [(e["action"], e["target"]["digest"], e["target"].get("tag")) for e in events] == [
+            ("push", digest, "a"),
+            ("push", digest, "b"),
+            ("push", digest, None),
+        ]
+    finally:
+        await hook.stop()
