@@ -17,7 +17,7 @@ import attrs
 from registry.auth.interfaces import AllowAll, IAccessController
 from registry.config import Config
 from registry.http.routes import IRouteRewriter
-from registry.manifests import UrlPolicy
+from registry.manifests import IndexPolicy, UrlPolicy
 from registry.ops.metrics import MetricsRegistry
 from registry.ops.notifications.events import Notifier
 from registry.storage.blobs import BlobStore, IBlobStore
@@ -63,6 +63,7 @@ class LocalStores:
             catalog=catalog,
             max_size=config.storage.max_manifest_size,
             url_policy=UrlPolicy(config.validation.urls_allow, config.validation.urls_deny),
+            index_policy=IndexPolicy.from_words(config.validation.index_platforms),
         )
         uploads = UploadStore(
             driver, blobs, hash_threads, state_after_answer=driver.name in LOCAL_DRIVERS

@@ -33,7 +33,9 @@ from registry.api.errors import (
 )
 from registry.api.names import check_tag
 from registry.manifests import (
+    DEFAULT_INDEX_POLICY,
     DEFAULT_URL_POLICY,
+    IndexPolicy,
     ParsedManifest,
     UrlPolicy,
     load_json_object,
@@ -158,6 +160,7 @@ class ManifestStore:
     # When set, a manifest push records its repository in the catalog index.
     catalog: Catalog | None = None
     url_policy: UrlPolicy = DEFAULT_URL_POLICY
+    index_policy: IndexPolicy = DEFAULT_INDEX_POLICY
     max_size: int = MAX_MANIFEST_SIZE
 
     async def _unknown(self, name: str, reference: str | Digest) -> RegistryError:
@@ -239,8 +242,9 @@ class ManifestStore:
     async def _check_references(self, name: str, manifest: ParsedManifest) -> None:
         """
         Config and layers must be blobs of this repository (foreign layers excepted), index
-        children manifests of this repository.  The subject need not exist (the spec lets a
-        referrer arrive before its subject).
+        children manifests of this repository, as far as ``index_policy`` asks (a sparse
+        index may leave platforms out).  The subject need not exist (the spec lets a referrer
+        arrive before its subject).
         """
         seen: set[Digest] = set()
         for descriptor in manifest.blob_references:
@@ -261,7 +265,7 @@ class ManifestStore:
                 f"manifest references blob {descriptor.digest} unknown to this repository",
             )
         for child in manifest.manifests:
-            if child.digest in seen:
+            if child.digest in seen or not self.index_policy.must_exist(child):
                 continue
             seen.add(child.digest)
             if not await self.exists(name, child.digest):

@@ -304,6 +304,65 @@ async def test_sha512_manifests_pushed_with_tags(start_registry: Starter, tmp_pa
         registry2.stop()
 
 
+# -- sparse indexes ---------------------------------------------------------------------------
+
+
+async def push_sparse_index(registry: InProcessRegistry, present: str, absent: str) -> Any:
+    """An index with a child of platform ``present`` pushed and one of ``absent`` not."""
+    await push_blobs(registry.url, "sparse")
+    image = samples.oci_image()
+    response = await put_manifest(
+        registry.url, f"/v2/sparse/manifests/{sha256(image)}", image, mt.OCI_IMAGE_MANIFEST
+    )
+    assert response.code == 201
+    missing = sha256(b"never pushed " + absent.encode())
+    index = index_of([(sha256(image), len(image), present), (missing, 1024, absent)])
+    response = await put_manifest(
+        registry.url, "/v2/sparse/manifests/sparse-index", index, mt.OCI_IMAGE_INDEX
+    )
+    return response, index, missing
+
+
+@pytest_twisted.ensureDeferred
+async def test_sparse_index_refused_by_default(registry: InProcessRegistry) -> None:
+    response, _, missing = await push_sparse_index(registry, "linux/amd64", "linux/arm64")
+    assert response.code == 400
+    body = json.loads(await response.content())
+    assert [e["code"] for e in body["errors"]] == ["MANIFEST_UNKNOWN"]
+    assert body["errors"][0]["detail"] == {"digest": missing, "mediaType": mt.OCI_IMAGE_MANIFEST}
+
+
+@pytest_twisted.ensureDeferred
+async def test_sparse_index_with_no_platform_required(start_registry: Starter) -> None:
+    """
+    The main branch's "Sparse Manifests" index (OCI_DATA_SPARSE=true): with
+    ``index_platforms = none`` it is accepted and served; its missing child stays unknown.
+    """
+    registry = await start_registry({"validation": {"index_platforms": "none"}})
+    response, index, missing = await push_sparse_index(registry, "linux/amd64", "linux/arm64")
+    assert response.code == 201, await response.text()
+    assert header(response, "docker-content-digest") == sha256(index)
+    await assert_manifest(f"{registry.url}/v2/sparse", "sparse-index", index, sha256(index))
+    response = await treq.get(f"{registry.url}/v2/sparse/manifests/{missing}")
+    assert response.code == 404
+    assert await error_codes(response) == ["MANIFEST_UNKNOWN"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sparse_index_with_listed_platforms(start_registry: Starter) -> None:
+    """With a platform list only the children of those platforms must be there."""
+    registry = await start_registry({"validation": {"index_platforms": "linux/amd64 linux/s390x"}})
+    response, index, _ = await push_sparse_index(registry, "linux/amd64", "linux/arm64")
+    assert response.code == 201, await response.text()
+    await assert_manifest(f"{registry.url}/v2/sparse", "sparse-index", index, sha256(index))
+
+    response, _, missing = await push_sparse_index(registry, "linux/arm64", "linux/s390x")
+    assert response.code == 400
+    body = json.loads(await response.content())
+    assert [e["code"] for e in body["errors"]] == ["MANIFEST_UNKNOWN"]
+    assert body["errors"][0]["detail"] == {"digest": missing, "mediaType": mt.OCI_IMAGE_MANIFEST}
+
+
 @pytest_twisted.ensureDeferred
 async def test_tag_parameters_send_one_push_event_per_tag(start_registry: Starter) -> None:
     hook = WebhookReceiver()
