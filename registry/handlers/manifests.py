@@ -86,7 +86,9 @@ async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
     # One push event per tag the request set (registry:2's event carries one tag), else one
     # untagged event for a push by digest.
     own = _tag(route)
-    for tag in dict.fromkeys([*([own] if own is not None else []), *result.tags]) or [None]:
+    tagged: list[str | None] = [own] if own is not None else []
+    tagged += [tag for tag in result.tags if tag != own]
+    for tag in tagged or [None]:
         ctx.notifier.manifest_pushed(
             request, route.name, result.media_type, result.digest, len(content), tag
         )
