@@ -140,7 +140,7 @@ class RegistryApp:
 
     async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:
         request.setHeader(*responses.API_VERSION_HEADER)
-        route = parse_route(rest)
+        route = parse_route(rest, read=request.method in (b"GET", b"HEAD"))
         refused = getattr(request, "sink", None)
         if isinstance(refused, limits.RefusedBody):
             # Refused from its Content-Length: answered already over HTTP/1.x (this answer is

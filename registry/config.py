@@ -174,11 +174,28 @@ def parse_patterns(text: str) -> tuple[str, ...]:
     return patterns
 
 
+def parse_index_platforms(text: str) -> tuple[str, ...]:
+    """``all``, ``none``, or ``os/architecture`` platforms (``linux/amd64 linux/arm64``)."""
+    words = parse_list(text.lower()) or ("all",)
+    if words in (("all",), ("none",)):
+        return words
+    for word in words:
+        if re.fullmatch(r"[a-z0-9._-]+/[a-z0-9._-]+", word) is None:
+            raise ValueError(
+                f"{word!r} is not an os/architecture platform (linux/amd64); "
+                "or use all or none alone"
+            )
+    return words
+
+
 @attrs.frozen
 class ValidationConfig:
     # registry:2's validation.manifests.urls.allow / deny, for foreign-layer URLs.
     urls_allow: tuple[str, ...] = key((), parse_patterns)
     urls_deny: tuple[str, ...] = key((), parse_patterns)
+    # registry:2 v3's validation.manifests.indexes.platforms (+ platformlist): which children
+    # of a pushed index must already be in the repository (registry.manifests.IndexPolicy).
+    index_platforms: tuple[str, ...] = key(("all",), parse_index_platforms)
 
 
 @attrs.frozen

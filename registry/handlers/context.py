@@ -17,7 +17,7 @@ import attrs
 from registry.auth.interfaces import AllowAll, IAccessController
 from registry.config import Config
 from registry.http.routes import IRouteRewriter
-from registry.manifests import UrlPolicy
+from registry.manifests import IndexPolicy, UrlPolicy
 from registry.ops.health import STORAGE, HealthCheck, HealthChecker, storage_probe
 from registry.ops.metrics import Metrics
 from registry.ops.notifications.events import Notifier
@@ -67,6 +67,7 @@ class LocalStores:
             catalog=catalog,
             max_size=config.storage.max_manifest_size,
             url_policy=UrlPolicy(config.validation.urls_allow, config.validation.urls_deny),
+            index_policy=IndexPolicy.from_words(config.validation.index_platforms),
         )
         uploads = UploadStore(
             driver, blobs, hash_threads, state_after_answer=driver.name in LOCAL_DRIVERS

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.web.iweb import IRequest
 
 from registry.api import mediatypes
-from registry.api.errors import MANIFEST_UNKNOWN, RegistryError
+from registry.api.errors import MANIFEST_UNKNOWN, TAG_INVALID, RegistryError
 from registry.auth.interfaces import DELETE, PULL, PUSH, repository
 from registry.handlers.common import (
     authorize,
@@ -31,6 +31,23 @@ def _only_schema1(request: IRequest) -> bool:
 
 def _tag(route: Route) -> str | None:
     return None if route.is_digest_reference else route.reference
+
+
+def _tag_parameters(request: IRequest) -> list[str]:
+    """
+    The ``tag`` query parameters of a manifest PUT (distribution-spec: push by digest and tag
+    in one request, ``?tag=a&tag=b``); checked by the store before anything is written.
+    """
+    args = request.args or {}
+    tags = []
+    for value in args.get(b"tag", []):
+        try:
+            tags.append(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RegistryError(
+                TAG_INVALID, {"tag": value.decode("latin-1")[:300], "reason": "invalid tag"}
+            ) from None
+    return tags
 
 
 async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
@@ -61,13 +78,20 @@ async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
 async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     refuse_if_readonly(ctx)
     await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
+    tags = _tag_parameters(request)
     content = request.content.read()
     result = await ctx.manifests.put(
-        route.name, route.reference, content, header(request, "content-type")
+        route.name, route.reference, content, header(request, "content-type"), tags
     )
-    ctx.notifier.manifest_pushed(
-        request, route.name, result.media_type, result.digest, len(content), _tag(route)
-    )
+    # One push event per tag the request set (registry:2's event carries one tag), else one
+    # untagged event for a push by digest.
+    own = _tag(route)
+    tagged: list[str | None] = [own] if own is not None else []
+    tagged += [tag for tag in result.tags if tag != own]
+    for tag in tagged or [None]:
+        ctx.notifier.manifest_pushed(
+            request, route.name, result.media_type, result.digest, len(content), tag
+        )
     headers = put_response_headers(result)
     headers["Location"] = url_for(ctx, request, f"/v2/{route.name}/manifests/{result.digest}")
     return responses.empty(request, 201, headers)

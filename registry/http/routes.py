@@ -18,7 +18,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import Interface
 
 from registry.api.digests import Digest
-from registry.api.errors import BLOB_UPLOAD_UNKNOWN, NOT_FOUND, RegistryError
+from registry.api.errors import BLOB_UPLOAD_UNKNOWN, MANIFEST_UNKNOWN, NOT_FOUND, RegistryError
 from registry.api.names import check_name, check_tag
 
 _UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -60,11 +60,16 @@ _PATTERNS: list[tuple[Kind, re.Pattern[str]]] = [
 ]
 
 
-def parse_route(rest: str) -> Route:
+def parse_route(rest: str, read: bool = False) -> Route:
     """
     Parse the part of the path after ``/v2/``.  Raises RegistryError: NOT_FOUND for a path the
     API does not have, NAME_INVALID, TAG_INVALID, DIGEST_INVALID or BLOB_UPLOAD_UNKNOWN for a
     malformed component.
+
+    ``read`` (a GET or HEAD) turns a malformed manifest reference into 404 MANIFEST_UNKNOWN:
+    nothing can be stored under it, so a read finds nothing, which is what registry:2 answers
+    (its router matches no route) and what the distribution-spec conformance suite expects of
+    ``GET /v2/<name>/manifests/.INVALID_MANIFEST_NAME``.  Writes keep the 400 that says why.
     """
     if rest in ("", "/"):
         return Route(Kind.BASE)
@@ -81,12 +86,25 @@ def parse_route(rest: str) -> Route:
         if kind in (Kind.BLOB, Kind.REFERRERS):
             Digest.parse(reference)
         if kind is Kind.MANIFEST:
-            if Digest.is_digest(reference):
-                Digest.parse(reference)
-            else:
-                check_tag(reference)
+            _check_manifest_reference(name, reference, read)
         return Route(kind, name, reference)
     raise RegistryError(NOT_FOUND, {"path": "/v2/" + rest[:300]})
+
+
+def _check_manifest_reference(name: str, reference: str, read: bool) -> None:
+    try:
+        if Digest.is_digest(reference):
+            Digest.parse(reference)
+        else:
+            check_tag(reference)
+    except RegistryError as exc:
+        if not read:
+            raise
+        reason = exc.detail.get("reason") if isinstance(exc.detail, dict) else None
+        raise RegistryError(
+            MANIFEST_UNKNOWN,
+            {"name": name, "reference": reference[:300], "reason": reason or exc.message},
+        ) from None
 
 
 class IRouteRewriter(Interface):

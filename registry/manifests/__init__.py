@@ -1,8 +1,10 @@
 """Parse and validate Docker schema2, manifest lists, OCI image manifests and OCI indexes."""
 
 from registry.manifests.model import (
+    DEFAULT_INDEX_POLICY,
     DEFAULT_URL_POLICY,
     Descriptor,
+    IndexPolicy,
     Kind,
     ParsedManifest,
     UrlPolicy,
@@ -15,9 +17,11 @@ from registry.manifests.parse import (
 )
 
 __all__ = [
+    "DEFAULT_INDEX_POLICY",
     "DEFAULT_URL_POLICY",
     "SCHEMA1_REFUSED",
     "Descriptor",
+    "IndexPolicy",
     "Kind",
     "ParsedManifest",
     "UrlPolicy",

@@ -8,7 +8,7 @@ the client pushed stay the source of truth and are served back unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -111,6 +111,52 @@ class UrlPolicy:
 
 
 DEFAULT_URL_POLICY = UrlPolicy()
+
+
+def _platforms(values: Iterable[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+    return frozenset(values)
+
+
+@attrs.frozen
+class IndexPolicy:
+    """
+    Which children of a pushed index must already be manifests of the repository: registry:2
+    v3's ``validation.manifests.indexes.platforms``.
+
+    ``all`` (the default): every child.  ``none``: no child, so a sparse index (a mirror of
+    some platforms only, an index pushed before its children) is accepted.  A set of
+    ``(os, architecture)`` pairs: the children whose platform is one of them; children of
+    other platforms, or with no platform at all, need not exist.  Like registry:2, only the
+    OS and architecture are compared (not the variant).
+    """
+
+    required: Literal["all", "none", "platforms"] = "all"
+    platforms: frozenset[tuple[str, str]] = attrs.field(default=frozenset(), converter=_platforms)
+
+    @classmethod
+    def from_words(cls, words: Iterable[str]) -> IndexPolicy:
+        """From the configuration's words: ``all``, ``none``, or ``os/arch`` platforms."""
+        words = tuple(words)
+        if words in ((), ("all",)):
+            return cls("all")
+        if words == ("none",):
+            return cls("none")
+        pairs = []
+        for word in words:
+            os_name, _, architecture = word.partition("/")
+            if not os_name or not architecture or "/" in architecture:
+                raise ValueError(f"not all, none or an os/architecture platform: {word!r}")
+            pairs.append((os_name, architecture))
+        return cls("platforms", pairs)
+
+    def must_exist(self, child: Descriptor) -> bool:
+        if self.required != "platforms":
+            return self.required == "all"
+        platform = child.platform or {}
+        return (platform.get("os"), platform.get("architecture")) in self.platforms
+
+
+DEFAULT_INDEX_POLICY = IndexPolicy()
 
 
 def kind_of(media_type: str) -> Kind:

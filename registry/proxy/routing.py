@@ -23,6 +23,7 @@ refused with 405 UNSUPPORTED, as registry:2 does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -177,11 +178,16 @@ class RoutingManifestStore:
         return await routed.cache.manifest_get(routed.local, routed.upstream, str(reference))
 
     async def put(
-        self, name: str, reference: str | Digest, body: bytes, content_type: str | None
+        self,
+        name: str,
+        reference: str | Digest,
+        body: bytes,
+        content_type: str | None,
+        tags: Sequence[str] = (),
     ) -> PutResult:
         if self.router.route(name) is not None:
             raise _refuse_write(name)
-        return await self.local.put(name, reference, body, content_type)
+        return await self.local.put(name, reference, body, content_type, tags)
 
     async def delete(self, name: str, digest: str | Digest) -> list[str]:
         if self.router.route(name) is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os.path
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import attrs
@@ -33,7 +33,9 @@ from registry.api.errors import (
 )
 from registry.api.names import check_tag
 from registry.manifests import (
+    DEFAULT_INDEX_POLICY,
     DEFAULT_URL_POLICY,
+    IndexPolicy,
     ParsedManifest,
     UrlPolicy,
     load_json_object,
@@ -75,13 +77,22 @@ def parse_reference(reference: str | Digest) -> Digest | str:
     return check_tag(reference)
 
 
+def check_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    """Each tag checked (TAG_INVALID for the first bad one), duplicates dropped, order kept."""
+    return tuple(dict.fromkeys(check_tag(tag) for tag in tags))
+
+
 @attrs.frozen
 class PutResult:
-    """What a manifest PUT answers with: ``Docker-Content-Digest``, and ``OCI-Subject``."""
+    """
+    What a manifest PUT answers with: ``Docker-Content-Digest``, ``OCI-Subject``, and
+    ``OCI-Tag`` for the tags set by ``?tag=`` parameters.
+    """
 
     digest: Digest
     media_type: str
     subject: Digest | None
+    tags: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -104,9 +115,17 @@ class IManifestStore(Interface):
         """By tag or digest; MANIFEST_UNKNOWN, or NAME_UNKNOWN for an unknown repository."""
 
     def put(
-        name: str, reference: str | Digest, body: bytes, content_type: str | None
+        name: str,
+        reference: str | Digest,
+        body: bytes,
+        content_type: str | None,
+        tags: Sequence[str] = (),
     ) -> Awaitable[PutResult]:
-        """Validate and store; the errors are those of the distribution-spec's PUT."""
+        """
+        Validate and store; the errors are those of the distribution-spec's PUT.  ``tags``
+        (the ``?tag=`` parameters) are pointed at the manifest too, after the reference's own
+        tag; all are checked before anything is stored.
+        """
 
     def delete(name: str, digest: str | Digest) -> Awaitable[list[str]]:
         """Delete a manifest and the tags pointing at it (returned)."""
@@ -141,6 +160,7 @@ class ManifestStore:
     # When set, a manifest push records its repository in the catalog index.
     catalog: Catalog | None = None
     url_policy: UrlPolicy = DEFAULT_URL_POLICY
+    index_policy: IndexPolicy = DEFAULT_INDEX_POLICY
     max_size: int = MAX_MANIFEST_SIZE
 
     async def _unknown(self, name: str, reference: str | Digest) -> RegistryError:
@@ -182,10 +202,16 @@ class ManifestStore:
         return StoredManifest(digest, stored_media_type(body), body)
 
     async def put(
-        self, name: str, reference: str | Digest, body: bytes, content_type: str | None
+        self,
+        name: str,
+        reference: str | Digest,
+        body: bytes,
+        content_type: str | None,
+        tags: Sequence[str] = (),
     ) -> PutResult:
         check_manifest_size(len(body), self.max_size)
         ref = parse_reference(reference)
+        extra_tags = check_tags(tags)
         manifest = parse_manifest(body, content_type, self.url_policy)
         if isinstance(ref, Digest):
             digest = digest_of(body, ref.algorithm)
@@ -203,18 +229,22 @@ class ManifestStore:
         if manifest.subject is not None:
             descriptor = referrer_descriptor(manifest, digest, len(body))
             await self.referrers.add(name, manifest.subject.digest, descriptor)
-        if isinstance(ref, str):
-            await self.tags.set(name, ref, digest)
+        own_tag = (ref,) if isinstance(ref, str) else ()
+        for tag in dict.fromkeys((*own_tag, *extra_tags)):
+            # The link holds the digest as pushed (sha512 included), so a GET by tag answers
+            # with the digest the client knows the manifest by.
+            await self.tags.set(name, tag, digest)
         if self.catalog is not None:
             await self.catalog.note_repository(name)
         subject = manifest.subject.digest if manifest.subject is not None else None
-        return PutResult(digest, manifest.media_type, subject)
+        return PutResult(digest, manifest.media_type, subject, extra_tags)
 
     async def _check_references(self, name: str, manifest: ParsedManifest) -> None:
         """
         Config and layers must be blobs of this repository (foreign layers excepted), index
-        children manifests of this repository.  The subject need not exist (the spec lets a
-        referrer arrive before its subject).
+        children manifests of this repository, as far as ``index_policy`` asks (a sparse
+        index may leave platforms out).  The subject need not exist (the spec lets a referrer
+        arrive before its subject).
         """
         seen: set[Digest] = set()
         for descriptor in manifest.blob_references:
@@ -235,7 +265,7 @@ class ManifestStore:
                 f"manifest references blob {descriptor.digest} unknown to this repository",
             )
         for child in manifest.manifests:
-            if child.digest in seen:
+            if child.digest in seen or not self.index_policy.must_exist(child):
                 continue
             seen.add(child.digest)
             if not await self.exists(name, child.digest):
@@ -320,7 +350,10 @@ class ManifestStore:
 
 def put_response_headers(result: PutResult) -> dict[str, Any]:
     """The response headers of a successful manifest PUT (besides ``Location``)."""
-    headers = {"Docker-Content-Digest": str(result.digest)}
+    headers: dict[str, Any] = {"Docker-Content-Digest": str(result.digest)}
     if result.subject is not None:
         headers["OCI-Subject"] = str(result.subject)
+    if result.tags:
+        # One list-valued field (RFC 9110 section 5.3): tags cannot contain a comma.
+        headers["OCI-Tag"] = ", ".join(result.tags)
     return headers

@@ -43,6 +43,9 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("[storage]\nrootdir = /x\n", "[storage] rootdir: unknown key"),
         ("[storrage]\n", "[storrage]: unknown section"),
         ("[uploads]\npurge_age = soon\n", "[uploads] purge_age: not a duration"),
+        ("[validation]\nindex_platforms = all linux/amd64\n", "[validation] index_platforms:"),
+        ("[validation]\nindex_platforms = linux\n", "not an os/architecture platform"),
+        ("[validation]\nindex_platforms = linux/arm/v7\n", "'linux/arm/v7' is not an os/arch"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -112,3 +115,15 @@ def test_draintimeout_takes_registry2_durations() -> None:
     loaded = config.load(None, environ={"REGISTRY_HTTP_DRAINTIMEOUT": "1m30s"})
     assert loaded.http.draintimeout == 90
     assert config.Config().http.draintimeout == 60
+
+
+def test_index_platforms_words(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.cfg"
+    for text, words in [
+        ("", ("all",)),
+        ("none", ("none",)),
+        ("ALL", ("all",)),
+        ("linux/amd64, linux/arm64", ("linux/amd64", "linux/arm64")),
+    ]:
+        path.write_text(f"[validation]\nindex_platforms = {text}\n")
+        assert config.load(str(path), environ={}).validation.index_platforms == words
