@@ -63,6 +63,23 @@ def test_second_port_in_use_after_a_good_one(tmp_path: Path, taken_port: int) ->
     assert_one_line(result, f"txregistry: cannot listen on {description}: address already in use")
 
 
+def test_debug_port_in_use(tmp_path: Path, taken_port: int) -> None:
+    """The [debug] listener (metrics, health) is bound with the registry's ports."""
+    description = f"tcp:{taken_port}:interface=127.0.0.1"
+    config = tmp_path / "registry.cfg"
+    config.write_text(f"[debug]\naddr = {description}\n")
+    result = run_registry(
+        tmp_path,
+        "--config",
+        str(config),
+        "--port",
+        LOOPBACK,
+        "--storage",
+        str(tmp_path / "d"),
+    )
+    assert_one_line(result, f"txregistry: cannot listen on {description}: address already in use")
+
+
 def test_interface_not_on_this_host(tmp_path: Path) -> None:
     # 192.0.2.1 (TEST-NET-1) is on no interface here: bind() fails, nothing is sent.
     description = "tcp:0:interface=192.0.2.1"
