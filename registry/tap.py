@@ -25,6 +25,7 @@ from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
 from registry.failures import log_failure
 from registry.handlers.context import LocalStores, RegistryContext, Stores
+from registry.http import sendfile
 from registry.http.tls import (
     TLSSettings,
     normalize_description,
@@ -256,6 +257,11 @@ def makeService(options: Options) -> IService:
         wrap=wrap,
     )
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
+    if config.http.sendfile and (problems := sendfile.twisted_problems()):
+        log.warn(
+            "[http] sendfile: blob bodies go through the registry instead ({problems})",
+            problems="; ".join(problems),
+        )
     # The root binds, probes and announces, and drains before the rest stops.
     serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush)
     root.setServiceParent(serving)
