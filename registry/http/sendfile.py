@@ -181,8 +181,9 @@ class _Sender:
         socket, source = self._transport.fileno(), self._file.fileno()
         budget = _TURN_BUDGET
         while self._remaining > 0 and budget > 0:
+            wanted = min(self._remaining, budget)
             try:
-                sent = os.sendfile(socket, source, self._offset, min(self._remaining, budget))
+                sent = os.sendfile(socket, source, self._offset, wanted)
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -197,6 +198,8 @@ class _Sender:
             self._remaining -= sent
             budget -= sent
             self._request.sentLength += sent
+            if sent < wanted:
+                break  # the socket's buffer is full: the next call would only say EAGAIN
         if self._remaining > 0:
             self._transport.startWriting()  # resumed when the socket takes more
             return
