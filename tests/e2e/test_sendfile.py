@@ -235,3 +235,37 @@ async def test_client_leaving_mid_body(
     [(status, _, body)] = await exchange(registry.url, [(path, {})])
     assert (status, body == data) == (200, True)
     await wait_for(lambda: sendfile_flags(access_events, digest)[-1:] == [True], "logs")
+
+
+def _pipelined(url: str, paths: list[str]) -> list[Response]:
+    """Send every GET at once, then read the answers in order."""
+    with _connect(url) as sock, sock.makefile("rb") as stream:
+        sock.sendall(
+            b"".join(f"GET {p} HTTP/1.1\r\nHost: registry\r\n\r\n".encode() for p in paths)
+        )
+        answers = []
+        for _ in paths:
+            status = int(stream.readline().split()[1])
+            fields = {}
+            while (line := stream.readline().decode("latin-1").rstrip("\r\n")) != "":
+                name, value = line.split(":", 1)
+                fields[name.strip().lower()] = value.strip()
+            answers.append((status, fields, stream.read(int(fields["content-length"]))))
+    return answers
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_requests(
+    registry: InProcessRegistry, access_events: list[dict[str, Any]]
+) -> None:
+    """Requests that arrived during a sendfile body are answered after it, in order."""
+    big, small = _pattern(8 * 1024 * 1024 + 3), _pattern(100)
+    big_digest = await push_blob(registry.url, "team/app", big)
+    small_digest = await push_blob(registry.url, "team/app", small)
+    paths = [f"/v2/team/app/blobs/{d}" for d in (big_digest, small_digest, big_digest)]
+
+    answers = await deferToThread(_pipelined, registry.url, paths)
+
+    assert [(s, b) for s, _, b in answers] == [(200, big), (200, small), (200, big)]
+    await wait_for(lambda: len(sendfile_flags(access_events, big_digest)) == 2, "logs")
+    assert sendfile_flags(access_events, big_digest) == [True, True]
