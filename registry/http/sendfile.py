@@ -110,14 +110,16 @@ def _socket_transport(request: IRequest) -> Any | None:
     return transport
 
 
-def _plain_body(request: IRequest) -> bool:
-    """A response not started yet whose body is exactly ``Content-Length`` bytes."""
+def _plain_body(request: IRequest, length: object) -> bool:
+    """A response not started yet whose body is exactly ``Content-Length`` = ``length`` bytes."""
     req: Any = request
+    declared = request.responseHeaders.getRawHeaders(b"content-length")
     return (
         request.method == b"GET"
         and not req.startedWriting
         and req.producer is None
-        and request.responseHeaders.hasHeader(b"content-length")
+        and declared is not None
+        and declared == [str(length).encode()]
     )
 
 
@@ -131,7 +133,9 @@ async def stream(request: IRequest, producer: IBodyProducer) -> None:
     transport = _socket_transport(request)
     local = (
         ILocalFile(producer).detach()
-        if transport is not None and ILocalFile.providedBy(producer) and _plain_body(request)
+        if transport is not None
+        and ILocalFile.providedBy(producer)
+        and _plain_body(request, producer.length)
         else None
     )
     if local is None:
