@@ -269,3 +269,31 @@ async def test_pipelined_requests(
     assert [(s, b) for s, _, b in answers] == [(200, big), (200, small), (200, big)]
     await wait_for(lambda: len(sendfile_flags(access_events, big_digest)) == 2, "logs")
     assert sendfile_flags(access_events, big_digest) == [True, True]
+
+
+def _http10(url: str, path: str) -> bytes:
+    """An HTTP/1.0 GET: the server closes the connection after the body."""
+    with _connect(url) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        received = []
+        for _ in range(100_000):
+            data = sock.recv(1024 * 1024)
+            if not data:
+                break
+            received.append(data)
+    return b"".join(received)
+
+
+@pytest_twisted.ensureDeferred
+async def test_http10_connection_closes_after_the_body(
+    registry: InProcessRegistry, access_events: list[dict[str, Any]]
+) -> None:
+    data = _pattern(3 * 1024 * 1024)
+    digest = await push_blob(registry.url, "team/app", data)
+
+    answer = await deferToThread(_http10, registry.url, f"/v2/team/app/blobs/{digest}")
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ")
+    assert body == data
+    await wait_for(lambda: sendfile_flags(access_events, digest) == [True], "logs")
