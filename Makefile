@@ -71,6 +71,7 @@ lint: $(STAMP)
 bench: $(STAMP) bench-tools
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/run.py
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/s3.py
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/sendfile.py
 
 clean:
 	rm -rf $(VENV) registry-data

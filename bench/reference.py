@@ -85,9 +85,16 @@ class Registry2(Server):
 
 
 class TxRegistry(Server):
-    def __init__(self, name: str, workdir: Path, storage: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        storage: dict[str, str] | None = None,
+        http: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(name, workdir)
         self.storage = storage or {}
+        self.http = http or {}
 
     def command(self) -> list[str]:
         config = self.workdir / "registry.cfg"
@@ -96,6 +103,8 @@ class TxRegistry(Server):
         config.write_text(
             "[log]\naccesslog = false\n[storage]\n"
             + "".join(f"{key} = {value}\n" for key, value in storage.items())
+            + "[http]\n"
+            + "".join(f"{key} = {value}\n" for key, value in self.http.items())
         )
         return twistd_command(
             "--config", str(config), "--port", f"tcp:{self.port}:interface=127.0.0.1"

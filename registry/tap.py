@@ -26,6 +26,7 @@ from registry.config import Config, ConfigError, load
 from registry.failures import log_failure
 from registry.handlers.context import LocalStores, RegistryContext, Stores
 from registry.handlers.monitoring import make_debug_site
+from registry.http import sendfile
 from registry.http.tls import (
     TLSSettings,
     normalize_description,
@@ -283,6 +284,11 @@ def makeService(options: Options) -> IService:
     add_monitoring(config, ctx, router, reactor, root)
     register_notification_metrics(ctx.metrics.registry, ctx.notifier)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
+    if config.http.sendfile and (problems := sendfile.twisted_problems()):
+        log.warn(
+            "[http] sendfile: blob bodies go through the registry instead ({problems})",
+            problems="; ".join(problems),
+        )
     # The root binds, probes and announces, and drains before the rest stops.
     serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush)
     root.setServiceParent(serving)

@@ -8,7 +8,7 @@ from registry.api.errors import RANGE_INVALID, RegistryError
 from registry.auth.interfaces import DELETE, PULL, repository
 from registry.handlers.common import authorize, header, refuse_if_delete_disabled
 from registry.handlers.context import RegistryContext
-from registry.http import responses
+from registry.http import responses, sendfile
 from registry.http.ranges import RangeNotSatisfiable, parse_range
 from registry.http.routes import Route
 
@@ -60,7 +60,10 @@ async def _serve_blob(
     if request.method == b"HEAD" or length == 0:
         return b""
     producer = await ctx.blobs.open(route.name, digest, offset, length)
-    await responses.stream(request, producer)
+    if ctx.config.http.sendfile:  # a local file on plain TCP: sent by the kernel
+        await sendfile.stream(request, producer)
+    else:
+        await responses.stream(request, producer)
     return None
 
 

@@ -86,6 +86,8 @@ class RegistryRequest(server.Request):
     # Answered before the body was all in; what the route writes later is dropped.
     answered_early: bool = False
     access_logged: bool = False
+    # The body went out through os.sendfile (registry.http.sendfile); in the access event.
+    sent_with_sendfile: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -323,4 +325,10 @@ class RegistrySite(server.Site):
         # The line is formatted here, once: the fields stay in the event for structured
         # observers (JSON logs), and text observers do not parse a format string per request.
         line = " ".join(f"{key}={value}" for key, value in fields.items())
-        log.info("access {line}", line=line, access=True, **fields)
+        log.info(
+            "access {line}",
+            line=line,
+            access=True,
+            sendfile=getattr(request, "sent_with_sendfile", False),
+            **fields,
+        )

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import IO, Any
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 # Large reads: the transport's default 64 KiB rounds cost a reactor turn each.  2 MiB rather
 # than 4: the same pull speed in bench/run.py, and a peak RSS of 69 instead of 79-86 MiB (a
@@ -112,7 +113,30 @@ class BytesProducer(_PausableProducer):
         self._data = memoryview(b"")
 
 
-@implementer(IBodyProducer, IPushProducer)
+@attrs.frozen
+class LocalRange:
+    """A byte range of an open local file, owned by whoever holds it (it closes ``file``)."""
+
+    file: IO[bytes]
+    offset: int
+    length: int
+
+
+class ILocalFile(Interface):
+    """
+    A producer over a local file that can hand the file over instead of producing: a
+    consumer able to send straight from a file (``os.sendfile`` on a plain TCP socket) then
+    never has the bytes pass through Python.
+    """
+
+    def detach() -> LocalRange | None:
+        """
+        The file and the range this producer would write, now owned by the caller; the
+        producer is spent.  None once production has started (or stopped).
+        """
+
+
+@implementer(IBodyProducer, IPushProducer, ILocalFile)
 class FileProducer(_PausableProducer):
     """
     Writes ``length`` bytes of an open file, reading ``CHUNK_SIZE`` at a time in a worker thread
@@ -136,6 +160,14 @@ class FileProducer(_PausableProducer):
         self._chunk_size = chunk_size
         self._ahead: Deferred[bytes] | None = None
         self._ready: bytes | None = None
+
+    def detach(self) -> LocalRange | None:
+        file = self._file
+        if file is None or self._consumer is not None or self._stopped:
+            return None
+        self._file = None
+        self._stopped = True
+        return LocalRange(file, file.tell(), self.length)
 
     def _read_ahead(self) -> None:
         if self._ahead is not None or self._ready is not None or self._remaining <= 0:

@@ -1,0 +1,165 @@
+"""
+Pulling 1 GiB: txregistry with ``[http] sendfile`` on and off, registry:2, and nginx serving
+the same file as a static file (the ceiling: what curl can download from a local server).
+
+    python bench/sendfile.py [--rounds 5]
+
+Each server stores the blob once (pushed with curl); then every round pulls it from each server
+with curl (``-o /dev/null``), interleaved.  The blob is in the page cache for every pull: this
+measures the sending, not the disk.  Reported per server: the median MiB/s (1 GiB over the
+whole curl run) and the median CPU time the server process used per GiB pulled (user + system,
+all threads, from ``/proc/<pid>/stat`` before and after the pull).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.reference import Registry2, Server, TxRegistry
+from bench.run import RESULTS, MiB, background_cpu, make_file, push_monolithic
+
+NGINX_CONFIG = """\
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {workdir}/error.log;
+pid {workdir}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+class Nginx(Server):
+    """nginx serving ``file`` as /blob: one process (no master), sendfile on."""
+
+    def __init__(self, name: str, workdir: Path, file: Path) -> None:
+        super().__init__(name, workdir)
+        self.file = file
+
+    def command(self) -> list[str]:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        root = self.workdir / "www"
+        root.mkdir()
+        if _same_device(self.file, root):
+            os.link(self.file, root / "blob")
+        else:
+            shutil.copy(self.file, root / "blob")
+        config = self.workdir / "nginx.conf"
+        config.write_text(NGINX_CONFIG.format(workdir=self.workdir, port=self.port, root=root))
+        return [binary, "-p", str(self.workdir), "-c", str(config)]
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of the process, all its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15)
+
+
+def pull(url: str, size: int) -> float:
+    """Seconds for curl to download ``url`` (the whole run, curl's start included)."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["curl", "-s", "-S", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url],
+        capture_output=True,
+        check=True,
+    )
+    elapsed = time.perf_counter() - started
+    status, downloaded = result.stdout.decode().split()
+    assert status == "200" and int(downloaded) == size, (url, result.stdout)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workdir", default="/tmp/txregistry-bench-sendfile")
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    size = 1024 * MiB
+    print("preparing the 1 GiB file ...", flush=True)
+    blob = work / "blob-1g"
+    digest = make_file(blob, size)
+
+    registries: list[Server] = [
+        TxRegistry("txregistry sendfile", work / "tx-sendfile", http={"sendfile": "true"}),
+        TxRegistry("txregistry no sendfile", work / "tx-nosendfile", http={"sendfile": "false"}),
+        Registry2("registry:2", work / "registry2"),
+    ]
+    ceiling = Nginx("nginx static file", work / "nginx", blob)
+    servers = [*registries, ceiling]
+    urls: dict[str, str] = {}
+    try:
+        for server in servers:
+            server.start()
+        for server in registries:
+            push_monolithic(server, "bench/pull", blob, digest)
+            urls[server.name] = f"{server.url}/v2/bench/pull/blobs/{digest}"
+        urls[ceiling.name] = f"{ceiling.url}/blob"
+        for server in servers:  # untimed: the page cache and each process warmed up
+            pull(urls[server.name], size)
+        results: dict[str, list[tuple[float, float]]] = {s.name: [] for s in servers}
+        background = []
+        for round_index in range(args.rounds):
+            background.append(round(background_cpu(), 1))
+            for server in servers:
+                before = cpu_seconds(server.pid)
+                elapsed = pull(urls[server.name], size)
+                used = cpu_seconds(server.pid) - before
+                results[server.name].append((size / MiB / elapsed, used))
+                print(
+                    f"round {round_index + 1}: {server.name:24} {size / MiB / elapsed:7.0f} MiB/s"
+                    f"  server CPU {used:.2f} s",
+                    flush=True,
+                )
+    finally:
+        for server in servers:
+            server.stop()
+
+    ceiling_rate = statistics.median(rate for rate, _ in results[ceiling.name])
+    print(f"\npull 1 GiB, medians of {args.rounds} rounds (background CPU {background}%)")
+    print("| server | MiB/s | of nginx | server CPU s per GiB |\n|---|---:|---:|---:|")
+    summary = {}
+    for name, samples in results.items():
+        rate = statistics.median(r for r, _ in samples)
+        cpu = statistics.median(c for _, c in samples)
+        summary[name] = {"mib_per_s": round(rate), "cpu_s_per_gib": round(cpu, 3)}
+        print(f"| {name} | {rate:.0f} | {100 * rate / ceiling_rate:.0f}% | {cpu:.2f} |")
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = RESULTS / f"sendfile-{stamp}.json"
+    out.write_text(json.dumps({"rounds": args.rounds, "background": background, **summary}))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
