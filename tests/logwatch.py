@@ -6,7 +6,8 @@ as a failed request (an error while answering early, a connection dropped after 
 a failure in a background Deferred).  So every test is watched:
 
 - in-process servers: an observer on Twisted's global log publisher collects every event that
-  carries a failure, every critical event, and any text that reads as an unhandled error;
+  carries a failure, every critical event, every access event with status 500, and any text
+  that reads as an unhandled error;
 - child processes (``twistd -n registry``): their log files are registered with `watch_file`
   and scanned, from where the last scan stopped, for the same words.
 
@@ -31,9 +32,11 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-# What a log line looks like when something went wrong that nobody handled.
+# What a log line looks like when something went wrong that nobody handled, or when the
+# registry answered 500 (the access line: any 500 is a defect; 502/503 name a cause).
 TROUBLE_TEXT = re.compile(
     r"Unhandled Error|Unhandled error in Deferred|Traceback \(most recent|#critical\]"
+    r"|\baccess .*\bstatus=500\b"
 )
 
 # Child-process log files to scan, and how far each was scanned.
@@ -93,6 +96,8 @@ def is_trouble(event: dict[str, object]) -> bool:
     if event.get("log_failure") is not None or event.get("isError"):
         return True
     if event.get("log_level") is LogLevel.critical:
+        return True
+    if event.get("access") and event.get("status") == 500:
         return True
     text = formatEventAsClassicLogText(event) or ""
     return bool(TROUBLE_TEXT.search(text))

@@ -20,6 +20,7 @@ import bcrypt
 import pytest
 import pytest_twisted
 import treq
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import MultiService
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -227,6 +228,21 @@ async def test_events_for_push_pull_mount_and_delete(
     await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)  # the answer was read
     assert notifier.stats() == {
         "ci": {"pending": 0, "delivered": 9, "failed": 0, "errors": 0, "dropped": 0}
+    }
+    response = await treq.get(f"{url}/metrics")
+    assert response.code == 200
+    scraped = {
+        (sample.name, sample.labels.get("endpoint")): sample.value
+        for family in text_string_to_metric_families(await response.text())
+        for sample in family.samples
+        if sample.name.startswith("txregistry_notifications_")
+    }
+    assert scraped == {
+        ("txregistry_notifications_pending", "ci"): 0.0,
+        ("txregistry_notifications_delivered_total", "ci"): 9.0,
+        ("txregistry_notifications_failed_total", "ci"): 0.0,
+        ("txregistry_notifications_errors_total", "ci"): 0.0,
+        ("txregistry_notifications_dropped_total", "ci"): 0.0,
     }
 
 

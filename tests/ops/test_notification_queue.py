@@ -185,10 +185,10 @@ def test_prometheus_metrics() -> None:
     register_notification_metrics(registry, Notifier([Endpoint()]))  # type: ignore[list-item]
     text = generate_latest(registry).decode()
     for line in (
-        'registry_notifications_pending{endpoint="ci"} 4.0',
-        'registry_notifications_delivered_total{endpoint="ci"} 10.0',
-        'registry_notifications_failed_total{endpoint="ci"} 2.0',
-        'registry_notifications_errors_total{endpoint="ci"} 1.0',
-        'registry_notifications_dropped_total{endpoint="ci"} 3.0',
+        'txregistry_notifications_pending{endpoint="ci"} 4.0',
+        'txregistry_notifications_delivered_total{endpoint="ci"} 10.0',
+        'txregistry_notifications_failed_total{endpoint="ci"} 2.0',
+        'txregistry_notifications_errors_total{endpoint="ci"} 1.0',
+        'txregistry_notifications_dropped_total{endpoint="ci"} 3.0',
     ):
         assert line in text.splitlines()

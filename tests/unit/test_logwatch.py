@@ -77,3 +77,27 @@ def test_child_logs_are_scanned_from_where_the_last_scan_stopped(tmp_path: Path)
     watch = LogWatch()
     watch.start()
     assert watch.finish() == []  # already scanned
+
+
+@pytest.mark.expect_log(r"status=500")
+def test_a_500_answer_is_caught_and_other_statuses_are_not(tmp_path: Path) -> None:
+    """Any 500 is a defect; 502 and 503 name their cause (upstream down, full disk)."""
+    watch = LogWatch()
+    watch.start()
+    for status in (200, 404, 502, 503, 500):
+        log.info("access {line}", line=f"method=GET status={status}", access=True, status=status)
+    troubles = watch.finish()
+    assert len(troubles) == 1 and "status=500" in troubles[0], troubles
+    path = tmp_path / "registry.log"
+    path.write_text("")
+    logwatch.watch_file(path)
+    path.write_text(
+        "2026-01-01T00:00:01+0000 [registry.http.request#info] access method=GET path=/v2/ "
+        "status=503 bytes=0\n"
+        "2026-01-01T00:00:02+0000 [registry.http.request#info] access method=PUT path=/v2/a "
+        "status=500 bytes=0\n"
+    )
+    watch = LogWatch()
+    watch.start()
+    troubles = watch.finish()
+    assert len(troubles) == 1 and "status=500" in troubles[0], troubles

@@ -26,7 +26,7 @@ class _NotificationCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._notifier.stats()
         pending = GaugeMetricFamily(
-            "registry_notifications_pending",
+            "txregistry_notifications_pending",
             "Events queued for the endpoint, not delivered yet.",
             labels=["endpoint"],
         )
@@ -35,7 +35,7 @@ class _NotificationCollector(Collector):
         yield pending
         for key, help_text in _COUNTERS.items():
             family = CounterMetricFamily(
-                f"registry_notifications_{key}", help_text, labels=["endpoint"]
+                f"txregistry_notifications_{key}", help_text, labels=["endpoint"]
             )
             for name, values in stats.items():
                 family.add_metric([name], values[key])
