@@ -344,8 +344,8 @@ class UiApp:
     @router.route("/storage", methods=["GET", "HEAD"])
     async def storage(self, request: IRequest) -> bytes:
         principal = await authorize(self.ctx, request, [])
-        items = await self.storage_facts.items()
         status = await gcstatus.last(self.ctx.driver)
+        items = await self.storage_facts.items(status)
         gc = _ops.gc_items(status) if status is not None else None
         content = _pages.storage(items, gc)
         return await self._render(request, "Storage and operations", "storage", principal, content)

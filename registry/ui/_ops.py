@@ -84,6 +84,22 @@ def gc_items(status: dict[str, Any]) -> list[tuple[str, str]]:
     return items
 
 
+def space_used(status: dict[str, Any] | None) -> str:
+    """
+    The registry's own bytes (its blobs' data), as the last gc counted them.  Storage keeps no
+    running total (several instances and registry:2 may write the same storage; S3 has no cheap
+    size of a prefix), so the figure is only as fresh as the last ``txregistry gc``.
+    """
+    if status is None:
+        return "not known yet: txregistry gc counts it"
+    stored, count, finished = (status.get(k) for k in ("bytes_stored", "blobs_stored", "finished"))
+    if not isinstance(stored, int) or not isinstance(count, int):
+        return "not known yet: the last gc did not count it"
+    when = _format.date(float(finished)) if isinstance(finished, int | float) else "—"
+    blobs = "1 blob" if count == 1 else f"{count} blobs"
+    return f"{_format.size(stored)} in {blobs} (as of the last gc at {when})"
+
+
 @attrs.define
 class StorageFacts:
     ctx: RegistryContext
@@ -92,12 +108,15 @@ class StorageFacts:
     batch: int = 64
     _uploads: tuple[float, int] | None = None
 
-    async def items(self) -> list[tuple[str, str]]:
+    async def items(self, gc: dict[str, Any] | None) -> list[tuple[str, str]]:
+        """The storage's facts; ``gc`` is the last recorded collection, if any."""
         config = self.ctx.config
         items: list[tuple[str, str]] = [("Driver", config.storage.driver)]
+        space = ("Space used by the registry", space_used(gc))
         if config.storage.driver == "filesystem":
             root = os.path.abspath(config.storage.rootdirectory)  # noqa: ASYNC240 - no I/O
             items.append(("Root directory", root))
+            items.append(space)
             try:
                 usage = await deferToThread(shutil.disk_usage, root)
             except OSError:
@@ -106,9 +125,12 @@ class StorageFacts:
                 used = f"{_format.size(usage.used)} of {_format.size(usage.total)} "
                 used += f"({_format.percent(usage.used, usage.total)}), "
                 used += f"{_format.size(usage.free)} free"
-                items.append(("Disk used", used))
+                items.append(("Disk used (the whole file system)", used))
         elif config.storage.driver == "s3":
             items.append(("Bucket", config.storage.bucket))
+            items.append(space)
+        else:
+            items.append(space)
         names, _ = await self.ctx.catalog.list_repositories()
         items.append(("Repositories", str(len(names))))
         items.append(("Uploads in progress", str(await self.uploads_in_progress(names))))
