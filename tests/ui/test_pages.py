@@ -9,6 +9,7 @@ import html
 import json
 import os
 import re
+import time
 from urllib.parse import quote, urlencode
 
 from registry.ops import gcstatus
@@ -290,6 +291,44 @@ def test_storage_page_shows_the_space_the_registry_uses(filled: Filled) -> None:
     )
     assert f"<dt>Space used by the registry</dt><dd>{expected}</dd>" in body
     assert "<dt>Disk used (the whole file system)</dt><dd>" in body
+
+
+def tag_dates_in_memory(filled: Filled) -> int:
+    _, _, body = page(filled, "/ui/storage")
+    found = re.search(r"<dt>Tag dates in memory</dt><dd>(\d+) repositor", body)
+    assert found, body
+    return int(found.group(1))
+
+
+def test_listed_repositories_get_their_tag_dates_read_in_the_background(
+    filled: Filled,
+) -> None:
+    alice = filled.client("alice")
+    image = content.push_image(alice, "team/warm", "a")
+    status, _, manifest = alice.request(
+        "GET", f"/v2/team/warm/manifests/{image.digest}", None, {"Accept": content.OCI_MANIFEST}
+    )
+    assert status == 200
+    headers = {"Content-Type": content.OCI_MANIFEST}
+    status, _, _ = alice.request("PUT", "/v2/team/warm/manifests/b", manifest, headers)
+    assert status == 201
+    tags = filled.registry.workdir / "data" / layout.tags_dir("team/warm")
+    for tag, when in (("a", 1_000_000_000), ("b", 2_000_000_000)):
+        os.utime(tags / tag / "current" / "link", (when, when))
+    before = tag_dates_in_memory(filled)
+    # Listing it (not opening it) has its dates read, after the list page is answered.
+    _, _, body = page(filled, "/ui/?q=team/warm")
+    assert rows(body, "repositories") == ["team/warm"]
+    for _ in range(200):
+        if tag_dates_in_memory(filled) == before + 1:
+            break
+        time.sleep(0.05)
+    assert tag_dates_in_memory(filled) == before + 1
+    # The first view uses the dates read then: "a" moved on disk since (not through the
+    # registry, so nothing told this process) still shows its earlier date.
+    os.utime(tags / "a" / "current" / "link", (3_000_000_000, 3_000_000_000))
+    _, _, body = page(filled, "/ui/r/team/warm")
+    assert rows(body, "tags") == ["b", "a"]
 
 
 def test_tags_are_sorted_by_the_date_storage_keeps(filled: Filled) -> None:
