@@ -21,12 +21,13 @@ from registry.ui import _format
 
 
 def cache_row(cache: ProxyCache) -> dict[str, Any]:
-    """One upstream's figures, counted since the process started."""
-    stats = cache.stats
-    client = cache.client
-    requests = stats.hits + stats.misses
+    """One upstream's figures: counters added up across restarts (`registry.proxy.totals`),
+    the rest as they are now."""
+    totals = cache.totals.current(cache)
+    hits = totals["hits"]
+    requests = hits + totals["misses"]
     max_size = cache.config.max_size
-    rate = client.rate_limit
+    rate = cache.client.rate_limit
     remaining = rate.remaining if rate is not None else None
     used = cache.index.size
     if max_size:
@@ -38,13 +39,14 @@ def cache_row(cache: ProxyCache) -> dict[str, Any]:
         "name": cache.name,
         "remote": cache.config.remoteurl,
         "items": [
-            ("Hit ratio", f"{_format.percent(stats.hits, requests)} ({stats.hits} of {requests})"),
-            ("Served from the cache", _format.size(stats.served_bytes)),
-            ("Fetched from upstream", _format.size(client.bytes_received)),
+            ("Counted since", _format.date(cache.totals.since)),
+            ("Hit ratio", f"{_format.percent(hits, requests)} ({hits} of {requests})"),
+            ("Served from the cache", _format.size(totals["served_bytes"])),
+            ("Fetched from upstream", _format.size(totals["upstream_bytes"])),
             ("Cache size", size),
-            ("Evictions", f"{stats.evictions} ({_format.size(stats.evicted_bytes)})"),
-            ("Stale serves", str(stats.stale_served)),
-            ("Upstream errors", str(stats.upstream_errors)),
+            ("Evictions", f"{totals['evictions']} ({_format.size(totals['evicted_bytes'])})"),
+            ("Stale serves", str(totals["stale_served"])),
+            ("Upstream errors", str(totals["upstream_errors"])),
             ("Rate limit remaining", "—" if remaining is None else str(remaining)),
             ("Fills in flight", str(cache.active_fills)),
         ],
