@@ -124,7 +124,8 @@ class TagTimes:
     async def _refresh(self, name: str, now: float, pause_every: int | None) -> None:
         """List ``name``'s tags and read the dates not known yet; others asking meanwhile wait
         for this one read rather than starting their own."""
-        self._loading[name] = []
+        mine: list[Deferred[None]] = []
+        self._loading[name] = mine
         try:
             entry = self._repos.get(name)
             listed = await self._listing(name)
@@ -136,7 +137,9 @@ class TagTimes:
             self._repos[name] = _Repository(times, now)
             self._trim(name)
         finally:
-            for waiter in self._loading.pop(name):
+            if self._loading.get(name) is mine:
+                del self._loading[name]
+            for waiter in mine:
                 waiter.callback(None)
 
     def _trim(self, name: str) -> None:
@@ -147,8 +150,10 @@ class TagTimes:
     async def newest_first(self, name: str) -> tuple[list[str], dict[str, float]]:
         """Every tag of ``name``, newest first (ties by name), and each tag's date."""
         now = float(self.clock.seconds())
-        waiters = self._loading.get(name)
-        if waiters is not None:
+        for _ in range(4):  # a read in progress is joined (a failed one is retried below)
+            waiters = self._loading.get(name)
+            if waiters is None:
+                break
             waiter: Deferred[None] = Deferred()
             waiters.append(waiter)
             await waiter
