@@ -47,7 +47,7 @@ from registry.api.errors import RegistryError
 from registry.manifests import DEFAULT_URL_POLICY, load_json_object, parse_manifest
 from registry.storage import layout
 from registry.storage.catalog import Catalog
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import FileInfo, IStorageDriver, PathNotFoundError
 
 log = Logger()
 T = TypeVar("T")
@@ -92,6 +92,9 @@ class GCStats:
     manifests_missing: int = 0
     blobs_marked: int = 0
     blobs_examined: int = 0
+    # The data size of every blob examined (kept or not): with what was freed, the registry's
+    # own space once the run ends (recorded for the web UI).
+    bytes_examined: int = 0
     blobs_young: int = 0
     blobs_to_delete: int = 0
     bytes_to_free: int = 0
@@ -101,6 +104,16 @@ class GCStats:
     revisions_deleted: int = 0
     referrer_entries_deleted: int = 0
     errors: list[str] = attrs.field(factory=list)
+
+    @property
+    def blobs_stored(self) -> int:
+        """Blobs left in storage after the run (a dry run deletes none)."""
+        return self.blobs_examined - self.blobs_deleted
+
+    @property
+    def bytes_stored(self) -> int:
+        """Their bytes: what the registry's own data takes, whatever the driver."""
+        return self.bytes_examined - self.bytes_freed
 
 
 @attrs.frozen
@@ -398,20 +411,24 @@ class GarbageCollector:
         for algorithm in await self._list(layout.BLOBS):
             for prefix in await self._list(f"{layout.BLOBS}/{algorithm}"):
                 names = await self._list(f"{layout.BLOBS}/{algorithm}/{prefix}")
-                unmarked: list[str] = []
+                found: list[str] = []
                 for hex_ in names:
                     digest = _digest(f"{algorithm}:{hex_}")
                     if digest is None or digest.hex[:2] != prefix:
                         continue  # not ours to judge
                     self.stats.blobs_examined += 1
-                    if str(digest) not in self._marked:
-                        unmarked.append(str(digest))
-                stats = await self._map(self._stat_blob, unmarked)
-                for text, candidate in zip(unmarked, stats, strict=True):
-                    if candidate is None:
+                    found.append(str(digest))
+                # Every blob is looked at, kept ones too: their sizes make the space used.
+                infos = await self._map(self._blob_info, found)
+                for text, info in zip(found, infos, strict=True):
+                    size = info.size if info is not None and not info.is_dir else 0
+                    self.stats.bytes_examined += size
+                    if text in self._marked:
+                        continue
+                    if info is None or info.modified >= self.cutoff:
                         self.stats.blobs_young += 1
                     else:
-                        self._add_candidate(text, candidate)
+                        self._add_candidate(text, _Candidate(text, info.size))
 
     def _add_candidate(self, digest: str, candidate: _Candidate) -> None:
         self._candidates[digest] = candidate
@@ -424,18 +441,22 @@ class GarbageCollector:
             self.stats.blobs_to_delete -= 1
             self.stats.bytes_to_free -= candidate.size
 
-    async def _stat_blob(self, digest: str) -> _Candidate | None:
-        """A deletion candidate, or None when the blob is within the grace period."""
+    async def _blob_info(self, digest: str) -> FileInfo | None:
+        """A blob's data, or its folder when it has none; None when both are gone."""
         parsed = Digest.parse(digest)
         try:
-            info = await self.driver.stat(layout.blob_data(parsed))
+            return await self.driver.stat(layout.blob_data(parsed))
         except PathNotFoundError:
             # A folder without data: being written right now, or debris of a crash.
             try:
-                info = await self.driver.stat(layout.blob_dir(parsed))
+                return await self.driver.stat(layout.blob_dir(parsed))
             except PathNotFoundError:
                 return None
-        if info.modified >= self.cutoff:
+
+    async def _stat_blob(self, digest: str) -> _Candidate | None:
+        """A deletion candidate, or None when the blob is within the grace period."""
+        info = await self._blob_info(digest)
+        if info is None or info.modified >= self.cutoff:
             return None
         return _Candidate(digest, info.size)
 

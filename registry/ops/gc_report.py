@@ -24,6 +24,8 @@ _GAUGES = (
     ("bytes_freed", "Bytes the last garbage collection freed."),
     ("manifests_deleted", "Manifests it deleted (--delete-untagged)."),
     ("errors", "Errors the last garbage collection met while deleting."),
+    ("blobs_stored", "Blobs left in storage after the last garbage collection."),
+    ("bytes_stored", "Bytes of the blobs left in storage after the last garbage collection."),
 )
 
 
@@ -44,6 +46,8 @@ def _gauges(status: dict[str, object]) -> dict[str, float]:
         "bytes_freed": _number(status.get("bytes_freed")),
         "manifests_deleted": _number(status.get("manifests_deleted")),
         "errors": _number(status.get("errors")),
+        "blobs_stored": _number(status.get("blobs_stored")),
+        "bytes_stored": _number(status.get("bytes_stored")),
     }
     started, finished = _number(status.get("started")), values["timestamp_seconds"]
     if started is not None and finished is not None:

@@ -31,6 +31,9 @@ async def record(
         "bytes_to_free": stats.bytes_to_free,
         "manifests_deleted": stats.revisions_deleted,
         "errors": len(stats.errors),
+        # The registry's own space (blob data) once the run ended, for the storage page.
+        "blobs_stored": stats.blobs_stored,
+        "bytes_stored": stats.bytes_stored,
     }
     await driver.put_content(STATUS_PATH, json.dumps(status, sort_keys=True).encode())
 

@@ -50,6 +50,7 @@ from registry.proxy.errors import (
 )
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
 from registry.proxy.index import CacheIndex, Victim
+from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
 from registry.storage import layout
 from registry.storage.blobs import BlobInfo, BlobStore
@@ -145,6 +146,8 @@ class ProxyCache:
     peers: list[ProxyCache] = attrs.field(factory=list)
     index: CacheIndex = attrs.field(factory=CacheIndex)
     stats: UpstreamStats = attrs.field(factory=UpstreamStats)
+    # The same counters added up across restarts (saved by the ProxyService), for the UI.
+    totals: CacheTotals = attrs.field(factory=CacheTotals)
     limits: Limits = attrs.field(factory=Limits)
     _fills: dict[Digest, Fill] = attrs.field(init=False, factory=dict)
     # Blob HEADs by (upstream name, digest): a HEAD answers for one repository only.

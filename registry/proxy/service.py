@@ -5,13 +5,15 @@ Wiring the pull-through caches into a running registry: `install_proxies` is wha
 It builds one `UpstreamClient` and one `ProxyCache` per upstream, wraps the local stores in the
 routing ones the context is then built with (handlers do not change), registers the metrics,
 and adds a `ProxyService`
-that loads each cache's eviction state at start, writes it back periodically and at stop, runs
-eviction, and logs a one-line summary per upstream.
+that loads each cache's eviction state (and its counters' totals, `registry.proxy.totals`) at
+start, writes them back periodically and at stop, runs eviction, and logs a one-line summary
+per upstream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -56,6 +58,9 @@ class ProxyService(MultiService):
                 config.evict_interval, self._guard, cache.evict, "eviction"
             ).setServiceParent(self)
             TimerService(config.log_interval, self._log_summary, cache).setServiceParent(self)
+            TimerService(
+                config.flush_interval, self._guard, self._flush_totals(cache), "counters flush"
+            ).setServiceParent(self)
 
     def startService(self) -> None:
         # Load the eviction state before the timers first fire (TimerService runs at once).
@@ -67,6 +72,17 @@ class ProxyService(MultiService):
     async def _prepare(self, cache: ProxyCache) -> None:
         await cache.clean_fills()
         await cache.load_state()
+        try:
+            await cache.totals.load(cache, time.time())
+        except Exception:  # the figures then count from this start; serving goes on
+            log.failure("proxy {upstream}: reading the saved counters failed", upstream=cache.name)
+
+    @staticmethod
+    def _flush_totals(cache: ProxyCache) -> Callable[[], Awaitable[None]]:
+        async def flush() -> None:
+            await cache.totals.flush(cache)
+
+        return flush
 
     def _guard(self, call: Any, what: str) -> Deferred[Any]:
         async def run() -> None:
@@ -91,6 +107,12 @@ class ProxyService(MultiService):
                 except Exception:
                     log.failure(
                         "proxy {upstream}: writing the cache state failed", upstream=cache.name
+                    )
+                try:
+                    await cache.totals.flush(cache)
+                except Exception:
+                    log.failure(
+                        "proxy {upstream}: writing the counters failed", upstream=cache.name
                     )
                 await cache.client.close()
 

@@ -166,6 +166,10 @@ def _remove(full: str) -> bool:
     return True
 
 
+# Path components a storage path never has (empty, or climbing out of the root).
+_BAD_PARTS = frozenset(("", ".", ".."))
+
+
 @implementer(IStorageDriver)
 class FilesystemDriver:
     name = "filesystem"
@@ -174,6 +178,7 @@ class FilesystemDriver:
         self, root: str, reactor: Any, threadpool: ThreadPool, fsync: bool = False
     ) -> None:
         self.root = os.path.abspath(root)
+        self._prefix = os.path.join(self.root, "")  # the root with one trailing separator
         self.fsync = fsync
         self._reactor = reactor
         self._threadpool = threadpool
@@ -181,10 +186,12 @@ class FilesystemDriver:
         self._trash = os.path.join(self.root, _TRASH)
 
     def _full(self, path: str) -> str:
-        parts = path.split("/")
-        if not path or any(part in ("", ".", "..") for part in parts):
+        # Called once per storage call (10,000 times for a page of tags sorted by date): set
+        # membership and one concatenation, not a generator and os.path.join over the parts.
+        parts = set(path.split("/"))
+        if not path or not parts.isdisjoint(_BAD_PARTS):
             raise ValueError(f"invalid storage path {path!r}")
-        return os.path.join(self.root, *parts)
+        return self._prefix + path
 
     def _in_thread(self, func: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._threadpool, func, *args)

@@ -182,6 +182,9 @@ class UiApp:
             _href("/ui/", q=text, source=source, last=shown[-1]) if more and shown else "",
             _href("/ui/", q=text, source=source) if last else "",
         )
+        # Opening one of them next is quick: their tag dates are read in the background, once
+        # this page is done.
+        self.ctx.reactor.callLater(0, self.tag_times.warm, locals_)
         return await self._render(request, "Repositories", "repositories", principal, content)
 
     @router.route("/r/<path:rest>", methods=["GET", "HEAD", "POST"])
@@ -344,8 +347,10 @@ class UiApp:
     @router.route("/storage", methods=["GET", "HEAD"])
     async def storage(self, request: IRequest) -> bytes:
         principal = await authorize(self.ctx, request, [])
-        items = await self.storage_facts.items()
         status = await gcstatus.last(self.ctx.driver)
+        items = await self.storage_facts.items(status)
+        known = self.tag_times.known
+        items.append(("Tag dates in memory", f"{known} repositor{'y' if known == 1 else 'ies'}"))
         gc = _ops.gc_items(status) if status is not None else None
         content = _pages.storage(items, gc)
         return await self._render(request, "Storage and operations", "storage", principal, content)

@@ -21,12 +21,13 @@ from registry.ui import _format
 
 
 def cache_row(cache: ProxyCache) -> dict[str, Any]:
-    """One upstream's figures, counted since the process started."""
-    stats = cache.stats
-    client = cache.client
-    requests = stats.hits + stats.misses
+    """One upstream's figures: counters added up across restarts (`registry.proxy.totals`),
+    the rest as they are now."""
+    totals = cache.totals.current(cache)
+    hits = totals["hits"]
+    requests = hits + totals["misses"]
     max_size = cache.config.max_size
-    rate = client.rate_limit
+    rate = cache.client.rate_limit
     remaining = rate.remaining if rate is not None else None
     used = cache.index.size
     if max_size:
@@ -38,13 +39,14 @@ def cache_row(cache: ProxyCache) -> dict[str, Any]:
         "name": cache.name,
         "remote": cache.config.remoteurl,
         "items": [
-            ("Hit ratio", f"{_format.percent(stats.hits, requests)} ({stats.hits} of {requests})"),
-            ("Served from the cache", _format.size(stats.served_bytes)),
-            ("Fetched from upstream", _format.size(client.bytes_received)),
+            ("Counted since", _format.date(cache.totals.since)),
+            ("Hit ratio", f"{_format.percent(hits, requests)} ({hits} of {requests})"),
+            ("Served from the cache", _format.size(totals["served_bytes"])),
+            ("Fetched from upstream", _format.size(totals["upstream_bytes"])),
             ("Cache size", size),
-            ("Evictions", f"{stats.evictions} ({_format.size(stats.evicted_bytes)})"),
-            ("Stale serves", str(stats.stale_served)),
-            ("Upstream errors", str(stats.upstream_errors)),
+            ("Evictions", f"{totals['evictions']} ({_format.size(totals['evicted_bytes'])})"),
+            ("Stale serves", str(totals["stale_served"])),
+            ("Upstream errors", str(totals["upstream_errors"])),
             ("Rate limit remaining", "—" if remaining is None else str(remaining)),
             ("Fills in flight", str(cache.active_fills)),
         ],
@@ -84,6 +86,22 @@ def gc_items(status: dict[str, Any]) -> list[tuple[str, str]]:
     return items
 
 
+def space_used(status: dict[str, Any] | None) -> str:
+    """
+    The registry's own bytes (its blobs' data), as the last gc counted them.  Storage keeps no
+    running total (several instances and registry:2 may write the same storage; S3 has no cheap
+    size of a prefix), so the figure is only as fresh as the last ``txregistry gc``.
+    """
+    if status is None:
+        return "not known yet: txregistry gc counts it"
+    stored, count, finished = (status.get(k) for k in ("bytes_stored", "blobs_stored", "finished"))
+    if not isinstance(stored, int) or not isinstance(count, int):
+        return "not known yet: the last gc did not count it"
+    when = _format.date(float(finished)) if isinstance(finished, int | float) else "—"
+    blobs = "1 blob" if count == 1 else f"{count} blobs"
+    return f"{_format.size(stored)} in {blobs} (as of the last gc at {when})"
+
+
 @attrs.define
 class StorageFacts:
     ctx: RegistryContext
@@ -92,12 +110,15 @@ class StorageFacts:
     batch: int = 64
     _uploads: tuple[float, int] | None = None
 
-    async def items(self) -> list[tuple[str, str]]:
+    async def items(self, gc: dict[str, Any] | None) -> list[tuple[str, str]]:
+        """The storage's facts; ``gc`` is the last recorded collection, if any."""
         config = self.ctx.config
         items: list[tuple[str, str]] = [("Driver", config.storage.driver)]
+        space = ("Space used by the registry", space_used(gc))
         if config.storage.driver == "filesystem":
             root = os.path.abspath(config.storage.rootdirectory)  # noqa: ASYNC240 - no I/O
             items.append(("Root directory", root))
+            items.append(space)
             try:
                 usage = await deferToThread(shutil.disk_usage, root)
             except OSError:
@@ -106,9 +127,12 @@ class StorageFacts:
                 used = f"{_format.size(usage.used)} of {_format.size(usage.total)} "
                 used += f"({_format.percent(usage.used, usage.total)}), "
                 used += f"{_format.size(usage.free)} free"
-                items.append(("Disk used", used))
+                items.append(("Disk used (the whole file system)", used))
         elif config.storage.driver == "s3":
             items.append(("Bucket", config.storage.bucket))
+            items.append(space)
+        else:
+            items.append(space)
         names, _ = await self.ctx.catalog.list_repositories()
         items.append(("Repositories", str(len(names))))
         items.append(("Uploads in progress", str(await self.uploads_in_progress(names))))

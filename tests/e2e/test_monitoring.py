@@ -277,6 +277,8 @@ async def test_gc_results_reach_the_metrics(start_registry: Starter, tmp_path: P
     assert found[("txregistry_gc_last_run_bytes_freed", ())] == len(orphan)
     assert found[("txregistry_gc_last_run_errors", ())] == 0
     assert found[("txregistry_gc_last_run_timestamp_seconds", ())] > 0
+    assert found[("txregistry_gc_last_run_blobs_stored", ())] == 0
+    assert found[("txregistry_gc_last_run_bytes_stored", ())] == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -72,6 +72,10 @@ async def test_default_deletes_only_old_unreferenced_blobs(
     assert stats.blobs_young == 1  # ORPHAN_NEW
     assert stats.revisions_deleted == 0
     assert stats.errors == []
+    # What is left, counted by every blob's size (kept ones included), for the storage page.
+    left = [root / layout.blob_data(Digest.parse(d)) for d in blob_digests(root)]
+    assert stats.blobs_stored == len(left) == len(before) - 1
+    assert stats.bytes_stored == sum(path.stat().st_size for path in left)
     registry = await serve(start_registry, root)
     await assert_pullable(registry.url, content, DELETED_DEFAULT)
 

@@ -2,13 +2,14 @@
 The UI as a person uses it, in headless Chromium driven by selenium: from the repository list
 to a tag to a layer, filtering, copying a pull command, deleting a tag as a user who may and
 being refused as one who may not.  The screenshots in docs/ui/ are taken here, so they show
-the current pages.
+the current pages (written with TXREGISTRY_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -85,9 +86,21 @@ def wait_for(driver: Any, condition: Any) -> Any:
     return WebDriverWait(driver, WAIT).until(condition)
 
 
-def screenshot(driver: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+def screenshot(driver: Any, name: str, size: tuple[int, int] | None = None) -> None:
+    """
+    Take the page's screenshot and check it is an image of the window; write it to docs/ui/
+    only with ``TXREGISTRY_UPDATE_SCREENSHOTS=1`` (ports, digests and dates differ on every
+    run, so rewriting them each time would only leave the work tree modified).
+    """
+    png: bytes = driver.get_screenshot_as_png()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and png[12:16] == b"IHDR", png[:16]
+    width, height = struct.unpack(">II", png[16:24])
+    if size is None:  # the window's viewport (an emulated device gives its own size)
+        size = tuple(driver.execute_script("return [window.innerWidth, window.innerHeight]"))
+    assert (width, height) == size, name
+    if os.environ.get("TXREGISTRY_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS / f"{name}.png").write_bytes(png)
 
 
 def first_cells(driver: Any, table: str) -> list[str]:
@@ -234,6 +247,6 @@ def test_readable_on_a_phone(browser: Any, filled: Filled) -> None:
         )
         assert width <= viewport, wide
         assert browser.find_element(By.TAG_NAME, "h1").is_displayed()
-        screenshot(browser, "phone")
+        screenshot(browser, "phone", (metrics["width"], metrics["height"]))
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

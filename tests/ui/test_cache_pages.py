@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 import pytest_twisted
 from twisted.internet.threads import deferToThread
@@ -71,3 +72,33 @@ async def test_cached_repositories_are_told_apart_and_the_cache_page_counts(
     assert figures["Upstream errors"] == "0"
     assert figures["Rate limit remaining"] == "99"  # what the fake upstream sends
     assert figures["Fills in flight"] == "0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cache_figures_survive_a_restart(
+    proxied: Proxied,  # noqa: F811
+    fake: FakeUpstream,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    image = fake.content.add_image("library/alpine", "latest", [4096, 8192])
+    storage = {"storage": {"rootdirectory": str(tmp_path / "shared")}}
+    first = await proxied(storage)
+    await pull(first, "docker.io/library/alpine", "latest")
+    layer = f"/v2/docker.io/library/alpine/blobs/{image.layers[0].digest}"
+    response, _ = await fetch(f"{first.url}{layer}")
+    assert response.code == 200
+    _, body = await fetch(f"{first.url}/ui/cache")
+    before = definitions(body.decode())
+    assert before["Hit ratio"] == "20.0 % (1 of 5)"
+    await first.stop()  # a clean stop saves the counters
+
+    second = await proxied(storage)
+    _, body = await fetch(f"{second.url}/ui/cache")
+    after = definitions(body.decode())
+    for figure in ("Counted since", "Hit ratio", "Served from the cache", "Fetched from upstream"):
+        assert after[figure] == before[figure], figure
+    # And they go on from there: one more hit.
+    response, _ = await fetch(f"{second.url}{layer}")
+    assert response.code == 200
+    _, body = await fetch(f"{second.url}/ui/cache")
+    assert definitions(body.decode())["Hit ratio"] == "33.3 % (2 of 6)"

@@ -6,10 +6,15 @@ security headers, what each user sees, and the refusals of the delete action.
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
+import time
 from urllib.parse import quote, urlencode
 
+from registry.ops import gcstatus
+from registry.storage import layout
+from registry.ui import _format
 from tests.ui import content
 from tests.ui.conftest import Filled, run_gc
 
@@ -258,6 +263,7 @@ def test_cache_and_storage_pages(filled: Filled) -> None:
     status, _, body = page(filled, "/ui/storage")
     assert status == 200
     assert "No garbage collection has been recorded" in body
+    assert "<dt>Space used by the registry</dt><dd>not known yet: txregistry gc counts it" in body
     assert "<dt>Driver</dt><dd>filesystem</dd>" in body
     assert "<dt>Deletes</dt><dd>enabled</dd>" in body
     # A gc run (the command line, over the same data) is shown afterwards.
@@ -266,6 +272,63 @@ def test_cache_and_storage_pages(filled: Filled) -> None:
     assert "No garbage collection has been recorded" not in body
     assert "<dt>Mode</dt><dd>dry run</dd>" in body
     assert "<dt>Errors</dt><dd>0</dd>" in body
+
+
+def test_storage_page_shows_the_space_the_registry_uses(filled: Filled) -> None:
+    """The registry's own bytes (every blob's data), as the last gc counted them, whatever
+    the driver; the file system's usage is a separate line."""
+    run_gc(filled)
+    blobs = filled.registry.workdir / "data" / layout.BLOBS
+    sizes = [data.stat().st_size for data in blobs.glob("*/*/*/data")]
+    assert len(sizes) > 5
+    status, _, body = page(filled, "/ui/storage")
+    assert status == 200
+    last = json.loads((filled.registry.workdir / "data" / gcstatus.STATUS_PATH).read_bytes())
+    assert (last["blobs_stored"], last["bytes_stored"]) == (len(sizes), sum(sizes))
+    expected = (
+        f"{_format.size(sum(sizes))} in {len(sizes)} blobs "
+        f"(as of the last gc at {_format.date(last['finished'])})"
+    )
+    assert f"<dt>Space used by the registry</dt><dd>{expected}</dd>" in body
+    assert "<dt>Disk used (the whole file system)</dt><dd>" in body
+
+
+def tag_dates_in_memory(filled: Filled) -> int:
+    _, _, body = page(filled, "/ui/storage")
+    found = re.search(r"<dt>Tag dates in memory</dt><dd>(\d+) repositor", body)
+    assert found, body
+    return int(found.group(1))
+
+
+def test_listed_repositories_get_their_tag_dates_read_in_the_background(
+    filled: Filled,
+) -> None:
+    alice = filled.client("alice")
+    image = content.push_image(alice, "team/warm", "a")
+    status, _, manifest = alice.request(
+        "GET", f"/v2/team/warm/manifests/{image.digest}", None, {"Accept": content.OCI_MANIFEST}
+    )
+    assert status == 200
+    headers = {"Content-Type": content.OCI_MANIFEST}
+    status, _, _ = alice.request("PUT", "/v2/team/warm/manifests/b", manifest, headers)
+    assert status == 201
+    tags = filled.registry.workdir / "data" / layout.tags_dir("team/warm")
+    for tag, when in (("a", 1_000_000_000), ("b", 2_000_000_000)):
+        os.utime(tags / tag / "current" / "link", (when, when))
+    before = tag_dates_in_memory(filled)
+    # Listing it (not opening it) has its dates read, after the list page is answered.
+    _, _, body = page(filled, "/ui/?q=team/warm")
+    assert rows(body, "repositories") == ["team/warm"]
+    for _ in range(200):
+        if tag_dates_in_memory(filled) == before + 1:
+            break
+        time.sleep(0.05)
+    assert tag_dates_in_memory(filled) == before + 1
+    # The first view uses the dates read then: "a" moved on disk since (not through the
+    # registry, so nothing told this process) still shows its earlier date.
+    os.utime(tags / "a" / "current" / "link", (3_000_000_000, 3_000_000_000))
+    _, _, body = page(filled, "/ui/r/team/warm")
+    assert rows(body, "tags") == ["b", "a"]
 
 
 def test_tags_are_sorted_by_the_date_storage_keeps(filled: Filled) -> None:
