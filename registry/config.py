@@ -64,6 +64,20 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+def parse_positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def parse_http_url(text: str) -> str:
+    text = text.strip()
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -340,6 +354,25 @@ def _apply_open_section_environment(
             near = difflib.get_close_matches(variable, candidates, n=1, cutoff=0.6)
             hint = f"; did you mean {near[0]}?" if near else ""
             raise ConfigError(f"environment variable {variable}: no such key{hint}")
+
+
+def parse_open_section(
+    section: str, values: Mapping[str, str], parsers: Mapping[str, Callable[[str], Any]]
+) -> dict[str, Any]:
+    """
+    The keys of an open section (``[proxy:NAME]``, ``[notifications:NAME]``), each read by its
+    parser; an unknown key or a bad value is a `ConfigError` naming the section and the key.
+    """
+    parsed: dict[str, Any] = {}
+    for name, text in values.items():
+        parse = parsers.get(name)
+        if parse is None:
+            raise ConfigError(f"{section} {name}: unknown key")
+        try:
+            parsed[name] = parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{section} {name}: {exc}") from None
+    return parsed
 
 
 def _parse_section(section: str, cls: type[T], values: Mapping[str, str]) -> T:

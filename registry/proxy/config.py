@@ -15,7 +15,16 @@ import attrs
 
 from registry.api.errors import RegistryError
 from registry.api.names import check_name
-from registry.config import Config, ConfigError, parse_bool, parse_duration, parse_size
+from registry.config import (
+    Config,
+    ConfigError,
+    parse_bool,
+    parse_duration,
+    parse_http_url,
+    parse_open_section,
+    parse_positive_duration,
+    parse_size,
+)
 
 SECTION_PREFIX = "proxy:"
 
@@ -45,17 +54,7 @@ def _prefix(text: str) -> str:
 
 
 def _url(text: str) -> str:
-    text = text.strip().rstrip("/")
-    if not text.startswith(("http://", "https://")):
-        raise ValueError(f"{text!r} is not an http(s) URL")
-    return text
-
-
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError("must be more than 0")
-    return value
+    return parse_http_url(text).rstrip("/")
 
 
 @attrs.frozen
@@ -99,27 +98,19 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "ttl": _optional_duration,
     "tag_freshness": parse_duration,
     "max_size": _optional_size,
-    "timeout": _positive_duration,
+    "timeout": parse_positive_duration,
     "cabundle": lambda t: t.strip() or None,
     "verify_reads": parse_bool,
     "library": parse_bool,
-    "flush_interval": _positive_duration,
-    "evict_interval": _positive_duration,
-    "log_interval": _positive_duration,
+    "flush_interval": parse_positive_duration,
+    "evict_interval": parse_positive_duration,
+    "log_interval": parse_positive_duration,
 }
 
 
 def parse_proxy(name: str, values: Mapping[str, str]) -> ProxyConfig:
     section = f"[{SECTION_PREFIX}{name}]"
-    kwargs: dict[str, Any] = {}
-    for key, text in values.items():
-        parse = _KEYS.get(key)
-        if parse is None:
-            raise ConfigError(f"{section} {key}: unknown key")
-        try:
-            kwargs[key] = parse(text)
-        except ValueError as exc:
-            raise ConfigError(f"{section} {key}: {exc}") from None
+    kwargs = parse_open_section(section, values, _KEYS)
     if "remoteurl" not in kwargs:
         raise ConfigError(f"{section} remoteurl: required")
     if not kwargs.get("prefix") and not kwargs.get("default"):

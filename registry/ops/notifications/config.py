@@ -16,7 +16,16 @@ from typing import Any
 
 import attrs
 
-from registry.config import Config, ConfigError, parse_bool, parse_duration, parse_list
+from registry.config import (
+    Config,
+    ConfigError,
+    parse_bool,
+    parse_duration,
+    parse_http_url,
+    parse_list,
+    parse_open_section,
+    parse_positive_duration,
+)
 
 SECTION_PREFIX = "notifications:"
 ACTIONS = ("push", "pull", "mount", "delete")
@@ -38,20 +47,6 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"header {name} has a line break in its value")
         headers.append((name, value.strip()))
     return tuple(headers)
-
-
-def _url(text: str) -> str:
-    text = text.strip()
-    if not text.startswith(("http://", "https://")):
-        raise ValueError(f"{text!r} is not an http(s) URL")
-    return text
-
-
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError("must be more than 0")
-    return value
 
 
 def _positive_int(text: str) -> int:
@@ -103,12 +98,12 @@ class EndpointConfig:
 
 
 _KEYS: dict[str, Callable[[str], Any]] = {
-    "url": _url,
+    "url": parse_http_url,
     "headers": parse_headers,
-    "timeout": _positive_duration,
+    "timeout": parse_positive_duration,
     "threshold": _positive_int,
-    "backoff": _positive_duration,
-    "maxbackoff": _positive_duration,
+    "backoff": parse_positive_duration,
+    "maxbackoff": parse_positive_duration,
     "ignoredmediatypes": parse_list,
     "ignore_mediatypes": parse_list,
     "ignore_actions": _actions,
@@ -121,15 +116,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
 
 def parse_endpoint(name: str, values: Mapping[str, str]) -> EndpointConfig:
     section = f"[{SECTION_PREFIX}{name}]"
-    kwargs: dict[str, Any] = {}
-    for key, text in values.items():
-        parse = _KEYS.get(key)
-        if parse is None:
-            raise ConfigError(f"{section} {key}: unknown key")
-        try:
-            kwargs[key] = parse(text)
-        except ValueError as exc:
-            raise ConfigError(f"{section} {key}: {exc}") from None
+    kwargs = parse_open_section(section, values, _KEYS)
     if "url" not in kwargs:
         raise ConfigError(f"{section} url: required")
     # registry:2 merges ignoredmediatypes and ignore.mediatypes the same way.
