@@ -86,6 +86,14 @@ class Listeners:
         if self._errors:
             raise StartupError(self._errors[0])
 
+    def bind_or_exit(self) -> None:
+        """`bind` where a failure can only end the process (twistd's privileged start, before
+        the reactor runs): one line naming the cause, exit status 1."""
+        try:
+            self.bind()
+        except StartupError as exc:
+            exit_now(str(exc))
+
     async def wait_bound(self) -> None:
         """Wait for endpoints still binding; raise `StartupError` if one failed."""
         for d in self._pending:
@@ -136,10 +144,7 @@ class ListeningService(Service):
         self.listeners = listeners
 
     def privilegedStartService(self) -> None:
-        try:
-            self.listeners.bind()
-        except StartupError as exc:
-            exit_now(str(exc))
+        self.listeners.bind_or_exit()
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def startService(self) -> None:

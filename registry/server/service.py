@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from registry.server.drain import ConnectionTracker
-from registry.server.exit import StartupError, exit_after_reactor, exit_now
+from registry.server.exit import StartupError, exit_after_reactor
 from registry.server.listeners import Listeners
 
 log = Logger()
@@ -60,10 +60,7 @@ class RegistryService(MultiService):
 
     def privilegedStartService(self) -> None:
         self._under_twistd = True
-        try:
-            self.listeners.bind()
-        except StartupError as exc:
-            exit_now(str(exc))
+        self.listeners.bind_or_exit()
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def startService(self) -> None:
