@@ -360,8 +360,9 @@ def parse_open_section(
     section: str, values: Mapping[str, str], parsers: Mapping[str, Callable[[str], Any]]
 ) -> dict[str, Any]:
     """
-    The keys of an open section (``[proxy:NAME]``, ``[notifications:NAME]``), each read by its
-    parser; an unknown key or a bad value is a `ConfigError` naming the section and the key.
+    The keys of a section, each read by its parser (the fixed sections' come from their
+    fields; ``[proxy:NAME]`` and ``[notifications:NAME]`` name theirs); an unknown key or a bad
+    value is a `ConfigError` naming the section and the key.
     """
     parsed: dict[str, Any] = {}
     for name, text in values.items():
@@ -376,17 +377,8 @@ def parse_open_section(
 
 
 def _parse_section(section: str, cls: type[T], values: Mapping[str, str]) -> T:
-    fields = {field.name: field for field in attrs.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for name, text in values.items():
-        field = fields.get(name)
-        if field is None:
-            raise ConfigError(f"[{section}] {name}: unknown key")
-        try:
-            kwargs[name] = field.metadata["parse"](text)
-        except ValueError as exc:
-            raise ConfigError(f"[{section}] {name}: {exc}") from None
-    return cls(**kwargs)
+    parsers = {field.name: field.metadata["parse"] for field in attrs.fields(cls)}  # type: ignore[arg-type]
+    return cls(**parse_open_section(f"[{section}]", values, parsers))
 
 
 def load(
