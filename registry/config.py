@@ -356,7 +356,7 @@ def _apply_open_section_environment(
             raise ConfigError(f"environment variable {variable}: no such key{hint}")
 
 
-def parse_open_section(
+def parse_section_values(
     section: str, values: Mapping[str, str], parsers: Mapping[str, Callable[[str], Any]]
 ) -> dict[str, Any]:
     """
@@ -378,7 +378,7 @@ def parse_open_section(
 
 def _parse_section(section: str, cls: type[T], values: Mapping[str, str]) -> T:
     parsers = {field.name: field.metadata["parse"] for field in attrs.fields(cls)}  # type: ignore[arg-type]
-    return cls(**parse_open_section(f"[{section}]", values, parsers))
+    return cls(**parse_section_values(f"[{section}]", values, parsers))
 
 
 def load(

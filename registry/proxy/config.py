@@ -21,8 +21,8 @@ from registry.config import (
     parse_bool,
     parse_duration,
     parse_http_url,
-    parse_open_section,
     parse_positive_duration,
+    parse_section_values,
     parse_size,
 )
 
@@ -110,7 +110,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
 
 def parse_proxy(name: str, values: Mapping[str, str]) -> ProxyConfig:
     section = f"[{SECTION_PREFIX}{name}]"
-    kwargs = parse_open_section(section, values, _KEYS)
+    kwargs = parse_section_values(section, values, _KEYS)
     if "remoteurl" not in kwargs:
         raise ConfigError(f"{section} remoteurl: required")
     if not kwargs.get("prefix") and not kwargs.get("default"):

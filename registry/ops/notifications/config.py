@@ -23,8 +23,8 @@ from registry.config import (
     parse_duration,
     parse_http_url,
     parse_list,
-    parse_open_section,
     parse_positive_duration,
+    parse_section_values,
 )
 
 SECTION_PREFIX = "notifications:"
@@ -116,7 +116,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
 
 def parse_endpoint(name: str, values: Mapping[str, str]) -> EndpointConfig:
     section = f"[{SECTION_PREFIX}{name}]"
-    kwargs = parse_open_section(section, values, _KEYS)
+    kwargs = parse_section_values(section, values, _KEYS)
     if "url" not in kwargs:
         raise ConfigError(f"{section} url: required")
     # registry:2 merges ignoredmediatypes and ignore.mediatypes the same way.
