@@ -32,7 +32,7 @@ from registry.http import responses
 from registry.http.forwarded import TrustedProxies
 from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
-from registry.ops.accounting import MeasuredResource, count_upload_sinks
+from registry.ops.accounting import RequestAccounting, count_upload_sinks
 from registry.proxy.errors import UpstreamError
 from registry.storage.driver import StorageError
 from registry.ui import ui_resource
@@ -241,12 +241,13 @@ def make_site(
         return sink
 
     site = RegistrySite(
-        MeasuredResource(app.router.resource(), ctx.metrics),
+        app.router.resource(),
         sink_factory=count_upload_sinks(sink_factory, ctx.metrics),
         max_body_size=max(ctx.config.http.max_body_size, ctx.config.storage.max_manifest_size),
         access_log=ctx.config.log.accesslog,
         after_request=after_request,
         timeout=ctx.config.http.timeout,
         trusted_proxies=TrustedProxies.from_words(ctx.config.http.trusted_proxies),
+        observer=RequestAccounting(ctx.metrics),
     )
     return site

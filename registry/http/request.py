@@ -65,6 +65,23 @@ class BodySink(Protocol):
 SinkFactory = Callable[["RegistryRequest", bytes, bytes, "int | None"], "BodySink | None"]
 
 
+class RequestObserver(Protocol):
+    """
+    Told about every request (`registry.ops.accounting.RequestAccounting`), by the Site, from
+    the calls twisted.web makes anyway: no wrapper resource, no Deferred per request.
+    """
+
+    def started(self, request: RegistryRequest) -> None:
+        """The request goes to the application (its body is in)."""
+
+    def finished(self, request: RegistryRequest, status: int, elapsed: float) -> None:
+        """
+        Once per request: answered with ``status`` (the early answer of a refused upload
+        included), or 499 when its client went away after `started` and before the answer.
+        ``elapsed``: seconds since its first byte.
+        """
+
+
 def _innermost_transport(transport: Any) -> Any:
     """The TCP connection below any TLS wrapper (where read and send sizes live)."""
     while (
@@ -88,6 +105,8 @@ class RegistryRequest(server.Request):
     access_logged: bool = False
     # The body went out through os.sendfile (registry.http.sendfile); in the access event.
     sent_with_sendfile: bool = False
+    # Its kind for the metrics (`registry.ops.accounting.route_kind`), set once it is started.
+    route_kind: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -263,6 +282,10 @@ class RegistryRequest(server.Request):
         sink = self.sink
         if sink is not None and not self.finished:
             sink.connection_lost(reason)
+        if not self.finished and not self.access_logged:
+            site = self._site()
+            if site is not None:
+                site.abandoned(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def raise_send_limit(self) -> None:
@@ -283,6 +306,7 @@ class RegistrySite(server.Site):
         access_log: bool = True,
         after_request: Callable[[int], None] | None = None,
         trusted_proxies: TrustedProxies | None = None,
+        observer: RequestObserver | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, requestFactory=RegistryRequest, **kwargs)  # type: ignore[no-untyped-call]
@@ -293,6 +317,8 @@ class RegistrySite(server.Site):
         self.after_request = after_request
         # Whose forwarding headers name the client (read by registry.http.forwarded.origin).
         self.trusted_proxies = trusted_proxies or TrustedProxies()
+        # Counts every request (the metrics): see `RequestObserver`.
+        self.observer = observer
         self.displayTracebacks = False
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -302,16 +328,40 @@ class RegistrySite(server.Site):
             misdirected.refuse_tls(protocol)
         return protocol
 
+    def getResourceFor(self, request: Any) -> Any:
+        # Called once per request, as twisted.web hands it to the application.
+        observer = self.observer
+        # An early answer (a refused upload) was counted when it was sent.
+        if (
+            observer is not None
+            and isinstance(request, RegistryRequest)
+            and not request.answered_early
+        ):
+            observer.started(request)
+        return super().getResourceFor(request)  # type: ignore[no-untyped-call]
+
+    def abandoned(self, request: RegistryRequest) -> None:
+        """Its client went away before the answer was complete (no access-log line then)."""
+        if self.observer is not None and request.route_kind is not None:
+            request.access_logged = True  # counted once
+            self.observer.finished(request, 499, time.monotonic() - request.started)
+
     def log(self, request: Any) -> None:
+        # Called by twisted.web once per answered request (and by an early answer); the one
+        # place that counts it, for the metrics as for the access log.
         if getattr(request, "access_logged", False):
             return  # answered early and logged then
-        if isinstance(request, RegistryRequest):
+        registry_request = isinstance(request, RegistryRequest)
+        if registry_request:
             request.access_logged = True
         if self.after_request is not None:
             self.after_request(request.sentLength + getattr(request.sink, "received", 0))
+        now = time.monotonic()
+        elapsed = now - getattr(request, "started", now)
+        if self.observer is not None and registry_request:
+            self.observer.finished(request, request.code, elapsed)
         if not self.access_log:
             return
-        elapsed = time.monotonic() - getattr(request, "started", time.monotonic())
         fields = {
             "method": request.method.decode("latin-1"),
             "path": request.uri.decode("latin-1")[:512],

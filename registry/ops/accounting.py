@@ -1,8 +1,12 @@
 """
-Per-request metrics, kept out of the handlers: `MeasuredResource` wraps the application's root
-resource and counts each request once it is finished (status, duration, bytes in and out),
-and `count_upload_sinks` wraps the Site's body-sink factory to know which uploads are
-streaming now.
+Per-request metrics, kept out of the handlers: `RequestAccounting` is told by the Site when a
+request is handed to the application and when it is answered (from the access-log call
+twisted.web already makes once per request) or abandoned by its client, and counts it (status,
+duration, bytes in and out); `count_upload_sinks` wraps the Site's body-sink factory to know
+which uploads are streaming now.
+
+No resource wrapper and no ``notifyFinish`` Deferred per request: this runs for every request,
+so it is a few dict updates on values the Site has at hand (measured: docs/monitoring.md).
 
 Route kinds come from the path's shape alone (`route_kind`): no name validation, no storage,
 nothing a client can turn into a new label value.
@@ -11,15 +15,12 @@ nothing a client can turn into a new label value.
 from __future__ import annotations
 
 import io
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
-from zope.interface import implementer
+from registry.ops.metrics import METHOD_LABELS, HistogramChild, Metrics
 
-from registry.ops.metrics import METHODS, Metrics
+if TYPE_CHECKING:
+    from registry.http.request import RegistryRequest
 
 
 def _v2_kind(rest: bytes) -> str:
@@ -67,59 +68,56 @@ def route_kind(path: bytes) -> str:
 
 def _body_size(request: Any) -> int:
     """Body bytes received: what a streaming sink took, or the buffered body's length."""
-    sink = getattr(request, "sink", None)
+    sink = request.sink
     if sink is not None:
         return int(getattr(sink, "received", 0))
-    content = getattr(request, "content", None)
+    content = request.content
     if isinstance(content, io.BytesIO):
         return content.getbuffer().nbytes
     return 0
 
 
-@implementer(IResource)
-class MeasuredResource:
+class RequestAccounting:
     """
-    The root resource, wrapped: every request rendered through it is counted when it
-    finishes.  A leaf, like the Klein resource inside, so twisted.web hands it every path.
+    The request metrics' side of `registry.http.request.RegistrySite`: ``started`` when a
+    request goes to the application (its body is in), ``finished`` once per request, when its
+    answer is complete or its client went away.  A request answered before it went to the
+    application (an upload refused early) is counted when answered and was never in flight.
     """
 
-    isLeaf = True
-
-    def __init__(self, inner: IResource, metrics: Metrics) -> None:
-        self.inner = inner
+    def __init__(self, metrics: Metrics) -> None:
         self.counts = metrics.http
         self.duration = metrics.request_duration
         # Histogram children by (method, route), looked up once (the hot path).
-        self._timers: dict[tuple[str, str], Any] = {}
+        self._timers: dict[tuple[str, str], HistogramChild] = {}
 
-    def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
-        return self  # never called for a leaf; part of IResource
+    def started(self, request: RegistryRequest) -> None:
+        kind = request.route_kind = route_kind(request.path)
+        in_flight = self.counts.in_flight
+        in_flight[kind] = in_flight.get(kind, 0) + 1
 
-    def putChild(self, path: bytes, child: IResource) -> None:
-        raise NotImplementedError("MeasuredResource has no children")
-
-    def render(self, request: Any) -> Any:
-        kind = route_kind(request.path)
-        method = request.method.decode("latin-1")
-        if method not in METHODS:
-            method = "other"
-        started = getattr(request, "started", None) or time.monotonic()
-        self.counts.started(kind)
-        request.notifyFinish().addBoth(
-            self._finished, request, method, kind, started, _body_size(request)
-        )
-        return self.inner.render(request)
-
-    def _finished(
-        self, result: object, request: Any, method: str, kind: str, started: float, received: int
-    ) -> None:
-        # A client gone before the answer: nginx's 499, not the status never sent.
-        status = "499" if isinstance(result, Failure) else str(request.code)
-        self.counts.finished(method, kind, status, received, int(request.sentLength))
+    def finished(self, request: RegistryRequest, status: int, elapsed: float) -> None:
+        """Count ``request``, answered with ``status`` (499: its client went away first)."""
+        counts = self.counts
+        kind = request.route_kind
+        if kind is None:  # answered before it reached the application
+            kind = route_kind(request.path or request.uri.split(b"?", 1)[0])
+        else:
+            counts.in_flight[kind] -= 1
+        method = METHOD_LABELS.get(request.method, "other")
+        key = (method, kind, status)
+        requests = counts.requests
+        requests[key] = requests.get(key, 0) + 1
+        received = _body_size(request)
+        if received:
+            counts.bytes_in[kind] = counts.bytes_in.get(kind, 0) + received
+        sent = request.sentLength
+        if sent:
+            counts.bytes_out[kind] = counts.bytes_out.get(kind, 0) + sent
         timer = self._timers.get((method, kind))
         if timer is None:
             timer = self._timers[(method, kind)] = self.duration.labels(method, kind)
-        timer.observe(time.monotonic() - started)
+        timer.observe(elapsed)
 
 
 def count_upload_sinks(factory: Any, metrics: Metrics) -> Any:

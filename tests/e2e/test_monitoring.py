@@ -306,3 +306,78 @@ async def test_an_upload_streaming_now_is_an_open_upload(start_registry: Starter
         sock.close()
     found, _ = await scrape(registry.url)
     assert found[("txregistry_uploads_open", ())] == 0
+
+
+def in_flight(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], route: str) -> float:
+    return found.get(("txregistry_http_requests_in_flight", (("route", route),)), 0.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_before_the_answer_is_counted_once_as_499(
+    start_registry: Starter,
+) -> None:
+    """A pull-through manifest GET waits on an upstream that never answers; the client leaves:
+    in flight while it waits, then one request with status 499 and nothing left in flight."""
+    fake: FakeUpstream = await start_fake_upstream(reactor)
+    fake.switches.stall = True
+    try:
+        registry = await start_registry(
+            {"proxy:hub": {"remoteurl": fake.url, "prefix": "docker.io"}}
+        )
+        before, _ = await scrape(registry.url)
+        port = int(registry.url.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            path = "/v2/docker.io/library/alpine/manifests/latest"
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+            async def waiting() -> bool:
+                found, _ = await scrape(registry.url)
+                return in_flight(found, "manifest") == 1
+
+            await wait_until(waiting, within=5.0)
+        finally:
+            sock.close()
+        requests = "txregistry_http_requests_total"
+
+        async def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            found, _ = await scrape(registry.url)
+            key = (requests, (("method", "GET"), ("route", "manifest"), ("status", "499")))
+            return found if found.get(key) else None
+
+        after = await wait_until(counted, within=5.0)
+        assert moved(before, after, requests, method="GET", route="manifest", status="499") == 1
+        assert in_flight(after, "manifest") == 0
+        duration = "txregistry_http_request_duration_seconds_count"
+        assert moved(before, after, duration, method="GET", route="manifest") == 1
+        fake.switches.stall = False
+        fake.drop_connections()
+    finally:
+        await fake.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_refused_before_its_body_is_counted(start_registry: Starter) -> None:
+    """``Expect: 100-continue`` to an unknown upload: answered 404 at once and the connection
+    closed, the body never sent.  Counted as answered, never in flight."""
+    registry = await start_registry()
+    before, _ = await scrape(registry.url)
+    port = int(registry.url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        head = (
+            "PATCH /v2/app/blobs/uploads/no-such-upload HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        answer_line = await deferToThread(sock.recv, 200)
+        assert answer_line.startswith(b"HTTP/1.1 404"), answer_line
+    finally:
+        sock.close()
+    after, _ = await scrape(registry.url)
+    requests = "txregistry_http_requests_total"
+    assert moved(before, after, requests, method="PATCH", route="upload", status="404") == 1
+    assert moved(before, after, "txregistry_http_request_duration_seconds_count",
+                 method="PATCH", route="upload") == 1  # fmt: skip
+    assert in_flight(after, "upload") == 0
+    assert after[("txregistry_uploads_open", ())] == 0

@@ -8,12 +8,13 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from registry.ops.accounting import route_kind
-from registry.ops.metrics import ROUTE_KINDS, Metrics
+from registry.ops.metrics import REQUEST_BUCKETS, ROUTE_KINDS, Metrics, PlainHistogram
 from registry.ops.storage_metrics import MeasuredDriver
 from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.memory import MemoryDriver
@@ -101,6 +102,27 @@ def test_collected_families_render_and_parse() -> None:
         metrics.collect("x_hits_total", "Again.", "counter", lambda: [])
     with pytest.raises(ValueError):
         metrics.collect("x_other", "?", "histogram", lambda: [])
+
+
+@given(st.lists(st.sampled_from([0.0, 1e-9, 0.001, 0.0011, 0.05, 0.3, 2.5, 60.0, 61.0])))
+def test_plain_histogram_exposes_what_prometheus_client_does(values: list[float]) -> None:
+    """The same observations (bucket bounds themselves included: ``le`` is inclusive) give the
+    same exposition as prometheus_client's Histogram, ``_created`` series included."""
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("x_seconds", "X.", ["a", "b"], buckets=REQUEST_BUCKETS, registry=theirs)
+    plain = PlainHistogram("x_seconds", "X.", ["a", "b"], REQUEST_BUCKETS)
+    ours.register(plain)
+    for value in values:
+        reference.labels("k", "v").observe(value)
+        plain.labels("k", "v").observe(value)
+
+    def exposed(registry: CollectorRegistry) -> list[str]:
+        lines = generate_latest(registry).decode().splitlines()
+        return [line.split(" ")[0] if "_created" in line else line for line in lines]
+
+    assert exposed(ours) == exposed(theirs)
+    with pytest.raises(ValueError):
+        plain.labels("k")
 
 
 def test_two_contexts_do_not_share_metrics() -> None:
