@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench tools bench-tools install-missing clean
+.PHONY: venv run test lint bench tools bench-tools install-missing try-twisted clean
 
 # The checkout is installed editable, and listed in a .pth file of the venv as well: Twisted
 # finds `twistd` plugins by scanning twisted/plugins under each sys.path entry, and an editable
@@ -73,5 +73,23 @@ bench: $(STAMP) bench-tools
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/s3.py
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/sendfile.py
 
+# Another Twisted (by default the newest, past the range pyproject.toml pins) in a scratch
+# venv, against the tests of what txregistry takes from Twisted's internals
+# (registry/http/twisted_internals.py) and of the fast paths built on them; docs/install.md.
+TWISTED ?= twisted[tls,http2]
+TRY_VENV := .venv-twisted
+TWISTED_TESTS := tests/e2e/test_twisted_internals.py tests/e2e/test_chunked_bodies.py \
+	tests/e2e/test_refused_bodies.py tests/e2e/test_sendfile.py tests/auth/test_tls.py \
+	tests/cache/test_fill_integrity.py
+
+try-twisted:
+	rm -rf $(TRY_VENV)
+	$(PYTHON) -m venv $(TRY_VENV)
+	$(TRY_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRY_VENV)/bin/pip install --quiet -e '.[test,http2]'
+	$(TRY_VENV)/bin/pip install --quiet --upgrade '$(TWISTED)'
+	$(TRY_VENV)/bin/python -c 'import twisted; print("trying Twisted", twisted.__version__)'
+	PYTHONPATH=$(CURDIR) $(TRY_VENV)/bin/python -m pytest -p no:cacheprovider -q $(TWISTED_TESTS)
+
 clean:
-	rm -rf $(VENV) registry-data
+	rm -rf $(VENV) $(TRY_VENV) registry-data

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+import twisted
 from registry.app import make_site
 from registry.auth.interfaces import IAccessController
 from registry.auth.wiring import AuthSettings, make_access_controller
@@ -26,7 +27,7 @@ from registry.config import Config, ConfigError, load
 from registry.failures import log_failure
 from registry.handlers.context import LocalStores, RegistryContext, Stores
 from registry.handlers.monitoring import make_debug_site
-from registry.http import sendfile
+from registry.http import sendfile, twisted_internals
 from registry.http.tls import (
     TLSSettings,
     normalize_description,
@@ -238,11 +239,25 @@ def add_monitoring(
         log.info("metrics and health on {addr}", addr=config.debug.addr)
 
 
+def refuse_unknown_twisted(problems: list[str]) -> None:
+    """
+    Refuse to start on a Twisted whose private parts moved (`registry.http.twisted_internals`).
+    There is no switch to start anyway: the fast paths read those parts directly, so running
+    would turn them into failed requests; docs/install.md says how to try a newer Twisted.
+    """
+    if problems:
+        exit_now(
+            f"this Twisted ({twisted.__version__}) lacks what txregistry relies on: "
+            + "; ".join(problems)
+        )
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     config = options.config
     assert config is not None
+    refuse_unknown_twisted(twisted_internals.problems())
     limit_malloc_arenas()  # before any worker thread exists: see registry/memory.py
     root = MultiService()
     pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
@@ -284,7 +299,7 @@ def makeService(options: Options) -> IService:
     add_monitoring(config, ctx, router, reactor, root)
     register_notification_metrics(ctx.metrics.registry, ctx.notifier)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
-    if config.http.sendfile and (problems := sendfile.twisted_problems()):
+    if config.http.sendfile and (problems := sendfile.platform_problems()):
         log.warn(
             "[http] sendfile: blob bodies go through the registry instead ({problems})",
             problems="; ".join(problems),

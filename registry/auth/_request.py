@@ -17,6 +17,7 @@ from OpenSSL.crypto import X509
 from twisted.internet.interfaces import ISSLTransport
 from twisted.web.iweb import IRequest
 
+from registry.http import twisted_internals
 from registry.http.forwarded import origin
 
 
@@ -79,7 +80,7 @@ def peer_certificate(request: IRequest) -> x509.Certificate | None:
     """
     channel = getattr(request, "channel", None)
     candidates = [getattr(request, "transport", None), getattr(channel, "transport", None)]
-    conn = getattr(channel, "_conn", None)  # twisted.web's HTTP/2 stream -> its connection
+    conn = twisted_internals.h2_connection(channel)  # an HTTP/2 stream -> its connection
     if conn is not None:
         candidates.append(getattr(conn, "transport", None))
     for transport in candidates:

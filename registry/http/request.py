@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from registry.api.errors import RegistryError
-from registry.http import misdirected, reasons, responses
+from registry.http import misdirected, reasons, responses, twisted_internals
 from registry.http.chunked import ChunkedBodyDecoder
 from registry.http.forwarded import TrustedProxies, client_address
 
@@ -107,6 +107,8 @@ class RegistryRequest(server.Request):
     sent_with_sendfile: bool = False
     # Its kind for the metrics (`registry.ops.accounting.route_kind`), set once it is started.
     route_kind: str | None = None
+    # The body is chunked and decoded by ChunkedBodyDecoder (tests check the fast path is on).
+    chunked_in_bulk: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -123,11 +125,14 @@ class RegistryRequest(server.Request):
         return site if isinstance(site, RegistrySite) else None
 
     def _request_line(self) -> tuple[bytes, bytes]:
-        channel = self.channel
+        channel: Any = self.channel
         # HTTP/1.1 keeps the request line on the channel until the body is in; HTTP/2 streams
         # have it as attributes.
-        method = getattr(channel, "_command", None) or getattr(channel, "command", b"")
-        path = getattr(channel, "_path", None) or getattr(channel, "path", b"")
+        if isinstance(channel, http.HTTPChannel):
+            method, path, _ = twisted_internals.pending_request_line(channel)
+            return method, path
+        method = getattr(channel, "command", b"")
+        path = getattr(channel, "path", b"")
         return bytes(method or b""), bytes(path or b"")
 
     def gotLength(self, length: int | None) -> None:
@@ -151,16 +156,12 @@ class RegistryRequest(server.Request):
 
     def _speaks_http1(self) -> bool:
         """HTTP/2 streams have their own flow control and no early answers here."""
-        return hasattr(self.channel, "_networkProducer")
+        return isinstance(self.channel, http.HTTPChannel)
 
     def _decode_chunks_in_bulk(self) -> None:
         """A chunked upload body goes through `ChunkedBodyDecoder` instead of twisted.web's."""
         channel: Any = self.channel
-        decoder = getattr(channel, "_transferDecoder", None)
-        if isinstance(decoder, http._ChunkedTransferDecoder):
-            channel._transferDecoder = ChunkedBodyDecoder(
-                decoder.dataCallback, decoder.finishCallback
-            )
+        self.chunked_in_bulk = twisted_internals.use_chunked_decoder(channel, ChunkedBodyDecoder)
 
     def _hold_continue(self) -> None:
         """
@@ -168,7 +169,8 @@ class RegistryRequest(server.Request):
         headers are in, and answer it when the sink is ready (`_body_welcome`).
         """
         expect = self.requestHeaders.getRawHeaders(b"expect")
-        version = getattr(self.channel, "_version", None)
+        channel: Any = self.channel
+        version = twisted_internals.pending_request_line(channel)[2]
         if expect and expect[0].lower() == b"100-continue" and version == b"HTTP/1.1":
             self.requestHeaders.removeHeader(b"expect")
             self._continue_held = True
@@ -188,10 +190,8 @@ class RegistryRequest(server.Request):
         self._continue_held = False
         channel: Any = self.channel
         # The request line is filled in by twisted.web only once the body is in.
-        self.method = channel._command
-        self.uri = channel._path
+        self.method, self.uri, self.clientproto = twisted_internals.pending_request_line(channel)
         self.path = self.uri.split(b"?", 1)[0]
-        self.clientproto = channel._version
         channel.persistent = False
         self.setHeader("Connection", "close")  # type: ignore[no-untyped-call]
         self.setHeader(*responses.API_VERSION_HEADER)  # type: ignore[no-untyped-call]
@@ -262,7 +262,7 @@ class RegistryRequest(server.Request):
 
     def _pause_body(self) -> None:
         self._paused_by_body = True
-        if hasattr(self.channel, "_networkProducer"):
+        if self._speaks_http1():
             self.channel.transport.pauseProducing()  # type: ignore[union-attr]
         else:  # HTTP/2 stream: flow control through the stream
             self.channel.pauseProducing()
@@ -273,7 +273,7 @@ class RegistryRequest(server.Request):
         self._paused_by_body = False
         if self.channel is None:
             return
-        if hasattr(self.channel, "_networkProducer"):
+        if self._speaks_http1():
             self.channel.transport.resumeProducing()  # type: ignore[union-attr]
         else:
             self.channel.resumeProducing()

@@ -27,8 +27,8 @@ handler sees `CancelledError`); a send that fails (the peer reset) drops the con
 
 Only public Twisted API is called.  Which producer a transport holds is read from its
 ``producer`` and ``streamingProducer`` attributes (documented instance variables of Twisted's
-consumer mixin, not part of an interface): `_transport_producer` is the one place that does,
-and `twisted_problems` checks at start-up that they are still there.
+consumer mixin, not part of an interface), through `registry.http.twisted_internals`, whose
+start-up check covers the rest of what this module calls on Twisted's classes too.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import functools
 import os
 from typing import Any
 
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPullProducer, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
@@ -47,7 +47,7 @@ from twisted.web import http
 from twisted.web.iweb import IBodyProducer, IRequest
 from zope.interface import implementer
 
-from registry.http import responses
+from registry.http import responses, twisted_internals
 from registry.storage.driver import StorageError
 from registry.storage.producers import ILocalFile, LocalRange
 
@@ -61,36 +61,21 @@ _GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN}
 
 
 @functools.cache
-def twisted_problems() -> tuple[str, ...]:
+def platform_problems() -> tuple[str, ...]:
     """
-    What this module needs from Twisted and does not find (empty when all is there).  Checked
-    once, at start-up and before the first use: with any problem, bodies take the producer path.
+    Why this platform cannot send with ``os.sendfile`` (empty when it can).  Checked at
+    start-up and before the first use: with any problem, bodies take the producer path.  What
+    this module needs from Twisted is checked with the rest, by
+    `registry.http.twisted_internals.problems`, and start-up refuses a Twisted without it.
     """
-    problems = []
     if not hasattr(os, "sendfile"):
-        problems.append("os.sendfile is not available on this platform")
-    for name in ("producer", "streamingProducer"):
-        if not hasattr(abstract.FileDescriptor, name):
-            problems.append(f"twisted.internet.abstract.FileDescriptor.{name} is gone")
-    for name in ("fileno", "registerProducer", "unregisterProducer", "startWriting"):
-        if not callable(getattr(tcp.Server, name, None)):
-            problems.append(f"twisted.internet.tcp.Server.{name}() is gone")
-    if not callable(getattr(http.HTTPChannel, "resumeProducing", None)):
-        problems.append("twisted.web.http.HTTPChannel.resumeProducing() is gone")
-    return tuple(problems)
-
-
-def _transport_producer(transport: Any) -> tuple[object | None, bool]:
-    """
-    The producer registered on ``transport`` and whether it streams: the one read of Twisted's
-    consumer state (see the module docstring).
-    """
-    return transport.producer, bool(transport.streamingProducer)
+        return ("os.sendfile is not available on this platform",)
+    return ()
 
 
 def _socket_transport(request: IRequest) -> Any | None:
     """The plain TCP transport under an HTTP/1.x request, when sendfile may use it."""
-    if twisted_problems():
+    if platform_problems():
         return None
     channel: Any = getattr(request, "channel", None)
     if not isinstance(channel, http.HTTPChannel):  # HTTP/2 streams, test doubles
@@ -105,7 +90,7 @@ def _socket_transport(request: IRequest) -> Any | None:
         or transport.disconnecting
     ):
         return None
-    if _transport_producer(transport) != (channel, True):
+    if twisted_internals.transport_producer(transport) != (channel, True):
         return None  # something else drives this connection: leave it alone
     return transport
 

@@ -22,6 +22,7 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from registry.api.digests import Digest, DigestingHasher
+from registry.http import twisted_internals
 from registry.proxy.errors import UpstreamBadResponse, UpstreamError, UpstreamUnavailable
 
 _CLEAN_END = (ResponseDone, PotentialDataLoss)
@@ -40,9 +41,10 @@ def abort_transport(transport: object) -> None:
 
     The body transport twisted hands out is a ``TransportProxyProducer`` whose
     ``stopProducing`` only asks for a graceful close; a stalled TLS peer could keep that
-    open.  Reaching for the wrapped transport's ``abortConnection`` is the only way to drop it.
+    open.  Reaching for the wrapped transport's ``abortConnection`` (through
+    `registry.http.twisted_internals`) is the only way to drop it.
     """
-    inner = getattr(transport, "_producer", None)
+    inner = twisted_internals.proxied_transport(transport)
     abort = getattr(inner, "abortConnection", None)
     if callable(abort):
         abort()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from registry.http.tls import (
 from tests.auth import pki
 from tests.auth.conftest import reactor
 from tests.auth.site import http_client, serving
+from tests.e2e.tools import require, run
 
 
 class PKI:
@@ -228,3 +230,23 @@ async def test_certificate_users_with_password_fallback(
         response = await client.get(url, auth=("alice", "wonderland"))
         assert response.code == 200
         assert json.loads(await response.content())["principal"] == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_certificate_over_http2(certs: PKI, tmp_path: Path) -> None:
+    """
+    An HTTP/2 request's certificate is found through its stream's connection
+    (`twisted_internals.h2_connection`): the stream's own transport is not the TLS one.
+    """
+    client_pem = pki.write(str(tmp_path / "client.pem"), certs.client_pem)
+    tls = TLSSettings(clientcas=certs.ca_path, clientauth="optional", http2=True)
+    endpoint = server_endpoint(reactor(), certs.description(), tls)
+    async with serving(CONTROLLER, endpoint) as port:
+        url = f"https://127.0.0.1:{port}/v2/?scope=repository:public/a:pull"
+        output = await run(
+            require("curl"), "-sS", "--http2", "--cacert", certs.ca_path, "--cert", client_pem,
+            "-w", "\n%{http_version}", url,
+        )  # fmt: skip
+    body, version = output.rsplit("\n", 1)
+    assert version == "2"
+    assert json.loads(body)["principal"] == "alice"

@@ -1,0 +1,238 @@
+"""
+The one door to Twisted's private state: every read or write of an attribute Twisted does not
+document goes through a function here, and `problems` checks at start-up that each is still
+where these functions look.
+
+Why private state at all: three fast paths have no public API to stand on.
+
+- Streamed uploads decide where the body goes when the headers are in (`gotLength`), before
+  twisted.web has copied the request line onto the `Request`; it is on the channel.
+- Chunked upload bodies are decoded by `registry.http.chunked.ChunkedBodyDecoder` (one copy
+  instead of two); twisted.web offers no hook to choose the transfer decoder.
+- A refused upload is answered before its body is sent (`RegistryRequest._body_refused`),
+  which needs the request line and HTTP version before twisted.web hands them over.
+
+And three places where an object twisted.web hands out hides the one we need: an HTTP/2
+stream's connection (its TLS peer certificate), the transport under a response body's
+``TransportProxyProducer`` (to abort it), and the producer a TCP transport holds (sendfile).
+
+Before, each place used ``getattr(obj, "_name", None)`` and carried on without it, so a Twisted
+upgrade that renamed one would switch a fast path off without a word.  Now a Twisted that lacks
+any of them refuses to start (`registry.tap`), the functions here read the attributes directly,
+and the supported Twisted range is pinned in ``pyproject.toml`` (docs/install.md says how to
+try a newer one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import abstract, tcp
+from twisted.web import _newclient, http
+
+from registry.http.chunked import ChunkedBodyDecoder
+
+# What `problems` checks; names, so a test can swap in a class that lacks something.
+_HTTP_CHANNEL: type[http.HTTPChannel] = http.HTTPChannel
+_REQUEST: type[http.Request] = http.Request
+_PROXY_PRODUCER: type[Any] = _newclient.TransportProxyProducer
+_FILE_DESCRIPTOR: type[Any] = abstract.FileDescriptor
+_TCP_SERVER: type[Any] = tcp.Server
+
+
+def _h2_stream() -> type[Any] | None:
+    """twisted.web's HTTP/2 stream class, when the ``http2`` extra (h2) is installed."""
+    try:
+        from twisted.web._http2 import H2Stream
+    except ImportError:
+        return None
+    return H2Stream
+
+
+_H2_STREAM: type[Any] | None = _h2_stream()
+
+
+def pending_request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
+    """
+    Method, target and version of the HTTP/1.x request whose body is being read.  twisted.web
+    keeps them on the channel (``_command``, ``_path``, ``_version``) and gives them to the
+    `Request` only once the whole body is in; an upload is routed, and may be refused, before.
+    """
+    ch: Any = channel
+    return bytes(ch._command or b""), bytes(ch._path or b""), bytes(ch._version or b"")
+
+
+def use_chunked_decoder(
+    channel: http.HTTPChannel,
+    make: Callable[[Callable[[bytes], None], Callable[[bytes], None]], object],
+) -> bool:
+    """
+    Replace twisted.web's chunked transfer decoder of the request being read (``_transferDecoder``)
+    by ``make(dataCallback, finishCallback)``; False when the body is not chunked.  twisted.web
+    has no public way to choose the decoder, and its own copies every byte twice.
+    """
+    ch: Any = channel
+    decoder = ch._transferDecoder
+    if not isinstance(decoder, http._ChunkedTransferDecoder):
+        return False
+    ch._transferDecoder = make(decoder.dataCallback, decoder.finishCallback)
+    return True
+
+
+def h2_connection(stream: object) -> object | None:
+    """
+    The `H2Connection` an HTTP/2 stream belongs to (``H2Stream._conn``), whose transport is the
+    TLS connection; None for anything else.  The stream's own ``transport`` is not that.
+    """
+    if _H2_STREAM is None or not isinstance(stream, _H2_STREAM):
+        return None
+    conn: object = stream._conn
+    return conn
+
+
+def proxied_transport(transport: object) -> object | None:
+    """
+    The transport a response body's ``TransportProxyProducer`` wraps (``_producer``; None once
+    the response is done).  Only that one can ``abortConnection``: the proxy's
+    ``stopProducing`` asks for a graceful close that a stalled TLS peer can hold open.
+    """
+    if not isinstance(transport, _newclient.TransportProxyProducer):
+        return None
+    inner: object | None = transport._producer
+    return inner
+
+
+def transport_producer(transport: abstract.FileDescriptor) -> tuple[object | None, bool]:
+    """
+    The producer registered on a TCP transport and whether it streams (``producer`` and
+    ``streamingProducer``: documented instance variables of Twisted's consumer mixin, but no
+    interface offers them).  `registry.http.sendfile` takes the socket over only from the
+    HTTP channel it expects there.
+    """
+    fd: Any = transport
+    return fd.producer, bool(fd.streamingProducer)
+
+
+def _assigned_in(cls: type[Any], method: str, name: str) -> bool:
+    """Whether ``cls.method`` (where Twisted sets an instance attribute) assigns ``name``."""
+    code = getattr(getattr(cls, method, None), "__code__", None)
+    return code is not None and name in code.co_names
+
+
+def _qualname(cls: type[Any]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _ProbeTransport:
+    """Where the probe channel writes; nothing is sent anywhere."""
+
+    disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+    def getPeer(self) -> None:
+        return None
+
+    def getHost(self) -> None:
+        return None
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+
+def _http1_problems(channel_class: type[http.HTTPChannel]) -> list[str]:
+    """
+    Feed a chunked upload to a real channel (no socket) and check, at `gotLength` time as
+    `RegistryRequest` does, that the request line is on the channel and that the decoder swap
+    carries the body through `ChunkedBodyDecoder`.
+    """
+    name = _qualname(channel_class)
+    seen: dict[str, Any] = {"body": b"", "done": False}
+
+    class Probe(http.Request):
+        def gotLength(self, length: int | None) -> None:
+            super().gotLength(length)  # type: ignore[no-untyped-call]
+            channel: Any = self.channel
+            try:
+                seen["line"] = pending_request_line(channel)
+            except AttributeError as exc:
+                seen["line"] = exc
+            try:
+                seen["swapped"] = use_chunked_decoder(channel, ChunkedBodyDecoder)
+            except AttributeError as exc:
+                seen["swapped"] = exc
+
+        def handleContentChunk(self, data: bytes) -> None:
+            seen["body"] += data
+
+        def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+            seen["done"] = True
+
+    try:
+        channel: Any = channel_class()
+        channel.timeOut = None  # no idle timer on the reactor
+        channel.requestFactory = Probe
+        channel.makeConnection(_ProbeTransport())
+        channel.dataReceived(
+            b"PUT /probe HTTP/1.1\r\nHost: probe\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n"
+        )
+        channel.connectionLost(None)
+    except Exception as exc:  # a Twisted this different fails here, not on a client
+        return [f"{name} failed a chunked request: {exc!r}"]
+    problems = []
+    line = seen.get("line")
+    if line != (b"PUT", b"/probe", b"HTTP/1.1"):
+        problems.append(
+            f"{name} no longer keeps the request line in _command/_path/_version "
+            f"while the body is read (found {line!r})"
+        )
+    swapped = seen.get("swapped")
+    if swapped is not True:
+        problems.append(
+            f"{name}._transferDecoder is no longer twisted.web.http._ChunkedTransferDecoder "
+            f"with dataCallback/finishCallback (found {swapped!r})"
+        )
+    elif seen["body"] != b"abc" or not seen["done"]:
+        problems.append(f"{name} did not take a chunked body through a replaced decoder")
+    return problems
+
+
+def problems() -> list[str]:
+    """
+    What the functions here rely on and the installed Twisted lacks, one sentence each (empty
+    when all is there).  Called once at start-up; cheap (no socket, no reactor).
+    """
+    found = _http1_problems(_HTTP_CHANNEL)
+    if not _assigned_in(_PROXY_PRODUCER, "__init__", "_producer"):
+        found.append(f"{_qualname(_PROXY_PRODUCER)} no longer keeps its transport in _producer")
+    if _H2_STREAM is not None and not _assigned_in(_H2_STREAM, "__init__", "_conn"):
+        found.append(f"{_qualname(_H2_STREAM)} no longer keeps its connection in _conn")
+    # Read by RegistryRequest itself: whether the client left.  (Its write of
+    # _parsePOSTFormSubmission = False is not checked: a Twisted without it, 24.7 included,
+    # parses form bodies, which the registry never receives.)
+    if not hasattr(_REQUEST, "_disconnected"):
+        found.append(f"{_qualname(_REQUEST)}._disconnected is gone")
+    # Public but undocumented knobs: without them reads and sends fall back to small sizes.
+    for attribute in ("producer", "streamingProducer", "SEND_LIMIT"):
+        if not hasattr(_FILE_DESCRIPTOR, attribute):
+            found.append(f"{_qualname(_FILE_DESCRIPTOR)}.{attribute} is gone")
+    if not hasattr(_TCP_SERVER, "bufferSize"):
+        found.append(f"{_qualname(_TCP_SERVER)}.bufferSize is gone")
+    for method in ("fileno", "registerProducer", "unregisterProducer", "startWriting"):
+        if not callable(getattr(_TCP_SERVER, method, None)):
+            found.append(f"{_qualname(_TCP_SERVER)}.{method}() is gone")
+    if not callable(getattr(_HTTP_CHANNEL, "resumeProducing", None)):
+        found.append(f"{_qualname(_HTTP_CHANNEL)}.resumeProducing() is gone")
+    return found

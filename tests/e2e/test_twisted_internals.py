@@ -1,0 +1,197 @@
+"""
+The fast paths that stand on Twisted's private state (`registry.http.twisted_internals`) are on
+with the installed Twisted, and the start-up check names what a changed Twisted lacks.
+
+Over a real socket to a `RegistrySite` whose sink and resource report, in the response body,
+what the registry's own code recorded: a chunked body decoded by `ChunkedBodyDecoder`, a body
+refused before it is sent.  The HTTP/2 connection lookup is covered in tests/auth/test_tls.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+from twisted.web import http
+from twisted.web.resource import Resource
+
+import twisted
+from registry.api.errors import BLOB_UPLOAD_UNKNOWN, RegistryError
+from registry.http import twisted_internals
+from registry.http.request import RegistryRequest, RegistrySite
+from tests.e2e.harness import twistd_command
+from tests.e2e.test_refused_bodies import RawUpload
+from tests.server.proc import child_env
+
+MiB = 1024 * 1024
+
+
+class _Sink:
+    """Keeps the body; refuses it at once when told to."""
+
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+        self.body = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.body += data
+
+    def connection_lost(self, reason: object) -> None:
+        pass
+
+    def watch(self, ready: Callable[[], None], refused: Callable[[RegistryError], None]) -> None:
+        if self.refuse:
+            refused(RegistryError(BLOB_UPLOAD_UNKNOWN))
+        else:
+            ready()
+
+
+class _Report(Resource):
+    """Answers what the request recorded: body bytes the sink got, and which decoder."""
+
+    isLeaf = True
+
+    def render_PUT(self, request: RegistryRequest) -> bytes:
+        sink: Any = request.sink
+        report = {"received": bytes(sink.body).decode(), "bulk": request.chunked_in_bulk}
+        return json.dumps(report).encode()
+
+
+@pytest_twisted.async_yield_fixture
+async def url() -> AsyncIterator[str]:
+    from twisted.internet import reactor
+
+    def sink_factory(request: Any, method: bytes, path: bytes, length: int | None) -> _Sink:
+        return _Sink(refuse=path.startswith(b"/refuse"))
+
+    site = RegistrySite(_Report(), sink_factory=sink_factory, access_log=False)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+    try:
+        yield f"http://127.0.0.1:{port.getHost().port}"
+    finally:
+        await port.stopListening()
+
+
+def test_nothing_missing_from_the_installed_twisted() -> None:
+    assert twisted_internals.problems() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_body_goes_through_chunked_body_decoder(url: str) -> None:
+    def exchange() -> Any:
+        with RawUpload(url) as client:
+            client.send(
+                b"PUT /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\n"
+            )
+            return client.answer()
+
+    answer = await deferToThread(exchange)
+    assert answer.status == 200
+    assert json.loads(answer.body) == {"received": "hello world", "bulk": True}
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_body_is_answered_before_it_is_sent(url: str) -> None:
+    def exchange() -> Any:
+        with RawUpload(url) as client:
+            client.send_headers("PUT", "/refuse?x=1", 64 * MiB, "Expect: 100-continue")
+            answer = client.answer()  # not a byte of the body was sent
+            assert client.closed_by_server()
+            return answer
+
+    answer = await deferToThread(exchange)
+    assert not answer.continued
+    assert answer.status == 404
+    assert json.loads(answer.body)["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+    assert answer.headers["connection"] == "close"
+
+
+class _RenamedChannel(http.HTTPChannel):
+    """A Twisted whose channel keeps the method elsewhere while the body is read."""
+
+    def lineReceived(self, line: bytes) -> None:
+        super().lineReceived(line)  # type: ignore[no-untyped-call]
+        if "_command" in self.__dict__:
+            self._method = self.__dict__.pop("_command")
+
+    def allContentReceived(self) -> None:
+        self._command = self.__dict__.pop("_method")  # what the rest of this Twisted reads
+        super().allContentReceived()  # type: ignore[no-untyped-call]
+
+
+class _PlainChannel(http.HTTPChannel):
+    """A Twisted whose chunked decoder is a class of another name."""
+
+    def headerReceived(self, line: bytes) -> bool:
+        result: bool = super().headerReceived(line)  # type: ignore[no-untyped-call]
+        decoder = self.__dict__.get("_transferDecoder")
+        if isinstance(decoder, http._ChunkedTransferDecoder):
+            self._transferDecoder = _OtherDecoder(decoder)
+        return result
+
+
+class _OtherDecoder:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def dataReceived(self, data: bytes) -> None:
+        self.inner.dataReceived(data)
+
+    def noMoreData(self) -> None:
+        self.inner.noMoreData()
+
+
+class _ProxyWithoutProducer:
+    def __init__(self, transport: object) -> None:
+        self._wrapped = transport
+
+
+class _RequestWithoutFlag(http.Request):
+    _disconnected: Any = property()  # reading it fails, as if it were gone
+
+
+@pytest.mark.parametrize(
+    ("name", "fake", "expected"),
+    [
+        ("_HTTP_CHANNEL", _RenamedChannel, "_RenamedChannel no longer keeps the request line"),
+        ("_HTTP_CHANNEL", _PlainChannel, "_PlainChannel._transferDecoder is no longer"),
+        ("_PROXY_PRODUCER", _ProxyWithoutProducer, "no longer keeps its transport in _producer"),
+        ("_FILE_DESCRIPTOR", object, "builtins.object.producer is gone"),
+        ("_TCP_SERVER", object, "builtins.object.bufferSize is gone"),
+    ],
+)
+def test_problems_name_what_a_changed_twisted_lacks(
+    monkeypatch: pytest.MonkeyPatch, name: str, fake: type[Any], expected: str
+) -> None:
+    monkeypatch.setattr(twisted_internals, name, fake)
+    found = twisted_internals.problems()
+    assert any(expected in problem for problem in found), found
+
+
+def test_start_up_refuses_a_twisted_that_lacks_something(tmp_path: Path) -> None:
+    """One line on stderr and status 1, before anything listens."""
+    patch = (
+        "from registry.http import twisted_internals\n"
+        "from tests.e2e.test_twisted_internals import _RenamedChannel\n"
+        "twisted_internals._HTTP_CHANNEL = _RenamedChannel\n"
+    )
+    command = twistd_command("--port", "tcp:0:interface=127.0.0.1", "--storage", str(tmp_path))
+    command[2] = patch + command[2]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, (result.stdout[-2000:], result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        f"txregistry: this Twisted ({twisted.__version__}) lacks what txregistry relies on: "
+        "tests.e2e.test_twisted_internals._RenamedChannel no longer keeps the request line"
+    ), lines
+    assert "listening" not in result.stdout
