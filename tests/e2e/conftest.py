@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.logger import globalLogPublisher
 
 from tests.auth import pki
 from tests.e2e.harness import InProcessRegistry, start_in_process
@@ -51,3 +53,17 @@ def tls_listen(tmp_path: Path) -> str:
     cert_path = pki.write(tmp_path / "server.pem", pki.pem_cert(server))
     key_path = pki.write(tmp_path / "server.key", pki.pem_key(key))
     return f"ssl:{{port}}:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
+
+
+@pytest.fixture
+def access_events() -> Iterator[list[dict[str, Any]]]:
+    """The access-log events of the in-process registries, as they are logged."""
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("access"):
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)

@@ -7,7 +7,6 @@ failed-login limiter; without it, the same headers change nothing.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import bcrypt
 import pytest
 import pytest_twisted
 import treq
-from twisted.logger import globalLogPublisher
 
 from tests.e2e.client import error_codes, header, sha256
 from tests.e2e.conftest import Starter
@@ -25,20 +23,6 @@ FORWARDED = {
     "X-Forwarded-Proto": "https",
     "X-Forwarded-Host": "registry.example.com:8443",
 }
-
-
-@pytest.fixture
-def access_log() -> Iterator[list[dict[str, Any]]]:
-    """The access-log events of the registries started in the test."""
-    events: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("access"):
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
 
 
 def location_of(response: Any) -> str:
@@ -52,8 +36,8 @@ def clients_of(events: list[dict[str, Any]], path_part: str) -> set[str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_trusted_proxy_headers_shape_locations_and_the_access_log(
-    start_registry: Starter, access_log: list[dict[str, Any]]
+async def test_trusted_proxy_headers_shape_locations_and_the_access_events(
+    start_registry: Starter, access_events: list[dict[str, Any]]
 ) -> None:
     registry = await start_registry(
         {"http": {"trusted_proxies": "127.0.0.1", "relativeurls": "false"}}
@@ -74,25 +58,25 @@ async def test_trusted_proxy_headers_shape_locations_and_the_access_log(
     assert header(response, "location") == (
         f"https://registry.example.com:8443/v2/fwd/app/blobs/{sha256(data)}"
     )
-    assert clients_of(access_log, "/v2/fwd/app/") == {"203.0.113.7"}
+    assert clients_of(access_events, "/v2/fwd/app/") == {"203.0.113.7"}
 
     # The standard header, from a proxy that sends only it.
     forwarded = {"Forwarded": 'for="[2001:db8::9]:4711";proto=https;host=r.example'}
     response = await treq.post(f"{registry.url}/v2/fwd/rfc/blobs/uploads/", headers=forwarded)
     await response.content()
     assert location_of(response).startswith("https://r.example/v2/fwd/rfc/blobs/uploads/")
-    assert clients_of(access_log, "/v2/fwd/rfc/") == {"2001:db8::9"}
+    assert clients_of(access_events, "/v2/fwd/rfc/") == {"2001:db8::9"}
 
     # The same registry, asked directly: its own scheme and the Host the client sent.
     response = await treq.post(f"{registry.url}/v2/fwd/direct/blobs/uploads/")
     await response.content()
     assert location_of(response).startswith(f"{registry.url}/v2/fwd/direct/")
-    assert clients_of(access_log, "/v2/fwd/direct/") == {"127.0.0.1"}
+    assert clients_of(access_events, "/v2/fwd/direct/") == {"127.0.0.1"}
 
 
 @pytest_twisted.ensureDeferred
 async def test_headers_are_ignored_without_trusted_proxies(
-    start_registry: Starter, access_log: list[dict[str, Any]]
+    start_registry: Starter, access_events: list[dict[str, Any]]
 ) -> None:
     # 127.0.0.2 is trusted, but the requests come from 127.0.0.1.
     registry = await start_registry(
@@ -102,7 +86,7 @@ async def test_headers_are_ignored_without_trusted_proxies(
     await response.content()
     assert response.code == 202
     assert location_of(response).startswith(f"{registry.url}/v2/fwd/app/")
-    assert clients_of(access_log, "/v2/fwd/app/") == {"127.0.0.1"}
+    assert clients_of(access_events, "/v2/fwd/app/") == {"127.0.0.1"}
 
 
 @pytest.fixture

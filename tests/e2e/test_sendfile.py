@@ -12,7 +12,7 @@ import hashlib
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
 
 from registry.http import sendfile
 from tests.e2e.client import push_blob
@@ -35,20 +34,6 @@ SENDFILE_ON = {"http": {"sendfile": "true"}}
 async def registry(start_registry: Starter) -> AsyncIterator[InProcessRegistry]:
     """A registry with sendfile switched on (it is off by default)."""
     yield await start_registry(SENDFILE_ON)
-
-
-@pytest.fixture
-def access_events() -> Iterator[list[dict[str, Any]]]:
-    """The access-log events of the in-process registries, as they are logged."""
-    events: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("access"):
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
 
 
 def _connect(url: str, ca: Path | None = None) -> socket.socket:
