@@ -36,7 +36,7 @@ from registry.http.routes import IRouteRewriter, Route
 from registry.proxy.cache import ProxyCache
 from registry.storage.blobs import BlobInfo, IBlobStore
 from registry.storage.manifests import IManifestStore, PutResult, StoredManifest
-from registry.storage.pagination import parse_count
+from registry.storage.pagination import paginate, parse_count
 from registry.storage.referrers import IReferrers
 from registry.storage.tags import ITagStore
 from registry.storage.uploads import IUploadStore, UploadAppender
@@ -256,14 +256,10 @@ class RoutingReferrers:
     ) -> tuple[list[dict[str, Any]], bool]:
         if self.router.route(name) is None:
             return await self.local.page(name, subject, artifact_type, n, last)
-        found = await self.list_referrers(name, subject, artifact_type)
-        count = parse_count(n, self.local.max_page)
-        if count == 0:
-            return [], False
-        rest = [d for d in found if not last or str(d["digest"]) > last]
-        if count is None or len(rest) <= count:
-            return rest, False
-        return rest[:count], True
+        found = await self.list_referrers(name, subject, artifact_type)  # sorted by digest
+        by_digest = {str(d["digest"]): d for d in found}
+        digests, more = paginate(list(by_digest), parse_count(n, self.local.max_page), last)
+        return [by_digest[digest] for digest in digests], more
 
 
 @implementer(IUploadStore)
