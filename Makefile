@@ -80,7 +80,7 @@ TWISTED ?= twisted[tls,http2]
 TRY_VENV := .venv-twisted
 TWISTED_TESTS := tests/e2e/test_twisted_internals.py tests/e2e/test_chunked_bodies.py \
 	tests/e2e/test_refused_bodies.py tests/e2e/test_sendfile.py tests/auth/test_tls.py \
-	tests/cache/test_fill_integrity.py
+	tests/proxy/test_fill_integrity.py
 
 try-twisted:
 	rm -rf $(TRY_VENV)

@@ -1,4 +1,5 @@
-"""Fixtures for the upstream client tests: a fake upstream per test and clients aimed at it."""
+"""Fixtures for the proxy tests: a fake upstream per test, clients aimed at it, registries
+proxying it (tests/proxy/registries.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor as _reactor
-from twisted.internet.task import Clock
 
 from registry.proxy.upstream import UpstreamClient
 from tests.fakes.content import Image
-from tests.fakes.upstream import FakeUpstream, start_fake_upstream
+from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import fake, proxied, start_registry  # noqa: F401 - fixtures
 
 reactor: Any = _reactor
 
@@ -19,15 +20,7 @@ IMAGE_NAME = "library/alpine"
 
 
 @pytest_twisted.async_yield_fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    """A fake upstream whose tokens never expire on its side (its clock never moves)."""
-    upstream = await start_fake_upstream(reactor, clock=Clock())
-    yield upstream
-    await upstream.stop()
-
-
-@pytest_twisted.async_yield_fixture
-async def image(fake: FakeUpstream) -> AsyncIterator[Image]:
+async def image(fake: FakeUpstream) -> AsyncIterator[Image]:  # noqa: F811 - fixture
     yield fake.content.add_image(IMAGE_NAME, "latest", [2048, 300_000])
 
 
@@ -35,7 +28,7 @@ ClientFactory = Callable[..., UpstreamClient]
 
 
 @pytest_twisted.async_yield_fixture
-async def make_client(fake: FakeUpstream) -> AsyncIterator[ClientFactory]:
+async def make_client(fake: FakeUpstream) -> AsyncIterator[ClientFactory]:  # noqa: F811
     """Build clients for the fake (defaults: its URL, 5 s timeout); all closed at teardown."""
     made: list[UpstreamClient] = []
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.cache.conftest import Proxied, fake, proxied  # noqa: F401 - fixtures
-from tests.cache.util import fetch, pull
 from tests.e2e.conftest import start_registry  # noqa: F401 - fixture
 from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import Proxied, fake, proxied  # noqa: F401 - fixtures
+from tests.proxy.util import fetch, pull
 from tests.ui import content
 from tests.ui.test_pages import rows
 

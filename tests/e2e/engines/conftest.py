@@ -17,10 +17,10 @@ import pytest_twisted
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from zope.interface import provider
 
-from tests.cache.conftest import fake, proxied  # noqa: F401 - fixtures
 from tests.e2e.conftest import Starter
 from tests.e2e.engines.daemons import Containerd, Dockerd, Podman, require_root
 from tests.e2e.harness import InProcessRegistry
+from tests.proxy.registries import fake, proxied  # noqa: F401 - fixtures
 
 
 @pytest.fixture(autouse=True)

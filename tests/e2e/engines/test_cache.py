@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest_twisted
 
-from tests.cache.conftest import Proxied
 from tests.e2e.client import sha256
 from tests.e2e.engines.daemons import Containerd, Dockerd, Podman
 from tests.e2e.engines.images import UpstreamImage, add_runnable_image
 from tests.e2e.engines.wire import check_image_blobs, find_digest, host, stored_manifest
 from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import Proxied
 
 LAYERS = [{"bin/hello": b"#!/bin/sh\necho hello\n"}, {"usr/share/blob": bytes(range(256)) * 600}]
 

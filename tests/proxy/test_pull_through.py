@@ -7,10 +7,10 @@ import json
 import pytest
 import pytest_twisted
 
-from tests.cache.conftest import Proxied
-from tests.cache.util import fetch, metric, pull
 from tests.e2e.client import error_codes, header, push_blob, raw_headers, sha256
 from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import Proxied
+from tests.proxy.util import fetch, metric, pull
 
 LAYERS = [4096, 300_000]
 

@@ -8,11 +8,11 @@ from urllib.parse import quote
 
 import pytest_twisted
 
-from tests.cache.conftest import Proxied
-from tests.cache.util import fetch
 from tests.e2e.client import header, sha256
 from tests.fakes.content import OCI_INDEX, OCI_MANIFEST
 from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import Proxied
+from tests.proxy.util import fetch
 
 A = "library/alpine"
 SIGNATURE = "application/vnd.example.signature.v1+json"

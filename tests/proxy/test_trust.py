@@ -26,11 +26,11 @@ from registry.storage.blobs import BlobStore
 from registry.storage.memory import MemoryDriver
 from registry.storage.tags import TagStore
 from tests.auth.conftest import LogCapture
-from tests.cache.conftest import Proxied
-from tests.cache.util import blob_data_path, fetch, reactor, storage_root, wait_for
 from tests.e2e.client import header, sha256
 from tests.fakes.content import GeneratedBlob
 from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import Proxied
+from tests.proxy.util import blob_data_path, fetch, reactor, storage_root, wait_for
 
 A = "library/alpine"  # upstream names; locally docker.io/library/...
 B = "library/busybox"

@@ -20,9 +20,9 @@ import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
 
-from tests.cache.conftest import proxy_section
 from tests.e2e.harness import RegistryProcess
 from tests.fakes.upstream import spawn_fake_upstream
+from tests.proxy.registries import proxy_section
 
 reactor: Any = _reactor
 

@@ -8,8 +8,12 @@ from typing import Any
 
 import pytest_twisted
 
-from tests.cache.conftest import Proxied, proxy_section
-from tests.cache.util import (
+from tests.e2e.client import error_codes
+from tests.e2e.harness import RegistryProcess
+from tests.fakes.content import GeneratedBlob
+from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import Proxied, proxy_section
+from tests.proxy.util import (
     blob_data_path,
     build_image,
     fetch,
@@ -18,10 +22,6 @@ from tests.cache.util import (
     storage_root,
     wait_for,
 )
-from tests.e2e.client import error_codes
-from tests.e2e.harness import RegistryProcess
-from tests.fakes.content import GeneratedBlob
-from tests.fakes.upstream import FakeUpstream
 
 SIZE = 150_000
 

@@ -32,7 +32,7 @@ from registry.storage.memory import MemoryDriver
 from registry.storage.referrers import IReferrers, ReferrersIndex
 from registry.storage.tags import ITagStore, TagStore
 from registry.storage.uploads import IUploadStore, UploadStore
-from tests.cache.util import reactor
+from tests.proxy.util import reactor
 
 HANDLERS = Path(__file__).resolve().parents[2] / "registry" / "handlers"
 APP = HANDLERS.parent / "app.py"

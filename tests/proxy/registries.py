@@ -1,4 +1,5 @@
-"""Fixtures for the pull-through cache: a fake upstream and registries proxying it."""
+"""Fixtures for the pull-through cache: a fake upstream and registries proxying it
+(imported into tests/proxy/conftest.py, and by other packages' conftests that need them)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ Proxied = Callable[..., Awaitable[InProcessRegistry]]
 
 @pytest_twisted.async_yield_fixture
 async def fake() -> AsyncIterator[FakeUpstream]:
+    """A fake upstream whose tokens never expire on its side (its clock never moves)."""
     upstream = await start_fake_upstream(reactor, clock=Clock())
     yield upstream
     await upstream.stop()

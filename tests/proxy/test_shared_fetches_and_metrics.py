@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet.defer import DeferredList, ensureDeferred
 
-from tests.cache.conftest import Proxied
-from tests.cache.util import fetch, metric, pull
 from tests.e2e.client import sha256
 from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import Proxied
+from tests.proxy.util import fetch, metric, pull
 
 
 @pytest_twisted.ensureDeferred

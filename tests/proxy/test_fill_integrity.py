@@ -9,10 +9,10 @@ import treq
 from twisted.internet.defer import DeferredList, ensureDeferred
 
 from registry.proxy.body import abort_transport
-from tests.cache.conftest import Proxied
-from tests.cache.util import blob_data_path, fetch, fill_files, metric, storage_root, wait_for
 from tests.e2e.client import sha256
 from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import Proxied
+from tests.proxy.util import blob_data_path, fetch, fill_files, metric, storage_root, wait_for
 
 LAYER = 3 * 1024 * 1024
 
