@@ -1,4 +1,4 @@
-"""Pure pieces: [proxy:NAME] parsing, the eviction plan."""
+"""[proxy:NAME] sections: parsed values, and errors that name the section and the key."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import pytest
 
 from registry.config import ConfigError, load
 from registry.proxy.config import parse_proxies
-from registry.proxy.index import CacheIndex
 
 
 def _config(tmp_path: object, text: str) -> object:
@@ -74,48 +73,3 @@ def test_two_defaults_or_one_prefix_twice_are_refused(tmp_path: object) -> None:
     )
     with pytest.raises(ConfigError, match="already used"):
         parse_proxies(config)  # type: ignore[arg-type]
-
-
-def _index() -> CacheIndex:
-    index = CacheIndex()
-    index.add_manifest("r", "m1", 10, ["c1", "shared", "l1"], now=1)
-    index.add_blob("r", "c1", 10, now=2)
-    index.add_blob("r", "shared", 100, now=3)
-    index.add_blob("r", "l1", 100, now=4)
-    index.add_manifest("r", "m2", 10, ["c2", "shared", "l2"], now=5)
-    index.add_blob("r", "c2", 10, now=6)
-    index.add_blob("r", "l2", 100, now=7)
-    return index
-
-
-def test_plan_evicts_least_recently_used_image_but_keeps_shared_layer() -> None:
-    index = _index()
-    assert index.size == 340
-    victims = index.plan(now=10, max_size=250, ttl=None)
-    assert [(v.kind, v.digest) for v in victims] == [
-        ("manifest", "m1"),
-        ("blob", "c1"),
-        ("blob", "l1"),
-    ]
-
-
-def test_plan_skips_what_is_in_use_and_ttl_spares_referenced_blobs() -> None:
-    index = _index()
-    index.use("m1")  # being served: the next least recently used image goes instead
-    victims = index.plan(now=10, max_size=250, ttl=None)
-    assert [v.digest for v in victims] == ["m2", "c2", "l2"]
-    index.release("m1")
-    index.touch_manifest("r", "m2", now=100)
-    # Everything but m2 is older than the TTL; m2 keeps c2, shared and l2.
-    victims = index.plan(now=101, max_size=None, ttl=50)
-    assert {v.digest for v in victims} == {"m1", "c1", "l1"}
-
-
-def test_index_round_trips_and_tolerates_garbage() -> None:
-    index = _index()
-    index.use("l2")
-    again = CacheIndex.loads(index.dumps())
-    assert again.size == index.size
-    assert again.refcount["shared"] == 2
-    assert [v.digest for v in again.plan(10, 250, None)] == ["m1", "c1", "l1"]
-    assert CacheIndex.loads(b"not json").size == 0
