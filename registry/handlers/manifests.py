@@ -17,7 +17,10 @@ from registry.handlers.common import (
 from registry.handlers.context import RegistryContext
 from registry.http import responses
 from registry.http.routes import Route
-from registry.storage.manifests import put_response_headers
+from registry.storage.manifests import IndexChildUnknown, ManifestTooLarge, PutResult
+
+# The wire status of errors the manifest store raises knowing nothing of HTTP.
+_PUT_STATUS: dict[type[RegistryError], int] = {ManifestTooLarge: 413, IndexChildUnknown: 400}
 
 
 def _only_schema1(request: IRequest) -> bool:
@@ -50,6 +53,17 @@ def _tag_parameters(request: IRequest) -> list[str]:
     return tags
 
 
+def _put_headers(result: PutResult) -> dict[str, str]:
+    """The response headers of a successful manifest PUT (besides ``Location``)."""
+    headers = {"Docker-Content-Digest": str(result.digest)}
+    if result.subject is not None:
+        headers["OCI-Subject"] = str(result.subject)
+    if result.tags:
+        # One list-valued field (RFC 9110 section 5.3): tags cannot contain a comma.
+        headers["OCI-Tag"] = ", ".join(result.tags)
+    return headers
+
+
 async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     await authorize(ctx, request, [repository(route.name, PULL)])
     manifest = await ctx.manifests.get(route.name, route.reference)
@@ -80,9 +94,14 @@ async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
     await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
     tags = _tag_parameters(request)
     content = request.content.read()
-    result = await ctx.manifests.put(
-        route.name, route.reference, content, header(request, "content-type"), tags
-    )
+    try:
+        result = await ctx.manifests.put(
+            route.name, route.reference, content, header(request, "content-type"), tags
+        )
+    except (ManifestTooLarge, IndexChildUnknown) as error:
+        raise RegistryError(
+            error.code, error.detail, error.message, status=_PUT_STATUS[type(error)]
+        ) from None
     # One push event per tag the request set (registry:2's event carries one tag), else one
     # untagged event for a push by digest.
     own = _tag(route)
@@ -92,7 +111,7 @@ async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
         ctx.notifier.manifest_pushed(
             request, route.name, result.media_type, result.digest, len(content), tag
         )
-    headers = put_response_headers(result)
+    headers = _put_headers(result)
     headers["Location"] = url_for(ctx, request, f"/v2/{route.name}/manifests/{result.digest}")
     return responses.empty(request, 201, headers)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os.path
 from collections.abc import Awaitable, Sequence
-from typing import Any
 
 import attrs
 from zope.interface import Interface, implementer
@@ -54,18 +53,39 @@ from registry.storage.tags import TagStore
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
 
-def check_manifest_size(length: int | None, limit: int = MAX_MANIFEST_SIZE) -> None:
-    """
-    Refuse a manifest body longer than ``limit`` with 413 (distribution-spec), before reading
-    it when the Content-Length is known.  ``None`` (length unknown) passes.
-    """
-    if length is not None and length > limit:
-        raise RegistryError(
+class ManifestTooLarge(RegistryError):
+    """MANIFEST_INVALID for a body over the size limit (the handler answers it with 413)."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(
             MANIFEST_INVALID,
             {"size": length, "limit": limit},
             f"manifest too big: {length} bytes, the limit is {limit}",
-            status=413,
         )
+
+
+class IndexChildUnknown(RegistryError):
+    """
+    MANIFEST_UNKNOWN for a manifest an index references that the repository lacks.  It names
+    what is missing (a manifest, not a blob); the handler answers it with 400, since the push
+    is incomplete while the repository is not missing.
+    """
+
+    def __init__(self, digest: Digest, media_type: str) -> None:
+        super().__init__(
+            MANIFEST_UNKNOWN,
+            {"digest": str(digest), "mediaType": media_type},
+            f"index references manifest {digest} unknown to this repository",
+        )
+
+
+def check_manifest_size(length: int | None, limit: int = MAX_MANIFEST_SIZE) -> None:
+    """
+    Refuse a manifest body longer than ``limit`` (`ManifestTooLarge`), before reading it when
+    its length is known.  ``None`` (length unknown) passes.
+    """
+    if length is not None and length > limit:
+        raise ManifestTooLarge(length, limit)
 
 
 def parse_reference(reference: str | Digest) -> Digest | str:
@@ -85,8 +105,8 @@ def check_tags(tags: Sequence[str]) -> tuple[str, ...]:
 @attrs.frozen
 class PutResult:
     """
-    What a manifest PUT answers with: ``Docker-Content-Digest``, ``OCI-Subject``, and
-    ``OCI-Tag`` for the tags set by ``?tag=`` parameters.
+    What a manifest PUT stored: its digest and media type, the subject it refers to, and the
+    tags set by ``?tag=`` parameters (the handler turns them into response headers).
     """
 
     digest: Digest
@@ -269,14 +289,7 @@ class ManifestStore:
                 continue
             seen.add(child.digest)
             if not await self.exists(name, child.digest):
-                # MANIFEST_UNKNOWN names what is missing (a manifest, not a blob); the status
-                # stays 400 because the request is incomplete, the repository is not missing.
-                raise RegistryError(
-                    MANIFEST_UNKNOWN,
-                    {"digest": str(child.digest), "mediaType": child.media_type},
-                    f"index references manifest {child.digest} unknown to this repository",
-                    status=400,
-                )
+                raise IndexChildUnknown(child.digest, child.media_type)
 
     async def _blob_available(self, name: str, digest: Digest) -> bool:
         return await self.blobs.is_linked(name, digest) and (
@@ -346,14 +359,3 @@ class ManifestStore:
             return await self.driver.list(path)
         except PathNotFoundError:
             return []
-
-
-def put_response_headers(result: PutResult) -> dict[str, Any]:
-    """The response headers of a successful manifest PUT (besides ``Location``)."""
-    headers: dict[str, Any] = {"Docker-Content-Digest": str(result.digest)}
-    if result.subject is not None:
-        headers["OCI-Subject"] = str(result.subject)
-    if result.tags:
-        # One list-valued field (RFC 9110 section 5.3): tags cannot contain a comma.
-        headers["OCI-Tag"] = ", ".join(result.tags)
-    return headers
