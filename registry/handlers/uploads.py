@@ -10,12 +10,8 @@ only finishes the job (records the hash state, or commits).
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -39,6 +35,7 @@ from registry.http import responses
 from registry.http.ranges import parse_content_range
 from registry.http.request import RegistryRequest
 from registry.http.routes import Kind, Route, parse_route
+from registry.http.upload_sink import UploadSink
 from registry.storage.uploads import UploadAppender, range_header
 
 log = Logger()
@@ -72,157 +69,9 @@ async def _body_written(ctx: RegistryContext, request: IRequest, route: Route) -
         raise _with_upload_range(ctx, request, route, error) from None
 
 
-class UploadSink:
-    """
-    Takes an upload's body from the socket while the upload is being opened, then writes it
-    through the appender; asks for the socket to be paused while storage is behind.
-
-    ``explain`` turns the reason a body is refused (no access, an unknown upload, a full
-    disk) into the error the client gets; the request answers with it at once (`watch`).
-    """
-
-    def __init__(
-        self,
-        prepare: Coroutine[Any, Any, UploadAppender],
-        explain: Callable[[BaseException], RegistryError] = error_for,
-    ) -> None:
-        self.received = 0
-        self._explain = explain
-        self._on_ready: Callable[[], None] | None = None
-        self._on_refused: Callable[[RegistryError], None] | None = None
-        self._queue: deque[bytes] = deque()
-        self._appender: UploadAppender | None = None
-        self._error: BaseException | None = None
-        self._pending: Deferred[None] | None = None
-        self._drained: Deferred[None] | None = None
-        self._idle: list[Deferred[None]] = []
-        self._claimed = False
-        self._lost = False
-        self._ready: Deferred[None] = Deferred.fromCoroutine(prepare).addCallbacks(
-            self._prepared, self._failed
-        )
-
-    def watch(self, ready: Callable[[], None], refused: Callable[[RegistryError], None]) -> None:
-        """
-        Be told when the upload is open and takes the body, or as soon as the body is refused
-        (the sink then drops whatever still arrives).
-        """
-        self._on_ready, self._on_refused = ready, refused
-        if self._error is not None:
-            refused(self._explain(self._error))
-        elif self._appender is not None:
-            ready()
-
-    def _prepared(self, appender: UploadAppender) -> None:
-        self._appender = appender
-        if self._lost:
-            Deferred.fromCoroutine(self._keep_after_drain())
-        self._pump()
-        if self._error is None and self._on_ready is not None:
-            self._on_ready()
-
-    def _failed(self, failure: Failure) -> None:
-        self._fail(failure.value or Exception("upload preparation failed"))
-
-    def _fail(self, error: BaseException) -> None:
-        first = self._error is None
-        if first:
-            self._error = error
-        self._queue.clear()
-        self._pump()
-        if first and self._on_refused is not None:
-            self._on_refused(self._explain(error))
-
-    def feed(self, data: bytes) -> Deferred[None] | None:
-        if self._error is not None:
-            return None  # the body is read and dropped; the route reports the error
-        self._queue.append(data)
-        self.received += len(data)
-        self._pump()
-        if self._queue or self._pending is not None:
-            if self._drained is None:
-                self._drained = Deferred()
-            return self._drained
-        return None
-
-    def _pump(self) -> None:
-        appender = self._appender
-        while (
-            appender is not None and self._queue and self._pending is None and self._error is None
-        ):
-            data = self._queue.popleft()
-            try:
-                pending = appender.write(data)
-            except Exception as exc:
-                self._fail(exc)
-                return
-            if pending is not None:
-                self._pending = pending
-                pending.addCallbacks(self._written, self._write_failed)
-        if not self._queue and self._pending is None:
-            drained, self._drained = self._drained, None
-            if drained is not None:
-                drained.callback(None)
-            idle, self._idle = self._idle, []
-            for waiter in idle:
-                waiter.callback(None)
-
-    def _written(self, _: object) -> None:
-        self._pending = None
-        self._pump()
-
-    def _write_failed(self, failure: Failure) -> None:
-        self._pending = None
-        self._fail(failure.value or Exception("storage write failed"))
-
-    async def result(self) -> UploadAppender:
-        """The appender once every byte of the body is in storage; raises the first error."""
-        self._claimed = True
-        await self._ready
-        while self._queue or self._pending is not None:
-            waiter: Deferred[None] = Deferred()
-            self._idle.append(waiter)
-            await waiter
-        if self._error is not None:
-            if self._appender is not None:
-                await shielded(self._appender.close())
-            raise self._error
-        assert self._appender is not None
-        return self._appender
-
-    def connection_lost(self, reason: Failure) -> None:
-        """Keep every byte that reached storage: the client may resume from there."""
-        if self._claimed or self._lost:
-            return
-        self._lost = True
-        if self._appender is not None:
-            Deferred.fromCoroutine(self._keep_after_drain())
-
-    async def _keep_after_drain(self) -> None:
-        appender = self._appender
-        assert appender is not None
-        while self._pending is not None:
-            waiter: Deferred[None] = Deferred()
-            self._idle.append(waiter)
-            await waiter
-        self._queue.clear()
-        try:
-            await appender.close()
-        except Exception:
-            upload = appender.upload_id
-            log_failure(log, Failure(), "closing upload {upload} after disconnect", upload=upload)
-        else:
-            log.info(
-                "client left mid-upload; {name} upload {upload} kept at {size} bytes",
-                name=appender.name,
-                upload=appender.upload_id,
-                size=appender.size,
-            )
-
-
 def upload_sink(
     ctx: RegistryContext, request: RegistryRequest, method: bytes, uri: bytes, length: int | None
-) -> UploadSink | None:
+) -> UploadSink[UploadAppender] | None:
     """The body sink for upload requests (called from `RegistryRequest.gotLength`)."""
     if method not in (b"PATCH", b"PUT", b"POST"):
         return None
@@ -291,7 +140,7 @@ async def _open_new(
     return await ctx.uploads.open(name, upload_id, coming=length)
 
 
-def _sink(request: IRequest) -> UploadSink:
+def _sink(request: IRequest) -> UploadSink[UploadAppender]:
     sink = getattr(request, "sink", None)
     if not isinstance(sink, UploadSink):
         raise RegistryError(BLOB_UPLOAD_INVALID, {"reason": "request body was not streamed"})

@@ -9,8 +9,7 @@ stored bytes are hashed again.
 
 Where this process is the only one serving the storage, a finished request's hasher is *parked*
 while it catches up and its state is recorded; a next request on the same upload that arrives
-meanwhile takes the hasher over instead of waiting for it (`UploadStore.open`).  Clients that
-send many small chunks over one connection otherwise paid, per chunk, for the hasher to drain.
+meanwhile takes the hasher over instead of waiting for it (`registry.storage.upload_handover`).
 
 One request at a time may append to an upload in this process; a second concurrent one gets
 416 with the current range instead of interleaving bytes.
@@ -27,7 +26,6 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from registry.api.digests import Digest, DigestingHasher, releases_gil
@@ -38,11 +36,11 @@ from registry.api.errors import (
     SIZE_INVALID,
     RegistryError,
 )
-from registry.failures import log_failure
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
+from registry.storage.upload_handover import HasherHandover
 
 log = Logger()
 INLINE_ALGORITHM = "sha256"
@@ -128,11 +126,11 @@ class UploadAppender:
         try:
             await self.writer.close()
         except BaseException:
-            self.store._release(self.name, self.upload_id)
+            self.store._handover.release(self._key)
             raise
         if self.store.state_after_answer:
-            self.store._release(self.name, self.upload_id)
-            self.store._park(self)
+            self.store._handover.release(self._key)
+            self.store._handover.park(self._key, self)
         else:
             await self._record_state()
 
@@ -141,7 +139,7 @@ class UploadAppender:
             hasher = await self._settled_hasher()
             await self.store._save_state(self.name, self.upload_id, hasher, self.size, self.start)
         finally:
-            self.store._release(self.name, self.upload_id)
+            self.store._handover.release(self._key)
 
     async def _finish_writing(self) -> DigestingHasher:
         """Commit the data; returns the hasher with every byte in it."""
@@ -150,7 +148,11 @@ class UploadAppender:
             await self.writer.commit()
             return await self._settled_hasher()
         finally:
-            self.store._release(self.name, self.upload_id)
+            self.store._handover.release(self._key)
+
+    @property
+    def _key(self) -> tuple[str, str]:
+        return (self.name, self.upload_id)
 
 
 class IUploadStore(Interface):
@@ -195,11 +197,10 @@ class UploadStore:
     # where this process is the only one serving the storage: on shared storage (S3) another
     # instance may take the next PATCH at once, and must find the state there.
     state_after_answer: bool = False
-    _busy: set[tuple[str, str]] = attrs.field(factory=set)
-    # Uploads whose last request was answered while their hash state is still being recorded.
-    _recording: dict[tuple[str, str], Deferred[None]] = attrs.field(factory=dict)
-    # Of those, the ones whose hasher the next request may still take over.
-    _parked: dict[tuple[str, str], UploadAppender] = attrs.field(factory=dict)
+    _handover: HasherHandover[UploadAppender, DigestingHasher] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._handover = HasherHandover(UploadAppender._settled_hasher, self._record_parked)
 
     async def start(self, name: str) -> str:
         """Create an empty upload and return its id."""
@@ -240,7 +241,7 @@ class UploadStore:
     async def size(self, name: str, upload_id: str) -> int:
         """Bytes received so far (for ``GET`` on an upload and ``Range`` headers)."""
         await self._require(name, upload_id)
-        await self._recorded(name, upload_id)
+        await self._handover.recorded((name, upload_id))
         try:
             info = await self.driver.stat(layout.upload_data(name, upload_id))
             return info.size
@@ -250,77 +251,18 @@ class UploadStore:
             offsets = await self._state_offsets(name, upload_id)
             return offsets[-1] if offsets else 0
 
-    def _park(self, appender: UploadAppender) -> None:
-        """Record ``appender``'s hash state in the background; until then, it may be taken over."""
-        key = (appender.name, appender.upload_id)
-        self._parked[key] = appender
-        done = Deferred.fromCoroutine(self._record_parked(appender))
-
-        def finished(result: object) -> None:
-            if self._recording.get(key) is done:
-                del self._recording[key]
-            if isinstance(result, Failure):
-                log_failure(
-                    log,
-                    result,
-                    "recording the hash state of upload {upload} ({name}); the next request "
-                    "re-hashes the stored data",
-                    upload=appender.upload_id,
-                    name=appender.name,
-                )
-
-        if not done.called:
-            self._recording[key] = done
-        done.addBoth(finished)
-
-    async def _record_parked(self, appender: UploadAppender) -> None:
-        key = (appender.name, appender.upload_id)
-        try:
-            hasher = await appender._settled_hasher()
-        finally:
-            taken_over = self._parked.get(key) is not appender
-            if not taken_over:
-                del self._parked[key]
-        if taken_over:
-            return  # the next request goes on with this hasher, and records its own state
+    async def _record_parked(self, appender: UploadAppender, hasher: DigestingHasher) -> None:
         await self._save_state(
             appender.name, appender.upload_id, hasher, appender.size, appender.start
         )
 
-    def _take_over(self, name: str, upload_id: str) -> UploadAppender | None:
-        """The previous request's parked appender, now owned by the caller (see `_park`)."""
-        parked = self._parked.pop((name, upload_id), None)
-        if parked is not None:
-            # Waiting for this recording would mean waiting for the caller's own hashing.
-            self._recording.pop((name, upload_id), None)
-        return parked
-
     async def flush(self) -> None:
         """
-        Wait until every answered request's hash state is recorded (see `_park`): before the
-        process stops, so that the next request on each upload resumes from its state instead
-        of hashing the stored data again.
+        Wait until every answered request's hash state is recorded: before the process stops,
+        so that the next request on each upload resumes from its state instead of hashing the
+        stored data again.
         """
-        for _ in range(100):  # a recording finishing may not start another; bounded anyway
-            pending = list(self._recording.values())
-            if not pending:
-                return
-            for recording in pending:
-                await recording  # never fails: `_park`'s `finished` logs and returns None
-
-    async def _recorded(self, name: str, upload_id: str) -> None:
-        """Wait until the previous request's hash state is recorded (see `UploadAppender.close`)."""
-        pending = self._recording.get((name, upload_id))
-        if pending is not None:
-            await pending  # never fails: `finished` logs the error and returns None
-
-    def _acquire(self, name: str, upload_id: str, size_hint: int) -> None:
-        if (name, upload_id) in self._busy:
-            raise _range_error(upload_id, size_hint, "another request is writing")
-        self._busy.add((name, upload_id))
-
-    def _release(self, name: str, upload_id: str) -> None:
-        self._busy.discard((name, upload_id))
+        await self._handover.flush()
 
     async def open(
         self, name: str, upload_id: str, start: int | None = None, coming: int | None = None
@@ -330,20 +272,23 @@ class UploadStore:
         (``Content-Range``); anything but the current size is 416 with the current range.
         ``coming`` is the request's ``Content-Length``, for the storage to set aside.
         """
+        key = (name, upload_id)
         await self._require(name, upload_id)
-        if (name, upload_id) not in self._parked:
-            await self._recorded(name, upload_id)
-        self._acquire(name, upload_id, 0)
-        previous = self._take_over(name, upload_id)
+        if not self._handover.is_parked(key):
+            await self._handover.recorded(key)
+        if not self._handover.claim(key):
+            raise _range_error(upload_id, 0, "another request is writing")
+        previous = self._handover.take_over(key)
         try:
             appender = await self._appender(name, upload_id, start, coming, previous)
         except BaseException:
-            self._release(name, upload_id)
+            self._handover.release(key)
             if previous is not None:
-                self._park(previous)  # not taken after all: its state is recorded
+                self._handover.park(key, previous)  # not taken after all: its state is recorded
             raise
         if previous is not None and previous.hasher is not appender.hasher:
-            self._park(previous)  # the data changed under it: keep its state for its offset
+            # The data changed under it: keep its state for its offset.
+            self._handover.park(key, previous)
         return appender
 
     async def _appender(
@@ -453,7 +398,7 @@ class UploadStore:
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._require(name, upload_id)
-        await self._recorded(name, upload_id)
+        await self._handover.recorded((name, upload_id))
         await self._remove(name, upload_id)
 
     async def _remove(self, name: str, upload_id: str) -> None:
