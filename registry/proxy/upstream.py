@@ -41,6 +41,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 
+from registry.api import mediatypes
 from registry.api.digests import Digest, digest_of
 from registry.api.errors import RegistryError
 from registry.proxy._inflight import Inflight
@@ -55,23 +56,6 @@ from registry.proxy.errors import (
     UpstreamUnavailable,
 )
 from registry.proxy.tokens import MAX_TOKENS, TokenCache, TokenKey, clamp_expires_in
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
-# Schema 1 last: an upstream that can convert prefers the first type it can serve.
-MANIFEST_MEDIA_TYPES = (
-    OCI_MANIFEST,
-    OCI_INDEX,
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    DOCKER_SCHEMA1_SIGNED,
-    DOCKER_SCHEMA1,
-)
-MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 
 DOCKER_HUB_HOSTS = frozenset(
     {"registry-1.docker.io", "docker.io", "index.docker.io", "registry.hub.docker.com"}
@@ -334,7 +318,7 @@ class UpstreamClient:
             method,
             upstream,
             f"/v2/{upstream}/manifests/{reference}",
-            {"Accept": MANIFEST_ACCEPT},
+            {"Accept": mediatypes.MANIFEST_ACCEPT_HEADER},
         )
         if response.code != 200:
             await self._fail(response, method, f"manifest {upstream}:{reference}")
@@ -434,7 +418,10 @@ class UpstreamClient:
         the way to ask)."""
         upstream = self.upstream_name(name)
         response = await self._registry_request(
-            "GET", upstream, f"/v2/{upstream}/referrers/{subject}", {"Accept": OCI_INDEX}
+            "GET",
+            upstream,
+            f"/v2/{upstream}/referrers/{subject}",
+            {"Accept": mediatypes.OCI_IMAGE_INDEX},
         )
         if response.code == 404:
             await self._discard(response)
@@ -797,13 +784,15 @@ def _sniff_media_type(body: bytes) -> str | None:
         if isinstance(media_type, str):
             return media_type
         if data.get("schemaVersion") == 1:
-            return DOCKER_SCHEMA1_SIGNED if "signatures" in data else DOCKER_SCHEMA1
+            return (
+                mediatypes.DOCKER_SCHEMA1_SIGNED
+                if "signatures" in data
+                else mediatypes.DOCKER_SCHEMA1
+            )
     return None
 
 
 __all__ = [
-    "MANIFEST_ACCEPT",
-    "MANIFEST_MEDIA_TYPES",
     "RateLimitStatus",
     "UpstreamBlob",
     "UpstreamClient",
