@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import os.path
-import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -44,7 +43,7 @@ from twisted.logger import Logger
 
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
-from registry.manifests import DEFAULT_URL_POLICY, load_json_object, parse_manifest
+from registry.manifests.references import ManifestRefs, manifest_refs
 from registry.storage import layout
 from registry.storage.catalog import Catalog
 from registry.storage.driver import FileInfo, IStorageDriver, PathNotFoundError
@@ -54,7 +53,6 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 # Digest-shaped strings in a manifest that does not parse (schema1's blobSum, damaged JSON).
-_DIGEST_TEXT = re.compile(rb"\b(sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})\b")
 # Manifests read per batch in one repository: bounds memory and requests in flight.
 _BATCH = 256
 
@@ -114,46 +112,6 @@ class GCStats:
     def bytes_stored(self) -> int:
         """Their bytes: what the registry's own data takes, whatever the driver."""
         return self.bytes_examined - self.bytes_freed
-
-
-@attrs.frozen
-class ManifestRefs:
-    """What one manifest keeps alive."""
-
-    blobs: frozenset[str]
-    children: frozenset[str]
-    subject: str | None
-    parsed: bool
-
-
-def manifest_refs(body: bytes) -> ManifestRefs:
-    """
-    The blobs, index children and subject of a stored manifest.  A manifest that does not
-    parse gives every digest in its bytes as a blob (the caller also treats those that are
-    revisions of the repository as children) and its subject if one can be read.
-    """
-    try:
-        manifest = parse_manifest(body, None, DEFAULT_URL_POLICY)
-    except RegistryError:
-        found = frozenset(match.decode() for match in _DIGEST_TEXT.findall(body))
-        return ManifestRefs(found, frozenset(), _lenient_subject(body), False)
-    subject = str(manifest.subject.digest) if manifest.subject is not None else None
-    return ManifestRefs(
-        frozenset(str(d.digest) for d in manifest.blob_references),
-        frozenset(str(d.digest) for d in manifest.manifests),
-        subject,
-        True,
-    )
-
-
-def _lenient_subject(body: bytes) -> str | None:
-    try:
-        subject = load_json_object(body).get("subject")
-        if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
-            return str(Digest.parse(subject["digest"]))
-    except RegistryError:
-        pass
-    return None
 
 
 def _digest(text: str) -> Digest | None:

@@ -38,7 +38,8 @@ from registry.api.errors import (
     ErrorCode,
     RegistryError,
 )
-from registry.manifests import DEFAULT_URL_POLICY, parse_manifest, stored_media_type
+from registry.manifests import stored_media_type
+from registry.manifests.references import manifest_refs
 from registry.proxy._bounded import BoundedMap
 from registry.proxy._inflight import Inflight, Overloaded
 from registry.proxy.config import ProxyConfig
@@ -730,11 +731,6 @@ class ProxyCache:
 
 
 def _refs(body: bytes) -> list[str]:
-    """The digests a manifest keeps alive (config, layers, children); none if unparseable."""
-    try:
-        manifest = parse_manifest(body, None, DEFAULT_URL_POLICY)
-    except RegistryError:
-        return []
-    refs = [str(d.digest) for d in manifest.blob_references if not d.is_foreign]
-    refs += [str(d.digest) for d in manifest.manifests]
-    return refs
+    """The digests a manifest keeps alive in the cache: its blobs and children."""
+    refs = manifest_refs(body)
+    return sorted(refs.blobs | refs.children)

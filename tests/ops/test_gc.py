@@ -16,7 +16,8 @@ from twisted.python.threadpool import ThreadPool
 
 from registry.api import mediatypes as mt
 from registry.api.digests import Digest
-from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, collect_garbage, manifest_refs
+from registry.manifests.references import manifest_refs
+from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, collect_garbage
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IStorageDriver, StorageError
