@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 def shielded(coro: Coroutine[Any, Any, T]) -> Deferred[T]:
@@ -30,3 +31,46 @@ def shielded(coro: Coroutine[Any, Any, T]) -> Deferred[T]:
 
     work.addBoth(deliver)
     return waiter
+
+
+async def bounded_map(func: Callable[[U], Awaitable[T]], items: Iterable[U], limit: int) -> list[T]:
+    """
+    ``func`` over ``items``, at most ``limit`` at a time, results in the order of ``items``.
+
+    The first failure is raised as itself (not wrapped in `FirstError`); no item starts after
+    it, and those already running finish first.  ``limit`` workers take items in turn, so a
+    million items cost ``limit`` Deferreds, not a million.
+    """
+    ordered = list(items)
+    results: list[T | None] = [None] * len(ordered)
+    pending = iter(enumerate(ordered))
+    failed: list[BaseException] = []
+
+    async def worker() -> None:
+        for position, item in pending:
+            if failed:
+                return
+            try:
+                results[position] = await func(item)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
+    workers = min(len(ordered), max(1, limit))
+    # DeferredList, not gatherResults: wait for the calls still running after a failure, so
+    # that none outlives the caller's error handling.
+    await DeferredList(
+        [Deferred.fromCoroutine(worker()) for _ in range(workers)], consumeErrors=True
+    )
+    if failed:
+        raise failed[0]
+    return results  # type: ignore[return-value]
+
+
+async def gather(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run coroutines concurrently, results in order; the first failure is raised as itself."""
+
+    async def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return await coroutine
+
+    return await bounded_map(run, coroutines, len(coroutines))

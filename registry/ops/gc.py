@@ -38,11 +38,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import FirstError
 from twisted.logger import Logger
 
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
+from registry.asyncutil import bounded_map
 from registry.manifests.references import ManifestRefs, manifest_refs
 from registry.storage import layout
 from registry.storage.catalog import Catalog
@@ -189,30 +190,7 @@ class GarbageCollector:
 
     async def _map(self, func: Callable[[U], Awaitable[T]], items: Iterable[U]) -> list[T]:
         """``func`` over ``items``, at most ``concurrency`` at a time, results in order."""
-        ordered = list(items)
-        results: list[T | None] = [None] * len(ordered)
-        pending = iter(enumerate(ordered))
-
-        failed: list[BaseException] = []
-
-        async def worker() -> None:
-            for position, item in pending:
-                if failed:
-                    return
-                try:
-                    results[position] = await func(item)
-                except BaseException as exc:
-                    failed.append(exc)
-                    raise
-
-        workers = min(len(ordered), max(1, self.options.concurrency))
-        with contextlib.suppress(FirstError):
-            await gatherResults(
-                [Deferred.fromCoroutine(worker()) for _ in range(workers)], consumeErrors=True
-            )
-        if failed:
-            raise failed[0]
-        return results  # type: ignore[return-value]
+        return await bounded_map(func, items, self.options.concurrency)
 
     # -- mark ---------------------------------------------------------------------------------
 

@@ -28,11 +28,12 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from registry.api.names import NAME_RE, is_valid_name
+from registry.asyncutil import bounded_map
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.pagination import paginate, parse_count
@@ -176,12 +177,7 @@ class Catalog:
             return []
 
     async def _list_many(self, paths: Sequence[str]) -> list[list[str]]:
-        semaphore = DeferredSemaphore(self.concurrency)
-
-        def one(path: str) -> Deferred[list[str]]:
-            return semaphore.run(lambda: Deferred.fromCoroutine(self._children(path)))
-
-        return await gatherResults([one(path) for path in paths], consumeErrors=True)
+        return await bounded_map(self._children, paths, self.concurrency)
 
     async def walk(self) -> list[str]:
         """

@@ -13,10 +13,10 @@ from collections import OrderedDict
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
+from registry.asyncutil import bounded_map
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
@@ -48,22 +48,13 @@ class RepositorySizes:
         return digests
 
     async def _measure(self, name: str) -> int:
-        semaphore = DeferredSemaphore(self.concurrency)
-
         async def one(digest: Digest) -> int:
-            await semaphore.acquire()
             try:
                 return (await self.driver.stat(layout.blob_data(digest))).size
             except PathNotFoundError:
                 return 0  # linked, but its data was collected: nothing to download
-            finally:
-                semaphore.release()
 
-        digests = await self._linked(name)
-        sizes = await gatherResults(
-            [Deferred.fromCoroutine(one(d)) for d in digests], consumeErrors=True
-        )
-        return sum(sizes)
+        return sum(await bounded_map(one, await self._linked(name), self.concurrency))
 
     async def size(self, name: str) -> int:
         now = float(self.clock.seconds())

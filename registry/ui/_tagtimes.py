@@ -16,11 +16,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from registry.api.digests import Digest
+from registry.asyncutil import bounded_map
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
@@ -85,30 +86,25 @@ class TagTimes:
     async def _dates(
         self, name: str, tags: list[str], pause_every: int | None = None
     ) -> dict[str, float]:
-        # A few workers, each awaiting one tag after another, rather than a Deferred per tag:
-        # on local disk a stat answers without suspending, so a worker goes through its tags
-        # at the cost of a function call (a Deferred per tag cost as much again as the stats);
-        # on S3 the workers keep ``concurrency`` requests in flight.  In the background
-        # (``pause_every``) they give the reactor a turn every so many tags, so that requests
-        # arriving meanwhile are not held up for the whole repository.
+        # A few workers (`bounded_map`), each awaiting one tag after another, rather than a
+        # Deferred per tag: on local disk a stat answers without suspending, so a worker goes
+        # through its tags at the cost of a function call (a Deferred per tag cost as much
+        # again as the stats); on S3 the workers keep ``concurrency`` requests in flight.  In
+        # the background (``pause_every``) they give the reactor a turn every so many tags, so
+        # that requests arriving meanwhile are not held up for the whole repository.
         dates: dict[str, float] = {}
-        pending = iter(tags)
         done = 0
 
-        async def worker() -> None:
+        async def one(tag: str) -> None:
             nonlocal done
-            for tag in pending:
-                when = await self._stat(name, tag)
-                if when is not None:
-                    dates[tag] = when
-                done += 1
-                if pause_every and done % pause_every == 0:
-                    await deferLater(self.clock, 0)
+            when = await self._stat(name, tag)
+            if when is not None:
+                dates[tag] = when
+            done += 1
+            if pause_every and done % pause_every == 0:
+                await deferLater(self.clock, 0)
 
-        workers = min(len(tags), self.concurrency)
-        await gatherResults(
-            [Deferred.fromCoroutine(worker()) for _ in range(workers)], consumeErrors=True
-        )
+        await bounded_map(one, tags, self.concurrency)
         return dates
 
     async def _listing(self, name: str) -> list[str]:

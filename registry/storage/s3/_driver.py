@@ -12,14 +12,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Coroutine
 from typing import Any
 
 import treq
-from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from registry.asyncutil import gather
 from registry.storage.driver import (
     FileInfo,
     IFileWriter,
@@ -53,17 +52,6 @@ def _check(path: str) -> str:
     if not path or any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"invalid storage path {path!r}")
     return path
-
-
-async def _gather(*coroutines: Coroutine[Any, Any, Any]) -> _List[Any]:
-    """Run coroutines concurrently; the first failure is raised as itself."""
-    try:
-        results: _List[Any] = await gatherResults(
-            [Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True
-        )
-    except FirstError as error:
-        error.subFailure.raiseException()
-    return results
 
 
 MOVE_COPY_THRESHOLD = 128 * 1024 * 1024
@@ -168,7 +156,7 @@ class S3Driver:
 
     async def delete(self, path: str) -> None:
         key = self._key(path)
-        head, (below, _), uploads = await _gather(
+        head, (below, _), uploads = await gather(
             self._client.call("HEAD", key, missing_ok=True),
             self._walk(key + "/"),
             self._uploads_under(key),
@@ -179,7 +167,7 @@ class S3Driver:
         found = any(not k.endswith(STATE_SUFFIX) for k in files)
         # Unfinished writes of this file or below it go too, so nothing is left behind.
         files.append(key + STATE_SUFFIX)
-        await _gather(
+        await gather(
             *(multipart.abort(self._client, upload, upload_id) for upload, upload_id in uploads),
             *(self._delete_keys(files[i : i + _DELETE_BATCH]) for i in _batches(files)),
         )

@@ -4,9 +4,11 @@ Multipart-upload calls shared by the writer and by ``move`` of objects above 5 G
 
 from __future__ import annotations
 
-import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from collections.abc import Awaitable
 
+import attrs
+
+from registry.asyncutil import bounded_map
 from registry.storage.driver import StorageError
 from registry.storage.s3._client import Body, S3Client, child_text, header, parse_xml
 from registry.storage.s3._settings import MIN_PART_SIZE, quote_key
@@ -80,7 +82,6 @@ async def copy_parts(
 ) -> list[Part]:
     """Copy the object at ``source_key`` into parts of the upload, server side."""
     source = f"/{client.settings.bucket}/{quote_key(source_key)}"
-    semaphore = DeferredSemaphore(COPY_CONCURRENCY)
 
     async def copy(number: int, first: int, last: int) -> Part:
         result = await client.call(
@@ -99,18 +100,11 @@ async def copy_parts(
             raise StorageError(f"S3 sent no ETag for copied part {number} of {key}")
         return Part(number, etag, last - first + 1)
 
-    def run(number: int, first: int, last: int) -> Deferred[Part]:
-        return semaphore.run(lambda: Deferred.fromCoroutine(copy(number, first, last)))
+    def run(numbered: tuple[int, tuple[int, int]]) -> Awaitable[Part]:
+        index, (first, last) = numbered
+        return copy(first_number + index, first, last)
 
-    ranges = copy_ranges(size, part_size)
-    try:
-        parts: list[Part] = await gatherResults(
-            [run(first_number + index, first, last) for index, (first, last) in enumerate(ranges)],
-            consumeErrors=True,
-        )
-    except FirstError as error:
-        error.subFailure.raiseException()
-    return parts
+    return await bounded_map(run, enumerate(copy_ranges(size, part_size)), COPY_CONCURRENCY)
 
 
 def _escape(text: str) -> str:
