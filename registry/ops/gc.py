@@ -48,6 +48,7 @@ from registry.manifests.references import ManifestRefs, manifest_refs
 from registry.storage import layout
 from registry.storage.catalog import Catalog
 from registry.storage.driver import FileInfo, IStorageDriver, PathNotFoundError
+from registry.storage.referrers import ReferrersIndex
 
 log = Logger()
 T = TypeVar("T")
@@ -274,18 +275,7 @@ class GarbageCollector:
 
     async def _referrers_index(self, name: str) -> dict[str, set[str]]:
         """subject -> referrers, from our referrers index (registry:2 data has none)."""
-        edges: dict[str, set[str]] = {}
-        root = f"{layout.OWN}/referrers/{name}"
-        for algorithm in ("sha256", "sha384", "sha512"):
-            for hex_ in await self._list(f"{root}/{algorithm}"):
-                subject = _digest(f"{algorithm}:{hex_}")
-                if subject is None:
-                    continue
-                for entry in await self._list(f"{root}/{algorithm}/{hex_}"):
-                    referrer = _digest(entry.replace("-", ":", 1))
-                    if referrer is not None:
-                        edges.setdefault(str(subject), set()).add(str(referrer))
-        return edges
+        return await ReferrersIndex(self.driver).edges(name)
 
     async def _scan(self, name: str) -> _Repository:
         revisions = await self._revisions(name)
@@ -482,12 +472,9 @@ class GarbageCollector:
                 with contextlib.suppress(PathNotFoundError):
                     await self.driver.delete(path)
             subject_digest = _digest(subject) if subject is not None else None
-            if subject_digest is not None:
-                try:
-                    await self.driver.delete(layout.referrer_entry(name, subject_digest, digest))
-                    self.stats.referrer_entries_deleted += 1
-                except PathNotFoundError:
-                    pass
+            referrers = ReferrersIndex(self.driver)
+            if subject_digest is not None and await referrers.remove(name, subject_digest, digest):
+                self.stats.referrer_entries_deleted += 1
 
     async def _delete_blob(self, candidate: _Candidate) -> None:
         digest = Digest.parse(candidate.digest)

@@ -105,9 +105,14 @@ def upload_hashstate(name: str, upload_id: str, algorithm: str, offset: int) -> 
     return f"{upload_hashstates(name, upload_id, algorithm)}/{offset}"
 
 
+def referrers_root(name: str) -> str:
+    """Our referrers index of repository ``name``: a folder per subject, ``<alg>/<hex>``."""
+    return f"{OWN}/referrers/{name}"
+
+
 def referrers_dir(name: str, subject: Digest) -> str:
     """Our referrers index: one link per manifest whose ``subject`` is ``subject``."""
-    return f"{OWN}/referrers/{name}/{subject.algorithm}/{subject.hex}"
+    return f"{referrers_root(name)}/{subject.algorithm}/{subject.hex}"
 
 
 def referrer_entry(name: str, subject: Digest, referrer: Digest) -> str:

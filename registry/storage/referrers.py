@@ -20,6 +20,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from registry.api import mediatypes
 from registry.api.digests import Digest
+from registry.api.errors import RegistryError
 from registry.manifests.model import ParsedManifest
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
@@ -52,6 +53,18 @@ def referrers_response(descriptors: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _entry_name(digest: Digest | str) -> str:
     return str(digest).replace(":", "-", 1)
+
+
+def _entry_digest(entry: str) -> Digest | None:
+    """The referrer an entry's file name stands for; None for a stray file."""
+    return _parse_digest(entry.replace("-", ":", 1))
+
+
+def _parse_digest(text: str) -> Digest | None:
+    try:
+        return Digest.parse(text)
+    except RegistryError:
+        return None
 
 
 class IReferrers(Interface):
@@ -91,6 +104,30 @@ class ReferrersIndex:
         except PathNotFoundError:
             return False
         return True
+
+    async def edges(self, name: str) -> dict[str, set[str]]:
+        """
+        Subject -> referrers, for every subject of repository ``name`` (garbage collection
+        walks them); stray files are skipped.
+        """
+        edges: dict[str, set[str]] = {}
+        root = layout.referrers_root(name)
+        for algorithm in await self._list(root):
+            for hex_ in await self._list(f"{root}/{algorithm}"):
+                subject = _parse_digest(f"{algorithm}:{hex_}")
+                if subject is None:
+                    continue
+                for entry in await self._list(layout.referrers_dir(name, subject)):
+                    referrer = _entry_digest(entry)
+                    if referrer is not None:
+                        edges.setdefault(str(subject), set()).add(str(referrer))
+        return edges
+
+    async def _list(self, path: str) -> list[str]:
+        try:
+            return await self.driver.list(path)
+        except PathNotFoundError:
+            return []
 
     async def _entries(self, name: str, subject: Digest) -> list[str]:
         try:
