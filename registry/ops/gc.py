@@ -33,7 +33,6 @@ errors while deleting are counted and the sweep goes on.
 from __future__ import annotations
 
 import contextlib
-import os.path
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -48,6 +47,7 @@ from registry.manifests.references import ManifestRefs, manifest_refs
 from registry.storage import layout
 from registry.storage.catalog import Catalog
 from registry.storage.driver import FileInfo, IStorageDriver, PathNotFoundError
+from registry.storage.listing import digest_folders, list_or_empty
 from registry.storage.referrers import ReferrersIndex
 
 log = Logger()
@@ -184,10 +184,7 @@ class GarbageCollector:
     # -- storage calls, a bounded number in flight -----------------------------------------
 
     async def _list(self, path: str) -> list[str]:
-        try:
-            return await self.driver.list(path)
-        except PathNotFoundError:
-            return []
+        return await list_or_empty(self.driver, path)
 
     async def _map(self, func: Callable[[U], Awaitable[T]], items: Iterable[U]) -> list[T]:
         """``func`` over ``items``, at most ``concurrency`` at a time, results in order."""
@@ -209,14 +206,7 @@ class GarbageCollector:
                 self.stats.blobs_marked += 1
 
     async def _revisions(self, name: str) -> set[str]:
-        found: set[str] = set()
-        root = layout.revisions_dir(name)
-        for algorithm in await self._list(root):
-            for hex_ in await self._list(f"{root}/{algorithm}"):
-                digest = _digest(f"{algorithm}:{hex_}")
-                if digest is not None:
-                    found.add(str(digest))
-        return found
+        return {str(d) for d in await digest_folders(self.driver, layout.revisions_dir(name))}
 
     async def _tagged(self, name: str) -> set[str]:
         async def resolve(tag: str) -> str | None:
@@ -425,12 +415,11 @@ class GarbageCollector:
         await self._recheck_links(name)
 
     async def _recheck_links(self, name: str) -> None:
-        root = layout.layers_dir(name)
-        linked: list[str] = []
-        for algorithm in await self._list(root):
-            for hex_ in await self._list(f"{root}/{algorithm}"):
-                if f"{algorithm}:{hex_}" in self._candidates:
-                    linked.append(f"{algorithm}:{hex_}")
+        linked = [
+            str(digest)
+            for digest in await digest_folders(self.driver, layout.layers_dir(name))
+            if str(digest) in self._candidates
+        ]
 
         async def young(digest: str) -> bool:
             path = layout.layer_link(name, Digest.parse(digest))
@@ -459,7 +448,7 @@ class GarbageCollector:
         for digest_text, subject in repository.doomed.items():
             digest = Digest.parse(digest_text)
             try:
-                await self.driver.delete(os.path.dirname(layout.revision_link(name, digest)))
+                await self.driver.delete(layout.revision_dir(name, digest))
             except PathNotFoundError:
                 pass
             except Exception as exc:
@@ -468,7 +457,7 @@ class GarbageCollector:
             self.stats.revisions_deleted += 1
             log.info("{name}: deleted untagged manifest {digest}", name=name, digest=digest)
             for tag in tags:
-                path = os.path.dirname(layout.tag_index_link(name, tag, digest))
+                path = layout.tag_index_dir(name, tag, digest)
                 with contextlib.suppress(PathNotFoundError):
                     await self.driver.delete(path)
             subject_digest = _digest(subject) if subject is not None else None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os.path
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -652,11 +651,11 @@ class ProxyCache:
                 await self.tags.remove(name, tag)
                 self._checked.pop((name, tag))
             with contextlib.suppress(PathNotFoundError):
-                await self.driver.delete(os.path.dirname(layout.revision_link(name, digest)))
+                await self.driver.delete(layout.revision_dir(name, digest))
         else:
             for name in victim.names:
                 with contextlib.suppress(PathNotFoundError):
-                    await self.driver.delete(os.path.dirname(layout.layer_link(name, digest)))
+                    await self.driver.delete(layout.layer_dir(name, digest))
         if not await self._used_elsewhere(victim):
             await self._drop_blob_data(digest)
 

@@ -45,24 +45,34 @@ def repository(name: str) -> str:
     return f"{REPOSITORIES}/{name}"
 
 
-def layer_link(name: str, digest: Digest) -> str:
-    return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.hex}/link"
-
-
 def layers_dir(name: str) -> str:
     return f"{REPOSITORIES}/{name}/_layers"
+
+
+def layer_dir(name: str, digest: Digest) -> str:
+    """The folder of one layer link: deleting it unlinks the blob from the repository."""
+    return f"{layers_dir(name)}/{digest.algorithm}/{digest.hex}"
+
+
+def layer_link(name: str, digest: Digest) -> str:
+    return f"{layer_dir(name, digest)}/link"
 
 
 def manifests_dir(name: str) -> str:
     return f"{REPOSITORIES}/{name}/_manifests"
 
 
-def revision_link(name: str, digest: Digest) -> str:
-    return f"{REPOSITORIES}/{name}/_manifests/revisions/{digest.algorithm}/{digest.hex}/link"
-
-
 def revisions_dir(name: str) -> str:
     return f"{REPOSITORIES}/{name}/_manifests/revisions"
+
+
+def revision_dir(name: str, digest: Digest) -> str:
+    """The folder of one revision link: deleting it removes the manifest from the repository."""
+    return f"{revisions_dir(name)}/{digest.algorithm}/{digest.hex}"
+
+
+def revision_link(name: str, digest: Digest) -> str:
+    return f"{revision_dir(name, digest)}/link"
 
 
 def tags_dir(name: str) -> str:
@@ -77,8 +87,13 @@ def tag_current_link(name: str, tag: str) -> str:
     return f"{tag_dir(name, tag)}/current/link"
 
 
+def tag_index_dir(name: str, tag: str, digest: Digest) -> str:
+    """The folder recording that ``tag`` once pointed at ``digest``."""
+    return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}"
+
+
 def tag_index_link(name: str, tag: str, digest: Digest) -> str:
-    return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}/link"
+    return f"{tag_index_dir(name, tag, digest)}/link"
 
 
 def uploads_dir(name: str) -> str:

@@ -14,7 +14,6 @@ Deletion goes the other way round.
 from __future__ import annotations
 
 import contextlib
-import os.path
 from collections.abc import Awaitable, Sequence
 
 import attrs
@@ -45,6 +44,7 @@ from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.listing import digest_folders
 from registry.storage.referrers import ReferrersIndex, referrer_descriptor
 from registry.storage.repositories import repository_exists
 from registry.storage.tags import TagStore
@@ -316,7 +316,7 @@ class ManifestStore:
         if subject is not None:
             await self.referrers.remove(name, subject, ref)
         with contextlib.suppress(PathNotFoundError):
-            await self.driver.delete(os.path.dirname(layout.revision_link(name, ref)))
+            await self.driver.delete(layout.revision_dir(name, ref))
         return removed
 
     async def untag(self, name: str, tag: str) -> None:
@@ -344,18 +344,4 @@ class ManifestStore:
         return count
 
     async def _revisions(self, name: str) -> list[Digest]:
-        digests: list[Digest] = []
-        root = layout.revisions_dir(name)
-        for algorithm in await self._list(root):
-            for hex_ in await self._list(f"{root}/{algorithm}"):
-                try:
-                    digests.append(Digest.parse(f"{algorithm}:{hex_}"))
-                except RegistryError:
-                    continue
-        return digests
-
-    async def _list(self, path: str) -> list[str]:
-        try:
-            return await self.driver.list(path)
-        except PathNotFoundError:
-            return []
+        return await digest_folders(self.driver, layout.revisions_dir(name))

@@ -24,6 +24,7 @@ from registry.api.errors import RegistryError
 from registry.manifests.model import ParsedManifest
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.listing import digest_folders, list_or_empty
 from registry.storage.pagination import parse_count
 
 
@@ -57,12 +58,8 @@ def _entry_name(digest: Digest | str) -> str:
 
 def _entry_digest(entry: str) -> Digest | None:
     """The referrer an entry's file name stands for; None for a stray file."""
-    return _parse_digest(entry.replace("-", ":", 1))
-
-
-def _parse_digest(text: str) -> Digest | None:
     try:
-        return Digest.parse(text)
+        return Digest.parse(entry.replace("-", ":", 1))
     except RegistryError:
         return None
 
@@ -111,23 +108,12 @@ class ReferrersIndex:
         walks them); stray files are skipped.
         """
         edges: dict[str, set[str]] = {}
-        root = layout.referrers_root(name)
-        for algorithm in await self._list(root):
-            for hex_ in await self._list(f"{root}/{algorithm}"):
-                subject = _parse_digest(f"{algorithm}:{hex_}")
-                if subject is None:
-                    continue
-                for entry in await self._list(layout.referrers_dir(name, subject)):
-                    referrer = _entry_digest(entry)
-                    if referrer is not None:
-                        edges.setdefault(str(subject), set()).add(str(referrer))
+        for subject in await digest_folders(self.driver, layout.referrers_root(name)):
+            for entry in await list_or_empty(self.driver, layout.referrers_dir(name, subject)):
+                referrer = _entry_digest(entry)
+                if referrer is not None:
+                    edges.setdefault(str(subject), set()).add(str(referrer))
         return edges
-
-    async def _list(self, path: str) -> list[str]:
-        try:
-            return await self.driver.list(path)
-        except PathNotFoundError:
-            return []
 
     async def _entries(self, name: str, subject: Digest) -> list[str]:
         try:

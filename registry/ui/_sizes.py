@@ -15,10 +15,10 @@ from typing import Any
 import attrs
 
 from registry.api.digests import Digest
-from registry.api.errors import RegistryError
 from registry.asyncutil import bounded_map
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.listing import digest_folders
 
 
 @attrs.define
@@ -30,22 +30,8 @@ class RepositorySizes:
     concurrency: int = 32
     _memo: OrderedDict[str, tuple[float, int]] = attrs.field(factory=OrderedDict, init=False)
 
-    async def _list(self, path: str) -> list[str]:
-        try:
-            return await self.driver.list(path)
-        except PathNotFoundError:
-            return []
-
     async def _linked(self, name: str) -> list[Digest]:
-        root = layout.layers_dir(name)
-        digests = []
-        for algorithm in await self._list(root):
-            for hex_ in await self._list(f"{root}/{algorithm}"):
-                try:
-                    digests.append(Digest.parse(f"{algorithm}:{hex_}"))
-                except RegistryError:
-                    continue
-        return digests
+        return await digest_folders(self.driver, layout.layers_dir(name))
 
     async def _measure(self, name: str) -> int:
         async def one(digest: Digest) -> int:
