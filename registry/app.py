@@ -47,7 +47,7 @@ async def _base(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     return responses.json_body(request, 200, {})
 
 
-# (resource kind, method) -> handler.  Other modules add theirs with `register_handler`.
+# (resource kind, method) -> handler: every route of the API, in one table.
 HANDLERS: dict[tuple[Kind, bytes], Handler] = {
     (Kind.BASE, b"GET"): _base,
     (Kind.BASE, b"HEAD"): _base,
@@ -67,10 +67,6 @@ HANDLERS: dict[tuple[Kind, bytes], Handler] = {
     (Kind.CATALOG, b"GET"): listings.list_catalog,
     (Kind.REFERRERS, b"GET"): listings.list_referrers,
 }
-
-
-def register_handler(kind: Kind, method: bytes, handler: Handler) -> None:
-    HANDLERS[(kind, method)] = handler
 
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

@@ -19,19 +19,12 @@ OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 # The empty descriptor's content, digest and size (image-spec "Guidance for an Empty Descriptor").
 OCI_EMPTY_CONTENT = b"{}"
 OCI_EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
-OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_TAR_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-# Deprecated by image-spec 1.1 but still found in the wild (Windows base layers).
-OCI_LAYER_NONDISTRIBUTABLE_TAR = "application/vnd.oci.image.layer.nondistributable.v1.tar"
-OCI_LAYER_NONDISTRIBUTABLE_TAR_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-OCI_LAYER_NONDISTRIBUTABLE_TAR_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
 
 # Docker image manifest v2
 DOCKER_MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONTAINER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_PLUGIN_CONFIG = "application/vnd.docker.plugin.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
@@ -44,15 +37,6 @@ IMAGE_MANIFEST_TYPES = frozenset({OCI_IMAGE_MANIFEST, DOCKER_MANIFEST_V2})
 INDEX_TYPES = frozenset({OCI_IMAGE_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_TYPES = IMAGE_MANIFEST_TYPES | INDEX_TYPES
 OCI_TYPES = frozenset({OCI_IMAGE_MANIFEST, OCI_IMAGE_INDEX})
-
-FOREIGN_LAYER_TYPES = frozenset(
-    {
-        DOCKER_FOREIGN_LAYER,
-        OCI_LAYER_NONDISTRIBUTABLE_TAR,
-        OCI_LAYER_NONDISTRIBUTABLE_TAR_GZIP,
-        OCI_LAYER_NONDISTRIBUTABLE_TAR_ZSTD,
-    }
-)
 
 # Content-Types that say nothing about the manifest: the parser looks at the body instead.
 GENERIC_TYPES = frozenset({"", "application/json", "application/octet-stream", "text/plain"})

@@ -39,10 +39,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def is_valid_tag(tag: str) -> bool:
-    return TAG_RE.fullmatch(tag) is not None
-
-
 def check_tag(tag: str) -> str:
     if TAG_RE.fullmatch(tag) is None:
         raise RegistryError(TAG_INVALID, {"tag": tag[:300], "reason": "invalid tag"})
