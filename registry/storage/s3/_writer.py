@@ -39,10 +39,12 @@ import json
 import os
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -99,10 +101,13 @@ class _MemorySegment:
         self._chunks.append(data)
         self.size += len(data)
 
+    async def ready(self) -> None:
+        """Nothing to wait for: the bytes are in memory."""
+
     def producer(self) -> IBodyProducer:
         return _ChunksProducer(self._chunks, self.size)
 
-    def read(self) -> bytes:
+    async def read(self) -> bytes:
         return b"".join(self._chunks)
 
     def discard(self) -> None:
@@ -110,46 +115,107 @@ class _MemorySegment:
 
 
 class _FileSegment:
-    """A segment spooled to disk; small appends go to the page cache, as the filesystem driver's."""
+    """
+    A segment spooled to disk.  Every file operation (create, write, flush, read, close) runs
+    in the reactor's thread pool, one after another in the segment's own lane, so a slow or
+    full disk never holds the reactor; `ready` waits for what was queued and reports the
+    first failure.  The bytes waiting in the lane stay within the segment's size, which the
+    writer's back-pressure already bounds.
+    """
 
     def __init__(self, reactor: Any, directory: str) -> None:
         self.size = 0
         self._reactor = reactor
-        # The segment owns the file until its producer takes it.
-        self._file: IO[bytes] | None = tempfile.TemporaryFile(  # noqa: SIM115
-            dir=directory, prefix="s3part-"
-        )
+        self._pool = reactor.getThreadPool()
+        # Only the lane's functions touch the file, one at a time, in a pool thread.
+        self._file: IO[bytes] | None = None
+        self._failure: Failure | None = None
+        self._discarded = False
+        self._lane: Deferred[None] = Deferred()
+        self._lane.callback(None)
+        self._queue(self._create, directory)
 
-    def _open(self) -> IO[bytes]:
+    def _queue(self, func: Callable[..., object], *args: object) -> None:
+        """Run ``func(*args)`` in the pool after everything queued before it."""
+
+        def run(_: object) -> Deferred[object] | None:
+            if self._failure is not None:
+                return None  # the segment is broken: the first failure is what `ready` reports
+            return deferToThreadPool(self._reactor, self._pool, func, *args)
+
+        def failed(failure: Failure) -> None:
+            self._failure = self._failure or failure
+
+        self._lane.addCallback(run).addErrback(failed)
+
+    def _create(self, directory: str) -> None:
+        self._file = tempfile.TemporaryFile(dir=directory, prefix="s3part-")  # noqa: SIM115
+
+    def _opened(self) -> IO[bytes]:
         if self._file is None:
-            raise StorageError("spooled part already discarded")
+            raise StorageError("spooled part not open")
         return self._file
 
-    def append(self, data: bytes) -> None:
-        self._open().write(data)
-        self.size += len(data)
+    def _write(self, data: bytes) -> None:
+        self._opened().write(data)
 
-    def producer(self) -> IBodyProducer:
-        file = self._open()
-        file.flush()
-        # The producer closes what it is given: give it its own descriptor (same file, same
-        # offset), so that the segment can be sent again if S3 fails the first attempt.
-        copy = os.fdopen(os.dup(file.fileno()), "rb")
-        copy.seek(0)
-        return FileProducer(
-            self._reactor, self._reactor.getThreadPool(), copy, self.size, SPOOL_READ_SIZE
-        )
+    def _flush(self) -> None:
+        self._opened().flush()
 
-    def read(self) -> bytes:
-        file = self._open()
+    def _read_all(self) -> bytes:
+        file = self._opened()
         file.flush()
         file.seek(0)
         return file.read()
 
-    def discard(self) -> None:
+    def _close(self) -> None:
         file, self._file = self._file, None
         if file is not None:
             file.close()
+
+    def append(self, data: bytes) -> None:
+        if self._discarded:
+            raise StorageError("spooled part already discarded")
+        self._queue(self._write, data)
+        self.size += len(data)
+
+    async def _drained(self) -> None:
+        waiter: Deferred[None] = Deferred()
+
+        def fire(result: object) -> object:
+            waiter.callback(None)
+            return result
+
+        self._lane.addBoth(fire)
+        await waiter
+        if self._failure is not None:
+            self._failure.raiseException()
+
+    async def ready(self) -> None:
+        """Every byte appended so far is in the file (and flushed); raises the first failure."""
+        self._queue(self._flush)
+        await self._drained()
+
+    def producer(self) -> IBodyProducer:
+        """The segment's bytes, read in the thread pool; only after `ready`."""
+        file = self._opened()
+        # The producer closes what it is given: give it its own descriptor (same file, same
+        # offset), so that the segment can be sent again if S3 fails the first attempt.
+        copy = os.fdopen(os.dup(file.fileno()), "rb")
+        copy.seek(0)
+        return FileProducer(self._reactor, self._pool, copy, self.size, SPOOL_READ_SIZE)
+
+    async def read(self) -> bytes:
+        """The whole segment (a tail, under 5 MiB), read in the thread pool."""
+        result: list[bytes] = []
+        self._queue(lambda: result.append(self._read_all()))
+        await self._drained()
+        return result[0]
+
+    def discard(self) -> None:
+        if not self._discarded:
+            self._discarded = True
+            self._queue(self._close)
 
 
 _Segment = _MemorySegment | _FileSegment
@@ -264,6 +330,7 @@ class S3Writer:
     async def _send(self, segment: _Segment, number: int) -> None:
         assert self._upload_id is not None
         try:
+            await segment.ready()
             etag = await multipart.upload_part(
                 self._client, self._key, self._upload_id, number, segment.producer
             )
@@ -322,7 +389,7 @@ class S3Writer:
             await self._settle()
             if self._current.size >= MIN_PART_SIZE:
                 await self._flush_current()
-            tail = self._current.read()
+            tail = await self._current.read()
         finally:
             self._current.discard()
         state = {
@@ -339,6 +406,7 @@ class S3Writer:
         try:
             await self._settle()
             if self._upload_id is None:
+                await self._current.ready()
                 body: Body = self._current.producer if self._current.size else b""
                 await self._client.call("PUT", self._key, body=body)
             else:
