@@ -34,7 +34,7 @@ from registry.http.tls import (
     server_endpoint,
     warn_if_plain_public,
 )
-from registry.memory import HeapTrimmer, limit_malloc_arenas
+from registry.malloc_tuning import HeapTrimmer, limit_malloc_arenas
 from registry.ops.health import HealthCheck, upstream_probe
 from registry.ops.metrics import Metrics
 from registry.ops.notifications import add_notifications, check_notifications
@@ -258,7 +258,7 @@ def makeService(options: Options) -> IService:
     config = options.config
     assert config is not None
     refuse_unknown_twisted(twisted_internals.problems())
-    limit_malloc_arenas()  # before any worker thread exists: see registry/memory.py
+    limit_malloc_arenas()  # before any worker thread exists: see registry/malloc_tuning.py
     root = MultiService()
     pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
     ThreadPoolService(pool).setServiceParent(root)  # type: ignore[no-untyped-call]

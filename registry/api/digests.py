@@ -4,7 +4,7 @@ Content digests and the incremental hashers behind them.
 Uploads hash inline while bytes stream to storage.  The hashers' state serialises in about a
 hundred bytes, so a chunked upload can continue in another process (or on another instance
 sharing S3) without re-reading what is already stored.  sha256 uses libcrypto where it can be
-loaded (`registry.api.openssl_sha256`: same state format, and it releases the GIL so uploads
+loaded (`registry.native.openssl_sha256`: same state format, and it releases the GIL so uploads
 can hash on another core); sha512, and sha256 elsewhere, use ``rehashes``.
 """
 
@@ -17,8 +17,8 @@ from typing import Protocol
 import attrs
 import rehashes
 
-from registry.api import openssl_sha256
 from registry.api.errors import DIGEST_INVALID, RegistryError
+from registry.native import openssl_sha256
 
 _DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}

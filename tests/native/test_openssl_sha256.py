@@ -15,8 +15,8 @@ import rehashes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.api import openssl_sha256
 from registry.api.digests import new_hasher, releases_gil, restore_hasher
+from registry.native import openssl_sha256
 
 LIB = openssl_sha256.load()
 needs_libcrypto = pytest.mark.skipif(

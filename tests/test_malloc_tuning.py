@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 
-from registry.memory import HeapTrimmer, MiB, _malloc_trim
+from registry.malloc_tuning import HeapTrimmer, MiB, _malloc_trim
 from tests.e2e.harness import sleep
 
 

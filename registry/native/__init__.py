@@ -1,0 +1,1 @@
+"""Bindings to native libraries (ctypes), each optional: the registry works without them."""
