@@ -81,9 +81,9 @@ class HeapTrimmer:
     Once requests have moved ``min_bytes`` since the last trim, trim the heap ``delay`` seconds
     later (in a worker thread: the call walks the free lists holding malloc's lock).  Several
     large requests close together share one trim.  Only requests of ``counted_bytes`` or more
-    count: blob bodies pass through large buffers, manifests and small blobs do not.  When
-    each request had to reach ``min_bytes`` on its own, an upload sent as 4 MiB PATCHes was
-    never followed by a trim: RSS stayed at 75 MiB after it, against 61 MiB now.
+    count: blob bodies pass through large buffers, manifests and small blobs do not.  The
+    bytes add up across requests, because an upload sent as many PATCHes of a few MiB each
+    would otherwise never reach ``min_bytes`` and its buffers would stay in the heap.
     """
 
     def __init__(

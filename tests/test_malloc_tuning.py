@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor
-from twisted.python.threadpool import ThreadPool
+from twisted.internet.task import Clock
 
 from registry.malloc_tuning import HeapTrimmer, MiB, _malloc_trim
-from tests.e2e.harness import sleep
 
 
-@pytest.fixture
-def pool(one_thread_pool: ThreadPool) -> ThreadPool:
-    return one_thread_pool
+class ClockReactor(Clock):
+    """A Clock that also takes results back from "threads" (`deferToThreadPool` needs it)."""
+
+    def callFromThread(self, func: Callable[..., object], *args: Any) -> None:
+        func(*args)
+
+
+class InlinePool:
+    """A thread pool that runs the work at once: the trim's timing is what is tested here."""
+
+    def callInThreadWithCallback(
+        self, on_result: Callable[[bool, object], None], func: Callable[..., object], *args: Any
+    ) -> None:
+        on_result(True, func(*args))
 
 
 class RecordingTrim:
@@ -27,39 +37,42 @@ class RecordingTrim:
         return 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_only_large_transfers_trim_and_close_ones_share_a_trim(pool: ThreadPool) -> None:
+def trimmer_with(trim: RecordingTrim) -> tuple[HeapTrimmer, ClockReactor]:
+    clock = ClockReactor()
+    pool: Any = InlinePool()
+    return HeapTrimmer(clock, pool, min_bytes=16 * MiB, delay=0.05, trim=trim), clock
+
+
+def test_only_large_transfers_trim_and_close_ones_share_a_trim() -> None:
     trim = RecordingTrim()
-    trimmer = HeapTrimmer(reactor, pool, min_bytes=16 * MiB, delay=0.05, trim=trim)
+    trimmer, clock = trimmer_with(trim)
     for _ in range(100):
         trimmer.transferred(MiB - 1)  # manifests, small blobs: no trim
-    await sleep(0.2)
-    assert trim.calls == []
+    assert clock.getDelayedCalls() == []
     trimmer.transferred(64 * MiB)
     trimmer.transferred(1024 * MiB)
+    assert len(clock.getDelayedCalls()) == 1  # close ones share a trim
     assert trim.calls == []  # later, not while the request finishes
-    await sleep(0.2)
+    clock.advance(0.05)
     assert trim.calls == [0]
     trimmer.transferred(32 * MiB)
-    await sleep(0.2)
+    clock.advance(0.05)
     assert trim.calls == [0, 0]
     assert trimmer.trims == 2
 
 
-@pytest_twisted.ensureDeferred
-async def test_many_chunks_of_one_upload_add_up_to_a_trim(pool: ThreadPool) -> None:
+def test_many_chunks_of_one_upload_add_up_to_a_trim() -> None:
     trim = RecordingTrim()
-    trimmer = HeapTrimmer(reactor, pool, min_bytes=16 * MiB, delay=0.05, trim=trim)
+    trimmer, clock = trimmer_with(trim)
     for _ in range(3):
         trimmer.transferred(4 * MiB)
-    await sleep(0.2)
-    assert trim.calls == []  # 12 MiB so far
+    assert clock.getDelayedCalls() == []  # 12 MiB so far
     trimmer.transferred(4 * MiB)
-    await sleep(0.2)
+    clock.advance(0.05)
     assert trim.calls == [0]
     for _ in range(3):
         trimmer.transferred(4 * MiB)  # counted again from zero after the trim
-    await sleep(0.2)
+    clock.advance(1.0)
     assert trim.calls == [0]
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import attrs
 import bcrypt
@@ -306,14 +307,27 @@ async def test_no_late_continue_once_the_client_sends_anyway(
     A client that stops waiting for ``100 Continue`` (curl: after 1 s) and sends the body must
     not get a ``100 Continue`` in the middle of it, only the final answer.
     """
+    from registry.http.upload_sink import UploadSink
     from registry.storage.uploads import UploadStore
 
     original_open = UploadStore.open
+    original_feed = UploadSink.feed
+    received: list[int] = []
+
+    def counting_feed(self: UploadSink[Any], data: bytes) -> object:
+        received.append(len(data))
+        return original_feed(self, data)
 
     async def slow_open(self: UploadStore, *args: object, **kwargs: object) -> object:
-        await sleep(1.0)  # storage that takes its time (a slow S3, say)
+        # Storage that takes its time (a slow S3, say): the upload opens only once body
+        # bytes have arrived, as they do when a client stops waiting for 100 Continue.
+        for _ in range(1000):
+            if received:
+                break
+            await sleep(0.01)
         return await original_open(self, *args, **kwargs)  # type: ignore[arg-type]
 
+    monkeypatch.setattr(UploadSink, "feed", counting_feed)
     monkeypatch.setattr(UploadStore, "open", slow_open)
     data = os.urandom(2 * MiB)
     location = await start_upload(registry.url, "early")

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -41,6 +42,17 @@ async def upload_range(location: str) -> str | None:
     await response.content()
     assert response.code == 204
     return header(response, "range")
+
+
+async def wait_for_range(location: str, reached: Callable[[str | None], bool]) -> str | None:
+    """Poll the upload's ``Range`` until ``reached`` says so (bounded: 20 s)."""
+    stored = None
+    for _ in range(400):
+        stored = await upload_range(location)
+        if reached(stored):
+            return stored
+        await sleep(0.05)
+    raise AssertionError(f"upload range stayed at {stored}")
 
 
 @pytest_twisted.ensureDeferred
@@ -226,7 +238,7 @@ async def test_kill_mid_body(registry_process: RegistryProcess) -> None:
     await deferToThread(
         send_partial_body, registry_process.url, "PATCH", path, len(data), data[:3_000_000]
     )
-    await sleep(0.3)
+    await wait_for_range(location, lambda stored: stored not in (None, "0-0"))  # bytes in
     registry_process.kill()
     registry_process.start()
     response = await treq.head(f"{registry_process.url}/v2/killed/blobs/{sha256(data)}")
@@ -295,18 +307,29 @@ async def test_concurrent_writes_to_one_upload(registry: InProcessRegistry) -> N
     """Two PATCHes racing on one upload: one wins, the other gets 416, bytes never interleave."""
     location = await start_upload(registry.url, "race")
     path = location.removeprefix(registry.url)
-    # Hold the upload open with a body that never completes...
+    # Hold the upload open with a body that never completes: the server's 100 Continue says
+    # the upload is open and held by this request.
     host, port = registry.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
+    sock = socket.create_connection((host, int(port)), timeout=20)
     sock.sendall(
-        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode() + b"a" * 10
+        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+        "Expect: 100-continue\r\n\r\n".encode()
     )
-    await sleep(0.2)
+    assert (await deferToThread(sock.recv, 1024)).startswith(b"HTTP/1.1 100 Continue")
+    await deferToThread(sock.sendall, b"a" * 10)
     response = await treq.patch(location, data=b"b" * 10)
     assert response.code == 416
     assert await error_codes(response) == ["RANGE_INVALID"]
     await deferToThread(sock.close)
-    await sleep(0.2)
+    # Once the server has seen the first client leave, the upload is free again: a chunk at
+    # the wrong offset is refused for its offset (nothing written), no longer for the writer.
+    for _ in range(400):
+        response = await treq.patch(location, data=b"c", headers={"Content-Range": "0-0"})
+        text = await response.text()
+        if "another request is writing" not in text:
+            break
+        await sleep(0.05)
+    assert response.code == 416 and "upload has 10 bytes" in text, text
     assert await upload_range(location) == "0-9"
 
 

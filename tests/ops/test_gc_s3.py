@@ -43,9 +43,18 @@ async def test_gc_over_s3(driver: S3Driver) -> None:
     content = await scenario.build(*scenario.store_pushers(driver))
     blobs = BlobStore(driver)
     # S3 times have one-second resolution: what is written after ``mark`` is "young" when
-    # gc pretends to run an hour (the grace) later.
+    # gc pretends to run an hour (the grace) later, once S3 stamps new objects at ``mark`` or
+    # later (a probe object says when).
     mark = time.time()
-    await sleep(1.2)
+    probe = f"{layout.OWN}/probes/clock"
+    for _ in range(100):
+        await driver.put_content(probe, b"")
+        if (await driver.stat(probe)).modified >= mark:
+            break
+        await sleep(0.05)
+    else:
+        raise AssertionError("S3 never stamped an object after the mark")
+    await driver.delete(probe)
     fresh = await blobs.put_small(b"pushed just now")
     await blobs.link("app", fresh)
     now = mark + 3600.0
