@@ -12,6 +12,7 @@ Both go through the real option parsing and service wiring.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 from twisted.application.service import IService
@@ -51,7 +53,15 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+# What the registry logs once it serves; the address is the bound one (the real port for 0).
+LISTENING = re.compile(r"txregistry listening on .*\((?P<host>[0-9.]+):(?P<port>\d+)\)")
+
+
 def free_port() -> int:
+    """
+    A port nothing listens on right now.  Only for servers that must be told their port up
+    front (registry:2, nginx, a URL where nothing may answer); ours listen on port 0.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -100,24 +110,23 @@ async def start_in_process(
     sections: Mapping[str, Mapping[str, str]] | None = None,
     listen: str = "tcp:{port}:interface=127.0.0.1",
 ) -> InProcessRegistry:
-    """``listen`` is the endpoint description, ``{port}`` replaced by a free port."""
-    port = free_port()
+    """
+    ``listen`` is the endpoint description, ``{port}`` replaced by 0: the kernel picks a free
+    port, and the registry's listeners say which.
+    """
     config = write_config(tmp_path / "registry.cfg", sections or {})
     options = Options()
-    arguments = ["--config", str(config), "--port", listen.format(port=port)]
+    arguments = ["--config", str(config), "--port", listen.format(port=0)]
     if not _storage_configured(sections):
         arguments += ["--storage", str(tmp_path / "data")]
     options.parseOptions(arguments)
     service = makeService(options)
     service.startService()
+    serving: Any = service  # a RegistryService: its listeners know the bound port
+    await serving.listeners.wait_bound()
+    port = int(serving.listeners.ports[0].getHost().port)
     scheme = "https" if listen.startswith("ssl:") else "http"
     url = f"{scheme}://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            await sleep(0.02)
     return InProcessRegistry(url, service, options)
 
 
@@ -131,13 +140,19 @@ class RegistryProcess:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # Chosen by the kernel at the first start (``tcp:0``), kept across restarts: a restart
+        # must come back where clients (and upload Locations they hold) point.
+        self.port: int | None = None
         self.sections = sections or {}
         self.config = write_config(workdir / "registry.cfg", self.sections)
         self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "registry.log"
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "start() first"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         sections_storage = ["--storage", str(self.workdir / "data")]
@@ -147,7 +162,7 @@ class RegistryProcess:
             "--config",
             str(self.config),
             "--port",
-            f"tcp:{self.port}:interface=127.0.0.1",
+            f"tcp:{self.port or 0}:interface=127.0.0.1",
             *sections_storage,
         )
         env = dict(os.environ)
@@ -156,14 +171,27 @@ class RegistryProcess:
         # Tracebacks in its log fail the test (tests/logwatch.py), as they would in process.
         logwatch.watch_file(self.log_path)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        offset = log.tell()
         self.process = subprocess.Popen(
             command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        try:
-            wait_listening(self.port, self.process)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}: {self.log_path.read_text()[-3000:]}") from None
+        self.port = self._announced_port(offset)
+
+    def _announced_port(self, offset: int, timeout: float = 60) -> int:
+        """The port in the start-up line the child logs once it serves (past ``offset``)."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                found = LISTENING.search(log.read().decode(errors="replace"))
+            if found:
+                return int(found["port"])
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"registry not serving: {self.log_path.read_text()[-3000:]}")
 
     @property
     def pid(self) -> int:

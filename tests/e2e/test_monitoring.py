@@ -99,6 +99,7 @@ async def test_readiness_follows_the_storage(start_registry: Starter, tmp_path: 
 @pytest_twisted.ensureDeferred
 async def test_an_upstream_down_fails_readiness(start_registry: Starter) -> None:
     """Nothing listens where [proxy:hub] points: readiness names it; /health (storage) is fine."""
+    # A port nothing listens on: probing is the point here, not a port for a server.
     nowhere = f"http://127.0.0.1:{free_port()}"
     registry = await start_registry(
         {"proxy:hub": {"remoteurl": nowhere, "prefix": "docker.io"}, "health": FAST_HEALTH}
@@ -224,6 +225,8 @@ async def test_metrics_count_a_push_and_a_pull(start_registry: Starter) -> None:
 async def test_the_debug_listener_takes_metrics_off_the_main_port(
     start_registry: Starter,
 ) -> None:
+    # A probed port: the debug listener's bound port is neither logged nor reachable from
+    # the in-process registry's handle, so it is chosen up front.
     port = free_port()
     registry = await start_registry({"debug": {"addr": f"tcp:{port}:interface=127.0.0.1"}})
     debug = f"http://127.0.0.1:{port}"

@@ -197,7 +197,7 @@ async def test_push_and_pull_through_the_documented_nginx(
     server = pki.certificate("127.0.0.1", server_key, (ca_key, ca), server=True)
     cert = pki.write(tmp_path / "fullchain.pem", pki.pem_cert(server, ca))
     key = pki.write(tmp_path / "privkey.pem", pki.pem_key(server_key))
-    nginx_port = free_port()
+    nginx_port = free_port()  # nginx's listen directive needs a port up front
     block = substitute(
         doc_block("nginx"),
         {

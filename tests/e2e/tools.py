@@ -52,6 +52,8 @@ class Registry2Process:
     def __init__(self, workdir: Path, root: Path) -> None:
         self.workdir = workdir
         self.root = root
+        # registry:2 (third-party) is given its address in its config file: the port is
+        # probed up front rather than read back from its log.
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None

@@ -11,9 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.e2e.harness import REPO_ROOT, twistd_command
-
-LISTENING = re.compile(r"txregistry listening on .*\((?P<host>[0-9.]+):(?P<port>\d+)\)")
+from tests.e2e.harness import LISTENING, REPO_ROOT, twistd_command
 
 
 def child_env(extra: Mapping[str, str] | None = None, pythonpath: bool = True) -> dict[str, str]:

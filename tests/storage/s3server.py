@@ -60,7 +60,11 @@ def find_weed() -> str | None:
 
 
 def _free_ports(count: int) -> list[int]:
-    """Distinct free ports on 127.0.0.1 (held open together so they differ)."""
+    """
+    Distinct free ports on 127.0.0.1 (held open together so they differ).  SeaweedFS's
+    servers find each other through ports given on the command line, so they are probed
+    rather than left to the kernel.
+    """
     sockets = []
     try:
         for _ in range(count):
