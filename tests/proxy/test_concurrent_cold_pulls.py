@@ -1,6 +1,7 @@
 """The heavy case, in real processes: 20 concurrent cold pulls of one 256 MiB layer through a
 ``twistd registry`` from the standalone fake upstream.  One upstream blob GET, every client
-gets the right bytes, and the registry's memory stays far below the layer size."""
+gets the right bytes.  The peak RSS and pull speeds are printed (run with ``-s``), not asserted:
+they are benchmark figures (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -129,5 +130,4 @@ async def test_twenty_concurrent_cold_pulls_of_one_large_layer(tmp_path: Path) -
     )
     assert digests == [layer] * CLIENTS
     assert stats["blob_gets"] == {layer: 1}
-    assert peak < 200 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
     assert not os.listdir(tmp_path / "data/docker/registry/v2/txregistry/proxy/hub/fills")

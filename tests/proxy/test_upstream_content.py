@@ -230,10 +230,8 @@ async def test_stalled_blob_body_times_out(
     fake.switches.stall_blob_after = 50_000
     client = make_client(timeout=0.3)
     blob = await client.blob("library/alpine", image.layers[1].digest)
-    started = reactor.seconds()
     with pytest.raises(UpstreamUnavailable, match="stalled"):
         await blob.write_to(HashingConsumer())
-    assert reactor.seconds() - started < 2.0
     await wait_until(lambda: fake.cdn_open_connections == 0)
 
 

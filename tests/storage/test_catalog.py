@@ -215,13 +215,8 @@ async def test_rebuild_failure_reaches_every_waiter(driver: IStorageDriver) -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_walk_speed(driver: IStorageDriver) -> None:
+async def test_walk_finds_every_registry2_repository(driver: IStorageDriver) -> None:
     names = [f"org{i % 10}/team{i % 7}/app{i:03d}" for i in range(300)]
     for name in names:
         await registry2_repository(driver, name)
-    started = time.perf_counter()
-    found = await Catalog(driver).walk()
-    elapsed = time.perf_counter() - started
-    assert found == sorted(names)
-    assert elapsed < 10.0, elapsed
-    print(f"walk of 300 registry:2 repositories: {elapsed * 1000:.0f} ms")
+    assert await Catalog(driver).walk() == sorted(names)
