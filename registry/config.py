@@ -257,7 +257,7 @@ class NotificationsConfig:
     flush_interval: float = key(0.05, parse_duration)
     # fsync the log after each write, so that the window holds across a power loss too. Off
     # by default, like [storage] fsync: each fsync makes the filesystem's journal commit, which
-    # slows the storage's own file creations (measured: +5-10% push latency).
+    # slows the storage's own file creations, and so every push.
     fsync: bool = key(False, parse_bool)
 
 

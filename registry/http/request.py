@@ -37,8 +37,9 @@ from registry.http.forwarded import TrustedProxies, client_address
 
 log = Logger()
 
-# Reads of 1 MiB per reactor turn instead of 64 KiB: measured here (bench/run.py), inline
-# sha256 + write went from ~550 to ~950 MB/s on tmpfs; a hashing thread was slower still.
+# Reads of 1 MiB per reactor turn instead of Twisted's 64 KiB: each turn costs a system call
+# and a pass through the protocol, so larger reads leave more of the core to hashing and
+# writing (bench/run.py's push steps show it).
 _UPLOAD_READ_SIZE = 1024 * 1024
 # A larger send buffer lets large producer reads go out in fewer reactor turns.
 _DOWNLOAD_SEND_LIMIT = 4 * 1024 * 1024

@@ -21,8 +21,8 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import Interface, implementer
 
 # Large reads: the transport's default 64 KiB rounds cost a reactor turn each.  2 MiB rather
-# than 4: the same pull speed in bench/run.py, and a peak RSS of 69 instead of 79-86 MiB (a
-# chunk read ahead, one being sent and the transport's copy of it are alive at once).
+# than 4: pulls are no faster with 4, and every pull holds about three chunks at once (one
+# read ahead, one being sent and the transport's copy of it), so the smaller chunk halves that.
 CHUNK_SIZE = 2 * 1024 * 1024
 
 

@@ -72,7 +72,7 @@ def timestamp(seconds: float) -> str:
 def new_id() -> str:
     """
     A random (version 4) UUID.  From `random` rather than `uuid.uuid4`: ``os.urandom`` is a
-    system call that measured ~30 us here, twice per event; ids need to be unique, not secret
+    system call, twice per event; ids need to be unique, not secret
     (`random` reseeds itself in a forked child).
     """
     return str(uuid.UUID(int=random.getrandbits(128), version=4))

@@ -58,8 +58,8 @@ from registry.storage.s3._settings import MAX_PART_SIZE, MIN_PART_SIZE
 
 STATE_SUFFIX = "~txregistry-upload"
 _STATE_VERSION = 1
-# Parts sent at once: a second one hides the pause S3 takes to store each part (with 10 MiB
-# parts, one at a time reached ~78% of a single streamed PUT on SeaweedFS, two ~95%).
+# Parts sent at once: a second one hides the pause S3 takes to store each part; more would
+# only hold more parts in memory, since two already keep the connection busy.
 PARTS_IN_FLIGHT = 2
 # Reads of a spooled part: each costs a thread hand-off, and each part in flight holds about two
 # (one being sent, one read ahead), so they are kept near the S3 sockets' send size.
