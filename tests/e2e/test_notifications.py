@@ -28,7 +28,13 @@ from registry.api import mediatypes as mt
 from registry.ops.notifications import EVENTS_MEDIA_TYPE, NotificationService, Notifier
 from tests.e2e.client import push_blob, sha256, start_upload
 from tests.e2e.conftest import Starter
-from tests.e2e.harness import InProcessRegistry, RegistryProcess, sleep, start_in_process
+from tests.e2e.harness import (
+    InProcessRegistry,
+    RegistryProcess,
+    free_port,
+    sleep,
+    start_in_process,
+)
 from tests.fakes.webhook import WebhookReceiver
 from tests.manifests import samples
 
@@ -119,13 +125,15 @@ async def test_events_for_push_pull_mount_and_delete(
 ) -> None:
     """Each operation gives registry:2's event, with its fields, in order, in the v1 envelope
     with the configured headers; HEADs give none."""
+    # A probed port rather than 0: the events' source names the port as configured.
     registry = await start_registry(
         {
             "storage": {"delete_enabled": "true"},
             "notifications:ci": endpoint(
                 receiver.url, headers="Authorization: Bearer t0ken\n  X-Team: ci"
             ),
-        }
+        },
+        f"tcp:{free_port()}:interface=127.0.0.1",
     )
     url, host = registry.url, registry.url.removeprefix("http://")
     ua = {"User-Agent": AGENT}
