@@ -29,7 +29,7 @@ run: $(STAMP)
 # docker-registry package, nginx for the reverse-proxy example, Chromium for the web UI's
 # browser tests, the container engines); installed when missing and we are allowed to.  An
 # entry is a command, or COMMAND:PACKAGE when the Debian package is named otherwise.
-TOOLS := skopeo docker-registry curl nginx:nginx-light chromium chromedriver:chromium-driver \
+TOOLS := skopeo docker-registry curl redis-server nginx:nginx-light chromium chromedriver:chromium-driver \
 	dockerd:docker.io docker:docker.io podman containerd ctr:containerd
 BENCH_TOOLS := $(TOOLS) wrk hey
 

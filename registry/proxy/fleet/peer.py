@@ -240,10 +240,11 @@ class PeerClient:
     ) -> tuple[int, PeerProducer]:
         """The blob's size and a producer of ``length`` bytes from ``offset``."""
         target = f"{url.rstrip('/')}/fills/{cache}/{digest}?offset={offset}&length={length}"
+        headers: dict[bytes | str, bytes | str] = {"Authorization": f"Bearer {self.secret}"}
         try:
             response = await treq.get(
                 target,
-                headers={b"Authorization": f"Bearer {self.secret}".encode()},
+                headers=headers,
                 pool=self._pool,
                 unbuffered=True,
                 reactor=self.reactor,
