@@ -127,6 +127,8 @@ HostedUses = Callable[[Digest], Awaitable[bool]]
 MAX_INFLIGHT = 1024
 MAX_REMEMBERED = 16_384
 CONFIRMATION_AGE = 60.0
+# How soon a fleet eviction that left the cache over max_size (in use) runs again.
+FLEET_EVICTION_RETRY = 2.0
 
 
 @attrs.frozen
@@ -190,7 +192,7 @@ class ProxyCache:
         self._checked = BoundedMap(clock, limits.remembered, None)
         self._verified = BoundedMap(clock, limits.remembered, None)
         if self.fleet is not None:
-            self.ledger = Ledger(self.fleet.redis, self.name)
+            self.ledger = Ledger(self.fleet.redis, self.name, self.fleet.instance)
             self.index.changed = set()
 
     def table_sizes(self) -> dict[str, int]:
@@ -842,6 +844,12 @@ class ProxyCache:
                 self.stats.evicted_bytes += victim.size
                 count += 1
             await ledger.remove(evicted)
+            limit = self.config.max_size
+            if limit is not None and self.index.size > limit:
+                # Still over: what is left is in use somewhere (marks drop within a push
+                # interval of the last use), so look again shortly instead of at the next
+                # evict_interval.
+                self.reactor.callLater(FLEET_EVICTION_RETRY, self.schedule_eviction)
             if count:
                 log.info(
                     "proxy {upstream}: evicted {count} entries, fleet cache now {size} bytes",

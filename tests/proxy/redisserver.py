@@ -62,13 +62,20 @@ def start_redis(workdir: Path, timeout: float = 20.0) -> RedisServer:
     port = free_port()
     command = [
         binary,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(workdir),
-        "--save", "",
-        "--appendonly", "no",
-        "--daemonize", "no",
-        "--logfile", str(workdir / "redis.log"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(workdir / "redis.log"),
     ]
     process = subprocess.Popen(command, cwd=workdir, start_new_session=True)
     server = RedisServer(port, process, workdir)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import pytest_twisted
@@ -96,7 +97,8 @@ class Fleet:
     def stored_blob_bytes(self) -> int:
         """What the bucket holds under the blobs folder (ListObjectsV2, one page)."""
         prefix = f"{self.root.strip('/')}/docker/registry/v2/blobs/"
-        url = f"{self.s3.endpoint}/{self.s3.bucket}?list-type=2&prefix={prefix}&max-keys=1000"
+        query = f"list-type=2&max-keys=1000&prefix={quote(prefix, safe='')}"
+        url = f"{self.s3.endpoint}/{self.s3.bucket}?{query}"
         status, body = signed_request("GET", url)
         assert status == 200, body[:300]
         return sum(int(size) for size in re.findall(rb"<Size>(\d+)</Size>", body))
@@ -177,7 +179,9 @@ async def test_one_upstream_get_and_bytes_as_they_arrive_on_every_instance(
 
 @pytest_twisted.ensureDeferred
 async def test_holder_killed_mid_layer_others_complete(
-    fleet: Fleet, fake: FakeUpstream, redis_server: RedisServer  # noqa: F811
+    fleet: Fleet,
+    fake: FakeUpstream,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     """kill -9 of the instance holding the fill, mid-layer: the clients of the other
     instances complete with the right bytes (one of them takes the fill over once the lease

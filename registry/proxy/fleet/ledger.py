@@ -10,8 +10,9 @@ command per request).  Per cache ``C``:
   repository linking it; ``m|<repo>|<digest>`` → a manifest's size and references (JSON);
 - ``txregistry:lru:C`` (sorted set): each ``b|``/``m|`` entry → its last use (only moves
   forward, ``ZADD GT``);
-- ``txregistry:inuse:C`` (sorted set): digests being served or filled by some instance →
-  until when (renewed every second while in use, so a dead instance's marks lapse);
+- ``txregistry:inuse:C`` (sorted set): ``<instance>|<digest>`` for what an instance serves
+  or fills → until when (renewed every second while in use and removed once not, so a dead
+  instance's marks lapse within seconds);
 - ``txregistry:evict:C``: the eviction lock (``SET NX PX``): one eviction at a time in the
   fleet.
 
@@ -58,8 +59,12 @@ def _manifest_field(name: str, digest: str) -> str:
 class Ledger:
     redis: FleetRedis
     cache: str
+    instance: str
     lock_ttl: float = 300.0
     _token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    # In-use marks this instance holds in Redis (``<instance>|<digest>``): dropped as soon
+    # as the digest is no longer in use here, so that eviction need not wait for them to lapse.
+    _marked: set[str] = attrs.field(factory=set)
 
     @property
     def index_key(self) -> str:
@@ -101,8 +106,13 @@ class Ledger:
                 field = _manifest_field(name, digest)
                 fields[field] = json.dumps([manifest.size, list(manifest.refs)])
                 scores[field] = manifest.last_used
-        in_use = {digest: now + IN_USE_FOR for digest, count in index.in_use.items() if count > 0}
-        if not fields and not in_use:
+        in_use = {
+            f"{self.instance}|{digest}": now + IN_USE_FOR
+            for digest, count in index.in_use.items()
+            if count > 0
+        }
+        released = sorted(self._marked - set(in_use))
+        if not fields and not in_use and not released:
             return
 
         def send(client: Any) -> None:
@@ -114,6 +124,8 @@ class Ledger:
                 pipe.zadd(self.lru_key, scores, nx=True)
             if in_use:
                 pipe.zadd(self.inuse_key, in_use)
+            if released:
+                pipe.zrem(self.inuse_key, *released)
             pipe.zremrangebyscore(self.inuse_key, "-inf", now)
             pipe.execute()
 
@@ -122,6 +134,7 @@ class Ledger:
         except Exception:
             index.changed |= changed  # sent with the next push
             raise
+        self._marked = set(in_use)
 
     async def load(self, now: float) -> CacheIndex:
         """The fleet's index: what every instance cached, and what any of them uses now."""
@@ -156,8 +169,8 @@ class Ledger:
         for digest, linked in names.items():
             if digest in index.blobs:
                 index.blobs[digest].names = linked
-        for digest in in_use:
-            index.in_use[digest.decode()] += 1
+        for member in in_use:
+            index.in_use[member.decode().partition("|")[2]] += 1
         return index
 
     async def size(self) -> int:
