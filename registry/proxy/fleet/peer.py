@@ -133,6 +133,7 @@ class PeerResource(Resource):
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", str(length).encode())
         request.setHeader(b"x-blob-size", str(size).encode())
+        request.write(b"")  # the headers now: the caller waits for them, not for the bytes
         producer = TailProducer(fill, self._driver_for(cache), offset, length)
         request.registerProducer(producer, True)
         try:
