@@ -49,7 +49,7 @@ from registry.proxy.errors import (
     UpstreamUnauthorized,
 )
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
-from registry.proxy.fleet import Fleet, HeldElsewhere, Lease
+from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable
 from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.ledger import Ledger
 from registry.proxy.fleet.peer import PeerUnavailable
@@ -524,6 +524,13 @@ class ProxyCache:
             if fill.through != upstream:
                 continue  # another repository's fill failed before its body: try our own path
             error = fill.error
+            if isinstance(error, RedisUnavailable):
+                raise RegistryError(
+                    UNAVAILABLE,
+                    detail,
+                    "the cache's shared state (Redis) is unavailable",
+                    headers={"Retry-After": "5"},
+                )
             if isinstance(error, UpstreamError):
                 raise upstream_error(error, BLOB_UNKNOWN, detail)
             raise error
@@ -584,6 +591,13 @@ class ProxyCache:
             fill.error = exc
             if isinstance(exc, UpstreamError):
                 self._upstream_failed("blob GET", upstream, str(digest), exc)
+            elif isinstance(exc, RedisUnavailable):
+                log.warn(
+                    "proxy {upstream}: no fill lease for {digest}: Redis: {error}",
+                    upstream=self.name,
+                    digest=str(digest),
+                    error=str(exc),
+                )
             elif not isinstance(exc, HeldElsewhere):
                 log.failure("proxy fill of {digest} failed", Failure(), digest=str(digest))
             if writer is not None:
