@@ -127,7 +127,11 @@ def main() -> None:
                     "rootdirectory": root,
                     "spooldirectory": str(folder / "spool"),
                 },
-                "proxy:hub": {"remoteurl": str(info["url"]), "prefix": "docker.io", "default": "true"},
+                "proxy:hub": {
+                    "remoteurl": str(info["url"]),
+                    "prefix": "docker.io",
+                    "default": "true",
+                },
                 "redis": {"addr": redis.addr},
                 "fleet": {
                     "listen": f"tcp:{free_port()}:interface=127.0.0.1",
@@ -140,9 +144,7 @@ def main() -> None:
             instances.append(instance)
         start = threading.Event()
         clients = [
-            Client(
-                f"{instances[i % len(instances)].url}/v2/library/alpine/blobs/{digest}", start
-            )
+            Client(f"{instances[i % len(instances)].url}/v2/library/alpine/blobs/{digest}", start)
             for i in range(args.clients)
         ]
         for client in clients:
@@ -161,11 +163,13 @@ def main() -> None:
         correct = sum(1 for c in clients if c.digest == digest and c.received == size)
         firsts = [c.first_byte for c in clients if c.first_byte is not None]
         origin = min(firsts) if firsts else began
-        print(f"fleet: {args.instances} instances, SeaweedFS + Redis, one {args.size_mib} MiB layer")
+        print(
+            f"fleet: {args.instances} instances, SeaweedFS + Redis, one {args.size_mib} MiB layer"
+        )
         print(f"  {args.clients} concurrent cold pulls in {elapsed:.1f} s")
         print(f"  upstream blob GETs: {gets}")
         print(f"  correct copies: {correct}/{args.clients}")
-        for index, (instance, monitor) in enumerate(zip(instances, monitors, strict=True)):
+        for index, monitor in enumerate(monitors):
             mine = [c for n, c in enumerate(clients) if n % len(instances) == index]
             delays = [c.first_byte - origin for c in mine if c.first_byte is not None]
             worst = f"{max(delays):.2f} s" if delays else "-"
