@@ -303,3 +303,36 @@ def test_second_instance_without_redis_refused_and_restart_after_kill(tmp_path: 
     again = RegistryProcess(again_dir, {**sections, "storage": {"rootdirectory": str(data)}})
     again.start()
     again.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fill_held_elsewhere_serves_other_repository_only_after_its_confirmation(
+    fleet: Fleet, fake: FakeUpstream
+) -> None:
+    """While instance i0 fills D through library/alpine, a request for D through
+    library/other on i1 (whose upstream answers 404 for D there) is a 404, not A's bytes;
+    and a Range request for D through library/alpine on i1 gets exactly those bytes, streamed
+    from the holder."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    fake.content.add_image("library/other", "latest", [4096])
+    digest = image.layers[0].digest
+    hold = fake.hold_body(digest, HELD_AFTER)
+    holder, other = fleet.instances[0], fleet.instances[1]
+    first = await start_pull(blob_url(holder, digest))
+    await wait_until(lambda: hold.arrived == 1, within=60)
+    response = await treq.get(f"{other.url}/v2/library/other/blobs/{digest}")
+    assert response.code == 404
+    assert b"BLOB_UNKNOWN" in await response.content()
+    ranged = await treq.get(blob_url(other, digest), headers={"Range": "bytes=100-199"})
+    assert ranged.code == 206
+    body = await ranged.content()
+    expected = b"".join(fake.content.blobs[digest].read(100, 200))
+    assert body == expected
+    hold.release()
+    assert first.done is not None
+    await first.done
+    assert first.digest == digest
+    assert fake.count("GET", "cdn", ref=digest) == 1
+    response = await treq.get(f"{other.url}/v2/library/other/blobs/{digest}")
+    assert response.code == 404
+    await response.content()

@@ -52,8 +52,12 @@ class _Gate:
     def write(self, data: bytes) -> None:
         outer = self._outer
         room = outer.end - outer.position
-        if len(data) > room:
+        beyond = len(data) > room
+        if beyond:
+            # A source that serves past the range (the first one of a Range request runs to
+            # the blob's end): what the range needs, then stop it.
             data = data[:room]
+            outer.stop_source()
         if not data:
             return
         if outer.hasher is not None:
