@@ -10,6 +10,10 @@ Tags are revalidated with an upstream HEAD (Docker Hub does not count HEADs agai
 limit) at most every ``tag_freshness`` seconds; by-digest content never goes upstream once
 cached.  When the upstream fails (down, slow, 429, 5xx) a cached tag is served stale and the
 event logged; only with nothing cached does the client get the error.
+
+With a fleet (``fleet``, `registry.proxy.fleet`), a fill first takes the blob's lease in Redis;
+when another instance holds it, the client is served from that instance's fill as it arrives
+(`_from_fleet`), and eviction plans over the whole fleet's index (`_evict_fleet`).
 """
 
 from __future__ import annotations
