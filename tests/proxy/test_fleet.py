@@ -336,3 +336,31 @@ async def test_fill_held_elsewhere_serves_other_repository_only_after_its_confir
     response = await treq.get(f"{other.url}/v2/library/other/blobs/{digest}")
     assert response.code == 404
     await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_instance_on_s3_streams_concurrent_cold_pulls(
+    tmp_path: Path,
+    s3_server: S3Server,  # noqa: F811
+    fake: FakeUpstream,
+) -> None:
+    """One instance, S3 storage, no Redis: concurrent cold pulls of a layer get bytes while
+    the upstream has sent only its first MiB (the fill is spooled locally), not once the layer
+    is committed to S3."""
+    sections = fleet_sections(s3_server, f"/single/{uuid.uuid4().hex}", None, 0)
+    sections["proxy:hub"]["remoteurl"] = fake.url
+    instance = RegistryProcess(tmp_path, sections)
+    instance.start()
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [LAYER])
+        digest = image.layers[0].digest
+        hold = fake.hold_body(digest, HELD_AFTER)
+        pulls = [await start_pull(blob_url(instance, digest)) for _ in range(3)]
+        await wait_until(lambda: all(p.received > 0 for p in pulls), within=60)
+        assert not hold.released and hold.arrived == 1
+        hold.release()
+        await gatherResults([p.done for p in pulls])
+        assert [p.digest for p in pulls] == [digest] * 3
+        assert fake.count("GET", "cdn", ref=digest) == 1
+    finally:
+        instance.stop()
