@@ -252,6 +252,9 @@ async def test_peer_endpoint_is_deny_by_default(fleet: Fleet) -> None:
     response = await treq.get(f"{peer}/v2/", headers=auth)
     assert response.code == 404
     await response.content()
+    response = await treq.get(f"{peer}/fills/hub/sha256:nothex?offset=x", headers=auth)
+    assert response.code == 400
+    await response.content()
 
 
 def run_twistd(tmp_path: Path, sections: dict[str, dict[str, str]], *extra: str) -> Any:

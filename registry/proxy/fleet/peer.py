@@ -36,6 +36,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from registry.api.digests import Digest
+from registry.api.errors import RegistryError
 from registry.proxy.body import BodyRelay
 from registry.proxy.errors import UpstreamError
 from registry.proxy.fill import Fill, TailProducer
@@ -88,7 +89,7 @@ class PeerResource(Resource):
             digest = Digest.parse(parts[2])
             offset = int(request.args.get(b"offset", [b"0"])[0])
             length = int(request.args.get(b"length", [b"-1"])[0])
-        except ValueError:
+        except (ValueError, RegistryError):
             request.setResponseCode(400)
             return b"bad request\n"
         if self.streams >= self.max_streams:
