@@ -72,6 +72,7 @@ bench: $(STAMP) bench-tools
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/run.py
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/s3.py
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/sendfile.py
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/fleet.py
 
 # Another Twisted (by default the newest, past the range pyproject.toml pins) in a scratch
 # venv, against the tests of what txregistry takes from Twisted's internals

@@ -813,7 +813,15 @@ class ProxyCache:
         count = 0
         try:
             if self.ledger is not None:
-                return await self._evict_fleet(self.ledger)
+                try:
+                    return await self._evict_fleet(self.ledger)
+                except RedisUnavailable as exc:  # the next round tries again
+                    log.warn(
+                        "proxy {upstream}: no eviction, Redis: {error}",
+                        upstream=self.name,
+                        error=str(exc),
+                    )
+                    return 0
             victims = self.index.plan(self.now(), self.config.max_size, self.config.ttl)
             for victim in victims:
                 if self.index.in_use.get(victim.digest, 0) > 0:
