@@ -29,7 +29,7 @@ run: $(STAMP)
 # docker-registry package, nginx for the reverse-proxy example, Chromium for the web UI's
 # browser tests, the container engines); installed when missing and we are allowed to.  An
 # entry is a command, or COMMAND:PACKAGE when the Debian package is named otherwise.
-TOOLS := skopeo docker-registry curl nginx:nginx-light chromium chromedriver:chromium-driver \
+TOOLS := skopeo docker-registry curl redis-server nginx:nginx-light chromium chromedriver:chromium-driver \
 	dockerd:docker.io docker:docker.io podman containerd ctr:containerd
 BENCH_TOOLS := $(TOOLS) wrk hey
 
@@ -72,6 +72,7 @@ bench: $(STAMP) bench-tools
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/run.py
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/s3.py
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/sendfile.py
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/fleet.py
 
 # Another Twisted (by default the newest, past the range pyproject.toml pins) in a scratch
 # venv, against the tests of what txregistry takes from Twisted's internals

@@ -278,6 +278,56 @@ class DebugConfig:
     addr: str = key("")
 
 
+def parse_host_port(text: str) -> str:
+    """``host:port`` (``redis.internal:6379``, ``[::1]:6379``); empty means "not set"."""
+    text = text.strip()
+    if not text:
+        return ""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port (example: redis.internal:6379)")
+    return text
+
+
+def parse_secret(text: str) -> str:
+    text = text.strip()
+    if text and len(text) < 16:
+        raise ValueError("too short: use at least 16 characters (e.g. openssl rand -hex 32)")
+    return text
+
+
+@attrs.frozen
+class RedisConfig:
+    # Shared state of a fleet of instances (registry/proxy/fleet); keys named after
+    # registry:2's redis section.  Empty addr: no Redis, one instance per cache storage.
+    addr: str = key("", parse_host_port)
+    username: str = key("")
+    password: str = key("")
+    db: int = key(0, int)
+    dialtimeout: float = key(5.0, parse_positive_duration)
+    readtimeout: float = key(5.0, parse_positive_duration)
+    writetimeout: float = key(5.0, parse_positive_duration)
+    tls: bool = key(False, parse_bool)
+    # CA bundle that signs the Redis server's certificate (empty: the system's).
+    tls_cafile: str = key("")
+    # Connections at most (registry:2's pool.maxactive); also the threads that wait on them.
+    pool_maxactive: int = key(8, int)
+
+
+@attrs.frozen
+class FleetConfig:
+    # Where this instance serves its in-flight fills to the other instances (an endpoint
+    # string, e.g. tcp:5002:interface=10.0.0.5), the URL they reach it at, and the secret
+    # every instance shares.  Only used with [redis] addr.
+    listen: str = key("")
+    advertise: str = key("")
+    secret: str = key("", parse_secret)
+    # A fill lease lives this long unless its holder renews it (every third of it).
+    lease: float = key(15.0, parse_positive_duration)
+    # This instance's name in the fleet (empty: host name and process id).
+    instance: str = key("")
+
+
 @attrs.frozen
 class Config:
     http: HttpConfig = HttpConfig()
@@ -293,6 +343,8 @@ class Config:
     notifications: NotificationsConfig = NotificationsConfig()
     health: HealthConfig = HealthConfig()
     debug: DebugConfig = DebugConfig()
+    redis: RedisConfig = RedisConfig()
+    fleet: FleetConfig = FleetConfig()
     # Sections whose names are not fixed (``[proxy:NAME]``), raw, parsed by their owners.
     extra: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
@@ -311,6 +363,8 @@ SECTIONS: dict[str, type[Any]] = {
     "notifications": NotificationsConfig,
     "health": HealthConfig,
     "debug": DebugConfig,
+    "redis": RedisConfig,
+    "fleet": FleetConfig,
 }
 # Sections parsed by their owners (one per upstream or webhook endpoint); kept raw in
 # Config.extra.

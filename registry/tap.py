@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 from twisted.application.internet import TimerService
@@ -179,6 +180,7 @@ def _serving(
     site: Any,
     driver: Any,
     flush: Any,
+    checks: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> RegistryService:
     """
     The root service: binds ``endpoints``, probes ``driver``, announces, drains on stop (see
@@ -194,6 +196,8 @@ def _serving(
             await probe_storage(driver, readonly=config.maintenance.readonly)
         except Exception as exc:
             raise StartupError(f"cannot use storage {where}: {describe(exc)}") from exc
+        for check in checks or ():  # each raises StartupError with its one line
+            await check()
 
     def announce() -> None:
         log.info(
@@ -279,10 +283,11 @@ def makeService(options: Options) -> IService:
     hash_pool = ThreadPool(minthreads=1, maxthreads=os.cpu_count() or 2, name="registry-hash")
     ThreadPoolService(hash_pool).setServiceParent(root)  # type: ignore[no-untyped-call]
     metrics = Metrics()
+    checks: list[Callable[[], Awaitable[None]]] = []  # start-up checks after the storage probe
 
     def wrap(local: LocalStores) -> Stores:
         # Pull-through caches ([proxy:NAME]): wrappers around the local stores, their service.
-        return install_proxies(local, local.driver, config, reactor, root, metrics)
+        return install_proxies(local, local.driver, config, reactor, root, metrics, checks)
 
     ctx = RegistryContext.build(
         config,
@@ -305,7 +310,7 @@ def makeService(options: Options) -> IService:
             problems="; ".join(problems),
         )
     # The root binds, probes and announces, and drains before the rest stops.
-    serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush)
+    serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush, checks)
     root.setServiceParent(serving)
     serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))
     return serving

@@ -10,6 +10,10 @@ Tags are revalidated with an upstream HEAD (Docker Hub does not count HEADs agai
 limit) at most every ``tag_freshness`` seconds; by-digest content never goes upstream once
 cached.  When the upstream fails (down, slow, 429, 5xx) a cached tag is served stale and the
 event logged; only with nothing cached does the client get the error.
+
+With a fleet (``fleet``, `registry.proxy.fleet`), a fill first takes the blob's lease in Redis;
+when another instance holds it, the client is served from that instance's fill as it arrives
+(`_from_fleet`), and eviction plans over the whole fleet's index (`_evict_fleet`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ from registry.proxy.errors import (
     UpstreamUnauthorized,
 )
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
+from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable
+from registry.proxy.fleet.follow import ResumingProducer
+from registry.proxy.fleet.ledger import Ledger
+from registry.proxy.fleet.peer import PeerUnavailable
 from registry.proxy.index import CacheIndex, Victim
 from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
@@ -60,6 +68,16 @@ from registry.storage.manifests import StoredManifest
 from registry.storage.tags import TagStore
 
 log = Logger()
+
+
+async def sleep(reactor: Any, seconds: float) -> None:
+    d: Deferred[None] = Deferred()
+    call = reactor.callLater(seconds, d.callback, None)
+    try:
+        await d
+    finally:
+        if call.active():
+            call.cancel()
 
 
 def state_dir(upstream: str) -> str:
@@ -113,6 +131,8 @@ HostedUses = Callable[[Digest], Awaitable[bool]]
 MAX_INFLIGHT = 1024
 MAX_REMEMBERED = 16_384
 CONFIRMATION_AGE = 60.0
+# How soon a fleet eviction that left the cache over max_size (in use) runs again.
+FLEET_EVICTION_RETRY = 2.0
 
 
 @attrs.frozen
@@ -149,6 +169,12 @@ class ProxyCache:
     # The same counters added up across restarts (saved by the ProxyService), for the UI.
     totals: CacheTotals = attrs.field(factory=CacheTotals)
     limits: Limits = attrs.field(factory=Limits)
+    # Several instances sharing this cache (registry.proxy.fleet), or None for one instance.
+    fleet: Fleet | None = None
+    # A local folder fills are spooled to when the storage's partial files are not readable
+    # while written (S3): readers follow the spool (registry.proxy.fill).
+    spool: IStorageDriver | None = None
+    ledger: Ledger | None = attrs.field(init=False, default=None)
     _fills: dict[Digest, Fill] = attrs.field(init=False, factory=dict)
     # Blob HEADs by (upstream name, digest): a HEAD answers for one repository only.
     _heads: Inflight[tuple[str, Digest], int] = attrs.field(init=False)
@@ -169,6 +195,9 @@ class ProxyCache:
         self._confirmed = BoundedMap(clock, limits.remembered, limits.confirmation_age)
         self._checked = BoundedMap(clock, limits.remembered, None)
         self._verified = BoundedMap(clock, limits.remembered, None)
+        if self.fleet is not None:
+            self.ledger = Ledger(self.fleet.redis, self.name, self.fleet.instance)
+            self.index.changed = set()
 
     def table_sizes(self) -> dict[str, int]:
         """Entries of every table keyed by what clients ask for (tests check the bounds)."""
@@ -191,7 +220,13 @@ class ProxyCache:
 
     @property
     def fills_dir(self) -> str:
+        if self.fleet is not None:  # each instance clears only its own at start
+            return f"{state_dir(self.name)}/fills/{self.fleet.instance}"
         return f"{state_dir(self.name)}/fills"
+
+    def inflight_fill(self, digest: Digest) -> Fill | None:
+        """The fill of ``digest`` running here (the fleet's peers stream it)."""
+        return self._fills.get(digest)
 
     @property
     def active_fills(self) -> int:
@@ -286,7 +321,10 @@ class ProxyCache:
             if confirmed is None and self._foreign_fill(digest, upstream):
                 continue  # another repository's fill began meanwhile: confirm first
             self.stats.misses += 1
-            fill = await self._join_fill(local, upstream, digest)
+            try:
+                fill = await self._join_fill(local, upstream, digest)
+            except HeldElsewhere as held:
+                return await self._from_fleet(local, upstream, digest, offset, length, held.lease)
             size = fill.size if fill.size is not None else offset + (length or 0)
             count = size - offset if length is None else length
             return self._observe(
@@ -303,6 +341,114 @@ class ProxyCache:
         """Whether a fill of ``digest`` through another repository's path is running."""
         fill = self._fills.get(digest)
         return fill is not None and fill.through != upstream
+
+    async def _from_fleet(
+        self,
+        local: str,
+        upstream: str,
+        digest: Digest,
+        offset: int,
+        length: int | None,
+        lease: Lease,
+    ) -> IBodyProducer:
+        """The blob while another instance of the fleet fetches it: streamed from that
+        instance as the bytes arrive there, and resumed from wherever they can come from next
+        (the stored blob, a fill this or another instance takes over) if it dies.
+
+        The fill goes through the path of the repository that started it: this repository
+        is served from it only once its own upstream confirmed the blob (issue 13's rule,
+        the same as for joining a fill in this process)."""
+        fleet = self.fleet
+        assert fleet is not None
+        if lease.through != upstream:
+            await self._confirm(local, upstream, digest)
+        state: dict[str, int] = {}
+
+        async def open_source(position: int) -> IBodyProducer:
+            size, producer = await self._fleet_source(
+                local, upstream, digest, position, state.get("end")
+            )
+            state.setdefault("size", size)
+            return producer
+
+        # The first source tells the size, hence the range this response carries.
+        size, first = await self._fleet_source(local, upstream, digest, offset, None)
+        if offset >= size and size > 0:
+            first.stopProducing()
+            raise RegistryError(BLOB_UNKNOWN, {"name": local, "digest": str(digest)})
+        end = size if length is None else min(size, offset + length)
+        state["end"] = end
+
+        def complete() -> None:
+            if offset == 0 and end == size:
+                Deferred.fromCoroutine(self._adopt_when_stored(local, digest, size)).addErrback(
+                    lambda f: log.failure("linking a blob filled by the fleet failed", f)
+                )
+
+        producer = ResumingProducer(
+            digest,
+            offset,
+            end - offset,
+            first,
+            open_source,
+            whole=offset == 0 and end == size,
+            on_complete=complete,
+        )
+        return self._observe(digest, producer, verify=False)
+
+    async def _adopt_when_stored(self, local: str, digest: Digest, size: int) -> None:
+        if not await self.blobs.is_linked(local, digest):
+            await self._adopt(local, digest, size)
+
+    async def _fleet_source(
+        self, local: str, upstream: str, digest: Digest, position: int, end: int | None
+    ) -> tuple[int, IBodyProducer]:
+        """The blob's size and a producer of its bytes from ``position`` (to ``end``, or
+        its end): from storage once stored, else from the fill here or at its holder.  A
+        holder without a peer address, or one that died, is waited for (until its lease
+        expires: then this instance takes the fill over)."""
+        fleet = self.fleet
+        assert fleet is not None
+        detail = {"name": local, "digest": str(digest)}
+        deadline = self.now() + fleet.leases.ttl * 4 + self.config.timeout
+        while True:
+            info = await self.blobs.exists(digest)
+            if info is not None:
+                stop = info.size if end is None else end
+                with contextlib.suppress(PathNotFoundError):
+                    reader = await self.driver.reader(
+                        layout.blob_data(digest), position, stop - position
+                    )
+                    return info.size, reader
+            try:
+                fill = await self._join_fill(local, upstream, digest)
+            except HeldElsewhere as held:
+                lease = held.lease
+                if lease.through != upstream:
+                    await self._confirm(local, upstream, digest)
+                if lease.url and lease.instance != fleet.instance:
+                    try:
+                        return await fleet.peers.open(
+                            lease.url,
+                            self.name,
+                            digest,
+                            position,
+                            -1 if end is None else end - position,
+                        )
+                    except PeerUnavailable as exc:
+                        log.debug("peer stream unavailable: {error}", error=str(exc))
+            else:
+                size = fill.size if fill.size is not None else 0
+                stop = size if end is None else end
+                return size, TailProducer(fill, self.driver, position, stop - position)
+            if self.now() > deadline:
+                raise RegistryError(
+                    UNAVAILABLE,
+                    detail,
+                    "the blob is being fetched; try again",
+                    headers={"Retry-After": "1"},
+                )
+            await sleep(self.reactor, fleet.poll)
 
     async def _adopt(self, local: str, digest: Digest, size: int) -> BlobInfo | None:
         """The data is already stored (another repository, another image) and the upstream
@@ -382,6 +528,13 @@ class ProxyCache:
             if fill.through != upstream:
                 continue  # another repository's fill failed before its body: try our own path
             error = fill.error
+            if isinstance(error, RedisUnavailable):
+                raise RegistryError(
+                    UNAVAILABLE,
+                    detail,
+                    "the cache's shared state (Redis) is unavailable",
+                    headers={"Retry-After": "5"},
+                )
             if isinstance(error, UpstreamError):
                 raise upstream_error(error, BLOB_UNKNOWN, detail)
             raise error
@@ -390,7 +543,14 @@ class ProxyCache:
     async def _run_fill(self, fill: Fill, upstream: str) -> None:
         digest = fill.digest
         writer = None
+        spool = None
+        leased = False
         try:
+            if self.fleet is not None:
+                holder = await self.fleet.leases.acquire(self.name, digest, upstream)
+                if holder is not None:
+                    raise HeldElsewhere(digest, holder)
+                leased = True
             blob = await self.client.blob(upstream, digest)
             if blob.length is not None:
                 fill.size = blob.length
@@ -400,9 +560,13 @@ class ProxyCache:
             writer = await self.driver.writer(fill.path)
             if fill.size:
                 await writer.reserve(fill.size)
+            if self.spool is not None:
+                fill.tail_path = fill.path.rsplit("/", 1)[-1]
+                spool = await self.spool.writer(fill.tail_path)
+                fill.tail_driver = self.spool
             fill.opened = True
             fill.notify()
-            protocol = FillProtocol(fill, writer, lambda n: None)
+            protocol = FillProtocol(fill, writer, lambda n: None, spool)
             blob.deliver(protocol, verify=True)
             await protocol.done
             committing, writer = writer, None
@@ -431,7 +595,14 @@ class ProxyCache:
             fill.error = exc
             if isinstance(exc, UpstreamError):
                 self._upstream_failed("blob GET", upstream, str(digest), exc)
-            else:
+            elif isinstance(exc, RedisUnavailable):
+                log.warn(
+                    "proxy {upstream}: no fill lease for {digest}: Redis: {error}",
+                    upstream=self.name,
+                    digest=str(digest),
+                    error=str(exc),
+                )
+            elif not isinstance(exc, HeldElsewhere):
                 log.failure("proxy fill of {digest} failed", Failure(), digest=str(digest))
             if writer is not None:
                 with contextlib.suppress(Exception):
@@ -442,6 +613,22 @@ class ProxyCache:
             self._fills.pop(digest, None)
             self.index.release(str(digest))
             fill.notify()
+            if spool is not None and self.spool is not None and fill.tail_path is not None:
+                # Readers still on the spool re-read from the stored blob (or fail with the fill).
+                with contextlib.suppress(Exception):
+                    await spool.cancel()
+                with contextlib.suppress(Exception):
+                    await self.spool.delete(fill.tail_path)
+            if leased and self.fleet is not None:
+                try:
+                    await self.fleet.leases.release(self.name, digest)
+                except Exception as exc:  # it expires on its own
+                    log.warn(
+                        "proxy {upstream}: releasing the fill lease of {digest} failed: {error}",
+                        upstream=self.name,
+                        digest=str(digest),
+                        error=str(exc),
+                    )
 
     # -- manifests
 
@@ -604,8 +791,10 @@ class ProxyCache:
     def schedule_eviction(self) -> None:
         """Evict soon when over the size bound (once, however many fills just finished)."""
         limit = self.config.max_size
-        if limit is None or self._eviction_scheduled or self.index.size <= limit:
+        if limit is None or self._eviction_scheduled:
             return
+        if self.ledger is None and self.index.size <= limit:
+            return  # a fleet's size is known only from Redis: evict() finds out
         self._eviction_scheduled = True
 
         def run() -> None:
@@ -623,6 +812,16 @@ class ProxyCache:
         self._evicting = True
         count = 0
         try:
+            if self.ledger is not None:
+                try:
+                    return await self._evict_fleet(self.ledger)
+                except RedisUnavailable as exc:  # the next round tries again
+                    log.warn(
+                        "proxy {upstream}: no eviction, Redis: {error}",
+                        upstream=self.name,
+                        error=str(exc),
+                    )
+                    return 0
             victims = self.index.plan(self.now(), self.config.max_size, self.config.ttl)
             for victim in victims:
                 if self.index.in_use.get(victim.digest, 0) > 0:
@@ -641,6 +840,51 @@ class ProxyCache:
                 )
         finally:
             self._evicting = False
+        return count
+
+    async def _evict_fleet(self, ledger: Ledger) -> int:
+        """Eviction for the whole fleet, by one instance at a time (the Redis lock): what
+        every instance cached (the ledger), planned as one instance plans, skipping what any
+        instance serves or fills.  This instance's index becomes the fleet's afterwards."""
+        now = self.now()
+        await ledger.push(self.index, now)
+        if not await ledger.lock():
+            return 0
+        count = 0
+        try:
+            view = await ledger.load(now)
+            fleet_in_use = view.in_use
+            view.in_use = self.index.in_use  # this process's own counts go on being kept here
+            view.changed = self.index.changed
+            self.index = view
+            planning = attrs.evolve(view, in_use=fleet_in_use + view.in_use)
+            victims = planning.plan(now, self.config.max_size, self.config.ttl)
+            evicted: list[Victim] = []
+            for victim in victims:
+                if self.index.in_use.get(victim.digest, 0) > 0:
+                    continue
+                await self._evict_one(victim)
+                self.index.remove(victim)
+                evicted.append(victim)
+                self.stats.evictions += 1
+                self.stats.evicted_bytes += victim.size
+                count += 1
+            await ledger.remove(evicted)
+            limit = self.config.max_size
+            if limit is not None and self.index.size > limit:
+                # Still over: what is left is in use somewhere (marks drop within a push
+                # interval of the last use), so look again shortly instead of at the next
+                # evict_interval.
+                self.reactor.callLater(FLEET_EVICTION_RETRY, self.schedule_eviction)
+            if count:
+                log.info(
+                    "proxy {upstream}: evicted {count} entries, fleet cache now {size} bytes",
+                    upstream=self.name,
+                    count=count,
+                    size=self.index.size,
+                )
+        finally:
+            await ledger.unlock()
         return count
 
     async def _evict_one(self, victim: Victim) -> None:
@@ -674,6 +918,8 @@ class ProxyCache:
     # -- persistence
 
     async def load_state(self) -> None:
+        if self.ledger is not None:
+            return  # a fleet's index is in Redis (registry.proxy.fleet.ledger)
         try:
             data = await self.driver.get_content(f"{state_dir(self.name)}/state.json")
         except PathNotFoundError:
@@ -688,6 +934,9 @@ class ProxyCache:
         )
 
     async def flush_state(self) -> None:
+        if self.ledger is not None:
+            await self.ledger.push(self.index, self.now())
+            return
         if not self.index.dirty:
             return
         self.index.dirty = False

@@ -11,9 +11,10 @@ their speed or the layer size, and the fill carries on when any client (the firs
 goes away.
 
 With the filesystem driver the growing file is readable while it is written.  A driver whose
-writer only publishes the file on commit (the in-memory one) still works: readers simply see
-the bytes once the fill is committed.  A driver without readable partial files and with large
-blobs (S3) should spool the fill to a local folder first; that is not done yet.
+writer only publishes the file on commit (S3, where a fill is a multipart upload) gets a
+*spool*: the fill writes every chunk to a local file as well (``tail_driver`` and
+``tail_path``), and readers follow that one until the blob is stored, so that concurrent
+clients get the bytes as they arrive rather than once the whole layer is committed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -59,6 +60,10 @@ class Fill:
         self.done = False
         self.error: BaseException | None = None
         self.readers = 0
+        # Where readers follow the bytes before the blob is stored (a local spool), when not
+        # ``path`` in the storage.
+        self.tail_driver: IStorageDriver | None = None
+        self.tail_path: str | None = None
         self._waiters: list[Deferred[None]] = []
 
     @property
@@ -87,15 +92,24 @@ class FillProtocol(Protocol):
 
     ``done`` fires when the body ended complete and verified, or fails with its error."""
 
-    def __init__(self, fill: Fill, writer: IFileWriter, on_bytes: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        fill: Fill,
+        writer: IFileWriter,
+        on_bytes: Callable[[int], None],
+        spool: IFileWriter | None = None,
+    ) -> None:
         self.fill = fill
         self.writer = writer
+        self.spool = spool
         self.on_bytes = on_bytes
         self.done: Deferred[None] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         try:
-            pending = self.writer.write(data)
+            pending = [self.writer.write(data)]
+            if self.spool is not None:
+                pending.append(self.spool.write(data))
         except Exception as exc:  # disk full, closed writer: the fill fails, nothing visible
             self.transport.stopProducing()  # type: ignore[union-attr]
             if not self.done.called:
@@ -104,10 +118,12 @@ class FillProtocol(Protocol):
         self.fill.stored += len(data)
         self.on_bytes(len(data))
         self.fill.notify()
-        if isinstance(pending, Deferred):
+        waits = [d for d in pending if isinstance(d, Deferred)]
+        if waits:
             transport: Any = self.transport
             transport.pauseProducing()
-            pending.addCallbacks(lambda _: transport.resumeProducing(), self._write_failed)
+            both: Deferred[Any] = waits[0] if len(waits) == 1 else gatherResults(waits)
+            both.addCallbacks(lambda _: transport.resumeProducing(), self._write_failed)
 
     def _write_failed(self, failure: Failure) -> None:
         self.transport.stopProducing()  # type: ignore[union-attr]
@@ -185,15 +201,18 @@ class TailProducer:
             # Until the fill is verified, hold back its last byte: if the upstream body turns
             # out truncated or corrupt, no client has received a complete wrong blob.
             verified = fill.stored if fill.size is None else min(fill.stored, fill.size - 1)
+            driver = self.driver
             if fill.done:
                 path, wanted = fill.final_path, min(end - position, SEGMENT)
             elif verified > position:
                 path, wanted = fill.path, min(end - position, verified - position, SEGMENT)
+                if fill.tail_driver is not None and fill.tail_path is not None:
+                    driver, path = fill.tail_driver, fill.tail_path
             else:
                 await fill.changed()
                 continue
             try:
-                producer = await self.driver.reader(path, position, wanted)
+                producer = await driver.reader(path, position, wanted)
             except PathNotFoundError:
                 if fill.done and path == fill.final_path:
                     raise

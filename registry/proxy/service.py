@@ -12,6 +12,8 @@ per upstream.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -27,6 +29,7 @@ from registry.handlers.context import LocalStores, Stores
 from registry.ops.metrics import Metrics, Sample
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
+from registry.proxy.fleet.wiring import FleetSetup
 from registry.proxy.routing import (
     ProxyRouter,
     RoutingBlobStore,
@@ -45,9 +48,12 @@ log = Logger()
 class ProxyService(MultiService):
     """Start-up and periodic work of the caches; see the module docstring."""
 
-    def __init__(self, caches: list[ProxyCache]) -> None:
+    def __init__(self, caches: list[ProxyCache], ready: Deferred[None] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.caches = caches
+        # Fired by the start-up check of the fleet (registry.proxy.fleet.wiring): nothing is
+        # cleared or loaded before this instance may serve the storage.
+        self._ready = ready
         self._started: Deferred[Any] | None = None
         for cache in caches:
             config = cache.config
@@ -70,6 +76,8 @@ class ProxyService(MultiService):
         super().startService()  # type: ignore[no-untyped-call]
 
     async def _prepare(self, cache: ProxyCache) -> None:
+        if self._ready is not None:
+            await self._ready
         await cache.clean_fills()
         await cache.load_state()
         try:
@@ -230,6 +238,27 @@ def build_client(config: ProxyConfig, reactor: Any) -> UpstreamClient:
     )
 
 
+def fill_spool(config: Config, reactor: Any) -> IStorageDriver | None:
+    """A local folder for fills when the storage's partial files cannot be read while they
+    are written (S3): ``[storage] spooldirectory``, or a temporary folder of this process."""
+    if config.storage.driver != "s3":
+        return None
+    from twisted.python.threadpool import ThreadPool
+
+    from registry.storage.filesystem import FilesystemDriver
+
+    folder = config.storage.spooldirectory
+    if folder:
+        folder = os.path.join(folder, "fills")
+        os.makedirs(folder, exist_ok=True)
+    else:
+        folder = tempfile.mkdtemp(prefix="txregistry-fills-")
+    pool = ThreadPool(minthreads=1, maxthreads=4, name="registry-fill-spool")
+    reactor.callWhenRunning(pool.start)
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    return FilesystemDriver(folder, reactor, pool)
+
+
 def install_proxies(
     local: LocalStores,
     driver: IStorageDriver,
@@ -237,6 +266,7 @@ def install_proxies(
     reactor: Any,
     parent: MultiService,
     metrics: Metrics,
+    checks: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> Stores:
     """The stores handlers should use: wrappers around ``local`` that route proxied
     repositories to their upstreams, or ``local`` itself when no upstream is configured."""
@@ -245,6 +275,12 @@ def install_proxies(
         return Stores.of(local)
     peers: list[ProxyCache] = []
     router = ProxyRouter(peers)
+    setup = FleetSetup.for_config(config, reactor, driver)
+    if checks is not None:
+        checks.append(setup.check)
+    else:  # embedded without start-up checks: nothing to wait for
+        setup.ready.callback(None)
+    spool = fill_spool(config, reactor)
 
     async def hosted_uses(digest: Digest) -> bool:
         names, _ = await local.catalog.list_repositories()
@@ -271,10 +307,13 @@ def install_proxies(
                 catalog=local.catalog,
                 hosted_uses=hosted_uses,
                 peers=peers,
+                fleet=setup.fleet,
+                spool=spool,
             )
         )
     register_metrics(metrics, peers)
-    ProxyService(peers).setServiceParent(parent)  # type: ignore[no-untyped-call]
+    setup.install(parent, peers)
+    ProxyService(peers, setup.ready).setServiceParent(parent)  # type: ignore[no-untyped-call]
     for cache in peers:
         log.info(
             "proxy {upstream}: {url} for {names}",

@@ -1,0 +1,206 @@
+"""
+The fleet's cache index in Redis: sizes, references and last use of everything cached, so
+that eviction sees what all instances cached and keeps their sum under ``max_size``.
+
+Each instance keeps its `CacheIndex` in memory as a single instance does, records which
+entries changed (``CacheIndex.changed``) and sends them every second in one pipeline (not one
+command per request).  Per cache ``C``:
+
+- ``txregistry:index:C`` (hash): ``b|<digest>`` → blob size; ``n|<digest>|<repo>`` → a
+  repository linking it; ``m|<repo>|<digest>`` → a manifest's size and references (JSON);
+- ``txregistry:lru:C`` (sorted set): each ``b|``/``m|`` entry → its last use (only moves
+  forward, ``ZADD GT``);
+- ``txregistry:inuse:C`` (sorted set): ``<instance>|<digest>`` for what an instance serves
+  or fills → until when (renewed every second while in use and removed once not, so a dead
+  instance's marks lapse within seconds);
+- ``txregistry:evict:C``: the eviction lock (``SET NX PX``): one eviction at a time in the
+  fleet.
+
+Eviction (`ProxyCache.evict`) takes the lock, sends its own changes, reads the whole index
+back (`load`), plans with the same reference-aware `CacheIndex.plan` as a single instance,
+deletes, and removes what it deleted from Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from registry.proxy.fleet._redis import FleetRedis
+from registry.proxy.index import BlobEntry, CacheIndex, ManifestEntry, Victim
+
+IN_USE_FOR = 5.0
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _blob_field(digest: str) -> str:
+    return f"b|{digest}"
+
+
+def _name_field(digest: str, name: str) -> str:
+    return f"n|{digest}|{name}"
+
+
+def _manifest_field(name: str, digest: str) -> str:
+    return f"m|{name}|{digest}"
+
+
+@attrs.define(eq=False)
+class Ledger:
+    redis: FleetRedis
+    cache: str
+    instance: str
+    lock_ttl: float = 300.0
+    _token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    # In-use marks this instance holds in Redis (``<instance>|<digest>``): dropped as soon
+    # as the digest is no longer in use here, so that eviction need not wait for them to lapse.
+    _marked: set[str] = attrs.field(factory=set)
+
+    @property
+    def index_key(self) -> str:
+        return f"txregistry:index:{self.cache}"
+
+    @property
+    def lru_key(self) -> str:
+        return f"txregistry:lru:{self.cache}"
+
+    @property
+    def inuse_key(self) -> str:
+        return f"txregistry:inuse:{self.cache}"
+
+    @property
+    def lock_key(self) -> str:
+        return f"txregistry:evict:{self.cache}"
+
+    async def push(self, index: CacheIndex, now: float) -> None:
+        """Send the entries changed since the last push, and the digests in use here."""
+        changed = index.changed
+        if changed is None:
+            return
+        index.changed = set()
+        fields: dict[str, str] = {}
+        scores: dict[str, float] = {}
+        for kind, name, digest in changed:
+            if kind == "blob":
+                blob = index.blobs.get(digest)
+                if blob is None:
+                    continue
+                fields[_blob_field(digest)] = str(blob.size)
+                for linked in blob.names:
+                    fields[_name_field(digest, linked)] = ""
+                scores[_blob_field(digest)] = blob.last_used
+            else:
+                manifest = index.manifests.get((name, digest))
+                if manifest is None:
+                    continue
+                field = _manifest_field(name, digest)
+                fields[field] = json.dumps([manifest.size, list(manifest.refs)])
+                scores[field] = manifest.last_used
+        in_use = {
+            f"{self.instance}|{digest}": now + IN_USE_FOR
+            for digest, count in index.in_use.items()
+            if count > 0
+        }
+        released = sorted(self._marked - set(in_use))
+        if not fields and not in_use and not released:
+            return
+
+        def send(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            if fields:
+                pipe.hset(self.index_key, mapping=fields)
+                pipe.zadd(self.lru_key, scores, gt=True)
+                # A new entry has no score yet: GT does not add it, so add the missing ones.
+                pipe.zadd(self.lru_key, scores, nx=True)
+            if in_use:
+                pipe.zadd(self.inuse_key, in_use)
+            if released:
+                pipe.zrem(self.inuse_key, *released)
+            pipe.zremrangebyscore(self.inuse_key, "-inf", now)
+            pipe.execute()
+
+        try:
+            await self.redis.run(send)
+        except Exception:
+            index.changed |= changed  # sent with the next push
+            raise
+        self._marked = set(in_use)
+
+    async def load(self, now: float) -> CacheIndex:
+        """The fleet's index: what every instance cached, and what any of them uses now."""
+
+        def read(client: Any) -> tuple[Any, Any, Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.hgetall(self.index_key)
+            pipe.zrange(self.lru_key, 0, -1, withscores=True)
+            pipe.zrangebyscore(self.inuse_key, now, "+inf")
+            fields, scores, in_use = pipe.execute()
+            return fields, scores, in_use
+
+        fields, scores, in_use = await self.redis.run(read)
+        last_used = {member.decode(): float(score) for member, score in scores}
+        index = CacheIndex()
+        names: dict[str, set[str]] = {}
+        for raw_field, raw_value in fields.items():
+            field = raw_field.decode()
+            kind, _, rest = field.partition("|")
+            if kind == "b":
+                index.blobs[rest] = BlobEntry(int(raw_value), last_used.get(field, now))
+            elif kind == "n":
+                digest, _, name = rest.partition("|")
+                names.setdefault(digest, set()).add(name)
+            elif kind == "m":
+                name, _, digest = rest.rpartition("|")
+                size, refs = json.loads(raw_value)
+                index.manifests[(name, digest)] = ManifestEntry(
+                    int(size), last_used.get(field, now), tuple(str(r) for r in refs)
+                )
+                index.refcount.update(str(r) for r in refs)
+        for digest, linked in names.items():
+            if digest in index.blobs:
+                index.blobs[digest].names = linked
+        for member in in_use:
+            index.in_use[member.decode().partition("|")[2]] += 1
+        return index
+
+    async def size(self) -> int:
+        index = await self.load(0.0)
+        return index.size
+
+    async def remove(self, victims: Iterable[Victim]) -> None:
+        fields: list[str] = []
+        for victim in victims:
+            if victim.kind == "blob":
+                fields.append(_blob_field(victim.digest))
+                fields += [_name_field(victim.digest, name) for name in victim.names]
+            else:
+                fields.append(_manifest_field(victim.name or "", victim.digest))
+        if not fields:
+            return
+
+        def delete(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            pipe.hdel(self.index_key, *fields)
+            pipe.zrem(self.lru_key, *fields)
+            pipe.execute()
+
+        await self.redis.run(delete)
+
+    async def lock(self) -> bool:
+        ttl = max(1, int(self.lock_ttl * 1000))
+        return bool(
+            await self.redis.run(lambda r: r.set(self.lock_key, self._token, nx=True, px=ttl))
+        )
+
+    async def unlock(self) -> None:
+        await self.redis.script(_UNLOCK, [self.lock_key], [self._token])

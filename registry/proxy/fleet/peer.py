@@ -1,0 +1,269 @@
+"""
+Streaming a fill in progress from the instance that holds it to the other instances.
+
+The holder serves ``GET /fills/<cache>/<digest>?offset=N&length=M`` on its ``[fleet] listen``
+endpoint, an internal address, to the other instances only:
+
+- deny by default: a request without ``Authorization: Bearer <[fleet] secret>`` gets 401, and
+  nothing else than that one path exists (404);
+- it serves only fills in flight on this instance (404 otherwise: the caller then reads the
+  stored blob, or takes over), from the growing file with a `TailProducer`, so the bytes go
+  out as they arrive and the last byte only once the whole blob is verified;
+- bounded: at most ``max_streams`` at once (503 beyond), and no more than the fill's size.
+
+The caller (`PeerClient`) relays such a response into its own client's response through
+`BodyRelay`, which adds an idle timeout, so a holder that vanishes without closing its
+connections does not hold a client forever.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import treq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool, ResponseDone
+from twisted.web.iweb import IBodyProducer, IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from registry.api.digests import Digest
+from registry.api.errors import RegistryError
+from registry.proxy.body import BodyRelay
+from registry.proxy.errors import UpstreamError
+from registry.proxy.fill import Fill, TailProducer
+
+log = Logger()
+
+FillLookup = Callable[[str, Digest], Fill | None]
+MAX_STREAMS = 256
+
+
+class PeerUnavailable(Exception):
+    """The holder did not serve the fill (gone, refused, no longer filling)."""
+
+
+def _bearer(request: IRequest) -> bytes:
+    value = request.getHeader(b"authorization") or b""
+    scheme, _, token = value.partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
+
+
+class PeerResource(Resource):
+    """The holder's side; see the module docstring."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        secret: str,
+        lookup: FillLookup,
+        driver_for: Callable[[str], Any],
+        max_streams: int = MAX_STREAMS,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._secret = secret.encode()
+        self._lookup = lookup
+        self._driver_for = driver_for
+        self.max_streams = max_streams
+        self.streams = 0
+
+    def render(self, request: Any) -> bytes | int:
+        request.setHeader(b"content-type", b"text/plain")
+        if not self._secret or not hmac.compare_digest(_bearer(request), self._secret):
+            request.setResponseCode(401)
+            return b"unauthorized\n"
+        parts = request.path.decode("ascii", "replace").strip("/").split("/")
+        if request.method != b"GET" or len(parts) != 3 or parts[0] != "fills":
+            request.setResponseCode(404)
+            return b"not found\n"
+        try:
+            digest = Digest.parse(parts[2])
+            offset = int(request.args.get(b"offset", [b"0"])[0])
+            length = int(request.args.get(b"length", [b"-1"])[0])
+        except (ValueError, RegistryError):
+            request.setResponseCode(400)
+            return b"bad request\n"
+        if self.streams >= self.max_streams:
+            request.setResponseCode(503)
+            return b"too many streams\n"
+        self.streams += 1
+        d = Deferred.fromCoroutine(self._serve(request, parts[1], digest, offset, length))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+
+        def ended(result: object) -> None:
+            self.streams -= 1
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                log.warn(
+                    "peer stream of {digest} ended: {error}",
+                    digest=str(digest),
+                    error=result.getErrorMessage(),
+                )
+
+        d.addBoth(ended)
+        return NOT_DONE_YET
+
+    async def _serve(
+        self, request: Any, cache: str, digest: Digest, offset: int, length: int
+    ) -> None:
+        fill = self._lookup(cache, digest)
+        # Until the upstream answered (bounded by the upstream's own timeout).
+        while fill is not None and not fill.opened and not fill.finished:
+            await fill.changed()
+        if fill is None or fill.error is not None or fill.size is None:
+            request.setResponseCode(404)
+            request.write(b"no such fill in flight\n")
+            request.finish()
+            return
+        size = fill.size
+        if length < 0:
+            length = size - offset
+        if offset < 0 or offset + length > size or length <= 0:
+            request.setResponseCode(416)
+            request.write(b"range outside the blob\n")
+            request.finish()
+            return
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(length).encode())
+        request.setHeader(b"x-blob-size", str(size).encode())
+        request.write(b"")  # the headers now: the caller waits for them, not for the bytes
+        producer = TailProducer(fill, self._driver_for(cache), offset, length)
+        request.registerProducer(producer, True)
+        try:
+            await producer.startProducing(request)
+        except CancelledError:
+            producer.stopProducing()
+            raise
+        finally:
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.unregisterProducer()
+        if not request.finished:
+            request.finish()
+
+
+class _ToConsumer(Protocol):
+    """Writes a peer body into the consumer; ``done`` fires when it ended complete."""
+
+    def __init__(self, consumer: IConsumer, on_write: Callable[[bytes], None]) -> None:
+        self.consumer = consumer
+        self.on_write = on_write
+        self.done: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.on_write(data)
+        self.consumer.write(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        if self.done.called:
+            return
+        if isinstance(reason.value, ResponseDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+@implementer(IBodyProducer, IPushProducer)
+class PeerProducer:
+    """``length`` bytes of a fill streamed from its holder (the response is already open)."""
+
+    def __init__(self, response: Any, digest: Digest, length: int, reactor: Any, idle: float):
+        self._response = response
+        self._digest = digest
+        self.length = length
+        self._reactor = reactor
+        self._idle = idle
+        self._relay: BodyRelay | None = None
+        self._paused = False
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        inner = _ToConsumer(consumer, lambda _data: None)
+        relay = BodyRelay(
+            inner,
+            reactor=self._reactor,
+            digest=self._digest,
+            length=self.length,
+            verify=False,
+            idle_timeout=self._idle,
+            on_bytes=lambda _n: None,
+            on_error=lambda: None,
+        )
+        self._relay = relay
+        self._response.deliverBody(relay)
+        if self._paused:
+            relay.pause()
+        return inner.done
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._relay is not None:
+            self._relay.pause()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._relay is not None:
+            self._relay.resume()
+
+    def stopProducing(self) -> None:
+        if self._relay is not None:
+            self._relay.abort(UpstreamError(None, "peer stream stopped"))
+        else:
+            self._response.deliverBody(_Discard())
+
+
+class _Discard(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+@attrs.define(eq=False)
+class PeerClient:
+    """Opens fills held by other instances."""
+
+    reactor: Any
+    secret: str
+    idle: float
+    _pool: HTTPConnectionPool = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Not persistent: a stream is long and ends with its fill; nothing to reuse.
+        self._pool = HTTPConnectionPool(self.reactor, persistent=False)
+
+    async def open(
+        self, url: str, cache: str, digest: Digest, offset: int, length: int
+    ) -> tuple[int, PeerProducer]:
+        """The blob's size and a producer of ``length`` bytes from ``offset``."""
+        target = f"{url.rstrip('/')}/fills/{cache}/{digest}?offset={offset}&length={length}"
+        headers: dict[bytes | str, bytes | str] = {"Authorization": f"Bearer {self.secret}"}
+        try:
+            response = await treq.get(
+                target,
+                headers=headers,
+                pool=self._pool,
+                unbuffered=True,
+                reactor=self.reactor,
+                timeout=self.idle,
+            )
+        except Exception as exc:
+            raise PeerUnavailable(f"{url}: {exc}") from exc
+        if response.code != 200:
+            await treq.content(response)
+            raise PeerUnavailable(f"{url} answered {response.code}")
+        sizes = response.headers.getRawHeaders(b"x-blob-size") or [b""]
+        try:
+            size = int(sizes[0])
+        except ValueError:
+            response.deliverBody(_Discard())
+            raise PeerUnavailable(f"{url} sent no blob size") from None
+        return size, PeerProducer(response, digest, length, self.reactor, self.idle)
+
+    async def close(self) -> None:
+        await self._pool.closeCachedConnections()

@@ -1,0 +1,188 @@
+"""
+Putting the fleet (or the single-instance marker) into a running registry.
+
+`FleetSetup.for_config` is called by `install_proxies` when ``[proxy:NAME]`` sections exist:
+
+- with ``[redis] addr``: the Redis connection, the fill leases, the peer client and, with
+  ``[fleet] listen``, the peer listener; the start-up check pings Redis (unreachable: exit 1
+  with one line) and binds the listener;
+- without: the instance marker; the start-up check refuses a second instance on the storage.
+
+The caches' own start (clearing leftover fills, loading state) waits for that check
+(``ready``), so a refused instance never touches the running one's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import attrs
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from registry.api.digests import Digest
+from registry.config import Config
+from registry.http.tls import normalize_description, server_endpoint
+from registry.proxy.fill import Fill
+from registry.proxy.fleet import Fleet, instance_name
+from registry.proxy.fleet._redis import FleetRedis, RedisUnavailable
+from registry.proxy.fleet.lease import FillLeases
+from registry.proxy.fleet.marker import InstanceMarker
+from registry.proxy.fleet.peer import PeerClient, PeerResource
+from registry.server.exit import StartupError
+from registry.server.probe import storage_description
+from registry.storage.driver import IStorageDriver
+
+log = Logger()
+
+# How often each instance sends its index changes and in-use marks to Redis.
+PUSH_INTERVAL = 1.0
+
+
+class _Stopper(Service):
+    """Runs a cleanup at stop (the marker's release, the peer listener)."""
+
+    def __init__(self, stop: Any) -> None:
+        self._stop = stop
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._stop())
+
+
+@attrs.define(eq=False)
+class FleetSetup:
+    config: Config
+    reactor: Any
+    driver: IStorageDriver
+    fleet: Fleet | None = None
+    marker: InstanceMarker | None = None
+    ready: Deferred[None] = attrs.field(factory=Deferred)
+    lookup: Any = None  # (cache name, digest) -> the Fill in flight here
+    _port: Any = None
+    _drivers: dict[str, Any] = attrs.field(factory=dict)
+    _beating: Any = None
+    _parent: Any = None
+
+    @classmethod
+    def for_config(cls, config: Config, reactor: Any, driver: IStorageDriver) -> FleetSetup:
+        setup = cls(config, reactor, driver)
+        if config.redis.addr:
+            redis = FleetRedis(config.redis, reactor)
+            name = instance_name(config.fleet.instance)
+            leases = FillLeases(redis, reactor, name, config.fleet.advertise, config.fleet.lease)
+            peers = PeerClient(reactor, config.fleet.secret, idle=max(config.fleet.lease, 5.0))
+            setup.fleet = Fleet(redis, leases, peers, name, reactor)
+        elif driver.name != "inmemory":
+            setup.marker = InstanceMarker(driver, storage_description(config.storage))
+        return setup
+
+    def install(self, parent: MultiService, caches: list[Any]) -> None:
+        """Services (threads, timers, cleanup) under ``parent``."""
+        if self.fleet is not None:
+            self.fleet.redis.setServiceParent(parent)  # type: ignore[no-untyped-call]
+
+            def push() -> Deferred[None]:
+                async def run() -> None:
+                    if not self.ready.called:
+                        return
+                    for cache in caches:
+                        if cache.ledger is not None:
+                            await cache.ledger.push(cache.index, cache.now())
+
+                d = Deferred.fromCoroutine(run())
+                d.addErrback(
+                    lambda f: log.warn(
+                        "sending the cache index to Redis failed: {e}", e=f.getErrorMessage()
+                    )
+                )
+                return d
+
+            TimerService(PUSH_INTERVAL, push).setServiceParent(parent)
+            by_name = {cache.name: cache for cache in caches}
+
+            def lookup(cache: str, digest: Digest) -> Fill | None:
+                found = by_name.get(cache)
+                return None if found is None else found.inflight_fill(digest)
+
+            self.lookup = lookup
+            self._drivers = by_name
+        if self.marker is not None:
+            marker = self.marker
+            beating = marker.service()
+
+            async def release() -> None:
+                with contextlib.suppress(Exception):
+                    await marker.release()
+
+            _Stopper(release).setServiceParent(parent)  # type: ignore[no-untyped-call]
+            self._beating = beating
+        if self.fleet is not None:
+            fleet = self.fleet
+
+            async def close() -> None:
+                fleet.leases.stop()
+                await fleet.peers.close()
+                if self._port is not None:
+                    await self._port.stopListening()
+
+            _Stopper(close).setServiceParent(parent)  # type: ignore[no-untyped-call]
+        self._parent = parent
+
+    async def check(self) -> None:
+        """The start-up check; StartupError with one line when this instance may not serve."""
+        if self.fleet is not None:
+            addr = self.config.redis.addr
+            try:
+                await self.fleet.redis.ping()
+            except RedisUnavailable as exc:
+                raise StartupError(f"cannot reach Redis at {addr}: {exc}") from None
+            await self._listen()
+            log.info(
+                "proxy fleet: instance {instance}, Redis at {addr}, fills served at {url}",
+                instance=self.fleet.instance,
+                addr=addr,
+                url=self.fleet.leases.url or "(none: [fleet] listen is empty)",
+            )
+        if self.marker is not None:
+            await self.marker.claim()
+            self._beating.setServiceParent(self._parent)
+        self.ready.callback(None)
+
+    async def _listen(self) -> None:
+        fleet = self.fleet
+        assert fleet is not None
+        description = self.config.fleet.listen
+        if not description:
+            return
+        if not self.config.fleet.secret:
+            raise StartupError("configuration error: [fleet] secret: required with listen")
+        try:
+            endpoint = server_endpoint(self.reactor, normalize_description(description))
+        except ValueError as exc:
+            raise StartupError(f"configuration error: [fleet] listen: {exc}") from None
+        caches = self._drivers
+
+        def driver_for(cache: str) -> IStorageDriver:
+            return caches[cache].driver if cache in caches else self.driver
+
+        resource = PeerResource(self.config.fleet.secret, self.lookup, driver_for)
+        site = Site(resource)
+        site.noisy = False
+        try:
+            self._port = await endpoint.listen(site)
+        except Exception as exc:
+            raise StartupError(f"cannot listen on {description} ([fleet] listen): {exc}") from None
+        if not fleet.leases.url:
+            host = self._port.getHost()
+            if host.host in ("0.0.0.0", "::", ""):
+                raise StartupError(
+                    "configuration error: [fleet] advertise: required when listen has no "
+                    "interface (the other instances need an address to reach this one)"
+                )
+            shown = f"[{host.host}]" if ":" in host.host else host.host
+            fleet.leases.url = f"http://{shown}:{host.port}"

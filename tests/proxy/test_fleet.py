@@ -1,0 +1,369 @@
+"""
+Several txregistry processes, one pull-through cache: real twistd instances on one SeaweedFS
+bucket with a real Redis, in front of the fake upstream (in this test's reactor, so a test can
+hold an upstream body in the middle and count the upstream's blob GETs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.defer import Deferred, gatherResults
+
+from tests.e2e.harness import REPO_ROOT, RegistryProcess, free_port, twistd_command, write_config
+from tests.fakes.upstream import FakeUpstream, start_fake_upstream
+from tests.proxy.helpers import reactor, wait_until
+from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.storage.s3server import S3Server, s3_server, signed_request  # noqa: F401 - fixture
+
+SECRET = "fleet-test-secret-0123456789"
+LAYER = 8 * 1024 * 1024
+HELD_AFTER = 1024 * 1024
+
+
+def fleet_sections(
+    s3: S3Server, root: str, redis: RedisServer | None, index: int, **proxy: str
+) -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {
+        "storage": {
+            "driver": "s3",
+            "bucket": s3.bucket,
+            "region": s3.region,
+            "regionendpoint": s3.endpoint,
+            "accesskey": s3.access_key,
+            "secretkey": s3.secret_key,
+            "rootdirectory": root,
+            "chunksize": "5MiB",
+        },
+        "proxy:hub": {"remoteurl": "", "prefix": "docker.io", "default": "true", **proxy},
+    }
+    if redis is not None:
+        sections["redis"] = {"addr": redis.addr}
+        sections["fleet"] = {
+            "listen": f"tcp:{free_port()}:interface=127.0.0.1",
+            "secret": SECRET,
+            "lease": "2s",
+            "instance": f"i{index}",
+        }
+    return sections
+
+
+@pytest_twisted.async_yield_fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    upstream = await start_fake_upstream(reactor)
+    yield upstream
+    await upstream.stop()
+
+
+class Fleet:
+    def __init__(
+        self, tmp_path: Path, s3: S3Server, redis: RedisServer, upstream: str, **proxy: str
+    ) -> None:
+        self.root = f"/fleet/{uuid.uuid4().hex}"
+        self.s3 = s3
+        self.instances: list[RegistryProcess] = []
+        for index in range(3):
+            workdir = tmp_path / f"instance{index}"
+            workdir.mkdir()
+            sections = fleet_sections(s3, self.root, redis, index, **proxy)
+            sections["proxy:hub"]["remoteurl"] = upstream
+            self.instances.append(RegistryProcess(workdir, sections))
+
+    def start(self) -> None:
+        for instance in self.instances:
+            instance.start()
+
+    def stop(self) -> None:
+        for instance in self.instances:
+            instance.stop()
+
+    def peer_url(self, index: int) -> str:
+        listen = self.instances[index].sections["fleet"]["listen"]
+        port = re.match(r"tcp:(\d+):", listen)
+        assert port is not None
+        return f"http://127.0.0.1:{port.group(1)}"
+
+    def stored_blob_bytes(self) -> int:
+        """What the bucket holds under the blobs folder (ListObjectsV2, one page)."""
+        prefix = f"{self.root.strip('/')}/docker/registry/v2/blobs/"
+        query = f"list-type=2&max-keys=1000&prefix={quote(prefix, safe='')}"
+        url = f"{self.s3.endpoint}/{self.s3.bucket}?{query}"
+        status, body = signed_request("GET", url)
+        assert status == 200, body[:300]
+        return sum(int(size) for size in re.findall(rb"<Size>(\d+)</Size>", body))
+
+
+@pytest.fixture
+def fleet(
+    tmp_path: Path,
+    s3_server: S3Server,  # noqa: F811
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,
+) -> Iterator[Fleet]:
+    running = Fleet(tmp_path, s3_server, redis_server, fake.url)
+    running.start()
+    yield running
+    running.stop()
+
+
+class Pull:
+    """One client's blob GET, read as it arrives."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.hasher = hashlib.sha256()
+        self.done: Deferred[Any] | None = None
+        self.code = 0
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        self.hasher.update(data)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hasher.hexdigest()
+
+
+async def start_pull(url: str) -> Pull:
+    pull = Pull()
+    response = await treq.get(url, unbuffered=True)
+    pull.code = response.code
+    pull.done = treq.collect(response, pull.write)
+    return pull
+
+
+def blob_url(instance: RegistryProcess, digest: str) -> str:
+    return f"{instance.url}/v2/library/alpine/blobs/{digest}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_upstream_get_and_bytes_as_they_arrive_on_every_instance(
+    fleet: Fleet, fake: FakeUpstream
+) -> None:
+    """Concurrent cold pulls over three instances: one upstream GET for the whole fleet, and
+    every client (on the holder, where the fill goes to S3 through a spool, and on the others,
+    streamed from the holder) gets bytes while the upstream has sent only the first MiB."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    digest = image.layers[0].digest
+    hold = fake.hold_body(digest, HELD_AFTER)
+    pulls = await gatherResults(
+        [Deferred.fromCoroutine(start_pull(blob_url(i, digest))) for i in fleet.instances]
+    )
+    assert [p.code for p in pulls] == [200, 200, 200]
+    await wait_until(lambda: all(p.received > 0 for p in pulls), within=60)
+    assert not hold.released and hold.arrived == 1  # the upstream is still at its first MiB
+    assert all(p.received <= HELD_AFTER for p in pulls)
+    hold.release()
+    await gatherResults([p.done for p in pulls])
+    assert [p.digest for p in pulls] == [digest] * 3
+    assert [p.received for p in pulls] == [LAYER] * 3
+    assert fake.count("GET", "cdn", ref=digest) == 1
+    # Stored once, correct, and served from the cache by every instance.
+    for instance in fleet.instances:
+        again = await start_pull(blob_url(instance, digest))
+        await again.done
+        assert again.digest == digest
+    assert fake.count("GET", "cdn", ref=digest) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_holder_killed_mid_layer_others_complete(
+    fleet: Fleet,
+    fake: FakeUpstream,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """kill -9 of the instance holding the fill, mid-layer: the clients of the other
+    instances complete with the right bytes (one of them takes the fill over once the lease
+    expires), and what is stored is the right blob."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    digest = image.layers[0].digest
+    hold = fake.hold_body(digest, HELD_AFTER)
+    holder, others = fleet.instances[0], fleet.instances[1:]
+    first = await start_pull(blob_url(holder, digest))
+    await wait_until(lambda: hold.arrived == 1, within=60)
+    assert b"i0" in redis_server.command("GET", f"txregistry:fill:hub:{digest}")
+    pulls = [await start_pull(blob_url(i, digest)) for i in others]
+    assert [p.code for p in pulls] == [200, 200]
+    await wait_until(lambda: all(p.received > 0 for p in pulls), within=60)
+    holder.kill()
+    assert first.done is not None
+    first.done.addErrback(lambda _: None)  # its client's connection died with it
+    hold.release()
+    await gatherResults([p.done for p in pulls])
+    assert [p.digest for p in pulls] == [digest, digest]
+    assert [p.received for p in pulls] == [LAYER, LAYER]
+    again = await start_pull(blob_url(others[0], digest))
+    await again.done
+    assert again.digest == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_fleet_eviction_keeps_the_total_under_max_size(
+    tmp_path: Path,
+    s3_server: S3Server,  # noqa: F811
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,
+) -> None:
+    """Six 1 MiB layers pulled through three instances (two each: each instance alone stays
+    under max_size): the fleet's total in storage ends under max_size."""
+    limit = 2_600_000
+    running = Fleet(tmp_path, s3_server, redis_server, fake.url, max_size=str(limit))
+    running.start()
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [1 << 20] * 6)
+        for index, layer in enumerate(image.layers):
+            pull = await start_pull(blob_url(running.instances[index % 3], layer.digest))
+            await pull.done
+            assert pull.digest == layer.digest
+        await wait_until(lambda: running.stored_blob_bytes() <= limit, within=60)
+        assert running.stored_blob_bytes() > 0
+        last = image.layers[-1].digest
+        pull = await start_pull(blob_url(running.instances[0], last))
+        await pull.done
+        assert pull.digest == last
+    finally:
+        running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_endpoint_is_deny_by_default(fleet: Fleet) -> None:
+    peer = fleet.peer_url(0)
+    digest = "sha256:" + "0" * 64
+    answers = []
+    for headers in ({}, {"Authorization": "Bearer wrong-secret-0123456789"}):
+        response = await treq.get(f"{peer}/fills/hub/{digest}", headers=headers)
+        answers.append((response.code, await response.content()))
+    assert answers == [(401, b"unauthorized\n")] * 2
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    response = await treq.get(f"{peer}/fills/hub/{digest}", headers=auth)
+    assert response.code == 404  # no such fill in flight
+    await response.content()
+    response = await treq.get(f"{peer}/v2/", headers=auth)
+    assert response.code == 404
+    await response.content()
+    response = await treq.get(f"{peer}/fills/hub/sha256:nothex?offset=x", headers=auth)
+    assert response.code == 400
+    await response.content()
+
+
+def run_twistd(tmp_path: Path, sections: dict[str, dict[str, str]], *extra: str) -> Any:
+    config = write_config(tmp_path / f"registry-{uuid.uuid4().hex[:6]}.cfg", sections)
+    return subprocess.run(
+        twistd_command("--config", str(config), "--port", "tcp:0:interface=127.0.0.1", *extra),
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_redis_down_at_start_is_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    sections = {
+        "proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"},
+        "redis": {"addr": f"127.0.0.1:{port}", "dialtimeout": "2s"},
+    }
+    result = run_twistd(tmp_path, sections, "--storage", str(tmp_path / "data"))
+    assert result.returncode == 1, result.stdout[-2000:]
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"txregistry: cannot reach Redis at 127.0.0.1:{port}: "), line
+    assert "Traceback" not in result.stdout
+    assert "listening" not in result.stdout
+
+
+def test_second_instance_without_redis_refused_and_restart_after_kill(tmp_path: Path) -> None:
+    sections = {"proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"}}
+    data = tmp_path / "shared"
+    first_dir = tmp_path / "first"
+    first_dir.mkdir()
+    first = RegistryProcess(first_dir, {**sections, "storage": {"rootdirectory": str(data)}})
+    first.start()
+    try:
+        result = run_twistd(tmp_path, sections, "--storage", str(data))
+        assert result.returncode == 1, result.stdout[-2000:]
+        [line] = result.stderr.splitlines()
+        assert line.startswith("txregistry: another txregistry instance (host "), line
+        assert f"pid {first.pid}," in line
+        assert str(data) in line
+        assert "Traceback" not in result.stdout
+    finally:
+        first.kill()
+    # Killed: its marker is stale at once on this host, so a restart is not refused.
+    again_dir = tmp_path / "again"
+    again_dir.mkdir()
+    again = RegistryProcess(again_dir, {**sections, "storage": {"rootdirectory": str(data)}})
+    again.start()
+    again.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fill_held_elsewhere_serves_other_repository_only_after_its_confirmation(
+    fleet: Fleet, fake: FakeUpstream
+) -> None:
+    """While instance i0 fills D through library/alpine, a request for D through
+    library/other on i1 (whose upstream answers 404 for D there) is a 404, not A's bytes;
+    and a Range request for D through library/alpine on i1 gets exactly those bytes, streamed
+    from the holder."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    fake.content.add_image("library/other", "latest", [4096])
+    digest = image.layers[0].digest
+    hold = fake.hold_body(digest, HELD_AFTER)
+    holder, other = fleet.instances[0], fleet.instances[1]
+    first = await start_pull(blob_url(holder, digest))
+    await wait_until(lambda: hold.arrived == 1, within=60)
+    response = await treq.get(f"{other.url}/v2/library/other/blobs/{digest}")
+    assert response.code == 404
+    assert b"BLOB_UNKNOWN" in await response.content()
+    ranged = await treq.get(blob_url(other, digest), headers={"Range": "bytes=100-199"})
+    assert ranged.code == 206
+    body = await ranged.content()
+    expected = b"".join(fake.content.blobs[digest].read(100, 200))
+    assert body == expected
+    hold.release()
+    assert first.done is not None
+    await first.done
+    assert first.digest == digest
+    assert fake.count("GET", "cdn", ref=digest) == 1
+    response = await treq.get(f"{other.url}/v2/library/other/blobs/{digest}")
+    assert response.code == 404
+    await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_instance_on_s3_streams_concurrent_cold_pulls(
+    tmp_path: Path,
+    s3_server: S3Server,  # noqa: F811
+    fake: FakeUpstream,
+) -> None:
+    """One instance, S3 storage, no Redis: concurrent cold pulls of a layer get bytes while
+    the upstream has sent only its first MiB (the fill is spooled locally), not once the layer
+    is committed to S3."""
+    sections = fleet_sections(s3_server, f"/single/{uuid.uuid4().hex}", None, 0)
+    sections["proxy:hub"]["remoteurl"] = fake.url
+    instance = RegistryProcess(tmp_path, sections)
+    instance.start()
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [LAYER])
+        digest = image.layers[0].digest
+        hold = fake.hold_body(digest, HELD_AFTER)
+        pulls = [await start_pull(blob_url(instance, digest)) for _ in range(3)]
+        await wait_until(lambda: all(p.received > 0 for p in pulls), within=60)
+        assert not hold.released and hold.arrived == 1
+        hold.release()
+        await gatherResults([p.done for p in pulls])
+        assert [p.digest for p in pulls] == [digest] * 3
+        assert fake.count("GET", "cdn", ref=digest) == 1
+    finally:
+        instance.stop()
