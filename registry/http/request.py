@@ -324,7 +324,7 @@ class RegistrySite(server.Site):
 
     def startFactory(self) -> None:
         """Before the first connection: room for as many as the hard limit allows."""
-        super().startFactory()  # type: ignore[no-untyped-call]
+        super().startFactory()
         before, after = fdlimit.raise_open_files_limit()
         if after != before:
             log.info("open files limit raised from {before} to {after}", before=before, after=after)
