@@ -19,11 +19,13 @@ How it shares the socket with Twisted, through the consumer API of the TCP trans
 3. Each ``resumeProducing`` runs ``os.sendfile`` in the storage thread pool (the one whose
    threads read files for the producer path), never on the reactor thread: a body that is not
    in the page cache is read from disk inside ``sendfile``, and that wait holds up one pool
-   thread instead of every connection.  The thread sends until the (non-blocking) socket
-   would block, or `_TURN_BUDGET` bytes, so that other downloads get the threads in turn;
-   back on the reactor thread, ``startWriting`` again: the reactor's next "writable" makes the
-   transport find its buffer empty and call us back.  That is the flow control: one call in
-   a thread at a time per connection, started only when the socket takes more.
+   thread instead of every connection.  The thread sends `_TURN_BUDGET` bytes, for
+   `_TURN_SECONDS`, at most, so that other downloads get the threads in turn, waiting up to
+   `_PATIENCE_MS` each time the (non-blocking) socket is full; a socket that stays full
+   hands the wait back to the reactor: ``startWriting`` again, and the reactor's next
+   "writable" makes the transport find its buffer empty and call us back.  That is the flow
+   control: one call in a thread at a time per connection, started only when the socket
+   takes more.
 4. At the end the channel is registered again and told the buffer is empty; the route returns
    and twisted.web finishes the request, so the connection stays open for the next request.
 
@@ -45,6 +47,8 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import select
+import time
 from typing import Any
 
 from twisted.internet import abstract
@@ -63,10 +67,14 @@ from registry.storage.producers import ILocalFile, LocalRange
 
 log = Logger()
 
-# Most bytes sent in one thread-pool call before other downloads get their turn.  On loopback a
-# socket takes a few MiB per call; 8 MiB is a handful of calls, a few milliseconds when the
-# file is in the page cache.
-_TURN_BUDGET = 8 * 1024 * 1024
+# Most bytes sent in one thread-pool call before other downloads get their turn: tens of
+# milliseconds at loopback speed when the file is in the page cache.
+_TURN_BUDGET = 64 * 1024 * 1024
+# And at most this long, so that slow clients cannot keep the pool's threads to themselves.
+_TURN_SECONDS = 0.05
+# How long a pool thread waits for a full socket to take more before handing the wait to the
+# reactor.  A client reading at full speed drains the socket buffer in well under this.
+_PATIENCE_MS = 5
 # The peer went away (the connection is dropped, and the handler sees a cancellation).
 _GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN}
 
@@ -159,13 +167,22 @@ _Turn = tuple[int, OSError | None]
 
 
 def _send(socket: int, source: int, offset: int, remaining: int) -> _Turn:
-    """In a pool thread: ``os.sendfile`` until the socket would block or `_TURN_BUDGET` is sent."""
+    """
+    In a pool thread: ``os.sendfile`` until `_TURN_BUDGET` is sent, or the socket stays full
+    for `_PATIENCE_MS`: a client that reads as fast as we send is served without a round trip
+    through the reactor per socket buffer, a slow one gives the thread back.
+    """
     sent_total, budget = 0, _TURN_BUDGET
+    deadline = time.monotonic() + _TURN_SECONDS
+    writable = select.poll()
+    writable.register(socket, select.POLLOUT)
     while remaining > 0 and budget > 0:
         wanted = min(remaining, budget)
         try:
             sent = os.sendfile(socket, source, offset, wanted)
         except BlockingIOError:
+            if time.monotonic() < deadline and writable.poll(_PATIENCE_MS):
+                continue  # writable again (or an error, which the next call reports)
             break
         except InterruptedError:
             continue
@@ -177,8 +194,6 @@ def _send(socket: int, source: int, offset: int, remaining: int) -> _Turn:
         remaining -= sent
         budget -= sent
         sent_total += sent
-        if sent < wanted:
-            break  # the socket's buffer is full: the next call would only say EAGAIN
     return sent_total, None
 
 
