@@ -1,6 +1,7 @@
 """
-Request-rate scenarios (manifest GET, blob HEAD, 1,000 connections) with wrk and hey, for
-bench/run.py.  Both servers get the same small image pushed first.
+Request-rate scenarios (manifest GET, blob HEAD, 1,000 and 10,000 connections) with wrk and
+hey, and idle connections held open, for bench/run.py.  Both servers get the same small image
+pushed first.
 """
 
 from __future__ import annotations
@@ -8,8 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import resource
+import selectors
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
 
 import attrs
 
@@ -69,11 +76,14 @@ def _require(tool: str) -> str:
     return path
 
 
-def wrk_get(url: str, connections: int, seconds: int, accept: str = MANIFEST_TYPE) -> Rate:
-    """wrk GETs; p99 from its latency distribution."""
+def wrk_get(
+    url: str, connections: int, seconds: int, accept: str = MANIFEST_TYPE, timeout: int = 2
+) -> Rate:
+    """wrk GETs (a request unanswered after ``timeout`` s is an error); p99 from its report."""
+    raise_open_files_limit()  # wrk inherits it: 10,000 connections need as many descriptors
     output = subprocess.run(
         [_require("wrk"), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-H", f"Accept: {accept}", url],
+         "--timeout", f"{timeout}s", "-H", f"Accept: {accept}", url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
@@ -107,3 +117,64 @@ def hey(url: str, connections: int, seconds: int, method: str = "GET") -> Rate:
     error_count = sum(int(n) for n in re.findall(r"\[(\d+)\]\s", errors_section))
     non_2xx = sum(count for code, count in statuses.items() if code >= 300)
     return Rate(rps, float(p99.group(1)) * 1000 if p99 else float("nan"), error_count, non_2xx)
+
+
+def raise_open_files_limit() -> None:
+    """This process's (and its children's) soft open-files limit up to the hard one."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@attrs.frozen
+class Idle:
+    """``held`` idle connections: the server's RSS before and while, and a GET meanwhile."""
+
+    held: int
+    rss_before_mib: float
+    rss_held_mib: float
+    get_ms: float
+    get_ok: bool
+
+
+def hold_idle(
+    url: str, host: str, port: int, count: int, rss_mib: Callable[[], float], wait: float = 60
+) -> Idle:
+    """
+    Open ``count`` connections that send nothing, wait until the server holds them (its RSS
+    stops growing, bounded by ``wait`` s), then time one ``GET url`` on a new connection.
+    """
+    raise_open_files_limit()
+    before = rss_mib()
+    sockets: list[socket.socket] = []
+    try:
+        with selectors.DefaultSelector() as selector:
+            for _ in range(count):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex((host, port))
+                sockets.append(sock)
+                selector.register(sock, selectors.EVENT_WRITE)
+            pending, deadline = len(sockets), time.monotonic() + wait
+            while pending and time.monotonic() < deadline:
+                for key, _ in selector.select(1.0):
+                    selector.unregister(key.fileobj)
+                    pending -= 1
+        held = sum(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in sockets)
+        # Accepted by the kernel is not yet accepted by the server: wait for its RSS to settle.
+        last, deadline = -1.0, time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = rss_mib()
+            if abs(now - last) < 0.5:
+                break
+            last = now
+        started = time.perf_counter()
+        try:
+            get_ok = urllib.request.urlopen(url, timeout=10).status == 200
+        except OSError:
+            get_ok = False
+        get_ms = (time.perf_counter() - started) * 1000
+        return Idle(held, before, rss_mib(), get_ms, get_ok)
+    finally:
+        for sock in sockets:
+            sock.close()

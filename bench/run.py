@@ -5,13 +5,20 @@ txregistry against registry:2 (Debian's docker-registry, v2.8), interleaved in o
 
 Each round runs every scenario on registry:2 and then on txregistry, both on loopback with
 their own empty storage, driven by curl (the same client for both).  Reported: median MiB/s
-(or req/s), the ratio txregistry / registry:2, and each server's peak RSS during the scenario.
-These machines are noisy: compare ratios within one run, not figures across runs.  Three
-things keep the comparison even: an untimed warm-up round on each server first (``--warmup``);
-a ``sync`` before every timed step, so that neither server pays for writing back the page cache
-the previous step (often the other server's) left dirty; and memory touched and freed before
-every timed step (`warm_free_memory`), so that neither pays for the virtual machine taking
-back idle memory.
+(or req/s), the ratio txregistry / registry:2, each server's peak RSS during the scenario and
+the CPU time it used per GiB moved (user + system, all threads).  These machines are noisy:
+compare ratios within one run, not figures across runs.  What keeps the comparison even: an
+untimed warm-up round on each server first (``--warmup``), and a ``sync`` before every timed
+step, so that neither server pays for writing back the page cache the previous step (often
+the other server's) left dirty.
+
+Transfers run in two regimes (``--regimes``), both reported: **warm**, with memory touched and
+freed before every step (`warm_free_memory`), so that neither server pays for the virtual
+machine taking back idle memory; and **cold**, without, which is what a VM that returns free
+memory to its host sees in use.  Besides single transfers: ``--concurrent`` pushes, then
+pulls, of distinct ``--concurrent-mib`` blobs at once (aggregate MiB/s); manifest GETs at 64,
+1,000 and 10,000 connections (wrk, 2 s timeout: a slower answer is an error); and 10,000 idle
+connections held open (each server's RSS, and a GET answered meanwhile).
 """
 
 from __future__ import annotations
@@ -33,12 +40,13 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+import attrs
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.reference import Registry2, Server, TxRegistry
-from bench.requests import Rate, hey, push_small_image, wrk_get
+from bench.requests import Idle, Rate, hey, hold_idle, push_small_image, wrk_get
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -90,6 +98,20 @@ def make_file(path: Path, size: int) -> str:
     digest = "sha256:" + hasher.hexdigest()
     digest_path.write_text(digest)
     return digest
+
+
+@attrs.frozen
+class Blob:
+    """An input file for the concurrent steps (distinct bytes in each)."""
+
+    path: Path
+    index: int
+    size: int
+    digest: str
+
+    @classmethod
+    def make(cls, path: Path, index: int, size: int) -> Blob:
+        return cls(path, index, size, make_file(path, size))
 
 
 def curl(*args: str) -> tuple[int, dict[str, str]]:
@@ -280,9 +302,17 @@ def background_cpu(seconds: float = 1.0) -> float:
     return 100.0 * (total - (idle_after - idle_before)) / total if total else 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process, all its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def measure(
     server: Server, action: Callable[[], None], warm_memory: bool = True
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
+    """Seconds the action took, the server's peak RSS (MiB) and its CPU seconds meanwhile."""
     # Start every timed step with no dirty pages: otherwise one server's step pays for the
     # kernel writing back what the previous step (often the other server's) left in the
     # page cache, and the order of the scenarios decides the figures.
@@ -290,10 +320,52 @@ def measure(
     if warm_memory:
         warm_free_memory()
     with PeakRss(server.pid) as rss:
+        cpu_before = cpu_seconds(server.pid)
         started = time.perf_counter()
         action()
         elapsed = time.perf_counter() - started
-    return elapsed, rss.peak_mib
+        cpu = cpu_seconds(server.pid) - cpu_before
+    return elapsed, rss.peak_mib, cpu
+
+
+def at_once(actions: list[Callable[[], None]]) -> None:
+    """Run ``actions`` in threads at the same time (each a curl child); re-raise a failure."""
+    failures: list[BaseException] = []
+
+    def run(action: Callable[[], None]) -> None:
+        try:
+            action()
+        except BaseException as exc:  # reported by the caller
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+def rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / MiB
+
+
+def run_idle_connections(servers: list[Server], count: int) -> dict[str, Idle]:
+    """``count`` idle connections held on each server in turn."""
+    held = {}
+    for server in servers:
+        idle = hold_idle(
+            f"{server.url}/v2/", "127.0.0.1", server.port, count, lambda s=server: rss_mib(s.pid)
+        )
+        held[server.name] = idle
+        print(
+            f"{server.name:11} {count} idle connections: {idle.held} held, RSS "
+            f"{idle.rss_before_mib:.0f} -> {idle.rss_held_mib:.0f} MiB, GET meanwhile "
+            f"{'ok' if idle.get_ok else 'FAILED'} in {idle.get_ms:.0f} ms",
+            flush=True,
+        )
+    return held
 
 
 def run_request_scenarios(
@@ -316,8 +388,11 @@ def run_request_scenarios(
                 "blob HEAD, 64 connections": lambda s=server, b=layer: hey(
                     f"{s.url}/v2/bench/small/blobs/{b}", 64, seconds, "HEAD"
                 ),
-                "manifest GET, 1000 connections": lambda s=server: hey(
+                "manifest GET, 1000 connections": lambda s=server: wrk_get(
                     f"{s.url}/v2/bench/small/manifests/latest", 1000, seconds
+                ),
+                "manifest GET, 10000 connections": lambda s=server: wrk_get(
+                    f"{s.url}/v2/bench/small/manifests/latest", 10000, seconds
                 ),
             }
             for name, action in scenarios.items():
@@ -325,7 +400,7 @@ def run_request_scenarios(
                     rate = action()
                 rates.setdefault(name, {}).setdefault(server.name, []).append((rate, rss.peak_mib))
                 print(
-                    f"round {round_index + 1} {server.name:11} {name:31} "
+                    f"round {round_index + 1} {server.name:11} {name:32} "
                     f"{rate.requests_per_second:8.0f} req/s  p99 {rate.p99_ms:7.1f} ms  "
                     f"errors {rate.errors} non-2xx {rate.non_2xx}  "
                     f"peak RSS {rss.peak_mib:6.1f} MiB",
@@ -353,13 +428,26 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of each request run")
     parser.add_argument(
-        "--no-warm-memory",
-        action="store_true",
-        help="do not touch and free 4 GiB before each step (see warm_free_memory)",
+        "--regimes",
+        default="warm,cold",
+        help="transfers with memory warmed first (warm), without (cold), or both (see above)",
+    )
+    parser.add_argument("--no-warm-memory", action="store_true", help="the same as --regimes cold")
+    parser.add_argument(
+        "--concurrent", type=int, default=4, help="pushes, then pulls, at once (0: skip)"
+    )
+    parser.add_argument(
+        "--concurrent-mib", type=int, default=1024, help="size of each concurrent blob"
+    )
+    parser.add_argument(
+        "--idle", type=int, default=10000, help="idle connections to hold (0: skip)"
     )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.big_gib, args.warmup = 1, 0, 0
+    regimes = ["cold"] if args.no_warm_memory else args.regimes.split(",")
+    if not set(regimes) <= {"warm", "cold"}:
+        raise SystemExit(f"--regimes: warm, cold or both, not {args.regimes!r}")
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -375,6 +463,10 @@ def main() -> None:
             else:
                 source.seek(64 * MiB, 1)
             chunks.append(chunk)
+    concurrent = [
+        Blob.make(work / f"blob-{args.concurrent_mib}m-{index}", index, args.concurrent_mib * MiB)
+        for index in range(args.concurrent)
+    ]
 
     servers: list[Server] = [
         Registry2("registry:2", work / "registry2"),
@@ -382,24 +474,30 @@ def main() -> None:
     ]
     for server in servers:
         server.start()
-    results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    # scenario -> server -> [(MiB/s, peak RSS MiB, server CPU seconds per GiB)]
+    results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     background: list[float] = []
     rates: dict[str, dict[str, list[tuple[Rate, float]]]] = {}
+    idle: dict[str, Idle] = {}
     try:
         if args.only != "throughput":
             run_request_scenarios(servers, args.rounds, args.seconds, rates)
+            if args.idle:
+                idle = run_idle_connections(servers, args.idle)
         throughput_rounds = args.rounds if args.only != "requests" else 0
         warmups = args.warmup if throughput_rounds else 0
         # Every push sends the same 1 GiB, so from the first one on the blob is stored: each
         # server still receives, hashes and writes every byte, then drops the upload instead of
         # renaming it into place (registry:2 and txregistry alike).
-        for round_index in range(-warmups, throughput_rounds):
+        for round_index, regime in itertools.product(range(-warmups, throughput_rounds), regimes):
             warmup = round_index < 0
+            if warmup and regime != regimes[0]:
+                continue
             busy = background_cpu()
             background.append(round(busy, 1))
-            print(f"background CPU before this round: {busy:.1f}%", flush=True)
+            print(f"background CPU before this round: {busy:.1f}% ({regime})", flush=True)
             for server in servers:
-                repo = f"bench/w{-round_index}" if warmup else f"bench/r{round_index}"
+                repo = f"bench/w{-round_index}" if warmup else f"bench/r{round_index}{regime}"
                 scenarios: dict[str, Callable[[], None]] = {
                     "push 1 GiB monolithic": lambda s=server, r=repo: push_monolithic(
                         s, r + "m", one_gib, digest_1g
@@ -418,16 +516,32 @@ def main() -> None:
                     ),
                     "pull 1 GiB": lambda s=server, r=repo: pull(s, r + "m", digest_1g, 1024 * MiB),
                 }
+                sizes = dict.fromkeys(scenarios, 1024 * MiB)
+                if concurrent:
+                    label = f"{args.concurrent} x {args.concurrent_mib} MiB"
+                    scenarios[f"push {label} at once"] = lambda s=server, r=repo: at_once(
+                        [lambda b=blob: push_monolithic(s, f"{r}p{b.index}", b.path, b.digest)
+                         for blob in concurrent]
+                    )  # fmt: skip
+                    scenarios[f"pull {label} at once"] = lambda s=server, r=repo: at_once(
+                        [lambda b=blob: pull(s, f"{r}p{b.index}", b.digest, b.size)
+                         for blob in concurrent]
+                    )  # fmt: skip
+                    sizes[f"push {label} at once"] = sizes[f"pull {label} at once"] = sum(
+                        blob.size for blob in concurrent
+                    )
                 for name, action in scenarios.items():
-                    elapsed, peak = measure(server, action, not args.no_warm_memory)
+                    size = sizes[name]
+                    elapsed, peak, cpu = measure(server, action, regime == "warm")
+                    rate, cpu_per_gib = size / MiB / elapsed, cpu * 1024 * MiB / size
                     if not warmup:
-                        results.setdefault(name, {}).setdefault(server.name, []).append(
-                            (1024 / elapsed, peak)
-                        )
+                        results.setdefault(f"{name} ({regime})", {}).setdefault(
+                            server.name, []
+                        ).append((rate, peak, cpu_per_gib))
                     label = "warm-up" if warmup else f"round {round_index + 1}"
                     print(
-                        f"{label:7} {server.name:11} {name:26} "
-                        f"{1024 / elapsed:8.0f} MiB/s  peak RSS {peak:6.1f} MiB",
+                        f"{label:7} {regime:4} {server.name:11} {name:40} {rate:8.0f} MiB/s  "
+                        f"peak RSS {peak:6.1f} MiB  CPU {cpu_per_gib:5.2f} s/GiB",
                         flush=True,
                     )
         if args.big_gib and args.only != "requests":
@@ -443,10 +557,10 @@ def main() -> None:
                         s, "bench/big", digest_big, args.big_gib * 1024 * MiB
                     ),
                 }.items():
-                    elapsed, peak = measure(server, action, not args.no_warm_memory)
-                    results.setdefault(name, {}).setdefault(server.name, []).append(
-                        (args.big_gib * 1024 / elapsed, peak)
-                    )
+                    elapsed, peak, cpu = measure(server, action, regimes[0] == "warm")
+                    results.setdefault(f"{name} ({regimes[0]})", {}).setdefault(
+                        server.name, []
+                    ).append((args.big_gib * 1024 / elapsed, peak, cpu / args.big_gib))
                     print(
                         f"{server.name:11} {name:26} {args.big_gib * 1024 / elapsed:8.0f} MiB/s"
                         f"  peak RSS {peak:6.1f} MiB",
@@ -458,28 +572,32 @@ def main() -> None:
 
     print()
     print(
-        "| scenario | registry:2 MiB/s | txregistry MiB/s | ratio | registry:2 peak RSS | "
-        "txregistry peak RSS |"
+        "| scenario (regime) | registry:2 MiB/s | txregistry MiB/s | ratio | peak RSS (r2 / tx) "
+        "| CPU s/GiB (r2 / tx) |"
     )
     print("|---|---:|---:|---:|---:|---:|")
-    summary = {}
+    summary: dict[str, object] = {}
     for name, by_server in results.items():
-        reference = statistics.median(v for v, _ in by_server["registry:2"])
-        ours = statistics.median(v for v, _ in by_server["txregistry"])
-        ref_rss = max(r for _, r in by_server["registry:2"])
-        our_rss = max(r for _, r in by_server["txregistry"])
+        reference = statistics.median(v for v, _, _ in by_server["registry:2"])
+        ours = statistics.median(v for v, _, _ in by_server["txregistry"])
+        ref_rss = max(r for _, r, _ in by_server["registry:2"])
+        our_rss = max(r for _, r, _ in by_server["txregistry"])
+        ref_cpu = statistics.median(c for _, _, c in by_server["registry:2"])
+        our_cpu = statistics.median(c for _, _, c in by_server["txregistry"])
         summary[name] = {
             "registry2": reference,
             "txregistry": ours,
             "ratio": ours / reference,
             "registry2_rss_mib": ref_rss,
             "txregistry_rss_mib": our_rss,
-            "registry2_samples_mib_s": [round(v) for v, _ in by_server["registry:2"]],
-            "txregistry_samples_mib_s": [round(v) for v, _ in by_server["txregistry"]],
+            "registry2_cpu_s_per_gib": ref_cpu,
+            "txregistry_cpu_s_per_gib": our_cpu,
+            "registry2_samples_mib_s": [round(v) for v, _, _ in by_server["registry:2"]],
+            "txregistry_samples_mib_s": [round(v) for v, _, _ in by_server["txregistry"]],
         }
         print(
             f"| {name} | {reference:.0f} | {ours:.0f} | {ours / reference:.2f}x | "
-            f"{ref_rss:.0f} MiB | {our_rss:.0f} MiB |"
+            f"{ref_rss:.0f} / {our_rss:.0f} MiB | {ref_cpu:.2f} / {our_cpu:.2f} |"
         )
     if rates:
         print()
@@ -510,6 +628,22 @@ def main() -> None:
                 f"{ref_p99:.1f} ms | {our_p99:.1f} ms | {ref_err} / {our_err} | "
                 f"{ref_rss:.0f} / {our_rss:.0f} MiB |"
             )
+    if idle:
+        print()
+        print(
+            "| idle connections | held (r2 / tx) | RSS held (r2 / tx) | RSS ratio | GET meanwhile |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        ref, ours = idle["registry:2"], idle["txregistry"]
+        print(
+            f"| {args.idle} | {ref.held} / {ours.held} | {ref.rss_held_mib:.0f} / "
+            f"{ours.rss_held_mib:.0f} MiB | {ours.rss_held_mib / ref.rss_held_mib:.2f}x | "
+            f"{'ok' if ref.get_ok else 'failed'} {ref.get_ms:.0f} ms / "
+            f"{'ok' if ours.get_ok else 'failed'} {ours.get_ms:.0f} ms |"
+        )
+        summary[f"{args.idle} idle connections"] = {
+            name: attrs.asdict(held) for name, held in idle.items()
+        }
     if background and max(background) > BUSY_PERCENT:
         print(
             f"\nwarning: up to {max(background):.0f}% of the CPU was busy with other work "
@@ -521,7 +655,7 @@ def main() -> None:
         json.dumps(
             {
                 "rounds": args.rounds,
-                "warm_memory": not args.no_warm_memory,
+                "regimes": regimes,
                 "background_cpu_percent": background,
                 "results": summary,
             },

@@ -128,9 +128,9 @@ class HttpConfig:
     port: tuple[str, ...] = key(("tcp:5000",), parse_list)
     relativeurls: bool = key(True, parse_bool)
     http2: bool = key(False, parse_bool)
-    # Blob GETs from the filesystem driver over plain TCP sent with os.sendfile (http/sendfile.py).
-    # Off by default: a body not in the page cache is read inside the reactor thread.
-    sendfile: bool = key(False, parse_bool)
+    # Blob GETs from the filesystem driver over plain TCP sent with os.sendfile (http/sendfile.py),
+    # in the storage thread pool.
+    sendfile: bool = key(True, parse_bool)
     clientcas: str = key("")
     clientauth: str = key("none", parse_choice("none", "optional", "required"))
     max_body_size: int = key(1024 * 1024, parse_size)

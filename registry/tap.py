@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
@@ -42,8 +42,6 @@ from registry.ops.notifications import add_notifications, check_notifications
 from registry.ops.notifications.metrics import register_notification_metrics
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
-from registry.proxy.routing import ProxyRouter
-from registry.proxy.service import install_proxies
 from registry.server.drain import ConnectionTracker
 from registry.server.exit import StartupError, exit_now
 from registry.server.listeners import Listeners, ListeningService
@@ -51,6 +49,10 @@ from registry.server.probe import describe, probe_storage, storage_description
 from registry.server.service import RegistryService
 from registry.storage.factory import build_driver
 from registry.storage.hash_offload import HashThreads
+
+if TYPE_CHECKING:
+    # The pull-through cache (treq, its stores) is imported only when [proxy:NAME] is set.
+    from registry.proxy.routing import ProxyRouter
 
 log = Logger()
 
@@ -285,8 +287,14 @@ def makeService(options: Options) -> IService:
     metrics = Metrics()
     checks: list[Callable[[], Awaitable[None]]] = []  # start-up checks after the storage probe
 
+    proxied = bool(parse_proxies(config))
+
     def wrap(local: LocalStores) -> Stores:
         # Pull-through caches ([proxy:NAME]): wrappers around the local stores, their service.
+        if not proxied:
+            return Stores.of(local)
+        from registry.proxy.service import install_proxies
+
         return install_proxies(local, local.driver, config, reactor, root, metrics, checks)
 
     ctx = RegistryContext.build(
@@ -300,7 +308,12 @@ def makeService(options: Options) -> IService:
         notifier=add_notifications(config, reactor, root),
         wrap=wrap,
     )
-    router = ctx.route_rewriter if isinstance(ctx.route_rewriter, ProxyRouter) else None
+    router: ProxyRouter | None = None
+    if proxied:
+        from registry.proxy.routing import ProxyRouter
+
+        if isinstance(ctx.route_rewriter, ProxyRouter):
+            router = ctx.route_rewriter
     add_monitoring(config, ctx, router, reactor, root)
     register_notification_metrics(ctx.metrics.registry, ctx.notifier)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)

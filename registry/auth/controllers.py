@@ -18,6 +18,7 @@ and skopeo and podman send empty Basic credentials (``Basic Og==``) to mean the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -38,8 +39,11 @@ from registry.auth.interfaces import ANONYMOUS, Access, IAccessController, Princ
 from registry.auth.policy import Policy, PolicySource
 from registry.auth.ratelimit import FailureLimiter
 from registry.auth.scopes import basic_challenge, bearer_challenge
-from registry.auth.token import InvalidToken, TokenVerifier
 from registry.http.forwarded import client_address
+
+if TYPE_CHECKING:
+    # Token auth (joserfc, cryptography's X.509) is imported only where it is configured.
+    from registry.auth.token import TokenVerifier
 
 _log = Logger()
 
@@ -169,6 +173,8 @@ class TokenAccessController:
                 return ANONYMOUS
             raise self._unauthorized(wanted, None)
         source = self._failures.check(request)
+        from registry.auth.token import InvalidToken  # loaded already: the verifier needs it
+
         try:
             claims = self.verifier.verify(auth[1])
         except InvalidToken as e:

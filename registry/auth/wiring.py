@@ -23,7 +23,6 @@ from registry.auth.htpasswd import Htpasswd
 from registry.auth.interfaces import AllowAll, IAccessController
 from registry.auth.policy import Policy, PolicyFile, PolicySource
 from registry.auth.ratelimit import FailureLimiter
-from registry.auth.token import TokenVerifier
 
 
 @attrs.frozen
@@ -100,6 +99,9 @@ def make_access_controller(
         if not (settings.token_rootcertbundle or settings.token_jwks):
             raise ValueError("[auth.token] needs rootcertbundle or jwks")
         assert settings.token_service and settings.token_issuer
+        # Imported here: joserfc and cryptography's X.509 cost memory only where tokens are on.
+        from registry.auth.token import TokenVerifier
+
         verifier = TokenVerifier.from_files(
             settings.token_issuer,
             settings.token_service,

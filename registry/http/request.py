@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from registry import fdlimit
 from registry.api.errors import RegistryError
 from registry.http import misdirected, reasons, responses, twisted_internals
 from registry.http.chunked import ChunkedBodyDecoder
@@ -321,6 +322,13 @@ class RegistrySite(server.Site):
         # Counts every request (the metrics): see `RequestObserver`.
         self.observer = observer
         self.displayTracebacks = False
+
+    def startFactory(self) -> None:
+        """Before the first connection: room for as many as the hard limit allows."""
+        super().startFactory()
+        before, after = fdlimit.raise_open_files_limit()
+        if after != before:
+            log.info("open files limit raised from {before} to {after}", before=before, after=after)
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]

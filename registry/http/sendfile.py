@@ -16,11 +16,22 @@ How it shares the socket with Twisted, through the consumer API of the TCP trans
    (``resumeProducing``) each time its own buffer has been written out completely; so the
    first call after ``startWriting`` comes once the headers are on the wire, and from then on
    the socket is ours.
-3. ``os.sendfile`` goes on until the socket would block; then ``startWriting`` again: the
-   reactor's next "writable" makes the transport find its buffer empty and call us back.
-   Each turn sends at most `_TURN_BUDGET` so other connections get their turns.
+3. Each ``resumeProducing`` runs ``os.sendfile`` in the storage thread pool (the one whose
+   threads read files for the producer path), never on the reactor thread: a body that is not
+   in the page cache is read from disk inside ``sendfile``, and that wait holds up one pool
+   thread instead of every connection.  The thread sends `_TURN_BUDGET` bytes, for
+   `_TURN_SECONDS`, at most, so that other downloads get the threads in turn, waiting up to
+   `_PATIENCE_MS` each time the (non-blocking) socket is full; a socket that stays full
+   hands the wait back to the reactor: ``startWriting`` again, and the reactor's next
+   "writable" makes the transport find its buffer empty and call us back.  That is the flow
+   control: one call in a thread at a time per connection, started only when the socket
+   takes more.
 4. At the end the channel is registered again and told the buffer is empty; the route returns
    and twisted.web finishes the request, so the connection stays open for the next request.
+
+The thread writes to a duplicate of the socket's descriptor (``os.dup``), closed by us once
+no call is running: if the connection is lost meanwhile, Twisted closes its own descriptor,
+and its number can be reused by a new connection at once, while ours still names the old one.
 
 A client that goes away makes the transport stop its producer (us: the file is closed, the
 handler sees `CancelledError`); a send that fails (the peer reset) drops the connection.
@@ -36,11 +47,14 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import select
+import time
 from typing import Any
 
 from twisted.internet import abstract
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPullProducer, ISSLTransport, ITCPTransport
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -53,9 +67,14 @@ from registry.storage.producers import ILocalFile, LocalRange
 
 log = Logger()
 
-# Most bytes sent in one reactor turn before the other connections get theirs.  On loopback a
-# socket takes a few MiB per call; 8 MiB is a handful of calls, a few milliseconds.
-_TURN_BUDGET = 8 * 1024 * 1024
+# Most bytes sent in one thread-pool call before other downloads get their turn: tens of
+# milliseconds at loopback speed when the file is in the page cache.
+_TURN_BUDGET = 64 * 1024 * 1024
+# And at most this long, so that slow clients cannot keep the pool's threads to themselves.
+_TURN_SECONDS = 0.05
+# How long a pool thread waits for a full socket to take more before handing the wait to the
+# reactor.  A client reading at full speed drains the socket buffer in well under this.
+_PATIENCE_MS = 5
 # The peer went away (the connection is dropped, and the handler sees a cancellation).
 _GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN}
 
@@ -116,17 +135,24 @@ async def stream(request: IRequest, producer: IBodyProducer) -> None:
     (the connection dropped) when the file could not be sent.
     """
     transport = _socket_transport(request)
-    local = (
-        ILocalFile(producer).detach()
-        if transport is not None
+    socket = None
+    if (
+        transport is not None
         and ILocalFile.providedBy(producer)
         and _plain_body(request, producer.length)
-        else None
-    )
+    ):
+        try:
+            socket = os.dup(transport.fileno())
+        except OSError as exc:  # out of descriptors: the producer path needs none
+            log.warn("sendfile: cannot duplicate the socket ({reason})", reason=exc.strerror)
+    local = ILocalFile(producer).detach() if socket is not None else None
     if local is None:
+        if socket is not None:
+            os.close(socket)
         await responses.stream(request, producer)
         return
-    sender = _Sender(request, transport, local)
+    assert socket is not None
+    sender = _Sender(request, transport, socket, local)
     try:
         await sender.start()
     except (CancelledError, responses.ResponseInterrupted):
@@ -135,19 +161,61 @@ async def stream(request: IRequest, producer: IBodyProducer) -> None:
         raise responses.ResponseInterrupted(str(exc)) from exc
 
 
+# What one thread-pool call did: bytes sent, and the error that stopped it (None: the socket
+# would block, the budget is spent, or the range is complete).
+_Turn = tuple[int, OSError | None]
+
+
+def _send(socket: int, source: int, offset: int, remaining: int) -> _Turn:
+    """
+    In a pool thread: ``os.sendfile`` until `_TURN_BUDGET` is sent, or the socket stays full
+    for `_PATIENCE_MS`: a client that reads as fast as we send is served without a round trip
+    through the reactor per socket buffer, a slow one gives the thread back.
+    """
+    sent_total, budget = 0, _TURN_BUDGET
+    deadline = time.monotonic() + _TURN_SECONDS
+    writable = select.poll()
+    writable.register(socket, select.POLLOUT)
+    while remaining > 0 and budget > 0:
+        wanted = min(remaining, budget)
+        try:
+            sent = os.sendfile(socket, source, offset, wanted)
+        except BlockingIOError:
+            if time.monotonic() < deadline and writable.poll(_PATIENCE_MS):
+                continue  # writable again (or an error, which the next call reports)
+            break
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            return sent_total, exc
+        if sent == 0:  # the file is shorter than its size said
+            return sent_total, OSError(errno.EIO, "blob file shrank while sending")
+        offset += sent
+        remaining -= sent
+        budget -= sent
+        sent_total += sent
+    return sent_total, None
+
+
 @implementer(IPullProducer)
 class _Sender:
     """Sends one file range on a transport it has taken over from the HTTP channel."""
 
-    def __init__(self, request: IRequest, transport: Any, local: LocalRange) -> None:
+    def __init__(self, request: IRequest, transport: Any, socket: int, local: LocalRange) -> None:
         self._request: Any = request
         self._transport = transport
         self._channel = request.channel  # type: ignore[attr-defined]
+        self._socket: int | None = socket  # our duplicate of the transport's descriptor
         self._file: Any = local.file
+        self._reactor = local.reactor
+        self._pool = local.threadpool
         self._offset = local.offset
         self._remaining = local.length
         self._armed = False
         self._over = False
+        self._sending = False  # a call runs in a pool thread
+        # Whether reading was paused by us (and is resumed at the end).
+        self._paused_reading = False
         self._done: Deferred[None] = Deferred(self._cancel)
 
     def start(self) -> Deferred[None]:
@@ -160,45 +228,65 @@ class _Sender:
         transport.registerProducer(self, False)
         if self._over:  # the connection was lost meanwhile
             return self._done
+        # No reading while the body goes out: a client that closes as soon as it has the last
+        # byte must not be seen leaving before the thread that sent it is back (the request
+        # would count as abandoned).  A client that leaves earlier makes sendfile fail.
+        # Resumed at the end only if it was reading (HTTPChannel pauses it for pipelining).
+        if transport in self._reactor.getReaders():
+            self._paused_reading = True
+            transport.pauseProducing()
         self._armed = True
         transport.startWriting()
         return self._done
 
     def resumeProducing(self) -> None:
-        if not self._armed or self._over:
+        if not self._armed or self._over or self._sending:
             return
-        socket, source = self._transport.fileno(), self._file.fileno()
-        budget = _TURN_BUDGET
-        while self._remaining > 0 and budget > 0:
-            wanted = min(self._remaining, budget)
-            try:
-                sent = os.sendfile(socket, source, self._offset, wanted)
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                self._failed(exc)
-                return
-            if sent == 0:  # the file is shorter than its size said
-                self._failed(OSError(errno.EIO, "blob file shrank while sending"))
-                return
-            self._offset += sent
-            self._remaining -= sent
-            budget -= sent
-            self._request.sentLength += sent
-            if sent < wanted:
-                break  # the socket's buffer is full: the next call would only say EAGAIN
+        assert self._socket is not None
+        self._sending = True
+        turn: Deferred[_Turn] = deferToThreadPool(
+            self._reactor,
+            self._pool,
+            _send,
+            self._socket,
+            self._file.fileno(),
+            self._offset,
+            self._remaining,
+        )
+        turn.addCallbacks(self._sent, self._thread_failed)
+
+    def _sent(self, turn: _Turn) -> None:
+        self._sending = False
+        sent, error = turn
+        self._offset += sent
+        self._remaining -= sent
+        self._request.sentLength += sent
+        if sent:
+            self._channel.resetTimeout()  # the channel's idle timer sees none of these writes
+            self._request.sent_with_sendfile = True
+        if self._over:  # the connection went away (or the handler was cancelled) meanwhile
+            self._release()
+            return
+        if error is not None:
+            self._failed(error)
+            return
         if self._remaining > 0:
             self._transport.startWriting()  # resumed when the socket takes more
             return
-        self._request.sent_with_sendfile = True
         self._end()
         self._transport.unregisterProducer()
         self._transport.registerProducer(self._channel, True)
+        if self._paused_reading:
+            self._transport.resumeProducing()
         # The transport's buffer is empty: a channel it had paused may go on.
         self._channel.resumeProducing()
         self._done.callback(None)
+
+    def _thread_failed(self, failure: Failure) -> None:
+        """Not an OSError from sendfile (those are returned): the pool refused the call."""
+        self._sending = False
+        exc = failure.value
+        self._failed(exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc)))
 
     def stopProducing(self) -> None:
         """The connection was lost (the transport stops its producer)."""
@@ -222,9 +310,17 @@ class _Sender:
             self._done.errback(Failure(StorageError(f"sending a blob file: {reason}")))
 
     def _end(self) -> bool:
-        """Close the file once; True the first time (whoever settles the Deferred)."""
+        """Stop once; True the first time (whoever settles the Deferred)."""
         if self._over:
             return False
         self._over = True
-        self._file.close()
+        if not self._sending:  # else once the thread is back (`_sent`)
+            self._release()
         return True
+
+    def _release(self) -> None:
+        """Close the file and our socket descriptor; no thread uses them any more."""
+        self._file.close()
+        if self._socket is not None:
+            os.close(self._socket)
+            self._socket = None

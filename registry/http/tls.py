@@ -88,6 +88,11 @@ _KNOWN_KEYS = {
     "unix": {"address", "mode", "backlog", "lockfile", "wantPID"},
     "ssl": _SSL_KEYS,
 }
+# Connections the kernel queues while the reactor is busy, unless ``backlog=`` says otherwise.
+# Twisted's default (50) overflows when hundreds of clients connect at once: each dropped SYN
+# is sent again 1 s, then 3 s later, which clients see as timeouts.  Linux caps the value at
+# net.core.somaxconn (4096 by default since 5.4).
+DEFAULT_BACKLOG = 1024
 # registry:2's ``addr`` forms: ``5000``, ``:5000``, ``127.0.0.1:5000``, ``[::1]:5000``,
 # ``localhost:5000``.
 _ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost)?:(?P<port>\d+)")
@@ -268,6 +273,8 @@ def server_endpoint(
     check_description(description)
     kind, args, kwargs = split_description(description)
     if kind != "ssl":
+        if kind in _KNOWN_KEYS and "backlog" not in kwargs:
+            description = f"{description}:backlog={DEFAULT_BACKLOG}"
         try:
             endpoint: interfaces.IStreamServerEndpoint = serverFromString(reactor, description)
         except (ValueError, TypeError, KeyError) as exc:
@@ -286,7 +293,7 @@ def server_endpoint(
     tcp_endpoint = TCP4ServerEndpoint(
         reactor,
         int(port_text),
-        backlog=int(kwargs.get("backlog", "50")),
+        backlog=int(kwargs.get("backlog", DEFAULT_BACKLOG)),
         interface=kwargs.get("interface", ""),
     )
     return _TLSServerEndpoint(tcp_endpoint, _certificate_options(kwargs, tls), protocols)

@@ -7,11 +7,14 @@ the end of each run, dry runs included.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry.ops.gc import GCOptions, GCStats
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
+
+if TYPE_CHECKING:
+    # The collector itself is for ``txregistry gc``; a serving registry only reads the file.
+    from registry.ops.gc import GCOptions, GCStats
 
 STATUS_PATH = f"{layout.OWN}/gc/last.json"
 

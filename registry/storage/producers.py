@@ -115,11 +115,16 @@ class BytesProducer(_PausableProducer):
 
 @attrs.frozen
 class LocalRange:
-    """A byte range of an open local file, owned by whoever holds it (it closes ``file``)."""
+    """
+    A byte range of an open local file, owned by whoever holds it (it closes ``file``), and the
+    thread pool its reads belong in: whoever sends it must not read it on the reactor thread.
+    """
 
     file: IO[bytes]
     offset: int
     length: int
+    reactor: Any
+    threadpool: ThreadPool
 
 
 class ILocalFile(Interface):
@@ -167,7 +172,7 @@ class FileProducer(_PausableProducer):
             return None
         self._file = None
         self._stopped = True
-        return LocalRange(file, file.tell(), self.length)
+        return LocalRange(file, file.tell(), self.length, self._reactor, self._threadpool)
 
     def _read_ahead(self) -> None:
         if self._ahead is not None or self._ready is not None or self._remaining <= 0:

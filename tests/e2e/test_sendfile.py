@@ -12,7 +12,8 @@ import hashlib
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, globalLogPublisher
 
 from registry.http import sendfile
 from tests.e2e.client import push_blob
@@ -32,8 +34,37 @@ SENDFILE_ON = {"http": {"sendfile": "true"}}
 
 @pytest_twisted.async_yield_fixture
 async def registry(start_registry: Starter) -> AsyncIterator[InProcessRegistry]:
-    """A registry with sendfile switched on (it is off by default)."""
-    yield await start_registry(SENDFILE_ON)
+    """A registry in the default configuration: sendfile is on."""
+    yield await start_registry()
+
+
+@pytest.fixture
+def sendfile_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The name of the thread each ``os.sendfile`` call ran in (the real call is made)."""
+    threads: list[str] = []
+    real = os.sendfile
+
+    def recording(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        threads.append(threading.current_thread().name)
+        return real(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", recording)
+    yield threads
+
+
+@pytest.fixture
+def warnings_logged() -> Iterator[list[dict[str, Any]]]:
+    """Every event logged at level warn or above while the test runs."""
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if level is not None and level >= LogLevel.warn:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
 
 
 def _connect(url: str, ca: Path | None = None) -> socket.socket:
@@ -125,8 +156,10 @@ async def test_full_and_range_gets_on_one_connection(
     if size:
         _, headers, body = answers[1]
         assert body == data[first : last + 1]
+        assert hashlib.sha256(body).digest() == hashlib.sha256(data[first : last + 1]).digest()
         assert headers["content-range"] == f"bytes {first}-{last}/{size}"
         assert answers[2][2] == data[-1:]
+        assert answers[2][1]["content-range"] == f"bytes {size - 1}-{size - 1}/{size}"
     await wait_for(lambda: len(sendfile_flags(access_events, digest)) == len(requests), "logs")
     # Every body went out through sendfile; an empty blob has no body to send.
     assert sendfile_flags(access_events, digest) == [size > 0] * len(requests)
@@ -205,7 +238,10 @@ def _read_some_and_leave(url: str, path: str, reset: bool) -> bytes:
 @pytest.mark.parametrize("reset", [False, True])
 @pytest_twisted.ensureDeferred
 async def test_client_leaving_mid_body(
-    registry: InProcessRegistry, access_events: list[dict[str, Any]], reset: bool
+    registry: InProcessRegistry,
+    access_events: list[dict[str, Any]],
+    warnings_logged: list[dict[str, Any]],
+    reset: bool,
 ) -> None:
     """The file is closed, nothing is logged as a failure, and the next GET is whole."""
     data = _pattern(64 * 1024 * 1024)
@@ -227,6 +263,30 @@ async def test_client_leaving_mid_body(
     [(status, _, body)] = await exchange(registry.url, [(path, {})])
     assert (status, body == data) == (200, True)
     await wait_for(lambda: sendfile_flags(access_events, digest)[-1:] == [True], "logs")
+    assert [e.get("log_format") for e in warnings_logged] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_sendfile_runs_in_the_storage_threads(
+    registry: InProcessRegistry, sendfile_threads: list[str]
+) -> None:
+    """
+    Never on the reactor thread: a body that is not in the page cache is read from disk
+    inside ``sendfile``, which would hold every other connection up meanwhile.
+    """
+    data = _pattern(16 * 1024 * 1024 + 1)
+    digest = await push_blob(registry.url, "team/app", data)
+    path = f"/v2/team/app/blobs/{digest}"
+
+    answers = await exchange(registry.url, [(path, {}), (path, {"Range": "bytes=5-"})])
+
+    assert [(s, b == data[o:]) for (s, _, b), o in zip(answers, (0, 5), strict=True)] == [
+        (200, True),
+        (206, True),
+    ]
+    assert sendfile_threads != []
+    assert threading.current_thread().name not in sendfile_threads  # the reactor's
+    assert {name.rsplit("-", 1)[0] for name in sendfile_threads} == {"PoolThread-registry-io"}
 
 
 def _pipelined(url: str, paths: list[str]) -> list[Response]:

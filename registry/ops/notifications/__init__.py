@@ -4,13 +4,44 @@ mounts and deletes, POSTed to each ``[notifications:NAME]`` endpoint from a dura
 See docs/notifications.md.
 """
 
-from registry.ops.notifications.config import EndpointConfig, parse_endpoints
-from registry.ops.notifications.events import EVENTS_MEDIA_TYPE, Notifier
-from registry.ops.notifications.service import (
-    NotificationService,
-    add_notifications,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from registry.ops.notifications.config import (
+    EndpointConfig,
     check_notifications,
+    parse_endpoints,
 )
+from registry.ops.notifications.events import EVENTS_MEDIA_TYPE, Notifier
+
+if TYPE_CHECKING:
+    from twisted.application.service import MultiService
+
+    from registry.config import Config
+    from registry.ops.notifications.service import NotificationService
+
+# The delivery side (treq, the durable queue, the service) is imported only when an endpoint is
+# configured: a registry without webhooks does not hold it in memory (tests/test_lazy_imports.py).
+_FROM_SERVICE = ("NotificationService",)
+
+
+def add_notifications(config: Config, reactor: Any, parent: MultiService) -> Notifier:
+    """`registry.ops.notifications.service.add_notifications`, loaded when there are endpoints."""
+    if not parse_endpoints(config):
+        return Notifier()
+    from registry.ops.notifications import service
+
+    return service.add_notifications(config, reactor, parent)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_SERVICE:
+        from registry.ops.notifications import service
+
+        return getattr(service, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EVENTS_MEDIA_TYPE",

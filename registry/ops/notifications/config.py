@@ -10,6 +10,7 @@ the section and key, so a typo stops start-up.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -135,3 +136,25 @@ def parse_endpoints(config: Config) -> list[EndpointConfig]:
         if section.startswith(SECTION_PREFIX)
     ]
     return [endpoint for endpoint in endpoints if not endpoint.disabled]
+
+
+def queue_directory(config: Config) -> str | None:
+    """Where the endpoint logs live; None keeps queues in memory (inmemory storage only)."""
+    if config.notifications.queuedir:
+        return config.notifications.queuedir
+    if config.storage.driver == "filesystem":
+        return os.path.join(config.storage.rootdirectory, "notifications")
+    if config.storage.driver == "inmemory":
+        return None
+    raise ConfigError(
+        "[notifications] queuedir: required with the s3 driver (a local folder where each "
+        "instance keeps the events it has not delivered yet)"
+    )
+
+
+def check_notifications(config: Config) -> list[EndpointConfig]:
+    """Validate the notification settings (at option parsing, so that start-up stops early)."""
+    endpoints = parse_endpoints(config)
+    if endpoints:
+        queue_directory(config)
+    return endpoints

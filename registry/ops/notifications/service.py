@@ -22,35 +22,16 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from registry.config import Config, ConfigError
-from registry.ops.notifications.config import EndpointConfig, parse_endpoints
+from registry.config import Config
+from registry.ops.notifications.config import (
+    parse_endpoints,
+    queue_directory,
+)
 from registry.ops.notifications.delivery import Endpoint
 from registry.ops.notifications.events import Notifier
 from registry.ops.notifications.queue import DurableQueue
 
 log = Logger()
-
-
-def queue_directory(config: Config) -> str | None:
-    """Where the endpoint logs live; None keeps queues in memory (inmemory storage only)."""
-    if config.notifications.queuedir:
-        return config.notifications.queuedir
-    if config.storage.driver == "filesystem":
-        return os.path.join(config.storage.rootdirectory, "notifications")
-    if config.storage.driver == "inmemory":
-        return None
-    raise ConfigError(
-        "[notifications] queuedir: required with the s3 driver (a local folder where each "
-        "instance keeps the events it has not delivered yet)"
-    )
-
-
-def check_notifications(config: Config) -> list[EndpointConfig]:
-    """Validate the notification settings (at option parsing, so that start-up stops early)."""
-    endpoints = parse_endpoints(config)
-    if endpoints:
-        queue_directory(config)
-    return endpoints
 
 
 def source_record(config: Config) -> dict[str, str]:
