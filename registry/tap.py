@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any, NoReturn
 
+import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
@@ -26,7 +27,7 @@ from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
 from registry.failures import log_failure
 from registry.handlers.context import LocalStores, RegistryContext, Stores
-from registry.handlers.monitoring import make_debug_site
+from registry.handlers.monitoring import local_metrics, make_debug_site
 from registry.http import sendfile, twisted_internals
 from registry.http.tls import (
     TLSSettings,
@@ -48,6 +49,15 @@ from registry.server.exit import StartupError, exit_now
 from registry.server.listeners import Listeners, ListeningService
 from registry.server.probe import describe, probe_storage, storage_description
 from registry.server.service import RegistryService
+from registry.server.supervisor import Supervisor, twistd_command
+from registry.server.workers import (
+    AdoptedEndpoint,
+    WorkerLink,
+    WorkerSpec,
+    failures_per_worker,
+    resolve,
+    workers_probe,
+)
 from registry.storage.factory import build_driver
 from registry.storage.hash_offload import HashThreads
 
@@ -141,7 +151,8 @@ def auth_settings(config: Config) -> AuthSettings:
         policy=optional(config.auth.policy),
         anonymous_pull=config.auth.anonymous_pull,
         client_certificate_users=config.auth.client_certificate_users,
-        max_failures=config.auth.max_failures,
+        # Each worker counts what it sees: its share of the budget (registry.server.workers).
+        max_failures=failures_per_worker(config.auth.max_failures, config.http.workers),
         failure_window=config.auth.failure_window,
         cooldown=config.auth.cooldown,
         htpasswd_path=optional(config.auth_htpasswd.path),
@@ -179,6 +190,7 @@ def _serving(
     site: Any,
     driver: Any,
     flush: Any,
+    link: WorkerLink | None = None,
 ) -> RegistryService:
     """
     The root service: binds ``endpoints``, probes ``driver``, announces, drains on stop (see
@@ -196,6 +208,14 @@ def _serving(
             raise StartupError(f"cannot use storage {where}: {describe(exc)}") from exc
 
     def announce() -> None:
+        if link is not None:  # the supervisor announces the registry once every worker serves
+            log.info(
+                "worker {worker} serving {addresses}",
+                worker=link.spec.worker,
+                addresses=", ".join(listeners.addresses()),
+            )
+            link.ready()
+            return
         log.info(
             "txregistry listening on {ports} ({addresses}), {driver} storage",
             ports=", ".join(listeners.descriptions),
@@ -220,7 +240,12 @@ def _configuration_error(exc: Exception) -> NoReturn:
 
 
 def add_monitoring(
-    config: Config, ctx: RegistryContext, router: ProxyRouter | None, reactor: Any, root: Any
+    config: Config,
+    ctx: RegistryContext,
+    router: ProxyRouter | None,
+    reactor: Any,
+    root: Any,
+    spec: WorkerSpec | None = None,
 ) -> None:
     """
     Health checks of the upstreams (``[health] upstreams``), and the ``[debug] addr`` listener
@@ -234,6 +259,8 @@ def add_monitoring(
             endpoint = server_endpoint(reactor, normalize_description(config.debug.addr))
         except ValueError as exc:
             exit_now(f"configuration error: [debug] addr: {exc}")
+        if spec is not None and spec.debug is not None:  # bound by the supervisor
+            endpoint = AdoptedEndpoint(reactor, spec.debug, endpoint)
         listeners = Listeners(reactor, [(config.debug.addr, endpoint)], make_debug_site(ctx))
         ListeningService(reactor, listeners).setServiceParent(root)  # type: ignore[no-untyped-call]
         log.info("metrics and health on {addr}", addr=config.debug.addr)
@@ -258,6 +285,18 @@ def makeService(options: Options) -> IService:
     config = options.config
     assert config is not None
     refuse_unknown_twisted(twisted_internals.problems())
+    spec = WorkerSpec.from_environ(os.environ)
+    if spec is None:
+        try:
+            count = resolve(config)
+        except ConfigError as exc:
+            _configuration_error(exc)
+        if count > 1:
+            return _supervising(options, config, count, reactor)
+        config = _with_workers(config, 1, config.http.port)
+    else:
+        # A worker: listens where the supervisor bound (its descriptions, not --port's).
+        config = _with_workers(config, spec.workers, tuple(i.description for i in spec.listeners))
     limit_malloc_arenas()  # before any worker thread exists: see registry/memory.py
     root = MultiService()
     pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
@@ -271,6 +310,13 @@ def makeService(options: Options) -> IService:
             pool,
         )
         endpoints = _endpoints(config, reactor, settings.enabled)
+        if spec is not None:
+            endpoints = [
+                (description, AdoptedEndpoint(reactor, inherited, endpoint))
+                for (description, endpoint), inherited in zip(
+                    endpoints, spec.listeners, strict=True
+                )
+            ]
         driver = build_driver(config, reactor, pool)
     except (ValueError, OSError, ConfigError) as exc:
         _configuration_error(exc)
@@ -278,7 +324,10 @@ def makeService(options: Options) -> IService:
     # slices must not delay the storage pool's file reads.
     hash_pool = ThreadPool(minthreads=1, maxthreads=os.cpu_count() or 2, name="registry-hash")
     ThreadPoolService(hash_pool).setServiceParent(root)  # type: ignore[no-untyped-call]
-    metrics = Metrics()
+    link = WorkerLink(reactor, spec) if spec is not None else None
+    if link is not None:
+        link.setServiceParent(root)  # type: ignore[no-untyped-call]
+    metrics = Metrics(tree=link.tree_metrics if link is not None else None)
 
     def wrap(local: LocalStores) -> Stores:
         # Pull-through caches ([proxy:NAME]): wrappers around the local stores, their service.
@@ -292,11 +341,14 @@ def makeService(options: Options) -> IService:
         hash_threads=HashThreads(reactor, hash_pool),
         metrics=metrics,
         # Webhooks ([notifications:NAME]): a durable queue and delivery service per endpoint.
-        notifier=add_notifications(config, reactor, root),
+        notifier=add_notifications(config, reactor, root, worker=spec.worker if spec else 0),
         wrap=wrap,
     )
     router = ctx.route_rewriter if isinstance(ctx.route_rewriter, ProxyRouter) else None
-    add_monitoring(config, ctx, router, reactor, root)
+    add_monitoring(config, ctx, router, reactor, root, spec)
+    if link is not None:
+        link.local_metrics = lambda: local_metrics(ctx)
+        ctx.health.add(HealthCheck("workers", workers_probe(link)))
     register_notification_metrics(ctx.metrics.registry, ctx.notifier)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
     if config.http.sendfile and (problems := sendfile.platform_problems()):
@@ -305,10 +357,82 @@ def makeService(options: Options) -> IService:
             problems="; ".join(problems),
         )
     # The root binds, probes and announces, and drains before the rest stops.
-    serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush)
+    serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush, link)
     root.setServiceParent(serving)
-    serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))
+    if spec is None or spec.worker == 0:  # once per registry, not once per worker
+        serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))
     return serving
+
+
+def _with_workers(config: Config, workers: int, ports: tuple[str, ...]) -> Config:
+    """``config`` as this process serves it: its resolved number of workers, its listeners."""
+    return attrs.evolve(config, http=attrs.evolve(config.http, workers=workers, port=ports))
+
+
+def _supervising(options: Options, config: Config, count: int, reactor: Any) -> IService:
+    """
+    The supervisor of ``count`` workers (registry.server.supervisor): it binds every listener
+    (checked here, TLS certificates included, so a mistake is one line before any worker
+    starts) and runs ``twistd registry`` again per worker with the same options.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    try:
+        endpoints = _endpoints(config, reactor, auth_settings(config).enabled)
+        debug_endpoints = []
+        if config.debug.addr:
+            description = normalize_description(config.debug.addr)
+            debug_endpoints.append((config.debug.addr, server_endpoint(reactor, description)))
+    except (ValueError, OSError, ConfigError) as exc:
+        _configuration_error(exc)
+    # The supervisor's ports never accept (the workers do): this factory is never used.
+    idle = Factory.forProtocol(Protocol)
+    listeners = Listeners(reactor, endpoints, idle)
+    debug = Listeners(reactor, debug_endpoints, idle) if debug_endpoints else None
+    where = config.storage.driver
+
+    def announce(listeners: Listeners, workers: int) -> None:
+        log.info(
+            "txregistry listening on {ports} ({addresses}), {driver} storage, {workers} workers",
+            ports=", ".join(listeners.descriptions),
+            addresses=", ".join(listeners.addresses()),
+            driver=where,
+            workers=workers,
+        )
+
+    return Supervisor(
+        reactor,
+        listeners,
+        count,
+        _worker_command(options),
+        config.http.draintimeout,
+        announce,
+        debug=debug,
+    )
+
+
+def _worker_command(options: Options) -> Any:
+    """The command line of worker ``slot``: this plugin's options, twistd's logging options."""
+    arguments = []
+    if options["config"]:
+        arguments += ["--config", os.path.abspath(options["config"])]
+    if options["storage"]:
+        arguments += ["--storage", os.path.abspath(options["storage"])]
+    twistd = getattr(options, "parent", None)
+
+    def command(slot: int) -> list[str]:
+        logging: list[str] = []
+        if twistd is not None:
+            logfile = twistd.get("logfile") or (None if twistd.get("nodaemon") else "twistd.log")
+            if twistd.get("syslog"):
+                logging = ["--syslog", f"--prefix={twistd.get('prefix') or 'twisted'}"]
+            elif logfile and logfile != "-":
+                # One file per worker: each rotates its own (a shared one would be rotated
+                # under the others' feet).
+                logging = [f"--logfile={os.path.abspath(logfile)}.worker{slot}"]
+        return twistd_command([*logging, "registry", *arguments])
+
+    return command
 
 
 def _after_start(config: Config, root: MultiService, ctx: RegistryContext, driver: Any) -> None:
