@@ -291,7 +291,9 @@ def makeService(options: Options) -> IService:
             count = resolve(config)
         except ConfigError as exc:
             _configuration_error(exc)
-        if count > 1:
+        # Workers are processes twistd starts; a service embedded elsewhere (tests, another
+        # application) is one process whatever the configuration says.
+        if count > 1 and getattr(options, "parent", None) is not None:
             return _supervising(options, config, count, reactor)
         config = _with_workers(config, 1, config.http.port)
     else:
