@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,11 +88,17 @@ class Tree:
         ]
 
     def served_by(
-        self, method: str, path: str, body: bytes = b"", **headers: str
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        check: Callable[[Answer], None] = lambda answer: None,
+        **headers: str,
     ) -> tuple[Answer, int]:
         """A request on a new connection, and the pid of the worker that answered it."""
         before = self.per_worker()
         answer = self.request(method, path, body, **headers)
+        check(answer)  # at once: before the scrape gives the server time
         after = self.per_worker()
         moved = [pid for pid, count in after.items() if count != before.get(pid, 0)]
         assert len(moved) == 1, (before, after)
@@ -169,22 +175,27 @@ def test_chunked_upload_with_patches_on_both_workers(tree: Tree, tmp_path: Path)
     for _ in range(40):
         chunk = os.urandom(256 * 1024 + len(data) % 7)
         start = len(data)
+        offset = start + len(chunk)
+
+        def state_recorded(answer: Answer) -> None:
+            assert answer.status == 202, answer.body
+            assert (states / "txhashstates/sha256" / str(offset)).exists(), "state not recorded"
+
         answer, pid = tree.served_by(
             "PATCH",
             location,
             chunk,
+            state_recorded,
             **{
                 "Content-Type": "application/octet-stream",
                 "Content-Range": f"{start}-{start + len(chunk) - 1}",
             },
         )
-        assert answer.status == 202, answer.body
         data += chunk
         assert answer.headers["range"] == f"0-{len(data) - 1}"
-        assert (states / "txhashstates/sha256" / str(len(data))).exists(), "state not recorded"
         location = answer.headers["location"]
         pids.add(pid)
-        if len(pids) == 2 and len(data) > 1024 * 1024:
+        if len(pids) == 2 and len(data) > 2 * 1024 * 1024:  # 8 PATCHes at least
             break
     assert pids == set(tree.pids.values()), pids
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -285,7 +296,10 @@ def test_storage_failure_with_two_workers(tmp_path: Path) -> None:
 def test_proxy_without_shared_state_refuses_two_workers(tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "r.cfg",
-        {"http": {"workers": "2"}, "proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "hub"}},
+        {
+            "http": {"workers": "2"},
+            "proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "hub"},
+        },
     )
     result = run_registry(
         tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", "data"
@@ -299,7 +313,9 @@ def test_proxy_without_shared_state_refuses_two_workers(tmp_path: Path) -> None:
 
 
 def test_proxy_without_shared_state_runs_one_process_by_default(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "r.cfg", {"proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "hub"}})
+    config = write_config(
+        tmp_path / "r.cfg", {"proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "hub"}}
+    )
     child = start_registry(
         tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", "data"
     )
