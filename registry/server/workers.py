@@ -11,9 +11,9 @@ the kernel hands each new connection to one of the workers waiting in ``accept``
 Why the supervisor binds and passes descriptors, rather than every worker binding its own
 ``SO_REUSEPORT`` socket:
 
-- endpoint strings keep working unchanged (``tcp:``, ``tcp6:``, ``unix:``, ``ssl:`` with its
-  TLS options: a worker puts the same TLS layer in front of the adopted port), where
-  SO_REUSEPORT exists for TCP only and needs every bind to agree on it;
+- endpoint strings keep working unchanged (``tcp:``, ``tcp6:``, ``ssl:`` with its TLS
+  options: a worker puts the same TLS layer in front of the adopted port), where SO_REUSEPORT
+  needs every bind to agree on it and cannot wrap what Twisted's endpoints bind;
 - a port that cannot be had fails once, in the supervisor, before any worker starts, with the
   same one line (`registry.server.listeners`) as a single process;
 - ports below 1024 are bound before twistd drops privileges (``--uid``), and workers started
@@ -28,7 +28,9 @@ can balance less evenly under very high connection rates; keep-alive clients mak
 
 `resolve` decides how many workers a configuration gets: one per core by default; one where
 workers would not share state (the ``inmemory`` driver; a ``[proxy:NAME]`` without shared state
-for its fills and eviction), refusing an explicit number above 1 there with one line.
+for its fills and eviction) or where a worker stopping would break the others (a ``unix:``
+listener, whose file Twisted removes when a port stops listening), refusing an explicit number
+above 1 there with one line.
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ def resolve(config: Config) -> int:
             "[proxy:NAME] caches keep their fills and eviction state per process until a "
             "shared store ([redis]) is configured"
         )
+    listeners = [*config.http.port, config.debug.addr]
+    if any(description.strip().startswith("unix:") for description in listeners):
+        # Twisted removes a UNIX socket's file when a port on it stops listening, which a
+        # worker's port does at each restart: the socket would vanish under the others.
+        reasons.append("a unix: listener's socket file would be removed by a worker stopping")
     if reasons:
         if wanted > 1:
             raise ConfigError(
