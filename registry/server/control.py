@@ -59,6 +59,7 @@ class Channel:
             return Deferred.fromCoroutine(_raise(ChannelClosed(op)))
         self._next_id += 1
         ident = self._next_id
+
         def forget(_: Deferred[Any]) -> None:
             self._waiting.pop(ident, None)
 

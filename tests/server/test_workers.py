@@ -177,7 +177,7 @@ def test_chunked_upload_with_patches_on_both_workers(tree: Tree, tmp_path: Path)
         start = len(data)
         offset = start + len(chunk)
 
-        def state_recorded(answer: Answer) -> None:
+        def state_recorded(answer: Answer, offset: int = offset) -> None:
             assert answer.status == 202, answer.body
             assert (states / "txhashstates/sha256" / str(offset)).exists(), "state not recorded"
 
