@@ -54,6 +54,7 @@ from registry.server.workers import (
     AdoptedEndpoint,
     WorkerLink,
     WorkerSpec,
+    die_with_supervisor,
     failures_per_worker,
     resolve,
     workers_probe,
@@ -297,6 +298,7 @@ def makeService(options: Options) -> IService:
             return _supervising(options, config, count, reactor)
         config = _with_workers(config, 1, config.http.port)
     else:
+        die_with_supervisor(spec)
         # A worker: listens where the supervisor bound (its descriptions, not --port's).
         config = _with_workers(config, spec.workers, tuple(i.description for i in spec.listeners))
     limit_malloc_arenas()  # before any worker thread exists: see registry/memory.py

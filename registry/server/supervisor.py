@@ -207,7 +207,7 @@ class Supervisor(Service):
             own = self.debug.ports[0].fileno()  # type: ignore[attr-defined]
             child_fds[fd] = own
             debug = Inherited(self.debug.descriptions[0], fd, family_of(own))
-        return WorkerSpec(slot, self.count, tuple(inherited), debug), child_fds
+        return WorkerSpec(slot, self.count, tuple(inherited), debug, os.getpid()), child_fds
 
     def _spawn(self, slot: int) -> WorkerProcess:
         spec, child_fds = self._spec(slot)
