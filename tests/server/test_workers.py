@@ -326,3 +326,29 @@ def test_proxy_without_shared_state_runs_one_process_by_default(tmp_path: Path) 
         assert not WORKER_SERVING.search(log)
     finally:
         child.stop()
+
+
+def test_web_ui_shows_a_tag_pushed_through_the_other_worker(tree: Tree) -> None:
+    """The UI's tag listing is not a per-worker memo: both workers list a fresh tag at once."""
+    from tests.ui import content
+
+    client = content.Client(f"http://127.0.0.1:{tree.port}")
+    content.push_image(client, "team/app", "first")
+    viewers: set[int] = set()
+    for _ in range(MAX_TRIES // 10):  # both workers read the listing once
+        answer, pid = tree.served_by("GET", "/ui/r/team/app")
+        assert answer.status == 200 and b"first" in answer.body
+        viewers.add(pid)
+        if len(viewers) == 2:
+            break
+    assert len(viewers) == 2
+    content.push_image(client, "team/app", "second")
+    viewers = set()
+    for _ in range(MAX_TRIES // 10):
+        answer, pid = tree.served_by("GET", "/ui/r/team/app")
+        assert answer.status == 200
+        assert b"second" in answer.body, f"worker {pid} shows a stale tag list"
+        viewers.add(pid)
+        if len(viewers) == 2:
+            break
+    assert len(viewers) == 2
