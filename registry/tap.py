@@ -49,7 +49,7 @@ from registry.server.exit import StartupError, exit_now
 from registry.server.listeners import Listeners, ListeningService
 from registry.server.probe import describe, probe_storage, storage_description
 from registry.server.service import RegistryService
-from registry.server.supervisor import Supervisor, twistd_command
+from registry.server.supervisor import supervise, worker_command
 from registry.server.workers import (
     AdoptedEndpoint,
     WorkerLink,
@@ -374,69 +374,19 @@ def _with_workers(config: Config, workers: int, ports: tuple[str, ...]) -> Confi
 
 
 def _supervising(options: Options, config: Config, count: int, reactor: Any) -> IService:
-    """
-    The supervisor of ``count`` workers (registry.server.supervisor): it binds every listener
-    (checked here, TLS certificates included, so a mistake is one line before any worker
-    starts) and runs ``twistd registry`` again per worker with the same options.
-    """
-    from twisted.internet.protocol import Factory, Protocol
-
+    """The supervisor of ``count`` workers, its listeners checked here (TLS certificates
+    included) so that a mistake is one line before any worker starts."""
     try:
         endpoints = _endpoints(config, reactor, auth_settings(config).enabled)
-        debug_endpoints = []
+        debug = []
         if config.debug.addr:
             description = normalize_description(config.debug.addr)
-            debug_endpoints.append((config.debug.addr, server_endpoint(reactor, description)))
+            debug.append((config.debug.addr, server_endpoint(reactor, description)))
     except (ValueError, OSError, ConfigError) as exc:
         _configuration_error(exc)
-    # The supervisor's ports never accept (the workers do): this factory is never used.
-    idle = Factory.forProtocol(Protocol)
-    listeners = Listeners(reactor, endpoints, idle)
-    debug = Listeners(reactor, debug_endpoints, idle) if debug_endpoints else None
-    where = config.storage.driver
-
-    def announce(listeners: Listeners, workers: int) -> None:
-        log.info(
-            "txregistry listening on {ports} ({addresses}), {driver} storage, {workers} workers",
-            ports=", ".join(listeners.descriptions),
-            addresses=", ".join(listeners.addresses()),
-            driver=where,
-            workers=workers,
-        )
-
-    return Supervisor(
-        reactor,
-        listeners,
-        count,
-        _worker_command(options),
-        config.http.draintimeout,
-        announce,
-        debug=debug,
-    )
-
-
-def _worker_command(options: Options) -> Any:
-    """The command line of worker ``slot``: this plugin's options, twistd's logging options."""
-    arguments = []
-    if options["config"]:
-        arguments += ["--config", os.path.abspath(options["config"])]
-    if options["storage"]:
-        arguments += ["--storage", os.path.abspath(options["storage"])]
     twistd = getattr(options, "parent", None)
-
-    def command(slot: int) -> list[str]:
-        logging: list[str] = []
-        if twistd is not None:
-            logfile = twistd.get("logfile") or (None if twistd.get("nodaemon") else "twistd.log")
-            if twistd.get("syslog"):
-                logging = ["--syslog", f"--prefix={twistd.get('prefix') or 'twisted'}"]
-            elif logfile and logfile != "-":
-                # One file per worker: each rotates its own (a shared one would be rotated
-                # under the others' feet).
-                logging = [f"--logfile={os.path.abspath(logfile)}.worker{slot}"]
-        return twistd_command([*logging, "registry", *arguments])
-
-    return command
+    command = worker_command(options["config"], options["storage"], twistd)
+    return supervise(reactor, config, count, endpoints, debug, command)
 
 
 def _after_start(config: Config, root: MultiService, ctx: RegistryContext, driver: Any) -> None:

@@ -34,10 +34,11 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone, ReactorNotRunning
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from registry.config import Config
 from registry.ops.metrics_tree import WorkerScrape, tree_text
 from registry.server.control import Channel
 from registry.server.exit import StartupError, exit_after_reactor, exit_quietly_after_reactor
@@ -398,6 +399,66 @@ class Supervisor(Service):
             ]
         )
         log.info("every worker stopped")
+
+
+def supervise(
+    reactor: Any,
+    config: Config,
+    count: int,
+    endpoints: list[tuple[str, Any]],
+    debug: list[tuple[str, Any]],
+    command: Command,
+) -> Supervisor:
+    """The supervisor of ``count`` workers over ``endpoints`` (and the ``[debug]`` one)."""
+    # The supervisor's ports never accept (the workers do): this factory is never used.
+    idle = Factory.forProtocol(Protocol)
+    driver = config.storage.driver
+
+    def announce(listeners: Listeners, workers: int) -> None:
+        log.info(
+            "txregistry listening on {ports} ({addresses}), {driver} storage, {workers} workers",
+            ports=", ".join(listeners.descriptions),
+            addresses=", ".join(listeners.addresses()),
+            driver=driver,
+            workers=workers,
+        )
+
+    return Supervisor(
+        reactor,
+        Listeners(reactor, endpoints, idle),
+        count,
+        command,
+        config.http.draintimeout,
+        announce,
+        debug=Listeners(reactor, debug, idle) if debug else None,
+    )
+
+
+def worker_command(config_file: str | None, storage: str | None, twistd: Any) -> Command:
+    """
+    The command line of worker ``slot``: ``twistd -n registry`` with the supervisor's
+    ``--config`` and ``--storage``, and twistd's logging options (``twistd``: the parsed
+    ``twistd`` options, None when not run by twistd).
+    """
+    arguments = []
+    if config_file:
+        arguments += ["--config", os.path.abspath(config_file)]
+    if storage:
+        arguments += ["--storage", os.path.abspath(storage)]
+
+    def command(slot: int) -> list[str]:
+        logging: list[str] = []
+        if twistd is not None:
+            logfile = twistd.get("logfile") or (None if twistd.get("nodaemon") else "twistd.log")
+            if twistd.get("syslog"):
+                logging = ["--syslog", f"--prefix={twistd.get('prefix') or 'twisted'}"]
+            elif logfile and logfile != "-":
+                # One file per worker: each rotates its own (a shared one would be rotated
+                # under the others' feet).
+                logging = [f"--logfile={os.path.abspath(logfile)}.worker{slot}"]
+        return twistd_command([*logging, "registry", *arguments])
+
+    return command
 
 
 def twistd_command(arguments: list[str]) -> list[str]:
