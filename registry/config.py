@@ -109,6 +109,16 @@ def parse_trusted_proxies(text: str) -> tuple[str, ...]:
     return tuple(words)
 
 
+def parse_workers(text: str) -> int:
+    """``auto`` (0: one per core, see `registry.server.workers`) or a number of processes."""
+    text = text.strip().lower()
+    if text == "auto":
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not auto or a number of processes (1, 2, ...)")
+    return int(text)
+
+
 def parse_choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.strip() not in choices:
@@ -139,6 +149,9 @@ class HttpConfig:
     trusted_proxies: tuple[str, ...] = key((), parse_trusted_proxies)
     # On SIGTERM, how long requests in flight may take to finish (registry:2's key).
     draintimeout: float = key(60.0, parse_duration)
+    # Serving processes sharing the listening sockets: 0 (auto) is one per core, 1 is a single
+    # process (registry.server.workers).
+    workers: int = key(0, parse_workers)
 
 
 @attrs.frozen

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
@@ -27,7 +28,7 @@ from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
 from registry.failures import log_failure
 from registry.handlers.context import LocalStores, RegistryContext, Stores
-from registry.handlers.monitoring import make_debug_site
+from registry.handlers.monitoring import local_metrics, make_debug_site
 from registry.http import sendfile, twisted_internals
 from registry.http.tls import (
     TLSSettings,
@@ -47,6 +48,16 @@ from registry.server.exit import StartupError, exit_now
 from registry.server.listeners import Listeners, ListeningService
 from registry.server.probe import describe, probe_storage, storage_description
 from registry.server.service import RegistryService
+from registry.server.supervisor import supervise, worker_command
+from registry.server.workers import (
+    AdoptedEndpoint,
+    WorkerLink,
+    WorkerSpec,
+    die_with_supervisor,
+    failures_per_worker,
+    resolve,
+    workers_probe,
+)
 from registry.storage.factory import build_driver
 from registry.storage.hash_offload import HashThreads
 
@@ -144,7 +155,8 @@ def auth_settings(config: Config) -> AuthSettings:
         policy=optional(config.auth.policy),
         anonymous_pull=config.auth.anonymous_pull,
         client_certificate_users=config.auth.client_certificate_users,
-        max_failures=config.auth.max_failures,
+        # Each worker counts what it sees: its share of the budget (registry.server.workers).
+        max_failures=failures_per_worker(config.auth.max_failures, config.http.workers),
         failure_window=config.auth.failure_window,
         cooldown=config.auth.cooldown,
         htpasswd_path=optional(config.auth_htpasswd.path),
@@ -183,6 +195,7 @@ def _serving(
     driver: Any,
     flush: Any,
     checks: list[Callable[[], Awaitable[None]]] | None = None,
+    link: WorkerLink | None = None,
 ) -> RegistryService:
     """
     The root service: binds ``endpoints``, probes ``driver``, announces, drains on stop (see
@@ -202,6 +215,14 @@ def _serving(
             await check()
 
     def announce() -> None:
+        if link is not None:  # the supervisor announces the registry once every worker serves
+            log.info(
+                "worker {worker} serving {addresses}",
+                worker=link.spec.worker,
+                addresses=", ".join(listeners.addresses()),
+            )
+            link.ready()
+            return
         log.info(
             "txregistry listening on {ports} ({addresses}), {driver} storage",
             ports=", ".join(listeners.descriptions),
@@ -226,7 +247,12 @@ def _configuration_error(exc: Exception) -> NoReturn:
 
 
 def add_monitoring(
-    config: Config, ctx: RegistryContext, router: ProxyRouter | None, reactor: Any, root: Any
+    config: Config,
+    ctx: RegistryContext,
+    router: ProxyRouter | None,
+    reactor: Any,
+    root: Any,
+    spec: WorkerSpec | None = None,
 ) -> None:
     """
     Health checks of the upstreams (``[health] upstreams``), and the ``[debug] addr`` listener
@@ -240,6 +266,8 @@ def add_monitoring(
             endpoint = server_endpoint(reactor, normalize_description(config.debug.addr))
         except ValueError as exc:
             exit_now(f"configuration error: [debug] addr: {exc}")
+        if spec is not None and spec.debug is not None:  # bound by the supervisor
+            endpoint = AdoptedEndpoint(reactor, spec.debug, endpoint)
         listeners = Listeners(reactor, [(config.debug.addr, endpoint)], make_debug_site(ctx))
         ListeningService(reactor, listeners).setServiceParent(root)  # type: ignore[no-untyped-call]
         log.info("metrics and health on {addr}", addr=config.debug.addr)
@@ -264,6 +292,21 @@ def makeService(options: Options) -> IService:
     config = options.config
     assert config is not None
     refuse_unknown_twisted(twisted_internals.problems())
+    spec = WorkerSpec.from_environ(os.environ)
+    if spec is None:
+        try:
+            count = resolve(config)
+        except ConfigError as exc:
+            _configuration_error(exc)
+        # Workers are processes twistd starts; a service embedded elsewhere (tests, another
+        # application) is one process whatever the configuration says.
+        if count > 1 and getattr(options, "parent", None) is not None:
+            return _supervising(options, config, count, reactor)
+        config = _with_workers(config, 1, config.http.port)
+    else:
+        die_with_supervisor(spec)
+        # A worker: listens where the supervisor bound (its descriptions, not --port's).
+        config = _with_workers(config, spec.workers, tuple(i.description for i in spec.listeners))
     limit_malloc_arenas()  # before any worker thread exists: see registry/malloc_tuning.py
     root = MultiService()
     pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
@@ -277,6 +320,13 @@ def makeService(options: Options) -> IService:
             pool,
         )
         endpoints = _endpoints(config, reactor, settings.enabled)
+        if spec is not None:
+            endpoints = [
+                (description, AdoptedEndpoint(reactor, inherited, endpoint))
+                for (description, endpoint), inherited in zip(
+                    endpoints, spec.listeners, strict=True
+                )
+            ]
         driver = build_driver(config, reactor, pool)
     except (ValueError, OSError, ConfigError) as exc:
         _configuration_error(exc)
@@ -284,7 +334,10 @@ def makeService(options: Options) -> IService:
     # slices must not delay the storage pool's file reads.
     hash_pool = ThreadPool(minthreads=1, maxthreads=os.cpu_count() or 2, name="registry-hash")
     ThreadPoolService(hash_pool).setServiceParent(root)  # type: ignore[no-untyped-call]
-    metrics = Metrics()
+    link = WorkerLink(reactor, spec) if spec is not None else None
+    if link is not None:
+        link.setServiceParent(root)  # type: ignore[no-untyped-call]
+    metrics = Metrics(tree=link.tree_metrics if link is not None else None)
     checks: list[Callable[[], Awaitable[None]]] = []  # start-up checks after the storage probe
 
     proxied = bool(parse_proxies(config))
@@ -305,7 +358,7 @@ def makeService(options: Options) -> IService:
         hash_threads=HashThreads(reactor, hash_pool),
         metrics=metrics,
         # Webhooks ([notifications:NAME]): a durable queue and delivery service per endpoint.
-        notifier=add_notifications(config, reactor, root),
+        notifier=add_notifications(config, reactor, root, worker=spec.worker if spec else 0),
         wrap=wrap,
     )
     router: ProxyRouter | None = None
@@ -314,7 +367,10 @@ def makeService(options: Options) -> IService:
 
         if isinstance(ctx.route_rewriter, ProxyRouter):
             router = ctx.route_rewriter
-    add_monitoring(config, ctx, router, reactor, root)
+    add_monitoring(config, ctx, router, reactor, root, spec)
+    if link is not None:
+        link.local_metrics = lambda: local_metrics(ctx)
+        ctx.health.add(HealthCheck("workers", workers_probe(link)))
     register_notification_metrics(ctx.metrics.registry, ctx.notifier)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
     if config.http.sendfile and (problems := sendfile.platform_problems()):
@@ -323,10 +379,32 @@ def makeService(options: Options) -> IService:
             problems="; ".join(problems),
         )
     # The root binds, probes and announces, and drains before the rest stops.
-    serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush, checks)
+    serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush, checks, link)
     root.setServiceParent(serving)
-    serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))
+    if spec is None or spec.worker == 0:  # once per registry, not once per worker
+        serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))
     return serving
+
+
+def _with_workers(config: Config, workers: int, ports: tuple[str, ...]) -> Config:
+    """``config`` as this process serves it: its resolved number of workers, its listeners."""
+    return attrs.evolve(config, http=attrs.evolve(config.http, workers=workers, port=ports))
+
+
+def _supervising(options: Options, config: Config, count: int, reactor: Any) -> IService:
+    """The supervisor of ``count`` workers, its listeners checked here (TLS certificates
+    included) so that a mistake is one line before any worker starts."""
+    try:
+        endpoints = _endpoints(config, reactor, auth_settings(config).enabled)
+        debug = []
+        if config.debug.addr:
+            description = normalize_description(config.debug.addr)
+            debug.append((config.debug.addr, server_endpoint(reactor, description)))
+    except (ValueError, OSError, ConfigError) as exc:
+        _configuration_error(exc)
+    twistd = getattr(options, "parent", None)
+    command = worker_command(options["config"], options["storage"], twistd)
+    return supervise(reactor, config, count, endpoints, debug, command)
 
 
 def _after_start(config: Config, root: MultiService, ctx: RegistryContext, driver: Any) -> None:

@@ -69,8 +69,14 @@ class LocalStores:
             url_policy=UrlPolicy(config.validation.urls_allow, config.validation.urls_deny),
             index_policy=IndexPolicy.from_words(config.validation.index_platforms),
         )
+        # Several workers ([http] workers) share even local storage: the next PATCH may land
+        # on another process, which must find the hash state recorded.  (A serving process's
+        # config holds its resolved number of workers; 0 only where one is embedded.)
         uploads = UploadStore(
-            driver, blobs, hash_threads, state_after_answer=driver.name in LOCAL_DRIVERS
+            driver,
+            blobs,
+            hash_threads,
+            state_after_answer=driver.name in LOCAL_DRIVERS and config.http.workers <= 1,
         )
         return cls(blobs, uploads, manifests, tags, referrers, catalog, driver)
 

@@ -53,9 +53,22 @@ async def storage_answer(ctx: RegistryContext, request: IRequest) -> bytes:
     return responses.json_body(request, 503, {"status": "unavailable", "reason": result.error})
 
 
-async def metrics_answer(ctx: RegistryContext, request: IRequest) -> bytes:
+async def local_metrics(ctx: RegistryContext) -> bytes:
+    """This process's own metrics (a worker's share, with several workers)."""
     await ctx.metrics.gc.refresh(ctx.driver, ctx.reactor)
-    return responses.body(request, 200, ctx.metrics.render(), METRICS_CONTENT_TYPE)
+    return ctx.metrics.render()
+
+
+async def metrics_answer(ctx: RegistryContext, request: IRequest) -> bytes:
+    tree = ctx.metrics.tree
+    if tree is None:
+        return responses.body(request, 200, await local_metrics(ctx), METRICS_CONTENT_TYPE)
+    try:
+        text = await tree()
+    except Exception as exc:  # the supervisor is gone or stuck: say so, not a 500
+        message = f"metrics of the other workers unavailable: {exc!r}\n".encode()
+        return responses.body(request, 503, message, "text/plain; charset=utf-8")
+    return responses.body(request, 200, text, METRICS_CONTENT_TYPE)
 
 
 @attrs.define

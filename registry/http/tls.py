@@ -262,8 +262,25 @@ class _TLSServerEndpoint:
     protocols: list[bytes]
 
     def listen(self, protocolFactory: interfaces.IProtocolFactory) -> Any:
+        return self.inner.listen(self.wrap(protocolFactory))
+
+    def wrap(self, protocolFactory: interfaces.IProtocolFactory) -> interfaces.IProtocolFactory:
+        """The factory a TCP port of this endpoint runs: TLS in front of ``protocolFactory``."""
         negotiation = _NegotiationFactory(protocolFactory, self.protocols)
-        return self.inner.listen(_TLSOrRefusal(self.options, False, negotiation))
+        return _TLSOrRefusal(self.options, False, negotiation)
+
+
+def connection_factory(
+    endpoint: interfaces.IStreamServerEndpoint, factory: interfaces.IProtocolFactory
+) -> interfaces.IProtocolFactory:
+    """
+    What a port bound for ``endpoint`` elsewhere (a socket adopted from another process)
+    must run to serve ``factory`` as ``endpoint.listen`` would: TLS for ``ssl:``, nothing
+    added otherwise.
+    """
+    if isinstance(endpoint, _TLSServerEndpoint):
+        return endpoint.wrap(factory)
+    return factory
 
 
 def server_endpoint(

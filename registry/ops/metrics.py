@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -221,6 +221,9 @@ class Metrics:
     """
 
     registry: CollectorRegistry = attrs.field(factory=CollectorRegistry)
+    # With several worker processes: the whole tree's scrape (registry.server.workers),
+    # which /metrics answers instead of this process's own.
+    tree: Callable[[], Awaitable[bytes]] | None = None
     http: RequestCounts = attrs.field(init=False)
     request_duration: PlainHistogram = attrs.field(init=False)
     storage_duration: PlainHistogram = attrs.field(init=False)

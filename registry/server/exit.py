@@ -54,3 +54,10 @@ def exit_after_reactor(reactor: object, message: str) -> None:
     print_line(message)
     atexit.register(_exit_with, EXIT_STARTUP_FAILED)
     reactor.stop()  # type: ignore[attr-defined]
+
+
+def exit_quietly_after_reactor(reactor: object) -> None:
+    """While the reactor runs: stop it and exit non-zero, the cause already said (by a
+    worker process, on the same stderr)."""
+    atexit.register(_exit_with, EXIT_STARTUP_FAILED)
+    reactor.stop()  # type: ignore[attr-defined]

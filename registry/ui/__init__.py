@@ -68,6 +68,10 @@ def _local_tag_store(tags: ITagStore) -> TagStore | None:
 def ui_resource(ctx: RegistryContext) -> IResource:
     """The UI's resource; keeps the tag-date index current through the tag store."""
     tag_times = TagTimes(ctx.driver, ctx.reactor)
+    if ctx.config.http.workers > 1:
+        # Other workers change tags without telling this process: list the tags on every
+        # view rather than trusting a listing for a while.
+        tag_times.relist_after = 0.0
     local = _local_tag_store(ctx.tags)
     if local is not None:
         local.observers.append(tag_times.observe)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import psutil
 from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -130,6 +131,13 @@ async def start_in_process(
     return InProcessRegistry(url, service, options)
 
 
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children())
+    except psutil.Error:
+        return []
+
+
 class RegistryProcess:
     """``twistd -n registry`` in a child process, for restarts, kills and memory checks."""
 
@@ -201,6 +209,9 @@ class RegistryProcess:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None:
             return
+        # Worker processes ([http] workers) hold the listening socket too: the port is free
+        # for a restart once they are gone as well, as a service manager waits for them.
+        workers = _children(self.process.pid)
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
@@ -208,6 +219,9 @@ class RegistryProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        for worker in alive:
+            worker.kill()
         self.process = None
 
     def kill(self) -> None:

@@ -473,6 +473,9 @@ async def test_restart_while_receiver_is_down(
     server = RegistryProcess(
         tmp_path,
         {
+            # One process: one queue file to watch, and one order per repository (with
+            # several workers each has its own queue: docs/operations.md).
+            "http": {"workers": "1"},
             "notifications": {"flush_interval": "20ms"},
             "notifications:ci": endpoint(
                 receiver.url, threshold="1", backoff="50ms", maxbackoff="200ms"

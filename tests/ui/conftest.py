@@ -82,7 +82,8 @@ def fill(registry: RegistryProcess) -> Filled:
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
     folder = tmp_path_factory.mktemp("ui")
-    registry = RegistryProcess(folder, auth_sections(folder))
+    # One process: the storage page reports that process's memory (the tag dates read).
+    registry = RegistryProcess(folder, {**auth_sections(folder), "http": {"workers": "1"}})
     registry.start()
     try:
         yield fill(registry)

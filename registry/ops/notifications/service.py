@@ -113,10 +113,24 @@ class NotificationService(Service):
             await self._connections.closeCachedConnections()
 
 
-def add_notifications(config: Config, reactor: Any, parent: MultiService) -> Notifier:
+def queue_file(directory: str, endpoint: str, worker: int = 0) -> str:
+    """
+    The queue log of ``endpoint`` written by ``worker`` (``[http] workers``): each worker
+    appends to and delivers from its own file, since two processes appending to one log
+    would interleave and compact it under each other.  Worker 0 (and a single process)
+    keeps the plain ``NAME.log``.
+    """
+    name = f"{endpoint}.log" if worker == 0 else f"{endpoint}.worker{worker}.log"
+    return os.path.join(directory, name)
+
+
+def add_notifications(
+    config: Config, reactor: Any, parent: MultiService, worker: int = 0
+) -> Notifier:
     """
     The `Notifier` for ``RegistryContext.notifier``: with ``[notifications:NAME]`` endpoints,
-    their service is added to ``parent``; without, a notifier that does nothing.
+    their service is added to ``parent``; without, a notifier that does nothing.  ``worker``
+    picks this process's queue files (`queue_file`).
     """
     endpoints = parse_endpoints(config)
     if not endpoints:
@@ -129,7 +143,7 @@ def add_notifications(config: Config, reactor: Any, parent: MultiService) -> Not
     client = HTTPClient(Agent(reactor, pool=connections))
     built = []
     for settings in endpoints:
-        path = os.path.join(directory, f"{settings.name}.log") if directory else None
+        path = queue_file(directory, settings.name, worker) if directory else None
         queue = DurableQueue(
             path, reactor, pool, settings.maxevents, fsync=config.notifications.fsync
         )

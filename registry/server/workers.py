@@ -1,0 +1,283 @@
+"""
+Every core: ``[http] workers = N`` serving processes behind one set of listening sockets.
+
+One Twisted reactor runs on one core.  With ``workers`` above 1, the process twistd starts
+becomes a supervisor (`registry.server.supervisor`): it binds every listener itself, then
+starts N worker processes (``twistd -n registry`` again, told by the ``TXREGISTRY_WORKER``
+variable which worker they are and which inherited descriptors are their listeners).  Each
+worker adopts the sockets (``reactor.adoptStreamPort``) and serves them with its own reactor;
+the kernel hands each new connection to one of the workers waiting in ``accept``.
+
+Why the supervisor binds and passes descriptors, rather than every worker binding its own
+``SO_REUSEPORT`` socket:
+
+- endpoint strings keep working unchanged (``tcp:``, ``tcp6:``, ``ssl:`` with its TLS
+  options: a worker puts the same TLS layer in front of the adopted port), where SO_REUSEPORT
+  needs every bind to agree on it and cannot wrap what Twisted's endpoints bind;
+- a port that cannot be had fails once, in the supervisor, before any worker starts, with the
+  same one line (`registry.server.listeners`) as a single process;
+- ports below 1024 are bound before twistd drops privileges (``--uid``), and workers started
+  later need none;
+- a worker that dies loses nothing: the socket stays bound in the supervisor, connections wait
+  in the backlog, its replacement adopts the same socket.  With SO_REUSEPORT the kernel keeps
+  hashing new connections to a dead worker's socket until it is gone, and a port 0 would be a
+  different port for each worker.
+
+The price: one accept queue shared by every worker (SO_REUSEPORT gives one per worker), which
+can balance less evenly under very high connection rates; keep-alive clients make this rare.
+
+`resolve` decides how many workers a configuration gets: one per core by default; one where
+workers would not share state (the ``inmemory`` driver; a ``[proxy:NAME]`` cache, whose fills,
+leases and fleet peer listener belong to one process: a fleet of instances scales it) or where a worker stopping would break the others (a ``unix:``
+listener, whose file Twisted removes when a port stops listening), refusing an explicit number
+above 1 there with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from registry.config import Config, ConfigError
+from registry.http.tls import connection_factory
+from registry.server.control import Channel
+
+log = Logger()
+
+ENVIRONMENT = "TXREGISTRY_WORKER"
+# The worker's end of its control pipe: it reads the supervisor on one, writes on the other.
+CONTROL_IN = 3
+CONTROL_OUT = 4
+# Listening sockets are handed over from this descriptor number on.
+FIRST_LISTENER_FD = 5
+# How long a question over the control pipe may wait (a scrape, a readiness check).
+ASK_TIMEOUT = 5.0
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve(config: Config) -> int:
+    """
+    How many worker processes ``config`` runs; `ConfigError` for an explicit number that
+    would be wrong (state the workers cannot share).
+    """
+    wanted = config.http.workers
+    reasons = []
+    if config.storage.driver == "inmemory":
+        reasons.append("the inmemory driver keeps everything in one process's memory")
+    if any(section.startswith("proxy:") for section in config.extra):
+        # A cache instance's fills, fill leases and fleet peer listener ([fleet] listen) belong
+        # to one process; more cores for a cache come from more instances sharing [redis].
+        reasons.append(
+            "a pull-through cache ([proxy:NAME]) runs one process per instance; for more "
+            "cores run several instances as a fleet with [redis] (docs/proxy.md)"
+        )
+    listeners = [*config.http.port, config.debug.addr]
+    if any(description.strip().startswith("unix:") for description in listeners):
+        # Twisted removes a UNIX socket's file when a port on it stops listening, which a
+        # worker's port does at each restart: the socket would vanish under the others.
+        reasons.append("a unix: listener's socket file would be removed by a worker stopping")
+    if reasons:
+        if wanted > 1:
+            raise ConfigError(
+                f"[http] workers = {wanted}: only 1 worker can serve this configuration: "
+                + "; ".join(reasons)
+            )
+        return 1
+    return wanted or cores()
+
+
+def failures_per_worker(max_failures: int, workers: int) -> int:
+    """
+    ``[auth] max_failures`` for one worker: each worker counts the failed logins it sees, so
+    each gets its share (rounded up) and an address is refused after at most about
+    ``max_failures`` failures in total, wherever they land.
+    """
+    if max_failures <= 0 or workers <= 1:
+        return max_failures
+    return max(1, math.ceil(max_failures / workers))
+
+
+@attrs.frozen
+class Inherited:
+    """A listening socket the supervisor bound, as a worker inherits it."""
+
+    description: str
+    fd: int
+    family: int
+
+
+@attrs.frozen
+class WorkerSpec:
+    """What the supervisor tells a worker (in the ``TXREGISTRY_WORKER`` variable)."""
+
+    worker: int
+    workers: int
+    listeners: tuple[Inherited, ...]
+    debug: Inherited | None = None
+    supervisor: int = 0  # its pid
+
+    def to_environ(self) -> str:
+        return json.dumps(attrs.asdict(self))
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> WorkerSpec | None:
+        text = environ.get(ENVIRONMENT)
+        if not text:
+            return None
+        data = json.loads(text)
+        debug = data.get("debug")
+        return cls(
+            worker=int(data["worker"]),
+            workers=int(data["workers"]),
+            listeners=tuple(Inherited(**item) for item in data["listeners"]),
+            debug=Inherited(**debug) if debug else None,
+            supervisor=int(data.get("supervisor", 0)),
+        )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_supervisor(spec: WorkerSpec) -> None:
+    """
+    Make the kernel kill this worker when its supervisor dies (Linux): a supervisor killed by
+    SIGKILL then takes its workers, and their copies of the listening sockets, with it at
+    once, as a single process would, so the port is free for the next start.  Elsewhere the
+    control pipe's end stops the worker (`WorkerLink.supervisor_gone`), a moment later.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if spec.supervisor and os.getppid() != spec.supervisor:
+        os._exit(0)  # it died before the line above: nothing left to serve for
+
+
+@implementer(IStreamServerEndpoint)
+@attrs.define
+class AdoptedEndpoint:
+    """
+    A socket the supervisor bound, served as ``endpoint`` (its TLS layer, if any) would
+    serve its own: what ``listen`` gives is an ordinary listening port of this reactor.
+    """
+
+    reactor: Any
+    inherited: Inherited
+    endpoint: IStreamServerEndpoint
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        factory = connection_factory(self.endpoint, protocolFactory)
+        port = self.reactor.adoptStreamPort(self.inherited.fd, self.inherited.family, factory)
+        os.close(self.inherited.fd)  # the reactor listens on its own duplicate
+        return succeed(port)
+
+
+def family_of(fd: int) -> int:
+    """The address family of the socket at ``fd`` (without taking it over)."""
+    probe = socket.socket(fileno=os.dup(fd))
+    try:
+        return int(probe.family)
+    finally:
+        probe.close()
+
+
+class _ControlProtocol(Protocol):
+    def __init__(self, link: WorkerLink) -> None:
+        self._link = link
+
+    def dataReceived(self, data: bytes) -> None:
+        self._link.channel.data_received(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._link.supervisor_gone()
+
+
+class WorkerLink(Service):
+    """
+    A worker's side of its control pipe: answers the supervisor's questions (its own
+    metrics), asks it about the tree (every worker's metrics, how many are ready), and stops
+    this worker when the supervisor is gone (its pipe closes when it exits, even by SIGKILL).
+    """
+
+    def __init__(self, reactor: Any, spec: WorkerSpec) -> None:
+        self._reactor = reactor
+        self.spec = spec
+        self.local_metrics: Any = None  # async () -> bytes, set by the worker's wiring
+        self.channel = Channel(self._write, {"metrics": self._metrics}, reactor)
+        self._stdio: Any = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        from twisted.internet import stdio
+
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor's business
+        # POSIX's StandardIO takes the descriptors (mypy reads the Windows one's signature).
+        self._stdio = stdio.StandardIO(  # type: ignore[call-arg]
+            _ControlProtocol(self), stdin=CONTROL_IN, stdout=CONTROL_OUT, reactor=self._reactor
+        )
+
+    def _write(self, data: bytes) -> None:
+        if self._stdio is not None:
+            self._stdio.write(data)
+
+    async def _metrics(self, message: dict[str, Any]) -> dict[str, Any]:
+        text: bytes = await self.local_metrics()
+        return {"worker": self.spec.worker, "pid": os.getpid(), "text": text.decode()}
+
+    def ready(self) -> None:
+        """Tell the supervisor that this worker accepts connections."""
+        self.channel.send("ready", worker=self.spec.worker, pid=os.getpid())
+
+    async def tree_metrics(self) -> bytes:
+        """Every worker's metrics, merged by the supervisor."""
+        text: str = await self.channel.request("tree_metrics", ASK_TIMEOUT)
+        return text.encode()
+
+    async def tree_ready(self) -> tuple[int, int]:
+        """(workers ready, workers configured), as the supervisor sees them."""
+        answer: dict[str, int] = await self.channel.request("tree_ready", ASK_TIMEOUT)
+        return answer["ready"], answer["workers"]
+
+    def supervisor_gone(self) -> None:
+        self.channel.lost()
+        if self.running and self._reactor.running:
+            log.warn("worker {worker}: the supervisor is gone; stopping", worker=self.spec.worker)
+            with contextlib.suppress(ReactorNotRunning):  # stopping already
+                self._reactor.stop()
+
+
+def workers_probe(link: WorkerLink) -> Any:
+    """Readiness of the tree: every configured worker serves (the supervisor's view)."""
+    from registry.ops.health import CheckFailed
+
+    async def probe() -> None:
+        ready, total = await link.tree_ready()
+        if ready < total:
+            raise CheckFailed(f"{ready} of {total} workers serving")
+
+    return probe

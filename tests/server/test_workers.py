@@ -1,0 +1,354 @@
+"""
+``[http] workers = 2``: real ``twistd -n registry`` supervisors over loopback.
+
+Which worker answered a request is read from the debug listener's ``/metrics``
+(``txregistry_worker_http_requests_total{worker, pid}``, one series per worker), so the tests
+need no header in production responses.  Requests open a new connection each: the kernel hands
+each new connection to one of the workers waiting on the shared socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.harness import twistd_command, write_config
+from tests.server.proc import Child, child_env, start_registry
+from tests.server.test_drain import BLOB_SIZE, SlowDownload, push_blob, wait_refused
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+WORKER_SERVING = re.compile(r"worker (?P<worker>\d+) \(pid (?P<pid>\d+)\) serving")
+DEBUG = re.compile(r"Factory starting on (?P<port>\d+)")
+# Bound on new connections made while waiting for the kernel to pick the other worker.
+MAX_TRIES = 400
+
+
+class Tree:
+    """A running supervisor: its registry port, debug port and log."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.port = child.wait_listening()
+        log = "".join(child.output)
+        # The supervisor binds the registry's port first, then the debug one.
+        ports = [int(m["port"]) for m in DEBUG.finditer(log)]
+        assert ports[0] == self.port, log[-2000:]
+        self.debug = ports[1]
+        self.pids = {int(m["worker"]): int(m["pid"]) for m in WORKER_SERVING.finditer(log)}
+        assert sorted(self.pids) == [0, 1], log[-2000:]
+
+    def request(self, method: str, path: str, body: bytes = b"", **headers: str) -> Answer:
+        """One request on a new connection."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request(method, path, body=body or None, headers=headers)
+            response = connection.getresponse()
+            return Answer(response.status, dict(response.getheaders()), response.read())
+        finally:
+            connection.close()
+
+    def scrape(self, path: str = "/metrics") -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.debug, timeout=60)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def per_worker(self) -> dict[int, float]:
+        """pid -> requests answered, as the supervisor's merged scrape reports it."""
+        status, text = self.scrape()
+        assert status == 200, text
+        out = {}
+        for family in text_string_to_metric_families(text.decode()):
+            for sample in family.samples:
+                if sample.name == "txregistry_worker_http_requests_total":
+                    out[int(sample.labels["pid"])] = sample.value
+        return out
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        status, text = self.scrape()
+        assert status == 200, text
+        return [
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(text.decode())
+            for sample in family.samples
+            if sample.name == name
+        ]
+
+    def served_by(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        check: Callable[[Answer], None] = lambda answer: None,
+        **headers: str,
+    ) -> tuple[Answer, int]:
+        """A request on a new connection, and the pid of the worker that answered it."""
+        before = self.per_worker()
+        answer = self.request(method, path, body, **headers)
+        check(answer)  # at once: before the scrape gives the server time
+        after = self.per_worker()
+        moved = [pid for pid, count in after.items() if count != before.get(pid, 0)]
+        assert len(moved) == 1, (before, after)
+        return answer, moved[0]
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.body = body
+
+
+def start_tree(tmp_path: Path, **http: str) -> Child:
+    sections = {
+        "http": {"workers": "2", **http},
+        "debug": {"addr": LOOPBACK},
+    }
+    config = write_config(tmp_path / "r.cfg", sections)
+    return start_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "data")
+    )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[Tree]:
+    child = start_tree(tmp_path)
+    try:
+        yield Tree(child)
+    finally:
+        child.stop()
+
+
+def test_both_workers_answer_and_metrics_add_up(tree: Tree) -> None:
+    """Requests reach both workers; /metrics is the sum over them, not one worker's view."""
+    made = 0
+    counts: dict[int, float] = {}
+    while made < MAX_TRIES:
+        answer = tree.request("GET", "/v2/")
+        assert answer.status == 200
+        made += 1
+        if made % 20 == 0:
+            counts = tree.per_worker()
+            if len(counts) == 2 and all(counts.values()):
+                break
+    assert set(counts) == set(tree.pids.values()), counts
+    assert all(counts.values()), counts
+    total = sum(
+        value
+        for labels, value in tree.samples("txregistry_http_requests_total")
+        if labels["route"] == "base"
+    )
+    assert total == made
+    assert sum(tree.per_worker().values()) == made
+    status, body = tree.scrape("/health/ready")
+    assert status == 200, body
+    assert json.loads(body)["checks"]["workers"] == {"status": "ok"}
+
+
+def test_chunked_upload_with_patches_on_both_workers(tree: Tree, tmp_path: Path) -> None:
+    """
+    An upload whose PATCHes land on different workers commits with the right digest, and each
+    PATCH's hash state is on disk when it is answered (the next PATCH may go to the other
+    worker at once).
+    """
+    name = "workers/chunked"
+    answer = tree.request("POST", f"/v2/{name}/blobs/uploads/")
+    assert answer.status == 202
+    location = answer.headers["location"]
+    upload_id = location.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    states = tmp_path / "data/docker/registry/v2/repositories" / name / "_uploads" / upload_id
+    data = bytearray()
+    pids: set[int] = set()
+    for _ in range(40):
+        chunk = os.urandom(256 * 1024 + len(data) % 7)
+        start = len(data)
+        offset = start + len(chunk)
+
+        def state_recorded(answer: Answer, offset: int = offset) -> None:
+            assert answer.status == 202, answer.body
+            assert (states / "txhashstates/sha256" / str(offset)).exists(), "state not recorded"
+
+        answer, pid = tree.served_by(
+            "PATCH",
+            location,
+            chunk,
+            state_recorded,
+            **{
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{start}-{start + len(chunk) - 1}",
+            },
+        )
+        data += chunk
+        assert answer.headers["range"] == f"0-{len(data) - 1}"
+        location = answer.headers["location"]
+        pids.add(pid)
+        if len(pids) == 2 and len(data) > 2 * 1024 * 1024:  # 8 PATCHes at least
+            break
+    assert pids == set(tree.pids.values()), pids
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    separator = "&" if "?" in location else "?"
+    answer = tree.request("PUT", f"{location}{separator}digest={digest}")
+    assert answer.status == 201, answer.body
+    fetched = tree.request("GET", f"/v2/{name}/blobs/{digest}")
+    assert fetched.status == 200
+    assert "sha256:" + hashlib.sha256(fetched.body).hexdigest() == digest
+
+
+def test_a_killed_worker_is_replaced(tree: Tree) -> None:
+    victim = tree.pids[1]
+    os.kill(victim, signal.SIGKILL)
+    exited = tree.child.wait_for(
+        re.compile(rf"worker 1 \(pid {victim}\) exited: killed by SIGKILL; replacing it in")
+    )
+    assert exited
+    replaced = tree.child.wait_for(WORKER_SERVING)
+    assert replaced["worker"] == "1" and int(replaced["pid"]) != victim
+    for _ in range(20):
+        assert tree.request("GET", "/v2/").status == 200
+    assert set(tree.per_worker()) == {tree.pids[0], int(replaced["pid"])}
+    assert tree.samples("txregistry_worker_restarts_total") == [({}, 1.0)]
+    status, body = tree.scrape("/health/ready")
+    assert status == 200, body
+
+
+def test_sighup_restarts_every_worker(tree: Tree) -> None:
+    tree.child.process.send_signal(signal.SIGHUP)
+    tree.child.wait_for(re.compile("SIGHUP: every worker restarted"))
+    new = set(tree.per_worker())
+    assert len(new) == 2 and not new & set(tree.pids.values()), (new, tree.pids)
+    assert tree.request("GET", "/v2/").status == 200
+    assert tree.child.process.poll() is None
+
+
+def test_sigterm_drains_a_download_and_exits_0(tree: Tree) -> None:
+    digest = push_blob(tree.port, os.urandom(BLOB_SIZE))
+    download = SlowDownload(tree.port, digest)
+    assert download.started.wait(timeout=60) and download.error is None
+    tree.child.process.send_signal(signal.SIGTERM)
+    wait_refused(tree.port, tree.child)
+    assert tree.child.process.poll() is None, "exited with a download in flight"
+    download.finish()
+    assert download.error is None
+    assert len(download.body) == BLOB_SIZE
+    assert "sha256:" + hashlib.sha256(download.body).hexdigest() == digest
+    assert tree.child.process.wait(timeout=60) == 0
+    assert tree.child.stderr() == ""
+    log = "".join(tree.child.output)
+    assert "every worker stopped" in log
+    assert "draining 1 request(s)" in log
+
+
+def run_registry(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        twistd_command(*arguments),
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stdout[-2000:], result.stderr)
+    assert result.stderr.splitlines() == [expected], result.stderr
+    assert "Traceback" not in result.stdout
+    assert "listening" not in result.stdout
+
+
+def test_bind_failure_with_two_workers(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        description = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2"}})
+        result = run_registry(
+            tmp_path, "--config", str(config), "--port", description, "--storage", "data"
+        )
+    assert_one_line(result, f"txregistry: cannot listen on {description}: address already in use")
+    assert "worker" not in result.stdout  # refused before any worker started
+
+
+def test_storage_failure_with_two_workers(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2"}})
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "file")
+    )
+    assert_one_line(result, f"txregistry: cannot use storage {tmp_path / 'file'}: not a directory")
+
+
+def test_proxy_refuses_two_workers(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "r.cfg",
+        {
+            "http": {"workers": "2"},
+            "proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "hub"},
+        },
+    )
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", "data"
+    )
+    assert_one_line(
+        result,
+        "txregistry: configuration error: [http] workers = 2: only 1 worker can serve this "
+        "configuration: a pull-through cache ([proxy:NAME]) runs one process per instance; "
+        "for more cores run several instances as a fleet with [redis] (docs/proxy.md)",
+    )
+
+
+def test_proxy_runs_one_process_by_default(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "r.cfg", {"proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "hub"}}
+    )
+    child = start_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", "data"
+    )
+    try:
+        child.wait_listening()
+        log = "".join(child.output)
+        assert "workers" not in log.split("txregistry listening on", 1)[1].splitlines()[0]
+        assert not WORKER_SERVING.search(log)
+    finally:
+        child.stop()
+
+
+def test_web_ui_shows_a_tag_pushed_through_the_other_worker(tree: Tree) -> None:
+    """The UI's tag listing is not a per-worker memo: both workers list a fresh tag at once."""
+    from tests.ui import content
+
+    client = content.Client(f"http://127.0.0.1:{tree.port}")
+    content.push_image(client, "team/app", "first")
+    viewers: set[int] = set()
+    for _ in range(MAX_TRIES // 10):  # both workers read the listing once
+        answer, pid = tree.served_by("GET", "/ui/r/team/app")
+        assert answer.status == 200 and b"first" in answer.body
+        viewers.add(pid)
+        if len(viewers) == 2:
+            break
+    assert len(viewers) == 2
+    content.push_image(client, "team/app", "second")
+    viewers = set()
+    for _ in range(MAX_TRIES // 10):
+        answer, pid = tree.served_by("GET", "/ui/r/team/app")
+        assert answer.status == 200
+        assert b"second" in answer.body, f"worker {pid} shows a stale tag list"
+        viewers.add(pid)
+        if len(viewers) == 2:
+            break
+    assert len(viewers) == 2
