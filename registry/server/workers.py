@@ -28,9 +28,9 @@ can balance less evenly under very high connection rates; keep-alive clients mak
 
 `resolve` decides how many workers a configuration gets: one per core by default; one where
 workers would not share state (the ``inmemory`` driver; a ``[proxy:NAME]`` cache, whose fills,
-leases and fleet peer listener belong to one process: a fleet of instances scales it) or where a worker stopping would break the others (a ``unix:``
-listener, whose file Twisted removes when a port stops listening), refusing an explicit number
-above 1 there with one line.
+leases and fleet peer listener belong to one process: a fleet of instances scales it) or where
+a worker stopping would break the others (a ``unix:`` listener, whose file Twisted removes when
+a port stops listening), refusing an explicit number above 1 there with one line.
 """
 
 from __future__ import annotations

@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 _FROM_SERVICE = ("NotificationService",)
 
 
-def add_notifications(config: Config, reactor: Any, parent: MultiService) -> Notifier:
+def add_notifications(
+    config: Config, reactor: Any, parent: MultiService, worker: int = 0
+) -> Notifier:
     """`registry.ops.notifications.service.add_notifications`, loaded when there are endpoints."""
     if not parse_endpoints(config):
         return Notifier()
     from registry.ops.notifications import service
 
-    return service.add_notifications(config, reactor, parent)
+    return service.add_notifications(config, reactor, parent, worker=worker)
 
 
 def __getattr__(name: str) -> Any:
