@@ -31,7 +31,9 @@ def registry(tmp_path: Path) -> Iterator[Child]:
         pytest.skip(f"hard open-files limit {hard} is below what this test opens")
     command = twistd_command("--port", "tcp:0:interface=127.0.0.1", "--storage", str(tmp_path))
     limit = f"--nofile=256:{hard if hard != resource.RLIM_INFINITY else 'unlimited'}"
-    child = Child(["prlimit", limit, "--", *command], tmp_path, env=child_env())
+    # One process: the test stops it with SIGSTOP to make connections wait in the backlog.
+    env = child_env({"REGISTRY_HTTP_WORKERS": "1"})
+    child = Child(["prlimit", limit, "--", *command], tmp_path, env=env)
     try:
         yield child
     finally:
