@@ -691,9 +691,12 @@ class RegistryClient:
         upload.location = self._upload_location(response, upload.location)
         return upload.offset
 
-    async def upload_chunk(self, upload: Upload, body: BodyFactory, length: int) -> None:
-        """PATCH ``length`` bytes at ``upload.offset`` (``Content-Range``); advances the
-        session from the registry's answer.  Not retried here (see `upload_blob`)."""
+    async def upload_chunk(self, upload: Upload, data: bytes) -> None:
+        """PATCH ``data`` at ``upload.offset`` (``Content-Range``); advances the session from
+        the registry's answer.  Not retried here (see `upload_blob`)."""
+        await self._patch(upload, _bytes_body(data), len(data))
+
+    async def _patch(self, upload: Upload, body: BodyFactory, length: int) -> None:
         start = upload.offset
         response = await self.session.call(
             "PATCH",
@@ -702,7 +705,6 @@ class RegistryClient:
             headers={
                 "Content-Type": "application/octet-stream",
                 "Content-Range": f"{start}-{start + length - 1}",
-                "Content-Length": str(length),
             },
             body=body,
             ok=(202, 204),
@@ -790,7 +792,7 @@ class RegistryClient:
             sending: list[Any] = []  # the hasher of the attempt that was sent last
             body = self._source(path, data, start, length, hasher, sending)
             try:
-                await self.upload_chunk(upload, body, length)
+                await self._patch(upload, body, length)
             except Unavailable:
                 failures += 1
                 if failures > self.session.retries:
