@@ -1,0 +1,168 @@
+"""
+``txregistry copy`` as a script runs it (a child process): a multi-platform index with its
+referrers between the project's registry and registry:2 and through an OCI layout, digests
+preserved; blobs present skipped, mounted within one registry; exit codes 0, 1, 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.client import images
+from tests.client.conftest import ClientFactory
+from tests.client.test_layout import push_multi
+from tests.e2e.client import get, header
+from tests.e2e.conftest import Starter
+from tests.e2e.harness import REPO_ROOT
+from tests.e2e.tools import Registry2Process
+
+NO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+
+
+async def txregistry(*args: str) -> tuple[int, str, str]:
+    """Run ``txregistry ARGS`` (this checkout) in a thread so the reactor keeps serving."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+    def call() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "registry.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    result = await deferToThread(call)
+    return result.returncode, result.stdout, result.stderr
+
+
+async def push_referrers(client: object, name: str, subject: bytes) -> list[bytes]:
+    made = []
+    for artifact_type, payload in (
+        ("application/vnd.dev.cosign.simplesigning.v1+json", b"signature"),
+        ("application/spdx+json", b'{"spdxVersion": "SPDX-2.3"}'),
+    ):
+        body, blobs = images.referrer(subject, images.OCI_INDEX, artifact_type, payload)
+        for dgst, data in blobs.items():
+            await client.upload_blob(name, data, dgst)  # type: ignore[attr-defined]
+        await client.put_manifest(name, images.digest(body), body)  # type: ignore[attr-defined]
+        made.append(body)
+    return made
+
+
+@pytest_twisted.ensureDeferred
+async def test_copy_index_with_referrers_through_registry2_and_a_layout(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    ours = await start_registry()
+    client = make_client(ours.url)
+    index, manifests = await push_multi(client, "app/web", "v1")
+    referrers = await push_referrers(client, "app/web", index)
+    host = ours.url.removeprefix("http://")
+    root = tmp_path / "registry2-root"
+    root.mkdir()
+    registry2 = Registry2Process(tmp_path, root)
+    registry2.start()
+    try:
+        # 1. ours → registry:2, with referrers (registry:2 stores them by digest).
+        code, out, err = await txregistry(
+            "copy",
+            *NO_TLS,
+            "--referrers",
+            f"docker://{host}/app/web:v1",
+            f"docker://{registry2.host}/mirror/web:v1",
+        )
+        assert code == 0, err
+        assert f"copied {images.digest(index)}" in out
+        assert "2 referrers" in out
+        # Not a terminal: one line per item, each blob once.
+        lines = err.splitlines()
+        assert sum(line.startswith("copied blob ") for line in lines) == 4 + 3
+        response, body = await get(
+            f"http://{registry2.host}/v2/mirror/web/manifests/v1",
+            headers={"Accept": images.OCI_INDEX},
+        )
+        assert body == index
+        for referrer in referrers:
+            response, body = await get(
+                f"http://{registry2.host}/v2/mirror/web/manifests/{images.digest(referrer)}",
+                headers={"Accept": images.OCI_MANIFEST},
+            )
+            assert response.code == 200 and body == referrer
+        # 2. Again: everything is there already.
+        code, out, err = await txregistry(
+            "copy",
+            *NO_TLS,
+            f"docker://{host}/app/web:v1",
+            f"docker://{registry2.host}/mirror/web:v1",
+        )
+        assert code == 0, err
+        assert "0 blobs" in out and "4 already there" in out
+        # 3. registry:2 → a layout (the referrers come from ours, which has the API).
+        layout = tmp_path / "layout"
+        code, out, err = await txregistry(
+            "copy", *NO_TLS, f"docker://{registry2.host}/mirror/web:v1", f"oci:{layout}:v1"
+        )
+        assert code == 0, err
+        code, out, err = await txregistry(
+            "copy", *NO_TLS, "--referrers", f"docker://{host}/app/web:v1", f"oci:{layout}:v1"
+        )
+        assert code == 0, err
+        entries = json.loads((layout / "index.json").read_text())["manifests"]
+        assert sorted(e["digest"] for e in entries) == sorted(
+            images.digest(b) for b in [index, *referrers]
+        )
+    finally:
+        registry2.stop()
+    # 4. The layout → a fresh registry of ours: the referrers API lists them again.
+    fresh = await start_registry()
+    fresh_host = fresh.url.removeprefix("http://")
+    code, out, err = await txregistry(
+        "copy",
+        "--dest-tls-verify=false",
+        "--referrers",
+        f"oci:{layout}:v1",
+        f"docker://{fresh_host}/restored/web:v1",
+    )
+    assert code == 0, err
+    response, body = await get(f"{fresh.url}/v2/restored/web/referrers/{images.digest(index)}")
+    listed = sorted(d["digest"] for d in json.loads(body)["manifests"])
+    assert listed == sorted(images.digest(r) for r in referrers)
+    for arch, manifest in manifests.items():
+        response, _ = await get(f"{fresh.url}/v2/restored/web/manifests/{images.digest(manifest)}")
+        assert header(response, "docker-content-digest") == images.digest(manifest), arch
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_registry_mounts_and_exit_codes(
+    registry: object, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    url = registry.url  # type: ignore[attr-defined]
+    client = make_client(url)
+    index, _ = await push_multi(client, "one/app", "v1")
+    host = url.removeprefix("http://")
+    code, out, err = await txregistry(
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        f"docker://{host}/one/app:v1",
+        f"docker://{host}/two/app:v1",
+    )
+    assert code == 0, err
+    assert "4 mounted" in out and "0 blobs" in out
+    assert (await client.get_manifest("two/app", "v1")).body == index
+    # A tag that does not exist: 1, and the registry's error code in the message.
+    code, out, err = await txregistry(
+        "copy", *NO_TLS, f"docker://{host}/one/app:nope", f"oci:{tmp_path}/x:nope"
+    )
+    assert code == 1 and "MANIFEST_UNKNOWN" in err and out == ""
+    # Bad names and bad options: 2.
+    for args in (
+        ["copy", "one/app:v1", f"oci:{tmp_path}/x"],
+        ["copy", f"oci:{tmp_path}/not-a-layout:v1", f"docker://{host}/a:b"],
+        ["copy", "--src-tls-verify=maybe", f"docker://{host}/a:b", f"oci:{tmp_path}/x"],
+    ):
+        code, _, err = await txregistry(*args)
+        assert code == 2, (args, err)
