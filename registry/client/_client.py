@@ -756,11 +756,12 @@ class RegistryClient:
     ) -> Digest:
         """Upload bytes or a file; return its digest.
 
-        Monolithic (one PUT) when ``chunk_size`` is None, else PATCH chunks of that size.  The
-        digest is computed while the bytes are sent; a given ``digest`` is checked against it
-        before the commit.  A chunk cut off mid-way is resumed from the offset the registry
-        reports (``retries`` times).  Pass ``upload`` to carry on a session from earlier
-        (`resume_upload`).
+        Monolithic (one PUT) for bytes, or for a file whose ``digest`` is given, when
+        ``chunk_size`` is None; else PATCH chunks of ``chunk_size`` (the whole file in one
+        PATCH when None) while the digest is computed, then PUT ``?digest=``; a given
+        ``digest`` is checked against it before the commit.  A chunk cut off mid-way is
+        resumed from the offset the registry reports (``retries`` times).  Pass ``upload``
+        to carry on a session from earlier (`resume_upload`).
         """
         if isinstance(source, bytes):
             data = source
@@ -772,6 +773,13 @@ class RegistryClient:
         else:
             path, data = Path(source), b""
             size = (await in_thread(self.reactor, path.stat)).st_size
+            if digest is not None and chunk_size is None and upload is None:
+                # Monolithic: one PUT with the file as its body; the registry checks the
+                # digest (DIGEST_INVALID otherwise) before anything is stored.
+                dgst = _as_digest(digest)
+                session = await self.start_upload(name)
+                body = self._source(path, b"", 0, size, new_hash(dgst.algorithm), [])
+                return await self.finish_upload(session, dgst, body)
         algorithm = _as_digest(digest).algorithm if digest is not None else "sha256"
         if upload is None:
             upload = await self.start_upload(name)

@@ -93,3 +93,33 @@ async def test_chunked_upload_resumes_after_a_lost_chunk(
         assert kinds == ["POST", "PATCH", "PATCH", "GET", "PATCH", "PATCH", "PATCH", "PUT"]
     _, body = await get(f"{registry.url}/v2/f/z/blobs/{dgst}")
     assert body == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_shapes_on_the_wire(
+    registry: InProcessRegistry, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Monolithic is POST + one PUT carrying the bytes (bytes, or a file with a known
+    digest); a file without a digest is streamed in one PATCH and committed by digest;
+    chunked is one PATCH per chunk."""
+    data = os.urandom(50_000)
+    source = tmp_path / "src"
+    source.write_bytes(data)
+    async with flaky_front(registry.url, lambda method, path: None) as front:
+        client = make_client(front.url)
+        shapes = []
+        for kwargs in ({"digest": images.digest(data)}, {}, {"chunk_size": 20_000}):
+            front.seen.clear()
+            assert str(await client.upload_blob("s/h", source, **kwargs)) == images.digest(data)
+            shapes.append([m for m, p, _ in front.seen if "/uploads/" in p])
+        front.seen.clear()
+        await client.upload_blob("s/h", b"bytes")
+        shapes.append([m for m, p, _ in front.seen if "/uploads/" in p])
+    assert shapes == [
+        ["POST", "PUT"],
+        ["POST", "PATCH", "PUT"],
+        ["POST", "PATCH", "PATCH", "PATCH", "PUT"],
+        ["POST", "PUT"],
+    ]
+    _, body = await get(f"{registry.url}/v2/s/h/blobs/{images.digest(data)}")
+    assert body == data
