@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor as _reactor
+from twisted.internet.task import Clock
 
 from registry.client import RegistryClient
 from tests.e2e.conftest import registry, start_registry  # noqa: F401 - shared fixtures
+from tests.fakes.upstream import FakeUpstream, start_fake_upstream
 
 reactor: Any = _reactor
 
@@ -31,3 +33,11 @@ async def make_client() -> AsyncIterator[ClientFactory]:
     yield build
     for client in made:
         await client.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    """The fake Docker Hub (registry, token service and a CDN on another port)."""
+    upstream = await start_fake_upstream(reactor, clock=Clock())
+    yield upstream
+    await upstream.stop()

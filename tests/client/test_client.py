@@ -19,6 +19,7 @@ from tests.client.conftest import ClientFactory
 from tests.e2e.client import get, header
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry
+from tests.fakes.upstream import FakeUpstream
 
 
 async def push_image(client: object, name: str, tag: str, arch: str = "amd64") -> bytes:
@@ -196,3 +197,21 @@ async def test_mount_and_referrers(registry: InProcessRegistry, make_client: Cli
         f"{registry.url}/v2/src/app/referrers/{subject}?artifactType=application/x.sbom"
     )
     assert header(response, "oci-filters-applied") == "artifactType"
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_filtered_when_the_registry_does_not(
+    fake: FakeUpstream, make_client: ClientFactory
+) -> None:
+    """The fake Docker Hub ignores ``artifactType``: the client filters itself."""
+    fake.switches.auth = "none"
+    image = fake.content.add_image("library/app", "v1", [100])
+    subject = fake.content.repos["library/app"].manifests[image.digest][1]
+    for artifact_type, payload in (("application/x.sig", b"s"), ("application/x.sbom", b"b")):
+        body, _ = images.referrer(subject, images.OCI_MANIFEST, artifact_type, payload)
+        fake.content.add_manifest("library/app", images.OCI_MANIFEST, body)
+    client = make_client(fake.url)
+    every = await client.referrers("library/app", image.digest)
+    assert len(every or []) == 2
+    sboms = await client.referrers("library/app", image.digest, artifact_type="application/x.sbom")
+    assert [d["artifactType"] for d in sboms or []] == ["application/x.sbom"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from registry.client.layout import REF_NAME
 from tests.client import images
 from tests.client.conftest import ClientFactory
 from tests.client.test_layout import push_multi
@@ -110,10 +111,17 @@ async def test_copy_index_with_referrers_through_registry2_and_a_layout(
             "copy", *NO_TLS, "--referrers", f"docker://{host}/app/web:v1", f"oci:{layout}:v1"
         )
         assert code == 0, err
-        entries = json.loads((layout / "index.json").read_text())["manifests"]
-        assert sorted(e["digest"] for e in entries) == sorted(
-            images.digest(b) for b in [index, *referrers]
+        # Another image in the same layout, which refers to nothing.
+        await push_multi(client, "app/other", "v9")
+        code, out, err = await txregistry(
+            "copy", *NO_TLS, f"docker://{host}/app/other:v9", f"oci:{layout}:v9"
         )
+        assert code == 0, err
+        entries = json.loads((layout / "index.json").read_text())["manifests"]
+        tagged = {e["annotations"][REF_NAME]: e["digest"] for e in entries if "annotations" in e}
+        assert tagged["v1"] == images.digest(index)
+        untagged = sorted(e["digest"] for e in entries if "annotations" not in e)
+        assert untagged == sorted(images.digest(r) for r in referrers)
     finally:
         registry2.stop()
     # 4. The layout → a fresh registry of ours: the referrers API lists them again.
@@ -127,6 +135,7 @@ async def test_copy_index_with_referrers_through_registry2_and_a_layout(
         f"docker://{fresh_host}/restored/web:v1",
     )
     assert code == 0, err
+    assert "5 manifests" in out and "2 referrers" in out
     response, body = await get(f"{fresh.url}/v2/restored/web/referrers/{images.digest(index)}")
     listed = sorted(d["digest"] for d in json.loads(body)["manifests"])
     assert listed == sorted(images.digest(r) for r in referrers)
