@@ -42,6 +42,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 
 from registry.client._body import Collector
 from registry.client._challenge import Challenge, pick_challenge
+from registry.client._streams import WatchedBody
 from registry.client._tls import TLSOptions
 from registry.client._tokens import MAX_TOKENS, TokenCache, TokenKey, clamp_expires_in
 from registry.client.auth import Credentials
@@ -361,27 +362,35 @@ class Session:
         headers: Mapping[str, str],
         body: BodyFactory | None = None,
     ) -> IResponse:
-        """One HTTP exchange up to the response headers, within ``timeout`` (a request body is
-        streamed first; its producer's own stalls are bounded by the transport)."""
+        """One HTTP exchange up to the response headers, within ``timeout`` (of silence, while
+        a request body is sent)."""
         self.requests += 1
         raw = Headers({"User-Agent": [self._user_agent]})
         for name, value in headers.items():
             raw.setRawHeaders(name, [value])
-        kwargs: dict[str, Any] = {}
-        if body is not None:
-            kwargs["data"] = body()
-        d: Deferred[Any] = self._http.request(
-            method, url, headers=raw, allow_redirects=False, unbuffered=True, **kwargs
-        )
         timed_out = False
+        d: Deferred[Any] | None = None
 
         def expire() -> None:
             nonlocal timed_out
             timed_out = True
-            d.cancel()
+            if d is not None:
+                d.cancel()
 
-        # With a body, the timeout starts once it is sent (a large upload takes its time).
-        timer = None if body is not None else self.reactor.callLater(self.timeout, expire)
+        # Connect to first byte of the answer within ``timeout``; a request body restarts
+        # the clock at every write, so a large upload takes its time but never stalls.
+        timer = self.reactor.callLater(self.timeout, expire)
+
+        def progress() -> None:
+            if timer.active():
+                timer.reset(self.timeout)
+
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            kwargs["data"] = WatchedBody(body(), progress)
+        d = self._http.request(
+            method, url, headers=raw, allow_redirects=False, unbuffered=True, **kwargs
+        )
         try:
             response: IResponse = await d
         except ClientError:
@@ -399,7 +408,7 @@ class Session:
             self.errors += 1
             raise Unavailable(None, describe(exc)) from exc
         finally:
-            if timer is not None and timer.active():
+            if timer.active():
                 timer.cancel()
         self._observe_rate_limit(response.headers)
         return response

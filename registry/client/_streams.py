@@ -38,6 +38,25 @@ def in_thread(reactor: Any, fn: Any, *args: Any) -> Deferred[Any]:
     return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
 
+def _unless_stopped(work: Deferred[None], stopped: Any, stop: Any) -> Deferred[None]:
+    """What `IBodyProducer.startProducing` returns for ``work``: its result, except that
+    after ``stopProducing`` it never fires (twisted's HTTP client has failed the request
+    then, and a second result would be an error), and cancelling it stops the body at once
+    (twisted cancels it when the request is cancelled, and expects it to fire then)."""
+    out: Deferred[None] = Deferred(lambda _: stop())
+
+    def settle(result: Any) -> None:
+        if out.called or stopped():
+            return  # already answered (cancelled) or stopped: nobody waits for this
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback(None)
+
+    work.addBoth(settle)
+    return out
+
+
 @implementer(IBodyProducer)
 class FileSource:
     """``length`` bytes of ``path`` from ``offset``, fed to ``hasher`` (a hashlib object) as
@@ -57,7 +76,8 @@ class FileSource:
         self.sent = 0
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._run(consumer))
+        work = Deferred.fromCoroutine(self._run(consumer))
+        return _unless_stopped(work, lambda: self._stopped, self.stopProducing)
 
     async def _run(self, consumer: IConsumer) -> None:
         handle: IO[bytes] = await in_thread(self._reactor, open, self._path, "rb")
@@ -126,12 +146,13 @@ class PipeSource:
         self.length = blob.length if blob.length is not None else UNKNOWN_LENGTH
         self._hasher = hasher
         self._forward: _Forward | None = None
+        self._stopped = False
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         done: Deferred[None] = Deferred(lambda _: self._blob.abort())
         self._forward = _Forward(consumer, done, self._hasher)
         self._blob.deliver(self._forward)
-        return done
+        return _unless_stopped(done, lambda: self._stopped, self.stopProducing)
 
     def _control(self) -> IPushProducer | None:
         if self._forward is None or self._forward.transport is None:
@@ -149,6 +170,7 @@ class PipeSource:
             control.resumeProducing()
 
     def stopProducing(self) -> None:
+        self._stopped = True
         self._blob.abort()
 
 
@@ -219,3 +241,53 @@ class FileSink:
             await self._drained
         if self._error is not None:
             self._error.raiseException()
+
+
+class _Tap:
+    """The consumer a watched body writes to: reports each write, passes it on."""
+
+    def __init__(self, consumer: IConsumer, on_write: Any) -> None:
+        self._consumer = consumer
+        self._on_write = on_write
+
+    def write(self, data: bytes) -> None:
+        self._on_write()
+        self._consumer.write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._consumer.unregisterProducer()
+
+
+@implementer(IBodyProducer)
+class WatchedBody:
+    """A request body whose progress is reported: ``on_progress`` after every write and
+    once the body is complete (the session's idle timeout is reset from it, so an upload
+    that stops moving fails instead of waiting forever)."""
+
+    def __init__(self, inner: IBodyProducer, on_progress: Any) -> None:
+        self._inner = inner
+        self._on_progress = on_progress
+        self.length = inner.length
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        d: Deferred[None] = self._inner.startProducing(
+            cast(IConsumer, _Tap(consumer, self._on_progress))
+        )
+
+        def sent(result: object) -> object:
+            self._on_progress()
+            return result
+
+        return d.addBoth(sent)
+
+    def pauseProducing(self) -> None:
+        self._inner.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._inner.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._inner.stopProducing()
