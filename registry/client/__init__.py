@@ -1,6 +1,6 @@
 """
-``registry.client``: an async Twisted client for the OCI Distribution API, and OCI image
-layouts on disk.  See docs/client.md.
+``registry.client``: an async Twisted client for the OCI Distribution API, OCI image
+layouts on disk, and an image copier between the two.  See docs/client.md.
 
     client = RegistryClient(reactor, "https://registry.example", credentials=...)
     manifest = await client.get_manifest("library/alpine", "latest")
@@ -22,6 +22,13 @@ from registry.client._session import RateLimitStatus
 from registry.client._streams import FileSink
 from registry.client._tls import TLSOptions
 from registry.client.auth import Credentials, credentials_from_config
+from registry.client.copy import (
+    CopyEvent,
+    CopyResult,
+    LayoutImage,
+    RegistryImage,
+    copy_image,
+)
 from registry.client.errors import (
     BadResponse,
     ClientError,
@@ -31,25 +38,32 @@ from registry.client.errors import (
     Unauthorized,
     Unavailable,
 )
+from registry.client.layout import OCILayout
 
 __all__ = [
     "MANIFEST_MEDIA_TYPES",
     "BadResponse",
     "BlobStream",
     "ClientError",
+    "CopyEvent",
+    "CopyResult",
     "Credentials",
     "FileSink",
+    "LayoutImage",
     "Manifest",
     "NotFound",
+    "OCILayout",
     "Page",
     "RateLimitStatus",
     "RateLimited",
     "RegistryClient",
+    "RegistryImage",
     "Rejected",
     "TLSOptions",
     "Unauthorized",
     "Unavailable",
     "Upload",
+    "copy_image",
     "credentials_from_config",
     "index_descriptors",
 ]
