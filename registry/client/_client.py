@@ -514,11 +514,54 @@ class RegistryClient:
         await self.session.discard(response)
 
     async def referrers(
-        self, name: str, subject: Digest | str, artifact_type: str | None = None
+        self,
+        name: str,
+        subject: Digest | str,
+        artifact_type: str | None = None,
+        *,
+        tag_schema: bool = False,
     ) -> list[dict[str, Any]] | None:
         """The descriptors the referrers API lists for ``subject`` (filtered by
         ``artifact_type``, here too when the registry did not filter), or None when the
-        registry has no referrers API (a 404)."""
+        registry has no referrers API (a 404).  With ``tag_schema``, a registry without the
+        API is asked for the spec's fallback tag (``sha256-<hex>``) instead, and the answer
+        is a list (empty when neither exists)."""
+        found = await self._referrers_api(name, subject, artifact_type)
+        if found is not None or not tag_schema:
+            return found
+        try:
+            index = await self.get_manifest(name, _referrers_tag(subject), [OCI_INDEX])
+        except NotFound:
+            return []
+        listed = index_descriptors(index.json())
+        if artifact_type:
+            listed = [d for d in listed if d.get("artifactType") == artifact_type]
+        return listed
+
+    async def update_referrers_tag(
+        self, name: str, subject: Digest | str, descriptor: Mapping[str, Any]
+    ) -> bool:
+        """After pushing a manifest whose ``subject`` is ``subject``: on a registry without
+        the referrers API (registry:2), add its ``descriptor`` to the fallback tag's index
+        (``sha256-<hex>``), as the distribution-spec asks clients to.  False when the
+        registry has the API (nothing to do) or already lists it."""
+        if await self._referrers_api(name, subject, None) is not None:
+            return False
+        tag = _referrers_tag(subject)
+        try:
+            current = (await self.get_manifest(name, tag, [OCI_INDEX])).json()
+        except NotFound:
+            current = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        entries = [e for e in current.get("manifests") or [] if isinstance(e, dict)]
+        if any(e.get("digest") == descriptor.get("digest") for e in entries):
+            return False
+        current["manifests"] = [*entries, dict(descriptor)]
+        await self.put_manifest(name, tag, json.dumps(current).encode(), OCI_INDEX)
+        return True
+
+    async def _referrers_api(
+        self, name: str, subject: Digest | str, artifact_type: str | None
+    ) -> list[dict[str, Any]] | None:
         upstream = self.upstream_name(name)
         query = f"?{urlencode({'artifactType': artifact_type})}" if artifact_type else ""
         try:
@@ -914,6 +957,12 @@ def FileBodyProducer_from(data: bytes) -> FileBodyProducer:
 
 def _bytes_body(data: bytes) -> BodyFactory:
     return lambda: FileBodyProducer_from(data)
+
+
+def _referrers_tag(subject: Digest | str) -> str:
+    """The referrers tag schema's tag for ``subject``: ``<algorithm>-<hex>``."""
+    dgst = _as_digest(subject)
+    return f"{dgst.algorithm}-{dgst.hex}"
 
 
 def _range_end(value: str | None) -> int:

@@ -144,7 +144,7 @@ class Copier:
     async def _copy_referrers(self, subject: Digest) -> None:
         source = self.source
         if isinstance(source, RegistryImage):
-            found = await source.client.referrers(source.name, subject) or []
+            found = await source.client.referrers(source.name, subject, tag_schema=True) or []
         else:
             found = await source.layout.referrers(subject)
         for descriptor in found:
@@ -152,6 +152,26 @@ class Copier:
             body, media_type, _ = await self._source_manifest(str(digest))
             self.result.referrers += 1
             await self._copy_tree(body, media_type, digest, None, "referrer")
+
+    async def _index_referrer(
+        self, target: RegistryImage, body: bytes, media_type: str, digest: Digest
+    ) -> None:
+        """A registry without the referrers API learns of a referrer through the tag schema."""
+        data = json.loads(body)
+        subject = (data.get("subject") or {}).get("digest")
+        if not isinstance(subject, str):
+            return
+        descriptor: dict[str, Any] = {
+            "mediaType": media_type,
+            "digest": str(digest),
+            "size": len(body),
+        }
+        kind = data.get("artifactType") or (data.get("config") or {}).get("mediaType")
+        if kind:
+            descriptor["artifactType"] = kind
+        if isinstance(data.get("annotations"), dict):
+            descriptor["annotations"] = data["annotations"]
+        await target.client.update_referrers_tag(target.name, subject, descriptor)
 
     @staticmethod
     def _defer(coro: Any) -> Deferred[Any]:
@@ -188,6 +208,8 @@ class Copier:
                     self._event("skipped", str(digest), len(body), what)
                     return
             await target.client.put_manifest(target.name, tag or str(digest), body, media_type)
+            if what == "referrer":
+                await self._index_referrer(target, body, media_type, digest)
         else:
             await target.layout.write_bytes(body, digest)
             descriptor: dict[str, Any] = {
