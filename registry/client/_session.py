@@ -470,6 +470,9 @@ class Session:
             errors = error_codes(body)
         else:
             await self.discard(response)
+            # A HEAD answer has no body to name the code; these two statuses say it anyway.
+            implied = {401: "UNAUTHORIZED", 403: "DENIED"}.get(status)
+            errors = ((implied, "(HEAD: no body)"),) if implied else ()
         code, message = errors[0] if errors else (None, "")
         reason = f"{what}: {code or status} {message}".strip()
         self.errors += 1

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from registry.api.digests import Digest
 from registry.client._client import (
@@ -123,15 +123,10 @@ class Copier:
         data = json.loads(body)
         if media_type in INDEX_TYPES:
             children = [d for d in data.get("manifests") or [] if isinstance(d, dict)]
-            await gatherResults(
-                [self._defer(self._copy_child(child)) for child in children], consumeErrors=True
-            )
+            await _all([self._copy_child(child) for child in children])
             what = "index" if what == "manifest" else what
         else:
-            await gatherResults(
-                [self._defer(self._copy_blob(d)) for d in _blob_descriptors(data)],
-                consumeErrors=True,
-            )
+            await _all([self._copy_blob(d) for d in _blob_descriptors(data)])
         await self._put_manifest(body, media_type, digest, tag, what, top)
         if self.referrers:
             await self._copy_referrers(digest)
@@ -277,6 +272,17 @@ class Copier:
 
     def _event(self, kind: str, digest: str, size: int, what: str) -> None:
         self._on_event(CopyEvent(kind, digest, size, what))
+
+
+async def _all(coroutines: list[Any]) -> None:
+    """Run concurrently; the first failure is raised as itself (not wrapped in FirstError),
+    once every one has finished (nothing is left running behind the caller's back)."""
+    results = await DeferredList(
+        [Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True
+    )
+    for ok, value in results:
+        if not ok:
+            value.raiseException()
 
 
 def _blob_descriptors(manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
 
+import bcrypt
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
@@ -28,16 +30,24 @@ from tests.e2e.tools import Registry2Process
 NO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
 
-async def txregistry(*args: str) -> tuple[int, str, str]:
-    """Run ``txregistry ARGS`` (this checkout) in a thread so the reactor keeps serving."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+async def txregistry(*args: str, stderr: int | None = None) -> tuple[int, str, str]:
+    """Run ``txregistry ARGS`` (this checkout) in a thread so the reactor keeps serving;
+    ``stderr`` a file descriptor to give it instead of a pipe (a terminal)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DOCKER_CONFIG": "/nonexistent"}
 
     def call() -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "registry.cli", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        return subprocess.run(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if stderr is None else stderr,
+            text=True,
+            timeout=300,
+            env=env,
+        )
 
     result = await deferToThread(call)
-    return result.returncode, result.stdout, result.stderr
+    return result.returncode, result.stdout, result.stderr or ""
 
 
 async def push_referrers(client: object, name: str, subject: bytes) -> list[bytes]:
@@ -188,3 +198,46 @@ async def test_same_registry_mounts_and_exit_codes(
     ):
         code, _, err = await txregistry(*args)
         assert code == 2, (args, err)
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_and_progress_on_a_terminal(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``--dest-creds`` and ``--authfile`` reach a registry with Basic auth (without them:
+    exit 1 naming UNAUTHORIZED); on a terminal the progress is one line rewritten in place."""
+    lines = [f"alice:{bcrypt.hashpw(b'alice-pw', bcrypt.gensalt(rounds=4)).decode()}"]
+    (tmp_path / "htpasswd").write_text("\n".join(lines) + "\n")
+    locked = await start_registry(
+        {"auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "test"}}
+    )
+    open_registry = await start_registry()
+    await push_multi(make_client(open_registry.url), "app/web", "v1")
+    source = f"docker://{open_registry.url.removeprefix('http://')}/app/web:v1"
+    host = locked.url.removeprefix("http://")
+    code, _, err = await txregistry("copy", *NO_TLS, source, f"docker://{host}/a:v1")
+    assert code == 1 and "UNAUTHORIZED" in err
+    code, out, err = await txregistry(
+        "copy", *NO_TLS, "--dest-creds", "alice:alice-pw", source, f"docker://{host}/a:v1"
+    )
+    assert code == 0, err
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {host: {"auth": "YWxpY2U6YWxpY2UtcHc="}}}))
+    terminal, other_end = pty.openpty()
+    try:
+        code, out, _ = await txregistry(
+            "copy",
+            *NO_TLS,
+            "--authfile",
+            str(authfile),
+            source,
+            f"docker://{host}/b:v1",
+            stderr=other_end,
+        )
+        shown = os.read(terminal, 65536).decode()
+    finally:
+        os.close(terminal)
+        os.close(other_end)
+    assert code == 0 and "4 already there" not in out
+    assert shown.count("\rcopying: ") == 4 + 3  # 4 blobs, 3 manifests: one rewrite each
+    assert shown.count("\n") == 1  # the line ends once, at the end
