@@ -127,13 +127,8 @@ def _tls(cert_dir: str | None, verify: bool) -> TLSOptions:
     folder = Path(cert_dir)
     cas = sorted(folder.glob("*.crt"))
     certs, keys = sorted(folder.glob("*.cert")), sorted(folder.glob("*.key"))
-    ca_file = None
-    if cas:
-        bundle = folder / ".txregistry-ca-bundle.pem"
-        bundle.write_bytes(b"\n".join(p.read_bytes() for p in cas))
-        ca_file = bundle
     return TLSOptions(
-        ca_file=ca_file,
+        ca_file=tuple(cas) if cas else None,
         cert_file=certs[0] if certs else None,
         key_file=keys[0] if keys else None,
         verify=verify,

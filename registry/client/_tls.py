@@ -1,9 +1,9 @@
 """
 TLS settings for one registry: which authorities to trust, a client certificate, or none of it.
 
-``ca_file`` replaces the platform's trust store (a private registry's CA is the one that should
-vouch for it); ``cert_file``/``key_file`` present a client certificate (mutual TLS);
-``verify=False`` accepts any certificate (skopeo's ``--tls-verify=false``; for test setups).
+``ca_file`` (one PEM bundle, or a tuple of them) replaces the platform's trust store (a
+private registry's CA is the one that should vouch for it); ``cert_file``/``key_file``
+present a client certificate (mutual TLS); ``verify=False`` accepts any certificate (skopeo's ``--tls-verify=false``; for test setups).
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ from zope.interface import implementer
 _CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-def load_trust_root(ca_bundle: str | Path) -> Any:
-    """Every certificate of a PEM bundle as the only trusted roots."""
-    pems = _CERT_RE.findall(Path(ca_bundle).read_bytes())
+CAFiles = str | Path | tuple[str | Path, ...]
+
+
+def load_trust_root(ca_bundle: CAFiles) -> Any:
+    """Every certificate of a PEM bundle (or of several) as the only trusted roots."""
+    files = ca_bundle if isinstance(ca_bundle, tuple) else (ca_bundle,)
+    pems = [pem for path in files for pem in _CERT_RE.findall(Path(path).read_bytes())]
     if not pems:
         raise ValueError(f"no PEM certificate in {ca_bundle}")
     certificates = [ssl.Certificate.loadPEM(pem) for pem in pems]
@@ -34,7 +38,7 @@ def load_trust_root(ca_bundle: str | Path) -> Any:
 class TLSOptions:
     """How to talk TLS to a registry (unused for ``http://`` URLs)."""
 
-    ca_file: str | Path | None = None
+    ca_file: CAFiles | None = None
     cert_file: str | Path | None = None
     key_file: str | Path | None = None
     verify: bool = True

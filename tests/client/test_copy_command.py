@@ -18,7 +18,9 @@ import bcrypt
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from registry.client import TLSOptions
 from registry.client.layout import REF_NAME
+from tests.auth import pki
 from tests.client import images
 from tests.client.conftest import ClientFactory
 from tests.client.test_layout import push_multi
@@ -241,3 +243,41 @@ async def test_credentials_and_progress_on_a_terminal(
     assert code == 0 and "4 already there" not in out
     assert shown.count("\rcopying: ") == 4 + 3  # 4 blobs, 3 manifests: one rewrite each
     assert shown.count("\n") == 1  # the line ends once, at the end
+
+
+@pytest_twisted.ensureDeferred
+async def test_cert_dir_with_a_client_certificate(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``--src-cert-dir`` as skopeo reads it: ``*.crt`` CAs, ``*.cert`` + ``*.key``."""
+    ca_key, key, client_key = pki.new_key("ec"), pki.new_key("ec"), pki.new_key("ec")
+    ca = pki.certificate("test CA", ca_key, ca=True)
+    server = pki.certificate("127.0.0.1", key, (ca_key, ca), server=True)
+    mine = pki.certificate("alice", client_key, (ca_key, ca), client=True)
+    certs = tmp_path / "certs.d"
+    certs.mkdir()
+    ca_file = pki.write(certs / "ca.crt", pki.pem_cert(ca))
+    pki.write(certs / "client.cert", pki.pem_cert(mine))
+    pki.write(certs / "client.key", pki.pem_key(client_key))
+    cert = pki.write(tmp_path / "server.pem", pki.pem_cert(server))
+    server_key = pki.write(tmp_path / "server.key", pki.pem_key(key))
+    registry = await start_registry(
+        {"http": {"clientcas": ca_file, "clientauth": "required"}},
+        listen=f"ssl:{{port}}:interface=127.0.0.1:privateKey={server_key}:certKey={cert}",
+    )
+    client = make_client(
+        registry.url,
+        tls=TLSOptions(
+            ca_file=ca_file, cert_file=certs / "client.cert", key_file=certs / "client.key"
+        ),
+    )
+    index, _ = await push_multi(client, "tls/app", "v1")
+    source = f"docker://{registry.url.removeprefix('https://')}/tls/app:v1"
+    code, out, err = await txregistry(
+        "copy", "--src-cert-dir", str(certs), source, f"oci:{tmp_path}/out:v1"
+    )
+    assert code == 0, err
+    assert f"copied {images.digest(index)}" in out
+    assert sorted(p.name for p in certs.iterdir()) == ["ca.crt", "client.cert", "client.key"]
+    code, _, err = await txregistry("copy", source, f"oci:{tmp_path}/out2:v1")
+    assert code == 1 and "certificate" in err.lower()
