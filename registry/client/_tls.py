@@ -3,7 +3,8 @@ TLS settings for one registry: which authorities to trust, a client certificate,
 
 ``ca_file`` (one PEM bundle, or a tuple of them) replaces the platform's trust store (a
 private registry's CA is the one that should vouch for it); ``cert_file``/``key_file``
-present a client certificate (mutual TLS); ``verify=False`` accepts any certificate (skopeo's ``--tls-verify=false``; for test setups).
+present a client certificate (mutual TLS); ``verify=False`` accepts any certificate
+(skopeo's ``--tls-verify=false``; for test setups).
 """
 
 from __future__ import annotations
