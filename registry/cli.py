@@ -5,6 +5,7 @@
     txregistry catalog-rebuild --config tap.cfg
     txregistry reindex-referrers --config tap.cfg
     txregistry purge-uploads --config tap.cfg [--age 168h]
+    txregistry copy SRC DST   (registry.copy_command: images between registries and layouts)
 
 Each reads the same ``tap.cfg`` (and ``REGISTRY_*`` variables) as ``twistd registry``, so it
 works on whatever storage the registry serves, and may run while it serves.  Progress goes to
@@ -33,6 +34,7 @@ from twisted.logger import (
 from twisted.python.threadpool import ThreadPool
 from zope.interface import provider
 
+from registry import copy_command
 from registry.config import Config, ConfigError, load, parse_duration
 from registry.ops import gcstatus
 from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, GCStats, describe_error
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="upload age to purge (default: [uploads] purge_age, 168h)",
     )
+    copy_command.add_parser(commands)
     return parser
 
 
@@ -413,6 +416,8 @@ def _log_observer(err: IO[str], verbose: bool) -> ILogObserver:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
+    if args.command == "copy":
+        copy_command.main(args)
     globalLogBeginner.beginLoggingTo(
         [_log_observer(sys.stderr, args.verbose)], redirectStandardIO=False
     )

@@ -41,10 +41,10 @@ from registry.api.errors import (
     ErrorCode,
     RegistryError,
 )
+from registry.client._bounded import BoundedMap
+from registry.client._inflight import Inflight, Overloaded
 from registry.manifests import stored_media_type
 from registry.manifests.references import manifest_refs
-from registry.proxy._bounded import BoundedMap
-from registry.proxy._inflight import Inflight, Overloaded
 from registry.proxy.config import ProxyConfig
 from registry.proxy.errors import (
     UpstreamError,

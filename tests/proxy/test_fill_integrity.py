@@ -8,7 +8,7 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import DeferredList, ensureDeferred
 
-from registry.proxy.body import abort_transport
+from registry.client._body import abort_transport
 from tests.e2e.client import sha256
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied

@@ -10,7 +10,7 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.task import Clock
 
 from registry.api.digests import Digest
-from registry.proxy._bounded import BoundedMap
+from registry.client._bounded import BoundedMap
 from registry.proxy.errors import UpstreamNotFound, UpstreamUnauthorized, UpstreamUnavailable
 from registry.proxy.upstream import UpstreamClient
 from tests.fakes.content import Image

@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
-from registry.proxy.body import BodyRelay
+from registry.client._body import BodyRelay
 from registry.proxy.errors import UpstreamError
 from registry.proxy.fill import Fill, TailProducer
 

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-from registry.proxy._bounded import BoundedMap
-from registry.proxy._inflight import Inflight
+from registry.client._bounded import BoundedMap
+from registry.client._inflight import Inflight
 
 MIN_EXPIRES_IN = 60
 DEFAULT_EXPIRES_IN = 60

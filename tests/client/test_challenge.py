@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registry.proxy.challenge import parse_challenges, pick_challenge
-from registry.proxy.tokens import clamp_expires_in
+from registry.client._challenge import parse_challenges, pick_challenge
+from registry.client._tokens import clamp_expires_in
 
 
 def test_docker_hub_challenge() -> None:

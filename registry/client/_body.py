@@ -22,8 +22,8 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from registry.api.digests import Digest, DigestingHasher
+from registry.client.errors import BadResponse, ClientError, Unavailable
 from registry.http import twisted_internals
-from registry.proxy.errors import UpstreamBadResponse, UpstreamError, UpstreamUnavailable
 
 _CLEAN_END = (ResponseDone, PotentialDataLoss)
 
@@ -55,14 +55,14 @@ def abort_transport(transport: object) -> None:
 
 
 class Collector(Protocol):
-    """Collect a whole (small) body; more than ``limit`` bytes fails with UpstreamBadResponse."""
+    """Collect a whole (small) body; more than ``limit`` bytes fails with BadResponse."""
 
     def __init__(self, limit: int, what: str) -> None:
         self._limit = limit
         self._what = what
         self._parts: list[bytes] = []
         self._size = 0
-        self._error: UpstreamError | None = None
+        self._error: ClientError | None = None
         self.done: Deferred[bytes] = Deferred(lambda _: self._abort())
 
     def _abort(self) -> None:
@@ -74,7 +74,7 @@ class Collector(Protocol):
             return
         self._size += len(data)
         if self._size > self._limit:
-            self._error = UpstreamBadResponse(None, f"{self._what} larger than {self._limit} bytes")
+            self._error = BadResponse(None, f"{self._what} larger than {self._limit} bytes")
             self._abort()
             return
         self._parts.append(data)
@@ -88,7 +88,7 @@ class Collector(Protocol):
             self.done.callback(b"".join(self._parts))
         else:
             self.done.errback(
-                UpstreamUnavailable(
+                Unavailable(
                     None, f"connection lost reading {self._what}: {reason.getErrorMessage()}"
                 )
             )
@@ -108,11 +108,11 @@ class _BodyControl:
         self._relay.resume()
 
     def stopProducing(self) -> None:
-        self._relay.abort(UpstreamUnavailable(None, "body stopped by its consumer"))
+        self._relay.abort(Unavailable(None, "body stopped by its consumer"))
 
 
 class BodyRelay(Protocol):
-    """Relays a blob body to ``inner`` and ends it with ResponseDone or an UpstreamError.
+    """Relays a blob body to ``inner`` and ends it with ResponseDone or an ClientError.
 
     ``inner.connectionLost`` gets ``Failure(ResponseDone())`` only when the body was complete
     (the ``Content-Length`` when known) and, with ``verify``, hashed to ``digest``.
@@ -140,7 +140,7 @@ class BodyRelay(Protocol):
         self._on_error = on_error
         self._timer: IDelayedCall | None = None
         self._paused = False
-        self._error: UpstreamError | None = None
+        self._error: ClientError | None = None
         self._finished = False
         self.received = 0
 
@@ -156,7 +156,7 @@ class BodyRelay(Protocol):
         self.received += len(data)
         self._on_bytes(len(data))
         if self._length is not None and self.received > self._length:
-            self.abort(UpstreamBadResponse(None, f"body longer than {self._length} bytes"))
+            self.abort(BadResponse(None, f"body longer than {self._length} bytes"))
             return
         if self._hasher is not None:
             self._hasher.update(data)
@@ -169,16 +169,16 @@ class BodyRelay(Protocol):
         error = self._error
         if error is None:
             if not _ended_cleanly(reason):
-                error = UpstreamUnavailable(
+                error = Unavailable(
                     None,
                     f"connection lost after {self.received} bytes: {reason.getErrorMessage()}",
                 )
             elif self._length is not None and self.received != self._length:
-                error = UpstreamUnavailable(
+                error = Unavailable(
                     None, f"body ended after {self.received} of {self._length} bytes"
                 )
             elif self._hasher is not None and self._hasher.digest() != self._digest:
-                error = UpstreamBadResponse(
+                error = BadResponse(
                     None, f"body hashes to {self._hasher.digest()}, not {self._digest}"
                 )
         if error is not None:
@@ -201,7 +201,7 @@ class BodyRelay(Protocol):
             self._arm()
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
-    def abort(self, error: UpstreamError) -> None:
+    def abort(self, error: ClientError) -> None:
         if self._finished or self._error is not None:
             return
         self._error = error
@@ -227,7 +227,7 @@ class BodyRelay(Protocol):
     def _stalled(self) -> None:
         self._timer = None
         self.abort(
-            UpstreamUnavailable(
+            Unavailable(
                 None, f"body stalled: nothing for {self._idle_timeout}s after {self.received} bytes"
             )
         )

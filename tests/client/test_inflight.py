@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import Clock
 
-from registry.proxy._inflight import Inflight
-from registry.proxy.tokens import TokenCache
+from registry.client._inflight import Inflight
+from registry.client._tokens import TokenCache
 
 
 def test_one_call_many_waiters_and_a_cancelled_one() -> None:

@@ -1,0 +1,1012 @@
+"""
+`RegistryClient`: the Distribution API of one registry, as async methods.
+
+Every call goes through a `Session` (auth, redirects, timeouts, retries).  Manifests are small
+and come back whole, bytes exactly as served; blobs are streamed (`BlobStream`) and uploaded
+from files or from another registry's blob stream in constant memory, hashed as they pass.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Literal
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import attrs
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.web.client import FileBodyProducer, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from registry.api import mediatypes
+from registry.api.digests import Digest, digest_of
+from registry.api.errors import RegistryError
+from registry.client._body import BodyRelay, Collector, ConsumerWriter
+from registry.client._session import BodyFactory, RateLimitStatus, Session, header
+from registry.client._streams import FileSink, FileSource, PipeSource, in_thread, new_hash
+from registry.client._tls import TLSOptions
+from registry.client._tokens import MAX_TOKENS
+from registry.client.auth import Credentials
+from registry.client.errors import BadResponse, ClientError, NotFound, Unavailable
+
+# The media types come from registry.api.mediatypes, the one list the registry serves and
+# stores; the default Accept leaves schema1 out (a caller may ask for it with ``accept=``).
+OCI_MANIFEST = mediatypes.OCI_IMAGE_MANIFEST
+OCI_INDEX = mediatypes.OCI_IMAGE_INDEX
+DOCKER_MANIFEST = mediatypes.DOCKER_MANIFEST_V2
+DOCKER_MANIFEST_LIST = mediatypes.DOCKER_MANIFEST_LIST
+DOCKER_SCHEMA1_SIGNED = mediatypes.DOCKER_SCHEMA1_SIGNED
+DOCKER_SCHEMA1 = mediatypes.DOCKER_SCHEMA1
+MANIFEST_MEDIA_TYPES: tuple[str, ...] = mediatypes.MANIFEST_ACCEPT
+MANIFEST_ACCEPT = mediatypes.MANIFEST_ACCEPT_HEADER
+
+DOCKER_HUB_HOSTS = frozenset(
+    {"registry-1.docker.io", "docker.io", "index.docker.io", "registry.hub.docker.com"}
+)
+DEFAULT_MAX_MANIFEST_SIZE = 4 * 1024 * 1024 + 65536
+_LIST_BODY = 8 * 1024 * 1024  # a tag list or catalog page
+_SMALL = 64 * 1024
+
+Method = Literal["GET", "HEAD"]
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def _content_length(headers: Headers) -> int | None:
+    """``Content-Length`` of a HEAD answer (twisted keeps it among the headers only for HEAD;
+    for a body it becomes ``response.length``)."""
+    value = header(headers, "content-length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+def _content_range_start(value: str | None) -> int:
+    match = re.match(r"\s*bytes\s+(\d+)-", value or "")
+    return int(match.group(1)) if match else -1
+
+
+def _as_digest(value: Digest | str) -> Digest:
+    return value if isinstance(value, Digest) else Digest.parse(value)
+
+
+def _next_last(link: str | None) -> str | None:
+    """The ``last`` parameter of a ``Link: <...>; rel="next"`` header, or None."""
+    if not link or 'rel="next"' not in link:
+        return None
+    match = re.search(r"<([^>]*)>", link)
+    if match is None:
+        return None
+    from urllib.parse import parse_qs
+
+    values = parse_qs(urlsplit(match.group(1)).query).get("last")
+    return values[0] if values else None
+
+
+@attrs.frozen
+class Manifest:
+    """A manifest as the registry serves it: ``body`` is the exact bytes (None for a HEAD);
+    ``size`` may be None for a HEAD without ``Content-Length``."""
+
+    digest: Digest
+    media_type: str
+    size: int | None
+    body: bytes | None
+    headers: Headers
+
+    def json(self) -> dict[str, Any]:
+        """The body parsed (a BadResponse when it is not a JSON object)."""
+        try:
+            data = json.loads(self.body or b"")
+        except ValueError:
+            raise BadResponse(None, "manifest is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadResponse(None, "manifest is not a JSON object")
+        return data
+
+
+@attrs.frozen
+class Page:
+    """One page of a list (tags, repositories) and the ``last`` to ask for the next one
+    (None: this was the last page)."""
+
+    items: list[str]
+    next_last: str | None
+
+    @property
+    def has_next(self) -> bool:
+        return self.next_last is not None
+
+
+@attrs.define
+class Upload:
+    """An open upload session: its absolute ``location`` and the bytes the registry holds.
+    Save ``location`` to resume after a restart (`RegistryClient.resume_upload`)."""
+
+    name: str
+    location: str
+    offset: int = 0
+
+
+class BlobStream:
+    """An open blob response whose body has not been read yet.
+
+    Read it exactly once: `deliver` (a protocol, Twisted style), `write_to` (an IConsumer) or
+    `read` (small blobs).  Or `abort` it.  The body ends in the protocol's ``connectionLost``
+    with ``ResponseDone`` only when it is complete and (with ``verify``) hashes to ``digest``;
+    otherwise with a `ClientError`.  A caller that keeps an unread blob leaks a connection.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        response: IResponse,
+        digest: Digest,
+        length: int | None,
+        offset: int = 0,
+    ) -> None:
+        self._session = session
+        self._response = response
+        self.digest = digest
+        self.length = length  # bytes in this response (None: unknown)
+        self.offset = offset  # where in the blob this body starts
+        self.headers: Headers = response.headers
+        self._relay: BodyRelay | None = None
+
+    @property
+    def received(self) -> int:
+        return self._relay.received if self._relay is not None else 0
+
+    def deliver(self, protocol: Protocol, *, verify: bool = True) -> None:
+        """Stream the body into ``protocol``.
+
+        ``protocol.transport`` is an `IPushProducer`: pause it to apply back-pressure to the
+        socket (the idle timeout does not run while paused), stop it to abort.  Set
+        ``verify=False`` when the consumer hashes anyway.  A partial body (``offset`` > 0 or a
+        bounded range) is never verified here.
+        """
+        if self._relay is not None:
+            raise RuntimeError("a blob body can be read only once")
+        session = self._session
+
+        def count_bytes(n: int) -> None:
+            session.bytes_received += n
+
+        def count_error() -> None:
+            session.errors += 1
+
+        self._relay = BodyRelay(
+            protocol,
+            reactor=session.reactor,
+            digest=self.digest,
+            length=self.length,
+            verify=verify and self.offset == 0,
+            idle_timeout=session.timeout,
+            on_bytes=count_bytes,
+            on_error=count_error,
+        )
+        self._response.deliverBody(self._relay)
+
+    async def write_to(self, consumer: IConsumer, *, verify: bool = True) -> int:
+        """Stream the body into ``consumer`` (registered as a push producer on it) and return
+        the byte count.  Cancelling the awaiting coroutine aborts the connection."""
+        writer = ConsumerWriter(consumer, self.abort)
+        self.deliver(writer, verify=verify)
+        return await writer.done
+
+    async def read(
+        self, max_size: int = DEFAULT_MAX_MANIFEST_SIZE, *, verify: bool = True
+    ) -> bytes:
+        """The whole body, for small blobs such as image configs."""
+        if self.length is not None and self.length > max_size:
+            self.abort()
+            raise BadResponse(None, f"blob of {self.length} bytes over {max_size}")
+        collector = Collector(max_size, "blob")
+        self.deliver(collector, verify=verify)
+        return await collector.done
+
+    def abort(self) -> None:
+        """Drop the connection now (the body, read or not, is abandoned)."""
+        if self._relay is None:
+            self.deliver(Protocol(), verify=False)
+        assert self._relay is not None
+        self._relay.abort(Unavailable(None, "aborted by the caller"))
+
+
+class RegistryClient:
+    """A client for one registry (``url``: ``https://host[:port]`` or ``http://...``).
+
+    ``credentials`` (or ``username``/``password``) answer a Basic challenge or buy Bearer
+    tokens from the realm the registry's own ``/v2/`` announces; nothing is sent elsewhere.
+    ``timeout`` bounds connect-to-first-byte of every exchange and the silence allowed inside a
+    body.  Idempotent calls are retried ``retries`` times on 5xx, 429 and lost connections,
+    ``backoff`` seconds doubled each time.  ``clock`` measures token lifetimes (inject a
+    `Clock` in tests).  ``docker_hub_library`` maps one-component names to ``library/<name>``;
+    by default only when the host is Docker Hub.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        *,
+        credentials: Credentials | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TLSOptions | None = None,
+        ca_bundle: str | Path | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        pool: HTTPConnectionPool | None = None,
+        clock: IReactorTime | None = None,
+        docker_hub_library: bool | None = None,
+        max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE,
+        user_agent: str = "txregistry",
+        max_tokens: int = MAX_TOKENS,
+    ) -> None:
+        if credentials is None and username:
+            credentials = Credentials(username, password or "")
+        if tls is None:
+            tls = TLSOptions(ca_file=ca_bundle)
+        self.session = Session(
+            reactor,
+            url,
+            credentials=credentials,
+            tls=tls,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            pool=pool,
+            clock=clock,
+            user_agent=user_agent,
+            max_tokens=max_tokens,
+        )
+        self.reactor = reactor
+        self.url = self.session.url
+        self.origin = self.session.origin
+        self.max_manifest_size = max_manifest_size
+        if docker_hub_library is None:
+            docker_hub_library = self.origin[1] in DOCKER_HUB_HOSTS
+        self.docker_hub_library = docker_hub_library
+
+    # -- observations (metrics and tests)
+
+    @property
+    def timeout(self) -> float:
+        return self.session.timeout
+
+    @property
+    def pool(self) -> HTTPConnectionPool:
+        return self.session.pool
+
+    @property
+    def tokens(self) -> Any:
+        return self.session.tokens
+
+    @property
+    def requests(self) -> int:
+        return self.session.requests
+
+    @property
+    def token_requests(self) -> int:
+        return self.session.token_requests
+
+    @property
+    def bytes_received(self) -> int:
+        return self.session.bytes_received
+
+    @property
+    def errors(self) -> int:
+        return self.session.errors
+
+    @property
+    def rate_limit(self) -> RateLimitStatus | None:
+        return self.session.rate_limit
+
+    def upstream_name(self, name: str) -> str:
+        """The repository name on the registry (``alpine`` → ``library/alpine`` on Docker Hub)."""
+        if self.docker_hub_library and "/" not in name:
+            return f"library/{name}"
+        return name
+
+    def _pull(self, name: str) -> list[str]:
+        return [f"repository:{name}:pull"]
+
+    def _push(self, name: str) -> list[str]:
+        return [f"repository:{name}:pull,push"]
+
+    # -- base
+
+    async def ping(self) -> int:
+        """``GET /v2/`` without credentials (readiness checks): the status, 401 being the
+        usual healthy answer for a registry with auth.  `ClientError` when it does not answer."""
+        response, _ = await self.session.exchange("GET", self.url + "/v2/", {}, None)
+        await self.session.discard(response)
+        return int(response.code)
+
+    async def check(self) -> None:
+        """``GET /v2/`` with credentials: returns when the registry accepts them."""
+        await self.session.ensure_challenge()
+        response = await self.session.call("GET", "/v2/", scopes=[], what="/v2/")
+        await self.session.discard(response)
+
+    async def close(self) -> None:
+        """Close idle pooled connections (only when the pool is the client's own)."""
+        await self.session.close()
+
+    # -- lists
+
+    async def catalog(self, n: int | None = None, last: str | None = None) -> Page:
+        """One page of ``/v2/_catalog``."""
+        return await self._page("/v2/_catalog", "repositories", ["registry:catalog:*"], n, last)
+
+    async def list_tags(self, name: str, n: int | None = None, last: str | None = None) -> Page:
+        """One page of the repository's tags (``n`` and ``last`` as the spec has them)."""
+        upstream = self.upstream_name(name)
+        return await self._page(f"/v2/{upstream}/tags/list", "tags", self._pull(upstream), n, last)
+
+    async def all_tags(self, name: str, page_size: int | None = None) -> AsyncIterator[str]:
+        """Every tag, following ``Link`` pages."""
+        last = None
+        while True:
+            page = await self.list_tags(name, page_size, last)
+            for tag in page.items:
+                yield tag
+            if page.next_last is None or page.next_last == last:
+                return
+            last = page.next_last
+
+    async def all_repositories(self, page_size: int | None = None) -> AsyncIterator[str]:
+        """Every repository of the catalog, following ``Link`` pages."""
+        last = None
+        while True:
+            page = await self.catalog(page_size, last)
+            for name in page.items:
+                yield name
+            if page.next_last is None or page.next_last == last:
+                return
+            last = page.next_last
+
+    async def tags(
+        self, name: str, n: int | None = None, last: str | None = None
+    ) -> tuple[list[str], bool]:
+        """One page of tags and whether a next page was announced (the proxy's shape)."""
+        page = await self.list_tags(name, n, last)
+        return page.items, page.has_next
+
+    async def _page(
+        self, path: str, key: str, scopes: list[str], n: int | None, last: str | None
+    ) -> Page:
+        query = urlencode(
+            {k: v for k, v in (("n", None if n is None else str(n)), ("last", last)) if v}
+        )
+        response = await self.session.call(
+            "GET",
+            path + (f"?{query}" if query else ""),
+            scopes=scopes,
+            headers={"Accept": "application/json"},
+            what=path,
+        )
+        data = self._json_object(await self.session.collect(response, _LIST_BODY, key), key)
+        items = data.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+            raise self.session.bad(f"{path} without a list of {key}")
+        link = header(response.headers, "link")
+        following = _next_last(link)
+        if following is None and link and 'rel="next"' in link and items:
+            following = items[-1]
+        return Page(items, following)
+
+    # -- manifests
+
+    async def manifest(
+        self,
+        name: str,
+        reference: str,
+        method: Method = "GET",
+        accept: Sequence[str] = MANIFEST_MEDIA_TYPES,
+    ) -> Manifest:
+        """Fetch (GET) or check (HEAD: not counted by Docker Hub's rate limit) a manifest by
+        tag or digest.  A GET body is checked against ``Docker-Content-Digest`` and against
+        ``reference`` when that is a digest."""
+        upstream = self.upstream_name(name)
+        wanted = Digest.parse(reference) if Digest.is_digest(reference) else None
+        session = self.session
+        response = await session.call(
+            method,
+            f"/v2/{upstream}/manifests/{reference}",
+            scopes=self._pull(upstream),
+            headers={"Accept": ", ".join(accept)},
+            what=f"manifest {upstream}:{reference}",
+        )
+        announced = self._announced_digest(response)
+        media_type = _media_type(header(response.headers, "content-type"))
+        if method == "HEAD":
+            await session.discard(response)
+            if announced is not None and wanted is not None and announced != wanted:
+                raise session.bad(f"HEAD {reference} answered for {announced}")
+            digest = announced or wanted
+            if digest is None:
+                raise session.bad(f"HEAD manifest {upstream}:{reference} without a digest")
+            return Manifest(
+                digest, media_type, _content_length(response.headers), None, response.headers
+            )
+        body = await session.collect(response, self.max_manifest_size, "manifest")
+        session.bytes_received += len(body)
+        for expected in (announced, wanted):
+            if expected is not None:
+                actual = digest_of(body, expected.algorithm)
+                if actual != expected:
+                    raise session.bad(f"manifest {upstream}:{reference} hashes to {actual}")
+        digest = announced or wanted or digest_of(body)
+        if media_type in ("", "application/json", "text/plain", "application/octet-stream"):
+            media_type = _sniff_media_type(body) or media_type
+        return Manifest(digest, media_type, len(body), body, response.headers)
+
+    async def get_manifest(
+        self, name: str, reference: str, accept: Sequence[str] = MANIFEST_MEDIA_TYPES
+    ) -> Manifest:
+        """GET a manifest by tag or digest: the exact bytes, digest-checked."""
+        return await self.manifest(name, reference, "GET", accept)
+
+    async def head_manifest(self, name: str, reference: str) -> Manifest | None:
+        """HEAD a manifest: its digest, media type and size, or None when it is not there."""
+        try:
+            return await self.manifest(name, reference, "HEAD")
+        except NotFound:
+            return None
+
+    async def put_manifest(
+        self,
+        name: str,
+        reference: str,
+        body: bytes,
+        media_type: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> Digest:
+        """PUT ``body`` (unchanged) under a tag or its digest; returns the digest the registry
+        announced, checked against the bytes.  ``media_type`` defaults to the body's
+        ``mediaType``; ``tags`` adds ``?tag=`` parameters (a PUT by digest)."""
+        upstream = self.upstream_name(name)
+        media_type = media_type or _sniff_media_type(body)
+        if not media_type:
+            raise ValueError("the manifest has no mediaType; pass media_type")
+        query = ("?" + urlencode([("tag", t) for t in tags])) if tags else ""
+        response = await self.session.call(
+            "PUT",
+            f"/v2/{upstream}/manifests/{reference}{query}",
+            scopes=self._push(upstream),
+            headers={"Content-Type": media_type},
+            body=_bytes_body(body),
+            ok=(201, 200),
+            what=f"manifest PUT {upstream}:{reference}",
+        )
+        await self.session.discard(response)
+        algorithm = Digest.parse(reference).algorithm if Digest.is_digest(reference) else "sha256"
+        mine = digest_of(body, algorithm)
+        announced = self._announced_digest(response)
+        if announced is not None and announced.algorithm == algorithm and announced != mine:
+            raise self.session.bad(f"manifest PUT answered {announced}, body hashes to {mine}")
+        return mine
+
+    async def delete_manifest(self, name: str, digest: Digest | str) -> None:
+        """DELETE a manifest by digest (or a tag, where the registry allows it)."""
+        upstream = self.upstream_name(name)
+        response = await self.session.call(
+            "DELETE",
+            f"/v2/{upstream}/manifests/{digest}",
+            scopes=[f"repository:{upstream}:delete"],
+            ok=(202, 200),
+            what=f"manifest DELETE {upstream}@{digest}",
+        )
+        await self.session.discard(response)
+
+    async def referrers(
+        self,
+        name: str,
+        subject: Digest | str,
+        artifact_type: str | None = None,
+        *,
+        tag_schema: bool = False,
+    ) -> list[dict[str, Any]] | None:
+        """The descriptors the referrers API lists for ``subject`` (filtered by
+        ``artifact_type``, here too when the registry did not filter), or None when the
+        registry has no referrers API (a 404).  With ``tag_schema``, a registry without the
+        API is asked for the spec's fallback tag (``sha256-<hex>``) instead, and the answer
+        is a list (empty when neither exists)."""
+        found = await self._referrers_api(name, subject, artifact_type)
+        if found is not None or not tag_schema:
+            return found
+        try:
+            index = await self.get_manifest(name, _referrers_tag(subject), [OCI_INDEX])
+        except NotFound:
+            return []
+        listed = index_descriptors(index.json())
+        if artifact_type:
+            listed = [d for d in listed if d.get("artifactType") == artifact_type]
+        return listed
+
+    async def update_referrers_tag(
+        self, name: str, subject: Digest | str, descriptor: Mapping[str, Any]
+    ) -> bool:
+        """After pushing a manifest whose ``subject`` is ``subject``: on a registry without
+        the referrers API (registry:2), add its ``descriptor`` to the fallback tag's index
+        (``sha256-<hex>``), as the distribution-spec asks clients to.  False when the
+        registry has the API (nothing to do) or already lists it."""
+        if await self._referrers_api(name, subject, None) is not None:
+            return False
+        tag = _referrers_tag(subject)
+        try:
+            current = (await self.get_manifest(name, tag, [OCI_INDEX])).json()
+        except NotFound:
+            current = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        entries = [e for e in current.get("manifests") or [] if isinstance(e, dict)]
+        if any(e.get("digest") == descriptor.get("digest") for e in entries):
+            return False
+        current["manifests"] = [*entries, dict(descriptor)]
+        await self.put_manifest(name, tag, json.dumps(current).encode(), OCI_INDEX)
+        return True
+
+    async def _referrers_api(
+        self, name: str, subject: Digest | str, artifact_type: str | None
+    ) -> list[dict[str, Any]] | None:
+        upstream = self.upstream_name(name)
+        query = f"?{urlencode({'artifactType': artifact_type})}" if artifact_type else ""
+        try:
+            response = await self.session.call(
+                "GET",
+                f"/v2/{upstream}/referrers/{subject}{query}",
+                scopes=self._pull(upstream),
+                headers={"Accept": OCI_INDEX},
+                what=f"referrers of {upstream}@{subject}",
+            )
+        except NotFound:
+            return None
+        body = await self.session.collect(response, self.max_manifest_size, "referrers index")
+        found = index_descriptors(self._json_object(body, "referrers index"))
+        if artifact_type:
+            found = [d for d in found if d.get("artifactType") == artifact_type]
+        return found
+
+    # -- blobs, down
+
+    async def blob(
+        self, name: str, digest: Digest | str, *, offset: int = 0, length: int | None = None
+    ) -> BlobStream:
+        """Open a blob GET (following a CDN redirect without ``Authorization``) and return it
+        once the headers are in; the caller streams the body (`BlobStream`).
+
+        ``offset``/``length`` ask for a byte range.  Check ``blob.offset``: it is 0 when the
+        registry ignored the range and sends everything.  A partial body is not verified here.
+        """
+        dgst = _as_digest(digest)
+        upstream = self.upstream_name(name)
+        headers = {}
+        if offset > 0 or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        response = await self.session.call(
+            "GET",
+            f"/v2/{upstream}/blobs/{dgst}",
+            scopes=self._pull(upstream),
+            headers=headers,
+            ok=(200, 206),
+            what=f"blob {upstream}@{dgst}",
+        )
+        start = 0
+        if response.code == 206:
+            start = _content_range_start(header(response.headers, "content-range"))
+            if start != offset:
+                await self.session.discard(response)
+                raise self.session.bad(f"asked for bytes from {offset}, got a range from {start}")
+        announced = self._announced_digest(response)
+        if announced is not None and announced != dgst:
+            await self.session.discard(response)
+            raise self.session.bad(f"blob GET {dgst} answered for {announced}")
+        size = response.length if isinstance(response.length, int) else None
+        return BlobStream(self.session, response, dgst, size, start)
+
+    async def blob_head(self, name: str, digest: Digest | str) -> int:
+        """The blob's size; raises NotFound when it is not there."""
+        dgst = _as_digest(digest)
+        upstream = self.upstream_name(name)
+        response = await self.session.call(
+            "HEAD",
+            f"/v2/{upstream}/blobs/{dgst}",
+            scopes=self._pull(upstream),
+            what=f"blob {upstream}@{dgst}",
+        )
+        await self.session.discard(response)
+        size = _content_length(response.headers)
+        if size is None:
+            raise self.session.bad(f"HEAD blob {dgst} without Content-Length")
+        return size
+
+    async def blob_exists(self, name: str, digest: Digest | str) -> int | None:
+        """The blob's size when the repository has it, else None."""
+        try:
+            return await self.blob_head(name, digest)
+        except NotFound:
+            return None
+
+    async def download_blob(
+        self, name: str, digest: Digest | str, path: str | Path, *, resume: bool = True
+    ) -> int:
+        """Save a blob to ``path`` (written in the thread pool, hashed on the way, the file
+        removed unless it hashes to ``digest``).  A body cut off mid-way is resumed with a
+        ``Range`` request from where it stopped (``retries`` times, when ``resume``)."""
+        dgst = _as_digest(digest)
+        target = Path(path)
+        hasher = new_hash(dgst.algorithm)
+        handle: IO[bytes] = await in_thread(self.reactor, target.open, "wb")
+        ok = False
+        try:
+            sink = FileSink(self.reactor, handle, hasher)
+            for attempt in range(self.session.retries + 1):
+                blob = await self.blob(name, dgst, offset=sink.written)
+                if blob.offset != sink.written:
+                    raise self.session.bad("the registry ignored the Range of a resumed download")
+                try:
+                    await blob.write_to(sink, verify=False)
+                    break
+                except Unavailable:
+                    await sink.close()
+                    if not resume or attempt == self.session.retries:
+                        raise
+            await sink.close()
+            actual = Digest(dgst.algorithm, hasher.hexdigest())
+            if actual != dgst:
+                raise self.session.bad(f"blob {dgst} hashes to {actual}")
+            ok = True
+            return sink.written
+        finally:
+            await in_thread(self.reactor, handle.close)
+            if not ok:
+                await in_thread(self.reactor, target.unlink, True)
+
+    # -- blobs, up
+
+    async def mount_blob(self, name: str, digest: Digest | str, from_name: str) -> bool:
+        """Cross-repository mount: True when the registry linked the blob; False when it did
+        not (the upload session it opened instead is cancelled)."""
+        upstream, source = self.upstream_name(name), self.upstream_name(from_name)
+        query = urlencode({"mount": str(digest), "from": source})
+        response = await self.session.call(
+            "POST",
+            f"/v2/{upstream}/blobs/uploads/?{query}",
+            scopes=[*self._push(upstream), f"repository:{source}:pull"],
+            ok=(201, 202),
+            what=f"mount {digest} from {source}",
+        )
+        await self.session.discard(response)
+        if response.code == 201:
+            return True
+        location = header(response.headers, "location")
+        if location:
+            await self.cancel_upload(Upload(upstream, self._absolute(location)))
+        return False
+
+    async def start_upload(self, name: str) -> Upload:
+        """POST a new upload session."""
+        upstream = self.upstream_name(name)
+        response = await self.session.call(
+            "POST",
+            f"/v2/{upstream}/blobs/uploads/",
+            scopes=self._push(upstream),
+            ok=(202,),
+            what=f"upload to {upstream}",
+        )
+        await self.session.discard(response)
+        return Upload(upstream, self._upload_location(response))
+
+    async def resume_upload(self, name: str, location: str) -> Upload:
+        """An upload session opened earlier (perhaps by another process), with the offset the
+        registry holds (its ``Range``)."""
+        upload = Upload(self.upstream_name(name), self._absolute(location))
+        await self.upload_status(upload)
+        return upload
+
+    async def upload_status(self, upload: Upload) -> int:
+        """GET the session: sets and returns ``upload.offset`` (bytes the registry holds)."""
+        response = await self.session.call(
+            "GET",
+            upload.location,
+            scopes=self._push(upload.name),
+            ok=(204, 200),
+            what="upload status",
+        )
+        await self.session.discard(response)
+        upload.offset = _range_end(header(response.headers, "range"))
+        upload.location = self._upload_location(response, upload.location)
+        return upload.offset
+
+    async def upload_chunk(self, upload: Upload, data: bytes) -> None:
+        """PATCH ``data`` at ``upload.offset`` (``Content-Range``); advances the session from
+        the registry's answer.  Not retried here (see `upload_blob`)."""
+        await self._patch(upload, _bytes_body(data), len(data))
+
+    async def _patch(self, upload: Upload, body: BodyFactory, length: int) -> None:
+        start = upload.offset
+        response = await self.session.call(
+            "PATCH",
+            upload.location,
+            scopes=self._push(upload.name),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{start}-{start + length - 1}",
+            },
+            body=body,
+            ok=(202, 204),
+            what="upload chunk",
+        )
+        await self.session.discard(response)
+        upload.location = self._upload_location(response, upload.location)
+        upload.offset = _range_end(header(response.headers, "range"))
+
+    async def finish_upload(
+        self, upload: Upload, digest: Digest | str, body: BodyFactory | None = None
+    ) -> Digest:
+        """PUT ``?digest=`` (with the last bytes as ``body``, or none): the blob is committed."""
+        dgst = _as_digest(digest)
+        separator = "&" if "?" in upload.location else "?"
+        response = await self.session.call(
+            "PUT",
+            f"{upload.location}{separator}{urlencode({'digest': str(dgst)})}",
+            scopes=self._push(upload.name),
+            headers={"Content-Type": "application/octet-stream"},
+            body=body,
+            ok=(201,),
+            what=f"upload commit {dgst}",
+            retry=body is None,
+        )
+        await self.session.discard(response)
+        return dgst
+
+    async def cancel_upload(self, upload: Upload) -> None:
+        """DELETE the session (an unknown session is not an error: it is gone either way)."""
+        try:
+            response = await self.session.call(
+                "DELETE",
+                upload.location,
+                scopes=self._push(upload.name),
+                ok=(204, 200, 202),
+                what="upload cancel",
+            )
+        except NotFound:
+            return
+        await self.session.discard(response)
+
+    async def upload_blob(
+        self,
+        name: str,
+        source: bytes | str | Path,
+        digest: Digest | str | None = None,
+        *,
+        chunk_size: int | None = None,
+        upload: Upload | None = None,
+    ) -> Digest:
+        """Upload bytes or a file; return its digest.
+
+        Monolithic (one PUT) for bytes, or for a file whose ``digest`` is given, when
+        ``chunk_size`` is None; else PATCH chunks of ``chunk_size`` (the whole file in one
+        PATCH when None) while the digest is computed, then PUT ``?digest=``; a given
+        ``digest`` is checked against it before the commit.  A chunk cut off mid-way is
+        resumed from the offset the registry reports (``retries`` times).  Pass ``upload``
+        to carry on a session from earlier (`resume_upload`).
+        """
+        if isinstance(source, bytes):
+            data = source
+            dgst = _as_digest(digest) if digest is not None else digest_of(data)
+            if chunk_size is None and upload is None:
+                session = await self.start_upload(name)
+                return await self.finish_upload(session, dgst, _bytes_body(data))
+            path, size = None, len(data)
+        else:
+            path, data = Path(source), b""
+            size = (await in_thread(self.reactor, path.stat)).st_size
+            if digest is not None and chunk_size is None and upload is None:
+                # Monolithic: one PUT with the file as its body; the registry checks the
+                # digest (DIGEST_INVALID otherwise) before anything is stored.
+                dgst = _as_digest(digest)
+                session = await self.start_upload(name)
+                body = self._source(path, b"", 0, size, new_hash(dgst.algorithm), [])
+                return await self.finish_upload(session, dgst, body)
+        algorithm = _as_digest(digest).algorithm if digest is not None else "sha256"
+        if upload is None:
+            upload = await self.start_upload(name)
+        hasher = new_hash(algorithm)
+        hashed = 0  # bytes of the source in `hasher`: always the session's confirmed prefix
+        step = chunk_size or size or 1
+        failures = 0
+        while upload.offset < size or size == 0:
+            if upload.offset > hashed:  # resumed: the registry holds more than we hashed
+                hasher.update(await self._read(path, data, hashed, upload.offset - hashed))
+                hashed = upload.offset
+            start = upload.offset
+            length = min(step, size - start)
+            if length == 0:
+                break
+            sending: list[Any] = []  # the hasher of the attempt that was sent last
+            body = self._source(path, data, start, length, hasher, sending)
+            try:
+                await self._patch(upload, body, length)
+            except Unavailable:
+                failures += 1
+                if failures > self.session.retries:
+                    raise
+                await self.upload_status(upload)
+                continue
+            if upload.offset == start + length and sending:
+                hasher, hashed = sending[-1], start + length
+        if upload.offset > hashed:
+            hasher.update(await self._read(path, data, hashed, upload.offset - hashed))
+        actual = Digest(algorithm, hasher.hexdigest())
+        if digest is not None and actual != _as_digest(digest):
+            await self.cancel_upload(upload)
+            raise ValueError(f"the source hashes to {actual}, not {digest}")
+        return await self.finish_upload(upload, actual)
+
+    async def copy_blob_from(
+        self, source: RegistryClient, source_name: str, name: str, digest: Digest | str
+    ) -> int:
+        """Stream a blob from another registry (or repository) into this one, through memory
+        in constant space: the source body is the upload's body, checked on the way."""
+        dgst = _as_digest(digest)
+        blob = await source.blob(source_name, dgst)
+        try:
+            upload = await self.start_upload(name)
+        except BaseException:
+            blob.abort()
+            raise
+        used = False
+
+        def body() -> PipeSource:
+            nonlocal used
+            if used:
+                raise Unavailable(None, "a piped blob body cannot be sent twice")
+            used = True
+            return PipeSource(blob)
+
+        await self.finish_upload(upload, dgst, body)
+        return blob.received
+
+    def _source(
+        self,
+        path: Path | None,
+        data: bytes,
+        start: int,
+        length: int,
+        base: Any,
+        sending: list[Any],
+    ) -> BodyFactory:
+        """A body factory for one chunk; each body hashes into a fresh copy of ``base``
+        (a 401 makes the session send it again), the latest kept in ``sending``."""
+
+        def make() -> Any:
+            hasher = base.copy()
+            sending.append(hasher)
+            if path is None:
+                chunk = data[start : start + length]
+                hasher.update(chunk)
+                return FileBodyProducer_from(chunk)
+            return FileSource(self.reactor, path, start, length, hasher)
+
+        return make
+
+    async def _read(self, path: Path | None, data: bytes, start: int, length: int) -> bytes:
+        if path is None:
+            return data[start : start + length]
+
+        def read() -> bytes:
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                return handle.read(length)
+
+        result: bytes = await in_thread(self.reactor, read)
+        return result
+
+    # -- helpers
+
+    def _absolute(self, location: str) -> str:
+        return urljoin(self.url + "/", location)
+
+    def _upload_location(self, response: IResponse, current: str | None = None) -> str:
+        location = header(response.headers, "location")
+        if not location:
+            if current is not None:
+                return current
+            raise self.session.bad("upload answer without a Location")
+        return self._absolute(location)
+
+    def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise self.session.bad(f"{what} is not JSON") from None
+        if not isinstance(data, dict):
+            raise self.session.bad(f"{what} is not a JSON object")
+        return data
+
+    def _announced_digest(self, response: IResponse) -> Digest | None:
+        value = header(response.headers, "docker-content-digest")
+        if value is None:
+            return None
+        try:
+            return Digest.parse(value.strip())
+        except RegistryError:
+            raise self.session.bad(f"unusable Docker-Content-Digest {value[:100]!r}") from None
+
+
+def FileBodyProducer_from(data: bytes) -> FileBodyProducer:
+    import io
+
+    return FileBodyProducer(io.BytesIO(data))
+
+
+def _bytes_body(data: bytes) -> BodyFactory:
+    return lambda: FileBodyProducer_from(data)
+
+
+def _referrers_tag(subject: Digest | str) -> str:
+    """The referrers tag schema's tag for ``subject``: ``<algorithm>-<hex>``."""
+    dgst = _as_digest(subject)
+    return f"{dgst.algorithm}-{dgst.hex}"
+
+
+def _range_end(value: str | None) -> int:
+    """Bytes held according to an upload's ``Range: 0-<last>`` (0 when absent)."""
+    match = re.match(r"\s*(?:bytes=)?(\d+)-(\d+)", value or "")
+    return int(match.group(2)) + 1 if match else 0
+
+
+def index_descriptors(index: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The well-formed descriptors (a ``digest`` that parses, a ``mediaType``, an integer
+    ``size``) of an image index's ``manifests``; the rest are left out."""
+    found: list[dict[str, Any]] = []
+    manifests = index.get("manifests")
+    for entry in manifests if isinstance(manifests, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        digest, media_type, size = entry.get("digest"), entry.get("mediaType"), entry.get("size")
+        if not isinstance(digest, str) or not isinstance(media_type, str):
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            continue
+        try:
+            Digest.parse(digest)
+        except RegistryError:
+            continue
+        found.append(entry)
+    return found
+
+
+def _sniff_media_type(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        media_type = data.get("mediaType")
+        if isinstance(media_type, str):
+            return media_type
+        if data.get("schemaVersion") == 1:
+            return DOCKER_SCHEMA1_SIGNED if "signatures" in data else DOCKER_SCHEMA1
+    return None
+
+
+__all__ = [
+    "BlobStream",
+    "ClientError",
+    "FileSink",
+    "Manifest",
+    "Page",
+    "RegistryClient",
+    "Upload",
+]

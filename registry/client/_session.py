@@ -1,0 +1,532 @@
+"""
+The wire and the credentials of one registry: what every API call goes through.
+
+A `Session` sends one request to the registry and returns the response with its body unread:
+it learns the ``/v2/`` challenge, buys Bearer tokens per scope (cached, shared, renewed once on
+a 401) or sends Basic credentials, follows redirects itself, bounds every exchange with a
+timeout and retries idempotent calls with backoff.
+
+Redirects are followed here rather than by treq because a blob GET on Docker Hub is redirected
+to a CDN on another host, and ``Authorization`` must never travel with a redirect: treq's
+redirect agents would forward it.
+
+Whom we trust with credentials: the configured username and password, and the tokens bought
+with them, go only to the token realm that the registry's own origin (its URL: scheme, host
+and port) announced in a challenge, and to that origin itself.  A redirect target (a CDN) that
+answers 401 gets nothing: its challenge is not learned, no token is fetched for it, and the
+request fails with `Unauthorized`.  Only a 401 from the origin itself may change the learned
+challenge.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import email.utils
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from http.cookiejar import CookiePolicy
+from typing import Any, NoReturn
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import attrs
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+
+from registry.client._body import Collector
+from registry.client._challenge import Challenge, pick_challenge
+from registry.client._inflight import Inflight
+from registry.client._streams import WatchedBody
+from registry.client._tls import TLSOptions
+from registry.client._tokens import MAX_TOKENS, TokenCache, TokenKey, clamp_expires_in
+from registry.client.auth import Credentials
+from registry.client.errors import (
+    BadResponse,
+    ClientError,
+    NotFound,
+    RateLimited,
+    Rejected,
+    Unauthorized,
+    Unavailable,
+)
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+SMALL_BODY = 64 * 1024
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+Origin = tuple[str, str, int]
+BodyFactory = Callable[[], IBodyProducer]
+
+
+def origin_of(url: str) -> Origin:
+    """(scheme, host, port) with default ports filled in: what "same origin" compares."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return (scheme, (parts.hostname or "").lower(), port)
+
+
+def header(headers: Headers, name: str) -> str | None:
+    values = headers.getRawHeaders(name)
+    return values[-1] if values else None
+
+
+def _leading_int(value: str) -> int | None:
+    match = re.match(r"\s*(\d+)", value)
+    return int(match.group(1)) if match else None
+
+
+class _NoCookies(CookiePolicy):
+    """Registries need no cookies; a CDN's cookies must not ride along to anything else."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: Any, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: Any, request: Any) -> bool:
+        return False
+
+
+@attrs.frozen
+class RateLimitStatus:
+    """Last ``ratelimit-*`` headers seen (Docker Hub: ``76;w=21600``: 76 left in 6 hours)."""
+
+    limit: int | None
+    remaining: int | None
+    window: int | None
+    observed_at: float
+
+
+class Session:
+    """Requests to one registry origin, authorised, redirected, timed and retried."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        *,
+        credentials: Credentials | None,
+        tls: TLSOptions,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        pool: HTTPConnectionPool | None,
+        clock: IReactorTime | None,
+        user_agent: str,
+        max_tokens: int = MAX_TOKENS,
+    ) -> None:
+        self.reactor = reactor
+        self.url = url.rstrip("/")
+        self.origin = origin_of(self.url)
+        if self.origin[0] not in ("http", "https") or not self.origin[1]:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.credentials = credentials
+        self._user_agent = user_agent
+        self.owns_pool = pool is None
+        if pool is None:
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = 8  # concurrent transfers to one host
+        self.pool = pool
+        agent = Agent(reactor, contextFactory=tls.policy(), connectTimeout=timeout, pool=pool)
+        self._http = HTTPClient(agent, cookiejar=IndexableCookieJar(_NoCookies()))
+        self.tokens = TokenCache(clock if clock is not None else reactor, max_tokens)
+        self.challenge: Challenge | None = None
+        self._challenge_known = False
+        self._ping: Inflight[str, Challenge | None] = Inflight()
+        # Observations, for metrics and tests.
+        self.requests = 0
+        self.token_requests = 0
+        self.bytes_received = 0
+        self.errors = 0
+        self.rate_limit: RateLimitStatus | None = None
+
+    async def close(self) -> None:
+        if self.owns_pool:
+            await self.pool.closeCachedConnections()
+
+    # -- one call: retried, authorised, status checked
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        scopes: Sequence[str],
+        headers: Mapping[str, str] | None = None,
+        body: BodyFactory | None = None,
+        ok: Sequence[int] = (200,),
+        what: str,
+        retry: bool | None = None,
+    ) -> IResponse:
+        """``method path`` until a status in ``ok`` (returned, body unread) or a failure (raised
+        as a `ClientError`).  Idempotent methods are retried ``retries`` times on no answer,
+        5xx and 429, waiting ``backoff`` doubled each time (or the ``Retry-After`` asked)."""
+        if retry is None:
+            retry = method in _IDEMPOTENT
+        attempts = (self.retries if retry else 0) + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = await self.request(method, path, scopes, headers or {}, body)
+            except Unavailable:
+                if last:
+                    raise
+                await self._pause(attempt, None)
+                continue
+            if response.code in ok:
+                return response
+            if not last and (response.code >= 500 or response.code == 429):
+                retry_after = self.retry_after(response.headers)
+                await self.discard(response)
+                await self._pause(attempt, retry_after)
+                continue
+            await self.fail(response, method, what)
+        raise AssertionError("unreachable")
+
+    async def _pause(self, attempt: int, retry_after: float | None) -> None:
+        delay = self.backoff * (2**attempt) if retry_after is None else min(retry_after, 60.0)
+        await deferLater(self.reactor, delay, lambda: None)
+
+    async def request(
+        self,
+        method: str,
+        path_or_url: str,
+        scopes: Sequence[str],
+        headers: Mapping[str, str],
+        body: BodyFactory | None = None,
+    ) -> IResponse:
+        """One registry call: authorised, redirected, and sent again once after a 401 with a
+        fresh token (the registry may drop tokens before their announced expiry)."""
+        url = path_or_url if "://" in path_or_url else self.url + path_or_url
+        await self.ensure_challenge()
+        for attempt in range(2):
+            key, authorization = await self.authorization(scopes)
+            response, answered_by = await self.exchange(method, url, headers, authorization, body)
+            if response.code == 401 and answered_by != self.origin:
+                await self.discard(response)
+                raise self.foreign_challenge(answered_by)
+            if response.code != 401 or attempt == 1:
+                return response
+            before = self.challenge
+            self._learn_challenge(response)
+            if key is None and self.challenge == before:
+                return response  # Basic or nothing, and nothing new to try
+            if key is not None:
+                self.tokens.invalidate(key, (authorization or "").removeprefix("Bearer "))
+            await self.discard(response)
+        raise AssertionError("unreachable")
+
+    # -- auth
+
+    def foreign_challenge(self, origin: Origin) -> Unauthorized:
+        """A 401 from another origin than the registry's (a redirect target): an error for this
+        request, never a reason to send credentials or tokens anywhere else."""
+        self.errors += 1
+        where = "{}://{}:{}".format(*origin)
+        return Unauthorized(
+            401, f"{where} (not the registry) asked for authentication; nothing was sent to it"
+        )
+
+    def _learn_challenge(self, response: IResponse) -> None:
+        """Called only for a 401 from the registry's own origin."""
+        challenge = pick_challenge(response.headers.getRawHeaders("www-authenticate", []))
+        if challenge is not None:
+            self.challenge = challenge
+            self._challenge_known = True
+
+    async def ensure_challenge(self) -> None:
+        if not self._challenge_known:
+            self.challenge = await self._ping.run("ping", self._fetch_challenge)
+            self._challenge_known = True
+
+    async def _fetch_challenge(self) -> Challenge | None:
+        response, answered_by = await self.exchange("GET", self.url + "/v2/", {}, None)
+        if response.code >= 500 or response.code == 429:
+            await self.fail(response, "GET", "/v2/")
+        await self.discard(response)
+        if response.code == 401 and answered_by != self.origin:
+            raise self.foreign_challenge(answered_by)
+        if response.code == 401:
+            return pick_challenge(response.headers.getRawHeaders("www-authenticate", []))
+        return None
+
+    def basic(self) -> str | None:
+        if self.credentials is None:
+            return None
+        raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+    async def authorization(self, scopes: Sequence[str]) -> tuple[TokenKey | None, str | None]:
+        """(token cache key or None, the ``Authorization`` value or None)."""
+        challenge = self.challenge
+        if challenge is None:
+            return None, None
+        if challenge.scheme == "basic":
+            return None, self.basic()
+        realm = challenge.realm
+        if not realm:
+            raise self.bad("Bearer challenge without a realm")
+        key: TokenKey = (realm, challenge.service or "", " ".join(scopes))
+        token = await self.tokens.get(key, lambda: self._fetch_token(key))
+        return key, f"Bearer {token.value}"
+
+    async def _fetch_token(self, key: TokenKey) -> tuple[str, int, str | None]:
+        realm, service, scope = key
+        params = [("service", service)] if service else []
+        params += [("scope", s) for s in scope.split(" ") if s]
+        url = realm + ("&" if "?" in realm else "?") + urlencode(params)
+        headers = {}
+        basic = self.basic()
+        if basic is not None:
+            headers["Authorization"] = basic
+        self.token_requests += 1
+        # The realm may be another host (auth.docker.io): the registry's own origin named it,
+        # so credentials are meant for it.  No redirect is followed from here.
+        response = await self.send("GET", url, headers)
+        if response.code != 200:
+            await self.fail(response, "GET", f"token for {scope}")
+        body = await self.collect(response, SMALL_BODY, "token response")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise self.bad("token response is not JSON") from None
+        if not isinstance(data, dict):
+            raise self.bad("token response is not a JSON object")
+        token = data.get("token") or data.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise self.bad("token response without a token")
+        issued_at = data.get("issued_at")
+        return (
+            token,
+            clamp_expires_in(data.get("expires_in")),
+            issued_at if isinstance(issued_at, str) else None,
+        )
+
+    # -- the wire
+
+    async def exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        authorization: str | None,
+        body: BodyFactory | None = None,
+    ) -> tuple[IResponse, Origin]:
+        """Send, following redirects ourselves; return the answer and the origin that gave it.
+
+        ``Authorization`` goes with the first request only, and only to the registry's origin:
+        a redirect target never sees it, whatever its host."""
+        for hop in range(_MAX_REDIRECTS + 1):
+            sent = dict(headers)
+            if authorization is not None and hop == 0 and origin_of(url) == self.origin:
+                sent["Authorization"] = authorization
+            response = await self.send(method, url, sent, body)
+            location = header(response.headers, "location")
+            if response.code not in _REDIRECTS or not location:
+                return response, origin_of(url)
+            await self.discard(response)
+            target = urljoin(url, location)
+            if origin_of(target)[0] not in ("http", "https"):
+                raise self.bad(f"redirect to a non-HTTP URL {target[:200]}")
+            if origin_of(url)[0] == "https" and origin_of(target)[0] != "https":
+                raise self.bad("redirect from https to plain http refused")
+            if response.code == 303 and method != "HEAD":
+                method, body = "GET", None
+            url = target
+        raise self.bad(f"more than {_MAX_REDIRECTS} redirects")
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: BodyFactory | None = None,
+    ) -> IResponse:
+        """One HTTP exchange up to the response headers, within ``timeout`` (of silence, while
+        a request body is sent)."""
+        self.requests += 1
+        raw = Headers({"User-Agent": [self._user_agent]})
+        for name, value in headers.items():
+            raw.setRawHeaders(name, [value])
+        timed_out = False
+        d: Deferred[Any] | None = None
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            if d is not None:
+                d.cancel()
+
+        # Connect to first byte of the answer within ``timeout``; a request body restarts
+        # the clock at every write, so a large upload takes its time but never stalls.
+        timer = self.reactor.callLater(self.timeout, expire)
+
+        def progress() -> None:
+            if timer.active():
+                timer.reset(self.timeout)
+
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            kwargs["data"] = WatchedBody(body(), progress)
+        d = self._http.request(
+            method, url, headers=raw, allow_redirects=False, unbuffered=True, **kwargs
+        )
+        try:
+            response: IResponse = await d
+        except ClientError:
+            self.errors += 1
+            raise
+        except Exception as exc:
+            # A cancelled request surfaces as CancelledError or, once sent, wrapped in
+            # ResponseNeverReceived; either is our timeout or our caller going away.
+            if is_cancellation(exc):
+                if not timed_out:
+                    raise CancelledError() from exc
+                self.errors += 1
+                where = "{}://{}:{}".format(*origin_of(url))
+                raise Unavailable(None, f"no answer from {where} within {self.timeout}s") from None
+            self.errors += 1
+            raise Unavailable(None, describe(exc)) from exc
+        finally:
+            if timer.active():
+                timer.cancel()
+        self._observe_rate_limit(response.headers)
+        return response
+
+    async def collect(
+        self, response: IResponse, limit: int, what: str, *, quiet: bool = False
+    ) -> bytes:
+        """A whole small body within ``timeout``; ``quiet`` failures are not counted as errors
+        (nobody needed that body)."""
+        collector = Collector(limit, what)
+        response.deliverBody(collector)
+        timer = self.reactor.callLater(self.timeout, collector.done.cancel)
+        try:
+            return await collector.done
+        except CancelledError:
+            if timer.called:
+                self.errors += 0 if quiet else 1
+                raise Unavailable(None, f"{what} stalled") from None
+            raise
+        except ClientError:
+            self.errors += 0 if quiet else 1
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def discard(self, response: IResponse) -> None:
+        """Read and drop a small body so the connection can go back to the pool; a large or
+        broken one just loses its connection."""
+        with contextlib.suppress(ClientError):
+            await self.collect(response, SMALL_BODY, "discarded body", quiet=True)
+
+    def _observe_rate_limit(self, headers: Headers) -> None:
+        limit = header(headers, "ratelimit-limit")
+        remaining = header(headers, "ratelimit-remaining")
+        if limit is None and remaining is None:
+            return
+        window = re.search(r"w=(\d+)", remaining or limit or "")
+        self.rate_limit = RateLimitStatus(
+            limit=_leading_int(limit) if limit else None,
+            remaining=_leading_int(remaining) if remaining else None,
+            window=int(window.group(1)) if window else None,
+            observed_at=self.reactor.seconds(),
+        )
+
+    def bad(self, reason: str) -> BadResponse:
+        self.errors += 1
+        return BadResponse(None, reason)
+
+    async def fail(self, response: IResponse, method: str, what: str) -> NoReturn:
+        """Raise the `ClientError` for a non-success answer."""
+        status = response.code
+        errors: tuple[tuple[str, str], ...] = ()
+        if method != "HEAD":
+            try:
+                body = await self.collect(response, SMALL_BODY, "error body", quiet=True)
+            except ClientError:
+                body = b""
+            errors = error_codes(body)
+        else:
+            await self.discard(response)
+            # A HEAD answer has no body to name the code; these two statuses say it anyway.
+            implied = {401: "UNAUTHORIZED", 403: "DENIED"}.get(status)
+            errors = ((implied, "(HEAD: no body)"),) if implied else ()
+        code, message = errors[0] if errors else (None, "")
+        reason = f"{what}: {code or status} {message}".strip()
+        self.errors += 1
+        if status == 404:
+            raise NotFound(status, reason, code, errors)
+        if status == 429:
+            raise RateLimited(status, reason, self.retry_after(response.headers), code, errors)
+        if status in (401, 403):
+            raise Unauthorized(status, reason, code, errors)
+        if status >= 500:
+            raise Unavailable(status, reason, code, errors)
+        if 400 <= status < 500:
+            raise Rejected(status, reason, code, errors)
+        raise ClientError(status, reason, code, errors)
+
+    def retry_after(self, headers: Headers) -> float | None:
+        value = header(headers, "retry-after")
+        if value is None:
+            return None
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        now: float = self.reactor.seconds()
+        return max(0.0, when.timestamp() - now)
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, CancelledError):
+        return True
+    reasons = getattr(exc, "reasons", None) or []
+    return any(isinstance(getattr(r, "value", None), CancelledError) for r in reasons)
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason from twisted's nested failures (ResponseNeverReceived wraps a list)."""
+    reasons = getattr(exc, "reasons", None)
+    if reasons:
+        inner = reasons[0]
+        value = getattr(inner, "value", inner)
+        return f"{type(exc).__name__}: {type(value).__name__}: {value}"[:300]
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def error_codes(body: bytes) -> tuple[tuple[str, str], ...]:
+    """The ``(code, message)`` pairs of an OCI error body; () when it is not one."""
+    try:
+        data = json.loads(body)
+        found = []
+        for entry in data["errors"]:
+            found.append((str(entry.get("code")), str(entry.get("message", ""))[:200]))
+        return tuple(found)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return ()

@@ -1,0 +1,293 @@
+"""
+Streaming between files, sockets and hashers in constant memory.
+
+- `FileSource`: a request body read from a file range in the reactor's thread pool (disk reads
+  never block the reactor), hashed as it goes out, paused when the socket is full.
+- `PipeSource`: a request body that is another response's body (a blob copied between two
+  registries without touching the disk), its pauses passed back to the source socket.
+- `FileSink`: an `IConsumer` that writes a response body to a file in the thread pool, pausing
+  the producer while more than a few writes are queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from pathlib import Path
+from typing import IO, Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+READ_SIZE = 1024 * 1024
+_MAX_QUEUED = 8  # FileSink writes waiting before the producer is paused
+
+
+def new_hash(algorithm: str) -> Any:
+    """A hashlib object for ``sha256``/``sha512`` (copyable, unlike a serialisable hasher)."""
+    return hashlib.new(algorithm)
+
+
+def in_thread(reactor: Any, fn: Any, *args: Any) -> Deferred[Any]:
+    return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+
+def _unless_stopped(work: Deferred[None], stopped: Any, stop: Any) -> Deferred[None]:
+    """What `IBodyProducer.startProducing` returns for ``work``: its result, except that
+    after ``stopProducing`` it never fires (twisted's HTTP client has failed the request
+    then, and a second result would be an error), and cancelling it stops the body at once
+    (twisted cancels it when the request is cancelled, and expects it to fire then)."""
+    out: Deferred[None] = Deferred(lambda _: stop())
+
+    def settle(result: Any) -> None:
+        if out.called or stopped():
+            return  # already answered (cancelled) or stopped: nobody waits for this
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback(None)
+
+    work.addBoth(settle)
+    return out
+
+
+@implementer(IBodyProducer)
+class FileSource:
+    """``length`` bytes of ``path`` from ``offset``, fed to ``hasher`` (a hashlib object) as
+    they are sent.  One-shot: make a new one for each attempt."""
+
+    def __init__(
+        self, reactor: Any, path: Path, offset: int, length: int, hasher: Any | None = None
+    ) -> None:
+        self._reactor = reactor
+        self._path = path
+        self._offset = offset
+        self.length = length
+        self._hasher = hasher
+        self._paused = False
+        self._stopped = False
+        self._resume: Deferred[None] | None = None
+        self.sent = 0
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        work = Deferred.fromCoroutine(self._run(consumer))
+        return _unless_stopped(work, lambda: self._stopped, self.stopProducing)
+
+    async def _run(self, consumer: IConsumer) -> None:
+        handle: IO[bytes] = await in_thread(self._reactor, open, self._path, "rb")
+        try:
+            await in_thread(self._reactor, handle.seek, self._offset)
+            while self.sent < self.length and not self._stopped:
+                if self._paused:
+                    self._resume = Deferred()
+                    await self._resume
+                    continue
+                want = min(READ_SIZE, self.length - self.sent)
+                data: bytes = await in_thread(self._reactor, handle.read, want)
+                if not data:
+                    raise OSError(f"{self._path} ended after {self._offset + self.sent} bytes")
+                if self._stopped:
+                    break
+                if self._hasher is not None:
+                    self._hasher.update(data)
+                self.sent += len(data)
+                consumer.write(data)
+        finally:
+            await in_thread(self._reactor, handle.close)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._resume is not None and not self._resume.called:
+            resume, self._resume = self._resume, None
+            resume.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.resumeProducing()
+
+
+class _Forward(Protocol):
+    """Writes a relayed response body into the request's consumer."""
+
+    def __init__(self, consumer: IConsumer, done: Deferred[None], hasher: Any | None) -> None:
+        self._consumer = consumer
+        self._done = done
+        self._hasher = hasher
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._hasher is not None:
+            self._hasher.update(data)
+        self._consumer.write(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        if self._done.called:
+            return
+        if isinstance(reason.value, ResponseDone):
+            self._done.callback(None)
+        else:
+            self._done.errback(reason)
+
+
+@implementer(IBodyProducer)
+class PipeSource:
+    """A request body read from an open blob response (`BlobStream`); one-shot."""
+
+    def __init__(self, blob: Any, hasher: Any | None = None) -> None:
+        self._blob = blob
+        self.length = blob.length if blob.length is not None else UNKNOWN_LENGTH
+        self._hasher = hasher
+        self._forward: _Forward | None = None
+        self._stopped = False
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        done: Deferred[None] = Deferred(lambda _: self._blob.abort())
+        self._forward = _Forward(consumer, done, self._hasher)
+        self._blob.deliver(self._forward)
+        return _unless_stopped(done, lambda: self._stopped, self.stopProducing)
+
+    def _control(self) -> IPushProducer | None:
+        if self._forward is None or self._forward.transport is None:
+            return None
+        return cast(IPushProducer, self._forward.transport)
+
+    def pauseProducing(self) -> None:
+        control = self._control()
+        if control is not None:
+            control.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        control = self._control()
+        if control is not None:
+            control.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self._blob.abort()
+
+
+@implementer(IConsumer)
+class FileSink:
+    """Writes what it is given to ``handle`` in order, in the thread pool; ``hasher`` sees
+    every byte.  `close` waits for the queued writes and reports the first write error."""
+
+    def __init__(self, reactor: Any, handle: IO[bytes], hasher: Any | None = None) -> None:
+        self._reactor = reactor
+        self._handle = handle
+        self._hasher = hasher
+        self._queue: deque[bytes] = deque()
+        self._writing = False
+        self._producer: IPushProducer | None = None
+        self._paused = False
+        self._error: Failure | None = None
+        self._drained: Deferred[None] | None = None
+        self.written = 0
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def write(self, data: bytes) -> None:
+        if self._hasher is not None:
+            self._hasher.update(data)
+        self._queue.append(data)
+        if len(self._queue) >= _MAX_QUEUED and self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._next()
+
+    def _next(self) -> None:
+        if self._writing:
+            return
+        if not self._queue or self._error is not None:
+            self._queue.clear() if self._error is not None else None
+            if self._drained is not None:
+                drained, self._drained = self._drained, None
+                drained.callback(None)
+            return
+        self._writing = True
+        data = self._queue.popleft()
+        d = in_thread(self._reactor, self._handle.write, data)
+
+        def written(_: object) -> None:
+            self.written += len(data)
+
+        def failed(failure: Failure) -> None:
+            self._error = self._error or failure
+
+        def next_one(_: object) -> None:
+            self._writing = False
+            if self._paused and len(self._queue) < _MAX_QUEUED // 2 and self._producer:
+                self._paused = False
+                self._producer.resumeProducing()
+            self._next()
+
+        d.addCallbacks(written, failed).addBoth(next_one)
+
+    async def close(self) -> None:
+        """Wait until everything queued is on disk (in the OS), then raise a write error."""
+        if self._writing or self._queue:
+            self._drained = Deferred()
+            await self._drained
+        if self._error is not None:
+            self._error.raiseException()
+
+
+class _Tap:
+    """The consumer a watched body writes to: reports each write, passes it on."""
+
+    def __init__(self, consumer: IConsumer, on_write: Any) -> None:
+        self._consumer = consumer
+        self._on_write = on_write
+
+    def write(self, data: bytes) -> None:
+        self._on_write()
+        self._consumer.write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._consumer.unregisterProducer()
+
+
+@implementer(IBodyProducer)
+class WatchedBody:
+    """A request body whose progress is reported: ``on_progress`` after every write and
+    once the body is complete (the session's idle timeout is reset from it, so an upload
+    that stops moving fails instead of waiting forever)."""
+
+    def __init__(self, inner: IBodyProducer, on_progress: Any) -> None:
+        self._inner = inner
+        self._on_progress = on_progress
+        self.length = inner.length
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        d: Deferred[None] = self._inner.startProducing(
+            cast(IConsumer, _Tap(consumer, self._on_progress))
+        )
+
+        def sent(result: object) -> object:
+            self._on_progress()
+            return result
+
+        return d.addBoth(sent)
+
+    def pauseProducing(self) -> None:
+        self._inner.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._inner.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._inner.stopProducing()

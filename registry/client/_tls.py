@@ -1,0 +1,78 @@
+"""
+TLS settings for one registry: which authorities to trust, a client certificate, or none of it.
+
+``ca_file`` (one PEM bundle, or a tuple of them) replaces the platform's trust store (a
+private registry's CA is the one that should vouch for it); ``cert_file``/``key_file``
+present a client certificate (mutual TLS); ``verify=False`` accepts any certificate
+(skopeo's ``--tls-verify=false``; for test setups).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet import ssl
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+CAFiles = str | Path | tuple[str | Path, ...]
+
+
+def load_trust_root(ca_bundle: CAFiles) -> Any:
+    """Every certificate of a PEM bundle (or of several) as the only trusted roots."""
+    files = ca_bundle if isinstance(ca_bundle, tuple) else (ca_bundle,)
+    pems = [pem for path in files for pem in _CERT_RE.findall(Path(path).read_bytes())]
+    if not pems:
+        raise ValueError(f"no PEM certificate in {ca_bundle}")
+    certificates = [ssl.Certificate.loadPEM(pem) for pem in pems]
+    return ssl.trustRootFromCertificates(certificates)
+
+
+@attrs.frozen
+class TLSOptions:
+    """How to talk TLS to a registry (unused for ``http://`` URLs)."""
+
+    ca_file: CAFiles | None = None
+    cert_file: str | Path | None = None
+    key_file: str | Path | None = None
+    verify: bool = True
+
+    def policy(self) -> IPolicyForHTTPS:
+        """The `IPolicyForHTTPS` an `Agent` takes."""
+        client_cert = None
+        if self.cert_file is not None:
+            cert_pem = Path(self.cert_file).read_bytes()
+            key_pem = Path(self.key_file).read_bytes() if self.key_file else cert_pem
+            client_cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        trust_root = load_trust_root(self.ca_file) if self.ca_file is not None else None
+        if self.verify and client_cert is None:
+            return BrowserLikePolicyForHTTPS(trustRoot=trust_root)
+        return _Policy(trust_root, client_cert, self.verify)
+
+
+@implementer(IPolicyForHTTPS)
+class _Policy:
+    def __init__(self, trust_root: Any, client_cert: Any, verify: bool) -> None:
+        self._trust_root = trust_root
+        self._client_cert = client_cert
+        self._verify = verify
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        if not self._verify:
+            kwargs: dict[str, Any] = {"verify": False}
+            if self._client_cert is not None:
+                kwargs["privateKey"] = self._client_cert.privateKey.original
+                kwargs["certificate"] = self._client_cert.original
+            return ssl.CertificateOptions(**kwargs)
+        return ssl.optionsForClientTLS(
+            hostname.decode("ascii"),
+            trustRoot=self._trust_root,
+            clientCertificate=self._client_cert,
+        )

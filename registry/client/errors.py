@@ -1,0 +1,80 @@
+"""
+What can go wrong talking to a registry, as exception classes a caller can act on.
+
+Every failure raised by `registry.client` is a `ClientError`.  The class says what to do
+(``NotFound``: it is not there; ``RateLimited``: wait ``retry_after``; ``Unavailable``: no usable
+answer, try later; ``Unauthorized``: the credentials do not reach; ``BadResponse``: an answer
+that cannot be trusted, never keep anything that came with it).  ``status`` is the HTTP status
+(None when there was no answer); ``code`` is the first OCI error code of the error body
+(``MANIFEST_UNKNOWN``, ``BLOB_UNKNOWN``, ``DENIED`` ...) and ``errors`` all of them, as
+``(code, message)`` pairs, when the registry sent an OCI error body.
+"""
+
+from __future__ import annotations
+
+
+class ClientError(Exception):
+    """Base of every client failure."""
+
+    def __init__(
+        self,
+        status: int | None,
+        reason: str,
+        code: str | None = None,
+        errors: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(f"registry {status if status is not None else '-'}: {reason}")
+        self.status = status
+        self.reason = reason
+        self.code = code
+        self.errors = errors
+
+
+class NotFound(ClientError):
+    """404: ``code`` tells what is unknown (``NAME_UNKNOWN``, ``MANIFEST_UNKNOWN``,
+    ``BLOB_UNKNOWN``, ``BLOB_UPLOAD_UNKNOWN``); None for a HEAD or a bare 404."""
+
+
+class RateLimited(ClientError):
+    """429.  ``retry_after`` is in seconds when the registry said so."""
+
+    def __init__(
+        self,
+        status: int | None,
+        reason: str,
+        retry_after: float | None = None,
+        code: str | None = None,
+        errors: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(status, reason, code, errors)
+        self.retry_after = retry_after
+
+
+class Unavailable(ClientError):
+    """No usable answer: 5xx, refused or reset connection, TLS failure, timeout, stalled body."""
+
+
+class Unauthorized(ClientError):
+    """401/403 after fresh credentials (or from the token service), or a 401 from an origin
+    that is not the registry's: the credentials do not reach, and were not sent elsewhere."""
+
+
+class BadResponse(ClientError):
+    """An answer that cannot be trusted: digest mismatch, missing digest, oversized manifest,
+    wrong length, malformed JSON."""
+
+
+class Rejected(ClientError):
+    """Any other 4xx: the registry refused the request (``code`` says why: ``DIGEST_INVALID``,
+    ``MANIFEST_INVALID``, ``UNSUPPORTED``, ``RANGE_INVALID`` ...)."""
+
+
+__all__ = [
+    "BadResponse",
+    "ClientError",
+    "NotFound",
+    "RateLimited",
+    "Rejected",
+    "Unauthorized",
+    "Unavailable",
+]

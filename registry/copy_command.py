@@ -1,0 +1,290 @@
+"""
+``txregistry copy SRC DST``: copy an image between registries and OCI layout directories.
+
+    txregistry copy docker://registry.example/app:v1 docker://mirror.example/app:v1
+    txregistry copy --referrers docker://localhost:5000/app:v1 oci:/backups/app:v1
+    txregistry copy --dest-tls-verify=false oci:/backups/app:v1 docker://localhost:5000/app:v1
+
+Image names use skopeo's transports: ``docker://HOST[:PORT]/NAME[:TAG|@DIGEST]`` and
+``oci:DIR[:TAG]``.  An index is copied with all its platforms; ``--referrers`` brings the
+signatures, SBOMs and attestations that refer to each manifest.  Progress goes to stderr (one
+updating line on a terminal, one line per item otherwise), the summary to stdout.
+
+Exit status: 0 copied, 1 the copy failed (the message says why), 2 bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+
+from registry.client import ClientError, Credentials, RegistryClient, TLSOptions
+from registry.client.auth import credentials_from_config
+from registry.client.copy import CopyEvent, Endpoint, LayoutImage, RegistryImage, copy_image
+from registry.client.layout import OCILayout
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad image name or option: exit status 2."""
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add ``copy`` to the ``txregistry`` sub-commands."""
+    text = "copy an image between registries and OCI layouts (skopeo's image names)"
+    sub: argparse.ArgumentParser = commands.add_parser("copy", help=text, description=text)
+    sub.add_argument("source", metavar="SRC", help="docker://HOST/NAME:TAG, oci:DIR:TAG ...")
+    sub.add_argument("destination", metavar="DST", help="docker://HOST/NAME:TAG, oci:DIR:TAG ...")
+    for side, name in (("src", "source"), ("dest", "destination")):
+        sub.add_argument(
+            f"--{side}-tls-verify",
+            type=_bool,
+            default=None,
+            metavar="BOOL",
+            help=f"verify the {name} registry's certificate (false: also allows plain http)",
+        )
+        sub.add_argument(f"--{side}-creds", metavar="USER[:PASSWORD]", help=f"{name} login")
+        sub.add_argument(f"--{side}-authfile", metavar="PATH", help=f"{name} config.json")
+        sub.add_argument(
+            f"--{side}-cert-dir",
+            metavar="DIR",
+            help=f"{name} TLS files: *.crt (CAs), *.cert and *.key (client certificate)",
+        )
+        sub.add_argument(
+            f"--{side}-no-creds", action="store_true", help=f"access the {name} anonymously"
+        )
+    sub.add_argument("--tls-verify", type=_bool, default=None, metavar="BOOL", help="both sides")
+    sub.add_argument("--authfile", metavar="PATH", help="config.json for both sides")
+    sub.add_argument(
+        "--referrers", action="store_true", help="also copy signatures, SBOMs, attestations"
+    )
+    sub.add_argument("--all", "-a", action="store_true", help="all platforms (the default)")
+    sub.add_argument("--preserve-digests", action="store_true", help="always the case")
+    sub.add_argument(
+        "--concurrency", type=int, default=4, help="blobs in flight at once (default 4)"
+    )
+    sub.add_argument("--retry-times", type=int, default=3, help="retries per call (default 3)")
+    sub.add_argument("--timeout", type=float, default=60.0, help="seconds per exchange")
+    sub.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    return sub
+
+
+@attrs.frozen
+class ImageName:
+    transport: str  # "docker" or "oci"
+    location: str  # HOST[:PORT] or DIR
+    name: str  # repository (docker only)
+    reference: str | None
+
+
+def parse_image(text: str) -> ImageName:
+    """Parse skopeo's ``docker://`` and ``oci:`` image names (UsageError otherwise)."""
+    if text.startswith("docker://"):
+        rest = text.removeprefix("docker://")
+        host, _, path = rest.partition("/")
+        if not host or not path:
+            raise UsageError(f"{text}: expected docker://HOST/NAME[:TAG|@DIGEST]")
+        reference: str | None = None
+        if "@" in path:
+            path, _, reference = path.partition("@")
+        else:
+            head, sep, tail = path.rpartition(":")
+            if sep and "/" not in tail:
+                path, reference = head, tail
+        return ImageName("docker", host, path, reference)
+    if text.startswith("oci:"):
+        rest = text.removeprefix("oci:")
+        directory, sep, tag = rest.rpartition(":")
+        if not sep or "/" in tag or not directory:
+            directory, tag = rest, ""
+        if not directory:
+            raise UsageError(f"{text}: expected oci:DIR[:TAG]")
+        return ImageName("oci", directory, "", tag or None)
+    raise UsageError(f"{text}: unknown transport (use docker://HOST/NAME:TAG or oci:DIR:TAG)")
+
+
+def _tls(cert_dir: str | None, verify: bool) -> TLSOptions:
+    if cert_dir is None:
+        return TLSOptions(verify=verify)
+    folder = Path(cert_dir)
+    cas = sorted(folder.glob("*.crt"))
+    certs, keys = sorted(folder.glob("*.cert")), sorted(folder.glob("*.key"))
+    return TLSOptions(
+        ca_file=tuple(cas) if cas else None,
+        cert_file=certs[0] if certs else None,
+        key_file=keys[0] if keys else None,
+        verify=verify,
+    )
+
+
+async def open_endpoint(
+    reactor: Any, image: ImageName, args: argparse.Namespace, side: str, create: bool
+) -> Endpoint:
+    """The endpoint for one side: a layout, or a client for the registry (plain http when
+    TLS verification is off and the registry does not speak TLS, as skopeo does)."""
+    if image.transport == "oci":
+        if create:
+            return LayoutImage(await OCILayout.create(reactor, image.location), image.reference)
+        try:
+            layout = await OCILayout.open(reactor, image.location)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return LayoutImage(layout, image.reference)
+    verify = getattr(args, f"{side}_tls_verify")
+    if verify is None:
+        verify = args.tls_verify if args.tls_verify is not None else True
+    creds_text = getattr(args, f"{side}_creds")
+    credentials = None
+    if creds_text:
+        try:
+            credentials = Credentials.parse(creds_text)
+        except ValueError as exc:
+            raise UsageError(f"--{side}-creds: {exc}") from None
+    elif not getattr(args, f"{side}_no_creds"):
+        authfile = getattr(args, f"{side}_authfile") or args.authfile
+        try:
+            credentials = credentials_from_config(image.location, authfile)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    tls = _tls(getattr(args, f"{side}_cert_dir"), verify)
+
+    def client(scheme: str, retries: int) -> RegistryClient:
+        return RegistryClient(
+            reactor,
+            f"{scheme}://{image.location}",
+            credentials=credentials,
+            tls=tls,
+            timeout=args.timeout,
+            retries=retries,
+        )
+
+    if not verify:
+        probe = client("https", 0)
+        try:
+            await probe.ping()
+        except ClientError:
+            await probe.close()
+            return RegistryImage(client("http", args.retry_times), image.name, image.reference)
+        await probe.close()
+    return RegistryImage(client("https", args.retry_times), image.name, image.reference)
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.1f} GiB"
+
+
+@attrs.define
+class Progress:
+    """One updating line on a terminal; one line per item otherwise."""
+
+    stream: IO[str]
+    tty: bool
+    quiet: bool = False
+    blobs: int = 0
+    skipped: int = 0
+    manifests: int = 0
+    size: int = 0
+
+    def __call__(self, event: CopyEvent) -> None:
+        if event.what == "blob":
+            if event.kind == "copied":
+                self.blobs += 1
+                self.size += event.size
+            else:
+                self.skipped += 1
+        else:
+            self.manifests += 1
+        if self.quiet:
+            return
+        if self.tty:
+            line = (
+                f"\rcopying: {self.blobs} blobs ({format_bytes(self.size)}), "
+                f"{self.skipped} already there, {self.manifests} manifests"
+            )
+            self.stream.write(line + "\x1b[K")
+        else:
+            self.stream.write(
+                f"{event.kind} {event.what} {event.digest} ({format_bytes(event.size)})\n"
+            )
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.tty and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+async def run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """The whole command; returns the exit status."""
+    endpoints: list[Endpoint] = []
+    progress = Progress(err, err.isatty(), args.quiet)
+    try:
+        source = parse_image(args.source)
+        target = parse_image(args.destination)
+        if args.concurrency < 1:
+            raise UsageError("--concurrency must be at least 1")
+        endpoints.append(await open_endpoint(reactor, source, args, "src", False))
+        endpoints.append(await open_endpoint(reactor, target, args, "dest", True))
+        result = await copy_image(
+            endpoints[0],
+            endpoints[1],
+            referrers=args.referrers,
+            concurrency=args.concurrency,
+            on_event=progress,
+        )
+    except UsageError as exc:
+        progress.end()
+        print(f"txregistry copy: {exc}", file=err, flush=True)
+        return EXIT_USAGE
+    except (ClientError, OSError, ValueError) as exc:
+        progress.end()
+        print(f"txregistry copy: failed: {exc}", file=err, flush=True)
+        return EXIT_FAILED
+    finally:
+        for endpoint in endpoints:
+            if isinstance(endpoint, RegistryImage):
+                await endpoint.client.close()
+    progress.end()
+    print(
+        f"copied {result.digest}: {result.manifests} manifests, {result.blobs_copied} blobs "
+        f"({format_bytes(result.bytes_copied)}), {result.blobs_skipped} already there, "
+        f"{result.blobs_mounted} mounted, {result.referrers} referrers",
+        file=out,
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def main(args: argparse.Namespace) -> NoReturn:
+    def start(reactor: Any) -> Deferred[None]:
+        async def task() -> None:
+            code = await run(reactor, args, sys.stdout, sys.stderr)
+            if code:
+                raise SystemExit(code)
+
+        return Deferred.fromCoroutine(task())
+
+    react(start)
+    raise SystemExit(EXIT_OK)

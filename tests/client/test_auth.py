@@ -1,0 +1,159 @@
+"""
+Credentials end to end: anonymous, Basic (htpasswd), Bearer tokens from a token service,
+credentials read from a Docker config.json, TLS with a private CA and a client certificate;
+and the credential rules against the fake Docker Hub (tokens only from the realm the
+registry's own ``/v2/`` announced, nothing to a redirect target).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import bcrypt
+import pytest
+import pytest_twisted
+
+from registry.client import (
+    Credentials,
+    TLSOptions,
+    Unauthorized,
+    Unavailable,
+    credentials_from_config,
+)
+from tests.auth import pki
+from tests.client import images
+from tests.client.conftest import ClientFactory
+from tests.client.tokenserver import token_service
+from tests.e2e.conftest import Starter
+from tests.fakes.upstream import FakeUpstream
+
+USERS = {"alice": "alice-pw"}
+
+
+def _htpasswd(tmp_path: Path) -> dict[str, dict[str, str]]:
+    lines = [
+        f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}"
+        for u, p in USERS.items()
+    ]
+    (tmp_path / "htpasswd").write_text("\n".join(lines) + "\n")
+    return {"auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "test"}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_basic_auth_and_config_json(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    registry = await start_registry(_htpasswd(tmp_path))
+    anonymous = make_client(registry.url)
+    with pytest.raises(Unauthorized) as info:
+        await anonymous.upload_blob("a/b", b"data")
+    assert info.value.status == 401 and info.value.code == "UNAUTHORIZED"
+    wrong = make_client(registry.url, credentials=Credentials("alice", "nope"))
+    with pytest.raises(Unauthorized):
+        await wrong.upload_blob("a/b", b"data")
+    with pytest.raises(Unauthorized):
+        await wrong.check()
+    # The right credentials, read from a config.json's base64 ``auth``.
+    host = registry.url.removeprefix("http://")
+    auth = base64.b64encode(b"alice:alice-pw").decode()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {host: {"auth": auth}}, "credHelpers": {}}))
+    found = credentials_from_config(host, config)
+    assert found == Credentials("alice", "alice-pw")
+    assert credentials_from_config("elsewhere:5000", config) is None
+    client = make_client(registry.url, credentials=found)
+    await client.check()
+    assert str(await client.upload_blob("a/b", b"data")) == images.digest(b"data")
+    assert client.session.challenge is not None and client.session.challenge.scheme == "basic"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bearer_tokens_per_scope(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Pushing buys a pull,push token for the repository (a mount also asks pull on the
+    source); the token service sees the credentials, the registry only the token."""
+    async with token_service(tmp_path, USERS) as tokens:
+        registry = await start_registry(tokens.sections)
+        client = make_client(registry.url, credentials=Credentials("alice", "alice-pw"))
+        dgst = await client.upload_blob("team/app", b"layer")
+        assert await client.blob_exists("team/app", dgst) == 5
+        assert await client.mount_blob("team/other", dgst, "team/app") is True
+        scopes = [s for _, s in tokens.log]
+        assert ["repository:team/app:pull,push"] in scopes
+        assert ["repository:team/app:pull"] in scopes
+        assert ["repository:team/other:pull,push", "repository:team/app:pull"] in scopes
+        assert all((a or "").startswith("Basic ") for a, _ in tokens.log)
+        # Cached: one token per scope, however many calls.
+        before = len(tokens.log)
+        await client.blob_exists("team/app", dgst)
+        assert len(tokens.log) == before
+        # Anonymous gets a pull-only token: the push is refused with the OCI code.
+        anonymous = make_client(registry.url)
+        with pytest.raises(Unauthorized) as info:
+            await anonymous.upload_blob("team/app", b"more")
+        assert info.value.code in ("DENIED", "UNAUTHORIZED")
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_private_ca_and_client_certificate(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    ca_key, key, client_key = pki.new_key("ec"), pki.new_key("ec"), pki.new_key("ec")
+    ca = pki.certificate("test CA", ca_key, ca=True)
+    server = pki.certificate("127.0.0.1", key, (ca_key, ca), server=True)
+    client_cert = pki.certificate("alice", client_key, (ca_key, ca), client=True)
+    ca_file = pki.write(tmp_path / "ca.pem", pki.pem_cert(ca))
+    cert = pki.write(tmp_path / "server.pem", pki.pem_cert(server))
+    server_key = pki.write(tmp_path / "server.key", pki.pem_key(key))
+    mine = pki.write(tmp_path / "client.pem", pki.pem_cert(client_cert))
+    mine_key = pki.write(tmp_path / "client.key", pki.pem_key(client_key))
+    listen = f"ssl:{{port}}:interface=127.0.0.1:privateKey={server_key}:certKey={cert}"
+    registry = await start_registry(
+        {"http": {"clientcas": ca_file, "clientauth": "required"}}, listen=listen
+    )
+    assert registry.url.startswith("https://")
+    with_cert = make_client(
+        registry.url, tls=TLSOptions(ca_file=ca_file, cert_file=mine, key_file=mine_key)
+    )
+    assert str(await with_cert.upload_blob("t/ls", b"tls")) == images.digest(b"tls")
+    assert await with_cert.blob_exists("t/ls", images.digest(b"tls")) == 3
+    without_cert = make_client(registry.url, tls=TLSOptions(ca_file=ca_file), retries=0)
+    with pytest.raises(Unavailable):
+        await without_cert.blob_exists("t/ls", images.digest(b"tls"))
+    untrusted = make_client(
+        registry.url, tls=TLSOptions(cert_file=mine, key_file=mine_key), retries=0
+    )
+    with pytest.raises(Unavailable, match=r"(?i)certificate|ssl|tls"):
+        await untrusted.blob_exists("t/ls", images.digest(b"tls"))
+    insecure = make_client(
+        registry.url, tls=TLSOptions(verify=False, cert_file=mine, key_file=mine_key)
+    )
+    assert await insecure.blob_exists("t/ls", images.digest(b"tls")) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_go_only_to_the_announced_realm(
+    fake: FakeUpstream, make_client: ClientFactory
+) -> None:
+    """Blob bytes come from the CDN without ``Authorization``; a CDN that asks for
+    authentication gets nothing (no token from its realm) and the call fails as Unauthorized;
+    the registry's own challenge stays in use."""
+    fake.switches.credentials = ("alice", "s3cret")
+    image = fake.content.add_image("library/alpine", "latest", [4096])
+    client = make_client(fake.url, credentials=Credentials("alice", "s3cret"))
+    layer = image.layers[0]
+    data = await (await client.blob("library/alpine", layer.digest)).read()
+    assert images.digest(data) == layer.digest
+    fake.switches.cdn_challenge = True
+    with pytest.raises(Unauthorized) as info:
+        await client.blob("library/alpine", layer.digest)
+    assert "not the registry" in info.value.reason
+    fake.switches.cdn_challenge = False
+    again = await (await client.blob("library/alpine", layer.digest)).read()
+    assert again == data
+    assert fake.count(kind="cdn-token") == 0
+    assert all(r.authorization is None for r in fake.log if r.kind == "cdn")
+    assert all((r.authorization or "").startswith("Basic ") for r in fake.log if r.kind == "token")
