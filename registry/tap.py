@@ -50,6 +50,9 @@ from registry.server.probe import describe, probe_storage, storage_description
 from registry.server.service import RegistryService
 from registry.storage.factory import build_driver
 from registry.storage.hash_offload import HashThreads
+from registry.sync.config import parse_syncs
+from registry.sync.metrics import register_sync_metrics
+from registry.sync.service import add_replication
 
 log = Logger()
 
@@ -103,6 +106,7 @@ class Options(usage.Options):
             self.config = load(self["config"], os.environ, overrides)
             parse_proxies(self.config)  # [proxy:NAME] sections are validated here too
             check_notifications(self.config)  # and [notifications:NAME]
+            parse_syncs(self.config)  # and [sync:NAME]
         except ConfigError as exc:
             raise usage.UsageError(f"configuration error: {exc}") from None
 
@@ -298,6 +302,7 @@ def makeService(options: Options) -> IService:
     router = ctx.route_rewriter if isinstance(ctx.route_rewriter, ProxyRouter) else None
     add_monitoring(config, ctx, router, reactor, root)
     register_notification_metrics(ctx.metrics.registry, ctx.notifier)
+    register_sync_metrics(ctx.metrics.registry, ctx.sync)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
     if config.http.sendfile and (problems := sendfile.platform_problems()):
         log.warn(
@@ -317,6 +322,8 @@ def _after_start(config: Config, root: MultiService, ctx: RegistryContext, drive
     # it now rather than inside the first catalog request.
     d = Deferred.fromCoroutine(ctx.catalog.ensure_index())
     d.addErrback(lambda f: log_failure(log, f, "building the catalog index failed"))
+    # Replication ([sync:NAME]): each sync's schedule starts once storage is known to work.
+    add_replication(config, ctx, ctx.reactor, root)
     if config.uploads.purge_enabled:
 
         def purge() -> Deferred[Any]:
