@@ -16,7 +16,7 @@ import json
 from collections.abc import Coroutine
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, DeferredSemaphore
 from twisted.python.failure import Failure
 
 from registry.api.digests import Digest
@@ -60,7 +60,8 @@ def blob_digests(document: dict[str, Any]) -> list[Digest]:
 
 class Copier:
     """Copies images for one run of one sync.  ``transfers`` bounds the blobs in flight
-    (the sync's ``concurrency``); a blob wanted twice at once is transferred once."""
+    (the sync's ``concurrency``); a blob wanted by two repositories at once is transferred
+    once."""
 
     def __init__(
         self,
@@ -77,13 +78,7 @@ class Copier:
         self.counts = counts
         self.transfers = transfers
         self.referrers = referrers
-        self._running: dict[tuple[str, Digest], Deferred[None]] = {}
-        self._waiters: dict[tuple[str, Digest], list[Deferred[None]]] = {}
-
-    def cancel(self) -> None:
-        """Stop every blob transfer in flight (the run is being stopped)."""
-        for pending in list(self._running.values()):
-            pending.cancel()
+        self._locks: dict[Digest, DeferredLock] = {}
 
     async def copy_tag(self, source_name: str, target_name: str, tag: str) -> FetchedManifest:
         """Copy the image the tag names and point the tag at it on the other side."""
@@ -138,28 +133,18 @@ class Copier:
         await _all([self._blob(source_name, target_name, d) for d in blobs])
 
     async def _blob(self, source_name: str, target_name: str, digest: Digest) -> None:
-        key = (target_name, digest)
-        waiter: Deferred[None] = Deferred()
-        waiters = self._waiters.get(key)
-        if waiters is None:
-            self._waiters[key] = [waiter]
-            running = Deferred.fromCoroutine(self._blob_once(source_name, target_name, digest))
-            self._running[key] = running
-            running.addBoth(self._settle, key)
-        else:
-            waiters.append(waiter)
-        await waiter
-
-    def _settle(self, result: object, key: tuple[str, Digest]) -> None:
-        """Give a shared transfer's outcome to every caller that waited for it."""
-        self._running.pop(key, None)
-        for waiter in self._waiters.pop(key, []):
-            if waiter.called:
-                continue
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(None)
+        # One transfer per digest at a time: whoever waited finds the blob there afterwards
+        # (locally, linked into its repository), instead of fetching it a second time.
+        lock = self._locks.get(digest)
+        if lock is None:
+            lock = self._locks[digest] = DeferredLock()
+        await lock.acquire()
+        try:
+            await self._blob_once(source_name, target_name, digest)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(digest, None)
 
     async def _blob_once(self, source_name: str, target_name: str, digest: Digest) -> None:
         if await self.target.has_blob(target_name, digest):

@@ -155,7 +155,6 @@ class SyncService(Service):
             sync_event="run_started",
         )
         result = "failed"
-        copier: Copier | None = None
         try:
             if settings.direction == "pull" and self.ctx.config.maintenance.readonly:
                 raise CopyError("this registry is read-only ([maintenance] readonly)")
@@ -178,8 +177,6 @@ class SyncService(Service):
             result = "ok" if report.counts.values["errors"] == 0 else "failed"
         except CancelledError:
             result = "stopped"
-            if copier is not None:
-                copier.cancel()
         except EXPECTED as exc:
             self._error(report, "", exc)
         finally:
