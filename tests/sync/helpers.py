@@ -102,3 +102,11 @@ def metric(text: str, name: str, sync: str) -> float:
         if line.startswith(prefix):
             return float(line[len(prefix) :])
     return 0.0
+
+
+async def wait_fresh_run(url: str, name: str, limit: float = 60) -> dict[str, Any]:
+    """The status after a run that started after this call (content pushed before it is
+    seen whole)."""
+    status = await sync_status(url, name)
+    runs = status["runs"] + (2 if status["state"] == "running" else 1)
+    return await wait_runs(url, name, runs, limit)
