@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -96,22 +97,38 @@ class ThrottledBody:
         self._throttle = throttle
         self.length = getattr(inner, "length", UNKNOWN_LENGTH)
         self._gate: PausingGate | None = None
+        self._done: Deferred[None] | None = None
         self.sent = 0
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._gate = PausingGate(self._throttle, self._inner)
+        self._done = Deferred()
         relay = _CountingConsumer(consumer, self)
-        done: Deferred[None] = self._inner.startProducing(relay)
-        gate = self._gate
+        inner_done: Deferred[None] = self._inner.startProducing(relay)
+        inner_done.addBoth(self._inner_finished)
+        return self._done
 
-        def finished(result: object) -> object:
-            gate.cancel()
-            return result
-
-        return done.addBoth(finished)
+    def _inner_finished(self, result: object) -> None:
+        if self._gate is not None:
+            self._gate.cancel()
+        if self._done is not None and not self._done.called:
+            if isinstance(result, Failure):
+                self._done.errback(result)
+            else:
+                self._done.callback(None)
+        # Else the body was complete already; a later stop of the reader is no failure.
 
     def _passed(self, amount: int) -> None:
         self.sent += amount
+        if isinstance(self.length, int) and self.sent >= self.length:
+            # Every byte is out: the body is done now, not when the (maybe paused) reader
+            # notices its end.  The remote may answer at once, and the HTTP client must not
+            # see the body fail after that answer.
+            self._inner_finished(None)
+            # Let the reader reach its end and close its file even if a pause holds it: it
+            # has nothing left to write.
+            self._inner.resumeProducing()
+            return
         if self._gate is not None:
             self._gate.passed(amount)
 

@@ -162,5 +162,9 @@ async def push_blob(
                 await client.cancel_upload(upload)
         raise
     finally:
-        producer.stopProducing()
+        # A body that was sent belongs to the HTTP client, which ends it (the remote may
+        # answer while the reader, paused by the throttle, has yet to notice its end: stopping
+        # it then would fail a request that succeeded).  Only an unsent reader is closed here.
+        if not used:
+            producer.stopProducing()
     return size

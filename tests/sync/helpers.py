@@ -14,10 +14,16 @@ from tests.e2e.harness import sleep
 
 
 async def push_image(
-    client: RegistryClient, name: str, tag: str | None, arch: str = "amd64", layers: int = 2
+    client: RegistryClient,
+    name: str,
+    tag: str | None,
+    arch: str = "amd64",
+    layers: int = 2,
+    layer_size: int = 2000,
 ) -> tuple[bytes, dict[str, bytes]]:
     """An OCI image with random layers; tagged ``tag`` (or pushed by digest when None)."""
-    manifest, blobs = images.image(arch, [os.urandom(2000 + 1000 * i) for i in range(layers)])
+    sizes = [layer_size + 1000 * i for i in range(layers)]
+    manifest, blobs = images.image(arch, [os.urandom(size) for size in sizes])
     for dgst, data in blobs.items():
         await client.upload_blob(name, data, dgst)
     await client.put_manifest(name, tag or images.digest(manifest), manifest)

@@ -39,12 +39,15 @@ async def test_push_to_registry2_and_to_another_txregistry(
                 "destination": "backup",
                 "interval": "1s",
                 "concurrency": "2",
+                # Below the big layer's size: its upload is paused and resumed on the way.
+                "bandwidth": "1MB",
             },
         }
     )
     local = make_client(source.url)
     _, children, _ = await push_index(local, "apps/web/frontend", "2024.1")
     await push_image(local, "apps/db", "15", layers=3)
+    await push_image(local, "apps/big", "1", layers=1, layer_size=2_500_000)
     await push_image(local, "private/secret", "v1")  # not under apps/
 
     registry2_client = make_client(f"http://{registry2.host}")
@@ -59,6 +62,7 @@ async def test_push_to_registry2_and_to_another_txregistry(
             local, "apps/web/frontend", remote, f"{prefix}apps/web/frontend", "2024.1"
         )
         await assert_same_image(local, "apps/db", remote, f"{prefix}apps/db", "15")
+        await assert_same_image(local, "apps/big", remote, f"{prefix}apps/big", "1")
         for digest, body in children.items():
             got = await remote.get_manifest(f"{prefix}apps/web/frontend", digest)
             assert got.body == body
@@ -67,6 +71,6 @@ async def test_push_to_registry2_and_to_another_txregistry(
         again = await wait_runs(source.url, sync, status["runs"] + 1)
         assert again["last"]["result"] == "ok"
         assert again["last"]["manifests"] == 0 and again["last"]["blobs"] == 0
-        assert again["last"]["tags_up_to_date"] == 2
+        assert again["last"]["tags_up_to_date"] == 3
     catalog = [name async for name in other_client.all_repositories()]
-    assert catalog == ["backup/apps/db", "backup/apps/web/frontend"]
+    assert catalog == ["backup/apps/big", "backup/apps/db", "backup/apps/web/frontend"]
