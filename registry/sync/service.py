@@ -20,6 +20,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from registry.api.errors import RegistryError
 from registry.client import ClientError, RegistryClient
@@ -171,9 +172,14 @@ class SyncService(Service):
             names = await source_repositories(source, settings)
             workers = DeferredSemaphore(settings.concurrency)
             runs = [workers.run(self._repository_later, copier, report, name) for name in names]
-            await DeferredList(runs, consumeErrors=True, fireOnOneErrback=False)
-            for done in runs:
-                done.addErrback(lambda _: None)
+            outcomes = await DeferredList(runs, consumeErrors=True)
+            failures = [value for ok, value in outcomes if not ok]
+            for failure in failures:
+                # Cancelled (the service is stopping: a cancelled DeferredList cancels its
+                # members and fires with their outcomes), or a defect, logged with its
+                # traceback by `_after_run`.
+                assert isinstance(failure, Failure)
+                failure.raiseException()
             result = "ok" if report.counts.values["errors"] == 0 else "failed"
         except CancelledError:
             result = "stopped"
