@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredLock, Deferre
 from twisted.python.failure import Failure
 
 from registry.api.digests import Digest
+from registry.api.errors import RegistryError
 from registry.client import index_descriptors
 from registry.sync.sides import FetchedManifest, LocalSide, RemoteSide, Side
 from registry.sync.status import RunCounts
@@ -98,8 +99,8 @@ class Copier:
         for descriptor in await self.source.referrers(source_name, subject):
             try:
                 digest = Digest.parse(str(descriptor.get("digest")))
-            except Exception:
-                continue
+            except RegistryError:
+                continue  # not a digest: nothing that could be fetched
             await self.copy_manifest(source_name, target_name, digest)
             await self.copy_referrers(source_name, target_name, digest, depth + 1)
 

@@ -114,8 +114,9 @@ class SyncService(Service):
 
     def _after_run(self, result: object) -> None:
         self._run = None
-        if hasattr(result, "getTraceback"):
-            log.failure("sync {sync}: run failed", result, sync=self.settings.name)  # type: ignore[arg-type]
+        if isinstance(result, Failure):
+            # Expected failures are counted and logged inside the run: this is a defect.
+            log.failure("sync {sync}: run failed", result, sync=self.settings.name)
         interval = self.settings.interval
         self._schedule(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
 

@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from tests.client.conftest import ClientFactory
 from tests.e2e.client import get
 from tests.e2e.conftest import Starter
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_port, sleep
 from tests.fakes.upstream import Switches, start_fake_upstream
 from tests.sync.helpers import metric, sync_status, wait_runs
 
@@ -111,3 +111,41 @@ async def test_a_remote_that_is_down_is_an_error_in_status_and_log(
     assert (await sync_status(local.url, "down"))["remote"] == down
     response, _ = await get(f"{local.url}/sync/status/nonesuch")
     assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_transfers_are_bounded_by_concurrency(
+    start_registry: Starter, make_client: ClientFactory
+) -> None:
+    """With ``concurrency = 2``, a third blob GET is not sent while two are held upstream."""
+    fake = await start_fake_upstream(reactor, switches=Switches(auth="none"))
+    try:
+        image = fake.content.add_image("wide/app", "v1", [1000, 2000, 3000, 4000, 5000])
+        hold = fake.hold("GET", "blob")
+        local = await start_registry(
+            {
+                "sync:wide": {
+                    "remote": fake.url,
+                    "repositories": "wide/app",
+                    "concurrency": "2",
+                }
+            }
+        )
+        for _ in range(1000):
+            if hold.arrived >= 2:
+                break
+            await sleep(0.01)
+        # Give a third transfer every chance to start: status round trips through the
+        # registry, and storage calls in its thread pool, while the two are held.
+        for _ in range(20):
+            status = await sync_status(local.url, "wide")
+            assert status["state"] == "running"
+        assert hold.arrived == 2
+        hold.release()
+        status = await wait_runs(local.url, "wide")
+        assert status["last"]["result"] == "ok", status
+        assert status["last"]["blobs"] == 6  # the config and five layers
+        got = await make_client(local.url).get_manifest("wide/app", "v1")
+        assert got.body == image.manifest
+    finally:
+        await fake.stop()
