@@ -86,6 +86,8 @@ class SyncService(Service):
         super().startService()  # type: ignore[no-untyped-call]
         self._starting = Deferred.fromCoroutine(self._restore())
         self._starting.addCallback(lambda _: self._schedule(self.rng.uniform(0, FIRST_RUN_SPREAD)))
+        # Cancelled by a stop that came first: nothing to report.
+        self._starting.addErrback(lambda failure: failure.trap(CancelledError) and None)
 
     async def _restore(self) -> None:
         try:
@@ -114,7 +116,7 @@ class SyncService(Service):
 
     def _after_run(self, result: object) -> None:
         self._run = None
-        if isinstance(result, Failure):
+        if isinstance(result, Failure) and not result.check(CancelledError):
             # Expected failures are counted and logged inside the run: this is a defect.
             log.failure("sync {sync}: run failed", result, sync=self.settings.name)
         interval = self.settings.interval
