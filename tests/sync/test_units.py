@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
+from registry import config
 from registry.config import ConfigError
-from registry.sync.config import parse_sync
+from registry.sync.config import parse_sync, parse_syncs
 from registry.sync.filters import RepositoryFilter, TagFilter, map_name, semver_key
 from registry.sync.throttle import Throttle
 
@@ -83,3 +84,15 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     assert found.credentials is not None and found.credentials.username == "u"
     other = parse_sync("a", {"remote": "https://other.example", "authfile": str(authfile)})
     assert other.credentials is None
+
+
+def test_sections_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "registry.cfg"
+    path.write_text("[sync:up]\nremote = https://r.example\nusername = mirror\n")
+    loaded = config.load(str(path), environ={"REGISTRY_SYNC_UP_PASSWORD": "from-env"})
+    (sync,) = parse_syncs(loaded)
+    assert sync.name == "up" and sync.credentials is not None
+    assert (sync.credentials.username, sync.credentials.password) == ("mirror", "from-env")
+    path.write_text("[sync:up]\nremote = https://r.example\nintervall = 5m\n")
+    with pytest.raises(ConfigError, match=r"\[sync:up\] intervall: unknown key"):
+        parse_syncs(config.load(str(path), environ={}))
