@@ -117,6 +117,20 @@ class RegistryApp:
             raise RegistryError(NOT_FOUND, {"path": "/metrics"})
         return await monitoring.metrics_answer(self.ctx, request)
 
+    @router.route("/sync/status", methods=["GET"])
+    async def sync_status(self, request: IRequest) -> bytes:
+        """Replication status, where /metrics is served (`metrics_on_main_port`)."""
+        return await self._sync_status(request, None)
+
+    @router.route("/sync/status/<name>", methods=["GET"])
+    async def one_sync_status(self, request: IRequest, name: str) -> bytes:
+        return await self._sync_status(request, name)
+
+    async def _sync_status(self, request: IRequest, name: str | None) -> bytes:
+        if not metrics_on_main_port(self.ctx):
+            raise RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
+        return await monitoring.sync_status_answer(self.ctx, request, name)
+
     @router.route("/health", methods=["GET", "HEAD"])
     async def health(self, request: IRequest) -> bytes:
         """For load balancers and monitors: 200 while storage answers, 503 with the reason."""

@@ -379,9 +379,9 @@ SECTIONS: dict[str, type[Any]] = {
     "redis": RedisConfig,
     "fleet": FleetConfig,
 }
-# Sections parsed by their owners (one per upstream or webhook endpoint); kept raw in
+# Sections parsed by their owners (one per upstream, webhook endpoint or replication); kept raw in
 # Config.extra.
-OPEN_SECTIONS = re.compile(r"(?:proxy|notifications):[a-z0-9._-]+")
+OPEN_SECTIONS = re.compile(r"(?:proxy|notifications|sync):[a-z0-9._-]+")
 
 
 def env_name(section: str, name: str) -> str:
@@ -428,8 +428,8 @@ def parse_section_values(
 ) -> dict[str, Any]:
     """
     The keys of a section, each read by its parser (the fixed sections' come from their
-    fields; ``[proxy:NAME]`` and ``[notifications:NAME]`` name theirs); an unknown key or a bad
-    value is a `ConfigError` naming the section and the key.
+    fields; ``[proxy:NAME]``, ``[notifications:NAME]`` and ``[sync:NAME]`` name theirs); an
+    unknown key or a bad value is a `ConfigError` naming the section and the key.
     """
     parsed: dict[str, Any] = {}
     for name, text in values.items():

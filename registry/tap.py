@@ -60,6 +60,7 @@ from registry.server.workers import (
 )
 from registry.storage.factory import build_driver
 from registry.storage.hash_offload import HashThreads
+from registry.sync.metrics import register_sync_metrics
 
 if TYPE_CHECKING:
     # The pull-through cache (treq, its stores) is imported only when [proxy:NAME] is set.
@@ -117,6 +118,10 @@ class Options(usage.Options):
             self.config = load(self["config"], os.environ, overrides)
             parse_proxies(self.config)  # [proxy:NAME] sections are validated here too
             check_notifications(self.config)  # and [notifications:NAME]
+            if has_syncs(self.config):  # and [sync:NAME]
+                from registry.sync.config import parse_syncs
+
+                parse_syncs(self.config)
         except ConfigError as exc:
             raise usage.UsageError(f"configuration error: {exc}") from None
 
@@ -372,6 +377,7 @@ def makeService(options: Options) -> IService:
         link.local_metrics = lambda: local_metrics(ctx)
         ctx.health.add(HealthCheck("workers", workers_probe(link)))
     register_notification_metrics(ctx.metrics.registry, ctx.notifier)
+    register_sync_metrics(ctx.metrics.registry, ctx.sync)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
     if config.http.sendfile and (problems := sendfile.platform_problems()):
         log.warn(
@@ -383,6 +389,11 @@ def makeService(options: Options) -> IService:
     root.setServiceParent(serving)
     if spec is None or spec.worker == 0:  # once per registry, not once per worker
         serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))
+    elif has_syncs(config):  # the first worker runs the syncs; the others read their states
+        from registry.sync.service import add_statuses
+
+        add_statuses(config, ctx)
+        ctx.sync.from_storage = True
     return serving
 
 
@@ -407,12 +418,23 @@ def _supervising(options: Options, config: Config, count: int, reactor: Any) -> 
     return supervise(reactor, config, count, endpoints, debug, command)
 
 
+def has_syncs(config: Config) -> bool:
+    """Whether any ``[sync:NAME]`` is configured (replication, and the client library with it,
+    is loaded only then)."""
+    return any(section.startswith("sync:") for section in config.extra)
+
+
 def _after_start(config: Config, root: MultiService, ctx: RegistryContext, driver: Any) -> None:
     """Storage work that waits for the probe: on broken storage it could only log failures."""
     # A registry:2 data directory served for the first time has no catalog index yet: build
     # it now rather than inside the first catalog request.
     d = Deferred.fromCoroutine(ctx.catalog.ensure_index())
     d.addErrback(lambda f: log_failure(log, f, "building the catalog index failed"))
+    # Replication ([sync:NAME]): each sync's schedule starts once storage is known to work.
+    if has_syncs(config):
+        from registry.sync.service import add_replication
+
+        add_replication(config, ctx, ctx.reactor, root)
     if config.uploads.purge_enabled:
 
         def purge() -> Deferred[Any]:

@@ -7,28 +7,16 @@ layouts on disk, and an image copier between the two.  See docs/client.md.
 
 Everything here is typed; every failure is a `ClientError` subclass carrying the HTTP status
 and the OCI error codes.
+
+The names are loaded on first use (PEP 562 ``__getattr__``): a registry that only needs the
+error classes (its pull-through cache names them) does not load the HTTP client with them.
 """
 
-from registry.client._client import (
-    MANIFEST_MEDIA_TYPES,
-    BlobStream,
-    Manifest,
-    Page,
-    RegistryClient,
-    Upload,
-    index_descriptors,
-)
-from registry.client._session import RateLimitStatus
-from registry.client._streams import FileSink
-from registry.client._tls import TLSOptions
-from registry.client.auth import Credentials, credentials_from_config
-from registry.client.copy import (
-    CopyEvent,
-    CopyResult,
-    LayoutImage,
-    RegistryImage,
-    copy_image,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from registry.client.errors import (
     BadResponse,
     ClientError,
@@ -38,7 +26,64 @@ from registry.client.errors import (
     Unauthorized,
     Unavailable,
 )
-from registry.client.layout import OCILayout
+
+if TYPE_CHECKING:
+    from registry.client._client import (
+        MANIFEST_MEDIA_TYPES,
+        BlobStream,
+        Manifest,
+        Page,
+        RegistryClient,
+        Upload,
+        index_descriptors,
+    )
+    from registry.client._session import RateLimitStatus
+    from registry.client._streams import FileSink
+    from registry.client._tls import TLSOptions
+    from registry.client.auth import Credentials, credentials_from_config
+    from registry.client.copy import (
+        CopyEvent,
+        CopyResult,
+        LayoutImage,
+        RegistryImage,
+        copy_image,
+    )
+    from registry.client.layout import OCILayout
+
+_LAZY = {
+    **dict.fromkeys(
+        [
+            "MANIFEST_MEDIA_TYPES",
+            "BlobStream",
+            "Manifest",
+            "Page",
+            "RegistryClient",
+            "Upload",
+            "index_descriptors",
+        ],
+        "registry.client._client",
+    ),
+    "RateLimitStatus": "registry.client._session",
+    "FileSink": "registry.client._streams",
+    "TLSOptions": "registry.client._tls",
+    "Credentials": "registry.client.auth",
+    "credentials_from_config": "registry.client.auth",
+    **dict.fromkeys(
+        ["CopyEvent", "CopyResult", "LayoutImage", "RegistryImage", "copy_image"],
+        "registry.client.copy",
+    ),
+    "OCILayout": "registry.client.layout",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'registry.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MANIFEST_MEDIA_TYPES",

@@ -30,6 +30,7 @@ from registry.storage.manifests import IManifestStore, ManifestStore
 from registry.storage.referrers import IReferrers, ReferrersIndex
 from registry.storage.tags import ITagStore, TagStore
 from registry.storage.uploads import IUploadStore, UploadStore
+from registry.sync.status import SyncBoard
 
 # Drivers whose storage belongs to one process (S3 buckets are shared between instances).
 LOCAL_DRIVERS = ("filesystem", "inmemory")
@@ -126,6 +127,8 @@ class RegistryContext:
     notifier: Notifier = attrs.field(factory=Notifier)
     # Applied to every parsed route before its handler (containerd's ``?ns=``), if any.
     route_rewriter: IRouteRewriter | None = None
+    # Replication ([sync:NAME]): each sync's status, filled in by `registry.sync.service`.
+    sync: SyncBoard = attrs.field(factory=SyncBoard)
 
     @classmethod
     def build(

@@ -6,7 +6,8 @@ Prometheus have no registry credentials):
 - ``/health/ready``: every readiness check (storage, each upstream), 503 naming the failing
   ones;
 - ``/health``: the storage check alone, the body kept as it always was;
-- ``/metrics``: Prometheus text format.
+- ``/metrics``: Prometheus text format;
+- ``/sync/status``: every replication's state (``[sync:NAME]``), ``/sync/status/<name>`` one.
 
 `DebugApp` serves the same on the ``[debug] addr`` listener, where ``/debug/health`` is
 registry:2's name for readiness.  Which of these the main port serves is decided in
@@ -71,6 +72,20 @@ async def metrics_answer(ctx: RegistryContext, request: IRequest) -> bytes:
     return responses.body(request, 200, text, METRICS_CONTENT_TYPE)
 
 
+async def sync_status_answer(ctx: RegistryContext, request: IRequest, name: str | None) -> bytes:
+    """Every sync's status as JSON, or one sync's (404 for a name that is not configured)."""
+    if ctx.sync.from_storage:
+        from registry.sync.service import refresh_from_storage
+
+        await refresh_from_storage(ctx)
+    if name is None:
+        return responses.json_body(request, 200, ctx.sync.as_json())
+    status = ctx.sync.syncs.get(name)
+    if status is None:
+        raise RegistryError(NOT_FOUND, {"sync": name[:100]}, "no such sync")
+    return responses.json_body(request, 200, status.as_json())
+
+
 @attrs.define
 class DebugApp:
     """The ``[debug] addr`` listener's application: monitoring only, nothing of ``/v2``."""
@@ -85,6 +100,14 @@ class DebugApp:
     @router.route("/health/live", methods=["GET", "HEAD"])
     def live(self, request: IRequest) -> bytes:
         return live_answer(request)
+
+    @router.route("/sync/status", methods=["GET"])
+    async def sync_status(self, request: IRequest) -> bytes:
+        return await sync_status_answer(self.ctx, request, None)
+
+    @router.route("/sync/status/<name>", methods=["GET"])
+    async def one_sync_status(self, request: IRequest, name: str) -> bytes:
+        return await sync_status_answer(self.ctx, request, name)
 
     @router.route("/health/ready", methods=["GET", "HEAD"])
     @router.route("/debug/health", methods=["GET", "HEAD"])

@@ -1,0 +1,57 @@
+"""
+What a run copies: the source's repositories that the globs select, their tags that the tag
+filters select, and of those the tags whose digest differs on the receiving side.
+
+Comparing digests is what makes a sync incremental: a tag that names the same digest on both
+sides is up to date (its manifest was validated against complete content when it was put), so
+a run with nothing new upstream sends no manifest and no blob, only a HEAD per tag.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from registry.api.digests import Digest
+from registry.sync.config import SyncConfig
+from registry.sync.filters import literal_prefix, map_name
+from registry.sync.sides import Side
+
+
+@attrs.frozen
+class TagPlan:
+    tag: str
+    source: Digest
+    target: Digest | None
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.source == self.target
+
+
+async def source_repositories(source: Side, config: SyncConfig) -> list[str]:
+    """The repositories to copy: the names themselves when the globs are plain names (no
+    catalog needed), else the source's catalog filtered by the globs."""
+    literal = config.repositories.literal_names
+    if literal is not None:
+        return sorted(literal)
+    return sorted(name for name in await source.repositories() if config.repositories.matches(name))
+
+
+def target_name(config: SyncConfig, name: str) -> str:
+    """A repository's name on the receiving side (``destination``, ``strip_prefix``)."""
+    strip = literal_prefix(config.repositories.globs) if config.strip_prefix else ""
+    return map_name(name, strip, config.destination)
+
+
+async def plan_repository(
+    source: Side, target: Side, config: SyncConfig, name: str, destination: str
+) -> list[TagPlan]:
+    """Every selected tag of one repository with its digest on both sides; tags that
+    vanished from the source meanwhile are left out."""
+    plans = []
+    for tag in config.tags.select(await source.tags(name)):
+        digest = await source.tag_digest(name, tag)
+        if digest is None:
+            continue
+        plans.append(TagPlan(tag, digest, await target.tag_digest(destination, tag)))
+    return plans

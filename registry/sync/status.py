@@ -1,0 +1,202 @@
+"""
+What each sync is doing and has done: the run in progress, the last run, the last success,
+and totals since the first run.  One `SyncStatus` per ``[sync:NAME]`` on a `SyncBoard`,
+which the ``/sync/status`` route, the metrics and the service share.
+
+The status is also kept in storage (``txregistry/sync/<name>/state.json``, which registry:2
+ignores), written at the end of every run and read back at start: after a restart the status
+still says when the last successful run was, and the totals go on from where they were.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+COUNTERS = (
+    "repositories",
+    "tags_checked",
+    "tags_up_to_date",
+    "manifests",
+    "blobs",
+    "blobs_skipped",
+    "bytes",
+    "errors",
+)
+# Errors kept in the status of one run (each is also logged).
+MAX_ERRORS = 20
+
+
+@attrs.define
+class RunCounts:
+    """The counters of one run; every increment also goes to the sync's totals."""
+
+    totals: dict[str, int] = attrs.field(factory=dict)
+    values: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(COUNTERS, 0))
+
+    def add(self, counter: str, amount: int = 1) -> None:
+        self.values[counter] += amount
+        self.totals[counter] = self.totals.get(counter, 0) + amount
+
+
+@attrs.define
+class RunReport:
+    """One run: when, how it ended (``running``, ``ok``, ``failed``, ``stopped``), its
+    counters and its first errors."""
+
+    started: float
+    finished: float | None = None
+    result: str = "running"
+    counts: RunCounts = attrs.field(factory=RunCounts)
+    errors: list[str] = attrs.field(factory=list)
+
+    def error(self, message: str) -> None:
+        self.counts.add("errors")
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(message)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "finished": self.finished,
+            "result": self.result,
+            **self.counts.values,
+            "error_messages": list(self.errors),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunReport | None:
+        if not isinstance(data, dict) or not isinstance(data.get("started"), int | float):
+            return None
+        counts = RunCounts()
+        for name in COUNTERS:
+            value = data.get(name)
+            if isinstance(value, int):
+                counts.values[name] = value
+        finished = data.get("finished")
+        errors = data.get("error_messages")
+        return cls(
+            started=float(data["started"]),
+            finished=float(finished) if isinstance(finished, int | float) else None,
+            result=str(data.get("result", "failed")),
+            counts=counts,
+            errors=[str(e) for e in errors[:MAX_ERRORS]] if isinstance(errors, list) else [],
+        )
+
+
+@attrs.define
+class SyncStatus:
+    """One sync's state as the status route shows it."""
+
+    name: str
+    direction: str
+    remote: str
+    enabled: bool
+    interval: float
+    state: str = "idle"  # idle, running, disabled, stopped
+    runs: int = 0
+    current: RunReport | None = None
+    last: RunReport | None = None
+    last_success: float | None = None
+    next_run: float | None = None
+    totals: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(COUNTERS, 0))
+    failed_runs: int = 0
+
+    def begin(self, now: float) -> RunReport:
+        report = RunReport(started=now, counts=RunCounts(totals=self.totals))
+        self.current = report
+        self.state = "running"
+        self.next_run = None
+        return report
+
+    def end(self, report: RunReport, now: float, result: str) -> None:
+        report.finished = now
+        report.result = result
+        self.runs += 1
+        self.current = None
+        self.last = report
+        self.state = "idle"
+        if result == "ok":
+            self.last_success = now
+        elif result == "failed":
+            self.failed_runs += 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "direction": self.direction,
+            "remote": self.remote,
+            "enabled": self.enabled,
+            "interval": self.interval,
+            "state": self.state,
+            "runs": self.runs,
+            "failed_runs": self.failed_runs,
+            "last_success": self.last_success,
+            "next_run": self.next_run,
+            "current": self.current.as_json() if self.current is not None else None,
+            "last": self.last.as_json() if self.last is not None else None,
+            "totals": dict(self.totals),
+        }
+
+    def saved(self) -> bytes:
+        """What `restore` reads back after a restart."""
+        return json.dumps(
+            {
+                "last": self.last.as_json() if self.last is not None else None,
+                # For the processes that do not run the syncs (see `SyncBoard.from_storage`).
+                "state": self.state,
+                "current": self.current.as_json() if self.current is not None else None,
+                "next_run": self.next_run,
+                "last_success": self.last_success,
+                "runs": self.runs,
+                "failed_runs": self.failed_runs,
+                "totals": self.totals,
+            },
+            sort_keys=True,
+        ).encode()
+
+    def restore(self, data: bytes, live: bool = False) -> None:
+        """
+        Take back a saved state; anything unreadable in it is ignored.  ``live``: also what
+        the running process is doing now (a run in progress, the next run), which a restart
+        must not take back as its own.
+        """
+        try:
+            saved = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(saved, dict):
+            return
+        self.last = RunReport.from_json(saved.get("last"))
+        if live:
+            self.current = RunReport.from_json(saved.get("current"))
+            if saved.get("state") in ("idle", "running", "disabled", "stopped"):
+                self.state = saved["state"]
+            next_run = saved.get("next_run")
+            self.next_run = float(next_run) if isinstance(next_run, (int, float)) else None
+        success = saved.get("last_success")
+        self.last_success = float(success) if isinstance(success, int | float) else None
+        for key in ("runs", "failed_runs"):
+            if isinstance(saved.get(key), int):
+                setattr(self, key, saved[key])
+        totals = saved.get("totals")
+        if isinstance(totals, dict):
+            for name in COUNTERS:
+                if isinstance(totals.get(name), int):
+                    self.totals[name] = totals[name]
+
+
+@attrs.define
+class SyncBoard:
+    """Every sync's status, by name (empty when no ``[sync:NAME]`` is configured)."""
+
+    syncs: dict[str, SyncStatus] = attrs.field(factory=dict)
+    # This process does not run the syncs (a worker other than the first, see
+    # registry/server/workers.py): its statuses are read back from each sync's saved state,
+    # which the running process writes at the end of every run.
+    from_storage: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"syncs": {name: status.as_json() for name, status in sorted(self.syncs.items())}}

@@ -1,0 +1,73 @@
+"""
+Referrers (signatures, SBOMs) brought along with the images they refer to when
+``referrers = yes``, and referrers of referrers; left behind with ``referrers = no``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from registry.client import NotFound
+from tests.client import images
+from tests.client.conftest import ClientFactory
+from tests.e2e.conftest import Starter
+from tests.sync.helpers import push_image, wait_fresh_run, wait_runs
+
+
+async def push_referrer(
+    client: object, name: str, subject: bytes, artifact_type: str, payload: bytes
+) -> bytes:
+    body, blobs = images.referrer(subject, images.OCI_MANIFEST, artifact_type, payload)
+    for dgst, data in blobs.items():
+        await client.upload_blob(name, data, dgst)  # type: ignore[attr-defined]
+    await client.put_manifest(name, images.digest(body), body)  # type: ignore[attr-defined]
+    return body
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_follow_their_subject(
+    start_registry: Starter, make_client: ClientFactory
+) -> None:
+    remote = await start_registry()
+    upstream = make_client(remote.url)
+    manifest, _ = await push_image(upstream, "signed/app", "v1")
+    signature = await push_referrer(upstream, "signed/app", manifest, "application/x.sig", b"sig")
+    # An SBOM attached to the signature: a referrer of a referrer.
+    sbom = await push_referrer(upstream, "signed/app", signature, "application/x.sbom", b"sbom")
+
+    common = {"remote": remote.url, "repositories": "signed/app", "interval": "1s"}
+    local = await start_registry(
+        {
+            "sync:with": {**common, "destination": "with"},
+            "sync:without": {**common, "destination": "without", "referrers": "no"},
+        }
+    )
+    here = make_client(local.url)
+    status = await wait_runs(local.url, "with")
+    assert status["last"]["result"] == "ok", status
+    subject = images.digest(manifest)
+    found = await here.referrers("with/signed/app", subject)
+    assert [d["digest"] for d in found or []] == [images.digest(signature)]
+    assert [d["artifactType"] for d in found or []] == ["application/x.sig"]
+    nested = await here.referrers("with/signed/app", images.digest(signature))
+    assert [d["digest"] for d in nested or []] == [images.digest(sbom)]
+    for body in (signature, sbom):
+        got = await here.get_manifest("with/signed/app", images.digest(body))
+        assert got.body == body
+    assert status["last"]["manifests"] == 3
+
+    await wait_runs(local.url, "without")
+    assert await here.referrers("without/signed/app", subject) == []
+    with pytest.raises(NotFound):
+        await here.get_manifest("without/signed/app", images.digest(signature))
+
+    # A signature added later to a tag that is already up to date comes along on the next run.
+    later = await push_referrer(upstream, "signed/app", manifest, "application/x.sig", b"sig2")
+    status = await wait_fresh_run(local.url, "with")
+    assert status["last"]["tags_up_to_date"] == 1
+    assert status["last"]["manifests"] == 1
+    found = await here.referrers("with/signed/app", subject)
+    assert sorted(d["digest"] for d in found or []) == sorted(
+        [images.digest(signature), images.digest(later)]
+    )

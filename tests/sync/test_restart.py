@@ -1,0 +1,108 @@
+"""
+A sync interrupted by ``kill -9`` carries on after the restart from what was complete: the
+blobs committed before the kill are not fetched again, and the status (runs, totals, last
+success) survives a restart through ``txregistry/sync/<name>/state.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest_twisted
+
+from registry.client import RegistryClient
+from tests.client import images
+from tests.client.conftest import ClientFactory
+from tests.e2e.harness import RegistryProcess, sleep
+from tests.e2e.tools import Registry2Process
+from tests.sync.helpers import sync_status, wait_runs
+
+LAYER = 300_000
+
+
+def _stored(data: Path, digest: str) -> bool:
+    hex_ = digest.split(":", 1)[1]
+    return (data / "docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data").is_file()
+
+
+async def _push(client: RegistryClient, name: str, tag: str, arch: str) -> list[str]:
+    manifest, blobs = images.image(arch, [os.urandom(LAYER)])
+    for dgst, body in blobs.items():
+        await client.upload_blob(name, body, dgst)
+    await client.put_manifest(name, tag, manifest)
+    return list(blobs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_killed_sync_resumes_from_what_was_complete(
+    registry2: Registry2Process, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    remote = make_client(f"http://{registry2.host}")
+    digests: set[str] = set()
+    for i in range(6):
+        digests.update(await _push(remote, f"big/app{i}", "v1", f"arch{i}"))
+    sync = {
+        "remote": f"http://{registry2.host}",
+        "repositories": "big/*",
+        "bandwidth": "400KB",
+        "concurrency": "2",
+    }
+    workdir = tmp_path / "txregistry"
+    workdir.mkdir()
+    data = workdir / "data"
+    first = RegistryProcess(workdir, {"sync:slow": sync})
+    first.start()
+    try:
+        for _ in range(600):
+            status = await sync_status(first.url, "slow")
+            current = status.get("current") or {}
+            if current.get("blobs", 0) >= 3:
+                break
+            await sleep(0.02)
+        else:
+            raise AssertionError(f"the sync did not start copying: {status}")
+        assert status["last"] is None
+    finally:
+        first.kill()
+    present = {d for d in digests if _stored(data, d)}
+    assert 3 <= len(present) < len(digests)
+
+    second = RegistryProcess(workdir, {"sync:slow": {**sync, "bandwidth": "0"}})
+    second.start()
+    try:
+        status = await wait_runs(second.url, "slow")
+        assert status["last"]["result"] == "ok", status
+        # Only what the killed run had not committed travelled again.
+        assert status["last"]["blobs"] == len(digests - present)
+        # Images complete before the kill are up-to-date tags; the others' blobs that were
+        # there were skipped.
+        last = status["last"]
+        assert last["tags_up_to_date"] + last["manifests"] == 6
+        assert last["tags_up_to_date"] < 6
+        assert last["blobs_skipped"] <= len(present)
+        assert all(_stored(data, d) for d in digests)
+        here = make_client(second.url)
+        for i in range(6):
+            got = await here.get_manifest(f"big/app{i}", "v1")
+            assert got.body == (await remote.get_manifest(f"big/app{i}", "v1")).body
+        saved_runs, saved_totals = status["runs"], status["totals"]
+        last_success = status["last_success"]
+    finally:
+        second.stop()
+
+    # The status comes back from storage after a restart.
+    third = RegistryProcess(workdir, {"sync:slow": {**sync, "interval": "1h"}})
+    third.start()
+    try:
+        status = await sync_status(third.url, "slow")
+        for _ in range(100):
+            if status["runs"] >= saved_runs:
+                break
+            await sleep(0.02)
+            status = await sync_status(third.url, "slow")
+        assert status["runs"] >= saved_runs
+        assert status["last_success"] >= last_success
+        assert status["totals"]["blobs"] == saved_totals["blobs"]
+    finally:
+        third.stop()

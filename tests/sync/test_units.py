@@ -1,0 +1,98 @@
+"""The pure parts of replication: filters, semantic-version order, the throttle, the config."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from registry import config
+from registry.config import ConfigError
+from registry.sync.config import parse_sync, parse_syncs
+from registry.sync.filters import RepositoryFilter, TagFilter, map_name, semver_key
+from registry.sync.throttle import Throttle
+
+
+def test_repository_globs() -> None:
+    globs = RepositoryFilter(("library/*", "team/**", "exact/name"))
+    assert globs.matches("library/alpine")
+    assert not globs.matches("library/a/b")  # * stays within one component
+    assert globs.matches("team/a/b/c") and globs.matches("team/x")
+    assert globs.matches("exact/name") and not globs.matches("exact/names")
+    assert globs.literal_names is None
+    assert RepositoryFilter(("a/b", "c")).literal_names == ("a/b", "c")
+    assert map_name("library/alpine", "library", "mirror") == "mirror/alpine"
+    assert map_name("library/alpine", "", "mirror") == "mirror/library/alpine"
+    assert map_name("library", "library", "") == "library"
+
+
+def test_tag_filters_and_semver_order() -> None:
+    tags = ["v1.9.0", "1.10.0", "1.10.0-rc.2", "1.10.0-rc.10", "latest", "2", "2.0.1+build"]
+    assert TagFilter(newest=3).select(tags) == ["1.10.0", "2", "2.0.1+build"]
+    order = sorted((t for t in tags if semver_key(t)), key=semver_key)  # type: ignore[arg-type,return-value]
+    assert order == ["v1.9.0", "1.10.0-rc.2", "1.10.0-rc.10", "1.10.0", "2", "2.0.1+build"]
+    assert semver_key("latest") is None and semver_key("01.2.3") is None
+    assert TagFilter(globs=("v*", "la*")).select(tags) == ["latest", "v1.9.0"]
+    chosen = TagFilter(regex=re.compile(r"1\..*"), exclude=re.compile(r".*-rc.*")).select(tags)
+    assert chosen == ["1.10.0"]
+
+
+def test_throttle_holds_a_transfer_to_its_rate() -> None:
+    clock = Clock()
+    throttle = Throttle(clock, 1000)
+    assert throttle.debit(1000) == 0  # one second's burst
+    assert throttle.debit(500) == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert throttle.debit(0) == 0
+    sent, elapsed = 0, 0.0
+    for _ in range(100):  # 10 kB in 100-byte writes: never more than rate * time + burst
+        delay = throttle.debit(100)
+        sent += 100
+        clock.advance(delay)
+        elapsed += delay
+    assert elapsed == pytest.approx(10.0, rel=0.01)
+    assert Throttle(clock, 0).debit(10**9) == 0
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    good = parse_sync("hub", {"remote": "https://r.example/", "bandwidth": "50MB/s"})
+    assert good.remote == "https://r.example" and good.bandwidth == 50_000_000
+    assert good.direction == "pull" and good.repositories.globs == ("**",)
+    cases = {
+        "remote: required": {},
+        "unknown key": {"remote": "http://x", "remotes": "y"},
+        "tags_regex: not a regular expression": {"remote": "http://x", "tags_regex": "("},
+        "direction": {"remote": "http://x", "direction": "both"},
+        "concurrency: must be at least 1": {"remote": "http://x", "concurrency": "0"},
+        "concurrency: must be between": {"remote": "http://x", "concurrency": "1000"},
+        "password: needs a username": {"remote": "http://x", "password": "p"},
+        "authfile: give": {"remote": "http://x", "username": "u", "authfile": "/etc/hosts"},
+        "authfile: /nonexistent": {"remote": "http://x", "authfile": "/nonexistent"},
+        "repositories": {"remote": "http://x", "repositories": "/abs"},
+        "interval": {"remote": "http://x", "interval": "0"},
+    }
+    for expected, values in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            parse_sync("hub", values)
+    with pytest.raises(ConfigError, match="name"):
+        parse_sync("..", {"remote": "http://x"})
+    authfile = tmp_path / "config.json"
+    authfile.write_text('{"auths": {"r.example:5000": {"username": "u", "password": "p"}}}')
+    found = parse_sync("a", {"remote": "https://r.example:5000", "authfile": str(authfile)})
+    assert found.credentials is not None and found.credentials.username == "u"
+    other = parse_sync("a", {"remote": "https://other.example", "authfile": str(authfile)})
+    assert other.credentials is None
+
+
+def test_sections_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "registry.cfg"
+    path.write_text("[sync:up]\nremote = https://r.example\nusername = mirror\n")
+    loaded = config.load(str(path), environ={"REGISTRY_SYNC_UP_PASSWORD": "from-env"})
+    (sync,) = parse_syncs(loaded)
+    assert sync.name == "up" and sync.credentials is not None
+    assert (sync.credentials.username, sync.credentials.password) == ("mirror", "from-env")
+    path.write_text("[sync:up]\nremote = https://r.example\nintervall = 5m\n")
+    with pytest.raises(ConfigError, match=r"\[sync:up\] intervall: unknown key"):
+        parse_syncs(config.load(str(path), environ={}))
