@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IPolicyForHTTPS
@@ -48,9 +50,13 @@ class TLSOptions:
         """The `IPolicyForHTTPS` an `Agent` takes."""
         client_cert = None
         if self.cert_file is not None:
+            # cryptography's objects: pyOpenSSL deprecates its own X509/PKey wrappers.
             cert_pem = Path(self.cert_file).read_bytes()
             key_pem = Path(self.key_file).read_bytes() if self.key_file else cert_pem
-            client_cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+            client_cert = {
+                "privateKey": serialization.load_pem_private_key(key_pem, password=None),
+                "certificate": x509.load_pem_x509_certificate(cert_pem),
+            }
         trust_root = load_trust_root(self.ca_file) if self.ca_file is not None else None
         if self.verify and client_cert is None:
             return BrowserLikePolicyForHTTPS(trustRoot=trust_root)
@@ -59,20 +65,17 @@ class TLSOptions:
 
 @implementer(IPolicyForHTTPS)
 class _Policy:
-    def __init__(self, trust_root: Any, client_cert: Any, verify: bool) -> None:
+    def __init__(self, trust_root: Any, client_cert: dict[str, Any] | None, verify: bool) -> None:
         self._trust_root = trust_root
         self._client_cert = client_cert
         self._verify = verify
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        # Twisted's annotations name pyOpenSSL's types; its Context calls accept cryptography's.
         if not self._verify:
-            kwargs: dict[str, Any] = {"verify": False}
-            if self._client_cert is not None:
-                kwargs["privateKey"] = self._client_cert.privateKey.original
-                kwargs["certificate"] = self._client_cert.original
-            return ssl.CertificateOptions(**kwargs)
+            return ssl.CertificateOptions(verify=False, **(self._client_cert or {}))
         return ssl.optionsForClientTLS(
             hostname.decode("ascii"),
             trustRoot=self._trust_root,
-            clientCertificate=self._client_cert,
+            extraCertificateOptions=self._client_cert,
         )
