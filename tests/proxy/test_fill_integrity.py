@@ -3,11 +3,14 @@ self-healing of damaged cached data."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import DeferredList, ensureDeferred
 
+from registry.api.digests import DigestingHasher
 from registry.client._body import abort_transport
 from tests.e2e.client import sha256
 from tests.fakes.upstream import FakeUpstream
@@ -102,6 +105,45 @@ async def test_corrupt_cached_data_heals_on_the_next_pull(
         assert fake.count("GET", "cdn", ref=layer.digest) == 2
     response, body = await fetch(f"{registry.url}/metrics")
     assert metric(body.decode(), "txregistry_proxy_corrupt_blobs_total") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_reads_hash_in_the_hash_threads(
+    proxied: Proxied, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole read of data this process did not fill is hashed on the service's hash
+    threads, never on the reactor thread; damaged data is still found and dropped."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    first = await proxied()
+    root = storage_root(first)
+    response, data = await fetch(f"{first.url}/v2/alpine/blobs/{layer.digest}")
+    assert sha256(data) == layer.digest
+    await first.stop()
+    registry = await proxied({"storage": {"rootdirectory": str(root)}})
+    path = blob_data_path(root, layer.digest)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    threads: list[str] = []
+    real = DigestingHasher.update
+
+    def recording(self: DigestingHasher, data: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        real(self, data)
+
+    monkeypatch.setattr(DigestingHasher, "update", recording)
+    response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+    assert response.code == 200
+    assert data == bytes(raw)  # served once from the damaged file...
+    await wait_for(lambda: not path.exists())  # ...and dropped
+    assert threads != []
+    assert threading.current_thread().name not in threads  # the reactor's
+    assert {name.rsplit("-", 1)[0] for name in threads} == {"PoolThread-registry-hash"}
+    monkeypatch.undo()
+    response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+    assert sha256(data) == layer.digest
+    assert fake.count("GET", "cdn", ref=layer.digest) == 2
 
 
 @pytest_twisted.ensureDeferred
