@@ -25,6 +25,8 @@ from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from registry.client._body import settle_body
+
 READ_SIZE = 1024 * 1024
 _MAX_QUEUED = 8  # FileSink writes waiting before the producer is paused
 
@@ -129,12 +131,7 @@ class _Forward(Protocol):
         self._consumer.write(data)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        if self._done.called:
-            return
-        if isinstance(reason.value, ResponseDone):
-            self._done.callback(None)
-        else:
-            self._done.errback(reason)
+        settle_body(self._done, reason, None)
 
 
 @implementer(IBodyProducer)

@@ -841,14 +841,7 @@ class ProxyCache:
                     )
                     return 0
             victims = self.index.plan(self.now(), self.config.max_size, self.config.ttl)
-            for victim in victims:
-                if self.index.in_use.get(victim.digest, 0) > 0:
-                    continue
-                await self._evict_one(victim)
-                self.index.remove(victim)
-                self.stats.evictions += 1
-                self.stats.evicted_bytes += victim.size
-                count += 1
+            count = len(await self._evict_victims(victims))
             if count:
                 log.info(
                     "proxy {upstream}: evicted {count} entries, cache now {size} bytes",
@@ -859,6 +852,19 @@ class ProxyCache:
         finally:
             self._evicting = False
         return count
+
+    async def _evict_victims(self, victims: list[Victim]) -> list[Victim]:
+        """Evict the planned victims this process does not serve at the moment; the evicted."""
+        evicted: list[Victim] = []
+        for victim in victims:
+            if self.index.in_use.get(victim.digest, 0) > 0:
+                continue
+            await self._evict_one(victim)
+            self.index.remove(victim)
+            evicted.append(victim)
+            self.stats.evictions += 1
+            self.stats.evicted_bytes += victim.size
+        return evicted
 
     async def _evict_fleet(self, ledger: Ledger) -> int:
         """Eviction for the whole fleet, by one instance at a time (the Redis lock): what
@@ -877,16 +883,8 @@ class ProxyCache:
             self.index = view
             planning = attrs.evolve(view, in_use=fleet_in_use + view.in_use)
             victims = planning.plan(now, self.config.max_size, self.config.ttl)
-            evicted: list[Victim] = []
-            for victim in victims:
-                if self.index.in_use.get(victim.digest, 0) > 0:
-                    continue
-                await self._evict_one(victim)
-                self.index.remove(victim)
-                evicted.append(victim)
-                self.stats.evictions += 1
-                self.stats.evicted_bytes += victim.size
-                count += 1
+            evicted = await self._evict_victims(victims)
+            count = len(evicted)
             await ledger.remove(evicted)
             limit = self.config.max_size
             if limit is not None and self.index.size > limit:

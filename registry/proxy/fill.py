@@ -31,6 +31,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from registry.api.digests import Digest
+from registry.client._body import settle_body
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
 
 # A reader asks the growing file for at most this much at a time, so what it holds in memory
@@ -131,12 +132,7 @@ class FillProtocol(Protocol):
             self.done.errback(failure)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        if self.done.called:
-            return
-        if isinstance(reason.value, ResponseDone):
-            self.done.callback(None)
-        else:
-            self.done.errback(reason)
+        settle_body(self.done, reason, None)
 
 
 def abort_connection(consumer: object) -> None:
