@@ -7,12 +7,14 @@ through an `UploadStore` over `MemoryDriver`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import attrs
 import pytest
-import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 
 from registry.api.digests import Digest
 from registry.api.errors import RANGE_INVALID, RegistryError
@@ -23,6 +25,19 @@ from registry.storage.upload_handover import HasherHandover
 from registry.storage.uploads import INLINE_ALGORITHM, UploadStore
 
 KEY = ("repo", "u1")
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that waits on nothing but `MemoryDriver` (which answers at
+    once): no reactor is needed, and one that is waited on is a failure here."""
+    results: list[T] = []
+    failures: list[Failure] = []
+    Deferred.fromCoroutine(coroutine).addCallbacks(results.append, failures.append)
+    if failures:
+        failures[0].raiseException()
+    assert results, "the coroutine waited on something other than the memory driver"
+    return results[0]
 
 
 @attrs.define
@@ -134,8 +149,11 @@ def store() -> UploadStore:
     return UploadStore(driver, BlobStore(driver), state_after_answer=True)
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_second_request_on_an_upload_being_written_gets_416(store: UploadStore) -> None:
+def test_a_second_request_on_an_upload_being_written_gets_416(store: UploadStore) -> None:
+    run(_second_request_gets_416(store))
+
+
+async def _second_request_gets_416(store: UploadStore) -> None:
     upload = await store.start("repo")
     first = await store.open("repo", upload)
     with pytest.raises(RegistryError) as info:
@@ -148,8 +166,11 @@ async def test_a_second_request_on_an_upload_being_written_gets_416(store: Uploa
     await again.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_answered_requests_leave_their_state_at_their_offset(store: UploadStore) -> None:
+def test_answered_requests_leave_their_state_at_their_offset(store: UploadStore) -> None:
+    run(_answered_requests_leave_their_state(store))
+
+
+async def _answered_requests_leave_their_state(store: UploadStore) -> None:
     upload = await store.start("repo")
     chunks = [b"a" * 1000, b"b" * 500]
     offset = 0
