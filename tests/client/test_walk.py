@@ -6,26 +6,14 @@ it copies in, what it skips, how far it follows referrers.
 from __future__ import annotations
 
 import json
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from registry.api import mediatypes as mt
 from registry.api.digests import Digest, digest_of
 from registry.client.walk import CopyError, FetchedManifest, ImageWalk, blob_descriptors
-
-
-def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    results: list[Any] = []
-    failures: list[Failure] = []
-    Deferred.fromCoroutine(coroutine).addCallbacks(results.append, failures.append)
-    if failures:
-        failures[0].raiseException()
-    assert results, "the walk waited on something the stub sides never gave"
-    return results[0]
+from tests.synchronous import run_now
 
 
 def blob(name: str) -> dict[str, Any]:
@@ -81,7 +69,7 @@ def test_children_then_index_blobs_then_manifest_foreign_layers_left() -> None:
     index = sides.add(
         {"schemaVersion": 2, "manifests": [descriptor(amd), descriptor(arm)]}, mt.OCI_IMAGE_INDEX
     )
-    run(ImageWalk(sides, children_at_once=False).copy(index, "v1"))
+    run_now(ImageWalk(sides, children_at_once=False).copy(index, "v1"))
     config, win = blob("c")["digest"], blob("win")["digest"]
     assert sides.log == [
         ("blob", config),
@@ -100,7 +88,7 @@ def test_a_child_the_destination_has_is_skipped_whole() -> None:
     amd = image(sides, "amd")
     index = sides.add({"schemaVersion": 2, "manifests": [descriptor(amd)]}, mt.OCI_IMAGE_INDEX)
     sides.present.add(amd.digest)
-    run(ImageWalk(sides).copy(index))
+    run_now(ImageWalk(sides).copy(index))
     assert sides.log == [("index", str(index.digest))]
 
 
@@ -112,7 +100,7 @@ def test_referrers_follow_their_subject_up_to_the_depth() -> None:
         referrer = image(sides, f"sig{level}")
         sides.referrer_lists[chain[-1].digest] = [descriptor(referrer), {"digest": "junk"}]
         chain.append(referrer)
-    run(ImageWalk(sides, referrers=True, referrer_depth=3).copy(subject, "v1"))
+    run_now(ImageWalk(sides, referrers=True, referrer_depth=3).copy(subject, "v1"))
     written = [(what, d) for what, d in sides.log if what != "blob"]
     assert written == [("manifest", str(subject.digest))] + [
         ("referrer", str(m.digest)) for m in chain[1:4]
@@ -124,7 +112,7 @@ def test_a_source_answering_another_digest_is_refused() -> None:
     amd, arm = image(sides, "amd"), image(sides, "arm")
     sides.manifests[str(amd.digest)] = arm
     with pytest.raises(CopyError, match="the source answered"):
-        run(ImageWalk(sides).copy_digest(amd.digest))
+        run_now(ImageWalk(sides).copy_digest(amd.digest))
 
 
 def test_blob_descriptors_once_each_schema1_too() -> None:

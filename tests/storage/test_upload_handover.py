@@ -7,14 +7,12 @@ through an `UploadStore` over `MemoryDriver`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 
 from registry.api.digests import Digest
 from registry.api.errors import RANGE_INVALID, RegistryError
@@ -23,21 +21,10 @@ from registry.storage.blobs import BlobStore
 from registry.storage.memory import MemoryDriver
 from registry.storage.upload_handover import HasherHandover
 from registry.storage.uploads import INLINE_ALGORITHM, UploadStore
+from tests.synchronous import run_now
 
 KEY = ("repo", "u1")
 T = TypeVar("T")
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """The result of a coroutine that waits on nothing but `MemoryDriver` (which answers at
-    once): no reactor is needed, and one that is waited on is a failure here."""
-    results: list[T] = []
-    failures: list[Failure] = []
-    Deferred.fromCoroutine(coroutine).addCallbacks(results.append, failures.append)
-    if failures:
-        failures[0].raiseException()
-    assert results, "the coroutine waited on something other than the memory driver"
-    return results[0]
 
 
 @attrs.define
@@ -150,7 +137,7 @@ def store() -> UploadStore:
 
 
 def test_a_second_request_on_an_upload_being_written_gets_416(store: UploadStore) -> None:
-    run(_second_request_gets_416(store))
+    run_now(_second_request_gets_416(store))
 
 
 async def _second_request_gets_416(store: UploadStore) -> None:
@@ -167,7 +154,7 @@ async def _second_request_gets_416(store: UploadStore) -> None:
 
 
 def test_answered_requests_leave_their_state_at_their_offset(store: UploadStore) -> None:
-    run(_answered_requests_leave_their_state(store))
+    run_now(_answered_requests_leave_their_state(store))
 
 
 async def _answered_requests_leave_their_state(store: UploadStore) -> None:
