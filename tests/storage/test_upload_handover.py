@@ -7,7 +7,6 @@ through an `UploadStore` over `MemoryDriver`.
 from __future__ import annotations
 
 import hashlib
-from typing import TypeVar
 
 import attrs
 import pytest
@@ -24,7 +23,6 @@ from registry.storage.uploads import INLINE_ALGORITHM, UploadStore
 from tests.synchronous import run_now
 
 KEY = ("repo", "u1")
-T = TypeVar("T")
 
 
 @attrs.define
