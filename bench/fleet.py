@@ -117,16 +117,7 @@ def main() -> None:
             folder.mkdir()
             sections = {
                 "log": {"accesslog": "false"},
-                "storage": {
-                    "driver": "s3",
-                    "bucket": s3.bucket,
-                    "region": s3.region,
-                    "regionendpoint": s3.endpoint,
-                    "accesskey": s3.access_key,
-                    "secretkey": s3.secret_key,
-                    "rootdirectory": root,
-                    "spooldirectory": str(folder / "spool"),
-                },
+                "storage": s3.storage_section(root, spooldirectory=str(folder / "spool")),
                 "proxy:hub": {
                     "remoteurl": str(info["url"]),
                     "prefix": "docker.io",

@@ -99,17 +99,11 @@ def main() -> None:
     registry = TxRegistry(
         "txregistry",
         work / "txregistry-s3",
-        {
-            "driver": "s3",
-            "bucket": s3.bucket,
-            "region": s3.region,
-            "regionendpoint": s3.endpoint,
-            "accesskey": s3.access_key,
-            "secretkey": s3.secret_key,
-            "rootdirectory": f"/bench/{uuid.uuid4().hex}",
-            "chunksize": args.chunksize,
+        s3.storage_section(
+            f"/bench/{uuid.uuid4().hex}",
+            chunksize=args.chunksize,
             **({"spooldirectory": args.spool} if args.spool else {}),
-        },
+        ),
     )
     registry.start()
     figures: dict[str, list[float]] = {}

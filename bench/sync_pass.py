@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from twisted.internet import defer, task
 
 from registry.client import RegistryClient
+from registry.sync.status import COUNTERS
 from tests.client import images
 from tests.e2e.client import get
 from tests.e2e.harness import RegistryProcess, sleep
@@ -111,18 +112,7 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
                             first["last"]["finished"] - first["last"]["started"], 2
                         ),
                         "incremental_pass_seconds": round(last["finished"] - last["started"], 2),
-                        "incremental": {
-                            k: last[k]
-                            for k in (
-                                "tags_checked",
-                                "tags_up_to_date",
-                                "manifests",
-                                "blobs",
-                                "blobs_skipped",
-                                "bytes",
-                                "errors",
-                            )
-                        },
+                        "incremental": {k: last[k] for k in COUNTERS if k != "repositories"},
                         "new_tag_blob_bytes": sum(len(b) for b in blobs.values()),
                     }
                 )

@@ -424,12 +424,16 @@ def _apply_open_section_environment(
 
 
 def parse_section_values(
-    section: str, values: Mapping[str, str], parsers: Mapping[str, Callable[[str], Any]]
+    section: str,
+    values: Mapping[str, str],
+    parsers: Mapping[str, Callable[[str], Any]],
+    required: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """
     The keys of a section, each read by its parser (the fixed sections' come from their
     fields; ``[proxy:NAME]``, ``[notifications:NAME]`` and ``[sync:NAME]`` name theirs); an
-    unknown key or a bad value is a `ConfigError` naming the section and the key.
+    unknown key, a bad value or a missing ``required`` key is a `ConfigError` naming the
+    section and the key.
     """
     parsed: dict[str, Any] = {}
     for name, text in values.items():
@@ -440,6 +444,9 @@ def parse_section_values(
             parsed[name] = parse(text)
         except ValueError as exc:
             raise ConfigError(f"{section} {name}: {exc}") from None
+    for name in required:
+        if name not in parsed:
+            raise ConfigError(f"{section} {name}: required")
     return parsed
 
 

@@ -39,7 +39,7 @@ from registry.http.tls import (
 from registry.malloc_tuning import HeapTrimmer, limit_malloc_arenas
 from registry.ops.health import HealthCheck, upstream_probe
 from registry.ops.metrics import Metrics
-from registry.ops.notifications import add_notifications, check_notifications
+from registry.ops.notifications import Notifier, add_notifications, check_notifications
 from registry.ops.notifications.metrics import register_notification_metrics
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
@@ -201,6 +201,7 @@ def _serving(
     flush: Any,
     checks: list[Callable[[], Awaitable[None]]] | None = None,
     link: WorkerLink | None = None,
+    notifier: Notifier | None = None,
 ) -> RegistryService:
     """
     The root service: binds ``endpoints``, probes ``driver``, announces, drains on stop (see
@@ -220,6 +221,10 @@ def _serving(
             await check()
 
     def announce() -> None:
+        # Accepting from here on: events name the bound port, not a configured 0.
+        first = listeners.ports[0].getHost() if listeners.ports else None
+        if notifier is not None and isinstance(getattr(first, "port", None), int):
+            notifier.listening_on(first.port)  # type: ignore[union-attr]
         if link is not None:  # the supervisor announces the registry once every worker serves
             log.info(
                 "worker {worker} serving {addresses}",
@@ -385,7 +390,9 @@ def makeService(options: Options) -> IService:
             problems="; ".join(problems),
         )
     # The root binds, probes and announces, and drains before the rest stops.
-    serving = _serving(config, reactor, endpoints, site, driver, ctx.uploads.flush, checks, link)
+    serving = _serving(
+        config, reactor, endpoints, site, driver, ctx.uploads.flush, checks, link, ctx.notifier
+    )
     root.setServiceParent(serving)
     if spec is None or spec.worker == 0:  # once per registry, not once per worker
         serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))

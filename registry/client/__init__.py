@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         index_descriptors,
     )
     from registry.client._session import RateLimitStatus
-    from registry.client._streams import FileSink
+    from registry.client._streams import FileSink, single_use
     from registry.client._tls import TLSOptions
     from registry.client.auth import Credentials, credentials_from_config
     from registry.client.copy import (
@@ -65,6 +65,7 @@ _LAZY = {
     ),
     "RateLimitStatus": "registry.client._session",
     "FileSink": "registry.client._streams",
+    "single_use": "registry.client._streams",
     "TLSOptions": "registry.client._tls",
     "Credentials": "registry.client.auth",
     "credentials_from_config": "registry.client.auth",
@@ -111,4 +112,5 @@ __all__ = [
     "copy_image",
     "credentials_from_config",
     "index_descriptors",
+    "single_use",
 ]

@@ -11,7 +11,7 @@ an abort that really closes the socket.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
@@ -24,6 +24,8 @@ from zope.interface import implementer
 from registry.api.digests import Digest, DigestingHasher
 from registry.client.errors import BadResponse, ClientError, Unavailable
 from registry.http import twisted_internals
+
+T = TypeVar("T")
 
 _CLEAN_END = (ResponseDone, PotentialDataLoss)
 
@@ -251,9 +253,15 @@ class ConsumerWriter(Protocol):
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self._consumer.unregisterProducer()
-        if self.done.called:
-            return
-        if isinstance(reason.value, ResponseDone):
-            self.done.callback(self.size)
-        else:
-            self.done.errback(reason)
+        settle_body(self.done, reason, self.size)
+
+
+def settle_body(done: Deferred[T], reason: Failure, result: T) -> None:
+    """End a body's Deferred from ``connectionLost``: ``result`` when the whole body arrived
+    (`ResponseDone`), the reason otherwise; nothing when it is settled already (cancelled)."""
+    if done.called:
+        return
+    if isinstance(reason.value, ResponseDone):
+        done.callback(result)
+    else:
+        done.errback(reason)

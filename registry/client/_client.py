@@ -27,7 +27,14 @@ from registry.api.digests import Digest, digest_of
 from registry.api.errors import RegistryError
 from registry.client._body import BodyRelay, Collector, ConsumerWriter
 from registry.client._session import BodyFactory, RateLimitStatus, Session, header
-from registry.client._streams import FileSink, FileSource, PipeSource, in_thread, new_hash
+from registry.client._streams import (
+    FileSink,
+    FileSource,
+    PipeSource,
+    in_thread,
+    new_hash,
+    single_use,
+)
 from registry.client._tls import TLSOptions
 from registry.client._tokens import MAX_TOKENS
 from registry.client.auth import Credentials
@@ -865,15 +872,7 @@ class RegistryClient:
         except BaseException:
             blob.abort()
             raise
-        used = False
-
-        def body() -> PipeSource:
-            nonlocal used
-            if used:
-                raise Unavailable(None, "a piped blob body cannot be sent twice")
-            used = True
-            return PipeSource(blob)
-
+        body = single_use(lambda: PipeSource(blob), "a piped blob body")
         await self.finish_upload(upload, dgst, body)
         return blob.received
 

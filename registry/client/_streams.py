@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Generic, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -24,6 +25,9 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
+
+from registry.client._body import settle_body
+from registry.client.errors import Unavailable
 
 READ_SIZE = 1024 * 1024
 _MAX_QUEUED = 8  # FileSink writes waiting before the producer is paused
@@ -129,12 +133,7 @@ class _Forward(Protocol):
         self._consumer.write(data)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        if self._done.called:
-            return
-        if isinstance(reason.value, ResponseDone):
-            self._done.callback(None)
-        else:
-            self._done.errback(reason)
+        settle_body(self._done, reason, None)
 
 
 @implementer(IBodyProducer)
@@ -291,3 +290,26 @@ class WatchedBody:
 
     def stopProducing(self) -> None:
         self._inner.stopProducing()
+
+
+T = TypeVar("T")
+
+
+class single_use(Generic[T]):
+    """
+    A body factory for `RegistryClient.finish_upload` that gives one body: a streamed body is
+    spent once sent, so a second call (a 401 on the PUT asks for the body again) raises
+    `Unavailable` naming ``what`` instead of sending nothing.  ``used``: whether the body was
+    made (a caller closes an unsent reader itself).
+    """
+
+    def __init__(self, make: Callable[[], T], what: str) -> None:
+        self._make = make
+        self._what = what
+        self.used = False
+
+    def __call__(self) -> T:
+        if self.used:
+            raise Unavailable(None, f"{self._what} cannot be sent twice")
+        self.used = True
+        return self._make()

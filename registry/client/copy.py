@@ -17,18 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredSemaphore
 
 from registry.api.digests import Digest
-from registry.client._client import (
-    DOCKER_MANIFEST_LIST,
-    OCI_INDEX,
-    RegistryClient,
-    _sniff_media_type,
-)
+from registry.client._client import RegistryClient, _sniff_media_type
 from registry.client.layout import OCILayout
-
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+from registry.client.walk import FetchedManifest, ImageWalk
 
 
 @attrs.frozen
@@ -74,7 +68,8 @@ class CopyResult:
 
 
 class Copier:
-    """One copy from ``source`` to ``target``; `run` returns a `CopyResult`."""
+    """One copy from ``source`` to ``target``; `run` returns a `CopyResult`.  The walk over the
+    image is `registry.client.walk.ImageWalk`'s; this class is its two sides."""
 
     def __init__(
         self,
@@ -87,114 +82,53 @@ class Copier:
     ) -> None:
         self.source = source
         self.target = target
-        self.referrers = referrers
+        self.referrers_too = referrers
         self._blobs = DeferredSemaphore(max(1, concurrency))
         self._on_event = on_event or (lambda event: None)
         self.result = CopyResult()
         self._done_blobs: set[str] = set()
-        self._done_manifests: set[str] = set()
+        self._top: Digest | None = None
 
     async def run(self) -> CopyResult:
-        body, media_type, digest = await self._source_manifest(self.source.reference)
+        manifest = await self.manifest(self.source.reference)
         tag = self.target.reference
         if tag is None and self.source.reference and not Digest.is_digest(self.source.reference):
             tag = self.source.reference
         if tag is not None and Digest.is_digest(tag):
             tag = None
-        await self._copy_tree(body, media_type, digest, tag, "manifest", top=True)
-        self.result.digest = digest
+        self._top = manifest.digest
+        await ImageWalk(self, referrers=self.referrers_too).copy(manifest, tag)
+        self.result.digest = manifest.digest
         return self.result
 
-    # -- the tree
+    # -- the sides of the walk (registry.client.walk.ImageSides)
 
-    async def _copy_tree(
-        self,
-        body: bytes,
-        media_type: str,
-        digest: Digest,
-        tag: str | None,
-        what: str,
-        top: bool = False,
-    ) -> None:
-        key = f"{digest}:{tag}"
-        if key in self._done_manifests:
-            return
-        self._done_manifests.add(key)
-        data = json.loads(body)
-        if media_type in INDEX_TYPES:
-            children = [d for d in data.get("manifests") or [] if isinstance(d, dict)]
-            await _all([self._copy_child(child) for child in children])
-            what = "index" if what == "manifest" else what
-        else:
-            await _all([self._copy_blob(d) for d in _blob_descriptors(data)])
-        await self._put_manifest(body, media_type, digest, tag, what, top)
-        if self.referrers:
-            await self._copy_referrers(digest)
-
-    async def _copy_child(self, descriptor: dict[str, Any]) -> None:
-        digest = Digest.parse(str(descriptor["digest"]))
-        body, media_type, _ = await self._source_manifest(str(digest))
-        await self._copy_tree(body, media_type, digest, None, "manifest")
-
-    async def _copy_referrers(self, subject: Digest) -> None:
-        source = self.source
-        if isinstance(source, RegistryImage):
-            found = await source.client.referrers(source.name, subject, tag_schema=True) or []
-        else:
-            found = await source.layout.referrers(subject)
-        for descriptor in found:
-            digest = Digest.parse(str(descriptor["digest"]))
-            body, media_type, _ = await self._source_manifest(str(digest))
-            self.result.referrers += 1
-            await self._copy_tree(body, media_type, digest, None, "referrer")
-
-    async def _index_referrer(
-        self, target: RegistryImage, body: bytes, media_type: str, digest: Digest
-    ) -> None:
-        """A registry without the referrers API learns of a referrer through the tag schema."""
-        data = json.loads(body)
-        subject = (data.get("subject") or {}).get("digest")
-        if not isinstance(subject, str):
-            return
-        descriptor: dict[str, Any] = {
-            "mediaType": media_type,
-            "digest": str(digest),
-            "size": len(body),
-        }
-        kind = data.get("artifactType") or (data.get("config") or {}).get("mediaType")
-        if kind:
-            descriptor["artifactType"] = kind
-        if isinstance(data.get("annotations"), dict):
-            descriptor["annotations"] = data["annotations"]
-        await target.client.update_referrers_tag(target.name, subject, descriptor)
-
-    @staticmethod
-    def _defer(coro: Any) -> Deferred[Any]:
-        return Deferred.fromCoroutine(coro)
-
-    # -- manifests
-
-    async def _source_manifest(self, reference: str | None) -> tuple[bytes, str, Digest]:
+    async def manifest(self, reference: str | None) -> FetchedManifest:
         source = self.source
         if isinstance(source, RegistryImage):
             manifest = await source.client.get_manifest(source.name, reference or "latest")
             assert manifest.body is not None
-            return manifest.body, manifest.media_type, manifest.digest
+            return FetchedManifest(manifest.body, manifest.media_type, manifest.digest)
         descriptor = await source.layout.resolve(reference)
         digest = Digest.parse(str(descriptor["digest"]))
         body = await source.layout.read_blob(digest)
         media_type = str(descriptor.get("mediaType") or _sniff_media_type(body) or "")
-        return body, media_type, digest
+        return FetchedManifest(body, media_type, digest)
 
-    async def _put_manifest(
-        self,
-        body: bytes,
-        media_type: str,
-        digest: Digest,
-        tag: str | None,
-        what: str,
-        top: bool,
-    ) -> None:
+    async def has_manifest(self, digest: Digest) -> bool:
+        # Every manifest is walked: blobs already there are skipped (and reported) one by one.
+        return False
+
+    async def referrers(self, subject: Digest) -> list[dict[str, Any]]:
+        source = self.source
+        if isinstance(source, RegistryImage):
+            return await source.client.referrers(source.name, subject, tag_schema=True) or []
+        return await source.layout.referrers(subject)
+
+    async def put(self, manifest: FetchedManifest, tag: str | None, what: str) -> None:
+        body, media_type, digest = manifest.body, manifest.media_type, manifest.digest
+        if what == "referrer":
+            self.result.referrers += 1
         target = self.target
         if isinstance(target, RegistryImage):
             if tag is None:
@@ -216,22 +150,42 @@ class Copier:
                 artifact = json.loads(body).get("artifactType")
                 if artifact:
                     descriptor["artifactType"] = artifact
-            if top or what == "referrer":
+            if digest == self._top or what == "referrer":
                 # Children of an index are reached through it; only the image copied and
                 # its referrers are listed in index.json.
                 await target.layout.add(descriptor, tag)
         self.result.manifests += 1
         self._event("manifest", str(digest), len(body), what)
 
-    # -- blobs
-
-    async def _copy_blob(self, descriptor: dict[str, Any]) -> None:
+    async def blob(self, descriptor: dict[str, Any]) -> None:
         digest = Digest.parse(str(descriptor["digest"]))
         size = int(descriptor.get("size") or 0)
         if str(digest) in self._done_blobs:
             return
         self._done_blobs.add(str(digest))
-        await self._blobs.run(lambda: self._defer(self._transfer(digest, size)))
+        await self._blobs.run(lambda: Deferred.fromCoroutine(self._transfer(digest, size)))
+
+    # -- helpers
+
+    async def _index_referrer(
+        self, target: RegistryImage, body: bytes, media_type: str, digest: Digest
+    ) -> None:
+        """A registry without the referrers API learns of a referrer through the tag schema."""
+        data = json.loads(body)
+        subject = (data.get("subject") or {}).get("digest")
+        if not isinstance(subject, str):
+            return
+        descriptor: dict[str, Any] = {
+            "mediaType": media_type,
+            "digest": str(digest),
+            "size": len(body),
+        }
+        kind = data.get("artifactType") or (data.get("config") or {}).get("mediaType")
+        if kind:
+            descriptor["artifactType"] = kind
+        if isinstance(data.get("annotations"), dict):
+            descriptor["annotations"] = data["annotations"]
+        await target.client.update_referrers_tag(target.name, subject, descriptor)
 
     async def _transfer(self, digest: Digest, size: int) -> None:
         source, target = self.source, self.target
@@ -272,32 +226,6 @@ class Copier:
 
     def _event(self, kind: str, digest: str, size: int, what: str) -> None:
         self._on_event(CopyEvent(kind, digest, size, what))
-
-
-async def _all(coroutines: list[Any]) -> None:
-    """Run concurrently; the first failure is raised as itself (not wrapped in FirstError),
-    once every one has finished (nothing is left running behind the caller's back)."""
-    results = await DeferredList(
-        [Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True
-    )
-    for ok, value in results:
-        if not ok:
-            value.raiseException()
-
-
-def _blob_descriptors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The blobs an image manifest (OCI, Docker schema 2 or schema 1) needs."""
-    found = []
-    config = manifest.get("config")
-    if isinstance(config, dict) and "digest" in config:
-        found.append(config)
-    for layer in manifest.get("layers") or []:
-        if isinstance(layer, dict) and "digest" in layer:
-            found.append(layer)
-    for layer in manifest.get("fsLayers") or []:  # schema 1
-        if isinstance(layer, dict) and "blobSum" in layer:
-            found.append({"digest": layer["blobSum"], "size": 0})
-    return found
 
 
 async def copy_image(

@@ -64,6 +64,7 @@ from registry.storage import layout
 from registry.storage.blobs import BlobInfo, BlobStore
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.hash_offload import HashThreads, OffloadedHasher
 from registry.storage.manifests import StoredManifest
 from registry.storage.tags import TagStore
 
@@ -174,6 +175,9 @@ class ProxyCache:
     # A local folder fills are spooled to when the storage's partial files are not readable
     # while written (S3): readers follow the spool (registry.proxy.fill).
     spool: IStorageDriver | None = None
+    # The service's hashing threads: verified reads hash there (None: on the reactor thread,
+    # for a cache built without a service).
+    hash_threads: HashThreads | None = None
     ledger: Ledger | None = attrs.field(init=False, default=None)
     _fills: dict[Digest, Fill] = attrs.field(init=False, factory=dict)
     # Blob HEADs by (upstream name, digest): a HEAD answers for one repository only.
@@ -468,36 +472,50 @@ class ProxyCache:
 
     def _observe(self, digest: Digest, producer: IBodyProducer, verify: bool) -> IBodyProducer:
         """Count served bytes, keep the blob from eviction while it is served and, for a whole
-        read of cached data, hash it: a mismatch drops the data so the next pull refetches."""
+        read of cached data, hash it: a mismatch drops the data so the next pull refetches.
+        The hashing runs on the hash threads (`hash_threads`), not on the reactor thread,
+        which would otherwise stall every other connection for the length of the blob."""
         key = str(digest)
         self.index.use(key)
-        hasher = DigestingHasher(digest.algorithm) if verify else None
+        hasher: DigestingHasher | OffloadedHasher | None = None
+        if verify:
+            hasher = DigestingHasher(digest.algorithm)
+            if self.hash_threads is not None:
+                hasher = OffloadedHasher(hasher, self.hash_threads)
         from_cache = not isinstance(producer, TailProducer)
 
-        def on_write(data: bytes) -> None:
+        def on_write(data: bytes) -> Deferred[None] | None:
             if from_cache:
                 self.stats.served_bytes += len(data)
             if hasher is not None:
-                hasher.update(data)
+                return hasher.update(data)
+            return None
 
         def on_end(failure: Failure | None) -> None:
             self.index.release(key)
-            if hasher is not None and failure is None and hasher.digest() == digest:
-                self._verified.put(key, True)
-            if hasher is not None and failure is None and hasher.digest() != digest:
-                log.error(
-                    "proxy {upstream}: cached blob {digest} is corrupt (hashes to {actual}); "
-                    "dropping it so the next pull fetches it again",
-                    upstream=self.name,
-                    digest=key,
-                    actual=str(hasher.digest()),
-                )
-                self.stats.corrupt_blobs += 1
-                Deferred.fromCoroutine(self._drop_blob_data(digest)).addErrback(
-                    lambda f: log.failure("dropping a corrupt blob failed", f)
+            if hasher is not None and failure is None:
+                Deferred.fromCoroutine(self._check_read(digest, hasher)).addErrback(
+                    lambda f: log.failure("checking a cached blob failed", f)
                 )
 
         return ObservedProducer(producer, on_write, on_end)
+
+    async def _check_read(self, digest: Digest, hasher: DigestingHasher | OffloadedHasher) -> None:
+        """After a whole read: remember a match, drop data that hashes to something else."""
+        done = await hasher.settle() if isinstance(hasher, OffloadedHasher) else hasher
+        actual = done.digest()
+        if actual == digest:
+            self._verified.put(str(digest), True)
+            return
+        log.error(
+            "proxy {upstream}: cached blob {digest} is corrupt (hashes to {actual}); "
+            "dropping it so the next pull fetches it again",
+            upstream=self.name,
+            digest=str(digest),
+            actual=str(actual),
+        )
+        self.stats.corrupt_blobs += 1
+        await self._drop_blob_data(digest)
 
     async def _drop_blob_data(self, digest: Digest) -> None:
         self._verified.pop(str(digest))
@@ -823,14 +841,7 @@ class ProxyCache:
                     )
                     return 0
             victims = self.index.plan(self.now(), self.config.max_size, self.config.ttl)
-            for victim in victims:
-                if self.index.in_use.get(victim.digest, 0) > 0:
-                    continue
-                await self._evict_one(victim)
-                self.index.remove(victim)
-                self.stats.evictions += 1
-                self.stats.evicted_bytes += victim.size
-                count += 1
+            count = len(await self._evict_victims(victims))
             if count:
                 log.info(
                     "proxy {upstream}: evicted {count} entries, cache now {size} bytes",
@@ -841,6 +852,19 @@ class ProxyCache:
         finally:
             self._evicting = False
         return count
+
+    async def _evict_victims(self, victims: list[Victim]) -> list[Victim]:
+        """Evict the planned victims this process does not serve at the moment; the evicted."""
+        evicted: list[Victim] = []
+        for victim in victims:
+            if self.index.in_use.get(victim.digest, 0) > 0:
+                continue
+            await self._evict_one(victim)
+            self.index.remove(victim)
+            evicted.append(victim)
+            self.stats.evictions += 1
+            self.stats.evicted_bytes += victim.size
+        return evicted
 
     async def _evict_fleet(self, ledger: Ledger) -> int:
         """Eviction for the whole fleet, by one instance at a time (the Redis lock): what
@@ -859,16 +883,8 @@ class ProxyCache:
             self.index = view
             planning = attrs.evolve(view, in_use=fleet_in_use + view.in_use)
             victims = planning.plan(now, self.config.max_size, self.config.ttl)
-            evicted: list[Victim] = []
-            for victim in victims:
-                if self.index.in_use.get(victim.digest, 0) > 0:
-                    continue
-                await self._evict_one(victim)
-                self.index.remove(victim)
-                evicted.append(victim)
-                self.stats.evictions += 1
-                self.stats.evicted_bytes += victim.size
-                count += 1
+            evicted = await self._evict_victims(victims)
+            count = len(evicted)
             await ledger.remove(evicted)
             limit = self.config.max_size
             if limit is not None and self.index.size > limit:

@@ -110,9 +110,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
 
 def parse_proxy(name: str, values: Mapping[str, str]) -> ProxyConfig:
     section = f"[{SECTION_PREFIX}{name}]"
-    kwargs = parse_section_values(section, values, _KEYS)
-    if "remoteurl" not in kwargs:
-        raise ConfigError(f"{section} remoteurl: required")
+    kwargs = parse_section_values(section, values, _KEYS, required=("remoteurl",))
     if not kwargs.get("prefix") and not kwargs.get("default"):
         raise ConfigError(f"{section} prefix: required unless default = true")
     if kwargs.get("tag_freshness", 0.0) < 0:

@@ -31,6 +31,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from registry.api.digests import Digest
+from registry.client._body import settle_body
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
 
 # A reader asks the growing file for at most this much at a time, so what it holds in memory
@@ -131,12 +132,7 @@ class FillProtocol(Protocol):
             self.done.errback(failure)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        if self.done.called:
-            return
-        if isinstance(reason.value, ResponseDone):
-            self.done.callback(None)
-        else:
-            self.done.errback(reason)
+        settle_body(self.done, reason, None)
 
 
 def abort_connection(consumer: object) -> None:
@@ -280,23 +276,29 @@ class _CountingConsumer:
 
 @implementer(IBodyProducer, IPushProducer)
 class ObservedProducer:
-    """Wraps a producer to see every chunk it writes (byte counters, inline hashing), and to
-    run ``on_end`` once, whatever the outcome (releasing an "in use" mark)."""
+    """Wraps a producer to see every chunk it writes (byte counters, hashing on a worker), and
+    to run ``on_end`` once, whatever the outcome (releasing an "in use" mark).
+
+    ``on_write`` may return a Deferred: "stop producing until this fires" (a hashing queue
+    over its high-water mark).  The inner producer is then paused until both that Deferred
+    fired and the consumer wants data, so neither side can resume it for the other."""
 
     def __init__(
         self,
         inner: IBodyProducer,
-        on_write: Callable[[bytes], None],
+        on_write: Callable[[bytes], Deferred[None] | None],
         on_end: Callable[[Failure | None], None],
     ) -> None:
         self._inner = inner
         self._on_write = on_write
         self._on_end = on_end
         self._ended = False
+        self._consumer_paused = False
+        self._waiting: Deferred[None] | None = None
         self.length = inner.length
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        d: Deferred[None] = self._inner.startProducing(_CountingConsumer(consumer, self._on_write))
+        d: Deferred[None] = self._inner.startProducing(_CountingConsumer(consumer, self._seen))
 
         def ok(result: None) -> None:
             self._end(None)
@@ -308,16 +310,35 @@ class ObservedProducer:
         d.addCallbacks(ok, failed)
         return d
 
+    def _seen(self, data: bytes) -> None:
+        waiter = self._on_write(data)
+        if waiter is None or self._waiting is not None:
+            return
+        self._waiting = waiter
+        if not self._consumer_paused:
+            self._inner.pauseProducing()
+
+        def room(_: None) -> None:
+            self._waiting = None
+            if not self._consumer_paused and not self._ended:
+                self._inner.resumeProducing()
+
+        waiter.addCallback(room)
+
     def _end(self, failure: Failure | None) -> None:
         if not self._ended:
             self._ended = True
             self._on_end(failure)
 
     def pauseProducing(self) -> None:
-        self._inner.pauseProducing()
+        self._consumer_paused = True
+        if self._waiting is None:
+            self._inner.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._inner.resumeProducing()
+        self._consumer_paused = False
+        if self._waiting is None:
+            self._inner.resumeProducing()
 
     def stopProducing(self) -> None:
         self._inner.stopProducing()

@@ -309,6 +309,8 @@ def install_proxies(
                 peers=peers,
                 fleet=setup.fleet,
                 spool=spool,
+                # The pool uploads hash on: verified cache reads hash there too.
+                hash_threads=local.uploads.hash_threads,
             )
         )
     register_metrics(metrics, peers)

@@ -145,9 +145,7 @@ def parse_sync(name: str, values: Mapping[str, str]) -> SyncConfig:
     if _NAME.fullmatch(name) is None:
         # The name is a path component of the sync's saved state.
         raise ConfigError(f"{section}: a sync's name starts with a letter or digit")
-    kwargs = parse_section_values(section, values, _KEYS)
-    if "remote" not in kwargs:
-        raise ConfigError(f"{section} remote: required")
+    kwargs = parse_section_values(section, values, _KEYS, required=("remote",))
     if kwargs.get("concurrency") == 0:
         raise ConfigError(f"{section} concurrency: must be at least 1")
     username, password = kwargs.pop("username", None), kwargs.pop("password", None)

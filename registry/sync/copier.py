@@ -1,8 +1,8 @@
 """
 Copying one image (a manifest, or an index with every platform) from one side to the other,
-digests preserved: the manifest bytes are put exactly as read, so every digest stays the
-same.  Bottom up, the way a client pushes: blobs, then child manifests, then the manifest
-itself, so the receiving registry validates each manifest against content it already has.
+digests preserved.  The walk is the client library's (`registry.client.walk.ImageWalk`:
+children, then blobs, then the manifest itself, so the receiving registry validates each
+manifest against content it already has); this module is its two sides for a sync.
 
 What is already on the receiving side is not sent again: a child manifest that is there is
 skipped whole, a blob that is there is skipped (locally, a blob stored for another repository
@@ -12,51 +12,20 @@ leaves complete blobs and manifests behind, and the next run carries on from the
 
 from __future__ import annotations
 
-import json
-from collections.abc import Coroutine
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, DeferredSemaphore
-from twisted.python.failure import Failure
+import attrs
+from twisted.internet.defer import DeferredLock, DeferredSemaphore
 
 from registry.api.digests import Digest
-from registry.api.errors import RegistryError
-from registry.client import index_descriptors
-from registry.sync.sides import FetchedManifest, LocalSide, RemoteSide, Side
+from registry.client.walk import CopyError, FetchedManifest, ImageWalk
+from registry.sync.sides import LocalSide, RemoteSide, Side
 from registry.sync.status import RunCounts
 from registry.sync.throttle import Throttle
 from registry.sync.transfer import pull_blob, push_blob
 
 # How deep referrers of referrers are followed (a signature of an SBOM of an image).
 MAX_REFERRER_DEPTH = 3
-# Children of an index, or blobs of a manifest, that cannot be right in one image.
-MAX_REFERENCES = 10_000
-
-
-class CopyError(Exception):
-    """A manifest that cannot be copied as it is (not JSON, too many references)."""
-
-
-def _descriptors(document: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    value = document.get(key)
-    return [d for d in value if isinstance(d, dict)] if isinstance(value, list) else []
-
-
-def blob_digests(document: dict[str, Any]) -> list[Digest]:
-    """The blobs an image manifest names: config and layers (schema 2 / OCI), or the
-    ``fsLayers`` of a schema 1 manifest.  Foreign layers (with ``urls``) are fetched by
-    clients from those URLs, never from a registry, so they are not copied."""
-    found: list[Digest] = []
-    config = document.get("config")
-    entries = ([config] if isinstance(config, dict) else []) + _descriptors(document, "layers")
-    for entry in entries:
-        if entry.get("urls") or not isinstance(entry.get("digest"), str):
-            continue
-        found.append(Digest.parse(entry["digest"]))
-    for layer in _descriptors(document, "fsLayers"):
-        if isinstance(layer.get("blobSum"), str):
-            found.append(Digest.parse(layer["blobSum"]))
-    return list(dict.fromkeys(found))
 
 
 class Copier:
@@ -81,59 +50,28 @@ class Copier:
         self.referrers = referrers
         self._locks: dict[Digest, DeferredLock] = {}
 
+    def _walk(self, source_name: str, target_name: str) -> ImageWalk:
+        # One platform at a time: each copies its blobs in parallel already.
+        sides = _Sides(self, source_name, target_name)
+        return ImageWalk(sides, referrer_depth=MAX_REFERRER_DEPTH, children_at_once=False)
+
     async def copy_tag(self, source_name: str, target_name: str, tag: str) -> FetchedManifest:
         """Copy the image the tag names and point the tag at it on the other side."""
         manifest = await self.source.manifest(source_name, tag)
-        await self._content(source_name, target_name, manifest)
-        await self.target.put_manifest(target_name, tag, manifest.body, manifest.media_type)
-        self.counts.add("manifests")
+        await self._walk(source_name, target_name).copy(manifest, tag)
         return manifest
 
-    async def copy_referrers(
-        self, source_name: str, target_name: str, subject: Digest, depth: int = 0
-    ) -> None:
+    async def copy_referrers(self, source_name: str, target_name: str, subject: Digest) -> None:
         """Bring the subject's referrers (signatures, SBOMs, attestations) along, and
         theirs, up to `MAX_REFERRER_DEPTH`."""
-        if depth >= MAX_REFERRER_DEPTH:
-            return
-        for descriptor in await self.source.referrers(source_name, subject):
-            try:
-                digest = Digest.parse(str(descriptor.get("digest")))
-            except RegistryError:
-                continue  # not a digest: nothing that could be fetched
-            await self.copy_manifest(source_name, target_name, digest)
-            await self.copy_referrers(source_name, target_name, digest, depth + 1)
+        await self._walk(source_name, target_name).copy_referrers(subject)
 
     async def copy_manifest(self, source_name: str, target_name: str, digest: Digest) -> bool:
         """Copy a manifest by digest unless the target has it; True when it was copied."""
-        if await self.target.has_manifest(target_name, digest):
-            return False
-        manifest = await self.source.manifest(source_name, digest)
-        if manifest.digest != digest:
-            raise CopyError(f"asked for {digest}, the source answered {manifest.digest}")
-        await self._content(source_name, target_name, manifest)
-        await self.target.put_manifest(target_name, str(digest), manifest.body, manifest.media_type)
-        self.counts.add("manifests")
-        return True
+        return await self._walk(source_name, target_name).copy_digest(digest)
 
-    async def _content(self, source_name: str, target_name: str, manifest: FetchedManifest) -> None:
-        """Everything the manifest names, before the manifest itself."""
-        try:
-            document = json.loads(manifest.body)
-        except ValueError:
-            raise CopyError(f"manifest {manifest.digest} is not JSON") from None
-        if not isinstance(document, dict):
-            raise CopyError(f"manifest {manifest.digest} is not a JSON object")
-        children = index_descriptors(document) if "manifests" in document else []
-        blobs = blob_digests(document)
-        if len(children) + len(blobs) > MAX_REFERENCES:
-            raise CopyError(f"manifest {manifest.digest} names too many references")
-        for child in children:
-            # One platform at a time: each copies its blobs in parallel already.
-            await self.copy_manifest(source_name, target_name, Digest.parse(child["digest"]))
-        await _all([self._blob(source_name, target_name, d) for d in blobs])
-
-    async def _blob(self, source_name: str, target_name: str, digest: Digest) -> None:
+    async def blob(self, source_name: str, target_name: str, digest: Digest) -> None:
+        """Copy one blob unless the target has it."""
         # One transfer per digest at a time: whoever waited finds the blob there afterwards
         # (locally, linked into its repository), instead of fetching it a second time.
         lock = self._locks.get(digest)
@@ -169,13 +107,32 @@ class Copier:
         self.counts.add("bytes", size)
 
 
-async def _all(calls: list[Coroutine[Any, Any, None]]) -> None:
-    """Run the coroutines at once; wait for all, then raise the first failure."""
-    if not calls:
-        return
-    deferreds = [Deferred.fromCoroutine(call) for call in calls]
-    results = await DeferredList(deferreds, consumeErrors=True)
-    for ok, value in results:
-        if not ok:
-            assert isinstance(value, Failure)
-            value.raiseException()
+@attrs.frozen
+class _Sides:
+    """One source repository and one target repository of a sync, as `ImageWalk` sees them."""
+
+    copier: Copier
+    source_name: str
+    target_name: str
+
+    async def manifest(self, reference: str) -> FetchedManifest:
+        return await self.copier.source.manifest(self.source_name, reference)
+
+    async def has_manifest(self, digest: Digest) -> bool:
+        return await self.copier.target.has_manifest(self.target_name, digest)
+
+    async def blob(self, descriptor: dict[str, Any]) -> None:
+        digest = Digest.parse(str(descriptor["digest"]))
+        await self.copier.blob(self.source_name, self.target_name, digest)
+
+    async def put(self, manifest: FetchedManifest, tag: str | None, what: str) -> None:
+        target = self.copier.target
+        reference = tag or str(manifest.digest)
+        await target.put_manifest(self.target_name, reference, manifest.body, manifest.media_type)
+        self.copier.counts.add("manifests")
+
+    async def referrers(self, subject: Digest) -> list[dict[str, Any]]:
+        return await self.copier.source.referrers(self.source_name, subject)
+
+
+__all__ = ["MAX_REFERRER_DEPTH", "Copier", "CopyError"]

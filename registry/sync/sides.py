@@ -17,22 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
-
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
 from registry.client import NotFound, RegistryClient
+from registry.client.walk import FetchedManifest
 from registry.handlers.context import RegistryContext
 
 # A catalog or tag list page asked of the local stores.
 _PAGE = 1000
-
-
-@attrs.frozen
-class FetchedManifest:
-    body: bytes
-    media_type: str
-    digest: Digest
 
 
 class LocalSide:

@@ -22,7 +22,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from registry.api.digests import Digest
-from registry.client import Unavailable
+from registry.client import single_use
 from registry.storage.uploads import UploadAppender
 from registry.sync.sides import LocalSide, RemoteSide
 from registry.sync.throttle import PausingGate, Throttle, ThrottledBody
@@ -144,15 +144,7 @@ async def push_blob(
     size = await local.blob_size(local_name, digest)
     upload = await client.start_upload(remote_name)
     producer: Any = await local.ctx.blobs.open(local_name, digest, 0, None)
-    used = False
-
-    def body() -> ThrottledBody:
-        nonlocal used
-        if used:
-            # A 401 on the PUT would send the body again: the reader is spent by then.
-            raise Unavailable(None, "a streamed blob body cannot be sent twice")
-        used = True
-        return ThrottledBody(producer, throttle)
+    body = single_use(lambda: ThrottledBody(producer, throttle), "a streamed blob body")
 
     try:
         await client.finish_upload(upload, digest, body)
@@ -165,6 +157,6 @@ async def push_blob(
         # A body that was sent belongs to the HTTP client, which ends it (the remote may
         # answer while the reader, paused by the throttle, has yet to notice its end: stopping
         # it then would fail a request that succeeded).  Only an unsent reader is closed here.
-        if not used:
+        if not body.used:
             producer.stopProducing()
     return size

@@ -31,7 +31,6 @@ from tests.e2e.conftest import Starter
 from tests.e2e.harness import (
     InProcessRegistry,
     RegistryProcess,
-    free_port,
     sleep,
     start_in_process,
 )
@@ -125,7 +124,7 @@ async def test_events_for_push_pull_mount_and_delete(
 ) -> None:
     """Each operation gives registry:2's event, with its fields, in order, in the v1 envelope
     with the configured headers; HEADs give none."""
-    # A probed port rather than 0: the events' source names the port as configured.
+    # Port 0: the events' source names the port the registry is bound to.
     registry = await start_registry(
         {
             "storage": {"delete_enabled": "true"},
@@ -133,7 +132,6 @@ async def test_events_for_push_pull_mount_and_delete(
                 receiver.url, headers="Authorization: Bearer t0ken\n  X-Team: ci"
             ),
         },
-        f"tcp:{free_port()}:interface=127.0.0.1",
     )
     url, host = registry.url, registry.url.removeprefix("http://")
     ua = {"User-Agent": AGENT}

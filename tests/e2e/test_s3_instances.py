@@ -28,18 +28,7 @@ NO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
 def s3_sections(server: S3Server, root: str, **extra: str) -> dict[str, dict[str, str]]:
     return {
-        "storage": {
-            "driver": "s3",
-            "bucket": server.bucket,
-            "region": server.region,
-            "regionendpoint": server.endpoint,
-            "accesskey": server.access_key,
-            "secretkey": server.secret_key,
-            "rootdirectory": root,
-            "chunksize": "5MiB",
-            "delete_enabled": "true",
-            **extra,
-        }
+        "storage": server.storage_section(root, chunksize="5MiB", delete_enabled="true", **extra)
     }
 
 

@@ -3,13 +3,19 @@ self-healing of damaged cached data."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import DeferredList, ensureDeferred
 
+from registry.api.digests import DigestingHasher
 from registry.client._body import abort_transport
 from tests.e2e.client import sha256
+from tests.e2e.harness import InProcessRegistry
+from tests.fakes.content import Image
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
 from tests.proxy.util import blob_data_path, fetch, fill_files, metric, storage_root, wait_for
@@ -24,6 +30,29 @@ async def _try_get(url: str) -> tuple[int, bytes | None]:
         return response.code, await response.content()
     except Exception:
         return response.code, None
+
+
+async def _cached_by_another_process(
+    proxied: Proxied, image: Image
+) -> tuple[InProcessRegistry, Path]:
+    """Every layer of ``image`` cached by a first process, then a second process on the same
+    storage root: it hashes the first full read of data it did not fill itself (fills are
+    verified), which is what damage at rest is found by."""
+    first = await proxied()
+    root = storage_root(first)
+    for layer in image.layers:
+        _response, data = await fetch(f"{first.url}/v2/alpine/blobs/{layer.digest}")
+        assert sha256(data) == layer.digest
+    await first.stop()
+    return await proxied({"storage": {"rootdirectory": str(root)}}), root
+
+
+def _flip_byte(path: Path, index: int) -> bytes:
+    """Damage the file at rest, same size; the damaged bytes."""
+    raw = bytearray(path.read_bytes())
+    raw[index] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    return bytes(raw)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted"])
@@ -77,20 +106,10 @@ async def test_corrupt_cached_data_heals_on_the_next_pull(
     """Same size, wrong bytes: the full read is hashed, the data dropped, the next pull
     fetches it again.  A different size is caught before serving."""
     image = fake.content.add_image("library/alpine", "latest", [100_000, 50_000])
-    first = await proxied()
-    root = storage_root(first)
     same_size, shorter = image.layers
-    for layer in image.layers:
-        response, data = await fetch(f"{first.url}/v2/alpine/blobs/{layer.digest}")
-        assert sha256(data) == layer.digest
-    await first.stop()
-    # Damage at rest, found by the next process that serves the data (fills are verified, so
-    # a process only hashes the first full read of data it did not fill itself).
-    registry = await proxied({"storage": {"rootdirectory": str(root)}})
+    registry, root = await _cached_by_another_process(proxied, image)
     path = blob_data_path(root, same_size.digest)
-    raw = bytearray(path.read_bytes())
-    raw[0] ^= 0xFF
-    path.write_bytes(bytes(raw))
+    _flip_byte(path, 0)
     blob_data_path(root, shorter.digest).write_bytes(b"short")
     response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{same_size.digest}")
     assert sha256(data) != same_size.digest  # served once from the damaged file...
@@ -102,6 +121,38 @@ async def test_corrupt_cached_data_heals_on_the_next_pull(
         assert fake.count("GET", "cdn", ref=layer.digest) == 2
     response, body = await fetch(f"{registry.url}/metrics")
     assert metric(body.decode(), "txregistry_proxy_corrupt_blobs_total") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_reads_hash_in_the_hash_threads(
+    proxied: Proxied, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole read of data this process did not fill is hashed on the service's hash
+    threads, never on the reactor thread; damaged data is still found and dropped."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    registry, root = await _cached_by_another_process(proxied, image)
+    path = blob_data_path(root, layer.digest)
+    raw = _flip_byte(path, -1)
+    threads: list[str] = []
+    real = DigestingHasher.update
+
+    def recording(self: DigestingHasher, data: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        real(self, data)
+
+    monkeypatch.setattr(DigestingHasher, "update", recording)
+    response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+    assert response.code == 200
+    assert data == raw  # served once from the damaged file...
+    await wait_for(lambda: not path.exists())  # ...and dropped
+    assert threads != []
+    assert threading.current_thread().name not in threads  # the reactor's
+    assert {name.rsplit("-", 1)[0] for name in threads} == {"PoolThread-registry-hash"}
+    monkeypatch.undo()
+    response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+    assert sha256(data) == layer.digest
+    assert fake.count("GET", "cdn", ref=layer.digest) == 2
 
 
 @pytest_twisted.ensureDeferred

@@ -36,16 +36,7 @@ def fleet_sections(
     s3: S3Server, root: str, redis: RedisServer | None, index: int, **proxy: str
 ) -> dict[str, dict[str, str]]:
     sections: dict[str, dict[str, str]] = {
-        "storage": {
-            "driver": "s3",
-            "bucket": s3.bucket,
-            "region": s3.region,
-            "regionendpoint": s3.endpoint,
-            "accesskey": s3.access_key,
-            "secretkey": s3.secret_key,
-            "rootdirectory": root,
-            "chunksize": "5MiB",
-        },
+        "storage": s3.storage_section(root, chunksize="5MiB"),
         "proxy:hub": {"remoteurl": "", "prefix": "docker.io", "default": "true", **proxy},
     }
     if redis is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import attrs
 import pytest
 from twisted.application.service import MultiService
+from twisted.internet.testing import MemoryReactorClock
 from zope.interface import Interface
 from zope.interface.verify import verifyClass, verifyObject
 
@@ -32,7 +33,6 @@ from registry.storage.memory import MemoryDriver
 from registry.storage.referrers import IReferrers, ReferrersIndex
 from registry.storage.tags import ITagStore, TagStore
 from registry.storage.uploads import IUploadStore, UploadStore
-from tests.proxy.util import reactor
 
 HANDLERS = Path(__file__).resolve().parents[2] / "registry" / "handlers"
 APP = HANDLERS.parent / "app.py"
@@ -62,6 +62,7 @@ def _context(tmp_path: Path, proxied: bool) -> RegistryContext:
     config = load(str(path), {})
     driver = MemoryDriver()
     metrics = Metrics()
+    reactor = MemoryReactorClock()  # built, never started: nothing runs
 
     def wrap(local: LocalStores) -> Stores:
         return install_proxies(local, local.driver, config, reactor, MultiService(), metrics)

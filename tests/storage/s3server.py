@@ -121,6 +121,19 @@ class S3Server:
     startup_seconds: float
     command: list[str]
 
+    def storage_section(self, root: str, **extra: str) -> dict[str, str]:
+        """The ``[storage]`` section of a registry keeping its data under ``root`` here."""
+        return {
+            "driver": "s3",
+            "bucket": self.bucket,
+            "region": self.region,
+            "regionendpoint": self.endpoint,
+            "accesskey": self.access_key,
+            "secretkey": self.secret_key,
+            "rootdirectory": root,
+            **extra,
+        }
+
     def rss_bytes(self) -> int:
         """Resident memory of the server process (Linux /proc), 0 once it is gone."""
         try:

@@ -33,14 +33,8 @@ MIB = 1024 * 1024
 
 
 def settings_for(server: S3Server, **overrides: Any) -> S3Settings:
-    values: dict[str, Any] = {
-        "bucket": server.bucket,
-        "region": server.region,
-        "regionendpoint": server.endpoint,
-        "accesskey": server.access_key,
-        "secretkey": server.secret_key,
-        "rootdirectory": f"/tests/{uuid.uuid4().hex}/",
-    }
+    values: dict[str, Any] = server.storage_section(f"/tests/{uuid.uuid4().hex}/")
+    del values["driver"]
     values.update(overrides)
     return S3Settings(**values)
 

@@ -10,7 +10,6 @@ import hashlib
 
 import attrs
 import pytest
-import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
@@ -21,6 +20,7 @@ from registry.storage.blobs import BlobStore
 from registry.storage.memory import MemoryDriver
 from registry.storage.upload_handover import HasherHandover
 from registry.storage.uploads import INLINE_ALGORITHM, UploadStore
+from tests.synchronous import run_now
 
 KEY = ("repo", "u1")
 
@@ -134,8 +134,11 @@ def store() -> UploadStore:
     return UploadStore(driver, BlobStore(driver), state_after_answer=True)
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_second_request_on_an_upload_being_written_gets_416(store: UploadStore) -> None:
+def test_a_second_request_on_an_upload_being_written_gets_416(store: UploadStore) -> None:
+    run_now(_second_request_gets_416(store))
+
+
+async def _second_request_gets_416(store: UploadStore) -> None:
     upload = await store.start("repo")
     first = await store.open("repo", upload)
     with pytest.raises(RegistryError) as info:
@@ -148,8 +151,11 @@ async def test_a_second_request_on_an_upload_being_written_gets_416(store: Uploa
     await again.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_answered_requests_leave_their_state_at_their_offset(store: UploadStore) -> None:
+def test_answered_requests_leave_their_state_at_their_offset(store: UploadStore) -> None:
+    run_now(_answered_requests_leave_their_state(store))
+
+
+async def _answered_requests_leave_their_state(store: UploadStore) -> None:
     upload = await store.start("repo")
     chunks = [b"a" * 1000, b"b" * 500]
     offset = 0

@@ -117,9 +117,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
 
 def parse_endpoint(name: str, values: Mapping[str, str]) -> EndpointConfig:
     section = f"[{SECTION_PREFIX}{name}]"
-    kwargs = parse_section_values(section, values, _KEYS)
-    if "url" not in kwargs:
-        raise ConfigError(f"{section} url: required")
+    kwargs = parse_section_values(section, values, _KEYS, required=("url",))
     # registry:2 merges ignoredmediatypes and ignore.mediatypes the same way.
     ignored = kwargs.pop("ignoredmediatypes", ()) + kwargs.pop("ignore_mediatypes", ())
     config = EndpointConfig(name=name, ignoredmediatypes=ignored, **kwargs)

@@ -114,6 +114,16 @@ class Notifier:
         self.source = source or {}
         self._clock = clock
 
+    def listening_on(self, port: int) -> None:
+        """
+        Name the port the registry is bound to in ``source.addr``: the configured one says
+        ``0`` when the system picks it (``tcp:0``).  Called once the listeners are bound,
+        before the first connection is accepted; without endpoints there is no source to set.
+        """
+        if "addr" in self.source:
+            host = self.source["addr"].rsplit(":", 1)[0]
+            self.source["addr"] = f"{host}:{port}"
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Per endpoint: pending, delivered, failed, errors, dropped (a snapshot)."""
         return {endpoint.name: endpoint.stats() for endpoint in self.endpoints}
