@@ -1,12 +1,21 @@
 """
-Memory at rest: the RSS of an idle ``twistd -n registry`` started with the default tap.cfg.
+Memory at rest: an idle ``twistd -n registry`` started with the default tap.cfg, the whole
+process tree (the supervisor and its ``[http] workers``).
 
-    python bench/rest.py [--tree PATH] [--settle 2]
+    python bench/rest.py [--workers 2] [--tree PATH] [--settle 2]
 
-The configuration is the repository's tap.cfg with the port moved to loopback port 0 and the
-storage to a fresh folder; RSS is read from ``/proc/<pid>/status`` ``--settle`` seconds after
-the registry logged ``txregistry listening on``.  ``--tree`` measures another checkout (a
-worktree of an older commit, say) with this interpreter.
+The configuration is the repository's tap.cfg with the port moved to loopback port 0, the
+storage to a fresh folder and ``[http] workers`` set to ``--workers`` (1: one process).
+``--settle`` seconds after the registry logged ``txregistry listening on``, each process's
+memory is read from ``/proc/<pid>/smaps_rollup``:
+
+- RSS: resident pages, shared ones (libraries, pages a fork shares) counted in every process;
+- PSS: each shared page divided among the processes that map it (the tree's PSS sum is what
+  the tree really holds);
+- USS: the process's private pages (what stopping it would give back).
+
+``--tree`` measures another checkout (a worktree of an older commit, say) with this
+interpreter.
 """
 
 from __future__ import annotations
@@ -18,21 +27,60 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise ValueError(field)
+class Memory(NamedTuple):
+    """One process's memory in KiB (see the module docstring)."""
+
+    pid: int
+    rss: int
+    pss: int
+    uss: int
+
+    @classmethod
+    def of(cls, pid: int) -> Memory:
+        fields = {}
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                name, _, rest = line.partition(":")
+                if rest.strip().endswith("kB"):
+                    fields[name] = int(rest.split()[0])
+        uss = fields["Private_Clean"] + fields["Private_Dirty"]
+        return cls(pid, fields["Rss"], fields["Pss"], uss)
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux: /proc/PID/task/TID/children)."""
+    found = [pid]
+    for parent in found:
+        for task in os.listdir(f"/proc/{parent}/task"):
+            with open(f"/proc/{parent}/task/{task}/children") as children:
+                found.extend(int(child) for child in children.read().split())
+    return found
+
+
+def tree_memory(pid: int) -> list[Memory]:
+    """Memory of ``pid`` and of every descendant still alive."""
+    memory = []
+    for each in tree_pids(pid):
+        try:
+            memory.append(Memory.of(each))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+    return memory
+
+
+def mib(kib: int) -> str:
+    return f"{kib / 1024:.1f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=Path, default=REPO_ROOT)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settle", type=float, default=2.0)
     args = parser.parse_args()
     tree = args.tree.resolve()
@@ -44,6 +92,7 @@ def main() -> None:
         log = Path(work) / "twistd.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env["PYTHONPATH"] = str(tree)
+        env["REGISTRY_HTTP_WORKERS"] = str(args.workers)
         command = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "-l", str(log), "registry", "--config", f"{work}/tap.cfg",
@@ -56,11 +105,17 @@ def main() -> None:
                     raise SystemExit(f"the registry did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.1)
             time.sleep(args.settle)
-            rss = status_kib(child.pid, "VmRSS")
-            print(f"{tree}: idle RSS {rss / 1024:.1f} MiB ({rss} kB), default tap.cfg")
+            memory = tree_memory(child.pid)
         finally:
             child.terminate()
             child.wait(timeout=30)
+    print(f"{tree}: idle, default tap.cfg, [http] workers = {args.workers}")
+    print(f"{'process':12} {'pid':>8} {'RSS MiB':>8} {'PSS MiB':>8} {'USS MiB':>8}")
+    for index, each in enumerate(memory):
+        role = "registry" if len(memory) == 1 else ("supervisor" if index == 0 else "worker")
+        print(f"{role:12} {each.pid:8} {mib(each.rss):>8} {mib(each.pss):>8} {mib(each.uss):>8}")
+    rss, pss, uss = (sum(getattr(m, f) for m in memory) for f in ("rss", "pss", "uss"))
+    print(f"{'tree (sum)':12} {'':8} {mib(rss):>8} {mib(pss):>8} {mib(uss):>8}")
 
 
 if __name__ == "__main__":
