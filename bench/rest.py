@@ -7,12 +7,9 @@ process tree (the supervisor and its ``[http] workers``).
 The configuration is the repository's tap.cfg with the port moved to loopback port 0, the
 storage to a fresh folder and ``[http] workers`` set to ``--workers`` (1: one process).
 ``--settle`` seconds after the registry logged ``txregistry listening on``, each process's
-memory is read from ``/proc/<pid>/smaps_rollup``:
-
-- RSS: resident pages, shared ones (libraries, pages a fork shares) counted in every process;
-- PSS: each shared page divided among the processes that map it (the tree's PSS sum is what
-  the tree really holds);
-- USS: the process's private pages (what stopping it would give back).
+memory is read (RSS, PSS and USS: `bench.memory` says what each counts), and summed over the
+tree.  The PSS sum is what the tree holds; the RSS sum counts shared library pages once per
+process.
 
 ``--tree`` measures another checkout (a worktree of an older commit, say) with this
 interpreter.
@@ -27,50 +24,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 
-
-class Memory(NamedTuple):
-    """One process's memory in KiB (see the module docstring)."""
-
-    pid: int
-    rss: int
-    pss: int
-    uss: int
-
-    @classmethod
-    def of(cls, pid: int) -> Memory:
-        fields = {}
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                name, _, rest = line.partition(":")
-                if rest.strip().endswith("kB"):
-                    fields[name] = int(rest.split()[0])
-        uss = fields["Private_Clean"] + fields["Private_Dirty"]
-        return cls(pid, fields["Rss"], fields["Pss"], uss)
-
-
-def tree_pids(pid: int) -> list[int]:
-    """``pid`` and its descendants (Linux: /proc/PID/task/TID/children)."""
-    found = [pid]
-    for parent in found:
-        for task in os.listdir(f"/proc/{parent}/task"):
-            with open(f"/proc/{parent}/task/{task}/children") as children:
-                found.extend(int(child) for child in children.read().split())
-    return found
-
-
-def tree_memory(pid: int) -> list[Memory]:
-    """Memory of ``pid`` and of every descendant still alive."""
-    memory = []
-    for each in tree_pids(pid):
-        try:
-            memory.append(Memory.of(each))
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # exited meanwhile
-    return memory
+from bench.memory import tree_memory  # noqa: E402
 
 
 def mib(kib: int) -> str:
