@@ -53,3 +53,42 @@ def tree_memory(pid: int) -> list[Memory]:
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited meanwhile
     return memory
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+_PRESENT = 1 << 63
+_PFN = (1 << 55) - 1
+
+
+def _frames(pid: int) -> set[int]:
+    """The physical frames of ``pid``'s resident pages (``/proc/PID/pagemap``)."""
+    frames: set[int] = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if line.rstrip().endswith("[vsyscall]"):
+                continue
+            pagemap.seek(start // PAGE * 8)
+            data = pagemap.read((end - start) // PAGE * 8)
+            for index in range(0, len(data), 8):
+                entry = int.from_bytes(data[index : index + 8], "little")
+                if entry & _PRESENT:
+                    frames.add(entry & _PFN)
+    return frames
+
+
+def distinct_resident_kib(pids: list[int]) -> int | None:
+    """
+    The resident memory of ``pids`` with every shared page counted once (the union of their
+    physical pages): what the tree holds if nothing else shared its libraries.  Needs root
+    (frame numbers read as 0 otherwise); None without it.
+    """
+    if os.geteuid() != 0:
+        return None
+    frames: set[int] = set()
+    for pid in pids:
+        try:
+            frames |= _frames(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return len(frames) * PAGE // 1024

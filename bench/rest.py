@@ -9,7 +9,7 @@ storage to a fresh folder and ``[http] workers`` set to ``--workers`` (1: one pr
 ``--settle`` seconds after the registry logged ``txregistry listening on``, each process's
 memory is read (RSS, PSS and USS: `bench.memory` says what each counts), and summed over the
 tree.  The PSS sum is what the tree holds; the RSS sum counts shared library pages once per
-process.
+process; as root, the tree's distinct resident pages (USS plus every shared page once) too.
 
 ``--tree`` measures another checkout (a worktree of an older commit, say) with this
 interpreter.
@@ -28,7 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.memory import tree_memory  # noqa: E402
+from bench.memory import distinct_resident_kib, tree_memory  # noqa: E402
 
 
 def mib(kib: int) -> str:
@@ -64,6 +64,7 @@ def main() -> None:
                 time.sleep(0.1)
             time.sleep(args.settle)
             memory = tree_memory(child.pid)
+            distinct = distinct_resident_kib([m.pid for m in memory])
         finally:
             child.terminate()
             child.wait(timeout=30)
@@ -74,6 +75,8 @@ def main() -> None:
         print(f"{role:12} {each.pid:8} {mib(each.rss):>8} {mib(each.pss):>8} {mib(each.uss):>8}")
     rss, pss, uss = (sum(getattr(m, f) for m in memory) for f in ("rss", "pss", "uss"))
     print(f"{'tree (sum)':12} {'':8} {mib(rss):>8} {mib(pss):>8} {mib(uss):>8}")
+    if distinct is not None:
+        print(f"tree, each shared page once (distinct resident pages): {mib(distinct)} MiB")
 
 
 if __name__ == "__main__":
