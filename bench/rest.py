@@ -1,12 +1,18 @@
 """
-Memory at rest: the RSS of an idle ``twistd -n registry`` started with the default tap.cfg.
+Memory at rest: an idle ``twistd -n registry`` started with the default tap.cfg, the whole
+process tree (the supervisor and its ``[http] workers``).
 
-    python bench/rest.py [--tree PATH] [--settle 2]
+    python bench/rest.py [--workers 2] [--tree PATH] [--settle 2]
 
-The configuration is the repository's tap.cfg with the port moved to loopback port 0 and the
-storage to a fresh folder; RSS is read from ``/proc/<pid>/status`` ``--settle`` seconds after
-the registry logged ``txregistry listening on``.  ``--tree`` measures another checkout (a
-worktree of an older commit, say) with this interpreter.
+The configuration is the repository's tap.cfg with the port moved to loopback port 0, the
+storage to a fresh folder and ``[http] workers`` set to ``--workers`` (1: one process).
+``--settle`` seconds after the registry logged ``txregistry listening on``, each process's
+memory is read (RSS, PSS and USS: `bench.memory` says what each counts), and summed over the
+tree.  The PSS sum is what the tree holds; the RSS sum counts shared library pages once per
+process; as root, the tree's distinct resident pages (USS plus every shared page once) too.
+
+``--tree`` measures another checkout (a worktree of an older commit, say) with this
+interpreter.
 """
 
 from __future__ import annotations
@@ -20,19 +26,19 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.memory import distinct_resident_kib, tree_memory  # noqa: E402
 
 
-def status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise ValueError(field)
+def mib(kib: int) -> str:
+    return f"{kib / 1024:.1f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=Path, default=REPO_ROOT)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settle", type=float, default=2.0)
     args = parser.parse_args()
     tree = args.tree.resolve()
@@ -44,6 +50,7 @@ def main() -> None:
         log = Path(work) / "twistd.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env["PYTHONPATH"] = str(tree)
+        env["REGISTRY_HTTP_WORKERS"] = str(args.workers)
         command = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "-l", str(log), "registry", "--config", f"{work}/tap.cfg",
@@ -56,11 +63,20 @@ def main() -> None:
                     raise SystemExit(f"the registry did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.1)
             time.sleep(args.settle)
-            rss = status_kib(child.pid, "VmRSS")
-            print(f"{tree}: idle RSS {rss / 1024:.1f} MiB ({rss} kB), default tap.cfg")
+            memory = tree_memory(child.pid)
+            distinct = distinct_resident_kib([m.pid for m in memory])
         finally:
             child.terminate()
             child.wait(timeout=30)
+    print(f"{tree}: idle, default tap.cfg, [http] workers = {args.workers}")
+    print(f"{'process':12} {'pid':>8} {'RSS MiB':>8} {'PSS MiB':>8} {'USS MiB':>8}")
+    for index, each in enumerate(memory):
+        role = "registry" if len(memory) == 1 else ("supervisor" if index == 0 else "worker")
+        print(f"{role:12} {each.pid:8} {mib(each.rss):>8} {mib(each.pss):>8} {mib(each.uss):>8}")
+    rss, pss, uss = (sum(getattr(m, f) for m in memory) for f in ("rss", "pss", "uss"))
+    print(f"{'tree (sum)':12} {'':8} {mib(rss):>8} {mib(pss):>8} {mib(uss):>8}")
+    if distinct is not None:
+        print(f"tree, each shared page once (distinct resident pages): {mib(distinct)} MiB")
 
 
 if __name__ == "__main__":

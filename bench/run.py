@@ -6,7 +6,9 @@ txregistry against registry:2 (Debian's docker-registry, v2.8), interleaved in o
 Each round runs every scenario on registry:2 and then on txregistry, both on loopback with
 their own empty storage, driven by curl (the same client for both).  Reported: median MiB/s
 (or req/s), the ratio txregistry / registry:2, each server's peak RSS during the scenario and
-the CPU time it used per GiB moved (user + system, all threads).  These machines are noisy:
+the CPU time it used per GiB moved (user + system, all threads); both summed over the server's
+process tree (txregistry's supervisor and its ``[http] workers``), and the request steps also
+print the tree's peak PSS (`bench.memory`).  These machines are noisy:
 compare ratios within one run, not figures across runs.  What keeps the comparison even: an
 untimed warm-up round on each server first (``--warmup``), and a ``sync`` before every timed
 step, so that neither server pays for writing back the page cache the previous step (often
@@ -45,6 +47,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.memory import tree_memory, tree_pids
 from bench.reference import Registry2, Server, TxRegistry
 from bench.requests import Idle, Rate, hey, hold_idle, push_small_image, wrk_get
 
@@ -55,19 +58,30 @@ BUSY_PERCENT = 10.0
 
 
 class PeakRss:
-    """Samples a process's RSS every 50 ms in a thread; ``peak`` in MiB."""
+    """
+    Samples the memory of a process and its descendants (a supervisor and its workers) every
+    50 ms in a thread: ``peak`` is the largest RSS sum, ``peak_pss`` the largest PSS sum, in
+    bytes (`bench.memory`: the RSS sum counts shared library pages once per process).
+    """
 
     def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak = self.process.memory_info().rss
+        self.pid = pid
+        self.peak = 0
+        self.peak_pss = 0
+        self._sample()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        tree = tree_memory(self.pid)
+        self.peak = max(self.peak, 1024 * sum(m.rss for m in tree))
+        self.peak_pss = max(self.peak_pss, 1024 * sum(m.pss for m in tree))
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.Error:
+                self._sample()
+            except OSError:  # the server exited
                 return
 
     def __enter__(self) -> PeakRss:
@@ -81,6 +95,10 @@ class PeakRss:
     @property
     def peak_mib(self) -> float:
         return self.peak / MiB
+
+    @property
+    def peak_pss_mib(self) -> float:
+        return self.peak_pss / MiB
 
 
 def make_file(path: Path, size: int) -> str:
@@ -303,10 +321,16 @@ def background_cpu(seconds: float = 1.0) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system time of a process, all its threads, in seconds."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    """User + system time of a process and its descendants (workers), all threads, in seconds."""
+    ticks = 0
+    for each in tree_pids(pid):
+        try:
+            with open(f"/proc/{each}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # exited meanwhile
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measure(
@@ -348,7 +372,8 @@ def at_once(actions: list[Callable[[], None]]) -> None:
 
 
 def rss_mib(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / MiB
+    """The RSS sum of ``pid`` and its descendants (its workers)."""
+    return sum(m.rss for m in tree_memory(pid)) / 1024
 
 
 def run_idle_connections(servers: list[Server], count: int) -> dict[str, Idle]:
@@ -403,7 +428,7 @@ def run_request_scenarios(
                     f"round {round_index + 1} {server.name:11} {name:32} "
                     f"{rate.requests_per_second:8.0f} req/s  p99 {rate.p99_ms:7.1f} ms  "
                     f"errors {rate.errors} non-2xx {rate.non_2xx}  "
-                    f"peak RSS {rss.peak_mib:6.1f} MiB",
+                    f"peak RSS {rss.peak_mib:6.1f} MiB (PSS {rss.peak_pss_mib:6.1f})",
                     flush=True,
                 )
 

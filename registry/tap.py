@@ -1,70 +1,34 @@
 """
-``twistd registry``: command-line options and the service tree.
+``twistd registry``: command-line options, and which process this is.
 
 `Options` only parses (the config file is read and validated here so that a bad value stops
-start-up with one line naming the key); `makeService` builds everything from the resulting
-`Config`.
+start-up with one line naming the key).  `makeService` first keeps out the libraries the
+configuration does not use (`registry.lean_imports`), then builds either a supervisor of
+``[http] workers`` (`registry.server.supervisor`: no web stack, no storage) or a serving
+process (`registry.server.build`).  This module imports neither the reactor nor the web
+stack itself, so that the decision comes before Twisted makes its own.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-import attrs
-from twisted.application.internet import TimerService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
 
-import twisted
-from registry.app import make_site
-from registry.auth.interfaces import IAccessController
-from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError, load
-from registry.failures import log_failure
-from registry.handlers.context import LocalStores, RegistryContext, Stores
-from registry.handlers.monitoring import local_metrics, make_debug_site
-from registry.http import sendfile, twisted_internals
 from registry.http.tls import (
     TLSSettings,
     normalize_description,
     server_endpoint,
     warn_if_plain_public,
 )
-from registry.malloc_tuning import HeapTrimmer, limit_malloc_arenas
-from registry.ops.health import HealthCheck, upstream_probe
-from registry.ops.metrics import Metrics
-from registry.ops.notifications import Notifier, add_notifications, check_notifications
-from registry.ops.notifications.metrics import register_notification_metrics
-from registry.ops.purge import purge_uploads
+from registry.lean_imports import keep_out
+from registry.ops.notifications import check_notifications
 from registry.proxy.config import parse_proxies
-from registry.server.drain import ConnectionTracker
-from registry.server.exit import StartupError, exit_now
-from registry.server.listeners import Listeners, ListeningService
-from registry.server.probe import describe, probe_storage, storage_description
-from registry.server.service import RegistryService
-from registry.server.supervisor import supervise, worker_command
-from registry.server.workers import (
-    AdoptedEndpoint,
-    WorkerLink,
-    WorkerSpec,
-    die_with_supervisor,
-    failures_per_worker,
-    resolve,
-    workers_probe,
-)
-from registry.storage.factory import build_driver
-from registry.storage.hash_offload import HashThreads
-from registry.sync.metrics import register_sync_metrics
-
-if TYPE_CHECKING:
-    # The pull-through cache (treq, its stores) is imported only when [proxy:NAME] is set.
-    from registry.proxy.routing import ProxyRouter
+from registry.server.exit import exit_now
 
 log = Logger()
 
@@ -136,46 +100,7 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-class ThreadPoolService(Service):
-    """Owns the thread pool for blocking work (directory walks, fsync, file reads)."""
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self.pool.start()
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()  # type: ignore[no-untyped-call]
-        self.pool.stop()
-        return None
-
-
-def auth_settings(config: Config) -> AuthSettings:
-    def optional(value: str) -> str | None:
-        return value or None
-
-    return AuthSettings(
-        policy=optional(config.auth.policy),
-        anonymous_pull=config.auth.anonymous_pull,
-        client_certificate_users=config.auth.client_certificate_users,
-        # Each worker counts what it sees: its share of the budget (registry.server.workers).
-        max_failures=failures_per_worker(config.auth.max_failures, config.http.workers),
-        failure_window=config.auth.failure_window,
-        cooldown=config.auth.cooldown,
-        htpasswd_path=optional(config.auth_htpasswd.path),
-        htpasswd_realm=config.auth_htpasswd.realm,
-        htpasswd_cache_seconds=config.auth_htpasswd.cache_seconds,
-        token_realm=optional(config.auth_token.realm),
-        token_service=optional(config.auth_token.service),
-        token_issuer=optional(config.auth_token.issuer),
-        token_rootcertbundle=optional(config.auth_token.rootcertbundle),
-        token_jwks=optional(config.auth_token.jwks),
-    )
-
-
-def _endpoints(config: Config, reactor: Any, auth_enabled: bool) -> list[tuple[str, Any]]:
+def listening_endpoints(config: Config, reactor: Any, auth_enabled: bool) -> list[tuple[str, Any]]:
     """One endpoint per ``--port`` (or ``[http] port``), checked but not bound yet."""
     tls = TLSSettings(
         clientcas=config.http.clientcas or None,
@@ -192,234 +117,51 @@ def _endpoints(config: Config, reactor: Any, auth_enabled: bool) -> list[tuple[s
     return endpoints
 
 
-def _serving(
-    config: Config,
-    reactor: Any,
-    endpoints: list[tuple[str, Any]],
-    site: Any,
-    driver: Any,
-    flush: Any,
-    checks: list[Callable[[], Awaitable[None]]] | None = None,
-    link: WorkerLink | None = None,
-    notifier: Notifier | None = None,
-) -> RegistryService:
-    """
-    The root service: binds ``endpoints``, probes ``driver``, announces, drains on stop (see
-    `registry.server.service`).
-    """
-    tracker = ConnectionTracker(reactor)
-    site.requestFactory = tracker.wrap_request_factory(site.requestFactory)
-    listeners = Listeners(reactor, endpoints, tracker.wrap_factory(site))
-    where = storage_description(config.storage)
-
-    async def probe() -> None:
-        try:
-            await probe_storage(driver, readonly=config.maintenance.readonly)
-        except Exception as exc:
-            raise StartupError(f"cannot use storage {where}: {describe(exc)}") from exc
-        for check in checks or ():  # each raises StartupError with its one line
-            await check()
-
-    def announce() -> None:
-        # Accepting from here on: events name the bound port, not a configured 0.
-        first = listeners.ports[0].getHost() if listeners.ports else None
-        if notifier is not None and isinstance(getattr(first, "port", None), int):
-            notifier.listening_on(first.port)  # type: ignore[union-attr]
-        if link is not None:  # the supervisor announces the registry once every worker serves
-            log.info(
-                "worker {worker} serving {addresses}",
-                worker=link.spec.worker,
-                addresses=", ".join(listeners.addresses()),
-            )
-            link.ready()
-            return
-        log.info(
-            "txregistry listening on {ports} ({addresses}), {driver} storage",
-            ports=", ".join(listeners.descriptions),
-            addresses=", ".join(listeners.addresses()),
-            driver=config.storage.driver,
-        )
-
-    return RegistryService(
-        reactor,
-        listeners,
-        tracker,
-        probe=probe,
-        announce=announce,
-        drain_timeout=config.http.draintimeout,
-        flush=flush,
-    )
-
-
-def _configuration_error(exc: Exception) -> NoReturn:
-    # One line naming the problem, not a traceback: these are configuration mistakes.
+def configuration_error(exc: Exception) -> NoReturn:
+    """One line naming the problem, not a traceback: these are configuration mistakes."""
     exit_now(f"configuration error: {exc}")
 
 
-def add_monitoring(
-    config: Config,
-    ctx: RegistryContext,
-    router: ProxyRouter | None,
-    reactor: Any,
-    root: Any,
-    spec: WorkerSpec | None = None,
-) -> None:
-    """
-    Health checks of the upstreams (``[health] upstreams``), and the ``[debug] addr`` listener
-    that serves metrics and health apart from the registry's port.
-    """
-    if router is not None and config.health.upstreams:
-        for cache in router.caches:
-            ctx.health.add(HealthCheck(f"upstream:{cache.name}", upstream_probe(cache.client.ping)))
-    if config.debug.addr:
-        try:
-            endpoint = server_endpoint(reactor, normalize_description(config.debug.addr))
-        except ValueError as exc:
-            exit_now(f"configuration error: [debug] addr: {exc}")
-        if spec is not None and spec.debug is not None:  # bound by the supervisor
-            endpoint = AdoptedEndpoint(reactor, spec.debug, endpoint)
-        listeners = Listeners(reactor, [(config.debug.addr, endpoint)], make_debug_site(ctx))
-        ListeningService(reactor, listeners).setServiceParent(root)  # type: ignore[no-untyped-call]
-        log.info("metrics and health on {addr}", addr=config.debug.addr)
-
-
-def refuse_unknown_twisted(problems: list[str]) -> None:
-    """
-    Refuse to start on a Twisted whose private parts moved (`registry.http.twisted_internals`).
-    There is no switch to start anyway: the fast paths read those parts directly, so running
-    would turn them into failed requests; docs/install.md says how to try a newer Twisted.
-    """
-    if problems:
-        exit_now(
-            f"this Twisted ({twisted.__version__}) lacks what txregistry relies on: "
-            + "; ".join(problems)
-        )
-
-
 def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
-
     config = options.config
     assert config is not None
-    refuse_unknown_twisted(twisted_internals.problems())
+    # Workers are processes twistd starts; a service embedded elsewhere (tests, another
+    # application) is one process whatever the configuration says, and keeps every library.
+    under_twistd = getattr(options, "parent", None) is not None
+    if under_twistd:
+        keep_out(config)  # before anything below imports the reactor
+    from twisted.internet import reactor
+
+    from registry.server.workers import WorkerSpec, resolve
+
     spec = WorkerSpec.from_environ(os.environ)
     if spec is None:
         try:
             count = resolve(config)
         except ConfigError as exc:
-            _configuration_error(exc)
-        # Workers are processes twistd starts; a service embedded elsewhere (tests, another
-        # application) is one process whatever the configuration says.
-        if count > 1 and getattr(options, "parent", None) is not None:
+            configuration_error(exc)
+        if count > 1 and under_twistd:
             return _supervising(options, config, count, reactor)
-        config = _with_workers(config, 1, config.http.port)
-    else:
-        die_with_supervisor(spec)
-        # A worker: listens where the supervisor bound (its descriptions, not --port's).
-        config = _with_workers(config, spec.workers, tuple(i.description for i in spec.listeners))
-    limit_malloc_arenas()  # before any worker thread exists: see registry/malloc_tuning.py
-    root = MultiService()
-    pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
-    ThreadPoolService(pool).setServiceParent(root)  # type: ignore[no-untyped-call]
-    settings = auth_settings(config)
-    try:
-        access: IAccessController = make_access_controller(
-            settings,
-            reactor,  # type: ignore[arg-type]
-            reactor,
-            pool,
-        )
-        endpoints = _endpoints(config, reactor, settings.enabled)
-        if spec is not None:
-            endpoints = [
-                (description, AdoptedEndpoint(reactor, inherited, endpoint))
-                for (description, endpoint), inherited in zip(
-                    endpoints, spec.listeners, strict=True
-                )
-            ]
-        driver = build_driver(config, reactor, pool)
-    except (ValueError, OSError, ConfigError) as exc:
-        _configuration_error(exc)
-    # Upload hashing gets threads of its own, one per core: it is CPU work, and long hashing
-    # slices must not delay the storage pool's file reads.
-    hash_pool = ThreadPool(minthreads=1, maxthreads=os.cpu_count() or 2, name="registry-hash")
-    ThreadPoolService(hash_pool).setServiceParent(root)  # type: ignore[no-untyped-call]
-    link = WorkerLink(reactor, spec) if spec is not None else None
-    if link is not None:
-        link.setServiceParent(root)  # type: ignore[no-untyped-call]
-    metrics = Metrics(tree=link.tree_metrics if link is not None else None)
-    checks: list[Callable[[], Awaitable[None]]] = []  # start-up checks after the storage probe
+    from registry.server.build import serve
 
-    proxied = bool(parse_proxies(config))
-
-    def wrap(local: LocalStores) -> Stores:
-        # Pull-through caches ([proxy:NAME]): wrappers around the local stores, their service.
-        if not proxied:
-            return Stores.of(local)
-        from registry.proxy.service import install_proxies
-
-        return install_proxies(local, local.driver, config, reactor, root, metrics, checks)
-
-    ctx = RegistryContext.build(
-        config,
-        driver,
-        reactor,
-        access,
-        hash_threads=HashThreads(reactor, hash_pool),
-        metrics=metrics,
-        # Webhooks ([notifications:NAME]): a durable queue and delivery service per endpoint.
-        notifier=add_notifications(config, reactor, root, worker=spec.worker if spec else 0),
-        wrap=wrap,
-    )
-    router: ProxyRouter | None = None
-    if proxied:
-        from registry.proxy.routing import ProxyRouter
-
-        if isinstance(ctx.route_rewriter, ProxyRouter):
-            router = ctx.route_rewriter
-    add_monitoring(config, ctx, router, reactor, root, spec)
-    if link is not None:
-        link.local_metrics = lambda: local_metrics(ctx)
-        ctx.health.add(HealthCheck("workers", workers_probe(link)))
-    register_notification_metrics(ctx.metrics.registry, ctx.notifier)
-    register_sync_metrics(ctx.metrics.registry, ctx.sync)
-    site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
-    if config.http.sendfile and (problems := sendfile.platform_problems()):
-        log.warn(
-            "[http] sendfile: blob bodies go through the registry instead ({problems})",
-            problems="; ".join(problems),
-        )
-    # The root binds, probes and announces, and drains before the rest stops.
-    serving = _serving(
-        config, reactor, endpoints, site, driver, ctx.uploads.flush, checks, link, ctx.notifier
-    )
-    root.setServiceParent(serving)
-    if spec is None or spec.worker == 0:  # once per registry, not once per worker
-        serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))
-    elif has_syncs(config):  # the first worker runs the syncs; the others read their states
-        from registry.sync.service import add_statuses
-
-        add_statuses(config, ctx)
-        ctx.sync.from_storage = True
-    return serving
-
-
-def _with_workers(config: Config, workers: int, ports: tuple[str, ...]) -> Config:
-    """``config`` as this process serves it: its resolved number of workers, its listeners."""
-    return attrs.evolve(config, http=attrs.evolve(config.http, workers=workers, port=ports))
+    return serve(config, reactor, spec)
 
 
 def _supervising(options: Options, config: Config, count: int, reactor: Any) -> IService:
     """The supervisor of ``count`` workers, its listeners checked here (TLS certificates
     included) so that a mistake is one line before any worker starts."""
     try:
-        endpoints = _endpoints(config, reactor, auth_settings(config).enabled)
+        # Each worker warns about a clear-text listener with auth on (it reads the auth
+        # settings; the supervisor does not load auth at all).
+        endpoints = listening_endpoints(config, reactor, auth_enabled=False)
         debug = []
         if config.debug.addr:
             description = normalize_description(config.debug.addr)
             debug.append((config.debug.addr, server_endpoint(reactor, description)))
     except (ValueError, OSError, ConfigError) as exc:
-        _configuration_error(exc)
+        configuration_error(exc)
+    from registry.server.supervisor import supervise, worker_command
+
     twistd = getattr(options, "parent", None)
     command = worker_command(options["config"], options["storage"], twistd)
     return supervise(reactor, config, count, endpoints, debug, command)
@@ -429,27 +171,3 @@ def has_syncs(config: Config) -> bool:
     """Whether any ``[sync:NAME]`` is configured (replication, and the client library with it,
     is loaded only then)."""
     return any(section.startswith("sync:") for section in config.extra)
-
-
-def _after_start(config: Config, root: MultiService, ctx: RegistryContext, driver: Any) -> None:
-    """Storage work that waits for the probe: on broken storage it could only log failures."""
-    # A registry:2 data directory served for the first time has no catalog index yet: build
-    # it now rather than inside the first catalog request.
-    d = Deferred.fromCoroutine(ctx.catalog.ensure_index())
-    d.addErrback(lambda f: log_failure(log, f, "building the catalog index failed"))
-    # Replication ([sync:NAME]): each sync's schedule starts once storage is known to work.
-    if has_syncs(config):
-        from registry.sync.service import add_replication
-
-        add_replication(config, ctx, ctx.reactor, root)
-    if config.uploads.purge_enabled:
-
-        def purge() -> Deferred[Any]:
-            d = Deferred.fromCoroutine(
-                purge_uploads(ctx.driver, config.uploads.purge_age, time.time())
-            )
-            d.addCallback(ctx.metrics.uploads_purged.inc)
-            d.addErrback(lambda f: log_failure(log, f, "upload purge failed"))
-            return d
-
-        TimerService(config.uploads.purge_interval, purge).setServiceParent(root)

@@ -135,6 +135,9 @@ def test_web_ui_is_imported_by_its_first_request(tmp_path: Path) -> None:
         "registry.ui._pages",
         "registry.ui._data",
     ]
+    # The pages do not bring the pull-through cache (and its HTTP client, TLS) along.
+    cache = FEATURE_MODULES["pull-through cache"] + FEATURE_MODULES["HTTP client"]
+    assert _loaded(found["after"], cache) == []
 
 
 @pytest.mark.parametrize(

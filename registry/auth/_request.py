@@ -10,15 +10,18 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-from OpenSSL.crypto import X509
 from twisted.internet.interfaces import ISSLTransport
 from twisted.web.iweb import IRequest
 
 from registry.http import twisted_internals
 from registry.http.forwarded import origin
+
+if TYPE_CHECKING:
+    # Imported where used: only a TLS connection has a certificate, and a registry without
+    # TLS never loads pyOpenSSL or cryptography (registry.lean_imports).
+    from cryptography import x509
 
 
 class MalformedCredentials(ValueError):
@@ -85,6 +88,8 @@ def peer_certificate(request: IRequest) -> x509.Certificate | None:
         candidates.append(getattr(conn, "transport", None))
     for transport in candidates:
         if transport is not None and ISSLTransport.providedBy(transport):
+            from OpenSSL.crypto import X509
+
             cert = transport.getPeerCertificate()
             if isinstance(cert, X509):
                 return cert.to_cryptography()
@@ -93,6 +98,8 @@ def peer_certificate(request: IRequest) -> x509.Certificate | None:
 
 def certificate_user(cert: x509.Certificate) -> str | None:
     """The subject CN, the user name for client-certificate logins."""
+    from cryptography.x509.oid import NameOID
+
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(names) != 1:
         return None

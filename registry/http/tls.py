@@ -20,20 +20,11 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import sys
 from typing import Any
 
 import attrs
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL
 from twisted.internet import interfaces
-from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
-from twisted.internet.ssl import CertificateOptions, TLSVersion
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.web import http
-from zope.interface import implementer
-
-from registry.http import misdirected
 
 CLIENT_AUTH = ("none", "optional", "required")
 
@@ -142,134 +133,6 @@ def check_description(description: str) -> None:
         raise ValueError(f"{description}: port {port_text} is out of range (0-65535)")
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-@implementer(interfaces.IOpenSSLContextFactory)
-class _ServerContextFactory:
-    """
-    Twisted's `CertificateOptions` (protocol versions, ciphers, curves) given cryptography's
-    key and certificates, plus client-certificate verification configured on the context.
-
-    pyOpenSSL's ``Context`` takes cryptography objects directly and deprecates its own
-    ``X509``/``PKey`` wrappers, so none are made here.  `CertificateOptions` can only verify
-    clients through ``X509`` objects (``caCerts``), so the CA bundle is loaded into the context
-    instead, with the same verification flags.
-    """
-
-    def __init__(
-        self, options: CertificateOptions, tls: TLSSettings, cas: list[x509.Certificate]
-    ) -> None:
-        self._options = options
-        self._tls = tls
-        self._cas = cas
-        self._context: SSL.Context | None = None
-
-    def getContext(self) -> SSL.Context:
-        if self._context is None:
-            context = self._options.getContext()
-            if self._tls.clientauth != "none":
-                assert self._tls.clientcas
-                context.load_verify_locations(self._tls.clientcas)
-                for ca in self._cas:
-                    context.add_client_ca(ca)  # the CAs a client certificate may come from
-                flags = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
-                if self._tls.clientauth == "required":
-                    flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-                context.set_verify(flags)
-            self._context = context
-        return self._context
-
-
-def _certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> _ServerContextFactory:
-    key_path = kwargs.get("privateKey")
-    if not key_path:
-        raise ValueError("ssl: endpoints need privateKey=<PEM file>")
-    key = serialization.load_pem_private_key(_read(key_path), password=None)
-    cert = x509.load_pem_x509_certificate(_read(kwargs.get("certKey") or key_path))
-    chain = (
-        x509.load_pem_x509_certificates(_read(kwargs["extraCertChain"]))
-        if kwargs.get("extraCertChain")
-        else []
-    )
-    cas = []
-    if tls.clientauth != "none":
-        assert tls.clientcas
-        cas = x509.load_pem_x509_certificates(_read(tls.clientcas))
-    # Twisted's annotations name pyOpenSSL's types; its Context calls accept cryptography's.
-    options = CertificateOptions(
-        privateKey=key,  # type: ignore[arg-type]
-        certificate=cert,  # type: ignore[arg-type]
-        extraCertChain=chain,  # type: ignore[arg-type]
-        raiseMinimumTo=TLSVersion.TLSv1_2,
-    )
-    return _ServerContextFactory(options, tls, cas)
-
-
-@implementer(
-    interfaces.IProtocolFactory,
-    interfaces.IProtocolNegotiationFactory,
-    interfaces.ILoggingContext,
-)
-class _NegotiationFactory:
-    """Stands in front of the Site so that ALPN offers our protocols, not the Site's."""
-
-    def __init__(self, wrapped: interfaces.IProtocolFactory, protocols: list[bytes]) -> None:
-        self._wrapped = wrapped
-        self._protocols = protocols
-
-    def acceptableProtocols(self) -> list[bytes]:
-        return list(self._protocols)
-
-    def buildProtocol(self, addr: interfaces.IAddress) -> interfaces.IProtocol | None:
-        return self._wrapped.buildProtocol(addr)
-
-    def doStart(self) -> None:
-        self._wrapped.doStart()
-
-    def doStop(self) -> None:
-        self._wrapped.doStop()
-
-    def logPrefix(self) -> str:
-        wrapped = self._wrapped
-        if interfaces.ILoggingContext.providedBy(wrapped):
-            return str(wrapped.logPrefix())
-        return type(wrapped).__name__
-
-
-class _TLSOrRefusal(TLSMemoryBIOFactory):
-    """TLS over TCP, answering plain HTTP sent to the port with Go's 400 (`misdirected`)."""
-
-    def buildProtocol(self, addr: interfaces.IAddress | None) -> Any:
-        protocol = super().buildProtocol(addr)
-        if protocol is not None:
-            misdirected.refuse_plain_http(protocol)
-        return protocol
-
-
-@implementer(interfaces.IStreamServerEndpoint)
-@attrs.frozen
-class _TLSServerEndpoint:
-    """
-    What Twisted's ``SSL4ServerEndpoint`` does (TLS in memory over a TCP port), with the TLS
-    layer built here so that it can look at a connection's first bytes before OpenSSL does.
-    """
-
-    inner: TCP4ServerEndpoint
-    options: interfaces.IOpenSSLContextFactory
-    protocols: list[bytes]
-
-    def listen(self, protocolFactory: interfaces.IProtocolFactory) -> Any:
-        return self.inner.listen(self.wrap(protocolFactory))
-
-    def wrap(self, protocolFactory: interfaces.IProtocolFactory) -> interfaces.IProtocolFactory:
-        """The factory a TCP port of this endpoint runs: TLS in front of ``protocolFactory``."""
-        negotiation = _NegotiationFactory(protocolFactory, self.protocols)
-        return _TLSOrRefusal(self.options, False, negotiation)
-
-
 def connection_factory(
     endpoint: interfaces.IStreamServerEndpoint, factory: interfaces.IProtocolFactory
 ) -> interfaces.IProtocolFactory:
@@ -278,8 +141,12 @@ def connection_factory(
     must run to serve ``factory`` as ``endpoint.listen`` would: TLS for ``ssl:``, nothing
     added otherwise.
     """
-    if isinstance(endpoint, _TLSServerEndpoint):
-        return endpoint.wrap(factory)
+    # No ssl: endpoint exists unless its module was loaded (and then importing it is free).
+    if "registry.http._tls_layer" in sys.modules:
+        from registry.http._tls_layer import TLSServerEndpoint
+
+        if isinstance(endpoint, TLSServerEndpoint):
+            return endpoint.wrap(factory)
     return factory
 
 
@@ -290,6 +157,8 @@ def server_endpoint(
     check_description(description)
     kind, args, kwargs = split_description(description)
     if kind != "ssl":
+        from twisted.internet.endpoints import serverFromString
+
         if kind in _KNOWN_KEYS and "backlog" not in kwargs:
             description = f"{description}:backlog={DEFAULT_BACKLOG}"
         try:
@@ -304,6 +173,13 @@ def server_endpoint(
     port_text = kwargs.get("port") or (args[0] if args else "")
     if not port_text.isdigit() or len(args) > 1:
         raise ValueError(f"ssl: endpoint needs one port number: {description!r}")
+    # pyOpenSSL and cryptography are imported only here: a registry without an ssl: listener
+    # never loads them (see registry.lean_imports).
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.web import http
+
+    from registry.http._tls_layer import TLSServerEndpoint, certificate_options
+
     if tls.http2 and not http.H2_ENABLED:
         raise ValueError("http2 = true needs the h2 package (pip install 'twisted[http2]')")
     protocols = [b"h2", b"http/1.1"] if tls.http2 else [b"http/1.1"]
@@ -313,7 +189,7 @@ def server_endpoint(
         backlog=int(kwargs.get("backlog", DEFAULT_BACKLOG)),
         interface=kwargs.get("interface", ""),
     )
-    return _TLSServerEndpoint(tcp_endpoint, _certificate_options(kwargs, tls), protocols)
+    return TLSServerEndpoint(tcp_endpoint, certificate_options(kwargs, tls), protocols)
 
 
 def _is_loopback(interface: str) -> bool:

@@ -18,9 +18,9 @@ stream's connection (its TLS peer certificate), the transport under a response b
 
 Before, each place used ``getattr(obj, "_name", None)`` and carried on without it, so a Twisted
 upgrade that renamed one would switch a fast path off without a word.  Now a Twisted that lacks
-any of them refuses to start (`registry.tap`), the functions here read the attributes directly,
-and the supported Twisted range is pinned in ``pyproject.toml`` (docs/install.md says how to
-try a newer one).
+any of them refuses to start (`registry.server.build`), the functions here read the attributes
+directly, and the supported Twisted range is pinned in ``pyproject.toml`` (docs/install.md says
+how to try a newer one).
 """
 
 from __future__ import annotations

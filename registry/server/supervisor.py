@@ -39,7 +39,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from registry.config import Config
-from registry.ops.metrics_tree import WorkerScrape, tree_text
 from registry.server.control import Channel
 from registry.server.exit import StartupError, exit_after_reactor, exit_quietly_after_reactor
 from registry.server.listeners import Listeners
@@ -240,6 +239,10 @@ class Supervisor(Service):
             worker.served.callback(None)
 
     async def _tree_metrics(self, message: dict[str, Any]) -> str:
+        # prometheus_client, imported at the first scrape: a supervisor at rest holds no
+        # more than it needs to supervise.
+        from registry.ops.metrics_tree import WorkerScrape, tree_text
+
         serving = [w for w in self.workers.values() if w.serving]
         asked = [w.channel.request("metrics", SCRAPE_TIMEOUT) for w in serving]
         scrapes = []

@@ -7,8 +7,9 @@ it shows.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -16,12 +17,14 @@ from registry.api.digests import Digest
 from registry.api.errors import RegistryError
 from registry.handlers.context import RegistryContext
 from registry.manifests import DEFAULT_URL_POLICY, ParsedManifest, parse_manifest
-from registry.proxy.routing import ProxyRouter
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import PathNotFoundError, StorageError
 from registry.storage.tags import TagStore
 from registry.ui import _format
+
+if TYPE_CHECKING:
+    from registry.proxy.routing import ProxyRouter
 
 # The largest config blob read to show an image's settings (real ones are a few KiB).
 MAX_CONFIG_SIZE = 1024 * 1024
@@ -29,6 +32,12 @@ MAX_CONFIG_SIZE = 1024 * 1024
 
 def router_of(ctx: RegistryContext) -> ProxyRouter | None:
     """The pull-through caches' router, when upstreams are configured."""
+    # A registry without [proxy:NAME] never loads the cache (nor its HTTP client and TLS):
+    # no router can exist unless its module was loaded.
+    if "registry.proxy.routing" not in sys.modules:
+        return None
+    from registry.proxy.routing import ProxyRouter
+
     rewriter = ctx.route_rewriter
     return rewriter if isinstance(rewriter, ProxyRouter) else None
 

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import os.path
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 
 from registry.handlers.context import RegistryContext
-from registry.proxy.cache import ProxyCache
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError
 from registry.ui import _format
+
+if TYPE_CHECKING:
+    # For annotations only: the cache (and its HTTP client) loads only with [proxy:NAME].
+    from registry.proxy.cache import ProxyCache
 
 
 def cache_row(cache: ProxyCache) -> dict[str, Any]:

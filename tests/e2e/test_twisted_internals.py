@@ -176,16 +176,23 @@ def test_problems_name_what_a_changed_twisted_lacks(
 
 
 def test_start_up_refuses_a_twisted_that_lacks_something(tmp_path: Path) -> None:
-    """One line on stderr and status 1, before anything listens."""
-    patch = (
+    """
+    One line on stderr and status 1, before anything listens.  The patch goes into every
+    process of the tree (a ``sitecustomize`` on the children's path): with ``[http] workers``
+    above 1 the serving processes, not the supervisor, are the ones that check.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
         "from registry.http import twisted_internals\n"
         "from tests.e2e.test_twisted_internals import _RenamedChannel\n"
         "twisted_internals._HTTP_CHANNEL = _RenamedChannel\n"
     )
+    env = child_env()
+    env["PYTHONPATH"] = f"{site}:{env['PYTHONPATH']}"
     command = twistd_command("--port", "tcp:0:interface=127.0.0.1", "--storage", str(tmp_path))
-    command[2] = patch + command[2]
     result = subprocess.run(
-        command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 1, (result.stdout[-2000:], result.stderr)
     lines = result.stderr.splitlines()

@@ -1,0 +1,149 @@
+"""
+The TLS layer of ``ssl:`` listeners (see `registry.http.tls`, which imports this module only
+for an ``ssl:`` description: pyOpenSSL and cryptography cost about 13 MiB in every process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.internet import interfaces
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from registry.http import misdirected
+from registry.http.tls import TLSSettings
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@implementer(interfaces.IOpenSSLContextFactory)
+class ServerContextFactory:
+    """
+    Twisted's `CertificateOptions` (protocol versions, ciphers, curves) given cryptography's
+    key and certificates, plus client-certificate verification configured on the context.
+
+    pyOpenSSL's ``Context`` takes cryptography objects directly and deprecates its own
+    ``X509``/``PKey`` wrappers, so none are made here.  `CertificateOptions` can only verify
+    clients through ``X509`` objects (``caCerts``), so the CA bundle is loaded into the context
+    instead, with the same verification flags.
+    """
+
+    def __init__(
+        self, options: CertificateOptions, tls: TLSSettings, cas: list[x509.Certificate]
+    ) -> None:
+        self._options = options
+        self._tls = tls
+        self._cas = cas
+        self._context: SSL.Context | None = None
+
+    def getContext(self) -> SSL.Context:
+        if self._context is None:
+            context = self._options.getContext()
+            if self._tls.clientauth != "none":
+                assert self._tls.clientcas
+                context.load_verify_locations(self._tls.clientcas)
+                for ca in self._cas:
+                    context.add_client_ca(ca)  # the CAs a client certificate may come from
+                flags = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+                if self._tls.clientauth == "required":
+                    flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+                context.set_verify(flags)
+            self._context = context
+        return self._context
+
+
+def certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> ServerContextFactory:
+    key_path = kwargs.get("privateKey")
+    if not key_path:
+        raise ValueError("ssl: endpoints need privateKey=<PEM file>")
+    key = serialization.load_pem_private_key(_read(key_path), password=None)
+    cert = x509.load_pem_x509_certificate(_read(kwargs.get("certKey") or key_path))
+    chain = (
+        x509.load_pem_x509_certificates(_read(kwargs["extraCertChain"]))
+        if kwargs.get("extraCertChain")
+        else []
+    )
+    cas = []
+    if tls.clientauth != "none":
+        assert tls.clientcas
+        cas = x509.load_pem_x509_certificates(_read(tls.clientcas))
+    # Twisted's annotations name pyOpenSSL's types; its Context calls accept cryptography's.
+    options = CertificateOptions(
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=cert,  # type: ignore[arg-type]
+        extraCertChain=chain,  # type: ignore[arg-type]
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+    )
+    return ServerContextFactory(options, tls, cas)
+
+
+@implementer(
+    interfaces.IProtocolFactory,
+    interfaces.IProtocolNegotiationFactory,
+    interfaces.ILoggingContext,
+)
+class _NegotiationFactory:
+    """Stands in front of the Site so that ALPN offers our protocols, not the Site's."""
+
+    def __init__(self, wrapped: interfaces.IProtocolFactory, protocols: list[bytes]) -> None:
+        self._wrapped = wrapped
+        self._protocols = protocols
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(self._protocols)
+
+    def buildProtocol(self, addr: interfaces.IAddress) -> interfaces.IProtocol | None:
+        return self._wrapped.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self._wrapped.doStart()
+
+    def doStop(self) -> None:
+        self._wrapped.doStop()
+
+    def logPrefix(self) -> str:
+        wrapped = self._wrapped
+        if interfaces.ILoggingContext.providedBy(wrapped):
+            return str(wrapped.logPrefix())
+        return type(wrapped).__name__
+
+
+class _TLSOrRefusal(TLSMemoryBIOFactory):
+    """TLS over TCP, answering plain HTTP sent to the port with Go's 400 (`misdirected`)."""
+
+    def buildProtocol(self, addr: interfaces.IAddress | None) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            misdirected.refuse_plain_http(protocol)
+        return protocol
+
+
+@implementer(interfaces.IStreamServerEndpoint)
+@attrs.frozen
+class TLSServerEndpoint:
+    """
+    What Twisted's ``SSL4ServerEndpoint`` does (TLS in memory over a TCP port), with the TLS
+    layer built here so that it can look at a connection's first bytes before OpenSSL does.
+    """
+
+    inner: TCP4ServerEndpoint
+    options: interfaces.IOpenSSLContextFactory
+    protocols: list[bytes]
+
+    def listen(self, protocolFactory: interfaces.IProtocolFactory) -> Any:
+        return self.inner.listen(self.wrap(protocolFactory))
+
+    def wrap(self, protocolFactory: interfaces.IProtocolFactory) -> interfaces.IProtocolFactory:
+        """The factory a TCP port of this endpoint runs: TLS in front of ``protocolFactory``."""
+        negotiation = _NegotiationFactory(protocolFactory, self.protocols)
+        return _TLSOrRefusal(self.options, False, negotiation)

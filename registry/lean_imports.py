@@ -1,0 +1,93 @@
+"""
+Libraries a registry process keeps out when its configuration does not use them, decided
+before Twisted is imported.
+
+Twisted chooses some of its imports by what is installed, not by what is used:
+``twisted.internet.tcp`` imports its TLS support, and with it pyOpenSSL and cryptography
+(about 13 MiB resident), whenever pyOpenSSL is installed; ``twisted.web.http`` imports its
+HTTP/2 support (h2, hpack, hyperframe) whenever h2 is installed.  Every process of a registry
+pays for them, TLS listener or not.  Our own modules import them only where used (the
+``ssl:`` layer is `registry.http._tls_layer`, token auth is imported only when configured).
+
+So, once the configuration is read and before the reactor is imported (``twistd registry``:
+`registry.tap.makeService`), `keep_out` marks the unused ones as missing in ``sys.modules``,
+which is how Python's import system spells "not installed" (an import raises ImportError).
+Twisted handles exactly that case, as it would on a machine without the packages:
+``tcp`` then has no ``startTLS`` (nothing here calls it without TLS configured) and
+``twisted.web.http`` sets ``H2_ENABLED = False``.
+
+A library is kept out only when nothing the configuration can reach uses it:
+
+- pyOpenSSL (and cryptography with it): no ``ssl:`` listener (``[http] port``, ``[debug]
+  addr``), no token auth, no ``clientcas``, no outgoing HTTP client (a ``[proxy:NAME]``,
+  ``[notifications:NAME]`` or ``[sync:NAME]`` section, S3 storage, ``[redis]``, ``[fleet]``),
+  all of which may speak TLS;
+- h2: ``[http] http2`` off, and no outgoing HTTP client either.
+
+A configuration read again later (SIGHUP restarts the workers, each a new process that reads
+it) is decided again by that new process.  A process that imported Twisted's reactor before
+(a test, an application embedding the service) keeps everything: it is too late to matter.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from registry.config import Config
+
+# What each library costs its importer, and the names that keep it out.
+TLS_LIBRARIES = ("OpenSSL",)
+HTTP2_LIBRARIES = ("h2",)
+# Keeping a library out is useful only before these import it.
+_TLS_IMPORTERS = ("twisted.internet.tcp", "twisted.internet.ssl", "twisted.protocols.tls")
+_HTTP2_IMPORTERS = ("twisted.web.http", "twisted.web._http2")
+
+
+def _plain(description: str) -> bool:
+    kind = description.strip().split(":", 1)[0].lower()
+    return kind in ("tcp", "tcp6", "unix")
+
+
+def _outgoing_http(config: Config) -> bool:
+    """Whether the configuration makes the registry an HTTP client (any of which may be TLS)."""
+    sections = ("proxy:", "notifications:", "sync:")
+    return (
+        any(name.startswith(sections) for name in config.extra)
+        or config.storage.driver == "s3"
+        or bool(config.redis.addr)
+        or bool(config.fleet.listen)
+    )
+
+
+def unused(config: Config) -> tuple[str, ...]:
+    """The libraries ``config`` never uses (the module docstring says how that is decided)."""
+    listeners = [*config.http.port, *([config.debug.addr] if config.debug.addr else [])]
+    outgoing = _outgoing_http(config)
+    names: list[str] = []
+    tls = (
+        not all(_plain(description) for description in listeners)
+        or bool(config.auth_token.realm)
+        or bool(config.http.clientcas)
+        or config.auth.client_certificate_users
+        or outgoing
+    )
+    if not tls:
+        names += TLS_LIBRARIES
+    if not config.http.http2 and not outgoing:
+        names += HTTP2_LIBRARIES
+    return tuple(names)
+
+
+def keep_out(config: Config) -> tuple[str, ...]:
+    """
+    Mark the libraries ``config`` does not use as missing, where nothing imported them yet
+    and Twisted has not yet decided without us; the names kept out.
+    """
+    kept: list[str] = []
+    for name in unused(config):
+        importers = _TLS_IMPORTERS if name in TLS_LIBRARIES else _HTTP2_IMPORTERS
+        if name in sys.modules or any(module in sys.modules for module in importers):
+            continue
+        sys.modules[name] = None  # type: ignore[assignment]  # "not installed", see above
+        kept.append(name)
+    return tuple(kept)

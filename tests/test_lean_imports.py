@@ -1,0 +1,147 @@
+"""
+What each process of a ``twistd registry`` tree holds at rest (`registry.lean_imports`, the
+split between `registry.tap`, `registry.server.supervisor` and `registry.server.build`): the
+supervisor of ``[http] workers`` loads no web stack, storage or metrics library, and no process
+loads pyOpenSSL, cryptography or h2 unless its configuration uses them.  Each of these costs
+resident memory in every process; this pins the import graph so that a new top-level import
+cannot bring one back silently.
+
+The tree runs as it does in production (twistd, a supervisor, workers it starts); a
+``sitecustomize`` module on the children's path writes each process's ``sys.modules`` to a
+file when it exits, which it does cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import ssl
+from pathlib import Path
+
+import attrs
+import pytest
+
+from registry.config import Config, HttpConfig, StorageConfig, TokenConfig
+from registry.lean_imports import unused
+from tests.auth import pki
+from tests.e2e.harness import REPO_ROOT, write_config
+from tests.server.proc import child_env, start_registry
+
+TLS = ["OpenSSL", "cryptography"]
+HTTP2 = ["h2", "hpack", "hyperframe"]
+# What only a serving process needs.
+WEB_STACK = [
+    "twisted.web.server",
+    "klein",
+    "werkzeug",
+    "prometheus_client",
+    "registry.app",
+    "registry.storage.filesystem",
+    "registry.server.build",
+]
+
+DUMP = """
+import atexit, json, os, sys
+
+def _dump():
+    path = os.path.join(os.environ["MODULE_DUMP"], f"{os.getpid()}.json")
+    with open(path, "w") as out:
+        json.dump({
+            "worker": "TXREGISTRY_WORKER" in os.environ,
+            "modules": sorted(k for k, v in sys.modules.items() if v is not None),
+        }, out)
+
+atexit.register(_dump)
+"""
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+SERVING = re.compile(r"txregistry listening on .*\((?P<host>[0-9.]+):(?P<port>\d+)\).* 2 workers")
+
+
+def _tree_modules(tmp_path: Path, http: dict[str, str], check: object = None) -> list[dict]:
+    """Run a 2-worker tree configured with ``[http]`` ``http``; each process's modules."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(DUMP)
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2", **http}})
+    env = child_env({"PYTHONPATH": f"{site}:{REPO_ROOT}", "MODULE_DUMP": str(dumps)})
+    child = start_registry(
+        tmp_path, "--config", str(config), "--storage", str(tmp_path / "data"), env=env
+    )
+    try:
+        port = int(child.wait_for(SERVING)["port"])
+        if callable(check):
+            check(port)
+        child.process.send_signal(signal.SIGTERM)
+        assert child.process.wait(timeout=60) == 0
+    finally:
+        child.stop()
+    found = [json.loads(path.read_text()) for path in sorted(dumps.glob("*.json"))]
+    assert sorted(p["worker"] for p in found) == [False, True, True], found
+    return found
+
+
+def _present(modules: list[str], names: list[str]) -> list[str]:
+    return [name for name in names if name in modules]
+
+
+def test_default_tree_keeps_tls_http2_and_the_web_stack_out_of_the_supervisor(
+    tmp_path: Path,
+) -> None:
+    processes = _tree_modules(tmp_path, {"port": LOOPBACK})
+
+    supervisor = next(p["modules"] for p in processes if not p["worker"])
+    assert _present(supervisor, TLS + HTTP2 + WEB_STACK) == []
+    assert "twisted.internet.reactor" in supervisor  # it did run
+    for worker in (p["modules"] for p in processes if p["worker"]):
+        assert _present(worker, TLS + HTTP2) == []
+        assert _present(worker, WEB_STACK) == WEB_STACK
+
+
+def test_tls_and_http2_load_where_configured(tmp_path: Path) -> None:
+    """An ``ssl:`` listener with HTTP/2: the workers load both and serve TLS as before."""
+    key = pki.new_key("ec")
+    cert = pki.certificate("127.0.0.1", key, server=True)
+    key_file = pki.write(tmp_path / "key.pem", pki.pem_key(key))
+    cert_file = pki.write(tmp_path / "cert.pem", pki.pem_cert(cert))
+    listen = f"ssl:0:interface=127.0.0.1:privateKey={key_file}:certKey={cert_file}"
+    statuses = []
+
+    def get(port: int) -> None:
+        context = ssl.create_default_context(cafile=cert_file)
+        context.check_hostname = False
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+        connection.request("GET", "/v2/")
+        statuses.append(connection.getresponse().status)
+        connection.close()
+
+    processes = _tree_modules(tmp_path, {"port": listen, "http2": "true"}, get)
+
+    assert statuses == [200]
+    for worker in (p["modules"] for p in processes if p["worker"]):
+        assert _present(worker, TLS + HTTP2) == TLS + HTTP2
+
+
+def _config(**sections: object) -> Config:
+    return attrs.evolve(Config(), **sections)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("config", "kept_out"),
+    [
+        (_config(), ("OpenSSL", "h2")),
+        (_config(http=HttpConfig(port=("tcp:5000", "ssl:5443:privateKey=k.pem"))), ("h2",)),
+        (_config(http=HttpConfig(http2=True)), ("OpenSSL",)),
+        (_config(http=HttpConfig(clientcas="ca.pem")), ("h2",)),
+        (_config(auth_token=TokenConfig(realm="https://auth.example/token")), ("h2",)),
+        (_config(storage=StorageConfig(driver="s3")), ()),
+        (_config(extra={"proxy:hub": {"remoteurl": "https://registry-1.docker.io"}}), ()),
+        (_config(extra={"notifications:ci": {"url": "https://ci.example/events"}}), ()),
+        (_config(extra={"sync:mirror": {}}), ()),
+    ],
+)
+def test_only_what_nothing_can_reach_is_kept_out(config: Config, kept_out: tuple[str, ...]) -> None:
+    assert unused(config) == kept_out
