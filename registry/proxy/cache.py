@@ -306,6 +306,8 @@ class ProxyCache:
                 info = await self._adopt(local, digest, confirmed)
             if info is not None:
                 try:
+                    if not await self._hold(digest):
+                        raise PathNotFoundError(layout.blob_data(digest))
                     producer = await self.driver.reader(layout.blob_data(digest), offset, length)
                 except PathNotFoundError:
                     pass  # evicted or deleted meanwhile: fetch it again
@@ -336,6 +338,29 @@ class ProxyCache:
             "the blob is being fetched; try again",
             headers={"Retry-After": "1"},
         )
+
+    async def _hold(self, digest: Digest) -> bool:
+        """In a fleet, mark ``digest`` in use in Redis before its cached copy is opened, so
+        that no instance's eviction deletes it under this read (`Ledger.hold`).  While an
+        eviction is deleting it, wait for that to end; False: it is gone, fetch it again."""
+        ledger = self.ledger
+        if ledger is None:
+            return True
+        fleet = self.fleet
+        assert fleet is not None
+        deadline = self.now() + ledger.lock_ttl
+        for _attempt in range(int(ledger.lock_ttl / fleet.poll) + 1):
+            try:
+                if await ledger.hold(str(digest), self.now()):
+                    return True
+            except RedisUnavailable as exc:
+                # Evictions claim what they delete in Redis too: none can delete it now.
+                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                return True
+            if self.now() >= deadline:
+                break
+            await sleep(self.reactor, fleet.poll)
+        return False
 
     def _foreign_fill(self, digest: Digest, upstream: str) -> bool:
         """Whether a fill of ``digest`` through another repository's path is running."""
@@ -863,7 +888,13 @@ class ProxyCache:
             for victim in victims:
                 if self.index.in_use.get(victim.digest, 0) > 0:
                     continue
-                await self._evict_one(victim)
+                # A read that began anywhere since the plan holds it (`Ledger.hold`).
+                if not await ledger.claim(victim.digest, self.now()):
+                    continue
+                try:
+                    await self._evict_one(victim)
+                finally:
+                    await ledger.unclaim(victim.digest)
                 self.index.remove(victim)
                 evicted.append(victim)
                 self.stats.evictions += 1
