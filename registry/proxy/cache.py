@@ -133,6 +133,8 @@ MAX_REMEMBERED = 16_384
 CONFIRMATION_AGE = 60.0
 # How soon a fleet eviction that left the cache over max_size (in use) runs again.
 FLEET_EVICTION_RETRY = 2.0
+# How often a fleet's evictions also remove the fill files of instances that died.
+SWEEP_INTERVAL = 300.0
 
 
 @attrs.frozen
@@ -187,6 +189,7 @@ class ProxyCache:
     _verified: BoundedMap[str, bool] = attrs.field(init=False)
     _evicting: bool = False
     _eviction_scheduled: bool = False
+    _swept: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         limits, clock = self.limits, self.reactor
@@ -901,6 +904,8 @@ class ProxyCache:
                 self.stats.evicted_bytes += victim.size
                 count += 1
             await ledger.remove(evicted)
+            if self.now() - self._swept >= SWEEP_INTERVAL:
+                await self.sweep_dead_fills()
             limit = self.config.max_size
             if limit is not None and self.index.size > limit:
                 # Still over: what is left is in use somewhere (marks drop within a push
@@ -978,9 +983,42 @@ class ProxyCache:
             raise
 
     async def clean_fills(self) -> None:
-        """Fills interrupted by a crash or a restart leave partial files: remove them."""
+        """Fills interrupted by a crash or a restart leave partial files: remove them (in a
+        fleet, this instance's own, then those of instances that are no longer alive)."""
+        if self.ledger is not None:
+            await self.ledger.beat()  # before any fill here: no other instance sweeps them
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(self.fills_dir)
+        await self.sweep_dead_fills()
+
+    async def sweep_dead_fills(self) -> None:
+        """Remove ``fills/<instance>/`` of every instance that has not pushed to Redis for
+        `ALIVE_FOR` seconds: a dead instance's committed-but-unmoved fills and unfinished
+        uploads (the storage's delete aborts those too)."""
+        ledger, fleet = self.ledger, self.fleet
+        if ledger is None or fleet is None:
+            return
+        self._swept = self.now()
+        root = f"{state_dir(self.name)}/fills"
+        try:
+            names = set(await self.driver.list(root))
+        except PathNotFoundError:
+            names = set()
+        names |= await ledger.known_instances()
+        others = sorted(name for name in names if name != fleet.instance)
+        alive = await ledger.alive(others)
+        for name in others:
+            if name in alive:
+                continue
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(f"{root}/{name}")
+            await ledger.forget(name)
+            log.info(
+                "proxy {upstream}: removed the unfinished fills of instance {instance} "
+                "(not alive in Redis)",
+                upstream=self.name,
+                instance=name,
+            )
 
     # -- logging
 

@@ -15,6 +15,10 @@ command per request).  Per cache ``C``:
   instance's marks lapse within seconds);
 - ``txregistry:evict:C``: the eviction lock (``SET NX PX``): one eviction at a time in the
   fleet;
+- ``txregistry:alive:C:<instance>``: set by each push, lapses ``ALIVE_FOR`` seconds after
+  the instance stops: the fill files of an instance without it are leftovers of a dead one
+  (`ProxyCache.sweep_dead_fills`); ``txregistry:instances:C`` (set): the instances that
+  started, until their leftovers are removed;
 - ``txregistry:evicting:C:<digest>``: a blob being deleted by an eviction (expires by itself
   if that instance dies).
 
@@ -47,6 +51,8 @@ from registry.proxy.fleet._redis import FleetRedis
 from registry.proxy.index import BlobEntry, CacheIndex, ManifestEntry, Victim
 
 IN_USE_FOR = 5.0
+# How long an instance counts as alive after its last push (pushes come every second).
+ALIVE_FOR = 30.0
 
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -146,8 +152,6 @@ class Ledger:
             if count > 0
         }
         released = sorted(self._marked - set(in_use))
-        if not fields and not in_use and not released:
-            return
 
         def send(client: Any) -> None:
             pipe = client.pipeline(transaction=False)
@@ -161,6 +165,7 @@ class Ledger:
             if released:
                 pipe.zrem(self.inuse_key, *released)
             pipe.zremrangebyscore(self.inuse_key, "-inf", now)
+            pipe.set(self.alive_key(self.instance), "1", px=int(ALIVE_FOR * 1000))
             pipe.execute()
 
         try:
@@ -229,6 +234,42 @@ class Ledger:
             pipe.execute()
 
         await self.redis.run(delete)
+
+    def alive_key(self, instance: str) -> str:
+        return f"txregistry:alive:{self.cache}:{instance}"
+
+    @property
+    def instances_key(self) -> str:
+        return f"txregistry:instances:{self.cache}"
+
+    async def beat(self) -> None:
+        """Say this instance is alive (at start, before its first fill; then every push),
+        and list it among those whose fill files to look after once it is gone (unfinished
+        S3 uploads are not listed as files)."""
+        key = self.alive_key(self.instance)
+
+        def send(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, "1", px=int(ALIVE_FOR * 1000))
+            pipe.sadd(self.instances_key, self.instance)
+            pipe.execute()
+
+        await self.redis.run(send)
+
+    async def known_instances(self) -> set[str]:
+        members = await self.redis.run(lambda r: r.smembers(self.instances_key))
+        return {member.decode() for member in members}
+
+    async def forget(self, instance: str) -> None:
+        await self.redis.run(lambda r: r.srem(self.instances_key, instance))
+
+    async def alive(self, instances: list[str]) -> set[str]:
+        """Those of ``instances`` that pushed within the last ``ALIVE_FOR`` seconds."""
+        if not instances:
+            return set()
+        keys = [self.alive_key(name) for name in instances]
+        found = await self.redis.run(lambda r: r.mget(keys))
+        return {name for name, value in zip(instances, found, strict=True) if value is not None}
 
     def evicting_key(self, digest: str) -> str:
         return f"txregistry:evicting:{self.cache}:{digest}"
