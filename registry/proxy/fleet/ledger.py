@@ -258,7 +258,7 @@ class Ledger:
 
     async def known_instances(self) -> set[str]:
         members = await self.redis.run(lambda r: r.smembers(self.instances_key))
-        return {member.decode() for member in members}
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def forget(self, instance: str) -> None:
         await self.redis.run(lambda r: r.srem(self.instances_key, instance))
