@@ -122,8 +122,9 @@ class Ledger:
     def lock_key(self) -> str:
         return f"txregistry:evict:{self.cache}"
 
-    async def push(self, index: CacheIndex, now: float) -> None:
-        """Send the entries changed since the last push, and the digests in use here."""
+    async def push(self, index: CacheIndex, now: float, beat: bool = False) -> None:
+        """Send the entries changed since the last push, and the digests in use here; with
+        ``beat`` (the timer's pushes), say this instance is alive even when nothing changed."""
         changed = index.changed
         if changed is None:
             return
@@ -152,6 +153,8 @@ class Ledger:
             if count > 0
         }
         released = sorted(self._marked - set(in_use))
+        if not fields and not in_use and not released and not beat:
+            return
 
         def send(client: Any) -> None:
             pipe = client.pipeline(transaction=False)
@@ -165,7 +168,8 @@ class Ledger:
             if released:
                 pipe.zrem(self.inuse_key, *released)
             pipe.zremrangebyscore(self.inuse_key, "-inf", now)
-            pipe.set(self.alive_key(self.instance), "1", px=int(ALIVE_FOR * 1000))
+            if beat:
+                pipe.set(self.alive_key(self.instance), "1", px=int(ALIVE_FOR * 1000))
             pipe.execute()
 
         try:
