@@ -23,7 +23,8 @@ from pathlib import Path
 
 # Run as a script, this folder comes first on the path, and its copy.py would hide the
 # standard library's copy (which http.server imports): the repository's root instead.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+sys.path.pop(0)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import hashlib
@@ -182,10 +183,10 @@ class AnyName(http.server.BaseHTTPRequestHandler):
         if body is not None:
             self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self._answer(self.manifest)
 
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+    def do_HEAD(self) -> None:
         self._answer(None)
 
     def log_message(self, *args: Any) -> None:
