@@ -344,6 +344,8 @@ def churn(args: argparse.Namespace, workdir: Path) -> None:
         f"(bound: max_size + one layer = {(limit + layer) / MiB:.0f} MiB), "
         f"at the end {samples[-1] / MiB if samples else 0:.1f} MiB"
     )
+    if args.verbose:
+        print("  samples (MiB):", " ".join(f"{v / MiB:.0f}" for v in samples))
 
 
 def main() -> None:
@@ -360,6 +362,7 @@ def main() -> None:
     p.add_argument("--max-mib", type=int, default=64)
     p.add_argument("--layer-mib", type=int, default=4)
     p.add_argument("--instances", type=int, default=2)
+    p.add_argument("--verbose", action="store_true", help="print every sample")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="txregistry-bench-targets-"))
     try:

@@ -877,6 +877,10 @@ class ProxyCache:
         now = self.now()
         await ledger.push(self.index, now)
         if not await ledger.lock():
+            # Another instance is evicting, perhaps from a view without what this one just
+            # stored: look again once it is done, not at the next fill or evict_interval.
+            assert self.fleet is not None
+            self.reactor.callLater(self.fleet.poll, self.schedule_eviction)
             return 0
         count = 0
         try:
