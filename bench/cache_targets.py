@@ -3,7 +3,7 @@ The pull-through cache's remaining targets, one sub-command each:
 
     python bench/cache_targets.py cold [--layers 4] [--layer-mib 64] [--blob-rate MIBPS]
     python bench/cache_targets.py names [--count 100000] [--threads 8]
-    python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--instances 2]
+    python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--instances 2] [--parallel 1]
 
 - ``cold``: one image pulled (manifest, then its layers one after another, each hashed) straight
   from the fake upstream (``--auth none``), then through a fresh cache (cold), then again
@@ -12,7 +12,7 @@ The pull-through cache's remaining targets, one sub-command each:
   front of a tiny upstream (in this process) that answers every name with the same small
   manifest; the cache's RSS before and after.  Target: growth at most 10 MiB.
 - ``churn``: a fleet on SeaweedFS + Redis with ``max_size``; three times ``max_size`` of
-  distinct layers pulled, alternating instances, two at a time, while a thread sums the
+  distinct layers pulled, alternating instances, ``--parallel`` at a time, while a thread sums the
   bucket's blobs every 100 ms.  Target: never above ``max_size`` plus one layer.
 """
 
@@ -314,7 +314,8 @@ def churn(args: argparse.Namespace, workdir: Path) -> None:
 
         began = time.monotonic()
         workers = [
-            threading.Thread(target=pull, args=(list(range(k, count, 2)),)) for k in range(2)
+            threading.Thread(target=pull, args=(list(range(k, count, args.parallel)),))
+            for k in range(args.parallel)
         ]
         for worker in workers:
             worker.start()
@@ -336,7 +337,7 @@ def churn(args: argparse.Namespace, workdir: Path) -> None:
     print(
         f"churn: {args.instances} instances, SeaweedFS + Redis, max_size {args.max_mib} MiB, "
         f"{count} distinct layers of {args.layer_mib} MiB ({count * args.layer_mib} MiB) "
-        f"in {elapsed:.0f} s"
+        f"in {elapsed:.0f} s, {args.parallel} at a time"
     )
     print(f"  errors: {len(errors)} {errors[:2]}")
     print(
@@ -362,6 +363,7 @@ def main() -> None:
     p.add_argument("--max-mib", type=int, default=64)
     p.add_argument("--layer-mib", type=int, default=4)
     p.add_argument("--instances", type=int, default=2)
+    p.add_argument("--parallel", type=int, default=1, help="pulls at a time")
     p.add_argument("--verbose", action="store_true", help="print every sample")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="txregistry-bench-targets-"))
