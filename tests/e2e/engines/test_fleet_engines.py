@@ -120,10 +120,6 @@ async def test_docker_pulls_through_a_fleet(
         image_id = await dockerd.docker(
             "image", "inspect", "--format", "{{.Id}}", "dockerfleet:latest"
         )
-        ran = await dockerd.docker(
-            "run", "--rm", "--network=none", "dockerfleet:latest", "/bin/hello"
-        )
-        assert ran.strip() == "hello", ran
         return find_digest(r"Digest: {digest}", output), image_id.strip()
 
     try:
