@@ -3,7 +3,7 @@ The pull-through cache's remaining targets, one sub-command each:
 
     python bench/cache_targets.py cold [--layers 4] [--layer-mib 64] [--blob-rate MIBPS]
     python bench/cache_targets.py names [--count 100000] [--threads 8]
-    python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--instances 2] [--parallel 1]
+    python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--parallel 1]
 
 - ``cold``: one image pulled (manifest, then its layers one after another, each hashed) straight
   from the fake upstream (``--auth none``), then through a fresh cache (cold), then again

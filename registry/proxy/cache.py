@@ -909,7 +909,7 @@ class ProxyCache:
                 count += 1
             await ledger.remove(evicted)
             if self.now() - self._swept >= SWEEP_INTERVAL:
-                await self.sweep_dead_fills()
+                await self._sweep_quietly()
             limit = self.config.max_size
             if limit is not None and self.index.size > limit:
                 # Still over: what is left is in use somewhere (marks drop within a push
@@ -990,10 +990,24 @@ class ProxyCache:
         """Fills interrupted by a crash or a restart leave partial files: remove them (in a
         fleet, this instance's own, then those of instances that are no longer alive)."""
         if self.ledger is not None:
-            await self.ledger.beat()  # before any fill here: no other instance sweeps them
+            try:  # before any fill here: no other instance sweeps them
+                await self.ledger.beat()
+            except RedisUnavailable as exc:
+                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(self.fills_dir)
-        await self.sweep_dead_fills()
+        await self._sweep_quietly()
+
+    async def _sweep_quietly(self) -> None:
+        """`sweep_dead_fills`, its failure a warning (the next sweep tries again)."""
+        try:
+            await self.sweep_dead_fills()
+        except Exception as exc:
+            log.warn(
+                "proxy {upstream}: removing dead instances' fills failed: {error}",
+                upstream=self.name,
+                error=str(exc),
+            )
 
     async def sweep_dead_fills(self) -> None:
         """Remove ``fills/<instance>/`` of every instance that has not pushed to Redis for
