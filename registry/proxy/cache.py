@@ -134,6 +134,8 @@ MAX_REMEMBERED = 16_384
 CONFIRMATION_AGE = 60.0
 # How soon a fleet eviction that left the cache over max_size (in use) runs again.
 FLEET_EVICTION_RETRY = 2.0
+# How often a fleet's evictions also remove the fill files of instances that died.
+SWEEP_INTERVAL = 300.0
 
 
 @attrs.frozen
@@ -191,6 +193,7 @@ class ProxyCache:
     _verified: BoundedMap[str, bool] = attrs.field(init=False)
     _evicting: bool = False
     _eviction_scheduled: bool = False
+    _swept: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         limits, clock = self.limits, self.reactor
@@ -310,6 +313,8 @@ class ProxyCache:
                 info = await self._adopt(local, digest, confirmed)
             if info is not None:
                 try:
+                    if not await self._hold(digest):
+                        raise PathNotFoundError(layout.blob_data(digest))
                     producer = await self.driver.reader(layout.blob_data(digest), offset, length)
                 except PathNotFoundError:
                     pass  # evicted or deleted meanwhile: fetch it again
@@ -340,6 +345,29 @@ class ProxyCache:
             "the blob is being fetched; try again",
             headers={"Retry-After": "1"},
         )
+
+    async def _hold(self, digest: Digest) -> bool:
+        """In a fleet, mark ``digest`` in use in Redis before its cached copy is opened, so
+        that no instance's eviction deletes it under this read (`Ledger.hold`).  While an
+        eviction is deleting it, wait for that to end; False: it is gone, fetch it again."""
+        ledger = self.ledger
+        if ledger is None:
+            return True
+        fleet = self.fleet
+        assert fleet is not None
+        deadline = self.now() + ledger.lock_ttl
+        for _attempt in range(int(ledger.lock_ttl / fleet.poll) + 1):
+            try:
+                if await ledger.hold(str(digest), self.now()):
+                    return True
+            except RedisUnavailable as exc:
+                # Evictions claim what they delete in Redis too: none can delete it now.
+                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                return True
+            if self.now() >= deadline:
+                break
+            await sleep(self.reactor, fleet.poll)
+        return False
 
     def _foreign_fill(self, digest: Digest, upstream: str) -> bool:
         """Whether a fill of ``digest`` through another repository's path is running."""
@@ -853,13 +881,27 @@ class ProxyCache:
             self._evicting = False
         return count
 
-    async def _evict_victims(self, victims: list[Victim]) -> list[Victim]:
-        """Evict the planned victims this process does not serve at the moment; the evicted."""
+    async def _evict_victims(
+        self, victims: list[Victim], ledger: Ledger | None = None
+    ) -> list[Victim]:
+        """
+        Evict the planned victims this process does not serve at the moment; the evicted.  In
+        a fleet (``ledger``) each is first claimed in Redis, which fails when a read that began
+        anywhere since the plan holds it (`Ledger.hold`).
+        """
         evicted: list[Victim] = []
         for victim in victims:
             if self.index.in_use.get(victim.digest, 0) > 0:
                 continue
-            await self._evict_one(victim)
+            if ledger is None:
+                await self._evict_one(victim)
+            else:
+                if not await ledger.claim(victim.digest, self.now()):
+                    continue
+                try:
+                    await self._evict_one(victim)
+                finally:
+                    await ledger.unclaim(victim.digest)
             self.index.remove(victim)
             evicted.append(victim)
             self.stats.evictions += 1
@@ -873,6 +915,10 @@ class ProxyCache:
         now = self.now()
         await ledger.push(self.index, now)
         if not await ledger.lock():
+            # Another instance is evicting, perhaps from a view without what this one just
+            # stored: look again once it is done, not at the next fill or evict_interval.
+            assert self.fleet is not None
+            self.reactor.callLater(self.fleet.poll, self.schedule_eviction)
             return 0
         count = 0
         try:
@@ -883,9 +929,11 @@ class ProxyCache:
             self.index = view
             planning = attrs.evolve(view, in_use=fleet_in_use + view.in_use)
             victims = planning.plan(now, self.config.max_size, self.config.ttl)
-            evicted = await self._evict_victims(victims)
+            evicted = await self._evict_victims(victims, ledger)
             count = len(evicted)
             await ledger.remove(evicted)
+            if self.now() - self._swept >= SWEEP_INTERVAL:
+                await self._sweep_quietly()
             limit = self.config.max_size
             if limit is not None and self.index.size > limit:
                 # Still over: what is left is in use somewhere (marks drop within a push
@@ -963,9 +1011,56 @@ class ProxyCache:
             raise
 
     async def clean_fills(self) -> None:
-        """Fills interrupted by a crash or a restart leave partial files: remove them."""
+        """Fills interrupted by a crash or a restart leave partial files: remove them (in a
+        fleet, this instance's own, then those of instances that are no longer alive)."""
+        if self.ledger is not None:
+            try:  # before any fill here: no other instance sweeps them
+                await self.ledger.beat()
+            except RedisUnavailable as exc:
+                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(self.fills_dir)
+        await self._sweep_quietly()
+
+    async def _sweep_quietly(self) -> None:
+        """`sweep_dead_fills`, its failure a warning (the next sweep tries again)."""
+        try:
+            await self.sweep_dead_fills()
+        except Exception as exc:
+            log.warn(
+                "proxy {upstream}: removing dead instances' fills failed: {error}",
+                upstream=self.name,
+                error=str(exc),
+            )
+
+    async def sweep_dead_fills(self) -> None:
+        """Remove ``fills/<instance>/`` of every instance that has not pushed to Redis for
+        `ALIVE_FOR` seconds: a dead instance's committed-but-unmoved fills and unfinished
+        uploads (the storage's delete aborts those too)."""
+        ledger, fleet = self.ledger, self.fleet
+        if ledger is None or fleet is None:
+            return
+        self._swept = self.now()
+        root = f"{state_dir(self.name)}/fills"
+        try:
+            names = set(await self.driver.list(root))
+        except PathNotFoundError:
+            names = set()
+        names |= await ledger.known_instances()
+        others = sorted(name for name in names if name != fleet.instance)
+        alive = await ledger.alive(others)
+        for name in others:
+            if name in alive:
+                continue
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(f"{root}/{name}")
+            await ledger.forget(name)
+            log.info(
+                "proxy {upstream}: removed the unfinished fills of instance {instance} "
+                "(not alive in Redis)",
+                upstream=self.name,
+                instance=name,
+            )
 
     # -- logging
 

@@ -12,8 +12,6 @@ per upstream.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -27,6 +25,7 @@ from registry.api.digests import Digest
 from registry.config import Config
 from registry.handlers.context import LocalStores, Stores
 from registry.ops.metrics import Metrics, Sample
+from registry.proxy import spool as spool_files
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
 from registry.proxy.fleet.wiring import FleetSetup
@@ -247,14 +246,11 @@ def fill_spool(config: Config, reactor: Any) -> IStorageDriver | None:
 
     from registry.storage.filesystem import FilesystemDriver
 
-    folder = config.storage.spooldirectory
-    if folder:
-        folder = os.path.join(folder, "fills")
-        os.makedirs(folder, exist_ok=True)
-    else:
-        folder = tempfile.mkdtemp(prefix="txregistry-fills-")
+    folder = spool_files.spool_folder(config.storage.spooldirectory)
     pool = ThreadPool(minthreads=1, maxthreads=4, name="registry-fill-spool")
     reactor.callWhenRunning(pool.start)
+    # What processes killed mid-fill left behind (registry.proxy.spool).
+    reactor.callWhenRunning(pool.callInThread, spool_files.sweep, config.storage.spooldirectory)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     return FilesystemDriver(folder, reactor, pool)
 

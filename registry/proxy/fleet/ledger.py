@@ -14,7 +14,24 @@ command per request).  Per cache ``C``:
   or fills → until when (renewed every second while in use and removed once not, so a dead
   instance's marks lapse within seconds);
 - ``txregistry:evict:C``: the eviction lock (``SET NX PX``): one eviction at a time in the
-  fleet.
+  fleet;
+- ``txregistry:alive:C:<instance>``: set by each push, lapses ``ALIVE_FOR`` seconds after
+  the instance stops: the fill files of an instance without it are leftovers of a dead one
+  (`ProxyCache.sweep_dead_fills`); ``txregistry:instances:C`` (set): the instances that
+  started, until their leftovers are removed;
+- ``txregistry:evicting:C:<digest>``: a blob being deleted by an eviction (expires by itself
+  if that instance dies).
+
+A cached blob is never deleted under a read that has begun on any instance.  The in-use marks
+above are sent in batches, so they alone would leave a second in which another instance's
+eviction could delete a blob a read has just opened.  So before a cached blob is opened, the
+reader *holds* it (`Ledger.hold`: one Lua script writes its in-use mark unless the blob is
+being evicted), and an eviction *claims* each blob before deleting it (`Ledger.claim`: one Lua
+script sets the ``evicting`` key unless some instance holds a live mark).  Redis runs scripts
+one at a time, so exactly one of the two wins: either the eviction sees the mark and keeps the
+blob, or the reader sees the claim, does not open the cached copy and treats the blob as not
+cached.  (A grace period after a last use would need the same atomic check, and would still
+depend on how long reads take; the mark is renewed for as long as the read lasts.)
 
 Eviction (`ProxyCache.evict`) takes the lock, sends its own changes, reads the whole index
 back (`load`), plans with the same reference-aware `CacheIndex.plan` as a single instance,
@@ -34,12 +51,35 @@ from registry.proxy.fleet._redis import FleetRedis
 from registry.proxy.index import BlobEntry, CacheIndex, ManifestEntry, Victim
 
 IN_USE_FOR = 5.0
+# How long an instance counts as alive after its last push (pushes come every second).
+ALIVE_FOR = 30.0
 
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+# KEYS: in-use set, evicting key; ARGV: member, until.
+_HOLD = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: in-use set, evicting key; ARGV: '|' .. digest, now, token, ttl in ms.
+_CLAIM = """
+local suffix = ARGV[1]
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')) do
+  if string.sub(member, -string.len(suffix)) == suffix then
+    return 0
+  end
+end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return 1
 """
 
 
@@ -82,8 +122,9 @@ class Ledger:
     def lock_key(self) -> str:
         return f"txregistry:evict:{self.cache}"
 
-    async def push(self, index: CacheIndex, now: float) -> None:
-        """Send the entries changed since the last push, and the digests in use here."""
+    async def push(self, index: CacheIndex, now: float, beat: bool = False) -> None:
+        """Send the entries changed since the last push, and the digests in use here; with
+        ``beat`` (the timer's pushes), say this instance is alive even when nothing changed."""
         changed = index.changed
         if changed is None:
             return
@@ -112,7 +153,7 @@ class Ledger:
             if count > 0
         }
         released = sorted(self._marked - set(in_use))
-        if not fields and not in_use and not released:
+        if not fields and not in_use and not released and not beat:
             return
 
         def send(client: Any) -> None:
@@ -127,6 +168,8 @@ class Ledger:
             if released:
                 pipe.zrem(self.inuse_key, *released)
             pipe.zremrangebyscore(self.inuse_key, "-inf", now)
+            if beat:
+                pipe.set(self.alive_key(self.instance), "1", px=int(ALIVE_FOR * 1000))
             pipe.execute()
 
         try:
@@ -195,6 +238,71 @@ class Ledger:
             pipe.execute()
 
         await self.redis.run(delete)
+
+    def alive_key(self, instance: str) -> str:
+        return f"txregistry:alive:{self.cache}:{instance}"
+
+    @property
+    def instances_key(self) -> str:
+        return f"txregistry:instances:{self.cache}"
+
+    async def beat(self) -> None:
+        """Say this instance is alive (at start, before its first fill; then every push),
+        and list it among those whose fill files to look after once it is gone (unfinished
+        S3 uploads are not listed as files)."""
+        key = self.alive_key(self.instance)
+
+        def send(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, "1", px=int(ALIVE_FOR * 1000))
+            pipe.sadd(self.instances_key, self.instance)
+            pipe.execute()
+
+        await self.redis.run(send)
+
+    async def known_instances(self) -> set[str]:
+        members = await self.redis.run(lambda r: r.smembers(self.instances_key))
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+
+    async def forget(self, instance: str) -> None:
+        await self.redis.run(lambda r: r.srem(self.instances_key, instance))
+
+    async def alive(self, instances: list[str]) -> set[str]:
+        """Those of ``instances`` that pushed within the last ``ALIVE_FOR`` seconds."""
+        if not instances:
+            return set()
+        keys = [self.alive_key(name) for name in instances]
+        found = await self.redis.run(lambda r: r.mget(keys))
+        return {name for name, value in zip(instances, found, strict=True) if value is not None}
+
+    def evicting_key(self, digest: str) -> str:
+        return f"txregistry:evicting:{self.cache}:{digest}"
+
+    async def hold(self, digest: str, now: float) -> bool:
+        """Mark ``digest`` in use by this instance in Redis now, unless an eviction is
+        deleting it (False: do not open the cached copy)."""
+        member = f"{self.instance}|{digest}"
+        held = await self.redis.script(
+            _HOLD, [self.inuse_key, self.evicting_key(digest)], [member, now + IN_USE_FOR]
+        )
+        if held:
+            # Renewed by the next push while in use here, removed by it once not.
+            self._marked.add(member)
+        return bool(held)
+
+    async def claim(self, digest: str, now: float) -> bool:
+        """Before deleting ``digest``: False when any instance holds it (keep it)."""
+        ttl = max(1, int(self.lock_ttl * 1000))
+        return bool(
+            await self.redis.script(
+                _CLAIM,
+                [self.inuse_key, self.evicting_key(digest)],
+                [f"|{digest}", now, self._token, ttl],
+            )
+        )
+
+    async def unclaim(self, digest: str) -> None:
+        await self.redis.script(_UNLOCK, [self.evicting_key(digest)], [self._token])
 
     async def lock(self) -> bool:
         ttl = max(1, int(self.lock_ttl * 1000))

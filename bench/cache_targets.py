@@ -1,0 +1,377 @@
+"""
+The pull-through cache's remaining targets, one sub-command each:
+
+    python bench/cache_targets.py cold [--layers 4] [--layer-mib 64] [--blob-rate MIBPS]
+    python bench/cache_targets.py names [--count 100000] [--threads 8]
+    python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--parallel 1]
+
+- ``cold``: one image pulled (manifest, then its layers one after another, each hashed) straight
+  from the fake upstream (``--auth none``), then through a fresh cache (cold), then again
+  (warm).  Target: cold through the cache within 110% of the straight pull.
+- ``names``: ``--count`` distinct repository names, each a manifest GET through one cache in
+  front of a tiny upstream (in this process) that answers every name with the same small
+  manifest; the cache's RSS before and after.  Target: growth at most 10 MiB.
+- ``churn``: a fleet on SeaweedFS + Redis with ``max_size``; three times ``max_size`` of
+  distinct layers pulled, alternating instances, ``--parallel`` at a time, while a thread sums the
+  bucket's blobs every 100 ms.  Target: never above ``max_size`` plus one layer.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on the path, and its copy.py would hide the
+# standard library's copy (which http.server imports): the repository's root instead.
+sys.path.pop(0)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import hashlib
+import http.client
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import psutil
+
+from bench.run import MiB
+from tests.e2e.harness import REPO_ROOT, RegistryProcess, free_port
+from tests.proxy.redisserver import start_redis
+from tests.storage.s3server import S3Server, signed_request, start_s3_server
+
+SECRET = "bench-targets-secret-0123456789"
+MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def start_fake(sizes: list[int], rate: int | None) -> tuple[subprocess.Popen[bytes], Any]:
+    command = [sys.executable, "-m", "tests.fakes.upstream", "--auth", "none"]
+    for size in sizes:
+        command += ["--layer-size", str(size)]
+    if rate:
+        command += ["--blob-rate", str(rate)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    return process, json.loads(process.stdout.readline())
+
+
+class Puller:
+    """Keep-alive GETs to one origin, following redirects to other origins."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.connections: dict[str, http.client.HTTPConnection] = {}
+
+    def get(self, url: str, accept: str = "") -> tuple[int, bytes | str]:
+        """(status, body) for small bodies; blobs are hashed (body is the digest)."""
+        for _hop in range(5):
+            origin, _, path = url.removeprefix("http://").partition("/")
+            connection = self.connections.get(origin)
+            if connection is None:
+                host, port = origin.split(":")
+                connection = self.connections[origin] = http.client.HTTPConnection(
+                    host, int(port), timeout=600
+                )
+            headers = {"Accept": accept} if accept else {}
+            connection.request("GET", "/" + path, headers=headers)
+            response = connection.getresponse()
+            if response.status in (301, 302, 307, 308):
+                response.read()
+                location = response.getheader("Location") or ""
+                url = location if location.startswith("http") else f"http://{origin}{location}"
+                continue
+            if "/blobs/" in path or response.getheader("Content-Type", "").startswith(
+                "application/octet"
+            ):
+                hasher = hashlib.sha256()
+                while chunk := response.read1(1 << 20):
+                    hasher.update(chunk)
+                response.read()  # b"": marks the response done, the connection reusable
+                return response.status, "sha256:" + hasher.hexdigest()
+            return response.status, response.read()
+        raise RuntimeError(f"too many redirects: {url}")
+
+    def pull(self, name: str, tag: str) -> float:
+        began = time.monotonic()
+        status, body = self.get(f"{self.base}/v2/{name}/manifests/{tag}", MANIFEST_TYPE)
+        assert status == 200 and isinstance(body, bytes), (status, body)
+        for layer in json.loads(body)["layers"]:
+            status, digest = self.get(f"{self.base}/v2/{name}/blobs/{layer['digest']}")
+            assert status == 200 and digest == layer["digest"], (status, digest)
+        return time.monotonic() - began
+
+
+def cache_sections(remoteurl: str, **proxy: str) -> dict[str, dict[str, str]]:
+    return {
+        "log": {"accesslog": "false"},
+        "proxy:hub": {"remoteurl": remoteurl, "prefix": "docker.io", "default": "true", **proxy},
+    }
+
+
+def cold(args: argparse.Namespace, workdir: Path) -> None:
+    sizes = [args.layer_mib * MiB] * args.layers
+    fake, info = start_fake(sizes, args.blob_rate * MiB if args.blob_rate else None)
+    name, tag = "library/alpine", "latest"
+    try:
+        straight = Puller(info["url"]).pull(name, tag)
+        folder = workdir / "cache"
+        folder.mkdir()
+        cache = RegistryProcess(folder, cache_sections(info["url"]))
+        cache.start()
+        try:
+            through = Puller(cache.url)
+            cold_time = through.pull(name, tag)
+            warm_time = min(through.pull(name, tag) for _ in range(3))
+        finally:
+            cache.stop()
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+    total = sum(sizes) / MiB
+    print(f"cold: one image, {args.layers} layers of {args.layer_mib} MiB ({total:.0f} MiB)")
+    print(f"  straight from the upstream: {straight:.2f} s ({total / straight:.0f} MiB/s)")
+    print(
+        f"  cold through the cache:     {cold_time:.2f} s ({total / cold_time:.0f} MiB/s), "
+        f"{100 * cold_time / straight:.0f}% of the straight pull"
+    )
+    print(f"  warm through the cache:     {warm_time:.2f} s ({total / warm_time:.0f} MiB/s)")
+
+
+class AnyName(http.server.BaseHTTPRequestHandler):
+    """Every repository name has tag ``latest``: the same small manifest."""
+
+    protocol_version = "HTTP/1.1"
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": len(config),
+                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+            },
+            "layers": [],
+        }
+    ).encode()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+    def _answer(self, body: bytes | None) -> None:
+        if self.path == "/v2/":
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if "/manifests/" not in self.path:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", MANIFEST_TYPE)
+        self.send_header("Docker-Content-Digest", self.digest)
+        self.send_header("Content-Length", str(len(self.manifest)))
+        self.end_headers()
+        if body is not None:
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer(self.manifest)
+
+    def do_HEAD(self) -> None:
+        self._answer(None)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def names(args: argparse.Namespace, workdir: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AnyName)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    folder = workdir / "cache"
+    folder.mkdir()
+    cache = RegistryProcess(folder, cache_sections(f"http://127.0.0.1:{server.server_port}"))
+    cache.start()
+    try:
+        process = psutil.Process(cache.pid)
+
+        def run(start: int, stop: int) -> None:
+            puller = Puller(cache.url)
+            for n in range(start, stop):
+                status, body = puller.get(
+                    f"{cache.url}/v2/team{n % 97}/app{n}/manifests/latest", MANIFEST_TYPE
+                )
+                assert status == 200 and body == AnyName.manifest, (status, body)
+
+        def batch(first: int, count: int) -> None:
+            per = count // args.threads
+            threads = [
+                threading.Thread(target=run, args=(first + i * per, first + (i + 1) * per))
+                for i in range(args.threads)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        warmup = 2000
+        batch(10**9, warmup)  # first use of every code path and table
+        before = process.memory_info().rss
+        began = time.monotonic()
+        batch(0, args.count)
+        elapsed = time.monotonic() - began
+        after = process.memory_info().rss
+    finally:
+        cache.stop()
+        server.shutdown()
+    print(f"names: {args.count} distinct repository names, one manifest GET each")
+    print(f"  {elapsed:.0f} s ({args.count / elapsed:.0f} names/s), {args.threads} clients")
+    print(
+        f"  RSS {before / MiB:.1f} MiB after {warmup} warm-up names, {after / MiB:.1f} MiB after "
+        f"{args.count} more: growth {(after - before) / MiB:.1f} MiB"
+    )
+
+
+def bucket_blob_bytes(s3: S3Server, root: str) -> int:
+    prefix = f"{root.strip('/')}/docker/registry/v2/blobs/"
+    total, token = 0, ""
+    for _page in range(1000):
+        query = f"list-type=2&max-keys=1000&prefix={quote(prefix, safe='')}"
+        if token:
+            query += f"&continuation-token={quote(token, safe='')}"
+        status, body = signed_request("GET", f"{s3.endpoint}/{s3.bucket}?{query}")
+        assert status == 200, body[:300]
+        total += sum(int(size) for size in re.findall(rb"<Size>(\d+)</Size>", body))
+        found = re.search(rb"<NextContinuationToken>([^<]+)<", body)
+        if not found:
+            break
+        token = found.group(1).decode()
+    return total
+
+
+def churn(args: argparse.Namespace, workdir: Path) -> None:
+    limit = args.max_mib * MiB
+    layer = args.layer_mib * MiB
+    count = 3 * limit // layer
+    s3 = start_s3_server(workdir / "s3")
+    (workdir / "redis").mkdir()
+    redis = start_redis(workdir / "redis")
+    fake, info = start_fake([layer] * count, None)
+    layers = [entry["digest"] for entry in info["image"]["layers"]]
+    instances: list[RegistryProcess] = []
+    root = f"/bench/{uuid.uuid4().hex}"
+    samples: list[int] = []
+    stop = threading.Event()
+    try:
+        for index in range(args.instances):
+            folder = workdir / f"instance{index}"
+            folder.mkdir()
+            sections = cache_sections(info["url"], max_size=str(limit))
+            sections["storage"] = {
+                "driver": "s3",
+                "bucket": s3.bucket,
+                "region": s3.region,
+                "regionendpoint": s3.endpoint,
+                "accesskey": s3.access_key,
+                "secretkey": s3.secret_key,
+                "rootdirectory": root,
+                "spooldirectory": str(folder / "spool"),
+            }
+            sections["redis"] = {"addr": redis.addr}
+            sections["fleet"] = {
+                "listen": f"tcp:{free_port()}:interface=127.0.0.1",
+                "secret": SECRET,
+                "instance": f"i{index}",
+            }
+            instance = RegistryProcess(folder, sections)
+            instance.start()
+            instances.append(instance)
+
+        def sample() -> None:
+            while not stop.wait(0.1):
+                samples.append(bucket_blob_bytes(s3, root))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        errors: list[str] = []
+
+        def pull(which: list[int]) -> None:
+            pullers = [Puller(instance.url) for instance in instances]
+            for n in which:
+                puller = pullers[n % len(instances)]
+                base = instances[n % len(instances)].url
+                status, digest = puller.get(f"{base}/v2/library/alpine/blobs/{layers[n]}")
+                if status != 200 or digest != layers[n]:
+                    errors.append(f"{layers[n]}: {status} {digest}")
+
+        began = time.monotonic()
+        workers = [
+            threading.Thread(target=pull, args=(list(range(k, count, args.parallel)),))
+            for k in range(args.parallel)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        elapsed = time.monotonic() - began
+        time.sleep(3)  # evictions that the last fills scheduled
+        stop.set()
+        sampler.join()
+    finally:
+        stop.set()
+        for instance in instances:
+            instance.stop()
+        fake.terminate()
+        fake.wait(timeout=10)
+        redis.stop()
+        s3.stop()
+    worst = max(samples) if samples else 0
+    print(
+        f"churn: {args.instances} instances, SeaweedFS + Redis, max_size {args.max_mib} MiB, "
+        f"{count} distinct layers of {args.layer_mib} MiB ({count * args.layer_mib} MiB) "
+        f"in {elapsed:.0f} s, {args.parallel} at a time"
+    )
+    print(f"  errors: {len(errors)} {errors[:2]}")
+    print(
+        f"  bucket's blobs, {len(samples)} samples: at most {worst / MiB:.1f} MiB "
+        f"(bound: max_size + one layer = {(limit + layer) / MiB:.0f} MiB), "
+        f"at the end {samples[-1] / MiB if samples else 0:.1f} MiB"
+    )
+    if args.verbose:
+        print("  samples (MiB):", " ".join(f"{v / MiB:.0f}" for v in samples))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("cold")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--layer-mib", type=int, default=64)
+    p.add_argument("--blob-rate", type=int, default=0, help="upstream MiB/s (0: unbounded)")
+    p = sub.add_parser("names")
+    p.add_argument("--count", type=int, default=100_000)
+    p.add_argument("--threads", type=int, default=8)
+    p = sub.add_parser("churn")
+    p.add_argument("--max-mib", type=int, default=64)
+    p.add_argument("--layer-mib", type=int, default=4)
+    p.add_argument("--instances", type=int, default=2)
+    p.add_argument("--parallel", type=int, default=1, help="pulls at a time")
+    p.add_argument("--verbose", action="store_true", help="print every sample")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="txregistry-bench-targets-"))
+    try:
+        {"cold": cold, "names": names, "churn": churn}[args.command](args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

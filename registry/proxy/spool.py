@@ -1,0 +1,91 @@
+"""
+The local folder fills are spooled to on S3 (`registry.proxy.service.fill_spool`), and what
+processes killed with ``kill -9`` left in it.
+
+Each process spools into a folder of its own, named ``<host>-<pid>``: under
+``<spooldirectory>/fills/``, or ``txregistry-fills-<host>-<pid>-*`` in the system's temporary
+folder.  At start a process removes the folders of processes of the same host that no longer
+run (a clean stop removes nothing: the spool files of finished fills are deleted as they end,
+and a process that stops mid-fill is one whose fills were interrupted anyway).  Folders of
+other hosts (several machines or containers sharing the folder) are left to their own host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+
+from twisted.logger import Logger
+
+log = Logger()
+
+TEMP_PREFIX = "txregistry-fills-"
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _dead_process_folder(name: str, host: str) -> bool:
+    """``<host>-<pid>[-suffix]`` of this host whose process no longer runs."""
+    if not name.startswith(host + "-"):
+        return False
+    pid = name[len(host) + 1 :].split("-", 1)[0]
+    return pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid))
+
+
+def spool_folder(spooldirectory: str) -> str:
+    """Create this process's spool folder (in blocking code: called at start-up)."""
+    if spooldirectory:
+        folder = os.path.join(spooldirectory, "fills", _owner())
+        os.makedirs(folder, exist_ok=True)
+        return folder
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{_owner()}-")
+
+
+def sweep(spooldirectory: str) -> list[str]:
+    """Remove the spool folders of this host's dead processes; returns what was removed.
+    Blocking: run it in a thread."""
+    host = socket.gethostname()
+    if spooldirectory:
+        base = os.path.join(spooldirectory, "fills")
+        candidates = [
+            (name, os.path.join(base, name))
+            for name in _listdir(base)
+            if _dead_process_folder(name, host)
+        ]
+    else:
+        base = tempfile.gettempdir()
+        candidates = [
+            (name, os.path.join(base, name))
+            for name in _listdir(base)
+            if name.startswith(TEMP_PREFIX) and _dead_process_folder(name[len(TEMP_PREFIX) :], host)
+        ]
+    removed = []
+    for _name, path in candidates:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(path)
+            removed.append(path)
+    if removed:
+        log.info("removed the fill spool of stopped processes: {paths}", paths=", ".join(removed))
+    return removed
+
+
+def _listdir(folder: str) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
