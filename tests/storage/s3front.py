@@ -128,4 +128,3 @@ async def s3_front(s3_server: S3Server) -> AsyncIterator[RecordingFront]:
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
     yield RecordingFront(f"http://127.0.0.1:{port.getHost().port}", seen)
     await port.stopListening()
-
