@@ -172,6 +172,9 @@ class StorageConfig:
     secure: bool = key(True, parse_bool)
     forcepathstyle: bool = key(False, parse_bool)
     spooldirectory: str = key("")
+    # S3 upload parts wait in files (spooldirectory, else the system's temporary folder)
+    # rather than in memory: concurrent large pushes then stay within a few MiB each.
+    spoolparts: bool = key(True, parse_bool)
 
 
 @attrs.frozen

@@ -92,12 +92,13 @@ def upload_sink(
         def explain(exc: BaseException) -> RegistryError:
             return _with_upload_range(ctx, request, route, _logged_error_for(method, uri, exc))
 
-        return UploadSink(_open_existing(ctx, request, route, start, length), explain)
+        staged = _known_digest(params) if method == b"PUT" else None
+        return UploadSink(_open_existing(ctx, request, route, start, length, staged), explain)
     if route.kind is Kind.UPLOADS and method == b"POST" and "digest" in params:
         if "mount" in params:
             return None
         return UploadSink(
-            _open_new(ctx, request, route.name, length),
+            _open_new(ctx, request, route.name, length, _known_digest(params)),
             lambda exc: _logged_error_for(method, uri, exc),
         )
     return None
@@ -123,21 +124,56 @@ def _chunk_start(route: Route, content_range: str) -> int | None:
         return -1  # never equal to a size: answered with 416 and the current range
 
 
+def _known_digest(params: dict[str, list[str]]) -> Digest | None:
+    """The ``?digest=`` a body is pushed under, when it is given and valid (else the route
+    answers the error once the body is in)."""
+    values = params.get("digest")
+    if not values:
+        return None
+    try:
+        return Digest.parse(values[0])
+    except RegistryError:
+        return None
+
+
+async def _staged(appender: UploadAppender, digest: Digest | None) -> UploadAppender:
+    """Write a body whose digest is known straight at the blob's path where storage can
+    (see `UploadAppender.stage`)."""
+    if digest is not None:
+        try:
+            await appender.stage(digest)
+        except BaseException:
+            await shielded(appender.close())
+            raise
+    return appender
+
+
 async def _open_existing(
-    ctx: RegistryContext, request: IRequest, route: Route, start: int | None, length: int | None
+    ctx: RegistryContext,
+    request: IRequest,
+    route: Route,
+    start: int | None,
+    length: int | None,
+    digest: Digest | None = None,
 ) -> UploadAppender:
     refuse_if_readonly(ctx)
     await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
-    return await ctx.uploads.open(route.name, route.reference, start, length)
+    appender = await ctx.uploads.open(route.name, route.reference, start, length)
+    return await _staged(appender, digest)
 
 
 async def _open_new(
-    ctx: RegistryContext, request: IRequest, name: str, length: int | None
+    ctx: RegistryContext,
+    request: IRequest,
+    name: str,
+    length: int | None,
+    digest: Digest | None = None,
 ) -> UploadAppender:
     refuse_if_readonly(ctx)
     await authorize(ctx, request, [repository(name, PULL, PUSH)])
     upload_id = await ctx.uploads.start(name)
-    return await ctx.uploads.open(name, upload_id, coming=length)
+    appender = await ctx.uploads.open(name, upload_id, coming=length)
+    return await _staged(appender, digest)
 
 
 def _sink(request: IRequest) -> UploadSink[UploadAppender]:

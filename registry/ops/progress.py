@@ -13,9 +13,9 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
-from registry.storage.driver import FileInfo, IFileWriter, IStorageDriver
+from registry.storage.driver import FileInfo, IFileWriter, IStagedWrites, IStorageDriver
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -129,3 +129,13 @@ class CountingDriver:
 
     def redirect_url(self, path: str, method: str) -> Awaitable[str | None]:
         return self.wrapped.redirect_url(path, method)
+
+    def __attrs_post_init__(self) -> None:
+        if IStagedWrites.providedBy(self.wrapped):
+            alsoProvides(self, IStagedWrites)  # so that purge-uploads aborts stale staged writes
+
+    def staged_writer(self, path: str) -> Awaitable[IFileWriter]:
+        return IStagedWrites(self.wrapped).staged_writer(path)
+
+    def abort_stale_writes(self, path: str, age: float, now: float) -> Awaitable[int]:
+        return IStagedWrites(self.wrapped).abort_stale_writes(path, age, now)

@@ -1,7 +1,9 @@
 """
 Purging abandoned uploads, as registry:2 does (``uploadpurging``): every ``interval``, remove
 uploads started more than ``age`` ago.  Without it, clients that give up mid-push leave data in
-``_uploads`` forever.
+``_uploads`` forever.  On drivers with staged writes (S3), it also discards the staged blob
+writes of pushes whose process was killed mid-body (incomplete multipart uploads at a blob's
+key, invisible to readers), older than the same age.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import AsyncIterator
 from twisted.logger import Logger
 
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStagedWrites, IStorageDriver, PathNotFoundError
 
 log = Logger()
 
@@ -68,4 +70,9 @@ async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
                 continue
             removed += 1
             log.info("purged abandoned upload {upload}", upload=upload)
+    if IStagedWrites.providedBy(driver):
+        staged = await driver.abort_stale_writes(layout.BLOBS, age, now)
+        if staged:
+            log.info("purged {count} abandoned staged blob writes", count=staged)
+        removed += staged
     return removed

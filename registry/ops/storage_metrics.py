@@ -14,10 +14,16 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from registry.ops.metrics import Metrics
-from registry.storage.driver import FileInfo, IFileWriter, IStorageDriver, PathNotFoundError
+from registry.storage.driver import (
+    FileInfo,
+    IFileWriter,
+    IStagedWrites,
+    IStorageDriver,
+    PathNotFoundError,
+)
 
 T = TypeVar("T")
 
@@ -31,6 +37,8 @@ OPERATIONS = (
     "reader",
     "writer",
     "redirect_url",
+    "staged_writer",
+    "abort_stale_writes",
 )
 
 
@@ -43,6 +51,9 @@ class MeasuredDriver:
         self.name = inner.name
         self._timers = {op: metrics.storage_duration.labels(inner.name, op) for op in OPERATIONS}
         self._errors = {op: metrics.storage_errors.labels(inner.name, op) for op in OPERATIONS}
+        if IStagedWrites.providedBy(inner):
+            # The optional capability passes through: pushes with a known digest stay staged.
+            alsoProvides(self, IStagedWrites)
 
     async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         started = time.monotonic()
@@ -82,6 +93,18 @@ class MeasuredDriver:
 
     async def redirect_url(self, path: str, method: str) -> str | None:
         return await self._timed("redirect_url", lambda: self.inner.redirect_url(path, method))
+
+    async def staged_writer(self, path: str) -> IFileWriter:
+        """`IStagedWrites.staged_writer`, where the wrapped driver provides it."""
+        staged = IStagedWrites(self.inner)
+        return await self._timed("staged_writer", lambda: staged.staged_writer(path))
+
+    async def abort_stale_writes(self, path: str, age: float, now: float) -> int:
+        """`IStagedWrites.abort_stale_writes`, where the wrapped driver provides it."""
+        staged = IStagedWrites(self.inner)
+        return await self._timed(
+            "abort_stale_writes", lambda: staged.abort_stale_writes(path, age, now)
+        )
 
     async def close(self) -> None:
         """Close the wrapped driver's connections, for drivers that have any (S3)."""

@@ -126,3 +126,25 @@ class IStorageDriver(Interface):
 
     def redirect_url(path: str, method: str) -> Awaitable[str | None]:
         """A URL a client can fetch ``path`` from directly, or None when the driver has none."""
+
+
+class IStagedWrites(Interface):
+    """
+    An optional driver capability: write a file straight at its final path, invisible there
+    until ``commit``.  The upload store uses it when a push names its digest up front, so the
+    blob needs no move (on S3, no server-side copy) at commit, while no reader ever sees
+    unverified bytes at a content address.
+    """
+
+    def staged_writer(path: str) -> Awaitable[IFileWriter]:
+        """
+        A writer for a new ``path`` whose bytes nobody can read until ``commit`` (which
+        replaces any file there whole).  ``close`` and ``cancel`` both discard what was
+        written and never touch a file already at ``path``; there is nothing to resume.
+        """
+
+    def abort_stale_writes(path: str, age: float, now: float) -> Awaitable[int]:
+        """
+        Discard staged writes below folder ``path`` begun more than ``age`` seconds before
+        ``now`` (a process killed mid-write leaves them, invisible); returns how many.
+        """

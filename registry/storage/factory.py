@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 from twisted.python.threadpool import ThreadPool
@@ -44,10 +45,18 @@ def build_driver(config: Config, reactor: Any, threadpool: ThreadPool) -> IStora
                 secure=storage.secure,
                 forcepathstyle=storage.forcepathstyle,
                 redirect=storage.redirect,
-                spooldirectory=storage.spooldirectory or None,
+                spooldirectory=_parts_spool(storage),
             )
             settings.credentials()
         except ValueError as exc:
             raise ConfigError(f"[storage] {exc}") from None
         return S3Driver(reactor, settings)
     raise ConfigError(f"[storage] driver: unknown driver {storage.driver!r}")
+
+
+def _parts_spool(storage: StorageConfig) -> str | None:
+    """Where S3 upload parts wait until sent: ``spooldirectory``, else the system's temporary
+    folder, or None (memory) with ``spoolparts = false``."""
+    if not storage.spoolparts:
+        return None
+    return storage.spooldirectory or tempfile.gettempdir()

@@ -23,6 +23,7 @@ from registry.storage.driver import (
     FileInfo,
     IFileWriter,
     InvalidOffsetError,
+    IStagedWrites,
     IStorageDriver,
     PathNotFoundError,
 )
@@ -40,7 +41,7 @@ from registry.storage.s3._client import (
 )
 from registry.storage.s3._reader import ResponseProducer
 from registry.storage.s3._settings import S3Settings, quote_key
-from registry.storage.s3._writer import STATE_SUFFIX, open_writer
+from registry.storage.s3._writer import STATE_SUFFIX, S3Writer, open_writer
 
 _List = list  # "list" is a method name below
 _DELETE_BATCH = 1000  # DeleteObjects' limit
@@ -58,7 +59,7 @@ MOVE_COPY_THRESHOLD = 128 * 1024 * 1024
 MOVE_COPY_PART_SIZE = 128 * 1024 * 1024
 
 
-@implementer(IStorageDriver)
+@implementer(IStorageDriver, IStagedWrites)
 class S3Driver:
     name = "s3"
 
@@ -292,6 +293,37 @@ class S3Driver:
 
     async def writer(self, path: str, append: bool = False) -> IFileWriter:
         return await open_writer(self._client, self._reactor, self._key(path), path, append)
+
+    async def staged_writer(self, path: str) -> IFileWriter:
+        """A multipart upload at the final key, completed only by ``commit`` (see _writer)."""
+        return S3Writer(self._client, self._reactor, self._key(path), path, staged=True)
+
+    async def abort_stale_writes(self, path: str, age: float, now: float) -> int:
+        """
+        Abort the multipart uploads under ``path`` started more than ``age`` seconds before
+        ``now``: what a process killed mid-write left behind.  Returns how many.
+        """
+        key = self._key(path)
+        stale: _List[tuple[str, str]] = []
+        query = {"uploads": "", "prefix": key + "/"}
+        for _ in range(1_000_000):  # pages; bounded
+            result = await self._client.call("GET", query=query)
+            assert result is not None
+            page = parse_xml(result[1])
+            for upload in children(page, "Upload"):
+                if now - parse_iso_date(child_text(upload, "Initiated")) >= age:
+                    stale.append((child_text(upload, "Key"), child_text(upload, "UploadId")))
+            if child_text(page, "IsTruncated") != "true":
+                break
+            query = {
+                "uploads": "",
+                "prefix": key + "/",
+                "key-marker": child_text(page, "NextKeyMarker"),
+                "upload-id-marker": child_text(page, "NextUploadIdMarker"),
+            }
+        for upload_key, upload_id in stale:
+            await multipart.abort(self._client, upload_key, upload_id)
+        return len(stale)
 
     async def redirect_url(self, path: str, method: str) -> str | None:
         if not self.settings.redirect or method.upper() not in ("GET", "HEAD"):

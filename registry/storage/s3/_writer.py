@@ -29,6 +29,14 @@ cost is therefore O(5 MiB), never O(file) as in registry:2's complete-and-copy.
 Appending to a finished object (no state object) starts from it: under 5 MiB it is read back as
 the tail, larger it becomes the first parts by server-side UploadPartCopy.
 
+A *staged* writer (`registry.storage.driver.IStagedWrites`) writes a blob straight at its
+content address: the multipart upload's key is the final key, and an unfinished multipart upload
+is invisible to GET, HEAD and LIST, so nothing is readable there until ``commit`` completes it
+(which the upload store does only once the digest matched).  ``close`` and ``cancel`` abort the
+upload and never delete the key, which may hold the same blob committed by another push.  A
+process killed mid-write leaves an incomplete multipart upload at the key and no state object;
+``registry.ops.purge`` aborts those once they are older than the upload purge age.
+
 Until ``commit``, written data is not visible at the path (``stat``/``get_content`` raise
 PathNotFoundError), as with registry:2's S3 driver: use the writer's ``size``.
 """
@@ -232,8 +240,12 @@ class S3Writer:
         upload_id: str | None = None,
         parts: list[Part] | None = None,
         tail: bytes = b"",
+        staged: bool = False,
     ) -> None:
         self._client = client
+        # A staged writer (`IStagedWrites`) leaves no state object and never deletes the key:
+        # the key may hold a finished blob that a concurrent push committed.
+        self._staged = staged
         self._reactor = reactor
         self._key = key
         self._path = path
@@ -382,6 +394,9 @@ class S3Writer:
         self._finished = True
 
     async def close(self) -> None:
+        if self._staged:
+            await self.cancel()
+            return
         if self._finished:
             return
         self._finished = True
@@ -415,7 +430,8 @@ class S3Writer:
                 await multipart.complete(self._client, self._key, self._upload_id, self._parts)
         finally:
             self._current.discard()
-        await self._client.call("DELETE", state_key(self._key), missing_ok=True)
+        if not self._staged:
+            await self._client.call("DELETE", state_key(self._key), missing_ok=True)
 
     async def reserve(self, length: int) -> None:
         """Parts are sized by the writer's buffer; knowing the total changes nothing."""
@@ -428,7 +444,10 @@ class S3Writer:
         while busy := self._busy():
             await busy[0]
         if self._upload_id is not None:
-            await multipart.abort(self._client, self._key, self._upload_id)
+            upload_id, self._upload_id = self._upload_id, None
+            await multipart.abort(self._client, self._key, upload_id)
+        if self._staged:
+            return
         await self._client.call("DELETE", state_key(self._key), missing_ok=True)
         await self._client.call("DELETE", self._key, missing_ok=True)
 
