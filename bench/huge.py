@@ -1,7 +1,7 @@
 """
 A very large layer through txregistry, on the filesystem driver and on S3 (SeaweedFS):
 
-    python -m bench.huge [--size-gib 20] [--storage filesystem s3]
+    python bench/huge.py [--size-gib 20] [--storage filesystem s3]
 
 The layer is generated data streamed from a generator (never stored on the client side): a
 first pass hashes it, then a monolithic push (``POST`` + ``PUT ?digest=`` with the body) sends

@@ -1,7 +1,7 @@
 """
 ``txregistry copy`` against ``skopeo copy``: a 3-platform image between two local registries.
 
-    python bench/copy.py [--size 1GiB] [--rounds 1] [--target registry2|txregistry]
+    python bench/copy_image.py [--size 1GiB] [--rounds 1] [--target registry2|txregistry]
 
 The image: an OCI index of three platforms, each one gzip layer of ``size / 3`` bytes (random
 content, so compression does not shrink it) and a config.  It is pushed once into a source
@@ -13,14 +13,6 @@ Reported per tool: the median wall time of the copy command and its peak RSS (sa
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as ``python bench/copy.py``, this file's folder comes first on sys.path and this module
-# would shadow the standard library's ``copy``: put the repository root there instead.
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import gzip
 import hashlib
@@ -29,8 +21,10 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 from bench.reference import REPO_ROOT, Registry2, Server, TxRegistry
 from bench.run import RESULTS, MiB, PeakRss
