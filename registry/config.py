@@ -229,6 +229,9 @@ class ValidationConfig:
     # registry:2 v3's validation.manifests.indexes.platforms (+ platformlist): which children
     # of a pushed index must already be in the repository (registry.manifests.IndexPolicy).
     index_platforms: tuple[str, ...] = key(("all",), parse_index_platforms)
+    # Whether an image manifest's config and layers must already be blobs of the repository
+    # (the spec lets a registry refuse a manifest whose blobs are missing, or accept it).
+    blobs_required: bool = key(True, parse_bool)
 
 
 @attrs.frozen

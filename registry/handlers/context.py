@@ -69,6 +69,7 @@ class LocalStores:
             max_size=config.storage.max_manifest_size,
             url_policy=UrlPolicy(config.validation.urls_allow, config.validation.urls_deny),
             index_policy=IndexPolicy.from_words(config.validation.index_platforms),
+            blobs_required=config.validation.blobs_required,
         )
         # Several workers ([http] workers) share even local storage: the next PATCH may land
         # on another process, which must find the hash state recorded.  (A serving process's

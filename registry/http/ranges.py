@@ -1,9 +1,12 @@
 """
 ``Range`` (blob downloads) and ``Content-Range`` (chunked uploads) parsing.
 
-Pure functions: a malformed ``Range`` is ignored (the whole blob is served with 200, as
-twisted.web's static files and Go's ServeContent do); a well-formed one that cannot be satisfied
-raises `RangeNotSatisfiable` (416 with ``Content-Range: bytes */<size>``).
+Pure functions: a ``Range`` that is not a single byte range (another unit, several ranges,
+garbage) is ignored (the whole blob is served with 200, as twisted.web's static files do); a
+byte range that cannot be satisfied raises `RangeNotSatisfiable` (416 with ``Content-Range:
+bytes */<size>``).  So does a reversed one (``bytes=500-0``, last before first): RFC 9110 14.2
+lets a server ignore or reject that invalid range; registry:2 (Go's ServeContent) rejects it
+with 416, and the distribution-spec conformance suite expects 416 there.
 
 Positions may have any number of digits (RFC 9110 sets no bound): one with more than 19
 significant digits is beyond any blob's size and is read as `_BEYOND` instead of being
@@ -33,7 +36,7 @@ class RangeNotSatisfiable(ValueError):
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     The inclusive ``(first, last)`` byte positions a single-range ``Range`` header asks for,
-    clipped to ``size``; None to serve the whole content (no header, malformed, multi-range).
+    clipped to ``size``; None to serve the whole content (no header, not a single byte range).
     """
     if not header:
         return None
@@ -50,9 +53,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return (max(size - suffix, 0), size - 1) if size else _unsatisfiable(size)
     first = _position(first_text)
     last = _position(last_text) if last_text else size - 1
-    if last_text and last < first:
-        return None
-    if first >= size:
+    if first >= size or (last_text and last < first):
         raise RangeNotSatisfiable(size)
     return first, min(last, size - 1)
 

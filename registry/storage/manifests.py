@@ -181,6 +181,9 @@ class ManifestStore:
     catalog: Catalog | None = None
     url_policy: UrlPolicy = DEFAULT_URL_POLICY
     index_policy: IndexPolicy = DEFAULT_INDEX_POLICY
+    # False: an image manifest may name a config or layers the repository does not have
+    # (sparse images: a mirror that leaves layers out); they stay unknown when pulled.
+    blobs_required: bool = True
     max_size: int = MAX_MANIFEST_SIZE
 
     async def _unknown(self, name: str, reference: str | Digest) -> RegistryError:
@@ -261,10 +264,10 @@ class ManifestStore:
 
     async def _check_references(self, name: str, manifest: ParsedManifest) -> None:
         """
-        Config and layers must be blobs of this repository (foreign layers excepted), index
-        children manifests of this repository, as far as ``index_policy`` asks (a sparse
-        index may leave platforms out).  The subject need not exist (the spec lets a referrer
-        arrive before its subject).
+        Config and layers must be blobs of this repository (foreign layers excepted) unless
+        ``blobs_required`` is off, index children manifests of this repository, as far as
+        ``index_policy`` asks (a sparse index may leave platforms out).  The subject need not
+        exist (the spec lets a referrer arrive before its subject).
         """
         seen: set[Digest] = set()
         for descriptor in manifest.blob_references:
@@ -278,6 +281,8 @@ class ManifestStore:
                 # that did not upload the two bytes.
                 await self.blobs.put_small(mediatypes.OCI_EMPTY_CONTENT)
                 await self.blobs.link(name, descriptor.digest)
+                continue
+            if not self.blobs_required:
                 continue
             raise RegistryError(
                 MANIFEST_BLOB_UNKNOWN,

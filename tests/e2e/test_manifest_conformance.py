@@ -1,7 +1,8 @@
 """
 Manifest behaviour the OCI distribution-spec conformance suite checks beyond the basics:
 reads of malformed references, ``?tag=`` on a push by digest (sha512 included, down to the
-storage layout registry:2 reads) and sparse indexes (``[validation] index_platforms``).
+storage layout registry:2 reads), sparse indexes (``[validation] index_platforms``) and sparse
+images (``[validation] blobs_required``).
 """
 
 from __future__ import annotations
@@ -361,6 +362,51 @@ async def test_sparse_index_with_listed_platforms(start_registry: Starter) -> No
     body = json.loads(await response.content())
     assert [e["code"] for e in body["errors"]] == ["MANIFEST_UNKNOWN"]
     assert body["errors"][0]["detail"] == {"digest": missing, "mediaType": mt.OCI_IMAGE_MANIFEST}
+
+
+# -- sparse images ----------------------------------------------------------------------------
+
+
+async def push_sparse_image(url: str) -> Any:
+    """An image whose config and first layer are pushed and whose second layer is not."""
+    await push_blob(url, "sparse", samples.CONFIG)
+    await push_blob(url, "sparse", samples.LAYER_1)
+    image = samples.oci_image()
+    response = await put_manifest(
+        url, "/v2/sparse/manifests/sparse-image", image, mt.OCI_IMAGE_MANIFEST
+    )
+    return response, image
+
+
+@pytest_twisted.ensureDeferred
+async def test_sparse_image_refused_by_default(registry: InProcessRegistry) -> None:
+    response, _ = await push_sparse_image(registry.url)
+    assert response.code == 400
+    body = json.loads(await response.content())
+    assert [e["code"] for e in body["errors"]] == ["MANIFEST_BLOB_UNKNOWN"]
+    assert body["errors"][0]["detail"]["digest"] == sha256(samples.LAYER_2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sparse_image_without_required_blobs(start_registry: Starter) -> None:
+    """
+    The main branch's "Sparse Manifests" image (OCI_DATA_SPARSE=true), a layer never pushed:
+    with ``blobs_required = false`` it is accepted and served by tag and digest (GET and HEAD),
+    listed, and its missing layer stays unknown.
+    """
+    registry = await start_registry({"validation": {"blobs_required": "false"}})
+    response, image = await push_sparse_image(registry.url)
+    assert response.code == 201, await response.text()
+    assert header(response, "docker-content-digest") == sha256(image)
+    for reference in ("sparse-image", sha256(image)):
+        await assert_manifest(f"{registry.url}/v2/sparse", reference, image, sha256(image))
+    response, body = await get(f"{registry.url}/v2/sparse/tags/list")
+    assert json.loads(body)["tags"] == ["sparse-image"]
+    response = await treq.get(f"{registry.url}/v2/sparse/blobs/{sha256(samples.LAYER_2)}")
+    assert response.code == 404
+    assert await error_codes(response) == ["BLOB_UNKNOWN"]
+    response, body = await get(f"{registry.url}/v2/sparse/blobs/{sha256(samples.LAYER_1)}")
+    assert (response.code, body) == (200, samples.LAYER_1)
 
 
 @pytest_twisted.ensureDeferred
