@@ -16,6 +16,7 @@ candidates in turn.
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from collections.abc import Iterable
 
@@ -73,6 +74,7 @@ class CacheIndex:
     # -- updates
 
     def add_blob(self, name: str, digest: str, size: int, now: float) -> None:
+        digest = sys.intern(digest)
         entry = self.blobs.get(digest)
         if entry is None:
             entry = self.blobs[digest] = BlobEntry(size, now)
@@ -95,11 +97,13 @@ class CacheIndex:
     def add_manifest(
         self, name: str, digest: str, size: int, refs: Iterable[str], now: float
     ) -> None:
-        key = (name, digest)
+        # Digests are interned: many manifests (one per repository name pulled) share one
+        # config or layer digest, and each copy of the string would cost about 120 bytes.
+        key = (name, sys.intern(digest))
         old = self.manifests.get(key)
         if old is not None:
             self.refcount.subtract(old.refs)
-        refs_tuple = tuple(dict.fromkeys(refs))
+        refs_tuple = tuple(dict.fromkeys(sys.intern(r) for r in refs))
         self.manifests[key] = ManifestEntry(
             size, max(now, old.last_used if old else now), refs_tuple
         )
@@ -197,12 +201,14 @@ class CacheIndex:
             if state.get("version") != STATE_VERSION:
                 return index
             for digest, (size, last_used, names) in state["blobs"].items():
-                index.blobs[str(digest)] = BlobEntry(int(size), float(last_used), set(names))
+                entry = BlobEntry(int(size), float(last_used), set(names))
+                index.blobs[sys.intern(str(digest))] = entry
             for name, digest, size, last_used, refs in state["manifests"]:
-                index.manifests[(str(name), str(digest))] = ManifestEntry(
-                    int(size), float(last_used), tuple(str(r) for r in refs)
+                refs_tuple = tuple(sys.intern(str(r)) for r in refs)
+                index.manifests[(str(name), sys.intern(str(digest)))] = ManifestEntry(
+                    int(size), float(last_used), refs_tuple
                 )
-                index.refcount.update(str(r) for r in refs)
+                index.refcount.update(refs_tuple)
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
         return index

@@ -24,6 +24,7 @@ registry:2 wrote to the same storage, or after repositories were removed behind 
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
@@ -42,6 +43,8 @@ from registry.storage.repositories import repository_exists
 CATALOG_DIR = f"{layout.OWN}/catalog"
 ENTRIES_DIR = f"{CATALOG_DIR}/repositories"
 COMPLETE_MARKER = f"{CATALOG_DIR}/complete"
+# How many names `Catalog.note_repository` remembers having written (see `Catalog._noted`).
+NOTED_MAX = 16384
 # Folders that make their parent a repository (registry:2 itself only looks for _layers).
 REPOSITORY_MARKERS = frozenset({"_manifests", "_layers", "_uploads"})
 # "~" is outside the name grammar, and unreserved in URLs (S3 keys stay readable).
@@ -86,7 +89,10 @@ class Catalog:
     max_page: int | None = None
     # Folder listings in flight during a walk: S3 latency, not CPU, is what a walk waits on.
     concurrency: int = 16
-    _noted: set[str] = attrs.field(factory=set, init=False)
+    # Names whose entry this process wrote, least recently noted first: names are chosen by
+    # clients (a pull-through cache notes every name pulled), so the memo keeps the
+    # NOTED_MAX most recent; a name that fell out costs one rewrite of its entry.
+    _noted: OrderedDict[str, None] = attrs.field(factory=OrderedDict, init=False)
     _ready: bool = attrs.field(default=False, init=False)
     _rebuilding: Deferred[list[str]] | None = attrs.field(default=None, init=False)
     _waiters: list[Deferred[list[str]]] = attrs.field(factory=list, init=False)
@@ -94,12 +100,24 @@ class Catalog:
     async def note_repository(self, name: str) -> None:
         # Remembered per process: this runs on every blob link, and the marker rarely changes.
         if name in self._noted:
+            self._noted.move_to_end(name)
             return
         await self.driver.put_content(entry_path(name), name.encode())
-        self._noted.add(name)
+        self._remember(name)
+
+    def _remember(self, name: str) -> None:
+        self._noted[name] = None
+        self._noted.move_to_end(name)
+        while len(self._noted) > NOTED_MAX:
+            self._noted.popitem(last=False)
+
+    @property
+    def noted_count(self) -> int:
+        """How many names the memo of written entries holds (at most NOTED_MAX)."""
+        return len(self._noted)
 
     async def forget_repository(self, name: str) -> None:
-        self._noted.discard(name)
+        self._noted.pop(name, None)
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(entry_path(name))
 
@@ -161,7 +179,7 @@ class Catalog:
         for name in found:
             if name not in indexed:
                 await self.driver.put_content(entry_path(name), name.encode())
-            self._noted.add(name)
+            self._remember(name)
         for name in indexed.difference(found):
             # Checked again: it may have been created (and noted) during the walk.
             if not await repository_exists(self.driver, name):

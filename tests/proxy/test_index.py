@@ -48,3 +48,23 @@ def test_index_round_trips_and_tolerates_garbage() -> None:
     assert again.refcount["shared"] == 2
     assert [v.digest for v in again.plan(10, 250, None)] == ["m1", "c1", "l1"]
     assert CacheIndex.loads(b"not json").size == 0
+
+
+def test_many_names_share_one_copy_of_each_digest() -> None:
+    # A pull-through cache adds one manifest per repository name pulled, and images pulled
+    # under many names share their digests: the index keeps one string per digest, not one
+    # per name (built at run time, as digests parsed from requests and bodies are).
+    index = CacheIndex()
+    config = "sha256:" + "c" * 64
+    manifest = "sha256:" + "m" * 64
+    for n in range(3):
+        index.add_manifest(f"team/app{n}", "".join(manifest), 10, ["".join(config)], now=n)
+        index.add_blob(f"team/app{n}", "".join(config), 10, now=n)
+    digests = {id(d) for _, d in index.manifests}
+    refs = {id(r) for m in index.manifests.values() for r in m.refs}
+    assert len(digests) == 1
+    assert len(refs) == 1
+    assert next(iter(refs)) == id(next(iter(index.blobs)))
+    reloaded = CacheIndex.loads(index.dumps())
+    assert len({id(d) for _, d in reloaded.manifests}) == 1
+    assert len({id(r) for m in reloaded.manifests.values() for r in m.refs}) == 1

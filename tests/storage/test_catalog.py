@@ -15,9 +15,11 @@ from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import (
     COMPLETE_MARKER,
+    NOTED_MAX,
     Catalog,
     ICatalog,
     entry_name,
+    entry_path,
     name_of_entry,
 )
 from registry.storage.driver import IStorageDriver, PathNotFoundError
@@ -220,3 +222,17 @@ async def test_walk_finds_every_registry2_repository(driver: IStorageDriver) -> 
     for name in names:
         await registry2_repository(driver, name)
     assert await Catalog(driver).walk() == sorted(names)
+
+
+@pytest_twisted.ensureDeferred
+async def test_noted_names_are_bounded(driver: IStorageDriver) -> None:
+    # Clients choose the names a pull-through cache notes: the memo of entries already
+    # written keeps the most recent NOTED_MAX, and a name that fell out is noted again.
+    catalog = Catalog(driver)
+    for n in range(NOTED_MAX + 50):
+        await catalog.note_repository(f"team/app{n}")
+    assert catalog.noted_count == NOTED_MAX
+    await driver.delete(entry_path("team/app0"))
+    await catalog.note_repository("team/app0")
+    assert catalog.noted_count == NOTED_MAX
+    assert await driver.get_content(entry_path("team/app0")) == b"team/app0"
