@@ -26,9 +26,8 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.huge import tree_rss
 from bench.reference import TxRegistry
-from bench.run import MiB, make_file, pull, push_monolithic
+from bench.run import MiB, PeakRss, make_file, pull, push_monolithic
 from tests.storage.s3server import S3Server, start_s3_server
 
 READ_SIZE = 4 * MiB
@@ -74,33 +73,6 @@ def plain_get(server: S3Server, key: str, size: int) -> None:
         received += len(chunk)
     connection.close()
     assert received == size
-
-
-class PeakTreeRss:
-    """The peak RSS of a process and its children (the supervisor and its workers), sampled
-    every 50 ms in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = tree_rss(pid)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, tree_rss(self.pid))
-
-    def __enter__(self) -> PeakTreeRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def peak_mib(self) -> float:
-        return self.peak / MiB
 
 
 def timed(action: object) -> float:
@@ -151,7 +123,7 @@ def main() -> None:
                 figures.setdefault(name, []).append(args.size_mib / seconds)
                 print(f"round {round_index + 1} {name:16} {args.size_mib / seconds:7.0f} MB/s",
                       flush=True)  # fmt: skip
-        with PeakTreeRss(registry.pid) as rss:
+        with PeakRss(registry.pid) as rss:
             threads = [
                 threading.Thread(
                     target=push_monolithic, args=(registry, f"bench/c{i}", blob, digest)
