@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.threads import deferToThread
 
+from tests.e2e.client import sha256
 from tests.e2e.tools import require
 
 START_TIMEOUT = 60.0
@@ -293,6 +294,20 @@ class Containerd:
             if fields and fields[0] == reference:
                 return fields[2]
         raise AssertionError(f"containerd has no image {reference}")
+
+    async def pull_through_mirror(self, mirror: str, reference: str) -> tuple[str, str]:
+        """
+        Pull docker.io ``reference`` through ``mirror`` and check that containerd holds it
+        whole; its manifest digest (checked against the bytes) and config digest.
+        """
+        hosts = self.hosts_dir(mirror)
+        await self.ctr("images", "pull", f"--hosts-dir={hosts}", "--snapshotter=native", reference)
+        check = await self.ctr("images", "check", f"name=={reference}")
+        assert "complete" in check, check
+        digest = await self.image_digest(reference)
+        manifest = await self.ctr("content", "get", digest)
+        assert sha256(manifest.encode()) == digest
+        return digest, json.loads(manifest)["config"]["digest"]
 
     async def remove_all_images(self) -> None:
         """Delete every image and, synchronously, the content and snapshots they held."""

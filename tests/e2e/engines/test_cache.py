@@ -10,12 +10,10 @@ and with the upstream down (everything, the tag included, comes from the cache).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 
 import pytest_twisted
 
-from tests.e2e.client import sha256
 from tests.e2e.engines.daemons import Containerd, Dockerd, Podman
 from tests.e2e.engines.images import UpstreamImage, add_runnable_image
 from tests.e2e.engines.wire import check_image_blobs, find_digest, host, stored_manifest
@@ -86,19 +84,10 @@ async def test_containerd_pulls_through_hosts_toml(
 ) -> None:
     image = add_runnable_image(fake.content, "library/ctrpulled", "latest", LAYERS)
     registry = await proxied()
-    hosts = containerd.hosts_dir(registry.url)
     reference = "docker.io/library/ctrpulled:latest"
 
     async def pull() -> tuple[str, str]:
-        await containerd.ctr(
-            "images", "pull", f"--hosts-dir={hosts}", "--snapshotter=native", reference
-        )
-        check = await containerd.ctr("images", "check", f"name=={reference}")
-        assert "complete" in check, check
-        digest = await containerd.image_digest(reference)
-        manifest = await containerd.ctr("content", "get", digest)
-        assert sha256(manifest.encode()) == digest
-        return digest, json.loads(manifest)["config"]["digest"]
+        return await containerd.pull_through_mirror(registry.url, reference)
 
     await cold_warm_down(fake, registry.url, image, pull, containerd.remove_all_images)
 

@@ -11,7 +11,6 @@ a second pull, the engine pointed at B this time, goes upstream for nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,7 +20,6 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from tests.e2e.client import sha256
 from tests.e2e.engines.daemons import Containerd, Dockerd, Podman
 from tests.e2e.engines.images import UpstreamImage, add_runnable_image
 from tests.e2e.engines.wire import check_image_blobs, find_digest, host, stored_manifest
@@ -136,16 +134,7 @@ async def test_containerd_pulls_through_a_fleet(
     reference = "docker.io/library/ctrfleet:latest"
 
     async def pull(url: str) -> tuple[str, str]:
-        hosts = containerd.hosts_dir(url)
-        await containerd.ctr(
-            "images", "pull", f"--hosts-dir={hosts}", "--snapshotter=native", reference
-        )
-        check = await containerd.ctr("images", "check", f"name=={reference}")
-        assert "complete" in check, check
-        digest = await containerd.image_digest(reference)
-        manifest = await containerd.ctr("content", "get", digest)
-        assert sha256(manifest.encode()) == digest
-        return digest, json.loads(manifest)["config"]["digest"]
+        return await containerd.pull_through_mirror(url, reference)
 
     await pull_while_the_other_fills(fake, pair, image, pull, containerd.remove_all_images)
 
