@@ -43,12 +43,12 @@ from urllib.parse import quote
 
 import psutil
 
+from bench.fleet import fleet_member_sections
 from bench.run import MiB
-from tests.e2e.harness import REPO_ROOT, RegistryProcess, free_port
+from tests.e2e.harness import REPO_ROOT, RegistryProcess
 from tests.proxy.redisserver import start_redis
 from tests.storage.s3server import S3Server, signed_request, start_s3_server
 
-SECRET = "bench-targets-secret-0123456789"
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 
 
@@ -275,22 +275,7 @@ def churn(args: argparse.Namespace, workdir: Path) -> None:
             folder = workdir / f"instance{index}"
             folder.mkdir()
             sections = cache_sections(info["url"], max_size=str(limit))
-            sections["storage"] = {
-                "driver": "s3",
-                "bucket": s3.bucket,
-                "region": s3.region,
-                "regionendpoint": s3.endpoint,
-                "accesskey": s3.access_key,
-                "secretkey": s3.secret_key,
-                "rootdirectory": root,
-                "spooldirectory": str(folder / "spool"),
-            }
-            sections["redis"] = {"addr": redis.addr}
-            sections["fleet"] = {
-                "listen": f"tcp:{free_port()}:interface=127.0.0.1",
-                "secret": SECRET,
-                "instance": f"i{index}",
-            }
+            sections.update(fleet_member_sections(s3, root, folder, redis.addr, index))
             instance = RegistryProcess(folder, sections)
             instance.start()
             instances.append(instance)

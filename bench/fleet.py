@@ -35,9 +35,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.run import MiB, PeakRss
 from tests.e2e.harness import REPO_ROOT, RegistryProcess, free_port
 from tests.proxy.redisserver import start_redis
-from tests.storage.s3server import start_s3_server
+from tests.storage.s3server import S3Server, start_s3_server
 
 SECRET = "bench-fleet-secret-0123456789"
+
+
+def fleet_member_sections(
+    s3: S3Server, root: str, folder: Path, redis_addr: str, index: int
+) -> dict[str, dict[str, str]]:
+    """The [storage], [redis] and [fleet] sections of instance ``index`` of a bench fleet."""
+    return {
+        "storage": s3.storage_section(root, spooldirectory=str(folder / "spool")),
+        "redis": {"addr": redis_addr},
+        "fleet": {
+            "listen": f"tcp:{free_port()}:interface=127.0.0.1",
+            "secret": SECRET,
+            "instance": f"i{index}",
+        },
+    }
+
+
 READ = 1 * MiB
 
 
@@ -117,18 +134,12 @@ def main() -> None:
             folder.mkdir()
             sections = {
                 "log": {"accesslog": "false"},
-                "storage": s3.storage_section(root, spooldirectory=str(folder / "spool")),
                 "proxy:hub": {
                     "remoteurl": str(info["url"]),
                     "prefix": "docker.io",
                     "default": "true",
                 },
-                "redis": {"addr": redis.addr},
-                "fleet": {
-                    "listen": f"tcp:{free_port()}:interface=127.0.0.1",
-                    "secret": SECRET,
-                    "instance": f"i{index}",
-                },
+                **fleet_member_sections(s3, root, folder, redis.addr, index),
             }
             instance = RegistryProcess(folder, sections)
             instance.start()
