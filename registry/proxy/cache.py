@@ -56,7 +56,7 @@ from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProduc
 from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable
 from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.ledger import Ledger
-from registry.proxy.fleet.peer import PeerUnavailable
+from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
 from registry.proxy.index import CacheIndex, Victim
 from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
@@ -443,6 +443,7 @@ class ProxyCache:
         assert fleet is not None
         detail = {"name": local, "digest": str(digest)}
         deadline = self.now() + fleet.leases.ttl * 4 + self.config.timeout
+        tls_refused = False
         while True:
             info = await self.blobs.exists(digest)
             if info is not None:
@@ -467,6 +468,20 @@ class ProxyCache:
                             position,
                             -1 if end is None else end - position,
                         )
+                    except PeerTLSFailure as exc:
+                        # Never retried in clear: this request waits for the blob as if the
+                        # holder were unreachable; said once per request, not per poll.
+                        if not tls_refused:
+                            tls_refused = True
+                            log.warn(
+                                "proxy {upstream}: peer stream of {digest} from instance "
+                                "{instance} refused: {error}",
+                                upstream=self.name,
+                                digest=str(digest),
+                                instance=lease.instance,
+                                peer_url=lease.url,
+                                error=str(exc),
+                            )
                     except PeerUnavailable as exc:
                         log.debug("peer stream unavailable: {error}", error=str(exc))
             else:
