@@ -443,7 +443,7 @@ class ProxyCache:
         assert fleet is not None
         detail = {"name": local, "digest": str(digest)}
         deadline = self.now() + fleet.leases.ttl * 4 + self.config.timeout
-        tls_refused = False
+        tls_refused = ""  # the holder URL whose TLS failed
         while True:
             info = await self.blobs.exists(digest)
             if info is not None:
@@ -459,7 +459,9 @@ class ProxyCache:
                 lease = held.lease
                 if lease.through != upstream:
                     await self._confirm(local, upstream, digest)
-                if lease.url and lease.instance != fleet.instance:
+                # A holder whose TLS was refused is not asked again by this request (a
+                # certificate does not heal in seconds); a new holder is.
+                if lease.url and lease.instance != fleet.instance and lease.url != tls_refused:
                     try:
                         return await fleet.peers.open(
                             lease.url,
@@ -470,18 +472,17 @@ class ProxyCache:
                         )
                     except PeerTLSFailure as exc:
                         # Never retried in clear: this request waits for the blob as if the
-                        # holder were unreachable; said once per request, not per poll.
-                        if not tls_refused:
-                            tls_refused = True
-                            log.warn(
-                                "proxy {upstream}: peer stream of {digest} from instance "
-                                "{instance} refused: {error}",
-                                upstream=self.name,
-                                digest=str(digest),
-                                instance=lease.instance,
-                                peer_url=lease.url,
-                                error=str(exc),
-                            )
+                        # holder were unreachable; said once per holder, not per poll.
+                        log.warn(
+                            "proxy {upstream}: peer stream of {digest} from instance "
+                            "{instance} refused: {error}",
+                            upstream=self.name,
+                            digest=str(digest),
+                            instance=lease.instance,
+                            peer_url=lease.url,
+                            error=str(exc),
+                        )
+                        tls_refused = lease.url
                     except PeerUnavailable as exc:
                         log.debug("peer stream unavailable: {error}", error=str(exc))
             else:
