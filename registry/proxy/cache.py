@@ -45,7 +45,7 @@ from registry.client._bounded import BoundedMap
 from registry.client._inflight import Inflight, Overloaded
 from registry.manifests import stored_media_type
 from registry.manifests.references import manifest_refs
-from registry.proxy.config import ProxyConfig
+from registry.proxy.config import MAX_INFLIGHT, ProxyConfig
 from registry.proxy.errors import (
     UpstreamError,
     UpstreamNotFound,
@@ -129,7 +129,6 @@ def overloaded(detail: dict[str, Any]) -> RegistryError:
 HostedUses = Callable[[Digest], Awaitable[bool]]
 
 # Bounds of the tables whose keys clients choose (names, tags, digests): see `Limits`.
-MAX_INFLIGHT = 1024
 MAX_REMEMBERED = 16_384
 CONFIRMATION_AGE = 60.0
 # How soon a fleet eviction that left the cache over max_size (in use) runs again.
