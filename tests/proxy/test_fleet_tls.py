@@ -6,6 +6,7 @@ client certificates (mutual TLS).  Keys and certificates are made per run (tests
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from registry.api.digests import Digest
 from registry.client._tls import TLSOptions
 from registry.config import FleetConfig
 from registry.proxy.fleet.peer import PeerClient, PeerTLSFailure
-from registry.proxy.fleet.wiring import peer_tls
+from registry.proxy.fleet.wiring import check_tls, peer_tls
+from registry.server.exit import StartupError
 from tests.auth import pki
 from tests.e2e.harness import free_port
 from tests.fakes.upstream import FakeUpstream
@@ -34,6 +36,7 @@ from tests.proxy.test_fleet import (  # noqa: F401 - fixture
     Fleet,
     blob_url,
     fake,
+    run_twistd,
     start_pull,
 )
 from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - fixture
@@ -182,3 +185,42 @@ async def test_a_fleet_with_tls_never_opens_a_plain_http_peer(
     finally:
         await client.close()
     assert fake.log == []
+
+
+def test_an_ssl_listen_advertised_in_plain_http_stops_start_up_with_one_line(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """An ``ssl:`` listen advertised as ``http://``: the others would only get a 400."""
+    certs = FleetPKI(tmp_path)
+    fleet = {**certs.fleet_keys()(0), "secret": SECRET, "advertise": "http://127.0.0.1:5002"}
+    sections = {
+        "proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"},
+        "redis": {"addr": redis_server.addr},
+        "fleet": fleet,
+    }
+    result = run_twistd(tmp_path, sections, "--storage", str(tmp_path / "data"))
+    assert result.returncode == 1, result.stdout[-2000:]
+    [line] = result.stderr.splitlines()
+    expected = "txregistry: configuration error: [fleet] advertise: listen is an ssl: endpoint"
+    assert line.startswith(expected), line
+    assert "Traceback" not in result.stdout
+
+
+def test_peer_tls_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    """A client certificate without the CA that checks the others' (mutual TLS needs it), a
+    key without its certificate, an unreadable file: refused with one line each."""
+    certs = FleetPKI(tmp_path)
+    cases = [
+        (FleetConfig(tls_certfile=certs.client_cert), "tls_certfile: needs tls_cafile"),
+        (FleetConfig(tls_keyfile=certs.client_key), "tls_keyfile: needs tls_certfile"),
+        (FleetConfig(tls_cafile=str(tmp_path / "missing.pem")), "tls_cafile: cannot read"),
+    ]
+    for fleet, expected in cases:
+        with pytest.raises(StartupError, match=re.escape(expected)):
+            check_tls(fleet)
+    check_tls(
+        FleetConfig(
+            tls_cafile=certs.ca, tls_certfile=certs.client_cert, tls_keyfile=certs.client_key
+        )
+    )
