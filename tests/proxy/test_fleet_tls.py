@@ -215,6 +215,7 @@ def test_peer_tls_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
         (FleetConfig(tls_certfile=certs.client_cert), "tls_certfile: needs tls_cafile"),
         (FleetConfig(tls_keyfile=certs.client_key), "tls_keyfile: needs tls_certfile"),
         (FleetConfig(tls_cafile=str(tmp_path / "missing.pem")), "tls_cafile: cannot read"),
+        (FleetConfig(tls_cafile=certs.key), "[fleet] TLS files: no PEM certificate"),
     ]
     for fleet, expected in cases:
         with pytest.raises(StartupError, match=re.escape(expected)):

@@ -302,8 +302,11 @@ class PeerClient:
                 raise PeerTLSFailure(f"{url}: plain http refused, this fleet uses TLS")
             return None
         if self._https is None:
-            agent = Agent(self.reactor, contextFactory=self.tls.policy(), pool=self._pool)
-            self._https = HTTPClient(agent)
+            try:
+                policy = self.tls.policy()
+            except Exception as exc:  # checked at start-up; a file changed since
+                raise PeerTLSFailure(f"{url}: TLS settings: {exc}") from None
+            self._https = HTTPClient(Agent(self.reactor, contextFactory=policy, pool=self._pool))
         return self._https
 
     async def open(
@@ -313,20 +316,19 @@ class PeerClient:
         target = f"{url.rstrip('/')}/fills/{cache}/{digest}?offset={offset}&length={length}"
         headers: dict[bytes | str, bytes | str] = {"Authorization": f"Bearer {self.secret}"}
         client = self._client_for(url)
+        # A holder never redirects: one that did would be asking for the secret elsewhere.
+        options: dict[str, Any] = {
+            "headers": headers,
+            "unbuffered": True,
+            "allow_redirects": False,
+            "reactor": self.reactor,
+            "timeout": self.idle,
+        }
         try:
             if client is None:
-                response = await treq.get(
-                    target,
-                    headers=headers,
-                    pool=self._pool,
-                    unbuffered=True,
-                    reactor=self.reactor,
-                    timeout=self.idle,
-                )
+                response = await treq.get(target, pool=self._pool, **options)
             else:
-                response = await client.get(
-                    target, headers=headers, unbuffered=True, timeout=self.idle
-                )
+                response = await client.get(target, **options)
         except Exception as exc:
             failure = _tls_failure(exc) if client is not None else None
             if failure is not None:

@@ -73,6 +73,11 @@ def check_tls(fleet: FleetConfig) -> None:
         path = getattr(fleet, key)
         if path and not os.access(path, os.R_OK):
             raise StartupError(f"configuration error: [fleet] {key}: cannot read {path}")
+    if fleet.tls_cafile or fleet.tls_certfile:
+        try:
+            peer_tls(fleet).policy()  # the files parse: a PEM CA bundle, a certificate
+        except Exception as exc:  # cryptography's and pyOpenSSL's errors alike: one line
+            raise StartupError(f"configuration error: [fleet] TLS files: {exc}") from None
 
 
 def peer_tls(fleet: FleetConfig) -> PeerTLS:
