@@ -338,9 +338,20 @@ class FleetConfig:
     # Where this instance serves its in-flight fills to the other instances (an endpoint
     # string, e.g. tcp:5002:interface=10.0.0.5), the URL they reach it at, and the secret
     # every instance shares.  Only used with [redis] addr.
+    # ``listen`` may be an ssl: endpoint (privateKey=/certKey=, as --port) and ``advertise``
+    # an https:// URL.
     listen: str = key("")
     advertise: str = key("")
     secret: str = key("", parse_secret)
+    # CA bundle that signs the instances' peer certificates, checked when a peer URL is
+    # https (empty: the system's).  With it, or with an https advertise, plain-http peers
+    # are refused.
+    tls_cafile: str = key("")
+    # A client certificate (PEM; the key in tls_keyfile, or in the same file) presented to
+    # the other instances; with it, this instance's ssl: listen asks the others for theirs,
+    # signed by tls_cafile (mutual TLS).
+    tls_certfile: str = key("")
+    tls_keyfile: str = key("")
     # A fill lease lives this long unless its holder renews it (every third of it).
     lease: float = key(15.0, parse_positive_duration)
     # This instance's name in the fleet (empty: host name and process id).

@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import attrs
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -26,7 +27,7 @@ from registry.api import mediatypes
 from registry.api.digests import Digest, digest_of
 from registry.api.errors import RegistryError
 from registry.client._body import BodyRelay, Collector, ConsumerWriter
-from registry.client._session import BodyFactory, RateLimitStatus, Session, header
+from registry.client._session import BodyFactory, RateLimitStatus, Session, header, origin_of
 from registry.client._streams import (
     FileSink,
     FileSource,
@@ -51,11 +52,16 @@ DOCKER_SCHEMA1 = mediatypes.DOCKER_SCHEMA1
 MANIFEST_MEDIA_TYPES: tuple[str, ...] = mediatypes.MANIFEST_ACCEPT
 MANIFEST_ACCEPT = mediatypes.MANIFEST_ACCEPT_HEADER
 
+log = Logger()
+
 DOCKER_HUB_HOSTS = frozenset(
     {"registry-1.docker.io", "docker.io", "index.docker.io", "registry.hub.docker.com"}
 )
 DEFAULT_MAX_MANIFEST_SIZE = 4 * 1024 * 1024 + 65536
 _LIST_BODY = 8 * 1024 * 1024  # a tag list or catalog page
+# Bounds on a referrers answer split over pages (see `RegistryClient._referrers_api`).
+MAX_REFERRER_PAGES = 16
+MAX_REFERRERS = 4096
 _SMALL = 64 * 1024
 
 Method = Literal["GET", "HEAD"]
@@ -81,6 +87,16 @@ def _content_range_start(value: str | None) -> int:
 
 def _as_digest(value: Digest | str) -> Digest:
     return value if isinstance(value, Digest) else Digest.parse(value)
+
+
+def _next_url(base: str, link: str | None) -> str | None:
+    """The absolute URL of a ``Link`` header's ``rel="next"`` target (relative ones are
+    resolved against ``base``, the URL that was asked), or None."""
+    for target, params in re.findall(r"<([^>]*)>([^,]*)", link or ""):
+        rel = re.search(r'rel\s*=\s*"?([^";]*)"?', params)
+        if rel is not None and "next" in rel.group(1).lower().split():
+            return str(urljoin(base, target))
+    return None
 
 
 def _next_last(link: str | None) -> str | None:
@@ -564,23 +580,63 @@ class RegistryClient:
     async def _referrers_api(
         self, name: str, subject: Digest | str, artifact_type: str | None
     ) -> list[dict[str, Any]] | None:
+        """Every page of the referrers API's answer, merged (None: a 404, no API).
+
+        A registry may split the list over pages chained by ``Link: <...>; rel="next"``.
+        Only pages on the registry's own origin are read (a next link elsewhere is where
+        the credentials must not go, and is not followed), and at most
+        `MAX_REFERRER_PAGES` pages and `MAX_REFERRERS` descriptors: a registry that
+        chains pages forever costs a bounded amount of time and memory, and what was read
+        by then is the answer."""
         upstream = self.upstream_name(name)
         query = f"?{urlencode({'artifactType': artifact_type})}" if artifact_type else ""
-        try:
-            response = await self.session.call(
-                "GET",
-                f"/v2/{upstream}/referrers/{subject}{query}",
-                scopes=self._pull(upstream),
-                headers={"Accept": OCI_INDEX},
-                what=f"referrers of {upstream}@{subject}",
+        url = f"{self.session.url}/v2/{upstream}/referrers/{subject}{query}"
+        what = f"referrers of {upstream}@{subject}"
+        found: dict[str, dict[str, Any]] = {}
+        for page in range(MAX_REFERRER_PAGES):
+            try:
+                response = await self.session.call(
+                    "GET",
+                    url,
+                    scopes=self._pull(upstream),
+                    headers={"Accept": OCI_INDEX},
+                    what=what,
+                )
+            except NotFound:
+                if page == 0:
+                    return None
+                raise self.session.bad(f"{what}: page {page + 1} answered 404") from None
+            body = await self.session.collect(response, self.max_manifest_size, "referrers index")
+            for descriptor in index_descriptors(self._json_object(body, "referrers index")):
+                found.setdefault(descriptor["digest"], descriptor)
+            if len(found) >= MAX_REFERRERS:
+                log.warn(
+                    "{what}: more than {limit} referrers; the first {limit} are used",
+                    what=what,
+                    limit=MAX_REFERRERS,
+                )
+                break
+            following = _next_url(url, header(response.headers, "link"))
+            if following is None:
+                break
+            if origin_of(following) != self.session.origin:
+                log.warn(
+                    "{what}: next page on another origin not followed: {url}",
+                    what=what,
+                    url=following,
+                )
+                break
+            url = following
+        else:
+            log.warn(
+                "{what}: more than {pages} pages; the first {pages} are used",
+                what=what,
+                pages=MAX_REFERRER_PAGES,
             )
-        except NotFound:
-            return None
-        body = await self.session.collect(response, self.max_manifest_size, "referrers index")
-        found = index_descriptors(self._json_object(body, "referrers index"))
+        listed = list(found.values())[:MAX_REFERRERS]
         if artifact_type:
-            found = [d for d in found if d.get("artifactType") == artifact_type]
-        return found
+            listed = [d for d in listed if d.get("artifactType") == artifact_type]
+        return listed
 
     # -- blobs, down
 

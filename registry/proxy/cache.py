@@ -45,7 +45,7 @@ from registry.client._bounded import BoundedMap
 from registry.client._inflight import Inflight, Overloaded
 from registry.manifests import stored_media_type
 from registry.manifests.references import manifest_refs
-from registry.proxy.config import ProxyConfig
+from registry.proxy.config import MAX_INFLIGHT, ProxyConfig
 from registry.proxy.errors import (
     UpstreamError,
     UpstreamNotFound,
@@ -56,7 +56,7 @@ from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProduc
 from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable
 from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.ledger import Ledger
-from registry.proxy.fleet.peer import PeerUnavailable
+from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
 from registry.proxy.index import CacheIndex, Victim
 from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
@@ -129,7 +129,6 @@ def overloaded(detail: dict[str, Any]) -> RegistryError:
 HostedUses = Callable[[Digest], Awaitable[bool]]
 
 # Bounds of the tables whose keys clients choose (names, tags, digests): see `Limits`.
-MAX_INFLIGHT = 1024
 MAX_REMEMBERED = 16_384
 CONFIRMATION_AGE = 60.0
 # How soon a fleet eviction that left the cache over max_size (in use) runs again.
@@ -443,6 +442,7 @@ class ProxyCache:
         assert fleet is not None
         detail = {"name": local, "digest": str(digest)}
         deadline = self.now() + fleet.leases.ttl * 4 + self.config.timeout
+        tls_refused = ""  # the holder URL whose TLS failed
         while True:
             info = await self.blobs.exists(digest)
             if info is not None:
@@ -458,7 +458,9 @@ class ProxyCache:
                 lease = held.lease
                 if lease.through != upstream:
                     await self._confirm(local, upstream, digest)
-                if lease.url and lease.instance != fleet.instance:
+                # A holder whose TLS was refused is not asked again by this request (a
+                # certificate does not heal in seconds); a new holder is.
+                if lease.url and lease.instance != fleet.instance and lease.url != tls_refused:
                     try:
                         return await fleet.peers.open(
                             lease.url,
@@ -467,6 +469,19 @@ class ProxyCache:
                             position,
                             -1 if end is None else end - position,
                         )
+                    except PeerTLSFailure as exc:
+                        # Never retried in clear: this request waits for the blob as if the
+                        # holder were unreachable; said once per holder, not per poll.
+                        log.warn(
+                            "proxy {upstream}: peer stream of {digest} from instance "
+                            "{instance} refused: {error}",
+                            upstream=self.name,
+                            digest=str(digest),
+                            instance=lease.instance,
+                            peer_url=lease.url,
+                            error=str(exc),
+                        )
+                        tls_refused = lease.url
                     except PeerUnavailable as exc:
                         log.debug("peer stream unavailable: {error}", error=str(exc))
             else:

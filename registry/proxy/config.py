@@ -27,6 +27,8 @@ from registry.config import (
 )
 
 SECTION_PREFIX = "proxy:"
+# ``max_inflight``'s default (`registry.proxy.cache.Limits` too).
+MAX_INFLIGHT = 1024
 
 
 def _optional_size(text: str) -> int | None:
@@ -51,6 +53,13 @@ def _prefix(text: str) -> str:
     except RegistryError:
         raise ValueError(f"{text!r} is not a repository-name prefix (e.g. docker.io)") from None
     return text
+
+
+def _positive_int(text: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not a number of 1 or more")
+    return int(text)
 
 
 def _url(text: str) -> str:
@@ -87,6 +96,9 @@ class ProxyConfig:
     flush_interval: float = 30.0
     evict_interval: float = 60.0
     log_interval: float = 300.0
+    # Distinct upstream calls (fills, HEADs, tag revalidations) in flight at once; beyond it
+    # clients get 503 with Retry-After rather than a queue that grows with their requests.
+    max_inflight: int = MAX_INFLIGHT
 
 
 _KEYS: dict[str, Callable[[str], Any]] = {
@@ -105,6 +117,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "flush_interval": parse_positive_duration,
     "evict_interval": parse_positive_duration,
     "log_interval": parse_positive_duration,
+    "max_inflight": _positive_int,
 }
 
 

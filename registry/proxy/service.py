@@ -26,7 +26,7 @@ from registry.config import Config
 from registry.handlers.context import LocalStores, Stores
 from registry.ops.metrics import Metrics, Sample
 from registry.proxy import spool as spool_files
-from registry.proxy.cache import ProxyCache
+from registry.proxy.cache import Limits, ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
 from registry.proxy.fleet.wiring import FleetSetup
 from registry.proxy.routing import (
@@ -307,6 +307,7 @@ def install_proxies(
                 spool=spool,
                 # The pool uploads hash on: verified cache reads hash there too.
                 hash_threads=local.uploads.hash_threads,
+                limits=Limits(inflight=proxy.max_inflight),
             )
         )
     register_metrics(metrics, peers)

@@ -84,6 +84,8 @@ class Switches:
     redirect_blob_head: bool = False  # HEAD on a blob redirects too (some registries do)
     cdn_challenge: bool = False  # the CDN answers 401 with a Bearer challenge of its own
     referrers_api: bool = True  # False: 404 on /referrers/ (Docker Hub), use the tag schema
+    referrers_page: int | None = None  # referrers per page, chained by Link rel="next"
+    referrers_next_origin: str | None = None  # next links absolute, on this origin
 
 
 class Hold:
@@ -497,6 +499,16 @@ class _RegistryResource(_Base):
             if artifact_type:
                 descriptor["artifactType"] = artifact_type
             found.append(descriptor)
+        page = self.fake.switches.referrers_page
+        if page is not None:
+            args = parse_qs(request.uri.decode("latin-1").partition("?")[2])
+            last = args.get("last", [""])[0]
+            found = [d for d in found if str(d["digest"]) > last]
+            if len(found) > page:
+                found = found[:page]
+                origin = self.fake.switches.referrers_next_origin or ""
+                link = f"<{origin}/v2/{name}/referrers/{subject}?last={found[-1]['digest']}>"
+                request.setHeader(b"link", f'{link}; rel="next"'.encode())
         request.setHeader(b"content-type", OCI_INDEX.encode())
         return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}).encode()
 

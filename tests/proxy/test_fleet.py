@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -58,17 +58,30 @@ async def fake() -> AsyncIterator[FakeUpstream]:
 
 
 class Fleet:
+    """``size`` instances; ``fleet_keys(index)`` adds to (or replaces) an instance's
+    ``[fleet]`` keys."""
+
     def __init__(
-        self, tmp_path: Path, s3: S3Server, redis: RedisServer, upstream: str, **proxy: str
+        self,
+        tmp_path: Path,
+        s3: S3Server,
+        redis: RedisServer,
+        upstream: str,
+        *,
+        size: int = 3,
+        fleet_keys: Callable[[int], dict[str, str]] | None = None,
+        **proxy: str,
     ) -> None:
         self.root = f"/fleet/{uuid.uuid4().hex}"
         self.s3 = s3
         self.instances: list[RegistryProcess] = []
-        for index in range(3):
+        for index in range(size):
             workdir = tmp_path / f"instance{index}"
             workdir.mkdir()
             sections = fleet_sections(s3, self.root, redis, index, **proxy)
             sections["proxy:hub"]["remoteurl"] = upstream
+            if fleet_keys is not None:
+                sections["fleet"].update(fleet_keys(index))
             self.instances.append(RegistryProcess(workdir, sections))
 
     def start(self) -> None:
@@ -81,9 +94,10 @@ class Fleet:
 
     def peer_url(self, index: int) -> str:
         listen = self.instances[index].sections["fleet"]["listen"]
-        port = re.match(r"tcp:(\d+):", listen)
+        port = re.match(r"(tcp|ssl):(\d+):", listen)
         assert port is not None
-        return f"http://127.0.0.1:{port.group(1)}"
+        scheme = "https" if port.group(1) == "ssl" else "http"
+        return f"{scheme}://127.0.0.1:{port.group(2)}"
 
     def stored_blob_bytes(self) -> int:
         """What the bucket holds under the blobs folder (ListObjectsV2, one page)."""

@@ -24,10 +24,14 @@ def _codes(body: bytes) -> list[str]:
     return [e["code"] for e in json.loads(body)["errors"]]
 
 
-def _referrer(fake: FakeUpstream, subject: str, size: int, artifact_type: str) -> dict[str, object]:
-    """Store an OCI manifest whose ``subject`` is ``subject`` upstream; its descriptor."""
+def _referrer(
+    fake: FakeUpstream, subject: str, size: int, artifact_type: str, note: str = ""
+) -> dict[str, object]:
+    """Store an OCI manifest whose ``subject`` is ``subject`` upstream (``note`` makes it
+    another manifest of the same type); its descriptor."""
     body = json.dumps(
         {
+            **({"annotations": {"note": note}} if note else {}),
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "artifactType": artifact_type,
@@ -153,3 +157,55 @@ async def test_the_catalog_lists_cached_repositories(proxied: Proxied, fake: Fak
         "docker.io/library/alpine",
         "docker.io/library/busybox",
     ]
+
+
+def _index_bytes(descriptors: list[dict[str, object]]) -> bytes:
+    """The index the registry answers, byte for byte (compact JSON, in digest order)."""
+    ordered = sorted(descriptors, key=lambda d: str(d["digest"]))
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": ordered}
+    return json.dumps(index, separators=(",", ":")).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_pages_of_the_upstream_are_merged(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """An upstream that splits the referrers over three pages (``Link: <...>; rel="next"``):
+    the client gets one index with all of them, and the ``artifactType`` filter applies to
+    every page."""
+    fake.switches.referrers_page = 2
+    image = fake.content.add_image(A, "latest", [1000], oci=True)
+    size = len(image.manifest)
+    kinds = [SIGNATURE, SBOM, SIGNATURE, SBOM, SIGNATURE]
+    listed = [_referrer(fake, image.digest, size, k, str(i)) for i, k in enumerate(kinds)]
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/referrers/{image.digest}"
+    response, body = await fetch(url)
+    assert response.code == 200
+    assert body == _index_bytes(listed)
+    assert header(response, "oci-filters-applied") is None
+    assert fake.count("GET", "referrers", name=A) == 3
+    response, body = await fetch(f"{url}?artifactType={quote(SIGNATURE)}")
+    assert header(response, "oci-filters-applied") == "artifactType"
+    assert body == _index_bytes([d for d in listed if d["artifactType"] == SIGNATURE])
+    assert fake.count("GET", "referrers", name=A) == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_next_page_on_another_origin_is_not_followed(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """A next link to another origin (the same server under another host name, so that a
+    request, had it been made, would be counted) is not followed: the first page is the
+    answer."""
+    fake.switches.referrers_page = 2
+    fake.switches.referrers_next_origin = fake.url.replace("127.0.0.1", "localhost")
+    image = fake.content.add_image(A, "latest", [1000], oci=True)
+    size = len(image.manifest)
+    listed = [_referrer(fake, image.digest, size, SIGNATURE, str(i)) for i in range(3)]
+    registry = await proxied()
+    response, body = await fetch(f"{registry.url}/v2/alpine/referrers/{image.digest}")
+    assert response.code == 200
+    first_page = sorted(listed, key=lambda d: str(d["digest"]))[:2]
+    assert body == _index_bytes(first_page)
+    assert fake.count("GET", "referrers", name=A) == 1

@@ -347,3 +347,28 @@ async def test_upstream_calls_in_flight_are_capped(fake: FakeUpstream) -> None:
     assert fake.count("HEAD", "blob", name=A, ref=first.digest) == 1
     assert (await cache.blob_stat(A, A, Digest.parse(second.digest))).size == 10
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_inflight_caps_fills_over_the_wire(proxied: Proxied, fake: FakeUpstream) -> None:
+    """``[proxy:NAME] max_inflight = 1``: while one blob's upstream GET is held, a pull of
+    another blob gets 503 UNAVAILABLE with Retry-After at once; both pull fine afterwards."""
+    first, second = GeneratedBlob("wire-cap-1", 100), GeneratedBlob("wire-cap-2", 100)
+    for blob in (first, second):
+        fake.content.add_blob(A, blob)
+    registry = await proxied(max_inflight="1")
+    held = fake.hold("GET", "blob", name=A, ref=first.digest)
+    url = f"{registry.url}/v2/alpine/blobs/"
+    try:
+        one = ensureDeferred(fetch(url + first.digest))
+        await wait_for(lambda: held.arrived == 1)
+        response, body = await fetch(url + second.digest)
+        assert response.code == 503
+        assert header(response, "retry-after") == "1"
+        assert [e["code"] for e in json.loads(body)["errors"]] == ["UNAVAILABLE"]
+    finally:
+        held.release()
+    response, body = await one
+    assert response.code == 200 and sha256(body) == first.digest
+    response, body = await fetch(url + second.digest)
+    assert response.code == 200 and sha256(body) == second.digest

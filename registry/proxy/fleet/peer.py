@@ -11,6 +11,14 @@ endpoint, an internal address, to the other instances only:
   out as they arrive and the last byte only once the whole blob is verified;
 - bounded: at most ``max_streams`` at once (503 beyond), and no more than the fill's size.
 
+The link may be TLS: ``listen`` an ``ssl:`` endpoint (built as ``--port`` builds its own, so
+plain HTTP sent to it gets a 400 saying so) and ``advertise`` an ``https://`` URL.  The caller
+then checks the holder's certificate against ``[fleet] tls_cafile`` and may show its own
+(mutual TLS).  Deny by default here too: a fleet that uses TLS never opens a plain-http peer
+URL (the secret would cross the network in clear), and a certificate that does not verify
+is a `PeerTLSFailure`, never retried without TLS; the caller waits for the blob as it does
+for an unreachable holder.
+
 The caller (`PeerClient`) relays such a response into its own client's response through
 `BodyRelay`, which adds an idle timeout, so a holder that vanishes without closing its
 connections does not hold a client forever.
@@ -24,12 +32,13 @@ from typing import Any
 
 import attrs
 import treq
+from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.iweb import IBodyProducer, IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -224,6 +233,53 @@ class _Discard(Protocol):
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
 
+def _tls_failure(exc: BaseException) -> str | None:
+    """The TLS reason a request failed (a certificate that did not verify, a handshake the
+    holder refused), in one line; None when it failed for another reason."""
+    from OpenSSL import SSL
+
+    reasons = getattr(exc, "reasons", None) or [exc]
+    for reason in reasons:
+        value = getattr(reason, "value", reason)
+        if isinstance(value, SSL.Error):
+            details = [
+                str(part)
+                for entry in (value.args[0] if value.args else [])
+                if isinstance(entry, tuple)
+                for part in entry[-1:]
+            ]
+            return ", ".join(details) or "TLS handshake failed"
+    return None
+
+
+class PeerTLSFailure(PeerUnavailable):
+    """The holder's TLS did not pass: its certificate did not verify against
+    ``[fleet] tls_cafile``, or it refused this instance's (mutual TLS).  Never retried over
+    plain HTTP."""
+
+
+@attrs.frozen
+class PeerTLS:
+    """``[fleet] tls_cafile`` / ``tls_certfile`` / ``tls_keyfile``: whom to trust when a
+    peer URL is https, and the client certificate to show.  ``required``: plain-http peer
+    URLs are refused (this fleet uses TLS; the secret never goes out in clear)."""
+
+    cafile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    required: bool = False
+
+    def policy(self) -> Any:
+        """The `IPolicyForHTTPS` for peer URLs (pyOpenSSL is loaded only here)."""
+        from registry.client._tls import TLSOptions
+
+        return TLSOptions(
+            ca_file=self.cafile or None,
+            cert_file=self.certfile or None,
+            key_file=self.keyfile or None,
+        ).policy()
+
+
 @attrs.define(eq=False)
 class PeerClient:
     """Opens fills held by other instances."""
@@ -231,11 +287,27 @@ class PeerClient:
     reactor: Any
     secret: str
     idle: float
+    tls: PeerTLS = attrs.field(factory=PeerTLS)
     _pool: HTTPConnectionPool = attrs.field(init=False)
+    _https: HTTPClient | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         # Not persistent: a stream is long and ends with its fill; nothing to reuse.
         self._pool = HTTPConnectionPool(self.reactor, persistent=False)
+
+    def _client_for(self, url: str) -> HTTPClient | None:
+        """The HTTP client for a peer URL (None: plain http, treq's own)."""
+        if not url.lower().startswith("https://"):
+            if self.tls.required:
+                raise PeerTLSFailure(f"{url}: plain http refused, this fleet uses TLS")
+            return None
+        if self._https is None:
+            try:
+                policy = self.tls.policy()
+            except Exception as exc:  # checked at start-up; a file changed since
+                raise PeerTLSFailure(f"{url}: TLS settings: {exc}") from None
+            self._https = HTTPClient(Agent(self.reactor, contextFactory=policy, pool=self._pool))
+        return self._https
 
     async def open(
         self, url: str, cache: str, digest: Digest, offset: int, length: int
@@ -243,16 +315,24 @@ class PeerClient:
         """The blob's size and a producer of ``length`` bytes from ``offset``."""
         target = f"{url.rstrip('/')}/fills/{cache}/{digest}?offset={offset}&length={length}"
         headers: dict[bytes | str, bytes | str] = {"Authorization": f"Bearer {self.secret}"}
+        client = self._client_for(url)
+        # A holder never redirects: one that did would be asking for the secret elsewhere.
+        options: dict[str, Any] = {
+            "headers": headers,
+            "unbuffered": True,
+            "allow_redirects": False,
+            "reactor": self.reactor,
+            "timeout": self.idle,
+        }
         try:
-            response = await treq.get(
-                target,
-                headers=headers,
-                pool=self._pool,
-                unbuffered=True,
-                reactor=self.reactor,
-                timeout=self.idle,
-            )
+            if client is None:
+                response = await treq.get(target, pool=self._pool, **options)
+            else:
+                response = await client.get(target, **options)
         except Exception as exc:
+            failure = _tls_failure(exc) if client is not None else None
+            if failure is not None:
+                raise PeerTLSFailure(f"{url}: TLS: {failure}") from None
             raise PeerUnavailable(f"{url}: {exc}") from exc
         if response.code != 200:
             await treq.content(response)

@@ -15,6 +15,7 @@ The caches' own start (clearing leftover fills, loading state) waits for that ch
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import attrs
@@ -25,14 +26,19 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from registry.api.digests import Digest
-from registry.config import Config
-from registry.http.tls import normalize_description, server_endpoint
+from registry.config import Config, FleetConfig
+from registry.http.tls import (
+    TLSSettings,
+    normalize_description,
+    server_endpoint,
+    split_description,
+)
 from registry.proxy.fill import Fill
 from registry.proxy.fleet import Fleet, instance_name
 from registry.proxy.fleet._redis import FleetRedis, RedisUnavailable
 from registry.proxy.fleet.lease import FillLeases
 from registry.proxy.fleet.marker import InstanceMarker
-from registry.proxy.fleet.peer import PeerClient, PeerResource
+from registry.proxy.fleet.peer import PeerClient, PeerResource, PeerTLS
 from registry.server.exit import StartupError
 from registry.server.probe import storage_description
 from registry.storage.driver import IStorageDriver
@@ -52,6 +58,49 @@ class _Stopper(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         return Deferred.fromCoroutine(self._stop())
+
+
+def check_tls(fleet: FleetConfig) -> None:
+    """Refuse a peer TLS set-up that cannot work, with one line."""
+    if fleet.tls_keyfile and not fleet.tls_certfile:
+        raise StartupError("configuration error: [fleet] tls_keyfile: needs tls_certfile")
+    if fleet.tls_certfile and not fleet.tls_cafile:
+        raise StartupError(
+            "configuration error: [fleet] tls_certfile: needs tls_cafile (the CA that signs "
+            "the instances' certificates, which also checks theirs)"
+        )
+    for key in ("tls_cafile", "tls_certfile", "tls_keyfile"):
+        path = getattr(fleet, key)
+        if path and not os.access(path, os.R_OK):
+            raise StartupError(f"configuration error: [fleet] {key}: cannot read {path}")
+    if fleet.tls_cafile or fleet.tls_certfile:
+        try:
+            peer_tls(fleet).policy()  # the files parse: a PEM CA bundle, a certificate
+        except Exception as exc:  # cryptography's and pyOpenSSL's errors alike: one line
+            raise StartupError(f"configuration error: [fleet] TLS files: {exc}") from None
+
+
+def peer_tls(fleet: FleetConfig) -> PeerTLS:
+    """How this instance talks to the others' peer listeners.  Deny by default: once this
+    fleet uses TLS (an https advertise, or a CA or a certificate configured), a plain-http
+    peer URL is refused rather than sent the secret in clear."""
+    listens_tls = bool(fleet.listen) and (
+        split_description(normalize_description(fleet.listen))[0] == "ssl"
+    )
+    required = (
+        listens_tls
+        or fleet.advertise.lower().startswith("https://")
+        or bool(fleet.tls_cafile or fleet.tls_certfile)
+    )
+    return PeerTLS(fleet.tls_cafile, fleet.tls_certfile, fleet.tls_keyfile, required)
+
+
+def listener_tls(fleet: FleetConfig) -> TLSSettings | None:
+    """With a client certificate configured, the peer listener asks for the others' too
+    (mutual TLS), signed by ``tls_cafile``."""
+    if not fleet.tls_certfile:
+        return None
+    return TLSSettings(clientcas=fleet.tls_cafile, clientauth="required")
 
 
 @attrs.define(eq=False)
@@ -75,7 +124,12 @@ class FleetSetup:
             redis = FleetRedis(config.redis, reactor)
             name = instance_name(config.fleet.instance)
             leases = FillLeases(redis, reactor, name, config.fleet.advertise, config.fleet.lease)
-            peers = PeerClient(reactor, config.fleet.secret, idle=max(config.fleet.lease, 5.0))
+            peers = PeerClient(
+                reactor,
+                config.fleet.secret,
+                idle=max(config.fleet.lease, 5.0),
+                tls=peer_tls(config.fleet),
+            )
             setup.fleet = Fleet(redis, leases, peers, name, reactor)
         elif driver.name != "inmemory":
             setup.marker = InstanceMarker(driver, storage_description(config.storage))
@@ -136,6 +190,7 @@ class FleetSetup:
     async def check(self) -> None:
         """The start-up check; StartupError with one line when this instance may not serve."""
         if self.fleet is not None:
+            check_tls(self.config.fleet)
             addr = self.config.redis.addr
             try:
                 await self.fleet.redis.ping()
@@ -161,9 +216,16 @@ class FleetSetup:
             return
         if not self.config.fleet.secret:
             raise StartupError("configuration error: [fleet] secret: required with listen")
+        normalized = normalize_description(description)
+        secure = split_description(normalized)[0] == "ssl"
+        if secure and fleet.leases.url and not fleet.leases.url.lower().startswith("https://"):
+            raise StartupError(
+                "configuration error: [fleet] advertise: listen is an ssl: endpoint, so the "
+                "other instances must reach it at an https:// URL"
+            )
         try:
-            endpoint = server_endpoint(self.reactor, normalize_description(description))
-        except ValueError as exc:
+            endpoint = server_endpoint(self.reactor, normalized, listener_tls(self.config.fleet))
+        except (ValueError, OSError) as exc:
             raise StartupError(f"configuration error: [fleet] listen: {exc}") from None
         caches = self._drivers
 
@@ -185,4 +247,4 @@ class FleetSetup:
                     "interface (the other instances need an address to reach this one)"
                 )
             shown = f"[{host.host}]" if ":" in host.host else host.host
-            fleet.leases.url = f"http://{shown}:{host.port}"
+            fleet.leases.url = f"{'https' if secure else 'http'}://{shown}:{host.port}"
