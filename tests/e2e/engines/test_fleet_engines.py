@@ -56,6 +56,9 @@ def pair(
         workdir.mkdir()
         sections = fleet_sections(s3_server, root, redis_server, index)
         sections["proxy:hub"]["remoteurl"] = fake.url
+        # No takeover here: a lease that outlives a slow engine start on a loaded machine keeps
+        # "one upstream GET per blob" about the fleet, not about the holder's renewal timing.
+        sections["fleet"]["lease"] = "30s"
         instances.append(RegistryProcess(workdir, sections))
     try:
         for instance in instances:
