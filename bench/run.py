@@ -427,7 +427,8 @@ def run_request_scenarios(
                 print(
                     f"round {round_index + 1} {server.name:11} {name:32} "
                     f"{rate.requests_per_second:8.0f} req/s  p99 {rate.p99_ms:7.1f} ms  "
-                    f"errors {rate.errors} non-2xx {rate.non_2xx}  "
+                    f"errors {rate.errors}{rate.detail and f' ({rate.detail})'} "
+                    f"non-2xx {rate.non_2xx}  "
                     f"peak RSS {rss.peak_mib:6.1f} MiB (PSS {rss.peak_pss_mib:6.1f})",
                     flush=True,
                 )

@@ -80,7 +80,8 @@ def main() -> None:
                     print(
                         f"round {round_index + 1} {server.name:11} {name:13} "
                         f"{rate.requests_per_second:8.0f} req/s  p99 {rate.p99_ms:7.1f} ms  "
-                        f"errors {rate.errors} non-2xx {rate.non_2xx}  "
+                        f"errors {rate.errors}{rate.detail and f' ({rate.detail})'} "
+                        f"non-2xx {rate.non_2xx}  "
                         f"CPU {cpu:5.1f} s ({per_10k:4.2f} s per 10k requests)",
                         flush=True,
                     )
