@@ -20,7 +20,7 @@ from tests.e2e.conftest import Starter
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 
-def _exchange(url: str, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+def exchange(url: str, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
     """One request on its own connection; the raw answer without its ``Date`` line."""
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
@@ -40,19 +40,21 @@ def _exchange(url: str, method: str, path: str, headers: dict[str, str], body: b
         connection.close()
 
 
-def _push_image(url: str) -> tuple[str, str]:
-    """A config blob and an image manifest tagged ``v1`` in ``same/repo``."""
+def push_image(url: str, tag: str = "v1", note: str = "") -> tuple[str, str]:
+    """A config blob and an image manifest tagged ``tag`` in ``same/repo``; ``note`` (an
+    annotation) makes a different manifest.  Returns their digests (manifest, config)."""
     config = b'{"architecture":"amd64","os":"linux"}'
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    answer = _exchange(url, "POST", f"/v2/same/repo/blobs/uploads/?digest={config_digest}", {},
+    answer = exchange(url, "POST", f"/v2/same/repo/blobs/uploads/?digest={config_digest}", {},
                        config)  # fmt: skip
     assert answer.startswith(b"201 "), answer
     manifest = json.dumps(
         {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "layers": [],
          "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": config_digest, "size": len(config)}}
+                    "digest": config_digest, "size": len(config)},
+         **({"annotations": {"note": note}} if note else {})}
     ).encode()  # fmt: skip
-    answer = _exchange(url, "PUT", "/v2/same/repo/manifests/v1",
+    answer = exchange(url, "PUT", f"/v2/same/repo/manifests/{tag}",
                        {"Content-Type": MANIFEST_TYPE}, manifest)  # fmt: skip
     assert answer.startswith(b"201 "), answer
     return "sha256:" + hashlib.sha256(manifest).hexdigest(), config_digest
@@ -102,8 +104,8 @@ async def test_answers_as_klein_does(
     front = await start_registry(storage)
     monkeypatch.setattr(registry.app, "FrontResource", lambda app, klein, methods: klein)
     klein = await start_registry(storage)
-    manifest, config = await deferToThread(_push_image, front.url)
+    manifest, config = await deferToThread(push_image, front.url)
     for method, path, headers, body in _requests(manifest, config):
-        ours = await deferToThread(_exchange, front.url, method, path, headers, body)
-        theirs = await deferToThread(_exchange, klein.url, method, path, headers, body)
+        ours = await deferToThread(exchange, front.url, method, path, headers, body)
+        theirs = await deferToThread(exchange, klein.url, method, path, headers, body)
         assert ours == theirs, (method, path)
