@@ -34,6 +34,8 @@ class Rate:
     # connections a server answering R requests per second makes each wait about C / R s
     # (Little's law), so 10,000 connections need 5,000 req/s to stay under 2 s.
     detail: str = ""
+    # Of ``errors``, wrk's timeouts.
+    timeouts: int = 0
 
 
 def push_small_image(url: str, repo: str) -> tuple[str, str]:
@@ -101,7 +103,8 @@ def wrk_get(
     error_count = sum(int(n) for n in errors.groups()) if errors else 0
     detail = errors.group(0).removeprefix("Socket errors: ") if errors else ""
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return Rate(rps, p99_ms, error_count, int(non_2xx.group(1)) if non_2xx else 0, detail)
+    timeouts = int(errors.group(4)) if errors else 0
+    return Rate(rps, p99_ms, error_count, int(non_2xx.group(1)) if non_2xx else 0, detail, timeouts)
 
 
 def hey(url: str, connections: int, seconds: int, method: str = "GET") -> Rate:
