@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry.app import METHODS, RegistryApp
@@ -52,7 +52,7 @@ PIECES = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     method=st.sampled_from([*OWN_METHODS, b"TRACE", b"PROPFIND", b"get"]),
     pieces=st.lists(PIECES, min_size=0, max_size=6),
