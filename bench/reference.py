@@ -41,6 +41,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        # The checkout whose code the server runs (another one compares before with after).
+        self.code = REPO_ROOT
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -48,7 +50,7 @@ class Server:
     def start(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env = dict(os.environ, PYTHONPATH=str(self.code))
         log = open(self.workdir / "server.log", "wb")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             self.command(), cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -91,10 +93,12 @@ class TxRegistry(Server):
         workdir: Path,
         storage: dict[str, str] | None = None,
         http: dict[str, str] | None = None,
+        code: Path | None = None,
     ) -> None:
         super().__init__(name, workdir)
         self.storage = storage or {}
         self.http = http or {}
+        self.code = code or REPO_ROOT
 
     def command(self) -> list[str]:
         config = self.workdir / "registry.cfg"

@@ -25,6 +25,7 @@ from registry.api.errors import (
 )
 from registry.auth.interfaces import AllowAll
 from registry.failures import log_failure
+from registry.front import FrontResource
 from registry.handlers import blobs, limits, listings, manifests, monitoring, uploads
 from registry.handlers.common import authorize, error_for
 from registry.handlers.context import RegistryContext
@@ -69,7 +70,8 @@ HANDLERS: dict[tuple[Kind, bytes], Handler] = {
 }
 
 
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Every method the /v2/ routes take (werkzeug answers others with 405).
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def metrics_on_main_port(ctx: RegistryContext) -> bool:
@@ -90,13 +92,13 @@ class RegistryApp:
 
     router = Klein()
 
-    @router.route("/v2", methods=_METHODS, strict_slashes=False)
+    @router.route("/v2", methods=METHODS, strict_slashes=False)
     async def base(self, request: IRequest) -> bytes | None:
-        return await self._dispatch(request, "")
+        return await self.dispatch(request, "")
 
-    @router.route("/v2/<path:rest>", methods=_METHODS)
+    @router.route("/v2/<path:rest>", methods=METHODS)
     async def v2(self, request: IRequest, rest: str) -> bytes | None:
-        return await self._dispatch(request, rest)
+        return await self.dispatch(request, rest)
 
     @router.route("/ui/", branch=True, methods=["GET", "HEAD", "POST"])
     def ui(self, request: IRequest) -> Any:
@@ -144,11 +146,12 @@ class RegistryApp:
     async def ready(self, request: IRequest) -> bytes:
         return await monitoring.ready_answer(self.ctx, request)
 
-    @router.route("/", branch=True, methods=_METHODS)
+    @router.route("/", branch=True, methods=METHODS)
     async def elsewhere(self, request: IRequest) -> bytes:
         raise RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
 
-    async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:
+    async def dispatch(self, request: IRequest, rest: str) -> bytes | None:
+        """Answer a ``/v2/`` request; ``rest`` is its path after ``/v2/`` ("" for the base)."""
         request.setHeader(*responses.API_VERSION_HEADER)
         route = parse_route(rest, read=request.method in (b"GET", b"HEAD"))
         refused = getattr(request, "sink", None)
@@ -176,14 +179,32 @@ class RegistryApp:
             )
         return await handler(self.ctx, request, route)
 
-    @router.handle_errors(RegistryError)
+    @router.handle_errors(Exception)
+    def failed(self, request: IRequest, failure: Failure) -> bytes:
+        """Klein's one error handler: `answer_failure`."""
+        return self.answer_failure(request, failure)
+
+    def answer_failure(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        The answer to a request whose route failed, by the failure's type, most specific
+        first; for Klein's routes and for the ``/v2/`` API `registry.front` serves without it.
+        """
+        if failure.check(RegistryError):
+            return self.registry_error(request, failure)
+        if failure.check(HTTPException):
+            return self.routing_error(request, failure)
+        if failure.check(StorageError):
+            return self.storage_error(request, failure)
+        if failure.check(responses.ResponseInterrupted):
+            return self.interrupted(request, failure)
+        return self.unexpected_error(request, failure)
+
     def registry_error(self, request: IRequest, failure: Failure) -> bytes:
         request.setHeader(*responses.API_VERSION_HEADER)
         error = failure.value
         assert isinstance(error, RegistryError)
         return responses.error(request, error)
 
-    @router.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> bytes:
         """Paths Klein's router cannot match at all (control characters, say)."""
         request.setHeader(*responses.API_VERSION_HEADER)
@@ -192,7 +213,6 @@ class RegistryApp:
         detail = {"path": request.uri.decode("latin-1")[:300]}
         return responses.error(request, RegistryError(code, detail, status=status))
 
-    @router.handle_errors(StorageError)
     def storage_error(self, request: IRequest, failure: Failure) -> bytes:
         log_failure(
             log,
@@ -203,7 +223,6 @@ class RegistryApp:
         )
         return responses.error(request, error_for(failure.value))
 
-    @router.handle_errors(responses.ResponseInterrupted)
     def interrupted(self, request: IRequest, failure: Failure) -> bytes:
         """
         A body that failed after the status line went out: the connection is already
@@ -223,7 +242,6 @@ class RegistryApp:
             log.failure("{method} {uri}: body cut short", shown, **fields)
         return b""
 
-    @router.handle_errors(Exception)
     def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
         if failure.check(CancelledError):
             return b""
@@ -251,7 +269,7 @@ def make_site(
         return sink
 
     site = RegistrySite(
-        app.router.resource(),
+        FrontResource(app, app.router.resource(), METHODS),
         sink_factory=count_upload_sinks(sink_factory, ctx.metrics),
         max_body_size=max(ctx.config.http.max_body_size, ctx.config.storage.max_manifest_size),
         access_log=ctx.config.log.accesslog,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from twisted.web.iweb import IRequest
 
 from registry.api import mediatypes
@@ -25,7 +27,13 @@ _PUT_STATUS: dict[type[RegistryError], int] = {ManifestTooLarge: 413, IndexChild
 
 def _only_schema1(request: IRequest) -> bool:
     """A client that accepts schema1 and no other manifest type (docker before 1.10)."""
-    values = request.requestHeaders.getRawHeaders(b"accept") or []
+    return _accepts_only_schema1(tuple(request.requestHeaders.getRawHeaders(b"accept") or ()))
+
+
+# Clients send a handful of distinct Accept headers, the same on every pull: each parsed once
+# (64 at most kept: a header is at most 16 KiB, so 1 MiB at worst).
+@functools.lru_cache(maxsize=64)
+def _accepts_only_schema1(values: tuple[bytes, ...]) -> bool:
     types = mediatypes.accepted_types(value.decode("latin-1") for value in values)
     return bool(types & mediatypes.SCHEMA1_TYPES) and not (
         types & (mediatypes.MANIFEST_TYPES | {"*/*", "application/*"})

@@ -168,6 +168,21 @@ def _remove(full: str) -> bool:
 
 # Path components a storage path never has (empty, or climbing out of the root).
 _BAD_PARTS = frozenset(("", ".", ".."))
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# Most content read whole is a link or a manifest: one read of this size, then the read that
+# finds the end.
+_FIRST_READ = 4096
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything from ``fd`` to its end (a directory raises `IsADirectoryError`)."""
+    first = os.read(fd, _FIRST_READ)
+    if not first:
+        return first
+    parts = [first]
+    while chunk := os.read(fd, max(_FIRST_READ, 2 * len(parts[-1]))):
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @implementer(IStorageDriver)
@@ -197,9 +212,15 @@ class FilesystemDriver:
         return deferToThreadPool(self._reactor, self._threadpool, func, *args)
 
     async def get_content(self, path: str) -> bytes:
+        # Every manifest GET reads two or three of these (links of ~71 bytes, the manifest):
+        # a descriptor and plain reads, not a buffered file object (which also fstats to size
+        # its buffer), take about half the time.
         try:
-            with open(self._full(path), "rb") as file:
-                return file.read()
+            fd = os.open(self._full(path), _READ_FLAGS)
+            try:
+                return _read_all(fd)
+            finally:
+                os.close(fd)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise PathNotFoundError(path) from None
         except OSError as exc:

@@ -3,8 +3,10 @@ Manifests in a repository: push (validate, check references, store), pull, delet
 
 A manifest is stored the registry:2 way: its bytes as a blob, exactly as pushed (its digest
 is over those bytes), plus ``_manifests/revisions/<alg>/<hex>/link`` saying the repository
-has it; tags point at revisions.  Its media type is read back from the stored bytes on every
-GET, as registry:2 does, so no side file can disagree with the content.
+has it; tags point at revisions.  Its media type is read back from the stored bytes, as
+registry:2 does, so no side file can disagree with the content (a process remembers the bytes
+and type of manifests it served lately by digest, `RecentManifests`, which no write can make
+stale).
 
 Write order matters to concurrent readers: blob data, then the revision link, then the
 referrers index, then the tag; a reader following a tag therefore always finds the rest.
@@ -166,6 +168,39 @@ def _subject_of(body: bytes) -> Digest | None:
     return None
 
 
+class RecentManifests:
+    """
+    The bytes and media type of manifests served lately, by digest, within a byte budget.
+
+    A digest names its bytes for good, so an entry can never be stale: what a pull still
+    checks on storage every time is that the repository has the manifest (its revision link,
+    which a delete through any worker removes first) and, for a tag, where the tag points now.
+    What it saves is the blob read and the JSON parse for the media type on each pull.
+    """
+
+    # Larger manifests (big indexes) are read each time: they would crowd out the rest.
+    LARGEST = 64 * 1024
+
+    def __init__(self, budget: int = 2 * 1024 * 1024) -> None:
+        self._budget = budget
+        self._used = 0
+        self._entries: dict[Digest, StoredManifest] = {}
+
+    def get(self, digest: Digest) -> StoredManifest | None:
+        return self._entries.get(digest)
+
+    def add(self, manifest: StoredManifest) -> None:
+        size = manifest.size
+        if size > self.LARGEST or manifest.digest in self._entries:
+            return
+        # Oldest first out (dicts keep insertion order): a bounded loop, at most every entry.
+        while self._entries and self._used + size > self._budget:
+            oldest = next(iter(self._entries))
+            self._used -= self._entries.pop(oldest).size
+        self._entries[manifest.digest] = manifest
+        self._used += size
+
+
 @implementer(IManifestStore)
 @attrs.define
 class ManifestStore:
@@ -185,6 +220,7 @@ class ManifestStore:
     # (sparse images: a mirror that leaves layers out); they stay unknown when pulled.
     blobs_required: bool = True
     max_size: int = MAX_MANIFEST_SIZE
+    recent: RecentManifests = attrs.field(factory=RecentManifests)
 
     async def _unknown(self, name: str, reference: str | Digest) -> RegistryError:
         if not await repository_exists(self.driver, name):
@@ -218,11 +254,16 @@ class ManifestStore:
         digest = await self.tags.resolve(name, ref) if isinstance(ref, str) else ref
         if digest is None or not await self._linked(name, digest):
             raise await self._unknown(name, reference)
+        manifest = self.recent.get(digest)
+        if manifest is not None:
+            return manifest
         try:
             body = await self.blobs.get_small(digest)
         except RegistryError:
             raise await self._unknown(name, reference) from None
-        return StoredManifest(digest, stored_media_type(body), body)
+        manifest = StoredManifest(digest, stored_media_type(body), body)
+        self.recent.add(manifest)
+        return manifest
 
     async def put(
         self,

@@ -379,3 +379,32 @@ async def test_foreign_layer_url_policy(start_registry: Starter) -> None:
         assert response.code == status, url
         if status == 400:
             assert await error_codes(response) == ["MANIFEST_INVALID"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_schema1_only_clients_are_told_to_upgrade(registry: InProcessRegistry) -> None:
+    """
+    A client accepting schema1 and no other manifest type gets MANIFEST_UNKNOWN saying why;
+    one that also accepts the stored type gets the manifest.  Each answer twice: the Accept
+    headers' verdicts are remembered, and must stay each header's own.
+    """
+    digest = await push_image(
+        registry.url, "old", "v1", samples.docker_image(), mt.DOCKER_MANIFEST_V2
+    )
+    url = f"{registry.url}/v2/old/manifests/v1"
+    for _ in range(2):
+        for accept, status in [
+            ([mt.DOCKER_SCHEMA1_SIGNED], 404),
+            ([f"{mt.DOCKER_SCHEMA1}, {mt.DOCKER_SCHEMA1_SIGNED}"], 404),
+            ([mt.DOCKER_SCHEMA1_SIGNED, mt.DOCKER_MANIFEST_V2], 200),
+            ([mt.DOCKER_SCHEMA1, "*/*"], 200),
+            ([], 200),
+        ]:
+            response = await treq.get(url, headers={"Accept": accept} if accept else {})
+            assert response.code == status, accept
+            if status == 404:
+                assert await error_codes(response) == ["MANIFEST_UNKNOWN"]
+                message = json.loads(await response.content())["errors"][0]["message"]
+                assert "schema1" in message
+            else:
+                assert header(response, "docker-content-digest") == digest

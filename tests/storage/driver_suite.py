@@ -54,6 +54,20 @@ class DriverSuite:
         assert await driver.get_content("a/b/c") == b"again"
 
     @pytest_twisted.ensureDeferred
+    async def test_content_sizes_round_trip(self, driver: Any) -> None:
+        """Whole-content reads return every byte, at and around the read sizes drivers use."""
+        for size in (0, 1, 4095, 4096, 4097, 12289, 200_000):
+            data = bytes(range(251)) * (size // 251) + bytes(range(size % 251))
+            await driver.put_content(f"sizes/{size}", data)
+            assert await driver.get_content(f"sizes/{size}") == data
+
+    @pytest_twisted.ensureDeferred
+    async def test_folder_content_is_missing(self, driver: Any) -> None:
+        await driver.put_content("folder/inside", b"x")
+        with pytest.raises(PathNotFoundError):
+            await driver.get_content("folder")
+
+    @pytest_twisted.ensureDeferred
     async def test_missing_content(self, driver: Any) -> None:
         with pytest.raises(PathNotFoundError):
             await driver.get_content("nope/x")

@@ -31,6 +31,8 @@ from registry.storage.manifests import (
     ManifestStore,
     ManifestTooLarge,
     PutResult,
+    RecentManifests,
+    StoredManifest,
     check_manifest_size,
     parse_reference,
 )
@@ -417,3 +419,19 @@ async def test_reindex_skips_what_it_cannot_read(
     digest = await store.blobs.put_small(bad_subject)
     await driver.put_content(layout.revision_link(NAME, digest), str(digest).encode())
     assert await store.delete(NAME, digest) == []
+
+
+def test_recent_manifests_stay_within_their_budget() -> None:
+    """Oldest out first; a manifest over the size limit is never kept."""
+    recent = RecentManifests(budget=3000)
+    kept = []
+    for index in range(10):
+        body = bytes([index]) * 1000
+        manifest = StoredManifest(digest_of(body), "application/json", body)
+        recent.add(manifest)
+        kept.append(manifest)
+    assert [recent.get(m.digest) for m in kept] == [None] * 7 + kept[7:]
+    large = b"x" * (RecentManifests.LARGEST + 1)
+    recent = RecentManifests(budget=10 * len(large))
+    recent.add(StoredManifest(digest_of(large), "application/json", large))
+    assert recent.get(digest_of(large)) is None
