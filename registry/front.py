@@ -58,10 +58,20 @@ def v2_rest(request: IRequest, methods: frozenset[bytes]) -> str | None:
     # The path converter's value starts with no "/" ("/v2//x", "/v2/%2Fx" go elsewhere).
     if raw.startswith(b"/") or _CONTROL.search(raw):
         return None
+    # Bytes that are not UTF-8 become U+FFFD, which no name, tag or digest admits: the API
+    # answers with its own error (NAME_INVALID, DIGEST_INVALID, ...) instead of Klein's 400
+    # and the traceback Klein logs with it.
+    return raw.decode("utf-8", "replace")
+
+
+def path_is_text(request: IRequest) -> bool:
+    """Whether the decoded path is UTF-8, as Klein needs to route it."""
     try:
-        return raw.decode("utf-8")
+        for segment in request.postpath:
+            segment.decode("utf-8")
     except UnicodeDecodeError:
-        return None  # Klein answers 400
+        return False
+    return True
 
 
 @implementer(IResource)
@@ -84,6 +94,11 @@ class FrontResource:
     def render(self, request: IRequest) -> Any:
         rest = v2_rest(request, self._methods)
         if rest is None:
+            if not path_is_text(request):
+                # Klein would answer the same but log a traceback for the client's bytes.
+                request.setResponseCode(400)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                return b"Non-UTF-8 encoding in URL."
             return self._klein.render(request)
         _Route(self._app, request).start(rest)
         return NOT_DONE_YET

@@ -109,3 +109,27 @@ async def test_answers_as_klein_does(
         ours = await deferToThread(exchange, front.url, method, path, headers, body)
         theirs = await deferToThread(exchange, klein.url, method, path, headers, body)
         assert ours == theirs, (method, path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_paths_that_are_not_utf8(start_registry: Starter) -> None:
+    """
+    Percent-escapes that do not decode as UTF-8: an API path gets the API's own error for the
+    part that cannot be a name or a digest, any other path a plain 400, and nothing is logged
+    as a traceback (the log watch fails the test if Klein's decoding error reaches the log).
+    """
+    running = await start_registry({"storage": {"driver": "inmemory"}})
+    codes = {
+        "/v2/%ff/manifests/x": (400, "NAME_INVALID"),
+        "/v2/a/%fe%ff/tags/list": (400, "NAME_INVALID"),
+        "/v2/a/blobs/%ff%fe": (400, "DIGEST_INVALID"),
+    }
+    for path, (status, code) in codes.items():
+        answer = await deferToThread(exchange, running.url, "GET", path, {}, b"")
+        head, _, body = answer.partition(b"\n\n")
+        assert head.startswith(f"{status} ".encode()), (path, answer)
+        assert [e["code"] for e in json.loads(body)["errors"]] == [code], (path, body)
+    for path in ("/%ff", "/ui/%ff", "/health/%c3"):
+        answer = await deferToThread(exchange, running.url, "GET", path, {}, b"")
+        assert answer.startswith(b"400 "), (path, answer)
+        assert answer.endswith(b"\n\nNon-UTF-8 encoding in URL."), (path, answer)
