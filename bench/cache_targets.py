@@ -2,12 +2,14 @@
 The pull-through cache's remaining targets, one sub-command each:
 
     python bench/cache_targets.py cold [--layers 4] [--layer-mib 64] [--blob-rate MIBPS]
+                                       [--rounds 1]
     python bench/cache_targets.py names [--count 100000] [--threads 8]
     python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--parallel 1]
 
 - ``cold``: one image pulled (manifest, then its layers one after another, each hashed) straight
   from the fake upstream (``--auth none``), then through a fresh cache (cold), then again
-  (warm).  Target: cold through the cache within 110% of the straight pull.
+  (warm), ``--rounds`` times (each with a fresh cache); the cache process's CPU time for the
+  cold pull.  Target: cold through the cache within 110% of the straight pull.
 - ``names``: ``--count`` distinct repository names, each a manifest GET through one cache in
   front of a tiny upstream (in this process) that answers every name with the same small
   manifest; the cache's RSS before and after.  Target: growth at most 10 MiB.
@@ -120,29 +122,45 @@ def cold(args: argparse.Namespace, workdir: Path) -> None:
     sizes = [args.layer_mib * MiB] * args.layers
     fake, info = start_fake(sizes, args.blob_rate * MiB if args.blob_rate else None)
     name, tag = "library/alpine", "latest"
+    rows: list[tuple[float, float, float, float]] = []
     try:
-        straight = Puller(info["url"]).pull(name, tag)
-        folder = workdir / "cache"
-        folder.mkdir()
-        cache = RegistryProcess(folder, cache_sections(info["url"]))
-        cache.start()
-        try:
-            through = Puller(cache.url)
-            cold_time = through.pull(name, tag)
-            warm_time = min(through.pull(name, tag) for _ in range(3))
-        finally:
-            cache.stop()
+        for round_ in range(args.rounds):
+            straight = Puller(info["url"]).pull(name, tag)
+            folder = workdir / f"cache{round_}"
+            folder.mkdir()
+            cache = RegistryProcess(folder, cache_sections(info["url"]))
+            cache.start()
+            try:
+                process = psutil.Process(cache.pid)
+                through = Puller(cache.url)
+                before = process.cpu_times()
+                cold_time = through.pull(name, tag)
+                after = process.cpu_times()
+                cpu = (after.user + after.system) - (before.user + before.system)
+                warm_time = min(through.pull(name, tag) for _ in range(3))
+            finally:
+                cache.stop()
+            rows.append((straight, cold_time, warm_time, cpu))
     finally:
         fake.terminate()
         fake.wait(timeout=10)
     total = sum(sizes) / MiB
     print(f"cold: one image, {args.layers} layers of {args.layer_mib} MiB ({total:.0f} MiB)")
-    print(f"  straight from the upstream: {straight:.2f} s ({total / straight:.0f} MiB/s)")
-    print(
-        f"  cold through the cache:     {cold_time:.2f} s ({total / cold_time:.0f} MiB/s), "
-        f"{100 * cold_time / straight:.0f}% of the straight pull"
-    )
-    print(f"  warm through the cache:     {warm_time:.2f} s ({total / warm_time:.0f} MiB/s)")
+    for straight, cold_time, warm_time, cpu in rows:
+        print(f"  straight from the upstream: {straight:.2f} s ({total / straight:.0f} MiB/s)")
+        print(
+            f"  cold through the cache:     {cold_time:.2f} s ({total / cold_time:.0f} MiB/s), "
+            f"{100 * cold_time / straight:.0f}% of the straight pull; "
+            f"cache CPU {cpu:.2f} s"
+        )
+        print(f"  warm through the cache:     {warm_time:.2f} s ({total / warm_time:.0f} MiB/s)")
+    if len(rows) > 1:
+        ratios = sorted(100 * cold_time / straight for straight, cold_time, _w, _c in rows)
+        cpus = sorted(cpu for *_rest, cpu in rows)
+        print(
+            f"  median of {len(rows)} rounds: cold {ratios[len(ratios) // 2]:.0f}% of the "
+            f"straight pull, cache CPU {cpus[len(cpus) // 2]:.2f} s for the cold pull"
+        )
 
 
 class AnyName(http.server.BaseHTTPRequestHandler):
@@ -341,6 +359,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--layer-mib", type=int, default=64)
     p.add_argument("--blob-rate", type=int, default=0, help="upstream MiB/s (0: unbounded)")
+    p.add_argument("--rounds", type=int, default=1, help="straight, cold and warm, repeated")
     p = sub.add_parser("names")
     p.add_argument("--count", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=8)

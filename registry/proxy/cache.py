@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 
-from registry.api.digests import Digest, DigestingHasher
+from registry.api.digests import Digest, DigestingHasher, releases_gil
 from registry.api.errors import (
     BLOB_UNKNOWN,
     MANIFEST_UNKNOWN,
@@ -47,6 +47,7 @@ from registry.manifests import stored_media_type
 from registry.manifests.references import manifest_refs
 from registry.proxy.config import ProxyConfig
 from registry.proxy.errors import (
+    UpstreamBadResponse,
     UpstreamError,
     UpstreamNotFound,
     UpstreamRateLimited,
@@ -127,6 +128,10 @@ def overloaded(detail: dict[str, Any]) -> RegistryError:
 
 
 HostedUses = Callable[[Digest], Awaitable[bool]]
+
+# A fill reads the upstream socket in reads of up to this size: each chunk costs a reactor
+# turn, a trip through the HTTP parser and a delivery to every reader, so fewer is cheaper.
+FILL_READ_SIZE = 1024 * 1024
 
 # Bounds of the tables whose keys clients choose (names, tags, digests): see `Limits`.
 MAX_INFLIGHT = 1024
@@ -586,6 +591,14 @@ class ProxyCache:
             raise error
         raise RegistryError(UNAVAILABLE, detail, "upstream blob fetch failed")
 
+    def _fill_hasher(self, digest: Digest) -> OffloadedHasher | None:
+        """Where a fill's body is hashed: on the hash threads when the algorithm's hasher
+        lets the reactor thread run meanwhile (it then receives, writes and serves the next
+        chunks while a worker hashes), else None: `BodyRelay` hashes on the reactor thread."""
+        if self.hash_threads is None or not releases_gil(digest.algorithm):
+            return None
+        return OffloadedHasher(DigestingHasher(digest.algorithm), self.hash_threads)
+
     async def _run_fill(self, fill: Fill, upstream: str) -> None:
         digest = fill.digest
         writer = None
@@ -612,9 +625,15 @@ class ProxyCache:
                 fill.tail_driver = self.spool
             fill.opened = True
             fill.notify()
-            protocol = FillProtocol(fill, writer, lambda n: None, spool)
-            blob.deliver(protocol, verify=True)
+            hasher = self._fill_hasher(digest)
+            protocol = FillProtocol(fill, writer, lambda n: None, spool, hasher)
+            blob.deliver(protocol, verify=hasher is None, read_size=FILL_READ_SIZE)
             await protocol.done
+            if hasher is not None:
+                actual = (await hasher.settle()).digest()
+                if actual != digest:
+                    self.client.session.errors += 1
+                    raise UpstreamBadResponse(None, f"body hashes to {actual}, not {digest}")
             committing, writer = writer, None
             await committing.commit()
             await self.driver.move(fill.path, fill.final_path)
@@ -658,6 +677,7 @@ class ProxyCache:
         finally:
             self._fills.pop(digest, None)
             self.index.release(str(digest))
+            fill.forget_recent()
             fill.notify()
             if spool is not None and self.spool is not None and fill.tail_path is not None:
                 # Readers still on the spool re-read from the stored blob (or fail with the fill).
