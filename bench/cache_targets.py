@@ -118,48 +118,66 @@ def cache_sections(remoteurl: str, **proxy: str) -> dict[str, dict[str, str]]:
     }
 
 
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _timed_pull(puller: Puller, name: str, tag: str, *processes: psutil.Process) -> list[float]:
+    """Seconds of the pull, then the CPU seconds of this process (the client) and of each of
+    ``processes`` during it."""
+    before = [time.process_time()] + [_cpu(p) for p in processes]
+    elapsed = puller.pull(name, tag)
+    after = [time.process_time()] + [_cpu(p) for p in processes]
+    return [elapsed] + [b - a for a, b in zip(before, after, strict=True)]
+
+
 def cold(args: argparse.Namespace, workdir: Path) -> None:
     sizes = [args.layer_mib * MiB] * args.layers
     fake, info = start_fake(sizes, args.blob_rate * MiB if args.blob_rate else None)
+    upstream = psutil.Process(fake.pid)
     name, tag = "library/alpine", "latest"
-    rows: list[tuple[float, float, float, float]] = []
+    rows: list[tuple[list[float], list[float], float]] = []
     try:
         for round_ in range(args.rounds):
-            straight = Puller(info["url"]).pull(name, tag)
+            straight = _timed_pull(Puller(info["url"]), name, tag, upstream)
             folder = workdir / f"cache{round_}"
             folder.mkdir()
             cache = RegistryProcess(folder, cache_sections(info["url"]))
             cache.start()
             try:
-                process = psutil.Process(cache.pid)
                 through = Puller(cache.url)
-                before = process.cpu_times()
-                cold_time = through.pull(name, tag)
-                after = process.cpu_times()
-                cpu = (after.user + after.system) - (before.user + before.system)
+                cold_pull = _timed_pull(through, name, tag, upstream, psutil.Process(cache.pid))
                 warm_time = min(through.pull(name, tag) for _ in range(3))
             finally:
                 cache.stop()
-            rows.append((straight, cold_time, warm_time, cpu))
+            rows.append((straight, cold_pull, warm_time))
     finally:
         fake.terminate()
         fake.wait(timeout=10)
     total = sum(sizes) / MiB
     print(f"cold: one image, {args.layers} layers of {args.layer_mib} MiB ({total:.0f} MiB)")
-    for straight, cold_time, warm_time, cpu in rows:
-        print(f"  straight from the upstream: {straight:.2f} s ({total / straight:.0f} MiB/s)")
+    for straight, cold_pull, warm_time in rows:
         print(
-            f"  cold through the cache:     {cold_time:.2f} s ({total / cold_time:.0f} MiB/s), "
-            f"{100 * cold_time / straight:.0f}% of the straight pull; "
-            f"cache CPU {cpu:.2f} s"
+            f"  straight from the upstream: {straight[0]:.2f} s ({total / straight[0]:.0f} MiB/s); "
+            f"CPU s: client {straight[1]:.2f}, upstream {straight[2]:.2f}"
+        )
+        print(
+            f"  cold through the cache:     {cold_pull[0]:.2f} s "
+            f"({total / cold_pull[0]:.0f} MiB/s), "
+            f"{100 * cold_pull[0] / straight[0]:.0f}% of the straight pull; "
+            f"CPU s: client {cold_pull[1]:.2f}, upstream {cold_pull[2]:.2f}, "
+            f"cache {cold_pull[3]:.2f}"
         )
         print(f"  warm through the cache:     {warm_time:.2f} s ({total / warm_time:.0f} MiB/s)")
     if len(rows) > 1:
-        ratios = sorted(100 * cold_time / straight for straight, cold_time, _w, _c in rows)
-        cpus = sorted(cpu for *_rest, cpu in rows)
+        ratios = sorted(100 * cold_pull[0] / straight[0] for straight, cold_pull, _w in rows)
+        cpus = sorted(cold_pull[3] for _s, cold_pull, _w in rows)
+        warm = sorted(100 * warm / straight[0] for straight, _c, warm in rows)
+        middle = len(rows) // 2
         print(
-            f"  median of {len(rows)} rounds: cold {ratios[len(ratios) // 2]:.0f}% of the "
-            f"straight pull, cache CPU {cpus[len(cpus) // 2]:.2f} s for the cold pull"
+            f"  median of {len(rows)} rounds: cold {ratios[middle]:.0f}% of the straight pull, "
+            f"warm {warm[middle]:.0f}%, cache CPU {cpus[middle]:.2f} s for the cold pull"
         )
 
 
