@@ -2,14 +2,15 @@
 The pull-through cache's remaining targets, one sub-command each:
 
     python bench/cache_targets.py cold [--layers 4] [--layer-mib 64] [--blob-rate MIBPS]
-                                       [--rounds 1]
+                                       [--rounds 1] [--storage filesystem|s3]
     python bench/cache_targets.py names [--count 100000] [--threads 8]
     python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--parallel 1]
 
 - ``cold``: one image pulled (manifest, then its layers one after another, each hashed) straight
   from the fake upstream (``--auth none``), then through a fresh cache (cold), then again
   (warm), ``--rounds`` times (each with a fresh cache); the cache process's CPU time for the
-  cold pull.  Target: cold through the cache within 110% of the straight pull.
+  cold pull; ``--storage s3``: the cache on SeaweedFS.  Target: cold through the cache within
+  110% of the straight pull.
 - ``names``: ``--count`` distinct repository names, each a manifest GET through one cache in
   front of a tiny upstream (in this process) that answers every name with the same small
   manifest; the cache's RSS before and after.  Target: growth at most 10 MiB.
@@ -138,12 +139,18 @@ def cold(args: argparse.Namespace, workdir: Path) -> None:
     upstream = psutil.Process(fake.pid)
     name, tag = "library/alpine", "latest"
     rows: list[tuple[list[float], list[float], float]] = []
+    s3 = start_s3_server(workdir / "s3") if args.storage == "s3" else None
     try:
         for round_ in range(args.rounds):
             straight = _timed_pull(Puller(info["url"]), name, tag, upstream)
             folder = workdir / f"cache{round_}"
             folder.mkdir()
-            cache = RegistryProcess(folder, cache_sections(info["url"]))
+            sections = cache_sections(info["url"])
+            if s3 is not None:
+                sections["storage"] = s3.storage_section(
+                    f"/bench/{uuid.uuid4().hex}", spooldirectory=str(folder / "spool")
+                )
+            cache = RegistryProcess(folder, sections)
             cache.start()
             try:
                 through = Puller(cache.url)
@@ -155,8 +162,13 @@ def cold(args: argparse.Namespace, workdir: Path) -> None:
     finally:
         fake.terminate()
         fake.wait(timeout=10)
+        if s3 is not None:
+            s3.stop()
     total = sum(sizes) / MiB
-    print(f"cold: one image, {args.layers} layers of {args.layer_mib} MiB ({total:.0f} MiB)")
+    print(
+        f"cold: one image, {args.layers} layers of {args.layer_mib} MiB ({total:.0f} MiB), "
+        f"{args.storage} storage"
+    )
     for straight, cold_pull, warm_time in rows:
         print(
             f"  straight from the upstream: {straight[0]:.2f} s ({total / straight[0]:.0f} MiB/s); "
@@ -378,6 +390,7 @@ def main() -> None:
     p.add_argument("--layer-mib", type=int, default=64)
     p.add_argument("--blob-rate", type=int, default=0, help="upstream MiB/s (0: unbounded)")
     p.add_argument("--rounds", type=int, default=1, help="straight, cold and warm, repeated")
+    p.add_argument("--storage", choices=["filesystem", "s3"], default="filesystem")
     p = sub.add_parser("names")
     p.add_argument("--count", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=8)
