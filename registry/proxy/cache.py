@@ -133,6 +133,9 @@ HostedUses = Callable[[Digest], Awaitable[bool]]
 # turn, a trip through the HTTP parser and a delivery to every reader, so fewer is cheaper.
 FILL_READ_SIZE = 1024 * 1024
 
+# A fill wakes a hashing thread once this much is queued (not once per chunk).
+FILL_HASH_BATCH = 4 * 1024 * 1024
+
 # Bounds of the tables whose keys clients choose (names, tags, digests): see `Limits`.
 MAX_INFLIGHT = 1024
 MAX_REMEMBERED = 16_384
@@ -597,7 +600,9 @@ class ProxyCache:
         chunks while a worker hashes), else None: `BodyRelay` hashes on the reactor thread."""
         if self.hash_threads is None or not releases_gil(digest.algorithm):
             return None
-        return OffloadedHasher(DigestingHasher(digest.algorithm), self.hash_threads)
+        return OffloadedHasher(
+            DigestingHasher(digest.algorithm), self.hash_threads, batch=FILL_HASH_BATCH
+        )
 
     async def _run_fill(self, fill: Fill, upstream: str) -> None:
         digest = fill.digest

@@ -40,9 +40,10 @@ from registry.client._body import settle_body
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
 from registry.storage.hash_offload import OffloadedHasher
 
-# A reader asks the growing file for at most this much at a time, so what it holds in memory
-# stays small however far the fill has run ahead of it.
-SEGMENT = 1024 * 1024
+# A reader behind the fill's window opens the growing file for at most this much at a time;
+# what it holds in memory is bounded by the driver's reader (two 2 MiB chunks for a file),
+# not by this, however far the fill has run ahead of it.  Larger segments: fewer opens.
+SEGMENT = 8 * 1024 * 1024
 
 # How much of the latest upstream bytes a fill with readers keeps in memory (at least the last
 # chunk): a reader that keeps up, or paused for a reactor turn or two while its socket drains,
