@@ -133,8 +133,10 @@ HostedUses = Callable[[Digest], Awaitable[bool]]
 # turn, a trip through the HTTP parser and a delivery to every reader, so fewer is cheaper.
 FILL_READ_SIZE = 1024 * 1024
 
-# A fill wakes a hashing thread once this much is queued (not once per chunk).
-FILL_HASH_BATCH = 4 * 1024 * 1024
+# A fill wakes a hashing thread once this much is queued (not once per chunk): well under
+# the hash threads' high-water mark, so that a worker slow to be scheduled on a busy machine
+# does not pause the upstream read.
+FILL_HASH_BATCH = 2 * 1024 * 1024
 
 # Bounds of the tables whose keys clients choose (names, tags, digests): see `Limits`.
 MAX_INFLIGHT = 1024
