@@ -665,6 +665,11 @@ class ProxyCache:
             self.schedule_eviction()
         except Exception as exc:
             fill.error = exc
+            # From now on a request for the blob starts a fill of its own instead of joining
+            # this failed one while its clean-up below (an S3 abort, a delete) runs.
+            if self._fills.get(digest) is fill:
+                del self._fills[digest]
+            fill.notify()
             if isinstance(exc, UpstreamError):
                 self._upstream_failed("blob GET", upstream, str(digest), exc)
             elif isinstance(exc, RedisUnavailable):
@@ -682,7 +687,8 @@ class ProxyCache:
             with contextlib.suppress(Exception):
                 await self.driver.delete(fill.path)
         finally:
-            self._fills.pop(digest, None)
+            if self._fills.get(digest) is fill:
+                del self._fills[digest]
             self.index.release(str(digest))
             fill.forget_recent()
             fill.notify()
