@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.web.iweb import IBodyProducer
 
 from registry.api.digests import DigestingHasher
@@ -314,3 +314,39 @@ async def test_a_paused_client_falls_back_to_storage_and_others_go_on(
     assert response.code == 200
     assert sha256(data) == layer.digest
     assert fake.count("GET", "cdn", ref=layer.digest) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_during_a_failed_fills_clean_up_starts_a_new_fill(
+    proxied: Proxied, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill that failed (a corrupt upstream body) is no longer joined while its clean-up
+    runs (slow on S3: aborting the upload, deleting the spool): a request arriving then gets
+    the blob from a new fill, not a dropped connection."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+    cleaning: Deferred[None] = Deferred()
+    held: list[str] = []
+    real = FilesystemDriver.delete
+
+    async def slow_delete(self: FilesystemDriver, path: str) -> None:
+        if "/fills/" in path and not held:
+            held.append(path)
+            await cleaning
+        await real(self, path)
+
+    monkeypatch.setattr(FilesystemDriver, "delete", slow_delete)
+    fake.switches.corrupt_blobs = True
+    _status, body = await _try_get(url)
+    assert body is None or sha256(body) != layer.digest
+    await wait_for(lambda: bool(held))  # the failed fill is cleaning up
+    fake.switches.corrupt_blobs = False
+    try:
+        response, data = await fetch(url)
+    finally:
+        cleaning.callback(None)
+    assert response.code == 200
+    assert sha256(data) == layer.digest
+    assert fake.count("GET", "cdn", ref=layer.digest) == 2
