@@ -2,12 +2,15 @@
 The pull-through cache's remaining targets, one sub-command each:
 
     python bench/cache_targets.py cold [--layers 4] [--layer-mib 64] [--blob-rate MIBPS]
+                                       [--rounds 1] [--storage filesystem|s3]
     python bench/cache_targets.py names [--count 100000] [--threads 8]
     python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--parallel 1]
 
 - ``cold``: one image pulled (manifest, then its layers one after another, each hashed) straight
   from the fake upstream (``--auth none``), then through a fresh cache (cold), then again
-  (warm).  Target: cold through the cache within 110% of the straight pull.
+  (warm), ``--rounds`` times (each with a fresh cache); the cache process's CPU time for the
+  cold pull; ``--storage s3``: the cache on SeaweedFS.  Target: cold through the cache within
+  110% of the straight pull.
 - ``names``: ``--count`` distinct repository names, each a manifest GET through one cache in
   front of a tiny upstream (in this process) that answers every name with the same small
   manifest; the cache's RSS before and after.  Target: growth at most 10 MiB.
@@ -116,33 +119,78 @@ def cache_sections(remoteurl: str, **proxy: str) -> dict[str, dict[str, str]]:
     }
 
 
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _timed_pull(puller: Puller, name: str, tag: str, *processes: psutil.Process) -> list[float]:
+    """Seconds of the pull, then the CPU seconds of this process (the client) and of each of
+    ``processes`` during it."""
+    before = [time.process_time()] + [_cpu(p) for p in processes]
+    elapsed = puller.pull(name, tag)
+    after = [time.process_time()] + [_cpu(p) for p in processes]
+    return [elapsed] + [b - a for a, b in zip(before, after, strict=True)]
+
+
 def cold(args: argparse.Namespace, workdir: Path) -> None:
     sizes = [args.layer_mib * MiB] * args.layers
     fake, info = start_fake(sizes, args.blob_rate * MiB if args.blob_rate else None)
+    upstream = psutil.Process(fake.pid)
     name, tag = "library/alpine", "latest"
+    rows: list[tuple[list[float], list[float], float]] = []
+    s3 = start_s3_server(workdir / "s3") if args.storage == "s3" else None
     try:
-        straight = Puller(info["url"]).pull(name, tag)
-        folder = workdir / "cache"
-        folder.mkdir()
-        cache = RegistryProcess(folder, cache_sections(info["url"]))
-        cache.start()
-        try:
-            through = Puller(cache.url)
-            cold_time = through.pull(name, tag)
-            warm_time = min(through.pull(name, tag) for _ in range(3))
-        finally:
-            cache.stop()
+        for round_ in range(args.rounds):
+            straight = _timed_pull(Puller(info["url"]), name, tag, upstream)
+            folder = workdir / f"cache{round_}"
+            folder.mkdir()
+            sections = cache_sections(info["url"])
+            if s3 is not None:
+                sections["storage"] = s3.storage_section(
+                    f"/bench/{uuid.uuid4().hex}", spooldirectory=str(folder / "spool")
+                )
+            cache = RegistryProcess(folder, sections)
+            cache.start()
+            try:
+                through = Puller(cache.url)
+                cold_pull = _timed_pull(through, name, tag, upstream, psutil.Process(cache.pid))
+                warm_time = min(through.pull(name, tag) for _ in range(3))
+            finally:
+                cache.stop()
+            rows.append((straight, cold_pull, warm_time))
     finally:
         fake.terminate()
         fake.wait(timeout=10)
+        if s3 is not None:
+            s3.stop()
     total = sum(sizes) / MiB
-    print(f"cold: one image, {args.layers} layers of {args.layer_mib} MiB ({total:.0f} MiB)")
-    print(f"  straight from the upstream: {straight:.2f} s ({total / straight:.0f} MiB/s)")
     print(
-        f"  cold through the cache:     {cold_time:.2f} s ({total / cold_time:.0f} MiB/s), "
-        f"{100 * cold_time / straight:.0f}% of the straight pull"
+        f"cold: one image, {args.layers} layers of {args.layer_mib} MiB ({total:.0f} MiB), "
+        f"{args.storage} storage"
     )
-    print(f"  warm through the cache:     {warm_time:.2f} s ({total / warm_time:.0f} MiB/s)")
+    for straight, cold_pull, warm_time in rows:
+        print(
+            f"  straight from the upstream: {straight[0]:.2f} s ({total / straight[0]:.0f} MiB/s); "
+            f"CPU s: client {straight[1]:.2f}, upstream {straight[2]:.2f}"
+        )
+        print(
+            f"  cold through the cache:     {cold_pull[0]:.2f} s "
+            f"({total / cold_pull[0]:.0f} MiB/s), "
+            f"{100 * cold_pull[0] / straight[0]:.0f}% of the straight pull; "
+            f"CPU s: client {cold_pull[1]:.2f}, upstream {cold_pull[2]:.2f}, "
+            f"cache {cold_pull[3]:.2f}"
+        )
+        print(f"  warm through the cache:     {warm_time:.2f} s ({total / warm_time:.0f} MiB/s)")
+    if len(rows) > 1:
+        ratios = sorted(100 * cold_pull[0] / straight[0] for straight, cold_pull, _w in rows)
+        cpus = sorted(cold_pull[3] for _s, cold_pull, _w in rows)
+        warm = sorted(100 * warm / straight[0] for straight, _c, warm in rows)
+        middle = len(rows) // 2
+        print(
+            f"  median of {len(rows)} rounds: cold {ratios[middle]:.0f}% of the straight pull, "
+            f"warm {warm[middle]:.0f}%, cache CPU {cpus[middle]:.2f} s for the cold pull"
+        )
 
 
 class AnyName(http.server.BaseHTTPRequestHandler):
@@ -341,6 +389,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--layer-mib", type=int, default=64)
     p.add_argument("--blob-rate", type=int, default=0, help="upstream MiB/s (0: unbounded)")
+    p.add_argument("--rounds", type=int, default=1, help="straight, cold and warm, repeated")
+    p.add_argument("--storage", choices=["filesystem", "s3"], default="filesystem")
     p = sub.add_parser("names")
     p.add_argument("--count", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=8)

@@ -56,6 +56,19 @@ def abort_transport(transport: object) -> None:
         stop()
 
 
+def set_read_size(transport: object, size: int) -> None:
+    """Let the TCP connection under a response body read up to ``size`` bytes per socket read.
+
+    Twisted reads 64 KiB at a time; a large body then costs a reactor turn, a trip through
+    the HTTP parser and a delivery to every consumer per 64 KiB.  The connection keeps the
+    size when it goes back to the pool (it only bounds a read; nothing is allocated until
+    bytes arrive).  TLS connections are left as they are.
+    """
+    inner = twisted_internals.proxied_transport(transport)
+    if inner is not None and hasattr(inner, "bufferSize"):
+        inner.bufferSize = max(size, inner.bufferSize)
+
+
 class Collector(Protocol):
     """Collect a whole (small) body; more than ``limit`` bytes fails with BadResponse."""
 
@@ -131,8 +144,10 @@ class BodyRelay(Protocol):
         idle_timeout: float,
         on_bytes: Callable[[int], None],
         on_error: Callable[[], None],
+        read_size: int | None = None,
     ) -> None:
         self._inner = inner
+        self._read_size = read_size
         self._reactor = reactor
         self._digest = digest
         self._length = length
@@ -149,6 +164,8 @@ class BodyRelay(Protocol):
     # -- from the upstream response
 
     def connectionMade(self) -> None:
+        if self._read_size is not None:
+            set_read_size(self.transport, self._read_size)
         self._arm()
         self._inner.makeConnection(_BodyControl(self))
 

@@ -186,13 +186,16 @@ class BlobStream:
     def received(self) -> int:
         return self._relay.received if self._relay is not None else 0
 
-    def deliver(self, protocol: Protocol, *, verify: bool = True) -> None:
+    def deliver(
+        self, protocol: Protocol, *, verify: bool = True, read_size: int | None = None
+    ) -> None:
         """Stream the body into ``protocol``.
 
         ``protocol.transport`` is an `IPushProducer`: pause it to apply back-pressure to the
         socket (the idle timeout does not run while paused), stop it to abort.  Set
         ``verify=False`` when the consumer hashes anyway.  A partial body (``offset`` > 0 or a
-        bounded range) is never verified here.
+        bounded range) is never verified here.  ``read_size`` raises how much one socket read
+        takes (plain TCP only): fewer, larger chunks for a consumer with a cost per chunk.
         """
         if self._relay is not None:
             raise RuntimeError("a blob body can be read only once")
@@ -213,6 +216,7 @@ class BlobStream:
             idle_timeout=session.timeout,
             on_bytes=count_bytes,
             on_error=count_error,
+            read_size=read_size,
         )
         self._response.deliverBody(self._relay)
 

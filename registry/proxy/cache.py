@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 
-from registry.api.digests import Digest, DigestingHasher
+from registry.api.digests import Digest, DigestingHasher, releases_gil
 from registry.api.errors import (
     BLOB_UNKNOWN,
     MANIFEST_UNKNOWN,
@@ -47,6 +47,7 @@ from registry.manifests import stored_media_type
 from registry.manifests.references import manifest_refs
 from registry.proxy.config import MAX_INFLIGHT, ProxyConfig
 from registry.proxy.errors import (
+    UpstreamBadResponse,
     UpstreamError,
     UpstreamNotFound,
     UpstreamRateLimited,
@@ -127,6 +128,15 @@ def overloaded(detail: dict[str, Any]) -> RegistryError:
 
 
 HostedUses = Callable[[Digest], Awaitable[bool]]
+
+# A fill reads the upstream socket in reads of up to this size: each chunk costs a reactor
+# turn, a trip through the HTTP parser and a delivery to every reader, so fewer is cheaper.
+FILL_READ_SIZE = 1024 * 1024
+
+# A fill wakes a hashing thread once this much is queued (not once per chunk): well under
+# the hash threads' high-water mark, so that a worker slow to be scheduled on a busy machine
+# does not pause the upstream read.
+FILL_HASH_BATCH = 2 * 1024 * 1024
 
 # Bounds of the tables whose keys clients choose (names, tags, digests): see `Limits`.
 MAX_REMEMBERED = 16_384
@@ -601,6 +611,16 @@ class ProxyCache:
             raise error
         raise RegistryError(UNAVAILABLE, detail, "upstream blob fetch failed")
 
+    def _fill_hasher(self, digest: Digest) -> OffloadedHasher | None:
+        """Where a fill's body is hashed: on the hash threads when the algorithm's hasher
+        lets the reactor thread run meanwhile (it then receives, writes and serves the next
+        chunks while a worker hashes), else None: `BodyRelay` hashes on the reactor thread."""
+        if self.hash_threads is None or not releases_gil(digest.algorithm):
+            return None
+        return OffloadedHasher(
+            DigestingHasher(digest.algorithm), self.hash_threads, batch=FILL_HASH_BATCH
+        )
+
     async def _run_fill(self, fill: Fill, upstream: str) -> None:
         digest = fill.digest
         writer = None
@@ -627,9 +647,15 @@ class ProxyCache:
                 fill.tail_driver = self.spool
             fill.opened = True
             fill.notify()
-            protocol = FillProtocol(fill, writer, lambda n: None, spool)
-            blob.deliver(protocol, verify=True)
+            hasher = self._fill_hasher(digest)
+            protocol = FillProtocol(fill, writer, lambda n: None, spool, hasher)
+            blob.deliver(protocol, verify=hasher is None, read_size=FILL_READ_SIZE)
             await protocol.done
+            if hasher is not None:
+                actual = (await hasher.settle()).digest()
+                if actual != digest:
+                    self.client.session.errors += 1
+                    raise UpstreamBadResponse(None, f"body hashes to {actual}, not {digest}")
             committing, writer = writer, None
             await committing.commit()
             await self.driver.move(fill.path, fill.final_path)
@@ -654,6 +680,11 @@ class ProxyCache:
             self.schedule_eviction()
         except Exception as exc:
             fill.error = exc
+            # From now on a request for the blob starts a fill of its own instead of joining
+            # this failed one while its clean-up below (an S3 abort, a delete) runs.
+            if self._fills.get(digest) is fill:
+                del self._fills[digest]
+            fill.notify()
             if isinstance(exc, UpstreamError):
                 self._upstream_failed("blob GET", upstream, str(digest), exc)
             elif isinstance(exc, RedisUnavailable):
@@ -671,8 +702,10 @@ class ProxyCache:
             with contextlib.suppress(Exception):
                 await self.driver.delete(fill.path)
         finally:
-            self._fills.pop(digest, None)
+            if self._fills.get(digest) is fill:
+                del self._fills[digest]
             self.index.release(str(digest))
+            fill.forget_recent()
             fill.notify()
             if spool is not None and self.spool is not None and fill.tail_path is not None:
                 # Readers still on the spool re-read from the stored blob (or fail with the fill).

@@ -3,12 +3,16 @@ Filling the cache with one upstream blob while any number of clients read it.
 
 A `Fill` writes the upstream body into a storage file at upstream speed (pausing the upstream
 socket only when the storage writer asks to) and moves it to the blob's content-addressed path
-once the body is complete and hashed to its digest (`BodyRelay` checks both).  Clients never
-read from the upstream stream: every reader, first or late, is a `TailProducer` that reads the
-growing file from storage "tail -f" style, in bounded segments and with its own back-pressure,
-waking up when the fill reports progress.  So memory does not depend on the number of clients,
-their speed or the layer size, and the fill carries on when any client (the first included)
-goes away.
+once the body is complete and hashed to its digest (`BodyRelay` checks the length; the
+digest is checked by `BodyRelay` or, off the reactor thread, by the fill's `OffloadedHasher`).
+Every reader, first or late, is a `TailProducer`: a reader that keeps up gets each chunk from
+the fill's small in-memory window of the latest bytes (`Fill.recent`) in the reactor turn that
+received it, and one that fell behind (or joined late) reads the growing file from storage
+"tail -f" style, in bounded segments and with its own back-pressure, until it catches up with
+the window.  So memory does not depend on the number of clients, their speed or the layer
+size (one window per fill, kept only while it has readers), no client's back-pressure ever
+slows the upstream read, and the fill carries on when any client (the first included) goes
+away.
 
 With the filesystem driver the growing file is readable while it is written.  A driver whose
 writer only publishes the file on commit (S3, where a fill is a multipart upload) gets a
@@ -19,6 +23,7 @@ clients get the bytes as they arrive rather than once the whole layer is committ
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,10 +38,17 @@ from zope.interface import implementer
 from registry.api.digests import Digest
 from registry.client._body import settle_body
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
+from registry.storage.hash_offload import OffloadedHasher
 
-# A reader asks the growing file for at most this much at a time, so what it holds in memory
-# stays small however far the fill has run ahead of it.
-SEGMENT = 1024 * 1024
+# A reader behind the fill's window opens the growing file for at most this much at a time;
+# what it holds in memory is bounded by the driver's reader (two 2 MiB chunks for a file),
+# not by this, however far the fill has run ahead of it.  Larger segments: fewer opens.
+SEGMENT = 8 * 1024 * 1024
+
+# How much of the latest upstream bytes a fill with readers keeps in memory (at least the last
+# chunk): a reader that keeps up, or paused for a reactor turn or two while its socket drains,
+# is served from it without reading the bytes back from storage.
+RECENT = 2 * 1024 * 1024
 
 
 class Fill:
@@ -66,6 +78,10 @@ class Fill:
         self.tail_driver: IStorageDriver | None = None
         self.tail_path: str | None = None
         self._waiters: list[Deferred[None]] = []
+        # The latest bytes stored, from offset ``_recent_start`` on (only while readers).
+        self._recent: deque[bytes] = deque()
+        self._recent_start = 0
+        self._recent_size = 0
 
     @property
     def finished(self) -> bool:
@@ -87,11 +103,55 @@ class Fill:
         for d in waiters:
             d.callback(None)
 
+    def stored_chunk(self, data: bytes) -> None:
+        """``data`` was accepted by the storage writer (and the spool): count it, keep it in
+        the window while there are readers, and wake the readers waiting for it."""
+        self.stored += len(data)
+        if self.readers > 0:
+            recent = self._recent
+            if not recent:
+                self._recent_start = self.stored - len(data)
+            recent.append(data)
+            self._recent_size += len(data)
+            while self._recent_size - len(recent[0]) >= RECENT:
+                dropped = recent.popleft()
+                self._recent_start += len(dropped)
+                self._recent_size -= len(dropped)
+        else:
+            self.forget_recent()
+        self.notify()
+
+    def forget_recent(self) -> None:
+        self._recent.clear()
+        self._recent_size = 0
+
+    def recent(self, position: int, end: int) -> list[bytes]:
+        """The stored bytes from ``position`` to ``end`` that the window holds, as pieces
+        (whole chunks are not copied); empty when ``position`` is not in the window."""
+        start = self._recent_start
+        if not self._recent or position < start or position >= end:
+            return []
+        pieces: list[bytes] = []
+        for chunk in self._recent:
+            chunk_end = start + len(chunk)
+            if chunk_end > position:
+                if start >= end:
+                    break
+                lo, hi = max(position, start) - start, min(end, chunk_end) - start
+                pieces.append(chunk if lo == 0 and hi == len(chunk) else chunk[lo:hi])
+            start = chunk_end
+        return pieces
+
 
 class FillProtocol(Protocol):
     """Receives the upstream body (through `BodyRelay`) and appends it to the fill's file.
 
-    ``done`` fires when the body ended complete and verified, or fails with its error."""
+    With a ``hasher`` (the body is then delivered unverified), every chunk is also queued for
+    hashing on the hash threads, and the upstream socket pauses while that queue is full, as
+    it does for a slow writer; whoever awaits ``done`` then compares the digest.
+
+    ``done`` fires when the body ended complete (and, without a ``hasher``, verified), or
+    fails with its error."""
 
     def __init__(
         self,
@@ -99,10 +159,12 @@ class FillProtocol(Protocol):
         writer: IFileWriter,
         on_bytes: Callable[[int], None],
         spool: IFileWriter | None = None,
+        hasher: OffloadedHasher | None = None,
     ) -> None:
         self.fill = fill
         self.writer = writer
         self.spool = spool
+        self.hasher = hasher
         self.on_bytes = on_bytes
         self.done: Deferred[None] = Deferred()
 
@@ -116,9 +178,10 @@ class FillProtocol(Protocol):
             if not self.done.called:
                 self.done.errback(Failure(exc))
             return
-        self.fill.stored += len(data)
+        if self.hasher is not None:
+            pending.append(self.hasher.update(data))
         self.on_bytes(len(data))
-        self.fill.notify()
+        self.fill.stored_chunk(data)
         waits = [d for d in pending if isinstance(d, Deferred)]
         if waits:
             transport: Any = self.transport
@@ -150,10 +213,12 @@ def abort_connection(consumer: object) -> None:
 class TailProducer:
     """Streams ``length`` bytes from ``offset`` of a blob being filled, following the fill.
 
-    Each segment is a driver reader started on the consumer directly, so the consumer's
-    back-pressure reaches the file reads; between segments it waits for the fill to progress.
-    If the fill fails after bytes went out, production fails and the caller drops the
-    connection: the client sees a truncated body, never a wrong complete one.
+    Bytes the fill's window still holds (`Fill.recent`) are written to the consumer straight
+    away, until it pauses; older ones are read from storage, each segment a driver reader
+    started on the consumer directly, so the consumer's back-pressure reaches the file reads.
+    With nothing new, it waits for the fill to progress.  If the fill fails after bytes went
+    out, production fails and the caller drops the connection: the client sees a truncated
+    body, never a wrong complete one.
     """
 
     def __init__(self, fill: Fill, driver: IStorageDriver, offset: int, length: int) -> None:
@@ -165,6 +230,8 @@ class TailProducer:
         self._inner: IBodyProducer | None = None
         self._paused = False
         self._stopped = False
+        self._writing = False  # in consumer.write, which may pause or stop this producer
+        self._resumed: Deferred[None] | None = None
         self._run: Deferred[None] | None = None
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
@@ -194,9 +261,18 @@ class TailProducer:
                 raise CancelledError("tail producer stopped")
             if fill.error is not None:
                 raise fill.error
+            if self._paused:
+                self._resumed = Deferred()
+                await self._resumed
+                continue
             # Until the fill is verified, hold back its last byte: if the upstream body turns
             # out truncated or corrupt, no client has received a complete wrong blob.
             verified = fill.stored if fill.size is None else min(fill.stored, fill.size - 1)
+            if not fill.done and verified > position:
+                pieces = fill.recent(position, min(end, verified))
+                if pieces:
+                    position += self._write_pieces(consumer, pieces)
+                    continue
             driver = self.driver
             if fill.done:
                 path, wanted = fill.final_path, min(end - position, SEGMENT)
@@ -232,6 +308,21 @@ class TailProducer:
             position += count
             self.sent += count
 
+    def _write_pieces(self, consumer: IConsumer, pieces: list[bytes]) -> int:
+        """Write ``pieces`` until the consumer pauses or stops this producer; bytes written."""
+        written = 0
+        self._writing = True
+        try:
+            for piece in pieces:
+                if self._paused or self._stopped:
+                    break
+                consumer.write(piece)
+                written += len(piece)
+        finally:
+            self._writing = False
+        self.sent += written
+        return written
+
     def pauseProducing(self) -> None:
         self._paused = True
         if self._inner is not None:
@@ -241,6 +332,9 @@ class TailProducer:
         self._paused = False
         if self._inner is not None:
             self._inner.resumeProducing()
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
 
     def stopProducing(self) -> None:
         if self._stopped:
@@ -249,6 +343,8 @@ class TailProducer:
         inner, self._inner = self._inner, None
         if inner is not None:
             inner.stopProducing()
+        if self._writing:
+            return  # inside the coroutine (a write): it sees ``_stopped`` when the write returns
         if self._run is not None and not self._run.called:
             self._run.cancel()
 

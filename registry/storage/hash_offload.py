@@ -45,9 +45,13 @@ class OffloadedHasher:
     before reading the hasher's digest or state: it waits for every queued byte.
     """
 
-    def __init__(self, hasher: DigestingHasher, threads: HashThreads) -> None:
+    def __init__(self, hasher: DigestingHasher, threads: HashThreads, batch: int = 0) -> None:
+        """``batch``: how many bytes to queue before a worker is woken (`settle` hashes what
+        is left).  Each wake-up is a thread hop that costs the reactor thread a lock handoff;
+        a caller whose chunks are large and come fast (a cache fill) wakes one per batch."""
         self.hasher = hasher
         self._threads = threads
+        self._batch = min(batch, threads.high_water)
         self._lock = threading.Lock()
         self._chunks: deque[bytes] = deque()
         self._queued = 0
@@ -67,8 +71,8 @@ class OffloadedHasher:
                 return None  # reported by settle()
             self._chunks.append(data)
             self._queued += len(data)
-            start = not self._running
-            self._running = True
+            start = not self._running and self._queued >= self._batch
+            self._running = self._running or start
             if self._queued > self._threads.high_water:
                 waiter = Deferred()
                 self._room_waiters.append(waiter)
@@ -80,9 +84,13 @@ class OffloadedHasher:
         """The hasher, once everything queued is hashed; raises the hashing error if any."""
         with self._lock:
             waiter: Deferred[None] | None = None
+            start = not self._running and bool(self._chunks)  # a batch not yet full
+            self._running = self._running or start
             if self._running:
                 waiter = Deferred()
                 self._idle_waiters.append(waiter)
+        if start:
+            self._threads.pool.callInThread(self._work)
         if waiter is not None:
             await waiter
         if self._error is not None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.web.iweb import IBodyProducer
 
 from registry.api.digests import DigestingHasher
 from registry.client._body import abort_transport
+from registry.storage.filesystem import FilesystemDriver
 from tests.e2e.client import sha256
 from tests.e2e.harness import InProcessRegistry
 from tests.fakes.content import Image
@@ -222,3 +224,129 @@ async def test_a_stalled_client_does_not_hold_back_the_fill(
     data = await response.content()
     assert sha256(data) == layer.digest
     assert fake.count("GET", "cdn", ref=layer.digest) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_fill_hashes_the_upstream_body_in_the_hash_threads(
+    proxied: Proxied, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold fill's digest check runs on the service's hash threads, not on the reactor
+    thread (which receives, writes and serves meanwhile); a corrupt body is still refused."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    registry = await proxied()
+    threads: list[str] = []
+    real = DigestingHasher.update
+
+    def recording(self: DigestingHasher, data: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        real(self, data)
+
+    monkeypatch.setattr(DigestingHasher, "update", recording)
+    response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+    assert response.code == 200
+    assert sha256(data) == layer.digest
+    assert threads != []
+    assert threading.current_thread().name not in threads  # the reactor's
+    assert {name.rsplit("-", 1)[0] for name in threads} == {"PoolThread-registry-hash"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_that_keeps_up_is_served_from_memory(
+    proxied: Proxied, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that keeps up with a fill gets each chunk as it arrives, from the fill's
+    window in memory: the growing file is not read back (only the last byte, held back until
+    the blob is verified and stored, comes from the stored blob)."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    fake.switches.blob_rate = 16 * 1024 * 1024  # a few chunks, each one reactor turn apart
+    registry = await proxied()
+    opened: list[str] = []
+    real = FilesystemDriver.reader
+
+    async def recording(
+        self: FilesystemDriver, path: str, offset: int = 0, length: int | None = None
+    ) -> IBodyProducer:
+        opened.append(path)
+        return await real(self, path, offset, length)
+
+    monkeypatch.setattr(FilesystemDriver, "reader", recording)
+    response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+    assert response.code == 200
+    assert sha256(data) == layer.digest
+    from_fill = [path for path in opened if "/fills/" in path]
+    assert len(from_fill) <= 1, from_fill
+
+
+def _filled_bytes(root: Path) -> int:
+    """Bytes in the fill files under ``root`` (fills in progress)."""
+    fills = root / "docker/registry/v2/txregistry/proxy"
+    return sum(path.stat().st_size for path in fills.rglob("fills/*") if path.is_file())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_paused_client_falls_back_to_storage_and_others_go_on(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Two clients of one fill; one stops reading.  The fill carries on at upstream speed
+    meanwhile (no client's back-pressure reaches the upstream read) and the other client gets
+    the whole blob; the stalled one resumes while the fill still runs, far behind the fill's
+    memory window: it reads the bytes it missed from storage, catches up, and gets exactly the
+    blob's bytes."""
+    size = 16 * 1024 * 1024
+    image = fake.content.add_image("library/alpine", "latest", [size])
+    layer = image.layers[0]
+    fake.switches.blob_rate = 8 * 1024 * 1024
+    registry = await proxied()
+    root = storage_root(registry)
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+    stalled = await treq.get(url, unbuffered=True)
+    assert stalled.code == 200
+    transport = stalled.original._transport
+    transport.pauseProducing()
+    other = ensureDeferred(fetch(url))
+    await wait_for(lambda: _filled_bytes(root) >= size // 2)
+    assert not blob_data_path(root, layer.digest).exists()  # the fill still runs
+    transport.resumeProducing()
+    assert sha256(await stalled.content()) == layer.digest
+    response, data = await other
+    assert response.code == 200
+    assert sha256(data) == layer.digest
+    assert fake.count("GET", "cdn", ref=layer.digest) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_during_a_failed_fills_clean_up_starts_a_new_fill(
+    proxied: Proxied, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill that failed (a corrupt upstream body) is no longer joined while its clean-up
+    runs (slow on S3: aborting the upload, deleting the spool): a request arriving then gets
+    the blob from a new fill, not a dropped connection."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+    cleaning: Deferred[None] = Deferred()
+    held: list[str] = []
+    real = FilesystemDriver.delete
+
+    async def slow_delete(self: FilesystemDriver, path: str) -> None:
+        if "/fills/" in path and not held:
+            held.append(path)
+            await cleaning
+        await real(self, path)
+
+    monkeypatch.setattr(FilesystemDriver, "delete", slow_delete)
+    fake.switches.corrupt_blobs = True
+    _status, body = await _try_get(url)
+    assert body is None or sha256(body) != layer.digest
+    await wait_for(lambda: bool(held))  # the failed fill is cleaning up
+    fake.switches.corrupt_blobs = False
+    try:
+        response, data = await fetch(url)
+    finally:
+        cleaning.callback(None)
+    assert response.code == 200
+    assert sha256(data) == layer.digest
+    assert fake.count("GET", "cdn", ref=layer.digest) == 2

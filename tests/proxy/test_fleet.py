@@ -372,3 +372,49 @@ async def test_one_instance_on_s3_streams_concurrent_cold_pulls(
         assert fake.count("GET", "cdn", ref=digest) == 1
     finally:
         instance.stop()
+
+
+async def _broken_get(url: str) -> bytes | None:
+    """A blob GET whose body may be cut short: the body, or None when it did not end cleanly."""
+    response = await treq.get(url, unbuffered=True)
+    assert response.code == 200
+    try:
+        body: bytes = await response.content()
+    except Exception:
+        return None
+    return body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_corrupt_upstream_body_is_never_stored_on_s3(
+    tmp_path: Path,
+    s3_server: S3Server,  # noqa: F811
+    fake: FakeUpstream,
+) -> None:
+    """One instance on S3 (the fill hashed on the hash threads, spooled locally): a corrupt
+    upstream body leaves nothing at the blob's key and its client's response does not end
+    cleanly; the next pull stores the blob."""
+    root = f"/single/{uuid.uuid4().hex}"
+    sections = fleet_sections(s3_server, root, None, 0)
+    sections["proxy:hub"]["remoteurl"] = fake.url
+    instance = RegistryProcess(tmp_path, sections)
+    instance.start()
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [LAYER])
+        digest = image.layers[0].digest
+        hex_ = digest.split(":", 1)[1]
+        key = f"{root.strip('/')}/docker/registry/v2/blobs/sha256/{hex_[:2]}/{hex_}/data"
+        key_url = f"{s3_server.endpoint}/{s3_server.bucket}/{key}"
+        fake.switches.corrupt_blobs = True
+        body = await _broken_get(blob_url(instance, digest))
+        assert body is None or len(body) < LAYER
+        assert signed_request("HEAD", key_url)[0] == 404
+        fake.switches.corrupt_blobs = False
+        pull = await start_pull(blob_url(instance, digest))
+        assert pull.done is not None
+        await pull.done
+        assert pull.digest == digest
+        assert signed_request("HEAD", key_url)[0] == 200
+        assert fake.count("GET", "cdn", ref=digest) == 2
+    finally:
+        instance.stop()

@@ -60,6 +60,34 @@ async def test_digest_of_everything_fed_in_order(pool: ThreadPool) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_batch_wakes_one_worker_and_settle_hashes_the_rest(
+    pool: ThreadPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``batch``, a worker is woken only once that much is queued, not per chunk; what
+    is left when the feeder is done is hashed by `settle`, in order."""
+    wakes: list[object] = []
+    real = pool.callInThread
+
+    def counting(f: object, *args: object, **kwargs: object) -> None:
+        wakes.append(f)
+        real(f, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pool, "callInThread", counting)
+    threads = HashThreads(reactor, pool, high_water=1024 * KiB, low_water=256 * KiB)
+    lane = OffloadedHasher(DigestingHasher(), threads, batch=256 * KiB)
+    parts = chunks(10, 64 * KiB)
+    for part in parts[:3]:
+        assert lane.update(part) is None
+    assert wakes == []  # 192 KiB queued: under the batch
+    for part in parts[3:]:
+        waiter = lane.update(part)
+        if waiter is not None:
+            await waiter
+    assert 1 <= len(wakes) <= 3
+    assert (await lane.settle()).digest() == expected(parts)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_full_queue_asks_the_feeder_to_wait(
     pool: ThreadPool, held: threading.Event
 ) -> None:
