@@ -138,8 +138,10 @@ CONFIRMATION_AGE = 60.0
 FLEET_EVICTION_RETRY = 2.0
 # How often a fleet's evictions also remove the fill files of instances that died.
 SWEEP_INTERVAL = 300.0
-# How often a fill waiting for room looks again without being told something changed.
+# How often a fill waiting for room looks again without being told something changed, and
+# how soon it tries again when another instance held the fleet's eviction lock.
 SPACE_POLL = 1.0
+LOCK_RETRY = 0.02
 
 
 @attrs.frozen
@@ -654,7 +656,7 @@ class ProxyCache:
                 digest=str(digest),
                 size=fill.stored,
             )
-            self.schedule_eviction()
+            # No eviction afterwards: the room was made before the first byte was stored.
         except Exception as exc:
             fill.error = exc
             if isinstance(exc, UpstreamError):
@@ -926,22 +928,27 @@ class ProxyCache:
         while True:  # bounded by the deadline
             try:
                 async with self._eviction_lock:
-                    if await self._admit(str(fill.digest), size, limit):
-                        return True
+                    granted = await self._admit(str(fill.digest), size, limit)
             except RedisUnavailable as exc:
                 log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
                 break
+            if granted:
+                return True
             remaining = deadline - self.now()
             if remaining <= 0:
                 break
-            await self.space.wait_for_change(min(remaining, poll))
+            if granted is None:  # another instance held the fleet's lock: a short turn
+                await sleep(self.reactor, min(remaining, LOCK_RETRY))
+            else:
+                await self.space.wait_for_change(min(remaining, poll))
         waited = f"no room was made within space_wait ({self.config.space_wait:g}s)"
         self._not_kept(fill, waited, limit)
         return False
 
-    async def _admit(self, digest: str, size: int, limit: int) -> bool:
+    async def _admit(self, digest: str, size: int, limit: int) -> bool | None:
         """Evict until what is cached, every reservation and ``size`` fit ``limit``; then
-        grant the reservation.  The caller holds the eviction lock."""
+        grant the reservation.  The caller holds the eviction lock.  None: another instance
+        holds the fleet's eviction lock (try again shortly)."""
         if self.ledger is not None:
             _count, granted = await self._evict_fleet(self.ledger, digest, size)
             return granted
@@ -1029,7 +1036,7 @@ class ProxyCache:
 
     async def _evict_fleet(
         self, ledger: Ledger, digest: str | None = None, size: int = 0
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, bool | None]:
         """Eviction for the whole fleet, by one instance at a time (the Redis lock): what
         every instance cached (the ledger) and the room their fills reserved, planned as one
         instance plans, skipping what any instance serves or fills.  This instance's index
@@ -1038,7 +1045,7 @@ class ProxyCache:
         With ``digest``: make room for ``size`` more bytes and, when they fit, reserve them
         for that fill while the lock is still held (so no other instance's admission can
         count the same room).  Returns the entries evicted and whether the room was
-        reserved."""
+        reserved (None: another instance holds the lock)."""
         now = self.now()
         await ledger.push(self.index, now)
         if not await ledger.lock():
@@ -1047,7 +1054,7 @@ class ProxyCache:
             assert self.fleet is not None
             if digest is None:
                 self.reactor.callLater(self.fleet.poll, self.schedule_eviction)
-            return 0, False
+            return 0, None
         count = 0
         granted = False
         try:
