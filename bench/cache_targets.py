@@ -5,6 +5,7 @@ The pull-through cache's remaining targets, one sub-command each:
                                        [--rounds 1] [--storage filesystem|s3]
     python bench/cache_targets.py names [--count 100000] [--threads 8]
     python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--parallel 1]
+                                        [--instances 2] [--single] [--code DIR]
 
 - ``cold``: one image pulled (manifest, then its layers one after another, each hashed) straight
   from the fake upstream (``--auth none``), then through a fresh cache (cold), then again
@@ -16,7 +17,10 @@ The pull-through cache's remaining targets, one sub-command each:
   manifest; the cache's RSS before and after.  Target: growth at most 10 MiB.
 - ``churn``: a fleet on SeaweedFS + Redis with ``max_size``; three times ``max_size`` of
   distinct layers pulled, alternating instances, ``--parallel`` at a time, while a thread sums the
-  bucket's blobs every 100 ms.  Target: never above ``max_size`` plus one layer.
+  bucket's blobs every 100 ms.  Target: never above ``max_size`` plus one layer.  ``--single``:
+  one instance on the filesystem without Redis instead (its blobs folder summed every 20 ms,
+  and separately with the fills in flight).  ``--code DIR``: run the instances from another
+  checkout (to compare with main's code in the same run).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ sys.path.pop(0)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import http.server
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -305,32 +311,53 @@ def bucket_blob_bytes(s3: S3Server, root: str) -> int:
     return total
 
 
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(parent, name)).st_size
+    return total
+
+
 def churn(args: argparse.Namespace, workdir: Path) -> None:
     limit = args.max_mib * MiB
     layer = args.layer_mib * MiB
     count = 3 * limit // layer
-    s3 = start_s3_server(workdir / "s3")
-    (workdir / "redis").mkdir()
-    redis = start_redis(workdir / "redis")
+    single = args.single
+    s3 = None if single else start_s3_server(workdir / "s3")
+    redis = None
+    if not single:
+        (workdir / "redis").mkdir()
+        redis = start_redis(workdir / "redis")
     fake, info = start_fake([layer] * count, None)
     layers = [entry["digest"] for entry in info["image"]["layers"]]
     instances: list[RegistryProcess] = []
     root = f"/bench/{uuid.uuid4().hex}"
     samples: list[int] = []
+    with_fills: list[int] = []
     stop = threading.Event()
+    env = {"PYTHONPATH": str(Path(args.code).resolve())} if args.code else None
     try:
-        for index in range(args.instances):
+        for index in range(1 if single else args.instances):
             folder = workdir / f"instance{index}"
             folder.mkdir()
             sections = cache_sections(info["url"], max_size=str(limit))
-            sections.update(fleet_member_sections(s3, root, folder, redis.addr, index))
-            instance = RegistryProcess(folder, sections)
+            if s3 is not None and redis is not None:
+                sections.update(fleet_member_sections(s3, root, folder, redis.addr, index))
+            instance = RegistryProcess(folder, sections, env=env)
             instance.start()
             instances.append(instance)
+        data = workdir / "instance0/data/docker/registry/v2"
 
         def sample() -> None:
-            while not stop.wait(0.1):
-                samples.append(bucket_blob_bytes(s3, root))
+            while not stop.wait(0.02 if single else 0.1):
+                if s3 is not None:
+                    samples.append(bucket_blob_bytes(s3, root))
+                    continue
+                blobs = folder_bytes(data / "blobs")
+                samples.append(blobs)
+                with_fills.append(blobs + folder_bytes(data / "txregistry"))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -364,20 +391,25 @@ def churn(args: argparse.Namespace, workdir: Path) -> None:
             instance.stop()
         fake.terminate()
         fake.wait(timeout=10)
-        redis.stop()
-        s3.stop()
+        if redis is not None:
+            redis.stop()
+        if s3 is not None:
+            s3.stop()
     worst = max(samples) if samples else 0
+    kind = "1 instance, filesystem" if single else f"{args.instances} instances, SeaweedFS + Redis"
     print(
-        f"churn: {args.instances} instances, SeaweedFS + Redis, max_size {args.max_mib} MiB, "
+        f"churn ({args.code or 'this checkout'}): {kind}, max_size {args.max_mib} MiB, "
         f"{count} distinct layers of {args.layer_mib} MiB ({count * args.layer_mib} MiB) "
         f"in {elapsed:.0f} s, {args.parallel} at a time"
     )
     print(f"  errors: {len(errors)} {errors[:2]}")
     print(
-        f"  bucket's blobs, {len(samples)} samples: at most {worst / MiB:.1f} MiB "
+        f"  stored blobs, {len(samples)} samples: at most {worst / MiB:.1f} MiB "
         f"(bound: max_size + one layer = {(limit + layer) / MiB:.0f} MiB), "
         f"at the end {samples[-1] / MiB if samples else 0:.1f} MiB"
     )
+    if with_fills:
+        print(f"  with the fills in flight: at most {max(with_fills) / MiB:.1f} MiB")
     if args.verbose:
         print("  samples (MiB):", " ".join(f"{v / MiB:.0f}" for v in samples))
 
@@ -399,6 +431,8 @@ def main() -> None:
     p.add_argument("--layer-mib", type=int, default=4)
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--parallel", type=int, default=1, help="pulls at a time")
+    p.add_argument("--single", action="store_true", help="one instance, filesystem, no Redis")
+    p.add_argument("--code", default="", help="checkout the instances run from")
     p.add_argument("--verbose", action="store_true", help="print every sample")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="txregistry-bench-targets-"))

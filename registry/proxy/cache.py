@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
@@ -59,6 +59,7 @@ from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.ledger import Ledger
 from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
 from registry.proxy.index import CacheIndex, Victim
+from registry.proxy.space import Reservations
 from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
 from registry.storage import layout
@@ -98,6 +99,7 @@ class UpstreamStats:
     evictions: int = 0
     evicted_bytes: int = 0
     corrupt_blobs: int = 0
+    unkept_fills: int = 0  # served without being kept (registry.proxy.space)
 
 
 def upstream_error(exc: UpstreamError, code: ErrorCode, detail: dict[str, Any]) -> RegistryError:
@@ -145,6 +147,10 @@ CONFIRMATION_AGE = 60.0
 FLEET_EVICTION_RETRY = 2.0
 # How often a fleet's evictions also remove the fill files of instances that died.
 SWEEP_INTERVAL = 300.0
+# How often a fill waiting for room looks again without being told something changed, and
+# how soon it tries again when another instance held the fleet's eviction lock.
+SPACE_POLL = 1.0
+LOCK_RETRY = 0.02
 
 
 @attrs.frozen
@@ -200,7 +206,10 @@ class ProxyCache:
     # Blobs whose stored data was hashed by this process (at fill or on a full read): later
     # reads skip the hashing, which would halve the throughput of warm pulls.
     _verified: BoundedMap[str, bool] = attrs.field(init=False)
-    _evicting: bool = False
+    # Room reserved under max_size by the fills in flight here (registry.proxy.space).
+    space: Reservations = attrs.field(init=False)
+    # One eviction (or admission of a fill's reservation) at a time; later ones queue.
+    _eviction_lock: DeferredLock = attrs.field(init=False, factory=DeferredLock)
     _eviction_scheduled: bool = False
     _swept: float = 0.0
 
@@ -211,6 +220,7 @@ class ProxyCache:
         self._confirmed = BoundedMap(clock, limits.remembered, limits.confirmation_age)
         self._checked = BoundedMap(clock, limits.remembered, None)
         self._verified = BoundedMap(clock, limits.remembered, None)
+        self.space = Reservations(clock)
         if self.fleet is not None:
             self.ledger = Ledger(self.fleet.redis, self.name, self.fleet.instance)
             self.index.changed = set()
@@ -546,6 +556,7 @@ class ProxyCache:
 
         def on_end(failure: Failure | None) -> None:
             self.index.release(key)
+            self.space.changed()  # the blob may be evictable now: fills waiting for room look
             if hasher is not None and failure is None:
                 Deferred.fromCoroutine(self._check_read(digest, hasher)).addErrback(
                     lambda f: log.failure("checking a cached blob failed", f)
@@ -638,6 +649,8 @@ class ProxyCache:
             else:
                 fill.size = await self.client.blob_head(upstream, digest)
             self._confirmed.put((upstream, digest), fill.size)
+            # Room under max_size before the first byte is stored; else served, not kept.
+            fill.keep = await self._make_room(fill)
             writer = await self.driver.writer(fill.path)
             if fill.size:
                 await writer.reserve(fill.size)
@@ -658,6 +671,11 @@ class ProxyCache:
                     raise UpstreamBadResponse(None, f"body hashes to {actual}, not {digest}")
             committing, writer = writer, None
             await committing.commit()
+            if not fill.keep:
+                # Readers finish from the file where it is; it goes once the last one is done.
+                fill.final_path = fill.path
+                fill.done = True
+                return
             await self.driver.move(fill.path, fill.final_path)
             # Every repository that joined (each confirmed by the upstream), including those
             # that join while these links are written.
@@ -669,6 +687,8 @@ class ProxyCache:
                     self.index.add_blob(name, str(digest), fill.stored, self.now())
                     linked.add(name)
             self._verified.put(str(digest), True)
+            # The index entry now counts what the reservation counted.
+            await self._settle_reservation(fill, stored=True)
             fill.done = True
             log.info(
                 "proxy {upstream}: cached {names}@{digest} ({size} bytes)",
@@ -677,7 +697,7 @@ class ProxyCache:
                 digest=str(digest),
                 size=fill.stored,
             )
-            self.schedule_eviction()
+            # No eviction afterwards: the room was made before the first byte was stored.
         except Exception as exc:
             fill.error = exc
             # From now on a request for the blob starts a fill of its own instead of joining
@@ -706,7 +726,13 @@ class ProxyCache:
                 del self._fills[digest]
             self.index.release(str(digest))
             fill.forget_recent()
+            if str(digest) in self.space.granted:  # failed: the room is free again
+                await self._settle_reservation(fill, stored=False)
+            self.space.changed()
+            if not fill.keep and fill.error is None:
+                fill.on_idle = lambda: self._discard_unkept(fill)
             fill.notify()
+            fill.idle_check()
             if spool is not None and self.spool is not None and fill.tail_path is not None:
                 # Readers still on the spool re-read from the stored blob (or fail with the fill).
                 with contextlib.suppress(Exception):
@@ -887,7 +913,7 @@ class ProxyCache:
         limit = self.config.max_size
         if limit is None or self._eviction_scheduled:
             return
-        if self.ledger is None and self.index.size <= limit:
+        if self.ledger is None and self.index.size + self.space.total <= limit:
             return  # a fleet's size is known only from Redis: evict() finds out
         self._eviction_scheduled = True
 
@@ -900,15 +926,13 @@ class ProxyCache:
         self.reactor.callLater(0, run)
 
     async def evict(self) -> int:
-        """Evict what the size bound and the TTL ask for; returns how many entries went."""
-        if self._evicting:
-            return 0
-        self._evicting = True
-        count = 0
-        try:
+        """Evict what the size bound (less the room reserved for fills in flight) and the TTL
+        ask for; returns how many entries went.  One eviction at a time: a call while another
+        runs waits for it, then looks again."""
+        async with self._eviction_lock:
             if self.ledger is not None:
                 try:
-                    return await self._evict_fleet(self.ledger)
+                    count, _granted = await self._evict_fleet(self.ledger)
                 except RedisUnavailable as exc:  # the next round tries again
                     log.warn(
                         "proxy {upstream}: no eviction, Redis: {error}",
@@ -916,18 +940,120 @@ class ProxyCache:
                         error=str(exc),
                     )
                     return 0
-            victims = self.index.plan(self.now(), self.config.max_size, self.config.ttl)
-            count = len(await self._evict_victims(victims))
-            if count:
-                log.info(
-                    "proxy {upstream}: evicted {count} entries, cache now {size} bytes",
-                    upstream=self.name,
-                    count=count,
-                    size=self.index.size,
-                )
-        finally:
-            self._evicting = False
+                return count
+            limit = self.config.max_size
+            return await self._evict_local(None if limit is None else limit - self.space.total)
+
+    async def _evict_local(self, limit: int | None) -> int:
+        """One instance's eviction down to ``limit`` bytes (the caller holds the lock)."""
+        victims = self.index.plan(self.now(), limit, self.config.ttl)
+        count = len(await self._evict_victims(victims))
+        if count:
+            log.info(
+                "proxy {upstream}: evicted {count} entries, cache now {size} bytes",
+                upstream=self.name,
+                count=count,
+                size=self.index.size,
+            )
+            self.space.changed()
         return count
+
+    # -- room for fills (registry.proxy.space)
+
+    async def _make_room(self, fill: Fill) -> bool:
+        """Reserve room for ``fill``'s blob under ``max_size`` before its first byte is
+        stored, evicting what it takes; wait for room at most ``space_wait``.  False: serve
+        the blob without keeping it (larger than ``max_size``, or no room in time)."""
+        limit = self.config.max_size
+        size = fill.size or 0
+        if limit is None:
+            return True
+        if size > limit:
+            self._not_kept(fill, "it is larger than max_size", limit)
+            return False
+        deadline = self.now() + self.config.space_wait
+        poll = self.fleet.poll if self.fleet is not None else SPACE_POLL
+        while True:  # bounded by the deadline
+            try:
+                async with self._eviction_lock:
+                    granted = await self._admit(str(fill.digest), size, limit)
+            except RedisUnavailable as exc:
+                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                break
+            if granted:
+                return True
+            remaining = deadline - self.now()
+            if remaining <= 0:
+                break
+            if granted is None:  # another instance held the fleet's lock: a short turn
+                await sleep(self.reactor, min(remaining, LOCK_RETRY))
+            else:
+                await self.space.wait_for_change(min(remaining, poll))
+        waited = f"no room was made within space_wait ({self.config.space_wait:g}s)"
+        self._not_kept(fill, waited, limit)
+        return False
+
+    async def _admit(self, digest: str, size: int, limit: int) -> bool | None:
+        """Evict until what is cached, every reservation and ``size`` fit ``limit``; then
+        grant the reservation.  The caller holds the eviction lock.  None: another instance
+        holds the fleet's eviction lock (try again shortly)."""
+        if self.ledger is not None:
+            _count, granted = await self._evict_fleet(self.ledger, digest, size)
+            return granted
+        await self._evict_local(limit - self.space.total - size)
+        if self.index.size + self.space.total + size > limit:
+            return False
+        self.space.grant(digest, size)
+        return True
+
+    async def _settle_reservation(self, fill: Fill, stored: bool) -> None:
+        """The fill's reservation ends: ``stored``, its index entry now counts the blob (in a
+        fleet, the reservation goes in the same Redis batch that sends that entry); else the
+        room is free again."""
+        digest = str(fill.digest)
+        if not self.space.release(digest) or self.ledger is None:
+            return
+        try:
+            if stored:
+                self.ledger.release_with_entry(digest)
+                await self.ledger.push(self.index, self.now())
+            else:
+                await self.ledger.unreserve(digest)
+        except RedisUnavailable as exc:  # released by the next push, or lapses
+            log.warn(
+                "proxy {upstream}: releasing the room reserved for {digest}: Redis: {error}",
+                upstream=self.name,
+                digest=digest,
+                error=str(exc),
+            )
+
+    def _not_kept(self, fill: Fill, why: str, limit: int) -> None:
+        self.stats.unkept_fills += 1
+        log.info(
+            "proxy {upstream}: serving {digest} ({size} bytes) without keeping it: {why}",
+            upstream=self.name,
+            digest=str(fill.digest),
+            size=fill.size,
+            why=why,
+            max_size=limit,
+            event="proxy_fill_not_kept",
+        )
+
+    def _discard_unkept(self, fill: Fill) -> None:
+        """Remove the file of a blob served but not kept, once its last reader is done."""
+
+        async def discard() -> None:
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(fill.path)
+
+        Deferred.fromCoroutine(discard()).addErrback(
+            lambda f: log.warn(
+                "proxy {upstream}: removing {path} failed: {error}",
+                upstream=self.name,
+                path=fill.path,
+                error=f.getErrorMessage(),
+            )
+        )
 
     async def _evict_victims(
         self, victims: list[Victim], ledger: Ledger | None = None
@@ -956,34 +1082,54 @@ class ProxyCache:
             self.stats.evicted_bytes += victim.size
         return evicted
 
-    async def _evict_fleet(self, ledger: Ledger) -> int:
+    async def _evict_fleet(
+        self, ledger: Ledger, digest: str | None = None, size: int = 0
+    ) -> tuple[int, bool | None]:
         """Eviction for the whole fleet, by one instance at a time (the Redis lock): what
-        every instance cached (the ledger), planned as one instance plans, skipping what any
-        instance serves or fills.  This instance's index becomes the fleet's afterwards."""
+        every instance cached (the ledger) and the room their fills reserved, planned as one
+        instance plans, skipping what any instance serves or fills.  This instance's index
+        becomes the fleet's afterwards.
+
+        With ``digest``: make room for ``size`` more bytes and, when they fit, reserve them
+        for that fill while the lock is still held (so no other instance's admission can
+        count the same room).  Returns the entries evicted and whether the room was
+        reserved (None: another instance holds the lock)."""
         now = self.now()
         await ledger.push(self.index, now)
         if not await ledger.lock():
             # Another instance is evicting, perhaps from a view without what this one just
             # stored: look again once it is done, not at the next fill or evict_interval.
             assert self.fleet is not None
-            self.reactor.callLater(self.fleet.poll, self.schedule_eviction)
-            return 0
+            if digest is None:
+                self.reactor.callLater(self.fleet.poll, self.schedule_eviction)
+            return 0, None
         count = 0
+        granted = False
         try:
-            view = await ledger.load(now)
+            view, reservations = await ledger.load_with_reservations(now)
+            reserved = sum(reservations.values())
+            _keep_unsent(self.index, view)
             fleet_in_use = view.in_use
             view.in_use = self.index.in_use  # this process's own counts go on being kept here
             view.changed = self.index.changed
             self.index = view
             planning = attrs.evolve(view, in_use=fleet_in_use + view.in_use)
-            victims = planning.plan(now, self.config.max_size, self.config.ttl)
+            limit = self.config.max_size
+            target = None if limit is None else limit - reserved - size
+            victims = planning.plan(now, target, self.config.ttl)
             evicted = await self._evict_victims(victims, ledger)
             count = len(evicted)
             await ledger.remove(evicted)
+            if count:
+                self.space.changed()
+            fits = limit is not None and self.index.size + reserved + size <= limit
+            if digest is not None and fits:
+                await ledger.reserve(digest, size, now)
+                self.space.grant(digest, size)
+                granted = True
             if self.now() - self._swept >= SWEEP_INTERVAL:
                 await self._sweep_quietly()
-            limit = self.config.max_size
-            if limit is not None and self.index.size > limit:
+            if digest is None and limit is not None and self.index.size + reserved > limit:
                 # Still over: what is left is in use somewhere (marks drop within a push
                 # interval of the last use), so look again shortly instead of at the next
                 # evict_interval.
@@ -997,7 +1143,7 @@ class ProxyCache:
                 )
         finally:
             await ledger.unlock()
-        return count
+        return count, granted
 
     async def _evict_one(self, victim: Victim) -> None:
         digest = Digest.parse(victim.digest)
@@ -1135,6 +1281,22 @@ class ProxyCache:
             f"evictions={s.evictions} cache_bytes={self.index.size} "
             f"ratelimit_remaining={remaining if remaining is not None else '-'}"
         )
+
+
+def _keep_unsent(local: CacheIndex, view: CacheIndex) -> None:
+    """Entries this instance added since its last push (a fill that committed meanwhile) go
+    into the fleet's ``view`` too: the next push sends them (and releases the room their fills
+    reserved in the same batch), so they are counted until then."""
+    for kind, name, digest in sorted(local.changed or ()):
+        if kind == "blob":
+            blob = local.blobs.get(digest)
+            if blob is not None and digest not in view.blobs:
+                for linked in sorted(blob.names) or [name]:
+                    view.add_blob(linked, digest, blob.size, blob.last_used)
+        else:
+            manifest = local.manifests.get((name, digest))
+            if manifest is not None and (name, digest) not in view.manifests:
+                view.add_manifest(name, digest, manifest.size, manifest.refs, manifest.last_used)
 
 
 def _refs(body: bytes) -> list[str]:

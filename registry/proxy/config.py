@@ -84,6 +84,9 @@ class ProxyConfig:
     tag_freshness: float = 0.0
     # Evict least-recently-used content above this many bytes (None: unbounded).
     max_size: int | None = None
+    # How long a fill may wait for eviction to make room under max_size before it serves its
+    # clients without keeping the blob (registry.proxy.space).
+    space_wait: float = 10.0
     # Connect-to-first-byte bound, and the silence allowed in a blob body.
     timeout: float = 30.0
     cabundle: str | None = None
@@ -110,6 +113,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "ttl": _optional_duration,
     "tag_freshness": parse_duration,
     "max_size": _optional_size,
+    "space_wait": parse_duration,
     "timeout": parse_positive_duration,
     "cabundle": lambda t: t.strip() or None,
     "verify_reads": parse_bool,

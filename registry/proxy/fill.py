@@ -57,7 +57,11 @@ class Fill:
 
     ``through`` is the upstream repository whose path the body is fetched from; ``links``
     are the local repositories to link the blob into once it is complete: the one that started
-    the fill and every one that joined after the upstream confirmed it has the blob."""
+    the fill and every one that joined after the upstream confirmed it has the blob.
+
+    ``keep`` is False for a blob served but not kept (no room under ``max_size``,
+    `registry.proxy.space`): once done, its data stays at ``path`` (``final_path`` says so)
+    until the last reader ends, and then ``on_idle`` removes it."""
 
     def __init__(
         self, digest: Digest, path: str, final_path: str, size: int | None, through: str = ""
@@ -73,6 +77,8 @@ class Fill:
         self.done = False
         self.error: BaseException | None = None
         self.readers = 0
+        self.keep = True
+        self.on_idle: Callable[[], None] | None = None
         # Where readers follow the bytes before the blob is stored (a local spool), when not
         # ``path`` in the storage.
         self.tail_driver: IStorageDriver | None = None
@@ -97,6 +103,16 @@ class Fill:
     def _forget(self, d: Deferred[None]) -> None:
         if d in self._waiters:
             self._waiters.remove(d)
+
+    def reader_done(self) -> None:
+        """A reader ended; the last one after the fill ended runs ``on_idle`` (once)."""
+        self.readers -= 1
+        self.idle_check()
+
+    def idle_check(self) -> None:
+        if self.readers <= 0 and self.finished and self.on_idle is not None:
+            on_idle, self.on_idle = self.on_idle, None
+            on_idle()
 
     def notify(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -240,7 +256,7 @@ class TailProducer:
         self._run = run
 
         def released(result: object) -> object:
-            self.fill.readers -= 1
+            self.fill.reader_done()
             if isinstance(result, Failure) and not result.check(CancelledError):
                 # The status line and Content-Length are out: the only honest end is to drop
                 # the connection, so the client sees a short body, not a finished response.

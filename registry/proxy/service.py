@@ -197,6 +197,18 @@ def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
             lambda c: c.stats.corrupt_blobs,
         ),
         (
+            "txregistry_proxy_unkept_fills_total",
+            "Blobs served but not kept: larger than max_size, or no room made in space_wait.",
+            "counter",
+            lambda c: c.stats.unkept_fills,
+        ),
+        (
+            "txregistry_proxy_reserved_bytes",
+            "Room reserved under max_size by this instance's fills in flight.",
+            "gauge",
+            lambda c: c.space.total,
+        ),
+        (
             "txregistry_proxy_upstream_requests_total",
             "Requests sent to the upstream.",
             "counter",

@@ -66,6 +66,7 @@ class FleetRedis(Service):
             minthreads=1, maxthreads=max(1, config.pool_maxactive), name="registry-redis"
         )
         self._scripts: dict[str, Any] = {}
+        self._stopped = False
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -73,11 +74,16 @@ class FleetRedis(Service):
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]
+        self._stopped = True
         self.pool.stop()
         self.client.close()
 
     async def run(self, call: Callable[[redis.Redis], T]) -> T:
-        """``call(client)`` in a pool thread; a Redis failure becomes `RedisUnavailable`."""
+        """``call(client)`` in a pool thread; a Redis failure becomes `RedisUnavailable`, and
+        so does a call once the registry is stopping (an eviction queued behind another one
+        may end after the threads stopped: it must not fail with a traceback)."""
+        if self._stopped:
+            raise RedisUnavailable("the registry is stopping")
         if not self.pool.started:
             self.pool.start()
 

@@ -13,6 +13,9 @@ command per request).  Per cache ``C``:
 - ``txregistry:inuse:C`` (sorted set): ``<instance>|<digest>`` for what an instance serves
   or fills → until when (renewed every second while in use and removed once not, so a dead
   instance's marks lapse within seconds);
+- ``txregistry:reserved:C`` (sorted set): ``<instance>|<digest>|<size>`` for the room a fill
+  in flight reserved under ``max_size`` (`registry.proxy.space`) → until when (renewed with the
+  in-use marks, so a dead instance's reservations lapse within seconds too);
 - ``txregistry:evict:C``: the eviction lock (``SET NX PX``): one eviction at a time in the
   fleet;
 - ``txregistry:alive:C:<instance>``: set by each push, lapses ``ALIVE_FOR`` seconds after
@@ -36,6 +39,13 @@ depend on how long reads take; the mark is renewed for as long as the read lasts
 Eviction (`ProxyCache.evict`) takes the lock, sends its own changes, reads the whole index
 back (`load`), plans with the same reference-aware `CacheIndex.plan` as a single instance,
 deletes, and removes what it deleted from Redis.
+
+Room for a fill is reserved the same way: under the lock, with the reservations of every
+instance subtracted from ``max_size`` (`ProxyCache._admit`), and the grant written before the
+lock is released, so two instances never count the same room.  A reservation must count until
+the blob's index entry does: a committed fill's reservation is removed by the push that sends
+that entry, after it in the same pipeline (`release_with_entry`), and readers read the
+reservations before the index, in one transaction.
 """
 
 from __future__ import annotations
@@ -105,6 +115,10 @@ class Ledger:
     # In-use marks this instance holds in Redis (``<instance>|<digest>``): dropped as soon
     # as the digest is no longer in use here, so that eviction need not wait for them to lapse.
     _marked: set[str] = attrs.field(factory=set)
+    # Room this instance's fills reserved: digest -> member of the reserved set, renewed by
+    # every push; and those to remove with the next push, after their index entries.
+    _reserved: dict[str, str] = attrs.field(factory=dict)
+    _releasing: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def index_key(self) -> str:
@@ -119,6 +133,10 @@ class Ledger:
         return f"txregistry:inuse:{self.cache}"
 
     @property
+    def reserved_key(self) -> str:
+        return f"txregistry:reserved:{self.cache}"
+
+    @property
     def lock_key(self) -> str:
         return f"txregistry:evict:{self.cache}"
 
@@ -129,9 +147,13 @@ class Ledger:
         if changed is None:
             return
         index.changed = set()
+        releasing, self._releasing = self._releasing, {}
         fields: dict[str, str] = {}
         scores: dict[str, float] = {}
-        for kind, name, digest in changed:
+        # A reservation goes only with its blob's entry, sent again here in case an earlier
+        # push carrying it is still on its way on another connection.
+        sent = changed | {("blob", "", digest) for digest in releasing}
+        for kind, name, digest in sent:
             if kind == "blob":
                 blob = index.blobs.get(digest)
                 if blob is None:
@@ -153,7 +175,8 @@ class Ledger:
             if count > 0
         }
         released = sorted(self._marked - set(in_use))
-        if not fields and not in_use and not released and not beat:
+        reserved = {member: now + IN_USE_FOR for member in self._reserved.values()}
+        if not (fields or in_use or released or beat or reserved or releasing):
             return
 
         def send(client: Any) -> None:
@@ -168,6 +191,11 @@ class Ledger:
             if released:
                 pipe.zrem(self.inuse_key, *released)
             pipe.zremrangebyscore(self.inuse_key, "-inf", now)
+            if reserved:
+                pipe.zadd(self.reserved_key, reserved, xx=True)
+            if releasing:  # after the entries above
+                pipe.zrem(self.reserved_key, *releasing.values())
+            pipe.zremrangebyscore(self.reserved_key, "-inf", now)
             if beat:
                 pipe.set(self.alive_key(self.instance), "1", px=int(ALIVE_FOR * 1000))
             pipe.execute()
@@ -176,21 +204,35 @@ class Ledger:
             await self.redis.run(send)
         except Exception:
             index.changed |= changed  # sent with the next push
+            self._releasing.update(releasing)
             raise
         self._marked = set(in_use)
 
     async def load(self, now: float) -> CacheIndex:
         """The fleet's index: what every instance cached, and what any of them uses now."""
+        index, _reservations = await self.load_with_reservations(now)
+        return index
 
-        def read(client: Any) -> tuple[Any, Any, Any]:
-            pipe = client.pipeline(transaction=False)
+    async def load_with_reservations(self, now: float) -> tuple[CacheIndex, dict[str, int]]:
+        """`load`, and the room reserved by fills in flight (``<instance>|<digest>`` ->
+        bytes), read in one transaction (reservations first): a blob whose reservation was
+        just released is in the index."""
+
+        def read(client: Any) -> tuple[Any, Any, Any, Any]:
+            pipe = client.pipeline(transaction=True)
+            pipe.zrangebyscore(self.reserved_key, now, "+inf")
             pipe.hgetall(self.index_key)
             pipe.zrange(self.lru_key, 0, -1, withscores=True)
             pipe.zrangebyscore(self.inuse_key, now, "+inf")
-            fields, scores, in_use = pipe.execute()
-            return fields, scores, in_use
+            reserved, fields, scores, in_use = pipe.execute()
+            return reserved, fields, scores, in_use
 
-        fields, scores, in_use = await self.redis.run(read)
+        raw_reserved, fields, scores, in_use = await self.redis.run(read)
+        reservations: dict[str, int] = {}
+        for raw in raw_reserved:
+            member, _, size = raw.decode().rpartition("|")
+            if size.isdigit():
+                reservations[member] = int(size)
         last_used = {member.decode(): float(score) for member, score in scores}
         index = CacheIndex()
         names: dict[str, set[str]] = {}
@@ -214,7 +256,27 @@ class Ledger:
                 index.blobs[digest].names = linked
         for member in in_use:
             index.in_use[member.decode().partition("|")[2]] += 1
-        return index
+        return index, reservations
+
+    async def reserve(self, digest: str, size: int, now: float) -> None:
+        """Record room for a fill of ``digest`` (hold the eviction lock: see the module's
+        docstring); renewed by every push until released."""
+        member = f"{self.instance}|{digest}|{size}"
+        await self.redis.run(lambda r: r.zadd(self.reserved_key, {member: now + IN_USE_FOR}))
+        self._reserved[digest] = member
+
+    async def unreserve(self, digest: str) -> None:
+        """The fill failed: its room is free now."""
+        member = self._reserved.pop(digest, None)
+        if member is not None:
+            await self.redis.run(lambda r: r.zrem(self.reserved_key, member))
+
+    def release_with_entry(self, digest: str) -> None:
+        """The fill committed: its reservation goes with the next push, after the blob's
+        index entry (so the room is counted by one or the other at every moment)."""
+        member = self._reserved.pop(digest, None)
+        if member is not None:
+            self._releasing[digest] = member
 
     async def size(self) -> int:
         index = await self.load(0.0)

@@ -1,0 +1,154 @@
+"""
+``max_size`` for a fleet under parallel fills: room is reserved in Redis, under the fleet's
+eviction lock, before a fill stores its first byte, so fills running on several instances at
+once cannot take the shared bucket over the bound however late their evictions run; a
+reservation lapses within seconds when its instance dies.  Three twistd instances on SeaweedFS
+with a real Redis, in front of the fake upstream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+
+from registry.config import RedisConfig
+from registry.proxy.fleet._redis import FleetRedis
+from registry.proxy.fleet.ledger import IN_USE_FOR, Ledger
+from registry.proxy.index import CacheIndex
+from tests.fakes.upstream import FakeUpstream
+from tests.proxy.helpers import reactor, wait_until
+from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.proxy.test_fleet import Fleet, Pull, blob_url, fake, start_pull  # noqa: F401
+from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - fixture
+
+LAYER = 1024 * 1024
+HELD_AT = LAYER - 4096
+LOCK = "txregistry:evict:hub"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reservation_counts_until_its_entry_does_and_lapses_with_its_instance(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Against a real Redis: a granted reservation is seen by every instance; a committed
+    fill's reservation leaves with the push that carries its index entry; one an instance
+    stopped renewing (it died) no longer counts once its time is up."""
+    redis = FleetRedis(RedisConfig(addr=redis_server.addr), reactor)
+    redis.startService()
+    try:
+        a, b = Ledger(redis, "hub", "a"), Ledger(redis, "hub", "b")
+        now = reactor.seconds()
+        await a.reserve("sha256:aa", 1000, now)
+        await a.reserve("sha256:bb", 500, now)
+        view, reserved = await b.load_with_reservations(now)
+        assert reserved == {"a|sha256:aa": 1000, "a|sha256:bb": 500}
+        assert not view.blobs
+        index = CacheIndex(changed=set())
+        index.add_blob("library/alpine", "sha256:aa", 1000, now)
+        a.release_with_entry("sha256:aa")
+        await a.push(index, now)
+        view, reserved = await b.load_with_reservations(now)
+        assert reserved == {"a|sha256:bb": 500}
+        assert view.blobs["sha256:aa"].size == 1000
+        await a.unreserve("sha256:bb")
+        await a.reserve("sha256:cc", 700, now)
+        # Instance a dies: nothing renews its reservation, which lapses after IN_USE_FOR.
+        later = now + IN_USE_FOR + 1
+        _view, reserved = await b.load_with_reservations(later)
+        assert reserved == {}
+    finally:
+        redis.stopService()
+
+
+def begin(url: str) -> Deferred[Pull]:
+    """A blob GET in the background: fires with the `Pull` once the response's headers came
+    (the fill got room)."""
+    return Deferred.fromCoroutine(start_pull(url))
+
+
+@pytest_twisted.ensureDeferred
+async def test_parallel_fills_on_several_instances_stay_under_max_size(
+    tmp_path: Path,
+    s3_server: S3Server,  # noqa: F811
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,  # noqa: F811
+) -> None:
+    """max_size holds two layers and holds them; four distinct cold layers are pulled at once
+    over the three instances.  Two fills get room (evicting the two cached layers), two wait.
+    Then an eviction elsewhere holds the fleet's eviction lock while the fills commit: what
+    is stored stays within max_size (each fill made its room before it began, not after it
+    committed).  Once the lock is free, the two waiting fills get room and complete."""
+    limit = 2 * LAYER
+    running = Fleet(
+        tmp_path,
+        s3_server,
+        redis_server,
+        fake.url,
+        max_size=str(limit),
+        space_wait="300s",
+        timeout="30s",
+    )
+    running.start()
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [LAYER] * 6)
+        digests = [layer.digest for layer in image.layers]
+        cached, cold = digests[:2], digests[2:]
+        for instance, digest in zip(running.instances, cached, strict=False):
+            pull = await start_pull(blob_url(instance, digest))
+            await pull.done
+            assert pull.digest == digest
+        for digest in cached:
+            await wait_until(
+                lambda d=digest: (
+                    redis_server.command("HEXISTS", "txregistry:index:hub", f"b|{d}") == b":1\r\n"
+                ),
+                within=30,
+            )
+        assert running.stored_blob_bytes() == limit
+
+        holds = {digest: fake.hold_body(digest, HELD_AT) for digest in cold}
+        where = [running.instances[n % 3] for n in range(len(cold))]
+        starting = [begin(blob_url(i, d)) for i, d in zip(where, cold, strict=True)]
+        answered: dict[str, Pull] = {}
+        for digest, d in zip(cold, starting, strict=True):
+            d.addCallback(lambda pull, digest=digest: answered.setdefault(digest, pull))
+
+        def two_filling() -> bool:
+            return len(answered) >= 2 and all(holds[d].arrived == 1 for d in answered)
+
+        await wait_until(two_filling, within=60)
+        assert running.stored_blob_bytes() <= limit + LAYER
+
+        # An eviction elsewhere (a slow one) holds the lock while the started fills commit
+        # (taken between two turns of the instances, which take it briefly to make room).
+        await wait_until(
+            lambda: redis_server.command("SET", LOCK, "test", "PX", "120000", "NX") == b"+OK\r\n",
+            within=30,
+        )
+        filling = dict(answered)
+        for hold in holds.values():
+            hold.release()
+        await gatherResults([pull.done for pull in filling.values() if pull.done is not None])
+        assert [pull.digest for pull in filling.values()] == list(filling)
+        assert running.stored_blob_bytes() <= limit
+        redis_server.command("DEL", LOCK)
+
+        pulls: list[Any] = await gatherResults(starting)
+        await gatherResults([pull.done for pull in pulls if pull.done is not None])
+        assert [pull.digest for pull in pulls] == cold
+        assert [pull.code for pull in pulls] == [200] * len(cold)
+        assert running.stored_blob_bytes() <= limit
+        # The fills that waited were kept (the earlier ones made way for them; which blobs
+        # stay depends on which reads had ended when the last fill made its room).
+        later = [digest for digest in cold if digest not in filling]
+        assert later
+        logs = "".join(instance.log_text() for instance in running.instances)
+        assert "without keeping it" not in logs
+        for digest in later:
+            assert f"cached docker.io/library/alpine@{digest}" in logs
+    finally:
+        redis_server.command("DEL", LOCK)
+        running.stop()
