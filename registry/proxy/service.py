@@ -29,6 +29,7 @@ from registry.proxy import spool as spool_files
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
 from registry.proxy.fleet.wiring import FleetSetup
+from registry.proxy.index import ICacheIndex, MemoryIndex
 from registry.proxy.routing import (
     ProxyRouter,
     RoutingBlobStore,
@@ -37,6 +38,7 @@ from registry.proxy.routing import (
     RoutingTagStore,
     RoutingUploadStore,
 )
+from registry.proxy.stored import StoredIndex
 from registry.proxy.upstream import UpstreamClient
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
@@ -122,6 +124,10 @@ class ProxyService(MultiService):
                         "proxy {upstream}: writing the counters failed", upstream=cache.name
                     )
                 await cache.client.close()
+                try:
+                    await cache.index.close()
+                except Exception:
+                    log.failure("proxy {upstream}: closing the index failed", upstream=cache.name)
 
         return Deferred.fromCoroutine(stop())
 
@@ -291,6 +297,12 @@ def install_proxies(
                     continue
         return False
 
+    def index_for(proxy: ProxyConfig) -> ICacheIndex:
+        # A fleet keeps its index in Redis (registry.proxy.fleet.ledger); one instance on disk.
+        if setup.fleet is not None:
+            return MemoryIndex()
+        return StoredIndex(reactor, proxy.name)
+
     for proxy in proxies:
         peers.append(
             ProxyCache(
@@ -307,6 +319,7 @@ def install_proxies(
                 spool=spool,
                 # The pool uploads hash on: verified cache reads hash there too.
                 hash_threads=local.uploads.hash_threads,
+                index=index_for(proxy),
             )
         )
     register_metrics(metrics, peers)

@@ -90,7 +90,7 @@ async def test_cache_and_eviction_state_survive_a_restart(
         before = metric(_metrics(process.url), "txregistry_proxy_cache_bytes")
         assert before > 300_000
         process.stop()
-        state = tmp_path / "data/docker/registry/v2/txregistry/proxy/hub/state.json"
+        state = tmp_path / "data/docker/registry/v2/txregistry/proxy/hub/index.sqlite3"
         assert state.exists()
         await fake.go_down()
         process.start()
