@@ -431,6 +431,7 @@ class StoredIndex:
         self._waiting: list[Deferred[None]] = []  # calls made before `load` finished
         self._legacy = False
         self._closed = False
+        self._trigger: Any = None
 
     # -- the thread
 
@@ -456,7 +457,9 @@ class StoredIndex:
     def _start(self) -> None:
         if not self._pool.started:
             self._pool.start()
-            self.reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
+            self._trigger = self.reactor.addSystemEventTrigger(
+                "during", "shutdown", self._stop_pool
+            )
 
     def _stop_pool(self) -> None:
         if self._pool.started:
@@ -670,3 +673,6 @@ class StoredIndex:
         if self._db is not None:
             await self._run(self._db.close)
         self._stop_pool()
+        if self._trigger is not None:
+            self.reactor.removeSystemEventTrigger(self._trigger)
+            self._trigger = None
