@@ -11,8 +11,9 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zope.interface.verify import verifyObject
 
-from registry.proxy.index import CacheIndex
+from registry.proxy.index import CacheIndex, ICacheIndex, MemoryIndex
 from registry.proxy.stored import SNAPSHOT, IndexDatabase, StoredIndex
 from registry.storage.memory import MemoryDriver
 from tests.proxy.util import reactor
@@ -208,3 +209,8 @@ async def test_many_names_keep_the_in_memory_tables_at_their_caps() -> None:
         assert victims[-1].digest == "config"
     finally:
         await index.close()
+
+
+def test_both_indexes_provide_the_whole_interface() -> None:
+    verifyObject(ICacheIndex, StoredIndex(reactor, "hub"))
+    verifyObject(ICacheIndex, MemoryIndex())
