@@ -27,6 +27,7 @@ import contextlib
 import heapq
 import os
 import sqlite3
+import sys
 import tempfile
 import uuid
 from collections import Counter, OrderedDict
@@ -51,7 +52,7 @@ SNAPSHOT = "index.sqlite3"
 LEGACY_STATE = "state.json"
 SCHEMA_VERSION = 1
 # Recently used entries whose size is kept in memory (a hit on one needs no query).
-HOT_ENTRIES = 4096
+HOT_ENTRIES = 1024
 # Uses of hot entries written in one transaction once this many are waiting.
 TOUCH_BATCH = 256
 # The snapshot is copied to and from storage this much at a time.
@@ -105,7 +106,7 @@ class IndexDatabase:
             # The file is this process's scratch copy: durability comes from the snapshots.
             self.db.execute("PRAGMA journal_mode = OFF")
             self.db.execute("PRAGMA synchronous = OFF")
-            self.db.execute("PRAGMA cache_size = -2048")  # KiB: the page cache's bound
+            self.db.execute("PRAGMA cache_size = -1024")  # KiB: the page cache's bound
             self.db.executescript(_SCHEMA)
             (version,) = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -481,6 +482,8 @@ class StoredIndex:
     # -- the hot entries
 
     def _remember(self, key: HotKey, size: int) -> None:
+        # Many names share one digest (an image pulled under many names): one string for all.
+        key = (key[0], key[1], sys.intern(key[2]))
         self._hot[key] = size
         self._hot.move_to_end(key)
         while len(self._hot) > self.hot_entries:
