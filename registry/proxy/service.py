@@ -80,11 +80,13 @@ class ProxyService(MultiService):
         if self._ready is not None:
             await self._ready
         await cache.clean_fills()
-        await cache.load_state()
+        # The counters first: one small file, read before the index (streamed from storage
+        # into its database), so the UI's figures are there as soon as the instance serves.
         try:
             await cache.totals.load(cache, time.time())
         except Exception:  # the figures then count from this start; serving goes on
             log.failure("proxy {upstream}: reading the saved counters failed", upstream=cache.name)
+        await cache.load_state()
 
     @staticmethod
     def _flush_totals(cache: ProxyCache) -> Callable[[], Awaitable[None]]:
