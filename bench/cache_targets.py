@@ -3,7 +3,7 @@ The pull-through cache's remaining targets, one sub-command each:
 
     python bench/cache_targets.py cold [--layers 4] [--layer-mib 64] [--blob-rate MIBPS]
                                        [--rounds 1] [--storage filesystem|s3]
-    python bench/cache_targets.py names [--count 100000] [--threads 8]
+    python bench/cache_targets.py names [--count 100000] [--threads 8] [--trace]
     python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--parallel 1]
                                         [--instances 2] [--single] [--code DIR]
 
@@ -14,7 +14,10 @@ The pull-through cache's remaining targets, one sub-command each:
   110% of the straight pull.
 - ``names``: ``--count`` distinct repository names, each a manifest GET through one cache in
   front of a tiny upstream (in this process) that answers every name with the same small
-  manifest; the cache's RSS before and after.  Target: growth at most 10 MiB.
+  manifest; the cache's RSS after a warm-up, half way and at the end (growth per 10,000 names
+  from the two halves).  Target: growth at most 10 MiB.  ``--trace``: the cache process runs
+  under ``tracemalloc`` (slower) and the bench prints what grew between the half-way point and
+  the end, by the line that allocated it: what still grows per name.
 - ``churn``: a fleet on SeaweedFS + Redis with ``max_size``; three times ``max_size`` of
   distinct layers pulled, alternating instances, ``--parallel`` at a time, while a thread sums the
   bucket's blobs every 100 ms.  Target: never above ``max_size`` plus one layer.  ``--single``:
@@ -247,12 +250,71 @@ class AnyName(http.server.BaseHTTPRequestHandler):
         pass
 
 
+# Loaded by the cache process (``--trace``): tracemalloc started on SIGUSR2 (after the
+# warm-up: traced from the start, the start-up outlasts the harness's patience), and a snapshot
+# written on SIGUSR1 (to the file named by the environment, after a collection) for the bench
+# to compare.  Only what was allocated while tracing is seen: for a table at its cap to show
+# as flat rather than growing, its whole content at the first snapshot must have been
+# allocated while tracing (so trace at least as many names as the largest cap, 16,384, first).
+TRACE_SITE = """
+import gc, os, signal, tracemalloc
+signal.signal(signal.SIGUSR2, lambda signum, frame: tracemalloc.start(4))
+def _dump(signum, frame):
+    gc.collect()
+    path = os.environ["TXREGISTRY_BENCH_TRACE"] + ".tmp"
+    tracemalloc.take_snapshot().dump(path)
+    os.rename(path, os.environ["TXREGISTRY_BENCH_TRACE"])
+signal.signal(signal.SIGUSR1, _dump)
+"""
+
+
+def trace_snapshot(pid: int, path: Path) -> Any:
+    """The cache process's tracemalloc snapshot, taken now (``--trace``)."""
+    import os
+    import signal
+    import tracemalloc
+
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    for _attempt in range(600):
+        if path.exists():
+            return tracemalloc.Snapshot.load(str(path))
+        time.sleep(0.1)
+    raise RuntimeError("no tracemalloc snapshot from the cache process")
+
+
+def print_growth(first: Any, second: Any, names: int) -> None:
+    """The allocation sites that grew most between two snapshots, per 10,000 names."""
+    stats = second.compare_to(first, "traceback")
+    print(f"  tracemalloc: what grew over the last {names} names (bytes per 10,000 names):")
+    for stat in stats[:12]:
+        if stat.size_diff <= 0:
+            continue
+        frames = [
+            f"{Path(f.filename).name}:{f.lineno}"
+            for f in stat.traceback
+            if "registry" in f.filename or "twisted" in f.filename
+        ][-4:]
+        per = stat.size_diff * 10_000 / names
+        print(f"    {per / 1024:8.1f} KiB {stat.count_diff:+7d} blocks  {' < '.join(frames)}")
+
+
 def names(args: argparse.Namespace, workdir: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AnyName)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     folder = workdir / "cache"
     folder.mkdir()
-    cache = RegistryProcess(folder, cache_sections(f"http://127.0.0.1:{server.server_port}"))
+    env: dict[str, str] = {}
+    trace_file = workdir / "trace.snapshot"
+    if args.trace:
+        site = workdir / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(TRACE_SITE)
+        env["PYTHONPATH"] = f"{site}:{REPO_ROOT}"
+        env["TXREGISTRY_BENCH_TRACE"] = str(trace_file)
+    cache = RegistryProcess(
+        folder, cache_sections(f"http://127.0.0.1:{server.server_port}"), env=env
+    )
     cache.start()
     try:
         process = psutil.Process(cache.pid)
@@ -279,19 +341,33 @@ def names(args: argparse.Namespace, workdir: Path) -> None:
         warmup = 2000
         batch(10**9, warmup)  # first use of every code path and table
         before = process.memory_info().rss
+        if args.trace:
+            import os
+            import signal
+
+            os.kill(cache.pid, signal.SIGUSR2)
         began = time.monotonic()
-        batch(0, args.count)
+        half = args.count // 2
+        batch(0, half)
+        middle = process.memory_info().rss
+        first = trace_snapshot(cache.pid, trace_file) if args.trace else None
+        batch(half, args.count - half)
         elapsed = time.monotonic() - began
         after = process.memory_info().rss
+        second = trace_snapshot(cache.pid, trace_file) if args.trace else None
     finally:
         cache.stop()
         server.shutdown()
     print(f"names: {args.count} distinct repository names, one manifest GET each")
     print(f"  {elapsed:.0f} s ({args.count / elapsed:.0f} names/s), {args.threads} clients")
     print(
-        f"  RSS {before / MiB:.1f} MiB after {warmup} warm-up names, {after / MiB:.1f} MiB after "
-        f"{args.count} more: growth {(after - before) / MiB:.1f} MiB"
+        f"  RSS {before / MiB:.1f} MiB after {warmup} warm-up names, {middle / MiB:.1f} MiB "
+        f"after {half} more, {after / MiB:.1f} MiB after {args.count - half} more: growth "
+        f"{(after - before) / MiB:.1f} MiB; second half "
+        f"{(after - middle) / MiB * 10_000 / max(1, args.count - half):.2f} MiB per 10,000 names"
     )
+    if first is not None and second is not None:
+        print_growth(first, second, args.count - half)
 
 
 def bucket_blob_bytes(s3: S3Server, root: str) -> int:
@@ -426,6 +502,7 @@ def main() -> None:
     p = sub.add_parser("names")
     p.add_argument("--count", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--trace", action="store_true", help="tracemalloc in the cache process")
     p = sub.add_parser("churn")
     p.add_argument("--max-mib", type=int, default=64)
     p.add_argument("--layer-mib", type=int, default=4)

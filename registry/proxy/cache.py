@@ -58,7 +58,7 @@ from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable
 from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.ledger import Ledger
 from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
-from registry.proxy.index import CacheIndex, Victim
+from registry.proxy.index import CacheIndex, ICacheIndex, MemoryIndex, Victim
 from registry.proxy.space import Reservations
 from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
@@ -182,7 +182,9 @@ class ProxyCache:
     hosted_uses: HostedUses = _never_hosted
     # Every cache of the process: blob data shared with another upstream's cache stays.
     peers: list[ProxyCache] = attrs.field(factory=list)
-    index: CacheIndex = attrs.field(factory=CacheIndex)
+    # What is cached and when it was last used: on disk for a single instance (the service
+    # gives it a `registry.proxy.stored.StoredIndex`), in memory for a fleet's view of Redis.
+    index: ICacheIndex = attrs.field(factory=MemoryIndex)
     stats: UpstreamStats = attrs.field(factory=UpstreamStats)
     # The same counters added up across restarts (saved by the ProxyService), for the UI.
     totals: CacheTotals = attrs.field(factory=CacheTotals)
@@ -223,7 +225,12 @@ class ProxyCache:
         self.space = Reservations(clock)
         if self.fleet is not None:
             self.ledger = Ledger(self.fleet.redis, self.name, self.fleet.instance)
-            self.index.changed = set()
+            self.fleet_entries().changed = set()
+
+    def fleet_entries(self) -> CacheIndex:
+        """A fleet's index, in memory (the ledger pushes it and replaces it)."""
+        assert isinstance(self.index, MemoryIndex), "a fleet keeps its index in memory"
+        return self.index.entries
 
     def table_sizes(self) -> dict[str, int]:
         """Entries of every table keyed by what clients ask for (tests check the bounds)."""
@@ -235,6 +242,7 @@ class ProxyCache:
             "checked": len(self._checked),
             "verified": len(self._verified),
             "tokens": len(self.client.tokens),
+            **self.index.tables(),
         }
 
     @property
@@ -268,20 +276,20 @@ class ProxyCache:
         info = await self.blobs.exists(digest)
         if info is None:
             return None
-        entry = self.index.blobs.get(str(digest))
-        if entry is not None and entry.size != info.size and str(digest) not in self.index.in_use:
+        recorded = await self.index.touch_blob(str(digest), self.now())
+        if recorded is None:
+            await self.index.add_blob(local, str(digest), info.size, self.now())
+        elif recorded != info.size and str(digest) not in self.index.in_use:
             log.warn(
                 "proxy {upstream}: cached {digest} has {actual} bytes, expected {size}; refetching",
                 upstream=self.name,
                 digest=str(digest),
                 actual=info.size,
-                size=entry.size,
+                size=recorded,
             )
             self.stats.corrupt_blobs += 1
             await self._drop_blob_data(digest)
             return None
-        if not self.index.touch_blob(str(digest), self.now()):
-            self.index.add_blob(local, str(digest), info.size, self.now())
         return info
 
     async def _confirm(self, local: str, upstream: str, digest: Digest) -> int:
@@ -525,7 +533,7 @@ class ProxyCache:
             return None
         await self.blobs.link(local, digest)
         await self._note(local)
-        self.index.add_blob(local, str(digest), size, self.now())
+        await self.index.add_blob(local, str(digest), size, self.now())
         return info
 
     async def _note(self, local: str) -> None:
@@ -684,7 +692,7 @@ class ProxyCache:
                 for name in pending:
                     await self.blobs.link(name, digest)
                     await self._note(name)
-                    self.index.add_blob(name, str(digest), fill.stored, self.now())
+                    await self.index.add_blob(name, str(digest), fill.stored, self.now())
                     linked.add(name)
             self._verified.put(str(digest), True)
             # The index entry now counts what the reservation counted.
@@ -760,8 +768,8 @@ class ProxyCache:
             body = await self.blobs.get_small(digest)
         except (PathNotFoundError, RegistryError):
             return None
-        if not self.index.touch_manifest(local, str(digest), self.now()):
-            self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
+        if not await self.index.touch_manifest(local, str(digest), self.now()):
+            await self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
         return StoredManifest(digest, stored_media_type(body), body)
 
     async def manifest_get(self, local: str, upstream: str, reference: str) -> StoredManifest:
@@ -861,7 +869,7 @@ class ProxyCache:
         if tag is not None:
             await self.tags.set(local, tag, digest)
         await self._note(local)
-        self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
+        await self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
         self.schedule_eviction()
         return StoredManifest(digest, stored_media_type(body), body)
 
@@ -946,7 +954,7 @@ class ProxyCache:
 
     async def _evict_local(self, limit: int | None) -> int:
         """One instance's eviction down to ``limit`` bytes (the caller holds the lock)."""
-        victims = self.index.plan(self.now(), limit, self.config.ttl)
+        victims = await self.index.plan(self.now(), limit, self.config.ttl)
         count = len(await self._evict_victims(victims))
         if count:
             log.info(
@@ -1016,7 +1024,7 @@ class ProxyCache:
         try:
             if stored:
                 self.ledger.release_with_entry(digest)
-                await self.ledger.push(self.index, self.now())
+                await self.ledger.push(self.fleet_entries(), self.now())
             else:
                 await self.ledger.unreserve(digest)
         except RedisUnavailable as exc:  # released by the next push, or lapses
@@ -1076,7 +1084,7 @@ class ProxyCache:
                     await self._evict_one(victim)
                 finally:
                     await ledger.unclaim(victim.digest)
-            self.index.remove(victim)
+            await self.index.remove(victim)
             evicted.append(victim)
             self.stats.evictions += 1
             self.stats.evicted_bytes += victim.size
@@ -1095,7 +1103,7 @@ class ProxyCache:
         count the same room).  Returns the entries evicted and whether the room was
         reserved (None: another instance holds the lock)."""
         now = self.now()
-        await ledger.push(self.index, now)
+        await ledger.push(self.fleet_entries(), now)
         if not await ledger.lock():
             # Another instance is evicting, perhaps from a view without what this one just
             # stored: look again once it is done, not at the next fill or evict_interval.
@@ -1108,11 +1116,13 @@ class ProxyCache:
         try:
             view, reservations = await ledger.load_with_reservations(now)
             reserved = sum(reservations.values())
-            _keep_unsent(self.index, view)
+            _keep_unsent(self.fleet_entries(), view)
             fleet_in_use = view.in_use
-            view.in_use = self.index.in_use  # this process's own counts go on being kept here
-            view.changed = self.index.changed
-            self.index = view
+            entries = self.fleet_entries()
+            view.in_use = entries.in_use  # this process's own counts go on being kept here
+            view.changed = entries.changed
+            assert isinstance(self.index, MemoryIndex)
+            self.index.entries = view
             planning = attrs.evolve(view, in_use=fleet_in_use + view.in_use)
             limit = self.config.max_size
             target = None if limit is None else limit - reserved - size
@@ -1163,13 +1173,10 @@ class ProxyCache:
 
     async def _used_elsewhere(self, victim: Victim) -> bool:
         digest = victim.digest
-        if digest in self.index.blobs and victim.kind == "manifest":
-            return True
-        others = [key for key in self.index.manifests if key[1] == digest]
-        if others and others != [(victim.name, digest)]:
+        if await self.index.shares(victim):
             return True
         for peer in self.peers:
-            if peer is not self and peer.index.knows(digest):
+            if peer is not self and await peer.index.knows(digest):
                 return True
         return await self.hosted_uses(Digest.parse(digest))
 
@@ -1178,31 +1185,20 @@ class ProxyCache:
     async def load_state(self) -> None:
         if self.ledger is not None:
             return  # a fleet's index is in Redis (registry.proxy.fleet.ledger)
-        try:
-            data = await self.driver.get_content(f"{state_dir(self.name)}/state.json")
-        except PathNotFoundError:
-            return
-        self.index = CacheIndex.loads(data)
+        blobs, manifests = await self.index.load(self.driver, state_dir(self.name))
         log.info(
             "proxy {upstream}: {blobs} blobs, {manifests} manifests, {size} bytes cached",
             upstream=self.name,
-            blobs=len(self.index.blobs),
-            manifests=len(self.index.manifests),
+            blobs=blobs,
+            manifests=manifests,
             size=self.index.size,
         )
 
     async def flush_state(self) -> None:
         if self.ledger is not None:
-            await self.ledger.push(self.index, self.now())
+            await self.ledger.push(self.fleet_entries(), self.now())
             return
-        if not self.index.dirty:
-            return
-        self.index.dirty = False
-        try:
-            await self.driver.put_content(f"{state_dir(self.name)}/state.json", self.index.dumps())
-        except Exception:
-            self.index.dirty = True
-            raise
+        await self.index.flush(self.driver, state_dir(self.name))
 
     async def clean_fills(self) -> None:
         """Fills interrupted by a crash or a restart leave partial files: remove them (in a

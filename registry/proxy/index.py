@@ -1,11 +1,13 @@
 """
 What the cache holds and when each piece was last used: the state behind eviction.
 
-Kept in memory, written to storage (``txregistry/proxy/<upstream>/state.json`` under
-`layout.OWN`) by the proxy service every ``flush_interval`` when it changed, and read back at
-start, so least-recently-used order and TTLs survive restarts without a write per request.
-Content the file does not know (written after the last flush before a crash) is added back the
-next time it is served.
+`ICacheIndex` is what the cache asks of it.  Two implementations: `MemoryIndex` (a
+`CacheIndex` in memory: a fleet's view of the index it keeps in Redis) and
+`registry.proxy.stored.StoredIndex` (a single instance's: entries on disk, only a capped table
+of recently used ones in memory, persisted to storage every ``flush_interval``).  Content the
+persisted form does not know (written after the last flush before a crash) is added back the
+next time it is served.  `CacheIndex.dumps`/`loads` are the ``state.json`` of earlier versions,
+which a `StoredIndex` imports once.
 
 Eviction is reference-aware: a blob is a candidate only when no cached manifest references it,
 a manifest only when no cached index references it, and nothing marked in use (being served or
@@ -18,9 +20,12 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 import attrs
+from zope.interface import Attribute, Interface, implementer
+
+from registry.storage.driver import IStorageDriver
 
 STATE_VERSION = 1
 
@@ -212,3 +217,131 @@ class CacheIndex:
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
         return index
+
+
+class ICacheIndex(Interface):
+    """
+    What `registry.proxy.cache.ProxyCache` asks of its index: entries recorded as content is
+    cached and served, an eviction plan, and the index's persisted form.
+
+    Lookups and updates are awaited: an implementation may keep its entries on disk and
+    reach them off the reactor thread (`registry.proxy.stored.StoredIndex`).  ``size`` and
+    the use counts are kept in memory, for metrics and for eviction's in-use check.
+    """
+
+    size = Attribute("int: bytes of everything the index holds")
+    in_use = Attribute("Counter[str]: digests being served or filled by this process")
+
+    def use(digest: str) -> None:
+        """Count a read or fill of ``digest`` (never evicted while counted)."""
+
+    def release(digest: str) -> None:
+        """The end of one `use`."""
+
+    def touch_blob(digest: str, now: float) -> Awaitable[int | None]:
+        """Record a use of a cached blob; its recorded size, None when the index lacks it."""
+
+    def add_blob(name: str, digest: str, size: int, now: float) -> Awaitable[None]:
+        """Record a blob linked into repository ``name`` (or one more repository linking it)."""
+
+    def touch_manifest(name: str, digest: str, now: float) -> Awaitable[bool]:
+        """Record a use of a cached manifest; False when the index lacks it."""
+
+    def add_manifest(
+        name: str, digest: str, size: int, refs: Iterable[str], now: float
+    ) -> Awaitable[None]:
+        """Record a manifest of ``name`` and the digests it keeps cached (``refs``)."""
+
+    def plan(now: float, max_size: int | None, ttl: float | None) -> Awaitable[list[Victim]]:
+        """What to evict, in order (`CacheIndex.plan`'s contract); the index is not changed."""
+
+    def remove(victim: Victim) -> Awaitable[None]:
+        """Forget an evicted entry."""
+
+    def knows(digest: str) -> Awaitable[bool]:
+        """Whether any blob or manifest entry has ``digest``."""
+
+    def shares(victim: Victim) -> Awaitable[bool]:
+        """Whether another entry of this index has the victim's digest (its data stays)."""
+
+    def tables() -> dict[str, int]:
+        """Entries of the in-memory tables whose keys clients choose (tests check the caps)."""
+
+    def load(driver: IStorageDriver, folder: str) -> Awaitable[tuple[int, int]]:
+        """Recover the persisted form under ``folder``; (blobs, manifests) recovered."""
+
+    def flush(driver: IStorageDriver, folder: str) -> Awaitable[None]:
+        """Write the persisted form under ``folder`` when something changed."""
+
+    def close() -> Awaitable[None]:
+        """Release what `load` opened (after the last `flush`)."""
+
+
+@implementer(ICacheIndex)
+@attrs.define
+class MemoryIndex:
+    """A `CacheIndex` held in memory: a fleet's view of its ledger (Redis keeps the entries,
+    `registry.proxy.fleet.ledger`, and nothing is persisted here), and caches built without a
+    service (tests)."""
+
+    entries: CacheIndex = attrs.field(factory=CacheIndex)
+
+    @property
+    def size(self) -> int:
+        return self.entries.size
+
+    @property
+    def in_use(self) -> Counter[str]:
+        return self.entries.in_use
+
+    def use(self, digest: str) -> None:
+        self.entries.use(digest)
+
+    def release(self, digest: str) -> None:
+        self.entries.release(digest)
+
+    async def touch_blob(self, digest: str, now: float) -> int | None:
+        entry = self.entries.blobs.get(digest)
+        if entry is None:
+            return None
+        self.entries.touch_blob(digest, now)
+        return entry.size
+
+    async def add_blob(self, name: str, digest: str, size: int, now: float) -> None:
+        self.entries.add_blob(name, digest, size, now)
+
+    async def touch_manifest(self, name: str, digest: str, now: float) -> bool:
+        return self.entries.touch_manifest(name, digest, now)
+
+    async def add_manifest(
+        self, name: str, digest: str, size: int, refs: Iterable[str], now: float
+    ) -> None:
+        self.entries.add_manifest(name, digest, size, refs, now)
+
+    async def plan(self, now: float, max_size: int | None, ttl: float | None) -> list[Victim]:
+        return self.entries.plan(now, max_size, ttl)
+
+    async def remove(self, victim: Victim) -> None:
+        self.entries.remove(victim)
+
+    async def knows(self, digest: str) -> bool:
+        return self.entries.knows(digest)
+
+    async def shares(self, victim: Victim) -> bool:
+        digest = victim.digest
+        if digest in self.entries.blobs and victim.kind == "manifest":
+            return True
+        others = [key for key in self.entries.manifests if key[1] == digest]
+        return bool(others) and others != [(victim.name, digest)]
+
+    def tables(self) -> dict[str, int]:
+        return {}
+
+    async def load(self, driver: IStorageDriver, folder: str) -> tuple[int, int]:
+        return len(self.entries.blobs), len(self.entries.manifests)
+
+    async def flush(self, driver: IStorageDriver, folder: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -29,6 +29,7 @@ from registry.proxy import spool as spool_files
 from registry.proxy.cache import Limits, ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
 from registry.proxy.fleet.wiring import FleetSetup
+from registry.proxy.index import ICacheIndex, MemoryIndex
 from registry.proxy.routing import (
     ProxyRouter,
     RoutingBlobStore,
@@ -37,6 +38,7 @@ from registry.proxy.routing import (
     RoutingTagStore,
     RoutingUploadStore,
 )
+from registry.proxy.stored import StoredIndex
 from registry.proxy.upstream import UpstreamClient
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
@@ -78,11 +80,13 @@ class ProxyService(MultiService):
         if self._ready is not None:
             await self._ready
         await cache.clean_fills()
-        await cache.load_state()
+        # The counters first: one small file, read before the index (streamed from storage
+        # into its database), so the UI's figures are there as soon as the instance serves.
         try:
             await cache.totals.load(cache, time.time())
         except Exception:  # the figures then count from this start; serving goes on
             log.failure("proxy {upstream}: reading the saved counters failed", upstream=cache.name)
+        await cache.load_state()
 
     @staticmethod
     def _flush_totals(cache: ProxyCache) -> Callable[[], Awaitable[None]]:
@@ -122,6 +126,10 @@ class ProxyService(MultiService):
                         "proxy {upstream}: writing the counters failed", upstream=cache.name
                     )
                 await cache.client.close()
+                try:
+                    await cache.index.close()
+                except Exception:
+                    log.failure("proxy {upstream}: closing the index failed", upstream=cache.name)
 
         return Deferred.fromCoroutine(stop())
 
@@ -303,6 +311,12 @@ def install_proxies(
                     continue
         return False
 
+    def index_for(proxy: ProxyConfig) -> ICacheIndex:
+        # A fleet keeps its index in Redis (registry.proxy.fleet.ledger); one instance on disk.
+        if setup.fleet is not None:
+            return MemoryIndex()
+        return StoredIndex(reactor, proxy.name)
+
     for proxy in proxies:
         peers.append(
             ProxyCache(
@@ -320,6 +334,7 @@ def install_proxies(
                 # The pool uploads hash on: verified cache reads hash there too.
                 hash_threads=local.uploads.hash_threads,
                 limits=Limits(inflight=proxy.max_inflight),
+                index=index_for(proxy),
             )
         )
     register_metrics(metrics, peers)

@@ -90,7 +90,7 @@ async def test_cache_and_eviction_state_survive_a_restart(
         before = metric(_metrics(process.url), "txregistry_proxy_cache_bytes")
         assert before > 300_000
         process.stop()
-        state = tmp_path / "data/docker/registry/v2/txregistry/proxy/hub/state.json"
+        state = tmp_path / "data/docker/registry/v2/txregistry/proxy/hub/index.sqlite3"
         assert state.exists()
         await fake.go_down()
         process.start()
@@ -103,3 +103,39 @@ async def test_cache_and_eviction_state_survive_a_restart(
     log = process.log_text()
     assert "serving cached docker.io/library/alpine:latest" in log
     assert "proxy hub: hits=" in log  # the periodic summary line (also logged at start)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restart_recovers_the_index_and_evicts_in_lru_order(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """Images a then b cached, the process restarted: the index comes back from its snapshot
+    in storage (``index.sqlite3``), so the pull of c that goes over ``max_size`` evicts a (the
+    least recently used, known only from before the restart) and keeps the layer a shares
+    with b, which b still references."""
+    shared, only_a, only_b, only_c = (GeneratedBlob(s, SIZE) for s in ("sh", "oa", "ob", "oc"))
+    image_a = build_image(fake.content, "library/app", "a", [shared, only_a])
+    build_image(fake.content, "library/app", "b", [shared, only_b])
+    build_image(fake.content, "library/app", "c", [only_c])
+    sections: dict[str, Any] = {"proxy:hub": proxy_section(fake.url, max_size="550KB")}
+    process = RegistryProcess(tmp_path, sections)
+    process.start()
+    try:
+        await pull(process.url, "app", "a")
+        await pull(process.url, "app", "b")
+        process.stop()
+        v2 = tmp_path / "data/docker/registry/v2"
+        assert (v2 / "txregistry/proxy/hub/index.sqlite3").stat().st_size > 0
+        assert not (v2 / "txregistry/proxy/hub/state.json").exists()
+        root = tmp_path / "data"
+        process.start()
+        await pull(process.url, "app", "c")
+        await wait_for(lambda: not blob_data_path(root, only_a.digest).exists())
+        assert not blob_data_path(root, image_a.config or "").exists()
+        for kept in (shared, only_b, only_c):
+            assert blob_data_path(root, kept.digest).exists()
+        text = _metrics(process.url)
+        assert metric(text, "txregistry_proxy_evictions_total") == 3
+        assert metric(text, "txregistry_proxy_cache_bytes") <= 550_000
+    finally:
+        process.stop()
