@@ -529,7 +529,8 @@ class StoredIndex:
 
     async def add_blob(self, name: str, digest: str, size: int, now: float) -> None:
         db = await self._database()
-        self.size += await self._run(db.add_blob, name, digest, size, now)
+        change = await self._run(db.add_blob, name, digest, size, now)
+        self.size += change  # read after the await: concurrent updates all count
         self.dirty = True
         self._remember(("blob", "", digest), size)
 
@@ -550,7 +551,8 @@ class StoredIndex:
     ) -> None:
         db = await self._database()
         unique = list(dict.fromkeys(refs))
-        self.size += await self._run(db.add_manifest, name, digest, size, unique, now)
+        change = await self._run(db.add_manifest, name, digest, size, unique, now)
+        self.size += change  # read after the await: concurrent updates all count
         self.dirty = True
         self._remember(("manifest", name, digest), size)
 
@@ -568,7 +570,8 @@ class StoredIndex:
         self._hot.pop(key, None)
         self._pending.pop(key, None)
         db = await self._database()
-        self.size += await self._run(db.remove, victim)
+        change = await self._run(db.remove, victim)
+        self.size += change  # read after the await: concurrent updates all count
         self.dirty = True
 
     async def knows(self, digest: str) -> bool:

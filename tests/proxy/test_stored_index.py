@@ -11,6 +11,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, gatherResults
 from zope.interface.verify import verifyObject
 
 from registry.proxy.index import CacheIndex, ICacheIndex, MemoryIndex
@@ -214,3 +215,24 @@ async def test_many_names_keep_the_in_memory_tables_at_their_caps() -> None:
 def test_both_indexes_provide_the_whole_interface() -> None:
     verifyObject(ICacheIndex, StoredIndex(reactor, "hub"))
     verifyObject(ICacheIndex, MemoryIndex())
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_updates_all_count_in_the_size() -> None:
+    """Adds and removes whose database calls overlap (fills committing while an eviction
+    removes) all count: the size in memory stays the database's total."""
+    driver = MemoryDriver()
+    index = await _loaded(driver)
+    try:
+        await gatherResults(
+            [Deferred.fromCoroutine(index.add_blob("r", f"b{n}", 10 + n, n)) for n in range(20)]
+        )
+        assert index.size == sum(10 + n for n in range(20))
+        victims = (await index.plan(30, 0, None))[:10]
+        await gatherResults(
+            [Deferred.fromCoroutine(index.remove(victim)) for victim in victims]
+            + [Deferred.fromCoroutine(index.add_blob("r", f"c{n}", 5, 40)) for n in range(10)]
+        )
+        assert index.size == sum(10 + n for n in range(10, 20)) + 50
+    finally:
+        await index.close()
