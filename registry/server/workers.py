@@ -58,15 +58,17 @@ from zope.interface import implementer
 from registry.config import Config, ConfigError
 from registry.http.tls import connection_factory
 from registry.server.control import Channel
+from registry.server.supervisor import (
+    CONTROL_IN,
+    CONTROL_OUT,
+    WORKER_ENVIRONMENT,
+)
 
 log = Logger()
 
-ENVIRONMENT = "TXREGISTRY_WORKER"
-# The worker's end of its control pipe: it reads the supervisor on one, writes on the other.
-CONTROL_IN = 3
-CONTROL_OUT = 4
-# Listening sockets are handed over from this descriptor number on.
-FIRST_LISTENER_FD = 5
+# The worker's end of its control pipe (it reads the supervisor on CONTROL_IN, writes on
+# CONTROL_OUT), and listening sockets from FIRST_LISTENER_FD on: the supervisor's numbers.
+ENVIRONMENT = WORKER_ENVIRONMENT
 # How long a question over the control pipe may wait (a scrape, a readiness check).
 ASK_TIMEOUT = 5.0
 
