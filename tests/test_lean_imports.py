@@ -43,6 +43,8 @@ WEB_STACK = [
     "registry.server.build",
 ]
 
+# What twistd's plugin search imports (trial's interfaces bring unittest).
+OTHER_PLUGINS = ["twisted.plugins.twisted_web", "twisted.plugins.twisted_conch", "unittest"]
 # What the supervisor, a standard-library program, never imports.
 SUPERVISOR_NEVER = {"twisted", "attr", "attrs", "zope", "prometheus_client", "asyncio", "ssl"}
 
@@ -119,6 +121,9 @@ def test_default_tree_keeps_tls_http2_and_the_web_stack_out_of_the_supervisor(
     for worker in (p["modules"] for p in processes if p["worker"]):
         assert _present(worker, TLS + HTTP2) == []
         assert _present(worker, WEB_STACK) == WEB_STACK
+        # Workers start without twistd's plugin search (registry.server.worker_twistd).
+        assert _present(worker, OTHER_PLUGINS) == []
+        assert "twisted.plugins.registry_plugin" in worker
 
 
 def test_tls_and_http2_load_where_configured(tmp_path: Path) -> None:

@@ -186,6 +186,9 @@ def worker_command(config_file: str | None, storage: str | None, twistd: Any) ->
 
 
 def twistd_command(arguments: list[str]) -> list[str]:
-    """``twistd -n --pidfile= ...ARGUMENTS`` with this interpreter (how workers are started)."""
-    run = "from twisted.scripts.twistd import run; run()"
-    return [sys.executable, "-c", run, "-n", "--pidfile=", *arguments]
+    """``twistd -n --pidfile= ...ARGUMENTS`` with this interpreter (how workers are started:
+    `registry.server.worker_twistd`, twistd without its plugin search), and its ``-O``
+    flags: ``python -OO`` (or ``PYTHONOPTIMIZE=2``) leaves docstrings out of every process."""
+    run = "from registry.server.worker_twistd import run; run()"
+    optimize = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
+    return [sys.executable, *optimize, "-c", run, "-n", "--pidfile=", *arguments]
