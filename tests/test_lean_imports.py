@@ -123,6 +123,7 @@ def test_default_tree_keeps_tls_http2_and_the_web_stack_out_of_the_supervisor(
         assert _present(worker, WEB_STACK) == WEB_STACK
         # Workers start without twistd's plugin search (registry.server.worker_twistd).
         assert _present(worker, OTHER_PLUGINS) == []
+        assert "bcrypt" not in worker  # no htpasswd file configured
         assert "twisted.plugins.registry_plugin" in worker
 
 
