@@ -301,8 +301,13 @@ class Supervisor:
         if self.workers.get(worker.slot) is worker:
             del self.workers[worker.slot]
         worker.channel.lost()
+        self._say_ended(worker, status)
+        # Last: whoever waits for this (a drain, a rolling restart) logs after the line above.
         worker.served.fire(False)
         worker.ended.fire(status)
+
+    def _say_ended(self, worker: Worker, status: int) -> None:
+        """Log the exit; replace the worker unless it was asked to stop or never served."""
         how = _describe_end(status)
         if self._stopping or worker.slot in self._holding:
             self.log("info", f"worker {worker.slot} (pid {worker.pid}) stopped: {how}")
