@@ -81,7 +81,11 @@ Task = Generator[Wait, bool, None]
 class Loop:
     """Readers, timers and signals in one thread until `stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: Callable[[str], None] | None = None) -> None:
+        # A callback that raises is reported (its traceback) and the loop goes on, as a
+        # Twisted reactor does: one bad message must not take the supervisor and, with it,
+        # every worker down.
+        self._report = report
         self._selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
@@ -133,10 +137,27 @@ class Loop:
         """Run a generator flow until its first `Wait`; it goes on as described above."""
         self._resume(task, None)
 
+    def _call(self, function: Callable[..., None], *arguments: Any) -> None:
+        try:
+            function(*arguments)
+        except Exception:
+            import traceback
+
+            if self._report is None:
+                raise
+            self._report(traceback.format_exc())
+
     def _resume(self, task: Task, value: bool | None) -> None:
         try:
             wait = task.send(value) if value is not None else next(task)
         except StopIteration:
+            return
+        except Exception:
+            import traceback
+
+            if self._report is None:
+                raise
+            self._report(traceback.format_exc())
             return
         done = [False]
         timer: Timer | None = None
@@ -168,7 +189,7 @@ class Loop:
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - self.seconds())
             for key, _ in self._selector.select(timeout):
-                key.data()
+                self._call(key.data)
             self._run_timers()
 
     def _run_signals(self) -> None:
@@ -176,7 +197,7 @@ class Loop:
             signum = self._pending.pop(0)
             function = self._signals.get(signum)
             if function is not None:
-                function(signum)
+                self._call(function, signum)
 
     def _run_timers(self) -> None:
         now = self.seconds()
@@ -184,4 +205,4 @@ class Loop:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.function()
+                self._call(timer.function)

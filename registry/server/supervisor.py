@@ -91,8 +91,11 @@ class Log:
             syslog.syslog(priority.get(level, syslog.LOG_INFO), f"[{NAMESPACE}#{level}] {text}")
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self._file.write(f"{stamp} [{NAMESPACE}#{level}] {text}\n")
-        self._file.flush()
+        try:
+            self._file.write(f"{stamp} [{NAMESPACE}#{level}] {text}\n")
+            self._file.flush()
+        except (OSError, ValueError):
+            pass  # a closed output or a full disk must not stop the supervisor
 
     def rotate(self) -> None:
         """twistd's rotation: FILE.N becomes FILE.N+1, FILE becomes FILE.1, a new FILE."""
@@ -423,7 +426,7 @@ def main() -> None:
     """The supervisor, as ``twistd registry`` execs it (`registry.server.handoff`)."""
     spec = json.loads(os.environ[SPEC_ENVIRONMENT])
     log = Log(spec["log"])
-    loop = Loop()
+    loop = Loop(report=lambda text: log("error", text))
     supervisor = Supervisor(loop, spec, log)
     supervisor.start()
     try:
