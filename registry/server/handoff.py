@@ -8,7 +8,7 @@ twistd drops privileges (``--uid``).  Once they are bound, this process replaces
 (``exec``: same pid, pidfile and standard streams) with the supervisor proper
 (`registry.server.supervisor`), which inherits the bound sockets and runs on the standard
 library alone: it never needs Twisted, and an idle Twisted process costs some 35 MiB where
-the supervisor needs about 12.  What it needs to know (the workers' command lines, the
+the supervisor needs about 13.  What it needs to know (the workers' command lines, the
 listeners, where to log) goes to it in the ``TXREGISTRY_SUPERVISOR`` variable.
 """
 

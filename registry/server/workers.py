@@ -2,8 +2,9 @@
 Every core: ``[http] workers = N`` serving processes behind one set of listening sockets.
 
 One Twisted reactor runs on one core.  With ``workers`` above 1, the process twistd starts
-becomes a supervisor (`registry.server.supervisor`): it binds every listener itself, then
-starts N worker processes (``twistd -n registry`` again, told by the ``TXREGISTRY_WORKER``
+becomes a supervisor: it binds every listener itself (`registry.server.handoff`), then
+replaces itself with a standard-library program (`registry.server.supervisor`) that starts
+N worker processes (``twistd -n registry`` again, told by the ``TXREGISTRY_WORKER``
 variable which worker they are and which inherited descriptors are their listeners).  Each
 worker adopts the sockets (``reactor.adoptStreamPort``) and serves them with its own reactor;
 the kernel hands each new connection to one of the workers waiting in ``accept``.
