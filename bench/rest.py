@@ -2,7 +2,7 @@
 Memory at rest: an idle ``twistd -n registry`` started with the default tap.cfg, the whole
 process tree (the supervisor and its ``[http] workers``).
 
-    python bench/rest.py [--workers 2] [--tree PATH] [--settle 2]
+    python bench/rest.py [--workers 2] [--tree PATH] [--settle 2] [--optimize 2]
 
 The configuration is the repository's tap.cfg with the port moved to loopback port 0, the
 storage to a fresh folder and ``[http] workers`` set to ``--workers`` (1: one process).
@@ -12,7 +12,8 @@ tree.  The PSS sum is what the tree holds; the RSS sum counts shared library pag
 process; as root, the tree's distinct resident pages (USS plus every shared page once) too.
 
 ``--tree`` measures another checkout (a worktree of an older commit, say) with this
-interpreter.
+interpreter.  ``--optimize 2`` runs the tree with ``PYTHONOPTIMIZE=2`` (``python -OO``: no
+docstrings, no asserts).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=REPO_ROOT)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settle", type=float, default=2.0)
+    parser.add_argument("--optimize", type=int, default=0)
     args = parser.parse_args()
     tree = args.tree.resolve()
     with tempfile.TemporaryDirectory() as work:
@@ -51,6 +53,8 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env["PYTHONPATH"] = str(tree)
         env["REGISTRY_HTTP_WORKERS"] = str(args.workers)
+        if args.optimize:
+            env["PYTHONOPTIMIZE"] = str(args.optimize)
         command = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "-l", str(log), "registry", "--config", f"{work}/tap.cfg",
@@ -68,7 +72,8 @@ def main() -> None:
         finally:
             child.terminate()
             child.wait(timeout=30)
-    print(f"{tree}: idle, default tap.cfg, [http] workers = {args.workers}")
+    optimized = f", PYTHONOPTIMIZE={args.optimize}" if args.optimize else ""
+    print(f"{tree}: idle, default tap.cfg, [http] workers = {args.workers}{optimized}")
     print(f"{'process':12} {'pid':>8} {'RSS MiB':>8} {'PSS MiB':>8} {'USS MiB':>8}")
     for index, each in enumerate(memory):
         role = "registry" if len(memory) == 1 else ("supervisor" if index == 0 else "worker")

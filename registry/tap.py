@@ -160,11 +160,11 @@ def _supervising(options: Options, config: Config, count: int, reactor: Any) -> 
             debug.append((config.debug.addr, server_endpoint(reactor, description)))
     except (ValueError, OSError, ConfigError) as exc:
         configuration_error(exc)
-    from registry.server.supervisor import supervise, worker_command
+    from registry.server.handoff import supervise, worker_command
 
     twistd = getattr(options, "parent", None)
     command = worker_command(options["config"], options["storage"], twistd)
-    return supervise(reactor, config, count, endpoints, debug, command)
+    return supervise(reactor, config, count, endpoints, debug, command, twistd)
 
 
 def has_syncs(config: Config) -> bool:

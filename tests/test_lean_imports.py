@@ -2,7 +2,8 @@
 What each process of a ``twistd registry`` tree holds at rest (`registry.lean_imports`, the
 split between `registry.tap`, `registry.server.supervisor` and `registry.server.build`): the
 supervisor of ``[http] workers`` loads no web stack, storage or metrics library, and no process
-loads pyOpenSSL, cryptography or h2 unless its configuration uses them.  Each of these costs
+loads pyOpenSSL, cryptography or h2 unless its configuration uses them; the supervisor loads
+no Twisted at all (`registry.server.handoff`).  Each of these costs
 resident memory in every process; this pins the import graph so that a new top-level import
 cannot bring one back silently.
 
@@ -41,6 +42,11 @@ WEB_STACK = [
     "registry.storage.filesystem",
     "registry.server.build",
 ]
+
+# What twistd's plugin search imports (trial's interfaces bring unittest).
+OTHER_PLUGINS = ["twisted.plugins.twisted_web", "twisted.plugins.twisted_conch", "unittest"]
+# What the supervisor, a standard-library program, never imports.
+SUPERVISOR_NEVER = {"twisted", "attr", "attrs", "zope", "prometheus_client", "asyncio", "ssl"}
 
 DUMP = """
 import atexit, json, os, sys
@@ -91,14 +97,34 @@ def _present(modules: list[str], names: list[str]) -> list[str]:
 def test_default_tree_keeps_tls_http2_and_the_web_stack_out_of_the_supervisor(
     tmp_path: Path,
 ) -> None:
-    processes = _tree_modules(tmp_path, {"port": LOOPBACK})
+    scraped = []
 
+    def scrape(port: int) -> None:
+        """The supervisor merges the workers' metrics without a metrics library."""
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        scraped.append((response.status, response.read().decode()))
+        connection.close()
+
+    processes = _tree_modules(tmp_path, {"port": LOOPBACK}, scrape)
+
+    [(status, text)] = scraped
+    assert status == 200, text
+    assert "txregistry_workers_scraped 2.0" in text.splitlines()
     supervisor = next(p["modules"] for p in processes if not p["worker"])
     assert _present(supervisor, TLS + HTTP2 + WEB_STACK) == []
-    assert "twisted.internet.reactor" in supervisor  # it did run
+    # The supervisor runs on the standard library: no Twisted, attrs or zope at all.
+    heavy = [m for m in supervisor if m.split(".")[0] in SUPERVISOR_NEVER]
+    assert heavy == []
+    assert "registry.server.supervisor" in supervisor  # it did run
     for worker in (p["modules"] for p in processes if p["worker"]):
         assert _present(worker, TLS + HTTP2) == []
         assert _present(worker, WEB_STACK) == WEB_STACK
+        # Workers start without twistd's plugin search (registry.server.worker_twistd).
+        assert _present(worker, OTHER_PLUGINS) == []
+        assert "bcrypt" not in worker  # no htpasswd file configured
+        assert "twisted.plugins.registry_plugin" in worker
 
 
 def test_tls_and_http2_load_where_configured(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from collections import Counter
 from typing import Literal
 
 import attrs
-import bcrypt
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -107,6 +106,8 @@ def _bcrypt_cost(hashed: bytes) -> int:
 
 def _check(entry: _Entry | None, password: bytes, dummy_cost: int) -> bool:
     """Runs in a worker thread: the slow part."""
+    import bcrypt  # loaded by Htpasswd() already, in the reactor thread
+
     if entry is None:
         # Spend the same time as a real check so response timing does not reveal which
         # user names exist (registry:2 does the same with a dummy hash).
@@ -142,6 +143,10 @@ class Htpasswd:
         self._dummy_cost = _DEFAULT_BCRYPT_COST
         self._cache_key = secrets.token_bytes(32)
         self._cache: dict[str, tuple[bytes, float]] = {}
+        # bcrypt (0.7 MiB resident) only where an htpasswd file is configured, loaded here
+        # rather than by the first check's worker thread.
+        import bcrypt  # noqa: F401
+
         self._reload()
 
     def users(self) -> frozenset[str]:
@@ -191,6 +196,8 @@ class Htpasswd:
 
 def hash_password(password: str, rounds: int = 10) -> str:
     """An htpasswd bcrypt hash (for tests and tooling; ``htpasswd -nB`` does the same)."""
+    import bcrypt
+
     return bcrypt.hashpw(password.encode()[:_BCRYPT_MAX], bcrypt.gensalt(rounds)).decode()
 
 

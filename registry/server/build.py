@@ -34,7 +34,7 @@ from registry.http.tls import (
     normalize_description,
     server_endpoint,
 )
-from registry.malloc_tuning import HeapTrimmer, limit_malloc_arenas
+from registry.malloc_tuning import HeapTrimmer, limit_malloc_arenas, release_startup_memory
 from registry.ops.health import HealthCheck, upstream_probe
 from registry.ops.metrics import Metrics
 from registry.ops.notifications import Notifier, add_notifications
@@ -293,6 +293,7 @@ def serve(config: Config, reactor: Any, spec: WorkerSpec | None) -> IService:
         config, reactor, endpoints, site, driver, ctx.uploads.flush, checks, link, ctx.notifier
     )
     root.setServiceParent(serving)
+    serving.ready.addCallback(lambda _: release_startup_memory())
     if spec is None or spec.worker == 0:  # once per registry, not once per worker
         serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))
     elif has_syncs(config):  # the first worker runs the syncs; the others read their states

@@ -1,9 +1,14 @@
 """
 The supervisor of ``[http] workers`` processes (see `registry.server.workers` for the design).
 
-Start: bind every listener (a failure is the usual one line, exit 1), start worker 0 and wait
-until it serves (it probes the storage: a failure there is its one line, and the supervisor
-exits 1 without adding another), then start the others, and log "listening" once all serve.
+It runs on the standard library alone (`registry.server.loop`): ``twistd registry`` binds the
+listeners with Twisted's endpoints (`registry.server.handoff`), then replaces itself with this
+program (``exec``: same pid, same pidfile, the bound sockets inherited), which needs neither
+Twisted nor the web stack: about 12 MiB resident where a Twisted process idles at 35.
+
+Start: start worker 0 and wait until it serves (it probes the storage: a failure there is its
+one line, and the supervisor exits 1 without adding another), then start the others, and log
+"listening" once all serve.
 
 Supervision: a worker that exits is replaced in the same slot (same worker number, so the
 same notification queue), after a pause that doubles with each exit in a row of that slot
@@ -17,6 +22,7 @@ Signals:
 - SIGHUP: a rolling restart.  One worker at a time is drained and replaced by a new process,
   which reads the configuration file and certificates again; the next waits until the new
   one serves.  The listeners themselves and the number of workers stay as they are.
+- SIGUSR1: rotate the supervisor's log file (as twistd does); workers rotate their own.
 
 Questions the workers ask (over their control pipe): the whole tree's metrics (asked of every
 serving worker and merged, `registry.ops.metrics_tree`) and how many workers serve (readiness).
@@ -25,34 +31,27 @@ serving worker and merged, `registry.ops.metrics_tree`) and how many workers ser
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+import time
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import ProcessDone, ReactorNotRunning
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from registry.server.loop import Event, Loop, Task, Timer, Wait
+from registry.server.pipe_channel import PipeChannel, Reply
 
-from registry.config import Config
-from registry.server.control import Channel
-from registry.server.exit import StartupError, exit_after_reactor, exit_quietly_after_reactor
-from registry.server.listeners import Listeners
-from registry.server.workers import (
-    CONTROL_IN,
-    CONTROL_OUT,
-    ENVIRONMENT,
-    FIRST_LISTENER_FD,
-    Inherited,
-    WorkerSpec,
-    family_of,
-)
-
-log = Logger()
+# The variable ``twistd registry`` hands the supervisor's settings over in.
+SPEC_ENVIRONMENT = "TXREGISTRY_SUPERVISOR"
+# The worker's side (registry.server.workers reads these).
+WORKER_ENVIRONMENT = "TXREGISTRY_WORKER"
+CONTROL_IN = 3
+CONTROL_OUT = 4
+FIRST_LISTENER_FD = 5
+# Descriptors the supervisor keeps are moved at least this high, out of the way of the
+# numbers they get in a worker.
+HIGH_FD = 100
 
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
@@ -63,228 +62,272 @@ STOP_GRACE = 10.0
 START_TIMEOUT = 120.0
 # A worker's own scrape, inside a worker's question (which waits ASK_TIMEOUT = 5 s).
 SCRAPE_TIMEOUT = 3.0
-
-# argv of worker ``slot`` (a ``twistd -n registry`` command line).
-Command = Callable[[int], list[str]]
-
-
-def _describe_end(reason: Failure) -> str:
-    value = reason.value
-    signal_number = getattr(value, "signal", None)
-    if signal_number:
-        return f"killed by {signal.Signals(signal_number).name}"
-    return f"exit status {getattr(value, 'exitCode', None)}"
+NAMESPACE = "registry.server.supervisor"
+EXIT_STARTUP_FAILED = 1
 
 
-class WorkerProcess(ProcessProtocol):
+class Log:
+    """Lines as twistd writes them (``TIME [registry.server.supervisor#LEVEL] text``), to the
+    file, standard output or syslog that ``twistd`` was told to use."""
+
+    def __init__(self, target: dict[str, Any]) -> None:
+        self._path: str | None = target.get("file")
+        self._syslog = "syslog" in target
+        self._file: Any = None
+        if self._syslog:
+            import syslog
+
+            syslog.openlog(str(target["syslog"]), 0, syslog.LOG_USER)
+        elif self._path:
+            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+        else:
+            self._file = sys.stdout
+
+    def __call__(self, level: str, text: str) -> None:
+        if self._syslog:
+            import syslog
+
+            priority = {"error": syslog.LOG_ERR, "warn": syslog.LOG_WARNING}
+            syslog.syslog(priority.get(level, syslog.LOG_INFO), f"[{NAMESPACE}#{level}] {text}")
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        try:
+            self._file.write(f"{stamp} [{NAMESPACE}#{level}] {text}\n")
+            self._file.flush()
+        except (OSError, ValueError):
+            pass  # a closed output or a full disk must not stop the supervisor
+
+    def rotate(self) -> None:
+        """twistd's rotation: FILE.N becomes FILE.N+1, FILE becomes FILE.1, a new FILE."""
+        if self._path is None or self._file is None:
+            return
+        index = 1
+        while os.path.exists(f"{self._path}.{index}"):
+            index += 1
+        for number in range(index - 1, 0, -1):
+            os.rename(f"{self._path}.{number}", f"{self._path}.{number + 1}")
+        self._file.close()
+        os.rename(self._path, f"{self._path}.1")
+        self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+
+
+def _describe_end(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def _high(fd: int) -> int:
+    """``fd`` moved to a number at least `HIGH_FD`, closed on exec."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+    os.close(fd)
+    return moved
+
+
+class Worker:
     """One worker process seen from the supervisor."""
 
-    def __init__(self, supervisor: Supervisor, slot: int) -> None:
-        self.supervisor = supervisor
+    def __init__(self, slot: int, pid: int, channel: PipeChannel) -> None:
         self.slot = slot
-        self.pid = 0
+        self.pid = pid
+        self.channel = channel
         self.serving = False
-        self.served: Deferred[None] = Deferred()
-        self.ended: Deferred[Failure] = Deferred()
-        self.channel = Channel(self._write, supervisor.handlers(), supervisor.reactor)
+        self.served = Event()  # fires True once it serves, False if it ended first
+        self.ended = Event()  # fires with its wait status
 
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.writeToChild(CONTROL_IN, data)
-
-    def connectionMade(self) -> None:
-        self.pid = int(self.transport.pid)  # type: ignore[union-attr]
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == CONTROL_OUT:
-            self.channel.data_received(data)
-
-    def signal(self, name: str) -> None:
-        with contextlib.suppress(Exception):  # exited already
-            self.transport.signalProcess(name)  # type: ignore[union-attr]
-
-    def processEnded(self, reason: Failure) -> None:
-        self.channel.lost()
-        self.supervisor._ended(self, reason)
-        if not self.served.called:
-            self.served.errback(reason)
-            self.served.addErrback(lambda _: None)
-        self.ended.callback(reason)
+    def signal(self, signum: int) -> None:
+        if not self.ended.fired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
 
 
-class Supervisor(Service):
-    """Binds the listeners, runs ``count`` workers over them, replaces those that exit."""
+class Supervisor:
+    """Runs ``count`` workers over inherited listening sockets, replaces those that exit."""
 
-    def __init__(
-        self,
-        reactor: Any,
-        listeners: Listeners,
-        count: int,
-        command: Command,
-        drain_timeout: float,
-        announce: Callable[[Listeners, int], None],
-        debug: Listeners | None = None,
-    ) -> None:
-        self.reactor = reactor
-        self.listeners = listeners
-        self.debug = debug
-        self.count = count
-        self._command = command
-        self.drain_timeout = drain_timeout
-        self._announce = announce
-        self.workers: dict[int, WorkerProcess] = {}
+    def __init__(self, loop: Loop, spec: dict[str, Any], log: Log) -> None:
+        self.loop = loop
+        self.log = log
+        self.count = int(spec["count"])
+        self.drain_timeout = float(spec["drain_timeout"])
+        self._commands: list[list[str]] = spec["commands"]
+        self._announce: str = spec["announce"]
+        # (description, our descriptor, family) for the registry's ports, then [debug]'s.
+        self._listeners = [
+            (item["description"], _high(item["fd"]), item["family"]) for item in spec["listeners"]
+        ]
+        debug = spec.get("debug")
+        self._debug = (debug["description"], _high(debug["fd"]), debug["family"]) if debug else None
+        self._environ = {k: v for k, v in os.environ.items() if k != SPEC_ENVIRONMENT}
+        self.workers: dict[int, Worker] = {}
         self.restarts = 0
+        self.status = 0
         self._failures: dict[int, int] = {}
-        self._respawns: dict[int, Any] = {}
+        self._respawns: dict[int, Timer] = {}
         self._started = False  # every worker served once: start-up is over
         self._stopping = False
-        self._rolling: Deferred[None] | None = None
+        self._rolling = False
         self._holding: set[int] = set()  # slots a rolling restart replaces itself
-        self._specs: dict[int, WorkerSpec] = {}
 
     # Start
 
-    def privilegedStartService(self) -> None:
-        self.listeners.bind_or_exit()
-        if self.debug is not None:
-            self.debug.bind_or_exit()
-        super().privilegedStartService()  # type: ignore[no-untyped-call]
+    def start(self) -> None:
+        self.loop.on_signal(signal.SIGCHLD, self._reap)
+        self.loop.on_signal(signal.SIGTERM, self._stop_requested)
+        self.loop.on_signal(signal.SIGINT, self._stop_requested)
+        self.loop.on_signal(signal.SIGHUP, self._hup)
+        self.loop.on_signal(signal.SIGUSR1, lambda _: self.log.rotate())
+        self.loop.run_task(self._start())
 
-    def startService(self) -> None:
-        self.listeners.bind()  # done already under twistd
-        if self.debug is not None:
-            self.debug.bind()
-        super().startService()  # type: ignore[no-untyped-call]
-        self.reactor.callWhenRunning(self._begin)
-
-    def _begin(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_hup)
-        d = Deferred.fromCoroutine(self._start())
-        d.addErrback(self._start_failed)
-
-    async def _start(self) -> None:
-        await self.listeners.wait_bound()
-        if self.debug is not None:
-            await self.debug.wait_bound()
+    def _start(self) -> Task:
         first = self._spawn(0)
-        try:
-            await first.served
-        except Exception:
+        yield Wait(first.served)
+        if not first.served.value:
             # Worker 0 said why on stderr (storage probe, configuration): one line, exit 1.
             if not self._stopping:
-                exit_quietly_after_reactor(self.reactor)
+                self._fail_quietly()
             return
-        others = [self._spawn(slot).served for slot in range(1, self.count)]
-        results = await DeferredList(others, consumeErrors=True)
-        if not all(ok for ok, _ in results):
-            if not self._stopping:
-                exit_quietly_after_reactor(self.reactor)
-            return
+        others = [self._spawn(slot) for slot in range(1, self.count)]
+        for worker in others:
+            yield Wait(worker.served)
+            if not worker.served.value:
+                if not self._stopping:
+                    self._fail_quietly()
+                return
         self._started = True
-        self._announce(self.listeners, self.count)
+        self.log("info", self._announce)
 
-    def _start_failed(self, failure: Failure) -> None:
-        if failure.check(StartupError):
-            exit_after_reactor(self.reactor, str(failure.value))
-        else:
-            log.failure("start-up failed", failure)
-            exit_after_reactor(self.reactor, f"start-up failed: {failure.getErrorMessage()}")
+    def _fail_quietly(self) -> None:
+        self.status = EXIT_STARTUP_FAILED
+        self._stop_requested(None)
 
-    def _spec(self, slot: int) -> tuple[WorkerSpec, dict[int, Any]]:
-        child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2, CONTROL_IN: "w", CONTROL_OUT: "r"}
-        inherited = []
+    def _worker_spec(self, slot: int) -> tuple[str, list[tuple[int, int]]]:
+        """The worker's ``TXREGISTRY_WORKER`` value, and (ours, its number) per descriptor."""
+        moves = []
+        listeners = []
         fd = FIRST_LISTENER_FD
-        bound = zip(self.listeners.descriptions, self.listeners.ports, strict=True)
-        for description, port in bound:
-            own = port.fileno()  # type: ignore[attr-defined]
-            child_fds[fd] = own
-            inherited.append(Inherited(description, fd, family_of(own)))
+        for description, own, family in self._listeners:
+            moves.append((own, fd))
+            listeners.append({"description": description, "fd": fd, "family": family})
             fd += 1
         debug = None
-        if self.debug is not None and self.debug.ports:
-            own = self.debug.ports[0].fileno()  # type: ignore[attr-defined]
-            child_fds[fd] = own
-            debug = Inherited(self.debug.descriptions[0], fd, family_of(own))
-        return WorkerSpec(slot, self.count, tuple(inherited), debug, os.getpid()), child_fds
+        if self._debug is not None:
+            description, own, family = self._debug
+            moves.append((own, fd))
+            debug = {"description": description, "fd": fd, "family": family}
+        spec = {
+            "worker": slot,
+            "workers": self.count,
+            "listeners": listeners,
+            "debug": debug,
+            "supervisor": os.getpid(),
+        }
+        return json.dumps(spec), moves
 
-    def _spawn(self, slot: int) -> WorkerProcess:
-        spec, child_fds = self._spec(slot)
-        env = dict(os.environ)
-        env[ENVIRONMENT] = spec.to_environ()
-        worker = WorkerProcess(self, slot)
-        argv = self._command(slot)
-        self.reactor.spawnProcess(worker, argv[0], argv, env=env, childFDs=child_fds)
+    def _spawn(self, slot: int) -> Worker:
+        text, moves = self._worker_spec(slot)
+        to_worker_r, to_worker_w = (_high(fd) for fd in os.pipe())
+        from_worker_r, from_worker_w = (_high(fd) for fd in os.pipe())
+        moves += [(to_worker_r, CONTROL_IN), (from_worker_w, CONTROL_OUT)]
+        env = dict(self._environ)
+        env[WORKER_ENVIRONMENT] = text
+        argv = self._commands[slot]
+        try:
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                env,
+                file_actions=[(os.POSIX_SPAWN_DUP2, own, theirs) for own, theirs in moves],
+                # Python ignores SIGPIPE for itself; a child starts with the defaults.
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
+        finally:
+            os.close(to_worker_r)
+            os.close(from_worker_w)
+        handlers = {
+            "ready": self._worker_ready,
+            "tree_metrics": self._tree_metrics,
+            "tree_ready": self._tree_ready,
+        }
+        worker = Worker(
+            slot, pid, PipeChannel(self.loop, from_worker_r, to_worker_w, handlers, self.log)
+        )
         self.workers[slot] = worker
         return worker
 
     # Questions from workers
 
-    def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
-        return {
-            "ready": self._worker_ready,
-            "tree_metrics": self._tree_metrics,
-            "tree_ready": self._tree_ready,
-        }
-
-    def _worker_ready(self, message: dict[str, Any]) -> None:
+    def _worker_ready(self, message: dict[str, Any], reply: Reply) -> None:
         worker = self.workers.get(int(message["worker"]))
         if worker is None or worker.pid != int(message["pid"]):
             return
         worker.serving = True
         self._failures.pop(worker.slot, None)
-        log.info("worker {worker} (pid {pid}) serving", worker=worker.slot, pid=worker.pid)
-        if not worker.served.called:
-            worker.served.callback(None)
+        self.log("info", f"worker {worker.slot} (pid {worker.pid}) serving")
+        worker.served.fire(True)
 
-    async def _tree_metrics(self, message: dict[str, Any]) -> str:
-        # prometheus_client, imported at the first scrape: a supervisor at rest holds no
-        # more than it needs to supervise.
+    def _tree_metrics(self, message: dict[str, Any], reply: Reply) -> None:
         from registry.ops.metrics_tree import WorkerScrape, tree_text
 
         serving = [w for w in self.workers.values() if w.serving]
-        asked = [w.channel.request("metrics", SCRAPE_TIMEOUT) for w in serving]
-        scrapes = []
-        for answered, result in await DeferredList(asked, consumeErrors=True):
-            if answered:
-                scrapes.append(WorkerScrape(result["worker"], result["pid"], result["text"]))
-        return tree_text(scrapes, self.count, self.restarts).decode()
+        scrapes: list[WorkerScrape] = []
+        left = [len(serving)]
 
-    def _tree_ready(self, message: dict[str, Any]) -> dict[str, int]:
+        def answered(result: Any, error: str | None) -> None:
+            if error is None:
+                scrapes.append(WorkerScrape(result["worker"], result["pid"], result["text"]))
+            left[0] -= 1
+            if left[0] == 0:
+                scrapes.sort(key=lambda scrape: scrape.worker)
+                reply(tree_text(scrapes, self.count, self.restarts).decode())
+
+        if not serving:
+            reply(tree_text([], self.count, self.restarts).decode())
+        for worker in serving:
+            worker.channel.request("metrics", SCRAPE_TIMEOUT, answered)
+
+    def _tree_ready(self, message: dict[str, Any], reply: Reply) -> None:
         ready = sum(1 for w in self.workers.values() if w.serving)
-        return {"ready": ready, "workers": self.count}
+        reply({"ready": ready, "workers": self.count})
 
     # Supervision
 
-    def _ended(self, worker: WorkerProcess, reason: Failure) -> None:
+    def _reap(self, signum: int) -> None:
+        for worker in list(self.workers.values()):
+            try:
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = worker.pid, 0
+            if pid == worker.pid:
+                self._ended(worker, status)
+
+    def _ended(self, worker: Worker, status: int) -> None:
         if self.workers.get(worker.slot) is worker:
             del self.workers[worker.slot]
-        how = _describe_end(reason)
+        worker.channel.lost()
+        self._say_ended(worker, status)
+        # Last: whoever waits for this (a drain, a rolling restart) logs after the line above.
+        worker.served.fire(False)
+        worker.ended.fire(status)
+
+    def _say_ended(self, worker: Worker, status: int) -> None:
+        """Log the exit; replace the worker unless it was asked to stop or never served."""
+        how = _describe_end(status)
         if self._stopping or worker.slot in self._holding:
-            log.info(
-                "worker {worker} (pid {pid}) stopped: {how}",
-                worker=worker.slot,
-                pid=worker.pid,
-                how=how,
-            )
+            self.log("info", f"worker {worker.slot} (pid {worker.pid}) stopped: {how}")
             return
         if not self._started and not worker.serving:
             return  # a start-up failure: `_start` ends the process
         failures = self._failures.get(worker.slot, 0)
         self._failures[worker.slot] = failures + 1
         delay = min(MAX_BACKOFF, FIRST_BACKOFF * 2**failures)
-        expected = reason.check(ProcessDone) is not None
-        log.warn(
-            "worker {worker} (pid {pid}) exited: {how}; replacing it in {delay:g} s "
-            "({failures} exit(s) in a row)",
-            worker=worker.slot,
-            pid=worker.pid,
-            how=how if not expected else "exit status 0",
-            delay=delay,
-            failures=failures + 1,
+        self.log(
+            "warn",
+            f"worker {worker.slot} (pid {worker.pid}) exited: {how}; replacing it in "
+            f"{delay:g} s ({failures + 1} exit(s) in a row)",
         )
-        self._respawns[worker.slot] = self.reactor.callLater(delay, self._respawn, worker.slot)
+        self._respawns[worker.slot] = self.loop.call_later(
+            delay, lambda: self._respawn(worker.slot)
+        )
 
     def _respawn(self, slot: int) -> None:
         self._respawns.pop(slot, None)
@@ -295,176 +338,102 @@ class Supervisor(Service):
 
     # SIGHUP: rolling restart
 
-    def _on_hup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self._hup)
-
-    def _hup(self) -> None:
+    def _hup(self, signum: int) -> None:
         if self._stopping:
             return
-        if self._rolling is not None:
-            log.info("SIGHUP: a rolling restart is running already")
+        if self._rolling:
+            self.log("info", "SIGHUP: a rolling restart is running already")
             return
-        self._rolling = Deferred.fromCoroutine(self._roll())
-        self._rolling.addErrback(lambda f: log.failure("rolling restart failed", f))
-        self._rolling.addBoth(self._rolled)
+        self._rolling = True
+        self.loop.run_task(self._roll())
 
-    def _rolled(self, _: object) -> None:
-        self._rolling = None
-
-    async def _roll(self) -> None:
-        log.info("SIGHUP: restarting the {count} workers one at a time", count=self.count)
-        for slot in range(self.count):
-            if self._stopping:
-                return
-            self._holding.add(slot)
-            try:
-                old = self.workers.get(slot)
-                if old is not None:
-                    old.signal("TERM")
-                    await self._ended_within(old, self.drain_timeout + STOP_GRACE)
-                pending = self._respawns.pop(slot, None)
-                if pending is not None and pending.active():
-                    pending.cancel()
+    def _roll(self) -> Task:
+        self.log("info", f"SIGHUP: restarting the {self.count} workers one at a time")
+        try:
+            for slot in range(self.count):
                 if self._stopping:
                     return
-                self.restarts += 1
-                new = self._spawn(slot)
-            finally:
-                self._holding.discard(slot)
-            timer = self.reactor.callLater(START_TIMEOUT, new.served.cancel)
-            try:
-                await new.served
-            except Exception:
-                log.warn("SIGHUP: worker {worker} did not start; going on", worker=slot)
-            finally:
-                if timer.active():
-                    timer.cancel()
-        log.info("SIGHUP: every worker restarted")
+                self._holding.add(slot)
+                try:
+                    old = self.workers.get(slot)
+                    if old is not None:
+                        old.signal(signal.SIGTERM)
+                        yield from self._ended_within(old, self.drain_timeout + STOP_GRACE)
+                    pending = self._respawns.pop(slot, None)
+                    if pending is not None:
+                        pending.cancel()
+                    if self._stopping:
+                        return
+                    self.restarts += 1
+                    new = self._spawn(slot)
+                finally:
+                    self._holding.discard(slot)
+                served = yield Wait(new.served, START_TIMEOUT)
+                if not served or not new.served.value:
+                    self.log("warn", f"SIGHUP: worker {slot} did not start; going on")
+            self.log("info", "SIGHUP: every worker restarted")
+        finally:
+            self._rolling = False
 
-    async def _ended_within(self, worker: WorkerProcess, limit: float) -> None:
-        waiting: Deferred[None] = Deferred()
-
-        def wake(result: object = None) -> object:
-            if not waiting.called:
-                waiting.callback(None)
-            return result
-
-        worker.ended.addBoth(wake)
-        timer = self.reactor.callLater(limit, wake)
-        await waiting
-        if timer.active():
-            timer.cancel()
-        if not worker.ended.called:
-            log.warn(
-                "worker {worker} (pid {pid}) still running after {limit:g} s: killing it",
-                worker=worker.slot,
-                pid=worker.pid,
-                limit=limit,
+    def _ended_within(self, worker: Worker, limit: float, said: float | None = None) -> Task:
+        """Wait ``limit`` seconds for ``worker`` to end, then kill it (``said``: the limit the
+        log line names, where ``limit`` is what is left of it)."""
+        ended = yield Wait(worker.ended, limit)
+        if not ended:
+            self.log(
+                "warn",
+                f"worker {worker.slot} (pid {worker.pid}) still running after "
+                f"{limit if said is None else said:g} s: killing it",
             )
-            worker.signal("KILL")
-            await worker.ended
+            worker.signal(signal.SIGKILL)
+            yield Wait(worker.ended)
 
     # Stop
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self._stop_requested, signal.Signals(signum).name)
-
-    def _stop_requested(self, name: str) -> None:
+    def _stop_requested(self, signum: int | None) -> None:
+        name = signal.Signals(signum).name if signum is not None else None
         if self._stopping:
-            log.info("{signal} again: still draining the workers", signal=name)
+            if name is not None:
+                self.log("info", f"{name} again: still draining the workers")
             return
-        log.info("{signal}: draining every worker", signal=name)
-        with contextlib.suppress(ReactorNotRunning):
-            self.reactor.stop()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
+        if name is not None:
+            self.log("info", f"{name}: draining every worker")
         self._stopping = True
+        self.loop.run_task(self._stop())
+
+    def _stop(self) -> Task:
         for pending in self._respawns.values():
-            if pending.active():
-                pending.cancel()
+            pending.cancel()
         self._respawns.clear()
         # The workers keep their own copies of the sockets until they have stopped accepting:
         # closing ours now lets the kernel refuse connections once the last worker closes.
-        await self.listeners.stop_listening()
-        if self.debug is not None:
-            await self.debug.stop_listening()
+        for _, fd, _ in [*self._listeners, *([self._debug] if self._debug else [])]:
+            os.close(fd)
+        self._listeners, self._debug = [], None
         workers = list(self.workers.values())
         for worker in workers:
-            worker.signal("TERM")
-        await DeferredList(
-            [
-                Deferred.fromCoroutine(self._ended_within(w, self.drain_timeout + STOP_GRACE))
-                for w in workers
-            ]
-        )
-        log.info("every worker stopped")
+            worker.signal(signal.SIGTERM)
+        # One limit for all of them, counted from now (they drain at the same time).
+        deadline = self.loop.seconds() + self.drain_timeout + STOP_GRACE
+        for worker in workers:
+            limit = max(0.0, deadline - self.loop.seconds())
+            yield from self._ended_within(worker, limit, self.drain_timeout + STOP_GRACE)
+        self.log("info", "every worker stopped")
+        self.loop.stop()
 
 
-def supervise(
-    reactor: Any,
-    config: Config,
-    count: int,
-    endpoints: list[tuple[str, Any]],
-    debug: list[tuple[str, Any]],
-    command: Command,
-) -> Supervisor:
-    """The supervisor of ``count`` workers over ``endpoints`` (and the ``[debug]`` one)."""
-    # The supervisor's ports never accept (the workers do): this factory is never used.
-    idle = Factory.forProtocol(Protocol)
-    driver = config.storage.driver
-
-    def announce(listeners: Listeners, workers: int) -> None:
-        log.info(
-            "txregistry listening on {ports} ({addresses}), {driver} storage, {workers} workers",
-            ports=", ".join(listeners.descriptions),
-            addresses=", ".join(listeners.addresses()),
-            driver=driver,
-            workers=workers,
-        )
-
-    return Supervisor(
-        reactor,
-        Listeners(reactor, endpoints, idle),
-        count,
-        command,
-        config.http.draintimeout,
-        announce,
-        debug=Listeners(reactor, debug, idle) if debug else None,
-    )
-
-
-def worker_command(config_file: str | None, storage: str | None, twistd: Any) -> Command:
-    """
-    The command line of worker ``slot``: ``twistd -n registry`` with the supervisor's
-    ``--config`` and ``--storage``, and twistd's logging options (``twistd``: the parsed
-    ``twistd`` options, None when not run by twistd).
-    """
-    arguments = []
-    if config_file:
-        arguments += ["--config", os.path.abspath(config_file)]
-    if storage:
-        arguments += ["--storage", os.path.abspath(storage)]
-
-    def command(slot: int) -> list[str]:
-        logging: list[str] = []
-        if twistd is not None:
-            logfile = twistd.get("logfile") or (None if twistd.get("nodaemon") else "twistd.log")
-            if twistd.get("syslog"):
-                logging = ["--syslog", f"--prefix={twistd.get('prefix') or 'twisted'}"]
-            elif logfile and logfile != "-":
-                # One file per worker: each rotates its own (a shared one would be rotated
-                # under the others' feet).
-                logging = [f"--logfile={os.path.abspath(logfile)}.worker{slot}"]
-        return twistd_command([*logging, "registry", *arguments])
-
-    return command
-
-
-def twistd_command(arguments: list[str]) -> list[str]:
-    """``twistd -n --pidfile= ...ARGUMENTS`` with this interpreter (how workers are started)."""
-    run = "from twisted.scripts.twistd import run; run()"
-    return [sys.executable, "-c", run, "-n", "--pidfile=", *arguments]
+def main() -> None:
+    """The supervisor, as ``twistd registry`` execs it (`registry.server.handoff`)."""
+    spec = json.loads(os.environ[SPEC_ENVIRONMENT])
+    log = Log(spec["log"])
+    loop = Loop(report=lambda text: log("error", text))
+    supervisor = Supervisor(loop, spec, log)
+    supervisor.start()
+    try:
+        loop.run()
+    finally:
+        pidfile = spec.get("pidfile")
+        if pidfile:
+            with contextlib.suppress(OSError):
+                os.remove(pidfile)
+    sys.exit(supervisor.status)

@@ -2,8 +2,9 @@
 Every core: ``[http] workers = N`` serving processes behind one set of listening sockets.
 
 One Twisted reactor runs on one core.  With ``workers`` above 1, the process twistd starts
-becomes a supervisor (`registry.server.supervisor`): it binds every listener itself, then
-starts N worker processes (``twistd -n registry`` again, told by the ``TXREGISTRY_WORKER``
+becomes a supervisor: it binds every listener itself (`registry.server.handoff`), then
+replaces itself with a standard-library program (`registry.server.supervisor`) that starts
+N worker processes (``twistd -n registry`` again, told by the ``TXREGISTRY_WORKER``
 variable which worker they are and which inherited descriptors are their listeners).  Each
 worker adopts the sockets (``reactor.adoptStreamPort``) and serves them with its own reactor;
 the kernel hands each new connection to one of the workers waiting in ``accept``.
@@ -58,15 +59,17 @@ from zope.interface import implementer
 from registry.config import Config, ConfigError
 from registry.http.tls import connection_factory
 from registry.server.control import Channel
+from registry.server.supervisor import (
+    CONTROL_IN,
+    CONTROL_OUT,
+    WORKER_ENVIRONMENT,
+)
 
 log = Logger()
 
-ENVIRONMENT = "TXREGISTRY_WORKER"
-# The worker's end of its control pipe: it reads the supervisor on one, writes on the other.
-CONTROL_IN = 3
-CONTROL_OUT = 4
-# Listening sockets are handed over from this descriptor number on.
-FIRST_LISTENER_FD = 5
+# The worker's end of its control pipe (it reads the supervisor on CONTROL_IN, writes on
+# CONTROL_OUT), and listening sockets from FIRST_LISTENER_FD on: the supervisor's numbers.
+ENVIRONMENT = WORKER_ENVIRONMENT
 # How long a question over the control pipe may wait (a scrape, a readiness check).
 ASK_TIMEOUT = 5.0
 

@@ -3,10 +3,14 @@ shared storage (the largest) and when series started (the earliest)."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from registry.ops.metrics import Metrics
-from registry.ops.metrics_tree import WorkerScrape, tree_text
+from registry.ops.metrics_tree import WorkerScrape, format_value, tree_text
 
 
 def values(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -69,3 +73,22 @@ def test_shared_storage_gauges_are_not_multiplied() -> None:
     )
     assert merged[("txregistry_gc_last_run_blobs_deleted", ())] == 5
     assert merged[("x_created", ())] == 100
+
+
+def test_label_values_with_spaces_braces_and_quotes_add_up() -> None:
+    """Series are told apart by their label text, however odd the values."""
+    text = (
+        "# HELP x_total Things.\n# TYPE x_total counter\n"
+        'x_total{path="a b}",quote="say \\"hi\\""} 2.0\n'
+        'x_total{path="a b",quote="say \\"hi\\""} 1.0\n'
+    )
+    merged = values(tree_text([WorkerScrape(0, 1, text), WorkerScrape(1, 2, text)], 2, 0))
+    assert merged[("x_total", (("path", "a b}"), ("quote", 'say "hi"')))] == 4
+    assert merged[("x_total", (("path", "a b"), ("quote", 'say "hi"')))] == 2
+
+
+@pytest.mark.parametrize(
+    "value", [0.0, 1.0, 0.0025, 2.5, 123456.0, 1234567.0, 1e21, 12345678901.5, -3.0, math.inf]
+)
+def test_values_are_written_as_prometheus_client_writes_them(value: float) -> None:
+    assert format_value(value) == floatToGoString(value)

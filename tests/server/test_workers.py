@@ -16,13 +16,15 @@ import os
 import re
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import twistd_command, write_config
+from tests.e2e.harness import LISTENING, twistd_command, write_config
 from tests.server.proc import Child, child_env, start_registry
 from tests.server.test_drain import BLOB_SIZE, SlowDownload, push_blob, wait_refused
 
@@ -352,3 +354,54 @@ def test_web_ui_shows_a_tag_pushed_through_the_other_worker(tree: Tree) -> None:
         if len(viewers) == 2:
             break
     assert len(viewers) == 2
+
+
+def _wait_for_file(path: Path, text: str, child: Child, timeout: float = 60) -> str:
+    """``path``'s content once it holds ``text``; fails if the registry exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        assert child.process.poll() is None, content[-2000:]
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} in {path}")
+
+
+def test_log_file_pidfile_and_sigusr1_after_the_hand_over(tmp_path: Path) -> None:
+    """
+    The supervisor twistd hands over to keeps twistd's duties: it logs to ``--logfile`` (each
+    worker to FILE.workerN), SIGUSR1 rotates its file and stops nothing, and the pidfile,
+    which names it, is removed when it exits.
+    """
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2"}})
+    log, pidfile = tmp_path / "registry.log", tmp_path / "registry.pid"
+    run = "from twisted.scripts.twistd import run; run()"
+    command = [
+        sys.executable, "-c", run, "-n", f"--pidfile={pidfile}", f"--logfile={log}",
+        "registry", "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "data"),
+    ]  # fmt: skip
+    child = Child(command, tmp_path, env=child_env())
+    try:
+        content = _wait_for_file(log, "txregistry listening on", child)
+        port = int(LISTENING.search(content)["port"])  # type: ignore[index]
+        assert int(pidfile.read_text()) == child.process.pid
+        assert sorted(int(m["worker"]) for m in WORKER_SERVING.finditer(content)) == [0, 1]
+        for worker in (0, 1):
+            assert "serving" in (tmp_path / f"registry.log.worker{worker}").read_text()
+        tree = Tree.__new__(Tree)
+        tree.port = port
+        assert tree.request("GET", "/v2/").status == 200
+
+        child.process.send_signal(signal.SIGUSR1)
+        rotated = _wait_for_file(tmp_path / "registry.log.1", "txregistry listening on", child)
+        assert "txregistry listening on" in rotated
+        assert tree.request("GET", "/v2/").status == 200
+        assert child.process.poll() is None
+
+        child.process.send_signal(signal.SIGTERM)
+        assert child.process.wait(timeout=60) == 0
+        assert "every worker stopped" in log.read_text()
+        assert not pidfile.exists()
+    finally:
+        child.stop()
