@@ -221,8 +221,8 @@ def main() -> None:
         # About 10 GiB of objects per run: never leave them behind.
         shutil.rmtree(s3_dir, ignore_errors=True)
     print()
-    put = statistics.median(figures["plain PUT"])
-    got = statistics.median(figures["plain GET"])
+    put = statistics.median(figures.get("plain PUT") or [0.0])
+    got = statistics.median(figures.get("plain GET") or [0.0])
     print("| | plain S3 | " + " | ".join(r.name for r in registries) + " |")
     print("|---|---:|" + "---:|" * len(registries))
 
