@@ -148,6 +148,7 @@ def main() -> None:
         metavar="CHECKOUT",
         help="also run txregistry from this checkout (e.g. main's), interleaved, as 'before'",
     )
+    parser.add_argument("--workers", help="[http] workers for txregistry (default: the cores)")
     parser.add_argument(
         "--no-streamed", action="store_true", help="skip the chunked (PATCH then PUT) pushes"
     )
@@ -167,9 +168,10 @@ def main() -> None:
             chunksize=args.chunksize,
             **({"spooldirectory": args.spool} if args.spool else {}),
         )
+        http = {"workers": args.workers} if args.workers else {}
         if code_root is None:
-            return TxRegistry(name, work / f"{name}-s3", section)
-        return TxRegistry(name, work / f"{name}-s3", section, code_root=code_root)
+            return TxRegistry(name, work / f"{name}-s3", section, http)
+        return TxRegistry(name, work / f"{name}-s3", section, http, code_root=code_root)
 
     registries = [registry("txregistry", None)]
     if args.compare:
