@@ -111,9 +111,22 @@ def tree_mib(pid: int) -> tuple[float, float]:
     return sum(m.rss for m in tree) / 1024, sum(m.pss for m in tree) / 1024
 
 
+def settled_tree_mib(pid: int, within: float = 60.0) -> tuple[float, float]:
+    """(RSS, PSS) of a process tree once it stops growing (workers still starting up grow)."""
+    deadline = time.monotonic() + within
+    previous = tree_mib(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        current = tree_mib(pid)
+        if abs(current[0] - previous[0]) < 1.0:
+            return current
+        previous = current
+    return previous
+
+
 def concurrent_pushes(registry: TxRegistry, blob: Path, digest: str, tag: str) -> dict[str, float]:
     """Four pushes of the blob at once; the tree's memory at rest just before, and its peak."""
-    idle_rss, idle_pss = tree_mib(registry.pid)
+    idle_rss, idle_pss = settled_tree_mib(registry.pid)
     with PeakRss(registry.pid) as peak:
         threads = [
             threading.Thread(
