@@ -35,14 +35,14 @@ http:
 class Server:
     """A registry child process: ``name`` is how it appears in the results."""
 
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(self, name: str, workdir: Path, code_root: Path = REPO_ROOT) -> None:
         self.name = name
         self.workdir = workdir
+        # Whose code runs (PYTHONPATH): another checkout measures a before/after pair.
+        self.code_root = code_root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
-        # The checkout whose code the server runs (another one compares before with after).
-        self.code = REPO_ROOT
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -50,7 +50,7 @@ class Server:
     def start(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
-        env = dict(os.environ, PYTHONPATH=str(self.code))
+        env = dict(os.environ, PYTHONPATH=str(self.code_root))
         log = open(self.workdir / "server.log", "wb")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             self.command(), cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -93,12 +93,11 @@ class TxRegistry(Server):
         workdir: Path,
         storage: dict[str, str] | None = None,
         http: dict[str, str] | None = None,
-        code: Path | None = None,
+        code_root: Path = REPO_ROOT,
     ) -> None:
-        super().__init__(name, workdir)
+        super().__init__(name, workdir, code_root)
         self.storage = storage or {}
         self.http = http or {}
-        self.code = code or REPO_ROOT
 
     def command(self) -> list[str]:
         config = self.workdir / "registry.cfg"

@@ -21,13 +21,25 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.memory import tree_memory
 from bench.reference import TxRegistry
-from bench.run import MiB, PeakRss, make_file, pull, push_monolithic
+from bench.run import (
+    MiB,
+    PeakRss,
+    curl,
+    make_file,
+    patch,
+    pull,
+    push_monolithic,
+    start_upload,
+    with_query,
+)
 from tests.storage.s3server import S3Server, start_s3_server
 
 READ_SIZE = 4 * MiB
@@ -75,10 +87,66 @@ def plain_get(server: S3Server, key: str, size: int) -> None:
     assert received == size
 
 
-def timed(action: object) -> float:
+def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
-    action()  # type: ignore[operator]
+    action()
     return time.perf_counter() - started
+
+
+def push_streamed_timed(registry: TxRegistry, repo: str, path: Path, digest: str) -> float:
+    """
+    docker's flow: POST, one chunked PATCH with the whole body, then an empty ``PUT ?digest=``.
+    Returns the seconds the final PUT (the commit) took.
+    """
+    location = patch(registry, start_upload(registry, repo), path, "Transfer-Encoding: chunked")
+    started = time.perf_counter()
+    status, _ = curl("-X", "PUT", with_query(location, f"digest={digest}"))
+    assert status == 201, f"{registry.name} streamed commit: {status}"
+    return time.perf_counter() - started
+
+
+def tree_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of a process tree in MiB."""
+    tree = tree_memory(pid)
+    return sum(m.rss for m in tree) / 1024, sum(m.pss for m in tree) / 1024
+
+
+def settled_tree_mib(pid: int, within: float = 60.0) -> tuple[float, float]:
+    """(RSS, PSS) of a process tree once it stops growing (workers still starting up grow)."""
+    deadline = time.monotonic() + within
+    previous = tree_mib(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        current = tree_mib(pid)
+        if abs(current[0] - previous[0]) < 1.0:
+            return current
+        previous = current
+    return previous
+
+
+def concurrent_pushes(registry: TxRegistry, blob: Path, digest: str, tag: str) -> dict[str, float]:
+    """Four pushes of the blob at once; the tree's memory at rest just before, and its peak."""
+    idle_rss, idle_pss = settled_tree_mib(registry.pid)
+    with PeakRss(registry.pid) as peak:
+        threads = [
+            threading.Thread(
+                target=push_monolithic, args=(registry, f"bench/{tag}c{i}", blob, digest)
+            )
+            for i in range(4)
+        ]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+    return {
+        "seconds": elapsed,
+        "idle rss": idle_rss,
+        "idle pss": idle_pss,
+        "peak rss": peak.peak_mib,
+        "peak pss": peak.peak_pss_mib,
+    }
 
 
 def main() -> None:
@@ -88,6 +156,15 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/txregistry-bench")
     parser.add_argument("--spool", help="[storage] spooldirectory for txregistry (default: none)")
     parser.add_argument("--chunksize", default="10MiB", help="[storage] chunksize")
+    parser.add_argument(
+        "--compare",
+        metavar="CHECKOUT",
+        help="also run txregistry from this checkout (e.g. main's), interleaved, as 'before'",
+    )
+    parser.add_argument("--workers", help="[http] workers for txregistry (default: the cores)")
+    parser.add_argument(
+        "--no-streamed", action="store_true", help="skip the chunked (PATCH then PUT) pushes"
+    )
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -97,62 +174,109 @@ def main() -> None:
 
     s3_dir = Path(tempfile.mkdtemp(prefix="bench-s3-"))
     s3 = start_s3_server(s3_dir)
-    registry = TxRegistry(
-        "txregistry",
-        work / "txregistry-s3",
-        s3.storage_section(
+
+    def registry(name: str, code_root: Path | None) -> TxRegistry:
+        section = s3.storage_section(
             f"/bench/{uuid.uuid4().hex}",
             chunksize=args.chunksize,
             **({"spooldirectory": args.spool} if args.spool else {}),
-        ),
-    )
-    registry.start()
+        )
+        http = {"workers": args.workers} if args.workers else {}
+        if code_root is None:
+            return TxRegistry(name, work / f"{name}-s3", section, http)
+        return TxRegistry(name, work / f"{name}-s3", section, http, code_root=code_root)
+
+    registries = [registry("txregistry", None)]
+    if args.compare:
+        registries.insert(0, registry("before", Path(args.compare).resolve()))
+    for each in registries:
+        each.start()
     figures: dict[str, list[float]] = {}
+
+    def record(name: str, value: float, unit: str = "MB/s") -> None:
+        figures.setdefault(name, []).append(value)
+        print(f"round {round_index + 1} {name:28} {value:8.2f} {unit}", flush=True)
+
+    concurrent: dict[str, dict[str, float]] = {}
     try:
         for round_index in range(args.rounds):
             key = f"plain/{uuid.uuid4().hex}"
-            repo = f"bench/s3r{round_index}"
-            steps = {
-                "plain PUT": lambda k=key: plain_put(s3, k, blob),
-                "txregistry push": lambda r=repo: push_monolithic(registry, r, blob, digest),
-                "plain GET": lambda k=key: plain_get(s3, k, size),
-                "txregistry pull": lambda r=repo: pull(registry, r, digest, size),
-            }
-            for name, action in steps.items():
-                seconds = timed(action)
-                figures.setdefault(name, []).append(args.size_mib / seconds)
-                print(f"round {round_index + 1} {name:16} {args.size_mib / seconds:7.0f} MB/s",
-                      flush=True)  # fmt: skip
-        with PeakRss(registry.pid) as rss:
-            threads = [
-                threading.Thread(
-                    target=push_monolithic, args=(registry, f"bench/c{i}", blob, digest)
-                )
-                for i in range(4)
-            ]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            elapsed = time.perf_counter() - started
-        print(f"4 concurrent pushes: {4 * args.size_mib / elapsed:.0f} MB/s in total, "
-              f"txregistry peak RSS {rss.peak_mib:.0f} MiB, SeaweedFS RSS "
-              f"{s3.rss_bytes() / MiB:.0f} MiB")  # fmt: skip
+            # Alternate which registry goes first, so neither always follows the plain step.
+            order = registries if round_index % 2 == 0 else registries[::-1]
+            record("plain PUT", args.size_mib / timed(lambda k=key: plain_put(s3, k, blob)))
+            for each in order:
+                repo = f"bench/s3r{round_index}"
+                delete_blob(s3, each, digest)
+                seconds = timed(lambda e=each, r=repo: push_monolithic(e, r, blob, digest))
+                record(f"{each.name} push", args.size_mib / seconds)
+            record("plain GET", args.size_mib / timed(lambda k=key: plain_get(s3, k, size)))
+            for each in order:
+                repo = f"bench/s3r{round_index}"
+                seconds = timed(lambda e=each, r=repo: pull(e, r, digest, size))
+                record(f"{each.name} pull", args.size_mib / seconds)
+            if not args.no_streamed:
+                for each in order:
+                    # A repository of its own, and a blob the registry does not hold yet.
+                    repo = f"bench/s3s{round_index}"
+                    delete_blob(s3, each, digest)
+                    commit = push_streamed_timed(each, repo, blob, digest)
+                    record(f"{each.name} chunked commit", commit, "s")
+        for each in registries:
+            delete_blob(s3, each, digest)
+            concurrent[each.name] = concurrent_pushes(each, blob, digest, each.name)
+            c = concurrent[each.name]
+            print(f"{each.name}: 4 concurrent pushes {4 * args.size_mib / c['seconds']:.0f} MB/s "
+                  f"in total; tree RSS {c['idle rss']:.0f} -> {c['peak rss']:.0f} MiB, "
+                  f"PSS {c['idle pss']:.0f} -> {c['peak pss']:.0f} MiB; "
+                  f"SeaweedFS RSS {s3.rss_bytes() / MiB:.0f} MiB", flush=True)  # fmt: skip
     finally:
-        registry.stop()
+        for each in registries:
+            each.stop()
         s3.stop()
         # About 10 GiB of objects per run: never leave them behind.
         shutil.rmtree(s3_dir, ignore_errors=True)
     print()
-    push = statistics.median(figures["txregistry push"])
-    put = statistics.median(figures["plain PUT"])
-    pulled = statistics.median(figures["txregistry pull"])
-    got = statistics.median(figures["plain GET"])
-    print("| | plain S3 MB/s | through txregistry MB/s | ratio |")
-    print("|---|---:|---:|---:|")
-    print(f"| {args.size_mib} MiB upload | {put:.0f} | {push:.0f} | {push / put:.0%} |")
-    print(f"| {args.size_mib} MiB download | {got:.0f} | {pulled:.0f} | {pulled / got:.0%} |")
+    put = statistics.median(figures.get("plain PUT") or [0.0])
+    got = statistics.median(figures.get("plain GET") or [0.0])
+    print("| | plain S3 | " + " | ".join(r.name for r in registries) + " |")
+    print("|---|---:|" + "---:|" * len(registries))
+
+    def row(label: str, plain: float | None, key: str, ratio: bool) -> None:
+        cells = []
+        for each in registries:
+            values = figures.get(f"{each.name} {key}")
+            if not values:
+                cells.append("-")
+                continue
+            value = statistics.median(values)
+            shown = f"{value:.0f} ({value / plain:.0%})" if plain and ratio else f"{value:.1f}"
+            cells.append(shown)
+        print(f"| {label} | {f'{plain:.0f}' if plain else ''} | " + " | ".join(cells) + " |")
+
+    row(f"{args.size_mib} MiB upload MB/s", put, "push", True)
+    row(f"{args.size_mib} MiB download MB/s", got, "pull", True)
+    row("chunked push: commit s", None, "chunked commit", False)
+    for field in ("idle rss", "peak rss", "idle pss", "peak pss"):
+        cells = " | ".join(f"{concurrent[r.name][field]:.0f}" for r in registries)
+        print(f"| 4 x {args.size_mib} MiB pushes: {field} MiB | | {cells} |")
+
+
+def delete_blob(s3: S3Server, registry: TxRegistry, digest: str) -> None:
+    """
+    Remove the blob's object from the registry's root, so that the next push of it stores
+    it again (a registry that holds the blob already skips the commit's copy).
+    """
+    root = registry.storage["rootdirectory"].strip("/")
+    hex_digest = digest.split(":", 1)[1]
+    key = f"{root}/docker/registry/v2/blobs/sha256/{hex_digest[:2]}/{hex_digest}/data"
+    url = f"{s3.endpoint}/{s3.bucket}/{key}"
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port)
+    connection.request("DELETE", parts.path, headers=_signed_headers(s3, "DELETE", url, None))
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    assert response.status in (204, 200, 404), response.status
 
 
 if __name__ == "__main__":

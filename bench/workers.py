@@ -90,7 +90,7 @@ def main() -> None:
                 f"before w={most}",
                 work / "before",
                 http={"workers": str(most)},
-                code=args.before.resolve(),
+                code_root=args.before.resolve(),
             )
         )
     results: dict[str, dict[str, list[tuple[Rate, float, float]]]] = {}

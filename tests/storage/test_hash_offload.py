@@ -107,6 +107,24 @@ async def test_a_full_queue_asks_the_feeder_to_wait(
 
 
 @pytest_twisted.ensureDeferred
+async def test_by_default_a_few_socket_reads_wait_at_most(
+    pool: ThreadPool, held: threading.Event
+) -> None:
+    """
+    An upload whose hashing is behind holds at most about 2 MiB waiting (two 1 MiB socket
+    reads), then its socket is paused: what a busy machine costs in memory per push.
+    """
+    lane = OffloadedHasher(DigestingHasher(), HashThreads(reactor, pool))
+    parts = chunks(3, 1024 * KiB)
+    waiters = [lane.update(part) for part in parts]
+    assert waiters[:2] == [None, None]
+    assert isinstance(waiters[2], Deferred) and not waiters[2].called
+    held.set()
+    await waiters[2]
+    assert (await lane.settle()).digest() == expected(parts)
+
+
+@pytest_twisted.ensureDeferred
 async def test_uploads_take_turns_on_a_small_pool(pool: ThreadPool) -> None:
     # One thread, slices of 64 KiB: three uploads of 1 MiB each all finish correctly.
     threads = HashThreads(reactor, pool, high_water=4 * 1024 * KiB, slice_bytes=64 * KiB)

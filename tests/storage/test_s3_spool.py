@@ -5,15 +5,25 @@ runs the queued work only when the test says so, so nothing may touch the disk b
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from registry.storage.s3._writer import _FileSegment
+from registry.storage.s3 import S3Driver
+from registry.storage.s3._writer import SPOOL_BACKLOG, _FileSegment
+from tests.storage.s3front import RecordingFront, s3_front  # noqa: F401 - the fixture
+from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - the fixture
+from tests.storage.test_driver_s3 import settings_for
+
+MIB = 1024 * 1024
 
 
 class StubPool:
@@ -26,6 +36,17 @@ class StubPool:
         self, on_result: Callable[[bool, object], None], func: Callable[..., object], *args: Any
     ) -> None:
         self.work.append((on_result, func, args))
+
+    def release(self) -> None:
+        """From now on run work as it comes (on the reactor thread: small test files)."""
+        self.run_all()
+        self.callInThreadWithCallback = self._run_now  # type: ignore[method-assign]
+
+    def _run_now(
+        self, on_result: Callable[[bool, object], None], func: Callable[..., object], *args: Any
+    ) -> None:
+        self.work.append((on_result, func, args))
+        self.run_all()
 
     def run_all(self) -> int:
         ran = 0
@@ -98,3 +119,65 @@ def test_a_discarded_segment_refuses_appends(tmp_path: Path) -> None:
     segment.discard()
     with pytest.raises(Exception, match="discarded"):
         segment.append(b"late")
+
+
+class HeldPoolReactor:
+    """The real reactor, with a `StubPool` as its thread pool: the disk is "slow" at will."""
+
+    def __init__(self, pool: StubPool) -> None:
+        self.pool = pool
+
+    def getThreadPool(self) -> StubPool:
+        return self.pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_wait_while_spooled_bytes_wait_for_the_disk(
+    s3_server: S3Server,  # noqa: F811
+    s3_front: RecordingFront,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """
+    A spool disk slower than the client makes ``write`` ask its caller to wait once
+    ``SPOOL_BACKLOG`` bytes are still on their way to the files, instead of keeping them in
+    memory; once the disk catches up the writer takes more, and every byte reaches S3.
+    """
+    pool = StubPool()
+    settings = settings_for(
+        s3_server, regionendpoint=s3_front.endpoint, chunksize=5 * MIB, spooldirectory=tmp_path
+    )
+    driver = S3Driver(HeldPoolReactor(pool), settings)
+    chunks = [os.urandom(MIB) for _ in range(7)]
+    try:
+        writer = await driver.writer("spool/held/data")
+        at_bound = SPOOL_BACKLOG // MIB
+        assert [writer.write(chunk) for chunk in chunks[:at_bound]] == [None] * at_bound
+        waiting = writer.write(chunks[at_bound])
+        assert isinstance(waiting, Deferred) and not waiting.called
+        assert len(pool.work) == 1  # nothing written yet: the file is still being created
+        for _ in range(1000):  # the disk catches up, one pool job per reactor turn
+            if waiting.called:
+                break
+            pool.run_all()
+            await deferLater(reactor, 0, lambda: None)
+        assert waiting.called
+        pool.release()
+        for chunk in chunks[at_bound + 1 :]:
+            pending = writer.write(chunk)
+            if pending is not None:
+                await pending
+        await writer.commit()
+        assert await driver.get_content("spool/held/data") == b"".join(chunks)
+    finally:
+        await driver.close()
+    asked = [(seen.method, sorted(seen.query)) for seen in s3_front.on_key("spool/held/data")]
+    assert asked[:4] == [
+        ("POST", ["uploads"]),
+        ("PUT", ["partNumber", "uploadId"]),
+        ("PUT", ["partNumber", "uploadId"]),
+        ("POST", ["uploadId"]),
+    ]
+    assert not any(seen.is_copy for seen in s3_front.seen)

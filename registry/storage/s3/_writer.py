@@ -69,9 +69,17 @@ _STATE_VERSION = 1
 # Parts sent at once: a second one hides the pause S3 takes to store each part; more would
 # only hold more parts in memory, since two already keep the connection busy.
 PARTS_IN_FLIGHT = 2
-# Reads of a spooled part: each costs a thread hand-off, and each part in flight holds about two
-# (one being sent, one read ahead), so they are kept near the S3 sockets' send size.
-SPOOL_READ_SIZE = 1024 * 1024
+# Spooled bytes not yet written to their file that make `S3Writer.write` ask its caller to
+# wait, and the level at which it may write again.  The writes run in the thread pool, and a
+# disk (or a page cache the virtual machine must first get from its host) slower than the
+# client would otherwise let received bytes pile up in memory: up to several parts per upload.
+SPOOL_BACKLOG = 2 * 1024 * 1024
+SPOOL_BACKLOG_LOW = 1024 * 1024
+# Reads of a spooled part.  Each part in flight holds one read being sent, one read ahead and
+# what the S3 socket's transport buffers before it pauses the part's producer (about
+# `registry.storage.s3._connections.IO_SIZE`): 256 KiB reads keep that near 1.5 MiB per part
+# (1 MiB reads: about 3 MiB), for 4 thread hand-offs per MiB instead of 1.
+SPOOL_READ_SIZE = 256 * 1024
 
 
 def state_key(key: str) -> str:
@@ -127,12 +135,16 @@ class _FileSegment:
     A segment spooled to disk.  Every file operation (create, write, flush, read, close) runs
     in the reactor's thread pool, one after another in the segment's own lane, so a slow or
     full disk never holds the reactor; `ready` waits for what was queued and reports the
-    first failure.  The bytes waiting in the lane stay within the segment's size, which the
-    writer's back-pressure already bounds.
+    first failure.  ``stored(n)`` is called (on the reactor thread) as each append of ``n``
+    bytes leaves the lane, written or skipped after a failure: the writer keeps the bytes
+    waiting in lanes small with it.
     """
 
-    def __init__(self, reactor: Any, directory: str) -> None:
+    def __init__(
+        self, reactor: Any, directory: str, stored: Callable[[int], None] | None = None
+    ) -> None:
         self.size = 0
+        self._stored = stored
         self._reactor = reactor
         self._pool = reactor.getThreadPool()
         # Only the lane's functions touch the file, one at a time, in a pool thread.
@@ -186,6 +198,10 @@ class _FileSegment:
             raise StorageError("spooled part already discarded")
         self._queue(self._write, data)
         self.size += len(data)
+        stored = self._stored
+        if stored is not None:
+            length = len(data)
+            self._lane.addCallback(lambda _: stored(length))
 
     async def _drained(self) -> None:
         waiter: Deferred[None] = Deferred()
@@ -262,14 +278,30 @@ class S3Writer:
         self._sending: dict[int, Deferred[None]] = {}
         self._failure: Failure | None = None
         self._finished = False
+        # Bytes appended to spooled segments and not yet in their files (see `SPOOL_BACKLOG`).
+        self._unstored = 0
         if tail:
-            self._current.append(tail)
+            self._append(tail)
             self.size += len(tail)
 
     def _segment(self) -> _Segment:
         if self._spool:
-            return _FileSegment(self._reactor, self._spool)
+            return _FileSegment(self._reactor, self._spool, self._stored)
         return _MemorySegment()
+
+    def _append(self, data: bytes) -> None:
+        self._current.append(data)
+        if self._spool:
+            self._unstored += len(data)
+
+    def _stored(self, length: int) -> None:
+        self._unstored -= length
+        if self._waiters and self._unstored <= SPOOL_BACKLOG_LOW:
+            self._wake()
+
+    def _behind(self, backlog: int) -> bool:
+        """A full segment waits for a slot, or more than ``backlog`` bytes wait for the disk."""
+        return bool(self._full) or self._unstored > backlog
 
     def write(self, data: bytes) -> Deferred[None] | None:
         if self._finished:
@@ -283,15 +315,16 @@ class S3Writer:
             # caller may reuse.
             data = bytes(data)
         for piece in self._pieces(data):
-            self._current.append(piece)
+            self._append(piece)
             if self._current.size >= self._chunksize:
                 self._full.append(self._current)
                 self._current = self._segment()
         self.size += len(data)
         if self._full:
             self._pump()
-        if self._full:
-            # PARTS_IN_FLIGHT parts are on their way and the next is ready: the caller waits.
+        if self._behind(SPOOL_BACKLOG):
+            # PARTS_IN_FLIGHT parts are on their way and the next is ready, or the disk is
+            # behind: the caller waits.
             waiter: Deferred[None] = Deferred()
             self._waiters.append(waiter)
             return waiter
@@ -355,8 +388,11 @@ class S3Writer:
             self._pump()
 
     def _wake(self) -> None:
-        """Let a waiting caller write again once no full segment waits (or on failure)."""
-        if self._full and self._failure is None:
+        """
+        Let a waiting caller write again once no full segment waits and the disk has caught
+        up (or on failure).
+        """
+        if self._behind(SPOOL_BACKLOG_LOW) and self._failure is None:
             return
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
