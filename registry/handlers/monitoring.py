@@ -3,8 +3,8 @@ Health and metrics over HTTP, outside ``/v2`` and without authentication (load b
 Prometheus have no registry credentials):
 
 - ``/health/live``: 200 while the process serves (no I/O);
-- ``/health/ready``: every readiness check (storage, each upstream), 503 naming the failing
-  ones;
+- ``/health/ready``: every readiness check (storage, each cache's index loaded, each
+  upstream), 503 naming the failing ones;
 - ``/health``: the storage check alone, the body kept as it always was;
 - ``/metrics``: Prometheus text format;
 - ``/sync/status``: every replication's state (``[sync:NAME]``), ``/sync/status/<name>`` one.

@@ -161,6 +161,16 @@ def storage_probe(driver: IStorageDriver, writable: bool = True) -> Probe:
     return probe
 
 
+def loaded_probe(loaded: Callable[[], bool], what: str) -> Probe:
+    """Ready once ``loaded()`` says so (state read back from storage at start)."""
+
+    async def probe() -> None:
+        if not loaded():
+            raise CheckFailed(f"{what} is still loading")
+
+    return probe
+
+
 def upstream_probe(ping: Callable[[], Awaitable[int]]) -> Probe:
     """An upstream is ready when ``GET /v2/`` answers below 500 (401 asks for a token: fine)."""
 

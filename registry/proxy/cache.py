@@ -210,6 +210,9 @@ class ProxyCache:
     _verified: BoundedMap[str, bool] = attrs.field(init=False)
     # Room reserved under max_size by the fills in flight here (registry.proxy.space).
     space: Reservations = attrs.field(init=False)
+    # Until the index is read back from storage, sizes and the eviction order are not known
+    # yet: readiness says so (registry.server.build), and /metrics would show 0.
+    state_loaded: bool = attrs.field(init=False, default=False)
     # One eviction (or admission of a fill's reservation) at a time; later ones queue.
     _eviction_lock: DeferredLock = attrs.field(init=False, factory=DeferredLock)
     _eviction_scheduled: bool = False
@@ -1184,8 +1187,10 @@ class ProxyCache:
 
     async def load_state(self) -> None:
         if self.ledger is not None:
+            self.state_loaded = True
             return  # a fleet's index is in Redis (registry.proxy.fleet.ledger)
         blobs, manifests = await self.index.load(self.driver, state_dir(self.name))
+        self.state_loaded = True
         log.info(
             "proxy {upstream}: {blobs} blobs, {manifests} manifests, {size} bytes cached",
             upstream=self.name,

@@ -9,6 +9,7 @@ supervisor of workers never imports it) and which libraries it keeps out
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ from registry.http.tls import (
     server_endpoint,
 )
 from registry.malloc_tuning import HeapTrimmer, limit_malloc_arenas, release_startup_memory
-from registry.ops.health import HealthCheck, upstream_probe
+from registry.ops.health import HealthCheck, loaded_probe, upstream_probe
 from registry.ops.metrics import Metrics
 from registry.ops.notifications import Notifier, add_notifications
 from registry.ops.notifications.metrics import register_notification_metrics
@@ -176,6 +177,10 @@ def add_monitoring(
     Health checks of the upstreams (``[health] upstreams``), and the ``[debug] addr`` listener
     that serves metrics and health apart from the registry's port.
     """
+    if router is not None:
+        for cache in router.caches:
+            loaded = loaded_probe(functools.partial(getattr, cache, "state_loaded"), "the index")
+            ctx.health.add(HealthCheck(f"cache:{cache.name}", loaded))
     if router is not None and config.health.upstreams:
         for cache in router.caches:
             ctx.health.add(HealthCheck(f"upstream:{cache.name}", upstream_probe(cache.client.ping)))

@@ -44,6 +44,12 @@ async def wait_until(check: Callable[[], Any], within: float = 10.0) -> Any:
         await sleep(0.1)
 
 
+async def ready_answer(url: str) -> tuple[int, dict[str, Any]] | None:
+    """The readiness answer once it is 200, else None (to poll with `wait_until`)."""
+    status, body = await answer(url)
+    return (status, body) if status == 200 else None
+
+
 async def answer(url: str) -> tuple[int, dict[str, Any]]:
     response, body = await get(url)
     return response.code, json.loads(body)
@@ -104,7 +110,13 @@ async def test_an_upstream_down_fails_readiness(start_registry: Starter) -> None
     registry = await start_registry(
         {"proxy:hub": {"remoteurl": nowhere, "prefix": "docker.io"}, "health": FAST_HEALTH}
     )
-    status, body = await answer(f"{registry.url}/health/ready")
+
+    async def only_the_upstream_fails() -> tuple[int, dict[str, Any]] | None:
+        status, body = await answer(f"{registry.url}/health/ready")
+        return (status, body) if body["checks"]["cache:hub"]["status"] == "ok" else None
+
+    # Once the cache's index is loaded (at once: there is none), the upstream alone fails.
+    status, body = await wait_until(only_the_upstream_fails)
     assert status == 503
     assert body["failing"] == ["upstream:hub"]
     assert body["checks"]["storage"] == {"status": "ok"}
@@ -120,9 +132,14 @@ async def test_an_upstream_up_is_ready_and_can_be_left_out(start_registry: Start
         registry = await start_registry(
             {"proxy:hub": {"remoteurl": fake.url, "prefix": "docker.io"}, "health": FAST_HEALTH}
         )
-        status, body = await answer(f"{registry.url}/health/ready")
-        assert status == 200, body
-        assert body["checks"] == {"storage": {"status": "ok"}, "upstream:hub": {"status": "ok"}}
+        url = f"{registry.url}/health/ready"
+        # Ready once the cache's index is read back from storage (at once: there is none).
+        _status, body = await wait_until(lambda: ready_answer(url))
+        assert body["checks"] == {
+            "storage": {"status": "ok"},
+            "cache:hub": {"status": "ok"},
+            "upstream:hub": {"status": "ok"},
+        }
         nowhere = f"http://127.0.0.1:{free_port()}"
         registry = await start_registry(
             {
@@ -130,8 +147,8 @@ async def test_an_upstream_up_is_ready_and_can_be_left_out(start_registry: Start
                 "health": {**FAST_HEALTH, "upstreams": "false"},
             }
         )
-        status, body = await answer(f"{registry.url}/health/ready")
-        assert (status, body["checks"]) == (200, {"storage": {"status": "ok"}})
+        _status, body = await wait_until(lambda: ready_answer(f"{registry.url}/health/ready"))
+        assert body["checks"] == {"storage": {"status": "ok"}, "cache:hub": {"status": "ok"}}
     finally:
         await fake.stop()
 

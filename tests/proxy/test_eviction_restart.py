@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.task import deferLater
 
 from tests.e2e.client import error_codes
 from tests.e2e.harness import RegistryProcess
@@ -19,6 +20,7 @@ from tests.proxy.util import (
     fetch,
     metric,
     pull,
+    reactor,
     storage_root,
     wait_for,
 )
@@ -69,6 +71,22 @@ async def test_ttl_evicts_unused_content(proxied: Proxied, fake: FakeUpstream) -
     await wait_for(lambda: not blob_data_path(root, layer).exists(), within=10)
 
 
+async def wait_for_check(url: str, name: str, within: float = 30.0) -> None:
+    """Until ``/health/ready`` reports the check ``name`` ok (the others may fail: the
+    upstream is down here)."""
+    answers: list[dict[str, Any]] = []
+
+    async def ok() -> bool:
+        _response, body = await fetch(f"{url}/health/ready")
+        answers.append(json.loads(body))
+        return bool(answers[-1]["checks"][name]["status"] == "ok")
+
+    deadline = reactor.seconds() + within
+    while not await ok():
+        assert reactor.seconds() < deadline, answers[-1]
+        await deferLater(reactor, 0.1, lambda: None)
+
+
 def _metrics(url: str) -> str:
     import urllib.request
 
@@ -94,6 +112,8 @@ async def test_cache_and_eviction_state_survive_a_restart(
         assert state.exists()
         await fake.go_down()
         process.start()
+        # Ready (for this cache's part) once its index is read back from storage.
+        await wait_for_check(process.url, "cache:hub")
         assert metric(_metrics(process.url), "txregistry_proxy_cache_bytes") == before
         manifest = await pull(process.url, "alpine", "latest")  # stale tag, cached blobs
         assert manifest["digest"] == image.digest
