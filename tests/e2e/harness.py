@@ -12,6 +12,7 @@ Both go through the real option parsing and service wiring.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -58,14 +59,41 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
 LISTENING = re.compile(r"txregistry listening on .*\((?P<host>[0-9.]+):(?P<port>\d+)\)")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
     """
     A port nothing listens on right now.  Only for servers that must be told their port up
-    front (registry:2, nginx, a URL where nothing may answer); ours listen on port 0.
+    front (registry:2, nginx, a fleet's peer listener, a URL where nothing may answer); ours
+    listen on port 0.
+
+    It is taken below the kernel's ephemeral range: a listener on port 0 (or an outgoing
+    connection) started between this probe and the server's own bind can then never be given
+    the same port.  Ports already handed out by this process are not handed out again.
     """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    low, _high = _ephemeral_range()
+    first = 20000 if low > 21000 else 1024
+    candidates = random.Random().sample(range(first, low), k=min(200, low - first))
+    for port in candidates:  # bounded: at most 200 probes
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port found in {first}-{low - 1}")
 
 
 async def sleep(seconds: float) -> None:
