@@ -7,8 +7,9 @@ A message is one JSON object on one line.  ``{"op": NAME, ...}`` asks the other 
 supervisor for the whole tree's metrics, the supervisor asks each worker for its own.
 
 The pipe carries a few small messages per scrape or health check, never request data, so
-JSON's cost does not matter; a line longer than `MAX_LINE` ends the channel rather than
-growing a buffer without bound.
+JSON's cost does not matter; a line longer than `registry.server.control_lines.MAX_LINE`
+ends the channel rather than growing a buffer without bound (the framing is shared with the
+supervisor's end, `registry.server.pipe_channel`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
+from registry.server.control_lines import LineBuffer, LineTooLong
+
 log = Logger()
 
 # A worker's metrics are tens of KiB; a line this long is a broken peer.
-MAX_LINE = 16 * 1024 * 1024
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any] | Any]
 
@@ -44,7 +46,7 @@ class Channel:
         self._write = write
         self._handlers = handlers
         self._clock = clock
-        self._buffer = b""
+        self._lines = LineBuffer()
         self._next_id = 0
         self._waiting: dict[int, Deferred[Any]] = {}
         self.closed = False
@@ -81,15 +83,14 @@ class Channel:
             self._write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
-            log.error("control pipe: a line longer than {limit} bytes", limit=MAX_LINE)
+        try:
+            lines = self._lines.feed(data)
+        except LineTooLong as exc:
+            log.error("{error}", error=str(exc))
             self.lost()
             return
-        *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
-            if line.strip():
-                self._received(line)
+            self._received(line)
 
     def _received(self, line: bytes) -> None:
         try:

@@ -12,10 +12,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from registry.server.control_lines import LineBuffer, LineTooLong
 from registry.server.loop import Loop, Timer
-
-# The same bound as registry.server.control.MAX_LINE.
-MAX_LINE = 16 * 1024 * 1024
 
 # A handler answers a message: ``reply(result)`` or ``reply(None, "error")``, now or later.
 Reply = Callable[..., None]
@@ -40,7 +38,7 @@ class PipeChannel:
         self._write_fd = write_fd
         self._handlers = handlers
         self._log = log
-        self._buffer = b""
+        self._lines = LineBuffer()
         self._out = b""
         self._next_id = 0
         self._waiting: dict[int, tuple[Answer, Timer]] = {}
@@ -100,15 +98,14 @@ class PipeChannel:
         if not data:
             self.lost()
             return
-        self._buffer += data
-        if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
-            self._log("error", f"control pipe: a line longer than {MAX_LINE} bytes")
+        try:
+            lines = self._lines.feed(data)
+        except LineTooLong as exc:
+            self._log("error", str(exc))
             self.lost()
             return
-        *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
-            if line.strip():
-                self._received(line)
+            self._received(line)
 
     def _received(self, line: bytes) -> None:
         try:
