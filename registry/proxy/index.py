@@ -135,12 +135,10 @@ class CacheIndex:
         self.dirty = True
 
     def use(self, digest: str) -> None:
-        self.in_use[digest] += 1
+        count_use(self.in_use, digest)
 
     def release(self, digest: str) -> None:
-        self.in_use[digest] -= 1
-        if self.in_use[digest] <= 0:
-            del self.in_use[digest]
+        count_release(self.in_use, digest)
 
     def knows(self, digest: str) -> bool:
         return digest in self.blobs or any(d == digest for _, d in self.manifests)
@@ -345,3 +343,15 @@ class MemoryIndex:
 
     async def close(self) -> None:
         return None
+
+
+def count_use(in_use: Counter[str], digest: str) -> None:
+    """One more reader or fill of ``digest`` (eviction skips it while counted)."""
+    in_use[digest] += 1
+
+
+def count_release(in_use: Counter[str], digest: str) -> None:
+    """One reader or fill of ``digest`` done; the entry goes at zero (the table stays small)."""
+    in_use[digest] -= 1
+    if in_use[digest] <= 0:
+        del in_use[digest]

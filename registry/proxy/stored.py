@@ -41,7 +41,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from registry.proxy.index import CacheIndex, ICacheIndex, Victim
+from registry.proxy.index import CacheIndex, ICacheIndex, Victim, count_release, count_use
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
 log = Logger()
@@ -469,12 +469,10 @@ class StoredIndex:
     # -- in use (memory only)
 
     def use(self, digest: str) -> None:
-        self.in_use[digest] += 1
+        count_use(self.in_use, digest)
 
     def release(self, digest: str) -> None:
-        self.in_use[digest] -= 1
-        if self.in_use[digest] <= 0:
-            del self.in_use[digest]
+        count_release(self.in_use, digest)
 
     def tables(self) -> dict[str, int]:
         return {"index_hot": len(self._hot), "index_pending": len(self._pending)}

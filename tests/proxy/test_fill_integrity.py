@@ -86,6 +86,19 @@ async def test_broken_upstream_stream_leaves_no_visible_blob(
     assert fake.count("GET", "cdn", ref=layer.digest) == 2
 
 
+def record_hashing_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that hash from now on (one entry per hashed piece)."""
+    threads: list[str] = []
+    real = DigestingHasher.update
+
+    def recording(self: DigestingHasher, data: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        real(self, data)
+
+    monkeypatch.setattr(DigestingHasher, "update", recording)
+    return threads
+
+
 @pytest_twisted.ensureDeferred
 async def test_deleted_blob_data_is_fetched_again(proxied: Proxied, fake: FakeUpstream) -> None:
     image = fake.content.add_image("library/alpine", "latest", [100_000])
@@ -136,14 +149,7 @@ async def test_cached_reads_hash_in_the_hash_threads(
     registry, root = await _cached_by_another_process(proxied, image)
     path = blob_data_path(root, layer.digest)
     raw = _flip_byte(path, -1)
-    threads: list[str] = []
-    real = DigestingHasher.update
-
-    def recording(self: DigestingHasher, data: bytes) -> None:
-        threads.append(threading.current_thread().name)
-        real(self, data)
-
-    monkeypatch.setattr(DigestingHasher, "update", recording)
+    threads = record_hashing_threads(monkeypatch)
     response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
     assert response.code == 200
     assert data == raw  # served once from the damaged file...
@@ -235,14 +241,7 @@ async def test_fill_hashes_the_upstream_body_in_the_hash_threads(
     image = fake.content.add_image("library/alpine", "latest", [LAYER])
     layer = image.layers[0]
     registry = await proxied()
-    threads: list[str] = []
-    real = DigestingHasher.update
-
-    def recording(self: DigestingHasher, data: bytes) -> None:
-        threads.append(threading.current_thread().name)
-        real(self, data)
-
-    monkeypatch.setattr(DigestingHasher, "update", recording)
+    threads = record_hashing_threads(monkeypatch)
     response, data = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
     assert response.code == 200
     assert sha256(data) == layer.digest
