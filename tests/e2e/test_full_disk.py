@@ -76,7 +76,16 @@ def fill(disk: Path) -> Path:
 
 
 def temporary_files(root: Path) -> list[Path]:
-    return [path for path in root.rglob(".tmp-*")]
+    """
+    The temporary files under root.  The registry empties its trash in the background, so a
+    directory may vanish while this walks: os.walk skips it where Path.rglob would raise.
+    """
+    return [
+        Path(directory, name)
+        for directory, _dirs, files in os.walk(root)
+        for name in files
+        if name.startswith(".tmp-")
+    ]
 
 
 async def no_space(response: _Response) -> str:
