@@ -227,6 +227,8 @@ class RegistryProcess:
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
+        # Not serving: a child still starting (or hung) must not outlive the test.
+        self.stop(signal.SIGKILL)
         raise RuntimeError(f"registry not serving: {self.log_path.read_text()[-3000:]}")
 
     @property

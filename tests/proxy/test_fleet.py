@@ -85,8 +85,12 @@ class Fleet:
             self.instances.append(RegistryProcess(workdir, sections))
 
     def start(self) -> None:
-        for instance in self.instances:
-            instance.start()
+        try:
+            for instance in self.instances:
+                instance.start()
+        except BaseException:
+            self.stop()  # the instances that did start must not outlive the test
+            raise
 
     def stop(self) -> None:
         for instance in self.instances:
