@@ -43,6 +43,7 @@ from registry.api.errors import (
 )
 from registry.client._bounded import BoundedMap
 from registry.client._inflight import Inflight, Overloaded
+from registry.failures import log_failure
 from registry.manifests import stored_media_type
 from registry.manifests.references import manifest_refs
 from registry.proxy.config import MAX_INFLIGHT, ProxyConfig
@@ -444,7 +445,7 @@ class ProxyCache:
         def complete() -> None:
             if offset == 0 and end == size:
                 Deferred.fromCoroutine(self._adopt_when_stored(local, digest, size)).addErrback(
-                    lambda f: log.failure("linking a blob filled by the fleet failed", f)
+                    lambda f: log_failure(log, f, "linking a blob filled by the fleet failed")
                 )
 
         producer = ResumingProducer(
@@ -570,7 +571,7 @@ class ProxyCache:
             self.space.changed()  # the blob may be evictable now: fills waiting for room look
             if hasher is not None and failure is None:
                 Deferred.fromCoroutine(self._check_read(digest, hasher)).addErrback(
-                    lambda f: log.failure("checking a cached blob failed", f)
+                    lambda f: log_failure(log, f, "checking a cached blob failed")
                 )
 
         return ObservedProducer(producer, on_write, on_end)
@@ -726,7 +727,9 @@ class ProxyCache:
                     error=str(exc),
                 )
             elif not isinstance(exc, HeldElsewhere):
-                log.failure("proxy fill of {digest} failed", Failure(), digest=str(digest))
+                # A full disk or an S3 outage is one line with its reason; a defect keeps
+                # its traceback.
+                log_failure(log, Failure(), "proxy fill of {digest} failed", digest=str(digest))
             if writer is not None:
                 with contextlib.suppress(Exception):
                     await writer.cancel()
@@ -931,7 +934,7 @@ class ProxyCache:
         def run() -> None:
             self._eviction_scheduled = False
             Deferred.fromCoroutine(self.evict()).addErrback(
-                lambda f: log.failure("proxy eviction failed", f)
+                lambda f: log_failure(log, f, "proxy eviction failed")
             )
 
         self.reactor.callLater(0, run)

@@ -20,9 +20,11 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from registry.api.digests import Digest
 from registry.config import Config
+from registry.failures import log_failure
 from registry.handlers.context import LocalStores, Stores
 from registry.ops.metrics import Metrics, Sample
 from registry.proxy import spool as spool_files
@@ -85,7 +87,12 @@ class ProxyService(MultiService):
         try:
             await cache.totals.load(cache, time.time())
         except Exception:  # the figures then count from this start; serving goes on
-            log.failure("proxy {upstream}: reading the saved counters failed", upstream=cache.name)
+            log_failure(
+                log,
+                Failure(),
+                "proxy {upstream}: reading the saved counters failed",
+                upstream=cache.name,
+            )
         await cache.load_state()
 
     @staticmethod
@@ -102,7 +109,7 @@ class ProxyService(MultiService):
             await call()
 
         d = Deferred.fromCoroutine(run())
-        d.addErrback(lambda f: log.failure("proxy {what} failed", f, what=what))
+        d.addErrback(lambda f: log_failure(log, f, "proxy {what} failed", what=what))
         return d
 
     def _log_summary(self, cache: ProxyCache) -> None:
@@ -116,14 +123,20 @@ class ProxyService(MultiService):
                 try:
                     await cache.flush_state()
                 except Exception:
-                    log.failure(
-                        "proxy {upstream}: writing the cache state failed", upstream=cache.name
+                    log_failure(
+                        log,
+                        Failure(),
+                        "proxy {upstream}: writing the cache state failed",
+                        upstream=cache.name,
                     )
                 try:
                     await cache.totals.flush(cache)
                 except Exception:
-                    log.failure(
-                        "proxy {upstream}: writing the counters failed", upstream=cache.name
+                    log_failure(
+                        log,
+                        Failure(),
+                        "proxy {upstream}: writing the counters failed",
+                        upstream=cache.name,
                     )
                 await cache.client.close()
                 try:

@@ -25,6 +25,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from registry.failures import log_failure
 from registry.server.drain import ConnectionTracker
 from registry.server.exit import StartupError, exit_after_reactor
 from registry.server.listeners import Listeners
@@ -124,7 +125,7 @@ class RegistryService(MultiService):
             try:
                 await self._flush()
             except Exception:
-                log.failure("flushing state before stopping failed")
+                log_failure(log, Failure(), "flushing state before stopping failed")
         result = super().stopService()  # type: ignore[no-untyped-call]
         if isinstance(result, Deferred):
             await result

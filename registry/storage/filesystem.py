@@ -97,7 +97,7 @@ class _FileWriter:
         try:
             self._reserve_next()
         except OSError as exc:
-            raise StorageError(f"no space left for {self._path} ({length} bytes)") from exc
+            raise _storage_error(f"reserving {length} bytes for {self._path}", exc) from exc
 
     def _reserve_next(self) -> None:
         """

@@ -19,9 +19,11 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from registry.api.digests import Digest
 from registry.asyncutil import bounded_map
+from registry.failures import log_failure
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
@@ -189,6 +191,11 @@ class TagTimes:
                     await self._refresh(name, float(self.clock.seconds()), self.warm_pause_every)
                 except Exception:
                     # A storage failure here is the first view's to report; note it only.
-                    log.failure("reading the tag dates of {name} in the background", name=name)
+                    log_failure(
+                        log,
+                        Failure(),
+                        "reading the tag dates of {name} in the background",
+                        name=name,
+                    )
         finally:
             self._warming = False

@@ -33,6 +33,7 @@ import attrs
 from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
+from registry.failures import log_failure
 from registry.server.exit import StartupError
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
@@ -129,7 +130,7 @@ class InstanceMarker:
 
         def run() -> Deferred[None]:
             d = Deferred.fromCoroutine(self.beat())
-            d.addErrback(lambda f: log.failure("writing the cache instance marker failed", f))
+            d.addErrback(lambda f: log_failure(log, f, "writing the cache instance marker failed"))
             return d
 
         return TimerService(self.heartbeat, run)
