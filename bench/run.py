@@ -56,13 +56,21 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.memory import tree_memory, tree_pids
-from bench.reference import Registry2, Server, TxRegistry
+from bench.reference import Nginx, Registry2, Server, TxRegistry
 from bench.requests import Idle, Rate, hey, hold_idle, push_small_image, wrk_get
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
 # Idle machines here show 0-3% between rounds; more means something else is running.
 BUSY_PERCENT = 10.0
+# What ``--steps`` chooses from: "push" is a monolithic 1 GiB push and its pull (beside curl
+# pulling the same file from nginx, curl's own ceiling); "chunked" the PATCH variants;
+# "concurrent" ``--concurrent`` pushes then pulls at once (and the single push, their yardstick);
+# "requests" manifest GETs and blob HEADs at 64, 1,000 and 10,000 connections; "idle"
+# ``--idle`` connections held open; "big" the ``--big-gib`` push and pull (peak RSS).
+STEPS = ("push", "chunked", "concurrent", "requests", "idle", "big")
+THROUGHPUT_STEPS = {"push", "chunked", "concurrent", "big"}
+CEILING = "nginx"
 
 
 class PeakRss:
@@ -276,6 +284,11 @@ def push_chunked_one_connection(
     assert status == 201, f"{server.name} chunked commit: {status}"
 
 
+def pull_url(url: str) -> None:
+    status, _ = curl(url)
+    assert status == 200, f"{url}: {status}"
+
+
 def pull(server: Server, repo: str, digest: str, size: int) -> None:
     status, headers = curl(f"{server.url}/v2/{repo}/blobs/{digest}")
     assert status == 200, f"{server.name} pull: {status}"
@@ -442,6 +455,79 @@ def run_request_scenarios(
                 )
 
 
+def _per_round(
+    samples: dict[str, list[tuple[float, float, float]]], top: str, bottom: str
+) -> float:
+    """The median over rounds of ``top``'s MiB/s over ``bottom``'s in the same round."""
+    pairs = zip(samples.get(top, []), samples.get(bottom, []), strict=False)
+    return statistics.median([t[0] / b[0] for t, b in pairs] or [float("nan")])
+
+
+def target_lines(
+    results: dict[str, dict[str, list[tuple[float, float, float]]]],
+    idle: dict[str, Idle],
+    concurrent: int,
+    concurrent_mib: int,
+) -> list[str]:
+    """
+    One line per issue-17 target this run measured: ratios are medians of per-round ratios
+    (both figures from the same round), which hold up better than absolute figures on a
+    loaded machine.
+    """
+    lines = []
+    servers = ("txregistry", "registry:2")
+    for name, by_server in results.items():
+        regime = name.rsplit("(", 1)[1].rstrip(")")
+        if name.startswith("push ") and "at once" in name:
+            single = results.get(f"push 1 GiB monolithic ({regime})", {})
+            ratio = {
+                s: _per_round({"all": by_server[s], "one": single.get(s, [])}, "all", "one")
+                for s in servers
+            }
+            parts = [
+                f"{s} {ratio[s]:.2f}x (aggregate "
+                f"{statistics.median(v for v, _, _ in by_server[s]):.0f} MiB/s, "
+                f"CPU {statistics.median(c for _, _, c in by_server[s]):.2f} s/GiB)"
+                for s in servers
+            ]
+            verdict = "met" if ratio["txregistry"] >= 1.5 else "not met"
+            lines.append(
+                f"TARGET {concurrent} x {concurrent_mib} MiB pushes at once ({regime}), aggregate "
+                f"over a single push in the same round >= 1.5x: {verdict}; " + "; ".join(parts)
+            )
+        elif name.startswith("pull ") and "at once" in name:
+            cpu = {s: statistics.median(c for _, _, c in by_server[s]) for s in servers}
+            rate = {s: statistics.median(v for v, _, _ in by_server[s]) for s in servers}
+            lines.append(
+                f"TARGET {concurrent} x {concurrent_mib} MiB pulls at once ({regime}): "
+                + "; ".join(f"{s} {rate[s]:.0f} MiB/s, CPU {cpu[s]:.2f} s/GiB" for s in servers)
+            )
+        elif name.startswith("pull 1 GiB (") and CEILING in by_server:
+            share = {s: _per_round(by_server, s, CEILING) for s in servers}
+            cpu = {s: statistics.median(c for _, _, c in by_server[s]) for s in servers}
+            ceiling = statistics.median(v for v, _, _ in by_server[CEILING])
+            lines.append(
+                f"TARGET pull 1 GiB ({regime}) >= 90% of curl's ceiling (nginx static "
+                f"{ceiling:.0f} MiB/s): {'met' if share['txregistry'] >= 0.9 else 'not met'}, "
+                f"CPU <= 0.15 s/GiB: {'met' if cpu['txregistry'] <= 0.15 else 'not met'}; "
+                + "; ".join(f"{s} {100 * share[s]:.0f}%, CPU {cpu[s]:.2f} s/GiB" for s in servers)
+                + f"; nginx CPU {statistics.median(c for _, _, c in by_server[CEILING]):.2f}"
+            )
+    if idle:
+        parts = []
+        for server in servers:
+            held = idle[server]
+            grown = held.rss_held_mib - held.rss_before_mib
+            parts.append(
+                f"{server} held {held.held}, RSS {held.rss_before_mib:.0f} -> "
+                f"{held.rss_held_mib:.0f} MiB ({grown * 1024 / max(held.held, 1):.1f} KiB per "
+                f"connection), a new GET {'ok' if held.get_ok else 'FAILED'} in "
+                f"{held.get_ms:.0f} ms"
+            )
+        lines.append(f"TARGET {idle['txregistry'].held} idle connections: " + "; ".join(parts))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -459,6 +545,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 round, no big run")
     parser.add_argument(
         "--only", choices=["throughput", "requests"], help="run one group of scenarios"
+    )
+    parser.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help=f"the steps to run, comma-separated, of {','.join(STEPS)} (see STEPS)",
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of each request run")
     parser.add_argument(
@@ -479,6 +570,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.big_gib, args.warmup = 1, 0, 0
+    steps = set(args.steps.split(","))
+    if not steps <= set(STEPS):
+        raise SystemExit(f"--steps: of {','.join(STEPS)}, not {args.steps!r}")
+    if args.only:
+        steps &= {"requests", "idle"} if args.only == "requests" else THROUGHPUT_STEPS
+    if not args.big_gib:
+        steps.discard("big")
+    if not args.concurrent:
+        steps.discard("concurrent")
+    if not args.idle:
+        steps.discard("idle")
     regimes = ["cold"] if args.no_warm_memory else args.regimes.split(",")
     if not set(regimes) <= {"warm", "cold"}:
         raise SystemExit(f"--regimes: warm, cold or both, not {args.regimes!r}")
@@ -506,7 +608,9 @@ def main() -> None:
         Registry2("registry:2", work / "registry2"),
         TxRegistry("txregistry", work / "txregistry"),
     ]
-    for server in servers:
+    # curl's own download ceiling: the same 1 GiB as a static file from nginx.
+    ceiling = Nginx(CEILING, work / "nginx", one_gib) if "push" in steps else None
+    for server in [*servers, *([ceiling] if ceiling else [])]:
         server.start()
     # scenario -> server -> [(MiB/s, peak RSS MiB, server CPU seconds per GiB)]
     results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
@@ -514,11 +618,11 @@ def main() -> None:
     rates: dict[str, dict[str, list[tuple[Rate, float]]]] = {}
     idle: dict[str, Idle] = {}
     try:
-        if args.only != "throughput":
+        if "requests" in steps:
             run_request_scenarios(servers, args.rounds, args.seconds, rates)
-            if args.idle:
-                idle = run_idle_connections(servers, args.idle)
-        throughput_rounds = args.rounds if args.only != "requests" else 0
+        if "idle" in steps:
+            idle = run_idle_connections(servers, args.idle)
+        throughput_rounds = args.rounds if steps & THROUGHPUT_STEPS - {"big"} else 0
         warmups = args.warmup if throughput_rounds else 0
         # Every push sends the same 1 GiB, so from the first one on the blob is stored: each
         # server still receives, hashes and writes every byte, then drops the upload instead of
@@ -550,8 +654,14 @@ def main() -> None:
                     ),
                     "pull 1 GiB": lambda s=server, r=repo: pull(s, r + "m", digest_1g, 1024 * MiB),
                 }
+                chosen = {"push 1 GiB monolithic"} if steps & {"push", "concurrent"} else set()
+                if "push" in steps:
+                    chosen.add("pull 1 GiB")
+                if "chunked" in steps:
+                    chosen |= {name for name in scenarios if "chunk" in name}
+                scenarios = {k: v for k, v in scenarios.items() if k in chosen}
                 sizes = dict.fromkeys(scenarios, 1024 * MiB)
-                if concurrent:
+                if "concurrent" in steps:
                     label = f"{args.concurrent} x {args.concurrent_mib} MiB"
                     scenarios[f"push {label} at once"] = lambda s=server, r=repo: at_once(
                         [lambda b=blob: push_monolithic(s, f"{r}p{b.index}", b.path, b.digest)
@@ -578,7 +688,19 @@ def main() -> None:
                         f"peak RSS {peak:6.1f} MiB  CPU {cpu_per_gib:5.2f} s/GiB",
                         flush=True,
                     )
-        if args.big_gib and args.only != "requests":
+            if ceiling is not None:
+                url = f"{ceiling.url}/blob"
+                elapsed, peak, cpu = measure(ceiling, lambda u=url: pull_url(u), regime == "warm")
+                if not warmup:
+                    results.setdefault(f"pull 1 GiB ({regime})", {}).setdefault(CEILING, []).append(
+                        (1024 / elapsed, peak, cpu)
+                    )
+                print(
+                    f"{'':7} {regime:4} {'nginx':11} {'pull 1 GiB, static file':40} "
+                    f"{1024 / elapsed:8.0f} MiB/s  CPU {cpu:5.2f} s/GiB",
+                    flush=True,
+                )
+        if "big" in steps:
             big = work / f"blob-{args.big_gib}g"
             print(f"preparing {args.big_gib} GiB file ...", flush=True)
             digest_big = make_file(big, args.big_gib * 1024 * MiB)
@@ -601,7 +723,7 @@ def main() -> None:
                         flush=True,
                     )
     finally:
-        for server in servers:
+        for server in [*servers, *([ceiling] if ceiling else [])]:
             server.stop()
 
     print()
@@ -683,6 +805,10 @@ def main() -> None:
         summary[f"{args.idle} idle connections"] = {
             name: attrs.asdict(held) for name, held in idle.items()
         }
+    print()
+    for line in target_lines(results, idle, args.concurrent, args.concurrent_mib):
+        print(line)
+    summary["targets"] = target_lines(results, idle, args.concurrent, args.concurrent_mib)
     if background and max(background) > BUSY_PERCENT:
         print(
             f"\nwarning: up to {max(background):.0f}% of the CPU was busy with other work "
