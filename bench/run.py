@@ -42,6 +42,7 @@ import json
 import mmap
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -619,6 +620,8 @@ def main() -> None:
         "--idle", type=int, default=10000, help="idle connections to hold (0: skip)"
     )
     args = parser.parse_args()
+    # Stopped with SIGTERM (kill, timeout): still stop the servers (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.rounds, args.big_gib, args.warmup = 1, 0, 0
     steps = set(args.steps.split(","))
