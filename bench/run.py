@@ -2,6 +2,7 @@
 txregistry against registry:2 (Debian's docker-registry, v2.8), interleaved in one run.
 
     make bench                 # or: python bench/run.py [--rounds 5] [--big-gib 4] [--quick]
+    python bench/run.py --steps push,concurrent,idle --rounds 3    # issue 17's wire targets
 
 Each round runs every scenario on registry:2 and then on txregistry, both on loopback with
 their own empty storage, driven by curl (the same client for both).  Reported: median MiB/s
@@ -29,6 +30,12 @@ seconds: 10,000 connections time out unless the server answers 5,000 per second 
 unless 500) while sharing the cores with wrk.  wrk, the servers and their workers run with
 the open-files limit raised to the hard one (`bench.requests.raise_open_files_limit`,
 `registry.fdlimit`).
+
+``--steps`` runs some of the steps (`STEPS`); the run ends with one ``TARGET`` line per issue-17
+target it measured (`target_lines`).  Every transfer step also prints its "cores busy": the
+server's and curl's CPU seconds over the step's seconds, which tells a step bounded by CPU per
+GiB from one that waits.  Each server is restarted on empty storage after its turn in a round
+(``--storage`` says where it stores: 5 GiB for the concurrent step).
 """
 
 from __future__ import annotations
