@@ -1,6 +1,7 @@
 """
-Start the reference registry (Debian's ``docker-registry`` package: registry:2 v2.8) and
-txregistry on loopback, each on its own empty storage folder, for side-by-side measurements.
+Start the reference registry (Debian's ``docker-registry`` package: registry:2 v2.8),
+txregistry and nginx (a static file: curl's download ceiling) on loopback, each on its own
+empty storage folder, for side-by-side measurements.
 """
 
 from __future__ import annotations
@@ -112,3 +113,51 @@ class TxRegistry(Server):
         return twistd_command(
             "--config", str(config), "--port", f"tcp:{self.port}:interface=127.0.0.1"
         )
+
+
+NGINX_CONFIG = """\
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {workdir}/error.log;
+pid {workdir}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+class Nginx(Server):
+    """nginx serving ``file`` as /blob: one process (no master), sendfile on."""
+
+    def __init__(self, name: str, workdir: Path, file: Path) -> None:
+        super().__init__(name, workdir)
+        self.file = file
+
+    def command(self) -> list[str]:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        root = self.workdir / "www"
+        root.mkdir()
+        if _same_device(self.file, root):
+            os.link(self.file, root / "blob")
+        else:
+            shutil.copy(self.file, root / "blob")
+        config = self.workdir / "nginx.conf"
+        config.write_text(NGINX_CONFIG.format(workdir=self.workdir, port=self.port, root=root))
+        return [binary, "-p", str(self.workdir), "-c", str(config)]
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev

@@ -136,24 +136,37 @@ def raise_open_files_limit() -> None:
 
 @attrs.frozen
 class Idle:
-    """``held`` idle connections: the server's RSS before and while, and a GET meanwhile."""
+    """
+    ``held`` idle connections (connected on the client's side; ``server_held`` of them
+    accepted by the server): its RSS before and while, and GETs on new connections meanwhile.
+    """
 
     held: int
+    server_held: int
     rss_before_mib: float
     rss_held_mib: float
-    get_ms: float
+    get_ms: tuple[float, ...]
     get_ok: bool
 
 
 def hold_idle(
-    url: str, host: str, port: int, count: int, rss_mib: Callable[[], float], wait: float = 60
+    url: str,
+    host: str,
+    port: int,
+    count: int,
+    rss_mib: Callable[[], float],
+    sockets_held: Callable[[], int],
+    wait: float = 60,
+    gets: int = 5,
 ) -> Idle:
     """
-    Open ``count`` connections that send nothing, wait until the server holds them (its RSS
-    stops growing, bounded by ``wait`` s), then time one ``GET url`` on a new connection.
+    Open ``count`` connections that send nothing, wait until the server holds them (the
+    sockets it has open stop growing, bounded by ``wait`` s), then time ``gets`` ``GET url``,
+    each on a new connection.
     """
     raise_open_files_limit()
     before = rss_mib()
+    sockets_before = sockets_held()
     sockets: list[socket.socket] = []
     try:
         with selectors.DefaultSelector() as selector:
@@ -169,21 +182,25 @@ def hold_idle(
                     selector.unregister(key.fileobj)
                     pending -= 1
         held = sum(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in sockets)
-        # Accepted by the kernel is not yet accepted by the server: wait for its RSS to settle.
-        last, deadline = -1.0, time.monotonic() + wait
+        # Connected (the kernel's backlog) is not yet accepted by the server: wait until the
+        # sockets it holds stop growing.
+        last, deadline = -1, time.monotonic() + wait
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            now = rss_mib()
-            if abs(now - last) < 0.5:
+            now = sockets_held()
+            if now == last:
                 break
             last = now
-        started = time.perf_counter()
-        try:
-            get_ok = urllib.request.urlopen(url, timeout=10).status == 200
-        except OSError:
-            get_ok = False
-        get_ms = (time.perf_counter() - started) * 1000
-        return Idle(held, before, rss_mib(), get_ms, get_ok)
+        get_ms, get_ok = [], True
+        for _ in range(gets):
+            started = time.perf_counter()
+            try:
+                get_ok = urllib.request.urlopen(url, timeout=10).status == 200 and get_ok
+            except OSError:
+                get_ok = False
+            get_ms.append((time.perf_counter() - started) * 1000)
+        server_held = sockets_held() - sockets_before
+        return Idle(held, server_held, before, rss_mib(), tuple(get_ms), get_ok)
     finally:
         for sock in sockets:
             sock.close()

@@ -2,6 +2,7 @@
 txregistry against registry:2 (Debian's docker-registry, v2.8), interleaved in one run.
 
     make bench                 # or: python bench/run.py [--rounds 5] [--big-gib 4] [--quick]
+    python bench/run.py --steps push,concurrent,idle --rounds 3    # issue 17's wire targets
 
 Each round runs every scenario on registry:2 and then on txregistry, both on loopback with
 their own empty storage, driven by curl (the same client for both).  Reported: median MiB/s
@@ -29,17 +30,26 @@ seconds: 10,000 connections time out unless the server answers 5,000 per second 
 unless 500) while sharing the cores with wrk.  wrk, the servers and their workers run with
 the open-files limit raised to the hard one (`bench.requests.raise_open_files_limit`,
 `registry.fdlimit`).
+
+``--steps`` runs some of the steps (`STEPS`); the run ends with one ``TARGET`` line per issue-17
+target it measured (`target_lines`).  Every transfer step also prints its "cores busy": the
+server's and curl's CPU seconds over the step's seconds, which tells a step bounded by CPU per
+GiB from one that waits.  Each server is restarted on empty storage after its turn in a round
+(``--storage`` says where it stores: 5 GiB for the concurrent step).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import itertools
 import json
 import mmap
 import os
+import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,13 +66,21 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.memory import tree_memory, tree_pids
-from bench.reference import Registry2, Server, TxRegistry
+from bench.reference import Nginx, Registry2, Server, TxRegistry
 from bench.requests import Idle, Rate, hey, hold_idle, push_small_image, wrk_get
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
 # Idle machines here show 0-3% between rounds; more means something else is running.
 BUSY_PERCENT = 10.0
+# What ``--steps`` chooses from: "push" is a monolithic 1 GiB push and its pull (beside curl
+# pulling the same file from nginx, curl's own ceiling); "chunked" the PATCH variants;
+# "concurrent" ``--concurrent`` pushes then pulls at once (and the single push, their yardstick);
+# "requests" manifest GETs and blob HEADs at 64, 1,000 and 10,000 connections; "idle"
+# ``--idle`` connections held open; "big" the ``--big-gib`` push and pull (peak RSS).
+STEPS = ("push", "chunked", "concurrent", "requests", "idle", "big")
+THROUGHPUT_STEPS = {"push", "chunked", "concurrent", "big"}
+CEILING = "nginx"
 
 
 class PeakRss:
@@ -276,6 +294,11 @@ def push_chunked_one_connection(
     assert status == 201, f"{server.name} chunked commit: {status}"
 
 
+def pull_url(url: str) -> None:
+    status, _ = curl(url)
+    assert status == 200, f"{url}: {status}"
+
+
 def pull(server: Server, repo: str, digest: str, size: int) -> None:
     status, headers = curl(f"{server.url}/v2/{repo}/blobs/{digest}")
     assert status == 200, f"{server.name} pull: {status}"
@@ -353,11 +376,24 @@ def measure(
         warm_free_memory()
     with PeakRss(server.pid) as rss:
         cpu_before = cpu_seconds(server.pid)
+        clients_before = client_cpu_seconds()
         started = time.perf_counter()
         action()
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(server.pid) - cpu_before
+        LAST_STEP["cores"] = (cpu + client_cpu_seconds() - clients_before) / elapsed
     return elapsed, rss.peak_mib, cpu
+
+
+# The last `measure`'s busy cores: server and clients' CPU seconds over the step's seconds.
+# A step that keeps every core busy is bounded by the CPU it costs per GiB, not by waiting.
+LAST_STEP: dict[str, float] = {}
+
+
+def client_cpu_seconds() -> float:
+    """User + system time of this script's finished children (the curl processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def at_once(actions: list[Callable[[], None]]) -> None:
@@ -384,18 +420,35 @@ def rss_mib(pid: int) -> float:
     return sum(m.rss for m in tree_memory(pid)) / 1024
 
 
+def open_sockets(pid: int) -> int:
+    """Sockets open in ``pid`` and its descendants: the connections a server tree holds."""
+    count = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(FileNotFoundError):
+            for fd in os.listdir(f"/proc/{each}/fd"):
+                with contextlib.suppress(FileNotFoundError):
+                    count += os.readlink(f"/proc/{each}/fd/{fd}").startswith("socket:")
+    return count
+
+
 def run_idle_connections(servers: list[Server], count: int) -> dict[str, Idle]:
     """``count`` idle connections held on each server in turn."""
     held = {}
     for server in servers:
         idle = hold_idle(
-            f"{server.url}/v2/", "127.0.0.1", server.port, count, lambda s=server: rss_mib(s.pid)
+            f"{server.url}/v2/",
+            "127.0.0.1",
+            server.port,
+            count,
+            lambda s=server: rss_mib(s.pid),
+            lambda s=server: open_sockets(s.pid),
         )
         held[server.name] = idle
         print(
-            f"{server.name:11} {count} idle connections: {idle.held} held, RSS "
-            f"{idle.rss_before_mib:.0f} -> {idle.rss_held_mib:.0f} MiB, GET meanwhile "
-            f"{'ok' if idle.get_ok else 'FAILED'} in {idle.get_ms:.0f} ms",
+            f"{server.name:11} {count} idle connections: {idle.held} connected, "
+            f"{idle.server_held} held by the server, RSS {idle.rss_before_mib:.0f} -> "
+            f"{idle.rss_held_mib:.0f} MiB, {len(idle.get_ms)} GETs meanwhile "
+            f"{'ok' if idle.get_ok else 'FAILED'} in {max(idle.get_ms):.0f} ms at most",
             flush=True,
         )
     return held
@@ -442,6 +495,93 @@ def run_request_scenarios(
                 )
 
 
+def _per_round(
+    samples: dict[str, list[tuple[float, float, float]]], top: str, bottom: str
+) -> float:
+    """The median over rounds of ``top``'s MiB/s over ``bottom``'s in the same round."""
+    pairs = zip(samples.get(top, []), samples.get(bottom, []), strict=False)
+    return statistics.median([t[0] / b[0] for t, b in pairs] or [float("nan")])
+
+
+def target_lines(
+    results: dict[str, dict[str, list[tuple[float, float, float]]]],
+    cores: dict[str, dict[str, list[float]]],
+    idle: dict[str, Idle],
+    concurrent: int,
+    concurrent_mib: int,
+) -> list[str]:
+    """
+    One line per issue-17 target this run measured: ratios are medians of per-round ratios
+    (both figures from the same round), which hold up better than absolute figures on a
+    loaded machine.  The push lines add the cores busy (server and curl CPU over the step's
+    time): concurrent pushes that keep every core busy are bounded by CPU per GiB, and then
+    the best ratio is the machine's cores over the single push's busy cores.
+    """
+    ncpu = os.cpu_count() or 1
+    lines = []
+    servers = ("txregistry", "registry:2")
+    for name, by_server in results.items():
+        regime = name.rsplit("(", 1)[1].rstrip(")")
+        if name.startswith("push ") and "at once" in name:
+            single = results.get(f"push 1 GiB monolithic ({regime})", {})
+            ratio = {
+                s: _per_round({"all": by_server[s], "one": single.get(s, [])}, "all", "one")
+                for s in servers
+            }
+            busy = {
+                s: (
+                    statistics.median(cores.get(name, {}).get(s, [float("nan")])),
+                    statistics.median(
+                        cores.get(f"push 1 GiB monolithic ({regime})", {}).get(s, [float("nan")])
+                    ),
+                )
+                for s in servers
+            }
+            parts = [
+                f"{s} {ratio[s]:.2f}x (aggregate "
+                f"{statistics.median(v for v, _, _ in by_server[s]):.0f} MiB/s, "
+                f"CPU {statistics.median(c for _, _, c in by_server[s]):.2f} s/GiB, cores busy "
+                f"{busy[s][0]:.2f} of {ncpu} against {busy[s][1]:.2f} for one push)"
+                for s in servers
+            ]
+            verdict = "met" if ratio["txregistry"] >= 1.5 else "not met"
+            lines.append(
+                f"TARGET {concurrent} x {concurrent_mib} MiB pushes at once ({regime}), aggregate "
+                f"over a single push in the same round >= 1.5x: {verdict}; " + "; ".join(parts)
+            )
+        elif name.startswith("pull ") and "at once" in name:
+            cpu = {s: statistics.median(c for _, _, c in by_server[s]) for s in servers}
+            rate = {s: statistics.median(v for v, _, _ in by_server[s]) for s in servers}
+            lines.append(
+                f"TARGET {concurrent} x {concurrent_mib} MiB pulls at once ({regime}): "
+                + "; ".join(f"{s} {rate[s]:.0f} MiB/s, CPU {cpu[s]:.2f} s/GiB" for s in servers)
+            )
+        elif name.startswith("pull 1 GiB (") and CEILING in by_server:
+            share = {s: _per_round(by_server, s, CEILING) for s in servers}
+            cpu = {s: statistics.median(c for _, _, c in by_server[s]) for s in servers}
+            ceiling = statistics.median(v for v, _, _ in by_server[CEILING])
+            lines.append(
+                f"TARGET pull 1 GiB ({regime}) >= 90% of curl's ceiling (nginx static "
+                f"{ceiling:.0f} MiB/s): {'met' if share['txregistry'] >= 0.9 else 'not met'}, "
+                f"CPU <= 0.15 s/GiB: {'met' if cpu['txregistry'] <= 0.15 else 'not met'}; "
+                + "; ".join(f"{s} {100 * share[s]:.0f}%, CPU {cpu[s]:.2f} s/GiB" for s in servers)
+                + f"; nginx CPU {statistics.median(c for _, _, c in by_server[CEILING]):.2f}"
+            )
+    if idle:
+        parts = []
+        for server in servers:
+            held = idle[server]
+            grown = held.rss_held_mib - held.rss_before_mib
+            parts.append(
+                f"{server} held {held.server_held}, RSS {held.rss_before_mib:.0f} -> "
+                f"{held.rss_held_mib:.0f} MiB ({grown * 1024 / max(held.server_held, 1):.1f} KiB "
+                f"per connection), new GETs meanwhile {'ok' if held.get_ok else 'FAILED'}, "
+                f"slowest {max(held.get_ms):.0f} ms"
+            )
+        lines.append(f"TARGET {idle['txregistry'].held} idle connections: " + "; ".join(parts))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -456,9 +596,19 @@ def main() -> None:
         "--big-rounds", type=int, default=3, help="rounds of the RSS run (its MiB/s are medians)"
     )
     parser.add_argument("--workdir", default="/tmp/txregistry-bench")
+    parser.add_argument(
+        "--storage",
+        help="where the servers store what is pushed (default: in --workdir); the concurrent "
+        "step needs 5 GiB free there, another filesystem (/dev/shm) when the disk is short",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round, no big run")
     parser.add_argument(
         "--only", choices=["throughput", "requests"], help="run one group of scenarios"
+    )
+    parser.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help=f"the steps to run, comma-separated, of {','.join(STEPS)} (see STEPS)",
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of each request run")
     parser.add_argument(
@@ -477,20 +627,34 @@ def main() -> None:
         "--idle", type=int, default=10000, help="idle connections to hold (0: skip)"
     )
     args = parser.parse_args()
+    # Stopped with SIGTERM (kill, timeout): still stop the servers (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.rounds, args.big_gib, args.warmup = 1, 0, 0
+    steps = set(args.steps.split(","))
+    if not steps <= set(STEPS):
+        raise SystemExit(f"--steps: of {','.join(STEPS)}, not {args.steps!r}")
+    if args.only:
+        steps &= {"requests", "idle"} if args.only == "requests" else THROUGHPUT_STEPS
+    if not args.big_gib:
+        steps.discard("big")
+    if not args.concurrent:
+        steps.discard("concurrent")
+    if not args.idle:
+        steps.discard("idle")
     regimes = ["cold"] if args.no_warm_memory else args.regimes.split(",")
     if not set(regimes) <= {"warm", "cold"}:
         raise SystemExit(f"--regimes: warm, cold or both, not {args.regimes!r}")
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    storage = Path(args.storage or args.workdir)
 
     print("preparing test files ...", flush=True)
     one_gib = work / "blob-1g"
     digest_1g = make_file(one_gib, 1024 * MiB)
     chunks = []
     with open(one_gib, "rb") as source:
-        for index in range(16):
+        for index in range(16 if "chunked" in steps else 0):
             chunk = work / f"chunk-{index:02d}"
             if not chunk.exists() or chunk.stat().st_size != 64 * MiB:
                 chunk.write_bytes(source.read(64 * MiB))
@@ -499,30 +663,36 @@ def main() -> None:
             chunks.append(chunk)
     concurrent = [
         Blob.make(work / f"blob-{args.concurrent_mib}m-{index}", index, args.concurrent_mib * MiB)
-        for index in range(args.concurrent)
+        for index in range(args.concurrent if "concurrent" in steps else 0)
     ]
 
     servers: list[Server] = [
-        Registry2("registry:2", work / "registry2"),
-        TxRegistry("txregistry", work / "txregistry"),
+        Registry2("registry:2", storage / "registry2"),
+        TxRegistry("txregistry", storage / "txregistry"),
     ]
-    for server in servers:
+    # curl's own download ceiling: the same 1 GiB as a static file from nginx.
+    ceiling = Nginx(CEILING, work / "nginx", one_gib) if "push" in steps else None
+    for server in [*servers, *([ceiling] if ceiling else [])]:
         server.start()
     # scenario -> server -> [(MiB/s, peak RSS MiB, server CPU seconds per GiB)]
     results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     background: list[float] = []
     rates: dict[str, dict[str, list[tuple[Rate, float]]]] = {}
     idle: dict[str, Idle] = {}
+    # scenario -> server -> [cores busy (server and clients)], one a round
+    cores: dict[str, dict[str, list[float]]] = {}
     try:
-        if args.only != "throughput":
+        if "requests" in steps:
             run_request_scenarios(servers, args.rounds, args.seconds, rates)
-            if args.idle:
-                idle = run_idle_connections(servers, args.idle)
-        throughput_rounds = args.rounds if args.only != "requests" else 0
+        if "idle" in steps:
+            idle = run_idle_connections(servers, args.idle)
+        throughput_rounds = args.rounds if steps & THROUGHPUT_STEPS - {"big"} else 0
         warmups = args.warmup if throughput_rounds else 0
-        # Every push sends the same 1 GiB, so from the first one on the blob is stored: each
-        # server still receives, hashes and writes every byte, then drops the upload instead of
-        # renaming it into place (registry:2 and txregistry alike).
+        # Each server starts every round on empty storage (restarted after its turn: the
+        # concurrent step alone stores 5 GiB, which two servers' copies would double on a small
+        # disk).  The first push of a blob in a round renames the upload into place; a later
+        # push of the same bytes (the chunked steps send the same 1 GiB) is received, hashed
+        # and written all the same, then dropped (registry:2 and txregistry alike).
         for round_index, regime in itertools.product(range(-warmups, throughput_rounds), regimes):
             warmup = round_index < 0
             if warmup and regime != regimes[0]:
@@ -550,8 +720,14 @@ def main() -> None:
                     ),
                     "pull 1 GiB": lambda s=server, r=repo: pull(s, r + "m", digest_1g, 1024 * MiB),
                 }
+                chosen = {"push 1 GiB monolithic"} if steps & {"push", "concurrent"} else set()
+                if "push" in steps:
+                    chosen.add("pull 1 GiB")
+                if "chunked" in steps:
+                    chosen |= {name for name in scenarios if "chunk" in name}
+                scenarios = {k: v for k, v in scenarios.items() if k in chosen}
                 sizes = dict.fromkeys(scenarios, 1024 * MiB)
-                if concurrent:
+                if "concurrent" in steps:
                     label = f"{args.concurrent} x {args.concurrent_mib} MiB"
                     scenarios[f"push {label} at once"] = lambda s=server, r=repo: at_once(
                         [lambda b=blob: push_monolithic(s, f"{r}p{b.index}", b.path, b.digest)
@@ -572,13 +748,31 @@ def main() -> None:
                         results.setdefault(f"{name} ({regime})", {}).setdefault(
                             server.name, []
                         ).append((rate, peak, cpu_per_gib))
+                        cores.setdefault(f"{name} ({regime})", {}).setdefault(
+                            server.name, []
+                        ).append(LAST_STEP["cores"])
                     label = "warm-up" if warmup else f"round {round_index + 1}"
                     print(
                         f"{label:7} {regime:4} {server.name:11} {name:40} {rate:8.0f} MiB/s  "
-                        f"peak RSS {peak:6.1f} MiB  CPU {cpu_per_gib:5.2f} s/GiB",
+                        f"peak RSS {peak:6.1f} MiB  CPU {cpu_per_gib:5.2f} s/GiB  "
+                        f"cores busy {LAST_STEP['cores']:4.2f}",
                         flush=True,
                     )
-        if args.big_gib and args.only != "requests":
+                server.stop()
+                server.start()
+            if ceiling is not None:
+                url = f"{ceiling.url}/blob"
+                elapsed, peak, cpu = measure(ceiling, lambda u=url: pull_url(u), regime == "warm")
+                if not warmup:
+                    results.setdefault(f"pull 1 GiB ({regime})", {}).setdefault(CEILING, []).append(
+                        (1024 / elapsed, peak, cpu)
+                    )
+                print(
+                    f"{'':7} {regime:4} {'nginx':11} {'pull 1 GiB, static file':40} "
+                    f"{1024 / elapsed:8.0f} MiB/s  CPU {cpu:5.2f} s/GiB",
+                    flush=True,
+                )
+        if "big" in steps:
             big = work / f"blob-{args.big_gib}g"
             print(f"preparing {args.big_gib} GiB file ...", flush=True)
             digest_big = make_file(big, args.big_gib * 1024 * MiB)
@@ -600,8 +794,10 @@ def main() -> None:
                         f"  peak RSS {peak:6.1f} MiB",
                         flush=True,
                     )
+                server.stop()  # its copy goes before the other server's turn (disk room)
+                server.start()
     finally:
-        for server in servers:
+        for server in [*servers, *([ceiling] if ceiling else [])]:
             server.stop()
 
     print()
@@ -677,12 +873,16 @@ def main() -> None:
         print(
             f"| {args.idle} | {ref.held} / {ours.held} | {ref.rss_held_mib:.0f} / "
             f"{ours.rss_held_mib:.0f} MiB | {ours.rss_held_mib / ref.rss_held_mib:.2f}x | "
-            f"{'ok' if ref.get_ok else 'failed'} {ref.get_ms:.0f} ms / "
-            f"{'ok' if ours.get_ok else 'failed'} {ours.get_ms:.0f} ms |"
+            f"{'ok' if ref.get_ok else 'failed'} {max(ref.get_ms):.0f} ms / "
+            f"{'ok' if ours.get_ok else 'failed'} {max(ours.get_ms):.0f} ms |"
         )
         summary[f"{args.idle} idle connections"] = {
             name: attrs.asdict(held) for name, held in idle.items()
         }
+    print()
+    for line in target_lines(results, cores, idle, args.concurrent, args.concurrent_mib):
+        print(line)
+    summary["targets"] = target_lines(results, cores, idle, args.concurrent, args.concurrent_mib)
     if background and max(background) > BUSY_PERCENT:
         print(
             f"\nwarning: up to {max(background):.0f}% of the CPU was busy with other work "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,55 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.reference import Registry2, Server, TxRegistry
+from bench.reference import Nginx, Registry2, Server, TxRegistry
 from bench.run import RESULTS, MiB, background_cpu, make_file, push_monolithic
-
-NGINX_CONFIG = """\
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {workdir}/error.log;
-pid {workdir}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-    }}
-}}
-"""
-
-
-class Nginx(Server):
-    """nginx serving ``file`` as /blob: one process (no master), sendfile on."""
-
-    def __init__(self, name: str, workdir: Path, file: Path) -> None:
-        super().__init__(name, workdir)
-        self.file = file
-
-    def command(self) -> list[str]:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        root = self.workdir / "www"
-        root.mkdir()
-        if _same_device(self.file, root):
-            os.link(self.file, root / "blob")
-        else:
-            shutil.copy(self.file, root / "blob")
-        config = self.workdir / "nginx.conf"
-        config.write_text(NGINX_CONFIG.format(workdir=self.workdir, port=self.port, root=root))
-        return [binary, "-p", str(self.workdir), "-c", str(config)]
-
-
-def _same_device(a: Path, b: Path) -> bool:
-    return os.stat(a).st_dev == os.stat(b).st_dev
 
 
 def cpu_seconds(pid: int) -> float:

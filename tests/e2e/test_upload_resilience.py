@@ -337,11 +337,30 @@ async def test_concurrent_writes_to_one_upload(registry: InProcessRegistry) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_stalled_upload_times_out_and_stays_resumable(start_registry: Starter) -> None:
-    """A client that stops sending mid-body is dropped after [http] timeout; bytes are kept."""
+    """
+    A client that stops sending mid-body is dropped after [http] timeout; bytes are kept.
+    So are idle connections (the policy that bounds how many a server holds): one that never
+    sends a byte, and a kept-alive one after its answer.
+    """
     registry = await start_registry({"http": {"timeout": "1s"}})
     location = await start_upload(registry.url, "stalled")
     path = location.removeprefix(registry.url)
     host, port = registry.url.removeprefix("http://").split(":")
+
+    def idle(request: bytes) -> bytes:
+        """Everything the server sends until it hangs up (the socket allows 10 s)."""
+        received = b""
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(request)
+            for _ in range(100):  # a 200 and its small body, then b"" at the hang-up
+                data = sock.recv(65536)
+                if not data:
+                    return received
+                received += data
+        raise AssertionError(f"still open after 100 reads: {received!r}")
+
+    silent = deferToThread(idle, b"")
+    kept_alive = deferToThread(idle, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
 
     def stall() -> bytes:
         with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -352,6 +371,9 @@ async def test_stalled_upload_times_out_and_stays_resumable(start_registry: Star
             return sock.recv(100)  # returns b"" when the server hangs up
 
     assert await deferToThread(stall) == b""  # hung up by the server (the socket allows 10 s)
+    assert await silent == b""
+    answered = await kept_alive
+    assert answered.startswith(b"HTTP/1.1 200 ") and answered.count(b"HTTP/1.1") == 1, answered
     for _ in range(50):
         if await upload_range(location) == "0-399":
             break
