@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry.app import METHODS, RegistryApp
+from registry.app import METHODS
+from registry.app_routes import KleinRoutes
 from registry.front import v2_rest
 
 OWN_METHODS = frozenset(method.encode() for method in METHODS)
@@ -36,7 +37,7 @@ def klein_route(method: bytes, path: bytes) -> tuple[str, dict[str, Any]] | None
     request = PathOnly.of(method, path)
     try:
         path_info = (b"/" + b"/".join(request.postpath)).decode("utf-8")
-        adapter = RegistryApp.router.url_map.bind(
+        adapter = KleinRoutes.router.url_map.bind(
             "localhost", "", path_info=path_info, default_method=method.decode(), url_scheme="http"
         )
         rule, arguments = adapter.match(return_rule=True)

@@ -29,7 +29,7 @@ from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError
 from registry.failures import log_failure
 from registry.handlers.context import LocalStores, RegistryContext, Stores
-from registry.handlers.monitoring import local_metrics, make_debug_site
+from registry.handlers.monitoring import local_metrics
 from registry.http import sendfile, twisted_internals
 from registry.http.tls import (
     normalize_description,
@@ -191,6 +191,8 @@ def add_monitoring(
             exit_now(f"configuration error: [debug] addr: {exc}")
         if spec is not None and spec.debug is not None:  # bound by the supervisor
             endpoint = AdoptedEndpoint(reactor, spec.debug, endpoint)
+        from registry.handlers.debug_site import make_debug_site
+
         listeners = Listeners(reactor, [(config.debug.addr, endpoint)], make_debug_site(ctx))
         ListeningService(reactor, listeners).setServiceParent(root)  # type: ignore[no-untyped-call]
         log.info("metrics and health on {addr}", addr=config.debug.addr)
