@@ -112,7 +112,6 @@ class FrontResource:
         _Route(self._app, request).start(rest)
         return NOT_DONE_YET
 
-
     def _routed(self) -> IResource:
         if self._klein is None:
             assert self._make_klein is not None
