@@ -44,6 +44,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 from registry.config import Config, ConfigError, load
+from registry.server.worker_env import WORKER_ENVIRONMENT
 
 # What each library costs its importer, and the names that keep it out.
 TLS_LIBRARIES = ("OpenSSL", "ssl")
@@ -54,9 +55,6 @@ _IMPORTERS = {
     "ssl": ("asyncio", "http.client", "urllib.request"),
     "h2": ("twisted.web.http", "twisted.web._http2"),
 }
-# The variable a worker's listeners arrive in (registry.server.workers.WorkerSpec; not
-# imported here: this runs before Twisted, which that module imports).
-_WORKER_ENVIRONMENT = "TXREGISTRY_WORKER"
 
 
 def _plain(description: str) -> bool:
@@ -134,7 +132,7 @@ def _worker_overrides(arguments: Sequence[str]) -> tuple[str | None, dict[tuple[
 def _inherited(environ: Mapping[str, str]) -> list[str]:
     """The endpoint descriptions of the listeners the supervisor hands this worker."""
     try:
-        spec = json.loads(environ.get(_WORKER_ENVIRONMENT) or "{}")
+        spec = json.loads(environ.get(WORKER_ENVIRONMENT) or "{}")
         listeners = [*spec.get("listeners", ()), *([spec["debug"]] if spec.get("debug") else [])]
         return [str(listener["description"]) for listener in listeners]
     except (ValueError, TypeError, KeyError, AttributeError):

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -45,6 +44,7 @@ from registry.proxy.config import parse_proxies
 from registry.server.drain import ConnectionTracker
 from registry.server.exit import StartupError, exit_now
 from registry.server.listeners import Listeners, ListeningService
+from registry.server.periodic import PeriodicService
 from registry.server.probe import describe, probe_storage, storage_description
 from registry.server.service import RegistryService
 from registry.server.workers import (
@@ -337,4 +337,5 @@ def _after_start(config: Config, root: MultiService, ctx: RegistryContext, drive
             d.addErrback(lambda f: log_failure(log, f, "upload purge failed"))
             return d
 
-        TimerService(config.uploads.purge_interval, purge).setServiceParent(root)
+        purging = PeriodicService(ctx.reactor, config.uploads.purge_interval, purge)
+        purging.setServiceParent(root)  # type: ignore[no-untyped-call]
