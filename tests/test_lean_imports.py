@@ -30,17 +30,30 @@ from tests.auth import pki
 from tests.e2e.harness import REPO_ROOT, write_config
 from tests.server.proc import child_env, start_registry
 
-TLS = ["OpenSSL", "cryptography"]
+# pyOpenSSL, and the standard library's ssl (a worker keeps it out before importing Twisted).
+TLS = ["OpenSSL", "cryptography", "ssl", "_ssl"]
 HTTP2 = ["h2", "hpack", "hyperframe"]
 # What only a serving process needs.
 WEB_STACK = [
     "twisted.web.server",
-    "klein",
-    "werkzeug",
-    "prometheus_client",
     "registry.app",
     "registry.storage.filesystem",
     "registry.server.build",
+]
+# Klein's routing, loaded by a worker at its first request outside the /v2/ API.
+ROUTES = ["klein", "werkzeug", "registry.app_routes"]
+# What a worker of the default configuration never loads: a metrics library (it has its own,
+# registry.ops.prometheus), the supervisor's program, automat (TimerService's module), the
+# access controllers, parsers and hashers the configuration does not use.
+WORKER_NEVER = [
+    "prometheus_client",
+    "registry.server.supervisor",
+    "twisted.application.internet",
+    "automat",
+    "registry.auth.controllers",
+    "tomllib",
+    "rehashes",
+    "registry.handlers.debug_site",
 ]
 
 # What twistd's plugin search imports (trial's interfaces bring unittest).
@@ -113,13 +126,20 @@ def test_default_tree_keeps_tls_http2_and_the_web_stack_out_of_the_supervisor(
     assert status == 200, text
     assert "txregistry_workers_scraped 2.0" in text.splitlines()
     supervisor = next(p["modules"] for p in processes if not p["worker"])
-    assert _present(supervisor, TLS + HTTP2 + WEB_STACK) == []
+    assert _present(supervisor, TLS + HTTP2 + WEB_STACK + ROUTES) == []
     # The supervisor runs on the standard library: no Twisted, attrs or zope at all.
     heavy = [m for m in supervisor if m.split(".")[0] in SUPERVISOR_NEVER]
     assert heavy == []
     assert "registry.server.supervisor" in supervisor  # it did run
-    for worker in (p["modules"] for p in processes if p["worker"]):
+    workers = [p["modules"] for p in processes if p["worker"]]
+    # One connection, to one worker: that one routed /metrics through Klein, the other
+    # served nothing outside the API and never loaded it.
+    assert sorted(_present(worker, ROUTES) for worker in workers) == [[], ROUTES]
+    unrouted = next(worker for worker in workers if not _present(worker, ROUTES))
+    assert "difflib" not in unrouted  # werkzeug's routing imports it; nothing else at rest
+    for worker in workers:
         assert _present(worker, TLS + HTTP2) == []
+        assert _present(worker, WORKER_NEVER) == []
         assert _present(worker, WEB_STACK) == WEB_STACK
         # Workers start without twistd's plugin search (registry.server.worker_twistd).
         assert _present(worker, OTHER_PLUGINS) == []
@@ -158,9 +178,9 @@ def _config(**sections: object) -> Config:
 @pytest.mark.parametrize(
     ("config", "kept_out"),
     [
-        (_config(), ("OpenSSL", "h2")),
+        (_config(), ("OpenSSL", "ssl", "h2")),
         (_config(http=HttpConfig(port=("tcp:5000", "ssl:5443:privateKey=k.pem"))), ("h2",)),
-        (_config(http=HttpConfig(http2=True)), ("OpenSSL",)),
+        (_config(http=HttpConfig(http2=True)), ("OpenSSL", "ssl")),
         (_config(http=HttpConfig(clientcas="ca.pem")), ("h2",)),
         (_config(auth_token=TokenConfig(realm="https://auth.example/token")), ("h2",)),
         (_config(storage=StorageConfig(driver="s3")), ()),
@@ -171,3 +191,10 @@ def _config(**sections: object) -> Config:
 )
 def test_only_what_nothing_can_reach_is_kept_out(config: Config, kept_out: tuple[str, ...]) -> None:
     assert unused(config) == kept_out
+
+
+def test_a_worker_counts_the_listeners_it_inherits() -> None:
+    """A TLS listener handed over by the supervisor (``--port ssl:...`` on its command line,
+    which workers do not see) keeps TLS in, as one in the configuration does."""
+    assert unused(Config(), ["tcp:5000"]) == ("OpenSSL", "ssl", "h2")
+    assert unused(Config(), ["tcp:5000", "ssl:5443:privateKey=k.pem"]) == ("h2",)
