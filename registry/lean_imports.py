@@ -129,8 +129,12 @@ def _worker_overrides(arguments: Sequence[str]) -> tuple[str | None, dict[tuple[
     return values.get("--config"), overrides
 
 
-def _inherited(environ: Mapping[str, str]) -> list[str]:
-    """The endpoint descriptions of the listeners the supervisor hands this worker."""
+def inherited_listeners(environ: Mapping[str, str]) -> list[str]:
+    """
+    The endpoint descriptions of the listeners the supervisor hands this worker (none outside
+    a worker).  A worker serves on these, not on its configuration's ``[http] port``: the
+    supervisor's ``--port`` options are not on a worker's command line.
+    """
     try:
         spec = json.loads(environ.get(WORKER_ENVIRONMENT) or "{}")
         listeners = [*spec.get("listeners", ()), *([spec["debug"]] if spec.get("debug") else [])]
@@ -151,4 +155,4 @@ def keep_out_of_worker(arguments: Sequence[str], environ: Mapping[str, str]) -> 
         config = load(path, environ, overrides)
     except (ConfigError, OSError):
         return ()
-    return keep_out(config, _inherited(environ))
+    return keep_out(config, inherited_listeners(environ))

@@ -78,8 +78,13 @@ LOOPBACK = "tcp:0:interface=127.0.0.1"
 SERVING = re.compile(r"txregistry listening on .*\((?P<host>[0-9.]+):(?P<port>\d+)\).* 2 workers")
 
 
-def _tree_modules(tmp_path: Path, http: dict[str, str], check: object = None) -> list[dict]:
-    """Run a 2-worker tree configured with ``[http]`` ``http``; each process's modules."""
+def _tree_modules(
+    tmp_path: Path, http: dict[str, str], check: object = None, arguments: tuple[str, ...] = ()
+) -> list[dict]:
+    """
+    Run a 2-worker tree configured with ``[http]`` ``http`` and more command-line
+    ``arguments``; each process's modules.
+    """
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(DUMP)
@@ -88,7 +93,7 @@ def _tree_modules(tmp_path: Path, http: dict[str, str], check: object = None) ->
     config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2", **http}})
     env = child_env({"PYTHONPATH": f"{site}:{REPO_ROOT}", "MODULE_DUMP": str(dumps)})
     child = start_registry(
-        tmp_path, "--config", str(config), "--storage", str(tmp_path / "data"), env=env
+        tmp_path, "--config", str(config), "--storage", str(tmp_path / "data"), *arguments, env=env
     )
     try:
         port = int(child.wait_for(SERVING)["port"])
@@ -148,7 +153,11 @@ def test_default_tree_keeps_tls_http2_and_the_web_stack_out_of_the_supervisor(
 
 
 def test_tls_and_http2_load_where_configured(tmp_path: Path) -> None:
-    """An ``ssl:`` listener with HTTP/2: the workers load both and serve TLS as before."""
+    """
+    An ``ssl:`` listener with HTTP/2: the workers load both and serve TLS as before.  The
+    listener is on the command line (``--port``), which workers do not get: each counts the
+    listeners its supervisor hands it (`registry.lean_imports.inherited_listeners`).
+    """
     key = pki.new_key("ec")
     cert = pki.certificate("127.0.0.1", key, server=True)
     key_file = pki.write(tmp_path / "key.pem", pki.pem_key(key))
@@ -164,7 +173,7 @@ def test_tls_and_http2_load_where_configured(tmp_path: Path) -> None:
         statuses.append(connection.getresponse().status)
         connection.close()
 
-    processes = _tree_modules(tmp_path, {"port": listen, "http2": "true"}, get)
+    processes = _tree_modules(tmp_path, {"http2": "true"}, get, ("--port", listen))
 
     assert statuses == [200]
     for worker in (p["modules"] for p in processes if p["worker"]):
