@@ -1,22 +1,22 @@
 """
-The Klein application: every ``/v2/...`` request is parsed by `registry.http.routes` and sent to
-the handler registered for its resource kind and method; errors are rendered once, here, as the
-OCI error envelope.
+The registry's application: every ``/v2/...`` request is parsed by `registry.http.routes` and
+sent to the handler registered for its resource kind and method; errors are rendered once, here,
+as the OCI error envelope.  `registry.front` sends it the API's requests; everything else goes
+through Klein's routes (`registry.app_routes`), built at the first request that needs them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from werkzeug.exceptions import HTTPException
 
 from registry.api.errors import (
     NOT_FOUND,
@@ -26,7 +26,7 @@ from registry.api.errors import (
 from registry.auth.interfaces import AllowAll
 from registry.failures import log_failure
 from registry.front import FrontResource
-from registry.handlers import blobs, limits, listings, manifests, monitoring, uploads
+from registry.handlers import blobs, limits, listings, manifests, uploads
 from registry.handlers.common import authorize, error_for
 from registry.handlers.context import RegistryContext
 from registry.http import responses
@@ -90,66 +90,6 @@ class RegistryApp:
     # The web UI (registry.ui) mounted under /ui/, None when ``[ui] enabled = false``.
     web_ui: IResource | None = None
 
-    router = Klein()
-
-    @router.route("/v2", methods=METHODS, strict_slashes=False)
-    async def base(self, request: IRequest) -> bytes | None:
-        return await self.dispatch(request, "")
-
-    @router.route("/v2/<path:rest>", methods=METHODS)
-    async def v2(self, request: IRequest, rest: str) -> bytes | None:
-        return await self.dispatch(request, rest)
-
-    @router.route("/ui/", branch=True, methods=["GET", "HEAD", "POST"])
-    def ui(self, request: IRequest) -> Any:
-        """The web UI (registry/ui), when ``[ui] enabled``."""
-        if self.web_ui is None:
-            raise RegistryError(NOT_FOUND, {"path": "/ui/"}, "the web UI is disabled")
-        return self.web_ui
-
-    @router.route("/ui", methods=["GET", "HEAD"])
-    def ui_root(self, request: IRequest) -> bytes:
-        request.redirect(b"/ui/")
-        return b""
-
-    @router.route("/metrics", methods=["GET"])
-    async def metrics(self, request: IRequest) -> bytes:
-        """Prometheus text format, here only when `metrics_on_main_port` (see docs)."""
-        if not metrics_on_main_port(self.ctx):
-            raise RegistryError(NOT_FOUND, {"path": "/metrics"})
-        return await monitoring.metrics_answer(self.ctx, request)
-
-    @router.route("/sync/status", methods=["GET"])
-    async def sync_status(self, request: IRequest) -> bytes:
-        """Replication status, where /metrics is served (`metrics_on_main_port`)."""
-        return await self._sync_status(request, None)
-
-    @router.route("/sync/status/<name>", methods=["GET"])
-    async def one_sync_status(self, request: IRequest, name: str) -> bytes:
-        return await self._sync_status(request, name)
-
-    async def _sync_status(self, request: IRequest, name: str | None) -> bytes:
-        if not metrics_on_main_port(self.ctx):
-            raise RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
-        return await monitoring.sync_status_answer(self.ctx, request, name)
-
-    @router.route("/health", methods=["GET", "HEAD"])
-    async def health(self, request: IRequest) -> bytes:
-        """For load balancers and monitors: 200 while storage answers, 503 with the reason."""
-        return await monitoring.storage_answer(self.ctx, request)
-
-    @router.route("/health/live", methods=["GET", "HEAD"])
-    def live(self, request: IRequest) -> bytes:
-        return monitoring.live_answer(request)
-
-    @router.route("/health/ready", methods=["GET", "HEAD"])
-    async def ready(self, request: IRequest) -> bytes:
-        return await monitoring.ready_answer(self.ctx, request)
-
-    @router.route("/", branch=True, methods=METHODS)
-    async def elsewhere(self, request: IRequest) -> bytes:
-        raise RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
-
     async def dispatch(self, request: IRequest, rest: str) -> bytes | None:
         """Answer a ``/v2/`` request; ``rest`` is its path after ``/v2/`` ("" for the base)."""
         request.setHeader(*responses.API_VERSION_HEADER)
@@ -179,11 +119,6 @@ class RegistryApp:
             )
         return await handler(self.ctx, request, route)
 
-    @router.handle_errors(Exception)
-    def failed(self, request: IRequest, failure: Failure) -> bytes:
-        """Klein's one error handler: `answer_failure`."""
-        return self.answer_failure(request, failure)
-
     def answer_failure(self, request: IRequest, failure: Failure) -> bytes:
         """
         The answer to a request whose route failed, by the failure's type, most specific
@@ -191,7 +126,9 @@ class RegistryApp:
         """
         if failure.check(RegistryError):
             return self.registry_error(request, failure)
-        if failure.check(HTTPException):
+        # Only Klein's routes raise werkzeug's errors; named, so that werkzeug is imported
+        # only with them (`registry.app_routes`).
+        if failure.check("werkzeug.exceptions.HTTPException"):
             return self.routing_error(request, failure)
         if failure.check(StorageError):
             return self.storage_error(request, failure)
@@ -255,6 +192,12 @@ class RegistryApp:
         return responses.error(request, error_for(failure.value))
 
 
+def _klein_resource(app: RegistryApp) -> IResource:
+    from registry.app_routes import klein_resource
+
+    return klein_resource(app)
+
+
 def make_site(
     ctx: RegistryContext, after_request: Callable[[int], None] | None = None
 ) -> RegistrySite:
@@ -269,7 +212,7 @@ def make_site(
         return sink
 
     site = RegistrySite(
-        FrontResource(app, app.router.resource(), METHODS),
+        FrontResource(app, functools.partial(_klein_resource, app), METHODS),
         sink_factory=count_upload_sinks(sink_factory, ctx.metrics),
         max_body_size=max(ctx.config.http.max_body_size, ctx.config.storage.max_manifest_size),
         access_log=ctx.config.log.accesslog,

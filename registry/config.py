@@ -10,7 +10,6 @@ line naming the key instead of being silently ignored.
 from __future__ import annotations
 
 import configparser
-import difflib
 import ipaddress
 import os
 import re
@@ -435,6 +434,8 @@ def _apply_open_section_environment(
                 break
         else:
             candidates = sorted(fixed) + [prefix + "<KEY>" for prefix, _ in open_prefixes]
+            import difflib  # only for a mistake: a hint to the nearest name
+
             near = difflib.get_close_matches(variable, candidates, n=1, cutoff=0.6)
             hint = f"; did you mean {near[0]}?" if near else ""
             raise ConfigError(f"environment variable {variable}: no such key{hint}")

@@ -5,9 +5,12 @@ Klein routes each request through werkzeug: it binds a map adapter (the Host hea
 the port from a ``getsockname`` call), walks the rules' state machine over the path, adapts the
 request to ``IKleinRequest`` and wraps the route in two Deferreds.  For a manifest GET or a blob
 HEAD that is about a sixth of the request's CPU, and every registry request goes to the same two
-routes (`RegistryApp.base` and `RegistryApp.v2`) anyway.  `FrontResource` recognises those
-requests with a few string checks and calls `RegistryApp.dispatch` itself; everything else (the
-UI, health, metrics, and any path werkzeug would treat differently) goes to Klein as before.
+routes (`KleinRoutes.base` and `KleinRoutes.v2`, `registry.app_routes`) anyway.
+`FrontResource` recognises those requests with a few string checks and calls
+`RegistryApp.dispatch` itself; everything else (the UI, health, metrics, and any path werkzeug
+would treat differently) goes to Klein as before.  Klein's resource is built, and Klein and
+werkzeug imported, at the first request that goes there: a worker serving only the API does
+without them.
 
 What Klein does around a route is kept: the route's Deferred is cancelled when the client goes
 away, a failure after that is only logged, and a failure before it is answered by
@@ -17,7 +20,7 @@ away, a failure after that is only logged, and a failure before it is answered b
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -40,8 +43,8 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 def v2_rest(request: IRequest, methods: frozenset[bytes]) -> str | None:
     """
-    The ``rest`` Klein would route ``request`` to `RegistryApp.v2` with ("" for
-    `RegistryApp.base`), or None when the request is not certainly one of those two routes.
+    The ``rest`` Klein would route ``request`` to `KleinRoutes.v2` with ("" for
+    `KleinRoutes.base`), or None when the request is not certainly one of those two routes.
 
     ``methods`` are the routes' methods (werkzeug answers others with 405).  The path is what
     Klein matches: the segments twisted.web has already percent-decoded
@@ -76,13 +79,19 @@ def path_is_text(request: IRequest) -> bool:
 
 @implementer(IResource)
 class FrontResource:
-    """The site's root: ``/v2/`` requests to `RegistryApp.dispatch`, the rest to ``klein``."""
+    """
+    The site's root: ``/v2/`` requests to `RegistryApp.dispatch`, the rest to the resource
+    ``klein`` builds (called once, at the first such request).
+    """
 
     isLeaf = True
 
-    def __init__(self, app: RegistryApp, klein: IResource, methods: Iterable[str]) -> None:
+    def __init__(
+        self, app: RegistryApp, klein: Callable[[], IResource], methods: Iterable[str]
+    ) -> None:
         self._app = app
-        self._klein = klein
+        self._make_klein: Callable[[], IResource] | None = klein
+        self._klein: IResource | None = None
         self._methods = frozenset(method.encode("ascii") for method in methods)
 
     def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
@@ -99,9 +108,15 @@ class FrontResource:
                 request.setResponseCode(400)
                 request.setHeader(b"content-type", b"text/plain; charset=utf-8")
                 return b"Non-UTF-8 encoding in URL."
-            return self._klein.render(request)
+            return self._routed().render(request)
         _Route(self._app, request).start(rest)
         return NOT_DONE_YET
+
+    def _routed(self) -> IResource:
+        if self._klein is None:
+            assert self._make_klein is not None
+            self._klein, self._make_klein = self._make_klein(), None
+        return self._klein
 
 
 class _Route:

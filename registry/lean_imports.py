@@ -9,6 +9,13 @@ HTTP/2 support (h2, hpack, hyperframe) whenever h2 is installed.  Every process 
 pays for them, TLS listener or not.  Our own modules import them only where used (the
 ``ssl:`` layer is `registry.http._tls_layer`, token auth is imported only when configured).
 
+The standard library's ``ssl`` is the same case: asyncio (imported by
+``twisted.internet.defer``), ``http.client`` and ``urllib.request`` (by
+``twisted.python.compat``) import it when it is there, and take its absence as a Python built
+without OpenSSL; with it come ``_ssl`` and libssl, about 1.2 MiB resident.  They import it
+as soon as Twisted is imported, so only a worker (`registry.server.worker_twistd`) keeps it
+out: `keep_out_of_worker` reads the configuration before anything imports Twisted.
+
 So, once the configuration is read and before the reactor is imported (``twistd registry``:
 `registry.tap.makeService`), `keep_out` marks the unused ones as missing in ``sys.modules``,
 which is how Python's import system spells "not installed" (an import raises ImportError).
@@ -18,10 +25,11 @@ Twisted handles exactly that case, as it would on a machine without the packages
 
 A library is kept out only when nothing the configuration can reach uses it:
 
-- pyOpenSSL (and cryptography with it): no ``ssl:`` listener (``[http] port``, ``[debug]
-  addr``), no token auth, no ``clientcas``, no outgoing HTTP client (a ``[proxy:NAME]``,
-  ``[notifications:NAME]`` or ``[sync:NAME]`` section, S3 storage, ``[redis]``, ``[fleet]``),
-  all of which may speak TLS;
+- pyOpenSSL (and cryptography with it), and the standard library's ``ssl``: no ``ssl:``
+  listener (``[http] port``, ``[debug] addr``, those a worker inherits), no token auth, no
+  ``clientcas``, no outgoing HTTP client (a ``[proxy:NAME]``, ``[notifications:NAME]`` or
+  ``[sync:NAME]`` section, S3 storage, ``[redis]``, ``[fleet]``), all of which may speak TLS
+  (the fleet's Redis client through ``ssl``);
 - h2: ``[http] http2`` off, and no outgoing HTTP client either.
 
 A configuration read again later (SIGHUP restarts the workers, each a new process that reads
@@ -31,16 +39,22 @@ it) is decided again by that new process.  A process that imported Twisted's rea
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 
-from registry.config import Config
+from registry.config import Config, ConfigError, load
+from registry.server.worker_env import WORKER_ENVIRONMENT
 
 # What each library costs its importer, and the names that keep it out.
-TLS_LIBRARIES = ("OpenSSL",)
+TLS_LIBRARIES = ("OpenSSL", "ssl")
 HTTP2_LIBRARIES = ("h2",)
 # Keeping a library out is useful only before these import it.
-_TLS_IMPORTERS = ("twisted.internet.tcp", "twisted.internet.ssl", "twisted.protocols.tls")
-_HTTP2_IMPORTERS = ("twisted.web.http", "twisted.web._http2")
+_IMPORTERS = {
+    "OpenSSL": ("twisted.internet.tcp", "twisted.internet.ssl", "twisted.protocols.tls"),
+    "ssl": ("asyncio", "http.client", "urllib.request"),
+    "h2": ("twisted.web.http", "twisted.web._http2"),
+}
 
 
 def _plain(description: str) -> bool:
@@ -59,9 +73,16 @@ def _outgoing_http(config: Config) -> bool:
     )
 
 
-def unused(config: Config) -> tuple[str, ...]:
-    """The libraries ``config`` never uses (the module docstring says how that is decided)."""
-    listeners = [*config.http.port, *([config.debug.addr] if config.debug.addr else [])]
+def unused(config: Config, inherited: Iterable[str] = ()) -> tuple[str, ...]:
+    """
+    The libraries ``config`` never uses (the module docstring says how that is decided), in a
+    process serving on ``inherited`` listeners (endpoint descriptions) too.
+    """
+    listeners = [
+        *config.http.port,
+        *([config.debug.addr] if config.debug.addr else []),
+        *inherited,
+    ]
     outgoing = _outgoing_http(config)
     names: list[str] = []
     tls = (
@@ -78,16 +99,60 @@ def unused(config: Config) -> tuple[str, ...]:
     return tuple(names)
 
 
-def keep_out(config: Config) -> tuple[str, ...]:
+def keep_out(config: Config, inherited: Iterable[str] = ()) -> tuple[str, ...]:
     """
     Mark the libraries ``config`` does not use as missing, where nothing imported them yet
     and Twisted has not yet decided without us; the names kept out.
     """
     kept: list[str] = []
-    for name in unused(config):
-        importers = _TLS_IMPORTERS if name in TLS_LIBRARIES else _HTTP2_IMPORTERS
-        if name in sys.modules or any(module in sys.modules for module in importers):
+    for name in unused(config, inherited):
+        if name in sys.modules or any(module in sys.modules for module in _IMPORTERS[name]):
             continue
         sys.modules[name] = None  # type: ignore[assignment]  # "not installed", see above
         kept.append(name)
     return tuple(kept)
+
+
+def _worker_overrides(arguments: Sequence[str]) -> tuple[str | None, dict[tuple[str, str], str]]:
+    """
+    The ``--config`` file and ``--storage`` override of a worker's command line, which
+    `registry.server.handoff.worker_command` writes: ``... registry [--config PATH]
+    [--storage PATH]``.
+    """
+    words = list(arguments)
+    words = words[words.index("registry") + 1 :] if "registry" in words else []
+    values = dict(zip(words[::2], words[1::2], strict=False))
+    overrides = {}
+    if values.get("--storage"):
+        overrides[("storage", "driver")] = "filesystem"
+        overrides[("storage", "rootdirectory")] = values["--storage"]
+    return values.get("--config"), overrides
+
+
+def inherited_listeners(environ: Mapping[str, str]) -> list[str]:
+    """
+    The endpoint descriptions of the listeners the supervisor hands this worker (none outside
+    a worker).  A worker serves on these, not on its configuration's ``[http] port``: the
+    supervisor's ``--port`` options are not on a worker's command line.
+    """
+    try:
+        spec = json.loads(environ.get(WORKER_ENVIRONMENT) or "{}")
+        listeners = [*spec.get("listeners", ()), *([spec["debug"]] if spec.get("debug") else [])]
+        return [str(listener["description"]) for listener in listeners]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return ["ssl:"]  # unreadable: assume TLS, keep everything
+
+
+def keep_out_of_worker(arguments: Sequence[str], environ: Mapping[str, str]) -> tuple[str, ...]:
+    """
+    In a worker, before Twisted is imported: read the configuration its command line names
+    (as `registry.tap.Options` will again), and `keep_out` what it does not use, the
+    standard library's ``ssl`` included.  A configuration that does not load keeps
+    everything: ``twistd registry`` reports its error as it always does.
+    """
+    path, overrides = _worker_overrides(arguments)
+    try:
+        config = load(path, environ, overrides)
+    except (ConfigError, OSError):
+        return ()
+    return keep_out(config, inherited_listeners(environ))

@@ -25,7 +25,7 @@ from registry.http.tls import (
     server_endpoint,
     warn_if_plain_public,
 )
-from registry.lean_imports import keep_out
+from registry.lean_imports import inherited_listeners, keep_out
 from registry.ops.notifications import check_notifications
 from registry.proxy.config import parse_proxies
 from registry.server.exit import exit_now
@@ -129,7 +129,8 @@ def makeService(options: Options) -> IService:
     # application) is one process whatever the configuration says, and keeps every library.
     under_twistd = getattr(options, "parent", None) is not None
     if under_twistd:
-        keep_out(config)  # before anything below imports the reactor
+        # Before anything below imports the reactor; a worker counts the listeners it serves.
+        keep_out(config, inherited_listeners(os.environ))
     from twisted.internet import reactor
 
     from registry.server.workers import WorkerSpec, resolve

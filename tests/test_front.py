@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry.app import METHODS, RegistryApp
-from registry.front import v2_rest
+from registry.app import METHODS
+from registry.app_routes import KleinRoutes
+from registry.front import path_is_text, v2_rest
 
 OWN_METHODS = frozenset(method.encode() for method in METHODS)
 
@@ -36,7 +37,7 @@ def klein_route(method: bytes, path: bytes) -> tuple[str, dict[str, Any]] | None
     request = PathOnly.of(method, path)
     try:
         path_info = (b"/" + b"/".join(request.postpath)).decode("utf-8")
-        adapter = RegistryApp.router.url_map.bind(
+        adapter = KleinRoutes.router.url_map.bind(
             "localhost", "", path_info=path_info, default_method=method.decode(), url_scheme="http"
         )
         rule, arguments = adapter.match(return_rule=True)
@@ -61,10 +62,15 @@ PIECES = st.sampled_from(
 def test_takes_only_what_klein_routes_to_the_api(
     method: bytes, pieces: list[bytes], trailing: bool
 ) -> None:
-    """Every request `v2_rest` takes is one werkzeug routes to ``base`` or ``v2``, same rest."""
+    """
+    Every request `v2_rest` takes is one werkzeug routes to ``base`` or ``v2``, same rest;
+    but for paths that are not UTF-8, which Klein cannot route and the API answers itself
+    (tests/e2e/test_front_answers.py).
+    """
     path = b"/" + b"/".join(pieces) + (b"/" if trailing else b"")
-    rest = v2_rest(PathOnly.of(method, path), OWN_METHODS)  # type: ignore[arg-type]
-    if rest is not None:
+    request = PathOnly.of(method, path)
+    rest = v2_rest(request, OWN_METHODS)  # type: ignore[arg-type]
+    if rest is not None and path_is_text(request):  # type: ignore[arg-type]
         expected = ("base", {}) if rest == "" else ("v2", {"rest": rest})
         assert klein_route(method, path) == expected, path
 

@@ -29,12 +29,29 @@ FEATURE_MODULES = {
         "registry.proxy.cache",
         "registry.proxy.upstream",
         "registry.proxy.service",
+        # TimerService's module brings automat (the upload purge uses registry.server.periodic)
+        "twisted.application.internet",
+        "automat",
     ],
     "notifications": ["registry.ops.notifications.service", "registry.ops.notifications.delivery"],
     "HTTP client": ["treq"],
     "S3": ["registry.storage.s3", "botocore", "boto3"],
     "web UI pages": ["registry.ui._app", "registry.ui._pages", "registry.ui._data"],
     "garbage collector": ["registry.ops.gc"],
+    # Klein's routing: only requests outside the /v2/ API (health, metrics, UI) need it.
+    "routes outside /v2/": ["registry.app_routes", "klein", "werkzeug"],
+    "[debug] addr listener": ["registry.handlers.debug_site"],
+    "authentication": [
+        "registry.auth.controllers",
+        "registry.auth.htpasswd",
+        "registry.auth.policy",
+    ],
+    "access policy file": ["tomllib"],
+    # sha512 hashers, or sha256 where libcrypto cannot be loaded.
+    "portable hashers": ["rehashes"],
+    "spelling hints for mistakes": ["difflib"],
+    # Never: registry.ops.prometheus writes the metrics; the supervisor's program is not a worker's.
+    "nothing": ["prometheus_client", "registry.server.supervisor"],
 }
 
 # Run in the child: start the service, wait until it serves, optionally GET one path, and
@@ -109,12 +126,15 @@ def _loaded(modules: object, names: list[str]) -> list[str]:
 
 
 def test_default_configuration_imports_no_unused_feature(tmp_path: Path) -> None:
-    found = _start(tmp_path)
+    """Nothing unused at rest, nor after a ``/v2/`` request (which is not routed by Klein)."""
+    found = _start(tmp_path, path="/v2/")
 
+    assert found["status"] == "200"
     loaded = {
-        feature: _loaded(found["rest"], names)
+        feature: _loaded(found[moment], names)
         for feature, names in FEATURE_MODULES.items()
-        if _loaded(found["rest"], names)
+        for moment in ("rest", "after")
+        if _loaded(found[moment], names)
     }
     assert loaded == {}
     # The basics are there (the check above would pass on a child that imported nothing).
@@ -138,6 +158,15 @@ def test_web_ui_is_imported_by_its_first_request(tmp_path: Path) -> None:
     # The pages do not bring the pull-through cache (and its HTTP client, TLS) along.
     cache = FEATURE_MODULES["pull-through cache"] + FEATURE_MODULES["HTTP client"]
     assert _loaded(found["after"], cache) == []
+
+
+def test_klein_is_imported_by_the_first_request_outside_the_api(tmp_path: Path) -> None:
+    found = _start(tmp_path, path="/health/live")
+
+    assert _loaded(found["rest"], FEATURE_MODULES["routes outside /v2/"]) == []
+    assert found["status"] == "200"
+    routes = FEATURE_MODULES["routes outside /v2/"]
+    assert _loaded(found["after"], routes) == routes
 
 
 @pytest.mark.parametrize(

@@ -30,17 +30,30 @@ from tests.auth import pki
 from tests.e2e.harness import REPO_ROOT, write_config
 from tests.server.proc import child_env, start_registry
 
-TLS = ["OpenSSL", "cryptography"]
+# pyOpenSSL, and the standard library's ssl (a worker keeps it out before importing Twisted).
+TLS = ["OpenSSL", "cryptography", "ssl", "_ssl"]
 HTTP2 = ["h2", "hpack", "hyperframe"]
 # What only a serving process needs.
 WEB_STACK = [
     "twisted.web.server",
-    "klein",
-    "werkzeug",
-    "prometheus_client",
     "registry.app",
     "registry.storage.filesystem",
     "registry.server.build",
+]
+# Klein's routing, loaded by a worker at its first request outside the /v2/ API.
+ROUTES = ["klein", "werkzeug", "registry.app_routes"]
+# What a worker of the default configuration never loads: a metrics library (it has its own,
+# registry.ops.prometheus), the supervisor's program, automat (TimerService's module), the
+# access controllers, parsers and hashers the configuration does not use.
+WORKER_NEVER = [
+    "prometheus_client",
+    "registry.server.supervisor",
+    "twisted.application.internet",
+    "automat",
+    "registry.auth.controllers",
+    "tomllib",
+    "rehashes",
+    "registry.handlers.debug_site",
 ]
 
 # What twistd's plugin search imports (trial's interfaces bring unittest).
@@ -65,8 +78,13 @@ LOOPBACK = "tcp:0:interface=127.0.0.1"
 SERVING = re.compile(r"txregistry listening on .*\((?P<host>[0-9.]+):(?P<port>\d+)\).* 2 workers")
 
 
-def _tree_modules(tmp_path: Path, http: dict[str, str], check: object = None) -> list[dict]:
-    """Run a 2-worker tree configured with ``[http]`` ``http``; each process's modules."""
+def _tree_modules(
+    tmp_path: Path, http: dict[str, str], check: object = None, arguments: tuple[str, ...] = ()
+) -> list[dict]:
+    """
+    Run a 2-worker tree configured with ``[http]`` ``http`` and more command-line
+    ``arguments``; each process's modules.
+    """
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(DUMP)
@@ -75,7 +93,7 @@ def _tree_modules(tmp_path: Path, http: dict[str, str], check: object = None) ->
     config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2", **http}})
     env = child_env({"PYTHONPATH": f"{site}:{REPO_ROOT}", "MODULE_DUMP": str(dumps)})
     child = start_registry(
-        tmp_path, "--config", str(config), "--storage", str(tmp_path / "data"), env=env
+        tmp_path, "--config", str(config), "--storage", str(tmp_path / "data"), *arguments, env=env
     )
     try:
         port = int(child.wait_for(SERVING)["port"])
@@ -113,13 +131,20 @@ def test_default_tree_keeps_tls_http2_and_the_web_stack_out_of_the_supervisor(
     assert status == 200, text
     assert "txregistry_workers_scraped 2.0" in text.splitlines()
     supervisor = next(p["modules"] for p in processes if not p["worker"])
-    assert _present(supervisor, TLS + HTTP2 + WEB_STACK) == []
+    assert _present(supervisor, TLS + HTTP2 + WEB_STACK + ROUTES) == []
     # The supervisor runs on the standard library: no Twisted, attrs or zope at all.
     heavy = [m for m in supervisor if m.split(".")[0] in SUPERVISOR_NEVER]
     assert heavy == []
     assert "registry.server.supervisor" in supervisor  # it did run
-    for worker in (p["modules"] for p in processes if p["worker"]):
+    workers = [p["modules"] for p in processes if p["worker"]]
+    # One connection, to one worker: that one routed /metrics through Klein, the other
+    # served nothing outside the API and never loaded it.
+    assert sorted(_present(worker, ROUTES) for worker in workers) == [[], ROUTES]
+    unrouted = next(worker for worker in workers if not _present(worker, ROUTES))
+    assert "difflib" not in unrouted  # werkzeug's routing imports it; nothing else at rest
+    for worker in workers:
         assert _present(worker, TLS + HTTP2) == []
+        assert _present(worker, WORKER_NEVER) == []
         assert _present(worker, WEB_STACK) == WEB_STACK
         # Workers start without twistd's plugin search (registry.server.worker_twistd).
         assert _present(worker, OTHER_PLUGINS) == []
@@ -128,7 +153,11 @@ def test_default_tree_keeps_tls_http2_and_the_web_stack_out_of_the_supervisor(
 
 
 def test_tls_and_http2_load_where_configured(tmp_path: Path) -> None:
-    """An ``ssl:`` listener with HTTP/2: the workers load both and serve TLS as before."""
+    """
+    An ``ssl:`` listener with HTTP/2: the workers load both and serve TLS as before.  The
+    listener is on the command line (``--port``), which workers do not get: each counts the
+    listeners its supervisor hands it (`registry.lean_imports.inherited_listeners`).
+    """
     key = pki.new_key("ec")
     cert = pki.certificate("127.0.0.1", key, server=True)
     key_file = pki.write(tmp_path / "key.pem", pki.pem_key(key))
@@ -144,7 +173,7 @@ def test_tls_and_http2_load_where_configured(tmp_path: Path) -> None:
         statuses.append(connection.getresponse().status)
         connection.close()
 
-    processes = _tree_modules(tmp_path, {"port": listen, "http2": "true"}, get)
+    processes = _tree_modules(tmp_path, {"http2": "true"}, get, ("--port", listen))
 
     assert statuses == [200]
     for worker in (p["modules"] for p in processes if p["worker"]):
@@ -158,9 +187,9 @@ def _config(**sections: object) -> Config:
 @pytest.mark.parametrize(
     ("config", "kept_out"),
     [
-        (_config(), ("OpenSSL", "h2")),
+        (_config(), ("OpenSSL", "ssl", "h2")),
         (_config(http=HttpConfig(port=("tcp:5000", "ssl:5443:privateKey=k.pem"))), ("h2",)),
-        (_config(http=HttpConfig(http2=True)), ("OpenSSL",)),
+        (_config(http=HttpConfig(http2=True)), ("OpenSSL", "ssl")),
         (_config(http=HttpConfig(clientcas="ca.pem")), ("h2",)),
         (_config(auth_token=TokenConfig(realm="https://auth.example/token")), ("h2",)),
         (_config(storage=StorageConfig(driver="s3")), ()),
@@ -171,3 +200,10 @@ def _config(**sections: object) -> Config:
 )
 def test_only_what_nothing_can_reach_is_kept_out(config: Config, kept_out: tuple[str, ...]) -> None:
     assert unused(config) == kept_out
+
+
+def test_a_worker_counts_the_listeners_it_inherits() -> None:
+    """A TLS listener handed over by the supervisor (``--port ssl:...`` on its command line,
+    which workers do not see) keeps TLS in, as one in the configuration does."""
+    assert unused(Config(), ["tcp:5000"]) == ("OpenSSL", "ssl", "h2")
+    assert unused(Config(), ["tcp:5000", "ssl:5443:privateKey=k.pem"]) == ("h2",)

@@ -5,17 +5,17 @@ Uploads hash inline while bytes stream to storage.  The hashers' state serialise
 hundred bytes, so a chunked upload can continue in another process (or on another instance
 sharing S3) without re-reading what is already stored.  sha256 uses libcrypto where it can be
 loaded (`registry.native.openssl_sha256`: same state format, and it releases the GIL so uploads
-can hash on another core); sha512, and sha256 elsewhere, use ``rehashes``.
+can hash on another core); sha512, and sha256 elsewhere, use ``rehashes``, imported at the
+first such hasher (its extension is about 0.6 MiB resident, in every process that loads it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
-import rehashes
 
 from registry.api.errors import DIGEST_INVALID, RegistryError
 from registry.native import openssl_sha256
@@ -68,7 +68,12 @@ class Hasher(Protocol):
     def serialize(self) -> bytes: ...
 
 
-_HASHERS = {"sha256": rehashes.PySha256, "sha512": rehashes.PySha512}
+def _rehashes(algorithm: str) -> type[Hasher]:
+    """The ``rehashes`` hasher class of ``algorithm`` (KeyError for another algorithm)."""
+    import rehashes
+
+    classes: dict[str, type[Hasher]] = {"sha256": rehashes.PySha256, "sha512": rehashes.PySha512}
+    return classes[algorithm]
 
 
 def releases_gil(algorithm: str) -> bool:
@@ -79,7 +84,7 @@ def releases_gil(algorithm: str) -> bool:
 def new_hasher(algorithm: str = "sha256") -> Hasher:
     if algorithm == "sha256" and (lib := openssl_sha256.load()) is not None:
         return openssl_sha256.OpenSSLSha256(lib)
-    hasher: Hasher = _HASHERS[algorithm]()
+    hasher: Hasher = _rehashes(algorithm)()
     return hasher
 
 
@@ -88,7 +93,8 @@ def restore_hasher(algorithm: str, state: bytes) -> Hasher:
     if algorithm == "sha256" and (lib := openssl_sha256.load()) is not None:
         return openssl_sha256.OpenSSLSha256.deserialize(lib, state)
     try:
-        hasher: Hasher = _HASHERS[algorithm].deserialize(state)
+        hasher_class: Any = _rehashes(algorithm)
+        hasher: Hasher = hasher_class.deserialize(state)
     except Exception as exc:  # the extension raises its own error types
         raise ValueError(f"unusable {algorithm} hash state: {exc}") from exc
     return hasher

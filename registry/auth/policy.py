@@ -14,7 +14,6 @@ exactly ``**`` matches any number of components, including none (so ``team-a/**`
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -169,6 +168,8 @@ class Policy:
 
     @classmethod
     def from_toml(cls, text: str, source: str = "policy") -> Policy:
+        import tomllib  # here: only a registry with a policy file pays for the parser
+
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:

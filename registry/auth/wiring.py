@@ -9,20 +9,16 @@ they configure.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.python.threadpool import ThreadPool
 
-from registry.auth.controllers import (
-    ClientCertificateAccessController,
-    HtpasswdAccessController,
-    TokenAccessController,
-)
-from registry.auth.htpasswd import Htpasswd
 from registry.auth.interfaces import AllowAll, IAccessController
-from registry.auth.policy import Policy, PolicyFile, PolicySource
-from registry.auth.ratelimit import FailureLimiter
+
+if TYPE_CHECKING:
+    from registry.auth.policy import PolicySource
 
 
 @attrs.frozen
@@ -68,6 +64,16 @@ def make_access_controller(
         if settings.anonymous_pull:
             raise ValueError("[auth] anonymous_pull needs an authentication method")
         return AllowAll()
+    # Imported here: a registry without authentication loads none of it.
+    from registry.auth.controllers import (
+        ClientCertificateAccessController,
+        HtpasswdAccessController,
+        TokenAccessController,
+    )
+    from registry.auth.htpasswd import Htpasswd
+    from registry.auth.policy import Policy, PolicyFile
+    from registry.auth.ratelimit import FailureLimiter
+
     policy: PolicySource | None
     if settings.policy:
         policy = PolicyFile(settings.policy, clock, settings.anonymous_pull)

@@ -9,19 +9,16 @@ Prometheus have no registry credentials):
 - ``/metrics``: Prometheus text format;
 - ``/sync/status``: every replication's state (``[sync:NAME]``), ``/sync/status/<name>`` one.
 
-`DebugApp` serves the same on the ``[debug] addr`` listener, where ``/debug/health`` is
-registry:2's name for readiness.  Which of these the main port serves is decided in
-`registry.app` (see `metrics_on_main_port`).
+`registry.handlers.debug_site` serves the same on the ``[debug] addr`` listener, where
+``/debug/health`` is registry:2's name for readiness.  Which of these the main port serves is
+decided in `registry.app` (see `metrics_on_main_port`); `registry.app_routes` routes them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import attrs
-from klein import Klein
 from twisted.web.iweb import IRequest
-from twisted.web.server import Site
 
 from registry.api.errors import NOT_FOUND, RegistryError
 from registry.handlers.context import RegistryContext
@@ -84,54 +81,3 @@ async def sync_status_answer(ctx: RegistryContext, request: IRequest, name: str 
     if status is None:
         raise RegistryError(NOT_FOUND, {"sync": name[:100]}, "no such sync")
     return responses.json_body(request, 200, status.as_json())
-
-
-@attrs.define
-class DebugApp:
-    """The ``[debug] addr`` listener's application: monitoring only, nothing of ``/v2``."""
-
-    ctx: RegistryContext
-    router = Klein()
-
-    @router.route("/metrics", methods=["GET"])
-    async def metrics(self, request: IRequest) -> bytes:
-        return await metrics_answer(self.ctx, request)
-
-    @router.route("/health/live", methods=["GET", "HEAD"])
-    def live(self, request: IRequest) -> bytes:
-        return live_answer(request)
-
-    @router.route("/sync/status", methods=["GET"])
-    async def sync_status(self, request: IRequest) -> bytes:
-        return await sync_status_answer(self.ctx, request, None)
-
-    @router.route("/sync/status/<name>", methods=["GET"])
-    async def one_sync_status(self, request: IRequest, name: str) -> bytes:
-        return await sync_status_answer(self.ctx, request, name)
-
-    @router.route("/health/ready", methods=["GET", "HEAD"])
-    @router.route("/debug/health", methods=["GET", "HEAD"])
-    async def ready(self, request: IRequest) -> bytes:
-        return await ready_answer(self.ctx, request)
-
-    @router.route("/health", methods=["GET", "HEAD"])
-    async def health(self, request: IRequest) -> bytes:
-        return await storage_answer(self.ctx, request)
-
-    @router.route("/", branch=True)
-    def elsewhere(self, request: IRequest) -> bytes:
-        error = RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
-        return responses.error(request, error)
-
-
-class _QuietSite(Site):
-    """No access log: a scrape every few seconds and a probe every second would drown it."""
-
-    def log(self, request: Any) -> None:
-        pass
-
-
-def make_debug_site(ctx: RegistryContext) -> Site:
-    site = _QuietSite(DebugApp(ctx).router.resource())  # type: ignore[no-untyped-call]
-    site.displayTracebacks = False
-    return site

@@ -17,7 +17,6 @@ the working directory, which is never what an operator meant.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import sys
@@ -121,6 +120,8 @@ def check_description(description: str) -> None:
         return
     for key in kwargs:
         if key not in known:
+            import difflib  # only for a mistake: a hint to the nearest name
+
             near = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"; did you mean {near[0]}?" if near else f"; known: {', '.join(sorted(known))}"
             raise ValueError(f"{description}: unknown {kind}: option {key!r}{hint}")

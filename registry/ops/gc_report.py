@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 
 from registry.ops import gcstatus
+from registry.ops.prometheus import Family, GaugeMetricFamily
 from registry.storage.driver import IStorageDriver
 
 # (metric suffix, help)
@@ -56,7 +56,7 @@ def _gauges(status: dict[str, object]) -> dict[str, float]:
 
 
 class GCReport:
-    """A prometheus_client collector of the last recorded run (nothing before a first run)."""
+    """A collector of the last recorded run (nothing before a first run)."""
 
     def __init__(self, refresh_every: float = 30.0) -> None:
         self.refresh_every = refresh_every
@@ -73,11 +73,11 @@ class GCReport:
         if status is not None:
             self.report = _gauges(status)
 
-    def describe(self) -> Iterator[Metric]:
+    def describe(self) -> Iterator[Family]:
         for suffix, help in _GAUGES:
             yield GaugeMetricFamily(f"txregistry_gc_last_run_{suffix}", help)
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         for suffix, help in _GAUGES:
             if suffix in self.report:
                 yield GaugeMetricFamily(

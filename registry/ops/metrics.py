@@ -1,12 +1,13 @@
 """
 The registry's Prometheus metrics, on a `CollectorRegistry` of its own (one per
-`RegistryContext`, not prometheus_client's global default, so that tests and several
-registries in one process do not share or clash over counters).
+`RegistryContext`, not a global default, so that tests and several registries in one process
+do not share or clash over counters).  `registry.ops.prometheus` is the metrics library (why
+not prometheus_client: its docstring).
 
-Other components add their metrics to ``ctx.metrics.registry`` with prometheus_client's own
-API (``Counter(..., registry=ctx.metrics.registry)``), or register a collector for values that
-live in their own objects (`Metrics.register`, `Metrics.collect`).  docs/monitoring.md lists
-every metric.
+Other components add their metrics to ``ctx.metrics.registry`` with that library's API
+(``Counter(..., registry=ctx.metrics.registry)``, prometheus_client's names), or register a
+collector for values that live in their own objects (`Metrics.register`, `Metrics.collect`).
+docs/monitoring.md lists every metric.
 
 Label values are never chosen by clients: routes are a fixed set of kinds (`ROUTE_KINDS`),
 methods outside the API's become ``other``, statuses are the server's own.  A repository name
@@ -20,19 +21,22 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample as PromSample
-from prometheus_client.utils import floatToGoString
 
 from registry.ops.gc_report import GCReport
+from registry.ops.metrics_tree import format_value
+from registry.ops.prometheus import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    Collector,
+    CollectorRegistry,
+    Counter,
+    CounterMetricFamily,
+    Family,
+    Gauge,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    generate_latest,
+)
+from registry.ops.prometheus import Sample as PromSample
 
 # The classic text format: understood by every Prometheus and by prometheus_client's parser.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -66,7 +70,7 @@ SampleSource = Callable[[], Iterable[Sample]]
 class SampleCollector:
     """
     One metric family whose values are read at scrape time from objects that own them (the
-    proxy's per-upstream counters): a prometheus_client custom collector over a callable.
+    proxy's per-upstream counters): a collector over a callable.
     """
 
     def __init__(self, name: str, help: str, kind: str, source: SampleSource) -> None:
@@ -77,16 +81,16 @@ class SampleCollector:
         self.kind = kind
         self.source = source
 
-    def _family(self, labels: Iterable[str]) -> CounterMetricFamily | GaugeMetricFamily:
+    def _family(self, labels: Iterable[str]) -> Family:
         if self.kind == "counter":
             return CounterMetricFamily(self.name, self.help, labels=list(labels))
         return GaugeMetricFamily(self.name, self.help, labels=list(labels))
 
-    def describe(self) -> Iterator[Metric]:
+    def describe(self) -> Iterator[Family]:
         """Names only, so that the registry refuses a second family of the same name."""
         yield self._family(())
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         samples = list(self.source())
         keys = sorted(samples[0][1]) if samples else []
         family = self._family(keys)
@@ -119,7 +123,7 @@ class HistogramChild:
 class PlainHistogram:
     """
     A histogram family kept as `HistogramChild` objects and turned into a metric family at
-    scrape time (a prometheus_client custom collector), with the samples prometheus_client's
+    scrape time (a collector), with the samples prometheus_client's
     own `Histogram` exposes: ``_bucket`` (cumulative, ``le`` up to ``+Inf``), ``_count``,
     ``_sum`` and ``_created`` per label set.  ``labels(...)`` answers the same child every time;
     callers on a hot path keep it.
@@ -132,7 +136,7 @@ class PlainHistogram:
         self.help = help
         self.labelnames = tuple(labelnames)
         self.bounds = tuple(sorted(float(bound) for bound in buckets))
-        self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self._le = [format_value(b) for b in self.bounds] + ["+Inf"]
         self._children: dict[tuple[str, ...], HistogramChild] = {}
 
     def labels(self, *values: str) -> HistogramChild:
@@ -143,17 +147,17 @@ class PlainHistogram:
             child = self._children[values] = HistogramChild(self.bounds)
         return child
 
-    def describe(self) -> Iterator[Metric]:
+    def describe(self) -> Iterator[Family]:
         yield HistogramMetricFamily(self.name, self.help, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         family = HistogramMetricFamily(self.name, self.help, labels=self.labelnames)
         for values, child in sorted(self._children.items()):
             cumulative, buckets = 0, []
             for le, count in zip(self._le, child.counts, strict=True):
                 cumulative += count
                 buckets.append((le, float(cumulative)))
-            family.add_metric(list(values), buckets, child.total)
+            family.add_histogram(values, buckets, child.total)
             labels = dict(zip(self.labelnames, values, strict=True))
             family.samples.append(PromSample(self.name + "_created", labels, child.created))
         yield family
@@ -173,7 +177,7 @@ class RequestCounts:
     bytes_out: dict[str, int] = attrs.field(factory=dict)
     in_flight: dict[str, int] = attrs.field(factory=dict)
 
-    def _families(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
+    def _families(self) -> list[Family]:
         return [
             CounterMetricFamily(
                 "txregistry_http_requests_total",
@@ -197,10 +201,10 @@ class RequestCounts:
             ),
         ]
 
-    def describe(self) -> Iterator[Metric]:
+    def describe(self) -> Iterator[Family]:
         return iter(self._families())
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         requests, received, sent, in_flight = self._families()
         for (method, route, status), count in sorted(self.requests.items()):
             requests.add_metric([method, route, str(status)], count)
@@ -271,7 +275,7 @@ class Metrics:
         r.register(self.gc)
 
     def register(self, collector: Collector) -> None:
-        """Add a prometheus_client collector (its ``describe`` names are checked for clashes)."""
+        """Add a collector (its ``describe`` names are checked for clashes)."""
         self.registry.register(collector)
 
     def collect(self, name: str, help: str, kind: str, source: SampleSource) -> None:

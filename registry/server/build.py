@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -29,7 +28,7 @@ from registry.auth.wiring import AuthSettings, make_access_controller
 from registry.config import Config, ConfigError
 from registry.failures import log_failure
 from registry.handlers.context import LocalStores, RegistryContext, Stores
-from registry.handlers.monitoring import local_metrics, make_debug_site
+from registry.handlers.monitoring import local_metrics
 from registry.http import sendfile, twisted_internals
 from registry.http.tls import (
     normalize_description,
@@ -45,6 +44,7 @@ from registry.proxy.config import parse_proxies
 from registry.server.drain import ConnectionTracker
 from registry.server.exit import StartupError, exit_now
 from registry.server.listeners import Listeners, ListeningService
+from registry.server.periodic import PeriodicService
 from registry.server.probe import describe, probe_storage, storage_description
 from registry.server.service import RegistryService
 from registry.server.workers import (
@@ -191,6 +191,8 @@ def add_monitoring(
             exit_now(f"configuration error: [debug] addr: {exc}")
         if spec is not None and spec.debug is not None:  # bound by the supervisor
             endpoint = AdoptedEndpoint(reactor, spec.debug, endpoint)
+        from registry.handlers.debug_site import make_debug_site
+
         listeners = Listeners(reactor, [(config.debug.addr, endpoint)], make_debug_site(ctx))
         ListeningService(reactor, listeners).setServiceParent(root)  # type: ignore[no-untyped-call]
         log.info("metrics and health on {addr}", addr=config.debug.addr)
@@ -335,4 +337,5 @@ def _after_start(config: Config, root: MultiService, ctx: RegistryContext, drive
             d.addErrback(lambda f: log_failure(log, f, "upload purge failed"))
             return d
 
-        TimerService(config.uploads.purge_interval, purge).setServiceParent(root)
+        purging = PeriodicService(ctx.reactor, config.uploads.purge_interval, purge)
+        purging.setServiceParent(root)  # type: ignore[no-untyped-call]

@@ -41,14 +41,16 @@ from typing import Any
 
 from registry.server.loop import Event, Loop, Task, Timer, Wait
 from registry.server.pipe_channel import PipeChannel, Reply
+from registry.server.worker_env import (
+    CONTROL_IN,
+    CONTROL_OUT,
+    FIRST_LISTENER_FD,
+    WORKER_ENVIRONMENT,
+)
 
 # The variable ``twistd registry`` hands the supervisor's settings over in.
 SPEC_ENVIRONMENT = "TXREGISTRY_SUPERVISOR"
-# The worker's side (registry.server.workers reads these).
-WORKER_ENVIRONMENT = "TXREGISTRY_WORKER"
-CONTROL_IN = 3
-CONTROL_OUT = 4
-FIRST_LISTENER_FD = 5
+# The worker's side (WORKER_ENVIRONMENT, CONTROL_IN, ...): registry.server.worker_env.
 # Descriptors the supervisor keeps are moved at least this high, out of the way of the
 # numbers they get in a worker.
 HIGH_FD = 100

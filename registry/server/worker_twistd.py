@@ -7,30 +7,29 @@ and ``argparse``), about 0.8 MiB that stays resident in each process that only e
 ``registry``.  A worker's subcommand is always ours, so its twistd knows only that one;
 everything else (logging, its rotation on SIGUSR1, syslog, signals, start and stop) is
 twistd's own.
+
+Before Twisted is imported, the worker reads its configuration and keeps out the libraries it
+does not use (`registry.lean_imports.keep_out_of_worker`): the standard library's ``ssl`` can
+be kept out only then, before Twisted's own imports bring it in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import os
+import sys
 
-from twisted.scripts import twistd
-from twisted.scripts._twistd_unix import ServerOptions
-
-
-class WorkerOptions(ServerOptions):
-    """twistd's options with ``registry`` as the only subcommand."""
-
-    @property
-    def subCommands(self) -> Iterator[tuple[str, None, Any, str]]:
-        from twisted.plugins.registry_plugin import registry
-
-        self.loadedPlugins = {registry.tapname: registry}
-        yield (registry.tapname, None, registry.options, registry.description)
+from registry.lean_imports import keep_out_of_worker
 
 
 def run() -> None:
-    """``twistd`` with `WorkerOptions` (what `registry.server.handoff` starts workers with)."""
+    """
+    ``twistd`` with `WorkerOptions` (what `registry.server.handoff` starts workers with),
+    once the libraries the configuration does not use are kept out.
+    """
+    keep_out_of_worker(sys.argv[1:], os.environ)
     from twisted.application import app
+    from twisted.scripts import twistd
+
+    from registry.server._worker_options import WorkerOptions
 
     app.run(twistd.runApp, WorkerOptions)

@@ -59,7 +59,7 @@ from zope.interface import implementer
 from registry.config import Config, ConfigError
 from registry.http.tls import connection_factory
 from registry.server.control import Channel
-from registry.server.supervisor import (
+from registry.server.worker_env import (
     CONTROL_IN,
     CONTROL_OUT,
     WORKER_ENVIRONMENT,

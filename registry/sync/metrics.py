@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
-
+from registry.ops.prometheus import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    Family,
+    GaugeMetricFamily,
+)
 from registry.sync.status import SyncBoard
 
 _COUNTERS = {
@@ -20,17 +23,17 @@ _COUNTERS = {
 }
 
 
-class _SyncCollector(Collector):
+class _SyncCollector:
     def __init__(self, board: SyncBoard) -> None:
         self._board = board
 
-    def describe(self) -> Iterator[Metric]:
+    def describe(self) -> Iterator[Family]:
         return self._families()
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         return self._families()
 
-    def _families(self) -> Iterator[Metric]:
+    def _families(self) -> Iterator[Family]:
         syncs = sorted(self._board.syncs.items())
         for key, (name, help_text) in _COUNTERS.items():
             family = CounterMetricFamily(f"txregistry_sync_{name}", help_text, labels=["sync"])

@@ -102,7 +102,7 @@ async def test_answers_as_klein_does(
     """
     storage = {"storage": {"rootdirectory": str(tmp_path / "shared")}}
     front = await start_registry(storage)
-    monkeypatch.setattr(registry.app, "FrontResource", lambda app, klein, methods: klein)
+    monkeypatch.setattr(registry.app, "FrontResource", lambda app, klein, methods: klein())
     klein = await start_registry(storage)
     manifest, config = await deferToThread(push_image, front.url)
     for method, path, headers, body in _requests(manifest, config):

@@ -1,13 +1,16 @@
-"""Per-endpoint notification metrics for a prometheus_client ``CollectorRegistry``."""
+"""Per-endpoint notification metrics for a ``CollectorRegistry`` (`registry.ops.prometheus`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
-
 from registry.ops.notifications.events import Notifier
+from registry.ops.prometheus import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    Family,
+    GaugeMetricFamily,
+)
 
 _COUNTERS = {
     "delivered": "Events the endpoint accepted (a status below 400).",
@@ -17,13 +20,13 @@ _COUNTERS = {
 }
 
 
-class _NotificationCollector(Collector):
+class _NotificationCollector:
     """Reads `Notifier.stats` at each scrape: no bookkeeping on the event path."""
 
     def __init__(self, notifier: Notifier) -> None:
         self._notifier = notifier
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         stats = self._notifier.stats()
         pending = GaugeMetricFamily(
             "txregistry_notifications_pending",
