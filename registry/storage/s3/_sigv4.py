@@ -1,9 +1,9 @@
 """
 AWS Signature Version 4 for S3, on the standard library (``hmac``, ``hashlib``).
 
-Signing is the only part of an AWS SDK the driver needs.  botocore, which did it before, brings
-urllib3, pyOpenSSL, cryptography's Rust extension and dateutil into every worker: about 20 MiB
-of resident memory per process, at rest, for a few HMACs.
+Signing is the only part of an AWS SDK the driver needs; botocore would bring urllib3,
+pyOpenSSL, cryptography's Rust extension and dateutil into every worker (about 20 MiB of
+resident memory per process, at rest) for a few HMACs.
 
 The canonical request follows S3's rules: the path is signed as sent (keys are percent-encoded
 once, by `registry.storage.s3._settings.quote_key`, never twice), query parameters are sorted
