@@ -25,9 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.memory import tree_memory
+from bench.memory import tree_memory, tree_pids
 from bench.reference import TxRegistry
 from bench.run import (
     MiB,
@@ -105,6 +107,17 @@ def push_streamed_timed(registry: TxRegistry, repo: str, path: Path, digest: str
     return time.perf_counter() - started
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds used so far by a process tree (all its processes alive)."""
+    total = 0.0
+    for each in tree_pids(pid):
+        try:
+            total += sum(psutil.Process(each).cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def tree_mib(pid: int) -> tuple[float, float]:
     """(RSS, PSS) of a process tree in MiB."""
     tree = tree_memory(pid)
@@ -165,6 +178,13 @@ def main() -> None:
     parser.add_argument(
         "--no-streamed", action="store_true", help="skip the chunked (PATCH then PUT) pushes"
     )
+    parser.add_argument(
+        "--pull-rounds",
+        type=int,
+        default=0,
+        help="after the rounds, this many more of plain GET and pulls only (no disk used)",
+    )
+    parser.add_argument("--no-concurrent", action="store_true", help="skip the 4 concurrent pushes")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -221,7 +241,24 @@ def main() -> None:
                     delete_blob(s3, each, digest)
                     commit = push_streamed_timed(each, repo, blob, digest)
                     record(f"{each.name} chunked commit", commit, "s")
-        for each in registries:
+        pull_key = f"plain/{uuid.uuid4().hex}"
+        for round_index in range(args.rounds, args.rounds + args.pull_rounds):
+            key = pull_key
+            order = registries if round_index % 2 == 0 else registries[::-1]
+            if round_index == args.rounds:
+                plain_put(s3, key, blob)
+                for each in order:
+                    delete_blob(s3, each, digest)
+                    push_monolithic(each, "bench/s3p", blob, digest)
+            record("plain GET", args.size_mib / timed(lambda k=key: plain_get(s3, k, size)))
+            for each in order:
+                cpu = tree_cpu_seconds(each.pid)
+                seconds = timed(lambda e=each: pull(e, "bench/s3p", digest, size))
+                record(f"{each.name} pull", args.size_mib / seconds)
+                # CPU per GiB holds up under load where MB/s does not.
+                cpu = (tree_cpu_seconds(each.pid) - cpu) * 1024 / args.size_mib
+                record(f"{each.name} pull CPU", cpu, "s/GiB")
+        for each in [] if args.no_concurrent else registries:
             delete_blob(s3, each, digest)
             concurrent[each.name] = concurrent_pushes(each, blob, digest, each.name)
             c = concurrent[each.name]
@@ -249,14 +286,17 @@ def main() -> None:
                 cells.append("-")
                 continue
             value = statistics.median(values)
-            shown = f"{value:.0f} ({value / plain:.0%})" if plain and ratio else f"{value:.1f}"
+            shown = f"{value:.0f} ({value / plain:.0%})" if plain and ratio else f"{value:.2f}"
             cells.append(shown)
         print(f"| {label} | {f'{plain:.0f}' if plain else ''} | " + " | ".join(cells) + " |")
 
     row(f"{args.size_mib} MiB upload MB/s", put, "push", True)
     row(f"{args.size_mib} MiB download MB/s", got, "pull", True)
     row("chunked push: commit s", None, "chunked commit", False)
+    row("pull: registry CPU s per GiB", None, "pull CPU", False)
     for field in ("idle rss", "peak rss", "idle pss", "peak pss"):
+        if not concurrent:
+            break
         cells = " | ".join(f"{concurrent[r.name][field]:.0f}" for r in registries)
         print(f"| 4 x {args.size_mib} MiB pushes: {field} MiB | | {cells} |")
 

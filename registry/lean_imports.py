@@ -28,9 +28,11 @@ A library is kept out only when nothing the configuration can reach uses it:
 - pyOpenSSL (and cryptography with it), and the standard library's ``ssl``: no ``ssl:``
   listener (``[http] port``, ``[debug] addr``, those a worker inherits), no token auth, no
   ``clientcas``, no outgoing HTTP client (a ``[proxy:NAME]``, ``[notifications:NAME]`` or
-  ``[sync:NAME]`` section, S3 storage, ``[redis]``, ``[fleet]``), all of which may speak TLS
-  (the fleet's Redis client through ``ssl``);
-- h2: ``[http] http2`` off, and no outgoing HTTP client either.
+  ``[sync:NAME]`` section, ``[redis]``, ``[fleet]``), all of which may speak TLS (the fleet's
+  Redis client through ``ssl``), and no S3 storage on an ``https`` endpoint (AWS, or
+  ``regionendpoint`` https, or without a scheme and ``secure`` on);
+- h2: ``[http] http2`` off, and no outgoing HTTP client other than S3's (Twisted's HTTP client
+  speaks HTTP/1.1 only; S3 storage never needs h2).
 
 A configuration read again later (SIGHUP restarts the workers, each a new process that reads
 it) is decided again by that new process.  A process that imported Twisted's reactor before
@@ -62,12 +64,28 @@ def _plain(description: str) -> bool:
     return kind in ("tcp", "tcp6", "unix")
 
 
+def _s3_over_tls(config: Config) -> bool:
+    """
+    Whether S3 storage talks to an https endpoint: the scheme rule of
+    `registry.storage.s3._settings.Endpoint` (that package imports Twisted's HTTP client, so
+    it cannot be asked this early).
+    """
+    storage = config.storage
+    if storage.driver != "s3":
+        return False
+    endpoint = storage.regionendpoint.strip()
+    if not endpoint:
+        return True  # AWS
+    if "://" in endpoint:
+        return endpoint.split("://", 1)[0].lower() == "https"
+    return storage.secure
+
+
 def _outgoing_http(config: Config) -> bool:
     """Whether the configuration makes the registry an HTTP client (any of which may be TLS)."""
     sections = ("proxy:", "notifications:", "sync:")
     return (
         any(name.startswith(sections) for name in config.extra)
-        or config.storage.driver == "s3"
         or bool(config.redis.addr)
         or bool(config.fleet.listen)
     )
@@ -91,6 +109,7 @@ def unused(config: Config, inherited: Iterable[str] = ()) -> tuple[str, ...]:
         or bool(config.http.clientcas)
         or config.auth.client_certificate_users
         or outgoing
+        or _s3_over_tls(config)
     )
     if not tls:
         names += TLS_LIBRARIES

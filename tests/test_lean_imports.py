@@ -192,7 +192,20 @@ def _config(**sections: object) -> Config:
         (_config(http=HttpConfig(http2=True)), ("OpenSSL", "ssl")),
         (_config(http=HttpConfig(clientcas="ca.pem")), ("h2",)),
         (_config(auth_token=TokenConfig(realm="https://auth.example/token")), ("h2",)),
-        (_config(storage=StorageConfig(driver="s3")), ()),
+        (_config(storage=StorageConfig(driver="s3")), ("h2",)),
+        (_config(storage=StorageConfig(driver="s3", regionendpoint="minio:9000")), ("h2",)),
+        (
+            _config(storage=StorageConfig(driver="s3", regionendpoint="HTTPS://s3.example")),
+            ("h2",),
+        ),
+        (
+            _config(storage=StorageConfig(driver="s3", regionendpoint="http://127.0.0.1:8333")),
+            ("OpenSSL", "h2"),
+        ),
+        (
+            _config(storage=StorageConfig(driver="s3", regionendpoint="minio:9000", secure=False)),
+            ("OpenSSL", "h2"),
+        ),
         (_config(extra={"proxy:hub": {"remoteurl": "https://registry-1.docker.io"}}), ()),
         (_config(extra={"notifications:ci": {"url": "https://ci.example/events"}}), ()),
         (_config(extra={"sync:mirror": {}}), ()),

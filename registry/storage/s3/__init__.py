@@ -1,5 +1,5 @@
 """
-The S3 storage driver (``storage: s3``), asynchronous over treq and signed by botocore.
+The S3 storage driver (``storage: s3``), asynchronous over treq, signed with SigV4 (stdlib).
 
 See `registry.storage.s3._writer` for how unfinished uploads are kept across processes and
 ``docs/storage-s3.md`` for the settings.

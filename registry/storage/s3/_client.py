@@ -1,8 +1,8 @@
 """
 Signed S3 requests over treq, and S3's error replies turned into `StorageError`.
 
-Every request is signed by botocore's ``S3SigV4Auth``; bodies given as bytes (small: XML,
-links, manifests) have their SHA-256 signed, streamed bodies are sent as ``UNSIGNED-PAYLOAD``.
+Every request is signed with SigV4 (`registry.storage.s3._sigv4`); bodies given as bytes (small:
+XML, links, manifests) have their SHA-256 signed, streamed bodies are sent as ``UNSIGNED-PAYLOAD``.
 Responses are always unbuffered: small ones are collected here, large ones go to a producer.
 One pooled, persistent `Agent` serves all requests so that connections are reused.
 """
@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import types
+import hashlib
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import treq
-from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from treq.client import HTTPClient
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.task import deferLater
@@ -31,6 +28,7 @@ from registry.storage.driver import StorageError
 from registry.storage.producers import BytesProducer
 from registry.storage.s3._connections import S3ConnectionPool
 from registry.storage.s3._settings import Endpoint, S3Settings
+from registry.storage.s3._sigv4 import UNSIGNED_PAYLOAD, SigV4
 
 _log = Logger()
 # A request body: small bytes (signed), a producer (sent once), or a producer factory.
@@ -116,8 +114,7 @@ class S3Client:
         self._reactor = reactor
         self.endpoint = Endpoint.from_settings(settings)
         access, secret, token = settings.credentials()
-        self._credentials = Credentials(access, secret, token)
-        self._signer = S3SigV4Auth(self._credentials, "s3", settings.region)
+        self._signer = SigV4(access, secret, settings.region, token)
         self._pool: HTTPConnectionPool | None = None
         if http_client is None:
             self._pool = S3ConnectionPool(reactor, persistent=True)
@@ -136,22 +133,14 @@ class S3Client:
     def _signed_headers(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None
     ) -> dict[str, str]:
-        request = AWSRequest(method=method, url=url, headers=dict(headers), data=body or b"")
         # Sign small bodies' SHA-256; streamed bodies are UNSIGNED-PAYLOAD (hashing them first
         # would read them twice).
-        request.context["client_config"] = types.SimpleNamespace(
-            s3={"payload_signing_enabled": body is not None}
-        )
-        self._signer.add_auth(request)
-        return {name: value for name, value in request.headers.items()}
+        payload = UNSIGNED_PAYLOAD if body is None else hashlib.sha256(body).hexdigest()
+        return self._signer.headers(method, url, headers, payload)
 
     def presign(self, method: str, key: str, expires: int = PRESIGN_SECONDS) -> str:
         """A URL carrying its SigV4 signature in the query string."""
-        request = AWSRequest(method=method, url=self.endpoint.url(key))
-        S3SigV4QueryAuth(self._credentials, "s3", self.settings.region, expires=expires).add_auth(
-            request
-        )
-        return str(request.url)
+        return self._signer.presign(method, self.endpoint.url(key), expires)
 
     async def request(
         self,
