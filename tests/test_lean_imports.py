@@ -200,11 +200,11 @@ def _config(**sections: object) -> Config:
         ),
         (
             _config(storage=StorageConfig(driver="s3", regionendpoint="http://127.0.0.1:8333")),
-            ("OpenSSL", "h2"),
+            ("OpenSSL", "ssl", "h2"),
         ),
         (
             _config(storage=StorageConfig(driver="s3", regionendpoint="minio:9000", secure=False)),
-            ("OpenSSL", "h2"),
+            ("OpenSSL", "ssl", "h2"),
         ),
         (_config(extra={"proxy:hub": {"remoteurl": "https://registry-1.docker.io"}}), ()),
         (_config(extra={"notifications:ci": {"url": "https://ci.example/events"}}), ()),
