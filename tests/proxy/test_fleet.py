@@ -85,12 +85,17 @@ class Fleet:
             self.instances.append(RegistryProcess(workdir, sections))
 
     def start(self) -> None:
+        # Side by side: each child's start-up (imports, storage probe) overlaps the others'.
         for instance in self.instances:
-            instance.start()
+            instance.launch()
+        for instance in self.instances:
+            instance.wait_serving()
 
     def stop(self) -> None:
         for instance in self.instances:
-            instance.stop()
+            instance.send_stop()
+        for instance in self.instances:
+            instance.wait_stopped()
 
     def peer_url(self, index: int) -> str:
         listen = self.instances[index].sections["fleet"]["listen"]
