@@ -62,11 +62,15 @@ def pair(
         instances.append(RegistryProcess(workdir, sections))
     try:
         for instance in instances:
-            instance.start()
+            instance.launch()  # side by side
+        for instance in instances:
+            instance.wait_serving()
         yield instances
     finally:
         for instance in instances:
-            instance.stop()
+            instance.send_stop()
+        for instance in instances:
+            instance.wait_stopped()
 
 
 def blob_requests(fake: FakeUpstream) -> int:
