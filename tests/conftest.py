@@ -24,7 +24,7 @@ def log_watch(request: pytest.FixtureRequest) -> Iterator[LogWatch]:
     Fails the test when a server it ran (in this process or a child) logged a traceback,
     an unhandled error or a critical event it did not declare (`tests.logwatch`).
     """
-    watch = LogWatch()
+    watch = LogWatch(scope=request.node.nodeid.split("::")[0])
     for marker in request.node.iter_markers("expect_log"):
         watch.expect(*marker.args)
     watch.start()
