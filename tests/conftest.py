@@ -8,6 +8,11 @@ import pytest
 from twisted.python.threadpool import ThreadPool
 
 from tests.logwatch import LogWatch
+
+# The SeaweedFS session fixture, defined here once: a test module importing it would get an
+# instance of its own (pytest keys a fixture's cache by where it is defined), and each one
+# costs seconds to start and hundreds of MiB until the session ends.
+from tests.storage.s3server import s3_server  # noqa: F401 - fixture
 from tests.threads import started_pool
 
 
