@@ -8,6 +8,11 @@ import pytest
 from twisted.python.threadpool import ThreadPool
 
 from tests.logwatch import LogWatch
+
+# The SeaweedFS session fixture, defined here once: a test module importing it would get an
+# instance of its own (pytest keys a fixture's cache by where it is defined), and each one
+# costs seconds to start and hundreds of MiB until the session ends.
+from tests.storage.s3server import s3_server  # noqa: F401 - fixture
 from tests.threads import started_pool
 
 
@@ -24,7 +29,7 @@ def log_watch(request: pytest.FixtureRequest) -> Iterator[LogWatch]:
     Fails the test when a server it ran (in this process or a child) logged a traceback,
     an unhandled error or a critical event it did not declare (`tests.logwatch`).
     """
-    watch = LogWatch()
+    watch = LogWatch(scope=request.node.nodeid.split("::")[0])
     for marker in request.node.iter_markers("expect_log"):
         watch.expect(*marker.args)
     watch.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
@@ -101,3 +102,25 @@ def test_a_500_answer_is_caught_and_other_statuses_are_not(tmp_path: Path) -> No
     watch.start()
     troubles = watch.finish()
     assert len(troubles) == 1 and "status=500" in troubles[0], troubles
+
+
+def _drop_a_failed_deferred_in_a_cycle() -> None:
+    class Holder:
+        deferred: Deferred[None]
+        itself: object
+
+    holder = Holder()
+    holder.deferred = fail(ValueError("lost in a cycle"))
+    holder.itself = holder  # only the cyclic collector frees it, and the Deferred with it
+
+
+@pytest.mark.expect_log(r"Unhandled error in Deferred", r"ValueError: lost in a cycle")
+def test_a_failed_deferred_dropped_in_a_cycle_is_caught_at_the_end_of_its_test() -> None:
+    """Survivors are frozen between tests (`logwatch.collect_garbage`): a test's own garbage
+    is still collected, and its unhandled error reported, at that test's end."""
+    for _ in range(2):  # the first collection of the scope, then one over frozen survivors
+        watch = LogWatch(scope="tests/test_logwatch.py::cycle")
+        watch.start()
+        _drop_a_failed_deferred_in_a_cycle()
+        troubles = watch.finish()
+        assert any("ValueError: lost in a cycle" in text for text in troubles), troubles

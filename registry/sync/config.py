@@ -24,6 +24,7 @@ from registry.config import (
     ConfigError,
     parse_bool,
     parse_choice,
+    parse_duration,
     parse_http_url,
     parse_list,
     parse_positive_duration,
@@ -101,6 +102,9 @@ class SyncConfig:
     # Drop the globs' common leading components before adding `destination`.
     strip_prefix: bool = False
     interval: float = 3600.0
+    # The first run starts at a random moment this long after start at most, so that
+    # several syncs (and several restarted registries) do not all start at once.
+    first_run_within: float = 5.0
     concurrency: int = 4
     bandwidth: int = 0
     referrers: bool = True
@@ -125,6 +129,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "destination": _prefix,
     "strip_prefix": parse_bool,
     "interval": parse_positive_duration,
+    "first_run_within": parse_duration,
     "concurrency": _count(MAX_CONCURRENCY),
     "bandwidth": _bandwidth,
     "referrers": parse_bool,

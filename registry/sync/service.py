@@ -2,11 +2,12 @@
 The replication service: one `SyncService` per enabled ``[sync:NAME]``, children of the
 registry's service tree, started once storage has been probed.
 
-Each sync runs on its own schedule: the first run a few seconds after start (several syncs
-do not all start at once), then ``interval`` after the previous run finished, give or take a
-tenth (jitter), so there is never more than one run of a sync at a time.  A stop cancels the
-run in flight: uploads it had open are cancelled, and the next start begins a new run that
-skips whatever is already complete (see `registry.sync.copier`).
+Each sync runs on its own schedule: the first run within ``first_run_within`` after start
+(at a random moment, so several syncs do not all start at once), then ``interval`` after the
+previous run finished, give or take a tenth (jitter), so there is never more than one run of
+a sync at a time.  A stop cancels the run in flight: uploads it had open are cancelled, and the
+next start begins a new run that skips whatever is already complete (see
+`registry.sync.copier`).
 
 Every run logs one line when it starts and one when it ends (with its counts), and one line
 per error; errors never stop a run, they are counted and the run goes on with the next tag.
@@ -38,8 +39,6 @@ from registry.sync.throttle import Throttle
 
 log = Logger()
 
-# The first run waits up to this long after start.
-FIRST_RUN_SPREAD = 5.0
 # Later runs wait ``interval`` times 1 ± this.
 JITTER = 0.1
 
@@ -90,7 +89,9 @@ class SyncService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._starting = Deferred.fromCoroutine(self._restore())
-        self._starting.addCallback(lambda _: self._schedule(self.rng.uniform(0, FIRST_RUN_SPREAD)))
+        self._starting.addCallback(
+            lambda _: self._schedule(self.rng.uniform(0, self.settings.first_run_within))
+        )
         # Cancelled by a stop that came first: nothing to report.
         self._starting.addErrback(lambda failure: failure.trap(CancelledError) and None)
 

@@ -12,7 +12,6 @@ from twisted.logger import globalLogPublisher
 
 from tests.auth import pki
 from tests.e2e.harness import InProcessRegistry, start_in_process
-from tests.storage.s3server import s3_server  # noqa: F401 - shared with the S3 tests
 
 Starter = Callable[..., Awaitable[InProcessRegistry]]
 

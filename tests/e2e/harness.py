@@ -184,6 +184,8 @@ class RegistryProcess:
         self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "registry.log"
+        self._offset = 0  # where the log of the current start begins
+        self._workers: list[psutil.Process] = []  # the child's children when signalled
 
     @property
     def url(self) -> str:
@@ -191,6 +193,12 @@ class RegistryProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self.launch()
+        self.wait_serving()
+
+    def launch(self) -> None:
+        """Start the child without waiting for it: several can then start up side by side
+        (`wait_serving` each afterwards)."""
         sections_storage = ["--storage", str(self.workdir / "data")]
         if _storage_configured(self.sections):
             sections_storage = []
@@ -212,7 +220,11 @@ class RegistryProcess:
             command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        self.port = self._announced_port(offset)
+        self._offset = offset
+
+    def wait_serving(self) -> None:
+        """Block until the child `launch` started announces its port."""
+        self.port = self._announced_port(self._offset)
 
     def _announced_port(self, offset: int, timeout: float = 60) -> int:
         """The port in the start-up line the child logs once it serves (past ``offset``)."""
@@ -237,19 +249,30 @@ class RegistryProcess:
         return self.process.pid
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.send_stop(sig)
+        self.wait_stopped()
+
+    def send_stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the child without waiting: several can then shut down side by side
+        (`wait_stopped` each afterwards)."""
         if self.process is None:
             return
         # Worker processes ([http] workers) hold the listening socket too: the port is free
         # for a restart once they are gone as well, as a service manager waits for them.
-        workers = _children(self.process.pid)
+        self._workers = _children(self.process.pid)
         if self.process.poll() is None:
             self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        _, alive = psutil.wait_procs(workers, timeout=15)
+
+    def wait_stopped(self) -> None:
+        """Block until the child `send_stop` signalled and its workers are gone."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        _, alive = psutil.wait_procs(self._workers, timeout=15)
         for worker in alive:
             worker.kill()
         self.process = None

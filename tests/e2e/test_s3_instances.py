@@ -42,11 +42,15 @@ def two_instances(
         workdir = tmp_path / f"instance{index}"
         workdir.mkdir()
         process = RegistryProcess(workdir, s3_sections(s3_server, root))
-        process.start()
+        process.launch()  # both start up side by side
         instances.append(process)
+    for process in instances:
+        process.wait_serving()
     yield instances[0], instances[1]
     for process in instances:
-        process.stop()
+        process.send_stop()
+    for process in instances:
+        process.wait_stopped()
 
 
 @pytest_twisted.ensureDeferred

@@ -18,9 +18,7 @@ from registry.storage.s3 import S3Driver, S3Settings
 from tests.e2e.harness import sleep
 from tests.ops import scenario
 from tests.ops.scenario import DELETED_UNTAGGED, UNTAGGED
-from tests.storage.s3server import S3Server, s3_server
-
-__all__ = ["s3_server"]
+from tests.storage.s3server import S3Server
 
 
 @pytest_twisted.async_yield_fixture

@@ -25,7 +25,7 @@ from tests.e2e.harness import REPO_ROOT, RegistryProcess, free_port, twistd_comm
 from tests.fakes.upstream import FakeUpstream, start_fake_upstream
 from tests.proxy.helpers import reactor, wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
-from tests.storage.s3server import S3Server, s3_server, signed_request  # noqa: F401 - fixture
+from tests.storage.s3server import S3Server, signed_request
 
 SECRET = "fleet-test-secret-0123456789"
 LAYER = 8 * 1024 * 1024
@@ -85,16 +85,21 @@ class Fleet:
             self.instances.append(RegistryProcess(workdir, sections))
 
     def start(self) -> None:
+        # Side by side: each child's start-up (imports, storage probe) overlaps the others'.
         try:
             for instance in self.instances:
-                instance.start()
+                instance.launch()
+            for instance in self.instances:
+                instance.wait_serving()
         except BaseException:
             self.stop()  # the instances that did start must not outlive the test
             raise
 
     def stop(self) -> None:
         for instance in self.instances:
-            instance.stop()
+            instance.send_stop()
+        for instance in self.instances:
+            instance.wait_stopped()
 
     def peer_url(self, index: int) -> str:
         listen = self.instances[index].sections["fleet"]["listen"]
@@ -116,7 +121,7 @@ class Fleet:
 @pytest.fixture
 def fleet(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     redis_server: RedisServer,  # noqa: F811
     fake: FakeUpstream,
 ) -> Iterator[Fleet]:
@@ -220,7 +225,7 @@ async def test_holder_killed_mid_layer_others_complete(
 @pytest_twisted.ensureDeferred
 async def test_fleet_eviction_keeps_the_total_under_max_size(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     redis_server: RedisServer,  # noqa: F811
     fake: FakeUpstream,
 ) -> None:
@@ -353,7 +358,7 @@ async def test_fill_held_elsewhere_serves_other_repository_only_after_its_confir
 @pytest_twisted.ensureDeferred
 async def test_one_instance_on_s3_streams_concurrent_cold_pulls(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     fake: FakeUpstream,
 ) -> None:
     """One instance, S3 storage, no Redis: concurrent cold pulls of a layer get bytes while
@@ -392,7 +397,7 @@ async def _broken_get(url: str) -> bytes | None:
 @pytest_twisted.ensureDeferred
 async def test_a_corrupt_upstream_body_is_never_stored_on_s3(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     fake: FakeUpstream,
 ) -> None:
     """One instance on S3 (the fill hashed on the hash threads, spooled locally): a corrupt

@@ -23,7 +23,7 @@ from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import reactor, wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.proxy.test_fleet import Fleet, blob_url, fake, start_pull  # noqa: F401 - fixture
-from tests.storage.s3server import S3Server, s3_server, signed_request  # noqa: F401 - fixture
+from tests.storage.s3server import S3Server, signed_request
 
 LAYER = 16 * 1024 * 1024
 
@@ -103,7 +103,7 @@ class HeldRead:
 @pytest_twisted.ensureDeferred
 async def test_eviction_elsewhere_keeps_a_blob_a_read_just_opened(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     redis_server: RedisServer,  # noqa: F811
     fake: FakeUpstream,  # noqa: F811
 ) -> None:

@@ -17,7 +17,7 @@ from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.proxy.test_fleet import Fleet, blob_url, fake, start_pull  # noqa: F401 - fixture
-from tests.storage.s3server import S3Server, s3_server, signed_request  # noqa: F401 - fixture
+from tests.storage.s3server import S3Server, signed_request
 
 LAYER = 8 * 1024 * 1024
 HELD_AFTER = 6 * 1024 * 1024  # past the first 5 MiB part: the upload exists on S3
@@ -38,7 +38,7 @@ def spooled(folder: Path) -> list[Path]:
 @pytest_twisted.ensureDeferred
 async def test_leftovers_of_a_killed_instance_are_removed(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     redis_server: RedisServer,  # noqa: F811
     fake: FakeUpstream,  # noqa: F811
 ) -> None:

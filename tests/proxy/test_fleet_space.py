@@ -22,7 +22,7 @@ from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import reactor, wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.proxy.test_fleet import Fleet, Pull, blob_url, fake, start_pull  # noqa: F401
-from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - fixture
+from tests.storage.s3server import S3Server
 
 LAYER = 1024 * 1024
 HELD_AT = LAYER - 4096
@@ -72,7 +72,7 @@ def begin(url: str) -> Deferred[Pull]:
 @pytest_twisted.ensureDeferred
 async def test_parallel_fills_on_several_instances_stay_under_max_size(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     redis_server: RedisServer,  # noqa: F811
     fake: FakeUpstream,  # noqa: F811
 ) -> None:

@@ -39,7 +39,7 @@ from tests.proxy.test_fleet import (  # noqa: F401 - fixture
     run_twistd,
     start_pull,
 )
-from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - fixture
+from tests.storage.s3server import S3Server
 
 NO_DIGEST = "sha256:" + "0" * 64
 
@@ -88,7 +88,7 @@ class FleetPKI:
 @pytest_twisted.ensureDeferred
 async def test_tls_peer_stream_and_a_peer_with_the_wrong_ca(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     redis_server: RedisServer,  # noqa: F811
     fake: FakeUpstream,  # noqa: F811
 ) -> None:
@@ -138,7 +138,7 @@ async def test_tls_peer_stream_and_a_peer_with_the_wrong_ca(
 @pytest_twisted.ensureDeferred
 async def test_tls_peer_listener_refuses_plain_http_and_unknown_clients(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     redis_server: RedisServer,  # noqa: F811
     fake: FakeUpstream,  # noqa: F811
 ) -> None:

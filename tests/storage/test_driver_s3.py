@@ -27,7 +27,7 @@ from registry.storage.s3 import S3CredentialsError, S3Driver, S3Settings
 from registry.storage.s3._connections import IO_SIZE
 from registry.storage.s3._writer import STATE_SUFFIX
 from tests.storage.driver_suite import DriverSuite, read_all
-from tests.storage.s3server import S3Server, require_weed, s3_server  # noqa: F401 - the fixture
+from tests.storage.s3server import S3Server, require_weed
 
 MIB = 1024 * 1024
 
@@ -40,7 +40,7 @@ def settings_for(server: S3Server, **overrides: Any) -> S3Settings:
 
 
 @pytest_twisted.async_yield_fixture
-async def make_driver(s3_server: S3Server) -> AsyncIterator[Any]:  # noqa: F811
+async def make_driver(s3_server: S3Server) -> AsyncIterator[Any]:
     """A factory of drivers on the test server; all share one fresh rootdirectory by default."""
     root = f"/tests/{uuid.uuid4().hex}/"
     drivers: list[S3Driver] = []
@@ -344,7 +344,7 @@ def test_missing_weed_skips_locally_and_fails_on_ci(monkeypatch: pytest.MonkeyPa
 
 
 @pytest_twisted.ensureDeferred
-async def test_unreachable_server_is_a_storage_error(s3_server: S3Server) -> None:  # noqa: F811
+async def test_unreachable_server_is_a_storage_error(s3_server: S3Server) -> None:
     """A refused connection is retried, then reported as a StorageError naming the endpoint."""
     import socket
 
@@ -372,7 +372,7 @@ async def test_folders_are_not_files(driver: S3Driver) -> None:
 
 
 def test_huge_single_write_is_cut_below_the_part_limit(
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One write larger than S3's part limit is cut so that no part exceeds it."""

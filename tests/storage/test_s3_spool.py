@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from registry.storage.s3 import S3Driver
 from registry.storage.s3._writer import SPOOL_BACKLOG, _FileSegment
 from tests.storage.s3front import RecordingFront, s3_front  # noqa: F401 - the fixture
-from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - the fixture
+from tests.storage.s3server import S3Server
 from tests.storage.test_driver_s3 import settings_for
 
 MIB = 1024 * 1024
@@ -136,7 +136,7 @@ class HeldPoolReactor:
 
 @pytest_twisted.ensureDeferred
 async def test_writes_wait_while_spooled_bytes_wait_for_the_disk(
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     s3_front: RecordingFront,  # noqa: F811
     tmp_path: Path,
 ) -> None:

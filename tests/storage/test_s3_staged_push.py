@@ -30,7 +30,7 @@ from registry.storage.driver import PathNotFoundError
 from registry.storage.s3 import S3Driver
 from tests.e2e.harness import InProcessRegistry, sleep, start_in_process
 from tests.storage.s3front import RecordingFront, s3_front  # noqa: F401 - the fixture
-from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - the fixture
+from tests.storage.s3server import S3Server
 from tests.storage.test_driver_s3 import settings_for
 
 MIB = 1024 * 1024
@@ -67,7 +67,7 @@ class Pushed:
 
 @pytest_twisted.async_yield_fixture
 async def pushed(
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     s3_front: RecordingFront,  # noqa: F811
     tmp_path: Path,
 ) -> AsyncIterator[Pushed]:

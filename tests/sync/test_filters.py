@@ -24,7 +24,7 @@ async def test_tag_filters(start_registry: Starter, make_client: ClientFactory) 
     await push_image(remote_client, "lib/other", "latest")
     await push_image(remote_client, "elsewhere/app", "latest")
 
-    common = {"remote": remote.url, "repositories": "lib/app"}
+    common = {"remote": remote.url, "first_run_within": "0s", "repositories": "lib/app"}
     local = await start_registry(
         {
             "sync:glob": {**common, "tags": "1.*", "destination": "glob"},
@@ -37,6 +37,7 @@ async def test_tag_filters(start_registry: Starter, make_client: ClientFactory) 
             "sync:newest": {**common, "newest": "2", "destination": "newest"},
             "sync:flat": {
                 "remote": remote.url,
+                "first_run_within": "0s",
                 "repositories": "lib/*",
                 "strip_prefix": "yes",
                 "destination": "flat",

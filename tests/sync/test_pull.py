@@ -28,6 +28,7 @@ async def test_pull_from_registry2_is_complete_then_incremental(
         {
             "sync:mirror": {
                 "remote": f"http://{registry2.host}",
+                "first_run_within": "0s",
                 "repositories": "team/*",
                 "interval": "1s",
             }

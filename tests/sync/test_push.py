@@ -28,12 +28,14 @@ async def test_push_to_registry2_and_to_another_txregistry(
         {
             "sync:to-registry2": {
                 "remote": f"http://{registry2.host}",
+                "first_run_within": "0s",
                 "direction": "push",
                 "repositories": "apps/**",
                 "interval": "1s",
             },
             "sync:to-txregistry": {
                 "remote": other.url,
+                "first_run_within": "0s",
                 "direction": "push",
                 "repositories": "apps/**",
                 "destination": "backup",

@@ -36,7 +36,12 @@ async def test_referrers_follow_their_subject(
     # An SBOM attached to the signature: a referrer of a referrer.
     sbom = await push_referrer(upstream, "signed/app", signature, "application/x.sbom", b"sbom")
 
-    common = {"remote": remote.url, "repositories": "signed/app", "interval": "1s"}
+    common = {
+        "remote": remote.url,
+        "first_run_within": "0s",
+        "repositories": "signed/app",
+        "interval": "1s",
+    }
     local = await start_registry(
         {
             "sync:with": {**common, "destination": "with"},

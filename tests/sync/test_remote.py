@@ -47,7 +47,12 @@ async def test_credentials_go_to_the_remote_only(
                 }
             )
         )
-        common = {"remote": fake.url, "repositories": "team/app", "timeout": "5s"}
+        common = {
+            "remote": fake.url,
+            "first_run_within": "0s",
+            "repositories": "team/app",
+            "timeout": "5s",
+        }
         local = await start_registry(
             {
                 "sync:given": {**common, "username": "syncer", "password": "s3cret"},
@@ -95,7 +100,14 @@ async def test_a_remote_that_is_down_is_an_error_in_status_and_log(
 ) -> None:
     down = f"http://127.0.0.1:{free_port()}"
     local = await start_registry(
-        {"sync:down": {"remote": down, "repositories": "a/**", "timeout": "2s"}}
+        {
+            "sync:down": {
+                "remote": down,
+                "first_run_within": "0s",
+                "repositories": "a/**",
+                "timeout": "2s",
+            }
+        }
     )
     status = await wait_runs(local.url, "down")
     assert status["state"] == "idle"
@@ -126,6 +138,7 @@ async def test_blob_transfers_are_bounded_by_concurrency(
             {
                 "sync:wide": {
                     "remote": fake.url,
+                    "first_run_within": "0s",
                     "repositories": "wide/app",
                     "concurrency": "2",
                 }

@@ -44,6 +44,7 @@ async def test_killed_sync_resumes_from_what_was_complete(
         digests.update(await _push(remote, f"big/app{i}", "v1", f"arch{i}"))
     sync = {
         "remote": f"http://{registry2.host}",
+        "first_run_within": "0s",
         "repositories": "big/*",
         "bandwidth": "400KB",
         "concurrency": "2",
@@ -92,7 +93,9 @@ async def test_killed_sync_resumes_from_what_was_complete(
         second.stop()
 
     # The status comes back from storage after a restart.
-    third = RegistryProcess(workdir, {"sync:slow": {**sync, "interval": "1h"}})
+    third = RegistryProcess(
+        workdir, {"sync:slow": {**sync, "interval": "1h", "first_run_within": "1h"}}
+    )
     third.start()
     try:
         status = await sync_status(third.url, "slow")

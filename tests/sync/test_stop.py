@@ -30,6 +30,7 @@ async def test_stop_during_a_run(
         {
             "sync:slow": {
                 "remote": f"http://{registry2.host}",
+                "first_run_within": "0s",
                 "repositories": "slow/app",
                 "bandwidth": "200KB",
             }

@@ -60,6 +60,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     good = parse_sync("hub", {"remote": "https://r.example/", "bandwidth": "50MB/s"})
     assert good.remote == "https://r.example" and good.bandwidth == 50_000_000
     assert good.direction == "pull" and good.repositories.globs == ("**",)
+    assert good.first_run_within == 5.0
+    assert parse_sync("hub", {"remote": "http://x", "first_run_within": "0s"}).first_run_within == 0
     cases = {
         "remote: required": {},
         "unknown key": {"remote": "http://x", "remotes": "y"},
@@ -72,6 +74,7 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         "authfile: /nonexistent": {"remote": "http://x", "authfile": "/nonexistent"},
         "repositories": {"remote": "http://x", "repositories": "/abs"},
         "interval": {"remote": "http://x", "interval": "0"},
+        "first_run_within: not a duration": {"remote": "http://x", "first_run_within": "soon"},
     }
     for expected, values in cases.items():
         with pytest.raises(ConfigError, match=re.escape(expected)):

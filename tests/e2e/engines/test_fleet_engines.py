@@ -28,7 +28,7 @@ from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.proxy.test_fleet import blob_url, fleet_sections, start_pull
-from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - fixture
+from tests.storage.s3server import S3Server
 
 HELD_AFTER = 1 << 20
 
@@ -45,7 +45,7 @@ def layers() -> list[dict[str, bytes]]:
 @pytest.fixture
 def pair(
     tmp_path: Path,
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
     redis_server: RedisServer,  # noqa: F811
     fake: FakeUpstream,
 ) -> Iterator[list[RegistryProcess]]:
@@ -62,11 +62,15 @@ def pair(
         instances.append(RegistryProcess(workdir, sections))
     try:
         for instance in instances:
-            instance.start()
+            instance.launch()  # side by side
+        for instance in instances:
+            instance.wait_serving()
         yield instances
     finally:
         for instance in instances:
-            instance.stop()
+            instance.send_stop()
+        for instance in instances:
+            instance.wait_stopped()
 
 
 def blob_requests(fake: FakeUpstream) -> int:
