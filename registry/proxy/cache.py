@@ -55,7 +55,7 @@ from registry.proxy.errors import (
     UpstreamUnauthorized,
 )
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
-from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable
+from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable, StoredMeanwhile
 from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.ledger import Ledger
 from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
@@ -365,6 +365,8 @@ class ProxyCache:
                 fill = await self._join_fill(local, upstream, digest)
             except HeldElsewhere as held:
                 return await self._from_fleet(local, upstream, digest, offset, length, held.lease)
+            except StoredMeanwhile:
+                continue  # the holder stored it between our look and the lease: read it
             size = fill.size if fill.size is not None else offset + (length or 0)
             count = size - offset if length is None else length
             return self._observe(
@@ -516,6 +518,8 @@ class ProxyCache:
                         tls_refused = lease.url
                     except PeerUnavailable as exc:
                         log.debug("peer stream unavailable: {error}", error=str(exc))
+            except StoredMeanwhile:
+                continue  # the holder stored it between our look and the lease: read it
             else:
                 size = fill.size if fill.size is not None else 0
                 stop = size if end is None else end
@@ -655,6 +659,10 @@ class ProxyCache:
                 if holder is not None:
                     raise HeldElsewhere(digest, holder)
                 leased = True
+                # The lease may be free because its holder has just stored the blob (it
+                # stores, then releases): after the caller looked, before this lease.
+                if await self.blobs.exists(digest) is not None:
+                    raise StoredMeanwhile(digest)
             blob = await self.client.blob(upstream, digest)
             if blob.length is not None:
                 fill.size = blob.length
@@ -726,7 +734,7 @@ class ProxyCache:
                     digest=str(digest),
                     error=str(exc),
                 )
-            elif not isinstance(exc, HeldElsewhere):
+            elif not isinstance(exc, HeldElsewhere | StoredMeanwhile):
                 # A full disk or an S3 outage is one line with its reason; a defect keeps
                 # its traceback.
                 log_failure(log, Failure(), "proxy fill of {digest} failed", digest=str(digest))

@@ -35,6 +35,13 @@ class HeldElsewhere(Exception):
         self.lease = lease
 
 
+class StoredMeanwhile(Exception):
+    """The lease was free because its holder had just stored the blob: read it from storage."""
+
+    def __init__(self, digest: Digest) -> None:
+        super().__init__(f"{digest} was stored by another instance meanwhile")
+
+
 def instance_name(configured: str) -> str:
     return configured or f"{socket.gethostname()}-{os.getpid()}"
 
