@@ -2,7 +2,7 @@
 The pull-through cache's remaining targets, one sub-command each:
 
     python bench/cache_targets.py cold [--layers 4] [--layer-mib 64] [--blob-rate MIBPS]
-                                       [--rounds 1] [--storage filesystem|s3]
+                                       [--rounds 1] [--storage filesystem|s3] [--code DIR]
     python bench/cache_targets.py names [--count 100000] [--threads 8] [--trace]
     python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--parallel 1]
                                         [--instances 2] [--single] [--code DIR]
@@ -10,8 +10,9 @@ The pull-through cache's remaining targets, one sub-command each:
 - ``cold``: one image pulled (manifest, then its layers one after another, each hashed) straight
   from the fake upstream (``--auth none``), then through a fresh cache (cold), then again
   (warm), ``--rounds`` times (each with a fresh cache); the cache process's CPU time for the
-  cold pull; ``--storage s3``: the cache on SeaweedFS.  Target: cold through the cache within
-  110% of the straight pull.
+  cold pull; ``--storage s3``: the cache on SeaweedFS.  ``--code DIR``: each round also pulls
+  cold through a cache run from another checkout (main's code, compared in the same run).
+  Target: cold through the cache within 110% of the straight pull.
 - ``names``: ``--count`` distinct repository names, each a manifest GET through one cache in
   front of a tiny upstream (in this process) that answers every name with the same small
   manifest; the cache's RSS after a warm-up, half way and at the end (growth per 10,000 names
@@ -148,26 +149,34 @@ def cold(args: argparse.Namespace, workdir: Path) -> None:
     upstream = psutil.Process(fake.pid)
     name, tag = "library/alpine", "latest"
     rows: list[tuple[list[float], list[float], float]] = []
+    reference: list[list[float]] = []
     s3 = start_s3_server(workdir / "s3") if args.storage == "s3" else None
+
+    def cold_cache(folder: Path, env: dict[str, str] | None) -> tuple[list[float], float]:
+        """A fresh cache: the cold pull's figures, then the best of three warm pulls."""
+        folder.mkdir()
+        sections = cache_sections(info["url"])
+        if s3 is not None:
+            sections["storage"] = s3.storage_section(
+                f"/bench/{uuid.uuid4().hex}", spooldirectory=str(folder / "spool")
+            )
+        cache = RegistryProcess(folder, sections, env=env)
+        cache.start()
+        try:
+            through = Puller(cache.url)
+            cold_pull = _timed_pull(through, name, tag, upstream, psutil.Process(cache.pid))
+            return cold_pull, min(through.pull(name, tag) for _ in range(3))
+        finally:
+            cache.stop()
+
     try:
         for round_ in range(args.rounds):
             straight = _timed_pull(Puller(info["url"]), name, tag, upstream)
-            folder = workdir / f"cache{round_}"
-            folder.mkdir()
-            sections = cache_sections(info["url"])
-            if s3 is not None:
-                sections["storage"] = s3.storage_section(
-                    f"/bench/{uuid.uuid4().hex}", spooldirectory=str(folder / "spool")
-                )
-            cache = RegistryProcess(folder, sections)
-            cache.start()
-            try:
-                through = Puller(cache.url)
-                cold_pull = _timed_pull(through, name, tag, upstream, psutil.Process(cache.pid))
-                warm_time = min(through.pull(name, tag) for _ in range(3))
-            finally:
-                cache.stop()
+            cold_pull, warm_time = cold_cache(workdir / f"cache{round_}", None)
             rows.append((straight, cold_pull, warm_time))
+            if args.code:
+                env = {"PYTHONPATH": str(Path(args.code).resolve())}
+                reference.append(cold_cache(workdir / f"reference{round_}", env)[0])
     finally:
         fake.terminate()
         fake.wait(timeout=10)
@@ -178,7 +187,7 @@ def cold(args: argparse.Namespace, workdir: Path) -> None:
         f"cold: one image, {args.layers} layers of {args.layer_mib} MiB ({total:.0f} MiB), "
         f"{args.storage} storage"
     )
-    for straight, cold_pull, warm_time in rows:
+    for index, (straight, cold_pull, warm_time) in enumerate(rows):
         print(
             f"  straight from the upstream: {straight[0]:.2f} s ({total / straight[0]:.0f} MiB/s); "
             f"CPU s: client {straight[1]:.2f}, upstream {straight[2]:.2f}"
@@ -191,6 +200,13 @@ def cold(args: argparse.Namespace, workdir: Path) -> None:
             f"cache {cold_pull[3]:.2f}"
         )
         print(f"  warm through the cache:     {warm_time:.2f} s ({total / warm_time:.0f} MiB/s)")
+        if reference:
+            ref = reference[index]
+            print(
+                f"  cold through {args.code}: {ref[0]:.2f} s, "
+                f"{100 * ref[0] / straight[0]:.0f}% of the straight pull; "
+                f"CPU s: cache {ref[3]:.2f}"
+            )
     if len(rows) > 1:
         ratios = sorted(100 * cold_pull[0] / straight[0] for straight, cold_pull, _w in rows)
         cpus = sorted(cold_pull[3] for _s, cold_pull, _w in rows)
@@ -200,6 +216,15 @@ def cold(args: argparse.Namespace, workdir: Path) -> None:
             f"  median of {len(rows)} rounds: cold {ratios[middle]:.0f}% of the straight pull, "
             f"warm {warm[middle]:.0f}%, cache CPU {cpus[middle]:.2f} s for the cold pull"
         )
+        if reference:
+            ref_ratios = sorted(
+                100 * ref[0] / row[0][0] for ref, row in zip(reference, rows, strict=True)
+            )
+            ref_cpus = sorted(ref[3] for ref in reference)
+            print(
+                f"  median with {args.code}: cold {ref_ratios[middle]:.0f}% of the straight pull, "
+                f"cache CPU {ref_cpus[middle]:.2f} s for the cold pull"
+            )
 
 
 class AnyName(http.server.BaseHTTPRequestHandler):
@@ -499,6 +524,7 @@ def main() -> None:
     p.add_argument("--blob-rate", type=int, default=0, help="upstream MiB/s (0: unbounded)")
     p.add_argument("--rounds", type=int, default=1, help="straight, cold and warm, repeated")
     p.add_argument("--storage", choices=["filesystem", "s3"], default="filesystem")
+    p.add_argument("--code", default="", help="also pull cold through a cache run from here")
     p = sub.add_parser("names")
     p.add_argument("--count", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=8)

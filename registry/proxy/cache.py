@@ -138,7 +138,10 @@ FILL_READ_SIZE = 1024 * 1024
 
 # A fill wakes a hashing thread once this much is queued (not once per chunk): well under
 # the hash threads' high-water mark, so that a worker slow to be scheduled on a busy machine
-# does not pause the upstream read.
+# does not pause the upstream read.  Not larger: a chunk hashed long after it was read is
+# out of the processor's cache, and that costs more than the wake-ups saved (a cold pull's
+# cache CPU went up 9% with 4 MiB batches, 15% with 8 MiB; 1 MiB measured the same as 2:
+# bench/results/2026-12-05-cold-cpu.md).
 FILL_HASH_BATCH = 2 * 1024 * 1024
 
 # Bounds of the tables whose keys clients choose (names, tags, digests): see `Limits`.
