@@ -1,8 +1,9 @@
 """
 What the cache holds and when each piece was last used: the state behind eviction.
 
-`ICacheIndex` is what the cache asks of it.  Two implementations: `MemoryIndex` (a
-`CacheIndex` in memory: a fleet's view of the index it keeps in Redis) and
+`ICacheIndex` is what the cache asks of it.  Three implementations: `MemoryIndex` (a
+`CacheIndex` in memory, for caches built without a service), a fleet instance's
+`registry.proxy.fleet.index.FleetIndex` (the index is in Redis) and
 `registry.proxy.stored.StoredIndex` (a single instance's: entries on disk, only a capped table
 of recently used ones in memory, persisted to storage every ``flush_interval``).  Content the
 persisted form does not know (written after the last flush before a crash) is added back the
@@ -278,9 +279,8 @@ class ICacheIndex(Interface):
 @implementer(ICacheIndex)
 @attrs.define
 class MemoryIndex:
-    """A `CacheIndex` held in memory: a fleet's view of its ledger (Redis keeps the entries,
-    `registry.proxy.fleet.ledger`, and nothing is persisted here), and caches built without a
-    service (tests)."""
+    """A `CacheIndex` held in memory, for caches built without a service (tests): nothing is
+    persisted."""
 
     entries: CacheIndex = attrs.field(factory=CacheIndex)
 

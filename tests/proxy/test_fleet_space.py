@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from registry.config import RedisConfig
 from registry.proxy.fleet._redis import FleetRedis
 from registry.proxy.fleet.ledger import IN_USE_FOR, Ledger
-from registry.proxy.index import CacheIndex
+from registry.proxy.fleet.index import FleetIndex
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import reactor, wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
@@ -43,21 +43,22 @@ async def test_a_reservation_counts_until_its_entry_does_and_lapses_with_its_ins
         now = reactor.seconds()
         await a.reserve("sha256:aa", 1000, now)
         await a.reserve("sha256:bb", 500, now)
-        view, reserved = await b.load_with_reservations(now)
+        total, reserved, _in_use = await b.state(now)
         assert reserved == {"a|sha256:aa": 1000, "a|sha256:bb": 500}
-        assert not view.blobs
-        index = CacheIndex(changed=set())
-        index.add_blob("library/alpine", "sha256:aa", 1000, now)
+        assert total == 0
+        index = FleetIndex(a)
+        await index.add_blob("library/alpine", "sha256:aa", 1000, now)
         a.release_with_entry("sha256:aa")
         await a.push(index, now)
-        view, reserved = await b.load_with_reservations(now)
+        total, reserved, _in_use = await b.state(now)
         assert reserved == {"a|sha256:bb": 500}
-        assert view.blobs["sha256:aa"].size == 1000
+        assert total == 1000
+        assert await b.blob_size("sha256:aa") == 1000
         await a.unreserve("sha256:bb")
         await a.reserve("sha256:cc", 700, now)
         # Instance a dies: nothing renews its reservation, which lapses after IN_USE_FOR.
         later = now + IN_USE_FOR + 1
-        _view, reserved = await b.load_with_reservations(later)
+        _total, reserved, _in_use = await b.state(later)
         assert reserved == {}
     finally:
         redis.stopService()
