@@ -58,7 +58,7 @@ from registry.proxy.errors import (
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
 from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable
 from registry.proxy.fleet.follow import ResumingProducer
-from registry.proxy.fleet.index import FleetIndex
+from registry.proxy.fleet.index import HOT_ENTRIES, FleetIndex
 from registry.proxy.fleet.ledger import Ledger
 from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
 from registry.proxy.index import ICacheIndex, MemoryIndex, Victim
@@ -237,7 +237,7 @@ class ProxyCache:
         if self.fleet is not None:
             self.ledger = Ledger(self.fleet.redis, self.name, self.fleet.instance)
             # Redis holds the fleet's index; this process what it has not pushed yet.
-            self.index = FleetIndex(self.ledger)
+            self.index = FleetIndex(self.ledger, min(HOT_ENTRIES, limits.remembered))
 
     def fleet_index(self) -> FleetIndex:
         """A fleet instance's side of the index (the ledger pushes it)."""

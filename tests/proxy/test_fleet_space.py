@@ -8,6 +8,7 @@ with a real Redis, in front of the fake upstream.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from registry.config import RedisConfig
 from registry.proxy.fleet._redis import FleetRedis
-from registry.proxy.fleet.ledger import IN_USE_FOR, Ledger
 from registry.proxy.fleet.index import FleetIndex
+from registry.proxy.fleet.ledger import IN_USE_FOR, Ledger
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import reactor, wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
@@ -60,6 +61,36 @@ async def test_a_reservation_counts_until_its_entry_does_and_lapses_with_its_ins
         later = now + IN_USE_FOR + 1
         _total, reserved, _in_use = await b.state(later)
         assert reserved == {}
+    finally:
+        redis.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_index_from_before_the_counters_is_counted_once(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """An index written by an earlier version (no total, a blob's repositories as ``n|``
+    fields): the first script counts it, references included, and later ones keep counting."""
+    manifest = json.dumps([300, ["sha256:aa"]])
+    redis_server.command(
+        "HSET", "txregistry:index:hub", "b|sha256:aa", "1000", "n|sha256:aa|library/alpine", "",
+        "m|library/alpine|sha256:mm", manifest,
+    )  # fmt: skip
+    redis_server.command(
+        "ZADD", "txregistry:lru:hub", "1", "b|sha256:aa", "2", "m|library/alpine|sha256:mm"
+    )
+    redis = FleetRedis(RedisConfig(addr=redis_server.addr), reactor)
+    redis.startService()
+    try:
+        ledger = Ledger(redis, "hub", "a")
+        assert await ledger.size() == 1300
+        blob, held = await ledger.page(0, 10)
+        assert (blob.victim.names, blob.referenced) == (frozenset({"library/alpine"}), True)
+        assert (held.victim.name, held.releases) == ("library/alpine", True)
+        assert await ledger.remove([held.victim]) == 1000
+        (blob,) = await ledger.page(0, 10)
+        assert not blob.referenced
+        assert await ledger.entries_with("sha256:aa") == 1
     finally:
         redis.stopService()
 

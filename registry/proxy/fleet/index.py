@@ -191,9 +191,10 @@ class FleetIndex:
 
     async def shares(self, victim: Victim) -> bool:
         # The victim's own entry is still in Redis when this is asked (it goes after its data).
-        return self._pending_with(victim.digest) > 0 or await self.ledger.entries_with(
-            victim.digest
-        ) > 1
+        return (
+            self._pending_with(victim.digest) > 0
+            or await self.ledger.entries_with(victim.digest) > 1
+        )
 
     def tables(self) -> dict[str, int]:
         return {
