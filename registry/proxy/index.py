@@ -61,13 +61,6 @@ class CacheIndex:
     refcount: Counter[str] = attrs.field(factory=Counter)
     in_use: Counter[str] = attrs.field(factory=Counter)
     dirty: bool = False
-    # With a fleet (registry.proxy.fleet.ledger): the entries changed since the last time they
-    # were sent to Redis, as (kind, repository, digest); None records nothing.
-    changed: set[tuple[str, str, str]] | None = None
-
-    def _changed(self, kind: str, name: str, digest: str) -> None:
-        if self.changed is not None:
-            self.changed.add((kind, name, digest))
 
     # -- size
 
@@ -88,7 +81,6 @@ class CacheIndex:
         entry.last_used = max(entry.last_used, now)
         entry.names.add(name)
         self.dirty = True
-        self._changed("blob", name, digest)
 
     def touch_blob(self, digest: str, now: float) -> bool:
         """Record a use; False when the index does not know the blob."""
@@ -97,7 +89,6 @@ class CacheIndex:
             return False
         entry.last_used = max(entry.last_used, now)
         self.dirty = True
-        self._changed("blob", "", digest)
         return True
 
     def add_manifest(
@@ -115,7 +106,6 @@ class CacheIndex:
         )
         self.refcount.update(refs_tuple)
         self.dirty = True
-        self._changed("manifest", name, digest)
 
     def touch_manifest(self, name: str, digest: str, now: float) -> bool:
         entry = self.manifests.get((name, digest))
@@ -123,7 +113,6 @@ class CacheIndex:
             return False
         entry.last_used = max(entry.last_used, now)
         self.dirty = True
-        self._changed("manifest", name, digest)
         return True
 
     def remove(self, victim: Victim) -> None:
