@@ -875,13 +875,25 @@ class ProxyCache:
         body = fetched.body
         assert body is not None
         digest = fetched.digest
-        # The order readers rely on: data, revision link, then the tag.
-        await self.blobs.put_small(body, digest.algorithm)
-        await self.driver.put_content(layout.revision_link(local, digest), str(digest).encode())
-        if tag is not None:
-            await self.tags.set(local, tag, digest)
-        await self._note(local)
-        await self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
+        # Room under max_size first, as for a blob (registry.proxy.space): reserved under the
+        # manifest's repository too, as several repositories may store one digest at once.
+        key = f"{local}@{digest}"
+        reserved = await self._room_for_manifest(key, len(body))
+        try:
+            # The order readers rely on: data, revision link, then the tag.
+            await self.blobs.put_small(body, digest.algorithm)
+            await self.driver.put_content(layout.revision_link(local, digest), str(digest).encode())
+            if tag is not None:
+                await self.tags.set(local, tag, digest)
+            await self._note(local)
+            await self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
+            stored = True
+        except BaseException:
+            stored = False
+            raise
+        finally:
+            if reserved:
+                await self._settle(key, stored)
         self.schedule_eviction()
         return StoredManifest(digest, stored_media_type(body), body)
 
@@ -1013,6 +1025,29 @@ class ProxyCache:
         self._not_kept(fill, waited, limit)
         return False
 
+    async def _room_for_manifest(self, key: str, size: int) -> bool:
+        """Reserve room for a manifest of ``size`` bytes (evicting what it takes) before it is
+        stored; whether a reservation was granted.  A manifest does not wait for room as a
+        blob does: when nothing can be evicted now (all in use), it is stored all the same
+        (a pull never fails or stalls for a few kilobytes) and the eviction that follows takes
+        the cache back under ``max_size``.  In a fleet, another instance's eviction is waited
+        for (at most ``space_wait``)."""
+        limit = self.config.max_size
+        if limit is None or size > limit:
+            return False
+        deadline = self.now() + self.config.space_wait
+        while True:  # bounded by the deadline
+            try:
+                async with self._eviction_lock:
+                    granted = await self._admit(key, size, limit)
+            except RedisUnavailable as exc:
+                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                return False
+            remaining = deadline - self.now()
+            if granted is not None or remaining <= 0:
+                return bool(granted)
+            await sleep(self.reactor, min(remaining, LOCK_RETRY))
+
     async def _admit(self, digest: str, size: int, limit: int) -> bool | None:
         """Evict until what is cached, every reservation and ``size`` fit ``limit``; then
         grant the reservation.  The caller holds the eviction lock.  None: another instance
@@ -1030,7 +1065,11 @@ class ProxyCache:
         """The fill's reservation ends: ``stored``, its index entry now counts the blob (in a
         fleet, the reservation goes in the same Redis batch that sends that entry); else the
         room is free again."""
-        digest = str(fill.digest)
+        await self._settle(str(fill.digest), stored)
+
+    async def _settle(self, digest: str, stored: bool) -> None:
+        """`_settle_reservation` of the reservation under ``digest`` (a blob's digest, or
+        ``<repository>@<digest>`` for a manifest)."""
         if not self.space.release(digest) or self.ledger is None:
             return
         try:
