@@ -1055,7 +1055,8 @@ class ProxyCache:
         if self.ledger is not None:
             _count, granted = await self._evict_fleet(self.ledger, digest, size)
             return granted
-        await self._evict_local(limit - self.space.total - size)
+        if self.index.size + self.space.total + size > limit:  # else no plan is needed
+            await self._evict_local(limit - self.space.total - size)
         if self.index.size + self.space.total + size > limit:
             return False
         self.space.grant(digest, size)
