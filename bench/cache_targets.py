@@ -3,7 +3,8 @@ The pull-through cache's remaining targets, one sub-command each:
 
     python bench/cache_targets.py cold [--layers 4] [--layer-mib 64] [--blob-rate MIBPS]
                                        [--rounds 1] [--storage filesystem|s3] [--code DIR]
-    python bench/cache_targets.py names [--count 100000] [--threads 8] [--trace]
+    python bench/cache_targets.py names [--count 100000] [--threads 8] [--trace] [--fleet]
+                                        [--max-mib 0] [--code DIR]
     python bench/cache_targets.py churn [--max-mib 64] [--layer-mib 4] [--parallel 1]
                                         [--instances 2] [--single] [--code DIR]
 
@@ -18,7 +19,10 @@ The pull-through cache's remaining targets, one sub-command each:
   manifest; the cache's RSS after a warm-up, half way and at the end (growth per 10,000 names
   from the two halves).  Target: growth at most 10 MiB.  ``--trace``: the cache process runs
   under ``tracemalloc`` (slower) and the bench prints what grew between the half-way point and
-  the end, by the line that allocated it: what still grows per name.
+  the end, by the line that allocated it: what still grows per name.  ``--fleet``: the cache
+  is a fleet member (the filesystem and a Redis the bench starts) instead of one instance;
+  ``--max-mib``: with a ``max_size`` (evictions then run as names are stored);
+  ``--code DIR``: the cache runs from another checkout (to compare with main's code).
 - ``churn``: a fleet on SeaweedFS + Redis with ``max_size``; three times ``max_size`` of
   distinct layers pulled, alternating instances, ``--parallel`` at a time, while a thread sums the
   bucket's blobs every 100 ms.  Target: never above ``max_size`` plus one layer.  ``--single``:
@@ -56,9 +60,9 @@ from urllib.parse import quote
 
 import psutil
 
-from bench.fleet import fleet_member_sections
+from bench.fleet import SECRET, fleet_member_sections
 from bench.run import MiB
-from tests.e2e.harness import REPO_ROOT, RegistryProcess
+from tests.e2e.harness import REPO_ROOT, RegistryProcess, free_port
 from tests.proxy.redisserver import start_redis
 from tests.storage.s3server import S3Server, signed_request, start_s3_server
 
@@ -337,11 +341,24 @@ def names(args: argparse.Namespace, workdir: Path) -> None:
         (site / "sitecustomize.py").write_text(TRACE_SITE)
         env["PYTHONPATH"] = f"{site}:{REPO_ROOT}"
         env["TXREGISTRY_BENCH_TRACE"] = str(trace_file)
-    cache = RegistryProcess(
-        folder, cache_sections(f"http://127.0.0.1:{server.server_port}"), env=env
-    )
-    cache.start()
+    if args.code:
+        code = str(Path(args.code).resolve())
+        env["PYTHONPATH"] = f"{workdir / 'site'}:{code}" if args.trace else code
+    proxy = {"max_size": str(args.max_mib * MiB)} if args.max_mib else {}
+    sections = cache_sections(f"http://127.0.0.1:{server.server_port}", **proxy)
+    redis = None
+    if args.fleet:  # on the filesystem: what is measured is the index, not the storage
+        (workdir / "redis").mkdir()
+        redis = start_redis(workdir / "redis")
+        sections["redis"] = {"addr": redis.addr}
+        sections["fleet"] = {
+            "listen": f"tcp:{free_port()}:interface=127.0.0.1",
+            "secret": SECRET,
+            "instance": "i0",
+        }
+    cache = RegistryProcess(folder, sections, env=env)
     try:
+        cache.start()
         process = psutil.Process(cache.pid)
 
         def run(start: int, stop: int) -> None:
@@ -383,7 +400,14 @@ def names(args: argparse.Namespace, workdir: Path) -> None:
     finally:
         cache.stop()
         server.shutdown()
-    print(f"names: {args.count} distinct repository names, one manifest GET each")
+        if redis is not None:
+            redis.stop()
+    kind = "a fleet member (filesystem + Redis)" if args.fleet else "one instance, filesystem"
+    limit = f", max_size {args.max_mib} MiB" if args.max_mib else ""
+    print(
+        f"names ({args.code or 'this checkout'}, {kind}{limit}): {args.count} distinct "
+        "repository names, one manifest GET each"
+    )
     print(f"  {elapsed:.0f} s ({args.count / elapsed:.0f} names/s), {args.threads} clients")
     print(
         f"  RSS {before / MiB:.1f} MiB after {warmup} warm-up names, {middle / MiB:.1f} MiB "
@@ -529,6 +553,9 @@ def main() -> None:
     p.add_argument("--count", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--trace", action="store_true", help="tracemalloc in the cache process")
+    p.add_argument("--fleet", action="store_true", help="a fleet member on SeaweedFS + Redis")
+    p.add_argument("--max-mib", type=int, default=0, help="max_size (0: none)")
+    p.add_argument("--code", default="", help="checkout the cache runs from")
     p = sub.add_parser("churn")
     p.add_argument("--max-mib", type=int, default=64)
     p.add_argument("--layer-mib", type=int, default=4)

@@ -13,7 +13,8 @@ event logged; only with nothing cached does the client get the error.
 
 With a fleet (``fleet``, `registry.proxy.fleet`), a fill first takes the blob's lease in Redis;
 when another instance holds it, the client is served from that instance's fill as it arrives
-(`_from_fleet`), and eviction plans over the whole fleet's index (`_evict_fleet`).
+(`_from_fleet`), and eviction walks the whole fleet's index in Redis a page at a time
+(`_evict_fleet`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import json
 import math
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,9 +59,10 @@ from registry.proxy.errors import (
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
 from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable, StoredMeanwhile
 from registry.proxy.fleet.follow import ResumingProducer
+from registry.proxy.fleet.index import HOT_ENTRIES, FleetIndex
 from registry.proxy.fleet.ledger import Ledger
 from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
-from registry.proxy.index import CacheIndex, ICacheIndex, MemoryIndex, Victim
+from registry.proxy.index import ICacheIndex, MemoryIndex, Victim
 from registry.proxy.space import Reservations
 from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
@@ -149,6 +152,10 @@ MAX_REMEMBERED = 16_384
 CONFIRMATION_AGE = 60.0
 # How soon a fleet eviction that left the cache over max_size (in use) runs again.
 FLEET_EVICTION_RETRY = 2.0
+# A fleet's eviction reads the LRU order this many entries at a time, and at most this many
+# pages in one eviction (a bound on the walk, far above any cache's needs).
+FLEET_PAGE = 256
+FLEET_WALK_PAGES = 100_000
 # How often a fleet's evictions also remove the fill files of instances that died.
 SWEEP_INTERVAL = 300.0
 # How often a fill waiting for room looks again without being told something changed, and
@@ -187,7 +194,8 @@ class ProxyCache:
     # Every cache of the process: blob data shared with another upstream's cache stays.
     peers: list[ProxyCache] = attrs.field(factory=list)
     # What is cached and when it was last used: on disk for a single instance (the service
-    # gives it a `registry.proxy.stored.StoredIndex`), in memory for a fleet's view of Redis.
+    # gives it a `registry.proxy.stored.StoredIndex`); in Redis for a fleet, whose instances
+    # keep a `registry.proxy.fleet.index.FleetIndex` (set up here when ``fleet`` is given).
     index: ICacheIndex = attrs.field(factory=MemoryIndex)
     stats: UpstreamStats = attrs.field(factory=UpstreamStats)
     # The same counters added up across restarts (saved by the ProxyService), for the UI.
@@ -232,12 +240,13 @@ class ProxyCache:
         self.space = Reservations(clock)
         if self.fleet is not None:
             self.ledger = Ledger(self.fleet.redis, self.name, self.fleet.instance)
-            self.fleet_entries().changed = set()
+            # Redis holds the fleet's index; this process what it has not pushed yet.
+            self.index = FleetIndex(self.ledger, min(HOT_ENTRIES, limits.remembered))
 
-    def fleet_entries(self) -> CacheIndex:
-        """A fleet's index, in memory (the ledger pushes it and replaces it)."""
-        assert isinstance(self.index, MemoryIndex), "a fleet keeps its index in memory"
-        return self.index.entries
+    def fleet_index(self) -> FleetIndex:
+        """A fleet instance's side of the index (the ledger pushes it)."""
+        assert isinstance(self.index, FleetIndex), "a fleet's index is in Redis"
+        return self.index
 
     def table_sizes(self) -> dict[str, int]:
         """Entries of every table keyed by what clients ask for (tests check the bounds)."""
@@ -880,13 +889,25 @@ class ProxyCache:
         body = fetched.body
         assert body is not None
         digest = fetched.digest
-        # The order readers rely on: data, revision link, then the tag.
-        await self.blobs.put_small(body, digest.algorithm)
-        await self.driver.put_content(layout.revision_link(local, digest), str(digest).encode())
-        if tag is not None:
-            await self.tags.set(local, tag, digest)
-        await self._note(local)
-        await self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
+        # Room under max_size first, as for a blob (registry.proxy.space): reserved under the
+        # manifest's repository too, as several repositories may store one digest at once.
+        key = f"{local}@{digest}"
+        reserved = await self._room_for_manifest(key, len(body))
+        try:
+            # The order readers rely on: data, revision link, then the tag.
+            await self.blobs.put_small(body, digest.algorithm)
+            await self.driver.put_content(layout.revision_link(local, digest), str(digest).encode())
+            if tag is not None:
+                await self.tags.set(local, tag, digest)
+            await self._note(local)
+            await self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
+            stored = True
+        except BaseException:
+            stored = False
+            raise
+        finally:
+            if reserved:
+                await self._settle(key, stored)
         self.schedule_eviction()
         return StoredManifest(digest, stored_media_type(body), body)
 
@@ -1018,6 +1039,29 @@ class ProxyCache:
         self._not_kept(fill, waited, limit)
         return False
 
+    async def _room_for_manifest(self, key: str, size: int) -> bool:
+        """Reserve room for a manifest of ``size`` bytes (evicting what it takes) before it is
+        stored; whether a reservation was granted.  A manifest does not wait for room as a
+        blob does: when nothing can be evicted now (all in use), it is stored all the same
+        (a pull never fails or stalls for a few kilobytes) and the eviction that follows takes
+        the cache back under ``max_size``.  In a fleet, another instance's eviction is waited
+        for (at most ``space_wait``)."""
+        limit = self.config.max_size
+        if limit is None or size > limit:
+            return False
+        deadline = self.now() + self.config.space_wait
+        while True:  # bounded by the deadline
+            try:
+                async with self._eviction_lock:
+                    granted = await self._admit(key, size, limit)
+            except RedisUnavailable as exc:
+                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                return False
+            remaining = deadline - self.now()
+            if granted is not None or remaining <= 0:
+                return bool(granted)
+            await sleep(self.reactor, min(remaining, LOCK_RETRY))
+
     async def _admit(self, digest: str, size: int, limit: int) -> bool | None:
         """Evict until what is cached, every reservation and ``size`` fit ``limit``; then
         grant the reservation.  The caller holds the eviction lock.  None: another instance
@@ -1025,7 +1069,8 @@ class ProxyCache:
         if self.ledger is not None:
             _count, granted = await self._evict_fleet(self.ledger, digest, size)
             return granted
-        await self._evict_local(limit - self.space.total - size)
+        if self.index.size + self.space.total + size > limit:  # else no plan is needed
+            await self._evict_local(limit - self.space.total - size)
         if self.index.size + self.space.total + size > limit:
             return False
         self.space.grant(digest, size)
@@ -1035,13 +1080,17 @@ class ProxyCache:
         """The fill's reservation ends: ``stored``, its index entry now counts the blob (in a
         fleet, the reservation goes in the same Redis batch that sends that entry); else the
         room is free again."""
-        digest = str(fill.digest)
+        await self._settle(str(fill.digest), stored)
+
+    async def _settle(self, digest: str, stored: bool) -> None:
+        """`_settle_reservation` of the reservation under ``digest`` (a blob's digest, or
+        ``<repository>@<digest>`` for a manifest)."""
         if not self.space.release(digest) or self.ledger is None:
             return
         try:
             if stored:
                 self.ledger.release_with_entry(digest)
-                await self.ledger.push(self.fleet_entries(), self.now())
+                await self.ledger.push(self.fleet_index(), self.now())
             else:
                 await self.ledger.unreserve(digest)
         except RedisUnavailable as exc:  # released by the next push, or lapses
@@ -1120,7 +1169,8 @@ class ProxyCache:
         count the same room).  Returns the entries evicted and whether the room was
         reserved (None: another instance holds the lock)."""
         now = self.now()
-        await ledger.push(self.fleet_entries(), now)
+        index = self.fleet_index()
+        await ledger.push(index, now)
         if not await ledger.lock():
             # Another instance is evicting, perhaps from a view without what this one just
             # stored: look again once it is done, not at the next fill or evict_interval.
@@ -1131,32 +1181,25 @@ class ProxyCache:
         count = 0
         granted = False
         try:
-            view, reservations = await ledger.load_with_reservations(now)
-            reserved = sum(reservations.values())
-            _keep_unsent(self.fleet_entries(), view)
-            fleet_in_use = view.in_use
-            entries = self.fleet_entries()
-            view.in_use = entries.in_use  # this process's own counts go on being kept here
-            view.changed = entries.changed
-            assert isinstance(self.index, MemoryIndex)
-            self.index.entries = view
-            planning = attrs.evolve(view, in_use=fleet_in_use + view.in_use)
+            # What this instance stored since the push above counts from here on.
+            await ledger.push(index, now)
+            total, reservations, fleet_in_use = await ledger.state(now)
             limit = self.config.max_size
-            target = None if limit is None else limit - reserved - size
-            victims = planning.plan(now, target, self.config.ttl)
-            evicted = await self._evict_victims(victims, ledger)
-            count = len(evicted)
-            await ledger.remove(evicted)
+            target = None if limit is None else limit - sum(reservations.values()) - size
+            count = await self._walk_fleet(ledger, now, total, target, fleet_in_use)
             if count:
                 self.space.changed()
-            fits = limit is not None and self.index.size + reserved + size <= limit
+            total, reservations, _in_use = await ledger.state(now)
+            index.size = total
+            reserved = sum(reservations.values())
+            fits = limit is not None and total + reserved + size <= limit
             if digest is not None and fits:
                 await ledger.reserve(digest, size, now)
                 self.space.grant(digest, size)
                 granted = True
             if self.now() - self._swept >= SWEEP_INTERVAL:
                 await self._sweep_quietly()
-            if digest is None and limit is not None and self.index.size + reserved > limit:
+            if digest is None and limit is not None and total + reserved > limit:
                 # Still over: what is left is in use somewhere (marks drop within a push
                 # interval of the last use), so look again shortly instead of at the next
                 # evict_interval.
@@ -1166,11 +1209,58 @@ class ProxyCache:
                     "proxy {upstream}: evicted {count} entries, fleet cache now {size} bytes",
                     upstream=self.name,
                     count=count,
-                    size=self.index.size,
+                    size=total,
                 )
         finally:
             await ledger.unlock()
         return count, granted
+
+    async def _walk_fleet(
+        self, ledger: Ledger, now: float, size: int, target: int | None, in_use: Counter[str]
+    ) -> int:
+        """Evict, least recently used first, what the size bound (``target``, for the fleet's
+        ``size`` bytes) and the TTL ask for, reading the fleet's LRU order from Redis a page at
+        a time: memory stays flat in the number of entries.  Skipped: what any instance uses
+        (``in_use``, and this process's own counts) and what a cached manifest references.
+        Evicting a manifest with references may free older entries: the walk then starts
+        over.  The entries evicted."""
+        ttl = self.config.ttl
+        offset = 0
+        evicted_count = 0
+        for _page in range(FLEET_WALK_PAGES):
+            entries = await ledger.page(offset, FLEET_PAGE)
+            victims: list[Victim] = []
+            examined = 0
+            releasing: Victim | None = None
+            done = not entries
+            for entry in entries:
+                over = target is not None and size > target
+                expired = ttl is not None and entry.last_used < now - ttl
+                if not over and not expired:
+                    done = True  # in LRU order: nothing later is expired either
+                    break
+                examined += 1
+                digest = entry.victim.digest
+                if entry.referenced or in_use[digest] > 0 or self.index.in_use[digest] > 0:
+                    continue
+                victims.append(entry.victim)
+                size -= entry.victim.size
+                if entry.releases:
+                    releasing = entry.victim
+                    break
+            evicted = await self._evict_victims(victims, ledger)
+            if evicted:
+                size = await ledger.remove(evicted)
+            else:
+                size += sum(victim.size for victim in victims)
+            evicted_count += len(evicted)
+            if done:
+                break
+            if releasing is not None and releasing in evicted:
+                offset = 0
+            else:
+                offset += examined - len(evicted)
+        return evicted_count
 
     async def _evict_one(self, victim: Victim) -> None:
         digest = Digest.parse(victim.digest)
@@ -1215,7 +1305,7 @@ class ProxyCache:
 
     async def flush_state(self) -> None:
         if self.ledger is not None:
-            await self.ledger.push(self.fleet_entries(), self.now())
+            await self.ledger.push(self.fleet_index(), self.now())
             return
         await self.index.flush(self.driver, state_dir(self.name))
 
@@ -1296,22 +1386,6 @@ class ProxyCache:
             f"evictions={s.evictions} cache_bytes={self.index.size} "
             f"ratelimit_remaining={remaining if remaining is not None else '-'}"
         )
-
-
-def _keep_unsent(local: CacheIndex, view: CacheIndex) -> None:
-    """Entries this instance added since its last push (a fill that committed meanwhile) go
-    into the fleet's ``view`` too: the next push sends them (and releases the room their fills
-    reserved in the same batch), so they are counted until then."""
-    for kind, name, digest in sorted(local.changed or ()):
-        if kind == "blob":
-            blob = local.blobs.get(digest)
-            if blob is not None and digest not in view.blobs:
-                for linked in sorted(blob.names) or [name]:
-                    view.add_blob(linked, digest, blob.size, blob.last_used)
-        else:
-            manifest = local.manifests.get((name, digest))
-            if manifest is not None and (name, digest) not in view.manifests:
-                view.add_manifest(name, digest, manifest.size, manifest.refs, manifest.last_used)
 
 
 def _refs(body: bytes) -> list[str]:

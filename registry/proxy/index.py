@@ -1,8 +1,9 @@
 """
 What the cache holds and when each piece was last used: the state behind eviction.
 
-`ICacheIndex` is what the cache asks of it.  Two implementations: `MemoryIndex` (a
-`CacheIndex` in memory: a fleet's view of the index it keeps in Redis) and
+`ICacheIndex` is what the cache asks of it.  Three implementations: `MemoryIndex` (a
+`CacheIndex` in memory, for caches built without a service), a fleet instance's
+`registry.proxy.fleet.index.FleetIndex` (the index is in Redis) and
 `registry.proxy.stored.StoredIndex` (a single instance's: entries on disk, only a capped table
 of recently used ones in memory, persisted to storage every ``flush_interval``).  Content the
 persisted form does not know (written after the last flush before a crash) is added back the
@@ -60,13 +61,6 @@ class CacheIndex:
     refcount: Counter[str] = attrs.field(factory=Counter)
     in_use: Counter[str] = attrs.field(factory=Counter)
     dirty: bool = False
-    # With a fleet (registry.proxy.fleet.ledger): the entries changed since the last time they
-    # were sent to Redis, as (kind, repository, digest); None records nothing.
-    changed: set[tuple[str, str, str]] | None = None
-
-    def _changed(self, kind: str, name: str, digest: str) -> None:
-        if self.changed is not None:
-            self.changed.add((kind, name, digest))
 
     # -- size
 
@@ -87,7 +81,6 @@ class CacheIndex:
         entry.last_used = max(entry.last_used, now)
         entry.names.add(name)
         self.dirty = True
-        self._changed("blob", name, digest)
 
     def touch_blob(self, digest: str, now: float) -> bool:
         """Record a use; False when the index does not know the blob."""
@@ -96,7 +89,6 @@ class CacheIndex:
             return False
         entry.last_used = max(entry.last_used, now)
         self.dirty = True
-        self._changed("blob", "", digest)
         return True
 
     def add_manifest(
@@ -114,7 +106,6 @@ class CacheIndex:
         )
         self.refcount.update(refs_tuple)
         self.dirty = True
-        self._changed("manifest", name, digest)
 
     def touch_manifest(self, name: str, digest: str, now: float) -> bool:
         entry = self.manifests.get((name, digest))
@@ -122,7 +113,6 @@ class CacheIndex:
             return False
         entry.last_used = max(entry.last_used, now)
         self.dirty = True
-        self._changed("manifest", name, digest)
         return True
 
     def remove(self, victim: Victim) -> None:
@@ -278,9 +268,8 @@ class ICacheIndex(Interface):
 @implementer(ICacheIndex)
 @attrs.define
 class MemoryIndex:
-    """A `CacheIndex` held in memory: a fleet's view of its ledger (Redis keeps the entries,
-    `registry.proxy.fleet.ledger`, and nothing is persisted here), and caches built without a
-    service (tests)."""
+    """A `CacheIndex` held in memory, for caches built without a service (tests): nothing is
+    persisted."""
 
     entries: CacheIndex = attrs.field(factory=CacheIndex)
 

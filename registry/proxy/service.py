@@ -325,7 +325,8 @@ def install_proxies(
         return False
 
     def index_for(proxy: ProxyConfig) -> ICacheIndex:
-        # A fleet keeps its index in Redis (registry.proxy.fleet.ledger); one instance on disk.
+        # A fleet keeps its index in Redis (ProxyCache sets up its FleetIndex); one instance
+        # on disk.
         if setup.fleet is not None:
             return MemoryIndex()
         return StoredIndex(reactor, proxy.name)

@@ -8,9 +8,11 @@ recently used first, one at a time) frees room until what is cached plus every r
 plus this one fits ``max_size``, and only then is the reservation granted and the first byte
 written.  Granted reservations count toward the total for every later fill and eviction, so
 however many fills run at once, what they will store fits: the stored total never goes above
-``max_size`` (manifests, which are small and stored without a reservation, aside).  When the
-fill commits, its reservation becomes the blob's index entry; when it fails, the reservation
-is dropped.
+``max_size``.  Manifests reserve their size the same way before they are stored
+(`ProxyCache._room_for_manifest`), but do not wait for room: one for which nothing can be
+evicted at that moment is stored all the same, and the eviction that follows it takes the
+cache back under the bound.  When the fill commits, its reservation becomes the blob's index
+entry; when it fails, the reservation is dropped.
 
 When no room can be made within ``space_wait`` (what is cached is being served, or other
 reservations hold the rest), the fill does not wait longer: it serves its clients from a

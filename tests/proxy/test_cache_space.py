@@ -20,6 +20,7 @@ from registry.api.digests import Digest
 from registry.proxy.cache import ProxyCache
 from registry.proxy.fill import Fill
 from registry.proxy.service import ProxyService
+from registry.storage.blobs import BlobStore
 from tests.e2e.client import sha256
 from tests.e2e.harness import InProcessRegistry
 from tests.fakes.upstream import FakeUpstream
@@ -79,6 +80,11 @@ class CommitWatch:
     async def move(self, source: str, dest: str) -> None:
         await self._inner.move(source, dest)
         self.samples.append(self._storage.blobs)
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        await self._inner.put_content(path, data)
+        if path.endswith("/data"):  # a manifest's (or config's) data, stored whole
+            self.samples.append(self._storage.blobs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -221,3 +227,24 @@ async def test_a_blob_larger_than_max_size_is_served_not_kept(
     _response, body = await fetch(f"{registry.url}/metrics")
     assert metric(body.decode(), "txregistry_proxy_unkept_fills_total") == 2
     assert max(watch.samples) <= limit
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_manifest_is_stored_once_room_is_made_for_it(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Two cached layers fill max_size; the image's manifest pulled next reserves its size
+    and evicts for it as a fill does, before its data is written: the stored bytes never pass
+    max_size, and the manifest is served and cached."""
+    limit = 2 * LAYER
+    image = fake.content.add_image("library/alpine", "latest", [LAYER, LAYER])
+    registry = await proxied(max_size=str(limit))
+    cache, storage, watch = watch_commits(registry)
+    cache.blobs = BlobStore(watch)
+    for layer in image.layers:
+        assert await get_blob(blob_url(registry, layer.digest)) == (200, layer.digest)
+    assert storage.blobs == limit
+    response, body = await fetch(f"{registry.url}/v2/library/alpine/manifests/{image.digest}")
+    assert (response.code, body) == (200, image.manifest)
+    assert blob_data_path(storage_root(registry), image.digest).exists()
+    assert max(watch.samples) <= limit, watch.samples

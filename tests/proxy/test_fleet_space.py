@@ -8,6 +8,7 @@ with a real Redis, in front of the fake upstream.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from registry.config import RedisConfig
 from registry.proxy.fleet._redis import FleetRedis
+from registry.proxy.fleet.index import FleetIndex
 from registry.proxy.fleet.ledger import IN_USE_FOR, Ledger
-from registry.proxy.index import CacheIndex
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import reactor, wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
@@ -43,22 +44,53 @@ async def test_a_reservation_counts_until_its_entry_does_and_lapses_with_its_ins
         now = reactor.seconds()
         await a.reserve("sha256:aa", 1000, now)
         await a.reserve("sha256:bb", 500, now)
-        view, reserved = await b.load_with_reservations(now)
+        total, reserved, _in_use = await b.state(now)
         assert reserved == {"a|sha256:aa": 1000, "a|sha256:bb": 500}
-        assert not view.blobs
-        index = CacheIndex(changed=set())
-        index.add_blob("library/alpine", "sha256:aa", 1000, now)
+        assert total == 0
+        index = FleetIndex(a)
+        await index.add_blob("library/alpine", "sha256:aa", 1000, now)
         a.release_with_entry("sha256:aa")
         await a.push(index, now)
-        view, reserved = await b.load_with_reservations(now)
+        total, reserved, _in_use = await b.state(now)
         assert reserved == {"a|sha256:bb": 500}
-        assert view.blobs["sha256:aa"].size == 1000
+        assert total == 1000
+        assert await b.blob_size("sha256:aa") == 1000
         await a.unreserve("sha256:bb")
         await a.reserve("sha256:cc", 700, now)
         # Instance a dies: nothing renews its reservation, which lapses after IN_USE_FOR.
         later = now + IN_USE_FOR + 1
-        _view, reserved = await b.load_with_reservations(later)
+        _total, reserved, _in_use = await b.state(later)
         assert reserved == {}
+    finally:
+        redis.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_index_from_before_the_counters_is_counted_once(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """An index written by an earlier version (no total, a blob's repositories as ``n|``
+    fields): the first script counts it, references included, and later ones keep counting."""
+    manifest = json.dumps([300, ["sha256:aa"]])
+    redis_server.command(
+        "HSET", "txregistry:index:hub", "b|sha256:aa", "1000", "n|sha256:aa|library/alpine", "",
+        "m|library/alpine|sha256:mm", manifest,
+    )  # fmt: skip
+    redis_server.command(
+        "ZADD", "txregistry:lru:hub", "1", "b|sha256:aa", "2", "m|library/alpine|sha256:mm"
+    )
+    redis = FleetRedis(RedisConfig(addr=redis_server.addr), reactor)
+    redis.startService()
+    try:
+        ledger = Ledger(redis, "hub", "a")
+        assert await ledger.size() == 1300
+        blob, held = await ledger.page(0, 10)
+        assert (blob.victim.names, blob.referenced) == (frozenset({"library/alpine"}), True)
+        assert (held.victim.name, held.releases) == ("library/alpine", True)
+        assert await ledger.remove([held.victim]) == 1000
+        (blob,) = await ledger.page(0, 10)
+        assert not blob.referenced
+        assert await ledger.entries_with("sha256:aa") == 1
     finally:
         redis.stopService()
 

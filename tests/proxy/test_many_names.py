@@ -1,18 +1,29 @@
 """Distinct repository names pulled through one cache keep its in-memory tables at their caps:
-the index's entries stay on disk (registry.proxy.stored), only a capped table in memory."""
+the index's entries stay on disk (registry.proxy.stored) or, in a fleet, in Redis
+(registry.proxy.fleet.ledger), only a capped table in memory."""
 
 from __future__ import annotations
 
+import json
+
+import attrs
+import pytest
 import pytest_twisted
 
+from registry.config import RedisConfig
+from registry.proxy import cache as cache_module
 from registry.proxy.cache import Limits, ProxyCache
 from registry.proxy.config import ProxyConfig
+from registry.proxy.fleet import Fleet, FleetRedis
+from registry.proxy.fleet.lease import FillLeases
+from registry.proxy.fleet.peer import PeerClient
 from registry.proxy.stored import StoredIndex
 from registry.proxy.upstream import UpstreamClient
 from registry.storage.blobs import BlobStore
 from registry.storage.memory import MemoryDriver
 from registry.storage.tags import TagStore
 from tests.fakes.upstream import FakeUpstream
+from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.proxy.util import reactor
 
 NAMES = 40
@@ -62,3 +73,67 @@ async def test_many_names_keep_every_table_at_its_cap(fake: FakeUpstream) -> Non
     finally:
         await client.close()
         await index.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fleet_instance_keeps_its_tables_at_their_caps_and_evicts_a_page_at_a_time(
+    fake: FakeUpstream,
+    redis_server: RedisServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fleet instance (real Redis): 40 names, each a manifest and its two blobs, keep the
+    instance's tables at 4 entries while Redis counts every byte.  Eviction down to half of
+    that, reading the LRU order 4 entries at a time, goes oldest name first and never takes a
+    blob whose manifest stays (references are counted in Redis)."""
+    monkeypatch.setattr(cache_module, "FLEET_PAGE", CAP)
+    redis = FleetRedis(RedisConfig(addr=redis_server.addr), reactor)
+    redis.startService()
+    leases = FillLeases(redis, reactor, "a", "", 5.0)
+    fleet = Fleet(redis, leases, PeerClient(reactor, "secret", 5.0), "a", reactor)
+    driver = MemoryDriver()
+    client = UpstreamClient(reactor, fake.url, timeout=5, max_tokens=CAP)
+    cache = ProxyCache(
+        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        limits=Limits(inflight=CAP, remembered=CAP),
+        fleet=fleet,
+    )
+    ledger = cache.ledger
+    assert ledger is not None
+    pieces: list[list[str]] = []
+    manifests: list[str] = []
+    total = 0
+    try:
+        for n in range(NAMES):
+            name = f"team/app{n}"
+            fake.content.add_image(name, "latest", [100 + n])
+            first = await cache.manifest_get(name, name, "latest")
+            document = json.loads(first.body)
+            blobs = [document["config"], *document["layers"]]
+            for blob in blobs:  # as a fill's commit records it
+                await cache.index.add_blob(name, blob["digest"], blob["size"], cache.now())
+            await cache.manifest_get(name, name, "latest")  # a hit: its blobs are older
+            pieces.append([blob["digest"] for blob in blobs])
+            manifests.append(str(first.digest))
+            total += len(first.body) + sum(blob["size"] for blob in blobs)
+            await ledger.push(cache.fleet_index(), cache.now())
+            sizes = cache.table_sizes()
+            assert all(size <= CAP for size in sizes.values()), sizes
+        assert cache.table_sizes()["fleet_hot_manifests"] == CAP
+        assert await ledger.size() == total
+        cache.config = attrs.evolve(cache.config, max_size=total // 2)
+        assert await cache.evict() > 0
+        assert total // 2 - 2000 < await ledger.size() <= total // 2
+        kept = [n for n in range(NAMES) if await ledger.has_manifest(f"team/app{n}", manifests[n])]
+        assert kept == list(range(NAMES - len(kept), NAMES)), kept  # the newest names
+        for n in kept:  # a manifest kept keeps its blobs
+            assert all([await ledger.blob_size(digest) is not None for digest in pieces[n]])
+        for n in range(kept[0] - 1):  # the walk started over past each manifest it evicted
+            assert all([await ledger.blob_size(digest) is None for digest in pieces[n]])
+    finally:
+        await client.close()
+        redis.stopService()

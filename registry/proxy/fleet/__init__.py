@@ -5,8 +5,9 @@ Several instances, one cache: the shared state of a fleet of txregistry instance
   fleet), taken over when its holder dies;
 - `peer`: the holder streams the fill in progress to the other instances' clients;
 - `follow`: a client's response that survives the loss of its source (takeover);
-- `ledger`: sizes and least-recently-used order of the whole fleet's cache, and the
-  eviction lock;
+- `ledger`: sizes and least-recently-used order of the whole fleet's cache (its index of
+  record), and the eviction lock;
+- `index`: an instance's side of that index (what it has not pushed yet, recent entries);
 - `marker`: without Redis, one instance per cache storage (a second one is refused);
 - `_redis`: the connection.
 """

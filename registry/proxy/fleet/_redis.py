@@ -95,11 +95,17 @@ class FleetRedis(Service):
 
         return await deferToThreadPool(self.reactor, self.pool, in_thread)
 
-    async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a Lua script (registered once, then sent by its SHA)."""
+    def registered(self, source: str) -> Any:
+        """The redis-py `Script` of ``source`` (registered once, then sent by its SHA); call
+        it with ``client=`` a pipeline to run it in a batch."""
         registered = self._scripts.get(source)
         if registered is None:
             registered = self._scripts[source] = self.client.register_script(source)
+        return registered
+
+    async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua script (registered once, then sent by its SHA)."""
+        registered = self.registered(source)
         return await self.run(lambda _client: registered(keys=keys, args=args))
 
     async def ping(self) -> None:

@@ -2,14 +2,20 @@
 The fleet's cache index in Redis: sizes, references and last use of everything cached, so
 that eviction sees what all instances cached and keeps their sum under ``max_size``.
 
-Each instance keeps its `CacheIndex` in memory as a single instance does, records which
-entries changed (``CacheIndex.changed``) and sends them every second in one pipeline (not one
-command per request).  Per cache ``C``:
+Redis is the fleet's index of record: an instance keeps only what it added or used since its
+last push and a capped table of recent entries (`registry.proxy.fleet.index.FleetIndex`), and
+sends them every second in one pipeline (not one command per request).  Per cache ``C``:
 
-- ``txregistry:index:C`` (hash): ``b|<digest>`` → blob size; ``n|<digest>|<repo>`` → a
-  repository linking it; ``m|<repo>|<digest>`` → a manifest's size and references (JSON);
+- ``txregistry:index:C`` (hash): ``b|<digest>`` → blob size; ``m|<repo>|<digest>`` → a
+  manifest's size and references (JSON);
+- ``txregistry:names:C:<digest>`` (set): the repositories linking a cached blob;
 - ``txregistry:lru:C`` (sorted set): each ``b|``/``m|`` entry → its last use (only moves
   forward, ``ZADD GT``);
+- ``txregistry:total:C``: bytes of every entry; ``txregistry:refs:C`` (hash): digest → how
+  many cached manifests reference it; ``txregistry:digests:C`` (hash): digest → how many
+  entries have it.  These are kept by the same Lua scripts that add and remove entries
+  (`_ADD`, `_REMOVE`), so eviction needs no sum over the index and memory stays flat in the
+  number of entries;
 - ``txregistry:inuse:C`` (sorted set): ``<instance>|<digest>`` for what an instance serves
   or fills → until when (renewed every second while in use and removed once not, so a dead
   instance's marks lapse within seconds);
@@ -36,9 +42,10 @@ blob, or the reader sees the claim, does not open the cached copy and treats the
 cached.  (A grace period after a last use would need the same atomic check, and would still
 depend on how long reads take; the mark is renewed for as long as the read lasts.)
 
-Eviction (`ProxyCache.evict`) takes the lock, sends its own changes, reads the whole index
-back (`load`), plans with the same reference-aware `CacheIndex.plan` as a single instance,
-deletes, and removes what it deleted from Redis.
+Eviction (`ProxyCache.evict`) takes the lock, sends its own changes, reads the total and the
+reservations, then walks the LRU order a page at a time (`page`), evicting what is neither in
+use nor referenced by a cached manifest until the total fits, and removes what it deleted
+from Redis (`remove`) page by page.
 
 Room for a fill is reserved the same way: under the lock, with the reservations of every
 instance subtracted from ``max_size`` (`ProxyCache._admit`), and the grant written before the
@@ -52,13 +59,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
 from registry.proxy.fleet._redis import FleetRedis
-from registry.proxy.index import BlobEntry, CacheIndex, ManifestEntry, Victim
+from registry.proxy.fleet.index import FleetIndex
+from registry.proxy.index import Victim
 
 IN_USE_FOR = 5.0
 # How long an instance counts as alive after its last push (pushes come every second).
@@ -92,13 +101,125 @@ redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 return 1
 """
 
+# The scripts below keep the index hash, the LRU order and the counters derived from them
+# (total, references, entries per digest, a blob's repositories) in step: Redis runs each
+# script whole, so no reader ever sees one without the others.
+# KEYS: index, lru, total, refs, digests; ARGV[1]: the prefix of the repositories' sets.
+_ENTRIES = """
+local function entry_of(field, value)
+  if string.sub(field, 1, 2) == 'b|' then
+    return tonumber(value), {}, string.sub(field, 3)
+  end
+  local decoded = cjson.decode(value)
+  return tonumber(decoded[1]), decoded[2], string.match(field, '([^|]*)$')
+end
+local function count(field, value, sign)
+  local size, refs, digest = entry_of(field, value)
+  redis.call('INCRBY', KEYS[3], sign * size)
+  for _, ref in ipairs(refs) do
+    if redis.call('HINCRBY', KEYS[4], ref, sign) <= 0 then
+      redis.call('HDEL', KEYS[4], ref)
+    end
+  end
+  if redis.call('HINCRBY', KEYS[5], digest, sign) <= 0 then
+    redis.call('HDEL', KEYS[5], digest)
+  end
+end
+-- The counters of an index written before they existed are built once, here (the
+-- repositories linking a blob were fields 'n|<digest>|<repository>' of the hash then).
+local function ensure()
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    return
+  end
+  redis.call('DEL', KEYS[4], KEYS[5])
+  redis.call('SET', KEYS[3], 0)
+  local fields = redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    local field = fields[i]
+    if string.sub(field, 1, 2) == 'n|' then
+      local rest = string.sub(field, 3)
+      local bar = string.find(rest, '|', 1, true)
+      redis.call('SADD', ARGV[1] .. string.sub(rest, 1, bar - 1), string.sub(rest, bar + 1))
+      redis.call('HDEL', KEYS[1], field)
+    else
+      count(field, fields[i + 1], 1)
+    end
+  end
+end
+ensure()
+"""
+
+# ARGV[2..]: field, value, last use, repositories (newline-separated) of each entry added.
+_ADD = (
+    _ENTRIES
+    + """
+for i = 2, #ARGV, 4 do
+  local field, value = ARGV[i], ARGV[i + 1]
+  local old = redis.call('HGET', KEYS[1], field)
+  if old ~= value then
+    if old then
+      count(field, old, -1)
+    end
+    count(field, value, 1)
+    redis.call('HSET', KEYS[1], field, value)
+  end
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[i + 2], field)
+  for name in string.gmatch(ARGV[i + 3], '[^\\n]+') do
+    redis.call('SADD', ARGV[1] .. string.sub(field, 3), name)
+  end
+end
+return redis.call('GET', KEYS[3])
+"""
+)
+
+# ARGV[2..]: the fields of the entries evicted.
+_REMOVE = (
+    _ENTRIES
+    + """
+for i = 2, #ARGV do
+  local field = ARGV[i]
+  local old = redis.call('HGET', KEYS[1], field)
+  if old then
+    count(field, old, -1)
+    redis.call('HDEL', KEYS[1], field)
+    if string.sub(field, 1, 2) == 'b|' then
+      redis.call('DEL', ARGV[1] .. string.sub(field, 3))
+    end
+  end
+  redis.call('ZREM', KEYS[2], field)
+end
+return redis.call('GET', KEYS[3])
+"""
+)
+
+_TOTAL = _ENTRIES + "return redis.call('GET', KEYS[3])"
+
+
+@attrs.frozen
+class Entry:
+    """One entry of the fleet's index as eviction sees it."""
+
+    victim: Victim
+    last_used: float
+    referenced: bool  # a cached manifest references its digest
+    releases: bool  # a manifest with references: evicting it may free older entries
+
+
+def _entry(
+    field: str, digest: str, value: bytes, last_used: float, refcount: Any, names: set[bytes]
+) -> Entry:
+    referenced = refcount is not None and int(refcount) > 0
+    if field.startswith("b|"):
+        linked = frozenset(n.decode() for n in names)
+        return Entry(Victim("blob", digest, None, int(value), linked), last_used, referenced, False)
+    name = field[2:].rpartition("|")[0]
+    size, refs = json.loads(value)
+    victim = Victim("manifest", digest, name, int(size))
+    return Entry(victim, last_used, referenced, bool(refs))
+
 
 def _blob_field(digest: str) -> str:
     return f"b|{digest}"
-
-
-def _name_field(digest: str, name: str) -> str:
-    return f"n|{digest}|{name}"
 
 
 def _manifest_field(name: str, digest: str) -> str:
@@ -140,35 +261,47 @@ class Ledger:
     def lock_key(self) -> str:
         return f"txregistry:evict:{self.cache}"
 
-    async def push(self, index: CacheIndex, now: float, beat: bool = False) -> None:
-        """Send the entries changed since the last push, and the digests in use here; with
-        ``beat`` (the timer's pushes), say this instance is alive even when nothing changed."""
-        changed = index.changed
-        if changed is None:
-            return
-        index.changed = set()
+    @property
+    def total_key(self) -> str:
+        return f"txregistry:total:{self.cache}"
+
+    @property
+    def refs_key(self) -> str:
+        return f"txregistry:refs:{self.cache}"
+
+    @property
+    def digests_key(self) -> str:
+        return f"txregistry:digests:{self.cache}"
+
+    @property
+    def names_prefix(self) -> str:
+        return f"txregistry:names:{self.cache}:"
+
+    @property
+    def _entry_keys(self) -> list[str]:
+        return [self.index_key, self.lru_key, self.total_key, self.refs_key, self.digests_key]
+
+    async def push(self, index: FleetIndex, now: float, beat: bool = False) -> None:
+        """Send the entries added and used here since the last push, and the digests in use
+        here; with ``beat`` (the timer's pushes), say this instance is alive even when nothing
+        changed."""
+        batch = index.drain()
         releasing, self._releasing = self._releasing, {}
-        fields: dict[str, str] = {}
-        scores: dict[str, float] = {}
+        args: list[Any] = [self.names_prefix]
+        for digest, blob in batch.blobs.items():
+            args += [_blob_field(digest), str(blob.size), blob.last_used, "\n".join(blob.names)]
         # A reservation goes only with its blob's entry, sent again here in case an earlier
         # push carrying it is still on its way on another connection.
-        sent = changed | {("blob", "", digest) for digest in releasing}
-        for kind, name, digest in sent:
-            if kind == "blob":
-                blob = index.blobs.get(digest)
-                if blob is None:
-                    continue
-                fields[_blob_field(digest)] = str(blob.size)
-                for linked in blob.names:
-                    fields[_name_field(digest, linked)] = ""
-                scores[_blob_field(digest)] = blob.last_used
-            else:
-                manifest = index.manifests.get((name, digest))
-                if manifest is None:
-                    continue
-                field = _manifest_field(name, digest)
-                fields[field] = json.dumps([manifest.size, list(manifest.refs)])
-                scores[field] = manifest.last_used
+        for digest in releasing:
+            size = index.known_size(digest)
+            if digest not in batch.blobs and size is not None:
+                args += [_blob_field(digest), str(size), now, ""]
+        for (name, digest), manifest in batch.manifests.items():
+            value = json.dumps([manifest.size, list(manifest.refs)])
+            args += [_manifest_field(name, digest), value, manifest.last_used, ""]
+        touched = {_blob_field(d): when for d, when in batch.touched_blobs.items()}
+        for (name, digest), when in batch.touched_manifests.items():
+            touched[_manifest_field(name, digest)] = when
         in_use = {
             f"{self.instance}|{digest}": now + IN_USE_FOR
             for digest, count in index.in_use.items()
@@ -176,16 +309,17 @@ class Ledger:
         }
         released = sorted(self._marked - set(in_use))
         reserved = {member: now + IN_USE_FOR for member in self._reserved.values()}
-        if not (fields or in_use or released or beat or reserved or releasing):
+        adding = len(args) > 1
+        if not (adding or touched or in_use or released or beat or reserved or releasing):
             return
+        add = self.redis.registered(_ADD)
 
-        def send(client: Any) -> None:
+        def send(client: Any) -> Any:
             pipe = client.pipeline(transaction=False)
-            if fields:
-                pipe.hset(self.index_key, mapping=fields)
-                pipe.zadd(self.lru_key, scores, gt=True)
-                # A new entry has no score yet: GT does not add it, so add the missing ones.
-                pipe.zadd(self.lru_key, scores, nx=True)
+            if adding:
+                add(keys=self._entry_keys, args=args, client=pipe)
+            if touched:  # only entries still cached: an evicted one is not brought back
+                pipe.zadd(self.lru_key, touched, xx=True, gt=True)
             if in_use:
                 pipe.zadd(self.inuse_key, in_use)
             if released:
@@ -198,65 +332,85 @@ class Ledger:
             pipe.zremrangebyscore(self.reserved_key, "-inf", now)
             if beat:
                 pipe.set(self.alive_key(self.instance), "1", px=int(ALIVE_FOR * 1000))
-            pipe.execute()
+            return pipe.execute()
 
         try:
-            await self.redis.run(send)
+            replies = await self.redis.run(send)
         except Exception:
-            index.changed |= changed  # sent with the next push
+            index.restore(batch)  # sent with the next push
             self._releasing.update(releasing)
             raise
         self._marked = set(in_use)
+        if adding:
+            index.size = int(replies[0])
 
-    async def load(self, now: float) -> CacheIndex:
-        """The fleet's index: what every instance cached, and what any of them uses now."""
-        index, _reservations = await self.load_with_reservations(now)
-        return index
+    async def state(self, now: float) -> tuple[int, dict[str, int], Counter[str]]:
+        """The fleet's total (bytes of every cached entry), the room reserved by fills in
+        flight (``<instance>|<digest>`` -> bytes) and the digests in use on any instance,
+        read in one transaction: a blob whose reservation was just released is in the
+        total."""
+        total = self.redis.registered(_TOTAL)
 
-    async def load_with_reservations(self, now: float) -> tuple[CacheIndex, dict[str, int]]:
-        """`load`, and the room reserved by fills in flight (``<instance>|<digest>`` ->
-        bytes), read in one transaction (reservations first): a blob whose reservation was
-        just released is in the index."""
-
-        def read(client: Any) -> tuple[Any, Any, Any, Any]:
+        def read(client: Any) -> tuple[Any, Any, Any]:
             pipe = client.pipeline(transaction=True)
             pipe.zrangebyscore(self.reserved_key, now, "+inf")
-            pipe.hgetall(self.index_key)
-            pipe.zrange(self.lru_key, 0, -1, withscores=True)
+            total(keys=self._entry_keys, args=[self.names_prefix], client=pipe)
             pipe.zrangebyscore(self.inuse_key, now, "+inf")
-            reserved, fields, scores, in_use = pipe.execute()
-            return reserved, fields, scores, in_use
+            reserved, size, in_use = pipe.execute()
+            return reserved, size, in_use
 
-        raw_reserved, fields, scores, in_use = await self.redis.run(read)
+        raw_reserved, size, raw_in_use = await self.redis.run(read)
         reservations: dict[str, int] = {}
         for raw in raw_reserved:
-            member, _, size = raw.decode().rpartition("|")
-            if size.isdigit():
-                reservations[member] = int(size)
-        last_used = {member.decode(): float(score) for member, score in scores}
-        index = CacheIndex()
-        names: dict[str, set[str]] = {}
-        for raw_field, raw_value in fields.items():
-            field = raw_field.decode()
-            kind, _, rest = field.partition("|")
-            if kind == "b":
-                index.blobs[rest] = BlobEntry(int(raw_value), last_used.get(field, now))
-            elif kind == "n":
-                digest, _, name = rest.partition("|")
-                names.setdefault(digest, set()).add(name)
-            elif kind == "m":
-                name, _, digest = rest.rpartition("|")
-                size, refs = json.loads(raw_value)
-                index.manifests[(name, digest)] = ManifestEntry(
-                    int(size), last_used.get(field, now), tuple(str(r) for r in refs)
-                )
-                index.refcount.update(str(r) for r in refs)
-        for digest, linked in names.items():
-            if digest in index.blobs:
-                index.blobs[digest].names = linked
-        for member in in_use:
-            index.in_use[member.decode().partition("|")[2]] += 1
-        return index, reservations
+            member, _, amount = raw.decode().rpartition("|")
+            if amount.isdigit():
+                reservations[member] = int(amount)
+        in_use: Counter[str] = Counter(m.decode().partition("|")[2] for m in raw_in_use)
+        return int(size), reservations, in_use
+
+    async def page(self, offset: int, count: int) -> list[Entry]:
+        """Up to ``count`` entries in least-recently-used order from ``offset``, with what
+        eviction needs of each (size, references to it, a blob's repositories, a manifest's
+        references)."""
+
+        def read(client: Any) -> list[Entry]:
+            ranked = client.zrange(self.lru_key, offset, offset + count - 1, withscores=True)
+            if not ranked:
+                return []
+            fields = [member.decode() for member, _score in ranked]
+            digests = [field.rpartition("|")[2] for field in fields]
+            pipe = client.pipeline(transaction=False)
+            pipe.hmget(self.index_key, fields)
+            pipe.hmget(self.refs_key, digests)
+            for field, digest in zip(fields, digests, strict=True):
+                if field.startswith("b|"):
+                    pipe.smembers(self.names_prefix + digest)
+            values, refcounts, *names = pipe.execute()
+            entries: list[Entry] = []
+            blob_names = iter(names)
+            for (field, digest, value, refcount), (_m, score) in zip(
+                zip(fields, digests, values, refcounts, strict=True), ranked, strict=True
+            ):
+                linked = next(blob_names) if field.startswith("b|") else set()
+                if value is None:
+                    continue  # removed since the range was read
+                entries.append(_entry(field, digest, value, float(score), refcount, linked))
+            return entries
+
+        return await self.redis.run(read)
+
+    async def blob_size(self, digest: str) -> int | None:
+        raw = await self.redis.run(lambda r: r.hget(self.index_key, _blob_field(digest)))
+        return None if raw is None else int(raw)
+
+    async def has_manifest(self, name: str, digest: str) -> bool:
+        field = _manifest_field(name, digest)
+        return bool(await self.redis.run(lambda r: r.hexists(self.index_key, field)))
+
+    async def entries_with(self, digest: str) -> int:
+        """How many entries (a blob, manifests in any repository) have ``digest``."""
+        raw = await self.redis.run(lambda r: r.hget(self.digests_key, digest))
+        return 0 if raw is None else int(raw)
 
     async def reserve(self, digest: str, size: int, now: float) -> None:
         """Record room for a fill of ``digest`` (hold the eviction lock: see the module's
@@ -279,27 +433,17 @@ class Ledger:
             self._releasing[digest] = member
 
     async def size(self) -> int:
-        index = await self.load(0.0)
-        return index.size
+        total, _reservations, _in_use = await self.state(0.0)
+        return total
 
-    async def remove(self, victims: Iterable[Victim]) -> None:
-        fields: list[str] = []
-        for victim in victims:
-            if victim.kind == "blob":
-                fields.append(_blob_field(victim.digest))
-                fields += [_name_field(victim.digest, name) for name in victim.names]
-            else:
-                fields.append(_manifest_field(victim.name or "", victim.digest))
-        if not fields:
-            return
-
-        def delete(client: Any) -> None:
-            pipe = client.pipeline(transaction=False)
-            pipe.hdel(self.index_key, *fields)
-            pipe.zrem(self.lru_key, *fields)
-            pipe.execute()
-
-        await self.redis.run(delete)
+    async def remove(self, victims: Iterable[Victim]) -> int:
+        """Forget evicted entries; the fleet's total afterwards."""
+        fields = [
+            _blob_field(v.digest) if v.kind == "blob" else _manifest_field(v.name or "", v.digest)
+            for v in victims
+        ]
+        args = [self.names_prefix, *fields]
+        return int(await self.redis.script(_REMOVE, self._entry_keys, args))
 
     def alive_key(self, instance: str) -> str:
         return f"txregistry:alive:{self.cache}:{instance}"

@@ -146,7 +146,7 @@ class FleetSetup:
                         return
                     for cache in caches:
                         if cache.ledger is not None:
-                            await cache.ledger.push(cache.fleet_entries(), cache.now(), beat=True)
+                            await cache.ledger.push(cache.fleet_index(), cache.now(), beat=True)
 
                 d = Deferred.fromCoroutine(run())
                 d.addErrback(
