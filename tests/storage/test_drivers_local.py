@@ -98,7 +98,9 @@ class TestFilesystemReservation:
 
         monkeypatch.setattr(filesystem, "reserve_space", no_space)
         writer = await driver.writer("w/full")
-        with pytest.raises(StorageError, match="no space left"):
+        with pytest.raises(
+            StorageError, match="reserving 1048576 bytes for w/full: No space left on device"
+        ):
             await writer.reserve(MiB)
         await writer.cancel()
 
