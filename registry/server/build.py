@@ -41,6 +41,7 @@ from registry.ops.notifications import Notifier, add_notifications
 from registry.ops.notifications.metrics import register_notification_metrics
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
+from registry.server.balance import AcceptBoard, balanced_port_factory
 from registry.server.drain import ConnectionTracker
 from registry.server.exit import StartupError, exit_now
 from registry.server.listeners import Listeners, ListeningService
@@ -116,12 +117,15 @@ def _serving(
     checks: list[Callable[[], Awaitable[None]]] | None = None,
     link: WorkerLink | None = None,
     notifier: Notifier | None = None,
+    board: AcceptBoard | None = None,
 ) -> RegistryService:
     """
     The root service: binds ``endpoints``, probes ``driver``, announces, drains on stop (see
     `registry.server.service`).
     """
     tracker = ConnectionTracker(reactor)
+    if board is not None:  # the workers take turns accepting by their open connections
+        tracker.watch(board.connections_changed)
     site.requestFactory = tracker.wrap_request_factory(site.requestFactory)
     listeners = Listeners(reactor, endpoints, tracker.wrap_factory(site))
     where = storage_description(config.storage)
@@ -236,9 +240,14 @@ def serve(config: Config, reactor: Any, spec: WorkerSpec | None) -> IService:
             pool,
         )
         endpoints = listening_endpoints(config, reactor, settings.enabled)
+        board = None
         if spec is not None:
+            make_port = None
+            if spec.board >= 0:
+                board = AcceptBoard(spec.board, spec.workers, spec.worker, reactor)
+                make_port = balanced_port_factory(board)
             endpoints = [
-                (description, AdoptedEndpoint(reactor, inherited, endpoint))
+                (description, AdoptedEndpoint(reactor, inherited, endpoint, make_port))
                 for (description, endpoint), inherited in zip(
                     endpoints, spec.listeners, strict=True
                 )
@@ -297,7 +306,16 @@ def serve(config: Config, reactor: Any, spec: WorkerSpec | None) -> IService:
         )
     # The root binds, probes and announces, and drains before the rest stops.
     serving = _serving(
-        config, reactor, endpoints, site, driver, ctx.uploads.flush, checks, link, ctx.notifier
+        config,
+        reactor,
+        endpoints,
+        site,
+        driver,
+        ctx.uploads.flush,
+        checks,
+        link,
+        ctx.notifier,
+        board,
     )
     root.setServiceParent(serving)
     serving.ready.addCallback(lambda _: release_startup_memory())

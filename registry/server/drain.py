@@ -19,6 +19,7 @@ is running anywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -107,6 +108,8 @@ class ConnectionTracker:
         self._unplaced = 0  # running requests whose connection is unknown (HTTP/2)
         self._draining = False
         self._drained: Deferred[None] | None = None
+        # Told the number of open connections each time one opens or closes.
+        self._watchers: list[Callable[[int], None]] = []
 
     @property
     def connections(self) -> int:
@@ -115,6 +118,10 @@ class ConnectionTracker:
     @property
     def requests(self) -> int:
         return sum(self._connections.values()) + self._unplaced
+
+    def watch(self, watcher: Callable[[int], None]) -> None:
+        """Call ``watcher`` with the number of open connections as each opens or closes."""
+        self._watchers.append(watcher)
 
     def wrap_factory(self, factory: IProtocolFactory) -> IProtocolFactory:
         """The factory to give the listeners instead of ``factory``."""
@@ -136,12 +143,18 @@ class ConnectionTracker:
 
     def _opened(self, transport: Any) -> None:
         self._connections[transport] = 0
+        self._tell_watchers()
         if self._draining:  # accepted just before the listeners closed
             self._close_if_idle(transport)
 
     def _closed(self, transport: Any) -> None:
-        self._connections.pop(transport, None)
+        if self._connections.pop(transport, None) is not None:
+            self._tell_watchers()
         self._check_drained()
+
+    def _tell_watchers(self) -> None:
+        for watcher in self._watchers:
+            watcher(len(self._connections))
 
     # Requests
 

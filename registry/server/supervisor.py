@@ -24,6 +24,10 @@ Signals:
   one serves.  The listeners themselves and the number of workers stay as they are.
 - SIGUSR1: rotate the supervisor's log file (as twistd does); workers rotate their own.
 
+Accepting in turn: the supervisor creates the board on which the workers post their open
+connections (`registry.server.balance`), hands each worker a descriptor of it, and clears a
+worker's slot when it exits, so that the others stop leaving new connections to it at once.
+
 Questions the workers ask (over their control pipe): the whole tree's metrics (asked of every
 serving worker and merged, `registry.ops.metrics_tree`) and how many workers serve (readiness).
 """
@@ -39,6 +43,7 @@ import sys
 import time
 from typing import Any
 
+from registry.server import board
 from registry.server.loop import Event, Loop, Task, Timer, Wait
 from registry.server.pipe_channel import PipeChannel, Reply
 from registry.server.worker_env import (
@@ -169,6 +174,10 @@ class Supervisor:
         self._stopping = False
         self._rolling = False
         self._holding: set[int] = set()  # slots a rolling restart replaces itself
+        # The accept board (`registry.server.balance`): only where workers share a socket.
+        self._board = -1
+        if self.count > 1 and board.available():
+            self._board = _high(board.create_board(self.count))
 
     # Start
 
@@ -216,12 +225,18 @@ class Supervisor:
             description, own, family = self._debug
             moves.append((own, fd))
             debug = {"description": description, "fd": fd, "family": family}
+            fd += 1
+        board_fd = -1
+        if self._board >= 0:
+            moves.append((self._board, fd))
+            board_fd = fd
         spec = {
             "worker": slot,
             "workers": self.count,
             "listeners": listeners,
             "debug": debug,
             "supervisor": os.getpid(),
+            "board": board_fd,
         }
         return json.dumps(spec), moves
 
@@ -306,6 +321,8 @@ class Supervisor:
         if self.workers.get(worker.slot) is worker:
             del self.workers[worker.slot]
         worker.channel.lost()
+        if self._board >= 0:
+            board.clear_slot(self._board, worker.slot)
         self._say_ended(worker, status)
         # Last: whoever waits for this (a drain, a rolling restart) logs after the line above.
         worker.served.fire(False)

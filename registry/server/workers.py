@@ -43,7 +43,7 @@ import math
 import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -142,6 +142,9 @@ class WorkerSpec:
     listeners: tuple[Inherited, ...]
     debug: Inherited | None = None
     supervisor: int = 0  # its pid
+    # The descriptor of the board the workers share to take turns accepting
+    # (`registry.server.balance`); -1 when there is none (one worker, or no memfd).
+    board: int = -1
 
     def to_environ(self) -> str:
         return json.dumps(attrs.asdict(self))
@@ -159,6 +162,7 @@ class WorkerSpec:
             listeners=tuple(Inherited(**item) for item in data["listeners"]),
             debug=Inherited(**debug) if debug else None,
             supervisor=int(data.get("supervisor", 0)),
+            board=int(data.get("board", -1)),
         )
 
 
@@ -192,11 +196,18 @@ class AdoptedEndpoint:
     reactor: Any
     inherited: Inherited
     endpoint: IStreamServerEndpoint
+    # Makes the port (reactor, descriptor, family, factory) where the workers take turns
+    # accepting (`registry.server.balance`); None: Twisted's own port.
+    make_port: Callable[[Any, int, int, IProtocolFactory], Any] | None = None
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
         factory = connection_factory(self.endpoint, protocolFactory)
-        port = self.reactor.adoptStreamPort(self.inherited.fd, self.inherited.family, factory)
-        os.close(self.inherited.fd)  # the reactor listens on its own duplicate
+        fd, family = self.inherited.fd, self.inherited.family
+        if self.make_port is not None:
+            port = self.make_port(self.reactor, fd, family, factory)
+        else:
+            port = self.reactor.adoptStreamPort(fd, family, factory)
+        os.close(self.inherited.fd)  # the port listens on its own duplicate
         return succeed(port)
 
 

@@ -15,12 +15,14 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -183,16 +185,23 @@ def test_chunked_upload_with_patches_on_both_workers(tree: Tree, tmp_path: Path)
             assert answer.status == 202, answer.body
             assert (states / "txhashstates/sha256" / str(offset)).exists(), "state not recorded"
 
-        answer, pid = tree.served_by(
-            "PATCH",
-            location,
-            chunk,
-            state_recorded,
-            **{
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{start}-{start + len(chunk) - 1}",
-            },
-        )
+        # Once one worker took a PATCH, idle connections held on it make it leave the next
+        # connection to the other (registry.server.balance): both see PATCHes of one upload.
+        pinned = pin(tree, next(iter(pids))) if len(pids) == 1 else []
+        try:
+            answer, pid = tree.served_by(
+                "PATCH",
+                location,
+                chunk,
+                state_recorded,
+                **{
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{start}-{start + len(chunk) - 1}",
+                },
+            )
+        finally:
+            for each in pinned:
+                each.close()
         data += chunk
         assert answer.headers["range"] == f"0-{len(data) - 1}"
         location = answer.headers["location"]
@@ -405,3 +414,114 @@ def test_log_file_pidfile_and_sigusr1_after_the_hand_over(tmp_path: Path) -> Non
         assert not pidfile.exists()
     finally:
         child.stop()
+
+
+# Taking turns accepting (registry.server.balance)
+
+BURST = 24
+
+
+def connection_owners(tree: Tree, sockets: list[socket.socket]) -> dict[int, int]:
+    """pid -> how many of ``sockets`` that worker holds (the server side of each)."""
+    ours = {s.getsockname()[1] for s in sockets}
+    owners = {}
+    for pid in tree.pids.values():
+        held = psutil.Process(pid).net_connections(kind="tcp")
+        owners[pid] = sum(
+            1 for c in held if c.raddr and c.raddr.port in ours and c.laddr.port == tree.port
+        )
+    return owners
+
+
+def open_answered(tree: Tree, count: int) -> list[socket.socket]:
+    """``count`` connections opened at once, then one request answered on each (kept open)."""
+    sockets = [socket.create_connection(("127.0.0.1", tree.port), timeout=60) for _ in range(count)]
+    for each in sockets:
+        each.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n")
+    for each in sockets:
+        assert each.recv(65536).startswith(b"HTTP/1.1 200 "), "no answer"
+    return sockets
+
+
+def test_a_burst_of_connections_is_split_between_workers(tree: Tree) -> None:
+    """
+    Connections that arrive together go half to each worker, not all to whichever woke first
+    (Twisted's port alone accepts the whole backlog in one go: 23 of 24 on one worker).
+    """
+    sockets = open_answered(tree, BURST)
+    try:
+        owners = connection_owners(tree, sockets)
+        assert sum(owners.values()) == BURST, owners
+        # Each may run ahead of the other by `slack` (1 at these counts) plus one being taken.
+        assert max(owners.values()) - min(owners.values()) <= 2, owners
+    finally:
+        for each in sockets:
+            each.close()
+
+
+def test_a_stopped_worker_does_not_keep_connections_waiting(tree: Tree) -> None:
+    """
+    A worker that stops running (here SIGSTOP) while it has the fewest connections would have
+    the other leave every new connection to it; once its heartbeat is stale the other accepts.
+    """
+    busy, stopped = tree.pids[0], tree.pids[1]
+    sockets = open_answered(tree, 4)
+    try:
+        # Close the stopped-to-be worker's connections: it has 0, the other about 2.
+        ours = connection_owners(tree, sockets)
+        assert ours[busy] >= 1 and ours[stopped] >= 1, ours
+        for each in list(sockets):
+            peer_pid = _owner_of(tree, each)
+            if peer_pid == stopped:
+                each.close()
+                sockets.remove(each)
+        for _ in range(200):  # bounded: the worker sees the closes within milliseconds
+            if connection_owners(tree, sockets)[stopped] == 0 and _established(stopped, tree) == 0:
+                break
+            time.sleep(0.05)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                answer = tree.request("GET", "/v2/")  # 60 s timeout: served, or the test fails
+                assert answer.status == 200
+            assert _established(stopped, tree) == 0
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+    finally:
+        for each in sockets:
+            each.close()
+
+
+def pin(tree: Tree, pid: int, extra: int = 2) -> list[socket.socket]:
+    """
+    Idle connections held on worker ``pid`` until it has ``extra`` more than the other, which
+    then takes the next new connection.  Connections the other worker took are closed.
+    """
+    kept: list[socket.socket] = []
+    for _ in range(MAX_TRIES):
+        if len(kept) >= extra:
+            return kept
+        connection = open_answered(tree, 1)[0]
+        if _owner_of(tree, connection) == pid:
+            kept.append(connection)
+        else:
+            connection.close()
+            time.sleep(0.01)  # the other worker sees the close, back to its count
+    raise AssertionError(f"worker {pid} never took {extra} connections")
+
+
+def _owner_of(tree: Tree, connection: socket.socket) -> int | None:
+    port = connection.getsockname()[1]
+    for pid in tree.pids.values():
+        for c in psutil.Process(pid).net_connections(kind="tcp"):
+            if c.raddr and c.raddr.port == port and c.laddr.port == tree.port:
+                return pid
+    return None
+
+
+def _established(pid: int, tree: Tree) -> int:
+    return sum(
+        1
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.laddr.port == tree.port and c.status == psutil.CONN_ESTABLISHED
+    )
