@@ -328,6 +328,11 @@ def print_growth(first: Any, second: Any, names: int) -> None:
         print(f"    {per / 1024:8.1f} KiB {stat.count_diff:+7d} blocks  {' < '.join(frames)}")
 
 
+def progress(text: str) -> None:
+    """A line on stderr while a long step runs (the results go to stdout at the end)."""
+    print(f"  ... {text}", file=sys.stderr, flush=True)
+
+
 def names(args: argparse.Namespace, workdir: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AnyName)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -383,6 +388,7 @@ def names(args: argparse.Namespace, workdir: Path) -> None:
         warmup = 2000
         batch(10**9, warmup)  # first use of every code path and table
         before = process.memory_info().rss
+        progress(f"{warmup} warm-up names, RSS {before / MiB:.1f} MiB")
         if args.trace:
             import os
             import signal
@@ -392,6 +398,10 @@ def names(args: argparse.Namespace, workdir: Path) -> None:
         half = args.count // 2
         batch(0, half)
         middle = process.memory_info().rss
+        progress(
+            f"{half} names in {time.monotonic() - began:.0f} s, RSS {middle / MiB:.1f} MiB; "
+            f"{args.count - half} to go"
+        )
         first = trace_snapshot(cache.pid, trace_file) if args.trace else None
         batch(half, args.count - half)
         elapsed = time.monotonic() - began

@@ -7,7 +7,8 @@ replaces itself with a standard-library program (`registry.server.supervisor`) t
 N worker processes (``twistd -n registry`` again, told by the ``TXREGISTRY_WORKER``
 variable which worker they are and which inherited descriptors are their listeners).  Each
 worker adopts the sockets (``reactor.adoptStreamPort``) and serves them with its own reactor;
-the kernel hands each new connection to one of the workers waiting in ``accept``.
+each new connection goes to one of the workers waiting on it, the least loaded one
+(`registry.server.balance`).
 
 Why the supervisor binds and passes descriptors, rather than every worker binding its own
 ``SO_REUSEPORT`` socket:
@@ -24,8 +25,10 @@ Why the supervisor binds and passes descriptors, rather than every worker bindin
   hashing new connections to a dead worker's socket until it is gone, and a port 0 would be a
   different port for each worker.
 
-The price: one accept queue shared by every worker (SO_REUSEPORT gives one per worker), which
-can balance less evenly under very high connection rates; keep-alive clients make this rare.
+The price: one accept queue shared by every worker, from which whichever worker runs first
+takes every waiting connection, unless the workers take turns (`registry.server.balance`).
+SO_REUSEPORT spreads connections by a hash of their addresses instead, blind to how loaded
+each worker is, so a burst can land unevenly there too.
 
 `resolve` decides how many workers a configuration gets: one per core by default; one where
 workers would not share state (the ``inmemory`` driver; a ``[proxy:NAME]`` cache, whose fills,

@@ -3,8 +3,9 @@
 
 Which worker answered a request is read from the debug listener's ``/metrics``
 (``txregistry_worker_http_requests_total{worker, pid}``, one series per worker), so the tests
-need no header in production responses.  Requests open a new connection each: the kernel hands
-each new connection to one of the workers waiting on the shared socket.
+need no header in production responses.  Requests open a new connection each, which goes to
+either worker when both hold as many connections (`pin` makes one hold more, to send the next
+connection to the other).
 """
 
 from __future__ import annotations
