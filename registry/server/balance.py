@@ -166,11 +166,11 @@ class BalancedPort:
 
     def stopListening(self) -> Deferred[None]:
         if self._listening:
+            self._reactor.removeReader(self)
             self._listening = False
             self._stop_holding()
             if self._resume is not None and self._resume.active():
                 self._resume.cancel()
-            self._reactor.removeReader(self)
             self._board.leave(self)
             self._socket.close()
             self._factory.doStop()
