@@ -5,6 +5,7 @@ the index's entries stay on disk (registry.proxy.stored) or, in a fleet, in Redi
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import attrs
 import pytest
@@ -30,6 +31,23 @@ NAMES = 40
 CAP = 4
 
 
+def capped_cache(
+    fake: FakeUpstream, client: UpstreamClient, driver: MemoryDriver, **state: Any
+) -> ProxyCache:
+    """A cache of ``fake`` whose in-flight and remembered tables hold `CAP` entries each;
+    ``state`` is its index (one instance) or its fleet."""
+    return ProxyCache(
+        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        limits=Limits(inflight=CAP, remembered=CAP),
+        **state,
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_many_names_keep_every_table_at_its_cap(fake: FakeUpstream) -> None:
     """40 names, each one manifest pulled twice, through a cache whose tables hold 4 entries:
@@ -40,16 +58,7 @@ async def test_many_names_keep_every_table_at_its_cap(fake: FakeUpstream) -> Non
     driver = MemoryDriver()
     client = UpstreamClient(reactor, fake.url, timeout=5, max_tokens=CAP)
     index = StoredIndex(reactor, "hub", hot_entries=CAP, touch_batch=CAP)
-    cache = ProxyCache(
-        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
-        client=client,
-        driver=driver,
-        blobs=BlobStore(driver),
-        tags=TagStore(driver),
-        reactor=reactor,
-        limits=Limits(inflight=CAP, remembered=CAP),
-        index=index,
-    )
+    cache = capped_cache(fake, client, driver, index=index)
     await cache.load_state()
     total = 0
     digests: list[str] = []
@@ -92,16 +101,7 @@ async def test_a_fleet_instance_keeps_its_tables_at_their_caps_and_evicts_a_page
     fleet = Fleet(redis, leases, PeerClient(reactor, "secret", 5.0), "a", reactor)
     driver = MemoryDriver()
     client = UpstreamClient(reactor, fake.url, timeout=5, max_tokens=CAP)
-    cache = ProxyCache(
-        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
-        client=client,
-        driver=driver,
-        blobs=BlobStore(driver),
-        tags=TagStore(driver),
-        reactor=reactor,
-        limits=Limits(inflight=CAP, remembered=CAP),
-        fleet=fleet,
-    )
+    cache = capped_cache(fake, client, driver, fleet=fleet)
     ledger = cache.ledger
     assert ledger is not None
     pieces: list[list[str]] = []
