@@ -80,7 +80,7 @@ class AcceptBoard:
         self._connections = 0
         self._live = False
         self._ports: list[BalancedPort] = []
-        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat = LoopingCall(self._write)
         self._heartbeat.clock = reactor
 
     def connections_changed(self, connections: int) -> None:
@@ -124,9 +124,6 @@ class AcceptBoard:
             self._live = False
             self._heartbeat.stop()
             SLOT.pack_into(self._map, self._slot * SLOT.size, 0, 0.0)
-
-    def _beat(self) -> None:
-        self._write()
 
     def _write(self) -> None:
         SLOT.pack_into(self._map, self._slot * SLOT.size, self._connections, time.monotonic())
