@@ -284,7 +284,7 @@ class AnyName(http.server.BaseHTTPRequestHandler):
 # written on SIGUSR1 (to the file named by the environment, after a collection) for the bench
 # to compare.  Only what was allocated while tracing is seen: for a table at its cap to show
 # as flat rather than growing, its whole content at the first snapshot must have been
-# allocated while tracing (so trace at least as many names as the largest cap, 16,384, first).
+# allocated while tracing (so trace at least as many names as the largest cap, 8,192, first).
 TRACE_SITE = """
 import gc, os, signal, tracemalloc
 signal.signal(signal.SIGUSR2, lambda signum, frame: tracemalloc.start(4))

@@ -148,7 +148,7 @@ FILL_READ_SIZE = 1024 * 1024
 FILL_HASH_BATCH = 2 * 1024 * 1024
 
 # Bounds of the tables whose keys clients choose (names, tags, digests): see `Limits`.
-MAX_REMEMBERED = 16_384
+MAX_REMEMBERED = 8_192
 CONFIRMATION_AGE = 60.0
 # How soon a fleet eviction that left the cache over max_size (in use) runs again.
 FLEET_EVICTION_RETRY = 2.0

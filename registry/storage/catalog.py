@@ -44,7 +44,7 @@ CATALOG_DIR = f"{layout.OWN}/catalog"
 ENTRIES_DIR = f"{CATALOG_DIR}/repositories"
 COMPLETE_MARKER = f"{CATALOG_DIR}/complete"
 # How many names `Catalog.note_repository` remembers having written (see `Catalog._noted`).
-NOTED_MAX = 16384
+NOTED_MAX = 8192
 # Folders that make their parent a repository (registry:2 itself only looks for _layers).
 REPOSITORY_MARKERS = frozenset({"_manifests", "_layers", "_uploads"})
 # "~" is outside the name grammar, and unreserved in URLs (S3 keys stay readable).
