@@ -18,18 +18,15 @@ from twisted.internet.defer import Deferred
 from registry.api.digests import Digest
 from registry.config import RedisConfig
 from registry.proxy.cache import ProxyCache
-from registry.proxy.config import ProxyConfig
 from registry.proxy.fleet import Fleet, FleetRedis
 from registry.proxy.fleet.lease import FillLeases
 from registry.proxy.fleet.peer import PeerClient
 from registry.proxy.upstream import UpstreamClient
-from registry.storage.blobs import BlobStore
 from registry.storage.memory import MemoryDriver
-from registry.storage.tags import TagStore
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import HashingConsumer
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
-from tests.proxy.util import reactor
+from tests.proxy.util import hub_cache, reactor
 
 NAME = "library/raced"
 LAYER = 3 * 1024 * 1024
@@ -41,16 +38,7 @@ def instance(
     leases = FillLeases(redis, reactor, name, "", 5.0)
     fleet = Fleet(redis, leases, PeerClient(reactor, "secret", 5.0), name, reactor)
     client = UpstreamClient(reactor, fake.url, timeout=5)
-    cache = ProxyCache(
-        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
-        client=client,
-        driver=driver,
-        blobs=BlobStore(driver),
-        tags=TagStore(driver),
-        reactor=reactor,
-        fleet=fleet,
-    )
-    return cache, client
+    return hub_cache(fake.url, client, driver, fleet=fleet), client
 
 
 async def pull(cache: ProxyCache, digest: Digest) -> str:

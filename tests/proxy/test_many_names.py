@@ -14,18 +14,15 @@ import pytest_twisted
 from registry.config import RedisConfig
 from registry.proxy import cache as cache_module
 from registry.proxy.cache import Limits, ProxyCache
-from registry.proxy.config import ProxyConfig
 from registry.proxy.fleet import Fleet, FleetRedis
 from registry.proxy.fleet.lease import FillLeases
 from registry.proxy.fleet.peer import PeerClient
 from registry.proxy.stored import StoredIndex
 from registry.proxy.upstream import UpstreamClient
-from registry.storage.blobs import BlobStore
 from registry.storage.memory import MemoryDriver
-from registry.storage.tags import TagStore
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
-from tests.proxy.util import reactor
+from tests.proxy.util import hub_cache, reactor
 
 NAMES = 40
 CAP = 4
@@ -36,16 +33,7 @@ def capped_cache(
 ) -> ProxyCache:
     """A cache of ``fake`` whose in-flight and remembered tables hold `CAP` entries each;
     ``state`` is its index (one instance) or its fleet."""
-    return ProxyCache(
-        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
-        client=client,
-        driver=driver,
-        blobs=BlobStore(driver),
-        tags=TagStore(driver),
-        reactor=reactor,
-        limits=Limits(inflight=CAP, remembered=CAP),
-        **state,
-    )
+    return hub_cache(fake.url, client, driver, limits=Limits(inflight=CAP, remembered=CAP), **state)
 
 
 @pytest_twisted.ensureDeferred

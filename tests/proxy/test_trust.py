@@ -19,18 +19,15 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from registry.api.digests import Digest
 from registry.api.errors import UNAVAILABLE, RegistryError
-from registry.proxy.cache import Limits, ProxyCache
-from registry.proxy.config import ProxyConfig
+from registry.proxy.cache import Limits
 from registry.proxy.upstream import UpstreamClient
-from registry.storage.blobs import BlobStore
 from registry.storage.memory import MemoryDriver
-from registry.storage.tags import TagStore
 from tests.auth.conftest import LogCapture
 from tests.e2e.client import header, sha256
 from tests.fakes.content import GeneratedBlob
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
-from tests.proxy.util import blob_data_path, fetch, reactor, storage_root, wait_for
+from tests.proxy.util import blob_data_path, fetch, hub_cache, reactor, storage_root, wait_for
 
 A = "library/alpine"  # upstream names; locally docker.io/library/...
 B = "library/busybox"
@@ -290,15 +287,7 @@ async def test_tables_keyed_by_client_choices_stay_at_their_caps(fake: FakeUpstr
         fake.content.retag(A, f"t{i}", image.digest)
     driver = MemoryDriver()
     client = UpstreamClient(reactor, fake.url, timeout=5, max_tokens=4)
-    cache = ProxyCache(
-        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
-        client=client,
-        driver=driver,
-        blobs=BlobStore(driver),
-        tags=TagStore(driver),
-        reactor=reactor,
-        limits=Limits(inflight=4, remembered=4),
-    )
+    cache = hub_cache(fake.url, client, driver, limits=Limits(inflight=4, remembered=4))
     try:
         for i, blob in enumerate(blobs):
             await cache.manifest_get(A, A, f"t{i}")
@@ -322,15 +311,7 @@ async def test_upstream_calls_in_flight_are_capped(fake: FakeUpstream) -> None:
         fake.content.add_blob(A, blob)
     driver = MemoryDriver()
     client = UpstreamClient(reactor, fake.url, timeout=5)
-    cache = ProxyCache(
-        config=ProxyConfig(name="hub", remoteurl=fake.url, default=True),
-        client=client,
-        driver=driver,
-        blobs=BlobStore(driver),
-        tags=TagStore(driver),
-        reactor=reactor,
-        limits=Limits(inflight=1),
-    )
+    cache = hub_cache(fake.url, client, driver, limits=Limits(inflight=1))
     held = fake.hold("HEAD", "blob", name=A, ref=first.digest)
     try:
         one = ensureDeferred(cache.blob_stat(A, A, Digest.parse(first.digest)))

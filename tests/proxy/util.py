@@ -11,6 +11,12 @@ import treq
 from twisted.internet import reactor as _reactor
 from twisted.internet.task import deferLater
 
+from registry.proxy.cache import ProxyCache
+from registry.proxy.config import ProxyConfig
+from registry.proxy.upstream import UpstreamClient
+from registry.storage.blobs import BlobStore
+from registry.storage.driver import IStorageDriver
+from registry.storage.tags import TagStore
 from tests.e2e.client import sha256
 from tests.e2e.harness import InProcessRegistry
 from tests.fakes.content import BytesBlob, Content, GeneratedBlob, Image, Layer
@@ -18,6 +24,22 @@ from tests.fakes.content import BytesBlob, Content, GeneratedBlob, Image, Layer
 reactor: Any = _reactor
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def hub_cache(
+    upstream: str, client: UpstreamClient, driver: IStorageDriver, **options: Any
+) -> ProxyCache:
+    """A cache named hub of ``upstream`` (the default one) on ``driver``, built in the test's
+    process; ``options`` are ProxyCache's others (limits, index, fleet)."""
+    return ProxyCache(
+        config=ProxyConfig(name="hub", remoteurl=upstream, default=True),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        **options,
+    )
 
 
 async def fetch(url: str, method: str = "GET", **kwargs: Any) -> tuple[Any, bytes]:
