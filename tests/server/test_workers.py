@@ -51,9 +51,11 @@ class Tree:
         self.debug = ports[1]
         self.pids = {int(m["worker"]): int(m["pid"]) for m in WORKER_SERVING.finditer(log)}
         assert sorted(self.pids) == [0, 1], log[-2000:]
+        self.made = 0  # requests sent on the registry's port
 
     def request(self, method: str, path: str, body: bytes = b"", **headers: str) -> Answer:
         """One request on a new connection."""
+        self.made += 1
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
             connection.request(method, path, body=body or None, headers=headers)
@@ -110,6 +112,31 @@ class Tree:
         return answer, moved[0]
 
 
+def each_worker(
+    tree: Tree,
+    method: str,
+    path: str,
+    check: Callable[[Answer], None] = lambda answer: None,
+) -> dict[int, Answer]:
+    """
+    The request answered once by every worker, each on a new connection: a worker that has
+    answered holds idle connections meanwhile (`pin`), so that the next goes to another.
+    """
+    answers: dict[int, Answer] = {}
+    pinned: list[socket.socket] = []
+    try:
+        for _ in range(2 * len(tree.pids)):
+            answer, pid = tree.served_by(method, path, b"", check)
+            answers.setdefault(pid, answer)
+            if len(answers) == len(tree.pids):
+                return answers
+            pinned += pin(tree, pid)
+    finally:
+        for each in pinned:
+            each.close()
+    raise AssertionError(f"only workers {sorted(answers)} answered")
+
+
 class Answer:
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.status = status
@@ -139,16 +166,12 @@ def tree(tmp_path: Path) -> Iterator[Tree]:
 
 def test_both_workers_answer_and_metrics_add_up(tree: Tree) -> None:
     """Requests reach both workers; /metrics is the sum over them, not one worker's view."""
-    made = 0
-    counts: dict[int, float] = {}
-    while made < MAX_TRIES:
-        answer = tree.request("GET", "/v2/")
-        assert answer.status == 200
-        made += 1
-        if made % 20 == 0:
-            counts = tree.per_worker()
-            if len(counts) == 2 and all(counts.values()):
-                break
+    for _ in range(10):
+        assert tree.request("GET", "/v2/").status == 200
+    answers = each_worker(tree, "GET", "/v2/")
+    assert all(answer.status == 200 for answer in answers.values())
+    made = tree.made  # every GET /v2/ above, the idle connections' included
+    counts = tree.per_worker()
     assert set(counts) == set(tree.pids.values()), counts
     assert all(counts.values()), counts
     total = sum(
@@ -228,8 +251,9 @@ def test_a_killed_worker_is_replaced(tree: Tree) -> None:
     assert exited
     replaced = tree.child.wait_for(WORKER_SERVING)
     assert replaced["worker"] == "1" and int(replaced["pid"]) != victim
-    for _ in range(20):
-        assert tree.request("GET", "/v2/").status == 200
+    tree.pids[1] = int(replaced["pid"])
+    answers = each_worker(tree, "GET", "/v2/")
+    assert all(answer.status == 200 for answer in answers.values())
     assert set(tree.per_worker()) == {tree.pids[0], int(replaced["pid"])}
     assert tree.samples("txregistry_worker_restarts_total") == [({}, 1.0)]
     status, body = tree.scrape("/health/ready")
@@ -346,24 +370,12 @@ def test_web_ui_shows_a_tag_pushed_through_the_other_worker(tree: Tree) -> None:
 
     client = content.Client(f"http://127.0.0.1:{tree.port}")
     content.push_image(client, "team/app", "first")
-    viewers: set[int] = set()
-    for _ in range(MAX_TRIES // 10):  # both workers read the listing once
-        answer, pid = tree.served_by("GET", "/ui/r/team/app")
-        assert answer.status == 200 and b"first" in answer.body
-        viewers.add(pid)
-        if len(viewers) == 2:
-            break
-    assert len(viewers) == 2
+    for pid, answer in each_worker(tree, "GET", "/ui/r/team/app").items():
+        assert answer.status == 200 and b"first" in answer.body, f"worker {pid}"
     content.push_image(client, "team/app", "second")
-    viewers = set()
-    for _ in range(MAX_TRIES // 10):
-        answer, pid = tree.served_by("GET", "/ui/r/team/app")
+    for pid, answer in each_worker(tree, "GET", "/ui/r/team/app").items():
         assert answer.status == 200
         assert b"second" in answer.body, f"worker {pid} shows a stale tag list"
-        viewers.add(pid)
-        if len(viewers) == 2:
-            break
-    assert len(viewers) == 2
 
 
 def _wait_for_file(path: Path, text: str, child: Child, timeout: float = 60) -> str:
@@ -400,7 +412,7 @@ def test_log_file_pidfile_and_sigusr1_after_the_hand_over(tmp_path: Path) -> Non
         for worker in (0, 1):
             assert "serving" in (tmp_path / f"registry.log.worker{worker}").read_text()
         tree = Tree.__new__(Tree)
-        tree.port = port
+        tree.port, tree.made = port, 0
         assert tree.request("GET", "/v2/").status == 200
 
         child.process.send_signal(signal.SIGUSR1)
@@ -437,6 +449,7 @@ def connection_owners(tree: Tree, sockets: list[socket.socket]) -> dict[int, int
 def open_answered(tree: Tree, count: int) -> list[socket.socket]:
     """``count`` connections opened at once, then one request answered on each (kept open)."""
     sockets = [socket.create_connection(("127.0.0.1", tree.port), timeout=60) for _ in range(count)]
+    tree.made += count
     for each in sockets:
         each.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n")
     for each in sockets:
@@ -493,22 +506,41 @@ def test_a_stopped_worker_does_not_keep_connections_waiting(tree: Tree) -> None:
             each.close()
 
 
-def pin(tree: Tree, pid: int, extra: int = 2) -> list[socket.socket]:
+def pin(tree: Tree, pid: int) -> list[socket.socket]:
     """
-    Idle connections held on worker ``pid`` until it has ``extra`` more than the other, which
-    then takes the next new connection.  Connections the other worker took are closed.
+    Idle connections held on worker ``pid`` until it holds back (`registry.server.balance`:
+    another worker has fewer connections by more than the slack), so the next new connection
+    goes to another worker.  Connections another worker took are closed, and waited for until
+    that worker has seen them close.
     """
     kept: list[socket.socket] = []
     for _ in range(MAX_TRIES):
-        if len(kept) >= extra:
+        _settled(tree)
+        mine = _established(pid, tree)
+        others = [_established(other, tree) for other in tree.pids.values() if other != pid]
+        if min(others) < mine - max(1, mine // 8):
             return kept
         connection = open_answered(tree, 1)[0]
         if _owner_of(tree, connection) == pid:
             kept.append(connection)
         else:
             connection.close()
-            time.sleep(0.01)  # the other worker sees the close, back to its count
-    raise AssertionError(f"worker {pid} never took {extra} connections")
+    raise AssertionError(f"worker {pid} never took enough connections to hold back")
+
+
+def _settled(tree: Tree) -> None:
+    """Wait (bounded) until no worker has a connection the client closed and it has not."""
+    for _ in range(200):
+        waiting = [
+            c
+            for pid in tree.pids.values()
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.laddr.port == tree.port and c.status == psutil.CONN_CLOSE_WAIT
+        ]
+        if not waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("a worker never saw its connection close")
 
 
 def _owner_of(tree: Tree, connection: socket.socket) -> int | None:
