@@ -544,12 +544,9 @@ def _settled(tree: Tree) -> None:
 
 
 def _owner_of(tree: Tree, connection: socket.socket) -> int | None:
-    port = connection.getsockname()[1]
-    for pid in tree.pids.values():
-        for c in psutil.Process(pid).net_connections(kind="tcp"):
-            if c.raddr and c.raddr.port == port and c.laddr.port == tree.port:
-                return pid
-    return None
+    """The worker holding the server side of ``connection`` (None: none does any more)."""
+    held = [pid for pid, count in connection_owners(tree, [connection]).items() if count]
+    return held[0] if held else None
 
 
 def _established(pid: int, tree: Tree) -> int:
