@@ -8,12 +8,19 @@ and GET of the file straight to S3, and a push (POST + PUT with the body) and pu
 file through txregistry with ``driver = s3``.  Ends with 4 concurrent pushes of the file through
 txregistry, sampling the peak RSS of its process tree (supervisor and workers).  Reports MB/s,
 txregistry / plain ratios and peak RSS.
+
+``--pin`` gives the S3 server cores of its own (the upper half) and runs txregistry and every
+client on the rest, as when S3 is another machine: on a 2-core machine SeaweedFS otherwise
+competes with the registry for the same two cores, and a push's rate then measures how the two
+share the CPU rather than whether the registry keeps up with the S3 server.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
+import os
 import shutil
 import statistics
 import sys
@@ -118,6 +125,24 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def split_cores(s3_pid: int) -> tuple[list[int], list[int]]:
+    """
+    Pin the S3 server's process tree (every thread) to the upper half of this process's cores
+    and this process to the lower half; processes started afterwards (txregistry, curl)
+    inherit the lower half.  Returns (S3's cores, the others).
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--pin needs at least 2 cores")
+    mine, theirs = cores[: len(cores) // 2], cores[len(cores) // 2 :]
+    for pid in tree_pids(s3_pid):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task), theirs)
+    os.sched_setaffinity(0, mine)
+    return theirs, mine
+
+
 def tree_mib(pid: int) -> tuple[float, float]:
     """(RSS, PSS) of a process tree in MiB."""
     tree = tree_memory(pid)
@@ -170,6 +195,9 @@ def main() -> None:
     parser.add_argument("--spool", help="[storage] spooldirectory for txregistry (default: none)")
     parser.add_argument("--chunksize", default="10MiB", help="[storage] chunksize")
     parser.add_argument(
+        "--parts-in-memory", action="store_true", help="[storage] spoolparts = false"
+    )
+    parser.add_argument(
         "--compare",
         metavar="CHECKOUT",
         help="also run txregistry from this checkout (e.g. main's), interleaved, as 'before'",
@@ -185,6 +213,11 @@ def main() -> None:
         help="after the rounds, this many more of plain GET and pulls only (no disk used)",
     )
     parser.add_argument("--no-concurrent", action="store_true", help="skip the 4 concurrent pushes")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="give the S3 server the upper half of the cores, txregistry and the clients the rest",
+    )
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -194,12 +227,16 @@ def main() -> None:
 
     s3_dir = Path(tempfile.mkdtemp(prefix="bench-s3-"))
     s3 = start_s3_server(s3_dir)
+    if args.pin:
+        s3_cores, other_cores = split_cores(s3.process.pid)
+        print(f"S3 server on cores {s3_cores}, txregistry and clients on {other_cores}", flush=True)
 
     def registry(name: str, code_root: Path | None) -> TxRegistry:
         section = s3.storage_section(
             f"/bench/{uuid.uuid4().hex}",
             chunksize=args.chunksize,
             **({"spooldirectory": args.spool} if args.spool else {}),
+            **({"spoolparts": "false"} if args.parts_in_memory else {}),
         )
         http = {"workers": args.workers} if args.workers else {}
         if code_root is None:
@@ -223,12 +260,22 @@ def main() -> None:
             key = f"plain/{uuid.uuid4().hex}"
             # Alternate which registry goes first, so neither always follows the plain step.
             order = registries if round_index % 2 == 0 else registries[::-1]
+            s3_cpu = tree_cpu_seconds(s3.process.pid)
             record("plain PUT", args.size_mib / timed(lambda k=key: plain_put(s3, k, blob)))
+            per_gib = 1024 / args.size_mib
+            s3_cpu = (tree_cpu_seconds(s3.process.pid) - s3_cpu) * per_gib
+            record("plain PUT: S3 CPU", s3_cpu, "s/GiB")
             for each in order:
                 repo = f"bench/s3r{round_index}"
                 delete_blob(s3, each, digest)
+                cpu, s3_cpu = tree_cpu_seconds(each.pid), tree_cpu_seconds(s3.process.pid)
                 seconds = timed(lambda e=each, r=repo: push_monolithic(e, r, blob, digest))
                 record(f"{each.name} push", args.size_mib / seconds)
+                # Where the two cores went: the registry's own CPU, and the S3 server's.
+                cpu = (tree_cpu_seconds(each.pid) - cpu) * per_gib
+                record(f"{each.name} push CPU", cpu, "s/GiB")
+                s3_cpu = (tree_cpu_seconds(s3.process.pid) - s3_cpu) * per_gib
+                record(f"{each.name} push: S3 CPU", s3_cpu, "s/GiB")
             record("plain GET", args.size_mib / timed(lambda k=key: plain_get(s3, k, size)))
             for each in order:
                 repo = f"bench/s3r{round_index}"
@@ -288,10 +335,14 @@ def main() -> None:
             value = statistics.median(values)
             shown = f"{value:.0f} ({value / plain:.0%})" if plain and ratio else f"{value:.2f}"
             cells.append(shown)
-        print(f"| {label} | {f'{plain:.0f}' if plain else ''} | " + " | ".join(cells) + " |")
+        plain_text = "" if not plain else f"{plain:.0f}" if ratio else f"{plain:.2f}"
+        print(f"| {label} | {plain_text} | " + " | ".join(cells) + " |")
 
     row(f"{args.size_mib} MiB upload MB/s", put, "push", True)
     row(f"{args.size_mib} MiB download MB/s", got, "pull", True)
+    row("push: registry CPU s per GiB", None, "push CPU", False)
+    row("push: S3 server CPU s per GiB", statistics.median(figures["plain PUT: S3 CPU"])
+        if figures.get("plain PUT: S3 CPU") else None, "push: S3 CPU", False)  # fmt: skip
     row("chunked push: commit s", None, "chunked commit", False)
     row("pull: registry CPU s per GiB", None, "pull CPU", False)
     for field in ("idle rss", "peak rss", "idle pss", "peak pss"):
