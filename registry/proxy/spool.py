@@ -20,40 +20,20 @@ import tempfile
 
 from twisted.logger import Logger
 
+from registry.proxy.owners import left_by_dead_process, owner
+
 log = Logger()
 
 TEMP_PREFIX = "txregistry-fills-"
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-def _dead_process_folder(name: str, host: str) -> bool:
-    """``<host>-<pid>[-suffix]`` of this host whose process no longer runs."""
-    if not name.startswith(host + "-"):
-        return False
-    pid = name[len(host) + 1 :].split("-", 1)[0]
-    return pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid))
-
-
 def spool_folder(spooldirectory: str) -> str:
     """Create this process's spool folder (in blocking code: called at start-up)."""
     if spooldirectory:
-        folder = os.path.join(spooldirectory, "fills", _owner())
+        folder = os.path.join(spooldirectory, "fills", owner())
         os.makedirs(folder, exist_ok=True)
         return folder
-    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{_owner()}-")
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{owner()}-")
 
 
 def sweep(spooldirectory: str) -> list[str]:
@@ -65,14 +45,14 @@ def sweep(spooldirectory: str) -> list[str]:
         candidates = [
             (name, os.path.join(base, name))
             for name in _listdir(base)
-            if _dead_process_folder(name, host)
+            if left_by_dead_process(name, host)
         ]
     else:
         base = tempfile.gettempdir()
         candidates = [
             (name, os.path.join(base, name))
             for name in _listdir(base)
-            if name.startswith(TEMP_PREFIX) and _dead_process_folder(name[len(TEMP_PREFIX) :], host)
+            if name.startswith(TEMP_PREFIX) and left_by_dead_process(name[len(TEMP_PREFIX) :], host)
         ]
     removed = []
     for _name, path in candidates:

@@ -19,6 +19,11 @@ streamed to ``txregistry/proxy/<upstream>/index.sqlite3`` (written beside, then 
 reader never sees half of it); at start it is streamed back into the local file, a chunk at a
 time.  A crash loses the uses since the last flush, as the ``state.json`` of earlier versions
 did; that file, when found without a snapshot, is imported once and then removed.
+
+The local files are named ``txregistry-index-<host>-<pid>-*.sqlite3``
+(`registry.proxy.owners`): a process killed with ``kill -9`` while one of them still had a
+name (a snapshot being uploaded, one being streamed back) leaves it in the temporary folder,
+and the next process of the host to make one removes it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -42,6 +48,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from registry.proxy.index import CacheIndex, ICacheIndex, Victim, count_release, count_use
+from registry.proxy.owners import left_by_dead_process, owner
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
 log = Logger()
@@ -336,17 +343,48 @@ class IndexDatabase:
 
     def snapshot(self) -> str:
         """A compact copy of the database in a new temporary file; its path."""
-        fd, path = tempfile.mkstemp(prefix="txregistry-index-", suffix=".sqlite3")
-        os.close(fd)
+        path = _new_local_file()
         os.unlink(path)  # VACUUM INTO wants to create it
         self.db.execute("VACUUM INTO ?", (path,))
         return path
 
 
+LOCAL_PREFIX = "txregistry-index-"
+LOCAL_SUFFIX = ".sqlite3"
+# The process that last looked for files left by killed processes (forked workers look again).
+_swept_by: int | None = None
+
+
 def _new_local_file() -> str:
-    fd, path = tempfile.mkstemp(prefix="txregistry-index-", suffix=".sqlite3")
+    """A new empty file for a database, named after this process.  Blocking."""
+    global _swept_by
+    if _swept_by != os.getpid():
+        _swept_by = os.getpid()
+        remove_left_behind()
+    fd, path = tempfile.mkstemp(prefix=f"{LOCAL_PREFIX}{owner()}-", suffix=LOCAL_SUFFIX)
     os.close(fd)
     return path
+
+
+def remove_left_behind() -> list[str]:
+    """Remove the local database files of this host's processes that no longer run; returns
+    their paths.  Blocking."""
+    folder, host = tempfile.gettempdir(), socket.gethostname()
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(folder)):
+            if not (name.startswith(LOCAL_PREFIX) and name.endswith(LOCAL_SUFFIX)):
+                continue
+            if left_by_dead_process(name[len(LOCAL_PREFIX) :], host):
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed.append(path)
+    if removed:
+        log.info(
+            "removed the cache index files of stopped processes: {paths}", paths=", ".join(removed)
+        )
+    return removed
 
 
 def _open(path: str) -> IndexDatabase:

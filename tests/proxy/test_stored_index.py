@@ -4,8 +4,13 @@ the in-memory index, recovered from its snapshot in storage, a capped table in m
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -14,6 +19,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, gatherResults
 from zope.interface.verify import verifyObject
 
+from registry.proxy import stored
 from registry.proxy.index import CacheIndex, ICacheIndex, MemoryIndex
 from registry.proxy.stored import SNAPSHOT, IndexDatabase, StoredIndex
 from registry.storage.memory import MemoryDriver
@@ -236,3 +242,63 @@ async def test_concurrent_updates_all_count_in_the_size() -> None:
         assert index.size == sum(10 + n for n in range(10, 20)) + 50
     finally:
         await index.close()
+
+
+@pytest.fixture
+def left_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    """
+    In a temporary folder of its own: the index file of a process killed with ``kill -9``
+    (made the way a flush makes one), one named after a process still running on this host,
+    and one of another host.  The next index file made in this process looks again.
+    """
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(stored, "_swept_by", None)
+    killed = subprocess.run(
+        [sys.executable, "-c", _MAKE_AND_DIE],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = Path(killed.stdout.strip())
+    host = socket.gethostname()
+    assert left.parent == tmp_path and left.exists()
+    assert left.name.startswith(f"txregistry-index-{host}-")
+    dead_pid = left.name[len(f"txregistry-index-{host}-") :].split("-", 1)[0]
+    with subprocess.Popen(["sleep", "60"]) as alive:
+        try:
+            running = tmp_path / f"txregistry-index-{host}-{alive.pid}-abc.sqlite3"
+            elsewhere = tmp_path / f"txregistry-index-{host}x-{dead_pid}-abc.sqlite3"
+            for path in (running, elsewhere):
+                path.write_bytes(b"")
+            yield [left, running, elsewhere]
+        finally:
+            alive.kill()
+
+
+# A child that makes an index file the way a flush does, prints its path and is killed.
+_MAKE_AND_DIE = """
+import os, signal
+from registry.proxy import stored
+path = stored._new_local_file()
+print(path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_left_by_a_killed_process_are_removed_by_the_next(
+    left_behind: list[Path],
+) -> None:
+    """A process killed while a snapshot file still had a name leaves it in the temporary
+    folder; the next process of the host to make an index file removes it, and only it: not
+    a running process's file, not another host's."""
+    left, running, elsewhere = left_behind
+    index = await _loaded(MemoryDriver())
+    await index.flush(MemoryDriver(), FOLDER)
+    await index.close()
+    assert not left.exists()
+    # Nothing else went, and the files this process made (opened, snapshot) are gone too.
+    assert sorted(left.parent.iterdir()) == sorted([running, elsewhere])
