@@ -34,6 +34,7 @@ from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
 from registry.failures import log_failure
+from registry.proxy.owners import running
 from registry.server.exit import StartupError
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
@@ -43,16 +44,6 @@ log = Logger()
 MARKER = f"{layout.OWN}/proxy/instance.json"
 HEARTBEAT = 10.0
 STALE_AFTER = 3 * HEARTBEAT
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @attrs.define(eq=False)
@@ -84,7 +75,7 @@ class InstanceMarker:
             return False
         pid = other.get("pid")
         if other.get("host") == self.host and isinstance(pid, int) and pid != self.pid:
-            return _process_exists(pid)
+            return running(pid)
         return True
 
     async def claim(self) -> None:
