@@ -1,6 +1,7 @@
 """
 A flaky front for a registry on loopback: a reverse proxy that answers the chosen requests
-with an error status or by dropping the connection, and passes the rest through.
+with an error status or by dropping the connection, and passes the rest through (bodies are
+small in these tests: each is read whole, both ways).
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.web.proxy import ReverseProxyResource
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
+
+# Hop-by-hop headers, and the length, which each side sets for the body it sends.
+_NOT_FORWARDED = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host"}
 
 # (method, path) -> None (pass through), an HTTP status, or "drop"
 Rule = Callable[[str, str], "int | str | None"]
@@ -47,8 +54,37 @@ class _Front(Resource):
             request.setResponseCode(outcome)
             request.setHeader("content-type", "application/json")
             return b'{"errors": [{"code": "UNAVAILABLE", "message": "flaky"}]}'
-        proxy = ReverseProxyResource(self._host, self._port, request.path)
-        return proxy.render(request)
+        forwarded = Deferred.fromCoroutine(self._forward(request))
+        forwarded.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    async def _forward(self, request: Any) -> None:
+        headers = Headers()
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            if name.lower() not in _NOT_FORWARDED:
+                headers.setRawHeaders(name, values)
+        headers.setRawHeaders(b"host", [f"{self._host}:{self._port}".encode()])
+        body = request.content.read()
+        response = await treq.request(
+            request.method.decode(),
+            f"http://{self._host}:{self._port}{request.uri.decode()}",
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
+        )
+        content = await treq.content(response)
+        request.setResponseCode(response.code, response.phrase)
+        for name, values in response.headers.getAllRawHeaders():
+            if name.lower() not in _NOT_FORWARDED:
+                request.responseHeaders.setRawHeaders(name, values)
+        if request.method != b"HEAD":  # a HEAD keeps the length the registry announced
+            request.setHeader(b"content-length", str(len(content)).encode())
+            request.write(content)
+        request.finish()
+
+    def _failed(self, failure: Failure, request: Any) -> None:
+        self._flaky.seen.append(("error", failure.getErrorMessage(), None))
+        request.transport.abortConnection()
 
 
 @asynccontextmanager
