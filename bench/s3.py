@@ -32,8 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.memory import tree_memory, tree_pids
@@ -41,6 +39,7 @@ from bench.reference import TxRegistry
 from bench.run import (
     MiB,
     PeakRss,
+    cpu_seconds,
     curl,
     make_file,
     patch,
@@ -112,17 +111,6 @@ def push_streamed_timed(registry: TxRegistry, repo: str, path: Path, digest: str
     status, _ = curl("-X", "PUT", with_query(location, f"digest={digest}"))
     assert status == 201, f"{registry.name} streamed commit: {status}"
     return time.perf_counter() - started
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds used so far by a process tree (all its processes alive)."""
-    total = 0.0
-    for each in tree_pids(pid):
-        try:
-            total += sum(psutil.Process(each).cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def split_cores(s3_pid: int) -> tuple[list[int], list[int]]:
@@ -260,21 +248,21 @@ def main() -> None:
             key = f"plain/{uuid.uuid4().hex}"
             # Alternate which registry goes first, so neither always follows the plain step.
             order = registries if round_index % 2 == 0 else registries[::-1]
-            s3_cpu = tree_cpu_seconds(s3.process.pid)
+            s3_cpu = cpu_seconds(s3.process.pid)
             record("plain PUT", args.size_mib / timed(lambda k=key: plain_put(s3, k, blob)))
             per_gib = 1024 / args.size_mib
-            s3_cpu = (tree_cpu_seconds(s3.process.pid) - s3_cpu) * per_gib
+            s3_cpu = (cpu_seconds(s3.process.pid) - s3_cpu) * per_gib
             record("plain PUT: S3 CPU", s3_cpu, "s/GiB")
             for each in order:
                 repo = f"bench/s3r{round_index}"
                 delete_blob(s3, each, digest)
-                cpu, s3_cpu = tree_cpu_seconds(each.pid), tree_cpu_seconds(s3.process.pid)
+                cpu, s3_cpu = cpu_seconds(each.pid), cpu_seconds(s3.process.pid)
                 seconds = timed(lambda e=each, r=repo: push_monolithic(e, r, blob, digest))
                 record(f"{each.name} push", args.size_mib / seconds)
                 # Where the two cores went: the registry's own CPU, and the S3 server's.
-                cpu = (tree_cpu_seconds(each.pid) - cpu) * per_gib
+                cpu = (cpu_seconds(each.pid) - cpu) * per_gib
                 record(f"{each.name} push CPU", cpu, "s/GiB")
-                s3_cpu = (tree_cpu_seconds(s3.process.pid) - s3_cpu) * per_gib
+                s3_cpu = (cpu_seconds(s3.process.pid) - s3_cpu) * per_gib
                 record(f"{each.name} push: S3 CPU", s3_cpu, "s/GiB")
             record("plain GET", args.size_mib / timed(lambda k=key: plain_get(s3, k, size)))
             for each in order:
@@ -299,11 +287,11 @@ def main() -> None:
                     push_monolithic(each, "bench/s3p", blob, digest)
             record("plain GET", args.size_mib / timed(lambda k=key: plain_get(s3, k, size)))
             for each in order:
-                cpu = tree_cpu_seconds(each.pid)
+                cpu = cpu_seconds(each.pid)
                 seconds = timed(lambda e=each: pull(e, "bench/s3p", digest, size))
                 record(f"{each.name} pull", args.size_mib / seconds)
                 # CPU per GiB holds up under load where MB/s does not.
-                cpu = (tree_cpu_seconds(each.pid) - cpu) * 1024 / args.size_mib
+                cpu = (cpu_seconds(each.pid) - cpu) * 1024 / args.size_mib
                 record(f"{each.name} pull CPU", cpu, "s/GiB")
         for each in [] if args.no_concurrent else registries:
             delete_blob(s3, each, digest)

@@ -7,15 +7,14 @@ the same file as a static file (the ceiling: what curl can download from a local
 Each server stores the blob once (pushed with curl); then every round pulls it from each server
 with curl (``-o /dev/null``), interleaved.  The blob is in the page cache for every pull: this
 measures the sending, not the disk.  Reported per server: the median MiB/s (1 GiB over the
-whole curl run) and the median CPU time the server process used per GiB pulled (user + system,
-all threads, from ``/proc/<pid>/stat`` before and after the pull).
+whole curl run) and the median CPU time the server used per GiB pulled (user + system, all
+its processes and threads, from ``/proc/<pid>/stat`` before and after the pull).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -25,15 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.reference import Nginx, Registry2, Server, TxRegistry
-from bench.run import RESULTS, MiB, background_cpu, make_file, push_monolithic
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system time of the process, all its threads, in seconds."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15)
+from bench.run import RESULTS, MiB, background_cpu, cpu_seconds, make_file, push_monolithic
 
 
 def pull(url: str, size: int) -> float:

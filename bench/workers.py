@@ -24,29 +24,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.reference import Registry2, Server, TxRegistry
 from bench.requests import Rate, hey, push_small_image, wrk_get
-from bench.run import PeakRss
+from bench.run import PeakRss, cpu_seconds
 
 # The blob HEAD's connections (hey at 1,000 connections would take the cores it measures).
 CONNECTIONS = 64
-
-
-def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its children (the workers)."""
-    total = 0.0
-    process = psutil.Process(pid)
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            times = member.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def scenarios_for(
@@ -104,10 +89,10 @@ def main() -> None:
             for server in servers:
                 _, layer = targets[server.name]
                 for name, action in scenarios_for(server, layer, connections, args.seconds).items():
-                    before = tree_cpu(server.pid)
+                    before = cpu_seconds(server.pid)
                     with PeakRss(server.pid) as rss:
                         rate = action()
-                    cpu = tree_cpu(server.pid) - before
+                    cpu = cpu_seconds(server.pid) - before
                     per_10k = cpu / max(1.0, rate.requests_per_second * args.seconds) * 10_000
                     results.setdefault(name, {}).setdefault(server.name, []).append(
                         (rate, per_10k, rss.peak_mib)

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -86,6 +86,20 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r} (use true or false)")
 
 
+SendfileMode = Literal["auto", "always", "never"]
+
+
+def parse_sendfile(text: str) -> SendfileMode:
+    """``auto`` (every peer but one on loopback), or a boolean: ``true`` always, ``false`` never."""
+    lowered = text.strip().lower()
+    if lowered == "auto":
+        return "auto"
+    try:
+        return "always" if parse_bool(lowered) else "never"
+    except ValueError:
+        raise ValueError(f"not auto, true or false: {text!r}") from None
+
+
 def parse_list(text: str) -> tuple[str, ...]:
     """Whitespace-, comma- or newline-separated words."""
     return tuple(word for word in re.split(r"[\s,]+", text.strip()) if word)
@@ -138,8 +152,8 @@ class HttpConfig:
     relativeurls: bool = key(True, parse_bool)
     http2: bool = key(False, parse_bool)
     # Blob GETs from the filesystem driver over plain TCP sent with os.sendfile (http/sendfile.py),
-    # in the storage thread pool.
-    sendfile: bool = key(True, parse_bool)
+    # in the storage thread pool: "auto" to peers not on loopback, "always", or "never".
+    sendfile: str = key("auto", parse_sendfile)
     clientcas: str = key("")
     clientauth: str = key("none", parse_choice("none", "optional", "required"))
     max_body_size: int = key(1024 * 1024, parse_size)

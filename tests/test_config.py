@@ -46,6 +46,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("[validation]\nindex_platforms = all linux/amd64\n", "[validation] index_platforms:"),
         ("[validation]\nindex_platforms = linux\n", "not an os/architecture platform"),
         ("[validation]\nindex_platforms = linux/arm/v7\n", "'linux/arm/v7' is not an os/arch"),
+        ("[http]\nsendfile = sometimes\n", "[http] sendfile: not auto, true or false"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -127,3 +128,18 @@ def test_index_platforms_words(tmp_path: Path) -> None:
     ]:
         path.write_text(f"[validation]\nindex_platforms = {text}\n")
         assert config.load(str(path), environ={}).validation.index_platforms == words
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [("auto", "auto"), ("AUTO", "auto"), ("true", "always"), ("on", "always"), ("false", "never")],
+)
+def test_sendfile_words(tmp_path: Path, text: str, mode: str) -> None:
+    """``[http] sendfile``: auto (the default), or a boolean for always / never; the environment
+    takes the same words."""
+    assert config.Config().http.sendfile == "auto"
+    path = tmp_path / "r.cfg"
+    path.write_text(f"[http]\nsendfile = {text}\n")
+    assert config.load(str(path), environ={}).http.sendfile == mode
+    from_environment = config.load(None, environ={"REGISTRY_HTTP_SENDFILE": text})
+    assert from_environment.http.sendfile == mode

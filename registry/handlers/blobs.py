@@ -60,8 +60,9 @@ async def _serve_blob(
     if request.method == b"HEAD" or length == 0:
         return b""
     producer = await ctx.blobs.open(route.name, digest, offset, length)
-    if ctx.config.http.sendfile:  # a local file on plain TCP: sent by the kernel
-        await sendfile.stream(request, producer)
+    mode = ctx.config.http.sendfile
+    if mode != "never":  # a local file on plain TCP: sent by the kernel
+        await sendfile.stream(request, producer, to_loopback=mode == "always")
     else:
         await responses.stream(request, producer)
     return None

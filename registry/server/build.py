@@ -299,7 +299,7 @@ def serve(config: Config, reactor: Any, spec: WorkerSpec | None) -> IService:
     register_notification_metrics(ctx.metrics.registry, ctx.notifier)
     register_sync_metrics(ctx.metrics.registry, ctx.sync)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)
-    if config.http.sendfile and (problems := sendfile.platform_problems()):
+    if config.http.sendfile != "never" and (problems := sendfile.platform_problems()):
         log.warn(
             "[http] sendfile: blob bodies go through the registry instead ({problems})",
             problems="; ".join(problems),

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, globalLogPublisher
 
@@ -34,8 +35,8 @@ SENDFILE_ON = {"http": {"sendfile": "true"}}
 
 @pytest_twisted.async_yield_fixture
 async def registry(start_registry: Starter) -> AsyncIterator[InProcessRegistry]:
-    """A registry in the default configuration: sendfile is on."""
-    yield await start_registry()
+    """A registry that sends with sendfile to every peer (the tests' are all on loopback)."""
+    yield await start_registry(SENDFILE_ON)
 
 
 @pytest.fixture
@@ -210,6 +211,49 @@ async def test_switched_off(start_registry: Starter, access_events: list[dict[st
     assert [(s, b) for s, _, b in answers] == [(200, data), (206, data[1:3])]
     await wait_for(lambda: len(sendfile_flags(access_events, digest)) == 2, "logs")
     assert sendfile_flags(access_events, digest) == [False, False]
+
+
+@pytest_twisted.ensureDeferred
+async def test_by_default_not_to_a_peer_on_loopback(
+    start_registry: Starter, access_events: list[dict[str, Any]]
+) -> None:
+    """``sendfile = auto`` (the default) leaves a loopback peer to the producer path, and the
+    bytes are the same."""
+    registry = await start_registry()
+    assert registry.options.config.http.sendfile == "auto"
+    data = _pattern(3 * 1024 * 1024 + 7)
+    digest = await push_blob(registry.url, "team/app", data)
+    path = f"/v2/team/app/blobs/{digest}"
+
+    answers = await exchange(registry.url, [(path, {}), (path, {"Range": "bytes=5-"})])
+
+    assert [(s, b == data[o:]) for (s, _, b), o in zip(answers, (0, 5), strict=True)] == [
+        (200, True),
+        (206, True),
+    ]
+    await wait_for(lambda: len(sendfile_flags(access_events, digest)) == 2, "logs")
+    assert sendfile_flags(access_events, digest) == [False, False]
+
+
+@pytest.mark.parametrize(
+    ("peer", "loopback"),
+    [
+        (IPv4Address("TCP", "127.0.0.1", 5000), True),
+        (IPv4Address("TCP", "127.8.9.10", 5000), True),
+        (IPv6Address("TCP", "::1", 5000), True),
+        (IPv6Address("TCP", "::ffff:127.0.0.1", 5000), True),
+        (IPv4Address("TCP", "10.1.2.3", 5000), False),
+        (IPv4Address("TCP", "192.168.1.20", 5000), False),
+        (IPv6Address("TCP", "fe80::1%eth0", 5000), False),
+        (IPv6Address("TCP", "2001:db8::1", 5000), False),
+        (UNIXAddress(b"/run/registry.sock"), False),
+    ],
+)
+def test_which_peers_are_on_loopback(peer: object, loopback: bool) -> None:
+    """Under ``auto``, sendfile serves every peer this does not call loopback.  (Only
+    loopback addresses are used on the wire in these tests: the other side of the rule is
+    checked here.)"""
+    assert sendfile.on_loopback(peer) is loopback
 
 
 def _open_files(path: str) -> int:
