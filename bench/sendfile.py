@@ -1,6 +1,7 @@
 """
-Pulling 1 GiB: txregistry with ``[http] sendfile`` on and off, registry:2, and nginx serving
-the same file as a static file (the ceiling: what curl can download from a local server).
+Pulling 1 GiB: txregistry with ``[http] sendfile`` = true and auto (the default: on loopback,
+as here, no sendfile), registry:2, and nginx serving the same file as a static file (what
+curl downloads from a trivial local server).
 
     python bench/sendfile.py [--rounds 5]
 
@@ -54,8 +55,8 @@ def main() -> None:
     digest = make_file(blob, size)
 
     registries: list[Server] = [
-        TxRegistry("txregistry sendfile", work / "tx-sendfile", http={"sendfile": "true"}),
-        TxRegistry("txregistry no sendfile", work / "tx-nosendfile", http={"sendfile": "false"}),
+        TxRegistry("txregistry sendfile = true", work / "tx-sendfile", http={"sendfile": "true"}),
+        TxRegistry("txregistry sendfile = auto", work / "tx-nosendfile", http={"sendfile": "auto"}),
         Registry2("registry:2", work / "registry2"),
     ]
     ceiling = Nginx("nginx static file", work / "nginx", blob)

@@ -8,11 +8,11 @@ a copy into Python and a copy out of it per chunk.  Anything else (TLS, HTTP/2, 
 storage, a producer wrapped by the pull-through cache) goes through `responses.stream`.
 
 Not to a peer on loopback, unless asked (``[http] sendfile = true``): there the receiving
-process must copy the bytes out of the socket on this machine anyway, and it copies them
-faster from the buffers the registry just wrote (still in the CPU's caches) than from
-page-cache pages that sendfile hands over untouched.  Measured on the development VM
-(``bench/sendfile.py``), pulls over loopback ran at 1.6x the rate through the producer path,
-for less server CPU per GiB.  Over a network card the copy sendfile saves is the whole point.
+process must copy the bytes out of the socket on this machine anyway, and over loopback the
+producer path pulls faster, for no more server CPU (``bench/sendfile.py`` compares the two;
+the likely reason is that the receiver then copies from buffers the registry just wrote,
+still in the CPU's caches, instead of from page-cache pages sendfile hands over untouched).
+Over a network card the copy sendfile saves is the whole point.
 
 How it shares the socket with Twisted, through the consumer API of the TCP transport:
 
