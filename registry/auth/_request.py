@@ -8,7 +8,6 @@ written once, and so the controllers stay about decisions.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from twisted.web.iweb import IRequest
 
 from registry.http import twisted_internals
 from registry.http.forwarded import origin
+from registry.http.headers import request_header
 
 if TYPE_CHECKING:
     # Imported where used: only a TLS connection has a certificate, and a registry without
@@ -30,7 +30,7 @@ class MalformedCredentials(ValueError):
 
 def authorization(request: IRequest) -> tuple[str, str] | None:
     """``(scheme lower-cased, credentials)`` from the Authorization header, or None."""
-    value: str | None = request.getHeader("authorization")
+    value = request_header(request, "authorization")
     if not value:
         return None
     scheme, _, rest = value.strip().partition(" ")
@@ -44,7 +44,7 @@ def is_empty_basic(credentials: str) -> bool:
     """
     try:
         return base64.b64decode(credentials, validate=True) == b":"
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or characters beyond ASCII
         return False
 
 
@@ -52,7 +52,7 @@ def basic_credentials(credentials: str) -> tuple[str, str]:
     """Decode Basic credentials strictly; a user name cannot contain ``:`` (RFC 7617)."""
     try:
         decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as e:
+    except ValueError as e:  # binascii.Error, characters beyond ASCII, UnicodeDecodeError
         raise MalformedCredentials("undecodable Basic credentials") from e
     user, sep, password = decoded.partition(":")
     if not sep or not user:

@@ -56,6 +56,7 @@ from registry.client.errors import (
     Unauthorized,
     Unavailable,
 )
+from registry.http.headers import header_values
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
@@ -75,7 +76,8 @@ def origin_of(url: str) -> Origin:
 
 
 def header(headers: Headers, name: str) -> str | None:
-    values = headers.getRawHeaders(name)
+    """The last value of ``name`` as text, whatever bytes the server sent."""
+    values = header_values(headers, name)
     return values[-1] if values else None
 
 
@@ -249,7 +251,7 @@ class Session:
 
     def _learn_challenge(self, response: IResponse) -> None:
         """Called only for a 401 from the registry's own origin."""
-        challenge = pick_challenge(response.headers.getRawHeaders("www-authenticate", []))
+        challenge = pick_challenge(header_values(response.headers, "www-authenticate"))
         if challenge is not None:
             self.challenge = challenge
             self._challenge_known = True
@@ -267,7 +269,7 @@ class Session:
         if response.code == 401 and answered_by != self.origin:
             raise self.foreign_challenge(answered_by)
         if response.code == 401:
-            return pick_challenge(response.headers.getRawHeaders("www-authenticate", []))
+            return pick_challenge(header_values(response.headers, "www-authenticate"))
         return None
 
     def basic(self) -> str | None:

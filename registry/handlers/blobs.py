@@ -6,9 +6,10 @@ from twisted.web.iweb import IRequest
 
 from registry.api.errors import RANGE_INVALID, RegistryError
 from registry.auth.interfaces import DELETE, PULL, repository
-from registry.handlers.common import authorize, header, refuse_if_delete_disabled
+from registry.handlers.common import authorize, refuse_if_delete_disabled
 from registry.handlers.context import RegistryContext
 from registry.http import responses, sendfile
+from registry.http.headers import request_header
 from registry.http.ranges import RangeNotSatisfiable, parse_range
 from registry.http.routes import Route
 
@@ -37,11 +38,11 @@ async def _serve_blob(
         if url is not None:
             return responses.empty(request, 307, {**headers, "Location": url})
     try:
-        wanted = parse_range(header(request, "range"), size)
+        wanted = parse_range(request_header(request, "range"), size)
     except RangeNotSatisfiable:
         raise RegistryError(
             RANGE_INVALID,
-            {"size": size, "range": header(request, "range")},
+            {"size": size, "range": request_header(request, "range")},
             "requested range not satisfiable",
             headers={"Content-Range": f"bytes */{size}"},
         ) from None

@@ -47,13 +47,6 @@ def query(request: IRequest, name: str) -> str | None:
     return value.decode("utf-8", "replace")
 
 
-def header(request: IRequest, name: str) -> str | None:
-    value = request.getHeader(name)
-    if value is None:
-        return None
-    return value if isinstance(value, str) else value.decode("latin-1")
-
-
 def url_for(ctx: RegistryContext, request: IRequest, path: str) -> str:
     """
     A ``Location`` for ``path``: relative by default (every client resolves it, and it stays

@@ -11,13 +11,13 @@ from registry.api.errors import MANIFEST_UNKNOWN, TAG_INVALID, RegistryError
 from registry.auth.interfaces import DELETE, PULL, PUSH, repository
 from registry.handlers.common import (
     authorize,
-    header,
     refuse_if_delete_disabled,
     refuse_if_readonly,
     url_for,
 )
 from registry.handlers.context import RegistryContext
 from registry.http import responses
+from registry.http.headers import request_header
 from registry.http.routes import Route
 from registry.storage.manifests import IndexChildUnknown, ManifestTooLarge, PutResult
 
@@ -104,7 +104,7 @@ async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
     content = request.content.read()
     try:
         result = await ctx.manifests.put(
-            route.name, route.reference, content, header(request, "content-type"), tags
+            route.name, route.reference, content, request_header(request, "content-type"), tags
         )
     except (ManifestTooLarge, IndexChildUnknown) as error:
         raise RegistryError(

@@ -22,16 +22,10 @@ from registry.api.names import is_valid_name
 from registry.asyncutil import shielded
 from registry.auth.interfaces import PULL, PUSH, AllowAll, repository
 from registry.failures import log_failure
-from registry.handlers.common import (
-    authorize,
-    error_for,
-    header,
-    query,
-    refuse_if_readonly,
-    url_for,
-)
+from registry.handlers.common import authorize, error_for, query, refuse_if_readonly, url_for
 from registry.handlers.context import RegistryContext
 from registry.http import responses
+from registry.http.headers import request_header
 from registry.http.ranges import parse_content_range
 from registry.http.request import RegistryRequest
 from registry.http.routes import Kind, Route, parse_route
@@ -85,7 +79,7 @@ def upload_sink(
     params = parse_qs(query_bytes.decode("utf-8", "replace"))
     if route.kind is Kind.UPLOAD and method in (b"PATCH", b"PUT"):
         start = None
-        content_range = header(request, "content-range")
+        content_range = request_header(request, "content-range")
         if content_range:  # a PUT may carry the last chunk, and is checked the same way
             start = _chunk_start(route, content_range)
 

@@ -35,6 +35,7 @@ from registry.api.errors import RegistryError
 from registry.http import misdirected, reasons, responses, twisted_internals
 from registry.http.chunked import ChunkedBodyDecoder
 from registry.http.forwarded import TrustedProxies, client_address
+from registry.http.headers import request_header
 
 log = Logger()
 
@@ -379,7 +380,7 @@ class RegistrySite(server.Site):
             "duration_ms": round(elapsed * 1000, 1),
             "client": client_address(request),
             "user": getattr(request, "principal_name", None) or "-",
-            "agent": (request.getHeader("user-agent") or "-")[:120],
+            "agent": (request_header(request, "user-agent") or "-")[:120],
         }
         # The line is formatted here, once: the fields stay in the event for structured
         # observers (JSON logs), and text observers do not parse a format string per request.

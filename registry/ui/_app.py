@@ -43,6 +43,7 @@ from registry.handlers.common import (
 )
 from registry.handlers.context import RegistryContext
 from registry.http.forwarded import origin
+from registry.http.headers import request_header
 from registry.ops import gcstatus
 from registry.storage.driver import StorageError
 from registry.storage.manifests import parse_reference
@@ -419,7 +420,7 @@ _MAX_FORM = 8 * 1024
 
 def _form(request: IRequest) -> dict[str, str]:
     """The fields of an ``application/x-www-form-urlencoded`` body (first value of each)."""
-    kind = (_header(request, "content-type") or "").split(";", 1)[0].strip().lower()
+    kind = (request_header(request, "content-type") or "").split(";", 1)[0].strip().lower()
     if kind != "application/x-www-form-urlencoded" or request.content is None:
         return {}
     request.content.seek(0)
@@ -428,10 +429,3 @@ def _form(request: IRequest) -> dict[str, str]:
         return {}
     fields = parse_qs(data.decode("utf-8", "replace"), keep_blank_values=True)
     return {key: values[0] for key, values in fields.items() if values}
-
-
-def _header(request: IRequest, name: str) -> str | None:
-    value = request.getHeader(name)
-    if value is None:
-        return None
-    return value if isinstance(value, str) else value.decode("latin-1")

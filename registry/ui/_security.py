@@ -23,6 +23,7 @@ from twisted.web.iweb import IRequest
 from registry.api.errors import DENIED, RegistryError
 from registry.auth.interfaces import Principal
 from registry.http.forwarded import origin
+from registry.http.headers import request_header
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
@@ -44,13 +45,6 @@ def set_page_headers(request: IRequest, cache: str = "no-store") -> None:
     request.setHeader("Cache-Control", cache)
 
 
-def _header(request: IRequest, name: str) -> str | None:
-    value = request.getHeader(name)
-    if value is None:
-        return None
-    return value if isinstance(value, str) else value.decode("latin-1")
-
-
 def request_origin(request: IRequest) -> str:
     """
     ``scheme://host[:port]`` the browser used, as it writes it in ``Origin``: the request's
@@ -63,12 +57,12 @@ def request_origin(request: IRequest) -> str:
 def check_same_origin(request: IRequest) -> None:
     """Refuse (403) a request that a browser did not send from one of our own pages."""
     expected = request_origin(request)
-    sent = _header(request, "origin")
+    sent = request_header(request, "origin")
     if sent is not None and sent != "null":
         if sent.lower() != expected:
             raise RegistryError(DENIED, {"reason": "cross-origin request"})
         return
-    referer = _header(request, "referer")
+    referer = request_header(request, "referer")
     if referer:
         parts = urlsplit(referer)
         if f"{parts.scheme}://{parts.netloc}".lower() == expected:

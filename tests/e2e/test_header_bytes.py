@@ -1,0 +1,88 @@
+"""
+Header values that are not UTF-8 (a client's stray byte) get the answer any other bad value
+gets: never a 500 and a traceback.  Raw sockets, since HTTP client libraries refuse to send
+such bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+
+from tests.e2e.client import push_blob, raw_request, split_response, start_upload
+from tests.e2e.conftest import Starter
+from tests.e2e.harness import InProcessRegistry
+from tests.e2e.test_auth_edges import htpasswd_registry
+
+# Latin-1 bytes that are not valid UTF-8.
+STRAY = b"\xff\xfe"
+
+
+async def send(registry: InProcessRegistry, head: bytes, body: bytes = b"") -> Any:
+    request = head + b"\r\nHost: x\r\nConnection: close\r\n"
+    request += f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    return split_response(await raw_request(registry.url, request))
+
+
+def error_code(body: bytes) -> str:
+    code: str = json.loads(body)["errors"][0]["code"]
+    return code
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_api_headers(
+    registry: InProcessRegistry, access_events: list[dict[str, Any]]
+) -> None:
+    digest = await push_blob(registry.url, "team/app", b"0123456789")
+    upload = (await start_upload(registry.url, "team/app")).removeprefix(registry.url)
+
+    status, _, body = await send(
+        registry, b"PUT /v2/team/app/manifests/v1 HTTP/1.1\r\nContent-Type: " + STRAY, b"{}"
+    )
+    assert (status, error_code(body)) == (b"HTTP/1.1 400 Bad Request", "MANIFEST_INVALID")
+
+    # An unreadable range is ignored, as RFC 9110 asks: the whole blob.
+    status, headers, body = await send(
+        registry,
+        f"GET /v2/team/app/blobs/{digest} HTTP/1.1\r\nRange: bytes=".encode() + STRAY,
+    )
+    assert (status, body, headers["content-length"]) == (b"HTTP/1.1 200 OK", b"0123456789", "10")
+
+    status, headers, body = await send(
+        registry, f"PATCH {upload} HTTP/1.1\r\nContent-Range: ".encode() + STRAY, b"abc"
+    )
+    assert (status, error_code(body)) == (b"HTTP/1.1 416 Range Not Satisfiable", "RANGE_INVALID")
+    assert headers["range"] == "0-0"
+
+    status, _, _ = await send(registry, b"GET /v2/ HTTP/1.1\r\nUser-Agent: agent/" + STRAY)
+    assert status == b"HTTP/1.1 200 OK"
+    agents = [e["agent"] for e in access_events if e["path"] == "/v2/"]
+    assert agents == ["agent/\xff\xfe"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials(start_registry: Starter, tmp_path: Path) -> None:
+    registry = await htpasswd_registry(start_registry, tmp_path, max_failures=5)
+
+    status, headers, body = await send(
+        registry, b"GET /v2/team/app/tags/list HTTP/1.1\r\nAuthorization: Basic " + STRAY
+    )
+
+    assert (status, error_code(body)) == (b"HTTP/1.1 401 Unauthorized", "UNAUTHORIZED")
+    assert headers["www-authenticate"] == 'Basic realm="edges"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_web_ui_origin(registry: InProcessRegistry) -> None:
+    """A form post whose Origin or Referer is unreadable is refused as a foreign one."""
+    for sent in (b"Origin: http://" + STRAY, b"Referer: http://" + STRAY + b"/ui/"):
+        status, _, body = await send(
+            registry,
+            b"POST /ui/r/team/app/-/delete HTTP/1.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n" + sent,
+            b"reference=v1&csrf=x",
+        )
+        assert status == b"HTTP/1.1 403 Forbidden", body
