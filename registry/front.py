@@ -67,11 +67,12 @@ def v2_rest(request: IRequest, methods: frozenset[bytes]) -> str | None:
     return raw.decode("utf-8", "replace")
 
 
-def path_is_text(request: IRequest) -> bool:
-    """Whether the decoded path is UTF-8, as Klein needs to route it."""
+def klein_can_route(request: IRequest) -> bool:
+    """Whether the decoded path and the host name are UTF-8, as Klein needs to route them."""
     try:
         for segment in request.postpath:
             segment.decode("utf-8")
+        request.getRequestHostname().decode("utf-8")
     except UnicodeDecodeError:
         return False
     return True
@@ -103,11 +104,11 @@ class FrontResource:
     def render(self, request: IRequest) -> Any:
         rest = v2_rest(request, self._methods)
         if rest is None:
-            if not path_is_text(request):
+            if not klein_can_route(request):
                 # Klein would answer the same but log a traceback for the client's bytes.
                 request.setResponseCode(400)
                 request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-                return b"Non-UTF-8 encoding in URL."
+                return b"" if request.method == b"HEAD" else b"Non-UTF-8 encoding in URL or Host."
             return self._routed().render(request)
         _Route(self._app, request).start(rest)
         return NOT_DONE_YET

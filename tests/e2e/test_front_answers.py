@@ -132,4 +132,4 @@ async def test_paths_that_are_not_utf8(start_registry: Starter) -> None:
     for path in ("/%ff", "/ui/%ff", "/health/%c3"):
         answer = await deferToThread(exchange, running.url, "GET", path, {}, b"")
         assert answer.startswith(b"400 "), (path, answer)
-        assert answer.endswith(b"\n\nNon-UTF-8 encoding in URL."), (path, answer)
+        assert answer.endswith(b"\n\nNon-UTF-8 encoding in URL or Host."), (path, answer)

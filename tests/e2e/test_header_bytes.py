@@ -86,3 +86,22 @@ async def test_web_ui_origin(registry: InProcessRegistry) -> None:
             b"reference=v1&csrf=x",
         )
         assert status == b"HTTP/1.1 403 Forbidden", body
+
+
+@pytest_twisted.ensureDeferred
+async def test_host(registry: InProcessRegistry) -> None:
+    """The API does not read Host; the pages routed by Klein, which decodes it, get a plain
+    400 (and nothing in the log: the log watch fails the test on Klein's traceback)."""
+
+    async def answer(method: bytes, path: bytes) -> tuple[bytes, bytes]:
+        request = method + b" " + path + b" HTTP/1.1\r\nHost: \xc3\r\nConnection: close\r\n\r\n"
+        status, _, body = split_response(await raw_request(registry.url, request))
+        return status, body
+
+    assert (await answer(b"GET", b"/v2/"))[0] == b"HTTP/1.1 200 OK"
+    for path in (b"/ui/", b"/health"):
+        assert await answer(b"GET", path) == (
+            b"HTTP/1.1 400 Bad Request",
+            b"Non-UTF-8 encoding in URL or Host.",
+        )
+        assert await answer(b"HEAD", path) == (b"HTTP/1.1 400 Bad Request", b"")
