@@ -115,6 +115,19 @@ def _pattern(size: int) -> bytes:
     return (block * (size // max(len(block), 1) + 1))[:size] if size else b""
 
 
+async def pull_whole_and_from(url: str, data: bytes, offset: int) -> str:
+    """Push ``data``, then GET it whole and from ``offset`` on one connection, checking both
+    answers' status and bytes; returns the digest."""
+    digest = await push_blob(url, "team/app", data)
+    path = f"/v2/team/app/blobs/{digest}"
+    answers = await exchange(url, [(path, {}), (path, {"Range": f"bytes={offset}-"})])
+    assert [(s, b == data[o:]) for (s, _, b), o in zip(answers, (0, offset), strict=True)] == [
+        (200, True),
+        (206, True),
+    ]
+    return digest
+
+
 def sendfile_flags(events: list[dict[str, Any]], digest: str) -> list[bool]:
     return [bool(e["sendfile"]) for e in events if e["method"] == "GET" and digest in e["path"]]
 
@@ -221,16 +234,7 @@ async def test_by_default_not_to_a_peer_on_loopback(
     bytes are the same."""
     registry = await start_registry()
     assert registry.options.config.http.sendfile == "auto"
-    data = _pattern(3 * 1024 * 1024 + 7)
-    digest = await push_blob(registry.url, "team/app", data)
-    path = f"/v2/team/app/blobs/{digest}"
-
-    answers = await exchange(registry.url, [(path, {}), (path, {"Range": "bytes=5-"})])
-
-    assert [(s, b == data[o:]) for (s, _, b), o in zip(answers, (0, 5), strict=True)] == [
-        (200, True),
-        (206, True),
-    ]
+    digest = await pull_whole_and_from(registry.url, _pattern(3 * 1024 * 1024 + 7), 5)
     await wait_for(lambda: len(sendfile_flags(access_events, digest)) == 2, "logs")
     assert sendfile_flags(access_events, digest) == [False, False]
 
@@ -318,16 +322,7 @@ async def test_sendfile_runs_in_the_storage_threads(
     Never on the reactor thread: a body that is not in the page cache is read from disk
     inside ``sendfile``, which would hold every other connection up meanwhile.
     """
-    data = _pattern(16 * 1024 * 1024 + 1)
-    digest = await push_blob(registry.url, "team/app", data)
-    path = f"/v2/team/app/blobs/{digest}"
-
-    answers = await exchange(registry.url, [(path, {}), (path, {"Range": "bytes=5-"})])
-
-    assert [(s, b == data[o:]) for (s, _, b), o in zip(answers, (0, 5), strict=True)] == [
-        (200, True),
-        (206, True),
-    ]
+    await pull_whole_and_from(registry.url, _pattern(16 * 1024 * 1024 + 1), 5)
     assert sendfile_threads != []
     assert threading.current_thread().name not in sendfile_threads  # the reactor's
     assert {name.rsplit("-", 1)[0] for name in sendfile_threads} == {"PoolThread-registry-io"}
