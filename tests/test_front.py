@@ -27,7 +27,7 @@ class PathOnly:
     method: bytes
     postpath: list[bytes]
 
-    def getRequestHostname(self) -> bytes:  # noqa: N802 (twisted.web's name)
+    def getRequestHostname(self) -> bytes:
         return b"localhost"
 
     @classmethod
