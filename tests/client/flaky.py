@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -42,6 +43,9 @@ class _Front(Resource):
         super().__init__()
         self._flaky = flaky
         self._host, self._port = host, port
+        # A connection per request, as a plain proxy: nothing left in treq's shared pool for
+        # the tests that follow.
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
 
     def render(self, request: Any) -> Any:
         method, path = request.method.decode(), request.uri.decode()
@@ -71,6 +75,7 @@ class _Front(Resource):
             headers=headers,
             data=body or None,
             allow_redirects=False,
+            pool=self._pool,
         )
         content = await treq.content(response)
         request.setResponseCode(response.code, response.phrase)
