@@ -58,6 +58,9 @@ class RegistryService(MultiService):
         self._stop_requested = False
         # Fires once the registry accepts connections; fails with StartupError.
         self.ready: Deferred[None] = Deferred()
+        # Start-up's outcome for `when_ready`: None while starting, else a success or why not.
+        self._outcome: Failure | bool | None = None
+        self._waiting: list[Deferred[None]] = []
 
     def privilegedStartService(self) -> None:
         self._under_twistd = True
@@ -79,12 +82,14 @@ class RegistryService(MultiService):
 
     def _started(self, _: object) -> None:
         if not self.running:
+            self._settle(Failure(StartupError("stopped before start-up finished")))
             return
         self.listeners.open()
         if self._under_twistd:
             signal.signal(signal.SIGTERM, self._sigterm)
         self._announce()
         self.ready.callback(None)
+        self._settle(True)
 
     def _failed(self, failure: Failure) -> None:
         message = (
@@ -98,6 +103,33 @@ class RegistryService(MultiService):
             exit_after_reactor(self._reactor, message)
         self.ready.errback(StartupError(message))
         self.ready.addErrback(lambda _: None)  # the caller may not be listening
+        self._settle(Failure(StartupError(message)))
+
+    def when_ready(self) -> Deferred[None]:
+        """
+        A new Deferred with start-up's outcome, whenever it is asked: fires once the registry
+        accepts connections, fails with `StartupError` naming the cause.  (`ready` itself is
+        the chain start-up work hangs off, and its failure is consumed there.)
+        """
+        d: Deferred[None] = Deferred()
+        if self._outcome is None:
+            self._waiting.append(d)
+        else:
+            self._fire(d, self._outcome)
+        return d
+
+    def _settle(self, outcome: Failure | bool) -> None:
+        self._outcome = outcome
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            self._fire(d, outcome)
+
+    @staticmethod
+    def _fire(d: Deferred[None], outcome: Failure | bool) -> None:
+        if isinstance(outcome, Failure):
+            d.errback(outcome)
+        else:
+            d.callback(None)
 
     def _sigterm(self, signum: int, frame: Any) -> None:
         # Twisted's own handler would make twistd kill itself with SIGTERM once stopped; a

@@ -102,6 +102,10 @@ async def sleep(seconds: float) -> None:
     await d
 
 
+# How long an in-process registry may take from bound to serving.
+STARTUP_LIMIT = 60.0
+
+
 def _storage_configured(sections: Mapping[str, Mapping[str, str]] | None) -> bool:
     storage = (sections or {}).get("storage", {})
     return "rootdirectory" in storage or "driver" in storage
@@ -153,6 +157,12 @@ async def start_in_process(
     service.startService()
     serving: Any = service  # a RegistryService: its listeners know the bound port
     await serving.listeners.wait_bound()
+    # Bound is not serving: connections wait in the backlog until the storage probe and the
+    # start-up checks pass.  A start-up that fails (or never ends) must fail the test naming
+    # the cause, not leave its first request waiting until the suite's timeout.
+    ready: Deferred[None] = serving.when_ready()
+    ready.addTimeout(STARTUP_LIMIT, reactor)
+    await ready
     port = int(serving.listeners.ports[0].getHost().port)
     scheme = "https" if listen.startswith("ssl:") else "http"
     url = f"{scheme}://127.0.0.1:{port}"

@@ -10,9 +10,16 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
+from registry.server.exit import StartupError
+from registry.tap import Options, makeService
 from tests.e2e.harness import twistd_command
 from tests.server.proc import child_env
 
@@ -156,3 +163,45 @@ def test_version(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("txregistry ")
     assert result.stderr == ""
+
+
+def bounded(d: Deferred[None]) -> Deferred[None]:
+    return d.addTimeout(30, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedding_caller_is_told_why_start_up_failed(tmp_path: Path) -> None:
+    """Started without twistd (``startService`` only), a start-up that fails ends in
+    `when_ready` failing with the same one line, whenever it is asked; nothing is accepted."""
+    storage = tmp_path / "not-a-folder"
+    storage.write_text("x")
+    options = Options()
+    options.parseOptions(["--port", LOOPBACK, "--storage", str(storage)])
+    service: Any = makeService(options)
+    service.startService()
+    try:
+        with pytest.raises(StartupError) as early:
+            await bounded(service.when_ready())
+        with pytest.raises(StartupError) as late:  # asked again after the outcome
+            await service.when_ready()
+        assert str(early.value) == str(late.value)
+        assert str(early.value) == f"cannot use storage {storage}: not a directory"
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedding_caller_is_told_when_the_registry_serves(tmp_path: Path) -> None:
+    options = Options()
+    options.parseOptions(["--port", LOOPBACK, "--storage", str(tmp_path / "data")])
+    service: Any = makeService(options)
+    service.startService()
+    try:
+        await bounded(service.when_ready())
+        port = service.listeners.ports[0].getHost().port
+        response = await treq.get(f"http://127.0.0.1:{port}/v2/")
+        assert response.code == 200
+        assert await response.json() == {}
+        await service.when_ready()  # asked again: still a success
+    finally:
+        await service.stopService()
