@@ -504,8 +504,12 @@ def load(
                 parser.read_file(file)
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason})") from None
         except configparser.Error as exc:
-            raise ConfigError(f"config file {path}: {exc.message}") from None
+            # Its messages span lines (the offending line is quoted on the next one).
+            message = " ".join(str(exc.message).split())
+            raise ConfigError(f"config file {path}: {message}") from None
     raw: dict[str, dict[str, str]] = {s: dict(parser.items(s)) for s in parser.sections()}
     for section in raw:
         if section not in SECTIONS and OPEN_SECTIONS.fullmatch(section) is None:

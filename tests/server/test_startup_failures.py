@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,44 @@ def test_bad_configuration_value_prints_one_line_not_the_usage(tmp_path: Path) -
         "txregistry: configuration error: [storage] fsync: not a boolean: 'maybe' "
         "(use true or false)",
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [
+        (b"[http]\nport = 1\n\xff\xfe\n", "not UTF-8 text (invalid start byte)"),
+        (
+            b"port = 5000\n",
+            "File contains no section headers. file: '{path}', line: 1 'port = 5000\\n'",
+        ),
+        (
+            b"[http]\nport = 1\nport = 2\n",
+            "While reading from '{path}' [line 3]: option 'port' in section 'http' already exists",
+        ),
+    ],
+    ids=["binary", "no-section", "duplicate-key"],
+)
+def test_unreadable_configuration_file_is_one_line(
+    tmp_path: Path, content: bytes, cause: str
+) -> None:
+    """A file configparser cannot read at all: its message (several lines of its own, or a
+    decoding error) becomes one line, for twistd and for the txregistry command alike."""
+    config = tmp_path / "registry.cfg"
+    config.write_bytes(content)
+    expected = f"txregistry: configuration error: config file {config}: " + cause.format(
+        path=config
+    )
+    assert_one_line(run_registry(tmp_path, "--config", str(config)), expected)
+    command = subprocess.run(
+        [sys.executable, "-m", "registry.cli", "gc", "--config", str(config)],
+        cwd=tmp_path,
+        env=child_env(None),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert command.returncode == 2, command.stderr
+    assert command.stderr.splitlines() == [expected]
 
 
 def test_misspelt_environment_variable_is_refused(tmp_path: Path) -> None:
