@@ -408,7 +408,8 @@ class Session:
                 where = "{}://{}:{}".format(*origin_of(url))
                 raise Unavailable(None, f"no answer from {where} within {self.timeout}s") from None
             self.errors += 1
-            raise Unavailable(None, describe(exc)) from exc
+            where = "{}://{}:{}".format(*origin_of(url))
+            raise Unavailable(None, f"no answer from {where}: {describe(exc)}") from exc
         finally:
             if timer.active():
                 timer.cancel()

@@ -23,7 +23,8 @@ class ClientError(Exception):
         code: str | None = None,
         errors: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        super().__init__(f"registry {status if status is not None else '-'}: {reason}")
+        # "registry 404: ..." for an answer; without one the reason says what happened.
+        super().__init__(reason if status is None else f"registry {status}: {reason}")
         self.status = status
         self.reason = reason
         self.code = code

@@ -26,7 +26,7 @@ from tests.client.conftest import ClientFactory
 from tests.client.test_layout import push_multi
 from tests.e2e.client import get, header
 from tests.e2e.conftest import Starter
-from tests.e2e.harness import REPO_ROOT
+from tests.e2e.harness import REPO_ROOT, free_port
 from tests.e2e.tools import Registry2Process
 
 NO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
@@ -192,6 +192,16 @@ async def test_same_registry_mounts_and_exit_codes(
         "copy", *NO_TLS, f"docker://{host}/one/app:nope", f"oci:{tmp_path}/x:nope"
     )
     assert code == 1 and "MANIFEST_UNKNOWN" in err and out == ""
+    # Nothing listening: 1, and the line says where the copy found no answer.
+    nothing = f"127.0.0.1:{free_port()}"
+    code, out, err = await txregistry(
+        "copy", *NO_TLS, f"docker://{nothing}/one/app:v1", f"oci:{tmp_path}/x:v1"
+    )
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f"txregistry copy: failed: no answer from http://{nothing}: ConnectionRefusedError: "
+        "Connection was refused by other side: 111: Connection refused."
+    ]
     # Bad names and bad options: 2.
     for args in (
         ["copy", "one/app:v1", f"oci:{tmp_path}/x"],
