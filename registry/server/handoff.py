@@ -106,7 +106,11 @@ class Handoff(Service):
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             if stream is not None:
                 stream.flush()
-        self._exec(sys.executable, [sys.executable, "-c", SUPERVISOR], env)
+        try:
+            self._exec(sys.executable, [sys.executable, "-c", SUPERVISOR], env)
+        except OSError as exc:  # E2BIG, ENOMEM...: still this process, which must not idle
+            reason = exc.strerror or str(exc)
+            exit_after_reactor(self.reactor, f"cannot start the supervisor: {reason.lower()}")
 
 
 def log_target(twistd: Any) -> dict[str, Any]:

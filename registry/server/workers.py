@@ -85,12 +85,23 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+# More workers than this per core add no throughput (each worker's reactor runs on one core),
+# only memory and processes: a larger number is a typo, refused before anything is started.
+WORKERS_PER_CORE = 4
+
+
 def resolve(config: Config) -> int:
     """
     How many worker processes ``config`` runs; `ConfigError` for an explicit number that
     would be wrong (state the workers cannot share).
     """
     wanted = config.http.workers
+    most = WORKERS_PER_CORE * cores()
+    if wanted > most:
+        raise ConfigError(
+            f"[http] workers = {wanted}: at most {most} here ({WORKERS_PER_CORE} per core: "
+            "a worker is one reactor on one core, more only cost memory)"
+        )
     reasons = []
     if config.storage.driver == "inmemory":
         reasons.append("the inmemory driver keeps everything in one process's memory")

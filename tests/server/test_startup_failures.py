@@ -6,6 +6,7 @@ naming the cause, no traceback anywhere, and "listening" never logged.  Each cas
 
 from __future__ import annotations
 
+import resource
 import socket
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from registry.server.exit import StartupError
+from registry.server.workers import cores
 from registry.tap import Options, makeService
-from tests.e2e.harness import twistd_command
+from tests.e2e.harness import twistd_command, write_config
 from tests.server.proc import child_env
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -176,6 +178,57 @@ def test_unreadable_configuration_file_is_one_line(
     )
     assert command.returncode == 2, command.stderr
     assert command.stderr.splitlines() == [expected]
+
+
+def test_more_workers_than_the_machine_can_use_is_refused(tmp_path: Path) -> None:
+    wanted = 4 * cores() + 1
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": str(wanted)}})
+    result = run_registry(tmp_path, "--config", str(config), "--port", LOOPBACK)
+    assert_one_line(
+        result,
+        f"txregistry: configuration error: [http] workers = {wanted}: at most {wanted - 1} "
+        "here (4 per core: a worker is one reactor on one core, more only cost memory)",
+    )
+
+
+def _exec_space(argv: list[str], env: dict[str, str]) -> int:
+    """What an ``execve`` of ``argv`` with ``env`` uses of Linux's argument space: every
+    string with its NUL, the pointer arrays, and the file name."""
+    strings = sum(len(a.encode()) + 1 for a in argv)
+    strings += sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
+    return strings + 8 * (len(argv) + len(env) + 2) + len(argv[0].encode()) + 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux's execve argument space")
+def test_supervisor_that_cannot_be_started_is_one_line(tmp_path: Path) -> None:
+    """The supervisor is started by exec from twistd, with its settings in the environment:
+    an exec that fails (here E2BIG: the environment fills all but a few hundred bytes of the
+    argument space, so twistd starts and the supervisor's settings do not fit) is one line
+    and exit 1, not a process idling with its ports bound."""
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2"}})
+    command = twistd_command(
+        "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "d")
+    )
+    env = child_env(None)
+    stack = 8 * 1024 * 1024  # the space is a quarter of the stack limit
+    fill = stack // 4 - _exec_space(command, env) - 400
+    count = fill // 100_000 + 1
+    for i in range(count):  # each string under the 128 KiB a single one may have
+        env[f"TXREGISTRY_TEST_FILL{i}"] = "x" * (fill // count - 40)
+
+    def known_stack() -> None:
+        resource.setrlimit(resource.RLIMIT_STACK, (stack, stack))
+
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=known_stack,
+    )
+    assert_one_line(result, "txregistry: cannot start the supervisor: argument list too long")
 
 
 def test_misspelt_environment_variable_is_refused(tmp_path: Path) -> None:
