@@ -132,6 +132,18 @@ def parse_workers(text: str) -> int:
     return int(text)
 
 
+def parse_count(minimum: int) -> Callable[[str], int]:
+    """A whole number of at least ``minimum`` (no sign, no unit)."""
+
+    def parse(text: str) -> int:
+        text = text.strip()
+        if re.fullmatch(r"[0-9]{1,18}", text) is None or int(text) < minimum:
+            raise ValueError(f"not a whole number of at least {minimum}: {text!r}")
+        return int(text)
+
+    return parse
+
+
 def parse_choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.strip() not in choices:
@@ -252,7 +264,7 @@ class AuthConfig:
     policy: str = key("")
     anonymous_pull: tuple[str, ...] = key((), parse_list)
     client_certificate_users: bool = key(False, parse_bool)
-    max_failures: int = key(10, int)
+    max_failures: int = key(10, parse_count(0))
     failure_window: float = key(60.0, parse_duration)
     cooldown: float = key(60.0, parse_duration)
 
@@ -335,7 +347,7 @@ class RedisConfig:
     addr: str = key("", parse_host_port)
     username: str = key("")
     password: str = key("")
-    db: int = key(0, int)
+    db: int = key(0, parse_count(0))
     dialtimeout: float = key(5.0, parse_positive_duration)
     readtimeout: float = key(5.0, parse_positive_duration)
     writetimeout: float = key(5.0, parse_positive_duration)
@@ -343,7 +355,7 @@ class RedisConfig:
     # CA bundle that signs the Redis server's certificate (empty: the system's).
     tls_cafile: str = key("")
     # Connections at most (registry:2's pool.maxactive); also the threads that wait on them.
-    pool_maxactive: int = key(8, int)
+    pool_maxactive: int = key(8, parse_count(1))
 
 
 @attrs.frozen

@@ -47,6 +47,10 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("[validation]\nindex_platforms = linux\n", "not an os/architecture platform"),
         ("[validation]\nindex_platforms = linux/arm/v7\n", "'linux/arm/v7' is not an os/arch"),
         ("[http]\nsendfile = sometimes\n", "[http] sendfile: not auto, true or false"),
+        ("[redis]\ndb = -1\n", "[redis] db: not a whole number of at least 0: '-1'"),
+        ("[redis]\npool_maxactive = 0\n", "[redis] pool_maxactive: not a whole number of at "),
+        ("[auth]\nmax_failures = -5\n", "[auth] max_failures: not a whole number of at least 0"),
+        ("[auth]\nmax_failures = 1e3\n", "[auth] max_failures: not a whole number"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:

@@ -147,8 +147,18 @@ _EE_POLICY = ExtensionPolicy.permit_all()
 
 
 def load_certificates(path: str) -> list[x509.Certificate]:
+    """The PEM certificates in ``path``; `ValueError` when it holds none."""
     with open(path, "rb") as f:
         return x509.load_pem_x509_certificates(f.read())
+
+
+def load_key_set(path: str) -> KeySet:
+    """The JSON Web Key Set in ``path``; `ValueError` when it is not one."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return KeySet.import_key_set(json.load(f))
+        except (JoseError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a JSON Web Key Set ({type(exc).__name__}: {exc})") from None
 
 
 class TokenVerifier:
@@ -199,10 +209,7 @@ class TokenVerifier:
         leeway: float = LEEWAY,
     ) -> TokenVerifier:
         roots = load_certificates(rootcertbundle) if rootcertbundle else []
-        keyset = None
-        if jwks:
-            with open(jwks, encoding="utf-8") as f:
-                keyset = KeySet.import_key_set(json.load(f))
+        keyset = load_key_set(jwks) if jwks else None
         return cls(issuer, service, clock, roots, keyset, leeway)
 
     def _now(self) -> float:

@@ -8,7 +8,8 @@ they configure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -47,6 +48,22 @@ class AuthSettings:
         )
 
 
+@contextlib.contextmanager
+def _reading(key: str, path: str) -> Iterator[None]:
+    """Start-up reads a file a key names: a failure is a `ValueError` naming the key (the
+    one line start-up prints), whatever library read it."""
+    try:
+        yield
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ValueError(f"{key}: cannot read {path}: {reason}") from None
+    except ValueError as exc:
+        message = " ".join(str(exc).split())
+        if not message.startswith(path):
+            message = f"{path}: {message}"
+        raise ValueError(f"{key}: {message}") from None
+
+
 def make_access_controller(
     settings: AuthSettings,
     reactor: IReactorFromThreads,
@@ -76,7 +93,8 @@ def make_access_controller(
 
     policy: PolicySource | None
     if settings.policy:
-        policy = PolicyFile(settings.policy, clock, settings.anonymous_pull)
+        with _reading("[auth] policy", settings.policy):
+            policy = PolicyFile(settings.policy, clock, settings.anonymous_pull)
     elif settings.token_realm and not settings.anonymous_pull:
         policy = None  # the token server decides everything, as with registry:2
     else:
@@ -87,6 +105,13 @@ def make_access_controller(
     inner: IAccessController | None = None
     if settings.htpasswd_path:
         assert policy is not None
+        # Readable now, or start-up says so: a missing file would deny every login until it
+        # appears (as it does when deleted while serving), which is a mistake to say at once.
+        with (
+            _reading("[auth.htpasswd] path", settings.htpasswd_path),
+            open(settings.htpasswd_path, "rb") as readable,
+        ):
+            readable.read(1)  # start-up, before the reactor runs: blocking is fine
         htpasswd = Htpasswd(
             settings.htpasswd_path, reactor, threadpool, clock, settings.htpasswd_cache_seconds
         )
@@ -106,14 +131,18 @@ def make_access_controller(
             raise ValueError("[auth.token] needs rootcertbundle or jwks")
         assert settings.token_service and settings.token_issuer
         # Imported here: joserfc and cryptography's X.509 cost memory only where tokens are on.
-        from registry.auth.token import TokenVerifier
+        from registry.auth.token import TokenVerifier, load_certificates, load_key_set
 
-        verifier = TokenVerifier.from_files(
-            settings.token_issuer,
-            settings.token_service,
-            clock,
-            settings.token_rootcertbundle,
-            settings.token_jwks,
+        roots = []
+        if settings.token_rootcertbundle:
+            with _reading("[auth.token] rootcertbundle", settings.token_rootcertbundle):
+                roots = load_certificates(settings.token_rootcertbundle)
+        keyset = None
+        if settings.token_jwks:
+            with _reading("[auth.token] jwks", settings.token_jwks):
+                keyset = load_key_set(settings.token_jwks)
+        verifier = TokenVerifier(
+            settings.token_issuer, settings.token_service, clock, roots, keyset
         )
         inner = TokenAccessController(verifier, settings.token_realm, limiter, policy)
     if settings.client_certificate_users:

@@ -115,6 +115,52 @@ def test_refused_combinations(
         make_access_controller(AuthSettings(**resolved), reactor(), Clock(), threadpool)
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"htpasswd_path": "{d}/missing"},
+            "[auth.htpasswd] path: cannot read {d}/missing: no such file or directory",
+        ),
+        ({"htpasswd_path": "{d}"}, "[auth.htpasswd] path: cannot read {d}: is a directory"),
+        (
+            {"htpasswd_path": "HTPASSWD", "policy": "{d}/missing"},
+            "[auth] policy: cannot read {d}/missing: no such file or directory",
+        ),
+        (
+            {"htpasswd_path": "HTPASSWD", "policy": "{d}/garbage"},
+            "[auth] policy: {d}/garbage: ",
+        ),
+        (
+            {"token_rootcertbundle": "{d}/missing"},
+            "[auth.token] rootcertbundle: cannot read {d}/missing: no such file or directory",
+        ),
+        ({"token_rootcertbundle": "{d}/garbage"}, "[auth.token] rootcertbundle: {d}/garbage: "),
+        ({"token_jwks": "{d}/not-a-set.json"}, "[auth.token] jwks: {d}/not-a-set.json: not a "),
+        ({"token_jwks": "{d}/garbage"}, "[auth.token] jwks: {d}/garbage: "),
+    ],
+)
+def test_unreadable_files_are_named_by_their_key(
+    tmp_path: Any, files: dict[str, str], threadpool: Any, settings: dict[str, str], message: str
+) -> None:
+    """A file an auth key names that cannot be read at start-up: the error names the key and
+    the file, on one line (start-up prints it as the reason it stops)."""
+    (tmp_path / "garbage").write_bytes(b"not = [valid\n\xff")
+    (tmp_path / "not-a-set.json").write_text('{"keys": 5}')
+    token = {"token_realm": "r", "token_issuer": "i", "token_service": "s"}
+    resolved = {
+        k: files["htpasswd"] if v == "HTPASSWD" else v.format(d=tmp_path)
+        for k, v in settings.items()
+    }
+    if any(k.startswith("token_") for k in resolved):
+        resolved = {**token, **resolved}
+    with pytest.raises(ValueError) as caught:
+        make_access_controller(AuthSettings(**resolved), reactor(), Clock(), threadpool)
+    text = str(caught.value)
+    assert text.startswith(message.format(d=tmp_path)), text
+    assert "\n" not in text
+
+
 def test_anonymous_pull_from() -> None:
     assert anonymous_pull_from("a/*, b/** ,") == ("a/*", "b/**")
     assert anonymous_pull_from(["x"]) == ("x",)
