@@ -145,7 +145,10 @@ def makeService(options: Options) -> IService:
             return _supervising(options, config, count, reactor)
     from registry.server.build import serve
 
-    return serve(config, reactor, spec)
+    try:
+        return serve(config, reactor, spec)
+    except ConfigError as exc:  # found while building: a folder to create, a file to read
+        configuration_error(exc)
 
 
 def _supervising(options: Options, config: Config, count: int, reactor: Any) -> IService:

@@ -37,6 +37,13 @@ def load_trust_root(ca_bundle: CAFiles) -> Any:
     return ssl.trustRootFromCertificates(certificates)
 
 
+def _reason(exc: Exception, path: object) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot read {exc.filename or path}: {(exc.strerror or str(exc)).lower()}"
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return message if str(path) in message else f"{path}: {message}"
+
+
 @attrs.frozen
 class TLSOptions:
     """How to talk TLS to a registry (unused for ``http://`` URLs)."""
@@ -45,6 +52,32 @@ class TLSOptions:
     cert_file: str | Path | None = None
     key_file: str | Path | None = None
     verify: bool = True
+
+    def problem(self) -> tuple[str, str] | None:
+        """
+        Which file cannot be used and why, as (``"ca_file"``, ``"cert_file"`` or
+        ``"key_file"``, a one-line reason); None when `policy` can load them all.  For
+        configuration checks: a mistake is then named before the first connection.
+        """
+        if self.ca_file is not None:
+            try:
+                load_trust_root(self.ca_file)
+            except (OSError, ValueError) as exc:
+                return "ca_file", _reason(exc, self.ca_file)
+        if self.cert_file is None:
+            return ("key_file", "needs a certificate file") if self.key_file else None
+        try:
+            cert_pem = Path(self.cert_file).read_bytes()
+            x509.load_pem_x509_certificate(cert_pem)
+        except (OSError, ValueError) as exc:
+            return "cert_file", _reason(exc, self.cert_file)
+        try:
+            key_pem = Path(self.key_file).read_bytes() if self.key_file else cert_pem
+            serialization.load_pem_private_key(key_pem, password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            which = "key_file" if self.key_file else "cert_file"
+            return which, _reason(exc, self.key_file or self.cert_file)
+        return None
 
     def policy(self) -> IPolicyForHTTPS:
         """The `IPolicyForHTTPS` an `Agent` takes."""

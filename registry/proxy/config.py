@@ -132,6 +132,12 @@ def parse_proxy(name: str, values: Mapping[str, str]) -> ProxyConfig:
         raise ConfigError(f"{section} prefix: required unless default = true")
     if kwargs.get("tag_freshness", 0.0) < 0:
         raise ConfigError(f"{section} tag_freshness: must not be negative")
+    if kwargs.get("cabundle"):
+        from registry.client import TLSOptions
+
+        problem = TLSOptions(ca_file=kwargs["cabundle"]).problem()
+        if problem is not None:
+            raise ConfigError(f"{section} cabundle: {problem[1]}")
     return ProxyConfig(name=name, **kwargs)
 
 

@@ -168,10 +168,6 @@ def parse_sync(name: str, values: Mapping[str, str]) -> SyncConfig:
             credentials = credentials_from_config(urlsplit(remote).netloc, authfile)
         except ValueError as exc:
             raise ConfigError(f"{section} authfile: {exc}") from None
-    for key in ("cabundle", "certfile", "keyfile"):
-        path = kwargs.get(key)
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{section} {key}: {path}: no such file")
     if kwargs.get("keyfile") and not kwargs.get("certfile"):
         raise ConfigError(f"{section} keyfile: needs certfile")
     tls = TLSOptions(
@@ -180,6 +176,11 @@ def parse_sync(name: str, values: Mapping[str, str]) -> SyncConfig:
         key_file=kwargs.pop("keyfile", None),
         verify=kwargs.pop("tls_verify", True),
     )
+    problem = tls.problem()
+    if problem is not None:
+        which, reason = problem
+        key = {"ca_file": "cabundle", "cert_file": "certfile", "key_file": "keyfile"}[which]
+        raise ConfigError(f"{section} {key}: {reason}")
     tags = TagFilter(
         globs=kwargs.pop("tags", ()),
         regex=kwargs.pop("tags_regex", None),

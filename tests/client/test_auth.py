@@ -157,3 +157,31 @@ async def test_credentials_go_only_to_the_announced_realm(
     assert fake.count(kind="cdn-token") == 0
     assert all(r.authorization is None for r in fake.log if r.kind == "cdn")
     assert all((r.authorization or "").startswith("Basic ") for r in fake.log if r.kind == "token")
+
+
+def test_tls_files_problem_names_the_file_that_cannot_be_used(tmp_path: Path) -> None:
+    """`TLSOptions.problem`: what configuration checks report before the first connection."""
+    ca_key, client_key = pki.new_key("ec"), pki.new_key("ec")
+    ca = pki.certificate("test CA", ca_key, ca=True)
+    ca_file = pki.write(tmp_path / "ca.pem", pki.pem_cert(ca))
+    mine = pki.write(
+        tmp_path / "client.pem",
+        pki.pem_cert(pki.certificate("alice", client_key, (ca_key, ca), client=True)),
+    )
+    mine_key = pki.write(tmp_path / "client.key", pki.pem_key(client_key))
+    text = pki.write(tmp_path / "notes.txt", b"not PEM\n")
+    missing = str(tmp_path / "missing.pem")
+    assert TLSOptions(ca_file=ca_file, cert_file=mine, key_file=mine_key).problem() is None
+    assert TLSOptions().problem() is None
+    assert TLSOptions(ca_file=missing).problem() == (
+        "ca_file",
+        f"cannot read {missing}: no such file or directory",
+    )
+    assert TLSOptions(ca_file=text).problem() == ("ca_file", f"no PEM certificate in {text}")
+    which, reason = TLSOptions(cert_file=text, key_file=mine_key).problem() or ("", "")
+    assert which == "cert_file" and reason.startswith(f"{text}: ")
+    which, reason = TLSOptions(cert_file=mine, key_file=text).problem() or ("", "")
+    assert which == "key_file" and reason.startswith(f"{text}: ")
+    which, reason = TLSOptions(cert_file=mine).problem() or ("", "")  # no key in the file
+    assert which == "cert_file" and reason.startswith(f"{mine}: ")
+    assert TLSOptions(key_file=mine_key).problem() == ("key_file", "needs a certificate file")

@@ -231,6 +231,67 @@ def test_supervisor_that_cannot_be_started_is_one_line(tmp_path: Path) -> None:
     assert_one_line(result, "txregistry: cannot start the supervisor: argument list too long")
 
 
+@pytest.mark.parametrize(
+    ("sections", "line"),
+    [
+        (
+            {
+                "proxy:hub": {
+                    "remoteurl": "https://127.0.0.1:9",
+                    "default": "true",
+                    "cabundle": "{d}/no.pem",
+                }
+            },
+            "[proxy:hub] cabundle: cannot read {d}/no.pem: no such file or directory",
+        ),
+        (
+            {
+                "proxy:hub": {
+                    "remoteurl": "https://127.0.0.1:9",
+                    "default": "true",
+                    "cabundle": "{d}/r.cfg",
+                }
+            },
+            "[proxy:hub] cabundle: no PEM certificate in {d}/r.cfg",
+        ),
+        (
+            {"sync:a": {"remote": "https://127.0.0.1:9", "certfile": "{d}/r.cfg"}},
+            "[sync:a] certfile: {d}/r.cfg: ",
+        ),
+        (
+            {
+                "notifications": {"queuedir": "/proc/txregistry-test"},
+                "notifications:x": {"url": "http://127.0.0.1:9/"},
+            },
+            "[notifications] queuedir: cannot create /proc/txregistry-test: no such file or directory",
+        ),
+        (
+            {"auth.htpasswd": {"path": "{d}/missing"}},
+            "[auth.htpasswd] path: cannot read {d}/missing: no such file or directory",
+        ),
+    ],
+    ids=["proxy-ca-missing", "proxy-ca-not-pem", "sync-cert-not-pem", "queuedir", "htpasswd"],
+)
+def test_files_the_configuration_names_are_checked_at_start_up(
+    tmp_path: Path, sections: dict[str, dict[str, str]], line: str
+) -> None:
+    """A file or folder a key names that cannot be used stops start-up with one line naming
+    the key, not a traceback from the first request or the first connection."""
+    resolved = {
+        name: {key: value.format(d=tmp_path) for key, value in values.items()}
+        for name, values in sections.items()
+    }
+    config = write_config(tmp_path / "r.cfg", resolved)
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "d")
+    )
+    assert result.returncode == 1, (result.stdout[-2000:], result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    [printed] = result.stderr.splitlines()
+    expected = "txregistry: configuration error: " + line.format(d=tmp_path)
+    assert printed.startswith(expected), printed
+
+
 def test_misspelt_environment_variable_is_refused(tmp_path: Path) -> None:
     result = run_registry(
         tmp_path,

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from registry.config import Config
+from registry.config import Config, ConfigError
 from registry.ops.notifications.config import (
     parse_endpoints,
     queue_directory,
@@ -137,7 +137,16 @@ def add_notifications(
         return Notifier()
     directory = queue_directory(config)
     if directory is not None:
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            key = (
+                "[notifications] queuedir"
+                if config.notifications.queuedir
+                else "[storage] rootdirectory (where the notification queues are kept)"
+            )
+            reason = (exc.strerror or str(exc)).lower()
+            raise ConfigError(f"{key}: cannot create {directory}: {reason}") from None
     pool = ThreadPool(minthreads=1, maxthreads=1, name="registry-notifications")
     connections = HTTPConnectionPool(reactor, persistent=True)
     client = HTTPClient(Agent(reactor, pool=connections))
