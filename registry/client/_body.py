@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -28,6 +29,22 @@ from registry.http import twisted_internals
 T = TypeVar("T")
 
 _CLEAN_END = (ResponseDone, PotentialDataLoss)
+
+
+def _why(reason: Failure) -> str:
+    """A person's words for how a body ended early: Twisted's ``ResponseFailed`` carries a
+    list of failures whose text is their repr."""
+    failures = getattr(reason.value, "reasons", None) or [reason]
+    words = []
+    for failure in failures:
+        value = getattr(failure, "value", failure)
+        if isinstance(value, ConnectionDone):
+            words.append("closed by the other side")
+        elif isinstance(value, ConnectionLost):
+            words.append("connection lost")
+        elif text := " ".join(str(value).split()):  # data-loss markers have no text
+            words.append(text)
+    return ", ".join(dict.fromkeys(words)) or "closed early"
 
 
 def _ended_cleanly(reason: Failure) -> bool:
@@ -188,9 +205,10 @@ class BodyRelay(Protocol):
         error = self._error
         if error is None:
             if not _ended_cleanly(reason):
+                of = f" of {self._length}" if self._length is not None else ""
                 error = Unavailable(
                     None,
-                    f"connection lost after {self.received} bytes: {reason.getErrorMessage()}",
+                    f"connection lost after {self.received}{of} bytes ({_why(reason)})",
                 )
             elif self._length is not None and self.received != self._length:
                 error = Unavailable(

@@ -472,6 +472,9 @@ class RegistryClient:
                 actual = digest_of(body, expected.algorithm)
                 if actual != expected:
                     raise session.bad(f"manifest {upstream}:{reference} hashes to {actual}")
+        problem = _not_a_manifest(body)
+        if problem is not None:  # a 200 from a captive portal or a broken proxy on the way
+            raise session.bad(f"manifest {upstream}:{reference} is not a manifest: {problem}")
         digest = announced or wanted or digest_of(body)
         if media_type in ("", "application/json", "text/plain", "application/octet-stream"):
             media_type = _sniff_media_type(body) or media_type
@@ -1044,6 +1047,27 @@ def index_descriptors(index: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         found.append(entry)
     return found
+
+
+def _not_a_manifest(body: bytes) -> str | None:
+    """
+    Why ``body`` cannot be a manifest of any kind (None when it can be): a JSON object with
+    ``schemaVersion`` 2 (OCI and Docker manifests, indexes, artifacts) or 1 (Docker's old
+    schema, still found on registries).  Deliberately no more than that: what an upstream
+    serves is passed on as it is, and the digest check has already been made.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return "not JSON"
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    version = data.get("schemaVersion")
+    if type(version) is not int or version not in (1, 2):
+        return f"schemaVersion {version!r}"[:80]
+    if version == 2 and not ({"config", "manifests", "layers"} & data.keys()):
+        return "no config, layers or manifests"
+    return None
 
 
 def _sniff_media_type(body: bytes) -> str | None:

@@ -120,6 +120,8 @@ def upstream_error(exc: UpstreamError, code: ErrorCode, detail: dict[str, Any]) 
         )
     if isinstance(exc, UpstreamUnauthorized):
         return RegistryError(UNAVAILABLE, detail, "upstream refused our credentials", status=502)
+    if isinstance(exc, UpstreamBadResponse):
+        return RegistryError(UNAVAILABLE, detail, "upstream answer cannot be trusted", status=502)
     return RegistryError(UNAVAILABLE, detail, "upstream registry unavailable")
 
 
@@ -925,8 +927,16 @@ class ProxyCache:
             raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
         except UpstreamError as exc:
             self._upstream_failed("tag list", upstream, "-", exc)
+            try:
+                cached = await self.tags.list_tags(local, n, last)
+            except RegistryError as local_error:
+                if local_error.code is not NAME_UNKNOWN:
+                    raise
+                # Nothing cached for it: "unknown" would tell the client the repository does
+                # not exist, when the upstream only could not say.
+                raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
             self.stats.stale_served += 1
-            return await self.tags.list_tags(local, n, last)
+            return cached
 
     async def referrers(self, local: str, upstream: str, subject: Digest) -> list[dict[str, Any]]:
         """The referrers of ``subject`` upstream: from its referrers API, or else from the

@@ -82,6 +82,15 @@ async def test_tag_lists_come_from_the_upstream_and_cached_ones_when_it_is_down(
     response, body = await fetch(url)
     assert response.code == 200
     assert json.loads(body)["tags"] == ["latest"]
+    # Nothing cached for a repository: not "unknown" (the upstream could not say), unavailable.
+    response, body = await fetch(f"{registry.url}/v2/library/busybox/tags/list")
+    assert response.code == 503
+    assert _codes(body) == ["UNAVAILABLE"]
+    await fake.come_up()
+    fake.switches.fail_status = 429
+    response, body = await fetch(f"{registry.url}/v2/library/busybox/tags/list")
+    assert response.code == 429
+    assert _codes(body) == ["TOOMANYREQUESTS"]
 
 
 @pytest_twisted.ensureDeferred
@@ -209,3 +218,29 @@ async def test_referrers_next_page_on_another_origin_is_not_followed(
     first_page = sorted(listed, key=lambda d: str(d["digest"]))[:2]
     assert body == _index_bytes(first_page)
     assert fake.count("GET", "referrers", name=A) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_200_that_is_not_a_manifest_is_not_cached(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """An upstream (or a captive portal, a broken proxy on the way) answering a manifest GET
+    with 200 and some other body, no digest header: 502, and nothing kept for the tag."""
+    image = fake.content.add_image(A, "latest", [1000])
+    registry = await proxied()
+    fake.switches.fail_status = 200  # every answer: 200 with an OCI error body
+    for tag in ("latest", "no-such-tag"):
+        response, body = await fetch(f"{registry.url}/v2/alpine/manifests/{tag}")
+        assert response.code == 502, body
+        assert _codes(body) == ["UNAVAILABLE"]
+        assert b"not a manifest" in body
+    fake.switches.fail_status = None
+    response, body = await fetch(f"{registry.url}/v2/alpine/tags/list")
+    assert json.loads(body)["tags"] == ["latest"]  # the upstream's list: back
+    await fake.go_down()
+    response, body = await fetch(f"{registry.url}/v2/alpine/manifests/no-such-tag")
+    assert response.code == 503  # nothing cached for it, stale or not
+    await fake.come_up()
+    response, body = await fetch(f"{registry.url}/v2/alpine/manifests/latest")
+    assert response.code == 200
+    assert body == image.manifest

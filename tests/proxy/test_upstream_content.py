@@ -218,9 +218,14 @@ async def test_cut_blob_is_unavailable(
     client = make_client()
     blob = await client.blob("library/alpine", image.layers[1].digest)
     consumer = HashingConsumer()
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(UpstreamUnavailable) as cut:
         await blob.write_to(consumer)
     assert consumer.size == 100_000
+    # Words for a log line, not the repr of Twisted's list of failures.
+    size = image.layers[1].size
+    assert str(cut.value) == (
+        f"connection lost after 100000 of {size} bytes (closed by the other side)"
+    )
 
 
 @pytest_twisted.ensureDeferred
