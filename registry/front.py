@@ -31,6 +31,9 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from registry.api.errors import RegistryError
+from registry.storage.driver import StorageError
+
 if TYPE_CHECKING:
     from registry.app import RegistryApp
 
@@ -150,8 +153,17 @@ class _Route:
 
     def _failed(self, failure: Failure) -> bytes | None:
         if self._finished:  # nobody to answer
-            if not failure.check(CancelledError):
-                log.failure("Unhandled Error Processing Request.", failure)
+            if failure.check(CancelledError, RegistryError):
+                return None  # an answer (404, say) the route reached after its client left
+            if failure.check(StorageError):
+                log.warn(
+                    "storage failure after the client left ({method} {uri}): {reason}",
+                    method=self._request.method.decode("latin-1"),
+                    uri=self._request.uri.decode("latin-1")[:300],
+                    reason=str(failure.value),
+                )
+                return None
+            log.failure("Unhandled Error Processing Request.", failure)
             return None
         return self._app.answer_failure(self._request, failure)
 

@@ -5,6 +5,7 @@ requests Klein would route to the API, and answer them byte for byte as Klein's 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -12,10 +13,16 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.web.test.requesthelper import DummyRequest
 
+from registry.api.errors import BLOB_UNKNOWN, RegistryError
 from registry.app import METHODS
 from registry.app_routes import KleinRoutes
-from registry.front import klein_can_route, v2_rest
+from registry.front import _Route, klein_can_route, v2_rest
+from registry.storage.driver import StorageError
 
 OWN_METHODS = frozenset(method.encode() for method in METHODS)
 
@@ -87,3 +94,40 @@ def test_takes_the_api_paths(path: bytes) -> None:
     """The API's own requests take the short way (otherwise nothing is gained)."""
     for method in OWN_METHODS:
         assert v2_rest(PathOnly.of(method, path), OWN_METHODS) is not None  # type: ignore[arg-type]
+
+
+class _CarriesOn:
+    """A route that carries on after its client left (it caught the cancellation), then
+    answers: 404, or a storage failure."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.waiting: Deferred[None] = Deferred()
+        self.release: Deferred[None] = Deferred()
+
+    async def dispatch(self, request: object, rest: str) -> bytes:
+        with contextlib.suppress(CancelledError):
+            await self.waiting
+        await self.release
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RegistryError(BLOB_UNKNOWN, {"digest": "sha256:" + "0" * 64}),
+        StorageError("S3 at http://127.0.0.1:9/b/ unreachable"),
+    ],
+    ids=["registry-error", "storage-error"],
+)
+def test_an_answer_after_the_client_left_is_dropped_without_a_traceback(
+    error: Exception, log_watch: Any
+) -> None:
+    """The autouse log watch fails this test on a critical event or a failure."""
+    app = _CarriesOn(error)
+    request = DummyRequest([b"v2", b"a", b"blobs", b"sha256:" + b"0" * 64])
+    _Route(app, request).start("a/blobs/sha256:" + "0" * 64)  # type: ignore[arg-type]
+    request.processingFailed(Failure(ConnectionDone("the client left")))
+    assert app.waiting.called  # cancelled
+    app.release.callback(None)
+    assert request.written == []

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from twisted.web.iweb import IRequest
 
-from registry.api.errors import UNKNOWN, UNSUPPORTED, RegistryError
+from registry.api.errors import UNAVAILABLE, UNKNOWN, UNSUPPORTED, RegistryError
 from registry.auth.interfaces import Access, Principal
 from registry.handlers.context import RegistryContext
 from registry.http.forwarded import origin
@@ -69,5 +69,5 @@ def error_for(exc: BaseException | None) -> RegistryError:
     if isinstance(exc, RegistryError):
         return exc
     if isinstance(exc, StorageError):
-        return RegistryError(UNKNOWN, {"reason": str(exc)[:500]}, status=503)
+        return RegistryError(UNAVAILABLE, {"reason": str(exc)[:500]}, "storage unavailable")
     return RegistryError(UNKNOWN, {"reason": "internal error"})

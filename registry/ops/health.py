@@ -116,8 +116,11 @@ class HealthChecker:
         error: str | None = None
         try:
             await running
-        except CancelledError:
-            error = f"no answer within {self.timeout:g}s"
+        except CancelledError as exc:
+            # What the probe was waiting on, when it says (S3: "about to try again after:
+            # connection refused"): the reason a person needs, not just the time limit.
+            waiting = " ".join(str(exc).split())
+            error = f"no answer within {self.timeout:g}s" + (f" ({waiting})" if waiting else "")
         except Exception as exc:
             error = _describe(exc)
         finally:

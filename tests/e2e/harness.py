@@ -162,7 +162,12 @@ async def start_in_process(
     # the cause, not leave its first request waiting until the suite's timeout.
     ready: Deferred[None] = serving.when_ready()
     ready.addTimeout(STARTUP_LIMIT, reactor)
-    await ready
+    try:
+        await ready
+    except BaseException:
+        # Its thread pools would keep the test process from exiting.
+        await Deferred.fromCoroutine(InProcessRegistry("", service, options).stop())
+        raise
     port = int(serving.listeners.ports[0].getHost().port)
     scheme = "https" if listen.startswith("ssl:") else "http"
     url = f"{scheme}://127.0.0.1:{port}"

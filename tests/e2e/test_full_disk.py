@@ -94,7 +94,7 @@ async def no_space(response: _Response) -> str:
     assert response.code == 503, text
     assert header(response, "content-type") == "application/json"
     (entry,) = json.loads(text)["errors"]
-    assert entry["code"] == "UNKNOWN"
+    assert entry["code"] == "UNAVAILABLE"
     assert "No space left on device" in entry["detail"]["reason"], entry
     return str(entry["detail"]["reason"])
 
@@ -153,7 +153,7 @@ async def test_full_disk_answers_503_and_leaves_nothing_behind(
     )
     assert status == b"HTTP/1.1 503 Service Unavailable"
     assert headers["content-type"] == "application/json"
-    assert json.loads(body)["errors"][0]["code"] == "UNKNOWN"
+    assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
 
     assert temporary_files(small_disk) == []
     uploads = small_disk / f"docker/registry/v2/repositories/{name}/_uploads"

@@ -278,7 +278,7 @@ async def test_full_disk_answered_while_the_body_is_coming(
 
     answer = await deferToThread(exchange)
     assert answer.status == 503
-    assert error_code(answer) == "UNKNOWN"
+    assert error_code(answer) == "UNAVAILABLE"
     assert "No space left on device" in json.loads(answer.body)["errors"][0]["detail"]["reason"]
 
     monkeypatch.setattr(writer_class, "write", original_write)  # space freed

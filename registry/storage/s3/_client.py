@@ -18,7 +18,8 @@ from typing import Any
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
@@ -105,6 +106,13 @@ def header(response: IResponse, name: str) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
+def _cancelled(error: BaseException) -> bool:
+    """Whether a request failed because it was cancelled: Twisted's HTTP client reports
+    that as a ``ResponseFailed`` (or a transmission failure) carrying a `CancelledError`."""
+    reasons = getattr(error, "reasons", None) or []
+    return any(isinstance(getattr(r, "value", None), CancelledError) for r in reasons)
+
+
 class S3Client:
     """Signs and sends requests to one bucket; knows nothing of registry paths."""
 
@@ -158,10 +166,18 @@ class S3Client:
         """
         retryable = body is None or isinstance(body, bytes) or callable(body)
         delays = list(self.retry_delays) if retryable else []
+        where = f"S3 {method} {key or '/'}"
+        before = ""  # what the previous attempt met, for a caller that gives up on this one
         while True:
             try:
                 response = await self._send(method, key, query, headers, body)
+            except ConnectingCancelledError:
+                raise CancelledError(
+                    f"{where}: still connecting to {self.endpoint.bucket_url}{before}"
+                ) from None
             except (ConnectError, DNSLookupError, ResponseFailed, RequestTransmissionFailed) as e:
+                if _cancelled(e):  # our caller gave up (a client left, a time limit): never resent
+                    raise CancelledError(f"{where}: no answer yet{before}") from None
                 if not delays:
                     raise StorageError(
                         f"S3 at {self.endpoint.bucket_url} unreachable ({method} {key or '/'}): {e}"
@@ -173,6 +189,7 @@ class S3Client:
                 content = await treq.content(response)
                 problem = str(self.error(response.code, content, method, key))
             delay = delays.pop(0)
+            before = f" (the attempt before: {problem})"
             _log.warn(
                 "S3 {method} {key} failed ({problem}); sending it again in {delay}s",
                 method=method,
@@ -180,7 +197,10 @@ class S3Client:
                 problem=problem,
                 delay=delay,
             )
-            await deferLater(self._reactor, delay, lambda: None)
+            try:
+                await deferLater(self._reactor, delay, lambda: None)
+            except CancelledError:
+                raise CancelledError(f"{where}: waiting to try again after: {problem}") from None
 
     async def _send(
         self,
