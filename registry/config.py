@@ -200,6 +200,9 @@ class StorageConfig:
     # S3 upload parts wait in files (spooldirectory, else the system's temporary folder)
     # rather than in memory: concurrent large pushes then stay within a few MiB each.
     spoolparts: bool = key(True, parse_bool)
+    # How long an S3 request waits for S3's answer (status line and headers) before failing:
+    # a hung S3 then gives clients a 503 rather than a wait as long as theirs.
+    answertimeout: float = key(60.0, parse_positive_duration)
 
 
 @attrs.frozen

@@ -46,6 +46,7 @@ def build_driver(config: Config, reactor: Any, threadpool: ThreadPool) -> IStora
                 forcepathstyle=storage.forcepathstyle,
                 redirect=storage.redirect,
                 spooldirectory=_parts_spool(storage),
+                answertimeout=storage.answertimeout,
             )
             settings.credentials()
         except ValueError as exc:

@@ -111,12 +111,9 @@ async def switchable(s3_server: S3Server) -> AsyncIterator[SwitchableS3]:  # noq
 
 
 async def start_on_s3(
-    start_registry: Starter,
-    s3: S3Server,
-    relay: SwitchableS3,
-    tmp_name: str,
+    start_registry: Starter, s3: S3Server, relay: SwitchableS3, tmp_name: str, **storage: str
 ) -> Any:
-    section = s3.storage_section(f"/outage/{tmp_name}")
+    section = s3.storage_section(f"/outage/{tmp_name}", **storage)
     section["regionendpoint"] = relay.endpoint
     return await start_registry({"storage": section})
 
@@ -202,4 +199,29 @@ async def test_a_client_leaving_while_s3_hangs_leaves_no_traceback(
     # pause is 3 s) to be answered, and its route to end: it must end without a traceback.
     await sleep(4.5)
     response = await treq.head(f"{registry.url}/v2/app/blobs/{missing}", timeout=30)
+    assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_to_a_hung_s3_end_in_503_after_answertimeout(
+    start_registry: Starter,
+    s3_server: S3Server,  # noqa: F811
+    switchable: SwitchableS3,
+) -> None:
+    registry = await start_on_s3(
+        start_registry, s3_server, switchable, "answer", answertimeout="1s"
+    )
+    missing = "sha256:" + "1" * 64
+    switchable.hung = True
+    for method in ("GET", "HEAD"):
+        response = await treq.request(method, f"{registry.url}/v2/app/manifests/latest", timeout=30)
+        assert response.code == 503
+    response = await treq.get(f"{registry.url}/v2/app/blobs/{missing}", timeout=30)
+    assert response.code == 503
+    [error] = json.loads(await response.content())["errors"]
+    assert error["code"] == "UNAVAILABLE"
+    assert error["message"] == "storage unavailable"
+    assert "gave no answer within 1s" in error["detail"]["reason"], error
+    switchable.come_back()
+    response = await treq.get(f"{registry.url}/v2/app/blobs/{missing}", timeout=30)
     assert response.code == 404

@@ -18,7 +18,7 @@ from typing import Any
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -111,6 +111,21 @@ def _cancelled(error: BaseException) -> bool:
     that as a ``ResponseFailed`` (or a transmission failure) carrying a `CancelledError`."""
     reasons = getattr(error, "reasons", None) or []
     return any(isinstance(getattr(r, "value", None), CancelledError) for r in reasons)
+
+
+def _answers_quickly(
+    method: str, query: dict[str, str] | None, headers: dict[str, str] | None, body: Body
+) -> bool:
+    """
+    Whether S3 answers this request as soon as it has read it, so that waiting longer than
+    ``answertimeout`` means S3 hangs: not a streamed body (its sending counts as waiting),
+    a server-side copy or a multipart completion (S3 may work a long time before it answers).
+    """
+    if not (body is None or isinstance(body, bytes)):
+        return False
+    if any(name.lower() == "x-amz-copy-source" for name in headers or {}):
+        return False
+    return not (method == "POST" and "uploadId" in (query or {}))
 
 
 class S3Client:
@@ -219,7 +234,7 @@ class S3Client:
         else:
             signed = self._signed_headers(method, url, headers or {}, None)
             data = body() if callable(body) else body
-        response: IResponse = await self._http.request(
+        sending: Deferred[IResponse] = self._http.request(
             method,
             url,
             headers=signed,
@@ -227,7 +242,28 @@ class S3Client:
             unbuffered=True,
             allow_redirects=False,
         )
-        return response
+        if not _answers_quickly(method, query, headers, body):
+            return await sending
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            sending.cancel()
+
+        limit = self.settings.answertimeout
+        timer = self._reactor.callLater(limit, expire)
+        try:
+            return await sending
+        except Exception as exc:
+            if expired:
+                raise StorageError(
+                    f"S3 at {self.endpoint.bucket_url} gave no answer within {limit:g}s "
+                    f"({method} {key or '/'})"
+                ) from exc
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def call(
         self,

@@ -46,6 +46,8 @@ class S3Settings:
     forcepathstyle: bool = False
     redirect: bool = False
     spooldirectory: str | None = None
+    # Seconds a request waits for S3's answer (not counting the time to send a streamed body).
+    answertimeout: float = 60.0
 
     def credentials(self) -> tuple[str, str, str | None]:
         """(access key, secret key, session token), falling back to the AWS_* variables."""
