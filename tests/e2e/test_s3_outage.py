@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -123,16 +124,18 @@ async def health(url: str) -> tuple[int, dict[str, Any]]:
     return response.code, json.loads(await response.content())
 
 
-def collect_warnings() -> list[str]:
+@pytest.fixture
+def resent() -> Iterator[list[str]]:
+    """The problems of the S3 requests the registry logs as sent again, as they are logged."""
     lines: list[str] = []
 
     def observe(event: dict[str, Any]) -> None:
-        text = event.get("log_format") or ""
-        if "sending it again" in text:
+        if "sending it again" in (event.get("log_format") or ""):
             lines.append(str(event.get("problem")))
 
     globalLogPublisher.addObserver(observe)
-    return lines
+    yield lines
+    globalLogPublisher.removeObserver(observe)
 
 
 @pytest_twisted.ensureDeferred
@@ -140,10 +143,10 @@ async def test_health_answers_in_time_and_says_s3_hangs(
     start_registry: Starter,
     s3_server: S3Server,  # noqa: F811
     switchable: SwitchableS3,
+    resent: list[str],
 ) -> None:
     registry = await start_on_s3(start_registry, s3_server, switchable, "hang")
     assert await health(registry.url) == (200, {"status": "ok"})
-    resent = collect_warnings()
     switchable.hung = True
     await sleep(HEALTH_CACHE + 0.1)  # past the reused answer
     status, body = await health(registry.url)
