@@ -69,7 +69,7 @@ from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_desc
 from registry.storage import layout
 from registry.storage.blobs import BlobInfo, BlobStore
 from registry.storage.catalog import Catalog
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
 from registry.storage.manifests import StoredManifest
 from registry.storage.tags import TagStore
@@ -587,15 +587,17 @@ class ProxyCache:
         def on_end(failure: Failure | None) -> None:
             self.index.release(key)
             self.space.changed()  # the blob may be evictable now: fills waiting for room look
-            if hasher is not None and failure is None:
-                Deferred.fromCoroutine(self._check_read(digest, hasher)).addErrback(
-                    lambda f: log_failure(log, f, "checking a cached blob failed")
-                )
 
-        return ObservedProducer(producer, on_write, on_end)
+        async def check() -> None:
+            assert hasher is not None
+            await self._check_read(digest, hasher)
+
+        return ObservedProducer(producer, on_write, on_end, check if hasher else None)
 
     async def _check_read(self, digest: Digest, hasher: DigestingHasher | OffloadedHasher) -> None:
-        """After a whole read: remember a match, drop data that hashes to something else."""
+        """After every byte of a whole read but the last was sent: remember a match; drop
+        data that hashes to something else, and raise (the client's body ends a byte short,
+        as for a fill whose upstream body is corrupt)."""
         done = await hasher.settle() if isinstance(hasher, OffloadedHasher) else hasher
         actual = done.digest()
         if actual == digest:
@@ -610,6 +612,7 @@ class ProxyCache:
         )
         self.stats.corrupt_blobs += 1
         await self._drop_blob_data(digest)
+        raise StorageError(f"cached blob {digest} is corrupt: dropped, the next pull fetches it")
 
     async def _drop_blob_data(self, digest: Digest) -> None:
         self._verified.pop(str(digest))

@@ -24,7 +24,7 @@ clients get the bytes as they arrive rather than once the whole layer is committ
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
@@ -367,9 +367,21 @@ class TailProducer:
 
 @implementer(IConsumer)
 class _CountingConsumer:
-    def __init__(self, consumer: IConsumer, on_write: Callable[[bytes], None]) -> None:
+    """Shows each chunk to ``on_write`` before passing it on; with ``hold_at`` (the body's
+    length) the body's last byte is kept back until `release`."""
+
+    def __init__(
+        self, consumer: IConsumer, on_write: Callable[[bytes], None], hold_at: int | None = None
+    ) -> None:
         self._consumer = consumer
         self._on_write = on_write
+        self._left = hold_at
+        self._held = b""
+
+    def release(self) -> None:
+        held, self._held = self._held, b""
+        if held:
+            self._consumer.write(held)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._consumer.registerProducer(producer, streaming)
@@ -379,7 +391,12 @@ class _CountingConsumer:
 
     def write(self, data: bytes) -> None:
         self._on_write(data)
-        self._consumer.write(data)
+        if self._left is not None:
+            self._left -= len(data)
+            if self._left <= 0 and data:
+                data, self._held = data[:-1], data[-1:]
+        if data:
+            self._consumer.write(data)
 
     def __getattr__(self, name: str) -> Any:
         # The rest (``channel``, to drop a broken response) is the wrapped consumer's.
@@ -400,17 +417,32 @@ class ObservedProducer:
         inner: IBodyProducer,
         on_write: Callable[[bytes], Deferred[None] | None],
         on_end: Callable[[Failure | None], None],
+        check: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._inner = inner
         self._on_write = on_write
         self._on_end = on_end
+        # Run once every byte was seen, before the last one is passed on: a check that raises
+        # ends the body one byte short, so no client ever gets all of a body that failed it.
+        self._check = check
         self._ended = False
         self._consumer_paused = False
         self._waiting: Deferred[None] | None = None
         self.length = inner.length
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        d: Deferred[None] = self._inner.startProducing(_CountingConsumer(consumer, self._seen))
+        length = self.length if isinstance(self.length, int) else None
+        hold_at = length if self._check is not None and length else None
+        counting = _CountingConsumer(consumer, self._seen, hold_at)
+        d: Deferred[None] = self._inner.startProducing(counting)
+        check = self._check
+        if check is not None:
+
+            async def checked(_: None) -> None:
+                await check()
+                counting.release()
+
+            d.addCallback(lambda result: Deferred.fromCoroutine(checked(result)))
 
         def ok(result: None) -> None:
             self._end(None)
