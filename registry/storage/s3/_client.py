@@ -113,19 +113,25 @@ def _cancelled(error: BaseException) -> bool:
     return any(isinstance(getattr(r, "value", None), CancelledError) for r in reasons)
 
 
+# A body this small is sent in well under a second on any link a registry uses: its sending
+# does not count against ``answertimeout``.  Larger ones (parts kept in memory) are not timed.
+_QUICK_BODY = 1024 * 1024
+
+
 def _answers_quickly(
     method: str, query: dict[str, str] | None, headers: dict[str, str] | None, body: Body
 ) -> bool:
     """
     Whether S3 answers this request as soon as it has read it, so that waiting longer than
-    ``answertimeout`` means S3 hangs: not a streamed body (its sending counts as waiting),
-    a server-side copy or a multipart completion (S3 may work a long time before it answers).
+    ``answertimeout`` means S3 hangs: not a streamed or large body (its sending counts as
+    waiting), a part upload, a server-side copy or a multipart completion (S3 may work a long
+    time before it answers).
     """
-    if not (body is None or isinstance(body, bytes)):
+    if not (body is None or (isinstance(body, bytes) and len(body) <= _QUICK_BODY)):
         return False
     if any(name.lower() == "x-amz-copy-source" for name in headers or {}):
         return False
-    return not (method == "POST" and "uploadId" in (query or {}))
+    return not (method in ("PUT", "POST") and "uploadId" in (query or {}))
 
 
 class S3Client:
