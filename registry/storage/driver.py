@@ -35,6 +35,11 @@ class PathNotFoundError(StorageError):
         self.path = path
 
 
+class PathBusyError(StorageError):
+    """``writer(path, append=True)`` while another writer (of any process) has it open: one
+    writer at a time, or two requests' bytes would interleave in one file."""
+
+
 class InvalidOffsetError(StorageError):
     """A read started beyond the end of the file."""
 
@@ -122,7 +127,8 @@ class IStorageDriver(Interface):
         """
 
     def writer(path: str, append: bool = False) -> Awaitable[IFileWriter]:
-        """A writer for ``path``: a new empty file, or (``append``) one continuing it."""
+        """A writer for ``path``: a new empty file, or (``append``) one continuing it, which
+        has the file to itself until it is closed: `PathBusyError` while another has it."""
 
     def redirect_url(path: str, method: str) -> Awaitable[str | None]:
         """A URL a client can fetch ``path`` from directly, or None when the driver has none."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -40,6 +41,7 @@ from registry.storage.driver import (
     IFileWriter,
     InvalidOffsetError,
     IStorageDriver,
+    PathBusyError,
     PathNotFoundError,
     StorageError,
 )
@@ -67,11 +69,17 @@ def _failing(what: str) -> Iterator[None]:
 
 @implementer(IFileWriter)
 class _FileWriter:
-    def __init__(self, driver: FilesystemDriver, path: str, file: IO[bytes], size: int) -> None:
+    def __init__(
+        self, driver: FilesystemDriver, path: str, file: IO[bytes], size: int, locked: bool = False
+    ) -> None:
         self._driver = driver
         self._path = path
         self._file: IO[bytes] | None = file
         self.size = size
+        # An appender's file is locked (`FilesystemDriver.writer`); after `commit` it stays
+        # open, so the lock is held while the caller moves the file, until `close`.
+        self._locked = locked
+        self._kept: IO[bytes] | None = None
         # Space set aside by `reserve`, and how far the request's body will go.
         self._reserved_end = 0
         self._promised_end = 0
@@ -126,6 +134,9 @@ class _FileWriter:
         self._reserved_end = self._promised_end = 0
 
     async def close(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()
         file, self._file = self._file, None
         if file is not None:
             # Closing flushes the last buffered bytes: a full disk can show up here.
@@ -146,13 +157,26 @@ class _FileWriter:
                 if self._driver.fsync:
                     await self._driver._in_thread(os.fsync, file.fileno())
             finally:
-                file.close()
+                if self._locked:
+                    self._kept = file
+                else:
+                    file.close()
 
     async def cancel(self) -> None:
         with contextlib.suppress(StorageError):  # unflushed bytes of a file being removed
             await self.close()
         with contextlib.suppress(FileNotFoundError), _failing(f"removing {self._path}"):
             os.unlink(self._driver._full(self._path))
+
+
+def _still_at(file: IO[bytes], full: str) -> bool:
+    """Whether the open ``file`` is the one at ``full`` now (not moved, not removed)."""
+    try:
+        here = os.stat(full)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(file.fileno())
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _remove(full: str) -> bool:
@@ -351,6 +375,24 @@ class FilesystemDriver:
         with _failing(f"writing {path}"):
             os.makedirs(os.path.dirname(full), exist_ok=True)
             file = open(full, "ab" if append else "wb")  # noqa: SIM115 - the writer owns it
+        if append:
+            # One appender at a time, whichever worker process it is in: the lock goes with
+            # the file's closing (or the process's end, kill -9 included).
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.close()
+                raise PathBusyError(f"{path} is being written by another request") from None
+            except OSError as exc:
+                file.close()
+                raise _storage_error(f"locking {path}", exc) from exc
+            if not _still_at(file, full):
+                # Moved (committed) or removed by the writer that held it: not this upload's
+                # data any more, whatever this descriptor still reaches.
+                file.close()
+                raise PathNotFoundError(path)
+            file.seek(0, os.SEEK_END)  # what the previous writer added before it let go
+            return _FileWriter(self, path, file, file.tell(), locked=True)
         return _FileWriter(self, path, file, file.tell())
 
     async def redirect_url(self, path: str, method: str) -> str | None:

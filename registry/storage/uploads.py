@@ -42,6 +42,7 @@ from registry.storage.driver import (
     IFileWriter,
     IStagedWrites,
     IStorageDriver,
+    PathBusyError,
     PathNotFoundError,
     StorageError,
 )
@@ -288,6 +289,14 @@ class UploadStore:
             offsets = await self._state_offsets(name, upload_id)
             return offsets[-1] if offsets else 0
 
+    async def _size_now(self, name: str, upload_id: str) -> int:
+        """The data stored so far while another request writes more (0 when unknown)."""
+        try:
+            info = await self.driver.stat(layout.upload_data(name, upload_id))
+        except StorageError:
+            return 0
+        return info.size
+
     async def _record_parked(self, appender: UploadAppender, hasher: DigestingHasher) -> None:
         await self._save_state(
             appender.name, appender.upload_id, hasher, appender.size, appender.start
@@ -314,7 +323,8 @@ class UploadStore:
         if not self._handover.is_parked(key):
             await self._handover.recorded(key)
         if not self._handover.claim(key):
-            raise _range_error(upload_id, 0, "another request is writing")
+            size = await self._size_now(name, upload_id)
+            raise _range_error(upload_id, size, "another request is writing")
         previous = self._handover.take_over(key)
         try:
             appender = await self._appender(name, upload_id, start, coming, previous)
@@ -337,7 +347,13 @@ class UploadStore:
         previous: UploadAppender | None,
     ) -> UploadAppender:
         """Open the data file and a hasher at its end: ``previous``'s when it ends there."""
-        writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
+        try:
+            writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
+        except PathBusyError:  # a request in another worker process is writing it
+            so_far = await self._size_now(name, upload_id)
+            raise _range_error(upload_id, so_far, "another request is writing") from None
+        except PathNotFoundError:  # committed or cancelled by another worker meanwhile
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"name": name, "upload": upload_id}) from None
         try:
             size: int = writer.size
             if start is not None and start != size:
@@ -414,23 +430,33 @@ class UploadStore:
             return await self._commit_staged(appender, digest, expected_size)
         name, upload_id = appender.name, appender.upload_id
         size = appender.size
-        hasher = await appender._finish_writing()
+        # The writer keeps the data file to itself (a filesystem appender holds its lock after
+        # commit) until it is closed below: no request of another worker process can append
+        # to the file between the digest check and its move to the blob's path.
         try:
-            if digest.algorithm == INLINE_ALGORITHM:
-                actual = hasher.digest()
-            else:
-                actual = (await self._hash_stored(name, upload_id, digest.algorithm, size)).digest()
-            if expected_size is not None and expected_size != size:
-                raise RegistryError(SIZE_INVALID, {"expected": expected_size, "received": size})
-            if actual != digest:
-                raise RegistryError(
-                    DIGEST_INVALID, {"expected": str(digest), "received": str(actual)}
+            hasher = await appender._finish_writing()
+            try:
+                if digest.algorithm == INLINE_ALGORITHM:
+                    actual = hasher.digest()
+                else:
+                    hashed = await self._hash_stored(name, upload_id, digest.algorithm, size)
+                    actual = hashed.digest()
+                if expected_size is not None and expected_size != size:
+                    raise RegistryError(SIZE_INVALID, {"expected": expected_size, "received": size})
+                if actual != digest:
+                    raise RegistryError(
+                        DIGEST_INVALID, {"expected": str(digest), "received": str(actual)}
+                    )
+            except RegistryError:
+                await self.cancel(name, upload_id)
+                raise
+            if await self.blobs.exists(digest) is None:
+                await self.driver.move(
+                    layout.upload_data(name, upload_id), layout.blob_data(digest)
                 )
-        except RegistryError:
-            await self.cancel(name, upload_id)
-            raise
-        if await self.blobs.exists(digest) is None:
-            await self.driver.move(layout.upload_data(name, upload_id), layout.blob_data(digest))
+        finally:
+            with contextlib.suppress(StorageError):  # committed already: only the lock is left
+                await appender.writer.close()
         await self.blobs.link(name, digest)
         await self._remove(name, upload_id)
         return size

@@ -555,3 +555,69 @@ def _established(pid: int, tree: Tree) -> int:
         for c in psutil.Process(pid).net_connections(kind="tcp")
         if c.laddr.port == tree.port and c.status == psutil.CONN_ESTABLISHED
     )
+
+
+def test_one_writer_per_upload_across_workers(tree: Tree, tmp_path: Path) -> None:
+    """
+    A PATCH still writing on one worker keeps the upload to itself: a request on the other
+    worker that resumes from the size it sees (as a client does after a timeout, from GET's
+    Range) is 416, never a blob committed with the first worker's bytes still arriving.
+    """
+    name = "workers/one-writer"
+    answer = tree.request("POST", f"/v2/{name}/blobs/uploads/")
+    assert answer.status == 202
+    location = answer.headers["location"]
+    upload_id = location.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    data_file = tmp_path / "data/docker/registry/v2/repositories" / name / "_uploads"
+    data_file = data_file / upload_id / "data"
+    chunk = os.urandom(1024 * 1024)
+    slow = socket.create_connection(("127.0.0.1", tree.port), timeout=60)
+    tree.made += 1
+    try:
+        slow.sendall(
+            f"PATCH {location} HTTP/1.1\r\nHost: registry\r\n"
+            "Content-Type: application/octet-stream\r\n"
+            f"Content-Range: 0-{len(chunk) - 1}\r\nContent-Length: {len(chunk)}\r\n\r\n".encode()
+            + chunk[: len(chunk) // 2]
+        )
+        for _ in range(500):  # bounded: until the writing worker has stored some of it
+            if data_file.exists() and data_file.stat().st_size > 0:
+                break
+            time.sleep(0.01)
+        seen = data_file.stat().st_size
+        writer = _owner_of(tree, slow)
+        assert writer is not None
+        pinned = pin(tree, writer)  # the next connection goes to the other worker
+        try:
+            other = b"another client's bytes"
+            digest = "sha256:" + hashlib.sha256(chunk[:seen] + other).hexdigest()
+            separator = "&" if "?" in location else "?"
+            answer, pid = tree.served_by(
+                "PUT",
+                f"{location}{separator}digest={digest}",
+                other,
+                **{
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{seen}-{seen + len(other) - 1}",
+                },
+            )
+        finally:
+            for each in pinned:
+                each.close()
+        assert pid != writer
+        assert answer.status == 416, (answer.status, answer.body)
+        assert b"another request is writing" in answer.body
+        last = int(answer.headers["range"].split("-")[1])  # how far the writer had come
+        assert seen - 1 <= last < len(chunk)
+        assert tree.request("HEAD", f"/v2/{name}/blobs/{digest}").status == 404
+        slow.sendall(chunk[len(chunk) // 2 :])
+        head = slow.recv(65536)
+        assert head.startswith(b"HTTP/1.1 202 "), head[:200]
+    finally:
+        slow.close()
+    digest = "sha256:" + hashlib.sha256(chunk).hexdigest()
+    separator = "&" if "?" in location else "?"
+    answer = tree.request("PUT", f"{location}{separator}digest={digest}")
+    assert answer.status == 201, answer.body
+    fetched = tree.request("GET", f"/v2/{name}/blobs/{digest}")
+    assert fetched.body == chunk

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 
 from registry.storage import filesystem, preallocate
-from registry.storage.driver import PathNotFoundError, StorageError
+from registry.storage.driver import PathBusyError, PathNotFoundError, StorageError
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.memory import MemoryDriver
 from tests.storage.driver_suite import DriverSuite
@@ -34,6 +34,29 @@ class TestFilesystemDriver(DriverSuite):
     def test_paths_stay_in_root(self, driver: FilesystemDriver) -> None:
         with pytest.raises(ValueError):
             driver._full("a/../../etc")
+
+    @pytest_twisted.ensureDeferred
+    async def test_one_appender_at_a_time(self, driver: FilesystemDriver, tmp_path: Path) -> None:
+        """An appender has the file to itself (a lock other processes see too) until it is
+        closed, also after ``commit``, while its caller moves the file away; one that opens
+        the path after that move gets the new file there, never the moved one."""
+        first = await driver.writer("u/data", append=True)
+        first.write(b"first")
+        with pytest.raises(PathBusyError):
+            await driver.writer("u/data", append=True)
+        await first.commit()
+        with pytest.raises(PathBusyError):  # committed, not closed: still its own
+            await driver.writer("u/data", append=True)
+        await driver.move("u/data", "blob/data")
+        await first.close()
+        second = await driver.writer("u/data", append=True)
+        assert second.size == 0  # a new file: the moved one is out of reach
+        second.write(b"late")
+        await second.close()
+        assert (tmp_path / "root/blob/data").read_bytes() == b"first"
+        third = await driver.writer("u/data", append=True)
+        assert third.size == 4
+        await third.close()
 
 
 MiB = 1024 * 1024
