@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -70,6 +71,7 @@ class Fleet:
         *,
         size: int = 3,
         fleet_keys: Callable[[int], dict[str, str]] | None = None,
+        redis_keys: dict[str, str] | None = None,
         **proxy: str,
     ) -> None:
         self.root = f"/fleet/{uuid.uuid4().hex}"
@@ -82,6 +84,7 @@ class Fleet:
             sections["proxy:hub"]["remoteurl"] = upstream
             if fleet_keys is not None:
                 sections["fleet"].update(fleet_keys(index))
+            sections["redis"].update(redis_keys or {})
             self.instances.append(RegistryProcess(workdir, sections))
 
     def start(self) -> None:
@@ -427,3 +430,50 @@ async def test_a_corrupt_upstream_body_is_never_stored_on_s3(
         assert fake.count("GET", "cdn", ref=digest) == 2
     finally:
         instance.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_content_is_served_while_redis_hangs(
+    tmp_path: Path,
+    s3_server: S3Server,
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,
+) -> None:
+    """Redis stopped (SIGSTOP: connections open, no answers): what any instance cached is
+    served from the shared storage by every instance, its Redis lookups given up after
+    ``readtimeout`` (no retries inside the client), never a 500; a miss is a 503."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    digest = image.layers[0].digest
+    fleet = Fleet(
+        tmp_path, s3_server, redis_server, fake.url, size=2, redis_keys={"readtimeout": "1s"}
+    )
+    fleet.start()
+    try:
+        first, second = fleet.instances
+        response = await treq.get(f"{first.url}/v2/library/alpine/manifests/latest")
+        manifest = await response.content()
+        assert response.code == 200
+        cached = await start_pull(blob_url(first, digest))
+        await cached.done
+        assert cached.digest == digest
+        indexed = ("HGET", "txregistry:index:hub", f"b|{digest}")  # pushed once a second
+        await wait_until(lambda: not redis_server.command(*indexed).startswith(b"$-1"), within=30)
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            pull = await start_pull(blob_url(second, digest))
+            await pull.done
+            assert (pull.code, pull.digest) == (200, digest)
+            by_digest = f"{second.url}/v2/library/alpine/manifests/{image.digest}"
+            response = await treq.get(by_digest, timeout=60)
+            assert response.code == 200
+            assert await response.content() == manifest
+            missing = fake.content.add_image("library/busybox", "latest", [1024]).layers[0]
+            response = await treq.get(
+                f"{second.url}/v2/library/busybox/blobs/{missing.digest}", timeout=60
+            )
+            assert response.code == 503
+            assert b"UNAVAILABLE" in await response.content()
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+    finally:
+        fleet.stop()

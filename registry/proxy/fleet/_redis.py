@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -55,6 +57,10 @@ class FleetRedis(Service):
             "socket_timeout": max(config.readtimeout, config.writetimeout),
             "max_connections": max(1, config.pool_maxactive),
             "decode_responses": False,
+            # No retries inside redis-py (its default: 3, with back-off): a hung Redis would
+            # hold each command, and the thread running it, for several read timeouts.  The
+            # fleet's callers decide what a failed command means (serve from storage, 503).
+            "retry": Retry(NoBackoff(), 0),
         }
         if config.tls:
             kwargs["ssl"] = True

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import attrs
 from zope.interface import implementer
 
+from registry.proxy.fleet._redis import RedisUnavailable
 from registry.proxy.index import (
     BlobEntry,
     ICacheIndex,
@@ -115,7 +116,11 @@ class FleetIndex:
             return pending.size
         size = self.hot_blobs.get(digest)
         if size is None:
-            size = await self.ledger.blob_size(digest)
+            try:
+                size = await self.ledger.blob_size(digest)
+            except RedisUnavailable:
+                # Served from storage all the same; recorded (pushed once Redis is back).
+                return None
             if size is None:
                 return None
         self._remember_blob(digest, size)
@@ -137,8 +142,13 @@ class FleetIndex:
         if pending is not None:
             pending.last_used = max(pending.last_used, now)
             return True
-        if key not in self.hot_manifests and not await self.ledger.has_manifest(name, digest):
-            return False
+        if key not in self.hot_manifests:
+            try:
+                known = await self.ledger.has_manifest(name, digest)
+            except RedisUnavailable:
+                known = False  # as for a blob: served from storage, recorded for later
+            if not known:
+                return False
         self._remember_manifest(key)
         touched = self.pending.touched_manifests
         touched[key] = max(now, touched.get(key, now))

@@ -93,7 +93,7 @@ class FillLeases:
             self._held[key] = value
             self._start_renewing()
             return None
-        holder = await self.holder(cache, digest)
+        holder = await self._orphan_cleared(key, cache, digest)
         if holder is None:  # released or expired between the two commands: try once more
             taken = await self.redis.run(lambda r: r.set(key, value, nx=True, px=self.ttl_ms))
             if taken:
@@ -102,6 +102,24 @@ class FillLeases:
                 return None
             holder = await self.holder(cache, digest)
         return holder if holder is not None else Lease("", "", through)
+
+    async def _orphan_cleared(self, key: str, cache: str, digest: Digest) -> Lease | None:
+        """
+        The lease's holder; None when there is none, or when it names this instance without
+        this process holding it: a ``SET`` that timed out here and that Redis applied late
+        (Redis hung meanwhile), or a lease of an earlier process of this instance.  Nobody
+        fills under such a lease, and waiting for it to lapse would hold every client of
+        the blob for the lease's whole time: it is removed (only if it is still that one).
+        """
+        data = await self.redis.run(lambda r: r.get(key))
+        if not isinstance(data, bytes):
+            return None
+        holder = Lease.decode(data)
+        if holder is None or holder.instance != self.instance or key in self._held:
+            return holder
+        log.info("fill lease {key}: ours but not held here (left over); removing it", key=key)
+        await self.redis.script(_RELEASE, [key], [data])
+        return None
 
     async def holder(self, cache: str, digest: Digest) -> Lease | None:
         key = lease_key(cache, digest)
