@@ -46,6 +46,8 @@ class _MemoryWriter:
         return None
 
     async def close(self) -> None:
+        if self._done:  # closed, committed or cancelled already: the file is where it went
+            return
         self._done = True
         self._driver._store(self._path, bytes(self._buffer))
 
