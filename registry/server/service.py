@@ -4,8 +4,8 @@ The registry's root service: start-up in a fixed order, and a stop that drains.
 Start: bind every listener (a failure stops start-up), start the children (thread pools,
 timers), probe the storage, then accept connections and log "listening".  Under twistd
 (``privilegedStartService`` was called) a failure prints one line and exits non-zero; a
-caller that only calls ``startService`` (tests, embedding) gets `RegistryService.ready`
-failing with `StartupError` instead.
+caller that only calls ``startService`` (tests, embedding) asks `RegistryService.when_ready`
+instead, which fails with that line as a `StartupError`.
 
 Stop (SIGTERM, or ``stopService``): stop accepting, let requests in flight finish for up to
 the drain timeout (`ConnectionTracker.drain`), flush state (upload hash states), then stop the
