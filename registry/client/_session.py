@@ -34,6 +34,7 @@ import attrs
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -507,7 +508,9 @@ class Session:
 
 
 def is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, CancelledError):
+    """Whether a request ended because it was cancelled: while connecting (Twisted's own
+    error for that), or later (a `CancelledError`, bare or inside a ``ResponseFailed``)."""
+    if isinstance(exc, CancelledError | ConnectingCancelledError):
         return True
     reasons = getattr(exc, "reasons", None) or []
     return any(isinstance(getattr(r, "value", None), CancelledError) for r in reasons)

@@ -5,6 +5,7 @@ silence (a large upload that keeps moving is never cut), and so does one that ne
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,25 @@ async def test_an_upload_the_registry_stops_reading_times_out(
             await call
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_that_never_completes_times_out(make_client: ClientFactory) -> None:
+    """A registry whose listen queue is full (its connections never complete): the call ends
+    within the timeout, saying so, not with Twisted's error for a cancelled connection."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    queued = [socket.create_connection(listener.getsockname(), timeout=5)]  # fills the queue
+    try:
+        port = listener.getsockname()[1]
+        client = make_client(f"http://127.0.0.1:{port}", timeout=0.5, retries=0)
+        call: Deferred[Any] = Deferred.fromCoroutine(client.ping())
+        call.addTimeout(30, reactor)
+        with pytest.raises(Unavailable) as failed:
+            await call
+        assert str(failed.value) == f"no answer from http://127.0.0.1:{port} within 0.5s"
+    finally:
+        for each in queued:
+            each.close()
+        listener.close()
