@@ -290,12 +290,18 @@ class UploadStore:
             return offsets[-1] if offsets else 0
 
     async def _size_now(self, name: str, upload_id: str) -> int:
-        """The data stored so far while another request writes more (0 when unknown)."""
+        """The data stored so far while another request writes more (0 when unknown): as
+        `size`, without waiting for this process's recordings."""
         try:
-            info = await self.driver.stat(layout.upload_data(name, upload_id))
+            return (await self.driver.stat(layout.upload_data(name, upload_id))).size
+        except PathNotFoundError:  # S3: the data is a multipart upload until its commit
+            try:
+                offsets = await self._state_offsets(name, upload_id)
+            except StorageError:
+                return 0
+            return offsets[-1] if offsets else 0
         except StorageError:
             return 0
-        return info.size
 
     async def _record_parked(self, appender: UploadAppender, hasher: DigestingHasher) -> None:
         await self._save_state(

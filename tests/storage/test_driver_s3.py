@@ -22,10 +22,13 @@ from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from registry.api.errors import RegistryError
+from registry.storage.blobs import BlobStore
 from registry.storage.driver import InvalidOffsetError, PathNotFoundError, StorageError
 from registry.storage.s3 import S3CredentialsError, S3Driver, S3Settings
 from registry.storage.s3._connections import IO_SIZE
 from registry.storage.s3._writer import STATE_SUFFIX
+from registry.storage.uploads import UploadStore
 from tests.storage.driver_suite import DriverSuite, read_all
 from tests.storage.s3server import S3Server, require_weed
 
@@ -461,3 +464,22 @@ async def test_5xx_is_retried_then_reported() -> None:
         finally:
             await driver.close()
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_upload_reports_the_size_its_state_records(driver: S3Driver) -> None:
+    """On S3 an unfinished upload's data is a multipart upload, not an object: the 416 for a
+    request that finds the upload busy carries the size from the saved hash state, not 0."""
+    store = UploadStore(driver, BlobStore(driver))
+    upload = await store.start("app")
+    first = await store.open("app", upload, 0)
+    await write_all(first, os.urandom(6 * 1024 * 1024), 1024 * 1024)
+    await first.close()
+    writing = await store.open("app", upload, 6 * 1024 * 1024)  # has the upload now
+    try:
+        with pytest.raises(RegistryError) as busy:
+            await store.open("app", upload, 6 * 1024 * 1024)
+        assert busy.value.detail["reason"] == "another request is writing"
+        assert busy.value.detail["size"] == 6 * 1024 * 1024
+    finally:
+        await writing.close()
