@@ -25,6 +25,18 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the section and key."""
 
 
+def file_problem(exc: Exception, path: object) -> str:
+    """
+    One line for why the file at ``path`` (named by a key) cannot be used: it cannot be read
+    (``cannot read PATH: no such file or directory``), or the library that parsed it refused
+    it (its message, on one line, naming the file).
+    """
+    if isinstance(exc, OSError):
+        return f"cannot read {exc.filename or path}: {(exc.strerror or str(exc)).lower()}"
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return message if str(path) in message else f"{path}: {message}"
+
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,

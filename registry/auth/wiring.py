@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.python.threadpool import ThreadPool
 
 from registry.auth.interfaces import AllowAll, IAccessController
+from registry.config import file_problem
 
 if TYPE_CHECKING:
     from registry.auth.policy import PolicySource
@@ -54,14 +55,8 @@ def _reading(key: str, path: str) -> Iterator[None]:
     one line start-up prints), whatever library read it."""
     try:
         yield
-    except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        raise ValueError(f"{key}: cannot read {path}: {reason}") from None
-    except ValueError as exc:
-        message = " ".join(str(exc).split())
-        if not message.startswith(path):
-            message = f"{path}: {message}"
-        raise ValueError(f"{key}: {message}") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{key}: {file_problem(exc, path)}") from None
 
 
 def make_access_controller(

@@ -21,6 +21,8 @@ from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from registry.config import file_problem
+
 _CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
@@ -35,13 +37,6 @@ def load_trust_root(ca_bundle: CAFiles) -> Any:
         raise ValueError(f"no PEM certificate in {ca_bundle}")
     certificates = [ssl.Certificate.loadPEM(pem) for pem in pems]
     return ssl.trustRootFromCertificates(certificates)
-
-
-def _reason(exc: Exception, path: object) -> str:
-    if isinstance(exc, OSError):
-        return f"cannot read {exc.filename or path}: {(exc.strerror or str(exc)).lower()}"
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    return message if str(path) in message else f"{path}: {message}"
 
 
 @attrs.frozen
@@ -63,20 +58,20 @@ class TLSOptions:
             try:
                 load_trust_root(self.ca_file)
             except (OSError, ValueError) as exc:
-                return "ca_file", _reason(exc, self.ca_file)
+                return "ca_file", file_problem(exc, self.ca_file)
         if self.cert_file is None:
             return ("key_file", "needs a certificate file") if self.key_file else None
         try:
             cert_pem = Path(self.cert_file).read_bytes()
             x509.load_pem_x509_certificate(cert_pem)
         except (OSError, ValueError) as exc:
-            return "cert_file", _reason(exc, self.cert_file)
+            return "cert_file", file_problem(exc, self.cert_file)
         try:
             key_pem = Path(self.key_file).read_bytes() if self.key_file else cert_pem
             serialization.load_pem_private_key(key_pem, password=None)
         except (OSError, ValueError, TypeError) as exc:
             which = "key_file" if self.key_file else "cert_file"
-            return which, _reason(exc, self.key_file or self.cert_file)
+            return which, file_problem(exc, self.key_file or self.cert_file)
         return None
 
     def policy(self) -> IPolicyForHTTPS:

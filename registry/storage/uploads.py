@@ -280,6 +280,9 @@ class UploadStore:
         """Bytes received so far (for ``GET`` on an upload and ``Range`` headers)."""
         await self._require(name, upload_id)
         await self._handover.recorded((name, upload_id))
+        return await self._stored_size(name, upload_id)
+
+    async def _stored_size(self, name: str, upload_id: str) -> int:
         try:
             info = await self.driver.stat(layout.upload_data(name, upload_id))
             return info.size
@@ -293,13 +296,7 @@ class UploadStore:
         """The data stored so far while another request writes more (0 when unknown): as
         `size`, without waiting for this process's recordings."""
         try:
-            return (await self.driver.stat(layout.upload_data(name, upload_id))).size
-        except PathNotFoundError:  # S3: the data is a multipart upload until its commit
-            try:
-                offsets = await self._state_offsets(name, upload_id)
-            except StorageError:
-                return 0
-            return offsets[-1] if offsets else 0
+            return await self._stored_size(name, upload_id)
         except StorageError:
             return 0
 
