@@ -44,11 +44,14 @@ class KleinRoutes:
     def ui(self, request: IRequest) -> Any:
         """The web UI (registry/ui), when ``[ui] enabled``."""
         if self.app.web_ui is None:
-            raise RegistryError(NOT_FOUND, {"path": "/ui/"}, "the web UI is disabled")
+            path = request.path.decode("latin-1")[:300]
+            raise RegistryError(NOT_FOUND, {"path": path}, "the web UI is disabled")
         return self.app.web_ui
 
     @router.route("/ui", methods=["GET", "HEAD"])
     def ui_root(self, request: IRequest) -> bytes:
+        if self.app.web_ui is None:
+            raise RegistryError(NOT_FOUND, {"path": "/ui"}, "the web UI is disabled")
         request.redirect(b"/ui/")
         return b""
 

@@ -74,14 +74,23 @@ def _refuse_when(protocol: IProtocol, wrong: Callable[[bytes], bool], answer: by
             data_received(data)
             return
         instance.dataReceived = _drop
-        transport[0].write(answer)
-        if ITCPTransport.providedBy(transport[0]) and not ISSLTransport.providedBy(transport[0]):
-            transport[0].loseWriteConnection()
-        else:
-            transport[0].loseConnection()
+        answer_and_close(transport[0], answer)
 
     instance.makeConnection = connected
     instance.dataReceived = first_data
+
+
+def answer_and_close(transport: ITransport, answer: bytes) -> None:
+    """
+    Write ``answer`` and close, the write side first on plain TCP: the caller drops what
+    still arrives, so that no unread bytes turn the close into a reset that can overtake the
+    answer (see `_refuse_when`).
+    """
+    transport.write(answer)
+    if ITCPTransport.providedBy(transport) and not ISSLTransport.providedBy(transport):
+        transport.loseWriteConnection()
+    else:
+        transport.loseConnection()
 
 
 def _drop(data: bytes) -> None:

@@ -32,7 +32,7 @@ from twisted.web import http, server
 
 from registry import fdlimit
 from registry.api.errors import RegistryError
-from registry.http import misdirected, reasons, responses, twisted_internals
+from registry.http import misdirected, oversized, reasons, responses, twisted_internals
 from registry.http.chunked import ChunkedBodyDecoder
 from registry.http.forwarded import TrustedProxies, client_address
 from registry.http.headers import request_header
@@ -336,6 +336,7 @@ class RegistrySite(server.Site):
         if protocol is not None:
             # TLS clients on a plain port get an HTTP answer at once (see the module).
             misdirected.refuse_tls(protocol)
+            oversized.answer_long_lines(protocol)
         return protocol
 
     def getResourceFor(self, request: Any) -> Any:

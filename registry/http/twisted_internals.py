@@ -12,9 +12,11 @@ Why private state at all: three fast paths have no public API to stand on.
 - A refused upload is answered before its body is sent (`RegistryRequest._body_refused`),
   which needs the request line and HTTP version before twisted.web hands them over.
 
-And three places where an object twisted.web hands out hides the one we need: an HTTP/2
+And four places where an object twisted.web hands out hides the one we need: an HTTP/2
 stream's connection (its TLS peer certificate), the transport under a response body's
-``TransportProxyProducer`` (to abort it), and the producer a TCP transport holds (sendfile).
+``TransportProxyProducer`` (to abort it), the producer a TCP transport holds (sendfile), and
+the HTTP/1 channel behind the protocol a `Site` builds per connection (to answer a request
+line too long for it, `registry.http.oversized`).
 
 Before, each place used ``getattr(obj, "_name", None)`` and carried on without it, so a Twisted
 upgrade that renamed one would switch a fast path off without a word.  Now a Twisted that lacks
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import abstract, tcp
-from twisted.web import _newclient, http
+from twisted.web import _newclient, http, resource, server
 
 from registry.http.chunked import ChunkedBodyDecoder
 
@@ -39,6 +41,7 @@ _REQUEST: type[http.Request] = http.Request
 _PROXY_PRODUCER: type[Any] = _newclient.TransportProxyProducer
 _FILE_DESCRIPTOR: type[Any] = abstract.FileDescriptor
 _TCP_SERVER: type[Any] = tcp.Server
+_CHANNEL_ATTRIBUTE = "_channel"
 
 
 def _h2_stream() -> type[Any] | None:
@@ -78,6 +81,15 @@ def use_chunked_decoder(
         return False
     ch._transferDecoder = make(decoder.dataCallback, decoder.finishCallback)
     return True
+
+
+def http1_channel(protocol: object) -> http.HTTPChannel | None:
+    """
+    The `HTTPChannel` behind the protocol `Site.buildProtocol` returns (a proxy keeping it in
+    ``_channel``, swapped for an HTTP/2 connection after ALPN); None when there is none.
+    """
+    channel = getattr(protocol, _CHANNEL_ATTRIBUTE, None)
+    return channel if isinstance(channel, http.HTTPChannel) else None
 
 
 def h2_connection(stream: object) -> object | None:
@@ -233,6 +245,12 @@ def problems() -> list[str]:
     for method in ("fileno", "registerProducer", "unregisterProducer", "startWriting"):
         if not callable(getattr(_TCP_SERVER, method, None)):
             found.append(f"{_qualname(_TCP_SERVER)}.{method}() is gone")
+    built = server.Site(resource.Resource()).buildProtocol(None)
+    if http1_channel(built) is None:
+        found.append(
+            f"the protocol twisted.web's Site builds ({_qualname(type(built))}) no longer "
+            f"keeps its HTTPChannel in {_CHANNEL_ATTRIBUTE}"
+        )
     if not callable(getattr(_HTTP_CHANNEL, "resumeProducing", None)):
         found.append(f"{_qualname(_HTTP_CHANNEL)}.resumeProducing() is gone")
     return found

@@ -83,6 +83,13 @@ def _href(path: str, **params: str | int | None) -> str:
     return f"{path}?{urlencode(kept)}" if kept else path
 
 
+# Where the API's words are about a request a person did not write (a manifest PUT's tag).
+_PAGE_MESSAGES = {
+    "TAG_INVALID": "Not a valid tag: a tag is up to 128 letters, digits, '_', '.' and '-'.",
+    "DIGEST_INVALID": "Not a valid digest (algorithm:hex, as sha256:…).",
+}
+
+
 def _not_found(what: str) -> RegistryError:
     return RegistryError(NOT_FOUND, {"path": what[:300]}, "no such page")
 
@@ -191,6 +198,12 @@ class UiApp:
     @router.route("/r/<path:rest>", methods=["GET", "HEAD", "POST"])
     async def repository_pages(self, request: IRequest, rest: str) -> bytes | None:
         name, _, action = rest.partition("/-/")
+        if not action and rest.endswith("/") and is_valid_name(rest.rstrip("/")):
+            # ``/ui/r/team/app/``: the repository, as a person who typed a slash meant.
+            request.setResponseCode(301)
+            set_page_headers(request)
+            request.setHeader("Location", _pages.repo_url(rest.rstrip("/")))
+            return b""
         if not is_valid_name(name):
             raise _not_found(rest)
         if request.method == b"POST":
@@ -216,13 +229,7 @@ class UiApp:
         matching = [t for t in ordered if text in t] if text else ordered
         offset = _int(query(request, "offset"))
         shown = matching[offset : offset + self.page_size]
-        rows = await gatherResults(
-            [
-                Deferred.fromCoroutine(_data.tag_row(self.reader, local, t, dates.get(t)))
-                for t in shown
-            ],
-            consumeErrors=True,
-        )
+        rows = await _data.tag_rows(self.reader, local, [(t, dates.get(t)) for t in shown])
         token = await self.csrf.token(principal) if await self._may_delete(request, name) else None
         path = _pages.repo_url(name)
         prev_href = (
@@ -233,7 +240,7 @@ class UiApp:
             if offset + self.page_size < len(matching)
             else ""
         )
-        deleted = query(request, "deleted")
+        message = await self._deleted_message(name, query(request, "deleted"), ordered)
         content = _pages.repository(
             name,
             _data.source_of(self.ctx, name),
@@ -243,9 +250,29 @@ class UiApp:
             prev_href,
             next_href,
             token,
-            f"Deleted {deleted}." if deleted else None,
+            message,
         )
         return await self._render(request, name, "repositories", principal, content)
+
+    async def _deleted_message(self, name: str, value: str | None, tags: list[str]) -> str | None:
+        """
+        The note a delete's redirect asks for (``?deleted=``), said only when it is true: a tag
+        no longer listed, a manifest no longer stored.  A link someone else made cannot put
+        words of theirs on the page, nor a claim that something was deleted.
+        """
+        if not value or _data.source_of(self.ctx, name) is not None:
+            return None  # nothing is deleted from a cache through the UI
+        try:
+            ref = parse_reference(value)
+        except RegistryError:
+            return None
+        if isinstance(ref, str):
+            return None if ref in tags else f"Deleted {ref}."
+        try:
+            await self.ctx.manifests.get(name, ref)
+        except RegistryError:
+            return f"Deleted {ref}."
+        return None
 
     async def _manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         principal = await authorize(self.ctx, request, [repository(name, PULL)])
@@ -375,11 +402,14 @@ class UiApp:
             error.status, "Error"
         )
         detail = error.detail if isinstance(error.detail, str) else None
-        if isinstance(error.detail, dict) and "reason" in error.detail:
+        message = _PAGE_MESSAGES.get(error.code.value, error.message)
+        if message != error.message:
+            detail = None  # the page's words say it all
+        elif isinstance(error.detail, dict) and "reason" in error.detail:
             detail = str(error.detail["reason"])
         elif isinstance(error.detail, dict) and isinstance(error.detail.get("denied"), list):
             detail = "Not granted: " + " ".join(map(str, error.detail["denied"]))
-        content = _pages.error(error.message, detail)
+        content = _pages.error(message, detail)
         return await self._render(request, title, "", None, content, status=error.status)
 
     @router.handle_errors(RegistryError)

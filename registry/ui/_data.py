@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
@@ -131,22 +132,59 @@ class LocalReader:
         return cls(TagStore(ctx.driver), BlobStore(ctx.driver))
 
 
-async def tag_row(reader: LocalReader, local: str, tag: str, date: float | None) -> TagRow:
-    digest = await reader.tags.resolve(local, tag)
-    if digest is None:
-        return TagRow(tag, None, "", None, (), date)
+# How many manifests one page reads at a time: each may be up to the manifest size limit.
+READS_AT_ONCE = 4
+
+
+@attrs.frozen
+class _Described:
+    media_type: str
+    size: int | None
+    platforms: tuple[str, ...]
+
+
+async def _describe(reader: LocalReader, digest: Digest) -> _Described:
     try:
         body = await reader.blobs.get_small(digest)
     except RegistryError:
-        return TagRow(tag, digest, "", None, (), date)
+        return _Described("", None, ())
     manifest = parse_stored(body)
     if manifest is None:
-        return TagRow(tag, digest, "", len(body), (), date)
+        return _Described("", len(body), ())
     if manifest.kind == "index":
-        return TagRow(tag, digest, manifest.media_type, len(body), index_platforms(manifest), date)
+        return _Described(manifest.media_type, len(body), index_platforms(manifest))
     config = await read_config(reader.blobs, manifest)
     platforms = (_format.platform(config),) if config and config.get("os") else ()
-    return TagRow(tag, digest, manifest.media_type, image_size(manifest), platforms, date)
+    return _Described(manifest.media_type, image_size(manifest), platforms)
+
+
+async def tag_rows(
+    reader: LocalReader, local: str, shown: Sequence[tuple[str, float | None]]
+) -> list[TagRow]:
+    """
+    The rows of ``(tag, date)``: each distinct manifest is read once, a few at a time, so a
+    page of tags that point at large indexes holds a few of them in memory, not all.
+    """
+    digests = await gatherResults(
+        [Deferred.fromCoroutine(reader.tags.resolve(local, tag)) for tag, _ in shown],
+        consumeErrors=True,
+    )
+    gate = DeferredSemaphore(READS_AT_ONCE)
+    reads: dict[Digest, Deferred[_Described]] = {}
+    for digest in digests:
+        if digest is not None and digest not in reads:
+            reads[digest] = gate.run(_describe, reader, digest)
+    described = dict(
+        zip(reads, await gatherResults(list(reads.values()), consumeErrors=True), strict=True)
+    )
+    rows = []
+    for (tag, date), digest in zip(shown, digests, strict=True):
+        if digest is None:
+            rows.append(TagRow(tag, None, "", None, (), date))
+            continue
+        about = described[digest]
+        rows.append(TagRow(tag, digest, about.media_type, about.size, about.platforms, date))
+    return rows
 
 
 @attrs.frozen

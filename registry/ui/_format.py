@@ -32,6 +32,10 @@ def percent(part: float, whole: float) -> str:
     return f"{100.0 * part / whole:.1f} %"
 
 
+# Real platforms are like ``linux/arm64/v8``.
+MAX_PLATFORM = 100
+
+
 def platform(value: Mapping[str, Any] | None) -> str:
     """``linux/arm64/v8``, as docker writes it; ``unknown/unknown`` for attestations."""
     if not value:
@@ -39,9 +43,28 @@ def platform(value: Mapping[str, Any] | None) -> str:
     parts = [str(value.get("os", "?")), str(value.get("architecture", "?"))]
     if value.get("variant"):
         parts.append(str(value["variant"]))
-    return "/".join(parts)
+    return clip("/".join(parts), MAX_PLATFORM)
 
 
 def short_digest(digest: str) -> str:
     algorithm, _, hex_ = digest.partition(":")
     return f"{algorithm}:{hex_[:12]}" if hex_ else digest
+
+
+# How much of one value a page shows: real values (a platform, a label, a build step) are far
+# shorter, and a manifest or config may hold megabytes in one string.
+MAX_TEXT = 1024
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """``text``, or its first ``limit`` characters and how many more there are."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def listed(items: tuple[str, ...] | list[str], shown: int) -> str:
+    """The first ``shown`` items, comma-separated, and how many more there are."""
+    head = ", ".join(items[:shown])
+    rest = len(items) - shown
+    return f"{head} and {rest} more" if rest > 0 else head

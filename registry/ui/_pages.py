@@ -23,6 +23,13 @@ NAV_STORAGE = ("storage", "/ui/storage", "Storage")
 # Anything the flattener takes: tags, strings, lists of them.
 Content = Any
 
+# The most rows one table or list of a manifest page shows (an index's platforms, an image's
+# layers, one kind of referrer, environment variables, labels); real ones are far shorter,
+# and a 4 MiB manifest could otherwise make a page of tens of megabytes.
+MAX_ROWS = 500
+# The most platforms one row of a repository's tag list names.
+MAX_ROW_PLATFORMS = 6
+
 
 def repo_url(name: str) -> str:
     return f"/ui/r/{quote(name)}"
@@ -49,6 +56,8 @@ def page(title: str, active: str, user: str | None, content: Content) -> Tag:
         tags.head(
             tags.meta(charset="utf-8"),
             tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
+            # No icon: without this line browsers ask for /favicon.ico on every page.
+            tags.link(rel="icon", href="data:,"),
             tags.title(f"{title} · txregistry"),
             tags.link(rel="stylesheet", href=f"{STATIC}/ui.css"),
             tags.script(src=f"{STATIC}/ui.js", defer="defer"),
@@ -75,6 +84,13 @@ def _table(
             tags.tbody(*[tags.tr(*[tags.td(cell) for cell in row]) for row in rows]),
         )
     )
+
+
+def _more(shown: int, total: int, what: str) -> Content:
+    """A note under a list cut at ``shown`` of ``total``."""
+    if total <= shown:
+        return ""
+    return tags.p(class_="meta")(f"{total - shown} more {what} not shown.")
 
 
 def _pager(links: Sequence[tuple[str, str, str]]) -> Tag:
@@ -177,9 +193,9 @@ def repository(
         out: list[Content] = [
             tags.a(href=manifest_url(name, row.tag))(row.tag),
             digest,
-            row.media_type or "—",
+            _format.clip(row.media_type, 200) or "—",
             _format.size(row.size),
-            ", ".join(row.platforms) or "—",
+            _format.listed(row.platforms, MAX_ROW_PLATFORMS) or "—",
             _format.date(row.date),
         ]
         if delete_token is not None:
@@ -235,7 +251,7 @@ def manifest(
     summary: list[tuple[str, Content]] = [
         ("Repository", tags.a(href=repo_url(name))(name)),
         ("Digest", tags.code(digest)),
-        ("Media type", media_type),
+        ("Media type", _format.clip(media_type, 200)),
         ("Manifest size", _format.size(size)),
     ]
     if subject:
@@ -258,13 +274,14 @@ def manifest(
                             tags.a(href=manifest_url(name, child))(
                                 tags.code(_format.short_digest(child))
                             ),
-                            child_type,
+                            _format.clip(child_type, 200),
                             _format.size(child_size),
                         ]
-                        for platform, child, child_type, child_size in platforms
+                        for platform, child, child_type, child_size in platforms[:MAX_ROWS]
                     ),
                     id="platforms",
                 ),
+                _more(MAX_ROWS, len(platforms), "platforms"),
             )
         )
     if config is not None:
@@ -284,12 +301,13 @@ def manifest(
                                 tags.code(_format.short_digest(str(layer.digest)))
                             ),
                             _format.size(layer.size),
-                            tags.code(layer.created_by) if layer.created_by else "—",
+                            tags.code(_format.clip(layer.created_by)) if layer.created_by else "—",
                         ]
-                        for i, layer in enumerate(layers)
+                        for i, layer in enumerate(layers[:MAX_ROWS])
                     ),
                     id="layers",
                 ),
+                _more(MAX_ROWS, len(layers), "layers"),
             )
         )
     parts.append(_referrers(name, referrers))
@@ -308,26 +326,31 @@ def _config(document: Mapping[str, Any]) -> Tag:
     inner = document.get("config")
     settings: Mapping[str, Any] = inner if isinstance(inner, dict) else {}
     env = settings.get("Env") or []
+    env = [str(e) for e in env] if isinstance(env, list) else [str(env)]
     labels = settings.get("Labels") or {}
+    pairs = [f"{k}={v}" for k, v in sorted(labels.items())] if isinstance(labels, dict) else []
     ports = settings.get("ExposedPorts") or {}
+    ports = sorted(map(str, ports)) if isinstance(ports, dict | list) else [str(ports)]
+
+    def listing(values: list[str], what: str) -> Content:
+        if not values:
+            return "—"
+        shown = [tags.li(tags.code(_format.clip(v))) for v in values[:MAX_ROWS]]
+        return [tags.ul(*shown), _more(MAX_ROWS, len(values), what)]
+
+    def text(value: Any) -> str:
+        return _format.clip(str(value)) if value else "—"
+
     items: list[tuple[str, Content]] = [
-        ("Created", str(document.get("created") or "—")),
+        ("Created", text(document.get("created"))),
         ("Platform", _format.platform(document)),
-        ("Entrypoint", tags.code(_words(settings.get("Entrypoint")))),
-        ("Cmd", tags.code(_words(settings.get("Cmd")))),
-        ("Working directory", str(settings.get("WorkingDir") or "—")),
-        ("User", str(settings.get("User") or "—")),
-        ("Exposed ports", ", ".join(sorted(map(str, ports))) or "—"),
-        (
-            "Environment",
-            tags.ul(*[tags.li(tags.code(str(e))) for e in env]) if env else "—",
-        ),
-        (
-            "Labels",
-            tags.ul(*[tags.li(tags.code(f"{k}={v}")) for k, v in sorted(labels.items())])
-            if isinstance(labels, dict) and labels
-            else "—",
-        ),
+        ("Entrypoint", tags.code(_format.clip(_words(settings.get("Entrypoint"))))),
+        ("Cmd", tags.code(_format.clip(_words(settings.get("Cmd"))))),
+        ("Working directory", text(settings.get("WorkingDir"))),
+        ("User", text(settings.get("User"))),
+        ("Exposed ports", _format.clip(_format.listed(ports, MAX_ROW_PLATFORMS * 4)) or "—"),
+        ("Environment", listing(env, "variables")),
+        ("Labels", listing(pairs, "labels")),
     ]
     return _definitions(items)
 
@@ -337,7 +360,7 @@ def _referrers(name: str, groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
         return tags.section(tags.h2("Referrers"), tags.p("No signatures, SBOMs or attestations."))
     sections = [
         tags.section(class_="group")(
-            tags.h3(kind),
+            tags.h3(_format.clip(kind, 200)),
             tags.ul(
                 *[
                     tags.li(
@@ -346,9 +369,10 @@ def _referrers(name: str, groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
                         ),
                         f" · {_format.size(d.get('size'))}",
                     )
-                    for d in descriptors
+                    for d in descriptors[:MAX_ROWS]
                 ]
             ),
+            _more(MAX_ROWS, len(descriptors), "referrers of this kind"),
         )
         for kind, descriptors in groups.items()
     ]
@@ -364,14 +388,15 @@ def layer(
     created_by: str | None,
     position: int | None,
 ) -> Content:
-    items: list[tuple[str, Content]] = [
-        ("Repository", tags.a(href=repo_url(name))(name)),
-        ("Image", tags.a(href=manifest_url(name, manifest))(tags.code(manifest))),
+    items: list[tuple[str, Content]] = [("Repository", tags.a(href=repo_url(name))(name))]
+    if manifest:  # the image the layer was reached from (a bookmarked link may not say)
+        items.append(("Image", tags.a(href=manifest_url(name, manifest))(tags.code(manifest))))
+    items += [
         ("Digest", tags.code(digest)),
-        ("Media type", media_type or "—"),
+        ("Media type", _format.clip(media_type, 200) or "—"),
         ("Size", _format.size(size)),
         ("Position", str(position) if position is not None else "—"),
-        ("Created by", tags.code(created_by) if created_by else "—"),
+        ("Created by", tags.code(_format.clip(created_by)) if created_by else "—"),
         ("Download", tags.a(href=f"/v2/{quote(name)}/blobs/{quote(digest)}")("the layer's bytes")),
     ]
     return _definitions(items)

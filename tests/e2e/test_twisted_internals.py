@@ -165,10 +165,11 @@ class _RequestWithoutFlag(http.Request):
         ("_PROXY_PRODUCER", _ProxyWithoutProducer, "no longer keeps its transport in _producer"),
         ("_FILE_DESCRIPTOR", object, "builtins.object.producer is gone"),
         ("_TCP_SERVER", object, "builtins.object.bufferSize is gone"),
+        ("_CHANNEL_ATTRIBUTE", "_renamed", "no longer keeps its HTTPChannel in _renamed"),
     ],
 )
 def test_problems_name_what_a_changed_twisted_lacks(
-    monkeypatch: pytest.MonkeyPatch, name: str, fake: type[Any], expected: str
+    monkeypatch: pytest.MonkeyPatch, name: str, fake: Any, expected: str
 ) -> None:
     monkeypatch.setattr(twisted_internals, name, fake)
     found = twisted_internals.problems()

@@ -22,7 +22,8 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 SBOM_TYPE = "application/vnd.example.sbom.v1+json"
-SIGNATURE_TYPE = "application/vnd.example.signature.v1"
+# cosign's own (long enough to need wrapping on a phone).
+SIGNATURE_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 
 
 def sha256(data: bytes) -> str:
