@@ -90,6 +90,19 @@ _PAGE_MESSAGES = {
 }
 
 
+def _pull_host(request: IRequest) -> str:
+    """
+    The registry's address as a pull command names it: what the person reached, without
+    ``:443`` when that was HTTPS (docker and podman name an image by host and port, so
+    ``reg.example.com:443/app`` would be another registry to their credentials).
+    """
+    seen = origin(request)
+    host = seen.host or "localhost"
+    if seen.scheme == "https" and host.endswith(":443"):
+        return host.removesuffix(":443")
+    return host
+
+
 def _not_found(what: str) -> RegistryError:
     return RegistryError(NOT_FOUND, {"path": what[:300]}, "no such page")
 
@@ -293,7 +306,7 @@ class UiApp:
             subject = str(parsed.subject.digest) if parsed.subject is not None else None
         referrers = await self.ctx.referrers.list_referrers(name, stored.digest)
         token = await self.csrf.token(principal) if await self._may_delete(request, name) else None
-        host = origin(request).host or "localhost"
+        host = _pull_host(request)
         content = _pages.manifest(
             name,
             reference,

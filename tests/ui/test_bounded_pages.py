@@ -68,7 +68,8 @@ def _image_with_label(client: content.Client, name: str, tag: str, label: str) -
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[content.Client]:
     folder = tmp_path_factory.mktemp("ui-bounded")
-    registry = RegistryProcess(folder, {**auth_sections(folder), "http": {"workers": "1"}})
+    http = {"workers": "1", "trusted_proxies": "127.0.0.1"}
+    registry = RegistryProcess(folder, {**auth_sections(folder), "http": http})
     registry.start()
     try:
         alice = content.Client(registry.url, content.basic("alice", PASSWORDS["alice"]))
@@ -176,3 +177,14 @@ def test_a_bad_tag_in_a_url_is_called_a_bad_tag(hostile: content.Client) -> None
         assert status == 400
         assert "Not a valid tag" in body
         assert "did not match URI" not in body
+
+
+def test_the_pull_command_leaves_out_the_https_port(hostile: content.Client) -> None:
+    """Behind a TLS-terminating proxy on 443: ``docker pull reg.example.com/...``."""
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "reg.example.com:443"}
+    status, _, body = hostile.request("GET", "/ui/r/team/app/-/manifest/v1", None, forwarded)
+    assert status == 200
+    assert "docker pull reg.example.com/team/app:v1" in body.decode()
+    forwarded["X-Forwarded-Host"] = "reg.example.com:8443"
+    status, _, body = hostile.request("GET", "/ui/r/team/app/-/manifest/v1", None, forwarded)
+    assert "docker pull reg.example.com:8443/team/app:v1" in body.decode()
