@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
@@ -82,11 +83,50 @@ def parse_positive_duration(text: str) -> float:
     return value
 
 
-def parse_http_url(text: str) -> str:
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def parse_http_url(text: str, credentials: bool = False) -> str:
+    """
+    An http(s) URL with a host name or address and, if any, a port in range: a URL that
+    cannot be reached stops start-up here instead of failing every request later.  A
+    ``user:password@`` part is refused unless ``credentials`` (the error then does not
+    repeat the URL: it would print the password).
+    """
     text = text.strip()
     if not text.startswith(("http://", "https://")):
         raise ValueError(f"{text!r} is not an http(s) URL")
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # a bracketed host that is no IPv6 address
+        raise ValueError(f"{text!r} is not a URL: {exc}") from None
+    if "@" in parts.netloc and not credentials:
+        raise ValueError(
+            "the URL carries credentials (user:password@); this section has its own keys for them"
+        )
+    shown = text if "@" not in parts.netloc else parts._replace(netloc=_host_port(parts)).geturl()
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{shown!r}: the port is not a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError(f"{shown!r}: the port is not a number from 1 to 65535")
+    if not host:
+        raise ValueError(f"{shown!r} names no host")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{shown!r}: {host!r} is not an IPv6 address") from None
+    elif _HOST.fullmatch(host) is None:
+        raise ValueError(f"{shown!r}: {host!r} is not a host name or address")
     return text
+
+
+def _host_port(parts: SplitResult) -> str:
+    """The ``host[:port]`` of a URL's authority, without ``user:password@``."""
+    return parts.netloc.rpartition("@")[2]
 
 
 def parse_bool(text: str) -> bool:

@@ -1,7 +1,8 @@
 """
 A real webhook receiver for the notification tests: a twisted.web site on 127.0.0.1 that
 records every POST (body and headers), and can be told to answer 503 or to stop listening
-(connection refused) and come back on the same port.
+(connection refused) and come back on the same port, to redirect elsewhere (``status`` 3xx and
+``location``) or to take POSTs and never answer them (``hang``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 
 @attrs.define
@@ -46,8 +47,18 @@ class _Hook(Resource):
         super().__init__()
         self.receiver = receiver
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> bytes | int:
         body = request.content.read()
+        if self.receiver.hang:
+            self.receiver.refused += 1
+            self.receiver._changed()
+            return NOT_DONE_YET
+        if 300 <= self.receiver.status < 400:
+            self.receiver.refused += 1
+            self.receiver._changed()
+            request.setResponseCode(self.receiver.status)
+            request.setHeader("Location", self.receiver.location or "/")
+            return b""
         if self.receiver.status >= 400:
             self.receiver.refused += 1
             self.receiver._changed()
@@ -71,7 +82,9 @@ class WebhookReceiver:
         self.deliveries: list[Delivery] = []
         self.events: list[dict[str, Any]] = []  # of every delivery, in order
         self.status = 200
-        self.refused = 0
+        self.location: str | None = None  # where a 3xx status points
+        self.hang = False  # take POSTs, never answer
+        self.refused = 0  # POSTs not recorded (answered 3xx/4xx/5xx, or left hanging)
         self.port = 0
         self._listening: IListeningPort | None = None
         self._connections: list[Protocol] = []

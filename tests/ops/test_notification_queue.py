@@ -15,7 +15,7 @@ from registry.ops.notifications import check_notifications, parse_endpoints
 from registry.ops.notifications.config import parse_endpoint
 from registry.ops.notifications.events import Notifier, envelope, timestamp
 from registry.ops.notifications.metrics import register_notification_metrics
-from registry.ops.notifications.queue import DurableQueue, read_log
+from registry.ops.notifications.queue import DurableQueue, LogContents, read_log
 
 
 def event(n: int) -> bytes:
@@ -31,8 +31,8 @@ def test_read_log_skips_done_torn_and_damaged_lines(tmp_path: Path) -> None:
     log.write_bytes(
         b'E 1 {}\nE 2 {"a":1}\nE 3 {}\nD 1 2\nE x {}\nE 4 {}\nE 5 {"torn'  # no newline
     )
-    assert read_log(str(log)) == ([(3, b"{}"), (4, b"{}")], 4)
-    assert read_log(str(tmp_path / "missing.log")) == ([], 0)
+    assert read_log(str(log)) == LogContents([(3, b"{}"), (4, b"{}")], 4, damaged=1)
+    assert read_log(str(tmp_path / "missing.log")) == LogContents([], 0)
 
 
 @pytest_twisted.ensureDeferred
@@ -77,7 +77,7 @@ async def test_done_events_are_compacted_away(tmp_path: Path, one_thread_pool: T
     await q.flush()  # few done: appended
     assert path.read_bytes().splitlines()[-1] == b"D 2001 2001"
     await q.flush(compact=True)
-    assert read_log(str(path))[0][0] == (2002, event(2001))
+    assert read_log(str(path)).pending[0] == (2002, event(2001))
     assert len(path.read_bytes().splitlines()) == 999
 
 
@@ -140,12 +140,44 @@ def test_endpoint_settings() -> None:
         ({"url": "http://x", "ignore_actions": "pul"}, "[notifications:ci] ignore_actions:"),
         ({"url": "http://x", "threshold": "0"}, "[notifications:ci] threshold: must be more"),
         ({"url": "http://x", "backoff": "5s", "maxbackoff": "1s"}, "maxbackoff: must not"),
+        ({"url": "http://"}, "[notifications:ci] url: 'http://' names no host"),
+        ({"url": "http://bad host/x"}, "url: 'http://bad host/x': 'bad host' is not a host"),
+        ({"url": "http://127.0.0.1:99999/"}, "the port is not a number from 1 to 65535"),
+        (
+            {"url": "http://user:s3cret@bad host/"},
+            "url: 'http://bad host/': 'bad host' is not a host name",  # no password in it
+        ),
     ],
 )
 def test_bad_endpoint_settings_name_the_key(values: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_endpoint("ci", values)
     assert str(raised.value).startswith(message) or message in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+
+
+def test_credentials_in_the_url_become_a_basic_header_and_leave_the_url() -> None:
+    config = parse_endpoint("ci", {"url": "http://hook%40ci:p%3Ass@127.0.0.1:9/in"})
+    assert config.url == "http://127.0.0.1:9/in"
+    assert config.headers == (("Authorization", "Basic aG9va0BjaTpwOnNz"),)  # hook@ci:p:ss
+    configured = parse_endpoint(
+        "ci", {"url": "http://u:p@127.0.0.1:9/in", "headers": "Authorization: Bearer t"}
+    )
+    assert configured.url == "http://127.0.0.1:9/in"
+    assert configured.headers == (("Authorization", "Bearer t"),)
+
+
+def test_read_log_skips_a_damaged_event_and_a_range_beyond_the_file(tmp_path: Path) -> None:
+    """An event that is not JSON would make every envelope invalid, and a done range of
+    10**11 events was looped over one by one: both are damaged lines, counted."""
+    log = tmp_path / "ci.log"
+    log.write_bytes(
+        b'E 1 {"id":"x", truncated-by-hand\nE 2 {}\nD 2 100000000000\nE 3 []\n'
+        b"E 4 {}\nE 5 {}\nD 4 4\nD 4 5\n\xff\xfe\nE 6 {}\n"
+    )
+    contents = read_log(str(log))
+    assert contents.pending == [(2, b"{}"), (6, b"{}")]
+    assert (contents.last, contents.damaged) == (6, 4)
 
 
 def test_sections_environment_and_queue_folder(tmp_path: Path) -> None:

@@ -263,14 +263,29 @@ def test_supervisor_that_cannot_be_started_is_one_line(tmp_path: Path) -> None:
                 "notifications": {"queuedir": "/proc/txregistry-test"},
                 "notifications:x": {"url": "http://127.0.0.1:9/"},
             },
-            "[notifications] queuedir: cannot create /proc/txregistry-test: no such file or directory",
+            "[notifications] queuedir: cannot write in /proc/txregistry-test: no such file or"
+            " directory",
+        ),
+        (
+            {
+                "notifications": {"queuedir": "/sys/kernel"},  # there, but not writable by root
+                "notifications:x": {"url": "http://127.0.0.1:9/"},
+            },
+            "[notifications] queuedir: cannot write in /sys/kernel: permission denied",
         ),
         (
             {"auth.htpasswd": {"path": "{d}/missing"}},
             "[auth.htpasswd] path: cannot read {d}/missing: no such file or directory",
         ),
     ],
-    ids=["proxy-ca-missing", "proxy-ca-not-pem", "sync-cert-not-pem", "queuedir", "htpasswd"],
+    ids=[
+        "proxy-ca-missing",
+        "proxy-ca-not-pem",
+        "sync-cert-not-pem",
+        "queuedir",
+        "queuedir-unwritable",
+        "htpasswd",
+    ],
 )
 def test_files_the_configuration_names_are_checked_at_start_up(
     tmp_path: Path, sections: dict[str, dict[str, str]], line: str

@@ -10,10 +10,12 @@ the section and key, so a typo stops start-up.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
@@ -74,7 +76,7 @@ class EndpointConfig:
     headers: tuple[tuple[str, str], ...] = ()
     # One POST's bound, from connect to the last byte of the answer (registry:2 default: 1s).
     timeout: float = 1.0
-    # Failures in a row retried at once before backing off (registry:2's breaker threshold).
+    # A failed POST is retried at once until this many failures in a row (registry:2's breaker).
     threshold: int = 10
     # The first pause after `threshold` failures; each further failure doubles it, up to
     # `maxbackoff` (registry:2 waits `backoff` every time).
@@ -99,7 +101,7 @@ class EndpointConfig:
 
 
 _KEYS: dict[str, Callable[[str], Any]] = {
-    "url": parse_http_url,
+    "url": lambda text: parse_http_url(text, credentials=True),
     "headers": parse_headers,
     "timeout": parse_positive_duration,
     "threshold": _positive_int,
@@ -115,9 +117,32 @@ _KEYS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _without_credentials(
+    url: str, headers: tuple[tuple[str, str], ...]
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """
+    A ``user:password@`` in the URL becomes a Basic ``Authorization`` header (as registry:2's
+    Go client sends it), unless one is configured; the URL kept, logged and shown in
+    metrics has no password in it.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, headers
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    bare = parts._replace(netloc=host).geturl()
+    if any(header.lower() == "authorization" for header, _ in headers):
+        return bare, headers
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return bare, (*headers, ("Authorization", f"Basic {token}"))
+
+
 def parse_endpoint(name: str, values: Mapping[str, str]) -> EndpointConfig:
     section = f"[{SECTION_PREFIX}{name}]"
     kwargs = parse_section_values(section, values, _KEYS, required=("url",))
+    kwargs["url"], kwargs["headers"] = _without_credentials(
+        kwargs["url"], kwargs.get("headers", ())
+    )
     # registry:2 merges ignoredmediatypes and ignore.mediatypes the same way.
     ignored = kwargs.pop("ignoredmediatypes", ()) + kwargs.pop("ignore_mediatypes", ())
     config = EndpointConfig(name=name, ignoredmediatypes=ignored, **kwargs)

@@ -1,13 +1,18 @@
 """
 Delivery to one webhook endpoint: one POST at a time, oldest events first, so events reach
-the endpoint in the order they happened (per repository and overall).
+the endpoint in the order this process accepted them (with ``[http] workers`` above 1 each
+worker has its own queue, so events of different workers may arrive in either order).
 
-A POST answered with a status below 400 delivers its events (registry:2's rule); anything else
-(a 4xx/5xx, a refused connection, no answer within ``timeout``) leaves them first in the
-queue.  Unless ``maxbatch`` events are waiting, a POST waits ``batchwait`` for more to come.
-The first ``threshold`` failures in a row are retried at once (registry:2's breaker);
-then the pause starts at ``backoff`` and doubles per failure up to ``maxbackoff`` (registry:2
-waits ``backoff`` each time, hammering an endpoint that is down for long).
+A POST answered with a 2xx status delivers its events; anything else (a redirect, a 4xx/5xx,
+a refused connection, no answer within ``timeout``) leaves them first in the queue.  A redirect
+is not followed: the events would go, with the configured headers (credentials), to a place
+nobody configured; registry:2 counts any status below 400 as delivered, so an endpoint that
+moved loses every event without a word.  Unless ``maxbatch`` events are waiting, a POST
+waits ``batchwait`` for more to come.
+Until ``threshold`` failures in a row, a failed POST is retried at once (registry:2's
+breaker); the ``threshold``-th failure pauses ``backoff``, and each further one doubles the
+pause up to ``maxbackoff`` (registry:2 waits ``backoff`` each time, hammering an endpoint
+that is down for long).
 
 Logs: one line per failed POST (not per event), one when delivery works again, and one per
 burst of dropped events.
@@ -15,7 +20,7 @@ burst of dropped events.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
@@ -28,6 +33,16 @@ from registry.ops.notifications.events import EVENTS_MEDIA_TYPE, envelope
 from registry.ops.notifications.queue import DurableQueue, Entry
 
 log = Logger()
+
+
+class NoAnswer(Exception):
+    """A POST not answered within the endpoint's ``timeout``."""
+
+
+def _no_answer(result: object, timeout: float) -> NoReturn:
+    # Whatever the cancelled request failed with (treq says ResponseNeverReceived wrapping a
+    # CancelledError), what happened is that the endpoint did not answer in time.
+    raise NoAnswer(f"no answer within {timeout:g} s")
 
 
 class Endpoint:
@@ -58,7 +73,7 @@ class Endpoint:
 
     def stats(self) -> dict[str, int]:
         return {
-            "pending": len(self.queue.pending),
+            "pending": self.queue.waiting,
             "delivered": self.delivered,
             "failed": self.failed,
             "errors": self.errors,
@@ -123,6 +138,7 @@ class Endpoint:
                 await deferLater(self._reactor, delay)  # cancelled by `stop`
 
     def _delay(self) -> float:
+        # registry:2's breaker: a failure that makes `threshold` in a row waits `backoff`.
         beyond = self._failures - self.config.threshold
         if beyond < 0:
             return 0.0
@@ -160,22 +176,29 @@ class Endpoint:
         """None when the endpoint took the events, else what went wrong."""
         body = envelope([event for _, event in batch])
         exchange = Deferred.fromCoroutine(self._exchange(body))
-        exchange.addTimeout(self.config.timeout, self._reactor)
+        exchange.addTimeout(self.config.timeout, self._reactor, onTimeoutCancel=_no_answer)
         try:
-            status = await exchange
+            status, location = await exchange
         except CancelledError:
             raise
+        except NoAnswer as exc:
+            self.errors += 1
+            return str(exc)
         except Exception as exc:
             self.errors += 1
             return f"{type(exc).__name__}: {exc}"[:300]
-        if status < 400:
+        if 200 <= status < 300:
             return None
         self.failed += 1
+        if 300 <= status < 400:
+            where = f" to {location[:200]}" if location else ""
+            return f"status {status}, a redirect{where} (not followed: set url to where events go)"
         return f"status {status}"
 
-    async def _exchange(self, body: bytes) -> int:
+    async def _exchange(self, body: bytes) -> tuple[int, str | None]:
         response = await self._client.post(
             self.config.url, data=body, headers=self._headers, allow_redirects=False
         )
         await response.content()  # read to the end so the connection can be reused
-        return int(response.code)
+        location = response.headers.getRawHeaders(b"location", [None])[-1]
+        return int(response.code), location.decode("latin-1") if location else None

@@ -22,11 +22,14 @@ being delivered, counted in ``dropped``.
 
 from __future__ import annotations
 
+import bisect
+import json
 import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -40,15 +43,31 @@ Entry = tuple[int, bytes]  # (sequence number, the event's JSON)
 _COMPACT_MIN = 1024
 
 
-def read_log(path: str) -> tuple[list[Entry], int]:
-    """The pending events of a log file, in order, and the highest sequence number seen."""
+@attrs.frozen
+class LogContents:
+    """What a log file holds: its pending events in order, the highest sequence number seen,
+    and how many lines were damaged (skipped)."""
+
+    pending: list[Entry]
+    last: int
+    damaged: int = 0
+
+
+def read_log(path: str) -> LogContents:
+    """
+    The pending events of a log file.  A damaged line (an event that is not a JSON object,
+    a record that does not parse, a done range that names events the file never had) is
+    skipped and counted: one bad line must neither stop the endpoint nor reach it.
+    """
     pending: dict[int, bytes] = {}
+    done: list[tuple[int, int]] = []
     last = 0
+    damaged = 0
     try:
         with open(path, "rb") as file:
             data = file.read()
     except FileNotFoundError:
-        return [], 0
+        return LogContents([], 0)
     lines = data.split(b"\n")
     # The last element is b"" after a complete line; anything else is a line torn by a crash.
     for line in lines[:-1]:
@@ -57,15 +76,40 @@ def read_log(path: str) -> tuple[list[Entry], int]:
             if kind == b"E":
                 seq_text, _, event = rest.partition(b" ")
                 seq = int(seq_text)
+                if seq < 1 or not isinstance(json.loads(event), dict):
+                    raise ValueError("not an event")
                 pending[seq] = event
                 last = max(last, seq)
             elif kind == b"D":
                 first_text, _, last_text = rest.partition(b" ")
-                for seq in range(int(first_text), int(last_text) + 1):
-                    pending.pop(seq, None)
-        except ValueError:
-            continue  # a damaged line: skipped rather than refusing to start
-    return sorted(pending.items()), last
+                first, final = int(first_text), int(last_text)
+                if not 1 <= first <= final <= last:
+                    raise ValueError("not a range of events written before")
+                done.append((first, final))
+            else:
+                raise ValueError("not a record")
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            damaged += 1
+    # Applied once, over the events there are: a range's width costs nothing.
+    merged = _merged(done)
+    starts = [first for first, _ in merged]
+    kept = []
+    for seq in sorted(pending):
+        i = bisect.bisect_right(starts, seq) - 1
+        if i < 0 or seq > merged[i][1]:
+            kept.append((seq, pending[seq]))
+    return LogContents(kept, last, damaged)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` as disjoint ranges in order (done ranges overlap: a drop inside a prefix)."""
+    out: list[tuple[int, int]] = []
+    for first, final in sorted(ranges):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], final))
+        else:
+            out.append((first, final))
+    return out
 
 
 def _event_lines(entries: list[Entry]) -> bytes:
@@ -130,15 +174,25 @@ class DurableQueue:
         # Events accepted while `load` reads the log wait here: they come after the old ones.
         self._loaded = path is None
         self._early: list[bytes] = []
+        # Why the last write failed, until one succeeds (see `_write_buffer`).
+        self._write_problem: str | None = None
 
     async def load(self) -> None:
         """Read back the events a previous run left pending (before any `append`)."""
         if self.path is None or self._loaded:
             return
         path = self.path
-        entries, last = await deferToThreadPool(self._reactor, self._pool, read_log, path)
-        self.pending.extend(entries[-self.max_events :])
-        self._next_seq = last + 1
+        contents = await deferToThreadPool(self._reactor, self._pool, read_log, path)
+        entries = contents.pending
+        if contents.damaged:
+            log.warn(
+                "notifications: {path}: {damaged} damaged lines skipped",
+                path=path,
+                damaged=contents.damaged,
+            )
+        excess = max(0, len(entries) - self.max_events)
+        self.pending.extend(entries[excess:])
+        self._next_seq = contents.last + 1
         self._loaded = True
         if entries:
             log.info(
@@ -146,6 +200,18 @@ class DurableQueue:
                 count=len(entries),
                 path=path,
             )
+        if excess:
+            # maxevents was lowered since they were queued: the oldest go, counted as any drop.
+            self.dropped += excess
+            log.warn(
+                "notifications: {path}: {excess} oldest events dropped (more than maxevents"
+                " {maxevents} were waiting)",
+                path=path,
+                excess=excess,
+                maxevents=self.max_events,
+            )
+            if self.on_drop is not None:
+                self.on_drop(excess)
         early, self._early = self._early, []
         for event in early:
             self.append(event)
@@ -171,6 +237,11 @@ class DurableQueue:
             self.dropped += 1
             if self.on_drop is not None:
                 self.on_drop(1)
+
+    @property
+    def waiting(self) -> int:
+        """Events not delivered yet, including those accepted while the log is read back."""
+        return len(self.pending) + len(self._early)
 
     def take(self, limit: int) -> list[Entry]:
         """The oldest ``limit`` events, to deliver; they stay queued until `done`."""
@@ -232,8 +303,21 @@ class DurableQueue:
             await deferToThreadPool(
                 self._reactor, self._pool, _write, self.path, data, compact, self._fsync
             )
-        except Exception:
+        except OSError as exc:
             # A full disk or a lost mount: the events are still in memory, so the next flush
             # rewrites the whole log instead of appending to a file missing some records.
-            log.failure("notifications: writing {path} failed", path=self.path)
+            # Said once when writing stops working and once when it works again, not at
+            # every flush in between.
             self._rewrite = True
+            if self._write_problem is None:
+                log.error(
+                    "notifications: cannot write {path}: {reason}; events are kept in memory"
+                    " (up to maxevents) and written once it works again",
+                    path=self.path,
+                    reason=exc.strerror or str(exc),
+                )
+            self._write_problem = exc.strerror or str(exc)
+            return
+        if self._write_problem is not None:
+            log.info("notifications: writing {path} works again", path=self.path)
+            self._write_problem = None

@@ -73,12 +73,13 @@ class NotificationService(Service):
         for endpoint in self.notifier.endpoints:
             try:
                 await endpoint.queue.load()
-            except Exception:
+            except OSError as exc:
                 # An unreadable log is left as it is (never overwritten) for someone to look
                 # at; this endpoint delivers nothing until then, the others go on.
-                log.failure(
-                    "notifications: cannot read {path}; {endpoint} stays stopped",
+                log.error(
+                    "notifications: cannot read {path}: {reason}; {endpoint} stays stopped",
                     path=endpoint.queue.path,
+                    reason=exc.strerror or str(exc),
                     endpoint=endpoint.name,
                 )
                 continue
@@ -124,6 +125,15 @@ def queue_file(directory: str, endpoint: str, worker: int = 0) -> str:
     return os.path.join(directory, name)
 
 
+def _probe_write(directory: str) -> None:
+    """Create and remove a file in ``directory``: the queues must be writable from the start
+    (at start-up, before the reactor runs, so blocking here blocks no request)."""
+    probe = os.path.join(directory, f".probe-{os.getpid()}")
+    with open(probe, "wb"):
+        pass
+    os.remove(probe)
+
+
 def add_notifications(
     config: Config, reactor: Any, parent: MultiService, worker: int = 0
 ) -> Notifier:
@@ -139,6 +149,7 @@ def add_notifications(
     if directory is not None:
         try:
             os.makedirs(directory, exist_ok=True)
+            _probe_write(directory)
         except OSError as exc:
             key = (
                 "[notifications] queuedir"
@@ -146,7 +157,7 @@ def add_notifications(
                 else "[storage] rootdirectory (where the notification queues are kept)"
             )
             reason = (exc.strerror or str(exc)).lower()
-            raise ConfigError(f"{key}: cannot create {directory}: {reason}") from None
+            raise ConfigError(f"{key}: cannot write in {directory}: {reason}") from None
     pool = ThreadPool(minthreads=1, maxthreads=1, name="registry-notifications")
     connections = HTTPConnectionPool(reactor, persistent=True)
     client = HTTPClient(Agent(reactor, pool=connections))

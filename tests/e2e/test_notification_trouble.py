@@ -1,0 +1,212 @@
+"""
+Notifications when something around them is wrong: a damaged queue file, a receiver that
+redirects or never answers, a queue folder that goes away, a backlog above a lowered bound,
+credentials in the endpoint's URL.  Real registry, real receiver, real files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest_twisted
+
+from tests.e2e.conftest import Starter
+from tests.e2e.harness import sleep, start_in_process
+from tests.e2e.test_notifications import (
+    captured_logs,  # noqa: F401 (a fixture)
+    endpoint,
+    notifier_of,
+    push_small_image,
+    receiver,  # noqa: F401 (a fixture)
+    wait_until,
+)
+from tests.fakes.webhook import WebhookReceiver
+
+
+def _event(n: int) -> bytes:
+    return json.dumps({"id": f"old-{n}", "action": "push", "target": {"tag": f"t{n}"}}).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_damaged_queue_lines_are_skipped_and_said_once(
+    tmp_path: Path,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    """A hand-truncated event would make every envelope invalid JSON, and a done range of
+    10**11 events kept the loader busy for good: both are skipped, and what follows works."""
+    root = tmp_path / "data"
+    (root / "notifications").mkdir(parents=True)
+    (root / "notifications" / "ci.log").write_bytes(
+        b'E 1 {"id":"x", truncated-by-hand\n'
+        b"E 2 " + _event(2) + b"\n"
+        b"D 2 100000000000\n"
+        b"E 3 " + _event(3) + b"\n"
+    )
+    sections = {
+        "storage": {"rootdirectory": str(root)},
+        "notifications:ci": endpoint(receiver.url),
+    }
+    (tmp_path / "run").mkdir()
+    registry = await start_in_process(tmp_path / "run", sections)
+    try:
+        await push_small_image(registry.url, "team/app", "v1")
+        events = await receiver.wait_events(4)
+        assert [e["id"] for e in events[:2]] == ["old-2", "old-3"]
+        assert [e["action"] for e in events[2:]] == ["push", "push"]
+        for delivery in receiver.deliveries:
+            json.loads(delivery.body)  # every envelope is JSON
+        notifier = notifier_of(registry)
+        await wait_until(lambda: notifier.stats()["ci"]["delivered"] == 4)
+    finally:
+        await registry.stop()
+    damaged = [line for line in captured_logs if "damaged lines skipped" in line]
+    assert damaged == [f"notifications: {root}/notifications/ci.log: 2 damaged lines skipped"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redirect_is_a_failure_that_says_where_it_pointed(
+    start_registry: Starter,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    """Counted as delivered, the events would be lost without a word (nothing is sent to
+    the redirect's target, which nobody configured)."""
+    elsewhere = WebhookReceiver()
+    await elsewhere.start()
+    try:
+        receiver.status, receiver.location = 307, elsewhere.url
+        registry = await start_registry(
+            {
+                "notifications:ci": endpoint(
+                    receiver.url, threshold="1", backoff="60s", maxbackoff="60s"
+                )
+            }
+        )
+        await push_small_image(registry.url, "team/app", "v1")
+        notifier = notifier_of(registry)
+        await wait_until(lambda: notifier.stats()["ci"]["failed"] == 1)
+        assert notifier.stats()["ci"] == {
+            "pending": 2,
+            "delivered": 0,
+            "failed": 1,
+            "errors": 0,
+            "dropped": 0,
+        }
+        assert elsewhere.deliveries == [] and receiver.deliveries == []
+        [line] = [line for line in captured_logs if "POST to ci failed" in line]
+        assert f"status 307, a redirect to {elsewhere.url} (not followed" in line
+    finally:
+        await elsewhere.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_answer_in_time_is_said_in_words(
+    start_registry: Starter,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    receiver.hang = True
+    registry = await start_registry(
+        {
+            "notifications:ci": endpoint(
+                receiver.url, timeout="200ms", threshold="1", backoff="60s", maxbackoff="60s"
+            )
+        }
+    )
+    await push_small_image(registry.url, "team/app", "v1")
+    notifier = notifier_of(registry)
+    await wait_until(lambda: notifier.stats()["ci"]["errors"] == 1)
+    [line] = [line for line in captured_logs if "POST to ci failed" in line]
+    assert "POST to ci failed: no answer within 0.2 s; 2 events pending" in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_in_the_url_go_as_basic_auth_and_are_never_logged(
+    start_registry: Starter,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    with_password = receiver.url.replace("http://", "http://hook:s3cretpw@")
+    registry = await start_registry({"notifications:ci": endpoint(with_password)})
+    await push_small_image(registry.url, "team/app", "v1")
+    await receiver.wait_events(2)
+    expected = "Basic " + base64.b64encode(b"hook:s3cretpw").decode()
+    assert {d.header("authorization") for d in receiver.deliveries} == {expected}
+    response_lines = "\n".join(captured_logs)
+    assert "s3cretpw" not in response_lines
+    assert f"notifications to ci ({receiver.url})" in response_lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queue_folder_that_goes_away_is_said_once_and_recovers(
+    tmp_path: Path,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    """Each flush (every 20 ms here) fails while the folder is gone: one line when writing
+    stops working, one when it works again, no traceback; the events are delivered."""
+    root = tmp_path / "data"
+    folder = root / "notifications"
+    sections = {
+        "storage": {"rootdirectory": str(root)},
+        "notifications": {"flush_interval": "20ms"},
+        "notifications:ci": endpoint(receiver.url, threshold="1", backoff="60s", maxbackoff="60s"),
+    }
+    receiver.status = 503
+    (tmp_path / "run").mkdir()
+    registry = await start_in_process(tmp_path / "run", sections)
+    try:
+        notifier = notifier_of(registry)
+        os.rename(folder, root / "gone")
+        await push_small_image(registry.url, "team/app", "v1")
+        await wait_until(lambda: any("cannot write" in line for line in captured_logs))
+        await sleep(0.3)  # many more flushes fail
+        os.rename(root / "gone", folder)
+        await wait_until(lambda: any("writing" in line for line in captured_logs))
+        assert (folder / "ci.log").read_bytes().count(b"\nE ") + 1 >= 2
+        assert notifier.stats()["ci"]["pending"] == 2
+    finally:
+        await registry.stop()
+    failing = [line for line in captured_logs if "cannot write" in line]
+    assert failing == [
+        f"notifications: cannot write {folder}/ci.log: No such file or directory; events are"
+        " kept in memory (up to maxevents) and written once it works again"
+    ]
+    assert [line for line in captured_logs if "notifications: writing" in line] == [
+        f"notifications: writing {folder}/ci.log works again"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backlog_above_a_lowered_maxevents_is_dropped_and_counted(
+    tmp_path: Path,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    root = tmp_path / "data"
+    (root / "notifications").mkdir(parents=True)
+    (root / "notifications" / "ci.log").write_bytes(
+        b"".join(b"E %d %s\n" % (n, _event(n)) for n in range(1, 6))
+    )
+    sections = {
+        "storage": {"rootdirectory": str(root)},
+        "notifications:ci": endpoint(receiver.url, maxevents="2"),
+    }
+    (tmp_path / "run").mkdir()
+    registry = await start_in_process(tmp_path / "run", sections)
+    try:
+        events = await receiver.wait_events(2)
+        assert [e["id"] for e in events] == ["old-4", "old-5"]
+        notifier = notifier_of(registry)
+        await wait_until(lambda: notifier.stats()["ci"]["delivered"] == 2)
+        assert notifier.stats()["ci"]["dropped"] == 3
+    finally:
+        await registry.stop()
+    assert any(
+        "3 oldest events dropped (more than maxevents 2 were waiting)" in line
+        for line in captured_logs
+    )
