@@ -62,7 +62,11 @@ class IAccessController(Interface):
         """
 
     def may_pull(principal: Principal, name: str) -> bool:
-        """Whether ``principal`` may pull ``name`` (used to filter the catalog)."""
+        """
+        Whether ``principal`` may pull ``name``, to filter a listing.  Only meaningful once
+        `authorize` granted `CATALOG` on the same request: without a policy a token controller
+        answers True for every name, because the token's catalog scope already said "all".
+        """
 
 
 @implementer(IAccessController)

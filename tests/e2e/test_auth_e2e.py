@@ -350,3 +350,94 @@ async def test_http2_only_when_asked(
                            f"{registry.url}/v2/h2/blobs/{digest}")  # fmt: skip
         assert pulled == f"{version} 200", (enabled, pulled)
         assert out.read_bytes() == blob.read_bytes()
+
+
+class _TokenServer:
+    """Signs tokens as a token server would, for a registry started with `sections`."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.ca_key = pki.new_key("rsa")
+        self.ca = pki.certificate("token CA", self.ca_key, ca=True)
+        self.key = pki.new_key("rsa")
+        self.cert = pki.certificate("token signer", self.key, (self.ca_key, self.ca))
+        self.sections = _token_sections(tmp_path, self.key, self.ca)
+
+    def raw(self, access: list[dict[str, Any]], **overrides: Any) -> str:
+        claims = pki.claims(time.time(), access)
+        claims.update(overrides)
+        return pki.sign_token(self.key, {"x5c": pki.x5c(self.cert, self.ca)}, claims)
+
+    def bearer(self, access: list[dict[str, Any]], **overrides: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.raw(access, **overrides)}"}
+
+
+async def _push_tiny_image(url: str, name: str, headers: dict[str, str]) -> None:
+    config = b"{}"
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    response = await treq.post(
+        f"{url}/v2/{name}/blobs/uploads/?digest={digest}", data=config, headers=headers
+    )
+    assert response.code == 201, await response.text()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest, "size": len(config)},
+        "layers": [],
+    }  # fmt: skip
+    response = await treq.put(
+        f"{url}/v2/{name}/manifests/v1",
+        data=json.dumps(manifest).encode(),
+        headers={**headers, "Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert response.code == 201, await response.text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ui_list_needs_the_catalog_scope_like_the_catalog(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    """
+    Under token auth the UI's repository list (and its ?q= search) answers exactly as
+    `GET /v2/_catalog` does: a token without ``registry:catalog:*`` sees no names (401 with
+    that scope), one with it sees what the catalog lists.
+    """
+    tokens = _TokenServer(tmp_path)
+    registry = await start_registry(tokens.sections)
+    url = registry.url
+    for name in ("bob/app", "carol/secret"):
+        await _push_tiny_image(url, name, tokens.bearer([pki.repo_access(name, "pull", "push")]))
+
+    catalog_challenge = (
+        'Bearer realm="https://auth.example.test/token",service="test-registry",'
+        'scope="registry:catalog:*",error="insufficient_scope"'
+    )
+    for access in ([], [pki.repo_access("bob/app", "pull")]):
+        headers = tokens.bearer(access)
+        response = await treq.get(f"{url}/v2/_catalog", headers=headers)
+        assert response.code == 401
+        assert header(response, "www-authenticate") == catalog_challenge
+        assert await error_codes(response) == ["UNAUTHORIZED"]
+        for path in ("/ui/", "/ui/?q=secret"):
+            response = await treq.get(f"{url}{path}", headers=headers)
+            body = (await response.content()).decode()
+            assert response.code == 401, (access, path)
+            assert header(response, "www-authenticate") == catalog_challenge
+            assert "carol/secret" not in body and "bob/app" not in body
+
+    catalog = tokens.bearer([{"type": "registry", "name": "catalog", "actions": ["*"]}])
+    response = await treq.get(f"{url}/v2/_catalog", headers=catalog)
+    assert json.loads(await response.content()) == {"repositories": ["bob/app", "carol/secret"]}
+    response = await treq.get(f"{url}/ui/?q=secret", headers=catalog)
+    body = (await response.content()).decode()
+    assert response.code == 200
+    assert "carol/secret" in body and "bob/app" not in body
+
+    # With a policy, what the subject may pull is not what the token lists: still 401.
+    (tmp_path / "policy.toml").write_text(POLICY)
+    with_policy = await start_registry(
+        {**tokens.sections, "auth": {"policy": str(tmp_path / "policy.toml")}}
+    )
+    response = await treq.get(f"{with_policy.url}/ui/", headers=tokens.bearer([], sub="alice"))
+    assert response.code == 401
+    assert header(response, "www-authenticate") == catalog_challenge
