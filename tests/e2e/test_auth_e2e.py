@@ -441,3 +441,90 @@ async def test_ui_list_needs_the_catalog_scope_like_the_catalog(
     response = await treq.get(f"{with_policy.url}/ui/", headers=tokens.bearer([], sub="alice"))
     assert response.code == 401
     assert header(response, "www-authenticate") == catalog_challenge
+
+
+async def _status_becomes(
+    url: str, headers: dict[str, str], wanted: int, tries: int = 100
+) -> list[int]:
+    """GET ``url`` until it answers ``wanted`` (the files are stat-ed at most once a second);
+    the statuses seen, so a 500 on the way shows."""
+    from tests.e2e.harness import sleep
+
+    seen: list[int] = []
+    for _ in range(tries):
+        response = await treq.get(url, headers=headers)
+        await response.content()
+        seen.append(response.code)
+        if response.code == wanted:
+            return seen
+        await sleep(0.05)
+    raise AssertionError(f"never {wanted}: {seen[-5:]}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreadable_auth_files_fail_closed_and_recover(
+    start_registry: Starter, tmp_path: Path, captured_logs: list[str]
+) -> None:
+    """
+    An htpasswd or policy file that becomes a directory, or whose folder becomes a file, is
+    treated as deleted: nobody logs in (401) / everything is denied (403), with one log line
+    naming the file and why, never a 500 or the old users and grants; readable again, it is
+    used again.
+    """
+    folder = tmp_path / "auth"
+    folder.mkdir()
+    htpasswd = folder / "htpasswd"
+    htpasswd.write_text(
+        f"alice:{bcrypt.hashpw(PASSWORDS['alice'].encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+    )
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    registry = await start_registry(
+        {
+            "auth": {"policy": str(policy), "max_failures": "0"},
+            "auth.htpasswd": {"path": str(htpasswd), "realm": "test-realm", "cache_seconds": "0"},
+        }
+    )
+    ping = f"{registry.url}/v2/"
+    pull = f"{registry.url}/v2/private/app/tags/list"
+    assert await _status_becomes(ping, basic("alice"), 200) == [200]
+
+    saved = htpasswd.read_bytes()
+    htpasswd.unlink()
+    htpasswd.mkdir()
+    assert set(await _status_becomes(ping, basic("alice"), 401)) <= {200, 401}
+    response = await treq.get(ping, headers=basic("alice"))
+    assert response.code == 401
+    assert header(response, "www-authenticate") == 'Basic realm="test-realm"'
+    assert await error_codes(response) == ["UNAUTHORIZED"]
+    htpasswd.rmdir()
+    htpasswd.write_bytes(saved)
+    assert set(await _status_becomes(ping, basic("alice"), 200)) <= {200, 401}
+
+    folder.rename(tmp_path / "auth.moved")
+    folder.write_text("not a folder")  # now .../auth/htpasswd: NotADirectoryError
+    assert set(await _status_becomes(ping, basic("alice"), 401)) <= {200, 401}
+    folder.unlink()
+    (tmp_path / "auth.moved").rename(folder)
+    assert set(await _status_becomes(ping, basic("alice"), 200)) <= {200, 401}
+
+    # alice is an admin; an unusable policy denies her everything, as a deleted one does.
+    response = await treq.get(pull, headers=basic("alice"))
+    assert response.code == 404  # allowed; the repository just does not exist
+    policy.unlink()
+    policy.mkdir()
+    assert set(await _status_becomes(pull, basic("alice"), 403)) <= {403, 404}
+    response = await treq.get(pull, headers=basic("alice"))
+    assert await error_codes(response) == ["DENIED"]
+    policy.rmdir()
+    policy.write_text(POLICY)
+    assert set(await _status_becomes(pull, basic("alice"), 404)) <= {403, 404}
+
+    text = "\n".join(captured_logs)
+    assert "Traceback" not in text and "log_failure" not in text
+    for problem in (
+        f"htpasswd file unusable, no user can log in: cannot read {htpasswd}: is a directory",
+        f"htpasswd file unusable, no user can log in: cannot read {htpasswd}: not a directory",
+        f"access policy unusable, denying all: cannot read {policy}: is a directory",
+    ):
+        assert sum(line.startswith(problem + " ") for line in captured_logs) == 1, problem
