@@ -528,3 +528,45 @@ async def test_unreadable_auth_files_fail_closed_and_recover(
         f"access policy unusable, denying all: cannot read {policy}: is a directory",
     ):
         assert sum(line.startswith(problem + " ") for line in captured_logs) == 1, problem
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_times_must_be_finite_and_sane(
+    start_registry: Starter, tmp_path: Path, captured_logs: list[str]
+) -> None:
+    """
+    A validly signed token whose exp, nbf or iat is NaN, infinite, huge or negative is an
+    invalid token (401), never a 500 (int too large for a float) nor a token that never
+    expires (Python's json reads NaN and Infinity).
+    """
+    tokens = _TokenServer(tmp_path)
+    registry = await start_registry({**tokens.sections, "auth": {"max_failures": "0"}})
+    url = f"{registry.url}/v2/team/app/tags/list"
+    access = [pki.repo_access("team/app", "pull")]
+    challenge = (
+        'Bearer realm="https://auth.example.test/token",service="test-registry",'
+        'scope="repository:team/app:pull",error="invalid_token"'
+    )
+    huge = 10**400
+    bad = {
+        "exp huge": {"exp": huge},
+        "exp NaN": {"exp": float("nan")},
+        "exp Infinity": {"exp": float("inf")},
+        "exp negative": {"exp": -(10**400)},
+        "nbf huge": {"nbf": huge},
+        "nbf minus huge": {"nbf": -huge},
+        "nbf NaN": {"nbf": float("nan")},
+        "nbf -Infinity": {"nbf": float("-inf")},
+        "iat huge": {"iat": huge},
+        "iat NaN": {"iat": float("nan")},
+        "iat a string": {"iat": "yesterday"},
+    }
+    for reason, claims in bad.items():
+        response = await treq.get(url, headers=tokens.bearer(access, **claims))
+        assert response.code == 401, reason
+        assert header(response, "www-authenticate") == challenge, reason
+        assert await error_codes(response) == ["UNAUTHORIZED"], reason
+    response = await treq.get(url, headers=tokens.bearer(access))
+    assert response.code == 404  # the same token with sane times is accepted
+    text = "\n".join(captured_logs)
+    assert "Traceback" not in text and "log_failure" not in text
