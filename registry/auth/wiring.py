@@ -94,9 +94,6 @@ def make_access_controller(
         policy = None  # the token server decides everything, as with registry:2
     else:
         policy = Policy.allow_authenticated(settings.anonymous_pull)
-    limiter = FailureLimiter(
-        clock, settings.max_failures, settings.failure_window, settings.cooldown
-    )
     inner: IAccessController | None = None
     if settings.htpasswd_path:
         assert policy is not None
@@ -109,6 +106,10 @@ def make_access_controller(
             readable.read(1)  # start-up, before the reactor runs: blocking is fine
         htpasswd = Htpasswd(
             settings.htpasswd_path, reactor, threadpool, clock, settings.htpasswd_cache_seconds
+        )
+        # Only passwords are counted: a signed token cannot be guessed (see controllers).
+        limiter = FailureLimiter(
+            clock, settings.max_failures, settings.failure_window, settings.cooldown
         )
         inner = HtpasswdAccessController(htpasswd, policy, settings.htpasswd_realm, limiter)
     elif settings.token_realm:
@@ -139,7 +140,7 @@ def make_access_controller(
         verifier = TokenVerifier(
             settings.token_issuer, settings.token_service, clock, roots, keyset
         )
-        inner = TokenAccessController(verifier, settings.token_realm, limiter, policy)
+        inner = TokenAccessController(verifier, settings.token_realm, policy)
     if settings.client_certificate_users:
         if policy is None:
             raise ValueError("client_certificate_users with token auth needs an [auth] policy")

@@ -570,3 +570,31 @@ async def test_token_times_must_be_finite_and_sane(
     assert response.code == 404  # the same token with sane times is accepted
     text = "\n".join(captured_logs)
     assert "Traceback" not in text and "log_failure" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_tokens_are_not_failed_logins(
+    start_registry: Starter, tmp_path: Path, captured_logs: list[str]
+) -> None:
+    """
+    However many expired or garbage tokens an address sends, its other token users are not
+    refused with 429: only password failures count toward max_failures.
+    """
+    tokens = _TokenServer(tmp_path)
+    registry = await start_registry({**tokens.sections, "auth": {"max_failures": "2"}})
+    url = f"{registry.url}/v2/team/app/tags/list"
+    access = [pki.repo_access("team/app", "pull")]
+    expired = tokens.raw(access, exp=int(time.time()) - 600, nbf=int(time.time()) - 900)
+    codes = []
+    for raw in [expired, "garbage", "a.b.c"] * 3:
+        response = await treq.get(url, headers={"Authorization": f"Bearer {raw}"})
+        assert await error_codes(response) == ["UNAUTHORIZED"]
+        codes.append(response.code)
+        assert 'error="invalid_token"' in (header(response, "www-authenticate") or "")
+    assert codes == [401] * 9
+    response = await treq.get(url, headers=tokens.bearer(access))
+    assert response.code == 404  # authorized; the repository just does not exist
+    assert await error_codes(response) == ["NAME_UNKNOWN"]
+    text = "\n".join(captured_logs)
+    assert "refused a bearer token from 127.0.0.1" in text
+    assert expired not in text
