@@ -154,11 +154,30 @@ def load_certificates(path: str) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(f.read())
 
 
+# Key types that can verify a token: HMAC ("oct") secrets never can, since only asymmetric
+# algorithms are accepted (a public key must never double as an HMAC secret).
+_VERIFYING_KTY = frozenset({"RSA", "EC", "OKP"})
+
+
 def load_key_set(path: str) -> KeySet:
-    """The JSON Web Key Set in ``path``; `ValueError` when it is not one."""
+    """
+    The token-verifying keys of the JSON Web Key Set in ``path``.  `ValueError` when it is
+    not one, or holds no key that could verify a token: a file of only HMAC ("oct") keys
+    would start a registry where no token is ever accepted.  ``oct`` keys are dropped before
+    joserfc sees them, so its warnings about short secrets never reach stderr.
+    """
     with open(path, encoding="utf-8") as f:
         try:
-            return KeySet.import_key_set(json.load(f))
+            data = json.load(f)
+            keys = data["keys"]
+            usable = [k for k in keys if k["kty"] in _VERIFYING_KTY]
+            if keys and not usable:
+                kinds = sorted({str(k["kty"]) for k in keys})
+                raise ValueError(
+                    f"holds no RSA, EC or OKP key (only {', '.join(kinds)}); tokens are verified "
+                    "with public keys, so HMAC (oct) keys can never verify one"
+                )
+            return KeySet.import_key_set({**data, "keys": usable})
         except (JoseError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a JSON Web Key Set ({type(exc).__name__}: {exc})") from None
 

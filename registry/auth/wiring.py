@@ -41,6 +41,9 @@ class AuthSettings:
     token_issuer: str | None = None
     token_rootcertbundle: str | None = None
     token_jwks: str | None = None
+    # Whether a client certificate can reach the registry at all: some listener is ssl: and
+    # [http] clientauth asks for certificates.
+    client_certificates_possible: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -142,6 +145,16 @@ def make_access_controller(
         )
         inner = TokenAccessController(verifier, settings.token_realm, policy)
     if settings.client_certificate_users:
+        if inner is None and not settings.client_certificates_possible:
+            # No password, no token, and no certificate can arrive: nobody could log in, and
+            # an operator who meant mTLS would be running a registry that only serves
+            # anonymous pulls without knowing it (docs/auth.md: refused at start-up).
+            raise ValueError(
+                "[auth] client_certificate_users = true, but no listener asks for client "
+                "certificates (needs an ssl: listener and [http] clientauth = optional or "
+                "required) and neither [auth.htpasswd] nor [auth.token] is set: nobody could "
+                "log in"
+            )
         if policy is None:
             raise ValueError("client_certificate_users with token auth needs an [auth] policy")
         return ClientCertificateAccessController(policy, inner)
