@@ -115,7 +115,9 @@ class HtpasswdAccessController:
     def _unauthorized(self) -> RegistryError:
         return RegistryError(UNAUTHORIZED, headers=self._challenge)
 
-    async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
+    async def authorize(
+        self, request: IRequest, wanted: Sequence[Access], also: Sequence[Access] = ()
+    ) -> Principal:
         policy = self.policy.current()
         auth = authorization(request)
         if auth is None or auth[0] != "basic" or is_empty_basic(auth[1]):
@@ -167,13 +169,15 @@ class TokenAccessController:
         challenge = bearer_challenge(self.realm, self.service, wanted, error)
         return RegistryError(UNAUTHORIZED, headers={"WWW-Authenticate": challenge})
 
-    async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
+    async def authorize(
+        self, request: IRequest, wanted: Sequence[Access], also: Sequence[Access] = ()
+    ) -> Principal:
         policy = self.policy.current() if self.policy is not None else None
         auth = authorization(request)
         if auth is None or auth[0] != "bearer" or not auth[1]:
             if _anonymous_allowed(policy, wanted):
                 return ANONYMOUS
-            raise self._unauthorized(wanted, None)
+            raise self._unauthorized([*wanted, *also], None)
         from registry.auth.token import InvalidToken  # loaded already: the verifier needs it
 
         try:
@@ -184,9 +188,9 @@ class TokenAccessController:
                 peer=client_address(request),
                 reason=str(e),
             )
-            raise self._unauthorized(wanted, "invalid_token") from None
+            raise self._unauthorized([*wanted, *also], "invalid_token") from None
         if not all(claims.grants(a) for a in wanted):
-            raise self._unauthorized(wanted, "insufficient_scope")
+            raise self._unauthorized([*wanted, *also], "insufficient_scope")
         if policy is None:
             return Principal(claims.subject or None)
         principal = policy.principal(claims.subject or None)
@@ -211,12 +215,14 @@ class ClientCertificateAccessController:
         self.policy = policy
         self.fallback = fallback
 
-    async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
+    async def authorize(
+        self, request: IRequest, wanted: Sequence[Access], also: Sequence[Access] = ()
+    ) -> Principal:
         cert = peer_certificate(request)
         user = certificate_user(cert) if cert is not None else None
         if user is None:
             if self.fallback is not None:
-                return await self.fallback.authorize(request, wanted)
+                return await self.fallback.authorize(request, wanted, also)
             policy = self.policy.current()
             if not wanted or _anonymous_allowed(policy, wanted):
                 return ANONYMOUS

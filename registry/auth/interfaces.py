@@ -53,12 +53,18 @@ ANONYMOUS = Principal(None)
 class IAccessController(Interface):
     """Decides, for each request, whether the caller gets the access it needs."""
 
-    def authorize(request: IRequest, wanted: Sequence[Access]) -> Awaitable[Principal]:
+    def authorize(
+        request: IRequest, wanted: Sequence[Access], also: Sequence[Access] = ()
+    ) -> Awaitable[Principal]:
         """
         Return the caller when every access in ``wanted`` is granted.  Otherwise raise
         `registry.api.errors.RegistryError`: UNAUTHORIZED (401, with the ``WWW-Authenticate``
         challenge in its ``headers``) when credentials are missing or wrong, DENIED (403) when
         the caller is known but lacks the access.
+
+        ``also`` is access the request can use but does not need (a mount's source): it is
+        named in a bearer challenge beside ``wanted``, so a client gets one token for both as
+        with registry:2, and never checked here.
         """
 
     def may_pull(principal: Principal, name: str) -> bool:
@@ -73,7 +79,9 @@ class IAccessController(Interface):
 class AllowAll:
     """No authentication configured: everyone may do everything (registry:2's default)."""
 
-    async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
+    async def authorize(
+        self, request: IRequest, wanted: Sequence[Access], also: Sequence[Access] = ()
+    ) -> Principal:
         return ANONYMOUS
 
     def may_pull(self, principal: Principal, name: str) -> bool:

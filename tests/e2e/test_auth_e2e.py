@@ -598,3 +598,53 @@ async def test_invalid_tokens_are_not_failed_logins(
     text = "\n".join(captured_logs)
     assert "refused a bearer token from 127.0.0.1" in text
     assert expired not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_mount_challenge_names_the_source_without_requiring_it(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    """
+    A cross-repository mount without credentials is challenged for the target's pull,push
+    and the source's pull, as registry:2's first challenge is, so one token covers both; a
+    token without the source's pull still gets a plain upload (202), never a refusal.
+    """
+    tokens = _TokenServer(tmp_path)
+    registry = await start_registry(tokens.sections)
+    url = registry.url
+    await _push_tiny_image(
+        url, "carol/app", tokens.bearer([pki.repo_access("carol/app", "pull", "push")])
+    )
+    digest = "sha256:" + hashlib.sha256(b"{}").hexdigest()  # the config blob pushed above
+    mount = f"{url}/v2/bob/app/blobs/uploads/?mount={digest}&from=carol/app"
+
+    response = await treq.post(mount)
+    assert response.code == 401
+    assert header(response, "www-authenticate") == (
+        'Bearer realm="https://auth.example.test/token",service="test-registry",'
+        'scope="repository:bob/app:pull,push repository:carol/app:pull"'
+    )
+    assert await error_codes(response) == ["UNAUTHORIZED"]
+
+    target_only = tokens.bearer([pki.repo_access("bob/app", "pull", "push")])
+    response = await treq.post(mount, headers=target_only)
+    await response.content()
+    assert response.code == 202  # not allowed to pull carol/app: a plain upload
+    assert (header(response, "location") or "").startswith("/v2/bob/app/blobs/uploads/")
+
+    both = tokens.bearer(
+        [pki.repo_access("bob/app", "pull", "push"), pki.repo_access("carol/app", "pull")]
+    )
+    response = await treq.post(mount, headers=both)
+    await response.content()
+    assert response.code == 201
+    assert header(response, "docker-content-digest") == digest
+
+    # Without a mount (or mounting from itself) the challenge names the target only.
+    for plain in ("", f"?mount={digest}&from=bob/app"):
+        response = await treq.post(f"{url}/v2/bob/app/blobs/uploads/{plain}")
+        assert response.code == 401
+        assert header(response, "www-authenticate") == (
+            'Bearer realm="https://auth.example.test/token",service="test-registry",'
+            'scope="repository:bob/app:pull,push"'
+        )
