@@ -508,6 +508,14 @@ async def test_unreadable_auth_files_fail_closed_and_recover(
     (tmp_path / "auth.moved").rename(folder)
     assert set(await _status_becomes(ping, basic("alice"), 200)) <= {200, 401}
 
+    # Any other OSError too (here ELOOP, which root meets as anyone does, unlike EACCES).
+    htpasswd.unlink()
+    htpasswd.symlink_to(htpasswd)
+    assert set(await _status_becomes(ping, basic("alice"), 401)) <= {200, 401}
+    htpasswd.unlink()
+    htpasswd.write_bytes(saved)
+    assert set(await _status_becomes(ping, basic("alice"), 200)) <= {200, 401}
+
     # alice is an admin; an unusable policy denies her everything, as a deleted one does.
     response = await treq.get(pull, headers=basic("alice"))
     assert response.code == 404  # allowed; the repository just does not exist
@@ -525,6 +533,8 @@ async def test_unreadable_auth_files_fail_closed_and_recover(
     for problem in (
         f"htpasswd file unusable, no user can log in: cannot read {htpasswd}: is a directory",
         f"htpasswd file unusable, no user can log in: cannot read {htpasswd}: not a directory",
+        f"htpasswd file unusable, no user can log in: cannot read {htpasswd}: too many levels "
+        "of symbolic links",
         f"access policy unusable, denying all: cannot read {policy}: is a directory",
     ):
         assert sum(line.startswith(problem + " ") for line in captured_logs) == 1, problem
