@@ -15,16 +15,20 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 # What identifies one version of a file: replacing it (editors rename a temporary file over it),
-# rewriting it in place, or touching it all change at least one of these.
-_Signature = tuple[int, int, int, int]
+# rewriting it in place, or touching it all change at least one of these; so does a chmod
+# (ctime, mode), which is how a file that could not be read becomes readable again.
+_Signature = tuple[int, int, int, int, int, int]
 
 
 def _signature(path: str) -> _Signature | None:
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
+        # Missing, a folder on the way that is now a file, no permission, ...: the reader's
+        # open() meets the same error and fails closed, naming it.  Stat-ing must not raise
+        # into a request (a 500), and must not stop the next change from being noticed.
         return None
-    return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
+    return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_size)
 
 
 @attrs.define

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from registry.auth._watch import FileWatcher
+from registry.config import file_problem
 
 _log = Logger()
 
@@ -160,9 +161,14 @@ class Htpasswd:
         try:
             with open(self.path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
-        except FileNotFoundError:
-            # Fail closed: nobody logs in until the file is back.
-            _log.error("htpasswd file {path} is missing: no user can log in", path=self.path)
+        except OSError as exc:
+            # Fail closed, whatever stops the read (deleted, now a directory, its folder
+            # replaced by a file, no permission): nobody logs in until the file is readable,
+            # rather than the last user list (with a revoked user in it) staying in force.
+            _log.error(
+                "htpasswd file unusable, no user can log in: {problem}",
+                problem=file_problem(exc, self.path),
+            )
             self._entries = {}
             return
         self._entries = parse_htpasswd(text, self.path)

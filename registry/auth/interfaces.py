@@ -53,23 +53,35 @@ ANONYMOUS = Principal(None)
 class IAccessController(Interface):
     """Decides, for each request, whether the caller gets the access it needs."""
 
-    def authorize(request: IRequest, wanted: Sequence[Access]) -> Awaitable[Principal]:
+    def authorize(
+        request: IRequest, wanted: Sequence[Access], also: Sequence[Access] = ()
+    ) -> Awaitable[Principal]:
         """
         Return the caller when every access in ``wanted`` is granted.  Otherwise raise
         `registry.api.errors.RegistryError`: UNAUTHORIZED (401, with the ``WWW-Authenticate``
         challenge in its ``headers``) when credentials are missing or wrong, DENIED (403) when
         the caller is known but lacks the access.
+
+        ``also`` is access the request can use but does not need (a mount's source): it is
+        named in a bearer challenge beside ``wanted``, so a client gets one token for both as
+        with registry:2, and never checked here.
         """
 
     def may_pull(principal: Principal, name: str) -> bool:
-        """Whether ``principal`` may pull ``name`` (used to filter the catalog)."""
+        """
+        Whether ``principal`` may pull ``name``, to filter a listing.  Only meaningful once
+        `authorize` granted `CATALOG` on the same request: without a policy a token controller
+        answers True for every name, because the token's catalog scope already said "all".
+        """
 
 
 @implementer(IAccessController)
 class AllowAll:
     """No authentication configured: everyone may do everything (registry:2's default)."""
 
-    async def authorize(self, request: IRequest, wanted: Sequence[Access]) -> Principal:
+    async def authorize(
+        self, request: IRequest, wanted: Sequence[Access], also: Sequence[Access] = ()
+    ) -> Principal:
         return ANONYMOUS
 
     def may_pull(self, principal: Principal, name: str) -> bool:

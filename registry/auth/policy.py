@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from registry.auth._watch import FileWatcher
 from registry.auth.interfaces import DELETE, PULL, PUSH, Access, Principal
+from registry.config import file_problem
 
 _log = Logger()
 
@@ -260,9 +261,16 @@ class PolicyFile:
             try:
                 self._policy = Policy.load(self.path).with_anonymous_pull(self._extra)
                 _log.info("reloaded access policy {path}", path=self.path)
-            except FileNotFoundError:
-                _log.error("access policy {path} is missing: denying all", path=self.path)
+            except OSError as e:
+                # Unreadable for any reason (deleted, now a directory, its folder replaced by
+                # a file, no permission) is treated as deleted: deny all until it is back, so
+                # an edit meant to revoke access can never leave the old grants in force.
+                _log.error(
+                    "access policy unusable, denying all: {problem}",
+                    problem=file_problem(e, self.path),
+                )
                 self._policy = Policy()
-            except (OSError, PolicyError) as e:
+            except (PolicyError, UnicodeDecodeError) as e:
+                # A readable file with a broken edit: a typo must not open or close the registry.
                 _log.error("keeping the previous access policy: {error}", error=str(e))
         return self._policy

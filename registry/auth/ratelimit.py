@@ -1,21 +1,30 @@
 """
-Slowing down password and token guessing, per source address.
+Slowing down password guessing, per source address.
 
-After ``max_failures`` failed logins within ``window`` seconds, a source gets 429
-TOOMANYREQUESTS for ``cooldown`` seconds without its credentials being checked at all (which
-also keeps a guesser from keeping the bcrypt threads busy).  Successful logins do not clear the
-record, or one valid account would let a guesser reset the counter between attempts on another.
-Memory is bounded: at most ``max_sources`` sources are tracked, the least recently failing
-forgotten first.
+After ``max_failures`` failed logins within ``window`` seconds (counted from the first of
+them), a source gets 429 TOOMANYREQUESTS for ``cooldown`` seconds without its credentials
+being checked at all (which also keeps a guesser from keeping the bcrypt threads busy).
+Successful logins do not clear the record, or one valid account would let a guesser reset the
+counter between attempts on another.
+
+Memory is bounded: at most ``max_sources`` sources are tracked, counting and cooling down
+together, the least recently failing forgotten first.  Each costs one small tuple beside its
+key (about 220 bytes with the table's own overhead, so a full table of 32,768 is ~7 MiB per
+worker); a deque of timestamps per source cost ~1.1 KiB, 75 MiB for the old 65,536.  The
+price is a fixed window from a source's first failure rather than a sliding one: failures
+straddling two windows can add up to almost twice ``max_failures`` before a refusal.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+
+# The count in an entry while the source is cooling down; the time is then when it ends.
+_BLOCKED = -1
 
 
 @attrs.define
@@ -24,22 +33,26 @@ class FailureLimiter:
     max_failures: int = 10
     window: float = 60.0
     cooldown: float = 60.0
-    max_sources: int = 65536
-    _failures: OrderedDict[str, deque[float]] = attrs.field(factory=OrderedDict, init=False)
-    _blocked: dict[str, float] = attrs.field(factory=dict, init=False)
+    max_sources: int = 32768
+    # source -> (since, count): `count` failures since `since`; or (until, _BLOCKED).
+    _sources: OrderedDict[str, tuple[float, int]] = attrs.field(factory=OrderedDict, init=False)
 
     @property
     def enabled(self) -> bool:
         return self.max_failures > 0
 
+    def tracked(self) -> int:
+        """How many sources are remembered (counting or cooling down); never over the cap."""
+        return len(self._sources)
+
     def retry_after(self, source: str) -> int | None:
         """Seconds until ``source`` may try again, or None when it is not blocked."""
-        until = self._blocked.get(source)
-        if until is None:
+        entry = self._sources.get(source)
+        if entry is None or entry[1] != _BLOCKED:
             return None
-        remaining = until - self.clock.seconds()
+        remaining = entry[0] - self.clock.seconds()
         if remaining <= 0:
-            del self._blocked[source]
+            del self._sources[source]
             return None
         return max(1, math.ceil(remaining))
 
@@ -48,22 +61,18 @@ class FailureLimiter:
         if not self.enabled:
             return False
         now = self.clock.seconds()
-        times = self._failures.pop(source, None) or deque()
-        times.append(now)
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if len(times) >= self.max_failures:
-            self._blocked[source] = now + self.cooldown
-            times.clear()
-            self._prune_blocked(now)
-            return True
-        self._failures[source] = times
-        while len(self._failures) > self.max_sources:
-            self._failures.popitem(last=False)
-        return False
-
-    def _prune_blocked(self, now: float) -> None:
-        if len(self._blocked) > self.max_sources:
-            for source, until in list(self._blocked.items()):
-                if until <= now:
-                    del self._blocked[source]
+        entry = self._sources.pop(source, None)  # re-inserted below: now the newest
+        started = False
+        if entry is not None and entry[1] == _BLOCKED and entry[0] > now:
+            value = entry  # still cooling down (checked concurrently): stays so
+        elif entry is None or entry[1] == _BLOCKED or now - entry[0] >= self.window:
+            value = (now, 1)
+        else:
+            value = (entry[0], entry[1] + 1)
+        if value[1] != _BLOCKED and value[1] >= self.max_failures:
+            value = (now + self.cooldown, _BLOCKED)
+            started = True
+        self._sources[source] = value
+        while len(self._sources) > self.max_sources:
+            self._sources.popitem(last=False)
+        return started

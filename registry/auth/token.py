@@ -15,7 +15,8 @@ key under its RFC 7638 thumbprint and under its libtrust key ID (the ``ABCD:EFGH
 registry:2 v2 and docker_auth put in ``kid``).  Only asymmetric algorithms are accepted, and
 the library checks that the algorithm fits the key type, so a public key can never be used as
 an HMAC secret.  Then ``iss`` must be the configured issuer, ``aud`` must include the service,
-and ``exp``/``nbf`` must hold within a 60 s leeway; ``exp`` is required.
+and ``exp``/``nbf`` must hold within a 60 s leeway; ``exp`` is required, and ``exp``, ``nbf``
+and ``iat`` must be finite times between 1970 and year 9999.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import base64
 import datetime
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -152,11 +154,30 @@ def load_certificates(path: str) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(f.read())
 
 
+# Key types that can verify a token: HMAC ("oct") secrets never can, since only asymmetric
+# algorithms are accepted (a public key must never double as an HMAC secret).
+_VERIFYING_KTY = frozenset({"RSA", "EC", "OKP"})
+
+
 def load_key_set(path: str) -> KeySet:
-    """The JSON Web Key Set in ``path``; `ValueError` when it is not one."""
+    """
+    The token-verifying keys of the JSON Web Key Set in ``path``.  `ValueError` when it is
+    not one, or holds no key that could verify a token: a file of only HMAC ("oct") keys
+    would start a registry where no token is ever accepted.  ``oct`` keys are dropped before
+    joserfc sees them, so its warnings about short secrets never reach stderr.
+    """
     with open(path, encoding="utf-8") as f:
         try:
-            return KeySet.import_key_set(json.load(f))
+            data = json.load(f)
+            keys = data["keys"]
+            usable = [k for k in keys if k["kty"] in _VERIFYING_KTY]
+            if keys and not usable:
+                kinds = sorted({str(k["kty"]) for k in keys})
+                raise ValueError(
+                    f"holds no RSA, EC or OKP key (only {', '.join(kinds)}); tokens are verified "
+                    "with public keys, so HMAC (oct) keys can never verify one"
+                )
+            return KeySet.import_key_set({**data, "keys": usable})
         except (JoseError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a JSON Web Key Set ({type(exc).__name__}: {exc})") from None
 
@@ -298,20 +319,40 @@ class TokenVerifier:
         if self.service not in audience:
             raise InvalidToken(f"token intended for another audience {audience!r}")
         now = self._now()
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
+        exp = _timestamp(claims, "exp")
+        if exp is None:
             raise InvalidToken("token has no expiry")
         if now > exp + self._leeway:
             raise InvalidToken(f"token expired at {exp}, now {now:.0f}")
-        nbf = claims.get("nbf", 0)
-        if not isinstance(nbf, int | float) or isinstance(nbf, bool):
-            raise InvalidToken("token has a malformed nbf")
+        nbf = _timestamp(claims, "nbf") or 0.0
+        _timestamp(claims, "iat")  # not compared (registry:2 does not), but must be a time
         if now < nbf - self._leeway:
             raise InvalidToken(f"token not valid before {nbf}, now {now:.0f}")
         subject = claims.get("sub", "")
         if not isinstance(subject, str):
             raise InvalidToken("token has a malformed sub")
         return TokenClaims(subject, issuer, audience, float(exp), _access(claims.get("access")))
+
+
+# NumericDate claims must be times a token could mean: 1970 to the end of year 9999.  Python's
+# json accepts NaN and Infinity (a token that never expires) and integers of any size (which
+# overflow when compared with the clock's float), so both are refused before any arithmetic.
+_LATEST = 253402300799.0
+
+
+def _timestamp(claims: dict[str, Any], name: str) -> float | None:
+    """The NumericDate claim ``name`` as a float, None when absent; `InvalidToken` otherwise."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken(f"token has a malformed {name}")
+    if isinstance(value, int) and not 0 <= value <= _LATEST:
+        raise InvalidToken(f"token has an out-of-range {name}")
+    stamp = float(value)
+    if not (math.isfinite(stamp) and 0.0 <= stamp <= _LATEST):
+        raise InvalidToken(f"token has an out-of-range {name}")
+    return stamp
 
 
 def _access(value: Any) -> tuple[Access, ...]:

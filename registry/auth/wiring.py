@@ -41,6 +41,9 @@ class AuthSettings:
     token_issuer: str | None = None
     token_rootcertbundle: str | None = None
     token_jwks: str | None = None
+    # Whether a client certificate can reach the registry at all: some listener is ssl: and
+    # [http] clientauth asks for certificates.
+    client_certificates_possible: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -94,9 +97,6 @@ def make_access_controller(
         policy = None  # the token server decides everything, as with registry:2
     else:
         policy = Policy.allow_authenticated(settings.anonymous_pull)
-    limiter = FailureLimiter(
-        clock, settings.max_failures, settings.failure_window, settings.cooldown
-    )
     inner: IAccessController | None = None
     if settings.htpasswd_path:
         assert policy is not None
@@ -109,6 +109,10 @@ def make_access_controller(
             readable.read(1)  # start-up, before the reactor runs: blocking is fine
         htpasswd = Htpasswd(
             settings.htpasswd_path, reactor, threadpool, clock, settings.htpasswd_cache_seconds
+        )
+        # Only passwords are counted: a signed token cannot be guessed (see controllers).
+        limiter = FailureLimiter(
+            clock, settings.max_failures, settings.failure_window, settings.cooldown
         )
         inner = HtpasswdAccessController(htpasswd, policy, settings.htpasswd_realm, limiter)
     elif settings.token_realm:
@@ -139,8 +143,18 @@ def make_access_controller(
         verifier = TokenVerifier(
             settings.token_issuer, settings.token_service, clock, roots, keyset
         )
-        inner = TokenAccessController(verifier, settings.token_realm, limiter, policy)
+        inner = TokenAccessController(verifier, settings.token_realm, policy)
     if settings.client_certificate_users:
+        if inner is None and not settings.client_certificates_possible:
+            # No password, no token, and no certificate can arrive: nobody could log in, and
+            # an operator who meant mTLS would be running a registry that only serves
+            # anonymous pulls without knowing it (docs/auth.md: refused at start-up).
+            raise ValueError(
+                "[auth] client_certificate_users = true, but no listener asks for client "
+                "certificates (needs an ssl: listener and [http] clientauth = optional or "
+                "required) and neither [auth.htpasswd] nor [auth.token] is set: nobody could "
+                "log in"
+            )
         if policy is None:
             raise ValueError("client_certificate_users with token auth needs an [auth] policy")
         return ClientCertificateAccessController(policy, inner)

@@ -13,8 +13,15 @@ from registry.http.forwarded import origin
 from registry.storage.driver import StorageError
 
 
-async def authorize(ctx: RegistryContext, request: IRequest, wanted: Sequence[Access]) -> Principal:
-    principal = await ctx.access.authorize(request, wanted)
+async def authorize(
+    ctx: RegistryContext,
+    request: IRequest,
+    wanted: Sequence[Access],
+    also: Sequence[Access] = (),
+) -> Principal:
+    """The caller, if ``wanted`` is granted; ``also`` is named in a challenge, not required
+    (`IAccessController.authorize`)."""
+    principal = await ctx.access.authorize(request, wanted, also)
     request.principal_name = principal.name  # type: ignore[attr-defined]
     return principal
 

@@ -17,7 +17,13 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from registry.api.digests import Digest
-from registry.api.errors import BLOB_UPLOAD_INVALID, DENIED, RANGE_INVALID, RegistryError
+from registry.api.errors import (
+    BLOB_UPLOAD_INVALID,
+    DENIED,
+    RANGE_INVALID,
+    UNAUTHORIZED,
+    RegistryError,
+)
 from registry.api.names import is_valid_name
 from registry.asyncutil import shielded
 from registry.auth.interfaces import PULL, PUSH, AllowAll, repository
@@ -182,10 +188,17 @@ async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) ->
     name = route.name
     digest_text = query(request, "digest")
     mount = query(request, "mount")
-    await authorize(ctx, request, [repository(name, PULL, PUSH)])
+    source = query(request, "from") if mount is not None else None
+    # A mount can use pull on its source but does not need it (see _try_mount): the challenge
+    # names it, so the client's one token covers both, as registry:2's first challenge does.
+    also = (
+        [repository(source, PULL)]
+        if source is not None and source != name and is_valid_name(source)
+        else []
+    )
+    await authorize(ctx, request, [repository(name, PULL, PUSH)], also)
     if mount is not None:
         digest = Digest.parse(mount)
-        source = query(request, "from")
         size = await _try_mount(ctx, request, name, digest, source)
         if size is not None:
             ctx.notifier.blob_mounted(request, name, digest, size, source)
@@ -215,10 +228,13 @@ async def _try_mount(
     if source != name:
         # The caller must be allowed to pull from the source; if it is not, the mount quietly
         # becomes a plain upload (registry:2 does the same), so no 403 leaks its existence.
+        # Under token auth "not allowed" is a 401 insufficient_scope (the token server left
+        # the source out of the token): the target was just authorized with the same
+        # credentials, so that too only means "no pull on the source".
         try:
             await authorize(ctx, request, [repository(name, PULL, PUSH), repository(source, PULL)])
         except RegistryError as error:
-            if error.code is not DENIED:
+            if error.code is not DENIED and error.code is not UNAUTHORIZED:
                 raise
             return None
     if not await ctx.blobs.is_linked(source, digest):

@@ -202,6 +202,16 @@ def _is_loopback(interface: str) -> bool:
         return False
 
 
+def is_tls_description(description: str) -> bool:
+    """Whether ``--port`` ``description`` is a TLS (``ssl:``) listener, the only kind on which
+    a client certificate can arrive.  A malformed one is not (start-up refuses it anyway)."""
+    try:
+        kind, _, _ = split_description(normalize_description(description))
+    except ValueError:
+        return False
+    return kind == "ssl"
+
+
 def warn_if_plain_public(description: str, auth_enabled: bool) -> str | None:
     """
     A warning for a clear-text TCP listener reachable from other hosts while authentication

@@ -31,6 +31,7 @@ from registry.handlers.context import LocalStores, RegistryContext, Stores
 from registry.handlers.monitoring import local_metrics
 from registry.http import sendfile, twisted_internals
 from registry.http.tls import (
+    is_tls_description,
     normalize_description,
     server_endpoint,
 )
@@ -104,6 +105,8 @@ def auth_settings(config: Config) -> AuthSettings:
         token_issuer=optional(config.auth_token.issuer),
         token_rootcertbundle=optional(config.auth_token.rootcertbundle),
         token_jwks=optional(config.auth_token.jwks),
+        client_certificates_possible=config.http.clientauth != "none"
+        and any(is_tls_description(d) for d in config.http.port),
     )
 
 

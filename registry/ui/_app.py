@@ -12,7 +12,8 @@ The UI's routes, under ``/ui/`` (mounted by `registry.app`):
 ``-`` cannot be a component of a repository name, so ``/-/`` splits name from action.  Every
 page authenticates like the API (a 401 carries the same challenge, so a browser asks for Basic
 credentials) and every repository is checked with the API's access controller: pull to view,
-delete to delete; the list shows only what the caller may pull.
+delete to delete; the list needs what the catalog needs and shows only what the caller may
+pull.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 from registry.api.digests import Digest
 from registry.api.errors import NAME_UNKNOWN, NOT_FOUND, UNSUPPORTED, RegistryError
 from registry.api.names import is_valid_name
-from registry.auth.interfaces import DELETE, PULL, Principal, repository
+from registry.auth.interfaces import CATALOG, DELETE, PULL, Principal, repository
 from registry.handlers.common import (
     authorize,
     error_for,
@@ -165,7 +166,15 @@ class UiApp:
 
     @router.route("/", methods=["GET", "HEAD"])
     async def repositories(self, request: IRequest) -> bytes:
-        principal = await authorize(self.ctx, request, [])
+        # The list is the catalog with pictures, so it needs what `GET /v2/_catalog` needs:
+        # under token auth a token that lists names must say so (``registry:catalog:*``), as
+        # registry:2 and Harbor insist; a token for one repository, or for none, sees no
+        # names here either.  may_pull then filters as the catalog does.
+        principal = await authorize(self.ctx, request, [CATALOG])
+        if principal.name is None:
+            # anonymous_pull opens the catalog to callers without credentials, but this page
+            # asks everyone to sign in (docs/ui.md): the same challenge as the other pages.
+            principal = await authorize(self.ctx, request, [])
         text = query(request, "q") or ""
         source = query(request, "source") or ""
         last = query(request, "last") or ""

@@ -152,7 +152,7 @@ def _token(signer: Any, clock: Clock, access: list[dict[str, Any]], **kw: Any) -
 @pytest_twisted.ensureDeferred
 async def test_bearer_tokens(token_setup: Any, logs: LogCapture) -> None:
     signer, verifier, clock = token_setup
-    controller = TokenAccessController(verifier, "https://auth.test/token", FailureLimiter(clock))
+    controller = TokenAccessController(verifier, "https://auth.test/token")
     async with serving(controller) as port:
         code, body, headers = await get(port, "repository:team/app:pull,push")
         assert code == 401
@@ -192,7 +192,7 @@ async def test_bearer_tokens(token_setup: Any, logs: LogCapture) -> None:
 async def test_bearer_tokens_intersected_with_policy(token_setup: Any) -> None:
     signer, verifier, clock = token_setup
     controller = TokenAccessController(
-        verifier, "https://auth.test/token", FailureLimiter(clock), Policy.from_toml(POLICY)
+        verifier, "https://auth.test/token", Policy.from_toml(POLICY)
     )
     async with serving(controller) as port:
         access = [pki.repo_access("team/app", "pull"), pki.repo_access("other/app", "pull")]

@@ -373,3 +373,69 @@ async def test_embedding_caller_is_told_when_the_registry_serves(tmp_path: Path)
         await service.when_ready()  # asked again: still a success
     finally:
         await service.stopService()
+
+
+@pytest.mark.parametrize(
+    ("listen", "http", "line"),
+    [
+        (
+            LOOPBACK,
+            {},
+            "[auth] client_certificate_users = true, but no listener asks for client "
+            "certificates (needs an ssl: listener and [http] clientauth = optional or required) "
+            "and neither [auth.htpasswd] nor [auth.token] is set: nobody could log in",
+        ),
+        (
+            "ssl:0:interface=127.0.0.1:privateKey={d}/server.key:certKey={d}/server.pem",
+            {"clientauth": "none"},
+            "[auth] client_certificate_users = true, but no listener asks for client "
+            "certificates (needs an ssl: listener and [http] clientauth = optional or required) "
+            "and neither [auth.htpasswd] nor [auth.token] is set: nobody could log in",
+        ),
+    ],
+    ids=["plain-tcp", "tls-without-clientauth"],
+)
+def test_certificate_users_where_no_certificate_can_arrive_are_refused(
+    tmp_path: Path, listen: str, http: dict[str, str], line: str
+) -> None:
+    """docs/auth.md: client_certificate_users with no way to log in is refused at start-up."""
+    from tests.auth import pki
+
+    key = pki.new_key("ec")
+    cert = pki.certificate("127.0.0.1", key, server=True)
+    pki.write(tmp_path / "server.pem", pki.pem_cert(cert))
+    pki.write(tmp_path / "server.key", pki.pem_key(key))
+    config = write_config(
+        tmp_path / "r.cfg", {"auth": {"client_certificate_users": "true"}, "http": http}
+    )
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", listen.format(d=tmp_path),
+        "--storage", str(tmp_path / "d"),
+    )  # fmt: skip
+    assert_one_line(result, f"txregistry: configuration error: {line}")
+
+
+def test_a_jwks_of_only_hmac_keys_is_refused(tmp_path: Path) -> None:
+    """A JWKS holding only ``oct`` keys can never verify a token: one line, no raw warning."""
+    jwks = tmp_path / "keys.json"
+    jwks.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "hmac-1"}]}')
+    config = write_config(
+        tmp_path / "r.cfg",
+        {
+            "auth.token": {
+                "realm": "https://auth.example.test/token",
+                "service": "test-registry",
+                "issuer": "test-issuer",
+                "jwks": str(jwks),
+            }
+        },
+    )
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "d")
+    )
+    assert_one_line(
+        result,
+        f"txregistry: configuration error: [auth.token] jwks: {jwks}: holds no RSA, EC or OKP "
+        "key (only oct); tokens are verified with public keys, so HMAC (oct) keys can never "
+        "verify one",
+    )
