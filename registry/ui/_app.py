@@ -398,7 +398,8 @@ class UiApp:
     async def storage(self, request: IRequest) -> bytes:
         principal = await authorize(self.ctx, request, [])
         status = await gcstatus.last(self.ctx.driver)
-        items = await self.storage_facts.items(status)
+        may_pull = self.ctx.access.may_pull
+        items = await self.storage_facts.items(status, lambda name: may_pull(principal, name))
         known = self.tag_times.known
         items.append(("Tag dates in memory", f"{known} repositor{'y' if known == 1 else 'ies'}"))
         gc = _ops.gc_items(status) if status is not None else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os.path
 import shutil
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -113,14 +114,25 @@ class StorageFacts:
     batch: int = 64
     _uploads: tuple[float, int] | None = None
 
-    async def items(self, gc: dict[str, Any] | None) -> list[tuple[str, str]]:
-        """The storage's facts; ``gc`` is the last recorded collection, if any."""
+    async def items(
+        self, gc: dict[str, Any] | None, may_pull: Callable[[str], bool]
+    ) -> list[tuple[str, str]]:
+        """
+        The storage's facts; ``gc`` is the last recorded collection, if any.  Facts about
+        the whole registry (where it keeps its files, how many repositories and uploads it
+        holds) are for someone who may pull every repository; anyone else is told how many
+        repositories they may pull, as the list shows them.
+        """
         config = self.ctx.config
+        names, _ = await self.ctx.catalog.list_repositories()
+        visible = sum(1 for name in names if may_pull(name))
+        whole = visible == len(names)
         items: list[tuple[str, str]] = [("Driver", config.storage.driver)]
         space = ("Space used by the registry", space_used(gc))
         if config.storage.driver == "filesystem":
             root = os.path.abspath(config.storage.rootdirectory)  # noqa: ASYNC240 - no I/O
-            items.append(("Root directory", root))
+            if whole:
+                items.append(("Root directory", root))
             items.append(space)
             try:
                 usage = await deferToThread(shutil.disk_usage, root)
@@ -136,9 +148,11 @@ class StorageFacts:
             items.append(space)
         else:
             items.append(space)
-        names, _ = await self.ctx.catalog.list_repositories()
-        items.append(("Repositories", str(len(names))))
-        items.append(("Uploads in progress", str(await self.uploads_in_progress(names))))
+        if whole:
+            items.append(("Repositories", str(len(names))))
+            items.append(("Uploads in progress", str(await self.uploads_in_progress(names))))
+        else:
+            items.append(("Repositories you may pull", str(visible)))
         items.append(("Deletes", "enabled" if config.storage.delete_enabled else "disabled"))
         items.append(("Read-only mode", "on" if config.maintenance.readonly else "off"))
         return items

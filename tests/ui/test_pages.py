@@ -93,6 +93,23 @@ def test_the_list_shows_only_what_the_policy_lets_bob_pull(filled: Filled) -> No
     assert status == 403
 
 
+def test_the_storage_page_tells_whole_registry_facts_only_to_who_may_pull_everything(
+    filled: Filled,
+) -> None:
+    """Where the registry keeps its files and how many repositories it holds are not for a
+    user who may pull two of them: bob is told how many he may pull."""
+    data = filled.registry.workdir / "data"
+    _, _, body = page(filled, "/ui/storage", "alice")
+    assert f"<dt>Root directory</dt><dd>{data}</dd>" in body
+    assert "<dt>Repositories</dt><dd>3</dd>" in body
+    assert "<dt>Uploads in progress</dt>" in body
+    status, _, body = page(filled, "/ui/storage", "bob")
+    assert status == 200
+    assert "Root directory" not in body and str(data) not in body
+    assert "<dt>Repositories</dt>" not in body and "Uploads in progress" not in body
+    assert "<dt>Repositories you may pull</dt><dd>2</dd>" in body
+
+
 def test_without_credentials_the_ui_asks_for_basic_credentials(filled: Filled) -> None:
     for path in ("/ui/", "/ui/r/team/app", "/ui/cache", "/ui/storage"):
         status, headers, body = page(filled, path, None)
