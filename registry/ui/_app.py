@@ -162,19 +162,26 @@ class UiApp:
             return False
         return True
 
+    async def _registry_wide(self, request: IRequest) -> Principal:
+        """
+        Who may see a page about the whole registry (the list, the caches, the storage):
+        whoever may read `GET /v2/_catalog`.  Under token auth that takes a token saying so
+        (``registry:catalog:*``), as registry:2 and Harbor insist, so a token for one
+        repository, or for none, sees no names and no registry-wide facts here either.
+        """
+        principal = await authorize(self.ctx, request, [CATALOG])
+        if principal.name is None:
+            # anonymous_pull opens the catalog to callers without credentials, but these
+            # pages ask everyone to sign in (docs/ui.md): the same challenge as the others.
+            principal = await authorize(self.ctx, request, [])
+        return principal
+
     # -- pages
 
     @router.route("/", methods=["GET", "HEAD"])
     async def repositories(self, request: IRequest) -> bytes:
-        # The list is the catalog with pictures, so it needs what `GET /v2/_catalog` needs:
-        # under token auth a token that lists names must say so (``registry:catalog:*``), as
-        # registry:2 and Harbor insist; a token for one repository, or for none, sees no
-        # names here either.  may_pull then filters as the catalog does.
-        principal = await authorize(self.ctx, request, [CATALOG])
-        if principal.name is None:
-            # anonymous_pull opens the catalog to callers without credentials, but this page
-            # asks everyone to sign in (docs/ui.md): the same challenge as the other pages.
-            principal = await authorize(self.ctx, request, [])
+        # The catalog with pictures: may_pull filters as the catalog does.
+        principal = await self._registry_wide(request)
         text = query(request, "q") or ""
         source = query(request, "source") or ""
         last = query(request, "last") or ""
@@ -388,7 +395,7 @@ class UiApp:
 
     @router.route("/cache", methods=["GET", "HEAD"])
     async def cache(self, request: IRequest) -> bytes:
-        principal = await authorize(self.ctx, request, [])
+        principal = await self._registry_wide(request)
         router = _data.router_of(self.ctx)
         rows = [_ops.cache_row(c) for c in router.caches] if router is not None else []
         content = _pages.cache(rows)
@@ -396,7 +403,7 @@ class UiApp:
 
     @router.route("/storage", methods=["GET", "HEAD"])
     async def storage(self, request: IRequest) -> bytes:
-        principal = await authorize(self.ctx, request, [])
+        principal = await self._registry_wide(request)
         status = await gcstatus.last(self.ctx.driver)
         may_pull = self.ctx.access.may_pull
         items = await self.storage_facts.items(status, lambda name: may_pull(principal, name))

@@ -418,7 +418,8 @@ async def test_ui_list_needs_the_catalog_scope_like_the_catalog(
         assert response.code == 401
         assert header(response, "www-authenticate") == catalog_challenge
         assert await error_codes(response) == ["UNAUTHORIZED"]
-        for path in ("/ui/", "/ui/?q=secret"):
+        # The cache and storage pages tell of the whole registry: the same rule.
+        for path in ("/ui/", "/ui/?q=secret", "/ui/storage", "/ui/cache"):
             response = await treq.get(f"{url}{path}", headers=headers)
             body = (await response.content()).decode()
             assert response.code == 401, (access, path)
