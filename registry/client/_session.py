@@ -59,6 +59,7 @@ from registry.client.errors import (
     Unavailable,
 )
 from registry.http.headers import header_values
+from registry.http.twisted_internals import quiet_pool
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
@@ -148,7 +149,7 @@ class Session:
         self._user_agent = user_agent
         self.owns_pool = pool is None
         if pool is None:
-            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
             pool.maxPersistentPerHost = 8  # concurrent transfers to one host
         self.pool = pool
         agent = Agent(reactor, contextFactory=tls.policy(), connectTimeout=timeout, pool=pool)
