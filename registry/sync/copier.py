@@ -19,6 +19,7 @@ from twisted.internet.defer import DeferredLock, DeferredSemaphore
 
 from registry.api.digests import Digest
 from registry.client.walk import CopyError, FetchedManifest, ImageWalk
+from registry.sync.abandoned import UploadMarks
 from registry.sync.sides import LocalSide, RemoteSide, Side
 from registry.sync.status import RunCounts
 from registry.sync.throttle import Throttle
@@ -41,6 +42,7 @@ class Copier:
         counts: RunCounts,
         transfers: DeferredSemaphore,
         referrers: bool,
+        marks: UploadMarks | None = None,
     ) -> None:
         self.source = source
         self.target = target
@@ -48,6 +50,7 @@ class Copier:
         self.counts = counts
         self.transfers = transfers
         self.referrers = referrers
+        self.marks = marks
         self._locks: dict[Digest, DeferredLock] = {}
 
     def _walk(self, source_name: str, target_name: str) -> ImageWalk:
@@ -93,7 +96,13 @@ class Copier:
         try:
             if isinstance(self.source, RemoteSide) and isinstance(self.target, LocalSide):
                 size = await pull_blob(
-                    self.source, source_name, self.target, target_name, digest, self.throttle
+                    self.source,
+                    source_name,
+                    self.target,
+                    target_name,
+                    digest,
+                    self.throttle,
+                    self.marks,
                 )
             elif isinstance(self.source, LocalSide) and isinstance(self.target, RemoteSide):
                 size = await push_blob(
