@@ -18,6 +18,7 @@ import attrs
 from twisted.internet.defer import DeferredLock, DeferredSemaphore
 
 from registry.api.digests import Digest
+from registry.client.copy import index_referrer
 from registry.client.walk import CopyError, FetchedManifest, ImageWalk
 from registry.sync.abandoned import UploadMarks
 from registry.sync.sides import LocalSide, RemoteSide, Side
@@ -138,6 +139,15 @@ class _Sides:
         target = self.copier.target
         reference = tag or str(manifest.digest)
         await target.put_manifest(self.target_name, reference, manifest.body, manifest.media_type)
+        if what == "referrer" and isinstance(target, RemoteSide):
+            # A remote without the referrers API (registry:2) finds it through the fallback tag.
+            await index_referrer(
+                target.client,
+                self.target_name,
+                manifest.body,
+                manifest.media_type,
+                manifest.digest,
+            )
         self.copier.counts.add("manifests")
 
     async def referrers(self, subject: Digest) -> list[dict[str, Any]]:
