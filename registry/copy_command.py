@@ -26,7 +26,7 @@ from typing import IO, Any, NoReturn
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import react
+from twisted.internet.task import LoopingCall, react
 
 from registry.client import ClientError, Credentials, RegistryClient, TLSOptions
 from registry.client._streams import in_thread
@@ -89,7 +89,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "--concurrency", type=int, default=4, help="blobs in flight at once (default 4)"
     )
     sub.add_argument("--retry-times", type=int, default=3, help="retries per call (default 3)")
-    sub.add_argument("--timeout", type=float, default=60.0, help="seconds per exchange")
+    sub.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds per exchange (default 60)"
+    )
     sub.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     return sub
 
@@ -202,9 +204,16 @@ def format_bytes(count: float) -> str:
     return f"{count:.1f} GiB"
 
 
+# On a terminal, the bytes moved are shown at most this often, and only once at least
+# TICK_BYTES more have moved: a large blob shows movement, small ones add no rewrites.
+TICK_SECONDS = 0.25
+TICK_BYTES = 1024 * 1024
+
+
 @attrs.define
 class Progress:
-    """One updating line on a terminal; one line per item otherwise."""
+    """One updating line on a terminal (with the bytes moved while a large blob travels);
+    one line per item otherwise."""
 
     stream: IO[str]
     tty: bool
@@ -213,6 +222,21 @@ class Progress:
     skipped: int = 0
     manifests: int = 0
     size: int = 0
+    shown_moved: int = 0
+
+    def _line(self) -> str:
+        return (
+            f"\rcopying: {self.blobs} blobs ({format_bytes(self.size)}), "
+            f"{self.skipped} already there, {self.manifests} manifests"
+        )
+
+    def tick(self, moved: int) -> None:
+        """``moved`` bytes have travelled so far (every TICK_SECONDS, on a terminal)."""
+        if self.quiet or not self.tty or moved - self.shown_moved < TICK_BYTES:
+            return
+        self.shown_moved = moved
+        self.stream.write(f"{self._line()}; {format_bytes(moved)} moved\x1b[K")
+        self.stream.flush()
 
     def __call__(self, event: CopyEvent) -> None:
         if event.what == "blob":
@@ -226,11 +250,7 @@ class Progress:
         if self.quiet:
             return
         if self.tty:
-            line = (
-                f"\rcopying: {self.blobs} blobs ({format_bytes(self.size)}), "
-                f"{self.skipped} already there, {self.manifests} manifests"
-            )
-            self.stream.write(line + "\x1b[K")
+            self.stream.write(self._line() + "\x1b[K")
         else:
             self.stream.write(
                 f"{event.kind} {event.what} {event.digest} ({format_bytes(event.size)})\n"
@@ -241,6 +261,17 @@ class Progress:
         if self.tty and not self.quiet:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _moved(endpoints: list[Endpoint]) -> int:
+    """Bytes that have travelled: what a source registry sent us, else what we sent a
+    destination registry (counting both would count a registry-to-registry byte twice)."""
+    source, target = endpoints
+    if isinstance(source, RegistryImage):
+        return source.client.session.bytes_received
+    if isinstance(target, RegistryImage):
+        return target.client.session.bytes_sent
+    return 0
 
 
 def _created_by_us(directory: str) -> Path | None:
@@ -276,13 +307,21 @@ async def run(
         if target.transport == "oci":
             created = _created_by_us(target.location)
         endpoints.append(await open_endpoint(reactor, target, args, "dest", True))
-        result = await copy_image(
-            endpoints[0],
-            endpoints[1],
-            referrers=args.referrers,
-            concurrency=args.concurrency,
-            on_event=progress,
-        )
+        ticker = LoopingCall(lambda: progress.tick(_moved(endpoints)))
+        ticker.clock = reactor
+        if progress.tty and not progress.quiet:
+            ticker.start(TICK_SECONDS, now=False)
+        try:
+            result = await copy_image(
+                endpoints[0],
+                endpoints[1],
+                referrers=args.referrers,
+                concurrency=args.concurrency,
+                on_event=progress,
+            )
+        finally:
+            if ticker.running:
+                ticker.stop()
         done = True
     except UsageError as exc:
         progress.end()

@@ -162,6 +162,7 @@ class Session:
         self.requests = 0
         self.token_requests = 0
         self.bytes_received = 0
+        self.bytes_sent = 0  # request bodies
         self.errors = 0
         self.rate_limit: RateLimitStatus | None = None
 
@@ -403,7 +404,8 @@ class Session:
         # the clock at every write, so a large upload takes its time but never stalls.
         timer = self.reactor.callLater(self.timeout, expire)
 
-        def progress() -> None:
+        def progress(written: int) -> None:
+            self.bytes_sent += written
             if timer.active():
                 timer.reset(self.timeout)
 

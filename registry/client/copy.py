@@ -47,8 +47,8 @@ Endpoint = RegistryImage | LayoutImage
 
 @attrs.frozen
 class CopyEvent:
-    """What happened to one item: ``kind`` is ``copied``, ``skipped`` (already there),
-    ``mounted`` (blobs) or ``manifest``/``referrer`` (manifests written)."""
+    """What happened to one item (``what``): ``kind`` is ``copied``, ``skipped`` (already
+    there) or ``mounted`` (blobs only)."""
 
     kind: str
     digest: str
@@ -155,7 +155,7 @@ class Copier:
                 # its referrers are listed in index.json.
                 await target.layout.add(descriptor, tag)
         self.result.manifests += 1
-        self._event("manifest", str(digest), len(body), what)
+        self._event("copied", str(digest), len(body), what)
 
     async def blob(self, descriptor: dict[str, Any]) -> None:
         digest = Digest.parse(str(descriptor["digest"]))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest_twisted
@@ -25,24 +24,11 @@ from tests.client.test_copy_command import txregistry
 from tests.e2e.client import get
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import REPO_ROOT
-from tests.fakes.tls import make_test_pki
-from tests.fakes.upstream import FakeUpstream, start_fake_upstream
+from tests.fakes.upstream import FakeUpstream
 
 LAYER = 4 * 1024 * 1024
 HELD_AFTER = 1024 * 1024
 INTERRUPTED = "txregistry copy: interrupted ({}); nothing half-written was kept\n"
-
-
-@pytest_twisted.async_yield_fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeUpstream]:
-    """The fake Docker Hub over TLS; ``tmp_path / "certs"`` is the ``--src-cert-dir`` that
-    trusts it (plain http would cost every copy an https probe that the fake never answers)."""
-    pki = make_test_pki(tmp_path)
-    (tmp_path / "certs").mkdir()
-    shutil.copy(pki.ca_path, tmp_path / "certs" / "ca.crt")
-    upstream = await start_fake_upstream(reactor, tls=pki.server_options)
-    yield upstream
-    await upstream.stop()
 
 
 def source_args(fake: FakeUpstream, tmp_path: Path, image: str) -> list[str]:
@@ -97,11 +83,11 @@ def temp_files(layout: Path) -> list[str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigterm_into_a_new_layout_removes_it(fake: FakeUpstream, tmp_path: Path) -> None:
+async def test_sigterm_into_a_new_layout_removes_it(tls_fake: FakeUpstream, tmp_path: Path) -> None:
     """The layout did not exist: interrupted, it does not exist afterwards either."""
     target = tmp_path / "new" / "layout"
     code, out, err = await interrupted_copy(
-        fake, tmp_path, f"oci:{target}:1", signal.SIGTERM, lambda: bool(temp_files(target))
+        tls_fake, tmp_path, f"oci:{target}:1", signal.SIGTERM, lambda: bool(temp_files(target))
     )
     assert (code, out, err) == (143, "", INTERRUPTED.format("SIGTERM"))
     assert not (tmp_path / "new").exists()
@@ -109,18 +95,18 @@ async def test_sigterm_into_a_new_layout_removes_it(fake: FakeUpstream, tmp_path
 
 @pytest_twisted.ensureDeferred
 async def test_sigint_into_an_existing_layout_leaves_no_temporary_file(
-    fake: FakeUpstream, tmp_path: Path
+    tls_fake: FakeUpstream, tmp_path: Path
 ) -> None:
     """An existing layout keeps what it had and gains no ``.tmp-`` file."""
     target = tmp_path / "layout"
-    small = fake.content.add_image("library/small", "1", [100])
+    small = tls_fake.content.add_image("library/small", "1", [100])
     copied = await txregistry(
-        "copy", "-q", *source_args(fake, tmp_path, "library/small:1"), f"oci:{target}:s"
+        "copy", "-q", *source_args(tls_fake, tmp_path, "library/small:1"), f"oci:{target}:s"
     )
     assert copied[0] == 0
     index = json.loads((target / "index.json").read_text())
     code, out, err = await interrupted_copy(
-        fake, tmp_path, f"oci:{target}:1", signal.SIGINT, lambda: bool(temp_files(target))
+        tls_fake, tmp_path, f"oci:{target}:1", signal.SIGINT, lambda: bool(temp_files(target))
     )
     assert (code, out, err) == (130, "", INTERRUPTED.format("SIGINT"))
     assert temp_files(target) == []
@@ -130,7 +116,7 @@ async def test_sigint_into_an_existing_layout_leaves_no_temporary_file(
 
 @pytest_twisted.ensureDeferred
 async def test_sigterm_between_registries_cancels_the_upload(
-    fake: FakeUpstream, start_registry: Starter, tmp_path: Path
+    tls_fake: FakeUpstream, start_registry: Starter, tmp_path: Path
 ) -> None:
     """Registry to registry: the destination's upload session is cancelled (its data gone),
     and the one line says interrupted, not "no answer ... ConnectionLost"."""
@@ -142,7 +128,7 @@ async def test_sigterm_between_registries_cancels_the_upload(
 
     destination = f"docker://{registry.url.removeprefix('http://')}/copy:1"
     code, out, err = await interrupted_copy(
-        fake, tmp_path, destination, signal.SIGTERM, upload_open
+        tls_fake, tmp_path, destination, signal.SIGTERM, upload_open
     )
     assert (code, out, err) == (143, "", INTERRUPTED.format("SIGTERM"))
     # The registry forgot the session and its bytes.  (A hash state the interrupted PUT
@@ -154,11 +140,11 @@ async def test_sigterm_between_registries_cancels_the_upload(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failed_copy_creates_no_layout(fake: FakeUpstream, tmp_path: Path) -> None:
+async def test_a_failed_copy_creates_no_layout(tls_fake: FakeUpstream, tmp_path: Path) -> None:
     """An unknown tag: exit 1, and no empty layout (oci-layout, index.json) appears."""
-    fake.content.add_image("library/small", "1", [100])
+    tls_fake.content.add_image("library/small", "1", [100])
     code, out, err = await txregistry(
-        "copy", *source_args(fake, tmp_path, "library/small:nope"), f"oci:{tmp_path / 'made'}:1"
+        "copy", *source_args(tls_fake, tmp_path, "library/small:nope"), f"oci:{tmp_path / 'made'}:1"
     )
     assert (code, out) == (1, "")
     assert err.startswith("txregistry copy: failed: ") and err.count("\n") == 1
