@@ -149,3 +149,23 @@ async def test_a_failed_copy_creates_no_layout(tls_fake: FakeUpstream, tmp_path:
     assert (code, out) == (1, "")
     assert err.startswith("txregistry copy: failed: ") and err.count("\n") == 1
     assert not (tmp_path / "made").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_copy_into_a_layout_removes_a_killed_writers_temporary_files(
+    tls_fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """A ``.tmp-`` file nobody has written to for over an hour (``kill -9`` left it) goes
+    when the next copy opens the layout; a recent one (perhaps a live copy's) stays."""
+    target = tmp_path / "layout"
+    tls_fake.content.add_image("library/small", "1", [100])
+    source = source_args(tls_fake, tmp_path, "library/small:1")
+    assert (await txregistry("copy", "-q", *source, f"oci:{target}:a"))[0] == 0
+    folder = target / "blobs" / "sha256"
+    stale, recent = folder / ".tmp-killed", folder / ".tmp-live"
+    stale.write_bytes(b"x" * 1000)
+    recent.write_bytes(b"y" * 1000)
+    two_hours_ago = stale.stat().st_mtime - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    assert (await txregistry("copy", "-q", *source, f"oci:{target}:b"))[0] == 0
+    assert temp_files(target) == [".tmp-live"]
