@@ -305,7 +305,7 @@ async def run(
             raise UsageError("--concurrency must be at least 1")
         endpoints.append(await open_endpoint(reactor, source, args, "src", False))
         if target.transport == "oci":
-            created = _created_by_us(target.location)
+            created = await in_thread(reactor, _created_by_us, target.location)
         endpoints.append(await open_endpoint(reactor, target, args, "dest", True))
         ticker = LoopingCall(lambda: progress.tick(_moved(endpoints)))
         ticker.clock = reactor
