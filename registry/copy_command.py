@@ -10,21 +10,26 @@ Image names use skopeo's transports: ``docker://HOST[:PORT]/NAME[:TAG|@DIGEST]``
 signatures, SBOMs and attestations that refer to each manifest.  Progress goes to stderr (one
 updating line on a terminal, one line per item otherwise), the summary to stdout.
 
-Exit status: 0 copied, 1 the copy failed (the message says why), 2 bad command line.
+Exit status: 0 copied, 1 the copy failed (the message says why), 2 bad command line, 130/143
+interrupted by SIGINT/SIGTERM (after the copy's own cleanup: temporary files removed, open
+uploads cancelled, a layout directory the copy created removed).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import attrs
-from twisted.internet.defer import Deferred
-from twisted.internet.task import react
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import LoopingCall, react
 
 from registry.client import ClientError, Credentials, RegistryClient, TLSOptions
+from registry.client._streams import in_thread
 from registry.client.auth import credentials_from_config
 from registry.client.copy import CopyEvent, Endpoint, LayoutImage, RegistryImage, copy_image
 from registry.client.layout import OCILayout
@@ -32,6 +37,8 @@ from registry.client.layout import OCILayout
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# The shell's convention: 128 + the signal's number.
+INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class UsageError(Exception):
@@ -82,7 +89,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "--concurrency", type=int, default=4, help="blobs in flight at once (default 4)"
     )
     sub.add_argument("--retry-times", type=int, default=3, help="retries per call (default 3)")
-    sub.add_argument("--timeout", type=float, default=60.0, help="seconds per exchange")
+    sub.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds per exchange (default 60)"
+    )
     sub.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     return sub
 
@@ -195,9 +204,16 @@ def format_bytes(count: float) -> str:
     return f"{count:.1f} GiB"
 
 
+# On a terminal, the bytes moved are shown at most this often, and only once at least
+# TICK_BYTES more have moved: a large blob shows movement, small ones add no rewrites.
+TICK_SECONDS = 0.25
+TICK_BYTES = 1024 * 1024
+
+
 @attrs.define
 class Progress:
-    """One updating line on a terminal; one line per item otherwise."""
+    """One updating line on a terminal (with the bytes moved while a large blob travels);
+    one line per item otherwise."""
 
     stream: IO[str]
     tty: bool
@@ -206,6 +222,21 @@ class Progress:
     skipped: int = 0
     manifests: int = 0
     size: int = 0
+    shown_moved: int = 0
+
+    def _line(self) -> str:
+        return (
+            f"\rcopying: {self.blobs} blobs ({format_bytes(self.size)}), "
+            f"{self.skipped} already there, {self.manifests} manifests"
+        )
+
+    def tick(self, moved: int) -> None:
+        """``moved`` bytes have travelled so far (every TICK_SECONDS, on a terminal)."""
+        if self.quiet or not self.tty or moved - self.shown_moved < TICK_BYTES:
+            return
+        self.shown_moved = moved
+        self.stream.write(f"{self._line()}; {format_bytes(moved)} moved\x1b[K")
+        self.stream.flush()
 
     def __call__(self, event: CopyEvent) -> None:
         if event.what == "blob":
@@ -219,11 +250,7 @@ class Progress:
         if self.quiet:
             return
         if self.tty:
-            line = (
-                f"\rcopying: {self.blobs} blobs ({format_bytes(self.size)}), "
-                f"{self.skipped} already there, {self.manifests} manifests"
-            )
-            self.stream.write(line + "\x1b[K")
+            self.stream.write(self._line() + "\x1b[K")
         else:
             self.stream.write(
                 f"{event.kind} {event.what} {event.digest} ({format_bytes(event.size)})\n"
@@ -236,24 +263,66 @@ class Progress:
             self.stream.flush()
 
 
-async def run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    """The whole command; returns the exit status."""
+def _moved(endpoints: list[Endpoint]) -> int:
+    """Bytes that have travelled: what a source registry sent us, else what we sent a
+    destination registry (counting both would count a registry-to-registry byte twice)."""
+    source, target = endpoints
+    if isinstance(source, RegistryImage):
+        return source.client.session.bytes_received
+    if isinstance(target, RegistryImage):
+        return target.client.session.bytes_sent
+    return 0
+
+
+def _created_by_us(directory: str) -> Path | None:
+    """The outermost folder that creating ``directory`` would make (None: it exists), so a
+    copy that fails can take away what it made and leave no empty layout behind."""
+    path = Path(directory).absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+async def run(
+    reactor: Any,
+    args: argparse.Namespace,
+    out: IO[str],
+    err: IO[str],
+    interrupted: list[signal.Signals] | None = None,
+) -> int:
+    """The whole command; returns the exit status.  ``interrupted`` names the signal (set by
+    `main`) when the run is cancelled because of one."""
     endpoints: list[Endpoint] = []
     progress = Progress(err, err.isatty(), args.quiet)
+    created: Path | None = None
+    done = False
     try:
         source = parse_image(args.source)
         target = parse_image(args.destination)
         if args.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
         endpoints.append(await open_endpoint(reactor, source, args, "src", False))
+        if target.transport == "oci":
+            created = await in_thread(reactor, _created_by_us, target.location)
         endpoints.append(await open_endpoint(reactor, target, args, "dest", True))
-        result = await copy_image(
-            endpoints[0],
-            endpoints[1],
-            referrers=args.referrers,
-            concurrency=args.concurrency,
-            on_event=progress,
-        )
+        ticker = LoopingCall(lambda: progress.tick(_moved(endpoints)))
+        ticker.clock = reactor
+        if progress.tty and not progress.quiet:
+            ticker.start(TICK_SECONDS, now=False)
+        try:
+            result = await copy_image(
+                endpoints[0],
+                endpoints[1],
+                referrers=args.referrers,
+                concurrency=args.concurrency,
+                on_event=progress,
+            )
+        finally:
+            if ticker.running:
+                ticker.stop()
+        done = True
     except UsageError as exc:
         progress.end()
         print(f"txregistry copy: {exc}", file=err, flush=True)
@@ -262,10 +331,22 @@ async def run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str]
         progress.end()
         print(f"txregistry copy: failed: {exc}", file=err, flush=True)
         return EXIT_FAILED
+    except CancelledError:
+        if not interrupted:
+            raise
+        progress.end()
+        print(
+            f"txregistry copy: interrupted ({interrupted[0].name}); nothing half-written was kept",
+            file=err,
+            flush=True,
+        )
+        return INTERRUPTED[interrupted[0]]
     finally:
         for endpoint in endpoints:
             if isinstance(endpoint, RegistryImage):
                 await endpoint.client.close()
+        if not done and created is not None:
+            await in_thread(reactor, shutil.rmtree, created, True)
     progress.end()
     print(
         f"copied {result.digest}: {result.manifests} manifests, {result.blobs_copied} blobs "
@@ -278,9 +359,29 @@ async def run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str]
 
 
 def main(args: argparse.Namespace) -> NoReturn:
+    """Run the command in a reactor.  SIGINT and SIGTERM cancel the copy instead of stopping
+    the reactor (what `react` would do): the cleanup in the copy's ``finally`` blocks needs a
+    running reactor, and a stopped one would end the process as if it had succeeded."""
+
     def start(reactor: Any) -> Deferred[None]:
+        interrupted: list[signal.Signals] = []
+        running = Deferred.fromCoroutine(run(reactor, args, sys.stdout, sys.stderr, interrupted))
+
+        def on_signal(number: int, frame: object) -> None:
+            if not interrupted:
+                interrupted.append(signal.Signals(number))
+                reactor.callFromThread(running.cancel)
+
+        def install() -> None:
+            for number in INTERRUPTED:
+                signal.signal(number, on_signal)
+
+        # `react` calls this before the reactor runs and installs its own handlers (which
+        # stop it); ours go in after those.
+        reactor.callWhenRunning(install)
+
         async def task() -> None:
-            code = await run(reactor, args, sys.stdout, sys.stderr)
+            code = await running
             if code:
                 raise SystemExit(code)
 

@@ -8,6 +8,7 @@ from files or from another registry's blob stream in constant memory, hashed as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -887,7 +888,8 @@ class RegistryClient:
                 dgst = _as_digest(digest)
                 session = await self.start_upload(name)
                 body = self._source(path, b"", 0, size, new_hash(dgst.algorithm), [])
-                return await self.finish_upload(session, dgst, body)
+                async with self._abandoned_unless_done(session):
+                    return await self.finish_upload(session, dgst, body)
         algorithm = _as_digest(digest).algorithm if digest is not None else "sha256"
         if upload is None:
             upload = await self.start_upload(name)
@@ -936,8 +938,21 @@ class RegistryClient:
             blob.abort()
             raise
         body = single_use(lambda: PipeSource(blob), "a piped blob body")
-        await self.finish_upload(upload, dgst, body)
+        async with self._abandoned_unless_done(upload):
+            await self.finish_upload(upload, dgst, body)
         return blob.received
+
+    @contextlib.asynccontextmanager
+    async def _abandoned_unless_done(self, upload: Upload) -> AsyncIterator[None]:
+        """Cancel ``upload`` when the block fails or is cancelled (the caller interrupted):
+        the registry would otherwise keep the partial bytes until it purges old uploads.
+        Best effort: a registry that cannot be reached keeps them anyway."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.cancel_upload(upload)
+            raise
 
     def _source(
         self,

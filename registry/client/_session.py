@@ -15,7 +15,8 @@ with them, go only to the token realm that the registry's own origin (its URL: s
 and port) announced in a challenge, and to that origin itself.  A redirect target (a CDN) that
 answers 401 gets nothing: its challenge is not learned, no token is fetched for it, and the
 request fails with `Unauthorized`.  Only a 401 from the origin itself may change the learned
-challenge.
+challenge.  A registry reached over https that names a plain-http realm gets no credentials
+sent there: they would cross the network in clear text.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from registry.client.errors import (
     Unavailable,
 )
 from registry.http.headers import header_values
+from registry.http.twisted_internals import quiet_pool
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
@@ -147,7 +149,7 @@ class Session:
         self._user_agent = user_agent
         self.owns_pool = pool is None
         if pool is None:
-            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
             pool.maxPersistentPerHost = 8  # concurrent transfers to one host
         self.pool = pool
         agent = Agent(reactor, contextFactory=tls.policy(), connectTimeout=timeout, pool=pool)
@@ -160,6 +162,7 @@ class Session:
         self.requests = 0
         self.token_requests = 0
         self.bytes_received = 0
+        self.bytes_sent = 0  # request bodies
         self.errors = 0
         self.rate_limit: RateLimitStatus | None = None
 
@@ -290,8 +293,25 @@ class Session:
         if not realm:
             raise self.bad("Bearer challenge without a realm")
         key: TokenKey = (realm, challenge.service or "", " ".join(scopes))
+        self._refuse_insecure_realm(realm)
         token = await self.tokens.get(key, lambda: self._fetch_token(key))
         return key, f"Bearer {token.value}"
+
+    def _refuse_insecure_realm(self, realm: str) -> None:
+        """A registry reached over https that names a plain-http token service would have the
+        username and password travel in clear text (Basic, to the realm): refuse, for this
+        request.  Anonymous token requests carry nothing secret and go ahead; a registry
+        reached over plain http gains nothing from the check (its own requests are clear)."""
+        if self.credentials is None or self.origin[0] != "https":
+            return
+        if urlsplit(realm).scheme.lower() == "https":
+            return
+        self.errors += 1
+        raise Unauthorized(
+            None,
+            f"the registry at {self.url} names an insecure token service {realm[:200]}; "
+            "credentials are not sent over plain HTTP",
+        )
 
     async def _fetch_token(self, key: TokenKey) -> tuple[str, int, str | None]:
         realm, service, scope = key
@@ -384,7 +404,8 @@ class Session:
         # the clock at every write, so a large upload takes its time but never stalls.
         timer = self.reactor.callLater(self.timeout, expire)
 
-        def progress() -> None:
+        def progress(written: int) -> None:
+            self.bytes_sent += written
             if timer.active():
                 timer.reset(self.timeout)
 

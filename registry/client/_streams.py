@@ -243,14 +243,14 @@ class FileSink:
 
 
 class _Tap:
-    """The consumer a watched body writes to: reports each write, passes it on."""
+    """The consumer a watched body writes to: reports each write (its size), passes it on."""
 
     def __init__(self, consumer: IConsumer, on_write: Any) -> None:
         self._consumer = consumer
         self._on_write = on_write
 
     def write(self, data: bytes) -> None:
-        self._on_write()
+        self._on_write(len(data))
         self._consumer.write(data)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -262,9 +262,9 @@ class _Tap:
 
 @implementer(IBodyProducer)
 class WatchedBody:
-    """A request body whose progress is reported: ``on_progress`` after every write and
-    once the body is complete (the session's idle timeout is reset from it, so an upload
-    that stops moving fails instead of waiting forever)."""
+    """A request body whose progress is reported: ``on_progress(bytes written)`` after every
+    write and ``on_progress(0)`` once the body is complete (the session's idle timeout is reset
+    from it, so an upload that stops moving fails instead of waiting forever)."""
 
     def __init__(self, inner: IBodyProducer, on_progress: Any) -> None:
         self._inner = inner
@@ -277,7 +277,7 @@ class WatchedBody:
         )
 
         def sent(result: object) -> object:
-            self._on_progress()
+            self._on_progress(0)
             return result
 
         return d.addBoth(sent)

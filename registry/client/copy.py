@@ -47,8 +47,8 @@ Endpoint = RegistryImage | LayoutImage
 
 @attrs.frozen
 class CopyEvent:
-    """What happened to one item: ``kind`` is ``copied``, ``skipped`` (already there),
-    ``mounted`` (blobs) or ``manifest``/``referrer`` (manifests written)."""
+    """What happened to one item (``what``): ``kind`` is ``copied``, ``skipped`` (already
+    there) or ``mounted`` (blobs only)."""
 
     kind: str
     digest: str
@@ -138,7 +138,7 @@ class Copier:
                     return
             await target.client.put_manifest(target.name, tag or str(digest), body, media_type)
             if what == "referrer":
-                await self._index_referrer(target, body, media_type, digest)
+                await index_referrer(target.client, target.name, body, media_type, digest)
         else:
             await target.layout.write_bytes(body, digest)
             descriptor: dict[str, Any] = {
@@ -155,7 +155,7 @@ class Copier:
                 # its referrers are listed in index.json.
                 await target.layout.add(descriptor, tag)
         self.result.manifests += 1
-        self._event("manifest", str(digest), len(body), what)
+        self._event("copied", str(digest), len(body), what)
 
     async def blob(self, descriptor: dict[str, Any]) -> None:
         digest = Digest.parse(str(descriptor["digest"]))
@@ -166,26 +166,6 @@ class Copier:
         await self._blobs.run(lambda: Deferred.fromCoroutine(self._transfer(digest, size)))
 
     # -- helpers
-
-    async def _index_referrer(
-        self, target: RegistryImage, body: bytes, media_type: str, digest: Digest
-    ) -> None:
-        """A registry without the referrers API learns of a referrer through the tag schema."""
-        data = json.loads(body)
-        subject = (data.get("subject") or {}).get("digest")
-        if not isinstance(subject, str):
-            return
-        descriptor: dict[str, Any] = {
-            "mediaType": media_type,
-            "digest": str(digest),
-            "size": len(body),
-        }
-        kind = data.get("artifactType") or (data.get("config") or {}).get("mediaType")
-        if kind:
-            descriptor["artifactType"] = kind
-        if isinstance(data.get("annotations"), dict):
-            descriptor["annotations"] = data["annotations"]
-        await target.client.update_referrers_tag(target.name, subject, descriptor)
 
     async def _transfer(self, digest: Digest, size: int) -> None:
         source, target = self.source, self.target
@@ -228,6 +208,30 @@ class Copier:
         self._on_event(CopyEvent(kind, digest, size, what))
 
 
+async def index_referrer(
+    client: RegistryClient, name: str, body: bytes, media_type: str, digest: Digest
+) -> None:
+    """After pushing the referrer ``body`` to ``name``: a registry without the referrers API
+    (registry:2) learns of it through the fallback tag ``sha256-<subject hex>``, kept up to
+    date here as the distribution-spec asks clients to (nothing to do on a registry with the
+    API, or for a manifest without ``subject``)."""
+    data = json.loads(body)
+    subject = (data.get("subject") or {}).get("digest") if isinstance(data, dict) else None
+    if not isinstance(subject, str):
+        return
+    descriptor: dict[str, Any] = {
+        "mediaType": media_type,
+        "digest": str(digest),
+        "size": len(body),
+    }
+    kind = data.get("artifactType") or (data.get("config") or {}).get("mediaType")
+    if kind:
+        descriptor["artifactType"] = kind
+    if isinstance(data.get("annotations"), dict):
+        descriptor["annotations"] = data["annotations"]
+    await client.update_referrers_tag(name, subject, descriptor)
+
+
 async def copy_image(
     source: Endpoint,
     target: Endpoint,
@@ -250,4 +254,5 @@ __all__ = [
     "LayoutImage",
     "RegistryImage",
     "copy_image",
+    "index_referrer",
 ]

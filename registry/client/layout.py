@@ -9,8 +9,11 @@ OCI image layouts: a directory holding ``oci-layout``, ``index.json`` and
       blobs/sha256/<hex>  every blob and every manifest, named by its digest
 
 Blobs are written to a temporary file beside their final name, hashed while written, and
-renamed only when the digest matches: a reader never sees a partial or wrong blob.  Every file
-operation runs in the reactor's thread pool.
+renamed only when the digest matches: a reader never sees a partial or wrong blob.  A write
+that fails or is cancelled removes its temporary file; one whose process was killed cannot,
+so opening a layout to write into it removes temporary files nobody has written to for
+`STALE_TEMP_AGE` seconds (a live writer touches its file with every chunk; one that stopped
+that long ago has long timed out).  Every file operation runs in the reactor's thread pool.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +31,7 @@ from registry.client._client import OCI_INDEX, BlobStream, RegistryClient
 from registry.client._streams import FileSink, in_thread, new_hash
 from registry.client.errors import BadResponse, NotFound
 
+STALE_TEMP_AGE = 3600.0
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = '{"imageLayoutVersion":"1.0.0"}'
 
@@ -40,10 +45,19 @@ class OCILayout:
 
     @classmethod
     async def create(cls, reactor: Any, root: str | Path) -> OCILayout:
-        """The layout at ``root``, created (empty index) when absent."""
+        """The layout at ``root`` to write into: created (empty index) when absent, its stale
+        temporary files (a killed writer's) removed."""
         layout = cls(reactor, root)
         await in_thread(reactor, layout._create)
+        await in_thread(reactor, layout._remove_stale_temps, time.time() - STALE_TEMP_AGE)
         return layout
+
+    def _remove_stale_temps(self, before: float) -> None:
+        candidates = [*self.root.glob(".index-*"), *self.root.glob("blobs/*/.tmp-*")]
+        for path in candidates:
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < before:
+                    path.unlink()
 
     @classmethod
     async def open(cls, reactor: Any, root: str | Path) -> OCILayout:

@@ -18,6 +18,11 @@ stream's connection (its TLS peer certificate), the transport under a response b
 the HTTP/1 channel behind the protocol a `Site` builds per connection (to answer a request
 line too long for it, `registry.http.oversized`).
 
+And one switch with no public handle: the factory an `HTTPConnectionPool` makes per connection
+logs "Starting factory" and "Stopping factory" for every pooled connection (``noisy``, public,
+but on a class the pool names in its private ``_factory``); `quiet_pool` turns that off, so a
+registry that syncs or notifies does not write two lines per connection.
+
 Before, each place used ``getattr(obj, "_name", None)`` and carried on without it, so a Twisted
 upgrade that renamed one would switch a fast path off without a word.  Now a Twisted that lacks
 any of them refuses to start (`registry.server.build`), the functions here read the attributes
@@ -31,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import abstract, tcp
-from twisted.web import _newclient, http, resource, server
+from twisted.web import _newclient, client, http, resource, server
 
 from registry.http.chunked import ChunkedBodyDecoder
 
@@ -42,6 +47,8 @@ _PROXY_PRODUCER: type[Any] = _newclient.TransportProxyProducer
 _FILE_DESCRIPTOR: type[Any] = abstract.FileDescriptor
 _TCP_SERVER: type[Any] = tcp.Server
 _CHANNEL_ATTRIBUTE = "_channel"
+_CONNECTION_POOL: type[client.HTTPConnectionPool] = client.HTTPConnectionPool
+_quiet_factories: dict[type[Any], type[Any]] = {}
 
 
 def _h2_stream() -> type[Any] | None:
@@ -124,6 +131,22 @@ def transport_producer(transport: abstract.FileDescriptor) -> tuple[object | Non
     """
     fd: Any = transport
     return fd.producer, bool(fd.streamingProducer)
+
+
+def quiet_pool(pool: client.HTTPConnectionPool) -> client.HTTPConnectionPool:
+    """
+    ``pool``, its connections' factories made silent (``noisy = False``): the pool builds one
+    factory per connection from its class attribute ``_factory``, which is replaced here by a
+    quiet subclass of whatever it was (so `registry.storage.s3` keeps its tuned factory).
+    """
+    pool_: Any = pool
+    noisy = pool_._factory
+    quiet = _quiet_factories.get(noisy)
+    if quiet is None:
+        quiet = type(f"Quiet{noisy.__name__}", (noisy,), {"noisy": False})
+        _quiet_factories[noisy] = quiet
+    pool_._factory = quiet
+    return pool
 
 
 def _assigned_in(cls: type[Any], method: str, name: str) -> bool:
@@ -253,4 +276,15 @@ def problems() -> list[str]:
         )
     if not callable(getattr(_HTTP_CHANNEL, "resumeProducing", None)):
         found.append(f"{_qualname(_HTTP_CHANNEL)}.resumeProducing() is gone")
+    factory = getattr(_CONNECTION_POOL, "_factory", None)
+    if not (isinstance(factory, type) and hasattr(factory, "noisy")):
+        found.append(f"{_qualname(_CONNECTION_POOL)}._factory no longer names a Factory class")
+    elif not _uses(_CONNECTION_POOL, "_newConnection", "_factory"):
+        found.append(f"{_qualname(_CONNECTION_POOL)} no longer builds connections from _factory")
     return found
+
+
+def _uses(cls: type[Any], method: str, name: str) -> bool:
+    """Whether ``cls.method`` reads an attribute ``name`` (of anything)."""
+    code = getattr(getattr(cls, method, None), "__code__", None)
+    return code is not None and name in code.co_names

@@ -18,7 +18,9 @@ import attrs
 from twisted.internet.defer import DeferredLock, DeferredSemaphore
 
 from registry.api.digests import Digest
+from registry.client.copy import index_referrer
 from registry.client.walk import CopyError, FetchedManifest, ImageWalk
+from registry.sync.abandoned import UploadMarks
 from registry.sync.sides import LocalSide, RemoteSide, Side
 from registry.sync.status import RunCounts
 from registry.sync.throttle import Throttle
@@ -41,6 +43,7 @@ class Copier:
         counts: RunCounts,
         transfers: DeferredSemaphore,
         referrers: bool,
+        marks: UploadMarks | None = None,
     ) -> None:
         self.source = source
         self.target = target
@@ -48,6 +51,7 @@ class Copier:
         self.counts = counts
         self.transfers = transfers
         self.referrers = referrers
+        self.marks = marks
         self._locks: dict[Digest, DeferredLock] = {}
 
     def _walk(self, source_name: str, target_name: str) -> ImageWalk:
@@ -93,7 +97,13 @@ class Copier:
         try:
             if isinstance(self.source, RemoteSide) and isinstance(self.target, LocalSide):
                 size = await pull_blob(
-                    self.source, source_name, self.target, target_name, digest, self.throttle
+                    self.source,
+                    source_name,
+                    self.target,
+                    target_name,
+                    digest,
+                    self.throttle,
+                    self.marks,
                 )
             elif isinstance(self.source, LocalSide) and isinstance(self.target, RemoteSide):
                 size = await push_blob(
@@ -129,6 +139,15 @@ class _Sides:
         target = self.copier.target
         reference = tag or str(manifest.digest)
         await target.put_manifest(self.target_name, reference, manifest.body, manifest.media_type)
+        if what == "referrer" and isinstance(target, RemoteSide):
+            # A remote without the referrers API (registry:2) finds it through the fallback tag.
+            await index_referrer(
+                target.client,
+                self.target_name,
+                manifest.body,
+                manifest.media_type,
+                manifest.digest,
+            )
         self.copier.counts.add("manifests")
 
     async def referrers(self, subject: Digest) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from registry.config import Config
 from registry.handlers.context import RegistryContext
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError, StorageError
+from registry.sync.abandoned import UploadMarks
 from registry.sync.config import SyncConfig, parse_syncs
 from registry.sync.copier import Copier, CopyError
 from registry.sync.planner import plan_repository, source_repositories, target_name
@@ -80,6 +81,7 @@ class SyncService(Service):
         self.reactor = reactor
         self.rng = rng or random.Random()
         self.throttle = Throttle(reactor, settings.bandwidth)
+        self.marks = UploadMarks(ctx.driver, settings.name)
         self._timer: Any = None
         self._run: Deferred[None] | None = None
         self._starting: Deferred[None] | None = None
@@ -96,18 +98,33 @@ class SyncService(Service):
         self._starting.addErrback(lambda failure: failure.trap(CancelledError) and None)
 
     async def _restore(self) -> None:
+        """Take back the saved status; a run that was still going when the process died is
+        recorded as ``interrupted`` and the uploads it had open are cancelled."""
+        settings = self.settings
         try:
-            data = await self.ctx.driver.get_content(state_path(self.settings.name))
+            data = await self.ctx.driver.get_content(state_path(settings.name))
         except PathNotFoundError:
-            return
+            data = None
         except StorageError as exc:
             log.warn(
                 "sync {sync}: cannot read its saved state: {reason}",
-                sync=self.settings.name,
+                sync=settings.name,
                 reason=str(exc),
             )
-            return
-        self.status.restore(data)
+            data = None
+        # Uploads first: once the status shows the interrupted run, its uploads are gone.
+        cancelled = await self.marks.cancel_abandoned(self.ctx.uploads)
+        interrupted = self.status.restore(data) if data is not None else None
+        if interrupted is not None:
+            await self._save()
+            log.warn(
+                "sync {sync}: the run started at {started} never ended (the registry stopped "
+                "without ending it); recorded as interrupted, {uploads} open uploads cancelled",
+                sync=settings.name,
+                started=interrupted.started,
+                uploads=len(cancelled),
+                sync_event="run_interrupted",
+            )
 
     def _schedule(self, delay: float) -> None:
         if not self.running:
@@ -181,6 +198,7 @@ class SyncService(Service):
                 report.counts,
                 DeferredSemaphore(settings.concurrency),
                 settings.referrers,
+                self.marks,
             )
             names = await source_repositories(source, settings)
             workers = DeferredSemaphore(settings.concurrency)

@@ -43,8 +43,8 @@ class RunCounts:
 
 @attrs.define
 class RunReport:
-    """One run: when, how it ended (``running``, ``ok``, ``failed``, ``stopped``), its
-    counters and its first errors."""
+    """One run: when, how it ended (``running``, ``ok``, ``failed``, ``stopped``, or
+    ``interrupted``: its process died during it), its counters and its first errors."""
 
     started: float
     finished: float | None = None
@@ -157,18 +157,23 @@ class SyncStatus:
             sort_keys=True,
         ).encode()
 
-    def restore(self, data: bytes, live: bool = False) -> None:
+    def restore(self, data: bytes, live: bool = False) -> RunReport | None:
         """
         Take back a saved state; anything unreadable in it is ignored.  ``live``: also what
         the running process is doing now (a run in progress, the next run), which a restart
         must not take back as its own.
+
+        Not ``live`` (the process that runs the sync, at start): a run saved as in progress
+        died with its process (``kill -9``, a crash).  It becomes the last run, ``interrupted``
+        and counted as failed (its counts are in the totals already); returned so the caller
+        can save and log it.  None otherwise.
         """
         try:
             saved = json.loads(data)
         except ValueError:
-            return
+            return None
         if not isinstance(saved, dict):
-            return
+            return None
         self.last = RunReport.from_json(saved.get("last"))
         if live:
             self.current = RunReport.from_json(saved.get("current"))
@@ -186,6 +191,15 @@ class SyncStatus:
             for name in COUNTERS:
                 if isinstance(totals.get(name), int):
                     self.totals[name] = totals[name]
+        died = RunReport.from_json(saved.get("current"))
+        if live or saved.get("state") != "running" or died is None:
+            return None
+        died.result = "interrupted"
+        died.error("interrupted: the registry stopped without ending this run")
+        self.runs += 1
+        self.failed_runs += 1
+        self.last = died
+        return died
 
 
 @attrs.define

@@ -24,6 +24,7 @@ from twisted.web.http import PotentialDataLoss
 from registry.api.digests import Digest
 from registry.client import single_use
 from registry.storage.uploads import UploadAppender
+from registry.sync.abandoned import UploadMarks
 from registry.sync.sides import LocalSide, RemoteSide
 from registry.sync.throttle import PausingGate, Throttle, ThrottledBody
 
@@ -100,18 +101,28 @@ async def pull_blob(
     local_name: str,
     digest: Digest,
     throttle: Throttle,
+    marks: UploadMarks | None = None,
 ) -> int:
-    """Copy a blob from the remote into the local repository; returns its size."""
+    """Copy a blob from the remote into the local repository; returns its size.  ``marks``
+    records the upload as the sync's while it is open, so that a restart after a crash
+    cancels it (`registry.sync.abandoned`)."""
     uploads = local.ctx.uploads
     blob = await remote.client.blob(remote_name, digest)
     try:
         upload_id = await uploads.start(local_name)
-        appender = await uploads.open(local_name, upload_id, 0, blob.length)
     except BaseException:
         blob.abort()
         raise
+    appender: UploadAppender | None = None
     committed = False
     try:
+        try:
+            if marks is not None:
+                await marks.opened(local_name, upload_id)
+            appender = await uploads.open(local_name, upload_id, 0, blob.length)
+        except BaseException:
+            blob.abort()
+            raise
         receiver = _AppendToUpload(appender, throttle)
         # Not verified in the client: the commit below hashes every stored byte anyway.
         blob.deliver(receiver, verify=False)
@@ -125,10 +136,13 @@ async def pull_blob(
         return size
     finally:
         if not committed:
-            with contextlib.suppress(Exception):
-                await appender.close()
+            if appender is not None:
+                with contextlib.suppress(Exception):
+                    await appender.close()
             with contextlib.suppress(Exception):
                 await uploads.cancel(local_name, upload_id)
+        if marks is not None:
+            await marks.closed(upload_id)
 
 
 async def push_blob(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
@@ -11,6 +13,7 @@ from twisted.internet.task import Clock
 
 from registry.client import RegistryClient
 from tests.e2e.conftest import registry, start_registry  # noqa: F401 - shared fixtures
+from tests.fakes.tls import make_test_pki
 from tests.fakes.upstream import FakeUpstream, start_fake_upstream
 
 reactor: Any = _reactor
@@ -39,5 +42,18 @@ async def make_client() -> AsyncIterator[ClientFactory]:
 async def fake() -> AsyncIterator[FakeUpstream]:
     """The fake Docker Hub (registry, token service and a CDN on another port)."""
     upstream = await start_fake_upstream(reactor, clock=Clock())
+    yield upstream
+    await upstream.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def tls_fake(tmp_path: Path) -> AsyncIterator[FakeUpstream]:
+    """The fake Docker Hub over TLS; ``tmp_path / "certs"`` is a ``--src-cert-dir`` that
+    trusts it (``txregistry copy`` to the plain-http fake would first probe https, which the
+    fake never answers, and wait its whole timeout)."""
+    pki = make_test_pki(tmp_path)
+    (tmp_path / "certs").mkdir()
+    shutil.copy(pki.ca_path, tmp_path / "certs" / "ca.crt")
+    upstream = await start_fake_upstream(_reactor, tls=pki.server_options)
     yield upstream
     await upstream.stop()

@@ -14,6 +14,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 
 from registry.client import (
     Credentials,
@@ -27,7 +28,8 @@ from tests.client import images
 from tests.client.conftest import ClientFactory
 from tests.client.tokenserver import token_service
 from tests.e2e.conftest import Starter
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.tls import make_test_pki
+from tests.fakes.upstream import FakeUpstream, start_fake_upstream
 
 USERS = {"alice": "alice-pw"}
 
@@ -157,6 +159,38 @@ async def test_credentials_go_only_to_the_announced_realm(
     assert fake.count(kind="cdn-token") == 0
     assert all(r.authorization is None for r in fake.log if r.kind == "cdn")
     assert all((r.authorization or "").startswith("Basic ") for r in fake.log if r.kind == "token")
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_credentials_to_a_plain_http_realm_of_an_https_registry(
+    fake: FakeUpstream, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A registry reached over https whose challenge names an ``http://`` token service: the
+    call fails in words and the plain-http service receives no request at all (the password
+    would have crossed the network in Basic); without credentials the anonymous token is
+    fetched as before.  ``fake`` plays the plain-http token service here."""
+    pki = make_test_pki(tmp_path)
+    secure = await start_fake_upstream(reactor, tls=pki.server_options)
+    try:
+        secure.content.add_image("library/alpine", "3", [100])
+        secure.switches.token_realm = f"{fake.url}/token"
+        client = make_client(
+            secure.url, credentials=Credentials("alice", "s3cret"), tls=TLSOptions(pki.ca_path)
+        )
+        with pytest.raises(Unauthorized) as info:
+            await client.manifest("library/alpine", "3")
+        assert info.value.reason == (
+            f"the registry at {secure.url} names an insecure token service {fake.url}/token; "
+            "credentials are not sent over plain HTTP"
+        )
+        assert fake.log == []
+        anonymous = make_client(secure.url, tls=TLSOptions(pki.ca_path))
+        with pytest.raises(Unauthorized):  # the token is the fake's, not the secure one's
+            await anonymous.manifest("library/alpine", "3")
+        # Asked twice (the 401 makes the client buy a fresh token once), never with a password.
+        assert [(r.kind, r.authorization) for r in fake.log] == [("token", None)] * 2
+    finally:
+        await secure.stop()
 
 
 def test_tls_files_problem_names_the_file_that_cannot_be_used(tmp_path: Path) -> None:

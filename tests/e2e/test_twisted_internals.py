@@ -19,6 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 from twisted.web import http
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
 import twisted
@@ -157,6 +158,13 @@ class _RequestWithoutFlag(http.Request):
     _disconnected: Any = property()  # reading it fails, as if it were gone
 
 
+class _PoolOfOtherMake(HTTPConnectionPool):
+    """A Twisted whose pool keeps ``_factory`` but builds connections some other way."""
+
+    def _newConnection(self, key: Any, endpoint: Any) -> Any:
+        raise NotImplementedError
+
+
 @pytest.mark.parametrize(
     ("name", "fake", "expected"),
     [
@@ -166,6 +174,8 @@ class _RequestWithoutFlag(http.Request):
         ("_FILE_DESCRIPTOR", object, "builtins.object.producer is gone"),
         ("_TCP_SERVER", object, "builtins.object.bufferSize is gone"),
         ("_CHANNEL_ATTRIBUTE", "_renamed", "no longer keeps its HTTPChannel in _renamed"),
+        ("_CONNECTION_POOL", object, "object._factory no longer names a Factory class"),
+        ("_CONNECTION_POOL", _PoolOfOtherMake, "no longer builds connections from _factory"),
     ],
 )
 def test_problems_name_what_a_changed_twisted_lacks(

@@ -86,6 +86,7 @@ class Switches:
     referrers_api: bool = True  # False: 404 on /referrers/ (Docker Hub), use the tag schema
     referrers_page: int | None = None  # referrers per page, chained by Link rel="next"
     referrers_next_origin: str | None = None  # next links absolute, on this origin
+    token_realm: str | None = None  # the realm the challenge names (default: our /token)
 
 
 class Hold:
@@ -315,7 +316,8 @@ class FakeUpstream:
     def challenge(self, scope: str | None = None, error: str | None = None) -> bytes:
         if self.switches.auth == "basic":
             return b'Basic realm="fake registry"'
-        parts = [f'realm="{self.url}/token"', f'service="{SERVICE}"']
+        realm = self.switches.token_realm or f"{self.url}/token"
+        parts = [f'realm="{realm}"', f'service="{SERVICE}"']
         if scope:
             parts.append(f'scope="{scope}"')
         if error:

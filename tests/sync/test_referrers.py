@@ -12,6 +12,7 @@ from registry.client import NotFound
 from tests.client import images
 from tests.client.conftest import ClientFactory
 from tests.e2e.conftest import Starter
+from tests.e2e.tools import Registry2Process
 from tests.sync.helpers import push_image, wait_fresh_run, wait_runs
 
 
@@ -76,3 +77,47 @@ async def test_referrers_follow_their_subject(
     assert sorted(d["digest"] for d in found or []) == sorted(
         [images.digest(signature), images.digest(later)]
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_to_registry2_keeps_the_referrers_fallback_tag(
+    registry2: Registry2Process, start_registry: Starter, make_client: ClientFactory
+) -> None:
+    """registry:2 has no referrers API: a pushed signature (and the SBOM on it) is listed in
+    the ``sha256-<hex>`` fallback tag of its subject, as ``txregistry copy --referrers``
+    keeps it, so clients that look there find it; a later signature is added to the tag."""
+    local = await start_registry(
+        {
+            "sync:out": {
+                "remote": f"http://{registry2.host}",
+                "first_run_within": "0s",
+                "direction": "push",
+                "repositories": "signed/app",
+                "interval": "1s",
+            }
+        }
+    )
+    here = make_client(local.url)
+    manifest, _ = await push_image(here, "signed/app", "v1")
+    signature = await push_referrer(here, "signed/app", manifest, "application/x.sig", b"sig")
+    sbom = await push_referrer(here, "signed/app", signature, "application/x.sbom", b"sbom")
+    status = await wait_fresh_run(local.url, "out")  # one that started after the pushes
+    assert status["last"]["result"] == "ok", status
+    remote = make_client(f"http://{registry2.host}")
+
+    async def fallback(subject: bytes) -> list[tuple[str, str]]:
+        tag = images.digest(subject).replace(":", "-")
+        index = (await remote.get_manifest("signed/app", tag)).json()
+        return [(d["digest"], d["artifactType"]) for d in index["manifests"]]
+
+    assert await fallback(manifest) == [(images.digest(signature), "application/x.sig")]
+    assert await fallback(signature) == [(images.digest(sbom), "application/x.sbom")]
+    found = await remote.referrers("signed/app", images.digest(manifest), tag_schema=True)
+    assert [d["digest"] for d in found or []] == [images.digest(signature)]
+
+    later = await push_referrer(here, "signed/app", manifest, "application/x.sig", b"sig2")
+    await wait_fresh_run(local.url, "out")
+    assert await fallback(manifest) == [
+        (images.digest(signature), "application/x.sig"),
+        (images.digest(later), "application/x.sig"),
+    ]

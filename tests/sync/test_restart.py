@@ -16,7 +16,7 @@ from tests.client import images
 from tests.client.conftest import ClientFactory
 from tests.e2e.harness import RegistryProcess, sleep
 from tests.e2e.tools import Registry2Process
-from tests.sync.helpers import sync_status, wait_runs
+from tests.sync.helpers import push_image, sync_status, wait_runs
 
 LAYER = 300_000
 
@@ -109,3 +109,59 @@ async def test_killed_sync_resumes_from_what_was_complete(
         assert status["totals"]["blobs"] == saved_totals["blobs"]
     finally:
         third.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_killed_mid_blob_restart_cancels_its_upload_and_records_the_run(
+    registry2: Registry2Process, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``kill -9`` while a layer is half-way into an upload: at the next start (which runs
+    nothing for an hour) the partial upload is gone, and the killed run is in the status as
+    ``interrupted``, counted as a failed run."""
+    remote = make_client(f"http://{registry2.host}")
+    await push_image(remote, "slow/app", "v1", layers=1, layer_size=2_000_000)
+    sync = {
+        "remote": f"http://{registry2.host}",
+        "first_run_within": "0s",
+        "repositories": "slow/app",
+        "bandwidth": "200KB",
+    }
+    workdir = tmp_path / "txregistry"
+    workdir.mkdir()
+    uploads = workdir / "data/docker/registry/v2/repositories/slow/app/_uploads"
+
+    def partial() -> bool:
+        return any(p.stat().st_size > 0 for p in uploads.glob("*/data"))
+
+    first = RegistryProcess(workdir, {"sync:slow": sync})
+    first.start()
+    try:
+        for _ in range(1000):
+            if partial():
+                break
+            await sleep(0.02)
+        else:
+            raise AssertionError("the layer never started arriving")
+    finally:
+        first.kill()
+    assert partial()
+
+    second = RegistryProcess(workdir, {"sync:slow": {**sync, "first_run_within": "1h"}})
+    second.start()
+    try:
+        for _ in range(500):
+            status = await sync_status(second.url, "slow")
+            if status["runs"] == 1:
+                break
+            await sleep(0.02)
+        assert (status["runs"], status["failed_runs"]) == (1, 1), status
+        assert status["last"]["result"] == "interrupted"
+        assert status["last"]["error_messages"] == [
+            "interrupted: the registry stopped without ending this run"
+        ]
+        assert status["current"] is None
+        assert sorted(p.name for p in uploads.iterdir()) == []
+        own = workdir / "data/docker/registry/v2/txregistry/sync/slow/uploads"
+        assert not own.exists() or sorted(own.iterdir()) == []
+    finally:
+        second.stop()

@@ -23,6 +23,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from registry.config import Config, ConfigError
+from registry.http.twisted_internals import quiet_pool
 from registry.ops.notifications.config import (
     parse_endpoints,
     queue_directory,
@@ -159,7 +160,7 @@ def add_notifications(
             reason = (exc.strerror or str(exc)).lower()
             raise ConfigError(f"{key}: cannot write in {directory}: {reason}") from None
     pool = ThreadPool(minthreads=1, maxthreads=1, name="registry-notifications")
-    connections = HTTPConnectionPool(reactor, persistent=True)
+    connections = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
     client = HTTPClient(Agent(reactor, pool=connections))
     built = []
     for settings in endpoints:

@@ -47,6 +47,7 @@ from zope.interface import implementer
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
 from registry.client._body import BodyRelay
+from registry.http.twisted_internals import quiet_pool
 from registry.proxy.errors import UpstreamError
 from registry.proxy.fill import Fill, TailProducer
 
@@ -293,7 +294,7 @@ class PeerClient:
 
     def __attrs_post_init__(self) -> None:
         # Not persistent: a stream is long and ends with its fill; nothing to reuse.
-        self._pool = HTTPConnectionPool(self.reactor, persistent=False)
+        self._pool = quiet_pool(HTTPConnectionPool(self.reactor, persistent=False))
 
     def _client_for(self, url: str) -> HTTPClient | None:
         """The HTTP client for a peer URL (None: plain http, treq's own)."""

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
 from twisted.web.iweb import IBodyProducer, IResponse
 
+from registry.http.twisted_internals import quiet_pool
 from registry.storage.driver import StorageError
 from registry.storage.producers import BytesProducer
 from registry.storage.s3._connections import S3ConnectionPool
@@ -146,7 +147,7 @@ class S3Client:
         self._signer = SigV4(access, secret, settings.region, token)
         self._pool: HTTPConnectionPool | None = None
         if http_client is None:
-            self._pool = S3ConnectionPool(reactor, persistent=True)
+            self._pool = quiet_pool(S3ConnectionPool(reactor, persistent=True))
             # Uploads, downloads and small requests of many clients run at once.
             self._pool.maxPersistentPerHost = 32
             self._pool.retryAutomatically = True

@@ -1,0 +1,89 @@
+"""
+What ``txregistry copy`` (a child process) shows while it works: one line per item, each
+word once (``copied manifest sha256:...``); on a terminal the bytes moved while a large blob
+travels; and ``--help`` names the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.client.test_copy_command import txregistry
+from tests.client.test_copy_interrupted import source_args, wait_for
+from tests.e2e.harness import REPO_ROOT
+from tests.fakes.upstream import FakeUpstream
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_line_per_item_each_word_once(tls_fake: FakeUpstream, tmp_path: Path) -> None:
+    image = tls_fake.content.add_image("library/small", "1", [3000])
+    code, _, err = await txregistry(
+        "copy", *source_args(tls_fake, tmp_path, "library/small:1"), f"oci:{tmp_path / 'out'}:1"
+    )
+    assert code == 0, err
+    lines = err.splitlines()
+    blobs = sorted(lines[:2])
+    config = json.loads(image.manifest)["config"]
+    layer = image.layers[0].digest
+    assert blobs == sorted(
+        [f"copied blob {config['digest']} ({config['size']} B)", f"copied blob {layer} (2.9 KiB)"]
+    )
+    assert lines[2:] == [f"copied manifest {image.digest} ({len(image.manifest)} B)"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_blob_shows_its_bytes_on_a_terminal(
+    tls_fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """The layer is held after 4 MiB: the terminal line says so before the copy ends."""
+    image = tls_fake.content.add_image("library/big", "1", [8 * 1024 * 1024])
+    hold = tls_fake.hold_body(image.layers[0].digest, 4 * 1024 * 1024)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DOCKER_CONFIG": "/nonexistent"}
+    command = [sys.executable, "-m", "registry.cli", "copy"]
+    command += [*source_args(tls_fake, tmp_path, "library/big:1"), f"oci:{tmp_path / 'out'}:1"]
+    terminal, other_end = pty.openpty()
+    shown = b""
+
+    def read_some() -> None:
+        nonlocal shown
+        while select.select([terminal], [], [], 0)[0]:
+            shown += os.read(terminal, 65536)
+
+    try:
+        child = await deferToThread(
+            subprocess.Popen, command, stdout=subprocess.PIPE, stderr=other_end, env=env
+        )
+        try:
+            await wait_for(lambda: read_some() or b"4.0 MiB moved" in shown, "4.0 MiB shown")
+        finally:
+            hold.release()
+            out, _ = await deferToThread(child.communicate, timeout=120)
+        read_some()
+    finally:
+        os.close(terminal)
+        os.close(other_end)
+    assert child.returncode == 0
+    assert f"copied {image.digest}: 1 manifests, 2 blobs (8.0 MiB)" in out.decode()
+    assert shown.count(b"\n") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_help_names_the_defaults() -> None:
+    code, out, _ = await txregistry("copy", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    for text in (
+        "seconds per exchange (default 60)",
+        "blobs in flight at once (default 4)",
+        "retries per call (default 3)",
+    ):
+        assert text in flat
