@@ -31,7 +31,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from registry.api.errors import RegistryError
+from registry.api.errors import NAME_INVALID, RegistryError
+from registry.http import responses
 from registry.storage.driver import StorageError
 
 if TYPE_CHECKING:
@@ -109,6 +110,10 @@ class FrontResource:
         if rest is None:
             if not klein_can_route(request):
                 # Klein would answer the same but log a traceback for the client's bytes.
+                if request.path.startswith(b"/v2/"):  # an API client reads the OCI envelope
+                    reason = "the URL is not UTF-8"
+                    invalid = RegistryError(NAME_INVALID, {"reason": reason}, reason)
+                    return responses.error(request, invalid)
                 request.setResponseCode(400)
                 request.setHeader(b"content-type", b"text/plain; charset=utf-8")
                 return b"" if request.method == b"HEAD" else b"Non-UTF-8 encoding in URL or Host."
