@@ -332,6 +332,15 @@ class FilesystemDriver:
 
     def _empty_trash_later(self, *paths: str) -> None:
         def failed(failure: Failure) -> None:
+            if failure.check(OSError):
+                # The storage went away or changed under us (a lost mount, a root replaced):
+                # what is left in the trash is removed at the next start (`empty_trash`).
+                error = failure.value
+                log.warn(
+                    "could not empty the storage trash: {reason}",
+                    reason=getattr(error, "strerror", None) or str(error),
+                )
+                return
             log.failure("emptying {paths} from the storage trash", failure, paths=paths)
 
         self._in_thread(lambda: [_remove(p) for p in paths]).addErrback(failed)

@@ -188,6 +188,48 @@ class TestFilesystemTrash:
         await wait_until_empty(root / ".trash")
 
     @pytest_twisted.ensureDeferred
+    async def test_a_trash_gone_while_emptying_is_one_warning(
+        self, driver: FilesystemDriver, root: Path, thread_pool: ThreadPool
+    ) -> None:
+        """The storage changed under a pending emptying (a root replaced, a lost mount): one
+        line, no traceback (the log watch fails the test on one), the rest at next start."""
+        import threading
+
+        from twisted.internet.threads import deferToThreadPool
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        lines: list[str] = []
+
+        def observe(event: dict[str, object]) -> None:
+            lines.append(formatEvent(event))
+
+        await driver.put_content("d/file", b"x")
+        # Hold every pool thread so the emptying waits until the trash is gone.
+        release = threading.Event()
+        holders = [
+            deferToThreadPool(reactor, thread_pool, release.wait, 30)
+            for _ in range(thread_pool.max)
+        ]
+        globalLogPublisher.addObserver(observe)
+        try:
+            await driver.delete("d/file")
+            (root / ".trash").rename(root / "trash-moved")
+            (root / ".trash").write_bytes(b"a file now")
+            release.set()
+            for holder in holders:
+                await holder
+            for _ in range(500):  # bounded: the emptying ran once the pool was free
+                if any("could not empty the storage trash" in line for line in lines):
+                    break
+                await deferLater(reactor, 0.01, lambda: None)
+        finally:
+            release.set()
+            globalLogPublisher.removeObserver(observe)
+        assert [line for line in lines if "trash" in line] == [
+            "could not empty the storage trash: Not a directory"
+        ]
+
+    @pytest_twisted.ensureDeferred
     async def test_without_a_usable_trash(self, driver: FilesystemDriver, root: Path) -> None:
         """A file where the trash would be: deleting still works, in place."""
         root.mkdir()
