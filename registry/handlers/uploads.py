@@ -36,6 +36,7 @@ from registry.http.ranges import parse_content_range
 from registry.http.request import RegistryRequest
 from registry.http.routes import Kind, Route, parse_route
 from registry.http.upload_sink import UploadSink
+from registry.storage.gcguard import GcGuard
 from registry.storage.uploads import UploadAppender, range_header
 
 log = Logger()
@@ -243,6 +244,8 @@ async def _try_mount(
     if info is None:
         return None
     await ctx.blobs.link(name, digest)
+    if await GcGuard(ctx.driver).protect([digest]):
+        return None  # being deleted by a garbage collection: a plain upload instead
     await ctx.catalog.note_repository(name)
     return info.size
 
@@ -261,6 +264,8 @@ async def _mount_anonymous(
     if info is None:
         return None
     await ctx.blobs.link(name, digest)
+    if await GcGuard(ctx.driver).protect([digest]):
+        return None  # being deleted by a garbage collection: a plain upload instead
     await ctx.catalog.note_repository(name)
     return info.size
 

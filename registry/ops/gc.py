@@ -17,8 +17,11 @@ Online safety.  A push stores blobs first and the manifest last, so for a while 
 referenced by nothing.  Whatever was written after ``start - grace`` is never deleted: blob data
 by its modification time, and a blob any repository linked after that time (an upload of a blob
 that already existed only writes the link).  Just before deleting, every repository is looked at
-again: revisions that appeared (or got a tag) since the mark are marked too.  What is left is
-the short window between that last look and the delete itself; uploads in progress
+again: revisions that appeared (or got a tag) since the mark are marked too.  A push that lands
+after that last look, while the sweep runs, is covered by the protocol of
+`registry.storage.gcguard`: the run announces itself (``txregistry/gc/running``) before its
+mark, and each blob is marked ``doomed`` and checked for a writer's ``touched`` before its
+folder is deleted, so a push either keeps the blob or fails in words.  Uploads in progress
 (``_uploads``) are never touched, purging them is `registry.ops.purge`'s job.
 
 Sweep.  Unmarked blob folders go (``blobs/<alg>/<xx>/<hex>``); with ``delete_untagged`` the
@@ -33,6 +36,7 @@ errors while deleting are counted and the sweep goes on.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -44,7 +48,7 @@ from registry.api.digests import Digest
 from registry.api.errors import RegistryError
 from registry.asyncutil import bounded_map
 from registry.manifests.references import ManifestRefs, manifest_refs
-from registry.storage import layout
+from registry.storage import gcguard, layout
 from registry.storage.catalog import Catalog
 from registry.storage.driver import FileInfo, IStorageDriver, PathNotFoundError
 from registry.storage.listing import digest_folders, list_or_empty
@@ -151,6 +155,8 @@ class GarbageCollector:
     _marked: set[str] = attrs.field(factory=set, init=False)
     _repositories: list[_Repository] = attrs.field(factory=list, init=False)
     _candidates: dict[str, _Candidate] = attrs.field(factory=dict, init=False)
+    # When this run last wrote `gcguard.RUNNING` (monotonic); None when it is not announced.
+    _announced: float | None = attrs.field(default=None, init=False)
 
     @property
     def cutoff(self) -> float:
@@ -158,22 +164,48 @@ class GarbageCollector:
 
     async def run(self) -> GCStats:
         """Mark, find candidates, look again, sweep.  Raises GCAborted before any delete."""
+        marked = False
         try:
             await self._check_root()
+            if not self.options.dry_run:
+                await self._announce()
             await self.mark()
             self.stats.phase = "examine"
             await self.examine_blobs()
             self.stats.phase = "recheck"
             await self.recheck()
+            marked = True
         except GCAborted:
             raise
         except Exception as exc:  # storage errors of any driver: abort, delete nothing
             raise GCAborted(describe_error(exc)) from exc
+        finally:
+            if not marked:  # aborted: nothing will be deleted
+                await self._withdraw()
         self.stats.phase = "sweep"
-        if not self.options.dry_run:
-            await self.sweep()
+        try:
+            if not self.options.dry_run:
+                await self.sweep()
+        finally:
+            await self._withdraw()
         self.stats.phase = "done"
         return self.stats
+
+    async def _announce(self) -> None:
+        """Tell writers a collector runs (`registry.storage.gcguard`); kept fresh as it runs."""
+        await self.driver.put_content(gcguard.RUNNING, b"%d\n" % int(self.now))
+        self._announced = time.monotonic()
+
+    async def _keep_announced(self) -> None:
+        if self._announced is not None and time.monotonic() - self._announced > gcguard.REFRESH:
+            await self._announce()
+
+    async def _withdraw(self) -> None:
+        if self._announced is None:
+            return
+        self._announced = None
+        with contextlib.suppress(Exception):  # a stale one is ignored by writers anyway
+            await self.driver.delete(gcguard.RUNNING)
 
     async def _check_root(self) -> None:
         try:
@@ -196,6 +228,7 @@ class GarbageCollector:
         names = await Catalog(self.driver, concurrency=self.options.concurrency).walk()
         self.stats.repositories_total = len(names)
         for name in names:
+            await self._keep_announced()
             self._repositories.append(await self._scan(name))
             self.stats.repositories_scanned += 1
 
@@ -387,6 +420,7 @@ class GarbageCollector:
         if not self._candidates and not any(r.doomed for r in self._repositories):
             return
         for repository in self._repositories:
+            await self._keep_announced()
             await self._recheck(repository)
 
     async def _recheck(self, repository: _Repository) -> None:
@@ -447,6 +481,8 @@ class GarbageCollector:
         tags = await self._list(layout.tags_dir(name))
         for digest_text, subject in repository.doomed.items():
             digest = Digest.parse(digest_text)
+            if await self._revision_rewritten(name, digest):
+                continue  # pushed again since the last look: kept, with what it refers to
             try:
                 await self.driver.delete(layout.revision_dir(name, digest))
             except PathNotFoundError:
@@ -467,11 +503,19 @@ class GarbageCollector:
 
     async def _delete_blob(self, candidate: _Candidate) -> None:
         digest = Digest.parse(candidate.digest)
+        await self._keep_announced()
         # Rewritten since it was examined (a new upload of the same content): keep it.
         if await self._stat_blob(candidate.digest) is None:
             self.stats.blobs_young += 1
             return
         try:
+            # The protocol of registry.storage.gcguard: doomed first, then a writer's touch.
+            await self.driver.put_content(gcguard.doomed_path(digest), b"")
+            if await self._touched(digest):
+                self.stats.blobs_young += 1
+                with contextlib.suppress(PathNotFoundError):
+                    await self.driver.delete(gcguard.doomed_path(digest))
+                return
             await self.driver.delete(layout.blob_dir(digest))
         except PathNotFoundError:
             return
@@ -481,6 +525,22 @@ class GarbageCollector:
         self.stats.blobs_deleted += 1
         self.stats.bytes_freed += candidate.size
         log.info("deleted blob {digest}", digest=digest)
+
+    async def _revision_rewritten(self, name: str, digest: Digest) -> bool:
+        """Whether the manifest was pushed again since the last look (link or touch)."""
+        try:
+            info = await self.driver.stat(layout.revision_link(name, digest))
+        except PathNotFoundError:
+            return False
+        return info.modified >= self.cutoff or await self._touched(digest)
+
+    async def _touched(self, digest: Digest) -> bool:
+        """Whether a push referred to the blob while this run was on (or within the grace)."""
+        try:
+            info = await self.driver.stat(gcguard.touched_path(digest))
+        except PathNotFoundError:
+            return False
+        return info.modified >= self.cutoff
 
     def _error(self, message: str) -> None:
         self.stats.errors.append(message)

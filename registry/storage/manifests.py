@@ -46,6 +46,7 @@ from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.gcguard import GcGuard
 from registry.storage.listing import digest_folders
 from registry.storage.referrers import ReferrersIndex, referrer_descriptor
 from registry.storage.repositories import repository_exists
@@ -290,6 +291,7 @@ class ManifestStore:
         await self._check_references(name, manifest)
         await self.blobs.put_small(body, digest.algorithm)
         await self.driver.put_content(layout.revision_link(name, digest), str(digest).encode())
+        await self._kept_by_collector(digest, manifest)
         if manifest.subject is not None:
             descriptor = referrer_descriptor(manifest, digest, len(body))
             await self.referrers.add(name, manifest.subject.digest, descriptor)
@@ -336,6 +338,25 @@ class ManifestStore:
             seen.add(child.digest)
             if not await self.exists(name, child.digest):
                 raise IndexChildUnknown(child.digest, child.media_type)
+
+    async def _kept_by_collector(self, digest: Digest, manifest: ParsedManifest) -> None:
+        """
+        After the revision is written: a garbage collection running now keeps what the
+        manifest refers to, or this push fails before any tag moves, naming the blob it
+        lost (`registry.storage.gcguard`); the client then uploads it again.
+        """
+        referred = [digest]
+        referred += [d.digest for d in manifest.blob_references if not d.is_foreign]
+        referred += [child.digest for child in manifest.manifests]
+        gone = await GcGuard(self.driver).protect(referred)
+        if not gone:
+            return
+        raise RegistryError(
+            MANIFEST_BLOB_UNKNOWN,
+            {"digest": str(gone[0]), "reason": "deleted by a garbage collection"},
+            f"manifest references blob {gone[0]} that a garbage collection was deleting:"
+            " push it again",
+        )
 
     async def _blob_available(self, name: str, digest: Digest) -> bool:
         return await self.blobs.is_linked(name, digest) and (

@@ -30,6 +30,7 @@ from zope.interface import Interface, implementer
 
 from registry.api.digests import Digest, DigestingHasher, releases_gil
 from registry.api.errors import (
+    BLOB_UPLOAD_INVALID,
     BLOB_UPLOAD_UNKNOWN,
     DIGEST_INVALID,
     RANGE_INVALID,
@@ -46,6 +47,7 @@ from registry.storage.driver import (
     PathNotFoundError,
     StorageError,
 )
+from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
 from registry.storage.upload_handover import HasherHandover
 
@@ -460,7 +462,7 @@ class UploadStore:
         finally:
             with contextlib.suppress(StorageError):  # committed already: only the lock is left
                 await appender.writer.close()
-        await self.blobs.link(name, digest)
+        await self._link_kept(name, upload_id, digest)
         await self._remove(name, upload_id)
         return size
 
@@ -499,9 +501,24 @@ class UploadStore:
         except RegistryError:
             await self.cancel(name, upload_id)
             raise
-        await self.blobs.link(name, digest)
+        await self._link_kept(name, upload_id, digest)
         await self._remove(name, upload_id)
         return size
+
+    async def _link_kept(self, name: str, upload_id: str, digest: Digest) -> None:
+        """
+        Link the committed blob into the repository; if a garbage collection was deleting
+        the blob that was stored already (`registry.storage.gcguard`), the upload ends with an
+        error the client acts on (it uploads again) instead of a 201 for a blob about to go.
+        """
+        await self.blobs.link(name, digest)
+        if await GcGuard(self.driver).protect([digest]):
+            await self._remove(name, upload_id)
+            raise RegistryError(
+                BLOB_UPLOAD_INVALID,
+                {"digest": str(digest), "reason": "deleted by a garbage collection"},
+                "a garbage collection was deleting this blob as it was committed: upload it again",
+            )
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._require(name, upload_id)

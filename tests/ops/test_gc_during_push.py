@@ -1,0 +1,200 @@
+"""
+A push that lands while `txregistry gc` sweeps (after its last look at the repositories) and
+refers to a blob the run is about to delete: the blob is kept and the push gets its 201, or
+the push fails with an error the client acts on; never a 201 for a blob that then goes.
+
+The collector runs in this process over the same folder a real registry serves; a driver
+wrapper holds it at one step of a blob's deletion while the test pushes over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.python.threadpool import ThreadPool
+
+from registry.api import mediatypes as mt
+from registry.ops.gc import GarbageCollector, GCOptions
+from registry.storage import gcguard
+from registry.storage.filesystem import FilesystemDriver
+from tests.e2e.client import push_blob, sha256
+from tests.e2e.conftest import start_registry
+from tests.e2e.harness import InProcessRegistry
+from tests.manifests import samples
+
+__all__ = ["start_registry"]
+
+LAYER = b"an old layer that nothing refers to yet " * 64
+
+
+class HeldDriver:
+    """The collector's driver, held at the first call ``at(method, path)`` picks."""
+
+    def __init__(self, inner: FilesystemDriver, at: Callable[[str, str], bool]) -> None:
+        self._inner = inner
+        self._at = at
+        self.reached: Deferred[None] = Deferred()
+        self.release: Deferred[None] = Deferred()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._inner, name)
+        if not callable(method):
+            return method
+
+        async def call(path: str, *args: Any, **kwargs: Any) -> Any:
+            if not self.reached.called and self._at(name, path):
+                self.reached.callback(None)
+                await self.release
+            return await method(path, *args, **kwargs)
+
+        return call
+
+
+def age(root: Path, seconds: float = 7200) -> None:
+    """Everything stored looks written ``seconds`` ago (older than gc's grace)."""
+    then = time.time() - seconds
+    for folder, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            os.utime(os.path.join(folder, entry), (then, then), follow_symlinks=False)
+
+
+async def serve(start: Any, root: Path) -> InProcessRegistry:
+    registry: InProcessRegistry = await start({"storage": {"rootdirectory": str(root)}})
+    return registry
+
+
+async def put_manifest(url: str, name: str, tag: str, body: bytes) -> tuple[int, Any]:
+    response = await treq.put(
+        f"{url}/v2/{name}/manifests/{tag}",
+        data=body,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    text = await response.content()
+    return response.code, json.loads(text) if text else None
+
+
+async def layer_pulls(url: str, name: str) -> int:
+    response = await treq.get(f"{url}/v2/{name}/blobs/{sha256(LAYER)}")
+    body = await response.content()
+    if response.code == 200:
+        assert body == LAYER
+    return int(response.code)
+
+
+def collector(driver: Any) -> GarbageCollector:
+    return GarbageCollector(driver, GCOptions(grace=3600), time.time())
+
+
+async def held_at(held: HeldDriver, run: Deferred[Any]) -> None:
+    """Until the collector is held; a run that ends first never reached the step (fails)."""
+    await DeferredList([held.reached, run], fireOnOneCallback=True, fireOnOneErrback=True)
+    assert held.reached.called, "the collector ended without reaching the held step"
+
+
+async def _old_layer(start_registry: Any, root: Path) -> InProcessRegistry:
+    registry = await serve(start_registry, root)
+    await push_blob(registry.url, "k/race", LAYER)  # uploaded, never referred to
+    age(root)
+    return registry
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_manifest_put_before_the_blob_is_doomed_keeps_it(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    root = tmp_path / "root"
+    registry = await _old_layer(start_registry, root)
+    held = HeldDriver(
+        FilesystemDriver(str(root), reactor, thread_pool),
+        lambda method, path: method == "put_content" and path.endswith("/" + gcguard.DOOMED),
+    )
+    run = Deferred.fromCoroutine(collector(held).run())
+    await held_at(held, run)  # after the last look; about to doom the layer
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await push_blob(registry.url, "k/race", config)
+    body = samples.oci_image(config=config, layers=(LAYER,))
+    assert (await put_manifest(registry.url, "k/race", "r1", body))[0] == 201
+    held.release.callback(None)
+    stats = await run
+    assert stats.blobs_deleted == 0
+    assert await layer_pulls(registry.url, "k/race") == 200
+    assert not (root / "docker/registry/v2" / gcguard.RUNNING.split("v2/", 1)[1]).exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_manifest_put_after_the_blob_is_doomed_fails_in_words_then_succeeds(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    root = tmp_path / "root"
+    registry = await _old_layer(start_registry, root)
+    held = HeldDriver(
+        FilesystemDriver(str(root), reactor, thread_pool),
+        lambda method, path: method == "stat" and path.endswith("/" + gcguard.TOUCHED),
+    )
+    run = Deferred.fromCoroutine(collector(held).run())
+    await held_at(held, run)  # doomed written, its last look at `touched` not taken yet
+    config = b'{"architecture":"arm64","os":"linux"}'
+    await push_blob(registry.url, "k/race", config)
+    body = samples.oci_image(config=config, layers=(LAYER,))
+    status, answer = await put_manifest(registry.url, "k/race", "r2", body)
+    assert status == 400
+    [error] = answer["errors"]
+    assert error["code"] == "MANIFEST_BLOB_UNKNOWN"
+    assert error["detail"] == {"digest": sha256(LAYER), "reason": "deleted by a garbage collection"}
+    response = await treq.get(f"{registry.url}/v2/k/race/tags/list")
+    assert json.loads(await response.content())["tags"] == []  # no tag moved
+    held.release.callback(None)
+    stats = await run
+    assert stats.blobs_deleted == 0  # the push touched it: kept
+    assert (await put_manifest(registry.url, "k/race", "r2", body))[0] == 201
+    assert await layer_pulls(registry.url, "k/race") == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_of_stored_content_during_the_sweep_keeps_it(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    """Uploading bytes that are stored already writes only a link: not enough alone."""
+    root = tmp_path / "root"
+    registry = await _old_layer(start_registry, root)
+    held = HeldDriver(
+        FilesystemDriver(str(root), reactor, thread_pool),
+        lambda method, path: method == "put_content" and path.endswith("/" + gcguard.DOOMED),
+    )
+    run = Deferred.fromCoroutine(collector(held).run())
+    await held_at(held, run)
+    await push_blob(registry.url, "other/repo", LAYER)  # 201
+    held.release.callback(None)
+    stats = await run
+    assert stats.blobs_deleted == 0
+    assert await layer_pulls(registry.url, "other/repo") == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mount_of_a_doomed_blob_becomes_a_plain_upload(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    root = tmp_path / "root"
+    registry = await _old_layer(start_registry, root)
+    held = HeldDriver(
+        FilesystemDriver(str(root), reactor, thread_pool),
+        lambda method, path: method == "stat" and path.endswith("/" + gcguard.TOUCHED),
+    )
+    run = Deferred.fromCoroutine(collector(held).run())
+    await held_at(held, run)
+    response = await treq.post(
+        f"{registry.url}/v2/mounted/app/blobs/uploads/?mount={sha256(LAYER)}&from=k/race"
+    )
+    await response.content()
+    assert response.code == 202  # not 201: the client uploads the bytes
+    held.release.callback(None)
+    await run
