@@ -184,3 +184,32 @@ def test_tap_cfg_commented_sections_load_as_written(tmp_path: Path) -> None:
     (sync,) = parse_syncs(loaded)
     assert sync.credentials is None
     assert sync.first_run_within == 5.0
+
+
+def _tap_cfg_keys() -> dict[str, list[str]]:
+    """Every key tap.cfg lists, commented-out example sections included, by section."""
+    import re
+
+    keys: dict[str, list[str]] = {}
+    section = ""
+    for line in (REPO_ROOT / "tap.cfg").read_text().splitlines():
+        line = line.removeprefix("# ") if line.startswith("# [") or section.count(":") else line
+        if match := re.fullmatch(r"\[([^\]]+)\]", line):
+            section = match.group(1)
+            keys[section] = []
+        elif match := re.fullmatch(r"([a-z_0-9]+) =.*", line):
+            keys[section].append(match.group(1))
+    return keys
+
+
+def test_configuration_md_names_every_key_of_tap_cfg() -> None:
+    keys = _tap_cfg_keys()
+    assert "evict_interval" in keys["proxy:dockerhub"] and "tls_verify" in keys["sync:upstream"]
+    text = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    missing = [
+        f"[{section}] {key}"
+        for section, names in keys.items()
+        for key in names
+        if f"`{key}`" not in text and f"`[{section}] {key}`" not in text
+    ]
+    assert not missing, f"keys of tap.cfg that docs/configuration.md does not name: {missing}"
