@@ -147,3 +147,69 @@ def test_sendfile_words(tmp_path: Path, text: str, mode: str) -> None:
     assert config.load(str(path), environ={}).http.sendfile == mode
     from_environment = config.load(None, environ={"REGISTRY_HTTP_SENDFILE": text})
     assert from_environment.http.sendfile == mode
+
+
+def _commented_example(header: str) -> str:
+    """tap.cfg's commented-out ``# [header]`` section, uncommented as a reader would."""
+    lines = (REPO_ROOT / "tap.cfg").read_text().splitlines()
+    start = lines.index(f"# [{header}]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:])
+    return "\n".join(block) + "\n"
+
+
+def test_tap_cfg_commented_sections_load_as_written(tmp_path: Path) -> None:
+    """Uncommenting an example section of tap.cfg, every listed value included, is accepted
+    and gives the documented defaults (an empty ``library`` is automatic; an empty
+    username and password are no credentials, in [proxy:NAME] and [sync:NAME] alike)."""
+    from registry.ops.notifications.config import parse_endpoints
+    from registry.proxy.config import parse_proxies
+    from registry.sync.config import parse_syncs
+
+    path = tmp_path / "examples.cfg"
+    path.write_text(
+        _commented_example("proxy:dockerhub")
+        + _commented_example("notifications:ci")
+        + _commented_example("sync:upstream")
+    )
+    loaded = config.load(str(path), environ={})
+    (proxy,) = parse_proxies(loaded)
+    assert proxy.library is None
+    assert (proxy.username, proxy.password) == (None, None)
+    (endpoint,) = parse_endpoints(loaded)
+    assert endpoint.url == "https://ci.example.com/registry-events"
+    (sync,) = parse_syncs(loaded)
+    assert sync.credentials is None
+    assert sync.first_run_within == 5.0
+
+
+def _tap_cfg_keys() -> dict[str, list[str]]:
+    """Every key tap.cfg lists, commented-out example sections included, by section."""
+    import re
+
+    keys: dict[str, list[str]] = {}
+    section = ""
+    for line in (REPO_ROOT / "tap.cfg").read_text().splitlines():
+        line = line.removeprefix("# ") if line.startswith("# [") or section.count(":") else line
+        if match := re.fullmatch(r"\[([^\]]+)\]", line):
+            section = match.group(1)
+            keys[section] = []
+        elif match := re.fullmatch(r"([a-z_0-9]+) =.*", line):
+            keys[section].append(match.group(1))
+    return keys
+
+
+def test_configuration_md_names_every_key_of_tap_cfg() -> None:
+    keys = _tap_cfg_keys()
+    assert "evict_interval" in keys["proxy:dockerhub"] and "tls_verify" in keys["sync:upstream"]
+    text = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    missing = [
+        f"[{section}] {key}"
+        for section, names in keys.items()
+        for key in names
+        if f"`{key}`" not in text and f"`[{section}] {key}`" not in text
+    ]
+    assert not missing, f"keys of tap.cfg that docs/configuration.md does not name: {missing}"

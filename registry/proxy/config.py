@@ -55,6 +55,11 @@ def _prefix(text: str) -> str:
     return text
 
 
+def _optional_bool(text: str) -> bool | None:
+    """Empty: the default (None), decided elsewhere."""
+    return parse_bool(text) if text.strip() else None
+
+
 def _positive_int(text: str) -> int:
     text = text.strip()
     if not text.isdigit() or int(text) < 1:
@@ -117,7 +122,8 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "timeout": parse_positive_duration,
     "cabundle": lambda t: t.strip() or None,
     "verify_reads": parse_bool,
-    "library": parse_bool,
+    # Empty: automatic (only for Docker Hub hosts), as tap.cfg lists it.
+    "library": _optional_bool,
     "flush_interval": parse_positive_duration,
     "evict_interval": parse_positive_duration,
     "log_interval": parse_positive_duration,

@@ -136,7 +136,8 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "enabled": parse_bool,
     "timeout": parse_positive_duration,
     "username": lambda t: t.strip() or None,
-    "password": lambda t: t,
+    # Empty, like an empty username: no credentials (as in [proxy:NAME]).
+    "password": lambda t: t or None,
     "authfile": _path,
     "cabundle": _path,
     "certfile": _path,

@@ -1,6 +1,6 @@
 """
 docs/client.md's examples run as written: every ``python`` block as a script (in order, in one
-directory, ``REGISTRY`` naming a registry on loopback), every ``$ txregistry`` line of the
+directory, ``REGISTRY`` naming a registry on loopback), every ``$ .venv/bin/txregistry`` line of the
 ``console`` blocks as a command (``localhost:5000`` replaced by that registry's address).
 """
 
@@ -61,7 +61,7 @@ async def test_the_examples_run(start_registry: Starter, tmp_path: Path) -> None
         line.removeprefix("$ ")
         for block in blocks("console")
         for line in block.splitlines()
-        if line.startswith("$ txregistry ")
+        if line.startswith("$ .venv/bin/txregistry ")
     ]
     assert len(commands) >= 3
     for line in commands:
