@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,14 +64,38 @@ class CommandError(Exception):
 
 
 def _duration(text: str) -> float:
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
     try:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    Takes ``-5m`` after an option as its value (argparse only does so for plain negative
+    numbers such as ``-5``): ``--age -5m`` then says "must not be negative" rather than
+    "expected one argument".  No option of ours looks like a negative number.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="txregistry",
         description="Operations tasks for txregistry storage (safe while the registry serves).",
     )
@@ -108,7 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="never delete what was written this recently (default 1h; pushes in progress)",
     )
     gc.add_argument(
-        "--concurrency", type=int, default=16, help="storage requests in flight (default 16)"
+        "--concurrency",
+        type=_concurrency,
+        default=16,
+        metavar="N",
+        help="storage requests in flight (default 16, at least 1)",
     )
     command("catalog-rebuild", "walk the repositories and rebuild the catalog index")
     command("reindex-referrers", "rebuild the referrers index of every repository")
@@ -228,8 +257,6 @@ def gc_summary(stats: GCStats, dry_run: bool, delete_untagged: bool, elapsed: fl
 async def run_gc(
     reactor: Any, driver: IStorageDriver, args: argparse.Namespace, config: Config, term: Terminal
 ) -> int:
-    if args.grace < 0:
-        raise CommandError("--grace must not be negative")
     options = GCOptions(
         delete_untagged=args.delete_untagged,
         dry_run=args.dry_run,

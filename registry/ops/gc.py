@@ -75,9 +75,9 @@ class GCOptions:
     delete_untagged: bool = False
     dry_run: bool = False
     # Seconds: anything written more recently than this before the run started is kept.
-    grace: float = 3600.0
+    grace: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
     # Storage requests in flight (S3 latency, not CPU, is what a run waits on).
-    concurrency: int = 16
+    concurrency: int = attrs.field(default=16, validator=attrs.validators.ge(1))
 
 
 @attrs.define

@@ -101,6 +101,29 @@ def test_config_error_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert "not a duration" in result.err
 
 
+def test_bad_option_values_are_usage_errors(tmp_path: Path) -> None:
+    """Refused by argparse (exit 2, an error line naming the option), before any storage."""
+    config = write_config(
+        tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(tmp_path / "nowhere")}}
+    )
+    cases = [
+        (("gc", "--concurrency", "0"), "argument --concurrency: must be at least 1: '0'"),
+        (("gc", "--concurrency", "-3"), "argument --concurrency: must be at least 1: '-3'"),
+        (("gc", "--concurrency", "many"), "argument --concurrency: not a whole number: 'many'"),
+        (("purge-uploads", "--age", "-5m"), "argument --age: must not be negative: '-5m'"),
+        (("purge-uploads", "--age=-5m"), "argument --age: must not be negative: '-5m'"),
+        (("gc", "--grace", "-1h"), "argument --grace: must not be negative: '-1h'"),
+        (("gc", "--grace", "-5"), "argument --grace: must not be negative: '-5'"),
+    ]
+    for arguments, message in cases:
+        result = cli_sync(*arguments, "--config", str(config))
+        assert result.code == 2, (arguments, result)
+        errors = [line for line in result.err.splitlines() if "error:" in line]
+        assert errors == [f"txregistry {arguments[0]}: error: {message}"], result.err
+        assert result.out == ""
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_missing_storage_is_an_error(tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(tmp_path / "nowhere")}}

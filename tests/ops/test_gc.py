@@ -274,3 +274,11 @@ async def test_memory_driver_and_blob_shared_across_repositories() -> None:
     collector = await gc(driver, delete_untagged=True, grace=0.0)
     assert content.labels(set(collector.candidates)) == DELETED_UNTAGGED | {"ORPHAN_NEW"}
     assert await BlobStore(driver).exists(Digest.parse(content.digests["SHARED"])) is not None
+
+
+def test_options_are_checked() -> None:
+    """No run with no request in flight (it would never finish) or a grace in the future."""
+    for bad in ({"concurrency": 0}, {"concurrency": -3}, {"grace": -1.0}):
+        with pytest.raises(ValueError):
+            GCOptions(**bad)  # type: ignore[arg-type]
+    assert GCOptions(concurrency=1, grace=0.0).concurrency == 1
