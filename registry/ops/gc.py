@@ -32,7 +32,6 @@ errors while deleting are counted and the sweep goes on.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -444,7 +443,7 @@ class GarbageCollector:
 
     async def _delete_revisions(self, repository: _Repository) -> None:
         name = repository.name
-        tags = await self._list(layout.tags_dir(name))
+        deleted: set[str] = set()
         for digest_text, subject in repository.doomed.items():
             digest = Digest.parse(digest_text)
             try:
@@ -455,15 +454,35 @@ class GarbageCollector:
                 self._error(f"{name}: cannot delete revision {digest}: {exc}")
                 continue
             self.stats.revisions_deleted += 1
+            deleted.add(digest_text)
             log.info("{name}: deleted untagged manifest {digest}", name=name, digest=digest)
-            for tag in tags:
-                path = layout.tag_index_dir(name, tag, digest)
-                with contextlib.suppress(PathNotFoundError):
-                    await self.driver.delete(path)
             subject_digest = _digest(subject) if subject is not None else None
             referrers = ReferrersIndex(self.driver)
             if subject_digest is not None and await referrers.remove(name, subject_digest, digest):
                 self.stats.referrer_entries_deleted += 1
+        if deleted:
+            await self._delete_tag_history(name, deleted)
+
+    async def _delete_tag_history(self, name: str, deleted: set[str]) -> None:
+        """
+        The tag-history entries (``tags/<tag>/index/<alg>/<hex>``) naming deleted revisions:
+        each tag's history is listed once, and only its entries for ``deleted`` are deleted
+        (not every tag tried for every revision: tags times revisions requests).
+        """
+
+        async def forget(tag: str) -> None:
+            index = f"{layout.tag_dir(name, tag)}/index"
+            for digest in await digest_folders(self.driver, index):
+                if str(digest) not in deleted:
+                    continue
+                try:
+                    await self.driver.delete(layout.tag_index_dir(name, tag, digest))
+                except PathNotFoundError:
+                    pass
+                except Exception as exc:
+                    self._error(f"{name}: cannot delete tag {tag}'s entry for {digest}: {exc}")
+
+        await self._map(forget, await self._list(layout.tags_dir(name)))
 
     async def _delete_blob(self, candidate: _Candidate) -> None:
         digest = Digest.parse(candidate.digest)
