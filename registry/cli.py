@@ -213,9 +213,16 @@ def gc_progress(stats: GCStats) -> str:
             f"{format_count(stats.blobs_to_delete)} unreferenced "
             f"({format_bytes(stats.bytes_to_free)} to free)"
         )
+    manifests = ""
+    if stats.revisions_to_delete:
+        manifests = (
+            f"{format_count(stats.revisions_deleted)}/{format_count(stats.revisions_to_delete)} "
+            "untagged manifests, "
+        )
     return (
-        f"gc: sweep: {format_count(stats.blobs_deleted)}/{format_count(stats.blobs_to_delete)} "
-        f"blobs deleted, {format_bytes(stats.bytes_freed)} freed"
+        f"gc: sweep: {manifests}{format_count(stats.blobs_deleted)}/"
+        f"{format_count(stats.blobs_to_delete)} blobs deleted, "
+        f"{format_bytes(stats.bytes_freed)} freed"
     )
 
 
@@ -265,7 +272,7 @@ async def run_gc(
     )
     started = time.monotonic()
     started_at = time.time()
-    collector = GarbageCollector(driver, options, started_at)
+    collector = GarbageCollector(driver, options, started_at, clock=reactor)
     reporter = _reporter(reactor, args, term, lambda: gc_progress(collector.stats))
     try:
         await collector.run()

@@ -37,6 +37,8 @@ from typing import TypeVar
 
 import attrs
 from twisted.internet.defer import FirstError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from registry.api.digests import Digest
@@ -56,6 +58,8 @@ U = TypeVar("U")
 # Digest-shaped strings in a manifest that does not parse (schema1's blobSum, damaged JSON).
 # Manifests read per batch in one repository: bounds memory and requests in flight.
 _BATCH = 256
+# Storage calls between turns given to the reactor (see `GarbageCollector.clock`).
+_TURN_EVERY = 64
 
 
 def describe_error(exc: BaseException) -> str:
@@ -147,6 +151,11 @@ class GarbageCollector:
     options: GCOptions
     now: float
     stats: GCStats = attrs.field(factory=GCStats)
+    # Given, the run lets the reactor turn every _TURN_EVERY storage calls: a driver whose
+    # calls complete inline (the filesystem's stat, read and delete) would otherwise hold it
+    # for a whole phase, and progress timers (and a serving process's requests) would wait.
+    clock: IReactorTime | None = None
+    _since_turn: int = attrs.field(default=0, init=False)
     _marked: set[str] = attrs.field(factory=set, init=False)
     _repositories: list[_Repository] = attrs.field(factory=list, init=False)
     _candidates: dict[str, _Candidate] = attrs.field(factory=dict, init=False)
@@ -185,6 +194,14 @@ class GarbageCollector:
     async def _list(self, path: str) -> list[str]:
         return await list_or_empty(self.driver, path)
 
+    async def _turn(self) -> None:
+        """Before a storage call: every _TURN_EVERY calls, one turn of the reactor."""
+        self._since_turn += 1
+        if self.clock is None or self._since_turn < _TURN_EVERY:
+            return
+        self._since_turn = 0
+        await deferLater(self.clock, 0, lambda: None)
+
     async def _map(self, func: Callable[[U], Awaitable[T]], items: Iterable[U]) -> list[T]:
         """``func`` over ``items``, at most ``concurrency`` at a time, results in order."""
         return await bounded_map(func, items, self.options.concurrency)
@@ -221,6 +238,7 @@ class GarbageCollector:
 
     async def _young_revisions(self, name: str, revisions: Iterable[str]) -> set[str]:
         async def young(digest: str) -> bool:
+            await self._turn()
             path = layout.revision_link(name, Digest.parse(digest))
             try:
                 info = await self.driver.stat(path)
@@ -234,6 +252,7 @@ class GarbageCollector:
 
     async def _read(self, name: str, digest: str) -> ManifestRefs | None:
         """A manifest's references; None when its blob is missing (nothing to keep)."""
+        await self._turn()
         path = layout.blob_data(Digest.parse(digest))
         try:
             body = await self.driver.get_content(path)
@@ -358,6 +377,7 @@ class GarbageCollector:
 
     async def _blob_info(self, digest: str) -> FileInfo | None:
         """A blob's data, or its folder when it has none; None when both are gone."""
+        await self._turn()
         parsed = Digest.parse(digest)
         try:
             return await self.driver.stat(layout.blob_data(parsed))
@@ -421,6 +441,7 @@ class GarbageCollector:
         ]
 
         async def young(digest: str) -> bool:
+            await self._turn()
             path = layout.layer_link(name, Digest.parse(digest))
             try:
                 info = await self.driver.stat(path)
@@ -446,6 +467,7 @@ class GarbageCollector:
         deleted: set[str] = set()
         for digest_text, subject in repository.doomed.items():
             digest = Digest.parse(digest_text)
+            await self._turn()
             try:
                 await self.driver.delete(layout.revision_dir(name, digest))
             except PathNotFoundError:
@@ -475,6 +497,7 @@ class GarbageCollector:
             for digest in await digest_folders(self.driver, index):
                 if str(digest) not in deleted:
                     continue
+                await self._turn()
                 try:
                     await self.driver.delete(layout.tag_index_dir(name, tag, digest))
                 except PathNotFoundError:

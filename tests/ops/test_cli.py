@@ -229,6 +229,34 @@ async def test_gc_progress_lines(driver: FilesystemDriver, root: Path, config: P
 
 
 @pytest_twisted.ensureDeferred
+async def test_gc_progress_during_the_sweep(
+    driver: FilesystemDriver, root: Path, config: Path
+) -> None:
+    """
+    The filesystem's stat and delete complete inline: the run still gives the reactor turns,
+    so progress lines come during the sweep (and the manifest deletion), not only after it.
+    """
+    await scenario.build_aged(driver, root)
+    orphans = 10_000
+    orphan_blobs(root, orphans)
+    result = await cli(
+        "gc", "--config", str(config), "--delete-untagged", "--progress-interval", "0.01"
+    )
+    assert result.code == 0, result
+    total = orphans + len(DELETED_UNTAGGED)
+    sweeping = [
+        line
+        for line in result.err.splitlines()
+        if line.startswith("gc: sweep: 4/4 untagged manifests, ")
+        and not line.startswith(f"gc: sweep: 4/4 untagged manifests, {total:,}/")
+    ]
+    assert sweeping, result.err
+    assert all(line.endswith(" freed") for line in sweeping), sweeping
+    assert f"/{total:,} blobs deleted" in sweeping[0]
+    assert f"gc: deleted {total:,} blobs, 4 untagged manifests, freed " in result.out
+
+
+@pytest_twisted.ensureDeferred
 async def test_catalog_rebuild(driver: FilesystemDriver, root: Path, config: Path) -> None:
     await scenario.build_aged(driver, root)  # through the stores, without noting the catalog
     await driver.put_content(f"{ENTRIES_DIR}/gone", b"gone")
