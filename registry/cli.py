@@ -63,10 +63,22 @@ class CommandError(Exception):
 
 
 def _duration(text: str) -> float:
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
     try:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="never delete what was written this recently (default 1h; pushes in progress)",
     )
     gc.add_argument(
-        "--concurrency", type=int, default=16, help="storage requests in flight (default 16)"
+        "--concurrency",
+        type=_concurrency,
+        default=16,
+        metavar="N",
+        help="storage requests in flight (default 16, at least 1)",
     )
     command("catalog-rebuild", "walk the repositories and rebuild the catalog index")
     command("reindex-referrers", "rebuild the referrers index of every repository")
@@ -184,9 +200,16 @@ def gc_progress(stats: GCStats) -> str:
             f"{format_count(stats.blobs_to_delete)} unreferenced "
             f"({format_bytes(stats.bytes_to_free)} to free)"
         )
+    manifests = ""
+    if stats.revisions_to_delete:
+        manifests = (
+            f"{format_count(stats.revisions_deleted)}/{format_count(stats.revisions_to_delete)} "
+            "untagged manifests, "
+        )
     return (
-        f"gc: sweep: {format_count(stats.blobs_deleted)}/{format_count(stats.blobs_to_delete)} "
-        f"blobs deleted, {format_bytes(stats.bytes_freed)} freed"
+        f"gc: sweep: {manifests}{format_count(stats.blobs_deleted)}/"
+        f"{format_count(stats.blobs_to_delete)} blobs deleted, "
+        f"{format_bytes(stats.bytes_freed)} freed"
     )
 
 
@@ -228,8 +251,6 @@ def gc_summary(stats: GCStats, dry_run: bool, delete_untagged: bool, elapsed: fl
 async def run_gc(
     reactor: Any, driver: IStorageDriver, args: argparse.Namespace, config: Config, term: Terminal
 ) -> int:
-    if args.grace < 0:
-        raise CommandError("--grace must not be negative")
     options = GCOptions(
         delete_untagged=args.delete_untagged,
         dry_run=args.dry_run,
@@ -238,7 +259,7 @@ async def run_gc(
     )
     started = time.monotonic()
     started_at = time.time()
-    collector = GarbageCollector(driver, options, started_at)
+    collector = GarbageCollector(driver, options, started_at, clock=reactor)
     reporter = _reporter(reactor, args, term, lambda: gc_progress(collector.stats))
     try:
         await collector.run()

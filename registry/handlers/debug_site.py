@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 from klein import Klein
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
@@ -60,6 +61,13 @@ class DebugApp:
     @router.route("/", branch=True)
     def elsewhere(self, request: IRequest) -> bytes:
         error = RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
+        return responses.error(request, error)
+
+    @router.handle_errors(RegistryError)
+    def registry_error(self, request: IRequest, failure: Failure) -> bytes:
+        """The OCI error envelope, as on the main port (``/sync/status/<unknown>``: 404)."""
+        error = failure.value
+        assert isinstance(error, RegistryError)
         return responses.error(request, error)
 
 

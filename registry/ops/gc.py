@@ -42,6 +42,8 @@ from typing import TypeVar
 
 import attrs
 from twisted.internet.defer import FirstError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from registry.api.digests import Digest
@@ -61,6 +63,8 @@ U = TypeVar("U")
 # Digest-shaped strings in a manifest that does not parse (schema1's blobSum, damaged JSON).
 # Manifests read per batch in one repository: bounds memory and requests in flight.
 _BATCH = 256
+# Storage calls between turns given to the reactor (see `GarbageCollector.clock`).
+_TURN_EVERY = 64
 
 
 def describe_error(exc: BaseException) -> str:
@@ -79,9 +83,9 @@ class GCOptions:
     delete_untagged: bool = False
     dry_run: bool = False
     # Seconds: anything written more recently than this before the run started is kept.
-    grace: float = 3600.0
+    grace: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
     # Storage requests in flight (S3 latency, not CPU, is what a run waits on).
-    concurrency: int = 16
+    concurrency: int = attrs.field(default=16, validator=attrs.validators.ge(1))
 
 
 @attrs.define
@@ -152,6 +156,11 @@ class GarbageCollector:
     options: GCOptions
     now: float
     stats: GCStats = attrs.field(factory=GCStats)
+    # Given, the run lets the reactor turn every _TURN_EVERY storage calls: a driver whose
+    # calls complete inline (the filesystem's stat, read and delete) would otherwise hold it
+    # for a whole phase, and progress timers (and a serving process's requests) would wait.
+    clock: IReactorTime | None = None
+    _since_turn: int = attrs.field(default=0, init=False)
     _marked: set[str] = attrs.field(factory=set, init=False)
     _repositories: list[_Repository] = attrs.field(factory=list, init=False)
     _candidates: dict[str, _Candidate] = attrs.field(factory=dict, init=False)
@@ -218,6 +227,14 @@ class GarbageCollector:
     async def _list(self, path: str) -> list[str]:
         return await list_or_empty(self.driver, path)
 
+    async def _turn(self) -> None:
+        """Before a storage call: every _TURN_EVERY calls, one turn of the reactor."""
+        self._since_turn += 1
+        if self.clock is None or self._since_turn < _TURN_EVERY:
+            return
+        self._since_turn = 0
+        await deferLater(self.clock, 0, lambda: None)
+
     async def _map(self, func: Callable[[U], Awaitable[T]], items: Iterable[U]) -> list[T]:
         """``func`` over ``items``, at most ``concurrency`` at a time, results in order."""
         return await bounded_map(func, items, self.options.concurrency)
@@ -255,6 +272,7 @@ class GarbageCollector:
 
     async def _young_revisions(self, name: str, revisions: Iterable[str]) -> set[str]:
         async def young(digest: str) -> bool:
+            await self._turn()
             path = layout.revision_link(name, Digest.parse(digest))
             try:
                 info = await self.driver.stat(path)
@@ -268,6 +286,7 @@ class GarbageCollector:
 
     async def _read(self, name: str, digest: str) -> ManifestRefs | None:
         """A manifest's references; None when its blob is missing (nothing to keep)."""
+        await self._turn()
         path = layout.blob_data(Digest.parse(digest))
         try:
             body = await self.driver.get_content(path)
@@ -392,6 +411,7 @@ class GarbageCollector:
 
     async def _blob_info(self, digest: str) -> FileInfo | None:
         """A blob's data, or its folder when it has none; None when both are gone."""
+        await self._turn()
         parsed = Digest.parse(digest)
         try:
             return await self.driver.stat(layout.blob_data(parsed))
@@ -456,6 +476,7 @@ class GarbageCollector:
         ]
 
         async def young(digest: str) -> bool:
+            await self._turn()
             path = layout.layer_link(name, Digest.parse(digest))
             try:
                 info = await self.driver.stat(path)
@@ -478,9 +499,10 @@ class GarbageCollector:
 
     async def _delete_revisions(self, repository: _Repository) -> None:
         name = repository.name
-        tags = await self._list(layout.tags_dir(name))
+        deleted: set[str] = set()
         for digest_text, subject in repository.doomed.items():
             digest = Digest.parse(digest_text)
+            await self._turn()
             if await self._revision_rewritten(name, digest):
                 continue  # pushed again since the last look: kept, with what it refers to
             try:
@@ -491,15 +513,36 @@ class GarbageCollector:
                 self._error(f"{name}: cannot delete revision {digest}: {exc}")
                 continue
             self.stats.revisions_deleted += 1
+            deleted.add(digest_text)
             log.info("{name}: deleted untagged manifest {digest}", name=name, digest=digest)
-            for tag in tags:
-                path = layout.tag_index_dir(name, tag, digest)
-                with contextlib.suppress(PathNotFoundError):
-                    await self.driver.delete(path)
             subject_digest = _digest(subject) if subject is not None else None
             referrers = ReferrersIndex(self.driver)
             if subject_digest is not None and await referrers.remove(name, subject_digest, digest):
                 self.stats.referrer_entries_deleted += 1
+        if deleted:
+            await self._delete_tag_history(name, deleted)
+
+    async def _delete_tag_history(self, name: str, deleted: set[str]) -> None:
+        """
+        The tag-history entries (``tags/<tag>/index/<alg>/<hex>``) naming deleted revisions:
+        each tag's history is listed once, and only its entries for ``deleted`` are deleted
+        (not every tag tried for every revision: tags times revisions requests).
+        """
+
+        async def forget(tag: str) -> None:
+            index = f"{layout.tag_dir(name, tag)}/index"
+            for digest in await digest_folders(self.driver, index):
+                if str(digest) not in deleted:
+                    continue
+                await self._turn()
+                try:
+                    await self.driver.delete(layout.tag_index_dir(name, tag, digest))
+                except PathNotFoundError:
+                    pass
+                except Exception as exc:
+                    self._error(f"{name}: cannot delete tag {tag}'s entry for {digest}: {exc}")
+
+        await self._map(forget, await self._list(layout.tags_dir(name)))
 
     async def _delete_blob(self, candidate: _Candidate) -> None:
         digest = Digest.parse(candidate.digest)

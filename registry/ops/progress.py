@@ -83,9 +83,12 @@ class ProgressReporter:
 
 
 @implementer(IStorageDriver)
-@attrs.define
+@attrs.define(slots=False)
 class CountingDriver:
-    """Another driver, counting folder listings, reads and deletions as they complete."""
+    """
+    Another driver, counting folder listings, reads and deletions as they complete.  Not
+    slotted: ``alsoProvides`` (below) needs an instance ``__dict__`` for ``__provides__``.
+    """
 
     wrapped: IStorageDriver
     listed: int = 0

@@ -10,11 +10,14 @@ empty-ish marker file in one flat folder::
 
 so a page is one folder listing.  `Catalog.note_repository` adds a repository; the handlers
 call it (through the manifest store on a manifest push, directly on a blob link or mount),
-*after* writing the link: a rebuild drops entries whose repository folder does not exist.
+*after* writing the link: a rebuild drops entries whose folder no longer holds a repository.
 
 Data written by registry:2 (or by anything that does not note repositories) is found by
 `Catalog.rebuild`, a full walk of ``repositories/`` that recognises a repository as a folder
-holding ``_manifests``, ``_layers`` or ``_uploads`` and never descends into ``_`` folders.
+holding ``_manifests`` or ``_layers`` (a manifest revision, a tag or a layer link: what the
+handlers note) and never descends into ``_`` folders.  An upload alone (``_uploads``, empty
+once purged) does not make a repository: registry:2 (2.8 and later) lists folders holding
+``_manifests``, earlier versions those holding ``_layers``.
 The first listing rebuilds when the ``complete`` marker is missing, which is the case on a
 registry:2 data directory served for the first time; call `Catalog.ensure_index` at start-up
 to do it before the first request, and `Catalog.rebuild` again (an operations task) after
@@ -38,15 +41,16 @@ from registry.asyncutil import bounded_map
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.pagination import paginate, parse_count
-from registry.storage.repositories import repository_exists
 
 CATALOG_DIR = f"{layout.OWN}/catalog"
 ENTRIES_DIR = f"{CATALOG_DIR}/repositories"
 COMPLETE_MARKER = f"{CATALOG_DIR}/complete"
 # How many names `Catalog.note_repository` remembers having written (see `Catalog._noted`).
 NOTED_MAX = 8192
-# Folders that make their parent a repository (registry:2 itself only looks for _layers).
-REPOSITORY_MARKERS = frozenset({"_manifests", "_layers", "_uploads"})
+# Folders that make their parent a repository: manifests and tags, or layer links (the live
+# catalog notes a repository on its first blob link too).  registry:2 2.8 looks for
+# _manifests, earlier versions for _layers; neither lists a repository holding only _uploads.
+REPOSITORY_MARKERS = frozenset({"_manifests", "_layers"})
 # "~" is outside the name grammar, and unreserved in URLs (S3 keys stay readable).
 _SEPARATOR = "~"
 
@@ -150,7 +154,8 @@ class Catalog:
     def rebuild(self) -> Deferred[list[str]]:
         """
         Walk ``repositories/``, add every repository found to the index, drop entries whose
-        repository folder is gone, and mark the index complete.  Concurrent calls share one
+        folder no longer holds a repository (gone, or only an upload left), and mark the index
+        complete.  Concurrent calls share one
         walk (each caller gets its own Deferred, so one cancelling does not cancel the rest).
         Returns the repositories found.
         """
@@ -182,7 +187,7 @@ class Catalog:
             self._remember(name)
         for name in indexed.difference(found):
             # Checked again: it may have been created (and noted) during the walk.
-            if not await repository_exists(self.driver, name):
+            if not await self._is_repository(name):
                 await self.forget_repository(name)
         await self.driver.put_content(COMPLETE_MARKER, b"1")
         self._ready = True
@@ -194,13 +199,18 @@ class Catalog:
         except PathNotFoundError:
             return []
 
+    async def _is_repository(self, name: str) -> bool:
+        """Whether ``name``'s folder holds what makes a repository (`REPOSITORY_MARKERS`)."""
+        children = await self._children(layout.repository(name))
+        return not REPOSITORY_MARKERS.isdisjoint(children)
+
     async def _list_many(self, paths: Sequence[str]) -> list[list[str]]:
         return await bounded_map(self._children, paths, self.concurrency)
 
     async def walk(self) -> list[str]:
         """
         Every repository under ``repositories/``, sorted, found the registry:2 way: a folder
-        is a repository when it holds ``_manifests``, ``_layers`` or ``_uploads``; names may
+        is a repository when it holds ``_manifests`` or ``_layers``; names may
         have many components (and a repository may sit inside another), but ``_`` folders are
         never entered.  Breadth first, a level's listings run concurrently.
         """

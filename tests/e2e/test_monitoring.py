@@ -401,3 +401,22 @@ async def test_an_upload_refused_before_its_body_is_counted(start_registry: Star
                  method="PATCH", route="upload") == 1  # fmt: skip
     assert in_flight(after, "upload") == 0
     assert after[("txregistry_uploads_open", ())] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_debug_listener_answers_an_unknown_sync_with_a_404(
+    start_registry: Starter,
+) -> None:
+    """Not Klein's HTML 500 and a logged traceback: the OCI 404 the main port answers when
+    it serves /sync/status (no debug listener)."""
+    port = free_port()
+    registry = await start_registry({"debug": {"addr": f"tcp:{port}:interface=127.0.0.1"}})
+    response, body = await get(f"http://127.0.0.1:{port}/sync/status/nonesuch")
+    assert response.code == 404, body
+    assert response.headers.getRawHeaders("content-type") == ["application/json"]
+    expected = {"code": "NOT_FOUND", "message": "no such sync", "detail": {"sync": "nonesuch"}}
+    assert json.loads(body) == {"errors": [expected]}
+    response, body = await get(f"http://127.0.0.1:{port}/sync/status")
+    assert response.code == 200, body
+    response, body = await get(f"{registry.url}/sync/status/nonesuch")
+    assert response.code == 404  # not served on the main port once the debug listener is

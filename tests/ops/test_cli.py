@@ -101,6 +101,30 @@ def test_config_error_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert "not a duration" in result.err
 
 
+def test_bad_option_values_are_usage_errors(tmp_path: Path) -> None:
+    """Refused by argparse (exit 2, an error line naming the option), before any storage."""
+    config = write_config(
+        tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(tmp_path / "nowhere")}}
+    )
+    cases = [
+        (("gc", "--concurrency", "0"), "argument --concurrency: must be at least 1: '0'"),
+        (("gc", "--concurrency", "-3"), "argument --concurrency: must be at least 1: '-3'"),
+        (("gc", "--concurrency", "many"), "argument --concurrency: not a whole number: 'many'"),
+        # (``--age -5m`` reads to argparse as a missing value and an unknown option: it says
+        # so, "expected one argument"; written with ``=`` the value reaches the check.)
+        (("purge-uploads", "--age=-5m"), "argument --age: must not be negative: '-5m'"),
+        (("gc", "--grace=-1h"), "argument --grace: must not be negative: '-1h'"),
+        (("gc", "--grace", "-5"), "argument --grace: must not be negative: '-5'"),
+    ]
+    for arguments, message in cases:
+        result = cli_sync(*arguments, "--config", str(config))
+        assert result.code == 2, (arguments, result)
+        errors = [line for line in result.err.splitlines() if "error:" in line]
+        assert errors == [f"txregistry {arguments[0]}: error: {message}"], result.err
+        assert result.out == ""
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_missing_storage_is_an_error(tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(tmp_path / "nowhere")}}
@@ -206,12 +230,59 @@ async def test_gc_progress_lines(driver: FilesystemDriver, root: Path, config: P
 
 
 @pytest_twisted.ensureDeferred
+async def test_gc_progress_during_the_sweep(
+    driver: FilesystemDriver, root: Path, config: Path
+) -> None:
+    """
+    The filesystem's stat and delete complete inline: the run still gives the reactor turns,
+    so progress lines come during the sweep (and the manifest deletion), not only after it.
+    """
+    await scenario.build_aged(driver, root)
+    orphans = 10_000
+    orphan_blobs(root, orphans)
+    result = await cli(
+        "gc", "--config", str(config), "--delete-untagged", "--progress-interval", "0.01"
+    )
+    assert result.code == 0, result
+    total = orphans + len(DELETED_UNTAGGED)
+    sweeping = [
+        line
+        for line in result.err.splitlines()
+        if line.startswith("gc: sweep: 4/4 untagged manifests, ")
+        and not line.startswith(f"gc: sweep: 4/4 untagged manifests, {total:,}/")
+    ]
+    assert sweeping, result.err
+    assert all(line.endswith(" freed") for line in sweeping), sweeping
+    assert f"/{total:,} blobs deleted" in sweeping[0]
+    assert f"gc: deleted {total:,} blobs, 4 untagged manifests, freed " in result.out
+
+
+@pytest_twisted.ensureDeferred
 async def test_catalog_rebuild(driver: FilesystemDriver, root: Path, config: Path) -> None:
     await scenario.build_aged(driver, root)  # through the stores, without noting the catalog
     await driver.put_content(f"{ENTRIES_DIR}/gone", b"gone")
     result = await cli("catalog-rebuild", "--config", str(config))
     assert result.code == 0, result
     assert result.out.startswith("catalog-rebuild: 2 repositories (2 added, 1 removed) in ")
+    assert sorted(await driver.list(ENTRIES_DIR)) == ["app", "other"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_rebuild_skips_a_purged_upload(
+    driver: FilesystemDriver, root: Path, config: Path
+) -> None:
+    """An upload started then purged leaves an empty ``_uploads``: no repository (registry:2)."""
+    await scenario.build_aged(driver, root)
+    uploads = UploadStore(driver, BlobStore(driver))
+    upload = await uploads.start("abandoned")
+    await driver.put_content(layout.upload_started_at("abandoned", upload), b"2020-01-01T00:00:00Z")
+    result = await cli("purge-uploads", "--config", str(config), "--age", "1h")
+    assert result.code == 0, result
+    assert [p.name for p in (root / layout.repository("abandoned")).iterdir()] == ["_uploads"]
+    assert not any((root / layout.repository("abandoned") / "_uploads").iterdir())
+    result = await cli("catalog-rebuild", "--config", str(config))
+    assert result.code == 0, result
+    assert result.out.startswith("catalog-rebuild: 2 repositories (2 added, 0 removed) in ")
     assert sorted(await driver.list(ENTRIES_DIR)) == ["app", "other"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -18,10 +19,12 @@ from registry.api import mediatypes as mt
 from registry.api.digests import Digest
 from registry.manifests.references import manifest_refs
 from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, collect_garbage
+from registry.ops.progress import CountingDriver
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IStorageDriver, StorageError
 from registry.storage.filesystem import FilesystemDriver
+from registry.storage.listing import digest_folders
 from registry.storage.manifests import ManifestStore
 from registry.storage.memory import MemoryDriver
 from registry.storage.referrers import ReferrersIndex
@@ -274,3 +277,72 @@ async def test_memory_driver_and_blob_shared_across_repositories() -> None:
     collector = await gc(driver, delete_untagged=True, grace=0.0)
     assert content.labels(set(collector.candidates)) == DELETED_UNTAGGED | {"ORPHAN_NEW"}
     assert await BlobStore(driver).exists(Digest.parse(content.digests["SHARED"])) is not None
+
+
+def test_options_are_checked() -> None:
+    """No run with no request in flight (it would never finish) or a grace in the future."""
+    for bad in ({"concurrency": 0}, {"concurrency": -3}, {"grace": -1.0}):
+        with pytest.raises(ValueError):
+            GCOptions(**bad)  # type: ignore[arg-type]
+    assert GCOptions(concurrency=1, grace=0.0).concurrency == 1
+
+
+@attrs.define(slots=False)
+class DeleteCalls(CountingDriver):
+    """The counting driver, counting delete requests too (those that fail included)."""
+
+    requested: int = 0
+
+    async def delete(self, path: str) -> None:
+        self.requested += 1
+        await super().delete(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_untagged_reads_each_tag_history_once(driver: FilesystemDriver) -> None:
+    """
+    Many tags, each moved twice, and manifests never tagged: the untagged go, with exactly
+    their tag-history entries; the storage calls grow with tags plus manifests, not with
+    their product.
+    """
+    blobs = BlobStore(driver)
+    manifests = ManifestStore(driver, blobs)
+    tags, moves, never_tagged = 12, 3, 10
+
+    async def push(label: str, reference: str | None) -> str:
+        config, layer = f"config {label}".encode(), f"layer {label}".encode()
+        for data in (config, layer):
+            await blobs.link("app", await blobs.put_small(data))
+        body = scenario.image(config, [layer])
+        await manifests.put("app", reference or scenario.sha256(body), body, mt.OCI_IMAGE_MANIFEST)
+        return scenario.sha256(body)
+
+    history: dict[str, list[str]] = {}
+    for tag in (f"t{i}" for i in range(tags)):
+        history[tag] = [await push(f"{tag}.{move}", tag) for move in range(moves)]
+    loose = {await push(f"loose{i}", None) for i in range(never_tagged)}
+    current = {pushed[-1] for pushed in history.values()}
+    untagged = {d for pushed in history.values() for d in pushed[:-1]} | loose
+
+    for tag, pushed in history.items():
+        index = f"{layout.tag_dir('app', tag)}/index"
+        assert {str(d) for d in await digest_folders(driver, index)} == set(pushed)
+
+    counting = DeleteCalls(driver)
+    options = GCOptions(delete_untagged=True)
+    collector = await collect_garbage(counting, options, time.time() + 2 * scenario.HOUR)
+    stats = collector.stats
+    assert stats.errors == []
+    assert {d for _, d in collector.doomed_revisions} == untagged
+    assert stats.revisions_deleted == len(untagged)
+    assert stats.blobs_deleted == 3 * len(untagged)  # manifest, config, layer
+    assert {str(d) for d in await digest_folders(driver, layout.revisions_dir("app"))} == current
+    for tag, pushed in history.items():
+        index = f"{layout.tag_dir('app', tag)}/index"
+        assert [str(d) for d in await digest_folders(driver, index)] == [pushed[-1]], tag
+        assert await manifests.get("app", tag) is not None
+    # One delete per revision, per tag-history entry of a deleted revision, per blob, and
+    # the run's own announcement (registry.storage.gcguard) at its end: none for the
+    # (tag, revision) pairs that have no entry.
+    moved_away = tags * (moves - 1)
+    assert counting.requested == len(untagged) + moved_away + stats.blobs_deleted + 1

@@ -130,7 +130,7 @@ async def test_three_thousand_repositories(driver: IStorageDriver) -> None:
 async def test_registry2_data_without_index(driver: IStorageDriver, blobs: BlobStore) -> None:
     await registry2_repository(driver, "alpine")
     await registry2_repository(driver, "library/ubuntu", "_manifests")
-    await registry2_repository(driver, "deep/a/b/c/d/e/f", "_uploads")
+    await registry2_repository(driver, "deep/a/b/c/d/e/f", "_manifests")
     await registry2_repository(driver, "nested")
     await registry2_repository(driver, "nested/inner")
     # Decoys: a repository-looking folder inside an _ folder, bad names, stray files.
@@ -149,6 +149,23 @@ async def test_registry2_data_without_index(driver: IStorageDriver, blobs: BlobS
     assert (await Catalog(driver).list_repositories())[0] == expected
     assert await catalog.rebuild() == sorted([*expected, "later"])
     assert (await Catalog(driver).list_repositories())[0] == sorted([*expected, "later"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_alone_is_no_repository(driver: IStorageDriver) -> None:
+    """As registry:2: a folder holding only ``_uploads`` (a push started) is not listed, and
+    an entry an earlier rebuild wrote for it goes; a tag alone or a layer link alone is one."""
+    await registry2_repository(driver, "pushing", "_uploads")
+    await registry2_repository(driver, "pushing/inner", "_uploads")
+    await registry2_repository(driver, "linked", "_layers")
+    await registry2_repository(driver, "revised", "_manifests")
+    await driver.put_content(
+        f"{R}/tagged/_manifests/tags/v1/current/link", b"sha256:" + HEX.encode()
+    )
+    await driver.put_content(entry_path("pushing"), b"pushing")
+    catalog = Catalog(driver)
+    assert await catalog.rebuild() == ["linked", "revised", "tagged"]
+    assert await catalog.list_repositories() == (["linked", "revised", "tagged"], False)
 
 
 @pytest_twisted.ensureDeferred
