@@ -549,13 +549,13 @@ class GarbageCollector:
         await self._keep_announced()
         # Rewritten since it was examined (a new upload of the same content): keep it.
         if await self._stat_blob(candidate.digest) is None:
-            self.stats.blobs_young += 1
+            self._keep(candidate.digest)
             return
         try:
             # The protocol of registry.storage.gcguard: doomed first, then a writer's touch.
             await self.driver.put_content(gcguard.doomed_path(digest), b"")
             if await self._touched(digest):
-                self.stats.blobs_young += 1
+                self._keep(candidate.digest)
                 with contextlib.suppress(PathNotFoundError):
                     await self.driver.delete(gcguard.doomed_path(digest))
                 return
@@ -576,6 +576,11 @@ class GarbageCollector:
         except PathNotFoundError:
             return False
         return info.modified >= self.cutoff or await self._touched(digest)
+
+    def _keep(self, digest: str) -> None:
+        """A candidate found young or touched at its delete: counted as kept, not deleted."""
+        self._drop_candidate(digest)
+        self.stats.blobs_young += 1
 
     async def _touched(self, digest: Digest) -> bool:
         """Whether a push referred to the blob while this run was on (or within the grace)."""

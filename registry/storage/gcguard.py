@@ -9,13 +9,14 @@ and looks at every repository once more before deleting, but a push can land bet
 last look and a blob's delete, and the client would have a 201 for a manifest whose layer
 is then gone.  So the two sides follow a protocol on three files:
 
-- ``txregistry/gc/running``: written by a collector before its mark and kept fresh while it
-  runs, removed at its end.  A writer that does not see it after its own write knows that
-  any collector started after that write, whose mark sees it.
+- ``txregistry/gc/running``: written by a collector before its mark (holding the run's start
+  time) and kept fresh while it runs, removed at its end.  A writer that does not see it
+  after its own write knows that any collector started after that write, whose mark sees it.
 - ``blobs/<alg>/<xx>/<hex>/touched``: written by a writer, while a collector runs, for each
   blob its write refers to, before it checks that the blob is still there.
 - ``blobs/<alg>/<xx>/<hex>/doomed``: written by the collector before it looks at
-  ``touched`` one last time and deletes the blob's folder.
+  ``touched`` one last time and deletes the blob's folder.  Only one written by the run now
+  going counts (one a killed run left behind is older than the run's start).
 
 A writer: write its link or revision, then (if a collector runs) ``touched``, then check the
 blob's data is there and not ``doomed``.  The collector: ``doomed``, then ``touched``, then
@@ -59,14 +60,23 @@ class GcGuard:
 
     driver: IStorageDriver
 
-    async def collector_running(self) -> bool:
-        """Whether a collector runs now (a fresh look: never cached, see the module)."""
+    async def collector_started(self) -> float | None:
+        """
+        When the collector running now started (its own clock), or None when none runs: a
+        fresh look, never cached (see the module).
+        """
         try:
             info = await self.driver.stat(RUNNING)
+            text = await self.driver.get_content(RUNNING)
         except PathNotFoundError:
-            return False
+            return None
         # Against the local clock: `STALE` is generous enough for a storage server's skew.
-        return time.time() - info.modified < STALE
+        if time.time() - info.modified >= STALE:
+            return None
+        try:
+            return float(text.decode("ascii").strip())
+        except ValueError:  # a marker being rewritten, or damaged: any doomed counts
+            return 0.0
 
     async def protect(self, digests: Iterable[Digest]) -> list[Digest]:
         """
@@ -75,23 +85,28 @@ class GcGuard:
         fail); otherwise return nothing, at the cost of one stat.
         """
         wanted = list(dict.fromkeys(digests))
-        if not wanted or not await self.collector_running():
+        if not wanted:
+            return []
+        started = await self.collector_started()
+        if started is None:
             return []
         for digest in wanted:
             await self.driver.put_content(touched_path(digest), b"")
         gone = []
         for digest in wanted:
-            if not await self._there(digest):
+            if not await self._there(digest, started):
                 gone.append(digest)
         return gone
 
-    async def _there(self, digest: Digest) -> bool:
+    async def _there(self, digest: Digest, started: float) -> bool:
         try:
-            await self.driver.stat(doomed_path(digest))
+            doomed = await self.driver.stat(doomed_path(digest))
         except PathNotFoundError:
             pass
         else:
-            return False
+            # A second of slack: the run's start is written in whole seconds.
+            if doomed.modified >= started - 1:
+                return False
         try:
             await self.driver.stat(layout.blob_data(digest))
         except PathNotFoundError:

@@ -290,8 +290,10 @@ class ManifestStore:
             digest = digest_of(body)
         await self._check_references(name, manifest)
         await self.blobs.put_small(body, digest.algorithm)
+        # Whether this push adds the revision: one that fails below takes back only its own.
+        existed = await self._linked(name, digest)
         await self.driver.put_content(layout.revision_link(name, digest), str(digest).encode())
-        await self._kept_by_collector(digest, manifest)
+        await self._kept_by_collector(name, digest, manifest, existed)
         if manifest.subject is not None:
             descriptor = referrer_descriptor(manifest, digest, len(body))
             await self.referrers.add(name, manifest.subject.digest, descriptor)
@@ -339,11 +341,14 @@ class ManifestStore:
             if not await self.exists(name, child.digest):
                 raise IndexChildUnknown(child.digest, child.media_type)
 
-    async def _kept_by_collector(self, digest: Digest, manifest: ParsedManifest) -> None:
+    async def _kept_by_collector(
+        self, name: str, digest: Digest, manifest: ParsedManifest, existed: bool
+    ) -> None:
         """
         After the revision is written: a garbage collection running now keeps what the
         manifest refers to, or this push fails before any tag moves, naming the blob it
-        lost (`registry.storage.gcguard`); the client then uploads it again.
+        lost (`registry.storage.gcguard`), and takes back the revision it added, so that
+        nothing points at a missing blob; the client then uploads it again.
         """
         referred = [digest]
         referred += [d.digest for d in manifest.blob_references if not d.is_foreign]
@@ -351,6 +356,9 @@ class ManifestStore:
         gone = await GcGuard(self.driver).protect(referred)
         if not gone:
             return
+        if not existed:
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(layout.revision_dir(name, digest))
         raise RegistryError(
             MANIFEST_BLOB_UNKNOWN,
             {"digest": str(gone[0]), "reason": "deleted by a garbage collection"},

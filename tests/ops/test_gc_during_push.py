@@ -126,6 +126,8 @@ async def test_a_manifest_put_before_the_blob_is_doomed_keeps_it(
     held.release.callback(None)
     stats = await run
     assert stats.blobs_deleted == 0
+    # Counted as kept (young), not as still to delete: the summary's "in use" adds up.
+    assert (stats.blobs_to_delete, stats.blobs_young) == (0, 1)
     assert await layer_pulls(registry.url, "k/race") == 200
     assert not (root / "docker/registry/v2" / gcguard.RUNNING.split("v2/", 1)[1]).exists()
 
@@ -152,6 +154,10 @@ async def test_a_manifest_put_after_the_blob_is_doomed_fails_in_words_then_succe
     assert error["detail"] == {"digest": sha256(LAYER), "reason": "deleted by a garbage collection"}
     response = await treq.get(f"{registry.url}/v2/k/race/tags/list")
     assert json.loads(await response.content())["tags"] == []  # no tag moved
+    # ... and the revision it added is taken back: nothing points at a missing blob.
+    response = await treq.get(f"{registry.url}/v2/k/race/manifests/{sha256(body)}")
+    await response.content()
+    assert response.code == 404
     held.release.callback(None)
     stats = await run
     assert stats.blobs_deleted == 0  # the push touched it: kept
@@ -198,3 +204,34 @@ async def test_a_mount_of_a_doomed_blob_becomes_a_plain_upload(
     assert response.code == 202  # not 201: the client uploads the bytes
     held.release.callback(None)
     await run
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_doomed_marker_a_killed_run_left_does_not_fail_later_pushes(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    """gc killed between ``doomed`` and the delete leaves the marker by a blob still in use;
+    the next run must not make every push naming that blob fail."""
+    root = tmp_path / "root"
+    registry = await serve(start_registry, root)
+    config = b'{"architecture":"amd64","os":"linux","n":1}'
+    await push_blob(registry.url, "k/used", config)
+    await push_blob(registry.url, "k/used", LAYER)
+    body = samples.oci_image(config=config, layers=(LAYER,))
+    assert (await put_manifest(registry.url, "k/used", "v1", body))[0] == 201
+    await push_blob(registry.url, "k/orphans", b"an orphan, for the sweep to have work")
+    blob_folder = root / "docker/registry/v2/blobs/sha256" / sha256(LAYER)[7:9] / sha256(LAYER)[7:]
+    (blob_folder / gcguard.DOOMED).write_bytes(b"")  # left by a killed run
+    age(root)
+    held = HeldDriver(
+        FilesystemDriver(str(root), reactor, thread_pool),
+        lambda method, path: method == "put_content" and path.endswith("/" + gcguard.DOOMED),
+    )
+    run = Deferred.fromCoroutine(collector(held).run())
+    await held_at(held, run)  # the run is on, about to doom the orphan
+    other = samples.oci_image(config=config, layers=(LAYER,), annotations={"n": "2"})
+    assert (await put_manifest(registry.url, "k/used", "v2", other))[0] == 201
+    held.release.callback(None)
+    stats = await run
+    assert stats.blobs_deleted == 1
+    assert await layer_pulls(registry.url, "k/used") == 200
