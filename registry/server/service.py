@@ -19,9 +19,10 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -158,6 +159,42 @@ class RegistryService(MultiService):
                 await self._flush()
             except Exception:
                 log_failure(log, Failure(), "flushing state before stopping failed")
-        result = super().stopService()  # type: ignore[no-untyped-call]
-        if isinstance(result, Deferred):
-            await result
+        await self._stop_children()
+
+    async def _stop_children(self) -> None:
+        """
+        What `MultiService.stopService` does (the last started stops first), saying which
+        part is still stopping every `STOP_REPORT_EVERY` seconds: a stop that never ends
+        names its cause instead of hanging without a word.
+        """
+        Service.stopService(self)
+        pending: dict[int, str] = {}
+        stops = []
+        for child in reversed(list(self)):
+            key = id(child)
+            pending[key] = getattr(child, "name", None) or type(child).__name__
+            d = maybeDeferred(child.stopService)
+            d.addBoth(_forget, pending, key)
+            stops.append(d)
+
+        def report() -> None:
+            log.warn(
+                "stopping: still waiting for {parts}", parts=", ".join(sorted(pending.values()))
+            )
+
+        reporter = LoopingCall(report)
+        reporter.clock = self._reactor
+        reporter.start(STOP_REPORT_EVERY, now=False)
+        try:
+            await DeferredList(stops)
+        finally:
+            reporter.stop()
+
+
+# How often a stop that takes long says what it still waits for.
+STOP_REPORT_EVERY = 10.0
+
+
+def _forget(result: object, pending: dict[int, str], key: int) -> object:
+    pending.pop(key, None)
+    return result

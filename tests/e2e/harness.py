@@ -104,6 +104,8 @@ async def sleep(seconds: float) -> None:
 
 # How long an in-process registry may take from bound to serving.
 STARTUP_LIMIT = 60.0
+# How long an in-process registry may take to stop (its drain is shorter).
+STOP_LIMIT = 120.0
 
 
 def _storage_configured(sections: Mapping[str, Mapping[str, str]] | None) -> bool:
@@ -125,6 +127,9 @@ class InProcessRegistry:
         self.stopped = True
         result = self.service.stopService()
         if isinstance(result, Deferred):
+            # A stop that never ends fails this test (its log names the part still stopping,
+            # "stopping: still waiting for ..."), not the whole run at the suite's timeout.
+            result.addTimeout(STOP_LIMIT, reactor)
             await result
 
 
@@ -156,7 +161,9 @@ async def start_in_process(
     service = makeService(options)
     service.startService()
     serving: Any = service  # a RegistryService: its listeners know the bound port
-    await serving.listeners.wait_bound()
+    bound = Deferred.fromCoroutine(serving.listeners.wait_bound())
+    bound.addTimeout(STARTUP_LIMIT, reactor)
+    await bound
     # Bound is not serving: connections wait in the backlog until the storage probe and the
     # start-up checks pass.  A start-up that fails (or never ends) must fail the test naming
     # the cause, not leave its first request waiting until the suite's timeout.
