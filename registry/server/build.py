@@ -48,7 +48,7 @@ from registry.server.exit import StartupError, exit_now
 from registry.server.listeners import Listeners, ListeningService
 from registry.server.periodic import PeriodicService
 from registry.server.probe import describe, probe_storage, storage_description
-from registry.server.service import RegistryService
+from registry.server.service import OrderedMultiService, RegistryService
 from registry.server.workers import (
     AdoptedEndpoint,
     WorkerLink,
@@ -231,7 +231,8 @@ def serve(config: Config, reactor: Any, spec: WorkerSpec | None) -> IService:
         # A worker: listens where the supervisor bound (its descriptions, not --port's).
         config = _with_workers(config, spec.workers, tuple(i.description for i in spec.listeners))
     limit_malloc_arenas()  # before any worker thread exists: see registry/malloc_tuning.py
-    root = MultiService()
+    # Its parts stop one after the other: a purge in progress needs the storage pool.
+    root = OrderedMultiService(reactor)
     pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
     ThreadPoolService(pool).setServiceParent(root)  # type: ignore[no-untyped-call]
     settings = auth_settings(config)
@@ -320,7 +321,7 @@ def serve(config: Config, reactor: Any, spec: WorkerSpec | None) -> IService:
         ctx.notifier,
         board,
     )
-    root.setServiceParent(serving)
+    root.setServiceParent(serving)  # type: ignore[no-untyped-call]
     serving.ready.addCallback(lambda _: release_startup_memory())
     if spec is None or spec.worker == 0:  # once per registry, not once per worker
         serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -162,39 +162,55 @@ class RegistryService(MultiService):
         await self._stop_children()
 
     async def _stop_children(self) -> None:
-        """
-        What `MultiService.stopService` does (the last started stops first), saying which
-        part is still stopping every `STOP_REPORT_EVERY` seconds: a stop that never ends
-        names its cause instead of hanging without a word.
-        """
         Service.stopService(self)
-        pending: dict[int, str] = {}
-        stops = []
-        for child in reversed(list(self)):
-            key = id(child)
-            pending[key] = getattr(child, "name", None) or type(child).__name__
-            d = maybeDeferred(child.stopService)
-            d.addBoth(_forget, pending, key)
-            stops.append(d)
-
-        def report() -> None:
-            log.warn(
-                "stopping: still waiting for {parts}", parts=", ".join(sorted(pending.values()))
-            )
-
-        reporter = LoopingCall(report)
-        reporter.clock = self._reactor
-        reporter.start(STOP_REPORT_EVERY, now=False)
-        try:
-            await DeferredList(stops)
-        finally:
-            reporter.stop()
+        await stop_in_order(self, self._reactor)
 
 
 # How often a stop that takes long says what it still waits for.
 STOP_REPORT_EVERY = 10.0
 
 
-def _forget(result: object, pending: dict[int, str], key: int) -> object:
-    pending.pop(key, None)
-    return result
+def _part_name(service: object) -> str:
+    return getattr(service, "name", None) or type(service).__name__
+
+
+async def stop_in_order(parent: MultiService, clock: Any) -> None:
+    """
+    Stop ``parent``'s children one after the other, the last started first, each once the
+    one started after it has stopped: a part stopping may still use what was started before
+    it (the upload purge's storage walk needs the storage thread pool).  Twisted's
+    `MultiService` stops them all at once, so the pool stopped under a purge in progress
+    and the purge, and with it the stop, waited forever.  Every `STOP_REPORT_EVERY` seconds
+    a stop that takes long says which part it waits for.
+    """
+    current: list[str] = []
+
+    def report() -> None:
+        log.warn("stopping: still waiting for {part}", part=", ".join(current))
+
+    reporter = LoopingCall(report)
+    reporter.clock = clock
+    reporter.start(STOP_REPORT_EVERY, now=False)
+    try:
+        for child in reversed(list(parent)):
+            current[:] = [_part_name(child)]
+            try:
+                await maybeDeferred(child.stopService)
+            except CancelledError:
+                raise  # whoever waits for the stop gave up: so does the stop
+            except Exception:
+                log_failure(log, Failure(), "stopping {part} failed", part=current[0])
+    finally:
+        reporter.stop()
+
+
+class OrderedMultiService(MultiService):
+    """A `MultiService` whose children stop one after the other (see `stop_in_order`)."""
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._clock = clock
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(stop_in_order(self, self._clock))
