@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from registry.config import Config, ConfigError, load
 from registry.http.tls import (
+    ListenerError,
     TLSSettings,
     normalize_description,
     server_endpoint,
@@ -119,6 +120,8 @@ def listening_endpoints(config: Config, reactor: Any, auth_enabled: bool) -> lis
 
 def configuration_error(exc: Exception) -> NoReturn:
     """One line naming the problem, not a traceback: these are configuration mistakes."""
+    if isinstance(exc, ListenerError):  # its line names the listener itself
+        exit_now(str(exc))
     exit_now(f"configuration error: {exc}")
 
 
