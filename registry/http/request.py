@@ -287,7 +287,13 @@ class RegistryRequest(server.Request):
             sink.connection_lost(reason)
         if not self.finished and not self.access_logged:
             site = self._site()
-            if site is not None:
+            if site is None:
+                pass
+            elif self.startedWriting and self.channel is not None and not self._speaks_http1():
+                # An HTTP/2 stream reset (or its connection lost) mid-answer: one access line
+                # with what was sent, as an HTTP/1.1 connection cut mid-body gets.
+                site.log(self)
+            else:
                 site.abandoned(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
