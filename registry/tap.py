@@ -149,7 +149,7 @@ def makeService(options: Options) -> IService:
     from registry.server.build import serve
 
     try:
-        return serve(config, reactor, spec)
+        return serve(config, reactor, spec, reload_on_hup=under_twistd)
     except ConfigError as exc:  # found while building: a folder to create, a file to read
         configuration_error(exc)
 

@@ -80,12 +80,26 @@ class ServerContextFactory:
     """
 
     def __init__(
-        self, options: CertificateOptions, tls: TLSSettings, cas: list[x509.Certificate]
+        self,
+        options: CertificateOptions,
+        tls: TLSSettings,
+        cas: list[x509.Certificate],
+        files: dict[str, str] | None = None,
     ) -> None:
         self._options = options
         self._tls = tls
         self._cas = cas
+        self._files = dict(files or {})  # the ssl: options it was built from, for `reload`
         self._context: SSL.Context | None = None
+
+    def reload(self) -> None:
+        """
+        Read the key and certificate files again and serve new connections with them (each
+        connection asks `getContext`; those open keep theirs).  `TLSMaterialError` naming
+        the option and file when they cannot serve; the material loaded before stays then.
+        """
+        fresh = certificate_options(self._files, self._tls)
+        self._options, self._cas, self._context = fresh._options, fresh._cas, fresh._context
 
     def getContext(self) -> SSL.Context:
         if self._context is None:
@@ -136,7 +150,7 @@ def certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> ServerConte
         extraCertChain=chain,  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
     )
-    factory = ServerContextFactory(options, tls, cas)
+    factory = ServerContextFactory(options, tls, cas, kwargs)
     try:
         factory.getContext()
     except SSL.Error as exc:
