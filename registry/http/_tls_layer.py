@@ -15,12 +15,22 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from twisted.internet import interfaces
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from registry.http import misdirected
 from registry.http.tls import TLSMaterialError, TLSSettings
+
+# TLS 1.2 suites offered: forward secrecy (ECDHE) with AEAD encryption only (AES-GCM,
+# ChaCha20-Poly1305), as registry:2 (Go's crypto/tls defaults); no CBC, no SHA-1 MAC, no
+# RSA key exchange.  TLS 1.3's suites are all AEAD and stay as OpenSSL has them.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+AEAD_CIPHERS = AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS)
 
 
 def _read(option: str, path: str) -> bytes:
@@ -149,6 +159,7 @@ def certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> ServerConte
         certificate=cert,  # type: ignore[arg-type]
         extraCertChain=chain,  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=AEAD_CIPHERS,
     )
     factory = ServerContextFactory(options, tls, cas, kwargs)
     try:
