@@ -32,7 +32,14 @@ from twisted.web import http, server
 
 from registry import fdlimit
 from registry.api.errors import RegistryError
-from registry.http import misdirected, oversized, reasons, responses, twisted_internals
+from registry.http import (
+    head_deadline,
+    misdirected,
+    oversized,
+    reasons,
+    responses,
+    twisted_internals,
+)
 from registry.http.chunked import ChunkedBodyDecoder
 from registry.http.forwarded import TrustedProxies, client_address
 from registry.http.headers import request_header
@@ -343,6 +350,7 @@ class RegistrySite(server.Site):
             # TLS clients on a plain port get an HTTP answer at once (see the module).
             misdirected.refuse_tls(protocol)
             oversized.answer_long_lines(protocol)
+            head_deadline.limit_head_time(protocol, self.reactor.callLater)
         return protocol
 
     def getResourceFor(self, request: Any) -> Any:
