@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from registry.config import Config, ConfigError, load
 from registry.http.tls import (
+    ListenerError,
     TLSSettings,
     normalize_description,
     server_endpoint,
@@ -119,6 +120,8 @@ def listening_endpoints(config: Config, reactor: Any, auth_enabled: bool) -> lis
 
 def configuration_error(exc: Exception) -> NoReturn:
     """One line naming the problem, not a traceback: these are configuration mistakes."""
+    if isinstance(exc, ListenerError):  # its line names the listener itself
+        exit_now(str(exc))
     exit_now(f"configuration error: {exc}")
 
 
@@ -146,7 +149,7 @@ def makeService(options: Options) -> IService:
     from registry.server.build import serve
 
     try:
-        return serve(config, reactor, spec)
+        return serve(config, reactor, spec, reload_on_hup=under_twistd)
     except ConfigError as exc:  # found while building: a folder to create, a file to read
         configuration_error(exc)
 

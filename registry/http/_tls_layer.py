@@ -9,21 +9,72 @@ from typing import Any
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from twisted.internet import interfaces
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from registry.http import misdirected
-from registry.http.tls import TLSSettings
+from registry.http.tls import TLSMaterialError, TLSSettings
+
+# TLS 1.2 suites offered: forward secrecy (ECDHE) with AEAD encryption only (AES-GCM,
+# ChaCha20-Poly1305), as registry:2 (Go's crypto/tls defaults); no CBC, no SHA-1 MAC, no
+# RSA key exchange.  TLS 1.3's suites are all AEAD and stay as OpenSSL has them.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+AEAD_CIPHERS = AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS)
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _read(option: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise TLSMaterialError(f"{option} {path}: {reason}") from None
+
+
+def _load_key(option: str, path: str) -> PrivateKeyTypes:
+    data = _read(option, path)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # cryptography's word for "encrypted, and no password given"
+        raise TLSMaterialError(
+            f"{option} {path} is encrypted; the registry needs an unencrypted key "
+            f"(openssl pkey -in {path} -out key.pem)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSMaterialError(f"{option} {path} holds no PEM private key") from None
+
+
+def _load_certificates(option: str, path: str) -> list[x509.Certificate]:
+    data = _read(option, path)
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TLSMaterialError(f"{option} {path} holds no PEM certificate") from None
+
+
+def _public(key: Any) -> bytes:
+    der: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def _openssl_reason(exc: SSL.Error) -> str:
+    reasons = (
+        [str(entry[-1]) for entry in exc.args[0] if isinstance(entry, tuple)] if exc.args else []
+    )
+    return "; ".join(reasons) or str(exc)
 
 
 @implementer(interfaces.IOpenSSLContextFactory)
@@ -39,12 +90,26 @@ class ServerContextFactory:
     """
 
     def __init__(
-        self, options: CertificateOptions, tls: TLSSettings, cas: list[x509.Certificate]
+        self,
+        options: CertificateOptions,
+        tls: TLSSettings,
+        cas: list[x509.Certificate],
+        files: dict[str, str] | None = None,
     ) -> None:
         self._options = options
         self._tls = tls
         self._cas = cas
+        self._files = dict(files or {})  # the ssl: options it was built from, for `reload`
         self._context: SSL.Context | None = None
+
+    def reload(self) -> None:
+        """
+        Read the key and certificate files again and serve new connections with them (each
+        connection asks `getContext`; those open keep theirs).  `TLSMaterialError` naming
+        the option and file when they cannot serve; the material loaded before stays then.
+        """
+        fresh = certificate_options(self._files, self._tls)
+        self._options, self._cas, self._context = fresh._options, fresh._cas, fresh._context
 
     def getContext(self) -> SSL.Context:
         if self._context is None:
@@ -63,28 +128,49 @@ class ServerContextFactory:
 
 
 def certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> ServerContextFactory:
+    """
+    The context factory of an ``ssl:`` listener, its OpenSSL context built here: a key that
+    does not match its certificate, an encrypted or unreadable file, a chain OpenSSL refuses
+    are a `TLSMaterialError` naming the option and file, at start-up rather than at every
+    handshake.
+    """
     key_path = kwargs.get("privateKey")
     if not key_path:
         raise ValueError("ssl: endpoints need privateKey=<PEM file>")
-    key = serialization.load_pem_private_key(_read(key_path), password=None)
-    cert = x509.load_pem_x509_certificate(_read(kwargs.get("certKey") or key_path))
+    key = _load_key("privateKey", key_path)
+    cert_option, cert_path = (
+        ("certKey", kwargs["certKey"]) if kwargs.get("certKey") else ("privateKey", key_path)
+    )
+    cert = _load_certificates(cert_option, cert_path)[0]
+    if _public(cert.public_key()) != _public(key.public_key()):
+        raise TLSMaterialError(f"privateKey {key_path} does not match {cert_option} {cert_path}")
     chain = (
-        x509.load_pem_x509_certificates(_read(kwargs["extraCertChain"]))
+        _load_certificates("extraCertChain", kwargs["extraCertChain"])
         if kwargs.get("extraCertChain")
         else []
     )
     cas = []
     if tls.clientauth != "none":
         assert tls.clientcas
-        cas = x509.load_pem_x509_certificates(_read(tls.clientcas))
+        cas = _load_certificates("[http] clientcas", tls.clientcas)
     # Twisted's annotations name pyOpenSSL's types; its Context calls accept cryptography's.
     options = CertificateOptions(
         privateKey=key,  # type: ignore[arg-type]
         certificate=cert,  # type: ignore[arg-type]
         extraCertChain=chain,  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=AEAD_CIPHERS,
     )
-    return ServerContextFactory(options, tls, cas)
+    factory = ServerContextFactory(options, tls, cas, kwargs)
+    try:
+        factory.getContext()
+    except SSL.Error as exc:
+        files = " ".join(f"{k} {v}" for k, v in kwargs.items() if k in _FILE_OPTIONS)
+        raise TLSMaterialError(f"{files}: {_openssl_reason(exc)}") from None
+    return factory
+
+
+_FILE_OPTIONS = ("privateKey", "certKey", "extraCertChain")
 
 
 @implementer(

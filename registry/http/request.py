@@ -32,7 +32,14 @@ from twisted.web import http, server
 
 from registry import fdlimit
 from registry.api.errors import RegistryError
-from registry.http import misdirected, oversized, reasons, responses, twisted_internals
+from registry.http import (
+    head_deadline,
+    misdirected,
+    oversized,
+    reasons,
+    responses,
+    twisted_internals,
+)
 from registry.http.chunked import ChunkedBodyDecoder
 from registry.http.forwarded import TrustedProxies, client_address
 from registry.http.headers import request_header
@@ -287,7 +294,13 @@ class RegistryRequest(server.Request):
             sink.connection_lost(reason)
         if not self.finished and not self.access_logged:
             site = self._site()
-            if site is not None:
+            if site is None:
+                pass
+            elif self.startedWriting and self.channel is not None and not self._speaks_http1():
+                # An HTTP/2 stream reset (or its connection lost) mid-answer: one access line
+                # with what was sent, as an HTTP/1.1 connection cut mid-body gets.
+                site.log(self)
+            else:
                 site.abandoned(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
@@ -337,6 +350,7 @@ class RegistrySite(server.Site):
             # TLS clients on a plain port get an HTTP answer at once (see the module).
             misdirected.refuse_tls(protocol)
             oversized.answer_long_lines(protocol)
+            head_deadline.limit_head_time(protocol, self.reactor.callLater)
         return protocol
 
     def getResourceFor(self, request: Any) -> Any:

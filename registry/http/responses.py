@@ -104,5 +104,8 @@ async def stream(request: IRequest, producer: IBodyProducer) -> None:
         _abort(request)
         raise ResponseInterrupted(str(exc)) from exc
     finally:
-        if not request.finished:  # type: ignore[attr-defined]
+        # A request whose client left has no channel any more (an HTTP/2 stream reset by its
+        # client, say): nothing to unregister from, and the handler sees CancelledError.
+        channel = getattr(request, "channel", None)
+        if not request.finished and channel is not None:  # type: ignore[attr-defined]
             request.unregisterProducer()  # type: ignore[attr-defined]

@@ -28,6 +28,14 @@ from twisted.internet import interfaces
 CLIENT_AUTH = ("none", "optional", "required")
 
 
+class TLSMaterialError(ValueError):
+    """A key or certificate file of an ``ssl:`` listener cannot be used (names option and file)."""
+
+
+class ListenerError(ValueError):
+    """A listener that cannot be set up; the message is the whole line (``cannot listen on``)."""
+
+
 @attrs.frozen
 class TLSSettings:
     """``[http] clientcas``, ``clientauth`` and ``http2``."""
@@ -190,7 +198,11 @@ def server_endpoint(
         backlog=int(kwargs.get("backlog", DEFAULT_BACKLOG)),
         interface=kwargs.get("interface", ""),
     )
-    return TLSServerEndpoint(tcp_endpoint, certificate_options(kwargs, tls), protocols)
+    try:
+        options = certificate_options(kwargs, tls)
+    except TLSMaterialError as exc:
+        raise ListenerError(f"cannot listen on {description}: {exc}") from None
+    return TLSServerEndpoint(tcp_endpoint, options, protocols)
 
 
 def _is_loopback(interface: str) -> bool:

@@ -274,8 +274,11 @@ def problems() -> list[str]:
             f"the protocol twisted.web's Site builds ({_qualname(type(built))}) no longer "
             f"keeps its HTTPChannel in {_CHANNEL_ATTRIBUTE}"
         )
-    if not callable(getattr(_HTTP_CHANNEL, "resumeProducing", None)):
-        found.append(f"{_qualname(_HTTP_CHANNEL)}.resumeProducing() is gone")
+    # Public, but wrapped per connection (registry.http.head_deadline): twisted.web must still
+    # call them for the request head's deadline to end.
+    for method in ("resumeProducing", "allHeadersReceived", "requestDone"):
+        if not callable(getattr(_HTTP_CHANNEL, method, None)):
+            found.append(f"{_qualname(_HTTP_CHANNEL)}.{method}() is gone")
     factory = getattr(_CONNECTION_POOL, "_factory", None)
     if not (isinstance(factory, type) and hasattr(factory, "noisy")):
         found.append(f"{_qualname(_CONNECTION_POOL)}._factory no longer names a Factory class")

@@ -218,7 +218,9 @@ def refuse_unknown_twisted(problems: list[str]) -> None:
         )
 
 
-def serve(config: Config, reactor: Any, spec: WorkerSpec | None) -> IService:
+def serve(
+    config: Config, reactor: Any, spec: WorkerSpec | None, reload_on_hup: bool = False
+) -> IService:
     """
     The service tree of a serving process: the whole registry (``spec`` None), or worker
     ``spec.worker`` of a supervisor's tree.
@@ -322,6 +324,10 @@ def serve(config: Config, reactor: Any, spec: WorkerSpec | None) -> IService:
         board,
     )
     root.setServiceParent(serving)  # type: ignore[no-untyped-call]
+    if reload_on_hup and spec is None:  # one process under twistd: SIGHUP reads TLS files again
+        from registry.server.reload import HupReloader
+
+        HupReloader(reactor, endpoints).setServiceParent(root)  # type: ignore[no-untyped-call]
     serving.ready.addCallback(lambda _: release_startup_memory())
     if spec is None or spec.worker == 0:  # once per registry, not once per worker
         serving.ready.addCallback(lambda _: _after_start(config, root, ctx, driver))

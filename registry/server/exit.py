@@ -11,6 +11,8 @@ The line goes to the process's real stderr: twistd redirects ``sys.stderr`` into
 from __future__ import annotations
 
 import atexit
+import contextlib
+import json
 import logging
 import os
 import sys
@@ -34,9 +36,32 @@ def print_line(message: str) -> None:
     stream.flush()
 
 
+def tell_supervisor(message: str) -> None:
+    """
+    In a worker of ``[http] workers > 1``: send the start-up failure over the control pipe
+    too, so that the supervisor can name the cause in its own log (a SIGHUP whose new worker
+    cannot start, say because the certificate files were replaced by a bad pair).  Written
+    straight to the pipe's descriptor: the process is about to exit.
+    """
+    from registry.server.worker_env import CONTROL_OUT, WORKER_ENVIRONMENT
+
+    spec = os.environ.get(WORKER_ENVIRONMENT)
+    if not spec:
+        return
+    try:
+        slot = json.loads(spec)["worker"]
+    except (ValueError, KeyError, TypeError):
+        return
+    reason = " ".join(message.split())
+    line = json.dumps({"op": "failed", "worker": slot, "pid": os.getpid(), "reason": reason})
+    with contextlib.suppress(OSError):
+        os.write(CONTROL_OUT, b"\n" + line.encode() + b"\n")  # after whatever half line is there
+
+
 def exit_now(message: str) -> NoReturn:
     """Before the reactor runs: print the line and leave with a failure status."""
     print_line(message)
+    tell_supervisor(message)
     raise SystemExit(EXIT_STARTUP_FAILED)
 
 
@@ -52,6 +77,7 @@ def _exit_with(status: int) -> None:
 def exit_after_reactor(reactor: object, message: str) -> None:
     """While the reactor runs: print the line, stop the reactor, exit non-zero afterwards."""
     print_line(message)
+    tell_supervisor(message)
     atexit.register(_exit_with, EXIT_STARTUP_FAILED)
     reactor.stop()  # type: ignore[attr-defined]
 

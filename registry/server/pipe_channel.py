@@ -140,6 +140,25 @@ class PipeChannel:
 
         handler(message, reply)
 
+    def read_remaining(self, limit: int = 64) -> None:
+        """Handle what the peer wrote before it ended (its exit may be seen before its last
+        lines are read); at most ``limit`` reads."""
+        for _ in range(limit):
+            if self.closed:
+                return
+            try:
+                data = os.read(self._read_fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                lines = self._lines.feed(data)
+            except LineTooLong:
+                return
+            for line in lines:
+                self._received(line)
+
     def lost(self) -> None:
         """The pipe closed: every question still waiting is answered "closed"."""
         if self.closed:

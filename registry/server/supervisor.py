@@ -21,7 +21,11 @@ Signals:
   of them, exit 0.  A worker still running ten seconds past the drain timeout is killed.
 - SIGHUP: a rolling restart.  One worker at a time is drained and replaced by a new process,
   which reads the configuration file and certificates again; the next waits until the new
-  one serves.  The listeners themselves and the number of workers stay as they are.
+  one serves.  The listeners themselves and the number of workers stay as they are.  A new
+  worker that exits before serving (it sends its one-line reason over the control pipe)
+  stops the rolling restart with one error line naming that reason: what it read would fail
+  in every slot, so the workers not replaced yet keep serving with what they loaded, and the
+  failed slot is retried with the back-off of a crashed worker.
 - SIGUSR1: rotate the supervisor's log file (as twistd does); workers rotate their own.
 
 Accepting in turn: the supervisor creates the board on which the workers post their open
@@ -139,6 +143,7 @@ class Worker:
         self.pid = pid
         self.channel = channel
         self.serving = False
+        self.failure: str | None = None  # the line it gave for not starting
         self.served = Event()  # fires True once it serves, False if it ended first
         self.ended = Event()  # fires with its wait status
 
@@ -264,6 +269,7 @@ class Supervisor:
             "ready": self._worker_ready,
             "tree_metrics": self._tree_metrics,
             "tree_ready": self._tree_ready,
+            "failed": self._worker_failed,
         }
         worker = Worker(
             slot, pid, PipeChannel(self.loop, from_worker_r, to_worker_w, handlers, self.log)
@@ -281,6 +287,11 @@ class Supervisor:
         self._failures.pop(worker.slot, None)
         self.log("info", f"worker {worker.slot} (pid {worker.pid}) serving")
         worker.served.fire(True)
+
+    def _worker_failed(self, message: dict[str, Any], reply: Reply) -> None:
+        worker = self.workers.get(int(message["worker"]))
+        if worker is not None and worker.pid == int(message["pid"]):
+            worker.failure = str(message.get("reason", ""))
 
     def _tree_metrics(self, message: dict[str, Any], reply: Reply) -> None:
         from registry.ops.metrics_tree import WorkerScrape, tree_text
@@ -320,6 +331,7 @@ class Supervisor:
     def _ended(self, worker: Worker, status: int) -> None:
         if self.workers.get(worker.slot) is worker:
             del self.workers[worker.slot]
+        worker.channel.read_remaining()  # its last words ("failed") may still be in the pipe
         worker.channel.lost()
         if self._board >= 0:
             board.clear_slot(self._board, worker.slot)
@@ -331,6 +343,8 @@ class Supervisor:
     def _say_ended(self, worker: Worker, status: int) -> None:
         """Log the exit; replace the worker unless it was asked to stop or never served."""
         how = _describe_end(status)
+        if worker.failure:
+            how = f"{how} ({worker.failure})"
         if self._stopping or worker.slot in self._holding:
             self.log("info", f"worker {worker.slot} (pid {worker.pid}) stopped: {how}")
             return
@@ -388,7 +402,20 @@ class Supervisor:
                 finally:
                     self._holding.discard(slot)
                 served = yield Wait(new.served, START_TIMEOUT)
-                if not served or not new.served.value:
+                if served and not new.served.value:
+                    # It exited: what it read (configuration, certificates) cannot serve, and
+                    # would not in the next slot either.  The workers not replaced yet keep
+                    # serving with what they loaded; this slot is retried as after a crash.
+                    kept = self.count - slot - 1
+                    cause = new.failure or "it exited before serving"
+                    self.log(
+                        "error",
+                        f"SIGHUP: worker {slot} did not start: {cause}; rolling restart "
+                        f"stopped, {kept} worker(s) keep serving with the configuration and "
+                        "certificates they started with (fix the cause and send SIGHUP again)",
+                    )
+                    return
+                if not served:
                     self.log("warn", f"SIGHUP: worker {slot} did not start; going on")
             self.log("info", "SIGHUP: every worker restarted")
         finally:

@@ -151,6 +151,47 @@ async def test_alpn_offers_h2_only_when_enabled(certs: PKI, http2: bool, expecte
         assert await negotiated(certs, port, [b"http/1.1"]) == b"http/1.1"
 
 
+def tls12_handshake(port: int, cipher: str) -> str | None:
+    """The TLS 1.2 suite a client offering only ``cipher`` gets; None when refused."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(cipher)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        try:
+            with context.wrap_socket(raw) as sock:
+                negotiated = sock.cipher()
+                return negotiated[0] if negotiated else None
+        except ssl.SSLError:
+            return None
+
+
+@pytest.mark.parametrize(
+    ("cipher", "accepted"),
+    [
+        ("ECDHE-ECDSA-AES128-SHA", False),  # CBC, SHA-1 MAC
+        ("ECDHE-ECDSA-AES256-SHA384", False),  # CBC
+        ("ECDHE-ECDSA-AES128-GCM-SHA256", True),
+        ("ECDHE-ECDSA-AES256-GCM-SHA384", True),
+        ("ECDHE-ECDSA-CHACHA20-POLY1305", True),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_tls12_offers_only_aead_suites(certs: PKI, cipher: str, accepted: bool) -> None:
+    """docs/tls.md: ECDHE with AES-GCM or ChaCha20-Poly1305 only, as registry:2; Twisted's
+    defaults also took CBC suites with SHA-1 MACs."""
+    from twisted.internet.threads import deferToThread
+
+    endpoint = server_endpoint(reactor(), certs.description(), None)
+    async with serving(CONTROLLER, endpoint) as port:
+        got = await deferToThread(tls12_handshake, port, cipher)
+        assert got == (cipher if accepted else None)
+
+
 @pytest_twisted.ensureDeferred
 async def test_plain_descriptions_go_to_twisted() -> None:
     endpoint = server_endpoint(reactor(), "tcp:0:interface=127.0.0.1", None)

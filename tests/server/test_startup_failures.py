@@ -439,3 +439,70 @@ def test_a_jwks_of_only_hmac_keys_is_refused(tmp_path: Path) -> None:
         "key (only oct); tokens are verified with public keys, so HMAC (oct) keys can never "
         "verify one",
     )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    ("files", "cause"),
+    [
+        (
+            "privateKey={d}/other.key:certKey={d}/server.pem",
+            "privateKey {d}/other.key does not match certKey {d}/server.pem",
+        ),
+        (
+            "privateKey={d}/encrypted.key:certKey={d}/server.pem",
+            "privateKey {d}/encrypted.key is encrypted; the registry needs an unencrypted key "
+            "(openssl pkey -in {d}/encrypted.key -out key.pem)",
+        ),
+        (
+            "privateKey={d}/garbage.pem:certKey={d}/server.pem",
+            "privateKey {d}/garbage.pem holds no PEM private key",
+        ),
+        (
+            "privateKey={d}/server.key:certKey={d}/garbage.pem",
+            "certKey {d}/garbage.pem holds no PEM certificate",
+        ),
+        (
+            "privateKey={d}/server.key:certKey={d}/server.pem:extraCertChain={d}/garbage.pem",
+            "extraCertChain {d}/garbage.pem holds no PEM certificate",
+        ),
+        (
+            "privateKey={d}/missing.key:certKey={d}/server.pem",
+            "privateKey {d}/missing.key: no such file or directory",
+        ),
+    ],
+    ids=["mismatch", "encrypted", "garbage-key", "garbage-cert", "garbage-chain", "missing"],
+)
+def test_tls_material_that_cannot_serve_is_refused_at_start_up(
+    tmp_path: Path, files: str, cause: str, workers: str
+) -> None:
+    """A key that does not match its certificate used to start, log "listening" and fail
+    every handshake with a traceback (and kill each worker's listener); an encrypted key was
+    a traceback, a garbage file a PEM error naming no file.  Now: one line naming the option
+    and the file, exit status 1."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.auth import pki
+
+    key = pki.new_key("ec")
+    cert = pki.certificate("127.0.0.1", key, server=True)
+    pki.write(tmp_path / "server.pem", pki.pem_cert(cert))
+    pki.write(tmp_path / "server.key", pki.pem_key(key))
+    pki.write(tmp_path / "other.key", pki.pem_key(pki.new_key("ec")))
+    pki.write(
+        tmp_path / "encrypted.key",
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        ),
+    )
+    pki.write(tmp_path / "garbage.pem", b"not a PEM file\n")
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": workers}})
+    description = "ssl:0:interface=127.0.0.1:" + files.format(d=tmp_path)
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", description, "--storage", str(tmp_path / "d")
+    )
+    assert_one_line(
+        result, f"txregistry: cannot listen on {description}: {cause.format(d=tmp_path)}"
+    )

@@ -621,3 +621,139 @@ def test_one_writer_per_upload_across_workers(tree: Tree, tmp_path: Path) -> Non
     assert answer.status == 201, answer.body
     fetched = tree.request("GET", f"/v2/{name}/blobs/{digest}")
     assert fetched.body == chunk
+
+
+def https_status(port: int, cafile: Path) -> int:
+    """GET /v2/ over TLS on a new connection, verifying the server against ``cafile``."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cafile))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+    try:
+        connection.request("GET", "/v2/")
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_sighup_with_a_bad_certificate_pair_keeps_the_old_workers_serving(tmp_path: Path) -> None:
+    """
+    The key file replaced by one that does not match the certificate, then SIGHUP: the new
+    worker 0 cannot start, so the rolling restart stops there with one error line naming the
+    cause, and worker 1 (old certificates) keeps serving TLS.  Before, every worker was
+    replaced by one that could not serve and the registry was down until fixed.
+    """
+    from tests.auth import pki
+
+    key = pki.new_key("ec")
+    cert = pki.certificate("127.0.0.1", key, server=True)
+    cert_path = tmp_path / "server.pem"
+    key_path = tmp_path / "server.key"
+    pki.write(cert_path, pki.pem_cert(cert))
+    pki.write(key_path, pki.pem_key(key))
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2"}})
+    description = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
+    child = start_registry(
+        tmp_path, "--config", str(config), "--port", description,
+        "--storage", str(tmp_path / "data"),
+    )  # fmt: skip
+    try:
+        port = child.wait_listening()
+        assert https_status(port, cert_path) == 200
+        pki.write(key_path, pki.pem_key(pki.new_key("ec")))
+        child.process.send_signal(signal.SIGHUP)
+        line = child.wait_for(re.compile(r"#error\] SIGHUP: worker 0 did not start: (?P<cause>.*)"))
+        assert line["cause"].startswith(
+            f"cannot listen on {description}: privateKey {key_path} does not match certKey "
+            f"{cert_path}; rolling restart stopped, 1 worker(s) keep serving"
+        ), line["cause"]
+        for _ in range(4):  # new connections: all reach the old worker 1
+            assert https_status(port, cert_path) == 200
+        assert child.process.poll() is None
+        log = "".join(child.output)
+        assert "every worker restarted" not in log
+        assert "Traceback" not in log
+    finally:
+        child.stop()
+
+
+def served_certificate(port: int) -> bytes:
+    """The DER certificate an ``ssl:`` listener presents to a new connection."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw) as sock,
+    ):
+        der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_sighup_with_one_worker_reads_the_certificates_again(tmp_path: Path) -> None:
+    """
+    ``workers = 1``: SIGHUP used to do nothing (no line, replaced certificates not picked
+    up).  Now a bad pair is one error line and the old certificate keeps being served; a
+    good pair serves new connections.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.auth import pki
+
+    def der(cert: x509.Certificate) -> bytes:
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    first_key = pki.new_key("ec")
+    first = pki.certificate("127.0.0.1", first_key, server=True)
+    second_key = pki.new_key("ec")
+    second = pki.certificate("127.0.0.1", second_key, server=True)
+    cert_path = tmp_path / "server.pem"
+    key_path = tmp_path / "server.key"
+    pki.write(cert_path, pki.pem_cert(first))
+    pki.write(key_path, pki.pem_key(first_key))
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "1"}})
+    description = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
+    child = start_registry(
+        tmp_path, "--config", str(config), "--port", description,
+        "--storage", str(tmp_path / "data"),
+    )  # fmt: skip
+    try:
+        port = child.wait_listening()
+        assert served_certificate(port) == der(first)
+        pki.write(key_path, pki.pem_key(second_key))  # the key first: a mismatched pair
+        child.process.send_signal(signal.SIGHUP)
+        line = child.wait_for(re.compile(r"#error\] SIGHUP: (?P<text>.*)"))
+        assert line["text"] == (
+            f"kept the certificates loaded before for {description}: privateKey {key_path} "
+            f"does not match certKey {cert_path}"
+        )
+        assert served_certificate(port) == der(first)
+        pki.write(cert_path, pki.pem_cert(second))
+        child.process.send_signal(signal.SIGHUP)
+        child.wait_for(re.compile(r"#info\] SIGHUP: new connections on .* use the certificate"))
+        assert served_certificate(port) == der(second)
+        assert https_status(port, cert_path) == 200
+        assert child.process.poll() is None
+        assert "Traceback" not in "".join(child.output)
+    finally:
+        child.stop()
+
+
+def test_sighup_with_one_worker_and_no_tls_says_so(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "1"}})
+    child = start_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "data")
+    )
+    try:
+        child.wait_listening()
+        child.process.send_signal(signal.SIGHUP)
+        child.wait_for(re.compile(r"SIGHUP: nothing to reload \(no ssl: listener\)"))
+        assert child.process.poll() is None
+    finally:
+        child.stop()

@@ -1,0 +1,117 @@
+"""
+An HTTP/2 client that cancels a download (RST_STREAM mid-body, as ``curl --http2`` killed
+mid-transfer does): the registry treats it as a client leaving, as it does an HTTP/1.1
+connection cut mid-body: no traceback, one access line with what was sent, and the
+connection goes on serving its other streams.  A real ``twistd -n registry`` over TLS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import socket
+import ssl
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+
+from tests.auth import pki
+from tests.e2e.harness import write_config
+from tests.server.proc import start_registry
+
+BLOB_SIZE = 8 * 1024 * 1024
+# Bound on reads while waiting for a response (each returns at least one frame or fails).
+MAX_READS = 10_000
+
+
+def push(port: int, context: ssl.SSLContext, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=60)
+    try:
+        connection.request("POST", "/v2/h2/reset/blobs/uploads/")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 202, response.status
+        location = response.getheader("Location")
+        assert location
+        separator = "&" if "?" in location else "?"
+        connection.request("PUT", f"{location}{separator}digest={digest}", body=data)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 201, response.status
+    finally:
+        connection.close()
+    return digest
+
+
+def headers(path: str) -> list[tuple[str, str]]:
+    return [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "localhost")]
+
+
+def test_a_reset_stream_is_a_client_leaving(tmp_path: Path) -> None:
+    key = pki.new_key("ec")
+    cert = pki.certificate("127.0.0.1", key, server=True)
+    cert_path = pki.write(tmp_path / "server.pem", pki.pem_cert(cert))
+    key_path = pki.write(tmp_path / "server.key", pki.pem_key(key))
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "1", "http2": "true"}})
+    description = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
+    child = start_registry(
+        tmp_path, "--config", str(config), "--port", description,
+        "--storage", str(tmp_path / "data"),
+    )  # fmt: skip
+    try:
+        port = child.wait_listening()
+        context = ssl.create_default_context(cafile=cert_path)
+        digest = push(port, context, b"\x5a" * BLOB_SIZE)
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            conn.send_headers(1, headers(f"/v2/h2/reset/blobs/{digest}"), end_stream=True)
+            sock.sendall(conn.data_to_send())
+            received = 0
+            for _ in range(MAX_READS):  # a little of the body, then cancel
+                if received >= 100_000:
+                    break
+                data = sock.recv(65536)
+                assert data, "connection closed"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        received += len(event.data)
+                        conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                sock.sendall(conn.data_to_send())
+            assert received >= 100_000
+            conn.reset_stream(1)
+            conn.send_headers(3, headers("/v2/"), end_stream=True)
+            sock.sendall(conn.data_to_send())
+            status = None
+            for _ in range(MAX_READS):  # the same connection answers the next stream
+                data = sock.recv(65536)
+                assert data, "connection closed"
+                events = conn.receive_data(data)
+                sock.sendall(conn.data_to_send())
+                for event in events:
+                    if isinstance(event, h2.events.ResponseReceived) and event.stream_id == 3:
+                        status = dict(event.headers)[b":status"]
+                if any(
+                    isinstance(event, h2.events.StreamEnded) and event.stream_id == 3
+                    for event in events
+                ):
+                    break
+            assert status == b"200"
+        for pattern in (  # in either order
+            rf"access method=GET path=/v2/h2/reset/blobs/{digest} status=200 bytes=\d+",
+            r"access method=GET path=/v2/ status=200",
+        ):
+            if not re.search(pattern, "".join(child.output)):
+                child.wait_for(re.compile(pattern))
+        log = "".join(child.output)
+        assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
+        assert log.count(f"path=/v2/h2/reset/blobs/{digest}") == 1
+    finally:
+        child.stop()
