@@ -19,8 +19,7 @@ import h2.connection
 import h2.events
 
 from tests.auth import pki
-from tests.e2e.harness import write_config
-from tests.server.proc import start_registry
+from tests.server.proc import start_tls_registry
 
 BLOB_SIZE = 8 * 1024 * 1024
 # Bound on reads while waiting for a response (each returns at least one frame or fails).
@@ -54,14 +53,9 @@ def headers(path: str) -> list[tuple[str, str]]:
 def test_a_reset_stream_is_a_client_leaving(tmp_path: Path) -> None:
     key = pki.new_key("ec")
     cert = pki.certificate("127.0.0.1", key, server=True)
-    cert_path = pki.write(tmp_path / "server.pem", pki.pem_cert(cert))
-    key_path = pki.write(tmp_path / "server.key", pki.pem_key(key))
-    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "1", "http2": "true"}})
-    description = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
-    child = start_registry(
-        tmp_path, "--config", str(config), "--port", description,
-        "--storage", str(tmp_path / "data"),
-    )  # fmt: skip
+    child, _, cert_path, _ = start_tls_registry(
+        tmp_path, {"workers": "1", "http2": "true"}, pki.pem_cert(cert), pki.pem_key(key)
+    )
     try:
         port = child.wait_listening()
         context = ssl.create_default_context(cafile=cert_path)

@@ -94,6 +94,24 @@ def collector(driver: Any) -> GarbageCollector:
     return GarbageCollector(driver, GCOptions(grace=3600), time.time())
 
 
+def at_doom(method: str, path: str) -> bool:
+    """Held after the last look at the repositories, before a blob is marked doomed."""
+    return method == "put_content" and path.endswith("/" + gcguard.DOOMED)
+
+
+def at_last_look(method: str, path: str) -> bool:
+    """Held once the blob is doomed, before gc looks for a writer's touch."""
+    return method == "stat" and path.endswith("/" + gcguard.TOUCHED)
+
+
+def run_held(
+    root: Path, thread_pool: ThreadPool, at: Callable[[str, str], bool]
+) -> tuple[HeldDriver, Deferred[Any]]:
+    """A gc run over ``root`` that will be held at the first call ``at`` picks."""
+    held = HeldDriver(FilesystemDriver(str(root), reactor, thread_pool), at)
+    return held, Deferred.fromCoroutine(collector(held).run())
+
+
 async def held_at(held: HeldDriver, run: Deferred[Any]) -> None:
     """Until the collector is held; a run that ends first never reached the step (fails)."""
     await DeferredList([held.reached, run], fireOnOneCallback=True, fireOnOneErrback=True)
@@ -113,11 +131,7 @@ async def test_a_manifest_put_before_the_blob_is_doomed_keeps_it(
 ) -> None:
     root = tmp_path / "root"
     registry = await _old_layer(start_registry, root)
-    held = HeldDriver(
-        FilesystemDriver(str(root), reactor, thread_pool),
-        lambda method, path: method == "put_content" and path.endswith("/" + gcguard.DOOMED),
-    )
-    run = Deferred.fromCoroutine(collector(held).run())
+    held, run = run_held(root, thread_pool, at_doom)
     await held_at(held, run)  # after the last look; about to doom the layer
     config = b'{"architecture":"amd64","os":"linux"}'
     await push_blob(registry.url, "k/race", config)
@@ -138,11 +152,7 @@ async def test_a_manifest_put_after_the_blob_is_doomed_fails_in_words_then_succe
 ) -> None:
     root = tmp_path / "root"
     registry = await _old_layer(start_registry, root)
-    held = HeldDriver(
-        FilesystemDriver(str(root), reactor, thread_pool),
-        lambda method, path: method == "stat" and path.endswith("/" + gcguard.TOUCHED),
-    )
-    run = Deferred.fromCoroutine(collector(held).run())
+    held, run = run_held(root, thread_pool, at_last_look)
     await held_at(held, run)  # doomed written, its last look at `touched` not taken yet
     config = b'{"architecture":"arm64","os":"linux"}'
     await push_blob(registry.url, "k/race", config)
@@ -172,11 +182,7 @@ async def test_an_upload_of_stored_content_during_the_sweep_keeps_it(
     """Uploading bytes that are stored already writes only a link: not enough alone."""
     root = tmp_path / "root"
     registry = await _old_layer(start_registry, root)
-    held = HeldDriver(
-        FilesystemDriver(str(root), reactor, thread_pool),
-        lambda method, path: method == "put_content" and path.endswith("/" + gcguard.DOOMED),
-    )
-    run = Deferred.fromCoroutine(collector(held).run())
+    held, run = run_held(root, thread_pool, at_doom)
     await held_at(held, run)
     await push_blob(registry.url, "other/repo", LAYER)  # 201
     held.release.callback(None)
@@ -191,11 +197,7 @@ async def test_a_mount_of_a_doomed_blob_becomes_a_plain_upload(
 ) -> None:
     root = tmp_path / "root"
     registry = await _old_layer(start_registry, root)
-    held = HeldDriver(
-        FilesystemDriver(str(root), reactor, thread_pool),
-        lambda method, path: method == "stat" and path.endswith("/" + gcguard.TOUCHED),
-    )
-    run = Deferred.fromCoroutine(collector(held).run())
+    held, run = run_held(root, thread_pool, at_last_look)
     await held_at(held, run)
     response = await treq.post(
         f"{registry.url}/v2/mounted/app/blobs/uploads/?mount={sha256(LAYER)}&from=k/race"
@@ -223,11 +225,7 @@ async def test_a_doomed_marker_a_killed_run_left_does_not_fail_later_pushes(
     blob_folder = root / "docker/registry/v2/blobs/sha256" / sha256(LAYER)[7:9] / sha256(LAYER)[7:]
     (blob_folder / gcguard.DOOMED).write_bytes(b"")  # left by a killed run
     age(root)
-    held = HeldDriver(
-        FilesystemDriver(str(root), reactor, thread_pool),
-        lambda method, path: method == "put_content" and path.endswith("/" + gcguard.DOOMED),
-    )
-    run = Deferred.fromCoroutine(collector(held).run())
+    held, run = run_held(root, thread_pool, at_doom)
     await held_at(held, run)  # the run is on, about to doom the orphan
     other = samples.oci_image(config=config, layers=(LAYER,), annotations={"n": "2"})
     assert (await put_manifest(registry.url, "k/used", "v2", other))[0] == 201

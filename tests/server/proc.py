@@ -82,3 +82,25 @@ class Child:
 def start_registry(workdir: Path, *arguments: str, env: Mapping[str, str] | None = None) -> Child:
     """``twistd -n registry ARGUMENTS`` on this interpreter, in ``workdir``."""
     return Child(twistd_command(*arguments), workdir, env=env)
+
+
+def start_tls_registry(
+    workdir: Path, http: Mapping[str, str], cert_pem: bytes, key_pem: bytes
+) -> tuple[Child, str, str, str]:
+    """
+    ``twistd -n registry`` on an ``ssl:`` port of its own choosing, with this certificate and
+    key written to ``workdir`` and these ``[http]`` keys: (child, the port's description,
+    certificate path, key path).
+    """
+    from tests.auth import pki
+    from tests.e2e.harness import write_config
+
+    cert_path = pki.write(workdir / "server.pem", cert_pem)
+    key_path = pki.write(workdir / "server.key", key_pem)
+    config = write_config(workdir / "r.cfg", {"http": dict(http)})
+    description = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
+    child = start_registry(
+        workdir, "--config", str(config), "--port", description,
+        "--storage", str(workdir / "data"),
+    )  # fmt: skip
+    return child, description, cert_path, key_path

@@ -28,7 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import LISTENING, twistd_command, write_config
-from tests.server.proc import Child, child_env, start_registry
+from tests.server.proc import Child, child_env, start_registry, start_tls_registry
 from tests.server.test_drain import BLOB_SIZE, SlowDownload, push_blob, wait_refused
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -649,16 +649,9 @@ def test_sighup_with_a_bad_certificate_pair_keeps_the_old_workers_serving(tmp_pa
 
     key = pki.new_key("ec")
     cert = pki.certificate("127.0.0.1", key, server=True)
-    cert_path = tmp_path / "server.pem"
-    key_path = tmp_path / "server.key"
-    pki.write(cert_path, pki.pem_cert(cert))
-    pki.write(key_path, pki.pem_key(key))
-    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2"}})
-    description = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
-    child = start_registry(
-        tmp_path, "--config", str(config), "--port", description,
-        "--storage", str(tmp_path / "data"),
-    )  # fmt: skip
+    child, description, cert_path, key_path = start_tls_registry(
+        tmp_path, {"workers": "2"}, pki.pem_cert(cert), pki.pem_key(key)
+    )
     try:
         port = child.wait_listening()
         assert https_status(port, cert_path) == 200
@@ -713,16 +706,9 @@ def test_sighup_with_one_worker_reads_the_certificates_again(tmp_path: Path) -> 
     first = pki.certificate("127.0.0.1", first_key, server=True)
     second_key = pki.new_key("ec")
     second = pki.certificate("127.0.0.1", second_key, server=True)
-    cert_path = tmp_path / "server.pem"
-    key_path = tmp_path / "server.key"
-    pki.write(cert_path, pki.pem_cert(first))
-    pki.write(key_path, pki.pem_key(first_key))
-    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "1"}})
-    description = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
-    child = start_registry(
-        tmp_path, "--config", str(config), "--port", description,
-        "--storage", str(tmp_path / "data"),
-    )  # fmt: skip
+    child, description, cert_path, key_path = start_tls_registry(
+        tmp_path, {"workers": "1"}, pki.pem_cert(first), pki.pem_key(first_key)
+    )
     try:
         port = child.wait_listening()
         assert served_certificate(port) == der(first)
