@@ -41,16 +41,13 @@ from registry.asyncutil import bounded_map
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.pagination import paginate, parse_count
+from registry.storage.repositories import holds_repository
 
 CATALOG_DIR = f"{layout.OWN}/catalog"
 ENTRIES_DIR = f"{CATALOG_DIR}/repositories"
 COMPLETE_MARKER = f"{CATALOG_DIR}/complete"
 # How many names `Catalog.note_repository` remembers having written (see `Catalog._noted`).
 NOTED_MAX = 8192
-# Folders that make their parent a repository: manifests and tags, or layer links (the live
-# catalog notes a repository on its first blob link too).  registry:2 2.8 looks for
-# _manifests, earlier versions for _layers; neither lists a repository holding only _uploads.
-REPOSITORY_MARKERS = frozenset({"_manifests", "_layers"})
 # "~" is outside the name grammar, and unreserved in URLs (S3 keys stay readable).
 _SEPARATOR = "~"
 
@@ -200,9 +197,8 @@ class Catalog:
             return []
 
     async def _is_repository(self, name: str) -> bool:
-        """Whether ``name``'s folder holds what makes a repository (`REPOSITORY_MARKERS`)."""
-        children = await self._children(layout.repository(name))
-        return not REPOSITORY_MARKERS.isdisjoint(children)
+        """Whether ``name``'s folder holds what makes a repository (`holds_repository`)."""
+        return holds_repository(await self._children(layout.repository(name)))
 
     async def _list_many(self, paths: Sequence[str]) -> list[list[str]]:
         return await bounded_map(self._children, paths, self.concurrency)
@@ -224,7 +220,7 @@ class Catalog:
             listings = await self._list_many(paths)
             next_frontier: list[str] = []
             for prefix, children in zip(frontier, listings, strict=True):
-                if prefix and REPOSITORY_MARKERS.intersection(children):
+                if prefix and holds_repository(children):
                     found.append(prefix)
                 for child in children:
                     if child.startswith("_") or NAME_RE.fullmatch(child) is None:

@@ -5,14 +5,25 @@ from __future__ import annotations
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
+# Folders that make their parent a repository: manifests and tags, or layer links (the live
+# catalog notes a repository at its first blob link too).  registry:2 2.8 looks for
+# _manifests, earlier versions for _layers; neither counts a folder holding only _uploads (a
+# push started, or an upload purged).
+REPOSITORY_MARKERS = frozenset({"_manifests", "_layers"})
+
+
+def holds_repository(children: list[str]) -> bool:
+    """Whether a folder with these entries is a repository (`REPOSITORY_MARKERS`)."""
+    return not REPOSITORY_MARKERS.isdisjoint(children)
+
 
 async def repository_exists(driver: IStorageDriver, name: str) -> bool:
     """
-    A repository exists while its folder holds anything (registry:2's rule: it never deletes
-    repository folders itself, so a repository whose content was all deleted still exists).
+    A repository exists while its folder holds manifests or layer links, even if all its
+    content was deleted since (registry:2 never deletes those folders itself).
     """
     try:
-        await driver.stat(layout.repository(name))
+        children = await driver.list(layout.repository(name))
     except PathNotFoundError:
         return False
-    return True
+    return holds_repository(children)

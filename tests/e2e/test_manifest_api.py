@@ -153,6 +153,22 @@ async def test_unknown_manifest_and_repository(registry: InProcessRegistry) -> N
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_upload_alone_makes_no_repository(registry: InProcessRegistry) -> None:
+    """A push that has only started an upload (or an upload purged since) leaves a folder
+    holding ``_uploads``: no repository yet, as registry:2 and the catalog say."""
+    response = await treq.post(f"{registry.url}/v2/starting/blobs/uploads/")
+    await response.content()
+    assert response.code == 202
+    for path in ("tags/list", "manifests/latest"):
+        response = await treq.get(f"{registry.url}/v2/starting/{path}")
+        assert response.code == 404, path
+        assert await error_codes(response) == ["NAME_UNKNOWN"], path
+    await push_blob(registry.url, "starting", b"a first layer")  # linked: a repository now
+    response, got = await get(f"{registry.url}/v2/starting/tags/list")
+    assert (response.code, json.loads(got)) == (200, {"name": "starting", "tags": []})
+
+
+@pytest_twisted.ensureDeferred
 async def test_accept_negotiation(registry: InProcessRegistry) -> None:
     body = samples.oci_image()
     await push_image(registry.url, "neg", "v1", body, mt.OCI_IMAGE_MANIFEST)
