@@ -10,7 +10,8 @@ Large data never passes through a single call: reads come back as an `IBodyProdu
 into any `IConsumer` (an HTTP response, a hasher, an upstream tee) with back-pressure, and writes
 go through an `IFileWriter` that appends chunk by chunk.  The writer's contract follows
 registry:2's ``FileWriter``: append until ``commit``; ``close`` keeps what was written so a later
-``writer(path, append=True)`` continues it; ``cancel`` discards.
+``writer(path, append=True)`` continues it (`PathNotFoundError` when there is nothing to
+continue: it never creates); ``cancel`` discards.
 """
 
 from __future__ import annotations

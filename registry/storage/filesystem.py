@@ -382,8 +382,17 @@ class FilesystemDriver:
     async def writer(self, path: str, append: bool = False) -> IFileWriter:
         full = self._full(path)
         with _failing(f"writing {path}"):
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            file = open(full, "ab" if append else "wb")  # noqa: SIM115 - the writer owns it
+            if append:
+                # Continuing what is there, never creating it: an upload cancelled while this
+                # request was on its way must stay gone (its folder is not made again).
+                try:
+                    fd = os.open(full, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+                except FileNotFoundError:
+                    raise PathNotFoundError(path) from None
+                file = os.fdopen(fd, "ab")
+            else:
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                file = open(full, "wb")  # noqa: SIM115 - the writer owns it
         if append:
             # One appender at a time, whichever worker process it is in: the lock goes with
             # the file's closing (or the process's end, kill -9 included).

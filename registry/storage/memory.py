@@ -128,6 +128,8 @@ class MemoryDriver:
         return BytesProducer(memoryview(data)[offset:end])
 
     async def writer(self, path: str, append: bool = False) -> IFileWriter:
+        if append and _check(path) not in self._files:
+            raise PathNotFoundError(path)  # continuing only: as the filesystem driver
         initial = self._files.get(_check(path), (b"", 0.0))[0] if append else b""
         return _MemoryWriter(self, path, initial)
 

@@ -39,7 +39,8 @@ class TestFilesystemDriver(DriverSuite):
     async def test_one_appender_at_a_time(self, driver: FilesystemDriver, tmp_path: Path) -> None:
         """An appender has the file to itself (a lock other processes see too) until it is
         closed, also after ``commit``, while its caller moves the file away; one that opens
-        the path after that move gets the new file there, never the moved one."""
+        the path after that move finds nothing to continue, never the moved one."""
+        await (await driver.writer("u/data")).close()
         first = await driver.writer("u/data", append=True)
         first.write(b"first")
         with pytest.raises(PathBusyError):
@@ -49,14 +50,13 @@ class TestFilesystemDriver(DriverSuite):
             await driver.writer("u/data", append=True)
         await driver.move("u/data", "blob/data")
         await first.close()
-        second = await driver.writer("u/data", append=True)
-        assert second.size == 0  # a new file: the moved one is out of reach
-        second.write(b"late")
-        await second.close()
+        with pytest.raises(PathNotFoundError):  # the moved one is out of reach
+            await driver.writer("u/data", append=True)
         assert (tmp_path / "root/blob/data").read_bytes() == b"first"
-        third = await driver.writer("u/data", append=True)
-        assert third.size == 4
-        await third.close()
+        await (await driver.writer("u/data")).close()  # a new upload there: appendable again
+        second = await driver.writer("u/data", append=True)
+        assert second.size == 0
+        await second.close()
 
 
 MiB = 1024 * 1024
@@ -241,3 +241,26 @@ class TestFilesystemTrash:
             await driver.delete("t/a")
         driver.empty_trash()  # nothing to do, and no error
         assert (root / ".trash").read_bytes() == b"not a folder"
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "memory"])
+@pytest_twisted.ensureDeferred
+async def test_appending_never_creates(kind: str, tmp_path: Path, thread_pool: ThreadPool) -> None:
+    """An upload cancelled while a PATCH was on its way: the PATCH's appender must not make
+    the upload's folder and data again (it resurrected the upload after its DELETE)."""
+    root = tmp_path / "root"
+    driver = (
+        FilesystemDriver(str(root), reactor, thread_pool)
+        if kind == "filesystem"
+        else MemoryDriver()
+    )
+    with pytest.raises(PathNotFoundError):
+        await driver.writer("repo/_uploads/u1/data", append=True)
+    assert not (root / "repo").exists()
+    writer = await driver.writer("repo/_uploads/u1/data")
+    await writer.close()
+    await driver.delete("repo/_uploads/u1")
+    with pytest.raises(PathNotFoundError):
+        await driver.writer("repo/_uploads/u1/data", append=True)
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("repo/_uploads/u1")
