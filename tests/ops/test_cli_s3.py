@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import ENTRIES_DIR
-from registry.storage.s3 import S3Driver, S3Settings
+from registry.storage.s3 import S3Driver
 from registry.storage.uploads import UploadStore
 from tests.e2e.harness import write_config
 from tests.ops import scenario
@@ -32,15 +32,7 @@ class S3Storage:
 async def storage(s3_server: S3Server, tmp_path: Path) -> AsyncIterator[S3Storage]:
     root = f"/cli/{uuid.uuid4().hex}/"
     section = s3_server.storage_section(root)
-    settings = S3Settings(
-        bucket=s3_server.bucket,
-        region=s3_server.region,
-        regionendpoint=s3_server.endpoint,
-        accesskey=s3_server.access_key,
-        secretkey=s3_server.secret_key,
-        rootdirectory=root,
-    )
-    driver = S3Driver(reactor, settings)
+    driver = S3Driver(reactor, s3_server.settings(root))
     config = write_config(tmp_path / "tap.cfg", {"storage": section})
     yield S3Storage(driver, config)
     await driver.close()

@@ -14,7 +14,7 @@ from registry.ops.gc import GCOptions, collect_garbage
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import PathNotFoundError
-from registry.storage.s3 import S3Driver, S3Settings
+from registry.storage.s3 import S3Driver
 from tests.e2e.harness import sleep
 from tests.ops import scenario
 from tests.ops.scenario import DELETED_UNTAGGED, UNTAGGED
@@ -23,15 +23,7 @@ from tests.storage.s3server import S3Server
 
 @pytest_twisted.async_yield_fixture
 async def driver(s3_server: S3Server) -> AsyncIterator[S3Driver]:
-    settings = S3Settings(
-        bucket=s3_server.bucket,
-        region=s3_server.region,
-        regionendpoint=s3_server.endpoint,
-        accesskey=s3_server.access_key,
-        secretkey=s3_server.secret_key,
-        rootdirectory=f"/gc/{uuid.uuid4().hex}/",
-    )
-    driver = S3Driver(reactor, settings)
+    driver = S3Driver(reactor, s3_server.settings(f"/gc/{uuid.uuid4().hex}/"))
     yield driver
     await driver.close()
 

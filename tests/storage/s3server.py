@@ -29,9 +29,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+
+if TYPE_CHECKING:
+    from registry.storage.s3 import S3Settings
 
 ACCESS_KEY = "txregistry-test"
 SECRET_KEY = "txregistry-test-secret-key"
@@ -133,6 +137,15 @@ class S3Server:
             "rootdirectory": root,
             **extra,
         }
+
+    def settings(self, root: str, **overrides: Any) -> S3Settings:
+        """The S3 driver's settings for that same section (a driver the test drives itself)."""
+        from registry.storage.s3 import S3Settings
+
+        values: dict[str, Any] = self.storage_section(root)
+        del values["driver"]
+        values.update(overrides)
+        return S3Settings(**values)
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process (Linux /proc), 0 once it is gone."""

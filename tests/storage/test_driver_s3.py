@@ -36,10 +36,7 @@ MIB = 1024 * 1024
 
 
 def settings_for(server: S3Server, **overrides: Any) -> S3Settings:
-    values: dict[str, Any] = server.storage_section(f"/tests/{uuid.uuid4().hex}/")
-    del values["driver"]
-    values.update(overrides)
-    return S3Settings(**values)
+    return server.settings(f"/tests/{uuid.uuid4().hex}/", **overrides)
 
 
 @pytest_twisted.async_yield_fixture
