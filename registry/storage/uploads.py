@@ -455,14 +455,22 @@ class UploadStore:
             except RegistryError:
                 await self.cancel(name, upload_id)
                 raise
+            linked = False
             if await self.blobs.exists(digest) is None:
+                # The link first: a write that fails here (a full disk) fails while the data
+                # is still the upload's, so the client's retry of this PUT finds it.  Moved
+                # first, a failed link left the bytes at their content address and the
+                # upload without them: the retry answered BLOB_UPLOAD_UNKNOWN.  A link whose
+                # data is not there (yet) reads as an unknown blob.
+                await self.blobs.link(name, digest)
+                linked = True
                 await self.driver.move(
                     layout.upload_data(name, upload_id), layout.blob_data(digest)
                 )
         finally:
             with contextlib.suppress(StorageError):  # committed already: only the lock is left
                 await appender.writer.close()
-        await self._link_kept(name, upload_id, digest)
+        await self._link_kept(name, upload_id, digest, linked)
         await self._remove(name, upload_id)
         return size
 
@@ -479,6 +487,7 @@ class UploadStore:
         size = appender.size
         appender._closed = True
         writer = appender.writer
+        linked = False
         try:
             try:
                 actual = (await appender._settled_hasher()).digest()
@@ -489,6 +498,9 @@ class UploadStore:
                         DIGEST_INVALID, {"expected": str(digest), "received": str(actual)}
                     )
                 if await self.blobs.exists(digest) is None:
+                    # The link first, for the reason given in `commit`.
+                    await self.blobs.link(name, digest)
+                    linked = True
                     await writer.commit()
                 else:
                     await writer.cancel()  # stored already (another push): keep that one
@@ -501,17 +513,21 @@ class UploadStore:
         except RegistryError:
             await self.cancel(name, upload_id)
             raise
-        await self._link_kept(name, upload_id, digest)
+        await self._link_kept(name, upload_id, digest, linked)
         await self._remove(name, upload_id)
         return size
 
-    async def _link_kept(self, name: str, upload_id: str, digest: Digest) -> None:
+    async def _link_kept(
+        self, name: str, upload_id: str, digest: Digest, linked: bool = False
+    ) -> None:
         """
-        Link the committed blob into the repository; if a garbage collection was deleting
-        the blob that was stored already (`registry.storage.gcguard`), the upload ends with an
-        error the client acts on (it uploads again) instead of a 201 for a blob about to go.
+        Link the committed blob into the repository (unless ``linked`` already); if a
+        garbage collection was deleting the blob that was stored already
+        (`registry.storage.gcguard`), the upload ends with an error the client acts on (it
+        uploads again) instead of a 201 for a blob about to go.
         """
-        await self.blobs.link(name, digest)
+        if not linked:
+            await self.blobs.link(name, digest)
         if await GcGuard(self.driver).protect([digest]):
             await self._remove(name, upload_id)
             raise RegistryError(

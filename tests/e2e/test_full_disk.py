@@ -20,7 +20,15 @@ import treq
 from treq.response import _Response
 
 from registry.api import mediatypes as mt
-from tests.e2e.client import get, header, push_blob, raw_request, sha256, split_response
+from tests.e2e.client import (
+    get,
+    header,
+    push_blob,
+    raw_request,
+    sha256,
+    split_response,
+    start_upload,
+)
 from tests.e2e.conftest import Starter
 from tests.manifests import samples
 
@@ -169,4 +177,44 @@ async def test_full_disk_answers_503_and_leaves_nothing_behind(
     assert response.code == 201, await response.text()
     response, body = await get(f"{url}/v2/{name}/manifests/latest")
     assert (response.code, body) == (200, second)
+    assert temporary_files(small_disk) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_finished_on_a_full_disk_finishes_when_space_is_back(
+    small_disk: Path, start_registry: Starter
+) -> None:
+    """
+    The PUT that finishes a chunked upload fails for want of space: 503, nothing readable at
+    the digest, and the upload the client was told it had (202) still there, so that the
+    same PUT succeeds once space is back.
+    """
+    registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    url, name = registry.url, "team/app"
+    data = os.urandom(256 * 1024)
+    digest = sha256(data)
+    location = await start_upload(url, name)
+    response = await treq.patch(
+        location, data=data, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert response.code == 202, await response.text()
+    moved = header(response, "location") or location
+    location = moved if moved.startswith("http") else url + moved
+    finish = f"{location}{'&' if '?' in location else '?'}digest={digest}"
+
+    filler = fill(small_disk)
+    await no_space(await treq.put(finish))
+    response = await treq.head(f"{url}/v2/{name}/blobs/{digest}")
+    assert response.code == 404
+    await response.content()
+    response = await treq.get(location)
+    assert response.code == 204, await response.text()
+    assert header(response, "range") == f"0-{len(data) - 1}"
+
+    filler.unlink()
+    response = await treq.put(finish)
+    assert response.code == 201, await response.text()
+    assert header(response, "docker-content-digest") == digest
+    response, body = await get(f"{url}/v2/{name}/blobs/{digest}")
+    assert (response.code, body) == (200, data)
     assert temporary_files(small_disk) == []
