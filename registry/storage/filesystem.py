@@ -14,6 +14,12 @@ happens to the process.  A write that fails (a full disk) removes its temporary 
 Errors: a missing path is `PathNotFoundError`; every other ``OSError`` (no space, no
 permission, an I/O error) becomes a `StorageError` carrying the system's reason, which clients
 get as a 503 that says it.
+
+The root is made by the first write if it is not there (as registry:2 does; the start-up
+probe's write makes it).  Once seen, it is never made again: a root that went away (a lost
+mount, an ``rm -rf``, a folder replaced by a file) is a storage failure, not an empty registry
+to start afresh in.  Writes fail with that reason, and a read that finds nothing says so
+rather than "not found".
 """
 
 from __future__ import annotations
@@ -192,6 +198,7 @@ def _remove(full: str) -> bool:
 
 # Path components a storage path never has (empty, or climbing out of the root).
 _BAD_PARTS = frozenset(("", ".", ".."))
+_ROOT_GONE = "the storage root {root} is gone or not a folder"
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 # Most content read whole is a link or a manifest: one read of this size, then the read that
 # finds the end.
@@ -223,6 +230,33 @@ class FilesystemDriver:
         self._threadpool = threadpool
         # Outside registry:2's tree (``docker/``), on the same filesystem, so moving is a rename.
         self._trash = os.path.join(self.root, _TRASH)
+        # Whether the root was there: made once if not (the first write, the start-up probe's),
+        # never again after it was seen (see the module's docstring).
+        self._root_seen = os.path.isdir(self.root)
+
+    def _make_folder(self, directory: str) -> None:
+        """``os.makedirs`` that makes the root only if it was never there."""
+        if directory == self.root:
+            if not os.path.isdir(directory):
+                if self._root_seen:
+                    raise FileNotFoundError(errno.ENOENT, _ROOT_GONE.format(root=self.root))
+                os.makedirs(directory, exist_ok=True)
+            self._root_seen = True
+            return
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            return
+        except FileNotFoundError:
+            self._make_folder(os.path.dirname(directory))
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory)
+
+    def _missing(self, path: str) -> StorageError:
+        """What a read that found nothing at ``path`` means: not there, or no root at all."""
+        if os.path.isdir(self.root) or not (self._root_seen or os.path.lexists(self.root)):
+            return PathNotFoundError(path)
+        return StorageError(f"reading {path}: {_ROOT_GONE.format(root=self.root)}")
 
     def _full(self, path: str) -> str:
         # Called once per storage call (10,000 times for a page of tags sorted by date): set
@@ -246,7 +280,7 @@ class FilesystemDriver:
             finally:
                 os.close(fd)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise PathNotFoundError(path) from None
+            raise self._missing(path) from None
         except OSError as exc:
             raise _storage_error(f"reading {path}", exc) from exc
 
@@ -256,7 +290,7 @@ class FilesystemDriver:
         temp = os.path.join(directory, f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
         with _failing(f"writing {path}"):
             try:
-                os.makedirs(directory, exist_ok=True)
+                self._make_folder(directory)
                 with open(temp, "wb") as file:
                     file.write(data)
                 os.replace(temp, full)
@@ -269,7 +303,7 @@ class FilesystemDriver:
         try:
             result = os.stat(self._full(path))
         except (FileNotFoundError, NotADirectoryError):
-            raise PathNotFoundError(path) from None
+            raise self._missing(path) from None
         except OSError as exc:
             raise _storage_error(f"reading {path}", exc) from exc
         is_dir = stat.S_ISDIR(result.st_mode)
@@ -287,7 +321,7 @@ class FilesystemDriver:
         with _failing(f"listing {path}"):
             found: list[str] = await self._in_thread(names)
         if not found:
-            raise PathNotFoundError(path)
+            raise self._missing(path)
         return found
 
     async def delete(self, path: str) -> None:
@@ -301,14 +335,14 @@ class FilesystemDriver:
         try:
             doomed = self._into_trash(full)
         except (FileNotFoundError, NotADirectoryError):
-            raise PathNotFoundError(path) from None
+            raise self._missing(path) from None
         except OSError as exc:
             raise _storage_error(f"deleting {path}", exc) from exc
         if doomed is None:
             with _failing(f"deleting {path}"):
                 removed = await self._in_thread(_remove, full)
             if not removed:
-                raise PathNotFoundError(path)
+                raise self._missing(path)
             return
         self._empty_trash_later(doomed)
 
@@ -326,7 +360,7 @@ class FilesystemDriver:
                 os.lstat(full)  # FileNotFound/NotADirectory: the path itself is missing
                 if attempt == 0 and exc.errno == errno.ENOENT:
                     with contextlib.suppress(OSError):
-                        os.makedirs(self._trash, exist_ok=True)
+                        self._make_folder(self._trash)
                     continue
         return None
 
@@ -357,7 +391,7 @@ class FilesystemDriver:
     async def move(self, source: str, dest: str) -> None:
         full_source, full_dest = self._full(source), self._full(dest)
         with _failing(f"moving {source} to {dest}"):
-            os.makedirs(os.path.dirname(full_dest), exist_ok=True)
+            self._make_folder(os.path.dirname(full_dest))
             try:
                 os.replace(full_source, full_dest)
             except FileNotFoundError:
@@ -367,7 +401,7 @@ class FilesystemDriver:
         try:
             file = open(self._full(path), "rb")  # noqa: SIM115 - the producer owns it
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise PathNotFoundError(path) from None
+            raise self._missing(path) from None
         except OSError as exc:
             raise _storage_error(f"reading {path}", exc) from exc
         size = os.fstat(file.fileno()).st_size
@@ -391,7 +425,7 @@ class FilesystemDriver:
                     raise PathNotFoundError(path) from None
                 file = os.fdopen(fd, "ab")
             else:
-                os.makedirs(os.path.dirname(full), exist_ok=True)
+                self._make_folder(os.path.dirname(full))
                 file = open(full, "wb")  # noqa: SIM115 - the writer owns it
         if append:
             # One appender at a time, whichever worker process it is in: the lock goes with

@@ -103,6 +103,69 @@ async def test_readiness_follows_the_storage(start_registry: Starter, tmp_path: 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_storage_root_that_went_away_is_not_made_again(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    """
+    The storage root moved away (a lost mount, an ``rm -rf``): health fails naming it,
+    reads and writes answer 503 (not "unknown" as if the registry were empty), and nothing
+    makes the root again; moved back, everything reads as before.
+    """
+    root = tmp_path / "root"
+    registry = await start_registry(
+        {"storage": {"rootdirectory": str(root)}, "health": FAST_HEALTH}
+    )
+    url = registry.url
+    config, layer = samples.CONFIG, b"layer kept while the root is away"
+    for blob in (config, layer):
+        await push_blob(url, "team/app", blob)
+    manifest = samples.oci_image(layers=(layer,))
+    response = await treq.put(
+        f"{url}/v2/team/app/manifests/v1",
+        data=manifest,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 201, await response.text()
+
+    aside = tmp_path / "root-aside"
+    os.rename(root, aside)
+
+    async def failing() -> dict[str, Any] | None:
+        status, body = await answer(f"{url}/health")
+        return body if status == 503 else None
+
+    body = await wait_until(failing, within=5.0)
+    assert "is gone or not a folder" in body["reason"], body
+    for path in (
+        "/v2/team/app/manifests/v1",
+        f"/v2/team/app/blobs/{sha256(layer)}",
+        "/v2/team/app/tags/list",
+        "/v2/_catalog",
+    ):
+        response, text = await get(f"{url}{path}")
+        assert response.code == 503, (path, response.code, text)
+        assert json.loads(text)["errors"][0]["code"] == "UNAVAILABLE", (path, text)
+    response = await treq.post(
+        f"{url}/v2/other/app/blobs/uploads/?digest={sha256(b'new')}", data=b"new"
+    )
+    assert response.code == 503, await response.text()
+    assert "is gone or not a folder" in await response.text()
+    assert not root.exists()
+
+    os.rename(aside, root)
+
+    async def ready() -> bool:
+        status, _ = await answer(f"{url}/health")
+        return status == 200
+
+    await wait_until(ready, within=5.0)
+    response, data = await get(f"{url}/v2/team/app/manifests/v1")
+    assert (response.code, data) == (200, manifest)
+    response, data = await get(f"{url}/v2/team/app/blobs/{sha256(layer)}")
+    assert (response.code, data) == (200, layer)
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_upstream_down_fails_readiness(start_registry: Starter) -> None:
     """Nothing listens where [proxy:hub] points: readiness names it; /health (storage) is fine."""
     # A port nothing listens on: probing is the point here, not a port for a server.

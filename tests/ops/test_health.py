@@ -110,7 +110,8 @@ def test_run_names_checks_and_readiness_is_the_default() -> None:
 
 
 def test_the_storage_probe_writes_and_reads_back(tmp_path: Path, thread_pool: Any) -> None:
-    """A root that became a file fails the writable probe; the read-only probe only stats."""
+    """A root that became a file fails the writable probe, and the read-only one (a registry
+    cannot serve from it either)."""
     from twisted.internet import reactor
 
     memory = MemoryDriver()
@@ -122,5 +123,7 @@ def test_the_storage_probe_writes_and_reads_back(tmp_path: Path, thread_pool: An
     failures: list[Any] = []
     Deferred.fromCoroutine(storage_probe(driver)()).addErrback(failures.append)
     assert failures and isinstance(failures[0].value, StorageError)
-    readonly = Deferred.fromCoroutine(storage_probe(driver, writable=False)())
-    assert readonly.called and readonly.result is None
+    failures.clear()
+    Deferred.fromCoroutine(storage_probe(driver, writable=False)()).addErrback(failures.append)
+    assert failures and isinstance(failures[0].value, StorageError)
+    assert "is gone or not a folder" in str(failures[0].value)
