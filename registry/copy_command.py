@@ -28,6 +28,8 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall, react
 
+from registry.api.digests import Digest
+from registry.api.errors import RegistryError
 from registry.client import ClientError, Credentials, RegistryClient, TLSOptions
 from registry.client._streams import in_thread
 from registry.client.auth import credentials_from_config
@@ -114,6 +116,10 @@ def parse_image(text: str) -> ImageName:
         reference: str | None = None
         if "@" in path:
             path, _, reference = path.partition("@")
+            try:
+                Digest.parse(reference)
+            except RegistryError as exc:
+                raise UsageError(f"{text}: {reference!r} is not a digest ({exc.message})") from None
         else:
             head, sep, tail = path.rpartition(":")
             if sep and "/" not in tail:

@@ -28,6 +28,7 @@ from registry.api import mediatypes
 from registry.api.digests import Digest, digest_of
 from registry.api.errors import RegistryError
 from registry.client._body import BodyRelay, Collector, ConsumerWriter
+from registry.client._digests import as_digest
 from registry.client._session import BodyFactory, RateLimitStatus, Session, header, origin_of
 from registry.client._streams import (
     FileSink,
@@ -86,8 +87,7 @@ def _content_range_start(value: str | None) -> int:
     return int(match.group(1)) if match else -1
 
 
-def _as_digest(value: Digest | str) -> Digest:
-    return value if isinstance(value, Digest) else Digest.parse(value)
+_as_digest = as_digest
 
 
 def _next_url(base: str, link: str | None) -> str | None:
@@ -445,7 +445,7 @@ class RegistryClient:
         tag or digest.  A GET body is checked against ``Docker-Content-Digest`` and against
         ``reference`` when that is a digest."""
         upstream = self.upstream_name(name)
-        wanted = Digest.parse(reference) if Digest.is_digest(reference) else None
+        wanted = _as_digest(reference) if Digest.is_digest(reference) else None
         session = self.session
         response = await session.call(
             method,
@@ -520,7 +520,7 @@ class RegistryClient:
             what=f"manifest PUT {upstream}:{reference}",
         )
         await self.session.discard(response)
-        algorithm = Digest.parse(reference).algorithm if Digest.is_digest(reference) else "sha256"
+        algorithm = _as_digest(reference).algorithm if Digest.is_digest(reference) else "sha256"
         mine = digest_of(body, algorithm)
         announced = self._announced_digest(response)
         if announced is not None and announced.algorithm == algorithm and announced != mine:

@@ -5,11 +5,15 @@ however the body is read and whatever the caller passed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 
-from registry.client import BadResponse, ClientError, Unavailable
+from registry.client import BadResponse, ClientError, OCILayout, Rejected, Unavailable
 from tests.client.conftest import ClientFactory
+from tests.e2e.harness import InProcessRegistry
 from tests.fakes.upstream import FakeUpstream
 
 
@@ -28,3 +32,31 @@ async def test_read_of_a_blob_with_the_wrong_bytes_is_a_bad_response(
     assert not isinstance(info.value, Unavailable)
     assert f"not {image.layers[0].digest}" in str(info.value)
     assert isinstance(info.value, ClientError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_digest_is_rejected_before_anything_is_sent(
+    registry: InProcessRegistry, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A digest the caller got wrong is a `Rejected` with ``DIGEST_INVALID`` and no status
+    (nothing was asked of the registry), from every call that takes one."""
+    client = make_client(registry.url)
+    before = client.requests
+    calls = [
+        lambda: client.blob("dg/a", "sha256:xyz"),
+        lambda: client.blob_exists("dg/a", "md5:abc"),
+        lambda: client.blob_head("dg/a", "sha256:" + "0" * 63),
+        lambda: client.get_manifest("dg/a", "sha256:abc"),
+        lambda: client.head_manifest("dg/a", "nope:x"),
+        lambda: client.upload_blob("dg/a", b"bytes", "sha256:abc"),
+        lambda: client.download_blob("dg/a", "sha256:abc", tmp_path / "out"),
+    ]
+    for call in calls:
+        with pytest.raises(Rejected) as info:
+            await call()
+        assert (info.value.status, info.value.code) == (None, "DIGEST_INVALID")
+        assert "is not a digest" in str(info.value)
+    assert client.requests == before
+    layout = await OCILayout.create(reactor, str(tmp_path / "layout"))
+    with pytest.raises(Rejected):
+        await layout.blob_size("sha256:abc")
