@@ -341,8 +341,21 @@ async def run(
         if not interrupted:
             raise
         progress.end()
+        kept = [
+            location
+            for endpoint in endpoints
+            if isinstance(endpoint, RegistryImage)
+            for location in endpoint.client.uncancelled_uploads
+        ]
+        what = (
+            f"the registry refused to cancel the upload {kept[0].split('?')[0]}"
+            + (f" (and {len(kept) - 1} more)" if len(kept) > 1 else "")
+            + "; its bytes stay until the registry purges old uploads"
+            if kept
+            else "nothing half-written was kept"
+        )
         print(
-            f"txregistry copy: interrupted ({interrupted[0].name}); nothing half-written was kept",
+            f"txregistry copy: interrupted ({interrupted[0].name}); {what}",
             file=err,
             flush=True,
         )

@@ -303,6 +303,9 @@ class RegistryClient:
         if docker_hub_library is None:
             docker_hub_library = self.origin[1] in DOCKER_HUB_HOSTS
         self.docker_hub_library = docker_hub_library
+        # Sessions an interrupted or failed upload left open because the registry refused
+        # their DELETE (their partial bytes stay until the registry purges old uploads).
+        self.uncancelled_uploads: list[str] = []
 
     # -- observations (metrics and tests)
 
@@ -841,7 +844,12 @@ class RegistryClient:
         return dgst
 
     async def cancel_upload(self, upload: Upload) -> None:
-        """DELETE the session (an unknown session is not an error: it is gone either way)."""
+        """DELETE the session at its latest ``location`` (registry:2 refuses an older one).
+
+        A 404 ``BLOB_UPLOAD_UNKNOWN`` is not an error: the session is gone either way.  Any
+        other 404 (registry:2's ``BLOB_UPLOAD_INVALID``, for a location whose state no longer
+        matches the bytes it holds, as after a cut-off PUT or PATCH) is raised: the session and
+        its bytes are still there."""
         try:
             response = await self.session.call(
                 "DELETE",
@@ -850,8 +858,10 @@ class RegistryClient:
                 ok=(204, 200, 202),
                 what="upload cancel",
             )
-        except NotFound:
-            return
+        except NotFound as exc:
+            if exc.code == "BLOB_UPLOAD_UNKNOWN":
+                return
+            raise
         await self.session.discard(response)
 
     async def upload_blob(
@@ -950,8 +960,15 @@ class RegistryClient:
         try:
             yield
         except BaseException:
-            with contextlib.suppress(Exception):
+            try:
                 await self.cancel_upload(upload)
+            except Exception as exc:
+                self.uncancelled_uploads.append(upload.location)
+                log.warn(
+                    "upload {location} could not be cancelled: {error}",
+                    location=upload.location,
+                    error=exc,
+                )
             raise
 
     def _source(

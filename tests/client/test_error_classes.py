@@ -11,9 +11,18 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from registry.client import BadResponse, ClientError, OCILayout, Rejected, Unavailable
+from registry.client import (
+    BadResponse,
+    ClientError,
+    NotFound,
+    OCILayout,
+    Rejected,
+    Unavailable,
+    Upload,
+)
 from tests.client.conftest import ClientFactory
 from tests.e2e.harness import InProcessRegistry
+from tests.e2e.tools import Registry2Process
 from tests.fakes.upstream import FakeUpstream
 
 
@@ -60,3 +69,27 @@ async def test_a_malformed_digest_is_rejected_before_anything_is_sent(
     layout = await OCILayout.create(reactor, str(tmp_path / "layout"))
     with pytest.raises(Rejected):
         await layout.blob_size("sha256:abc")
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_upload_on_registry2_uses_the_latest_location(
+    registry2: Registry2Process, make_client: ClientFactory
+) -> None:
+    """registry:2 changes an upload's ``_state`` with each PATCH and refuses an older one
+    (404 BLOB_UPLOAD_INVALID): cancelling uses the latest location and really deletes the
+    session; a refused cancel is raised, never taken as "already gone"."""
+    client = make_client(f"http://{registry2.host}")
+    upload = await client.start_upload("cancel/me")
+    first = upload.location
+    await client.upload_chunk(upload, b"some bytes")
+    assert upload.offset == 10 and upload.location != first
+    stale = Upload(upload.name, first)
+    with pytest.raises(NotFound) as info:
+        await client.cancel_upload(stale)
+    assert info.value.code == "BLOB_UPLOAD_INVALID"
+    assert await client.upload_status(upload) == 10  # still there
+    await client.cancel_upload(upload)
+    with pytest.raises(NotFound) as info:
+        await client.upload_status(upload)
+    assert info.value.code == "BLOB_UPLOAD_UNKNOWN"
+    await client.cancel_upload(upload)  # gone: not an error
