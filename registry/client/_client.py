@@ -41,7 +41,7 @@ from registry.client._streams import (
 from registry.client._tls import TLSOptions
 from registry.client._tokens import MAX_TOKENS
 from registry.client.auth import Credentials
-from registry.client.errors import BadResponse, ClientError, NotFound, Unavailable
+from registry.client.errors import BadResponse, ClientError, NotFound, Rejected, Unavailable
 
 # The media types come from registry.api.mediatypes, the one list the registry serves and
 # stores; the default Accept leaves schema1 out (a caller may ask for it with ``accept=``).
@@ -881,13 +881,18 @@ class RegistryClient:
         ``digest`` is checked against it before the commit.  A chunk cut off mid-way is
         resumed from the offset the registry reports (``retries`` times).  Pass ``upload``
         to carry on a session from earlier (`resume_upload`).
+
+        A ``digest`` the source does not hash to is `Rejected` with code ``DIGEST_INVALID``
+        on either path.  A session this call opened is deleted when the call fails or is
+        cancelled; one passed as ``upload`` is left to the caller.
         """
         if isinstance(source, bytes):
             data = source
             dgst = _as_digest(digest) if digest is not None else digest_of(data)
             if chunk_size is None and upload is None:
                 session = await self.start_upload(name)
-                return await self.finish_upload(session, dgst, _bytes_body(data))
+                async with self._abandoned_unless_done(session):
+                    return await self.finish_upload(session, dgst, _bytes_body(data))
             path, size = None, len(data)
         else:
             path, data = Path(source), b""
@@ -900,9 +905,24 @@ class RegistryClient:
                 body = self._source(path, b"", 0, size, new_hash(dgst.algorithm), [])
                 async with self._abandoned_unless_done(session):
                     return await self.finish_upload(session, dgst, body)
-        algorithm = _as_digest(digest).algorithm if digest is not None else "sha256"
-        if upload is None:
-            upload = await self.start_upload(name)
+        expected = _as_digest(digest) if digest is not None else None
+        if upload is not None:  # the caller's session: theirs to resume or cancel
+            return await self._upload_chunks(upload, path, data, size, expected, chunk_size)
+        upload = await self.start_upload(name)
+        async with self._abandoned_unless_done(upload):
+            return await self._upload_chunks(upload, path, data, size, expected, chunk_size)
+
+    async def _upload_chunks(
+        self,
+        upload: Upload,
+        path: Path | None,
+        data: bytes,
+        size: int,
+        expected: Digest | None,
+        chunk_size: int | None,
+    ) -> Digest:
+        """PATCH the source from ``upload.offset`` on, hashing it, then PUT ``?digest=``."""
+        algorithm = expected.algorithm if expected is not None else "sha256"
         hasher = new_hash(algorithm)
         hashed = 0  # bytes of the source in `hasher`: always the session's confirmed prefix
         step = chunk_size or size or 1
@@ -930,9 +950,11 @@ class RegistryClient:
         if upload.offset > hashed:
             hasher.update(await self._read(path, data, hashed, upload.offset - hashed))
         actual = Digest(algorithm, hasher.hexdigest())
-        if digest is not None and actual != _as_digest(digest):
-            await self.cancel_upload(upload)
-            raise ValueError(f"the source hashes to {actual}, not {digest}")
+        if expected is not None and actual != expected:
+            # What the registry answers a monolithic upload with a wrong digest.
+            with contextlib.suppress(ClientError):
+                await self.cancel_upload(upload)
+            raise Rejected(None, f"the source hashes to {actual}, not {expected}", "DIGEST_INVALID")
         return await self.finish_upload(upload, actual)
 
     async def copy_blob_from(

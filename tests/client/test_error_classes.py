@@ -5,11 +5,14 @@ however the body is read and whatever the caller passed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 
 from registry.client import (
     BadResponse,
@@ -21,6 +24,8 @@ from registry.client import (
     Upload,
 )
 from tests.client.conftest import ClientFactory
+from tests.e2e.client import get
+from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry
 from tests.e2e.tools import Registry2Process
 from tests.fakes.upstream import FakeUpstream
@@ -93,3 +98,36 @@ async def test_cancel_upload_on_registry2_uses_the_latest_location(
         await client.upload_status(upload)
     assert info.value.code == "BLOB_UPLOAD_UNKNOWN"
     await client.cancel_upload(upload)  # gone: not an error
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_a_chunked_upload_deletes_its_session(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """`upload_blob` from a file without ``digest=`` (PATCH chunks): cancelled half-way, it
+    deletes the session it opened (the caller never got its `Upload`), as the monolithic
+    path does."""
+    registry = await start_registry()
+    uploads = tmp_path / "registry0" / "data" / "docker/registry/v2/repositories/up/load/_uploads"
+    source = tmp_path / "big"
+    source.write_bytes(os.urandom(16 * 1024 * 1024))
+    client = make_client(registry.url)
+    running = Deferred.fromCoroutine(client.upload_blob("up/load", source, chunk_size=16384))
+
+    def has_bytes() -> bool:
+        return (
+            any(p.stat().st_size > 0 for p in uploads.rglob("data")) if uploads.is_dir() else False
+        )
+
+    for _ in range(10_000):
+        if has_bytes() or running.called:
+            break
+        await deferLater(reactor, 0.001, lambda: None)
+    assert has_bytes() and not running.called
+    running.cancel()
+    with pytest.raises(CancelledError):
+        await running
+    assert [p.parent.name for p in uploads.rglob("data")] == []
+    for folder in uploads.iterdir():
+        response, _ = await get(f"{registry.url}/v2/up/load/blobs/uploads/{folder.name}")
+        assert response.code == 404
