@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall, react
 
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
+from registry.api.names import TAG_RE, is_valid_name
 from registry.client import ClientError, Credentials, RegistryClient, TLSOptions
 from registry.client._streams import in_thread
 from registry.client.auth import credentials_from_config
@@ -124,6 +125,16 @@ def parse_image(text: str) -> ImageName:
             head, sep, tail = path.rpartition(":")
             if sep and "/" not in tail:
                 path, reference = head, tail
+                if TAG_RE.fullmatch(reference) is None:
+                    raise UsageError(
+                        f"{text}: {reference!r} is not a tag (1 to 128 of [A-Za-z0-9_.-], "
+                        "not starting with . or -)"
+                    )
+        if not is_valid_name(path):
+            raise UsageError(
+                f"{text}: {path!r} is not a repository name (lowercase letters, digits and "
+                "separators . _ __ - between them, components joined by /)"
+            )
         return ImageName("docker", host, path, reference)
     if text.startswith("oci:"):
         rest = text.removeprefix("oci:")

@@ -303,6 +303,11 @@ async def test_a_malformed_reference_is_a_bad_command_line(
     for source, why in (
         (f"docker://{host}/a/b@sha256:abc", "'sha256:abc' is not a digest"),
         (f"docker://{host}/a/b@md5:abc", "'md5:abc' is not a digest"),
+        (f"docker://{host}/UPPER/app:v", "'UPPER/app' is not a repository name"),
+        (f"docker://{host}/ma/app:bad:tag", "'ma/app:bad' is not a repository name"),
+        (f"docker://{host}/a/b:", "'' is not a tag"),
+        (f"docker://{host}/a/b:-x", "'-x' is not a tag"),
+        (f"docker://{host}/a//b:v", "'a//b' is not a repository name"),
     ):
         code, out, err = await txregistry("copy", "-q", *NO_TLS, source, f"oci:{tmp_path}/x7:v")
         assert (code, out) == (2, ""), err
