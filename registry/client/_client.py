@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -65,6 +65,8 @@ _LIST_BODY = 8 * 1024 * 1024  # a tag list or catalog page
 MAX_REFERRER_PAGES = 16
 MAX_REFERRERS = 4096
 _SMALL = 64 * 1024
+# Pages `all_tags` and `all_repositories` follow at most (a million names at 100 a page).
+MAX_LIST_PAGES = 10_000
 
 Method = Literal["GET", "HEAD"]
 
@@ -384,26 +386,41 @@ class RegistryClient:
         return await self._page(f"/v2/{upstream}/tags/list", "tags", self._pull(upstream), n, last)
 
     async def all_tags(self, name: str, page_size: int | None = None) -> AsyncIterator[str]:
-        """Every tag, following ``Link`` pages."""
-        last = None
-        while True:
-            page = await self.list_tags(name, page_size, last)
-            for tag in page.items:
-                yield tag
-            if page.next_last is None or page.next_last == last:
-                return
-            last = page.next_last
+        """Every tag, following ``Link`` pages (see `_all_pages` for the bounds)."""
+        pages = self._all_pages(
+            lambda last: self.list_tags(name, page_size, last), f"tags of {name}"
+        )
+        async for tag in pages:
+            yield tag
 
     async def all_repositories(self, page_size: int | None = None) -> AsyncIterator[str]:
         """Every repository of the catalog, following ``Link`` pages."""
-        last = None
-        while True:
-            page = await self.catalog(page_size, last)
-            for name in page.items:
-                yield name
-            if page.next_last is None or page.next_last == last:
+        async for name in self._all_pages(lambda last: self.catalog(page_size, last), "catalog"):
+            yield name
+
+    async def _all_pages(
+        self, fetch: Callable[[str | None], Awaitable[Page]], what: str
+    ) -> AsyncIterator[str]:
+        """The items of every page.  A next page whose ``last`` is the one just asked for
+        ends the list (some registries link the last page to itself); one asked for earlier
+        (a ``Link`` cycle) is a `BadResponse`, and so are more than `MAX_LIST_PAGES` pages."""
+        last: str | None = None
+        asked: set[str] = set()
+        for _ in range(MAX_LIST_PAGES):
+            page = await fetch(last)
+            for item in page.items:
+                yield item
+            following = page.next_last
+            if following is None or following == last:
                 return
-            last = page.next_last
+            if following in asked:
+                raise self.session.bad(
+                    f"{what}: the next page link cycles (last={following!r} again after "
+                    f"last={last!r})"
+                )
+            asked.add(following)
+            last = following
+        raise self.session.bad(f"{what}: more than {MAX_LIST_PAGES} pages")
 
     async def tags(
         self, name: str, n: int | None = None, last: str | None = None
