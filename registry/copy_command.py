@@ -28,6 +28,9 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall, react
 
+from registry.api.digests import Digest
+from registry.api.errors import RegistryError
+from registry.api.names import TAG_RE, is_valid_name
 from registry.client import ClientError, Credentials, RegistryClient, TLSOptions
 from registry.client._streams import in_thread
 from registry.client.auth import credentials_from_config
@@ -114,10 +117,24 @@ def parse_image(text: str) -> ImageName:
         reference: str | None = None
         if "@" in path:
             path, _, reference = path.partition("@")
+            try:
+                Digest.parse(reference)
+            except RegistryError as exc:
+                raise UsageError(f"{text}: {reference!r} is not a digest ({exc.message})") from None
         else:
             head, sep, tail = path.rpartition(":")
             if sep and "/" not in tail:
                 path, reference = head, tail
+                if TAG_RE.fullmatch(reference) is None:
+                    raise UsageError(
+                        f"{text}: {reference!r} is not a tag (1 to 128 of [A-Za-z0-9_.-], "
+                        "not starting with . or -)"
+                    )
+        if not is_valid_name(path):
+            raise UsageError(
+                f"{text}: {path!r} is not a repository name (lowercase letters, digits and "
+                "separators . _ __ - between them, components joined by /)"
+            )
         return ImageName("docker", host, path, reference)
     if text.startswith("oci:"):
         rest = text.removeprefix("oci:")
@@ -335,8 +352,21 @@ async def run(
         if not interrupted:
             raise
         progress.end()
+        kept = [
+            location
+            for endpoint in endpoints
+            if isinstance(endpoint, RegistryImage)
+            for location in endpoint.client.uncancelled_uploads
+        ]
+        what = (
+            f"the registry refused to cancel the upload {kept[0].split('?')[0]}"
+            + (f" (and {len(kept) - 1} more)" if len(kept) > 1 else "")
+            + "; its bytes stay until the registry purges old uploads"
+            if kept
+            else "nothing half-written was kept"
+        )
         print(
-            f"txregistry copy: interrupted ({interrupted[0].name}); nothing half-written was kept",
+            f"txregistry copy: interrupted ({interrupted[0].name}); {what}",
             file=err,
             flush=True,
         )

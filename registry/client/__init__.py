@@ -28,6 +28,7 @@ from registry.client.errors import (
 )
 
 if TYPE_CHECKING:
+    from registry.api.digests import Digest
     from registry.client._client import (
         MANIFEST_MEDIA_TYPES,
         BlobStream,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from registry.client.layout import OCILayout
 
 _LAZY = {
+    "Digest": "registry.api.digests",
     **dict.fromkeys(
         [
             "MANIFEST_MEDIA_TYPES",
@@ -94,6 +96,7 @@ __all__ = [
     "CopyEvent",
     "CopyResult",
     "Credentials",
+    "Digest",
     "FileSink",
     "LayoutImage",
     "Manifest",

@@ -118,6 +118,10 @@ class Collector(Protocol):
             self.done.errback(self._error)
         elif _ended_cleanly(reason):
             self.done.callback(b"".join(self._parts))
+        elif isinstance(reason.value, ClientError):
+            # A relayed blob body ends with the relay's own verdict (a digest mismatch is a
+            # BadResponse, a stall Unavailable): passed on as it is.
+            self.done.errback(reason.value)
         else:
             self.done.errback(
                 Unavailable(

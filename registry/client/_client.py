@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -28,6 +28,7 @@ from registry.api import mediatypes
 from registry.api.digests import Digest, digest_of
 from registry.api.errors import RegistryError
 from registry.client._body import BodyRelay, Collector, ConsumerWriter
+from registry.client._digests import as_digest
 from registry.client._session import BodyFactory, RateLimitStatus, Session, header, origin_of
 from registry.client._streams import (
     FileSink,
@@ -40,7 +41,7 @@ from registry.client._streams import (
 from registry.client._tls import TLSOptions
 from registry.client._tokens import MAX_TOKENS
 from registry.client.auth import Credentials
-from registry.client.errors import BadResponse, ClientError, NotFound, Unavailable
+from registry.client.errors import BadResponse, ClientError, NotFound, Rejected, Unavailable
 
 # The media types come from registry.api.mediatypes, the one list the registry serves and
 # stores; the default Accept leaves schema1 out (a caller may ask for it with ``accept=``).
@@ -64,6 +65,8 @@ _LIST_BODY = 8 * 1024 * 1024  # a tag list or catalog page
 MAX_REFERRER_PAGES = 16
 MAX_REFERRERS = 4096
 _SMALL = 64 * 1024
+# Pages `all_tags` and `all_repositories` follow at most (a million names at 100 a page).
+MAX_LIST_PAGES = 10_000
 
 Method = Literal["GET", "HEAD"]
 
@@ -86,8 +89,7 @@ def _content_range_start(value: str | None) -> int:
     return int(match.group(1)) if match else -1
 
 
-def _as_digest(value: Digest | str) -> Digest:
-    return value if isinstance(value, Digest) else Digest.parse(value)
+_as_digest = as_digest
 
 
 def _next_url(base: str, link: str | None) -> str | None:
@@ -303,6 +305,9 @@ class RegistryClient:
         if docker_hub_library is None:
             docker_hub_library = self.origin[1] in DOCKER_HUB_HOSTS
         self.docker_hub_library = docker_hub_library
+        # Sessions an interrupted or failed upload left open because the registry refused
+        # their DELETE (their partial bytes stay until the registry purges old uploads).
+        self.uncancelled_uploads: list[str] = []
 
     # -- observations (metrics and tests)
 
@@ -381,26 +386,41 @@ class RegistryClient:
         return await self._page(f"/v2/{upstream}/tags/list", "tags", self._pull(upstream), n, last)
 
     async def all_tags(self, name: str, page_size: int | None = None) -> AsyncIterator[str]:
-        """Every tag, following ``Link`` pages."""
-        last = None
-        while True:
-            page = await self.list_tags(name, page_size, last)
-            for tag in page.items:
-                yield tag
-            if page.next_last is None or page.next_last == last:
-                return
-            last = page.next_last
+        """Every tag, following ``Link`` pages (see `_all_pages` for the bounds)."""
+        pages = self._all_pages(
+            lambda last: self.list_tags(name, page_size, last), f"tags of {name}"
+        )
+        async for tag in pages:
+            yield tag
 
     async def all_repositories(self, page_size: int | None = None) -> AsyncIterator[str]:
         """Every repository of the catalog, following ``Link`` pages."""
-        last = None
-        while True:
-            page = await self.catalog(page_size, last)
-            for name in page.items:
-                yield name
-            if page.next_last is None or page.next_last == last:
+        async for name in self._all_pages(lambda last: self.catalog(page_size, last), "catalog"):
+            yield name
+
+    async def _all_pages(
+        self, fetch: Callable[[str | None], Awaitable[Page]], what: str
+    ) -> AsyncIterator[str]:
+        """The items of every page.  A next page whose ``last`` is the one just asked for
+        ends the list (some registries link the last page to itself); one asked for earlier
+        (a ``Link`` cycle) is a `BadResponse`, and so are more than `MAX_LIST_PAGES` pages."""
+        last: str | None = None
+        asked: set[str] = set()
+        for _ in range(MAX_LIST_PAGES):
+            page = await fetch(last)
+            for item in page.items:
+                yield item
+            following = page.next_last
+            if following is None or following == last:
                 return
-            last = page.next_last
+            if following in asked:
+                raise self.session.bad(
+                    f"{what}: the next page link cycles (last={following!r} again after "
+                    f"last={last!r})"
+                )
+            asked.add(following)
+            last = following
+        raise self.session.bad(f"{what}: more than {MAX_LIST_PAGES} pages")
 
     async def tags(
         self, name: str, n: int | None = None, last: str | None = None
@@ -445,7 +465,7 @@ class RegistryClient:
         tag or digest.  A GET body is checked against ``Docker-Content-Digest`` and against
         ``reference`` when that is a digest."""
         upstream = self.upstream_name(name)
-        wanted = Digest.parse(reference) if Digest.is_digest(reference) else None
+        wanted = _as_digest(reference) if Digest.is_digest(reference) else None
         session = self.session
         response = await session.call(
             method,
@@ -520,7 +540,7 @@ class RegistryClient:
             what=f"manifest PUT {upstream}:{reference}",
         )
         await self.session.discard(response)
-        algorithm = Digest.parse(reference).algorithm if Digest.is_digest(reference) else "sha256"
+        algorithm = _as_digest(reference).algorithm if Digest.is_digest(reference) else "sha256"
         mine = digest_of(body, algorithm)
         announced = self._announced_digest(response)
         if announced is not None and announced.algorithm == algorithm and announced != mine:
@@ -841,7 +861,12 @@ class RegistryClient:
         return dgst
 
     async def cancel_upload(self, upload: Upload) -> None:
-        """DELETE the session (an unknown session is not an error: it is gone either way)."""
+        """DELETE the session at its latest ``location`` (registry:2 refuses an older one).
+
+        A 404 ``BLOB_UPLOAD_UNKNOWN`` is not an error: the session is gone either way.  Any
+        other 404 (registry:2's ``BLOB_UPLOAD_INVALID``, for a location whose state no longer
+        matches the bytes it holds, as after a cut-off PUT or PATCH) is raised: the session and
+        its bytes are still there."""
         try:
             response = await self.session.call(
                 "DELETE",
@@ -850,8 +875,10 @@ class RegistryClient:
                 ok=(204, 200, 202),
                 what="upload cancel",
             )
-        except NotFound:
-            return
+        except NotFound as exc:
+            if exc.code == "BLOB_UPLOAD_UNKNOWN":
+                return
+            raise
         await self.session.discard(response)
 
     async def upload_blob(
@@ -871,13 +898,18 @@ class RegistryClient:
         ``digest`` is checked against it before the commit.  A chunk cut off mid-way is
         resumed from the offset the registry reports (``retries`` times).  Pass ``upload``
         to carry on a session from earlier (`resume_upload`).
+
+        A ``digest`` the source does not hash to is `Rejected` with code ``DIGEST_INVALID``
+        on either path.  A session this call opened is deleted when the call fails or is
+        cancelled; one passed as ``upload`` is left to the caller.
         """
         if isinstance(source, bytes):
             data = source
             dgst = _as_digest(digest) if digest is not None else digest_of(data)
             if chunk_size is None and upload is None:
                 session = await self.start_upload(name)
-                return await self.finish_upload(session, dgst, _bytes_body(data))
+                async with self._abandoned_unless_done(session):
+                    return await self.finish_upload(session, dgst, _bytes_body(data))
             path, size = None, len(data)
         else:
             path, data = Path(source), b""
@@ -890,9 +922,24 @@ class RegistryClient:
                 body = self._source(path, b"", 0, size, new_hash(dgst.algorithm), [])
                 async with self._abandoned_unless_done(session):
                     return await self.finish_upload(session, dgst, body)
-        algorithm = _as_digest(digest).algorithm if digest is not None else "sha256"
-        if upload is None:
-            upload = await self.start_upload(name)
+        expected = _as_digest(digest) if digest is not None else None
+        if upload is not None:  # the caller's session: theirs to resume or cancel
+            return await self._upload_chunks(upload, path, data, size, expected, chunk_size)
+        upload = await self.start_upload(name)
+        async with self._abandoned_unless_done(upload):
+            return await self._upload_chunks(upload, path, data, size, expected, chunk_size)
+
+    async def _upload_chunks(
+        self,
+        upload: Upload,
+        path: Path | None,
+        data: bytes,
+        size: int,
+        expected: Digest | None,
+        chunk_size: int | None,
+    ) -> Digest:
+        """PATCH the source from ``upload.offset`` on, hashing it, then PUT ``?digest=``."""
+        algorithm = expected.algorithm if expected is not None else "sha256"
         hasher = new_hash(algorithm)
         hashed = 0  # bytes of the source in `hasher`: always the session's confirmed prefix
         step = chunk_size or size or 1
@@ -920,9 +967,11 @@ class RegistryClient:
         if upload.offset > hashed:
             hasher.update(await self._read(path, data, hashed, upload.offset - hashed))
         actual = Digest(algorithm, hasher.hexdigest())
-        if digest is not None and actual != _as_digest(digest):
-            await self.cancel_upload(upload)
-            raise ValueError(f"the source hashes to {actual}, not {digest}")
+        if expected is not None and actual != expected:
+            # What the registry answers a monolithic upload with a wrong digest.
+            with contextlib.suppress(ClientError):
+                await self.cancel_upload(upload)
+            raise Rejected(None, f"the source hashes to {actual}, not {expected}", "DIGEST_INVALID")
         return await self.finish_upload(upload, actual)
 
     async def copy_blob_from(
@@ -950,8 +999,15 @@ class RegistryClient:
         try:
             yield
         except BaseException:
-            with contextlib.suppress(Exception):
+            try:
                 await self.cancel_upload(upload)
+            except Exception as exc:
+                self.uncancelled_uploads.append(upload.location)
+                log.warn(
+                    "upload {location} could not be cancelled: {error}",
+                    location=upload.location,
+                    error=exc,
+                )
             raise
 
     def _source(

@@ -67,7 +67,8 @@ class BadResponse(ClientError):
 
 class Rejected(ClientError):
     """Any other 4xx: the registry refused the request (``code`` says why: ``DIGEST_INVALID``,
-    ``MANIFEST_INVALID``, ``UNSUPPORTED``, ``RANGE_INVALID`` ...)."""
+    ``MANIFEST_INVALID``, ``UNSUPPORTED``, ``RANGE_INVALID`` ...); or, with ``status`` None, a
+    request refused before it was sent (a malformed digest: ``DIGEST_INVALID``)."""
 
 
 __all__ = [

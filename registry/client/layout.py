@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from registry.api.digests import Digest, digest_of
 from registry.client._client import OCI_INDEX, BlobStream, RegistryClient
+from registry.client._digests import as_digest
 from registry.client._streams import FileSink, in_thread, new_hash
 from registry.client.errors import BadResponse, NotFound
 
@@ -78,7 +79,7 @@ class OCILayout:
     # -- blobs
 
     def blob_path(self, digest: Digest | str) -> Path:
-        dgst = digest if isinstance(digest, Digest) else Digest.parse(digest)
+        dgst = as_digest(digest)
         return self.root / "blobs" / dgst.algorithm / dgst.hex
 
     async def blob_size(self, digest: Digest | str) -> int | None:
@@ -96,7 +97,7 @@ class OCILayout:
 
     async def read_blob(self, digest: Digest | str, max_size: int = 16 * 1024 * 1024) -> bytes:
         """A small blob (a manifest, a config), checked against its digest."""
-        dgst = digest if isinstance(digest, Digest) else Digest.parse(digest)
+        dgst = as_digest(digest)
         path = self.blob_path(dgst)
 
         def read() -> bytes:
@@ -115,7 +116,7 @@ class OCILayout:
 
     async def write_bytes(self, data: bytes, digest: Digest | str | None = None) -> Digest:
         """Store ``data`` (checked against ``digest`` when given)."""
-        dgst = digest_of(data) if digest is None else Digest.parse(str(digest))
+        dgst = digest_of(data) if digest is None else as_digest(str(digest))
         if digest_of(data, dgst.algorithm) != dgst:
             raise ValueError(f"data does not hash to {dgst}")
         target = self.blob_path(dgst)
@@ -154,7 +155,7 @@ class OCILayout:
 
     async def download(self, client: RegistryClient, name: str, digest: Digest | str) -> int:
         """Fetch a blob from a registry into the layout (resumed on a cut, verified)."""
-        dgst = digest if isinstance(digest, Digest) else Digest.parse(digest)
+        dgst = as_digest(digest)
         target = self.blob_path(dgst)
         temp = await in_thread(self.reactor, _temp_name, target)
         try:
@@ -167,7 +168,7 @@ class OCILayout:
     async def copy_from(self, other: OCILayout, digest: Digest | str) -> None:
         """Copy a blob from another layout (re-hashed: the other may be damaged)."""
         source, target = other.blob_path(digest), self.blob_path(digest)
-        dgst = digest if isinstance(digest, Digest) else Digest.parse(digest)
+        dgst = as_digest(digest)
 
         def copy() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet.task import Clock
 
 from registry.client import RegistryClient
 from tests.e2e.conftest import registry, start_registry  # noqa: F401 - shared fixtures
+from tests.e2e.tools import Registry2Process
 from tests.fakes.tls import make_test_pki
 from tests.fakes.upstream import FakeUpstream, start_fake_upstream
 
@@ -57,3 +59,14 @@ async def tls_fake(tmp_path: Path) -> AsyncIterator[FakeUpstream]:
     upstream = await start_fake_upstream(_reactor, tls=pki.server_options)
     yield upstream
     await upstream.stop()
+
+
+@pytest.fixture
+def registry2(tmp_path: Path) -> Iterator[Registry2Process]:
+    """Debian's registry:2 on a free loopback port, over a fresh storage root."""
+    root = tmp_path / "registry2-root"
+    root.mkdir()
+    process = Registry2Process(tmp_path, root)
+    process.start()
+    yield process
+    process.stop()

@@ -74,8 +74,17 @@ async def test_a_wrong_digest_is_refused(
     assert info.value.code == "DIGEST_INVALID" and info.value.status == 400
     source = tmp_path / "f"
     source.write_bytes(b"file bytes")
-    with pytest.raises(ValueError, match="hashes to"):
+    # Monolithic from a file: the registry refuses it.
+    with pytest.raises(Rejected) as info:
+        await client.upload_blob("a/b", source, images.digest(b"other"))
+    assert info.value.code == "DIGEST_INVALID" and info.value.status == 400
+    # Chunked: the client finds it before the commit, and says it the same way.
+    with pytest.raises(Rejected) as info:
         await client.upload_blob("a/b", source, images.digest(b"other"), chunk_size=4)
+    assert info.value.code == "DIGEST_INVALID" and info.value.status is None
+    assert str(info.value) == (
+        f"the source hashes to {images.digest(b'file bytes')}, not {images.digest(b'other')}"
+    )
 
 
 @pytest_twisted.ensureDeferred

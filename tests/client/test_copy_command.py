@@ -291,3 +291,26 @@ async def test_cert_dir_with_a_client_certificate(
     assert sorted(p.name for p in certs.iterdir()) == ["ca.crt", "client.cert", "client.key"]
     code, _, err = await txregistry("copy", source, f"oci:{tmp_path}/out2:v1")
     assert code == 1 and "certificate" in err.lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_reference_is_a_bad_command_line(
+    registry: object, tmp_path: Path
+) -> None:
+    """An image name the registry could never accept: exit 2 and one line naming it, before
+    anything is asked of the registry (no traceback, no copy attempted)."""
+    host = registry.url.removeprefix("http://")  # type: ignore[attr-defined]
+    for source, why in (
+        (f"docker://{host}/a/b@sha256:abc", "'sha256:abc' is not a digest"),
+        (f"docker://{host}/a/b@md5:abc", "'md5:abc' is not a digest"),
+        (f"docker://{host}/UPPER/app:v", "'UPPER/app' is not a repository name"),
+        (f"docker://{host}/ma/app:bad:tag", "'ma/app:bad' is not a repository name"),
+        (f"docker://{host}/a/b:", "'' is not a tag"),
+        (f"docker://{host}/a/b:-x", "'-x' is not a tag"),
+        (f"docker://{host}/a//b:v", "'a//b' is not a repository name"),
+    ):
+        code, out, err = await txregistry("copy", "-q", *NO_TLS, source, f"oci:{tmp_path}/x7:v")
+        assert (code, out) == (2, ""), err
+        assert len(err.splitlines()) == 1 and err.startswith(f"txregistry copy: {source}: "), err
+        assert why in err
+    assert not (tmp_path / "x7").exists()

@@ -24,6 +24,7 @@ from tests.client.test_copy_command import txregistry
 from tests.e2e.client import get
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import REPO_ROOT
+from tests.e2e.tools import Registry2Process
 from tests.fakes.upstream import FakeUpstream
 
 LAYER = 4 * 1024 * 1024
@@ -169,3 +170,35 @@ async def test_a_copy_into_a_layout_removes_a_killed_writers_temporary_files(
     os.utime(stale, (two_hours_ago, two_hours_ago))
     assert (await txregistry("copy", "-q", *source, f"oci:{target}:b"))[0] == 0
     assert temp_files(target) == [".tmp-live"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_into_registry2_says_the_upload_it_could_not_cancel(
+    tls_fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """registry:2 refuses the DELETE of an upload whose PUT was cut off (its state no longer
+    matches the bytes it holds: 404 BLOB_UPLOAD_INVALID); the copy says so instead of
+    claiming nothing was kept."""
+    root = tmp_path / "registry2-root"
+    root.mkdir()
+    registry2 = Registry2Process(tmp_path, root)
+    await deferToThread(registry2.start)
+    try:
+        uploads = root / "docker/registry/v2/repositories/copy/_uploads"
+
+        def upload_open() -> bool:
+            return any(uploads.rglob("data")) if uploads.is_dir() else False
+
+        code, out, err = await interrupted_copy(
+            tls_fake, tmp_path, f"docker://{registry2.host}/copy:1", signal.SIGTERM, upload_open
+        )
+    finally:
+        await deferToThread(registry2.stop)
+    kept = [p.parent.name for p in uploads.rglob("data")]
+    assert (code, out) == (143, ""), err
+    assert len(kept) == 1
+    assert err == (
+        "txregistry copy: interrupted (SIGTERM); the registry refused to cancel the upload "
+        f"http://{registry2.host}/v2/copy/blobs/uploads/{kept[0]}; its bytes stay until the "
+        "registry purges old uploads\n"
+    )
