@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -743,3 +744,93 @@ def test_sighup_with_one_worker_and_no_tls_says_so(tmp_path: Path) -> None:
         assert child.process.poll() is None
     finally:
         child.stop()
+
+
+def _answered(tree: Tree) -> tuple[float, float, float]:
+    """From one scrape: GET /v2/ answered (counter), their duration histogram's count, and
+    the workers that answered the scrape."""
+    status, text = tree.scrape()
+    assert status == 200, text
+    base = count = scraped = 0.0
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == "txregistry_http_requests_total" and sample.labels["route"] == "base":
+                base += sample.value
+            elif (
+                sample.name == "txregistry_http_request_duration_seconds_count"
+                and sample.labels["route"] == "base"
+            ):
+                count += sample.value
+            elif sample.name == "txregistry_workers_scraped":
+                scraped = sample.value
+    return base, count, scraped
+
+
+def test_counters_do_not_go_back_when_a_worker_is_killed(tree: Tree) -> None:
+    """A killed worker's counts stay in the tree's counters (a retired baseline), before and
+    after its replacement serves: Prometheus would read a drop as a counter reset."""
+    answers = each_worker(tree, "GET", "/v2/")
+    assert all(answer.status == 200 for answer in answers.values())
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+    victim = tree.pids[1]
+    os.kill(victim, signal.SIGKILL)
+    tree.child.wait_for(re.compile(rf"worker 1 \(pid {victim}\) exited: killed by SIGKILL"))
+    assert _answered(tree) == (tree.made, tree.made, 1.0)
+    replaced = tree.child.wait_for(WORKER_SERVING)
+    tree.pids[1] = int(replaced["pid"])
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+    answers = each_worker(tree, "GET", "/v2/")
+    assert all(answer.status == 200 for answer in answers.values())
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+    assert victim not in tree.per_worker()
+
+
+def _ready(tree: Tree) -> tuple[int, dict[str, Any]]:
+    status, body = tree.scrape("/health/ready")
+    return status, json.loads(body)["checks"]["workers"]
+
+
+def test_a_stopped_worker_keeps_its_counts(tree: Tree) -> None:
+    """A worker that does not answer the scrape (SIGSTOP) adds its last answer; the scrape
+    says one worker answered."""
+    answers = each_worker(tree, "GET", "/v2/")
+    assert all(answer.status == 200 for answer in answers.values())
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+    stopped = tree.pids[1]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        assert _answered(tree) == (tree.made, tree.made, 1.0)  # asked, no answer in time
+        assert tree.request("GET", "/v2/").status == 200
+        assert _answered(tree) == (tree.made, tree.made, 1.0)
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+
+
+def test_readiness_fails_while_a_worker_is_stopped(tree: Tree) -> None:
+    """
+    A worker that stops running (SIGSTOP) fails the ``workers`` check, named, once its
+    heartbeat is stale; the check recovers once it runs again.
+    """
+    assert _ready(tree) == (200, {"status": "ok"})
+    stopped = tree.pids[1]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        for _ in range(100):  # bounded: the heartbeat is stale 2 s after the stop
+            status, check = _ready(tree)
+            if status != 200:
+                break
+            time.sleep(0.1)
+        assert status == 503, check
+        assert check["status"] == "failing", check
+        assert check["error"].startswith(
+            f"1 of 2 workers serving; worker 1 (pid {stopped}) not serving: no heartbeat for "
+        ), check
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    for _ in range(100):  # bounded: its next heartbeat is half a second away
+        status, check = _ready(tree)
+        if status == 200:
+            break
+        time.sleep(0.1)
+    assert (status, check) == (200, {"status": "ok"})
