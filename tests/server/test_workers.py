@@ -834,3 +834,79 @@ def test_readiness_fails_while_a_worker_is_stopped(tree: Tree) -> None:
             break
         time.sleep(0.1)
     assert (status, check) == (200, {"status": "ok"})
+
+
+DEBUG_PORT = re.compile(r"(?:Factory|_QuietSite) starting on (?P<port>\d+)")
+UPLOAD_499 = re.compile(r"access method=(?P<method>\w+) path=(?P<path>\S+) status=499 ")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("method", ["POST", "PATCH", "PUT"])
+def test_an_upload_left_mid_body_is_counted_as_499(
+    tmp_path: Path, workers: str, method: str
+) -> None:
+    """
+    A client that goes away while it sends an upload's body: one request with status 499 and
+    route ``upload`` in the metrics, and one access line, besides the upload kept.
+    """
+    child = start_tree(tmp_path, workers=workers)
+    try:
+        port = child.wait_listening()
+        # One worker: twistd says "_QuietSite starting on PORT"; two: the supervisor's lines.
+        log = "".join(child.output)
+        debug = next(int(m["port"]) for m in DEBUG_PORT.finditer(log) if int(m["port"]) != port)
+
+        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            connection = http.client.HTTPConnection("127.0.0.1", debug, timeout=60)
+            try:
+                connection.request("GET", "/metrics")
+                text = connection.getresponse().read().decode()
+            finally:
+                connection.close()
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+
+        digest = "sha256:" + "0" * 64
+        path = f"/v2/left/{method.lower()}/blobs/uploads/?digest={digest}"
+        if method != "POST":
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            connection.request("POST", f"/v2/left/{method.lower()}/blobs/uploads/")
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            assert response.status == 202
+            location = response.getheader("location") or ""
+            separator = "&" if "?" in location else "?"
+            path = location if method == "PATCH" else f"{location}{separator}digest={digest}"
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        try:
+            sock.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Type: application/octet-stream\r\n"
+                "Content-Length: 1000000\r\n\r\n".encode()
+                + b"x" * 65536
+            )
+            for _ in range(200):  # bounded: the server reads the headers within milliseconds
+                if scrape().get(("txregistry_uploads_open", ())) == 1:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the upload never started")
+        finally:
+            sock.close()
+        child.wait_for(re.compile("client left mid-upload"))
+        lines = list(UPLOAD_499.finditer("".join(child.output)))
+        assert [(line["method"], line["path"]) for line in lines] == [(method, path)]
+        key = (
+            "txregistry_http_requests_total",
+            (("method", method), ("route", "upload"), ("status", "499")),
+        )
+        found = scrape()
+        assert found.get(key) == 1, {k: v for k, v in found.items() if "requests_total" in k[0]}
+        assert found.get(("txregistry_uploads_open", ())) == 0
+        assert found.get(("txregistry_http_requests_in_flight", (("route", "upload"),)), 0) == 0
+    finally:
+        child.stop()
