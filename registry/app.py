@@ -151,6 +151,10 @@ class RegistryApp:
         return responses.error(request, RegistryError(code, detail, status=status))
 
     def storage_error(self, request: IRequest, failure: Failure) -> bytes:
+        if getattr(request, "answered_early", False):
+            # An upload body refused while it came: logged and answered then, in one line
+            # (`registry.handlers.uploads`); what is written now is dropped.
+            return b""
         log_failure(
             log,
             failure,

@@ -134,7 +134,7 @@ class RegistryRequest(server.Request):
         site = getattr(self.channel, "site", None)
         return site if isinstance(site, RegistrySite) else None
 
-    def _request_line(self) -> tuple[bytes, bytes]:
+    def request_line(self) -> tuple[bytes, bytes]:
         channel: Any = self.channel
         # HTTP/1.1 keeps the request line on the channel until the body is in; HTTP/2 streams
         # have it as attributes.
@@ -151,7 +151,7 @@ class RegistryRequest(server.Request):
         if site is None:
             return
         self._body_limit = site.max_body_size
-        method, path = self._request_line()
+        method, path = self.request_line()
         self.sink = site.sink_factory(self, method, path, length) if site.sink_factory else None
         if self.sink is not None:
             transport = _innermost_transport(self.channel.transport)
@@ -300,6 +300,8 @@ class RegistryRequest(server.Request):
                 # An HTTP/2 stream reset (or its connection lost) mid-answer: one access line
                 # with what was sent, as an HTTP/1.1 connection cut mid-body gets.
                 site.log(self)
+            elif self.route_kind is None and sink is not None and not self._body_complete:
+                site.left_mid_body(self)
             else:
                 site.abandoned(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
@@ -370,6 +372,18 @@ class RegistrySite(server.Site):
         if self.observer is not None and request.route_kind is not None:
             request.access_logged = True  # counted once
             self.observer.finished(request, 499, time.monotonic() - request.started)
+
+    def left_mid_body(self, request: RegistryRequest) -> None:
+        """
+        An upload whose client went away while it sent the body (the route never ran): counted
+        as 499 with its route, and its access line, as any request its client left.
+        """
+        # twisted.web fills the request line in only once the body is in.
+        method, uri = request.request_line()
+        request.method, request.uri = method, uri
+        request.path = uri.split(b"?", 1)[0]
+        request.code = 499
+        self.log(request)
 
     def log(self, request: Any) -> None:
         # Called by twisted.web once per answered request (and by an early answer); the one

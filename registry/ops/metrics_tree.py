@@ -13,6 +13,12 @@ it.  Exceptions:
 
 Besides the sums, a few series describe the tree itself: `worker_lines`.
 
+Counters never go backwards for the tree (Prometheus would read that as a reset):
+`TreeMemory` keeps each worker's last scrape.  A worker that does not answer a scrape
+(stopped, or busy past the scrape's timeout) contributes what it answered last; a worker that
+exits leaves its counters, histograms and summaries in a retired baseline that every later
+scrape adds (its gauges, which describe what it held, such as open uploads, go with it).
+
 This runs in the supervisor, which imports no metrics library (it would cost it more memory
 than everything else it holds): the texts are read line by line.  Every worker writes the
 same families with labels in the same order and escaping (prometheus_client sorts label
@@ -132,6 +138,79 @@ def merge(texts: Iterable[str]) -> list[str]:
     return lines
 
 
+# Families whose samples only go up while their process lives.
+COUNTING_TYPES = ("counter", "histogram", "summary")
+
+
+def counting_text(text: str) -> str:
+    """The families of ``text`` that only go up (`COUNTING_TYPES`), header lines included."""
+    kept: list[str] = []
+    keep = False
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 4 and parts[1] == "TYPE":
+                keep = parts[3].strip() in COUNTING_TYPES
+                if keep:
+                    kept.append(line)
+            elif len(parts) >= 3 and parts[1] == "HELP":
+                keep = False  # until its TYPE line says
+                kept.append(line)
+            continue
+        if keep and line.strip():
+            kept.append(line)
+    # A HELP line whose family turned out not to count goes too.
+    out: list[str] = []
+    for index, line in enumerate(kept):
+        if line.startswith("# HELP"):
+            name = line.split(None, 3)[2]
+            following = kept[index + 1] if index + 1 < len(kept) else ""
+            if not following.startswith(f"# TYPE {name} "):
+                continue
+        out.append(line)
+    return "\n".join(out)
+
+
+class TreeMemory:
+    """
+    What the supervisor remembers between scrapes: each worker's last answer, and the
+    counting families of the workers that exited (the retired baseline).
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, WorkerScrape] = {}
+        self._retired = ""
+
+    def answered(self, scrape: WorkerScrape) -> None:
+        self._last[scrape.worker] = scrape
+
+    def last(self, worker: int, pid: int) -> WorkerScrape | None:
+        """What worker ``worker`` (process ``pid``) answered last, if it ever did."""
+        scrape = self._last.get(worker)
+        return scrape if scrape is not None and scrape.pid == pid else None
+
+    def retire(self, worker: int, pid: int) -> None:
+        """Worker ``worker`` (process ``pid``) exited: its counts join the baseline."""
+        scrape = self.last(worker, pid)
+        if scrape is None:
+            return
+        del self._last[worker]
+        self._retired = "\n".join(merge([self._retired, counting_text(scrape.text)]))
+
+    def text(
+        self,
+        answers: Sequence[WorkerScrape],
+        silent: Sequence[WorkerScrape],
+        expected: int,
+        restarts: int,
+    ) -> bytes:
+        """The tree's scrape from the workers that answered, the last answers of those that
+        did not (``silent``), and the retired baseline."""
+        for scrape in answers:
+            self.answered(scrape)
+        return tree_text(answers, expected, restarts, silent=silent, retired=self._retired)
+
+
 def _line(name: str, labels: str, value: float) -> str:
     return (
         f"{name}{{{labels}}} {format_value(value)}" if labels else f"{name} {format_value(value)}"
@@ -153,15 +232,23 @@ def requests_answered(text: str) -> float:
     return total
 
 
-def worker_lines(scrapes: Sequence[WorkerScrape], expected: int, restarts: int) -> list[str]:
-    """The tree's own series: workers wanted and answering, restarts, requests per worker."""
+def worker_lines(
+    scrapes: Sequence[WorkerScrape],
+    expected: int,
+    restarts: int,
+    silent: Sequence[WorkerScrape] = (),
+) -> list[str]:
+    """
+    The tree's own series: workers wanted and answering, restarts, requests per worker (a
+    worker that did not answer: what it answered last, in ``silent``).
+    """
     per_worker = [
         _line(
             "txregistry_worker_http_requests_total",
             f'pid="{scrape.pid}",worker="{scrape.worker}"',
             requests_answered(scrape.text),
         )
-        for scrape in scrapes
+        for scrape in sorted([*scrapes, *silent], key=lambda scrape: scrape.worker)
     ]
     return [
         *_family(
@@ -173,7 +260,7 @@ def worker_lines(scrapes: Sequence[WorkerScrape], expected: int, restarts: int) 
         *_family(
             "txregistry_workers_scraped",
             "gauge",
-            "Worker processes whose metrics this scrape holds.",
+            "Worker processes that answered this scrape.",
             [_line("txregistry_workers_scraped", "", float(len(scrapes)))],
         ),
         *_family(
@@ -191,8 +278,21 @@ def worker_lines(scrapes: Sequence[WorkerScrape], expected: int, restarts: int) 
     ]
 
 
-def tree_text(scrapes: Sequence[WorkerScrape], expected: int, restarts: int) -> bytes:
-    """The whole tree's scrape: the merged workers' families, then the tree's own."""
-    lines = merge(scrape.text for scrape in scrapes)
-    lines += worker_lines(scrapes, expected, restarts)
+def tree_text(
+    scrapes: Sequence[WorkerScrape],
+    expected: int,
+    restarts: int,
+    silent: Sequence[WorkerScrape] = (),
+    retired: str = "",
+) -> bytes:
+    """
+    The whole tree's scrape: the merged workers' families (``scrapes``, the answers; ``silent``,
+    the last answers of workers that did not answer; ``retired``, the counting families of
+    workers that exited), then the tree's own.
+    """
+    texts = [scrape.text for scrape in [*scrapes, *silent]]
+    if retired:
+        texts.append(retired)
+    lines = merge(texts)
+    lines += worker_lines(scrapes, expected, restarts, silent)
     return ("\n".join(lines) + "\n").encode()

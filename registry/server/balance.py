@@ -47,13 +47,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from registry.server.board import SLOT
+from registry.server.board import SLOT, STALE
 
 log = Logger()
 
-# How often a worker renews its heartbeat, and how old one may be before its slot is ignored.
+# How often a worker renews its heartbeat (one older than `STALE` has its slot ignored).
 HEARTBEAT = 0.5
-STALE = 2.0
 # How often a worker that holds back looks at the others' counts again.
 RECHECK = 0.005
 # Most connections taken per wake-up, so that one burst cannot hold the reactor for long.

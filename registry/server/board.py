@@ -13,6 +13,8 @@ import os
 import struct
 
 SLOT = struct.Struct("<qd")
+# How old a heartbeat may be before its worker counts as stuck (or gone).
+STALE = 2.0
 
 
 def available() -> bool:
@@ -30,3 +32,15 @@ def create_board(workers: int) -> int:
 def clear_slot(fd: int, slot: int) -> None:
     """Forget a worker that exited: its slot reads as long dead."""
     os.pwrite(fd, SLOT.pack(0, 0.0), slot * SLOT.size)
+
+
+def silent_for(fd: int, slot: int, now: float) -> float | None:
+    """
+    How long the worker in ``slot`` has not renewed its heartbeat, when that is longer than
+    `STALE` (``now``: ``time.monotonic()``); None while it renews it, or while its slot is
+    clear (not listening yet, draining, or gone).
+    """
+    _connections, heartbeat = SLOT.unpack(os.pread(fd, SLOT.size, slot * SLOT.size))
+    if heartbeat == 0.0 or now - heartbeat <= STALE:
+        return None
+    return now - float(heartbeat)

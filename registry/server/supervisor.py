@@ -33,7 +33,9 @@ connections (`registry.server.balance`), hands each worker a descriptor of it, a
 worker's slot when it exits, so that the others stop leaving new connections to it at once.
 
 Questions the workers ask (over their control pipe): the whole tree's metrics (asked of every
-serving worker and merged, `registry.ops.metrics_tree`) and how many workers serve (readiness).
+serving worker and merged, `registry.ops.metrics_tree`; a worker that does not answer counts
+with its last answer, one that exited with its last counters) and how many workers serve
+(readiness: a worker whose heartbeat on the board is stale does not).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from registry.server import board
 from registry.server.loop import Event, Loop, Task, Timer, Wait
@@ -56,6 +59,9 @@ from registry.server.worker_env import (
     FIRST_LISTENER_FD,
     WORKER_ENVIRONMENT,
 )
+
+if TYPE_CHECKING:
+    from registry.ops.metrics_tree import TreeMemory, WorkerScrape
 
 # The variable ``twistd registry`` hands the supervisor's settings over in.
 SPEC_ENVIRONMENT = "TXREGISTRY_SUPERVISOR"
@@ -183,6 +189,9 @@ class Supervisor:
         self._board = -1
         if self.count > 1 and board.available():
             self._board = _high(board.create_board(self.count))
+        # Each worker's last scrape and the exited workers' counts (registry.ops.metrics_tree),
+        # made at the first scrape.
+        self._memory: TreeMemory | None = None
 
     # Start
 
@@ -293,29 +302,66 @@ class Supervisor:
         if worker is not None and worker.pid == int(message["pid"]):
             worker.failure = str(message.get("reason", ""))
 
+    def _silent_for(self, worker: Worker) -> float | None:
+        """How long ``worker`` has not renewed its heartbeat on the board, past `board.STALE`
+        (stopped, or its reactor blocked); None while it does, or without a board."""
+        if self._board < 0:
+            return None
+        return board.silent_for(self._board, worker.slot, time.monotonic())
+
     def _tree_metrics(self, message: dict[str, Any], reply: Reply) -> None:
-        from registry.ops.metrics_tree import WorkerScrape, tree_text
+        from registry.ops.metrics_tree import TreeMemory, WorkerScrape
 
+        if self._memory is None:
+            self._memory = TreeMemory()
+        memory = self._memory
         serving = [w for w in self.workers.values() if w.serving]
-        scrapes: list[WorkerScrape] = []
-        left = [len(serving)]
+        answers: list[WorkerScrape] = []
+        silent: list[WorkerScrape] = []
+        # A worker known stuck is not asked (it would not answer within SCRAPE_TIMEOUT).
+        asked = [w for w in serving if self._silent_for(w) is None]
+        for worker in serving:
+            if worker not in asked:
+                last = memory.last(worker.slot, worker.pid)
+                if last is not None:
+                    silent.append(last)
+        left = [len(asked)]
 
-        def answered(result: Any, error: str | None) -> None:
+        def finish() -> None:
+            answers.sort(key=lambda scrape: scrape.worker)
+            reply(memory.text(answers, silent, self.count, self.restarts).decode())
+
+        def answered(worker: Worker, result: Any, error: str | None) -> None:
             if error is None:
-                scrapes.append(WorkerScrape(result["worker"], result["pid"], result["text"]))
+                answers.append(WorkerScrape(result["worker"], result["pid"], result["text"]))
+            else:
+                last = memory.last(worker.slot, worker.pid)
+                if last is not None:
+                    silent.append(last)
             left[0] -= 1
             if left[0] == 0:
-                scrapes.sort(key=lambda scrape: scrape.worker)
-                reply(tree_text(scrapes, self.count, self.restarts).decode())
+                finish()
 
-        if not serving:
-            reply(tree_text([], self.count, self.restarts).decode())
-        for worker in serving:
-            worker.channel.request("metrics", SCRAPE_TIMEOUT, answered)
+        if not asked:
+            finish()
+        for worker in asked:
+            worker.channel.request("metrics", SCRAPE_TIMEOUT, partial(answered, worker))
 
     def _tree_ready(self, message: dict[str, Any], reply: Reply) -> None:
-        ready = sum(1 for w in self.workers.values() if w.serving)
-        reply({"ready": ready, "workers": self.count})
+        ready = 0
+        stuck = []
+        for worker in sorted(self.workers.values(), key=lambda w: w.slot):
+            if not worker.serving:
+                continue
+            silent = self._silent_for(worker)
+            if silent is None:
+                ready += 1
+            else:
+                stuck.append(
+                    f"worker {worker.slot} (pid {worker.pid}) not serving: no heartbeat "
+                    f"for {silent:.0f} s"
+                )
+        reply({"ready": ready, "workers": self.count, "stuck": stuck})
 
     # Supervision
 
@@ -335,6 +381,8 @@ class Supervisor:
         worker.channel.lost()
         if self._board >= 0:
             board.clear_slot(self._board, worker.slot)
+        if self._memory is not None:
+            self._memory.retire(worker.slot, worker.pid)
         self._say_ended(worker, status)
         # Last: whoever waits for this (a drain, a rolling restart) logs after the line above.
         worker.served.fire(False)

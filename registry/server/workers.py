@@ -286,10 +286,11 @@ class WorkerLink(Service):
         text: str = await self.channel.request("tree_metrics", ASK_TIMEOUT)
         return text.encode()
 
-    async def tree_ready(self) -> tuple[int, int]:
-        """(workers ready, workers configured), as the supervisor sees them."""
-        answer: dict[str, int] = await self.channel.request("tree_ready", ASK_TIMEOUT)
-        return answer["ready"], answer["workers"]
+    async def tree_ready(self) -> tuple[int, int, list[str]]:
+        """(workers ready, workers configured, why each stuck worker is not), as the
+        supervisor sees them."""
+        answer: dict[str, Any] = await self.channel.request("tree_ready", ASK_TIMEOUT)
+        return int(answer["ready"]), int(answer["workers"]), list(answer.get("stuck", []))
 
     def supervisor_gone(self) -> None:
         self.channel.lost()
@@ -300,12 +301,13 @@ class WorkerLink(Service):
 
 
 def workers_probe(link: WorkerLink) -> Any:
-    """Readiness of the tree: every configured worker serves (the supervisor's view)."""
+    """Readiness of the tree: every configured worker serves (the supervisor's view: started,
+    and renewing its heartbeat on the accept board)."""
     from registry.ops.health import CheckFailed
 
     async def probe() -> None:
-        ready, total = await link.tree_ready()
+        ready, total, stuck = await link.tree_ready()
         if ready < total:
-            raise CheckFailed(f"{ready} of {total} workers serving")
+            raise CheckFailed("; ".join([f"{ready} of {total} workers serving", *stuck]))
 
     return probe

@@ -419,3 +419,48 @@ async def test_oversized_manifest_over_tls_and_http2(
     assert written == ("2 413" if http2 else "1.1 413")
     (entry,) = json.loads(answer.read_bytes())["errors"]
     assert (entry["code"], entry["detail"]) == ("MANIFEST_INVALID", {"limit": 4 * MiB})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_upload_body_is_one_error_line(
+    registry: InProcessRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No room for the body (the reservation fails): a 503 with the reason, one error line and
+    one access line for the request, not an error line per layer."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from registry.storage import filesystem
+
+    async def reserve(self: filesystem._FileWriter, length: int) -> None:
+        raise filesystem.StorageError(f"reserving {length} bytes: No space left on device")
+
+    monkeypatch.setattr(filesystem._FileWriter, "reserve", reserve)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        data = os.urandom(MiB)
+
+        def exchange() -> Answer:
+            with RawUpload(registry.url) as client:
+                client.send_headers(
+                    "POST", f"/v2/refused/a/blobs/uploads/?digest={sha256(data)}", len(data)
+                )
+                client.send(data)
+                return client.answer()
+
+        answer = await deferToThread(exchange)
+        for _ in range(100):  # bounded: the route runs once the body is in
+            if any(e.get("log_namespace") == "registry.app" for e in events) or any(
+                "storage failure" in str(e.get("log_format")) for e in events
+            ):
+                break
+            await sleep(0.02)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert answer.status == 503
+    assert "No space left on device" in json.loads(answer.body)["errors"][0]["detail"]["reason"]
+    errors = [e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+    assert [e.get("log_format") for e in errors] == [
+        "upload body refused on {method} {uri}: {reason}"
+    ], errors
+    assert [e["status"] for e in events if e.get("access")] == [503]

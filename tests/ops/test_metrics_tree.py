@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from registry.ops.metrics import Metrics
-from registry.ops.metrics_tree import WorkerScrape, format_value, tree_text
+from registry.ops.metrics_tree import TreeMemory, WorkerScrape, format_value, tree_text
 
 
 def values(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -92,3 +92,40 @@ def test_label_values_with_spaces_braces_and_quotes_add_up() -> None:
 )
 def test_values_are_written_as_prometheus_client_writes_them(value: float) -> None:
     assert format_value(value) == floatToGoString(value)
+
+
+def test_an_exited_workers_counts_stay_and_its_gauges_go() -> None:
+    """`TreeMemory`: a worker that exited leaves its counters and histograms (not its gauges)
+    in every later scrape; one that does not answer adds its last answer, gauges included."""
+    one, two = Metrics(), Metrics()
+    one.http.requests[("GET", "manifest", 200)] = 3
+    two.http.requests[("GET", "manifest", 200)] = 4
+    two.request_duration.labels("GET", "manifest").observe(0.2)
+    one.uploads_open.set(2)
+    two.uploads_open.set(1)
+    memory = TreeMemory()
+    first = WorkerScrape(0, 100, one.render().decode())
+    second = WorkerScrape(1, 101, two.render().decode())
+    memory.text([first, second], [], expected=2, restarts=0)
+    requests = (
+        "txregistry_http_requests_total",
+        (("method", "GET"), ("route", "manifest"), ("status", "200")),
+    )
+    count = (
+        "txregistry_http_request_duration_seconds_count",
+        (("method", "GET"), ("route", "manifest")),
+    )
+    silent = memory.last(1, 101)
+    assert silent == second
+    stuck = values(memory.text([first], [silent], expected=2, restarts=0))
+    assert stuck[requests] == 7 and stuck[count] == 1
+    assert stuck[("txregistry_uploads_open", ())] == 3
+    assert stuck[("txregistry_workers_scraped", ())] == 1
+    memory.retire(1, 101)
+    assert memory.last(1, 101) is None
+    gone = values(memory.text([first], [], expected=2, restarts=0))
+    assert gone[requests] == 7 and gone[count] == 1
+    assert gone[("txregistry_uploads_open", ())] == 2
+    one.http.requests[("GET", "manifest", 200)] = 5
+    later = values(memory.text([WorkerScrape(0, 100, one.render().decode())], [], 2, 1))
+    assert later[requests] == 9

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -741,5 +742,171 @@ def test_sighup_with_one_worker_and_no_tls_says_so(tmp_path: Path) -> None:
         child.process.send_signal(signal.SIGHUP)
         child.wait_for(re.compile(r"SIGHUP: nothing to reload \(no ssl: listener\)"))
         assert child.process.poll() is None
+    finally:
+        child.stop()
+
+
+def _answered(tree: Tree) -> tuple[float, float, float]:
+    """From one scrape: GET /v2/ answered (counter), their duration histogram's count, and
+    the workers that answered the scrape."""
+    status, text = tree.scrape()
+    assert status == 200, text
+    base = count = scraped = 0.0
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == "txregistry_http_requests_total" and sample.labels["route"] == "base":
+                base += sample.value
+            elif (
+                sample.name == "txregistry_http_request_duration_seconds_count"
+                and sample.labels["route"] == "base"
+            ):
+                count += sample.value
+            elif sample.name == "txregistry_workers_scraped":
+                scraped = sample.value
+    return base, count, scraped
+
+
+def test_counters_do_not_go_back_when_a_worker_is_killed(tree: Tree) -> None:
+    """A killed worker's counts stay in the tree's counters (a retired baseline), before and
+    after its replacement serves: Prometheus would read a drop as a counter reset."""
+    answers = each_worker(tree, "GET", "/v2/")
+    assert all(answer.status == 200 for answer in answers.values())
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+    victim = tree.pids[1]
+    os.kill(victim, signal.SIGKILL)
+    tree.child.wait_for(re.compile(rf"worker 1 \(pid {victim}\) exited: killed by SIGKILL"))
+    assert _answered(tree) == (tree.made, tree.made, 1.0)
+    replaced = tree.child.wait_for(WORKER_SERVING)
+    tree.pids[1] = int(replaced["pid"])
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+    answers = each_worker(tree, "GET", "/v2/")
+    assert all(answer.status == 200 for answer in answers.values())
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+    assert victim not in tree.per_worker()
+
+
+def _ready(tree: Tree) -> tuple[int, dict[str, Any]]:
+    status, body = tree.scrape("/health/ready")
+    return status, json.loads(body)["checks"]["workers"]
+
+
+def test_a_stopped_worker_keeps_its_counts(tree: Tree) -> None:
+    """A worker that does not answer the scrape (SIGSTOP) adds its last answer; the scrape
+    says one worker answered."""
+    answers = each_worker(tree, "GET", "/v2/")
+    assert all(answer.status == 200 for answer in answers.values())
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+    stopped = tree.pids[1]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        assert _answered(tree) == (tree.made, tree.made, 1.0)  # asked, no answer in time
+        assert tree.request("GET", "/v2/").status == 200
+        assert _answered(tree) == (tree.made, tree.made, 1.0)
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    assert _answered(tree) == (tree.made, tree.made, 2.0)
+
+
+def test_readiness_fails_while_a_worker_is_stopped(tree: Tree) -> None:
+    """
+    A worker that stops running (SIGSTOP) fails the ``workers`` check, named, once its
+    heartbeat is stale; the check recovers once it runs again.
+    """
+    assert _ready(tree) == (200, {"status": "ok"})
+    stopped = tree.pids[1]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        for _ in range(100):  # bounded: the heartbeat is stale 2 s after the stop
+            status, check = _ready(tree)
+            if status != 200:
+                break
+            time.sleep(0.1)
+        assert status == 503, check
+        assert check["status"] == "failing", check
+        assert check["error"].startswith(
+            f"1 of 2 workers serving; worker 1 (pid {stopped}) not serving: no heartbeat for "
+        ), check
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    for _ in range(100):  # bounded: its next heartbeat is half a second away
+        status, check = _ready(tree)
+        if status == 200:
+            break
+        time.sleep(0.1)
+    assert (status, check) == (200, {"status": "ok"})
+
+
+DEBUG_PORT = re.compile(r"(?:Factory|_QuietSite) starting on (?P<port>\d+)")
+UPLOAD_499 = re.compile(r"access method=(?P<method>\w+) path=(?P<path>\S+) status=499 ")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("method", ["POST", "PATCH", "PUT"])
+def test_an_upload_left_mid_body_is_counted_as_499(
+    tmp_path: Path, workers: str, method: str
+) -> None:
+    """
+    A client that goes away while it sends an upload's body: one request with status 499 and
+    route ``upload`` in the metrics, and one access line, besides the upload kept.
+    """
+    child = start_tree(tmp_path, workers=workers)
+    try:
+        port = child.wait_listening()
+        # One worker: twistd says "_QuietSite starting on PORT"; two: the supervisor's lines.
+        log = "".join(child.output)
+        debug = next(int(m["port"]) for m in DEBUG_PORT.finditer(log) if int(m["port"]) != port)
+
+        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            connection = http.client.HTTPConnection("127.0.0.1", debug, timeout=60)
+            try:
+                connection.request("GET", "/metrics")
+                text = connection.getresponse().read().decode()
+            finally:
+                connection.close()
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+
+        digest = "sha256:" + "0" * 64
+        path = f"/v2/left/{method.lower()}/blobs/uploads/?digest={digest}"
+        if method != "POST":
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            connection.request("POST", f"/v2/left/{method.lower()}/blobs/uploads/")
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            assert response.status == 202
+            location = response.getheader("location") or ""
+            separator = "&" if "?" in location else "?"
+            path = location if method == "PATCH" else f"{location}{separator}digest={digest}"
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        try:
+            sock.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Type: application/octet-stream\r\n"
+                "Content-Length: 1000000\r\n\r\n".encode()
+                + b"x" * 65536
+            )
+            for _ in range(200):  # bounded: the server reads the headers within milliseconds
+                if scrape().get(("txregistry_uploads_open", ())) == 1:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the upload never started")
+        finally:
+            sock.close()
+        child.wait_for(re.compile("client left mid-upload"))
+        lines = list(UPLOAD_499.finditer("".join(child.output)))
+        assert [(line["method"], line["path"]) for line in lines] == [(method, path)]
+        key = (
+            "txregistry_http_requests_total",
+            (("method", method), ("route", "upload"), ("status", "499")),
+        )
+        found = scrape()
+        assert found.get(key) == 1, {k: v for k, v in found.items() if "requests_total" in k[0]}
+        assert found.get(("txregistry_uploads_open", ())) == 0
+        assert found.get(("txregistry_http_requests_in_flight", (("route", "upload"),)), 0) == 0
     finally:
         child.stop()
