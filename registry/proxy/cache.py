@@ -294,6 +294,7 @@ class ProxyCache:
             return None
         info = await self.blobs.exists(digest)
         if info is None:
+            await self._forget_missing(digest)
             return None
         recorded = await self.index.touch_blob(str(digest), self.now())
         if recorded is None:
@@ -310,6 +311,30 @@ class ProxyCache:
             await self._drop_blob_data(digest)
             return None
         return info
+
+    async def _forget_missing(self, digest: Digest) -> None:
+        """A blob the index records has no data (deleted by hand, by another tool): its entry
+        goes, and its bytes from the cache's size (they would count forever otherwise, and
+        make eviction drop content that is there).  Not while a fill or a read here uses it."""
+        key = str(digest)
+        if key in self.index.in_use:
+            return
+        recorded = await self.index.touch_blob(key, self.now())
+        if recorded is None:
+            return
+        victim = Victim("blob", key, None, recorded, frozenset())
+        await self.index.remove(victim)
+        if self.ledger is not None:
+            try:
+                self.fleet_index().size = await self.ledger.remove([victim])
+            except RedisUnavailable as exc:
+                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+        log.info(
+            "proxy {upstream}: cached {digest} has no data: forgotten ({size} bytes)",
+            upstream=self.name,
+            digest=key,
+            size=recorded,
+        )
 
     async def _confirm(self, local: str, upstream: str, digest: Digest) -> int:
         """The blob's size, once the upstream confirmed that *this* repository has it (a HEAD
