@@ -46,6 +46,7 @@ from registry.ops.progress import (
     format_seconds,
 )
 from registry.ops.purge import purge_uploads
+from registry.proxy.config import parse_proxies, proxied_names
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import ENTRIES_DIR, Catalog, name_of_entry
@@ -259,7 +260,9 @@ async def run_gc(
     )
     started = time.monotonic()
     started_at = time.time()
-    collector = GarbageCollector(driver, options, started_at, clock=reactor)
+    # The registry's configuration names its caches' repositories: theirs to evict, not gc's.
+    proxied = proxied_names(parse_proxies(config))
+    collector = GarbageCollector(driver, options, started_at, clock=reactor, proxied=proxied)
     reporter = _reporter(reactor, args, term, lambda: gc_progress(collector.stats))
     try:
         await collector.run()

@@ -29,6 +29,15 @@ revision links that were not kept go first, with their tag-history and referrers
 entries.  The repositories' ``_layers`` links are left as registry:2 leaves them: a link to a
 missing blob reads as "blob unknown", and a new upload restores the data.
 
+A pull-through cache's repositories (`registry.proxy`, named by ``proxied``: the registry's
+``[proxy:*]`` sections) are the cache's to manage: its eviction (``max_size``, ``ttl``) removes
+what it no longer holds, revision and links included.  So in a proxied repository every
+revision is kept, even with ``delete_untagged`` (images pulled by digest have no tag), with all
+it references, and every blob linked in its ``_layers`` is kept (a layer whose manifest the
+cache evicted is still served from the cache).  The links are what the cache holds, always up to
+date, where its index may lag by a flush.  A fill writes its data, then its links, then follows
+the writer's side of the protocol below (`registry.storage.gcguard`), like a push.
+
 Any storage error during the mark aborts the run before anything is deleted (`GCAborted`);
 errors while deleting are counted and the sweep goes on.
 """
@@ -65,6 +74,10 @@ U = TypeVar("U")
 _BATCH = 256
 # Storage calls between turns given to the reactor (see `GarbageCollector.clock`).
 _TURN_EVERY = 64
+
+
+def _hosted_only(name: str) -> bool:
+    return False
 
 
 def describe_error(exc: BaseException) -> str:
@@ -137,6 +150,8 @@ class _Repository:
 
     name: str
     revisions: set[str]
+    # A pull-through cache's repository: everything in it stays (see the module).
+    proxied: bool
     kept: set[str]
     # Revisions to delete (delete_untagged), with their subject (for the referrers index).
     doomed: dict[str, str | None]
@@ -160,6 +175,8 @@ class GarbageCollector:
     # calls complete inline (the filesystem's stat, read and delete) would otherwise hold it
     # for a whole phase, and progress timers (and a serving process's requests) would wait.
     clock: IReactorTime | None = None
+    # Whether a repository belongs to a pull-through cache (`registry.proxy.config.proxied_names`).
+    proxied: Callable[[str], bool] = _hosted_only
     _since_turn: int = attrs.field(default=0, init=False)
     _marked: set[str] = attrs.field(factory=set, init=False)
     _repositories: list[_Repository] = attrs.field(factory=list, init=False)
@@ -322,7 +339,11 @@ class GarbageCollector:
     async def _scan(self, name: str) -> _Repository:
         revisions = await self._revisions(name)
         refs = await self._read_all(name, sorted(revisions))
-        if not self.options.delete_untagged:
+        proxied = self.proxied(name)
+        if proxied:
+            # What the cache holds, manifest or layer, is the cache's eviction's to remove.
+            self._mark(await self._linked(name))
+        if proxied or not self.options.delete_untagged:
             roots = set(revisions)
             edges: dict[str, set[str]] = {}
         else:
@@ -342,7 +363,10 @@ class GarbageCollector:
             found = refs.get(digest)
             doomed[digest] = found.subject if found is not None else None
         self.stats.revisions_to_delete += len(doomed)
-        return _Repository(name, revisions, kept, doomed)
+        return _Repository(name, revisions, proxied, kept, doomed)
+
+    async def _linked(self, name: str) -> set[str]:
+        return {str(d) for d in await digest_folders(self.driver, layout.layers_dir(name))}
 
     async def _closure(
         self,
@@ -466,9 +490,17 @@ class GarbageCollector:
             for digest in list(self._candidates):
                 if digest in self._marked:
                     self._drop_candidate(digest)
-        await self._recheck_links(name)
+        await self._recheck_links(repository)
 
-    async def _recheck_links(self, name: str) -> None:
+    async def _recheck_links(self, repository: _Repository) -> None:
+        name = repository.name
+        if repository.proxied:
+            # A fill (or an adoption) linked it meanwhile: the cache holds it.
+            for digest in await self._linked(name):
+                if digest in self._candidates:
+                    self.stats.blobs_young += 1
+                    self._drop_candidate(digest)
+            return
         linked = [
             str(digest)
             for digest in await digest_folders(self.driver, layout.layers_dir(name))

@@ -70,6 +70,7 @@ from registry.storage import layout
 from registry.storage.blobs import BlobInfo, BlobStore
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
+from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
 from registry.storage.manifests import StoredManifest
 from registry.storage.tags import TagStore
@@ -293,6 +294,7 @@ class ProxyCache:
             return None
         info = await self.blobs.exists(digest)
         if info is None:
+            await self._forget_missing(digest)
             return None
         recorded = await self.index.touch_blob(str(digest), self.now())
         if recorded is None:
@@ -309,6 +311,30 @@ class ProxyCache:
             await self._drop_blob_data(digest)
             return None
         return info
+
+    async def _forget_missing(self, digest: Digest) -> None:
+        """A blob the index records has no data (deleted by hand, by another tool): its entry
+        goes, and its bytes from the cache's size (they would count forever otherwise, and
+        make eviction drop content that is there).  Not while a fill or a read here uses it."""
+        key = str(digest)
+        if key in self.index.in_use:
+            return
+        recorded = await self.index.touch_blob(key, self.now())
+        if recorded is None:
+            return
+        victim = Victim("blob", key, None, recorded, frozenset())
+        await self.index.remove(victim)
+        if self.ledger is not None:
+            try:
+                self.fleet_index().size = await self.ledger.remove([victim])
+            except RedisUnavailable as exc:
+                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+        log.info(
+            "proxy {upstream}: cached {digest} has no data: forgotten ({size} bytes)",
+            upstream=self.name,
+            digest=key,
+            size=recorded,
+        )
 
     async def _confirm(self, local: str, upstream: str, digest: Digest) -> int:
         """The blob's size, once the upstream confirmed that *this* repository has it (a HEAD
@@ -554,6 +580,8 @@ class ProxyCache:
         if info is None or info.size != size:
             return None
         await self.blobs.link(local, digest)
+        if await GcGuard(self.driver).protect([digest]):
+            return None  # a gc is deleting it: fetched again
         await self._note(local)
         await self.index.add_blob(local, str(digest), size, self.now())
         return info
@@ -723,6 +751,13 @@ class ProxyCache:
                     await self._note(name)
                     await self.index.add_blob(name, str(digest), fill.stored, self.now())
                     linked.add(name)
+            # A gc running now (`registry.storage.gcguard`) keeps what these links refer to, or
+            # the fill fails (its readers' bodies end short, the next pull fetches it again).
+            if await GcGuard(self.driver).protect([digest]):
+                await self.index.remove(
+                    Victim("blob", str(digest), None, fill.stored, frozenset(linked))
+                )
+                raise StorageError(f"cached blob {digest} was deleted by a gc as it was stored")
             self._verified.put(str(digest), True)
             # The index entry now counts what the reservation counted.
             await self._settle_reservation(fill, stored=True)
@@ -902,6 +937,8 @@ class ProxyCache:
             # The order readers rely on: data, revision link, then the tag.
             await self.blobs.put_small(body, digest.algorithm)
             await self.driver.put_content(layout.revision_link(local, digest), str(digest).encode())
+            if await GcGuard(self.driver).protect([digest]):  # `registry.storage.gcguard`
+                raise StorageError(f"cached manifest {digest} was deleted by a gc as it was stored")
             if tag is not None:
                 await self.tags.set(local, tag, digest)
             await self._note(local)

@@ -167,3 +167,23 @@ def parse_proxies(config: Config) -> list[ProxyConfig]:
         if proxy.prefix:
             prefixes[proxy.prefix] = proxy.name
     return proxies
+
+
+def looks_like_host(component: str) -> bool:
+    """Docker's rule: a first name component naming another registry (``.``, ``:``, localhost)."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+def proxied_names(proxies: list[ProxyConfig]) -> Callable[[str], bool]:
+    """Whether a local repository name is a cache's (routing's rules, `registry.proxy.routing`):
+    ``<prefix>/...`` of any upstream, else any name not looking like a host when an upstream
+    is the default."""
+    prefixes = tuple(f"{p.prefix}/" for p in proxies if p.prefix)
+    default = any(p.default for p in proxies)
+
+    def proxied(name: str) -> bool:
+        if name.startswith(prefixes):
+            return True
+        return default and not looks_like_host(name.split("/", 1)[0])
+
+    return proxied

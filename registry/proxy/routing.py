@@ -34,6 +34,7 @@ from registry.api.digests import Digest
 from registry.api.errors import NAME_UNKNOWN, UNSUPPORTED, RegistryError
 from registry.http.routes import IRouteRewriter, Route
 from registry.proxy.cache import ProxyCache
+from registry.proxy.config import looks_like_host
 from registry.storage.blobs import BlobInfo, IBlobStore
 from registry.storage.manifests import IManifestStore, PutResult, StoredManifest
 from registry.storage.pagination import paginate, parse_count
@@ -47,10 +48,6 @@ class Routed:
     cache: ProxyCache
     local: str  # where the cache stores it here
     upstream: str  # the name the upstream knows (``library/alpine``)
-
-
-def _looks_like_host(component: str) -> bool:
-    return "." in component or ":" in component or component == "localhost"
 
 
 @implementer(IRouteRewriter)
@@ -78,7 +75,7 @@ class ProxyRouter:
             if prefix and name.startswith(prefix + "/"):
                 return self._routed(cache, name[len(prefix) + 1 :])
         default = self.default
-        if default is not None and not _looks_like_host(name.split("/", 1)[0]):
+        if default is not None and not looks_like_host(name.split("/", 1)[0]):
             return self._routed(default, name)
         return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,24 @@ async def test_a_restart_recovers_the_index_and_evicts_in_lru_order(
         assert metric(text, "txregistry_proxy_cache_bytes") <= 550_000
     finally:
         process.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cached_blob_found_without_data_leaves_the_cache_size(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """A cached layer's data removed behind the cache's back: the read that finds it missing
+    drops its entry, and ``txregistry_proxy_cache_bytes`` no longer counts its bytes."""
+    image = fake.content.add_image("library/alpine", "latest", [4096, 200_000])
+    registry = await proxied()
+    root = storage_root(registry)
+    await pull(registry, "alpine", "latest")
+    _, body = await fetch(f"{registry.url}/metrics")
+    before = metric(body.decode(), "txregistry_proxy_cache_bytes")
+    layer = image.layers[1]
+    shutil.rmtree(blob_data_path(root, layer.digest).parent)
+    await fake.go_down()
+    response, _ = await fetch(f"{registry.url}/v2/alpine/blobs/{layer.digest}")
+    assert response.code == 503
+    _, body = await fetch(f"{registry.url}/metrics")
+    assert metric(body.decode(), "txregistry_proxy_cache_bytes") == before - layer.size

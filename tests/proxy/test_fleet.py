@@ -21,6 +21,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 
 from tests.e2e.harness import REPO_ROOT, RegistryProcess, free_port, twistd_command, write_config
 from tests.fakes.upstream import FakeUpstream, start_fake_upstream
@@ -477,3 +478,29 @@ async def test_cached_content_is_served_while_redis_hangs(
             redis_server.process.send_signal(signal.SIGCONT)
     finally:
         fleet.stop()
+
+
+async def _cache_bytes(url: str) -> int:
+    text = (await (await treq.get(f"{url}/metrics")).text()).splitlines()
+    prefix = 'txregistry_proxy_cache_bytes{upstream="hub"} '
+    return int(float(next(line for line in text if line.startswith(prefix))[len(prefix) :]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_instance_reports_the_fleets_cache_size(
+    fleet: Fleet, fake: FakeUpstream
+) -> None:
+    """A layer cached through one instance: every instance's ``txregistry_proxy_cache_bytes``
+    (and cache page) reports the fleet's total, not only what it stored itself."""
+    image = fake.content.add_image("library/alpine", "latest", [300_000])
+    layer = image.layers[0]
+    pull = await start_pull(blob_url(fleet.instances[0], layer.digest))
+    await pull.done
+    assert pull.digest == layer.digest
+    sizes: list[int] = []
+    for _attempt in range(100):  # the total is read from Redis every second
+        sizes = [await _cache_bytes(instance.url) for instance in fleet.instances]
+        if sizes == [layer.size] * len(sizes):
+            break
+        await deferLater(reactor, 0.1, lambda: None)
+    assert sizes == [layer.size] * len(fleet.instances)

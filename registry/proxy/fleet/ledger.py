@@ -433,8 +433,13 @@ class Ledger:
             self._releasing[digest] = member
 
     async def size(self) -> int:
-        total, _reservations, _in_use = await self.state(0.0)
-        return total
+        """The fleet's total: bytes of every entry any instance cached (one script call)."""
+        total = self.redis.registered(_TOTAL)
+
+        def read(client: Any) -> Any:
+            return total(keys=self._entry_keys, args=[self.names_prefix], client=client)
+
+        return int(await self.redis.run(read))
 
     async def remove(self, victims: Iterable[Victim]) -> int:
         """Forget evicted entries; the fleet's total afterwards."""

@@ -146,7 +146,11 @@ class FleetSetup:
                         return
                     for cache in caches:
                         if cache.ledger is not None:
-                            await cache.ledger.push(cache.fleet_index(), cache.now(), beat=True)
+                            index = cache.fleet_index()
+                            await cache.ledger.push(index, cache.now(), beat=True)
+                            # What /metrics and the UI report: the fleet's total, whichever
+                            # instance stored it (at most a push interval old).
+                            index.size = await cache.ledger.size()
 
                 d = Deferred.fromCoroutine(run())
                 d.addErrback(
