@@ -156,3 +156,52 @@ def test_wrong_credentials_stop_startup_clearly(s3_server: S3Server, tmp_path: P
     assert "S3 refused the credentials" in line
     assert "Traceback" not in result.stdout
     assert "listening" not in result.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_waits_for_the_request_writing_the_upload(
+    two_instances: tuple[RegistryProcess, RegistryProcess], s3_server: S3Server
+) -> None:
+    """
+    Two requests on one upload at once, on two instances (or workers): while one writes the
+    upload, the other's PUT gets 416 with the upload's range, and nothing appears at its
+    digest; it succeeds once the first is done.  Before, both went ahead, and a content
+    address could end up holding the other request's bytes, for every repository.
+    """
+    from twisted.internet import reactor
+
+    from registry.storage import layout
+    from registry.storage.s3 import S3Driver
+
+    first, second = two_instances
+    name, head, last = "race/app", os.urandom(1_000_000), os.urandom(1_000_000)
+    digest = sha256(head + last)
+    response = await treq.post(f"{first.url}/v2/{name}/blobs/uploads/")
+    assert response.code == 202, await response.text()
+    location = header(response, "location") or ""
+    response = await treq.patch(
+        f"{first.url}{location}", data=head, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert response.code == 202, await response.text()
+    location = header(response, "location") or location
+    upload_id = location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+
+    root = first.sections["storage"]["rootdirectory"]
+    driver = S3Driver(reactor, s3_server.settings(root))
+    try:
+        # Another request writing this upload (held here, as long as the test needs).
+        writing = await driver.writer(layout.upload_data(name, upload_id), append=True)
+        finish = f"{second.url}{location}{'&' if '?' in location else '?'}digest={digest}"
+        response = await treq.put(finish, data=last)
+        assert response.code == 416, await response.text()
+        assert header(response, "range") == f"0-{len(head) - 1}"
+        response, _ = await get(f"{second.url}/v2/{name}/blobs/{digest}")
+        assert response.code == 404
+        await writing.close()
+    finally:
+        await driver.close()
+
+    response = await treq.put(finish, data=last)
+    assert response.code == 201, await response.text()
+    response, body = await get(f"{first.url}/v2/{name}/blobs/{digest}")
+    assert (response.code, body) == (200, head + last)

@@ -8,7 +8,10 @@ keys; the server itself is started once per session (`tests.storage.s3server`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,14 +22,23 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from registry.api.errors import RegistryError
 from registry.storage.blobs import BlobStore
-from registry.storage.driver import InvalidOffsetError, PathNotFoundError, StorageError
+from registry.storage.driver import (
+    InvalidOffsetError,
+    PathBusyError,
+    PathNotFoundError,
+    StorageError,
+)
 from registry.storage.s3 import S3CredentialsError, S3Driver, S3Settings
+from registry.storage.s3 import _lease as s3_lease
 from registry.storage.s3._connections import IO_SIZE
+from registry.storage.s3._lease import LEASE_SUFFIX
+from registry.storage.s3._reader import describe_end
 from registry.storage.s3._writer import STATE_SUFFIX
 from registry.storage.uploads import UploadStore
 from tests.storage.driver_suite import DriverSuite, read_all
@@ -480,3 +492,85 @@ async def test_a_busy_upload_reports_the_size_its_state_records(driver: S3Driver
         assert busy.value.detail["size"] == 6 * 1024 * 1024
     finally:
         await writing.close()
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this host that has ended (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait(timeout=30)
+    return child.pid
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_appending_writer_at_a_time(make_driver: Any) -> None:
+    """Two processes (two driver instances) appending to one upload: the second is refused
+    while the first writes (its request answers 416), and gets it once the first closed."""
+    first, second = make_driver(), make_driver()
+    writer = await first.writer("up/data")
+    await write_all(writer, b"x" * 100, 100)
+    await writer.close()
+    holding = await first.writer("up/data", append=True)
+    with pytest.raises(PathBusyError):
+        await second.writer("up/data", append=True)
+    await holding.close()
+    writer = await second.writer("up/data", append=True)
+    assert writer.size == 100
+    await writer.close()
+    lease = second._key("up/data") + LEASE_SUFFIX
+    assert await second._client.call("GET", lease, missing_ok=True) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lease_whose_holder_stopped_is_taken_over(
+    make_driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process of this host that died holding the lease (kill -9) is passed over at once;
+    another host's holder only once S3's clock says it stopped renewing."""
+    driver = make_driver()
+    lease = driver._key("up/data") + LEASE_SUFFIX
+    dead = {"host": socket.gethostname(), "pid": _dead_pid(), "id": "x"}
+    await driver._client.call("PUT", lease, body=json.dumps(dead).encode())
+    writer = await driver.writer("up/data", append=True)
+    await writer.close()
+
+    elsewhere = {"host": "another-host.invalid", "pid": 1, "id": "y"}
+    await driver._client.call("PUT", lease, body=json.dumps(elsewhere).encode())
+    with pytest.raises(PathBusyError):
+        await driver.writer("up/data", append=True)
+    monkeypatch.setattr(s3_lease, "STALE_SECONDS", -1.0)  # as if not renewed for long
+    writer = await driver.writer("up/data", append=True)
+    await writer.close()
+    assert await driver._client.call("GET", lease, missing_ok=True) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_that_lost_its_lease_neither_commits_nor_records(
+    make_driver: Any,
+) -> None:
+    """Taken over (it stopped renewing, say), a writer must not commit or write its state
+    over the new holder's."""
+    first, second = make_driver(), make_driver()
+    writer = await first.writer("up/data")
+    await write_all(writer, b"a" * 10, 10)
+    await writer.close()
+    stale = await first.writer("up/data", append=True)
+    await write_all(stale, b"b" * 10, 10)
+    await first._client.call("DELETE", first._key("up/data") + LEASE_SUFFIX)
+    taker = await second.writer("up/data", append=True)
+    with pytest.raises(StorageError, match="took over"):
+        await stale.commit()
+    await stale.close()
+    await write_all(taker, b"c" * 10, 10)
+    await taker.commit()
+    await taker.close()
+    assert await read_all(second, "up/data") == b"a" * 10 + b"c" * 10
+
+
+def test_a_cut_read_says_why_in_words() -> None:
+    """Not "[<twisted.python.failure.Failure ...ConnectionDone...>, ...]" in the log line."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.web._newclient import ResponseFailed
+
+    cut = Failure(ResponseFailed([Failure(ConnectionDone()), Failure(ValueError())]))
+    assert describe_end(cut) == "Connection was closed cleanly."
+    assert describe_end(Failure(ValueError())) == "ValueError"

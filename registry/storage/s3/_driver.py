@@ -39,6 +39,7 @@ from registry.storage.s3._client import (
     parse_iso_date,
     parse_xml,
 )
+from registry.storage.s3._lease import LEASE_SUFFIX
 from registry.storage.s3._reader import ResponseProducer
 from registry.storage.s3._settings import S3Settings, quote_key
 from registry.storage.s3._writer import STATE_SUFFIX, S3Writer, open_writer
@@ -57,6 +58,10 @@ def _check(path: str) -> str:
 
 MOVE_COPY_THRESHOLD = 128 * 1024 * 1024
 MOVE_COPY_PART_SIZE = 128 * 1024 * 1024
+
+
+# What an appending writer keeps next to a file (its state, its lease): not files themselves.
+_BESIDE_FILES = (STATE_SUFFIX, LEASE_SUFFIX)
 
 
 @implementer(IStorageDriver, IStagedWrites)
@@ -148,7 +153,7 @@ class S3Driver:
     async def list(self, path: str) -> _List[str]:
         prefix = self._key(path) + "/"
         keys, prefixes = await self._walk(prefix, "/")
-        names = {key[len(prefix) :] for key in keys if not key.endswith(STATE_SUFFIX)}
+        names = {key[len(prefix) :] for key in keys if not key.endswith(_BESIDE_FILES)}
         names.update(sub[len(prefix) :].rstrip("/") for sub in prefixes)
         names.discard("")
         if not names:
@@ -165,9 +170,9 @@ class S3Driver:
         files = [k for k in below if not k.endswith("/")]
         if head is not None:
             files.append(key)
-        found = any(not k.endswith(STATE_SUFFIX) for k in files)
+        found = any(not k.endswith(_BESIDE_FILES) for k in files)
         # Unfinished writes of this file or below it go too, so nothing is left behind.
-        files.append(key + STATE_SUFFIX)
+        files.extend(key + suffix for suffix in _BESIDE_FILES)
         await gather(
             *(multipart.abort(self._client, upload, upload_id) for upload, upload_id in uploads),
             *(self._delete_keys(files[i : i + _DELETE_BATCH]) for i in _batches(files)),

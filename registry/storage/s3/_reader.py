@@ -129,7 +129,7 @@ class ResponseProducer:
         else:
             error = StorageError(
                 f"S3 read of {self._path} ended after {self._written} of "
-                f"{self.length} bytes: {reason.getErrorMessage()}"
+                f"{self.length} bytes: {describe_end(reason)}"
             )
             self._finish(Failure(error))
 
@@ -138,3 +138,14 @@ class ResponseProducer:
         self._protocol.transport = None
         finished, self._finished = self._finished, None
         settle(finished, failure)
+
+
+def describe_end(reason: Failure) -> str:
+    """Why a body ended, in words: Twisted wraps a cut connection in a `ResponseFailed` whose
+    message is the list of its inner failures' reprs."""
+    inner = getattr(reason.value, "reasons", None)
+    if isinstance(inner, list):
+        for failure in inner:
+            if isinstance(failure, Failure) and (text := describe_end(failure)):
+                return text
+    return reason.getErrorMessage().strip() or type(reason.value).__name__

@@ -61,6 +61,7 @@ from registry.storage.driver import IFileWriter, StorageError
 from registry.storage.producers import FileProducer, _PausableProducer
 from registry.storage.s3 import _multipart as multipart
 from registry.storage.s3._client import Body, S3Client, header
+from registry.storage.s3._lease import WriteLease, take_lease
 from registry.storage.s3._multipart import Part
 from registry.storage.s3._settings import MAX_PART_SIZE, MIN_PART_SIZE
 
@@ -257,8 +258,12 @@ class S3Writer:
         parts: list[Part] | None = None,
         tail: bytes = b"",
         staged: bool = False,
+        lease: WriteLease | None = None,
     ) -> None:
         self._client = client
+        # An appending writer's hold on the upload (`registry.storage.s3._lease`), given back
+        # by `close` or `cancel`.
+        self._lease = lease
         # A staged writer (`IStagedWrites`) leaves no state object and never deletes the key:
         # the key may hold a finished blob that a concurrent push committed.
         self._staged = staged
@@ -308,6 +313,8 @@ class S3Writer:
             raise StorageError(f"writer for {self._path} is closed")
         if self._failure is not None:
             return fail(self._failure)
+        if self._lease is not None and self._lease.lost is not None:
+            return fail(self._lease.lost)
         if not data:
             return None
         if type(data) is not bytes:
@@ -433,6 +440,17 @@ class S3Writer:
         if self._staged:
             await self.cancel()
             return
+        try:
+            await self._close()
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            await lease.release()
+
+    async def _close(self) -> None:
         if self._finished:
             return
         self._finished = True
@@ -450,12 +468,18 @@ class S3Writer:
             "size": self.size,
         }
         body = json.dumps(state, separators=(",", ":")).encode() + b"\n" + tail
+        if self._lease is not None:
+            await self._lease.confirm()  # never over the state of a writer that took over
         await self._client.call("PUT", state_key(self._key), body=body)
 
     async def commit(self) -> None:
+        """Make the file whole at its key; an appending writer keeps its lease until `close`
+        (the upload's commit moves the file to the blob's key before it lets go)."""
         self._begin_end()
         try:
             await self._settle()
+            if self._lease is not None:
+                await self._lease.confirm()
             if self._upload_id is None:
                 await self._current.ready()
                 body: Body = self._current.producer if self._current.size else b""
@@ -473,6 +497,12 @@ class S3Writer:
         """Parts are sized by the writer's buffer; knowing the total changes nothing."""
 
     async def cancel(self) -> None:
+        try:
+            await self._cancel()
+        finally:
+            await self._release()
+
+    async def _cancel(self) -> None:
         self._finished = True
         self._current.discard()
         while self._full:
@@ -491,30 +521,44 @@ class S3Writer:
 async def open_writer(
     client: S3Client, reactor: Any, key: str, path: str, append: bool
 ) -> S3Writer:
-    """A writer for a new file, or one continuing a closed writer's state or a finished file."""
+    """A writer for a new file, or one continuing a closed writer's state or a finished file
+    (appending holds the file's lease, `registry.storage.s3._lease`, until closed)."""
     if not append:
         return S3Writer(client, reactor, key, path)
+    lease = await take_lease(client, reactor, key, path)
+    try:
+        return await _continue(client, reactor, key, path, lease)
+    except BaseException:
+        await lease.release()
+        raise
+
+
+async def _continue(
+    client: S3Client, reactor: Any, key: str, path: str, lease: WriteLease
+) -> S3Writer:
     result = await client.call("GET", state_key(key), missing_ok=True)
     if result is not None:
-        return _from_state(client, reactor, key, path, result[1])
+        return _from_state(client, reactor, key, path, result[1], lease)
     head = await client.call("HEAD", key, missing_ok=True)
     if head is None:
-        return S3Writer(client, reactor, key, path)
+        return S3Writer(client, reactor, key, path, lease=lease)
     size = int(header(head[0], "Content-Length") or 0)
     if size < MIN_PART_SIZE:
         content = await client.call("GET", key)
         assert content is not None
-        return S3Writer(client, reactor, key, path, tail=content[1])
+        return S3Writer(client, reactor, key, path, tail=content[1], lease=lease)
     upload_id = await multipart.create(client, key)
     try:
         parts = await multipart.copy_parts(client, key, key, upload_id, size)
     except BaseException:
         await multipart.abort(client, key, upload_id)
         raise
-    return S3Writer(client, reactor, key, path, upload_id, parts)
+    return S3Writer(client, reactor, key, path, upload_id, parts, lease=lease)
 
 
-def _from_state(client: S3Client, reactor: Any, key: str, path: str, body: bytes) -> S3Writer:
+def _from_state(
+    client: S3Client, reactor: Any, key: str, path: str, body: bytes, lease: WriteLease
+) -> S3Writer:
     line, _, tail = body.partition(b"\n")
     try:
         state = json.loads(line)
@@ -525,7 +569,7 @@ def _from_state(client: S3Client, reactor: Any, key: str, path: str, body: bytes
         expected = int(state["size"])
     except (ValueError, KeyError, TypeError) as error:
         raise StorageError(f"unreadable upload state for {path}: {error}") from error
-    writer = S3Writer(client, reactor, key, path, upload_id, parts, tail)
+    writer = S3Writer(client, reactor, key, path, upload_id, parts, tail, lease=lease)
     if writer.size != expected:
         raise StorageError(f"upload state for {path} says {expected} bytes, holds {writer.size}")
     return writer

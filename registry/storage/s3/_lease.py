@@ -1,0 +1,165 @@
+"""
+One writer at a time for an upload's data on S3, whichever process or instance it is in: what
+the filesystem driver gets from ``flock`` on the data file.
+
+Without it, two requests on one upload landing on different workers (or instances behind one
+load balancer) could both append or both commit: the state object and the hash state of one
+and the bytes of the other meet, and a content address ends up holding bytes that do not hash
+to it, for every repository.  So an appending writer first takes a lease: a small object next
+to the data, created with ``If-None-Match: *`` (S3's conditional write: exactly one creator
+wins).  The holder renews it while it writes and deletes it (``If-Match`` its own version) when
+it closes.  A lease whose holder died (``kill -9``) is taken over with ``If-Match`` its
+version: at once when the holder was a process of this host that no longer runs, else once
+S3's clock says it was not renewed for `STALE_SECONDS`.  Everyone else gets `PathBusyError`,
+which the upload API answers as registry:2 does a concurrent request (416 with the range).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from registry.storage.driver import PathBusyError, StorageError
+from registry.storage.s3._client import S3Client, S3Error, header, parse_http_date
+
+LEASE_SUFFIX = "~txregistry-lease"
+# Renewed this often while held; taken over when not renewed for STALE_SECONDS (S3's clock).
+RENEW_SECONDS = 5.0
+STALE_SECONDS = 30.0
+
+_log = Logger()
+_HOST = socket.gethostname()
+
+
+def lease_key(key: str) -> str:
+    return key + LEASE_SUFFIX
+
+
+def _holder_is_gone(body: bytes) -> bool:
+    """Whether the lease names a process of this host that no longer runs."""
+    try:
+        holder = json.loads(body)
+        host, pid = holder["host"], int(holder["pid"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    if host != _HOST or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, as another user
+        return False
+    return False
+
+
+class WriteLease:
+    """A held lease: `renewing` keeps it, `release` gives it back; `lost` once it was lost."""
+
+    def __init__(self, client: S3Client, reactor: Any, key: str, path: str, etag: str) -> None:
+        self._client = client
+        self._key = key
+        self._path = path
+        self._etag = etag
+        self._body = _body()
+        self.lost: StorageError | None = None
+        # One request on the lease at a time: two renewals of one version would make the
+        # second look like a takeover.
+        self._lock = DeferredLock()
+        self._renewal = LoopingCall(self._in_turn, self._renew)
+        self._renewal.clock = reactor
+        self._renewing = self._renewal.start(RENEW_SECONDS, now=False)
+        self._renewing.addErrback(lambda failure: None)  # `_renew` reports through `lost`
+
+    def _in_turn(self, step: Any) -> Deferred[None]:
+        return self._lock.run(lambda: Deferred.fromCoroutine(step()))
+
+    async def _renew(self) -> None:
+        if self.lost is not None:
+            return
+        try:
+            result = await self._client.call(
+                "PUT", self._key, body=self._body, headers={"If-Match": self._etag}
+            )
+        except S3Error as error:
+            if error.status in (404, 412):
+                self._lose(f"another request took over the upload {self._path}")
+            return  # an outage: tried again at the next renewal
+        except StorageError:
+            return
+        assert result is not None
+        self._etag = header(result[0], "ETag") or self._etag
+
+    def _lose(self, why: str) -> None:
+        self.lost = StorageError(why)
+        if self._renewal.running:
+            self._renewal.stop()
+
+    async def confirm(self) -> None:
+        """Renew now, and raise unless the lease is still this writer's (before a commit)."""
+        await self._in_turn(self._renew)
+        if self.lost is not None:
+            raise self.lost
+
+    async def release(self) -> None:
+        if self._renewal.running:
+            self._renewal.stop()
+        await self._in_turn(self._delete)
+
+    async def _delete(self) -> None:
+        if self.lost is not None:
+            return
+        self.lost = StorageError(f"the writer of {self._path} is closed")
+        try:
+            await self._client.call(
+                "DELETE", self._key, headers={"If-Match": self._etag}, missing_ok=True
+            )
+        except S3Error as error:
+            if error.status != 412:
+                raise
+
+
+def _body() -> bytes:
+    return json.dumps({"host": _HOST, "pid": os.getpid(), "id": uuid.uuid4().hex}).encode()
+
+
+async def take_lease(client: S3Client, reactor: Any, key: str, path: str) -> WriteLease:
+    """The lease on ``key``'s writes, or `PathBusyError` while another writer holds it."""
+    lease = lease_key(key)
+    body = _body()
+    for _ in range(2):  # create; or take over a dead holder's, once
+        try:
+            result = await client.call("PUT", lease, body=body, headers={"If-None-Match": "*"})
+        except S3Error as error:
+            if error.status not in (409, 412):
+                raise
+        else:
+            assert result is not None
+            return WriteLease(client, reactor, lease, path, header(result[0], "ETag") or "")
+        held = await client.call("GET", lease, missing_ok=True)
+        if held is None:
+            continue  # released meanwhile: create it again
+        response, content = held
+        etag = header(response, "ETag") or ""
+        renewed = parse_http_date(header(response, "Last-Modified") or "")
+        now = parse_http_date(header(response, "Date") or "")
+        stale = bool(renewed and now) and now - renewed > STALE_SECONDS
+        if not (stale or _holder_is_gone(content)):
+            break
+        try:
+            result = await client.call("PUT", lease, body=body, headers={"If-Match": etag})
+        except S3Error as error:
+            if error.status not in (404, 409, 412):
+                raise
+            break  # another request took it over first
+        assert result is not None
+        _log.info("took over the write lease of {path} from a writer that stopped", path=path)
+        return WriteLease(client, reactor, lease, path, header(result[0], "ETag") or "")
+    raise PathBusyError(f"{path} is being written by another request")
