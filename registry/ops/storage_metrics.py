@@ -4,15 +4,20 @@ into ``txregistry_storage_operation_duration_seconds`` (by driver and operation)
 failures other than a missing path in ``txregistry_storage_errors_total``.
 
 ``reader`` and ``writer`` are timed until the producer or writer is open (what a slow backend
-makes a client wait for); the transfer itself shows in the request metrics.
+makes a client wait for); the transfer itself shows in the request metrics.  A writer's own
+failures (``reserve``: a disk too small for the announced body; ``write``, ``commit``,
+``close``, ``cancel``) count as errors of the call that opened it (``writer`` or
+``staged_writer``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 from zope.interface import alsoProvides, implementer
 
@@ -26,6 +31,11 @@ from registry.storage.driver import (
 )
 
 T = TypeVar("T")
+
+
+class _ErrorCount(Protocol):
+    def inc(self) -> None: ...
+
 
 OPERATIONS = (
     "get_content",
@@ -89,7 +99,8 @@ class MeasuredDriver:
         return await self._timed("reader", lambda: self.inner.reader(path, offset, length))
 
     async def writer(self, path: str, append: bool = False) -> IFileWriter:
-        return await self._timed("writer", lambda: self.inner.writer(path, append))
+        opened = await self._timed("writer", lambda: self.inner.writer(path, append))
+        return MeasuredWriter(opened, self._errors["writer"])
 
     async def redirect_url(self, path: str, method: str) -> str | None:
         return await self._timed("redirect_url", lambda: self.inner.redirect_url(path, method))
@@ -97,7 +108,8 @@ class MeasuredDriver:
     async def staged_writer(self, path: str) -> IFileWriter:
         """`IStagedWrites.staged_writer`, where the wrapped driver provides it."""
         staged = IStagedWrites(self.inner)
-        return await self._timed("staged_writer", lambda: staged.staged_writer(path))
+        opened = await self._timed("staged_writer", lambda: staged.staged_writer(path))
+        return MeasuredWriter(opened, self._errors["staged_writer"])
 
     async def abort_stale_writes(self, path: str, age: float, now: float) -> int:
         """`IStagedWrites.abort_stale_writes`, where the wrapped driver provides it."""
@@ -111,3 +123,65 @@ class MeasuredDriver:
         close = getattr(self.inner, "close", None)
         if close is not None:
             await close()
+
+
+def _storage_failure(error: BaseException | None) -> bool:
+    return isinstance(error, Exception) and not isinstance(error, PathNotFoundError)
+
+
+@implementer(IFileWriter)
+class MeasuredWriter:
+    """
+    A driver's writer whose failures count in ``txregistry_storage_errors_total`` under the
+    operation that opened it: a full disk shows there whether it refused the reservation, a
+    write, or the commit.
+    """
+
+    def __init__(self, inner: IFileWriter, errors: _ErrorCount) -> None:
+        self.inner = inner
+        self._errors = errors
+
+    @property
+    def size(self) -> int:
+        size: int = self.inner.size
+        return size
+
+    def __getattr__(self, name: str) -> Any:
+        # Whatever else a driver's writer offers its own callers (tests, the driver itself).
+        return getattr(self.inner, name)
+
+    def _failed(self, failure: Failure) -> Failure:
+        if _storage_failure(failure.value):
+            self._errors.inc()
+        return failure
+
+    async def _counted(self, call: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await call()
+        except Exception as error:
+            if _storage_failure(error):
+                self._errors.inc()
+            raise
+
+    def write(self, data: bytes) -> Deferred[None] | None:
+        try:
+            pending = self.inner.write(data)
+        except Exception as error:
+            if _storage_failure(error):
+                self._errors.inc()
+            raise
+        if pending is not None:
+            pending.addErrback(self._failed)
+        return pending
+
+    async def reserve(self, length: int) -> None:
+        await self._counted(lambda: self.inner.reserve(length))
+
+    async def close(self) -> None:
+        await self._counted(self.inner.close)
+
+    async def commit(self) -> None:
+        await self._counted(self.inner.commit)
+
+    async def cancel(self) -> None:
+        await self._counted(self.inner.cancel)

@@ -218,3 +218,26 @@ async def test_an_upload_finished_on_a_full_disk_finishes_when_space_is_back(
     response, body = await get(f"{url}/v2/{name}/blobs/{digest}")
     assert (response.code, body) == (200, data)
     assert temporary_files(small_disk) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_reservation_counts_as_a_storage_error(
+    small_disk: Path, start_registry: Starter
+) -> None:
+    """A body announced larger than the disk is refused when its space is reserved (503);
+    that failure of the writer counts in ``txregistry_storage_errors_total``, as any failed
+    storage call does, under the call that opened the writer."""
+    from tests.e2e.test_monitoring import moved, scrape
+
+    registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    url, name = registry.url, "team/app"
+    before, _ = await scrape(url)
+    data = os.urandom(DISK_SIZE + 1024 * 1024)
+    reason = await no_space(
+        await treq.post(f"{url}/v2/{name}/blobs/uploads/?digest={sha256(data)}", data=data)
+    )
+    assert reason.startswith(f"reserving {len(data)} bytes"), reason
+    after, _ = await scrape(url)
+    errors = "txregistry_storage_errors_total"
+    assert moved(before, after, errors, driver="filesystem", operation="writer") == 1
+    assert temporary_files(small_disk) == []
