@@ -16,12 +16,20 @@ continue: it never creates); ``cancel`` discards.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IBodyProducer
 from zope.interface import Attribute, Interface
+
+# Set, in a task's own context, by a caller that reports storage trouble its own way (the
+# health check, through its answer and one line when it turns): a driver that tries a call
+# again writes no line of its own for that task's calls.
+QUIET_RETRIES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "storage_quiet_retries", default=False
+)
 
 
 class StorageError(Exception):

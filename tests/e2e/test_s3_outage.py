@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,9 +23,10 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 
+from registry.storage.s3 import S3Driver
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import sleep
 from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - fixture
@@ -40,6 +42,10 @@ class _Relay(ProxyServer):
 
     def dataReceived(self, data: bytes) -> None:
         factory: SwitchableS3 = self.factory  # type: ignore[assignment]
+        if factory.cut:  # a request cut before S3 saw it: the client must send it again
+            factory.cut -= 1
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         if factory.hung:
             self.held += data  # as a stopped S3 process would: read later, answered later
             return
@@ -67,6 +73,7 @@ class SwitchableS3(ProxyFactory):
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
         self.hung = False
+        self.cut = 0  # how many of the next requests to cut
         self.live: set[_Relay] = set()
         self.listening: IListeningPort | None = None
         self.own_port = 0  # (``port`` is ProxyFactory's: the S3 server's)
@@ -124,18 +131,34 @@ async def health(url: str) -> tuple[int, dict[str, Any]]:
     return response.code, json.loads(await response.content())
 
 
-@pytest.fixture
-def resent() -> Iterator[list[str]]:
-    """The problems of the S3 requests the registry logs as sent again, as they are logged."""
-    lines: list[str] = []
+def _logged(namespace: str) -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
 
     def observe(event: dict[str, Any]) -> None:
-        if "sending it again" in (event.get("log_format") or ""):
-            lines.append(str(event.get("problem")))
+        if str(event.get("log_namespace", "")).startswith(namespace):
+            events.append(event)
 
     globalLogPublisher.addObserver(observe)
-    yield lines
+    yield events
     globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture
+def s3_lines() -> Iterator[list[dict[str, Any]]]:
+    """The S3 client's own log events, as they are logged."""
+    yield from _logged("registry.storage.s3._client")
+
+
+@pytest.fixture
+def health_lines() -> Iterator[list[dict[str, Any]]]:
+    """The health checker's log events, as they are logged."""
+    yield from _logged("registry.ops.health")
+
+
+@pytest.fixture
+def failure_lines() -> Iterator[list[dict[str, Any]]]:
+    """The application's lines for requests that failed on storage."""
+    yield from _logged("registry.app")
 
 
 @pytest_twisted.ensureDeferred
@@ -143,7 +166,7 @@ async def test_health_answers_in_time_and_says_s3_hangs(
     start_registry: Starter,
     s3_server: S3Server,  # noqa: F811
     switchable: SwitchableS3,
-    resent: list[str],
+    s3_lines: list[dict[str, Any]],
 ) -> None:
     registry = await start_on_s3(start_registry, s3_server, switchable, "hang")
     assert await health(registry.url) == (200, {"status": "ok"})
@@ -154,7 +177,8 @@ async def test_health_answers_in_time_and_says_s3_hangs(
     reason = body["reason"]
     assert reason.startswith(f"no answer within {HEALTH_TIMEOUT:g}s (S3 "), reason
     # The probe's S3 request was cancelled by the time limit, and not sent again.
-    assert not [line for line in resent if "Cancelled" in line], resent
+    sent_again = [str(event.get("problems")) for event in s3_lines]
+    assert not [line for line in sent_again if "Cancelled" in line], sent_again
     switchable.come_back()
     for _ in range(40):  # bounded: back within a few probes
         await sleep(HEALTH_CACHE / 4)
@@ -228,3 +252,61 @@ async def test_requests_to_a_hung_s3_end_in_503_after_answertimeout(
     switchable.come_back()
     response = await treq.get(f"{registry.url}/v2/app/blobs/{missing}", timeout=30)
     assert response.code == 404
+
+
+def _text(event: dict[str, Any]) -> str:
+    return formatEvent(event)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_s3_call_sent_again_writes_one_line_when_it_ends(
+    s3_server: S3Server,  # noqa: F811
+    switchable: SwitchableS3,
+    s3_lines: list[dict[str, Any]],
+) -> None:
+    """S3 flapping: a call that needed three attempts writes one line, when it succeeds,
+    saying how many attempts it took and what the failed ones met; none per attempt."""
+    settings = s3_server.settings(
+        f"/outage/flap-{uuid.uuid4().hex}/", regionendpoint=switchable.endpoint
+    )
+    driver = S3Driver(reactor, settings)
+    driver._client.retry_delays = (0.01, 0.01, 0.01)  # (their length is what counts here)
+    try:
+        switchable.cut = 2
+        await driver.put_content("flap/one", b"some bytes")
+        assert switchable.cut == 0
+        assert await driver.get_content("flap/one") == b"some bytes"
+    finally:
+        await driver.close()
+    assert len(s3_lines) == 1, [_text(event) for event in s3_lines]
+    [line] = s3_lines
+    assert line["log_level"] is LogLevel.info
+    text = _text(line)
+    assert text.startswith("S3 PUT "), text
+    assert "flap/one answered 200 at attempt 3 after: " in text, text
+    assert "(2 attempts)" in text or "attempt 2: " in text, text
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_s3_call_that_fails_every_attempt_is_one_line(
+    start_registry: Starter,
+    s3_server: S3Server,  # noqa: F811
+    switchable: SwitchableS3,
+    s3_lines: list[dict[str, Any]],
+    failure_lines: list[dict[str, Any]],
+) -> None:
+    """S3 down for a request: no line per attempt; the request's one failure line says what
+    all four attempts met."""
+    registry = await start_on_s3(start_registry, s3_server, switchable, "fail")
+    await switchable.go_down()
+    try:
+        response = await treq.get(f"{registry.url}/v2/app/manifests/latest", timeout=60)
+        assert response.code == 503
+        await response.content()
+    finally:
+        switchable.come_back()
+    assert s3_lines == [], [_text(event) for event in s3_lines]
+    assert len(failure_lines) == 1, [_text(event) for event in failure_lines]
+    text = _text(failure_lines[0])
+    assert text.startswith("storage failure on GET /v2/app/manifests/latest: "), text
+    assert "Connection refused" in text and "(4 attempts)" in text, text

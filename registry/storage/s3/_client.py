@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import hashlib
+import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,7 +27,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFai
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from registry.http.twisted_internals import quiet_pool
-from registry.storage.driver import StorageError
+from registry.storage.driver import QUIET_RETRIES, StorageError
 from registry.storage.producers import BytesProducer
 from registry.storage.s3._connections import S3ConnectionPool
 from registry.storage.s3._settings import Endpoint, S3Settings
@@ -105,6 +106,35 @@ def parse_iso_date(value: str) -> float:
 def header(response: IResponse, name: str) -> str | None:
     values = response.headers.getRawHeaders(name.encode("latin-1"))
     return values[0].decode("latin-1") if values else None
+
+
+# What the attempts before met, for the response of a last attempt that failed too (5xx).
+_FAILED_BEFORE: weakref.WeakKeyDictionary[IResponse, str] = weakref.WeakKeyDictionary()
+
+
+def _attempts(problems: list[str]) -> str:
+    """What failed attempts met, in a few words: the same problem once, with its count."""
+    if len(set(problems)) == 1:
+        count = len(problems)
+        return problems[0] + (f" ({count} attempts)" if count > 1 else "")
+    return "; ".join(f"attempt {n}: {problem}" for n, problem in enumerate(problems, 1))
+
+
+def _before(problems: list[str]) -> str:
+    """The attempts before this one, for a failure's message ("" when it was the first)."""
+    if not problems:
+        return ""
+    if len(problems) == 1:
+        return f" (the attempt before: {problems[0]})"
+    return f" (the attempts before: {_attempts(problems)})"
+
+
+def _in_words(error: BaseException) -> str:
+    """A network failure's reason: Twisted's HTTP client wraps it in a list of Failures."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(str(getattr(r, "value", r)) for r in reasons)
+    return str(error)
 
 
 def _cancelled(error: BaseException) -> bool:
@@ -189,36 +219,44 @@ class S3Client:
         retryable = body is None or isinstance(body, bytes) or callable(body)
         delays = list(self.retry_delays) if retryable else []
         where = f"S3 {method} {key or '/'}"
-        before = ""  # what the previous attempt met, for a caller that gives up on this one
+        met: list[str] = []  # what each failed attempt met, for the one line that tells
         while True:
             try:
                 response = await self._send(method, key, query, headers, body)
             except ConnectingCancelledError:
                 raise CancelledError(
-                    f"{where}: still connecting to {self.endpoint.bucket_url}{before}"
+                    f"{where}: still connecting to {self.endpoint.bucket_url}{_before(met)}"
                 ) from None
             except (ConnectError, DNSLookupError, ResponseFailed, RequestTransmissionFailed) as e:
                 if _cancelled(e):  # our caller gave up (a client left, a time limit): never resent
-                    raise CancelledError(f"{where}: no answer yet{before}") from None
+                    raise CancelledError(f"{where}: no answer yet{_before(met)}") from None
                 if not delays:
+                    # The failure is the one line: the caller logs it, with every attempt's.
                     raise StorageError(
-                        f"S3 at {self.endpoint.bucket_url} unreachable ({method} {key or '/'}): {e}"
+                        f"S3 at {self.endpoint.bucket_url} unreachable ({method} {key or '/'}): "
+                        + _attempts([*met, _in_words(e)])
                     ) from e
-                problem = str(e)
+                problem = _in_words(e)
             else:
                 if response.code < 500 or not delays:
+                    if response.code >= 500:
+                        # The caller turns it into an `S3Error`: that says what came before.
+                        _FAILED_BEFORE[response] = _before(met)
+                    elif met and not QUIET_RETRIES.get():
+                        _log.info(
+                            "S3 {method} {key} answered {status} at attempt {attempt} "
+                            "after: {problems}",
+                            method=method,
+                            key=key or "/",
+                            status=response.code,
+                            attempt=len(met) + 1,
+                            problems=_attempts(met),
+                        )
                     return response
                 content = await treq.content(response)
                 problem = str(self.error(response.code, content, method, key))
             delay = delays.pop(0)
-            before = f" (the attempt before: {problem})"
-            _log.warn(
-                "S3 {method} {key} failed ({problem}); sending it again in {delay}s",
-                method=method,
-                key=key or "/",
-                problem=problem,
-                delay=delay,
-            )
+            met.append(problem)
             try:
                 await deferLater(self._reactor, delay, lambda: None)
             except CancelledError:
@@ -294,12 +332,17 @@ class S3Client:
         if missing_ok and response.code == 404:
             return None
         if response.code not in ok:
-            raise self.error(response.code, content, method, key)
+            raise self.error(response.code, content, method, key, response)
         if error_in_body and b"<Error>" in content[:200]:
             raise self.error(response.code, content, method, key)
         return response, content
 
-    def error(self, status: int, body: bytes, method: str, key: str) -> S3Error:
+    def error(
+        self, status: int, body: bytes, method: str, key: str, response: IResponse | None = None
+    ) -> S3Error:
+        """The error for an S3 answer; with the ``response`` that was the last of several
+        attempts, the message also says what the attempts before it met."""
+        before = _FAILED_BEFORE.pop(response, "") if response is not None else ""
         code, message = "", ""
         if body:
             try:
@@ -311,14 +354,16 @@ class S3Client:
         if status == 403 or code in _CREDENTIAL_CODES:
             return S3CredentialsError(
                 f"S3 refused the credentials for bucket {bucket}: {code or f'HTTP {status}'}"
-                + (f" ({message})" if message else ""),
+                + (f" ({message})" if message else "")
+                + before,
                 status,
                 code or "AccessDenied",
             )
         where = f"{method} {key or '/'}"
         return S3Error(
             f"S3 error on {where} in bucket {bucket}: HTTP {status} {code}"
-            + (f" ({message})" if message else ""),
+            + (f" ({message})" if message else "")
+            + before,
             status,
             code,
         )

@@ -286,7 +286,7 @@ class S3Driver:
         if response.code == 416:
             # Past the end, or exactly at it (an empty read, which S3 refuses as a range).
             return await self._empty_read(path, offset)
-        raise self._client.error(response.code, content, "GET", key)
+        raise self._client.error(response.code, content, "GET", key, response)
 
     async def _empty_read(self, path: str, offset: int) -> IBodyProducer:
         info = await self.stat(path)
