@@ -23,10 +23,13 @@ from typing import Any
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from registry.server.probe import probe_storage
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver
+from registry.storage.driver import QUIET_RETRIES, IStorageDriver
+
+_log = Logger()
 
 Probe = Callable[[], Awaitable[Any]]
 
@@ -105,7 +108,16 @@ class HealthChecker:
         return mine
 
     def _done(self, result: CheckResult) -> None:
+        before = self._results.get(result.name)
         self._results[result.name] = result
+        # One line when a check turns bad (with its reason) and one when it recovers: not one
+        # per probe while it stays so (a load balancer asks every few seconds).
+        if not result.ok and (before is None or before.ok):
+            _log.warn(
+                "health check {check} failing: {reason}", check=result.name, reason=result.error
+            )
+        elif result.ok and before is not None and not before.ok:
+            _log.info("health check {check} ok again", check=result.name)
         for waiter in self._waiters.pop(result.name, []):
             if not waiter.called:  # a waiter may have been cancelled (its client left)
                 waiter.callback(result)
@@ -159,6 +171,8 @@ def storage_probe(driver: IStorageDriver, writable: bool = True) -> Probe:
     path = f"{layout.OWN}/health/{probe_name()}"
 
     async def probe() -> None:
+        # The check reports through its answer and its own lines, not each S3 retry's.
+        QUIET_RETRIES.set(True)
         await probe_storage(driver, readonly=not writable, path=path)
 
     return probe

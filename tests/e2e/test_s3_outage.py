@@ -310,3 +310,36 @@ async def test_an_s3_call_that_fails_every_attempt_is_one_line(
     text = _text(failure_lines[0])
     assert text.startswith("storage failure on GET /v2/app/manifests/latest: "), text
     assert "Connection refused" in text and "(4 attempts)" in text, text
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_logs_once_when_s3_goes_down_and_once_when_it_is_back(
+    start_registry: Starter,
+    s3_server: S3Server,  # noqa: F811
+    switchable: SwitchableS3,
+    s3_lines: list[dict[str, Any]],
+    health_lines: list[dict[str, Any]],
+) -> None:
+    """While S3 is down, probe after probe fails: one line when the check turns bad, with its
+    reason, one when it is ok again, and none from the probe's S3 calls being sent again."""
+    registry = await start_on_s3(start_registry, s3_server, switchable, "probe")
+    assert (await health(registry.url))[0] == 200
+    await switchable.go_down()
+    for _ in range(3):  # three probes, each failing
+        await sleep(HEALTH_CACHE + 0.1)
+        assert (await health(registry.url))[0] == 503
+    switchable.come_back()
+    for _ in range(40):  # bounded: back within a few probes
+        await sleep(HEALTH_CACHE / 4)
+        if (await health(registry.url))[0] == 200:
+            break
+    assert await health(registry.url) == (200, {"status": "ok"})
+    texts = [_text(event) for event in health_lines]
+    assert len(texts) == 2, texts
+    failing, back = health_lines
+    assert failing["log_level"] is LogLevel.warn
+    assert texts[0].startswith("health check storage failing: no answer within 2s (S3 PUT "), texts
+    assert "Connection refused" in texts[0], texts
+    assert back["log_level"] is LogLevel.info
+    assert texts[1] == "health check storage ok again"
+    assert s3_lines == [], [_text(event) for event in s3_lines]
