@@ -35,7 +35,7 @@ from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
 from registry.ops.accounting import RequestAccounting, count_upload_sinks
 from registry.proxy.errors import UpstreamError
-from registry.storage.driver import StorageError
+from registry.storage.driver import StorageError, WriteTakenOver
 from registry.ui import ui_resource
 
 log = Logger()
@@ -155,6 +155,16 @@ class RegistryApp:
             # An upload body refused while it came: logged and answered then, in one line
             # (`registry.handlers.uploads`); what is written now is dropped.
             return b""
+        if failure.check(WriteTakenOver):
+            # The client's upload went on in another request: said in the answer, and no
+            # storage failure to log.
+            log.info(
+                "{method} {uri}: {reason}",
+                method=request.method.decode("latin-1"),
+                uri=request.uri.decode("latin-1")[:300],
+                reason=str(failure.value),
+            )
+            return responses.error(request, error_for(failure.value))
         log_failure(
             log,
             failure,

@@ -52,7 +52,7 @@ from registry.storage.blobs import BlobStore
 from registry.storage.catalog import ENTRIES_DIR, Catalog, name_of_entry
 from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.factory import build_driver
-from registry.storage.manifests import ManifestStore
+from registry.storage.manifests import REFERRERS_COMPLETE, ManifestStore
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -341,6 +341,7 @@ async def run_reindex_referrers(
         for name in names:
             indexed += await store.reindex_referrers(name)
             done += 1
+        await driver.put_content(REFERRERS_COMPLETE, b"1")
     finally:
         reporter.stop()
     term.summary(

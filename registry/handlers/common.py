@@ -6,11 +6,17 @@ from collections.abc import Sequence
 
 from twisted.web.iweb import IRequest
 
-from registry.api.errors import UNAVAILABLE, UNKNOWN, UNSUPPORTED, RegistryError
+from registry.api.errors import (
+    BLOB_UPLOAD_INVALID,
+    UNAVAILABLE,
+    UNKNOWN,
+    UNSUPPORTED,
+    RegistryError,
+)
 from registry.auth.interfaces import Access, Principal
 from registry.handlers.context import RegistryContext
 from registry.http.forwarded import origin
-from registry.storage.driver import StorageError
+from registry.storage.driver import StorageError, WriteTakenOver
 
 
 async def authorize(
@@ -75,6 +81,8 @@ def error_for(exc: BaseException | None) -> RegistryError:
     """
     if isinstance(exc, RegistryError):
         return exc
+    if isinstance(exc, WriteTakenOver):
+        return RegistryError(BLOB_UPLOAD_INVALID, {"reason": str(exc)[:500]})
     if isinstance(exc, StorageError):
         return RegistryError(UNAVAILABLE, {"reason": str(exc)[:500]}, "storage unavailable")
     return RegistryError(UNKNOWN, {"reason": "internal error"})

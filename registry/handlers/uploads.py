@@ -36,6 +36,7 @@ from registry.http.ranges import parse_content_range
 from registry.http.request import RegistryRequest
 from registry.http.routes import Kind, Route, parse_route
 from registry.http.upload_sink import UploadSink
+from registry.storage.driver import WriteTakenOver
 from registry.storage.gcguard import GcGuard
 from registry.storage.uploads import UploadAppender, range_header
 
@@ -107,7 +108,7 @@ def upload_sink(
 
 def _logged_error_for(method: bytes, uri: bytes, exc: BaseException) -> RegistryError:
     """`error_for`, with the failure logged where it is not the client's doing."""
-    if not isinstance(exc, RegistryError):
+    if not isinstance(exc, RegistryError | WriteTakenOver):
         log_failure(
             log,
             Failure(exc),

@@ -273,7 +273,19 @@ class GarbageCollector:
                 self.stats.blobs_marked += 1
 
     async def _revisions(self, name: str) -> set[str]:
-        return {str(d) for d in await digest_folders(self.driver, layout.revisions_dir(name))}
+        """The repository's manifests: revision folders holding their ``link`` (registry:2's
+        delete removes the link and leaves the folder, whose blobs are then free)."""
+        folders = await digest_folders(self.driver, layout.revisions_dir(name))
+        linked = await self._map(lambda digest: self._linked_revision(name, digest), folders)
+        return {str(digest) for digest, ok in zip(folders, linked, strict=True) if ok}
+
+    async def _linked_revision(self, name: str, digest: Digest) -> bool:
+        await self._turn()
+        try:
+            await self.driver.stat(layout.revision_link(name, digest))
+        except PathNotFoundError:
+            return False
+        return True
 
     async def _tagged(self, name: str) -> set[str]:
         async def resolve(tag: str) -> str | None:

@@ -344,12 +344,36 @@ def _with_workers(config: Config, workers: int, ports: tuple[str, ...]) -> Confi
     return attrs.evolve(config, http=attrs.evolve(config.http, workers=workers, port=ports))
 
 
+async def _index_referrers(driver: Any) -> None:
+    """The referrers of manifests another program pushed (registry:2 keeps no index), once."""
+    from registry.storage.blobs import BlobStore
+    from registry.storage.catalog import Catalog
+    from registry.storage.driver import PathNotFoundError
+    from registry.storage.manifests import REFERRERS_COMPLETE, ManifestStore, ensure_referrers_index
+
+    try:
+        await driver.stat(REFERRERS_COMPLETE)
+        return  # the usual case: no walk
+    except PathNotFoundError:
+        pass
+    names = await Catalog(driver).walk()
+    count = await ensure_referrers_index(ManifestStore(driver, BlobStore(driver)), names)
+    if count:
+        log.info(
+            "referrers index built: {count} referrers in {repositories} repositories",
+            count=count,
+            repositories=len(names),
+        )
+
+
 def _after_start(config: Config, root: MultiService, ctx: RegistryContext, driver: Any) -> None:
     """Storage work that waits for the probe: on broken storage it could only log failures."""
     # A registry:2 data directory served for the first time has no catalog index yet: build
-    # it now rather than inside the first catalog request.
+    # it now rather than inside the first catalog request; then its referrers index.
     d = Deferred.fromCoroutine(ctx.catalog.ensure_index())
     d.addErrback(lambda f: log_failure(log, f, "building the catalog index failed"))
+    d.addCallback(lambda _: Deferred.fromCoroutine(_index_referrers(driver)))
+    d.addErrback(lambda f: log_failure(log, f, "building the referrers index failed"))
     # Replication ([sync:NAME]): each sync's schedule starts once storage is known to work.
     if has_syncs(config):
         from registry.sync.service import add_replication

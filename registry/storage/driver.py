@@ -36,6 +36,14 @@ class StorageError(Exception):
     """A backend failure that is not the caller's fault (I/O error, S3 5xx, ...)."""
 
 
+class WriteTakenOver(StorageError):
+    """
+    Another request took over the file this writer was writing (the writer stopped renewing
+    its hold on it: a pause, a network cut), so what this writer did since is not kept.  Not
+    a storage failure: the client's upload went on without this request.
+    """
+
+
 class PathNotFoundError(StorageError):
     """The path does not exist (for `list`: the folder is missing or empty)."""
 

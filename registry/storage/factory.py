@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any
 
@@ -33,6 +34,7 @@ def build_driver(config: Config, reactor: Any, threadpool: ThreadPool) -> IStora
         root = storage.rootdirectory
         if root == StorageConfig().rootdirectory:
             root = ""
+        spool = _parts_spool(storage)
         try:
             settings = S3Settings(
                 bucket=storage.bucket,
@@ -45,7 +47,7 @@ def build_driver(config: Config, reactor: Any, threadpool: ThreadPool) -> IStora
                 secure=storage.secure,
                 forcepathstyle=storage.forcepathstyle,
                 redirect=storage.redirect,
-                spooldirectory=_parts_spool(storage),
+                spooldirectory=spool,
                 answertimeout=storage.answertimeout,
             )
             settings.credentials()
@@ -60,4 +62,13 @@ def _parts_spool(storage: StorageConfig) -> str | None:
     folder, or None (memory) with ``spoolparts = false``."""
     if not storage.spoolparts:
         return None
-    return storage.spooldirectory or tempfile.gettempdir()
+    folder = storage.spooldirectory or tempfile.gettempdir()
+    # Made (or refused) at start-up: a folder that is not there would fail every upload.
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ConfigError(f"[storage] spooldirectory {folder}: {reason}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"[storage] spooldirectory {folder}: not writable")
+    return folder

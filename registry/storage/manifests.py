@@ -16,7 +16,7 @@ Deletion goes the other way round.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 
 import attrs
 from zope.interface import Interface, implementer
@@ -401,11 +401,12 @@ class ManifestStore:
 
     async def reindex_referrers(self, name: str) -> int:
         """
-        Rebuild the repository's referrers index from its manifests: for data pushed before
-        the index existed (registry:2, older txregistry).  An operations task, not a request
-        path.  Returns how many referrers were indexed.
+        Rebuild the repository's referrers index from its manifests: for data pushed or
+        deleted by another program (registry:2, older txregistry).  Entries whose referrer
+        is no longer a manifest of the repository go.  An operations task, not a request
+        path.  Returns how many referrers are indexed.
         """
-        count = 0
+        indexed: dict[str, set[str]] = {}  # subject -> referrers
         for digest in await self._revisions(name):
             try:
                 body = await self.blobs.get_small(digest)
@@ -415,8 +416,50 @@ class ManifestStore:
             if manifest.subject is not None:
                 descriptor = referrer_descriptor(manifest, digest, len(body))
                 await self.referrers.add(name, manifest.subject.digest, descriptor)
-                count += 1
-        return count
+                indexed.setdefault(str(manifest.subject.digest), set()).add(str(digest))
+        for subject, referrers in (await self.referrers.edges(name)).items():
+            for referrer in referrers - indexed.get(subject, set()):
+                gone = Digest.parse(referrer)
+                # Looked at again: a push writes the revision's link before its entry here,
+                # so an entry whose link is there now was pushed during this walk.
+                if not await self._has_revision(name, gone):
+                    await self.referrers.remove(name, Digest.parse(subject), gone)
+        return sum(len(referrers) for referrers in indexed.values())
+
+    async def _has_revision(self, name: str, digest: Digest) -> bool:
+        try:
+            await self.driver.stat(layout.revision_link(name, digest))
+        except PathNotFoundError:
+            return False
+        return True
 
     async def _revisions(self, name: str) -> list[Digest]:
-        return await digest_folders(self.driver, layout.revisions_dir(name))
+        """Revision folders holding their ``link``: registry:2's delete removes only that."""
+        return [
+            digest
+            for digest in await digest_folders(self.driver, layout.revisions_dir(name))
+            if await self._has_revision(name, digest)
+        ]
+
+
+# Written once every repository's referrers were indexed (`ensure_referrers_index`,
+# `txregistry reindex-referrers`); a registry:2 data directory has none.
+REFERRERS_COMPLETE = f"{layout.OWN}/referrers-complete"
+
+
+async def ensure_referrers_index(store: ManifestStore, names: Iterable[str]) -> int | None:
+    """
+    Index the referrers of every repository in ``names`` unless that was done before: the
+    referrers API then answers for manifests another program pushed (registry:2 keeps no
+    index).  Returns how many referrers were indexed, None when there was nothing to do.
+    """
+    try:
+        await store.driver.stat(REFERRERS_COMPLETE)
+        return None
+    except PathNotFoundError:
+        pass
+    count = 0
+    for name in names:
+        count += await store.reindex_referrers(name)
+    await store.driver.put_content(REFERRERS_COMPLETE, b"1")
+    return count

@@ -9,11 +9,16 @@ import json
 from pathlib import Path
 
 import pytest_twisted
+import treq
 
-from tests.e2e.client import get, header
+from registry.api import mediatypes as mt
+from tests.e2e.client import get, header, push_blob, start_upload
 from tests.e2e.conftest import Starter
+from tests.e2e.harness import sleep, write_config
 from tests.e2e.ocilayout import Layout, read_index_digest
 from tests.e2e.tools import Registry2Process, skopeo
+from tests.manifests import samples
+from tests.ops.test_cli import cli
 
 NO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
@@ -121,3 +126,113 @@ async def test_registry2_data_directory_both_ways(start_registry: Starter, tmp_p
         assert json.loads(body)["repositories"] == ["from/registry2", "from/txregistry"]
     finally:
         registry2.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifests_registry2_deleted_are_gone_for_gc_and_referrers(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    """
+    registry:2's manifest delete removes the revision's ``link`` and leaves its folder.  Such
+    a folder is no manifest: ``txregistry gc`` frees its blobs, and ``reindex-referrers``
+    drops it from the referrers index (it listed a referrer that answered 404).
+    """
+    root = tmp_path / "shared-root"
+    root.mkdir()
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    url, name = registry.url, "app/signed"
+    subject = samples.oci_image(layers=(samples.LAYER_1,))
+    signature = samples.artifact(subject, blob=b"a signature registry:2 deletes")
+    for blob in (
+        samples.CONFIG,
+        samples.LAYER_1,
+        mt.OCI_EMPTY_CONTENT,
+        b"a signature registry:2 deletes",
+    ):
+        await push_blob(url, name, blob)
+    for reference, body in (("v1", subject), (samples.sha256(signature), signature)):
+        response = await treq.put(
+            f"{url}/v2/{name}/manifests/{reference}",
+            data=body,
+            headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+        )
+        assert response.code == 201, await response.text()
+    await registry.stop()
+
+    registry2 = Registry2Process(tmp_path, root)
+    registry2.start()
+    try:
+        response = await treq.delete(
+            f"http://{registry2.host}/v2/{name}/manifests/{samples.sha256(signature)}"
+        )
+        assert response.code == 202, await response.text()
+    finally:
+        registry2.stop()
+
+    config = write_config(tmp_path / "ops.cfg", {"storage": {"rootdirectory": str(root)}})
+    result = await cli("reindex-referrers", "--config", str(config))
+    assert result.code == 0, result
+    result = await cli("gc", "--config", str(config), "--grace", "0s")
+    assert result.code == 0, result
+    signature_blob = (
+        root
+        / "docker/registry/v2/blobs/sha256"
+        / (samples.sha256(b"a signature registry:2 deletes")[7:9])
+    )
+    assert not (signature_blob / samples.sha256(b"a signature registry:2 deletes")[7:]).exists()
+    assert (
+        root / "docker/registry/v2/blobs/sha256" / samples.sha256(samples.LAYER_1)[7:9]
+    ).exists()
+
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    response, body = await get(f"{registry.url}/v2/{name}/referrers/{samples.sha256(subject)}")
+    assert response.code == 200
+    assert json.loads(body)["manifests"] == []
+    response, body = await get(f"{registry.url}/v2/{name}/manifests/v1")
+    assert (response.code, body) == (200, subject)
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_registry2_pushed_are_answered_from_the_first_start(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    """registry:2 keeps no referrers index: served for the first time, its data directory is
+    indexed at start-up, so the referrers API lists what registry:2 pushed without an
+    operator running ``reindex-referrers`` first."""
+    root = tmp_path / "shared-root"
+    root.mkdir()
+    name = "from/registry2"
+    subject = samples.oci_image(layers=(samples.LAYER_1,))
+    signature = samples.artifact(subject)
+    registry2 = Registry2Process(tmp_path, root)
+    registry2.start()
+    try:
+        url = f"http://{registry2.host}"
+        for blob in (samples.CONFIG, samples.LAYER_1, mt.OCI_EMPTY_CONTENT, samples.SIGNATURE):
+            # registry:2 takes a blob in two steps (POST, then PUT with the body).
+            location = await start_upload(url, name)
+            response = await treq.put(
+                f"{location}{'&' if '?' in location else '?'}digest={samples.sha256(blob)}",
+                data=blob,
+            )
+            assert response.code == 201, await response.text()
+        for reference, body in (("v1", subject), (samples.sha256(signature), signature)):
+            response = await treq.put(
+                f"{url}/v2/{name}/manifests/{reference}",
+                data=body,
+                headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+            )
+            assert response.code == 201, await response.text()
+    finally:
+        registry2.stop()
+
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    listed: list[object] = []
+    for _ in range(200):  # bounded: the index is built in the background at start-up
+        response, body = await get(f"{registry.url}/v2/{name}/referrers/{samples.sha256(subject)}")
+        assert response.code == 200
+        listed = json.loads(body)["manifests"]
+        if listed:
+            break
+        await sleep(0.05)
+    assert [entry["digest"] for entry in listed] == [samples.sha256(signature)]  # type: ignore[index]

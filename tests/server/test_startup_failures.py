@@ -506,3 +506,55 @@ def test_tls_material_that_cannot_serve_is_refused_at_start_up(
     assert_one_line(
         result, f"txregistry: cannot listen on {description}: {cause.format(d=tmp_path)}"
     )
+
+
+def test_an_s3_spool_folder_that_cannot_be_made_is_refused(tmp_path: Path) -> None:
+    """It started, then answered every upload with a 500 (the part files had no folder)."""
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    spool = taken / "spool"
+    config = write_config(
+        tmp_path / "s3.cfg",
+        {
+            "storage": {
+                "driver": "s3",
+                "bucket": "registry",
+                "regionendpoint": "http://127.0.0.1:9",
+                "accesskey": "key",
+                "secretkey": "secret",
+                "spooldirectory": str(spool),
+            }
+        },
+    )
+    result = run_registry(tmp_path, "--port", LOOPBACK, "--config", str(config))
+    assert_one_line(
+        result,
+        f"txregistry: configuration error: [storage] spooldirectory {spool}: not a directory",
+    )
+
+
+def test_a_missing_s3_spool_folder_is_made(tmp_path: Path) -> None:
+    from registry.config import load
+    from registry.storage.factory import build_driver
+
+    spool = tmp_path / "not-yet" / "spool"
+    config = load(
+        str(
+            write_config(
+                tmp_path / "s3.cfg",
+                {
+                    "storage": {
+                        "driver": "s3",
+                        "bucket": "registry",
+                        "regionendpoint": "http://127.0.0.1:9",
+                        "accesskey": "key",
+                        "secretkey": "secret",
+                        "spooldirectory": str(spool),
+                    }
+                },
+            )
+        ),
+        environ={},
+    )
+    build_driver(config, reactor, None)  # type: ignore[arg-type]
+    assert spool.is_dir()

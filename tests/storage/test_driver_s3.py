@@ -27,12 +27,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from registry.api.errors import RegistryError
+from registry.handlers.common import error_for
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import (
     InvalidOffsetError,
     PathBusyError,
     PathNotFoundError,
     StorageError,
+    WriteTakenOver,
 )
 from registry.storage.s3 import S3CredentialsError, S3Driver, S3Settings
 from registry.storage.s3 import _lease as s3_lease
@@ -574,3 +576,40 @@ def test_a_cut_read_says_why_in_words() -> None:
     cut = Failure(ResponseFailed([Failure(ConnectionDone()), Failure(ValueError())]))
     assert describe_end(cut) == "Connection was closed cleanly."
     assert describe_end(Failure(ValueError())) == "ValueError"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_paused_writer_does_not_write_over_the_state_of_its_successor(
+    make_driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that checked its lease, then paused (a stopped process, a network cut) while
+    another request took the upload over and appended: its state write must fail (the state
+    object is written only over the version it continued), not throw the other's data away."""
+    first, second = make_driver(), make_driver()
+    writer = await first.writer("up/data")
+    await write_all(writer, b"a" * 10, 10)
+    await writer.close()
+    paused = await first.writer("up/data", append=True)
+    await write_all(paused, b"b" * 10, 10)
+    # Its lease lapses and the other request takes over and appends.
+    await first._client.call("DELETE", first._key("up/data") + LEASE_SUFFIX)
+    taker = await second.writer("up/data", append=True)
+    await write_all(taker, b"c" * 30, 30)
+    await taker.close()
+
+    async def checked_before_the_pause() -> None:
+        """The lease check passed just before the pause (what the state write must not trust)."""
+
+    monkeypatch.setattr(paused._lease, "confirm", checked_before_the_pause)
+    with pytest.raises(WriteTakenOver):
+        await paused.close()
+    reader = await second.writer("up/data", append=True)
+    assert reader.size == 40  # the successor's state: 10 + 30
+    await reader.close()
+
+
+def test_a_write_taken_over_is_the_clients_upload_going_on_elsewhere() -> None:
+    """Not a 503 (which asks the client to send the same request again)."""
+    error = error_for(WriteTakenOver("another request took over the upload u/data"))
+    assert (error.code.value, error.status) == ("BLOB_UPLOAD_INVALID", 400)
+    assert error.detail == {"reason": "another request took over the upload u/data"}

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from registry.storage.driver import PathBusyError, StorageError
+from registry.storage.driver import PathBusyError, StorageError, WriteTakenOver
 from registry.storage.s3._client import S3Client, S3Error, header, parse_http_date
 
 LEASE_SUFFIX = "~txregistry-lease"
@@ -98,7 +98,7 @@ class WriteLease:
         self._etag = header(result[0], "ETag") or self._etag
 
     def _lose(self, why: str) -> None:
-        self.lost = StorageError(why)
+        self.lost = WriteTakenOver(why)
         if self._renewal.running:
             self._renewal.stop()
 

@@ -54,13 +54,13 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from registry.storage.driver import IFileWriter, StorageError
+from registry.storage.driver import IFileWriter, StorageError, WriteTakenOver
 from registry.storage.producers import FileProducer, _PausableProducer
 from registry.storage.s3 import _multipart as multipart
-from registry.storage.s3._client import Body, S3Client, header
+from registry.storage.s3._client import Body, S3Client, S3Error, header
 from registry.storage.s3._lease import WriteLease, take_lease
 from registry.storage.s3._multipart import Part
 from registry.storage.s3._settings import MAX_PART_SIZE, MIN_PART_SIZE
@@ -259,11 +259,16 @@ class S3Writer:
         tail: bytes = b"",
         staged: bool = False,
         lease: WriteLease | None = None,
+        state_etag: str | None = None,
     ) -> None:
         self._client = client
         # An appending writer's hold on the upload (`registry.storage.s3._lease`), given back
         # by `close` or `cancel`.
         self._lease = lease
+        # The version of the state object this writer continued (None: there was none).  Its
+        # own state is written only over that version: a writer that lost its lease while
+        # paused must not overwrite the state of the request that took over.
+        self._state_etag = state_etag
         # A staged writer (`IStagedWrites`) leaves no state object and never deletes the key:
         # the key may hold a finished blob that a concurrent push committed.
         self._staged = staged
@@ -468,9 +473,21 @@ class S3Writer:
             "size": self.size,
         }
         body = json.dumps(state, separators=(",", ":")).encode() + b"\n" + tail
-        if self._lease is not None:
-            await self._lease.confirm()  # never over the state of a writer that took over
-        await self._client.call("PUT", state_key(self._key), body=body)
+        if self._lease is None:
+            await self._client.call("PUT", state_key(self._key), body=body)
+            return
+        await self._lease.confirm()
+        condition = (
+            {"If-Match": self._state_etag}
+            if self._state_etag is not None
+            else {"If-None-Match": "*"}
+        )
+        try:
+            await self._client.call("PUT", state_key(self._key), body=body, headers=condition)
+        except S3Error as error:
+            if error.status not in (409, 412):
+                raise
+            raise WriteTakenOver(f"another request took over the upload {self._path}") from None
 
     async def commit(self) -> None:
         """Make the file whole at its key; an appending writer keeps its lease until `close`
@@ -538,7 +555,7 @@ async def _continue(
 ) -> S3Writer:
     result = await client.call("GET", state_key(key), missing_ok=True)
     if result is not None:
-        return _from_state(client, reactor, key, path, result[1], lease)
+        return _from_state(client, reactor, key, path, result, lease)
     head = await client.call("HEAD", key, missing_ok=True)
     if head is None:
         return S3Writer(client, reactor, key, path, lease=lease)
@@ -557,8 +574,14 @@ async def _continue(
 
 
 def _from_state(
-    client: S3Client, reactor: Any, key: str, path: str, body: bytes, lease: WriteLease
+    client: S3Client,
+    reactor: Any,
+    key: str,
+    path: str,
+    result: tuple[IResponse, bytes],
+    lease: WriteLease,
 ) -> S3Writer:
+    response, body = result
     line, _, tail = body.partition(b"\n")
     try:
         state = json.loads(line)
@@ -569,7 +592,10 @@ def _from_state(
         expected = int(state["size"])
     except (ValueError, KeyError, TypeError) as error:
         raise StorageError(f"unreadable upload state for {path}: {error}") from error
-    writer = S3Writer(client, reactor, key, path, upload_id, parts, tail, lease=lease)
+    etag = header(response, "ETag")
+    writer = S3Writer(
+        client, reactor, key, path, upload_id, parts, tail, lease=lease, state_etag=etag
+    )
     if writer.size != expected:
         raise StorageError(f"upload state for {path} says {expected} bytes, holds {writer.size}")
     return writer
