@@ -1414,8 +1414,18 @@ class ProxyCache:
     # -- logging
 
     def _upstream_failed(self, what: str, upstream: str, ref: str, exc: UpstreamError) -> None:
-        if not isinstance(exc, UpstreamNotFound):
-            self.stats.upstream_errors += 1
+        if isinstance(exc, UpstreamNotFound):
+            # An answer, not a failure: any client can ask for digests nobody has, and a
+            # warning per such request would drown the log.
+            log.debug(
+                "proxy {upstream}: {what} {name}:{ref}: not found upstream",
+                upstream=self.name,
+                what=what,
+                name=upstream,
+                ref=ref,
+            )
+            return
+        self.stats.upstream_errors += 1
         log.warn(
             "proxy {upstream}: {what} {name}:{ref} failed: {reason}",
             upstream=self.name,
