@@ -140,6 +140,26 @@ class FleetSetup:
         if self.fleet is not None:
             self.fleet.redis.setServiceParent(parent)  # type: ignore[no-untyped-call]
 
+            rebuilding: set[str] = set()
+
+            def rebuild(cache: Any) -> None:
+                """Re-register ``cache`` from storage in the background (the pushes go on)."""
+                rebuilding.add(cache.name)
+
+                def failed(f: Any) -> None:
+                    # The epoch key lapses (lock_ttl): a later push, here or elsewhere,
+                    # tries again.
+                    cache.ledger.lost = False
+                    log.warn(
+                        "proxy {upstream}: registering the cache from storage in Redis failed: {e}",
+                        upstream=cache.name,
+                        e=f.getErrorMessage(),
+                    )
+
+                d = Deferred.fromCoroutine(cache.reregister())
+                d.addErrback(failed)
+                d.addBoth(lambda _: rebuilding.discard(cache.name))
+
             def push() -> Deferred[None]:
                 async def run() -> None:
                     if not self.ready.called:
@@ -148,6 +168,8 @@ class FleetSetup:
                         if cache.ledger is not None:
                             index = cache.fleet_index()
                             await cache.ledger.push(index, cache.now(), beat=True)
+                            if cache.ledger.lost and cache.name not in rebuilding:
+                                rebuild(cache)
                             # What /metrics and the UI report: the fleet's total, whichever
                             # instance stored it (at most a push interval old).
                             index.size = await cache.ledger.size()
