@@ -59,6 +59,7 @@ from registry.proxy.errors import (
 )
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
 from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable, StoredMeanwhile
+from registry.proxy.fleet._redis import log_redis
 from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.index import HOT_ENTRIES, FleetIndex
 from registry.proxy.fleet.ledger import Ledger
@@ -330,7 +331,9 @@ class ProxyCache:
             try:
                 self.fleet_index().size = await self.ledger.remove([victim])
             except RedisUnavailable as exc:
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
         log.info(
             "proxy {upstream}: cached {digest} has no data: forgotten ({size} bytes)",
             upstream=self.name,
@@ -437,7 +440,9 @@ class ProxyCache:
                     return True
             except RedisUnavailable as exc:
                 # Evictions claim what they delete in Redis too: none can delete it now.
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
                 return True
             if self.now() >= deadline:
                 break
@@ -782,7 +787,9 @@ class ProxyCache:
             if isinstance(exc, UpstreamError):
                 self._upstream_failed("blob GET", upstream, str(digest), exc)
             elif isinstance(exc, RedisUnavailable):
-                log.warn(
+                log_redis(
+                    log,
+                    exc,
                     "proxy {upstream}: no fill lease for {digest}: Redis: {error}",
                     upstream=self.name,
                     digest=str(digest),
@@ -1032,7 +1039,9 @@ class ProxyCache:
                 try:
                     count, _granted = await self._evict_fleet(self.ledger)
                 except RedisUnavailable as exc:  # the next round tries again
-                    log.warn(
+                    log_redis(
+                        log,
+                        exc,
                         "proxy {upstream}: no eviction, Redis: {error}",
                         upstream=self.name,
                         error=str(exc),
@@ -1076,7 +1085,9 @@ class ProxyCache:
                 async with self._eviction_lock:
                     granted = await self._admit(str(fill.digest), size, limit)
             except RedisUnavailable as exc:
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
                 break
             if granted:
                 return True
@@ -1107,7 +1118,9 @@ class ProxyCache:
                 async with self._eviction_lock:
                     granted = await self._admit(key, size, limit)
             except RedisUnavailable as exc:
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
                 return False
             remaining = deadline - self.now()
             if granted is not None or remaining <= 0:
@@ -1146,7 +1159,9 @@ class ProxyCache:
             else:
                 await self.ledger.unreserve(digest)
         except RedisUnavailable as exc:  # released by the next push, or lapses
-            log.warn(
+            log_redis(
+                log,
+                exc,
                 "proxy {upstream}: releasing the room reserved for {digest}: Redis: {error}",
                 upstream=self.name,
                 digest=digest,
@@ -1368,7 +1383,9 @@ class ProxyCache:
             try:  # before any fill here: no other instance sweeps them
                 await self.ledger.beat()
             except RedisUnavailable as exc:
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(self.fills_dir)
         await self._sweep_quietly()

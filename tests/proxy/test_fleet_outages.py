@@ -5,12 +5,15 @@ Redis, in front of the fake upstream.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 
 from tests.fakes.upstream import FakeUpstream
-from tests.proxy.helpers import wait_until
+from tests.proxy.helpers import reactor, wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.proxy.test_fleet import Fleet, blob_url, fake, start_pull  # noqa: F401
 from tests.storage.s3server import S3Server
@@ -87,3 +90,66 @@ async def test_redis_restarted_empty_the_cache_is_registered_again_from_storage(
         assert len(rebuilt_lines(running)) == 2
     finally:
         running.stop()
+
+
+async def _pull(url: str) -> tuple[int, str]:
+    pull = await start_pull(url)
+    assert pull.done is not None
+    await pull.done
+    return pull.code, pull.digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hung_redis_fails_fast_and_is_logged_once_each_way(
+    tmp_path: Path,
+    s3_server: S3Server,
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,  # noqa: F811
+) -> None:
+    """Redis hung (SIGSTOP) under 40 concurrent GETs of a cached layer, two connections in
+    the pool: once a command has timed out, the others do not queue behind it for the pool
+    (each for its own read timeout): every GET is answered from the cache while Redis is
+    still stopped.  The log says once that Redis is away and once that it is back; the
+    periodic pushes and flushes add nothing (no traceback, no line a second)."""
+    running = Fleet(
+        tmp_path,
+        s3_server,
+        redis_server,
+        fake.url,
+        size=1,
+        redis_keys={"readtimeout": "2s", "writetimeout": "2s", "pool_maxactive": "2"},
+        flush_interval="1s",
+    )
+    running.start()
+    (instance,) = running.instances
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [LAYER])
+        digest = image.layers[0].digest
+        assert await _pull(blob_url(instance, digest)) == (200, digest)
+        indexed = ("HEXISTS", "txregistry:index:hub", f"b|{digest}")
+        await wait_until(lambda: redis_int(redis_server, *indexed) == 1, within=30)
+
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            pulls = gatherResults(
+                [Deferred.fromCoroutine(_pull(blob_url(instance, digest))) for _ in range(40)]
+            )
+            pulls.addTimeout(30, reactor)  # generous: the bound, not a measure
+            answers = await pulls
+            assert answers == [(200, digest)] * 40
+            away = "Redis at " + redis_server.addr + " is not answering"
+            await wait_until(lambda: away in instance.log_text(), within=30)
+            await deferLater(reactor, 3, lambda: None)  # pushes and flushes meanwhile
+            assert redis_server.process.poll() is None  # still there, still stopped
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        back = f"Redis at {redis_server.addr} answers again"
+        await wait_until(lambda: back in instance.log_text(), within=30)
+        assert await _pull(blob_url(instance, digest)) == (200, digest)
+    finally:
+        running.stop()
+    log = instance.log_text()
+    assert log.count(away) == 1, log[-3000:]
+    assert log.count(back) == 1, log[-3000:]
+    for noise in ("sending the cache index to Redis failed", "flush failed", "Traceback"):
+        assert noise not in log, log[-3000:]

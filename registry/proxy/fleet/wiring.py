@@ -35,7 +35,7 @@ from registry.http.tls import (
 )
 from registry.proxy.fill import Fill
 from registry.proxy.fleet import Fleet, instance_name
-from registry.proxy.fleet._redis import FleetRedis, RedisUnavailable
+from registry.proxy.fleet._redis import FleetRedis, RedisUnavailable, log_redis
 from registry.proxy.fleet.lease import FillLeases
 from registry.proxy.fleet.marker import InstanceMarker
 from registry.proxy.fleet.peer import PeerClient, PeerResource, PeerTLS
@@ -150,7 +150,9 @@ class FleetSetup:
                     # The epoch key lapses (lock_ttl): a later push, here or elsewhere,
                     # tries again.
                     cache.ledger.lost = False
-                    log.warn(
+                    log_redis(
+                        log,
+                        f.value,
                         "proxy {upstream}: registering the cache from storage in Redis failed: {e}",
                         upstream=cache.name,
                         e=f.getErrorMessage(),
@@ -176,8 +178,11 @@ class FleetSetup:
 
                 d = Deferred.fromCoroutine(run())
                 d.addErrback(
-                    lambda f: log.warn(
-                        "sending the cache index to Redis failed: {e}", e=f.getErrorMessage()
+                    lambda f: log_redis(
+                        log,
+                        f.value,
+                        "sending the cache index to Redis failed: {e}",
+                        e=f.getErrorMessage(),
                     )
                 )
                 return d
