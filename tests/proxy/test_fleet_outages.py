@@ -12,10 +12,11 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
+from tests.e2e.harness import RegistryProcess
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import reactor, wait_until
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
-from tests.proxy.test_fleet import Fleet, blob_url, fake, start_pull  # noqa: F401
+from tests.proxy.test_fleet import Fleet, blob_url, fake, run_twistd, start_pull  # noqa: F401
 from tests.storage.s3server import S3Server
 
 LAYER = 1024 * 1024
@@ -153,3 +154,47 @@ async def test_a_hung_redis_fails_fast_and_is_logged_once_each_way(
     assert log.count(back) == 1, log[-3000:]
     for noise in ("sending the cache index to Redis failed", "flush failed", "Traceback"):
         assert noise not in log, log[-3000:]
+
+
+def test_fleet_and_solo_instances_never_share_a_cache_storage(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """An instance without [redis] on a fleet's storage is refused with one line naming the
+    fleet's instance; a fleet instance on a solo instance's storage likewise."""
+    data = tmp_path / "shared"
+    hub = {"proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"}}
+    storage = {"storage": {"rootdirectory": str(data)}}
+    fleet_sections = {
+        **hub,
+        **storage,
+        "redis": {"addr": redis_server.addr},
+        "fleet": {"instance": "cache-7"},
+    }
+    workdir = tmp_path / "fleet"
+    workdir.mkdir()
+    member = RegistryProcess(workdir, fleet_sections)
+    member.start()
+    try:
+        result = run_twistd(tmp_path, hub, "--storage", str(data))
+        assert result.returncode == 1, result.stdout[-2000:]
+        [line] = result.stderr.splitlines()
+        assert line.startswith("txregistry: txregistry fleet instance cache-7 (host "), line
+        assert str(data) in line
+        assert "Traceback" not in result.stdout
+    finally:
+        member.stop()
+
+    workdir = tmp_path / "solo"
+    workdir.mkdir()
+    solo = RegistryProcess(workdir, {**hub, **storage})
+    solo.start()
+    try:
+        result = run_twistd(tmp_path, fleet_sections)
+        assert result.returncode == 1, result.stdout[-2000:]
+        [line] = result.stderr.splitlines()
+        assert line.startswith("txregistry: a txregistry instance without [redis] (host "), line
+        assert f"pid {solo.pid}," in line
+        assert "Traceback" not in result.stdout
+    finally:
+        solo.stop()

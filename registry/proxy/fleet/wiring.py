@@ -131,6 +131,9 @@ class FleetSetup:
                 tls=peer_tls(config.fleet),
             )
             setup.fleet = Fleet(redis, leases, peers, name, reactor)
+            if driver.name != "inmemory":
+                where = storage_description(config.storage)
+                setup.marker = InstanceMarker(driver, where, fleet=name)
         elif driver.name != "inmemory":
             setup.marker = InstanceMarker(driver, storage_description(config.storage))
         return setup
