@@ -43,12 +43,13 @@ from registry.api.errors import (
     ErrorCode,
     RegistryError,
 )
+from registry.api.names import NAME_RE, is_valid_name
 from registry.client._bounded import BoundedMap
 from registry.client._inflight import Inflight, Overloaded
 from registry.failures import log_failure
 from registry.manifests import stored_media_type
 from registry.manifests.references import manifest_refs
-from registry.proxy.config import MAX_INFLIGHT, ProxyConfig
+from registry.proxy.config import MAX_INFLIGHT, ProxyConfig, looks_like_host
 from registry.proxy.errors import (
     UpstreamBadResponse,
     UpstreamError,
@@ -58,6 +59,7 @@ from registry.proxy.errors import (
 )
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
 from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable, StoredMeanwhile
+from registry.proxy.fleet._redis import log_redis
 from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.index import HOT_ENTRIES, FleetIndex
 from registry.proxy.fleet.ledger import Ledger
@@ -73,6 +75,7 @@ from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageEr
 from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
 from registry.storage.manifests import StoredManifest
+from registry.storage.repositories import holds_repository
 from registry.storage.tags import TagStore
 
 log = Logger()
@@ -328,7 +331,9 @@ class ProxyCache:
             try:
                 self.fleet_index().size = await self.ledger.remove([victim])
             except RedisUnavailable as exc:
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
         log.info(
             "proxy {upstream}: cached {digest} has no data: forgotten ({size} bytes)",
             upstream=self.name,
@@ -435,7 +440,9 @@ class ProxyCache:
                     return True
             except RedisUnavailable as exc:
                 # Evictions claim what they delete in Redis too: none can delete it now.
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
                 return True
             if self.now() >= deadline:
                 break
@@ -780,7 +787,9 @@ class ProxyCache:
             if isinstance(exc, UpstreamError):
                 self._upstream_failed("blob GET", upstream, str(digest), exc)
             elif isinstance(exc, RedisUnavailable):
-                log.warn(
+                log_redis(
+                    log,
+                    exc,
                     "proxy {upstream}: no fill lease for {digest}: Redis: {error}",
                     upstream=self.name,
                     digest=str(digest),
@@ -1030,7 +1039,9 @@ class ProxyCache:
                 try:
                     count, _granted = await self._evict_fleet(self.ledger)
                 except RedisUnavailable as exc:  # the next round tries again
-                    log.warn(
+                    log_redis(
+                        log,
+                        exc,
                         "proxy {upstream}: no eviction, Redis: {error}",
                         upstream=self.name,
                         error=str(exc),
@@ -1074,7 +1085,9 @@ class ProxyCache:
                 async with self._eviction_lock:
                     granted = await self._admit(str(fill.digest), size, limit)
             except RedisUnavailable as exc:
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
                 break
             if granted:
                 return True
@@ -1105,7 +1118,9 @@ class ProxyCache:
                 async with self._eviction_lock:
                     granted = await self._admit(key, size, limit)
             except RedisUnavailable as exc:
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
                 return False
             remaining = deadline - self.now()
             if granted is not None or remaining <= 0:
@@ -1144,7 +1159,9 @@ class ProxyCache:
             else:
                 await self.ledger.unreserve(digest)
         except RedisUnavailable as exc:  # released by the next push, or lapses
-            log.warn(
+            log_redis(
+                log,
+                exc,
                 "proxy {upstream}: releasing the room reserved for {digest}: Redis: {error}",
                 upstream=self.name,
                 digest=digest,
@@ -1366,7 +1383,9 @@ class ProxyCache:
             try:  # before any fill here: no other instance sweeps them
                 await self.ledger.beat()
             except RedisUnavailable as exc:
-                log.warn("proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc))
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(self.fills_dir)
         await self._sweep_quietly()
@@ -1411,11 +1430,113 @@ class ProxyCache:
                 instance=name,
             )
 
+    # -- a fleet's index rebuilt from storage
+
+    def _mine(self, name: str) -> bool:
+        """Whether repository ``name`` is where this cache stores what it caches."""
+        prefix = self.config.prefix
+        if prefix:
+            return name.startswith(prefix + "/")
+        for peer in self.peers:
+            other = peer.config.prefix
+            if peer is not self and other and name.startswith(other + "/"):
+                return False
+        return self.config.default and not looks_like_host(name.split("/", 1)[0])
+
+    async def _children(self, path: str) -> list[str]:
+        try:
+            return list(await self.driver.list(path))
+        except PathNotFoundError:
+            return []
+
+    async def _repositories(self) -> list[str]:
+        """This cache's repositories in storage (breadth first, ``_`` folders not entered)."""
+        prefix = self.config.prefix
+        found: list[str] = []
+        frontier = [prefix] if prefix else [""]
+        while frontier:  # bounded: each level is a listing of the storage's folders
+            next_frontier: list[str] = []
+            for name in frontier:
+                path = layout.repository(name) if name else layout.REPOSITORIES
+                children = await self._children(path)
+                if name and holds_repository(children) and self._mine(name):
+                    found.append(name)
+                for child in children:
+                    if child.startswith("_") or NAME_RE.fullmatch(child) is None:
+                        continue
+                    deeper = f"{name}/{child}" if name else child
+                    if is_valid_name(deeper):
+                        next_frontier.append(deeper)
+            frontier = next_frontier
+        return sorted(found)
+
+    async def _linked(self, folder: str) -> list[Digest]:
+        """The digests of ``folder``'s ``<algorithm>/<hex>`` entries."""
+        digests: list[Digest] = []
+        for algorithm in await self._children(folder):
+            for hex_ in await self._children(f"{folder}/{algorithm}"):
+                try:
+                    digests.append(Digest.parse(f"{algorithm}:{hex_}"))
+                except ValueError:
+                    continue
+        return digests
+
+    async def reregister(self) -> None:
+        """Redis lost the fleet's index (restarted empty, flushed) or never had it: register
+        everything this cache holds in storage (each repository's ``_layers`` links with the
+        blobs' sizes, its manifest revisions with their references), so that the total counts
+        it and eviction can delete it again; then say the index is whole (the epoch key)."""
+        ledger = self.ledger
+        if ledger is None:
+            return
+        index = self.fleet_index()
+        blobs = manifests = size = 0
+        for name in await self._repositories():
+            now = self.now()
+            for digest in await self._linked(layout.layers_dir(name)):
+                info = await self.blobs.exists(digest)
+                if info is None:
+                    continue
+                await index.add_blob(name, str(digest), info.size, now)
+                blobs += 1
+                size += info.size
+            for digest in await self._linked(layout.revisions_dir(name)):
+                try:
+                    body = await self.driver.get_content(layout.blob_data(digest))
+                except PathNotFoundError:
+                    continue
+                await index.add_manifest(name, str(digest), len(body), _refs(body), now)
+                manifests += 1
+                size += len(body)
+            await ledger.push(index, now)  # a repository at a time: batches stay small
+        await ledger.established()
+        ledger.lost = False
+        if blobs or manifests:
+            log.warn(
+                "proxy {upstream}: Redis had no record of this cache (restarted empty or "
+                "flushed?): registered {blobs} blobs and {manifests} manifests ({size} bytes) "
+                "from storage again",
+                upstream=self.name,
+                blobs=blobs,
+                manifests=manifests,
+                size=size,
+            )
+
     # -- logging
 
     def _upstream_failed(self, what: str, upstream: str, ref: str, exc: UpstreamError) -> None:
-        if not isinstance(exc, UpstreamNotFound):
-            self.stats.upstream_errors += 1
+        if isinstance(exc, UpstreamNotFound):
+            # An answer, not a failure: any client can ask for digests nobody has, and a
+            # warning per such request would drown the log.
+            log.debug(
+                "proxy {upstream}: {what} {name}:{ref}: not found upstream",
+                upstream=self.name,
+                what=what,
+                name=upstream,
+                ref=ref,
+            )
+            return
+        self.stats.upstream_errors += 1
         log.warn(
             "proxy {upstream}: {what} {name}:{ref} failed: {reason}",
             upstream=self.name,

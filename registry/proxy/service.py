@@ -30,6 +30,7 @@ from registry.ops.metrics import Metrics, Sample
 from registry.proxy import spool as spool_files
 from registry.proxy.cache import Limits, ProxyCache
 from registry.proxy.config import ProxyConfig, parse_proxies
+from registry.proxy.fleet._redis import RedisUnavailable, log_redis
 from registry.proxy.fleet.wiring import FleetSetup
 from registry.proxy.index import ICacheIndex, MemoryIndex
 from registry.proxy.routing import (
@@ -108,8 +109,14 @@ class ProxyService(MultiService):
                 await self._started
             await call()
 
+        def failed(f: Failure) -> None:
+            if f.check(RedisUnavailable):  # one line: Redis away is no defect
+                log_redis(log, f.value, "proxy {what} failed: {e}", what=what, e=str(f.value))
+            else:
+                log_failure(log, f, "proxy {what} failed", what=what)
+
         d = Deferred.fromCoroutine(run())
-        d.addErrback(lambda f: log_failure(log, f, "proxy {what} failed", what=what))
+        d.addErrback(failed)
         return d
 
     def _log_summary(self, cache: ProxyCache) -> None:
@@ -122,6 +129,14 @@ class ProxyService(MultiService):
             for cache in self.caches:
                 try:
                     await cache.flush_state()
+                except RedisUnavailable as exc:
+                    log_redis(
+                        log,
+                        exc,
+                        "proxy {upstream}: sending the cache index to Redis failed: {e}",
+                        upstream=cache.name,
+                        e=str(exc),
+                    )
                 except Exception:
                     log_failure(
                         log,

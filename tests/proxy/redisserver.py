@@ -39,6 +39,11 @@ class RedisServer:
             sock.sendall(request)
             return sock.recv(65536)
 
+    def restart(self, timeout: float = 20.0) -> None:
+        """Kill Redis and start it again on the same port, empty (nothing is persisted)."""
+        self.stop()
+        self.process = start_redis(self.workdir, timeout, port=self.port).process
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -57,9 +62,9 @@ def require_redis() -> str:
     return found
 
 
-def start_redis(workdir: Path, timeout: float = 20.0) -> RedisServer:
+def start_redis(workdir: Path, timeout: float = 20.0, port: int | None = None) -> RedisServer:
     binary = require_redis()
-    port = free_port()
+    port = port or free_port()
     command = [
         binary,
         "--port",

@@ -21,7 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from registry.api.digests import Digest
-from registry.proxy.fleet._redis import FleetRedis
+from registry.proxy.fleet._redis import FleetRedis, log_redis
 
 log = Logger()
 
@@ -150,7 +150,13 @@ class FillLeases:
             try:
                 renewed = await self.redis.script(_RENEW, [key], [value, self.ttl_ms])
             except Exception as exc:  # Redis down for a moment: the next round tries again
-                log.warn("renewing the fill lease {key} failed: {error}", key=key, error=str(exc))
+                log_redis(
+                    log,
+                    exc,
+                    "renewing the fill lease {key} failed: {error}",
+                    key=key,
+                    error=str(exc),
+                )
                 continue
             if not renewed and key in self._held:
                 # Expired (this process was stalled longer than the lease): another instance

@@ -29,7 +29,13 @@ sends them every second in one pipeline (not one command per request).  Per cach
   (`ProxyCache.sweep_dead_fills`); ``txregistry:instances:C`` (set): the instances that
   started, until their leftovers are removed;
 - ``txregistry:evicting:C:<digest>``: a blob being deleted by an eviction (expires by itself
-  if that instance dies).
+  if that instance dies);
+- ``txregistry:epoch:C``: written once the index holds everything cached.  Every push checks
+  it first (`_ESTABLISH`): when it is missing, Redis lost the fleet's state (restarted empty,
+  flushed) or never had it, and the instance whose push found it missing (one: the script
+  sets it) re-registers the whole cache from storage (its repositories' ``_layers`` and
+  manifest revisions), then makes the key permanent.  Until then it expires after
+  ``lock_ttl``, so another instance rebuilds if that one dies meanwhile.
 
 A cached blob is never deleted under a read that has begun on any instance.  The in-use marks
 above are sent in batches, so they alone would leave a second in which another instance's
@@ -194,6 +200,16 @@ return redis.call('GET', KEYS[3])
 
 _TOTAL = _ENTRIES + "return redis.call('GET', KEYS[3])"
 
+# KEYS: the epoch key; ARGV: this instance, how long its rebuild may take (ms).  1: the key
+# was missing (Redis lost the fleet's state, or never had it): this instance rebuilds.
+_ESTABLISH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], 'rebuilding ' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 
 @attrs.frozen
 class Entry:
@@ -240,6 +256,9 @@ class Ledger:
     # every push; and those to remove with the next push, after their index entries.
     _reserved: dict[str, str] = attrs.field(factory=dict)
     _releasing: dict[str, str] = attrs.field(factory=dict)
+    # Set by a push that found the epoch key missing (and set it): this instance must
+    # re-register the cache from storage (`registry.proxy.cache.ProxyCache.reregister`).
+    lost: bool = False
 
     @property
     def index_key(self) -> str:
@@ -260,6 +279,10 @@ class Ledger:
     @property
     def lock_key(self) -> str:
         return f"txregistry:evict:{self.cache}"
+
+    @property
+    def epoch_key(self) -> str:
+        return f"txregistry:epoch:{self.cache}"
 
     @property
     def total_key(self) -> str:
@@ -313,9 +336,13 @@ class Ledger:
         if not (adding or touched or in_use or released or beat or reserved or releasing):
             return
         add = self.redis.registered(_ADD)
+        establish = self.redis.registered(_ESTABLISH)
+        rebuild_ms = max(1, int(self.lock_ttl * 1000))
 
         def send(client: Any) -> Any:
             pipe = client.pipeline(transaction=False)
+            # First, before this push adds anything: is the fleet's state still there?
+            establish(keys=[self.epoch_key], args=[self.instance, rebuild_ms], client=pipe)
             if adding:
                 add(keys=self._entry_keys, args=args, client=pipe)
             if touched:  # only entries still cached: an evicted one is not brought back
@@ -341,8 +368,15 @@ class Ledger:
             self._releasing.update(releasing)
             raise
         self._marked = set(in_use)
+        if int(replies[0]) == 1:
+            self.lost = True
         if adding:
-            index.size = int(replies[0])
+            index.size = int(replies[1])
+
+    async def established(self) -> None:
+        """The cache's entries were all re-registered: the epoch key stays (no expiry)."""
+        value = f"{self.instance}"
+        await self.redis.run(lambda r: r.set(self.epoch_key, value))
 
     async def state(self, now: float) -> tuple[int, dict[str, int], Counter[str]]:
         """The fleet's total (bytes of every cached entry), the room reserved by fills in

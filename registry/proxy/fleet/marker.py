@@ -42,6 +42,9 @@ from registry.storage.driver import IStorageDriver, PathNotFoundError
 log = Logger()
 
 MARKER = f"{layout.OWN}/proxy/instance.json"
+# Written by the instances of a fleet (with [redis]), whichever beat last: an instance
+# without [redis] is refused on their storage, as a fleet instance is on a solo one's.
+FLEET_MARKER = f"{layout.OWN}/proxy/fleet.json"
 HEARTBEAT = 10.0
 STALE_AFTER = 3 * HEARTBEAT
 
@@ -56,15 +59,27 @@ class InstanceMarker:
     host: str = attrs.field(factory=socket.gethostname)
     pid: int = attrs.field(factory=os.getpid)
     claimed: bool = False
+    # This instance's name when it is part of a fleet ([redis]); empty for a solo instance.
+    fleet: str = ""
+
+    @property
+    def path(self) -> str:
+        return FLEET_MARKER if self.fleet else MARKER
 
     def _document(self) -> bytes:
-        return json.dumps(
-            {"id": self.ident, "host": self.host, "pid": self.pid, "heartbeat": self.clock.time()}
-        ).encode()
+        document = {
+            "id": self.ident,
+            "host": self.host,
+            "pid": self.pid,
+            "heartbeat": self.clock.time(),
+        }
+        if self.fleet:
+            document["instance"] = self.fleet
+        return json.dumps(document).encode()
 
-    async def _read(self) -> dict[str, Any] | None:
+    async def _read(self, path: str | None = None) -> dict[str, Any] | None:
         try:
-            value = json.loads(await self.driver.get_content(MARKER))
+            value = json.loads(await self.driver.get_content(path or self.path))
         except (PathNotFoundError, ValueError):
             return None
         return value if isinstance(value, dict) else None
@@ -80,6 +95,26 @@ class InstanceMarker:
 
     async def claim(self) -> None:
         """Write our marker, or raise StartupError naming the instance that holds it."""
+        mixed = await self._read(MARKER if self.fleet else FLEET_MARKER)
+        if mixed is not None and self._alive(mixed):
+            age = self.clock.time() - float(mixed.get("heartbeat", 0))
+            if self.fleet:
+                raise StartupError(
+                    f"a txregistry instance without [redis] (host {mixed.get('host')}, pid "
+                    f"{mixed.get('pid')}, heartbeat {max(age, 0):.0f}s ago) serves the "
+                    f"pull-through cache in {self.where}; a fleet instance cannot share it "
+                    "(stop it, or give it the same [redis]); docs/proxy.md"
+                )
+            raise StartupError(
+                f"txregistry fleet instance {mixed.get('instance')} (host {mixed.get('host')}, "
+                f"pid {mixed.get('pid')}, heartbeat {max(age, 0):.0f}s ago) serves the "
+                f"pull-through cache in {self.where} with [redis]; an instance without "
+                "[redis] cannot share it (configure the same [redis]); docs/proxy.md"
+            )
+        if self.fleet:
+            await self.driver.put_content(self.path, self._document())
+            self.claimed = True
+            return
         other = await self._read()
         if other is not None and other.get("id") != self.ident and self._alive(other):
             age = self.clock.time() - float(other.get("heartbeat", 0))
@@ -89,11 +124,14 @@ class InstanceMarker:
                 "instances share a cache only with [redis] (docs/proxy.md); if that instance "
                 f"is gone, start again after {self.heartbeat * 3:.0f}s"
             )
-        await self.driver.put_content(MARKER, self._document())
+        await self.driver.put_content(self.path, self._document())
         self.claimed = True
 
     async def beat(self) -> None:
         if not self.claimed:
+            return
+        if self.fleet:  # the fleet's instances take turns writing it
+            await self.driver.put_content(self.path, self._document())
             return
         other = await self._read()
         if other is not None and other.get("id") != self.ident and self._alive(other):
@@ -105,7 +143,7 @@ class InstanceMarker:
                 where=self.where,
             )
             return
-        await self.driver.put_content(MARKER, self._document())
+        await self.driver.put_content(self.path, self._document())
 
     async def release(self) -> None:
         if not self.claimed:
@@ -114,7 +152,7 @@ class InstanceMarker:
         other = await self._read()
         if other is None or other.get("id") == self.ident:
             with contextlib.suppress(PathNotFoundError):
-                await self.driver.delete(MARKER)
+                await self.driver.delete(self.path)
 
     def service(self) -> TimerService:
         from twisted.internet.defer import Deferred

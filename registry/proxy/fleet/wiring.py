@@ -35,7 +35,7 @@ from registry.http.tls import (
 )
 from registry.proxy.fill import Fill
 from registry.proxy.fleet import Fleet, instance_name
-from registry.proxy.fleet._redis import FleetRedis, RedisUnavailable
+from registry.proxy.fleet._redis import FleetRedis, RedisUnavailable, log_redis
 from registry.proxy.fleet.lease import FillLeases
 from registry.proxy.fleet.marker import InstanceMarker
 from registry.proxy.fleet.peer import PeerClient, PeerResource, PeerTLS
@@ -131,6 +131,9 @@ class FleetSetup:
                 tls=peer_tls(config.fleet),
             )
             setup.fleet = Fleet(redis, leases, peers, name, reactor)
+            if driver.name != "inmemory":
+                where = storage_description(config.storage)
+                setup.marker = InstanceMarker(driver, where, fleet=name)
         elif driver.name != "inmemory":
             setup.marker = InstanceMarker(driver, storage_description(config.storage))
         return setup
@@ -140,6 +143,28 @@ class FleetSetup:
         if self.fleet is not None:
             self.fleet.redis.setServiceParent(parent)  # type: ignore[no-untyped-call]
 
+            rebuilding: set[str] = set()
+
+            def rebuild(cache: Any) -> None:
+                """Re-register ``cache`` from storage in the background (the pushes go on)."""
+                rebuilding.add(cache.name)
+
+                def failed(f: Any) -> None:
+                    # The epoch key lapses (lock_ttl): a later push, here or elsewhere,
+                    # tries again.
+                    cache.ledger.lost = False
+                    log_redis(
+                        log,
+                        f.value,
+                        "proxy {upstream}: registering the cache from storage in Redis failed: {e}",
+                        upstream=cache.name,
+                        e=f.getErrorMessage(),
+                    )
+
+                d = Deferred.fromCoroutine(cache.reregister())
+                d.addErrback(failed)
+                d.addBoth(lambda _: rebuilding.discard(cache.name))
+
             def push() -> Deferred[None]:
                 async def run() -> None:
                     if not self.ready.called:
@@ -148,14 +173,19 @@ class FleetSetup:
                         if cache.ledger is not None:
                             index = cache.fleet_index()
                             await cache.ledger.push(index, cache.now(), beat=True)
+                            if cache.ledger.lost and cache.name not in rebuilding:
+                                rebuild(cache)
                             # What /metrics and the UI report: the fleet's total, whichever
                             # instance stored it (at most a push interval old).
                             index.size = await cache.ledger.size()
 
                 d = Deferred.fromCoroutine(run())
                 d.addErrback(
-                    lambda f: log.warn(
-                        "sending the cache index to Redis failed: {e}", e=f.getErrorMessage()
+                    lambda f: log_redis(
+                        log,
+                        f.value,
+                        "sending the cache index to Redis failed: {e}",
+                        e=f.getErrorMessage(),
                     )
                 )
                 return d

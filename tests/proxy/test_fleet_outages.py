@@ -1,0 +1,200 @@
+"""
+A fleet's Redis lost, hung or gone for a while: three twistd instances on SeaweedFS with a real
+Redis, in front of the fake upstream.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+
+from tests.e2e.harness import RegistryProcess
+from tests.fakes.upstream import FakeUpstream
+from tests.proxy.helpers import reactor, wait_until
+from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.proxy.test_fleet import Fleet, blob_url, fake, run_twistd, start_pull  # noqa: F401
+from tests.storage.s3server import S3Server
+
+LAYER = 1024 * 1024
+TOTAL = "txregistry:total:hub"
+
+
+def redis_int(server: RedisServer, *command: str) -> int | None:
+    """An integer reply, or a bulk string holding one; None for a missing key."""
+    reply = server.command(*command)
+    if reply.startswith(b"$-1"):
+        return None
+    if reply.startswith(b":"):
+        return int(reply[1:].split(b"\r\n")[0])
+    return int(reply.split(b"\r\n")[1])
+
+
+def rebuilt_lines(running: Fleet) -> list[str]:
+    return [
+        line
+        for instance in running.instances
+        for line in instance.log_text().splitlines()
+        if "Redis had no record of this cache" in line
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restarted_empty_the_cache_is_registered_again_from_storage(
+    tmp_path: Path,
+    s3_server: S3Server,
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,  # noqa: F811
+) -> None:
+    """Three layers cached; Redis restarts empty: the fleet's total comes back (counted from
+    storage by one instance, with one line saying so) without any layer being read again, so
+    later fills evict them and the storage stays under max_size.  The same when the whole
+    fleet starts on a Redis that is empty while the storage holds the cache."""
+    limit = 4 * LAYER + LAYER // 2
+    running = Fleet(tmp_path, s3_server, redis_server, fake.url, max_size=str(limit))
+    running.start()
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [LAYER] * 6)
+        digests = [layer.digest for layer in image.layers]
+        for n, digest in enumerate(digests[:3]):
+            pull = await start_pull(blob_url(running.instances[n % 3], digest))
+            await pull.done
+            assert pull.digest == digest
+        await wait_until(lambda: redis_int(redis_server, "GET", TOTAL) == 3 * LAYER, within=30)
+
+        redis_server.restart()
+        assert redis_int(redis_server, "GET", TOTAL) is None
+        await wait_until(lambda: redis_int(redis_server, "GET", TOTAL) == 3 * LAYER, within=60)
+        assert redis_int(redis_server, "HLEN", "txregistry:index:hub") == 3
+        await wait_until(lambda: len(rebuilt_lines(running)) == 1, within=30)
+        assert "registered 3 blobs and 0 manifests" in rebuilt_lines(running)[0]
+
+        # Cold layers are counted: the new fills evict them, and the bucket fits max_size.
+        for n, digest in enumerate(digests[3:]):
+            pull = await start_pull(blob_url(running.instances[n % 3], digest))
+            await pull.done
+            assert (pull.code, pull.digest) == (200, digest)
+        await wait_until(lambda: running.stored_blob_bytes() <= limit, within=60)
+        stored = running.stored_blob_bytes()
+        await wait_until(lambda: redis_int(redis_server, "GET", TOTAL) == stored, within=30)
+    finally:
+        running.stop()
+
+    # The whole fleet starts on an empty Redis, the storage holding the cache.
+    redis_server.command("FLUSHALL")
+    running.start()
+    try:
+        await wait_until(lambda: redis_int(redis_server, "GET", TOTAL) == stored, within=60)
+        assert len(rebuilt_lines(running)) == 2
+    finally:
+        running.stop()
+
+
+async def _pull(url: str) -> tuple[int, str]:
+    pull = await start_pull(url)
+    assert pull.done is not None
+    await pull.done
+    return pull.code, pull.digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hung_redis_fails_fast_and_is_logged_once_each_way(
+    tmp_path: Path,
+    s3_server: S3Server,
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,  # noqa: F811
+) -> None:
+    """Redis hung (SIGSTOP) under 40 concurrent GETs of a cached layer, two connections in
+    the pool: once a command has timed out, the others do not queue behind it for the pool
+    (each for its own read timeout): every GET is answered from the cache while Redis is
+    still stopped.  The log says once that Redis is away and once that it is back; the
+    periodic pushes and flushes add nothing (no traceback, no line a second)."""
+    running = Fleet(
+        tmp_path,
+        s3_server,
+        redis_server,
+        fake.url,
+        size=1,
+        redis_keys={"readtimeout": "2s", "writetimeout": "2s", "pool_maxactive": "2"},
+        flush_interval="1s",
+    )
+    running.start()
+    (instance,) = running.instances
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [LAYER])
+        digest = image.layers[0].digest
+        assert await _pull(blob_url(instance, digest)) == (200, digest)
+        indexed = ("HEXISTS", "txregistry:index:hub", f"b|{digest}")
+        await wait_until(lambda: redis_int(redis_server, *indexed) == 1, within=30)
+
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            pulls = gatherResults(
+                [Deferred.fromCoroutine(_pull(blob_url(instance, digest))) for _ in range(40)]
+            )
+            pulls.addTimeout(30, reactor)  # generous: the bound, not a measure
+            answers = await pulls
+            assert answers == [(200, digest)] * 40
+            away = "Redis at " + redis_server.addr + " is not answering"
+            await wait_until(lambda: away in instance.log_text(), within=30)
+            await deferLater(reactor, 3, lambda: None)  # pushes and flushes meanwhile
+            assert redis_server.process.poll() is None  # still there, still stopped
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        back = f"Redis at {redis_server.addr} answers again"
+        await wait_until(lambda: back in instance.log_text(), within=30)
+        assert await _pull(blob_url(instance, digest)) == (200, digest)
+    finally:
+        running.stop()
+    log = instance.log_text()
+    assert log.count(away) == 1, log[-3000:]
+    assert log.count(back) == 1, log[-3000:]
+    for noise in ("sending the cache index to Redis failed", "flush failed", "Traceback"):
+        assert noise not in log, log[-3000:]
+
+
+def test_fleet_and_solo_instances_never_share_a_cache_storage(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """An instance without [redis] on a fleet's storage is refused with one line naming the
+    fleet's instance; a fleet instance on a solo instance's storage likewise."""
+    data = tmp_path / "shared"
+    hub = {"proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"}}
+    storage = {"storage": {"rootdirectory": str(data)}}
+    fleet_sections = {
+        **hub,
+        **storage,
+        "redis": {"addr": redis_server.addr},
+        "fleet": {"instance": "cache-7"},
+    }
+    workdir = tmp_path / "fleet"
+    workdir.mkdir()
+    member = RegistryProcess(workdir, fleet_sections)
+    member.start()
+    try:
+        result = run_twistd(tmp_path, hub, "--storage", str(data))
+        assert result.returncode == 1, result.stdout[-2000:]
+        [line] = result.stderr.splitlines()
+        assert line.startswith("txregistry: txregistry fleet instance cache-7 (host "), line
+        assert str(data) in line
+        assert "Traceback" not in result.stdout
+    finally:
+        member.stop()
+
+    workdir = tmp_path / "solo"
+    workdir.mkdir()
+    solo = RegistryProcess(workdir, {**hub, **storage})
+    solo.start()
+    try:
+        result = run_twistd(tmp_path, fleet_sections)
+        assert result.returncode == 1, result.stdout[-2000:]
+        [line] = result.stderr.splitlines()
+        assert line.startswith("txregistry: a txregistry instance without [redis] (host "), line
+        assert f"pid {solo.pid}," in line
+        assert "Traceback" not in result.stdout
+    finally:
+        solo.stop()
