@@ -43,7 +43,6 @@ from registry.api.errors import (
     ErrorCode,
     RegistryError,
 )
-from registry.api.names import NAME_RE, is_valid_name
 from registry.client._bounded import BoundedMap
 from registry.client._inflight import Inflight, Overloaded
 from registry.failures import log_failure
@@ -74,8 +73,8 @@ from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
+from registry.storage.listing import digest_folders
 from registry.storage.manifests import StoredManifest
-from registry.storage.repositories import holds_repository
 from registry.storage.tags import TagStore
 
 log = Logger()
@@ -1443,43 +1442,10 @@ class ProxyCache:
                 return False
         return self.config.default and not looks_like_host(name.split("/", 1)[0])
 
-    async def _children(self, path: str) -> list[str]:
-        try:
-            return list(await self.driver.list(path))
-        except PathNotFoundError:
-            return []
-
     async def _repositories(self) -> list[str]:
-        """This cache's repositories in storage (breadth first, ``_`` folders not entered)."""
-        prefix = self.config.prefix
-        found: list[str] = []
-        frontier = [prefix] if prefix else [""]
-        while frontier:  # bounded: each level is a listing of the storage's folders
-            next_frontier: list[str] = []
-            for name in frontier:
-                path = layout.repository(name) if name else layout.REPOSITORIES
-                children = await self._children(path)
-                if name and holds_repository(children) and self._mine(name):
-                    found.append(name)
-                for child in children:
-                    if child.startswith("_") or NAME_RE.fullmatch(child) is None:
-                        continue
-                    deeper = f"{name}/{child}" if name else child
-                    if is_valid_name(deeper):
-                        next_frontier.append(deeper)
-            frontier = next_frontier
-        return sorted(found)
-
-    async def _linked(self, folder: str) -> list[Digest]:
-        """The digests of ``folder``'s ``<algorithm>/<hex>`` entries."""
-        digests: list[Digest] = []
-        for algorithm in await self._children(folder):
-            for hex_ in await self._children(f"{folder}/{algorithm}"):
-                try:
-                    digests.append(Digest.parse(f"{algorithm}:{hex_}"))
-                except ValueError:
-                    continue
-        return digests
+        """This cache's repositories in storage."""
+        names = await Catalog(self.driver).walk(under=self.config.prefix)
+        return [name for name in names if self._mine(name)]
 
     async def reregister(self) -> None:
         """Redis lost the fleet's index (restarted empty, flushed) or never had it: register
@@ -1493,14 +1459,14 @@ class ProxyCache:
         blobs = manifests = size = 0
         for name in await self._repositories():
             now = self.now()
-            for digest in await self._linked(layout.layers_dir(name)):
+            for digest in await digest_folders(self.driver, layout.layers_dir(name)):
                 info = await self.blobs.exists(digest)
                 if info is None:
                     continue
                 await index.add_blob(name, str(digest), info.size, now)
                 blobs += 1
                 size += info.size
-            for digest in await self._linked(layout.revisions_dir(name)):
+            for digest in await digest_folders(self.driver, layout.revisions_dir(name)):
                 try:
                     body = await self.driver.get_content(layout.blob_data(digest))
                 except PathNotFoundError:

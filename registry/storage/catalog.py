@@ -203,15 +203,16 @@ class Catalog:
     async def _list_many(self, paths: Sequence[str]) -> list[list[str]]:
         return await bounded_map(self._children, paths, self.concurrency)
 
-    async def walk(self) -> list[str]:
+    async def walk(self, under: str = "") -> list[str]:
         """
-        Every repository under ``repositories/``, sorted, found the registry:2 way: a folder
-        is a repository when it holds ``_manifests`` or ``_layers``; names may
-        have many components (and a repository may sit inside another), but ``_`` folders are
-        never entered.  Breadth first, a level's listings run concurrently.
+        Every repository under ``repositories/`` (or under ``repositories/<under>``), sorted,
+        found the registry:2 way: a folder is a repository when it holds ``_manifests`` or
+        ``_layers``; names may have many components (and a repository may sit inside
+        another), but ``_`` folders are never entered.  Breadth first, a level's listings run
+        concurrently.
         """
         found: list[str] = []
-        frontier = [""]
+        frontier = [under]
         while frontier:
             paths = [
                 f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES

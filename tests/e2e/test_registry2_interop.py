@@ -12,7 +12,7 @@ import pytest_twisted
 import treq
 
 from registry.api import mediatypes as mt
-from tests.e2e.client import get, header, push_blob, start_upload
+from tests.e2e.client import get, header, start_upload
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import sleep, write_config
 from tests.e2e.ocilayout import Layout, read_index_digest
@@ -21,6 +21,29 @@ from tests.manifests import samples
 from tests.ops.test_cli import cli
 
 NO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+
+
+async def push_signed_image(url: str, name: str, signature_blob: bytes) -> tuple[bytes, bytes]:
+    """An image tagged ``v1`` and an artifact whose subject it is, pushed the way both
+    registries take them (each blob in two steps: POST, then PUT with the body); returns the
+    image's and the artifact's manifests."""
+    subject = samples.oci_image(layers=(samples.LAYER_1,))
+    signature = samples.artifact(subject, blob=signature_blob)
+    for blob in (samples.CONFIG, samples.LAYER_1, mt.OCI_EMPTY_CONTENT, signature_blob):
+        location = await start_upload(url, name)
+        response = await treq.put(
+            f"{location}{'&' if '?' in location else '?'}digest={samples.sha256(blob)}",
+            data=blob,
+        )
+        assert response.code == 201, await response.text()
+    for reference, body in (("v1", subject), (samples.sha256(signature), signature)):
+        response = await treq.put(
+            f"{url}/v2/{name}/manifests/{reference}",
+            data=body,
+            headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+        )
+        assert response.code == 201, await response.text()
+    return subject, signature
 
 
 @pytest_twisted.ensureDeferred
@@ -141,22 +164,7 @@ async def test_manifests_registry2_deleted_are_gone_for_gc_and_referrers(
     root.mkdir()
     registry = await start_registry({"storage": {"rootdirectory": str(root)}})
     url, name = registry.url, "app/signed"
-    subject = samples.oci_image(layers=(samples.LAYER_1,))
-    signature = samples.artifact(subject, blob=b"a signature registry:2 deletes")
-    for blob in (
-        samples.CONFIG,
-        samples.LAYER_1,
-        mt.OCI_EMPTY_CONTENT,
-        b"a signature registry:2 deletes",
-    ):
-        await push_blob(url, name, blob)
-    for reference, body in (("v1", subject), (samples.sha256(signature), signature)):
-        response = await treq.put(
-            f"{url}/v2/{name}/manifests/{reference}",
-            data=body,
-            headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
-        )
-        assert response.code == 201, await response.text()
+    subject, signature = await push_signed_image(url, name, b"a signature registry:2 deletes")
     await registry.stop()
 
     registry2 = Registry2Process(tmp_path, root)
@@ -202,27 +210,12 @@ async def test_referrers_registry2_pushed_are_answered_from_the_first_start(
     root = tmp_path / "shared-root"
     root.mkdir()
     name = "from/registry2"
-    subject = samples.oci_image(layers=(samples.LAYER_1,))
-    signature = samples.artifact(subject)
     registry2 = Registry2Process(tmp_path, root)
     registry2.start()
     try:
-        url = f"http://{registry2.host}"
-        for blob in (samples.CONFIG, samples.LAYER_1, mt.OCI_EMPTY_CONTENT, samples.SIGNATURE):
-            # registry:2 takes a blob in two steps (POST, then PUT with the body).
-            location = await start_upload(url, name)
-            response = await treq.put(
-                f"{location}{'&' if '?' in location else '?'}digest={samples.sha256(blob)}",
-                data=blob,
-            )
-            assert response.code == 201, await response.text()
-        for reference, body in (("v1", subject), (samples.sha256(signature), signature)):
-            response = await treq.put(
-                f"{url}/v2/{name}/manifests/{reference}",
-                data=body,
-                headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
-            )
-            assert response.code == 201, await response.text()
+        subject, signature = await push_signed_image(
+            f"http://{registry2.host}", name, samples.SIGNATURE
+        )
     finally:
         registry2.stop()
 

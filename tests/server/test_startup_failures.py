@@ -508,12 +508,9 @@ def test_tls_material_that_cannot_serve_is_refused_at_start_up(
     )
 
 
-def test_an_s3_spool_folder_that_cannot_be_made_is_refused(tmp_path: Path) -> None:
-    """It started, then answered every upload with a 500 (the part files had no folder)."""
-    taken = tmp_path / "a-file"
-    taken.write_text("x")
-    spool = taken / "spool"
-    config = write_config(
+def s3_config_with_spool(tmp_path: Path, spool: Path) -> Path:
+    """An S3 configuration (nothing listens at its endpoint) spooling parts in ``spool``."""
+    return write_config(
         tmp_path / "s3.cfg",
         {
             "storage": {
@@ -526,6 +523,14 @@ def test_an_s3_spool_folder_that_cannot_be_made_is_refused(tmp_path: Path) -> No
             }
         },
     )
+
+
+def test_an_s3_spool_folder_that_cannot_be_made_is_refused(tmp_path: Path) -> None:
+    """It started, then answered every upload with a 500 (the part files had no folder)."""
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    spool = taken / "spool"
+    config = s3_config_with_spool(tmp_path, spool)
     result = run_registry(tmp_path, "--port", LOOPBACK, "--config", str(config))
     assert_one_line(
         result,
@@ -538,23 +543,6 @@ def test_a_missing_s3_spool_folder_is_made(tmp_path: Path) -> None:
     from registry.storage.factory import build_driver
 
     spool = tmp_path / "not-yet" / "spool"
-    config = load(
-        str(
-            write_config(
-                tmp_path / "s3.cfg",
-                {
-                    "storage": {
-                        "driver": "s3",
-                        "bucket": "registry",
-                        "regionendpoint": "http://127.0.0.1:9",
-                        "accesskey": "key",
-                        "secretkey": "secret",
-                        "spooldirectory": str(spool),
-                    }
-                },
-            )
-        ),
-        environ={},
-    )
+    config = load(str(s3_config_with_spool(tmp_path, spool)), environ={})
     build_driver(config, reactor, None)  # type: ignore[arg-type]
     assert spool.is_dir()
