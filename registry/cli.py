@@ -249,6 +249,27 @@ def gc_summary(stats: GCStats, dry_run: bool, delete_untagged: bool, elapsed: fl
     return lines
 
 
+async def _check_caches_configured(driver: IStorageDriver, configured: set[str]) -> None:
+    """
+    Refuse to collect a pull-through cache's storage without the cache's configuration: gc
+    would take its content for unused (images pulled by digest, layers whose manifest the
+    cache evicted) and delete it.  A cache leaves its state in ``txregistry/proxy/<name>``.
+    """
+    try:
+        found = await driver.list(f"{layout.OWN}/proxy")
+    except PathNotFoundError:
+        return
+    for name in sorted(found):
+        if name.endswith(".json") or name in configured:  # markers, not caches
+            continue
+        raise CommandError(
+            f"this storage holds the pull-through cache {name!r} ({layout.OWN}/proxy/{name}) "
+            f"and the configuration has no [proxy:{name}]: give gc the registry's "
+            "configuration (--config) so that it leaves the cache's content alone, or remove "
+            "that folder if the cache is gone"
+        )
+
+
 async def run_gc(
     reactor: Any, driver: IStorageDriver, args: argparse.Namespace, config: Config, term: Terminal
 ) -> int:
@@ -261,7 +282,9 @@ async def run_gc(
     started = time.monotonic()
     started_at = time.time()
     # The registry's configuration names its caches' repositories: theirs to evict, not gc's.
-    proxied = proxied_names(parse_proxies(config))
+    proxies = parse_proxies(config)
+    await _check_caches_configured(driver, {proxy.name for proxy in proxies})
+    proxied = proxied_names(proxies)
     collector = GarbageCollector(driver, options, started_at, clock=reactor, proxied=proxied)
     reporter = _reporter(reactor, args, term, lambda: gc_progress(collector.stats))
     try:

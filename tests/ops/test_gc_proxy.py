@@ -50,6 +50,18 @@ async def test_gc_keeps_what_the_cache_holds_and_collects_hosted(
     body = scenario.image(config_blob, [layer])
     await put_manifest("team/app", scenario.sha256(body), body, scenario.mt.OCI_IMAGE_MANIFEST)
 
+    # Without the cache's configuration gc cannot tell its content from unused data: refused.
+    assert (root / V2 / "txregistry/proxy/hub").is_dir()
+    result = await cli("gc", "--storage", str(root), "--delete-untagged", "--grace", "0s")
+    assert result.code == 1, result
+    assert result.err.splitlines() == [
+        "txregistry gc: this storage holds the pull-through cache 'hub' "
+        f"({V2}/txregistry/proxy/hub) and the configuration has no [proxy:hub]: give gc the "
+        "registry's configuration (--config) so that it leaves the cache's content alone, or "
+        "remove that folder if the cache is gone"
+    ], result.err
+    assert blob_data_path(root, evicted.layers[0].digest).exists()
+
     config = write_config(
         tmp_path / "gc.cfg",
         {

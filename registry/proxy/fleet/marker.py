@@ -5,7 +5,10 @@ The caches keep their eviction state in memory and clear leftover fills at start
 instances on one storage would overwrite each other's state and delete each other's fills.
 The instance serving a cache storage therefore keeps a marker in it,
 ``txregistry/proxy/instance.json`` (its name, host, process id and the time of its last
-heartbeat), rewritten every ``HEARTBEAT`` seconds and deleted at a clean stop.  A starting
+heartbeat), rewritten every ``HEARTBEAT`` seconds and deleted at a clean stop.  A fleet's
+instances share ``fleet.json``, an entry each (a clean stop takes out only its own: the others
+may still serve); each side's heartbeat also looks for the other's marker and says so in the
+log.  A starting
 instance refuses to start while another one's marker is fresh.
 
 A marker is stale, and taken over, when:
@@ -42,8 +45,8 @@ from registry.storage.driver import IStorageDriver, PathNotFoundError
 log = Logger()
 
 MARKER = f"{layout.OWN}/proxy/instance.json"
-# Written by the instances of a fleet (with [redis]), whichever beat last: an instance
-# without [redis] is refused on their storage, as a fleet instance is on a solo one's.
+# The instances of a fleet (with [redis]), an entry each: an instance without [redis] is
+# refused on their storage while any of them is alive, as a fleet instance is on a solo one's.
 FLEET_MARKER = f"{layout.OWN}/proxy/fleet.json"
 HEARTBEAT = 10.0
 STALE_AFTER = 3 * HEARTBEAT
@@ -93,10 +96,43 @@ class InstanceMarker:
             return running(pid)
         return True
 
+    async def _other_side(self) -> dict[str, Any] | None:
+        """A live instance of the other kind on this storage: the solo instance, for a fleet
+        instance; any live fleet instance, for a solo one."""
+        if self.fleet:
+            solo = await self._read(MARKER)
+            return solo if solo is not None and self._alive(solo) else None
+        return next(iter(self._live_members(await self._read(FLEET_MARKER))), None)
+
+    def _live_members(self, document: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The fleet marker's live instances (each instance has its entry: one leaving
+        removes only its own, so the others stay visible)."""
+        if document is None:
+            return []
+        members = document.get("instances")
+        entries = list(members.values()) if isinstance(members, dict) else [document]
+        return [e for e in entries if isinstance(e, dict) and self._alive(e)]
+
+    async def _write_membership(self, present: bool) -> None:
+        """Our entry in the fleet marker written (``present``) or taken out; dead entries go.
+        Instances writing at once may drop each other's entry until their next beat."""
+        live = {
+            str(entry.get("id")): entry
+            for entry in self._live_members(await self._read(FLEET_MARKER))
+            if entry.get("id") != self.ident
+        }
+        if present:
+            live[self.ident] = json.loads(self._document())
+        if live:
+            await self.driver.put_content(FLEET_MARKER, json.dumps({"instances": live}).encode())
+        else:
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(FLEET_MARKER)
+
     async def claim(self) -> None:
         """Write our marker, or raise StartupError naming the instance that holds it."""
-        mixed = await self._read(MARKER if self.fleet else FLEET_MARKER)
-        if mixed is not None and self._alive(mixed):
+        mixed = await self._other_side()
+        if mixed is not None:
             age = self.clock.time() - float(mixed.get("heartbeat", 0))
             if self.fleet:
                 raise StartupError(
@@ -112,7 +148,7 @@ class InstanceMarker:
                 "[redis] cannot share it (configure the same [redis]); docs/proxy.md"
             )
         if self.fleet:
-            await self.driver.put_content(self.path, self._document())
+            await self._write_membership(True)
             self.claimed = True
             return
         other = await self._read()
@@ -130,8 +166,22 @@ class InstanceMarker:
     async def beat(self) -> None:
         if not self.claimed:
             return
-        if self.fleet:  # the fleet's instances take turns writing it
-            await self.driver.put_content(self.path, self._document())
+        mixed = await self._other_side()
+        if mixed is not None:
+            log.error(
+                "{other} (host {host}, pid {pid}) serves the pull-through cache in {where} too: "
+                "a fleet and an instance without [redis] must not share a cache storage",
+                other=(
+                    "an instance without [redis]"
+                    if self.fleet
+                    else f"fleet instance {mixed.get('instance')}"
+                ),
+                host=mixed.get("host"),
+                pid=mixed.get("pid"),
+                where=self.where,
+            )
+        if self.fleet:
+            await self._write_membership(True)
             return
         other = await self._read()
         if other is not None and other.get("id") != self.ident and self._alive(other):
@@ -149,6 +199,10 @@ class InstanceMarker:
         if not self.claimed:
             return
         self.claimed = False
+        if self.fleet:
+            # Only our entry goes: the others may still serve.
+            await self._write_membership(False)
+            return
         other = await self._read()
         if other is None or other.get("id") == self.ident:
             with contextlib.suppress(PathNotFoundError):
