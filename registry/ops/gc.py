@@ -272,20 +272,24 @@ class GarbageCollector:
                 self._marked.add(digest)
                 self.stats.blobs_marked += 1
 
-    async def _revisions(self, name: str) -> set[str]:
-        """The repository's manifests: revision folders holding their ``link`` (registry:2's
-        delete removes the link and leaves the folder, whose blobs are then free)."""
+    async def _revisions(self, name: str) -> dict[str, float]:
+        """The repository's manifests, each with when its ``link`` was written: revision
+        folders holding their link (registry:2's delete removes the link and leaves the
+        folder, whose blobs are then free)."""
         folders = await digest_folders(self.driver, layout.revisions_dir(name))
-        linked = await self._map(lambda digest: self._linked_revision(name, digest), folders)
-        return {str(digest) for digest, ok in zip(folders, linked, strict=True) if ok}
+        written = await self._map(lambda digest: self._link_written(name, digest), folders)
+        return {str(d): when for d, when in zip(folders, written, strict=True) if when is not None}
 
-    async def _linked_revision(self, name: str, digest: Digest) -> bool:
+    async def _link_written(self, name: str, digest: Digest) -> float | None:
         await self._turn()
         try:
-            await self.driver.stat(layout.revision_link(name, digest))
+            return (await self.driver.stat(layout.revision_link(name, digest))).modified
         except PathNotFoundError:
-            return False
-        return True
+            return None
+
+    def _young(self, revisions: dict[str, float]) -> set[str]:
+        """Revisions written within the grace period (a push may still be on its way)."""
+        return {digest for digest, when in revisions.items() if when >= self.cutoff}
 
     async def _tagged(self, name: str) -> set[str]:
         async def resolve(tag: str) -> str | None:
@@ -298,20 +302,6 @@ class GarbageCollector:
 
         tags = await self._list(layout.tags_dir(name))
         return {d for d in await self._map(resolve, tags) if d is not None}
-
-    async def _young_revisions(self, name: str, revisions: Iterable[str]) -> set[str]:
-        async def young(digest: str) -> bool:
-            await self._turn()
-            path = layout.revision_link(name, Digest.parse(digest))
-            try:
-                info = await self.driver.stat(path)
-            except PathNotFoundError:
-                return False
-            return info.modified >= self.cutoff
-
-        ordered = list(revisions)
-        flags = await self._map(young, ordered)
-        return {d for d, flag in zip(ordered, flags, strict=True) if flag}
 
     async def _read(self, name: str, digest: str) -> ManifestRefs | None:
         """A manifest's references; None when its blob is missing (nothing to keep)."""
@@ -349,7 +339,8 @@ class GarbageCollector:
         return await ReferrersIndex(self.driver).edges(name)
 
     async def _scan(self, name: str) -> _Repository:
-        revisions = await self._revisions(name)
+        written = await self._revisions(name)
+        revisions = set(written)
         refs = await self._read_all(name, sorted(revisions))
         proxied = self.proxied(name)
         if proxied:
@@ -360,11 +351,7 @@ class GarbageCollector:
             edges: dict[str, set[str]] = {}
         else:
             unparseable = {d for d, r in refs.items() if r is not None and not r.parsed}
-            roots = (
-                await self._tagged(name)
-                | await self._young_revisions(name, revisions)
-                | unparseable
-            )
+            roots = await self._tagged(name) | self._young(written) | unparseable
             edges = await self._referrers_index(name)
             for digest, found in refs.items():
                 if found is not None and found.subject is not None:
@@ -481,12 +468,13 @@ class GarbageCollector:
 
     async def _recheck(self, repository: _Repository) -> None:
         name = repository.name
-        revisions = await self._revisions(name)
+        written = await self._revisions(name)
+        revisions = set(written)
         revived = revisions - repository.revisions
         if repository.doomed:
             doomed = set(repository.doomed)
             revived |= doomed & await self._tagged(name)
-            revived |= await self._young_revisions(name, doomed & revisions)
+            revived |= doomed & self._young(written)
         if revived:
             # Children and referrers of what came back: read them anew (few, normally).
             edges: dict[str, set[str]] = {}

@@ -348,21 +348,15 @@ async def _index_referrers(driver: Any) -> None:
     """The referrers of manifests another program pushed (registry:2 keeps no index), once."""
     from registry.storage.blobs import BlobStore
     from registry.storage.catalog import Catalog
-    from registry.storage.driver import PathNotFoundError
-    from registry.storage.manifests import REFERRERS_COMPLETE, ManifestStore, ensure_referrers_index
+    from registry.storage.manifests import ManifestStore, ensure_referrers_index
 
-    try:
-        await driver.stat(REFERRERS_COMPLETE)
-        return  # the usual case: no walk
-    except PathNotFoundError:
-        pass
-    names = await Catalog(driver).walk()
-    count = await ensure_referrers_index(ManifestStore(driver, BlobStore(driver)), names)
-    if count:
+    store = ManifestStore(driver, BlobStore(driver))
+    indexed = await ensure_referrers_index(store, Catalog(driver).walk)
+    if indexed is not None and indexed[0]:
         log.info(
             "referrers index built: {count} referrers in {repositories} repositories",
-            count=count,
-            repositories=len(names),
+            count=indexed[0],
+            repositories=indexed[1],
         )
 
 

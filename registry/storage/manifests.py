@@ -16,7 +16,7 @@ Deletion goes the other way round.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 from zope.interface import Interface, implementer
@@ -447,19 +447,23 @@ class ManifestStore:
 REFERRERS_COMPLETE = f"{layout.OWN}/referrers-complete"
 
 
-async def ensure_referrers_index(store: ManifestStore, names: Iterable[str]) -> int | None:
+async def ensure_referrers_index(
+    store: ManifestStore, repositories: Callable[[], Awaitable[list[str]]]
+) -> tuple[int, int] | None:
     """
-    Index the referrers of every repository in ``names`` unless that was done before: the
-    referrers API then answers for manifests another program pushed (registry:2 keeps no
-    index).  Returns how many referrers were indexed, None when there was nothing to do.
+    Index the referrers of every repository (``repositories()`` lists them) unless that was
+    done before: the referrers API then answers for manifests another program pushed
+    (registry:2 keeps no index).  Returns how many referrers in how many repositories, None
+    when it was done before (the usual case: one ``stat``, no walk).
     """
     try:
         await store.driver.stat(REFERRERS_COMPLETE)
         return None
     except PathNotFoundError:
         pass
+    names = await repositories()
     count = 0
     for name in names:
         count += await store.reindex_referrers(name)
     await store.driver.put_content(REFERRERS_COMPLETE, b"1")
-    return count
+    return count, len(names)

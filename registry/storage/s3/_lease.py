@@ -63,12 +63,14 @@ def _holder_is_gone(body: bytes) -> bool:
 class WriteLease:
     """A held lease: `renewing` keeps it, `release` gives it back; `lost` once it was lost."""
 
-    def __init__(self, client: S3Client, reactor: Any, key: str, path: str, etag: str) -> None:
+    def __init__(
+        self, client: S3Client, reactor: Any, key: str, path: str, body: bytes, etag: str
+    ) -> None:
         self._client = client
         self._key = key
         self._path = path
+        self._body = body  # what the lease was taken with, renewed as is
         self._etag = etag
-        self._body = _body()
         self.lost: StorageError | None = None
         # One request on the lease at a time: two renewals of one version would make the
         # second look like a takeover.
@@ -142,7 +144,7 @@ async def take_lease(client: S3Client, reactor: Any, key: str, path: str) -> Wri
                 raise
         else:
             assert result is not None
-            return WriteLease(client, reactor, lease, path, header(result[0], "ETag") or "")
+            return WriteLease(client, reactor, lease, path, body, header(result[0], "ETag") or "")
         held = await client.call("GET", lease, missing_ok=True)
         if held is None:
             continue  # released meanwhile: create it again
@@ -161,5 +163,5 @@ async def take_lease(client: S3Client, reactor: Any, key: str, path: str) -> Wri
             break  # another request took it over first
         assert result is not None
         _log.info("took over the write lease of {path} from a writer that stopped", path=path)
-        return WriteLease(client, reactor, lease, path, header(result[0], "ETag") or "")
+        return WriteLease(client, reactor, lease, path, body, header(result[0], "ETag") or "")
     raise PathBusyError(f"{path} is being written by another request")
