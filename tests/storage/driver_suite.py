@@ -183,6 +183,20 @@ class DriverSuite:
             await driver.get_content("w/gone")
 
     @pytest_twisted.ensureDeferred
+    async def test_appending_never_creates(self, driver: Any) -> None:
+        """Nothing to continue (never written, or cancelled): appending is refused, and leaves
+        nothing behind, so a cancelled upload cannot come back through a late chunk."""
+        with pytest.raises(PathNotFoundError):
+            await driver.writer("w/never", append=True)
+        writer = await driver.writer("w/cancelled")
+        await write_all(writer, b"abc")
+        await writer.cancel()
+        with pytest.raises(PathNotFoundError):
+            await driver.writer("w/cancelled", append=True)
+        with pytest.raises(PathNotFoundError):
+            await driver.list("w")
+
+    @pytest_twisted.ensureDeferred
     async def test_invalid_paths_refused(self, driver: Any) -> None:
         for bad in ("../etc/passwd", "a/../../b", "a//b", "/abs"):
             with pytest.raises((ValueError, PathNotFoundError)):

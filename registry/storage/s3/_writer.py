@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from registry.storage.driver import IFileWriter, StorageError, WriteTakenOver
+from registry.storage.driver import IFileWriter, PathNotFoundError, StorageError, WriteTakenOver
 from registry.storage.producers import FileProducer, _PausableProducer
 from registry.storage.s3 import _multipart as multipart
 from registry.storage.s3._client import Body, S3Client, S3Error, header
@@ -558,7 +558,10 @@ async def _continue(
         return _from_state(client, reactor, key, path, result, lease)
     head = await client.call("HEAD", key, missing_ok=True)
     if head is None:
-        return S3Writer(client, reactor, key, path, lease=lease)
+        # Nothing to continue: cancelled, committed or purged meanwhile.  Creating it here
+        # would bring a removed upload back, with a request's bytes from the middle of a
+        # blob as its beginning.
+        raise PathNotFoundError(path)
     size = int(header(head[0], "Content-Length") or 0)
     if size < MIN_PART_SIZE:
         content = await client.call("GET", key)
