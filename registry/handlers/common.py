@@ -8,6 +8,7 @@ from twisted.web.iweb import IRequest
 
 from registry.api.errors import (
     BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
     UNAVAILABLE,
     UNKNOWN,
     UNSUPPORTED,
@@ -16,7 +17,7 @@ from registry.api.errors import (
 from registry.auth.interfaces import Access, Principal
 from registry.handlers.context import RegistryContext
 from registry.http.forwarded import origin
-from registry.storage.driver import StorageError, WriteTakenOver
+from registry.storage.driver import StorageError, WriteRemoved, WriteTakenOver
 
 
 async def authorize(
@@ -81,6 +82,8 @@ def error_for(exc: BaseException | None) -> RegistryError:
     """
     if isinstance(exc, RegistryError):
         return exc
+    if isinstance(exc, WriteRemoved):
+        return RegistryError(BLOB_UPLOAD_UNKNOWN, {"reason": str(exc)[:500]})
     if isinstance(exc, WriteTakenOver):
         return RegistryError(BLOB_UPLOAD_INVALID, {"reason": str(exc)[:500]})
     if isinstance(exc, StorageError):

@@ -74,5 +74,12 @@ async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
         staged = await driver.abort_stale_writes(layout.BLOBS, age, now)
         if staged:
             log.info("purged {count} abandoned staged blob writes", count=staged)
-        removed += staged
+        # Unfinished writes of upload data no upload refers to any more: a request still
+        # writing when its upload was cancelled, or whose state write failed.  An upload's
+        # data writes start after the upload, so one older than ``age`` belongs to an upload
+        # removed above (or gone already).
+        unreferenced = await driver.abort_stale_writes(layout.REPOSITORIES, age, now)
+        if unreferenced:
+            log.info("purged {count} abandoned upload data writes", count=unreferenced)
+        removed += staged + unreferenced
     return removed

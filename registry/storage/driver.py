@@ -44,6 +44,14 @@ class WriteTakenOver(StorageError):
     """
 
 
+class WriteRemoved(WriteTakenOver):
+    """
+    The file was removed while this writer wrote it: its upload was cancelled, purged, or
+    finished by another request.  Nothing this writer wrote is kept, and there is nothing
+    left to continue (the client's upload is unknown now).
+    """
+
+
 class PathNotFoundError(StorageError):
     """The path does not exist (for `list`: the folder is missing or empty)."""
 

@@ -15,6 +15,8 @@ from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import ENTRIES_DIR
 from registry.storage.s3 import S3Driver
+from registry.storage.s3 import _multipart as multipart
+from registry.storage.s3._lease import LEASE_SUFFIX
 from registry.storage.uploads import UploadStore
 from tests.e2e.harness import write_config
 from tests.ops import scenario
@@ -67,3 +69,32 @@ async def test_purge_uploads_over_s3(storage: S3Storage) -> None:
     assert "Traceback" not in result.err
     assert not await uploads.exists("app", old)
     assert await uploads.exists("other", fresh)
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_uploads_removes_what_writers_left_over_s3(storage: S3Storage) -> None:
+    """
+    Leftovers of writers on S3 are purged and counted: an upload folder holding only a write
+    lease (its writer killed), and a multipart upload of upload data no upload refers to any
+    more (a request that went on writing after its upload was cancelled).
+    """
+    driver = storage.driver
+    leased = layout.upload_data("app", str(uuid.uuid4()))
+    await driver._client.call("PUT", driver._key(leased) + LEASE_SUFFIX, body=b"{}")
+    orphan = driver._key(layout.upload_data("app", str(uuid.uuid4())))
+    await multipart.create(driver._client, orphan)
+
+    result = await cli("purge-uploads", "--config", str(storage.config), "--age", "2h")
+    assert result.code == 0, result
+    assert result.out.startswith("purge-uploads: purged 0 uploads older than 2h in "), result
+    assert [key for key, _ in await driver._uploads_under(orphan)] == [orphan]
+
+    result = await cli("purge-uploads", "--config", str(storage.config), "--age", "0s")
+    assert result.code == 0, result
+    assert result.out.startswith("purge-uploads: purged 2 uploads older than 0.0 s in "), result
+    assert "Traceback" not in result.err
+    assert await driver._uploads_under(driver._key(layout.repository("app"))) == []
+    assert (
+        await driver._client.call("HEAD", driver._key(leased) + LEASE_SUFFIX, missing_ok=True)
+        is None
+    )

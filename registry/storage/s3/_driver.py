@@ -170,7 +170,9 @@ class S3Driver:
         files = [k for k in below if not k.endswith("/")]
         if head is not None:
             files.append(key)
-        found = any(not k.endswith(_BESIDE_FILES) for k in files)
+        # Below a folder, an upload's state or lease on its own (its writer killed) is a
+        # leftover worth removing, and counts: purging says so.
+        found = bool(files)
         # Unfinished writes of this file or below it go too, so nothing is left behind.
         files.extend(key + suffix for suffix in _BESIDE_FILES)
         await gather(

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from registry.storage.driver import PathBusyError, StorageError, WriteTakenOver
+from registry.storage.driver import PathBusyError, StorageError, WriteRemoved, WriteTakenOver
 from registry.storage.s3._client import S3Client, S3Error, header, parse_http_date
 
 LEASE_SUFFIX = "~txregistry-lease"
@@ -64,11 +64,21 @@ class WriteLease:
     """A held lease: `renewing` keeps it, `release` gives it back; `lost` once it was lost."""
 
     def __init__(
-        self, client: S3Client, reactor: Any, key: str, path: str, body: bytes, etag: str
+        self,
+        client: S3Client,
+        reactor: Any,
+        key: str,
+        path: str,
+        body: bytes,
+        etag: str,
+        marker: str,
     ) -> None:
         self._client = client
         self._key = key
         self._path = path
+        # A key that exists as long as the file can be continued (the upload's state): when
+        # the lease goes, it tells a removed file from one another writer took over.
+        self._marker = marker
         self._body = body  # what the lease was taken with, renewed as is
         self._etag = etag
         self.lost: StorageError | None = None
@@ -92,15 +102,22 @@ class WriteLease:
             )
         except S3Error as error:
             if error.status in (404, 412):
-                self._lose(f"another request took over the upload {self._path}")
+                await self._lose()
             return  # an outage: tried again at the next renewal
         except StorageError:
             return
         assert result is not None
         self._etag = header(result[0], "ETag") or self._etag
 
-    def _lose(self, why: str) -> None:
-        self.lost = WriteTakenOver(why)
+    async def _lose(self) -> None:
+        try:
+            removed = await self._client.call("HEAD", self._marker, missing_ok=True) is None
+        except StorageError:
+            removed = False
+        if removed:
+            self.lost = WriteRemoved(f"the upload {self._path} was removed while written")
+        else:
+            self.lost = WriteTakenOver(f"another request took over the upload {self._path}")
         if self._renewal.running:
             self._renewal.stop()
 
@@ -132,8 +149,11 @@ def _body() -> bytes:
     return json.dumps({"host": _HOST, "pid": os.getpid(), "id": uuid.uuid4().hex}).encode()
 
 
-async def take_lease(client: S3Client, reactor: Any, key: str, path: str) -> WriteLease:
-    """The lease on ``key``'s writes, or `PathBusyError` while another writer holds it."""
+async def take_lease(
+    client: S3Client, reactor: Any, key: str, path: str, marker: str
+) -> WriteLease:
+    """The lease on ``key``'s writes, or `PathBusyError` while another writer holds it;
+    ``marker`` is a key that exists as long as the file can be continued."""
     lease = lease_key(key)
     body = _body()
     for _ in range(2):  # create; or take over a dead holder's, once
@@ -144,7 +164,8 @@ async def take_lease(client: S3Client, reactor: Any, key: str, path: str) -> Wri
                 raise
         else:
             assert result is not None
-            return WriteLease(client, reactor, lease, path, body, header(result[0], "ETag") or "")
+            etag = header(result[0], "ETag") or ""
+            return WriteLease(client, reactor, lease, path, body, etag, marker)
         held = await client.call("GET", lease, missing_ok=True)
         if held is None:
             continue  # released meanwhile: create it again
@@ -163,5 +184,6 @@ async def take_lease(client: S3Client, reactor: Any, key: str, path: str) -> Wri
             break  # another request took it over first
         assert result is not None
         _log.info("took over the write lease of {path} from a writer that stopped", path=path)
-        return WriteLease(client, reactor, lease, path, body, header(result[0], "ETag") or "")
+        etag = header(result[0], "ETag") or ""
+        return WriteLease(client, reactor, lease, path, body, etag, marker)
     raise PathBusyError(f"{path} is being written by another request")

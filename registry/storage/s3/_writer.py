@@ -43,6 +43,7 @@ PathNotFoundError), as with registry:2's S3 driver: use the writer's ``size``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -57,7 +58,13 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from registry.storage.driver import IFileWriter, PathNotFoundError, StorageError, WriteTakenOver
+from registry.storage.driver import (
+    IFileWriter,
+    PathNotFoundError,
+    StorageError,
+    WriteRemoved,
+    WriteTakenOver,
+)
 from registry.storage.producers import FileProducer, _PausableProducer
 from registry.storage.s3 import _multipart as multipart
 from registry.storage.s3._client import Body, S3Client, S3Error, header
@@ -278,6 +285,9 @@ class S3Writer:
         self._chunksize = client.settings.chunksize
         self._spool = client.settings.spooldirectory
         self._upload_id = upload_id
+        # Whether this writer started the multipart upload itself (none was recorded in the
+        # state it continued): nothing else refers to it until this writer's state does.
+        self._own_upload = False
         self._parts: list[Part] = list(parts or [])
         self.size = sum(part.size for part in self._parts)
         self._current = self._segment()
@@ -378,6 +388,7 @@ class S3Writer:
     async def _create(self) -> None:
         try:
             self._upload_id = await multipart.create(self._client, self._key)
+            self._own_upload = True
         except Exception:
             self._failure = self._failure or Failure()
         finally:
@@ -392,6 +403,15 @@ class S3Writer:
                 self._client, self._key, self._upload_id, number, segment.producer
             )
             self._parts.append(Part(number, etag, segment.size))
+        except S3Error as error:
+            failed: Exception = error
+            if error.status == 404 and self._lease is not None:
+                # NoSuchUpload: the upload was aborted under this writer (the upload cancelled
+                # or purged, or a request that took over finished it).
+                failed = await self._lost(
+                    WriteTakenOver(f"the multipart upload of {self._path} is gone")
+                )
+            self._failure = self._failure or Failure(failed)
         except Exception:
             self._failure = self._failure or Failure()
         finally:
@@ -447,8 +467,34 @@ class S3Writer:
             return
         try:
             await self._close()
-        finally:
-            await self._release()
+        except BaseException as error:
+            lost = await self._lost(error) if isinstance(error, WriteTakenOver) else None
+            with contextlib.suppress(Exception):  # the first failure is the one to report
+                await self._release()
+            if lost is not None:
+                raise lost from None
+            raise
+        await self._release()
+
+    async def _lost(self, error: WriteTakenOver) -> WriteTakenOver:
+        """
+        After this writer lost the file: give back the multipart upload it started itself (no
+        state refers to it, so nothing else would), and tell a removed file from one another
+        request took over.  The state object is there as long as the file can be continued.
+        """
+        if self._own_upload and self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            with contextlib.suppress(StorageError):
+                await multipart.abort(self._client, self._key, upload_id)
+        if isinstance(error, WriteRemoved) or self._lease is None:
+            return error
+        try:
+            state = await self._client.call("HEAD", state_key(self._key), missing_ok=True)
+        except StorageError:
+            return error
+        if state is None:
+            return WriteRemoved(f"the upload {self._path} was removed while written")
+        return error
 
     async def _release(self) -> None:
         if self._lease is not None:
@@ -485,7 +531,7 @@ class S3Writer:
         try:
             await self._client.call("PUT", state_key(self._key), body=body, headers=condition)
         except S3Error as error:
-            if error.status not in (409, 412):
+            if error.status not in (404, 409, 412):  # 404: If-Match on a removed state
                 raise
             raise WriteTakenOver(f"another request took over the upload {self._path}") from None
 
@@ -493,6 +539,19 @@ class S3Writer:
         """Make the file whole at its key; an appending writer keeps its lease until `close`
         (the upload's commit moves the file to the blob's key before it lets go)."""
         self._begin_end()
+        try:
+            await self._commit()
+        except WriteTakenOver as error:
+            raise await self._lost(error) from None
+        except S3Error as error:
+            if error.status != 404 or self._lease is None:
+                raise
+            # NoSuchUpload from the completion: aborted under this writer.
+            raise await self._lost(WriteTakenOver(str(error))) from None
+        if not self._staged:
+            await self._client.call("DELETE", state_key(self._key), missing_ok=True)
+
+    async def _commit(self) -> None:
         try:
             await self._settle()
             if self._lease is not None:
@@ -507,8 +566,6 @@ class S3Writer:
                 await multipart.complete(self._client, self._key, self._upload_id, self._parts)
         finally:
             self._current.discard()
-        if not self._staged:
-            await self._client.call("DELETE", state_key(self._key), missing_ok=True)
 
     async def reserve(self, length: int) -> None:
         """Parts are sized by the writer's buffer; knowing the total changes nothing."""
@@ -516,8 +573,11 @@ class S3Writer:
     async def cancel(self) -> None:
         try:
             await self._cancel()
-        finally:
-            await self._release()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first failure is the one to report
+                await self._release()
+            raise
+        await self._release()
 
     async def _cancel(self) -> None:
         self._finished = True
@@ -542,7 +602,7 @@ async def open_writer(
     (appending holds the file's lease, `registry.storage.s3._lease`, until closed)."""
     if not append:
         return S3Writer(client, reactor, key, path)
-    lease = await take_lease(client, reactor, key, path)
+    lease = await take_lease(client, reactor, key, path, state_key(key))
     try:
         return await _continue(client, reactor, key, path, lease)
     except BaseException:

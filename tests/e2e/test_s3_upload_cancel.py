@@ -1,0 +1,134 @@
+"""
+An upload cancelled (DELETE) while a PATCH is still sending its body, on S3 (a real
+SeaweedFS): the PATCH answers 404 BLOB_UPLOAD_UNKNOWN, as every later request on the upload
+does, and nothing of the upload is left in the bucket, not even the multipart upload the PATCH
+started after the cancel (which nothing refers to, so nothing would ever remove).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor, threads
+
+from registry.storage import layout
+from registry.storage.s3 import S3Driver
+from registry.storage.s3._lease import LEASE_SUFFIX
+from tests.e2e.client import header
+from tests.e2e.harness import RegistryProcess
+from tests.storage.s3server import S3Server
+
+TOTAL = 12_000_000
+
+
+@pytest.fixture
+def registry_on_s3(s3_server: S3Server, tmp_path: Path) -> Iterator[RegistryProcess]:
+    root = f"/cancel/{uuid.uuid4().hex}"
+    section = s3_server.storage_section(root, chunksize="5MiB")
+    process = RegistryProcess(tmp_path, {"storage": section, "http": {"workers": "1"}})
+    process.start()
+    yield process
+    process.stop()
+
+
+def _send_head(url: str, location: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = socket.create_connection((host, int(port)), timeout=30)
+    connection.sendall(
+        f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {TOTAL}\r\n\r\n".encode()
+    )
+    return connection
+
+
+def _read_answer(connection: socket.socket) -> tuple[int, bytes]:
+    """Status and body of the one answer on ``connection`` (closed by the server after it)."""
+    received = b""
+    for _ in range(1000):  # bounded: a small answer
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+        head, found, body = received.partition(b"\r\n\r\n")
+        if found:
+            lengths = [
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
+            if lengths and len(body) >= lengths[0]:
+                return int(head.split(b" ", 2)[1]), body[: lengths[0]]
+    raise AssertionError(f"no whole answer: {received[:300]!r}")
+
+
+async def _until(check: object, what: str) -> None:
+    for _ in range(300):  # 30 s at most
+        if await check():  # type: ignore[operator]
+            return
+        await threads.deferToThread(time.sleep, 0.1)
+    raise AssertionError(f"never: {what}")
+
+
+@pytest.mark.parametrize(
+    "sent_first",
+    [
+        pytest.param(1_000_000, id="before-any-part"),  # the PATCH starts its own multipart
+        pytest.param(7_000_000, id="after-a-part"),  # the cancel aborts the PATCH's parts
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_patch_whose_upload_is_cancelled_meanwhile(
+    registry_on_s3: RegistryProcess, s3_server: S3Server, sent_first: int
+) -> None:
+    registry = registry_on_s3
+    name = "cancel/app"
+    body = os.urandom(TOTAL)
+    response = await treq.post(f"{registry.url}/v2/{name}/blobs/uploads/")
+    assert response.code == 202, await response.text()
+    location = header(response, "location") or ""
+    upload_id = location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+
+    root = registry.sections["storage"]["rootdirectory"]
+    driver = S3Driver(reactor, s3_server.settings(root))
+    data_key = driver._key(layout.upload_data(name, upload_id))
+    repository_key = driver._key(layout.repository(name))
+    try:
+        connection = _send_head(registry.url, location)
+        try:
+            await threads.deferToThread(connection.sendall, body[:sent_first])
+
+            async def writing() -> bool:
+                lease = await driver._client.call("HEAD", data_key + LEASE_SUFFIX, missing_ok=True)
+                if lease is None:
+                    return False
+                return sent_first < 5 * 1024 * 1024 or bool(await driver._uploads_under(data_key))
+
+            await _until(writing, "the PATCH holds the upload (and sent a part)")
+            response = await treq.delete(f"{registry.url}{location}")
+            assert response.code == 204, await response.text()
+            await threads.deferToThread(connection.sendall, body[sent_first:])
+            status, answer = await threads.deferToThread(_read_answer, connection)
+        finally:
+            connection.close()
+        assert status == 404, answer
+        assert [e["code"] for e in json.loads(answer)["errors"]] == ["BLOB_UPLOAD_UNKNOWN"]
+
+        response = await treq.get(f"{registry.url}{location}")
+        assert response.code == 404, await response.text()
+        assert await driver._uploads_under(repository_key) == []
+        with pytest.raises(Exception, match="not found"):
+            await driver.list(layout.upload_dir(name, upload_id))
+    finally:
+        await driver.close()
+    log = registry.log_text()
+    assert "storage failure" not in log
+    assert "took over" not in log
