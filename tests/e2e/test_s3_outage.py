@@ -22,11 +22,15 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from registry.storage.s3 import S3Driver
+from registry.storage.s3._lease import LEASE_SUFFIX
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import sleep
 from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - fixture
@@ -343,3 +347,63 @@ async def test_health_logs_once_when_s3_goes_down_and_once_when_it_is_back(
     assert back["log_level"] is LogLevel.info
     assert texts[1] == "health check storage ok again"
     assert s3_lines == [], [_text(event) for event in s3_lines]
+
+
+@implementer(IBodyProducer)
+class _TwoHalves:
+    """A request body sent in two halves, the second once ``go_on`` fires."""
+
+    def __init__(self, first: bytes, second: bytes) -> None:
+        self.length = len(first) + len(second)
+        self._first, self._second = first, second
+        self.go_on: Deferred[None] = Deferred()
+
+    async def _produce(self, consumer: Any) -> None:
+        consumer.write(self._first)
+        await self.go_on
+        consumer.write(self._second)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._produce(consumer))
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def stopProducing(self) -> None: ...
+
+
+@pytest_twisted.ensureDeferred
+async def test_s3_gone_while_a_patch_writes_says_what_failed_first(
+    start_registry: Starter,
+    s3_server: S3Server,  # noqa: F811
+    switchable: SwitchableS3,
+) -> None:
+    """S3 goes away while a PATCH writes: the 503's reason is the write that failed (the
+    upload's state), not the release of the upload's write lease tried after it."""
+    registry = await start_on_s3(start_registry, s3_server, switchable, "patch")
+    response = await treq.post(f"{registry.url}/v2/app/blobs/uploads/")
+    assert response.code == 202, await response.text()
+    location = response.headers.getRawHeaders("location")[0]
+    upload_id = location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    lease = f"outage/patch/docker/registry/v2/repositories/app/_uploads/{upload_id}/data"
+    driver = S3Driver(reactor, s3_server.settings("/outage/patch"))
+    body = _TwoHalves(b"a" * 100_000, b"b" * 100_000)
+    patching = treq.patch(f"{registry.url}{location}", data=body, timeout=120)
+    try:
+        for _ in range(300):  # 30 s at most: until the PATCH holds the upload
+            if await driver._client.call("HEAD", lease + LEASE_SUFFIX, missing_ok=True):
+                break
+            await sleep(0.1)
+        else:
+            raise AssertionError("the PATCH never took the upload's write lease")
+        await switchable.go_down()
+        body.go_on.callback(None)
+        response = await patching
+        answer = json.loads(await response.content())
+    finally:
+        switchable.come_back()
+        await driver.close()
+    assert response.code == 503, answer
+    reason = answer["errors"][0]["detail"]["reason"]
+    assert "~txregistry-upload" in reason and "lease" not in reason, reason
