@@ -33,6 +33,16 @@ def redis_int(server: RedisServer, *command: str) -> int | None:
     return int(reply.split(b"\r\n")[1])
 
 
+def redis_back_everywhere(running: Fleet) -> bool:
+    """Every instance that found Redis away has seen it answer again (until then its
+    misses are answered 503, as documented)."""
+    for instance in running.instances:
+        text = instance.log_text()
+        if text.count("is not answering") > text.count("answers again"):
+            return False
+    return True
+
+
 def rebuilt_lines(running: Fleet) -> list[str]:
     return [
         line
@@ -71,6 +81,7 @@ async def test_redis_restarted_empty_the_cache_is_registered_again_from_storage(
         assert redis_int(redis_server, "HLEN", "txregistry:index:hub") == 3
         await wait_until(lambda: len(rebuilt_lines(running)) == 1, within=30)
         assert "registered 3 blobs and 0 manifests" in rebuilt_lines(running)[0]
+        await wait_until(lambda: redis_back_everywhere(running), within=60)
 
         # Cold layers are counted: the new fills evict them, and the bucket fits max_size.
         for n, digest in enumerate(digests[3:]):

@@ -804,7 +804,18 @@ def test_a_stopped_worker_keeps_its_counts(tree: Tree) -> None:
         assert _answered(tree) == (tree.made, tree.made, 1.0)
     finally:
         os.kill(stopped, signal.SIGCONT)
-    assert _answered(tree) == (tree.made, tree.made, 2.0)
+    assert _answered_by_both(tree) == (tree.made, tree.made, 2.0)
+
+
+def _answered_by_both(tree: Tree) -> tuple[float, float, float]:
+    """`_answered` from the first scrape both workers answer: a worker just continued
+    (SIGCONT) may miss a scrape's deadline while it catches up on a busy machine."""
+    for _ in range(60):  # 30 s at most
+        answered = _answered(tree)
+        if answered[2] == 2.0:
+            return answered
+        time.sleep(0.5)
+    return answered
 
 
 def test_readiness_fails_while_a_worker_is_stopped(tree: Tree) -> None:
