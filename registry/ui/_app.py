@@ -251,8 +251,15 @@ class UiApp:
     async def _repository(self, request: IRequest, name: str) -> bytes:
         principal = await authorize(self.ctx, request, [repository(name, PULL)])
         local = _data.local_name(self.ctx, name)
+        # Existence first: the bounded memo of tag dates must hold only repositories that
+        # exist, or views of names that are none (typos, probes) would fill it and push real
+        # ones out.  One remembered was seen to exist; it is looked at again only when it shows
+        # no tags (its folder may be gone since).
+        remembered = self.tag_times.remembers(local)
+        if not remembered and not await repository_exists(self.ctx.driver, local):
+            raise RegistryError(NAME_UNKNOWN, {"name": name})
         ordered, dates = await self.tag_times.newest_first(local)
-        if not ordered and not await repository_exists(self.ctx.driver, local):
+        if remembered and not ordered and not await repository_exists(self.ctx.driver, local):
             raise RegistryError(NAME_UNKNOWN, {"name": name})
         text = query(request, "q") or ""
         matching = [t for t in ordered if text in t] if text else ordered
@@ -406,9 +413,9 @@ class UiApp:
         principal = await self._registry_wide(request)
         status = await gcstatus.last(self.ctx.driver)
         may_pull = self.ctx.access.may_pull
-        items = await self.storage_facts.items(status, lambda name: may_pull(principal, name))
-        known = self.tag_times.known
-        items.append(("Tag dates in memory", f"{known} repositor{'y' if known == 1 else 'ies'}"))
+        items = await self.storage_facts.items(
+            status, lambda name: may_pull(principal, name), self.tag_times.known
+        )
         gc = _ops.gc_items(status) if status is not None else None
         content = _pages.storage(items, gc)
         return await self._render(request, "Storage and operations", "storage", principal, content)

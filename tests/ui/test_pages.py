@@ -348,6 +348,25 @@ def test_listed_repositories_get_their_tag_dates_read_in_the_background(
     assert rows(body, "tags") == ["b", "a"]
 
 
+def test_tag_dates_are_kept_for_repositories_that_exist_and_counted_only_for_all(
+    filled: Filled,
+) -> None:
+    """
+    Opening names that are not repositories remembers nothing (the memo holds 256: probes
+    would push real repositories out of it), and how many are remembered (what people opened
+    lately, anywhere) is told only to who may pull every repository.
+    """
+    page(filled, "/ui/r/team/app")  # remembered already or now: the count then holds still
+    before = tag_dates_in_memory(filled)
+    for i in range(3):
+        status, _, _ = page(filled, f"/ui/r/team/ghost{i}")
+        assert status == 404
+    assert tag_dates_in_memory(filled) == before
+    status, _, body = page(filled, "/ui/storage", "bob")
+    assert status == 200
+    assert "Tag dates in memory" not in body
+
+
 def test_tags_are_sorted_by_the_date_storage_keeps(filled: Filled) -> None:
     alice = filled.client("alice")
     image = content.push_image(alice, "team/dates", "a")
