@@ -195,17 +195,23 @@ class UiApp:
         if last:
             start = bisect.bisect_right(visible, last)
         shown = visible[start : start + self.page_size]
+        # The names are what the catalog lists; tag counts and sizes are what `tags/list` and
+        # pulls tell, so only for a repository the caller may pull (under token auth a token
+        # listing the catalog may pull nothing).
+        pulls = self.ctx.access.pull_check(request, principal)
+        pullable = [n for n in shown if pulls(n)]
         counts = await gatherResults(
-            [Deferred.fromCoroutine(_data.tag_count(self.ctx, n)) for n in shown],
+            [Deferred.fromCoroutine(_data.tag_count(self.ctx, n)) for n in pullable],
             consumeErrors=True,
         )
-        locals_ = [_data.local_name(self.ctx, n) for n in shown]
+        locals_ = [_data.local_name(self.ctx, n) for n in pullable]
         sizes = await gatherResults(
             [Deferred.fromCoroutine(self.sizes.size(n)) for n in locals_], consumeErrors=True
         )
+        known = dict(zip(pullable, zip(counts, sizes, strict=True), strict=True))
         rows = [
-            _data.RepositoryRow(n, _data.source_of(self.ctx, n), count, size)
-            for n, count, size in zip(shown, counts, sizes, strict=True)
+            _data.RepositoryRow(n, _data.source_of(self.ctx, n), *known.get(n, (None, None)))
+            for n in shown
         ]
         more = start + self.page_size < len(visible)
         router = _data.router_of(self.ctx)
@@ -412,10 +418,9 @@ class UiApp:
     async def storage(self, request: IRequest) -> bytes:
         principal = await self._registry_wide(request)
         status = await gcstatus.last(self.ctx.driver)
-        may_pull = self.ctx.access.may_pull
-        items = await self.storage_facts.items(
-            status, lambda name: may_pull(principal, name), self.tag_times.known
-        )
+        # What the caller may pull, as the API would answer it (not what the catalog lists).
+        pulls = self.ctx.access.pull_check(request, principal)
+        items = await self.storage_facts.items(status, pulls, self.tag_times.known)
         gc = _ops.gc_items(status) if status is not None else None
         content = _pages.storage(items, gc)
         return await self._render(request, "Storage and operations", "storage", principal, content)
