@@ -282,7 +282,9 @@ class UiApp:
             if offset + self.page_size < len(matching)
             else ""
         )
-        message = await self._deleted_message(name, query(request, "deleted"), ordered)
+        message = await self._deleted_message(
+            principal, name, query(request, "deleted"), query(request, "proof")
+        )
         content = _pages.repository(
             name,
             _data.source_of(self.ctx, name),
@@ -296,25 +298,21 @@ class UiApp:
         )
         return await self._render(request, name, "repositories", principal, content)
 
-    async def _deleted_message(self, name: str, value: str | None, tags: list[str]) -> str | None:
+    async def _deleted_message(
+        self, principal: Principal, name: str, value: str | None, proof: str | None
+    ) -> str | None:
         """
-        The note a delete's redirect asks for (``?deleted=``), said only when it is true: a tag
-        no longer listed, a manifest no longer stored.  A link someone else made cannot put
-        words of theirs on the page, nor a claim that something was deleted.
+        The note a delete's redirect asks for (``?deleted=REFERENCE&proof=...``), said only
+        when the proof is one this user's delete was given a moment ago (`CsrfTokens`): a link
+        someone else made cannot put words of theirs on the page, nor a claim that something
+        was deleted.  That a tag is not listed now proves nothing (it may never have been).
         """
         if not value or _data.source_of(self.ctx, name) is not None:
             return None  # nothing is deleted from a cache through the UI
-        try:
-            ref = parse_reference(value)
-        except RegistryError:
+        now = float(self.ctx.reactor.seconds())
+        if not await self.csrf.proves_deleted(principal, name, value, proof, now):
             return None
-        if isinstance(ref, str):
-            return None if ref in tags else f"Deleted {ref}."
-        try:
-            await self.ctx.manifests.get(name, ref)
-        except RegistryError:
-            return f"Deleted {ref}."
-        return None
+        return f"Deleted {value}."
 
     async def _manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         principal = await authorize(self.ctx, request, [repository(name, PULL)])
@@ -401,9 +399,12 @@ class UiApp:
             name=name,
             reference=reference,
         )
+        now = float(self.ctx.reactor.seconds())
+        proof = await self.csrf.deleted_proof(principal, name, reference, now)
         request.setResponseCode(303)
         set_page_headers(request)
-        request.setHeader("Location", _href(_pages.repo_url(name), deleted=reference))
+        location = _href(_pages.repo_url(name), deleted=reference, proof=proof)
+        request.setHeader("Location", location)
         return b""
 
     @router.route("/cache", methods=["GET", "HEAD"])

@@ -10,11 +10,12 @@ import json
 import os
 import re
 import time
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from registry.ops import gcstatus
 from registry.storage import layout
 from registry.ui import _format
+from registry.ui._security import DELETED_TTL, KEY_PATH, deleted_proof
 from tests.ui import content
 from tests.ui.conftest import Filled, run_gc
 
@@ -235,12 +236,47 @@ def test_delete_is_refused_without_token_cross_origin_or_without_the_right(
         assert _tag_exists(filled, "doomed")
     status, headers, answer = _post_delete(filled, "alice", "doomed", token, filled.url)
     assert status == 303, answer
-    assert headers["Location"] == "/ui/r/team/lib?deleted=doomed"
+    location = headers["Location"]
+    assert location.startswith("/ui/r/team/lib?deleted=doomed&proof="), location
     assert not _tag_exists(filled, "doomed")
     assert _tag_exists(filled, "1.0")
-    _, _, body = page(filled, "/ui/r/team/lib?deleted=doomed")
+    _, _, body = page(filled, location)
     assert "Deleted doomed." in body
     assert rows(body, "tags") == ["1.0"]
+
+
+def _note(body: str) -> str | None:
+    found = re.search(r'<p class="message" role="status">([^<]*)</p>', body)
+    return html.unescape(found.group(1)) if found else None
+
+
+def test_the_deleted_note_needs_the_proof_this_users_delete_was_given(filled: Filled) -> None:
+    """
+    "Deleted X." is said only after a delete this user's browser made a moment ago: the
+    redirect's proof is signed over user, repository, reference and time.  A link anyone
+    else made (or that user's, later or for another reference) shows no note.
+    """
+    content.push_image(filled.client("alice"), "team/lib", "noted")
+    _, _, body = page(filled, "/ui/r/team/lib")
+    status, headers, _ = _post_delete(filled, "alice", "noted", csrf_token(body), filled.url)
+    assert status == 303
+    location = headers["Location"]
+    assert _note(page(filled, location)[2]) == "Deleted noted."
+    # bob may pull team/lib, but alice's link says nothing to him.
+    status, _, body = page(filled, location, "bob")
+    assert status == 200 and _note(body) is None
+    proof = parse_qs(urlsplit(location).query)["proof"][0]
+    for value in ("never-existed", "Session-expired.Log-in-at-evil.example", "sha256:" + "0" * 64):
+        for extra in ("", "&proof=0.00", f"&proof={proof}"):
+            status, _, body = page(filled, f"/ui/r/team/lib?deleted={quote(value)}{extra}")
+            assert status == 200 and _note(body) is None, (value, extra)
+    # Made with the registry's key (which only the server holds), a proof is good for a minute.
+    key = (filled.registry.workdir / "data" / KEY_PATH).read_bytes()
+    now = int(time.time())
+    for when, note in ((now - DELETED_TTL - 10, None), (now, "Deleted never-existed.")):
+        made = deleted_proof(key, "alice", "team/lib", "never-existed", when)
+        path = "/ui/r/team/lib?" + urlencode({"deleted": "never-existed", "proof": made})
+        assert _note(page(filled, path)[2]) == note, when
 
 
 def test_tags_are_paginated_and_filtered(filled: Filled) -> None:
