@@ -79,6 +79,23 @@ def _int(value: str | None, default: int = 0) -> int:
     return int(value)
 
 
+# The methods the registry routes (`registry.app.METHODS`, all sent to the UI under ``/ui/``),
+# so that one a page does not take is answered here, as a page with an ``Allow``, not by the
+# API's 404.
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_PAGE_METHODS = ("GET", "HEAD")
+
+
+def _not_allowed(allowed: tuple[str, ...] | list[str]) -> RegistryError:
+    return RegistryError(
+        UNSUPPORTED,
+        {"allowed": list(allowed)},
+        "method not allowed",
+        status=405,
+        headers={"Allow": ", ".join(allowed)},
+    )
+
+
 def _href(path: str, **params: str | int | None) -> str:
     kept = {k: str(v) for k, v in params.items() if v not in (None, "")}
     return f"{path}?{urlencode(kept)}" if kept else path
@@ -230,10 +247,15 @@ class UiApp:
         self.ctx.reactor.callLater(0, self.tag_times.warm, locals_)
         return await self._render(request, "Repositories", "repositories", principal, content)
 
-    @router.route("/r/<path:rest>", methods=["GET", "HEAD", "POST"])
+    @router.route("/r/<path:rest>", methods=_METHODS)
     async def repository_pages(self, request: IRequest, rest: str) -> bytes | None:
+        # Every method comes here: which one a path takes depends on the path (a delete is a
+        # POST, every other page a GET), and the 405 must say so in ``Allow``.
+        method = request.method.decode("latin-1")
         name, _, action = rest.partition("/-/")
         if not action and rest.endswith("/") and is_valid_name(rest.rstrip("/")):
+            if method not in _PAGE_METHODS:
+                raise _not_allowed(_PAGE_METHODS)
             # ``/ui/r/team/app/``: the repository, as a person who typed a slash meant.
             request.setResponseCode(301)
             set_page_headers(request)
@@ -241,9 +263,10 @@ class UiApp:
             return b""
         if not is_valid_name(name):
             raise _not_found(rest)
-        if request.method == b"POST":
-            if action != "delete":
-                raise RegistryError(UNSUPPORTED, {"method": "POST"}, "method not allowed")
+        allowed = ("POST",) if action == "delete" else _PAGE_METHODS
+        if method not in allowed:
+            raise _not_allowed(allowed)
+        if method == "POST":
             return await self._delete(request, name)
         if not action:
             return await self._repository(request, name)
@@ -441,9 +464,13 @@ class UiApp:
     async def _error_page(self, request: IRequest, error: RegistryError) -> bytes:
         for name, value in error.headers.items():
             request.setHeader(name, value)
-        title = {401: "Sign in required", 403: "Access denied", 404: "Not found"}.get(
-            error.status, "Error"
-        )
+        title = {
+            400: "Bad request",
+            401: "Sign in required",
+            403: "Access denied",
+            404: "Not found",
+            405: "Method not allowed",
+        }.get(error.status, "Error")
         detail = error.detail if isinstance(error.detail, str) else None
         message = _PAGE_MESSAGES.get(error.code.value, error.message)
         if message != error.message:
@@ -464,8 +491,11 @@ class UiApp:
     @router.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> Deferred[bytes]:
         status = getattr(failure.value, "code", 404) or 404
+        # werkzeug's 405 knows the route's methods (a GET route takes HEAD too), in no
+        # particular order: said in ours.
+        valid = getattr(failure.value, "valid_methods", None) or _PAGE_METHODS
         error = (
-            RegistryError(UNSUPPORTED, {"method": "?"}, "method not allowed", status=405)
+            _not_allowed([m for m in _METHODS if m in valid])
             if status == 405
             else _not_found(request.uri.decode("latin-1"))
         )

@@ -403,6 +403,36 @@ def test_tag_dates_are_kept_for_repositories_that_exist_and_counted_only_for_all
     assert "Tag dates in memory" not in body
 
 
+def test_other_methods_are_405_pages_with_allow(filled: Filled) -> None:
+    """A method a page does not take is answered by the UI (its headers, a page), not the
+    API's JSON 404, and the 405 says what the page takes."""
+    alice = filled.client("alice")
+    cases = [
+        ("/ui/", "PUT", "GET, HEAD"),
+        ("/ui/", "POST", "GET, HEAD"),
+        ("/ui/storage", "DELETE", "GET, HEAD"),
+        ("/ui/r/team/app", "DELETE", "GET, HEAD"),
+        ("/ui/r/team/app", "PATCH", "GET, HEAD"),
+        ("/ui/r/team/app", "OPTIONS", "GET, HEAD"),
+        ("/ui/r/team/app", "POST", "GET, HEAD"),
+        ("/ui/r/team/app/-/manifest/v1", "PUT", "GET, HEAD"),
+        ("/ui/r/team/app/-/delete", "DELETE", "POST"),
+        ("/ui/r/team/app/-/delete", "GET", "POST"),
+    ]
+    for path, method, allowed in cases:
+        status, headers, body = alice.request(method, path, b"" if method != "GET" else None)
+        assert status == 405, (method, path, body[:300])
+        assert headers.get("Allow") == allowed, (method, path)
+        assert headers["Content-Security-Policy"] == CSP, (method, path)
+        assert headers["Content-Type"] == "text/html; charset=utf-8"
+        assert b"Method not allowed" in body
+    # Where there is no page, whatever the method: the UI's 404.
+    status, headers, body = alice.request("DELETE", "/ui/nothing", b"")
+    assert status == 404 and headers["Content-Security-Policy"] == CSP
+    assert b"Not found" in body
+    assert _tag_exists(filled, "1.0")
+
+
 def test_tags_are_sorted_by_the_date_storage_keeps(filled: Filled) -> None:
     alice = filled.client("alice")
     image = content.push_image(alice, "team/dates", "a")
