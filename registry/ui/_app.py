@@ -33,7 +33,13 @@ from twisted.web.template import Tag, flattenString
 from werkzeug.exceptions import HTTPException
 
 from registry.api.digests import Digest
-from registry.api.errors import NAME_UNKNOWN, NOT_FOUND, UNSUPPORTED, RegistryError
+from registry.api.errors import (
+    NAME_UNKNOWN,
+    NOT_FOUND,
+    PAGINATION_NUMBER_INVALID,
+    UNSUPPORTED,
+    RegistryError,
+)
 from registry.api.names import is_valid_name
 from registry.auth.interfaces import CATALOG, DELETE, PULL, Principal, repository
 from registry.handlers.common import (
@@ -73,9 +79,21 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 _STATIC = _load_static()
 
 
-def _int(value: str | None, default: int = 0) -> int:
-    if value is None or not value.isdigit() or len(value) > 9:
-        return default
+def _offset(value: str | None) -> int:
+    """
+    A page's ``offset``: absent or empty is the first page; anything but a number of up to
+    nine digits is refused (400) rather than quietly read as 0, which would show the first
+    page as if it were the one asked for.
+    """
+    if not value:
+        return 0
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise RegistryError(
+            PAGINATION_NUMBER_INVALID,
+            {"offset": value[:50]},
+            "Not a valid offset: a number from 0 to 999999999.",
+            status=400,
+        )
     return int(value)
 
 
@@ -292,7 +310,7 @@ class UiApp:
             raise RegistryError(NAME_UNKNOWN, {"name": name})
         text = query(request, "q") or ""
         matching = [t for t in ordered if text in t] if text else ordered
-        offset = _int(query(request, "offset"))
+        offset = _offset(query(request, "offset"))
         shown = matching[offset : offset + self.page_size]
         rows = await _data.tag_rows(self.reader, local, [(t, dates.get(t)) for t in shown])
         token = await self.csrf.token(principal) if await self._may_delete(request, name) else None

@@ -433,6 +433,17 @@ def test_other_methods_are_405_pages_with_allow(filled: Filled) -> None:
     assert _tag_exists(filled, "1.0")
 
 
+def test_a_bad_offset_is_a_400_page(filled: Filled) -> None:
+    for value in ("abc", "-1", "1e3", "\u00b2", "9999999999", "0x10"):
+        path = "/ui/r/team/app?" + urlencode({"offset": value})
+        status, headers, body = page(filled, path)
+        assert status == 400, (value, body[:300])
+        assert headers["Content-Security-Policy"] == CSP
+        assert "Bad request" in body and "Not a valid offset" in body
+    for path in ("/ui/r/team/app?offset=", "/ui/r/team/app?offset=0", "/ui/r/team/app?offset=7"):
+        assert page(filled, path)[0] == 200, path
+
+
 def test_tags_are_sorted_by_the_date_storage_keeps(filled: Filled) -> None:
     alice = filled.client("alice")
     image = content.push_image(alice, "team/dates", "a")
