@@ -40,9 +40,12 @@ class KleinRoutes:
     async def v2(self, request: IRequest, rest: str) -> bytes | None:
         return await self.app.dispatch(request, rest)
 
-    @router.route("/ui/", branch=True, methods=["GET", "HEAD", "POST"])
+    @router.route("/ui/", branch=True, methods=METHODS)
     def ui(self, request: IRequest) -> Any:
-        """The web UI (registry/ui), when ``[ui] enabled``."""
+        """
+        The web UI (registry/ui), when ``[ui] enabled``.  Every method goes to it: one a page
+        does not take is answered there (405 with ``Allow``, as a page), not with the API's 404.
+        """
         if self.app.web_ui is None:
             path = request.path.decode("latin-1")[:300]
             raise RegistryError(NOT_FOUND, {"path": path}, "the web UI is disabled")

@@ -17,7 +17,7 @@ and skopeo and podman send empty Basic credentials (``Basic Og==``) to mean the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -35,7 +35,7 @@ from registry.auth._request import (
     source_address,
 )
 from registry.auth.htpasswd import Htpasswd
-from registry.auth.interfaces import ANONYMOUS, Access, IAccessController, Principal
+from registry.auth.interfaces import ANONYMOUS, PULL, Access, IAccessController, Principal
 from registry.auth.policy import Policy, PolicySource
 from registry.auth.ratelimit import FailureLimiter
 from registry.auth.scopes import basic_challenge, bearer_challenge
@@ -141,6 +141,11 @@ class HtpasswdAccessController:
     def may_pull(self, principal: Principal, name: str) -> bool:
         return self.policy.current().may_pull(principal, name)
 
+    def pull_check(self, request: IRequest, principal: Principal) -> Callable[[str], bool]:
+        # The password was checked by `authorize`; what remains is the policy's answer.
+        policy = self.policy.current()
+        return lambda name: policy.may_pull(principal, name)
+
 
 @implementer(IAccessController)
 class TokenAccessController:
@@ -202,6 +207,29 @@ class TokenAccessController:
         # (registry:catalog:*) sees all of it, as with registry:2.
         return self.policy is None or self.policy.current().may_pull(principal, name)
 
+    def pull_check(self, request: IRequest, principal: Principal) -> Callable[[str], bool]:
+        # As `authorize`: the token's access claim, then the policy if there is one.  The
+        # token is verified once here, not once per name.
+        policy = self.policy.current() if self.policy is not None else None
+        auth = authorization(request)
+        if auth is None or auth[0] != "bearer" or not auth[1]:
+            if policy is None:
+                return lambda name: False
+            return lambda name: policy.may_pull(ANONYMOUS, name)
+        from registry.auth.token import InvalidToken  # loaded already: the verifier needs it
+
+        try:
+            claims = self.verifier.verify(auth[1])
+        except InvalidToken:
+            return lambda name: False
+
+        def check(name: str) -> bool:
+            if not claims.grants(Access("repository", name, (PULL,))):
+                return False
+            return policy is None or policy.may_pull(principal, name)
+
+        return check
+
 
 @implementer(IAccessController)
 class ClientCertificateAccessController:
@@ -236,3 +264,11 @@ class ClientCertificateAccessController:
         # The fallback shares this policy (make_access_controller insists), so one answer fits
         # principals from either side.
         return self.policy.current().may_pull(principal, name)
+
+    def pull_check(self, request: IRequest, principal: Principal) -> Callable[[str], bool]:
+        # Whoever answered `authorize` answers this: the fallback when there is no certificate.
+        cert = peer_certificate(request)
+        if self.fallback is not None and (cert is None or certificate_user(cert) is None):
+            return self.fallback.pull_check(request, principal)
+        policy = self.policy.current()
+        return lambda name: policy.may_pull(principal, name)

@@ -8,7 +8,7 @@ Every handler states the access it needs as `Access` values (Docker's token-scop
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 from twisted.web.iweb import IRequest
@@ -74,6 +74,15 @@ class IAccessController(Interface):
         answers True for every name, because the token's catalog scope already said "all".
         """
 
+    def pull_check(request: IRequest, principal: Principal) -> Callable[[str], bool]:
+        """
+        For a request `authorize` answered with ``principal``: whether it may pull a name,
+        as `authorize` would answer ``repository(name, PULL)`` with the same credentials (so
+        `GET /v2/NAME/tags/list` would be answered), without checking them again per name nor
+        logging a refusal.  Unlike `may_pull` (what the catalog lists), a token grants pull
+        only through its ``access`` claim, whether or not it lists the catalog.
+        """
+
 
 @implementer(IAccessController)
 class AllowAll:
@@ -86,3 +95,6 @@ class AllowAll:
 
     def may_pull(self, principal: Principal, name: str) -> bool:
         return True
+
+    def pull_check(self, request: IRequest, principal: Principal) -> Callable[[str], bool]:
+        return lambda name: True

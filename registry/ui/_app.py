@@ -33,7 +33,13 @@ from twisted.web.template import Tag, flattenString
 from werkzeug.exceptions import HTTPException
 
 from registry.api.digests import Digest
-from registry.api.errors import NAME_UNKNOWN, NOT_FOUND, UNSUPPORTED, RegistryError
+from registry.api.errors import (
+    NAME_UNKNOWN,
+    NOT_FOUND,
+    PAGINATION_NUMBER_INVALID,
+    UNSUPPORTED,
+    RegistryError,
+)
 from registry.api.names import is_valid_name
 from registry.auth.interfaces import CATALOG, DELETE, PULL, Principal, repository
 from registry.handlers.common import (
@@ -73,10 +79,39 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 _STATIC = _load_static()
 
 
-def _int(value: str | None, default: int = 0) -> int:
-    if value is None or not value.isdigit() or len(value) > 9:
-        return default
+def _offset(value: str | None) -> int:
+    """
+    A page's ``offset``: absent or empty is the first page; anything but a number of up to
+    nine digits is refused (400) rather than quietly read as 0, which would show the first
+    page as if it were the one asked for.
+    """
+    if not value:
+        return 0
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise RegistryError(
+            PAGINATION_NUMBER_INVALID,
+            {"offset": value[:50]},
+            "Not a valid offset: a number from 0 to 999999999.",
+            status=400,
+        )
     return int(value)
+
+
+# The methods the registry routes (`registry.app.METHODS`, all sent to the UI under ``/ui/``),
+# so that one a page does not take is answered here, as a page with an ``Allow``, not by the
+# API's 404.
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_PAGE_METHODS = ("GET", "HEAD")
+
+
+def _not_allowed(allowed: tuple[str, ...] | list[str]) -> RegistryError:
+    return RegistryError(
+        UNSUPPORTED,
+        {"allowed": list(allowed)},
+        "method not allowed",
+        status=405,
+        headers={"Allow": ", ".join(allowed)},
+    )
 
 
 def _href(path: str, **params: str | int | None) -> str:
@@ -195,17 +230,23 @@ class UiApp:
         if last:
             start = bisect.bisect_right(visible, last)
         shown = visible[start : start + self.page_size]
+        # The names are what the catalog lists; tag counts and sizes are what `tags/list` and
+        # pulls tell, so only for a repository the caller may pull (under token auth a token
+        # listing the catalog may pull nothing).
+        pulls = self.ctx.access.pull_check(request, principal)
+        pullable = [n for n in shown if pulls(n)]
         counts = await gatherResults(
-            [Deferred.fromCoroutine(_data.tag_count(self.ctx, n)) for n in shown],
+            [Deferred.fromCoroutine(_data.tag_count(self.ctx, n)) for n in pullable],
             consumeErrors=True,
         )
-        locals_ = [_data.local_name(self.ctx, n) for n in shown]
+        locals_ = [_data.local_name(self.ctx, n) for n in pullable]
         sizes = await gatherResults(
             [Deferred.fromCoroutine(self.sizes.size(n)) for n in locals_], consumeErrors=True
         )
+        known = dict(zip(pullable, zip(counts, sizes, strict=True), strict=True))
         rows = [
-            _data.RepositoryRow(n, _data.source_of(self.ctx, n), count, size)
-            for n, count, size in zip(shown, counts, sizes, strict=True)
+            _data.RepositoryRow(n, _data.source_of(self.ctx, n), *known.get(n, (None, None)))
+            for n in shown
         ]
         more = start + self.page_size < len(visible)
         router = _data.router_of(self.ctx)
@@ -224,10 +265,15 @@ class UiApp:
         self.ctx.reactor.callLater(0, self.tag_times.warm, locals_)
         return await self._render(request, "Repositories", "repositories", principal, content)
 
-    @router.route("/r/<path:rest>", methods=["GET", "HEAD", "POST"])
+    @router.route("/r/<path:rest>", methods=_METHODS)
     async def repository_pages(self, request: IRequest, rest: str) -> bytes | None:
+        # Every method comes here: which one a path takes depends on the path (a delete is a
+        # POST, every other page a GET), and the 405 must say so in ``Allow``.
+        method = request.method.decode("latin-1")
         name, _, action = rest.partition("/-/")
         if not action and rest.endswith("/") and is_valid_name(rest.rstrip("/")):
+            if method not in _PAGE_METHODS:
+                raise _not_allowed(_PAGE_METHODS)
             # ``/ui/r/team/app/``: the repository, as a person who typed a slash meant.
             request.setResponseCode(301)
             set_page_headers(request)
@@ -235,9 +281,10 @@ class UiApp:
             return b""
         if not is_valid_name(name):
             raise _not_found(rest)
-        if request.method == b"POST":
-            if action != "delete":
-                raise RegistryError(UNSUPPORTED, {"method": "POST"}, "method not allowed")
+        allowed = ("POST",) if action == "delete" else _PAGE_METHODS
+        if method not in allowed:
+            raise _not_allowed(allowed)
+        if method == "POST":
             return await self._delete(request, name)
         if not action:
             return await self._repository(request, name)
@@ -251,12 +298,19 @@ class UiApp:
     async def _repository(self, request: IRequest, name: str) -> bytes:
         principal = await authorize(self.ctx, request, [repository(name, PULL)])
         local = _data.local_name(self.ctx, name)
+        # Existence first: the bounded memo of tag dates must hold only repositories that
+        # exist, or views of names that are none (typos, probes) would fill it and push real
+        # ones out.  One remembered was seen to exist; it is looked at again only when it shows
+        # no tags (its folder may be gone since).
+        remembered = self.tag_times.remembers(local)
+        if not remembered and not await repository_exists(self.ctx.driver, local):
+            raise RegistryError(NAME_UNKNOWN, {"name": name})
         ordered, dates = await self.tag_times.newest_first(local)
-        if not ordered and not await repository_exists(self.ctx.driver, local):
+        if remembered and not ordered and not await repository_exists(self.ctx.driver, local):
             raise RegistryError(NAME_UNKNOWN, {"name": name})
         text = query(request, "q") or ""
         matching = [t for t in ordered if text in t] if text else ordered
-        offset = _int(query(request, "offset"))
+        offset = _offset(query(request, "offset"))
         shown = matching[offset : offset + self.page_size]
         rows = await _data.tag_rows(self.reader, local, [(t, dates.get(t)) for t in shown])
         token = await self.csrf.token(principal) if await self._may_delete(request, name) else None
@@ -269,7 +323,9 @@ class UiApp:
             if offset + self.page_size < len(matching)
             else ""
         )
-        message = await self._deleted_message(name, query(request, "deleted"), ordered)
+        message = await self._deleted_message(
+            principal, name, query(request, "deleted"), query(request, "proof")
+        )
         content = _pages.repository(
             name,
             _data.source_of(self.ctx, name),
@@ -283,25 +339,21 @@ class UiApp:
         )
         return await self._render(request, name, "repositories", principal, content)
 
-    async def _deleted_message(self, name: str, value: str | None, tags: list[str]) -> str | None:
+    async def _deleted_message(
+        self, principal: Principal, name: str, value: str | None, proof: str | None
+    ) -> str | None:
         """
-        The note a delete's redirect asks for (``?deleted=``), said only when it is true: a tag
-        no longer listed, a manifest no longer stored.  A link someone else made cannot put
-        words of theirs on the page, nor a claim that something was deleted.
+        The note a delete's redirect asks for (``?deleted=REFERENCE&proof=...``), said only
+        when the proof is one this user's delete was given a moment ago (`CsrfTokens`): a link
+        someone else made cannot put words of theirs on the page, nor a claim that something
+        was deleted.  That a tag is not listed now proves nothing (it may never have been).
         """
         if not value or _data.source_of(self.ctx, name) is not None:
             return None  # nothing is deleted from a cache through the UI
-        try:
-            ref = parse_reference(value)
-        except RegistryError:
+        now = float(self.ctx.reactor.seconds())
+        if not await self.csrf.proves_deleted(principal, name, value, proof, now):
             return None
-        if isinstance(ref, str):
-            return None if ref in tags else f"Deleted {ref}."
-        try:
-            await self.ctx.manifests.get(name, ref)
-        except RegistryError:
-            return f"Deleted {ref}."
-        return None
+        return f"Deleted {value}."
 
     async def _manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         principal = await authorize(self.ctx, request, [repository(name, PULL)])
@@ -388,9 +440,12 @@ class UiApp:
             name=name,
             reference=reference,
         )
+        now = float(self.ctx.reactor.seconds())
+        proof = await self.csrf.deleted_proof(principal, name, reference, now)
         request.setResponseCode(303)
         set_page_headers(request)
-        request.setHeader("Location", _href(_pages.repo_url(name), deleted=reference))
+        location = _href(_pages.repo_url(name), deleted=reference, proof=proof)
+        request.setHeader("Location", location)
         return b""
 
     @router.route("/cache", methods=["GET", "HEAD"])
@@ -405,10 +460,9 @@ class UiApp:
     async def storage(self, request: IRequest) -> bytes:
         principal = await self._registry_wide(request)
         status = await gcstatus.last(self.ctx.driver)
-        may_pull = self.ctx.access.may_pull
-        items = await self.storage_facts.items(status, lambda name: may_pull(principal, name))
-        known = self.tag_times.known
-        items.append(("Tag dates in memory", f"{known} repositor{'y' if known == 1 else 'ies'}"))
+        # What the caller may pull, as the API would answer it (not what the catalog lists).
+        pulls = self.ctx.access.pull_check(request, principal)
+        items = await self.storage_facts.items(status, pulls, self.tag_times.known)
         gc = _ops.gc_items(status) if status is not None else None
         content = _pages.storage(items, gc)
         return await self._render(request, "Storage and operations", "storage", principal, content)
@@ -428,9 +482,13 @@ class UiApp:
     async def _error_page(self, request: IRequest, error: RegistryError) -> bytes:
         for name, value in error.headers.items():
             request.setHeader(name, value)
-        title = {401: "Sign in required", 403: "Access denied", 404: "Not found"}.get(
-            error.status, "Error"
-        )
+        title = {
+            400: "Bad request",
+            401: "Sign in required",
+            403: "Access denied",
+            404: "Not found",
+            405: "Method not allowed",
+        }.get(error.status, "Error")
         detail = error.detail if isinstance(error.detail, str) else None
         message = _PAGE_MESSAGES.get(error.code.value, error.message)
         if message != error.message:
@@ -451,8 +509,11 @@ class UiApp:
     @router.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> Deferred[bytes]:
         status = getattr(failure.value, "code", 404) or 404
+        # werkzeug's 405 knows the route's methods (a GET route takes HEAD too), in no
+        # particular order: said in ours.
+        valid = getattr(failure.value, "valid_methods", None) or _PAGE_METHODS
         error = (
-            RegistryError(UNSUPPORTED, {"method": "?"}, "method not allowed", status=405)
+            _not_allowed([m for m in _METHODS if m in valid])
             if status == 405
             else _not_found(request.uri.decode("latin-1"))
         )

@@ -61,8 +61,8 @@ def local_name(ctx: RegistryContext, name: str) -> str:
 class RepositoryRow:
     name: str
     source: str | None
-    tags: int
-    size: int
+    tags: int | None  # None (shown as "—") for a repository the caller may not pull
+    size: int | None
 
 
 async def tag_count(ctx: RegistryContext, name: str) -> int:

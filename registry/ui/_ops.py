@@ -115,13 +115,15 @@ class StorageFacts:
     _uploads: tuple[float, int] | None = None
 
     async def items(
-        self, gc: dict[str, Any] | None, may_pull: Callable[[str], bool]
+        self, gc: dict[str, Any] | None, may_pull: Callable[[str], bool], tag_dates: int = 0
     ) -> list[tuple[str, str]]:
         """
-        The storage's facts; ``gc`` is the last recorded collection, if any.  Facts about
-        the whole registry (where it keeps its files, how many repositories and uploads it
-        holds) are for someone who may pull every repository; anyone else is told how many
-        repositories they may pull, as the list shows them.
+        The storage's facts; ``gc`` is the last recorded collection, if any, ``tag_dates`` the
+        number of repositories whose tag dates the UI holds in memory.  Facts about the whole
+        registry (where it keeps its files, how many repositories and uploads it holds, how
+        many of them people have opened lately) are for someone who may pull every
+        repository; anyone else is told how many repositories they may pull, as the list
+        shows them.
         """
         config = self.ctx.config
         names, _ = await self.ctx.catalog.list_repositories()
@@ -151,6 +153,8 @@ class StorageFacts:
         if whole:
             items.append(("Repositories", str(len(names))))
             items.append(("Uploads in progress", str(await self.uploads_in_progress(names))))
+            plural = "y" if tag_dates == 1 else "ies"
+            items.append(("Tag dates in memory", f"{tag_dates} repositor{plural}"))
         else:
             items.append(("Repositories you may pull", str(visible)))
         items.append(("Deletes", "enabled" if config.storage.delete_enabled else "disabled"))

@@ -142,7 +142,7 @@ def repositories(
             [
                 tags.a(href=repo_url(row.name))(row.name),
                 f"cache: {row.source}" if row.source else "hosted",
-                str(row.tags),
+                "—" if row.tags is None else str(row.tags),
                 _format.size(row.size),
             ]
             for row in rows

@@ -8,12 +8,16 @@ state-changing request (a delete) must pass.
   sends no ``Origin``) and carry a CSRF token: an HMAC of the user's name under a random key
   kept in storage, so a page of another site can neither read it nor forge it, while every
   instance sharing the storage accepts it (behind a load balancer, across restarts).
+* The "Deleted X." note after a delete is asked for by the redirect with a proof made with
+  the same key (`deleted_proof`): a link anyone else made cannot put words on the page or claim
+  a delete that did not happen, and nothing is remembered per delete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from urllib.parse import urlsplit
 
@@ -70,6 +74,22 @@ def check_same_origin(request: IRequest) -> None:
     raise RegistryError(DENIED, {"reason": "the request's origin could not be verified"})
 
 
+# How long the redirect after a delete may show its note: long enough for the browser to
+# follow it, short enough that a link copied from the address bar soon says nothing.
+DELETED_TTL = 60
+# Instances sharing the storage may disagree about the time by this much.
+_CLOCK_SKEW = 5
+
+
+def deleted_proof(key: bytes, user: str | None, name: str, reference: str, when: int) -> str:
+    """
+    ``WHEN.HMAC``: that ``user`` deleted ``reference`` of ``name`` at ``when`` (seconds since
+    the epoch).  JSON keeps the fields apart whatever characters a user name holds.
+    """
+    message = json.dumps(["ui-deleted", user or "", name, reference, when]).encode("utf-8")
+    return f"{when}.{hmac.new(key, message, hashlib.sha256).hexdigest()}"
+
+
 # The key CSRF tokens are made with, kept in storage so that every instance sharing it (and
 # the next start) accepts the tokens of the others.
 KEY_PATH = f"{layout.OWN}/ui/csrf-key"
@@ -103,3 +123,22 @@ class CsrfTokens:
     async def check(self, principal: Principal, token: str | None) -> None:
         if not token or not hmac.compare_digest(token, await self.token(principal)):
             raise RegistryError(DENIED, {"reason": "missing or invalid CSRF token"})
+
+    async def deleted_proof(
+        self, principal: Principal, name: str, reference: str, now: float
+    ) -> str:
+        """The proof a delete's redirect carries (`deleted_proof`)."""
+        return deleted_proof(await self._load(), principal.name, name, reference, int(now))
+
+    async def proves_deleted(
+        self, principal: Principal, name: str, reference: str, proof: str | None, now: float
+    ) -> bool:
+        """Whether ``proof`` is one `deleted_proof` gave ``principal`` for this delete, in the
+        last `DELETED_TTL` seconds."""
+        when, _, _ = (proof or "").partition(".")
+        if not when.isascii() or not when.isdigit() or len(when) > 12:
+            return False
+        if not -_CLOCK_SKEW <= now - int(when) <= DELETED_TTL:
+            return False
+        expected = deleted_proof(await self._load(), principal.name, name, reference, int(when))
+        return hmac.compare_digest(proof or "", expected)

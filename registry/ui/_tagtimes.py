@@ -67,6 +67,10 @@ class TagTimes:
         """Repositories whose tag dates are in memory (the storage page shows it)."""
         return len(self._repos)
 
+    def remembers(self, name: str) -> bool:
+        """Whether ``name``'s tag dates are in memory (so it was seen to exist)."""
+        return name in self._repos
+
     def observe(self, name: str, tag: str, digest: Digest | None) -> None:
         """A `TagStore` observer: a tag set now, or removed."""
         entry = self._repos.get(name)

@@ -10,11 +10,12 @@ import json
 import os
 import re
 import time
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from registry.ops import gcstatus
 from registry.storage import layout
 from registry.ui import _format
+from registry.ui._security import DELETED_TTL, KEY_PATH, deleted_proof
 from tests.ui import content
 from tests.ui.conftest import Filled, run_gc
 
@@ -235,12 +236,47 @@ def test_delete_is_refused_without_token_cross_origin_or_without_the_right(
         assert _tag_exists(filled, "doomed")
     status, headers, answer = _post_delete(filled, "alice", "doomed", token, filled.url)
     assert status == 303, answer
-    assert headers["Location"] == "/ui/r/team/lib?deleted=doomed"
+    location = headers["Location"]
+    assert location.startswith("/ui/r/team/lib?deleted=doomed&proof="), location
     assert not _tag_exists(filled, "doomed")
     assert _tag_exists(filled, "1.0")
-    _, _, body = page(filled, "/ui/r/team/lib?deleted=doomed")
+    _, _, body = page(filled, location)
     assert "Deleted doomed." in body
     assert rows(body, "tags") == ["1.0"]
+
+
+def _note(body: str) -> str | None:
+    found = re.search(r'<p class="message" role="status">([^<]*)</p>', body)
+    return html.unescape(found.group(1)) if found else None
+
+
+def test_the_deleted_note_needs_the_proof_this_users_delete_was_given(filled: Filled) -> None:
+    """
+    "Deleted X." is said only after a delete this user's browser made a moment ago: the
+    redirect's proof is signed over user, repository, reference and time.  A link anyone
+    else made (or that user's, later or for another reference) shows no note.
+    """
+    content.push_image(filled.client("alice"), "team/lib", "noted")
+    _, _, body = page(filled, "/ui/r/team/lib")
+    status, headers, _ = _post_delete(filled, "alice", "noted", csrf_token(body), filled.url)
+    assert status == 303
+    location = headers["Location"]
+    assert _note(page(filled, location)[2]) == "Deleted noted."
+    # bob may pull team/lib, but alice's link says nothing to him.
+    status, _, body = page(filled, location, "bob")
+    assert status == 200 and _note(body) is None
+    proof = parse_qs(urlsplit(location).query)["proof"][0]
+    for value in ("never-existed", "Session-expired.Log-in-at-evil.example", "sha256:" + "0" * 64):
+        for extra in ("", "&proof=0.00", f"&proof={proof}"):
+            status, _, body = page(filled, f"/ui/r/team/lib?deleted={quote(value)}{extra}")
+            assert status == 200 and _note(body) is None, (value, extra)
+    # Made with the registry's key (which only the server holds), a proof is good for a minute.
+    key = (filled.registry.workdir / "data" / KEY_PATH).read_bytes()
+    now = int(time.time())
+    for when, note in ((now - DELETED_TTL - 10, None), (now, "Deleted never-existed.")):
+        made = deleted_proof(key, "alice", "team/lib", "never-existed", when)
+        path = "/ui/r/team/lib?" + urlencode({"deleted": "never-existed", "proof": made})
+        assert _note(page(filled, path)[2]) == note, when
 
 
 def test_tags_are_paginated_and_filtered(filled: Filled) -> None:
@@ -346,6 +382,66 @@ def test_listed_repositories_get_their_tag_dates_read_in_the_background(
     os.utime(tags / "a" / "current" / "link", (3_000_000_000, 3_000_000_000))
     _, _, body = page(filled, "/ui/r/team/warm")
     assert rows(body, "tags") == ["b", "a"]
+
+
+def test_tag_dates_are_kept_for_repositories_that_exist_and_counted_only_for_all(
+    filled: Filled,
+) -> None:
+    """
+    Opening names that are not repositories remembers nothing (the memo holds 256: probes
+    would push real repositories out of it), and how many are remembered (what people opened
+    lately, anywhere) is told only to who may pull every repository.
+    """
+    page(filled, "/ui/r/team/app")  # remembered already or now: the count then holds still
+    before = tag_dates_in_memory(filled)
+    for i in range(3):
+        status, _, _ = page(filled, f"/ui/r/team/ghost{i}")
+        assert status == 404
+    assert tag_dates_in_memory(filled) == before
+    status, _, body = page(filled, "/ui/storage", "bob")
+    assert status == 200
+    assert "Tag dates in memory" not in body
+
+
+def test_other_methods_are_405_pages_with_allow(filled: Filled) -> None:
+    """A method a page does not take is answered by the UI (its headers, a page), not the
+    API's JSON 404, and the 405 says what the page takes."""
+    alice = filled.client("alice")
+    cases = [
+        ("/ui/", "PUT", "GET, HEAD"),
+        ("/ui/", "POST", "GET, HEAD"),
+        ("/ui/storage", "DELETE", "GET, HEAD"),
+        ("/ui/r/team/app", "DELETE", "GET, HEAD"),
+        ("/ui/r/team/app", "PATCH", "GET, HEAD"),
+        ("/ui/r/team/app", "OPTIONS", "GET, HEAD"),
+        ("/ui/r/team/app", "POST", "GET, HEAD"),
+        ("/ui/r/team/app/-/manifest/v1", "PUT", "GET, HEAD"),
+        ("/ui/r/team/app/-/delete", "DELETE", "POST"),
+        ("/ui/r/team/app/-/delete", "GET", "POST"),
+    ]
+    for path, method, allowed in cases:
+        status, headers, body = alice.request(method, path, b"" if method != "GET" else None)
+        assert status == 405, (method, path, body[:300])
+        assert headers.get("Allow") == allowed, (method, path)
+        assert headers["Content-Security-Policy"] == CSP, (method, path)
+        assert headers["Content-Type"] == "text/html; charset=utf-8"
+        assert b"Method not allowed" in body
+    # Where there is no page, whatever the method: the UI's 404.
+    status, headers, body = alice.request("DELETE", "/ui/nothing", b"")
+    assert status == 404 and headers["Content-Security-Policy"] == CSP
+    assert b"Not found" in body
+    assert _tag_exists(filled, "1.0")
+
+
+def test_a_bad_offset_is_a_400_page(filled: Filled) -> None:
+    for value in ("abc", "-1", "1e3", "\u00b2", "9999999999", "0x10"):
+        path = "/ui/r/team/app?" + urlencode({"offset": value})
+        status, headers, body = page(filled, path)
+        assert status == 400, (value, body[:300])
+        assert headers["Content-Security-Policy"] == CSP
+        assert "Bad request" in body and "Not a valid offset" in body
+    for path in ("/ui/r/team/app?offset=", "/ui/r/team/app?offset=0", "/ui/r/team/app?offset=7"):
+        assert page(filled, path)[0] == 200, path
 
 
 def test_tags_are_sorted_by_the_date_storage_keeps(filled: Filled) -> None:
