@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 
 from tests.e2e.conftest import Starter
@@ -210,3 +211,46 @@ async def test_a_backlog_above_a_lowered_maxevents_is_dropped_and_counted(
         "3 oldest events dropped (more than maxevents 2 were waiting)" in line
         for line in captured_logs
     )
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        pytest.param((16 * 1024, 0.005), id="fast"),  # past the 64 KiB read at once
+        pytest.param((100, 0.05), id="slow"),  # a trickle: the timeout ends it
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_answer_body_that_never_ends_is_cut_off(
+    start_registry: Starter,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+    stream: tuple[int, float],
+) -> None:
+    """A 200 whose body streams on: the registry read it all into memory, and the timeout
+    left the connection reading.  Now the 2xx status delivers the events (as documented),
+    the registry reads a bounded part of the body and closes the connection (the receiver
+    sees it go before the body ended), and the next POST works."""
+    receiver.endless = stream
+    registry = await start_registry(
+        {"notifications:ci": endpoint(receiver.url, timeout="500ms", maxbackoff="1s")}
+    )
+    notifier = notifier_of(registry)
+    await push_small_image(registry.url, "team/app", "v1")
+    await receiver.wait_events(2)
+    await receiver.wait_for(lambda: receiver.cut == 1, within=5.0)
+    await wait_until(lambda: notifier.stats()["ci"]["delivered"] == 2, within=5.0)
+    receiver.endless = None
+    await push_small_image(registry.url, "team/app", "v2")
+    events = await receiver.wait_events(4, within=5.0)
+    assert [e["target"].get("tag") for e in events] == [None, "v1", None, "v2"]
+    await wait_until(lambda: notifier.stats()["ci"]["delivered"] == 4, within=5.0)
+    assert notifier.stats()["ci"] == {
+        "pending": 0,
+        "delivered": 4,
+        "failed": 0,
+        "errors": 0,
+        "dropped": 0,
+    }
+    assert receiver.cut == 1 and len(receiver.deliveries) == 2
+    assert not [line for line in captured_logs if "POST to ci failed" in line]
