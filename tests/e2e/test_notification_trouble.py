@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import sleep, start_in_process
@@ -100,6 +102,18 @@ async def test_a_redirect_is_a_failure_that_says_where_it_pointed(
         assert elsewhere.deliveries == [] and receiver.deliveries == []
         [line] = [line for line in captured_logs if "POST to ci failed" in line]
         assert f"status 307, a redirect to {elsewhere.url} (not followed" in line
+        # The metrics say the same, in numbers and in their help text.
+        response = await treq.get(f"{registry.url}/metrics")
+        families = {
+            family.name: family
+            for family in text_string_to_metric_families(await response.text())
+            if family.name.startswith("txregistry_notifications_")
+        }
+        failed = families["txregistry_notifications_failed"]
+        assert [s.value for s in failed.samples if s.name.endswith("_total")] == [1.0]
+        assert "anything but a 2xx status" in failed.documentation
+        delivered = families["txregistry_notifications_delivered"]
+        assert "(a 2xx status)" in delivered.documentation
     finally:
         await elsewhere.stop()
 
