@@ -145,15 +145,18 @@ async def test_credentials_in_the_url_go_as_basic_auth_and_are_never_logged(
     receiver: WebhookReceiver,  # noqa: F811
     captured_logs: list[str],  # noqa: F811
 ) -> None:
+    """And so is a ``?token=`` in the query (another common way to authenticate a webhook),
+    which is sent as it is."""
     with_password = receiver.url.replace("http://", "http://hook:s3cretpw@")
-    registry = await start_registry({"notifications:ci": endpoint(with_password)})
+    query = "?access_token=querysecret&team=ci"
+    registry = await start_registry({"notifications:ci": endpoint(with_password + query)})
     await push_small_image(registry.url, "team/app", "v1")
     await receiver.wait_events(2)
     expected = "Basic " + base64.b64encode(b"hook:s3cretpw").decode()
     assert {d.header("authorization") for d in receiver.deliveries} == {expected}
     response_lines = "\n".join(captured_logs)
-    assert "s3cretpw" not in response_lines
-    assert f"notifications to ci ({receiver.url})" in response_lines
+    assert "s3cretpw" not in response_lines and "querysecret" not in response_lines
+    assert f"notifications to ci ({receiver.url}?access_token=***&team=ci)" in response_lines
 
 
 @pytest_twisted.ensureDeferred

@@ -140,7 +140,7 @@ class Endpoint:
                 "notifications: POST to {endpoint} failed: {problem}; {pending} events pending,"
                 " failure {failures} in a row, next try in {delay:.3g} s",
                 endpoint=self.name,
-                url=self.config.url,
+                url=self.config.shown_url,
                 problem=problem,
                 pending=len(self.queue.pending),
                 failures=self._failures,

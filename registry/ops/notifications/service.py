@@ -176,6 +176,6 @@ def add_notifications(
     service.setServiceParent(parent)  # type: ignore[no-untyped-call]
     log.info(
         "notifications to {names}",
-        names=", ".join(f"{e.name} ({e.url})" for e in endpoints),
+        names=", ".join(f"{e.name} ({e.shown_url})" for e in endpoints),
     )
     return notifier
