@@ -16,6 +16,7 @@ import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.client import push_blob
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import sleep, start_in_process
 from tests.e2e.test_notifications import (
@@ -271,3 +272,42 @@ async def test_an_answer_body_that_never_ends_is_cut_off(
     }
     assert receiver.cut == 1 and len(receiver.deliveries) == 2
     assert not [line for line in captured_logs if "POST to ci failed" in line]
+
+
+@pytest_twisted.ensureDeferred
+async def test_overflow_while_the_whole_queue_is_in_flight_drops_the_oldest(
+    start_registry: Starter,
+    receiver: WebhookReceiver,  # noqa: F811
+) -> None:
+    """maxevents (3) below maxbatch, the endpoint not answering: the POST under way holds the
+    whole queue, and the events pushed meanwhile were dropped (the newest).  Now they are kept
+    while that POST may still deliver; once it failed, its events (the oldest) go."""
+    receiver.hang = True
+    registry = await start_registry(
+        {
+            "notifications:ci": endpoint(
+                receiver.url,
+                maxevents="3",
+                batchwait="0",
+                threshold="2",
+                backoff="300ms",
+                maxbackoff="300ms",
+            )
+        }
+    )
+    notifier = notifier_of(registry)
+    blobs = [await push_blob(registry.url, "app", b"blob-0")]
+    await receiver.wait_for(lambda: receiver.refused == 1)  # [0] in flight
+    for i in (1, 2):
+        blobs.append(await push_blob(registry.url, "app", f"blob-{i}".encode()))
+    # The first POST times out; the retry (at once: threshold 2) holds all 3 events.
+    await receiver.wait_for(lambda: receiver.refused == 2)
+    for i in (3, 4, 5):
+        blobs.append(await push_blob(registry.url, "app", f"blob-{i}".encode()))
+    await wait_until(lambda: notifier.stats()["ci"]["errors"] == 2)
+    assert notifier.stats()["ci"]["dropped"] == 3
+    receiver.hang = False
+    events = await receiver.wait_events(3)
+    assert [e["target"]["digest"] for e in events] == blobs[3:]
+    await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)
+    assert notifier.stats()["ci"]["delivered"] == 3

@@ -16,8 +16,12 @@ repeat deliveries whose ``D`` record was not written yet.  Once more than half o
 done events, it is rewritten (a new file renamed over it) with the pending events only; the
 same happens at start-up, which also drops a line torn by a crash.
 
-The queue keeps at most ``max_events`` pending events: one more drops the oldest that is not
-being delivered, counted in ``dropped``.
+The queue keeps at most ``max_events`` pending events besides those of the POST under way:
+one more drops the oldest that is not being delivered, counted in ``dropped``.  The POST's
+events cannot go while it may still deliver them; if it fails, they are the oldest waiting
+and the first to go, down to ``max_events``.  (Counting them in the bound instead dropped the
+newest events whenever one POST held the whole queue, as it does with ``maxevents`` at most
+``maxbatch`` and the endpoint down.)  So memory holds at most ``max_events`` plus one batch.
 """
 
 from __future__ import annotations
@@ -230,13 +234,16 @@ class DurableQueue:
         if self.path is not None:
             self._buffer.append(b"E %d %s\n" % (seq, event))
             self._file_events += 1
-        while len(self.pending) > self.max_events and len(self.pending) > self._in_flight:
+        while len(self.pending) - self._in_flight > self.max_events:
             dropped_seq, _ = self.pending[self._in_flight]
             del self.pending[self._in_flight]
             self._mark_done(dropped_seq, dropped_seq, 1)
-            self.dropped += 1
-            if self.on_drop is not None:
-                self.on_drop(1)
+            self._count_drops(1)
+
+    def _count_drops(self, count: int) -> None:
+        self.dropped += count
+        if self.on_drop is not None:
+            self.on_drop(count)
 
     @property
     def waiting(self) -> int:
@@ -260,8 +267,16 @@ class DurableQueue:
         self._in_flight = 0
 
     def release(self) -> None:
-        """The events taken were not delivered: they stay first in line."""
+        """The events taken were not delivered: they stay first in line, unless the queue is
+        above its bound (events accepted while they were being delivered): then the oldest go."""
         self._in_flight = 0
+        excess = len(self.pending) - self.max_events
+        if excess > 0:
+            first, last = self.pending[0][0], self.pending[excess - 1][0]
+            for _ in range(excess):
+                self.pending.popleft()
+            self._mark_done(first, last, excess)
+            self._count_drops(excess)
 
     def _mark_done(self, first: int, last: int, count: int) -> None:
         if self.path is not None:
