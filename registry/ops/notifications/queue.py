@@ -105,6 +105,30 @@ def read_log(path: str) -> LogContents:
     return LogContents(kept, last, damaged)
 
 
+def read_and_adopt(path: str, others: list[str], fsync: bool) -> tuple[LogContents, list[int]]:
+    """
+    The pending events of the log ``path`` followed by those of the logs ``others`` (queues
+    no process writes any more: workers beyond ``[http] workers``), renumbered after
+    ``path``'s own and each file's order kept; the result is written to ``path`` before
+    ``others`` are removed, so a crash in between can repeat events (at least once) but
+    never lose them.  Also how many events each of ``others`` gave.
+    """
+    own = read_log(path)
+    pending, last, damaged = list(own.pending), own.last, own.damaged
+    counts = []
+    for other in others:
+        contents = read_log(other)
+        for _, event in contents.pending:
+            last += 1
+            pending.append((last, event))
+        damaged += contents.damaged
+        counts.append(len(contents.pending))
+    _write(path, _event_lines(pending), replace=True, fsync=fsync)
+    for other in others:
+        os.remove(other)
+    return LogContents(pending, last, damaged), counts
+
+
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """``ranges`` as disjoint ranges in order (done ranges overlap: a drop inside a prefix)."""
     out: list[tuple[int, int]] = []
@@ -159,8 +183,11 @@ class DurableQueue:
         max_events: int,
         fsync: bool = True,
         on_drop: Callable[[int], None] | None = None,
+        adopt: tuple[str, ...] = (),
     ) -> None:
         self.path = path
+        # Logs of workers that no longer run, whose events `load` moves into this one.
+        self.adopt = adopt
         self._reactor = reactor
         self._pool = pool
         self.max_events = max_events
@@ -186,7 +213,24 @@ class DurableQueue:
         if self.path is None or self._loaded:
             return
         path = self.path
-        contents = await deferToThreadPool(self._reactor, self._pool, read_log, path)
+        if self.adopt:
+            # Always fsynced: the adopted files are removed once this write is done.
+            contents, counts = await deferToThreadPool(
+                self._reactor, self._pool, read_and_adopt, path, list(self.adopt), True
+            )
+            log.warn(
+                "notifications: {count} undelivered events adopted from {adopted} (queues of"
+                " workers beyond [http] workers) into {path}",
+                count=sum(counts),
+                adopted=", ".join(
+                    f"{os.path.basename(other)} ({n})"
+                    for other, n in zip(self.adopt, counts, strict=True)
+                ),
+                path=path,
+            )
+            self.adopt = ()
+        else:
+            contents = await deferToThreadPool(self._reactor, self._pool, read_log, path)
         entries = contents.pending
         if contents.damaged:
             log.warn(
