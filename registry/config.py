@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -94,17 +94,18 @@ def parse_http_url(text: str, credentials: bool = False) -> str:
     repeat the URL: it would print the password).
     """
     text = text.strip()
+    # Every error below names the URL without its password, even one too broken to split.
+    shown = without_credentials(text)
     if not text.startswith(("http://", "https://")):
-        raise ValueError(f"{text!r} is not an http(s) URL")
+        raise ValueError(f"{shown!r} is not an http(s) URL")
     try:
         parts = urlsplit(text)
     except ValueError as exc:  # a bracketed host that is no IPv6 address
-        raise ValueError(f"{text!r} is not a URL: {exc}") from None
+        raise ValueError(f"{shown!r} is not a URL: {exc}") from None
     if "@" in parts.netloc and not credentials:
         raise ValueError(
             "the URL carries credentials (user:password@); this section has its own keys for them"
         )
-    shown = text if "@" not in parts.netloc else parts._replace(netloc=_host_port(parts)).geturl()
     host = parts.hostname or ""
     try:
         port = parts.port
@@ -124,9 +125,17 @@ def parse_http_url(text: str, credentials: bool = False) -> str:
     return text
 
 
-def _host_port(parts: SplitResult) -> str:
-    """The ``host[:port]`` of a URL's authority, without ``user:password@``."""
-    return parts.netloc.rpartition("@")[2]
+def without_credentials(url: str) -> str:
+    """``url`` with its ``user:password@`` left out, worked out by hand rather than by
+    `urlsplit`, which refuses some URLs that errors must still show."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" not in authority:
+        return url
+    return f"{scheme}://{authority.rpartition('@')[2]}{rest[end:]}"
 
 
 def parse_bool(text: str) -> bool:

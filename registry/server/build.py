@@ -289,7 +289,13 @@ def serve(
         hash_threads=HashThreads(reactor, hash_pool),
         metrics=metrics,
         # Webhooks ([notifications:NAME]): a durable queue and delivery service per endpoint.
-        notifier=add_notifications(config, reactor, root, worker=spec.worker if spec else 0),
+        notifier=add_notifications(
+            config,
+            reactor,
+            root,
+            worker=spec.worker if spec else 0,
+            workers=spec.workers if spec else 1,
+        ),
         wrap=wrap,
     )
     router: ProxyRouter | None = None

@@ -11,8 +11,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.client import push_blob
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import sleep, start_in_process
 from tests.e2e.test_notifications import (
@@ -99,6 +103,18 @@ async def test_a_redirect_is_a_failure_that_says_where_it_pointed(
         assert elsewhere.deliveries == [] and receiver.deliveries == []
         [line] = [line for line in captured_logs if "POST to ci failed" in line]
         assert f"status 307, a redirect to {elsewhere.url} (not followed" in line
+        # The metrics say the same, in numbers and in their help text.
+        response = await treq.get(f"{registry.url}/metrics")
+        families = {
+            family.name: family
+            for family in text_string_to_metric_families(await response.text())
+            if family.name.startswith("txregistry_notifications_")
+        }
+        failed = families["txregistry_notifications_failed"]
+        assert [s.value for s in failed.samples if s.name.endswith("_total")] == [1.0]
+        assert "anything but a 2xx status" in failed.documentation
+        delivered = families["txregistry_notifications_delivered"]
+        assert "(a 2xx status)" in delivered.documentation
     finally:
         await elsewhere.stop()
 
@@ -130,15 +146,18 @@ async def test_credentials_in_the_url_go_as_basic_auth_and_are_never_logged(
     receiver: WebhookReceiver,  # noqa: F811
     captured_logs: list[str],  # noqa: F811
 ) -> None:
+    """And so is a ``?token=`` in the query (another common way to authenticate a webhook),
+    which is sent as it is."""
     with_password = receiver.url.replace("http://", "http://hook:s3cretpw@")
-    registry = await start_registry({"notifications:ci": endpoint(with_password)})
+    query = "?access_token=querysecret&team=ci"
+    registry = await start_registry({"notifications:ci": endpoint(with_password + query)})
     await push_small_image(registry.url, "team/app", "v1")
     await receiver.wait_events(2)
     expected = "Basic " + base64.b64encode(b"hook:s3cretpw").decode()
     assert {d.header("authorization") for d in receiver.deliveries} == {expected}
     response_lines = "\n".join(captured_logs)
-    assert "s3cretpw" not in response_lines
-    assert f"notifications to ci ({receiver.url})" in response_lines
+    assert "s3cretpw" not in response_lines and "querysecret" not in response_lines
+    assert f"notifications to ci ({receiver.url}?access_token=***&team=ci)" in response_lines
 
 
 @pytest_twisted.ensureDeferred
@@ -210,3 +229,85 @@ async def test_a_backlog_above_a_lowered_maxevents_is_dropped_and_counted(
         "3 oldest events dropped (more than maxevents 2 were waiting)" in line
         for line in captured_logs
     )
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        pytest.param((16 * 1024, 0.005), id="fast"),  # past the 64 KiB read at once
+        pytest.param((100, 0.05), id="slow"),  # a trickle: the timeout ends it
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_answer_body_that_never_ends_is_cut_off(
+    start_registry: Starter,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+    stream: tuple[int, float],
+) -> None:
+    """A 200 whose body streams on: the registry read it all into memory, and the timeout
+    left the connection reading.  Now the 2xx status delivers the events (as documented),
+    the registry reads a bounded part of the body and closes the connection (the receiver
+    sees it go before the body ended), and the next POST works."""
+    receiver.endless = stream
+    registry = await start_registry(
+        {"notifications:ci": endpoint(receiver.url, timeout="500ms", maxbackoff="1s")}
+    )
+    notifier = notifier_of(registry)
+    await push_small_image(registry.url, "team/app", "v1")
+    await receiver.wait_events(2)
+    await receiver.wait_for(lambda: receiver.cut == 1, within=5.0)
+    await wait_until(lambda: notifier.stats()["ci"]["delivered"] == 2, within=5.0)
+    receiver.endless = None
+    await push_small_image(registry.url, "team/app", "v2")
+    events = await receiver.wait_events(4, within=5.0)
+    assert [e["target"].get("tag") for e in events] == [None, "v1", None, "v2"]
+    await wait_until(lambda: notifier.stats()["ci"]["delivered"] == 4, within=5.0)
+    assert notifier.stats()["ci"] == {
+        "pending": 0,
+        "delivered": 4,
+        "failed": 0,
+        "errors": 0,
+        "dropped": 0,
+    }
+    assert receiver.cut == 1 and len(receiver.deliveries) == 2
+    assert not [line for line in captured_logs if "POST to ci failed" in line]
+
+
+@pytest_twisted.ensureDeferred
+async def test_overflow_while_the_whole_queue_is_in_flight_drops_the_oldest(
+    start_registry: Starter,
+    receiver: WebhookReceiver,  # noqa: F811
+) -> None:
+    """maxevents (3) below maxbatch, the endpoint not answering: the POST under way holds the
+    whole queue, and the events pushed meanwhile were dropped (the newest).  Now they are kept
+    while that POST may still deliver; once it failed, its events (the oldest) go."""
+    receiver.hang = True
+    registry = await start_registry(
+        {
+            "notifications:ci": endpoint(
+                receiver.url,
+                maxevents="3",
+                batchwait="0",
+                threshold="2",
+                backoff="300ms",
+                maxbackoff="300ms",
+            )
+        }
+    )
+    notifier = notifier_of(registry)
+    blobs = [await push_blob(registry.url, "app", b"blob-0")]
+    await receiver.wait_for(lambda: receiver.refused == 1)  # [0] in flight
+    for i in (1, 2):
+        blobs.append(await push_blob(registry.url, "app", f"blob-{i}".encode()))
+    # The first POST times out; the retry (at once: threshold 2) holds all 3 events.
+    await receiver.wait_for(lambda: receiver.refused == 2)
+    for i in (3, 4, 5):
+        blobs.append(await push_blob(registry.url, "app", f"blob-{i}".encode()))
+    await wait_until(lambda: notifier.stats()["ci"]["errors"] == 2)
+    assert notifier.stats()["ci"]["dropped"] == 3
+    receiver.hang = False
+    events = await receiver.wait_events(3)
+    assert [e["target"]["digest"] for e in events] == blobs[3:]
+    await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)
+    assert notifier.stats()["ci"]["delivered"] == 3

@@ -33,6 +33,7 @@ from tests.e2e.harness import (
     RegistryProcess,
     sleep,
     start_in_process,
+    write_config,
 )
 from tests.fakes.webhook import WebhookReceiver
 from tests.manifests import samples
@@ -515,3 +516,46 @@ async def test_restart_while_receiver_is_down(
     check_order(events, pushed)
     instances = [e["source"]["instanceID"] for e in events]
     assert len(set(instances)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_queues_of_workers_that_no_longer_run_are_adopted(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """Events queued by worker 1 (receiver down, ``workers = 2``) were never delivered after
+    a restart with ``workers = 1``: no process read ``ci.worker1.log`` and nothing said so.
+    Now worker 0 adopts the file at start-up (one line names it) and every event arrives,
+    exactly once."""
+    sections: dict[str, dict[str, str]] = {
+        "http": {"workers": "2"},
+        "notifications": {"flush_interval": "20ms"},
+        "notifications:ci": endpoint(receiver.url, threshold="1", backoff="50ms"),
+    }
+    server = RegistryProcess(tmp_path, sections)
+    folder = tmp_path / "data" / "notifications"
+    await receiver.stop()
+    server.start()
+    try:
+        images = [(f"r{i}", "t") for i in range(40)]
+        for i in range(0, 40, 2):  # a connection per two images: both workers get some
+            await push_images(server.url, images[i : i + 2])
+        server.stop(signal.SIGTERM)
+        queued = events_on_disk(folder / "ci.log"), events_on_disk(folder / "ci.worker1.log")
+        assert sum(queued) == 80 and queued[1] > 0, queued  # or there is nothing to adopt
+        sections["http"]["workers"] = "1"
+        write_config(server.config, sections)
+        server.start()
+        await receiver.start()
+        await receiver.wait_for(lambda: len(receiver.events) >= 80)
+        await sleep(0.3)  # a duplicate would come now
+    finally:
+        server.stop()
+    assert len(receiver.events) == 80
+    assert len({e["id"] for e in receiver.events}) == 80
+    assert not (folder / "ci.worker1.log").exists()
+    log = server.log_text()
+    assert "Traceback" not in log
+    assert (
+        f"notifications: {queued[1]} undelivered events adopted from ci.worker1.log"
+        f" ({queued[1]}) (queues of workers beyond [http] workers) into {folder}/ci.log"
+    ) in log

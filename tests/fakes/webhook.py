@@ -2,7 +2,9 @@
 A real webhook receiver for the notification tests: a twisted.web site on 127.0.0.1 that
 records every POST (body and headers), and can be told to answer 503 or to stop listening
 (connection refused) and come back on the same port, to redirect elsewhere (``status`` 3xx and
-``location``) or to take POSTs and never answer them (``hang``).
+``location``), to take POSTs and never answer them (``hang``), or to take them and answer 200
+with a body that does not end (``endless``: chunks of ``endless[0]`` bytes every ``endless[1]``
+seconds, for at most `ENDLESS_FOR` seconds; ``cut`` counts the answers the client closed).
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+# An endless answer ends after this long anyway, so that a client that keeps reading (the bug
+# the tests look for) cannot keep a test running.
+ENDLESS_FOR = 15.0
 
 
 @attrs.define
@@ -72,7 +79,35 @@ class _Hook(Resource):
         self.receiver.events.extend(delivery.events)
         self.receiver._changed()
         request.setResponseCode(self.receiver.status)
+        if self.receiver.endless is not None:
+            self._stream(request, *self.receiver.endless)
+            return NOT_DONE_YET
         return b""
+
+    def _stream(self, request: Request, size: int, interval: float) -> None:
+        receiver = self.receiver
+        chunk = b"x" * size
+        closed: list[bool] = []
+        deadline = reactor.seconds() + ENDLESS_FOR  # type: ignore[attr-defined]
+
+        def cut(reason: Failure) -> None:
+            # notifyFinish fails when the connection goes before the answer ended.
+            closed.append(True)
+            receiver.cut += 1
+            receiver._changed()
+
+        request.notifyFinish().addErrback(cut)
+
+        def more() -> None:
+            if closed:
+                return
+            if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+                request.finish()
+                return
+            request.write(chunk)
+            reactor.callLater(interval, more)  # type: ignore[attr-defined]
+
+        more()
 
 
 class WebhookReceiver:
@@ -84,6 +119,8 @@ class WebhookReceiver:
         self.status = 200
         self.location: str | None = None  # where a 3xx status points
         self.hang = False  # take POSTs, never answer
+        self.endless: tuple[int, float] | None = None  # (chunk size, interval): see above
+        self.cut = 0  # endless answers the client closed
         self.refused = 0  # POSTs not recorded (answered 3xx/4xx/5xx, or left hanging)
         self.port = 0
         self._listening: IListeningPort | None = None

@@ -307,6 +307,28 @@ def test_files_the_configuration_names_are_checked_at_start_up(
     assert printed.startswith(expected), printed
 
 
+@pytest.mark.parametrize(
+    ("url", "line"),
+    [
+        ("ftp://alice:s3cr3tpw@127.0.0.1/x", "'ftp://127.0.0.1/x' is not an http(s) URL"),
+        (
+            "http://alice:s3cr3tpw@[zz]:80/x",
+            "'http://[zz]:80/x' is not a URL: 'zz' does not appear to be an IPv4 or IPv6 address",
+        ),
+    ],
+    ids=["scheme", "unsplittable"],
+)
+def test_a_bad_webhook_url_is_shown_without_its_password(
+    tmp_path: Path, url: str, line: str
+) -> None:
+    config = write_config(tmp_path / "r.cfg", {"notifications:x": {"url": url}})
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "d")
+    )
+    assert "s3cr3tpw" not in result.stdout + result.stderr
+    assert_one_line(result, f"txregistry: configuration error: [notifications:x] url: {line}")
+
+
 def test_misspelt_environment_variable_is_refused(tmp_path: Path) -> None:
     result = run_registry(
         tmp_path,

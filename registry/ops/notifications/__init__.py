@@ -27,14 +27,14 @@ _FROM_SERVICE = ("NotificationService",)
 
 
 def add_notifications(
-    config: Config, reactor: Any, parent: MultiService, worker: int = 0
+    config: Config, reactor: Any, parent: MultiService, worker: int = 0, workers: int = 1
 ) -> Notifier:
     """`registry.ops.notifications.service.add_notifications`, loaded when there are endpoints."""
     if not parse_endpoints(config):
         return Notifier()
     from registry.ops.notifications import service
 
-    return service.add_notifications(config, reactor, parent, worker=worker)
+    return service.add_notifications(config, reactor, parent, worker=worker, workers=workers)
 
 
 def __getattr__(name: str) -> Any:

@@ -67,6 +67,13 @@ def _actions(text: str) -> tuple[str, ...]:
     return actions
 
 
+# A query parameter whose name says it holds a secret: its value is not logged.
+_SECRET_QUERY = re.compile(
+    r"([?&][^=&#]*(?:token|key|secret|password|passwd|signature|sig|auth)[^=&#]*=)[^&#]*",
+    re.IGNORECASE,
+)
+
+
 @attrs.frozen
 class EndpointConfig:
     """One webhook endpoint; durations are seconds."""
@@ -74,7 +81,8 @@ class EndpointConfig:
     name: str
     url: str
     headers: tuple[tuple[str, str], ...] = ()
-    # One POST's bound, from connect to the last byte of the answer (registry:2 default: 1s).
+    # One POST's bound, from connect to the answer's status (registry:2 default: 1s); the
+    # body is then read for at most as long again (`delivery._discard_body`).
     timeout: float = 1.0
     # A failed POST is retried at once until this many failures in a row (registry:2's breaker).
     threshold: int = 10
@@ -93,6 +101,12 @@ class EndpointConfig:
     # How long a POST waits for more events unless `maxbatch` are waiting (0: no wait).
     batchwait: float = 0.1
     disabled: bool = False
+
+    @property
+    def shown_url(self) -> str:
+        """`url` as logged: a secret in its query (``?token=...``, a common way to
+        authenticate a webhook) is replaced by ``***`` (the password is gone already)."""
+        return _SECRET_QUERY.sub(r"\1***", self.url)
 
     def wants(self, action: str, media_type: str | None) -> bool:
         if action in self.ignore_actions:

@@ -4,9 +4,11 @@ the endpoint in the order this process accepted them (with ``[http] workers`` ab
 worker has its own queue, so events of different workers may arrive in either order).
 
 A POST answered with a 2xx status delivers its events; anything else (a redirect, a 4xx/5xx,
-a refused connection, no answer within ``timeout``) leaves them first in the queue.  A redirect
-is not followed: the events would go, with the configured headers (credentials), to a place
-nobody configured; registry:2 counts any status below 400 as delivered, so an endpoint that
+a refused connection, no status within ``timeout``) leaves them first in the queue.  The body
+of the answer is read only to reuse the connection, and only `BODY_LIMIT` bytes of it for at
+most ``timeout``: past either, the connection is closed (an endless body once filled memory).
+A redirect is not followed: the events would go, with the configured headers (credentials), to
+a place nobody configured; registry:2 counts any status below 400 as delivered, so an endpoint that
 moved loses every event without a word.  Unless ``maxbatch`` events are waiting, a POST
 waits ``batchwait`` for more to come.
 Until ``threshold`` failures in a row, a failed POST is retried at once (registry:2's
@@ -20,13 +22,17 @@ burst of dropped events.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
 
 from registry.ops.notifications.config import EndpointConfig
 from registry.ops.notifications.events import EVENTS_MEDIA_TYPE, envelope
@@ -56,7 +62,7 @@ class Endpoint:
         self._reactor = reactor
         self._client = client
         self.delivered = 0  # events
-        self.failed = 0  # POSTs answered with a status of 400 or more
+        self.failed = 0  # POSTs answered with anything but 2xx
         self.errors = 0  # POSTs without an answer (refused, reset, timed out)
         self._failures = 0  # in a row
         self._wakeup: Deferred[None] | None = None
@@ -112,7 +118,7 @@ class Endpoint:
                 await deferLater(self._reactor, self.config.batchwait)
                 batch = self.queue.take(self.config.maxbatch)
             try:
-                problem = await self._post(batch)
+                problem, response = await self._post(batch)
             except BaseException:
                 self.queue.release()
                 raise
@@ -120,15 +126,21 @@ class Endpoint:
                 self.queue.done(len(batch))
                 self.delivered += len(batch)
                 self._delivered_again()
+            else:
+                self.queue.release()
+            if response is not None:
+                # After the bookkeeping: a stop while the body is read cancels only the read
+                # (closing the connection), the events' fate is decided by the status.
+                await _discard_body(response, self._reactor, self.config.timeout)
+            if problem is None:
                 continue
-            self.queue.release()
             self._failures += 1
             delay = self._delay()
             log.warn(
                 "notifications: POST to {endpoint} failed: {problem}; {pending} events pending,"
                 " failure {failures} in a row, next try in {delay:.3g} s",
                 endpoint=self.name,
-                url=self.config.url,
+                url=self.config.shown_url,
                 problem=problem,
                 pending=len(self.queue.pending),
                 failures=self._failures,
@@ -172,33 +184,86 @@ class Endpoint:
             )
         self._burst += count
 
-    async def _post(self, batch: list[Entry]) -> str | None:
-        """None when the endpoint took the events, else what went wrong."""
+    async def _post(self, batch: list[Entry]) -> tuple[str | None, IResponse | None]:
+        """(None when the endpoint took the events, else what went wrong; the response, whose
+        body is still to be read, when there is one)."""
         body = envelope([event for _, event in batch])
-        exchange = Deferred.fromCoroutine(self._exchange(body))
-        exchange.addTimeout(self.config.timeout, self._reactor, onTimeoutCancel=_no_answer)
+        # Cancelling the request (at the timeout, or at `stop`) closes its connection.
+        request = self._client.post(
+            self.config.url,
+            data=body,
+            headers=self._headers,
+            allow_redirects=False,
+            unbuffered=True,  # treq would otherwise read the whole body into memory
+        )
+        request.addTimeout(self.config.timeout, self._reactor, onTimeoutCancel=_no_answer)
         try:
-            status, location = await exchange
+            response = await request
         except CancelledError:
             raise
         except NoAnswer as exc:
             self.errors += 1
-            return str(exc)
+            return str(exc), None
         except Exception as exc:
             self.errors += 1
-            return f"{type(exc).__name__}: {exc}"[:300]
+            return f"{type(exc).__name__}: {exc}"[:300], None
+        status = int(response.code)
         if 200 <= status < 300:
-            return None
+            return None, response
         self.failed += 1
         if 300 <= status < 400:
+            raw = response.headers.getRawHeaders(b"location", [None])[-1]
+            location = raw.decode("latin-1") if raw else None
             where = f" to {location[:200]}" if location else ""
-            return f"status {status}, a redirect{where} (not followed: set url to where events go)"
-        return f"status {status}"
+            return (
+                f"status {status}, a redirect{where} (not followed: set url to where events go)",
+                response,
+            )
+        return f"status {status}", response
 
-    async def _exchange(self, body: bytes) -> tuple[int, str | None]:
-        response = await self._client.post(
-            self.config.url, data=body, headers=self._headers, allow_redirects=False
-        )
-        await response.content()  # read to the end so the connection can be reused
-        location = response.headers.getRawHeaders(b"location", [None])[-1]
-        return int(response.code), location.decode("latin-1") if location else None
+
+# What is read of an answer's body, at most: nothing in it is used, it is read only so that the
+# connection can serve the next POST (an endpoint's "ok" or error page is far smaller).
+BODY_LIMIT = 64 * 1024
+
+
+class _Discard(Protocol):
+    """Reads an answer's body and forgets it; past `BODY_LIMIT` bytes, closes the connection
+    (an endless body would otherwise keep the connection, and a reader, busy for good)."""
+
+    def __init__(self, finished: Deferred[None]) -> None:
+        self._finished = finished
+        self._received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > BODY_LIMIT:
+            self.stop_reading()
+            if not self._finished.called:
+                self._finished.callback(None)
+
+    def stop_reading(self) -> None:
+        """Close the connection (it does not go back to the pool); no more data comes."""
+        if self.transport is not None:
+            # A response's transport is an IPushProducer (twisted.web.iweb.IResponse.deliverBody)
+            cast(IPushProducer, self.transport).stopProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # The end of the body (the connection goes back to the pool) or of the connection.
+        if not self._finished.called:
+            self._finished.callback(None)
+
+
+async def _discard_body(response: IResponse, reactor: Any, within: float) -> None:
+    """
+    Read ``response``'s body (at most `BODY_LIMIT` bytes, for at most ``within`` seconds) and drop
+    it.  Reading stops, and the connection is closed, past either bound or when this is
+    cancelled (`Endpoint.stop`): a body that never ends must hold neither memory nor the
+    delivery loop.  The status alone decides what happened to the events, so nothing here
+    fails.
+    """
+    finished: Deferred[None] = Deferred(lambda _: protocol.stop_reading())
+    protocol = _Discard(finished)
+    response.deliverBody(protocol)
+    finished.addTimeout(within, reactor, onTimeoutCancel=lambda result, timeout: None)
+    await finished

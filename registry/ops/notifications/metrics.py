@@ -13,8 +13,8 @@ from registry.ops.prometheus import (
 )
 
 _COUNTERS = {
-    "delivered": "Events the endpoint accepted (a status below 400).",
-    "failed": "POSTs the endpoint answered with a status of 400 or more.",
+    "delivered": "Events the endpoint accepted (a 2xx status).",
+    "failed": "POSTs the endpoint answered with anything but a 2xx status (3xx included).",
     "errors": "POSTs without an answer (connection refused or reset, timeout).",
     "dropped": "Oldest events dropped because the endpoint's queue was full (maxevents).",
 }

@@ -16,8 +16,12 @@ repeat deliveries whose ``D`` record was not written yet.  Once more than half o
 done events, it is rewritten (a new file renamed over it) with the pending events only; the
 same happens at start-up, which also drops a line torn by a crash.
 
-The queue keeps at most ``max_events`` pending events: one more drops the oldest that is not
-being delivered, counted in ``dropped``.
+The queue keeps at most ``max_events`` pending events besides those of the POST under way:
+one more drops the oldest that is not being delivered, counted in ``dropped``.  The POST's
+events cannot go while it may still deliver them; if it fails, they are the oldest waiting
+and the first to go, down to ``max_events``.  (Counting them in the bound instead dropped the
+newest events whenever one POST held the whole queue, as it does with ``maxevents`` at most
+``maxbatch`` and the endpoint down.)  So memory holds at most ``max_events`` plus one batch.
 """
 
 from __future__ import annotations
@@ -101,6 +105,30 @@ def read_log(path: str) -> LogContents:
     return LogContents(kept, last, damaged)
 
 
+def read_and_adopt(path: str, others: list[str], fsync: bool) -> tuple[LogContents, list[int]]:
+    """
+    The pending events of the log ``path`` followed by those of the logs ``others`` (queues
+    no process writes any more: workers beyond ``[http] workers``), renumbered after
+    ``path``'s own and each file's order kept; the result is written to ``path`` before
+    ``others`` are removed, so a crash in between can repeat events (at least once) but
+    never lose them.  Also how many events each of ``others`` gave.
+    """
+    own = read_log(path)
+    pending, last, damaged = list(own.pending), own.last, own.damaged
+    counts = []
+    for other in others:
+        contents = read_log(other)
+        for _, event in contents.pending:
+            last += 1
+            pending.append((last, event))
+        damaged += contents.damaged
+        counts.append(len(contents.pending))
+    _write(path, _event_lines(pending), replace=True, fsync=fsync)
+    for other in others:
+        os.remove(other)
+    return LogContents(pending, last, damaged), counts
+
+
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """``ranges`` as disjoint ranges in order (done ranges overlap: a drop inside a prefix)."""
     out: list[tuple[int, int]] = []
@@ -155,8 +183,11 @@ class DurableQueue:
         max_events: int,
         fsync: bool = True,
         on_drop: Callable[[int], None] | None = None,
+        adopt: tuple[str, ...] = (),
     ) -> None:
         self.path = path
+        # Logs of workers that no longer run, whose events `load` moves into this one.
+        self.adopt = adopt
         self._reactor = reactor
         self._pool = pool
         self.max_events = max_events
@@ -182,7 +213,24 @@ class DurableQueue:
         if self.path is None or self._loaded:
             return
         path = self.path
-        contents = await deferToThreadPool(self._reactor, self._pool, read_log, path)
+        if self.adopt:
+            # Always fsynced: the adopted files are removed once this write is done.
+            contents, counts = await deferToThreadPool(
+                self._reactor, self._pool, read_and_adopt, path, list(self.adopt), True
+            )
+            log.warn(
+                "notifications: {count} undelivered events adopted from {adopted} (queues of"
+                " workers beyond [http] workers) into {path}",
+                count=sum(counts),
+                adopted=", ".join(
+                    f"{os.path.basename(other)} ({n})"
+                    for other, n in zip(self.adopt, counts, strict=True)
+                ),
+                path=path,
+            )
+            self.adopt = ()
+        else:
+            contents = await deferToThreadPool(self._reactor, self._pool, read_log, path)
         entries = contents.pending
         if contents.damaged:
             log.warn(
@@ -230,13 +278,16 @@ class DurableQueue:
         if self.path is not None:
             self._buffer.append(b"E %d %s\n" % (seq, event))
             self._file_events += 1
-        while len(self.pending) > self.max_events and len(self.pending) > self._in_flight:
+        while len(self.pending) - self._in_flight > self.max_events:
             dropped_seq, _ = self.pending[self._in_flight]
             del self.pending[self._in_flight]
             self._mark_done(dropped_seq, dropped_seq, 1)
-            self.dropped += 1
-            if self.on_drop is not None:
-                self.on_drop(1)
+            self._count_drops(1)
+
+    def _count_drops(self, count: int) -> None:
+        self.dropped += count
+        if self.on_drop is not None:
+            self.on_drop(count)
 
     @property
     def waiting(self) -> int:
@@ -260,8 +311,16 @@ class DurableQueue:
         self._in_flight = 0
 
     def release(self) -> None:
-        """The events taken were not delivered: they stay first in line."""
+        """The events taken were not delivered: they stay first in line, unless the queue is
+        above its bound (events accepted while they were being delivered): then the oldest go."""
         self._in_flight = 0
+        excess = len(self.pending) - self.max_events
+        if excess > 0:
+            first, last = self.pending[0][0], self.pending[excess - 1][0]
+            for _ in range(excess):
+                self.pending.popleft()
+            self._mark_done(first, last, excess)
+            self._count_drops(excess)
 
     def _mark_done(self, first: int, last: int, count: int) -> None:
         if self.path is not None:

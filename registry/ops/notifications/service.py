@@ -126,6 +126,32 @@ def queue_file(directory: str, endpoint: str, worker: int = 0) -> str:
     return os.path.join(directory, name)
 
 
+def orphan_queue_files(
+    directory: str, endpoint: str, workers: int, others: frozenset[str] = frozenset()
+) -> list[str]:
+    """
+    The queue logs of ``endpoint`` (`queue_file`) whose worker number is ``workers`` or
+    more: written before ``[http] workers`` went down (or ``auto`` met fewer cores), no
+    process reads them any more, so worker 0 adopts their events.  Worker number order, so
+    each worker's events stay in order.  A file that is the plain log of another endpoint in
+    ``others`` (an endpoint named ``ci.worker3``) is not one of them.
+    """
+    pattern = re.compile(re.escape(endpoint) + r"\.worker([1-9][0-9]*)\.log")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []  # the queues' own load says what is wrong with the folder
+    found = []
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or name in others:
+            continue
+        number = int(match.group(1))
+        if number >= workers:
+            found.append((number, os.path.join(directory, name)))
+    return [path for _, path in sorted(found)]
+
+
 def _probe_write(directory: str) -> None:
     """Create and remove a file in ``directory``: the queues must be writable from the start
     (at start-up, before the reactor runs, so blocking here blocks no request)."""
@@ -136,12 +162,13 @@ def _probe_write(directory: str) -> None:
 
 
 def add_notifications(
-    config: Config, reactor: Any, parent: MultiService, worker: int = 0
+    config: Config, reactor: Any, parent: MultiService, worker: int = 0, workers: int = 1
 ) -> Notifier:
     """
     The `Notifier` for ``RegistryContext.notifier``: with ``[notifications:NAME]`` endpoints,
     their service is added to ``parent``; without, a notifier that does nothing.  ``worker``
-    picks this process's queue files (`queue_file`).
+    picks this process's queue files (`queue_file`); worker 0 also takes over the files of
+    worker numbers from ``workers`` on (`orphan_queue_files`).
     """
     endpoints = parse_endpoints(config)
     if not endpoints:
@@ -163,10 +190,21 @@ def add_notifications(
     connections = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
     client = HTTPClient(Agent(reactor, pool=connections))
     built = []
+    plain = frozenset(f"{settings.name}.log" for settings in endpoints)
     for settings in endpoints:
         path = queue_file(directory, settings.name, worker) if directory else None
+        orphans = (
+            orphan_queue_files(directory, settings.name, workers, plain)
+            if directory and worker == 0
+            else []
+        )
         queue = DurableQueue(
-            path, reactor, pool, settings.maxevents, fsync=config.notifications.fsync
+            path,
+            reactor,
+            pool,
+            settings.maxevents,
+            fsync=config.notifications.fsync,
+            adopt=tuple(orphans),
         )
         built.append(Endpoint(settings, queue, reactor, client))
     notifier = Notifier(built, source_record(config), reactor)
@@ -176,6 +214,6 @@ def add_notifications(
     service.setServiceParent(parent)  # type: ignore[no-untyped-call]
     log.info(
         "notifications to {names}",
-        names=", ".join(f"{e.name} ({e.url})" for e in endpoints),
+        names=", ".join(f"{e.name} ({e.shown_url})" for e in endpoints),
     )
     return notifier
