@@ -48,10 +48,14 @@ if TYPE_CHECKING:
 _log = Logger()
 
 
-def _denied(policy: Policy, principal: Principal, wanted: Sequence[Access]) -> None:
+def _denied(
+    request: IRequest, policy: Policy, principal: Principal, wanted: Sequence[Access]
+) -> None:
     refused = [a.scope() for a in wanted if not policy.allows(principal, a)]
     if refused:
         _log.info("denied {scopes} to {user!r}", scopes=" ".join(refused), user=principal.name)
+        # The caller is known, only refused: the access log line names them too.
+        request.principal_name = principal.name  # type: ignore[attr-defined]
         raise RegistryError(DENIED, {"denied": refused})
 
 
@@ -135,7 +139,7 @@ class HtpasswdAccessController:
             raise self._unauthorized()
         policy = self.policy.current()
         principal = policy.principal(user)
-        _denied(policy, principal, wanted)
+        _denied(request, policy, principal, wanted)
         return principal
 
     def may_pull(self, principal: Principal, name: str) -> bool:
@@ -199,7 +203,7 @@ class TokenAccessController:
         if policy is None:
             return Principal(claims.subject or None)
         principal = policy.principal(claims.subject or None)
-        _denied(policy, principal, wanted)
+        _denied(request, policy, principal, wanted)
         return principal
 
     def may_pull(self, principal: Principal, name: str) -> bool:
@@ -257,7 +261,7 @@ class ClientCertificateAccessController:
             raise RegistryError(DENIED, "a client certificate is required")
         policy = self.policy.current()
         principal = policy.principal(user)
-        _denied(policy, principal, wanted)
+        _denied(request, policy, principal, wanted)
         return principal
 
     def may_pull(self, principal: Principal, name: str) -> bool:

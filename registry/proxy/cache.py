@@ -983,6 +983,10 @@ class ProxyCache:
                 # Nothing cached for it: "unknown" would tell the client the repository does
                 # not exist, when the upstream only could not say.
                 raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
+            if not cached[0] and last is None:
+                # Only blobs cached (pulled by digest): an empty list would tell the client
+                # the repository has no tags, when the upstream only could not say.
+                raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
             self.stats.stale_served += 1
             return cached
 

@@ -369,7 +369,8 @@ class UiApp:
                 (_format.platform(c.platform), str(c.digest), c.media_type, c.size)
                 for c in parsed.manifests
             ]
-            config = await _data.read_config(self.reader.blobs, parsed)
+            local = _data.local_name(self.ctx, name)
+            config = await _data.read_config(self.reader.blobs, local, parsed)
             layers = _data.layers_with_history(parsed, config)
             subject = str(parsed.subject.digest) if parsed.subject is not None else None
         referrers = await self.ctx.referrers.list_referrers(name, stored.digest)
@@ -404,7 +405,8 @@ class UiApp:
             stored = await self.ctx.manifests.get(name, Digest.parse(manifest_ref))
             parsed = _data.parse_stored(stored.body)
             if parsed is not None:
-                config = await _data.read_config(self.reader.blobs, parsed)
+                local = _data.local_name(self.ctx, name)
+                config = await _data.read_config(self.reader.blobs, local, parsed)
                 for i, layer in enumerate(_data.layers_with_history(parsed, config)):
                     if layer.digest == digest:
                         media_type, size, created_by = (

@@ -89,12 +89,21 @@ def parse_stored(body: bytes) -> ParsedManifest | None:
         return None
 
 
-async def read_config(blobs: BlobStore, manifest: ParsedManifest) -> dict[str, Any] | None:
-    """An image's config JSON when it is stored here (a cache may not have it yet)."""
+async def read_config(
+    blobs: BlobStore, local: str, manifest: ParsedManifest
+) -> dict[str, Any] | None:
+    """
+    An image's config JSON when it is stored here as a blob of the repository ``local`` (a
+    cache may not have it yet).  Only through the repository's own link, as the API serves
+    blobs: a manifest may name any digest, and the config of another repository's image
+    (environment, labels, history) must not show through one the viewer may pull.
+    """
     config = manifest.config
     if config is None or config.size > MAX_CONFIG_SIZE:
         return None
     try:
+        if not await blobs.is_linked(local, config.digest):
+            return None
         body = await blobs.get_small(config.digest)
         document = json.loads(body)
     except (RegistryError, StorageError, ValueError):
@@ -143,7 +152,7 @@ class _Described:
     platforms: tuple[str, ...]
 
 
-async def _describe(reader: LocalReader, digest: Digest) -> _Described:
+async def _describe(reader: LocalReader, local: str, digest: Digest) -> _Described:
     try:
         body = await reader.blobs.get_small(digest)
     except RegistryError:
@@ -153,7 +162,7 @@ async def _describe(reader: LocalReader, digest: Digest) -> _Described:
         return _Described("", len(body), ())
     if manifest.kind == "index":
         return _Described(manifest.media_type, len(body), index_platforms(manifest))
-    config = await read_config(reader.blobs, manifest)
+    config = await read_config(reader.blobs, local, manifest)
     platforms = (_format.platform(config),) if config and config.get("os") else ()
     return _Described(manifest.media_type, image_size(manifest), platforms)
 
@@ -173,7 +182,7 @@ async def tag_rows(
     reads: dict[Digest, Deferred[_Described]] = {}
     for digest in digests:
         if digest is not None and digest not in reads:
-            reads[digest] = gate.run(_describe, reader, digest)
+            reads[digest] = gate.run(_describe, reader, local, digest)
     described = dict(
         zip(reads, await gatherResults(list(reads.values()), consumeErrors=True), strict=True)
     )

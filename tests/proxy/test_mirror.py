@@ -78,6 +78,10 @@ async def test_tag_lists_come_from_the_upstream_and_cached_ones_when_it_is_down(
     # Only "latest" is cached; with the upstream down, that is the list.
     response, _ = await fetch(f"{registry.url}/v2/alpine/manifests/latest")
     assert response.code == 200
+    # Only a blob of redis is cached (pulled by digest): no tag of it is known here.
+    redis = fake.content.add_image("library/redis", "7", [500])
+    response, _ = await fetch(f"{registry.url}/v2/redis/blobs/{redis.layers[0].digest}")
+    assert response.code == 200
     await fake.go_down()
     response, body = await fetch(url)
     assert response.code == 200
@@ -85,6 +89,9 @@ async def test_tag_lists_come_from_the_upstream_and_cached_ones_when_it_is_down(
     # Nothing cached for a repository: not "unknown" (the upstream could not say), unavailable.
     response, body = await fetch(f"{registry.url}/v2/library/busybox/tags/list")
     assert response.code == 503
+    assert _codes(body) == ["UNAVAILABLE"]
+    response, body = await fetch(f"{registry.url}/v2/redis/tags/list")
+    assert response.code == 503, body
     assert _codes(body) == ["UNAVAILABLE"]
     await fake.come_up()
     fake.switches.fail_status = 429
