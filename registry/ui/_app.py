@@ -500,7 +500,11 @@ class UiApp:
         elif isinstance(error.detail, dict) and isinstance(error.detail.get("denied"), list):
             detail = "Not granted: " + " ".join(map(str, error.detail["denied"]))
         content = _pages.error(message, detail)
-        return await self._render(request, title, "", None, content, status=error.status)
+        # A caller whose credentials were checked (then refused access, or shown a page that
+        # is not there) is still signed in: the header says so, as on every other page.
+        known = getattr(request, "principal_name", None)
+        principal = Principal(known) if error.status != 401 and known else None
+        return await self._render(request, title, "", principal, content, status=error.status)
 
     @router.handle_errors(RegistryError)
     def registry_error(self, request: IRequest, failure: Failure) -> Deferred[bytes]:

@@ -117,3 +117,12 @@ def test_a_refused_request_names_its_caller_in_the_access_log(registry: Registry
         lines = [line for line in registry.log_text().splitlines() if f"path={path} " in line]
         assert len(lines) == 1, lines
         assert "status=403" in lines[0] and " user=bob " in lines[0], lines[0]
+
+
+def test_an_error_page_says_who_is_signed_in(registry: RegistryProcess) -> None:
+    bob = content.Client(registry.url, content.basic("bob", PASSWORDS["bob"]))
+    for path, status in (("/ui/r/secret/db", 403), ("/ui/r/team/none", 404)):
+        answered, _, body = bob.request("GET", path)
+        assert answered == status, body
+        assert "Signed in as bob" in body.decode(), path
+        assert "Anonymous" not in body.decode(), path
