@@ -69,6 +69,9 @@ class UploadSink(Generic[W]):
     ) -> None:
         self.received = 0
         self._explain = explain
+        # The error the client gets, made once: explaining logs what is not the client's
+        # doing, and a refusal is one event however many places report it.
+        self._explained: RegistryError | None = None
         self._on_ready: Callable[[], None] | None = None
         self._on_refused: Callable[[RegistryError], None] | None = None
         self._queue: deque[bytes] = deque()
@@ -90,7 +93,7 @@ class UploadSink(Generic[W]):
         """
         self._on_ready, self._on_refused = ready, refused
         if self._error is not None:
-            refused(self._explain(self._error))
+            refused(self._explanation())
         elif self._appender is not None:
             ready()
 
@@ -112,7 +115,13 @@ class UploadSink(Generic[W]):
         self._queue.clear()
         self._pump()
         if first and self._on_refused is not None:
-            self._on_refused(self._explain(error))
+            self._on_refused(self._explanation())
+
+    def _explanation(self) -> RegistryError:
+        assert self._error is not None
+        if self._explained is None:
+            self._explained = self._explain(self._error)
+        return self._explained
 
     def feed(self, data: bytes) -> Deferred[None] | None:
         if self._error is not None:
@@ -167,7 +176,9 @@ class UploadSink(Generic[W]):
         if self._error is not None:
             if self._appender is not None:
                 await shielded(self._appender.close())
-            raise self._error
+            # As explained (and logged) once, whether or not the request could be answered
+            # before its body was in.
+            raise self._explanation()
         assert self._appender is not None
         return self._appender
 

@@ -12,6 +12,7 @@ SeaweedFS itself is never stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -407,3 +408,74 @@ async def test_s3_gone_while_a_patch_writes_says_what_failed_first(
     assert response.code == 503, answer
     reason = answer["errors"][0]["detail"]["reason"]
     assert "~txregistry-upload" in reason and "lease" not in reason, reason
+
+
+@pytest.fixture
+def every_failure_line() -> Iterator[list[dict[str, Any]]]:
+    """Every warning or worse the registry logs about requests (not its background tasks
+    at start-up, which meet S3 down too)."""
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        namespace = str(event.get("log_namespace", ""))
+        if level in (LogLevel.warn, LogLevel.error, LogLevel.critical) and namespace.startswith(
+            ("registry.app", "registry.handlers", "registry.http")
+        ):
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "post-digest",
+        "put-body",
+        "post-digest-small",
+        "put-body-small",
+        "post-digest-mid-body",
+        "put-body-mid-body",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_push_refused_for_s3_being_down_is_one_line(
+    start_registry: Starter,
+    s3_server: S3Server,  # noqa: F811
+    switchable: SwitchableS3,
+    every_failure_line: list[dict[str, Any]],
+    how: str,
+) -> None:
+    """S3 gone before the request, or while its body comes: one line for the request."""
+    registry = await start_on_s3(start_registry, s3_server, switchable, f"push-{how}")
+    size = 3 if how.endswith("small") else 3_000_000
+    first, second = b"x" * size, b"y" * size
+    digest = "sha256:" + hashlib.sha256(first + second).hexdigest()
+    url = f"{registry.url}/v2/app/blobs/uploads/?digest={digest}"
+    if how.startswith("put-body"):
+        response = await treq.post(f"{registry.url}/v2/app/blobs/uploads/")
+        assert response.code == 202, await response.text()
+        location = response.headers.getRawHeaders("location")[0]
+        separator = "&" if "?" in location else "?"
+        url = f"{registry.url}{location}{separator}digest={digest}"
+    method = treq.post if how.startswith("post-digest") else treq.put
+    body = _TwoHalves(first, second)
+    try:
+        if how.endswith("mid-body"):
+            sending = method(url, data=body, timeout=60)
+            await sleep(1.0)
+            await switchable.go_down()
+            body.go_on.callback(None)
+            response = await sending
+        else:
+            await switchable.go_down()
+            body.go_on.callback(None)
+            response = await method(url, data=body, timeout=60)
+        answer = await response.content()
+    finally:
+        switchable.come_back()
+    assert response.code == 503, answer
+    lines = "\n".join(_text(event) for event in every_failure_line)
+    assert len(every_failure_line) == 1, lines

@@ -158,7 +158,8 @@ def test_a_failed_write_refuses_the_body_and_the_result_closes_the_upload() -> N
     assert error.detail == {"reason": "no space left"}
     assert sink.feed(b"b") is None
     done = result_of(sink)
-    assert isinstance(done.result, Failure) and done.result.check(OSError)
+    # The same error the client was told (explained once: one log line per refusal).
+    assert isinstance(done.result, Failure) and done.result.value is error
     done.addErrback(lambda _: None)
     assert writer.closed == 1  # what reached storage stays, resumable
 
@@ -207,3 +208,23 @@ def test_connection_lost_closes_the_upload_once_however_often_it_is_told(leaves:
 
 async def _value(writer: StubWriter) -> StubWriter:
     return writer
+
+
+def test_a_refusal_is_explained_once_however_many_report_it() -> None:
+    """Explaining logs what is not the client's doing: the early answer and the route's
+    result share one explanation, so a refused body is one log line."""
+    explained: list[BaseException] = []
+
+    def counting(exc: BaseException) -> RegistryError:
+        explained.append(exc)
+        return explain(exc)
+
+    gate: Deferred[StubWriter] = Deferred()
+    sink = UploadSink(opened_by(gate), counting)
+    watcher = Watcher()
+    sink.watch(watcher.on_ready, watcher.on_refused)
+    gate.errback(OSError("disk gone"))
+    done = result_of(sink)
+    assert isinstance(done.result, Failure) and done.result.value is watcher.refused[0]
+    done.addErrback(lambda _: None)
+    assert len(explained) == 1
