@@ -85,6 +85,7 @@ class SyncService(Service):
         self._timer: Any = None
         self._run: Deferred[None] | None = None
         self._starting: Deferred[None] | None = None
+        self._saving: Deferred[None] | None = None
 
     # -- schedule
 
@@ -144,6 +145,10 @@ class SyncService(Service):
             log.failure("sync {sync}: run failed", result, sync=self.settings.name)
         interval = self.settings.interval
         self._schedule(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+        if self.running:
+            # The run saved its state before this next run was chosen: save it again, so the
+            # workers that answer /sync/status from it show ``next_run`` too.
+            self._saving = Deferred.fromCoroutine(self._save())
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -162,6 +167,8 @@ class SyncService(Service):
             waiter: Deferred[None] = Deferred()
             running.addBoth(lambda _: waiter.callback(None))
             await waiter
+        if self._saving is not None and not self._saving.called:
+            await self._saving  # a short write (`_save` logs its failures): not cancelled
         self.status.state = "stopped"
         await self.client.close()
 
