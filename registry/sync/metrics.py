@@ -52,7 +52,9 @@ class _SyncCollector:
                 family.add_metric([sync], status.totals.get(key, 0))
             yield family
         runs = CounterMetricFamily(
-            "txregistry_sync_runs", "Runs finished, by result.", labels=["sync", "result"]
+            "txregistry_sync_runs",
+            "Runs finished, by result (ok, failed, or stopped by a stop of the registry).",
+            labels=["sync", "result"],
         )
         running = GaugeMetricFamily(
             "txregistry_sync_running", "1 while a run is in progress.", labels=["sync"]
@@ -68,9 +70,10 @@ class _SyncCollector:
             labels=["sync"],
         )
         for sync, status in syncs:
-            failed = status.failed_runs
-            runs.add_metric([sync, "ok"], max(0, status.runs - failed))
+            failed, stopped = status.failed_runs, status.stopped_runs
+            runs.add_metric([sync, "ok"], max(0, status.runs - failed - stopped))
             runs.add_metric([sync, "failed"], failed)
+            runs.add_metric([sync, "stopped"], stopped)
             running.add_metric([sync], 1 if status.current is not None else 0)
             if status.last_success is not None:
                 success.add_metric([sync], status.last_success)
