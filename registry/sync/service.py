@@ -328,6 +328,43 @@ async def refresh_from_storage(ctx: RegistryContext) -> None:
             continue
 
 
+class DisabledSync(Service):
+    """
+    A sync with ``enabled = false``: it runs nothing, but its status goes on showing what its
+    saved state says (runs, last success, totals), as the docs promise across restarts; the
+    state is left as it is for when the sync is enabled again.
+    """
+
+    def __init__(self, ctx: RegistryContext, status: SyncStatus) -> None:
+        self.ctx = ctx
+        self.status = status
+        self._reading: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._reading = Deferred.fromCoroutine(self._read())
+        # Cancelled by a stop that came first: nothing to report.
+        self._reading.addErrback(lambda failure: failure.trap(CancelledError) and None)
+
+    async def _read(self) -> None:
+        name = self.status.name
+        try:
+            data = await self.ctx.driver.get_content(state_path(name))
+        except PathNotFoundError:
+            return
+        except StorageError as exc:
+            log.warn(
+                "sync {sync}: cannot read its saved state: {reason}", sync=name, reason=str(exc)
+            )
+            return
+        self.status.restore(data)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._reading is not None and not self._reading.called:
+            self._reading.cancel()
+
+
 def add_replication(
     config: Config, ctx: RegistryContext, reactor: Any, parent: MultiService
 ) -> list[SyncService]:
@@ -335,9 +372,10 @@ def add_replication(
     disabled or not, gets a status on ``ctx.sync``."""
     services = []
     for settings in add_statuses(config, ctx):
-        if not settings.enabled:
-            continue
         status = ctx.sync.syncs[settings.name]
+        if not settings.enabled:
+            DisabledSync(ctx, status).setServiceParent(parent)  # type: ignore[no-untyped-call]
+            continue
         service = SyncService(settings, ctx, status, make_client(settings, reactor), reactor)
         service.setServiceParent(parent)  # type: ignore[no-untyped-call]
         services.append(service)

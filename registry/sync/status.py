@@ -173,7 +173,8 @@ class SyncStatus:
         Not ``live`` (the process that runs the sync, at start): a run saved as in progress
         died with its process (``kill -9``, a crash).  It becomes the last run, ``interrupted``
         and counted as failed (its counts are in the totals already); returned so the caller
-        can save and log it.  None otherwise.
+        can save and log it.  None otherwise.  A disabled sync takes back only what it did: a
+        run that died is recorded once the sync is enabled again (with its uploads cancelled).
         """
         try:
             saved = json.loads(data)
@@ -182,7 +183,7 @@ class SyncStatus:
         if not isinstance(saved, dict):
             return None
         self.last = RunReport.from_json(saved.get("last"))
-        if live:
+        if live and self.enabled:  # a disabled sync is disabled whatever it was doing before
             self.current = RunReport.from_json(saved.get("current"))
             if saved.get("state") in ("idle", "running", "disabled", "stopped"):
                 self.state = saved["state"]
@@ -199,7 +200,7 @@ class SyncStatus:
                 if isinstance(totals.get(name), int):
                     self.totals[name] = totals[name]
         died = RunReport.from_json(saved.get("current"))
-        if live or saved.get("state") != "running" or died is None:
+        if live or not self.enabled or saved.get("state") != "running" or died is None:
             return None
         died.result = "interrupted"
         died.error("interrupted: the registry stopped without ending this run")
