@@ -487,7 +487,8 @@ SECTIONS: dict[str, type[Any]] = {
 }
 # Sections parsed by their owners (one per upstream, webhook endpoint or replication); kept raw in
 # Config.extra.
-OPEN_SECTIONS = re.compile(r"(?:proxy|notifications|sync):[a-z0-9._-]+")
+OPEN_KINDS = ("proxy", "notifications", "sync")
+OPEN_SECTIONS = re.compile(rf"(?:{'|'.join(OPEN_KINDS)}):[a-z0-9._-]+")
 
 
 def env_name(section: str, name: str) -> str:
@@ -589,6 +590,14 @@ def load(
     raw: dict[str, dict[str, str]] = {s: dict(parser.items(s)) for s in parser.sections()}
     for section in raw:
         if section not in SECTIONS and OPEN_SECTIONS.fullmatch(section) is None:
+            kind, colon, _ = section.partition(":")
+            if colon and kind in OPEN_KINDS:
+                # The name becomes a path component, a metric label and part of REGISTRY_*
+                # variable names: one spelling only (``[sync:Upstream]`` is no other section).
+                raise ConfigError(
+                    f"[{section}]: a section name after '{kind}:' is lower-case letters, "
+                    "digits, '.', '_' and '-' only"
+                )
             raise ConfigError(f"[{section}]: unknown section")
     for section, cls in SECTIONS.items():
         for field in attrs.fields(cls):

@@ -9,7 +9,10 @@ it.  Exceptions:
 
 - ``*_created`` samples (when a series started) take the earliest;
 - families in `SHARED_FAMILIES` describe the storage every worker sees alike (the last
-  garbage collection's report), so they take the largest value instead of N times it.
+  garbage collection's report), or what one worker reports from state kept in storage (the
+  syncs, `registry.sync.metrics`: after that worker is replaced, its retired counts and its
+  successor's, read back from the same saved state, would add up), so they take the largest
+  value instead of N times it.  A timestamp is never summed.
 
 Besides the sums, a few series describe the tree itself: `worker_lines`.
 
@@ -31,8 +34,9 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-# Families read from shared storage: each worker reports the same value.
-SHARED_FAMILIES = ("txregistry_gc_",)
+# Families read from shared storage: each worker (or each successive worker) reports the
+# same value.
+SHARED_FAMILIES = ("txregistry_gc_", "txregistry_sync_")
 REQUESTS = "txregistry_http_requests_total"
 
 

@@ -12,14 +12,18 @@ leaves complete blobs and manifests behind, and the next run carries on from the
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
 from twisted.internet.defer import DeferredLock, DeferredSemaphore
 
 from registry.api.digests import Digest
+from registry.api.errors import RegistryError
+from registry.api.mediatypes import INDEX_TYPES
+from registry.client._client import index_descriptors
 from registry.client.copy import index_referrer
-from registry.client.walk import CopyError, FetchedManifest, ImageWalk
+from registry.client.walk import MAX_REFERENCES, CopyError, FetchedManifest, ImageWalk
 from registry.sync.abandoned import UploadMarks
 from registry.sync.sides import LocalSide, RemoteSide, Side
 from registry.sync.status import RunCounts
@@ -28,6 +32,8 @@ from registry.sync.transfer import pull_blob, push_blob
 
 # How deep referrers of referrers are followed (a signature of an SBOM of an image).
 MAX_REFERRER_DEPTH = 3
+# How deep indexes in an index are followed for their platforms' referrers.
+MAX_INDEX_DEPTH = 2
 
 
 class Copier:
@@ -67,8 +73,45 @@ class Copier:
 
     async def copy_referrers(self, source_name: str, target_name: str, subject: Digest) -> None:
         """Bring the subject's referrers (signatures, SBOMs, attestations) along, and
-        theirs, up to `MAX_REFERRER_DEPTH`."""
-        await self._walk(source_name, target_name).copy_referrers(subject)
+        theirs, up to `MAX_REFERRER_DEPTH`; for an index, those of each of its platforms too
+        (``cosign sign --recursive`` signs every platform, an SBOM is per platform)."""
+        walk = self._walk(source_name, target_name)
+        for digest in [subject, *await self._platforms(source_name, target_name, subject)]:
+            await walk.copy_referrers(digest)
+
+    async def _platforms(self, source_name: str, target_name: str, subject: Digest) -> list[Digest]:
+        """
+        The manifests an index names (and those of an index in it, up to `MAX_INDEX_DEPTH`);
+        none for an image.  Read from this registry's copy, the same bytes as the other
+        side's (a tag that is up to date costs the remote no manifest GET): the target's when
+        pulling, the source's when pushing.
+        """
+        local, name = (
+            (self.source, source_name)
+            if isinstance(self.source, LocalSide)
+            else (self.target, target_name)
+        )
+        found: list[Digest] = []
+        level = [subject]
+        for _ in range(MAX_INDEX_DEPTH):
+            following: list[Digest] = []
+            for digest in level:
+                try:
+                    manifest = await local.manifest(name, digest)
+                    document = json.loads(manifest.body)
+                except (RegistryError, ValueError):
+                    continue  # not there or not JSON: the copy reported it already
+                if not isinstance(document, dict) or not (
+                    manifest.media_type in INDEX_TYPES or "manifests" in document
+                ):
+                    continue
+                for descriptor in index_descriptors(document):
+                    child = Digest.parse(descriptor["digest"])
+                    if child not in found and len(found) < MAX_REFERENCES:
+                        found.append(child)
+                        following.append(child)
+            level = following
+        return found
 
     async def copy_manifest(self, source_name: str, target_name: str, digest: Digest) -> bool:
         """Copy a manifest by digest unless the target has it; True when it was copied."""

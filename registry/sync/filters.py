@@ -126,15 +126,27 @@ def map_name(name: str, strip: str, destination: str) -> str:
 
 
 def literal_prefix(globs: Sequence[str]) -> str:
-    """The path components before any wildcard, when every glob shares them (for
-    ``strip_prefix``)."""
-    prefixes = []
+    """
+    The leading path components every glob shares (for ``strip_prefix``): whole components,
+    before any wildcard, and never a plain name's last one (the repository itself stays
+    named).  ``team/web team/app`` and ``team/* team/sub/*`` share ``team``; ``a/* b/*``
+    nothing.
+    """
+    common: list[str] | None = None
     for glob in globs:
-        parts = []
-        for part in glob.split("/"):
+        parts = glob.split("/")
+        literal = []
+        for part in parts:
             if is_glob(part):
                 break
-            parts.append(part)
-        prefixes.append("/".join(parts))
-    first = prefixes[0] if prefixes else ""
-    return first if all(p == first for p in prefixes) else ""
+            literal.append(part)
+        else:
+            literal = literal[:-1]  # a plain name: its own last component is not a prefix
+        if common is None:
+            common = literal
+        else:
+            same = 0
+            while same < min(len(common), len(literal)) and common[same] == literal[same]:
+                same += 1
+            common = common[:same]
+    return "/".join(common or [])

@@ -1,4 +1,13 @@
-"""Per-sync metrics, read from the `SyncBoard` at each scrape (no bookkeeping of their own)."""
+"""
+Per-sync metrics, read from the `SyncBoard` at each scrape (no bookkeeping of their own).
+
+Only the process that runs the syncs reports them.  With ``[http] workers`` above 1 the other
+workers hold copies of the statuses read back from storage (for ``/sync/status``), refreshed
+only when asked: reporting them too would have the supervisor's merged scrape count each sync
+once per worker, from copies of any age (`registry.ops.metrics_tree` also takes the largest
+value of each ``txregistry_sync_`` sample rather than the sum, so a replaced worker's last
+counts and its successor's, read back from the same saved state, are not added up either).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +40,8 @@ class _SyncCollector:
         return self._families()
 
     def collect(self) -> Iterator[Family]:
+        if self._board.from_storage:  # copies of another process's statuses: see above
+            return iter(())
         return self._families()
 
     def _families(self) -> Iterator[Family]:
@@ -41,7 +52,9 @@ class _SyncCollector:
                 family.add_metric([sync], status.totals.get(key, 0))
             yield family
         runs = CounterMetricFamily(
-            "txregistry_sync_runs", "Runs finished, by result.", labels=["sync", "result"]
+            "txregistry_sync_runs",
+            "Runs finished, by result (ok, failed, or stopped by a stop of the registry).",
+            labels=["sync", "result"],
         )
         running = GaugeMetricFamily(
             "txregistry_sync_running", "1 while a run is in progress.", labels=["sync"]
@@ -57,9 +70,10 @@ class _SyncCollector:
             labels=["sync"],
         )
         for sync, status in syncs:
-            failed = status.failed_runs
-            runs.add_metric([sync, "ok"], max(0, status.runs - failed))
+            failed, stopped = status.failed_runs, status.stopped_runs
+            runs.add_metric([sync, "ok"], max(0, status.runs - failed - stopped))
             runs.add_metric([sync, "failed"], failed)
+            runs.add_metric([sync, "stopped"], stopped)
             running.add_metric([sync], 1 if status.current is not None else 0)
             if status.last_success is not None:
                 success.add_metric([sync], status.last_success)

@@ -85,6 +85,7 @@ class SyncService(Service):
         self._timer: Any = None
         self._run: Deferred[None] | None = None
         self._starting: Deferred[None] | None = None
+        self._saving: Deferred[None] | None = None
 
     # -- schedule
 
@@ -144,6 +145,10 @@ class SyncService(Service):
             log.failure("sync {sync}: run failed", result, sync=self.settings.name)
         interval = self.settings.interval
         self._schedule(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+        if self.running:
+            # The run saved its state before this next run was chosen: save it again, so the
+            # workers that answer /sync/status from it show ``next_run`` too.
+            self._saving = Deferred.fromCoroutine(self._save())
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -162,6 +167,8 @@ class SyncService(Service):
             waiter: Deferred[None] = Deferred()
             running.addBoth(lambda _: waiter.callback(None))
             await waiter
+        if self._saving is not None and not self._saving.called:
+            await self._saving  # a short write (`_save` logs its failures): not cancelled
         self.status.state = "stopped"
         await self.client.close()
 
@@ -321,6 +328,43 @@ async def refresh_from_storage(ctx: RegistryContext) -> None:
             continue
 
 
+class DisabledSync(Service):
+    """
+    A sync with ``enabled = false``: it runs nothing, but its status goes on showing what its
+    saved state says (runs, last success, totals), as the docs promise across restarts; the
+    state is left as it is for when the sync is enabled again.
+    """
+
+    def __init__(self, ctx: RegistryContext, status: SyncStatus) -> None:
+        self.ctx = ctx
+        self.status = status
+        self._reading: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._reading = Deferred.fromCoroutine(self._read())
+        # Cancelled by a stop that came first: nothing to report.
+        self._reading.addErrback(lambda failure: failure.trap(CancelledError) and None)
+
+    async def _read(self) -> None:
+        name = self.status.name
+        try:
+            data = await self.ctx.driver.get_content(state_path(name))
+        except PathNotFoundError:
+            return
+        except StorageError as exc:
+            log.warn(
+                "sync {sync}: cannot read its saved state: {reason}", sync=name, reason=str(exc)
+            )
+            return
+        self.status.restore(data)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._reading is not None and not self._reading.called:
+            self._reading.cancel()
+
+
 def add_replication(
     config: Config, ctx: RegistryContext, reactor: Any, parent: MultiService
 ) -> list[SyncService]:
@@ -328,9 +372,10 @@ def add_replication(
     disabled or not, gets a status on ``ctx.sync``."""
     services = []
     for settings in add_statuses(config, ctx):
-        if not settings.enabled:
-            continue
         status = ctx.sync.syncs[settings.name]
+        if not settings.enabled:
+            DisabledSync(ctx, status).setServiceParent(parent)  # type: ignore[no-untyped-call]
+            continue
         service = SyncService(settings, ctx, status, make_client(settings, reactor), reactor)
         service.setServiceParent(parent)  # type: ignore[no-untyped-call]
         services.append(service)

@@ -103,6 +103,9 @@ class SyncStatus:
     next_run: float | None = None
     totals: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(COUNTERS, 0))
     failed_runs: int = 0
+    # Runs ended by a stop of the registry (not ok: they did not finish their work; not
+    # failed: nothing went wrong).  ``runs`` counts them too.
+    stopped_runs: int = 0
 
     def begin(self, now: float) -> RunReport:
         report = RunReport(started=now, counts=RunCounts(totals=self.totals))
@@ -122,6 +125,8 @@ class SyncStatus:
             self.last_success = now
         elif result == "failed":
             self.failed_runs += 1
+        elif result == "stopped":
+            self.stopped_runs += 1
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -133,6 +138,7 @@ class SyncStatus:
             "state": self.state,
             "runs": self.runs,
             "failed_runs": self.failed_runs,
+            "stopped_runs": self.stopped_runs,
             "last_success": self.last_success,
             "next_run": self.next_run,
             "current": self.current.as_json() if self.current is not None else None,
@@ -152,6 +158,7 @@ class SyncStatus:
                 "last_success": self.last_success,
                 "runs": self.runs,
                 "failed_runs": self.failed_runs,
+                "stopped_runs": self.stopped_runs,
                 "totals": self.totals,
             },
             sort_keys=True,
@@ -166,7 +173,8 @@ class SyncStatus:
         Not ``live`` (the process that runs the sync, at start): a run saved as in progress
         died with its process (``kill -9``, a crash).  It becomes the last run, ``interrupted``
         and counted as failed (its counts are in the totals already); returned so the caller
-        can save and log it.  None otherwise.
+        can save and log it.  None otherwise.  A disabled sync takes back only what it did: a
+        run that died is recorded once the sync is enabled again (with its uploads cancelled).
         """
         try:
             saved = json.loads(data)
@@ -175,7 +183,7 @@ class SyncStatus:
         if not isinstance(saved, dict):
             return None
         self.last = RunReport.from_json(saved.get("last"))
-        if live:
+        if live and self.enabled:  # a disabled sync is disabled whatever it was doing before
             self.current = RunReport.from_json(saved.get("current"))
             if saved.get("state") in ("idle", "running", "disabled", "stopped"):
                 self.state = saved["state"]
@@ -183,7 +191,7 @@ class SyncStatus:
             self.next_run = float(next_run) if isinstance(next_run, (int, float)) else None
         success = saved.get("last_success")
         self.last_success = float(success) if isinstance(success, int | float) else None
-        for key in ("runs", "failed_runs"):
+        for key in ("runs", "failed_runs", "stopped_runs"):
             if isinstance(saved.get(key), int):
                 setattr(self, key, saved[key])
         totals = saved.get("totals")
@@ -192,7 +200,7 @@ class SyncStatus:
                 if isinstance(totals.get(name), int):
                     self.totals[name] = totals[name]
         died = RunReport.from_json(saved.get("current"))
-        if live or saved.get("state") != "running" or died is None:
+        if live or not self.enabled or saved.get("state") != "running" or died is None:
             return None
         died.result = "interrupted"
         died.error("interrupted: the registry stopped without ending this run")

@@ -102,7 +102,10 @@ class ThrottledBody:
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._gate = PausingGate(self._throttle, self._inner)
-        self._done = Deferred()
+        # Cancelled by the HTTP client when its request is (a stop of the registry): the
+        # reader and the throttle's timer stop too, instead of writing into a request that
+        # takes no more bytes when the timer fires.
+        self._done = Deferred(lambda _: self.stopProducing())
         relay = _CountingConsumer(consumer, self)
         inner_done: Deferred[None] = self._inner.startProducing(relay)
         inner_done.addBoth(self._inner_finished)

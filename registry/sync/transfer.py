@@ -28,6 +28,9 @@ from registry.sync.abandoned import UploadMarks
 from registry.sync.sides import LocalSide, RemoteSide
 from registry.sync.throttle import PausingGate, Throttle, ThrottledBody
 
+# How long a stopping push waits for the remote to cancel its upload (seconds).
+STOP_CANCEL_TIMEOUT = 3.0
+
 
 class _AppendToUpload(Protocol):
     """Receives a blob body into an upload appender, with back-pressure and the throttle."""
@@ -162,10 +165,20 @@ async def push_blob(
 
     try:
         await client.finish_upload(upload, digest, body)
-    except BaseException as exc:
-        if not isinstance(exc, CancelledError):
-            with contextlib.suppress(Exception):
-                await client.cancel_upload(upload)
+    except CancelledError:
+        # A stop of the registry: the remote would keep the session and the bytes it got
+        # until its own purge (a week, by default).  Cancelled as after a failure, but within
+        # `STOP_CANCEL_TIMEOUT`, so that a remote that does not answer cannot hold the stop.
+        # (registry:2 refuses to cancel a session whose PUT was cut off, BLOB_UPLOAD_INVALID:
+        # its purge is all there is for it.)
+        cancel = Deferred.fromCoroutine(client.cancel_upload(upload))
+        cancel.addTimeout(STOP_CANCEL_TIMEOUT, client.reactor)
+        with contextlib.suppress(Exception):
+            await cancel
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.cancel_upload(upload)
         raise
     finally:
         # A body that was sent belongs to the HTTP client, which ends it (the remote may

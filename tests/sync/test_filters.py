@@ -66,3 +66,38 @@ async def test_tag_filters(start_registry: Starter, make_client: ClientFactory) 
             assert (await local_client.get_manifest(name, tag)).body == there.body
     catalog = [name async for name in local_client.all_repositories()]
     assert catalog == sorted(expected)
+
+
+@pytest_twisted.ensureDeferred
+async def test_strip_prefix_drops_the_components_the_globs_share(
+    start_registry: Starter, make_client: ClientFactory
+) -> None:
+    """``strip_prefix`` drops the leading path components all globs share, whole ones, also
+    when the globs' literal parts differ (``team/web team/app``, ``team/* team/sub/*``)."""
+    remote = await start_registry()
+    remote_client = make_client(remote.url)
+    for name in ("team/web", "team/app", "team/sub/deep", "teammate/x"):
+        await push_image(remote_client, name, "latest")
+    common = {"remote": remote.url, "first_run_within": "0s", "strip_prefix": "yes"}
+    local = await start_registry(
+        {
+            "sync:plain": {**common, "repositories": "team/web team/app", "destination": "p"},
+            "sync:mixed": {**common, "repositories": "team/* team/sub/*", "destination": "m"},
+            # "team" and "teammate" share no whole component: nothing is dropped.
+            "sync:apart": {**common, "repositories": "team/web teammate/*", "destination": "a"},
+        }
+    )
+    for sync in ("plain", "mixed", "apart"):
+        status = await wait_runs(local.url, sync)
+        assert status["last"]["result"] == "ok", status
+    local_client = make_client(local.url)
+    catalog = [name async for name in local_client.all_repositories()]
+    assert catalog == [
+        "a/team/web",
+        "a/teammate/x",
+        "m/app",
+        "m/sub/deep",
+        "m/web",
+        "p/app",
+        "p/web",
+    ]

@@ -13,7 +13,7 @@ from tests.client import images
 from tests.client.conftest import ClientFactory
 from tests.e2e.conftest import Starter
 from tests.e2e.tools import Registry2Process
-from tests.sync.helpers import push_image, wait_fresh_run, wait_runs
+from tests.sync.helpers import push_image, push_index, wait_fresh_run, wait_runs
 
 
 async def push_referrer(
@@ -121,3 +121,53 @@ async def test_push_to_registry2_keeps_the_referrers_fallback_tag(
         (images.digest(signature), "application/x.sig"),
         (images.digest(later), "application/x.sig"),
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_of_the_platforms_of_an_index(
+    start_registry: Starter, make_client: ClientFactory
+) -> None:
+    """A signature or SBOM of one platform of an index (``cosign sign --recursive``) comes
+    along with the index, also when it is added after the index arrived, pulled and pushed."""
+    remote = await start_registry()
+    upstream = make_client(remote.url)
+    _, children, _ = await push_index(upstream, "multi/app", "v1")
+    amd64, arm64 = list(children.values())
+    signature = await push_referrer(upstream, "multi/app", arm64, "application/x.sig", b"arm")
+    common = {"first_run_within": "0s", "repositories": "multi/app", "interval": "1s"}
+    local = await start_registry(
+        {
+            "sync:in": {**common, "remote": remote.url, "destination": "in"},
+            "sync:out": {
+                **common,
+                "remote": remote.url,
+                "direction": "push",
+                "repositories": "in/multi/app",
+                "destination": "out",
+            },
+        }
+    )
+    here = make_client(local.url)
+    status = await wait_runs(local.url, "in")
+    assert status["last"]["result"] == "ok", status
+    found = await here.referrers("in/multi/app", images.digest(arm64))
+    assert [d["digest"] for d in found or []] == [images.digest(signature)]
+    got = await here.get_manifest("in/multi/app", images.digest(signature))
+    assert got.body == signature
+    # 2 platforms, the index, the signature.
+    assert status["last"]["manifests"] == 4
+
+    # One added later, to the other platform, while the tag is up to date.
+    sbom = await push_referrer(upstream, "multi/app", amd64, "application/x.sbom", b"amd")
+    status = await wait_fresh_run(local.url, "in")
+    assert status["last"]["tags_up_to_date"] == 1
+    assert status["last"]["manifests"] == 1
+    found = await here.referrers("in/multi/app", images.digest(amd64))
+    assert [d["digest"] for d in found or []] == [images.digest(sbom)]
+
+    # Pushed on (from this registry's copy) to the remote, platforms' referrers included.
+    status = await wait_fresh_run(local.url, "out")
+    assert status["last"]["result"] == "ok", status
+    for child, referrer in ((arm64, signature), (amd64, sbom)):
+        found = await upstream.referrers("out/in/multi/app", images.digest(child))
+        assert [d["digest"] for d in found or []] == [images.digest(referrer)]

@@ -1,7 +1,8 @@
 """
 A sync interrupted by ``kill -9`` carries on after the restart from what was complete: the
 blobs committed before the kill are not fetched again, and the status (runs, totals, last
-success) survives a restart through ``txregistry/sync/<name>/state.json``.
+success) survives a restart through ``txregistry/sync/<name>/state.json``, also one that
+disables the sync.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import pytest_twisted
 from registry.client import RegistryClient
 from tests.client import images
 from tests.client.conftest import ClientFactory
-from tests.e2e.harness import RegistryProcess, sleep
+from tests.e2e.conftest import Starter
+from tests.e2e.harness import RegistryProcess, sleep, start_in_process
 from tests.e2e.tools import Registry2Process
 from tests.sync.helpers import push_image, sync_status, wait_runs
 
@@ -165,3 +167,37 @@ async def test_killed_mid_blob_restart_cancels_its_upload_and_records_the_run(
         assert not own.exists() or sorted(own.iterdir()) == []
     finally:
         second.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_disabled_sync_shows_its_saved_state(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A sync set to ``enabled = false`` after it ran shows its runs and totals from its
+    saved state (not zeros), as ``disabled``, and runs nothing."""
+    remote = await start_registry()
+    await push_image(make_client(remote.url), "some/app", "v1")
+    sync = {"remote": remote.url, "first_run_within": "0s", "interval": "1h"}
+    folder = tmp_path / "local"
+    folder.mkdir()
+    first = await start_in_process(folder, {"sync:up": sync})
+    try:
+        ran = await wait_runs(first.url, "up")
+        assert ran["last"]["result"] == "ok", ran
+        assert ran["totals"]["manifests"] == 1
+    finally:
+        await first.stop()
+    second = await start_in_process(folder, {"sync:up": {**sync, "enabled": "false"}})
+    try:
+        for _ in range(100):  # the saved state is read once storage is known to work
+            status = await sync_status(second.url, "up")
+            if status["runs"]:
+                break
+            await sleep(0.02)
+        assert status["state"] == "disabled"
+        assert (status["runs"], status["last_success"]) == (ran["runs"], ran["last_success"])
+        assert status["totals"] == ran["totals"]
+        assert status["last"] == ran["last"]
+        assert status["next_run"] is None and status["current"] is None
+    finally:
+        await second.stop()
