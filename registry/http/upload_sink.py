@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from registry.api.errors import RegistryError
 from registry.asyncutil import shielded
 from registry.failures import log_failure
+from registry.storage.driver import WriteTakenOver
 
 log = Logger()
 
@@ -200,6 +201,13 @@ class UploadSink(Generic[W]):
         self._queue.clear()
         try:
             await appender.close()
+        except WriteTakenOver as exc:  # cancelled, or continued by another request, meanwhile
+            log.info(
+                "client left mid-upload; {name} upload {upload} not kept: {reason}",
+                name=appender.name,
+                upload=appender.upload_id,
+                reason=str(exc),
+            )
         except Exception:
             upload = appender.upload_id
             log_failure(log, Failure(), "closing upload {upload} after disconnect", upload=upload)

@@ -50,6 +50,7 @@ from registry.storage.driver import (
     PathBusyError,
     PathNotFoundError,
     StorageError,
+    WriteRemoved,
 )
 from registry.storage.preallocate import release_unused, reserve_space
 from registry.storage.producers import FileProducer
@@ -149,8 +150,14 @@ class _FileWriter:
             with _failing(f"writing {self._path}"):
                 try:
                     await self._release_unused(file)
+                    file.flush()
+                    # Removed while written (its upload cancelled or purged meanwhile): what
+                    # was written is gone with it, and nothing may be recorded beside it.
+                    removed = os.fstat(file.fileno()).st_nlink == 0
                 finally:
                     file.close()
+            if removed:
+                raise WriteRemoved(f"{self._path} was removed while written")
 
     async def commit(self) -> None:
         file, self._file = self._file, None

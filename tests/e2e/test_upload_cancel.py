@@ -1,8 +1,9 @@
 """
-An upload cancelled (DELETE) while a PATCH is still sending its body, on S3 (a real
-SeaweedFS): the PATCH answers 404 BLOB_UPLOAD_UNKNOWN, as every later request on the upload
-does, and nothing of the upload is left in the bucket, not even the multipart upload the PATCH
-started after the cancel (which nothing refers to, so nothing would ever remove).
+An upload cancelled (DELETE) while a PATCH is still sending its body: the PATCH answers 404
+BLOB_UPLOAD_UNKNOWN, as every later request on the upload does, and nothing of the upload is
+left: on S3 (a real SeaweedFS) not even the multipart upload the PATCH started after the cancel
+(which nothing refers to, so nothing would ever remove); on the filesystem no hash state
+recorded beside the removed data (which brought the upload's folder back).
 """
 
 from __future__ import annotations
@@ -132,3 +133,43 @@ async def test_a_patch_whose_upload_is_cancelled_meanwhile(
     log = registry.log_text()
     assert "storage failure" not in log
     assert "took over" not in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_patch_whose_upload_is_cancelled_meanwhile_on_the_filesystem(
+    tmp_path: Path,
+) -> None:
+    registry = RegistryProcess(tmp_path, {"http": {"workers": "1"}})
+    registry.start()
+    try:
+        name = "cancel/app"
+        body = os.urandom(TOTAL)
+        response = await treq.post(f"{registry.url}/v2/{name}/blobs/uploads/")
+        assert response.code == 202, await response.text()
+        location = header(response, "location") or ""
+        upload_id = location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        root = registry.workdir / "data"  # the harness's --storage
+        folder = root / layout.upload_dir(name, upload_id)
+        data = root / layout.upload_data(name, upload_id)
+        assert folder.is_dir(), folder
+
+        connection = _send_head(registry.url, location)
+        try:
+            await threads.deferToThread(connection.sendall, body[:1_000_000])
+
+            async def writing() -> bool:
+                return data.exists() and data.stat().st_size > 0
+
+            await _until(writing, "the PATCH wrote its first bytes")
+            response = await treq.delete(f"{registry.url}{location}")
+            assert response.code == 204, await response.text()
+            await threads.deferToThread(connection.sendall, body[1_000_000:])
+            status, answer = await threads.deferToThread(_read_answer, connection)
+        finally:
+            connection.close()
+        assert status == 404, answer
+        assert [e["code"] for e in json.loads(answer)["errors"]] == ["BLOB_UPLOAD_UNKNOWN"]
+        assert not folder.exists(), sorted(str(p) for p in folder.rglob("*"))
+    finally:
+        registry.stop()
+    assert "storage failure" not in registry.log_text()
