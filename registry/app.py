@@ -112,10 +112,13 @@ class RegistryApp:
             route = rewriter.rewrite_route(request, route)
         handler = self.handlers.get((route.kind, request.method))
         if handler is None:
+            # RFC 9110 section 15.5.6: a 405 says which methods the resource takes.
+            allowed = [m for m in METHODS if (route.kind, m.encode()) in self.handlers]
             raise RegistryError(
                 UNSUPPORTED,
                 {"method": request.method.decode("latin-1"), "resource": route.kind.value},
                 "method not allowed",
+                headers={"Allow": ", ".join(allowed)},
             )
         return await handler(self.ctx, request, route)
 

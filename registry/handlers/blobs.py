@@ -8,7 +8,7 @@ from registry.api.errors import RANGE_INVALID, RegistryError
 from registry.auth.interfaces import DELETE, PULL, repository
 from registry.handlers.common import authorize, refuse_if_delete_disabled
 from registry.handlers.context import RegistryContext
-from registry.http import responses, sendfile
+from registry.http import conditional, responses, sendfile
 from registry.http.headers import request_header
 from registry.http.ranges import RangeNotSatisfiable, parse_range
 from registry.http.routes import Route
@@ -17,6 +17,8 @@ from registry.http.routes import Route
 async def get_blob(ctx: RegistryContext, request: IRequest, route: Route) -> bytes | None:
     await authorize(ctx, request, [repository(route.name, PULL)])
     info = await ctx.blobs.stat(route.name, route.digest)
+    if conditional.none_match(request, f'"{route.digest}"'):
+        return responses.not_modified(request, _validators(route))
     answer = await _serve_blob(ctx, request, route, info.size)
     if request.method == b"GET":  # served (or redirected); a HEAD transfers nothing
         ctx.notifier.blob_pulled(request, route.name, route.digest, info.size)
@@ -27,18 +29,16 @@ async def _serve_blob(
     ctx: RegistryContext, request: IRequest, route: Route, size: int
 ) -> bytes | None:
     digest = route.digest
-    headers = {
-        "Docker-Content-Digest": str(digest),
-        "ETag": f'"{digest}"',
-        "Accept-Ranges": "bytes",
-        "Cache-Control": "max-age=31536000",
-    }
+    headers = {**_validators(route), "Accept-Ranges": "bytes"}
     if ctx.config.storage.redirect and request.method == b"GET":
         url = await ctx.blobs.redirect_url(route.name, digest)
         if url is not None:
             return responses.empty(request, 307, {**headers, "Location": url})
+    asked = request_header(request, "range")
+    if asked is not None and not conditional.range_applies(request, headers["ETag"]):
+        asked = None  # If-Range names something else: the whole blob
     try:
-        wanted = parse_range(request_header(request, "range"), size)
+        wanted = parse_range(asked, size)
     except RangeNotSatisfiable:
         raise RegistryError(
             RANGE_INVALID,
@@ -67,6 +67,15 @@ async def _serve_blob(
     else:
         await responses.stream(request, producer)
     return None
+
+
+def _validators(route: Route) -> dict[str, str]:
+    """What identifies a blob's bytes, for a 200, a 206 and a 304 alike (they never change)."""
+    return {
+        "Docker-Content-Digest": str(route.digest),
+        "ETag": f'"{route.digest}"',
+        "Cache-Control": "max-age=31536000",
+    }
 
 
 async def delete_blob(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:

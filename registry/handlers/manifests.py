@@ -16,7 +16,7 @@ from registry.handlers.common import (
     url_for,
 )
 from registry.handlers.context import RegistryContext
-from registry.http import responses
+from registry.http import conditional, responses
 from registry.http.headers import request_header
 from registry.http.routes import Route
 from registry.storage.manifests import IndexChildUnknown, ManifestTooLarge, PutResult
@@ -82,6 +82,9 @@ async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
             "the client accepts only Docker schema1 manifests, which this registry does not "
             "serve; upgrade the client (docker 1.10 or later) to pull schema2/OCI",
         )
+    validators = {"Docker-Content-Digest": str(manifest.digest), "ETag": f'"{manifest.digest}"'}
+    if conditional.none_match(request, validators["ETag"]):
+        return responses.not_modified(request, validators)  # the client holds it: not a pull
     if request.method == b"GET":  # a HEAD transfers nothing: not a pull
         ctx.notifier.manifest_pulled(
             request, route.name, manifest.media_type, manifest.digest, manifest.size, _tag(route)
@@ -93,7 +96,7 @@ async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
         200,
         manifest.body,
         manifest.media_type,
-        {"Docker-Content-Digest": str(manifest.digest), "ETag": f'"{manifest.digest}"'},
+        validators,
     )
 
 

@@ -31,6 +31,14 @@ def empty(request: IRequest, status: int, headers: Mapping[str, str] | None = No
     return b""
 
 
+def not_modified(request: IRequest, headers: Mapping[str, str]) -> bytes:
+    """``304 Not Modified``: the validators, no body, and no ``Content-Length`` (it would
+    claim a length for the representation the client holds)."""
+    request.setResponseCode(304)
+    set_headers(request, headers)
+    return b""
+
+
 def body(
     request: IRequest,
     status: int,
