@@ -58,10 +58,45 @@ def tell_supervisor(message: str) -> None:
         os.write(CONTROL_OUT, b"\n" + line.encode() + b"\n")  # after whatever half line is there
 
 
+def twistd_pidfile(argv: list[str]) -> str:
+    """
+    The pid file twistd was told to write (``--pidfile PATH``, ``--pidfile=PATH``; empty:
+    none), from its own options, which come before the plugin's name; ``twistd.pid`` by
+    default, as twistd has it.
+    """
+    path = "twistd.pid"
+    for index, word in enumerate(argv[1:], start=1):
+        if not word.startswith("-"):
+            break  # the plugin's name: the rest are its options
+        if word.startswith("--pidfile="):
+            path = word.removeprefix("--pidfile=")
+        elif word == "--pidfile" and index + 1 < len(argv):
+            path = argv[index + 1]
+    return path
+
+
+def _remove_own_pidfile() -> None:
+    """
+    twistd removes its pid file after a start-up failure it catches (an ``Exception``), not
+    after the `SystemExit` that leaves with one line: left behind, naming a process that is
+    gone, a later process given that pid would make the next start refuse ("Another twistd
+    server is running").  Removed only when it names this process.
+    """
+    path = twistd_pidfile(sys.argv)
+    if not path:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as file:
+            if int(file.read().strip()) != os.getpid():
+                return
+        os.unlink(path)
+
+
 def exit_now(message: str) -> NoReturn:
     """Before the reactor runs: print the line and leave with a failure status."""
     print_line(message)
     tell_supervisor(message)
+    _remove_own_pidfile()
     raise SystemExit(EXIT_STARTUP_FAILED)
 
 

@@ -20,7 +20,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from registry.server.exit import StartupError
+from registry.server.exit import StartupError, twistd_pidfile
 from registry.server.workers import cores
 from registry.tap import Options, makeService
 from tests.e2e.harness import twistd_command, write_config
@@ -568,3 +568,30 @@ def test_a_missing_s3_spool_folder_is_made(tmp_path: Path) -> None:
     config = load(str(s3_config_with_spool(tmp_path, spool)), environ={})
     build_driver(config, reactor, None)  # type: ignore[arg-type]
     assert spool.is_dir()
+
+
+@pytest.mark.parametrize("pidfile", [None, "run/registry.pid"])
+def test_a_failed_start_leaves_no_pid_file(
+    tmp_path: Path, taken_port: int, pidfile: str | None
+) -> None:
+    """twistd's own pid file (``twistd.pid`` by default) goes with a start that failed: left
+    naming a process that is gone, a later process given that pid makes the next start
+    refuse as "Another twistd server is running"."""
+    (tmp_path / "run").mkdir()
+    description = f"tcp:{taken_port}:interface=127.0.0.1"
+    command = twistd_command("--port", description, "--storage", str(tmp_path / "d"))
+    command.remove("--pidfile=")
+    if pidfile is not None:
+        command[command.index("registry") : command.index("registry")] = ["--pidfile", pidfile]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=child_env(None), capture_output=True, text=True, timeout=120
+    )
+    assert_one_line(result, f"txregistry: cannot listen on {description}: address already in use")
+    assert sorted(p.name for p in tmp_path.rglob("*.pid")) == []
+
+
+def test_the_pid_file_is_read_from_twistds_own_options() -> None:
+    assert twistd_pidfile(["twistd", "-n", "registry", "--pidfile", "x"]) == "twistd.pid"
+    assert twistd_pidfile(["twistd", "--pidfile=", "registry"]) == ""
+    assert twistd_pidfile(["twistd", "-n", "--pidfile", "/run/r.pid", "registry"]) == "/run/r.pid"
+    assert twistd_pidfile(["-c", "-n", "--pidfile=a.pid", "registry"]) == "a.pid"
