@@ -26,6 +26,7 @@ import datetime
 import hashlib
 import json
 import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -70,7 +71,16 @@ class _TokenRegistry(JWSRegistry):
 
 
 class InvalidToken(Exception):
-    """A token that is malformed, untrusted, expired or not for us; the message is for logs."""
+    """A token that is malformed, untrusted, expired or not for us; the message is for logs.
+
+    The message may quote the token's own header values (JOSE errors do): control characters
+    are escaped, so that a token cannot write lines of its own into the log."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @attrs.frozen
@@ -288,18 +298,19 @@ class TokenVerifier:
         try:
             obj = jws.extract_compact(raw.encode("ascii"), registry=self._registry)
             header = obj.headers()
-        except (JoseError, ValueError, TypeError, KeyError) as e:
-            raise InvalidToken(f"malformed token: {e}") from e
+        except (JoseError, ValueError, TypeError, KeyError, RecursionError) as e:
+            # RecursionError: JSON nested deeper than the parser goes (a few KB of "[").
+            raise InvalidToken(f"malformed token: {type(e).__name__}: {e}"[:500]) from e
         key = self._signing_key(header)
         try:
             valid = jws.validate_compact(obj, key, registry=self._registry)
-        except (JoseError, ValueError, TypeError) as e:
-            raise InvalidToken(f"signature not acceptable: {e}") from e
+        except (JoseError, ValueError, TypeError, RecursionError) as e:
+            raise InvalidToken(f"signature not acceptable: {e}"[:500]) from e
         if not valid:
             raise InvalidToken("bad signature")
         try:
             claims = json.loads(obj.payload)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise InvalidToken("claims are not JSON") from e
         if not isinstance(claims, dict):
             raise InvalidToken("claims are not a JSON object")

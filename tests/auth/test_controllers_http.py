@@ -207,3 +207,36 @@ async def test_bearer_tokens_intersected_with_policy(token_setup: Any) -> None:
         assert (code, body["principal"]) == (200, None)
         assert controller.may_pull(controller.policy.current().principal("alice"), "team/a")  # type: ignore[union-attr]
         assert not controller.may_pull(controller.policy.current().principal("alice"), "x")  # type: ignore[union-attr]
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_token_headers_are_refused_in_one_line(
+    token_setup: Any, logs: LogCapture
+) -> None:
+    """A header nested deeper than JSON parsing goes, or one whose values carry line breaks:
+    401 invalid_token (not a 500 with a traceback), and one log line per refusal."""
+    (_, cert), verifier, _ = token_setup
+    controller = TokenAccessController(verifier, "https://auth.test/token")
+    deep = _b64(b'{"alg":"RS256","x":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    # A trusted chain, so that the algorithm is looked at (and named in the error).
+    alg = "RS256\n2026-01-01T00:00:00+0000 [registry.app#info] FORGED"
+    forged = _b64(json.dumps({"alg": alg, "x5c": pki.x5c(cert)}).encode())
+    async with serving(controller) as port:
+        for header in (deep, forged):
+            token = f"{header}.{_b64(b'{}')}.AAAA"
+            code, body, headers = await get(
+                port, "repository:team/app:pull", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert code == 401, body
+            assert 'error="invalid_token"' in headers["www-authenticate"]
+    refusals = [m for m in logs.messages() if "refused a bearer token" in m]
+    assert len(refusals) == 2, refusals
+    assert all("\n" not in m and "\r" not in m for m in refusals), refusals
+    assert "RecursionError" in refusals[0]
+    assert "FORGED" in refusals[1]
