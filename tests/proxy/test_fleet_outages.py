@@ -75,8 +75,7 @@ async def test_redis_restarted_empty_the_cache_is_registered_again_from_storage(
             assert pull.digest == digest
         await wait_until(lambda: redis_int(redis_server, "GET", TOTAL) == 3 * LAYER, within=30)
 
-        redis_server.restart()
-        assert redis_int(redis_server, "GET", TOTAL) is None
+        redis_server.restart()  # empty: no persistence (an instance may write at once)
         await wait_until(lambda: redis_int(redis_server, "GET", TOTAL) == 3 * LAYER, within=60)
         assert redis_int(redis_server, "HLEN", "txregistry:index:hub") == 3
         await wait_until(lambda: len(rebuilt_lines(running)) == 1, within=30)
