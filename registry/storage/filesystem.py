@@ -11,7 +11,8 @@ Atomicity: small files are written to a temporary sibling and renamed over the t
 finished upload becomes a blob by rename, so a reader never sees a half-written file, whatever
 happens to the process.  A write that fails (a full disk) removes its temporary file.
 
-Errors: a missing path is `PathNotFoundError`; every other ``OSError`` (no space, no
+Errors: a missing path is `PathNotFoundError`; a folder read as a file is `NotAFileError`
+(damage, never "missing"); every other ``OSError`` (no space, no
 permission, an I/O error) becomes a `StorageError` carrying the system's reason, which clients
 get as a 503 that says it.
 
@@ -47,6 +48,7 @@ from registry.storage.driver import (
     IFileWriter,
     InvalidOffsetError,
     IStorageDriver,
+    NotAFileError,
     PathBusyError,
     PathNotFoundError,
     StorageError,
@@ -196,6 +198,26 @@ def _remove(full: str) -> bool:
     return True
 
 
+def _replace(source: str, full: str, path: str) -> None:
+    """
+    ``os.replace``, also over an empty folder standing where the file goes (damage: a
+    ``mkdir`` at a blob's ``data``), so that pushing the right bytes repairs it.  Only an
+    empty one: ``rmdir`` cannot lose data, while a folder with content in it may be
+    something a person put there, so that write fails naming the path, and they decide.
+    """
+    try:
+        os.replace(source, full)
+    except IsADirectoryError:
+        try:
+            os.rmdir(full)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise NotAFileError(path) from None
+            raise
+        log.warn("storage repaired at {path}: an empty folder replaced by the file", path=path)
+        os.replace(source, full)
+
+
 # Path components a storage path never has (empty, or climbing out of the root).
 _BAD_PARTS = frozenset(("", ".", ".."))
 _ROOT_GONE = "the storage root {root} is gone or not a folder"
@@ -279,8 +301,10 @@ class FilesystemDriver:
                 return _read_all(fd)
             finally:
                 os.close(fd)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except (FileNotFoundError, NotADirectoryError):
             raise self._missing(path) from None
+        except IsADirectoryError:
+            raise NotAFileError(path) from None
         except OSError as exc:
             raise _storage_error(f"reading {path}", exc) from exc
 
@@ -293,8 +317,8 @@ class FilesystemDriver:
                 self._make_folder(directory)
                 with open(temp, "wb") as file:
                     file.write(data)
-                os.replace(temp, full)
-            except OSError:
+                _replace(temp, full, path)
+            except (OSError, StorageError):
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
@@ -393,15 +417,17 @@ class FilesystemDriver:
         with _failing(f"moving {source} to {dest}"):
             self._make_folder(os.path.dirname(full_dest))
             try:
-                os.replace(full_source, full_dest)
+                _replace(full_source, full_dest, dest)
             except FileNotFoundError:
                 raise PathNotFoundError(source) from None
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> IBodyProducer:
         try:
             file = open(self._full(path), "rb")  # noqa: SIM115 - the producer owns it
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except (FileNotFoundError, NotADirectoryError):
             raise self._missing(path) from None
+        except IsADirectoryError:
+            raise NotAFileError(path) from None
         except OSError as exc:
             raise _storage_error(f"reading {path}", exc) from exc
         size = os.fstat(file.fileno()).st_size
