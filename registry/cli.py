@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any, NoReturn
@@ -57,6 +58,33 @@ from registry.storage.manifests import REFERRERS_COMPLETE, ManifestStore
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+# Seconds `_Pool.stop` waits for the storage threads to finish what they do.
+_POOL_STOP_WAIT = 5.0
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
+class _Pool(ThreadPool):
+    """
+    The command's storage threads: daemon threads, and a stop that waits a bounded time, so
+    a thread stuck in a system call (a hung mount) or left wedged by an error cannot keep the
+    process from exiting once its line is printed (purge-uploads on a 1,500-level tree
+    printed its error and then hung, ignoring SIGTERM, in ``pool.stop()``).
+    """
+
+    threadFactory = staticmethod(_daemon_thread)  # type: ignore[assignment]
+
+    def stop(self) -> None:
+        self.joined = True
+        self.started = False
+        self._team.quit()
+        deadline = time.monotonic() + _POOL_STOP_WAIT
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class CommandError(Exception):
@@ -421,9 +449,12 @@ async def run(
     except ConfigError as exc:
         terminal.progress(f"{prog}: configuration error: {exc}")
         return EXIT_USAGE
-    pool = ThreadPool(minthreads=1, maxthreads=8, name="txregistry-cli")
+    pool = _Pool(minthreads=1, maxthreads=8, name="txregistry-cli")
     pool.start()
     driver: IStorageDriver | None = None
+    # After an error nobody foresaw, the pool's state is not trusted: its threads are left
+    # to end with the process (they are daemon threads) rather than waited for.
+    unforeseen = False
     try:
         driver = build_driver(config, reactor, pool)
         await _check_storage(driver, config)
@@ -434,14 +465,19 @@ async def run(
     except CommandError as exc:
         terminal.progress(f"{prog} {args.command}: {exc}")
         return EXIT_FAILED
-    except Exception as exc:  # storage unreadable, permissions, network: a line, no traceback
+    except StorageError as exc:  # storage unreadable, permissions, network: a line
+        terminal.progress(f"{prog} {args.command}: failed: {describe_error(exc)}")
+        return EXIT_FAILED
+    except Exception as exc:  # a defect, or a storage tree that broke one: a line too
+        unforeseen = True
         terminal.progress(f"{prog} {args.command}: failed: {describe_error(exc)}")
         return EXIT_FAILED
     finally:
         close = getattr(driver, "close", None)
-        if close is not None:
+        if close is not None and not unforeseen:
             await close()
-        pool.stop()
+        if not unforeseen:
+            pool.stop()
 
 
 def _log_observer(err: IO[str], verbose: bool) -> ILogObserver:

@@ -28,21 +28,23 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from registry.api.names import NAME_RE, is_valid_name
 from registry.asyncutil import bounded_map
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, ISymbolicLinks, PathNotFoundError
 from registry.storage.pagination import paginate, parse_count
 from registry.storage.repositories import holds_repository
 
+log = Logger()
 CATALOG_DIR = f"{layout.OWN}/catalog"
 ENTRIES_DIR = f"{CATALOG_DIR}/repositories"
 COMPLETE_MARKER = f"{CATALOG_DIR}/complete"
@@ -200,34 +202,74 @@ class Catalog:
         """Whether ``name``'s folder holds what makes a repository (`holds_repository`)."""
         return holds_repository(await self._children(layout.repository(name)))
 
-    async def _list_many(self, paths: Sequence[str]) -> list[list[str]]:
-        return await bounded_map(self._children, paths, self.concurrency)
-
     async def walk(self, under: str = "") -> list[str]:
         """
         Every repository under ``repositories/`` (or under ``repositories/<under>``), sorted,
         found the registry:2 way: a folder is a repository when it holds ``_manifests`` or
         ``_layers``; names may have many components (and a repository may sit inside
-        another), but ``_`` folders are never entered.  Breadth first, a level's listings run
-        concurrently.
+        another), but ``_`` folders are never entered (`walk_folders`).
         """
         found: list[str] = []
-        frontier = [under]
-        while frontier:
-            paths = [
-                f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES
-                for name in frontier
-            ]
-            listings = await self._list_many(paths)
-            next_frontier: list[str] = []
-            for prefix, children in zip(frontier, listings, strict=True):
-                if prefix and holds_repository(children):
-                    found.append(prefix)
-                for child in children:
-                    if child.startswith("_") or NAME_RE.fullmatch(child) is None:
-                        continue
-                    name = f"{prefix}/{child}" if prefix else child
-                    if is_valid_name(name):
-                        next_frontier.append(name)
-            frontier = next_frontier
+        async for name, children in walk_folders(self.driver, under, self.concurrency):
+            if name and holds_repository(children):
+                found.append(name)
         return sorted(found)
+
+
+# Symbolic links reported by this process (each once, not at every purge), bounded.
+_reported_links: set[str] = set()
+_REPORTED_MAX = 1024
+
+
+def _report_link(path: str) -> None:
+    if path in _reported_links:
+        return
+    if len(_reported_links) < _REPORTED_MAX:
+        _reported_links.add(path)
+    log.warn("skipping symbolic link {path}: not followed in repositories/", path=path)
+
+
+async def _folder_children(driver: IStorageDriver, path: str) -> list[str]:
+    """A folder's children, symbolic links left out (and reported) where the driver tells."""
+    try:
+        if not ISymbolicLinks.providedBy(driver):
+            return await driver.list(path)
+        plain, links = await ISymbolicLinks(driver).list_apart(path)
+    except PathNotFoundError:
+        return []
+    for link in links:
+        _report_link(f"{path}/{link}")
+    return plain
+
+
+async def walk_folders(
+    driver: IStorageDriver, under: str = "", concurrency: int = 16
+) -> AsyncIterator[tuple[str, list[str]]]:
+    """
+    ``(name, children)`` for ``repositories/<under>`` and every folder below it that a
+    repository name can be (``""`` is ``repositories/`` itself): the one walk the catalog,
+    gc and upload purging share.  Breadth first and iterative, a level's listings running
+    concurrently.  Bounded by the name grammar: a child that is no name component, a
+    ``_`` folder, or a name longer than `NAME_MAX_LENGTH` (so at most 128 levels) is never
+    entered, however deep the tree (a 1,500-level folder made a recursive walk fail);
+    symbolic links are not followed (``lib/loop -> ..`` made names nest without end).
+    """
+
+    def path_of(name: str) -> str:
+        return f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES
+
+    frontier = [under]
+    while frontier:
+        listings = await bounded_map(
+            lambda name: _folder_children(driver, path_of(name)), frontier, concurrency
+        )
+        next_frontier: list[str] = []
+        for prefix, children in zip(frontier, listings, strict=True):
+            yield prefix, children
+            for child in children:
+                if child.startswith("_") or NAME_RE.fullmatch(child) is None:
+                    continue
+                name = f"{prefix}/{child}" if prefix else child
+                if is_valid_name(name):
+                    next_frontier.append(name)
+        frontier = next_frontier

@@ -174,6 +174,22 @@ class IStorageDriver(Interface):
         """A URL a client can fetch ``path`` from directly, or None when the driver has none."""
 
 
+class ISymbolicLinks(Interface):
+    """
+    An optional driver capability: folder listings that tell symbolic links apart (the
+    filesystem's).  The walks of ``repositories/`` (`registry.storage.catalog.walk_folders`)
+    do not follow them: a link to ``..`` made every walk list names nested without end, and
+    a link to another repository would list it twice, under two names, for gc to count and
+    delete twice.
+    """
+
+    def list_apart(path: str) -> Awaitable[tuple[list[str], list[str]]]:
+        """
+        ``list(path)`` in two sorted parts: the names that are not symbolic links, and those
+        that are.  PathNotFoundError when the folder does not exist or is empty, as ``list``.
+        """
+
+
 class IStagedWrites(Interface):
     """
     An optional driver capability: write a file straight at its final path, invisible there

@@ -25,6 +25,7 @@ rather than "not found".
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -48,6 +49,7 @@ from registry.storage.driver import (
     IFileWriter,
     InvalidOffsetError,
     IStorageDriver,
+    ISymbolicLinks,
     NotAFileError,
     PathBusyError,
     PathNotFoundError,
@@ -238,7 +240,7 @@ def _read_all(fd: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-@implementer(IStorageDriver)
+@implementer(IStorageDriver, ISymbolicLinks)
 class FilesystemDriver:
     name = "filesystem"
 
@@ -345,6 +347,27 @@ class FilesystemDriver:
         with _failing(f"listing {path}"):
             found: list[str] = await self._in_thread(names)
         if not found:
+            raise self._missing(path)
+        return found
+
+    async def list_apart(self, path: str) -> tuple[builtins.list[str], builtins.list[str]]:
+        full = self._full(path)
+
+        def names() -> tuple[builtins.list[str], builtins.list[str]]:
+            plain: builtins.list[str] = []
+            links: builtins.list[str] = []
+            try:
+                with os.scandir(full) as entries:
+                    for entry in entries:
+                        if not entry.name.startswith(_TEMP_PREFIX):
+                            (links if entry.is_symlink() else plain).append(entry.name)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            return sorted(plain), sorted(links)
+
+        with _failing(f"listing {path}"):
+            found: tuple[builtins.list[str], builtins.list[str]] = await self._in_thread(names)
+        if not found[0] and not found[1]:
             raise self._missing(path)
         return found
 
