@@ -110,8 +110,47 @@ def _concurrency(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """
+    argparse, with a usage error as one line (``txregistry gc: error: argument --grace:
+    must not be negative: '-1h'``), exit status 2: the usage block argparse prints first
+    buries the line that says what is wrong, and scripts read the last line.  ``--help``
+    still shows the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# Options whose value may be written negative (to be refused as such): ``--grace -1h`` read
+# to argparse as a missing value and an unknown option ("expected one argument").
+_SIGNED_OPTIONS = frozenset(("--grace", "--age"))
+
+
+def _attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--grace -1h`` as ``--grace=-1h``, so that the value's own check says what is wrong."""
+    joined: list[str] = []
+    pending = iter(argv)
+    for argument in pending:
+        if argument == "--":
+            joined.append(argument)
+            joined.extend(pending)
+            break
+        if argument in _SIGNED_OPTIONS:
+            value = next(pending, None)
+            if value is not None and value[:1] == "-" and value[1:2].isdigit():
+                joined.append(f"{argument}={value}")
+                continue
+            joined.append(argument)
+            if value is not None:
+                joined.append(value)
+            continue
+        joined.append(argument)
+    return joined
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="txregistry",
         description="Operations tasks for txregistry storage (safe while the registry serves).",
     )
@@ -499,7 +538,9 @@ def _log_observer(err: IO[str], verbose: bool) -> ILogObserver:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(
+        _attach_negative_values(sys.argv[1:] if argv is None else argv)
+    )
     if args.command == "copy":
         copy_command.main(args)
     globalLogBeginner.beginLoggingTo(

@@ -110,18 +110,23 @@ def test_bad_option_values_are_usage_errors(tmp_path: Path) -> None:
         (("gc", "--concurrency", "0"), "argument --concurrency: must be at least 1: '0'"),
         (("gc", "--concurrency", "-3"), "argument --concurrency: must be at least 1: '-3'"),
         (("gc", "--concurrency", "many"), "argument --concurrency: not a whole number: 'many'"),
-        # (``--age -5m`` reads to argparse as a missing value and an unknown option: it says
-        # so, "expected one argument"; written with ``=`` the value reaches the check.)
+        # Written with a space or with ``=``, a negative value reaches the check (argparse
+        # alone read ``--age -5m`` as a missing value: "expected one argument").
         (("purge-uploads", "--age=-5m"), "argument --age: must not be negative: '-5m'"),
+        (("purge-uploads", "--age", "-5m"), "argument --age: must not be negative: '-5m'"),
+        (("gc", "--grace", "-1h"), "argument --grace: must not be negative: '-1h'"),
+        (("gc", "--grace", "--dry-run"), "argument --grace: expected one argument"),
         (("gc", "--grace=-1h"), "argument --grace: must not be negative: '-1h'"),
         (("gc", "--grace", "-5"), "argument --grace: must not be negative: '-5'"),
     ]
     for arguments, message in cases:
         result = cli_sync(*arguments, "--config", str(config))
         assert result.code == 2, (arguments, result)
-        errors = [line for line in result.err.splitlines() if "error:" in line]
-        assert errors == [f"txregistry {arguments[0]}: error: {message}"], result.err
+        # One line, without argparse's usage block before it.
+        assert result.err == f"txregistry {arguments[0]}: error: {message}\n", result.err
         assert result.out == ""
+    result = cli_sync("gc", "--bogus")
+    assert (result.code, result.err) == (2, "txregistry: error: unrecognized arguments: --bogus\n")
     assert not (tmp_path / "nowhere").exists()
 
 
