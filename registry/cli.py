@@ -384,14 +384,20 @@ async def run_catalog_rebuild(
     counting = CountingDriver(driver)
     started = time.monotonic()
     before = set(await _entries(driver))
-    reporter = _reporter(
-        reactor,
-        args,
-        term,
-        lambda: f"catalog-rebuild: walking, {format_count(counting.listed)} folders listed",
-    )
+    catalog = Catalog(counting, clock=reactor)
+
+    def render() -> str:
+        progress = catalog.progress
+        if progress.phase == "walk":
+            return f"catalog-rebuild: walking, {format_count(counting.listed)} folders listed"
+        return (
+            f"catalog-rebuild: indexing, {format_count(progress.done)}/"
+            f"{format_count(progress.total)} repositories"
+        )
+
+    reporter = _reporter(reactor, args, term, render)
     try:
-        found = await Catalog(counting).rebuild()
+        found = await catalog.rebuild()
     finally:
         reporter.stop()
     after = set(await _entries(driver))

@@ -33,6 +33,8 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -50,6 +52,8 @@ ENTRIES_DIR = f"{CATALOG_DIR}/repositories"
 COMPLETE_MARKER = f"{CATALOG_DIR}/complete"
 # How many names `Catalog.note_repository` remembers having written (see `Catalog._noted`).
 NOTED_MAX = 8192
+# Index entries written between turns given to the reactor (see `Catalog.clock`).
+_TURN_EVERY = 64
 # "~" is outside the name grammar, and unreserved in URLs (S3 keys stay readable).
 _SEPARATOR = "~"
 
@@ -83,6 +87,15 @@ class ICatalog(Interface):
         """Record that ``name`` exists (on its first manifest push or blob link)."""
 
 
+@attrs.define
+class RebuildProgress:
+    """A rebuild's phase (walk, index, done) and, while indexing, entries done of all."""
+
+    phase: str = "walk"
+    done: int = 0
+    total: int = 0
+
+
 @implementer(ICatalog)
 @attrs.define
 class Catalog:
@@ -92,6 +105,12 @@ class Catalog:
     max_page: int | None = None
     # Folder listings in flight during a walk: S3 latency, not CPU, is what a walk waits on.
     concurrency: int = 16
+    # Given, a rebuild lets the reactor turn every _TURN_EVERY entries it writes: the
+    # filesystem writes inline, and a million entries would hold the reactor (and the
+    # command's progress lines) for over a minute.
+    clock: IReactorTime | None = None
+    # What the last (or running) rebuild has done, for progress lines.
+    progress: RebuildProgress = attrs.field(factory=lambda: RebuildProgress())
     # Names whose entry this process wrote, least recently noted first: names are chosen by
     # clients (a pull-through cache notes every name pulled), so the memo keeps the
     # NOTED_MAX most recent; a name that fell out costs one rewrite of its entry.
@@ -178,19 +197,31 @@ class Catalog:
                 waiter.callback(list(result))
 
     async def _rebuild(self) -> list[str]:
+        progress = self.progress = RebuildProgress()
         found = await self.walk()
         indexed = set(await self._indexed())
+        gone = sorted(indexed.difference(found))
+        progress.phase = "index"
+        progress.total = len(found) + len(gone)
         for name in found:
             if name not in indexed:
                 await self.driver.put_content(entry_path(name), name.encode())
             self._remember(name)
-        for name in indexed.difference(found):
+            await self._indexed_one(progress)
+        for name in gone:
             # Checked again: it may have been created (and noted) during the walk.
             if not await self._is_repository(name):
                 await self.forget_repository(name)
+            await self._indexed_one(progress)
+        progress.phase = "done"
         await self.driver.put_content(COMPLETE_MARKER, b"1")
         self._ready = True
         return found
+
+    async def _indexed_one(self, progress: RebuildProgress) -> None:
+        progress.done += 1
+        if self.clock is not None and progress.done % _TURN_EVERY == 0:
+            await deferLater(self.clock, 0, lambda: None)
 
     async def _children(self, path: str) -> list[str]:
         try:

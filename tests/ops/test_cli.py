@@ -396,3 +396,22 @@ async def test_gc_during_a_push_over_http(tmp_path: Path, start_registry: object
         assert response.code == 200
         assert await response.content() == data
     await assert_pullable(url, content, DELETED_UNTAGGED | {"ORPHAN_NEW"})
+
+
+def test_catalog_rebuild_shows_progress_while_indexing(root: Path, config: Path) -> None:
+    """
+    After the walk, the index entries are written: a million of them take over a minute,
+    which was silent (only the walk's folder count was shown, no longer changing).
+    """
+    repositories = root / layout.REPOSITORIES
+    count = 3000
+    for i in range(count):
+        (repositories / f"team{i // 100}" / f"app{i}" / "_layers").mkdir(parents=True)
+    result = cli_sync("catalog-rebuild", "--config", str(config), "--progress-interval", "0.01")
+    assert result.code == 0, result
+    assert result.out.startswith(f"catalog-rebuild: {count:,} repositories ({count:,} added, ")
+    indexing = [
+        line for line in result.err.splitlines() if line.startswith("catalog-rebuild: indexing, ")
+    ]
+    assert indexing, result.err
+    assert all(line.endswith(f"/{count:,} repositories") for line in indexing), indexing
