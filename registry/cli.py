@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any, NoReturn
@@ -59,6 +60,33 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+# Seconds `_Pool.stop` waits for the storage threads to finish what they do.
+_POOL_STOP_WAIT = 5.0
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
+class _Pool(ThreadPool):
+    """
+    The command's storage threads: daemon threads, and a stop that waits a bounded time, so
+    a thread stuck in a system call (a hung mount) or left wedged by an error cannot keep the
+    process from exiting once its line is printed (purge-uploads on a 1,500-level tree
+    printed its error and then hung, ignoring SIGTERM, in ``pool.stop()``).
+    """
+
+    threadFactory = staticmethod(_daemon_thread)  # type: ignore[assignment]
+
+    def stop(self) -> None:
+        self.joined = True
+        self.started = False
+        self._team.quit()
+        deadline = time.monotonic() + _POOL_STOP_WAIT
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class CommandError(Exception):
     """A task cannot run or failed; the message is for the person at the terminal."""
 
@@ -82,8 +110,47 @@ def _concurrency(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """
+    argparse, with a usage error as one line (``txregistry gc: error: argument --grace:
+    must not be negative: '-1h'``), exit status 2: the usage block argparse prints first
+    buries the line that says what is wrong, and scripts read the last line.  ``--help``
+    still shows the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# Options whose value may be written negative (to be refused as such): ``--grace -1h`` read
+# to argparse as a missing value and an unknown option ("expected one argument").
+_SIGNED_OPTIONS = frozenset(("--grace", "--age"))
+
+
+def _attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--grace -1h`` as ``--grace=-1h``, so that the value's own check says what is wrong."""
+    joined: list[str] = []
+    pending = iter(argv)
+    for argument in pending:
+        if argument == "--":
+            joined.append(argument)
+            joined.extend(pending)
+            break
+        if argument in _SIGNED_OPTIONS:
+            value = next(pending, None)
+            if value is not None and value[:1] == "-" and value[1:2].isdigit():
+                joined.append(f"{argument}={value}")
+                continue
+            joined.append(argument)
+            if value is not None:
+                joined.append(value)
+            continue
+        joined.append(argument)
+    return joined
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="txregistry",
         description="Operations tasks for txregistry storage (safe while the registry serves).",
     )
@@ -317,14 +384,20 @@ async def run_catalog_rebuild(
     counting = CountingDriver(driver)
     started = time.monotonic()
     before = set(await _entries(driver))
-    reporter = _reporter(
-        reactor,
-        args,
-        term,
-        lambda: f"catalog-rebuild: walking, {format_count(counting.listed)} folders listed",
-    )
+    catalog = Catalog(counting, clock=reactor)
+
+    def render() -> str:
+        progress = catalog.progress
+        if progress.phase == "walk":
+            return f"catalog-rebuild: walking, {format_count(counting.listed)} folders listed"
+        return (
+            f"catalog-rebuild: indexing, {format_count(progress.done)}/"
+            f"{format_count(progress.total)} repositories"
+        )
+
+    reporter = _reporter(reactor, args, term, render)
     try:
-        found = await Catalog(counting).rebuild()
+        found = await catalog.rebuild()
     finally:
         reporter.stop()
     after = set(await _entries(driver))
@@ -421,9 +494,12 @@ async def run(
     except ConfigError as exc:
         terminal.progress(f"{prog}: configuration error: {exc}")
         return EXIT_USAGE
-    pool = ThreadPool(minthreads=1, maxthreads=8, name="txregistry-cli")
+    pool = _Pool(minthreads=1, maxthreads=8, name="txregistry-cli")
     pool.start()
     driver: IStorageDriver | None = None
+    # After an error nobody foresaw, the pool's state is not trusted: its threads are left
+    # to end with the process (they are daemon threads) rather than waited for.
+    unforeseen = False
     try:
         driver = build_driver(config, reactor, pool)
         await _check_storage(driver, config)
@@ -434,14 +510,19 @@ async def run(
     except CommandError as exc:
         terminal.progress(f"{prog} {args.command}: {exc}")
         return EXIT_FAILED
-    except Exception as exc:  # storage unreadable, permissions, network: a line, no traceback
+    except StorageError as exc:  # storage unreadable, permissions, network: a line
+        terminal.progress(f"{prog} {args.command}: failed: {describe_error(exc)}")
+        return EXIT_FAILED
+    except Exception as exc:  # a defect, or a storage tree that broke one: a line too
+        unforeseen = True
         terminal.progress(f"{prog} {args.command}: failed: {describe_error(exc)}")
         return EXIT_FAILED
     finally:
         close = getattr(driver, "close", None)
-        if close is not None:
+        if close is not None and not unforeseen:
             await close()
-        pool.stop()
+        if not unforeseen:
+            pool.stop()
 
 
 def _log_observer(err: IO[str], verbose: bool) -> ILogObserver:
@@ -463,7 +544,9 @@ def _log_observer(err: IO[str], verbose: bool) -> ILogObserver:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(
+        _attach_negative_values(sys.argv[1:] if argv is None else argv)
+    )
     if args.command == "copy":
         copy_command.main(args)
     globalLogBeginner.beginLoggingTo(

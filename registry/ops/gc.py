@@ -61,7 +61,7 @@ from registry.asyncutil import bounded_map
 from registry.manifests.references import ManifestRefs, manifest_refs
 from registry.storage import gcguard, layout
 from registry.storage.catalog import Catalog
-from registry.storage.driver import FileInfo, IStorageDriver, PathNotFoundError
+from registry.storage.driver import FileInfo, IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.listing import digest_folders, list_or_empty
 from registry.storage.referrers import ReferrersIndex
 
@@ -291,17 +291,45 @@ class GarbageCollector:
         """Revisions written within the grace period (a push may still be on its way)."""
         return {digest for digest, when in revisions.items() if when >= self.cutoff}
 
-    async def _tagged(self, name: str) -> set[str]:
-        async def resolve(tag: str) -> str | None:
+    async def _tagged(self, name: str, revisions: set[str]) -> set[str]:
+        """
+        The manifests the repository's tags reach.  A tag link that is there but cannot be
+        read or parsed (empty or torn by a crash, garbage, a folder in its place) aborts the
+        run: taking it for "no tag" would delete the tagged image (registry:2 refuses too).
+        A tag naming a manifest the repository has no revision of keeps every revision its
+        history (``index/``) names: which one it pointed at before the damage is unknown.
+        """
+
+        async def resolve(tag: str) -> set[str]:
+            path = layout.tag_current_link(name, tag)
             try:
-                text = await self.driver.get_content(layout.tag_current_link(name, tag))
+                text = await self.driver.get_content(path)
             except PathNotFoundError:
-                return None
+                return set()  # untagged since it was listed, or never finished
+            except StorageError as exc:
+                raise GCAborted(f"cannot read tag {name}:{tag}: {exc}") from None
             digest = _digest(text.decode("ascii", "replace").strip())
-            return None if digest is None else str(digest)
+            if digest is None:
+                raise GCAborted(
+                    f"damaged tag link {path}: not a digest: {text[:80]!r} "
+                    "(push the tag again, or remove its folder)"
+                )
+            if str(digest) in revisions:
+                return {str(digest)}
+            index = f"{layout.tag_dir(name, tag)}/index"
+            history = {str(d) for d in await digest_folders(self.driver, index)} & revisions
+            if history:
+                log.warn(
+                    "{name}: tag {tag} points at {digest}, not a manifest of the repository; "
+                    "every manifest in its history is kept",
+                    name=name,
+                    tag=tag,
+                    digest=digest,
+                )
+            return {str(digest)} | history
 
         tags = await self._list(layout.tags_dir(name))
-        return {d for d in await self._map(resolve, tags) if d is not None}
+        return set().union(*await self._map(resolve, tags))
 
     async def _read(self, name: str, digest: str) -> ManifestRefs | None:
         """A manifest's references; None when its blob is missing (nothing to keep)."""
@@ -351,7 +379,7 @@ class GarbageCollector:
             edges: dict[str, set[str]] = {}
         else:
             unparseable = {d for d, r in refs.items() if r is not None and not r.parsed}
-            roots = await self._tagged(name) | self._young(written) | unparseable
+            roots = await self._tagged(name, revisions) | self._young(written) | unparseable
             edges = await self._referrers_index(name)
             for digest, found in refs.items():
                 if found is not None and found.subject is not None:
@@ -473,7 +501,7 @@ class GarbageCollector:
         revived = revisions - repository.revisions
         if repository.doomed:
             doomed = set(repository.doomed)
-            revived |= doomed & await self._tagged(name)
+            revived |= doomed & await self._tagged(name, revisions)
             revived |= doomed & self._young(written)
         if revived:
             # Children and referrers of what came back: read them anew (few, normally).

@@ -6,6 +6,7 @@ themselves, such as a catalog walk).
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,13 @@ from twisted.internet.task import LoopingCall
 from twisted.web.iweb import IBodyProducer
 from zope.interface import alsoProvides, implementer
 
-from registry.storage.driver import FileInfo, IFileWriter, IStagedWrites, IStorageDriver
+from registry.storage.driver import (
+    FileInfo,
+    IFileWriter,
+    IStagedWrites,
+    IStorageDriver,
+    ISymbolicLinks,
+)
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -116,6 +123,12 @@ class CountingDriver:
         finally:
             self.listed += 1
 
+    async def list_apart(self, path: str) -> tuple[builtins.list[str], builtins.list[str]]:
+        try:
+            return await ISymbolicLinks(self.wrapped).list_apart(path)
+        finally:
+            self.listed += 1
+
     async def delete(self, path: str) -> None:
         await self.wrapped.delete(path)
         self.deleted += 1
@@ -136,6 +149,8 @@ class CountingDriver:
     def __attrs_post_init__(self) -> None:
         if IStagedWrites.providedBy(self.wrapped):
             alsoProvides(self, IStagedWrites)  # so that purge-uploads aborts stale staged writes
+        if ISymbolicLinks.providedBy(self.wrapped):
+            alsoProvides(self, ISymbolicLinks)  # so that walks do not follow links
 
     def staged_writer(self, path: str) -> Awaitable[IFileWriter]:
         return IStagedWrites(self.wrapped).staged_writer(path)

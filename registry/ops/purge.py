@@ -14,7 +14,13 @@ from collections.abc import AsyncIterator
 from twisted.logger import Logger
 
 from registry.storage import layout
-from registry.storage.driver import IStagedWrites, IStorageDriver, PathNotFoundError
+from registry.storage.catalog import walk_folders
+from registry.storage.driver import (
+    IStagedWrites,
+    IStorageDriver,
+    NotAFileError,
+    PathNotFoundError,
+)
 
 log = Logger()
 
@@ -22,17 +28,15 @@ log = Logger()
 async def upload_folders(
     driver: IStorageDriver, path: str = layout.REPOSITORIES
 ) -> AsyncIterator[str]:
-    """Every ``_uploads`` folder below ``path``, descending through multi-part names."""
-    try:
-        children = await driver.list(path)
-    except PathNotFoundError:
-        return
-    for child in children:
-        if child == "_uploads":
-            yield f"{path}/{child}"
-        elif not child.startswith("_"):
-            async for found in upload_folders(driver, f"{path}/{child}"):
-                yield found
+    """
+    Every ``_uploads`` folder below ``path`` (``repositories/`` or a folder in it), found by
+    the catalog's walk: iterative, bounded by the name grammar (uploads only ever start under
+    a valid name), not following symbolic links.
+    """
+    under = path.removeprefix(layout.REPOSITORIES).lstrip("/")
+    async for name, children in walk_folders(driver, under):
+        if name and "_uploads" in children:
+            yield f"{layout.repository(name)}/_uploads"
 
 
 def _parse_started(text: str) -> float | None:
@@ -57,7 +61,7 @@ async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
             upload = f"{folder}/{upload_id}"
             try:
                 started = _parse_started((await driver.get_content(f"{upload}/startedat")).decode())
-            except (PathNotFoundError, UnicodeDecodeError):
+            except (PathNotFoundError, NotAFileError, UnicodeDecodeError):
                 try:
                     started = (await driver.stat(upload)).modified
                 except PathNotFoundError:

@@ -12,6 +12,7 @@ failures (``reserve``: a disk too small for the announced body; ``write``, ``com
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -27,6 +28,7 @@ from registry.storage.driver import (
     IFileWriter,
     IStagedWrites,
     IStorageDriver,
+    ISymbolicLinks,
     PathNotFoundError,
 )
 
@@ -64,6 +66,8 @@ class MeasuredDriver:
         if IStagedWrites.providedBy(inner):
             # The optional capability passes through: pushes with a known digest stay staged.
             alsoProvides(self, IStagedWrites)
+        if ISymbolicLinks.providedBy(inner):
+            alsoProvides(self, ISymbolicLinks)  # walks of repositories/ do not follow links
 
     async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         started = time.monotonic()
@@ -104,6 +108,11 @@ class MeasuredDriver:
 
     async def redirect_url(self, path: str, method: str) -> str | None:
         return await self._timed("redirect_url", lambda: self.inner.redirect_url(path, method))
+
+    async def list_apart(self, path: str) -> tuple[builtins.list[str], builtins.list[str]]:
+        """`ISymbolicLinks.list_apart`, where the wrapped driver provides it."""
+        links = ISymbolicLinks(self.inner)
+        return await self._timed("list", lambda: links.list_apart(path))
 
     async def staged_writer(self, path: str) -> IFileWriter:
         """`IStagedWrites.staged_writer`, where the wrapped driver provides it."""

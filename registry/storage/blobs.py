@@ -12,13 +12,21 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 import attrs
+from twisted.logger import Logger
 from twisted.web.iweb import IBodyProducer
 from zope.interface import Interface, implementer
 
 from registry.api.digests import Digest, digest_of
 from registry.api.errors import BLOB_UNKNOWN, RegistryError
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, NotAFileError, PathNotFoundError
+
+log = Logger()
+
+
+def damaged(error: NotAFileError) -> None:
+    """One line for the operator: the client gets "unknown", which is not the whole story."""
+    log.warn("{error}", error=error)
 
 
 @attrs.frozen
@@ -69,10 +77,18 @@ class BlobStore:
     driver: IStorageDriver
 
     async def exists(self, digest: Digest) -> BlobInfo | None:
-        """The blob's global data, whatever repository holds it."""
+        """
+        The blob's global data, whatever repository holds it.  A folder at the data's path is
+        no blob: answered as one, clients would skip uploading it and pull nothing; unknown,
+        the next push of those bytes replaces it.
+        """
+        path = layout.blob_data(digest)
         try:
-            info = await self.driver.stat(layout.blob_data(digest))
+            info = await self.driver.stat(path)
         except PathNotFoundError:
+            return None
+        if info.is_dir:
+            damaged(NotAFileError(path))
             return None
         return BlobInfo(digest, info.size)
 
@@ -80,6 +96,9 @@ class BlobStore:
         try:
             link = await self.driver.get_content(layout.layer_link(name, digest))
         except PathNotFoundError:
+            return False
+        except NotAFileError as exc:
+            damaged(exc)
             return False
         return link.decode("ascii", "replace").strip() == str(digest)
 
@@ -99,6 +118,9 @@ class BlobStore:
         try:
             return await self.driver.reader(layout.blob_data(digest), offset, length)
         except PathNotFoundError:
+            raise _unknown(name, digest) from None
+        except NotAFileError as exc:
+            damaged(exc)
             raise _unknown(name, digest) from None
 
     async def redirect_url(self, name: str, digest: Digest) -> str | None:
@@ -125,4 +147,7 @@ class BlobStore:
         try:
             return await self.driver.get_content(layout.blob_data(digest))
         except PathNotFoundError:
+            raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)}) from None
+        except NotAFileError as exc:
+            damaged(exc)
             raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)}) from None

@@ -28,26 +28,32 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from registry.api.names import NAME_RE, is_valid_name
 from registry.asyncutil import bounded_map
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, ISymbolicLinks, PathNotFoundError
 from registry.storage.pagination import paginate, parse_count
 from registry.storage.repositories import holds_repository
 
+log = Logger()
 CATALOG_DIR = f"{layout.OWN}/catalog"
 ENTRIES_DIR = f"{CATALOG_DIR}/repositories"
 COMPLETE_MARKER = f"{CATALOG_DIR}/complete"
 # How many names `Catalog.note_repository` remembers having written (see `Catalog._noted`).
 NOTED_MAX = 8192
+# Index entries written between turns given to the reactor (see `Catalog.clock`).
+_TURN_EVERY = 64
 # "~" is outside the name grammar, and unreserved in URLs (S3 keys stay readable).
 _SEPARATOR = "~"
 
@@ -81,6 +87,15 @@ class ICatalog(Interface):
         """Record that ``name`` exists (on its first manifest push or blob link)."""
 
 
+@attrs.define
+class RebuildProgress:
+    """A rebuild's phase (walk, index, done) and, while indexing, entries done of all."""
+
+    phase: str = "walk"
+    done: int = 0
+    total: int = 0
+
+
 @implementer(ICatalog)
 @attrs.define
 class Catalog:
@@ -90,6 +105,12 @@ class Catalog:
     max_page: int | None = None
     # Folder listings in flight during a walk: S3 latency, not CPU, is what a walk waits on.
     concurrency: int = 16
+    # Given, a rebuild lets the reactor turn every _TURN_EVERY entries it writes: the
+    # filesystem writes inline, and a million entries would hold the reactor (and the
+    # command's progress lines) for over a minute.
+    clock: IReactorTime | None = None
+    # What the last (or running) rebuild has done, for progress lines.
+    progress: RebuildProgress = attrs.field(factory=lambda: RebuildProgress())
     # Names whose entry this process wrote, least recently noted first: names are chosen by
     # clients (a pull-through cache notes every name pulled), so the memo keeps the
     # NOTED_MAX most recent; a name that fell out costs one rewrite of its entry.
@@ -176,19 +197,31 @@ class Catalog:
                 waiter.callback(list(result))
 
     async def _rebuild(self) -> list[str]:
+        progress = self.progress = RebuildProgress()
         found = await self.walk()
         indexed = set(await self._indexed())
+        gone = sorted(indexed.difference(found))
+        progress.phase = "index"
+        progress.total = len(found) + len(gone)
         for name in found:
             if name not in indexed:
                 await self.driver.put_content(entry_path(name), name.encode())
             self._remember(name)
-        for name in indexed.difference(found):
+            await self._indexed_one(progress)
+        for name in gone:
             # Checked again: it may have been created (and noted) during the walk.
             if not await self._is_repository(name):
                 await self.forget_repository(name)
+            await self._indexed_one(progress)
+        progress.phase = "done"
         await self.driver.put_content(COMPLETE_MARKER, b"1")
         self._ready = True
         return found
+
+    async def _indexed_one(self, progress: RebuildProgress) -> None:
+        progress.done += 1
+        if self.clock is not None and progress.done % _TURN_EVERY == 0:
+            await deferLater(self.clock, 0, lambda: None)
 
     async def _children(self, path: str) -> list[str]:
         try:
@@ -200,34 +233,74 @@ class Catalog:
         """Whether ``name``'s folder holds what makes a repository (`holds_repository`)."""
         return holds_repository(await self._children(layout.repository(name)))
 
-    async def _list_many(self, paths: Sequence[str]) -> list[list[str]]:
-        return await bounded_map(self._children, paths, self.concurrency)
-
     async def walk(self, under: str = "") -> list[str]:
         """
         Every repository under ``repositories/`` (or under ``repositories/<under>``), sorted,
         found the registry:2 way: a folder is a repository when it holds ``_manifests`` or
         ``_layers``; names may have many components (and a repository may sit inside
-        another), but ``_`` folders are never entered.  Breadth first, a level's listings run
-        concurrently.
+        another), but ``_`` folders are never entered (`walk_folders`).
         """
         found: list[str] = []
-        frontier = [under]
-        while frontier:
-            paths = [
-                f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES
-                for name in frontier
-            ]
-            listings = await self._list_many(paths)
-            next_frontier: list[str] = []
-            for prefix, children in zip(frontier, listings, strict=True):
-                if prefix and holds_repository(children):
-                    found.append(prefix)
-                for child in children:
-                    if child.startswith("_") or NAME_RE.fullmatch(child) is None:
-                        continue
-                    name = f"{prefix}/{child}" if prefix else child
-                    if is_valid_name(name):
-                        next_frontier.append(name)
-            frontier = next_frontier
+        async for name, children in walk_folders(self.driver, under, self.concurrency):
+            if name and holds_repository(children):
+                found.append(name)
         return sorted(found)
+
+
+# Symbolic links reported by this process (each once, not at every purge), bounded.
+_reported_links: set[str] = set()
+_REPORTED_MAX = 1024
+
+
+def _report_link(path: str) -> None:
+    if path in _reported_links:
+        return
+    if len(_reported_links) < _REPORTED_MAX:
+        _reported_links.add(path)
+    log.warn("skipping symbolic link {path}: not followed in repositories/", path=path)
+
+
+async def _folder_children(driver: IStorageDriver, path: str) -> list[str]:
+    """A folder's children, symbolic links left out (and reported) where the driver tells."""
+    try:
+        if not ISymbolicLinks.providedBy(driver):
+            return await driver.list(path)
+        plain, links = await ISymbolicLinks(driver).list_apart(path)
+    except PathNotFoundError:
+        return []
+    for link in links:
+        _report_link(f"{path}/{link}")
+    return plain
+
+
+async def walk_folders(
+    driver: IStorageDriver, under: str = "", concurrency: int = 16
+) -> AsyncIterator[tuple[str, list[str]]]:
+    """
+    ``(name, children)`` for ``repositories/<under>`` and every folder below it that a
+    repository name can be (``""`` is ``repositories/`` itself): the one walk the catalog,
+    gc and upload purging share.  Breadth first and iterative, a level's listings running
+    concurrently.  Bounded by the name grammar: a child that is no name component, a
+    ``_`` folder, or a name longer than `NAME_MAX_LENGTH` (so at most 128 levels) is never
+    entered, however deep the tree (a 1,500-level folder made a recursive walk fail);
+    symbolic links are not followed (``lib/loop -> ..`` made names nest without end).
+    """
+
+    def path_of(name: str) -> str:
+        return f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES
+
+    frontier = [under]
+    while frontier:
+        listings = await bounded_map(
+            lambda name: _folder_children(driver, path_of(name)), frontier, concurrency
+        )
+        next_frontier: list[str] = []
+        for prefix, children in zip(frontier, listings, strict=True):
+            yield prefix, children
+            for child in children:
+                if child.startswith("_") or NAME_RE.fullmatch(child) is None:
+                    continue
+                name = f"{prefix}/{child}" if prefix else child
+                if is_valid_name(name):
+                    next_frontier.append(name)
+        frontier = next_frontier

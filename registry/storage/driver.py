@@ -60,6 +60,18 @@ class PathNotFoundError(StorageError):
         self.path = path
 
 
+class NotAFileError(StorageError):
+    """
+    A folder (or another non-file) stands where a file should be: damaged storage (a person's
+    ``mkdir``, a restore gone wrong).  Not `PathNotFoundError`: "missing" would let garbage
+    collection take a tag for gone and delete what it points at, and let a blob read as empty.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"storage damaged at {path}: a folder where a file should be")
+        self.path = path
+
+
 class PathBusyError(StorageError):
     """``writer(path, append=True)`` while another writer (of any process) has it open: one
     writer at a time, or two requests' bytes would interleave in one file."""
@@ -122,7 +134,10 @@ class IStorageDriver(Interface):
     name = Attribute("str: the driver's config name (filesystem, inmemory, s3)")
 
     def get_content(path: str) -> Awaitable[bytes]:
-        """The whole content of a small file (links, manifests).  PathNotFoundError if missing."""
+        """
+        The whole content of a small file (links, manifests).  PathNotFoundError if missing;
+        `NotAFileError` where a folder stands in its place (a filesystem's damage).
+        """
 
     def put_content(path: str, data: bytes) -> Awaitable[None]:
         """Replace the file at ``path`` with ``data`` atomically: readers see old or new, whole."""
@@ -157,6 +172,22 @@ class IStorageDriver(Interface):
 
     def redirect_url(path: str, method: str) -> Awaitable[str | None]:
         """A URL a client can fetch ``path`` from directly, or None when the driver has none."""
+
+
+class ISymbolicLinks(Interface):
+    """
+    An optional driver capability: folder listings that tell symbolic links apart (the
+    filesystem's).  The walks of ``repositories/`` (`registry.storage.catalog.walk_folders`)
+    do not follow them: a link to ``..`` made every walk list names nested without end, and
+    a link to another repository would list it twice, under two names, for gc to count and
+    delete twice.
+    """
+
+    def list_apart(path: str) -> Awaitable[tuple[list[str], list[str]]]:
+        """
+        ``list(path)`` in two sorted parts: the names that are not symbolic links, and those
+        that are.  PathNotFoundError when the folder does not exist or is empty, as ``list``.
+        """
 
 
 class IStagedWrites(Interface):

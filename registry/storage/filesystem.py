@@ -11,7 +11,8 @@ Atomicity: small files are written to a temporary sibling and renamed over the t
 finished upload becomes a blob by rename, so a reader never sees a half-written file, whatever
 happens to the process.  A write that fails (a full disk) removes its temporary file.
 
-Errors: a missing path is `PathNotFoundError`; every other ``OSError`` (no space, no
+Errors: a missing path is `PathNotFoundError`; a folder read as a file is `NotAFileError`
+(damage, never "missing"); every other ``OSError`` (no space, no
 permission, an I/O error) becomes a `StorageError` carrying the system's reason, which clients
 get as a 503 that says it.
 
@@ -24,6 +25,7 @@ rather than "not found".
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -47,6 +49,8 @@ from registry.storage.driver import (
     IFileWriter,
     InvalidOffsetError,
     IStorageDriver,
+    ISymbolicLinks,
+    NotAFileError,
     PathBusyError,
     PathNotFoundError,
     StorageError,
@@ -203,6 +207,26 @@ def _remove(full: str) -> bool:
     return True
 
 
+def _replace(source: str, full: str, path: str) -> None:
+    """
+    ``os.replace``, also over an empty folder standing where the file goes (damage: a
+    ``mkdir`` at a blob's ``data``), so that pushing the right bytes repairs it.  Only an
+    empty one: ``rmdir`` cannot lose data, while a folder with content in it may be
+    something a person put there, so that write fails naming the path, and they decide.
+    """
+    try:
+        os.replace(source, full)
+    except IsADirectoryError:
+        try:
+            os.rmdir(full)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise NotAFileError(path) from None
+            raise
+        log.warn("storage repaired at {path}: an empty folder replaced by the file", path=path)
+        os.replace(source, full)
+
+
 # Path components a storage path never has (empty, or climbing out of the root).
 _BAD_PARTS = frozenset(("", ".", ".."))
 _ROOT_GONE = "the storage root {root} is gone or not a folder"
@@ -223,7 +247,7 @@ def _read_all(fd: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-@implementer(IStorageDriver)
+@implementer(IStorageDriver, ISymbolicLinks)
 class FilesystemDriver:
     name = "filesystem"
 
@@ -286,8 +310,10 @@ class FilesystemDriver:
                 return _read_all(fd)
             finally:
                 os.close(fd)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except (FileNotFoundError, NotADirectoryError):
             raise self._missing(path) from None
+        except IsADirectoryError:
+            raise NotAFileError(path) from None
         except OSError as exc:
             raise _storage_error(f"reading {path}", exc) from exc
 
@@ -300,8 +326,8 @@ class FilesystemDriver:
                 self._make_folder(directory)
                 with open(temp, "wb") as file:
                     file.write(data)
-                os.replace(temp, full)
-            except OSError:
+                _replace(temp, full, path)
+            except (OSError, StorageError):
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
@@ -328,6 +354,27 @@ class FilesystemDriver:
         with _failing(f"listing {path}"):
             found: list[str] = await self._in_thread(names)
         if not found:
+            raise self._missing(path)
+        return found
+
+    async def list_apart(self, path: str) -> tuple[builtins.list[str], builtins.list[str]]:
+        full = self._full(path)
+
+        def names() -> tuple[builtins.list[str], builtins.list[str]]:
+            plain: builtins.list[str] = []
+            links: builtins.list[str] = []
+            try:
+                with os.scandir(full) as entries:
+                    for entry in entries:
+                        if not entry.name.startswith(_TEMP_PREFIX):
+                            (links if entry.is_symlink() else plain).append(entry.name)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            return sorted(plain), sorted(links)
+
+        with _failing(f"listing {path}"):
+            found: tuple[builtins.list[str], builtins.list[str]] = await self._in_thread(names)
+        if not found[0] and not found[1]:
             raise self._missing(path)
         return found
 
@@ -400,15 +447,17 @@ class FilesystemDriver:
         with _failing(f"moving {source} to {dest}"):
             self._make_folder(os.path.dirname(full_dest))
             try:
-                os.replace(full_source, full_dest)
+                _replace(full_source, full_dest, dest)
             except FileNotFoundError:
                 raise PathNotFoundError(source) from None
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> IBodyProducer:
         try:
             file = open(self._full(path), "rb")  # noqa: SIM115 - the producer owns it
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except (FileNotFoundError, NotADirectoryError):
             raise self._missing(path) from None
+        except IsADirectoryError:
+            raise NotAFileError(path) from None
         except OSError as exc:
             raise _storage_error(f"reading {path}", exc) from exc
         size = os.fstat(file.fileno()).st_size

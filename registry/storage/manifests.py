@@ -43,9 +43,9 @@ from registry.manifests import (
     stored_media_type,
 )
 from registry.storage import layout
-from registry.storage.blobs import BlobStore
+from registry.storage.blobs import BlobStore, damaged
 from registry.storage.catalog import Catalog
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, NotAFileError, PathNotFoundError
 from registry.storage.gcguard import GcGuard
 from registry.storage.listing import digest_folders
 from registry.storage.referrers import ReferrersIndex, referrer_descriptor
@@ -237,6 +237,9 @@ class ManifestStore:
         try:
             link = await self.driver.get_content(layout.revision_link(name, digest))
         except PathNotFoundError:
+            return False
+        except NotAFileError as exc:
+            damaged(exc)
             return False
         return link.decode("ascii", "replace").strip() == str(digest)
 

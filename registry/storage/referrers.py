@@ -23,7 +23,8 @@ from registry.api.digests import Digest
 from registry.api.errors import RegistryError
 from registry.manifests.model import ParsedManifest
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.blobs import damaged
+from registry.storage.driver import IStorageDriver, NotAFileError, PathNotFoundError
 from registry.storage.listing import digest_folders, list_or_empty
 from registry.storage.pagination import parse_count
 
@@ -127,6 +128,9 @@ class ReferrersIndex:
             descriptor = json.loads(await self.driver.get_content(path))
         except (PathNotFoundError, ValueError):
             # Deleted meanwhile, or a torn file from a crash: not a referrer to report.
+            return None
+        except NotAFileError as exc:
+            damaged(exc)
             return None
         return descriptor if isinstance(descriptor, dict) else None
 

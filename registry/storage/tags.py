@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import attrs
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from registry.api.digests import Digest
 from registry.api.errors import NAME_UNKNOWN, RegistryError
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.blobs import damaged
+from registry.storage.driver import IStorageDriver, NotAFileError, PathNotFoundError
 from registry.storage.pagination import paginate, parse_count
 from registry.storage.repositories import repository_exists
+
+log = Logger()
 
 
 class ITagStore(Interface):
@@ -49,15 +53,23 @@ class TagStore:
             observer(name, tag, digest)
 
     async def resolve(self, name: str, tag: str) -> Digest | None:
-        """The digest ``tag`` points at, or None when there is no such tag."""
+        """
+        The digest ``tag`` points at, or None when there is no such tag.  A damaged link (a
+        folder, bytes that are no digest) is a missing tag for readers, with one line for the
+        operator; a push repairs it.
+        """
+        path = layout.tag_current_link(name, tag)
         try:
-            text = await self.driver.get_content(layout.tag_current_link(name, tag))
+            text = await self.driver.get_content(path)
         except PathNotFoundError:
+            return None
+        except NotAFileError as exc:
+            damaged(exc)
             return None
         try:
             return Digest.parse(text.decode("ascii", "replace").strip())
         except RegistryError:
-            # A corrupt link is a missing tag for readers; a push repairs it.
+            log.warn("storage damaged at {path}: not a digest: {text!r}", path=path, text=text[:80])
             return None
 
     async def set(self, name: str, tag: str, digest: Digest) -> None:

@@ -43,6 +43,7 @@ from registry.storage.driver import (
     IFileWriter,
     IStagedWrites,
     IStorageDriver,
+    NotAFileError,
     PathBusyError,
     PathNotFoundError,
     StorageError,
@@ -386,7 +387,7 @@ class UploadStore:
         try:
             state = await self.driver.get_content(path)
             return DigestingHasher(INLINE_ALGORITHM, state)
-        except (PathNotFoundError, ValueError):
+        except (PathNotFoundError, NotAFileError, ValueError):
             pass
         log.info(
             "upload {upload} of {name}: no hash state at offset {size}, re-hashing stored data",

@@ -110,18 +110,23 @@ def test_bad_option_values_are_usage_errors(tmp_path: Path) -> None:
         (("gc", "--concurrency", "0"), "argument --concurrency: must be at least 1: '0'"),
         (("gc", "--concurrency", "-3"), "argument --concurrency: must be at least 1: '-3'"),
         (("gc", "--concurrency", "many"), "argument --concurrency: not a whole number: 'many'"),
-        # (``--age -5m`` reads to argparse as a missing value and an unknown option: it says
-        # so, "expected one argument"; written with ``=`` the value reaches the check.)
+        # Written with a space or with ``=``, a negative value reaches the check (argparse
+        # alone read ``--age -5m`` as a missing value: "expected one argument").
         (("purge-uploads", "--age=-5m"), "argument --age: must not be negative: '-5m'"),
+        (("purge-uploads", "--age", "-5m"), "argument --age: must not be negative: '-5m'"),
+        (("gc", "--grace", "-1h"), "argument --grace: must not be negative: '-1h'"),
+        (("gc", "--grace", "--dry-run"), "argument --grace: expected one argument"),
         (("gc", "--grace=-1h"), "argument --grace: must not be negative: '-1h'"),
         (("gc", "--grace", "-5"), "argument --grace: must not be negative: '-5'"),
     ]
     for arguments, message in cases:
         result = cli_sync(*arguments, "--config", str(config))
         assert result.code == 2, (arguments, result)
-        errors = [line for line in result.err.splitlines() if "error:" in line]
-        assert errors == [f"txregistry {arguments[0]}: error: {message}"], result.err
+        # One line, without argparse's usage block before it.
+        assert result.err == f"txregistry {arguments[0]}: error: {message}\n", result.err
         assert result.out == ""
+    result = cli_sync("gc", "--bogus")
+    assert (result.code, result.err) == (2, "txregistry: error: unrecognized arguments: --bogus\n")
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -391,3 +396,22 @@ async def test_gc_during_a_push_over_http(tmp_path: Path, start_registry: object
         assert response.code == 200
         assert await response.content() == data
     await assert_pullable(url, content, DELETED_UNTAGGED | {"ORPHAN_NEW"})
+
+
+def test_catalog_rebuild_shows_progress_while_indexing(root: Path, config: Path) -> None:
+    """
+    After the walk, the index entries are written: a million of them take over a minute,
+    which was silent (only the walk's folder count was shown, no longer changing).
+    """
+    repositories = root / layout.REPOSITORIES
+    count = 3000
+    for i in range(count):
+        (repositories / f"team{i // 100}" / f"app{i}" / "_layers").mkdir(parents=True)
+    result = cli_sync("catalog-rebuild", "--config", str(config), "--progress-interval", "0.01")
+    assert result.code == 0, result
+    assert result.out.startswith(f"catalog-rebuild: {count:,} repositories ({count:,} added, ")
+    indexing = [
+        line for line in result.err.splitlines() if line.startswith("catalog-rebuild: indexing, ")
+    ]
+    assert indexing, result.err
+    assert all(line.endswith(f"/{count:,} repositories") for line in indexing), indexing

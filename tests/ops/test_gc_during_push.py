@@ -46,6 +46,8 @@ class HeldDriver:
         self.release: Deferred[None] = Deferred()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # zope's adaptation hooks (__conform__): not a storage call
+            raise AttributeError(name)
         method = getattr(self._inner, name)
         if not callable(method):
             return method

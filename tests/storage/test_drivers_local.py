@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 
 from registry.storage import filesystem, preallocate
-from registry.storage.driver import PathBusyError, PathNotFoundError, StorageError
+from registry.storage.driver import NotAFileError, PathBusyError, PathNotFoundError, StorageError
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.memory import MemoryDriver
 from tests.storage.driver_suite import DriverSuite
@@ -27,6 +27,8 @@ class TestMemoryDriver(DriverSuite):
 
 
 class TestFilesystemDriver(DriverSuite):
+    folder_content_error = NotAFileError
+
     @pytest.fixture
     def driver(self, tmp_path: Path, thread_pool: ThreadPool) -> FilesystemDriver:
         return FilesystemDriver(str(tmp_path / "root"), reactor, thread_pool)
@@ -34,6 +36,38 @@ class TestFilesystemDriver(DriverSuite):
     def test_paths_stay_in_root(self, driver: FilesystemDriver) -> None:
         with pytest.raises(ValueError):
             driver._full("a/../../etc")
+
+    @pytest_twisted.ensureDeferred
+    async def test_a_write_replaces_an_empty_folder_only(
+        self, driver: FilesystemDriver, tmp_path: Path
+    ) -> None:
+        """
+        A folder standing where a file goes (damage) is replaced by a write or a move when
+        empty (nothing can be lost), refused naming the path when it holds something.
+        """
+        root = tmp_path / "root"
+        await driver.put_content("seed", b"")
+        (root / "empty").mkdir()
+        await driver.put_content("empty", b"x")
+        assert (root / "empty").read_bytes() == b"x"
+        await driver.put_content("moved-from", b"y")
+        (root / "moved").mkdir()
+        await driver.move("moved-from", "moved")
+        assert (root / "moved").read_bytes() == b"y"
+        (root / "full" / "inside").mkdir(parents=True)
+        with pytest.raises(NotAFileError, match="storage damaged at full: a folder where"):
+            await driver.put_content("full", b"z")
+        await driver.put_content("moved-from", b"y")
+        with pytest.raises(NotAFileError):
+            await driver.move("moved-from", "full")
+        assert (root / "full" / "inside").is_dir()
+        assert sorted(p.name for p in root.iterdir()) == [
+            "empty",
+            "full",
+            "moved",
+            "moved-from",
+            "seed",
+        ]
 
     @pytest_twisted.ensureDeferred
     async def test_one_appender_at_a_time(self, driver: FilesystemDriver, tmp_path: Path) -> None:

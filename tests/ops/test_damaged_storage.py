@@ -1,0 +1,190 @@
+"""
+Storage damaged the way disks and people do (a torn or garbage link, a folder where a file
+should be): the operations commands, run as child processes, stop before deleting anything
+they cannot read, and the serving registry answers with OCI errors and one log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from zope.interface import provider
+
+from registry.api.digests import Digest
+from registry.storage import layout
+from registry.storage.filesystem import FilesystemDriver
+from tests.ops import scenario
+from tests.ops.scenario import blob_digests, revision_digests
+from tests.ops.test_cli import cli, config, start_registry
+
+__all__ = ["config", "start_registry"]
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    """The registry's own warning (and worse) lines logged while the test runs."""
+    lines: list[str] = []
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        namespace = str(event.get("log_namespace", ""))
+        if event.get("log_level", LogLevel.info) >= LogLevel.warn and namespace.startswith(
+            "registry."
+        ):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+def tag_link(root: Path, name: str, tag: str) -> Path:
+    return root / layout.tag_current_link(name, tag)
+
+
+DAMAGE = {
+    "empty": lambda link: link.write_bytes(b""),
+    "truncated": lambda link: link.write_bytes(link.read_bytes()[:13]),
+    "garbage": lambda link: link.write_bytes(b"garbage!!\n\0\xff"),
+    "folder": lambda link: (link.unlink(), link.mkdir()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+@pytest_twisted.ensureDeferred
+async def test_gc_stops_on_a_damaged_tag_link(
+    driver: FilesystemDriver, root: Path, config: Path, kind: str
+) -> None:
+    """
+    Read as "no tag", a damaged link made ``--delete-untagged`` delete the tagged image
+    with its signature and layers: now the run stops before any deletion, with one line
+    naming the link, exit 1, dry run or not.
+    """
+    await scenario.build_aged(driver, root)
+    link = tag_link(root, "app", "v1")
+    DAMAGE[kind](link)
+    blobs, revisions = blob_digests(root), revision_digests(root, "app")
+    for extra in (("--dry-run",), ()):
+        result = await cli(
+            "gc", "--config", str(config), "--delete-untagged", "--grace", "0s", *extra
+        )
+        assert result.code == 1, result
+        assert result.out == ""
+        lines = result.err.strip().splitlines()
+        assert len(lines) == 1, result.err
+        assert lines[0].startswith("txregistry gc: gc aborted, nothing deleted: "), lines
+        assert layout.tag_current_link("app", "v1") in lines[0], lines
+        assert blob_digests(root) == blobs
+        assert revision_digests(root, "app") == revisions
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_keeps_the_history_of_a_tag_naming_no_revision(
+    driver: FilesystemDriver, root: Path, config: Path
+) -> None:
+    """A well-formed link to a manifest the repository lacks: the tag's history is kept."""
+    content = await scenario.build_aged(driver, root)
+    tag_link(root, "app", "v1").write_bytes(b"sha512:" + b"0" * 128)
+    result = await cli("gc", "--config", str(config), "--delete-untagged", "--grace", "0s")
+    assert result.code == 0, result
+    assert "warn: app: tag v1 points at sha512:000" in result.err
+    kept = blob_digests(root)
+    for label in ("M1", "S1", "C1", "L1", "L1b", "Lsig"):
+        assert content.digests[label] in kept, label
+    assert {content.digests["M1"], content.digests["S1"]} <= revision_digests(root, "app")
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_answers_a_damaged_tag_with_an_oci_error(
+    driver: FilesystemDriver, root: Path, start_registry: Any, warnings: list[str]
+) -> None:
+    """A folder in a tag link's place: 404 MANIFEST_UNKNOWN and one line naming the path."""
+    await scenario.build_aged(driver, root)
+    link = tag_link(root, "app", "v1")
+    link.unlink()
+    link.mkdir()
+    tag_link(root, "other", "latest").write_bytes(b"garbage")
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    for name, tag in (("app", "v1"), ("other", "latest")):
+        response = await treq.get(f"{registry.url}/v2/{name}/manifests/{tag}")
+        body = json.loads(await response.content())
+        assert response.code == 404, body
+        assert body["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    assert len(warnings) == 2, warnings
+    assert warnings[0] == (
+        f"storage damaged at {layout.tag_current_link('app', 'v1')}: "
+        "a folder where a file should be"
+    )
+    assert warnings[1].startswith(
+        f"storage damaged at {layout.tag_current_link('other', 'latest')}: not a digest"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_as_blob_data_is_no_blob_and_a_push_repairs_it(
+    driver: FilesystemDriver, root: Path, start_registry: Any, warnings: list[str]
+) -> None:
+    """
+    Served as a 0-byte blob, a folder at ``data`` made clients skip pushing the blob (HEAD
+    said it exists) and pull nothing: it is unknown now, and pushing the bytes replaces it.
+    """
+    content = await scenario.build_aged(driver, root)
+    digest = content.digests["L3"]
+    data = root / layout.blob_data(Digest.parse(digest))
+    data.unlink()
+    data.mkdir()
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    url = f"{registry.url}/v2/other/blobs/{digest}"
+    for method in ("HEAD", "GET"):
+        response = await treq.request(method, url)
+        body = await response.content()
+        assert response.code == 404, (method, body)
+        if method == "GET":
+            assert json.loads(body)["errors"][0]["code"] == "BLOB_UNKNOWN"
+    damage = f"storage damaged at {layout.blob_data(Digest.parse(digest))}"
+    assert warnings == [f"{damage}: a folder where a file should be"] * 2
+
+    right = content.data["L3"]
+    assert f"sha256:{hashlib.sha256(right).hexdigest()}" == digest
+    response = await treq.post(
+        f"{registry.url}/v2/repush/blobs/uploads/", params={"digest": digest}, data=right
+    )
+    assert response.code == 201, await response.content()
+    assert data.is_file()
+    assert data.read_bytes() == right
+    response = await treq.get(url)
+    assert response.code == 200
+    assert await response.content() == right
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_with_content_as_blob_data_is_refused_with_a_reason(
+    driver: FilesystemDriver, root: Path, start_registry: Any, warnings: list[str]
+) -> None:
+    """A folder with something in it may be a person's: a push does not remove it (503)."""
+    content = await scenario.build_aged(driver, root)
+    digest = content.digests["L3"]
+    data = root / layout.blob_data(Digest.parse(digest))
+    data.unlink()
+    (data / "keep").mkdir(parents=True)
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    response = await treq.post(
+        f"{registry.url}/v2/repush/blobs/uploads/",
+        params={"digest": digest},
+        data=content.data["L3"],
+    )
+    body = json.loads(await response.content())
+    assert response.code == 503, body
+    assert body["errors"][0]["code"] == "UNAVAILABLE"
+    assert "a folder where a file should be" in body["errors"][0]["detail"]["reason"]
+    assert (data / "keep").is_dir()
+    shutil.rmtree(data)
