@@ -457,7 +457,7 @@ class UploadStore:
                 await self.cancel(name, upload_id)
                 raise
             linked = False
-            if await self.blobs.exists(digest) is None:
+            if not await self._stored_whole(digest, size):
                 # The link first: a write that fails here (a full disk) fails while the data
                 # is still the upload's, so the client's retry of this PUT finds it.  Moved
                 # first, a failed link left the bytes at their content address and the
@@ -498,7 +498,7 @@ class UploadStore:
                     raise RegistryError(
                         DIGEST_INVALID, {"expected": str(digest), "received": str(actual)}
                     )
-                if await self.blobs.exists(digest) is None:
+                if not await self._stored_whole(digest, size):
                     # The link first, for the reason given in `commit`.
                     await self.blobs.link(name, digest)
                     linked = True
@@ -517,6 +517,26 @@ class UploadStore:
         await self._link_kept(name, upload_id, digest, linked)
         await self._remove(name, upload_id)
         return size
+
+    async def _stored_whole(self, digest: Digest, size: int) -> bool:
+        """
+        Whether ``digest`` is stored already, with the size of the bytes just verified for
+        it: then those are kept (another push stored them).  Stored with another size, the
+        stored bytes are damaged (torn by a crash without fsync, truncated by hand) and every
+        pull of them fails its digest check: the pushed bytes replace them.
+        """
+        stored = await self.blobs.exists(digest)
+        if stored is None:
+            return False
+        if stored.size == size:
+            return True
+        log.warn(
+            "storage repaired at {path}: {stored} bytes stored, the pushed blob has {size}",
+            path=layout.blob_data(digest),
+            stored=stored.size,
+            size=size,
+        )
+        return False
 
     async def _link_kept(
         self, name: str, upload_id: str, digest: Digest, linked: bool = False

@@ -188,3 +188,29 @@ async def test_a_folder_with_content_as_blob_data_is_refused_with_a_reason(
     assert "a folder where a file should be" in body["errors"][0]["detail"]["reason"]
     assert (data / "keep").is_dir()
     shutil.rmtree(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_replaces_blob_data_of_the_wrong_size(
+    driver: FilesystemDriver, root: Path, start_registry: Any, warnings: list[str]
+) -> None:
+    """Blob data torn short (a crash without fsync, a truncation by hand) fails every pull's
+    digest check; pushing the right bytes replaces it, where "stored already" kept it."""
+    content = await scenario.build_aged(driver, root)
+    digest = content.digests["L3"]
+    right = content.data["L3"]
+    data = root / layout.blob_data(Digest.parse(digest))
+    data.write_bytes(right[: len(right) // 2])
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    response = await treq.post(
+        f"{registry.url}/v2/repush/blobs/uploads/", params={"digest": digest}, data=right
+    )
+    assert response.code == 201, await response.content()
+    assert data.read_bytes() == right
+    response = await treq.get(f"{registry.url}/v2/other/blobs/{digest}")
+    assert (response.code, await response.content()) == (200, right)
+    path = layout.blob_data(Digest.parse(digest))
+    assert warnings == [
+        f"storage repaired at {path}: {len(right) // 2} bytes stored, the pushed blob has "
+        f"{len(right)}"
+    ]
