@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -79,6 +80,34 @@ async def _until(check: object, what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
+async def _start_upload(registry: RegistryProcess, name: str) -> tuple[str, str]:
+    """A new upload's Location and id."""
+    response = await treq.post(f"{registry.url}/v2/{name}/blobs/uploads/")
+    assert response.code == 202, await response.text()
+    location = header(response, "location") or ""
+    return location, location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+async def _patch_cancelled_midway(
+    registry: RegistryProcess, location: str, sent_first: int, writing: Any
+) -> None:
+    """PATCH ``TOTAL`` bytes; once ``sent_first`` are sent and ``writing()`` says the request
+    writes, cancel the upload, send the rest: the PATCH answers 404 BLOB_UPLOAD_UNKNOWN."""
+    body = os.urandom(TOTAL)
+    connection = _send_head(registry.url, location)
+    try:
+        await threads.deferToThread(connection.sendall, body[:sent_first])
+        await _until(writing, "the PATCH writes the upload")
+        response = await treq.delete(f"{registry.url}{location}")
+        assert response.code == 204, await response.text()
+        await threads.deferToThread(connection.sendall, body[sent_first:])
+        status, answer = await threads.deferToThread(_read_answer, connection)
+    finally:
+        connection.close()
+    assert status == 404, answer
+    assert [e["code"] for e in json.loads(answer)["errors"]] == ["BLOB_UPLOAD_UNKNOWN"]
+
+
 @pytest.mark.parametrize(
     "sent_first",
     [
@@ -92,37 +121,20 @@ async def test_a_patch_whose_upload_is_cancelled_meanwhile(
 ) -> None:
     registry = registry_on_s3
     name = "cancel/app"
-    body = os.urandom(TOTAL)
-    response = await treq.post(f"{registry.url}/v2/{name}/blobs/uploads/")
-    assert response.code == 202, await response.text()
-    location = header(response, "location") or ""
-    upload_id = location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-
+    location, upload_id = await _start_upload(registry, name)
     root = registry.sections["storage"]["rootdirectory"]
     driver = S3Driver(reactor, s3_server.settings(root))
     data_key = driver._key(layout.upload_data(name, upload_id))
     repository_key = driver._key(layout.repository(name))
     try:
-        connection = _send_head(registry.url, location)
-        try:
-            await threads.deferToThread(connection.sendall, body[:sent_first])
 
-            async def writing() -> bool:
-                lease = await driver._client.call("HEAD", data_key + LEASE_SUFFIX, missing_ok=True)
-                if lease is None:
-                    return False
-                return sent_first < 5 * 1024 * 1024 or bool(await driver._uploads_under(data_key))
+        async def writing() -> bool:
+            lease = await driver._client.call("HEAD", data_key + LEASE_SUFFIX, missing_ok=True)
+            if lease is None:
+                return False
+            return sent_first < 5 * 1024 * 1024 or bool(await driver._uploads_under(data_key))
 
-            await _until(writing, "the PATCH holds the upload (and sent a part)")
-            response = await treq.delete(f"{registry.url}{location}")
-            assert response.code == 204, await response.text()
-            await threads.deferToThread(connection.sendall, body[sent_first:])
-            status, answer = await threads.deferToThread(_read_answer, connection)
-        finally:
-            connection.close()
-        assert status == 404, answer
-        assert [e["code"] for e in json.loads(answer)["errors"]] == ["BLOB_UPLOAD_UNKNOWN"]
-
+        await _patch_cancelled_midway(registry, location, sent_first, writing)
         response = await treq.get(f"{registry.url}{location}")
         assert response.code == 404, await response.text()
         assert await driver._uploads_under(repository_key) == []
@@ -143,32 +155,16 @@ async def test_a_patch_whose_upload_is_cancelled_meanwhile_on_the_filesystem(
     registry.start()
     try:
         name = "cancel/app"
-        body = os.urandom(TOTAL)
-        response = await treq.post(f"{registry.url}/v2/{name}/blobs/uploads/")
-        assert response.code == 202, await response.text()
-        location = header(response, "location") or ""
-        upload_id = location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        location, upload_id = await _start_upload(registry, name)
         root = registry.workdir / "data"  # the harness's --storage
         folder = root / layout.upload_dir(name, upload_id)
         data = root / layout.upload_data(name, upload_id)
         assert folder.is_dir(), folder
 
-        connection = _send_head(registry.url, location)
-        try:
-            await threads.deferToThread(connection.sendall, body[:1_000_000])
+        async def writing() -> bool:
+            return data.exists() and data.stat().st_size > 0
 
-            async def writing() -> bool:
-                return data.exists() and data.stat().st_size > 0
-
-            await _until(writing, "the PATCH wrote its first bytes")
-            response = await treq.delete(f"{registry.url}{location}")
-            assert response.code == 204, await response.text()
-            await threads.deferToThread(connection.sendall, body[1_000_000:])
-            status, answer = await threads.deferToThread(_read_answer, connection)
-        finally:
-            connection.close()
-        assert status == 404, answer
-        assert [e["code"] for e in json.loads(answer)["errors"]] == ["BLOB_UPLOAD_UNKNOWN"]
+        await _patch_cancelled_midway(registry, location, 1_000_000, writing)
         assert not folder.exists(), sorted(str(p) for p in folder.rglob("*"))
     finally:
         registry.stop()

@@ -47,7 +47,8 @@ class Result:
     err: str
 
 
-def cli_sync(*arguments: str, env: dict[str, str] | None = None) -> Result:
+def cli_sync(*arguments: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> Result:
+    """The command as a child process; one that does not exit in time fails the test."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     environment["PYTHONPATH"] = str(REPO_ROOT)
     environment.update(env or {})
@@ -57,7 +58,7 @@ def cli_sync(*arguments: str, env: dict[str, str] | None = None) -> Result:
         text=True,
         cwd=REPO_ROOT,
         env=environment,
-        timeout=120,
+        timeout=timeout,
     )
     return Result(done.returncode, done.stdout, done.stderr)
 

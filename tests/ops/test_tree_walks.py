@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,9 +24,9 @@ from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.uploads import UploadStore
-from tests.e2e.harness import REPO_ROOT, write_config
+from tests.e2e.harness import write_config
 from tests.ops import scenario
-from tests.ops.test_cli import Result, config, start_registry
+from tests.ops.test_cli import Result, cli_sync, config, start_registry
 from tests.ops.test_damaged_storage import warnings
 
 __all__ = ["config", "start_registry", "warnings"]
@@ -38,17 +36,7 @@ DEPTH = 1500
 
 def run_cli(*arguments: str, timeout: float = 60.0) -> Result:
     """The command as a child process; one that does not exit in time fails the test."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    environment["PYTHONPATH"] = str(REPO_ROOT)
-    done = subprocess.run(
-        [sys.executable, "-m", "registry.cli", *arguments],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=environment,
-        timeout=timeout,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
+    return cli_sync(*arguments, timeout=timeout)
 
 
 def make_deep(parent: Path, depth: int = DEPTH) -> None:

@@ -52,13 +52,13 @@ class Filled:
         return content.Client(self.url, auth)
 
 
-def auth_sections(folder: Path) -> dict[str, dict[str, str]]:
+def auth_sections(folder: Path, policy: str = POLICY) -> dict[str, dict[str, str]]:
     lines = [
         f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)).decode()}"
         for user, pw in PASSWORDS.items()
     ]
     (folder / "htpasswd").write_text("\n".join(lines) + "\n")
-    (folder / "policy.toml").write_text(POLICY)
+    (folder / "policy.toml").write_text(policy)
     return {
         "auth": {"policy": str(folder / "policy.toml")},
         "auth.htpasswd": {"path": str(folder / "htpasswd"), "realm": "ui-test"},

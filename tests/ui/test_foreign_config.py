@@ -13,39 +13,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 
 from tests.e2e.harness import RegistryProcess
 from tests.ui import content
+from tests.ui.conftest import PASSWORDS, auth_sections
+from tests.ui.conftest import POLICY as UI_POLICY
 
-PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
-# alice may do everything; bob may push and pull team/** only.
-POLICY = """
-[[rule]]
-users = ["alice"]
-repositories = ["**"]
-actions = ["*"]
-
-[[rule]]
-users = ["bob"]
-repositories = ["team/**"]
-actions = ["pull", "push"]
-"""
+# The UI tests' policy, where bob may push team/** too.
+POLICY = UI_POLICY.replace('actions = ["pull"]', 'actions = ["pull", "push"]')
+assert POLICY != UI_POLICY
 SECRET = "DB_PASSWORD=only-alice-may-read-this"
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[RegistryProcess]:
-    lines = [
-        f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)).decode()}"
-        for user, pw in PASSWORDS.items()
-    ]
-    (tmp_path / "htpasswd").write_text("\n".join(lines) + "\n")
-    (tmp_path / "policy.toml").write_text(POLICY)
     sections = {
-        "auth": {"policy": str(tmp_path / "policy.toml")},
-        "auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "ui-test"},
+        **auth_sections(tmp_path, POLICY),
         "validation": {"blobs_required": "false"},
         "http": {"workers": "1"},
     }
