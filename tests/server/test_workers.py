@@ -270,6 +270,32 @@ def test_sighup_restarts_every_worker(tree: Tree) -> None:
     assert tree.child.process.poll() is None
 
 
+def test_a_sighup_during_a_rolling_restart_makes_one_more_pass(tree: Tree) -> None:
+    """
+    A SIGHUP while workers are being replaced used to be dropped ("running already"): the
+    workers replaced before it kept what they had read.  Now one more full pass follows, and
+    further SIGHUPs meanwhile join it.
+    """
+    first_pass = re.compile("SIGHUP: restarting the 2 workers one at a time")
+    tree.child.process.send_signal(signal.SIGHUP)
+    tree.child.wait_for(first_pass)
+    seen = len(tree.child.output)
+    tree.child.process.send_signal(signal.SIGHUP)
+    tree.child.process.send_signal(signal.SIGHUP)
+    tree.child.wait_for(re.compile("SIGHUP: every worker restarted"))
+    tree.child.wait_for(first_pass, timeout=30)
+    tree.child.wait_for(re.compile("SIGHUP: every worker restarted"), timeout=60)
+    time.sleep(0.5)  # a third pass would have started by now
+    later = "".join(tree.child.output[seen:])
+    assert later.count("SIGHUP: restarting the 2 workers") == 1, later
+    assert later.count("SIGHUP: a rolling restart is running") == 1, later
+    # Every worker serving now started after the second SIGHUP.
+    started = {int(m["pid"]) for m in WORKER_SERVING.finditer(later)}
+    serving = set(tree.per_worker())
+    assert len(started) >= 2 and serving <= started, (started, serving)
+    assert tree.request("GET", "/v2/").status == 200
+
+
 def test_sigterm_drains_a_download_and_exits_0(tree: Tree) -> None:
     digest = push_blob(tree.port, os.urandom(BLOB_SIZE))
     download = SlowDownload(tree.port, digest)
