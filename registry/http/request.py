@@ -92,6 +92,22 @@ class RequestObserver(Protocol):
         """
 
 
+def origin_form(target: bytes) -> bytes:
+    """
+    The path and query of an absolute-form request target (``http://host:port/v2/?n=1`` gives
+    ``/v2/?n=1``); any other target as it is.  RFC 9112, section 3.2.2: a server must accept
+    the absolute form (a client speaking to what it takes for a proxy sends it), and twisted.web
+    would route the whole URL as a path (404).  Only ``http`` and ``https`` are taken, in any
+    case; the Host header keeps its usual part.
+    """
+    scheme, separator, rest = target.partition(b"://")
+    if not separator or scheme.lower() not in (b"http", b"https"):
+        return target
+    start = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i != -1), default=len(rest))
+    path = rest[start:]
+    return path if path.startswith(b"/") else b"/" + path
+
+
 def _innermost_transport(transport: Any) -> Any:
     """The TCP connection below any TLS wrapper (where read and send sizes live)."""
     while (
@@ -140,7 +156,7 @@ class RegistryRequest(server.Request):
         # have it as attributes.
         if isinstance(channel, http.HTTPChannel):
             method, path, _ = twisted_internals.pending_request_line(channel)
-            return method, path
+            return method, origin_form(path)
         method = getattr(channel, "command", b"")
         path = getattr(channel, "path", b"")
         return bytes(method or b""), bytes(path or b"")
@@ -200,7 +216,8 @@ class RegistryRequest(server.Request):
         self._continue_held = False
         channel: Any = self.channel
         # The request line is filled in by twisted.web only once the body is in.
-        self.method, self.uri, self.clientproto = twisted_internals.pending_request_line(channel)
+        self.method, target, self.clientproto = twisted_internals.pending_request_line(channel)
+        self.uri = origin_form(target)
         self.path = self.uri.split(b"?", 1)[0]
         channel.persistent = False
         self.setHeader("Connection", "close")  # type: ignore[no-untyped-call]
@@ -245,7 +262,7 @@ class RegistryRequest(server.Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._body_complete = True
-        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+        super().requestReceived(command, origin_form(path), version)  # type: ignore[no-untyped-call]
 
     def write(self, data: bytes) -> None:
         if self.answered_early:
