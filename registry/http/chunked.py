@@ -35,9 +35,17 @@ class ChunkedBodyDecoder:
     follows the body (a pipelined request) to ``on_finish`` once the last chunk is in.
     """
 
-    def __init__(self, on_data: Callable[[bytes], None], on_finish: Callable[[bytes], None]):
+    def __init__(
+        self,
+        on_data: Callable[[bytes], None],
+        on_finish: Callable[[bytes], None],
+        on_malformed: Callable[[], None] | None = None,
+    ):
         self._on_data = on_data
         self._on_finish = on_finish
+        # Told first when the body turns out malformed: the channel answers 400 and closes,
+        # and the request must know it was refused, not left by its client.
+        self._on_malformed = on_malformed
         self._state = _SIZE
         self._remaining = 0  # body bytes still due in the current chunk
         self._pending = b""  # an unfinished size line, chunk end or trailer line
@@ -49,6 +57,10 @@ class ChunkedBodyDecoder:
         body: list[memoryview] = []
         try:
             rest = self._parse(data, body)
+        except _MalformedChunkedDataError:
+            if self._on_malformed is not None:
+                self._on_malformed()
+            raise
         finally:
             # Body bytes before a malformed part still go on, as they would one by one.
             if len(body) == 1 and len(body[0]) == len(data):

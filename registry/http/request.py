@@ -68,6 +68,9 @@ class BodySink(Protocol):
     def connection_lost(self, reason: Failure) -> None:
         """The client went away before the request completed."""
 
+    def malformed(self) -> None:
+        """The server refused the body as malformed: drop what was taken of it."""
+
     def watch(self, ready: Callable[[], None], refused: Callable[[RegistryError], None]) -> None:
         """Call ``ready`` once the body is welcome, or ``refused`` as soon as it is not."""
 
@@ -90,6 +93,22 @@ class RequestObserver(Protocol):
         included), or 499 when its client went away after `started` and before the answer.
         ``elapsed``: seconds since its first byte.
         """
+
+
+def origin_form(target: bytes) -> bytes:
+    """
+    The path and query of an absolute-form request target (``http://host:port/v2/?n=1`` gives
+    ``/v2/?n=1``); any other target as it is.  RFC 9112, section 3.2.2: a server must accept
+    the absolute form (a client speaking to what it takes for a proxy sends it), and twisted.web
+    would route the whole URL as a path (404).  Only ``http`` and ``https`` are taken, in any
+    case; the Host header keeps its usual part.
+    """
+    scheme, separator, rest = target.partition(b"://")
+    if not separator or scheme.lower() not in (b"http", b"https"):
+        return target
+    start = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i != -1), default=len(rest))
+    path = rest[start:]
+    return path if path.startswith(b"/") else b"/" + path
 
 
 def _innermost_transport(transport: Any) -> Any:
@@ -119,6 +138,8 @@ class RegistryRequest(server.Request):
     route_kind: str | None = None
     # The body is chunked and decoded by ChunkedBodyDecoder (tests check the fast path is on).
     chunked_in_bulk: bool = False
+    # The server refused the body as malformed (answered 400 by twisted.web, then closed).
+    body_malformed: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -140,7 +161,7 @@ class RegistryRequest(server.Request):
         # have it as attributes.
         if isinstance(channel, http.HTTPChannel):
             method, path, _ = twisted_internals.pending_request_line(channel)
-            return method, path
+            return method, origin_form(path)
         method = getattr(channel, "command", b"")
         path = getattr(channel, "path", b"")
         return bytes(method or b""), bytes(path or b"")
@@ -171,7 +192,20 @@ class RegistryRequest(server.Request):
     def _decode_chunks_in_bulk(self) -> None:
         """A chunked upload body goes through `ChunkedBodyDecoder` instead of twisted.web's."""
         channel: Any = self.channel
-        self.chunked_in_bulk = twisted_internals.use_chunked_decoder(channel, ChunkedBodyDecoder)
+
+        def make(
+            on_data: Callable[[bytes], None], on_finish: Callable[[bytes], None]
+        ) -> ChunkedBodyDecoder:
+            return ChunkedBodyDecoder(on_data, on_finish, self._body_malformed)
+
+        self.chunked_in_bulk = twisted_internals.use_chunked_decoder(channel, make)
+
+    def _body_malformed(self) -> None:
+        """twisted.web answers 400 and closes: nothing of this body is kept, and the request
+        is logged as the 400 it got, not as a client that left (`connectionLost`)."""
+        self.body_malformed = True
+        if self.sink is not None:
+            self.sink.malformed()
 
     def _hold_continue(self) -> None:
         """
@@ -200,7 +234,8 @@ class RegistryRequest(server.Request):
         self._continue_held = False
         channel: Any = self.channel
         # The request line is filled in by twisted.web only once the body is in.
-        self.method, self.uri, self.clientproto = twisted_internals.pending_request_line(channel)
+        self.method, target, self.clientproto = twisted_internals.pending_request_line(channel)
+        self.uri = origin_form(target)
         self.path = self.uri.split(b"?", 1)[0]
         channel.persistent = False
         self.setHeader("Connection", "close")  # type: ignore[no-untyped-call]
@@ -245,7 +280,7 @@ class RegistryRequest(server.Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._body_complete = True
-        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+        super().requestReceived(command, origin_form(path), version)  # type: ignore[no-untyped-call]
 
     def write(self, data: bytes) -> None:
         if self.answered_early:
@@ -301,7 +336,7 @@ class RegistryRequest(server.Request):
                 # with what was sent, as an HTTP/1.1 connection cut mid-body gets.
                 site.log(self)
             elif self.route_kind is None and sink is not None and not self._body_complete:
-                site.left_mid_body(self)
+                site.left_mid_body(self, 400 if self.body_malformed else 499)
             else:
                 site.abandoned(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
@@ -373,16 +408,18 @@ class RegistrySite(server.Site):
             request.access_logged = True  # counted once
             self.observer.finished(request, 499, time.monotonic() - request.started)
 
-    def left_mid_body(self, request: RegistryRequest) -> None:
+    def left_mid_body(self, request: RegistryRequest, status: int = 499) -> None:
         """
-        An upload whose client went away while it sent the body (the route never ran): counted
-        as 499 with its route, and its access line, as any request its client left.
+        An upload whose body did not all arrive (the route never ran): counted as 499 with its
+        route, and its access line, as any request its client left; as 400 when the server
+        refused the body as malformed (twisted.web answered that, then closed).
         """
         # twisted.web fills the request line in only once the body is in.
         method, uri = request.request_line()
         request.method, request.uri = method, uri
         request.path = uri.split(b"?", 1)[0]
-        request.code = 499
+        request.code = status
+
         self.log(request)
 
     def log(self, request: Any) -> None:

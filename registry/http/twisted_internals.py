@@ -32,10 +32,12 @@ how to try a newer one).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import abstract, tcp
+from twisted.logger import ILogObserver, Logger
 from twisted.web import _newclient, client, http, resource, server
 
 from registry.http.chunked import ChunkedBodyDecoder
@@ -48,6 +50,15 @@ _FILE_DESCRIPTOR: type[Any] = abstract.FileDescriptor
 _TCP_SERVER: type[Any] = tcp.Server
 _CHANNEL_ATTRIBUTE = "_channel"
 _CONNECTION_POOL: type[client.HTTPConnectionPool] = client.HTTPConnectionPool
+_TCP_PORT: type[Any] = tcp.Port
+_ACCEPT: Callable[..., Any] = tcp._accept
+# Starts of what tcp._accept logs at exhaustion (registry.server.exhaustion recognises them).
+_ACCEPT_TEXTS = (
+    "EMFILE encountered",
+    "EMFILE recovery",
+    "Re-reserving EMFILE",
+    "Could not accept new connection",
+)
 _quiet_factories: dict[type[Any], type[Any]] = {}
 
 
@@ -147,6 +158,18 @@ def quiet_pool(pool: client.HTTPConnectionPool) -> client.HTTPConnectionPool:
         _quiet_factories[noisy] = quiet
     pool_._factory = quiet
     return pool
+
+
+def route_accept_log(port: tcp.Port, make: Callable[[ILogObserver], ILogObserver]) -> None:
+    """
+    Send what ``port``'s accept loop logs to ``make(where it went before)``: a `tcp.Port`
+    logs its ``EMFILE`` recovery through its class's logger (``_logger``), three lines per
+    refused connection, with no public switch (`registry.server.exhaustion`).  An instance
+    attribute shadows the class's logger for this port alone.
+    """
+    port_: Any = port
+    before: Logger = port_._logger
+    port_._logger = Logger(namespace=before.namespace, source=port, observer=make(before.observer))
 
 
 def _assigned_in(cls: type[Any], method: str, name: str) -> bool:
@@ -279,12 +302,30 @@ def problems() -> list[str]:
     for method in ("resumeProducing", "allHeadersReceived", "requestDone"):
         if not callable(getattr(_HTTP_CHANNEL, method, None)):
             found.append(f"{_qualname(_HTTP_CHANNEL)}.{method}() is gone")
+    found += _accept_log_problems(_TCP_PORT)
     factory = getattr(_CONNECTION_POOL, "_factory", None)
     if not (isinstance(factory, type) and hasattr(factory, "noisy")):
         found.append(f"{_qualname(_CONNECTION_POOL)}._factory no longer names a Factory class")
     elif not _uses(_CONNECTION_POOL, "_newConnection", "_factory"):
         found.append(f"{_qualname(_CONNECTION_POOL)} no longer builds connections from _factory")
     return found
+
+
+def _accept_log_problems(port_class: type[Any]) -> list[str]:
+    """What `route_accept_log` relies on: a class logger read by ``doRead``, and the texts
+    `registry.server.exhaustion` recognises still in Twisted's accept loop."""
+    name = _qualname(port_class)
+    # Looked up without calling Logger.__get__, which makes a new Logger per read.
+    if not isinstance(inspect.getattr_static(port_class, "_logger", None), Logger):
+        return [f"{name}._logger is no longer a Logger of the class"]
+    if not _uses(port_class, "doRead", "_logger"):
+        return [f"{name}.doRead() no longer logs through _logger"]
+    texts = " ".join(c for c in _ACCEPT.__code__.co_consts if isinstance(c, str))
+    return [
+        f"twisted.internet.tcp._accept no longer logs {expected!r}"
+        for expected in _ACCEPT_TEXTS
+        if expected not in texts
+    ]
 
 
 def _uses(cls: type[Any], method: str, name: str) -> bool:

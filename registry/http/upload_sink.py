@@ -48,6 +48,9 @@ class UploadWriter(Protocol):
     def close(self) -> Coroutine[Any, Any, None]:
         """Keep what was written (the upload stays resumable)."""
 
+    def discard(self) -> Coroutine[Any, Any, None]:
+        """Drop what was written: the upload stays where it was before this request."""
+
 
 W = TypeVar("W", bound=UploadWriter)
 
@@ -83,6 +86,8 @@ class UploadSink(Generic[W]):
         self._idle: list[Deferred[None]] = []
         self._claimed = False
         self._lost = False
+        # The server refused the body as malformed: nothing of it is kept.
+        self._malformed = False
         self._ready: Deferred[None] = Deferred.fromCoroutine(prepare).addCallbacks(
             self._prepared, self._failed
         )
@@ -101,7 +106,7 @@ class UploadSink(Generic[W]):
     def _prepared(self, appender: W) -> None:
         self._appender = appender
         if self._lost:
-            Deferred.fromCoroutine(self._keep_after_drain())
+            Deferred.fromCoroutine(self._end_after_drain())
         self._pump()
         if self._error is None and self._on_ready is not None:
             self._on_ready()
@@ -125,7 +130,7 @@ class UploadSink(Generic[W]):
         return self._explained
 
     def feed(self, data: bytes) -> Deferred[None] | None:
-        if self._error is not None:
+        if self._error is not None or self._malformed:
             return None  # the body is read and dropped; the route reports the error
         self._queue.append(data)
         self.received += len(data)
@@ -189,9 +194,23 @@ class UploadSink(Generic[W]):
             return
         self._lost = True
         if self._appender is not None:
-            Deferred.fromCoroutine(self._keep_after_drain())
+            Deferred.fromCoroutine(self._end_after_drain())
 
-    async def _keep_after_drain(self) -> None:
+    def malformed(self) -> None:
+        """
+        The server refused the body as malformed (a bad chunk size, a chunk without its CRLF)
+        and answered 400: drop what arrived of it, including the bytes already stored, since
+        the client was told none of it was taken and resumes from the upload's old offset.
+        The connection is lost next; `connection_lost` then changes nothing.
+        """
+        if self._claimed or self._lost:
+            return
+        self._lost = self._malformed = True
+        self._queue.clear()
+        if self._appender is not None:
+            Deferred.fromCoroutine(self._end_after_drain())
+
+    async def _end_after_drain(self) -> None:
         appender = self._appender
         assert appender is not None
         while self._pending is not None:
@@ -199,6 +218,9 @@ class UploadSink(Generic[W]):
             self._idle.append(waiter)
             await waiter
         self._queue.clear()
+        if self._malformed:
+            await self._discard(appender)
+            return
         try:
             await appender.close()
         except WriteTakenOver as exc:  # cancelled, or continued by another request, meanwhile
@@ -218,3 +240,12 @@ class UploadSink(Generic[W]):
                 upload=appender.upload_id,
                 size=appender.size,
             )
+
+    async def _discard(self, appender: W) -> None:
+        try:
+            await appender.discard()
+        except WriteTakenOver:  # cancelled, or continued by another request: not ours to keep
+            pass
+        except Exception:
+            upload = appender.upload_id
+            log_failure(log, Failure(), "dropping malformed body of upload {upload}", upload=upload)

@@ -194,3 +194,6 @@ class MeasuredWriter:
 
     async def cancel(self) -> None:
         await self._counted(self.inner.cancel)
+
+    async def rollback(self) -> None:
+        await self._counted(self.inner.rollback)

@@ -31,7 +31,6 @@ accepted socket is handed to ``IReactorSocket.adoptStreamConnection``.
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 import socket
@@ -47,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from registry.server import exhaustion
 from registry.server.board import SLOT, STALE
 
 log = Logger()
@@ -57,9 +57,6 @@ HEARTBEAT = 0.5
 RECHECK = 0.005
 # Most connections taken per wake-up, so that one burst cannot hold the reactor for long.
 ACCEPTS_PER_READ = 64
-# Out of descriptors (or kernel memory): connections wait in the backlog this long.
-EXHAUSTED_PAUSE = 0.1
-_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 def slack(connections: int) -> int:
@@ -202,13 +199,19 @@ class BalancedPort:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in _EXHAUSTED:
-                    self._exhausted(exc)
+                if exc.errno in exhaustion.EXHAUSTED:
+                    self._exhausted(exc.errno)
                     return
                 continue  # the peer gave up before we took it (ECONNABORTED, EPERM, ...)
             try:
                 self._reactor.adoptStreamConnection(client.fileno(), self._family, self._factory)
-            except OSError as exc:  # the peer left between accept and adoption
+            except OSError as exc:
+                # Adopting dups the socket: accept may have taken the last descriptor, and that
+                # is the same exhaustion as accept's own EMFILE (one warning, then a pause).
+                if exc.errno in exhaustion.EXHAUSTED:
+                    self._exhausted(exc.errno)
+                    return
+                # The peer left between accept and adoption (getpeername: ENOTCONN).
                 log.debug("connection dropped before it was served: {reason}", reason=exc)
             finally:
                 client.close()  # the reactor holds its own copy
@@ -233,14 +236,11 @@ class BalancedPort:
             self._holding = False
             self._recheck.stop()
 
-    def _exhausted(self, exc: OSError) -> None:
-        log.warn(
-            "cannot accept connections for {seconds} s: {reason}",
-            seconds=EXHAUSTED_PAUSE,
-            reason=exc.strerror,
-        )
+    def _exhausted(self, code: int) -> None:
+        """Out of descriptors (or kernel memory): connections wait in the backlog a moment."""
+        exhaustion.episodes.exhausted(exhaustion.reason_of(code))
         self._reactor.removeReader(self)
-        self._resume = self._reactor.callLater(EXHAUSTED_PAUSE, self._after_exhausted)
+        self._resume = self._reactor.callLater(exhaustion.PAUSE, self._after_exhausted)
 
     def _after_exhausted(self) -> None:
         self._resume = None

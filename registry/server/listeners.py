@@ -24,6 +24,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.python.failure import Failure
 
+from registry.server.exhaustion import quiet_exhaustion
 from registry.server.exit import StartupError, exit_after_reactor, exit_now
 
 
@@ -104,6 +105,7 @@ class Listeners:
 
     def _listening(self, port: IListeningPort) -> None:
         self.ports.append(port)
+        quiet_exhaustion(self._reactor, port)  # one line per episode, not three per connection
         if not self._open:
             self._pause(port)
 

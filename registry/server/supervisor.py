@@ -184,6 +184,7 @@ class Supervisor:
         self._started = False  # every worker served once: start-up is over
         self._stopping = False
         self._rolling = False
+        self._hup_again = False  # a SIGHUP arrived during the rolling restart running
         self._holding: set[int] = set()  # slots a rolling restart replaces itself
         # The accept board (`registry.server.balance`): only where workers share a socket.
         self._board = -1
@@ -423,51 +424,67 @@ class Supervisor:
         if self._stopping:
             return
         if self._rolling:
-            self.log("info", "SIGHUP: a rolling restart is running already")
+            # The workers restarted so far in this pass may have read the files before they
+            # changed: one more full pass follows, for this SIGHUP and any others meanwhile.
+            if not self._hup_again:
+                self.log(
+                    "info",
+                    "SIGHUP: a rolling restart is running; every worker will be restarted "
+                    "again once it ends",
+                )
+            self._hup_again = True
             return
         self._rolling = True
-        self.loop.run_task(self._roll())
+        self.loop.run_task(self._rolls())
+
+    def _rolls(self) -> Task:
+        """Rolling restarts until no SIGHUP arrived during the last one."""
+        try:
+            while True:  # each further pass needs a SIGHUP during the one before
+                self._hup_again = False
+                yield from self._roll()
+                if self._stopping or not self._hup_again:
+                    return
+        finally:
+            self._rolling = False
 
     def _roll(self) -> Task:
         self.log("info", f"SIGHUP: restarting the {self.count} workers one at a time")
-        try:
-            for slot in range(self.count):
+        for slot in range(self.count):
+            if self._stopping:
+                return
+            self._holding.add(slot)
+            try:
+                old = self.workers.get(slot)
+                if old is not None:
+                    old.signal(signal.SIGTERM)
+                    yield from self._ended_within(old, self.drain_timeout + STOP_GRACE)
+                pending = self._respawns.pop(slot, None)
+                if pending is not None:
+                    pending.cancel()
                 if self._stopping:
                     return
-                self._holding.add(slot)
-                try:
-                    old = self.workers.get(slot)
-                    if old is not None:
-                        old.signal(signal.SIGTERM)
-                        yield from self._ended_within(old, self.drain_timeout + STOP_GRACE)
-                    pending = self._respawns.pop(slot, None)
-                    if pending is not None:
-                        pending.cancel()
-                    if self._stopping:
-                        return
-                    self.restarts += 1
-                    new = self._spawn(slot)
-                finally:
-                    self._holding.discard(slot)
-                served = yield Wait(new.served, START_TIMEOUT)
-                if served and not new.served.value:
-                    # It exited: what it read (configuration, certificates) cannot serve, and
-                    # would not in the next slot either.  The workers not replaced yet keep
-                    # serving with what they loaded; this slot is retried as after a crash.
-                    kept = self.count - slot - 1
-                    cause = new.failure or "it exited before serving"
-                    self.log(
-                        "error",
-                        f"SIGHUP: worker {slot} did not start: {cause}; rolling restart "
-                        f"stopped, {kept} worker(s) keep serving with the configuration and "
-                        "certificates they started with (fix the cause and send SIGHUP again)",
-                    )
-                    return
-                if not served:
-                    self.log("warn", f"SIGHUP: worker {slot} did not start; going on")
-            self.log("info", "SIGHUP: every worker restarted")
-        finally:
-            self._rolling = False
+                self.restarts += 1
+                new = self._spawn(slot)
+            finally:
+                self._holding.discard(slot)
+            served = yield Wait(new.served, START_TIMEOUT)
+            if served and not new.served.value:
+                # It exited: what it read (configuration, certificates) cannot serve, and
+                # would not in the next slot either.  The workers not replaced yet keep
+                # serving with what they loaded; this slot is retried as after a crash.
+                kept = self.count - slot - 1
+                cause = new.failure or "it exited before serving"
+                self.log(
+                    "error",
+                    f"SIGHUP: worker {slot} did not start: {cause}; rolling restart "
+                    f"stopped, {kept} worker(s) keep serving with the configuration and "
+                    "certificates they started with (fix the cause and send SIGHUP again)",
+                )
+                return
+            if not served:
+                self.log("warn", f"SIGHUP: worker {slot} did not start; going on")
+        self.log("info", "SIGHUP: every worker restarted")
 
     def _ended_within(self, worker: Worker, limit: float, said: float | None = None) -> Task:
         """Wait ``limit`` seconds for ``worker`` to end, then kill it (``said``: the limit the

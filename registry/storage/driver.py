@@ -127,6 +127,13 @@ class IFileWriter(Interface):
     def cancel() -> Awaitable[None]:
         """Discard the file and everything written to it."""
 
+    def rollback() -> Awaitable[None]:
+        """
+        Stop, and drop what this writer appended: the file is left as it was when the writer
+        was opened (an upload whose request body was refused as malformed stays resumable where
+        it was; the client was told nothing of this body was taken).
+        """
+
 
 class IStorageDriver(Interface):
     """A storage backend.  Implementations: filesystem, in-memory, S3."""

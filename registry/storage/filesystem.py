@@ -87,6 +87,7 @@ class _FileWriter:
         self._path = path
         self._file: IO[bytes] | None = file
         self.size = size
+        self._opened_size = size  # what `rollback` goes back to
         # An appender's file is locked (`FilesystemDriver.writer`); after `commit` it stays
         # open, so the lock is held while the caller moves the file, until `close`.
         self._locked = locked
@@ -178,6 +179,25 @@ class _FileWriter:
                     self._kept = file
                 else:
                     file.close()
+
+    async def rollback(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()
+        file, self._file = self._file, None
+        if file is None:
+            return
+        with _failing(f"truncating {self._path}"):
+            try:
+                with contextlib.suppress(OSError):  # a full disk: truncated away just below
+                    file.flush()
+                # Also gives back space reserved beyond it (preallocated blocks past the end).
+                os.ftruncate(file.fileno(), self._opened_size)
+            finally:
+                with contextlib.suppress(OSError):  # nothing is left unflushed worth keeping
+                    file.close()
+        self.size = self._opened_size
+        self._reserved_end = self._promised_end = 0
 
     async def cancel(self) -> None:
         with contextlib.suppress(StorageError):  # unflushed bytes of a file being removed

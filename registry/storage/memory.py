@@ -36,6 +36,7 @@ class _MemoryWriter:
         self._path = path
         self._buffer = bytearray(initial)
         self.size = len(self._buffer)
+        self._opened_size = self.size  # what `rollback` goes back to
         self._done = False
 
     def write(self, data: bytes) -> Deferred[None] | None:
@@ -52,6 +53,13 @@ class _MemoryWriter:
         self._driver._store(self._path, bytes(self._buffer))
 
     async def commit(self) -> None:
+        await self.close()
+
+    async def rollback(self) -> None:
+        if self._done:
+            return
+        del self._buffer[self._opened_size :]
+        self.size = self._opened_size
         await self.close()
 
     async def reserve(self, length: int) -> None:

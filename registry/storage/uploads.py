@@ -175,6 +175,22 @@ class UploadAppender:
         else:
             await self._record_state()
 
+    async def discard(self) -> None:
+        """
+        Drop what this appender wrote: the upload stays at `start`, as before the request
+        (whose body the server refused as malformed, so the client was told none was taken).
+        No hash state is recorded; one at `start` is there already, or the next request hashes
+        the stored bytes again (a hasher taken over from the previous request is not parked).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # A staged writer's close discards its bytes (the upload itself never got them).
+            await (self.writer.close() if self.staged is not None else self.writer.rollback())
+        finally:
+            self.store._handover.release(self._key)
+
     async def _record_state(self) -> None:
         try:
             hasher = await self._settled_hasher()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest_twisted
 import treq
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.e2e.client import header, sha256, start_upload
@@ -121,7 +123,7 @@ async def test_odd_framing_in_small_reads_then_a_pipelined_request(
 
 
 @pytest_twisted.ensureDeferred
-async def test_malformed_framing_is_refused_and_the_valid_part_kept(
+async def test_malformed_framing_is_refused_and_nothing_of_it_kept(
     registry: InProcessRegistry,
 ) -> None:
     data = os.urandom(100_000)
@@ -142,9 +144,8 @@ async def test_malformed_framing_is_refused_and_the_valid_part_kept(
 
     answer = await deferToThread(exchange)
     assert answer.startswith(b"HTTP/1.1 400 ")
-    stored = None
-    for _ in range(100):  # the server keeps the valid part once the connection is closed
-        stored = await upload_range(location)
-        if stored == f"0-{len(data) - 1}":
-            break
-    assert stored == f"0-{len(data) - 1}"
+    # The client was told 400: the valid chunk before the error is not kept either (it used to
+    # be, and a client resuming from its own offset then disagreed with the upload's Range).
+    for _ in range(20):  # what the server does with it, it does once the connection closes
+        assert await upload_range(location) == "0-0"
+        await deferLater(reactor, 0.01, lambda: None)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import tcp
 from twisted.internet.threads import deferToThread
 from twisted.web import http
 from twisted.web.client import HTTPConnectionPool
@@ -165,6 +166,18 @@ class _PoolOfOtherMake(HTTPConnectionPool):
         raise NotImplementedError
 
 
+class _PortLoggingElsewhere(tcp.Port):
+    """A Twisted whose port's accept loop no longer logs through ``_logger``."""
+
+    def doRead(self) -> None:
+        pass
+
+
+def _accept_saying_other_things() -> None:
+    """A Twisted whose accept loop words its EMFILE recovery differently."""
+    print("Out of descriptors", "Could not accept new connection")
+
+
 @pytest.mark.parametrize(
     ("name", "fake", "expected"),
     [
@@ -176,6 +189,9 @@ class _PoolOfOtherMake(HTTPConnectionPool):
         ("_CHANNEL_ATTRIBUTE", "_renamed", "no longer keeps its HTTPChannel in _renamed"),
         ("_CONNECTION_POOL", object, "object._factory no longer names a Factory class"),
         ("_CONNECTION_POOL", _PoolOfOtherMake, "no longer builds connections from _factory"),
+        ("_TCP_PORT", object, "object._logger is no longer a Logger of the class"),
+        ("_TCP_PORT", _PortLoggingElsewhere, "doRead() no longer logs through _logger"),
+        ("_ACCEPT", _accept_saying_other_things, "no longer logs 'EMFILE encountered'"),
     ],
 )
 def test_problems_name_what_a_changed_twisted_lacks(

@@ -270,6 +270,32 @@ def test_sighup_restarts_every_worker(tree: Tree) -> None:
     assert tree.child.process.poll() is None
 
 
+def test_a_sighup_during_a_rolling_restart_makes_one_more_pass(tree: Tree) -> None:
+    """
+    A SIGHUP while workers are being replaced used to be dropped ("running already"): the
+    workers replaced before it kept what they had read.  Now one more full pass follows, and
+    further SIGHUPs meanwhile join it.
+    """
+    first_pass = re.compile("SIGHUP: restarting the 2 workers one at a time")
+    tree.child.process.send_signal(signal.SIGHUP)
+    tree.child.wait_for(first_pass)
+    seen = len(tree.child.output)
+    tree.child.process.send_signal(signal.SIGHUP)
+    tree.child.process.send_signal(signal.SIGHUP)
+    tree.child.wait_for(re.compile("SIGHUP: every worker restarted"))
+    tree.child.wait_for(first_pass, timeout=30)
+    tree.child.wait_for(re.compile("SIGHUP: every worker restarted"), timeout=60)
+    time.sleep(0.5)  # a third pass would have started by now
+    later = "".join(tree.child.output[seen:])
+    assert later.count("SIGHUP: restarting the 2 workers") == 1, later
+    assert later.count("SIGHUP: a rolling restart is running") == 1, later
+    # Every worker serving now started after the second SIGHUP.
+    started = {int(m["pid"]) for m in WORKER_SERVING.finditer(later)}
+    serving = set(tree.per_worker())
+    assert len(started) >= 2 and serving <= started, (started, serving)
+    assert tree.request("GET", "/v2/").status == 200
+
+
 def test_sigterm_drains_a_download_and_exits_0(tree: Tree) -> None:
     digest = push_blob(tree.port, os.urandom(BLOB_SIZE))
     download = SlowDownload(tree.port, digest)
@@ -919,5 +945,95 @@ def test_an_upload_left_mid_body_is_counted_as_499(
         assert found.get(key) == 1, {k: v for k, v in found.items() if "requests_total" in k[0]}
         assert found.get(("txregistry_uploads_open", ())) == 0
         assert found.get(("txregistry_http_requests_in_flight", (("route", "upload"),)), 0) == 0
+    finally:
+        child.stop()
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection; what comes back until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def upload_range_of(port: int, location: str) -> str | None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", location)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 204, response.status
+        return response.getheader("range")
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_malformed_chunked_upload_body_is_a_400_and_is_not_kept(
+    tmp_path: Path, workers: str
+) -> None:
+    """
+    A chunked PATCH whose body turns out malformed after a good chunk (a bad chunk size, a
+    chunk not followed by CRLF) gets twisted.web's 400; it used to be logged and counted as
+    499 "client left mid-upload", and the good chunk's bytes were kept in the upload although
+    the client was told 400.  Now: status 400 in the access line and the metrics, and the
+    upload stays where it was, so the client can go on from its own offset.
+    """
+    child = start_tree(tmp_path, workers=workers)
+    try:
+        port = child.wait_listening()
+        log = "".join(child.output)
+        debug = next(int(m["port"]) for m in DEBUG_PORT.finditer(log) if int(m["port"]) != port)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/v2/malformed/chunks/blobs/uploads/")
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        assert response.status == 202
+        location = response.getheader("location") or ""
+
+        def patch(body: bytes) -> bytes:
+            head = (
+                f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+            )
+            return raw_exchange(port, head.encode() + body)
+
+        assert patch(b"5\r\nhello\r\n0\r\n\r\n").startswith(b"HTTP/1.1 202 ")
+        assert upload_range_of(port, location) == "0-4"
+        for body in (b"5\r\nworld\r\nzz\r\n", b"5\r\nworldXX0\r\n\r\n"):
+            assert patch(body).startswith(b"HTTP/1.1 400 "), body
+            time.sleep(0.3)  # what the server does with the bytes, it does at once
+            assert upload_range_of(port, location) == "0-4", body
+        assert patch(b"5\r\nagain\r\n0\r\n\r\n").startswith(b"HTTP/1.1 202 ")
+        digest = "sha256:" + hashlib.sha256(b"helloagain").hexdigest()
+        separator = "&" if "?" in location else "?"
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("PUT", f"{location}{separator}digest={digest}")
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        assert response.status == 201, response.status
+        time.sleep(0.3)  # the workers' lines reach the supervisor's log
+        log = "".join(child.output)
+        statuses = re.findall(r"access method=PATCH path=\S+ status=(\d+) ", log)
+        assert statuses == ["202", "400", "400", "202"], statuses
+        assert "client left mid-upload" not in log
+        connection = http.client.HTTPConnection("127.0.0.1", debug, timeout=60)
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+        connection.close()
+        counted = {
+            s.labels["status"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "txregistry_http_requests_total"
+            and s.labels.get("method") == "PATCH"
+            and s.labels.get("route") == "upload"
+        }
+        assert counted == {"202": 2, "400": 2}, counted
     finally:
         child.stop()

@@ -167,6 +167,27 @@ class DriverSuite:
         assert hashlib.sha256(data).digest() == hashlib.sha256(first + second).digest()
 
     @pytest_twisted.ensureDeferred
+    async def test_rollback_leaves_the_file_as_it_was_opened(self, driver: Any) -> None:
+        """What an appending writer wrote is dropped (more than one S3 part of it, too), and
+        the next writer continues where the file was (a malformed upload body)."""
+        first = os.urandom(6 * 1024 * 1024 + 5)
+        dropped = os.urandom(11 * 1024 * 1024 + 3)
+        second = os.urandom(1000)
+        writer = await driver.writer("w/rolled")
+        await write_all(writer, first)
+        await writer.close()
+        writer = await driver.writer("w/rolled", append=True)
+        await writer.reserve(20 * 1024 * 1024)
+        await write_all(writer, dropped)
+        await writer.rollback()
+        writer = await driver.writer("w/rolled", append=True)
+        assert writer.size == len(first)
+        await write_all(writer, second)
+        await writer.commit()
+        data = await read_all(driver, "w/rolled")
+        assert hashlib.sha256(data).digest() == hashlib.sha256(first + second).digest()
+
+    @pytest_twisted.ensureDeferred
     async def test_reserve_is_only_a_hint(self, driver: Any) -> None:
         """Announcing more than arrives changes neither the size nor the data."""
         first, second = os.urandom(300_000), os.urandom(200_000)

@@ -570,6 +570,31 @@ class S3Writer:
     async def reserve(self, length: int) -> None:
         """Parts are sized by the writer's buffer; knowing the total changes nothing."""
 
+    async def rollback(self) -> None:
+        """
+        The state object is left as this writer found it, so the file resumes where it was:
+        parts sent since are renumbered over by the next writer or left out of the completion
+        (as after a crash).  A multipart upload this writer started itself is aborted (no state
+        refers to it); a staged writer is cancelled, which never touches the key.
+        """
+        if self._staged:
+            await self.cancel()
+            return
+        try:
+            self._finished = True
+            self._current.discard()
+            while self._full:
+                self._full.popleft().discard()
+            while busy := self._busy():
+                with contextlib.suppress(Exception):  # a failed part is dropped all the same
+                    await busy[0]
+            if self._own_upload and self._upload_id is not None:
+                upload_id, self._upload_id = self._upload_id, None
+                with contextlib.suppress(StorageError):
+                    await multipart.abort(self._client, self._key, upload_id)
+        finally:
+            await self._release()
+
     async def cancel(self) -> None:
         try:
             await self._cancel()
