@@ -2,12 +2,12 @@
 Out of file descriptors while accepting: one warning per episode and a pause, whoever accepts.
 
 At the open-files limit every new connection fails the same way, and a flood of connections is
-exactly when the log must stay readable.  Before, each refused connection wrote log lines: a
-worker of ``workers = 2`` took an ``EMFILE`` from ``adoptStreamConnection`` (``accept`` had
-succeeded with the last descriptor, the adoption's ``dup`` had none left) for a peer that left,
-one debug line per connection; with ``workers = 1`` Twisted's own ``tcp.Port`` wrote three info
+exactly when the log must stay readable.  Unchecked, each refused connection writes log lines: a
+worker of ``workers = 2`` takes an ``EMFILE`` from ``adoptStreamConnection`` (``accept`` had
+succeeded with the last descriptor, the adoption's ``dup`` has none left) for a peer that left,
+one debug line per connection; with ``workers = 1`` Twisted's own ``tcp.Port`` writes three info
 lines per connection ("EMFILE encountered ...", "EMFILE recovery: Closed socket from ...",
-"Re-reserving ...").  A burst of 600 connections wrote 229 lines in one second.
+"Re-reserving ...").
 
 Now both ways of accepting report to `Episodes`: the first exhaustion logs one warning, and
 later ones stay silent until none has happened for `QUIET` seconds (then the next is a new
