@@ -33,7 +33,10 @@ async def _serve_blob(
     if ctx.config.storage.redirect and request.method == b"GET":
         url = await ctx.blobs.redirect_url(route.name, digest)
         if url is not None:
-            return responses.empty(request, 307, {**headers, "Location": url})
+            # Not the blob's "cache for a year": the presigned URL expires (S3: in 20 minutes),
+            # and a cache in between would keep sending clients to a dead one.
+            kept = {k: v for k, v in headers.items() if k != "Cache-Control"}
+            return responses.empty(request, 307, {**kept, "Location": url})
     asked = request_header(request, "range")
     if asked is not None and not conditional.range_applies(request, headers["ETag"]):
         asked = None  # If-Range names something else: the whole blob

@@ -14,6 +14,7 @@ Liveness (the process is serving) needs no check: answering is the proof.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -159,6 +161,39 @@ def probe_name() -> str:
     """This process's probe file name: instances sharing a bucket do not overwrite each other."""
     raw = f"{socket.gethostname()}-{os.getpid()}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", raw)[:200]
+
+
+def forget_storage_probe(driver: IStorageDriver, reactor: Any) -> Deferred[None]:
+    """
+    Remove this process's probe file (`storage_probe`) as it stops: named after the
+    process, each start would otherwise leave one more behind.  Best effort, and quick: a
+    storage that does not answer within a few seconds keeps the file (a few bytes).
+    """
+
+    async def remove() -> None:
+        QUIET_RETRIES.set(True)
+        with contextlib.suppress(Exception):
+            await driver.delete(f"{layout.OWN}/health/{probe_name()}")
+
+    removing = Deferred.fromCoroutine(remove())
+    removing.addTimeout(_FORGET_WITHIN, reactor)
+    removing.addErrback(lambda failure: None)
+    return removing
+
+
+_FORGET_WITHIN = 3.0
+
+
+class ProbeFileCleanup(Service):
+    """Removes the process's storage probe file when the registry stops (`forget_storage_probe`)."""
+
+    def __init__(self, driver: IStorageDriver, reactor: Any) -> None:
+        self._driver = driver
+        self._reactor = reactor
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return forget_storage_probe(self._driver, self._reactor)
 
 
 def storage_probe(driver: IStorageDriver, writable: bool = True) -> Probe:

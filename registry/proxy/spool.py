@@ -20,6 +20,7 @@ import tempfile
 
 from twisted.logger import Logger
 
+from registry.config import ConfigError
 from registry.proxy.owners import left_by_dead_process, owner
 
 log = Logger()
@@ -28,12 +29,20 @@ TEMP_PREFIX = "txregistry-fills-"
 
 
 def spool_folder(spooldirectory: str) -> str:
-    """Create this process's spool folder (in blocking code: called at start-up)."""
-    if spooldirectory:
-        folder = os.path.join(spooldirectory, "fills", owner())
-        os.makedirs(folder, exist_ok=True)
-        return folder
-    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{owner()}-")
+    """Create this process's spool folder (in blocking code: called at start-up); one that
+    cannot be made stops start-up with a line naming it (`ConfigError`)."""
+    try:
+        if spooldirectory:
+            folder = os.path.join(spooldirectory, "fills", owner())
+            os.makedirs(folder, exist_ok=True)
+            return folder
+        return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{owner()}-")
+    except OSError as exc:
+        where = exc.filename or spooldirectory or tempfile.gettempdir()
+        reason = (exc.strerror or str(exc)).lower()
+        raise ConfigError(
+            f"[storage] spooldirectory: cannot make the pull-through fill spool {where}: {reason}"
+        ) from None
 
 
 def sweep(spooldirectory: str) -> list[str]:

@@ -37,7 +37,7 @@ from registry.http.tls import (
     server_endpoint,
 )
 from registry.malloc_tuning import HeapTrimmer, limit_malloc_arenas, release_startup_memory
-from registry.ops.health import HealthCheck, loaded_probe, upstream_probe
+from registry.ops.health import HealthCheck, ProbeFileCleanup, loaded_probe, upstream_probe
 from registry.ops.metrics import Metrics
 from registry.ops.notifications import Notifier, add_notifications
 from registry.ops.notifications.metrics import register_notification_metrics
@@ -299,6 +299,8 @@ def serve(
         ),
         wrap=wrap,
     )
+    # Stopped before the pools and the driver: the health probe's file goes with the process.
+    ProbeFileCleanup(ctx.driver, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     router: ProxyRouter | None = None
     if proxied:
         from registry.proxy.routing import ProxyRouter

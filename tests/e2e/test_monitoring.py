@@ -21,9 +21,10 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from registry.api import mediatypes as mt
+from registry.storage import layout
 from tests.e2e.client import get, push_blob, sha256, start_upload
 from tests.e2e.conftest import Starter
-from tests.e2e.harness import free_port, sleep, write_config
+from tests.e2e.harness import RegistryProcess, free_port, sleep, write_config
 from tests.fakes.upstream import FakeUpstream, start_fake_upstream
 from tests.manifests import samples
 from tests.ops.test_cli import cli
@@ -483,3 +484,20 @@ async def test_the_debug_listener_answers_an_unknown_sync_with_a_404(
     assert response.code == 200, body
     response, body = await get(f"{registry.url}/sync/status/nonesuch")
     assert response.code == 404  # not served on the main port once the debug listener is
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_health_probe_file_goes_with_the_process(tmp_path: Path) -> None:
+    """Named after the process, each start left one more probe file behind (on a shared
+    bucket, one per restart and per SIGHUP's new worker)."""
+    registry = RegistryProcess(tmp_path, {"http": {"workers": "2"}})
+    registry.start()
+    try:
+        for _ in range(4):  # both workers, most likely
+            response = await treq.get(f"{registry.url}/health")
+            assert response.code == 200, await response.text()
+        folder = registry.workdir / "data" / layout.OWN / "health"
+        assert list(folder.iterdir()), "no probe file was written"
+    finally:
+        registry.stop()
+    assert list(folder.iterdir()) == []

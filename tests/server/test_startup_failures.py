@@ -595,3 +595,22 @@ def test_the_pid_file_is_read_from_twistds_own_options() -> None:
     assert twistd_pidfile(["twistd", "--pidfile=", "registry"]) == ""
     assert twistd_pidfile(["twistd", "-n", "--pidfile", "/run/r.pid", "registry"]) == "/run/r.pid"
     assert twistd_pidfile(["-c", "-n", "--pidfile=a.pid", "registry"]) == "a.pid"
+
+
+def test_a_fill_spool_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    """A pull-through cache on S3 spools its fills under spooldirectory too, even with
+    ``spoolparts = false``: a folder that cannot be made stopped start-up with a traceback."""
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    spool = taken / "spool"
+    config = s3_config_with_spool(tmp_path, spool)
+    with open(config, "a") as file:
+        file.write(
+            "spoolparts = false\n\n[proxy:up]\nremoteurl = http://127.0.0.1:9\nprefix = up\n"
+        )
+    result = run_registry(tmp_path, "--port", LOOPBACK, "--config", str(config))
+    assert_one_line(
+        result,
+        "txregistry: configuration error: [storage] spooldirectory: cannot make the "
+        f"pull-through fill spool {spool}: not a directory",
+    )

@@ -25,6 +25,15 @@ def _chunksize(instance: S3Settings, attribute: attrs.Attribute[int], value: int
         raise ValueError(f"s3 chunksize must be between 5 MiB and 5 GiB, not {value}")
 
 
+def _regionendpoint(instance: S3Settings, attribute: attrs.Attribute[str], value: str) -> None:
+    # A path would be taken for the bucket and keys (path-style addressing puts the bucket
+    # there): requests would go to another bucket than the one configured.
+    if "://" in value and urlsplit(value).path.strip("/"):
+        raise ValueError(
+            f"s3 regionendpoint must be scheme://host[:port] without a path, not {value!r}"
+        )
+
+
 @attrs.frozen
 class S3Settings:
     """
@@ -37,7 +46,7 @@ class S3Settings:
 
     bucket: str
     region: str = "us-east-1"
-    regionendpoint: str = ""
+    regionendpoint: str = attrs.field(default="", validator=_regionendpoint)
     accesskey: str = ""
     secretkey: str = ""
     rootdirectory: str = ""
@@ -51,16 +60,19 @@ class S3Settings:
 
     def credentials(self) -> tuple[str, str, str | None]:
         """(access key, secret key, session token), falling back to the AWS_* variables."""
-        if self.accesskey or self.secretkey:
+        if self.accesskey and self.secretkey:
             return self.accesskey, self.secretkey, None
-        access = os.environ.get("AWS_ACCESS_KEY_ID", "")
-        secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        # Each key left empty comes from its AWS_* variable (a secret kept out of the file).
+        access = self.accesskey or os.environ.get("AWS_ACCESS_KEY_ID", "")
+        secret = self.secretkey or os.environ.get("AWS_SECRET_ACCESS_KEY", "")
         if not access or not secret:
             raise ValueError(
                 "s3 storage needs accesskey and secretkey "
                 "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
             )
-        return access, secret, os.environ.get("AWS_SESSION_TOKEN") or None
+        # A session token goes with the temporary key of the environment, not one of the file.
+        token = None if self.accesskey else os.environ.get("AWS_SESSION_TOKEN") or None
+        return access, secret, token
 
     def key_prefix(self) -> str:
         """The prefix of every object key: ``rootdirectory`` without its slashes, then ``/``."""
