@@ -38,7 +38,14 @@ from zope.interface import provider
 from registry import copy_command
 from registry.config import Config, ConfigError, load, parse_duration
 from registry.ops import gcstatus
-from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, GCStats, describe_error
+from registry.ops.gc import (
+    GarbageCollector,
+    GCAborted,
+    GCBusy,
+    GCOptions,
+    GCStats,
+    describe_error,
+)
 from registry.ops.progress import (
     CountingDriver,
     ProgressReporter,
@@ -358,6 +365,8 @@ async def run_gc(
         await collector.run()
     except GCAborted as exc:
         raise CommandError(f"gc aborted, nothing deleted: {exc}") from None
+    except GCBusy as exc:
+        raise CommandError(str(exc)) from None
     finally:
         reporter.stop()
     if args.verbose and args.dry_run:

@@ -91,6 +91,10 @@ class GCAborted(Exception):
     """The mark could not complete (unreadable storage): nothing was deleted."""
 
 
+class GCBusy(Exception):
+    """Another gc run holds the marker (`gcguard.RUNNING`): this one did not start."""
+
+
 @attrs.frozen
 class GCOptions:
     delete_untagged: bool = False
@@ -183,6 +187,9 @@ class GarbageCollector:
     _candidates: dict[str, _Candidate] = attrs.field(factory=dict, init=False)
     # When this run last wrote `gcguard.RUNNING` (monotonic); None when it is not announced.
     _announced: float | None = attrs.field(default=None, init=False)
+    _marker: gcguard.RunMarker | None = attrs.field(default=None, init=False)
+    # The marker was taken over during the sweep: nothing more is deleted.
+    _lost: bool = attrs.field(default=False, init=False)
 
     @property
     def cutoff(self) -> float:
@@ -201,7 +208,7 @@ class GarbageCollector:
             self.stats.phase = "recheck"
             await self.recheck()
             marked = True
-        except GCAborted:
+        except (GCAborted, GCBusy):
             raise
         except Exception as exc:  # storage errors of any driver: abort, delete nothing
             raise GCAborted(describe_error(exc)) from exc
@@ -218,20 +225,43 @@ class GarbageCollector:
         return self.stats
 
     async def _announce(self) -> None:
-        """Tell writers a collector runs (`registry.storage.gcguard`); kept fresh as it runs."""
-        await self.driver.put_content(gcguard.RUNNING, b"%d\n" % int(self.now))
+        """
+        Tell writers a collector runs (`registry.storage.gcguard`), kept fresh as it runs;
+        `GCBusy` while another run holds the marker (one run at a time: see `RunMarker`).
+        """
+        marker = gcguard.RunMarker(self.driver, self.now)
+        try:
+            await marker.claim()
+        except gcguard.CollectorBusy as exc:
+            raise GCBusy(str(exc)) from None
+        self._marker = marker
         self._announced = time.monotonic()
 
     async def _keep_announced(self) -> None:
-        if self._announced is not None and time.monotonic() - self._announced > gcguard.REFRESH:
-            await self._announce()
+        """Renew the marker now and then.  A run whose marker was taken over (it was not
+        renewed for `gcguard.STALE`: a long pause) stops: pushes no longer count on it."""
+        if self._marker is None or self._announced is None:
+            return
+        if time.monotonic() - self._announced > gcguard.REFRESH:
+            # Set first: the sweep's deletes run side by side, and a second renewal of the
+            # same version would read as a takeover.
+            self._announced = time.monotonic()
+            try:
+                await self._marker.renew()
+            except gcguard.MarkerLost as exc:
+                if self.stats.phase != "sweep":
+                    raise GCAborted(str(exc)) from None
+                if not self._lost:
+                    self._lost = True
+                    self._error(str(exc))
 
     async def _withdraw(self) -> None:
-        if self._announced is None:
-            return
+        marker, self._marker = self._marker, None
         self._announced = None
+        if marker is None:
+            return
         with contextlib.suppress(Exception):  # a stale one is ignored by writers anyway
-            await self.driver.delete(gcguard.RUNNING)
+            await marker.release()
 
     async def _check_root(self) -> None:
         try:
@@ -563,6 +593,9 @@ class GarbageCollector:
         for digest_text, subject in repository.doomed.items():
             digest = Digest.parse(digest_text)
             await self._turn()
+            await self._keep_announced()
+            if self._lost:
+                break
             if await self._revision_rewritten(name, digest):
                 continue  # pushed again since the last look: kept, with what it refers to
             try:
@@ -607,6 +640,8 @@ class GarbageCollector:
     async def _delete_blob(self, candidate: _Candidate) -> None:
         digest = Digest.parse(candidate.digest)
         await self._keep_announced()
+        if self._lost:
+            return
         # Rewritten since it was examined (a new upload of the same content): keep it.
         if await self._stat_blob(candidate.digest) is None:
             self._keep(candidate.digest)

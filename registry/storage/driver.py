@@ -77,6 +77,13 @@ class PathBusyError(StorageError):
     writer at a time, or two requests' bytes would interleave in one file."""
 
 
+class VersionChangedError(StorageError):
+    """
+    A conditional write found the file not as the caller last saw it (`IConditionalWrites`):
+    there already (a create), changed by another writer, or gone (a replace).
+    """
+
+
 class InvalidOffsetError(StorageError):
     """A read started beyond the end of the file."""
 
@@ -216,4 +223,34 @@ class IStagedWrites(Interface):
         """
         Discard staged writes below folder ``path`` begun more than ``age`` seconds before
         ``now`` (a process killed mid-write leaves them, invisible); returns how many.
+        """
+
+
+class IConditionalWrites(Interface):
+    """
+    An optional driver capability: small files written only if they are as the caller last
+    saw them, which is one owner at a time across processes and hosts (the marker of the
+    garbage collection running, `registry.storage.gcguard`).  A version is an opaque string,
+    different for every write of different content.
+    """
+
+    def create(path: str, data: bytes) -> Awaitable[str]:
+        """
+        Write ``data`` at ``path`` only if nothing is there, whole and at once; its version.
+        `VersionChangedError` when a file is there.
+        """
+
+    def read_versioned(path: str) -> Awaitable[tuple[bytes, str]]:
+        """A file's content and version; PathNotFoundError."""
+
+    def replace_version(path: str, data: bytes, version: str) -> Awaitable[str]:
+        """
+        Replace the file only if it is still at ``version``; the new version.
+        `VersionChangedError` when it changed or is gone.
+        """
+
+    def delete_version(path: str, version: str) -> Awaitable[None]:
+        """
+        Delete the file only if it is still at ``version``.  `VersionChangedError` when it
+        changed, PathNotFoundError when it is gone.
         """

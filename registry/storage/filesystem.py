@@ -29,6 +29,7 @@ import builtins
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import stat
@@ -46,6 +47,7 @@ from zope.interface import implementer
 
 from registry.storage.driver import (
     FileInfo,
+    IConditionalWrites,
     IFileWriter,
     InvalidOffsetError,
     IStorageDriver,
@@ -54,6 +56,7 @@ from registry.storage.driver import (
     PathBusyError,
     PathNotFoundError,
     StorageError,
+    VersionChangedError,
     WriteRemoved,
 )
 from registry.storage.preallocate import release_unused, reserve_space
@@ -63,6 +66,10 @@ log = Logger()
 _TEMP_PREFIX = ".tmp-"
 _RESERVE_WINDOW = 64 * 1024 * 1024
 _TRASH = ".trash"
+# Beside a file written conditionally (`IConditionalWrites`): what replaces and deletes of it
+# take turns on.  Never deleted: a lock file removed while another process waits on it would
+# let two in at once.
+_LOCK_SUFFIX = ".lock"
 
 
 def _storage_error(what: str, exc: OSError) -> StorageError:
@@ -267,7 +274,12 @@ def _read_all(fd: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-@implementer(IStorageDriver, ISymbolicLinks)
+def _version(data: bytes) -> str:
+    """A conditional file's version: its content's hash (its writers make each one unique)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@implementer(IStorageDriver, ISymbolicLinks, IConditionalWrites)
 class FilesystemDriver:
     name = "filesystem"
 
@@ -351,6 +363,79 @@ class FilesystemDriver:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
+
+    async def create(self, path: str, data: bytes) -> str:
+        """
+        Written whole to a temporary sibling, then hard-linked at ``path``: ``link`` fails
+        when a file is there (``O_EXCL`` would show an empty file to readers before its bytes).
+        """
+        full = self._full(path)
+        temp = os.path.join(os.path.dirname(full), f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
+        with _failing(f"creating {path}"):
+            try:
+                self._make_folder(os.path.dirname(full))
+                with open(temp, "wb") as file:
+                    file.write(data)
+                os.link(temp, full)
+            except FileExistsError:
+                raise VersionChangedError(f"{path} exists already") from None
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+        return _version(data)
+
+    async def read_versioned(self, path: str) -> tuple[bytes, str]:
+        data = await self.get_content(path)
+        return data, _version(data)
+
+    async def replace_version(self, path: str, data: bytes, version: str) -> str:
+        full = self._full(path)
+
+        def replace(current: bytes | None) -> None:
+            if current is None or _version(current) != version:
+                raise VersionChangedError(f"{path} changed")
+            temp = os.path.join(os.path.dirname(full), f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
+            try:
+                with open(temp, "wb") as file:
+                    file.write(data)
+                os.replace(temp, full)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+
+        with _failing(f"replacing {path}"):
+            await self._in_thread(self._in_turn, full, replace)
+        return _version(data)
+
+    async def delete_version(self, path: str, version: str) -> None:
+        full = self._full(path)
+
+        def delete(current: bytes | None) -> None:
+            if current is None:
+                raise PathNotFoundError(path)
+            if _version(current) != version:
+                raise VersionChangedError(f"{path} changed")
+            os.unlink(full)
+
+        with _failing(f"deleting {path}"):
+            await self._in_thread(self._in_turn, full, delete)
+
+    @staticmethod
+    def _in_turn(full: str, step: Any) -> None:
+        """``step(content or None)`` holding the file's lock: the look and the change are one
+        (every process's replace and delete take it; a create cannot land on a file there)."""
+        lock = os.open(full + _LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with open(full, "rb") as file:
+                    current: bytes | None = file.read()
+            except FileNotFoundError:
+                current = None
+            step(current)
+        finally:
+            os.close(lock)
 
     async def stat(self, path: str) -> FileInfo:
         try:

@@ -6,6 +6,7 @@ Everything it holds is lost on restart, and every byte stays in memory: not for 
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from twisted.internet.defer import Deferred
@@ -14,10 +15,12 @@ from zope.interface import implementer
 
 from registry.storage.driver import (
     FileInfo,
+    IConditionalWrites,
     IFileWriter,
     InvalidOffsetError,
     IStorageDriver,
     PathNotFoundError,
+    VersionChangedError,
 )
 from registry.storage.producers import BytesProducer
 
@@ -70,7 +73,11 @@ class _MemoryWriter:
         self._driver._files.pop(self._path, None)
 
 
-@implementer(IStorageDriver)
+def _version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@implementer(IStorageDriver, IConditionalWrites)
 class MemoryDriver:
     """Files in a dict; folders exist while a file lies below them."""
 
@@ -97,6 +104,27 @@ class MemoryDriver:
 
     async def put_content(self, path: str, data: bytes) -> None:
         self._store(_check(path), bytes(data))
+
+    async def create(self, path: str, data: bytes) -> str:
+        if _check(path) in self._files:
+            raise VersionChangedError(f"{path} exists already")
+        self._store(path, bytes(data))
+        return _version(data)
+
+    async def read_versioned(self, path: str) -> tuple[bytes, str]:
+        data = self._file(path)
+        return data, _version(data)
+
+    async def replace_version(self, path: str, data: bytes, version: str) -> str:
+        if _check(path) not in self._files or _version(self._files[path][0]) != version:
+            raise VersionChangedError(f"{path} changed")
+        self._store(path, bytes(data))
+        return _version(data)
+
+    async def delete_version(self, path: str, version: str) -> None:
+        if _version(self._file(path)) != version:
+            raise VersionChangedError(f"{path} changed")
+        del self._files[path]
 
     async def stat(self, path: str) -> FileInfo:
         if _check(path) in self._files:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +22,7 @@ import treq
 from twisted.internet.threads import deferToThread
 
 from registry.api.digests import Digest
-from registry.storage import layout
+from registry.storage import gcguard, layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import ENTRIES_DIR
 from registry.storage.filesystem import FilesystemDriver
@@ -340,6 +342,34 @@ async def test_gc_unreadable_manifest_aborts_with_a_line(
     assert "Traceback" not in result.err
     assert result.out == ""
     assert blob_digests(root) == before - {content.digests["M3"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_while_another_run_holds_the_marker_is_refused_in_one_line(
+    driver: FilesystemDriver, root: Path, config: Path
+) -> None:
+    """A live run's marker (this test's own process stands for it): not started, exit 1;
+    the marker stays; a dry run writes none and runs alongside."""
+    await scenario.build_aged(driver, root)
+    before = blob_digests(root)
+    marker = root / layout.ROOT / gcguard.RUNNING.split("v2/", 1)[1]
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    holder = {"started": int(time.time()), "run": "0123abcd", "host": socket.gethostname()}
+    text = json.dumps({**holder, "pid": os.getpid()}) + "\n"
+    marker.write_text(text)
+    result = await cli("gc", "--config", str(config))
+    assert result.code == 1, result
+    assert result.err.count("\n") == 1, result.err
+    assert result.err.startswith(
+        f"txregistry gc: another gc run is in progress (run 0123abcd on {socket.gethostname()}, "
+        f"pid {os.getpid()}, started "
+    )
+    assert result.err.rstrip().endswith(f"{gcguard.RUNNING}): not started")
+    assert marker.read_text() == text
+    assert blob_digests(root) == before
+    result = await cli("gc", "--config", str(config), "--dry-run")
+    assert result.code == 0, result
+    assert marker.read_text() == text
 
 
 @pytest_twisted.ensureDeferred

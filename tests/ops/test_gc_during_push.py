@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.threadpool import ThreadPool
+from zope.interface import alsoProvides
 
 from registry.api import mediatypes as mt
-from registry.ops.gc import GarbageCollector, GCOptions
+from registry.ops.gc import GarbageCollector, GCBusy, GCOptions
 from registry.storage import gcguard
+from registry.storage.driver import IConditionalWrites
 from registry.storage.filesystem import FilesystemDriver
 from tests.e2e.client import push_blob, sha256
 from tests.e2e.conftest import start_registry
@@ -44,6 +50,8 @@ class HeldDriver:
         self._at = at
         self.reached: Deferred[None] = Deferred()
         self.release: Deferred[None] = Deferred()
+        if IConditionalWrites.providedBy(inner):
+            alsoProvides(self, IConditionalWrites)  # the run claims its marker as for real
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # zope's adaptation hooks (__conform__): not a storage call
@@ -235,3 +243,100 @@ async def test_a_doomed_marker_a_killed_run_left_does_not_fail_later_pushes(
     stats = await run
     assert stats.blobs_deleted == 1
     assert await layer_pulls(registry.url, "k/used") == 200
+
+
+def marker_file(root: Path) -> Path:
+    return root / "docker/registry/v2" / gcguard.RUNNING.split("v2/", 1)[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_run_is_refused_while_one_sweeps_and_pushes_stay_protected(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    """
+    Two runs at once: the second one ending used to remove the first one's marker, so a push
+    during the first one's sweep wrote no ``touched`` and got a 201 for a layer then deleted.
+    """
+    root = tmp_path / "root"
+    registry = await _old_layer(start_registry, root)
+    held, run = run_held(root, thread_pool, at_doom)
+    await held_at(held, run)  # run A: after its last look, about to doom the layer
+    marker = marker_file(root).read_bytes()
+    second = FilesystemDriver(str(root), reactor, thread_pool)
+    with pytest.raises(GCBusy, match=r"^another gc run is in progress \(run "):
+        await collector(second).run()
+    assert marker_file(root).read_bytes() == marker  # A's, untouched by B
+    # A dry run writes no marker: it may run alongside.
+    dry = GarbageCollector(second, GCOptions(grace=3600, dry_run=True), time.time())
+    assert (await dry.run()).blobs_to_delete == 1
+    assert marker_file(root).read_bytes() == marker
+    config = b'{"architecture":"amd64","os":"linux","two":1}'
+    await push_blob(registry.url, "k/race", config)
+    body = samples.oci_image(config=config, layers=(LAYER,))
+    assert (await put_manifest(registry.url, "k/race", "v1", body))[0] == 201
+    held.release.callback(None)
+    stats = await run
+    assert stats.blobs_deleted == 0
+    assert await layer_pulls(registry.url, "k/race") == 200
+    assert not marker_file(root).exists()
+
+
+def gone_pid() -> int:
+    """The pid of a process of this host that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _write_marker(root: Path, pid: int, renewed_ago: float, host: str | None = None) -> None:
+    path = marker_file(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time() - renewed_ago - 5
+    holder = {"started": int(started), "run": "deadbeef", "host": host or socket.gethostname()}
+    path.write_text(json.dumps({**holder, "pid": pid}) + "\n")
+    then = time.time() - renewed_ago
+    os.utime(path, (then, then))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_marker_left_by_a_killed_run_is_taken_over(
+    tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    """kill -9 leaves the marker: a dead pid of this host at once, any other once stale."""
+    root = tmp_path / "root"
+    (root / "docker/registry/v2/repositories").mkdir(parents=True)
+    driver = FilesystemDriver(str(root), reactor, thread_pool)
+    cases = [
+        (gone_pid(), 1.0, None),  # killed on this host: taken over at once
+        (os.getpid(), gcguard.STALE + 60, "elsewhere"),  # not renewed for STALE: stopped
+    ]
+    for pid, renewed_ago, host in cases:
+        _write_marker(root, pid, renewed_ago, host)
+        await collector(driver).run()
+        assert not marker_file(root).exists(), (pid, host)
+    # Live: another host's fresh marker, and a running process of this host.
+    for pid, host in ((12345, "elsewhere"), (os.getppid(), None)):
+        _write_marker(root, pid, 1.0, host)
+        with pytest.raises(GCBusy):
+            await collector(driver).run()
+        assert marker_file(root).exists()
+    # A marker an earlier version wrote (a bare start time) counts until it is stale.
+    marker_file(root).write_text(f"{int(time.time())}\n")
+    with pytest.raises(GCBusy, match="an unknown run"):
+        await collector(driver).run()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_removes_only_its_own_marker(tmp_path: Path, thread_pool: ThreadPool) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    driver = FilesystemDriver(str(root), reactor, thread_pool)
+    mine = gcguard.RunMarker(driver, time.time())
+    await mine.claim()
+    await mine.renew()
+    # Taken over meanwhile (this run looked stopped): the other run's marker now.
+    _write_marker(root, 12345, 1.0, "elsewhere")
+    with pytest.raises(gcguard.MarkerLost):
+        await mine.renew()
+    await mine.release()
+    assert json.loads(marker_file(root).read_text())["host"] == "elsewhere"

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from registry.api.digests import Digest
 from registry.ops.gc import GCOptions, collect_garbage
-from registry.storage import layout
+from registry.storage import gcguard, layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import PathNotFoundError
 from registry.storage.s3 import S3Driver
 from tests.e2e.harness import sleep
 from tests.ops import scenario
 from tests.ops.scenario import DELETED_UNTAGGED, UNTAGGED
+from tests.ops.test_gc_during_push import gone_pid
 from tests.storage.s3server import S3Server
 
 
@@ -76,3 +80,27 @@ async def _exists(driver: S3Driver, path: str) -> bool:
     except PathNotFoundError:
         return False
     return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_gc_run_at_a_time_over_s3(driver: S3Driver) -> None:
+    """The marker is S3's conditional writes: created only where none is, replaced and
+    removed only by its run (``If-Match``), taken over from a run killed on this host."""
+    first = gcguard.RunMarker(driver, time.time())
+    await first.claim()
+    await first.renew()
+    with pytest.raises(gcguard.CollectorBusy, match=f"run {first.run} on "):
+        await gcguard.RunMarker(driver, time.time()).claim()
+    # Killed with kill -9 (its process is gone): the next run takes over at once ...
+    dead = {"started": int(time.time()), "run": "dead", "host": socket.gethostname()}
+    await driver.put_content(gcguard.RUNNING, json.dumps({**dead, "pid": gone_pid()}).encode())
+    second = gcguard.RunMarker(driver, time.time())
+    await second.claim()
+    # ... and the run that lost it neither renews nor removes the new holder's marker.
+    with pytest.raises(gcguard.MarkerLost):
+        await first.renew()
+    await first.release()
+    assert second.run in (await driver.get_content(gcguard.RUNNING)).decode()
+    await second.release()
+    with pytest.raises(PathNotFoundError):
+        await driver.stat(gcguard.RUNNING)

@@ -21,11 +21,14 @@ from zope.interface import implementer
 from registry.asyncutil import gather
 from registry.storage.driver import (
     FileInfo,
+    IConditionalWrites,
     IFileWriter,
     InvalidOffsetError,
     IStagedWrites,
     IStorageDriver,
     PathNotFoundError,
+    StorageError,
+    VersionChangedError,
 )
 from registry.storage.producers import BytesProducer
 from registry.storage.s3 import _multipart as multipart
@@ -64,7 +67,14 @@ MOVE_COPY_PART_SIZE = 128 * 1024 * 1024
 _BESIDE_FILES = (STATE_SUFFIX, LEASE_SUFFIX)
 
 
-@implementer(IStorageDriver, IStagedWrites)
+def _etag(response: Any, path: str) -> str:
+    etag = header(response, "ETag")
+    if not etag:
+        raise StorageError(f"writing {path}: the S3 server answered without an ETag")
+    return etag
+
+
+@implementer(IStorageDriver, IStagedWrites, IConditionalWrites)
 class S3Driver:
     name = "s3"
 
@@ -97,6 +107,52 @@ class S3Driver:
 
     async def put_content(self, path: str, data: bytes) -> None:
         await self._client.call("PUT", self._key(path), body=bytes(data))
+
+    # Conditional writes (`IConditionalWrites`), as the upload leases do (`_lease`): S3's
+    # ``If-None-Match: *`` and ``If-Match: <ETag>``; the version is the ETag.  412 (and 409,
+    # a conflicting conditional request in flight) means another writer got there first.
+
+    async def create(self, path: str, data: bytes) -> str:
+        try:
+            result = await self._client.call(
+                "PUT", self._key(path), body=bytes(data), headers={"If-None-Match": "*"}
+            )
+        except S3Error as error:
+            if error.status in (409, 412):
+                raise VersionChangedError(f"{path} exists already") from None
+            raise
+        assert result is not None
+        return _etag(result[0], path)
+
+    async def read_versioned(self, path: str) -> tuple[bytes, str]:
+        result = await self._client.call("GET", self._key(path), missing_ok=True)
+        if result is None:
+            raise PathNotFoundError(path)
+        return result[1], _etag(result[0], path)
+
+    async def replace_version(self, path: str, data: bytes, version: str) -> str:
+        try:
+            result = await self._client.call(
+                "PUT", self._key(path), body=bytes(data), headers={"If-Match": version}
+            )
+        except S3Error as error:
+            if error.status in (404, 409, 412):
+                raise VersionChangedError(f"{path} changed") from None
+            raise
+        assert result is not None
+        return _etag(result[0], path)
+
+    async def delete_version(self, path: str, version: str) -> None:
+        try:
+            result = await self._client.call(
+                "DELETE", self._key(path), headers={"If-Match": version}, missing_ok=True
+            )
+        except S3Error as error:
+            if error.status in (409, 412):
+                raise VersionChangedError(f"{path} changed") from None
+            raise
+        if result is None:
+            raise PathNotFoundError(path)
 
     async def stat(self, path: str) -> FileInfo:
         key = self._key(path)
