@@ -596,9 +596,16 @@ class GarbageCollector:
             await self._keep_announced()
             if self._lost:
                 break
-            if await self._revision_rewritten(name, digest):
-                continue  # pushed again since the last look: kept, with what it refers to
+            doomed = gcguard.revision_doomed_path(name, digest)
             try:
+                # The protocol of registry.storage.gcguard, as for blobs: doomed first, then
+                # the last look (a put after it sees doomed and fails instead of a 201).
+                await self.driver.put_content(doomed, b"")
+                if await self._revision_rewritten(name, digest):
+                    # Pushed again since the last look: kept, with what it refers to.
+                    with contextlib.suppress(PathNotFoundError):
+                        await self.driver.delete(doomed)
+                    continue
                 await self.driver.delete(layout.revision_dir(name, digest))
             except PathNotFoundError:
                 pass

@@ -22,6 +22,13 @@ is then gone.  So the two sides follow a protocol on three files:
   ``touched`` one last time and deletes the blob's folder.  Only one written by the run now
   going counts (one a killed run left behind is older than the run's start).
 
+With ``--delete-untagged`` a revision folder a collector deletes gets the same handshake:
+its ``doomed`` (``_manifests/revisions/<alg>/<hex>/doomed``), then a last look at its link's
+age and at the manifest blob's ``touched``, then the delete.  A manifest put (by tag or
+digest) rewrites that link, an index put touches its children's blobs, and both then check
+the revisions' ``doomed``: without it, a put re-linking an untagged manifest right after
+the collector's look was acknowledged, its tag moved, and the folder went.
+
 A writer: write its link or revision, then (if a collector runs) ``touched``, then check the
 blob's data is there and not ``doomed``.  The collector: ``doomed``, then ``touched``, then
 delete.  Either the collector sees ``touched`` (and keeps the blob), or the writer's check
@@ -71,6 +78,11 @@ def doomed_path(digest: Digest) -> str:
     return f"{layout.blob_dir(digest)}/{DOOMED}"
 
 
+def revision_doomed_path(name: str, digest: Digest) -> str:
+    """Written by the collector in a revision's folder before its last look and delete."""
+    return f"{layout.revision_dir(name, digest)}/{DOOMED}"
+
+
 @attrs.frozen
 class GcGuard:
     """The writer's side of the protocol, over one storage driver."""
@@ -101,29 +113,51 @@ class GcGuard:
         each touched and return those that are gone or being deleted (the write must then
         fail); otherwise return nothing, at the cost of one stat.
         """
+        return (await self.protect_manifest("", digests, ()))[0]
+
+    async def protect_manifest(
+        self, name: str, digests: Iterable[Digest], revisions: Iterable[Digest]
+    ) -> tuple[list[Digest], list[Digest]]:
+        """
+        `protect` for a manifest put in repository ``name``, called after its revision link
+        is written: also the revisions it needs there (its own, an index's children) that
+        the collector is deleting (`revision_doomed_path`).  The collector deletes a revision
+        folder only after its ``doomed`` and one last look at the link's age and the
+        manifest blob's ``touched``: a put whose link or touch came before that look keeps
+        the revision, one after it sees ``doomed`` here and fails.  Returns (blobs gone,
+        revisions being deleted).
+        """
         wanted = list(dict.fromkeys(digests))
-        if not wanted:
-            return []
+        needed = list(dict.fromkeys(revisions))
+        if not wanted and not needed:
+            return [], []
         started = await self.collector_started()
         if started is None:
-            return []
+            return [], []
         for digest in wanted:
             await self.driver.put_content(touched_path(digest), b"")
         gone = []
         for digest in wanted:
             if not await self._there(digest, started):
                 gone.append(digest)
-        return gone
+        deleting = []
+        for digest in needed:
+            if await self._doomed(revision_doomed_path(name, digest), started):
+                deleting.append(digest)
+        return gone, deleting
+
+    async def _doomed(self, path: str, started: float) -> bool:
+        """Whether ``path`` is a ``doomed`` of the run going on (not one a killed run left)."""
+        try:
+            doomed = await self.driver.stat(path)
+        except PathNotFoundError:
+            return False
+        # A second of slack: the run's start is written in whole seconds.
+        return doomed.modified >= started - 1
 
     async def _there(self, digest: Digest, started: float) -> bool:
-        try:
-            doomed = await self.driver.stat(doomed_path(digest))
-        except PathNotFoundError:
-            pass
-        else:
-            # A second of slack: the run's start is written in whole seconds.
-            if doomed.modified >= started - 1:
-                return False
+        if await self._doomed(doomed_path(digest), started):
+            return False
         try:
             await self.driver.stat(layout.blob_data(digest))
         except PathNotFoundError:

@@ -355,17 +355,29 @@ class ManifestStore:
         """
         referred = [digest]
         referred += [d.digest for d in manifest.blob_references if not d.is_foreign]
-        referred += [child.digest for child in manifest.manifests]
-        gone = await GcGuard(self.driver).protect(referred)
-        if not gone:
+        children = [child.digest for child in manifest.manifests]
+        referred += children
+        # The revisions the put needs: its own (a re-put of an untagged manifest the
+        # collector is deleting) and its children's; the subject need not exist.
+        gone, deleting = await GcGuard(self.driver).protect_manifest(
+            name, referred, [digest, *children]
+        )
+        if not gone and not deleting:
             return
         if not existed:
             with contextlib.suppress(PathNotFoundError):
                 await self.driver.delete(layout.revision_dir(name, digest))
+        if gone:
+            raise RegistryError(
+                MANIFEST_BLOB_UNKNOWN,
+                {"digest": str(gone[0]), "reason": "deleted by a garbage collection"},
+                f"manifest references blob {gone[0]} that a garbage collection was deleting:"
+                " push it again",
+            )
         raise RegistryError(
             MANIFEST_BLOB_UNKNOWN,
-            {"digest": str(gone[0]), "reason": "deleted by a garbage collection"},
-            f"manifest references blob {gone[0]} that a garbage collection was deleting:"
+            {"digest": str(deleting[0]), "reason": "deleted by a garbage collection"},
+            f"manifest {deleting[0]} was being deleted from {name} by a garbage collection:"
             " push it again",
         )
 

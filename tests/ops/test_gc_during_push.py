@@ -340,3 +340,112 @@ async def test_a_run_removes_only_its_own_marker(tmp_path: Path, thread_pool: Th
         await mine.renew()
     await mine.release()
     assert json.loads(marker_file(root).read_text())["host"] == "elsewhere"
+
+
+def at_revision_delete(method: str, path: str) -> bool:
+    """Held after a revision's doomed and last look, before its folder is deleted."""
+    return method == "delete" and "/_manifests/revisions/sha256/" in path
+
+
+def at_revision_doom(method: str, path: str) -> bool:
+    """Held before a revision is marked doomed (nothing decided yet)."""
+    return method == "put_content" and "/_manifests/revisions/" in path
+
+
+def run_untagged(
+    root: Path, thread_pool: ThreadPool, at: Callable[[str, str], bool]
+) -> tuple[HeldDriver, Deferred[Any]]:
+    held = HeldDriver(FilesystemDriver(str(root), reactor, thread_pool), at)
+    options = GCOptions(grace=3600, delete_untagged=True)
+    return held, Deferred.fromCoroutine(GarbageCollector(held, options, time.time()).run())
+
+
+async def _untagged_image(
+    start_registry: Any, root: Path, name: str
+) -> tuple[InProcessRegistry, bytes]:
+    """An image pushed by digest only, older than the grace: --delete-untagged's to delete."""
+    registry = await serve(start_registry, root)
+    config = b'{"architecture":"amd64","os":"linux","untagged":1}'
+    await push_blob(registry.url, name, config)
+    await push_blob(registry.url, name, LAYER)
+    body = samples.oci_image(config=config, layers=(LAYER,))
+    assert (await put_manifest(registry.url, name, sha256(body), body))[0] == 201
+    age(root)
+    return registry, body
+
+
+async def pull_status(url: str, name: str, reference: str) -> int:
+    response = await treq.get(
+        f"{url}/v2/{name}/manifests/{reference}", headers={"Accept": mt.OCI_IMAGE_MANIFEST}
+    )
+    await response.content()
+    return int(response.code)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_put_after_the_revision_is_doomed_fails_in_words_then_succeeds(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    """
+    The collector looked (untagged, old) and is about to delete the revision's folder: a
+    put by tag rewriting its link there was acknowledged, and then the folder (new link
+    included) went, the tag naming a manifest the repository no longer had.
+    """
+    root = tmp_path / "root"
+    registry, body = await _untagged_image(start_registry, root, "k/untagged")
+    held, run = run_untagged(root, thread_pool, at_revision_delete)
+    await held_at(held, run)
+    status, answer = await put_manifest(registry.url, "k/untagged", "t1", body)
+    assert status == 400, answer
+    [error] = answer["errors"]
+    assert error["code"] == "MANIFEST_BLOB_UNKNOWN"
+    assert error["detail"] == {"digest": sha256(body), "reason": "deleted by a garbage collection"}
+    response = await treq.get(f"{registry.url}/v2/k/untagged/tags/list")
+    assert json.loads(await response.content())["tags"] == []  # no tag moved
+    held.release.callback(None)
+    stats = await run
+    assert stats.revisions_deleted == 1
+    assert stats.blobs_deleted == 0  # the put touched them: kept
+    # The client pushes again: its manifest is back, the tag pulls.
+    assert (await put_manifest(registry.url, "k/untagged", "t1", body))[0] == 201
+    assert await pull_status(registry.url, "k/untagged", "t1") == 200
+    assert await layer_pulls(registry.url, "k/untagged") == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_put_before_the_revision_is_doomed_keeps_it(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    root = tmp_path / "root"
+    registry, body = await _untagged_image(start_registry, root, "k/untagged")
+    held, run = run_untagged(root, thread_pool, at_revision_doom)
+    await held_at(held, run)
+    assert (await put_manifest(registry.url, "k/untagged", "t1", body))[0] == 201
+    held.release.callback(None)
+    stats = await run
+    assert (stats.revisions_deleted, stats.blobs_deleted) == (0, 0)
+    assert await pull_status(registry.url, "k/untagged", "t1") == 200
+    revision = root / "docker/registry/v2/repositories/k/untagged/_manifests/revisions/sha256"
+    assert not (revision / sha256(body)[7:] / gcguard.DOOMED).exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_index_put_naming_a_doomed_child_fails_in_words(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    root = tmp_path / "root"
+    registry, child = await _untagged_image(start_registry, root, "k/multi")
+    held, run = run_untagged(root, thread_pool, at_revision_delete)
+    await held_at(held, run)
+    index = samples.oci_index([child], archs=("amd64",))
+    response = await treq.put(
+        f"{registry.url}/v2/k/multi/manifests/latest",
+        data=index,
+        headers={"Content-Type": mt.OCI_IMAGE_INDEX},
+    )
+    text = await response.content()
+    assert response.code == 400, text
+    assert json.loads(text)["errors"][0]["detail"]["digest"] == sha256(child)
+    held.release.callback(None)
+    await run
+    assert await pull_status(registry.url, "k/multi", "latest") == 404  # never acknowledged
