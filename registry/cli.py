@@ -318,6 +318,12 @@ def gc_summary(stats: GCStats, dry_run: bool, delete_untagged: bool, elapsed: fl
             f"gc: deleted {format_count(stats.blobs_deleted)} blobs"
             f"{untagged}, freed {format_bytes(stats.bytes_freed)} in {format_seconds(elapsed)}"
         )
+    if stats.children_not_stored:
+        lines.append(
+            f"gc: {format_count(stats.children_not_stored)} index children not stored "
+            "(platforms never pushed or pulled here: normal for a pull-through cache or a "
+            "sparse index)"
+        )
     if stats.errors:
         lines.append(f"gc: {len(stats.errors)} errors (first: {stats.errors[0]})")
     return lines

@@ -115,6 +115,8 @@ class GCStats:
     manifests_read: int = 0
     manifests_unparseable: int = 0
     manifests_missing: int = 0
+    # Index children with neither revision nor blob here: not stored, by design (see `_read`).
+    children_not_stored: int = 0
     blobs_marked: int = 0
     blobs_examined: int = 0
     # The data size of every blob examined (kept or not): with what was freed, the registry's
@@ -361,13 +363,21 @@ class GarbageCollector:
         tags = await self._list(layout.tags_dir(name))
         return set().union(*await self._map(resolve, tags))
 
-    async def _read(self, name: str, digest: str) -> ManifestRefs | None:
-        """A manifest's references; None when its blob is missing (nothing to keep)."""
+    async def _read(self, name: str, digest: str, revision: bool = True) -> ManifestRefs | None:
+        """
+        A manifest's references; None when its blob is missing (nothing to keep).  Only a
+        revision without its blob is reported: an index child that is not a revision was
+        never stored here (a pull-through cache's platforms nobody pulled, a sparse index),
+        which is normal, and only counted.
+        """
         await self._turn()
         path = layout.blob_data(Digest.parse(digest))
         try:
             body = await self.driver.get_content(path)
         except PathNotFoundError:
+            if not revision:
+                self.stats.children_not_stored += 1
+                return None
             self.stats.manifests_missing += 1
             log.warn("{name}: manifest {digest} has no blob data", name=name, digest=digest)
             return None
@@ -443,7 +453,7 @@ class GarbageCollector:
             kept.add(digest)
             self._mark((digest,))
             if digest not in refs:
-                refs[digest] = await self._read(name, digest)
+                refs[digest] = await self._read(name, digest, revision=digest in revisions)
             found = refs[digest]
             if found is not None:
                 self._mark(found.blobs)

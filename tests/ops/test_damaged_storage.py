@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,12 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 from zope.interface import provider
 
 from registry.api.digests import Digest
+from registry.ops.gc import GCOptions, collect_garbage
 from registry.storage import layout
+from registry.storage.blobs import BlobStore
 from registry.storage.filesystem import FilesystemDriver
+from registry.storage.memory import MemoryDriver
+from tests.manifests import samples
 from tests.ops import scenario
 from tests.ops.scenario import blob_digests, revision_digests
 from tests.ops.test_cli import cli, config, start_registry
@@ -214,3 +219,25 @@ async def test_a_push_replaces_blob_data_of_the_wrong_size(
         f"storage repaired at {path}: {len(right) // 2} bytes stored, the pushed blob has "
         f"{len(right)}"
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_children_never_stored_are_counted_not_reported(
+    warnings: list[str],
+) -> None:
+    """A sparse index (or a cache's index whose other platforms nobody pulled) names
+    children the repository never had: normal, so no line; a revision without its blob is."""
+    driver = MemoryDriver()
+    blobs = BlobStore(driver)
+    index = samples.oci_index([b'{"never":"stored"}'], archs=("amd64",))
+    digest = await blobs.put_small(index)
+    await driver.put_content(layout.revision_link("sparse", digest), str(digest).encode())
+    await driver.put_content(layout.tag_current_link("sparse", "latest"), str(digest).encode())
+    lost = Digest.parse(samples.sha256(b"a manifest whose blob went"))
+    await driver.put_content(layout.revision_link("sparse", lost), str(lost).encode())
+    for options in (GCOptions(grace=0), GCOptions(grace=0, delete_untagged=True)):
+        warnings.clear()
+        stats = (await collect_garbage(driver, options, time.time())).stats
+        assert warnings == [f"sparse: manifest {lost} has no blob data"]
+        assert stats.manifests_missing == 1
+        assert stats.children_not_stored == 1
