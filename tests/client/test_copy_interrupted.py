@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,9 +197,16 @@ async def test_sigterm_into_registry2_says_the_upload_it_could_not_cancel(
         await deferToThread(registry2.stop)
     kept = [p.parent.name for p in uploads.rglob("data")]
     assert (code, out) == (143, ""), err
-    assert len(kept) == 1
-    assert err == (
-        "txregistry copy: interrupted (SIGTERM); the registry refused to cancel the upload "
-        f"http://{registry2.host}/v2/copy/blobs/uploads/{kept[0]}; its bytes stay until the "
-        "registry purges old uploads\n"
+    # One refused upload, or more when the copy had several layers under way at the signal
+    # (on a busy machine): the first is named, the others counted.
+    found = re.fullmatch(
+        r"txregistry copy: interrupted \(SIGTERM\); the registry refused to cancel the upload "
+        rf"http://{re.escape(registry2.host)}/v2/copy/blobs/uploads/([0-9a-f-]+)"
+        r"(?: \(and (\d+) more\))?; its bytes stay until the registry purges old uploads\n",
+        err,
     )
+    assert found is not None, err
+    left = sorted(p.name for p in uploads.iterdir())  # a layer not yet sent has no data file
+    assert found.group(1) in left, (left, err)
+    assert len(left) == 1 + int(found.group(2) or 0), (left, err)
+    assert kept, left

@@ -146,7 +146,9 @@ async def test_killed_mid_blob_restart_cancels_its_upload_and_records_the_run(
             raise AssertionError("the layer never started arriving")
     finally:
         first.kill()
-    assert partial()
+    # An upload is left behind (on a busy machine the run may have started the layer again
+    # between the look and the kill: its new upload is left then, maybe still empty).
+    assert any(uploads.glob("*/data"))
 
     second = RegistryProcess(workdir, {"sync:slow": {**sync, "first_run_within": "1h"}})
     second.start()
