@@ -1,0 +1,166 @@
+"""
+What a fleet instance trusts of a fill lease it finds in Redis, and of the peer it names.
+
+A lease names a peer URL, and anyone able to write to Redis can plant one.  The instance sends
+the fleet secret only to a URL that the lease's instance, alive, advertises for itself; a part
+of a blob (a Range) is never taken from a peer, whose bytes would reach the client unhashed.
+
+Instances in this process, on an in-memory storage and a real Redis; the "peer" is a fake
+listener in this reactor that records what it is asked and serves its own bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from registry.api.digests import Digest
+from registry.config import RedisConfig
+from registry.proxy.cache import ProxyCache
+from registry.proxy.fleet import Fleet, FleetRedis
+from registry.proxy.fleet.lease import FillLeases, lease_key
+from registry.proxy.fleet.peer import PeerClient
+from registry.proxy.upstream import UpstreamClient
+from registry.storage.memory import MemoryDriver
+from tests.fakes.upstream import FakeUpstream
+from tests.proxy.helpers import HashingConsumer
+from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.proxy.util import hub_cache, reactor
+
+NAME = "library/planted"
+LAYER = 512 * 1024
+SECRET = "fleet-secret-of-this-test"
+
+
+class EvilPeer(Resource):
+    """Answers every fill request with ``A`` bytes and the size it is told, and records the
+    requests (their Authorization header included)."""
+
+    isLeaf = True
+
+    def __init__(self, size: int) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.size = size
+        self.asked: list[tuple[bytes, bytes]] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.asked.append((request.uri, request.getHeader(b"authorization") or b""))
+        length = int(request.args.get(b"length", [b"-1"])[0])
+        offset = int(request.args.get(b"offset", [b"0"])[0])
+        if length < 0:
+            length = self.size - offset
+        request.setHeader(b"x-blob-size", str(self.size).encode())
+        return b"A" * length
+
+
+@pytest_twisted.async_yield_fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[FleetRedis]:  # noqa: F811
+    client = FleetRedis(RedisConfig(addr=redis_server.addr), reactor)
+    client.startService()
+    yield client
+    client.stopService()
+
+
+async def listening(resource: Resource) -> tuple[str, Any]:
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    site = Site(resource)
+    site.noisy = False
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    return f"http://127.0.0.1:{port.getHost().port}", port
+
+
+@pytest_twisted.async_yield_fixture
+async def instance(
+    fake: FakeUpstream, redis: FleetRedis
+) -> AsyncIterator[tuple[ProxyCache, PeerClient]]:
+    """Instance ``b``, with a short lease (a planted one lapses within a second or two)."""
+    leases = FillLeases(redis, reactor, "b", "", 1.0)
+    peers = PeerClient(reactor, SECRET, 5.0)
+    client = UpstreamClient(reactor, fake.url, timeout=5)
+    cache = hub_cache(
+        fake.url, client, MemoryDriver(), fleet=Fleet(redis, leases, peers, "b", reactor)
+    )
+    yield cache, peers
+    leases.stop()
+    await peers.close()
+    await client.close()
+
+
+def plant(redis_server: RedisServer, digest: str, instance: str, url: str) -> None:  # noqa: F811
+    lease = json.dumps({"instance": instance, "through": NAME, "url": url})
+    redis_server.command("SET", lease_key("hub", Digest.parse(digest)), lease, "PX", "1500")
+
+
+async def read(cache: ProxyCache, digest: str, offset: int, length: int | None) -> bytes:
+    producer = await cache.blob_open(NAME, NAME, Digest.parse(digest), offset, length)
+    got: list[bytes] = []
+
+    class Collect(HashingConsumer):
+        def write(self, data: bytes) -> None:
+            got.append(data)
+
+    await Deferred.fromCoroutine(_produce(producer, Collect())).addTimeout(30, reactor)
+    return b"".join(got)
+
+
+async def _produce(producer: Any, consumer: Any) -> None:
+    await producer.startProducing(consumer)
+
+
+@pytest.mark.parametrize("advertised", [None, "http://127.0.0.1:9"])
+@pytest_twisted.ensureDeferred
+async def test_a_lease_naming_a_url_its_instance_does_not_advertise_gets_no_secret(
+    fake: FakeUpstream,
+    redis_server: RedisServer,  # noqa: F811
+    instance: tuple[ProxyCache, PeerClient],
+    advertised: str | None,
+) -> None:
+    """A lease planted in Redis naming the evil listener, for an instance that is not alive
+    or that advertises another URL: the listener is never contacted (so never sent the
+    secret); the client waits, this instance fills the blob once the lease lapses, and the
+    client gets the upstream's bytes."""
+    cache, _peers = instance
+    layer = fake.content.add_image(NAME, "latest", [LAYER]).layers[0]
+    evil = EvilPeer(LAYER)
+    url, port = await listening(evil)
+    try:
+        if advertised is not None:
+            redis_server.command("SET", "txregistry:alive:hub:cache-x", advertised, "PX", "30000")
+        plant(redis_server, layer.digest, "cache-x", url)
+        body = await read(cache, layer.digest, 0, None)
+        assert evil.asked == []
+        assert len(body) == LAYER
+        assert body == b"".join(fake.content.blobs[layer.digest].read(0, LAYER))
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_range_is_never_served_from_a_peer(
+    fake: FakeUpstream,
+    redis_server: RedisServer,  # noqa: F811
+    instance: tuple[ProxyCache, PeerClient],
+) -> None:
+    """Even a peer that passes the advertise check (a Redis writer who also planted the
+    alive key) does not serve a Range: those bytes would reach the client unhashed.  The
+    request waits for the verified blob and gets the upstream's bytes."""
+    cache, _peers = instance
+    layer = fake.content.add_image(NAME, "latest", [LAYER]).layers[0]
+    evil = EvilPeer(LAYER)
+    url, port = await listening(evil)
+    try:
+        redis_server.command("SET", "txregistry:alive:hub:cache-x", url, "PX", "30000")
+        plant(redis_server, layer.digest, "cache-x", url)
+        body = await read(cache, layer.digest, 100, 100)
+        assert evil.asked == []
+        assert body == b"".join(fake.content.blobs[layer.digest].read(100, 200))
+    finally:
+        await port.stopListening()
