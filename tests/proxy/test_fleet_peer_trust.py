@@ -3,7 +3,8 @@ What a fleet instance trusts of a fill lease it finds in Redis, and of the peer 
 
 A lease names a peer URL, and anyone able to write to Redis can plant one.  The instance sends
 the fleet secret only to a URL that the lease's instance, alive, advertises for itself; a part
-of a blob (a Range) is never taken from a peer, whose bytes would reach the client unhashed.
+of a blob (a Range) is never taken from a peer, whose bytes would reach the client unhashed;
+and a peer's answer other than a stream is never read whole.
 
 Instances in this process, on an in-memory storage and a real Redis; the "peer" is a fake
 listener in this reactor that records what it is asked and serves its own bytes.
@@ -18,15 +19,17 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
 
 from registry.api.digests import Digest
 from registry.config import RedisConfig
 from registry.proxy.cache import ProxyCache
 from registry.proxy.fleet import Fleet, FleetRedis
 from registry.proxy.fleet.lease import FillLeases, lease_key
-from registry.proxy.fleet.peer import PeerClient
+from registry.proxy.fleet.peer import PeerClient, PeerUnavailable
 from registry.proxy.upstream import UpstreamClient
 from registry.storage.memory import MemoryDriver
 from tests.fakes.upstream import FakeUpstream
@@ -58,6 +61,51 @@ class EvilPeer(Resource):
             length = self.size - offset
         request.setHeader(b"x-blob-size", str(self.size).encode())
         return b"A" * length
+
+
+@implementer(IPushProducer)
+class EndlessBody:
+    """A 404 whose body never ends (64 KiB a write while the connection takes them)."""
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.sent = 0
+        self.paused = False
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+    def _pump(self) -> None:
+        if not self.paused and not self.stopped:
+            self.request.write(b"no such fill in flight\n" + b"x" * 65536)
+            self.sent += 65536
+            reactor.callLater(0, self._pump)
+
+
+class Endless404(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.bodies: list[EndlessBody] = []
+        self.closed: Deferred[None] = Deferred()
+
+    def render_GET(self, request: Any) -> int:
+        request.setResponseCode(404)
+        body = EndlessBody(request)
+        self.bodies.append(body)
+        request.registerProducer(body, True)
+        request.notifyFinish().addBoth(lambda _: self.closed.callback(None))
+        body.resumeProducing()
+        return NOT_DONE_YET
 
 
 @pytest_twisted.async_yield_fixture
@@ -163,4 +211,24 @@ async def test_a_range_is_never_served_from_a_peer(
         assert evil.asked == []
         assert body == b"".join(fake.content.blobs[layer.digest].read(100, 200))
     finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_answer_that_is_not_a_stream_is_not_read_whole() -> None:
+    """A "peer" answering 404 with a body that never ends: the instance reads its first line
+    for the log, closes the connection, and the open fails at once (it used to read the
+    whole body into memory)."""
+    resource = Endless404()
+    url, port = await listening(resource)
+    peers = PeerClient(reactor, SECRET, 5.0)
+    digest = Digest.parse("sha256:" + "ab" * 32)
+    try:
+        opening = Deferred.fromCoroutine(peers.open(url, "hub", digest, 0, -1))
+        with pytest.raises(PeerUnavailable, match="answered 404: no such fill in flight"):
+            await opening.addTimeout(10, reactor)
+        await resource.closed.addTimeout(10, reactor)  # the instance hung up
+        assert resource.bodies[0].sent < 64 * 1024 * 1024
+    finally:
+        await peers.close()
         await port.stopListening()
