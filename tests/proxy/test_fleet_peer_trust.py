@@ -232,3 +232,23 @@ async def test_a_peer_answer_that_is_not_a_stream_is_not_read_whole() -> None:
     finally:
         await peers.close()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_to_the_blobs_end_is_opened_once() -> None:
+    """A peer stream opened without a length (to the blob's end, as the first source of a
+    whole read is) relays the whole body: it used to refuse the first bytes ("body longer
+    than -1 bytes"), and every peer stream was opened twice."""
+    peer = EvilPeer(LAYER)
+    url, port = await listening(peer)
+    peers = PeerClient(reactor, SECRET, 5.0)
+    try:
+        size, producer = await peers.open(url, "hub", Digest.parse("sha256:" + "cd" * 32), 0, -1)
+        assert size == LAYER
+        consumer = HashingConsumer()
+        await Deferred.fromCoroutine(_produce(producer, consumer)).addTimeout(10, reactor)
+        assert consumer.size == LAYER
+        assert len(peer.asked) == 1
+    finally:
+        await peers.close()
+        await port.stopListening()

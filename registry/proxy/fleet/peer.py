@@ -383,6 +383,10 @@ class PeerClient:
         except ValueError:
             response.deliverBody(_Discard())
             raise PeerUnavailable(f"{url} sent no blob size") from None
+        if length < 0:
+            # To the blob's end: the relay must know how much (a length of -1 refused the
+            # first bytes, and every stream was opened twice).
+            length = size - offset
         return size, PeerProducer(response, digest, length, self.reactor, self.idle)
 
     async def close(self) -> None:
