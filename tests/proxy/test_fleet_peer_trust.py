@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.web.client import ResponseFailed
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -32,9 +35,11 @@ from registry.proxy.fleet.lease import FillLeases, lease_key
 from registry.proxy.fleet.peer import PeerClient, PeerUnavailable
 from registry.proxy.upstream import UpstreamClient
 from registry.storage.memory import MemoryDriver
+from tests.auth.conftest import LogCapture
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import HashingConsumer
 from tests.proxy.redisserver import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.proxy.registries import Proxied
 from tests.proxy.util import hub_cache, reactor
 
 NAME = "library/planted"
@@ -231,6 +236,49 @@ async def test_a_peer_answer_that_is_not_a_stream_is_not_read_whole() -> None:
         assert resource.bodies[0].sent < 64 * 1024 * 1024
     finally:
         await peers.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_serving_other_bytes_is_one_warning_line(
+    fake: FakeUpstream,
+    redis_server: RedisServer,  # noqa: F811
+    proxied: Proxied,
+) -> None:
+    """A whole GET streamed from a peer whose bytes hash to another digest (it passes the
+    advertise check: a Redis writer planted the alive key too) is cut short, and the
+    instance says so in one warning line naming the digest and the peer, not a critical
+    traceback (the log watch fails this test on one)."""
+    layer = fake.content.add_image(NAME, "latest", [LAYER]).layers[0]
+    evil = EvilPeer(LAYER)
+    url, port = await listening(evil)
+    capture = LogCapture()
+    globalLogPublisher.addObserver(capture)
+    try:
+        registry = await proxied(
+            {
+                "redis": {"addr": redis_server.addr},
+                "fleet": {"instance": "b", "secret": SECRET, "lease": "1s"},
+            }
+        )
+        redis_server.command("SET", "txregistry:alive:hub:cache-x", url, "PX", "30000")
+        lease = json.dumps({"instance": "cache-x", "through": NAME, "url": url})
+        redis_server.command(
+            "SET", lease_key("hub", Digest.parse(layer.digest)), lease, "PX", "30000"
+        )
+        response = await treq.get(f"{registry.url}/v2/{NAME}/blobs/{layer.digest}")
+        assert response.code == 200
+        with pytest.raises(ResponseFailed):
+            await response.content()
+        assert len(evil.asked) == 1
+        cut = [e for e in capture.events if "body cut short" in formatEvent(e)]
+        assert len(cut) == 1, capture.text()
+        line = formatEvent(cut[0])
+        assert cut[0]["log_level"] == LogLevel.warn
+        assert layer.digest in line and f"peer {url}" in line, line
+        assert "\n" not in line
+    finally:
+        globalLogPublisher.removeObserver(capture)
         await port.stopListening()
 
 

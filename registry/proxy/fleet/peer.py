@@ -186,7 +186,17 @@ class _ToConsumer(Protocol):
 class PeerProducer:
     """``length`` bytes of a fill streamed from its holder (the response is already open)."""
 
-    def __init__(self, response: Any, digest: Digest, length: int, reactor: Any, idle: float):
+    def __init__(
+        self,
+        response: Any,
+        digest: Digest,
+        length: int,
+        reactor: Any,
+        idle: float,
+        origin: str = "a peer",
+    ):
+        # Where these bytes come from (`ResumingProducer` names it if they hash wrong).
+        self.origin = origin
         self._response = response
         self._digest = digest
         self.length = length
@@ -387,7 +397,9 @@ class PeerClient:
             # To the blob's end: the relay must know how much (a length of -1 refused the
             # first bytes, and every stream was opened twice).
             length = size - offset
-        return size, PeerProducer(response, digest, length, self.reactor, self.idle)
+        return size, PeerProducer(
+            response, digest, length, self.reactor, self.idle, origin=f"peer {url}"
+        )
 
     async def close(self) -> None:
         await self._pool.closeCachedConnections()
