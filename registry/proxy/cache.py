@@ -550,8 +550,8 @@ class ProxyCache:
         detail = {"name": local, "digest": str(digest)}
         deadline = self.now() + fleet.leases.ttl * 4 + self.config.timeout
         # Holders this request no longer asks (TLS refused: a certificate does not heal in
-        # seconds; a new holder is asked), and those already said not to be advertised: one
-        # line per holder, not one per poll.
+        # seconds; a new holder is asked), and those already said to be unavailable or not
+        # advertised: one line per holder, not one per poll.
         refused: set[str] = set()
         said: set[tuple[str, str, str]] = set()
         while True:
@@ -598,7 +598,11 @@ class ProxyCache:
                         )
                         refused.add(lease.url)
                     except PeerUnavailable as exc:
-                        log.debug("peer stream unavailable: {error}", error=str(exc))
+                        # Asked again at every poll (it may be back, or its lease lapse):
+                        # said once per holder, not per poll.
+                        if ("unavailable", lease.instance, lease.url) not in said:
+                            said.add(("unavailable", lease.instance, lease.url))
+                            log.debug("peer stream unavailable: {error}", error=str(exc))
             except StoredMeanwhile:
                 continue  # the holder stored it between our look and the lease: read it
             else:

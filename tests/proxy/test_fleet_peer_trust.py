@@ -300,3 +300,29 @@ async def test_a_stream_to_the_blobs_end_is_opened_once() -> None:
     finally:
         await peers.close()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_holder_is_said_unavailable_once(
+    fake: FakeUpstream,
+    redis_server: RedisServer,  # noqa: F811
+    instance: tuple[ProxyCache, PeerClient],
+) -> None:
+    """A holder that died (its port refuses connections) while its lease runs: the client
+    waits, asking at every poll, and the log says "peer stream unavailable" once, not once
+    per poll; the lease lapses and this instance fills the blob."""
+    cache, _peers = instance
+    layer = fake.content.add_image(NAME, "latest", [LAYER]).layers[0]
+    url, port = await listening(Resource())
+    await port.stopListening()  # nothing listens there any more
+    redis_server.command("SET", "txregistry:alive:hub:cache-x", url, "PX", "30000")
+    plant(redis_server, layer.digest, "cache-x", url)
+    capture = LogCapture()
+    globalLogPublisher.addObserver(capture)
+    try:
+        body = await read(cache, layer.digest, 0, None)
+    finally:
+        globalLogPublisher.removeObserver(capture)
+    assert len(body) == LAYER
+    said = [m for m in capture.messages() if "peer stream unavailable" in m]
+    assert len(said) == 1, said
