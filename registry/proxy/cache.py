@@ -244,7 +244,10 @@ class ProxyCache:
         self._verified = BoundedMap(clock, limits.remembered, None)
         self.space = Reservations(clock)
         if self.fleet is not None:
-            self.ledger = Ledger(self.fleet.redis, self.name, self.fleet.instance)
+            leases = self.fleet.leases
+            self.ledger = Ledger(
+                self.fleet.redis, self.name, self.fleet.instance, url=lambda: leases.url
+            )
             # Redis holds the fleet's index; this process what it has not pushed yet.
             self.index = FleetIndex(self.ledger, min(HOT_ENTRIES, limits.remembered))
 
@@ -473,17 +476,24 @@ class ProxyCache:
         assert fleet is not None
         if lease.through != upstream:
             await self._confirm(local, upstream, digest)
+        # Only a whole-blob response is hashed on its way out (`ResumingProducer`), and its
+        # last bytes held until they match: a part of the blob is never verified, so it is
+        # never taken from a peer (see `_fleet_source`).  Whole by the size the upstream
+        # confirmed (the handler's stat asked it already), never by what a peer says.
+        whole = offset == 0 and (
+            length is None or length >= await self._confirm(local, upstream, digest)
+        )
         state: dict[str, int] = {}
 
         async def open_source(position: int) -> IBodyProducer:
             size, producer = await self._fleet_source(
-                local, upstream, digest, position, state.get("end")
+                local, upstream, digest, position, state.get("end"), peers=whole
             )
             state.setdefault("size", size)
             return producer
 
         # The first source tells the size, hence the range this response carries.
-        size, first = await self._fleet_source(local, upstream, digest, offset, None)
+        size, first = await self._fleet_source(local, upstream, digest, offset, None, peers=whole)
         if offset >= size and size > 0:
             first.stopProducing()
             raise RegistryError(BLOB_UNKNOWN, {"name": local, "digest": str(digest)})
@@ -502,7 +512,9 @@ class ProxyCache:
             end - offset,
             first,
             open_source,
-            whole=offset == 0 and end == size,
+            # A peer that says the blob is longer than it is does not make a whole read a
+            # part, which would go unhashed: hashed all the same, it fails the digest.
+            whole=whole or (offset == 0 and end == size),
             on_complete=complete,
         )
         return self._observe(digest, producer, verify=False)
@@ -512,17 +524,36 @@ class ProxyCache:
             await self._adopt(local, digest, size)
 
     async def _fleet_source(
-        self, local: str, upstream: str, digest: Digest, position: int, end: int | None
+        self,
+        local: str,
+        upstream: str,
+        digest: Digest,
+        position: int,
+        end: int | None,
+        *,
+        peers: bool,
     ) -> tuple[int, IBodyProducer]:
         """The blob's size and a producer of its bytes from ``position`` (to ``end``, or
-        its end): from storage once stored, else from the fill here or at its holder.  A
-        holder without a peer address, or one that died, is waited for (until its lease
-        expires: then this instance takes the fill over)."""
+        its end): from storage once stored, else from the fill here or, with ``peers``, at
+        its holder.  A holder that cannot be streamed from (no peer address, one it does not
+        advertise itself, one that died, or ``peers`` false) is waited for: until the blob
+        is stored, or until its lease expires and this instance takes the fill over.
+
+        ``peers`` is false for a part of the blob: a peer's bytes reach the client unhashed
+        then.  Such a request waits for the stored (verified) blob rather than streaming the
+        whole blob from the peer to hash it: its first byte could not go out before the
+        whole blob had arrived and hashed either way, so waiting costs only the commit and a
+        poll, and no second transfer or spool of the whole blob per request.  Ranges are for
+        resumes; pulls read whole blobs, which still stream from the holder."""
         fleet = self.fleet
         assert fleet is not None
         detail = {"name": local, "digest": str(digest)}
         deadline = self.now() + fleet.leases.ttl * 4 + self.config.timeout
-        tls_refused = ""  # the holder URL whose TLS failed
+        # Holders this request no longer asks (TLS refused: a certificate does not heal in
+        # seconds; a new holder is asked), and those already said to be unavailable or not
+        # advertised: one line per holder, not one per poll.
+        refused: set[str] = set()
+        said: set[tuple[str, str, str]] = set()
         while True:
             info = await self.blobs.exists(digest)
             if info is not None:
@@ -538,9 +569,13 @@ class ProxyCache:
                 lease = held.lease
                 if lease.through != upstream:
                     await self._confirm(local, upstream, digest)
-                # A holder whose TLS was refused is not asked again by this request (a
-                # certificate does not heal in seconds); a new holder is.
-                if lease.url and lease.instance != fleet.instance and lease.url != tls_refused:
+                if (
+                    peers
+                    and lease.url
+                    and lease.instance != fleet.instance
+                    and lease.url not in refused
+                    and await self._advertised(lease, digest, said)
+                ):
                     try:
                         return await fleet.peers.open(
                             lease.url,
@@ -551,7 +586,7 @@ class ProxyCache:
                         )
                     except PeerTLSFailure as exc:
                         # Never retried in clear: this request waits for the blob as if the
-                        # holder were unreachable; said once per holder, not per poll.
+                        # holder were unreachable.
                         log.warn(
                             "proxy {upstream}: peer stream of {digest} from instance "
                             "{instance} refused: {error}",
@@ -561,9 +596,13 @@ class ProxyCache:
                             peer_url=lease.url,
                             error=str(exc),
                         )
-                        tls_refused = lease.url
+                        refused.add(lease.url)
                     except PeerUnavailable as exc:
-                        log.debug("peer stream unavailable: {error}", error=str(exc))
+                        # Asked again at every poll (it may be back, or its lease lapse):
+                        # said once per holder, not per poll.
+                        if ("unavailable", lease.instance, lease.url) not in said:
+                            said.add(("unavailable", lease.instance, lease.url))
+                            log.debug("peer stream unavailable: {error}", error=str(exc))
             except StoredMeanwhile:
                 continue  # the holder stored it between our look and the lease: read it
             else:
@@ -578,6 +617,36 @@ class ProxyCache:
                     headers={"Retry-After": "1"},
                 )
             await sleep(self.reactor, fleet.poll)
+
+    async def _advertised(
+        self, lease: Lease, digest: Digest, said: set[tuple[str, str, str]]
+    ) -> bool:
+        """Whether the lease's URL is the one its instance, alive, advertises for itself in
+        Redis: only then is it sent the fleet secret.  A lease is written by its holder, but
+        anyone who can write to Redis can plant one; this check makes them plant a matching
+        alive key too (see docs/proxy.md, "What Redis is trusted with")."""
+        ledger = self.ledger
+        assert ledger is not None
+        try:
+            advertised = await ledger.advertised(lease.instance)
+        except RedisUnavailable:
+            return False  # said once by the Redis client; the loop waits as without a URL
+        if advertised == lease.url:
+            return True
+        if ("unadvertised", lease.instance, lease.url) not in said:
+            said.add(("unadvertised", lease.instance, lease.url))
+            log.warn(
+                "proxy {upstream}: fill lease of {digest} names {peer_url} for instance "
+                "{instance}, which {why}: not contacted, waiting for the blob to be stored",
+                upstream=self.name,
+                digest=str(digest),
+                peer_url=lease.url,
+                instance=lease.instance or "?",
+                why="is not alive"
+                if advertised is None
+                else f"advertises {advertised or 'no URL'}",
+            )
+        return False
 
     async def _adopt(self, local: str, digest: Digest, size: int) -> BlobInfo | None:
         """The data is already stored (another repository, another image) and the upstream

@@ -26,6 +26,7 @@ from registry.client.errors import (
 )
 
 __all__ = [
+    "CorruptBody",
     "UpstreamBadResponse",
     "UpstreamError",
     "UpstreamNotFound",
@@ -33,3 +34,10 @@ __all__ = [
     "UpstreamUnauthorized",
     "UpstreamUnavailable",
 ]
+
+
+class CorruptBody(Exception):
+    """A fleet body whose bytes do not hash to the digest (`registry.proxy.fleet.follow`):
+    the response is dropped before its end.  A designed-for case (a peer or a source that
+    served other bytes), said in one line; here so that the app can tell it without loading
+    the fleet's modules."""

@@ -22,16 +22,15 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from registry.api.digests import Digest, DigestingHasher
+from registry.proxy.errors import CorruptBody
+
+__all__ = ["CorruptBody", "ResumingProducer"]
 
 # Opens the next source at an absolute position of the blob; returns a producer of the bytes
 # from there to the end of the range.
 OpenSource = Callable[[int], Awaitable[IBodyProducer]]
 
 MAX_SOURCES = 8
-
-
-class CorruptBody(Exception):
-    """The bytes served do not hash to the digest: the response is dropped before its end."""
 
 
 @implementer(IConsumer)
@@ -103,6 +102,7 @@ class ResumingProducer:
         self._stopped = False
         self._run: Deferred[None] | None = None
         self.sources = 0
+        self.origins: list[str] = []
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._run = Deferred.fromCoroutine(self._produce(consumer))
@@ -122,6 +122,10 @@ class ResumingProducer:
             if source is None:
                 source = await self._open_source(self.position)
             self.sources += 1
+            # Where the bytes came from, for the line that says they were wrong.
+            origin = str(getattr(source, "origin", "this instance"))
+            if origin not in self.origins:
+                self.origins.append(origin)
             self._source = source
             if self._paused:
                 source.pauseProducing()
@@ -136,7 +140,10 @@ class ResumingProducer:
             finally:
                 self._source = None
             if self.corrupt:
-                raise CorruptBody(f"the bytes served for {self.digest} hash to another digest")
+                raise CorruptBody(
+                    f"the bytes served for {self.digest} (from {', '.join(self.origins)}) "
+                    "hash to another digest"
+                )
         self._on_complete()
 
     def stop_source(self) -> None:

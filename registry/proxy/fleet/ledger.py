@@ -26,8 +26,11 @@ sends them every second in one pipeline (not one command per request).  Per cach
   fleet;
 - ``txregistry:alive:C:<instance>``: set by each push, lapses ``ALIVE_FOR`` seconds after
   the instance stops: the fill files of an instance without it are leftovers of a dead one
-  (`ProxyCache.sweep_dead_fills`); ``txregistry:instances:C`` (set): the instances that
-  started, until their leftovers are removed;
+  (`ProxyCache.sweep_dead_fills`).  Its value is the URL the instance serves its fills at
+  (``[fleet] advertise``, empty without ``listen``): a fill lease's URL is contacted, with
+  the fleet secret, only when it is the one its instance advertises here (`Ledger.advertised`);
+  ``txregistry:instances:C`` (set): the instances that started, until their leftovers are
+  removed;
 - ``txregistry:evicting:C:<digest>``: a blob being deleted by an eviction (expires by itself
   if that instance dies);
 - ``txregistry:epoch:C``: written once the index holds everything cached.  Every push checks
@@ -66,7 +69,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -248,6 +251,9 @@ class Ledger:
     cache: str
     instance: str
     lock_ttl: float = 300.0
+    # Where this instance serves its fills to the others (read at each beat: it is known only
+    # once the peer listener is bound).
+    url: Callable[[], str] = lambda: ""
     _token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     # In-use marks this instance holds in Redis (``<instance>|<digest>``): dropped as soon
     # as the digest is no longer in use here, so that eviction need not wait for them to lapse.
@@ -358,7 +364,7 @@ class Ledger:
                 pipe.zrem(self.reserved_key, *releasing.values())
             pipe.zremrangebyscore(self.reserved_key, "-inf", now)
             if beat:
-                pipe.set(self.alive_key(self.instance), "1", px=int(ALIVE_FOR * 1000))
+                pipe.set(self.alive_key(self.instance), self.url(), px=int(ALIVE_FOR * 1000))
             return pipe.execute()
 
         try:
@@ -499,7 +505,7 @@ class Ledger:
 
         def send(client: Any) -> None:
             pipe = client.pipeline(transaction=False)
-            pipe.set(key, "1", px=int(ALIVE_FOR * 1000))
+            pipe.set(key, self.url(), px=int(ALIVE_FOR * 1000))
             pipe.sadd(self.instances_key, self.instance)
             pipe.execute()
 
@@ -519,6 +525,14 @@ class Ledger:
         keys = [self.alive_key(name) for name in instances]
         found = await self.redis.run(lambda r: r.mget(keys))
         return {name for name, value in zip(instances, found, strict=True) if value is not None}
+
+    async def advertised(self, instance: str) -> str | None:
+        """The URL ``instance`` serves its fills at, as it says itself in its alive key;
+        None when it is not alive."""
+        value = await self.redis.run(lambda r: r.get(self.alive_key(instance)))
+        if not isinstance(value, bytes):
+            return None
+        return value.decode("utf-8", "replace")
 
     def evicting_key(self, digest: str) -> str:
         return f"txregistry:evicting:{self.cache}:{digest}"

@@ -55,6 +55,8 @@ log = Logger()
 
 FillLookup = Callable[[str, Digest], Fill | None]
 MAX_STREAMS = 256
+# How much of a peer's answer other than a stream is read (for the log line).
+ERROR_BODY_LIMIT = 1024
 
 
 class PeerUnavailable(Exception):
@@ -184,7 +186,17 @@ class _ToConsumer(Protocol):
 class PeerProducer:
     """``length`` bytes of a fill streamed from its holder (the response is already open)."""
 
-    def __init__(self, response: Any, digest: Digest, length: int, reactor: Any, idle: float):
+    def __init__(
+        self,
+        response: Any,
+        digest: Digest,
+        length: int,
+        reactor: Any,
+        idle: float,
+        origin: str = "a peer",
+    ):
+        # Where these bytes come from (`ResumingProducer` names it if they hash wrong).
+        self.origin = origin
         self._response = response
         self._digest = digest
         self.length = length
@@ -226,6 +238,35 @@ class PeerProducer:
             self._relay.abort(UpstreamError(None, "peer stream stopped"))
         else:
             self._response.deliverBody(_Discard())
+
+
+class _Head(Protocol):
+    """Keeps the first ``limit`` bytes of a body, then drops the connection (a body is never
+    read whole); ``done`` fires with its first line, printable ASCII only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.done: Deferred[str] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data[: self.limit - len(self.data)]
+        if len(self.data) >= self.limit:
+            self.stop()
+
+    def stop(self) -> None:
+        """Enough (or too slow): stop reading and close the connection."""
+        self._finish()
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.done.called:
+            line = bytes(self.data).split(b"\n", 1)[0].decode("ascii", "replace")
+            self.done.callback("".join(c for c in line if c.isprintable()).strip()[:200])
 
 
 class _Discard(Protocol):
@@ -336,15 +377,29 @@ class PeerClient:
                 raise PeerTLSFailure(f"{url}: TLS: {failure}") from None
             raise PeerUnavailable(f"{url}: {exc}") from exc
         if response.code != 200:
-            await treq.content(response)
-            raise PeerUnavailable(f"{url} answered {response.code}")
+            # Only its first bytes, for the log line: the body of an answer that is not a
+            # stream comes from whatever listens at that URL, and could be any size.
+            head = _Head(ERROR_BODY_LIMIT)
+            response.deliverBody(head)
+            call = self.reactor.callLater(self.idle, head.stop)
+            said = await head.done
+            if call.active():
+                call.cancel()
+            shown = f": {said}" if said else ""
+            raise PeerUnavailable(f"{url} answered {response.code}{shown}")
         sizes = response.headers.getRawHeaders(b"x-blob-size") or [b""]
         try:
             size = int(sizes[0])
         except ValueError:
             response.deliverBody(_Discard())
             raise PeerUnavailable(f"{url} sent no blob size") from None
-        return size, PeerProducer(response, digest, length, self.reactor, self.idle)
+        if length < 0:
+            # To the blob's end: the relay must know how much (a length of -1 refused the
+            # first bytes, and every stream was opened twice).
+            length = size - offset
+        return size, PeerProducer(
+            response, digest, length, self.reactor, self.idle, origin=f"peer {url}"
+        )
 
     async def close(self) -> None:
         await self._pool.closeCachedConnections()
