@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.web import http
 
-from registry.http.misdirected import answer_and_close
+from registry.http.misdirected import Answered, answer_and_close
 from registry.http.twisted_internals import http1_channel
 
 
@@ -32,7 +32,7 @@ def _answer(seconds: float) -> bytes:
     )
 
 
-def limit_head_time(protocol: object, call_later: Any) -> None:
+def limit_head_time(protocol: object, call_later: Any, answered: Answered | None = None) -> None:
     """Put the HTTP/1 channel behind ``protocol`` (when there is one) under the deadline of
     its ``timeOut`` (the site's ``[http] timeout``; none when that is unset)."""
     channel = http1_channel(protocol)
@@ -60,7 +60,7 @@ def limit_head_time(protocol: object, call_later: Any) -> None:
         if transport is None or getattr(transport, "disconnecting", False):
             return
         instance.dataReceived = _drop  # type: ignore[method-assign]
-        answer_and_close(transport, _answer(seconds))
+        answer_and_close(transport, _answer(seconds), answered)
 
     def on_data(data: bytes) -> None:
         if data and state["awaiting"] and state["timer"] is None:

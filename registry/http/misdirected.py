@@ -44,7 +44,12 @@ def is_tls_handshake(data: bytes) -> bool:
     return bool(data) and data[0] == _TLS_HANDSHAKE
 
 
-def _refuse_when(protocol: IProtocol, wrong: Callable[[bytes], bool], answer: bytes) -> None:
+def _refuse_when(
+    protocol: IProtocol,
+    wrong: Callable[[bytes], bool],
+    answer: bytes,
+    answered: Answered | None = None,
+) -> None:
     """
     Look at the first bytes ``protocol`` receives: when ``wrong(data)``, write ``answer`` and
     close, without ``protocol`` seeing them.  After the first call the protocol's own methods
@@ -74,19 +79,28 @@ def _refuse_when(protocol: IProtocol, wrong: Callable[[bytes], bool], answer: by
             data_received(data)
             return
         instance.dataReceived = _drop
-        answer_and_close(transport[0], answer)
+        answer_and_close(transport[0], answer, answered)
 
     instance.makeConnection = connected
     instance.dataReceived = first_data
 
 
-def answer_and_close(transport: ITransport, answer: bytes) -> None:
+# Told of an answer written here, before any request exists (status, bytes sent): so that
+# it gets its access-log line like every answered request.
+Answered = Callable[[int, int], None]
+
+
+def answer_and_close(
+    transport: ITransport, answer: bytes, answered: Answered | None = None
+) -> None:
     """
     Write ``answer`` and close, the write side first on plain TCP: the caller drops what
     still arrives, so that no unread bytes turn the close into a reset that can overtake the
     answer (see `_refuse_when`).
     """
     transport.write(answer)
+    if answered is not None:
+        answered(int(answer.split(b" ", 2)[1]), len(answer))
     if ITCPTransport.providedBy(transport) and not ISSLTransport.providedBy(transport):
         transport.loseWriteConnection()
     else:
@@ -97,9 +111,9 @@ def _drop(data: bytes) -> None:
     """The rest of a refused client's first message."""
 
 
-def refuse_tls(protocol: IProtocol) -> None:
+def refuse_tls(protocol: IProtocol, answered: Answered | None = None) -> None:
     """On a plain-HTTP port: answer a TLS handshake with an HTTP 400 (`TLS_ON_PLAIN_HTTP`)."""
-    _refuse_when(protocol, is_tls_handshake, TLS_ON_PLAIN_HTTP)
+    _refuse_when(protocol, is_tls_handshake, TLS_ON_PLAIN_HTTP, answered)
 
 
 def refuse_plain_http(protocol: IProtocol) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from twisted.web import http
 
-from registry.http.misdirected import answer_and_close
+from registry.http.misdirected import Answered, answer_and_close
 from registry.http.twisted_internals import http1_channel
 
 
@@ -26,7 +26,7 @@ def _answer(limit: int) -> bytes:
     )
 
 
-def answer_long_lines(protocol: object) -> None:
+def answer_long_lines(protocol: object, answered: Answered | None = None) -> None:
     """Give the HTTP/1 channel behind ``protocol`` (when there is one) the 431 answer."""
     channel = http1_channel(protocol)
     if channel is None:
@@ -37,7 +37,7 @@ def answer_long_lines(protocol: object) -> None:
         # Nothing more is read from this client: its request is not one we can answer.
         instance.dataReceived = _drop  # type: ignore[method-assign]
         if instance.transport is not None:
-            answer_and_close(instance.transport, _answer(instance.MAX_LENGTH))
+            answer_and_close(instance.transport, _answer(instance.MAX_LENGTH), answered)
 
     instance.lineLengthExceeded = line_too_long  # type: ignore[method-assign]
 

@@ -19,6 +19,7 @@ upload is open, so a refused body is never sent at all.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Callable
@@ -384,11 +385,33 @@ class RegistrySite(server.Site):
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if protocol is not None:
+            answered = functools.partial(self._answered_without_request, addr)
             # TLS clients on a plain port get an HTTP answer at once (see the module).
-            misdirected.refuse_tls(protocol)
-            oversized.answer_long_lines(protocol)
-            head_deadline.limit_head_time(protocol, self.reactor.callLater)
+            misdirected.refuse_tls(protocol, answered)
+            oversized.answer_long_lines(protocol, answered)
+            head_deadline.limit_head_time(protocol, self.reactor.callLater, answered)
         return protocol
+
+    def _answered_without_request(self, addr: Any, status: int, sent: int) -> None:
+        """
+        The access line of an answer written before twisted.web made a request of what came
+        (a TLS handshake on a plain port, a head line too long, a head too slow): one line
+        per answer, like any request's, with what is known (no method, path or headers).
+        """
+        if not self.access_log:
+            return
+        fields = {
+            "method": "-",
+            "path": "-",
+            "status": status,
+            "bytes": sent,
+            "duration_ms": "-",
+            "client": getattr(addr, "host", "-"),
+            "user": "-",
+            "agent": "-",
+        }
+        line = " ".join(f"{key}={value}" for key, value in fields.items())
+        log.info("access {line}", line=line, access=True, sendfile=False, **fields)
 
     def getResourceFor(self, request: Any) -> Any:
         # Called once per request, as twisted.web hands it to the application.

@@ -1,0 +1,54 @@
+"""
+Answers written before twisted.web made a request of what came (a TLS handshake on a plain
+port: 400; a head line over 16 KiB: 431; a head dripped past ``[http] timeout``: 408) get their
+access-log line, one each, like every answered request: they had none, so refused clients did
+not show in the log at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+
+from tests.e2e.conftest import Starter
+from tests.e2e.test_misdirected import address, client_hello, exchange
+from tests.e2e.test_slow_head import drip
+
+
+@pytest.fixture
+def access_lines() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("access"):
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_raw_answer_has_one_access_line(
+    start_registry: Starter, access_lines: list[dict[str, Any]]
+) -> None:
+    registry = await start_registry({"http": {"timeout": "1s"}})
+    where = address(registry.url)
+    long_line = b"GET /v2/?q=" + b"x" * 17_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for send, status in (
+        (lambda: exchange(where, client_hello()), 400),
+        (lambda: exchange(where, long_line), 431),
+        (lambda: drip(where), 408),
+    ):
+        before = len(access_lines)
+        answer = await deferToThread(send)
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+        new = access_lines[before:]
+        assert [(e["status"], e["bytes"], e["method"], e["client"]) for e in new] == [
+            (status, len(answer), "-", "127.0.0.1")
+        ], new
