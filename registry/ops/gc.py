@@ -600,7 +600,9 @@ class GarbageCollector:
     async def _delete_revisions(self, repository: _Repository) -> None:
         name = repository.name
         deleted: set[str] = set()
-        for digest_text, subject in repository.doomed.items():
+        for digest_text, subject in list(repository.doomed.items()):
+            if digest_text not in repository.doomed:
+                continue  # kept meanwhile: a rewritten index's child
             digest = Digest.parse(digest_text)
             await self._turn()
             await self._keep_announced()
@@ -612,7 +614,9 @@ class GarbageCollector:
                 # the last look (a put after it sees doomed and fails instead of a 201).
                 await self.driver.put_content(doomed, b"")
                 if await self._revision_rewritten(name, digest):
-                    # Pushed again since the last look: kept, with what it refers to.
+                    # Pushed again since the last look (or an index put touched it as a
+                    # child): kept, with what it refers to, whose blobs must not be swept.
+                    await self._keep_rewritten(repository, digest_text)
                     with contextlib.suppress(PathNotFoundError):
                         await self.driver.delete(doomed)
                     continue
@@ -631,6 +635,24 @@ class GarbageCollector:
                 self.stats.referrer_entries_deleted += 1
         if deleted:
             await self._delete_tag_history(name, deleted)
+
+    async def _keep_rewritten(self, repository: _Repository, digest: str) -> None:
+        """
+        A doomed revision found rewritten at the sweep: it stays, and so do its children,
+        referrers' subjects and blobs, as for a revision revived at the last look (an index
+        put touches only its children's manifest blobs, not their layers).
+        """
+        name = repository.name
+        refs: dict[str, ManifestRefs | None] = {}
+        edges = await self._referrers_index(name) if self.options.delete_untagged else {}
+        kept = await self._closure(name, {digest}, repository.revisions, refs, edges)
+        repository.kept |= kept
+        for revision in kept & set(repository.doomed):
+            del repository.doomed[revision]
+            self.stats.revisions_to_delete -= 1
+        for blob in list(self._candidates):
+            if blob in self._marked:
+                self._drop_candidate(blob)
 
     async def _delete_tag_history(self, name: str, deleted: set[str]) -> None:
         """

@@ -254,6 +254,11 @@ def _replace(source: str, full: str, path: str) -> None:
         os.replace(source, full)
 
 
+# What link(2) answers on a file system that has no hard links.
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK}
+)
+
 # Path components a storage path never has (empty, or climbing out of the root).
 _BAD_PARTS = frozenset(("", ".", ".."))
 _ROOT_GONE = "the storage root {root} is gone or not a folder"
@@ -368,6 +373,9 @@ class FilesystemDriver:
         """
         Written whole to a temporary sibling, then hard-linked at ``path``: ``link`` fails
         when a file is there (``O_EXCL`` would show an empty file to readers before its bytes).
+        A file system without hard links (vfat, some network and FUSE mounts) gets ``O_EXCL``
+        after all: a reader of the gc marker takes an empty one for a damaged one, which is
+        the safe side (any doomed file counts).
         """
         full = self._full(path)
         temp = os.path.join(os.path.dirname(full), f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
@@ -376,7 +384,13 @@ class FilesystemDriver:
                 self._make_folder(os.path.dirname(full))
                 with open(temp, "wb") as file:
                     file.write(data)
-                os.link(temp, full)
+                try:
+                    os.link(temp, full)
+                except OSError as exc:
+                    if exc.errno not in _NO_HARD_LINKS:
+                        raise
+                    with open(full, "xb") as file:
+                        file.write(data)
             except FileExistsError:
                 raise VersionChangedError(f"{path} exists already") from None
             finally:

@@ -55,6 +55,7 @@ from registry.storage import layout
 from registry.storage.driver import (
     IConditionalWrites,
     IStorageDriver,
+    NotAFileError,
     PathNotFoundError,
     VersionChangedError,
 )
@@ -99,6 +100,8 @@ class GcGuard:
             text = await self.driver.get_content(RUNNING)
         except PathNotFoundError:
             return None
+        except NotAFileError:  # a folder in its place: as a damaged marker, any doomed counts
+            return 0.0
         # Against the local clock: `STALE` is generous enough for a storage server's skew.
         if time.time() - info.modified >= STALE:
             return None
@@ -142,9 +145,20 @@ class GcGuard:
                 gone.append(digest)
         deleting = []
         for digest in needed:
-            if await self._doomed(revision_doomed_path(name, digest), started):
+            # Doomed now, or deleted already: its ``doomed`` goes with the folder, so a
+            # revision the caller saw before the collector's delete is looked for again.
+            if await self._doomed(
+                revision_doomed_path(name, digest), started
+            ) or not await self._revision_there(name, digest):
                 deleting.append(digest)
         return gone, deleting
+
+    async def _revision_there(self, name: str, digest: Digest) -> bool:
+        try:
+            await self.driver.stat(layout.revision_link(name, digest))
+        except PathNotFoundError:
+            return False
+        return True
 
     async def _doomed(self, path: str, started: float) -> bool:
         """Whether ``path`` is a ``doomed`` of the run going on (not one a killed run left)."""

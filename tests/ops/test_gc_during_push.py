@@ -28,8 +28,9 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import alsoProvides
 
 from registry.api import mediatypes as mt
+from registry.api.digests import Digest
 from registry.ops.gc import GarbageCollector, GCBusy, GCOptions
-from registry.storage import gcguard
+from registry.storage import gcguard, layout
 from registry.storage.driver import IConditionalWrites
 from registry.storage.filesystem import FilesystemDriver
 from tests.e2e.client import push_blob, sha256
@@ -449,3 +450,61 @@ async def test_an_index_put_naming_a_doomed_child_fails_in_words(
     held.release.callback(None)
     await run
     assert await pull_status(registry.url, "k/multi", "latest") == 404  # never acknowledged
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_index_put_before_its_child_is_doomed_keeps_the_childs_blobs(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    """
+    An index put lands after the last look but before the collector dooms its (untagged)
+    child: the child is found rewritten and kept, and so must be its layer and config, which
+    the index put does not touch itself (it touches its children's manifest blobs only).
+    They were swept: the index was acknowledged and its image no longer pulled.
+    """
+    root = tmp_path / "root"
+    registry, child = await _untagged_image(start_registry, root, "k/multi")
+    held, run = run_untagged(root, thread_pool, at_revision_doom)
+    await held_at(held, run)
+    index = samples.oci_index([child], archs=("amd64",))
+    response = await treq.put(
+        f"{registry.url}/v2/k/multi/manifests/latest",
+        data=index,
+        headers={"Content-Type": mt.OCI_IMAGE_INDEX},
+    )
+    assert response.code == 201, await response.content()
+    held.release.callback(None)
+    stats = await run
+    assert (stats.revisions_deleted, stats.blobs_deleted) == (0, 0)
+    assert await pull_status(registry.url, "k/multi", sha256(child)) == 200
+    assert await layer_pulls(registry.url, "k/multi") == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_child_deleted_before_the_puts_check_counts_as_being_deleted(
+    tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    """The child's ``doomed`` goes with its folder: an index put that saw the child before
+    the collector deleted it, and looks for ``doomed`` after, finds none; it must find the
+    child gone instead (it was acknowledged, naming a manifest the repository had lost)."""
+    driver = FilesystemDriver(str(tmp_path), reactor, thread_pool)
+    marker = {"started": time.time(), "run": "r", "host": socket.gethostname(), "pid": 1}
+    await driver.put_content(gcguard.RUNNING, json.dumps(marker).encode())
+    kept, gone = Digest.parse(sha256(b"kept")), Digest.parse(sha256(b"gone"))
+    await driver.put_content(layout.revision_link("k/app", kept), str(kept).encode())
+    guard = gcguard.GcGuard(driver)
+    assert await guard.protect_manifest("k/app", [], [kept, gone]) == ([], [gone])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_as_the_running_marker_does_not_stop_pushes(
+    start_registry: Any, tmp_path: Path
+) -> None:
+    """Damage, like a marker with garbage in it: pushes go on (any doomed counts), not 503."""
+    root = tmp_path / "root"
+    registry = await serve(start_registry, root)
+    (root / gcguard.RUNNING).mkdir(parents=True)
+    await push_blob(registry.url, "k/app", LAYER)
+    body = samples.oci_image(config=b"{}", layers=(LAYER,))
+    await push_blob(registry.url, "k/app", b"{}")
+    assert (await put_manifest(registry.url, "k/app", "v1", body))[0] == 201

@@ -14,7 +14,13 @@ from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 
 from registry.storage import filesystem, preallocate
-from registry.storage.driver import NotAFileError, PathBusyError, PathNotFoundError, StorageError
+from registry.storage.driver import (
+    NotAFileError,
+    PathBusyError,
+    PathNotFoundError,
+    StorageError,
+    VersionChangedError,
+)
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.memory import MemoryDriver
 from tests.storage.driver_suite import DriverSuite
@@ -298,3 +304,24 @@ async def test_appending_never_creates(kind: str, tmp_path: Path, thread_pool: T
         await driver.writer("repo/_uploads/u1/data", append=True)
     with pytest.raises(PathNotFoundError):
         await driver.stat("repo/_uploads/u1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_without_hard_links(
+    tmp_path: Path, thread_pool: ThreadPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a file system without hard links (vfat, some network and FUSE mounts: link(2)
+    says EPERM), create-if-absent still works, and still refuses an existing file: gc
+    could not start there at all."""
+
+    def no_links(source: str, target: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(filesystem.os, "link", no_links)
+    driver = FilesystemDriver(str(tmp_path), reactor, thread_pool)
+    await driver.create("own/marker", b"first")
+    assert await driver.get_content("own/marker") == b"first"
+    with pytest.raises(VersionChangedError):
+        await driver.create("own/marker", b"second")
+    assert await driver.get_content("own/marker") == b"first"
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["marker"]
