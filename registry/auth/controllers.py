@@ -82,14 +82,21 @@ class _Failures:
             )
         return source
 
-    def failed(self, request: IRequest, source: str, user: str | None, reason: str) -> None:
+    def failed(
+        self,
+        request: IRequest,
+        source: str,
+        user: str | None,
+        reason: str,
+        attempt: bytes = b"",
+    ) -> None:
         _log.warn(
             "failed login for {user!r} from {peer}: {reason}",
             user=user,
             peer=client_address(request),
             reason=reason,
         )
-        if self.limiter.record_failure(source):
+        if self.limiter.record_failure(source, attempt):
             _log.warn(
                 "{source} made {n} failed logins within {window}s: refusing logins for {cool}s",
                 source=source,
@@ -135,7 +142,9 @@ class HtpasswdAccessController:
             self._failures.failed(request, source, None, str(e))
             raise self._unauthorized() from None
         if not await self.htpasswd.verify(user, password):
-            self._failures.failed(request, source, user, "wrong password or unknown user")
+            self._failures.failed(
+                request, source, user, "wrong password or unknown user", auth[1].encode()
+            )
             raise self._unauthorized()
         policy = self.policy.current()
         principal = policy.principal(user)
