@@ -197,6 +197,11 @@ async def test_sigterm_into_registry2_says_the_upload_it_could_not_cancel(
         await deferToThread(registry2.stop)
     kept = [p.parent.name for p in uploads.rglob("data")]
     assert (code, out) == (143, ""), err
+    if err == "txregistry copy: interrupted (SIGTERM); nothing half-written was kept\n":
+        # The signal came while no PUT was under way (a busy machine's timing): registry:2
+        # took the cancel, and the line must then be true.
+        assert kept == [], kept
+        return
     # One refused upload, or more when the copy had several layers under way at the signal
     # (on a busy machine): the first is named, the others counted.
     found = re.fullmatch(
