@@ -98,8 +98,8 @@ async def test_failed_logins_get_429_too_many_requests(
     start_registry: Starter, tmp_path: Path
 ) -> None:
     registry = await htpasswd_registry(start_registry, tmp_path, max_failures=2)
-    wrong = "Basic YWxpY2U6d3Jvbmc="  # alice:wrong
-    for _ in range(2):
+    # Two different wrong passwords (the same one again would count once).
+    for wrong in ("Basic YWxpY2U6d3Jvbmc=", "Basic YWxpY2U6d3Jvbmcy"):  # alice:wrong, :wrong2
         status, _, _ = await raw_get(registry.url, "/v2/", wrong)
         assert status == b"HTTP/1.1 401 Unauthorized"
     status, headers, body = await raw_get(registry.url, "/v2/", wrong)

@@ -119,7 +119,7 @@ async def test_failed_logins_count_against_the_forwarded_client(
 ) -> None:
     registry = await start_registry({**htpasswd, "http": {"trusted_proxies": "127.0.0.1"}})
     guesser, neighbour = "203.0.113.7", "203.0.113.8"
-    codes = [await status(registry.url, "guess", guesser) for _ in range(4)]
+    codes = [await status(registry.url, f"guess-{n}", guesser) for n in range(4)]
     assert codes == [401, 401, 401, 429]
     # Blocked even with the right password; the neighbour and the proxy itself are not.
     response = await treq.get(f"{registry.url}/v2/", headers=login("right-password", guesser))
@@ -137,6 +137,6 @@ async def test_without_trusted_proxies_failures_count_against_the_peer(
     start_registry: Starter, htpasswd: dict[str, dict[str, str]]
 ) -> None:
     registry = await start_registry(htpasswd)
-    codes = [await status(registry.url, "guess", f"203.0.113.{n}") for n in range(1, 5)]
+    codes = [await status(registry.url, f"guess-{n}", f"203.0.113.{n}") for n in range(1, 5)]
     assert codes == [401, 401, 401, 429]
     assert await status(registry.url, "right-password", "203.0.113.99") == 429
