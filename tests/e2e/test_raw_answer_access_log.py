@@ -7,35 +7,19 @@ not show in the log at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
 
 from tests.e2e.conftest import Starter
 from tests.e2e.test_misdirected import address, client_hello, exchange
 from tests.e2e.test_slow_head import drip
 
 
-@pytest.fixture
-def access_lines() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("access"):
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
-
-
 @pytest_twisted.ensureDeferred
 async def test_each_raw_answer_has_one_access_line(
-    start_registry: Starter, access_lines: list[dict[str, Any]]
+    start_registry: Starter, access_events: list[dict[str, Any]]
 ) -> None:
     registry = await start_registry({"http": {"timeout": "1s"}})
     where = address(registry.url)
@@ -45,10 +29,10 @@ async def test_each_raw_answer_has_one_access_line(
         (lambda: exchange(where, long_line), 431),
         (lambda: drip(where), 408),
     ):
-        before = len(access_lines)
+        before = len(access_events)
         answer = await deferToThread(send)
         assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
-        new = access_lines[before:]
+        new = access_events[before:]
         assert [(e["status"], e["bytes"], e["method"], e["client"]) for e in new] == [
             (status, len(answer), "-", "127.0.0.1")
         ], new

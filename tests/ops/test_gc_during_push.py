@@ -430,6 +430,16 @@ async def test_a_tag_put_before_the_revision_is_doomed_keeps_it(
     assert not (revision / sha256(body)[7:] / gcguard.DOOMED).exists()
 
 
+async def _put_index(registry: InProcessRegistry, child: bytes) -> Any:
+    """PUT an index naming ``child`` as k/multi:latest; the response."""
+    index = samples.oci_index([child], archs=("amd64",))
+    return await treq.put(
+        f"{registry.url}/v2/k/multi/manifests/latest",
+        data=index,
+        headers={"Content-Type": mt.OCI_IMAGE_INDEX},
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_index_put_naming_a_doomed_child_fails_in_words(
     start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
@@ -438,12 +448,7 @@ async def test_an_index_put_naming_a_doomed_child_fails_in_words(
     registry, child = await _untagged_image(start_registry, root, "k/multi")
     held, run = run_untagged(root, thread_pool, at_revision_delete)
     await held_at(held, run)
-    index = samples.oci_index([child], archs=("amd64",))
-    response = await treq.put(
-        f"{registry.url}/v2/k/multi/manifests/latest",
-        data=index,
-        headers={"Content-Type": mt.OCI_IMAGE_INDEX},
-    )
+    response = await _put_index(registry, child)
     text = await response.content()
     assert response.code == 400, text
     assert json.loads(text)["errors"][0]["detail"]["digest"] == sha256(child)
@@ -466,12 +471,7 @@ async def test_an_index_put_before_its_child_is_doomed_keeps_the_childs_blobs(
     registry, child = await _untagged_image(start_registry, root, "k/multi")
     held, run = run_untagged(root, thread_pool, at_revision_doom)
     await held_at(held, run)
-    index = samples.oci_index([child], archs=("amd64",))
-    response = await treq.put(
-        f"{registry.url}/v2/k/multi/manifests/latest",
-        data=index,
-        headers={"Content-Type": mt.OCI_IMAGE_INDEX},
-    )
+    response = await _put_index(registry, child)
     assert response.code == 201, await response.content()
     held.release.callback(None)
     stats = await run
