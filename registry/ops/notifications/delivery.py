@@ -22,18 +22,16 @@ burst of dropped events.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from registry.http.body_head import read_head
 from registry.ops.notifications.config import EndpointConfig
 from registry.ops.notifications.events import EVENTS_MEDIA_TYPE, envelope
 from registry.ops.notifications.queue import DurableQueue, Entry
@@ -227,43 +225,10 @@ class Endpoint:
 BODY_LIMIT = 64 * 1024
 
 
-class _Discard(Protocol):
-    """Reads an answer's body and forgets it; past `BODY_LIMIT` bytes, closes the connection
-    (an endless body would otherwise keep the connection, and a reader, busy for good)."""
-
-    def __init__(self, finished: Deferred[None]) -> None:
-        self._finished = finished
-        self._received = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self._received += len(data)
-        if self._received > BODY_LIMIT:
-            self.stop_reading()
-            if not self._finished.called:
-                self._finished.callback(None)
-
-    def stop_reading(self) -> None:
-        """Close the connection (it does not go back to the pool); no more data comes."""
-        if self.transport is not None:
-            # A response's transport is an IPushProducer (twisted.web.iweb.IResponse.deliverBody)
-            cast(IPushProducer, self.transport).stopProducing()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        # The end of the body (the connection goes back to the pool) or of the connection.
-        if not self._finished.called:
-            self._finished.callback(None)
-
-
 async def _discard_body(response: IResponse, reactor: Any, within: float) -> None:
     """
-    Read ``response``'s body (at most `BODY_LIMIT` bytes, for at most ``within`` seconds) and drop
-    it.  Reading stops, and the connection is closed, past either bound or when this is
-    cancelled (`Endpoint.stop`): a body that never ends must hold neither memory nor the
-    delivery loop.  The status alone decides what happened to the events, so nothing here
-    fails.
+    Read ``response``'s body (at most `BODY_LIMIT` bytes, for at most ``within`` seconds) and
+    drop it; past either bound, or when cancelled (`Endpoint.stop`), the connection is closed.
+    The status alone decides what happened to the events, so nothing here fails.
     """
-    finished: Deferred[None] = Deferred(lambda _: protocol.stop_reading())
-    protocol = _Discard(finished)
-    response.deliverBody(protocol)
-    finished.addTimeout(within, reactor, onTimeoutCancel=lambda result, timeout: None)
-    await finished
+    await read_head(response, BODY_LIMIT, reactor, within)

@@ -47,6 +47,7 @@ from zope.interface import implementer
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
 from registry.client._body import BodyRelay
+from registry.http.body_head import read_head
 from registry.http.twisted_internals import quiet_pool
 from registry.proxy.errors import UpstreamError
 from registry.proxy.fill import Fill, TailProducer
@@ -240,33 +241,10 @@ class PeerProducer:
             self._response.deliverBody(_Discard())
 
 
-class _Head(Protocol):
-    """Keeps the first ``limit`` bytes of a body, then drops the connection (a body is never
-    read whole); ``done`` fires with its first line, printable ASCII only."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.done: Deferred[str] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data[: self.limit - len(self.data)]
-        if len(self.data) >= self.limit:
-            self.stop()
-
-    def stop(self) -> None:
-        """Enough (or too slow): stop reading and close the connection."""
-        self._finish()
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self.done.called:
-            line = bytes(self.data).split(b"\n", 1)[0].decode("ascii", "replace")
-            self.done.callback("".join(c for c in line if c.isprintable()).strip()[:200])
+def _first_line(data: bytes) -> str:
+    """A body's first line for a log line: printable ASCII only."""
+    line = data.split(b"\n", 1)[0].decode("ascii", "replace")
+    return "".join(c for c in line if c.isprintable()).strip()[:200]
 
 
 class _Discard(Protocol):
@@ -379,12 +357,8 @@ class PeerClient:
         if response.code != 200:
             # Only its first bytes, for the log line: the body of an answer that is not a
             # stream comes from whatever listens at that URL, and could be any size.
-            head = _Head(ERROR_BODY_LIMIT)
-            response.deliverBody(head)
-            call = self.reactor.callLater(self.idle, head.stop)
-            said = await head.done
-            if call.active():
-                call.cancel()
+            data = await read_head(response, ERROR_BODY_LIMIT, self.reactor, self.idle)
+            said = _first_line(data)
             shown = f": {said}" if said else ""
             raise PeerUnavailable(f"{url} answered {response.code}{shown}")
         sizes = response.headers.getRawHeaders(b"x-blob-size") or [b""]
