@@ -34,7 +34,7 @@ from registry.http.forwarded import TrustedProxies
 from registry.http.request import RegistryRequest, RegistrySite
 from registry.http.routes import Kind, Route, parse_route
 from registry.ops.accounting import RequestAccounting, count_upload_sinks
-from registry.proxy.errors import CorruptBody, UpstreamError
+from registry.proxy.errors import CorruptBody, ResumeFailed, UpstreamError
 from registry.storage.driver import StorageError, WriteTakenOver
 from registry.ui import ui_resource
 
@@ -59,6 +59,7 @@ HANDLERS: dict[tuple[Kind, bytes], Handler] = {
     (Kind.UPLOAD, b"PATCH"): uploads.patch_upload,
     (Kind.UPLOAD, b"PUT"): uploads.put_upload,
     (Kind.UPLOAD, b"GET"): uploads.get_upload,
+    (Kind.UPLOAD, b"HEAD"): uploads.get_upload,
     (Kind.UPLOAD, b"DELETE"): uploads.delete_upload,
     (Kind.MANIFEST, b"GET"): manifests.get_manifest,
     (Kind.MANIFEST, b"HEAD"): manifests.get_manifest,
@@ -182,15 +183,16 @@ class RegistryApp:
         A body that failed after the status line went out: the connection is already
         dropped (`responses.stream`), so there is nothing left to answer, only to log.
         Storage and upstream failures, and a fleet body whose bytes did not hash to its
-        digest, say what went wrong in one line (the pull-through cache logs its upstream's
-        failure itself); anything else keeps its traceback.
+        digest or that could not be resumed, say what went wrong in one line (the
+        pull-through cache logs its upstream's failure itself); anything else keeps its
+        traceback.
         """
         cause = failure.value.__cause__ if failure.value is not None else None
         fields = {
             "method": request.method.decode("latin-1"),
             "uri": request.uri.decode("latin-1")[:300],
         }
-        if isinstance(cause, StorageError | UpstreamError | CorruptBody):
+        if isinstance(cause, StorageError | UpstreamError | CorruptBody | ResumeFailed):
             log.warn("{method} {uri}: body cut short: {reason}", reason=str(cause), **fields)
         else:
             shown = Failure(cause) if cause is not None else failure

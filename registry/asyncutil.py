@@ -74,3 +74,27 @@ async def gather(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
         return await coroutine
 
     return await bounded_map(run, coroutines, len(coroutines))
+
+
+async def within_time(work: Deferred[Any], within: float, clock: Any) -> bool:
+    """
+    Wait for ``work`` to end, at most ``within`` seconds; whether it ended.  ``work`` is not
+    cancelled and its result not taken: it goes on, and its callbacks run when it ends (an
+    answer that reports on storage waits a moment for it, then answers with what is known).
+    """
+    ended: Deferred[bool] = Deferred()
+
+    def end(done: bool) -> None:
+        if not ended.called:
+            ended.callback(done)
+
+    def passthrough(result: object) -> object:
+        end(True)
+        return result
+
+    timer = clock.callLater(within, end, False)
+    work.addBoth(passthrough)
+    done = await ended
+    if timer.active():
+        timer.cancel()
+    return done

@@ -79,7 +79,7 @@ def parse_duration(text: str) -> float:
 def parse_positive_duration(text: str) -> float:
     value = parse_duration(text)
     if value <= 0:
-        raise ValueError("must be more than 0")
+        raise ValueError(f"must be more than 0: {text!r}")
     return value
 
 
@@ -166,6 +166,15 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(word for word in re.split(r"[\s,]+", text.strip()) if word)
 
 
+def parse_ports(text: str) -> tuple[str, ...]:
+    """Listening endpoints: at least one (an empty value would start a registry that listens
+    on nothing, and says it is listening)."""
+    ports = parse_list(text)
+    if not ports:
+        raise ValueError("no listening address (examples: tcp:5000, ssl:5443:privateKey=...)")
+    return ports
+
+
 def parse_trusted_proxies(text: str) -> tuple[str, ...]:
     """
     Addresses and CIDR networks (``127.0.0.1 10.0.0.0/8 ::1``), and ``unix`` for peers on a
@@ -221,7 +230,7 @@ def key(default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
 
 @attrs.frozen
 class HttpConfig:
-    port: tuple[str, ...] = key(("tcp:5000",), parse_list)
+    port: tuple[str, ...] = key(("tcp:5000",), parse_ports)
     relativeurls: bool = key(True, parse_bool)
     http2: bool = key(False, parse_bool)
     # Blob GETs from the filesystem driver over plain TCP sent with os.sendfile (http/sendfile.py),
@@ -230,7 +239,7 @@ class HttpConfig:
     clientcas: str = key("")
     clientauth: str = key("none", parse_choice("none", "optional", "required"))
     max_body_size: int = key(1024 * 1024, parse_size)
-    timeout: float = key(300.0, parse_duration)
+    timeout: float = key(300.0, parse_positive_duration)
     # Reverse proxies whose X-Forwarded-* / Forwarded headers are believed (http/forwarded.py).
     trusted_proxies: tuple[str, ...] = key((), parse_trusted_proxies)
     # On SIGTERM, how long requests in flight may take to finish (registry:2's key).
@@ -270,7 +279,7 @@ class StorageConfig:
 class UploadsConfig:
     purge_enabled: bool = key(True, parse_bool)
     purge_age: float = key(7 * 86400.0, parse_duration)
-    purge_interval: float = key(86400.0, parse_duration)
+    purge_interval: float = key(86400.0, parse_positive_duration)
 
 
 @attrs.frozen
@@ -362,7 +371,7 @@ class NotificationsConfig:
     # filesystem driver, memory only with inmemory, required with s3.
     queuedir: str = key("")
     # How often accepted events are written to the log: the window lost to kill -9.
-    flush_interval: float = key(0.05, parse_duration)
+    flush_interval: float = key(0.05, parse_positive_duration)
     # fsync the log after each write, so that the window holds across a power loss too. Off
     # by default, like [storage] fsync: each fsync makes the filesystem's journal commit, which
     # slows the storage's own file creations, and so every push.
@@ -374,7 +383,7 @@ class HealthConfig:
     # How long a check's result is reused, and how long a probe may take: a storage that
     # stops working shows in readiness within cache + timeout seconds.
     cache: float = key(2.0, parse_duration)
-    timeout: float = key(2.0, parse_duration)
+    timeout: float = key(2.0, parse_positive_duration)
     # Readiness includes each [proxy:NAME] upstream's GET /v2/.
     upstreams: bool = key(True, parse_bool)
 
@@ -496,6 +505,10 @@ def env_name(section: str, name: str) -> str:
 
 
 ENV_PREFIX = "REGISTRY_"
+# ``REGISTRY_*`` variables that belong to other tools and are often set where a registry runs:
+# containers-auth.json(5)'s credentials file (podman, skopeo, buildah; `txregistry copy` reads
+# it too).
+OTHER_TOOLS_VARIABLES = frozenset({"REGISTRY_AUTH_FILE"})
 
 
 def _apply_open_section_environment(
@@ -518,6 +531,8 @@ def _apply_open_section_environment(
     )
     for variable in sorted(environ):
         if not variable.startswith(ENV_PREFIX) or variable in fixed:
+            continue
+        if variable in OTHER_TOOLS_VARIABLES:
             continue
         for prefix, section in open_prefixes:
             if variable.startswith(prefix) and len(variable) > len(prefix):
@@ -587,6 +602,12 @@ def load(
             # Its messages span lines (the offending line is quoted on the next one).
             message = " ".join(str(exc.message).split())
             raise ConfigError(f"config file {path}: {message}") from None
+    if parser.defaults():
+        # configparser would copy its keys into every section, silently.
+        raise ConfigError(
+            "[DEFAULT]: not supported (its keys would apply to every section); "
+            "put each key in its own section"
+        )
     raw: dict[str, dict[str, str]] = {s: dict(parser.items(s)) for s in parser.sections()}
     for section in raw:
         if section not in SECTIONS and OPEN_SECTIONS.fullmatch(section) is None:

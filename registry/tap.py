@@ -22,6 +22,7 @@ from registry.config import Config, ConfigError, load
 from registry.http.tls import (
     ListenerError,
     TLSSettings,
+    is_tls_description,
     normalize_description,
     server_endpoint,
     warn_if_plain_public,
@@ -30,6 +31,9 @@ from registry.lean_imports import inherited_listeners, keep_out
 from registry.ops.notifications import check_notifications
 from registry.proxy.config import parse_proxies
 from registry.server.exit import exit_now
+from registry.server.log_file import whole_lines
+from registry.server.pidfile import clear_stale_pidfile
+from registry.server.worker_env import WORKER_ENVIRONMENT
 
 log = Logger()
 
@@ -79,6 +83,15 @@ class Options(usage.Options):
             overrides[("storage", "rootdirectory")] = self["storage"]
         if self["port"]:
             overrides[("http", "port")] = " ".join(self["port"])
+        elif WORKER_ENVIRONMENT in os.environ:
+            # A worker serves the sockets its supervisor bound, named in its spec (the
+            # supervisor's --port is not on its command line): the file's [http] port, perhaps
+            # empty where --port replaced it, does not apply to it.
+            from registry.server.workers import WorkerSpec
+
+            spec = WorkerSpec.from_environ(os.environ)
+            if spec is not None and spec.listeners:
+                overrides[("http", "port")] = " ".join(i.description for i in spec.listeners)
         try:
             self.config = load(self["config"], os.environ, overrides)
             parse_proxies(self.config)  # [proxy:NAME] sections are validated here too
@@ -89,6 +102,12 @@ class Options(usage.Options):
                 parse_syncs(self.config)
         except ConfigError as exc:
             raise usage.UsageError(f"configuration error: {exc}") from None
+        twistd = getattr(self, "parent", None)
+        if twistd is not None and twistd.get("pidfile"):
+            # Here: twistd parses its options (ours are parsed within), then checks its pid
+            # file (``checkPID``, which refuses any live pid), and only then calls
+            # `makeService`.  This is the last code of ours before that check.
+            clear_stale_pidfile(twistd["pidfile"])
 
 
 def version() -> str:
@@ -101,8 +120,16 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def listening_endpoints(config: Config, reactor: Any, auth_enabled: bool) -> list[tuple[str, Any]]:
-    """One endpoint per ``--port`` (or ``[http] port``), checked but not bound yet."""
+def listening_endpoints(
+    config: Config,
+    reactor: Any,
+    auth_enabled: bool,
+    warn: bool = True,
+    refuse_expired: bool = False,
+) -> list[tuple[str, Any]]:
+    """One endpoint per ``--port`` (or ``[http] port``), checked but not bound yet; ``warn``
+    False leaves the warnings about them to the processes that serve them (a supervisor's
+    workers), ``refuse_expired`` refuses an expired certificate (a rolling restart's worker)."""
     tls = TLSSettings(
         clientcas=config.http.clientcas or None,
         clientauth=config.http.clientauth,
@@ -114,7 +141,17 @@ def listening_endpoints(config: Config, reactor: Any, auth_enabled: bool) -> lis
         warning = warn_if_plain_public(description, auth_enabled)
         if warning:
             log.warn("{warning}", warning=warning)
-        endpoints.append((description, server_endpoint(reactor, description, tls)))
+        endpoint = server_endpoint(
+            reactor, description, tls, warn=warn, refuse_expired=refuse_expired
+        )
+        endpoints.append((description, endpoint))
+    if tls.clientauth != "none" and not any(is_tls_description(d) for d, _ in endpoints):
+        # Only a TLS handshake can ask for a certificate: every connection would be served
+        # without one, where the operator asked for them.
+        raise ValueError(
+            f"[http] clientauth = {tls.clientauth}: no listener is ssl: "
+            f"({', '.join(d for d, _ in endpoints)}), so no client certificate can be asked for"
+        )
     return endpoints
 
 
@@ -126,11 +163,19 @@ def configuration_error(exc: Exception) -> NoReturn:
 
 
 def makeService(options: Options) -> IService:
+    twistd = getattr(options, "parent", None)
+    if twistd is None:
+        return _make_service(options, under_twistd=False)
+    # Every process twistd runs (a single one, the supervisor before its exec, each worker)
+    # logs whole lines to its --logfile, also on a full disk.
+    return whole_lines(_make_service(options, under_twistd=True), twistd)
+
+
+def _make_service(options: Options, under_twistd: bool) -> IService:
     config = options.config
     assert config is not None
     # Workers are processes twistd starts; a service embedded elsewhere (tests, another
     # application) is one process whatever the configuration says, and keeps every library.
-    under_twistd = getattr(options, "parent", None) is not None
     if under_twistd:
         # Before anything below imports the reactor; a worker counts the listeners it serves.
         keep_out(config, inherited_listeners(os.environ))
@@ -160,7 +205,7 @@ def _supervising(options: Options, config: Config, count: int, reactor: Any) -> 
     try:
         # Each worker warns about a clear-text listener with auth on (it reads the auth
         # settings; the supervisor does not load auth at all).
-        endpoints = listening_endpoints(config, reactor, auth_enabled=False)
+        endpoints = listening_endpoints(config, reactor, auth_enabled=False, warn=False)
         debug = []
         if config.debug.addr:
             description = normalize_description(config.debug.addr)

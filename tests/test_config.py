@@ -51,6 +51,18 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("[redis]\npool_maxactive = 0\n", "[redis] pool_maxactive: not a whole number of at "),
         ("[auth]\nmax_failures = -5\n", "[auth] max_failures: not a whole number of at least 0"),
         ("[auth]\nmax_failures = 1e3\n", "[auth] max_failures: not a whole number"),
+        # Zero would run the purge (the queue flush) at every reactor turn, or drop every
+        # connection as it opens, or fail every health probe at once.
+        ("[uploads]\npurge_interval = 0\n", "[uploads] purge_interval: must be more than 0: '0'"),
+        (
+            "[notifications]\nflush_interval = 0s\n",
+            "[notifications] flush_interval: must be more than 0: '0s'",
+        ),
+        ("[http]\ntimeout = 0\n", "[http] timeout: must be more than 0: '0'"),
+        ("[health]\ntimeout = 0\n", "[health] timeout: must be more than 0: '0'"),
+        # Would listen on nothing, and say it listens.
+        ("[http]\nport =\n", "[http] port: no listening address"),
+        ("[DEFAULT]\ntimeout = 1s\n[http]\n", "[DEFAULT]: not supported"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -103,6 +115,16 @@ def test_misspelt_environment_variable_names_the_nearest_key(variable: str, near
     assert str(caught.value) == (
         f"environment variable {variable}: no such key; did you mean {nearest}?"
     )
+
+
+def test_other_tools_registry_variables_are_left_alone() -> None:
+    """``REGISTRY_AUTH_FILE`` is podman's, skopeo's and buildah's credentials file (and
+    ``txregistry copy`` reads it): set in a shell or CI, it must not stop the registry."""
+    loaded = config.load(None, environ={"REGISTRY_AUTH_FILE": "/run/containers/0/auth.json"})
+    assert loaded.http.port == ("tcp:5000",)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(None, environ={"REGISTRY_HTTP_PORT": ""})
+    assert str(caught.value).startswith("[http] port: no listening address")
 
 
 def test_environment_sets_keys_of_open_sections(tmp_path: Path) -> None:

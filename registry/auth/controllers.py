@@ -65,6 +65,17 @@ def _anonymous_allowed(policy: Policy | None, wanted: Sequence[Access]) -> bool:
     return bool(wanted) and policy is not None and all(policy.allows(ANONYMOUS, a) for a in wanted)
 
 
+def access_detail(wanted: Sequence[Access]) -> list[dict[str, str]] | None:
+    """A 401's ``detail`` as registry:2 writes it: an entry per resource and action asked
+    for (clients print it after the message: "unauthorized: authentication required")."""
+    entries = [
+        {"Type": access.type, "Class": "", "Name": access.name, "Action": action}
+        for access in wanted
+        for action in access.actions
+    ]
+    return entries or None
+
+
 class _Failures:
     """Counting, logging and refusing failed logins for one controller."""
 
@@ -123,8 +134,8 @@ class HtpasswdAccessController:
         self._challenge = {"WWW-Authenticate": basic_challenge(realm)}
         self._failures = _Failures(limiter)
 
-    def _unauthorized(self) -> RegistryError:
-        return RegistryError(UNAUTHORIZED, headers=self._challenge)
+    def _unauthorized(self, wanted: Sequence[Access]) -> RegistryError:
+        return RegistryError(UNAUTHORIZED, access_detail(wanted), headers=self._challenge)
 
     async def authorize(
         self, request: IRequest, wanted: Sequence[Access], also: Sequence[Access] = ()
@@ -134,18 +145,18 @@ class HtpasswdAccessController:
         if auth is None or auth[0] != "basic" or is_empty_basic(auth[1]):
             if _anonymous_allowed(policy, wanted):
                 return ANONYMOUS
-            raise self._unauthorized()
+            raise self._unauthorized(wanted)
         source = self._failures.check(request)
         try:
             user, password = basic_credentials(auth[1])
         except MalformedCredentials as e:
             self._failures.failed(request, source, None, str(e))
-            raise self._unauthorized() from None
+            raise self._unauthorized(wanted) from None
         if not await self.htpasswd.verify(user, password):
             self._failures.failed(
                 request, source, user, "wrong password or unknown user", auth[1].encode()
             )
-            raise self._unauthorized()
+            raise self._unauthorized(wanted)
         policy = self.policy.current()
         principal = policy.principal(user)
         _denied(request, policy, principal, wanted)
@@ -185,7 +196,9 @@ class TokenAccessController:
 
     def _unauthorized(self, wanted: Sequence[Access], error: str | None) -> RegistryError:
         challenge = bearer_challenge(self.realm, self.service, wanted, error)
-        return RegistryError(UNAUTHORIZED, headers={"WWW-Authenticate": challenge})
+        return RegistryError(
+            UNAUTHORIZED, access_detail(wanted), headers={"WWW-Authenticate": challenge}
+        )
 
     async def authorize(
         self, request: IRequest, wanted: Sequence[Access], also: Sequence[Access] = ()

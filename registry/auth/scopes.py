@@ -47,8 +47,9 @@ def merge(wanted: Iterable[Access]) -> list[Access]:
 
 
 def quote(value: str) -> str:
-    """An RFC 7230 quoted-string; control characters cannot be carried, so they are refused."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    """An RFC 9110 quoted-string; control characters other than a tab cannot be carried, so
+    they are refused."""
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
         raise ValueError(f"control character in challenge parameter {value!r}")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -159,9 +159,20 @@ _EE_POLICY = ExtensionPolicy.permit_all()
 
 
 def load_certificates(path: str) -> list[x509.Certificate]:
-    """The PEM certificates in ``path``; `ValueError` when it holds none."""
+    """The PEM certificates in ``path``; `ValueError` when it holds none, or none whose key
+    can verify a token (DSA keys cannot: neither as a token's key nor as a chain's root), which
+    would start a registry where no token is ever accepted.  Unusable ones beside usable ones
+    are ignored, as ``oct`` keys in a JWKS are."""
     with open(path, "rb") as f:
-        return x509.load_pem_x509_certificates(f.read())
+        certificates = x509.load_pem_x509_certificates(f.read())
+    kinds = {type(cert.public_key()).__name__ for cert in certificates}
+    if not any(isinstance(cert.public_key(), _PublicKey) for cert in certificates):
+        raise ValueError(
+            "holds no certificate with an RSA, EC or Ed25519 key (only "
+            + ", ".join(sorted(k.removesuffix("PublicKey").removeprefix("_") for k in kinds))
+            + "); tokens can be verified with none of them"
+        )
+    return certificates
 
 
 # Key types that can verify a token: HMAC ("oct") secrets never can, since only asymmetric
@@ -247,8 +258,10 @@ class TokenVerifier:
         return self._clock.seconds()
 
     def _verify_chain(self, chain_b64: Any) -> Key:
-        if not isinstance(chain_b64, list) or not chain_b64 or not self._roots:
+        if not self._roots:
             raise InvalidToken("x5c chain present but no root certificate bundle to check it")
+        if not isinstance(chain_b64, list) or not chain_b64:
+            raise InvalidToken("x5c is not a list of certificates")
         try:
             certs = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in chain_b64]
         except (ValueError, TypeError) as e:

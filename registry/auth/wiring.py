@@ -62,6 +62,25 @@ def _reading(key: str, path: str) -> Iterator[None]:
         raise ValueError(f"{key}: {file_problem(exc, path)}") from None
 
 
+def _challenge_values(settings: AuthSettings) -> None:
+    """What goes into a challenge (``WWW-Authenticate``) must be sendable there: a control
+    character (a line break from a continued line in the file, say) would fail every
+    request that needs a challenge."""
+    from registry.auth.scopes import quote
+
+    for key, value in (
+        ("[auth.token] realm", settings.token_realm),
+        ("[auth.token] service", settings.token_service),
+        ("[auth.htpasswd] realm", settings.htpasswd_realm if settings.htpasswd_path else None),
+    ):
+        if value is None:
+            continue
+        try:
+            quote(value)
+        except ValueError:
+            raise ValueError(f"{key}: contains a control character: {value!r}") from None
+
+
 def make_access_controller(
     settings: AuthSettings,
     reactor: IReactorFromThreads,
@@ -73,8 +92,23 @@ def make_access_controller(
     ``threadpool`` runs bcrypt; the caller owns it (start it with the service, stop it after).
     Raises ValueError for incomplete or conflicting settings.
     """
-    if settings.htpasswd_path and settings.token_realm:
+    token_keys = [
+        key
+        for key, value in (
+            ("service", settings.token_service),
+            ("issuer", settings.token_issuer),
+            ("rootcertbundle", settings.token_rootcertbundle),
+            ("jwks", settings.token_jwks),
+        )
+        if value
+    ]
+    if settings.htpasswd_path and (settings.token_realm or token_keys):
         raise ValueError("configure either [auth.htpasswd] or [auth.token], not both")
+    if token_keys and not settings.token_realm:
+        # Token settings without the realm would otherwise leave authentication off: an open
+        # registry where its operator meant a closed one.
+        raise ValueError(f"[auth.token] needs realm (set: {', '.join(token_keys)})")
+    _challenge_values(settings)
     if not settings.enabled:
         if settings.anonymous_pull:
             raise ValueError("[auth] anonymous_pull needs an authentication method")

@@ -18,8 +18,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from registry.client.errors import (
+    AccessDenied,
     BadResponse,
     ClientError,
+    ForeignChallenge,
     NotFound,
     RateLimited,
     Rejected,
@@ -90,6 +92,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MANIFEST_MEDIA_TYPES",
+    "AccessDenied",
     "BadResponse",
     "BlobStream",
     "ClientError",
@@ -98,6 +101,7 @@ __all__ = [
     "Credentials",
     "Digest",
     "FileSink",
+    "ForeignChallenge",
     "LayoutImage",
     "Manifest",
     "NotFound",

@@ -124,9 +124,7 @@ class Collector(Protocol):
             self.done.errback(reason.value)
         else:
             self.done.errback(
-                Unavailable(
-                    None, f"connection lost reading {self._what}: {reason.getErrorMessage()}"
-                )
+                Unavailable(None, f"connection lost reading {self._what}: {_why(reason)}")
             )
 
 
@@ -151,7 +149,9 @@ class BodyRelay(Protocol):
     """Relays a blob body to ``inner`` and ends it with ResponseDone or an ClientError.
 
     ``inner.connectionLost`` gets ``Failure(ResponseDone())`` only when the body was complete
-    (the ``Content-Length`` when known) and, with ``verify``, hashed to ``digest``.
+    (``length`` bytes when known: its ``Content-Length``, or the size a manifest declares) and,
+    with ``verify``, hashed to ``digest``.  A body going past ``length`` is cut off before the
+    byte that does reaches ``inner``.
     """
 
     def __init__(
@@ -196,7 +196,9 @@ class BodyRelay(Protocol):
         self.received += len(data)
         self._on_bytes(len(data))
         if self._length is not None and self.received > self._length:
-            self.abort(BadResponse(None, f"body longer than {self._length} bytes"))
+            self.abort(
+                BadResponse(None, f"body of {self._digest} longer than {self._length} bytes")
+            )
             return
         if self._hasher is not None:
             self._hasher.update(data)
@@ -215,9 +217,15 @@ class BodyRelay(Protocol):
                     f"connection lost after {self.received}{of} bytes ({_why(reason)})",
                 )
             elif self._length is not None and self.received != self._length:
-                error = Unavailable(
-                    None, f"body ended after {self.received} of {self._length} bytes"
+                ended = (
+                    f"body of {self._digest} ended after {self.received} of {self._length} bytes"
                 )
+                if isinstance(reason.value, PotentialDataLoss):
+                    # Closed without a length or a last chunk: perhaps cut, worth resuming.
+                    error = Unavailable(None, ended)
+                else:
+                    # Its last chunk said the body was complete: it is not the blob.
+                    error = BadResponse(None, ended)
             elif self._hasher is not None and self._hasher.digest() != self._digest:
                 error = BadResponse(
                     None, f"body hashes to {self._hasher.digest()}, not {self._digest}"
@@ -241,6 +249,12 @@ class BodyRelay(Protocol):
         if self.transport is not None and not self._finished:
             self._arm()
             self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def reassert_pause(self) -> None:
+        """Pause the socket again if the caller paused it: Twisted resumes it once it has
+        delivered what it buffered before the body was asked for."""
+        if self._paused and self.transport is not None and not self._finished:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def abort(self, error: ClientError) -> None:
         if self._finished or self._error is not None:

@@ -11,15 +11,17 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -27,6 +29,7 @@ from twisted.web.iweb import IResponse
 from registry.api import mediatypes
 from registry.api.digests import Digest, digest_of
 from registry.api.errors import RegistryError
+from registry.asyncutil import within_time
 from registry.client._body import BodyRelay, Collector, ConsumerWriter
 from registry.client._digests import as_digest
 from registry.client._session import BodyFactory, RateLimitStatus, Session, header, origin_of
@@ -42,6 +45,7 @@ from registry.client._tls import TLSOptions
 from registry.client._tokens import MAX_TOKENS
 from registry.client.auth import Credentials
 from registry.client.errors import BadResponse, ClientError, NotFound, Rejected, Unavailable
+from registry.http.headers import header_values
 
 # The media types come from registry.api.mediatypes, the one list the registry serves and
 # stores; the default Accept leaves schema1 out (a caller may ask for it with ``accept=``).
@@ -59,6 +63,16 @@ log = Logger()
 DOCKER_HUB_HOSTS = frozenset(
     {"registry-1.docker.io", "docker.io", "index.docker.io", "registry.hub.docker.com"}
 )
+
+
+def maps_to_library(url: str, library: bool | None) -> bool:
+    """Whether the registry at ``url`` takes one-component names as ``library/<name>``:
+    ``library`` when given, else only for Docker Hub's hosts."""
+    if library is not None:
+        return library
+    return origin_of(url)[1] in DOCKER_HUB_HOSTS
+
+
 DEFAULT_MAX_MANIFEST_SIZE = 4 * 1024 * 1024 + 65536
 _LIST_BODY = 8 * 1024 * 1024  # a tag list or catalog page
 # Bounds on a referrers answer split over pages (see `RegistryClient._referrers_api`).
@@ -102,17 +116,23 @@ def _next_url(base: str, link: str | None) -> str | None:
     return None
 
 
-def _next_last(link: str | None) -> str | None:
-    """The ``last`` parameter of a ``Link: <...>; rel="next"`` header, or None."""
-    if not link or 'rel="next"' not in link:
-        return None
-    match = re.search(r"<([^>]*)>", link)
-    if match is None:
-        return None
-    from urllib.parse import parse_qs
-
-    values = parse_qs(urlsplit(match.group(1)).query).get("last")
+def _last_of(url: str) -> str | None:
+    """The ``last`` query parameter of a next-page URL, or None (an opaque page token)."""
+    values = parse_qs(urlsplit(url).query).get("last")
     return values[0] if values else None
+
+
+def _with_query(path: str, n: int | None, last: str | None) -> str:
+    """``path`` with the spec's ``n`` and ``last`` list parameters, those that are set."""
+    query = urlencode(
+        {k: v for k, v in (("n", None if n is None else str(n)), ("last", last)) if v}
+    )
+    return path + (f"?{query}" if query else "")
+
+
+def _path_and_query(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 @attrs.frozen
@@ -139,15 +159,18 @@ class Manifest:
 
 @attrs.frozen
 class Page:
-    """One page of a list (tags, repositories) and the ``last`` to ask for the next one
-    (None: this was the last page)."""
+    """One page of a list (tags, repositories).  ``next_url`` is the absolute URL of the next
+    page, as the ``Link`` header names it (None: this was the last page); ``next_last`` is the
+    ``last`` to pass for it, from that URL or, when it carries an opaque token instead, this
+    page's last item (what a caller asking page by page with ``last`` can do)."""
 
     items: list[str]
     next_last: str | None
+    next_url: str | None = None
 
     @property
     def has_next(self) -> bool:
-        return self.next_last is not None
+        return self.next_url is not None or self.next_last is not None
 
 
 @attrs.define
@@ -165,8 +188,9 @@ class BlobStream:
 
     Read it exactly once: `deliver` (a protocol, Twisted style), `write_to` (an IConsumer) or
     `read` (small blobs).  Or `abort` it.  The body ends in the protocol's ``connectionLost``
-    with ``ResponseDone`` only when it is complete and (with ``verify``) hashes to ``digest``;
-    otherwise with a `ClientError`.  A caller that keeps an unread blob leaks a connection.
+    with ``ResponseDone`` only when it is complete and (with ``verify``, for a whole blob)
+    hashes to ``digest``; otherwise with a `ClientError`.  A caller that keeps an unread blob
+    leaks a connection.
     """
 
     def __init__(
@@ -176,12 +200,15 @@ class BlobStream:
         digest: Digest,
         length: int | None,
         offset: int = 0,
+        whole: bool | None = None,
     ) -> None:
         self._session = session
         self._response = response
         self.digest = digest
         self.length = length  # bytes in this response (None: unknown)
         self.offset = offset  # where in the blob this body starts
+        # Whether the body is the whole blob, the only body its digest can check.
+        self.whole = offset == 0 if whole is None else whole
         self.headers: Headers = response.headers
         self._relay: BodyRelay | None = None
 
@@ -215,13 +242,16 @@ class BlobStream:
             reactor=session.reactor,
             digest=self.digest,
             length=self.length,
-            verify=verify and self.offset == 0,
+            verify=verify and self.whole,
             idle_timeout=session.timeout,
             on_bytes=count_bytes,
             on_error=count_error,
             read_size=read_size,
         )
         self._response.deliverBody(self._relay)
+        # deliverBody passes on the bytes that came with the headers, then resumes the socket
+        # whatever ``protocol`` asked for meanwhile: a pause asked for then must hold.
+        self._relay.reassert_pause()
 
     async def write_to(self, consumer: IConsumer, *, verify: bool = True) -> int:
         """Stream the body into ``consumer`` (registered as a push producer on it) and return
@@ -302,12 +332,12 @@ class RegistryClient:
         self.url = self.session.url
         self.origin = self.session.origin
         self.max_manifest_size = max_manifest_size
-        if docker_hub_library is None:
-            docker_hub_library = self.origin[1] in DOCKER_HUB_HOSTS
-        self.docker_hub_library = docker_hub_library
+        self.docker_hub_library = maps_to_library(self.url, docker_hub_library)
         # Sessions an interrupted or failed upload left open because the registry refused
         # their DELETE (their partial bytes stay until the registry purges old uploads).
         self.uncancelled_uploads: list[str] = []
+        # Sessions being cancelled after the call that opened them was (`start_upload`).
+        self._cleanups: set[Deferred[None]] = set()
 
     # -- observations (metrics and tests)
 
@@ -371,55 +401,73 @@ class RegistryClient:
         await self.session.discard(response)
 
     async def close(self) -> None:
-        """Close idle pooled connections (only when the pool is the client's own)."""
+        """Wait for upload sessions still being cancelled (see `start_upload`), then close
+        idle pooled connections (only when the pool is the client's own)."""
+        while self._cleanups:  # each ends within twice the session's timeout, starting no other
+            await next(iter(self._cleanups))
         await self.session.close()
 
     # -- lists
 
     async def catalog(self, n: int | None = None, last: str | None = None) -> Page:
         """One page of ``/v2/_catalog``."""
-        return await self._page("/v2/_catalog", "repositories", ["registry:catalog:*"], n, last)
+        return await self._page(
+            _with_query("/v2/_catalog", n, last), "repositories", ["registry:catalog:*"]
+        )
 
     async def list_tags(self, name: str, n: int | None = None, last: str | None = None) -> Page:
         """One page of the repository's tags (``n`` and ``last`` as the spec has them)."""
         upstream = self.upstream_name(name)
-        return await self._page(f"/v2/{upstream}/tags/list", "tags", self._pull(upstream), n, last)
+        path = _with_query(f"/v2/{upstream}/tags/list", n, last)
+        return await self._page(path, "tags", self._pull(upstream))
 
     async def all_tags(self, name: str, page_size: int | None = None) -> AsyncIterator[str]:
         """Every tag, following ``Link`` pages (see `_all_pages` for the bounds)."""
-        pages = self._all_pages(
-            lambda last: self.list_tags(name, page_size, last), f"tags of {name}"
-        )
-        async for tag in pages:
+        upstream = self.upstream_name(name)
+        first = _with_query(f"/v2/{upstream}/tags/list", page_size, None)
+        async for tag in self._all_pages(first, "tags", self._pull(upstream), f"tags of {name}"):
             yield tag
 
     async def all_repositories(self, page_size: int | None = None) -> AsyncIterator[str]:
         """Every repository of the catalog, following ``Link`` pages."""
-        async for name in self._all_pages(lambda last: self.catalog(page_size, last), "catalog"):
+        first = _with_query("/v2/_catalog", page_size, None)
+        pages = self._all_pages(first, "repositories", ["registry:catalog:*"], "catalog")
+        async for name in pages:
             yield name
 
     async def _all_pages(
-        self, fetch: Callable[[str | None], Awaitable[Page]], what: str
+        self, first: str, key: str, scopes: list[str], what: str
     ) -> AsyncIterator[str]:
-        """The items of every page.  A next page whose ``last`` is the one just asked for
-        ends the list (some registries link the last page to itself); one asked for earlier
-        (a ``Link`` cycle) is a `BadResponse`, and so are more than `MAX_LIST_PAGES` pages."""
-        last: str | None = None
-        asked: set[str] = set()
+        """The items of every page, from ``first`` (a path) on through each ``Link`` target,
+        asked for as the registry wrote it (a registry may page with an opaque token rather
+        than ``last``, and may want its ``n`` kept).
+
+        A next page whose URL is the one just asked for ends the list (some registries link
+        the last page to itself); one asked for earlier (a ``Link`` cycle) is a `BadResponse`,
+        and so are more than `MAX_LIST_PAGES` pages.  So is a next page on another origin:
+        its names would not be the registry's, and a registry must not be able to aim the
+        client (the pull-through cache, replication) at any other host; stopping there
+        instead would end the list early without saying so."""
+        url = self.session.url + first
+        asked = {url}
         for _ in range(MAX_LIST_PAGES):
-            page = await fetch(last)
+            page = await self._page(url, key, scopes)
             for item in page.items:
                 yield item
-            following = page.next_last
-            if following is None or following == last:
+            following = page.next_url
+            if following is None or following == url:
                 return
+            if origin_of(following) != self.session.origin:
+                raise self.session.bad(
+                    f"{what}: the next page is on another origin ({following[:200]}); not followed"
+                )
             if following in asked:
                 raise self.session.bad(
-                    f"{what}: the next page link cycles (last={following!r} again after "
-                    f"last={last!r})"
+                    f"{what}: the next page link cycles (back to "
+                    f"{_path_and_query(following)[:200]} after {_path_and_query(url)[:200]})"
                 )
             asked.add(following)
-            last = following
+            url = following
         raise self.session.bad(f"{what}: more than {MAX_LIST_PAGES} pages")
 
     async def tags(
@@ -429,15 +477,11 @@ class RegistryClient:
         page = await self.list_tags(name, n, last)
         return page.items, page.has_next
 
-    async def _page(
-        self, path: str, key: str, scopes: list[str], n: int | None, last: str | None
-    ) -> Page:
-        query = urlencode(
-            {k: v for k, v in (("n", None if n is None else str(n)), ("last", last)) if v}
-        )
+    async def _page(self, path_or_url: str, key: str, scopes: list[str]) -> Page:
+        path = urlsplit(path_or_url).path
         response = await self.session.call(
             "GET",
-            path + (f"?{query}" if query else ""),
+            path_or_url,
             scopes=scopes,
             headers={"Accept": "application/json"},
             what=path,
@@ -446,11 +490,11 @@ class RegistryClient:
         items = data.get(key) or []
         if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
             raise self.session.bad(f"{path} without a list of {key}")
-        link = header(response.headers, "link")
-        following = _next_last(link)
-        if following is None and link and 'rel="next"' in link and items:
-            following = items[-1]
-        return Page(items, following)
+        asked = path_or_url if "://" in path_or_url else self.session.url + path_or_url
+        following = _next_url(asked, ", ".join(header_values(response.headers, "link")))
+        if following is None:
+            return Page(items, None)
+        return Page(items, _last_of(following) or (items[-1] if items else None), following)
 
     # -- manifests
 
@@ -488,11 +532,17 @@ class RegistryClient:
             )
         body = await session.collect(response, self.max_manifest_size, "manifest")
         session.bytes_received += len(body)
-        for expected in (announced, wanted):
+        for expected, source in (
+            (announced, "announced in Docker-Content-Digest"),
+            (wanted, "asked for"),
+        ):
             if expected is not None:
                 actual = digest_of(body, expected.algorithm)
                 if actual != expected:
-                    raise session.bad(f"manifest {upstream}:{reference} hashes to {actual}")
+                    raise session.bad(
+                        f"manifest {upstream}:{reference} hashes to {actual}, "
+                        f"not the {expected} {source}"
+                    )
         problem = _not_a_manifest(body)
         if problem is not None:  # a 200 from a captive portal or a broken proxy on the way
             raise session.bad(f"manifest {upstream}:{reference} is not a manifest: {problem}")
@@ -669,13 +719,29 @@ class RegistryClient:
     # -- blobs, down
 
     async def blob(
-        self, name: str, digest: Digest | str, *, offset: int = 0, length: int | None = None
+        self,
+        name: str,
+        digest: Digest | str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        size: int | None = None,
     ) -> BlobStream:
-        """Open a blob GET (following a CDN redirect without ``Authorization``) and return it
-        once the headers are in; the caller streams the body (`BlobStream`).
+        """Open a blob GET (following a redirect to another origin, a CDN, without
+        ``Authorization``) and return it once the headers are in; the caller streams the body
+        (`BlobStream`).
 
         ``offset``/``length`` ask for a byte range.  Check ``blob.offset``: it is 0 when the
-        registry ignored the range and sends everything.  A partial body is not verified here.
+        registry ignored the range and sends everything.  Only a body that is the whole blob
+        is verified against the digest here (``blob.whole``); a range is not, even one from
+        byte 0.
+
+        ``size`` is the blob's size as a manifest declares it (not used with ``length``).  An
+        answer announcing another length is a `BadResponse` at once; a body without a length
+        fails with a `BadResponse` as soon as it goes past that size, and one that ends short
+        fails too (`Unavailable` when the connection closed, which may be a cut).  Without
+        ``size``, a source streaming without end is read until it stops: the digest tells
+        only at the end.
         """
         dgst = _as_digest(digest)
         upstream = self.upstream_name(name)
@@ -701,8 +767,24 @@ class RegistryClient:
         if announced is not None and announced != dgst:
             await self.session.discard(response)
             raise self.session.bad(f"blob GET {dgst} answered for {announced}")
-        size = response.length if isinstance(response.length, int) else None
-        return BlobStream(self.session, response, dgst, size, start)
+        announced_length = response.length if isinstance(response.length, int) else None
+        expected = size - start if size is not None and length is None else None
+        if expected is not None and announced_length not in (None, expected):
+            await self.session.discard(response)
+            raise self.session.bad(
+                f"blob {dgst}: {announced_length} bytes announced from byte {start}, "
+                f"its size is {size}"
+            )
+        return BlobStream(
+            self.session,
+            response,
+            dgst,
+            expected if announced_length is None else announced_length,
+            start,
+            # No Range asked, or the registry ignored it: whatever the status says, the body
+            # must be the whole blob (a 206 must not be a way around the digest check).
+            whole=response.code == 200 or (offset == 0 and length is None),
+        )
 
     async def blob_head(self, name: str, digest: Digest | str) -> int:
         """The blob's size; raises NotFound when it is not there."""
@@ -728,11 +810,18 @@ class RegistryClient:
             return None
 
     async def download_blob(
-        self, name: str, digest: Digest | str, path: str | Path, *, resume: bool = True
+        self,
+        name: str,
+        digest: Digest | str,
+        path: str | Path,
+        *,
+        resume: bool = True,
+        size: int | None = None,
     ) -> int:
         """Save a blob to ``path`` (written in the thread pool, hashed on the way, the file
         removed unless it hashes to ``digest``).  A body cut off mid-way is resumed with a
-        ``Range`` request from where it stopped (``retries`` times, when ``resume``)."""
+        ``Range`` request from where it stopped (``retries`` times, when ``resume``).
+        ``size``, the size a manifest declares, bounds what is written (see `blob`)."""
         dgst = _as_digest(digest)
         target = Path(path)
         hasher = new_hash(dgst.algorithm)
@@ -741,7 +830,7 @@ class RegistryClient:
         try:
             sink = FileSink(self.reactor, handle, hasher)
             for attempt in range(self.session.retries + 1):
-                blob = await self.blob(name, dgst, offset=sink.written)
+                blob = await self.blob(name, dgst, offset=sink.written, size=size)
                 if blob.offset != sink.written:
                     raise self.session.bad("the registry ignored the Range of a resumed download")
                 try:
@@ -785,8 +874,33 @@ class RegistryClient:
         return False
 
     async def start_upload(self, name: str) -> Upload:
-        """POST a new upload session."""
+        """POST a new upload session.
+
+        Cancelled while the POST is on its way, this raises `CancelledError` at once; the
+        registry may have opened the session already, and the caller never gets its
+        `Upload` to cancel it, so the answer is awaited in the background (up to the
+        session's ``timeout``) and the session it names is cancelled (given ``timeout`` too);
+        `close` waits for that.
+        """
         upstream = self.upstream_name(name)
+        opening = Deferred.fromCoroutine(self._open_session(upstream))
+        opened: list[Upload] = []
+        answer: Deferred[Upload] = Deferred(lambda _: self._cancel_once_opened(opening, opened))
+
+        def settle(result: Upload | Failure) -> None:
+            if isinstance(result, Upload):
+                opened.append(result)
+            if answer.called:
+                return  # the caller left: `_cancel_once_opened` has it
+            if isinstance(result, Failure):
+                answer.errback(result)
+            else:
+                answer.callback(result)
+
+        opening.addBoth(settle)
+        return await answer
+
+    async def _open_session(self, upstream: str) -> Upload:
         response = await self.session.call(
             "POST",
             f"/v2/{upstream}/blobs/uploads/",
@@ -796,6 +910,21 @@ class RegistryClient:
         )
         await self.session.discard(response)
         return Upload(upstream, self._upload_location(response))
+
+    def _cancel_once_opened(self, opening: Deferred[Upload], opened: list[Upload]) -> None:
+        async def clean_up() -> None:
+            if not await within_time(opening, self.session.timeout, self.reactor):
+                opening.cancel()
+            if opened:
+                # One try, within the timeout too: `close` waits for this, and a registry
+                # that does not answer must not hold it for every retry.
+                deleting = Deferred.fromCoroutine(self._cancel_abandoned(opened[0]))
+                if not await within_time(deleting, self.session.timeout, self.reactor):
+                    deleting.cancel()
+
+        task = Deferred.fromCoroutine(clean_up())
+        self._cleanups.add(task)
+        task.addBoth(lambda _: self._cleanups.discard(task))
 
     async def resume_upload(self, name: str, location: str) -> Upload:
         """An upload session opened earlier (perhaps by another process), with the offset the
@@ -975,12 +1104,21 @@ class RegistryClient:
         return await self.finish_upload(upload, actual)
 
     async def copy_blob_from(
-        self, source: RegistryClient, source_name: str, name: str, digest: Digest | str
+        self,
+        source: RegistryClient,
+        source_name: str,
+        name: str,
+        digest: Digest | str,
+        *,
+        size: int | None = None,
     ) -> int:
         """Stream a blob from another registry (or repository) into this one, through memory
-        in constant space: the source body is the upload's body, checked on the way."""
+        in constant space: the source body is the upload's body, checked on the way.  With
+        ``size`` (what a manifest declares), a source sending more fails the copy as soon as
+        it does (see `blob`).  A failure of the source is raised as the source's error; the
+        upload is cancelled and nothing is committed."""
         dgst = _as_digest(digest)
-        blob = await source.blob(source_name, dgst)
+        blob = await source.blob(source_name, dgst, size=size)
         try:
             upload = await self.start_upload(name)
         except BaseException:
@@ -999,16 +1137,19 @@ class RegistryClient:
         try:
             yield
         except BaseException:
-            try:
-                await self.cancel_upload(upload)
-            except Exception as exc:
-                self.uncancelled_uploads.append(upload.location)
-                log.warn(
-                    "upload {location} could not be cancelled: {error}",
-                    location=upload.location,
-                    error=exc,
-                )
+            await self._cancel_abandoned(upload)
             raise
+
+    async def _cancel_abandoned(self, upload: Upload) -> None:
+        try:
+            await self.cancel_upload(upload)
+        except Exception as exc:
+            self.uncancelled_uploads.append(upload.location)
+            log.warn(
+                "upload {location} could not be cancelled: {error}",
+                location=upload.location,
+                error=exc,
+            )
 
     def _source(
         self,

@@ -38,7 +38,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool, RequestGenerationFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
@@ -50,14 +50,17 @@ from registry.client._tls import TLSOptions
 from registry.client._tokens import MAX_TOKENS, TokenCache, TokenKey, clamp_expires_in
 from registry.client.auth import Credentials
 from registry.client.errors import (
+    AccessDenied,
     BadResponse,
     ClientError,
+    ForeignChallenge,
     NotFound,
     RateLimited,
     Rejected,
     Unauthorized,
     Unavailable,
 )
+from registry.http.bounded_agent import bounded_agent
 from registry.http.headers import header_values
 from registry.http.twisted_internals import quiet_pool
 
@@ -76,6 +79,17 @@ def origin_of(url: str) -> Origin:
     scheme = parts.scheme.lower()
     port = parts.port or (443 if scheme == "https" else 80)
     return (scheme, (parts.hostname or "").lower(), port)
+
+
+def _same_service(before: Challenge | None, after: Challenge | None) -> bool:
+    """Whether two Bearer challenges name one token service (scope and error aside)."""
+    if before is None or after is None:
+        return False
+    return (before.scheme, before.realm, before.service) == (
+        after.scheme,
+        after.realm,
+        after.service,
+    )
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -152,7 +166,7 @@ class Session:
             pool = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
             pool.maxPersistentPerHost = 8  # concurrent transfers to one host
         self.pool = pool
-        agent = Agent(reactor, contextFactory=tls.policy(), connectTimeout=timeout, pool=pool)
+        agent = bounded_agent(reactor, tls=tls.policy(), connect_timeout=timeout, pool=pool)
         self._http = HTTPClient(agent, cookiejar=IndexableCookieJar(_NoCookies()))
         self.tokens = TokenCache(clock if clock is not None else reactor, max_tokens)
         self.challenge: Challenge | None = None
@@ -206,7 +220,7 @@ class Session:
                 await self.discard(response)
                 await self._pause(attempt, retry_after)
                 continue
-            await self.fail(response, method, what)
+            await self.fail(response, method, what, registry=True)
         raise AssertionError("unreachable")
 
     async def _pause(self, attempt: int, retry_after: float | None) -> None:
@@ -225,6 +239,7 @@ class Session:
         fresh token (the registry may drop tokens before their announced expiry)."""
         url = path_or_url if "://" in path_or_url else self.url + path_or_url
         await self.ensure_challenge()
+        started = self.tokens.clock.seconds()
         for attempt in range(2):
             key, authorization = await self.authorization(scopes)
             response, answered_by = await self.exchange(method, url, headers, authorization, body)
@@ -238,18 +253,29 @@ class Session:
             if key is None and self.challenge == before:
                 return response  # Basic or nothing, and nothing new to try
             if key is not None:
-                self.tokens.invalidate(key, (authorization or "").removeprefix("Bearer "))
+                value = (authorization or "").removeprefix("Bearer ")
+                if _same_service(before, self.challenge) and self._fetched_since(
+                    key, value, started
+                ):
+                    # A token asked for since this call began, refused (a private or unknown
+                    # repository: Docker Hub's insufficient_scope): another would be too.
+                    return response
+                self.tokens.invalidate(key, value)
             await self.discard(response)
         raise AssertionError("unreachable")
 
+    def _fetched_since(self, key: TokenKey, value: str, started: float) -> bool:
+        token = self.tokens.cached(key)
+        return token is not None and token.value == value and token.asked_at >= started
+
     # -- auth
 
-    def foreign_challenge(self, origin: Origin) -> Unauthorized:
+    def foreign_challenge(self, origin: Origin) -> ForeignChallenge:
         """A 401 from another origin than the registry's (a redirect target): an error for this
         request, never a reason to send credentials or tokens anywhere else."""
         self.errors += 1
         where = "{}://{}:{}".format(*origin)
-        return Unauthorized(
+        return ForeignChallenge(
             401, f"{where} (not the registry) asked for authentication; nothing was sent to it"
         )
 
@@ -357,11 +383,12 @@ class Session:
     ) -> tuple[IResponse, Origin]:
         """Send, following redirects ourselves; return the answer and the origin that gave it.
 
-        ``Authorization`` goes with the first request only, and only to the registry's origin:
-        a redirect target never sees it, whatever its host."""
-        for hop in range(_MAX_REDIRECTS + 1):
+        ``Authorization`` goes only to the registry's origin (scheme, host, port), on any hop
+        (a registry may redirect to another path of its own, as docker and containerd
+        expect): a redirect target elsewhere never sees it, whatever its host."""
+        for _hop in range(_MAX_REDIRECTS + 1):
             sent = dict(headers)
-            if authorization is not None and hop == 0 and origin_of(url) == self.origin:
+            if authorization is not None and origin_of(url) == self.origin:
                 sent["Authorization"] = authorization
             response = await self.send(method, url, sent, body)
             location = header(response.headers, "location")
@@ -429,6 +456,11 @@ class Session:
                 self.errors += 1
                 where = "{}://{}:{}".format(*origin_of(url))
                 raise Unavailable(None, f"no answer from {where} within {self.timeout}s") from None
+            sent = body_error(exc)
+            if sent is not None:
+                # The request body failed (a blob streamed from another registry that hashed
+                # wrong or was cut): that source's error, not this registry's silence.
+                raise sent from None
             self.errors += 1
             where = "{}://{}:{}".format(*origin_of(url))
             raise Unavailable(None, f"no answer from {where}: {describe(exc)}") from exc
@@ -483,8 +515,11 @@ class Session:
         self.errors += 1
         return BadResponse(None, reason)
 
-    async def fail(self, response: IResponse, method: str, what: str) -> NoReturn:
-        """Raise the `ClientError` for a non-success answer."""
+    async def fail(
+        self, response: IResponse, method: str, what: str, registry: bool = False
+    ) -> NoReturn:
+        """Raise the `ClientError` for a non-success answer (``registry``: of a registry
+        call, where a 401/403 is `AccessDenied`)."""
         status = response.code
         errors: tuple[tuple[str, str], ...] = ()
         if method != "HEAD":
@@ -506,7 +541,12 @@ class Session:
         if status == 429:
             raise RateLimited(status, reason, self.retry_after(response.headers), code, errors)
         if status in (401, 403):
-            raise Unauthorized(status, reason, code, errors)
+            # Refused with a token the token service issued for this very call: the
+            # repository is not open to these credentials (with Basic auth, a 401 may as well
+            # mean wrong credentials: plain Unauthorized).
+            bearer = self.challenge is not None and self.challenge.scheme == "bearer"
+            denied = registry and bearer
+            raise (AccessDenied if denied else Unauthorized)(status, reason, code, errors)
         if status >= 500:
             raise Unavailable(status, reason, code, errors)
         if 400 <= status < 500:
@@ -535,6 +575,17 @@ def is_cancellation(exc: BaseException) -> bool:
         return True
     reasons = getattr(exc, "reasons", None) or []
     return any(isinstance(getattr(r, "value", None), CancelledError) for r in reasons)
+
+
+def body_error(exc: BaseException) -> ClientError | None:
+    """The `ClientError` a request body producer failed with, which twisted's client wraps in
+    a ``RequestGenerationFailed`` (None for any other failure)."""
+    if not isinstance(exc, RequestGenerationFailed):
+        return None
+    for reason in exc.reasons:
+        if isinstance(reason.value, ClientError):
+            return reason.value
+    return None
 
 
 def describe(exc: BaseException) -> str:

@@ -33,6 +33,9 @@ class Token:
     value: str
     expires_at: float
     issued_at: str | None = None
+    # When it was asked for (this process's clock): a token refused right after it was asked
+    # for is not asked for again.
+    asked_at: float = 0.0
 
 
 def clamp_expires_in(raw: object) -> int:
@@ -86,7 +89,7 @@ class TokenCache:
         async def fetch_and_store() -> Token:
             asked_at = self.clock.seconds()
             value, expires_in, issued_at = await fetch()
-            fresh = Token(value, asked_at + expires_in, issued_at)
+            fresh = Token(value, asked_at + expires_in, issued_at, asked_at)
             self._tokens.put(key, fresh, fresh.expires_at)
             return fresh
 

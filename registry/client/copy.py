@@ -127,8 +127,6 @@ class Copier:
 
     async def put(self, manifest: FetchedManifest, tag: str | None, what: str) -> None:
         body, media_type, digest = manifest.body, manifest.media_type, manifest.digest
-        if what == "referrer":
-            self.result.referrers += 1
         target = self.target
         if isinstance(target, RegistryImage):
             if tag is None:
@@ -155,19 +153,26 @@ class Copier:
                 # its referrers are listed in index.json.
                 await target.layout.add(descriptor, tag)
         self.result.manifests += 1
+        if what == "referrer":
+            self.result.referrers += 1
         self._event("copied", str(digest), len(body), what)
 
     async def blob(self, descriptor: dict[str, Any]) -> None:
         digest = Digest.parse(str(descriptor["digest"]))
-        size = int(descriptor.get("size") or 0)
+        declared = descriptor.get("size")
+        if type(declared) is not int or declared < 0:
+            declared = None  # none declared (schema 1 names none)
         if str(digest) in self._done_blobs:
             return
         self._done_blobs.add(str(digest))
-        await self._blobs.run(lambda: Deferred.fromCoroutine(self._transfer(digest, size)))
+        await self._blobs.run(lambda: Deferred.fromCoroutine(self._transfer(digest, declared)))
 
     # -- helpers
 
-    async def _transfer(self, digest: Digest, size: int) -> None:
+    async def _transfer(self, digest: Digest, declared: int | None) -> None:
+        """Copy one blob.  ``declared``, the size its descriptor names, bounds what a registry
+        source may send: more fails the copy as soon as it comes, before anything is kept."""
+        size = declared or 0
         source, target = self.source, self.target
         if isinstance(target, RegistryImage):
             if await target.client.blob_exists(target.name, digest) is not None:
@@ -184,7 +189,7 @@ class Copier:
                 return
             if isinstance(source, RegistryImage):
                 sent = await target.client.copy_blob_from(
-                    source.client, source.name, target.name, digest
+                    source.client, source.name, target.name, digest, size=declared
                 )
             else:
                 path = source.layout.blob_path(digest)
@@ -196,7 +201,9 @@ class Copier:
                 self._event("skipped", str(digest), size, "blob")
                 return
             if isinstance(source, RegistryImage):
-                sent = await target.layout.download(source.client, source.name, digest)
+                sent = await target.layout.download(
+                    source.client, source.name, digest, size=declared
+                )
             else:
                 await target.layout.copy_from(source.layout, digest)
                 sent = size

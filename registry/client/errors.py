@@ -60,6 +60,18 @@ class Unauthorized(ClientError):
     that is not the registry's: the credentials do not reach, and were not sent elsewhere."""
 
 
+class AccessDenied(Unauthorized):
+    """The registry itself answered 401/403 to a call made with a token (or credentials)
+    fetched for it: this repository is not open to them (private, or unknown: Docker Hub
+    answers both alike).  The token service's own refusal is plain `Unauthorized`; a 401 from
+    another origin is `ForeignChallenge`."""
+
+
+class ForeignChallenge(Unauthorized):
+    """A 401 from another origin than the registry's (a host it redirected to): nothing was
+    sent to it, and the registry's own credentials are not in question."""
+
+
 class BadResponse(ClientError):
     """An answer that cannot be trusted: digest mismatch, missing digest, oversized manifest,
     wrong length, malformed JSON."""

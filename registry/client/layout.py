@@ -153,15 +153,18 @@ class OCILayout:
             if not done:
                 await in_thread(self.reactor, _discard, handle, temp)
 
-    async def download(self, client: RegistryClient, name: str, digest: Digest | str) -> int:
-        """Fetch a blob from a registry into the layout (resumed on a cut, verified)."""
+    async def download(
+        self, client: RegistryClient, name: str, digest: Digest | str, *, size: int | None = None
+    ) -> int:
+        """Fetch a blob from a registry into the layout (resumed on a cut, verified); ``size``,
+        the size a manifest declares, bounds what is written (`RegistryClient.blob`)."""
         dgst = as_digest(digest)
         target = self.blob_path(dgst)
         temp = await in_thread(self.reactor, _temp_name, target)
         try:
-            size = await client.download_blob(name, dgst, temp)
+            written = await client.download_blob(name, dgst, temp, size=size)
             await in_thread(self.reactor, os.replace, temp, target)
-            return size
+            return written
         finally:
             await in_thread(self.reactor, _unlink, temp)
 

@@ -52,7 +52,8 @@ class ImageSides(Protocol):
         """Whether the destination has this manifest, so that its tree is not walked."""
 
     async def blob(self, descriptor: dict[str, Any]) -> None:
-        """Copy one blob (``digest``, ``size``) unless the destination has it."""
+        """Copy one blob (``digest``; ``size`` when the manifest declares it) unless the
+        destination has it."""
 
     async def put(self, manifest: FetchedManifest, tag: str | None, what: str) -> None:
         """Write the manifest (under ``tag``, else by digest); ``what`` is ``manifest``,
@@ -65,8 +66,9 @@ class ImageSides(Protocol):
 def blob_descriptors(document: dict[str, Any]) -> list[dict[str, Any]]:
     """
     The blobs an image manifest names, once each: config and layers (OCI, Docker schema 2),
-    or the ``fsLayers`` of a schema 1 manifest.  Foreign layers (with ``urls``) are fetched by
-    clients from those URLs, never from a registry, so they are not copied.
+    or the ``fsLayers`` of a schema 1 manifest (without ``size``: schema 1 names none, and a
+    made-up one would be enforced as the blob's size).  Foreign layers (with ``urls``) are
+    fetched by clients from those URLs, never from a registry, so they are not copied.
     """
     found: dict[str, dict[str, Any]] = {}
     config = document.get("config")
@@ -80,7 +82,7 @@ def blob_descriptors(document: dict[str, Any]) -> list[dict[str, Any]]:
     schema1 = document.get("fsLayers")
     for layer in schema1 if isinstance(schema1, list) else []:
         if isinstance(layer, dict) and isinstance(layer.get("blobSum"), str):
-            found.setdefault(layer["blobSum"], {"digest": layer["blobSum"], "size": 0})
+            found.setdefault(layer["blobSum"], {"digest": layer["blobSum"]})
     return list(found.values())
 
 

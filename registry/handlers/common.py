@@ -70,8 +70,7 @@ def url_for(ctx: RegistryContext, request: IRequest, path: str) -> str:
     """
     if ctx.config.http.relativeurls:
         return path
-    seen = origin(request)
-    return f"{seen.scheme}://{seen.host or 'localhost'}{path}"
+    return origin(request).url(path)
 
 
 def error_for(exc: BaseException | None) -> RegistryError:
@@ -83,7 +82,9 @@ def error_for(exc: BaseException | None) -> RegistryError:
     if isinstance(exc, RegistryError):
         return exc
     if isinstance(exc, WriteRemoved):
-        return RegistryError(BLOB_UPLOAD_UNKNOWN, {"reason": str(exc)[:500]})
+        # Said in the client's terms: the exception names the storage path (the log has it).
+        reason = "the upload was cancelled, purged or finished by another request meanwhile"
+        return RegistryError(BLOB_UPLOAD_UNKNOWN, {"reason": reason})
     if isinstance(exc, WriteTakenOver):
         return RegistryError(BLOB_UPLOAD_INVALID, {"reason": str(exc)[:500]})
     if isinstance(exc, StorageError):

@@ -11,7 +11,7 @@ from registry.handlers.context import RegistryContext
 from registry.handlers.pages import next_link
 from registry.http import responses
 from registry.http.routes import Route
-from registry.storage.pagination import paginate, parse_count
+from registry.storage.pagination import paginate, parse_count, repository_order
 from registry.storage.referrers import referrers_response
 
 
@@ -34,7 +34,7 @@ async def list_catalog(ctx: RegistryContext, request: IRequest, route: Route) ->
     last = query(request, "last")
     names, _ = await ctx.catalog.list_repositories()
     visible = [name for name in names if ctx.access.may_pull(principal, name)]
-    page, more = paginate(visible, n, last)
+    page, more = paginate(visible, n, last, repository_order)
     headers = {}
     if more and page:
         headers["Link"] = next_link("/v2/_catalog", n, page[-1])
@@ -44,7 +44,8 @@ async def list_catalog(ctx: RegistryContext, request: IRequest, route: Route) ->
 async def list_referrers(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     await authorize(ctx, request, [repository(route.name, PULL)])
     subject = route.digest
-    artifact_type = query(request, "artifactType")
+    # ``?artifactType=`` with no value filters nothing (no artifact type is empty).
+    artifact_type = query(request, "artifactType") or None
     n = parse_count(query(request, "n"), ctx.referrers.max_page)
     last = query(request, "last")
     # An unknown repository has no referrers: the spec answers 200 with an empty index.

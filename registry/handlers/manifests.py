@@ -7,6 +7,7 @@ import functools
 from twisted.web.iweb import IRequest
 
 from registry.api import mediatypes
+from registry.api.digests import Digest
 from registry.api.errors import MANIFEST_UNKNOWN, TAG_INVALID, RegistryError
 from registry.auth.interfaces import DELETE, PULL, PUSH, repository
 from registry.handlers.common import (
@@ -61,14 +62,17 @@ def _tag_parameters(request: IRequest) -> list[str]:
     return tags
 
 
-def _put_headers(result: PutResult) -> dict[str, str]:
-    """The response headers of a successful manifest PUT (besides ``Location``)."""
+def _put_headers(result: PutResult, own: str | None) -> dict[str, str]:
+    """The response headers of a successful manifest PUT (besides ``Location``).  With
+    ``?tag=`` parameters, ``OCI-Tag`` names every tag the push set, the URL's own (``own``)
+    included: the spec's "each accepted tag"."""
     headers = {"Docker-Content-Digest": str(result.digest)}
     if result.subject is not None:
         headers["OCI-Subject"] = str(result.subject)
     if result.tags:
+        accepted = dict.fromkeys([*([own] if own is not None else []), *result.tags])
         # One list-valued field (RFC 9110 section 5.3): tags cannot contain a comma.
-        headers["OCI-Tag"] = ", ".join(result.tags)
+        headers["OCI-Tag"] = ", ".join(accepted)
     return headers
 
 
@@ -122,7 +126,7 @@ async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
         ctx.notifier.manifest_pushed(
             request, route.name, result.media_type, result.digest, len(content), tag
         )
-    headers = _put_headers(result)
+    headers = _put_headers(result, own)
     headers["Location"] = url_for(ctx, request, f"/v2/{route.name}/manifests/{result.digest}")
     return responses.empty(request, 201, headers)
 
@@ -130,10 +134,25 @@ async def put_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
 async def delete_manifest(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     refuse_if_delete_disabled(ctx)
     await authorize(ctx, request, [repository(route.name, DELETE)])
-    if route.is_digest_reference:
-        await ctx.manifests.delete(route.name, route.digest)
-        ctx.notifier.manifest_deleted(request, route.name, route.digest)
-    else:
-        await ctx.manifests.untag(route.name, route.reference)
-        ctx.notifier.tag_deleted(request, route.name, route.reference)
+    reference = route.digest if route.is_digest_reference else route.reference
+    await delete_reference(ctx, request, route.name, reference)
     return responses.empty(request, 202)
+
+
+async def delete_reference(
+    ctx: RegistryContext, request: IRequest, name: str, reference: str | Digest
+) -> None:
+    """
+    Delete a manifest by digest (with every tag pointing at it) or untag a tag, and notify it
+    as registry:2 does: the digest's ``delete`` event, then one ``delete`` event with ``tag``
+    for each tag that went with it, so that a receiver tracking tags forgets them.  The API's
+    DELETE and the UI's delete button both come here.
+    """
+    if isinstance(reference, Digest):
+        removed = await ctx.manifests.delete(name, reference)
+        ctx.notifier.manifest_deleted(request, name, reference)
+        for tag in removed:
+            ctx.notifier.tag_deleted(request, name, tag)
+    else:
+        await ctx.manifests.untag(name, reference)
+        ctx.notifier.tag_deleted(request, name, reference)

@@ -26,6 +26,10 @@ from registry.http import responses
 from registry.ops.health import STORAGE
 from registry.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
+# How long ``/sync/status`` waits, right after a start, for the syncs' saved states to be read
+# back (storage that hangs at start must not hang it; it then shows what is known).
+SYNC_STATE_WAIT = 5.0
+
 
 def live_answer(request: IRequest) -> bytes:
     return responses.json_body(request, 200, {"status": "ok"})
@@ -54,6 +58,7 @@ async def storage_answer(ctx: RegistryContext, request: IRequest) -> bytes:
 async def local_metrics(ctx: RegistryContext) -> bytes:
     """This process's own metrics (a worker's share, with several workers)."""
     await ctx.metrics.gc.refresh(ctx.driver, ctx.reactor)
+    await ctx.sync.restored(1.0, ctx.reactor)  # a scrape waits as long for the gc record
     return ctx.metrics.render()
 
 
@@ -74,7 +79,9 @@ async def sync_status_answer(ctx: RegistryContext, request: IRequest, name: str 
     if ctx.sync.from_storage:
         from registry.sync.service import refresh_from_storage
 
-        await refresh_from_storage(ctx)
+        await refresh_from_storage(ctx, SYNC_STATE_WAIT)
+    else:
+        await ctx.sync.restored(SYNC_STATE_WAIT, ctx.reactor)
     if name is None:
         return responses.json_body(request, 200, ctx.sync.as_json())
     status = ctx.sync.syncs.get(name)

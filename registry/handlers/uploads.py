@@ -20,7 +20,9 @@ from registry.api.digests import Digest
 from registry.api.errors import (
     BLOB_UPLOAD_INVALID,
     DENIED,
+    DIGEST_INVALID,
     RANGE_INVALID,
+    SIZE_INVALID,
     UNAUTHORIZED,
     RegistryError,
 )
@@ -38,7 +40,7 @@ from registry.http.routes import Kind, Route, parse_route
 from registry.http.upload_sink import UploadSink
 from registry.storage.driver import WriteTakenOver
 from registry.storage.gcguard import GcGuard
-from registry.storage.uploads import UploadAppender, range_header
+from registry.storage.uploads import UploadAppender, range_error, range_header
 
 log = Logger()
 
@@ -84,25 +86,36 @@ def upload_sink(
         route = parse_route(unquote(path[4:].decode("utf-8", "replace")))
     except RegistryError:
         return None
-    params = parse_qs(query_bytes.decode("utf-8", "replace"))
+    # Blank values kept, as twisted.web's ``request.args`` keeps them for the route.
+    params = parse_qs(query_bytes.decode("utf-8", "replace"), keep_blank_values=True)
     if route.kind is Kind.UPLOAD and method in (b"PATCH", b"PUT"):
-        start = None
-        content_range = request_header(request, "content-range")
-        if content_range:  # a PUT may carry the last chunk, and is checked the same way
-            start = _chunk_start(route, content_range)
 
         def explain(exc: BaseException) -> RegistryError:
             return _with_upload_range(ctx, request, route, _logged_error_for(method, uri, exc))
 
         staged = _known_digest(params) if method == b"PUT" else None
-        return UploadSink(_open_existing(ctx, request, route, start, length, staged), explain)
+        if method == b"PUT" and staged is None:
+            # A commit under no digest, or one that does not parse: refused before its body
+            # reaches the upload, which stays as it was so that the client can retry the PUT
+            # (registry:2 does the same).
+            return UploadSink(_refuse_commit(ctx, request, route, params.get("digest")), explain)
+        chunk = None
+        content_range = request_header(request, "content-range")
+        if content_range:  # a PUT may carry the last chunk, and is checked the same way
+            chunk = _chunk_range(content_range)
+        return UploadSink(_open_existing(ctx, request, route, chunk, length, staged), explain)
     if route.kind is Kind.UPLOADS and method == b"POST" and "digest" in params:
-        if "mount" in params:
+        if params.get("mount", [""])[0]:
             return None
-        return UploadSink(
-            _open_new(ctx, request, route.name, length, _known_digest(params)),
-            lambda exc: _logged_error_for(method, uri, exc),
+        digest = _known_digest(params)
+        prepare = (
+            _open_new(ctx, request, route.name, length, digest)
+            if digest is not None
+            # Not a digest this registry takes: refused before an upload is started (the
+            # client would never learn of it, and nothing would ever close it).
+            else _refuse_new(ctx, request, route.name, params["digest"][0])
         )
+        return UploadSink(prepare, lambda exc: _logged_error_for(method, uri, exc))
     return None
 
 
@@ -119,11 +132,53 @@ def _logged_error_for(method: bytes, uri: bytes, exc: BaseException) -> Registry
     return error_for(exc)
 
 
-def _chunk_start(route: Route, content_range: str) -> int | None:
+def _chunk_range(content_range: str) -> tuple[int, int]:
+    """The inclusive ``(first, last)`` a chunk's ``Content-Range`` gives."""
     try:
-        return parse_content_range(content_range)[0]
+        return parse_content_range(content_range)
     except ValueError:
-        return -1  # never equal to a size: answered with 416 and the current range
+        return (-1, -1)  # never equal to a size: answered with 416 and the current range
+
+
+def _size_refusal(content_range: str, received: int) -> RegistryError:
+    return RegistryError(
+        SIZE_INVALID,
+        {"content_range": content_range[:100], "received": received},
+        "the chunk's length does not match its Content-Range",
+    )
+
+
+async def _refuse_chunk_length(
+    ctx: RegistryContext, route: Route, content_range: str, start: int, length: int
+) -> UploadAppender:
+    """
+    The refusal of a chunk whose ``Content-Length`` is not the length its ``Content-Range``
+    gives, before any of it is stored: 416 when it does not start where the upload ends, else
+    400 SIZE_INVALID (registry:2 v3 checks in that order).
+    """
+    size = await ctx.uploads.size(route.name, route.reference)
+    if start != size:
+        raise range_error(
+            route.reference, size, f"chunk starts at {start}, upload has {size} bytes"
+        )
+    raise _size_refusal(content_range, length)
+
+
+async def _check_chunk_length(request: IRequest, appender: UploadAppender) -> None:
+    """
+    A chunk sent without ``Content-Length`` (chunked) is measured once it is in: one that is
+    not the length its ``Content-Range`` gives is dropped (the upload stays where it was) and
+    refused with 400 SIZE_INVALID.  One with a ``Content-Length`` was checked before opening.
+    """
+    content_range = request_header(request, "content-range")
+    if not content_range:
+        return
+    first, last = _chunk_range(content_range)
+    received = appender.size - appender.start
+    if first < 0 or received == last - first + 1:
+        return
+    await shielded(appender.discard())
+    raise _size_refusal(content_range, received)
 
 
 def _known_digest(params: dict[str, list[str]]) -> Digest | None:
@@ -154,12 +209,18 @@ async def _open_existing(
     ctx: RegistryContext,
     request: IRequest,
     route: Route,
-    start: int | None,
+    chunk: tuple[int, int] | None,
     length: int | None,
     digest: Digest | None = None,
 ) -> UploadAppender:
     refuse_if_readonly(ctx)
     await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
+    start = None
+    if chunk is not None:
+        start, last = chunk
+        if start >= 0 and length is not None and last - start + 1 != length:
+            content_range = request_header(request, "content-range") or ""
+            return await _refuse_chunk_length(ctx, route, content_range, start, length)
     appender = await ctx.uploads.open(route.name, route.reference, start, length)
     return await _staged(appender, digest)
 
@@ -178,6 +239,33 @@ async def _open_new(
     return await _staged(appender, digest)
 
 
+async def _refuse_new(
+    ctx: RegistryContext, request: IRequest, name: str, digest_text: str
+) -> UploadAppender:
+    """The refusal of a monolithic push under a digest that does not parse (after the same
+    checks as `_open_new`, so that a client without access learns no more than that)."""
+    refuse_if_readonly(ctx)
+    await authorize(ctx, request, [repository(name, PULL, PUSH)])
+    Digest.parse(digest_text)  # raises the DIGEST_INVALID the client gets
+    raise AssertionError(f"{digest_text!r} parsed here but not in _known_digest")
+
+
+async def _refuse_commit(
+    ctx: RegistryContext, request: IRequest, route: Route, digest_values: list[str] | None
+) -> UploadAppender:
+    """The refusal of a final ``PUT`` without a digest that parses, after the checks a commit
+    makes first (access, then the upload's existence)."""
+    refuse_if_readonly(ctx)
+    await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
+    await ctx.uploads.size(route.name, route.reference)  # BLOB_UPLOAD_UNKNOWN first
+    if not digest_values or not digest_values[0]:
+        raise RegistryError(
+            DIGEST_INVALID, {"reason": "digest missing"}, "PUT needs ?digest= to complete an upload"
+        )
+    Digest.parse(digest_values[0])  # raises the DIGEST_INVALID the client gets
+    raise AssertionError(f"{digest_values[0]!r} parsed here but not in _known_digest")
+
+
 def _sink(request: IRequest) -> UploadSink[UploadAppender]:
     sink = getattr(request, "sink", None)
     if not isinstance(sink, UploadSink):
@@ -189,8 +277,9 @@ async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) ->
     refuse_if_readonly(ctx)
     name = route.name
     digest_text = query(request, "digest")
-    mount = query(request, "mount")
-    source = query(request, "from") if mount is not None else None
+    # Empty ``mount=`` and ``from=`` are no mount (registry:2 starts an upload for them).
+    mount = query(request, "mount") or None
+    source = (query(request, "from") or None) if mount is not None else None
     # A mount can use pull on its source but does not need it (see _try_mount): the challenge
     # names it, so the client's one token covers both, as registry:2's first challenge does.
     also = (
@@ -284,26 +373,21 @@ def _created(ctx: RegistryContext, request: IRequest, name: str, digest: Digest)
 
 async def patch_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     appender = await _body_written(ctx, request, route)
+    await _check_chunk_length(request, appender)
     await shielded(appender.close())
     headers = _session_headers(ctx, request, route.name, route.reference, appender.size)
     return responses.empty(request, 202, headers)
 
 
 async def put_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
-    digest_text = query(request, "digest")
-    if digest_text is None:
-        appender = await _body_written(ctx, request, route)
-        await shielded(appender.close())
-        raise RegistryError(
-            BLOB_UPLOAD_INVALID, {"reason": "PUT needs ?digest= to complete an upload"}
-        )
+    # The body sink opened the upload only for a digest that parses (`_refuse_commit`).
+    appender = await _body_written(ctx, request, route)
     try:
-        digest = Digest.parse(digest_text)
+        digest = Digest.parse(query(request, "digest") or "")
     except RegistryError:
-        appender = await _body_written(ctx, request, route)
         await shielded(appender.close())
         raise
-    appender = await _body_written(ctx, request, route)
+    await _check_chunk_length(request, appender)
     size = await shielded(ctx.uploads.commit(appender, digest))
     await ctx.catalog.note_repository(route.name)
     ctx.notifier.blob_pushed(request, route.name, digest, size)

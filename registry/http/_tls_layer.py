@@ -5,6 +5,7 @@ for an ``ssl:`` description: pyOpenSSL and cryptography cost about 13 MiB in eve
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import attrs
@@ -97,6 +98,9 @@ class ServerContextFactory:
         files: dict[str, str] | None = None,
     ) -> None:
         self._options = options
+        # When the certificate served stops being valid (clients that verify it refuse it).
+        self.expires: datetime.datetime | None = None
+        self.certificate_file = ""
         self._tls = tls
         self._cas = cas
         self._files = dict(files or {})  # the ssl: options it was built from, for `reload`
@@ -109,7 +113,16 @@ class ServerContextFactory:
         the option and file when they cannot serve; the material loaded before stays then.
         """
         fresh = certificate_options(self._files, self._tls)
+        now = datetime.datetime.now(datetime.UTC)
+        if expired(fresh, now) and not expired(self, now):
+            # Every verifying client would refuse the new one: the one that works stays.
+            assert fresh.expires is not None
+            raise TLSMaterialError(
+                f"{fresh.certificate_file}: the certificate expired on "
+                f"{fresh.expires:%Y-%m-%d %H:%M} UTC"
+            )
         self._options, self._cas, self._context = fresh._options, fresh._cas, fresh._context
+        self.expires, self.certificate_file = fresh.expires, fresh.certificate_file
 
     def getContext(self) -> SSL.Context:
         if self._context is None:
@@ -162,6 +175,8 @@ def certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> ServerConte
         acceptableCiphers=AEAD_CIPHERS,
     )
     factory = ServerContextFactory(options, tls, cas, kwargs)
+    factory.expires = cert.not_valid_after_utc
+    factory.certificate_file = f"{cert_option} {cert_path}"
     try:
         factory.getContext()
     except SSL.Error as exc:
@@ -171,6 +186,11 @@ def certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> ServerConte
 
 
 _FILE_OPTIONS = ("privateKey", "certKey", "extraCertChain")
+
+
+def expired(factory: ServerContextFactory, now: datetime.datetime) -> bool:
+    """Whether the certificate ``factory`` serves is past its end of validity."""
+    return factory.expires is not None and factory.expires < now
 
 
 @implementer(
@@ -184,6 +204,12 @@ class _NegotiationFactory:
     def __init__(self, wrapped: interfaces.IProtocolFactory, protocols: list[bytes]) -> None:
         self._wrapped = wrapped
         self._protocols = protocols
+        misdirected.pass_answers_on(self, wrapped)
+
+    def answered_without_request(self, addr: object, status: int, sent: int) -> None:
+        misdirected.IAnswersWithoutRequest(self._wrapped).answered_without_request(
+            addr, status, sent
+        )
 
     def acceptableProtocols(self) -> list[bytes]:
         return list(self._protocols)
@@ -210,7 +236,9 @@ class _TLSOrRefusal(TLSMemoryBIOFactory):
     def buildProtocol(self, addr: interfaces.IAddress | None) -> Any:
         protocol = super().buildProtocol(addr)
         if protocol is not None:
-            misdirected.refuse_plain_http(protocol)
+            misdirected.refuse_plain_http(
+                protocol, misdirected.answered_for(self.wrappedFactory, addr)
+            )
         return protocol
 
 

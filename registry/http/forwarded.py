@@ -119,6 +119,11 @@ class Origin:
     peer: str
     forwarded: bool = False
 
+    def url(self, path: str) -> str:
+        """``path`` as an absolute URL the client can use: the one home of that form, so that
+        a ``Location`` and a notification's ``target.url`` never disagree."""
+        return f"{self.scheme}://{self.host or 'localhost'}{path}"
+
 
 def origin(request: IRequest) -> Origin:
     """

@@ -17,10 +17,12 @@ HTTPS server."; so do we.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IProtocol, ISSLTransport, ITCPTransport, ITransport
+from zope.interface import Interface, directlyProvides, providedBy
 
 # The first byte of a TLS record carrying a handshake (every ClientHello starts with it).
 _TLS_HANDSHAKE = 0x16
@@ -90,6 +92,32 @@ def _refuse_when(
 Answered = Callable[[int, int], None]
 
 
+class IAnswersWithoutRequest(Interface):
+    """
+    A protocol factory that logs answers given before a request exists (`RegistrySite`), or
+    one standing in front of such a factory and passing the call on: the TLS layer, which
+    answers plain HTTP sent to a TLS port, finds it through the factories it wraps.
+    """
+
+    def answered_without_request(addr: object, status: int, sent: int) -> None:
+        """One access line for an answer of ``status``, ``sent`` bytes, to ``addr``."""
+
+
+def answered_for(factory: object, addr: object) -> Answered | None:
+    """The `Answered` callback of ``factory`` for a connection from ``addr``, if it has one."""
+    site = IAnswersWithoutRequest(factory, None)
+    if site is None:
+        return None
+    return functools.partial(site.answered_without_request, addr)
+
+
+def pass_answers_on(front: object, behind: object) -> None:
+    """Make ``front`` (a factory wrapping ``behind``) provide `IAnswersWithoutRequest` when
+    ``behind`` does; ``front`` passes the calls on with its own method of that name."""
+    if IAnswersWithoutRequest.providedBy(behind):
+        directlyProvides(front, providedBy(front), IAnswersWithoutRequest)
+
+
 def answer_and_close(
     transport: ITransport, answer: bytes, answered: Answered | None = None
 ) -> None:
@@ -116,9 +144,9 @@ def refuse_tls(protocol: IProtocol, answered: Answered | None = None) -> None:
     _refuse_when(protocol, is_tls_handshake, TLS_ON_PLAIN_HTTP, answered)
 
 
-def refuse_plain_http(protocol: IProtocol) -> None:
+def refuse_plain_http(protocol: IProtocol, answered: Answered | None = None) -> None:
     """
     On a TLS port, ``protocol`` being the TLS layer (it sees the raw bytes): answer anything
     that is not a TLS handshake with Go's 400 (`PLAIN_HTTP_ON_TLS`).
     """
-    _refuse_when(protocol, lambda data: not is_tls_handshake(data), PLAIN_HTTP_ON_TLS)
+    _refuse_when(protocol, lambda data: not is_tls_handshake(data), PLAIN_HTTP_ON_TLS, answered)

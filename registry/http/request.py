@@ -30,6 +30,7 @@ from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from zope.interface import implementer
 
 from registry import fdlimit
 from registry.api.errors import RegistryError
@@ -317,12 +318,15 @@ class RegistryRequest(server.Request):
         if not self._paused_by_body:
             return
         self._paused_by_body = False
-        if self.channel is None:
+        # A finished request has no channel attribute at all (twisted.web deletes it): the
+        # body's writer can catch up after an early refusal answered the request.
+        channel = getattr(self, "channel", None)
+        if channel is None:
             return
         if self._speaks_http1():
-            self.channel.transport.resumeProducing()  # type: ignore[union-attr]
+            channel.transport.resumeProducing()
         else:
-            self.channel.resumeProducing()
+            channel.resumeProducing()
 
     def connectionLost(self, reason: Failure) -> None:
         sink = self.sink
@@ -349,6 +353,7 @@ class RegistryRequest(server.Request):
             transport.SEND_LIMIT = _DOWNLOAD_SEND_LIMIT
 
 
+@implementer(misdirected.IAnswersWithoutRequest)
 class RegistrySite(server.Site):
     """A Site with streaming bodies and one structured access-log line per request."""
 
@@ -385,18 +390,19 @@ class RegistrySite(server.Site):
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if protocol is not None:
-            answered = functools.partial(self._answered_without_request, addr)
+            answered = functools.partial(self.answered_without_request, addr)
             # TLS clients on a plain port get an HTTP answer at once (see the module).
             misdirected.refuse_tls(protocol, answered)
             oversized.answer_long_lines(protocol, answered)
             head_deadline.limit_head_time(protocol, self.reactor.callLater, answered)
         return protocol
 
-    def _answered_without_request(self, addr: Any, status: int, sent: int) -> None:
+    def answered_without_request(self, addr: Any, status: int, sent: int) -> None:
         """
         The access line of an answer written before twisted.web made a request of what came
-        (a TLS handshake on a plain port, a head line too long, a head too slow): one line
-        per answer, like any request's, with what is known (no method, path or headers).
+        (a TLS handshake on a plain port, plain HTTP on a TLS port, a head line too long, a
+        head too slow): one line per answer, like any request's, with what is known (no
+        method, path or headers).
         """
         if not self.access_log:
             return

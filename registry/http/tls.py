@@ -17,6 +17,7 @@ the working directory, which is never what an operator meant.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 import sys
@@ -24,6 +25,9 @@ from typing import Any
 
 import attrs
 from twisted.internet import interfaces
+from twisted.logger import Logger
+
+log = Logger()
 
 CLIENT_AUTH = ("none", "optional", "required")
 
@@ -160,9 +164,16 @@ def connection_factory(
 
 
 def server_endpoint(
-    reactor: Any, description: str, tls: TLSSettings | None = None
+    reactor: Any,
+    description: str,
+    tls: TLSSettings | None = None,
+    *,
+    warn: bool = True,
+    refuse_expired: bool = False,
 ) -> interfaces.IStreamServerEndpoint:
-    """An endpoint for ``--port`` ``description``; ``tls`` applies to ``ssl:`` ones."""
+    """An endpoint for ``--port`` ``description``; ``tls`` applies to ``ssl:`` ones (an
+    expired certificate is said in a warning unless ``warn`` is False, refused with
+    ``refuse_expired``)."""
     check_description(description)
     kind, args, kwargs = split_description(description)
     if kind != "ssl":
@@ -187,7 +198,7 @@ def server_endpoint(
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.web import http
 
-    from registry.http._tls_layer import TLSServerEndpoint, certificate_options
+    from registry.http._tls_layer import TLSServerEndpoint, certificate_options, expired
 
     if tls.http2 and not http.H2_ENABLED:
         raise ValueError("http2 = true needs the h2 package (pip install 'twisted[http2]')")
@@ -202,6 +213,22 @@ def server_endpoint(
         options = certificate_options(kwargs, tls)
     except TLSMaterialError as exc:
         raise ListenerError(f"cannot listen on {description}: {exc}") from None
+    if (warn or refuse_expired) and expired(options, datetime.datetime.now(datetime.UTC)):
+        assert options.expires is not None
+        if refuse_expired:
+            raise ListenerError(
+                f"cannot listen on {description}: {options.certificate_file}: the certificate "
+                f"expired on {options.expires:%Y-%m-%d %H:%M} UTC"
+            )
+        # Served anyway (a client told not to verify still connects), but said: a verifying
+        # client only reports a failed handshake.
+        log.warn(
+            "{listener}: {file}: the certificate expired on {date} UTC; clients that verify "
+            "it refuse every connection",
+            listener=description,
+            file=options.certificate_file,
+            date=f"{options.expires:%Y-%m-%d %H:%M}",
+        )
     return TLSServerEndpoint(tcp_endpoint, options, protocols)
 
 

@@ -37,8 +37,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import abstract, tcp
+from twisted.internet.error import ConnectionDone
 from twisted.logger import ILogObserver, Logger
+from twisted.python.failure import Failure
 from twisted.web import _newclient, client, http, resource, server
+from twisted.web.http_headers import Headers
 
 from registry.http.chunked import ChunkedBodyDecoder
 
@@ -50,6 +53,7 @@ _FILE_DESCRIPTOR: type[Any] = abstract.FileDescriptor
 _TCP_SERVER: type[Any] = tcp.Server
 _CHANNEL_ATTRIBUTE = "_channel"
 _CONNECTION_POOL: type[client.HTTPConnectionPool] = client.HTTPConnectionPool
+_CLIENT_PROTOCOL: type[Any] = _newclient.HTTP11ClientProtocol
 _TCP_PORT: type[Any] = tcp.Port
 _ACCEPT: Callable[..., Any] = tcp._accept
 # Starts of what tcp._accept logs at exhaustion (registry.server.exhaustion recognises them).
@@ -108,6 +112,20 @@ def http1_channel(protocol: object) -> http.HTTPChannel | None:
     """
     channel = getattr(protocol, _CHANNEL_ATTRIBUTE, None)
     return channel if isinstance(channel, http.HTTPChannel) else None
+
+
+def response_head_parser(protocol: object) -> object | None:
+    """
+    The parser of the response an HTTP client connection (`HTTP11ClientProtocol`) is reading
+    the head of -- its ``_parser`` while in the STATUS or HEADER state, and again after a
+    1xx head (Twisted resets the same parser) -- or None (no request, or reading a body).
+    `registry.http.bounded_agent` counts a response head's bytes by it.
+    """
+    parser: Any = protocol._parser if isinstance(protocol, _CLIENT_PROTOCOL) else None
+    if parser is None or parser.state not in (_newclient.STATUS, _newclient.HEADER):
+        return None
+    found: object = parser
+    return found
 
 
 def h2_connection(stream: object) -> object | None:
@@ -208,6 +226,18 @@ class _ProbeTransport:
     def unregisterProducer(self) -> None:
         pass
 
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+    def abortConnection(self) -> None:
+        pass
+
 
 def _http1_problems(channel_class: type[http.HTTPChannel]) -> list[str]:
     """
@@ -303,12 +333,43 @@ def problems() -> list[str]:
         if not callable(getattr(_HTTP_CHANNEL, method, None)):
             found.append(f"{_qualname(_HTTP_CHANNEL)}.{method}() is gone")
     found += _accept_log_problems(_TCP_PORT)
+    found += _client_head_problems(_CLIENT_PROTOCOL)
     factory = getattr(_CONNECTION_POOL, "_factory", None)
     if not (isinstance(factory, type) and hasattr(factory, "noisy")):
         found.append(f"{_qualname(_CONNECTION_POOL)}._factory no longer names a Factory class")
     elif not _uses(_CONNECTION_POOL, "_newConnection", "_factory"):
         found.append(f"{_qualname(_CONNECTION_POOL)} no longer builds connections from _factory")
     return found
+
+
+def _client_head_problems(protocol_class: type[Any]) -> list[str]:
+    """
+    Send a request on a real client protocol (no socket) and feed it an answer in pieces:
+    `response_head_parser` must see the head until its blank line, and nothing once the body
+    is read.
+    """
+    name = _qualname(protocol_class)
+    seen: list[object | None] = []
+    try:
+        protocol: Any = protocol_class()
+        protocol.makeConnection(_ProbeTransport())
+        seen.append(response_head_parser(protocol))  # no request yet
+        answer = protocol.request(_newclient.Request(b"GET", b"/", Headers(), None))
+        answer.addErrback(lambda _: None)
+        # (No 1xx head in the probe: Twisted logs an info line for each it ignores.)
+        for piece in (b"HTTP/1.1 200 OK\r\n", b"Content-Length: 3\r\n", b"\r\nab"):
+            protocol.dataReceived(piece)
+            seen.append(response_head_parser(protocol))
+        protocol.connectionLost(Failure(ConnectionDone()))
+    except Exception as exc:  # a Twisted this different fails here, not on a client
+        return [f"{name} failed a probe response: {exc!r}"]
+    none, status, head, body = seen
+    if not (none is None and status is not None and head is status and body is None):
+        return [
+            f"{name} no longer keeps the response parser in _parser with its state in "
+            f"STATUS/HEADER while a head is read (found {seen!r})"
+        ]
+    return []
 
 
 def _accept_log_problems(port_class: type[Any]) -> list[str]:

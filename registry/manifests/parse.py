@@ -162,7 +162,9 @@ def _descriptor(value: Any, where: str, url_policy: UrlPolicy) -> Descriptor:
             if not url_policy.permits(url):
                 _invalid(f"{where}.urls: URL not allowed by this registry", url=url[:300])
     artifact_type = value.get("artifactType")
-    if artifact_type is not None:
+    if artifact_type == "":
+        artifact_type = None  # the distribution spec reads an empty artifactType as none
+    elif artifact_type is not None:
         artifact_type = _media_type(artifact_type, f"{where}.artifactType")
     platform = value.get("platform")
     if platform is not None:
@@ -226,7 +228,9 @@ def parse_manifest(
     if is_oci:
         if document.get("subject") is not None:
             subject = _descriptor(document["subject"], "subject", url_policy)
-        if document.get("artifactType") is not None:
+        # Empty reads as absent (the distribution spec; registry:2 accepts it): the referrers
+        # API then reports the config's mediaType.
+        if document.get("artifactType") not in (None, ""):
             artifact_type = _media_type(document["artifactType"], "artifactType")
         annotations = _annotations(document.get("annotations"), "annotations")
     if kind_of(media_type) == "index":

@@ -346,7 +346,9 @@ class GarbageCollector:
                     f"damaged tag link {path}: not a digest: {text[:80]!r} "
                     "(push the tag again, or remove its folder)"
                 )
-            if str(digest) in revisions:
+            if str(digest) in revisions or await self._revision_now(name, digest):
+                # (A manifest pushed since the revisions were listed, then tagged: no damage;
+                # kept, and read by the last look like every manifest pushed meanwhile.)
                 return {str(digest)}
             index = f"{layout.tag_dir(name, tag)}/index"
             history = {str(d) for d in await digest_folders(self.driver, index)} & revisions
@@ -362,6 +364,16 @@ class GarbageCollector:
 
         tags = await self._list(layout.tags_dir(name))
         return set().union(*await self._map(resolve, tags))
+
+    async def _revision_now(self, name: str, digest: Digest) -> bool:
+        """Whether ``name`` has a revision of ``digest`` now (pushed since it was listed)."""
+        try:
+            await self.driver.stat(layout.revision_link(name, digest))
+        except PathNotFoundError:
+            return False
+        except StorageError as exc:
+            raise GCAborted(f"cannot read manifest {name}@{digest}: {exc}") from None
+        return True
 
     async def _read(self, name: str, digest: str, revision: bool = True) -> ManifestRefs | None:
         """
@@ -480,11 +492,17 @@ class GarbageCollector:
                 # Every blob is looked at, kept ones too: their sizes make the space used.
                 infos = await self._map(self._blob_info, found)
                 for text, info in zip(found, infos, strict=True):
-                    size = info.size if info is not None and not info.is_dir else 0
+                    if info is None:
+                        # Nothing there: gone since the listing, or a folder emptied one file
+                        # at a time that the S3 server goes on listing (SeaweedFS keeps folder
+                        # entries).  Not a blob: neither stored nor waiting for its grace.
+                        self.stats.blobs_examined -= 1
+                        continue
+                    size = info.size if not info.is_dir else 0
                     self.stats.bytes_examined += size
                     if text in self._marked:
                         continue
-                    if info is None or info.modified >= self.cutoff:
+                    if info.modified >= self.cutoff:
                         self.stats.blobs_young += 1
                     else:
                         self._add_candidate(text, _Candidate(text, info.size))

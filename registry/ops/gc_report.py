@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from registry.ops import gcstatus
 from registry.ops.prometheus import Family, GaugeMetricFamily
-from registry.storage.driver import IStorageDriver
+from registry.storage.driver import IStorageDriver, StorageError
+
+log = Logger()
 
 # (metric suffix, help)
 _GAUGES = (
@@ -56,22 +61,58 @@ def _gauges(status: dict[str, object]) -> dict[str, float]:
 
 
 class GCReport:
-    """A collector of the last recorded run (nothing before a first run)."""
+    """
+    A collector of the last recorded run (nothing before a first run).  A scrape waits at
+    most ``wait`` seconds for the record's read: when the storage hangs or is down, the
+    metrics answer at once with the values last read (they are needed most then), and the
+    read goes on or fails on its own (the storage's health check says why).
+    """
 
-    def __init__(self, refresh_every: float = 30.0) -> None:
+    def __init__(self, refresh_every: float = 30.0, wait: float = 1.0) -> None:
         self.refresh_every = refresh_every
+        self.wait = wait
         self.report: dict[str, float] = {}
         self._read_at: float | None = None
+        self._reading: Deferred[None] | None = None
 
     async def refresh(self, driver: IStorageDriver, clock: IReactorTime) -> None:
         """Re-read the record if the last read is older than ``refresh_every``."""
         now = clock.seconds()
-        if self._read_at is not None and now - self._read_at < self.refresh_every:
-            return
-        self._read_at = now
-        status = await gcstatus.last(driver)
+        if self._reading is None:
+            if self._read_at is not None and now - self._read_at < self.refresh_every:
+                return
+            self._read_at = now
+            reading = Deferred.fromCoroutine(self._read(driver))
+            self._reading = reading
+            reading.addBoth(self._read_ended)
+        waiter: Deferred[None] = Deferred()
+
+        def wake(_: object = None) -> object:
+            if not waiter.called:
+                waiter.callback(None)
+            return _
+
+        timer = clock.callLater(self.wait, wake)
+        if self._reading is not None:
+            self._reading.addBoth(wake)
+        else:
+            wake()
+        await waiter
+        if timer.active():
+            timer.cancel()
+
+    async def _read(self, driver: IStorageDriver) -> None:
+        try:
+            status = await gcstatus.last(driver)
+        except StorageError:
+            return  # kept: the last values read
         if status is not None:
             self.report = _gauges(status)
+
+    def _read_ended(self, result: object) -> None:
+        self._reading = None
+        if isinstance(result, Failure):
+            log.failure("reading the last garbage collection's record failed", result)
 
     def describe(self) -> Iterator[Family]:
         for suffix, help in _GAUGES:

@@ -10,6 +10,10 @@ probe finishes for the next caller.  Nothing here blocks: the storage probe goes
 driver's async API and the upstream probe through the pull-through cache's HTTP client.
 
 Liveness (the process is serving) needs no check: answering is the proof.
+
+Once the process stops (`HealthChecker.stopping`), readiness fails with a `DRAINING` check of
+its own, without waiting for a probe: the registry's port refuses connections from then on,
+and a load balancer that probes ``[debug] addr`` must take the instance out at once.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ _log = Logger()
 Probe = Callable[[], Awaitable[Any]]
 
 STORAGE = "storage"
+# The check readiness fails with while the process stops (it is not one of `checks`).
+DRAINING = "draining"
 
 
 class CheckFailed(Exception):
@@ -78,12 +84,22 @@ class HealthChecker:
     checks: list[HealthCheck] = attrs.field(factory=list)
     _results: dict[str, CheckResult] = attrs.field(factory=dict)
     _waiters: dict[str, list[Deferred[CheckResult]]] = attrs.field(factory=dict)
+    # Set once the process stops: what it still does, for the `DRAINING` check's error.
+    _stopping: Callable[[], str] | None = attrs.field(default=None, init=False)
 
     def add(self, check: HealthCheck) -> None:
         """Add a check (other components: an upstream, a notification endpoint)."""
         if any(existing.name == check.name for existing in self.checks):
             raise ValueError(f"a health check named {check.name!r} exists already")
         self.checks.append(check)
+
+    def stopping(self, doing: Callable[[], str]) -> None:
+        """
+        The process stops (it no longer accepts on the registry's port): from now on
+        readiness leads with a failing `DRAINING` check whose error is ``doing()`` at the
+        time of asking.  The other checks go on being reported as they are.
+        """
+        self._stopping = doing
 
     async def run(self, names: Iterable[str] | None = None) -> list[CheckResult]:
         """The results of the checks named (default: every readiness check), in order."""
@@ -94,7 +110,11 @@ class HealthChecker:
             if (check.name in wanted if wanted is not None else check.readiness)
         ]
         waiting = [self._result(check) for check in chosen]
-        return [await d for d in waiting]
+        results = [await d for d in waiting]
+        if wanted is None and self._stopping is not None:
+            stopping = CheckResult(DRAINING, False, self._stopping(), self.clock.seconds())
+            results.insert(0, stopping)
+        return results
 
     def _result(self, check: HealthCheck) -> Deferred[CheckResult]:
         cached = self._results.get(check.name)

@@ -18,6 +18,7 @@ from zope.interface import alsoProvides, implementer
 
 from registry.storage.driver import (
     FileInfo,
+    IEmptyFolders,
     IFileWriter,
     IStagedWrites,
     IStorageDriver,
@@ -151,9 +152,14 @@ class CountingDriver:
             alsoProvides(self, IStagedWrites)  # so that purge-uploads aborts stale staged writes
         if ISymbolicLinks.providedBy(self.wrapped):
             alsoProvides(self, ISymbolicLinks)  # so that walks do not follow links
+        if IEmptyFolders.providedBy(self.wrapped):
+            alsoProvides(self, IEmptyFolders)  # so that purge-uploads removes emptied folders
 
     def staged_writer(self, path: str) -> Awaitable[IFileWriter]:
         return IStagedWrites(self.wrapped).staged_writer(path)
 
     def abort_stale_writes(self, path: str, age: float, now: float) -> Awaitable[int]:
         return IStagedWrites(self.wrapped).abort_stale_writes(path, age, now)
+
+    def remove_empty_folders(self, path: str, keep: str) -> Awaitable[int]:
+        return IEmptyFolders(self.wrapped).remove_empty_folders(path, keep)

@@ -4,6 +4,13 @@ uploads started more than ``age`` ago.  Without it, clients that give up mid-pus
 ``_uploads`` forever.  On drivers with staged writes (S3), it also discards the staged blob
 writes of pushes whose process was killed mid-body (incomplete multipart uploads at a blob's
 key, invisible to readers), older than the same age.
+
+On a filesystem, the folders a purged upload leaves empty go too: its ``_uploads`` folder, its
+repository's folder when that held nothing else (no ``_manifests``, no ``_layers``, no
+repository below it), and so on up to ``repositories/``.  registry:2 removes the upload's own
+folder only, so every push to a new name that was abandoned leaves two folders behind for good,
+and a client can make as many as it makes POSTs.  Only empty folders are removed, each with
+``rmdir`` (never a recursive delete): what a push to that name writes meanwhile is never lost.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from twisted.logger import Logger
 from registry.storage import layout
 from registry.storage.catalog import walk_folders
 from registry.storage.driver import (
+    IEmptyFolders,
     IStagedWrites,
     IStorageDriver,
     NotAFileError,
@@ -31,7 +39,8 @@ async def upload_folders(
     """
     Every ``_uploads`` folder below ``path`` (``repositories/`` or a folder in it), found by
     the catalog's walk: iterative, bounded by the name grammar (uploads only ever start under
-    a valid name), not following symbolic links.
+    a valid name), not following symbolic links, holding a bounded number of listings however
+    many repositories there are.
     """
     under = path.removeprefix(layout.REPOSITORIES).lstrip("/")
     async for name, children in walk_folders(driver, under):
@@ -52,11 +61,13 @@ def _parse_started(text: str) -> float | None:
 async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
     """Delete uploads older than ``age`` seconds; returns how many were removed."""
     removed = 0
+    folders = IEmptyFolders(driver, None)
     async for folder in upload_folders(driver):
         try:
             upload_ids = await driver.list(folder)
         except PathNotFoundError:
-            continue
+            upload_ids = []
+        kept = 0
         for upload_id in upload_ids:
             upload = f"{folder}/{upload_id}"
             try:
@@ -67,6 +78,7 @@ async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
                 except PathNotFoundError:
                     continue
             if started is None or now - started < age:
+                kept += 1
                 continue
             try:
                 await driver.delete(upload)
@@ -74,6 +86,9 @@ async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
                 continue
             removed += 1
             log.info("purged abandoned upload {upload}", upload=upload)
+        if folders is not None and not kept:
+            # Empty now, or already (registry:2 leaves them): gone, where the driver keeps them.
+            await folders.remove_empty_folders(folder, layout.REPOSITORIES)
     if IStagedWrites.providedBy(driver):
         staged = await driver.abort_stale_writes(layout.BLOBS, age, now)
         if staged:

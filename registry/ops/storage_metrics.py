@@ -25,6 +25,7 @@ from zope.interface import alsoProvides, implementer
 from registry.ops.metrics import Metrics
 from registry.storage.driver import (
     FileInfo,
+    IEmptyFolders,
     IFileWriter,
     IStagedWrites,
     IStorageDriver,
@@ -51,6 +52,7 @@ OPERATIONS = (
     "redirect_url",
     "staged_writer",
     "abort_stale_writes",
+    "remove_empty_folders",
 )
 
 
@@ -68,6 +70,8 @@ class MeasuredDriver:
             alsoProvides(self, IStagedWrites)
         if ISymbolicLinks.providedBy(inner):
             alsoProvides(self, ISymbolicLinks)  # walks of repositories/ do not follow links
+        if IEmptyFolders.providedBy(inner):
+            alsoProvides(self, IEmptyFolders)  # the upload purge removes the folders it empties
 
     async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         started = time.monotonic()
@@ -125,6 +129,13 @@ class MeasuredDriver:
         staged = IStagedWrites(self.inner)
         return await self._timed(
             "abort_stale_writes", lambda: staged.abort_stale_writes(path, age, now)
+        )
+
+    async def remove_empty_folders(self, path: str, keep: str) -> int:
+        """`IEmptyFolders.remove_empty_folders`, where the wrapped driver provides it."""
+        folders = IEmptyFolders(self.inner)
+        return await self._timed(
+            "remove_empty_folders", lambda: folders.remove_empty_folders(path, keep)
         )
 
     async def close(self) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
@@ -50,8 +50,11 @@ from registry.manifests import stored_media_type
 from registry.manifests.references import manifest_refs
 from registry.proxy.config import MAX_INFLIGHT, ProxyConfig, looks_like_host
 from registry.proxy.errors import (
+    ResumeFailed,
+    UpstreamAccessDenied,
     UpstreamBadResponse,
     UpstreamError,
+    UpstreamForeignChallenge,
     UpstreamNotFound,
     UpstreamRateLimited,
     UpstreamUnauthorized,
@@ -59,6 +62,7 @@ from registry.proxy.errors import (
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
 from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable, StoredMeanwhile
 from registry.proxy.fleet._redis import log_redis
+from registry.proxy.fleet.counters import FleetCounters
 from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.index import HOT_ENTRIES, FleetIndex
 from registry.proxy.fleet.ledger import Ledger
@@ -75,6 +79,7 @@ from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
 from registry.storage.listing import digest_folders
 from registry.storage.manifests import StoredManifest
+from registry.storage.pagination import paginate
 from registry.storage.tags import TagStore
 
 log = Logger()
@@ -121,11 +126,28 @@ def upstream_error(exc: UpstreamError, code: ErrorCode, detail: dict[str, Any]) 
         return RegistryError(
             TOOMANYREQUESTS, detail, "upstream rate limit reached", headers=headers
         )
+    if isinstance(exc, UpstreamAccessDenied):
+        # The upstream's own refusal of a token it issued: a private or unknown repository
+        # there (Docker Hub answers both alike), not a fault of the gateway.
+        return RegistryError(code, detail)
+    if isinstance(exc, UpstreamForeignChallenge):
+        # A host the upstream sent us to wants credentials of its own: ours are not in
+        # question (and were not sent there).
+        message = "a host the upstream redirected to asked for authentication"
+        return RegistryError(UNAVAILABLE, detail, message, status=502)
     if isinstance(exc, UpstreamUnauthorized):
         return RegistryError(UNAVAILABLE, detail, "upstream refused our credentials", status=502)
     if isinstance(exc, UpstreamBadResponse):
         return RegistryError(UNAVAILABLE, detail, "upstream answer cannot be trusted", status=502)
     return RegistryError(UNAVAILABLE, detail, "upstream registry unavailable")
+
+
+def _resume_failure(position: int, exc: RegistryError) -> str:
+    """Why a fleet body could not be resumed, in one line: the answer it would have been,
+    and the upstream's reason when there is one."""
+    reason = exc.detail.get("upstream") if isinstance(exc.detail, dict) else None
+    said = f"{exc.message}: {reason}" if reason else exc.message
+    return f"could not resume at byte {position}: {said}"
 
 
 def overloaded(detail: dict[str, Any]) -> RegistryError:
@@ -167,6 +189,8 @@ SWEEP_INTERVAL = 300.0
 # how soon it tries again when another instance held the fleet's eviction lock.
 SPACE_POLL = 1.0
 LOCK_RETRY = 0.02
+# Upstream referrers lists read at once per cache (`ProxyCache.referrers`).
+REFERRER_READS = 2
 
 
 @attrs.frozen
@@ -215,6 +239,8 @@ class ProxyCache:
     # for a cache built without a service).
     hash_threads: HashThreads | None = None
     ledger: Ledger | None = attrs.field(init=False, default=None)
+    # A fleet's figures for the cache page (its counters, its fills in flight), or None.
+    counters: FleetCounters | None = attrs.field(init=False, default=None)
     _fills: dict[Digest, Fill] = attrs.field(init=False, factory=dict)
     # Blob HEADs by (upstream name, digest): a HEAD answers for one repository only.
     _heads: Inflight[tuple[str, Digest], int] = attrs.field(init=False)
@@ -232,6 +258,11 @@ class ProxyCache:
     state_loaded: bool = attrs.field(init=False, default=False)
     # One eviction (or admission of a fill's reservation) at a time; later ones queue.
     _eviction_lock: DeferredLock = attrs.field(init=False, factory=DeferredLock)
+    # Upstream referrers lists read at once: each may be many pages (up to the client's
+    # bound, 64 MiB), so clients asking together queue here rather than multiply it.
+    _referrer_reads: DeferredSemaphore = attrs.field(
+        init=False, factory=lambda: DeferredSemaphore(REFERRER_READS)
+    )
     _eviction_scheduled: bool = False
     _swept: float = 0.0
 
@@ -245,11 +276,18 @@ class ProxyCache:
         self.space = Reservations(clock)
         if self.fleet is not None:
             leases = self.fleet.leases
+            # The eviction lock lives as long as a fill lease: a dead holder of either
+            # holds the fleet up for that long.
             self.ledger = Ledger(
-                self.fleet.redis, self.name, self.fleet.instance, url=lambda: leases.url
+                self.fleet.redis,
+                self.name,
+                self.fleet.instance,
+                lock_ttl=leases.ttl,
+                url=lambda: leases.url,
             )
             # Redis holds the fleet's index; this process what it has not pushed yet.
             self.index = FleetIndex(self.ledger, min(HOT_ENTRIES, limits.remembered))
+            self.counters = FleetCounters(self.fleet.redis, self.name, self.fleet.instance)
 
     def fleet_index(self) -> FleetIndex:
         """A fleet instance's side of the index (the ledger pushes it)."""
@@ -289,6 +327,13 @@ class ProxyCache:
     @property
     def active_fills(self) -> int:
         return len(self._fills)
+
+    @property
+    def fills_everywhere(self) -> int:
+        """The fills in flight of the whole fleet (as of the last push), or this instance's."""
+        if self.counters is not None and self.counters.fills is not None:
+            return self.counters.fills
+        return self.active_fills
 
     # -- blobs
 
@@ -486,9 +531,14 @@ class ProxyCache:
         state: dict[str, int] = {}
 
         async def open_source(position: int) -> IBodyProducer:
-            size, producer = await self._fleet_source(
-                local, upstream, digest, position, state.get("end"), peers=whole
-            )
+            try:
+                size, producer = await self._fleet_source(
+                    local, upstream, digest, position, state.get("end"), peers=whole
+                )
+            except RegistryError as exc:
+                # The status line went out with the first source: what would have been
+                # the answer is now only why the body is cut short.
+                raise ResumeFailed(_resume_failure(position, exc)) from exc
             state.setdefault("size", size)
             return producer
 
@@ -784,10 +834,27 @@ class ProxyCache:
                 if await self.blobs.exists(digest) is not None:
                     raise StoredMeanwhile(digest)
             blob = await self.client.blob(upstream, digest)
+            confirmed = self._confirmed.get((upstream, digest))
             if blob.length is not None:
+                if confirmed is not None and blob.length != confirmed:
+                    # The size a client was (or will be) answered with is the HEAD's: a body
+                    # of another length is either cut short or padded, and would be written
+                    # as long as it claims.
+                    blob.abort()
+                    raise UpstreamBadResponse(
+                        None,
+                        f"GET of {digest} answers {blob.length} bytes, its HEAD said {confirmed}",
+                    )
                 fill.size = blob.length
             else:
-                fill.size = await self.client.blob_head(upstream, digest)
+                fill.size = (
+                    confirmed
+                    if confirmed is not None
+                    else await self.client.blob_head(upstream, digest)
+                )
+                # A body without a length (chunked) is held to the size the upstream gave:
+                # past it, the fill fails; an endless body once filled the disk.
+                blob.length = fill.size
             self._confirmed.put((upstream, digest), fill.size)
             # Room under max_size before the first byte is stored; else served, not kept.
             fill.keep = await self._make_room(fill)
@@ -894,7 +961,9 @@ class ProxyCache:
                 try:
                     await self.fleet.leases.release(self.name, digest)
                 except Exception as exc:  # it expires on its own
-                    log.warn(
+                    log_redis(
+                        log,
+                        exc,
                         "proxy {upstream}: releasing the fill lease of {digest} failed: {error}",
                         upstream=self.name,
                         digest=str(digest),
@@ -949,7 +1018,9 @@ class ProxyCache:
             )
         except Overloaded:
             raise overloaded({"name": local, "reference": tag}) from None
-        except UpstreamNotFound as exc:
+        except (UpstreamNotFound, UpstreamAccessDenied) as exc:
+            # Gone upstream, or refused to us there (a private, deleted or revoked repository:
+            # Docker Hub answers these alike): answered as missing, never served stale.
             self._upstream_failed("manifest HEAD", upstream, tag, exc)
             raise upstream_error(exc, MANIFEST_UNKNOWN, {"name": local, "reference": tag}) from None
         except UpstreamError as exc:
@@ -1039,8 +1110,13 @@ class ProxyCache:
         if n == 0:
             return [], False
         try:
-            return await self.client.tags(upstream, n, last)
-        except UpstreamNotFound as exc:
+            tags, more = await self.client.tags(upstream, n, last)
+            if not more:
+                # The whole list (registry:2 ignores n and last, and does not sort): sorted
+                # and paged here, as the spec has it and a hosted repository answers.
+                return paginate(sorted(tags), n, last)
+            return tags, more
+        except (UpstreamNotFound, UpstreamAccessDenied) as exc:
             raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
         except UpstreamError as exc:
             self._upstream_failed("tag list", upstream, "-", exc)
@@ -1063,8 +1139,9 @@ class ProxyCache:
         """The referrers of ``subject`` upstream: from its referrers API, or else from the
         ``sha256-<hex>`` tag of the fallback schema (a cached index, stale when the upstream
         is down, like any cached tag).  No referrers: an empty list."""
+        found: list[dict[str, Any]] | None
         try:
-            found = await self.client.referrers(upstream, subject)
+            found = await self._referrer_reads.run(self.client.referrers, upstream, subject)
         except UpstreamError as exc:
             self._upstream_failed("referrers", upstream, str(subject), exc)
             found = None
@@ -1160,7 +1237,8 @@ class ProxyCache:
                 log_redis(
                     log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
                 )
-                break
+                self._not_kept(fill, "the cache's shared state (Redis) is unavailable", limit)
+                return False
             if granted:
                 return True
             remaining = deadline - self.now()
@@ -1306,7 +1384,7 @@ class ProxyCache:
         With ``digest``: make room for ``size`` more bytes and, when they fit, reserve them
         for that fill while the lock is still held (so no other instance's admission can
         count the same room).  Returns the entries evicted and whether the room was
-        reserved (None: another instance holds the lock)."""
+        reserved (None: another instance holds the lock, or this one's lapsed meanwhile)."""
         now = self.now()
         index = self.fleet_index()
         await ledger.push(index, now)
@@ -1318,7 +1396,7 @@ class ProxyCache:
                 self.reactor.callLater(self.fleet.poll, self.schedule_eviction)
             return 0, None
         count = 0
-        granted = False
+        granted: bool | None = False
         try:
             # What this instance stored since the push above counts from here on.
             await ledger.push(index, now)
@@ -1333,9 +1411,11 @@ class ProxyCache:
             reserved = sum(reservations.values())
             fits = limit is not None and total + reserved + size <= limit
             if digest is not None and fits:
-                await ledger.reserve(digest, size, now)
-                self.space.grant(digest, size)
-                granted = True
+                if await ledger.reserve(digest, size, now):
+                    self.space.grant(digest, size)
+                    granted = True
+                else:  # the lock lapsed under this eviction: try again, as when taken
+                    granted = None
             if self.now() - self._swept >= SWEEP_INTERVAL:
                 await self._sweep_quietly()
             if digest is None and limit is not None and total + reserved > limit:
@@ -1367,6 +1447,8 @@ class ProxyCache:
         offset = 0
         evicted_count = 0
         for _page in range(FLEET_WALK_PAGES):
+            if not ledger.holding:
+                break  # the lock lapsed (this process stalled): another eviction may run
             entries = await ledger.page(offset, FLEET_PAGE)
             victims: list[Victim] = []
             examined = 0
@@ -1430,8 +1512,16 @@ class ProxyCache:
 
     async def load_state(self) -> None:
         if self.ledger is not None:
+            # A fleet's index is in Redis (registry.proxy.fleet.ledger): its total is what
+            # this instance reports (then read again at every push).
+            try:
+                self.fleet_index().size = await self.ledger.size()
+            except RedisUnavailable as exc:
+                log_redis(
+                    log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+                )
             self.state_loaded = True
-            return  # a fleet's index is in Redis (registry.proxy.fleet.ledger)
+            return
         blobs, manifests = await self.index.load(self.driver, state_dir(self.name))
         self.state_loaded = True
         log.info(
@@ -1530,15 +1620,22 @@ class ProxyCache:
             return
         index = self.fleet_index()
         blobs = manifests = size = 0
+        # The repositories registered so far: a blob one of them links was counted then.
+        # (Redis knows a blob's repositories; a set of every digest would grow with the
+        # cache.)
+        done: set[str] = set()
         for name in await self._repositories():
             now = self.now()
-            for digest in await digest_folders(self.driver, layout.layers_dir(name)):
+            layers = await digest_folders(self.driver, layout.layers_dir(name))
+            linked = await ledger.blob_names([str(digest) for digest in layers])
+            for digest, names in zip(layers, linked, strict=True):
                 info = await self.blobs.exists(digest)
                 if info is None:
                     continue
                 await index.add_blob(name, str(digest), info.size, now)
-                blobs += 1
-                size += info.size
+                if not names & done:
+                    blobs += 1
+                    size += info.size
             for digest in await digest_folders(self.driver, layout.revisions_dir(name)):
                 try:
                     body = await self.driver.get_content(layout.blob_data(digest))
@@ -1548,6 +1645,7 @@ class ProxyCache:
                 manifests += 1
                 size += len(body)
             await ledger.push(index, now)  # a repository at a time: batches stay small
+            done.add(name)
         await ledger.established()
         ledger.lost = False
         if blobs or manifests:

@@ -166,7 +166,42 @@ def parse_proxies(config: Config) -> list[ProxyConfig]:
             )
         if proxy.prefix:
             prefixes[proxy.prefix] = proxy.name
+    _refuse_nested(proxies)
     return proxies
+
+
+def _refuse_nested(proxies: list[ProxyConfig]) -> None:
+    """
+    A prefix inside another's (``docker.io/q`` and ``docker.io``) would give two upstream
+    repositories one local name (``docker.io/q/app`` is ``app`` of the first and ``q/app`` of
+    the second): content cached through one would be served through the other, past the
+    policy and the other upstream's own access.  So would a prefix ``library`` next to a
+    default upstream without one that stores ``alpine`` as ``library/alpine`` (Docker Hub).
+    """
+    named = sorted((p.prefix, p.name) for p in proxies if p.prefix)
+    for prefix, name in named:
+        for other, other_name in named:
+            if prefix.startswith(other + "/"):
+                raise ConfigError(
+                    f"[proxy:{name}] prefix: {prefix!r} lies inside the prefix {other!r} of "
+                    f"[proxy:{other_name}]: names under it would belong to both"
+                )
+    bare_default = next((p for p in proxies if p.default and not p.prefix), None)
+    if bare_default is not None and _maps_library(bare_default):
+        for prefix, name in named:
+            if prefix == "library" or prefix.startswith("library/"):
+                raise ConfigError(
+                    f"[proxy:{name}] prefix: {prefix!r} is where [proxy:{bare_default.name}] "
+                    f"(the default, without a prefix) keeps its library/ names"
+                )
+
+
+def _maps_library(proxy: ProxyConfig) -> bool:
+    """Whether ``proxy`` stores one-component names as ``library/<name>`` (as its client
+    decides, `registry.client._client.maps_to_library`)."""
+    from registry.client._client import maps_to_library
+
+    return maps_to_library(proxy.remoteurl, proxy.library)
 
 
 def looks_like_host(component: str) -> bool:

@@ -38,7 +38,7 @@ from registry.proxy.config import looks_like_host
 from registry.storage.blobs import BlobInfo, IBlobStore
 from registry.storage.manifests import IManifestStore, PutResult, StoredManifest
 from registry.storage.pagination import paginate, parse_count
-from registry.storage.referrers import IReferrers
+from registry.storage.referrers import IReferrers, within_bytes
 from registry.storage.tags import ITagStore
 from registry.storage.uploads import IUploadStore, UploadAppender
 
@@ -110,11 +110,14 @@ class ProxyRouter:
         return attrs.evolve(route, name=f"{namespace}/{route.name}")
 
 
-def _refuse_write(name: str) -> RegistryError:
+def refuse_write(name: str, allow: str = "GET, HEAD") -> RegistryError:
+    """405, with the ``Allow`` RFC 9110 asks of it: what the route still takes on a cached
+    repository (reads of manifests and blobs; nothing on an upload's routes)."""
     return RegistryError(
         UNSUPPORTED,
         {"name": name, "reason": "repository is a pull-through cache of an upstream"},
         "the operation is unsupported: this repository is a read-only pull-through cache",
+        headers={"Allow": allow},
     )
 
 
@@ -153,12 +156,12 @@ class RoutingBlobStore:
 
     async def link(self, name: str, digest: Digest) -> None:
         if self.router.route(name) is not None:
-            raise _refuse_write(name)
+            raise refuse_write(name, allow="")  # a mount: an upload's route
         await self.local.link(name, digest)
 
     async def unlink(self, name: str, digest: Digest) -> None:
         if self.router.route(name) is not None:
-            raise _refuse_write(name)
+            raise refuse_write(name)
         await self.local.unlink(name, digest)
 
 
@@ -183,17 +186,17 @@ class RoutingManifestStore:
         tags: Sequence[str] = (),
     ) -> PutResult:
         if self.router.route(name) is not None:
-            raise _refuse_write(name)
+            raise refuse_write(name)
         return await self.local.put(name, reference, body, content_type, tags)
 
     async def delete(self, name: str, digest: str | Digest) -> list[str]:
         if self.router.route(name) is not None:
-            raise _refuse_write(name)
+            raise refuse_write(name)
         return await self.local.delete(name, digest)
 
     async def untag(self, name: str, tag: str) -> None:
         if self.router.route(name) is not None:
-            raise _refuse_write(name)
+            raise refuse_write(name)
         await self.local.untag(name, tag)
 
 
@@ -256,7 +259,8 @@ class RoutingReferrers:
         found = await self.list_referrers(name, subject, artifact_type)  # sorted by digest
         by_digest = {str(d["digest"]): d for d in found}
         digests, more = paginate(list(by_digest), parse_count(n, self.local.max_page), last)
-        return [by_digest[digest] for digest in digests], more
+        kept, trimmed = within_bytes([by_digest[digest] for digest in digests])
+        return kept, more or trimmed
 
 
 @implementer(IUploadStore)
@@ -269,7 +273,7 @@ class RoutingUploadStore:
 
     def _refuse(self, name: str) -> None:
         if self.router.route(name) is not None:
-            raise _refuse_write(name)
+            raise refuse_write(name, allow="")
 
     async def start(self, name: str) -> str:
         self._refuse(name)

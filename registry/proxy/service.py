@@ -119,8 +119,15 @@ class ProxyService(MultiService):
         d.addErrback(failed)
         return d
 
-    def _log_summary(self, cache: ProxyCache) -> None:
-        log.info("{summary}", summary=cache.summary())
+    def _log_summary(self, cache: ProxyCache) -> Deferred[None]:
+        async def run() -> None:
+            # The first line (at start) once the cache's size is known: read back from
+            # storage, or the fleet's total from Redis.
+            if self._started is not None:
+                await self._started
+            log.info("{summary}", summary=cache.summary())
+
+        return Deferred.fromCoroutine(run())
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -374,8 +381,10 @@ def install_proxies(
             "proxy {upstream}: {url} for {names}",
             upstream=cache.name,
             url=cache.config.remoteurl,
-            names=(f"{cache.config.prefix}/*" if cache.config.prefix else "")
-            + (" and unprefixed names (default)" if cache.config.default else ""),
+            names=" and ".join(
+                ([f"{cache.config.prefix}/*"] if cache.config.prefix else [])
+                + (["unprefixed names (default)"] if cache.config.default else [])
+            ),
         )
     return Stores(
         blobs=RoutingBlobStore(local.blobs, router),

@@ -5,7 +5,8 @@ The pull-through cache's view of its upstream: the public client library
 The cache retries nothing itself at this level (a fill that fails is retried by the next pull,
 and a client waiting on it should hear "unavailable" within one timeout), so retries are off.
 The credential rules (credentials and tokens only to the realm the upstream's own ``/v2/``
-announced; a 401 from elsewhere is an error; redirects never carry ``Authorization``) live in
+announced; a 401 from elsewhere is an error; redirects to another origin never carry
+``Authorization``) live in
 the library.
 """
 

@@ -34,6 +34,15 @@ def clear_slot(fd: int, slot: int) -> None:
     os.pwrite(fd, SLOT.pack(0, 0.0), slot * SLOT.size)
 
 
+def cleared(fd: int, slot: int) -> bool:
+    """
+    Whether the slot is clear: its worker has not started listening, has stopped (it clears
+    its own slot as it stops accepting, to drain), or is gone.
+    """
+    _connections, heartbeat = SLOT.unpack(os.pread(fd, SLOT.size, slot * SLOT.size))
+    return bool(heartbeat == 0.0)
+
+
 def silent_for(fd: int, slot: int, now: float) -> float | None:
     """
     How long the worker in ``slot`` has not renewed its heartbeat, when that is longer than

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -37,7 +37,13 @@ from registry.http.tls import (
     server_endpoint,
 )
 from registry.malloc_tuning import HeapTrimmer, limit_malloc_arenas, release_startup_memory
-from registry.ops.health import HealthCheck, ProbeFileCleanup, loaded_probe, upstream_probe
+from registry.ops.health import (
+    HealthCheck,
+    HealthChecker,
+    ProbeFileCleanup,
+    loaded_probe,
+    upstream_probe,
+)
 from registry.ops.metrics import Metrics
 from registry.ops.notifications import Notifier, add_notifications
 from registry.ops.notifications.metrics import register_notification_metrics
@@ -122,6 +128,7 @@ def _serving(
     link: WorkerLink | None = None,
     notifier: Notifier | None = None,
     board: AcceptBoard | None = None,
+    health: HealthChecker | None = None,
 ) -> RegistryService:
     """
     The root service: binds ``endpoints``, probes ``driver``, announces, drains on stop (see
@@ -170,6 +177,7 @@ def _serving(
         announce=announce,
         drain_timeout=config.http.draintimeout,
         flush=flush,
+        health=health,
     )
 
 
@@ -246,7 +254,12 @@ def serve(
             reactor,
             pool,
         )
-        endpoints = listening_endpoints(config, reactor, settings.enabled)
+        endpoints = listening_endpoints(
+            config,
+            reactor,
+            settings.enabled,
+            refuse_expired=spec is not None and spec.refuse_expired,
+        )
         board = None
         if spec is not None:
             make_port = None
@@ -331,6 +344,7 @@ def serve(
         link,
         ctx.notifier,
         board,
+        ctx.health,
     )
     root.setServiceParent(serving)  # type: ignore[no-untyped-call]
     if reload_on_hup and spec is None:  # one process under twistd: SIGHUP reads TLS files again
@@ -379,14 +393,54 @@ def _purge_failed(failure: Failure) -> None:
     log.error("upload purge failed: {error}", error=f"{type(error).__name__}: {error}")
 
 
+class OnceService(Service):
+    """
+    Steps run once, in order, when started (the indexes built after the storage probe), each
+    failure logged in one line -- but not once the registry stopped: a storage that hangs has
+    the work fail after the registry said it stopped, and a line then would be about nothing
+    that still runs.  Stopping also cancels the step under way.
+    """
+
+    def __init__(self, steps: list[tuple[str, Callable[[], Awaitable[object]]]]) -> None:
+        self._steps = steps
+        self._running: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        running = Deferred.fromCoroutine(self._run())
+        if not running.called:
+            self._running = running
+
+    async def _run(self) -> None:
+        for what, step in self._steps:
+            try:
+                await step()
+            except CancelledError:
+                return
+            except Exception:
+                if not self.running:
+                    return
+                log_failure(log, Failure(), f"{what} failed")
+        self._running = None
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        running, self._running = self._running, None
+        if running is not None:
+            running.cancel()
+
+
 def _after_start(config: Config, root: MultiService, ctx: RegistryContext, driver: Any) -> None:
     """Storage work that waits for the probe: on broken storage it could only log failures."""
+
     # A registry:2 data directory served for the first time has no catalog index yet: build
     # it now rather than inside the first catalog request; then its referrers index.
-    d = Deferred.fromCoroutine(ctx.catalog.ensure_index())
-    d.addErrback(lambda f: log_failure(log, f, "building the catalog index failed"))
-    d.addCallback(lambda _: Deferred.fromCoroutine(_index_referrers(driver)))
-    d.addErrback(lambda f: log_failure(log, f, "building the referrers index failed"))
+    OnceService(
+        [
+            ("building the catalog index", ctx.catalog.ensure_index),
+            ("building the referrers index", lambda: _index_referrers(driver)),
+        ]
+    ).setServiceParent(root)  # type: ignore[no-untyped-call]
     # Replication ([sync:NAME]): each sync's schedule starts once storage is known to work.
     if has_syncs(config):
         from registry.sync.service import add_replication

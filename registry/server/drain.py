@@ -35,6 +35,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import directlyProvides, implementer, providedBy
 
+from registry.http import misdirected
+
 log = Logger()
 
 # How far to follow ``.transport`` from a request's channel to its connection's transport.
@@ -75,6 +77,12 @@ class _TrackingFactory:
         self._tracker = tracker
         if IProtocolNegotiationFactory.providedBy(wrapped):
             directlyProvides(self, providedBy(self), IProtocolNegotiationFactory)
+        misdirected.pass_answers_on(self, wrapped)
+
+    def answered_without_request(self, addr: object, status: int, sent: int) -> None:
+        misdirected.IAnswersWithoutRequest(self._wrapped).answered_without_request(
+            addr, status, sent
+        )
 
     def acceptableProtocols(self) -> list[bytes]:
         return list(self._wrapped.acceptableProtocols())  # type: ignore[attr-defined]

@@ -36,26 +36,32 @@ def print_line(message: str) -> None:
     stream.flush()
 
 
-def tell_supervisor(message: str) -> None:
+def tell_supervisor(message: str) -> bool:
     """
     In a worker of ``[http] workers > 1``: send the start-up failure over the control pipe
     too, so that the supervisor can name the cause in its own log (a SIGHUP whose new worker
     cannot start, say because the certificate files were replaced by a bad pair).  Written
-    straight to the pipe's descriptor: the process is about to exit.
+    straight to the pipe's descriptor: the process is about to exit.  True when the
+    supervisor logs it (a worker replaced while the registry serves), so that the worker
+    does not print the same cause again on every retry.
     """
     from registry.server.worker_env import CONTROL_OUT, WORKER_ENVIRONMENT
 
     spec = os.environ.get(WORKER_ENVIRONMENT)
     if not spec:
-        return
+        return False
     try:
-        slot = json.loads(spec)["worker"]
+        parsed = json.loads(spec)
+        slot = parsed["worker"]
     except (ValueError, KeyError, TypeError):
-        return
+        return False
     reason = " ".join(message.split())
     line = json.dumps({"op": "failed", "worker": slot, "pid": os.getpid(), "reason": reason})
-    with contextlib.suppress(OSError):
+    try:
         os.write(CONTROL_OUT, b"\n" + line.encode() + b"\n")  # after whatever half line is there
+    except OSError:
+        return False
+    return parsed.get("failures_logged") is True
 
 
 def twistd_pidfile(argv: list[str]) -> str:
@@ -94,8 +100,8 @@ def _remove_own_pidfile() -> None:
 
 def exit_now(message: str) -> NoReturn:
     """Before the reactor runs: print the line and leave with a failure status."""
-    print_line(message)
-    tell_supervisor(message)
+    if not tell_supervisor(message):
+        print_line(message)
     _remove_own_pidfile()
     raise SystemExit(EXIT_STARTUP_FAILED)
 
@@ -111,8 +117,8 @@ def _exit_with(status: int) -> None:
 
 def exit_after_reactor(reactor: object, message: str) -> None:
     """While the reactor runs: print the line, stop the reactor, exit non-zero afterwards."""
-    print_line(message)
-    tell_supervisor(message)
+    if not tell_supervisor(message):
+        print_line(message)
     atexit.register(_exit_with, EXIT_STARTUP_FAILED)
     reactor.stop()  # type: ignore[attr-defined]
 

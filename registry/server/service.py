@@ -7,9 +7,11 @@ timers), probe the storage, then accept connections and log "listening".  Under 
 caller that only calls ``startService`` (tests, embedding) asks `RegistryService.when_ready`
 instead, which fails with that line as a `StartupError`.
 
-Stop (SIGTERM, or ``stopService``): stop accepting, let requests in flight finish for up to
-the drain timeout (`ConnectionTracker.drain`), flush state (upload hash states), then stop the
-children.  Under twistd, SIGTERM then exits 0: a requested, clean stop.
+Stop (SIGTERM, or ``stopService``): readiness fails from then on (`HealthChecker.stopping`:
+the ``[debug] addr`` listener answers until the children stop), stop accepting, let requests
+in flight finish for up to the drain timeout (`ConnectionTracker.drain`), flush state (upload
+hash states), then stop the children.  Under twistd, SIGTERM then exits 0: a requested, clean
+stop.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -30,6 +32,9 @@ from registry.failures import log_failure
 from registry.server.drain import ConnectionTracker
 from registry.server.exit import StartupError, exit_after_reactor
 from registry.server.listeners import Listeners
+
+if TYPE_CHECKING:
+    from registry.ops.health import HealthChecker
 
 log = Logger()
 
@@ -46,6 +51,7 @@ class RegistryService(MultiService):
         announce: Callable[[], None],
         drain_timeout: float,
         flush: Callable[[], Awaitable[None]] | None = None,
+        health: HealthChecker | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._reactor = reactor
@@ -55,6 +61,7 @@ class RegistryService(MultiService):
         self._announce = announce
         self.drain_timeout = drain_timeout
         self._flush = flush
+        self._health = health
         self._under_twistd = False
         self._stop_requested = False
         # Fires once the registry accepts connections; fails with StartupError.
@@ -152,6 +159,8 @@ class RegistryService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._health is not None:
+            self._health.stopping(self._doing)
         await self.listeners.stop_listening()
         await self.tracker.drain(self.drain_timeout)
         if self._flush is not None:
@@ -160,6 +169,9 @@ class RegistryService(MultiService):
             except Exception:
                 log_failure(log, Failure(), "flushing state before stopping failed")
         await self._stop_children()
+
+    def _doing(self) -> str:
+        return f"stopping: draining {self.tracker.requests} request(s)"
 
     async def _stop_children(self) -> None:
         Service.stopService(self)

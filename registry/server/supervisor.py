@@ -35,7 +35,7 @@ worker's slot when it exits, so that the others stop leaving new connections to 
 Questions the workers ask (over their control pipe): the whole tree's metrics (asked of every
 serving worker and merged, `registry.ops.metrics_tree`; a worker that does not answer counts
 with its last answer, one that exited with its last counters) and how many workers serve
-(readiness: a worker whose heartbeat on the board is stale does not).
+(readiness: a worker that drains, or whose heartbeat on the board is stale, does not).
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ class Worker:
         self.pid = pid
         self.channel = channel
         self.serving = False
+        self.stopping = False  # sent SIGTERM by the supervisor: it drains, then exits
         self.failure: str | None = None  # the line it gave for not starting
         self.served = Event()  # fires True once it serves, False if it ended first
         self.ended = Event()  # fires with its wait status
@@ -186,6 +187,9 @@ class Supervisor:
         self._rolling = False
         self._hup_again = False  # a SIGHUP arrived during the rolling restart running
         self._holding: set[int] = set()  # slots a rolling restart replaces itself
+        # Slots a rolling restart started again, until their new worker serves: it must not
+        # serve a certificate that has expired (the one it replaces may not have).
+        self._renewing: set[int] = set()
         # The accept board (`registry.server.balance`): only where workers share a socket.
         self._board = -1
         if self.count > 1 and board.available():
@@ -252,6 +256,10 @@ class Supervisor:
             "debug": debug,
             "supervisor": os.getpid(),
             "board": board_fd,
+            # Once serving, the supervisor names a worker's start-up failure in its own log
+            # line (`_say_ended`, a SIGHUP's error): the worker then does not print it too.
+            "failures_logged": self._started,
+            "refuse_expired": slot in self._renewing,
         }
         return json.dumps(spec), moves
 
@@ -295,6 +303,7 @@ class Supervisor:
             return
         worker.serving = True
         self._failures.pop(worker.slot, None)
+        self._renewing.discard(worker.slot)
         self.log("info", f"worker {worker.slot} (pid {worker.pid}) serving")
         worker.served.fire(True)
 
@@ -348,11 +357,22 @@ class Supervisor:
         for worker in asked:
             worker.channel.request("metrics", SCRAPE_TIMEOUT, partial(answered, worker))
 
+    def _draining(self, worker: Worker) -> bool:
+        """Whether a serving ``worker`` no longer accepts.  A worker clears its slot on the
+        board as it stops listening to drain, whoever told it to stop; the supervisor's own
+        SIGTERM counts too, for platforms without a board."""
+        if worker.stopping:
+            return True
+        return self._board >= 0 and board.cleared(self._board, worker.slot)
+
     def _tree_ready(self, message: dict[str, Any], reply: Reply) -> None:
         ready = 0
         stuck = []
         for worker in sorted(self.workers.values(), key=lambda w: w.slot):
             if not worker.serving:
+                continue
+            if self._draining(worker):
+                stuck.append(f"worker {worker.slot} (pid {worker.pid}) not serving: draining")
                 continue
             silent = self._silent_for(worker)
             if silent is None:
@@ -457,6 +477,7 @@ class Supervisor:
             try:
                 old = self.workers.get(slot)
                 if old is not None:
+                    old.stopping = True
                     old.signal(signal.SIGTERM)
                     yield from self._ended_within(old, self.drain_timeout + STOP_GRACE)
                 pending = self._respawns.pop(slot, None)
@@ -465,6 +486,7 @@ class Supervisor:
                 if self._stopping:
                     return
                 self.restarts += 1
+                self._renewing.add(slot)
                 new = self._spawn(slot)
             finally:
                 self._holding.discard(slot)
@@ -523,6 +545,7 @@ class Supervisor:
         self._listeners, self._debug = [], None
         workers = list(self.workers.values())
         for worker in workers:
+            worker.stopping = True
             worker.signal(signal.SIGTERM)
         # One limit for all of them, counted from now (they drain at the same time).
         deadline = self.loop.seconds() + self.drain_timeout + STOP_GRACE

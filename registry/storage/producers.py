@@ -127,6 +127,17 @@ class LocalRange:
     threadpool: ThreadPool
 
 
+class IChunkLimit(Interface):
+    """A producer whose write size its consumer may lower."""
+
+    def limit_chunk_size(size: int) -> None:
+        """
+        Read and write at most ``size`` bytes at a time from now on: an HTTP/2 stream queues
+        a whole write until its client's flow-control window takes it, so a client that
+        opens many streams and never reads would otherwise hold two full chunks per stream.
+        """
+
+
 class ILocalFile(Interface):
     """
     A producer over a local file that can hand the file over instead of producing: a
@@ -141,7 +152,7 @@ class ILocalFile(Interface):
         """
 
 
-@implementer(IBodyProducer, IPushProducer, ILocalFile)
+@implementer(IBodyProducer, IPushProducer, ILocalFile, IChunkLimit)
 class FileProducer(_PausableProducer):
     """
     Writes ``length`` bytes of an open file, reading ``CHUNK_SIZE`` at a time in a worker thread
@@ -165,6 +176,9 @@ class FileProducer(_PausableProducer):
         self._chunk_size = chunk_size
         self._ahead: Deferred[bytes] | None = None
         self._ready: bytes | None = None
+
+    def limit_chunk_size(self, size: int) -> None:
+        self._chunk_size = max(1, min(self._chunk_size, size))
 
     def detach(self) -> LocalRange | None:
         file = self._file

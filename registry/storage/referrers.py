@@ -44,6 +44,32 @@ def referrer_descriptor(manifest: ParsedManifest, digest: Digest, size: int) -> 
     return descriptor
 
 
+# A referrers page's body at most, the OCI index around its descriptors included: the size
+# clients read a manifest with (oras reads at most 4 MiB; this registry's manifests are at most
+# 4 MiB too).  Referrers beyond it go to the next page, behind a Link, whatever ``n`` asked for
+# (the spec's "cannot be returned in a single manifest"), so that a page's memory is bounded
+# however many or large the referrers a client pushed.
+PAGE_BYTES = 4 * 1024 * 1024 - 4096
+
+
+def encoded_size(descriptor: dict[str, Any]) -> int:
+    """Bytes ``descriptor`` takes in a page's body (compact JSON, and its comma)."""
+    return len(json.dumps(descriptor, separators=(",", ":"))) + 1
+
+
+def within_bytes(
+    descriptors: list[dict[str, Any]], max_bytes: int = PAGE_BYTES
+) -> tuple[list[dict[str, Any]], bool]:
+    """The first ``descriptors`` that fit in ``max_bytes`` (one at least), and whether some
+    were left out."""
+    used = 0
+    for index, descriptor in enumerate(descriptors):
+        used += encoded_size(descriptor)
+        if used > max_bytes and index > 0:
+            return descriptors[:index], True
+    return descriptors, False
+
+
 def referrers_response(descriptors: list[dict[str, Any]]) -> dict[str, Any]:
     """The body of ``GET /v2/<name>/referrers/<digest>``: an OCI image index."""
     return {
@@ -82,7 +108,8 @@ class IReferrers(Interface):
         n: int | str | None = None,
         last: str | None = None,
     ) -> Awaitable[tuple[list[dict[str, Any]], bool]]:
-        """At most ``n`` referrers with digests after ``last``, and whether more follow."""
+        """At most ``n`` referrers with digests after ``last``, within `PAGE_BYTES` of a
+        page's body, and whether more follow."""
 
 
 @implementer(IReferrers)
@@ -141,6 +168,7 @@ class ReferrersIndex:
         artifact_type: str | None = None,
         n: int | str | None = None,
         last: str | None = None,
+        max_bytes: int | None = PAGE_BYTES,
     ) -> tuple[list[dict[str, Any]], bool]:
         count = parse_count(n, self.max_page)
         if count == 0:
@@ -148,6 +176,7 @@ class ReferrersIndex:
         entries = await self._entries(name, subject)
         after = _entry_name(last) if last else ""
         found: list[dict[str, Any]] = []
+        used = 0
         for entry in entries:
             if entry <= after:
                 continue
@@ -158,11 +187,14 @@ class ReferrersIndex:
                 continue
             if count is not None and len(found) == count:
                 return found, True
+            used += encoded_size(descriptor)
+            if max_bytes is not None and used > max_bytes and found:
+                return found, True
             found.append(descriptor)
         return found, False
 
     async def list_referrers(
         self, name: str, subject: Digest, artifact_type: str | None = None
     ) -> list[dict[str, Any]]:
-        descriptors, _ = await self.page(name, subject, artifact_type)
+        descriptors, _ = await self.page(name, subject, artifact_type, max_bytes=None)
         return descriptors

@@ -47,6 +47,7 @@ from registry.storage.driver import (
     PathBusyError,
     PathNotFoundError,
     StorageError,
+    WriteRemoved,
 )
 from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
@@ -61,7 +62,7 @@ def range_header(size: int) -> str:
     return f"0-{max(size - 1, 0)}"
 
 
-def _range_error(upload_id: str, size: int, detail: str) -> RegistryError:
+def range_error(upload_id: str, size: int, detail: str) -> RegistryError:
     """416: the handler adds the upload's ``Range`` and ``Location`` headers from ``size``."""
     return RegistryError(RANGE_INVALID, {"upload": upload_id, "size": size, "reason": detail})
 
@@ -346,7 +347,7 @@ class UploadStore:
             await self._handover.recorded(key)
         if not self._handover.claim(key):
             size = await self._size_now(name, upload_id)
-            raise _range_error(upload_id, size, "another request is writing")
+            raise range_error(upload_id, size, "another request is writing")
         previous = self._handover.take_over(key)
         try:
             appender = await self._appender(name, upload_id, start, coming, previous)
@@ -373,13 +374,13 @@ class UploadStore:
             writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
         except PathBusyError:  # a request in another worker process is writing it
             so_far = await self._size_now(name, upload_id)
-            raise _range_error(upload_id, so_far, "another request is writing") from None
+            raise range_error(upload_id, so_far, "another request is writing") from None
         except PathNotFoundError:  # committed or cancelled by another worker meanwhile
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"name": name, "upload": upload_id}) from None
         try:
             size: int = writer.size
             if start is not None and start != size:
-                raise _range_error(
+                raise range_error(
                     upload_id, size, f"chunk starts at {start}, upload has {size} bytes"
                 )
             if previous is not None and previous.size == size:
@@ -432,6 +433,12 @@ class UploadStore:
         await self.driver.put_content(
             layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, size), hasher.serialize()
         )
+        if not await self.exists(name, upload_id):
+            # Cancelled (or finished) by a request in another process while this one wrote:
+            # the state just written made part of the upload's folder again, which would stay
+            # until the purge.  Removed again, and this request's bytes are not kept.
+            await self._remove(name, upload_id)
+            raise WriteRemoved(f"upload {upload_id} was removed while its state was saved")
         if previous not in (0, size):
             with contextlib.suppress(PathNotFoundError):
                 await self.driver.delete(

@@ -48,14 +48,14 @@ def _regex(text: str) -> re.Pattern[str] | None:
         raise ValueError(f"not a regular expression: {text!r} ({exc})") from None
 
 
-def _count(limit: int) -> Callable[[str], int]:
+def _count(limit: int, low: int = 0) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text.strip())
         except ValueError:
             raise ValueError(f"not a whole number: {text!r}") from None
-        if not 0 <= value <= limit:
-            raise ValueError(f"must be between 0 and {limit}")
+        if not low <= value <= limit:
+            raise ValueError(f"must be between {low} and {limit}: {text!r}")
         return value
 
     return parse
@@ -130,7 +130,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "strip_prefix": parse_bool,
     "interval": parse_positive_duration,
     "first_run_within": parse_duration,
-    "concurrency": _count(MAX_CONCURRENCY),
+    "concurrency": _count(MAX_CONCURRENCY, low=1),
     "bandwidth": _bandwidth,
     "referrers": parse_bool,
     "enabled": parse_bool,
@@ -152,8 +152,6 @@ def parse_sync(name: str, values: Mapping[str, str]) -> SyncConfig:
         # The name is a path component of the sync's saved state.
         raise ConfigError(f"{section}: a sync's name starts with a letter or digit")
     kwargs = parse_section_values(section, values, _KEYS, required=("remote",))
-    if kwargs.get("concurrency") == 0:
-        raise ConfigError(f"{section} concurrency: must be at least 1")
     username, password = kwargs.pop("username", None), kwargs.pop("password", None)
     authfile = kwargs.pop("authfile", None)
     if password is not None and username is None:

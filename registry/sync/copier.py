@@ -117,8 +117,11 @@ class Copier:
         """Copy a manifest by digest unless the target has it; True when it was copied."""
         return await self._walk(source_name, target_name).copy_digest(digest)
 
-    async def blob(self, source_name: str, target_name: str, digest: Digest) -> None:
-        """Copy one blob unless the target has it."""
+    async def blob(
+        self, source_name: str, target_name: str, digest: Digest, size: int | None = None
+    ) -> None:
+        """Copy one blob unless the target has it.  ``size``: what the manifest declares; a
+        remote sending more (or less) fails the copy, with nothing stored."""
         # One transfer per digest at a time: whoever waited finds the blob there afterwards
         # (locally, linked into its repository), instead of fetching it a second time.
         lock = self._locks.get(digest)
@@ -126,13 +129,15 @@ class Copier:
             lock = self._locks[digest] = DeferredLock()
         await lock.acquire()
         try:
-            await self._blob_once(source_name, target_name, digest)
+            await self._blob_once(source_name, target_name, digest, size)
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(digest, None)
 
-    async def _blob_once(self, source_name: str, target_name: str, digest: Digest) -> None:
+    async def _blob_once(
+        self, source_name: str, target_name: str, digest: Digest, size: int | None
+    ) -> None:
         if await self.target.has_blob(target_name, digest):
             self.counts.add("blobs_skipped")
             return
@@ -147,6 +152,7 @@ class Copier:
                     digest,
                     self.throttle,
                     self.marks,
+                    size,
                 )
             elif isinstance(self.source, LocalSide) and isinstance(self.target, RemoteSide):
                 size = await push_blob(
@@ -176,7 +182,10 @@ class _Sides:
 
     async def blob(self, descriptor: dict[str, Any]) -> None:
         digest = Digest.parse(str(descriptor["digest"]))
-        await self.copier.blob(self.source_name, self.target_name, digest)
+        declared = descriptor.get("size")
+        if type(declared) is not int or declared < 0:
+            declared = None  # none declared (schema 1 names none)
+        await self.copier.blob(self.source_name, self.target_name, digest, declared)
 
     async def put(self, manifest: FetchedManifest, tag: str | None, what: str) -> None:
         target = self.copier.target

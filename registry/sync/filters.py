@@ -16,7 +16,9 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-_GLOB_CHARS = re.compile(r"[*?\[]")
+_GLOB_CHARS = re.compile(r"[*?]")
+# What a repository glob may hold: the characters of repository names, "/", and "*" and "?".
+_GLOB_TEXT = re.compile(r"[a-z0-9._/*?-]+")
 # MAJOR[.MINOR[.PATCH]][-PRERELEASE][+BUILD], with an optional leading v (v1.2.3, 1.2, 3).
 _SEMVER = re.compile(
     r"v?(?P<major>0|[1-9]\d*)(?:\.(?P<minor>0|[1-9]\d*))?(?:\.(?P<patch>0|[1-9]\d*))?"
@@ -49,10 +51,20 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def check_glob(pattern: str) -> str:
-    """Refuse what cannot be a repository glob (empty, a leading or trailing slash)."""
+    """Refuse what cannot be a repository glob: empty, a leading or trailing slash, or a
+    character no repository name has (uppercase, a space, ``[``), which would match nothing
+    and let every run copy nothing, reported as a success."""
     pattern = pattern.strip()
-    if not pattern or pattern.startswith("/") or pattern.endswith("/"):
-        raise ValueError(f"{pattern!r} is not a repository glob (e.g. library/*, team/**)")
+    if (
+        not pattern
+        or pattern.startswith("/")
+        or pattern.endswith("/")
+        or not _GLOB_TEXT.fullmatch(pattern)
+    ):
+        raise ValueError(
+            f"{pattern!r} is not a repository glob (names' characters a-z 0-9 . _ - /, "
+            "with * ** ?; e.g. library/*, team/**)"
+        )
     return pattern
 
 

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from registry.api.errors import RegistryError
+from registry.asyncutil import within_time
 from registry.client import ClientError, RegistryClient
 from registry.config import Config
 from registry.handlers.context import RegistryContext
@@ -92,11 +93,16 @@ class SyncService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._starting = Deferred.fromCoroutine(self._restore())
+        self.ctx.sync.reading(self._starting)
+        self._starting.addErrback(self._restore_failed)
+        # Scheduled whatever the restore met (a stop that came first: `_schedule` does nothing).
         self._starting.addCallback(
             lambda _: self._schedule(self.rng.uniform(0, self.settings.first_run_within))
         )
-        # Cancelled by a stop that came first: nothing to report.
-        self._starting.addErrback(lambda failure: failure.trap(CancelledError) and None)
+
+    def _restore_failed(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):  # cancelled by a stop: nothing to report
+            log.failure("sync {sync}: restoring its state failed", failure, sync=self.settings.name)
 
     async def _restore(self) -> None:
         """Take back the saved status; a run that was still going when the process died is
@@ -114,7 +120,17 @@ class SyncService(Service):
             )
             data = None
         # Uploads first: once the status shows the interrupted run, its uploads are gone.
-        cancelled = await self.marks.cancel_abandoned(self.ctx.uploads)
+        try:
+            cancelled = await self.marks.cancel_abandoned(self.ctx.uploads)
+        except StorageError as exc:
+            # The sync runs all the same (its schedule must not hang on this); the next start
+            # looks again, and the uploads' own expiry removes them meanwhile.
+            log.warn(
+                "sync {sync}: cannot look for the uploads of a run that never ended: {reason}",
+                sync=settings.name,
+                reason=str(exc),
+            )
+            cancelled = []
         interrupted = self.status.restore(data) if data is not None else None
         if interrupted is not None:
             await self._save()
@@ -319,13 +335,19 @@ def add_statuses(config: Config, ctx: RegistryContext) -> list[SyncConfig]:
     return settings_list
 
 
-async def refresh_from_storage(ctx: RegistryContext) -> None:
-    """In a process that does not run the syncs: each status as its last saved state."""
-    for name, status in ctx.sync.syncs.items():
+async def refresh_from_storage(ctx: RegistryContext, within: float) -> None:
+    """In a process that does not run the syncs: each status as its last saved state, read
+    side by side, waiting at most ``within`` seconds (storage that hangs must not hang the
+    answer: a state read later is taken then, for the next answer)."""
+
+    async def refresh(name: str, status: SyncStatus) -> None:
         try:
             status.restore(await ctx.driver.get_content(state_path(name)), live=True)
         except (PathNotFoundError, StorageError):
-            continue
+            return
+
+    reads = [Deferred.fromCoroutine(refresh(n, s)) for n, s in ctx.sync.syncs.items()]
+    await within_time(DeferredList(reads, consumeErrors=True), within, ctx.reactor)
 
 
 class DisabledSync(Service):
@@ -343,6 +365,7 @@ class DisabledSync(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._reading = Deferred.fromCoroutine(self._read())
+        self.ctx.sync.reading(self._reading)
         # Cancelled by a stop that came first: nothing to report.
         self._reading.addErrback(lambda failure: failure.trap(CancelledError) and None)
 

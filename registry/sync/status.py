@@ -14,6 +14,9 @@ import json
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred, DeferredList
+
+from registry.asyncutil import within_time
 
 COUNTERS = (
     "repositories",
@@ -219,6 +222,31 @@ class SyncBoard:
     # registry/server/workers.py): its statuses are read back from each sync's saved state,
     # which the running process writes at the end of every run.
     from_storage: bool = False
+    # Saved states still being read back at start: the status and the metrics wait for them,
+    # so the first answer after a restart shows the saved runs, not a blank status.
+    _reading: list[Deferred[None]] = attrs.field(factory=list, init=False)
+
+    def reading(self, work: Deferred[Any]) -> None:
+        """Answers wait until ``work`` (a service reading its saved state) has ended, however
+        it ends; its result goes on down its chain untouched."""
+        ended: Deferred[None] = Deferred()
+
+        def passthrough(result: object) -> object:
+            ended.callback(None)
+            return result
+
+        work.addBoth(passthrough)
+        self._reading = [d for d in self._reading if not d.called] + [ended]
+
+    async def restored(self, within: float, clock: Any) -> None:
+        """Wait for every saved state being read back at start, at most ``within`` seconds:
+        storage that hangs or is down at start must not hang the answers that report on it
+        (they then show what is known)."""
+        waiting = [d for d in self._reading if not d.called]
+        self._reading = waiting
+        if waiting:
+            # (A DeferredList passes each one's result on: the next waiter sees it fired.)
+            await within_time(DeferredList(waiting), within, clock)
 
     def as_json(self) -> dict[str, Any]:
         return {"syncs": {name: status.as_json() for name, status in sorted(self.syncs.items())}}

@@ -18,6 +18,10 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+# The smallest read a throttled body is cut to, however low the rate (below it, the thread
+# hops of a storage reader would cost more than the bytes).
+MIN_CHUNK = 16 * 1024
+
 
 class Throttle:
     """``rate`` bytes per second (0: no limit), with a burst of one second's worth."""
@@ -96,6 +100,12 @@ class ThrottledBody:
         self._inner = inner
         self._throttle = throttle
         self.length = getattr(inner, "length", UNKNOWN_LENGTH)
+        limit = getattr(inner, "limit_chunk_size", None)
+        if throttle.rate > 0 and callable(limit):
+            # A chunk is passed on whole before the throttle can pause its reader (a storage
+            # reader's are 2 MiB): at most a sixteenth of a second's worth each, so that the
+            # transfers sharing the budget stay near its one-second burst together.
+            limit(max(MIN_CHUNK, throttle.rate // 16))
         self._gate: PausingGate | None = None
         self._done: Deferred[None] | None = None
         self.sent = 0

@@ -22,7 +22,8 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from registry.api.digests import Digest
-from registry.client import single_use
+from registry.api.errors import DIGEST_INVALID, RegistryError
+from registry.client import BadResponse, single_use
 from registry.storage.uploads import UploadAppender
 from registry.sync.abandoned import UploadMarks
 from registry.sync.sides import LocalSide, RemoteSide
@@ -105,12 +106,14 @@ async def pull_blob(
     digest: Digest,
     throttle: Throttle,
     marks: UploadMarks | None = None,
+    size: int | None = None,
 ) -> int:
     """Copy a blob from the remote into the local repository; returns its size.  ``marks``
     records the upload as the sync's while it is open, so that a restart after a crash
-    cancels it (`registry.sync.abandoned`)."""
+    cancels it (`registry.sync.abandoned`).  ``size`` (the manifest's): a remote sending
+    more fails the copy as soon as it does, rather than once the body ends."""
     uploads = local.ctx.uploads
-    blob = await remote.client.blob(remote_name, digest)
+    blob = await remote.client.blob(remote_name, digest, size=size)
     try:
         upload_id = await uploads.start(local_name)
     except BaseException:
@@ -134,7 +137,16 @@ async def pull_blob(
         except BaseException:
             blob.abort()
             raise
-        size = await uploads.commit(appender, digest)
+        try:
+            size = await uploads.commit(appender, digest)
+        except RegistryError as exc:
+            if exc.code != DIGEST_INVALID:
+                raise
+            # The remote's fault, not this registry's: said as the client says a bad answer.
+            received = (exc.detail or {}).get("received", "other bytes")
+            raise BadResponse(
+                None, f"blob {remote_name}@{digest}: the remote sent bytes that hash to {received}"
+            ) from None
         committed = True
         return size
     finally:

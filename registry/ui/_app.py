@@ -42,6 +42,7 @@ from registry.api.errors import (
 )
 from registry.api.names import is_valid_name
 from registry.auth.interfaces import CATALOG, DELETE, PULL, Principal, repository
+from registry.failures import log_failure
 from registry.handlers.common import (
     authorize,
     error_for,
@@ -49,6 +50,7 @@ from registry.handlers.common import (
     refuse_if_delete_disabled,
 )
 from registry.handlers.context import RegistryContext
+from registry.handlers.manifests import delete_reference
 from registry.http.forwarded import origin
 from registry.http.headers import request_header
 from registry.ops import gcstatus
@@ -373,7 +375,14 @@ class UiApp:
             config = await _data.read_config(self.reader.blobs, local, parsed)
             layers = _data.layers_with_history(parsed, config)
             subject = str(parsed.subject.digest) if parsed.subject is not None else None
-        referrers = await self.ctx.referrers.list_referrers(name, stored.digest)
+        referrers_error, referrers_cut = None, False
+        try:
+            # One page of the referrers API: bounded in bytes, however many a client pushed.
+            referrers, referrers_cut = await self.ctx.referrers.page(name, stored.digest)
+        except (RegistryError, StorageError) as exc:
+            # The manifest itself was there (a cached one served while its upstream is down):
+            # the page shows it, and says the referrers could not be listed.
+            referrers, referrers_error = [], str(exc)
         token = await self.csrf.token(principal) if await self._may_delete(request, name) else None
         host = _pull_host(request)
         content = _pages.manifest(
@@ -390,6 +399,8 @@ class UiApp:
             _data.group_referrers(referrers),
             subject,
             token,
+            referrers_error=referrers_error,
+            referrers_cut=referrers_cut,
         )
         title = (
             f"{name}:{ref}" if isinstance(ref, str) else f"{name}@{_format.short_digest(str(ref))}"
@@ -430,12 +441,15 @@ class UiApp:
         form = _form(request)
         await self.csrf.check(principal, form.get("csrf"))
         refuse_if_delete_disabled(self.ctx)
+        if _data.source_of(self.ctx, name) is not None:
+            # The store would refuse as the API's manifest routes do (``Allow: GET, HEAD``);
+            # this page takes no method for a cached repository.  (Loaded here: only a
+            # registry with a cache has it loaded, see `_data.router_of`.)
+            from registry.proxy.routing import refuse_write
+
+            raise refuse_write(name, allow="")
         reference = form.get("reference", "")
-        ref = parse_reference(reference)
-        if isinstance(ref, Digest):
-            await self.ctx.manifests.delete(name, ref)
-        else:
-            await self.ctx.manifests.untag(name, ref)
+        await delete_reference(self.ctx, request, name, parse_reference(reference))
         log.info(
             "ui: {user!r} deleted {name}:{reference}",
             user=principal.name,
@@ -464,8 +478,8 @@ class UiApp:
         status = await gcstatus.last(self.ctx.driver)
         # What the caller may pull, as the API would answer it (not what the catalog lists).
         pulls = self.ctx.access.pull_check(request, principal)
-        items = await self.storage_facts.items(status, pulls, self.tag_times.known)
-        gc = _ops.gc_items(status) if status is not None else None
+        items, whole = await self.storage_facts.items(status, pulls, self.tag_times.known)
+        gc = _ops.gc_items(status, whole) if status is not None else None
         content = _pages.storage(items, gc)
         return await self._render(request, "Storage and operations", "storage", principal, content)
 
@@ -529,12 +543,14 @@ class UiApp:
     def unexpected_error(self, request: IRequest, failure: Failure) -> Deferred[bytes] | bytes:
         if failure.check(CancelledError):
             return b""
-        # Storage trouble (503) and anything unforeseen (500) are logged, as the API does.
-        what = "storage failure" if failure.check(StorageError) else "unexpected error"
-        log.failure(
-            "ui: {what} on {method} {uri}",
+        # Storage trouble (503) in one line, anything unforeseen (500) with its traceback, as
+        # the API logs them.
+        log_failure(
+            log,
             failure,
-            what=what,
+            "ui: storage failure on {method} {uri}"
+            if failure.check(StorageError)
+            else "ui: unexpected error on {method} {uri}",
             method=request.method.decode("latin-1"),
             uri=request.uri.decode("latin-1")[:300],
         )

@@ -52,13 +52,15 @@ def cache_row(cache: ProxyCache) -> dict[str, Any]:
             ("Stale serves", str(totals["stale_served"])),
             ("Upstream errors", str(totals["upstream_errors"])),
             ("Rate limit remaining", "—" if remaining is None else str(remaining)),
-            ("Fills in flight", str(cache.active_fills)),
+            ("Fills in flight", str(cache.fills_everywhere)),
         ],
     }
 
 
-def gc_items(status: dict[str, Any]) -> list[tuple[str, str]]:
-    """The recorded last run (`registry.ops.gcstatus`), read leniently: it is a file."""
+def gc_items(status: dict[str, Any], whole: bool) -> list[tuple[str, str]]:
+    """The recorded last run (`registry.ops.gcstatus`), read leniently: it is a file.  What
+    it scanned and deleted are facts about the whole registry (how much other teams store):
+    shown only when ``whole`` (the reader may pull every repository), as in `StorageFacts`."""
 
     def number(key: str) -> int:
         value = status.get(key)
@@ -78,14 +80,15 @@ def gc_items(status: dict[str, Any]) -> list[tuple[str, str]]:
         ("Finished", _format.date(finished)),
         ("Duration", duration),
         ("Mode", mode),
-        ("Repositories scanned", str(number("repositories"))),
     ]
-    if dry:
-        would = f"{number('blobs_to_delete')} blobs, {_format.size(number('bytes_to_free'))}"
-        items.append(("Would delete", would))
-    else:
-        done = f"{number('blobs_deleted')} blobs, {_format.size(number('bytes_freed'))}"
-        items.append(("Deleted", done))
+    if whole:
+        items.append(("Repositories scanned", str(number("repositories"))))
+        if dry:
+            would = f"{number('blobs_to_delete')} blobs, {_format.size(number('bytes_to_free'))}"
+            items.append(("Would delete", would))
+        else:
+            done = f"{number('blobs_deleted')} blobs, {_format.size(number('bytes_freed'))}"
+            items.append(("Deleted", done))
     items.append(("Errors", str(number("errors"))))
     return items
 
@@ -116,26 +119,27 @@ class StorageFacts:
 
     async def items(
         self, gc: dict[str, Any] | None, may_pull: Callable[[str], bool], tag_dates: int = 0
-    ) -> list[tuple[str, str]]:
+    ) -> tuple[list[tuple[str, str]], bool]:
         """
         The storage's facts; ``gc`` is the last recorded collection, if any, ``tag_dates`` the
         number of repositories whose tag dates the UI holds in memory.  Facts about the whole
         registry (where it keeps its files, how many repositories and uploads it holds, how
         many of them people have opened lately) are for someone who may pull every
         repository; anyone else is told how many repositories they may pull, as the list
-        shows them.
+        shows them.  Also whether the reader may pull every repository.
         """
         config = self.ctx.config
         names, _ = await self.ctx.catalog.list_repositories()
         visible = sum(1 for name in names if may_pull(name))
         whole = visible == len(names)
         items: list[tuple[str, str]] = [("Driver", config.storage.driver)]
-        space = ("Space used by the registry", space_used(gc))
+        # The bytes every team stores: a whole-registry fact too.
+        space = [("Space used by the registry", space_used(gc))] if whole else []
         if config.storage.driver == "filesystem":
             root = os.path.abspath(config.storage.rootdirectory)  # noqa: ASYNC240 - no I/O
             if whole:
                 items.append(("Root directory", root))
-            items.append(space)
+            items.extend(space)
             try:
                 usage = await deferToThread(shutil.disk_usage, root)
             except OSError:
@@ -147,9 +151,9 @@ class StorageFacts:
                 items.append(("Disk used (the whole file system)", used))
         elif config.storage.driver == "s3":
             items.append(("Bucket", config.storage.bucket))
-            items.append(space)
+            items.extend(space)
         else:
-            items.append(space)
+            items.extend(space)
         if whole:
             items.append(("Repositories", str(len(names))))
             items.append(("Uploads in progress", str(await self.uploads_in_progress(names))))
@@ -159,7 +163,7 @@ class StorageFacts:
             items.append(("Repositories you may pull", str(visible)))
         items.append(("Deletes", "enabled" if config.storage.delete_enabled else "disabled"))
         items.append(("Read-only mode", "on" if config.maintenance.readonly else "off"))
-        return items
+        return items, whole
 
     async def uploads_in_progress(self, names: list[str]) -> int:
         now = float(self.ctx.reactor.seconds())

@@ -246,6 +246,9 @@ def manifest(
     referrers: Mapping[str, Sequence[Mapping[str, Any]]],
     subject: str | None,
     delete_token: str | None,
+    *,
+    referrers_error: str | None = None,
+    referrers_cut: bool = False,
 ) -> Content:
     parts: list[Content] = []
     summary: list[tuple[str, Content]] = [
@@ -310,7 +313,7 @@ def manifest(
                 _more(MAX_ROWS, len(layers), "layers"),
             )
         )
-    parts.append(_referrers(name, referrers))
+    parts.append(_referrers(name, referrers, referrers_error, referrers_cut))
     if delete_token is not None:
         parts.append(
             tags.section(
@@ -355,7 +358,18 @@ def _config(document: Mapping[str, Any]) -> Tag:
     return _definitions(items)
 
 
-def _referrers(name: str, groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> Tag:
+def _referrers(
+    name: str,
+    groups: Mapping[str, Sequence[Mapping[str, Any]]],
+    error: str | None = None,
+    cut: bool = False,
+) -> Tag:
+    """``cut``: more referrers than one page of the referrers API holds (the first shown)."""
+    if error is not None:
+        return tags.section(id="referrers")(
+            tags.h2("Referrers"),
+            tags.p(f"Referrers could not be listed: {_format.clip(error, 300)}"),
+        )
     if not groups:
         return tags.section(tags.h2("Referrers"), tags.p("No signatures, SBOMs or attestations."))
     sections = [
@@ -376,6 +390,9 @@ def _referrers(name: str, groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
         )
         for kind, descriptors in groups.items()
     ]
+    if cut:
+        note = "More referrers than one page of the referrers API: the first page is shown."
+        sections.append(tags.p(class_="meta")(note))
     return tags.section(id="referrers")(tags.h2("Referrers"), *sections)
 
 

@@ -26,6 +26,8 @@ def test_basic_challenge() -> None:
     assert basic_challenge('a "b" \\c') == 'Basic realm="a \\"b\\" \\\\c"'
     with pytest.raises(ValueError):
         basic_challenge("bad\r\nSet-Cookie: x")
+    # A tab is a quoted-string's own character (RFC 9110 section 5.6.4).
+    assert basic_challenge("Ops\tRegistry") == 'Basic realm="Ops\tRegistry"'
 
 
 def test_bearer_challenge_names_exactly_the_scope() -> None:

@@ -65,6 +65,21 @@ async def test_blobs_up_and_down(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_range_from_byte_zero_is_not_checked_against_the_digest(
+    registry: InProcessRegistry, make_client: ClientFactory
+) -> None:
+    """A bounded range that starts at byte 0 is a range like any other: its bytes, not a
+    digest mismatch with the whole blob."""
+    client = make_client(registry.url)
+    data = os.urandom(100)
+    dgst = await client.upload_blob("a/b", data)
+    head = await client.blob("a/b", dgst, offset=0, length=10)
+    assert (head.offset, head.length) == (0, 10)
+    assert await head.read() == data[:10]
+    assert not head.whole and (await client.blob("a/b", dgst)).whole
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_wrong_digest_is_refused(
     registry: InProcessRegistry, make_client: ClientFactory, tmp_path: Path
 ) -> None:

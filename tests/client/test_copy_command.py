@@ -16,6 +16,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 
 from registry.client import TLSOptions
@@ -300,7 +301,7 @@ async def test_a_malformed_reference_is_a_bad_command_line(
     """An image name the registry could never accept: exit 2 and one line naming it, before
     anything is asked of the registry (no traceback, no copy attempted)."""
     host = registry.url.removeprefix("http://")  # type: ignore[attr-defined]
-    for source, why in (
+    cases = (
         (f"docker://{host}/a/b@sha256:abc", "'sha256:abc' is not a digest"),
         (f"docker://{host}/a/b@md5:abc", "'md5:abc' is not a digest"),
         (f"docker://{host}/UPPER/app:v", "'UPPER/app' is not a repository name"),
@@ -308,8 +309,13 @@ async def test_a_malformed_reference_is_a_bad_command_line(
         (f"docker://{host}/a/b:", "'' is not a tag"),
         (f"docker://{host}/a/b:-x", "'-x' is not a tag"),
         (f"docker://{host}/a//b:v", "'a//b' is not a repository name"),
-    ):
-        code, out, err = await txregistry("copy", "-q", *NO_TLS, source, f"oci:{tmp_path}/x7:v")
+    )
+    runs = [
+        Deferred.fromCoroutine(txregistry("copy", "-q", *NO_TLS, source, f"oci:{tmp_path}/x7:v"))
+        for source, _ in cases
+    ]
+    results = await gatherResults(runs)  # side by side: each is a process start
+    for (source, why), (code, out, err) in zip(cases, results, strict=True):
         assert (code, out) == (2, ""), err
         assert len(err.splitlines()) == 1 and err.startswith(f"txregistry copy: {source}: "), err
         assert why in err

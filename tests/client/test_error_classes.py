@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IResolutionReceiver
 from twisted.internet.task import deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from registry.client import (
     BadResponse,
     ClientError,
     NotFound,
     OCILayout,
+    RegistryClient,
     Rejected,
     Unavailable,
     Upload,
@@ -100,6 +107,86 @@ async def test_cancel_upload_on_registry2_uses_the_latest_location(
     await client.cancel_upload(upload)  # gone: not an error
 
 
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass  # twisted's own resolutions cannot be cancelled either
+
+
+@implementer(IHostnameResolver)
+class _HeldResolver:
+    """Resolves ``name`` to 127.0.0.1, while ``holding`` only once `release` is called (other
+    names as ``inner`` does): a connection stays in name resolution as long as the test
+    wants."""
+
+    def __init__(self, inner: IHostnameResolver, name: str) -> None:
+        self._inner = inner
+        self._name = name
+        self.holding = False
+        self.pending: list[tuple[IResolutionReceiver, int]] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: object = None,
+        transportSemantics: str = "TCP",
+    ) -> IResolutionReceiver:
+        if hostName != self._name:
+            return self._inner.resolveHostName(
+                resolutionReceiver, hostName, portNumber, addressTypes, transportSemantics
+            )
+        resolutionReceiver.resolutionBegan(_Resolution(hostName))
+        self.pending.append((resolutionReceiver, portNumber))
+        if not self.holding:
+            self.release()
+        return resolutionReceiver
+
+    def release(self) -> None:
+        pending, self.pending = self.pending, []
+        for receiver, port in pending:
+            receiver.addressResolved(IPv4Address("TCP", "127.0.0.1", port))
+            receiver.resolutionComplete()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_while_the_host_name_resolves_is_a_cancel(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Cancelled while its connection's host name still resolves, a call raises
+    CancelledError (twisted reports that cancel as a DNSLookupError; taken for the registry
+    being unreachable, it made `upload_blob` go on as if nothing happened)."""
+    registry = await start_registry()
+    port = urlsplit(registry.url).port
+    held = _HeldResolver(reactor.nameResolver, "registry.test")
+    previous = reactor.installNameResolver(held)
+    try:
+        client = make_client(f"http://registry.test:{port}")
+        await client.check()  # the challenge is known: the upload starts with its POST
+        await client.session.pool.closeCachedConnections()
+        held.holding = True
+        source = tmp_path / "small"
+        source.write_bytes(os.urandom(65536))
+        running = Deferred.fromCoroutine(client.upload_blob("held/name", source, chunk_size=16384))
+        for _ in range(1000):
+            if held.pending:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        assert held.pending and not running.called
+        running.cancel()
+        with pytest.raises(CancelledError):
+            await running
+        held.release()
+        response, _ = await get(f"{registry.url}/v2/held/name/tags/list")
+        assert response.code == 404  # nothing was pushed
+    finally:
+        reactor.installNameResolver(previous)
+
+
 @pytest_twisted.ensureDeferred
 async def test_cancelling_a_chunked_upload_deletes_its_session(
     start_registry: Starter, make_client: ClientFactory, tmp_path: Path
@@ -131,3 +218,110 @@ async def test_cancelling_a_chunked_upload_deletes_its_session(
     for folder in uploads.iterdir():
         response, _ = await get(f"{registry.url}/v2/up/load/blobs/uploads/{folder.name}")
         assert response.code == 404
+
+
+class _SlowUploads(Resource):
+    """A registry's upload route that opens a session at once and answers the POST only when
+    `answer` is called; DELETE closes a session."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: set[str] = set()
+        self.deletes: list[str] = []
+        self.waiting: list[tuple[Request, str]] = []
+
+    def render_GET(self, request: Request) -> bytes:
+        return b"{}"  # /v2/: no authentication
+
+    def render_POST(self, request: Request) -> int:
+        session = f"/v2/held/name/blobs/uploads/{len(self.sessions) + 1}"
+        self.sessions.add(session)
+        self.waiting.append((request, session))
+        return NOT_DONE_YET
+
+    def answer(self) -> None:
+        for request, session in self.waiting:
+            request.setResponseCode(202)
+            request.setHeader("Location", session)
+            request.setHeader("Range", "0-0")
+            request.finish()
+        self.waiting = []
+
+    def render_DELETE(self, request: Request) -> bytes:
+        self.deletes.append(request.path.decode())
+        self.sessions.discard(request.path.decode())
+        request.setResponseCode(204)
+        return b""
+
+
+async def _held_open(client: RegistryClient, uploads: _SlowUploads) -> Deferred[Upload]:
+    """`start_upload` running, its POST held by ``uploads`` (the session opened there)."""
+    opening = Deferred.fromCoroutine(client.start_upload("held/name"))
+    for _ in range(1000):
+        if uploads.waiting:
+            break
+        await deferLater(reactor, 0.001, lambda: None)
+    assert uploads.waiting and not opening.called
+    return opening
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_while_the_session_is_being_opened_cancels_that_session(
+    make_client: ClientFactory,
+) -> None:
+    """Cancelled after its POST reached the registry, `start_upload` raises CancelledError at
+    once; the session the registry opened is cancelled once its answer comes, and `close`
+    waits for that (a ``txregistry copy`` stopped there left it open)."""
+    uploads = _SlowUploads()
+    port = reactor.listenTCP(0, Site(uploads), interface="127.0.0.1")
+    try:
+        client = make_client(f"http://127.0.0.1:{port.getHost().port}")
+        await client.check()
+        opening = await _held_open(client, uploads)
+        assert uploads.sessions == {"/v2/held/name/blobs/uploads/1"}
+        opening.cancel()
+        with pytest.raises(CancelledError):
+            await opening
+        assert uploads.deletes == []  # not before the registry named the session
+        uploads.answer()
+        await client.close()
+        assert uploads.deletes == ["/v2/held/name/blobs/uploads/1"]
+        assert uploads.sessions == set()
+        assert client.uncancelled_uploads == []
+    finally:
+        await port.stopListening()
+
+
+class _SilentDeletes(_SlowUploads):
+    """Answers the POST when told; never answers a DELETE."""
+
+    def render_DELETE(self, request: Request) -> int:
+        self.deletes.append(request.path.decode())
+        return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_after_a_cancelled_open_waits_for_one_delete_at_most(
+    make_client: ClientFactory,
+) -> None:
+    """The delete of a session whose opening was cancelled gets one try within the client's
+    timeout: `close` is not held for every retry of a registry that does not answer, and the
+    session is reported as not cancelled."""
+    uploads = _SilentDeletes()
+    port = reactor.listenTCP(0, Site(uploads), interface="127.0.0.1")
+    try:
+        client = make_client(f"http://127.0.0.1:{port.getHost().port}", timeout=0.5, retries=5)
+        await client.check()
+        opening = await _held_open(client, uploads)
+        opening.cancel()
+        with pytest.raises(CancelledError):
+            await opening
+        uploads.answer()
+        await client.close()
+        assert uploads.deletes[:1] == ["/v2/held/name/blobs/uploads/1"]
+        assert len(uploads.deletes) <= 2  # not 1 + 5 retries
+        assert [u.rsplit("/", 1)[1] for u in client.uncancelled_uploads] == ["1"]
+    finally:
+        await port.stopListening()

@@ -74,6 +74,26 @@ async def get(url: str, **kwargs: Any) -> tuple[_Response, bytes]:
     return response, await response.content()
 
 
+async def pages(
+    base: str, first: str, key: str, next_base: str | None = None, limit: int = 20
+) -> list[list[str]]:
+    """
+    The ``key`` list of every page from ``base + first`` on, following each ``Link`` (asked
+    of ``next_base`` instead when given: a cursor one server handed out, used on another).
+    """
+    found: list[list[str]] = []
+    url = base + first
+    for _ in range(limit):
+        response, body = await get(url)
+        assert response.code == 200, body
+        found.append(json.loads(body)[key])
+        link = header(response, "link")
+        if link is None:
+            return found
+        url = (next_base or base) + link.split(">")[0].lstrip("<")
+    raise AssertionError(f"more than {limit} pages: {found}")
+
+
 @implementer(IBodyProducer)
 class PatternBody:
     """

@@ -157,6 +157,21 @@ async def test_htpasswd_policy_over_tls(
     assert response.code == 401
     response = await client.get(f"{url}/v2/", headers=basic("alice"))
     assert response.code == 200
+    # As registry:2: the access asked for in the detail, which clients print after the
+    # message ("unauthorized: authentication required").
+    response = await client.get(f"{url}/v2/team/app/tags/list")
+    assert response.code == 401
+    assert json.loads(await response.content()) == {
+        "errors": [
+            {
+                "code": "UNAUTHORIZED",
+                "message": "authentication required",
+                "detail": [
+                    {"Type": "repository", "Class": "", "Name": "team/app", "Action": "pull"}
+                ],
+            }
+        ]
+    }
 
     # skopeo over TLS, trusting the test CA through --dest-cert-dir, pushing as alice.
     layout = Layout(tmp_path / "image")

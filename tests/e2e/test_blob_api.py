@@ -325,7 +325,14 @@ async def test_cross_repository_mount(registry: InProcessRegistry) -> None:
     assert (await treq.head(f"{registry.url}/v2/anon/blobs/{digest}")).code == 200
 
     # Unknown blob, or a ``from`` that does not have it: a new upload session instead.
-    for query in (f"mount={ZERO}&from=source/repo", f"mount={ZERO}", f"mount={digest}&from=dest2"):
+    # Empty ``mount=`` and ``from=`` too (registry:2 starts an upload; it was DIGEST_INVALID).
+    for query in (
+        f"mount={ZERO}&from=source/repo",
+        f"mount={ZERO}",
+        f"mount={digest}&from=dest2",
+        "mount=&from=",
+        "mount=",
+    ):
         response = await treq.post(f"{registry.url}/v2/other/blobs/uploads/?{query}")
         assert response.code == 202, query
         location = header(response, "location") or ""
@@ -425,3 +432,149 @@ async def test_health(registry: InProcessRegistry) -> None:
     response, body = await get(registry.url + "/health")
     assert response.code == 200
     assert json.loads(body) == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [("?digest=sha256:zz", None), ("", "digest missing"), ("?digest=", "digest missing")],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_final_put_without_a_usable_digest_leaves_the_upload_for_a_retry(
+    registry: InProcessRegistry, query: str, detail: str | None
+) -> None:
+    """registry:2 refuses it before reading the body ("return error, but allow retry"): the
+    body must not reach the upload, or the retry commits it twice and fails."""
+    location = await start_upload(registry.url, "retry")
+    response = await treq.patch(location, data=b"ab")
+    assert response.code == 202
+    response = await treq.put(location + query, data=b"c")
+    answer = json.loads(await response.content())
+    assert response.code == 400, answer
+    [error] = answer["errors"]
+    assert error["code"] == "DIGEST_INVALID"
+    if detail is not None:
+        assert error["detail"] == {"reason": detail}
+    response = await treq.get(location)
+    assert (response.code, header(response, "range")) == (204, "0-1")
+    whole = sha256(b"abc")
+    response = await treq.put(f"{location}?digest={whole}", data=b"c")
+    assert response.code == 201, await response.text()
+    _, body = await get(f"{registry.url}/v2/retry/blobs/{whole}")
+    assert body == b"abc"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_without_a_digest_on_an_unknown_upload_is_404(
+    registry: InProcessRegistry,
+) -> None:
+    missing = f"{registry.url}/v2/x/blobs/uploads/00000000-0000-4000-8000-000000000000"
+    for query in ("", "?digest=sha256:zz"):
+        response = await treq.put(missing + query, data=b"abc")
+        assert response.code == 404, query
+        assert await error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"], query
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_status_and_cancel_are_204_without_content_length(
+    registry: InProcessRegistry,
+) -> None:
+    """RFC 9110 section 8.6: no Content-Length in a 204.  HEAD answers as GET does (registry:2
+    does too), and the connection stays open after each (the second request is answered)."""
+    location = await start_upload(registry.url, "nolength")
+    await treq.patch(location, data=b"abc")
+    path = location.removeprefix(registry.url)
+    upload_id = path.rsplit("/", 1)[1]
+    host = registry.url.removeprefix("http://")
+    for method in ("GET", "HEAD"):
+        answer = await raw_request(
+            registry.url,
+            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+            f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
+        )
+        first, _, second = answer.partition(b"\r\n\r\n")
+        status, headers, _ = split_response(first + b"\r\n\r\n")
+        assert status == b"HTTP/1.1 204 No Content", method
+        assert "content-length" not in headers, method
+        assert "transfer-encoding" not in headers, method
+        assert headers["range"] == "0-2", method
+        assert headers["location"] == path, method
+        assert headers["docker-upload-uuid"] == upload_id, method
+        assert headers["docker-distribution-api-version"] == "registry/2.0", method
+        assert second.startswith(b"HTTP/1.1 200 OK\r\n"), (method, second)
+        assert second.endswith(b"\r\n\r\n{}"), (method, second)
+
+    answer = await raw_request(
+        registry.url,
+        f"DELETE {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    status, headers, body = split_response(answer)
+    assert (status, body) == (b"HTTP/1.1 204 No Content", b"")
+    assert "content-length" not in headers
+    assert "transfer-encoding" not in headers
+
+    response = await treq.post(location)
+    assert response.code == 405
+    assert header(response, "allow") == "GET, HEAD, PUT, PATCH, DELETE"
+    assert await error_codes(response) == ["UNSUPPORTED"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunk_whose_length_is_not_its_content_range_is_refused(
+    registry: InProcessRegistry,
+) -> None:
+    """registry:2 v3: 416 when the chunk does not start at the upload's end, else 400
+    SIZE_INVALID; nothing of the chunk is kept either way."""
+    location = await start_upload(registry.url, "sized")
+    response = await treq.patch(location, data=b"abc", headers={"Content-Range": "0-2"})
+    assert response.code == 202
+    for method in ("PATCH", "PUT"):
+        query = f"?digest={sha256(b'abcdefgh')}" if method == "PUT" else ""
+        response = await treq.request(
+            method, location + query, data=b"defgh", headers={"Content-Range": "3-12"}
+        )
+        answer = json.loads(await response.content())
+        assert response.code == 400, (method, answer)
+        assert answer == {
+            "errors": [
+                {
+                    "code": "SIZE_INVALID",
+                    "message": "the chunk's length does not match its Content-Range",
+                    "detail": {"content_range": "3-12", "received": 5},
+                }
+            ]
+        }
+        response = await treq.request(
+            method, location + query, data=b"defgh", headers={"Content-Range": "5-9"}
+        )
+        assert response.code == 416, method
+        assert header(response, "range") == "0-2"
+        assert await error_codes(response) == ["RANGE_INVALID"]
+        response = await treq.get(location)
+        assert header(response, "range") == "0-2", method
+
+    # Without Content-Length (chunked), the body is measured once it is in and dropped.
+    path = location.removeprefix(registry.url)
+    host = registry.url.removeprefix("http://")
+    for method, query in (("PATCH", ""), ("PUT", f"?digest={sha256(b'abcdefgh')}")):
+        answer = await raw_request(
+            registry.url,
+            f"{method} {path}{query} HTTP/1.1\r\nHost: {host}\r\nContent-Range: 3-12\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            "5\r\ndefgh\r\n0\r\n\r\n".encode(),
+        )
+        status, _, body = split_response(answer)
+        assert status == b"HTTP/1.1 400 Bad Request", (method, answer)
+        assert json.loads(body)["errors"][0] == {
+            "code": "SIZE_INVALID",
+            "message": "the chunk's length does not match its Content-Range",
+            "detail": {"content_range": "3-12", "received": 5},
+        }
+        response = await treq.get(location)
+        assert header(response, "range") == "0-2", method
+
+    response = await treq.put(
+        f"{location}?digest={sha256(b'abcdefgh')}",
+        data=b"defgh",
+        headers={"Content-Range": "3-7"},
+    )
+    assert response.code == 201, await response.text()

@@ -12,6 +12,7 @@ import http.client
 import re
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import h2.config
@@ -107,5 +108,65 @@ def test_a_reset_stream_is_a_client_leaving(tmp_path: Path) -> None:
         log = "".join(child.output)
         assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
         assert log.count(f"path=/v2/h2/reset/blobs/{digest}") == 1
+    finally:
+        child.stop()
+
+
+def _bytes_read(pid: int) -> int:
+    """What the process has read so far (``rchar``: files and sockets alike)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar in /proc/{pid}/io")
+
+
+def _settled_bytes_read(pid: int) -> int:
+    """``_bytes_read`` once it stopped growing for a second (bounded wait)."""
+    last = _bytes_read(pid)
+    still = 0
+    for _ in range(120):
+        time.sleep(0.25)
+        now = _bytes_read(pid)
+        still = still + 1 if now == last else 0
+        last = now
+        if still >= 4:
+            break
+    return last
+
+
+def test_streams_a_client_never_reads_hold_little(tmp_path: Path) -> None:
+    """
+    A client opens many downloads on one connection and never opens its flow-control
+    window: each stream's response waits on the server, which must not have read much of
+    the blob for it (an HTTP/2 stream queues whole writes; 2 MiB reads held 4 MiB a stream).
+    """
+    key = pki.new_key("ec")
+    cert = pki.certificate("127.0.0.1", key, server=True)
+    child, _, cert_path, _ = start_tls_registry(
+        tmp_path, {"workers": "1", "http2": "true"}, pki.pem_cert(cert), pki.pem_key(key)
+    )
+    streams = 20
+    try:
+        port = child.wait_listening()
+        context = ssl.create_default_context(cafile=cert_path)
+        digest = push(port, context, b"\x5b" * BLOB_SIZE)
+        context.set_alpn_protocols(["h2"])
+        pid = child.process.pid
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            sock.sendall(conn.data_to_send())
+            before = _settled_bytes_read(pid)
+            for number in range(streams):
+                path = f"/v2/h2/reset/blobs/{digest}"
+                conn.send_headers(1 + 2 * number, headers(path), end_stream=True)
+            sock.sendall(conn.data_to_send())
+            read = _settled_bytes_read(pid) - before
+        # About two 256 KiB reads a stream; 2 MiB reads came to about 80 MiB here.
+        assert read < streams * 1024 * 1024, read
+        log = "".join(child.output)
+        assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
     finally:
         child.stop()

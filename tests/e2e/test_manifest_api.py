@@ -97,7 +97,9 @@ async def test_manifest_put_errors(registry: InProcessRegistry) -> None:
         f"{url}/v2/bad/manifests/idx", data=index, headers={"Content-Type": mt.OCI_IMAGE_INDEX}
     )
     assert response.code == 400
-    assert await error_codes(response) == ["MANIFEST_UNKNOWN"]
+    assert await error_codes(response) == [
+        "MANIFEST_BLOB_UNKNOWN"
+    ]  # the spec: a manifest or a blob
 
     await push_image(url, "bad", "ok", image, mt.OCI_IMAGE_MANIFEST)
     wrong = sha256(b"something else")
@@ -154,8 +156,8 @@ async def test_unknown_manifest_and_repository(registry: InProcessRegistry) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_an_upload_alone_makes_no_repository(registry: InProcessRegistry) -> None:
-    """A push that has only started an upload (or an upload purged since) leaves a folder
-    holding ``_uploads``: no repository yet, as registry:2 and the catalog say."""
+    """A push that has only started an upload (or one registry:2 purged since) leaves a
+    folder holding ``_uploads``: no repository yet, as registry:2 and the catalog say."""
     response = await treq.post(f"{registry.url}/v2/starting/blobs/uploads/")
     await response.content()
     assert response.code == 202
@@ -341,6 +343,82 @@ async def test_referrers(start_registry: Starter) -> None:
     assert response.code == 202
     response, got = await get(f"{url}/v2/ref/referrers/{subject_digest}")
     assert [d["digest"] for d in json.loads(got)["manifests"]] == [sha256(sbom)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_artifact_type_is_no_artifact_type(registry: InProcessRegistry) -> None:
+    """In a manifest, ``"artifactType": ""`` is accepted as absent (the referrers API falls
+    back to the config's media type); in the referrers query, ``?artifactType=`` filters
+    nothing and says no filter was applied."""
+    url = registry.url
+    subject = samples.oci_image()
+    subject_digest = await push_image(url, "empty", "v1", subject, mt.OCI_IMAGE_MANIFEST)
+    await push_blob(url, "empty", samples.SIGNATURE)
+    await push_blob(url, "empty", mt.OCI_EMPTY_CONTENT)
+    untyped = samples.artifact(subject, artifact_type="")
+    response = await treq.put(
+        f"{url}/v2/empty/manifests/{sha256(untyped)}",
+        data=untyped,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 201, await response.text()
+    typed = samples.artifact(subject)
+    response = await treq.put(
+        f"{url}/v2/empty/manifests/{sha256(typed)}",
+        data=typed,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 201, await response.text()
+
+    response, got = await get(f"{url}/v2/empty/referrers/{subject_digest}?artifactType=")
+    assert response.code == 200
+    assert header(response, "oci-filters-applied") is None
+    found = {d["digest"]: d.get("artifactType") for d in json.loads(got)["manifests"]}
+    assert found == {
+        sha256(untyped): mt.OCI_EMPTY,
+        sha256(typed): "application/vnd.dev.cosign.artifact.sig.v1+json",
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_referrers_page_is_at_most_4_mib_and_links_to_the_rest(
+    registry: InProcessRegistry,
+) -> None:
+    """Referrers carrying large annotations (anyone who may push can add them): a page holds
+    what fits in 4 MiB, the size clients read a manifest with (oras: 4 MiB), and links to the
+    next, with or without ``n``; following the links lists every referrer once, in order."""
+    url = registry.url
+    subject = samples.oci_image()
+    subject_digest = await push_image(url, "big/ref", "v1", subject, mt.OCI_IMAGE_MANIFEST)
+    await push_blob(url, "big/ref", samples.SIGNATURE)
+    pushed = set()
+    for index in range(6):
+        note = f"{index}:" + "x" * 1_000_000  # about 1 MB each, in a 4 MiB manifest
+        referrer = samples.artifact(subject, annotations={"note": note})
+        response = await treq.put(
+            f"{url}/v2/big/ref/manifests/{sha256(referrer)}",
+            data=referrer,
+            headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+        )
+        assert response.code == 201, await response.text()
+        pushed.add(sha256(referrer))
+    for query in ("", "?n=100"):
+        listed: list[str] = []
+        link: str | None = f"/v2/big/ref/referrers/{subject_digest}{query}"
+        for _ in range(10):  # bounded: six referrers, at least one a page
+            if link is None:
+                break
+            response, got = await get(f"{url}{link}")
+            assert response.code == 200
+            assert len(got) <= 4 * 1024 * 1024, len(got)
+            page = [d["digest"] for d in json.loads(got)["manifests"]]
+            assert page, got[:200]
+            listed += page
+            raw = header(response, "link")
+            link = raw.split(">", 1)[0].lstrip("<") if raw is not None else None
+        assert link is None
+        assert listed == sorted(pushed), query
+        assert len(listed) > 3  # more than one page
 
 
 @pytest_twisted.ensureDeferred

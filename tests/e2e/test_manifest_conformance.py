@@ -156,12 +156,20 @@ async def test_tag_parameters_on_a_push_by_digest(registry: InProcessRegistry) -
     response, body = await get(f"{repo}/tags/list")
     assert json.loads(body) == {"name": "tagged/app", "tags": ["1.2", "1.2.3", "latest"]}
 
-    # A push by tag with tag parameters sets both; OCI-Tag lists the parameters.
+    # A push by tag with tag parameters sets both; OCI-Tag lists both (each accepted tag),
+    # the URL's own first, once.
     response = await put_manifest(
         registry.url, "/v2/tagged/app/manifests/stable?tag=prod", image, mt.OCI_IMAGE_MANIFEST
     )
     assert response.code == 201
-    assert response.headers.getRawHeaders("oci-tag") == ["prod"]
+    assert response.headers.getRawHeaders("oci-tag") == ["stable, prod"]
+    response = await put_manifest(
+        registry.url,
+        "/v2/tagged/app/manifests/stable?tag=stable&tag=prod",
+        image,
+        mt.OCI_IMAGE_MANIFEST,
+    )
+    assert response.headers.getRawHeaders("oci-tag") == ["stable, prod"]
     for tag in ("stable", "prod"):
         await assert_manifest(repo, tag, image, digest)
 
@@ -329,7 +337,7 @@ async def test_sparse_index_refused_by_default(registry: InProcessRegistry) -> N
     response, _, missing = await push_sparse_index(registry, "linux/amd64", "linux/arm64")
     assert response.code == 400
     body = json.loads(await response.content())
-    assert [e["code"] for e in body["errors"]] == ["MANIFEST_UNKNOWN"]
+    assert [e["code"] for e in body["errors"]] == ["MANIFEST_BLOB_UNKNOWN"]
     assert body["errors"][0]["detail"] == {"digest": missing, "mediaType": mt.OCI_IMAGE_MANIFEST}
 
 
@@ -360,7 +368,7 @@ async def test_sparse_index_with_listed_platforms(start_registry: Starter) -> No
     response, _, missing = await push_sparse_index(registry, "linux/arm64", "linux/s390x")
     assert response.code == 400
     body = json.loads(await response.content())
-    assert [e["code"] for e in body["errors"]] == ["MANIFEST_UNKNOWN"]
+    assert [e["code"] for e in body["errors"]] == ["MANIFEST_BLOB_UNKNOWN"]
     assert body["errors"][0]["detail"] == {"digest": missing, "mediaType": mt.OCI_IMAGE_MANIFEST}
 
 

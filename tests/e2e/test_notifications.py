@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
+import http.server
 import json
 import re
 import signal
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -284,14 +287,26 @@ async def test_request_addr_and_host_from_a_trusted_proxy(
 ) -> None:
     """Behind a trusted reverse proxy, events name the client and the host it used; the same
     headers from an untrusted peer are ignored."""
-    proxied = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "registry.example:443"}
+    proxied = {
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Host": "registry.example:443",
+        "X-Forwarded-Proto": "https",
+    }
     trusting = await start_registry(
-        {"http": {"trusted_proxies": "127.0.0.1"}, "notifications:ci": endpoint(receiver.url)}
+        {
+            "http": {"trusted_proxies": "127.0.0.1", "relativeurls": "false"},
+            "notifications:ci": endpoint(receiver.url),
+        }
     )
-    await push_small_image(trusting.url, "team/app", "v1", **proxied)
+    blob, manifest = await push_small_image(trusting.url, "team/app", "v1", **proxied)
     events = await receiver.wait_events(2)
     assert [e["request"]["addr"] for e in events] == ["203.0.113.9", "203.0.113.9"]
     assert [e["request"]["host"] for e in events] == ["registry.example:443"] * 2
+    # The URL the client would use, as the absolute Location the push was answered with.
+    assert [e["target"]["url"] for e in events] == [
+        f"https://registry.example:443/v2/team/app/blobs/{blob}",
+        f"https://registry.example:443/v2/team/app/manifests/{manifest}",
+    ]
     notifier = notifier_of(trusting)
     await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)
     await trusting.stop()
@@ -302,6 +317,72 @@ async def test_request_addr_and_host_from_a_trusted_proxy(
     assert all(re.fullmatch(r"127\.0\.0\.1:\d+", e["request"]["addr"]) for e in events), events
     direct_host = untrusting.url.removeprefix("http://")
     assert [e["request"]["host"] for e in events] == [direct_host, direct_host]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_by_digest_notifies_the_tags_it_removed(
+    start_registry: Starter, receiver: WebhookReceiver
+) -> None:
+    """As registry:2: the digest's delete event, then one delete event per tag that pointed at
+    it, so that a receiver tracking tags forgets them (here too when a tag was added by a
+    ``?tag=`` of another push)."""
+    registry = await start_registry(
+        {"storage": {"delete_enabled": "true"}, "notifications:ci": endpoint(receiver.url)}
+    )
+    url = registry.url
+    _, digest = await push_small_image(url, "team/app", "a")
+    _, other = await push_small_image(url, "team/app", "keep")
+    manifest = await treq.get(
+        f"{url}/v2/team/app/manifests/a", headers={"Accept": mt.OCI_IMAGE_MANIFEST}
+    )
+    body = await manifest.content()
+    response = await treq.put(
+        f"{url}/v2/team/app/manifests/{digest}?tag=b&tag=c",
+        data=body,
+        headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+    )
+    assert response.code == 201, await response.text()
+    pushed = len(await receiver.wait_events(7))  # 2 + 2 pushes, a pull, b and c
+    response = await treq.delete(f"{url}/v2/team/app/manifests/{digest}")
+    assert response.code == 202, await response.text()
+    events = (await receiver.wait_events(pushed + 4))[pushed:]
+    targets = [(e["action"], e["target"]) for e in events]
+    assert targets[0] == ("delete", {"repository": "team/app", "digest": digest})
+    assert sorted(targets[1:], key=lambda t: t[1]["tag"]) == [
+        ("delete", {"repository": "team/app", "tag": tag}) for tag in ("a", "b", "c")
+    ]
+    response = await treq.get(f"{url}/v2/team/app/tags/list")
+    assert json.loads(await response.content())["tags"] == ["keep"]
+    assert other != digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_in_the_ui_notifies_as_the_api(
+    start_registry: Starter, receiver: WebhookReceiver
+) -> None:
+    """The UI's delete button deletes through the same path as the API's DELETE: the
+    receiver hears of it the same way (the request's method is the form's POST)."""
+    registry = await start_registry(
+        {"storage": {"delete_enabled": "true"}, "notifications:ci": endpoint(receiver.url)}
+    )
+    url = registry.url
+    _, digest = await push_small_image(url, "team/app", "v1")
+    await receiver.wait_events(2)
+    page = await treq.get(f"{url}/ui/r/team/app/-/manifest/{digest}")
+    found = re.search(r'name="csrf" value="([^"]+)"', await page.text())
+    assert page.code == 200 and found is not None
+    response = await treq.post(
+        f"{url}/ui/r/team/app/-/delete",
+        data={"reference": digest, "csrf": html.unescape(found.group(1))},
+        headers={"Origin": url},
+        allow_redirects=False,
+    )
+    assert response.code == 303, await response.text()
+    events = (await receiver.wait_events(4))[2:]
+    assert [(e["action"], e["request"]["method"], e["target"]) for e in events] == [
+        ("delete", "POST", {"repository": "team/app", "digest": digest}),
+        ("delete", "POST", {"repository": "team/app", "tag": "v1"}),
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -555,7 +636,70 @@ async def test_queues_of_workers_that_no_longer_run_are_adopted(
     assert not (folder / "ci.worker1.log").exists()
     log = server.log_text()
     assert "Traceback" not in log
+    # Each worker counted its own failures in a row: its lines say which worker it was.
+    # (Which worker tried a POST before the stop depends on when each got its events.)
+    assert re.search(r"notifications: POST to ci \(worker [01]\) failed: ", log), log[-3000:]
     assert (
         f"notifications: {queued[1]} undelivered events adopted from ci.worker1.log"
         f" ({queued[1]}) (queues of workers beyond [http] workers) into {folder}/ci.log"
     ) in log
+
+
+class _Http10Receiver(http.server.BaseHTTPRequestHandler):
+    """Python's own HTTP/1.0 server (what a quick webhook script is): it closes the
+    connection after each answer without saying so.  The first POST waits for ``go``, so the
+    events behind it are sent back to back once it is answered."""
+
+    bodies: list[bytes] = []
+    go = threading.Event()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if not self.bodies:
+            self.go.wait(30)
+        self.bodies.append(body)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http10_receiver() -> Iterator[tuple[str, type[_Http10Receiver]]]:
+    handler = type("Handler", (_Http10Receiver,), {"bodies": [], "go": threading.Event()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/events", handler
+    finally:
+        handler.go.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http10_endpoint_gets_each_post_on_a_new_connection(
+    start_registry: Starter, http10_receiver: tuple[str, type[_Http10Receiver]]
+) -> None:
+    """Each POST to an endpoint answering in HTTP/1.0 reaches it: none is sent into the
+    connection the endpoint closed after its last answer (lost, counted as an error)."""
+    url, handler = http10_receiver
+    registry = await start_registry({"notifications:old": endpoint(url, maxbatch="1")})
+    for index in range(3):
+        await push_small_image(registry.url, f"team/app{index}", "v1")
+    handler.go.set()  # five events queued behind the first: sent one after the other
+    notifier = notifier_of(registry)
+    await wait_until(lambda: notifier.stats()["old"]["delivered"] == 6)
+    assert notifier.stats()["old"] == {
+        "pending": 0,
+        "delivered": 6,
+        "failed": 0,
+        "errors": 0,
+        "dropped": 0,
+    }
+    assert len(handler.bodies) == 6

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.e2e.conftest import Starter
-from tests.e2e.test_misdirected import address, client_hello, exchange
+from tests.e2e.test_misdirected import PLAIN_ON_TLS, address, client_hello, exchange
 from tests.e2e.test_slow_head import drip
 
 
@@ -36,3 +36,18 @@ async def test_each_raw_answer_has_one_access_line(
         assert [(e["status"], e["bytes"], e["method"], e["client"]) for e in new] == [
             (status, len(answer), "-", "127.0.0.1")
         ], new
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_http_on_a_tls_port_has_one_access_line(
+    start_registry: Starter, tls_listen: str, access_events: list[dict[str, Any]]
+) -> None:
+    registry = await start_registry(None, tls_listen)
+    request = b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    before = len(access_events)
+    answer = await deferToThread(exchange, address(registry.url), request)
+    assert answer == PLAIN_ON_TLS
+    new = access_events[before:]
+    assert [(e["status"], e["bytes"], e["method"], e["client"]) for e in new] == [
+        (400, len(answer), "-", "127.0.0.1")
+    ], new

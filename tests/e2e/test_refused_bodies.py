@@ -141,6 +141,44 @@ async def test_expect_continue_refused_before_the_body_is_sent(
     assert answer.headers["docker-distribution-api-version"] == "registry/2.0"
 
 
+@pytest.mark.parametrize(
+    ("method", "query", "extra", "status", "code"),
+    [
+        ("PATCH", "", ("Content-Range: 0-9",), 400, "SIZE_INVALID"),
+        ("PUT", f"?digest={sha256(b'x')}", ("Content-Range: 0-9",), 400, "SIZE_INVALID"),
+        ("PATCH", "", ("Content-Range: 5-9",), 416, "RANGE_INVALID"),
+        ("PUT", "", (), 400, "DIGEST_INVALID"),
+        ("PUT", "?digest=sha256:zz", (), 400, "DIGEST_INVALID"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_expect_continue_refused_before_an_unusable_body_is_sent(
+    registry: InProcessRegistry,
+    method: str,
+    query: str,
+    extra: tuple[str, ...],
+    status: int,
+    code: str,
+) -> None:
+    """A chunk whose Content-Length is not its Content-Range's length, and a final PUT without
+    a digest that parses, are refused from their headers: no byte of the body is asked for."""
+    location = await start_upload(registry.url, "early")
+    path = location.removeprefix(registry.url) + query
+
+    def exchange() -> Answer:
+        with RawUpload(registry.url) as client:
+            client.send_headers(method, path, 64 * MiB, "Expect: 100-continue", *extra)
+            answer = client.answer()
+            assert client.closed_by_server()
+            return answer
+
+    answer = await deferToThread(exchange)
+    assert not answer.continued
+    assert answer.status == status, answer.body
+    assert error_code(answer) == code
+    assert await upload_range(location) == "0-0"
+
+
 @pytest_twisted.ensureDeferred
 async def test_expect_continue_welcomed_once_the_upload_is_open(
     registry: InProcessRegistry,

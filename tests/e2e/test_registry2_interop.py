@@ -5,6 +5,7 @@ what txregistry writes is served back by registry:2 — the same bytes, the same
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest_twisted
 import treq
 
 from registry.api import mediatypes as mt
-from tests.e2e.client import get, header, start_upload
+from tests.e2e.client import get, header, pages, start_upload
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import sleep, write_config
 from tests.e2e.ocilayout import Layout, read_index_digest
@@ -229,3 +230,46 @@ async def test_referrers_registry2_pushed_are_answered_from_the_first_start(
             break
         await sleep(0.05)
     assert [entry["digest"] for entry in listed] == [samples.sha256(signature)]  # type: ignore[index]
+
+
+async def catalog_pages(base: str, n: int, cursor_base: str | None = None) -> list[str]:
+    """The catalog of ``base`` read ``n`` per page (next pages asked of ``cursor_base``)."""
+    found = await pages(base, f"/v2/_catalog?n={n}", "repositories", cursor_base)
+    return [name for page in found for name in page]
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_order_and_cursors_are_registry2s(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    # registry:2 lists repositories in the order it walks folders (component by component:
+    # "x/b/c" before "x-b"); a cursor one server hands out must page correctly on the
+    # other when both serve one folder.
+    root = tmp_path / "shared-root"
+    root.mkdir()
+    names = ["x", "x/b", "x/b/c", "x-b", "x.b", "x0", "y/a", "y/a/b", "y/a-b", "a"]
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    blob = b"catalog order"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    for name in names:
+        response = await treq.post(
+            f"{registry.url}/v2/{name}/blobs/uploads/?digest={digest}",
+            data=blob,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert response.code == 201, await response.text()
+    ours = await catalog_pages(registry.url, 3)
+    registry2 = Registry2Process(tmp_path, root)
+    registry2.start()
+    try:
+        theirs = await catalog_pages(f"http://{registry2.host}", 3)
+        # Cursors of registry:2 followed on txregistry, and the other way round.
+        theirs_then_ours = await catalog_pages(f"http://{registry2.host}", 3, registry.url)
+        ours_then_theirs = await catalog_pages(registry.url, 3, f"http://{registry2.host}")
+    finally:
+        registry2.stop()
+    expected = ["a", "x", "x/b", "x/b/c", "x-b", "x.b", "x0", "y/a", "y/a/b", "y/a-b"]
+    assert theirs == expected
+    assert ours == expected
+    assert theirs_then_ours == expected
+    assert ours_then_theirs == expected

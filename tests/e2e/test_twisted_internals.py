@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import tcp
 from twisted.internet.threads import deferToThread
-from twisted.web import http
+from twisted.web import _newclient, http
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
@@ -173,6 +173,22 @@ class _PortLoggingElsewhere(tcp.Port):
         pass
 
 
+class _ClientParsingElsewhere(_newclient.HTTP11ClientProtocol):
+    """A Twisted whose client protocol keeps its response parser under another name."""
+
+    def request(self, request: Any) -> Any:
+        answer = super().request(request)
+        self._reader = self.__dict__.pop("_parser")
+        return answer
+
+    def dataReceived(self, data: bytes) -> None:
+        self._parser = self._reader
+        try:
+            super().dataReceived(data)
+        finally:
+            self._reader = self.__dict__.pop("_parser", None)
+
+
 def _accept_saying_other_things() -> None:
     """A Twisted whose accept loop words its EMFILE recovery differently."""
     print("Out of descriptors", "Could not accept new connection")
@@ -192,6 +208,7 @@ def _accept_saying_other_things() -> None:
         ("_TCP_PORT", object, "object._logger is no longer a Logger of the class"),
         ("_TCP_PORT", _PortLoggingElsewhere, "doRead() no longer logs through _logger"),
         ("_ACCEPT", _accept_saying_other_things, "no longer logs 'EMFILE encountered'"),
+        ("_CLIENT_PROTOCOL", _ClientParsingElsewhere, "no longer keeps the response parser"),
     ],
 )
 def test_problems_name_what_a_changed_twisted_lacks(

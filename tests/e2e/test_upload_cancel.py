@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import time
 import uuid
@@ -42,14 +43,28 @@ def registry_on_s3(s3_server: S3Server, tmp_path: Path) -> Iterator[RegistryProc
     process.stop()
 
 
-def _send_head(url: str, location: str) -> socket.socket:
+def _send_head(url: str, location: str, total: int = TOTAL) -> socket.socket:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     connection = socket.create_connection((host, int(port)), timeout=30)
     connection.sendall(
         f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\n"
-        f"Content-Type: application/octet-stream\r\nContent-Length: {TOTAL}\r\n\r\n".encode()
+        f"Content-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n".encode()
     )
     return connection
+
+
+def _send_until_answered(connection: socket.socket, chunk: bytes, left: int) -> int:
+    """Send up to ``left`` bytes, a chunk at a time, until the server answers: what was sent."""
+    sent = 0
+    for _ in range(left // len(chunk)):  # bounded: the body's chunks
+        if select.select([connection], [], [], 0)[0]:
+            break  # answered before the body's end
+        try:
+            connection.sendall(chunk)
+        except OSError:  # the server answered and closed meanwhile
+            break
+        sent += len(chunk)
+    return sent
 
 
 def _read_answer(connection: socket.socket) -> tuple[int, bytes]:
@@ -166,6 +181,48 @@ async def test_a_patch_whose_upload_is_cancelled_meanwhile_on_the_filesystem(
 
         await _patch_cancelled_midway(registry, location, 1_000_000, writing)
         assert not folder.exists(), sorted(str(p) for p in folder.rglob("*"))
+    finally:
+        registry.stop()
+    assert "storage failure" not in registry.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_uploads_patch_stops_writing_and_answers_before_its_end(
+    tmp_path: Path,
+) -> None:
+    """
+    The rest of a PATCH whose upload was cancelled is not written into the removed file: it
+    would fill the disk (space neither ``du`` nor the purge sees) for as long as the client
+    sends.  The PATCH answers 404 within a few MiB of the cancel, long before its body ends.
+    """
+    registry = RegistryProcess(tmp_path, {"http": {"workers": "1"}})
+    registry.start()
+    total, first = 256 * 1024 * 1024, 1024 * 1024
+    chunk = os.urandom(1024 * 1024)
+    try:
+        location, upload_id = await _start_upload(registry, "cancel/big")
+        data = registry.workdir / "data" / layout.upload_data("cancel/big", upload_id)
+        connection = _send_head(registry.url, location, total)
+        try:
+            await threads.deferToThread(connection.sendall, chunk[:first])
+
+            async def writing() -> bool:
+                return data.exists() and data.stat().st_size > 0
+
+            await _until(writing, "the PATCH writes the upload")
+            response = await treq.delete(f"{registry.url}{location}")
+            assert response.code == 204, await response.text()
+            sent = await threads.deferToThread(
+                _send_until_answered, connection, chunk, total - first
+            )
+            status, answer = await threads.deferToThread(_read_answer, connection)
+        finally:
+            connection.close()
+        assert status == 404, answer
+        [error] = json.loads(answer)["errors"]
+        assert error["code"] == "BLOB_UPLOAD_UNKNOWN"
+        assert "docker/registry" not in json.dumps(error)  # no storage path given away
+        assert sent < total - first - 64 * len(chunk), sent  # answered long before the end
     finally:
         registry.stop()
     assert "storage failure" not in registry.log_text()

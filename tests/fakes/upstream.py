@@ -79,6 +79,10 @@ class Switches:
     cut_blob_after: int | None = None  # CDN drops the connection after this many bytes
     blob_rate: int | None = None  # CDN bytes per second
     corrupt_blobs: bool = False  # CDN flips the first byte of every body
+    # CDN bodies without Content-Length (chunked) that go on this many bytes past the blob.
+    endless_blobs: int | None = None
+    # CDN bodies whose Content-Length (and body) is this many bytes more than the blob's.
+    padded_blobs: int | None = None
     corrupt_manifests: bool = False  # manifest bodies get a trailing space (digest header kept)
     omit_manifest_digest: bool = False  # no Docker-Content-Digest on manifest answers
     redirect_blob_head: bool = False  # HEAD on a blob redirects too (some registries do)
@@ -87,6 +91,9 @@ class Switches:
     referrers_page: int | None = None  # referrers per page, chained by Link rel="next"
     referrers_next_origin: str | None = None  # next links absolute, on this origin
     token_realm: str | None = None  # the realm the challenge names (default: our /token)
+    # Repositories the token service leaves out of the tokens it issues (Docker Hub does so
+    # for private and unknown ones): their requests answer 401 insufficient_scope.
+    denied: frozenset[str] = frozenset()
 
 
 class Hold:
@@ -187,6 +194,7 @@ class FakeUpstream:
         self.log: list[LoggedRequest] = []
         self.tokens: dict[str, tuple[set[str], float]] = {}
         self.cdn_auth_rejections = 0
+        self.cdn_sent = 0  # bytes of blob bodies the CDN wrote
         self.stalled: list[Request] = []
         self.holds: list[Hold] = []
         self.body_holds: dict[str, tuple[int, Hold]] = {}
@@ -450,7 +458,9 @@ class _RegistryResource(_Base):
         scope = f"repository:{name}:pull" if name else None
         if not self.fake.authorized(request, name):
             request.setResponseCode(401)
-            request.setHeader(b"www-authenticate", self.fake.challenge(scope))
+            denied = name in self.fake.switches.denied and request.getHeader(b"authorization")
+            error = "insufficient_scope" if denied else None
+            request.setHeader(b"www-authenticate", self.fake.challenge(scope, error))
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(
                 {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
@@ -522,6 +532,7 @@ class _RegistryResource(_Base):
             return b'{"details": "incorrect username or password"}'
         args = parse_qs(request.uri.decode("latin-1").partition("?")[2])
         scopes = set(" ".join(args.get("scope", [])).split())
+        scopes -= {f"repository:{name}:pull" for name in sw.denied}
         if args.get("service") != [SERVICE]:
             request.setResponseCode(400)
             return b'{"details": "wrong service"}'
@@ -593,8 +604,12 @@ class _RegistryResource(_Base):
             for key, value in changes.items():
                 if key == "credentials" and value is not None:
                     value = tuple(value)
+                if key == "denied":
+                    value = frozenset(value)
                 setattr(self.fake.switches, key, value)
-            return json.dumps(attrs.asdict(self.fake.switches)).encode()
+            switches = attrs.asdict(self.fake.switches)
+            switches["denied"] = sorted(switches["denied"])
+            return json.dumps(switches).encode()
         if path == "/_fake/revoke":
             self.fake.revoke_tokens()
             return b"{}"
@@ -663,10 +678,13 @@ class _CdnResource(_Base):
             request.setHeader(b"content-range", f"bytes {start}-{end - 1}/{blob.size}".encode())
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", str(end - start).encode())
+        sw = self.fake.switches
+        extra = sw.endless_blobs if sw.endless_blobs is not None else sw.padded_blobs or 0
+        if sw.endless_blobs is None:
+            request.setHeader(b"content-length", str(end - start + extra).encode())
         if request.method == b"HEAD":
             return b""
-        _Streamer(self.fake, request, blob, start, end).start()
+        _Streamer(self.fake, request, blob, start, end, extra).start()
         return NOT_DONE_YET
 
 
@@ -675,13 +693,14 @@ class _Streamer:
     """Writes a blob range with back-pressure, obeying the CDN failure switches."""
 
     def __init__(
-        self, fake: FakeUpstream, request: Request, blob: Blob, start: int, end: int
+        self, fake: FakeUpstream, request: Request, blob: Blob, start: int, end: int, extra: int = 0
     ) -> None:
         self.fake = fake
         self.request = request
         self.blob = blob
         self.pos = start
-        self.end = end
+        self.end = end + extra  # past the blob: filler (`UpstreamSwitches.endless_blobs`)
+        self.blob_end = end
         self.sent = 0
         self.paused = False
         self.done = False
@@ -724,11 +743,15 @@ class _Streamer:
                     self.done = True
                     self.request.channel.transport.loseConnection()
                 return  # stalled: never send again
-            data = next(iter(self.blob.read(self.pos, self.pos + n)))
+            if self.pos >= self.blob_end:
+                data = b"\0" * min(n, 1 << 20)
+            else:
+                data = next(iter(self.blob.read(self.pos, min(self.pos + n, self.blob_end))))
             if self.corrupt and self.sent == 0:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             self.pos += len(data)
             self.sent += len(data)
+            self.fake.cdn_sent += len(data)
             self.request.write(data)
             if self.rate is not None:
                 self._schedule(len(data) / self.rate)

@@ -124,6 +124,28 @@ def test_index_with_subject_and_artifact_type() -> None:
     assert parsed.referrer_artifact_type == "application/vnd.example.bundle"
 
 
+def test_an_empty_artifact_type_reads_as_absent() -> None:
+    """The distribution spec treats ``"artifactType": ""`` as missing (registry:2 accepts it):
+    the referrers API then reports the config's media type."""
+    image = samples.oci_image()
+    parsed = parse_manifest(
+        mutate(
+            samples.artifact(image, artifact_type=""),
+            config=samples.descriptor("application/x.cfg", b"{}"),
+        ),
+        mt.OCI_IMAGE_MANIFEST,
+    )
+    assert parsed.artifact_type is None
+    assert parsed.referrer_artifact_type == "application/x.cfg"
+    index = samples.oci_index(
+        [image], subject=samples.descriptor(mt.OCI_IMAGE_MANIFEST, image), artifactType=""
+    )
+    parsed = parse_manifest(index, mt.OCI_IMAGE_INDEX)
+    assert parsed.artifact_type is None and parsed.referrer_artifact_type is None
+    parsed = parse_manifest(_with_layer(artifactType=""), mt.OCI_IMAGE_MANIFEST)
+    assert parsed.layers[1].artifact_type is None
+
+
 def test_docker_types_ignore_oci_only_fields() -> None:
     body = mutate(samples.docker_image(), subject="not a descriptor", artifactType=5)
     parsed = parse_manifest(body, mt.DOCKER_MANIFEST_V2)

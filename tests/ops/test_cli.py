@@ -279,15 +279,18 @@ async def test_catalog_rebuild(driver: FilesystemDriver, root: Path, config: Pat
 async def test_catalog_rebuild_skips_a_purged_upload(
     driver: FilesystemDriver, root: Path, config: Path
 ) -> None:
-    """An upload started then purged leaves an empty ``_uploads``: no repository (registry:2)."""
+    """
+    An upload started then purged leaves nothing of ``abandoned``; registry:2's purge leaves
+    an empty ``_uploads``, and that is no repository either (as for registry:2).
+    """
     await scenario.build_aged(driver, root)
     uploads = UploadStore(driver, BlobStore(driver))
     upload = await uploads.start("abandoned")
     await driver.put_content(layout.upload_started_at("abandoned", upload), b"2020-01-01T00:00:00Z")
     result = await cli("purge-uploads", "--config", str(config), "--age", "1h")
     assert result.code == 0, result
-    assert [p.name for p in (root / layout.repository("abandoned")).iterdir()] == ["_uploads"]
-    assert not any((root / layout.repository("abandoned") / "_uploads").iterdir())
+    assert not (root / layout.repository("abandoned")).exists()
+    (root / layout.repository("left/by/registry2") / "_uploads").mkdir(parents=True)
     result = await cli("catalog-rebuild", "--config", str(config))
     assert result.code == 0, result
     assert result.out.startswith("catalog-rebuild: 2 repositories (2 added, 0 removed) in ")

@@ -24,6 +24,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from zope.interface import alsoProvides
 
@@ -299,6 +300,74 @@ def _write_marker(root: Path, pid: int, renewed_ago: float, host: str | None = N
     os.utime(path, (then, then))
 
 
+# A gc run's marker claimed by a process of its own, which then waits to be killed.
+HOLD_THE_MARKER = """
+import sys, time
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
+from registry.storage.filesystem import FilesystemDriver
+from registry.storage.gcguard import RunMarker
+
+async def hold(reactor):
+    pool = ThreadPool()
+    pool.start()
+    await RunMarker(FilesystemDriver(sys.argv[1], reactor, pool), time.time()).claim()
+    print("claimed", flush=True)
+    await Deferred()
+
+task.react(lambda reactor: Deferred.fromCoroutine(hold(reactor)))
+"""
+
+
+def marker_of_a_killed_run(root: Path) -> int:
+    """The marker a gc run killed with SIGKILL left in ``root`` (its pid, now gone)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_MARKER, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "claimed\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads(marker_file(root).read_text())["pid"] == holder.pid
+    return holder.pid
+
+
+@pytest_twisted.ensureDeferred
+async def test_pushes_ignore_the_doomed_files_of_a_run_killed_on_this_host(
+    start_registry: Any, tmp_path: Path
+) -> None:
+    """
+    gc killed with kill -9 between a blob's ``doomed`` and its delete: the blob stays, and a
+    push naming it must not fail for as long as the marker is younger than `STALE` (it failed
+    for 10 minutes: the blob answered HEAD 200, so a client pushing again skipped the upload
+    and failed again).  The next gc run takes such a marker over at once; pushes heed it as
+    little.  The same marker from another host counts until it is stale.
+    """
+    root = tmp_path / "root"
+    registry = await serve(start_registry, root)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await push_blob(registry.url, "k/app", config)
+    await push_blob(registry.url, "k/app", LAYER)
+    marker_of_a_killed_run(root)
+    blob_folder = root / "docker/registry/v2/blobs/sha256" / sha256(LAYER)[7:9] / sha256(LAYER)[7:]
+    (blob_folder / gcguard.DOOMED).write_bytes(b"")  # written by that run before it was killed
+    await push_blob(registry.url, "k/app", LAYER)  # its bytes again: 201
+    body = samples.oci_image(config=config, layers=(LAYER,))
+    assert (await put_manifest(registry.url, "k/app", "v1", body))[0] == 201
+    assert await layer_pulls(registry.url, "k/app") == 200
+
+    # The same run on another host: alive for all this host knows, until its marker is stale.
+    marker = json.loads(marker_file(root).read_text())
+    marker_file(root).write_text(json.dumps({**marker, "host": "elsewhere"}) + "\n")
+    other = samples.oci_image(config=config, layers=(LAYER,), annotations={"n": "2"})
+    status, answer = await put_manifest(registry.url, "k/app", "v2", other)
+    assert status == 400, answer
+    assert answer["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_marker_left_by_a_killed_run_is_taken_over(
     tmp_path: Path, thread_pool: ThreadPool
@@ -508,3 +577,49 @@ async def test_a_folder_as_the_running_marker_does_not_stop_pushes(
     body = samples.oci_image(config=b"{}", layers=(LAYER,))
     await push_blob(registry.url, "k/app", b"{}")
     assert (await put_manifest(registry.url, "k/app", "v1", body))[0] == 201
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_moved_to_a_new_push_while_gc_reads_tags_is_no_damage(
+    start_registry: Any, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    """
+    ``--delete-untagged`` listed the revisions, then a push moved a tag to a new manifest
+    before the run read that tag: the run keeps the new one, and says nothing of a damaged tag
+    (it warned "points at ..., not a manifest of the repository" under ordinary pushes).
+    """
+    root = tmp_path / "root"
+    registry = await serve(start_registry, root)
+    name = "k/moving"
+    bodies = []
+    for generation in (1, 2):
+        config = json.dumps({"architecture": "amd64", "os": "linux", "g": generation}).encode()
+        await push_blob(registry.url, name, config)
+        await push_blob(registry.url, name, LAYER)
+        bodies.append(samples.oci_image(config=config, layers=(LAYER,)))
+    assert (await put_manifest(registry.url, name, "t", bodies[0]))[0] == 201
+    age(root)
+    warnings: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "not a manifest of the repository" in str(event.get("log_format", "")):
+            warnings.append(str(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        tags = layout.tags_dir(name)
+        held, run = run_untagged(root, thread_pool, lambda m, p: m == "list" and p == tags)
+        await held_at(held, run)
+        assert (await put_manifest(registry.url, name, "t", bodies[1]))[0] == 201
+        held.release.callback(None)
+        stats = await run
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert warnings == []
+    # The tag's new manifest is kept; its old one, untagged now and older than the grace, is
+    # --delete-untagged's to delete, as it would be without the race.
+    assert stats.revisions_deleted == 1
+    assert await pull_status(registry.url, name, "t") == 200
+    assert await pull_status(registry.url, name, sha256(bodies[1])) == 200
+    assert await pull_status(registry.url, name, sha256(bodies[0])) == 404
+    assert await layer_pulls(registry.url, name) == 200

@@ -104,3 +104,23 @@ async def test_one_gc_run_at_a_time_over_s3(driver: S3Driver) -> None:
     await second.release()
     with pytest.raises(PathNotFoundError):
         await driver.stat(gcguard.RUNNING)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_an_s3_server_keeps_listing_is_not_a_blob(driver: S3Driver) -> None:
+    """SeaweedFS goes on listing a blob folder emptied one file at a time (a killed run's
+    sweep leaves such): gc counted it as a blob within its grace period, every run, and as
+    stored.  It is neither."""
+    blobs = BlobStore(driver)
+    kept = await blobs.put_small(b"a blob that stays")
+    emptied = Digest.parse("sha256:" + "ab" * 32)
+    data = layout.blob_data(emptied)
+    await driver.put_content(data, b"soon gone")
+    await driver.delete(data)  # the file, not its folder
+    prefix = f"{layout.BLOBS}/sha256/ab"
+    assert emptied.hex in await driver.list(prefix)  # what the server keeps listing
+    result = await collect_garbage(driver, GCOptions(dry_run=True), time.time() + 3600.0)
+    assert result.stats.errors == []
+    assert result.stats.blobs_young == 0
+    assert (result.stats.blobs_examined, result.stats.blobs_stored) == (1, 1)
+    assert [str(c) for c in result.candidates] == [str(kept)]  # unreferenced, past its grace

@@ -127,3 +127,27 @@ def test_the_storage_probe_writes_and_reads_back(tmp_path: Path, thread_pool: An
     Deferred.fromCoroutine(storage_probe(driver, writable=False)()).addErrback(failures.append)
     assert failures and isinstance(failures[0].value, StorageError)
     assert "is gone or not a folder" in str(failures[0].value)
+
+
+def test_readiness_leads_with_draining_once_stopping() -> None:
+    """Once the process stops, readiness fails with a ``draining`` check of its own, saying
+    what is left at the time of asking, without waiting for a probe; the checks asked by name
+    (``/health``'s storage check) are as they were."""
+    clock, probe = Clock(), Probe()
+    health = checker(clock, probe, "storage")
+    first = Deferred.fromCoroutine(health.run())
+    probe.answer()
+    assert results(first) == [("storage", True, None)]
+    left = [2]
+    health.stopping(lambda: f"stopping: draining {left[0]} request(s)")
+    assert results(Deferred.fromCoroutine(health.run())) == [
+        ("draining", False, "stopping: draining 2 request(s)"),
+        ("storage", True, None),
+    ]
+    left[0] = 1
+    assert results(Deferred.fromCoroutine(health.run())) == [
+        ("draining", False, "stopping: draining 1 request(s)"),
+        ("storage", True, None),
+    ]
+    assert results(Deferred.fromCoroutine(health.run(["storage"]))) == [("storage", True, None)]
+    assert probe.calls == 1

@@ -147,7 +147,10 @@ def test_endpoint_settings() -> None:
         ({"url": "http://x", "colour": "red"}, "[notifications:ci] colour: unknown key"),
         ({"url": "http://x", "headers": "no colon"}, "[notifications:ci] headers: 'no colon'"),
         ({"url": "http://x", "ignore_actions": "pul"}, "[notifications:ci] ignore_actions:"),
-        ({"url": "http://x", "threshold": "0"}, "[notifications:ci] threshold: must be more"),
+        (
+            {"url": "http://x", "threshold": "0"},
+            "[notifications:ci] threshold: '0' is not a number of 1 or more",
+        ),
         ({"url": "http://x", "backoff": "5s", "maxbackoff": "1s"}, "maxbackoff: must not"),
         ({"url": "http://"}, "[notifications:ci] url: 'http://' names no host"),
         ({"url": "http://bad host/x"}, "url: 'http://bad host/x': 'bad host' is not a host"),

@@ -1,27 +1,34 @@
 """
 The walks of ``repositories/`` (catalog, gc, upload purging) on trees nobody should have made:
-a folder 1,500 levels deep, a symbolic link loop.  Commands run as child processes, the
-registry's periodic purge in a registry serving over loopback.
+a folder 1,500 levels deep, a symbolic link loop, a level as wide as clients care to make it.
+Commands run as child processes, the registry's periodic purge in a registry serving over
+loopback.
 """
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from registry import cli as cli_module
+from registry.ops.progress import CountingDriver
+from registry.ops.purge import purge_uploads
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
+from registry.storage.catalog import Catalog, walk_folders
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.uploads import UploadStore
 from tests.e2e.harness import write_config
@@ -215,6 +222,102 @@ async def test_an_unforeseen_error_never_leaves_the_command_waiting(
     assert err.lines == [
         "txregistry purge-uploads: failed: RecursionError: maximum recursion depth exceeded\n"
     ]
+
+
+class _Listing(builtins.list[str]):
+    """A folder listing that can be weakly referenced, so that it is counted while alive."""
+
+
+@attrs.define(slots=False)
+class HeldListings(CountingDriver):
+    """
+    The real driver, counting the folder listings alive at once (held by whoever asked for
+    them, or by a Deferred not yet awaited) and the listings running at once.
+    """
+
+    alive: int = 0
+    most_alive: int = 0
+    running: int = 0
+    most_running: int = 0
+
+    def _held(self, names: builtins.list[str]) -> _Listing:
+        listing = _Listing(names)
+        self.alive += 1
+        self.most_alive = max(self.most_alive, self.alive)
+        weakref.finalize(listing, self._gone)
+        return listing
+
+    def _gone(self) -> None:
+        self.alive -= 1
+
+    async def _listing(self, listed: Any) -> Any:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            return await listed
+        finally:
+            self.running -= 1
+
+    async def list(self, path: str) -> builtins.list[str]:
+        return self._held(await self._listing(super().list(path)))
+
+    async def list_apart(self, path: str) -> tuple[builtins.list[str], builtins.list[str]]:
+        plain, links = await self._listing(super().list_apart(path))
+        return self._held(plain), links
+
+
+WIDE = 300
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wide_level_is_walked_holding_a_few_listings(
+    driver: FilesystemDriver, root: Path, repositories: Path
+) -> None:
+    """
+    The walk went level by level, holding every listing of a level at once: one per
+    repository a client made side by side (303 here).  Now it holds those of the folders it
+    is in, and the ones it reads ahead (``concurrency``), however wide the level.
+    """
+    await scenario.build_aged(driver, root)
+    for i in range(WIDE):  # what abandoned pushes to new names leave
+        await old_upload(driver, f"wide/r{i:03d}")
+    held = HeldListings(driver)
+    assert await Catalog(held, concurrency=8).walk() == ["app", "other"]
+    assert held.listed > WIDE
+    # repositories/, wide, the folder yielded, and 8 read ahead.
+    assert held.most_alive <= 8 + 3, held.most_alive
+    assert held.most_running == 8
+
+    held = HeldListings(driver)
+    assert await purge_uploads(held, 3600, time.time()) == WIDE
+    assert held.listed > 2 * WIDE
+    # The same, and the purge's listing of an _uploads folder; 16 read ahead by default.
+    assert held.most_alive <= 16 + 4, held.most_alive
+    assert held.most_running == 16
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_walk_is_depth_first_and_runs_concurrency_listings_at_most(
+    driver: FilesystemDriver, repositories: Path
+) -> None:
+    """
+    A folder comes before what is in it, siblings in order, every folder a name can be
+    (and no other) is listed once, and no more than ``concurrency`` listings run at once.
+    """
+    for folder in ["a/b/c", "a/_layers/x", "a/UPPER/d", "d/e", "z"]:
+        (repositories / folder).mkdir(parents=True)
+    for i in range(40):
+        (repositories / "m" / f"r{i:02d}" / "s").mkdir(parents=True)
+    held = HeldListings(driver)
+    walked = [name async for name, _ in walk_folders(held, "", concurrency=3)]
+    expected = ["", "a", "a/b", "a/b/c", "d", "d/e", "m"]
+    for i in range(40):
+        expected += [f"m/r{i:02d}", f"m/r{i:02d}/s"]
+    assert walked == [*expected, "z"]
+    assert held.listed == len(walked)
+    assert held.most_running == 3
+    walked = [name async for name, _ in walk_folders(held, "m/r07", concurrency=3)]
+    assert walked == ["m/r07", "m/r07/s"]
 
 
 class _Lines:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from registry.config import ConfigError, load
@@ -73,3 +75,56 @@ def test_two_defaults_or_one_prefix_twice_are_refused(tmp_path: object) -> None:
     )
     with pytest.raises(ConfigError, match="already used"):
         parse_proxies(config)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "[proxy:a]\nremoteurl = http://x\nprefix = docker.io/q\n"
+            "[proxy:up]\nremoteurl = http://x\nprefix = docker.io\n",
+            "[proxy:a] prefix: 'docker.io/q' lies inside the prefix 'docker.io' of [proxy:up]",
+        ),
+        (
+            "[proxy:hub]\nremoteurl = https://registry-1.docker.io\ndefault = true\n"
+            "[proxy:lib]\nremoteurl = http://x\nprefix = library/x\n",
+            "[proxy:lib] prefix: 'library/x' is where [proxy:hub]",
+        ),
+    ],
+)
+def test_prefixes_that_would_share_local_names_are_refused(
+    tmp_path: object, body: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_proxies(_config(tmp_path, body))  # type: ignore[arg-type]
+    assert str(info.value).startswith(message)
+
+
+def test_a_library_prefix_next_to_a_default_that_keeps_bare_names_is_taken(
+    tmp_path: object,
+) -> None:
+    # The default (not Docker Hub, no library key) stores "alpine" as "alpine": no name of
+    # its can be "library/...", which the prefix serves.
+    body = (
+        "[proxy:a]\nremoteurl = http://127.0.0.1:9\ndefault = true\n"
+        "[proxy:b]\nremoteurl = http://127.0.0.1:9\nprefix = library\n"
+    )
+    assert [p.name for p in parse_proxies(_config(tmp_path, body))] == ["a", "b"]  # type: ignore[arg-type]
+
+
+def test_the_start_up_line_names_what_each_cache_serves(tmp_path: Path) -> None:
+    """A prefixless default cache's line reads as a sentence (no empty prefix before "and")."""
+    from tests.e2e.harness import RegistryProcess
+
+    registry = RegistryProcess(
+        tmp_path,
+        {
+            "proxy:hub": {"remoteurl": "http://127.0.0.1:9", "default": "true"},
+            "proxy:quay": {"remoteurl": "http://127.0.0.1:9", "prefix": "quay.io"},
+        },
+    )
+    registry.start()
+    registry.stop()
+    log = registry.log_text()
+    assert "proxy hub: http://127.0.0.1:9 for unprefixed names (default)\n" in log, log
+    assert "proxy quay: http://127.0.0.1:9 for quay.io/*\n" in log, log

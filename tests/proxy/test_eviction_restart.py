@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,14 @@ async def test_cache_and_eviction_state_survive_a_restart(
         state = tmp_path / "data/docker/registry/v2/txregistry/proxy/hub/index.sqlite3"
         assert state.exists()
         await fake.go_down()
+        offset = len(process.log_text())
         process.start()
         # Ready (for this cache's part) once its index is read back from storage.
         await wait_for_check(process.url, "cache:hub")
         assert metric(_metrics(process.url), "txregistry_proxy_cache_bytes") == before
+        # The summary logged at start counts what was read back.
+        summary = re.search(r"proxy hub: hits=.*", process.log_text()[offset:])
+        assert summary is not None and f" cache_bytes={int(before)} " in summary[0], summary
         manifest = await pull(process.url, "alpine", "latest")  # stale tag, cached blobs
         assert manifest["digest"] == image.digest
         manifest = await pull(process.url, "docker.io/library/alpine", image.digest)

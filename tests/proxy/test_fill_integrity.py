@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import threading
 from pathlib import Path
@@ -82,11 +83,14 @@ def _flip_byte(path: Path, index: int) -> bytes:
     return bytes(raw)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+@pytest.mark.parametrize("damage", ["truncated", "corrupted", "endless"])
 @pytest_twisted.ensureDeferred
 async def test_broken_upstream_stream_leaves_no_visible_blob(
     proxied: Proxied, fake: FakeUpstream, damage: str
 ) -> None:
+    """A body cut short, corrupted, or (chunked, no length) going on past the blob's size:
+    nothing is stored, the client never gets a whole wrong body, and an endless body is not
+    read past the size the upstream gave (it once filled the disk)."""
     image = fake.content.add_image("library/alpine", "latest", [LAYER])
     layer = image.layers[0]
     registry = await proxied()
@@ -94,16 +98,22 @@ async def test_broken_upstream_stream_leaves_no_visible_blob(
     url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
     if damage == "truncated":
         fake.switches.cut_blob_after = LAYER // 2
-    else:
+    elif damage == "corrupted":
         fake.switches.corrupt_blobs = True
+    else:
+        fake.switches.endless_blobs = 256 * 1024 * 1024
     _status, body = await _try_get(url)
     # The client never gets a complete body: the connection drops before the last byte.
     assert body is None or sha256(body) != layer.digest
     assert body is None or len(body) < LAYER
     assert not blob_data_path(root, layer.digest).exists()
     await wait_for(lambda: not fill_files(root))
+    if damage == "endless":
+        # Cut right past the blob: what socket buffers held besides, not the 256 MiB more.
+        assert fake.cdn_sent < LAYER + 32 * 1024 * 1024, fake.cdn_sent
     fake.switches.cut_blob_after = None
     fake.switches.corrupt_blobs = False
+    fake.switches.endless_blobs = None
     response, data = await fetch(url)
     assert response.code == 200
     assert sha256(data) == layer.digest
@@ -384,3 +394,34 @@ async def test_a_request_during_a_failed_fills_clean_up_starts_a_new_fill(
     assert response.code == 200
     assert sha256(data) == layer.digest
     assert fake.count("GET", "cdn", ref=layer.digest) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_get_longer_than_its_head_said_is_refused_before_a_byte(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """The upstream's HEAD says the blob's size (clients are answered with it); its GET then
+    announces more (and sends it): the fill is refused at once, as an answer that cannot be
+    trusted, instead of writing what the GET claims (up to the disk) and handing the first
+    client the HEAD's length of wrong bytes as a whole body."""
+    image = fake.content.add_image("library/alpine", "latest", [100_000])
+    layer = image.layers[0]
+    registry = await proxied()
+    root = storage_root(registry)
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+    response = await treq.head(url)
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-length") == ["100000"]
+    fake.switches.padded_blobs = 256 * 1024 * 1024
+    try:
+        response, body = await fetch(url)
+    finally:
+        fake.switches.padded_blobs = None
+    assert response.code == 502, body[:300]
+    assert json.loads(body)["errors"][0]["message"] == "upstream answer cannot be trusted"
+    assert fake.cdn_sent < 32 * 1024 * 1024, fake.cdn_sent
+    await wait_for(lambda: not fill_files(root))
+    assert not blob_data_path(root, layer.digest).exists()
+    response, data = await fetch(url)
+    assert response.code == 200
+    assert sha256(data) == layer.digest

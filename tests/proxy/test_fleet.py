@@ -7,6 +7,7 @@ hold an upstream body in the middle and count the upstream's blob GETs).
 from __future__ import annotations
 
 import hashlib
+import html
 import os
 import re
 import signal
@@ -227,6 +228,42 @@ async def test_holder_killed_mid_layer_others_complete(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_follower_whose_fill_fails_upstream_says_so_in_one_line(
+    tmp_path: Path,
+    s3_server: S3Server,
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,
+) -> None:
+    """The upstream goes away in the middle of a fill that instance 0 holds and instance 1's
+    client streams: instance 1 has nowhere to resume from (its own fill fails on the
+    upstream too), so its client's body is cut short, and its log says why in one warning
+    line, as the holder's does, not with a critical traceback."""
+    running = Fleet(tmp_path, s3_server, redis_server, fake.url, size=2)
+    running.start()
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [LAYER])
+        digest = image.layers[0].digest
+        hold = fake.hold_body(digest, HELD_AFTER)
+        holder, follower = running.instances
+        first = await start_pull(blob_url(holder, digest))
+        await wait_until(lambda: hold.arrived == 1, within=60)
+        second = await start_pull(blob_url(follower, digest))
+        await wait_until(lambda: second.received > 0, within=60)
+        await fake.go_down()
+        for pull in (first, second):
+            assert pull.done is not None
+            with pytest.raises(Exception):  # noqa: B017 - a connection dropped mid-body
+                await pull.done
+            assert 0 < pull.received < LAYER
+        await wait_until(lambda: "body cut short" in follower.log_text(), within=30)
+        cut = [line for line in follower.log_text().splitlines() if "body cut short" in line]
+        assert len(cut) == 1 and "#warn] GET /v2/library/alpine/blobs/" in cut[0], cut
+        assert "upstream registry unavailable: no answer from" in cut[0], cut
+    finally:
+        running.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_fleet_eviction_keeps_the_total_under_max_size(
     tmp_path: Path,
     s3_server: S3Server,
@@ -299,6 +336,27 @@ def test_redis_down_at_start_is_one_line(tmp_path: Path) -> None:
     assert line.startswith(f"txregistry: cannot reach Redis at 127.0.0.1:{port}: "), line
     assert "Traceback" not in result.stdout
     assert "listening" not in result.stdout
+
+
+def test_a_redis_that_wants_a_password_is_named_in_one_line(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Redis's own answer (``HELLO must be called with the client already authenticated``)
+    names neither the cause nor the key to set: the line does; no password is shown."""
+    assert redis_server.command("CONFIG", "SET", "requirepass", "s3cret-pw").startswith(b"+OK")
+    sections = {
+        "proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"},
+        "redis": {"addr": redis_server.addr},
+    }
+    result = run_twistd(tmp_path, sections, "--storage", str(tmp_path / "data"))
+    assert result.returncode == 1, result.stdout[-2000:]
+    [line] = result.stderr.splitlines()
+    assert line == (
+        f"txregistry: cannot reach Redis at {redis_server.addr}: Redis requires a password, "
+        "and [redis] password is not set"
+    ), line
+    assert "s3cret-pw" not in result.stdout + result.stderr
 
 
 def test_second_instance_without_redis_refused_and_restart_after_kill(tmp_path: Path) -> None:
@@ -497,7 +555,8 @@ async def test_every_instance_reports_the_fleets_cache_size(
     fleet: Fleet, fake: FakeUpstream
 ) -> None:
     """A layer cached through one instance: every instance's ``txregistry_proxy_cache_bytes``
-    (and cache page) reports the fleet's total, not only what it stored itself."""
+    (and cache page) reports the fleet's total, not only what it stored itself, and so does
+    the summary line an instance logs when it starts."""
     image = fake.content.add_image("library/alpine", "latest", [300_000])
     layer = image.layers[0]
     pull = await start_pull(blob_url(fleet.instances[0], layer.digest))
@@ -510,3 +569,77 @@ async def test_every_instance_reports_the_fleets_cache_size(
             break
         await deferLater(reactor, 0.1, lambda: None)
     assert sizes == [layer.size] * len(fleet.instances)
+    restarted = fleet.instances[1]
+    offset = len(restarted.log_text())
+    restarted.stop()
+    restarted.start()
+    await wait_until(lambda: "proxy hub: hits=" in restarted.log_text()[offset:], within=30)
+    summary = re.search(r"proxy hub: hits=.*", restarted.log_text()[offset:])
+    assert summary is not None and f" cache_bytes={layer.size} " in summary[0], summary
+
+
+def _cache_page(url: str) -> Deferred[dict[str, str]]:
+    async def read() -> dict[str, str]:
+        body = (await (await treq.get(f"{url}/ui/cache")).text()).replace("\n", "")
+        pairs = re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", body)
+        return {k: html.unescape(re.sub(r"<[^>]+>", "", v)) for k, v in pairs}
+
+    return Deferred.fromCoroutine(read())
+
+
+async def _pages_until(fleet: Fleet, wanted: Callable[[list[dict[str, str]]], bool]) -> None:
+    pages: list[dict[str, str]] = []
+    for _attempt in range(150):  # counters go to Redis every flush_interval, fills every second
+        pages = [await _cache_page(instance.url) for instance in fleet.instances]
+        if wanted(pages):
+            return
+        await deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError(pages)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_instance_shows_the_fleets_counters_and_fills(
+    tmp_path: Path,
+    s3_server: S3Server,
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,
+) -> None:
+    """The cache page of every instance adds up what all of them counted (hits, misses,
+    bytes) and the fills in flight on any of them; a restarted instance goes on from the
+    fleet's counters, none of another instance's counts overwritten."""
+    fleet = Fleet(tmp_path, s3_server, redis_server, fake.url, size=2, flush_interval="0.2s")
+    fleet.start()
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [300_000, 200_000])
+        first, second = image.layers
+        for index in (0, 1, 0):  # a miss, then two hits (one on each instance)
+            pull = await start_pull(blob_url(fleet.instances[index], first.digest))
+            await pull.done
+            assert pull.digest == first.digest
+        await _pages_until(
+            fleet,
+            lambda pages: all(
+                p["Hit ratio"] == "66.7 % (2 of 3)"
+                and p["Fetched from upstream"] == "293.0 KiB"
+                and p["Served from the cache"] == "585.9 KiB"
+                for p in pages
+            ),
+        )
+        # A fill held on instance 0 is one fill in flight on both pages.
+        hold = fake.hold_body(second.digest, 100_000)
+        held = await start_pull(blob_url(fleet.instances[0], second.digest))
+        await _pages_until(fleet, lambda pages: [p["Fills in flight"] for p in pages] == ["1", "1"])
+        hold.release()
+        await held.done
+        assert held.digest == second.digest
+        await _pages_until(fleet, lambda pages: [p["Fills in flight"] for p in pages] == ["0", "0"])
+        # Instance 1 stops and starts again: both pages still count every request.
+        fleet.instances[1].stop()
+        fleet.instances[1].start()
+        pull = await start_pull(blob_url(fleet.instances[1], second.digest))
+        await pull.done
+        await _pages_until(
+            fleet, lambda pages: all(p["Hit ratio"] == "60.0 % (3 of 5)" for p in pages)
+        )
+    finally:
+        fleet.stop()

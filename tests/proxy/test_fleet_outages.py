@@ -43,6 +43,13 @@ def redis_back_everywhere(running: Fleet) -> bool:
     return True
 
 
+def established(server: RedisServer) -> bool:
+    """Whether the fleet's index in Redis is whole (the epoch key of a finished
+    registration, not of one in progress)."""
+    reply = server.command("GET", "txregistry:epoch:hub")
+    return not reply.startswith(b"$-1") and b"rebuilding" not in reply
+
+
 def rebuilt_lines(running: Fleet) -> list[str]:
     return [
         line
@@ -59,27 +66,44 @@ async def test_redis_restarted_empty_the_cache_is_registered_again_from_storage(
     redis_server: RedisServer,  # noqa: F811
     fake: FakeUpstream,  # noqa: F811
 ) -> None:
-    """Three layers cached; Redis restarts empty: the fleet's total comes back (counted from
-    storage by one instance, with one line saying so) without any layer being read again, so
-    later fills evict them and the storage stays under max_size.  The same when the whole
-    fleet starts on a Redis that is empty while the storage holds the cache."""
+    """Three layers cached, one of them in two repositories; Redis restarts empty: the
+    fleet's total comes back (counted from storage by one instance, with one line saying so,
+    which counts the shared layer once) without any layer being read again, so later fills
+    evict them and the storage stays under max_size.  The same when the whole fleet starts
+    on a Redis that is empty while the storage holds the cache."""
     limit = 4 * LAYER + LAYER // 2
     running = Fleet(tmp_path, s3_server, redis_server, fake.url, max_size=str(limit))
     running.start()
     try:
+        # The fleet's first registration (Redis was empty at start too) has found nothing:
+        # else it could find the layers pulled below, and say so in a line of its own.
+        await wait_until(lambda: established(redis_server), within=30)
         image = fake.content.add_image("library/alpine", "latest", [LAYER] * 6)
         digests = [layer.digest for layer in image.layers]
+        fake.content.add_blob("library/other", fake.content.blobs[digests[0]])
         for n, digest in enumerate(digests[:3]):
             pull = await start_pull(blob_url(running.instances[n % 3], digest))
             await pull.done
             assert pull.digest == digest
+        shared = f"{running.instances[1].url}/v2/library/other/blobs/{digests[0]}"
+        pull = await start_pull(shared)
+        await pull.done
+        assert (pull.code, pull.digest) == (200, digests[0])
+        names = ("SCARD", f"txregistry:names:hub:{digests[0]}")
+        await wait_until(lambda: redis_int(redis_server, *names) == 2, within=30)
         await wait_until(lambda: redis_int(redis_server, "GET", TOTAL) == 3 * LAYER, within=30)
 
         redis_server.restart()  # empty: no persistence (an instance may write at once)
         await wait_until(lambda: redis_int(redis_server, "GET", TOTAL) == 3 * LAYER, within=60)
         assert redis_int(redis_server, "HLEN", "txregistry:index:hub") == 3
         await wait_until(lambda: len(rebuilt_lines(running)) == 1, within=30)
-        assert "registered 3 blobs and 0 manifests" in rebuilt_lines(running)[0]
+        registered = f"registered 3 blobs and 0 manifests ({3 * LAYER} bytes)"
+        assert registered in rebuilt_lines(running)[0]
+        # Every instance has reached the new Redis (a connection to the old one fails once,
+        # and Redis counts as away until the next check), and none counts it away.
+        for n in range(3):
+            alive = ("EXISTS", f"txregistry:alive:hub:i{n}")
+            await wait_until(lambda q=alive: redis_int(redis_server, *q) == 1, within=30)
         await wait_until(lambda: redis_back_everywhere(running), within=60)
 
         # Cold layers are counted: the new fills evict them, and the bucket fits max_size.
@@ -254,3 +278,54 @@ def test_a_fleet_instance_leaving_does_not_let_a_solo_instance_in(
     solo = RegistryProcess(workdir, {**hub, "storage": {"rootdirectory": str(data)}})
     solo.start()
     solo.stop()
+
+
+def test_an_instance_on_another_redis_db_is_refused_and_an_emptied_redis_is_not(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """
+    A fleet instance whose ``[redis]`` names another database (or another Redis) than the
+    live instances on its storage would be a second fleet on one cache: a total of its own
+    under ``max_size``, and the others' fills in flight removed at its start, their
+    instances unknown to its Redis and so taken for dead.  It is refused with one line.  A
+    Redis that lost its keys (restarted empty) knows the live instances again within a
+    push, and a new instance then starts.
+    """
+    data = tmp_path / "shared"
+    hub = {"proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"}}
+
+    def sections(name: str, db: str) -> dict[str, dict[str, str]]:
+        return {
+            **hub,
+            "storage": {"rootdirectory": str(data)},
+            "redis": {"addr": redis_server.addr, "db": db},
+            "fleet": {"instance": name},
+        }
+
+    workdir = tmp_path / "cache-1"
+    workdir.mkdir()
+    member = RegistryProcess(workdir, sections("cache-1", "0"))
+    member.start()
+    try:
+        result = run_twistd(tmp_path, sections("cache-2", "1"))
+        assert result.returncode == 1, result.stdout[-2000:]
+        [line] = result.stderr.splitlines()
+        assert line == (
+            f"txregistry: fleet instance cache-1 serves the pull-through cache in {data} but "
+            f"is not in Redis at {redis_server.addr} db 1: every instance of a fleet needs "
+            "the same [redis] addr and db (an instance that died counts as live for 30s after "
+            "its last heartbeat: if it is gone, start again then); docs/proxy.md"
+        ), line
+        assert "removed the unfinished fills" not in result.stdout
+        assert "removed the unfinished fills" not in member.log_text()
+
+        redis_server.command("FLUSHALL")
+        workdir = tmp_path / "cache-3"
+        workdir.mkdir()
+        other = RegistryProcess(workdir, sections("cache-3", "0"))
+        other.start()
+        other.stop()
+        assert "Traceback" not in other.log_text()
+    finally:
+        member.stop()

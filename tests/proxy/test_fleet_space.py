@@ -42,6 +42,7 @@ async def test_a_reservation_counts_until_its_entry_does_and_lapses_with_its_ins
     try:
         a, b = Ledger(redis, "hub", "a"), Ledger(redis, "hub", "b")
         now = reactor.seconds()
+        assert await a.lock()  # room is reserved under the eviction lock
         await a.reserve("sha256:aa", 1000, now)
         await a.reserve("sha256:bb", 500, now)
         total, reserved, _in_use = await b.state(now)
@@ -61,6 +62,7 @@ async def test_a_reservation_counts_until_its_entry_does_and_lapses_with_its_ins
         later = now + IN_USE_FOR + 1
         _total, reserved, _in_use = await b.state(later)
         assert reserved == {}
+        await a.unlock()
     finally:
         redis.stopService()
 

@@ -7,8 +7,10 @@ import json
 from urllib.parse import quote
 
 import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
 
 from tests.e2e.client import header, sha256
+from tests.e2e.harness import sleep
 from tests.fakes.content import OCI_INDEX, OCI_MANIFEST
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
@@ -251,3 +253,27 @@ async def test_a_200_that_is_not_a_manifest_is_not_cached(
     response, body = await fetch(f"{registry.url}/v2/alpine/manifests/latest")
     assert response.code == 200
     assert body == image.manifest
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_asking_for_referrers_together_queue_for_the_upstream(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Each upstream referrers list may be many pages held in memory at once: clients asking
+    together (here five) get them two at a time from the upstream, not all at once."""
+    image = fake.content.add_image(A, "latest", [1000], oci=True)
+    signature = _referrer(fake, image.digest, len(image.manifest), SIGNATURE)
+    registry = await proxied()
+    hold = fake.hold("GET", "referrers", name=A)
+    url = f"{registry.url}/v2/alpine/referrers/{image.digest}"
+    asking = [Deferred.fromCoroutine(fetch(url)) for _ in range(5)]
+    for _ in range(500):  # bounded: until the first two reach the upstream
+        if hold.arrived >= 2:
+            break
+        await sleep(0.01)
+    await sleep(0.2)  # time for more to arrive, were they not queued
+    assert hold.arrived == 2
+    hold.release()
+    answers = await gatherResults(asking)
+    assert [response.code for response, _ in answers] == [200] * 5
+    assert all(json.loads(body)["manifests"] == [signature] for _, body in answers)

@@ -162,6 +162,8 @@ async def test_pushes_to_proxied_names_are_refused(proxied: Proxied, fake: FakeU
         response, _ = await fetch(f"{url}/v2/{name}/blobs/uploads/", "POST")
         assert response.code == 405
         assert await error_codes(response) == ["UNSUPPORTED"]
+        # RFC 9110: a 405 says what the resource takes (an upload's route: nothing).
+        assert response.headers.getRawHeaders("Allow") == [""]
         response, _ = await fetch(
             f"{url}/v2/{name}/manifests/latest",
             "PUT",
@@ -170,6 +172,7 @@ async def test_pushes_to_proxied_names_are_refused(proxied: Proxied, fake: FakeU
         )
         assert response.code == 405
         assert await error_codes(response) == ["UNSUPPORTED"]
+        assert response.headers.getRawHeaders("Allow") == ["GET, HEAD"]
     data = b"monolithic"
     digest = sha256(data)
     response, _ = await fetch(f"{url}/v2/alpine/blobs/uploads/?digest={digest}", "POST", data=data)

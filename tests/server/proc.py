@@ -68,6 +68,18 @@ class Child:
         """The port the registry announced (after binding and probing the storage)."""
         return int(self.wait_for(LISTENING, timeout)["port"])
 
+    def wait_for_file(self, path: Path, text: str, timeout: float = 60) -> str:
+        """``path``'s content once it holds ``text`` (a ``--logfile``); fails if the process
+        exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            content = path.read_text() if path.exists() else ""
+            if text in content:
+                return content
+            assert self.process.poll() is None, content[-2000:]
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} in {path}")
+
     def stderr(self) -> str:
         assert self.process.stderr is not None
         return self.process.stderr.read().decode(errors="replace")

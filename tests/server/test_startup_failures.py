@@ -6,6 +6,7 @@ naming the cause, no traceback anywhere, and "listening" never logged.  Each cas
 
 from __future__ import annotations
 
+import datetime
 import resource
 import socket
 import subprocess
@@ -17,6 +18,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa
+from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
@@ -24,7 +29,7 @@ from registry.server.exit import StartupError, twistd_pidfile
 from registry.server.workers import cores
 from registry.tap import Options, makeService
 from tests.e2e.harness import twistd_command, write_config
-from tests.server.proc import child_env
+from tests.server.proc import Child, child_env
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -259,6 +264,11 @@ def test_supervisor_that_cannot_be_started_is_one_line(tmp_path: Path) -> None:
             "[sync:a] certfile: {d}/r.cfg: ",
         ),
         (
+            # A character no name has: every run would copy nothing and call it a success.
+            {"sync:a": {"remote": "https://127.0.0.1:9", "repositories": "team/[ab]pp"}},
+            "[sync:a] repositories: 'team/[ab]pp' is not a repository glob",
+        ),
+        (
             {
                 "notifications": {"queuedir": "/proc/txregistry-test"},
                 "notifications:x": {"url": "http://127.0.0.1:9/"},
@@ -277,14 +287,36 @@ def test_supervisor_that_cannot_be_started_is_one_line(tmp_path: Path) -> None:
             {"auth.htpasswd": {"path": "{d}/missing"}},
             "[auth.htpasswd] path: cannot read {d}/missing: no such file or directory",
         ),
+        (
+            # Two upstreams' repositories would share local names (docker.io/q/app).
+            {
+                "proxy:a": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io/q"},
+                "proxy:up": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"},
+            },
+            "[proxy:a] prefix: 'docker.io/q' lies inside the prefix 'docker.io' of [proxy:up]",
+        ),
+        (
+            {
+                "proxy:hub": {
+                    "remoteurl": "http://127.0.0.1:9",
+                    "default": "true",
+                    "library": "true",
+                },
+                "proxy:lib": {"remoteurl": "http://127.0.0.1:9", "prefix": "library"},
+            },
+            "[proxy:lib] prefix: 'library' is where [proxy:hub] (the default, without a prefix)",
+        ),
     ],
     ids=[
         "proxy-ca-missing",
         "proxy-ca-not-pem",
         "sync-cert-not-pem",
+        "sync-glob",
         "queuedir",
         "queuedir-unwritable",
         "htpasswd",
+        "proxy-prefix-nested",
+        "proxy-prefix-library",
     ],
 )
 def test_files_the_configuration_names_are_checked_at_start_up(
@@ -327,6 +359,18 @@ def test_a_bad_webhook_url_is_shown_without_its_password(
     )
     assert "s3cr3tpw" not in result.stdout + result.stderr
     assert_one_line(result, f"txregistry: configuration error: [notifications:x] url: {line}")
+
+
+def test_a_log_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    command = twistd_command("--port", LOOPBACK, "--storage", str(tmp_path / "d"))
+    log = "/proc/txregistry-test/registry.log"
+    command.insert(command.index("registry"), f"--logfile={log}")
+    result = subprocess.run(
+        command, cwd=tmp_path, env=child_env(None), capture_output=True, text=True, timeout=120
+    )
+    assert_one_line(
+        result, f"txregistry: cannot open the log file {log}: no such file or directory"
+    )
 
 
 def test_misspelt_environment_variable_is_refused(tmp_path: Path) -> None:
@@ -590,6 +634,94 @@ def test_a_failed_start_leaves_no_pid_file(
     assert sorted(p.name for p in tmp_path.rglob("*.pid")) == []
 
 
+def with_pidfile(command: list[str], path: Path) -> list[str]:
+    """``command`` (`twistd_command`'s) writing the pid file ``path``."""
+    return [f"--pidfile={path}" if word == "--pidfile=" else word for word in command]
+
+
+def serving_with(tmp_path: Path, command: list[str], pidfile: Path) -> None:
+    """``command`` starts and serves, then owns ``pidfile``; the stale one was removed in words."""
+    child = Child(command, tmp_path)
+    try:
+        port = child.wait_listening()
+        assert pidfile.read_text().strip() == str(child.process.pid)
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
+        assert "removed the stale pid file" in "".join(child.output)
+    finally:
+        child.stop()
+    assert "Another twistd server" not in "".join(child.output) + child.stderr()
+
+
+def test_a_pid_file_naming_this_very_process_is_stale(tmp_path: Path) -> None:
+    """
+    kill -9 leaves twistd's pid file; in a container the restarted registry often gets the
+    same pid (PID 1), so the file names the process reading it.  That is no other server.
+    """
+    pidfile = tmp_path / "registry.pid"
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "1"}})
+    registry = twistd_command("--config", str(config), "--port", LOOPBACK, "--storage", "d")
+    # The shell writes its own pid, then becomes twistd: the pid reuse of a restart.
+    command = ["sh", "-c", f'echo $$ > {pidfile}; exec "$@"', "sh"]
+    serving_with(tmp_path, command + with_pidfile(registry, pidfile), pidfile)
+
+
+def test_a_pid_file_naming_another_program_is_stale(tmp_path: Path) -> None:
+    """The pid was given to some other program meanwhile: not a registry, not a refusal."""
+    pidfile = tmp_path / "registry.pid"
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        pidfile.write_text(f"{other.pid}\n")
+        config = write_config(tmp_path / "r.cfg", {"http": {"workers": "1"}})
+        registry = twistd_command("--config", str(config), "--port", LOOPBACK, "--storage", "d")
+        serving_with(tmp_path, with_pidfile(registry, pidfile), pidfile)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_an_empty_pid_file_is_stale(tmp_path: Path) -> None:
+    """What a crash or a full disk leaves while twistd writes it: it names nobody."""
+    pidfile = tmp_path / "registry.pid"
+    pidfile.write_text("")
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "1"}})
+    registry = twistd_command("--config", str(config), "--port", LOOPBACK, "--storage", "d")
+    serving_with(tmp_path, with_pidfile(registry, pidfile), pidfile)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a process's command line from /proc")
+def test_a_pid_file_naming_a_running_registry_is_one_line(tmp_path: Path) -> None:
+    """A registry serving with that pid file (its supervisor, with workers) is a refusal, in
+    one line rather than twistd's five, and its pid file stays."""
+    pidfile = tmp_path / "registry.pid"
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "2"}})
+    first = Child(
+        with_pidfile(twistd_command("--config", str(config), "--port", LOOPBACK), pidfile),
+        tmp_path,
+    )
+    try:
+        first.wait_listening()
+        running = first.process.pid
+        assert pidfile.read_text().strip() == str(running)
+        second = subprocess.run(
+            with_pidfile(twistd_command("--config", str(config), "--port", LOOPBACK), pidfile),
+            cwd=tmp_path,
+            env=child_env(None),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert_one_line(
+            second,
+            f"txregistry: another twistd server is running, PID {running} (pid file {pidfile}): "
+            "stop it, or give this one a pid file of its own (--pidfile)",
+        )
+        assert pidfile.read_text().strip() == str(running)
+        assert first.process.poll() is None
+    finally:
+        first.stop()
+
+
 def test_the_pid_file_is_read_from_twistds_own_options() -> None:
     assert twistd_pidfile(["twistd", "-n", "registry", "--pidfile", "x"]) == "twistd.pid"
     assert twistd_pidfile(["twistd", "--pidfile=", "registry"]) == ""
@@ -613,4 +745,109 @@ def test_a_fill_spool_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
         result,
         "txregistry: configuration error: [storage] spooldirectory: cannot make the "
         f"pull-through fill spool {spool}: not a directory",
+    )
+
+
+def _dsa_certificate(path: Path) -> None:
+    key = dsa.generate_private_key(2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dsa token signer")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.mark.parametrize(
+    ("token", "line"),
+    [
+        (
+            # Everything but the realm: authentication would be off, the registry open.
+            {"service": "reg", "issuer": "iss", "rootcertbundle": "{d}/dsa.pem"},
+            "[auth.token] needs realm (set: service, issuer, rootcertbundle)",
+        ),
+        ({"jwks": "{d}/keys.json"}, "[auth.token] needs realm (set: jwks)"),
+        (
+            # A continued line in the file: every challenge would fail to be sent.
+            {
+                "realm": "http://127.0.0.1:9/token\nv2",
+                "service": "reg",
+                "issuer": "iss",
+                "rootcertbundle": "{d}/dsa.pem",
+            },
+            "[auth.token] realm: contains a control character: 'http://127.0.0.1:9/token\\nv2'",
+        ),
+        (
+            {
+                "realm": "http://127.0.0.1:9/token",
+                "service": "reg\x01",
+                "issuer": "iss",
+                "rootcertbundle": "{d}/dsa.pem",
+            },
+            "[auth.token] service: contains a control character: 'reg\\x01'",
+        ),
+        (
+            # DSA keys verify no token, as a token's key or as a chain's root.
+            {
+                "realm": "http://127.0.0.1:9/token",
+                "service": "reg",
+                "issuer": "iss",
+                "rootcertbundle": "{d}/dsa.pem",
+            },
+            "[auth.token] rootcertbundle: {d}/dsa.pem: holds no certificate with an RSA, EC or "
+            "Ed25519 key (only DSA); tokens can be verified with none of them",
+        ),
+    ],
+    ids=["no-realm", "jwks-only", "realm-newline", "service-control", "dsa-only"],
+)
+def test_token_settings_that_cannot_work_are_refused(
+    tmp_path: Path, token: dict[str, str], line: str
+) -> None:
+    _dsa_certificate(tmp_path / "dsa.pem")
+    (tmp_path / "keys.json").write_text('{"keys": []}')
+    section = {key: value.replace("{d}", str(tmp_path)) for key, value in token.items()}
+    config = tmp_path / "r.cfg"
+    lines = ["[auth.token]"]
+    for key, value in section.items():
+        assert "\n" not in key
+        # A value with a line break is written as an indented continuation line, as an
+        # operator's editor would leave it.
+        lines.append(f"{key} = " + value.replace("\n", "\n  "))
+    config.write_text("\n".join(lines) + "\n")
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "d")
+    )
+    assert_one_line(
+        result, "txregistry: configuration error: " + line.replace("{d}", str(tmp_path))
+    )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_client_certificates_asked_for_where_no_handshake_can_ask_are_refused(
+    tmp_path: Path, workers: str
+) -> None:
+    """``clientauth = required`` with only plain listeners would serve every connection
+    without a certificate: refused with one line, with one process or a supervisor."""
+    from tests.auth import pki
+
+    key = pki.new_key("ec")
+    ca = pki.write(tmp_path / "ca.pem", pki.pem_cert(pki.certificate("test ca", key, ca=True)))
+    config = write_config(
+        tmp_path / "r.cfg",
+        {"http": {"clientauth": "required", "clientcas": ca, "workers": workers}},
+    )
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "d")
+    )
+    assert_one_line(
+        result,
+        "txregistry: configuration error: [http] clientauth = required: no listener is ssl: "
+        f"({LOOPBACK}), so no client certificate can be asked for",
     )

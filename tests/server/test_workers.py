@@ -405,18 +405,6 @@ def test_web_ui_shows_a_tag_pushed_through_the_other_worker(tree: Tree) -> None:
         assert b"second" in answer.body, f"worker {pid} shows a stale tag list"
 
 
-def _wait_for_file(path: Path, text: str, child: Child, timeout: float = 60) -> str:
-    """``path``'s content once it holds ``text``; fails if the registry exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        assert child.process.poll() is None, content[-2000:]
-        time.sleep(0.05)
-    raise AssertionError(f"no {text!r} in {path}")
-
-
 def test_log_file_pidfile_and_sigusr1_after_the_hand_over(tmp_path: Path) -> None:
     """
     The supervisor twistd hands over to keeps twistd's duties: it logs to ``--logfile`` (each
@@ -432,7 +420,7 @@ def test_log_file_pidfile_and_sigusr1_after_the_hand_over(tmp_path: Path) -> Non
     ]  # fmt: skip
     child = Child(command, tmp_path, env=child_env())
     try:
-        content = _wait_for_file(log, "txregistry listening on", child)
+        content = child.wait_for_file(log, "txregistry listening on")
         port = int(LISTENING.search(content)["port"])  # type: ignore[index]
         assert int(pidfile.read_text()) == child.process.pid
         assert sorted(int(m["worker"]) for m in WORKER_SERVING.finditer(content)) == [0, 1]
@@ -443,7 +431,7 @@ def test_log_file_pidfile_and_sigusr1_after_the_hand_over(tmp_path: Path) -> Non
         assert tree.request("GET", "/v2/").status == 200
 
         child.process.send_signal(signal.SIGUSR1)
-        rotated = _wait_for_file(tmp_path / "registry.log.1", "txregistry listening on", child)
+        rotated = child.wait_for_file(tmp_path / "registry.log.1", "txregistry listening on")
         assert "txregistry listening on" in rotated
         assert tree.request("GET", "/v2/").status == 200
         assert child.process.poll() is None
@@ -692,11 +680,15 @@ def test_sighup_with_a_bad_certificate_pair_keeps_the_old_workers_serving(tmp_pa
         for _ in range(4):  # new connections: all reach the old worker 1
             assert https_status(port, cert_path) == 200
         assert child.process.poll() is None
+        # Worker 0 is tried again: each failure is one line, the supervisor's, naming the
+        # cause (the worker does not print its own on stderr as well).
+        child.wait_for(re.compile(r"worker 0 \(pid \d+\) exited: .*does not match certKey"))
         log = "".join(child.output)
         assert "every worker restarted" not in log
         assert "Traceback" not in log
     finally:
         child.stop()
+    assert "does not match" not in child.stderr()
 
 
 def served_certificate(port: int) -> bytes:
@@ -1035,5 +1027,257 @@ def test_a_malformed_chunked_upload_body_is_a_400_and_is_not_kept(
             and s.labels.get("route") == "upload"
         }
         assert counted == {"202": 2, "400": 2}, counted
+    finally:
+        child.stop()
+
+
+class SlowUpload:
+    """A PATCH that sends half its body, then waits for `finish`: a request in flight that
+    holds its worker's drain open."""
+
+    SIZE = 1024 * 1024
+
+    def __init__(self, port: int, debug: int, name: str) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            connection.request("POST", f"/v2/{name}/blobs/uploads/")
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+        assert response.status == 202, response.status
+        location = response.getheader("location") or ""
+        self.rest = b"x" * (self.SIZE // 2)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.sendall(
+            f"PATCH {location} HTTP/1.1\r\nHost: registry\r\n"
+            "Content-Type: application/octet-stream\r\n"
+            f"Content-Length: {self.SIZE}\r\n\r\n".encode()
+            + b"x" * (self.SIZE - len(self.rest))
+        )
+        for _ in range(200):  # bounded: the server reads the headers within milliseconds
+            if _uploads_open(debug) == 1:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the upload never started")
+
+    def finish(self) -> bytes:
+        """The rest of the body; the answer's first bytes."""
+        try:
+            self.sock.sendall(self.rest)
+            return self.sock.recv(65536)
+        finally:
+            self.sock.close()
+
+
+def _uploads_open(debug: int) -> float | None:
+    connection = http.client.HTTPConnection("127.0.0.1", debug, timeout=60)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "txregistry_uploads_open":
+                return sample.value
+    return None
+
+
+@pytest.mark.parametrize("told", ["supervisor SIGHUP", "worker SIGTERM"])
+def test_readiness_fails_while_a_worker_drains(tree: Tree, told: str) -> None:
+    """
+    SIGHUP drains one worker at a time; the one draining accepts no connection, so the
+    ``workers`` check fails, naming it, until its replacement serves.  It used to count as
+    serving until it exited: readiness stayed 200 through the whole drain.  The same for a
+    worker sent SIGTERM by someone else than the supervisor.
+    """
+    upload = SlowUpload(tree.port, tree.debug, "workers/rolling")
+    owner = _owner_of(tree, upload.sock)
+    assert owner is not None
+    slot = next(slot for slot, pid in tree.pids.items() if pid == owner)
+    assert _ready(tree) == (200, {"status": "ok"})
+    if told == "worker SIGTERM":
+        os.kill(owner, signal.SIGTERM)
+    else:
+        tree.child.process.send_signal(signal.SIGHUP)
+    tree.child.wait_for(re.compile(r"draining 1 request\(s\) on \d+ connection\(s\)"))
+    expected = f"1 of 2 workers serving; worker {slot} (pid {owner}) not serving: draining"
+    for _ in range(100):  # bounded: a check's result is reused for 2 s
+        status, check = _ready(tree)
+        if check.get("error") == expected:
+            break
+        time.sleep(0.1)
+    assert (status, check) == (503, {"status": "failing", "error": expected})
+    assert upload.finish().startswith(b"HTTP/1.1 202 ")
+    if told == "worker SIGTERM":
+        tree.child.wait_for(re.compile(rf"worker {slot} \(pid {owner}\) exited: exit status 0"))
+        tree.child.wait_for(WORKER_SERVING)
+    else:
+        tree.child.wait_for(re.compile("SIGHUP: every worker restarted"))
+    for _ in range(100):  # bounded: as above
+        status, check = _ready(tree)
+        if status == 200:
+            break
+        time.sleep(0.1)
+    assert (status, check) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_readiness_fails_on_the_debug_listener_while_draining(tmp_path: Path, workers: str) -> None:
+    """
+    After SIGTERM the registry's port refuses connections while requests drain; the
+    ``[debug] addr`` listener answers until the drain ends, and its readiness must take the
+    instance out: 503 with a ``draining`` check.  It used to answer 200 throughout.
+    Liveness stays 200.
+    """
+    child = start_tree(tmp_path, workers=workers)
+    try:
+        port = child.wait_listening()
+        log = "".join(child.output)
+        debug = next(int(m["port"]) for m in DEBUG_PORT.finditer(log) if int(m["port"]) != port)
+
+        def get(path: str) -> tuple[int, bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", debug, timeout=60)
+            try:
+                connection.request("GET", path)
+                response = connection.getresponse()
+                return response.status, response.read()
+            finally:
+                connection.close()
+
+        upload = SlowUpload(port, debug, "drain/debug")
+        child.process.send_signal(signal.SIGTERM)
+        wait_refused(port, child)
+        child.wait_for(re.compile(r"draining 1 request\(s\) on \d+ connection\(s\)"))
+        for path in ("/health/ready", "/debug/health"):
+            status, body = get(path)
+            if workers == "1":
+                assert (status, body) == (
+                    503,
+                    b'{"status":"unavailable","checks":{"draining":{"status":"failing",'
+                    b'"error":"stopping: draining 1 request(s)"},"storage":{"status":"ok"}},'
+                    b'"failing":["draining"]}',
+                )
+                continue
+            # Either worker may answer (the idle one until it exits): each drains.
+            value = json.loads(body)
+            assert status == 503, body
+            assert value["checks"]["draining"] in (
+                {"status": "failing", "error": f"stopping: draining {requests} request(s)"}
+                for requests in (0, 1)
+            ), body
+            assert value["failing"][0] == "draining", body
+        assert get("/health/live") == (200, b'{"status":"ok"}')
+        assert child.process.poll() is None, "exited with an upload in flight"
+        assert upload.finish().startswith(b"HTTP/1.1 202 ")
+        assert child.process.wait(timeout=60) == 0
+    finally:
+        child.stop()
+
+
+def test_an_expired_certificate_is_said_at_start_and_not_swapped_in_for_a_valid_one(
+    tmp_path: Path,
+) -> None:
+    """Clients that verify refuse an expired certificate with a failed handshake only: the
+    registry says so when it starts with one, and a SIGHUP does not replace a valid
+    certificate with an expired one (the valid one keeps being served, one error line)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.auth import pki
+
+    def der(cert: x509.Certificate) -> bytes:
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    key = pki.new_key("ec")
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+    expired = pki.certificate("127.0.0.1", key, server=True, start=long_ago, days=1)
+    valid = pki.certificate("127.0.0.1", key, server=True)
+    child, description, cert_path, _key_path = start_tls_registry(
+        tmp_path, {"workers": "1"}, pki.pem_cert(expired), pki.pem_key(key)
+    )
+    try:
+        port = child.wait_listening()
+        end = expired.not_valid_after_utc.strftime("%Y-%m-%d %H:%M")
+        assert re.search(
+            rf"#warn\] {re.escape(description)}: certKey {re.escape(cert_path)}: the certificate "
+            rf"expired on {end} UTC; clients that verify it refuse every connection",
+            "".join(child.output),
+        )
+        assert served_certificate(port) == der(expired)
+        pki.write(cert_path, pki.pem_cert(valid))
+        child.process.send_signal(signal.SIGHUP)
+        child.wait_for(re.compile(r"#info\] SIGHUP: new connections on .* use the certificate"))
+        assert served_certificate(port) == der(valid)
+        pki.write(cert_path, pki.pem_cert(expired))
+        child.process.send_signal(signal.SIGHUP)
+        line = child.wait_for(re.compile(r"#error\] SIGHUP: (?P<text>.*)"))
+        assert line["text"] == (
+            f"kept the certificates loaded before for {description}: certKey {cert_path}: "
+            f"the certificate expired on {end} UTC"
+        )
+        assert served_certificate(port) == der(valid)
+        assert "Traceback" not in "".join(child.output)
+    finally:
+        child.stop()
+
+
+def test_workers_serve_the_supervisors_port_whatever_the_file_says(tmp_path: Path) -> None:
+    """``--port`` replaces ``[http] port``, also an empty one in the file: the workers (whose
+    command line has no --port) serve the supervisor's sockets and do not refuse the file's
+    empty value."""
+    config = tmp_path / "r.cfg"
+    config.write_text("[http]\nport =\nworkers = 2\n")
+    child = start_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", str(tmp_path / "data")
+    )
+    try:
+        port = child.wait_listening()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/v2/")
+        assert connection.getresponse().status == 200
+        connection.close()
+        assert child.process.poll() is None
+        assert "no listening address" not in "".join(child.output)
+    finally:
+        child.stop()
+
+
+def test_a_rolling_restart_does_not_replace_a_valid_certificate_with_an_expired_one(
+    tmp_path: Path,
+) -> None:
+    """``workers = 2``: a SIGHUP after the certificate file was replaced by an expired one
+    stops the rolling restart at its first worker (one error line naming the file and the
+    date), and the worker not replaced keeps serving the valid certificate."""
+    import datetime
+
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.auth import pki
+
+    key = pki.new_key("ec")
+    valid = pki.certificate("127.0.0.1", key, server=True)
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+    expired = pki.certificate("127.0.0.1", key, server=True, start=long_ago, days=1)
+    child, description, cert_path, _key_path = start_tls_registry(
+        tmp_path, {"workers": "2"}, pki.pem_cert(valid), pki.pem_key(key)
+    )
+    try:
+        port = child.wait_listening()
+        pki.write(cert_path, pki.pem_cert(expired))
+        child.process.send_signal(signal.SIGHUP)
+        line = child.wait_for(re.compile(r"#error\] SIGHUP: worker 0 did not start: (?P<cause>.*)"))
+        end = expired.not_valid_after_utc.strftime("%Y-%m-%d %H:%M")
+        assert line["cause"].startswith(
+            f"cannot listen on {description}: certKey {cert_path}: the certificate expired on "
+            f"{end} UTC; rolling restart stopped, 1 worker(s) keep serving"
+        ), line["cause"]
+        for _ in range(4):  # new connections: all reach worker 1 and its valid certificate
+            assert served_certificate(port) == valid.public_bytes(serialization.Encoding.DER)
+        assert "every worker restarted" not in "".join(child.output)
+        assert "Traceback" not in "".join(child.output)
     finally:
         child.stop()

@@ -21,7 +21,8 @@ import attrs
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -288,6 +289,10 @@ async def test_connections_move_large_reads_and_sends(driver: S3Driver) -> None:
     transports = [c.transport for cs in pool._connections.values() for c in cs]
     assert transports
     for transport in transports:
+        # The TCP connection itself, under what wraps it (registry.http.bounded_agent).
+        while isinstance(transport, ProtocolWrapper):
+            transport = transport.transport
+        assert isinstance(transport, tcp.Client), transport
         assert transport.bufferSize == IO_SIZE
         assert transport.SEND_LIMIT == IO_SIZE
 

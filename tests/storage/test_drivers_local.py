@@ -6,15 +6,19 @@ import ctypes
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
+from zope.interface.verify import verifyObject
 
 from registry.storage import filesystem, preallocate
 from registry.storage.driver import (
+    IEmptyFolders,
     NotAFileError,
     PathBusyError,
     PathNotFoundError,
@@ -220,6 +224,44 @@ class TestFilesystemTrash:
         assert await driver.get_content("d/other") == b"y"
 
     @pytest_twisted.ensureDeferred
+    async def test_deletes_wait_once_the_pool_is_far_behind(
+        self, root: Path, one_thread_pool: ThreadPool
+    ) -> None:
+        """
+        Deleting in a loop (the upload purge) queued one emptying per path, faster than the
+        pool ran them: memory grew with the number deleted.  Past `_TRASH_BACKLOG` waiting
+        emptyings, a delete waits for the pool (its path gone from its place already).
+        """
+        import threading
+
+        from twisted.internet.threads import deferToThreadPool
+
+        driver = FilesystemDriver(str(root), reactor, one_thread_pool)
+        count = 3 * filesystem._TRASH_BACKLOG
+        for i in range(count):
+            await driver.put_content(f"d/{i}/file", b"x")
+        release = threading.Event()
+        holder = deferToThreadPool(reactor, one_thread_pool, release.wait, 30)
+        try:
+            deleting = Deferred.fromCoroutine(self._delete_all(driver, count))
+            assert not deleting.called
+            waiting = filesystem._TRASH_BACKLOG + 1
+            assert len(list((root / ".trash").iterdir())) == waiting
+            assert len(list((root / "d").iterdir())) == count - waiting
+        finally:
+            release.set()
+        await holder
+        await deleting
+        assert not (root / "d").exists()
+        await wait_until_empty(root / ".trash")
+
+    @staticmethod
+    async def _delete_all(driver: FilesystemDriver, count: int) -> None:
+        for i in range(count):
+            await driver.delete(f"d/{i}")
+        await driver.delete("d")
+
+    @pytest_twisted.ensureDeferred
     async def test_leftovers_emptied_at_start(self, root: Path, thread_pool: ThreadPool) -> None:
         (root / ".trash/abc/deep").mkdir(parents=True)
         (root / ".trash/abc/deep/data").write_bytes(b"z" * 1000)
@@ -325,3 +367,76 @@ async def test_create_without_hard_links(
         await driver.create("own/marker", b"second")
     assert await driver.get_content("own/marker") == b"first"
     assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["marker"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_remove_empty_folders(tmp_path: Path, thread_pool: ThreadPool) -> None:
+    """
+    Empty folders go from ``path`` upward, each only if empty (``rmdir``), up to ``keep``
+    and never ``keep`` itself; one already gone is passed over, a file or a folder with
+    anything in it stops the climb.
+    """
+    driver = FilesystemDriver(str(tmp_path), reactor, thread_pool)
+    assert verifyObject(IEmptyFolders, driver)
+    (tmp_path / "r/a/b/c/_uploads").mkdir(parents=True)
+    (tmp_path / "r/a/kept").write_bytes(b"")
+    assert await driver.remove_empty_folders("r/a/b/c/_uploads", "r") == 3
+    assert sorted(p.name for p in (tmp_path / "r/a").iterdir()) == ["kept"]
+    assert await driver.remove_empty_folders("r/a/gone/_uploads", "r") == 0
+    (tmp_path / "r/a/kept").unlink()
+    assert await driver.remove_empty_folders("r/a/gone/_uploads", "r") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]
+    assert not any((tmp_path / "r").iterdir())
+    (tmp_path / "r/x").write_bytes(b"a file, not a folder")
+    assert await driver.remove_empty_folders("r/x", "r") == 0
+    assert (tmp_path / "r/x").read_bytes() == b"a file, not a folder"
+    with pytest.raises(ValueError):
+        await driver.remove_empty_folders("r", "r")
+    with pytest.raises(ValueError):
+        await driver.remove_empty_folders("rx/a", "r")
+
+
+class _PurgedMeanwhile(FilesystemDriver):
+    """
+    Removes one folder (``rmdir``, as the upload purge does with the folders it empties)
+    right after this driver made it for a write: between the ``mkdir`` of a parent and that
+    of its child, or between the last ``mkdir`` and the ``open`` of the file.
+    """
+
+    def __init__(self, victim: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.victim: str | None = os.path.join(self.root, victim)
+
+    def _make_folder(self, directory: str) -> None:
+        super()._make_folder(directory)
+        if directory == self.victim:
+            self.victim = None
+            os.rmdir(directory)
+
+
+@pytest.mark.parametrize("victim", ["repo", "repo/_uploads/u1"], ids=["parent", "folder"])
+@pytest.mark.parametrize("write", ["put_content", "create", "writer", "move"])
+@pytest_twisted.ensureDeferred
+async def test_a_write_makes_again_a_folder_removed_meanwhile(
+    victim: str, write: str, tmp_path: Path, thread_pool: ThreadPool
+) -> None:
+    """
+    A push to a name whose emptied folders the purge removes at that moment: the write makes
+    them again, rather than failing with "No such file or directory" (a 503 for a POST).
+    """
+    driver = _PurgedMeanwhile(victim, str(tmp_path), reactor, thread_pool)
+    path = "repo/_uploads/u1/file"
+    if write == "put_content":
+        await driver.put_content(path, b"x")
+    elif write == "create":
+        await driver.create(path, b"x")
+    elif write == "writer":
+        writer = await driver.writer(path)
+        writer.write(b"x")
+        await writer.commit()
+    else:
+        (tmp_path / "source").write_bytes(b"x")
+        await driver.move("source", path)
+    assert driver.victim is None
+    assert (tmp_path / path).read_bytes() == b"x"
+    assert sorted(p.name for p in (tmp_path / "repo/_uploads/u1").iterdir()) == ["file"]

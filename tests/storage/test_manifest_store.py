@@ -223,12 +223,12 @@ async def test_missing_index_child(store: ManifestStore) -> None:
     present, missing = samples.oci_image(), samples.oci_image(layers=(samples.LAYER_1,))
     await store.put(NAME, str(digest_of(present)), present, None)
     index = samples.oci_index([present, missing])
-    error = await raises(MANIFEST_UNKNOWN, store.put(NAME, "multi", index, None))
+    error = await raises(MANIFEST_BLOB_UNKNOWN, store.put(NAME, "multi", index, None))
     assert error.detail["digest"] == str(digest_of(missing))
     # A child pushed to another repository does not count.
     await push_image_blobs(store.blobs, "other/repo")
     await store.put("other/repo", str(digest_of(missing)), missing, None)
-    await raises(MANIFEST_UNKNOWN, store.put(NAME, "multi", index, None))
+    await raises(MANIFEST_BLOB_UNKNOWN, store.put(NAME, "multi", index, None))
     await store.put(NAME, str(digest_of(missing)), missing, None)
     await store.put(NAME, "multi", index, None)
 

@@ -17,6 +17,7 @@ from registry.api.digests import Digest
 from registry.api.errors import RANGE_INVALID, RegistryError
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
+from registry.storage.driver import PathNotFoundError, WriteRemoved
 from registry.storage.memory import MemoryDriver
 from registry.storage.upload_handover import HasherHandover
 from registry.storage.uploads import INLINE_ALGORITHM, UploadStore
@@ -169,3 +170,39 @@ async def _answered_requests_leave_their_state(store: UploadStore) -> None:
     assert states == ["1500"]  # the one the last request reached; the earlier one dropped
     appender = await store.open("repo", upload, start=1500)
     assert await store.commit(appender, sha256(b"".join(chunks))) == 1500
+
+
+class _CancelledElsewhere(MemoryDriver):
+    """A driver shared with another process that cancels ``victim`` just before this one
+    writes the upload's hash state (the other process's DELETE landing in between)."""
+
+    victim: tuple[str, str] | None = None
+
+    async def put_content(self, path: str, content: bytes) -> None:
+        if self.victim is not None and "hashstates" in path:
+            name, upload = self.victim
+            self.victim = None
+            other = UploadStore(self, BlobStore(self))
+            await other.cancel(name, upload)
+        await super().put_content(path, content)
+
+
+def test_a_state_saved_after_another_process_cancelled_the_upload_leaves_nothing() -> None:
+    """The state written after the folder went would make part of the upload's folder again
+    (kept until the purge), and the request would say its bytes were kept: removed again, and
+    the request ends as one whose upload was removed."""
+    driver = _CancelledElsewhere()
+    store = UploadStore(driver, BlobStore(driver), state_after_answer=False)
+    run_now(_state_saved_after_a_cancel(store, driver))
+
+
+async def _state_saved_after_a_cancel(store: UploadStore, driver: _CancelledElsewhere) -> None:
+    upload = await store.start("repo")
+    appender = await store.open("repo", upload)
+    appender.write(b"abc" * 1000)
+    driver.victim = ("repo", upload)
+    with pytest.raises(WriteRemoved):
+        await appender.close()
+    assert driver.victim is None  # the cancel did land in between
+    with pytest.raises(PathNotFoundError):
+        await driver.list(layout.upload_dir("repo", upload))

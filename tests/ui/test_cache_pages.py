@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest_twisted
 from twisted.internet.threads import deferToThread
@@ -58,6 +59,20 @@ async def test_cached_repositories_are_told_apart_and_the_cache_page_counts(
     assert 'name="csrf"' not in page  # cached content is the upstream's: no delete
     _, body = await fetch(f"{url}/ui/r/team/app")
     assert 'name="csrf"' in body.decode()  # deletes are on for hosted repositories
+    # A delete posted anyway (the token is the user's, whatever the page) is refused as the
+    # API refuses it, with the ``Allow`` a 405 owes: this page takes no method here.
+    found = re.search(r'name="csrf" value="([^"]+)"', body.decode())
+    assert found is not None
+    form = urlencode({"reference": "latest", "csrf": html.unescape(found.group(1))})
+    response, body = await fetch(
+        f"{url}/ui/r/docker.io/library/alpine/-/delete",
+        "POST",
+        data=form.encode(),
+        headers={"Origin": url, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.code == 405, body
+    assert response.headers.getRawHeaders("Allow") == [""]
+    assert b"read-only" in body
 
     response, body = await fetch(f"{url}/ui/cache")
     assert response.code == 200

@@ -344,6 +344,13 @@ def test_storage_page_shows_the_space_the_registry_uses(filled: Filled) -> None:
     )
     assert f"<dt>Space used by the registry</dt><dd>{expected}</dd>" in body
     assert "<dt>Disk used (the whole file system)</dt><dd>" in body
+    assert "<dt>Would delete</dt>" in body and "<dt>Repositories scanned</dt>" in body
+    # What the collection scanned and would delete, and the space every team's blobs take, are
+    # whole-registry facts: not for bob, who may pull two repositories; when it ran is.
+    _, _, body = page(filled, "/ui/storage", "bob")
+    assert "<dt>Mode</dt><dd>dry run</dd>" in body and "<dt>Errors</dt><dd>0</dd>" in body
+    assert "Repositories scanned" not in body and "Would delete" not in body
+    assert "Space used" not in body
 
 
 def tag_dates_in_memory(filled: Filled) -> int:

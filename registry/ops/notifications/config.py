@@ -53,10 +53,10 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError("must be more than 0")
-    return value
+    text = text.strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not a number of 1 or more")
+    return int(text)
 
 
 def _actions(text: str) -> tuple[str, ...]:

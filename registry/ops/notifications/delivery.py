@@ -53,12 +53,25 @@ class Endpoint:
     """The queue and delivery loop of one ``[notifications:NAME]`` endpoint."""
 
     def __init__(
-        self, config: EndpointConfig, queue: DurableQueue, reactor: Any, client: HTTPClient
+        self,
+        config: EndpointConfig,
+        queue: DurableQueue,
+        reactor: Any,
+        client: HTTPClient,
+        one_shot: HTTPClient | None = None,
+        worker: int | None = None,
     ) -> None:
+        """``client`` keeps connections open between POSTs; ``one_shot`` (if given) opens one
+        per POST, for an endpoint that answers in HTTP/1.0 (see `_post`).  ``worker``: this
+        process's number when there are several, which its log lines name (each worker
+        delivers its own queue: their failure counts are apart)."""
         self.config = config
         self.queue = queue
         self._reactor = reactor
         self._client = client
+        self._one_shot = one_shot
+        self._worker = worker
+        self._where = f" (worker {worker})" if worker is not None else ""
         self.delivered = 0  # events
         self.failed = 0  # POSTs answered with anything but 2xx
         self.errors = 0  # POSTs without an answer (refused, reset, timed out)
@@ -135,9 +148,11 @@ class Endpoint:
             self._failures += 1
             delay = self._delay()
             log.warn(
-                "notifications: POST to {endpoint} failed: {problem}; {pending} events pending,"
-                " failure {failures} in a row, next try in {delay:.3g} s",
+                "notifications: POST to {endpoint}{where} failed: {problem}; {pending} events"
+                " pending, failure {failures} in a row, next try in {delay:.3g} s",
                 endpoint=self.name,
+                where=self._where,
+                worker=self._worker,
                 url=self.config.shown_url,
                 problem=problem,
                 pending=len(self.queue.pending),
@@ -157,16 +172,21 @@ class Endpoint:
     def _delivered_again(self) -> None:
         if self._failures:
             log.info(
-                "notifications: {endpoint} accepts events again after {failures} failed POSTs",
+                "notifications: {endpoint}{where} accepts events again after {failures} failed"
+                " POSTs",
                 endpoint=self.name,
+                where=self._where,
+                worker=self._worker,
                 failures=self._failures,
             )
             self._failures = 0
         if self._burst and len(self.queue.pending) < self.config.maxevents:
             log.warn(
-                "notifications: {endpoint}: {count} oldest events were dropped (maxevents"
+                "notifications: {endpoint}{where}: {count} oldest events were dropped (maxevents"
                 " {maxevents} reached); {total} dropped since start",
                 endpoint=self.name,
+                where=self._where,
+                worker=self._worker,
                 count=self._burst,
                 maxevents=self.config.maxevents,
                 total=self.queue.dropped,
@@ -176,8 +196,11 @@ class Endpoint:
     def _dropped(self, count: int) -> None:
         if not self._burst:
             log.warn(
-                "notifications: {endpoint} queue full ({maxevents} events): dropping the oldest",
+                "notifications: {endpoint}{where} queue full ({maxevents} events): dropping the"
+                " oldest",
                 endpoint=self.name,
+                where=self._where,
+                worker=self._worker,
                 maxevents=self.config.maxevents,
             )
         self._burst += count
@@ -205,6 +228,12 @@ class Endpoint:
         except Exception as exc:
             self.errors += 1
             return f"{type(exc).__name__}: {exc}"[:300], None
+        if tuple(response.version[1:]) < (1, 1) and self._one_shot is not None:
+            # An HTTP/1.0 server closes its connection after each answer, unless it says
+            # otherwise in a header Twisted does not show; Twisted's pool would keep the
+            # connection anyway and send the next POST into it, to be lost, not retried (a POST
+            # is not idempotent): one connection per POST from now on.
+            self._client = self._one_shot
         status = int(response.code)
         if 200 <= status < 300:
             return None, response

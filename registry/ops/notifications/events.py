@@ -215,7 +215,11 @@ class Notifier:
             if from_repository:
                 target["fromRepository"] = from_repository
             if size is not None and digest is not None:
-                target["url"] = self._url(request, f"/v2/{repository}/{kind}/{digest}")
+                # Absolute, as registry:2 writes it: the receiver is not the client, so a
+                # relative URL would tell it nothing.  What the client used (a trusted proxy's
+                # scheme and host), as an absolute ``Location``.
+                path = f"/v2/{repository}/{kind}/{digest}"
+                target["url"] = forwarded.origin(request).url(path)
             if tag is not None:
                 target["tag"] = tag
             event = self._event(request, action, target)
@@ -245,11 +249,3 @@ class Notifier:
             "source": self.source,
         }
         return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-    @staticmethod
-    def _url(request: IRequest, path: str) -> str:
-        """Absolute, as registry:2 writes it: the receiver is not the client, so a relative
-        URL would tell it nothing."""
-        host = _header(request, b"host") or "localhost"
-        scheme = "https" if request.isSecure() else "http"
-        return f"{scheme}://{host}{path}"

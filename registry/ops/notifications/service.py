@@ -20,9 +20,10 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
 from registry.config import Config, ConfigError
+from registry.http.bounded_agent import bounded_agent
 from registry.http.twisted_internals import quiet_pool
 from registry.ops.notifications.config import (
     parse_endpoints,
@@ -188,7 +189,9 @@ def add_notifications(
             raise ConfigError(f"{key}: cannot write in {directory}: {reason}") from None
     pool = ThreadPool(minthreads=1, maxthreads=1, name="registry-notifications")
     connections = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
-    client = HTTPClient(Agent(reactor, pool=connections))
+    client = HTTPClient(bounded_agent(reactor, pool=connections))
+    single = quiet_pool(HTTPConnectionPool(reactor, persistent=False))
+    one_shot = HTTPClient(bounded_agent(reactor, pool=single))
     built = []
     plain = frozenset(f"{settings.name}.log" for settings in endpoints)
     for settings in endpoints:
@@ -206,7 +209,8 @@ def add_notifications(
             fsync=config.notifications.fsync,
             adopt=tuple(orphans),
         )
-        built.append(Endpoint(settings, queue, reactor, client))
+        shown = worker if workers > 1 else None
+        built.append(Endpoint(settings, queue, reactor, client, one_shot, shown))
     notifier = Notifier(built, source_record(config), reactor)
     service = NotificationService(
         notifier, reactor, pool, config.notifications.flush_interval, connections

@@ -53,8 +53,15 @@ def log_redis(log: Logger, exc: BaseException | None, text: str, **fields: Any) 
         log.warn(text, **fields)
 
 
+# What Redis answers a client that did not authenticate where it must (redis-py's HELLO on
+# Redis 6+, or any command): the server's own words name neither the cause nor the key.
+_NO_AUTH = ("NOAUTH", "HELLO must be called with the client already authenticated")
+
+
 def describe_redis_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if any(marker in text for marker in _NO_AUTH):
+        return "Redis requires a password, and [redis] password is not set"
     return text[:300]
 
 

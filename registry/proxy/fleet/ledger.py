@@ -22,8 +22,14 @@ sends them every second in one pipeline (not one command per request).  Per cach
 - ``txregistry:reserved:C`` (sorted set): ``<instance>|<digest>|<size>`` for the room a fill
   in flight reserved under ``max_size`` (`registry.proxy.space`) → until when (renewed with the
   in-use marks, so a dead instance's reservations lapse within seconds too);
-- ``txregistry:evict:C``: the eviction lock (``SET NX PX``): one eviction at a time in the
-  fleet;
+- ``txregistry:evict:C``: the eviction lock: one eviction at a time in the fleet.  Its value
+  is ``<instance>|<token>`` (a token per process); it lives ``lock_ttl`` (``[fleet] lease``)
+  and its holder renews it every third of that while its eviction runs, so a holder that dies
+  (kill -9) stops the fleet's evictions and admissions for at most that long.  Only the
+  holder renews or releases it (the scripts compare the value).  One that names this instance
+  but that this process does not hold was left by an earlier process of the instance, or by
+  this one when its release failed (Redis away) or when Redis applied a ``SET`` that had
+  timed out here: nobody evicts under it, so it is taken over at once (`Ledger.lock`);
 - ``txregistry:alive:C:<instance>``: set by each push, lapses ``ALIVE_FOR`` seconds after
   the instance stops: the fill files of an instance without it are leftovers of a dead one
   (`ProxyCache.sweep_dead_fills`).  Its value is the URL the instance serves its fills at
@@ -31,14 +37,15 @@ sends them every second in one pipeline (not one command per request).  Per cach
   the fleet secret, only when it is the one its instance advertises here (`Ledger.advertised`);
   ``txregistry:instances:C`` (set): the instances that started, until their leftovers are
   removed;
-- ``txregistry:evicting:C:<digest>``: a blob being deleted by an eviction (expires by itself
-  if that instance dies);
+- ``txregistry:evicting:C:<digest>``: a blob being deleted by an eviction (renewed with the
+  lock while the delete runs, so it expires by itself within ``lock_ttl`` if that instance
+  dies);
 - ``txregistry:epoch:C``: written once the index holds everything cached.  Every push checks
   it first (`_ESTABLISH`): when it is missing, Redis lost the fleet's state (restarted empty,
   flushed) or never had it, and the instance whose push found it missing (one: the script
   sets it) re-registers the whole cache from storage (its repositories' ``_layers`` and
   manifest revisions), then makes the key permanent.  Until then it expires after
-  ``lock_ttl``, so another instance rebuilds if that one dies meanwhile.
+  ``rebuild_ttl``, so another instance rebuilds if that one dies meanwhile.
 
 A cached blob is never deleted under a read that has begun on any instance.  The in-use marks
 above are sent in batches, so they alone would leave a second in which another instance's
@@ -73,10 +80,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
-from registry.proxy.fleet._redis import FleetRedis
+from registry.proxy.fleet._redis import FleetRedis, RedisUnavailable, log_redis
 from registry.proxy.fleet.index import FleetIndex
 from registry.proxy.index import Victim
+
+log = Logger()
 
 IN_USE_FOR = 5.0
 # How long an instance counts as alive after its last push (pushes come every second).
@@ -87,6 +99,48 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+# KEYS: the eviction lock; ARGV: this process's token, lifetime (ms), '<instance>|'.
+# 0: another instance holds it; 1: taken; 2: taken over from a holder of this instance's
+# name (not this process's eviction: see the module's docstring).
+_LOCK = """
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, string.len(ARGV[3])) ~= ARGV[3] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if held then
+  return 2
+end
+return 1
+"""
+
+# KEYS: the eviction lock, then the evicting keys this process claimed; ARGV: this process's
+# token, lifetime (ms).  Each key still holding the token lives that long again; 1 when the
+# lock was one of them.
+_RENEW = """
+local held = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    if i == 1 then
+      held = 1
+    end
+  end
+end
+return held
+"""
+
+# KEYS: the eviction lock, the reserved set; ARGV: this process's token, member, until.
+# Granted only under the lock: one that lapsed meanwhile (this process stalled) may be
+# another instance's now, whose admission does not count this room.
+_RESERVE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return 1
 """
 
 # KEYS: in-use set, evicting key; ARGV: member, until.
@@ -250,11 +304,23 @@ class Ledger:
     redis: FleetRedis
     cache: str
     instance: str
-    lock_ttl: float = 300.0
+    # How long the eviction lock and an eviction's claims live unless renewed (the holder
+    # renews them every third of it): how long a dead holder stops the fleet's evictions.
+    lock_ttl: float = 15.0
+    # How long one instance may take to re-register the cache before another one does.
+    rebuild_ttl: float = 300.0
     # Where this instance serves its fills to the others (read at each beat: it is known only
     # once the peer listener is bound).
     url: Callable[[], str] = lambda: ""
-    _token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    # This process's value for the lock and its claims: the instance's name first, so that
+    # a later process of the instance knows a lock it finds was left by an earlier one.
+    _token: str = attrs.field(init=False)
+    # Whether this process holds the eviction lock (from `lock` until `unlock`, or until a
+    # renewal finds it lapsed); which acquisition that is; what its eviction claimed.
+    _holding: bool = attrs.field(init=False, default=False)
+    _acquired: int = attrs.field(init=False, default=0)
+    _claimed: set[str] = attrs.field(init=False, factory=set)
+    _renewer: LoopingCall | None = attrs.field(init=False, default=None)
     # In-use marks this instance holds in Redis (``<instance>|<digest>``): dropped as soon
     # as the digest is no longer in use here, so that eviction need not wait for them to lapse.
     _marked: set[str] = attrs.field(factory=set)
@@ -265,6 +331,9 @@ class Ledger:
     # Set by a push that found the epoch key missing (and set it): this instance must
     # re-register the cache from storage (`registry.proxy.cache.ProxyCache.reregister`).
     lost: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self._token = f"{self.instance}|{uuid.uuid4().hex}"
 
     @property
     def index_key(self) -> str:
@@ -343,7 +412,7 @@ class Ledger:
             return
         add = self.redis.registered(_ADD)
         establish = self.redis.registered(_ESTABLISH)
-        rebuild_ms = max(1, int(self.lock_ttl * 1000))
+        rebuild_ms = max(1, int(self.rebuild_ttl * 1000))
 
         def send(client: Any) -> Any:
             pipe = client.pipeline(transaction=False)
@@ -443,6 +512,19 @@ class Ledger:
         raw = await self.redis.run(lambda r: r.hget(self.index_key, _blob_field(digest)))
         return None if raw is None else int(raw)
 
+    async def blob_names(self, digests: list[str]) -> list[set[str]]:
+        """The repositories linking each of ``digests`` in the fleet's index."""
+        if not digests:
+            return []
+
+        def read(client: Any) -> list[set[str]]:
+            pipe = client.pipeline(transaction=False)
+            for digest in digests:
+                pipe.smembers(self.names_prefix + digest)
+            return [{n.decode() for n in names} for names in pipe.execute()]
+
+        return await self.redis.run(read)
+
     async def has_manifest(self, name: str, digest: str) -> bool:
         field = _manifest_field(name, digest)
         return bool(await self.redis.run(lambda r: r.hexists(self.index_key, field)))
@@ -452,12 +534,17 @@ class Ledger:
         raw = await self.redis.run(lambda r: r.hget(self.digests_key, digest))
         return 0 if raw is None else int(raw)
 
-    async def reserve(self, digest: str, size: int, now: float) -> None:
-        """Record room for a fill of ``digest`` (hold the eviction lock: see the module's
-        docstring); renewed by every push until released."""
+    async def reserve(self, digest: str, size: int, now: float) -> bool:
+        """Record room for a fill of ``digest``, only while this process holds the eviction
+        lock (see the module's docstring): False when it does not (it lapsed); renewed by
+        every push until released."""
         member = f"{self.instance}|{digest}|{size}"
-        await self.redis.run(lambda r: r.zadd(self.reserved_key, {member: now + IN_USE_FOR}))
-        self._reserved[digest] = member
+        granted = await self.redis.script(
+            _RESERVE, [self.lock_key, self.reserved_key], [self._token, member, now + IN_USE_FOR]
+        )
+        if granted:
+            self._reserved[digest] = member
+        return bool(granted)
 
     async def unreserve(self, digest: str) -> None:
         """The fill failed: its room is free now."""
@@ -549,25 +636,85 @@ class Ledger:
             self._marked.add(member)
         return bool(held)
 
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.lock_ttl * 1000))
+
     async def claim(self, digest: str, now: float) -> bool:
-        """Before deleting ``digest``: False when any instance holds it (keep it)."""
-        ttl = max(1, int(self.lock_ttl * 1000))
-        return bool(
-            await self.redis.script(
-                _CLAIM,
-                [self.inuse_key, self.evicting_key(digest)],
-                [f"|{digest}", now, self._token, ttl],
-            )
+        """Before deleting ``digest`` (holding the eviction lock, which renews the claim):
+        False when any instance holds it (keep it)."""
+        claimed = await self.redis.script(
+            _CLAIM,
+            [self.inuse_key, self.evicting_key(digest)],
+            [f"|{digest}", now, self._token, self._ttl_ms],
         )
+        if claimed:
+            self._claimed.add(digest)
+        return bool(claimed)
 
     async def unclaim(self, digest: str) -> None:
+        self._claimed.discard(digest)
         await self.redis.script(_UNLOCK, [self.evicting_key(digest)], [self._token])
 
+    @property
+    def holding(self) -> bool:
+        """Whether this process still holds the eviction lock it took (False once a renewal
+        found it lapsed: another instance may be evicting now)."""
+        return self._holding
+
     async def lock(self) -> bool:
-        ttl = max(1, int(self.lock_ttl * 1000))
-        return bool(
-            await self.redis.run(lambda r: r.set(self.lock_key, self._token, nx=True, px=ttl))
+        """Take the fleet's eviction lock (False: another instance holds it) and renew it
+        until `unlock`.  The caller runs one eviction at a time in this process, so a lock
+        naming this instance is not held by it: it is taken over (see the module's
+        docstring)."""
+        taken = await self.redis.script(
+            _LOCK, [self.lock_key], [self._token, self._ttl_ms, f"{self.instance}|"]
         )
+        if not taken:
+            return False
+        if taken == 2:
+            log.info(
+                "eviction lock {key}: ours but not held here (left over); taking it over",
+                key=self.lock_key,
+            )
+        self._holding = True
+        self._acquired += 1
+        if self._renewer is None:
+            self._renewer = LoopingCall(lambda: Deferred.fromCoroutine(self._renew()))
+            self._renewer.clock = self.redis.reactor
+        if not self._renewer.running:
+            self._renewer.start(self.lock_ttl / 3, now=False).addErrback(
+                lambda f: log.failure("renewing the eviction lock failed", f)
+            )
+        return True
+
+    async def _renew(self) -> None:
+        acquired = self._acquired
+        keys = [self.lock_key, *(self.evicting_key(d) for d in sorted(self._claimed))]
+        try:
+            renewed = await self.redis.script(_RENEW, keys, [self._token, self._ttl_ms])
+        except RedisUnavailable as exc:  # Redis away for a moment: the next round tries again
+            log_redis(
+                log,
+                exc,
+                "renewing the eviction lock {key} failed: {error}",
+                key=self.lock_key,
+                error=str(exc),
+            )
+            return
+        if not renewed and self._holding and acquired == self._acquired:
+            # This process (or Redis) stalled for longer than the lock lives: another
+            # instance may evict now.  Claims stay safe; this eviction stops at its next page
+            # and grants no room (`reserve` checks the lock).
+            log.warn(
+                "eviction lock {key} lapsed before it was renewed; this eviction stops",
+                key=self.lock_key,
+            )
+            self._holding = False
 
     async def unlock(self) -> None:
+        """Release the eviction lock, if it is still this process's."""
+        self._holding = False
+        if self._renewer is not None and self._renewer.running:
+            self._renewer.stop()
         await self.redis.script(_UNLOCK, [self.lock_key], [self._token])

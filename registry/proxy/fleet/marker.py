@@ -113,6 +113,14 @@ class InstanceMarker:
         entries = list(members.values()) if isinstance(members, dict) else [document]
         return [e for e in entries if isinstance(e, dict) and self._alive(e)]
 
+    async def live_fleet(self) -> list[dict[str, Any]]:
+        """The other live instances of the fleet, as the fleet marker lists them."""
+        return [
+            entry
+            for entry in self._live_members(await self._read(FLEET_MARKER))
+            if entry.get("id") != self.ident and entry.get("instance") != self.fleet
+        ]
+
     async def _write_membership(self, present: bool) -> None:
         """Our entry in the fleet marker written (``present``) or taken out; dead entries go.
         Instances writing at once may drop each other's entry until their next beat."""

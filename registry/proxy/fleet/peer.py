@@ -31,14 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import HTTPConnectionPool, ResponseDone
 from twisted.web.iweb import IBodyProducer, IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -48,6 +47,7 @@ from registry.api.digests import Digest
 from registry.api.errors import RegistryError
 from registry.client._body import BodyRelay
 from registry.http.body_head import read_head
+from registry.http.bounded_agent import bounded_agent
 from registry.http.twisted_internals import quiet_pool
 from registry.proxy.errors import UpstreamError
 from registry.proxy.fill import Fill, TailProducer
@@ -309,24 +309,26 @@ class PeerClient:
     idle: float
     tls: PeerTLS = attrs.field(factory=PeerTLS)
     _pool: HTTPConnectionPool = attrs.field(init=False)
+    _http: HTTPClient = attrs.field(init=False)
     _https: HTTPClient | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         # Not persistent: a stream is long and ends with its fill; nothing to reuse.
         self._pool = quiet_pool(HTTPConnectionPool(self.reactor, persistent=False))
+        self._http = HTTPClient(bounded_agent(self.reactor, pool=self._pool))
 
-    def _client_for(self, url: str) -> HTTPClient | None:
-        """The HTTP client for a peer URL (None: plain http, treq's own)."""
+    def _client_for(self, url: str) -> HTTPClient:
+        """The HTTP client for a peer URL: TLS under the fleet's settings, or plain."""
         if not url.lower().startswith("https://"):
             if self.tls.required:
                 raise PeerTLSFailure(f"{url}: plain http refused, this fleet uses TLS")
-            return None
+            return self._http
         if self._https is None:
             try:
                 policy = self.tls.policy()
             except Exception as exc:  # checked at start-up; a file changed since
                 raise PeerTLSFailure(f"{url}: TLS settings: {exc}") from None
-            self._https = HTTPClient(Agent(self.reactor, contextFactory=policy, pool=self._pool))
+            self._https = HTTPClient(bounded_agent(self.reactor, tls=policy, pool=self._pool))
         return self._https
 
     async def open(
@@ -345,12 +347,9 @@ class PeerClient:
             "timeout": self.idle,
         }
         try:
-            if client is None:
-                response = await treq.get(target, pool=self._pool, **options)
-            else:
-                response = await client.get(target, **options)
+            response = await client.get(target, **options)
         except Exception as exc:
-            failure = _tls_failure(exc) if client is not None else None
+            failure = _tls_failure(exc) if client is not self._http else None
             if failure is not None:
                 raise PeerTLSFailure(f"{url}: TLS: {failure}") from None
             raise PeerUnavailable(f"{url}: {exc}") from exc

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -37,7 +39,7 @@ from registry.proxy.fill import Fill
 from registry.proxy.fleet import Fleet, instance_name
 from registry.proxy.fleet._redis import FleetRedis, RedisUnavailable, log_redis
 from registry.proxy.fleet.lease import FillLeases
-from registry.proxy.fleet.marker import InstanceMarker
+from registry.proxy.fleet.marker import STALE_AFTER, InstanceMarker
 from registry.proxy.fleet.peer import PeerClient, PeerResource, PeerTLS
 from registry.server.exit import StartupError
 from registry.server.probe import storage_description
@@ -47,6 +49,9 @@ log = Logger()
 
 # How often each instance sends its index changes and in-use marks to Redis.
 PUSH_INTERVAL = 1.0
+# Seconds a starting instance asks its Redis whether the fleet's live instances are in it
+# (`FleetSetup._same_redis_as_the_fleet`): a few pushes of theirs, after a Redis restart.
+SAME_REDIS_WAIT = 5
 
 
 class _Stopper(Service):
@@ -150,7 +155,7 @@ class FleetSetup:
                 rebuilding.add(cache.name)
 
                 def failed(f: Any) -> None:
-                    # The epoch key lapses (lock_ttl): a later push, here or elsewhere,
+                    # The epoch key lapses (rebuild_ttl): a later push, here or elsewhere,
                     # tries again.
                     cache.ledger.lost = False
                     log_redis(
@@ -178,6 +183,8 @@ class FleetSetup:
                             # What /metrics and the UI report: the fleet's total, whichever
                             # instance stored it (at most a push interval old).
                             index.size = await cache.ledger.size()
+                            if cache.counters is not None:
+                                await cache.counters.report_fills(cache.active_fills, time.time())
 
                 d = Deferred.fromCoroutine(run())
                 d.addErrback(
@@ -238,9 +245,48 @@ class FleetSetup:
                 url=self.fleet.leases.url or "(none: [fleet] listen is empty)",
             )
         if self.marker is not None:
+            if self.fleet is not None:
+                await self._same_redis_as_the_fleet(self.marker)
             await self.marker.claim()
             self._beating.setServiceParent(self._parent)
         self.ready.callback(None)
+
+    async def _same_redis_as_the_fleet(self, marker: InstanceMarker) -> None:
+        """
+        StartupError unless the live instances the storage lists (the fleet marker) are alive
+        in this instance's Redis too.  An instance given another Redis, or another ``db`` of
+        the same one, would be a second fleet on one cache: its own size total under
+        ``max_size``, and at start it would take the others, unknown to its Redis, for dead and
+        remove their fills in flight.  A Redis restarted empty knows the live instances again
+        within a push (every second), so it is asked for a few seconds before refusing.
+        """
+        assert self.fleet is not None
+        others = sorted(
+            {str(e["instance"]) for e in await marker.live_fleet() if e.get("instance")}
+        )
+        ledgers = [c.ledger for c in self._drivers.values() if c.ledger is not None]
+        if not others or not ledgers:
+            return
+        for attempt in range(SAME_REDIS_WAIT):
+            try:
+                for ledger in ledgers:
+                    if await ledger.alive(others):
+                        return
+            except RedisUnavailable as exc:
+                raise StartupError(
+                    f"cannot reach Redis at {self.config.redis.addr}: {exc}"
+                ) from None
+            if attempt + 1 < SAME_REDIS_WAIT:
+                await deferLater(self.reactor, 1.0, lambda: None)
+        redis = self.config.redis
+        raise StartupError(
+            f"fleet instance{'s' if len(others) > 1 else ''} {', '.join(others[:5])} "
+            f"serve{'' if len(others) > 1 else 's'} the pull-through cache in "
+            f"{marker.where} but {'are' if len(others) > 1 else 'is'} not in Redis at "
+            f"{redis.addr} db {redis.db}: every instance of a fleet needs the same [redis] "
+            f"addr and db (an instance that died counts as live for {STALE_AFTER:.0f}s after "
+            "its last heartbeat: if it is gone, start again then); docs/proxy.md"
+        )
 
     async def _listen(self) -> None:
         fleet = self.fleet

@@ -23,9 +23,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
+from twisted.web.client import HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
 from twisted.web.iweb import IBodyProducer, IResponse
 
+from registry.http.bounded_agent import bounded_agent
 from registry.http.twisted_internals import quiet_pool
 from registry.storage.driver import QUIET_RETRIES, StorageError
 from registry.storage.producers import BytesProducer
@@ -181,7 +182,7 @@ class S3Client:
             # Uploads, downloads and small requests of many clients run at once.
             self._pool.maxPersistentPerHost = 32
             self._pool.retryAutomatically = True
-            agent = Agent(reactor, connectTimeout=30, pool=self._pool)
+            agent = bounded_agent(reactor, connect_timeout=30, pool=self._pool)
             http_client = HTTPClient(agent)
         self._http = http_client
 

@@ -396,11 +396,18 @@ class S3Writer:
             self._pump()
 
     async def _send(self, segment: _Segment, number: int) -> None:
-        assert self._upload_id is not None
+        upload_id = self._upload_id
+        assert upload_id is not None
         try:
             await segment.ready()
+            if self._upload_id != upload_id:
+                # Given up while this part was made ready (another part found the upload
+                # aborted under this writer, or the writer rolled back): nowhere to send it.
+                gone = WriteTakenOver(f"the multipart upload of {self._path} is gone")
+                self._failure = self._failure or Failure(gone)
+                return
             etag = await multipart.upload_part(
-                self._client, self._key, self._upload_id, number, segment.producer
+                self._client, self._key, upload_id, number, segment.producer
             )
             self._parts.append(Part(number, etag, segment.size))
         except S3Error as error:
@@ -474,7 +481,12 @@ class S3Writer:
             if lost is not None:
                 raise lost from None
             raise
-        await self._release()
+        # What was written is stored and its state recorded: the request succeeded.  A lease
+        # not given back (S3 gone meanwhile; the S3 client's line says so) lapses by itself
+        # after `STALE_SECONDS`; until then another request for the upload waits, as after a
+        # crash.  Failing the request for it would have the client send again what is stored.
+        with contextlib.suppress(StorageError):
+            await self._release()
 
     async def _lost(self, error: WriteTakenOver) -> WriteTakenOver:
         """

@@ -1,0 +1,90 @@
+"""
+A pull's ``bandwidth`` holds with several transfers sharing it: a blob whose body starts while
+the budget is spent is paused from its first bytes on (those that came with the headers), and
+stays paused until the throttle releases it.  Measured on the throttle's own accounting and on
+the order of events, not on a clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from registry.storage.uploads import UploadAppender, UploadStore
+from registry.sync.throttle import PausingGate, Throttle
+from tests.client.conftest import ClientFactory
+from tests.e2e.conftest import Starter
+from tests.e2e.tools import Registry2Process
+from tests.sync.helpers import assert_same_image, push_image, wait_runs
+
+RATE = 1_000_000
+# How far the bytes passed may run ahead of the budget: by the socket reads (64 KiB each, one
+# per transfer) that emptied it, not by seconds' worth as a body read while paused does.
+OVERDRAW = RATE // 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pull_with_concurrent_transfers_keeps_to_its_bandwidth(
+    registry2: Registry2Process,
+    start_registry: Starter,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    remote = make_client(f"http://{registry2.host}")
+    # More layers than transfers in flight, each half a second's worth: most start while the
+    # others have spent the budget.
+    await push_image(remote, "team/app", "v1", layers=8, layer_size=RATE // 2)
+
+    deficits: list[float] = []
+    closed_reads: list[int] = []
+    debit = Throttle.debit
+    passed = PausingGate.passed
+
+    def recording_debit(self: Throttle, amount: int) -> float:
+        delay = debit(self, amount)
+        deficits.append(-self._allowance)
+        return delay
+
+    def recording_passed(self: PausingGate, amount: int) -> None:
+        if self._held_by_throttle:
+            closed_reads.append(amount)
+        passed(self, amount)
+
+    monkeypatch.setattr(Throttle, "debit", recording_debit)
+    monkeypatch.setattr(PausingGate, "passed", recording_passed)
+
+    # Storage that answers on a later reactor turn (S3, a worker thread), as a local disk does
+    # not: the remote's first body bytes wait in Twisted's buffer until the body is asked for.
+    opening = UploadStore.open
+
+    async def later_open(self: UploadStore, *args: Any, **kwargs: Any) -> UploadAppender:
+        await deferLater(reactor, 0)
+        return await opening(self, *args, **kwargs)
+
+    monkeypatch.setattr(UploadStore, "open", later_open)
+
+    registry = await start_registry(
+        {
+            "sync:mirror": {
+                "remote": f"http://{registry2.host}",
+                "first_run_within": "0s",
+                "repositories": "team/app",
+                "interval": "1h",
+                "concurrency": "4",
+                "bandwidth": str(RATE),
+            }
+        }
+    )
+    status = await wait_runs(registry.url, "mirror")
+    assert status["last"]["result"] == "ok", status
+    assert status["last"]["blobs"] == 9
+    await assert_same_image(remote, "team/app", make_client(registry.url), "team/app", "v1")
+
+    # No body bytes came through a gate the throttle held closed, so the budget never ran
+    # further behind than the reads that emptied it.
+    assert closed_reads == []
+    assert max(deficits) <= OVERDRAW, max(deficits)
