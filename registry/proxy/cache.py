@@ -1411,7 +1411,9 @@ class ProxyCache:
             reserved = sum(reservations.values())
             fits = limit is not None and total + reserved + size <= limit
             if digest is not None and fits:
-                if await ledger.reserve(digest, size, now):
+                # Counted from now, not from when this eviction began: its deletes may have
+                # taken longer than a reservation lives between two renewals.
+                if await ledger.reserve(digest, size, self.now()):
                     self.space.grant(digest, size)
                     granted = True
                 else:  # the lock lapsed under this eviction: try again, as when taken

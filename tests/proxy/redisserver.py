@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,11 @@ class RedisServer:
             sock.sendall(request)
             return sock.recv(65536)
 
+    def monitor(self) -> RedisMonitor:
+        """Every command Redis runs from now on, as ``MONITOR`` reports it (read by a thread
+        until `RedisMonitor.stop`)."""
+        return RedisMonitor(socket.create_connection(("127.0.0.1", self.port), timeout=5))
+
     def restart(self, timeout: float = 20.0) -> None:
         """Kill Redis and start it again on the same port, empty (nothing is persisted)."""
         self.stop()
@@ -48,6 +54,46 @@ class RedisServer:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+class RedisMonitor:
+    """A ``MONITOR`` connection: its lines (``<time> [<db> <client>] "<word>" ...``) are
+    collected by a thread, at most ``limit`` bytes of them."""
+
+    def __init__(self, sock: socket.socket, limit: int = 16 * 1024 * 1024) -> None:
+        self._sock = sock
+        self._limit = limit
+        self._data = bytearray()
+        sock.sendall(b"*1\r\n$7\r\nMONITOR\r\n")
+        sock.settimeout(0.2)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stopping.is_set() and len(self._data) < self._limit:
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            self._data += chunk
+
+    def lines(self) -> list[str]:
+        """The commands seen so far, one line each."""
+        return [
+            line.decode("utf-8", "replace")
+            for line in bytes(self._data).split(b"\r\n")
+            if line.startswith(b"+") and line != b"+OK"
+        ]
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
 
 
 def require_redis() -> str:

@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 
 from registry.config import RedisConfig
 from registry.proxy.fleet._redis import FleetRedis
-from registry.proxy.fleet.ledger import Ledger
+from registry.proxy.fleet.ledger import IN_USE_FOR, Ledger
 from tests.e2e.harness import LISTENING, write_config
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.helpers import reactor, wait_until
@@ -247,5 +247,74 @@ async def test_a_lock_left_while_redis_was_away_does_not_stop_its_instance_cachi
         assert (pull.code, pull.digest) == (200, digests[3])
         assert not not_kept(instance.log_text(), digests[3])
     finally:
+        s3_front.release()
+        await _stop(running)
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_reserved_after_a_slow_eviction_counts_for_the_whole_fill(
+    tmp_path: Path,
+    s3_server: S3Server,
+    s3_front: RecordingFront,  # noqa: F811
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,  # noqa: F811
+) -> None:
+    """Instance 0's eviction for a cold fill takes longer than an in-use mark lives (its
+    delete held at S3); the room it then reserves counts for as long as that fill runs (its
+    body held upstream), so instance 1's cold fill meanwhile evicts the other cached layer
+    instead of finding room that is already promised: what the fleet stores stays within
+    ``max_size`` (two layers), and the layer evicted for it is gone from the index."""
+    running = Fleet(
+        tmp_path,
+        s3_server,
+        redis_server,
+        fake.url,
+        size=2,
+        max_size=str(2 * LAYER),
+        space_wait="60s",
+    )
+    _front_for_first(running, s3_front)
+    await _start(running)
+    monitor = redis_server.monitor()
+    try:
+        digests = await _fill_two(running, fake, redis_server)
+        body = fake.hold_body(digests[2], LAYER // 2)
+        s3_front.hold(deleting)
+        slow = _evicting(running, digests[2])
+        await wait_until(lambda: s3_front.holding > 0, within=30)
+        await deferLater(reactor, IN_USE_FOR + 1.5, lambda: None)
+        s3_front.release()
+        evicted = "evicted 1 entries"
+        await wait_until(lambda: evicted in running.instances[0].log_text(), within=30)
+        await deferLater(reactor, 2.0, lambda: None)  # pushes renew it; none drops it
+        reserved = redis_server.command("ZCARD", "txregistry:reserved:hub")
+        assert reserved == b":1\r\n"
+        # As written (before any renewal), it lives IN_USE_FOR from then on: one written to
+        # end when the eviction began would be dropped by the first other instance's push.
+        member = f'"i0|{digests[2]}|{LAYER}"'
+        written = [line for line in monitor.lines() if member in line and "evalsha" in line.lower()]
+        assert len(written) == 1, written
+        monitor.stop()
+        at, until = float(written[0].split()[0][1:]), float(written[0].split()[-1].strip('"'))
+        assert until - at > IN_USE_FOR - 1
+
+        pull = await start_pull(blob_url(running.instances[1], digests[3]))
+        assert pull.done is not None
+        await pull.done
+        assert (pull.code, pull.digest) == (200, digests[3])
+        assert running.stored_blob_bytes() <= 2 * LAYER
+        body.release()
+        first = await slow
+        assert first.done is not None
+        await first.done
+        assert (first.code, first.digest) == (200, digests[2])
+        assert running.stored_blob_bytes() <= 2 * LAYER
+        for evicted in digests[:2]:
+            indexed = ("HEXISTS", "txregistry:index:hub", f"b|{evicted}")
+            assert redis_server.command(*indexed) == b":0\r\n"
+        logs = "".join(instance.log_text() for instance in running.instances)
+        assert "without keeping it" not in logs
+    finally:
+        monitor.stop()
         s3_front.release()
         await _stop(running)
