@@ -360,7 +360,7 @@ class UiApp:
     async def _manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         principal = await authorize(self.ctx, request, [repository(name, PULL)])
         ref = parse_reference(reference)
-        stored = await self.ctx.manifests.get(name, reference)
+        stored = await _data.stored_manifest(self.ctx, name, reference)
         parsed = _data.parse_stored(stored.body)
         platforms: list[tuple[str, str, str, int]] = []
         config = None
@@ -378,7 +378,7 @@ class UiApp:
         referrers_error, referrers_cut = None, False
         try:
             # One page of the referrers API: bounded in bytes, however many a client pushed.
-            referrers, referrers_cut = await self.ctx.referrers.page(name, stored.digest)
+            referrers, referrers_cut = await _data.stored_referrers(self.ctx, name, stored.digest)
         except (RegistryError, StorageError) as exc:
             # The manifest itself was there (a cached one served while its upstream is down):
             # the page shows it, and says the referrers could not be listed.
@@ -413,7 +413,7 @@ class UiApp:
         media_type, size, created_by, position = "", None, None, None
         manifest_ref = query(request, "manifest") or ""
         if manifest_ref:
-            stored = await self.ctx.manifests.get(name, Digest.parse(manifest_ref))
+            stored = await _data.stored_manifest(self.ctx, name, Digest.parse(manifest_ref))
             parsed = _data.parse_stored(stored.body)
             if parsed is not None:
                 local = _data.local_name(self.ctx, name)

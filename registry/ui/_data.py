@@ -13,14 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.interfaces import IReactorTime
 
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
+from registry.client._bounded import BoundedMap
 from registry.handlers.context import RegistryContext
 from registry.manifests import DEFAULT_URL_POLICY, ParsedManifest, parse_manifest
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import PathNotFoundError, StorageError
+from registry.storage.manifests import StoredManifest
 from registry.storage.tags import TagStore
 from registry.ui import _format
 
@@ -29,6 +32,14 @@ if TYPE_CHECKING:
 
 # The largest config blob read to show an image's settings (real ones are a few KiB).
 MAX_CONFIG_SIZE = 1024 * 1024
+# The largest manifest a tag row is read from (an image of 127 layers or an index of a few
+# dozen platforms is some tens of KiB).  Parsing JSON holds the reactor thread, and a
+# manifest may be 4 MiB: a page of 50 tags at that size would stall every request for seconds.
+# A larger one is listed with its size only.
+MAX_DESCRIBED_SIZE = 256 * 1024
+# How many tag rows' descriptions are remembered (a manifest's content never changes under
+# its digest): a page viewed again reads nothing but its tag links.
+DESCRIBED_ENTRIES = 4096
 
 
 def router_of(ctx: RegistryContext) -> ProxyRouter | None:
@@ -55,6 +66,38 @@ def source_of(ctx: RegistryContext, name: str) -> str | None:
 def local_name(ctx: RegistryContext, name: str) -> str:
     router = router_of(ctx)
     return name if router is None else str(router.local_name(name))
+
+
+async def stored_manifest(
+    ctx: RegistryContext, name: str, reference: str | Digest
+) -> StoredManifest:
+    """The manifest as this registry stores it.  A cached repository's
+    pages show what the cache holds and never ask its upstream: a page view is no pull (it
+    would count in the cache's figures, and send upstream requests at the rate pages are
+    viewed)."""
+    router = router_of(ctx)
+    if router is not None and router.route(name) is not None:
+        from registry.proxy.routing import RoutingManifestStore
+
+        manifests = ctx.manifests
+        if isinstance(manifests, RoutingManifestStore):
+            return await manifests.local.get(router.local_name(name), reference)
+    return await ctx.manifests.get(name, reference)
+
+
+async def stored_referrers(
+    ctx: RegistryContext, name: str, subject: Digest
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page of the referrers stored here for ``subject`` (see `stored_manifest`: a
+    cached repository's are those the cache holds), and whether there are more."""
+    router = router_of(ctx)
+    if router is not None and router.route(name) is not None:
+        from registry.proxy.routing import RoutingReferrers
+
+        referrers = ctx.referrers
+        if isinstance(referrers, RoutingReferrers):
+            return await referrers.local.page(router.local_name(name), subject)
+    return await ctx.referrers.page(name, subject)
 
 
 @attrs.frozen
@@ -90,7 +133,7 @@ def parse_stored(body: bytes) -> ParsedManifest | None:
 
 
 async def read_config(
-    blobs: BlobStore, local: str, manifest: ParsedManifest
+    blobs: BlobStore, local: str, manifest: ParsedManifest, limit: int = MAX_CONFIG_SIZE
 ) -> dict[str, Any] | None:
     """
     An image's config JSON when it is stored here as a blob of the repository ``local`` (a
@@ -99,14 +142,19 @@ async def read_config(
     (environment, labels, history) must not show through one the viewer may pull.
     """
     config = manifest.config
-    if config is None or config.size > MAX_CONFIG_SIZE:
+    if config is None or config.size > limit:
         return None
     try:
         if not await blobs.is_linked(local, config.digest):
             return None
+        # The size the manifest declares is the pusher's word: the stored one decides.
+        stored = await blobs.exists(config.digest)
+        if stored is None or stored.size > limit:
+            return None
         body = await blobs.get_small(config.digest)
         document = json.loads(body)
-    except (RegistryError, StorageError, ValueError):
+    except (RegistryError, StorageError, ValueError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser goes.
         return None
     return document if isinstance(document, dict) else None
 
@@ -135,10 +183,15 @@ class LocalReader:
 
     tags: TagStore
     blobs: BlobStore
+    described: BoundedMap[tuple[str, Digest], _Described]
 
     @classmethod
     def of(cls, ctx: RegistryContext) -> LocalReader:
-        return cls(TagStore(ctx.driver), BlobStore(ctx.driver))
+        return cls.over(TagStore(ctx.driver), BlobStore(ctx.driver), ctx.reactor)
+
+    @classmethod
+    def over(cls, tags: TagStore, blobs: BlobStore, clock: IReactorTime) -> LocalReader:
+        return cls(tags, blobs, BoundedMap(clock, DESCRIBED_ENTRIES, None))
 
 
 # How many manifests one page reads at a time: each may be up to the manifest size limit.
@@ -153,18 +206,40 @@ class _Described:
 
 
 async def _describe(reader: LocalReader, local: str, digest: Digest) -> _Described:
+    """A tag row's media type, size and platforms, remembered once complete (a cached
+    image whose config is not stored yet is read again next time)."""
+    key = (local, digest)
+    known = reader.described.get(key)
+    if known is not None:
+        return known
     try:
+        stored = await reader.blobs.exists(digest)
+        if stored is None:
+            return _Described("", None, ())
+        if stored.size > MAX_DESCRIBED_SIZE:
+            about = _Described("", stored.size, ())
+            reader.described.put(key, about)
+            return about
         body = await reader.blobs.get_small(digest)
-    except RegistryError:
+    except (RegistryError, StorageError):
         return _Described("", None, ())
     manifest = parse_stored(body)
     if manifest is None:
-        return _Described("", len(body), ())
-    if manifest.kind == "index":
-        return _Described(manifest.media_type, len(body), index_platforms(manifest))
-    config = await read_config(reader.blobs, local, manifest)
-    platforms = (_format.platform(config),) if config and config.get("os") else ()
-    return _Described(manifest.media_type, image_size(manifest), platforms)
+        about = _Described("", len(body), ())
+    elif manifest.kind == "index":
+        about = _Described(manifest.media_type, len(body), index_platforms(manifest))
+    else:
+        config = await read_config(reader.blobs, local, manifest, MAX_DESCRIBED_SIZE)
+        platforms = (_format.platform(config),) if config and config.get("os") else ()
+        about = _Described(manifest.media_type, image_size(manifest), platforms)
+        if (
+            config is None
+            and manifest.config is not None
+            and not await reader.blobs.is_linked(local, manifest.config.digest)
+        ):
+            return about  # a cache has not stored it yet: not remembered
+    reader.described.put(key, about)
+    return about
 
 
 async def tag_rows(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -56,8 +57,21 @@ def short_digest(digest: str) -> str:
 MAX_TEXT = 1024
 
 
+# Characters that change how the text around them reads without being seen themselves:
+# controls other than tab and newline, bidirectional overrides and isolates, zero-width ones.
+# A pusher chooses every config value a page shows, so these are shown as escapes.
+_UNSEEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def visible(text: str) -> str:
+    """``text`` with each unseen character written as its ``\\uXXXX`` escape."""
+    return _UNSEEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def clip(text: str, limit: int = MAX_TEXT) -> str:
-    """``text``, or its first ``limit`` characters and how many more there are."""
+    """``text``, or its first ``limit`` characters and how many more there are; unseen
+    characters shown as escapes."""
+    text = visible(text)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(text) - limit} more characters)"

@@ -140,15 +140,18 @@ class StorageFacts:
             if whole:
                 items.append(("Root directory", root))
             items.extend(space)
-            try:
-                usage = await deferToThread(shutil.disk_usage, root)
-            except OSError:
-                items.append(("Disk", "unavailable"))
-            else:
-                used = f"{_format.size(usage.used)} of {_format.size(usage.total)} "
-                used += f"({_format.percent(usage.used, usage.total)}), "
-                used += f"{_format.size(usage.free)} free"
-                items.append(("Disk used (the whole file system)", used))
+            # On a disk the registry has to itself, its usage is the registry's size: a
+            # whole-registry fact as well (watched over time, it shows what others push).
+            if whole:
+                try:
+                    usage = await deferToThread(shutil.disk_usage, root)
+                except OSError:
+                    items.append(("Disk", "unavailable"))
+                else:
+                    used = f"{_format.size(usage.used)} of {_format.size(usage.total)} "
+                    used += f"({_format.percent(usage.used, usage.total)}), "
+                    used += f"{_format.size(usage.free)} free"
+                    items.append(("Disk used (the whole file system)", used))
         elif config.storage.driver == "s3":
             items.append(("Bucket", config.storage.bucket))
             items.extend(space)

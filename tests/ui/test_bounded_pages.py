@@ -15,10 +15,11 @@ from urllib.parse import quote
 
 import pytest
 
-from registry.ui import _pages
+from registry.ui import _data, _format, _pages
 from tests.e2e.harness import RegistryProcess
 from tests.ui import content
 from tests.ui.conftest import PASSWORDS, auth_sections
+from tests.ui.test_pages import rows
 
 # A platform variant of this many characters makes a 200 KB string in a manifest.
 HUGE = 200_000
@@ -55,14 +56,29 @@ def _image_with_label(client: content.Client, name: str, tag: str, label: str) -
             "rootfs": {"type": "layers", "diff_ids": []},
         }
     ).encode()
+    _image_with_config(client, name, tag, config)
+
+
+def _image_with_config(
+    client: content.Client, name: str, tag: str, config: bytes, declared: int | None = None
+) -> int:
+    """An image whose config blob is ``config``, its size in the manifest ``declared`` (the
+    pusher's word; the real size by default); the manifest's size."""
     digest = client.push_blob(name, config)
+    size = len(config) if declared is None else declared
     document = {
         "schemaVersion": 2,
         "mediaType": content.OCI_MANIFEST,
-        "config": {"mediaType": content.OCI_CONFIG, "digest": digest, "size": len(config)},
+        "config": {"mediaType": content.OCI_CONFIG, "digest": digest, "size": size},
         "layers": [],
     }
     client.push_manifest(name, tag, document)
+    return len(json.dumps(document).encode())
+
+
+def _linux_config(**settings: Any) -> bytes:
+    document = {"architecture": "amd64", "os": "linux", "config": settings}
+    return json.dumps({**document, "rootfs": {"type": "layers", "diff_ids": []}}).encode()
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +100,17 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[content.Client
         alice.push_manifest("team/many", "all", many)
         _image_with_label(alice, "team/labels", "v1", "L" * HUGE)
         content.push_image(alice, "team/app", "v1")
+        # A config that says it is 2 bytes and is 2 MiB; one nested past the JSON parser's
+        # depth; one whose label would read backwards.
+        lying = _linux_config(Labels={"x": "y" * (2 * 1024 * 1024)})
+        _image_with_config(alice, "team/odd", "lying", lying, declared=2)
+        deep = b"[" * 200_000 + b"]" * 200_000
+        _image_with_config(alice, "team/odd", "deep", deep)
+        _image_with_config(alice, "team/odd", "rtl", _linux_config(Labels={"a": "txt\u202egpj"}))
+        # An index larger than a tag row reads (the manifest limit is 4 MiB).
+        big = _index(alice, "team/big", [{"os": "linux", "architecture": "amd64"}])
+        big["annotations"] = {"filler": "F" * (_data.MAX_DESCRIBED_SIZE + 1)}
+        alice.push_manifest("team/big", "v1", big)
         yield alice
         log = registry.log_text()
         assert "Traceback" not in log, log[-3000:]
@@ -192,3 +219,44 @@ def test_the_pull_command_leaves_out_the_https_port(hostile: content.Client) -> 
     forwarded["X-Forwarded-Host"] = "reg.example.com:8443"
     status, _, body = hostile.request("GET", "/ui/r/team/app/-/manifest/v1", None, forwarded)
     assert "docker pull reg.example.com:8443/team/app:v1" in body.decode()
+
+
+def test_a_config_is_read_by_its_stored_size_and_a_bad_one_leaves_the_page_whole(
+    hostile: content.Client,
+) -> None:
+    """A config whose manifest understates its size is not read (a page would load any
+    blob into memory); one nested too deep for the parser is no config; the pages answer
+    200 and show the rest (the fixture asserts no traceback and no 5xx in the log)."""
+    status, _, body = _page(hostile, "/ui/r/team/odd")
+    assert status == 200
+    assert sorted(rows(body, "tags")) == ["deep", "lying", "rtl"]
+    for tag in ("lying", "deep"):
+        status, _, body = _page(hostile, f"/ui/r/team/odd/-/manifest/{tag}")
+        assert status == 200, tag
+        assert "<dt>Labels</dt>" not in body and "yyyy" not in body, tag
+
+
+def test_characters_that_hide_or_reverse_text_are_shown_as_escapes(
+    hostile: content.Client,
+) -> None:
+    status, _, body = _page(hostile, "/ui/r/team/odd/-/manifest/rtl")
+    assert status == 200
+    assert "a=txt\\u202egpj" in body
+    assert "\u202e" not in body
+
+
+def test_a_manifest_larger_than_a_row_reads_is_listed_by_its_size(
+    hostile: content.Client,
+) -> None:
+    status, _, body = _page(hostile, "/ui/r/team/big")
+    assert status == 200
+    row = re.search(r"<tr><td>.*?v1.*?</tr>", body, re.S)
+    assert row is not None
+    assert "linux/amd64" not in row.group(0)  # the index is not parsed for its row
+    assert "<td>—</td>" in row.group(0)  # no media type
+    status, _, manifest = hostile.request("GET", "/v2/team/big/manifests/v1")
+    assert status == 200 and len(manifest) > _data.MAX_DESCRIBED_SIZE
+    assert f"<td>{_format.size(len(manifest))}</td>" in row.group(0)
+    status, _, body = _page(hostile, "/ui/r/team/big/-/manifest/v1")
+    assert status == 200
+    assert "linux/amd64" in body  # its own page reads it

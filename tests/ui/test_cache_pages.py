@@ -88,6 +88,20 @@ async def test_cached_repositories_are_told_apart_and_the_cache_page_counts(
     assert figures["Rate limit remaining"] == "99"  # what the fake upstream sends
     assert figures["Fills in flight"] == "0"
 
+    # Viewing a cached image's pages is no pull: the upstream is not asked, and the cache's
+    # figures stay as they were.
+    asked = fake.count()
+    for page in (
+        f"/ui/r/docker.io/library/alpine/-/manifest/{image.digest}",
+        "/ui/r/docker.io/library/alpine/-/manifest/latest",
+        f"/ui/r/docker.io/library/alpine/-/layer/{image.layers[0].digest}?manifest={image.digest}",
+    ):
+        response, body = await fetch(f"{url}{page}")
+        assert response.code == 200, body
+    assert fake.count() == asked, fake.log[asked:]
+    _, body = await fetch(f"{url}/ui/cache")
+    assert definitions(body.decode())["Hit ratio"] == "20.0 % (1 of 5)"
+
 
 @pytest_twisted.ensureDeferred
 async def test_cache_figures_survive_a_restart(

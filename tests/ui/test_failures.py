@@ -59,10 +59,12 @@ async def test_a_storage_failure_is_a_503_page_and_one_line(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_cached_manifest_page_with_its_upstream_down_says_referrers_are_unknown(
+async def test_a_cached_manifest_page_needs_no_upstream(
     proxied: Proxied,  # noqa: F811
     fake: FakeUpstream,  # noqa: F811
 ) -> None:
+    """The page shows what the cache holds, the referrers included: with the upstream down
+    it is whole, and it waits for no upstream timeout."""
     fake.content.add_image("library/alpine", "latest", [4096])
     registry = await proxied(default="false")
     await pull(registry, "docker.io/library/alpine", "latest")
@@ -76,6 +78,7 @@ async def test_a_cached_manifest_page_with_its_upstream_down_says_referrers_are_
         )
         page = body.decode()
         assert response.code == 200, page[:500]
-        assert "Referrers could not be listed: upstream registry unavailable" in page
+        assert "could not be listed" not in page
+        assert "No signatures, SBOMs or attestations." in page
     finally:
         await fake.come_up()
