@@ -89,7 +89,10 @@ async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
     validators = {"Docker-Content-Digest": str(manifest.digest), "ETag": f'"{manifest.digest}"'}
     if conditional.none_match(request, validators["ETag"]):
         return responses.not_modified(request, validators)  # the client holds it: not a pull
-    if request.method == b"GET":  # a HEAD transfers nothing: not a pull
+    # A HEAD transfers nothing, but one by tag is how containerd (and so every Kubernetes
+    # node) resolves the tag it pulls, then GETs by digest: the tag is in no other request.
+    # registry:2 sends a pull for every HEAD; a HEAD by digest is an existence check.
+    if request.method == b"GET" or _tag(route) is not None:
         ctx.notifier.manifest_pulled(
             request, route.name, manifest.media_type, manifest.digest, manifest.size, _tag(route)
         )

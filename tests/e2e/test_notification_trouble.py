@@ -311,3 +311,25 @@ async def test_overflow_while_the_whole_queue_is_in_flight_drops_the_oldest(
     assert [e["target"]["digest"] for e in events] == blobs[3:]
     await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)
     assert notifier.stats()["ci"]["delivered"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_during_a_post_abandons_it_without_a_failure_or_another_post(
+    start_registry: Starter,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    """A clean stop cancels the POST under way: not an endpoint error, no warning, and no
+    further POST of the same events (they stay queued for the next start)."""
+    receiver.hang = True
+    registry = await start_registry(
+        {"notifications:ci": endpoint(receiver.url, timeout="30s", threshold="5")}
+    )
+    await push_small_image(registry.url, "team/app", "v1")
+    notifier = notifier_of(registry)
+    await wait_until(lambda: receiver.refused == 1)
+    await registry.stop()
+    assert [line for line in captured_logs if "POST to ci failed" in line] == []
+    assert notifier.stats()["ci"]["errors"] == 0
+    await sleep(0.3)
+    assert receiver.refused == 1

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import MultiService
 from twisted.logger import formatEvent, globalLogPublisher
 
+from registry import __version__
 from registry.api import mediatypes as mt
 from registry.ops.notifications import EVENTS_MEDIA_TYPE, NotificationService, Notifier
 from tests.e2e.client import push_blob, sha256, start_upload
@@ -127,13 +128,14 @@ async def test_events_for_push_pull_mount_and_delete(
     start_registry: Starter, receiver: WebhookReceiver
 ) -> None:
     """Each operation gives registry:2's event, with its fields, in order, in the v1 envelope
-    with the configured headers; HEADs give none."""
+    with the configured headers.  A HEAD of a manifest by tag is a pull (containerd resolves
+    a tag so, then GETs by digest: the tag is in no other request); other HEADs give none."""
     # Port 0: the events' source names the port the registry is bound to.
     registry = await start_registry(
         {
             "storage": {"delete_enabled": "true"},
             "notifications:ci": endpoint(
-                receiver.url, headers="Authorization: Bearer t0ken\n  X-Team: ci"
+                receiver.url, headers="Authorization: Bearer t0ken\n  X-Team: ci\n  X-Note: café"
             ),
         },
     )
@@ -153,6 +155,8 @@ async def test_events_for_push_pull_mount_and_delete(
     )
     assert response.code == 201
     manifest_digest = sha256(manifest)
+    response = await treq.head(f"{url}/v2/team/app/manifests/{manifest_digest}", headers=ua)
+    assert response.code == 200
     for method in ("HEAD", "GET"):
         response = await treq.request(method, f"{url}/v2/team/app/manifests/v1", headers=ua)
         await response.content()
@@ -174,7 +178,7 @@ async def test_events_for_push_pull_mount_and_delete(
         response = await treq.delete(f"{url}/v2/{path}", headers=ua)
         assert response.code == 202, await response.text()
 
-    events = await receiver.wait_events(9)
+    events = await receiver.wait_events(10)
     blob = "application/octet-stream"
 
     def blob_target(repository: str, data: bytes) -> dict[str, Any]:
@@ -201,6 +205,7 @@ async def test_events_for_push_pull_mount_and_delete(
         ("push", "POST", blob_target("team/app", config)),
         ("push", "PUT", blob_target("team/app", layer)),
         ("push", "PUT", manifest_target),
+        ("pull", "HEAD", manifest_target),
         ("pull", "GET", manifest_target),
         ("pull", "GET", blob_target("team/app", layer)),
         ("mount", "POST", {**blob_target("other/app", layer), "fromRepository": "team/app"}),
@@ -217,7 +222,7 @@ async def test_events_for_push_pull_mount_and_delete(
     assert set(source) == {"addr", "instanceID"}
     assert source["addr"] == f"{socket.gethostname()}:{registry.url.rsplit(':', 1)[1]}"
     assert UUID.fullmatch(source["instanceID"])
-    assert len({e["id"] for e in events}) == 9
+    assert len({e["id"] for e in events}) == 10
     for event in events:
         assert list(event) == ["id", "timestamp", "action", "target", "request", "actor", "source"]
         assert UUID.fullmatch(event["id"])
@@ -233,11 +238,13 @@ async def test_events_for_push_pull_mount_and_delete(
         assert delivery.header("content-type") == EVENTS_MEDIA_TYPE
         assert delivery.headers["authorization"] == ["Bearer t0ken"]
         assert delivery.headers["x-team"] == ["ci"]
+        assert delivery.headers["x-note"] == ["café".encode().decode("latin-1")]  # UTF-8
+        assert delivery.headers["user-agent"] == [f"txregistry/{__version__}"]
         assert delivery.body.startswith(b'{"events":[{"id":"')
     notifier = notifier_of(registry)
     await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)  # the answer was read
     assert notifier.stats() == {
-        "ci": {"pending": 0, "delivered": 9, "failed": 0, "errors": 0, "dropped": 0}
+        "ci": {"pending": 0, "delivered": 10, "failed": 0, "errors": 0, "dropped": 0}
     }
     response = await treq.get(f"{url}/metrics")
     assert response.code == 200
@@ -249,7 +256,7 @@ async def test_events_for_push_pull_mount_and_delete(
     }
     assert scraped == {
         ("txregistry_notifications_pending", "ci"): 0.0,
-        ("txregistry_notifications_delivered_total", "ci"): 9.0,
+        ("txregistry_notifications_delivered_total", "ci"): 10.0,
         ("txregistry_notifications_failed_total", "ci"): 0.0,
         ("txregistry_notifications_errors_total", "ci"): 0.0,
         ("txregistry_notifications_dropped_total", "ci"): 0.0,
@@ -620,6 +627,8 @@ async def test_queues_of_workers_that_no_longer_run_are_adopted(
         images = [(f"r{i}", "t") for i in range(40)]
         for i in range(0, 40, 2):  # a connection per two images: both workers get some
             await push_images(server.url, images[i : i + 2])
+        failed = re.compile(r"notifications: POST to ci \(worker [01]\) failed: ")
+        await wait_until(lambda: failed.search(server.log_text()) is not None)
         server.stop(signal.SIGTERM)
         queued = events_on_disk(folder / "ci.log"), events_on_disk(folder / "ci.worker1.log")
         assert sum(queued) == 80 and queued[1] > 0, queued  # or there is nothing to adopt
@@ -636,9 +645,8 @@ async def test_queues_of_workers_that_no_longer_run_are_adopted(
     assert not (folder / "ci.worker1.log").exists()
     log = server.log_text()
     assert "Traceback" not in log
-    # Each worker counted its own failures in a row: its lines say which worker it was.
-    # (Which worker tried a POST before the stop depends on when each got its events.)
-    assert re.search(r"notifications: POST to ci \(worker [01]\) failed: ", log), log[-3000:]
+    # Each worker counted its own failures in a row: its lines say which worker it was
+    # (waited for above; which worker tried a POST first depends on when each got events).
     assert (
         f"notifications: {queued[1]} undelivered events adopted from ci.worker1.log"
         f" ({queued[1]}) (queues of workers beyond [http] workers) into {folder}/ci.log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -15,7 +16,8 @@ from registry.ops.notifications import check_notifications, parse_endpoints
 from registry.ops.notifications.config import parse_endpoint
 from registry.ops.notifications.events import Notifier, envelope, timestamp
 from registry.ops.notifications.metrics import register_notification_metrics
-from registry.ops.notifications.queue import DurableQueue, LogContents, read_log
+from registry.ops.notifications.queue import REWRITE_RETRY, DurableQueue, LogContents, read_log
+from tests.e2e.test_full_disk import fill, small_disk  # noqa: F401 - fixture
 
 
 def event(n: int) -> bytes:
@@ -146,6 +148,11 @@ def test_endpoint_settings() -> None:
         ({"url": "ftp://x"}, "[notifications:ci] url: 'ftp://x' is not an http(s) URL"),
         ({"url": "http://x", "colour": "red"}, "[notifications:ci] colour: unknown key"),
         ({"url": "http://x", "headers": "no colon"}, "[notifications:ci] headers: 'no colon'"),
+        (
+            {"url": "http://x", "headers": "Content-Length: 5"},
+            "[notifications:ci] headers: header Content-Length is set by the registry",
+        ),
+        ({"url": "http://x", "headers": "Transfer-Encoding: chunked"}, "Transfer-Encoding is set"),
         ({"url": "http://x", "ignore_actions": "pul"}, "[notifications:ci] ignore_actions:"),
         (
             {"url": "http://x", "threshold": "0"},
@@ -236,3 +243,80 @@ def test_prometheus_metrics() -> None:
         'txregistry_notifications_dropped_total{endpoint="ci"} 3.0',
     ):
         assert line in text.splitlines()
+
+
+class _Stepped:
+    """The reactor, with a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def seconds(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_write_is_tried_again_whole_and_not_at_every_flush(
+    tmp_path: Path, one_thread_pool: ThreadPool
+) -> None:
+    """Once writing the log failed (a full disk, a lost folder), every pending event is
+    written again in one new file, at most every REWRITE_RETRY seconds (each try formats the
+    whole backlog); the new file of a try that failed is not left behind."""
+    folder = tmp_path / "queue"
+    folder.mkdir()
+    path = folder / "ci.log"
+    clock = _Stepped()
+    q = DurableQueue(str(path), clock, one_thread_pool, 1000, fsync=True)
+    await q.load()
+    q.append(event(1))
+    await q.flush()
+    assert path.read_bytes() == b"E 1 " + event(1) + b"\n"
+
+    path.unlink()
+    folder.rmdir()  # the log cannot be written
+    q.append(event(2))
+    await q.flush()
+    folder.mkdir()  # it can again, but a retry waits
+    for n in range(3, 6):
+        q.append(event(n))
+        clock.now += 1
+        await q.flush()
+    assert list(folder.iterdir()) == []
+    clock.now += REWRITE_RETRY
+    q.append(event(6))
+    await q.flush()
+    assert path.read_bytes() == b"".join(b"E %d %s\n" % (n, event(n)) for n in range(1, 7))
+    q.append(event(7))
+    await q.flush()  # appended again, at once
+    assert path.read_bytes().endswith(b"E 7 " + event(7) + b"\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rewrite_that_does_not_fit_leaves_no_new_file(
+    small_disk: Path,  # noqa: F811
+    one_thread_pool: ThreadPool,
+) -> None:
+    path = small_disk / "ci.log"
+    clock = _Stepped()
+    q = DurableQueue(str(path), clock, one_thread_pool, 100_000, fsync=True)
+    await q.load()
+    big = b'{"id":"%s"}' % (b"x" * 4000)
+    for _ in range(200):  # 800 KB of events
+        q.append(big)
+    await q.flush()
+    assert path.stat().st_size > 800_000
+    filler = fill(small_disk)
+    q.append(big + b" " * 9000)  # more than the slack of the log's last page
+    await q.flush()  # the append fails
+    clock.now += REWRITE_RETRY
+    q.append(event(2))
+    await q.flush()  # the rewrite does not fit beside the log
+    assert sorted(p.name for p in small_disk.iterdir()) == ["ci.log", "filler"]
+    filler.unlink()
+    clock.now += REWRITE_RETRY
+    await q.flush()
+    assert path.read_bytes().endswith(b"E 202 " + event(2) + b"\n")
+    assert read_log(str(path)).last == 202

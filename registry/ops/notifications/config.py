@@ -35,6 +35,12 @@ ACTIONS = ("push", "pull", "mount", "delete")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
+# What describes the POST itself: the registry writes these.
+_FRAMING_HEADERS = frozenset(
+    ["content-length", "transfer-encoding", "host", "connection", "content-type", "te", "trailer"]
+)
+
+
 def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
     """``Name: value`` pairs, one per line; a name may repeat (registry:2: a list per name)."""
     headers = []
@@ -48,6 +54,10 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"{line!r} is not a 'Name: value' header line")
         if "\r" in value or "\n" in value:
             raise ValueError(f"header {name} has a line break in its value")
+        if name.lower() in _FRAMING_HEADERS:
+            # Two of them would make the receiver read the body wrong (or read the rest as
+            # another request); registry:2 drops them silently.
+            raise ValueError(f"header {name} is set by the registry for each POST")
         headers.append((name, value.strip()))
     return tuple(headers)
 

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from registry import __version__
 from registry.http.body_head import read_head
 from registry.ops.notifications.config import EndpointConfig
 from registry.ops.notifications.events import EVENTS_MEDIA_TYPE, envelope
@@ -81,8 +82,12 @@ class Endpoint:
         self._burst = 0  # events dropped since the queue was last below its bound
         queue.on_drop = self._dropped
         self._headers = Headers({b"content-type": [EVENTS_MEDIA_TYPE.encode()]})
+        if not any(name.lower() == "user-agent" for name, _ in config.headers):
+            # Firewalls and WAFs often refuse requests without one.
+            self._headers.addRawHeader(b"user-agent", f"txregistry/{__version__}".encode())
         for name, value in config.headers:
-            self._headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+            # UTF-8, as registry:2 (Go) sends a header value.
+            self._headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
 
     @property
     def name(self) -> str:
@@ -226,6 +231,10 @@ class Endpoint:
             self.errors += 1
             return str(exc), None
         except Exception as exc:
+            if self._running is None:
+                # `stop` cancelled the request: Twisted reports that as a request that got
+                # no answer, which is no failure of the endpoint's.
+                raise CancelledError() from exc
             self.errors += 1
             return f"{type(exc).__name__}: {exc}"[:300], None
         if tuple(response.version[1:]) < (1, 1) and self._one_shot is not None:

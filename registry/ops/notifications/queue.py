@@ -27,6 +27,7 @@ newest events whenever one POST held the whole queue, as it does with ``maxevent
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import os
 from collections import deque
@@ -45,6 +46,9 @@ Entry = tuple[int, bytes]  # (sequence number, the event's JSON)
 
 # A rewrite is not worth it for fewer done events than this.
 _COMPACT_MIN = 1024
+# Seconds between two tries at writing the log once a write failed (a full disk): each try
+# rewrites every pending event, which on a backlog is tens of megabytes of work.
+REWRITE_RETRY = 5.0
 
 
 @attrs.frozen
@@ -123,7 +127,7 @@ def read_and_adopt(path: str, others: list[str], fsync: bool) -> tuple[LogConten
             pending.append((last, event))
         damaged += contents.damaged
         counts.append(len(contents.pending))
-    _write(path, _event_lines(pending), replace=True, fsync=fsync)
+    _write(path, b"", pending, fsync)
     for other in others:
         os.remove(other)
     return LogContents(pending, last, damaged), counts
@@ -144,9 +148,11 @@ def _event_lines(entries: list[Entry]) -> bytes:
     return b"".join(b"E %d %s\n" % (seq, event) for seq, event in entries)
 
 
-def _write(path: str, data: bytes, replace: bool, fsync: bool) -> None:
-    """Append ``data`` to the log, or replace the log with it (atomically)."""
-    if not replace:
+def _write(path: str, data: bytes, entries: list[Entry] | None, fsync: bool) -> None:
+    """Append ``data`` to the log or, given ``entries``, replace the log with them
+    (atomically: a new file renamed over it; one that could not be written whole is
+    removed, so that it holds no space on a full disk)."""
+    if entries is None:
         with open(path, "ab") as file:
             file.write(data)
             if fsync:
@@ -154,11 +160,16 @@ def _write(path: str, data: bytes, replace: bool, fsync: bool) -> None:
                 os.fsync(file.fileno())
         return
     temp = path + ".new"
-    with open(temp, "wb") as file:
-        file.write(data)
-        file.flush()
-        if fsync:
-            os.fsync(file.fileno())
+    try:
+        with open(temp, "wb") as file:
+            file.write(_event_lines(entries))
+            file.flush()
+            if fsync:
+                os.fsync(file.fileno())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        raise
     os.replace(temp, path)
     if fsync:
         directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
@@ -201,6 +212,7 @@ class DurableQueue:
         self._file_events = 0  # E lines in the file (and buffer)
         self._file_done = 0  # of those, done ones
         self._rewrite = True  # the first write replaces what `load` read
+        self._retry_at = 0.0  # after a failed write: when the next try may be
         self._lock = DeferredLock()
         # Events accepted while `load` reads the log wait here: they come after the old ones.
         self._loaded = path is None
@@ -347,20 +359,25 @@ class DurableQueue:
             return  # never overwrite a log that was not read back
         if not (self._buffer or self._rewrite or compact):
             return
+        if self._rewrite and not compact and self._reactor.seconds() < self._retry_at:
+            # The next try rewrites every pending event: the records meanwhile are in it.
+            self._buffer = []
+            return
         compact = (
             compact
             or self._rewrite
             or (self._file_done >= _COMPACT_MIN and self._file_done * 2 > self._file_events)
         )
+        entries: list[Entry] | None = None
         if compact:
-            data = _event_lines(list(self.pending))
+            # Formatted in the pool's thread: a backlog is tens of megabytes of lines.
+            entries = list(self.pending)
             self._file_events, self._file_done = len(self.pending), 0
-        else:
-            data = b"".join(self._buffer)
+        data = b"".join(self._buffer)
         self._buffer, self._rewrite = [], False
         try:
             await deferToThreadPool(
-                self._reactor, self._pool, _write, self.path, data, compact, self._fsync
+                self._reactor, self._pool, _write, self.path, data, entries, self._fsync
             )
         except OSError as exc:
             # A full disk or a lost mount: the events are still in memory, so the next flush
@@ -368,6 +385,7 @@ class DurableQueue:
             # Said once when writing stops working and once when it works again, not at
             # every flush in between.
             self._rewrite = True
+            self._retry_at = self._reactor.seconds() + REWRITE_RETRY
             if self._write_problem is None:
                 log.error(
                     "notifications: cannot write {path}: {reason}; events are kept in memory"
