@@ -333,3 +333,31 @@ async def test_a_stop_during_a_post_abandons_it_without_a_failure_or_another_pos
     assert notifier.stats()["ci"]["errors"] == 0
     await sleep(0.3)
     assert receiver.refused == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_queues_of_no_configured_endpoint_are_named_at_start(
+    tmp_path: Path,
+    receiver: WebhookReceiver,  # noqa: F811
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    """A section renamed, removed or disabled leaves its queue undelivered: one line says
+    which files.  Those of the configured endpoints (a worker's too) are not named."""
+    root = tmp_path / "data"
+    queues = root / "notifications"
+    queues.mkdir(parents=True)
+    for name in ("ci.log", "ci.worker1.log", "old.log", "audit.worker2.log", "readme.txt"):
+        (queues / name).write_bytes(b"E 1 " + _event(1) + b"\n")
+    sections = {
+        "storage": {"rootdirectory": str(root)},
+        "notifications:ci": endpoint(receiver.url),
+        "notifications:audit": {**endpoint(receiver.url), "disabled": "true"},
+    }
+    (tmp_path / "run").mkdir()
+    registry = await start_in_process(tmp_path / "run", sections)
+    await registry.stop()
+    [line] = [line for line in captured_logs if "belong to no configured endpoint" in line]
+    assert line == (
+        f"notifications: audit.worker2.log, old.log in {queues} belong to no configured"
+        " endpoint (a section renamed, removed or disabled): their events are not delivered"
+    )

@@ -153,6 +153,21 @@ def orphan_queue_files(
     return [path for _, path in sorted(found)]
 
 
+def foreign_queue_files(directory: str, endpoints: list[str]) -> list[str]:
+    """The queue logs in ``directory`` that belong to none of ``endpoints`` (a section that
+    was renamed, removed or disabled): nothing delivers their events."""
+    known = [re.compile(re.escape(name) + r"(\.worker[1-9][0-9]*)?\.log") for name in endpoints]
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(
+        name
+        for name in names
+        if name.endswith(".log") and not any(p.fullmatch(name) for p in known)
+    )
+
+
 def _probe_write(directory: str) -> None:
     """Create and remove a file in ``directory``: the queues must be writable from the start
     (at start-up, before the reactor runs, so blocking here blocks no request)."""
@@ -187,6 +202,14 @@ def add_notifications(
             )
             reason = (exc.strerror or str(exc)).lower()
             raise ConfigError(f"{key}: cannot write in {directory}: {reason}") from None
+        foreign = foreign_queue_files(directory, [e.name for e in endpoints])
+        if foreign and worker == 0:
+            log.warn(
+                "notifications: {files} in {directory} belong to no configured endpoint (a"
+                " section renamed, removed or disabled): their events are not delivered",
+                files=", ".join(foreign),
+                directory=directory,
+            )
     pool = ThreadPool(minthreads=1, maxthreads=1, name="registry-notifications")
     connections = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
     client = HTTPClient(bounded_agent(reactor, pool=connections))
