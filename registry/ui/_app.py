@@ -401,6 +401,7 @@ class UiApp:
             token,
             referrers_error=referrers_error,
             referrers_cut=referrers_cut,
+            annotations=parsed.annotations if parsed is not None else None,
         )
         title = (
             f"{name}:{ref}" if isinstance(ref, str) else f"{name}@{_format.short_digest(str(ref))}"

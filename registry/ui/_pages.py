@@ -249,6 +249,7 @@ def manifest(
     *,
     referrers_error: str | None = None,
     referrers_cut: bool = False,
+    annotations: Mapping[str, str] | None = None,
 ) -> Content:
     parts: list[Content] = []
     summary: list[tuple[str, Content]] = [
@@ -285,6 +286,17 @@ def manifest(
                     id="platforms",
                 ),
                 _more(MAX_ROWS, len(platforms), "platforms"),
+            )
+        )
+    if annotations:
+        keys = sorted(annotations)
+        parts.append(
+            tags.section(id="annotations")(
+                tags.h2("Annotations"),
+                _definitions(
+                    [(_format.clip(k, 200), _format.clip(annotations[k])) for k in keys[:MAX_ROWS]]
+                ),
+                _more(MAX_ROWS, len(keys), "annotations"),
             )
         )
     if config is not None:
@@ -382,6 +394,7 @@ def _referrers(
                             tags.code(_format.short_digest(str(d.get("digest"))))
                         ),
                         f" · {_format.size(d.get('size'))}",
+                        *_referrer_notes(d.get("annotations")),
                     )
                     for d in descriptors[:MAX_ROWS]
                 ]
@@ -394,6 +407,21 @@ def _referrers(
         note = "More referrers than one page of the referrers API: the first page is shown."
         sections.append(tags.p(class_="meta")(note))
     return tags.section(id="referrers")(tags.h2("Referrers"), *sections)
+
+
+# How many of a referrer's annotations its line shows (a signature's or SBOM's creation time,
+# its tool): the referrer's own page has them all.
+REFERRER_NOTES = 3
+
+
+def _referrer_notes(annotations: Any) -> list[str]:
+    if not isinstance(annotations, dict):
+        return []
+    keys = sorted(annotations)
+    notes = [f" · {_format.clip(f'{k}={annotations[k]}', 100)}" for k in keys[:REFERRER_NOTES]]
+    if len(keys) > REFERRER_NOTES:
+        notes.append(f" · {len(keys) - REFERRER_NOTES} more annotations")
+    return notes
 
 
 def layer(

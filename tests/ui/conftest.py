@@ -66,13 +66,19 @@ def auth_sections(folder: Path, policy: str = POLICY) -> dict[str, dict[str, str
     }
 
 
+SIGNATURE_ANNOTATIONS = {
+    "org.opencontainers.image.created": "2026-01-02T00:00:00Z",
+    "dev.example.signer": "release <bot>\u202e",
+}
+
+
 def fill(registry: RegistryProcess) -> Filled:
     alice = content.Client(registry.url, content.basic("alice", PASSWORDS["alice"]))
     image = content.push_image(alice, "team/app", "v1")
     index, platforms = content.push_index(alice, "team/app", "multi")
     sbom = content.push_referrer(alice, "team/app", image.digest, content.SBOM_TYPE, "sbom")
     signature = content.push_referrer(
-        alice, "team/app", image.digest, content.SIGNATURE_TYPE, "sig"
+        alice, "team/app", image.digest, content.SIGNATURE_TYPE, "sig", SIGNATURE_ANNOTATIONS
     )
     content.push_image(alice, "team/lib", "1.0")
     db = content.push_image(alice, "secret/db", "latest")

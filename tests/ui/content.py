@@ -159,7 +159,14 @@ def push_index(client: Client, name: str, tag: str) -> tuple[str, list[Image]]:
     return client.push_manifest(name, tag, document), images
 
 
-def push_referrer(client: Client, name: str, subject: str, artifact_type: str, seed: str) -> str:
+def push_referrer(
+    client: Client,
+    name: str,
+    subject: str,
+    artifact_type: str,
+    seed: str,
+    annotations: dict[str, str] | None = None,
+) -> str:
     empty = client.push_blob(name, b"{}")
     data = client.push_blob(name, seed.encode())
     status, _, body = client.request(
@@ -174,6 +181,8 @@ def push_referrer(client: Client, name: str, subject: str, artifact_type: str, s
         "layers": [{"mediaType": "application/octet-stream", "digest": data, "size": len(seed)}],
         "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": len(body)},
     }
+    if annotations:
+        document["annotations"] = annotations
     body = json.dumps(document).encode()
     return client.push_manifest(name, sha256(body), document)
 

@@ -163,6 +163,16 @@ def test_manifest_page_shows_config_layers_history_referrers_and_pull_commands(
     assert f"<h3>{content.SBOM_TYPE}</h3>" in referrers
     assert f"<h3>{content.SIGNATURE_TYPE}</h3>" in referrers
     assert filled.sbom[:19] in referrers and filled.signature[:19] in referrers
+    # A referrer's line names its annotations (escaped, unseen characters written out).
+    assert "· dev.example.signer=release &lt;bot&gt;\\u202e ·" in body
+    assert "· org.opencontainers.image.created=2026-01-02T00:00:00Z" in body
+    status, _, body = page(filled, f"/ui/r/team/app/-/manifest/{filled.signature}")
+    assert status == 200
+    annotations = body[body.index('id="annotations"') :]
+    assert (
+        "<dt>dev.example.signer</dt><dd>release &lt;bot&gt;\\u202e</dd>"
+        "<dt>org.opencontainers.image.created</dt><dd>2026-01-02T00:00:00Z</dd>"
+    ) in annotations
 
 
 def test_index_page_links_each_platform_to_its_manifest(filled: Filled) -> None:
