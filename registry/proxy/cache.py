@@ -426,10 +426,7 @@ class ProxyCache:
         for _attempt in range(3):
             info = await self._local_blob(local, digest)
             if info is None and confirmed is None:
-                elsewhere = (
-                    self._foreign_fill(digest, upstream)
-                    or await self.blobs.exists(digest) is not None
-                )
+                elsewhere = self._foreign_fill(digest, upstream) or await self._cached_here(digest)
                 if elsewhere:
                     confirmed = await self._confirm(local, upstream, digest)
             if info is None and confirmed is not None:
@@ -495,6 +492,22 @@ class ProxyCache:
                 break
             await sleep(self.reactor, fleet.poll)
         return False
+
+    async def _cached_here(self, digest: Digest) -> bool:
+        """Whether this cache stored ``digest`` (through another of its repositories): bytes
+        its upstream sent and that matched the digest, so a HEAD from that upstream saying a
+        repository has them is enough to link them there.  Data stored otherwise (a hosted
+        repository, another upstream's cache) is not: it is fetched, and what the upstream
+        sends is checked, or a HEAD claiming a digest would unlock content it never had."""
+        return await self._known(digest) and await self.blobs.exists(digest) is not None
+
+    async def _known(self, digest: Digest) -> bool:
+        """Whether this cache's index has ``digest``; not while a fleet's Redis is away (a
+        fill then answers for it: 503 without Redis's bookkeeping)."""
+        try:
+            return await self.index.knows(str(digest))
+        except RedisUnavailable:
+            return False
 
     def _foreign_fill(self, digest: Digest, upstream: str) -> bool:
         """Whether a fill of ``digest`` through another repository's path is running."""
@@ -605,7 +618,8 @@ class ProxyCache:
         refused: set[str] = set()
         said: set[tuple[str, str, str]] = set()
         while True:
-            info = await self.blobs.exists(digest)
+            # Stored by this cache (the holder's verified fill), not by anyone (`_cached_here`).
+            info = await self.blobs.exists(digest) if await self._known(digest) else None
             if info is not None:
                 stop = info.size if end is None else end
                 with contextlib.suppress(PathNotFoundError):
@@ -831,7 +845,7 @@ class ProxyCache:
                 leased = True
                 # The lease may be free because its holder has just stored the blob (it
                 # stores, then releases): after the caller looked, before this lease.
-                if await self.blobs.exists(digest) is not None:
+                if await self._cached_here(digest):
                     raise StoredMeanwhile(digest)
             blob = await self.client.blob(upstream, digest)
             confirmed = self._confirmed.get((upstream, digest))
@@ -1300,11 +1314,16 @@ class ProxyCache:
     async def _settle(self, digest: str, stored: bool) -> None:
         """`_settle_reservation` of the reservation under ``digest`` (a blob's digest, or
         ``<repository>@<digest>`` for a manifest)."""
-        if not self.space.release(digest) or self.ledger is None:
+        reserved = self.space.release(digest)
+        if self.ledger is None or not (reserved or stored):
             return
         try:
             if stored:
-                self.ledger.release_with_entry(digest)
+                # Sent now, reserved or not: another instance that takes the fill lease once
+                # it is released must find the blob in the fleet's index (`_cached_here`),
+                # or it fetches the blob again.
+                if reserved:
+                    self.ledger.release_with_entry(digest)
                 await self.ledger.push(self.fleet_index(), self.now())
             else:
                 await self.ledger.unreserve(digest)

@@ -23,8 +23,8 @@ from registry.proxy.cache import Limits
 from registry.proxy.upstream import UpstreamClient
 from registry.storage.memory import MemoryDriver
 from tests.auth.conftest import LogCapture
-from tests.e2e.client import header, sha256
-from tests.fakes.content import GeneratedBlob
+from tests.e2e.client import header, push_blob, sha256
+from tests.fakes.content import BytesBlob, GeneratedBlob
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
 from tests.proxy.util import blob_data_path, fetch, hub_cache, reactor, storage_root, wait_for
@@ -356,3 +356,28 @@ async def test_max_inflight_caps_fills_over_the_wire(proxied: Proxied, fake: Fak
     assert response.code == 200 and sha256(body) == first.digest
     response, body = await fetch(url + second.digest)
     assert response.code == 200 and sha256(body) == second.digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_that_claims_a_hosted_blob_gets_it_only_by_sending_it(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """A private hosted repository stores D.  The upstream answers a HEAD of D for A (its
+    size is right) but cannot send D's bytes (its bodies are corrupted): the cache does not
+    serve the hosted copy through A on the strength of that HEAD.  It fetches D, the bytes
+    fail the digest, and A gets no link: what a claim unlocks is only what the upstream
+    itself delivers."""
+    data = b"a hosted private layer " * 4000
+    blob = BytesBlob(data)
+    fake.content.add_blob(A, blob)
+    fake.switches.corrupt_blobs = True
+    registry = await proxied(default="false")
+    await push_blob(registry.url, "team/private", data)
+    url = f"{registry.url}/v2/docker.io/{A}/blobs/{blob.digest}"
+    for method in ("GET", "HEAD"):
+        status, body = await _outcome(url, method)
+        assert body != data, method
+    assert fake.count("GET", "cdn", ref=blob.digest) >= 1
+    assert not _link(storage_root(registry), A, blob.digest).exists()
+    status, body = await _outcome(url)
+    assert body != data
