@@ -249,7 +249,7 @@ class Session:
             if response.code != 401 or attempt == 1:
                 return response
             before = self.challenge
-            self._learn_challenge(response)
+            await self._learn_challenge(response)
             if key is None and self.challenge == before:
                 return response  # Basic or nothing, and nothing new to try
             if key is not None:
@@ -279,12 +279,23 @@ class Session:
             401, f"{where} (not the registry) asked for authentication; nothing was sent to it"
         )
 
-    def _learn_challenge(self, response: IResponse) -> None:
-        """Called only for a 401 from the registry's own origin."""
+    async def _learn_challenge(self, response: IResponse) -> None:
+        """Called only for a 401 from the registry's own origin.  A token realm other than
+        the one known is taken only when the registry's ``/v2/`` names it too (asked again
+        now): the credentials go to a realm the registry announces where every client looks
+        for it, not to one a single answer names (a path-specific proxy in front of the
+        registry, one misbehaving endpoint), which would then get them for every later
+        token."""
         challenge = pick_challenge(header_values(response.headers, "www-authenticate"))
-        if challenge is not None:
-            self.challenge = challenge
-            self._challenge_known = True
+        if challenge is None:
+            return
+        known = self.challenge
+        if known is not None and challenge.realm != known.realm:
+            announced = await self._ping.run("ping", self._fetch_challenge)
+            if announced is None or announced.realm != challenge.realm:
+                return  # the known realm stays; the request's 401 is its answer
+        self.challenge = challenge
+        self._challenge_known = True
 
     async def ensure_challenge(self) -> None:
         if not self._challenge_known:

@@ -8,6 +8,7 @@ registry's own ``/v2/`` announced, nothing to a redirect target).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from pathlib import Path
 
@@ -161,6 +162,29 @@ async def test_credentials_go_only_to_the_announced_realm(
     assert fake.count(kind="cdn-token") == 0
     assert all(r.authorization is None for r in fake.log if r.kind == "cdn")
     assert all((r.authorization or "").startswith("Basic ") for r in fake.log if r.kind == "token")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_realm_one_answer_names_gets_credentials_only_once_v2_names_it(
+    fake: FakeUpstream, make_client: ClientFactory
+) -> None:
+    """A repository path's 401 names another token realm than the registry's ``/v2/`` does
+    (a proxy in front of one path, a misbehaving endpoint): the client asks ``/v2/`` again,
+    keeps the realm it names, and sends the credentials nowhere else.  Once ``/v2/`` names
+    the new realm too, it is the realm."""
+    fake.switches.credentials = ("alice", "s3cret")
+    fake.content.add_image("library/alpine", "latest", [100])
+    client = make_client(fake.url, credentials=Credentials("alice", "s3cret"))
+    await client.manifest("library/alpine", "latest")
+    fake.switches.path_realm = f"{fake.cdn_url}/token"
+    fake.revoke_tokens()
+    await client.manifest("library/alpine", "latest")  # a token from the realm /v2/ names
+    assert fake.count(kind="cdn-token") == 0
+    fake.switches.token_realm = fake.switches.path_realm
+    fake.revoke_tokens()
+    with contextlib.suppress(Unauthorized):  # the CDN's tokens are no good here
+        await client.manifest("library/alpine", "latest")
+    assert fake.count(kind="cdn-token") >= 1
 
 
 @pytest_twisted.ensureDeferred

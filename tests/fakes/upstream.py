@@ -91,6 +91,8 @@ class Switches:
     referrers_page: int | None = None  # referrers per page, chained by Link rel="next"
     referrers_next_origin: str | None = None  # next links absolute, on this origin
     token_realm: str | None = None  # the realm the challenge names (default: our /token)
+    # The realm a repository path's 401 names instead (the /v2/ ping keeps token_realm).
+    path_realm: str | None = None
     # Repositories the token service leaves out of the tokens it issues (Docker Hub does so
     # for private and unknown ones): their requests answer 401 insufficient_scope.
     denied: frozenset[str] = frozenset()
@@ -324,7 +326,8 @@ class FakeUpstream:
     def challenge(self, scope: str | None = None, error: str | None = None) -> bytes:
         if self.switches.auth == "basic":
             return b'Basic realm="fake registry"'
-        realm = self.switches.token_realm or f"{self.url}/token"
+        realm = (scope and self.switches.path_realm) or self.switches.token_realm
+        realm = realm or f"{self.url}/token"
         parts = [f'realm="{realm}"', f'service="{SERVICE}"']
         if scope:
             parts.append(f'scope="{scope}"')
