@@ -369,10 +369,17 @@ async def run_gc(
     reporter = _reporter(reactor, args, term, lambda: gc_progress(collector.stats))
     try:
         await collector.run()
-    except GCAborted as exc:
-        raise CommandError(f"gc aborted, nothing deleted: {exc}") from None
     except GCBusy as exc:
         raise CommandError(str(exc)) from None
+    except Exception as exc:
+        # Recorded as the last run (the UI's storage page, the txregistry_gc_last_run_*
+        # metrics): a failed run must not leave the previous one's "0 errors" showing.
+        failure = str(exc) if isinstance(exc, GCAborted) else describe_error(exc)
+        collector.stats.errors.append(f"the run stopped: {failure}")
+        await _record_gc(driver, options, collector.stats, started_at, term)
+        if isinstance(exc, GCAborted):
+            raise CommandError(f"gc aborted, nothing deleted: {exc}") from None
+        raise
     finally:
         reporter.stop()
     if args.verbose and args.dry_run:
@@ -382,15 +389,21 @@ async def run_gc(
         for digest in collector.candidates:
             term.progress(f"gc: would delete blob {digest}")
     stats = collector.stats
-    # For the web UI's storage page and the txregistry_gc_last_run_* metrics; a failure to
-    # record must not fail the run.
+    await _record_gc(driver, options, stats, started_at, term)
+    for line in gc_summary(stats, args.dry_run, args.delete_untagged, time.monotonic() - started):
+        term.summary(line)
+    return EXIT_FAILED if stats.errors else EXIT_OK
+
+
+async def _record_gc(
+    driver: IStorageDriver, options: GCOptions, stats: GCStats, started_at: float, term: Terminal
+) -> None:
+    """For the web UI's storage page and the txregistry_gc_last_run_* metrics; a failure to
+    record must not fail the run."""
     try:
         await gcstatus.record(driver, options, stats, started_at, time.time())
     except StorageError as exc:
         term.progress(f"gc: could not record the run's status: {exc}")
-    for line in gc_summary(stats, args.dry_run, args.delete_untagged, time.monotonic() - started):
-        term.summary(line)
-    return EXIT_FAILED if stats.errors else EXIT_OK
 
 
 async def run_catalog_rebuild(

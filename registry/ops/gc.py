@@ -699,11 +699,11 @@ class GarbageCollector:
         await self._keep_announced()
         if self._lost:
             return
-        # Rewritten since it was examined (a new upload of the same content): keep it.
-        if await self._stat_blob(candidate.digest) is None:
-            self._keep(candidate.digest)
-            return
         try:
+            # Rewritten since it was examined (a new upload of the same content): keep it.
+            if await self._stat_blob(candidate.digest) is None:
+                self._keep(candidate.digest)
+                return
             # The protocol of registry.storage.gcguard: doomed first, then a writer's touch.
             await self.driver.put_content(gcguard.doomed_path(digest), b"")
             if await self._touched(digest):

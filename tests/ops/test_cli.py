@@ -22,6 +22,7 @@ import treq
 from twisted.internet.threads import deferToThread
 
 from registry.api.digests import Digest
+from registry.ops import gcstatus
 from registry.storage import gcguard, layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import ENTRIES_DIR
@@ -345,6 +346,9 @@ async def test_gc_unreadable_manifest_aborts_with_a_line(
     assert "Traceback" not in result.err
     assert result.out == ""
     assert blob_digests(root) == before - {content.digests["M3"]}
+    # Recorded as the last run (the UI's storage page and the gc metrics show it failed).
+    status = json.loads((root / gcstatus.STATUS_PATH).read_bytes())
+    assert status["errors"] == 1
 
 
 @pytest_twisted.ensureDeferred

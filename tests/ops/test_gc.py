@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -267,6 +268,35 @@ async def test_storage_error_aborts_before_deleting(driver: FilesystemDriver, ro
     with pytest.raises(GCAborted, match="I/O error"):
         await gc(failing, delete_untagged=True)
     assert blob_digests(root) == before
+
+
+class FailingSecondStat(FilesystemDriver):
+    """Storage that stops answering for one file once it was looked at (an S3 outage that
+    begins during the sweep)."""
+
+    failing: str = ""
+    seen: int = 0
+
+    async def stat(self, path: str) -> Any:
+        if path == self.failing:
+            self.seen += 1
+            if self.seen > 1:
+                raise StorageError(f"gave no answer within 10s (HEAD {path})")
+        return await super().stat(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storage_error_in_the_sweep_is_counted_and_the_sweep_goes_on(
+    driver: FilesystemDriver, root: Path
+) -> None:
+    content = await scenario.build_aged(driver, root)
+    failing = FailingSecondStat(str(root), reactor, driver._threadpool)
+    doomed = content.digests["C2"]
+    failing.failing = layout.blob_data(Digest.parse(doomed))
+    collector = await gc(failing, delete_untagged=True)
+    assert len(collector.stats.errors) == 1
+    assert doomed in collector.stats.errors[0] and "gave no answer" in collector.stats.errors[0]
+    assert content.labels(blob_digests(root)) & DELETED_UNTAGGED == {"C2"}  # the others went
 
 
 @pytest_twisted.ensureDeferred
