@@ -61,6 +61,7 @@ from registry.storage.catalog import ENTRIES_DIR, Catalog, name_of_entry
 from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.factory import build_driver
 from registry.storage.manifests import REFERRERS_COMPLETE, ManifestStore
+from registry.storage.reserve import keep_reserve
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -358,6 +359,7 @@ async def run_gc(
         dry_run=args.dry_run,
         grace=args.grace,
         concurrency=args.concurrency,
+        reserve=config.storage.driver == "filesystem",
     )
     started = time.monotonic()
     started_at = time.time()
@@ -389,6 +391,8 @@ async def run_gc(
         for digest in collector.candidates:
             term.progress(f"gc: would delete blob {digest}")
     stats = collector.stats
+    if options.reserve and not options.dry_run:
+        await keep_reserve(driver)  # the room a collection on a full disk starts with
     await _record_gc(driver, options, stats, started_at, term)
     for line in gc_summary(stats, args.dry_run, args.delete_untagged, time.monotonic() - started):
         term.summary(line)

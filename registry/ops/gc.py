@@ -61,9 +61,16 @@ from registry.asyncutil import bounded_map
 from registry.manifests.references import ManifestRefs, manifest_refs
 from registry.storage import gcguard, layout
 from registry.storage.catalog import Catalog
-from registry.storage.driver import FileInfo, IStorageDriver, PathNotFoundError, StorageError
+from registry.storage.driver import (
+    FileInfo,
+    IStorageDriver,
+    PathNotFoundError,
+    StorageError,
+    StorageFull,
+)
 from registry.storage.listing import digest_folders, list_or_empty
 from registry.storage.referrers import ReferrersIndex
+from registry.storage.reserve import RESERVE, RESERVE_SIZE, release_reserve
 
 log = Logger()
 T = TypeVar("T")
@@ -103,6 +110,9 @@ class GCOptions:
     grace: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
     # Storage requests in flight (S3 latency, not CPU, is what a run waits on).
     concurrency: int = attrs.field(default=16, validator=attrs.validators.ge(1))
+    # Filesystem storage: on a full disk, use the room kept for a collection
+    # (`registry.storage.reserve`), and keep it again at the end.
+    reserve: bool = False
 
 
 @attrs.define
@@ -233,7 +243,20 @@ class GarbageCollector:
         """
         marker = gcguard.RunMarker(self.driver, self.now)
         try:
-            await marker.claim()
+            try:
+                await marker.claim()
+            except StorageFull:
+                # The marker and the first `doomed` files need a little room: the reserve
+                # kept for this (`registry.storage.reserve`), if there is one.
+                if not (self.options.reserve and await release_reserve(self.driver)):
+                    raise
+                log.warn(
+                    "gc: the disk is full: removed the {size} bytes kept for a collection"
+                    " ({path}) to start; written back once there is room",
+                    size=RESERVE_SIZE,
+                    path=RESERVE,
+                )
+                await marker.claim()
         except gcguard.CollectorBusy as exc:
             raise GCBusy(str(exc)) from None
         self._marker = marker

@@ -66,6 +66,7 @@ from registry.server.workers import (
 )
 from registry.storage.factory import build_driver
 from registry.storage.hash_offload import HashThreads
+from registry.storage.reserve import keep_reserve
 from registry.sync.metrics import register_sync_metrics
 from registry.tap import configuration_error, has_syncs, listening_endpoints
 
@@ -435,12 +436,14 @@ def _after_start(config: Config, root: MultiService, ctx: RegistryContext, drive
 
     # A registry:2 data directory served for the first time has no catalog index yet: build
     # it now rather than inside the first catalog request; then its referrers index.
-    OnceService(
-        [
-            ("building the catalog index", ctx.catalog.ensure_index),
-            ("building the referrers index", lambda: _index_referrers(driver)),
-        ]
-    ).setServiceParent(root)  # type: ignore[no-untyped-call]
+    steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("building the catalog index", ctx.catalog.ensure_index),
+        ("building the referrers index", lambda: _index_referrers(driver)),
+    ]
+    if config.storage.driver == "filesystem" and not config.maintenance.readonly:
+        # Room for a garbage collection to start on a disk that fills up later.
+        steps.append(("keeping the gc reserve", lambda: keep_reserve(driver)))
+    OnceService(steps).setServiceParent(root)  # type: ignore[no-untyped-call]
     # Replication ([sync:NAME]): each sync's schedule starts once storage is known to work.
     if has_syncs(config):
         from registry.sync.service import add_replication

@@ -36,6 +36,12 @@ class StorageError(Exception):
     """A backend failure that is not the caller's fault (I/O error, S3 5xx, ...)."""
 
 
+class StorageFull(StorageError):
+    """The disk (or a quota) has no room left: a 503 that says so, like any storage error;
+    a garbage collection that meets it frees the room it keeps for this
+    (`registry.storage.reserve`)."""
+
+
 class WriteTakenOver(StorageError):
     """
     Another request took over the file this writer was writing (the writer stopped renewing

@@ -57,6 +57,7 @@ from registry.storage.driver import (
     PathBusyError,
     PathNotFoundError,
     StorageError,
+    StorageFull,
     VersionChangedError,
     WriteRemoved,
 )
@@ -83,7 +84,8 @@ _LOCK_SUFFIX = ".lock"
 
 
 def _storage_error(what: str, exc: OSError) -> StorageError:
-    return StorageError(f"{what}: {exc.strerror or exc}")
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (StorageFull if full else StorageError)(f"{what}: {exc.strerror or exc}")
 
 
 @contextlib.contextmanager
@@ -129,7 +131,7 @@ class _FileWriter:
         try:
             self._file.write(data)
         except OSError as exc:  # a full disk, an I/O error: the client gets a 503 that says so
-            raise StorageError(f"writing {self._path}: {exc.strerror or exc}") from exc
+            raise _storage_error(f"writing {self._path}", exc) from exc
         self.size = end
         return None
 

@@ -19,7 +19,9 @@ import attrs
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
+from twisted.python.threadpool import ThreadPool
 
 from registry.api.digests import Digest
 from registry.ops import gcstatus
@@ -27,9 +29,11 @@ from registry.storage import gcguard, layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import ENTRIES_DIR
 from registry.storage.filesystem import FilesystemDriver
+from registry.storage.reserve import RESERVE, RESERVE_SIZE
 from registry.storage.uploads import UploadStore
 from tests.e2e.conftest import start_registry
-from tests.e2e.harness import REPO_ROOT, write_config
+from tests.e2e.harness import REPO_ROOT, start_in_process, write_config
+from tests.e2e.test_full_disk import fill, small_disk  # noqa: F401 - fixture
 from tests.ops import scenario
 from tests.ops.scenario import (
     DELETED_DEFAULT,
@@ -39,6 +43,7 @@ from tests.ops.scenario import (
     blob_digests,
     make_young,
 )
+from tests.proxy.util import wait_for
 
 __all__ = ["start_registry"]
 
@@ -453,3 +458,33 @@ def test_catalog_rebuild_shows_progress_while_indexing(root: Path, config: Path)
     ]
     assert indexing, result.err
     assert all(line.endswith(f"/{count:,} repositories") for line in indexing), indexing
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_starts_on_a_full_disk_with_the_room_kept_for_it(
+    small_disk: Path,  # noqa: F811
+    tmp_path: Path,
+    thread_pool: ThreadPool,
+) -> None:
+    """The registry keeps a reserve file beside its data; a gc that finds the disk full
+    (its run marker cannot be written) removes it, says so, and deletes the garbage; the
+    next run with room writes it back."""
+    root = small_disk / "data"
+    driver = FilesystemDriver(str(root), reactor, thread_pool)
+    content = await scenario.build_aged(driver, root)
+    config = write_config(tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(root)}})
+    (tmp_path / "run").mkdir()
+    registry = await start_in_process(tmp_path / "run", {"storage": {"rootdirectory": str(root)}})
+    reserve = root / RESERVE
+    await wait_for(reserve.exists)  # written at start, after the storage probe
+    await registry.stop()
+    assert reserve.stat().st_size == RESERVE_SIZE
+    filler = fill(small_disk)
+    result = await cli("gc", "--config", str(config))
+    assert result.code == 0, result
+    assert "gc: the disk is full: removed the 1048576 bytes kept for a collection" in result.err
+    assert content.labels(blob_digests(root)) & DELETED_DEFAULT == set()
+    filler.unlink()
+    result = await cli("gc", "--config", str(config))
+    assert result.code == 0, result
+    assert reserve.stat().st_size == RESERVE_SIZE
