@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from twisted.web.iweb import IRequest
 
 from registry.api import mediatypes
@@ -11,7 +13,7 @@ from registry.handlers.context import RegistryContext
 from registry.handlers.pages import next_link
 from registry.http import responses
 from registry.http.routes import Route
-from registry.storage.pagination import paginate, parse_count, repository_order
+from registry.storage.pagination import paginate_start, parse_count, repository_order
 from registry.storage.referrers import referrers_response
 
 
@@ -26,15 +28,32 @@ async def list_tags(ctx: RegistryContext, request: IRequest, route: Route) -> by
     return responses.json_body(request, 200, {"name": route.name, "tags": tags}, headers)
 
 
+# The catalog's page when the client sends no ``n`` (registry:2 answers 100): bounded, with
+# a ``Link`` to the rest, not every name in one response.
+DEFAULT_CATALOG_PAGE = 1000
+
+
 async def list_catalog(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     # ``registry:catalog:*``: a token must list it (docs/auth.md); a policy grants it to
     # every user and filters the names below.
     principal = await authorize(ctx, request, [CATALOG])
     n = parse_count(query(request, "n"), ctx.catalog.max_page)
+    if n is None:
+        n = DEFAULT_CATALOG_PAGE
     last = query(request, "last")
     names, _ = await ctx.catalog.list_repositories()
-    visible = [name for name in names if ctx.access.may_pull(principal, name)]
-    page, more = paginate(visible, n, last, repository_order)
+    # The names after ``last`` the caller may pull, looked at only until the page is full
+    # (and one more says whether there are more): a page costs its own length, not every
+    # name's policy check.
+    start = paginate_start(names, last, repository_order)
+    page: list[str] = []
+    more = False
+    for name in itertools.islice(names, start, None):
+        if ctx.access.may_pull(principal, name):
+            if len(page) == n:
+                more = True
+                break
+            page.append(name)
     headers = {}
     if more and page:
         headers["Link"] = next_link("/v2/_catalog", n, page[-1])

@@ -33,8 +33,9 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -93,6 +94,17 @@ class RebuildProgress:
     phase: str = "walk"
     done: int = 0
     total: int = 0
+
+
+# Listings of more entries than this are sorted in a thread (see `Catalog._indexed`).
+_SORT_IN_THREAD = 1000
+
+
+def _sorted_names(entries: list[str]) -> list[str]:
+    return sorted(
+        (name for name in map(name_of_entry, entries) if is_valid_name(name)),
+        key=repository_order,
+    )
 
 
 @implementer(ICatalog)
@@ -156,10 +168,15 @@ class Catalog:
             entries = await self.driver.list(ENTRIES_DIR)
         except PathNotFoundError:
             return []
-        return sorted(
-            (name for name in map(name_of_entry, entries) if is_valid_name(name)),
-            key=repository_order,
+        threads = IReactorThreads(self.clock, None)
+        if threads is None or len(entries) < _SORT_IN_THREAD:
+            return _sorted_names(entries)
+        # Decoding, checking and sorting tens of thousands of names is tens of milliseconds
+        # of Python: in a thread, requests go on between its turns.
+        names: list[str] = await deferToThreadPool(
+            threads, threads.getThreadPool(), _sorted_names, entries
         )
+        return names
 
     async def ensure_index(self) -> None:
         """Rebuild once when no full walk was ever recorded (a registry:2 data directory)."""

@@ -46,6 +46,20 @@ def repository_order(name: str) -> tuple[str, ...]:
     return tuple(name.split("/"))
 
 
+def paginate_start(
+    items: Sequence[str],
+    last: str | None,
+    order: Callable[[str], tuple[str, ...]] | None = None,
+) -> int:
+    """Where the page after ``last`` (exclusive) begins in ``items`` (sorted by ``order``,
+    plain string order when None)."""
+    if not last:
+        return 0
+    if order is None:
+        return bisect.bisect_right(items, last)
+    return bisect.bisect_right(items, order(last), key=order)
+
+
 def paginate(
     items: Sequence[str],
     n: int | None,
@@ -56,12 +70,7 @@ def paginate(
     A page of ``items`` (sorted by ``order``, plain string order when None) after ``last``
     (exclusive), at most ``n`` long, and whether more items follow it.
     """
-    if not last:
-        start = 0
-    elif order is None:
-        start = bisect.bisect_right(items, last)
-    else:
-        start = bisect.bisect_right(items, order(last), key=order)
+    start = paginate_start(items, last, order)
     rest = items[start:]
     if n is None:
         return list(rest), False

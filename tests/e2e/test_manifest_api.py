@@ -6,8 +6,10 @@ import json
 
 import pytest_twisted
 import treq
+from twisted.internet.defer import ensureDeferred, gatherResults
 
 from registry.api import mediatypes as mt
+from registry.handlers.listings import DEFAULT_CATALOG_PAGE
 from tests.e2e.client import error_codes, get, header, push_blob, raw_headers, sha256
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry
@@ -435,6 +437,29 @@ async def test_catalog(registry: InProcessRegistry) -> None:
     assert link is not None and 'rel="next"' in link
     response, got = await get(registry.url + link.split(">")[0][1:])
     assert json.loads(got)["repositories"] == ["mid/x/y", "zeta"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_catalog_asked_without_n_is_a_bounded_page_with_a_link(
+    registry: InProcessRegistry,
+) -> None:
+    """registry:2 answers 100 names and a ``Link``; every name in one answer would grow with
+    the registry.  The default page here is DEFAULT_CATALOG_PAGE, the rest after the link."""
+    names = sorted(f"team{i:04d}/app" for i in range(DEFAULT_CATALOG_PAGE + 5))
+    for start in range(0, len(names), 25):  # 25 pushes at a time
+        batch = names[start : start + 25]
+        await gatherResults([ensureDeferred(push_blob(registry.url, n, b"x")) for n in batch])
+    response, got = await get(f"{registry.url}/v2/_catalog")
+    assert response.code == 200
+    assert json.loads(got)["repositories"] == names[:DEFAULT_CATALOG_PAGE]
+    link = header(response, "link")
+    assert link == (
+        f"</v2/_catalog?last={names[DEFAULT_CATALOG_PAGE - 1].replace('/', '%2F')}"
+        f'&n={DEFAULT_CATALOG_PAGE}>; rel="next"'
+    )
+    response, got = await get(registry.url + link.split(">")[0][1:])
+    assert json.loads(got)["repositories"] == names[DEFAULT_CATALOG_PAGE:]
+    assert header(response, "link") is None
 
 
 @pytest_twisted.ensureDeferred

@@ -11,10 +11,12 @@ from zope.interface.verify import verifyObject
 from registry.api import mediatypes as mt
 from registry.api.digests import Digest, digest_of
 from registry.api.errors import PAGINATION_NUMBER_INVALID, RegistryError
+from registry.ops.progress import CountingDriver
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IStorageDriver
 from registry.storage.manifests import ManifestStore
+from registry.storage.memory import MemoryDriver
 from registry.storage.referrers import IReferrers, ReferrersIndex, referrers_response
 from tests.manifests import samples
 from tests.storage.manifest_fixtures import blobs, driver, push_blob
@@ -178,3 +180,25 @@ def test_response_body() -> None:
         "manifests": [{"digest": "x"}],
     }
     json.dumps(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_filtered_page_reads_again_only_the_referrers_of_its_type() -> None:
+    """An entry's artifactType is remembered once read: a second page filtered by a type few
+    referrers have reads those few, not every entry (each read a file and its JSON)."""
+    counting = CountingDriver(MemoryDriver())
+    index = ReferrersIndex(counting)
+    subject = digest_of(b"subject")
+    for i in range(60):
+        kind = "application/vnd.example.sig" if i % 20 == 0 else "application/vnd.example.sbom"
+        referrer = digest_of(f"referrer {i}".encode())
+        descriptor = {"mediaType": mt.OCI_IMAGE_MANIFEST, "digest": str(referrer), "size": 1}
+        await index.add("app", subject, {**descriptor, "artifactType": kind})
+    first, more = await index.page("app", subject, "application/vnd.example.sig")
+    assert (len(first), more) == (3, False)
+    assert counting.read == 60
+    again, more = await index.page("app", subject, "application/vnd.example.sig")
+    assert (again, more) == (first, False)
+    assert counting.read == 60 + 3
+    assert await index.page("app", subject, "application/vnd.example.none") == ([], False)
+    assert counting.read == 63
