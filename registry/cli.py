@@ -108,6 +108,16 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:  # NaN included
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
+
+
 def _concurrency(text: str) -> int:
     try:
         value = int(text)
@@ -173,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--progress-interval",
-            type=float,
+            type=_interval,
             default=1.0,
             metavar="SECONDS",
             help="seconds between progress lines (default 1)",

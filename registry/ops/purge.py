@@ -15,6 +15,7 @@ and a client can make as many as it makes POSTs.  Only empty folders are removed
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections.abc import AsyncIterator
 
@@ -73,11 +74,17 @@ async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
             try:
                 started = _parse_started((await driver.get_content(f"{upload}/startedat")).decode())
             except (PathNotFoundError, NotAFileError, UnicodeDecodeError):
-                try:
+                started = None
+            try:
+                if started is None:  # no date, or one that does not parse: the folder's
                     started = (await driver.stat(upload)).modified
-                except PathNotFoundError:
-                    continue
-            if started is None or now - started < age:
+                # Abandoned means idle: a long upload still receiving data (tens of GB, a
+                # slow link) is as old as its start but was written to a moment ago.
+                with contextlib.suppress(PathNotFoundError, NotAFileError):
+                    started = max(started, (await driver.stat(f"{upload}/data")).modified)
+            except PathNotFoundError:
+                continue
+            if now - started < age:
                 kept += 1
                 continue
             try:

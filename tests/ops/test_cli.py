@@ -127,6 +127,14 @@ def test_bad_option_values_are_usage_errors(tmp_path: Path) -> None:
         (("gc", "--grace", "--dry-run"), "argument --grace: expected one argument"),
         (("gc", "--grace=-1h"), "argument --grace: must not be negative: '-1h'"),
         (("gc", "--grace", "-5"), "argument --grace: must not be negative: '-5'"),
+        (
+            ("gc", "--progress-interval", "0"),
+            "argument --progress-interval: must be more than 0: '0'",
+        ),
+        (
+            ("gc", "--progress-interval=-1"),
+            "argument --progress-interval: must be more than 0: '-1'",
+        ),
     ]
     for arguments, message in cases:
         result = cli_sync(*arguments, "--config", str(config))
@@ -293,6 +301,8 @@ async def test_catalog_rebuild_skips_a_purged_upload(
     uploads = UploadStore(driver, BlobStore(driver))
     upload = await uploads.start("abandoned")
     await driver.put_content(layout.upload_started_at("abandoned", upload), b"2020-01-01T00:00:00Z")
+    idle = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC).timestamp()
+    os.utime(root / layout.upload_data("abandoned", upload), (idle, idle))
     result = await cli("purge-uploads", "--config", str(config), "--age", "1h")
     assert result.code == 0, result
     assert not (root / layout.repository("abandoned")).exists()
@@ -325,6 +335,7 @@ async def test_purge_uploads(driver: FilesystemDriver, root: Path, config: Path)
     await driver.put_content(
         layout.upload_started_at("app", old), started.isoformat().replace("+00:00", "Z").encode()
     )
+    os.utime(root / layout.upload_data("app", old), (started.timestamp(), started.timestamp()))
     result = await cli("purge-uploads", "--config", str(config), "--age", "2h")
     assert result.code == 0, result
     assert result.out.startswith("purge-uploads: purged 1 uploads older than 2h in ")

@@ -7,6 +7,7 @@ registry serving over loopback.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,28 @@ async def test_an_abandoned_push_to_a_new_name_leaves_nothing_over_the_wire(
     assert await response.content() == data
     response = await treq.get(f"{registry.url}/v2/_catalog")
     assert await response.json() == {"repositories": ["abandoned/app", "app", "other"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_old_upload_still_receiving_data_is_kept_and_a_bad_date_is_no_shield(
+    driver: FilesystemDriver, root: Path
+) -> None:
+    """Abandoned means idle: an upload started 3 hours ago whose data was written a moment
+    ago (a long upload of a large layer) stays under ``--age 1h``, and goes once its data is
+    idle as long.  An upload whose ``startedat`` does not parse is aged by its folder, as one
+    without it, instead of being kept for ever."""
+    busy = await old_upload(driver, "app")
+    data = root / layout.upload_data("app", busy)
+    data.write_bytes(b"some of a large layer")
+    odd = await old_upload(driver, "other")
+    (root / layout.upload_started_at("other", odd)).write_bytes(b"yesterday-ish")
+    month_ago = time.time() - 30 * 86400
+    os.utime(root / layout.upload_dir("other", odd), (month_ago, month_ago))
+    assert await purge_uploads(driver, 3600, time.time()) == 1
+    uploads = UploadStore(driver, BlobStore(driver))
+    assert await uploads.exists("app", busy)
+    assert not await uploads.exists("other", odd)
+    three_hours_ago = time.time() - 3 * 3600
+    os.utime(data, (three_hours_ago, three_hours_ago))
+    assert await purge_uploads(driver, 3600, time.time()) == 1
+    assert not await uploads.exists("app", busy)

@@ -97,6 +97,10 @@ async def old_upload(driver: FilesystemDriver, name: str) -> str:
     started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=3)
     stamp = started.isoformat().replace("+00:00", "Z").encode()
     await driver.put_content(layout.upload_started_at(name, upload), stamp)
+    # Idle since then: nothing written to its data either.
+    data = os.path.join(driver.root, layout.upload_data(name, upload))
+    if os.path.exists(data):
+        os.utime(data, (started.timestamp(), started.timestamp()))
     return upload
 
 
