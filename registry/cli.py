@@ -378,7 +378,34 @@ async def run_gc(
     await _check_caches_configured(driver, {proxy.name for proxy in proxies})
     proxied = proxied_names(proxies)
     collector = GarbageCollector(driver, options, started_at, clock=reactor, proxied=proxied)
-    reporter = _reporter(reactor, args, term, lambda: gc_progress(collector.stats))
+    ended: Deferred[None] = Deferred()
+
+    def on_signal() -> Deferred[None]:
+        # SIGTERM, SIGINT (a systemd timeout, a cancelled CI job, Ctrl-C): the reactor waits
+        # for the run to withdraw its marker and record itself, then the command exits 1.
+        if not ended.called:
+            term.progress("gc: stopping on a signal: no delete more; recording the run")
+            collector.stop()
+        return ended
+
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", on_signal)
+    try:
+        return await _run_collector(collector, driver, options, args, started, started_at, term)
+    finally:
+        reactor.removeSystemEventTrigger(trigger)
+        ended.callback(None)
+
+
+async def _run_collector(
+    collector: GarbageCollector,
+    driver: IStorageDriver,
+    options: GCOptions,
+    args: argparse.Namespace,
+    started: float,
+    started_at: float,
+    term: Terminal,
+) -> int:
+    reporter = _reporter(collector.clock, args, term, lambda: gc_progress(collector.stats))
     try:
         await collector.run()
     except GCBusy as exc:
@@ -394,6 +421,8 @@ async def run_gc(
         raise
     finally:
         reporter.stop()
+    if collector.stopped:
+        collector.stats.errors.append("stopped by a signal before its end")
     if args.verbose and args.dry_run:
         # A real run logs each deletion as it happens (at info level, shown with -v).
         for name, digest in collector.doomed_revisions:

@@ -202,6 +202,9 @@ class GarbageCollector:
     _marker: gcguard.RunMarker | None = attrs.field(default=None, init=False)
     # The marker was taken over during the sweep: nothing more is deleted.
     _lost: bool = attrs.field(default=False, init=False)
+    # Set by `stop` (a signal to the command): no storage call more before the sweep, no
+    # delete more in it.
+    stopped: bool = attrs.field(default=False, init=False)
 
     @property
     def cutoff(self) -> float:
@@ -299,8 +302,15 @@ class GarbageCollector:
     async def _list(self, path: str) -> list[str]:
         return await list_or_empty(self.driver, path)
 
+    def stop(self) -> None:
+        """End the run soon and cleanly: before the sweep it aborts (nothing deleted), in the
+        sweep the deletes under way finish and no other begins; the marker is withdrawn."""
+        self.stopped = True
+
     async def _turn(self) -> None:
         """Before a storage call: every _TURN_EVERY calls, one turn of the reactor."""
+        if self.stopped and self.stats.phase != "sweep":
+            raise GCAborted("stopped by a signal")
         self._since_turn += 1
         if self.clock is None or self._since_turn < _TURN_EVERY:
             return
@@ -647,7 +657,7 @@ class GarbageCollector:
             digest = Digest.parse(digest_text)
             await self._turn()
             await self._keep_announced()
-            if self._lost:
+            if self._lost or self.stopped:
                 break
             doomed = gcguard.revision_doomed_path(name, digest)
             try:
@@ -720,7 +730,7 @@ class GarbageCollector:
     async def _delete_blob(self, candidate: _Candidate) -> None:
         digest = Digest.parse(candidate.digest)
         await self._keep_announced()
-        if self._lost:
+        if self._lost or self.stopped:
             return
         try:
             # Rewritten since it was examined (a new upload of the same content): keep it.

@@ -9,6 +9,7 @@ import datetime
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -499,3 +500,53 @@ async def test_gc_starts_on_a_full_disk_with_the_room_kept_for_it(
     result = await cli("gc", "--config", str(config))
     assert result.code == 0, result
     assert reserve.stat().st_size == RESERVE_SIZE
+
+
+def _orphans(root: Path, count: int) -> None:
+    """``count`` blobs no repository links, written an hour and more ago."""
+    old = time.time() - 7200
+    for i in range(count):
+        digest = Digest.parse(scenario.sha256(f"orphan {i}".encode()))
+        data = root / layout.blob_data(digest)
+        data.parent.mkdir(parents=True)
+        data.write_bytes(b"x")
+        os.utime(data, (old, old))
+    (root / layout.REPOSITORIES).mkdir(parents=True, exist_ok=True)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_gc_stopped_by_a_signal_withdraws_records_and_exits_1(
+    tmp_path: Path, signal_number: int
+) -> None:
+    """A systemd timeout, a cancelled CI job, Ctrl-C in the sweep: the deletes stop, the run
+    marker goes (writers stop paying for a run that is over), the run is recorded with an
+    error, and the command exits 1 with a line saying so, no traceback."""
+    root = tmp_path / "data"
+    _orphans(root, 4000)
+    config = write_config(tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(root)}})
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    environment["PYTHONPATH"] = str(REPO_ROOT)
+    command = [sys.executable, "-m", "registry.cli", "gc", "--config", str(config)]
+    command += ["--concurrency", "1", "--progress-interval", "0.05"]
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    )
+    try:
+        assert child.stderr is not None
+        for _ in range(20_000):  # until the sweep has begun (bounded: stderr ends at exit)
+            line = child.stderr.readline()
+            if not line or ("deleted" in line and "blobs" in line):
+                break
+        child.send_signal(signal_number)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 1, (out, err)
+    assert "gc: stopping on a signal: no delete more; recording the run" in err
+    assert "Traceback" not in err and "GeneratorExit" not in err
+    assert not (root / gcguard.RUNNING).exists()
+    status = json.loads((root / gcstatus.STATUS_PATH).read_bytes())
+    assert status["errors"] == 1
+    left = len(list((root / layout.BLOBS).glob("*/*/*/data")))
+    assert 0 < left < 4000
