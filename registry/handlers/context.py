@@ -37,9 +37,6 @@ from registry.sync.status import SyncBoard
 LOCAL_DRIVERS = ("filesystem", "inmemory")
 # The largest page a client may ask for with ``n`` (tags, catalog, referrers).
 MAX_PAGE = 10_000
-# The catalog's page without ``n``: a client that does not page (registry:2's default is
-# 100) gets a bounded answer and a ``Link`` to the rest, not every name in one response.
-DEFAULT_PAGE = 1000
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
 from registry.api.digests import Digest
-from registry.api.errors import RegistryError
+from registry.api.errors import MANIFEST_UNKNOWN, NAME_UNKNOWN, RegistryError
 from registry.client._bounded import BoundedMap
 from registry.handlers.context import RegistryContext
 from registry.manifests import DEFAULT_URL_POLICY, ParsedManifest, parse_manifest
@@ -81,7 +81,15 @@ async def stored_manifest(
 
         manifests = ctx.manifests
         if isinstance(manifests, RoutingManifestStore):
-            return await manifests.local.get(router.local_name(name), reference)
+            try:
+                return await manifests.local.get(router.local_name(name), reference)
+            except RegistryError as exc:
+                if exc.code not in (MANIFEST_UNKNOWN, NAME_UNKNOWN):
+                    raise
+                # An index's platform nobody pulled, say: linked from its index's page.
+                why = "not in the cache yet: it is shown here once a client pulls it"
+                detail = {"name": name, "reference": str(reference), "reason": why}
+                raise RegistryError(MANIFEST_UNKNOWN, detail) from None
     return await ctx.manifests.get(name, reference)
 
 

@@ -80,5 +80,11 @@ async def test_a_cached_manifest_page_needs_no_upstream(
         assert response.code == 200, page[:500]
         assert "could not be listed" not in page
         assert "No signatures, SBOMs or attestations." in page
+        # A manifest the cache does not hold says so (an index's platform nobody pulled).
+        response, body = await fetch(
+            f"{registry.url}/ui/r/docker.io/library/alpine/-/manifest/sha256:{'0' * 64}"
+        )
+        assert response.code == 404
+        assert b"not in the cache yet: it is shown here once a client pulls it" in body
     finally:
         await fake.come_up()

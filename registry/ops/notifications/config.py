@@ -35,10 +35,12 @@ ACTIONS = ("push", "pull", "mount", "delete")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-# What describes the POST itself: the registry writes these.
-_FRAMING_HEADERS = frozenset(
-    ["content-length", "transfer-encoding", "host", "connection", "content-type", "te", "trailer"]
-)
+# What frames the POST itself: a second one would make the receiver read the body wrong (or
+# the rest of it as another request).
+_FRAMING_HEADERS = frozenset(["content-length", "transfer-encoding", "host", "trailer"])
+# Headers the registry writes for each POST: configured ones are left out (said at start-up).
+# registry:2 sends a configured Content-Type beside its own; a receiver reads either.
+REGISTRY_HEADERS = frozenset(["content-type", "connection", "te"])
 
 
 def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
@@ -55,8 +57,6 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
         if "\r" in value or "\n" in value:
             raise ValueError(f"header {name} has a line break in its value")
         if name.lower() in _FRAMING_HEADERS:
-            # Two of them would make the receiver read the body wrong (or read the rest as
-            # another request); registry:2 drops them silently.
             raise ValueError(f"header {name} is set by the registry for each POST")
         headers.append((name, value.strip()))
     return tuple(headers)

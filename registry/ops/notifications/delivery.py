@@ -33,7 +33,7 @@ from twisted.web.iweb import IResponse
 
 from registry import __version__
 from registry.http.body_head import read_head
-from registry.ops.notifications.config import EndpointConfig
+from registry.ops.notifications.config import REGISTRY_HEADERS, EndpointConfig
 from registry.ops.notifications.events import EVENTS_MEDIA_TYPE, envelope
 from registry.ops.notifications.queue import DurableQueue, Entry
 
@@ -86,6 +86,14 @@ class Endpoint:
             # Firewalls and WAFs often refuse requests without one.
             self._headers.addRawHeader(b"user-agent", f"txregistry/{__version__}".encode())
         for name, value in config.headers:
+            if name.lower() in REGISTRY_HEADERS:
+                log.warn(
+                    "notifications: {endpoint}: header {header} is the registry's to send;"
+                    " the configured one is left out",
+                    endpoint=config.name,
+                    header=name,
+                )
+                continue
             # UTF-8, as registry:2 (Go) sends a header value.
             self._headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
 
