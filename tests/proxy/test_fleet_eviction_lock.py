@@ -134,6 +134,29 @@ async def _stop(running: Fleet) -> None:
         instance.wait_stopped()
 
 
+async def _two_on_the_front(
+    tmp_path: Path,
+    s3_server: S3Server,
+    s3_front: RecordingFront,  # noqa: F811
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,  # noqa: F811
+    space_wait: str,
+) -> Fleet:
+    """Two instances started, room for two layers, instance 0's S3 behind the front."""
+    running = Fleet(
+        tmp_path,
+        s3_server,
+        redis_server,
+        fake.url,
+        size=2,
+        max_size=str(2 * LAYER),
+        space_wait=space_wait,
+    )
+    _front_for_first(running, s3_front)
+    await _start(running)
+    return running
+
+
 def _evicting(running: Fleet, digest: str) -> Deferred[Pull]:
     """A cold pull through instance 0, whose room needs an eviction: it stops at the
     eviction's first delete (held at the S3 front) with the fleet's lock taken."""
@@ -152,17 +175,7 @@ async def test_an_instance_killed_while_evicting_does_not_stop_the_fleet_caching
     lock stays, renewed), then is killed (kill -9): the lock lapses within ``[fleet] lease``
     and instance 1's cold fill gets room and is kept, instead of waiting ``space_wait`` and
     being served without being kept while a dead instance's lock lasts."""
-    running = Fleet(
-        tmp_path,
-        s3_server,
-        redis_server,
-        fake.url,
-        size=2,
-        max_size=str(2 * LAYER),
-        space_wait="20s",
-    )
-    _front_for_first(running, s3_front)
-    await _start(running)
+    running = await _two_on_the_front(tmp_path, s3_server, s3_front, redis_server, fake, "20s")
     try:
         digests = await _fill_two(running, fake, redis_server)
         s3_front.hold(deleting)
@@ -264,17 +277,7 @@ async def test_room_reserved_after_a_slow_eviction_counts_for_the_whole_fill(
     body held upstream), so instance 1's cold fill meanwhile evicts the other cached layer
     instead of finding room that is already promised: what the fleet stores stays within
     ``max_size`` (two layers), and the layer evicted for it is gone from the index."""
-    running = Fleet(
-        tmp_path,
-        s3_server,
-        redis_server,
-        fake.url,
-        size=2,
-        max_size=str(2 * LAYER),
-        space_wait="60s",
-    )
-    _front_for_first(running, s3_front)
-    await _start(running)
+    running = await _two_on_the_front(tmp_path, s3_server, s3_front, redis_server, fake, "60s")
     monitor = redis_server.monitor()
     try:
         digests = await _fill_two(running, fake, redis_server)
