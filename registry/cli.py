@@ -430,9 +430,9 @@ async def _run_collector(
         for digest in collector.candidates:
             term.progress(f"gc: would delete blob {digest}")
     stats = collector.stats
+    await _record_gc(driver, options, stats, started_at, term)
     if options.reserve and not options.dry_run:
         await keep_reserve(driver)  # the room a collection on a full disk starts with
-    await _record_gc(driver, options, stats, started_at, term)
     for line in gc_summary(stats, args.dry_run, args.delete_untagged, time.monotonic() - started):
         term.summary(line)
     return EXIT_FAILED if stats.errors else EXIT_OK
@@ -538,8 +538,9 @@ async def run_purge_uploads(
     finally:
         reporter.stop()
     term.summary(
-        f"purge-uploads: purged {format_count(removed)} uploads older than "
-        f"{format_seconds(age)} in {format_seconds(time.monotonic() - started)}"
+        f"purge-uploads: purged {format_count(removed)} upload{'' if removed == 1 else 's'}"
+        f" idle for longer than {format_seconds(age)}"
+        f" in {format_seconds(time.monotonic() - started)}"
     )
     return EXIT_OK
 

@@ -252,7 +252,11 @@ class GarbageCollector:
                 # The marker and the first `doomed` files need a little room: the reserve
                 # kept for this (`registry.storage.reserve`), if there is one.
                 if not (self.options.reserve and await release_reserve(self.driver)):
-                    raise
+                    raise GCAborted(
+                        "the disk is full and holds no room kept for a collection"
+                        f" ({RESERVE}): free a few KiB (a run writes a small marker before"
+                        " it deletes) and run again"
+                    ) from None
                 log.warn(
                     "gc: the disk is full: removed the {size} bytes kept for a collection"
                     " ({path}) to start; written back once there is room",

@@ -22,7 +22,7 @@ STATUS_PATH = f"{layout.OWN}/gc/last.json"
 async def record(
     driver: IStorageDriver, options: GCOptions, stats: GCStats, started: float, finished: float
 ) -> None:
-    status = {
+    status: dict[str, Any] = {
         "started": started,
         "finished": finished,
         "dry_run": options.dry_run,
@@ -34,10 +34,21 @@ async def record(
         "bytes_to_free": stats.bytes_to_free,
         "manifests_deleted": stats.revisions_deleted,
         "errors": len(stats.errors),
-        # The registry's own space (blob data) once the run ended, for the storage page.
-        "blobs_stored": stats.blobs_stored,
-        "bytes_stored": stats.bytes_stored,
     }
+    if stats.phase in ("mark", "examine"):
+        # Stopped before every blob was looked at: its counts are a part of the registry.
+        # The figures of the run that counted (the storage page, the metrics) stay.
+        previous = await last(driver) or {}
+        for key in ("blobs_stored", "bytes_stored", "stored_as_of"):
+            if key in previous:
+                status[key] = previous[key]
+        if "blobs_stored" in previous and "stored_as_of" not in previous:
+            status["stored_as_of"] = previous.get("finished")
+    else:
+        # The registry's own space (blob data) once the run ended, for the storage page.
+        status["blobs_stored"] = stats.blobs_stored
+        status["bytes_stored"] = stats.bytes_stored
+        status["stored_as_of"] = finished
     await driver.put_content(STATUS_PATH, json.dumps(status, sort_keys=True).encode())
 
 

@@ -49,6 +49,10 @@ async def upload_folders(
             yield f"{layout.repository(name)}/_uploads"
 
 
+# How far ahead of this host's clock a ``startedat`` may be (another host's clock).
+_CLOCK_SKEW = 300.0
+
+
 def _parse_started(text: str) -> float | None:
     try:
         value = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
@@ -60,7 +64,7 @@ def _parse_started(text: str) -> float | None:
 
 
 async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
-    """Delete uploads older than ``age`` seconds; returns how many were removed."""
+    """Delete uploads idle for longer than ``age`` seconds; returns how many were removed."""
     removed = 0
     folders = IEmptyFolders(driver, None)
     async for folder in upload_folders(driver):
@@ -75,6 +79,8 @@ async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
                 started = _parse_started((await driver.get_content(f"{upload}/startedat")).decode())
             except (PathNotFoundError, NotAFileError, UnicodeDecodeError):
                 started = None
+            if started is not None and started > now + _CLOCK_SKEW:
+                started = None  # a date to come (a host's clock ahead, junk) is no date
             try:
                 if started is None:  # no date, or one that does not parse: the folder's
                     started = (await driver.stat(upload)).modified

@@ -101,7 +101,8 @@ def space_used(status: dict[str, Any] | None) -> str:
     """
     if status is None:
         return "not known yet: txregistry gc counts it"
-    stored, count, finished = (status.get(k) for k in ("bytes_stored", "blobs_stored", "finished"))
+    stored, count = status.get("bytes_stored"), status.get("blobs_stored")
+    finished = status.get("stored_as_of", status.get("finished"))  # the run that counted them
     if not isinstance(stored, int) or not isinstance(count, int):
         return "not known yet: the last gc did not count it"
     when = _format.date(float(finished)) if isinstance(finished, int | float) else "—"

@@ -339,7 +339,7 @@ async def test_purge_uploads(driver: FilesystemDriver, root: Path, config: Path)
     os.utime(root / layout.upload_data("app", old), (started.timestamp(), started.timestamp()))
     result = await cli("purge-uploads", "--config", str(config), "--age", "2h")
     assert result.code == 0, result
-    assert result.out.startswith("purge-uploads: purged 1 uploads older than 2h in ")
+    assert result.out.startswith("purge-uploads: purged 1 upload idle for longer than 2h in ")
     assert not await uploads.exists("app", old)
     assert await uploads.exists("other", fresh)
 
@@ -485,6 +485,16 @@ async def test_gc_starts_on_a_full_disk_with_the_room_kept_for_it(
     driver = FilesystemDriver(str(root), reactor, thread_pool)
     content = await scenario.build_aged(driver, root)
     config = write_config(tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(root)}})
+    # Before this version served the data (no reserve yet): what to do, in one line.
+    filler = fill(small_disk)
+    result = await cli("gc", "--config", str(config))
+    assert result.code == 1, result
+    assert result.err.strip().splitlines()[-1] == (
+        "txregistry gc: gc aborted, nothing deleted: the disk is full and holds no room kept"
+        f" for a collection ({RESERVE}): free a few KiB (a run writes a small marker before"
+        " it deletes) and run again"
+    )
+    filler.unlink()
     (tmp_path / "run").mkdir()
     registry = await start_in_process(tmp_path / "run", {"storage": {"rootdirectory": str(root)}})
     reserve = root / RESERVE

@@ -65,7 +65,9 @@ async def test_purge_uploads_over_s3(storage: S3Storage) -> None:
     )
     result = await cli("purge-uploads", "--config", str(storage.config), "--age", "2h")
     assert result.code == 0, result
-    assert result.out.startswith("purge-uploads: purged 1 uploads older than 2h in "), result
+    assert result.out.startswith("purge-uploads: purged 1 upload idle for longer than 2h in "), (
+        result
+    )
     assert "Traceback" not in result.err
     assert not await uploads.exists("app", old)
     assert await uploads.exists("other", fresh)
@@ -86,12 +88,16 @@ async def test_purge_uploads_removes_what_writers_left_over_s3(storage: S3Storag
 
     result = await cli("purge-uploads", "--config", str(storage.config), "--age", "2h")
     assert result.code == 0, result
-    assert result.out.startswith("purge-uploads: purged 0 uploads older than 2h in "), result
+    assert result.out.startswith("purge-uploads: purged 0 uploads idle for longer than 2h in "), (
+        result
+    )
     assert [key for key, _ in await driver._uploads_under(orphan)] == [orphan]
 
     result = await cli("purge-uploads", "--config", str(storage.config), "--age", "0s")
     assert result.code == 0, result
-    assert result.out.startswith("purge-uploads: purged 2 uploads older than 0.0 s in "), result
+    assert result.out.startswith(
+        "purge-uploads: purged 2 uploads idle for longer than 0.0 s in "
+    ), result
     assert "Traceback" not in result.err
     assert await driver._uploads_under(driver._key(layout.repository("app"))) == []
     assert (

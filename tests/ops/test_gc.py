@@ -19,7 +19,8 @@ from twisted.python.threadpool import ThreadPool
 from registry.api import mediatypes as mt
 from registry.api.digests import Digest
 from registry.manifests.references import manifest_refs
-from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, collect_garbage
+from registry.ops import gcstatus
+from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, GCStats, collect_garbage
 from registry.ops.progress import CountingDriver
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
@@ -376,3 +377,23 @@ async def test_delete_untagged_reads_each_tag_history_once(driver: FilesystemDri
     # (tag, revision) pairs that have no entry.
     moved_away = tags * (moves - 1)
     assert counting.requested == len(untagged) + moved_away + stats.blobs_deleted + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_stopped_before_it_counted_keeps_the_last_counted_size() -> None:
+    """The storage page and the txregistry_gc_last_run_*_stored gauges show the registry's
+    size as the last run that looked at every blob counted it: a run stopped in its mark (a
+    signal, an S3 outage) is recorded with its error, not with a size of 0 B."""
+    driver = MemoryDriver()
+    counted = GCStats(phase="done", blobs_examined=70, bytes_examined=4900)
+    await gcstatus.record(driver, GCOptions(), counted, 100.0, 110.0)
+    stopped = GCStats(phase="mark", errors=["the run stopped: stopped by a signal"])
+    await gcstatus.record(driver, GCOptions(), stopped, 200.0, 201.0)
+    status = await gcstatus.last(driver)
+    assert status is not None
+    assert (status["finished"], status["errors"]) == (201.0, 1)
+    assert (status["blobs_stored"], status["bytes_stored"], status["stored_as_of"]) == (
+        70,
+        4900,
+        110.0,
+    )

@@ -121,10 +121,14 @@ async def test_an_old_upload_still_receiving_data_is_kept_and_a_bad_date_is_no_s
     (root / layout.upload_started_at("other", odd)).write_bytes(b"yesterday-ish")
     month_ago = time.time() - 30 * 86400
     os.utime(root / layout.upload_dir("other", odd), (month_ago, month_ago))
-    assert await purge_uploads(driver, 3600, time.time()) == 1
+    ahead = await old_upload(driver, "third")  # a start to come: a clock ahead, or junk
+    (root / layout.upload_started_at("third", ahead)).write_bytes(b"2999-01-01T00:00:00Z")
+    os.utime(root / layout.upload_dir("third", ahead), (month_ago, month_ago))
+    assert await purge_uploads(driver, 3600, time.time()) == 2
     uploads = UploadStore(driver, BlobStore(driver))
     assert await uploads.exists("app", busy)
     assert not await uploads.exists("other", odd)
+    assert not await uploads.exists("third", ahead)
     three_hours_ago = time.time() - 3 * 3600
     os.utime(data, (three_hours_ago, three_hours_ago))
     assert await purge_uploads(driver, 3600, time.time()) == 1

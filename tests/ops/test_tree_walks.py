@@ -117,7 +117,7 @@ async def test_commands_on_a_very_deep_folder(
     make_deep(repositories)
     result = run_cli("purge-uploads", "--config", str(config), "--age", "1h")
     assert result.code == 0, result
-    assert result.out.startswith("purge-uploads: purged 1 uploads older than 1h in ")
+    assert result.out.startswith("purge-uploads: purged 1 upload idle for longer than 1h in ")
     assert result.err == ""
     assert not await UploadStore(driver, BlobStore(driver)).exists("app", upload)
     result = run_cli("catalog-rebuild", "--config", str(config))
@@ -152,7 +152,7 @@ async def test_commands_do_not_follow_a_symbolic_link_loop(
     assert result.err.splitlines() == [f"{line}repositories/"]
     result = run_cli("purge-uploads", "--config", str(config), "--age", "1h")
     assert result.code == 0, result
-    assert result.out.startswith("purge-uploads: purged 1 uploads older than 1h in ")
+    assert result.out.startswith("purge-uploads: purged 1 upload idle for longer than 1h in ")
     assert result.err.splitlines() == [f"{line}repositories/"]
 
 
