@@ -64,6 +64,7 @@ from registry.server.workers import (
     failures_per_worker,
     workers_probe,
 )
+from registry.storage.driver import StorageFull
 from registry.storage.factory import build_driver
 from registry.storage.hash_offload import HashThreads
 from registry.storage.reserve import keep_reserve
@@ -144,7 +145,19 @@ def _serving(
 
     async def probe() -> None:
         try:
-            await probe_storage(driver, readonly=config.maintenance.readonly)
+            try:
+                await probe_storage(driver, readonly=config.maintenance.readonly)
+            except StorageFull as exc:
+                # A restart on a full disk (a reboot, a deploy) still serves pulls, as a
+                # registry whose disk fills while it runs does; writes answer 503 with the
+                # reason, and the storage readiness check fails, until there is room.
+                log.warn(
+                    "storage {where} is full ({error}): serving pulls; pushes answer 503"
+                    " until there is room (txregistry gc frees it: docs/operations.md)",
+                    where=where,
+                    error=describe(exc),
+                )
+                await probe_storage(driver, readonly=True)
         except Exception as exc:
             raise StartupError(f"cannot use storage {where}: {describe(exc)}") from exc
         for check in checks or ():  # each raises StartupError with its one line

@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 import treq
 from treq.response import _Response
+from twisted.logger import formatEvent, globalLogPublisher
 
 from registry.api import mediatypes as mt
 from tests.e2e.client import (
@@ -178,6 +179,41 @@ async def test_full_disk_answers_503_and_leaves_nothing_behind(
     response, body = await get(f"{url}/v2/{name}/manifests/latest")
     assert (response.code, body) == (200, second)
     assert temporary_files(small_disk) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registry_started_on_a_full_disk_serves_pulls(
+    small_disk: Path, start_registry: Starter
+) -> None:
+    """A restart on a full disk (a reboot, a deploy) starts, with one warning, and serves
+    what is stored; a push is a 503 naming the full disk (registry:2 starts too)."""
+    first = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    name, body = "team/app", samples.oci_image()
+    for blob in (samples.CONFIG, samples.LAYER_1, samples.LAYER_2):
+        await push_blob(first.url, name, blob)
+    response = await put_manifest(first.url, name, "latest", body)
+    assert response.code == 201, await response.text()
+    await first.stop()
+    fill(small_disk)
+
+    logs: list[str] = []
+    observer = lambda event: logs.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    response, got = await get(f"{registry.url}/v2/{name}/manifests/latest")
+    assert (response.code, got) == (200, body)
+    response, got = await get(f"{registry.url}/v2/{name}/blobs/{sha256(samples.LAYER_1)}")
+    assert (response.code, got) == (200, samples.LAYER_1)
+    await no_space(await treq.post(f"{registry.url}/v2/{name}/blobs/uploads/"))
+    [line] = [line for line in logs if "is full" in line]
+    assert line.startswith(f"storage {small_disk} is full (no space left on device")
+    assert line.endswith(
+        "): serving pulls; pushes answer 503 until there is room (txregistry gc frees it:"
+        " docs/operations.md)"
+    )
 
 
 @pytest_twisted.ensureDeferred
