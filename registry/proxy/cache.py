@@ -1327,11 +1327,13 @@ class ProxyCache:
                 await self.ledger.push(self.fleet_index(), self.now())
             else:
                 await self.ledger.unreserve(digest)
-        except RedisUnavailable as exc:  # released by the next push, or lapses
+        except RedisUnavailable as exc:  # sent by the next push (a reservation lapses)
             log_redis(
                 log,
                 exc,
-                "proxy {upstream}: releasing the room reserved for {digest}: Redis: {error}",
+                "proxy {upstream}: recording {digest} in the fleet's index: Redis: {error}"
+                if stored
+                else "proxy {upstream}: releasing the room reserved for {digest}: Redis: {error}",
                 upstream=self.name,
                 digest=digest,
                 error=str(exc),

@@ -75,14 +75,13 @@ async def stored_manifest(
     pages show what the cache holds and never ask its upstream: a page view is no pull (it
     would count in the cache's figures, and send upstream requests at the rate pages are
     viewed)."""
-    router = router_of(ctx)
-    if router is not None and router.route(name) is not None:
+    if source_of(ctx, name) is not None:
         from registry.proxy.routing import RoutingManifestStore
 
         manifests = ctx.manifests
         if isinstance(manifests, RoutingManifestStore):
             try:
-                return await manifests.local.get(router.local_name(name), reference)
+                return await manifests.local.get(local_name(ctx, name), reference)
             except RegistryError as exc:
                 if exc.code not in (MANIFEST_UNKNOWN, NAME_UNKNOWN):
                     raise
@@ -98,13 +97,12 @@ async def stored_referrers(
 ) -> tuple[list[dict[str, Any]], bool]:
     """One page of the referrers stored here for ``subject`` (see `stored_manifest`: a
     cached repository's are those the cache holds), and whether there are more."""
-    router = router_of(ctx)
-    if router is not None and router.route(name) is not None:
+    if source_of(ctx, name) is not None:
         from registry.proxy.routing import RoutingReferrers
 
         referrers = ctx.referrers
         if isinstance(referrers, RoutingReferrers):
-            return await referrers.local.page(router.local_name(name), subject)
+            return await referrers.local.page(local_name(ctx, name), subject)
     return await ctx.referrers.page(name, subject)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import json
 import os
 from collections import deque
@@ -127,7 +128,7 @@ def read_and_adopt(path: str, others: list[str], fsync: bool) -> tuple[LogConten
             pending.append((last, event))
         damaged += contents.damaged
         counts.append(len(contents.pending))
-    _write(path, b"", pending, fsync)
+    _replace(path, pending, fsync)
     for other in others:
         os.remove(other)
     return LogContents(pending, last, damaged), counts
@@ -148,17 +149,18 @@ def _event_lines(entries: list[Entry]) -> bytes:
     return b"".join(b"E %d %s\n" % (seq, event) for seq, event in entries)
 
 
-def _write(path: str, data: bytes, entries: list[Entry] | None, fsync: bool) -> None:
-    """Append ``data`` to the log or, given ``entries``, replace the log with them
-    (atomically: a new file renamed over it; one that could not be written whole is
-    removed, so that it holds no space on a full disk)."""
-    if entries is None:
-        with open(path, "ab") as file:
-            file.write(data)
-            if fsync:
-                file.flush()
-                os.fsync(file.fileno())
-        return
+def _append(path: str, data: bytes, fsync: bool) -> None:
+    """Append ``data`` to the log."""
+    with open(path, "ab") as file:
+        file.write(data)
+        if fsync:
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def _replace(path: str, entries: list[Entry], fsync: bool) -> None:
+    """Replace the log with ``entries`` (atomically: a new file renamed over it; one that
+    could not be written whole is removed, so that it holds no space on a full disk)."""
     temp = path + ".new"
     try:
         with open(temp, "wb") as file:
@@ -368,17 +370,15 @@ class DurableQueue:
             or self._rewrite
             or (self._file_done >= _COMPACT_MIN and self._file_done * 2 > self._file_events)
         )
-        entries: list[Entry] | None = None
         if compact:
             # Formatted in the pool's thread: a backlog is tens of megabytes of lines.
-            entries = list(self.pending)
+            write = functools.partial(_replace, self.path, list(self.pending), self._fsync)
             self._file_events, self._file_done = len(self.pending), 0
-        data = b"".join(self._buffer)
+        else:
+            write = functools.partial(_append, self.path, b"".join(self._buffer), self._fsync)
         self._buffer, self._rewrite = [], False
         try:
-            await deferToThreadPool(
-                self._reactor, self._pool, _write, self.path, data, entries, self._fsync
-            )
+            await deferToThreadPool(self._reactor, self._pool, write)
         except OSError as exc:
             # A full disk or a lost mount: the events are still in memory, so the next flush
             # rewrites the whole log instead of appending to a file missing some records.
