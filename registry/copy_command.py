@@ -361,7 +361,7 @@ async def run(
         what = (
             f"the registry refused to cancel the upload {kept[0].split('?')[0]}"
             + (f" (and {len(kept) - 1} more)" if len(kept) > 1 else "")
-            + "; its bytes stay until the registry purges old uploads"
+            + "; it may keep its bytes until it purges old uploads"
             if kept
             else "nothing half-written was kept"
         )

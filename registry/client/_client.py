@@ -333,8 +333,8 @@ class RegistryClient:
         self.origin = self.session.origin
         self.max_manifest_size = max_manifest_size
         self.docker_hub_library = maps_to_library(self.url, docker_hub_library)
-        # Sessions an interrupted or failed upload left open because the registry refused
-        # their DELETE (their partial bytes stay until the registry purges old uploads).
+        # Sessions an interrupted or failed upload may have left open: the registry refused
+        # their DELETE (their partial bytes may stay until the registry purges old uploads).
         self.uncancelled_uploads: list[str] = []
         # Sessions being cancelled after the call that opened them was (`start_upload`).
         self._cleanups: set[Deferred[None]] = set()
@@ -993,9 +993,10 @@ class RegistryClient:
         """DELETE the session at its latest ``location`` (registry:2 refuses an older one).
 
         A 404 ``BLOB_UPLOAD_UNKNOWN`` is not an error: the session is gone either way.  Any
-        other 404 (registry:2's ``BLOB_UPLOAD_INVALID``, for a location whose state no longer
-        matches the bytes it holds, as after a cut-off PUT or PATCH) is raised: the session and
-        its bytes are still there."""
+        other 404 is raised: the registry did not say the session is gone.  (registry:2 answers
+        ``BLOB_UPLOAD_INVALID`` for a location whose state no longer matches the bytes it holds,
+        as after a cut-off PUT or PATCH, and removes the session while refusing; a request of
+        its own still writing may then leave bytes behind.)"""
         try:
             response = await self.session.call(
                 "DELETE",
