@@ -429,7 +429,7 @@ class UiApp:
                         position = i + 1
                         break
         if size is None:
-            size = (await self.ctx.blobs.stat(name, digest)).size
+            size = await _data.stored_blob_size(self.ctx, name, digest)
         content = _pages.layer(
             name, manifest_ref, str(digest), media_type, size, created_by, position
         )

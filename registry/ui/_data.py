@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
 from registry.api.digests import Digest
-from registry.api.errors import MANIFEST_UNKNOWN, NAME_UNKNOWN, RegistryError
+from registry.api.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, NAME_UNKNOWN, RegistryError
 from registry.client._bounded import BoundedMap
 from registry.handlers.context import RegistryContext
 from registry.manifests import DEFAULT_URL_POLICY, ParsedManifest, parse_manifest
@@ -90,6 +90,25 @@ async def stored_manifest(
                 detail = {"name": name, "reference": str(reference), "reason": why}
                 raise RegistryError(MANIFEST_UNKNOWN, detail) from None
     return await ctx.manifests.get(name, reference)
+
+
+async def stored_blob_size(ctx: RegistryContext, name: str, digest: Digest) -> int:
+    """The size of a blob this registry stores under ``name`` (see `stored_manifest`: a cached
+    repository's are those the cache holds; the page never asks the upstream)."""
+    if source_of(ctx, name) is not None:
+        from registry.proxy.routing import RoutingBlobStore
+
+        blobs = ctx.blobs
+        if isinstance(blobs, RoutingBlobStore):
+            try:
+                return (await blobs.local.stat(local_name(ctx, name), digest)).size
+            except RegistryError as exc:
+                if exc.code not in (BLOB_UNKNOWN, NAME_UNKNOWN):
+                    raise
+                why = "not in the cache yet: it is shown here once a client pulls it"
+                detail = {"name": name, "digest": str(digest), "reason": why}
+                raise RegistryError(BLOB_UNKNOWN, detail) from None
+    return (await ctx.blobs.stat(name, digest)).size
 
 
 async def stored_referrers(

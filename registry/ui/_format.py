@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import time
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,23 +58,35 @@ MAX_TEXT = 1024
 
 
 # Characters that change how the text around them reads without being seen themselves:
-# controls other than tab and newline, bidirectional overrides and isolates, zero-width ones.
-# A pusher chooses every config value a page shows, so these are shown as escapes.
-_UNSEEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+# controls other than tab and newline, format characters (bidirectional marks, overrides and
+# isolates, zero-width ones, tag characters), line and paragraph separators, unassigned and
+# private-use code points.  A pusher chooses every config value a page shows, so these are
+# shown as escapes: exactly the characters `str.isprintable` refuses, apart from tab, newline
+# and space-like separators (which render as space).
+_KEPT = frozenset("\t\n")
+
+
+def _escape(char: str) -> str:
+    if char in _KEPT or unicodedata.category(char) == "Zs":
+        return char
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def visible(text: str) -> str:
-    """``text`` with each unseen character written as its ``\\uXXXX`` escape."""
-    return _UNSEEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    """``text`` with each unseen character written as its ``\\uXXXX`` (``\\UXXXXXXXX`` beyond
+    the first plane) escape."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
 
 
 def clip(text: str, limit: int = MAX_TEXT) -> str:
     """``text``, or its first ``limit`` characters and how many more there are; unseen
     characters shown as escapes."""
-    text = visible(text)
     if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+        return visible(text)
+    return f"{visible(text[:limit])}… ({len(text) - limit} more characters)"
 
 
 def listed(items: tuple[str, ...] | list[str], shown: int) -> str:

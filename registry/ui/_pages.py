@@ -6,6 +6,7 @@ the ``<main>`` content; `page` wraps it in the shared layout.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -289,14 +290,15 @@ def manifest(
             )
         )
     if annotations:
-        keys = sorted(annotations)
+        # The first keys in order, without sorting them all: a manifest may hold 100,000.
+        keys = heapq.nsmallest(MAX_ROWS, annotations)
         parts.append(
             tags.section(id="annotations")(
                 tags.h2("Annotations"),
                 _definitions(
                     [(_format.clip(k, 200), _format.clip(annotations[k])) for k in keys[:MAX_ROWS]]
                 ),
-                _more(MAX_ROWS, len(keys), "annotations"),
+                _more(MAX_ROWS, len(annotations), "annotations"),
             )
         )
     if config is not None:
@@ -417,10 +419,10 @@ REFERRER_NOTES = 3
 def _referrer_notes(annotations: Any) -> list[str]:
     if not isinstance(annotations, dict):
         return []
-    keys = sorted(annotations)
-    notes = [f" · {_format.clip(f'{k}={annotations[k]}', 100)}" for k in keys[:REFERRER_NOTES]]
-    if len(keys) > REFERRER_NOTES:
-        notes.append(f" · {len(keys) - REFERRER_NOTES} more annotations")
+    keys = heapq.nsmallest(REFERRER_NOTES, annotations)
+    notes = [f" · {_format.clip(f'{k}={annotations[k]}', 100)}" for k in keys]
+    if len(annotations) > REFERRER_NOTES:
+        notes.append(f" · {len(annotations) - REFERRER_NOTES} more annotations")
     return notes
 
 

@@ -342,12 +342,16 @@ async def test_queues_of_no_configured_endpoint_are_named_at_start(
     captured_logs: list[str],  # noqa: F811
 ) -> None:
     """A section renamed, removed or disabled leaves its queue undelivered: one line says
-    which files.  Those of the configured endpoints (a worker's too) are not named."""
+    which files, with how many events.  Those of the configured endpoints (a worker's too)
+    are not named, nor logs with nothing left to deliver."""
     root = tmp_path / "data"
     queues = root / "notifications"
     queues.mkdir(parents=True)
     for name in ("ci.log", "ci.worker1.log", "old.log", "audit.worker2.log", "readme.txt"):
         (queues / name).write_bytes(b"E 1 " + _event(1) + b"\n")
+    (queues / "old.log").write_bytes(b"".join(b"E %d " % i + _event(i) + b"\n" for i in (1, 2)))
+    (queues / "empty.log").write_bytes(b"")
+    (queues / "delivered.log").write_bytes(b"E 1 " + _event(1) + b"\nD 1 1\n")
     sections = {
         "storage": {"rootdirectory": str(root)},
         "notifications:ci": endpoint(receiver.url),
@@ -358,6 +362,27 @@ async def test_queues_of_no_configured_endpoint_are_named_at_start(
     await registry.stop()
     [line] = [line for line in captured_logs if "belong to no configured endpoint" in line]
     assert line == (
-        f"notifications: audit.worker2.log, old.log in {queues} belong to no configured"
-        " endpoint (a section renamed, removed or disabled): their events are not delivered"
+        f"notifications: audit.worker2.log (1 event), old.log (2 events) in {queues} belong to"
+        " no configured endpoint (a section renamed, removed or disabled): their events are not"
+        " delivered"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_queues_left_when_no_endpoint_is_configured_are_named_at_start(
+    tmp_path: Path,
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    """Every endpoint section removed: the queue left behind is still named."""
+    root = tmp_path / "data"
+    queues = root / "notifications"
+    queues.mkdir(parents=True)
+    (queues / "ci.log").write_bytes(b"E 1 " + _event(1) + b"\n")
+    (tmp_path / "run").mkdir()
+    registry = await start_in_process(tmp_path / "run", {"storage": {"rootdirectory": str(root)}})
+    await registry.stop()
+    [line] = [line for line in captured_logs if "belong to no configured endpoint" in line]
+    assert line == (
+        f"notifications: ci.log (1 event) in {queues} belong to no configured endpoint (a"
+        " section renamed, removed or disabled): their events are not delivered"
     )

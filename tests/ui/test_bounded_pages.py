@@ -106,7 +106,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[content.Client
         _image_with_config(alice, "team/odd", "lying", lying, declared=2)
         deep = b"[" * 200_000 + b"]" * 200_000
         _image_with_config(alice, "team/odd", "deep", deep)
-        _image_with_config(alice, "team/odd", "rtl", _linux_config(Labels={"a": "txt\u202egpj"}))
+        hidden = {"a": "txt\u202egpj", "b": "x\u061cy", "c": "line\u2028two", "d": "tag\U000e0041"}
+        _image_with_config(alice, "team/odd", "rtl", _linux_config(Labels=hidden))
         # An index larger than a tag row reads (the manifest limit is 4 MiB).
         big = _index(alice, "team/big", [{"os": "linux", "architecture": "amd64"}])
         big["annotations"] = {"filler": "F" * (_data.MAX_DESCRIBED_SIZE + 1)}
@@ -243,6 +244,9 @@ def test_characters_that_hide_or_reverse_text_are_shown_as_escapes(
     assert status == 200
     assert "a=txt\\u202egpj" in body
     assert "\u202e" not in body
+    # An Arabic letter mark, a line separator, a tag character (beyond the first plane).
+    assert "b=x\\u061cy" in body and "c=line\\u2028two" in body and "d=tag\\U000e0041" in body
+    assert not {"\u061c", "\u2028", "\U000e0041"} & set(body)
 
 
 def test_a_manifest_larger_than_a_row_reads_is_listed_by_its_size(

@@ -95,9 +95,15 @@ async def test_cached_repositories_are_told_apart_and_the_cache_page_counts(
         f"/ui/r/docker.io/library/alpine/-/manifest/{image.digest}",
         "/ui/r/docker.io/library/alpine/-/manifest/latest",
         f"/ui/r/docker.io/library/alpine/-/layer/{image.layers[0].digest}?manifest={image.digest}",
+        f"/ui/r/docker.io/library/alpine/-/layer/{image.layers[1].digest}",
     ):
         response, body = await fetch(f"{url}{page}")
         assert response.code == 200, body
+    # A layer the cache does not hold (the upstream has it) is not fetched to be shown.
+    unpulled = fake.content.add_image("library/alpine", "edge", [1000]).layers[0].digest
+    response, body = await fetch(f"{url}/ui/r/docker.io/library/alpine/-/layer/{unpulled}")
+    assert response.code == 404, body
+    assert b"not in the cache yet" in body
     assert fake.count() == asked, fake.log[asked:]
     _, body = await fetch(f"{url}/ui/cache")
     assert definitions(body.decode())["Hit ratio"] == "20.0 % (1 of 5)"

@@ -6,11 +6,13 @@ See docs/notifications.md.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from registry.ops.notifications.config import (
     EndpointConfig,
     check_notifications,
+    leftover_queue_directory,
     parse_endpoints,
 )
 from registry.ops.notifications.events import EVENTS_MEDIA_TYPE, Notifier
@@ -31,10 +33,26 @@ def add_notifications(
 ) -> Notifier:
     """`registry.ops.notifications.service.add_notifications`, loaded when there are endpoints."""
     if not parse_endpoints(config):
+        if worker == 0 and _queue_logs_left(config):
+            from registry.ops.notifications import service
+
+            service.warn_leftover_queues(config)
         return Notifier()
     from registry.ops.notifications import service
 
     return service.add_notifications(config, reactor, parent, worker=worker, workers=workers)
+
+
+def _queue_logs_left(config: Config) -> bool:
+    """Whether the queue folder of a registry with no endpoint holds any log (cheap: the
+    delivery side is loaded only to read one)."""
+    directory = leftover_queue_directory(config)
+    if directory is None:
+        return False
+    try:
+        return any(name.endswith(".log") for name in os.listdir(directory))
+    except OSError:
+        return False
 
 
 def __getattr__(name: str) -> Any:

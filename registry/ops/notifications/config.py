@@ -199,6 +199,16 @@ def queue_directory(config: Config) -> str | None:
     )
 
 
+def leftover_queue_directory(config: Config) -> str | None:
+    """Where endpoint logs would be, without requiring a folder (an s3 registry without
+    ``queuedir`` and without endpoints has none)."""
+    if config.notifications.queuedir:
+        return config.notifications.queuedir
+    if config.storage.driver == "filesystem":
+        return os.path.join(config.storage.rootdirectory, "notifications")
+    return None
+
+
 def check_notifications(config: Config) -> list[EndpointConfig]:
     """Validate the notification settings (at option parsing, so that start-up stops early)."""
     endpoints = parse_endpoints(config)

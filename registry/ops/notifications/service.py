@@ -26,12 +26,13 @@ from registry.config import Config, ConfigError
 from registry.http.bounded_agent import bounded_agent
 from registry.http.twisted_internals import quiet_pool
 from registry.ops.notifications.config import (
+    leftover_queue_directory,
     parse_endpoints,
     queue_directory,
 )
 from registry.ops.notifications.delivery import Endpoint
 from registry.ops.notifications.events import Notifier
-from registry.ops.notifications.queue import DurableQueue
+from registry.ops.notifications.queue import DurableQueue, read_log
 
 log = Logger()
 
@@ -153,19 +154,47 @@ def orphan_queue_files(
     return [path for _, path in sorted(found)]
 
 
-def foreign_queue_files(directory: str, endpoints: list[str]) -> list[str]:
+def foreign_queue_files(directory: str, endpoints: list[str]) -> list[tuple[str, int]]:
     """The queue logs in ``directory`` that belong to none of ``endpoints`` (a section that
-    was renamed, removed or disabled): nothing delivers their events."""
+    was renamed, removed or disabled) and still hold events, with how many: nothing delivers
+    them.  (Read at start-up, before the reactor runs.)"""
     known = [re.compile(re.escape(name) + r"(\.worker[1-9][0-9]*)?\.log") for name in endpoints]
     try:
         names = os.listdir(directory)
     except OSError:
         return []
-    return sorted(
-        name
-        for name in names
-        if name.endswith(".log") and not any(p.fullmatch(name) for p in known)
-    )
+    found = []
+    for name in sorted(names):
+        if not name.endswith(".log") or any(p.fullmatch(name) for p in known):
+            continue
+        try:
+            waiting = len(read_log(os.path.join(directory, name)).pending)
+        except OSError:
+            continue
+        if waiting:
+            found.append((name, waiting))
+    return found
+
+
+def _warn_foreign(directory: str, endpoints: list[str]) -> None:
+    foreign = foreign_queue_files(directory, endpoints)
+    if foreign:
+        log.warn(
+            "notifications: {files} in {directory} belong to no configured endpoint (a"
+            " section renamed, removed or disabled): their events are not delivered",
+            files=", ".join(
+                f"{name} ({count} event{'' if count == 1 else 's'})" for name, count in foreign
+            ),
+            directory=directory,
+        )
+
+
+def warn_leftover_queues(config: Config) -> None:
+    """With no endpoint configured: name the queues still holding events (the endpoints'
+    sections were all removed or disabled)."""
+    directory = leftover_queue_directory(config)
+    if directory is not None:
+        _warn_foreign(directory, [])
 
 
 def _probe_write(directory: str) -> None:
@@ -188,6 +217,8 @@ def add_notifications(
     """
     endpoints = parse_endpoints(config)
     if not endpoints:
+        if worker == 0:
+            warn_leftover_queues(config)
         return Notifier()
     directory = queue_directory(config)
     if directory is not None:
@@ -202,14 +233,8 @@ def add_notifications(
             )
             reason = (exc.strerror or str(exc)).lower()
             raise ConfigError(f"{key}: cannot write in {directory}: {reason}") from None
-        foreign = foreign_queue_files(directory, [e.name for e in endpoints])
-        if foreign and worker == 0:
-            log.warn(
-                "notifications: {files} in {directory} belong to no configured endpoint (a"
-                " section renamed, removed or disabled): their events are not delivered",
-                files=", ".join(foreign),
-                directory=directory,
-            )
+        if worker == 0:
+            _warn_foreign(directory, [e.name for e in endpoints])
     pool = ThreadPool(minthreads=1, maxthreads=1, name="registry-notifications")
     connections = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
     client = HTTPClient(bounded_agent(reactor, pool=connections))
