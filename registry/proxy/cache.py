@@ -191,6 +191,13 @@ SPACE_POLL = 1.0
 LOCK_RETRY = 0.02
 # Upstream referrers lists read at once per cache (`ProxyCache.referrers`).
 REFERRER_READS = 2
+# A blob whose upstream body failed its digest (or its length) this many times in a row, each
+# within ``BAD_BODY_AGE`` seconds of the last, is answered 502 without asking again until
+# that time has passed since the last: a client's retries (docker makes five) would otherwise
+# each fetch the whole bad body, and its user would see only bodies cut short.  One retry
+# still asks: the upstream may have been repaired meanwhile.
+BAD_BODIES = 2
+BAD_BODY_AGE = 30.0
 
 
 @attrs.frozen
@@ -251,6 +258,9 @@ class ProxyCache:
     # Blobs whose stored data was hashed by this process (at fill or on a full read): later
     # reads skip the hashing, which would halve the throughput of warm pulls.
     _verified: BoundedMap[str, bool] = attrs.field(init=False)
+    # Blobs whose last upstream bodies could not be trusted: how many in a row, and why
+    # (`BAD_BODIES`).
+    _bad_bodies: BoundedMap[tuple[str, Digest], tuple[int, str]] = attrs.field(init=False)
     # Room reserved under max_size by the fills in flight here (registry.proxy.space).
     space: Reservations = attrs.field(init=False)
     # Until the index is read back from storage, sizes and the eviction order are not known
@@ -273,6 +283,7 @@ class ProxyCache:
         self._confirmed = BoundedMap(clock, limits.remembered, limits.confirmation_age)
         self._checked = BoundedMap(clock, limits.remembered, None)
         self._verified = BoundedMap(clock, limits.remembered, None)
+        self._bad_bodies = BoundedMap(clock, limits.remembered, BAD_BODY_AGE)
         self.space = Reservations(clock)
         if self.fleet is not None:
             leases = self.fleet.leases
@@ -303,6 +314,7 @@ class ProxyCache:
             "confirmed": len(self._confirmed),
             "checked": len(self._checked),
             "verified": len(self._verified),
+            "bad_bodies": len(self._bad_bodies),
             "tokens": len(self.client.tokens),
             **self.index.tables(),
         }
@@ -795,6 +807,15 @@ class ProxyCache:
         for _attempt in range(2):
             fill = self._fills.get(digest)
             if fill is None:
+                bad = self._bad_bodies.get((upstream, digest))
+                if bad is not None and bad[0] >= BAD_BODIES:
+                    raise RegistryError(
+                        UNAVAILABLE,
+                        {**detail, "upstream": bad[1]},
+                        "upstream answer cannot be trusted: its body is not this blob",
+                        status=502,
+                        headers={"Retry-After": str(int(BAD_BODY_AGE))},
+                    )
                 if len(self._fills) >= self.limits.inflight:
                     raise overloaded(detail)
                 path = f"{self.fills_dir}/{digest.algorithm}-{digest.hex}-{uuid.uuid4().hex}"
@@ -935,6 +956,10 @@ class ProxyCache:
             fill.notify()
             if isinstance(exc, UpstreamError):
                 self._upstream_failed("blob GET", upstream, str(digest), exc)
+                if isinstance(exc, UpstreamBadResponse):
+                    before = self._bad_bodies.get((upstream, digest))
+                    times = 1 if before is None else before[0] + 1
+                    self._bad_bodies.put((upstream, digest), (times, str(exc)))
             elif isinstance(exc, RedisUnavailable):
                 log_redis(
                     log,

@@ -121,6 +121,35 @@ async def test_broken_upstream_stream_leaves_no_visible_blob(
     assert fake.count("GET", "cdn", ref=layer.digest) == 2
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_blob_whose_upstream_body_is_wrong_twice_is_answered_502_meanwhile(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Two bodies in a row that are not the blob: a client's further retries are answered
+    502 with the reason, without fetching the whole bad body each time; a retry after one
+    bad body still asks (the upstream may have been repaired)."""
+    image = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = image.layers[0]
+    registry = await proxied()
+    url = f"{registry.url}/v2/alpine/blobs/{layer.digest}"
+    fake.switches.corrupt_blobs = True
+    for _attempt in range(2):
+        status, body = await _try_get(url)
+        assert status == 200 and body is None  # cut before its last byte
+        await wait_for(lambda: not fill_files(storage_root(registry)))
+    assert fake.count("GET", "cdn", ref=layer.digest) == 2
+    response, body = await fetch(url)
+    assert response.code == 502, body
+    assert response.headers.getRawHeaders("Retry-After") == ["30"]
+    [error] = json.loads(body)["errors"]
+    assert error["code"] == "UNAVAILABLE"
+    assert error["message"] == "upstream answer cannot be trusted: its body is not this blob"
+    assert error["detail"]["digest"] == layer.digest
+    assert error["detail"]["upstream"].startswith("body hashes to sha256:")
+    assert error["detail"]["upstream"].endswith(f", not {layer.digest}")
+    assert fake.count("GET", "cdn", ref=layer.digest) == 2
+
+
 def record_hashing_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the threads that hash from now on (one entry per hashed piece)."""
     threads: list[str] = []
