@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -287,7 +288,23 @@ class RegistryRequest(server.Request):
     def write(self, data: bytes) -> None:
         if self.answered_early:
             return  # the early answer was the whole response
+        if self._reset_unseen():
+            return
         super().write(data)  # type: ignore[no-untyped-call]
+
+    def finish(self) -> None:
+        if self._reset_unseen():
+            return
+        super().finish()  # type: ignore[no-untyped-call]
+
+    def _reset_unseen(self) -> bool:
+        """An HTTP/2 stream the client reset in the read twisted.web is still handing over
+        (`twisted_internals.h2_stream_closed`): the request is lost now, as it will be told,
+        rather than written to a stream that no longer exists."""
+        if self._disconnected or not twisted_internals.h2_stream_closed(self.channel):
+            return False
+        self.connectionLost(Failure(ConnectionLost("HTTP/2 stream reset by the client")))
+        return True
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_started = True

@@ -78,6 +78,18 @@ def _h2_stream() -> type[Any] | None:
 _H2_STREAM: type[Any] | None = _h2_stream()
 
 
+def _h2_closed_errors() -> tuple[type[Exception], ...]:
+    """What the h2 library raises for a stream that is closed (or never was open)."""
+    try:
+        from h2.exceptions import StreamClosedError, StreamIDTooLowError
+    except ImportError:
+        return ()
+    return (StreamClosedError, StreamIDTooLowError)
+
+
+_H2_CLOSED: tuple[type[Exception], ...] = _h2_closed_errors()
+
+
 def pending_request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
     """
     Method, target and version of the HTTP/1.x request whose body is being read.  twisted.web
@@ -137,6 +149,26 @@ def h2_connection(stream: object) -> object | None:
         return None
     conn: object = stream._conn
     return conn
+
+
+def h2_stream_closed(stream: object) -> bool:
+    """
+    Whether ``stream`` is an HTTP/2 stream the client has already reset at the protocol level
+    while twisted.web has not told its request yet: it hands a read's events over one by one,
+    so a request answered as it arrives (`/v2/`, say) is written before the reset that came
+    in the same read reaches it.  Writing then raises inside twisted.web, and ending the
+    stream stops the connection's sending loop for good (every later stream on it hangs).
+    """
+    conn = h2_connection(stream)
+    if conn is None:
+        return False
+    state: Any = getattr(conn, "conn", None)  # the h2 library's H2Connection
+    h2_stream: Any = stream
+    try:
+        state.local_flow_control_window(h2_stream.streamID)
+    except _H2_CLOSED:
+        return True
+    return False
 
 
 def proxied_transport(transport: object) -> object | None:
@@ -307,6 +339,13 @@ def problems() -> list[str]:
         found.append(f"{_qualname(_PROXY_PRODUCER)} no longer keeps its transport in _producer")
     if _H2_STREAM is not None and not _assigned_in(_H2_STREAM, "__init__", "_conn"):
         found.append(f"{_qualname(_H2_STREAM)} no longer keeps its connection in _conn")
+    if _H2_STREAM is not None and not _assigned_in(_H2_STREAM, "__init__", "streamID"):
+        found.append(f"{_qualname(_H2_STREAM)} no longer keeps its id in streamID")
+    if _H2_STREAM is not None:
+        from twisted.web._http2 import H2Connection
+
+        if not _assigned_in(H2Connection, "__init__", "conn"):
+            found.append(f"{_qualname(H2Connection)} no longer keeps h2's connection in conn")
     # Read by RegistryRequest itself: whether the client left.  (Its write of
     # _parsePOSTFormSubmission = False is not checked: a Twisted without it, 24.7 included,
     # parses form bodies, which the registry never receives.)

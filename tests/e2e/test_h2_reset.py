@@ -112,6 +112,64 @@ def test_a_reset_stream_is_a_client_leaving(tmp_path: Path) -> None:
         child.stop()
 
 
+def _answers(sock: ssl.SSLSocket, conn: h2.connection.H2Connection, stream: int) -> bytes:
+    """The status and body of ``stream``, once it ended (bounded reads)."""
+    status, body = b"", b""
+    for _ in range(MAX_READS):
+        data = sock.recv(65536)
+        assert data, "connection closed"
+        events = conn.receive_data(data)
+        for event in events:
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                status = dict(event.headers)[b":status"]
+            if isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, stream)
+        sock.sendall(conn.data_to_send())
+        if any(isinstance(e, h2.events.StreamEnded) and e.stream_id == stream for e in events):
+            return status + b" " + body
+    raise AssertionError(f"stream {stream} never ended")
+
+
+def test_a_request_reset_as_it_is_sent_leaves_the_connection_serving(tmp_path: Path) -> None:
+    """
+    A request and its reset in one read (a client cancelling at once): the answer twisted.web
+    would write before it hands over the reset is not written to the dead stream, and the
+    next streams on the connection get whole answers.  (Writing it stopped the connection's
+    sending loop: later streams got their headers and never a body.)
+    """
+    key = pki.new_key("ec")
+    cert = pki.certificate("127.0.0.1", key, server=True)
+    child, _, cert_path, _ = start_tls_registry(
+        tmp_path, {"workers": "1", "http2": "true"}, pki.pem_cert(cert), pki.pem_key(key)
+    )
+    try:
+        port = child.wait_listening()
+        context = ssl.create_default_context(cafile=cert_path)
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            sock.sendall(conn.data_to_send())
+            # Answered as it arrives (no storage read): /v2/, and an unknown name's 404.
+            for stream, path in ((1, "/v2/"), (3, "/v2/nobody/here/tags/list")):
+                conn.send_headers(stream, headers(path), end_stream=True)
+                conn.reset_stream(stream)
+                sock.sendall(conn.data_to_send())
+            for stream, path in ((5, "/v2/"), (7, "/v2/")):
+                conn.send_headers(stream, headers(path), end_stream=True)
+                sock.sendall(conn.data_to_send())
+                assert _answers(sock, conn, stream) == b"200 {}"
+        child.wait_for(re.compile(r"access method=GET path=/v2/ status=200 bytes=2 "))
+        log = "".join(child.output)
+        assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
+        assert "critical" not in log, log[-3000:]
+    finally:
+        child.stop()
+
+
 def _bytes_read(pid: int) -> int:
     """What the process has read so far (``rchar``: files and sockets alike)."""
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
