@@ -78,18 +78,6 @@ def _h2_stream() -> type[Any] | None:
 _H2_STREAM: type[Any] | None = _h2_stream()
 
 
-def _h2_closed_errors() -> tuple[type[Exception], ...]:
-    """What the h2 library raises for a stream that is closed (or never was open)."""
-    try:
-        from h2.exceptions import StreamClosedError, StreamIDTooLowError
-    except ImportError:
-        return ()
-    return (StreamClosedError, StreamIDTooLowError)
-
-
-_H2_CLOSED: tuple[type[Exception], ...] = _h2_closed_errors()
-
-
 def pending_request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
     """
     Method, target and version of the HTTP/1.x request whose body is being read.  twisted.web
@@ -164,11 +152,9 @@ def h2_stream_closed(stream: object) -> bool:
         return False
     state: Any = getattr(conn, "conn", None)  # the h2 library's H2Connection
     h2_stream: Any = stream
-    try:
-        state.local_flow_control_window(h2_stream.streamID)
-    except _H2_CLOSED:
-        return True
-    return False
+    # h2 keeps a stream it closed until it tidies up, then forgets it: closed either way.
+    known = state.streams.get(h2_stream.streamID)
+    return known is None or bool(known.closed)
 
 
 def proxied_transport(transport: object) -> object | None:
@@ -346,6 +332,7 @@ def problems() -> list[str]:
 
         if not _assigned_in(H2Connection, "__init__", "conn"):
             found.append(f"{_qualname(H2Connection)} no longer keeps h2's connection in conn")
+        found += _h2_library_problems()
     # Read by RegistryRequest itself: whether the client left.  (Its write of
     # _parsePOSTFormSubmission = False is not checked: a Twisted without it, 24.7 included,
     # parses form bodies, which the registry never receives.)
@@ -378,6 +365,20 @@ def problems() -> list[str]:
         found.append(f"{_qualname(_CONNECTION_POOL)}._factory no longer names a Factory class")
     elif not _uses(_CONNECTION_POOL, "_newConnection", "_factory"):
         found.append(f"{_qualname(_CONNECTION_POOL)} no longer builds connections from _factory")
+    return found
+
+
+def _h2_library_problems() -> list[str]:
+    """What `h2_stream_closed` reads of the h2 library: its connection's ``streams`` and a
+    stream's ``closed``."""
+    import h2.connection
+    import h2.stream
+
+    found = []
+    if not _assigned_in(h2.connection.H2Connection, "__init__", "streams"):
+        found.append("h2.connection.H2Connection no longer keeps its streams in streams")
+    if not isinstance(getattr(h2.stream.H2Stream, "closed", None), property):
+        found.append("h2.stream.H2Stream.closed is gone")
     return found
 
 
