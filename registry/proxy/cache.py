@@ -9,7 +9,9 @@ upstream gone, and the usual tools (garbage collection, registry:2 itself) under
 Tags are revalidated with an upstream HEAD (Docker Hub does not count HEADs against its rate
 limit) at most every ``tag_freshness`` seconds; by-digest content never goes upstream once
 cached.  When the upstream fails (down, slow, 429, 5xx) a cached tag is served stale and the
-event logged; only with nothing cached does the client get the error.
+event logged; only with nothing cached does the client get the error.  A cached tag the
+upstream answers 404 for is removed here (`ProxyCache._forget_tag`), so that no outage later
+serves it again.
 
 With a fleet (``fleet``, `registry.proxy.fleet`), a fill first takes the blob's lease in Redis;
 when another instance holds it, the client is served from that instance's fill as it arrives
@@ -255,6 +257,10 @@ class ProxyCache:
     # (upstream name, digest) -> size: the upstream said this repository has this blob.
     _confirmed: BoundedMap[tuple[str, Digest], int] = attrs.field(init=False)
     _checked: BoundedMap[tuple[str, str], float] = attrs.field(init=False)
+    # (local name, tag) -> the upstream's 404: cached tags the upstream deleted (`_forget_tag`),
+    # still answered 404 while the upstream is down rather than 503 (its last answer, as a
+    # cached tag is served stale); forgotten when the upstream has the tag again.
+    _gone: BoundedMap[tuple[str, str], str] = attrs.field(init=False)
     # Blobs whose stored data was hashed by this process (at fill or on a full read): later
     # reads skip the hashing, which would halve the throughput of warm pulls.
     _verified: BoundedMap[str, bool] = attrs.field(init=False)
@@ -282,6 +288,7 @@ class ProxyCache:
         self._revalidations = Inflight(limits.inflight)
         self._confirmed = BoundedMap(clock, limits.remembered, limits.confirmation_age)
         self._checked = BoundedMap(clock, limits.remembered, None)
+        self._gone = BoundedMap(clock, limits.remembered, None)
         self._verified = BoundedMap(clock, limits.remembered, None)
         self._bad_bodies = BoundedMap(clock, limits.remembered, BAD_BODY_AGE)
         self.space = Reservations(clock)
@@ -313,6 +320,7 @@ class ProxyCache:
             "revalidations": len(self._revalidations),
             "confirmed": len(self._confirmed),
             "checked": len(self._checked),
+            "gone": len(self._gone),
             "verified": len(self._verified),
             "bad_bodies": len(self._bad_bodies),
             "tokens": len(self.client.tokens),
@@ -1053,17 +1061,32 @@ class ProxyCache:
             return cached
         try:
             current = await self._revalidations.run(
-                key, lambda: self._revalidate(local, upstream, tag, cached)
+                key, lambda: self._revalidate(local, upstream, tag, cached, digest is not None)
             )
         except Overloaded:
             raise overloaded({"name": local, "reference": tag}) from None
         except (UpstreamNotFound, UpstreamAccessDenied) as exc:
             # Gone upstream, or refused to us there (a private, deleted or revoked repository:
-            # Docker Hub answers these alike): answered as missing, never served stale.
+            # Docker Hub answers these alike): answered as missing, never served stale.  A
+            # tag gone upstream is forgotten here too (`_revalidate`); a refusal keeps it, as
+            # a credential mistake must not wipe the cached tags.
             self._upstream_failed("manifest HEAD", upstream, tag, exc)
             raise upstream_error(exc, MANIFEST_UNKNOWN, {"name": local, "reference": tag}) from None
         except UpstreamError as exc:
             self._upstream_failed("manifest revalidation", upstream, tag, exc)
+            gone = self._gone.get(key) if cached is None else None
+            if gone is not None:
+                # Deleted upstream when it last answered: still missing, not "unavailable".
+                log.warn(
+                    "proxy {upstream}: answering {name}:{tag} 404 as the upstream last did: "
+                    "{reason}",
+                    upstream=self.name,
+                    name=local,
+                    tag=tag,
+                    reason=str(exc),
+                )
+                detail = {"name": local, "reference": tag, "upstream": gone}
+                raise RegistryError(MANIFEST_UNKNOWN, detail) from None
             if cached is None:
                 raise upstream_error(
                     exc, MANIFEST_UNKNOWN, {"name": local, "reference": tag}
@@ -1088,12 +1111,25 @@ class ProxyCache:
         return stored
 
     async def _revalidate(
-        self, local: str, upstream: str, tag: str, cached: StoredManifest | None
+        self, local: str, upstream: str, tag: str, cached: StoredManifest | None, linked: bool
     ) -> Digest:
         """The tag's current digest upstream, its manifest cached.  A HEAD when something is
-        cached (free on Docker Hub), a GET only for content we do not have."""
+        cached (free on Docker Hub), a GET only for content we do not have.  ``linked``: the
+        tag exists here, to be forgotten if the upstream no longer has it."""
+        key = (local, tag)
+        try:
+            if cached is not None:
+                head = await self.client.manifest(upstream, tag, "HEAD")
+            else:
+                fetched = await self.client.manifest(upstream, tag, "GET")
+        except UpstreamNotFound as exc:
+            if linked or key in self._gone:
+                self._gone.put(key, exc.reason[:300])
+            if linked:
+                await self._forget_tag(local, tag)
+            raise
+        self._gone.pop(key)
         if cached is not None:
-            head = await self.client.manifest(upstream, tag, "HEAD")
             if head.digest == cached.digest:
                 self._checked.put((local, tag), self.now())
                 return head.digest
@@ -1103,12 +1139,38 @@ class ProxyCache:
                 self._checked.put((local, tag), self.now())
                 return head.digest
             fetched = await self.client.manifest(upstream, str(head.digest), "GET")
-        else:
-            fetched = await self.client.manifest(upstream, tag, "GET")
         self.stats.misses += 1
         stored = await self._store_manifest(local, fetched, tag)
         self._checked.put((local, tag), self.now())
         return stored.digest
+
+    async def _forget_tag(self, local: str, tag: str) -> None:
+        """The upstream answered 404 for a cached tag: remove the tag here, as a tag delete
+        on registry:2 does, so that an outage later (stale-if-error, the tag list's fallback)
+        cannot bring it back.  The manifest and its blobs stay, for eviction or a gc.  Only
+        the tag's own 404 does this (a 404 for a digest the tag pointed at is no answer
+        about the tag), inside the revalidation all its waiters share, so a tag stored again
+        meanwhile is not removed by a late waiter."""
+        self._checked.pop((local, tag))
+        try:
+            removed = await self.tags.remove(local, tag)
+        except (StorageError, RegistryError) as exc:
+            # The client's answer is still the upstream's 404; the next 404 tries again.
+            log.warn(
+                "proxy {upstream}: could not forget {name}:{tag}, gone upstream: {error}",
+                upstream=self.name,
+                name=local,
+                tag=tag,
+                error=str(exc),
+            )
+            return
+        if removed:
+            log.info(
+                "proxy {upstream}: {name}:{tag} is gone upstream; removed the cached tag",
+                upstream=self.name,
+                name=local,
+                tag=tag,
+            )
 
     async def _store_manifest(
         self, local: str, fetched: UpstreamManifest, tag: str | None
