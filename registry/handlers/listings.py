@@ -23,9 +23,17 @@ async def list_tags(ctx: RegistryContext, request: IRequest, route: Route) -> by
     last = query(request, "last")
     tags, more = await ctx.tags.list_tags(route.name, n, last)
     headers = {}
+    # The repository as the client named it (the spec's ``name``), also in the next page's
+    # link, which keeps containerd's ``?ns=`` so that the page comes from the same upstream.
+    name = route.requested_name
     if more and tags:
-        headers["Link"] = next_link(f"/v2/{route.name}/tags/list", n, tags[-1])
-    return responses.json_body(request, 200, {"name": route.name, "tags": tags}, headers)
+        headers["Link"] = next_link(f"/v2/{name}/tags/list", n, tags[-1], **_namespace(route))
+    return responses.json_body(request, 200, {"name": name, "tags": tags}, headers)
+
+
+def _namespace(route: Route) -> dict[str, str]:
+    """The ``ns`` query a next-page link carries on (containerd's upstream namespace)."""
+    return {"ns": route.namespace} if route.namespace else {}
 
 
 # The catalog's page when the client sends no ``n`` (registry:2 answers 100): bounded, with
@@ -75,7 +83,11 @@ async def list_referrers(ctx: RegistryContext, request: IRequest, route: Route) 
     if more and descriptors:
         extra = {"artifactType": artifact_type} if artifact_type is not None else {}
         headers["Link"] = next_link(
-            f"/v2/{route.name}/referrers/{subject}", n, descriptors[-1]["digest"], **extra
+            f"/v2/{route.requested_name}/referrers/{subject}",
+            n,
+            descriptors[-1]["digest"],
+            **_namespace(route),
+            **extra,
         )
     return responses.json_body(
         request,

@@ -40,6 +40,17 @@ class Route:
     kind: Kind
     name: str = ""
     reference: str = ""  # tag or digest text for manifests; digest for blobs/referrers; id
+    # Set by a rewriter (`IRouteRewriter`: containerd's ``?ns=``): the namespace honoured, and
+    # the repository as the request named it when ``name`` became another.  Answers that name
+    # the repository (a tag list's ``name``) or link to the next page use these, as the client
+    # knows the repository by its own name.
+    namespace: str = ""
+    requested: str = ""
+
+    @property
+    def requested_name(self) -> str:
+        """The repository as the request's path named it."""
+        return self.requested or self.name
 
     @property
     def digest(self) -> Digest:

@@ -106,8 +106,12 @@ class ProxyRouter:
             )
         request.setHeader("OCI-Namespace", namespace)
         if route.name.startswith(namespace + "/"):
-            return route
-        return attrs.evolve(route, name=f"{namespace}/{route.name}")
+            return attrs.evolve(route, namespace=namespace)
+        # The stores are asked for the prefixed name; the answers still name the requested
+        # repository (`Route.requested_name`).
+        return attrs.evolve(
+            route, name=f"{namespace}/{route.name}", namespace=namespace, requested=route.name
+        )
 
 
 def refuse_write(name: str, allow: str = "GET, HEAD") -> RegistryError:

@@ -277,3 +277,61 @@ async def test_clients_asking_for_referrers_together_queue_for_the_upstream(
     answers = await gatherResults(asking)
     assert [response.code for response, _ in answers] == [200] * 5
     assert all(json.loads(body)["manifests"] == [signature] for _, body in answers)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tag_lists_with_containerds_ns_name_the_requested_repository(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """``?ns=docker.io`` (containerd's mirror requests) selects the upstream, but the list's
+    ``name`` is the repository the request named, and each page's ``Link`` keeps the ``ns``
+    so that the next page comes from the same upstream."""
+    for tag in ["v1", "v2", "v3"]:
+        fake.content.add_image("library/app", tag, [1000], seed=tag)
+    registry = await proxied()
+    url = registry.url
+    response, body = await fetch(f"{url}/v2/library/app/tags/list?ns=docker.io")
+    assert response.code == 200
+    assert header(response, "oci-namespace") == "docker.io"
+    assert body == b'{"name":"library/app","tags":["v1","v2","v3"]}'
+    response, body = await fetch(f"{url}/v2/library/app/tags/list?ns=docker.io&n=2")
+    assert body == b'{"name":"library/app","tags":["v1","v2"]}'
+    link = header(response, "link")
+    assert link == '</v2/library/app/tags/list?ns=docker.io&last=v2&n=2>; rel="next"'
+    response, body = await fetch(url + link[1 : link.index(">")])
+    assert response.code == 200
+    assert header(response, "oci-namespace") == "docker.io"
+    assert body == b'{"name":"library/app","tags":["v3"]}'
+    assert header(response, "link") is None
+    # Named with the prefix, with or without ns: the name as asked; the link as asked.
+    response, body = await fetch(f"{url}/v2/docker.io/library/app/tags/list?ns=docker.io&n=2")
+    assert body == b'{"name":"docker.io/library/app","tags":["v1","v2"]}'
+    assert header(response, "link") == (
+        '</v2/docker.io/library/app/tags/list?ns=docker.io&last=v2&n=2>; rel="next"'
+    )
+    response, body = await fetch(f"{url}/v2/docker.io/library/app/tags/list?n=2")
+    assert body == b'{"name":"docker.io/library/app","tags":["v1","v2"]}'
+    assert header(response, "link") == (
+        '</v2/docker.io/library/app/tags/list?last=v2&n=2>; rel="next"'
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_pages_with_containerds_ns_link_with_the_ns(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    image = fake.content.add_image(A, "latest", [1000], oci=True)
+    size = len(image.manifest)
+    first, second = sorted(
+        [_referrer(fake, image.digest, size, SIGNATURE), _referrer(fake, image.digest, size, SBOM)],
+        key=lambda d: str(d["digest"]),
+    )
+    registry = await proxied()
+    path = f"/v2/{A}/referrers/{image.digest}"
+    response, body = await fetch(f"{registry.url}{path}?ns=docker.io&n=1")
+    assert json.loads(body)["manifests"] == [first]
+    link = header(response, "link")
+    assert link == f'<{path}?ns=docker.io&last={quote(str(first["digest"]))}&n=1>; rel="next"'
+    response, body = await fetch(registry.url + link[1 : link.index(">")])
+    assert header(response, "oci-namespace") == "docker.io"
+    assert json.loads(body)["manifests"] == [second]
