@@ -15,11 +15,17 @@ Which part of a response the bytes belong to is Twisted's parser's state, read t
 
 from __future__ import annotations
 
+import ipaddress
 import weakref
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -152,10 +158,33 @@ class _HeadLimitEndpoint:
         return connecting.addCallback(unwrapped)
 
 
+def tcp_endpoint(
+    reactor: Any, host: str, port: int, timeout: float | None = None
+) -> IStreamClientEndpoint:
+    """The TCP endpoint to ``host``: connecting straight to an IP address, a host name through
+    `HostnameEndpoint` (name resolution, then its addresses one after the other).
+
+    An IP address never goes through `HostnameEndpoint`: it reports a failed attempt only
+    once its next attempt is due (``attemptDelay``, 0.3 s), even with no other address to try,
+    so every request to an upstream that refuses connections (down, restarting) would wait
+    that long for its 503.  A scoped IPv6 address (``fe80::1%eth0``) is left to name
+    resolution, which understands the scope."""
+    options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    try:
+        address = ipaddress.ip_address(host) if "%" not in host else None
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv4Address):
+        return TCP4ClientEndpoint(reactor, host, port, **options)
+    if isinstance(address, ipaddress.IPv6Address):
+        return TCP6ClientEndpoint(reactor, host, port, **options)
+    return HostnameEndpoint(reactor, host, port, **options)
+
+
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
-    """TCP for http, TLS under ``policy`` for https (as `Agent`'s own), head-limited, a
-    cancelled attempt reported as one (`registry.http.connecting`)."""
+    """TCP for http (`tcp_endpoint`), TLS under ``policy`` for https (as `Agent`'s own),
+    head-limited, a cancelled attempt reported as one (`registry.http.connecting`)."""
 
     def __init__(
         self, reactor: Any, policy: IPolicyForHTTPS, timeout: float | None, limit: int
@@ -170,8 +199,7 @@ class _Endpoints:
             host = uri.host.decode("ascii")
         except UnicodeDecodeError:
             raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
-        options: dict[str, Any] = {} if self._timeout is None else {"timeout": self._timeout}
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, uri.port, **options)
+        endpoint = tcp_endpoint(self._reactor, host, uri.port, self._timeout)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
         elif uri.scheme != b"http":
