@@ -44,7 +44,7 @@ from registry.proxy.routing import (
 from registry.proxy.stored import StoredIndex
 from registry.proxy.upstream import UpstreamClient
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageFull
 
 log = Logger()
 
@@ -59,17 +59,24 @@ class ProxyService(MultiService):
         # cleared or loaded before this instance may serve the storage.
         self._ready = ready
         self._started: Deferred[Any] | None = None
+        # The periodic writes (upstream, what) that last failed on a full disk: said once, not
+        # at every interval while the disk stays full, and said again when one works.
+        self._full: set[tuple[str, str]] = set()
         for cache in caches:
             config = cache.config
             TimerService(
-                config.flush_interval, self._guard, cache.flush_state, "flush"
+                config.flush_interval, self._guard, cache.flush_state, "flush", cache.name
             ).setServiceParent(self)
             TimerService(
-                config.evict_interval, self._guard, cache.evict, "eviction"
+                config.evict_interval, self._guard, cache.evict, "eviction", cache.name
             ).setServiceParent(self)
             TimerService(config.log_interval, self._log_summary, cache).setServiceParent(self)
             TimerService(
-                config.flush_interval, self._guard, self._flush_totals(cache), "counters flush"
+                config.flush_interval,
+                self._guard,
+                self._flush_totals(cache),
+                "counters flush",
+                cache.name,
             ).setServiceParent(self)
 
     def startService(self) -> None:
@@ -103,15 +110,28 @@ class ProxyService(MultiService):
 
         return flush
 
-    def _guard(self, call: Any, what: str) -> Deferred[Any]:
+    def _guard(self, call: Any, what: str, upstream: str) -> Deferred[Any]:
         async def run() -> None:
             if self._started is not None:
                 await self._started
             await call()
+            if (upstream, what) in self._full:
+                self._full.discard((upstream, what))
+                log.info("proxy {upstream}: {what} works again", upstream=upstream, what=what)
 
         def failed(f: Failure) -> None:
             if f.check(RedisUnavailable):  # one line: Redis away is no defect
                 log_redis(log, f.value, "proxy {what} failed: {e}", what=what, e=str(f.value))
+            elif f.check(StorageFull):
+                if (upstream, what) not in self._full:
+                    self._full.add((upstream, what))
+                    log.warn(
+                        "proxy {upstream}: {what} failed: {e} (tried again every interval;"
+                        " a line says when it works)",
+                        upstream=upstream,
+                        what=what,
+                        e=str(f.value),
+                    )
             else:
                 log_failure(log, f, "proxy {what} failed", what=what)
 

@@ -98,6 +98,10 @@ class CacheTotals:
         since = saved.get("since")
         if isinstance(since, int | float):
             self.since = float(since)
+            if self.base == counters:
+                # The file holds what a flush would write until this run counts something:
+                # not written again for nothing (on a full disk that write only fails).
+                self._written = {key: self.base.get(key, 0) for key in COUNTERS}
 
     async def flush(self, cache: ProxyCache) -> None:
         """Save the totals when they changed since the last write (and never before they

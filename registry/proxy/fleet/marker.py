@@ -20,6 +20,12 @@ A marker is stale, and taken over, when:
 
 So a killed instance delays a restart on another machine by at most ``STALE_AFTER``, and never
 forever.  Clocks of the instances' machines are compared: keep them in sync (NTP).
+
+On a full disk the marker cannot be written.  The cache still serves (what it holds is read,
+not written), so a start on a full disk checks the other instances' markers as usual and then
+serves without its own, and a running instance goes on serving: the marker is written at the
+first heartbeat that finds room, one line said when it cannot be written and one when it is.
+Until then a second instance started on this storage is not refused (docs/proxy.md).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -39,8 +46,9 @@ from twisted.logger import Logger
 from registry.failures import log_failure
 from registry.proxy.owners import running
 from registry.server.exit import StartupError
+from registry.server.probe import describe
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageFull
 
 log = Logger()
 
@@ -64,6 +72,9 @@ class InstanceMarker:
     claimed: bool = False
     # This instance's name when it is part of a fleet ([redis]); empty for a solo instance.
     fleet: str = ""
+    # Our marker could not be written for want of room (see the module docstring): the next
+    # heartbeat with room writes it.
+    unwritten: bool = False
 
     @property
     def path(self) -> str:
@@ -156,7 +167,7 @@ class InstanceMarker:
                 "[redis] cannot share it (configure the same [redis]); docs/proxy.md"
             )
         if self.fleet:
-            await self._write_membership(True)
+            await self._written(lambda: self._write_membership(True), starting=True)
             self.claimed = True
             return
         other = await self._read()
@@ -168,8 +179,30 @@ class InstanceMarker:
                 "instances share a cache only with [redis] (docs/proxy.md); if that instance "
                 f"is gone, start again after {self.heartbeat * 3:.0f}s"
             )
-        await self.driver.put_content(self.path, self._document())
+        await self._written(lambda: self.driver.put_content(self.path, self._document()), True)
         self.claimed = True
+
+    async def _written(self, write: Callable[[], Awaitable[None]], starting: bool = False) -> None:
+        """Run ``write`` (our marker, or our entry in the fleet's); a full disk leaves the
+        marker `unwritten`, said in one line, and serving goes on (the module docstring)."""
+        try:
+            await write()
+        except StorageFull as exc:
+            if self.unwritten:
+                return  # said already; the next heartbeat tries again
+            self.unwritten = True
+            # At a start on a full disk the storage probe's warning said the disk is full.
+            (log.info if starting else log.warn)(
+                "proxy: cannot write the cache instance marker in {where} ({error}): serving;"
+                " it is written once there is room, and until then another instance started"
+                " on this storage is not refused",
+                where=self.where,
+                error=describe(exc),
+            )
+            return
+        if self.unwritten:
+            self.unwritten = False
+            log.info("proxy: the cache instance marker in {where} is written", where=self.where)
 
     async def beat(self) -> None:
         if not self.claimed:
@@ -189,7 +222,7 @@ class InstanceMarker:
                 where=self.where,
             )
         if self.fleet:
-            await self._write_membership(True)
+            await self._written(lambda: self._write_membership(True))
             return
         other = await self._read()
         if other is not None and other.get("id") != self.ident and self._alive(other):
@@ -201,7 +234,7 @@ class InstanceMarker:
                 where=self.where,
             )
             return
-        await self.driver.put_content(self.path, self._document())
+        await self._written(lambda: self.driver.put_content(self.path, self._document()))
 
     async def release(self) -> None:
         if not self.claimed:
