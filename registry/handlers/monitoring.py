@@ -36,20 +36,28 @@ def live_answer(request: IRequest) -> bytes:
 
 
 async def ready_answer(ctx: RegistryContext, request: IRequest) -> bytes:
+    """503 while a check fails; 200 while every check passes, some perhaps degraded (a full
+    disk: pulls are served), with ``"status": "degraded"`` and their names for monitoring."""
     results = await ctx.health.run()
     failing = [result.name for result in results if not result.ok]
+    degraded = [result.name for result in results if result.ok and result.degraded]
     value: dict[str, Any] = {
-        "status": "unavailable" if failing else "ok",
+        "status": "unavailable" if failing else "degraded" if degraded else "ok",
         "checks": {result.name: result.as_json() for result in results},
     }
     if failing:
         value["failing"] = failing
+    if degraded:
+        value["degraded"] = degraded
     return responses.json_body(request, 503 if failing else 200, value)
 
 
 async def storage_answer(ctx: RegistryContext, request: IRequest) -> bytes:
-    """``/health`` as it always answered: ``{"status": "ok"}``, or 503 with the reason."""
+    """``/health`` as it always answered: ``{"status": "ok"}``, or 503 with the reason; a full
+    disk, where pulls are served, is 200 ``{"status": "degraded"}`` with the reason."""
     (result,) = await ctx.health.run([STORAGE])
+    if result.ok and result.degraded:
+        return responses.json_body(request, 200, {"status": "degraded", "reason": result.error})
     if result.ok:
         return responses.json_body(request, 200, {"status": "ok"})
     return responses.json_body(request, 503, {"status": "unavailable", "reason": result.error})

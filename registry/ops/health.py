@@ -11,6 +11,12 @@ driver's async API and the upstream probe through the pull-through cache's HTTP 
 
 Liveness (the process is serving) needs no check: answering is the proof.
 
+A check may also pass *degraded* (its probe raises `Degraded`): the dependency serves part of
+what it should, and the answers say so while readiness stays 200.  The storage check does on a
+full disk: pulls are served (registry:2's storage check only reads, so it stays ready too) and
+writes answer 503, so taking the instance out of a load balancer would stop the pulls for
+nothing; monitoring sees ``degraded`` and the reason.
+
 Once the process stops (`HealthChecker.stopping`), readiness fails with a `DRAINING` check of
 its own, without waiting for a probe: the registry's port refuses connections from then on,
 and a load balancer that probes ``[debug] addr`` must take the instance out at once.
@@ -33,7 +39,7 @@ from twisted.logger import Logger
 
 from registry.server.probe import probe_storage
 from registry.storage import layout
-from registry.storage.driver import QUIET_RETRIES, IStorageDriver
+from registry.storage.driver import QUIET_RETRIES, IStorageDriver, StorageFull
 
 _log = Logger()
 
@@ -48,17 +54,24 @@ class CheckFailed(Exception):
     """A probe's verdict that its dependency is not usable; the message says why."""
 
 
+class Degraded(Exception):
+    """A probe's verdict that its dependency serves, but not all of it (the message says
+    what fails): the check passes, reported ``degraded`` with that reason."""
+
+
 @attrs.frozen
 class CheckResult:
     name: str
     ok: bool
+    # Why the check fails, or (``ok`` and degraded) what fails while it passes.
     error: str | None
     checked_at: float
+    degraded: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        if self.ok:
+        if self.ok and not self.degraded:
             return {"status": "ok"}
-        return {"status": "failing", "error": self.error}
+        return {"status": "degraded" if self.ok else "failing", "error": self.error}
 
 
 @attrs.frozen
@@ -134,12 +147,20 @@ class HealthChecker:
         self._results[result.name] = result
         # One line when a check turns bad (with its reason) and one when it recovers: not one
         # per probe while it stays so (a load balancer asks every few seconds).
-        if not result.ok and (before is None or before.ok):
-            _log.warn(
-                "health check {check} failing: {reason}", check=result.name, reason=result.error
-            )
-        elif result.ok and before is not None and not before.ok:
-            _log.info("health check {check} ok again", check=result.name)
+        state = _state(result)
+        if state != (_state(before) if before is not None else "ok"):
+            if state == "failing":
+                _log.warn(
+                    "health check {check} failing: {reason}", check=result.name, reason=result.error
+                )
+            elif state == "degraded":
+                _log.warn(
+                    "health check {check} degraded (still passing): {reason}",
+                    check=result.name,
+                    reason=result.error,
+                )
+            else:
+                _log.info("health check {check} ok again", check=result.name)
         for waiter in self._waiters.pop(result.name, []):
             if not waiter.called:  # a waiter may have been cancelled (its client left)
                 waiter.callback(result)
@@ -148,8 +169,11 @@ class HealthChecker:
         running: Deferred[Any] = Deferred.fromCoroutine(_awaited(check.probe))
         timer: IDelayedCall = self.clock.callLater(self.timeout, running.cancel)
         error: str | None = None
+        degraded = False
         try:
             await running
+        except Degraded as exc:
+            error, degraded = _describe(exc), True
         except CancelledError as exc:
             # What the probe was waiting on, when it says (S3: "about to try again after:
             # connection refused"): the reason a person needs, not just the time limit.
@@ -160,11 +184,16 @@ class HealthChecker:
         finally:
             if timer.active():
                 timer.cancel()
-        return CheckResult(check.name, error is None, error, self.clock.seconds())
+        ok = error is None or degraded
+        return CheckResult(check.name, ok, error, self.clock.seconds(), degraded)
 
     def last_results(self) -> list[CheckResult]:
         """What the checks said last (for metrics), without probing."""
         return [self._results[c.name] for c in self.checks if c.name in self._results]
+
+
+def _state(result: CheckResult) -> str:
+    return "failing" if not result.ok else "degraded" if result.degraded else "ok"
 
 
 def _fired(result: CheckResult) -> Deferred[CheckResult]:
@@ -219,16 +248,21 @@ class ProbeFileCleanup(Service):
 def storage_probe(driver: IStorageDriver, writable: bool = True) -> Probe:
     """
     Write a small file under the registry's own folder and read it back (a read-only mount, a
-    full disk, a storage root that is no longer a folder, refused S3 credentials all fail it);
-    with ``writable`` false (``[maintenance] readonly``, where storage may be mounted read-only
-    on purpose) only look at the root.
+    storage root that is no longer a folder, refused S3 credentials all fail it); with
+    ``writable`` false (``[maintenance] readonly``, where storage may be mounted read-only on
+    purpose) only look at the root.  A full disk is `Degraded` while the root can still be
+    looked at: pulls are served, only writes answer 503 (the module docstring).
     """
     path = f"{layout.OWN}/health/{probe_name()}"
 
     async def probe() -> None:
         # The check reports through its answer and its own lines, not each S3 retry's.
         QUIET_RETRIES.set(True)
-        await probe_storage(driver, readonly=not writable, path=path)
+        try:
+            await probe_storage(driver, readonly=not writable, path=path)
+        except StorageFull as exc:
+            await probe_storage(driver, readonly=True)  # raises when reads fail too
+            raise Degraded(f"{exc} (pulls are served; pushes answer 503)") from None
 
     return probe
 

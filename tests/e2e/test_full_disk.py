@@ -21,6 +21,7 @@ from treq.response import _Response
 from twisted.logger import formatEvent, globalLogPublisher
 
 from registry.api import mediatypes as mt
+from registry.ops.health import probe_name
 from tests.e2e.client import (
     get,
     header,
@@ -31,6 +32,7 @@ from tests.e2e.client import (
     start_upload,
 )
 from tests.e2e.conftest import Starter
+from tests.e2e.harness import sleep
 from tests.manifests import samples
 
 DISK_SIZE = 4 * 1024 * 1024
@@ -277,3 +279,54 @@ async def test_a_refused_reservation_counts_as_a_storage_error(
     errors = "txregistry_storage_errors_total"
     assert moved(before, after, errors, driver="filesystem", operation="writer") == 1
     assert temporary_files(small_disk) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_readiness_stays_200_on_a_full_disk_and_says_it_is_full(
+    small_disk: Path, start_registry: Starter
+) -> None:
+    """Pulls work on a full disk, so a load balancer must not take the registry out: the
+    health answers stay 200 and say the storage is degraded, with the reason (registry:2's
+    storage check only reads, so it stays ready too)."""
+    registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    name = "team/app"
+    await push_blob(registry.url, name, samples.LAYER_1)
+    filler = fill(small_disk)
+    reason = (
+        f"writing docker/registry/v2/txregistry/health/{probe_name()}: No space left on device"
+        " (pulls are served; pushes answer 503)"
+    )
+    ready = (
+        '{"status":"degraded","checks":{"storage":{"status":"degraded","error":"'
+        + reason
+        + '"}},"degraded":["storage"]}'
+    ).encode()
+
+    async def answers() -> list[tuple[int, bytes]]:
+        found = []
+        for path in ("/health/ready", "/health"):
+            response, body = await get(registry.url + path)
+            found.append((response.code, body))
+        return found
+
+    # The probe result of before the disk filled is reused for up to [health] cache (2 s).
+    for _ in range(100):
+        if (got := await answers())[0][
+            1
+        ] != b'{"status":"ok","checks":{"storage":{"status":"ok"}}}':
+            break
+        await sleep(0.1)
+    assert got == [
+        (200, ready),
+        (200, ('{"status":"degraded","reason":"' + reason + '"}').encode()),
+    ]
+    response, body = await get(f"{registry.url}/v2/{name}/blobs/{sha256(samples.LAYER_1)}")
+    assert (response.code, body) == (200, samples.LAYER_1)
+
+    filler.unlink()
+    ok = [(200, b'{"status":"ok","checks":{"storage":{"status":"ok"}}}'), (200, b'{"status":"ok"}')]
+    for _ in range(100):
+        if (got := await answers()) == ok:
+            break
+        await sleep(0.1)
+    assert got == ok
