@@ -22,10 +22,17 @@ The first listing rebuilds when the ``complete`` marker is missing, which is the
 registry:2 data directory served for the first time; call `Catalog.ensure_index` at start-up
 to do it before the first request, and `Catalog.rebuild` again (an operations task) after
 registry:2 wrote to the same storage, or after repositories were removed behind our back.
+
+On a full disk that first rebuild walks but cannot write the index.  `Catalog.ensure_index`
+then keeps the names the walk found in memory (as many as the storage holds repositories: what
+one walk holds anyway) and lists from them, kept up to date by `note_repository` and
+`forget_repository`, rather than walk again at every listing; the first entry written once there
+is room (a push) has the next listing write the index.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
@@ -42,7 +49,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from registry.api.names import NAME_RE, is_valid_name
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, ISymbolicLinks, PathNotFoundError
+from registry.storage.driver import IStorageDriver, ISymbolicLinks, PathNotFoundError, StorageFull
 from registry.storage.pagination import paginate, parse_count, repository_order
 from registry.storage.repositories import holds_repository
 
@@ -129,6 +136,12 @@ class Catalog:
     _ready: bool = attrs.field(default=False, init=False)
     _rebuilding: Deferred[list[str]] | None = attrs.field(default=None, init=False)
     _waiters: list[Deferred[list[str]]] = attrs.field(factory=list, init=False)
+    # The names the last rebuild's walk found, and, while the index could not be written for
+    # want of room, the listing itself, sorted (the module docstring).
+    _walked: list[str] = attrs.field(factory=list, init=False)
+    _unwritten: list[str] | None = attrs.field(default=None, init=False)
+    # An entry was written while `_unwritten`: there is room, the next listing writes the index.
+    _room: bool = attrs.field(default=False, init=False)
 
     async def note_repository(self, name: str) -> None:
         # Remembered per process: this runs on every blob link, and the marker rarely changes.
@@ -137,6 +150,12 @@ class Catalog:
             return
         await self.driver.put_content(entry_path(name), name.encode())
         self._remember(name)
+        unwritten = self._unwritten
+        if unwritten is not None:
+            self._room = True
+            at = bisect.bisect_left(unwritten, repository_order(name), key=repository_order)
+            if at == len(unwritten) or unwritten[at] != name:
+                unwritten.insert(at, name)
 
     def _remember(self, name: str) -> None:
         self._noted[name] = None
@@ -151,6 +170,8 @@ class Catalog:
 
     async def forget_repository(self, name: str) -> None:
         self._noted.pop(name, None)
+        if self._unwritten is not None and name in self._unwritten:
+            self._unwritten.remove(name)
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(entry_path(name))
 
@@ -161,7 +182,8 @@ class Catalog:
         if count is None:
             count = self.default_page
         await self.ensure_index()
-        return paginate(await self._indexed(), count, last, repository_order)
+        names = self._unwritten if self._unwritten is not None else await self._indexed()
+        return paginate(names, count, last, repository_order)
 
     async def _indexed(self) -> list[str]:
         try:
@@ -179,13 +201,29 @@ class Catalog:
         return names
 
     async def ensure_index(self) -> None:
-        """Rebuild once when no full walk was ever recorded (a registry:2 data directory)."""
-        if self._ready:
+        """Rebuild once when no full walk was ever recorded (a registry:2 data directory);
+        on a full disk, list from that walk until there is room (the module docstring)."""
+        if self._ready or (self._unwritten is not None and not self._room):
             return
         try:
             await self.driver.stat(COMPLETE_MARKER)
         except PathNotFoundError:
-            await self.rebuild()
+            try:
+                await self.rebuild()
+            except StorageFull as exc:
+                self._room = False
+                said = self._unwritten is not None
+                self._unwritten = sorted(self._walked, key=repository_order)
+                if not said:  # one line, whoever else waited on this walk
+                    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+                    log.warn(
+                        "the catalog index cannot be written ({reason}): listing the {count}"
+                        " repositories found at start from memory until there is room",
+                        reason=cause.strerror.lower() if cause and cause.strerror else exc,
+                        count=len(self._unwritten),
+                    )
+                return
+        self._unwritten = None
         self._ready = True
 
     def rebuild(self) -> Deferred[list[str]]:
@@ -217,7 +255,7 @@ class Catalog:
 
     async def _rebuild(self) -> list[str]:
         progress = self.progress = RebuildProgress()
-        found = await self.walk()
+        found = self._walked = await self.walk()
         indexed = set(await self._indexed())
         gone = sorted(indexed.difference(found))
         progress.phase = "index"

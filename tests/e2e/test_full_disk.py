@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -330,3 +331,70 @@ async def test_readiness_stays_200_on_a_full_disk_and_says_it_is_full(
             break
         await sleep(0.1)
     assert got == ok
+
+
+def storage_calls(metrics: str, operation: str) -> float:
+    """How many ``operation`` calls the storage driver made, from ``/metrics``."""
+    prefix = "txregistry_storage_operation_duration_seconds_count{"
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(prefix) and f'operation="{operation}"' in line
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_first_start_on_a_full_disk_lists_the_repositories(
+    small_disk: Path, start_registry: Starter
+) -> None:
+    """A registry:2 data folder that filled up, served for the first time: its catalog index
+    cannot be written, so the repositories are listed from the start-up walk, kept in memory
+    (not walked again per request), and the listing is written once there is room."""
+    first = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    for name in ("team/app", "base"):
+        await push_blob(first.url, name, samples.CONFIG)
+        for blob in (samples.LAYER_1, samples.LAYER_2):
+            await push_blob(first.url, name, blob)
+        response = await put_manifest(first.url, name, "latest", samples.oci_image())
+        assert response.code == 201, await response.text()
+    await first.stop()
+    # What registry:2 leaves: no index of ours.
+    shutil.rmtree(small_disk / "docker/registry/v2/txregistry/catalog")
+    filler = fill(small_disk)
+
+    logs: list[str] = []
+    observer = lambda event: logs.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+        listed = b'{"repositories":["base","team/app"]}'
+        response, body = await get(f"{registry.url}/v2/_catalog")
+        assert (response.code, body) == (200, listed)
+        _, metrics = await get(f"{registry.url}/metrics")
+        lists = storage_calls(metrics.decode(), "list")
+        for _ in range(3):
+            response, body = await get(f"{registry.url}/v2/_catalog")
+            assert (response.code, body) == (200, listed)
+        _, metrics = await get(f"{registry.url}/metrics")
+        assert storage_calls(metrics.decode(), "list") == lists  # no walk, no index listing
+        response, body = await get(f"{registry.url}/ui/")
+        assert response.code == 200
+        assert b'href="/ui/r/team/app"' in body and b'href="/ui/r/base"' in body
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    [line] = [line for line in logs if "catalog" in line and "index" in line]
+    assert line == (
+        "the catalog index cannot be written (no space left on device): listing the 2"
+        " repositories found at start from memory until there is room"
+    )
+
+    # Room again: a push notes its repository, and the next listing writes the index.
+    filler.unlink()
+    await push_blob(registry.url, "new", samples.CONFIG)
+    for blob in (samples.LAYER_1, samples.LAYER_2):
+        await push_blob(registry.url, "new", blob)
+    response = await put_manifest(registry.url, "new", "latest", samples.oci_image())
+    assert response.code == 201, await response.text()
+    response, body = await get(f"{registry.url}/v2/_catalog")
+    assert (response.code, body) == (200, b'{"repositories":["base","new","team/app"]}')
+    assert (small_disk / "docker/registry/v2/txregistry/catalog/complete").exists()
