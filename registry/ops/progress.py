@@ -23,6 +23,7 @@ from registry.storage.driver import (
     IStagedWrites,
     IStorageDriver,
     ISymbolicLinks,
+    WriteActivity,
 )
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -146,6 +147,9 @@ class CountingDriver:
 
     def redirect_url(self, path: str, method: str) -> Awaitable[str | None]:
         return self.wrapped.redirect_url(path, method)
+
+    def write_activity(self, path: str, now: float) -> Awaitable[WriteActivity]:
+        return self.wrapped.write_activity(path, now)
 
     def __attrs_post_init__(self) -> None:
         if IStagedWrites.providedBy(self.wrapped):

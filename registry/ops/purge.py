@@ -1,6 +1,8 @@
 """
 Purging abandoned uploads, as registry:2 does (``uploadpurging``): every ``interval``, remove
-uploads started more than ``age`` ago.  Without it, clients that give up mid-push leave data in
+uploads idle for longer than ``age``: since their start and since their data's last write, as
+the driver accounts for its writes (`IStorageDriver.write_activity`), and never while a
+request writes them.  Without it, clients that give up mid-push leave data in
 ``_uploads`` forever.  On drivers with staged writes (S3), it also discards the staged blob
 writes of pushes whose process was killed mid-body (incomplete multipart uploads at a blob's
 key, invisible to readers), older than the same age.
@@ -15,7 +17,6 @@ and a client can make as many as it makes POSTs.  Only empty folders are removed
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 from collections.abc import AsyncIterator
 
@@ -84,13 +85,21 @@ async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
             try:
                 if started is None:  # no date, or one that does not parse: the folder's
                     started = (await driver.stat(upload)).modified
-                # Abandoned means idle: a long upload still receiving data (tens of GB, a
-                # slow link) is as old as its start but was written to a moment ago.
-                with contextlib.suppress(PathNotFoundError, NotAFileError):
-                    started = max(started, (await driver.stat(f"{upload}/data")).modified)
             except PathNotFoundError:
                 continue
-            if now - started < age:
+            idle = now - started
+            # Abandoned means idle: a long upload still receiving data (tens of GB, a slow
+            # link) is as old as its start but was written to a moment ago.  The driver
+            # knows where a file's unfinished writes are (on S3 not at its path, which has
+            # the data only once the upload is committed) and whether a request writes it
+            # right now, which keeps it whatever the age.
+            try:
+                activity = await driver.write_activity(f"{upload}/{layout.UPLOAD_DATA}", now)
+            except (PathNotFoundError, NotAFileError):
+                activity = None
+            if activity is not None:
+                idle = min(idle, activity.idle)
+            if idle < age or (activity is not None and activity.writing):
                 kept += 1
                 continue
             try:

@@ -31,6 +31,7 @@ from registry.storage.driver import (
     IStorageDriver,
     ISymbolicLinks,
     PathNotFoundError,
+    WriteActivity,
 )
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ OPERATIONS = (
     "reader",
     "writer",
     "redirect_url",
+    "write_activity",
     "staged_writer",
     "abort_stale_writes",
     "remove_empty_folders",
@@ -112,6 +114,9 @@ class MeasuredDriver:
 
     async def redirect_url(self, path: str, method: str) -> str | None:
         return await self._timed("redirect_url", lambda: self.inner.redirect_url(path, method))
+
+    async def write_activity(self, path: str, now: float) -> WriteActivity:
+        return await self._timed("write_activity", lambda: self.inner.write_activity(path, now))
 
     async def list_apart(self, path: str) -> tuple[builtins.list[str], builtins.list[str]]:
         """`ISymbolicLinks.list_apart`, where the wrapped driver provides it."""

@@ -109,6 +109,17 @@ class FileInfo:
     is_dir: bool
 
 
+@attrs.frozen
+class WriteActivity:
+    """
+    What `IStorageDriver.write_activity` knows of the writes of a file: ``idle``, seconds since
+    it was last written (never negative); ``writing``, whether a writer holds it right now.
+    """
+
+    idle: float
+    writing: bool = False
+
+
 class IFileWriter(Interface):
     """
     Appends bytes to one file.  Not safe for two writers on one path at once: the upload logic
@@ -192,6 +203,18 @@ class IStorageDriver(Interface):
 
     def redirect_url(path: str, method: str) -> Awaitable[str | None]:
         """A URL a client can fetch ``path`` from directly, or None when the driver has none."""
+
+    def write_activity(path: str, now: float) -> Awaitable[WriteActivity]:
+        """
+        How recently the file at ``path`` was written, by the driver's own account of its
+        writes: those of a writer not yet closed or committed count too, wherever the driver
+        keeps them (on S3 beside the key, which exists only once committed; the lease a
+        writer renews while it writes proves it is writing).  What the upload purge judges
+        an upload's idle time by.  ``now`` is the caller's clock, for drivers whose times are
+        on it; a driver with a clock of its own (S3's) measures on that, so that a skewed
+        clock does not age a file.  PathNotFoundError when there is neither the file nor an
+        unfinished write of it; `NotAFileError` where a folder stands in its place.
+        """
 
 
 class ISymbolicLinks(Interface):

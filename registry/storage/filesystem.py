@@ -59,6 +59,7 @@ from registry.storage.driver import (
     StorageError,
     StorageFull,
     VersionChangedError,
+    WriteActivity,
     WriteRemoved,
 )
 from registry.storage.preallocate import release_unused, reserve_space
@@ -687,6 +688,18 @@ class FilesystemDriver:
 
     async def redirect_url(self, path: str, method: str) -> str | None:
         return None
+
+    async def write_activity(self, path: str, now: float) -> WriteActivity:
+        """
+        A writer appends to the file itself (no buffer beyond the library's few KiB), so its
+        modification time is its last write.  Whether one holds it right now is not looked
+        at: its lock is the appenders' to take, and a look that took it, however briefly,
+        would turn a request of another worker away.
+        """
+        info = await self.stat(path)
+        if info.is_dir:
+            raise NotAFileError(path)
+        return WriteActivity(max(0.0, now - info.modified))
 
     async def remove_empty_folders(self, path: str, keep: str) -> int:
         if not path.startswith(keep + "/"):

@@ -104,8 +104,12 @@ def upload_dir(name: str, upload_id: str) -> str:
     return f"{REPOSITORIES}/{name}/_uploads/{upload_id}"
 
 
+# An upload's data file, in its folder.
+UPLOAD_DATA = "data"
+
+
 def upload_data(name: str, upload_id: str) -> str:
-    return f"{upload_dir(name, upload_id)}/data"
+    return f"{upload_dir(name, upload_id)}/{UPLOAD_DATA}"
 
 
 def upload_started_at(name: str, upload_id: str) -> str:

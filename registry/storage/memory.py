@@ -21,6 +21,7 @@ from registry.storage.driver import (
     IStorageDriver,
     PathNotFoundError,
     VersionChangedError,
+    WriteActivity,
 )
 from registry.storage.producers import BytesProducer
 
@@ -41,6 +42,14 @@ class _MemoryWriter:
         self.size = len(self._buffer)
         self._opened_size = self.size  # what `rollback` goes back to
         self._done = False
+        driver._writing[path] = driver._writing.get(path, 0) + 1
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            count = self._driver._writing.pop(self._path, 1) - 1
+            if count:
+                self._driver._writing[self._path] = count
 
     def write(self, data: bytes) -> Deferred[None] | None:
         if self._done:
@@ -52,7 +61,7 @@ class _MemoryWriter:
     async def close(self) -> None:
         if self._done:  # closed, committed or cancelled already: the file is where it went
             return
-        self._done = True
+        self._finish()
         self._driver._store(self._path, bytes(self._buffer))
 
     async def commit(self) -> None:
@@ -69,7 +78,7 @@ class _MemoryWriter:
         pass
 
     async def cancel(self) -> None:
-        self._done = True
+        self._finish()
         self._driver._files.pop(self._path, None)
 
 
@@ -85,6 +94,9 @@ class MemoryDriver:
 
     def __init__(self) -> None:
         self._files: dict[str, tuple[bytes, float]] = {}
+        # Writers open on each path (a writer's bytes reach `_files` only when it closes):
+        # what `write_activity` calls being written right now.
+        self._writing: dict[str, int] = {}
 
     def _store(self, path: str, data: bytes) -> None:
         self._files[path] = (data, time.time())
@@ -171,3 +183,13 @@ class MemoryDriver:
 
     async def redirect_url(self, path: str, method: str) -> str | None:
         return None
+
+    async def write_activity(self, path: str, now: float) -> WriteActivity:
+        writing = _check(path) in self._writing
+        try:
+            modified = self._files[path][1]
+        except KeyError:
+            if not writing:
+                raise PathNotFoundError(path) from None
+            modified = now
+        return WriteActivity(max(0.0, now - modified), writing)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import json
+import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,6 +57,12 @@ async def test_catalog_rebuild_over_s3(storage: S3Storage) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_purge_uploads_over_s3(storage: S3Storage) -> None:
+    """
+    An upload started hours ago whose data was written a moment ago is not idle: on S3 its
+    bytes are beside its ``data`` key (which exists only once committed), and the purge asks
+    the driver when they were written.  (It looked at ``data`` alone, so only the start
+    counted.)  With ``--age 0s``, every upload not being written goes.
+    """
     driver = storage.driver
     await scenario.build(*scenario.store_pushers(driver))
     uploads = UploadStore(driver, BlobStore(driver))
@@ -63,26 +72,51 @@ async def test_purge_uploads_over_s3(storage: S3Storage) -> None:
     await driver.put_content(
         layout.upload_started_at("app", old), started.isoformat().replace("+00:00", "Z").encode()
     )
+    appender = await uploads.open("app", old, 0)
+    pending = appender.write(b"written just now")
+    if pending is not None:
+        await pending
+    await appender.close()
+
     result = await cli("purge-uploads", "--config", str(storage.config), "--age", "2h")
     assert result.code == 0, result
-    assert result.out.startswith("purge-uploads: purged 1 upload idle for longer than 2h in "), (
+    assert result.out.startswith("purge-uploads: purged 0 uploads idle for longer than 2h in "), (
         result
     )
     assert "Traceback" not in result.err
-    assert not await uploads.exists("app", old)
+    assert await uploads.size("app", old) == 16
     assert await uploads.exists("other", fresh)
+
+    result = await cli("purge-uploads", "--config", str(storage.config), "--age", "0s")
+    assert result.code == 0, result
+    assert result.out.startswith(
+        "purge-uploads: purged 2 uploads idle for longer than 0.0 s in "
+    ), result
+    assert not await uploads.exists("app", old)
+    assert not await uploads.exists("other", fresh)
+
+
+def _ended_pid() -> int:
+    """The id of a process of this host that ran and no longer runs."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
 
 
 @pytest_twisted.ensureDeferred
 async def test_purge_uploads_removes_what_writers_left_over_s3(storage: S3Storage) -> None:
     """
     Leftovers of writers on S3 are purged and counted: an upload folder holding only a write
-    lease (its writer killed), and a multipart upload of upload data no upload refers to any
-    more (a request that went on writing after its upload was cancelled).
+    lease (its writer killed: a process of this host that no longer runs, so the lease holds
+    nothing however recently it was renewed), and a multipart upload of upload data no upload
+    refers to any more (a request that went on writing after its upload was cancelled).
     """
     driver = storage.driver
     leased = layout.upload_data("app", str(uuid.uuid4()))
-    await driver._client.call("PUT", driver._key(leased) + LEASE_SUFFIX, body=b"{}")
+    holder = {"host": socket.gethostname(), "pid": _ended_pid(), "id": uuid.uuid4().hex}
+    await driver._client.call(
+        "PUT", driver._key(leased) + LEASE_SUFFIX, body=json.dumps(holder).encode()
+    )
     orphan = driver._key(layout.upload_data("app", str(uuid.uuid4())))
     await multipart.create(driver._client, orphan)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from typing import Any
 
 import pytest
@@ -46,6 +47,8 @@ class DriverSuite:
     # What reading a folder as a file raises: on object stores a prefix is not an object
     # (missing); on a filesystem a folder at a file's path is damage (`NotAFileError`).
     folder_content_error: type[Exception] = PathNotFoundError
+    # Whether `write_activity` tells a writer appending right now.
+    sees_writers = True
 
     def test_provides_interface(self, driver: Any) -> None:
         assert verifyObject(IStorageDriver, driver)
@@ -202,6 +205,36 @@ class DriverSuite:
         await writer.commit()
         assert (await driver.stat("w/promised")).size == len(first) + len(second)
         assert await read_all(driver, "w/promised") == first + second
+
+    @pytest_twisted.ensureDeferred
+    async def test_write_activity(self, driver: Any) -> None:
+        """
+        A file is active from its last write, committed or not (on S3 a closed writer's
+        bytes are beside the key, which exists only once committed); a writer appending to
+        it now is seen where the driver can tell (not on a filesystem: a writer's lock is the
+        appenders' to take).  What the upload purge keeps uploads by.
+        """
+        with pytest.raises(PathNotFoundError):
+            await driver.write_activity("act/none", time.time())
+        writer = await driver.writer("act/upload")
+        await write_all(writer, b"first")
+        await writer.close()
+        activity = await driver.write_activity("act/upload", time.time())
+        assert 0 <= activity.idle < 60, activity
+        assert not activity.writing
+        writer = await driver.writer("act/upload", append=True)
+        await write_all(writer, b"second")
+        activity = await driver.write_activity("act/upload", time.time())
+        assert activity.writing is self.sees_writers, activity
+        assert 0 <= activity.idle < 60, activity
+        await writer.close()
+        assert not (await driver.write_activity("act/upload", time.time())).writing
+        writer = await driver.writer("act/upload", append=True)
+        await writer.commit()
+        await writer.close()
+        activity = await driver.write_activity("act/upload", time.time())
+        assert not activity.writing
+        assert 0 <= activity.idle < 60, activity
 
     @pytest_twisted.ensureDeferred
     async def test_writer_cancel(self, driver: Any) -> None:

@@ -38,6 +38,7 @@ class TestMemoryDriver(DriverSuite):
 
 class TestFilesystemDriver(DriverSuite):
     folder_content_error = NotAFileError
+    sees_writers = False
 
     @pytest.fixture
     def driver(self, tmp_path: Path, thread_pool: ThreadPool) -> FilesystemDriver:

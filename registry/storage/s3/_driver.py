@@ -29,6 +29,7 @@ from registry.storage.driver import (
     PathNotFoundError,
     StorageError,
     VersionChangedError,
+    WriteActivity,
 )
 from registry.storage.producers import BytesProducer
 from registry.storage.s3 import _multipart as multipart
@@ -42,10 +43,10 @@ from registry.storage.s3._client import (
     parse_iso_date,
     parse_xml,
 )
-from registry.storage.s3._lease import LEASE_SUFFIX
+from registry.storage.s3._lease import LEASE_SUFFIX, is_held, lease_key
 from registry.storage.s3._reader import ResponseProducer
 from registry.storage.s3._settings import S3Settings, quote_key
-from registry.storage.s3._writer import STATE_SUFFIX, S3Writer, open_writer
+from registry.storage.s3._writer import STATE_SUFFIX, S3Writer, open_writer, state_key
 
 _List = list  # "list" is a method name below
 _DELETE_BATCH = 1000  # DeleteObjects' limit
@@ -388,10 +389,41 @@ class S3Driver:
             await multipart.abort(self._client, upload_key, upload_id)
         return len(stale)
 
+    async def write_activity(self, path: str, now: float) -> WriteActivity:
+        """
+        A file being written is not at its key until committed: its bytes so far are in the
+        state object beside it (written by every writer's ``close``, so at the end of each
+        request) and in a multipart upload, and the request writing it renews its lease
+        every few seconds.  The latest of the three (the key, the state, the lease) is its
+        last write, measured on S3's clock (each answer's ``Date`` against the object's
+        ``Last-Modified``); a lease still held (`_lease.is_held`) means a request writes it
+        now.  Three requests, at once.
+        """
+        key = self._key(path)
+        found = await gather(
+            self._client.call("HEAD", key, missing_ok=True),
+            self._client.call("HEAD", state_key(key), missing_ok=True),
+            self._client.call("GET", lease_key(key), missing_ok=True),
+        )
+        answers = [answer for answer in found if answer is not None]
+        if not answers:
+            raise PathNotFoundError(path)
+        idle = min(_idle(response, now) for response, _ in answers)
+        lease = found[2]
+        return WriteActivity(idle, lease is not None and is_held(*lease))
+
     async def redirect_url(self, path: str, method: str) -> str | None:
         if not self.settings.redirect or method.upper() not in ("GET", "HEAD"):
             return None
         return self._client.presign(method.upper(), self._key(path))
+
+
+def _idle(response: Any, now: float) -> float:
+    """Seconds since the object of ``response`` was written, by S3's clock where it says
+    (``Date``), else ``now``'s."""
+    modified = parse_http_date(header(response, "Last-Modified") or "")
+    answered = parse_http_date(header(response, "Date") or "") or now
+    return max(0.0, answered - modified)
 
 
 def _batches(keys: _List[str]) -> range:

@@ -25,6 +25,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.web.iweb import IResponse
 
 from registry.storage.driver import PathBusyError, StorageError, WriteRemoved, WriteTakenOver
 from registry.storage.s3._client import S3Client, S3Error, header, parse_http_date
@@ -58,6 +59,20 @@ def _holder_is_gone(body: bytes) -> bool:
     except OSError:  # it runs, as another user
         return False
     return False
+
+
+def is_held(response: IResponse, body: bytes) -> bool:
+    """
+    Whether the lease read as ``response`` and ``body`` (a GET of it) is held by a writer at
+    work: renewed within `STALE_SECONDS` by S3's clock (its ``Date`` against the lease's
+    ``Last-Modified``, so no host's clock enters), by a holder that is not a process of this
+    host that no longer runs.  What a takeover waits for, and what keeps an upload from the
+    purge while a request writes it.
+    """
+    renewed = parse_http_date(header(response, "Last-Modified") or "")
+    now = parse_http_date(header(response, "Date") or "")
+    stale = bool(renewed and now) and now - renewed > STALE_SECONDS
+    return not (stale or _holder_is_gone(body))
 
 
 class WriteLease:
@@ -171,10 +186,7 @@ async def take_lease(
             continue  # released meanwhile: create it again
         response, content = held
         etag = header(response, "ETag") or ""
-        renewed = parse_http_date(header(response, "Last-Modified") or "")
-        now = parse_http_date(header(response, "Date") or "")
-        stale = bool(renewed and now) and now - renewed > STALE_SECONDS
-        if not (stale or _holder_is_gone(content)):
+        if is_held(response, content):
             break
         try:
             result = await client.call("PUT", lease, body=body, headers={"If-Match": etag})
