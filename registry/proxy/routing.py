@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from twisted.web.iweb import IBodyProducer, IRequest
@@ -32,6 +33,7 @@ from zope.interface import implementer
 
 from registry.api.digests import Digest
 from registry.api.errors import NAME_UNKNOWN, UNSUPPORTED, RegistryError
+from registry.client._client import DOCKER_HUB_HOSTS
 from registry.http.routes import IRouteRewriter, Route
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import looks_like_host
@@ -68,6 +70,18 @@ class ProxyRouter:
                 return cache
         return None
 
+    def by_namespace(self, namespace: str) -> ProxyCache | None:
+        """The upstream containerd's ``?ns=`` names: the one whose ``prefix`` it is, else the
+        one whose ``remoteurl`` is that registry (``docker.io`` for Docker Hub's hosts, a
+        port only when not the scheme's default)."""
+        by_prefix = self.by_prefix(namespace)
+        if by_prefix is not None:
+            return by_prefix
+        for cache in self.caches:
+            if registry_namespace(cache.config.remoteurl) == namespace:
+                return cache
+        return None
+
     def route(self, name: str) -> Routed | None:
         """The upstream serving repository ``name``, or None for a hosted repository."""
         for cache in self.caches:
@@ -97,21 +111,45 @@ class ProxyRouter:
         if not values or not route.name:
             return route
         namespace = values[0].decode("utf-8", "replace").strip().lower()
-        cache = self.by_prefix(namespace)
+        cache = self.by_namespace(namespace)
+        unknown = RegistryError(
+            NAME_UNKNOWN,
+            {"name": route.name, "ns": namespace[:200]},
+            f"no upstream is configured for namespace {namespace[:200]}",
+        )
         if cache is None:
-            raise RegistryError(
-                NAME_UNKNOWN,
-                {"name": route.name, "ns": namespace[:200]},
-                f"no upstream is configured for namespace {namespace[:200]}",
-            )
+            raise unknown
+        prefix = cache.config.prefix
+        if prefix and route.name.startswith(prefix + "/"):
+            name = route.name
+        elif prefix:
+            name = f"{prefix}/{route.name}"
+        else:
+            name = route.name
+        # The name must reach that upstream (a default upstream without a prefix does not
+        # get names under another upstream's prefix): else this mirror does not serve it.
+        routed = self.route(name)
+        if routed is None or routed.cache is not cache:
+            raise unknown
         request.setHeader("OCI-Namespace", namespace)
-        if route.name.startswith(namespace + "/"):
+        if name == route.name:
             return attrs.evolve(route, namespace=namespace)
         # The stores are asked for the prefixed name; the answers still name the requested
         # repository (`Route.requested_name`).
-        return attrs.evolve(
-            route, name=f"{namespace}/{route.name}", namespace=namespace, requested=route.name
-        )
+        return attrs.evolve(route, name=name, namespace=namespace, requested=route.name)
+
+
+def registry_namespace(url: str) -> str:
+    """How containerd names the registry at ``url`` in ``?ns=`` (the host of an image
+    reference): ``docker.io`` for Docker Hub, ``host:port`` only for a port other than the
+    scheme's default."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host in DOCKER_HUB_HOSTS:
+        return "docker.io"
+    shown = f"[{host}]" if ":" in host else host
+    default_port = 443 if parts.scheme.lower() == "https" else 80
+    return shown if parts.port in (None, default_port) else f"{shown}:{parts.port}"
 
 
 def refuse_write(name: str, allow: str = "GET, HEAD") -> RegistryError:

@@ -238,3 +238,34 @@ async def test_hosted_repositories_work_next_to_the_cache(
         "docker.io/library/alpine",
         "example.com/team/app",
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_containerds_ns_may_name_an_upstream_by_its_host(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """``?ns=`` naming an upstream's registry host (a port when not the default) reaches it
+    without a ``prefix`` (a default upstream needs none); a name under another upstream's
+    prefix does not reach it that way, and a host no upstream is stays 404."""
+    image = fake.content.add_image("library/alpine", "latest", LAYERS)
+    other = {"remoteurl": "http://127.0.0.1:9", "prefix": "other", "timeout": "2s"}
+    registry = await proxied({"proxy:other": other}, prefix="")
+    url = registry.url
+    host = fake.url.removeprefix("http://").rstrip("/")
+    response, body = await fetch(f"{url}/v2/library/alpine/manifests/latest?ns={host}")
+    assert response.code == 200, body
+    assert sha256(body) == image.digest
+    assert header(response, "oci-namespace") == host
+    # The fake is not Docker Hub: docker.io names no upstream here.
+    response, _ = await fetch(f"{url}/v2/library/alpine/manifests/latest?ns=docker.io")
+    assert response.code == 404
+    assert await error_codes(response) == ["NAME_UNKNOWN"]
+    # other/... is the other upstream's: not served as the default's.
+    response, _ = await fetch(f"{url}/v2/other/alpine/manifests/latest?ns={host}")
+    assert response.code == 404
+    assert await error_codes(response) == ["NAME_UNKNOWN"]
+    # The other upstream by its host: its prefix is added (it refuses connections: 503).
+    response, body = await fetch(f"{url}/v2/library/alpine/manifests/latest?ns=127.0.0.1:9")
+    assert response.code == 503, body
+    assert header(response, "oci-namespace") == "127.0.0.1:9"
+    assert json.loads(body)["errors"][0]["detail"]["name"] == "other/library/alpine"
