@@ -76,6 +76,15 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+def parse_worker_timeout(text: str) -> float:
+    """``[http] worker_timeout``: 0 (never), or at least 2 s (a worker's heartbeat counts as
+    late only past 2 s: `registry.server.board.STALE`)."""
+    value = parse_duration(text)
+    if 0 < value < 2:
+        raise ValueError(f"must be 0 (never) or at least 2s: {text!r}")
+    return value
+
+
 def parse_positive_duration(text: str) -> float:
     value = parse_duration(text)
     if value <= 0:
@@ -247,6 +256,9 @@ class HttpConfig:
     # Serving processes sharing the listening sockets: 0 (auto) is one per core, 1 is a single
     # process (registry.server.workers).
     workers: int = key(0, parse_workers)
+    # With several workers: how long a worker's heartbeat may stay silent (its reactor blocked
+    # or the process stopped) before the supervisor kills it and starts another; 0: never.
+    worker_timeout: float = key(30.0, parse_worker_timeout)
 
 
 @attrs.frozen

@@ -144,6 +144,15 @@ def test_draintimeout_takes_registry2_durations() -> None:
     assert config.Config().http.draintimeout == 60
 
 
+def test_worker_timeout_is_0_or_at_least_2s() -> None:
+    assert config.Config().http.worker_timeout == 30
+    loaded = config.load(None, environ={"REGISTRY_HTTP_WORKER_TIMEOUT": "1m"})
+    assert loaded.http.worker_timeout == 60
+    assert config.load(None, environ={"REGISTRY_HTTP_WORKER_TIMEOUT": "0"}).http.worker_timeout == 0
+    with pytest.raises(config.ConfigError, match="must be 0 \\(never\\) or at least 2s"):
+        config.load(None, environ={"REGISTRY_HTTP_WORKER_TIMEOUT": "500ms"})
+
+
 def test_index_platforms_words(tmp_path: Path) -> None:
     path = tmp_path / "sparse.cfg"
     for text, words in [

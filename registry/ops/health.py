@@ -19,7 +19,10 @@ nothing; monitoring sees ``degraded`` and the reason.
 
 Once the process stops (`HealthChecker.stopping`), readiness fails with a `DRAINING` check of
 its own, without waiting for a probe: the registry's port refuses connections from then on,
-and a load balancer that probes ``[debug] addr`` must take the instance out at once.
+and a load balancer that probes ``[debug] addr`` must take the instance out at once.  A worker
+process (``[http] workers`` above 1) asks the supervisor first (`HealthChecker.instance_stopping`):
+when only that worker is being replaced (a rolling restart), the other workers serve, and its
+`DRAINING` check is degraded instead, readiness 200.
 """
 
 from __future__ import annotations
@@ -99,6 +102,9 @@ class HealthChecker:
     _waiters: dict[str, list[Deferred[CheckResult]]] = attrs.field(factory=dict)
     # Set once the process stops: what it still does, for the `DRAINING` check's error.
     _stopping: Callable[[], str] | None = attrs.field(default=None, init=False)
+    # With several workers: asked as this process stops, whether the whole instance does (the
+    # supervisor's answer); None: a single process, which is the instance.
+    instance_stopping: Callable[[], Awaitable[bool]] | None = attrs.field(default=None, init=False)
 
     def add(self, check: HealthCheck) -> None:
         """Add a check (other components: an upstream, a notification endpoint)."""
@@ -123,11 +129,37 @@ class HealthChecker:
             if (check.name in wanted if wanted is not None else check.readiness)
         ]
         waiting = [self._result(check) for check in chosen]
-        results = [await d for d in waiting]
+        draining = None
         if wanted is None and self._stopping is not None:
-            stopping = CheckResult(DRAINING, False, self._stopping(), self.clock.seconds())
-            results.insert(0, stopping)
+            draining = Deferred.fromCoroutine(self._draining(self._stopping))
+        results = [await d for d in waiting]
+        if draining is not None:
+            results.insert(0, await draining)
         return results
+
+    async def _draining(self, doing: Callable[[], str]) -> CheckResult:
+        """The `DRAINING` check: failing, unless only this worker stops (asked afresh each
+        time, within ``timeout``: the answer turns once the supervisor is told to stop)."""
+        whole = True
+        if self.instance_stopping is not None:
+            asking: Deferred[bool] = Deferred.fromCoroutine(_awaited(self.instance_stopping))
+            timer = self.clock.callLater(self.timeout, asking.cancel)
+            try:
+                whole = await asking
+            except Exception:  # no answer in time (a CancelledError too): the instance stops
+                whole = True
+            finally:
+                if timer.active():
+                    timer.cancel()
+        if whole:
+            return CheckResult(DRAINING, False, doing(), self.clock.seconds())
+        return CheckResult(
+            DRAINING,
+            True,
+            f"this worker is being replaced ({doing()}); the other workers serve",
+            self.clock.seconds(),
+            degraded=True,
+        )
 
     def _result(self, check: HealthCheck) -> Deferred[CheckResult]:
         cached = self._results.get(check.name)

@@ -338,6 +338,7 @@ def serve(
     if link is not None:
         link.local_metrics = lambda: local_metrics(ctx)
         ctx.health.add(HealthCheck("workers", workers_probe(link)))
+        ctx.health.instance_stopping = link.instance_stopping
     register_notification_metrics(ctx.metrics.registry, ctx.notifier)
     register_sync_metrics(ctx.metrics.registry, ctx.sync)
     site = make_site(ctx, after_request=HeapTrimmer(reactor, pool).transferred)

@@ -149,6 +149,7 @@ def supervise(
     settings = {
         "count": count,
         "drain_timeout": config.http.draintimeout,
+        "worker_timeout": config.http.worker_timeout,
         "commands": [command(slot) for slot in range(count)],
         "log": log_target(twistd),
         "pidfile": (twistd.get("pidfile") or None) if twistd is not None else None,

@@ -13,6 +13,10 @@ one line, and the supervisor exits 1 without adding another), then start the oth
 Supervision: a worker that exits is replaced in the same slot (same worker number, so the
 same notification queue), after a pause that doubles with each exit in a row of that slot
 (0.5 s up to 30 s) and resets once a replacement serves.  Each exit is one log line.
+A serving worker whose heartbeat on the accept board has been silent for longer than ``[http]
+worker_timeout`` (its reactor blocked, or the process stopped) is killed with SIGKILL, after
+one line naming it and why, and replaced as if it had crashed: it accepts nothing, and the
+requests it holds would wait for ever (gunicorn's ``timeout`` does the same).
 
 Signals:
 
@@ -34,8 +38,10 @@ worker's slot when it exits, so that the others stop leaving new connections to 
 
 Questions the workers ask (over their control pipe): the whole tree's metrics (asked of every
 serving worker and merged, `registry.ops.metrics_tree`; a worker that does not answer counts
-with its last answer, one that exited with its last counters) and how many workers serve
-(readiness: a worker that drains, or whose heartbeat on the board is stale, does not).
+with its last answer, one that exited with its last counters), how many workers serve and why
+each other one does not (readiness: a worker that drains, whose heartbeat on the board is
+stale, that exited or is starting, does not), and whether the whole instance stops (SIGTERM to
+the supervisor), as opposed to one worker being replaced.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ STOP_GRACE = 10.0
 START_TIMEOUT = 120.0
 # A worker's own scrape, inside a worker's question (which waits ASK_TIMEOUT = 5 s).
 SCRAPE_TIMEOUT = 3.0
+# How often the supervisor looks for workers silent past ``[http] worker_timeout`` (at most).
+WATCH_EVERY = 1.0
 NAMESPACE = "registry.server.supervisor"
 EXIT_STARTUP_FAILED = 1
 
@@ -151,6 +159,7 @@ class Worker:
         self.serving = False
         self.stopping = False  # sent SIGTERM by the supervisor: it drains, then exits
         self.failure: str | None = None  # the line it gave for not starting
+        self.killed = False  # by the supervisor, for a heartbeat silent too long
         self.served = Event()  # fires True once it serves, False if it ended first
         self.ended = Event()  # fires with its wait status
 
@@ -168,6 +177,8 @@ class Supervisor:
         self.log = log
         self.count = int(spec["count"])
         self.drain_timeout = float(spec["drain_timeout"])
+        # 0: a worker silent on the board is reported, never killed.
+        self.worker_timeout = float(spec.get("worker_timeout", 0.0))
         self._commands: list[list[str]] = spec["commands"]
         self._announce: str = spec["announce"]
         # (description, our descriptor, family) for the registry's ports, then [debug]'s.
@@ -181,6 +192,9 @@ class Supervisor:
         self.restarts = 0
         self.status = 0
         self._failures: dict[int, int] = {}
+        # Each slot's last worker to exit, until a new one serves there: (pid, how it ended),
+        # for readiness to name it.
+        self._exited: dict[int, tuple[int, str]] = {}
         self._respawns: dict[int, Timer] = {}
         self._started = False  # every worker served once: start-up is over
         self._stopping = False
@@ -207,6 +221,8 @@ class Supervisor:
         self.loop.on_signal(signal.SIGHUP, self._hup)
         self.loop.on_signal(signal.SIGUSR1, lambda _: self.log.rotate())
         self.loop.run_task(self._start())
+        if self._board >= 0 and self.worker_timeout > 0:
+            self.loop.call_later(self._watch_every(), self._watch)
 
     def _start(self) -> Task:
         first = self._spawn(0)
@@ -303,6 +319,7 @@ class Supervisor:
             return
         worker.serving = True
         self._failures.pop(worker.slot, None)
+        self._exited.pop(worker.slot, None)
         self._renewing.discard(worker.slot)
         self.log("info", f"worker {worker.slot} (pid {worker.pid}) serving")
         worker.served.fire(True)
@@ -368,8 +385,19 @@ class Supervisor:
     def _tree_ready(self, message: dict[str, Any], reply: Reply) -> None:
         ready = 0
         stuck = []
-        for worker in sorted(self.workers.values(), key=lambda w: w.slot):
+        for slot in range(self.count):
+            worker = self.workers.get(slot)
+            exited = self._exited.get(slot)
+            if worker is None:
+                if exited is not None:  # waiting out its back-off, or a rolling restart's
+                    pid, how = exited
+                    stuck.append(
+                        f"worker {slot} (pid {pid}) not serving: exited ({how}), being replaced"
+                    )
+                continue  # not started yet (start-up)
             if not worker.serving:
+                replacing = f", replacing pid {exited[0]} ({exited[1]})" if exited else ""
+                stuck.append(f"worker {slot} (pid {worker.pid}) not serving: starting{replacing}")
                 continue
             if self._draining(worker):
                 stuck.append(f"worker {worker.slot} (pid {worker.pid}) not serving: draining")
@@ -382,7 +410,34 @@ class Supervisor:
                     f"worker {worker.slot} (pid {worker.pid}) not serving: no heartbeat "
                     f"for {silent:.0f} s"
                 )
-        reply({"ready": ready, "workers": self.count, "stuck": stuck})
+        reply({"ready": ready, "workers": self.count, "stuck": stuck, "stopping": self._stopping})
+
+    # Stuck workers
+
+    def _watch_every(self) -> float:
+        return min(WATCH_EVERY, self.worker_timeout / 4)
+
+    def _watch(self) -> None:
+        """Kill each serving worker silent on the board past ``[http] worker_timeout``: the
+        SIGCHLD that follows replaces it (`_say_ended`).  A worker that drains has cleared
+        its slot (never silent here); the drain's own limit ends it (`_ended_within`)."""
+        if self._stopping:
+            return
+        for worker in list(self.workers.values()):
+            if not worker.serving or worker.stopping or worker.killed:
+                continue
+            silent = self._silent_for(worker)
+            if silent is None or silent <= self.worker_timeout:
+                continue
+            worker.killed = True
+            self.log(
+                "warn",
+                f"worker {worker.slot} (pid {worker.pid}) stuck: no heartbeat for "
+                f"{silent:.0f} s (over [http] worker_timeout = {self.worker_timeout:g} s); "
+                "killing it (SIGKILL) to replace it",
+            )
+            worker.signal(signal.SIGKILL)
+        self.loop.call_later(self._watch_every(), self._watch)
 
     # Supervision
 
@@ -414,6 +469,9 @@ class Supervisor:
         how = _describe_end(status)
         if worker.failure:
             how = f"{how} ({worker.failure})"
+        elif worker.killed:
+            how = f"{how}, stuck past [http] worker_timeout"
+        self._exited[worker.slot] = (worker.pid, how)
         if self._stopping or worker.slot in self._holding:
             self.log("info", f"worker {worker.slot} (pid {worker.pid}) stopped: {how}")
             return

@@ -290,11 +290,28 @@ class WorkerLink(Service):
         text: str = await self.channel.request("tree_metrics", ASK_TIMEOUT)
         return text.encode()
 
-    async def tree_ready(self) -> tuple[int, int, list[str]]:
-        """(workers ready, workers configured, why each stuck worker is not), as the
-        supervisor sees them."""
+    async def tree_ready(self) -> TreeReady:
+        """How many workers serve, and why each other one does not, as the supervisor sees
+        them; whether the whole instance stops."""
         answer: dict[str, Any] = await self.channel.request("tree_ready", ASK_TIMEOUT)
-        return int(answer["ready"]), int(answer["workers"]), list(answer.get("stuck", []))
+        return TreeReady(
+            ready=int(answer["ready"]),
+            total=int(answer["workers"]),
+            stuck=tuple(answer.get("stuck", ())),
+            stopping=bool(answer.get("stopping", False)),
+        )
+
+    async def instance_stopping(self) -> bool:
+        """
+        Whether the whole instance stops (the supervisor was sent SIGTERM), asked as this
+        worker drains: otherwise only this worker is being replaced (a rolling restart, or
+        it alone was sent SIGTERM) while the others serve.  A supervisor that does not answer
+        counts as stopping.
+        """
+        try:
+            return (await self.tree_ready()).stopping
+        except Exception:
+            return True
 
     def supervisor_gone(self) -> None:
         self.channel.lost()
@@ -304,14 +321,31 @@ class WorkerLink(Service):
                 self._reactor.stop()
 
 
+@attrs.frozen
+class TreeReady:
+    """The supervisor's answer to a readiness question."""
+
+    ready: int  # workers serving: started, accepting, renewing their heartbeat on the board
+    total: int  # workers configured
+    stuck: tuple[str, ...]  # why each other worker does not serve, one phrase each
+    stopping: bool  # the supervisor was told to stop: every worker drains
+
+
 def workers_probe(link: WorkerLink) -> Any:
-    """Readiness of the tree: every configured worker serves (the supervisor's view: started,
-    and renewing its heartbeat on the accept board)."""
-    from registry.ops.health import CheckFailed
+    """
+    Readiness of the tree.  Degraded while some workers do not serve (one being replaced
+    after a crash or in a rolling restart, one stuck): the others take every connection,
+    and taking the instance out of a load balancer for it would stop them too.  Failing when
+    none serves, or when the instance stops (the load balancer must drain it).
+    """
+    from registry.ops.health import CheckFailed, Degraded
 
     async def probe() -> None:
-        ready, total, stuck = await link.tree_ready()
-        if ready < total:
-            raise CheckFailed("; ".join([f"{ready} of {total} workers serving", *stuck]))
+        tree = await link.tree_ready()
+        if tree.stopping:
+            raise CheckFailed("; ".join(["the instance is stopping", *tree.stuck]))
+        if tree.ready < tree.total:
+            text = "; ".join([f"{tree.ready} of {tree.total} workers serving", *tree.stuck])
+            raise CheckFailed(text) if tree.ready == 0 else Degraded(text)
 
     return probe

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 
 from registry.ops.health import HealthCheck, HealthChecker, storage_probe
+from registry.server.workers import TreeReady, workers_probe
 from registry.storage.driver import StorageError
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.memory import MemoryDriver
@@ -151,3 +153,91 @@ def test_readiness_leads_with_draining_once_stopping() -> None:
     ]
     assert results(Deferred.fromCoroutine(health.run(["storage"]))) == [("storage", True, None)]
     assert probe.calls == 1
+
+
+def test_a_worker_replaced_alone_drains_degraded() -> None:
+    """
+    A worker that drains while the supervisor is not stopping (a rolling restart) is being
+    replaced while the others serve: its ``draining`` check is degraded, readiness 200.  It
+    failed, so a load balancer's probe reaching that worker took the instance out.  Once the
+    supervisor stops (or does not answer within the timeout), the check fails as a single
+    process's does.
+    """
+    clock, probe = Clock(), Probe()
+    health = checker(clock, probe, "storage")
+    first = Deferred.fromCoroutine(health.run())
+    probe.answer()
+    assert results(first) == [("storage", True, None)]
+    answers: list[Deferred[bool]] = []
+
+    async def instance_stopping() -> bool:
+        answers.append(Deferred())
+        return await answers[-1]
+
+    health.instance_stopping = instance_stopping
+    health.stopping(lambda: "stopping: draining 1 request(s)")
+    running = Deferred.fromCoroutine(health.run())
+    assert not running.called
+    answers[-1].callback(False)
+    found: list[Any] = []
+    running.addCallback(found.append)
+    draining = found[0][0]
+    assert (draining.name, draining.ok, draining.degraded) == ("draining", True, True)
+    assert draining.as_json() == {
+        "status": "degraded",
+        "error": "this worker is being replaced (stopping: draining 1 request(s)); "
+        "the other workers serve",
+    }
+    running = Deferred.fromCoroutine(health.run())
+    answers[-1].callback(True)
+    assert results(running) == [
+        ("draining", False, "stopping: draining 1 request(s)"),
+        ("storage", True, None),
+    ]
+    running = Deferred.fromCoroutine(health.run())
+    clock.advance(1.0)  # the timeout: no answer
+    assert results(running) == [
+        ("draining", False, "stopping: draining 1 request(s)"),
+        ("storage", True, None),
+    ]
+
+
+class FakeLink:
+    """What `workers_probe` asks: the supervisor's readiness answer, given by the test."""
+
+    def __init__(self, tree: TreeReady) -> None:
+        self.tree = tree
+
+    async def tree_ready(self) -> TreeReady:
+        return self.tree
+
+
+@pytest.mark.parametrize(
+    ("tree", "expected"),
+    [
+        (TreeReady(2, 2, (), False), ("ok", None)),
+        (
+            TreeReady(1, 2, ("worker 1 (pid 7) not serving: draining",), False),
+            ("degraded", "1 of 2 workers serving; worker 1 (pid 7) not serving: draining"),
+        ),
+        (
+            TreeReady(0, 2, ("worker 0 (pid 6) not serving: starting",), False),
+            ("failing", "0 of 2 workers serving; worker 0 (pid 6) not serving: starting"),
+        ),
+        (
+            TreeReady(0, 2, ("worker 0 (pid 6) not serving: draining",), True),
+            ("failing", "the instance is stopping; worker 0 (pid 6) not serving: draining"),
+        ),
+        (TreeReady(2, 2, (), True), ("failing", "the instance is stopping")),
+    ],
+)
+def test_the_workers_check_fails_only_when_none_serves_or_the_instance_stops(
+    tree: TreeReady, expected: tuple[str, str | None]
+) -> None:
+    health = HealthChecker(Clock())
+    health.add(HealthCheck("workers", workers_probe(FakeLink(tree))))  # type: ignore[arg-type]
+    found: list[Any] = []
+    Deferred.fromCoroutine(health.run()).addCallback(found.append)
+    (checked,) = found[0]
+    status = "failing" if not checked.ok else "degraded" if checked.degraded else "ok"
+    assert (status, checked.error) == expected
