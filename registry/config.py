@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from registry.server import log_rotation
+
 T = TypeVar("T")
 
 
@@ -299,11 +301,23 @@ class MaintenanceConfig:
     readonly: bool = key(False, parse_bool)
 
 
+def parse_rotate_keep(text: str) -> int:
+    """How many rotated log files to keep: 1 to `log_rotation.MAX_KEEP` (each is renamed at
+    every rotation, on the thread that writes the log)."""
+    count = parse_count(1)(text)
+    if count > log_rotation.MAX_KEEP:
+        raise ValueError(f"at most {log_rotation.MAX_KEEP} rotated log files are kept, not {count}")
+    return count
+
+
 @attrs.frozen
 class LogConfig:
-    # Where logs go is twistd's business (--logfile, --syslog); this only switches the
-    # access log, one line per request.
+    # Where logs go is twistd's business (--logfile, --syslog); this switches the access log,
+    # one line per request, and says how a --logfile rotates (registry.server.log_rotation):
+    # at rotatesize bytes (0: only on SIGUSR1), keeping rotatekeep rotated files.
     accesslog: bool = key(True, parse_bool)
+    rotatesize: int = key(log_rotation.DEFAULT_SIZE, parse_size)
+    rotatekeep: int = key(log_rotation.DEFAULT_KEEP, parse_rotate_keep)
 
 
 def parse_patterns(text: str) -> tuple[str, ...]:

@@ -168,7 +168,10 @@ def makeService(options: Options) -> IService:
         return _make_service(options, under_twistd=False)
     # Every process twistd runs (a single one, the supervisor before its exec, each worker)
     # logs whole lines to its --logfile, also on a full disk.
-    return whole_lines(_make_service(options, under_twistd=True), twistd)
+    service = _make_service(options, under_twistd=True)
+    config = options.config
+    assert config is not None
+    return whole_lines(service, twistd, config.log.rotatesize, config.log.rotatekeep)
 
 
 def _make_service(options: Options, under_twistd: bool) -> IService:

@@ -113,8 +113,9 @@ class Handoff(Service):
             exit_after_reactor(self.reactor, f"cannot start the supervisor: {reason.lower()}")
 
 
-def log_target(twistd: Any) -> dict[str, Any]:
-    """Where twistd was told to log (``twistd``: its parsed options), for the supervisor."""
+def log_target(twistd: Any, rotate_size: int, rotate_keep: int) -> dict[str, Any]:
+    """Where twistd was told to log (``twistd``: its parsed options), for the supervisor; a
+    file rotates as ``[log]`` says."""
     if twistd is None:
         return {"stdout": True}
     if twistd.get("syslog"):
@@ -122,7 +123,11 @@ def log_target(twistd: Any) -> dict[str, Any]:
     logfile = twistd.get("logfile")
     if logfile == "-" or (twistd.get("nodaemon") and not logfile):
         return {"stdout": True}
-    return {"file": os.path.abspath(logfile or "twistd.log")}
+    return {
+        "file": os.path.abspath(logfile or "twistd.log"),
+        "rotate_size": rotate_size,
+        "rotate_keep": rotate_keep,
+    }
 
 
 def supervise(
@@ -151,7 +156,7 @@ def supervise(
         "drain_timeout": config.http.draintimeout,
         "worker_timeout": config.http.worker_timeout,
         "commands": [command(slot) for slot in range(count)],
-        "log": log_target(twistd),
+        "log": log_target(twistd, config.log.rotatesize, config.log.rotatekeep),
         "pidfile": (twistd.get("pidfile") or None) if twistd is not None else None,
     }
     return Handoff(

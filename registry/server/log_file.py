@@ -10,6 +10,11 @@ short write, takes the fragment of an event that failed back out of the file (or
 that fails, starts the next event on a new line), and writes one line counting the events
 dropped before the first event it can write again.
 
+It also rotates unlike twistd's: at ``[log] rotatesize`` (10 MiB), keeping ``[log]
+rotatekeep`` rotated files (10) where twistd keeps every one, at a cost that does not grow with
+them, and on SIGUSR1 after logrotate moved the file it only opens a new one
+(`registry.server.log_rotation`).
+
 twistd uses its application's ``ILogObserver`` component, when there is one, in place of the
 observer it would make from ``--logfile``.  The service ``makeService`` returns is the only
 object of ours that twistd adds to that application (``setServiceParent``), so `whole_lines`
@@ -19,6 +24,7 @@ it: twistd imports that option's value by name once the plugin's options are par
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -32,6 +38,7 @@ from twisted.python import threadable
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 
+from registry.server import log_rotation
 from registry.server.exit import exit_now
 
 NAMESPACE = "registry.server.log_file"
@@ -39,31 +46,69 @@ NAMESPACE = "registry.server.log_file"
 
 class WholeLineLogFile(LogFile):
     """
-    twistd's rotating log file (same rotation by size, same SIGUSR1), whose events are whole
-    lines or absent (see the module).  One `write` is one event: that is how twistd's file
-    observer writes.
+    twistd's rotating log file (rotation by size, and on SIGUSR1), whose events are whole
+    lines or absent (see the module), and whose rotation keeps ``maxRotatedFiles`` files.
+    One `write` is one event: that is how twistd's file observer writes.
     """
 
-    synchronized = ["write"]  # as LogFile's: events from threads (the storage's) write too
+    # As LogFile's: events from threads (the storage's) write too, and SIGUSR1 rotates.
+    synchronized = ["write", "rotate"]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        directory: str,
+        rotateLength: int = log_rotation.DEFAULT_SIZE,
+        defaultMode: int | None = None,
+        maxRotatedFiles: int = log_rotation.DEFAULT_KEEP,
+    ) -> None:
         self._dropped = 0  # events not written since the last one that was
         self._dropped_since = 0.0
         self._error = ""
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._notice = b""  # a line about the file itself, written before the next event
+        super().__init__(  # type: ignore[no-untyped-call]
+            name, directory, rotateLength, defaultMode, max(1, maxRotatedFiles)
+        )
 
     def _openFile(self) -> None:
         super()._openFile()  # type: ignore[no-untyped-call]
         self._torn = False  # the file ends in the middle of a line
+        self._postponed = 0  # bytes written when a rotation failed: the next waits past them
+
+    def shouldRotate(self) -> bool:
+        return bool(self.rotateLength) and self.size >= self.rotateLength + self._postponed
+
+    def rotate(self) -> None:
+        """
+        FILE becomes FILE.1 (FILE.N becomes FILE.N+1, FILE.KEEP is removed) and a new FILE
+        is opened; or only the new FILE when another program moved FILE away already.  On
+        failure events go on to the file they went to, with one line saying why, and the
+        next rotation by size waits for another ``rotateLength`` bytes.
+        """
+        held = self._file
+        try:
+            log_rotation.rotate(self.path, self.maxRotatedFiles, held.fileno())
+            self._openFile()
+        except OSError as exc:
+            if self._file is not held:  # opened, then failed (seeking to its end)
+                with contextlib.suppress(OSError):
+                    self._file.close()
+            self._file = held  # still open: FILE, or FILE.1 when only the new FILE failed
+            self._postponed = self.size
+            self._notice = (
+                f"{formatTime(time.time())} [{NAMESPACE}#warn] log file not rotated: "
+                f"{log_rotation.describe(exc)}\n"
+            ).encode()
+            return
+        held.close()
 
     def write(self, data: str | bytes) -> None:
-        if self.shouldRotate():  # type: ignore[no-untyped-call]
-            self.flush()  # type: ignore[no-untyped-call]
-            self.rotate()  # type: ignore[no-untyped-call]
+        if self.shouldRotate():
+            self.rotate()
         if isinstance(data, str):
             data = data.encode("utf-8")
         # Written at once with the event: the count is never left in the file without it.
-        out = (b"\n" if self._torn else b"") + self._dropped_line() + data
+        out = (b"\n" if self._torn else b"") + self._dropped_line() + self._notice + data
         written = 0
         try:
             while written < len(out):
@@ -77,13 +122,13 @@ class WholeLineLogFile(LogFile):
         self.size += written
         self._torn = not out.endswith(b"\n")
         self._dropped = 0
+        self._notice = b""
 
     def _failed(self, out: bytes, written: int, exc: OSError) -> None:
         if not self._dropped:
             self._dropped_since = time.time()
         self._dropped += 1
-        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        self._error = f"{code} ({exc.strerror})" if exc.strerror else code
+        self._error = log_rotation.describe(exc)
         if not written:
             return
         try:  # part of it went in: take that part out again
@@ -121,9 +166,16 @@ def twistd_log_path(twistd: Mapping[str, Any]) -> str | None:
     return str(path or "twistd.log")
 
 
-def open_observer(path: str) -> ILogObserver:
-    """What twistd's ``--logfile PATH`` makes, on a `WholeLineLogFile`."""
-    log_file = WholeLineLogFile.fromFullPath(path)  # type: ignore[no-untyped-call]
+def open_observer(
+    path: str,
+    rotate_size: int = log_rotation.DEFAULT_SIZE,
+    rotate_keep: int = log_rotation.DEFAULT_KEEP,
+) -> ILogObserver:
+    """What twistd's ``--logfile PATH`` makes, on a `WholeLineLogFile` that rotates at
+    ``rotate_size`` bytes (0: only on SIGUSR1) and keeps ``rotate_keep`` rotated files."""
+    log_file = WholeLineLogFile.fromFullPath(  # type: ignore[no-untyped-call]
+        path, rotateLength=rotate_size, maxRotatedFiles=rotate_keep
+    )
     if not signal.getsignal(signal.SIGUSR1):  # twistd's own rotation, unless taken already
 
         def rotate(signum: int, frame: Any) -> None:
@@ -140,15 +192,16 @@ class _LoggingWholeLines(MultiService):
     """The service ``makeService`` made, which gives twistd's application its log observer
     as it is added there (twistd starts logging right after)."""
 
-    def __init__(self, service: IService, path: str) -> None:
+    def __init__(self, service: IService, path: str, rotate_size: int, rotate_keep: int) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._path = path
+        self._rotation = (rotate_size, rotate_keep)
         service.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         if isinstance(parent, Componentized):  # twistd's application
             try:
-                observer = open_observer(self._path)
+                observer = open_observer(self._path, *self._rotation)
             except OSError as exc:
                 reason = (exc.strerror or str(exc)).lower()
                 exit_now(f"cannot open the log file {self._path}: {reason}")
@@ -156,9 +209,15 @@ class _LoggingWholeLines(MultiService):
         super().setServiceParent(parent)  # type: ignore[no-untyped-call]
 
 
-def whole_lines(service: IService, twistd: Mapping[str, Any]) -> IService:
-    """``service``, made to log in whole lines where twistd would log to a file."""
+def whole_lines(
+    service: IService,
+    twistd: Mapping[str, Any],
+    rotate_size: int = log_rotation.DEFAULT_SIZE,
+    rotate_keep: int = log_rotation.DEFAULT_KEEP,
+) -> IService:
+    """``service``, made to log in whole lines where twistd would log to a file (rotated at
+    ``rotate_size`` bytes, ``rotate_keep`` rotated files kept: ``[log]``)."""
     path = twistd_log_path(twistd)
     if path is None:
         return service
-    return _LoggingWholeLines(service, path)
+    return _LoggingWholeLines(service, path, rotate_size, rotate_keep)

@@ -30,7 +30,10 @@ Signals:
   stops the rolling restart with one error line naming that reason: what it read would fail
   in every slot, so the workers not replaced yet keep serving with what they loaded, and the
   failed slot is retried with the back-off of a crashed worker.
-- SIGUSR1: rotate the supervisor's log file (as twistd does); workers rotate their own.
+- SIGUSR1: rotate the supervisor's log file (`registry.server.log_rotation`), and have every
+  worker rotate its own: each is sent SIGUSR1 once it serves (before that, twistd in it may not
+  have taken the signal over yet, and its default action ends a process).  Only with
+  ``--logfile``: a worker logging to syslog or standard output has nothing to rotate.
 
 Accepting in turn: the supervisor creates the board on which the workers post their open
 connections (`registry.server.balance`), hands each worker a descriptor of it, and clears a
@@ -56,7 +59,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from registry.server import board
+from registry.server import board, log_rotation
 from registry.server.loop import Event, Loop, Task, Timer, Wait
 from registry.server.pipe_channel import PipeChannel, Reply
 from registry.server.worker_env import (
@@ -93,20 +96,36 @@ EXIT_STARTUP_FAILED = 1
 
 class Log:
     """Lines as twistd writes them (``TIME [registry.server.supervisor#LEVEL] text``), to the
-    file, standard output or syslog that ``twistd`` was told to use."""
+    file, standard output or syslog that ``twistd`` was told to use; a file rotates as the
+    workers' do (``[log] rotatesize`` and ``rotatekeep``: ``rotate_size``, ``rotate_keep``)."""
 
     def __init__(self, target: dict[str, Any]) -> None:
         self._path: str | None = target.get("file")
         self._syslog = "syslog" in target
         self._file: Any = None
+        self._rotate_size = int(target.get("rotate_size", log_rotation.DEFAULT_SIZE))
+        self._rotate_keep = int(target.get("rotate_keep", log_rotation.DEFAULT_KEEP))
+        self._size = 0
+        self._postponed = 0  # the size when a rotation failed: the next waits past it
         if self._syslog:
             import syslog
 
             syslog.openlog(str(target["syslog"]), 0, syslog.LOG_USER)
         elif self._path:
-            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+            self._open()
         else:
             self._file = sys.stdout
+
+    @property
+    def to_file(self) -> bool:
+        """Whether this logs to ``--logfile`` (then so do the workers, to FILE.workerN)."""
+        return self._path is not None
+
+    def _open(self) -> None:
+        assert self._path is not None
+        self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+        self._size = self._file.tell()
+        self._postponed = 0
 
     def __call__(self, level: str, text: str) -> None:
         if self._syslog:
@@ -116,24 +135,34 @@ class Log:
             syslog.syslog(priority.get(level, syslog.LOG_INFO), f"[{NAMESPACE}#{level}] {text}")
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        line = f"{stamp} [{NAMESPACE}#{level}] {text}\n"
         try:
-            self._file.write(f"{stamp} [{NAMESPACE}#{level}] {text}\n")
+            self._file.write(line)
             self._file.flush()
         except (OSError, ValueError):
-            pass  # a closed output or a full disk must not stop the supervisor
+            return  # a closed output or a full disk must not stop the supervisor
+        if self._path is not None:
+            self._size += len(line.encode("utf-8"))
+            if self._rotate_size and self._size >= self._rotate_size + self._postponed:
+                self.rotate()
 
     def rotate(self) -> None:
-        """twistd's rotation: FILE.N becomes FILE.N+1, FILE becomes FILE.1, a new FILE."""
+        """FILE becomes FILE.1 (FILE.N becomes FILE.N+1, FILE.KEEP is removed) and a new FILE
+        is opened; or only the new FILE when logrotate moved FILE away already.  A failure
+        leaves the lines going where they went, and says why there."""
         if self._path is None or self._file is None:
             return
-        index = 1
-        while os.path.exists(f"{self._path}.{index}"):
-            index += 1
-        for number in range(index - 1, 0, -1):
-            os.rename(f"{self._path}.{number}", f"{self._path}.{number + 1}")
-        self._file.close()
-        os.rename(self._path, f"{self._path}.1")
-        self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+        held = self._file
+        try:
+            log_rotation.rotate(self._path, self._rotate_keep, held.fileno())
+            self._open()
+        except OSError as exc:
+            self._file = held
+            self._postponed = self._size
+            self("warn", f"log file not rotated: {log_rotation.describe(exc)}")
+            return
+        with contextlib.suppress(OSError):
+            held.close()
 
 
 def _describe_end(status: int) -> str:
@@ -160,6 +189,7 @@ class Worker:
         self.stopping = False  # sent SIGTERM by the supervisor: it drains, then exits
         self.failure: str | None = None  # the line it gave for not starting
         self.killed = False  # by the supervisor, for a heartbeat silent too long
+        self.rotate_pending = False  # a SIGUSR1 to pass on once it serves
         self.served = Event()  # fires True once it serves, False if it ended first
         self.ended = Event()  # fires with its wait status
 
@@ -219,10 +249,21 @@ class Supervisor:
         self.loop.on_signal(signal.SIGTERM, self._stop_requested)
         self.loop.on_signal(signal.SIGINT, self._stop_requested)
         self.loop.on_signal(signal.SIGHUP, self._hup)
-        self.loop.on_signal(signal.SIGUSR1, lambda _: self.log.rotate())
+        self.loop.on_signal(signal.SIGUSR1, self._usr1)
         self.loop.run_task(self._start())
         if self._board >= 0 and self.worker_timeout > 0:
             self.loop.call_later(self._watch_every(), self._watch)
+
+    def _usr1(self, signum: int) -> None:
+        """Rotate the log files: the supervisor's, and each worker's (FILE.workerN)."""
+        self.log.rotate()
+        if not self.log.to_file:
+            return
+        for worker in self.workers.values():
+            if worker.serving:
+                worker.signal(signal.SIGUSR1)
+            else:  # twistd in it may not handle SIGUSR1 yet: its default would end it
+                worker.rotate_pending = True
 
     def _start(self) -> Task:
         first = self._spawn(0)
@@ -322,6 +363,9 @@ class Supervisor:
         self._exited.pop(worker.slot, None)
         self._renewing.discard(worker.slot)
         self.log("info", f"worker {worker.slot} (pid {worker.pid}) serving")
+        if worker.rotate_pending:
+            worker.rotate_pending = False
+            worker.signal(signal.SIGUSR1)
         worker.served.fire(True)
 
     def _worker_failed(self, message: dict[str, Any], reply: Reply) -> None:
