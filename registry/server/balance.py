@@ -11,9 +11,10 @@ fourth while the other worker idled.
 
 The remedy is a small board in memory shared by the supervisor and its workers (a ``memfd``
 the supervisor creates and every worker maps), one slot per worker holding its number of open
-connections and a heartbeat.  A worker accepts while no other live worker has fewer
-connections than it by more than `slack` (one in eight, at least one); past that it takes its
-listening socket out of its reactor and leaves the waiting connection to the other worker,
+connections and a heartbeat.  A worker accepts while every other live worker has fewer
+connections than it by less than `slack` (one in eight, at least one): so no worker gets more
+than `slack` ahead of another, and with few connections they take turns.  Past that it takes
+its listening socket out of its reactor and leaves the waiting connection to the other worker,
 whose reactor was woken for it too.  It looks again when one of its own connections closes,
 and every `RECHECK` seconds while it holds back (the others' counts change without telling
 it).  So a burst of connections ends up split evenly between the workers, and long transfers
@@ -35,7 +36,7 @@ import mmap
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import address
@@ -60,8 +61,20 @@ ACCEPTS_PER_READ = 64
 
 
 def slack(connections: int) -> int:
-    """How many more connections than another worker a worker may take: one in eight."""
+    """How many more connections than another worker a worker may have: one in eight of its
+    own, at least one."""
     return max(1, connections // 8)
+
+
+def holds_back(mine: int, others: Iterable[int]) -> bool:
+    """
+    Whether a worker with ``mine`` open connections leaves the next one to the others (the
+    live ones' counts): when one of them has fewer by `slack` or more.  Taking it would put
+    this worker more than `slack` ahead; the one with the fewest never holds back, so some
+    worker always accepts.
+    """
+    floor = mine - slack(mine)
+    return any(connections <= floor for connections in others)
 
 
 class AcceptBoard:
@@ -91,20 +104,19 @@ class AcceptBoard:
 
     def may_accept(self) -> bool:
         """
-        True unless another live worker has fewer connections than this one, by more than
-        `slack`: with thousands of connections arriving at once, each worker takes them in
-        batches instead of one per `RECHECK`.
+        True unless `holds_back` says otherwise, given the counts of the live workers (a
+        heartbeat younger than `STALE`).  With thousands of connections arriving at once,
+        `slack` lets each worker take them in batches instead of one per `RECHECK`.
         """
         now = time.monotonic()
-        mine = self._connections
-        floor = mine - slack(mine)
+        others = []
         for slot in range(self._workers):
             if slot == self._slot:
                 continue
             connections, heartbeat = SLOT.unpack_from(self._map, slot * SLOT.size)
-            if now - heartbeat < STALE and connections < floor:
-                return False
-        return True
+            if now - heartbeat < STALE:
+                others.append(connections)
+        return not holds_back(self._connections, others)
 
     def join(self, port: BalancedPort) -> None:
         self._ports.append(port)
@@ -219,7 +231,7 @@ class BalancedPort:
     # Holding back
 
     def recheck(self) -> None:
-        """Accept again once no live worker has fewer connections than this one."""
+        """Accept again once no live worker has so many fewer connections (`holds_back`)."""
         if self._holding and self._listening and self._board.may_accept():
             self._stop_holding()
             self._reactor.addReader(self)

@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from registry.server import board
-from registry.server.balance import AcceptBoard, slack
+from registry.server.balance import AcceptBoard, holds_back, slack
 
 pytestmark = pytest.mark.skipif(not board.available(), reason="no memfd on this platform")
 
@@ -47,11 +47,11 @@ def test_equal_loads_both_accept(boards: tuple[int, AcceptBoard, AcceptBoard]) -
 
 def test_the_busier_worker_holds_back(boards: tuple[int, AcceptBoard, AcceptBoard]) -> None:
     _, first, second = boards
-    first.connections_changed(2)
+    first.connections_changed(1)
     second.connections_changed(0)
-    assert not first.may_accept()
+    assert not first.may_accept()  # one more would put it 2 ahead: more than `slack`
     assert second.may_accept()
-    first.connections_changed(1)  # within `slack` of the other again
+    second.connections_changed(1)  # level again
     assert first.may_accept()
 
 
@@ -59,9 +59,9 @@ def test_slack_grows_with_the_load(boards: tuple[int, AcceptBoard, AcceptBoard])
     _, first, second = boards
     assert slack(0) == slack(8) == 1 and slack(800) == 100
     first.connections_changed(800)
+    second.connections_changed(701)
+    assert first.may_accept()  # 801 would be 100 ahead: as far as `slack` lets it
     second.connections_changed(700)
-    assert first.may_accept()
-    second.connections_changed(699)
     assert not first.may_accept()
 
 
@@ -89,3 +89,26 @@ def test_a_cleared_or_departed_worker_is_ignored(
     assert not first.may_accept()
     second.leave(second._ports[0])  # stopped listening (draining): out of the turns
     assert first.may_accept()
+
+
+@pytest.mark.parametrize("workers", [2, 4, 8])
+@pytest.mark.parametrize("busiest_first", [True, False])
+def test_no_worker_gets_more_than_slack_ahead(workers: int, busiest_first: bool) -> None:
+    """
+    Connections arriving one at a time, each taken by a worker that does not hold back (the
+    busiest of them, or the idlest): at no point is a worker more than `slack` ahead of
+    another, as configuration.md says.  Holding back only once another had fewer by more than
+    `slack` let 8 connections over 4 workers end up as [3, 3, 1, 1].
+    """
+    counts = [0] * workers
+    for _ in range(40 * workers):
+        willing = [
+            slot
+            for slot in range(workers)
+            if not holds_back(counts[slot], counts[:slot] + counts[slot + 1 :])
+        ]
+        assert willing, counts  # somebody always accepts
+        take = max if busiest_first else min
+        counts[take(willing, key=lambda slot: (counts[slot], slot))] += 1
+        assert max(counts) - min(counts) <= slack(max(counts)), counts
+    assert sum(counts) == 40 * workers

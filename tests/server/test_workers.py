@@ -27,6 +27,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from registry.server.balance import holds_back
 from tests.e2e.harness import LISTENING, twistd_command, write_config
 from tests.server.proc import Child, child_env, start_registry, start_tls_registry
 from tests.server.test_drain import BLOB_SIZE, SlowDownload, push_blob, wait_refused
@@ -523,7 +524,7 @@ def test_a_stopped_worker_does_not_keep_connections_waiting(tree: Tree) -> None:
 def pin(tree: Tree, pid: int) -> list[socket.socket]:
     """
     Idle connections held on worker ``pid`` until it holds back (`registry.server.balance`:
-    another worker has fewer connections by more than the slack), so the next new connection
+    another worker has fewer connections by the slack or more), so the next new connection
     goes to another worker.  Connections another worker took are closed, and waited for until
     that worker has seen them close.
     """
@@ -532,7 +533,7 @@ def pin(tree: Tree, pid: int) -> list[socket.socket]:
         _settled(tree)
         mine = _established(pid, tree)
         others = [_established(other, tree) for other in tree.pids.values() if other != pid]
-        if min(others) < mine - max(1, mine // 8):
+        if holds_back(mine, others):
             return kept
         connection = open_answered(tree, 1)[0]
         if _owner_of(tree, connection) == pid:
