@@ -7,12 +7,14 @@ connection goes on serving its other streams.  A real ``twistd -n registry`` ove
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import re
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h2.config
@@ -20,7 +22,7 @@ import h2.connection
 import h2.events
 
 from tests.auth import pki
-from tests.server.proc import start_tls_registry
+from tests.server.proc import Child, start_tls_registry
 
 BLOB_SIZE = 8 * 1024 * 1024
 # Bound on reads while waiting for a response (each returns at least one frame or fails).
@@ -51,15 +53,23 @@ def headers(path: str) -> list[tuple[str, str]]:
     return [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "localhost")]
 
 
-def test_a_reset_stream_is_a_client_leaving(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def h2_registry(tmp_path: Path) -> Iterator[tuple[Child, int, ssl.SSLContext]]:
+    """A ``twistd -n registry`` over TLS offering ``h2``: (the child, its port, a client
+    context trusting it, ALPN not set yet)."""
     key = pki.new_key("ec")
     cert = pki.certificate("127.0.0.1", key, server=True)
     child, _, cert_path, _ = start_tls_registry(
         tmp_path, {"workers": "1", "http2": "true"}, pki.pem_cert(cert), pki.pem_key(key)
     )
     try:
-        port = child.wait_listening()
-        context = ssl.create_default_context(cafile=cert_path)
+        yield child, child.wait_listening(), ssl.create_default_context(cafile=cert_path)
+    finally:
+        child.stop()
+
+
+def test_a_reset_stream_is_a_client_leaving(tmp_path: Path) -> None:
+    with h2_registry(tmp_path) as (child, port, context):
         digest = push(port, context, b"\x5a" * BLOB_SIZE)
         context.set_alpn_protocols(["h2"])
         raw = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -108,8 +118,6 @@ def test_a_reset_stream_is_a_client_leaving(tmp_path: Path) -> None:
         log = "".join(child.output)
         assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
         assert log.count(f"path=/v2/h2/reset/blobs/{digest}") == 1
-    finally:
-        child.stop()
 
 
 def _answers(sock: ssl.SSLSocket, conn: h2.connection.H2Connection, stream: int) -> bytes:
@@ -138,14 +146,7 @@ def test_a_request_reset_as_it_is_sent_leaves_the_connection_serving(tmp_path: P
     next streams on the connection get whole answers.  (Writing it stopped the connection's
     sending loop: later streams got their headers and never a body.)
     """
-    key = pki.new_key("ec")
-    cert = pki.certificate("127.0.0.1", key, server=True)
-    child, _, cert_path, _ = start_tls_registry(
-        tmp_path, {"workers": "1", "http2": "true"}, pki.pem_cert(cert), pki.pem_key(key)
-    )
-    try:
-        port = child.wait_listening()
-        context = ssl.create_default_context(cafile=cert_path)
+    with h2_registry(tmp_path) as (child, port, context):
         context.set_alpn_protocols(["h2"])
         raw = socket.create_connection(("127.0.0.1", port), timeout=30)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
@@ -166,8 +167,6 @@ def test_a_request_reset_as_it_is_sent_leaves_the_connection_serving(tmp_path: P
         log = "".join(child.output)
         assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
         assert "critical" not in log, log[-3000:]
-    finally:
-        child.stop()
 
 
 def _bytes_read(pid: int) -> int:
@@ -198,15 +197,8 @@ def test_streams_a_client_never_reads_hold_little(tmp_path: Path) -> None:
     window: each stream's response waits on the server, which must not have read much of
     the blob for it (an HTTP/2 stream queues whole writes; 2 MiB reads held 4 MiB a stream).
     """
-    key = pki.new_key("ec")
-    cert = pki.certificate("127.0.0.1", key, server=True)
-    child, _, cert_path, _ = start_tls_registry(
-        tmp_path, {"workers": "1", "http2": "true"}, pki.pem_cert(cert), pki.pem_key(key)
-    )
     streams = 20
-    try:
-        port = child.wait_listening()
-        context = ssl.create_default_context(cafile=cert_path)
+    with h2_registry(tmp_path) as (child, port, context):
         digest = push(port, context, b"\x5b" * BLOB_SIZE)
         context.set_alpn_protocols(["h2"])
         pid = child.process.pid
@@ -226,5 +218,3 @@ def test_streams_a_client_never_reads_hold_little(tmp_path: Path) -> None:
         assert read < streams * 1024 * 1024, read
         log = "".join(child.output)
         assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
-    finally:
-        child.stop()

@@ -11,7 +11,6 @@ import errno
 import os
 import re
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -21,35 +20,10 @@ from registry.config import ConfigError, load
 from registry.server.log_file import WholeLineLogFile
 from tests.e2e.harness import LISTENING, twistd_command, write_config
 from tests.server.proc import Child, child_env
+from tests.server.test_log_full_disk import ACCESS, BURST, STAMP, burst, whole_lines
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
-STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
-EVENT = re.compile(rf"{STAMP} \[")
-ACCESS = "] access method=GET path=/v2/ status=200 "
-BURST = 24  # connections at once: the workers take about half each (see test_workers)
 ROTATE_SIZE = 4096
-
-
-def burst(port: int) -> None:
-    """``BURST`` connections opened together, then one ``GET /v2/`` answered on each."""
-    sockets = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(BURST)]
-    try:
-        for each in sockets:
-            each.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n")
-        for each in sockets:
-            assert each.recv(65536).startswith(b"HTTP/1.1 200 "), "no answer"
-    finally:
-        for each in sockets:
-            each.close()
-
-
-def whole_lines(path: Path) -> list[str]:
-    """``path``'s lines, each asserted to be one event's (or a continuation of it)."""
-    lines = path.read_bytes().decode().splitlines()
-    for number, line in enumerate(lines, start=1):
-        assert EVENT.match(line) or line[:1].isspace(), f"{path.name}:{number}: {line!r}"
-        assert not EVENT.search(line, 1), f"{path.name}:{number}: two events: {line!r}"
-    return lines
 
 
 def start(tmp_path: Path, workers: int, log: dict[str, str]) -> tuple[Child, int]:
