@@ -197,9 +197,16 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
     from registry.server.build import serve
 
     try:
-        return serve(config, reactor, spec, reload_on_hup=under_twistd)
+        if spec is not None and spec.check:
+            resolve(config)  # what the supervisor's own start-up refuses ([http] workers)
+        service = serve(config, reactor, spec, reload_on_hup=under_twistd)
     except ConfigError as exc:  # found while building: a folder to create, a file to read
         configuration_error(exc)
+    if spec is not None and spec.check:
+        # A SIGHUP's check (registry.server.supervisor): everything start-up reads and
+        # refuses before the reactor runs has passed; nothing was started.
+        raise SystemExit(0)
+    return service
 
 
 def _supervising(options: Options, config: Config, count: int, reactor: Any) -> IService:

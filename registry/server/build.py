@@ -62,6 +62,7 @@ from registry.server.workers import (
     WorkerSpec,
     die_with_supervisor,
     failures_per_worker,
+    leave_interrupts_to_supervisor,
     workers_probe,
 )
 from registry.storage.driver import StorageFull
@@ -253,6 +254,7 @@ def serve(
         config = _with_workers(config, 1, config.http.port)
     else:
         die_with_supervisor(spec)
+        leave_interrupts_to_supervisor()
         # A worker: listens where the supervisor bound (its descriptions, not --port's).
         config = _with_workers(config, spec.workers, tuple(i.description for i in spec.listeners))
     limit_malloc_arenas()  # before any worker thread exists: see registry/malloc_tuning.py
@@ -362,6 +364,8 @@ def serve(
         ctx.health,
     )
     root.setServiceParent(serving)  # type: ignore[no-untyped-call]
+    if link is not None:  # the supervisor stops at once: cut rather than drain
+        link.cut = serving.cut
     if reload_on_hup and spec is None:  # one process under twistd: SIGHUP reads TLS files again
         from registry.server.reload import HupReloader
 

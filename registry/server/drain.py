@@ -116,6 +116,7 @@ class ConnectionTracker:
         self._unplaced = 0  # running requests whose connection is unknown (HTTP/2)
         self._draining = False
         self._drained: Deferred[None] | None = None
+        self._cut = False  # `cut`: no drain, or no more of it
         # Told the number of open connections each time one opens or closes.
         self._watchers: list[Callable[[int], None]] = []
 
@@ -208,10 +209,18 @@ class ConnectionTracker:
             drained, self._drained = self._drained, None
             drained.callback(None)
 
+    def cut(self) -> None:
+        """Abort the connections rather than drain them: a drain running ends now, one that
+        has not started yet ends as soon as it starts (a stop at once: the supervisor's
+        second SIGINT, or SIGQUIT)."""
+        self._cut = True
+        if self._drained is not None:
+            self._drained.cancel()
+
     async def drain(self, limit: float) -> int:
         """
-        Close connections as their requests finish; after ``limit`` seconds abort the rest.
-        Returns how many connections had to be aborted.
+        Close connections as their requests finish; after ``limit`` seconds (or at `cut`)
+        abort the rest.  Returns how many connections had to be aborted.
         """
         self._draining = True
         self._drained = Deferred()
@@ -229,7 +238,7 @@ class ConnectionTracker:
                 connections=self.connections,
                 timeout=limit,
             )
-        timer = self._clock.callLater(limit, drained.cancel)
+        timer = self._clock.callLater(0 if self._cut else limit, drained.cancel)
         try:
             await drained
             return 0
@@ -240,8 +249,8 @@ class ConnectionTracker:
                 timer.cancel()
         remaining = list(self._connections)
         log.warn(
-            "draintimeout reached: cutting {connections} connection(s) with {requests} "
-            "request(s) still running",
+            "{why}: cutting {connections} connection(s) with {requests} request(s) still running",
+            why="told to stop at once" if self._cut else "draintimeout reached",
             connections=len(remaining),
             requests=self.requests,
         )

@@ -47,6 +47,10 @@ class PipeChannel:
         os.set_blocking(write_fd, False)
         loop.add_reader(read_fd, self._readable)
 
+    def send(self, op: str, **fields: Any) -> None:
+        """Tell the peer something; no answer expected."""
+        self._send({"op": op, **fields})
+
     def request(self, op: str, timeout: float, answer: Answer, **fields: Any) -> None:
         """Ask the peer; ``answer`` gets its result, or a reason (closed, timed out)."""
         if self.closed:

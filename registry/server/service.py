@@ -155,6 +155,14 @@ class RegistryService(MultiService):
         with contextlib.suppress(ReactorNotRunning):  # already stopping for another reason
             self._reactor.stop()
 
+    def cut(self) -> None:
+        """Stop at once: connections still open are cut, not drained (a worker whose
+        supervisor was sent a second SIGINT, or SIGQUIT).  What follows the drain (state
+        written down, the parts stopped in order) still runs."""
+        self.tracker.cut()
+        with contextlib.suppress(ReactorNotRunning):  # stopping already (its SIGTERM)
+            self._reactor.stop()
+
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 

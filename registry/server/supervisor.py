@@ -23,13 +23,24 @@ Signals:
 - SIGTERM (or SIGINT): close the supervisor's copies of the listening sockets, send SIGTERM
   to every worker (each drains its requests for up to ``[http] draintimeout``), wait for all
   of them, exit 0.  A worker still running ten seconds past the drain timeout is killed.
-- SIGHUP: a rolling restart.  One worker at a time is drained and replaced by a new process,
-  which reads the configuration file and certificates again; the next waits until the new
-  one serves.  The listeners themselves and the number of workers stay as they are.  A new
-  worker that exits before serving (it sends its one-line reason over the control pipe)
-  stops the rolling restart with one error line naming that reason: what it read would fail
-  in every slot, so the workers not replaced yet keep serving with what they loaded, and the
-  failed slot is retried with the back-off of a crashed worker.
+- A second SIGINT during that drain (Ctrl-C twice), or SIGQUIT at any time: stop at once.
+  Every worker is told over its control pipe to cut its connections (then it exits as after
+  its drain); one still running `CUT_GRACE` seconds later is killed.  The exit status is
+  128 + the signal's number (130, 131): requests were cut.  A second SIGTERM does not cut:
+  service managers and orchestrators send SIGTERM to ask for the graceful stop (some send
+  it again, to the whole process group or on a retry) and follow it with SIGKILL after
+  their own timeout, so a repeated SIGTERM is no sign that someone wants the drain cut.
+- SIGHUP: a rolling restart.  First the configuration is checked as a worker's start-up
+  checks it (`_check_config`: the worker's own program, in a process of its own that stops
+  before serving): a mistake there would stop every new worker, so the SIGHUP is refused
+  with one error line and no worker is touched.  Then one worker at a time is drained and
+  replaced by a new process, which reads the configuration file and certificates again; the
+  next waits until the new one serves.  The listeners themselves and the number of workers
+  stay as they are.  A new worker that still exits before serving (what the check does not
+  do: the storage probe; or the files changed again meanwhile) sends its one-line reason
+  over the control pipe and stops the rolling restart with one error line naming it: the
+  workers not replaced yet keep serving with what they loaded, and the failed slot is
+  retried with the back-off of a crashed worker.
 - SIGUSR1: rotate the supervisor's log file (`registry.server.log_rotation`), and have every
   worker rotate its own: each is sent SIGUSR1 once it serves (before that, twistd in it may not
   have taken the signal over yet, and its default action ends a process).  Only with
@@ -56,6 +67,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Generator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +98,12 @@ STOP_GRACE = 10.0
 # How long a started worker may take to serve (imports, storage probe) before a rolling
 # restart moves on anyway.
 START_TIMEOUT = 120.0
+# How long a SIGHUP's configuration check may take (it imports the registry and reads its
+# files, about a second) before the SIGHUP is refused.
+CHECK_TIMEOUT = 60.0
+# After a second SIGINT or a SIGQUIT: how long a worker told to cut its connections may take
+# to exit (it still writes its state down) before it is killed.
+CUT_GRACE = 5.0
 # A worker's own scrape, inside a worker's question (which waits ASK_TIMEOUT = 5 s).
 SCRAPE_TIMEOUT = 3.0
 # How often the supervisor looks for workers silent past ``[http] worker_timeout`` (at most).
@@ -228,7 +246,10 @@ class Supervisor:
         self._respawns: dict[int, Timer] = {}
         self._started = False  # every worker served once: start-up is over
         self._stopping = False
+        self._cutting = False  # a second SIGINT or a SIGQUIT: connections cut, no drain
         self._rolling = False
+        # A SIGHUP's configuration check running (`_check_config`), a process of its own.
+        self._check: Worker | None = None
         self._hup_again = False  # a SIGHUP arrived during the rolling restart running
         self._holding: set[int] = set()  # slots a rolling restart replaces itself
         # Slots a rolling restart started again, until their new worker serves: it must not
@@ -248,6 +269,7 @@ class Supervisor:
         self.loop.on_signal(signal.SIGCHLD, self._reap)
         self.loop.on_signal(signal.SIGTERM, self._stop_requested)
         self.loop.on_signal(signal.SIGINT, self._stop_requested)
+        self.loop.on_signal(signal.SIGQUIT, self._cut)
         self.loop.on_signal(signal.SIGHUP, self._hup)
         self.loop.on_signal(signal.SIGUSR1, self._usr1)
         self.loop.run_task(self._start())
@@ -320,14 +342,16 @@ class Supervisor:
         }
         return json.dumps(spec), moves
 
-    def _spawn(self, slot: int) -> Worker:
-        text, moves = self._worker_spec(slot)
+    def _launch(
+        self, argv: list[str], text: str, moves: list[tuple[int, int]]
+    ) -> tuple[int, int, int]:
+        """Start ``argv`` with ``text`` as its worker spec and ``moves``' descriptors, and its
+        control pipe: (pid, our end to read, our end to write)."""
         to_worker_r, to_worker_w = (_high(fd) for fd in os.pipe())
         from_worker_r, from_worker_w = (_high(fd) for fd in os.pipe())
-        moves += [(to_worker_r, CONTROL_IN), (from_worker_w, CONTROL_OUT)]
+        moves = [*moves, (to_worker_r, CONTROL_IN), (from_worker_w, CONTROL_OUT)]
         env = dict(self._environ)
         env[WORKER_ENVIRONMENT] = text
-        argv = self._commands[slot]
         try:
             pid = os.posix_spawn(
                 argv[0],
@@ -337,9 +361,18 @@ class Supervisor:
                 # Python ignores SIGPIPE for itself; a child starts with the defaults.
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
             )
+        except BaseException:
+            os.close(from_worker_r)
+            os.close(to_worker_w)
+            raise
         finally:
             os.close(to_worker_r)
             os.close(from_worker_w)
+        return pid, from_worker_r, to_worker_w
+
+    def _spawn(self, slot: int) -> Worker:
+        text, moves = self._worker_spec(slot)
+        pid, from_worker_r, to_worker_w = self._launch(self._commands[slot], text, moves)
         handlers = {
             "ready": self._worker_ready,
             "tree_metrics": self._tree_metrics,
@@ -486,6 +519,7 @@ class Supervisor:
     # Supervision
 
     def _reap(self, signum: int) -> None:
+        self._reap_check()
         for worker in list(self.workers.values()):
             try:
                 pid, status = os.waitpid(worker.pid, os.WNOHANG)
@@ -560,15 +594,82 @@ class Supervisor:
         self.loop.run_task(self._rolls())
 
     def _rolls(self) -> Task:
-        """Rolling restarts until no SIGHUP arrived during the last one."""
+        """Rolling restarts until no SIGHUP arrived during the last one, each once the
+        configuration passed its check."""
         try:
             while True:  # each further pass needs a SIGHUP during the one before
                 self._hup_again = False
-                yield from self._roll()
+                refused = yield from self._check_config()
+                if self._stopping:
+                    return
+                if refused is not None:
+                    self.log(
+                        "error",
+                        "SIGHUP: the new configuration is refused, every worker keeps "
+                        f"serving: {refused}",
+                    )
+                else:
+                    yield from self._roll()
                 if self._stopping or not self._hup_again:
                     return
         finally:
             self._rolling = False
+
+    def _check_config(self) -> Generator[Wait, bool, str | None]:
+        """
+        Whether the files as they are now would start a worker: None if so, else the cause.
+
+        The check is the worker's own start-up, not a copy of it: worker 0's command line,
+        told by its spec (``check``) to stop once the configuration is read and validated
+        and the service is built (TLS certificates and keys loaded and matched, an expired
+        one refused as a rolling restart's worker refuses it, the htpasswd and other files
+        read, folders made), before it would start serving; it sends its one-line reason
+        over the control pipe, as a worker that cannot start does.  A process of its own:
+        the supervisor's loop goes on meanwhile, and it has none of these libraries.  It
+        inherits no listening socket and no board, so it can take no connection.
+        """
+        text, _ = self._worker_spec(0)
+        spec = json.loads(text)
+        spec.update(check=True, board=-1, failures_logged=True, refuse_expired=True)
+        try:
+            pid, read_fd, write_fd = self._launch(self._commands[0], json.dumps(spec), [])
+        except OSError as exc:
+            return f"cannot start the configuration check: {exc.strerror or exc}"
+        holder: list[Worker] = []
+
+        def failed(message: dict[str, Any], reply: Reply) -> None:
+            holder[0].failure = str(message.get("reason", ""))
+
+        check = Worker(
+            -1, pid, PipeChannel(self.loop, read_fd, write_fd, {"failed": failed}, self.log)
+        )
+        holder.append(check)
+        self._check = check
+        self._reap_check()  # it may have ended already (its SIGCHLD came before)
+        ended = yield Wait(check.ended, CHECK_TIMEOUT)
+        if not ended:
+            check.signal(signal.SIGKILL)
+            yield Wait(check.ended)
+            return f"the configuration check did not finish within {CHECK_TIMEOUT:g} s"
+        status = check.ended.value
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return None
+        return check.failure or f"the configuration check ended: {_describe_end(status)}"
+
+    def _reap_check(self) -> None:
+        check = self._check
+        if check is None:
+            return
+        try:
+            pid, status = os.waitpid(check.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = check.pid, 0
+        if pid != check.pid:
+            return
+        self._check = None
+        check.channel.read_remaining()  # its reason ("failed") may still be in the pipe
+        check.channel.lost()
+        check.ended.fire(status)
 
     def _roll(self) -> Task:
         self.log("info", f"SIGHUP: restarting the {self.count} workers one at a time")
@@ -628,7 +729,10 @@ class Supervisor:
     def _stop_requested(self, signum: int | None) -> None:
         name = signal.Signals(signum).name if signum is not None else None
         if self._stopping:
-            if name is not None:
+            if signum == signal.SIGINT:  # Ctrl-C twice: whoever is at the terminal
+                self._cut(signum)
+            elif name is not None and not self._cutting:
+                # A second SIGTERM keeps the drain (see the module: not a sign of haste).
                 self.log("info", f"{name} again: still draining the workers")
             return
         if name is not None:
@@ -636,7 +740,38 @@ class Supervisor:
         self._stopping = True
         self.loop.run_task(self._stop())
 
+    def _cut(self, signum: int) -> None:
+        """Stop at once: every worker cuts its connections and exits (see the module)."""
+        if self._cutting:
+            return
+        self._cutting = True
+        # A start-up failure keeps its own status.
+        self.status = self.status or 128 + signum
+        name = signal.Signals(signum).name
+        again = " again" if self._stopping and signum == signal.SIGINT else ""
+        self.log(
+            "warn",
+            f"{name}{again}: stopping now, cutting every connection (exit status {self.status})",
+        )
+        if not self._stopping:
+            self._stopping = True
+            self.loop.run_task(self._stop())
+        for worker in list(self.workers.values()):
+            worker.channel.send("cut")
+        self.loop.call_later(CUT_GRACE, self._kill_remaining)
+
+    def _kill_remaining(self) -> None:
+        for worker in list(self.workers.values()):
+            self.log(
+                "warn",
+                f"worker {worker.slot} (pid {worker.pid}) still running {CUT_GRACE:g} s "
+                "after being told to cut its connections: killing it",
+            )
+            worker.signal(signal.SIGKILL)
+
     def _stop(self) -> Task:
+        if self._check is not None:  # a SIGHUP's check: nothing to wait for
+            self._check.signal(signal.SIGKILL)
         for pending in self._respawns.values():
             pending.cancel()
         self._respawns.clear()

@@ -162,6 +162,9 @@ class WorkerSpec:
     # Started by a rolling restart (SIGHUP): an ssl: listener's expired certificate stops it
     # rather than replace the one the worker before it served.
     refuse_expired: bool = False
+    # Not a worker: a SIGHUP's check of the configuration (`registry.server.supervisor`),
+    # which stops once the service is built, before serving, and exits 0 if it could be.
+    check: bool = False
 
     def to_environ(self) -> str:
         return json.dumps(attrs.asdict(self))
@@ -181,6 +184,7 @@ class WorkerSpec:
             supervisor=int(data.get("supervisor", 0)),
             board=int(data.get("board", -1)),
             refuse_expired=bool(data.get("refuse_expired", False)),
+            check=bool(data.get("check", False)),
         )
 
 
@@ -201,6 +205,17 @@ def die_with_supervisor(spec: WorkerSpec) -> None:
         return
     if spec.supervisor and os.getppid() != spec.supervisor:
         os._exit(0)  # it died before the line above: nothing left to serve for
+
+
+def leave_interrupts_to_supervisor() -> None:
+    """
+    Ignore SIGINT in a worker, before the reactor runs (Twisted then installs no handler of
+    its own for it).  Ctrl-C in a terminal sends SIGINT to the whole process group, workers
+    included: the supervisor, which gets it too, drains them (SIGTERM), and at a second one
+    tells them to cut their connections.  A worker acting on its own SIGINT as well would
+    stop its reactor a second time (a traceback) and exit killed by the signal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @implementer(IStreamServerEndpoint)
@@ -260,7 +275,9 @@ class WorkerLink(Service):
         self._reactor = reactor
         self.spec = spec
         self.local_metrics: Any = None  # async () -> bytes, set by the worker's wiring
-        self.channel = Channel(self._write, {"metrics": self._metrics}, reactor)
+        # () -> None, set by the worker's wiring: stop at once, cutting every connection.
+        self.cut: Callable[[], None] | None = None
+        self.channel = Channel(self._write, {"metrics": self._metrics, "cut": self._cut}, reactor)
         self._stdio: Any = None
 
     def startService(self) -> None:
@@ -276,6 +293,11 @@ class WorkerLink(Service):
     def _write(self, data: bytes) -> None:
         if self._stdio is not None:
             self._stdio.write(data)
+
+    def _cut(self, message: dict[str, Any]) -> None:
+        """The supervisor stops at once (a second SIGINT, SIGQUIT): no drain."""
+        if self.cut is not None:
+            self.cut()
 
     async def _metrics(self, message: dict[str, Any]) -> dict[str, Any]:
         text: bytes = await self.local_metrics()

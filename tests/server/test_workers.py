@@ -655,10 +655,11 @@ def https_status(port: int, cafile: Path) -> int:
 
 def test_sighup_with_a_bad_certificate_pair_keeps_the_old_workers_serving(tmp_path: Path) -> None:
     """
-    The key file replaced by one that does not match the certificate, then SIGHUP: the new
-    worker 0 cannot start, so the rolling restart stops there with one error line naming the
-    cause, and worker 1 (old certificates) keeps serving TLS.  Before, every worker was
-    replaced by one that could not serve and the registry was down until fixed.
+    The key file replaced by one that does not match the certificate, then SIGHUP: the
+    configuration check finds it before any worker is touched, one error line names the
+    cause, and both workers (old certificates) keep serving TLS.  Before, every worker was
+    replaced by one that could not serve and the registry was down until fixed; later worker
+    0 was drained first, then its replacement failed, and one worker served until fixed.
     """
     from tests.auth import pki
 
@@ -669,23 +670,29 @@ def test_sighup_with_a_bad_certificate_pair_keeps_the_old_workers_serving(tmp_pa
     )
     try:
         port = child.wait_listening()
+        log = "".join(child.output)
+        pids = {int(m["pid"]) for m in WORKER_SERVING.finditer(log)}
         assert https_status(port, cert_path) == 200
+        seen = len(child.output)
         pki.write(key_path, pki.pem_key(pki.new_key("ec")))
         child.process.send_signal(signal.SIGHUP)
-        line = child.wait_for(re.compile(r"#error\] SIGHUP: worker 0 did not start: (?P<cause>.*)"))
-        assert line["cause"].startswith(
+        line = child.wait_for(
+            re.compile(
+                r"#error\] SIGHUP: the new configuration is refused, every worker keeps "
+                r"serving: (?P<cause>.*)"
+            )
+        )
+        assert line["cause"] == (
             f"cannot listen on {description}: privateKey {key_path} does not match certKey "
-            f"{cert_path}; rolling restart stopped, 1 worker(s) keep serving"
+            f"{cert_path}"
         ), line["cause"]
-        for _ in range(4):  # new connections: all reach the old worker 1
+        for _ in range(4):  # new connections, to either worker
             assert https_status(port, cert_path) == 200
         assert child.process.poll() is None
-        # Worker 0 is tried again: each failure is one line, the supervisor's, naming the
-        # cause (the worker does not print its own on stderr as well).
-        child.wait_for(re.compile(r"worker 0 \(pid \d+\) exited: .*does not match certKey"))
-        log = "".join(child.output)
-        assert "every worker restarted" not in log
-        assert "Traceback" not in log
+        later = "".join(child.output[seen:])
+        assert later.count("[registry.server.supervisor#") == 1, later
+        assert {int(m["pid"]) for m in WORKER_SERVING.finditer("".join(child.output))} == pids
+        assert "Traceback" not in "".join(child.output)
     finally:
         child.stop()
     assert "does not match" not in child.stderr()
@@ -1356,8 +1363,8 @@ def test_a_rolling_restart_does_not_replace_a_valid_certificate_with_an_expired_
     tmp_path: Path,
 ) -> None:
     """``workers = 2``: a SIGHUP after the certificate file was replaced by an expired one
-    stops the rolling restart at its first worker (one error line naming the file and the
-    date), and the worker not replaced keeps serving the valid certificate."""
+    is refused by the configuration check (one error line naming the file and the date), and
+    both workers keep serving the valid certificate."""
     import datetime
 
     from cryptography.hazmat.primitives import serialization
@@ -1375,15 +1382,20 @@ def test_a_rolling_restart_does_not_replace_a_valid_certificate_with_an_expired_
         port = child.wait_listening()
         pki.write(cert_path, pki.pem_cert(expired))
         child.process.send_signal(signal.SIGHUP)
-        line = child.wait_for(re.compile(r"#error\] SIGHUP: worker 0 did not start: (?P<cause>.*)"))
+        line = child.wait_for(
+            re.compile(
+                r"#error\] SIGHUP: the new configuration is refused, every worker keeps "
+                r"serving: (?P<cause>.*)"
+            )
+        )
         end = expired.not_valid_after_utc.strftime("%Y-%m-%d %H:%M")
-        assert line["cause"].startswith(
+        assert line["cause"] == (
             f"cannot listen on {description}: certKey {cert_path}: the certificate expired on "
-            f"{end} UTC; rolling restart stopped, 1 worker(s) keep serving"
+            f"{end} UTC"
         ), line["cause"]
-        for _ in range(4):  # new connections: all reach worker 1 and its valid certificate
+        for _ in range(4):  # new connections: both workers serve the valid certificate
             assert served_certificate(port) == valid.public_bytes(serialization.Encoding.DER)
-        assert "every worker restarted" not in "".join(child.output)
+        assert "SIGHUP: restarting" not in "".join(child.output)
         assert "Traceback" not in "".join(child.output)
     finally:
         child.stop()
