@@ -6,16 +6,25 @@ supervisors over loopback (the helpers are `tests.server.test_workers`').
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.server.test_drain import BLOB_SIZE, SlowDownload, push_blob, wait_refused
-from tests.server.test_workers import WORKER_SERVING, Tree, _ready, start_tree
+from tests.server.test_workers import WORKER_SERVING, Tree, start_tree
+
+
+def _ready(tree: Tree) -> tuple[int, dict[str, Any]]:
+    """Readiness's status and its workers check."""
+    status, body = tree.scrape("/health/ready")
+    return status, json.loads(body)["checks"]["workers"]
+
 
 REFUSED = re.compile(
     r"#error\] SIGHUP: the new configuration is refused, every worker keeps serving: (?P<cause>.*)"
