@@ -193,6 +193,9 @@ SPACE_POLL = 1.0
 LOCK_RETRY = 0.02
 # Upstream referrers lists read at once per cache (`ProxyCache.referrers`).
 REFERRER_READS = 2
+# What an upstream's 404 for a tag must name for the tag to be gone there (registry:2 answers
+# MANIFEST_UNKNOWN, or NAME_UNKNOWN for the whole repository).
+REGISTRY_GONE = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
 # A blob whose upstream body failed its digest (or its length) this many times in a row, each
 # within ``BAD_BODY_AGE`` seconds of the last, is answered 502 without asking again until
 # that time has passed since the last: a client's retries (docker makes five) would otherwise
@@ -1123,11 +1126,32 @@ class ProxyCache:
             else:
                 fetched = await self.client.manifest(upstream, tag, "GET")
         except UpstreamNotFound as exc:
+            gone = exc
+            if exc.code is None and cached is not None:
+                # A HEAD's 404 has no body to say who answered: the GET's does.
+                try:
+                    fetched = await self.client.manifest(upstream, tag, "GET")
+                except UpstreamNotFound as again:
+                    gone = again
+                else:
+                    self._gone.pop(key)
+                    self.stats.misses += 1
+                    stored = await self._store_manifest(local, fetched, tag)
+                    self._checked.put(key, self.now())
+                    return stored.digest
+            if gone.code not in REGISTRY_GONE:
+                # A 404 no registry error names (a proxy's or a CDN's page, a wrong path, a
+                # registry hiding what it refuses): no word about the tag, which is kept.
+                if cached is not None:
+                    raise UpstreamBadResponse(
+                        gone.status, f"{gone.reason} (no registry error: the tag is kept)"
+                    ) from None
+                raise
             if linked or key in self._gone:
-                self._gone.put(key, exc.reason[:300])
+                self._gone.put(key, gone.reason[:300])
             if linked:
                 await self._forget_tag(local, tag)
-            raise
+            raise gone from None
         self._gone.pop(key)
         if cached is not None:
             if head.digest == cached.digest:

@@ -27,13 +27,15 @@ On a full disk that first rebuild walks but cannot write the index.  `Catalog.en
 then keeps the names the walk found in memory (as many as the storage holds repositories: what
 one walk holds anyway) and lists from them, kept up to date by `note_repository` and
 `forget_repository`, rather than walk again at every listing; the first entry written once there
-is room (a push) has the next listing write the index.
+is room (a push) has the next listing write the index, and a process that sees the index written
+by another (`Catalog._written_elsewhere`) lists it again.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from typing import Any
@@ -59,6 +61,9 @@ ENTRIES_DIR = f"{CATALOG_DIR}/repositories"
 COMPLETE_MARKER = f"{CATALOG_DIR}/complete"
 # How many names `Catalog.note_repository` remembers having written (see `Catalog._noted`).
 NOTED_MAX = 8192
+# How often a process listing from memory (a full disk at start) looks whether another process
+# wrote the index meanwhile: other workers see a push's repository within this time.
+UNWRITTEN_RECHECK = 5.0
 # Index entries written between turns given to the reactor (see `Catalog.clock`).
 _TURN_EVERY = 64
 # "~" is outside the name grammar, and unreserved in URLs (S3 keys stay readable).
@@ -142,6 +147,8 @@ class Catalog:
     _unwritten: list[str] | None = attrs.field(default=None, init=False)
     # An entry was written while `_unwritten`: there is room, the next listing writes the index.
     _room: bool = attrs.field(default=False, init=False)
+    # When `_written_elsewhere` last looked (the clock's seconds).
+    _unwritten_checked: float = attrs.field(default=float("-inf"), init=False)
 
     async def note_repository(self, name: str) -> None:
         # Remembered per process: this runs on every blob link, and the marker rarely changes.
@@ -203,7 +210,10 @@ class Catalog:
     async def ensure_index(self) -> None:
         """Rebuild once when no full walk was ever recorded (a registry:2 data directory);
         on a full disk, list from that walk until there is room (the module docstring)."""
-        if self._ready or (self._unwritten is not None and not self._room):
+        if self._ready:
+            return
+        if self._unwritten is not None and not self._room:
+            await self._written_elsewhere()
             return
         try:
             await self.driver.stat(COMPLETE_MARKER)
@@ -225,6 +235,22 @@ class Catalog:
                 return
         self._unwritten = None
         self._ready = True
+
+    async def _written_elsewhere(self) -> None:
+        """While listing from memory: whether another process (another worker's push, a
+        ``txregistry catalog-rebuild``) has written the index meanwhile, looked at once per
+        `UNWRITTEN_RECHECK` seconds: then the index is listed, not this process's walk."""
+        now = self.clock.seconds() if self.clock is not None else time.monotonic()
+        if now - self._unwritten_checked < UNWRITTEN_RECHECK:
+            return
+        self._unwritten_checked = now
+        try:
+            await self.driver.stat(COMPLETE_MARKER)
+        except PathNotFoundError:
+            return
+        self._unwritten = None
+        self._ready = True
+        log.info("the catalog index was written meanwhile: listing it again")
 
     def rebuild(self) -> Deferred[list[str]]:
         """

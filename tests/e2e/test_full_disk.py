@@ -389,12 +389,30 @@ async def test_a_first_start_on_a_full_disk_lists_the_repositories(
     )
 
     # Room again: a push notes its repository, and the next listing writes the index.
+    # Another process (another worker) that writes the index first is seen within
+    # UNWRITTEN_RECHECK: the listing is the index's again, not the start-up walk's.
     filler.unlink()
+    other = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    for blob in (samples.CONFIG, samples.LAYER_1, samples.LAYER_2):
+        await push_blob(other.url, "elsewhere", blob)
+    response = await put_manifest(other.url, "elsewhere", "latest", samples.oci_image())
+    assert response.code == 201, await response.text()
+    wanted = b'{"repositories":["base","elsewhere","team/app"]}'
+    for _ in range(100):  # bounded: 20 s, four times UNWRITTEN_RECHECK
+        response, body = await get(f"{registry.url}/v2/_catalog")
+        if body == wanted:
+            break
+        await sleep(0.2)
+    assert (response.code, body) == (200, wanted)
+    await other.stop()
     await push_blob(registry.url, "new", samples.CONFIG)
     for blob in (samples.LAYER_1, samples.LAYER_2):
         await push_blob(registry.url, "new", blob)
     response = await put_manifest(registry.url, "new", "latest", samples.oci_image())
     assert response.code == 201, await response.text()
     response, body = await get(f"{registry.url}/v2/_catalog")
-    assert (response.code, body) == (200, b'{"repositories":["base","new","team/app"]}')
+    assert (response.code, body) == (
+        200,
+        b'{"repositories":["base","elsewhere","new","team/app"]}',
+    )
     assert (small_disk / "docker/registry/v2/txregistry/catalog/complete").exists()

@@ -74,6 +74,8 @@ class Switches:
     ratelimit_remaining: int = 100
     ratelimit_window: int = 21600
     fail_status: int | None = None  # every registry, token and CDN request answers this
+    # Manifest requests answer a 404 page no registry sends (a proxy's or a CDN's, HTML).
+    html_404_manifests: bool = False
     stall: bool = False  # accept requests, never answer
     stall_blob_after: int | None = None  # CDN sends this many bytes, then goes silent
     cut_blob_after: int | None = None  # CDN drops the connection after this many bytes
@@ -549,6 +551,10 @@ class _RegistryResource(_Base):
 
     def _manifest(self, request: Request, name: str, ref: str) -> bytes:
         sw = self.fake.switches
+        if sw.html_404_manifests:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/html")
+            return b"<html><body><h1>404 Not Found</h1></body></html>"
         repo = self.fake.content.repos[name]
         digest = repo.tags.get(ref, ref)
         found = repo.manifests.get(digest)

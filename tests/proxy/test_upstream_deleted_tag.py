@@ -11,6 +11,7 @@ import pytest_twisted
 from registry.api.digests import Digest
 from registry.storage import layout
 from tests.e2e.client import sha256
+from tests.e2e.test_notifications import captured_logs  # noqa: F401 - fixture
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
 from tests.proxy.util import fetch, pull, storage_root
@@ -24,7 +25,7 @@ MISSING_V3 = {
             "detail": {
                 "name": "docker.io/team/app",
                 "reference": "v3",
-                "upstream": "manifest team/app:v3: 404",
+                "upstream": "manifest team/app:v3: MANIFEST_UNKNOWN manifest v3 unknown",
             },
         }
     ]
@@ -85,3 +86,28 @@ async def test_a_tag_deleted_upstream_stays_gone_when_the_upstream_goes_down(
     assert response.code == 200
     assert sha256(body) == v3.digest
     assert await _tags(url) == (200, {"name": "team/app", "tags": ["v2", "v3"]})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_404_no_registry_sends_keeps_the_tag(
+    proxied: Proxied,
+    fake: FakeUpstream,
+    captured_logs: list[str],  # noqa: F811
+) -> None:
+    """A 404 page in front of the upstream (a proxy in maintenance, a CDN, a registry hiding
+    what it refuses) says nothing about the tag: it is served stale and kept, not removed."""
+    image = fake.content.add_image("team/app", "v2", LAYERS)
+    registry = await proxied(timeout="1s", tag_freshness="0")
+    url = registry.url
+    await pull(registry, "team/app", "v2")
+    fake.switches.html_404_manifests = True
+    for method in ("GET", "HEAD"):
+        response, body = await fetch(f"{url}/v2/team/app/manifests/v2", method=method)
+        assert response.code == 200, body
+        assert response.headers.getRawHeaders("Docker-Content-Digest") == [image.digest]
+    assert await _tags(url) == (200, {"name": "team/app", "tags": ["v2"]})
+    root = storage_root(registry)
+    assert (root / layout.tag_dir("docker.io/team/app", "v2")).exists()
+    log = "\n".join(captured_logs)
+    assert "serving cached docker.io/team/app:v2" in log and "the tag is kept" in log, log
+    assert "removed the cached tag" not in log
