@@ -468,10 +468,11 @@ class Supervisor:
             if worker is None:
                 if exited is not None:  # waiting out its back-off, or a rolling restart's
                     pid, how = exited
-                    stuck.append(
-                        f"worker {slot} (pid {pid}) not serving: exited ({how}), being replaced"
-                    )
-                continue  # not started yet (start-up)
+                    then = "the instance is stopping" if self._stopping else "being replaced"
+                    stuck.append(f"worker {slot} (pid {pid}) not serving: exited ({how}), {then}")
+                else:
+                    stuck.append(f"worker {slot} not serving: not started yet")
+                continue
             if not worker.serving:
                 replacing = f", replacing pid {exited[0]} ({exited[1]})" if exited else ""
                 stuck.append(f"worker {slot} (pid {worker.pid}) not serving: starting{replacing}")
@@ -585,7 +586,10 @@ class Supervisor:
             if not self._hup_again:
                 self.log(
                     "info",
-                    "SIGHUP: a rolling restart is running; every worker will be restarted "
+                    "SIGHUP: the configuration is being checked; it is checked again once"
+                    " that check ends, and every worker restarted if it passes"
+                    if self._check is not None
+                    else "SIGHUP: a rolling restart is running; every worker will be restarted "
                     "again once it ends",
                 )
             self._hup_again = True
