@@ -111,26 +111,32 @@ class ProxyRouter:
         if not values or not route.name:
             return route
         namespace = values[0].decode("utf-8", "replace").strip().lower()
-        cache = self.by_namespace(namespace)
-        unknown = RegistryError(
-            NAME_UNKNOWN,
-            {"name": route.name, "ns": namespace[:200]},
-            f"no upstream is configured for namespace {namespace[:200]}",
-        )
-        if cache is None:
-            raise unknown
-        prefix = cache.config.prefix
-        if prefix and route.name.startswith(prefix + "/"):
-            name = route.name
-        elif prefix:
-            name = f"{prefix}/{route.name}"
+        detail = {"name": route.name, "ns": namespace[:200]}
+        cache = self.by_prefix(namespace)
+        if cache is not None and route.name.startswith(namespace + "/"):
+            name = route.name  # the prefix in the path too (a mirror path ending in it)
         else:
-            name = route.name
+            # containerd names the repository as that registry knows it: always under the
+            # upstream's prefix here (an upstream repository may itself start with it).
+            cache = cache or self.by_namespace(namespace)
+            if cache is None:
+                raise RegistryError(
+                    NAME_UNKNOWN,
+                    detail,
+                    f"no upstream is configured for namespace {namespace[:200]}",
+                )
+            prefix = cache.config.prefix
+            name = f"{prefix}/{route.name}" if prefix else route.name
         # The name must reach that upstream (a default upstream without a prefix does not
         # get names under another upstream's prefix): else this mirror does not serve it.
         routed = self.route(name)
         if routed is None or routed.cache is not cache:
-            raise unknown
+            raise RegistryError(
+                NAME_UNKNOWN,
+                detail,
+                f"the upstream for namespace {namespace[:200]} is not asked for"
+                f" {route.name[:200]} here: the name is another upstream's",
+            )
         request.setHeader("OCI-Namespace", namespace)
         if name == route.name:
             return attrs.evolve(route, namespace=namespace)

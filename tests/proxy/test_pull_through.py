@@ -269,3 +269,24 @@ async def test_containerds_ns_may_name_an_upstream_by_its_host(
     assert response.code == 503, body
     assert header(response, "oci-namespace") == "127.0.0.1:9"
     assert json.loads(body)["errors"][0]["detail"]["name"] == "other/library/alpine"
+
+
+@pytest_twisted.ensureDeferred
+async def test_ns_by_host_always_asks_for_the_name_under_the_prefix(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """With ``?ns=<host>`` containerd names the repository as that registry knows it, even
+    one starting with the upstream's prefix here: ``loc/team/app`` there is not ``team/app``."""
+    fake.content.add_image("team/app", "a", [100])
+    nested = fake.content.add_image("loc/team/app", "x", [200], seed="nested")
+    registry = await proxied(prefix="loc", default="false")
+    host = fake.url.removeprefix("http://").rstrip("/")
+    url = f"{registry.url}/v2/loc/team/app"
+    response, body = await fetch(f"{url}/tags/list?ns={host}")
+    assert response.code == 200, body
+    assert json.loads(body) == {"name": "loc/team/app", "tags": ["x"]}
+    response, body = await fetch(f"{url}/manifests/x?ns={host}")
+    assert response.code == 200, body
+    assert sha256(body) == nested.digest
+    response, _ = await fetch(f"{url}/manifests/a?ns={host}")
+    assert response.code == 404
