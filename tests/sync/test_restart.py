@@ -48,7 +48,8 @@ async def test_killed_sync_resumes_from_what_was_complete(
         "remote": f"http://{registry2.host}",
         "first_run_within": "0s",
         "repositories": "big/*",
-        "bandwidth": "400KB",
+        # Slow enough that a loaded machine's status requests see the run under way.
+        "bandwidth": "100KB",
         "concurrency": "2",
     }
     workdir = tmp_path / "txregistry"
@@ -57,7 +58,7 @@ async def test_killed_sync_resumes_from_what_was_complete(
     first = RegistryProcess(workdir, {"sync:slow": sync})
     first.start()
     try:
-        for _ in range(600):
+        for _ in range(1500):  # bounded: at least 30 s
             status = await sync_status(first.url, "slow")
             current = status.get("current") or {}
             if current.get("blobs", 0) >= 3:
