@@ -287,6 +287,10 @@ class StorageConfig:
     # How long an S3 request waits for S3's answer (status line and headers) before failing:
     # a hung S3 then gives clients a 503 rather than a wait as long as theirs.
     answertimeout: float = key(60.0, parse_positive_duration)
+    # How long an S3 transfer (a part upload, a download, the answer after a part) may go
+    # without a byte moving either way before it fails as S3 being unavailable: a stalled S3
+    # then ends requests instead of holding them for as long as the network keeps quiet.
+    idletimeout: float = key(60.0, parse_positive_duration)
 
 
 @attrs.frozen

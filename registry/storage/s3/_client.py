@@ -23,14 +23,19 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
+from twisted.web.client import (
+    HTTPConnectionPool,
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseFailed,
+)
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from registry.http.bounded_agent import bounded_agent
 from registry.http.twisted_internals import quiet_pool
 from registry.storage.driver import QUIET_RETRIES, StorageError
 from registry.storage.producers import BytesProducer
-from registry.storage.s3._connections import S3ConnectionPool
+from registry.storage.s3._connections import S3ConnectionPool, WatchedBody
 from registry.storage.s3._settings import Endpoint, S3Settings
 from registry.storage.s3._sigv4 import UNSIGNED_PAYLOAD, SigV4
 
@@ -140,7 +145,9 @@ def _in_words(error: BaseException) -> str:
 
 def _cancelled(error: BaseException) -> bool:
     """Whether a request failed because it was cancelled: Twisted's HTTP client reports
-    that as a ``ResponseFailed`` (or a transmission failure) carrying a `CancelledError`."""
+    that as a ``ResponseFailed`` (or a failure to send the body) carrying a `CancelledError`.
+    A connection lost while the body is sent is not one: the body is a `WatchedBody`, which
+    never fails when Twisted stops it, so Twisted reports the connection's loss instead."""
     reasons = getattr(error, "reasons", None) or []
     return any(isinstance(getattr(r, "value", None), CancelledError) for r in reasons)
 
@@ -148,6 +155,16 @@ def _cancelled(error: BaseException) -> bool:
 # A body this small is sent in well under a second on any link a registry uses: its sending
 # does not count against ``answertimeout``.  Larger ones (parts kept in memory) are not timed.
 _QUICK_BODY = 1024 * 1024
+
+
+def _slow_to_answer(
+    method: str, query: dict[str, str] | None, headers: dict[str, str] | None
+) -> bool:
+    """A server-side copy or a multipart completion: S3 may work on it for minutes before it
+    answers, with nothing moving on the connection meanwhile."""
+    if any(name.lower() == "x-amz-copy-source" for name in headers or {}):
+        return True
+    return method == "POST" and "uploadId" in (query or {})
 
 
 def _answers_quickly(
@@ -161,9 +178,9 @@ def _answers_quickly(
     """
     if not (body is None or (isinstance(body, bytes) and len(body) <= _QUICK_BODY)):
         return False
-    if any(name.lower() == "x-amz-copy-source" for name in headers or {}):
+    if _slow_to_answer(method, query, headers):
         return False
-    return not (method in ("PUT", "POST") and "uploadId" in (query or {}))
+    return not (method == "PUT" and "uploadId" in (query or {}))
 
 
 class S3Client:
@@ -178,7 +195,9 @@ class S3Client:
         self._signer = SigV4(access, secret, settings.region, token)
         self._pool: HTTPConnectionPool | None = None
         if http_client is None:
-            self._pool = quiet_pool(S3ConnectionPool(reactor, persistent=True))
+            self._pool = quiet_pool(
+                S3ConnectionPool(reactor, persistent=True, idle_timeout=settings.idletimeout)
+            )
             # Uploads, downloads and small requests of many clients run at once.
             self._pool.maxPersistentPerHost = 32
             self._pool.retryAutomatically = True
@@ -238,6 +257,14 @@ class S3Client:
                         + _attempts([*met, _in_words(e)])
                     ) from e
                 problem = _in_words(e)
+            except RequestGenerationFailed as e:
+                if _cancelled(e):
+                    raise CancelledError(f"{where}: no answer yet{_before(met)}") from None
+                # The body itself failed (a spooled part unreadable): sending it again would
+                # meet the same failure.
+                raise StorageError(
+                    f"{where}: the request body could not be read: {_in_words(e)}{_before(met)}"
+                ) from e
             else:
                 if response.code < 500 or not delays:
                     if response.code >= 500:
@@ -280,6 +307,14 @@ class S3Client:
         else:
             signed = self._signed_headers(method, url, headers or {}, None)
             data = body() if callable(body) else body
+        if data is not None:
+            # Twisted stopping the body (a lost connection) must read as the network failure
+            # it is, not as a cancel; see `WatchedBody`.  Waiting for the answer after the body
+            # counts against the idle limit unless ``answertimeout`` or nothing bounds it.
+            idle_answer = not _answers_quickly(
+                method, query, headers, body
+            ) and not _slow_to_answer(method, query, headers)
+            data = WatchedBody(data, idle_answer)
         sending: Deferred[IResponse] = self._http.request(
             method,
             url,
@@ -329,7 +364,14 @@ class S3Client:
         whose body is an ``<Error>`` (S3 sends those for copies and completions that fail late).
         """
         response = await self.request(method, key, query=query, headers=headers, body=body)
-        content: bytes = await treq.content(response)
+        try:
+            content: bytes = await treq.content(response)
+        except ResponseFailed as error:
+            # Cut or stalled mid-answer: a storage failure like any other, not a crash.
+            raise StorageError(
+                f"S3 at {self.endpoint.bucket_url} cut its answer to {method} {key or '/'}: "
+                + _in_words(error)
+            ) from error
         if missing_ok and response.code == 404:
             return None
         if response.code not in ok:

@@ -57,6 +57,9 @@ class S3Settings:
     spooldirectory: str | None = None
     # Seconds a request waits for S3's answer (not counting the time to send a streamed body).
     answertimeout: float = 60.0
+    # Seconds a transfer may go without a byte moving either way (None: no limit); see
+    # `registry.storage.s3._connections`.
+    idletimeout: float | None = 60.0
 
     def credentials(self) -> tuple[str, str, str | None]:
         """(access key, secret key, session token), falling back to the AWS_* variables."""
