@@ -270,11 +270,26 @@ class UploadStore:
             writer = await self.driver.writer(layout.upload_data(name, upload_id))
             await writer.close()
         except StorageError:
-            # A full disk, say: leave no half-made upload folder behind.
-            with contextlib.suppress(StorageError):
-                await self.driver.delete(layout.upload_dir(name, upload_id))
+            # A full disk, say: leave no half-made upload folder behind.  The client gets the
+            # error now, not after the clean-up: on a storage that hangs the clean-up waits out
+            # its own time limit (each of its storage calls is bounded), and a folder it fails
+            # to remove is left for the upload purge.
+            Deferred.fromCoroutine(self._remove_half_made(name, upload_id))
             raise
         return upload_id
+
+    async def _remove_half_made(self, name: str, upload_id: str) -> None:
+        try:
+            await self.driver.delete(layout.upload_dir(name, upload_id))
+        except PathNotFoundError:
+            pass
+        except StorageError as error:
+            log.info(
+                "half-made upload {upload} of {name} left for the purge: {error}",
+                upload=upload_id,
+                name=name,
+                error=error,
+            )
 
     async def exists(self, name: str, upload_id: str) -> bool:
         try:
