@@ -25,6 +25,7 @@ import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import formatEvent, globalLogPublisher
 
 from registry import __version__
@@ -626,24 +627,33 @@ async def test_queues_of_workers_that_no_longer_run_are_adopted(
     await receiver.stop()
     server.start()
     try:
-        images = [(f"r{i}", "t") for i in range(40)]
-        for i in range(0, 40, 2):  # a connection per two images: both workers get some
-            await push_images(server.url, images[i : i + 2])
+        # Two connections open at once, an image each: the balance splits them between the
+        # workers (one after another, both may go to the same worker).  Rounds go on until
+        # worker 1 has queued events (bounded), or there would be nothing to adopt.
+        pushed = 0
+        for _ in range(60):
+            if pushed >= 40 and events_on_disk(folder / "ci.worker1.log") > 0:
+                break
+            names = [(f"r{pushed}", "t"), (f"r{pushed + 1}", "t")]
+            await gatherResults(
+                [Deferred.fromCoroutine(push_images(server.url, [name])) for name in names]
+            )
+            pushed += 2
         failed = re.compile(r"notifications: POST to ci \(worker [01]\) failed: ")
         await wait_until(lambda: failed.search(server.log_text()) is not None)
         server.stop(signal.SIGTERM)
         queued = events_on_disk(folder / "ci.log"), events_on_disk(folder / "ci.worker1.log")
-        assert sum(queued) == 80 and queued[1] > 0, queued  # or there is nothing to adopt
+        assert sum(queued) == 2 * pushed and queued[1] > 0, (queued, pushed)
         sections["http"]["workers"] = "1"
         write_config(server.config, sections)
         server.start()
         await receiver.start()
-        await receiver.wait_for(lambda: len(receiver.events) >= 80)
+        await receiver.wait_for(lambda: len(receiver.events) >= 2 * pushed)
         await sleep(0.3)  # a duplicate would come now
     finally:
         server.stop()
-    assert len(receiver.events) == 80
-    assert len({e["id"] for e in receiver.events}) == 80
+    assert len(receiver.events) == 2 * pushed
+    assert len({e["id"] for e in receiver.events}) == 2 * pushed
     assert not (folder / "ci.worker1.log").exists()
     log = server.log_text()
     assert "Traceback" not in log
