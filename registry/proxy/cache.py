@@ -61,7 +61,7 @@ from registry.proxy.errors import (
     UpstreamRateLimited,
     UpstreamUnauthorized,
 )
-from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, TailProducer
+from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, StoreFailed, TailProducer
 from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable, StoredMeanwhile
 from registry.proxy.fleet._redis import log_redis
 from registry.proxy.fleet.counters import FleetCounters
@@ -76,7 +76,7 @@ from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_desc
 from registry.storage import layout
 from registry.storage.blobs import BlobInfo, BlobStore
 from registry.storage.catalog import Catalog
-from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
+from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
 from registry.storage.listing import digest_folders
@@ -869,6 +869,34 @@ class ProxyCache:
         writer = None
         spool = None
         leased = False
+        settled = False  # the reservation ended early (the storage failed)
+
+        def store_failed(error: BaseException) -> None:
+            """The storage failed under the fill: it goes on serving its clients from the
+            upstream body (`Fill.start_relay`) and keeps nothing.  Everything else that a
+            fill holds is let go of now, so that the next request fills again."""
+            nonlocal leased, settled
+            fill.start_relay(str(error))
+            if self._fills.get(digest) is fill:
+                del self._fills[digest]
+            self.stats.unkept_fills += 1
+            log.warn(
+                "proxy {upstream}: serving {digest} ({size} bytes) without keeping it: the "
+                "cache's storage failed: {error}",
+                upstream=self.name,
+                digest=str(digest),
+                size=fill.size,
+                error=str(error),
+                event="proxy_fill_not_kept",
+            )
+            if str(digest) in self.space.granted:
+                settled = True
+                Deferred.fromCoroutine(self._settle_reservation(fill, stored=False))
+            if leased and self.fleet is not None:
+                leased = False
+                Deferred.fromCoroutine(self._release_lease(digest))
+            self.space.changed()
+
         try:
             if self.fleet is not None:
                 holder = await self.fleet.leases.acquire(self.name, digest, upstream)
@@ -914,7 +942,7 @@ class ProxyCache:
             fill.opened = True
             fill.notify()
             hasher = self._fill_hasher(digest)
-            protocol = FillProtocol(fill, writer, lambda n: None, spool, hasher)
+            protocol = FillProtocol(fill, writer, lambda n: None, spool, hasher, store_failed)
             blob.deliver(protocol, verify=hasher is None, read_size=FILL_READ_SIZE)
             await protocol.done
             if hasher is not None:
@@ -922,14 +950,28 @@ class ProxyCache:
                 if actual != digest:
                     self.client.session.errors += 1
                     raise UpstreamBadResponse(None, f"body hashes to {actual}, not {digest}")
-            committing, writer = writer, None
-            await committing.commit()
+            if fill.relay is None:
+                try:
+                    await writer.commit()
+                    if fill.keep:
+                        await self.driver.move(fill.path, fill.final_path)
+                except StorageError as exc:
+                    # The whole body is here and verified: served all the same, not kept.
+                    store_failed(exc)
+                else:
+                    writer = None
+            if fill.relay is not None:
+                # Readers finish from the window (and what was stored before the failure);
+                # the writer, its file and the spool go once the last one is done.
+                fill.on_idle = self._discarder(fill, writer, spool)
+                writer = spool = None
+                fill.done = True
+                return
             if not fill.keep:
                 # Readers finish from the file where it is; it goes once the last one is done.
                 fill.final_path = fill.path
                 fill.done = True
                 return
-            await self.driver.move(fill.path, fill.final_path)
             # Every repository that joined (each confirmed by the upstream), including those
             # that join while these links are written.
             linked: set[str] = set()
@@ -980,7 +1022,8 @@ class ProxyCache:
                     digest=str(digest),
                     error=str(exc),
                 )
-            elif not isinstance(exc, HeldElsewhere | StoredMeanwhile):
+            elif not isinstance(exc, HeldElsewhere | StoredMeanwhile | StoreFailed):
+                # (StoreFailed: said by ``store_failed`` already.)
                 # A full disk or an S3 outage is one line with its reason; a defect keeps
                 # its traceback.
                 log_failure(log, Failure(), "proxy fill of {digest} failed", digest=str(digest))
@@ -993,11 +1036,12 @@ class ProxyCache:
             if self._fills.get(digest) is fill:
                 del self._fills[digest]
             self.index.release(str(digest))
-            fill.forget_recent()
-            if str(digest) in self.space.granted:  # failed: the room is free again
+            if fill.relay is None or fill.error is not None:
+                fill.forget_recent()  # (a relayed fill's readers still take it, bounded)
+            if not settled and str(digest) in self.space.granted:  # failed: room is free
                 await self._settle_reservation(fill, stored=False)
             self.space.changed()
-            if not fill.keep and fill.error is None:
+            if not fill.keep and fill.error is None and fill.relay is None:
                 fill.on_idle = lambda: self._discard_unkept(fill)
             fill.notify()
             fill.idle_check()
@@ -1008,17 +1052,55 @@ class ProxyCache:
                 with contextlib.suppress(Exception):
                     await self.spool.delete(fill.tail_path)
             if leased and self.fleet is not None:
-                try:
-                    await self.fleet.leases.release(self.name, digest)
-                except Exception as exc:  # it expires on its own
-                    log_redis(
-                        log,
-                        exc,
-                        "proxy {upstream}: releasing the fill lease of {digest} failed: {error}",
-                        upstream=self.name,
-                        digest=str(digest),
-                        error=str(exc),
-                    )
+                await self._release_lease(digest)
+
+    async def _release_lease(self, digest: Digest) -> None:
+        assert self.fleet is not None
+        try:
+            await self.fleet.leases.release(self.name, digest)
+        except Exception as exc:  # it expires on its own
+            log_redis(
+                log,
+                exc,
+                "proxy {upstream}: releasing the fill lease of {digest} failed: {error}",
+                upstream=self.name,
+                digest=str(digest),
+                error=str(exc),
+            )
+
+    def _discarder(
+        self, fill: Fill, writer: IFileWriter | None, spool: IFileWriter | None
+    ) -> Callable[[], None]:
+        """What removes a relayed fill's leftovers (`Fill.on_idle`): its unfinished writer
+        (an S3 multipart upload), its file and its spool file.  The storage may still be
+        failing: what cannot be removed now goes with the fills folder at the next start."""
+
+        async def discard() -> None:
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    await writer.cancel()
+            try:
+                with contextlib.suppress(PathNotFoundError):
+                    await self.driver.delete(fill.path)
+            except Exception as exc:
+                log.info(
+                    "proxy {upstream}: removing {path} failed: {error} (removed at the next start)",
+                    upstream=self.name,
+                    path=fill.path,
+                    error=str(exc),
+                )
+            if spool is not None and self.spool is not None and fill.tail_path is not None:
+                with contextlib.suppress(Exception):
+                    await spool.cancel()
+                with contextlib.suppress(Exception):
+                    await self.spool.delete(fill.tail_path)
+
+        def run() -> None:
+            Deferred.fromCoroutine(discard()).addErrback(
+                lambda f: log_failure(log, f, "removing a relayed fill's files failed")
+            )
+
+        return run
 
     # -- manifests
 

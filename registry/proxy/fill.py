@@ -19,6 +19,16 @@ writer only publishes the file on commit (S3, where a fill is a multipart upload
 *spool*: the fill writes every chunk to a local file as well (``tail_driver`` and
 ``tail_path``), and readers follow that one until the blob is stored, so that concurrent
 clients get the bytes as they arrive rather than once the whole layer is committed.
+
+When the storage fails under a fill (a write, the commit or the move into place: a full or
+failing disk, S3 answering errors), the fill is *relayed*: it stops writing, and its readers
+get the rest of the upstream body from the fill's window, which then keeps every byte that a
+reader has yet to send (the upstream socket pauses while it holds more than `RECENT`, so the
+slowest reader sets the pace and memory stays flat).  Bytes from before the failure that a
+reader still needs are read back from where they were written (the file or the spool) up to
+what the storage took; a reader that needs bytes neither holds any more ends its body short,
+never with other bytes.  The body is still checked against its digest before its last byte
+goes out; nothing is committed.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from zope.interface import implementer
 
 from registry.api.digests import Digest
 from registry.client._body import settle_body
-from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
+from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.hash_offload import OffloadedHasher
 
 # A reader behind the fill's window opens the growing file for at most this much at a time;
@@ -49,6 +59,14 @@ SEGMENT = 8 * 1024 * 1024
 # chunk): a reader that keeps up, or paused for a reactor turn or two while its socket drains,
 # is served from it without reading the bytes back from storage.
 RECENT = 2 * 1024 * 1024
+
+
+class StoreFailed(StorageError):
+    """The storage failed under a fill that then had no reader left to relay the body to."""
+
+
+class RelayGap(StorageError):
+    """A reader of a relayed fill needs bytes that neither the window nor the storage hold."""
 
 
 class Fill:
@@ -83,7 +101,16 @@ class Fill:
         # ``path`` in the storage.
         self.tail_driver: IStorageDriver | None = None
         self.tail_path: str | None = None
+        # Bytes the storage writer (and the spool) took without an error so far.
+        self.written = 0
+        # Set when the storage failed: why, and up to where the stored bytes can be read back
+        # (``written`` then); from then on the fill only relays the body to its readers.
+        self.relay: str | None = None
+        self.base = 0
         self._waiters: list[Deferred[None]] = []
+        self._room: list[Deferred[None]] = []
+        # Where each reader is: a relayed fill keeps every byte from the lowest on.
+        self._positions: dict[object, int] = {}
         # The latest bytes stored, from offset ``_recent_start`` on (only while readers).
         self._recent: deque[bytes] = deque()
         self._recent_start = 0
@@ -104,9 +131,22 @@ class Fill:
         if d in self._waiters:
             self._waiters.remove(d)
 
-    def reader_done(self) -> None:
+    def reader_started(self, reader: object, position: int) -> None:
+        self.readers += 1
+        self._positions[reader] = position
+
+    def reader_at(self, reader: object, position: int) -> None:
+        """``reader`` has sent everything before ``position``: a relayed fill lets go of it."""
+        self._positions[reader] = position
+        if self.relay is not None:
+            self._trim_relay()
+
+    def reader_done(self, reader: object = None) -> None:
         """A reader ended; the last one after the fill ended runs ``on_idle`` (once)."""
         self.readers -= 1
+        self._positions.pop(reader, None)
+        if self.relay is not None:
+            self._trim_relay()
         self.idle_check()
 
     def idle_check(self) -> None:
@@ -115,6 +155,8 @@ class Fill:
             on_idle()
 
     def notify(self) -> None:
+        if self.finished:
+            self._wake_room()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
@@ -123,7 +165,13 @@ class Fill:
         """``data`` was accepted by the storage writer (and the spool): count it, keep it in
         the window while there are readers, and wake the readers waiting for it."""
         self.stored += len(data)
-        if self.readers > 0:
+        if self.relay is not None:
+            if not self._recent:
+                self._recent_start = self.stored - len(data)
+            self._recent.append(data)
+            self._recent_size += len(data)
+            self._trim_relay()
+        elif self.readers > 0:
             recent = self._recent
             if not recent:
                 self._recent_start = self.stored - len(data)
@@ -140,6 +188,45 @@ class Fill:
     def forget_recent(self) -> None:
         self._recent.clear()
         self._recent_size = 0
+        self._wake_room()
+
+    def start_relay(self, why: str) -> None:
+        """The storage failed: from now on the window holds what the readers still need, and
+        only the bytes the storage took before (``written``) are read back from it."""
+        if self.relay is None:
+            self.relay = why
+            self.base = self.written
+            self._trim_relay()
+            self.notify()
+
+    @property
+    def window_start(self) -> int:
+        return self._recent_start if self._recent else self.stored
+
+    def _trim_relay(self) -> None:
+        """Drop the window's chunks that every reader has sent."""
+        lowest = min(self._positions.values(), default=self.stored)
+        recent = self._recent
+        while recent and self._recent_start + len(recent[0]) <= lowest:
+            dropped = recent.popleft()
+            self._recent_start += len(dropped)
+            self._recent_size -= len(dropped)
+        self._wake_room()
+
+    def room(self) -> Deferred[None] | None:
+        """For a relayed fill: None while its window may grow, else a Deferred that fires
+        once the readers took enough of it (or are gone, or the fill ended)."""
+        if self._recent_size <= RECENT or self.readers <= 0 or self.finished:
+            return None
+        d: Deferred[None] = Deferred(lambda d: self._room.remove(d) if d in self._room else None)
+        self._room.append(d)
+        return d
+
+    def _wake_room(self) -> None:
+        if self._room and (self._recent_size <= RECENT or self.readers <= 0 or self.finished):
+            room, self._room = self._room, []
+            for d in room:
+                d.callback(None)
 
     def recent(self, position: int, end: int) -> list[bytes]:
         """The stored bytes from ``position`` to ``end`` that the window holds, as pieces
@@ -166,6 +253,11 @@ class FillProtocol(Protocol):
     hashing on the hash threads, and the upstream socket pauses while that queue is full, as
     it does for a slow writer; whoever awaits ``done`` then compares the digest.
 
+    When a storage write fails (at once, or later through its Deferred), ``on_store_failed``
+    is told and the fill is relayed (`Fill.start_relay`): the body goes on to the readers
+    only, the upstream socket pausing while the window is full; with no reader left, the
+    body is stopped and ``done`` fails with `StoreFailed`.
+
     ``done`` fires when the body ended complete (and, without a ``hasher``, verified), or
     fails with its error."""
 
@@ -176,34 +268,107 @@ class FillProtocol(Protocol):
         on_bytes: Callable[[int], None],
         spool: IFileWriter | None = None,
         hasher: OffloadedHasher | None = None,
+        on_store_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.fill = fill
         self.writer = writer
         self.spool = spool
         self.hasher = hasher
         self.on_bytes = on_bytes
+        self.on_store_failed = on_store_failed
+        self.store_error: BaseException | None = None
         self.done: Deferred[None] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            pending = [self.writer.write(data)]
-            if self.spool is not None:
-                pending.append(self.spool.write(data))
-        except Exception as exc:  # disk full, closed writer: the fill fails, nothing visible
-            self.transport.stopProducing()  # type: ignore[union-attr]
-            if not self.done.called:
-                self.done.errback(Failure(exc))
+        if self.done.called:
             return
+        if self.fill.relay is not None:
+            self._relay(data)
+            return
+        try:
+            stores = [self.writer.write(data)]
+            if self.spool is not None:
+                stores.append(self.spool.write(data))
+        except Exception as exc:  # a full disk, an I/O error, a closed writer
+            self._store_failed(exc)
+            self._relay(data)
+            return
+        pending: list[Deferred[Any]] = []
+        for d in stores:
+            if isinstance(d, Deferred):
+                # A write failing later relays the body all the same (never a failed pull).
+                pending.append(d.addErrback(self._late_store_failure))
         if self.hasher is not None:
-            pending.append(self.hasher.update(data))
+            hashed = self.hasher.update(data)
+            if isinstance(hashed, Deferred):
+                pending.append(hashed)
         self.on_bytes(len(data))
         self.fill.stored_chunk(data)
-        waits = [d for d in pending if isinstance(d, Deferred)]
-        if waits:
-            transport: Any = self.transport
-            transport.pauseProducing()
-            both: Deferred[Any] = waits[0] if len(waits) == 1 else gatherResults(waits)
-            both.addCallbacks(lambda _: transport.resumeProducing(), self._write_failed)
+        end = self.fill.stored
+        if not pending:
+            self.fill.written = end
+            return
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+        def written(_: object) -> None:
+            if self.fill.relay is None:
+                self.fill.written = end
+            self._resume()
+
+        gatherResults(pending, consumeErrors=True).addCallbacks(written, self._write_failed)
+
+    def _relay(self, data: bytes) -> None:
+        """A chunk after the storage failed: to the readers (through the window) only."""
+        fill = self.fill
+        pending: list[Deferred[Any]] = []
+        if self.hasher is not None:
+            hashed = self.hasher.update(data)
+            if isinstance(hashed, Deferred):
+                pending.append(hashed)
+        self.on_bytes(len(data))
+        fill.stored_chunk(data)
+        if fill.readers <= 0:
+            self._abandon()
+            return
+        room = fill.room()
+        if room is not None:
+            pending.append(room)
+        if pending:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            gatherResults(pending, consumeErrors=True).addCallbacks(
+                lambda _: self._resume(), self._write_failed
+            )
+
+    def _resume(self) -> None:
+        if self.done.called:
+            return
+        fill = self.fill
+        if fill.relay is not None:
+            if fill.readers <= 0:
+                self._abandon()
+                return
+            room = fill.room()
+            if room is not None:
+                room.addCallbacks(lambda _: self._resume(), self._write_failed)
+                return
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _late_store_failure(self, failure: Failure) -> None:
+        self._store_failed(failure.value or StorageError("storage write failed"))
+
+    def _store_failed(self, error: BaseException) -> None:
+        if self.store_error is not None:
+            return
+        self.store_error = error
+        self.fill.start_relay(str(error))
+        if self.on_store_failed is not None:
+            self.on_store_failed(error)
+
+    def _abandon(self) -> None:
+        """Relaying with nobody left to relay to: stop the upstream body."""
+        why = self.fill.relay or "storage failed"
+        self._write_failed(Failure(StoreFailed(f"{why}; no client left to serve")))
 
     def _write_failed(self, failure: Failure) -> None:
         self.transport.stopProducing()  # type: ignore[union-attr]
@@ -251,12 +416,12 @@ class TailProducer:
         self._run: Deferred[None] | None = None
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        self.fill.readers += 1
+        self.fill.reader_started(self, self.offset)
         run = Deferred.fromCoroutine(self._produce(consumer))
         self._run = run
 
         def released(result: object) -> object:
-            self.fill.reader_done()
+            self.fill.reader_done(self)
             if isinstance(result, Failure) and not result.check(CancelledError):
                 # The status line and Content-Length are out: the only honest end is to drop
                 # the connection, so the client sees a short body, not a finished response.
@@ -281,6 +446,9 @@ class TailProducer:
                 self._resumed = Deferred()
                 await self._resumed
                 continue
+            if fill.relay is not None:
+                position = await self._relayed(consumer, position, end)
+                continue
             # Until the fill is verified, hold back its last byte: if the upstream body turns
             # out truncated or corrupt, no client has received a complete wrong blob.
             verified = fill.stored if fill.size is None else min(fill.stored, fill.size - 1)
@@ -288,6 +456,7 @@ class TailProducer:
                 pieces = fill.recent(position, min(end, verified))
                 if pieces:
                     position += self._write_pieces(consumer, pieces)
+                    fill.reader_at(self, position)
                     continue
             driver = self.driver
             if fill.done:
@@ -323,6 +492,50 @@ class TailProducer:
                 self._inner = None
             position += count
             self.sent += count
+            fill.reader_at(self, position)
+
+    async def _relayed(self, consumer: IConsumer, position: int, end: int) -> int:
+        """One step of following a fill whose storage failed (`Fill.start_relay`); the new
+        position.  Bytes come from the window; those before it, from what the storage took
+        before it failed (the file or the spool, never past ``Fill.base``)."""
+        fill = self.fill
+        # As below: the last byte waits for the digest check.
+        if fill.done:
+            verified = fill.stored
+        else:
+            verified = fill.stored if fill.size is None else min(fill.stored, fill.size - 1)
+        if verified <= position:
+            await fill.changed()
+            return position
+        pieces = fill.recent(position, min(end, verified))
+        if pieces:
+            written = self._write_pieces(consumer, pieces)
+            fill.reader_at(self, position + written)
+            return position + written
+        if position >= fill.base or position >= fill.window_start:
+            raise RelayGap(f"bytes of {fill.digest} from {position} are no longer held")
+        driver, path = self.driver, fill.path
+        if fill.tail_driver is not None and fill.tail_path is not None:
+            driver, path = fill.tail_driver, fill.tail_path
+        try:
+            producer = await driver.reader(path, position, min(end, fill.base) - position)
+        except StorageError as exc:
+            raise RelayGap(f"bytes of {fill.digest} from {position}: {exc}") from exc
+        count = int(producer.length)
+        if count <= 0:
+            producer.stopProducing()
+            # What the storage said it took is not all there (a buffered write lost).
+            raise RelayGap(f"bytes of {fill.digest} from {position} were not stored")
+        self._inner = producer
+        if self._paused:
+            producer.pauseProducing()
+        try:
+            await producer.startProducing(consumer)
+        finally:
+            self._inner = None
+        self.sent += count
+        fill.reader_at(self, position + count)
+        return position + count
 
     def _write_pieces(self, consumer: IConsumer, pieces: list[bytes]) -> int:
         """Write ``pieces`` until the consumer pauses or stops this producer; bytes written."""
