@@ -2,26 +2,32 @@
 verified blob from the upstream ("served without keeping it"), one log line says so, nothing
 is left at the blob's address or in the fills folder, and the next pull fills again.
 
-The failure is real: the filesystem storage is a small tmpfs (mounting it needs root) with
+The failures are real: a filesystem storage on a small tmpfs (mounting it needs root) with
 room for the first 64 MiB reservation window of the layer but not for the whole layer, so a
-write fails with ENOSPC mid-body."""
+write fails with ENOSPC mid-body; and SeaweedFS behind a front that answers 500 to the fill's
+parts mid-body."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 
+from registry.storage.s3 import _client as s3_client
 from tests.e2e.client import get, sha256
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
 from tests.proxy.util import blob_data_path, fill_files, wait_for
+from tests.storage.s3front import RecordingFront, Seen, s3_front  # noqa: F401 - the fixture
+from tests.storage.s3server import S3Server, signed_request
 
 MiB = 1024 * 1024
 # Past the filesystem writer's first reservation window (64 MiB), which is made at the
@@ -108,6 +114,77 @@ async def test_a_fill_whose_storage_fails_mid_body_serves_the_whole_blob_and_kee
     response, body = await get(url)
     assert (response.code, len(body), sha256(body)) == (200, LAYER, digest)
     await wait_for(blob_data_path(tmpfs, digest).exists)
+    assert fake.count("GET", "cdn", ref=digest) == 2
+    response, body = await get(url)
+    assert (response.code, sha256(body)) == (200, digest)
+    assert fake.count("GET", "cdn", ref=digest) == 2
+
+
+def is_part(seen: Seen) -> bool:
+    return seen.method == "PUT" and "partNumber" in seen.query
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fill_whose_s3_parts_are_refused_serves_the_whole_blob_and_keeps_nothing(
+    s3_server: S3Server,
+    s3_front: RecordingFront,  # noqa: F811
+    proxied: Proxied,
+    fake: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3 answers 500 to every attempt at the fill's parts (a real SeaweedFS behind a front
+    that refuses them mid-body): the client gets the whole blob from the upstream through the
+    spool and the window, no upload is completed, and the next pull fills again."""
+    monkeypatch.setattr(s3_client, "RETRY_DELAYS", (0.05, 0.05, 0.05))
+    size = 12 * MiB  # parts of 5 MiB: a multipart upload
+    image = fake.content.add_image("library/s3big", "latest", [size])
+    digest = image.layers[0].digest
+    root = f"/fillfail/{uuid.uuid4().hex}"
+    section = s3_server.storage_section(root, chunksize="5MiB")
+    section["regionendpoint"] = s3_front.endpoint
+    registry = await proxied({"storage": section})
+    url = f"{registry.url}/v2/library/s3big/blobs/{digest}"
+    fault = s3_front.fault(is_part, "answer_up", after=1_000_000, count=1000)
+
+    logs: list[tuple[str, str, dict[str, Any]]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        logs.append((event["log_level"].name, formatEvent(event), event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        response, body = await get(url)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert response.code == 200
+    assert (len(body), sha256(body)) == (size, digest)
+    said = [(level, text) for level, text, _ in logs if "without keeping" in text]
+    assert len(said) == 1, said
+    assert said[0][0] == "warn"
+    assert said[0][1].startswith(
+        f"proxy hub: serving {digest} ({size} bytes) without keeping it: the cache's storage"
+        " failed: "
+    ), said
+    assert not [e for _, _, e in logs if e.get("log_failure") is not None]
+    assert not [text for level, text, _ in logs if level in ("error", "critical")]
+    hex_ = digest.split(":", 1)[1]
+    data_key = f"blobs/sha256/{hex_[:2]}/{hex_}/data"
+    # Nothing completed, nothing at the blob's address.
+    assert not [s for s in s3_front.seen if s.method == "POST" and "uploadId" in s.query]
+    assert not s3_front.on_key(data_key)
+    status, _ = await deferToThread(
+        signed_request,
+        "HEAD",
+        f"{s3_server.endpoint}/{s3_server.bucket}{root}/docker/registry/v2/{data_key}",
+    )
+    assert status == 404
+    assert fake.count("GET", "cdn", ref=digest) == 1
+
+    # S3 healthy again: the next pull fills, and the one after is served from the cache.
+    fault.count = 0
+    response, body = await get(url)
+    assert (response.code, sha256(body)) == (200, digest)
+    await wait_for(lambda: bool(s3_front.on_key(data_key)), within=30)
     assert fake.count("GET", "cdn", ref=digest) == 2
     response, body = await get(url)
     assert (response.code, sha256(body)) == (200, digest)
