@@ -60,8 +60,14 @@ install-missing:
 	  fi; \
 	fi
 
+# Test files run in TEST_PROCESSES processes at once (pytest-xdist; a file's tests stay in one
+# process, in order): most tests spend their time waiting on the servers they start, so on 2
+# cores 3 processes finish the suite in about half the time of one.  TEST_PROCESSES=0: all in
+# pytest's own process.
+TEST_PROCESSES ?= 3
+
 test: $(STAMP) tools
-	PYTHONPATH=$(CURDIR) $(BIN)/python -m pytest -p no:cacheprovider
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m pytest -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check registry tests bench twisted

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from twisted.python.threadpool import ThreadPool
 
-from tests.logwatch import LogWatch
+from tests.logwatch import LogWatch, end_of_scope
 
 # The SeaweedFS session fixture, defined here once: a test module importing it would get an
 # instance of its own (pytest keys a fixture's cache by where it is defined), and each one
@@ -39,6 +39,28 @@ def log_watch(request: pytest.FixtureRequest) -> Iterator[LogWatch]:
         shown = "\n\n".join(text[-4000:] for text in unexpected[:5])
         pytest.fail(
             f"{len(unexpected)} unexpected failure(s) in server logs:\n\n{shown}", pytrace=False
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_log_watch() -> Iterator[None]:
+    """
+    Fails the module's last test (at teardown) when the module's own fixtures, torn down by
+    then, leave an unhandled error or a traceback behind (`tests.logwatch.end_of_scope`).
+    Autouse and defined here, it is set up before the module's other module fixtures, and so
+    torn down after them.
+    """
+    yield
+    watch = LogWatch()
+    watch.start()
+    end_of_scope()
+    unexpected = watch.finish()
+    if unexpected:
+        shown = "\n\n".join(text[-4000:] for text in unexpected[:5])
+        pytest.fail(
+            f"{len(unexpected)} unexpected failure(s) in server logs after the module's tests:"
+            f"\n\n{shown}",
+            pytrace=False,
         )
 
 

@@ -68,6 +68,17 @@ def collect_garbage(scope: str | None = None) -> None:
     gc.freeze()
 
 
+def end_of_scope() -> None:
+    """
+    Collect everything once a scope (a test module) is over, its module fixtures torn down:
+    an unhandled error in a Deferred that they kept alive is logged now, blamed on that module
+    rather than on whichever module runs next (under pytest-xdist, not always the same one).
+    """
+    gc.unfreeze()
+    _frozen_for[0] = None
+    gc.collect()
+
+
 def watch_file(path: Path) -> None:
     """Scan ``path`` (a server's log) at the end of the test running now, and of later ones."""
     _files.setdefault(path, path.stat().st_size if path.exists() else 0)

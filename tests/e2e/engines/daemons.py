@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -338,6 +339,9 @@ class Podman:
         self.registries_conf = folder / "registries.conf"
         self.auth_file = folder / "auth.json"
         self.cli = require("podman")
+        # podman refuses a run root over 50 characters, which a pytest temporary folder can
+        # be (under pytest-xdist, a worker's folders are one level deeper): a short one in /tmp.
+        self.runroot = Path(tempfile.mkdtemp(prefix="podman-run-", dir="/tmp"))
         for sub in ("tmp", "net", "volumes"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         self.auth_file.write_text('{"auths": {}}')  # podman refuses a named file that is missing
@@ -366,7 +370,7 @@ class Podman:
         command = [
             self.cli,
             f"--root={self.folder / 'storage'}",
-            f"--runroot={self.folder / 'run'}",
+            f"--runroot={self.runroot}",
             f"--tmpdir={self.folder / 'libpod'}",
             f"--network-config-dir={self.folder / 'net'}",
             f"--volumepath={self.folder / 'volumes'}",
@@ -383,5 +387,9 @@ class Podman:
 
     def stop(self) -> None:
         """Nothing runs between calls; unmount anything a call may have left."""
-        for point in sorted(_mounts_under(self.folder), key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], check=False, timeout=30, capture_output=True)
+        for folder in (self.folder, self.runroot):
+            for point in sorted(_mounts_under(folder), key=len, reverse=True):
+                subprocess.run(
+                    ["umount", "-l", point], check=False, timeout=30, capture_output=True
+                )
+        shutil.rmtree(self.runroot, ignore_errors=True)
