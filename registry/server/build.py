@@ -193,6 +193,8 @@ def _serving(
         drain_timeout=config.http.draintimeout,
         flush=flush,
         health=health,
+        # A worker leaves SIGINT and SIGQUIT to its supervisor; a single process has its own.
+        interrupts=link is None,
     )
 
 

@@ -128,3 +128,10 @@ def exit_quietly_after_reactor(reactor: object) -> None:
     worker process, on the same stderr)."""
     atexit.register(_exit_with, EXIT_STARTUP_FAILED)
     reactor.stop()  # type: ignore[attr-defined]
+
+
+def exit_with_status_after_reactor(status: int) -> None:
+    """Exit with ``status`` once twistd is done (the reactor stopped, its pid file removed):
+    a stop that cut connections (128 + the signal's number), which a script must be able to
+    tell from a drained one (0)."""
+    atexit.register(_exit_with, status)

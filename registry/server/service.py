@@ -12,6 +12,14 @@ the ``[debug] addr`` listener answers until the children stop), stop accepting, 
 in flight finish for up to the drain timeout (`ConnectionTracker.drain`), flush state (upload
 hash states), then stop the children.  Under twistd, SIGTERM then exits 0: a requested, clean
 stop.
+
+A single process under twistd (``[http] workers = 1``: no supervisor) handles SIGINT and
+SIGQUIT as the supervisor does (`registry.server.supervisor`), so that the two set-ups answer
+Ctrl-C alike: SIGINT drains like SIGTERM and exits 0; a second SIGINT during the drain (Ctrl-C
+twice), or SIGQUIT at any time, cuts the connections still open, with one line, and exits
+with 128 + the signal's number (130, 131).  Twisted's own SIGINT handler stopped the reactor
+again at the second one, which raised `ReactorNotRunning` inside the reactor (a traceback)
+and left the drain running.  Workers leave both signals to their supervisor.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from twisted.python.failure import Failure
 
 from registry.failures import log_failure
 from registry.server.drain import ConnectionTracker
-from registry.server.exit import StartupError, exit_after_reactor
+from registry.server.exit import StartupError, exit_after_reactor, exit_with_status_after_reactor
 from registry.server.listeners import Listeners
 
 if TYPE_CHECKING:
@@ -52,6 +60,7 @@ class RegistryService(MultiService):
         drain_timeout: float,
         flush: Callable[[], Awaitable[None]] | None = None,
         health: HealthChecker | None = None,
+        interrupts: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._reactor = reactor
@@ -64,6 +73,9 @@ class RegistryService(MultiService):
         self._health = health
         self._under_twistd = False
         self._stop_requested = False
+        # SIGINT and SIGQUIT are this process's own (no supervisor; see the module).
+        self._interrupts = interrupts
+        self._cutting = False  # a second SIGINT or a SIGQUIT: connections cut, no drain
         # Fires once the registry accepts connections; fails with StartupError.
         self.ready: Deferred[None] = Deferred()
         # Start-up's outcome for `when_ready`: None while starting, else a success or why not.
@@ -81,6 +93,10 @@ class RegistryService(MultiService):
         self._reactor.callWhenRunning(self._start)
 
     def _start(self) -> None:
+        if self._under_twistd and self._interrupts:
+            # Now: the reactor has installed its own SIGINT handler, which this replaces.
+            signal.signal(signal.SIGINT, self._sigint)
+            signal.signal(signal.SIGQUIT, self._sigquit)
         d = Deferred.fromCoroutine(self._checks())
         d.addCallbacks(self._started, self._failed)
 
@@ -144,16 +160,50 @@ class RegistryService(MultiService):
         # drained, requested stop is a success.
         self._reactor.callFromThread(self._stop_once)
 
-    def _stop_once(self) -> None:
+    def _sigint(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._interrupted, signal.SIGINT)
+
+    def _sigquit(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._interrupted, signal.SIGQUIT)
+
+    def _stop_once(self, signum: int = signal.SIGTERM) -> None:
+        name = signal.Signals(signum).name
         if self._stop_requested:
-            log.info(
-                "SIGTERM again: still draining (at most {timeout:g} s)", timeout=self.drain_timeout
-            )
+            if not self._cutting:  # a second SIGTERM keeps the drain (service managers)
+                log.info(
+                    "{name} again: still draining (at most {timeout:g} s)",
+                    name=name,
+                    timeout=self.drain_timeout,
+                )
             return
         self._stop_requested = True
-        log.info("SIGTERM: no longer accepting; draining requests in flight")
+        log.info("{name}: no longer accepting; draining requests in flight", name=name)
         with contextlib.suppress(ReactorNotRunning):  # already stopping for another reason
             self._reactor.stop()
+
+    def _interrupted(self, signum: int) -> None:
+        """
+        SIGINT: a drain, as SIGTERM; SIGINT again during a stop (Ctrl-C twice), or SIGQUIT:
+        stop at once, and exit with 128 + the signal's number, as the supervisor of workers
+        does, in the same words.
+        """
+        if signum == signal.SIGINT and not self._stop_requested:
+            self._stop_once(signum)
+            return
+        if self._cutting:
+            return
+        self._cutting = True
+        status = 128 + signum
+        again = " again" if self._stop_requested and signum == signal.SIGINT else ""
+        log.warn(
+            "{name}{again}: stopping now, cutting every connection (exit status {status})",
+            name=signal.Signals(signum).name,
+            again=again,
+            status=status,
+        )
+        self._stop_requested = True
+        exit_with_status_after_reactor(status)
+        self.cut()
 
     def cut(self) -> None:
         """Stop at once: connections still open are cut, not drained (a worker whose

@@ -135,8 +135,11 @@ def blob() -> bytes:
     return os.urandom(BLOB_SIZE)
 
 
-def started(tmp_path: Path, draintimeout: str) -> Iterator[Child]:
-    config = write_config(tmp_path / "r.cfg", {"http": {"draintimeout": draintimeout}})
+def started(
+    tmp_path: Path, draintimeout: str, more: dict[str, str] | None = None
+) -> Iterator[Child]:
+    http = {"draintimeout": draintimeout, **(more or {})}
+    config = write_config(tmp_path / "r.cfg", {"http": http})
     child = start_registry(
         tmp_path,
         "--config",
@@ -212,3 +215,82 @@ def test_idle_connection_does_not_hold_the_stop(registry: Child) -> None:
     registry.process.send_signal(signal.SIGTERM)
     assert registry.process.wait(timeout=30) == 0
     idle.close()
+
+
+# The access line of a download cut short: the status it was sent with, and a mark.
+CUT_ACCESS = re.compile(
+    r"\[registry\.http\.request#info\] access method=GET path=/v2/drain/app/blobs/\S+ "
+    r"status=200 bytes=(?P<bytes>\d+) complete=false duration_ms="
+)
+
+
+@pytest.fixture
+def single(tmp_path: Path) -> Iterator[Child]:
+    """One process (``[http] workers = 1``) that would drain for 300 s."""
+    yield from started(tmp_path, "300s", {"workers": "1"})
+
+
+@pytest.mark.parametrize(
+    ("signals", "status"),
+    [
+        (("SIGINT", "SIGINT"), 130),
+        (("SIGTERM", "SIGINT"), 130),
+        (("SIGTERM", "SIGTERM", "SIGQUIT"), 131),
+        (("SIGQUIT",), 131),
+    ],
+)
+def test_one_process_stops_at_once_on_a_second_sigint_or_a_sigquit(
+    single: Child, blob: bytes, signals: tuple[str, ...], status: int
+) -> None:
+    """
+    ``[http] workers = 1`` answers Ctrl-C as the supervisor of workers does: a second SIGINT
+    during the drain (or a SIGQUIT) cuts the download in flight, says so in the supervisor's
+    words, and exits 128 + the signal's number.  Twisted's own handler used to stop the
+    reactor a second time (``ReactorNotRunning``, a critical traceback) and go on draining.
+    """
+    port = single.wait_listening()
+    digest = push_blob(port, blob)
+    download = SlowDownload(port, digest)
+    assert download.started.wait(timeout=60) and download.error is None
+    first, *rest = signals
+    single.process.send_signal(getattr(signal, first))
+    if first != "SIGQUIT":
+        single.wait_for(re.compile(rf"#info\] {first}: no longer accepting; draining requests"))
+        wait_refused(port, single)
+    for name in rest[:-1]:
+        single.process.send_signal(getattr(signal, name))
+        single.wait_for(re.compile(rf"#info\] {name} again: still draining \(at most 300 s\)"))
+    assert single.process.poll() is None, "stopped with a download in flight"
+    if rest:
+        single.process.send_signal(getattr(signal, rest[-1]))
+    again = " again" if rest and rest[-1] == "SIGINT" else ""
+    single.wait_for(
+        re.compile(
+            rf"^\S+ \[registry\.server\.service#warn\] {signals[-1]}{again}: stopping now, "
+            rf"cutting every connection \(exit status {status}\)$"
+        )
+    )
+    assert single.process.wait(timeout=60) == status
+    download.finish()
+    assert len(download.body) < BLOB_SIZE
+    log = "".join(single.output)
+    assert "told to stop at once: cutting 1 connection(s) with 1 request(s)" in log
+    assert "Traceback" not in log and "#critical]" not in log
+    assert "ReactorNotRunning" not in log
+    assert single.stderr() == ""
+
+
+def test_one_process_drains_on_sigint_and_exits_0(single: Child, blob: bytes) -> None:
+    """A single Ctrl-C is a drain, as SIGTERM (and as with workers): the download in flight
+    ends whole, and the exit status is 0, not death by SIGINT."""
+    port = single.wait_listening()
+    digest = push_blob(port, blob)
+    download = SlowDownload(port, digest)
+    assert download.started.wait(timeout=60) and download.error is None
+    single.process.send_signal(signal.SIGINT)
+    single.wait_for(re.compile(r"#info\] SIGINT: no longer accepting; draining requests"))
+    wait_refused(port, single)
+    download.finish()
+    assert len(download.body) == BLOB_SIZE
+    assert single.process.wait(timeout=60) == 0
+    assert single.stderr() == ""
