@@ -143,6 +143,9 @@ class RegistryRequest(server.Request):
     chunked_in_bulk: bool = False
     # The server refused the body as malformed (answered 400 by twisted.web, then closed).
     body_malformed: bool = False
+    # The connection ended before the whole answer was written (the client went away, or a
+    # drain cut it): its access line says ``complete=false``, its metrics ``499``.
+    cut_short: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -353,9 +356,11 @@ class RegistryRequest(server.Request):
             site = self._site()
             if site is None:
                 pass
-            elif self.startedWriting and self.channel is not None and not self._speaks_http1():
-                # An HTTP/2 stream reset (or its connection lost) mid-answer: one access line
-                # with what was sent, as an HTTP/1.1 connection cut mid-body gets.
+            elif self.startedWriting and self.channel is not None:
+                # Cut mid-answer (the client went away, an HTTP/2 stream reset, a drain that
+                # reached its deadline): the status line went out, so the access line keeps
+                # that status, with what was sent and ``complete=false``.
+                self.cut_short = True
                 site.log(self)
             elif self.route_kind is None and sink is not None and not self._body_complete:
                 site.left_mid_body(self, 400 if self.body_malformed else 499)
@@ -368,6 +373,29 @@ class RegistryRequest(server.Request):
         transport = _innermost_transport(self.channel.transport if self.channel else None)
         if transport is not None and hasattr(transport, "SEND_LIMIT"):
             transport.SEND_LIMIT = _DOWNLOAD_SEND_LIMIT
+
+
+def answer_complete(request: Any) -> bool:
+    """
+    Whether ``request``'s whole answer was written: not when its connection ended first
+    (`RegistryRequest.cut_short`), nor when the body written falls short of its
+    ``Content-Length``.  The second catches a download whose client left while its body was
+    produced: the transport stops the body's producer before it tells the request, and the
+    route then finishes the request (an access line, as for a complete answer) with what it
+    had written so far.  Bodies that never go out (HEAD, 1xx, 204, 304) are complete.
+    """
+    if getattr(request, "cut_short", False):
+        return False
+    if request.method == b"HEAD" or request.code < 200 or request.code in (204, 304):
+        return True
+    lengths = request.responseHeaders.getRawHeaders(b"content-length")
+    if not lengths:
+        return True  # chunked (or closed-delimited): only a lost connection tells
+    try:
+        expected = int(lengths[-1])
+    except ValueError:
+        return True
+    return bool(request.sentLength >= expected)
 
 
 @implementer(misdirected.IAnswersWithoutRequest)
@@ -434,7 +462,7 @@ class RegistrySite(server.Site):
             "agent": "-",
         }
         line = " ".join(f"{key}={value}" for key, value in fields.items())
-        log.info("access {line}", line=line, access=True, sendfile=False, **fields)
+        log.info("access {line}", line=line, access=True, sendfile=False, complete=True, **fields)
 
     def getResourceFor(self, request: Any) -> Any:
         # Called once per request, as twisted.web hands it to the application.
@@ -465,7 +493,7 @@ class RegistrySite(server.Site):
         request.method, request.uri = method, uri
         request.path = uri.split(b"?", 1)[0]
         request.code = status
-
+        request.cut_short = status == 499  # not answered at all
         self.log(request)
 
     def log(self, request: Any) -> None:
@@ -480,8 +508,11 @@ class RegistrySite(server.Site):
             self.after_request(request.sentLength + getattr(request.sink, "received", 0))
         now = time.monotonic()
         elapsed = now - getattr(request, "started", now)
+        complete = answer_complete(request)
         if self.observer is not None and registry_request:
-            self.observer.finished(request, request.code, elapsed)
+            # An answer cut short counts as 499 (docs/monitoring.md), whatever status it began
+            # with: the same requests the access log marks ``complete=false``.
+            self.observer.finished(request, request.code if complete else 499, elapsed)
         if not self.access_log:
             return
         fields = {
@@ -496,11 +527,17 @@ class RegistrySite(server.Site):
         }
         # The line is formatted here, once: the fields stay in the event for structured
         # observers (JSON logs), and text observers do not parse a format string per request.
+        # ``complete=false`` follows ``bytes`` only on an answer cut short, the one case to
+        # look for (as nginx, which also keeps the status it sent); the event always has it.
         line = " ".join(f"{key}={value}" for key, value in fields.items())
+        if not complete:
+            cut_at = line.index(" duration_ms=")
+            line = f"{line[:cut_at]} complete=false{line[cut_at:]}"
         log.info(
             "access {line}",
             line=line,
             access=True,
             sendfile=getattr(request, "sent_with_sendfile", False),
+            complete=complete,
             **fields,
         )

@@ -41,6 +41,8 @@ log = Logger()
 
 # How far to follow ``.transport`` from a request's channel to its connection's transport.
 _TRANSPORT_DEPTH = 4
+# After aborting the connections left at the deadline, how long to wait for them to be gone.
+_ABORTED_WAIT = 1.0
 
 
 @implementer(ILoggingContext)
@@ -58,8 +60,12 @@ class _TrackedProtocol(proxyForInterface(IProtocol, "_protocol")):  # type: igno
         self._protocol.makeConnection(transport)
 
     def connectionLost(self, reason: Failure) -> None:
-        self._tracker._closed(self.transport)
-        self._protocol.connectionLost(reason)
+        # The connection counts as gone once its protocol knows (its requests logged as cut):
+        # a drain waiting for it goes on only then.
+        try:
+            self._protocol.connectionLost(reason)
+        finally:
+            self._tracker._closed(self.transport)
 
     def logPrefix(self) -> str:
         inner = self._protocol
@@ -257,4 +263,24 @@ class ConnectionTracker:
         for transport in remaining:
             abort = getattr(transport, "abortConnection", None) or transport.loseConnection
             abort()
+        await self._aborted()
         return len(remaining)
+
+    async def _aborted(self) -> None:
+        """
+        Wait (briefly) for the aborted connections to be gone.  An abort tells the protocol
+        at the reactor's next turn; the stop going on at once could stop the reactor before
+        that turn, and the requests cut would never be told: no access line, no count.
+        """
+        gone: Deferred[None] = Deferred()
+        self._drained = gone
+        self._check_drained()
+        timer = self._clock.callLater(_ABORTED_WAIT, gone.cancel)
+        try:
+            await gone
+        except CancelledError:
+            pass  # a connection whose abort is slower (or a `cut` meanwhile): stop anyway
+        finally:
+            self._drained = None
+            if timer.active():
+                timer.cancel()

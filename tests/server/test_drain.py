@@ -294,3 +294,84 @@ def test_one_process_drains_on_sigint_and_exits_0(single: Child, blob: bytes) ->
     assert len(download.body) == BLOB_SIZE
     assert single.process.wait(timeout=60) == 0
     assert single.stderr() == ""
+
+
+def _blob_gets(port: int) -> dict[str, float]:
+    """status -> blob GETs counted, from the registry's own /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        text = response.read().decode()
+        assert response.status == 200, text
+    finally:
+        connection.close()
+    return {
+        sample.labels["status"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "txregistry_http_requests_total"
+        and sample.labels.get("route") == "blob"
+        and sample.labels.get("method") == "GET"
+    }
+
+
+@pytest.mark.parametrize("sendfile", ["false", "true"])
+def test_a_download_its_client_left_is_logged_incomplete(
+    tmp_path: Path, blob: bytes, sendfile: str
+) -> None:
+    """
+    A client that goes away mid-body: the access line keeps the status it was sent (200, as
+    nginx logs it) with the bytes sent and ``complete=false``, and the metrics count it as
+    499, as the access line says.  It used to read as a complete 200 (the route finished the
+    request with what it had written when the transport stopped its producer), counted 200;
+    through sendfile it had no access line at all.  A whole download has no mark.
+    """
+    running = started(tmp_path, "60s", {"workers": "1", "sendfile": sendfile})
+    child = next(running)  # stopped by `running`'s end (below), or its collection
+    try:
+        port = child.wait_listening()
+        digest = push_blob(port, blob)
+        whole = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        whole.request("GET", f"/v2/{NAME}/blobs/{digest}")
+        response = whole.getresponse()
+        assert response.status == 200 and len(response.read()) == BLOB_SIZE
+        whole.close()
+        child.wait_for(re.compile(rf"status=200 bytes={BLOB_SIZE} duration_ms="))
+
+        download = SlowDownload(port, digest)
+        assert download.started.wait(timeout=60) and download.error is None
+        download.sock.close()  # the client is gone, with most of the body unsent
+        cut = child.wait_for(CUT_ACCESS)
+        assert 0 < int(cut["bytes"]) < BLOB_SIZE
+        assert _blob_gets(port) == {"200": 1.0, "499": 1.0}
+        log = "".join(child.output)
+        assert log.count("complete=false") == 1
+        assert "Traceback" not in log
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def short_single(tmp_path: Path) -> Iterator[Child]:
+    yield from started(tmp_path, "2s", {"workers": "1"})
+
+
+def test_a_download_the_drain_cut_is_logged_incomplete(short_single: Child, blob: bytes) -> None:
+    """A download still running at ``[http] draintimeout`` (one process) is cut: its access
+    line says ``complete=false`` rather than a plain 200 (or, as often, no line at all)."""
+    short_drain = short_single
+    port = short_drain.wait_listening()
+    digest = push_blob(port, blob)
+    download = SlowDownload(port, digest)
+    assert download.started.wait(timeout=60) and download.error is None
+    short_drain.process.send_signal(signal.SIGTERM)
+    assert short_drain.process.wait(timeout=60) == 0
+    download.finish()
+    log = "".join(short_drain.output)
+    assert "draintimeout reached: cutting 1 connection(s)" in log
+    cut = CUT_ACCESS.search(log)
+    assert cut is not None, log[-3000:]
+    assert int(cut["bytes"]) < BLOB_SIZE
