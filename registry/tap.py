@@ -171,7 +171,12 @@ def makeService(options: Options) -> IService:
     service = _make_service(options, under_twistd=True)
     config = options.config
     assert config is not None
-    return whole_lines(service, twistd, config.log.rotatesize, config.log.rotatekeep)
+    # A worker's lines say which worker wrote them (the workers share one output).
+    from registry.server.workers import WorkerSpec
+
+    spec = WorkerSpec.from_environ(os.environ)
+    worker = spec.worker if spec is not None else None
+    return whole_lines(service, twistd, config.log.rotatesize, config.log.rotatekeep, worker)
 
 
 def _make_service(options: Options, under_twistd: bool) -> IService:

@@ -20,6 +20,11 @@ observer it would make from ``--logfile``.  The service ``makeService`` returns 
 object of ours that twistd adds to that application (``setServiceParent``), so `whole_lines`
 wraps it in one that sets the component there.  (twistd's ``--logger`` option cannot carry
 it: twistd imports that option's value by name once the plugin's options are parsed.)
+
+A worker of ``[http] workers > 1`` marks each of its events (`WorkerMark`): the workers write
+to one standard output (or syslog), and a line must say which worker wrote it.  The mark goes
+through the same component, in front of whatever observer twistd would have used (the file,
+standard output, syslog).
 """
 
 from __future__ import annotations
@@ -29,14 +34,21 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.logger import ILogObserver, formatTime, textFileLogObserver
+from twisted.logger import (
+    ILogObserver,
+    LegacyLogObserverWrapper,
+    LogEvent,
+    formatTime,
+    textFileLogObserver,
+)
 from twisted.python import threadable
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 from registry.server import log_rotation
 from registry.server.exit import exit_now
@@ -188,20 +200,69 @@ def open_observer(
     return observer
 
 
+@implementer(ILogObserver)
+class WorkerMark:
+    """
+    Worker ``worker`` (process ``pid``)'s events, marked before ``observer`` sees them: the
+    fields ``worker`` and ``worker_pid`` for structured observers, and ``wN`` at the start of
+    the bracketed system of a text line (``[w1 registry.http.request#info] access ...``), so
+    that lines of several workers interleaved in one output say whose they are, one line per
+    event still.  Each event is copied: other observers of the same event see it unchanged.
+    """
+
+    def __init__(self, observer: ILogObserver, worker: int, pid: int) -> None:
+        self._observer = observer
+        self._worker = worker
+        self._pid = pid
+        self._mark = f"w{worker}"
+
+    def __call__(self, event: LogEvent) -> None:
+        marked = dict(event)
+        system = marked.get("log_system")
+        if system is None:  # what the text formats show in its place
+            level = marked.get("log_level")
+            name = level.name if level is not None else "-"
+            system = f"{marked.get('log_namespace', '-')}#{name}"
+        marked["log_system"] = f"{self._mark} {system}"
+        if "system" in marked:  # a legacy event: legacy observers (syslog) read this one
+            marked["system"] = marked["log_system"]
+        marked.setdefault("worker", self._worker)
+        marked.setdefault("worker_pid", self._pid)
+        self._observer(marked)
+
+
+def twistd_default_observer(twistd: Mapping[str, Any]) -> ILogObserver:
+    """
+    The observer twistd makes for a process that logs to syslog or to standard output (a
+    worker: always ``-n``), made here so that a worker's mark can be put in front of it.
+    """
+    if twistd.get("syslog"):
+        from twisted.python import syslog
+
+        emit = syslog.SyslogObserver(twistd.get("prefix") or "twisted").emit
+        return LegacyLogObserverWrapper(emit)
+    import sys
+
+    observer: ILogObserver = textFileLogObserver(sys.stdout)
+    return observer
+
+
 class _LoggingWholeLines(MultiService):
     """The service ``makeService`` made, which gives twistd's application its log observer
-    as it is added there (twistd starts logging right after)."""
+    (``make_observer()``) as it is added there (twistd starts logging right after)."""
 
-    def __init__(self, service: IService, path: str, rotate_size: int, rotate_keep: int) -> None:
+    def __init__(
+        self, service: IService, path: str | None, make_observer: Callable[[], ILogObserver]
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._path = path
-        self._rotation = (rotate_size, rotate_keep)
+        self._make_observer = make_observer
         service.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         if isinstance(parent, Componentized):  # twistd's application
             try:
-                observer = open_observer(self._path, *self._rotation)
+                observer = self._make_observer()
             except OSError as exc:
                 reason = (exc.strerror or str(exc)).lower()
                 exit_now(f"cannot open the log file {self._path}: {reason}")
@@ -214,10 +275,21 @@ def whole_lines(
     twistd: Mapping[str, Any],
     rotate_size: int = log_rotation.DEFAULT_SIZE,
     rotate_keep: int = log_rotation.DEFAULT_KEEP,
+    worker: int | None = None,
 ) -> IService:
     """``service``, made to log in whole lines where twistd would log to a file (rotated at
-    ``rotate_size`` bytes, ``rotate_keep`` rotated files kept: ``[log]``)."""
+    ``rotate_size`` bytes, ``rotate_keep`` rotated files kept: ``[log]``); in worker
+    ``worker`` of a supervisor, with every event marked as that worker's (`WorkerMark`)."""
     path = twistd_log_path(twistd)
-    if path is None:
-        return service
-    return _LoggingWholeLines(service, path, rotate_size, rotate_keep)
+
+    def base() -> ILogObserver:
+        if path is None:
+            return twistd_default_observer(twistd)
+        return open_observer(path, rotate_size, rotate_keep)
+
+    if worker is None or twistd.get("logger"):  # --logger: the operator's own observer
+        if path is None:
+            return service
+        return _LoggingWholeLines(service, path, base)
+    pid = os.getpid()
+    return _LoggingWholeLines(service, path, lambda: WorkerMark(base(), worker, pid))

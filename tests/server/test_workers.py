@@ -425,7 +425,10 @@ def test_log_file_pidfile_and_sigusr1_after_the_hand_over(tmp_path: Path) -> Non
         assert int(pidfile.read_text()) == child.process.pid
         assert sorted(int(m["worker"]) for m in WORKER_SERVING.finditer(content)) == [0, 1]
         for worker in (0, 1):
-            assert "serving" in (tmp_path / f"registry.log.worker{worker}").read_text()
+            own = (tmp_path / f"registry.log.worker{worker}").read_text()
+            # Each worker's file says whose it is on every line too (the mark of stdout).
+            assert f" [w{worker} registry.server.build#info] worker {worker} serving " in own
+            assert all(f" [w{worker} " in line for line in own.splitlines() if line[:1] != " ")
         tree = Tree.__new__(Tree)
         tree.port, tree.made = port, 0
         assert tree.request("GET", "/v2/").status == 200
@@ -442,6 +445,52 @@ def test_log_file_pidfile_and_sigusr1_after_the_hand_over(tmp_path: Path) -> Non
         assert not pidfile.exists()
     finally:
         child.stop()
+
+
+MARKED_ACCESS = re.compile(
+    r"^\S+ \[w(?P<worker>\d+) registry\.http\.request#info\] access method=GET "
+    r"path=/v2/mark/(?P<n>\d+)/tags/list status=404 bytes=\d+ duration_ms="
+)
+
+
+def test_every_worker_line_says_which_worker_wrote_it(tree: Tree) -> None:
+    """
+    The workers share the supervisor's standard output: each line a worker writes starts its
+    bracket with ``wN`` (its index), so that an access line tells which worker answered,
+    while the supervisor's lines are as they were.  They used to look alike.
+    """
+    slot_of = {pid: worker for worker, pid in tree.pids.items()}
+    answered: dict[int, int] = {}  # request number -> the worker that answered it
+    pinned: list[socket.socket] = []
+    try:
+        for n in range(2 * len(tree.pids)):
+            answer, pid = tree.served_by("GET", f"/v2/mark/{n}/tags/list")
+            assert answer.status == 404
+            answered[n] = slot_of[pid]
+            if set(answered.values()) == {0, 1}:
+                break
+            pinned += pin(tree, pid)
+    finally:
+        for each in pinned:
+            each.close()
+    assert set(answered.values()) == {0, 1}, answered
+    last = max(answered)
+    tree.child.wait_for(re.compile(rf"path=/v2/mark/{last}/tags/list status=404"))
+    output = list(tree.child.output)
+    marked = {int(m["n"]): int(m["worker"]) for m in map(MARKED_ACCESS.match, output) if m}
+    assert marked == answered
+    log = "".join(output)
+    for worker, pid in tree.pids.items():
+        assert f" [w{worker} registry.server.build#info] worker {worker} serving " in log
+        assert f" [registry.server.supervisor#info] worker {worker} (pid {pid}) serving\n" in log
+    # Not one worker line without its mark (after the supervisor's own twistd lines, before
+    # it hands over): the registry's namespaces, Twisted's, Twisted's "[-]".
+    first = next(number for number, line in enumerate(output) if " [w0 " in line)
+    for line in output[first:]:
+        if " [registry.server.supervisor#" in line or line[:1] in (" ", "\t"):
+            continue
+        if " [registry." in line or " [twisted." in line or " [-] _QuietSite" in line:
+            raise AssertionError(f"a worker line without its mark: {line!r}")
 
 
 # Taking turns accepting (registry.server.balance)
