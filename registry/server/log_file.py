@@ -240,7 +240,7 @@ def twistd_default_observer(twistd: Mapping[str, Any]) -> ILogObserver:
         from twisted.python import syslog
 
         emit = syslog.SyslogObserver(twistd.get("prefix") or "twisted").emit
-        return LegacyLogObserverWrapper(emit)
+        return LegacyLogObserverWrapper(emit)  # type: ignore[arg-type]  # a legacy observer
     import sys
 
     observer: ILogObserver = textFileLogObserver(sys.stdout)
