@@ -9,15 +9,23 @@ parts mid-body."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import select
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -189,3 +197,200 @@ async def test_a_fill_whose_s3_parts_are_refused_serves_the_whole_blob_and_keeps
     response, body = await get(url)
     assert (response.code, sha256(body)) == (200, digest)
     assert fake.count("GET", "cdn", ref=digest) == 2
+
+
+# -- several clients, a client behind the window, a client that stops reading
+
+
+class Logs:
+    """Every log event while in use: (level, text, event)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __enter__(self) -> Logs:
+        globalLogPublisher.addObserver(self._observe)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self._observe)
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        self.events.append((event["log_level"].name, formatEvent(event), event))
+
+    def saying(self, words: str) -> list[tuple[str, str]]:
+        return [(level, text) for level, text, _ in self.events if words in text]
+
+    def assert_clean(self) -> None:
+        """No traceback, nothing at error level."""
+        assert not [e for _, _, e in self.events if e.get("log_failure") is not None]
+        assert not [t for level, t, _ in self.events if level in ("error", "critical")]
+
+
+class RawClient:
+    """A blob GET over a plain socket with a small receive buffer, that reads nothing until
+    `read` is called: a client that stops reading but keeps its connection open.  The
+    registry runs on this thread's reactor, so nothing here blocks it: the request is sent
+    at once (the kernel completes a loopback connect), `answered` peeks without blocking,
+    and `read` runs in a thread."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlsplit(url)
+        assert parsed.hostname == "127.0.0.1" and parsed.port is not None
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        self.sock.settimeout(5)
+        self.sock.connect((parsed.hostname, parsed.port))
+        request = (
+            f"GET {parsed.path} HTTP/1.1\r\nHost: 127.0.0.1:{parsed.port}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        self.sock.sendall(request.encode())
+
+    def answered(self) -> bool:
+        """The answer's first bytes have arrived (so the request is being served)."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
+
+    async def read(self, pause: float = 0.0, slow_for: int = 0) -> tuple[int, int, int, str]:
+        """Read the answer to its end (for its first ``slow_for`` bytes, ``pause`` seconds
+        after each read: a slow client): status, Content-Length, body bytes received, their
+        sha256 (the connection closing early gives a shorter body)."""
+        return await deferToThread(self._read, pause, slow_for)
+
+    def _read(self, pause: float, slow_for: int) -> tuple[int, int, int, str]:
+        sock = self.sock
+        sock.settimeout(30)
+        head = b""
+        for _ in range(1000):  # bounded: a head is far shorter than 1000 reads
+            if b"\r\n\r\n" in head:
+                break
+            chunk = sock.recv(65536)
+            assert chunk, head
+            head += chunk
+        head, _, body = head.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+        length = int(fields["content-length"])
+        hasher = hashlib.sha256(body)
+        received = len(body)
+        try:
+            for _ in range(length + 1):  # bounded: at least one byte per round until the end
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                received += len(chunk)
+                if received < slow_for:
+                    time.sleep(pause)
+        except ConnectionResetError:
+            pass  # dropped: the body is short
+        finally:
+            sock.close()
+        return status, length, received, "sha256:" + hasher.hexdigest()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def next_pull_fills(
+    url: str, tmpfs: Path, filler: Path, fake: FakeUpstream, digest: str, gets: int
+) -> None:
+    """With room again, the next pull fills the cache (one more upstream GET, ``gets`` in
+    all), and the one after is served from it."""
+    filler.unlink()
+    response, body = await get(url)
+    assert (response.code, len(body), sha256(body)) == (200, LAYER, digest)
+    await wait_for(blob_data_path(tmpfs, digest).exists)
+    assert fake.count("GET", "cdn", ref=digest) == gets
+    response, body = await get(url)
+    assert (response.code, sha256(body)) == (200, digest)
+    assert fake.count("GET", "cdn", ref=digest) == gets
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_client_joined_to_a_fill_whose_storage_fails_gets_the_whole_blob(
+    tmpfs: Path, proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Three cold pulls of one layer, all following the fill when the disk fills up: each
+    gets a 200 and the whole, digest-correct body; one warning, one upstream GET, nothing
+    kept, and the next pull fills."""
+    image = fake.content.add_image("library/big", "latest", [LAYER])
+    digest = image.layers[0].digest
+    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
+    url = f"{registry.url}/v2/library/big/blobs/{digest}"
+    filler = leave_free(tmpfs, FREE)
+    # The fill stops early until the three have their answer's head (all are its readers).
+    held = fake.hold_body(digest, after=4 * MiB)
+
+    with Logs() as logs:
+        responses = await gatherResults([Deferred.fromCoroutine(head(url)) for _ in range(3)])
+        assert [r.code for r in responses] == [200, 200, 200]
+        await wait_for(lambda: held.arrived == 1)
+        reading = gatherResults([r.content() for r in responses])
+        held.release()
+        bodies = await with_bound(reading, 120)
+    assert [(len(b), sha256(b)) for b in bodies] == [(LAYER, digest)] * 3
+    said = logs.saying("without keeping")
+    assert len(said) == 1 and said[0][0] == "warn", said
+    assert said[0][1].endswith(": No space left on device"), said
+    logs.assert_clean()
+    assert fake.count("GET", "cdn", ref=digest) == 1
+    assert not blob_data_path(tmpfs, digest).exists()
+    await wait_for(lambda: fill_files(tmpfs) == [])
+    await next_pull_fills(url, tmpfs, filler, fake, digest, gets=2)
+
+
+async def head(url: str) -> Any:
+    """A GET's response once its head is in (its body is read as it comes, by treq)."""
+    return await treq.get(url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_behind_the_window_when_the_storage_fails_reads_back_what_was_stored(
+    tmpfs: Path, proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """A client that took only its socket buffers' worth when the disk filled up at about
+    67 MiB (far behind the fill's 2 MiB window) gets the bytes before the failure from the
+    fill's file and the rest from the relay: the whole, digest-correct blob.  It reads
+    slowly at first, so the relay waits on it longer than the upstream ``timeout`` (2 s),
+    but it keeps taking bytes: it is not dropped as a stalled client."""
+    image = fake.content.add_image("library/big", "latest", [LAYER])
+    digest = image.layers[0].digest
+    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
+    url = f"{registry.url}/v2/library/big/blobs/{digest}"
+    filler = leave_free(tmpfs, FREE)
+    held = fake.hold_body(digest, after=4 * MiB)
+
+    with Logs() as logs:
+        client = RawClient(url)
+        try:
+            await wait_for(client.answered)
+            held.release()
+            await wait_for(lambda: bool(logs.saying("without keeping")), within=30)
+            # Slow at first: what a socket buffer holds (some 32 KiB) every 50 ms, so that
+            # the first 2 MiB take longer than the ``timeout`` (the server hands them to its
+            # connection in one or two writes, and then sees them drain).
+            status, length, received, got = await client.read(pause=0.05, slow_for=2 * MiB)
+        finally:
+            client.close()
+    assert (status, length, received, got) == (200, LAYER, LAYER, digest)
+    assert len(logs.saying("without keeping")) == 1
+    assert not logs.saying("took no bytes")
+    logs.assert_clean()
+    assert fake.count("GET", "cdn", ref=digest) == 1
+    assert not blob_data_path(tmpfs, digest).exists()
+    await wait_for(lambda: fill_files(tmpfs) == [])
+    await next_pull_fills(url, tmpfs, filler, fake, digest, gets=2)
+
+
+async def with_bound(awaitable: Any, seconds: float) -> Any:
+    """``awaitable``'s result, or a failed test after ``seconds`` (a hang is a failure)."""
+    d = Deferred.fromCoroutine(_await(awaitable))
+    d.addTimeout(seconds, reactor)
+    return await d
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
