@@ -831,6 +831,7 @@ class ProxyCache:
                     raise overloaded(detail)
                 path = f"{self.fills_dir}/{digest.algorithm}-{digest.hex}-{uuid.uuid4().hex}"
                 fill = Fill(digest, path, layout.blob_data(digest), None, upstream)
+                fill.now = self.now  # the clock its stalled-reader checks run on
                 self._fills[digest] = fill
                 self.index.use(str(digest))
                 Deferred.fromCoroutine(self._run_fill(fill, upstream))
@@ -942,7 +943,17 @@ class ProxyCache:
             fill.opened = True
             fill.notify()
             hasher = self._fill_hasher(digest)
-            protocol = FillProtocol(fill, writer, lambda n: None, spool, hasher, store_failed)
+            protocol = FillProtocol(
+                fill,
+                writer,
+                lambda n: None,
+                spool,
+                hasher,
+                store_failed,
+                clock=self.reactor,
+                stall_timeout=self.config.timeout,
+                on_reader_cut=lambda position: self._reader_cut(fill, position),
+            )
             blob.deliver(protocol, verify=hasher is None, read_size=FILL_READ_SIZE)
             await protocol.done
             if hasher is not None:
@@ -1053,6 +1064,19 @@ class ProxyCache:
                     await self.spool.delete(fill.tail_path)
             if leased and self.fleet is not None:
                 await self._release_lease(digest)
+
+    def _reader_cut(self, fill: Fill, position: int) -> None:
+        log.warn(
+            "proxy {upstream}: dropped a client of {digest} at byte {position} of {size}: it"
+            " took no bytes for {timeout:g}s while the upstream body and the other clients of"
+            " the relayed fill waited for it",
+            upstream=self.name,
+            digest=str(fill.digest),
+            position=position,
+            size=fill.size,
+            timeout=self.config.timeout,
+            event="proxy_relay_reader_cut",
+        )
 
     async def _release_lease(self, digest: Digest) -> None:
         assert self.fleet is not None

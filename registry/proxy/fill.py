@@ -28,17 +28,27 @@ slowest reader sets the pace and memory stays flat).  Bytes from before the fail
 reader still needs are read back from where they were written (the file or the spool) up to
 what the storage took; a reader that needs bytes neither holds any more ends its body short,
 never with other bytes.  The body is still checked against its digest before its last byte
-goes out; nothing is committed.
+goes out; nothing is committed.  A reader that keeps the window full while its client takes
+no bytes for the upstream's ``timeout`` (it stopped reading, its connection open) is dropped,
+so that it cannot hold the upstream and every other reader of the fill without limit; taking
+bytes is its connection draining (`unsent_bytes`), so a slow client is not taken for a
+stalled one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import socket
+import struct
+import termios
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -67,6 +77,16 @@ class StoreFailed(StorageError):
 
 class RelayGap(StorageError):
     """A reader of a relayed fill needs bytes that neither the window nor the storage hold."""
+
+
+@dataclass(slots=True)
+class _Watched:
+    """What a fill knows of a reader to tell whether its client still takes bytes."""
+
+    cut: Callable[[], None] | None  # drops its client
+    unsent: Callable[[], int | None] | None  # its connection's backlog (`unsent_bytes`)
+    moved: float  # when it was last seen to take bytes (``Fill.now``)
+    seen: int | None = None  # its backlog then
 
 
 class Fill:
@@ -111,6 +131,10 @@ class Fill:
         self._room: list[Deferred[None]] = []
         # Where each reader is: a relayed fill keeps every byte from the lowest on.
         self._positions: dict[object, int] = {}
+        # Whether each reader's client takes bytes, on the clock ``now``: a relayed fill drops
+        # one that holds its window full for too long (`stalled`).
+        self.now: Callable[[], float] = time.monotonic
+        self._watched: dict[object, _Watched] = {}
         # The latest bytes stored, from offset ``_recent_start`` on (only while readers).
         self._recent: deque[bytes] = deque()
         self._recent_start = 0
@@ -131,9 +155,24 @@ class Fill:
         if d in self._waiters:
             self._waiters.remove(d)
 
-    def reader_started(self, reader: object, position: int) -> None:
+    def reader_started(
+        self,
+        reader: object,
+        position: int,
+        cut: Callable[[], None] | None = None,
+        unsent: Callable[[], int | None] | None = None,
+    ) -> None:
+        """``reader`` follows the fill from ``position``; ``cut`` drops its client, and
+        ``unsent`` tells how much its connection has yet to send."""
         self.readers += 1
         self._positions[reader] = position
+        self._watched[reader] = _Watched(cut, unsent, self.now())
+
+    def reader_moved(self, reader: object) -> None:
+        """``reader`` handed bytes to its client's connection."""
+        watched = self._watched.get(reader)
+        if watched is not None:
+            watched.moved = self.now()
 
     def reader_at(self, reader: object, position: int) -> None:
         """``reader`` has sent everything before ``position``: a relayed fill lets go of it."""
@@ -145,6 +184,7 @@ class Fill:
         """A reader ended; the last one after the fill ended runs ``on_idle`` (once)."""
         self.readers -= 1
         self._positions.pop(reader, None)
+        self._watched.pop(reader, None)
         if self.relay is not None:
             self._trim_relay()
         self.idle_check()
@@ -213,10 +253,60 @@ class Fill:
             self._recent_size -= len(dropped)
         self._wake_room()
 
+    @property
+    def full(self) -> bool:
+        """A relayed fill's window holds all it may: the upstream waits for the readers."""
+        return self._recent_size > RECENT and self.readers > 0 and not self.finished
+
+    def holders(self) -> list[object]:
+        """The readers keeping the window's first chunk, and so all of it: those that have
+        yet to send it (or bytes before it).  While the window is full, only they can make
+        room."""
+        if not self._recent:
+            return []
+        first_end = self._recent_start + len(self._recent[0])
+        return [reader for reader, at in self._positions.items() if at < first_end]
+
+    def watch_start(self) -> None:
+        """The relay begins to wait for room: each reader's stall is counted from now, and
+        its connection's backlog from what it is now."""
+        now = self.now()
+        for watched in self._watched.values():
+            watched.moved = now
+            watched.seen = watched.unsent() if watched.unsent is not None else None
+
+    def stalled(self, timeout: float) -> list[object]:
+        """The readers holding the window (`holders`) whose clients took no bytes for
+        ``timeout``: none was handed to their connection, and its backlog did not move (a
+        client that reads slowly drains a large write for a long time)."""
+        now = self.now()
+        found = []
+        for reader in self.holders():
+            watched = self._watched.get(reader)
+            if watched is None:
+                continue
+            unsent = watched.unsent() if watched.unsent is not None else None
+            if unsent is not None and unsent != watched.seen:
+                watched.seen, watched.moved = unsent, now
+            elif now - watched.moved >= timeout:
+                found.append(reader)
+        return found
+
+    def cut(self, reader: object) -> int | None:
+        """Drop ``reader``'s client (its body ends short); where it was, or None if it
+        cannot be dropped."""
+        watched = self._watched.get(reader)
+        position = self._positions.get(reader)
+        if watched is None or watched.cut is None or position is None:
+            return None
+        cut, watched.cut = watched.cut, None
+        cut()
+        return position
+
     def room(self) -> Deferred[None] | None:
         """For a relayed fill: None while its window may grow, else a Deferred that fires
         once the readers took enough of it (or are gone, or the fill ended)."""
-        if self._recent_size <= RECENT or self.readers <= 0 or self.finished:
+        if not self.full:
             return None
         d: Deferred[None] = Deferred(lambda d: self._room.remove(d) if d in self._room else None)
         self._room.append(d)
@@ -256,7 +346,11 @@ class FillProtocol(Protocol):
     When a storage write fails (at once, or later through its Deferred), ``on_store_failed``
     is told and the fill is relayed (`Fill.start_relay`): the body goes on to the readers
     only, the upstream socket pausing while the window is full; with no reader left, the
-    body is stopped and ``done`` fails with `StoreFailed`.
+    body is stopped and ``done`` fails with `StoreFailed`.  While the relay waits for room in
+    the window, the readers holding it whose clients took no bytes for ``stall_timeout``
+    (`Fill.stalled`, looked at four times per ``stall_timeout``) are dropped (`Fill.cut`,
+    then ``on_reader_cut`` with where each was), so that one client that stopped reading
+    holds neither the upstream nor the others for much longer than that.
 
     ``done`` fires when the body ended complete (and, without a ``hasher``, verified), or
     fails with its error."""
@@ -269,8 +363,15 @@ class FillProtocol(Protocol):
         spool: IFileWriter | None = None,
         hasher: OffloadedHasher | None = None,
         on_store_failed: Callable[[BaseException], None] | None = None,
+        clock: IReactorTime | None = None,
+        stall_timeout: float | None = None,
+        on_reader_cut: Callable[[int], None] | None = None,
     ) -> None:
         self.fill = fill
+        self.clock = clock
+        self.stall_timeout = stall_timeout
+        self.on_reader_cut = on_reader_cut
+        self._watch: IDelayedCall | None = None
         self.writer = writer
         self.spool = spool
         self.hasher = hasher
@@ -334,6 +435,7 @@ class FillProtocol(Protocol):
         room = fill.room()
         if room is not None:
             pending.append(room)
+            self._watch_stalls()
         if pending:
             self.transport.pauseProducing()  # type: ignore[union-attr]
             gatherResults(pending, consumeErrors=True).addCallbacks(
@@ -351,8 +453,40 @@ class FillProtocol(Protocol):
             room = fill.room()
             if room is not None:
                 room.addCallbacks(lambda _: self._resume(), self._write_failed)
+                self._watch_stalls()
                 return
         self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _watch_stalls(self) -> None:
+        """The relay waits for room: look for stalled readers until it has room again.
+        Neither the upstream's idle timeout (off while its socket is paused) nor twisted.web
+        (no write timeout) would ever end that wait."""
+        if self.clock is None or self.stall_timeout is None:
+            return
+        if self._watch is not None and self._watch.active():
+            return  # (this wait goes on: the readers' stalls are counted from its start)
+        self.fill.watch_start()
+        self._watch = self.clock.callLater(self.stall_timeout / 4, self._check_stalls)
+
+    def _check_stalls(self) -> None:
+        self._watch = None
+        fill, timeout = self.fill, self.stall_timeout
+        if self.clock is None or timeout is None:
+            return
+        if self.done.called or fill.relay is None or not fill.full:
+            return  # room again (or over): the next wait starts counting afresh
+        for reader in fill.stalled(timeout):
+            # (Dropping one may make room, resume the upstream and even start a new wait.)
+            position = fill.cut(reader)
+            if position is not None and self.on_reader_cut is not None:
+                self.on_reader_cut(position)
+        if self._watch is None and not self.done.called and fill.full:
+            self._watch = self.clock.callLater(timeout / 4, self._check_stalls)
+
+    def _stop_watching(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None and watch.active():
+            watch.cancel()
 
     def _late_store_failure(self, failure: Failure) -> None:
         self._store_failed(failure.value or StorageError("storage write failed"))
@@ -371,11 +505,13 @@ class FillProtocol(Protocol):
         self._write_failed(Failure(StoreFailed(f"{why}; no client left to serve")))
 
     def _write_failed(self, failure: Failure) -> None:
+        self._stop_watching()
         self.transport.stopProducing()  # type: ignore[union-attr]
         if not self.done.called:
             self.done.errback(failure)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        self._stop_watching()
         settle_body(self.done, reason, None)
 
 
@@ -388,6 +524,34 @@ def abort_connection(consumer: object) -> None:
     )
     if callable(abort):
         abort()
+
+
+def unsent_bytes(consumer: object) -> int | None:
+    """How much of what was written to the connection under an HTTP response (a twisted.web
+    request) is still on its way: the transport's buffer and, on Linux, the socket's send
+    queue (``TIOCOUTQ``: sent but not yet acknowledged, or not sent), which shrinks as the
+    client reads.  A client that stopped reading leaves it as it is.  None when the
+    connection is not a socket transport (HTTP/2 streams, tests' fakes)."""
+    channel = getattr(consumer, "channel", None)
+    transport = getattr(channel, "transport", None)  # (a TLS or wrapping protocol forwards)
+    sock = getattr(transport, "socket", None)
+    if not isinstance(sock, socket.socket):
+        return None
+    buffer = getattr(transport, "dataBuffer", b"")
+    offset = getattr(transport, "offset", 0)
+    pending = getattr(transport, "_tempDataLen", 0)
+    unsent = 0
+    if isinstance(buffer, bytes) and isinstance(offset, int) and isinstance(pending, int):
+        unsent = len(buffer) - offset + pending
+    outq = getattr(termios, "TIOCOUTQ", None)
+    if outq is not None:
+        try:
+            queued = fcntl.ioctl(sock.fileno(), outq, b"\0\0\0\0")
+        except (OSError, ValueError):
+            pass  # closed meanwhile, or not a TCP socket: the buffer alone
+        else:
+            unsent += struct.unpack("i", queued)[0]
+    return unsent
 
 
 @implementer(IBodyProducer, IPushProducer)
@@ -414,10 +578,14 @@ class TailProducer:
         self._writing = False  # in consumer.write, which may pause or stop this producer
         self._resumed: Deferred[None] | None = None
         self._run: Deferred[None] | None = None
+        self._consumer: IConsumer | None = None
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        self.fill.reader_started(self, self.offset)
-        run = Deferred.fromCoroutine(self._produce(consumer))
+        self._consumer = consumer
+        self.fill.reader_started(self, self.offset, self.cut, self.unsent)
+        # Every write (from the window or a storage reader) says this reader is moving.
+        moving = _CountingConsumer(consumer, lambda _: self.fill.reader_moved(self))
+        run = Deferred.fromCoroutine(self._produce(moving))
         self._run = run
 
         def released(result: object) -> object:
@@ -564,6 +732,18 @@ class TailProducer:
         resumed, self._resumed = self._resumed, None
         if resumed is not None:
             resumed.callback(None)
+
+    def cut(self) -> None:
+        """Drop the client's connection now (a body short of its length) and stop: a relayed
+        fill gives up on a reader that holds the others (`FillProtocol`)."""
+        if self._stopped:
+            return
+        if self._consumer is not None:
+            abort_connection(self._consumer)
+        self.stopProducing()
+
+    def unsent(self) -> int | None:
+        return None if self._consumer is None else unsent_bytes(self._consumer)
 
     def stopProducing(self) -> None:
         if self._stopped:

@@ -385,6 +385,91 @@ async def test_a_client_behind_the_window_when_the_storage_fails_reads_back_what
     await next_pull_fills(url, tmpfs, filler, fake, digest, gets=2)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_a_relayed_fill_is_cut_and_the_others_go_on(
+    tmpfs: Path, proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Two clients follow the fill when the disk fills up; one has stopped reading (its
+    connection open).  The relay waits for it at most the upstream ``timeout`` (2 s here):
+    then that client is dropped before the last byte (one line says so) and the other gets
+    the whole blob."""
+    image = fake.content.add_image("library/big", "latest", [LAYER])
+    digest = image.layers[0].digest
+    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
+    url = f"{registry.url}/v2/library/big/blobs/{digest}"
+    filler = leave_free(tmpfs, FREE)
+    held = fake.hold_body(digest, after=4 * MiB)
+
+    with Logs() as logs:
+        stalled = RawClient(url)
+        try:
+            await wait_for(stalled.answered)
+            response = await head(url)
+            assert response.code == 200
+            reading = response.content()
+            held.release()
+            body = await with_bound(reading, 60)
+            assert (len(body), sha256(body)) == (LAYER, digest)
+            # The stalled client's connection was dropped: what it reads now ends short.
+            status, length, received, _ = await stalled.read()
+        finally:
+            stalled.close()
+    assert (status, length) == (200, LAYER)
+    assert received < LAYER
+    said = logs.saying("without keeping")
+    assert len(said) == 1, said
+    cut = logs.saying("took no bytes")
+    assert len(cut) == 1, cut
+    level, text = cut[0]
+    assert level == "warn"
+    assert text.startswith(f"proxy hub: dropped a client of {digest} at byte "), text
+    assert text.endswith(
+        f" of {LAYER}: it took no bytes for 2s while the upstream body and the other clients"
+        " of the relayed fill waited for it"
+    ), text
+    logs.assert_clean()
+    assert fake.count("GET", "cdn", ref=digest) == 1
+    assert not blob_data_path(tmpfs, digest).exists()
+    await wait_for(lambda: fill_files(tmpfs) == [])
+    await next_pull_fills(url, tmpfs, filler, fake, digest, gets=2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relayed_fill_whose_only_client_stops_reading_is_abandoned(
+    tmpfs: Path, proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """The only client of a fill stops reading when the disk fills up: after the upstream
+    ``timeout`` it is dropped, the upstream body is stopped, and nothing is kept."""
+    image = fake.content.add_image("library/big", "latest", [LAYER])
+    digest = image.layers[0].digest
+    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
+    url = f"{registry.url}/v2/library/big/blobs/{digest}"
+    filler = leave_free(tmpfs, FREE)
+    held = fake.hold_body(digest, after=4 * MiB)
+
+    with Logs() as logs:
+        stalled = RawClient(url)
+        try:
+            await wait_for(stalled.answered)
+            held.release()
+            await wait_for(lambda: bool(logs.saying("without keeping")), within=30)
+            # Cut, and the upstream body stopped.
+            await wait_for(lambda: bool(logs.saying("took no bytes")), within=30)
+            await wait_for(lambda: fake.cdn_open_connections == 0, within=30)
+            status, length, received, _ = await stalled.read()
+        finally:
+            stalled.close()
+    assert (status, length) == (200, LAYER)
+    assert received < LAYER
+    assert len(logs.saying("without keeping")) == 1
+    assert len(logs.saying("took no bytes")) == 1
+    logs.assert_clean()
+    assert fake.count("GET", "cdn", ref=digest) == 1
+    assert not blob_data_path(tmpfs, digest).exists()
+    await wait_for(lambda: fill_files(tmpfs) == [])
+    await next_pull_fills(url, tmpfs, filler, fake, digest, gets=2)
+
+
 async def with_bound(awaitable: Any, seconds: float) -> Any:
     """``awaitable``'s result, or a failed test after ``seconds`` (a hang is a failure)."""
     d = Deferred.fromCoroutine(_await(awaitable))
