@@ -180,6 +180,28 @@ def transport_producer(transport: abstract.FileDescriptor) -> tuple[object | Non
     return fd.producer, bool(fd.streamingProducer)
 
 
+def socket_transport(transport: object) -> abstract.FileDescriptor | None:
+    """The TCP transport a connection's bytes go through: ``transport`` itself, or the one
+    under a TLS (or other protocol-wrapping) transport; None for anything else (an HTTP/2
+    stream, a test's fake)."""
+    from twisted.protocols.policies import ProtocolWrapper
+
+    if isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport if isinstance(transport, _FILE_DESCRIPTOR) else None
+
+
+def transport_buffered(transport: abstract.FileDescriptor) -> int:
+    """
+    How many bytes written to a TCP transport wait in its own buffer, not yet handed to the
+    socket (``dataBuffer`` past ``offset``, plus ``_tempDataLen`` not yet joined to it): it
+    shrinks as the client reads.
+    """
+    fd: Any = transport
+    buffer, offset, pending = fd.dataBuffer, fd.offset, fd._tempDataLen
+    return len(buffer) - int(offset) + int(pending)
+
+
 def quiet_pool(pool: client.HTTPConnectionPool) -> client.HTTPConnectionPool:
     """
     ``pool``, its connections' factories made silent (``noisy = False``): the pool builds one
@@ -342,6 +364,12 @@ def problems() -> list[str]:
     for attribute in ("producer", "streamingProducer", "SEND_LIMIT"):
         if not hasattr(_FILE_DESCRIPTOR, attribute):
             found.append(f"{_qualname(_FILE_DESCRIPTOR)}.{attribute} is gone")
+    # Read by `transport_buffered`: what waits in a transport's own buffer.
+    for attribute in ("dataBuffer", "offset"):
+        if not hasattr(_FILE_DESCRIPTOR, attribute):
+            found.append(f"{_qualname(_FILE_DESCRIPTOR)}.{attribute} is gone")
+    if not _assigned_in(_FILE_DESCRIPTOR, "__init__", "_tempDataLen"):
+        found.append(f"{_qualname(_FILE_DESCRIPTOR)} no longer keeps _tempDataLen")
     if not hasattr(_TCP_SERVER, "bufferSize"):
         found.append(f"{_qualname(_TCP_SERVER)}.bufferSize is gone")
     for method in ("fileno", "registerProducer", "unregisterProducer", "startWriting"):

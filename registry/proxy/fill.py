@@ -57,6 +57,7 @@ from zope.interface import implementer
 
 from registry.api.digests import Digest
 from registry.client._body import settle_body
+from registry.http import twisted_internals
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.hash_offload import OffloadedHasher
 
@@ -533,22 +534,17 @@ def unsent_bytes(consumer: object) -> int | None:
     client reads.  A client that stopped reading leaves it as it is.  None when the
     connection is not a socket transport (HTTP/2 streams, tests' fakes)."""
     channel = getattr(consumer, "channel", None)
-    transport = getattr(channel, "transport", None)  # (a TLS or wrapping protocol forwards)
-    sock = getattr(transport, "socket", None)
-    if not isinstance(sock, socket.socket):
+    transport = twisted_internals.socket_transport(getattr(channel, "transport", None))
+    if transport is None:
         return None
-    buffer = getattr(transport, "dataBuffer", b"")
-    offset = getattr(transport, "offset", 0)
-    pending = getattr(transport, "_tempDataLen", 0)
-    unsent = 0
-    if isinstance(buffer, bytes) and isinstance(offset, int) and isinstance(pending, int):
-        unsent = len(buffer) - offset + pending
+    unsent = twisted_internals.transport_buffered(transport)
     outq = getattr(termios, "TIOCOUTQ", None)
-    if outq is not None:
+    sock = transport.getHandle() if hasattr(transport, "getHandle") else None
+    if outq is not None and isinstance(sock, socket.socket):
         try:
             queued = fcntl.ioctl(sock.fileno(), outq, b"\0\0\0\0")
         except (OSError, ValueError):
-            pass  # closed meanwhile, or not a TCP socket: the buffer alone
+            pass  # closed meanwhile: the buffer alone
         else:
             unsent += struct.unpack("i", queued)[0]
     return unsent

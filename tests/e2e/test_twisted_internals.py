@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import tcp
+from twisted.internet import abstract, tcp
 from twisted.internet.threads import deferToThread
 from twisted.web import _newclient, http
 from twisted.web.client import HTTPConnectionPool
@@ -150,6 +150,13 @@ class _OtherDecoder:
         self.inner.noMoreData()
 
 
+class _DescriptorWithoutPending(abstract.FileDescriptor):
+    """A Twisted whose transports no longer count what waits outside ``dataBuffer``."""
+
+    def __init__(self, reactor: Any = None) -> None:
+        pass
+
+
 class _ProxyWithoutProducer:
     def __init__(self, transport: object) -> None:
         self._wrapped = transport
@@ -202,6 +209,8 @@ def _accept_saying_other_things() -> None:
         ("_PROXY_PRODUCER", _ProxyWithoutProducer, "no longer keeps its transport in _producer"),
         ("_FILE_DESCRIPTOR", object, "builtins.object.producer is gone"),
         ("_TCP_SERVER", object, "builtins.object.bufferSize is gone"),
+        ("_FILE_DESCRIPTOR", object, "builtins.object.dataBuffer is gone"),
+        ("_FILE_DESCRIPTOR", _DescriptorWithoutPending, "no longer keeps _tempDataLen"),
         ("_CHANNEL_ATTRIBUTE", "_renamed", "no longer keeps its HTTPChannel in _renamed"),
         ("_CONNECTION_POOL", object, "object._factory no longer names a Factory class"),
         ("_CONNECTION_POOL", _PoolOfOtherMake, "no longer builds connections from _factory"),
