@@ -62,7 +62,8 @@ install-missing:
 
 # Test files run in TEST_PROCESSES processes at once (pytest-xdist; a file's tests stay in one
 # process, in order): most tests spend their time waiting on the servers they start, so on 2
-# cores 3 processes finish the suite in about half the time of one.  TEST_PROCESSES=0: all in
+# cores 3 processes finish the suite in about three fifths of the time of one (the longest
+# files first: tests/conftest.py).  TEST_PROCESSES=0: all in
 # pytest's own process.
 TEST_PROCESSES ?= 3
 

@@ -23,6 +23,29 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# The files that take longest (minutes of waiting on servers: worker processes, start-up
+# failures, the CLI, the cache fleet), run first: `make test` runs files in several processes
+# (pytest-xdist, by file, in this order), and one of these started last would run alone at
+# the end while the other processes sit idle.  A file missing here only runs in its turn.
+LONGEST_FIRST = (
+    "tests/server/test_workers.py",
+    "tests/server/test_startup_failures.py",
+    "tests/ops/test_cli.py",
+    "tests/proxy/test_fleet.py",
+    "tests/proxy/test_fleet_outages.py",
+    "tests/e2e/test_upload_resilience.py",
+    "tests/client/test_copy_command.py",
+    "tests/e2e/test_s3_outage.py",
+    "tests/server/test_workers_signals.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: number for number, path in enumerate(LONGEST_FIRST)}
+    # A stable sort: each file's tests keep their order, the other files theirs.
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def log_watch(request: pytest.FixtureRequest) -> Iterator[LogWatch]:
     """
