@@ -647,13 +647,7 @@ class TailProducer:
                 if not fill.finished:
                     await fill.changed()
                 continue
-            self._inner = producer
-            if self._paused:
-                producer.pauseProducing()
-            try:
-                await producer.startProducing(consumer)
-            finally:
-                self._inner = None
+            await self._send_stored(consumer, producer)
             position += count
             self.sent += count
             fill.reader_at(self, position)
@@ -690,6 +684,13 @@ class TailProducer:
             producer.stopProducing()
             # What the storage said it took is not all there (a buffered write lost).
             raise RelayGap(f"bytes of {fill.digest} from {position} were not stored")
+        await self._send_stored(consumer, producer)
+        self.sent += count
+        fill.reader_at(self, position + count)
+        return position + count
+
+    async def _send_stored(self, consumer: IConsumer, producer: Any) -> None:
+        """Send a storage reader's bytes, paused and stopped as this producer is meanwhile."""
         self._inner = producer
         if self._paused:
             producer.pauseProducing()
@@ -697,9 +698,6 @@ class TailProducer:
             await producer.startProducing(consumer)
         finally:
             self._inner = None
-        self.sent += count
-        fill.reader_at(self, position + count)
-        return position + count
 
     def _write_pieces(self, consumer: IConsumer, pieces: list[bytes]) -> int:
         """Write ``pieces`` until the consumer pauses or stops this producer; bytes written."""
