@@ -869,6 +869,8 @@ class ProxyCache:
         digest = fill.digest
         writer = None
         spool = None
+        blob = None
+        delivered = False  # the upstream body was handed to the fill (else: abort it)
         leased = False
         settled = False  # the reservation ended early (the storage failed)
 
@@ -955,6 +957,7 @@ class ProxyCache:
                 on_reader_cut=lambda position: self._reader_cut(fill, position),
             )
             blob.deliver(protocol, verify=hasher is None, read_size=FILL_READ_SIZE)
+            delivered = True
             await protocol.done
             if hasher is not None:
                 actual = (await hasher.settle()).digest()
@@ -986,12 +989,26 @@ class ProxyCache:
             # Every repository that joined (each confirmed by the upstream), including those
             # that join while these links are written.
             linked: set[str] = set()
-            while pending := sorted(fill.links - linked):
+            unlinked: dict[str, StorageError] = {}
+            while pending := sorted(fill.links - linked - unlinked.keys()):
                 for name in pending:
-                    await self.blobs.link(name, digest)
+                    try:
+                        await self.blobs.link(name, digest)
+                    except StorageError as exc:
+                        unlinked[name] = exc
+                        continue
                     await self._note(name)
                     await self.index.add_blob(name, str(digest), fill.stored, self.now())
                     linked.add(name)
+            if unlinked:
+                self._not_linked(fill, unlinked, kept=bool(linked))
+                if not linked:
+                    # The whole verified body is at its address: its readers finish from
+                    # there; nothing links it, so it goes once the last one is done.
+                    fill.keep = False
+                    fill.done = True
+                    fill.on_idle = lambda: self._discard_stored(fill)
+                    return
             # A gc running now (`registry.storage.gcguard`) keeps what these links refer to, or
             # the fill fails (its readers' bodies end short, the next pull fetches it again).
             if await GcGuard(self.driver).protect([digest]):
@@ -1013,6 +1030,10 @@ class ProxyCache:
             # No eviction afterwards: the room was made before the first byte was stored.
         except Exception as exc:
             fill.error = exc
+            if blob is not None and not delivered:
+                # Failed between the upstream's answer and reading its body (no room, the
+                # storage refusing the writer): an unread body would hold its connection.
+                blob.abort()
             # From now on a request for the blob starts a fill of its own instead of joining
             # this failed one while its clean-up below (an S3 abort, a delete) runs.
             if self._fills.get(digest) is fill:
@@ -1052,7 +1073,12 @@ class ProxyCache:
             if not settled and str(digest) in self.space.granted:  # failed: room is free
                 await self._settle_reservation(fill, stored=False)
             self.space.changed()
-            if not fill.keep and fill.error is None and fill.relay is None:
+            if (
+                not fill.keep
+                and fill.error is None
+                and fill.relay is None
+                and fill.on_idle is None  # (`_discard_stored`: its links failed)
+            ):
                 fill.on_idle = lambda: self._discard_unkept(fill)
             fill.notify()
             fill.idle_check()
@@ -1566,6 +1592,39 @@ class ProxyCache:
             why=why,
             max_size=limit,
             event="proxy_fill_not_kept",
+        )
+
+    def _not_linked(self, fill: Fill, unlinked: dict[str, StorageError], kept: bool) -> None:
+        """The storage failed to link a filled blob into some repositories (its clients get
+        it all the same): one line; counted as not kept when no repository links it."""
+        if not kept:
+            self.stats.unkept_fills += 1
+        log.warn(
+            "proxy {upstream}: serving {digest} ({size} bytes) without keeping it for "
+            "{names}: the cache's storage failed: {error}",
+            upstream=self.name,
+            digest=str(fill.digest),
+            size=fill.stored,
+            names=",".join(sorted(unlinked)),
+            error=str(next(iter(unlinked.values()))),
+            event="proxy_fill_not_kept",
+        )
+
+    def _discard_stored(self, fill: Fill) -> None:
+        """Remove a filled blob that no repository links (its links failed), once its last
+        reader is done: nothing else refers to it, and it would hold its space for good."""
+
+        async def discard() -> None:
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(fill.final_path)
+
+        Deferred.fromCoroutine(discard()).addErrback(
+            lambda f: log.warn(
+                "proxy {upstream}: removing {path} failed: {error}",
+                upstream=self.name,
+                path=fill.final_path,
+                error=f.getErrorMessage(),
+            )
         )
 
     def _discard_unkept(self, fill: Fill) -> None:

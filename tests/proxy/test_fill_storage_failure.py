@@ -479,3 +479,69 @@ async def with_bound(awaitable: Any, seconds: float) -> Any:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_the_storage_cannot_link_is_served_whole_and_removed(
+    tmp_path: Path, proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """The storage fails once the blob is at its address, as it is linked into the
+    repository (here a file stands where the repository's ``_layers`` folder goes, so the link
+    cannot be written): the client still gets every byte, and the blob, which nothing links,
+    does not stay behind holding its space; the next pull (the storage healthy again) fills."""
+    image = fake.content.add_image("library/small", "latest", [4 * MiB])
+    digest = image.layers[0].digest
+    root = tmp_path / "store"
+    registry = await proxied({"storage": {"rootdirectory": str(root)}})
+    url = f"{registry.url}/v2/library/small/blobs/{digest}"
+    # (The cache keeps Docker Hub's repositories under its prefix, docker.io.)
+    blocker = root / "docker/registry/v2/repositories/docker.io/library/small/_layers"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_bytes(b"")
+    with Logs() as logs:
+        response, body = await get(url)
+        assert (response.code, len(body), sha256(body)) == (200, 4 * MiB, digest)
+        said = logs.saying("without keeping")
+        assert len(said) == 1, said
+        assert said[0][0] == "warn"
+        assert said[0][1].startswith(
+            f"proxy hub: serving {digest} ({4 * MiB} bytes) without keeping it for "
+            "docker.io/library/small: the cache's storage failed: "
+        ), said
+        await wait_for(lambda: not blob_data_path(root, digest).exists())
+        logs.assert_clean()
+    assert fill_files(root) == []
+
+    blocker.unlink()
+    response, body = await get(url)
+    assert (response.code, sha256(body)) == (200, digest)
+    await wait_for(blob_data_path(root, digest).exists)
+    response, body = await get(url)
+    assert (response.code, sha256(body)) == (200, digest)
+    assert fake.count("GET", "cdn", ref=digest) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fill_that_cannot_start_writing_lets_go_of_the_upstream_body(
+    tmp_path: Path, proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """The storage refuses the fill's file (a file stands where the fills folder goes) after
+    the upstream answered the blob GET: the client gets 503, and the upstream connection,
+    its body unread, is closed instead of being held open with megabytes queued."""
+    image = fake.content.add_image("library/small", "latest", [8 * MiB])
+    digest = image.layers[0].digest
+    root = tmp_path / "store"
+    registry = await proxied({"storage": {"rootdirectory": str(root)}})
+    fills = root / "docker/registry/v2/txregistry/proxy/hub/fills"
+    if fills.is_dir():
+        os.rmdir(fills)
+    fills.parent.mkdir(parents=True, exist_ok=True)
+    fills.write_bytes(b"")
+    url = f"{registry.url}/v2/library/small/blobs/{digest}"
+    with Logs() as logs:
+        response, body = await get(url)
+        assert response.code == 503, body
+        assert fake.count("GET", "cdn", ref=digest) == 1
+        await wait_for(lambda: fake.cdn_open_connections == 0, within=30)
+        # One line at error level says why (a storage failure), with no traceback.
+        assert not [e for _, _, e in logs.events if e.get("log_failure") is not None]
