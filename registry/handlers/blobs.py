@@ -49,21 +49,24 @@ async def _serve_blob(
             "requested range not satisfiable",
             headers={"Content-Range": f"bytes */{size}"},
         ) from None
-    request.setHeader("Content-Type", "application/octet-stream")
-    for name, value in headers.items():
-        request.setHeader(name, value)
     if wanted is None:
-        request.setResponseCode(200)
         offset, length = 0, size
     else:
         first, last = wanted
-        request.setResponseCode(206)
-        request.setHeader("Content-Range", f"bytes {first}-{last}/{size}")
         offset, length = first, last - first + 1
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    producer = None
+    if request.method == b"GET" and length > 0:
+        # Opened before any header is set: a failure (a 503 from a cache whose storage is
+        # full, a 404) must not go out with the blob's "cache for a year" and its validators.
+        producer = await ctx.blobs.open(route.name, digest, offset, length)
+    request.setResponseCode(200 if wanted is None else 206)
+    request.setHeader("Content-Type", "application/octet-stream")
+    for name, value in headers.items():
+        request.setHeader(name, value)
     request.setHeader("Content-Length", str(length))
-    if request.method == b"HEAD" or length == 0:
+    if producer is None:
         return b""
-    producer = await ctx.blobs.open(route.name, digest, offset, length)
     mode = ctx.config.http.sendfile
     if mode != "never":  # a local file on plain TCP: sent by the kernel
         await sendfile.stream(request, producer, to_loopback=mode == "always")

@@ -10,6 +10,7 @@ parts mid-body."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import select
 import socket
@@ -539,8 +540,18 @@ async def test_a_fill_that_cannot_start_writing_lets_go_of_the_upstream_body(
     fills.write_bytes(b"")
     url = f"{registry.url}/v2/library/small/blobs/{digest}"
     with Logs() as logs:
-        response, body = await get(url)
+        response, body = await get(url, headers={"Range": "bytes=0-1023"})
         assert response.code == 503, body
+        assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+        # None of the blob's own headers: a cache in between would keep this 503 for a year.
+        for name in (
+            "Cache-Control",
+            "ETag",
+            "Docker-Content-Digest",
+            "Accept-Ranges",
+            "Content-Range",
+        ):
+            assert not response.headers.hasHeader(name), name
         assert fake.count("GET", "cdn", ref=digest) == 1
         await wait_for(lambda: fake.cdn_open_connections == 0, within=30)
         # One line at error level says why (a storage failure), with no traceback.
