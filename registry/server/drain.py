@@ -236,7 +236,7 @@ class ConnectionTracker:
         self._check_drained()
         if drained.called:
             return 0
-        if self.requests:
+        if self.requests and not self._cut:  # (a stop at once drains nothing: no line)
             log.info(
                 "draining {requests} request(s) on {connections} connection(s), "
                 "for up to {timeout:g} s",

@@ -275,6 +275,8 @@ def test_one_process_stops_at_once_on_a_second_sigint_or_a_sigquit(
     assert len(download.body) < BLOB_SIZE
     log = "".join(single.output)
     assert "told to stop at once: cutting 1 connection(s) with 1 request(s)" in log
+    if first == "SIGQUIT":  # nothing was drained: no line says so
+        assert "request(s) on 1 connection(s), for up to" not in log
     assert "Traceback" not in log and "#critical]" not in log
     assert "ReactorNotRunning" not in log
     assert single.stderr() == ""
