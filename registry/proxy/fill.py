@@ -88,6 +88,7 @@ class _Watched:
     unsent: Callable[[], int | None] | None  # its connection's backlog (`unsent_bytes`)
     moved: float  # when it was last seen to take bytes (``Fill.now``)
     seen: int | None = None  # its backlog then
+    handed: int | None = None  # the blob's offset up to which it handed bytes to its client
 
 
 class Fill:
@@ -169,11 +170,12 @@ class Fill:
         self._positions[reader] = position
         self._watched[reader] = _Watched(cut, unsent, self.now())
 
-    def reader_moved(self, reader: object) -> None:
-        """``reader`` handed bytes to its client's connection."""
+    def reader_moved(self, reader: object, handed: int) -> None:
+        """``reader`` handed bytes to its client's connection, up to the blob's ``handed``."""
         watched = self._watched.get(reader)
         if watched is not None:
             watched.moved = self.now()
+            watched.handed = handed
 
     def reader_at(self, reader: object, position: int) -> None:
         """``reader`` has sent everything before ``position``: a relayed fill lets go of it."""
@@ -302,7 +304,8 @@ class Fill:
             return None
         cut, watched.cut = watched.cut, None
         cut()
-        return position
+        # (A read-back from the storage moves ``position`` only once it is all handed over.)
+        return max(position, watched.handed or 0)
 
     def room(self) -> Deferred[None] | None:
         """For a relayed fill: None while its window may grow, else a Deferred that fires
@@ -575,12 +578,13 @@ class TailProducer:
         self._resumed: Deferred[None] | None = None
         self._run: Deferred[None] | None = None
         self._consumer: IConsumer | None = None
+        self._handed = 0  # bytes handed to the consumer
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._consumer = consumer
         self.fill.reader_started(self, self.offset, self.cut, self.unsent)
         # Every write (from the window or a storage reader) says this reader is moving.
-        moving = _CountingConsumer(consumer, lambda _: self.fill.reader_moved(self))
+        moving = _CountingConsumer(consumer, self._handed_over)
         run = Deferred.fromCoroutine(self._produce(moving))
         self._run = run
 
@@ -726,6 +730,10 @@ class TailProducer:
         resumed, self._resumed = self._resumed, None
         if resumed is not None:
             resumed.callback(None)
+
+    def _handed_over(self, data: bytes) -> None:
+        self._handed += len(data)
+        self.fill.reader_moved(self, self.offset + self._handed)
 
     def cut(self) -> None:
         """Drop the client's connection now (a body short of its length) and stop: a relayed

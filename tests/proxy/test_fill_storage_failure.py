@@ -428,6 +428,7 @@ async def test_a_client_that_stops_reading_a_relayed_fill_is_cut_and_the_others_
         f" of {LAYER}: it took no bytes for 2s while the upstream body and the other clients"
         " of the relayed fill waited for it"
     ), text
+    assert_cut_where_sent(logs)
     logs.assert_clean()
     assert fake.count("GET", "cdn", ref=digest) == 1
     assert not blob_data_path(tmpfs, digest).exists()
@@ -464,11 +465,21 @@ async def test_a_relayed_fill_whose_only_client_stops_reading_is_abandoned(
     assert received < LAYER
     assert len(logs.saying("without keeping")) == 1
     assert len(logs.saying("took no bytes")) == 1
+    assert_cut_where_sent(logs)
     logs.assert_clean()
     assert fake.count("GET", "cdn", ref=digest) == 1
     assert not blob_data_path(tmpfs, digest).exists()
     await wait_for(lambda: fill_files(tmpfs) == [])
     await next_pull_fills(url, tmpfs, filler, fake, digest, gets=2)
+
+
+def assert_cut_where_sent(logs: Logs) -> None:
+    """The byte a dropped client was cut at (its line) is what its access line says it was
+    sent: the bytes handed to its connection, also while it was reading back stored ones."""
+    ((_, text),) = logs.saying("took no bytes")
+    position = int(text.split(" at byte ", 1)[1].split(" ", 1)[0])
+    cut_short = [e for _, _, e in logs.events if e.get("access") and e.get("complete") is False]
+    assert [e["bytes"] for e in cut_short] == [position], (text, cut_short)
 
 
 async def with_bound(awaitable: Any, seconds: float) -> Any:
