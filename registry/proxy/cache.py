@@ -1007,7 +1007,6 @@ class ProxyCache:
                     # there; nothing links it, so it goes once the last one is done.
                     fill.keep = False
                     fill.done = True
-                    fill.on_idle = lambda: self._discard_stored(fill)
                     return
             # A gc running now (`registry.storage.gcguard`) keeps what these links refer to, or
             # the fill fails (its readers' bodies end short, the next pull fetches it again).
@@ -1073,12 +1072,7 @@ class ProxyCache:
             if not settled and str(digest) in self.space.granted:  # failed: room is free
                 await self._settle_reservation(fill, stored=False)
             self.space.changed()
-            if (
-                not fill.keep
-                and fill.error is None
-                and fill.relay is None
-                and fill.on_idle is None  # (`_discard_stored`: its links failed)
-            ):
+            if not fill.keep and fill.error is None and fill.relay is None:
                 fill.on_idle = lambda: self._discard_unkept(fill)
             fill.notify()
             fill.idle_check()
@@ -1610,9 +1604,10 @@ class ProxyCache:
             event="proxy_fill_not_kept",
         )
 
-    def _discard_stored(self, fill: Fill) -> None:
-        """Remove a filled blob that no repository links (its links failed), once its last
-        reader is done: nothing else refers to it, and it would hold its space for good."""
+    def _discard_unkept(self, fill: Fill) -> None:
+        """Remove the file of a blob served but not kept (``final_path``: the fill's own file,
+        or the blob's address when no repository's link could be written, where nothing
+        refers to it and it would hold its space for good), once its last reader is done."""
 
         async def discard() -> None:
             with contextlib.suppress(PathNotFoundError):
@@ -1623,22 +1618,6 @@ class ProxyCache:
                 "proxy {upstream}: removing {path} failed: {error}",
                 upstream=self.name,
                 path=fill.final_path,
-                error=f.getErrorMessage(),
-            )
-        )
-
-    def _discard_unkept(self, fill: Fill) -> None:
-        """Remove the file of a blob served but not kept, once its last reader is done."""
-
-        async def discard() -> None:
-            with contextlib.suppress(PathNotFoundError):
-                await self.driver.delete(fill.path)
-
-        Deferred.fromCoroutine(discard()).addErrback(
-            lambda f: log.warn(
-                "proxy {upstream}: removing {path} failed: {error}",
-                upstream=self.name,
-                path=fill.path,
                 error=f.getErrorMessage(),
             )
         )
