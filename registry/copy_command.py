@@ -221,8 +221,9 @@ def format_bytes(count: float) -> str:
     return f"{count:.1f} GiB"
 
 
-# On a terminal, the bytes moved are shown at most this often, and only once at least
-# TICK_BYTES more have moved: a large blob shows movement, small ones add no rewrites.
+# On a terminal, the bytes moved are shown at most this often, once at least TICK_BYTES
+# more have moved (a large blob shows movement, small ones add no rewrites), or once the
+# count has stood still for a tick (a stalled transfer shows where it stands).
 TICK_SECONDS = 0.25
 TICK_BYTES = 1024 * 1024
 
@@ -240,6 +241,7 @@ class Progress:
     manifests: int = 0
     size: int = 0
     shown_moved: int = 0
+    last_moved: int = 0  # at the last tick
 
     def _line(self) -> str:
         return (
@@ -249,7 +251,10 @@ class Progress:
 
     def tick(self, moved: int) -> None:
         """``moved`` bytes have travelled so far (every TICK_SECONDS, on a terminal)."""
-        if self.quiet or not self.tty or moved - self.shown_moved < TICK_BYTES:
+        still, self.last_moved = moved == self.last_moved, moved
+        if self.quiet or not self.tty or moved == self.shown_moved:
+            return
+        if moved - self.shown_moved < TICK_BYTES and not (still and moved >= TICK_BYTES):
             return
         self.shown_moved = moved
         self.stream.write(f"{self._line()}; {format_bytes(moved)} moved\x1b[K")

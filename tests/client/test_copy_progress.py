@@ -6,6 +6,7 @@ travels; and ``--help`` names the defaults.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from registry.copy_command import Progress
 from tests.client.test_copy_command import txregistry
 from tests.client.test_copy_interrupted import source_args, wait_for
 from tests.e2e.harness import REPO_ROOT
@@ -87,3 +89,24 @@ async def test_help_names_the_defaults() -> None:
         "retries per call (default 3)",
     ):
         assert text in flat
+
+
+def test_a_stalled_transfer_shows_where_it_stands() -> None:
+    """The count is rewritten once a MiB more has moved, and also once it has stood still
+    for a tick: a transfer stalled half a MiB after the last rewrite shows its real figure,
+    not the one from before (a busy machine's sparse ticks made the 4.0 MiB test miss it)."""
+    stream = io.StringIO()
+    progress = Progress(stream, tty=True)
+    mib = 1024 * 1024
+    progress.tick(mib * 7 // 2)
+    progress.tick(4 * mib)  # moving, half a MiB on: not yet
+    assert "4.0 MiB moved" not in stream.getvalue()
+    progress.tick(4 * mib)  # still: shown
+    assert stream.getvalue().endswith("; 4.0 MiB moved\x1b[K")
+    progress.tick(4 * mib)  # shown already: no rewrite
+    assert stream.getvalue().count("4.0 MiB moved") == 1
+    small = io.StringIO()
+    quiet_copy = Progress(small, tty=True)
+    quiet_copy.tick(3000)
+    quiet_copy.tick(3000)  # a small copy adds no rewrite, moving or not
+    assert small.getvalue() == ""
