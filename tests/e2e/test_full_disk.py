@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,17 +40,18 @@ from tests.manifests import samples
 DISK_SIZE = 4 * 1024 * 1024
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, unmounted at the end (mounting needs root)."""
+@contextmanager
+def mounted_tmpfs(folder: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes mounted at ``folder``/disk, unmounted at the end (mounting
+    needs root: skipped without it, failed under CI=true)."""
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("the full-disk tests need root under CI=true (to mount a tmpfs)")
         pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "disk"
+    mount_point = folder / "disk"
     mount_point.mkdir()
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0755", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
         check=True,
         capture_output=True,
     )
@@ -59,6 +61,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         # Lazily if something still holds it (a storage thread finishing a removal).
         if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode:
             subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, unmounted at the end (mounting needs root)."""
+    with mounted_tmpfs(tmp_path, DISK_SIZE) as disk:
+        yield disk
 
 
 def fill(disk: Path) -> Path:

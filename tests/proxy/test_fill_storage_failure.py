@@ -14,7 +14,6 @@ import json
 import os
 import select
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from registry.storage.s3 import _client as s3_client
 from tests.e2e.client import get, sha256
+from tests.e2e.test_full_disk import mounted_tmpfs
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
 from tests.proxy.util import blob_data_path, fill_files, wait_for
@@ -48,22 +48,8 @@ FREE = 67 * MiB  # room for the first window and a little: the write at about 67
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the storage failure test needs root under CI=true (to mount a tmpfs)")
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK},mode=0755", "tmpfs", str(mount_point)],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode:
-            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+    with mounted_tmpfs(tmp_path, DISK) as disk:
+        yield disk
 
 
 def leave_free(disk: Path, free: int) -> Path:
