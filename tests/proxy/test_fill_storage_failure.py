@@ -32,7 +32,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from registry.storage.s3 import _client as s3_client
 from tests.e2e.client import get, sha256
 from tests.e2e.test_full_disk import mounted_tmpfs
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Hold
 from tests.proxy.registries import Proxied
 from tests.proxy.util import blob_data_path, fill_files, wait_for
 from tests.storage.s3front import RecordingFront, Seen, s3_front  # noqa: F401 - the fixture
@@ -50,6 +50,19 @@ FREE = 67 * MiB  # room for the first window and a little: the write at about 67
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     with mounted_tmpfs(tmp_path, DISK) as disk:
         yield disk
+
+
+async def held_fill(
+    tmpfs: Path, proxied: Proxied, fake: FakeUpstream
+) -> tuple[str, str, Path, Hold]:
+    """A cache on ``tmpfs`` with room for about ``FREE`` bytes, and a ``LAYER``-sized blob
+    whose upstream body stops after 4 MiB until released: its digest, its URL through the
+    cache, the filler (remove it for room) and the hold."""
+    image = fake.content.add_image("library/big", "latest", [LAYER])
+    digest = image.layers[0].digest
+    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
+    url = f"{registry.url}/v2/library/big/blobs/{digest}"
+    return digest, url, leave_free(tmpfs, FREE), fake.hold_body(digest, after=4 * MiB)
 
 
 def leave_free(disk: Path, free: int) -> Path:
@@ -303,13 +316,8 @@ async def test_every_client_joined_to_a_fill_whose_storage_fails_gets_the_whole_
     """Three cold pulls of one layer, all following the fill when the disk fills up: each
     gets a 200 and the whole, digest-correct body; one warning, one upstream GET, nothing
     kept, and the next pull fills."""
-    image = fake.content.add_image("library/big", "latest", [LAYER])
-    digest = image.layers[0].digest
-    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
-    url = f"{registry.url}/v2/library/big/blobs/{digest}"
-    filler = leave_free(tmpfs, FREE)
     # The fill stops early until the three have their answer's head (all are its readers).
-    held = fake.hold_body(digest, after=4 * MiB)
+    digest, url, filler, held = await held_fill(tmpfs, proxied, fake)
 
     with Logs() as logs:
         responses = await gatherResults([Deferred.fromCoroutine(head(url)) for _ in range(3)])
@@ -343,12 +351,7 @@ async def test_a_client_behind_the_window_when_the_storage_fails_reads_back_what
     fill's file and the rest from the relay: the whole, digest-correct blob.  It reads
     slowly at first, so the relay waits on it longer than the upstream ``timeout`` (2 s),
     but it keeps taking bytes: it is not dropped as a stalled client."""
-    image = fake.content.add_image("library/big", "latest", [LAYER])
-    digest = image.layers[0].digest
-    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
-    url = f"{registry.url}/v2/library/big/blobs/{digest}"
-    filler = leave_free(tmpfs, FREE)
-    held = fake.hold_body(digest, after=4 * MiB)
+    digest, url, filler, held = await held_fill(tmpfs, proxied, fake)
 
     with Logs() as logs:
         client = RawClient(url)
@@ -380,12 +383,7 @@ async def test_a_client_that_stops_reading_a_relayed_fill_is_cut_and_the_others_
     connection open).  The relay waits for it at most the upstream ``timeout`` (2 s here):
     then that client is dropped before the last byte (one line says so) and the other gets
     the whole blob."""
-    image = fake.content.add_image("library/big", "latest", [LAYER])
-    digest = image.layers[0].digest
-    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
-    url = f"{registry.url}/v2/library/big/blobs/{digest}"
-    filler = leave_free(tmpfs, FREE)
-    held = fake.hold_body(digest, after=4 * MiB)
+    digest, url, filler, held = await held_fill(tmpfs, proxied, fake)
 
     with Logs() as logs:
         stalled = RawClient(url)
@@ -428,12 +426,7 @@ async def test_a_relayed_fill_whose_only_client_stops_reading_is_abandoned(
 ) -> None:
     """The only client of a fill stops reading when the disk fills up: after the upstream
     ``timeout`` it is dropped, the upstream body is stopped, and nothing is kept."""
-    image = fake.content.add_image("library/big", "latest", [LAYER])
-    digest = image.layers[0].digest
-    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
-    url = f"{registry.url}/v2/library/big/blobs/{digest}"
-    filler = leave_free(tmpfs, FREE)
-    held = fake.hold_body(digest, after=4 * MiB)
+    digest, url, filler, held = await held_fill(tmpfs, proxied, fake)
 
     with Logs() as logs:
         stalled = RawClient(url)
