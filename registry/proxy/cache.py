@@ -256,7 +256,7 @@ class ProxyCache:
     _fills: dict[Digest, Fill] = attrs.field(init=False, factory=dict)
     # Blob HEADs by (upstream name, digest): a HEAD answers for one repository only.
     _heads: Inflight[tuple[str, Digest], int] = attrs.field(init=False)
-    _revalidations: Inflight[tuple[str, str], Digest] = attrs.field(init=False)
+    _revalidations: Inflight[tuple[str, str], Digest | StoredManifest] = attrs.field(init=False)
     # (upstream name, digest) -> size: the upstream said this repository has this blob.
     _confirmed: BoundedMap[tuple[str, Digest], int] = attrs.field(init=False)
     _checked: BoundedMap[tuple[str, str], float] = attrs.field(init=False)
@@ -935,13 +935,19 @@ class ProxyCache:
             self._confirmed.put((upstream, digest), fill.size)
             # Room under max_size before the first byte is stored; else served, not kept.
             fill.keep = await self._make_room(fill)
-            writer = await self.driver.writer(fill.path)
-            if fill.size:
-                await writer.reserve(fill.size)
-            if self.spool is not None:
-                fill.tail_path = fill.path.rsplit("/", 1)[-1]
-                spool = await self.spool.writer(fill.tail_path)
-                fill.tail_driver = self.spool
+            try:
+                writer = await self.driver.writer(fill.path)
+                if fill.size:
+                    await writer.reserve(fill.size)
+                if self.spool is not None:
+                    fill.tail_path = fill.path.rsplit("/", 1)[-1]
+                    spool = await self.spool.writer(fill.tail_path)
+                    fill.tail_driver = self.spool
+            except StorageError as exc:
+                # No room or a failing store before the first byte: the body is relayed
+                # from its start, as it is when the storage fails later (a cache whose
+                # disk is full still serves its clients, keeping nothing).
+                store_failed(exc)
             fill.opened = True
             fill.notify()
             hasher = self._fill_hasher(digest)
@@ -964,7 +970,7 @@ class ProxyCache:
                 if actual != digest:
                     self.client.session.errors += 1
                     raise UpstreamBadResponse(None, f"body hashes to {actual}, not {digest}")
-            if fill.relay is None:
+            if fill.relay is None and writer is not None:
                 try:
                     await writer.commit()
                     if fill.keep:
@@ -1231,6 +1237,8 @@ class ProxyCache:
                 reason=str(exc),
             )
             return cached
+        if isinstance(current, StoredManifest):
+            return current  # fetched now (kept, or served without keeping it)
         if cached is not None and current == cached.digest:
             self.stats.hits += 1
             return cached
@@ -1241,8 +1249,9 @@ class ProxyCache:
 
     async def _revalidate(
         self, local: str, upstream: str, tag: str, cached: StoredManifest | None, linked: bool
-    ) -> Digest:
-        """The tag's current digest upstream, its manifest cached.  A HEAD when something is
+    ) -> Digest | StoredManifest:
+        """The tag's current digest upstream, its manifest cached; the manifest itself when it
+        was fetched now (the storage may have failed to keep it).  A HEAD when something is
         cached (free on Docker Hub), a GET only for content we do not have.  ``linked``: the
         tag exists here, to be forgotten if the upstream no longer has it."""
         key = (local, tag)
@@ -1264,7 +1273,7 @@ class ProxyCache:
                     self.stats.misses += 1
                     stored = await self._store_manifest(local, fetched, tag)
                     self._checked.put(key, self.now())
-                    return stored.digest
+                    return stored
             if gone.code not in REGISTRY_GONE:
                 # A 404 no registry error names (a proxy's or a CDN's page, a wrong path, a
                 # registry hiding what it refuses): no word about the tag, which is kept.
@@ -1292,7 +1301,7 @@ class ProxyCache:
         self.stats.misses += 1
         stored = await self._store_manifest(local, fetched, tag)
         self._checked.put((local, tag), self.now())
-        return stored.digest
+        return stored
 
     async def _forget_tag(self, local: str, tag: str) -> None:
         """The upstream answered 404 for a cached tag: remove the tag here, as a tag delete
@@ -1332,6 +1341,7 @@ class ProxyCache:
         # manifest's repository too, as several repositories may store one digest at once.
         key = f"{local}@{digest}"
         reserved = await self._room_for_manifest(key, len(body))
+        served = StoredManifest(digest, stored_media_type(body), body)
         try:
             # The order readers rely on: data, revision link, then the tag.
             await self.blobs.put_small(body, digest.algorithm)
@@ -1343,6 +1353,20 @@ class ProxyCache:
             await self._note(local)
             await self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
             stored = True
+        except StorageError as exc:
+            # A full or failing store: the client still gets the manifest (as a blob whose
+            # fill cannot be stored is relayed), and the next request fetches it again.
+            stored = False
+            log.warn(
+                "proxy {upstream}: serving manifest {digest} of {name} without keeping it: the"
+                " cache's storage failed: {error}",
+                upstream=self.name,
+                digest=str(digest),
+                name=local,
+                error=str(exc),
+                event="proxy_manifest_not_kept",
+            )
+            return served
         except BaseException:
             stored = False
             raise
@@ -1350,7 +1374,7 @@ class ProxyCache:
             if reserved:
                 await self._settle(key, stored)
         self.schedule_eviction()
-        return StoredManifest(digest, stored_media_type(body), body)
+        return served
 
     # -- listings
 

@@ -356,13 +356,14 @@ class FillProtocol(Protocol):
     then ``on_reader_cut`` with where each was), so that one client that stopped reading
     holds neither the upstream nor the others for much longer than that.
 
-    ``done`` fires when the body ended complete (and, without a ``hasher``, verified), or
-    fails with its error."""
+    ``writer`` is None when the storage failed before the first byte: the whole body is
+    relayed.  ``done`` fires when the body ended complete (and, without a ``hasher``,
+    verified), or fails with its error."""
 
     def __init__(
         self,
         fill: Fill,
-        writer: IFileWriter,
+        writer: IFileWriter | None,
         on_bytes: Callable[[int], None],
         spool: IFileWriter | None = None,
         hasher: OffloadedHasher | None = None,
@@ -387,11 +388,12 @@ class FillProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
             return
-        if self.fill.relay is not None:
+        writer = self.writer
+        if self.fill.relay is not None or writer is None:
             self._relay(data)
             return
         try:
-            stores = [self.writer.write(data)]
+            stores = [writer.write(data)]
             if self.spool is not None:
                 stores.append(self.spool.write(data))
         except Exception as exc:  # a full disk, an I/O error, a closed writer

@@ -262,7 +262,7 @@ def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
         (
             "txregistry_proxy_unkept_fills_total",
             "Blobs served but not kept: larger than max_size, no room made in space_wait, or "
-            "the storage failed mid-fill.",
+            "the storage failed.",
             "counter",
             lambda c: c.stats.unkept_fills,
         ),

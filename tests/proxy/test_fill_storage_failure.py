@@ -10,7 +10,6 @@ parts mid-body."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import select
 import socket
@@ -34,7 +33,7 @@ from tests.e2e.client import get, sha256
 from tests.e2e.test_full_disk import mounted_tmpfs
 from tests.fakes.upstream import FakeUpstream, Hold
 from tests.proxy.registries import Proxied
-from tests.proxy.util import blob_data_path, fill_files, wait_for
+from tests.proxy.util import blob_data_path, fill_files, pull, wait_for
 from tests.storage.s3front import RecordingFront, Seen, s3_front  # noqa: F401 - the fixture
 from tests.storage.s3server import S3Server, signed_request
 
@@ -513,14 +512,16 @@ async def test_a_blob_the_storage_cannot_link_is_served_whole_and_removed(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_fill_that_cannot_start_writing_lets_go_of_the_upstream_body(
+async def test_a_fill_that_cannot_start_writing_is_served_without_keeping_it(
     tmp_path: Path, proxied: Proxied, fake: FakeUpstream
 ) -> None:
     """The storage refuses the fill's file (a file stands where the fills folder goes) after
-    the upstream answered the blob GET: the client gets 503, and the upstream connection,
-    its body unread, is closed instead of being held open with megabytes queued."""
+    the upstream answered the blob GET: the client still gets the bytes it asked for, relayed
+    from the upstream body, with the blob's headers; nothing is kept; and the upstream
+    connection is closed once no client needs the rest of the body."""
     image = fake.content.add_image("library/small", "latest", [8 * MiB])
-    digest = image.layers[0].digest
+    layer = image.layers[0]
+    digest = layer.digest
     root = tmp_path / "store"
     registry = await proxied({"storage": {"rootdirectory": str(root)}})
     fills = root / "docker/registry/v2/txregistry/proxy/hub/fills"
@@ -531,18 +532,87 @@ async def test_a_fill_that_cannot_start_writing_lets_go_of_the_upstream_body(
     url = f"{registry.url}/v2/library/small/blobs/{digest}"
     with Logs() as logs:
         response, body = await get(url, headers={"Range": "bytes=0-1023"})
-        assert response.code == 503, body
-        assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
-        # None of the blob's own headers: a cache in between would keep this 503 for a year.
-        for name in (
-            "Cache-Control",
-            "ETag",
-            "Docker-Content-Digest",
-            "Accept-Ranges",
-            "Content-Range",
-        ):
-            assert not response.headers.hasHeader(name), name
+        assert response.code == 206, body
+        assert body == b"".join(fake.content.blobs[digest].read(0, 1024))
+        assert response.headers.getRawHeaders("Content-Range") == [f"bytes 0-1023/{8 * MiB}"]
+        assert response.headers.getRawHeaders("Docker-Content-Digest") == [digest]
         assert fake.count("GET", "cdn", ref=digest) == 1
+        # The rest of the body is not read for nobody: the upstream connection goes.
         await wait_for(lambda: fake.cdn_open_connections == 0, within=30)
-        # One line at error level says why (a storage failure), with no traceback.
-        assert not [e for _, _, e in logs.events if e.get("log_failure") is not None]
+        said = logs.saying("without keeping it")
+        assert len(said) == 1, said
+        assert said[0][0] == "warn"
+        assert said[0][1].startswith(
+            f"proxy hub: serving {digest} ({8 * MiB} bytes) without keeping it: the cache's"
+            " storage failed: "
+        ), said
+        logs.assert_clean()
+    assert not blob_data_path(root, digest).exists()
+
+    # The whole blob, too, relayed and checked against its digest.
+    response, body = await get(url)
+    assert (response.code, len(body), sha256(body)) == (200, 8 * MiB, digest)
+    assert fake.count("GET", "cdn", ref=digest) == 2
+    assert not blob_data_path(root, digest).exists()
+
+
+def fill_up(disk: Path) -> Path:
+    """Write a filler file until the disk refuses more; returns it."""
+    filler = disk / "filler"
+    block = b"\0" * MiB
+    with open(filler, "wb", buffering=0) as file:
+        for _ in range(1 + os.statvfs(disk).f_blocks * os.statvfs(disk).f_frsize // MiB):
+            try:
+                file.write(block)
+            except OSError:
+                break
+        for _ in range(MiB // 4096):
+            try:
+                file.write(b"\0" * 4096)
+            except OSError:
+                break
+    return filler
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cache_on_a_full_disk_serves_pulls_without_keeping_them(
+    tmpfs: Path, proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """With no room at all, the cache is a pass-through: the manifest by tag and by digest
+    and every blob are answered from the upstream, whole and checked, with one warning line
+    each; nothing is kept.  With room again, the next pull is kept."""
+    image = fake.content.add_image("library/small", "latest", [8 * MiB, 2 * MiB])
+    registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
+    # The start-up's own writes first (on a disk full at start they fail with their line).
+    own = tmpfs / "docker/registry/v2/txregistry"
+    await wait_for(lambda: (own / "referrers-complete").exists() and (own / "gc/reserve").exists())
+    filler = fill_up(tmpfs)
+    with Logs() as logs:
+        pulled = await pull(registry, "library/small", "latest")
+        assert pulled["digest"] == image.digest
+        response, body = await get(f"{registry.url}/v2/library/small/manifests/{image.digest}")
+        assert response.code == 200, body
+        assert sha256(body) == image.digest
+        logs.assert_clean()
+        said = logs.saying("without keeping it")
+        blobs = [str(image.config), *(layer.digest for layer in image.layers)]
+        for digest in blobs:
+            assert [t for _, t in said if f"serving {digest} " in t], (digest, said)
+        manifests = [t for _, t in said if f"manifest {image.digest}" in t]
+        assert len(manifests) == 2, said
+        assert all(level == "warn" for level, _ in said), said
+    for digest in blobs:
+        assert not blob_data_path(tmpfs, digest).exists()
+    await wait_for(lambda: fill_files(tmpfs) == [])
+    response, _ = await get(f"{registry.url}/v2/library/small/manifests/latest")
+    assert response.code == 200
+    assert fake.count("GET", "manifest", ref="latest") == 2  # nothing kept: asked again
+
+    # Room again: the next pull is kept, and the one after is served from the cache.
+    filler.unlink()
+    await pull(registry, "library/small", "latest")
+    for digest in blobs:
+        await wait_for(blob_data_path(tmpfs, digest).exists)
+    fetched = fake.count("GET", "cdn", ref=image.layers[0].digest)
+    await pull(registry, "library/small", "latest")
+    assert fake.count("GET", "cdn", ref=image.layers[0].digest) == fetched
