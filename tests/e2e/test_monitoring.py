@@ -19,6 +19,7 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 
 from registry.api import mediatypes as mt
 from registry.storage import layout
@@ -401,9 +402,17 @@ async def test_a_client_gone_before_the_answer_is_counted_once_as_499(
     start_registry: Starter,
 ) -> None:
     """A pull-through manifest GET waits on an upstream that never answers; the client leaves:
-    in flight while it waits, then one request with status 499 and nothing left in flight."""
+    in flight while it waits, then one request with status 499 and nothing left in flight,
+    and one access line saying so (as nginx logs a client that closed before the answer)."""
     fake: FakeUpstream = await start_fake_upstream(reactor)
     fake.switches.stall = True
+    access: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("access"):
+            access.append(event)
+
+    globalLogPublisher.addObserver(observer)
     try:
         registry = await start_registry(
             {"proxy:hub": {"remoteurl": fake.url, "prefix": "docker.io"}}
@@ -434,9 +443,15 @@ async def test_a_client_gone_before_the_answer_is_counted_once_as_499(
         assert in_flight(after, "manifest") == 0
         duration = "txregistry_http_request_duration_seconds_count"
         assert moved(before, after, duration, method="GET", route="manifest") == 1
+        lines = [formatEvent(e) for e in access if e["path"] == path]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(
+            f"access method=GET path={path} status=499 bytes=0 complete=false duration_ms="
+        ), lines
         fake.switches.stall = False
         fake.drop_connections()
     finally:
+        globalLogPublisher.removeObserver(observer)
         await fake.stop()
 
 
