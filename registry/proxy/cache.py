@@ -70,6 +70,7 @@ from registry.proxy.fleet.index import HOT_ENTRIES, FleetIndex
 from registry.proxy.fleet.ledger import Ledger
 from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
 from registry.proxy.index import ICacheIndex, MemoryIndex, Victim
+from registry.proxy.outage import StorageReads
 from registry.proxy.space import Reservations
 from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
@@ -272,6 +273,8 @@ class ProxyCache:
     _bad_bodies: BoundedMap[tuple[str, Digest], tuple[int, str]] = attrs.field(init=False)
     # Room reserved under max_size by the fills in flight here (registry.proxy.space).
     space: Reservations = attrs.field(init=False)
+    # Whether lookups in the storage work: while they fail, pulls are served from upstream.
+    reads: StorageReads = attrs.field(init=False)
     # Until the index is read back from storage, sizes and the eviction order are not known
     # yet: readiness says so (registry.server.build), and /metrics would show 0.
     state_loaded: bool = attrs.field(init=False, default=False)
@@ -295,6 +298,7 @@ class ProxyCache:
         self._verified = BoundedMap(clock, limits.remembered, None)
         self._bad_bodies = BoundedMap(clock, limits.remembered, BAD_BODY_AGE)
         self.space = Reservations(clock)
+        self.reads = StorageReads(self.name)
         if self.fleet is not None:
             leases = self.fleet.leases
             # The eviction lock lives as long as a fill lease: a dead holder of either
@@ -385,6 +389,19 @@ class ProxyCache:
             return None
         return info
 
+    async def _lookup_blob(self, local: str, digest: Digest) -> BlobInfo | None:
+        """`_local_blob`, with a storage that cannot be read taken as a miss: the blob is
+        then fetched from the upstream (and kept if the storage takes it by then)."""
+        try:
+            info = await self._local_blob(local, digest)
+        except PathNotFoundError:
+            return None
+        except StorageError as exc:
+            self.reads.failed(exc)
+            return None
+        self.reads.worked()
+        return info
+
     async def _forget_missing(self, digest: Digest) -> None:
         """A blob the index records has no data (deleted by hand, by another tool): its entry
         goes, and its bytes from the cache's size (they would count forever otherwise, and
@@ -435,7 +452,7 @@ class ProxyCache:
         return size
 
     async def blob_stat(self, local: str, upstream: str, digest: Digest) -> BlobInfo:
-        info = await self._local_blob(local, digest)
+        info = await self._lookup_blob(local, digest)
         if info is not None:
             return info
         return BlobInfo(digest, await self._confirm(local, upstream, digest))
@@ -447,7 +464,7 @@ class ProxyCache:
         # A fill for another repository may begin while we look, and joining it needs this
         # repository's confirmation first: look again then (a few times at most).
         for _attempt in range(3):
-            info = await self._local_blob(local, digest)
+            info = await self._lookup_blob(local, digest)
             if info is None and confirmed is None:
                 elsewhere = self._foreign_fill(digest, upstream) or await self._cached_here(digest)
                 if elsewhere:
@@ -461,6 +478,8 @@ class ProxyCache:
                     producer = await self.driver.reader(layout.blob_data(digest), offset, length)
                 except PathNotFoundError:
                     pass  # evicted or deleted meanwhile: fetch it again
+                except StorageError as exc:
+                    self.reads.failed(exc)  # unreadable: from the upstream, as a miss
                 else:
                     self.stats.hits += 1
                     whole = offset == 0 and int(producer.length) == info.size
@@ -522,7 +541,13 @@ class ProxyCache:
         repository has them is enough to link them there.  Data stored otherwise (a hosted
         repository, another upstream's cache) is not: it is fetched, and what the upstream
         sends is checked, or a HEAD claiming a digest would unlock content it never had."""
-        return await self._known(digest) and await self.blobs.exists(digest) is not None
+        if not await self._known(digest):
+            return False
+        try:
+            return await self.blobs.exists(digest) is not None
+        except StorageError as exc:
+            self.reads.failed(exc)
+            return False
 
     async def _known(self, digest: Digest) -> bool:
         """Whether this cache's index has ``digest``; not while a fleet's Redis is away (a
@@ -738,10 +763,28 @@ class ProxyCache:
     async def _adopt(self, local: str, digest: Digest, size: int) -> BlobInfo | None:
         """The data is already stored (another repository, another image) and the upstream
         confirmed this repository has it: link it here instead of downloading it again."""
-        info = await self.blobs.exists(digest)
+        try:
+            info = await self.blobs.exists(digest)
+        except StorageError as exc:
+            self.reads.failed(exc)
+            return None  # unreadable: fetched from the upstream
         if info is None or info.size != size:
             return None
-        await self.blobs.link(local, digest)
+        try:
+            await self.blobs.link(local, digest)
+        except StorageError as exc:
+            # A full disk: the upstream confirmed this repository has the blob, so its stored
+            # bytes are served all the same; the next request links it once there is room.
+            log.warn(
+                "proxy {upstream}: serving {digest} for {name} without linking it: the cache's"
+                " storage failed: {error}",
+                upstream=self.name,
+                digest=str(digest),
+                name=local,
+                error=str(exc),
+                event="proxy_link_not_kept",
+            )
+            return info
         if await GcGuard(self.driver).protect([digest]):
             return None  # a gc is deleting it: fetched again
         await self._note(local)
@@ -1162,6 +1205,10 @@ class ProxyCache:
             body = await self.blobs.get_small(digest)
         except (PathNotFoundError, RegistryError):
             return None
+        except StorageError as exc:
+            self.reads.failed(exc)  # unreadable: fetched from the upstream, as a miss
+            return None
+        self.reads.worked()
         if not await self.index.touch_manifest(local, str(digest), self.now()):
             await self.index.add_manifest(local, str(digest), len(body), _refs(body), self.now())
         return StoredManifest(digest, stored_media_type(body), body)
@@ -1186,7 +1233,11 @@ class ProxyCache:
 
     async def _tagged(self, local: str, upstream: str, tag: str) -> StoredManifest:
         key = (local, tag)
-        digest = await self.tags.resolve(local, tag)
+        try:
+            digest = await self.tags.resolve(local, tag)
+        except StorageError as exc:
+            self.reads.failed(exc)  # unreadable: asked upstream, as a tag not cached
+            digest = None
         cached = await self._local_manifest(local, digest) if digest is not None else None
         freshness = self.config.tag_freshness
         checked = self._checked.get(key)

@@ -17,7 +17,8 @@ from tests.e2e.client import get, sha256
 from tests.e2e.test_full_disk import fill, no_space, small_disk  # noqa: F401 - fixture
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
-from tests.proxy.util import blob_data_path, wait_for
+from tests.proxy.test_fill_storage_failure import Logs
+from tests.proxy.util import blob_data_path, build_image, wait_for
 
 LAYER = 1024 * 1024
 
@@ -149,3 +150,47 @@ def test_a_periodic_write_failing_on_a_full_disk_is_said_once_until_it_works() -
         ),
         ("info", "proxy hub: counters flush works again"),
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_stored_for_another_repository_is_served_on_a_full_disk(
+    small_disk: Path,  # noqa: F811
+    proxied: Proxied,
+    fake: FakeUpstream,
+) -> None:
+    """A layer cached for one repository, asked for through another that the upstream says
+    has it too: on a full disk its link cannot be written, and the stored bytes are served
+    all the same (with a warning), not a 503; with room, the next request links it."""
+    first = fake.content.add_image("library/alpine", "latest", [LAYER])
+    layer = first.layers[0].digest
+    build_image(fake.content, "library/other", "latest", [fake.content.blobs[layer]])
+    registry = await proxied({"storage": {"rootdirectory": str(small_disk)}})
+    response, body = await get(f"{registry.url}/v2/library/alpine/blobs/{layer}")
+    assert (response.code, sha256(body)) == (200, layer)
+    await wait_for(lambda: blob_data_path(small_disk, layer).exists())
+    link = (
+        small_disk
+        / f"docker/registry/v2/repositories/docker.io/library/other/_layers/{layer.replace(':', '/')}/link"
+    )
+    filler = fill(small_disk)
+
+    url = f"{registry.url}/v2/library/other/blobs/{layer}"
+    with Logs() as logs:
+        response, body = await get(url)
+        assert (response.code, sha256(body)) == (200, layer)
+        said = logs.saying("without linking it")
+        assert len(said) == 1, said
+        assert said[0][0] == "warn"
+        assert said[0][1].startswith(
+            f"proxy hub: serving {layer} for docker.io/library/other without linking it: the"
+            " cache's storage failed: "
+        ), said
+        logs.assert_clean()
+    assert not link.exists()
+    assert fake.count("GET", "cdn", ref=layer) == 1  # the stored bytes, not the upstream's
+
+    filler.unlink()
+    response, body = await get(url)
+    assert (response.code, sha256(body)) == (200, layer)
+    assert link.exists()
+    assert fake.count("GET", "cdn", ref=layer) == 1

@@ -51,7 +51,8 @@ class Fault:
 
     - ``cut_up``: the connection is aborted (S3 dropped it mid-body);
     - ``stall_up``: the front stops reading from the registry (S3 or the network stalled);
-    - ``answer_up``: the front answers 500 itself and closes (S3 refused the part early);
+    - ``answer_up``: the front answers 500 itself and closes (S3 refused the part early;
+      with ``after`` 0, once the request's head is in: any request, S3 out of service);
     - ``stall_down``: the rest of S3's answer is dropped (stalled mid-download).
     """
 
@@ -192,7 +193,7 @@ class _RecordingServer(ProxyServer):
         if self._held is not None:
             self._held.append(data)
             return
-        if self._strike is not None and self._received > self._strike[0]:
+        if self._strike is not None and self._received >= self._strike[0]:
             at, action = self._strike
             passed = data[: max(0, at - start)]
             if passed:
