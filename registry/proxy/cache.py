@@ -255,6 +255,10 @@ class ProxyCache:
     # A fleet's figures for the cache page (its counters, its fills in flight), or None.
     counters: FleetCounters | None = attrs.field(init=False, default=None)
     _fills: dict[Digest, Fill] = attrs.field(init=False, factory=dict)
+    # Fills whose storage failed, still relaying their upstream body (`Fill.start_relay`):
+    # out of ``_fills`` (the next request fills again) but still fills in flight, each with
+    # its upstream connection, so counted with them against ``limits.inflight``.
+    _relaying: set[Fill] = attrs.field(init=False, factory=set)
     # Blob HEADs by (upstream name, digest): a HEAD answers for one repository only.
     _heads: Inflight[tuple[str, Digest], int] = attrs.field(init=False)
     _revalidations: Inflight[tuple[str, str], Digest | StoredManifest] = attrs.field(init=False)
@@ -323,6 +327,7 @@ class ProxyCache:
         """Entries of every table keyed by what clients ask for (tests check the bounds)."""
         return {
             "fills": len(self._fills),
+            "relaying": len(self._relaying),
             "heads": len(self._heads),
             "revalidations": len(self._revalidations),
             "confirmed": len(self._confirmed),
@@ -353,7 +358,7 @@ class ProxyCache:
 
     @property
     def active_fills(self) -> int:
-        return len(self._fills)
+        return len(self._fills) + len(self._relaying)
 
     @property
     def fills_everywhere(self) -> int:
@@ -870,7 +875,7 @@ class ProxyCache:
                         status=502,
                         headers={"Retry-After": str(int(BAD_BODY_AGE))},
                     )
-                if len(self._fills) >= self.limits.inflight:
+                if self.active_fills >= self.limits.inflight:
                     raise overloaded(detail)
                 path = f"{self.fills_dir}/{digest.algorithm}-{digest.hex}-{uuid.uuid4().hex}"
                 fill = Fill(digest, path, layout.blob_data(digest), None, upstream)
@@ -925,7 +930,9 @@ class ProxyCache:
             fill.start_relay(str(error))
             if self._fills.get(digest) is fill:
                 del self._fills[digest]
-            self.stats.unkept_fills += 1
+            self._relaying.add(fill)
+            if fill.keep:  # (else counted as not kept already: `_not_kept`)
+                self.stats.unkept_fills += 1
             log.warn(
                 "proxy {upstream}: serving {digest} ({size} bytes) without keeping it: the "
                 "cache's storage failed: {error}",
@@ -1115,6 +1122,7 @@ class ProxyCache:
         finally:
             if self._fills.get(digest) is fill:
                 del self._fills[digest]
+            self._relaying.discard(fill)
             self.index.release(str(digest))
             if fill.relay is None or fill.error is not None:
                 fill.forget_recent()  # (a relayed fill's readers still take it, bounded)
@@ -1228,7 +1236,7 @@ class ProxyCache:
                 raise upstream_error(
                     exc, MANIFEST_UNKNOWN, {"name": local, "reference": reference}
                 ) from None
-            return await self._store_manifest(local, fetched, None)
+            return (await self._store_manifest(local, fetched, None))[0]
         return await self._tagged(local, upstream, reference)
 
     async def _tagged(self, local: str, upstream: str, tag: str) -> StoredManifest:
@@ -1322,8 +1330,9 @@ class ProxyCache:
                 else:
                     self._gone.pop(key)
                     self.stats.misses += 1
-                    stored = await self._store_manifest(local, fetched, tag)
-                    self._checked.put(key, self.now())
+                    stored, kept = await self._store_manifest(local, fetched, tag)
+                    if kept:
+                        self._checked.put(key, self.now())
                     return stored
             if gone.code not in REGISTRY_GONE:
                 # A 404 no registry error names (a proxy's or a CDN's page, a wrong path, a
@@ -1350,8 +1359,11 @@ class ProxyCache:
                 return head.digest
             fetched = await self.client.manifest(upstream, str(head.digest), "GET")
         self.stats.misses += 1
-        stored = await self._store_manifest(local, fetched, tag)
-        self._checked.put((local, tag), self.now())
+        stored, kept = await self._store_manifest(local, fetched, tag)
+        if kept:
+            # (Not kept: the tag here still names what it did, so it is not fresh; the
+            # next request asks the upstream again rather than serving that.)
+            self._checked.put((local, tag), self.now())
         return stored
 
     async def _forget_tag(self, local: str, tag: str) -> None:
@@ -1384,7 +1396,8 @@ class ProxyCache:
 
     async def _store_manifest(
         self, local: str, fetched: UpstreamManifest, tag: str | None
-    ) -> StoredManifest:
+    ) -> tuple[StoredManifest, bool]:
+        """The manifest to serve, and whether it was kept (a full or failing storage)."""
         body = fetched.body
         assert body is not None
         digest = fetched.digest
@@ -1417,7 +1430,7 @@ class ProxyCache:
                 error=str(exc),
                 event="proxy_manifest_not_kept",
             )
-            return served
+            return served, False
         except BaseException:
             stored = False
             raise
@@ -1425,7 +1438,7 @@ class ProxyCache:
             if reserved:
                 await self._settle(key, stored)
         self.schedule_eviction()
-        return served
+        return served, True
 
     # -- listings
 

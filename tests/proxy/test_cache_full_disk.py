@@ -4,17 +4,20 @@ is kept once there is room again."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 
 from registry.proxy.service import ProxyService
 from registry.storage.driver import StorageFull
 from tests.e2e.client import get, sha256
 from tests.e2e.test_full_disk import fill, no_space, small_disk  # noqa: F401 - fixture
+from tests.e2e.test_monitoring import scrape
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
 from tests.proxy.test_fill_storage_failure import Logs
@@ -194,3 +197,83 @@ async def test_a_blob_stored_for_another_repository_is_served_on_a_full_disk(
     assert (response.code, sha256(body)) == (200, layer)
     assert link.exists()
     assert fake.count("GET", "cdn", ref=layer) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_moved_tag_on_a_full_disk_is_not_served_stale_after_its_new_manifest(
+    small_disk: Path,  # noqa: F811
+    proxied: Proxied,
+    fake: FakeUpstream,
+) -> None:
+    """A cached tag moved upstream while the disk is full: its new manifest is served (not
+    kept), and so is every later request, never the old one the tag here still names (the
+    tag was taken as freshly checked although it could not be updated)."""
+    old = fake.content.add_image("library/alpine", "latest", [1024])
+    first = await proxied({"storage": {"rootdirectory": str(small_disk)}})
+    response, body = await get(f"{first.url}/v2/library/alpine/manifests/latest")
+    assert (response.code, sha256(body)) == (200, old.digest)
+    await first.stop()
+    new = fake.content.add_image("library/alpine", "latest", [2048], seed="moved")
+    assert new.digest != old.digest
+    filler = fill(small_disk)
+
+    registry = await proxied({"storage": {"rootdirectory": str(small_disk)}}, tag_freshness="1h")
+    for _ in range(3):
+        response, body = await get(f"{registry.url}/v2/library/alpine/manifests/latest")
+        assert (response.code, sha256(body)) == (200, new.digest)
+    filler.unlink()
+
+
+@pytest_twisted.ensureDeferred
+async def test_relayed_fills_count_against_max_inflight(
+    small_disk: Path,  # noqa: F811
+    proxied: Proxied,
+    fake: FakeUpstream,
+) -> None:
+    """On a full disk each pull of a blob is a fill relaying its own upstream body: they are
+    fills in flight all the same, shown in ``txregistry_proxy_active_fills`` and bounded by
+    ``max_inflight`` (past it: 503 with Retry-After, not one more upstream connection)."""
+    size = 4 * LAYER
+    digest = fake.content.add_image("library/alpine", "latest", [size]).layers[0].digest
+    registry = await proxied({"storage": {"rootdirectory": str(small_disk)}}, max_inflight="2")
+    filler = fill(small_disk)
+    held = fake.hold_body(digest, after=LAYER)
+    url = f"{registry.url}/v2/library/alpine/blobs/{digest}"
+    pulls = []
+    for count in (1, 2):
+        pulls.append(Deferred.fromCoroutine(get(url)))
+        await wait_for(lambda count=count: held.arrived == count)  # type: ignore[misc]
+    found, _ = await scrape(registry.url)
+    assert found[("txregistry_proxy_active_fills", (("upstream", "hub"),))] == 2
+    response, body = await get(url)
+    assert response.code == 503, body
+    assert response.headers.getRawHeaders("Retry-After") == ["1"]
+    assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+    assert fake.count("GET", "cdn", ref=digest) == 2
+
+    held.release()
+    for pull in pulls:
+        response, body = await pull
+        assert (response.code, len(body), sha256(body)) == (200, size, digest)
+    found, _ = await scrape(registry.url)
+    assert found[("txregistry_proxy_active_fills", (("upstream", "hub"),))] == 0
+    filler.unlink()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_larger_than_max_size_on_a_full_disk_is_counted_once_as_not_kept(
+    small_disk: Path,  # noqa: F811
+    proxied: Proxied,
+    fake: FakeUpstream,
+) -> None:
+    size = 2 * LAYER
+    digest = fake.content.add_image("library/alpine", "latest", [size]).layers[0].digest
+    registry = await proxied({"storage": {"rootdirectory": str(small_disk)}}, max_size="1MiB")
+    key = ("txregistry_proxy_unkept_fills_total", (("upstream", "hub"),))
+    before, _ = await scrape(registry.url)
+    filler = fill(small_disk)
+    response, body = await get(f"{registry.url}/v2/library/alpine/blobs/{digest}")
+    assert (response.code, sha256(body)) == (200, digest)
+    after, _ = await scrape(registry.url)
+    assert after[key] - before.get(key, 0.0) == 1
+    filler.unlink()
