@@ -13,8 +13,10 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 
+from registry.proxy.fleet.marker import MARKER, InstanceMarker
 from registry.proxy.service import ProxyService
 from registry.storage.driver import StorageFull
+from registry.storage.filesystem import FilesystemDriver
 from tests.e2e.client import get, sha256
 from tests.e2e.test_full_disk import fill, no_space, small_disk  # noqa: F401 - fixture
 from tests.e2e.test_monitoring import scrape
@@ -277,3 +279,41 @@ async def test_a_blob_larger_than_max_size_on_a_full_disk_is_counted_once_as_not
     after, _ = await scrape(registry.url)
     assert after[key] - before.get(key, 0.0) == 1
     filler.unlink()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_marker_the_storage_refuses_is_said_once_until_it_works(
+    tmp_path: Path, thread_pool: Any
+) -> None:
+    """The heartbeat of the instance marker on a storage that refuses it (a folder where the
+    marker goes here; S3 down in the field): one warning, not an error line every 10 s, and
+    one line when it works again."""
+    from twisted.internet import reactor
+
+    driver = FilesystemDriver(str(tmp_path), reactor, thread_pool)
+    marker = InstanceMarker(driver, str(tmp_path))
+    marker.claimed = True
+    beat = marker.service().call[0]
+    path = tmp_path / MARKER
+    path.mkdir(parents=True)
+    (path / "in-the-way").write_bytes(b"")
+    logs: list[tuple[str, str]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        logs.append((event["log_level"].name, formatEvent(event)))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        for _ in range(3):
+            await beat()
+        assert not path.is_file()
+        (path / "in-the-way").unlink()
+        path.rmdir()
+        await beat()
+        assert json.loads(path.read_bytes())["pid"] == os.getpid()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert [level for level, _ in logs] == ["warn", "info"], logs
+    assert logs[0][1].startswith(f"proxy: keeping the cache instance marker in {tmp_path} failed: ")
+    assert logs[0][1].endswith(" (tried again every 10s; a line says when it works)")
+    assert logs[1][1] == f"proxy: the cache instance marker in {tmp_path} works again"

@@ -42,13 +42,14 @@ from typing import Any
 import attrs
 from twisted.application.internet import TimerService
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from registry.failures import log_failure
 from registry.proxy.owners import running
 from registry.server.exit import StartupError
 from registry.server.probe import describe
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageFull
+from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError, StorageFull
 
 log = Logger()
 
@@ -252,9 +253,34 @@ class InstanceMarker:
     def service(self) -> TimerService:
         from twisted.internet.defer import Deferred
 
+        failing = False  # the storage refused the last heartbeat (S3 down, EIO)
+
+        def worked(_: object) -> None:
+            nonlocal failing
+            if failing:
+                failing = False
+                log.info(
+                    "proxy: the cache instance marker in {where} works again", where=self.where
+                )
+
+        def failed(failure: Failure) -> None:
+            # A storage outage is one event: one warning, not an error line per heartbeat.
+            nonlocal failing
+            if not failure.check(StorageError):
+                log_failure(log, failure, "writing the cache instance marker failed")
+            elif not failing:
+                failing = True
+                log.warn(
+                    "proxy: keeping the cache instance marker in {where} failed: {error} (tried"
+                    " again every {heartbeat:g}s; a line says when it works)",
+                    where=self.where,
+                    error=str(failure.value),
+                    heartbeat=self.heartbeat,
+                )
+
         def run() -> Deferred[None]:
             d = Deferred.fromCoroutine(self.beat())
-            d.addErrback(lambda f: log_failure(log, f, "writing the cache instance marker failed"))
+            d.addCallbacks(worked, failed)
             return d
 
         return TimerService(self.heartbeat, run)
