@@ -1897,6 +1897,49 @@ class ProxyCache:
             manifests=manifests,
             size=self.index.size,
         )
+        if blobs == 0 and manifests == 0:
+            # No saved index (or an unusable one), or a cache that is new: what the storage
+            # holds is counted again in the background (nothing to count: a short walk).
+            Deferred.fromCoroutine(self.recount()).addErrback(
+                lambda f: log_failure(
+                    log, f, "proxy {upstream}: counting the cache failed", upstream=self.name
+                )
+            )
+
+    async def recount(self) -> None:
+        """The index came up empty, but the storage may hold what this cache fetched: its
+        snapshot was never written (a full disk at the last stop, a crash before the first
+        flush) or could not be read.  Register every repository's ``_layers`` links (with
+        the blobs' sizes) and manifest revisions again, as entries used now, so that
+        ``max_size`` counts them and eviction can delete them; unregistered, they would
+        hold their space for good, invisible to both."""
+        links = manifests = 0
+        for name in await self._repositories():
+            now = self.now()
+            for digest in await digest_folders(self.driver, layout.layers_dir(name)):
+                info = await self.blobs.exists(digest)
+                if info is None:
+                    continue
+                await self.index.add_blob(name, str(digest), info.size, now)
+                links += 1
+            for digest in await digest_folders(self.driver, layout.revisions_dir(name)):
+                try:
+                    body = await self.driver.get_content(layout.blob_data(digest))
+                except PathNotFoundError:
+                    continue
+                await self.index.add_manifest(name, str(digest), len(body), _refs(body), now)
+                manifests += 1
+        if links or manifests:
+            log.warn(
+                "proxy {upstream}: the saved index was missing or empty: counted {links} blob"
+                " links and {manifests} manifests found in storage again ({size} bytes cached)",
+                upstream=self.name,
+                links=links,
+                manifests=manifests,
+                size=self.index.size,
+                event="proxy_index_recounted",
+            )
+            self.schedule_eviction()  # over max_size now, perhaps
 
     async def flush_state(self) -> None:
         if self.ledger is not None:

@@ -186,3 +186,37 @@ async def test_a_cached_blob_found_without_data_leaves_the_cache_size(
     assert response.code == 503
     _, body = await fetch(f"{registry.url}/metrics")
     assert metric(body.decode(), "txregistry_proxy_cache_bytes") == before - layer.size
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restart_without_a_saved_index_counts_the_cache_again(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """The index's snapshot was never written (a full disk at the last stop, a crash before
+    the first flush): at the next start what the storage holds is counted again, so that
+    ``max_size`` and eviction see it, instead of a cache of 0 bytes that holds its space."""
+    image = fake.content.add_image("library/alpine", "latest", [4096, 300_000])
+    sections: dict[str, Any] = {"proxy:hub": proxy_section(fake.url)}
+    process = RegistryProcess(tmp_path, sections)
+    process.start()
+    try:
+        manifest = await pull(process.url, "alpine", "latest")
+        assert manifest["digest"] == image.digest
+        before = metric(_metrics(process.url), "txregistry_proxy_cache_bytes")
+        assert before > 300_000
+        process.stop()
+        state = tmp_path / "data/docker/registry/v2/txregistry/proxy/hub/index.sqlite3"
+        state.unlink()
+        offset = len(process.log_text())
+        process.start()
+        await wait_for_check(process.url, "cache:hub")
+        await wait_for(
+            lambda: metric(_metrics(process.url), "txregistry_proxy_cache_bytes") == before
+        )
+        said = re.findall(r"\[registry\.proxy\.cache#warn\] (.*)", process.log_text()[offset:])
+        assert said == [
+            "proxy hub: the saved index was missing or empty: counted 3 blob links and 1"
+            f" manifests found in storage again ({int(before)} bytes cached)"
+        ], said
+    finally:
+        process.stop()
