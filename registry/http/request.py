@@ -480,7 +480,10 @@ class RegistrySite(server.Site):
         """Its client went away before any of the answer was written (a handler waiting on
         an upstream, a lock, the storage): one access line with status 499, as nginx writes,
         and counted as 499 once.  Without the line, a pull that clients give up on while the
-        upstream hangs leaves no trace in the access log."""
+        upstream hangs leaves no trace in the access log.  Only a request that was routed:
+        one whose head never completed was answered (and logged) as such, or is nothing."""
+        if request.route_kind is None:
+            return
         request.code = 499
         request.cut_short = True  # not answered at all
         self.log(request)
