@@ -69,6 +69,7 @@ from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.index import HOT_ENTRIES, FleetIndex
 from registry.proxy.fleet.ledger import Ledger
 from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
+from registry.proxy.health import HeldOff
 from registry.proxy.index import ICacheIndex, MemoryIndex, Victim
 from registry.proxy.outage import StorageReads
 from registry.proxy.space import Reservations
@@ -1287,6 +1288,8 @@ class ProxyCache:
                 ) from None
             self.stats.stale_served += 1
             self.stats.hits += 1
+            if isinstance(exc, HeldOff):
+                return cached  # the outage was said once (`registry.proxy.health`)
             log.warn(
                 "proxy {upstream}: serving cached {name}:{tag} ({digest}) stale: {reason}",
                 upstream=self.name,
@@ -2076,6 +2079,8 @@ class ProxyCache:
             # per such request would drown the log (twistd writes debug lines too); the access
             # line has the 404.
             return
+        if isinstance(exc, HeldOff):
+            return  # no request was made; the outage was said once (`registry.proxy.health`)
         self.stats.upstream_errors += 1
         log.warn(
             "proxy {upstream}: {what} {name}:{ref} failed: {reason}",

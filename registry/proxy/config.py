@@ -107,6 +107,9 @@ class ProxyConfig:
     # Distinct upstream calls (fills, HEADs, tag revalidations) in flight at once; beyond it
     # clients get 503 with Retry-After rather than a queue that grows with their requests.
     max_inflight: int = MAX_INFLIGHT
+    # How long the cache stops asking an upstream that failed three times in a row (doubled
+    # at each failed try, up to a minute; registry.proxy.health); 0: it asks every time.
+    hold_off: float = 5.0
 
 
 _KEYS: dict[str, Callable[[str], Any]] = {
@@ -128,6 +131,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "evict_interval": parse_positive_duration,
     "log_interval": parse_positive_duration,
     "max_inflight": _positive_int,
+    "hold_off": parse_duration,
 }
 
 

@@ -305,6 +305,8 @@ def build_client(config: ProxyConfig, reactor: Any) -> UpstreamClient:
     return UpstreamClient(
         reactor,
         config.remoteurl,
+        name=config.name,
+        hold_off=config.hold_off,
         username=config.username,
         password=config.password,
         ca_bundle=config.cabundle,

@@ -12,6 +12,7 @@ the library.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from registry.client._client import (
@@ -25,23 +26,62 @@ from registry.client._client import (
     OCI_MANIFEST,
     BlobStream,
     Manifest,
+    Method,
     RegistryClient,
     index_descriptors,
 )
 from registry.client._session import RateLimitStatus, origin_of
 from registry.client._tls import load_trust_root
+from registry.proxy.health import FIRST_HOLD, UpstreamHealth
 
 UpstreamManifest = Manifest
 UpstreamBlob = BlobStream
 
 
 class UpstreamClient(RegistryClient):
-    """`RegistryClient` without retries, as the cache uses it."""
+    """`RegistryClient` without retries, as the cache uses it; the calls the cache makes go
+    through the upstream's health (`registry.proxy.health`): none is made while it is out."""
 
-    def __init__(self, reactor: Any, remote_url: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        remote_url: str,
+        *,
+        name: str = "",
+        hold_off: float = FIRST_HOLD,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("retries", 0)
         super().__init__(reactor, remote_url, **kwargs)
         self.remote_url = self.url
+        self.health = UpstreamHealth(name, self.url, clock=reactor.seconds, first_hold=hold_off)
+
+    async def manifest(
+        self,
+        name: str,
+        reference: str,
+        method: Method = "GET",
+        accept: Sequence[str] = MANIFEST_MEDIA_TYPES,
+    ) -> Manifest:
+        return await self.health.call(
+            lambda: super(UpstreamClient, self).manifest(name, reference, method, accept), method
+        )
+
+    async def blob(self, *args: Any, **kwargs: Any) -> BlobStream:
+        return await self.health.call(lambda: super(UpstreamClient, self).blob(*args, **kwargs))
+
+    async def blob_head(self, *args: Any, **kwargs: Any) -> int:
+        return await self.health.call(
+            lambda: super(UpstreamClient, self).blob_head(*args, **kwargs), "HEAD"
+        )
+
+    async def tags(self, *args: Any, **kwargs: Any) -> tuple[list[str], bool]:
+        return await self.health.call(lambda: super(UpstreamClient, self).tags(*args, **kwargs))
+
+    async def referrers(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]] | None:
+        return await self.health.call(
+            lambda: super(UpstreamClient, self).referrers(*args, **kwargs)
+        )
 
 
 __all__ = [

@@ -62,7 +62,8 @@ async def test_tag_lists_come_from_the_upstream_and_cached_ones_when_it_is_down(
     image = fake.content.add_image(A, "latest", [1000])
     for tag in ("3.19", "3.20", "edge"):
         fake.content.retag(A, tag, image.digest)
-    registry = await proxied()
+    # Each request asks the upstream, down or back (not held off: tests/proxy/test_hold_off.py).
+    registry = await proxied(hold_off="0")
     url = f"{registry.url}/v2/alpine/tags/list"
     response, body = await fetch(url)
     assert response.code == 200

@@ -43,7 +43,7 @@ async def test_a_tag_deleted_upstream_stays_gone_when_the_upstream_goes_down(
 ) -> None:
     fake.content.add_image("team/app", "v2", LAYERS)
     v3 = fake.content.add_image("team/app", "v3", [5000], seed="three")
-    registry = await proxied(timeout="1s")
+    registry = await proxied(timeout="1s", hold_off="0")
     url = registry.url
     await pull(registry, "team/app", "v2")
     assert (await pull(registry, "team/app", "v3"))["digest"] == v3.digest

@@ -20,7 +20,7 @@ from tests.proxy.util import fetch
 async def test_a_refusing_upstream_is_503_unavailable(proxied: Proxied, fake: FakeUpstream) -> None:
     image = fake.content.add_image("library/busybox", "latest", [1000])
     layer = image.layers[0].digest
-    registry = await proxied()
+    registry = await proxied(hold_off="0")  # each request asks (tests/proxy/test_hold_off.py)
     assert fake.url.startswith("http://127.0.0.1:")
     await fake.go_down()
     refused = (

@@ -1,0 +1,193 @@
+"""
+What the cache knows of its upstream's health, from the answers it gets: while the upstream
+is out (refusing connections, hanging, answering 5xx) or rate-limiting us, the cache stops
+asking it for a while, instead of making every client wait for a connection timeout and
+sending the upstream one more request (and token fetch) per client request.
+
+- ``THRESHOLD`` failures in a row (no usable answer, or a 429 without ``Retry-After``) hold
+  the upstream off for ``[proxy:NAME] hold_off`` seconds (5 by default; 0: never), doubled
+  at each failed try up to ``MAX_HOLD``.
+- A 429 with ``Retry-After`` holds off the calls of its method (GET or HEAD) that long (at
+  most ``MAX_RETRY_AFTER``): Docker Hub's pull limit counts manifest GETs, not the HEADs the
+  cache revalidates tags with, so those go on.
+- While held off, every upstream call fails at once with the last failure's class (so the
+  cache answers as it would have: a cached tag served stale, a 429 with the time left, else
+  503), and no request reaches the upstream.
+- Once the hold has passed, one call goes through as a probe (the others still fail at once
+  until it is answered): an answer ends the outage, a failure holds the upstream off again.
+
+Any answer counts as one (404, 401, a bad body: the upstream is there).  The outage is one
+event in the log: one warning when the upstream is held off, one more per failed probe (the
+hold doubles, so at most one a minute then), and one line when it answers again, with how many
+requests were answered without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from twisted.logger import Logger
+
+from registry.proxy.errors import UpstreamError, UpstreamRateLimited, UpstreamUnavailable
+
+log = Logger()
+
+T = TypeVar("T")
+
+THRESHOLD = 3
+FIRST_HOLD = 5.0
+MAX_HOLD = 60.0
+# Docker Hub's pull limit answers a Retry-After of hours: the cache asks again after this.
+MAX_RETRY_AFTER = 300.0
+
+
+class UpstreamHealth:
+    """One upstream's state, on ``clock`` (seconds)."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        clock: Callable[[], float] = time.monotonic,
+        first_hold: float = FIRST_HOLD,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.clock = clock
+        self.first_hold = first_hold  # 0: never held off ([proxy:NAME] hold_off)
+        # The outage: failures in a row, the last one, until when no call is made.
+        self.failures = 0
+        self.last: UpstreamError | None = None
+        self.held_until: float | None = None
+        self.hold = first_hold
+        self.probing = False
+        self.since: float | None = None  # when the outage began
+        self.spared = 0  # calls answered at once while held off
+        # A 429 with Retry-After, by method: Docker Hub limits manifest GETs, not HEADs,
+        # so a tag is still revalidated (free) while GETs wait.
+        self.limited: dict[str, tuple[float, UpstreamRateLimited]] = {}
+
+    def refusal(self, method: str = "GET") -> UpstreamError | None:
+        """The error a call gets at once now, or None: it may ask the upstream."""
+        now = self.clock()
+        limit = self.limited.get(method)
+        if limit is not None:
+            until, error = limit
+            if now < until:
+                self.spared += 1
+                reason = f"not asked until its rate limit ends ({error.reason})"
+                return HeldOffRateLimited(None, reason, retry_after=max(until - now, 1.0))
+            del self.limited[method]
+        held_until = self.held_until
+        if held_until is None:
+            return None
+        if now >= held_until and not self.probing:
+            self.probing = True  # this call is the probe
+            return None
+        self.spared += 1
+        last = self.last
+        return HeldOffUnavailable(
+            None, f"not asked while it is out ({last.reason if last else 'unavailable'})"
+        )
+
+    def answered(self) -> None:
+        if self.held_until is not None:
+            now = self.clock()
+            log.info(
+                "proxy {upstream}: {url} answers again after {seconds:.0f}s out; {spared}"
+                " requests were answered without it meanwhile",
+                upstream=self.name,
+                url=self.url,
+                seconds=now - (self.since if self.since is not None else now),
+                spared=self.spared,
+                event="proxy_upstream_back",
+            )
+            self.spared = 0
+        self.failures = 0
+        self.last = None
+        self.held_until = None
+        self.hold = self.first_hold
+        self.probing = False
+        self.since = None
+
+    def failed(self, error: UpstreamError, method: str = "GET") -> None:
+        """A call got no usable answer (``UpstreamUnavailable``) or a 429."""
+        if self.first_hold <= 0:
+            return
+        now = self.clock()
+        if isinstance(error, UpstreamRateLimited) and error.retry_after is not None:
+            # An answer (the upstream is there): only this method waits, as long as it says.
+            self.answered()
+            hold = min(error.retry_after, MAX_RETRY_AFTER)
+            if method not in self.limited:
+                log.warn(
+                    "proxy {upstream}: {url} rate-limits {method} requests: {reason};"
+                    " not asking it for {hold:.0f}s",
+                    upstream=self.name,
+                    url=self.url,
+                    method=method,
+                    reason=error.reason[:300],
+                    hold=hold,
+                    event="proxy_upstream_rate_limited",
+                )
+            self.limited[method] = (now + hold, error)
+            return
+        self.failures += 1
+        self.last = error
+        if self.since is None:
+            self.since = now
+        probe, self.probing = self.probing, False
+        again = self.held_until is not None
+        if not again:
+            if self.failures < THRESHOLD:
+                return
+            hold = self.hold
+        elif probe:
+            self.hold = hold = min(self.hold * 2, MAX_HOLD)
+        else:
+            return  # a call made before the hold began: the hold stands
+        self.held_until = now + hold
+        log.warn(
+            "proxy {upstream}: {url} {state}: {reason}; answering without asking it for"
+            " {hold:.0f}s",
+            upstream=self.name,
+            url=self.url,
+            state="still out" if again else f"out ({self.failures} failures in a row)",
+            reason=error.reason[:300],
+            hold=hold,
+            event="proxy_upstream_out",
+        )
+
+    async def call(self, make: Callable[[], Awaitable[T]], method: str = "GET") -> T:
+        """Run one upstream call through this state."""
+        refused = self.refusal(method)
+        if refused is not None:
+            raise refused
+        try:
+            result = await make()
+        except (UpstreamUnavailable, UpstreamRateLimited) as exc:
+            self.failed(exc, method)
+            raise
+        except UpstreamError:
+            self.answered()  # an answer all the same: the upstream is there
+            raise
+        except BaseException:
+            self.probing = False  # cancelled, or a defect: the next call probes
+            raise
+        self.answered()
+        return result
+
+
+class HeldOff(UpstreamError):
+    """What a call gets while the upstream is held off (`UpstreamHealth.refusal`): no
+    request was made, and the outage was said once already."""
+
+
+class HeldOffUnavailable(UpstreamUnavailable, HeldOff):
+    pass
+
+
+class HeldOffRateLimited(UpstreamRateLimited, HeldOff):
+    pass

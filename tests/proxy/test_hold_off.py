@@ -1,0 +1,177 @@
+"""The cache stops asking an upstream that is out (`registry.proxy.health`): after three
+failures in a row, requests are answered at once (a cached tag served stale, else 503) and
+none reaches the upstream, with one warning instead of a line per request; a 429 with
+Retry-After holds off that method's requests (GET) while HEADs go on; once the hold has
+passed, one request probes, and an answer ends the outage with one line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from registry.proxy.errors import UpstreamBadResponse, UpstreamRateLimited, UpstreamUnavailable
+from registry.proxy.health import HeldOff, UpstreamHealth
+from tests.e2e.client import get, sha256
+from tests.fakes.upstream import FakeUpstream
+from tests.proxy.registries import Proxied
+from tests.proxy.test_fill_storage_failure import Logs
+
+
+def _run(health: UpstreamHealth, outcome: BaseException | None, method: str = "GET") -> Any:
+    """One call through ``health`` that ends with ``outcome`` (None: an answer); what the
+    caller got (the call's result or its error)."""
+
+    async def make() -> str:
+        if outcome is not None:
+            raise outcome
+        return "answer"
+
+    got: list[Any] = []
+    Deferred.fromCoroutine(health.call(make, method)).addBoth(got.append)
+    assert got, "the call did not end at once"
+    result = got[0]
+    return result.value if hasattr(result, "value") else result
+
+
+def test_the_hold_starts_after_three_failures_doubles_at_each_failed_probe_and_ends() -> None:
+    clock = Clock()
+    health = UpstreamHealth("hub", "https://upstream.example", clock.seconds, first_hold=5.0)
+    out = UpstreamUnavailable(None, "no answer from https://upstream.example: refused")
+    with Logs() as logs:
+        for _ in range(3):
+            assert _run(health, out) is out  # asked, and failed
+        refused = _run(health, None)  # held off: not asked (the answer is never made)
+        assert isinstance(refused, HeldOff) and isinstance(refused, UpstreamUnavailable)
+        assert refused.reason == (
+            "not asked while it is out (no answer from https://upstream.example: refused)"
+        )
+        clock.advance(5)
+        assert _run(health, out) is out  # the probe, which fails: held off for 10 s
+        clock.advance(9)
+        assert isinstance(_run(health, None), HeldOff)
+        clock.advance(1)
+        assert _run(health, UpstreamBadResponse(None, "bad body")).reason == "bad body"
+        assert _run(health, None) == "answer"  # an answer ended it
+    assert [(level, text) for level, text, _ in logs.events] == [
+        (
+            "warn",
+            "proxy hub: https://upstream.example out (3 failures in a row): no answer from"
+            " https://upstream.example: refused; answering without asking it for 5s",
+        ),
+        (
+            "warn",
+            "proxy hub: https://upstream.example still out: no answer from"
+            " https://upstream.example: refused; answering without asking it for 10s",
+        ),
+        (
+            "info",
+            "proxy hub: https://upstream.example answers again after 15s out; 2 requests were"
+            " answered without it meanwhile",
+        ),
+    ]
+
+
+def test_a_rate_limit_holds_off_its_method_only_as_long_as_it_says() -> None:
+    clock = Clock()
+    health = UpstreamHealth("hub", "https://upstream.example", clock.seconds)
+    limited = UpstreamRateLimited(429, "pull rate limit reached", retry_after=60.0)
+    assert _run(health, limited, "GET") is limited
+    refused = _run(health, None, "GET")
+    assert isinstance(refused, HeldOff) and isinstance(refused, UpstreamRateLimited)
+    assert refused.retry_after == 60.0
+    assert _run(health, None, "HEAD") == "answer"  # HEADs go on
+    clock.advance(59.5)
+    assert _run(health, None, "GET").retry_after == 1.0  # (at least a second)
+    clock.advance(0.5)
+    assert _run(health, None, "GET") == "answer"
+
+
+def test_hold_off_0_asks_every_time() -> None:
+    health = UpstreamHealth("hub", "https://upstream.example", Clock().seconds, first_hold=0)
+    out = UpstreamUnavailable(None, "refused")
+    for _ in range(5):
+        assert _run(health, out) is out
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_that_is_out_is_not_asked_for_every_request(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    cached = fake.content.add_image("library/alpine", "latest", [1000])
+    fake.content.add_image("library/busybox", "latest", [1000])
+    registry = await proxied(hold_off="1h")
+    url = f"{registry.url}/v2/library/alpine/manifests/latest"
+    response, body = await get(url)
+    assert (response.code, sha256(body)) == (200, cached.digest)
+    fake.switches.fail_status = 503
+    with Logs() as logs:
+        for _ in range(3):  # each asks the upstream (tag_freshness = 0), and is served stale
+            response, body = await get(url)
+            assert (response.code, sha256(body)) == (200, cached.digest)
+        asked = len(fake.log)
+        for _ in range(5):  # answered without asking
+            response, body = await get(url)
+            assert (response.code, sha256(body)) == (200, cached.digest)
+        response, body = await get(f"{registry.url}/v2/library/busybox/manifests/latest")
+        assert response.code == 503, body
+        (error,) = json.loads(body)["errors"]
+        assert error["code"] == "UNAVAILABLE"
+        assert error["detail"]["upstream"].startswith("not asked while it is out (manifest ")
+        assert error["detail"]["upstream"].endswith(": 503)")
+        assert len(fake.log) == asked
+        logs.assert_clean()
+        out = logs.saying("answering without asking it")
+        assert len(out) == 1, out
+        assert out[0][0] == "warn"
+        assert out[0][1].startswith(f"proxy hub: {fake.url} out (3 failures in a row): ")
+        # One line per request only before the hold: not during it.
+        assert len(logs.saying("stale")) == 3, logs.saying("stale")
+        assert len(logs.saying("manifest revalidation")) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rate_limited_get_holds_off_gets_while_tags_are_still_revalidated(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    cached = fake.content.add_image("library/alpine", "latest", [1000])
+    fake.content.add_image("library/busybox", "latest", [1000])
+    registry = await proxied()
+    response, body = await get(f"{registry.url}/v2/library/alpine/manifests/latest")
+    assert (response.code, sha256(body)) == (200, cached.digest)
+    fake.switches.ratelimit_remaining = 0  # manifest GETs answer 429, Retry-After: 60
+    uncached = f"{registry.url}/v2/library/busybox/manifests/latest"
+    with Logs() as logs:
+        response, body = await get(uncached)
+        assert response.code == 429, body
+        assert response.headers.getRawHeaders("Retry-After") == ["60"]
+        gets = fake.count("GET", "manifest")
+        response, body = await get(uncached)
+        assert response.code == 429, body
+        (seconds,) = response.headers.getRawHeaders("Retry-After")
+        assert 1 <= int(seconds) <= 60
+        assert json.loads(body)["errors"][0]["code"] == "TOOMANYREQUESTS"
+        assert fake.count("GET", "manifest") == gets  # not asked
+        heads = fake.count("HEAD", "manifest")
+        response, body = await get(f"{registry.url}/v2/library/alpine/manifests/latest")
+        assert (response.code, sha256(body)) == (200, cached.digest)
+        assert fake.count("HEAD", "manifest") == heads + 1  # revalidated: HEADs are free
+        said = logs.saying("rate-limits")
+        assert [level for level, _ in said] == ["warn"], said
+        assert said[0][1].startswith(f"proxy hub: {fake.url} rate-limits GET requests: ")
+        assert said[0][1].endswith("; not asking it for 60s")
+        logs.assert_clean()
+
+
+@pytest.mark.parametrize("value", ["0", "30s"])
+def test_hold_off_is_a_proxy_key(value: str) -> None:
+    from registry.proxy.config import parse_proxy
+
+    parsed = parse_proxy(
+        "hub", {"remoteurl": "https://r.example", "default": "true", "hold_off": value}
+    )
+    assert parsed.hold_off == {"0": 0.0, "30s": 30.0}[value]
