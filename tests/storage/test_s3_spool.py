@@ -5,6 +5,7 @@ runs the queued work only when the test says so, so nothing may touch the disk b
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +113,33 @@ def test_a_disk_failure_is_reported_once_and_later_work_is_skipped(tmp_path: Pat
     failures: list[Failure] = []
     ready.addErrback(failures.append)
     assert failures and failures[0].check(FileNotFoundError)
+
+
+def test_a_segment_whose_write_failed_still_closes_its_file_when_discarded(
+    tmp_path: Path,
+) -> None:
+    """The disk filled up mid-segment: later writes are skipped, but the close is not (an
+    unlinked part file left open keeps its blocks until the process ends)."""
+    pool = StubPool()
+    segment = _FileSegment(StubReactor(pool), str(tmp_path))
+    pool.run_all()
+    file = segment._file
+    assert file is not None
+
+    def full(data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    segment._write = full  # type: ignore[method-assign]
+    segment.append(b"refused")
+    segment.append(b"skipped")
+    ready = Deferred.fromCoroutine(segment.ready())
+    failures: list[Failure] = []
+    ready.addErrback(failures.append)
+    assert pool.run_all() == 1  # the first write failed; the second and the flush never ran
+    assert failures and failures[0].check(OSError)
+    segment.discard()
+    assert pool.run_all() == 1
+    assert segment._file is None and file.closed
 
 
 def test_a_discarded_segment_refuses_appends(tmp_path: Path) -> None:

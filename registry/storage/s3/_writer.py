@@ -163,12 +163,17 @@ class _FileSegment:
         self._lane.callback(None)
         self._queue(self._create, directory)
 
-    def _queue(self, func: Callable[..., object], *args: object) -> None:
-        """Run ``func(*args)`` in the pool after everything queued before it."""
+    def _queue(self, func: Callable[..., object], *args: object, always: bool = False) -> None:
+        """
+        Run ``func(*args)`` in the pool after everything queued before it.  Once something
+        failed, what follows is skipped (the first failure is what `ready` reports) unless
+        ``always``: closing the file must happen all the same, or a segment whose disk filled
+        up would keep its unlinked file, and the blocks in it, until the process ends.
+        """
 
         def run(_: object) -> Deferred[object] | None:
-            if self._failure is not None:
-                return None  # the segment is broken: the first failure is what `ready` reports
+            if self._failure is not None and not always:
+                return None
             return deferToThreadPool(self._reactor, self._pool, func, *args)
 
         def failed(failure: Failure) -> None:
@@ -245,9 +250,10 @@ class _FileSegment:
         return result[0]
 
     def discard(self) -> None:
+        """Close the file (after what is queued), failed or not: it goes with its space."""
         if not self._discarded:
             self._discarded = True
-            self._queue(self._close)
+            self._queue(self._close, always=True)
 
 
 _Segment = _MemorySegment | _FileSegment

@@ -1,0 +1,154 @@
+"""
+The S3 writer's spool on a real full disk: ``spooldirectory`` is a small tmpfs (mounting it
+needs root), SeaweedFS is the S3.  A part file that hits ENOSPC fails the write, and once the
+writer is given up (cancelled, or closed after the failure) none of its part files is still
+open: the process holds no descriptor into the spool and the tmpfs is as full as before, so
+the next write with room works.  (A part file is created already unlinked: one left open is
+invisible to ``ls`` yet keeps its blocks until the process ends.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from registry.storage.s3 import S3Driver
+from tests.e2e.test_full_disk import mounted_tmpfs
+from tests.proxy.test_fill_storage_failure import leave_free
+from tests.proxy.util import wait_for
+from tests.storage.s3server import S3Server
+from tests.storage.test_driver_s3 import settings_for
+
+MIB = 1024 * 1024
+DISK = 24 * MIB  # room for the parts of a write in flight at once (with the filler gone)
+FREE = 3 * MIB  # less than one 5 MiB part: the first part file fails with ENOSPC
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path, DISK) as disk:
+        yield disk
+
+
+def open_in(folder: Path) -> list[str]:
+    """What this process's descriptors point to under ``folder`` (an unlinked part file
+    reads as ``<folder>/#<inode> (deleted)``)."""
+    inside = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(f"{folder}/"):
+            inside.append(target)
+    return inside
+
+
+def used(folder: Path) -> int:
+    stat = os.statvfs(folder)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+async def write_until_refused(writer: Any, chunks: list[bytes]) -> BaseException:
+    """Write ``chunks`` (waiting when asked to) and end with ``commit``; returns the failure,
+    which must come."""
+    try:
+        for chunk in chunks:
+            waiting = writer.write(chunk)
+            if waiting is not None:
+                await waiting
+        await writer.commit()
+    except Exception as error:
+        return error
+    raise AssertionError("the writer took every byte on a full spool")
+
+
+async def assert_spool_released(spool: Path, before: int) -> None:
+    """No descriptor into the spool, its usage back to ``before``.  The part files are
+    closed in the thread pool right after the writer lets them go: wait (bounded) for that,
+    then say what is left."""
+    with contextlib.suppress(AssertionError):
+        await wait_for(lambda: not open_in(spool) and used(spool) == before, within=5)
+    assert open_in(spool) == []
+    assert used(spool) == before
+
+
+async def write_with_room(driver: S3Driver, spool: Path, path: str) -> None:
+    """The spool has room again: a multipart write (three parts) is stored whole."""
+    before = used(spool)
+    data = [os.urandom(MIB) for _ in range(12)]
+    writer = await driver.writer(path)
+    for chunk in data:
+        waiting = writer.write(chunk)
+        if waiting is not None:
+            await waiting
+    await writer.commit()
+    assert await driver.get_content(path) == b"".join(data)
+    await assert_spool_released(spool, before)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_refused_by_a_full_spool_then_cancelled_leaves_no_part_file_open(
+    s3_server: S3Server, spool: Path
+) -> None:
+    """A pull-through fill's writer: the spool fills mid-part, the fill cancels the writer."""
+    from twisted.internet import reactor
+
+    driver = S3Driver(
+        reactor, settings_for(s3_server, chunksize=5 * MIB, spooldirectory=str(spool))
+    )
+    try:
+        filler = leave_free(spool, FREE)
+        before = used(spool)
+        writer = await driver.writer("spool/full/cancelled")
+        error = await write_until_refused(writer, [os.urandom(MIB) for _ in range(12)])
+        assert isinstance(error, OSError) and error.errno == errno.ENOSPC, repr(error)
+        await writer.cancel()
+        await assert_spool_released(spool, before)
+
+        filler.unlink()
+        await write_with_room(driver, spool, "spool/full/cancelled")
+    finally:
+        await driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_refused_by_a_full_spool_then_closed_leaves_no_part_file_open(
+    s3_server: S3Server, spool: Path
+) -> None:
+    """A push's writer: the request's bytes end, ``close`` finds the part refused (the
+    upload store only closes the writer then)."""
+    from twisted.internet import reactor
+
+    driver = S3Driver(
+        reactor, settings_for(s3_server, chunksize=5 * MIB, spooldirectory=str(spool))
+    )
+    try:
+        filler = leave_free(spool, FREE)
+        before = used(spool)
+        writer = await driver.writer("spool/full/closed")
+        error: BaseException | None = None
+        try:
+            for _ in range(12):
+                waiting = writer.write(os.urandom(MIB))
+                if waiting is not None:
+                    await waiting
+        except OSError as refused:
+            error = refused
+        with pytest.raises(OSError) as closing:
+            await writer.close()
+        error = error or closing.value
+        assert isinstance(error, OSError) and error.errno == errno.ENOSPC, repr(error)
+        await assert_spool_released(spool, before)
+
+        filler.unlink()
+        await write_with_room(driver, spool, "spool/full/other")
+    finally:
+        await driver.close()
