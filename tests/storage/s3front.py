@@ -285,6 +285,15 @@ class RecordingFront:
         self._factory.faults.append(fault)
         return fault
 
+    def drop_held(self) -> None:
+        """Hold nothing more, and cut the held connections without passing on their bytes
+        (S3 lost them mid-request: the registry tries them again)."""
+        factory = self._factory
+        factory.hold = None
+        held, factory.held = factory.held, []
+        for server in held:
+            server.transport.abortConnection()  # type: ignore[attr-defined]
+
     def release(self) -> None:
         """Pass on what was held, and hold nothing more."""
         factory = self._factory

@@ -3,8 +3,9 @@ The S3 writer's spool on a real full disk: ``spooldirectory`` is a small tmpfs (
 needs root), SeaweedFS is the S3.  A part file that hits ENOSPC fails the write, and once the
 writer is given up (cancelled, or closed after the failure) none of its part files is still
 open: the process holds no descriptor into the spool and the tmpfs is as full as before, so
-the next write with room works.  (A part file is created already unlinked: one left open is
-invisible to ``ls`` yet keeps its blocks until the process ends.)
+the next write with room works.  The same holds for a full part still waiting for a slot
+when S3 refuses the parts before it.  (A part file is created already unlinked: one left
+open is invisible to ``ls`` yet keeps its blocks until the process ends.)
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import pytest
 import pytest_twisted
 
 from registry.storage.s3 import S3Driver
+from registry.storage.s3 import _client as s3_client
+from registry.storage.s3._client import S3Error
 from tests.e2e.test_full_disk import mounted_tmpfs
 from tests.proxy.test_fill_storage_failure import leave_free
 from tests.proxy.util import wait_for
+from tests.storage.s3front import RecordingFront, Seen, s3_front  # noqa: F401 - the fixture
 from tests.storage.s3server import S3Server
 from tests.storage.test_driver_s3 import settings_for
 
@@ -150,5 +154,55 @@ async def test_a_write_refused_by_a_full_spool_then_closed_leaves_no_part_file_o
 
         filler.unlink()
         await write_with_room(driver, spool, "spool/full/other")
+    finally:
+        await driver.close()
+
+
+def is_part(seen: Seen) -> bool:
+    return seen.method == "PUT" and "partNumber" in seen.query
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_part_waiting_for_a_slot_when_s3_refuses_is_not_left_open(
+    s3_server: S3Server,
+    s3_front: RecordingFront,  # noqa: F811
+    spool: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two parts on their way, the third full and waiting for a slot: S3 refuses the two
+    (500 to every attempt), and the request ends (``close``).  Nothing will ever send the
+    third: its file goes too."""
+    from twisted.internet import reactor
+
+    monkeypatch.setattr(s3_client, "RETRY_DELAYS", (0.05, 0.05, 0.05))
+    settings = settings_for(
+        s3_server,
+        regionendpoint=s3_front.endpoint,
+        chunksize=5 * MIB,
+        spooldirectory=str(spool),
+    )
+    driver = S3Driver(reactor, settings)
+    try:
+        before = used(spool)
+        s3_front.hold(is_part)
+        writer = await driver.writer("spool/refused/closed")
+        for _ in range(2):
+            waiting = writer.write(os.urandom(6 * MIB))
+            if waiting is not None:
+                await waiting
+        third = writer.write(os.urandom(6 * MIB))
+        assert third is not None  # both slots are taken
+        await wait_for(lambda: s3_front.holding == 2)
+        assert not third.called
+        fault = s3_front.fault(is_part, "answer_up", after=0, count=1000)
+        s3_front.drop_held()
+        with pytest.raises(S3Error):
+            await third
+        with pytest.raises(S3Error):
+            await writer.close()
+        await assert_spool_released(spool, before)
+
+        fault.count = 0
+        await write_with_room(driver, spool, "spool/refused/other")
     finally:
         await driver.close()

@@ -446,6 +446,16 @@ class S3Writer:
             else:
                 waiter.callback(None)
 
+    def _discard_segments(self) -> None:
+        """
+        Let go of the segments not on their way to S3: the current one and the full ones
+        waiting for a slot.  Once the writer ends nothing sends them, and a spooled one holds
+        an open (unlinked) file until discarded.
+        """
+        self._current.discard()
+        while self._full:
+            self._full.popleft().discard()
+
     def _busy(self) -> list[Deferred[None]]:
         return [*self._sending.values(), *([self._creating] if self._creating else [])]
 
@@ -529,7 +539,8 @@ class S3Writer:
                 await self._flush_current()
             tail = await self._current.read()
         finally:
-            self._current.discard()
+            # After a failure, full segments may still wait for a slot that never comes.
+            self._discard_segments()
         state = {
             "version": _STATE_VERSION,
             "upload_id": self._upload_id,
@@ -583,7 +594,8 @@ class S3Writer:
                     await self._flush_current()
                 await multipart.complete(self._client, self._key, self._upload_id, self._parts)
         finally:
-            self._current.discard()
+            # After a failure, full segments may still wait for a slot that never comes.
+            self._discard_segments()
 
     async def reserve(self, length: int) -> None:
         """Parts are sized by the writer's buffer; knowing the total changes nothing."""
@@ -600,9 +612,7 @@ class S3Writer:
             return
         try:
             self._finished = True
-            self._current.discard()
-            while self._full:
-                self._full.popleft().discard()
+            self._discard_segments()
             while busy := self._busy():
                 with contextlib.suppress(Exception):  # a failed part is dropped all the same
                     await busy[0]
@@ -624,9 +634,7 @@ class S3Writer:
 
     async def _cancel(self) -> None:
         self._finished = True
-        self._current.discard()
-        while self._full:
-            self._full.popleft().discard()
+        self._discard_segments()
         while busy := self._busy():
             await busy[0]
         if self._upload_id is not None:
