@@ -7,14 +7,17 @@ requests succeed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -36,19 +39,22 @@ from tests.e2e.client import (
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import sleep
 from tests.manifests import samples
+from tests.proxy.util import wait_for
+from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - fixture
 
 DISK_SIZE = 4 * 1024 * 1024
+MIB = 1024 * 1024
 
 
 @contextmanager
-def mounted_tmpfs(folder: Path, size: int) -> Iterator[Path]:
-    """A tmpfs of ``size`` bytes mounted at ``folder``/disk, unmounted at the end (mounting
-    needs root: skipped without it, failed under CI=true)."""
+def mounted_tmpfs(folder: Path, size: int, name: str = "disk") -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes mounted at ``folder``/``name``, unmounted at the end
+    (mounting needs root: skipped without it, failed under CI=true)."""
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("the full-disk tests need root under CI=true (to mount a tmpfs)")
         pytest.skip("mounting a tmpfs needs root")
-    mount_point = folder / "disk"
+    mount_point = folder / name
     mount_point.mkdir()
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
@@ -61,6 +67,25 @@ def mounted_tmpfs(folder: Path, size: int) -> Iterator[Path]:
         # Lazily if something still holds it (a storage thread finishing a removal).
         if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode:
             subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def open_in(folder: Path) -> list[str]:
+    """What this process's descriptors point to under ``folder`` (an unlinked part file
+    reads as ``<folder>/#<inode> (deleted)``)."""
+    inside = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(f"{folder}/"):
+            inside.append(target)
+    return inside
+
+
+def used(folder: Path) -> int:
+    stat = os.statvfs(folder)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
 
 
 @pytest.fixture
@@ -93,6 +118,20 @@ def fill(disk: Path) -> Path:
                     break
     finally:
         os.close(fd)
+    return filler
+
+
+def leave_free(disk: Path, free: int) -> Path:
+    """Write a filler file so that about ``free`` bytes are left; returns it."""
+    stat = os.statvfs(disk)
+    take = stat.f_bavail * stat.f_frsize - free
+    assert take > 0
+    filler = disk / "filler"
+    block = b"\0" * MIB
+    with open(filler, "wb") as file:
+        for _ in range(take // MIB):
+            file.write(block)
+        file.write(b"\0" * (take % MIB))
     return filler
 
 
@@ -427,3 +466,48 @@ async def test_a_first_start_on_a_full_disk_lists_the_repositories(
         b'{"repositories":["base","elsewhere","new","team/app"]}',
     )
     assert (small_disk / "docker/registry/v2/txregistry/catalog/complete").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_refused_by_a_full_s3_spool_answers_503_and_keeps_no_file_open(
+    tmp_path: Path,
+    s3_server: S3Server,  # noqa: F811
+    start_registry: Starter,
+) -> None:
+    """
+    S3 storage whose ``spooldirectory`` (where upload parts wait until sent) is nearly full:
+    a push answers 503 naming the spool folder (never a 500), no descriptor into the spool
+    is left open (a part file is unlinked from the start: one left open keeps its blocks,
+    unseen, until the process ends) and its usage is as before, so with room the same push
+    succeeds.
+    """
+    with mounted_tmpfs(tmp_path, 24 * MIB) as spool:
+        section = s3_server.storage_section(
+            f"/spoolfull/{uuid.uuid4().hex}", chunksize="5MiB", spooldirectory=str(spool)
+        )
+        registry = await start_registry({"storage": section})
+        url, name = registry.url, "team/app"
+        filler = leave_free(spool, 3 * MIB)
+        before = used(spool)
+        data = os.urandom(12 * MIB)  # parts of 5 MiB: a multipart upload
+        push = f"{url}/v2/{name}/blobs/uploads/?digest={sha256(data)}"
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            reason = await no_space(await treq.post(push, data=data))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        assert reason == f"spooling an S3 upload part in {spool}: No space left on device"
+        assert not [e for e in events if e.get("log_failure") is not None]  # no traceback
+        with contextlib.suppress(AssertionError):  # closed in the thread pool: bounded wait
+            await wait_for(lambda: not open_in(spool) and used(spool) == before, within=5)
+        assert open_in(spool) == []
+        assert used(spool) == before
+
+        filler.unlink()
+        response = await treq.post(push, data=data)
+        assert response.code == 201, await response.text()
+        response, body = await get(f"{url}/v2/{name}/blobs/{sha256(data)}")
+        assert (response.code, body) == (200, data)
+        await registry.stop()

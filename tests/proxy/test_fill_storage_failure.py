@@ -9,6 +9,7 @@ parts mid-body."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import select
@@ -25,12 +26,13 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 
 from registry.storage.s3 import _client as s3_client
 from tests.e2e.client import get, sha256
-from tests.e2e.test_full_disk import mounted_tmpfs
+from tests.e2e.test_full_disk import leave_free, mounted_tmpfs, open_in, used
 from tests.fakes.upstream import FakeUpstream, Hold
 from tests.proxy.registries import Proxied
 from tests.proxy.util import blob_data_path, fill_files, pull, wait_for
@@ -62,20 +64,6 @@ async def held_fill(
     registry = await proxied({"storage": {"rootdirectory": str(tmpfs)}})
     url = f"{registry.url}/v2/library/big/blobs/{digest}"
     return digest, url, leave_free(tmpfs, FREE), fake.hold_body(digest, after=4 * MiB)
-
-
-def leave_free(disk: Path, free: int) -> Path:
-    """Write a filler file so that about ``free`` bytes are left; returns it."""
-    stat = os.statvfs(disk)
-    take = stat.f_bavail * stat.f_frsize - free
-    assert take > 0
-    filler = disk / "filler"
-    block = b"\0" * MiB
-    with open(filler, "wb") as file:
-        for _ in range(take // MiB):
-            file.write(block)
-        file.write(b"\0" * (take % MiB))
-    return filler
 
 
 @pytest_twisted.ensureDeferred
@@ -616,3 +604,78 @@ async def test_a_cache_on_a_full_disk_serves_pulls_without_keeping_them(
     fetched = fake.count("GET", "cdn", ref=image.layers[0].digest)
     await pull(registry, "library/small", "latest")
     assert fake.count("GET", "cdn", ref=image.layers[0].digest) == fetched
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fill_refused_by_a_full_s3_spool_leaves_no_spooled_file_open(
+    s3_server: S3Server, tmpfs: Path, proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """S3 storage whose ``spooldirectory`` is nearly full: the fill's upload part file fails
+    with ENOSPC and the client still gets the blob.  Then nothing of the fill is left open
+    (a part file is unlinked from the start: one left open keeps its blocks, unseen, until
+    the process ends) and the spool is as full as before, so once there is room the next
+    pull is kept.  The fill's own spool (``fills/`` in the same folder) is a tmpfs of its
+    own here, with room: otherwise whichever of the two files wrote last before the disk
+    filled up would be the one to fail."""
+    size = 12 * MiB  # parts of 5 MiB: a multipart upload
+    image = fake.content.add_image("library/spooled", "latest", [size])
+    digest = image.layers[0].digest
+    root = f"/fillspool/{uuid.uuid4().hex}"
+    section = s3_server.storage_section(root, chunksize="5MiB", spooldirectory=str(tmpfs))
+    with mounted_tmpfs(tmpfs, 2 * size, name="fills"):
+        registry = await proxied({"storage": section})
+        url = f"{registry.url}/v2/library/spooled/blobs/{digest}"
+        filler = leave_free(tmpfs, 3 * MiB)
+        before = used(tmpfs)
+
+        with Logs() as logs:
+            response, body = await get(url)
+        assert (response.code, len(body), sha256(body)) == (200, size, digest)
+        said = logs.saying("without keeping")
+        assert len(said) == 1, said
+        assert said[0][1].endswith(
+            f"the cache's storage failed: spooling an S3 upload part in {tmpfs}:"
+            " No space left on device"
+        ), said
+        logs.assert_clean()
+        await _spool_released(tmpfs, before)
+        assert fake.count("GET", "cdn", ref=digest) == 1
+
+        filler.unlink()
+        await _kept_with_room(s3_server, root, url, digest, fake)
+        await registry.stop()
+
+
+async def _spool_released(spool: Path, before: int) -> None:
+    """No descriptor into ``spool``, its usage back to ``before``: closed in the thread pool
+    as the fill ends, so a bounded wait, then what is left."""
+    with contextlib.suppress(AssertionError):
+        await wait_for(lambda: not open_in(spool) and used(spool) == before, within=5)
+    assert open_in(spool) == []
+    assert used(spool) == before
+
+
+async def _kept_with_room(
+    s3_server: S3Server, root: str, url: str, digest: str, fake: FakeUpstream
+) -> None:
+    """The next pull is kept (stored in S3), and the one after is served from the cache."""
+    response, body = await get(url)
+    assert (response.code, sha256(body)) == (200, digest)
+    hex_ = digest.split(":", 1)[1]
+    data_url = (
+        f"{s3_server.endpoint}/{s3_server.bucket}{root}/docker/registry/v2/blobs/sha256/"
+        f"{hex_[:2]}/{hex_}/data"
+    )
+
+    async def stored() -> bool:
+        status, _ = await deferToThread(signed_request, "HEAD", data_url)
+        return status == 200
+
+    for _ in range(100):  # the fill completes the upload as the answer ends
+        if await stored():
+            break
+        await deferLater(reactor, 0.1, lambda: None)
+    assert await stored()
+    response, body = await get(url)
+    assert (response.code, sha256(body)) == (200, digest)
+    assert fake.count("GET", "cdn", ref=digest) == 2

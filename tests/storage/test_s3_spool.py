@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from registry.storage.driver import StorageError, StorageFull
 from registry.storage.s3 import S3Driver
 from registry.storage.s3._writer import SPOOL_BACKLOG, _FileSegment
 from tests.storage.s3front import RecordingFront, s3_front  # noqa: F401 - the fixture
@@ -112,7 +113,10 @@ def test_a_disk_failure_is_reported_once_and_later_work_is_skipped(tmp_path: Pat
     assert pool.run_all() == 1  # the create failed; the write and flush never ran
     failures: list[Failure] = []
     ready.addErrback(failures.append)
-    assert failures and failures[0].check(FileNotFoundError)
+    assert failures and failures[0].check(StorageError)
+    assert str(failures[0].value) == (
+        f"spooling an S3 upload part in {tmp_path / 'missing'}: No such file or directory"
+    )
 
 
 def test_a_segment_whose_write_failed_still_closes_its_file_when_discarded(
@@ -136,7 +140,7 @@ def test_a_segment_whose_write_failed_still_closes_its_file_when_discarded(
     failures: list[Failure] = []
     ready.addErrback(failures.append)
     assert pool.run_all() == 1  # the first write failed; the second and the flush never ran
-    assert failures and failures[0].check(OSError)
+    assert failures and failures[0].check(StorageFull)  # a 503 that says why
     segment.discard()
     assert pool.run_all() == 1
     assert segment._file is None and file.closed

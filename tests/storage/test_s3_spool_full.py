@@ -11,7 +11,6 @@ open is invisible to ``ls`` yet keeps its blocks until the process ends.)
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +19,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from registry.storage.driver import StorageFull
 from registry.storage.s3 import S3Driver
 from registry.storage.s3 import _client as s3_client
 from registry.storage.s3._client import S3Error
-from tests.e2e.test_full_disk import mounted_tmpfs
-from tests.proxy.test_fill_storage_failure import leave_free
+from tests.e2e.test_full_disk import leave_free, mounted_tmpfs, open_in, used
 from tests.proxy.util import wait_for
 from tests.storage.s3front import RecordingFront, Seen, s3_front  # noqa: F401 - the fixture
 from tests.storage.s3server import S3Server
@@ -41,25 +40,6 @@ def spool(tmp_path: Path) -> Iterator[Path]:
         yield disk
 
 
-def open_in(folder: Path) -> list[str]:
-    """What this process's descriptors point to under ``folder`` (an unlinked part file
-    reads as ``<folder>/#<inode> (deleted)``)."""
-    inside = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # closed meanwhile (the listing's own descriptor)
-            continue
-        if target.startswith(f"{folder}/"):
-            inside.append(target)
-    return inside
-
-
-def used(folder: Path) -> int:
-    stat = os.statvfs(folder)
-    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
-
-
 async def write_until_refused(writer: Any, chunks: list[bytes]) -> BaseException:
     """Write ``chunks`` (waiting when asked to) and end with ``commit``; returns the failure,
     which must come."""
@@ -72,6 +52,12 @@ async def write_until_refused(writer: Any, chunks: list[bytes]) -> BaseException
     except Exception as error:
         return error
     raise AssertionError("the writer took every byte on a full spool")
+
+
+def assert_spool_full(error: BaseException, spool: Path) -> None:
+    """The failure callers get: a `StorageFull` (a 503) naming the spool folder."""
+    assert isinstance(error, StorageFull), repr(error)
+    assert str(error) == f"spooling an S3 upload part in {spool}: No space left on device"
 
 
 async def assert_spool_released(spool: Path, before: int) -> None:
@@ -113,7 +99,7 @@ async def test_a_write_refused_by_a_full_spool_then_cancelled_leaves_no_part_fil
         before = used(spool)
         writer = await driver.writer("spool/full/cancelled")
         error = await write_until_refused(writer, [os.urandom(MIB) for _ in range(12)])
-        assert isinstance(error, OSError) and error.errno == errno.ENOSPC, repr(error)
+        assert_spool_full(error, spool)
         await writer.cancel()
         await assert_spool_released(spool, before)
 
@@ -138,18 +124,16 @@ async def test_a_write_refused_by_a_full_spool_then_closed_leaves_no_part_file_o
         filler = leave_free(spool, FREE)
         before = used(spool)
         writer = await driver.writer("spool/full/closed")
-        error: BaseException | None = None
         try:
             for _ in range(12):
                 waiting = writer.write(os.urandom(MIB))
                 if waiting is not None:
                     await waiting
-        except OSError as refused:
-            error = refused
-        with pytest.raises(OSError) as closing:
+        except StorageFull as refused:
+            assert_spool_full(refused, spool)
+        with pytest.raises(StorageFull) as closing:
             await writer.close()
-        error = error or closing.value
-        assert isinstance(error, OSError) and error.errno == errno.ENOSPC, repr(error)
+        assert_spool_full(closing.value, spool)
         await assert_spool_released(spool, before)
 
         filler.unlink()

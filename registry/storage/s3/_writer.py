@@ -44,6 +44,7 @@ PathNotFoundError), as with registry:2's S3 driver: use the writer's ``size``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -62,6 +63,7 @@ from registry.storage.driver import (
     IFileWriter,
     PathNotFoundError,
     StorageError,
+    StorageFull,
     WriteRemoved,
     WriteTakenOver,
 )
@@ -161,6 +163,7 @@ class _FileSegment:
         self._discarded = False
         self._lane: Deferred[None] = Deferred()
         self._lane.callback(None)
+        self._directory = directory
         self._queue(self._create, directory)
 
     def _queue(self, func: Callable[..., object], *args: object, always: bool = False) -> None:
@@ -177,9 +180,27 @@ class _FileSegment:
             return deferToThreadPool(self._reactor, self._pool, func, *args)
 
         def failed(failure: Failure) -> None:
-            self._failure = self._failure or failure
+            if self._failure is None:
+                self._failure = self._storage_failure(failure)
 
         self._lane.addCallback(run).addErrback(failed)
+
+    def _storage_failure(self, failure: Failure) -> Failure:
+        """
+        A file operation's ``OSError`` as the `StorageError` it is for the writer's callers
+        (a push answers 503 saying why, not 500), naming the spool folder: a full
+        ``spooldirectory`` must be told from a full S3.
+        """
+        error = failure.value
+        if not isinstance(error, OSError):
+            return failure
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = error.strerror or str(error)
+        wrapped = (StorageFull if full else StorageError)(
+            f"spooling an S3 upload part in {self._directory}: {reason}"
+        )
+        wrapped.__cause__ = error
+        return Failure(wrapped)
 
     def _create(self, directory: str) -> None:
         self._file = tempfile.TemporaryFile(dir=directory, prefix="s3part-")  # noqa: SIM115
