@@ -25,7 +25,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from registry.api.digests import Digest
 from registry.config import Config, FleetConfig
@@ -40,7 +39,7 @@ from registry.proxy.fleet import Fleet, instance_name
 from registry.proxy.fleet._redis import FleetRedis, RedisUnavailable, log_redis
 from registry.proxy.fleet.lease import FillLeases
 from registry.proxy.fleet.marker import STALE_AFTER, InstanceMarker
-from registry.proxy.fleet.peer import PeerClient, PeerResource, PeerTLS
+from registry.proxy.fleet.peer import PeerClient, PeerResource, PeerSite, PeerTLS
 from registry.server.exit import StartupError
 from registry.server.probe import storage_description
 from registry.storage.driver import IStorageDriver
@@ -313,8 +312,7 @@ class FleetSetup:
             return caches[cache].driver if cache in caches else self.driver
 
         resource = PeerResource(self.config.fleet.secret, self.lookup, driver_for)
-        site = Site(resource)
-        site.noisy = False
+        site = PeerSite(resource)  # type: ignore[no-untyped-call]
         try:
             self._port = await endpoint.listen(site)
         except Exception as exc:
