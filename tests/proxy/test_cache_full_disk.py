@@ -75,9 +75,8 @@ async def test_a_cache_started_on_a_full_disk_serves_what_it_holds(
     fake: FakeUpstream,
 ) -> None:
     """A restart on a full disk (a reboot, a deploy): the cache starts with one warning,
-    serves the blobs it holds, answers a miss with the full disk's 503 (as at fill time), and
-    writes its instance marker once there is room.  A miss is served from the upstream
-    without keeping it (as a fill whose disk fills up mid-body is)."""
+    serves the blobs it holds, serves a miss from the upstream without keeping it (as a fill
+    whose disk fills up mid-body is), and writes its instance marker once there is room."""
     cached, missed = fake.content.add_image("library/alpine", "latest", [65536, 65536]).layers
     first = await proxied({"storage": {"rootdirectory": str(small_disk)}})
     response, body = await get(f"{first.url}/v2/library/alpine/blobs/{cached.digest}")
