@@ -296,6 +296,12 @@ def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
             "gauge",
             lambda c: c.client.rate_limit.remaining if c.client.rate_limit else None,
         ),
+        (
+            "txregistry_proxy_upstream_out",
+            "1 while the upstream is held off after failing (hold_off), else 0.",
+            "gauge",
+            lambda c: 0 if c.client.health.held_until is None else 1,
+        ),
     ]
     for name, help, kind, value in families:
         metrics.collect(name, help, kind, _collector(caches, name, value))

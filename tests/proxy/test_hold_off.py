@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from registry.proxy.errors import UpstreamBadResponse, UpstreamRateLimited, UpstreamUnavailable
 from registry.proxy.health import HeldOff, UpstreamHealth
 from tests.e2e.client import get, sha256
+from tests.e2e.test_monitoring import scrape
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
 from tests.proxy.test_fill_storage_failure import Logs
@@ -108,6 +109,8 @@ async def test_an_upstream_that_is_out_is_not_asked_for_every_request(
     url = f"{registry.url}/v2/library/alpine/manifests/latest"
     response, body = await get(url)
     assert (response.code, sha256(body)) == (200, cached.digest)
+    found, _ = await scrape(registry.url)
+    assert found[("txregistry_proxy_upstream_out", (("upstream", "hub"),))] == 0
     fake.switches.fail_status = 503
     with Logs() as logs:
         for _ in range(3):  # each asks the upstream (tag_freshness = 0), and is served stale
@@ -124,6 +127,8 @@ async def test_an_upstream_that_is_out_is_not_asked_for_every_request(
         assert error["detail"]["upstream"].startswith("not asked while it is out (manifest ")
         assert error["detail"]["upstream"].endswith(": 503)")
         assert len(fake.log) == asked
+        found, _ = await scrape(registry.url)
+        assert found[("txregistry_proxy_upstream_out", (("upstream", "hub"),))] == 1
         logs.assert_clean()
         out = logs.saying("answering without asking it")
         assert len(out) == 1, out
