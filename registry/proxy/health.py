@@ -7,9 +7,9 @@ sending the upstream one more request (and token fetch) per client request.
 - ``THRESHOLD`` failures in a row (no usable answer, or a 429 without ``Retry-After``) hold
   the upstream off for ``[proxy:NAME] hold_off`` seconds (5 by default; 0: never), doubled
   at each failed try up to ``MAX_HOLD``.
-- A 429 with ``Retry-After`` holds off the calls of its method (GET or HEAD) that long (at
-  most ``MAX_RETRY_AFTER``): Docker Hub's pull limit counts manifest GETs, not the HEADs the
-  cache revalidates tags with, so those go on.
+- A 429 with ``Retry-After`` holds off the calls of its kind (manifest GETs, blob GETs...)
+  that long (at most ``MAX_RETRY_AFTER``): Docker Hub's pull limit counts manifest GETs, not
+  the HEADs the cache revalidates tags with nor blob downloads, so those go on.
 - While held off, every upstream call fails at once with the last failure's class (so the
   cache answers as it would have: a cached tag served stale, a 429 with the time left, else
   503), and no request reaches the upstream.
@@ -44,7 +44,8 @@ MAX_RETRY_AFTER = 300.0
 
 
 class UpstreamHealth:
-    """One upstream's state, on ``clock`` (seconds)."""
+    """One upstream's state, on ``clock`` (seconds).  Calls are of a ``kind``: ``manifest
+    GET``, ``manifest HEAD``, ``blob GET``, ``blob HEAD``, ``tags``, ``referrers``."""
 
     def __init__(
         self,
@@ -62,35 +63,39 @@ class UpstreamHealth:
         self.last: UpstreamError | None = None
         self.held_until: float | None = None
         self.hold = first_hold
-        self.probing = False
+        self.probing = False  # the call that asks once the hold has passed is in flight
         self.since: float | None = None  # when the outage began
         self.spared = 0  # calls answered at once while held off
-        # A 429 with Retry-After, by method: Docker Hub limits manifest GETs, not HEADs,
-        # so a tag is still revalidated (free) while GETs wait.
+        # A 429 with Retry-After, by kind of call: Docker Hub limits manifest GETs, not the
+        # HEADs tags are revalidated with, nor blob downloads, which go on meanwhile.
         self.limited: dict[str, tuple[float, UpstreamRateLimited]] = {}
 
-    def refusal(self, method: str = "GET") -> UpstreamError | None:
-        """The error a call gets at once now, or None: it may ask the upstream."""
+    def refusal(self, kind: str = "manifest GET") -> tuple[UpstreamError | None, bool]:
+        """The error a call gets at once now (None: it may ask the upstream), and whether
+        the call is the probe (the one that asks once the hold has passed)."""
         now = self.clock()
-        limit = self.limited.get(method)
+        limit = self.limited.get(kind)
         if limit is not None:
             until, error = limit
             if now < until:
                 self.spared += 1
                 reason = f"not asked until its rate limit ends ({error.reason})"
-                return HeldOffRateLimited(None, reason, retry_after=max(until - now, 1.0))
-            del self.limited[method]
+                return HeldOffRateLimited(None, reason, retry_after=max(until - now, 1.0)), False
+            del self.limited[kind]
         held_until = self.held_until
         if held_until is None:
-            return None
+            return None, False
         if now >= held_until and not self.probing:
-            self.probing = True  # this call is the probe
-            return None
+            self.probing = True
+            return None, True
         self.spared += 1
         last = self.last
-        return HeldOffUnavailable(
-            None, f"not asked while it is out ({last.reason if last else 'unavailable'})"
-        )
+        reason = f"not asked while it is out ({last.reason if last else 'unavailable'})"
+        # The next try is at the end of the hold (or once the probe under way is answered).
+        left = max(held_until - now, 1.0)
+        if isinstance(last, UpstreamRateLimited):
+            return HeldOffRateLimited(None, reason, retry_after=left), False
+        return HeldOffUnavailable(None, reason, retry_after=left), False
 
     def answered(self) -> None:
         if self.held_until is not None:
@@ -112,33 +117,35 @@ class UpstreamHealth:
         self.probing = False
         self.since = None
 
-    def failed(self, error: UpstreamError, method: str = "GET") -> None:
-        """A call got no usable answer (``UpstreamUnavailable``) or a 429."""
+    def failed(self, error: UpstreamError, kind: str = "manifest GET", probe: bool = False) -> None:
+        """A call got no usable answer (``UpstreamUnavailable``) or a 429; ``probe``: it was
+        the call that asked once the hold had passed."""
+        if probe:
+            self.probing = False
         if self.first_hold <= 0:
             return
         now = self.clock()
         if isinstance(error, UpstreamRateLimited) and error.retry_after is not None:
-            # An answer (the upstream is there): only this method waits, as long as it says.
+            # An answer (the upstream is there): only this kind of call waits, as it says.
             self.answered()
             hold = min(error.retry_after, MAX_RETRY_AFTER)
-            if method not in self.limited:
+            if kind not in self.limited:
                 log.warn(
-                    "proxy {upstream}: {url} rate-limits {method} requests: {reason};"
-                    " not asking it for {hold:.0f}s",
+                    "proxy {upstream}: {url} rate-limits {kind} requests: {reason}; not"
+                    " asking it for {hold:.0f}s",
                     upstream=self.name,
                     url=self.url,
-                    method=method,
+                    kind=kind,
                     reason=error.reason[:300],
                     hold=hold,
                     event="proxy_upstream_rate_limited",
                 )
-            self.limited[method] = (now + hold, error)
+            self.limited[kind] = (now + hold, error)
             return
         self.failures += 1
         self.last = error
         if self.since is None:
             self.since = now
-        probe, self.probing = self.probing, False
         again = self.held_until is not None
         if not again:
             if self.failures < THRESHOLD:
@@ -147,7 +154,7 @@ class UpstreamHealth:
         elif probe:
             self.hold = hold = min(self.hold * 2, MAX_HOLD)
         else:
-            return  # a call made before the hold began: the hold stands
+            return  # a call made before the hold began: the hold (and any probe) stands
         self.held_until = now + hold
         log.warn(
             "proxy {upstream}: {url} {state}: {reason}; answering without asking it for"
@@ -160,21 +167,22 @@ class UpstreamHealth:
             event="proxy_upstream_out",
         )
 
-    async def call(self, make: Callable[[], Awaitable[T]], method: str = "GET") -> T:
-        """Run one upstream call through this state."""
-        refused = self.refusal(method)
+    async def call(self, make: Callable[[], Awaitable[T]], kind: str = "manifest GET") -> T:
+        """Run one upstream call of ``kind`` through this state."""
+        refused, probe = self.refusal(kind)
         if refused is not None:
             raise refused
         try:
             result = await make()
         except (UpstreamUnavailable, UpstreamRateLimited) as exc:
-            self.failed(exc, method)
+            self.failed(exc, kind, probe)
             raise
         except UpstreamError:
             self.answered()  # an answer all the same: the upstream is there
             raise
         except BaseException:
-            self.probing = False  # cancelled, or a defect: the next call probes
+            if probe:
+                self.probing = False  # cancelled, or a defect: the next call probes
             raise
         self.answered()
         return result
@@ -186,7 +194,9 @@ class HeldOff(UpstreamError):
 
 
 class HeldOffUnavailable(UpstreamUnavailable, HeldOff):
-    pass
+    def __init__(self, status: int | None, reason: str, retry_after: float) -> None:
+        super().__init__(status, reason)
+        self.retry_after = retry_after  # when the upstream is asked again, at the earliest
 
 
 class HeldOffRateLimited(UpstreamRateLimited, HeldOff):

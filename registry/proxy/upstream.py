@@ -64,23 +64,28 @@ class UpstreamClient(RegistryClient):
         accept: Sequence[str] = MANIFEST_MEDIA_TYPES,
     ) -> Manifest:
         return await self.health.call(
-            lambda: super(UpstreamClient, self).manifest(name, reference, method, accept), method
+            lambda: super(UpstreamClient, self).manifest(name, reference, method, accept),
+            f"manifest {method}",
         )
 
     async def blob(self, *args: Any, **kwargs: Any) -> BlobStream:
-        return await self.health.call(lambda: super(UpstreamClient, self).blob(*args, **kwargs))
+        return await self.health.call(
+            lambda: super(UpstreamClient, self).blob(*args, **kwargs), "blob GET"
+        )
 
     async def blob_head(self, *args: Any, **kwargs: Any) -> int:
         return await self.health.call(
-            lambda: super(UpstreamClient, self).blob_head(*args, **kwargs), "HEAD"
+            lambda: super(UpstreamClient, self).blob_head(*args, **kwargs), "blob HEAD"
         )
 
     async def tags(self, *args: Any, **kwargs: Any) -> tuple[list[str], bool]:
-        return await self.health.call(lambda: super(UpstreamClient, self).tags(*args, **kwargs))
+        return await self.health.call(
+            lambda: super(UpstreamClient, self).tags(*args, **kwargs), "tags"
+        )
 
     async def referrers(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]] | None:
         return await self.health.call(
-            lambda: super(UpstreamClient, self).referrers(*args, **kwargs)
+            lambda: super(UpstreamClient, self).referrers(*args, **kwargs), "referrers"
         )
 
 

@@ -23,7 +23,7 @@ from tests.proxy.registries import Proxied
 from tests.proxy.test_fill_storage_failure import Logs
 
 
-def _run(health: UpstreamHealth, outcome: BaseException | None, method: str = "GET") -> Any:
+def _run(health: UpstreamHealth, outcome: BaseException | None, kind: str = "manifest GET") -> Any:
     """One call through ``health`` that ends with ``outcome`` (None: an answer); what the
     caller got (the call's result or its error)."""
 
@@ -33,7 +33,7 @@ def _run(health: UpstreamHealth, outcome: BaseException | None, method: str = "G
         return "answer"
 
     got: list[Any] = []
-    Deferred.fromCoroutine(health.call(make, method)).addBoth(got.append)
+    Deferred.fromCoroutine(health.call(make, kind)).addBoth(got.append)
     assert got, "the call did not end at once"
     result = got[0]
     return result.value if hasattr(result, "value") else result
@@ -77,19 +77,61 @@ def test_the_hold_starts_after_three_failures_doubles_at_each_failed_probe_and_e
     ]
 
 
-def test_a_rate_limit_holds_off_its_method_only_as_long_as_it_says() -> None:
+def test_a_rate_limit_holds_off_its_kind_of_call_only_as_long_as_it_says() -> None:
     clock = Clock()
     health = UpstreamHealth("hub", "https://upstream.example", clock.seconds)
     limited = UpstreamRateLimited(429, "pull rate limit reached", retry_after=60.0)
-    assert _run(health, limited, "GET") is limited
-    refused = _run(health, None, "GET")
+    assert _run(health, limited, "manifest GET") is limited
+    refused = _run(health, None, "manifest GET")
     assert isinstance(refused, HeldOff) and isinstance(refused, UpstreamRateLimited)
     assert refused.retry_after == 60.0
-    assert _run(health, None, "HEAD") == "answer"  # HEADs go on
+    # Docker Hub limits manifest GETs: HEADs, blobs, tag lists go on.
+    for kind in ("manifest HEAD", "blob GET", "blob HEAD", "tags", "referrers"):
+        assert _run(health, None, kind) == "answer", kind
     clock.advance(59.5)
-    assert _run(health, None, "GET").retry_after == 1.0  # (at least a second)
+    assert _run(health, None, "manifest GET").retry_after == 1.0  # (at least a second)
     clock.advance(0.5)
-    assert _run(health, None, "GET") == "answer"
+    assert _run(health, None, "manifest GET") == "answer"
+
+
+def test_three_429s_without_retry_after_hold_off_with_429s() -> None:
+    health = UpstreamHealth("hub", "https://upstream.example", Clock().seconds)
+    limited = UpstreamRateLimited(429, "slow down")
+    for _ in range(3):
+        assert _run(health, limited) is limited
+    refused = _run(health, None, "blob GET")
+    assert isinstance(refused, HeldOff) and isinstance(refused, UpstreamRateLimited)
+    assert refused.retry_after == 5.0
+
+
+def test_a_late_failure_of_a_call_made_before_the_hold_neither_probes_nor_doubles() -> None:
+    """Calls in flight when the hold began fail later (a hung upstream, each after its
+    timeout): they neither end the probe under way nor double the hold."""
+    clock = Clock()
+    health = UpstreamHealth("hub", "https://upstream.example", clock.seconds, first_hold=5.0)
+    out = UpstreamUnavailable(None, "no answer within 30s")
+    late: list[Deferred[str]] = []
+
+    async def hanging() -> str:
+        waiting: Deferred[str] = Deferred()
+        late.append(waiting)
+        return await waiting
+
+    calls = [Deferred.fromCoroutine(health.call(hanging)) for _ in range(5)]
+    for call in calls:
+        call.addErrback(lambda f: None)
+    for waiting in late[:3]:
+        waiting.errback(out)  # three failures: held off for 5 s
+    clock.advance(5)
+    probe = Deferred.fromCoroutine(health.call(hanging))  # the probe, hanging too
+    probe.addErrback(lambda f: None)
+    assert len(late) == 6
+    late[3].errback(out)  # made before the hold: no doubling, the probe stands
+    assert health.held_until == 5.0 and health.probing
+    assert isinstance(_run(health, None), HeldOff)  # no second probe meanwhile
+    late[5].errback(out)  # the probe fails: held off for twice as long
+    assert health.held_until == 15.0 and not health.probing
+    late[4].errback(out)
 
 
 def test_hold_off_0_asks_every_time() -> None:
@@ -122,6 +164,7 @@ async def test_an_upstream_that_is_out_is_not_asked_for_every_request(
             assert (response.code, sha256(body)) == (200, cached.digest)
         response, body = await get(f"{registry.url}/v2/library/busybox/manifests/latest")
         assert response.code == 503, body
+        assert response.headers.getRawHeaders("Retry-After") is not None
         (error,) = json.loads(body)["errors"]
         assert error["code"] == "UNAVAILABLE"
         assert error["detail"]["upstream"].startswith("not asked while it is out (manifest ")
@@ -140,11 +183,13 @@ async def test_an_upstream_that_is_out_is_not_asked_for_every_request(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_rate_limited_get_holds_off_gets_while_tags_are_still_revalidated(
+async def test_a_rate_limited_manifest_get_holds_off_manifest_gets_only(
     proxied: Proxied, fake: FakeUpstream
 ) -> None:
+    """Docker Hub's pull limit: manifest GETs answer 429; tags are still revalidated with
+    HEADs, and layers not cached yet are still fetched."""
     cached = fake.content.add_image("library/alpine", "latest", [1000])
-    fake.content.add_image("library/busybox", "latest", [1000])
+    busybox = fake.content.add_image("library/busybox", "latest", [1000])
     registry = await proxied()
     response, body = await get(f"{registry.url}/v2/library/alpine/manifests/latest")
     assert (response.code, sha256(body)) == (200, cached.digest)
@@ -165,9 +210,12 @@ async def test_a_rate_limited_get_holds_off_gets_while_tags_are_still_revalidate
         response, body = await get(f"{registry.url}/v2/library/alpine/manifests/latest")
         assert (response.code, sha256(body)) == (200, cached.digest)
         assert fake.count("HEAD", "manifest") == heads + 1  # revalidated: HEADs are free
+        layer = busybox.layers[0].digest
+        response, body = await get(f"{registry.url}/v2/library/busybox/blobs/{layer}")
+        assert (response.code, sha256(body)) == (200, layer)  # blobs are not limited
         said = logs.saying("rate-limits")
         assert [level for level, _ in said] == ["warn"], said
-        assert said[0][1].startswith(f"proxy hub: {fake.url} rate-limits GET requests: ")
+        assert said[0][1].startswith(f"proxy hub: {fake.url} rate-limits manifest GET requests: ")
         assert said[0][1].endswith("; not asking it for 60s")
         logs.assert_clean()
 
