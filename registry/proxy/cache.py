@@ -1895,7 +1895,6 @@ class ProxyCache:
             self.state_loaded = True
             return
         blobs, manifests = await self.index.load(self.driver, state_dir(self.name))
-        self.state_loaded = True
         log.info(
             "proxy {upstream}: {blobs} blobs, {manifests} manifests, {size} bytes cached",
             upstream=self.name,
@@ -1905,12 +1904,19 @@ class ProxyCache:
         )
         if blobs == 0 and manifests == 0:
             # No saved index (or an unusable one), or a cache that is new: what the storage
-            # holds is counted again in the background (nothing to count: a short walk).
-            Deferred.fromCoroutine(self.recount()).addErrback(
-                lambda f: log_failure(
-                    log, f, "proxy {upstream}: counting the cache failed", upstream=self.name
+            # holds is counted again (nothing to count: a short walk).  Until that is done
+            # the cache is not loaded: readiness says so, and no flush writes a partial
+            # index (which the next start would take as whole).
+            try:
+                await self.recount()
+            except Exception:  # a storage failing under the walk: what was counted stays
+                log_failure(
+                    log,
+                    Failure(),
+                    "proxy {upstream}: counting the cache failed",
+                    upstream=self.name,
                 )
-            )
+        self.state_loaded = True
 
     async def recount(self) -> None:
         """The index came up empty, but the storage may hold what this cache fetched: its
@@ -1951,6 +1957,8 @@ class ProxyCache:
         if self.ledger is not None:
             await self.ledger.push(self.fleet_index(), self.now())
             return
+        if not self.state_loaded:
+            return  # a partial index (still loading, or counting again) is never saved
         await self.index.flush(self.driver, state_dir(self.name))
 
     async def clean_fills(self) -> None:

@@ -9,8 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from registry.proxy.cache import ProxyCache
+from registry.proxy.config import parse_proxy
+from registry.proxy.stored import StoredIndex
+from registry.proxy.upstream import UpstreamClient
+from registry.storage.blobs import BlobStore
+from registry.storage.filesystem import FilesystemDriver
+from registry.storage.tags import TagStore
 from tests.e2e.client import error_codes
 from tests.e2e.harness import RegistryProcess
 from tests.fakes.content import GeneratedBlob
@@ -220,3 +228,68 @@ async def test_a_restart_without_a_saved_index_counts_the_cache_again(
         ], said
     finally:
         process.stop()
+
+
+class _HeldWalk:
+    """A storage driver whose listings of ``_layers`` folders wait until `release`: a
+    count of the cache interrupted half way, on demand."""
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+        self.released: Deferred[None] = Deferred()
+        self.held = 0
+
+    async def list(self, path: str) -> Any:
+        if path.endswith("/_layers"):
+            self.held += 1
+            if not self.released.called:
+                await self.released
+        return await self._driver.list(path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unfinished_count_is_never_saved_as_the_index(
+    proxied: Proxied, fake: FakeUpstream, thread_pool: Any
+) -> None:
+    """A stop (or a flush) while the cache is being counted again must not save the half
+    counted index: the next start would take it as whole and never count the rest.  And
+    the cache is not loaded (readiness) until the count is done."""
+    fake.content.add_image("library/alpine", "latest", [4096, 300_000])
+    first = await proxied()
+    root = storage_root(first)
+    await pull(first, "alpine", "latest")
+    _, body = await fetch(f"{first.url}/metrics")
+    before = metric(body.decode(), "txregistry_proxy_cache_bytes")
+    await first.stop()
+    snapshot = root / "docker/registry/v2/txregistry/proxy/hub/index.sqlite3"
+    snapshot.unlink()
+
+    driver = _HeldWalk(FilesystemDriver(str(root), reactor, thread_pool))
+    client = UpstreamClient(reactor, fake.url)
+    cache = ProxyCache(
+        config=parse_proxy("hub", proxy_section(fake.url)),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        index=StoredIndex(reactor, "hub"),
+    )
+    try:
+        loading = Deferred.fromCoroutine(cache.load_state())
+        await wait_for(lambda: driver.held > 0)
+        assert not cache.state_loaded  # readiness says "loading" meanwhile
+        await cache.flush_state()  # a periodic flush, or the one at a stop
+        assert not snapshot.exists()
+        driver.released.callback(None)
+        await loading
+        assert cache.state_loaded
+        assert cache.index.size == before
+        await cache.flush_state()
+        assert snapshot.exists()
+    finally:
+        await cache.index.close()
+        await client.close()
