@@ -306,7 +306,7 @@ class ProxyCache:
         self._verified = BoundedMap(clock, limits.remembered, None)
         self._bad_bodies = BoundedMap(clock, limits.remembered, BAD_BODY_AGE)
         self.space = Reservations(clock)
-        self.reads = StorageReads(self.name)
+        self.reads = StorageReads(self.name, self.now)
         if self.fleet is not None:
             leases = self.fleet.leases
             # The eviction lock lives as long as a fill lease: a dead holder of either
@@ -401,6 +401,8 @@ class ProxyCache:
     async def _lookup_blob(self, local: str, digest: Digest) -> BlobInfo | None:
         """`_local_blob`, with a storage that cannot be read taken as a miss: the blob is
         then fetched from the upstream (and kept if the storage takes it by then)."""
+        if self.reads.skipping():
+            return None
         try:
             info = await self._local_blob(local, digest)
         except PathNotFoundError:
@@ -550,7 +552,7 @@ class ProxyCache:
         repository has them is enough to link them there.  Data stored otherwise (a hosted
         repository, another upstream's cache) is not: it is fetched, and what the upstream
         sends is checked, or a HEAD claiming a digest would unlock content it never had."""
-        if not await self._known(digest):
+        if not await self._known(digest) or self.reads.skipping():
             return False
         try:
             return await self.blobs.exists(digest) is not None
@@ -772,6 +774,8 @@ class ProxyCache:
     async def _adopt(self, local: str, digest: Digest, size: int) -> BlobInfo | None:
         """The data is already stored (another repository, another image) and the upstream
         confirmed this repository has it: link it here instead of downloading it again."""
+        if self.reads.skipping():
+            return None
         try:
             info = await self.blobs.exists(digest)
         except StorageError as exc:
@@ -937,15 +941,16 @@ class ProxyCache:
             self._relaying.add(fill)
             if fill.keep:  # (else counted as not kept already: `_not_kept`)
                 self.stats.unkept_fills += 1
-            log.warn(
-                "proxy {upstream}: serving {digest} ({size} bytes) without keeping it: the "
-                "cache's storage failed: {error}",
-                upstream=self.name,
-                digest=str(digest),
-                size=fill.size,
-                error=str(error),
-                event="proxy_fill_not_kept",
-            )
+            if self.reads.failing is None:  # (else the outage was said once: `StorageReads`)
+                log.warn(
+                    "proxy {upstream}: serving {digest} ({size} bytes) without keeping it: the "
+                    "cache's storage failed: {error}",
+                    upstream=self.name,
+                    digest=str(digest),
+                    size=fill.size,
+                    error=str(error),
+                    event="proxy_fill_not_kept",
+                )
             if str(digest) in self.space.granted:
                 settled = True
                 Deferred.fromCoroutine(self._settle_reservation(fill, stored=False))
@@ -990,6 +995,9 @@ class ProxyCache:
             # Room under max_size before the first byte is stored; else served, not kept.
             fill.keep = await self._make_room(fill)
             try:
+                if self.reads.failing is not None:
+                    # Storing would wait for the storage's timeouts, for nothing.
+                    raise StorageError(f"the storage cannot be read: {self.reads.failing}")
                 writer = await self.driver.writer(fill.path)
                 if fill.size:
                     await writer.reserve(fill.size)
@@ -1185,8 +1193,9 @@ class ProxyCache:
                 with contextlib.suppress(Exception):
                     await writer.cancel()
             try:
-                with contextlib.suppress(PathNotFoundError):
-                    await self.driver.delete(fill.path)
+                if writer is not None:  # (else no write began: nothing to remove)
+                    with contextlib.suppress(PathNotFoundError):
+                        await self.driver.delete(fill.path)
             except Exception as exc:
                 log.info(
                     "proxy {upstream}: removing {path} failed: {error} (removed at the next start)",
@@ -1210,6 +1219,8 @@ class ProxyCache:
     # -- manifests
 
     async def _local_manifest(self, local: str, digest: Digest) -> StoredManifest | None:
+        if self.reads.skipping():
+            return None
         try:
             link = await self.driver.get_content(layout.revision_link(local, digest))
             if link.decode("ascii", "replace").strip() != str(digest):
@@ -1246,7 +1257,7 @@ class ProxyCache:
     async def _tagged(self, local: str, upstream: str, tag: str) -> StoredManifest:
         key = (local, tag)
         try:
-            digest = await self.tags.resolve(local, tag)
+            digest = None if self.reads.skipping() else await self.tags.resolve(local, tag)
         except StorageError as exc:
             self.reads.failed(exc)  # unreadable: asked upstream, as a tag not cached
             digest = None
@@ -1413,6 +1424,9 @@ class ProxyCache:
         reserved = await self._room_for_manifest(key, len(body))
         served = StoredManifest(digest, stored_media_type(body), body)
         try:
+            if self.reads.failing is not None:
+                # Storing would wait for the storage's timeouts, for nothing.
+                raise StorageError(f"the storage cannot be read: {self.reads.failing}")
             # The order readers rely on: data, revision link, then the tag.
             await self.blobs.put_small(body, digest.algorithm)
             await self.driver.put_content(layout.revision_link(local, digest), str(digest).encode())
@@ -1427,6 +1441,8 @@ class ProxyCache:
             # A full or failing store: the client still gets the manifest (as a blob whose
             # fill cannot be stored is relayed), and the next request fetches it again.
             stored = False
+            if self.reads.failing is not None:
+                return served, False  # the outage was said once (`StorageReads`)
             log.warn(
                 "proxy {upstream}: serving manifest {digest} of {name} without keeping it: the"
                 " cache's storage failed: {error}",

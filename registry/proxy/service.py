@@ -44,7 +44,7 @@ from registry.proxy.routing import (
 from registry.proxy.stored import StoredIndex
 from registry.proxy.upstream import UpstreamClient
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageFull
+from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
 
 log = Logger()
 
@@ -122,7 +122,7 @@ class ProxyService(MultiService):
         def failed(f: Failure) -> None:
             if f.check(RedisUnavailable):  # one line: Redis away is no defect
                 log_redis(log, f.value, "proxy {what} failed: {e}", what=what, e=str(f.value))
-            elif f.check(StorageFull):
+            elif f.check(StorageError):  # a full disk, S3 down: one line, not one per interval
                 if (upstream, what) not in self._full:
                     self._full.add((upstream, what))
                     log.warn(

@@ -9,13 +9,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 
 from registry.proxy.fleet.marker import MARKER, InstanceMarker
 from registry.proxy.service import ProxyService
-from registry.storage.driver import StorageFull
+from registry.storage.driver import StorageError, StorageFull
 from registry.storage.filesystem import FilesystemDriver
 from tests.e2e.client import get, sha256
 from tests.e2e.test_full_disk import fill, no_space, small_disk  # noqa: F401 - fixture
@@ -125,11 +126,21 @@ async def test_a_cache_started_on_a_full_disk_serves_what_it_holds(
     await wait_for(marker.exists, within=30)  # the next heartbeat (every 10 s)
 
 
-def test_a_periodic_write_failing_on_a_full_disk_is_said_once_until_it_works() -> None:
-    """The state and counters flushes run every interval: a full disk is one warning, not one
-    line each time, and one line says when the write works again."""
+@pytest.mark.parametrize(
+    "failure",
+    [
+        StorageFull("writing stats.json: No space left on device"),
+        StorageError("S3 at http://s3.example/ gave no answer within 60s"),
+    ],
+)
+def test_a_periodic_write_failing_on_a_full_disk_is_said_once_until_it_works(
+    failure: StorageError,
+) -> None:
+    """The state and counters flushes run every interval: a full disk (or a storage that is
+    down) is one warning, not one line each time, and one line says when the write works
+    again."""
     service = ProxyService([])
-    failures = [StorageFull("writing stats.json: No space left on device")] * 2
+    failures = [failure, failure]
 
     async def flush() -> None:
         if failures:
@@ -149,7 +160,7 @@ def test_a_periodic_write_failing_on_a_full_disk_is_said_once_until_it_works() -
     assert logs == [
         (
             "warn",
-            "proxy hub: counters flush failed: writing stats.json: No space left on device"
+            f"proxy hub: counters flush failed: {failure}"
             " (tried again every interval; a line says when it works)",
         ),
         ("info", "proxy hub: counters flush works again"),
