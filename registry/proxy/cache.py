@@ -1948,9 +1948,13 @@ class ProxyCache:
                 info = await self.blobs.exists(digest)
                 if info is None:
                     continue
+                # (Known already: stored or served since the start, not found again.)
+                known = await self.index.touch_blob(str(digest), now) is not None
                 await self.index.add_blob(name, str(digest), info.size, now)
-                links += 1
+                links += 0 if known else 1
             for digest in await digest_folders(self.driver, layout.revisions_dir(name)):
+                if await self.index.touch_manifest(name, str(digest), now):
+                    continue
                 try:
                     body = await self.driver.get_content(layout.blob_data(digest))
                 except PathNotFoundError:
@@ -1959,10 +1963,10 @@ class ProxyCache:
                 manifests += 1
         if links or manifests:
             log.warn(
-                "proxy {upstream}: the saved index was missing or empty: counted {links} blob"
-                " links and {manifests} manifests found in storage again ({size} bytes cached)",
+                "proxy {upstream}: the saved index was missing or empty: counted {blobs} blobs"
+                " and {manifests} manifests found in storage again ({size} bytes cached)",
                 upstream=self.name,
-                links=links,
+                blobs=links,
                 manifests=manifests,
                 size=self.index.size,
                 event="proxy_index_recounted",

@@ -223,7 +223,7 @@ async def test_a_restart_without_a_saved_index_counts_the_cache_again(
         )
         said = re.findall(r"\[registry\.proxy\.cache#warn\] (.*)", process.log_text()[offset:])
         assert said == [
-            "proxy hub: the saved index was missing or empty: counted 3 blob links and 1"
+            "proxy hub: the saved index was missing or empty: counted 3 blobs and 1"
             f" manifests found in storage again ({int(before)} bytes cached)"
         ], said
     finally:
