@@ -56,15 +56,6 @@ class UpstreamClient(RegistryClient):
         self.remote_url = self.url
         self.health = UpstreamHealth(name, self.url, clock=reactor.seconds, first_hold=hold_off)
 
-    async def ping(self) -> int:
-        """As `RegistryClient.ping` (readiness checks, outside the hold); an answer below
-        500 while the upstream is held off ends the outage at once (it is back), instead of
-        at the next probe, up to a minute later."""
-        status = await super().ping()
-        if status < 500 and self.health.held_until is not None:
-            self.health.answered()
-        return status
-
     async def manifest(
         self,
         name: str,

@@ -229,25 +229,3 @@ def test_hold_off_is_a_proxy_key(value: str) -> None:
         "hub", {"remoteurl": "https://r.example", "default": "true", "hold_off": value}
     )
     assert parsed.hold_off == {"0": 0.0, "30s": 30.0}[value]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_readiness_check_that_reaches_the_upstream_ends_the_hold(
-    proxied: Proxied, fake: FakeUpstream
-) -> None:
-    fake.content.add_image("library/busybox", "latest", [1000])
-    registry = await proxied(hold_off="1h")
-    url = f"{registry.url}/v2/library/busybox/manifests/latest"
-    fake.switches.fail_status = 503
-    for _ in range(3):
-        response, _ = await get(url)
-        assert response.code == 503
-    response, body = await get(url)
-    assert "not asked while it is out" in body.decode()  # held off for an hour
-    fake.switches.fail_status = None
-    with Logs() as logs:
-        response, body = await get(f"{registry.url}/health/ready")
-        assert json.loads(body)["checks"]["upstream:hub"]["status"] == "ok", body
-        assert [level for level, _ in logs.saying("answers again")] == ["info"]
-    response, body = await get(url)
-    assert response.code == 200, body
