@@ -81,7 +81,7 @@ from registry.storage.catalog import Catalog
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
-from registry.storage.listing import digest_folders
+from registry.storage.listing import digest_folders, list_or_empty
 from registry.storage.manifests import StoredManifest
 from registry.storage.pagination import paginate
 from registry.storage.tags import TagStore
@@ -286,6 +286,9 @@ class ProxyCache:
     # Until the index is read back from storage, sizes and the eviction order are not known
     # yet: readiness says so (registry.server.build), and /metrics would show 0.
     state_loaded: bool = attrs.field(init=False, default=False)
+    # The count of a cache without a saved index failed half way (`load_state`): the index
+    # is partial, and is counted again before it is saved.
+    recount_pending: bool = attrs.field(init=False, default=False)
     # One eviction (or admission of a fill's reservation) at a time; later ones queue.
     _eviction_lock: DeferredLock = attrs.field(init=False, factory=DeferredLock)
     # Upstream referrers lists read at once: each may be many pages (up to the client's
@@ -306,7 +309,9 @@ class ProxyCache:
         self._verified = BoundedMap(clock, limits.remembered, None)
         self._bad_bodies = BoundedMap(clock, limits.remembered, BAD_BODY_AGE)
         self.space = Reservations(clock)
-        self.reads = StorageReads(self.name, self.now)
+        self.reads = StorageReads(
+            self.name, self.reactor, lambda: list_or_empty(self.driver, state_dir(self.name))
+        )
         if self.fleet is not None:
             leases = self.fleet.leases
             # The eviction lock lives as long as a fill lease: a dead holder of either
@@ -1480,7 +1485,7 @@ class ProxyCache:
         except (UpstreamNotFound, UpstreamAccessDenied) as exc:
             raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
         except UpstreamError as exc:
-            self._upstream_failed("tag list", upstream, "-", exc)
+            self._upstream_failed("tag list", upstream, "", exc)
             try:
                 cached = await self.tags.list_tags(local, n, last)
             except RegistryError as local_error:
@@ -1925,7 +1930,10 @@ class ProxyCache:
             # index (which the next start would take as whole).
             try:
                 await self.recount()
-            except Exception:  # a storage failing under the walk: what was counted stays
+            except Exception:
+                # A storage failing under the walk: serve with what was counted, never save
+                # it as whole; the flushes count again until a count completes.
+                self.recount_pending = True
                 log_failure(
                     log,
                     Failure(),
@@ -1941,6 +1949,11 @@ class ProxyCache:
         the blobs' sizes) and manifest revisions again, as entries used now, so that
         ``max_size`` counts them and eviction can delete them; unregistered, they would
         hold their space for good, invisible to both."""
+        log.info(
+            "proxy {upstream}: no saved index: counting what the storage holds (readiness"
+            " waits for it)",
+            upstream=self.name,
+        )
         links = manifests = 0
         for name in await self._repositories():
             now = self.now()
@@ -1979,6 +1992,9 @@ class ProxyCache:
             return
         if not self.state_loaded:
             return  # a partial index (still loading, or counting again) is never saved
+        if self.recount_pending:
+            await self.recount()  # (fails again while the storage does: nothing saved)
+            self.recount_pending = False
         await self.index.flush(self.driver, state_dir(self.name))
 
     async def clean_fills(self) -> None:
@@ -2114,11 +2130,11 @@ class ProxyCache:
             return  # no request was made; the outage was said once (`registry.proxy.health`)
         self.stats.upstream_errors += 1
         log.warn(
-            "proxy {upstream}: {what} {name}:{ref} failed: {reason}",
+            "proxy {upstream}: {what} {name}{ref} failed: {reason}",
             upstream=self.name,
             what=what,
             name=upstream,
-            ref=ref,
+            ref=f":{ref}" if ref else "",
             reason=str(exc),
         )
 

@@ -78,7 +78,6 @@ class UpstreamHealth:
         if limit is not None:
             until, error = limit
             if now < until:
-                self.spared += 1
                 reason = f"not asked until its rate limit ends ({error.reason})"
                 return HeldOffRateLimited(None, reason, retry_after=max(until - now, 1.0)), False
             del self.limited[kind]

@@ -154,6 +154,7 @@ class ProxyService(MultiService):
 
         async def stop() -> None:
             for cache in self.caches:
+                cache.reads.stop()
                 try:
                     await cache.flush_state()
                 except RedisUnavailable as exc:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -17,6 +18,7 @@ from registry.proxy.config import parse_proxy
 from registry.proxy.stored import StoredIndex
 from registry.proxy.upstream import UpstreamClient
 from registry.storage.blobs import BlobStore
+from registry.storage.driver import StorageError
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.tags import TagStore
 from tests.e2e.client import error_codes
@@ -289,6 +291,60 @@ async def test_an_unfinished_count_is_never_saved_as_the_index(
         assert cache.state_loaded
         assert cache.index.size == before
         await cache.flush_state()
+        assert snapshot.exists()
+    finally:
+        await cache.index.close()
+        await client.close()
+
+
+class _FailingWalk(_HeldWalk):
+    """Listings of ``_layers`` folders fail while ``failing``: a storage failing under the
+    count."""
+
+    def __init__(self, driver: Any) -> None:
+        super().__init__(driver)
+        self.failing = True
+
+    async def list(self, path: str) -> Any:
+        if path.endswith("/_layers") and self.failing:
+            raise StorageError(f"S3 gave no answer listing {path}")
+        return await self._driver.list(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_count_that_failed_is_done_again_before_the_index_is_saved(
+    proxied: Proxied, fake: FakeUpstream, thread_pool: Any
+) -> None:
+    fake.content.add_image("library/alpine", "latest", [4096, 300_000])
+    first = await proxied()
+    root = storage_root(first)
+    await pull(first, "alpine", "latest")
+    _, body = await fetch(f"{first.url}/metrics")
+    before = metric(body.decode(), "txregistry_proxy_cache_bytes")
+    await first.stop()
+    snapshot = root / "docker/registry/v2/txregistry/proxy/hub/index.sqlite3"
+    snapshot.unlink()
+
+    driver = _FailingWalk(FilesystemDriver(str(root), reactor, thread_pool))
+    client = UpstreamClient(reactor, fake.url)
+    cache = ProxyCache(
+        config=parse_proxy("hub", proxy_section(fake.url)),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        index=StoredIndex(reactor, "hub"),
+    )
+    try:
+        await cache.load_state()  # the count fails: serving goes on with what was counted
+        assert cache.state_loaded
+        with pytest.raises(StorageError):
+            await cache.flush_state()  # counts again first, which fails again: nothing saved
+        assert not snapshot.exists()
+        driver.failing = False
+        await cache.flush_state()
+        assert cache.index.size == before
         assert snapshot.exists()
     finally:
         await cache.index.close()

@@ -229,3 +229,21 @@ def test_hold_off_is_a_proxy_key(value: str) -> None:
         "hub", {"remoteurl": "https://r.example", "default": "true", "hold_off": value}
     )
     assert parsed.hold_off == {"0": 0.0, "30s": 30.0}[value]
+
+
+def test_the_back_line_counts_the_outages_refusals_only() -> None:
+    clock = Clock()
+    health = UpstreamHealth("hub", "https://upstream.example", clock.seconds, first_hold=5.0)
+    limited = UpstreamRateLimited(429, "pull rate limit reached", retry_after=60.0)
+    assert _run(health, limited) is limited
+    for _ in range(3):
+        assert isinstance(_run(health, None), HeldOff)  # the rate limit's refusals
+    out = UpstreamUnavailable(None, "refused")
+    for _ in range(3):
+        assert _run(health, out, "blob GET") is out
+    assert isinstance(_run(health, None, "blob GET"), HeldOff)  # the outage's one refusal
+    clock.advance(5)
+    with Logs() as logs:
+        assert _run(health, None, "blob GET") == "answer"
+    (said,) = logs.saying("answers again")
+    assert said[1].endswith("; 1 requests were answered without it meanwhile"), said
