@@ -232,6 +232,37 @@ async def test_a_restart_without_a_saved_index_counts_the_cache_again(
         process.stop()
 
 
+async def _cached_without_index(proxied: Proxied, fake: FakeUpstream) -> tuple[Path, Path, float]:
+    """An image pulled through a cache that then stopped, its saved index removed: the
+    storage root, where the index is saved, and the bytes the cache held."""
+    fake.content.add_image("library/alpine", "latest", [4096, 300_000])
+    first = await proxied()
+    root = storage_root(first)
+    await pull(first, "alpine", "latest")
+    _, body = await fetch(f"{first.url}/metrics")
+    before = metric(body.decode(), "txregistry_proxy_cache_bytes")
+    await first.stop()
+    snapshot = root / "docker/registry/v2/txregistry/proxy/hub/index.sqlite3"
+    snapshot.unlink()
+    return root, snapshot, before
+
+
+def _solo_cache(fake: FakeUpstream, driver: Any) -> tuple[ProxyCache, UpstreamClient]:
+    """The cache those tests pulled through, built in this process on ``driver`` with its
+    index saved in storage, as a single instance keeps it."""
+    client = UpstreamClient(reactor, fake.url)
+    cache = ProxyCache(
+        config=parse_proxy("hub", proxy_section(fake.url)),
+        client=client,
+        driver=driver,
+        blobs=BlobStore(driver),
+        tags=TagStore(driver),
+        reactor=reactor,
+        index=StoredIndex(reactor, "hub"),
+    )
+    return cache, client
+
+
 class _HeldWalk:
     """A storage driver whose listings of ``_layers`` folders wait until `release`: a
     count of the cache interrupted half way, on demand."""
@@ -259,27 +290,9 @@ async def test_an_unfinished_count_is_never_saved_as_the_index(
     """A stop (or a flush) while the cache is being counted again must not save the half
     counted index: the next start would take it as whole and never count the rest.  And
     the cache is not loaded (readiness) until the count is done."""
-    fake.content.add_image("library/alpine", "latest", [4096, 300_000])
-    first = await proxied()
-    root = storage_root(first)
-    await pull(first, "alpine", "latest")
-    _, body = await fetch(f"{first.url}/metrics")
-    before = metric(body.decode(), "txregistry_proxy_cache_bytes")
-    await first.stop()
-    snapshot = root / "docker/registry/v2/txregistry/proxy/hub/index.sqlite3"
-    snapshot.unlink()
-
+    root, snapshot, before = await _cached_without_index(proxied, fake)
     driver = _HeldWalk(FilesystemDriver(str(root), reactor, thread_pool))
-    client = UpstreamClient(reactor, fake.url)
-    cache = ProxyCache(
-        config=parse_proxy("hub", proxy_section(fake.url)),
-        client=client,
-        driver=driver,
-        blobs=BlobStore(driver),
-        tags=TagStore(driver),
-        reactor=reactor,
-        index=StoredIndex(reactor, "hub"),
-    )
+    cache, client = _solo_cache(fake, driver)
     try:
         loading = Deferred.fromCoroutine(cache.load_state())
         await wait_for(lambda: driver.held > 0)
@@ -315,27 +328,9 @@ class _FailingWalk(_HeldWalk):
 async def test_a_count_that_failed_is_done_again_before_the_index_is_saved(
     proxied: Proxied, fake: FakeUpstream, thread_pool: Any
 ) -> None:
-    fake.content.add_image("library/alpine", "latest", [4096, 300_000])
-    first = await proxied()
-    root = storage_root(first)
-    await pull(first, "alpine", "latest")
-    _, body = await fetch(f"{first.url}/metrics")
-    before = metric(body.decode(), "txregistry_proxy_cache_bytes")
-    await first.stop()
-    snapshot = root / "docker/registry/v2/txregistry/proxy/hub/index.sqlite3"
-    snapshot.unlink()
-
+    root, snapshot, before = await _cached_without_index(proxied, fake)
     driver = _FailingWalk(FilesystemDriver(str(root), reactor, thread_pool))
-    client = UpstreamClient(reactor, fake.url)
-    cache = ProxyCache(
-        config=parse_proxy("hub", proxy_section(fake.url)),
-        client=client,
-        driver=driver,
-        blobs=BlobStore(driver),
-        tags=TagStore(driver),
-        reactor=reactor,
-        index=StoredIndex(reactor, "hub"),
-    )
+    cache, client = _solo_cache(fake, driver)
     try:
         await cache.load_state()  # the count fails: serving goes on with what was counted
         assert cache.state_loaded
