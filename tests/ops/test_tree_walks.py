@@ -118,7 +118,8 @@ async def test_commands_on_a_very_deep_folder(
     result = run_cli("purge-uploads", "--config", str(config), "--age", "1h")
     assert result.code == 0, result
     assert result.out.startswith("purge-uploads: purged 1 upload idle for longer than 1h in ")
-    assert result.err == ""
+    # Nothing but progress lines (a slow machine walks the deep folder for over a second).
+    assert all(" folders listed, " in line for line in result.err.splitlines()), result.err
     assert not await UploadStore(driver, BlobStore(driver)).exists("app", upload)
     result = run_cli("catalog-rebuild", "--config", str(config))
     assert result.code == 0, result
