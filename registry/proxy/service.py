@@ -114,6 +114,8 @@ class ProxyService(MultiService):
         async def run() -> None:
             if self._started is not None:
                 await self._started
+            if not self.running:
+                return  # stopped while the caches loaded: the stop flushes, then closes
             await call()
             if (upstream, what) in self._full:
                 self._full.discard((upstream, what))
