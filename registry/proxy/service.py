@@ -59,6 +59,7 @@ class ProxyService(MultiService):
         # cleared or loaded before this instance may serve the storage.
         self._ready = ready
         self._started: Deferred[Any] | None = None
+        self._stopped = False  # stopService ran: the caches' indexes are closed or closing
         # The periodic writes (upstream, what) that last failed on a full disk: said once, not
         # at every interval while the disk stays full, and said again when one works.
         self._full: set[tuple[str, str]] = set()
@@ -114,7 +115,7 @@ class ProxyService(MultiService):
         async def run() -> None:
             if self._started is not None:
                 await self._started
-            if not self.running:
+            if self._stopped:
                 return  # stopped while the caches loaded: the stop flushes, then closes
             await call()
             if (upstream, what) in self._full:
@@ -152,6 +153,7 @@ class ProxyService(MultiService):
         return Deferred.fromCoroutine(run())
 
     def stopService(self) -> Deferred[Any]:
+        self._stopped = True
         super().stopService()  # type: ignore[no-untyped-call]
 
         async def stop() -> None:
