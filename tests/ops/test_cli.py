@@ -524,6 +524,14 @@ def _orphans(root: Path, count: int) -> None:
     (root / layout.REPOSITORIES).mkdir(parents=True, exist_ok=True)
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as a command started from a terminal has it.  A suite started in the background
+    by a non-interactive shell (``.ci/run &``) ignores SIGINT, its children inherit that, and
+    the reactor, as every POSIX program, leaves an ignored SIGINT ignored: the gc would then
+    run to its end, whatever the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_gc_stopped_by_a_signal_withdraws_records_and_exits_1(
     tmp_path: Path, signal_number: int
@@ -543,7 +551,12 @@ def test_gc_stopped_by_a_signal_withdraws_records_and_exits_1(
     command += ["--concurrency", "1", "--progress-interval", "0.005"]
     for _attempt in range(3):  # a sweep that ended before the signal landed is run again
         child = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+            preexec_fn=_as_from_a_terminal,
         )
         try:
             assert child.stderr is not None
