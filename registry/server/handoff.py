@@ -107,7 +107,9 @@ class Handoff(Service):
             if stream is not None:
                 stream.flush()
         try:
-            self._exec(sys.executable, [sys.executable, "-c", SUPERVISOR], env)
+            # twistd's arguments follow, unread: `ps` and `pgrep -f` then tell which
+            # configuration this supervisor runs, as they do for its workers.
+            self._exec(sys.executable, [sys.executable, "-c", SUPERVISOR, *sys.argv[1:]], env)
         except OSError as exc:  # E2BIG, ENOMEM...: still this process, which must not idle
             reason = exc.strerror or str(exc)
             exit_after_reactor(self.reactor, f"cannot start the supervisor: {reason.lower()}")

@@ -243,6 +243,18 @@ def test_chunked_upload_with_patches_on_both_workers(tree: Tree, tmp_path: Path)
     assert "sha256:" + hashlib.sha256(fetched.body).hexdigest() == digest
 
 
+def test_the_supervisors_command_line_names_its_configuration(tree: Tree, tmp_path: Path) -> None:
+    """``ps`` and ``pgrep -f`` find the whole tree by its configuration file: the supervisor
+    (the pid twistd started as) shows twistd's arguments as its workers do."""
+    config = str(tmp_path / "r.cfg")
+    shown = Path(f"/proc/{tree.child.process.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"from registry.server.supervisor import main; main()" in shown
+    assert shown[shown.index(b"--config") + 1] == config.encode()
+    for pid in tree.pids.values():
+        worker = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert worker[worker.index(b"--config") + 1] == config.encode()
+
+
 def test_a_killed_worker_is_replaced(tree: Tree) -> None:
     victim = tree.pids[1]
     os.kill(victim, signal.SIGKILL)
