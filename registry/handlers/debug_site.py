@@ -24,6 +24,7 @@ from registry.handlers.monitoring import (
     sync_status_answer,
 )
 from registry.http import responses
+from registry.http.unbranded import UnbrandedRequest
 
 
 @attrs.define
@@ -73,6 +74,8 @@ class DebugApp:
 
 class _QuietSite(Site):
     """No access log: a scrape every few seconds and a probe every second would drown it."""
+
+    requestFactory = UnbrandedRequest
 
     def log(self, request: Any) -> None:
         pass

@@ -46,6 +46,7 @@ from registry.http import (
 from registry.http.chunked import ChunkedBodyDecoder
 from registry.http.forwarded import TrustedProxies, client_address
 from registry.http.headers import request_header
+from registry.http.unbranded import UnbrandedRequest
 
 log = Logger()
 
@@ -125,7 +126,7 @@ def _innermost_transport(transport: Any) -> Any:
     return transport
 
 
-class RegistryRequest(server.Request):
+class RegistryRequest(UnbrandedRequest):
     """A Request whose body goes to a sink chosen when its headers arrive."""
 
     sink: BodySink | None = None
@@ -244,9 +245,9 @@ class RegistryRequest(server.Request):
         self.uri = origin_form(target)
         self.path = self.uri.split(b"?", 1)[0]
         channel.persistent = False
-        self.setHeader("Connection", "close")  # type: ignore[no-untyped-call]
-        self.setHeader(*responses.API_VERSION_HEADER)  # type: ignore[no-untyped-call]
-        self.setHeader("Date", http.datetimeToString())  # type: ignore[no-untyped-call]
+        self.setHeader("Connection", "close")
+        self.setHeader(*responses.API_VERSION_HEADER)
+        self.setHeader("Date", http.datetimeToString())
         body = responses.error(self, error)
         server.Request.write(self, body)
         self.answered_early = True

@@ -34,6 +34,8 @@ async def test_base_endpoint(registry: InProcessRegistry) -> None:
     assert response.code == 200
     assert header(response, "docker-distribution-api-version") == "registry/2.0"
     assert json.loads(body) == {}
+    # No framework name and version (registry:2 sends no Server header either).
+    assert not response.headers.hasHeader(b"server")
     response, _ = await get(registry.url + "/v2")
     assert response.code == 200
 
@@ -43,6 +45,7 @@ async def test_unknown_paths_get_oci_errors(registry: InProcessRegistry) -> None
     for path in ("/", "/v1/", "/v2/foo/bar", "/v2/foo/nothing/here"):
         response = await treq.get(registry.url + path)
         assert response.code == 404, path
+        assert not response.headers.hasHeader(b"server")
         assert await error_codes(response) == ["NOT_FOUND"]
 
 

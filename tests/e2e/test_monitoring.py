@@ -495,8 +495,10 @@ async def test_the_debug_listener_answers_an_unknown_sync_with_a_404(
     assert response.headers.getRawHeaders("content-type") == ["application/json"]
     expected = {"code": "NOT_FOUND", "message": "no such sync", "detail": {"sync": "nonesuch"}}
     assert json.loads(body) == {"errors": [expected]}
+    assert not response.headers.hasHeader(b"server")  # no framework name and version
     response, body = await get(f"http://127.0.0.1:{port}/sync/status")
     assert response.code == 200, body
+    assert not response.headers.hasHeader(b"server")
     response, body = await get(f"{registry.url}/sync/status/nonesuch")
     assert response.code == 404  # not served on the main port once the debug listener is
 

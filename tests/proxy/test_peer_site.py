@@ -27,6 +27,7 @@ async def test_a_peer_request_is_one_structured_line() -> None:
         globalLogPublisher.removeObserver(events.append)
         await port.stopListening()
     assert response.code == 404
+    assert not response.headers.hasHeader(b"server")  # no framework name and version
     lines = [formatEvent(e) for e in events if e.get("peer")]
     assert lines == [
         f"peer access method=GET path=/fills/hub/sha256:ab?offset=0 status=404 bytes={len(body)}"

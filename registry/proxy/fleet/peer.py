@@ -49,6 +49,7 @@ from registry.client._body import BodyRelay
 from registry.http.body_head import read_head
 from registry.http.bounded_agent import bounded_agent
 from registry.http.twisted_internals import quiet_pool
+from registry.http.unbranded import UnbrandedRequest
 from registry.proxy.errors import UpstreamError
 from registry.proxy.fill import Fill, TailProducer
 
@@ -168,6 +169,7 @@ class PeerSite(Site):
     At info level: a fleet's instances stream fills to each other all day."""
 
     noisy = False
+    requestFactory = UnbrandedRequest
 
     def log(self, request: Any) -> None:
         client = request.getClientAddress()
