@@ -79,7 +79,8 @@ def _put_headers(result: PutResult, own: str | None) -> dict[str, str]:
 async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     await authorize(ctx, request, [repository(route.name, PULL)])
     manifest = await ctx.manifests.get(route.name, route.reference)
-    if _only_schema1(request):
+    # A schema1 manifest left by registry:2 is served to the old client that asks for it.
+    if _only_schema1(request) and manifest.media_type not in mediatypes.SCHEMA1_TYPES:
         raise RegistryError(
             MANIFEST_UNKNOWN,
             {"reference": route.reference, "mediaType": manifest.media_type},

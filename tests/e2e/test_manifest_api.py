@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest_twisted
 import treq
 from twisted.internet.defer import ensureDeferred, gatherResults
 
 from registry.api import mediatypes as mt
+from registry.api.digests import digest_of
 from registry.handlers.listings import DEFAULT_CATALOG_PAGE
+from registry.storage import layout
 from tests.e2e.client import error_codes, get, header, push_blob, raw_headers, sha256
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry
@@ -498,6 +501,35 @@ async def test_foreign_layer_url_policy(start_registry: Starter) -> None:
         assert response.code == status, url
         if status == 400:
             assert await error_codes(response) == ["MANIFEST_INVALID"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_schema1_manifest_left_by_registry2_is_served_to_schema1_clients(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    """Storage taken over from registry:2 can hold signed schema1 manifests: served by tag and
+    by digest with their own type to every client, the schema1-only ones included (as
+    registry:2 serves them), instead of a 404 telling them to upgrade."""
+    body = samples.schema1(signed=True)
+    digest = digest_of(body)
+    root = tmp_path / "stored"
+    for path, content in [
+        (layout.blob_data(digest), body),
+        (layout.revision_link("old/s1", digest), str(digest).encode()),
+        (layout.tag_current_link("old/s1", "legacy"), str(digest).encode()),
+        (layout.tag_index_link("old/s1", "legacy", digest), str(digest).encode()),
+    ]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(content)
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    for reference in ("legacy", str(digest)):
+        url = f"{registry.url}/v2/old/s1/manifests/{reference}"
+        for accept in ([mt.DOCKER_SCHEMA1_SIGNED], [mt.DOCKER_SCHEMA1], [mt.DOCKER_MANIFEST_V2]):
+            response = await treq.get(url, headers={"Accept": accept})
+            assert response.code == 200, (reference, accept)
+            assert header(response, "content-type") == mt.DOCKER_SCHEMA1_SIGNED
+            assert header(response, "docker-content-digest") == str(digest)
+            assert await response.content() == body
 
 
 @pytest_twisted.ensureDeferred
