@@ -16,8 +16,7 @@ Data written by registry:2 (or by anything that does not note repositories) is f
 `Catalog.rebuild`, a full walk of ``repositories/`` that recognises a repository as a folder
 holding ``_manifests`` or ``_layers`` (a manifest revision, a tag or a layer link: what the
 handlers note) and never descends into ``_`` folders.  An upload alone (``_uploads``, empty
-once purged) does not make a repository: registry:2 (2.8 and later) lists folders holding
-``_manifests``, earlier versions those holding ``_layers``.
+once purged) does not make a repository, as for registry:2's catalog.
 The first listing rebuilds when the ``complete`` marker is missing, which is the case on a
 registry:2 data directory served for the first time; call `Catalog.ensure_index` at start-up
 to do it before the first request, and `Catalog.rebuild` again (an operations task) after
