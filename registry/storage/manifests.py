@@ -302,10 +302,20 @@ class ManifestStore:
             descriptor = referrer_descriptor(manifest, digest, len(body))
             await self.referrers.add(name, manifest.subject.digest, descriptor)
         own_tag = (ref,) if isinstance(ref, str) else ()
-        for tag in dict.fromkeys((*own_tag, *extra_tags)):
+        new_tags = dict.fromkeys((*own_tag, *extra_tags))
+        for tag in new_tags:
             # The link holds the digest as pushed (sha512 included), so a GET by tag answers
             # with the digest the client knows the manifest by.
             await self.tags.set(name, tag, digest)
+        if new_tags and not await self._linked(name, digest):
+            # A delete of this manifest ran meanwhile (another request, another worker) and
+            # removed the revision after it had looked for tags: the tags just set would name
+            # a manifest the repository no longer has, listed and never pullable.  The push
+            # stands, as if it came after the delete (see `delete` for the other order).
+            await self.driver.put_content(layout.revision_link(name, digest), str(digest).encode())
+            if manifest.subject is not None:
+                descriptor = referrer_descriptor(manifest, digest, len(body))
+                await self.referrers.add(name, manifest.subject.digest, descriptor)
         if self.catalog is not None:
             await self.catalog.note_repository(name)
         subject = manifest.subject.digest if manifest.subject is not None else None
@@ -399,15 +409,25 @@ class ManifestStore:
             body: bytes | None = await self.blobs.get_small(ref)
         except RegistryError:
             body = None
-        removed: list[str] = []
-        for tag in await self.tags.tags_for(name, ref):
-            if await self.tags.remove(name, tag):
-                removed.append(tag)
+        # Tags first: a delete cut short (a kill) leaves an untagged manifest, never a tag
+        # naming a removed one.
+        removed = await self._untag_all(name, ref)
         subject = _subject_of(body) if body is not None else None
         if subject is not None:
             await self.referrers.remove(name, subject, ref)
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(layout.revision_dir(name, ref))
+        # A push of the same manifest by tag may have set its tag after the first look and
+        # checked its revision before it went (`put` puts back a revision removed earlier):
+        # looked for again, now that the revision is gone.
+        removed += [tag for tag in await self._untag_all(name, ref) if tag not in removed]
+        return removed
+
+    async def _untag_all(self, name: str, digest: Digest) -> list[str]:
+        removed = []
+        for tag in await self.tags.tags_for(name, digest):
+            if await self.tags.remove(name, tag):
+                removed.append(tag)
         return removed
 
     async def untag(self, name: str, tag: str) -> None:

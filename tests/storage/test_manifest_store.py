@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred, ensureDeferred
 from zope.interface.verify import verifyObject
 
 from registry.api import mediatypes as mt
@@ -435,3 +437,79 @@ def test_recent_manifests_stay_within_their_budget() -> None:
     recent = RecentManifests(budget=10 * len(large))
     recent.add(StoredManifest(digest_of(large), "application/json", large))
     assert recent.get(digest_of(large)) is None
+
+
+class _HeldAt:
+    """The store's driver, holding one call (method and path) until `release`: the point at
+    which another request (another worker) interleaves."""
+
+    def __init__(self, driver: IStorageDriver, method: str, path: str) -> None:
+        self._driver = driver
+        self._method = method
+        self._path = path
+        self.reached: Deferred[None] = Deferred()
+        self._gate: Deferred[None] = Deferred()
+
+    def release(self) -> None:
+        self._gate.callback(None)
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self._driver, name)
+        if name != self._method:
+            return call
+
+        async def held(path: str, *args: Any, **kwargs: Any) -> Any:
+            if path == self._path and not self.reached.called:
+                self.reached.callback(None)
+                await self._gate
+            return await call(path, *args, **kwargs)
+
+        return held
+
+
+async def _every_tag_resolves(store: ManifestStore) -> list[str]:
+    tags = await store.tags.all_tags(NAME)
+    for tag in tags:
+        await store.get(NAME, tag)  # MANIFEST_UNKNOWN: a tag naming a removed manifest
+    return tags
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_pushed_while_its_manifest_is_deleted_is_removed_with_it(
+    driver: IStorageDriver, blobs: BlobStore
+) -> None:
+    """The push sets its tag after the delete looked for tags, and finds the revision still
+    there; the delete then removes the revision, and looks for tags again."""
+    await push_image_blobs(blobs)
+    body = samples.oci_image()
+    digest = (await ManifestStore(driver, blobs).put(NAME, "a", body, None)).digest
+    held = _HeldAt(driver, "delete", layout.revision_dir(NAME, digest))
+    deleter, pusher = ManifestStore(held, blobs), ManifestStore(held, blobs)  # type: ignore[arg-type]
+    deleting = ensureDeferred(deleter.delete(NAME, digest))
+    await held.reached
+    await pusher.put(NAME, "b", body, None)
+    held.release()
+    assert await deleting == ["a", "b"]
+    assert await _every_tag_resolves(ManifestStore(driver, blobs)) == []
+    await raises(MANIFEST_UNKNOWN, ManifestStore(driver, blobs).get(NAME, digest))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_set_after_its_manifest_was_deleted_brings_the_manifest_back(
+    driver: IStorageDriver, blobs: BlobStore
+) -> None:
+    """The whole delete runs between the push's revision and its tag: the push stands, as
+    if it came after the delete, instead of leaving a tag that names nothing."""
+    await push_image_blobs(blobs)
+    body = samples.oci_image()
+    digest = (await ManifestStore(driver, blobs).put(NAME, "a", body, None)).digest
+    held = _HeldAt(driver, "put_content", layout.tag_index_link(NAME, "b", digest))
+    deleter, pusher = ManifestStore(held, blobs), ManifestStore(held, blobs)  # type: ignore[arg-type]
+    pushing = ensureDeferred(pusher.put(NAME, "b", body, None))
+    await held.reached
+    assert await deleter.delete(NAME, digest) == ["a"]
+    held.release()
+    await pushing
+    store = ManifestStore(driver, blobs)
+    assert await _every_tag_resolves(store) == ["b"]
+    assert (await store.get(NAME, "b")).body == body
