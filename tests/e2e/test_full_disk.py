@@ -25,6 +25,7 @@ import treq
 from treq.response import _Response
 from twisted.logger import formatEvent, globalLogPublisher
 
+from registry import failures
 from registry.api import mediatypes as mt
 from registry.ops.health import probe_name
 from tests.e2e.client import (
@@ -328,6 +329,47 @@ async def test_a_refused_reservation_counts_as_a_storage_error(
     errors = "txregistry_storage_errors_total"
     assert moved(before, after, errors, driver="filesystem", operation="writer") == 1
     assert temporary_files(small_disk) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusals_on_a_full_disk_are_one_warning_not_an_error_each(
+    small_disk: Path, start_registry: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client retrying its push on a full disk: the first refusal is a warning saying the
+    storage is full, the next ones info lines, none at error level (whoever alerts on errors
+    is not paged per retry); a minute on, the next refusal warns again, with the count."""
+    clock = [1000.0]
+    monkeypatch.setattr(failures, "_full", failures._FullStorageLines(lambda: clock[0]))
+    registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    url, name = registry.url, "team/app"
+    for blob in (samples.CONFIG, samples.LAYER_1, samples.LAYER_2):
+        await push_blob(url, name, blob)
+    filler = fill(small_disk)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        data = b"a layer on a full disk" * 1000
+        for _ in range(3):
+            await no_space(
+                await treq.post(f"{url}/v2/{name}/blobs/uploads/?digest={sha256(data)}", data=data)
+            )
+            await no_space(await put_manifest(url, name, "v1", samples.oci_image()))
+        clock[0] += failures.FULL_EVERY
+        await no_space(await put_manifest(url, name, "v1", samples.oci_image()))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        filler.unlink()
+    full = [
+        (event["log_level"].name, formatEvent(event))
+        for event in events
+        # A request's refusal (a periodic task meeting the full disk says so in its own words)
+        if "No space left on device" in formatEvent(event)
+        and formatEvent(event).startswith(("storage failure on ", "upload body refused on "))
+    ]
+    assert [level for level, _ in full] == ["warn"] + ["info"] * 5 + ["warn"], full
+    assert "the storage is full: writes answer 503 until there is room; 0 refused" in full[0][1]
+    assert "; 5 refused since the last such line" in full[-1][1]
+    assert not [e for e in events if e["log_level"].name in ("error", "critical")]
 
 
 @pytest_twisted.ensureDeferred
