@@ -13,7 +13,7 @@ as it is, and what txregistry writes is served back by registry:2::
         _manifests/tags/<tag>/index/<alg>/<hex>/link         every digest the tag ever had
         _uploads/<uuid>/data                                 an upload in progress
         _uploads/<uuid>/startedat                            RFC 3339 start time
-        _uploads/<uuid>/hashstates/<alg>/<offset>            registry:2's Go hash state (ignored)
+        _uploads/<uuid>/hashstates/<alg>/<offset>            registry:2's (only offsets read)
         _uploads/<uuid>/txhashstates/<alg>/<offset>          our resumable hash state
       txregistry/                                            our own indexes (registry:2 ignores it)
 
@@ -114,6 +114,11 @@ def upload_data(name: str, upload_id: str) -> str:
 
 def upload_started_at(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def upload_registry2_hashstates(name: str, upload_id: str, algorithm: str) -> str:
+    """registry:2's hash states: only their names (the offsets) are read."""
+    return f"{upload_dir(name, upload_id)}/hashstates/{algorithm}"
 
 
 def upload_hashstates(name: str, upload_id: str, algorithm: str) -> str:

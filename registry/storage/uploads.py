@@ -37,6 +37,7 @@ from registry.api.errors import (
     SIZE_INVALID,
     RegistryError,
 )
+from registry.asyncutil import gather
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import (
@@ -302,11 +303,11 @@ class UploadStore:
         if not await self.exists(name, upload_id):
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"name": name, "upload": upload_id})
 
-    async def _state_offsets(self, name: str, upload_id: str) -> list[int]:
+    async def _state_offsets(self, name: str, upload_id: str, registry2: bool = False) -> list[int]:
+        """The offsets hash states were recorded at (``registry2``: registry:2's)."""
+        folder = layout.upload_registry2_hashstates if registry2 else layout.upload_hashstates
         try:
-            names = await self.driver.list(
-                layout.upload_hashstates(name, upload_id, INLINE_ALGORITHM)
-            )
+            names = await self.driver.list(folder(name, upload_id, INLINE_ALGORITHM))
         except PathNotFoundError:
             return []
         return sorted(int(n) for n in names if n.isdigit())
@@ -318,14 +319,31 @@ class UploadStore:
         return await self._stored_size(name, upload_id)
 
     async def _stored_size(self, name: str, upload_id: str) -> int:
+        """
+        The data file's size; where a driver holds an unfinished file elsewhere (S3 keeps it
+        in a multipart upload, not readable at its path until committed), the path holds
+        nothing, or an older copy (registry:2's S3 driver leaves the bytes of an earlier
+        request there, and a writer that continued from them leaves them as they were).
+        Each request ends by recording a hash state at the offset it reached, ours and
+        registry:2's, and the data only grows: the largest of these offsets and the file's
+        size is the size stored.
+        """
+        found: list[Any] = await gather(
+            self._file_size(name, upload_id),
+            self._state_offsets(name, upload_id),
+            self._state_offsets(name, upload_id, registry2=True),
+        )
+        file: int = found[0]
+        ours: list[int] = found[1]
+        theirs: list[int] = found[2]
+        return max([file, *ours[-1:], *theirs[-1:]])
+
+    async def _file_size(self, name: str, upload_id: str) -> int:
         try:
             info = await self.driver.stat(layout.upload_data(name, upload_id))
-            return info.size
         except PathNotFoundError:
-            # Backends that hold an unfinished file elsewhere (S3 multipart) know the size
-            # from the hash state saved at the end of each request.
-            offsets = await self._state_offsets(name, upload_id)
-            return offsets[-1] if offsets else 0
+            return 0
+        return info.size
 
     async def _size_now(self, name: str, upload_id: str) -> int:
         """The data stored so far while another request writes more (0 when unknown): as

@@ -39,6 +39,7 @@ from registry.storage.driver import (
 )
 from registry.storage.s3 import S3CredentialsError, S3Driver, S3Settings
 from registry.storage.s3 import _lease as s3_lease
+from registry.storage.s3 import _multipart as multipart
 from registry.storage.s3._connections import IO_SIZE
 from registry.storage.s3._lease import LEASE_SUFFIX
 from registry.storage.s3._reader import describe_end
@@ -314,6 +315,62 @@ async def test_presigned_redirect(make_driver: Any) -> None:
     response = await treq.get(await forged.redirect_url("r/blob", "GET"))
     assert response.code == 403
     await treq.content(response)
+
+
+async def foreign_upload(driver: S3Driver, path: str, *parts: tuple[int, bytes]) -> str:
+    """A multipart upload of ``path`` with the given numbered parts and no state object, as
+    registry:2's S3 driver leaves one."""
+    key = driver._key(path)
+    upload_id = await multipart.create(driver._client, key)
+    for number, data in parts:
+        await multipart.upload_part(driver._client, key, upload_id, number, data)
+    return upload_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_another_writer_left_is_completed_and_continued(
+    make_driver: Any,
+) -> None:
+    """
+    A key with no state object and exactly one multipart upload (registry:2's unfinished
+    file) is continued from that upload's bytes, also over an older object at the key; with
+    no part yet, from nothing.  The upload is completed, not left behind.
+    """
+    driver = make_driver(chunksize=5 * MIB)
+    first, last, more = os.urandom(5 * MIB), os.urandom(1234), os.urandom(10)
+    await driver.put_content("r2/data", first[:100])  # registry:2's copy of a first request
+    await foreign_upload(driver, "r2/data", (1, first), (2, last))
+    await foreign_upload(driver, "empty/data")
+    for path, stored in (("r2/data", first + last), ("empty/data", b"")):
+        writer = await driver.writer(path, append=True)
+        assert writer.size == len(stored)
+        await write_all(writer, more, MIB)
+        await writer.commit()
+        await writer.close()
+        assert await read_all(driver, path) == stored + more
+        assert await multipart.uploads_of(driver._client, driver._key(path)) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_left_ambiguous_or_with_a_gap_is_not_continued(
+    make_driver: Any,
+) -> None:
+    """Two uploads of one key (which holds the file?), or one lacking a part (bytes left out):
+    neither is completed; the key goes on as it is (not found, or its object)."""
+    driver = make_driver(chunksize=5 * MIB)
+    await foreign_upload(driver, "two/data", (1, b"one"))
+    await foreign_upload(driver, "two/data", (1, b"two"))
+    await foreign_upload(driver, "gap/data", (1, os.urandom(5 * MIB)), (3, b"three"))
+    for path in ("two/data", "gap/data"):
+        with pytest.raises(PathNotFoundError):
+            await driver.writer(path, append=True)
+        with pytest.raises(PathNotFoundError):
+            await driver.stat(path)
+    await driver.put_content("gap/data", b"kept")
+    writer = await driver.writer("gap/data", append=True)
+    assert writer.size == 4
+    await writer.cancel()
+    assert len(await multipart.uploads_of(driver._client, driver._key("two/data"))) == 2
 
 
 @pytest_twisted.ensureDeferred

@@ -10,12 +10,23 @@ import attrs
 
 from registry.asyncutil import bounded_map
 from registry.storage.driver import StorageError
-from registry.storage.s3._client import Body, S3Client, child_text, header, parse_xml
+from registry.storage.s3._client import (
+    Body,
+    S3Client,
+    child_text,
+    children,
+    header,
+    parse_xml,
+)
 from registry.storage.s3._settings import MIN_PART_SIZE, quote_key
 
 # Server-side part copies are cheap for us but slow for S3: run a few at once.
 COPY_CONCURRENCY = 4
 COPY_PART_SIZE = 1024 * 1024 * 1024
+# S3 numbers parts 1 to 10,000 and lists at most 1,000 uploads or parts a page: the listings
+# below stop after this many pages, a bound far above anything a key can have.
+MAX_PARTS = 10_000
+MAX_PAGES = 100
 
 
 @attrs.frozen
@@ -56,6 +67,62 @@ async def complete(client: S3Client, key: str, upload_id: str, parts: list[Part]
 async def abort(client: S3Client, key: str, upload_id: str) -> None:
     """Abort an upload; one that is already gone is fine."""
     await client.call("DELETE", key, query={"uploadId": upload_id}, missing_ok=True)
+
+
+async def uploads_of(client: S3Client, key: str) -> list[str]:
+    """
+    The ids of the multipart uploads in progress of exactly ``key`` (ListMultipartUploads
+    lists every key that starts with its prefix: those of other keys are left out).
+    """
+    found: list[str] = []
+    query = {"uploads": "", "prefix": key}
+    for _ in range(MAX_PAGES):
+        result = await client.call("GET", query=query)
+        assert result is not None
+        page = parse_xml(result[1])
+        found.extend(
+            child_text(upload, "UploadId")
+            for upload in children(page, "Upload")
+            if child_text(upload, "Key") == key
+        )
+        key_marker = child_text(page, "NextKeyMarker")
+        if child_text(page, "IsTruncated") != "true" or not key_marker:
+            return found
+        query = {
+            "uploads": "",
+            "prefix": key,
+            "key-marker": key_marker,
+            "upload-id-marker": child_text(page, "NextUploadIdMarker"),
+        }
+    raise StorageError(f"S3 listed more than {MAX_PAGES} pages of multipart uploads of {key}")
+
+
+async def list_parts(client: S3Client, key: str, upload_id: str) -> list[Part]:
+    """The parts of an upload in progress, by number (ListParts, every page)."""
+    parts: list[Part] = []
+    query = {"uploadId": upload_id}
+    for _ in range(MAX_PAGES):
+        result = await client.call("GET", key, query=query)
+        assert result is not None
+        page = parse_xml(result[1])
+        try:
+            parts.extend(
+                Part(
+                    int(child_text(part, "PartNumber")),
+                    child_text(part, "ETag"),
+                    int(child_text(part, "Size")),
+                )
+                for part in children(page, "Part")
+            )
+        except ValueError as error:
+            raise StorageError(f"S3 listed a part of {key} unreadably: {error}") from error
+        if len(parts) > MAX_PARTS:
+            raise StorageError(f"S3 listed more than {MAX_PARTS} parts of an upload of {key}")
+        marker = child_text(page, "NextPartNumberMarker")
+        if child_text(page, "IsTruncated") != "true" or not marker:
+            return sorted(parts, key=lambda part: part.number)
+        query = {"uploadId": upload_id, "part-number-marker": marker}
+    raise StorageError(f"S3 listed more than {MAX_PAGES} pages of parts of {key}")
 
 
 def copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:

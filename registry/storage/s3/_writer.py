@@ -27,7 +27,9 @@ and ``cancel`` delete the state object; ``cancel`` also aborts the upload.  A re
 cost is therefore O(5 MiB), never O(file) as in registry:2's complete-and-copy.
 
 Appending to a finished object (no state object) starts from it: under 5 MiB it is read back as
-the tail, larger it becomes the first parts by server-side UploadPartCopy.
+the tail, larger it becomes the first parts by server-side UploadPartCopy.  A file registry:2's
+S3 driver left unfinished has no state object either: its bytes are a multipart upload of the
+key, which is completed first (`_take_over_foreign_upload`), then continued as such an object.
 
 A *staged* writer (`registry.storage.driver.IStagedWrites`) writes a blob straight at its
 content address: the multipart upload's key is the final key, and an unfinished multipart upload
@@ -55,6 +57,7 @@ from typing import IO, Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
@@ -74,6 +77,7 @@ from registry.storage.s3._lease import WriteLease, take_lease
 from registry.storage.s3._multipart import Part
 from registry.storage.s3._settings import MAX_PART_SIZE, MIN_PART_SIZE
 
+_log = Logger()
 STATE_SUFFIX = "~txregistry-upload"
 _STATE_VERSION = 1
 # Parts sent at once: a second one hides the pause S3 takes to store each part; more would
@@ -688,6 +692,7 @@ async def _continue(
     result = await client.call("GET", state_key(key), missing_ok=True)
     if result is not None:
         return _from_state(client, reactor, key, path, result, lease)
+    await _take_over_foreign_upload(client, key, path)
     head = await client.call("HEAD", key, missing_ok=True)
     if head is None:
         # Nothing to continue: cancelled, committed or purged meanwhile.  Creating it here
@@ -705,7 +710,65 @@ async def _continue(
     except BaseException:
         await multipart.abort(client, key, upload_id)
         raise
-    return S3Writer(client, reactor, key, path, upload_id, parts, lease=lease)
+    writer = S3Writer(client, reactor, key, path, upload_id, parts, lease=lease)
+    # No state refers to this upload until the writer's `close` records it: a writer that
+    # rolls back or loses the file aborts it rather than leave it beside the object.
+    writer._own_upload = True
+    return writer
+
+
+async def _take_over_foreign_upload(client: S3Client, key: str, path: str) -> None:
+    """
+    A file with no state object may be one registry:2's S3 driver is writing: it keeps the
+    bytes of an unfinished upload as a multipart upload of the key itself (parts of
+    ``chunksize``, the last one as small as the request left it), and after a second request
+    also a stale copy of the first request's bytes as the object at the key.  Its upload is
+    what holds the file, so exactly one upload of the key is completed here: its bytes become
+    the object at the key, which the caller then continues as any finished file (its bytes
+    are read back to hash them again, which an unfinished upload's cannot be).  Its parts
+    must be numbered 1, 2, ... without a gap (registry:2 sends them one after the other; a
+    gap is a part of a killed writer that never arrived, and would leave bytes out).
+
+    None, several (which one holds the file cannot be told), or one with a gap: the file is
+    left as it is, and is continued from the object at the key if there is one, as before.
+    An upload with no part yet holds no byte: it is given up for an empty object, unless the
+    key holds the file already.
+    """
+    uploads = await multipart.uploads_of(client, key)
+    if len(uploads) != 1:
+        if uploads:
+            _log.warn(
+                "{count} multipart uploads of {path} and no upload state: none continued",
+                count=len(uploads),
+                path=path,
+            )
+        return
+    upload_id = uploads[0]
+    parts = await multipart.list_parts(client, key, upload_id)
+    if [part.number for part in parts] != list(range(1, len(parts) + 1)):
+        _log.warn(
+            "the multipart upload of {path} lacks parts ({numbers}): not continued",
+            path=path,
+            numbers=",".join(str(part.number) for part in parts),
+        )
+        return
+    if not parts:
+        if await client.call("HEAD", key, missing_ok=True) is None:
+            await client.call("PUT", key, body=b"")
+        await multipart.abort(client, key, upload_id)
+        return
+    try:
+        await multipart.complete(client, key, upload_id, parts)
+    except S3Error as error:
+        if error.status == 404:  # NoSuchUpload: aborted meanwhile (cancelled, purged)
+            return
+        raise
+    _log.info(
+        "continuing the upload {path} that another writer (registry:2) left as a multipart "
+        "upload of {size} bytes",
+        path=path,
+        size=sum(part.size for part in parts),
+    )
 
 
 def _from_state(
