@@ -49,9 +49,20 @@ class Registry2Process:
         "  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
     )
 
-    def __init__(self, workdir: Path, root: Path) -> None:
+    # The same, keeping its data in S3 (``S3_STORAGE.format(...)`` for ``storage``).
+    S3_STORAGE = (
+        "  s3:\n    accesskey: {access_key}\n    secretkey: {secret_key}\n"
+        "    region: {region}\n    regionendpoint: {endpoint}\n    forcepathstyle: true\n"
+        "    bucket: {bucket}\n    rootdirectory: {root}\n    secure: false\n"
+        "    v4auth: true\n    chunksize: {chunksize}\n"
+    )
+
+    def __init__(self, workdir: Path, root: Path | None = None, storage: str | None = None) -> None:
+        """``root``: a filesystem storage root; or ``storage``: the lines of another driver's
+        section under ``storage:`` (see `S3_STORAGE`)."""
         self.workdir = workdir
         self.root = root
+        self.storage = storage
         # registry:2 (third-party) is given its address in its config file: the port is
         # probed up front rather than read back from its log.
         self.port = free_port()
@@ -61,9 +72,17 @@ class Registry2Process:
     def start(self) -> None:
         binary = require("docker-registry")
         config = self.workdir / f"registry2-{self.port}.yml"
-        config.write_text(self.CONFIG.format(root=self.root, port=self.port))
+        text = self.CONFIG.format(root=self.root, port=self.port)
+        if self.storage is not None:
+            text = text.replace(f"  filesystem:\n    rootdirectory: {self.root}\n", self.storage)
+        config.write_text(text)
         log = open(self.workdir / "registry2.log", "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+        # registry:2's AWS SDK panics reading a CA bundle named by AWS_CA_BUNDLE that it cannot
+        # parse as it wants (this machine's system bundle); it needs none over plain HTTP.
+        env = {name: value for name, value in os.environ.items() if name != "AWS_CA_BUNDLE"}
+        self.process = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=log, stderr=log, env=env
+        )
         log.close()
         wait_listening(self.port, self.process)
 
