@@ -52,9 +52,14 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 def load_json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; MANIFEST_INVALID for anything else."""
+    """
+    The body as a JSON object; MANIFEST_INVALID for anything else.  UTF-8 only, and no byte
+    order mark: `json.loads` would take bytes in UTF-16 or UTF-32, or behind a BOM, which the
+    JSON decoder of docker, containerd and skopeo refuses, so such a manifest, once accepted,
+    could never be pulled (registry:2 refuses it too).
+    """
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
+        document = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         _invalid("body is not valid JSON", error=str(exc)[:200])
     if not isinstance(document, dict):

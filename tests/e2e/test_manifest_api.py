@@ -33,6 +33,29 @@ async def push_image(url: str, name: str, tag: str, manifest: bytes, content_typ
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_manifest_behind_a_byte_order_mark_is_refused(registry: InProcessRegistry) -> None:
+    """docker, containerd and skopeo cannot decode it: a 400, and nothing stored."""
+    url = registry.url
+    await push_image(url, "bom", "plain", samples.oci_image(), mt.OCI_IMAGE_MANIFEST)
+    for body in (
+        b"\xef\xbb\xbf" + samples.oci_image(),
+        samples.oci_image().decode().encode("utf-16"),
+    ):
+        response = await treq.put(
+            f"{url}/v2/bom/manifests/marked",
+            data=body,
+            headers={"Content-Type": mt.OCI_IMAGE_MANIFEST},
+        )
+        assert response.code == 400
+        assert await error_codes(response) == ["MANIFEST_INVALID"]
+        response = await treq.get(f"{url}/v2/bom/manifests/{sha256(body)}")
+        assert response.code == 404
+        await response.content()
+    response, body = await get(f"{url}/v2/bom/tags/list")
+    assert json.loads(body)["tags"] == ["plain"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_manifest_types_round_trip(registry: InProcessRegistry) -> None:
     image = samples.oci_image()
     docker = samples.docker_image()

@@ -264,6 +264,22 @@ def test_malformed_json(body: bytes) -> None:
     invalid(body, mt.OCI_IMAGE_MANIFEST)
 
 
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: b"\xef\xbb\xbf" + text.encode(),  # a UTF-8 byte order mark
+        lambda text: text.encode("utf-16"),
+        lambda text: text.encode("utf-16-le"),
+        lambda text: text.encode("utf-32"),
+    ],
+)
+def test_a_valid_manifest_not_in_plain_utf8_is_refused(encode: Any) -> None:
+    """Clients decode manifests as UTF-8 without a BOM: anything else, once accepted, could
+    never be pulled."""
+    text = samples.oci_image().decode()
+    invalid(encode(text), mt.OCI_IMAGE_MANIFEST)
+
+
 @pytest.mark.parametrize("version", [None, 0, 3, "2", 2.0, True, [2]])
 def test_wrong_schema_version(version: Any) -> None:
     body = mutate(samples.oci_image(), schemaVersion=version)
