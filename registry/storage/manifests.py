@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
+from twisted.internet.threads import deferToThread
 from zope.interface import Interface, implementer
 
 from registry.api import mediatypes
@@ -158,6 +159,20 @@ class IManifestStore(Interface):
         """Delete a tag only; MANIFEST_UNKNOWN when there is no such tag."""
 
 
+# Manifests from this size on are parsed and validated in a thread: at the largest allowed
+# (4 MiB, tens of thousands of descriptors) that takes the better part of a second, which
+# on the reactor thread every other request of the process would wait.  Smaller ones are
+# parsed in place: the thread hop would cost more than the parse.
+PARSE_IN_THREAD = 256 * 1024
+
+
+async def _parsed(body: bytes, content_type: str | None, url_policy: UrlPolicy) -> ParsedManifest:
+    if len(body) < PARSE_IN_THREAD:
+        return parse_manifest(body, content_type, url_policy)
+    parsed: ParsedManifest = await deferToThread(parse_manifest, body, content_type, url_policy)
+    return parsed
+
+
 def _subject_of(body: bytes) -> Digest | None:
     """The subject digest of stored bytes, leniently (they may predate our validation)."""
     try:
@@ -281,7 +296,7 @@ class ManifestStore:
         check_manifest_size(len(body), self.max_size)
         ref = parse_reference(reference)
         extra_tags = check_tags(tags)
-        manifest = parse_manifest(body, content_type, self.url_policy)
+        manifest = await _parsed(body, content_type, self.url_policy)
         if isinstance(ref, Digest):
             digest = digest_of(body, ref.algorithm)
             if digest != ref:

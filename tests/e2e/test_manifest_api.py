@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import ensureDeferred, gatherResults
@@ -13,6 +16,7 @@ from registry.api import mediatypes as mt
 from registry.api.digests import digest_of
 from registry.handlers.listings import DEFAULT_CATALOG_PAGE
 from registry.storage import layout
+from registry.storage import manifests as manifest_store
 from tests.e2e.client import error_codes, get, header, push_blob, raw_headers, sha256
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry
@@ -53,6 +57,28 @@ async def test_a_manifest_behind_a_byte_order_mark_is_refused(registry: InProces
         await response.content()
     response, body = await get(f"{url}/v2/bom/tags/list")
     assert json.loads(body)["tags"] == ["plain"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_manifest_is_parsed_off_the_reactor_thread(
+    registry: InProcessRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing the largest manifests takes long enough to hold up every other request of the
+    process: they are parsed in a thread, small ones in place; both are stored whole."""
+    on_reactor_thread: list[bool] = []
+    parse = manifest_store.parse_manifest
+
+    def watched(*args: Any) -> Any:
+        on_reactor_thread.append(threading.current_thread() is threading.main_thread())
+        return parse(*args)
+
+    monkeypatch.setattr(manifest_store, "parse_manifest", watched)
+    large = samples.oci_image(annotations={"notes": "x" * manifest_store.PARSE_IN_THREAD})
+    for tag, body in (("small", samples.oci_image()), ("large", large)):
+        await push_image(registry.url, "big", tag, body, mt.OCI_IMAGE_MANIFEST)
+        response, stored = await get(f"{registry.url}/v2/big/manifests/{tag}")
+        assert (response.code, stored) == (200, body)
+    assert on_reactor_thread == [True, False]
 
 
 @pytest_twisted.ensureDeferred
