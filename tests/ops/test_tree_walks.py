@@ -222,7 +222,7 @@ async def test_an_unforeseen_error_never_leaves_the_command_waiting(
         code = await cli_module.run(reactor, args, cli_module.Terminal(out, err))  # type: ignore[arg-type]
     finally:
         stuck.set()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # a liveness bound: stuck, it would never return
     assert code == cli_module.EXIT_FAILED
     assert err.lines == [
         "txregistry purge-uploads: failed: RecursionError: maximum recursion depth exceeded\n"
