@@ -32,6 +32,7 @@ from registry.auth.interfaces import PULL, PUSH, AllowAll, repository
 from registry.failures import log_failure
 from registry.handlers.common import authorize, error_for, query, refuse_if_readonly, url_for
 from registry.handlers.context import RegistryContext
+from registry.handlers.limits import RefusedBody
 from registry.http import responses
 from registry.http.headers import request_header
 from registry.http.ranges import parse_content_range
@@ -75,7 +76,7 @@ async def _body_written(ctx: RegistryContext, request: IRequest, route: Route) -
 
 def upload_sink(
     ctx: RegistryContext, request: RegistryRequest, method: bytes, uri: bytes, length: int | None
-) -> UploadSink[UploadAppender] | None:
+) -> UploadSink[UploadAppender] | RefusedBody | None:
     """The body sink for upload requests (called from `RegistryRequest.gotLength`)."""
     if method not in (b"PATCH", b"PUT", b"POST"):
         return None
@@ -84,8 +85,10 @@ def upload_sink(
         return None
     try:
         route = parse_route(unquote(path[4:].decode("utf-8", "replace")))
-    except RegistryError:
-        return None
+    except RegistryError as error:
+        # An invalid name or reference: the route's own answer (NAME_INVALID, ...), before
+        # the body (no "100 Continue"), not the body limit's 413 once it is sent.
+        return RefusedBody(error)
     # Blank values kept, as twisted.web's ``request.args`` keeps them for the route.
     params = parse_qs(query_bytes.decode("utf-8", "replace"), keep_blank_values=True)
     if route.kind is Kind.UPLOAD and method in (b"PATCH", b"PUT"):

@@ -179,6 +179,34 @@ async def test_expect_continue_refused_before_an_unusable_body_is_sent(
     assert await upload_range(location) == "0-0"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("PATCH", "/v2/UPPER/blobs/uploads/some-upload", "NAME_INVALID"),
+        ("POST", "/v2/UPPER/blobs/uploads/", "NAME_INVALID"),
+        ("PUT", "/v2/team/app/manifests/-bad", "TAG_INVALID"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_body_for_an_invalid_name_is_refused_by_the_name_not_its_size(
+    registry: InProcessRegistry, method: str, path: str, code: str
+) -> None:
+    """A body larger than any limit, to a name or tag that cannot be: the route's 400, from
+    the headers (no "100 Continue"), not a 413 for the body's size."""
+
+    def exchange() -> Answer:
+        with RawUpload(registry.url) as client:
+            client.send_headers(method, path, 200 * MiB, "Expect: 100-continue")
+            answer = client.answer()
+            assert client.closed_by_server()
+            return answer
+
+    answer = await deferToThread(exchange)
+    assert not answer.continued
+    assert answer.status == 400, answer.body
+    assert error_code(answer) == code
+
+
 @pytest_twisted.ensureDeferred
 async def test_expect_continue_welcomed_once_the_upload_is_open(
     registry: InProcessRegistry,
