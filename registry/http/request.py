@@ -185,7 +185,9 @@ class RegistryRequest(UnbrandedRequest):
             transport = _innermost_transport(self.channel.transport)
             if transport is not None and hasattr(transport, "bufferSize"):
                 transport.bufferSize = _UPLOAD_READ_SIZE
-            if self._speaks_http1():
+            # Without a body there is nothing to refuse early: the route answers (a refusal
+            # included) and the connection stays open for the next request.
+            if self._speaks_http1() and length != 0:
                 self._decode_chunks_in_bulk()
                 self._hold_continue()
                 self.sink.watch(self._body_welcome, self._body_refused)

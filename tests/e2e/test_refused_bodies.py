@@ -208,6 +208,27 @@ async def test_a_body_for_an_invalid_name_is_refused_by_the_name_not_its_size(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_refused_request_without_a_body_keeps_its_connection(
+    registry: InProcessRegistry,
+) -> None:
+    """Nothing to stop reading: the refusal is an ordinary answer, and the request pipelined
+    behind it on the same connection is answered too (registry:2 does the same)."""
+
+    def exchange() -> tuple[Answer, Answer]:
+        with RawUpload(registry.url) as client:
+            client.send_headers("PATCH", "/v2/early/blobs/uploads/no-such-upload", 0)
+            client.send(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            return client.answer(), client.answer()
+
+    refused, after = await deferToThread(exchange)
+    assert refused.status == 404
+    assert error_code(refused) == "BLOB_UPLOAD_UNKNOWN"
+    assert "connection" not in refused.headers
+    assert after.status == 200
+    assert json.loads(after.body) == {}
+
+
+@pytest_twisted.ensureDeferred
 async def test_expect_continue_welcomed_once_the_upload_is_open(
     registry: InProcessRegistry,
 ) -> None:
