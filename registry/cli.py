@@ -615,10 +615,13 @@ def _log_observer(err: IO[str], verbose: bool) -> ILogObserver:
     return ILogObserver(observe)
 
 
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line as the command reads it; a usage error exits 2 with one line."""
+    return build_parser().parse_args(_attach_negative_values(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    args = build_parser().parse_args(
-        _attach_negative_values(sys.argv[1:] if argv is None else argv)
-    )
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
     if args.command == "copy":
         copy_command.main(args)
     globalLogBeginner.beginLoggingTo(
