@@ -25,7 +25,7 @@ from registry.ops.notifications.events import Notifier
 from registry.ops.storage_metrics import MeasuredDriver
 from registry.storage.blobs import BlobStore, IBlobStore
 from registry.storage.catalog import Catalog, ICatalog
-from registry.storage.driver import IStorageDriver
+from registry.storage.driver import LOCAL_DRIVERS, IStorageDriver
 from registry.storage.hash_offload import HashThreads
 from registry.storage.manifests import IManifestStore, ManifestStore
 from registry.storage.referrers import IReferrers, ReferrersIndex
@@ -33,8 +33,6 @@ from registry.storage.tags import ITagStore, TagStore
 from registry.storage.uploads import IUploadStore, UploadStore
 from registry.sync.status import SyncBoard
 
-# Drivers whose storage belongs to one process (S3 buckets are shared between instances).
-LOCAL_DRIVERS = ("filesystem", "inmemory")
 # The largest page a client may ask for with ``n`` (tags, catalog, referrers).
 MAX_PAGE = 10_000
 

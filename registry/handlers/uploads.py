@@ -19,6 +19,7 @@ from twisted.web.iweb import IRequest
 from registry.api.digests import Digest
 from registry.api.errors import (
     BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
     DENIED,
     DIGEST_INVALID,
     RANGE_INVALID,
@@ -41,7 +42,7 @@ from registry.http.routes import Kind, Route, parse_route
 from registry.http.upload_sink import UploadSink
 from registry.storage.driver import WriteTakenOver
 from registry.storage.gcguard import GcGuard
-from registry.storage.uploads import UploadAppender, range_error, range_header
+from registry.storage.uploads import CommittedUpload, UploadAppender, range_error, range_header
 
 log = Logger()
 
@@ -66,7 +67,9 @@ def _with_upload_range(
     return error
 
 
-async def _body_written(ctx: RegistryContext, request: IRequest, route: Route) -> UploadAppender:
+async def _body_written(
+    ctx: RegistryContext, request: IRequest, route: Route
+) -> UploadAppender | CommittedUpload:
     """The upload once the request body is stored."""
     try:
         return await _sink(request).result()
@@ -76,7 +79,7 @@ async def _body_written(ctx: RegistryContext, request: IRequest, route: Route) -
 
 def upload_sink(
     ctx: RegistryContext, request: RegistryRequest, method: bytes, uri: bytes, length: int | None
-) -> UploadSink[UploadAppender] | RefusedBody | None:
+) -> UploadSink[UploadAppender | CommittedUpload] | RefusedBody | None:
     """The body sink for upload requests (called from `RegistryRequest.gotLength`)."""
     if method not in (b"PATCH", b"PUT", b"POST"):
         return None
@@ -106,7 +109,8 @@ def upload_sink(
         content_range = request_header(request, "content-range")
         if content_range:  # a PUT may carry the last chunk, and is checked the same way
             chunk = _chunk_range(content_range)
-        return UploadSink(_open_existing(ctx, request, route, chunk, length, staged), explain)
+        prepare = _open_existing(ctx, request, route, chunk, length, staged)
+        return UploadSink[UploadAppender | CommittedUpload](prepare, explain)
     if route.kind is Kind.UPLOADS and method == b"POST" and "digest" in params:
         if params.get("mount", [""])[0]:
             return None
@@ -167,7 +171,9 @@ async def _refuse_chunk_length(
     raise _size_refusal(content_range, length)
 
 
-async def _check_chunk_length(request: IRequest, appender: UploadAppender) -> None:
+async def _check_chunk_length(
+    request: IRequest, appender: UploadAppender | CommittedUpload
+) -> None:
     """
     A chunk sent without ``Content-Length`` (chunked) is measured once it is in: one that is
     not the length its ``Content-Range`` gives is dropped (the upload stays where it was) and
@@ -215,7 +221,14 @@ async def _open_existing(
     chunk: tuple[int, int] | None,
     length: int | None,
     digest: Digest | None = None,
-) -> UploadAppender:
+) -> UploadAppender | CommittedUpload:
+    """
+    Open the upload a ``PATCH`` or a final ``PUT`` (``digest``) writes to.  A ``PUT``
+    without bytes (``Content-Length: 0``, or a chunked body, which must turn out empty) on an
+    upload whose data is gone may be the retry of a commit whose 201 the client never got:
+    answered as that commit when the upload verifiably became ``digest``
+    (`IUploadStore.recover`).
+    """
     refuse_if_readonly(ctx)
     await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
     start = None
@@ -224,7 +237,15 @@ async def _open_existing(
         if start >= 0 and length is not None and last - start + 1 != length:
             content_range = request_header(request, "content-range") or ""
             return await _refuse_chunk_length(ctx, route, content_range, start, length)
-    appender = await ctx.uploads.open(route.name, route.reference, start, length)
+    try:
+        appender = await ctx.uploads.open(route.name, route.reference, start, length)
+    except RegistryError as error:
+        if error.code is not BLOB_UPLOAD_UNKNOWN or digest is None or length:
+            raise
+        committed = await ctx.uploads.recover(route.name, route.reference, digest)
+        if committed is None or start not in (None, committed.size):
+            raise
+        return committed
     return await _staged(appender, digest)
 
 
@@ -269,7 +290,7 @@ async def _refuse_commit(
     raise AssertionError(f"{digest_values[0]!r} parsed here but not in _known_digest")
 
 
-def _sink(request: IRequest) -> UploadSink[UploadAppender]:
+def _sink(request: IRequest) -> UploadSink[UploadAppender | CommittedUpload]:
     sink = getattr(request, "sink", None)
     if not isinstance(sink, UploadSink):
         raise RegistryError(BLOB_UPLOAD_INVALID, {"reason": "request body was not streamed"})

@@ -42,7 +42,7 @@ from registry.storage.manifests import IManifestStore, PutResult, StoredManifest
 from registry.storage.pagination import paginate, parse_count
 from registry.storage.referrers import IReferrers, within_bytes
 from registry.storage.tags import ITagStore
-from registry.storage.uploads import IUploadStore, UploadAppender
+from registry.storage.uploads import CommittedUpload, IUploadStore, UploadAppender
 
 
 @attrs.frozen
@@ -333,8 +333,15 @@ class RoutingUploadStore:
         self._refuse(name)
         return await self.local.open(name, upload_id, start, coming)
 
+    async def recover(self, name: str, upload_id: str, digest: Digest) -> CommittedUpload | None:
+        self._refuse(name)
+        return await self.local.recover(name, upload_id, digest)
+
     async def commit(
-        self, appender: UploadAppender, digest: Digest, expected_size: int | None = None
+        self,
+        appender: UploadAppender | CommittedUpload,
+        digest: Digest,
+        expected_size: int | None = None,
     ) -> int:
         self._refuse(appender.name)
         return await self.local.commit(appender, digest, expected_size)

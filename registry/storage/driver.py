@@ -32,6 +32,12 @@ QUIET_RETRIES: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
+# Drivers whose files are their own: what a writer closed is at its path, read back as it
+# is, and the storage belongs to one host (S3 buckets are shared between instances, and an
+# unfinished file lives beside its key, not at it).
+LOCAL_DRIVERS = ("filesystem", "inmemory")
+
+
 class StorageError(Exception):
     """A backend failure that is not the caller's fault (I/O error, S3 5xx, ...)."""
 

@@ -13,6 +13,11 @@ meanwhile takes the hasher over instead of waiting for it (`registry.storage.upl
 
 One request at a time may append to an upload in this process; a second concurrent one gets
 416 with the current range instead of interleaving bytes.
+
+A commit links the blob, moves the data to it, then removes the upload's folder.  A process
+killed between the move and the removal leaves the folder without its data, and the client,
+which never got its 201, retries the final ``PUT``: `UploadStore.recover` answers it when the
+upload's last recorded hash state proves that it became the blob (`CommittedUpload`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from registry.asyncutil import gather
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import (
+    LOCAL_DRIVERS,
     IFileWriter,
     IStagedWrites,
     IStorageDriver,
@@ -214,6 +220,38 @@ class UploadAppender:
         return (self.name, self.upload_id)
 
 
+@attrs.define
+class CommittedUpload:
+    """
+    An upload that became blob ``digest`` (``size`` bytes) by a commit cut short before the
+    upload's folder was removed (`UploadStore.recover`): it takes no more bytes, and its
+    commit under the same digest only removes that folder.  Stands in for an `UploadAppender`
+    where a final ``PUT`` is retried.
+    """
+
+    name: str
+    upload_id: str
+    digest: Digest
+    size: int
+
+    @property
+    def start(self) -> int:
+        """Where this request's bytes begin: it takes none."""
+        return self.size
+
+    def write(self, data: bytes) -> Deferred[None] | None:
+        """A retried ``PUT`` that brings bytes is not the one that was committed."""
+        if data:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"name": self.name, "upload": self.upload_id})
+        return None
+
+    async def close(self) -> None:
+        pass
+
+    async def discard(self) -> None:
+        pass
+
+
 class IUploadStore(Interface):
     """Every upload operation handlers use (the pull-through wrapper refuses them all for
     proxied names)."""
@@ -227,8 +265,12 @@ class IUploadStore(Interface):
         """Open for appending at ``start`` (416 unless it is the current size); ``coming`` is
         the request's length, for the storage to set aside."""
 
+    def recover(name: str, upload_id: str, digest: Digest) -> Awaitable[CommittedUpload | None]:
+        """The upload whose data is gone, when it verifiably became blob ``digest`` by a
+        commit cut short; None otherwise (the caller answers BLOB_UPLOAD_UNKNOWN)."""
+
     def commit(
-        appender: UploadAppender, digest: Digest, expected_size: int | None = None
+        appender: UploadAppender | CommittedUpload, digest: Digest, expected_size: int | None = None
     ) -> Coroutine[Any, Any, int]:
         """Finish as blob ``digest`` and link it; a mismatch cancels and stores nothing.
         A coroutine, so that handlers can run it shielded from their client leaving."""
@@ -313,9 +355,17 @@ class UploadStore:
         return sorted(int(n) for n in names if n.isdigit())
 
     async def size(self, name: str, upload_id: str) -> int:
-        """Bytes received so far (for ``GET`` on an upload and ``Range`` headers)."""
+        """
+        Bytes received so far (for ``GET`` on an upload and ``Range`` headers).  Where the
+        data is kept at its path (`LOCAL_DRIVERS`), an upload without its data file is
+        unknown: a commit moved it (and was cut short before removing the folder) or it was
+        being removed, and no ``PATCH`` can continue it; its hash states must not make it look
+        like an upload of that many bytes.
+        """
         await self._require(name, upload_id)
         await self._handover.recorded((name, upload_id))
+        if self.driver.name in LOCAL_DRIVERS and not await self._has_data(name, upload_id):
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"name": name, "upload": upload_id})
         return await self._stored_size(name, upload_id)
 
     async def _stored_size(self, name: str, upload_id: str) -> int:
@@ -478,9 +528,46 @@ class UploadStore:
                     layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, previous)
                 )
 
+    async def recover(self, name: str, upload_id: str, digest: Digest) -> CommittedUpload | None:
+        """
+        An upload whose data is gone though its folder is there: a commit moved the data to
+        the blob and its process was killed before removing the folder (the client never got
+        the 201, and retries its ``PUT``).  It became blob ``digest`` if the last hash state
+        recorded (the largest offset) finalizes to ``digest``, and that blob is stored with
+        that size and linked in ``name``: then a `CommittedUpload`, which `commit` finishes.
+        Anything else is None: the data was cancelled, or became another blob, or grew past
+        the last state (a final ``PUT`` that brought bytes), and nothing proves what it was.
+        """
+        if digest.algorithm != INLINE_ALGORITHM or not await self.exists(name, upload_id):
+            return None
+        if await self._has_data(name, upload_id):
+            return None  # not committed: it was being written (a retry opens it then)
+        offsets = await self._state_offsets(name, upload_id)
+        if not offsets or offsets[-1] == 0:
+            return None
+        size = offsets[-1]
+        path = layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, size)
+        try:
+            hashed = DigestingHasher(INLINE_ALGORITHM, await self.driver.get_content(path))
+        except (PathNotFoundError, NotAFileError, ValueError):
+            return None
+        if hashed.digest() != digest:
+            return None
+        stored = await self.blobs.exists(digest)
+        if stored is None or stored.size != size or not await self.blobs.is_linked(name, digest):
+            return None
+        return CommittedUpload(name, upload_id, digest, size)
+
+    async def _has_data(self, name: str, upload_id: str) -> bool:
+        try:
+            await self.driver.stat(layout.upload_data(name, upload_id))
+        except PathNotFoundError:
+            return False
+        return True
+
     async def commit(
         self,
-        appender: UploadAppender,
+        appender: UploadAppender | CommittedUpload,
         digest: Digest,
         expected_size: int | None = None,
     ) -> int:
@@ -488,6 +575,8 @@ class UploadStore:
         Finish the upload as blob ``digest``.  A digest or size that does not match the data
         cancels the upload and stores nothing (registry:2 does the same).  Returns the size.
         """
+        if isinstance(appender, CommittedUpload):
+            return await self._commit_again(appender, digest, expected_size)
         if appender.staged is not None:
             return await self._commit_staged(appender, digest, expected_size)
         name, upload_id = appender.name, appender.upload_id
@@ -573,6 +662,28 @@ class UploadStore:
         await self._link_kept(name, upload_id, digest, linked)
         await self._remove(name, upload_id)
         return size
+
+    async def _commit_again(
+        self, committed: CommittedUpload, digest: Digest, expected_size: int | None
+    ) -> int:
+        """
+        The retried commit of an upload committed already (`recover`): only what the cut
+        commit did not do, the garbage-collection check and the folder's removal.  Another
+        digest or size is not what the upload became: unknown, and the folder stays.
+        """
+        name, upload_id = committed.name, committed.upload_id
+        if digest != committed.digest or expected_size not in (None, committed.size):
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"name": name, "upload": upload_id})
+        await self._link_kept(name, upload_id, digest, linked=True)
+        await self._remove(name, upload_id)
+        log.info(
+            "upload {upload} of {name} was committed as {digest} before its folder was "
+            "removed: its retried PUT is answered, the folder removed",
+            upload=upload_id,
+            name=name,
+            digest=str(digest),
+        )
+        return committed.size
 
     async def _stored_whole(self, digest: Digest, size: int) -> bool:
         """
