@@ -107,6 +107,9 @@ class UploadAppender:
     # The digest the body is staged under (`stage`): the writer then writes at the blob's own
     # path, invisible there until `UploadStore.commit` has checked the digest.
     staged: Digest | None = None
+    # Whether a hash state at `start` is in storage (the hasher was restored from it): one
+    # taken over from the previous request, or hashed again, has none recorded.
+    state_at_start: bool = False
     _closed: bool = False
 
     @property
@@ -467,9 +470,10 @@ class UploadStore:
                     upload_id, size, f"chunk starts at {start}, upload has {size} bytes"
                 )
             if previous is not None and previous.size == size:
-                hasher, offload = previous.hasher, previous.offload
+                hasher, offload, recorded = previous.hasher, previous.offload, False
             else:
-                hasher, offload = await self._resume_hasher(name, upload_id, size), None
+                hasher, recorded = await self._resume_hasher(name, upload_id, size)
+                offload = None
             if coming:
                 await writer.reserve(coming)
         except BaseException:
@@ -478,15 +482,20 @@ class UploadStore:
             raise
         if offload is None and self.hash_threads is not None and releases_gil(INLINE_ALGORITHM):
             offload = OffloadedHasher(hasher, self.hash_threads)
-        return UploadAppender(self, name, upload_id, writer, hasher, size, offload)
+        return UploadAppender(
+            self, name, upload_id, writer, hasher, size, offload, state_at_start=recorded
+        )
 
-    async def _resume_hasher(self, name: str, upload_id: str, size: int) -> DigestingHasher:
+    async def _resume_hasher(
+        self, name: str, upload_id: str, size: int
+    ) -> tuple[DigestingHasher, bool]:
+        """The hasher at ``size``, and whether it was restored from a state recorded there."""
         if size == 0:
-            return DigestingHasher(INLINE_ALGORITHM)
+            return DigestingHasher(INLINE_ALGORITHM), True
         path = layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, size)
         try:
             state = await self.driver.get_content(path)
-            return DigestingHasher(INLINE_ALGORITHM, state)
+            return DigestingHasher(INLINE_ALGORITHM, state), True
         except (PathNotFoundError, NotAFileError, ValueError):
             pass
         log.info(
@@ -495,7 +504,7 @@ class UploadStore:
             name=name,
             size=size,
         )
-        return await self._hash_stored(name, upload_id, INLINE_ALGORITHM, size)
+        return await self._hash_stored(name, upload_id, INLINE_ALGORITHM, size), False
 
     async def _hash_stored(
         self, name: str, upload_id: str, algorithm: str, size: int
@@ -603,6 +612,17 @@ class UploadStore:
                 raise
             linked = False
             if not await self._stored_whole(digest, size):
+                if size and appender.start == size and not appender.state_at_start:
+                    # This PUT brought no bytes and took the hasher over from the last
+                    # request before its state was recorded (or hashed the data again): the
+                    # state goes down now, so that a retry of this PUT after a kill between
+                    # the move and the folder's removal can prove what the upload became
+                    # (`recover`).  A PUT that brought bytes is retried with them, which no
+                    # recovery takes.
+                    await self.driver.put_content(
+                        layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, size),
+                        hasher.serialize(),
+                    )
                 # The link first: a write that fails here (a full disk) fails while the data
                 # is still the upload's, so the client's retry of this PUT finds it.  Moved
                 # first, a failed link left the bytes at their content address and the
