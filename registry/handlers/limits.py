@@ -37,12 +37,18 @@ def body_too_large(limit: int) -> RegistryError:
 
 
 class RefusedBody:
-    """A body sink that refuses the body at once and drops whatever of it still arrives."""
+    """
+    A body sink that refuses the body at once and drops whatever of it still arrives.
+    ``read_through``: whether the rest of the body is read (and dropped) after the answer, so
+    that a client that reads the answer only once it has sent everything sees it; False for
+    a body too large for that, closed unread as a 413 is.
+    """
 
     received = 0
 
-    def __init__(self, error: RegistryError) -> None:
+    def __init__(self, error: RegistryError, read_through: bool = True) -> None:
         self.error = error
+        self.read_through = read_through
 
     def feed(self, data: bytes) -> Deferred[None] | None:
         return None

@@ -89,9 +89,13 @@ def upload_sink(
     try:
         route = parse_route(unquote(path[4:].decode("utf-8", "replace")))
     except RegistryError as error:
-        # An invalid name or reference: the route's own answer (NAME_INVALID, ...), before
-        # the body (no "100 Continue"), not the body limit's 413 once it is sent.
-        return RefusedBody(error)
+        # An invalid name or reference.  A body the registry would take whole is read and
+        # the route answers (NAME_INVALID, ...) as for any request: the connection stays
+        # open.  One announced past every limit is refused by the route's own answer now,
+        # before it is sent (no "100 Continue"), not by the body limit's 413 once it is.
+        limit = max(ctx.config.http.max_body_size, ctx.config.storage.max_manifest_size)
+        too_large = length is not None and length > limit
+        return RefusedBody(error, read_through=False) if too_large else None
     # Blank values kept, as twisted.web's ``request.args`` keeps them for the route.
     params = parse_qs(query_bytes.decode("utf-8", "replace"), keep_blank_values=True)
     if route.kind is Kind.UPLOAD and method in (b"PATCH", b"PUT"):

@@ -258,7 +258,7 @@ class RegistryRequest(UnbrandedRequest):
             site.log(self)
         if close_now:
             self.loseConnection()  # type: ignore[no-untyped-call]
-        elif error.status == 413:
+        elif error.status == 413 or getattr(self.sink, "read_through", True) is False:
             self._close_unread()
         else:
             # A client that stops sending but keeps the connection open is not waited for long.

@@ -208,6 +208,45 @@ async def test_a_body_for_an_invalid_name_is_refused_by_the_name_not_its_size(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_small_body_to_an_invalid_tag_keeps_its_connection(
+    registry: InProcessRegistry,
+) -> None:
+    """A body the registry takes whole is read, and the route's 400 is an ordinary answer:
+    the request pipelined behind it is answered too (registry:2 does the same)."""
+
+    def exchange() -> tuple[Answer, Answer]:
+        with RawUpload(registry.url) as client:
+            client.send_headers("PUT", "/v2/team/app/manifests/-bad", 2)
+            client.send(b"{}GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            return client.answer(), client.answer()
+
+    refused, after = await deferToThread(exchange)
+    assert refused.status == 400
+    assert error_code(refused) == "TAG_INVALID"
+    assert "connection" not in refused.headers
+    assert after.status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_body_to_an_invalid_name_is_not_read_through(
+    registry: InProcessRegistry,
+) -> None:
+    """Past every limit, without "Expect": the name's 400 at once, then the connection is
+    closed without reading the body (as a 413 is)."""
+
+    def exchange() -> Answer:
+        with RawUpload(registry.url) as client:
+            client.send_headers("PATCH", "/v2/UPPER/blobs/uploads/x", 4 * 1024 * MiB)
+            answer = client.answer()
+            assert client.closed_by_server()
+            return answer
+
+    answer = await deferToThread(exchange)
+    assert answer.status == 400
+    assert error_code(answer) == "NAME_INVALID"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_refused_request_without_a_body_keeps_its_connection(
     registry: InProcessRegistry,
 ) -> None:
