@@ -322,15 +322,19 @@ class ManifestStore:
             # The link holds the digest as pushed (sha512 included), so a GET by tag answers
             # with the digest the client knows the manifest by.
             await self.tags.set(name, tag, digest)
-        if new_tags and not await self._linked(name, digest):
+        if not await self._linked(name, digest):
             # A delete of this manifest ran meanwhile (another request, another worker) and
-            # removed the revision after it had looked for tags: the tags just set would name
-            # a manifest the repository no longer has, listed and never pullable.  The push
-            # stands, as if it came after the delete (see `delete` for the other order).
+            # removed the revision after it had looked for tags and referrers: the tags just
+            # set would name a manifest the repository no longer has, listed and never
+            # pullable.  The push stands, as if it came after the delete: the revision, its
+            # referrers entry and its tags again (the delete's second look may have taken
+            # the tags; see `delete`).
             await self.driver.put_content(layout.revision_link(name, digest), str(digest).encode())
             if manifest.subject is not None:
                 descriptor = referrer_descriptor(manifest, digest, len(body))
                 await self.referrers.add(name, manifest.subject.digest, descriptor)
+            for tag in new_tags:
+                await self.tags.set(name, tag, digest)
         if self.catalog is not None:
             await self.catalog.note_repository(name)
         subject = manifest.subject.digest if manifest.subject is not None else None
@@ -432,10 +436,14 @@ class ManifestStore:
             await self.referrers.remove(name, subject, ref)
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(layout.revision_dir(name, ref))
-        # A push of the same manifest by tag may have set its tag after the first look and
-        # checked its revision before it went (`put` puts back a revision removed earlier):
-        # looked for again, now that the revision is gone.
-        removed += [tag for tag in await self._untag_all(name, ref) if tag not in removed]
+        # A push of the same manifest may have set a tag (or its referrers entry) after the
+        # first look and checked its revision before it went: looked for again, now that the
+        # revision is gone.  Unless a push put the revision back meanwhile (`put`): that push
+        # came after this delete, and its tags stand.
+        if not await self._linked(name, ref):
+            removed += [tag for tag in await self._untag_all(name, ref) if tag not in removed]
+            if subject is not None:
+                await self.referrers.remove(name, subject, ref)
         return removed
 
     async def _untag_all(self, name: str, digest: Digest) -> list[str]:

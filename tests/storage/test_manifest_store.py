@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from zope.interface.verify import verifyObject
 
 from registry.api import mediatypes as mt
@@ -443,10 +443,11 @@ class _HeldAt:
     """The store's driver, holding one call (method and path) until `release`: the point at
     which another request (another worker) interleaves."""
 
-    def __init__(self, driver: IStorageDriver, method: str, path: str) -> None:
+    def __init__(self, driver: IStorageDriver, method: str, path: str, skip: int = 0) -> None:
         self._driver = driver
         self._method = method
         self._path = path
+        self._skip = skip  # matching calls let through before the one held
         self.reached: Deferred[None] = Deferred()
         self._gate: Deferred[None] = Deferred()
 
@@ -460,11 +461,20 @@ class _HeldAt:
 
         async def held(path: str, *args: Any, **kwargs: Any) -> Any:
             if path == self._path and not self.reached.called:
-                self.reached.callback(None)
-                await self._gate
+                if self._skip:
+                    self._skip -= 1
+                else:
+                    self.reached.callback(None)
+                    await self._gate
             return await call(path, *args, **kwargs)
 
         return held
+
+
+async def _until_held(held: _HeldAt, running: Deferred[Any]) -> None:
+    """Until the call is held; a run that ends without making it fails the test."""
+    await DeferredList([held.reached, running], fireOnOneCallback=True, fireOnOneErrback=True)
+    assert held.reached.called, "the held call was never made"
 
 
 async def _every_tag_resolves(store: ManifestStore) -> list[str]:
@@ -513,3 +523,48 @@ async def test_a_tag_set_after_its_manifest_was_deleted_brings_the_manifest_back
     store = ManifestStore(driver, blobs)
     assert await _every_tag_resolves(store) == ["b"]
     assert (await store.get(NAME, "b")).body == body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_that_put_the_revision_back_keeps_its_tag(
+    driver: IStorageDriver, blobs: BlobStore
+) -> None:
+    """The push runs whole after the delete removed the revision and before the delete's
+    second look for tags: it came after the delete, and its tag stands."""
+    await push_image_blobs(blobs)
+    body = samples.oci_image()
+    digest = (await ManifestStore(driver, blobs).put(NAME, "a", body, None)).digest
+    # The delete reads the revision link twice: whether it exists, then whether it came back.
+    held = _HeldAt(driver, "get_content", layout.revision_link(NAME, digest), skip=1)
+    deleting = ensureDeferred(ManifestStore(held, blobs).delete(NAME, digest))  # type: ignore[arg-type]
+    await _until_held(held, deleting)
+    await ManifestStore(driver, blobs).put(NAME, "b", body, None)
+    held.release()
+    assert await deleting == ["a"]
+    store = ManifestStore(driver, blobs)
+    assert await _every_tag_resolves(store) == ["b"]
+    assert (await store.get(NAME, "b")).body == body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_referrer_pushed_while_it_is_deleted_leaves_no_stale_entry(
+    driver: IStorageDriver, blobs: BlobStore
+) -> None:
+    """The push of a referrer (by digest) adds its entry after the delete removed it, and
+    finds the revision still there; the delete then removes the revision, and the entry."""
+    await push_image_blobs(blobs)
+    await push_blob(blobs, NAME, samples.SIGNATURE)
+    image = samples.oci_image()
+    subject = (await ManifestStore(driver, blobs).put(NAME, "image", image, None)).digest
+    signature = samples.artifact(image)
+    digest = digest_of(signature)
+    await ManifestStore(driver, blobs).put(NAME, str(digest), signature, None)
+    held = _HeldAt(driver, "delete", layout.revision_dir(NAME, digest))
+    deleting = ensureDeferred(ManifestStore(held, blobs).delete(NAME, digest))  # type: ignore[arg-type]
+    await _until_held(held, deleting)
+    await ManifestStore(driver, blobs).put(NAME, str(digest), signature, None)
+    held.release()
+    await deleting
+    store = ManifestStore(driver, blobs)
+    await raises(MANIFEST_UNKNOWN, store.get(NAME, digest))
+    assert await store.referrers.list_referrers(NAME, subject) == []
