@@ -84,8 +84,9 @@ async def get_manifest(ctx: RegistryContext, request: IRequest, route: Route) ->
         raise RegistryError(
             MANIFEST_UNKNOWN,
             {"reference": route.reference, "mediaType": manifest.media_type},
-            "the client accepts only Docker schema1 manifests, which this registry does not "
-            "serve; upgrade the client (docker 1.10 or later) to pull schema2/OCI",
+            "the client accepts only Docker schema1 manifests, and this manifest is not one "
+            "(schema1 is never converted to); upgrade the client (docker 1.10 or later) to "
+            "pull schema2/OCI",
         )
     validators = {"Docker-Content-Digest": str(manifest.digest), "ETag": f'"{manifest.digest}"'}
     if conditional.none_match(request, validators["ETag"]):
