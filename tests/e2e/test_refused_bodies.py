@@ -208,26 +208,6 @@ async def test_a_body_for_an_invalid_name_is_refused_by_the_name_not_its_size(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_small_body_to_an_invalid_tag_keeps_its_connection(
-    registry: InProcessRegistry,
-) -> None:
-    """A body the registry takes whole is read, and the route's 400 is an ordinary answer:
-    the request pipelined behind it is answered too (registry:2 does the same)."""
-
-    def exchange() -> tuple[Answer, Answer]:
-        with RawUpload(registry.url) as client:
-            client.send_headers("PUT", "/v2/team/app/manifests/-bad", 2)
-            client.send(b"{}GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
-            return client.answer(), client.answer()
-
-    refused, after = await deferToThread(exchange)
-    assert refused.status == 400
-    assert error_code(refused) == "TAG_INVALID"
-    assert "connection" not in refused.headers
-    assert after.status == 200
-
-
-@pytest_twisted.ensureDeferred
 async def test_a_large_body_to_an_invalid_name_is_not_read_through(
     registry: InProcessRegistry,
 ) -> None:
@@ -246,22 +226,31 @@ async def test_a_large_body_to_an_invalid_name_is_not_read_through(
     assert error_code(answer) == "NAME_INVALID"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        # Without a body there is nothing to stop reading.
+        ("PATCH", "/v2/early/blobs/uploads/no-such-upload", b"", 404, "BLOB_UPLOAD_UNKNOWN"),
+        # A body the registry takes whole is read, then the route answers.
+        ("PUT", "/v2/team/app/manifests/-bad", b"{}", 400, "TAG_INVALID"),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_a_refused_request_without_a_body_keeps_its_connection(
-    registry: InProcessRegistry,
+async def test_a_refusal_of_a_body_read_whole_keeps_its_connection(
+    registry: InProcessRegistry, method: str, path: str, body: bytes, status: int, code: str
 ) -> None:
-    """Nothing to stop reading: the refusal is an ordinary answer, and the request pipelined
-    behind it on the same connection is answered too (registry:2 does the same)."""
+    """The refusal is an ordinary answer, and the request pipelined behind it on the same
+    connection is answered too (registry:2 does the same)."""
 
     def exchange() -> tuple[Answer, Answer]:
         with RawUpload(registry.url) as client:
-            client.send_headers("PATCH", "/v2/early/blobs/uploads/no-such-upload", 0)
-            client.send(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.send_headers(method, path, len(body))
+            client.send(body + b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
             return client.answer(), client.answer()
 
     refused, after = await deferToThread(exchange)
-    assert refused.status == 404
-    assert error_code(refused) == "BLOB_UPLOAD_UNKNOWN"
+    assert refused.status == status
+    assert error_code(refused) == code
     assert "connection" not in refused.headers
     assert after.status == 200
     assert json.loads(after.body) == {}
