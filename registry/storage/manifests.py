@@ -436,14 +436,13 @@ class ManifestStore:
             await self.referrers.remove(name, subject, ref)
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(layout.revision_dir(name, ref))
-        # A push of the same manifest may have set a tag (or its referrers entry) after the
-        # first look and checked its revision before it went: looked for again, now that the
-        # revision is gone.  Unless a push put the revision back meanwhile (`put`): that push
-        # came after this delete, and its tags stand.
+        # A push of the same manifest may have set a tag after the first look and checked its
+        # revision before it went: looked for again, now that the revision is gone.  Unless a
+        # push put the revision back meanwhile (`put`): that push came after this delete, and
+        # its tags stand.  (A referrers entry such a push added is not listed without its
+        # revision: `ReferrersIndex.page`.)
         if not await self._linked(name, ref):
             removed += [tag for tag in await self._untag_all(name, ref) if tag not in removed]
-            if subject is not None:
-                await self.referrers.remove(name, subject, ref)
         return removed
 
     async def _untag_all(self, name: str, digest: Digest) -> list[str]:

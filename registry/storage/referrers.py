@@ -171,6 +171,24 @@ class ReferrersIndex:
             return None
         return descriptor if isinstance(descriptor, dict) else None
 
+    async def _still_stored(self, name: str, descriptor: dict[str, Any]) -> bool:
+        """
+        Whether the repository still has the referrer (its revision link): an entry can
+        outlive its manifest when a push of the manifest and its delete run at once in two
+        requests (the push adds the entry back after the delete removed it, and the delete
+        then removes the revision).  Never listed then, rather than removed by the delete a
+        second time, which could take the entry of a push that came after it.
+        """
+        text = descriptor.get("digest")
+        if not isinstance(text, str):
+            return False
+        try:
+            digest = Digest.parse(text)
+            link = await self.driver.get_content(layout.revision_link(name, digest))
+        except (RegistryError, PathNotFoundError, NotAFileError):
+            return False
+        return link.decode("ascii", "replace").strip() == text
+
     async def page(
         self,
         name: str,
@@ -199,6 +217,8 @@ class ReferrersIndex:
                 continue
             self._remember(key, descriptor)
             if artifact_type is not None and descriptor.get("artifactType") != artifact_type:
+                continue
+            if not await self._still_stored(name, descriptor):
                 continue
             if count is not None and len(found) == count:
                 return found, True

@@ -568,3 +568,30 @@ async def test_a_referrer_pushed_while_it_is_deleted_leaves_no_stale_entry(
     store = ManifestStore(driver, blobs)
     await raises(MANIFEST_UNKNOWN, store.get(NAME, digest))
     assert await store.referrers.list_referrers(NAME, subject) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_referrer_pushed_after_its_delete_decided_stays_listed(
+    driver: IStorageDriver, blobs: BlobStore
+) -> None:
+    """The delete saw its revision gone and is about to look for tags again when the push of
+    the same referrer runs whole (and finds its revision in place): the push came after the
+    delete, so its referrers entry stays listed with its manifest."""
+    await push_image_blobs(blobs)
+    await push_blob(blobs, NAME, samples.SIGNATURE)
+    image = samples.oci_image()
+    subject = (await ManifestStore(driver, blobs).put(NAME, "image", image, None)).digest
+    signature = samples.artifact(image)
+    digest = digest_of(signature)
+    await ManifestStore(driver, blobs).put(NAME, str(digest), signature, None)
+    # The delete lists the tags twice: before it removes the revision, and after.
+    held = _HeldAt(driver, "list", layout.tags_dir(NAME), skip=1)
+    deleting = ensureDeferred(ManifestStore(held, blobs).delete(NAME, digest))  # type: ignore[arg-type]
+    await _until_held(held, deleting)
+    await ManifestStore(driver, blobs).put(NAME, str(digest), signature, None)
+    held.release()
+    await deleting
+    store = ManifestStore(driver, blobs)
+    assert (await store.get(NAME, digest)).body == signature
+    listed = await store.referrers.list_referrers(NAME, subject)
+    assert [entry["digest"] for entry in listed] == [str(digest)]
