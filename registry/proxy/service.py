@@ -63,6 +63,10 @@ class ProxyService(MultiService):
         # The periodic writes (upstream, what) that last failed on a full disk: said once, not
         # at every interval while the disk stays full, and said again when one works.
         self._full: set[tuple[str, str]] = set()
+        # Periodic writes under way: the stop waits for them before its own flush and the
+        # close (a flush still copying the index when it closed had its thread pool stopped
+        # under it, and was left suspended for good).
+        self._running: set[Deferred[Any]] = set()
         for cache in caches:
             config = cache.config
             TimerService(
@@ -140,6 +144,14 @@ class ProxyService(MultiService):
 
         d = Deferred.fromCoroutine(run())
         d.addErrback(failed)
+        if not d.called:
+            self._running.add(d)
+
+            def done(result: object) -> object:
+                self._running.discard(d)
+                return result
+
+            d.addBoth(done)
         return d
 
     def _log_summary(self, cache: ProxyCache) -> Deferred[None]:
@@ -157,6 +169,8 @@ class ProxyService(MultiService):
         super().stopService()  # type: ignore[no-untyped-call]
 
         async def stop() -> None:
+            if self._running:  # their errors are logged by `_guard` already
+                await DeferredList(list(self._running), consumeErrors=True)
             for cache in self.caches:
                 cache.reads.stop()
                 try:

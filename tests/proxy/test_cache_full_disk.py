@@ -167,6 +167,18 @@ def test_a_periodic_write_failing_on_a_full_disk_is_said_once_until_it_works(
     ]
 
 
+def test_the_stop_waits_for_a_periodic_write_under_way() -> None:
+    """A flush still copying the index when the stop closed it had its thread pool stopped
+    under it: the stop waits for it before its own flush and the close."""
+    service = ProxyService([])
+    held: Deferred[None] = Deferred()
+    service._guard(lambda: held, "state flush", "hub")
+    stopping = service.stopService()
+    assert not stopping.called
+    held.callback(None)
+    assert stopping.called
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_blob_stored_for_another_repository_is_served_on_a_full_disk(
     small_disk: Path,  # noqa: F811
