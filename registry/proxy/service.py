@@ -63,10 +63,12 @@ class ProxyService(MultiService):
         # The periodic writes (upstream, what) that last failed on a full disk: said once, not
         # at every interval while the disk stays full, and said again when one works.
         self._full: set[tuple[str, str]] = set()
-        # Periodic writes under way: the stop waits for them before its own flush and the
-        # close (a flush still copying the index when it closed had its thread pool stopped
-        # under it, and was left suspended for good).
-        self._running: set[Deferred[Any]] = set()
+        # Periodic writes under way (each fires when its write ends): the stop waits for
+        # them before its own flush and the close (a flush still copying the index when it
+        # closed had its thread pool stopped under it, and was left suspended for good).
+        # Not the writes still waiting for the caches to load: a start that fails never
+        # loads them, and its stop must not wait.
+        self._writing: set[Deferred[None]] = set()
         for cache in caches:
             config = cache.config
             TimerService(
@@ -121,7 +123,13 @@ class ProxyService(MultiService):
                 await self._started
             if self._stopped:
                 return  # stopped while the caches loaded: the stop flushes, then closes
-            await call()
+            writing: Deferred[None] = Deferred()
+            self._writing.add(writing)
+            try:
+                await call()
+            finally:
+                self._writing.discard(writing)
+                writing.callback(None)
             if (upstream, what) in self._full:
                 self._full.discard((upstream, what))
                 log.info("proxy {upstream}: {what} works again", upstream=upstream, what=what)
@@ -144,14 +152,6 @@ class ProxyService(MultiService):
 
         d = Deferred.fromCoroutine(run())
         d.addErrback(failed)
-        if not d.called:
-            self._running.add(d)
-
-            def done(result: object) -> object:
-                self._running.discard(d)
-                return result
-
-            d.addBoth(done)
         return d
 
     def _log_summary(self, cache: ProxyCache) -> Deferred[None]:
@@ -169,8 +169,8 @@ class ProxyService(MultiService):
         super().stopService()  # type: ignore[no-untyped-call]
 
         async def stop() -> None:
-            if self._running:  # their errors are logged by `_guard` already
-                await DeferredList(list(self._running), consumeErrors=True)
+            if self._writing:
+                await DeferredList(list(self._writing))
             for cache in self.caches:
                 cache.reads.stop()
                 try:

@@ -179,6 +179,16 @@ def test_the_stop_waits_for_a_periodic_write_under_way() -> None:
     assert stopping.called
 
 
+def test_the_stop_does_not_wait_for_writes_waiting_for_a_start_that_failed() -> None:
+    """A start that fails (Redis away, another instance on the storage) never loads the
+    caches: the periodic writes still waiting for that are not waited for, and the process
+    exits with its one line."""
+    service = ProxyService([])
+    service._started = Deferred()  # the caches still loading: a failed start never ends it
+    service._guard(lambda: Deferred(), "state flush", "hub")
+    assert service.stopService().called
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_blob_stored_for_another_repository_is_served_on_a_full_disk(
     small_disk: Path,  # noqa: F811
