@@ -44,13 +44,13 @@ from registry.manifests import (
     stored_media_type,
 )
 from registry.storage import layout
-from registry.storage.blobs import BlobStore, damaged
+from registry.storage.blobs import BlobStore
 from registry.storage.catalog import Catalog
-from registry.storage.driver import IStorageDriver, NotAFileError, PathNotFoundError
+from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.gcguard import GcGuard
 from registry.storage.listing import digest_folders
 from registry.storage.referrers import ReferrersIndex, referrer_descriptor
-from registry.storage.repositories import repository_exists
+from registry.storage.repositories import repository_exists, revision_linked
 from registry.storage.tags import TagStore
 
 # The distribution-spec asks registries to accept at least 4 MiB; registry:2 also uses 4 MiB.
@@ -250,14 +250,7 @@ class ManifestStore:
 
     async def _linked(self, name: str, digest: Digest) -> bool:
         """Whether the repository's revision link for ``digest`` is there."""
-        try:
-            link = await self.driver.get_content(layout.revision_link(name, digest))
-        except PathNotFoundError:
-            return False
-        except NotAFileError as exc:
-            damaged(exc)
-            return False
-        return link.decode("ascii", "replace").strip() == str(digest)
+        return await revision_linked(self.driver, name, digest)
 
     async def resolve(self, name: str, reference: str | Digest) -> Digest:
         """The digest a tag or digest reference names in the repository, if it has it."""

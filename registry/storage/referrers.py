@@ -28,6 +28,7 @@ from registry.storage.blobs import damaged
 from registry.storage.driver import IStorageDriver, NotAFileError, PathNotFoundError
 from registry.storage.listing import digest_folders, list_or_empty
 from registry.storage.pagination import parse_count
+from registry.storage.repositories import revision_linked
 
 
 def referrer_descriptor(manifest: ParsedManifest, digest: Digest, size: int) -> dict[str, Any]:
@@ -184,10 +185,9 @@ class ReferrersIndex:
             return False
         try:
             digest = Digest.parse(text)
-            link = await self.driver.get_content(layout.revision_link(name, digest))
-        except (RegistryError, PathNotFoundError, NotAFileError):
+        except RegistryError:
             return False
-        return link.decode("ascii", "replace").strip() == text
+        return await revision_linked(self.driver, name, digest)
 
     async def page(
         self,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from registry.api.digests import Digest
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.blobs import damaged
+from registry.storage.driver import IStorageDriver, NotAFileError, PathNotFoundError
 
 # Folders that make their parent a repository: manifests and tags, or layer links (the live
 # catalog notes a repository at its first blob link too).  registry:2 2.8 looks for
@@ -27,3 +29,15 @@ async def repository_exists(driver: IStorageDriver, name: str) -> bool:
     except PathNotFoundError:
         return False
     return holds_repository(children)
+
+
+async def revision_linked(driver: IStorageDriver, name: str, digest: Digest) -> bool:
+    """Whether the repository has manifest ``digest``: its revision link, naming it."""
+    try:
+        link = await driver.get_content(layout.revision_link(name, digest))
+    except PathNotFoundError:
+        return False
+    except NotAFileError as exc:
+        damaged(exc)
+        return False
+    return link.decode("ascii", "replace").strip() == str(digest)

@@ -551,7 +551,8 @@ async def test_a_referrer_pushed_while_it_is_deleted_leaves_no_stale_entry(
     driver: IStorageDriver, blobs: BlobStore
 ) -> None:
     """The push of a referrer (by digest) adds its entry after the delete removed it, and
-    finds the revision still there; the delete then removes the revision, and the entry."""
+    finds the revision still there; the delete then removes the revision: the entry left
+    behind is not listed."""
     await push_image_blobs(blobs)
     await push_blob(blobs, NAME, samples.SIGNATURE)
     image = samples.oci_image()
