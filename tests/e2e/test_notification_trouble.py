@@ -251,13 +251,17 @@ async def test_an_answer_body_that_never_ends_is_cut_off(
     sees it go before the body ended), and the next POST works."""
     receiver.endless = stream
     registry = await start_registry(
-        {"notifications:ci": endpoint(receiver.url, timeout="500ms", maxbackoff="1s")}
+        {"notifications:ci": endpoint(receiver.url, timeout="2s", maxbackoff="1s")}
     )
     notifier = notifier_of(registry)
     await push_small_image(registry.url, "team/app", "v1")
     await receiver.wait_events(2)
-    await receiver.wait_for(lambda: receiver.cut == 1, within=5.0)
-    await wait_until(lambda: notifier.stats()["ci"]["delivered"] == 2, within=5.0)
+    await wait_until(lambda: notifier.stats()["ci"]["delivered"] == 2, within=10.0)
+    # The two events went in one POST, or in two when the manifest came more than batchwait
+    # after the blob: every one of those answers was cut.
+    endless = len(receiver.deliveries)
+    assert endless in (1, 2)
+    await receiver.wait_for(lambda: receiver.cut == endless, within=10.0)
     receiver.endless = None
     await push_small_image(registry.url, "team/app", "v2")
     events = await receiver.wait_events(4, within=5.0)
@@ -270,7 +274,7 @@ async def test_an_answer_body_that_never_ends_is_cut_off(
         "errors": 0,
         "dropped": 0,
     }
-    assert receiver.cut == 1 and len(receiver.deliveries) == 2
+    assert receiver.cut == endless and len(receiver.deliveries) > endless
     assert not [line for line in captured_logs if "POST to ci failed" in line]
 
 
