@@ -37,6 +37,7 @@ from registry import fdlimit
 from registry.api.errors import RegistryError
 from registry.http import (
     head_deadline,
+    line_ends,
     misdirected,
     oversized,
     reasons,
@@ -443,6 +444,8 @@ class RegistrySite(server.Site):
             misdirected.refuse_tls(protocol, answered)
             oversized.answer_long_lines(protocol, answered)
             head_deadline.limit_head_time(protocol, self.reactor.callLater, answered)
+            # After the deadline's wrapper: a head refused at once starts no deadline.
+            line_ends.refuse_bare_lf(protocol, answered)
         return protocol
 
     def answered_without_request(self, addr: Any, status: int, sent: int) -> None:

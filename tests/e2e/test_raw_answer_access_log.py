@@ -1,6 +1,7 @@
 """
 Answers written before twisted.web made a request of what came (a TLS handshake on a plain
-port: 400; a head line over 16 KiB: 431; a head dripped past ``[http] timeout``: 408) get their
+port: 400; a head line over 16 KiB: 431; a head line ending in a bare LF: 400; a head dripped
+past ``[http] timeout``: 408) get their
 access-log line, one each, like every answered request: they had none, so refused clients did
 not show in the log at all.
 """
@@ -27,6 +28,7 @@ async def test_each_raw_answer_has_one_access_line(
     for send, status in (
         (lambda: exchange(where, client_hello()), 400),
         (lambda: exchange(where, long_line), 431),
+        (lambda: exchange(where, b"GET /v2/ HTTP/1.1\nHost: 127.0.0.1\n\n"), 400),
         (lambda: drip(where), 408),
     ):
         before = len(access_events)
