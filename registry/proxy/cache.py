@@ -1040,6 +1040,8 @@ class ProxyCache:
             if fill.relay is None and writer is not None:
                 try:
                     await writer.commit()
+                    if fill.keep and not await self._still_reserved(fill):
+                        fill.keep = await self._make_room(fill)
                     if fill.keep:
                         await self.driver.move(fill.path, fill.final_path)
                 except StorageError as exc:
@@ -1616,6 +1618,33 @@ class ProxyCache:
                 await self.space.wait_for_change(min(remaining, poll))
         waited = f"no room was made within space_wait ({self.config.space_wait:g}s)"
         self._not_kept(fill, waited, limit)
+        return False
+
+    async def _still_reserved(self, fill: Fill) -> bool:
+        """Before a kept fill's blob goes to its address: whether the room reserved for it
+        still counts.  In a fleet a reservation lapses when its instance renews it late (it
+        stalled), and other instances may have filled that room meanwhile: the fill then
+        makes room again (`_make_room`) or is not kept, instead of taking the cache over
+        ``max_size``.  Redis out of reach: the reservation is taken as still counting
+        (nobody can be admitted against it without Redis either)."""
+        if self.ledger is None or self.config.max_size is None:
+            return True
+        digest = str(fill.digest)
+        try:
+            if await self.ledger.still_reserved(digest, self.now()):
+                return True
+        except RedisUnavailable as exc:
+            log_redis(
+                log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
+            )
+            return True
+        log.warn(
+            "proxy {upstream}: the room reserved for {digest} ({size} bytes) lapsed before it "
+            "was stored (this instance renewed it late): making room again",
+            upstream=self.name,
+            digest=digest,
+            size=fill.size,
+        )
         return False
 
     async def _room_for_manifest(self, key: str, size: int) -> bool:

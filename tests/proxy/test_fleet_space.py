@@ -9,9 +9,11 @@ with a real Redis, in front of the fake upstream.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
@@ -185,4 +187,74 @@ async def test_parallel_fills_on_several_instances_stay_under_max_size(
             assert f"cached docker.io/library/alpine@{digest}" in logs
     finally:
         redis_server.command("DEL", LOCK)
+        running.stop()
+
+
+def _reserved_now(redis_server: RedisServer) -> bytes:  # noqa: F811
+    """The reservations that count now (a ``ZCOUNT`` reply)."""
+    return redis_server.command("ZCOUNT", "txregistry:reserved:hub", str(time.time()), "+inf")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reservation_that_lapsed_under_a_stall_is_made_again_before_the_blob_is_stored(
+    tmp_path: Path,
+    s3_server: S3Server,
+    redis_server: RedisServer,  # noqa: F811
+    fake: FakeUpstream,  # noqa: F811
+) -> None:
+    """max_size holds one layer.  The instance filling the first layer stalls (stopped) past
+    its reservation's renewals: the reservation lapses, and the other instance fills a second
+    layer in that room.  Once the first instance goes on, its fill found the reservation
+    gone and made room again (evicting the second layer) before storing its blob: the
+    bucket never held both.  It used to store it all the same: two layers in the bucket."""
+    running = Fleet(
+        tmp_path,
+        s3_server,
+        redis_server,
+        fake.url,
+        size=2,
+        max_size=str(LAYER),
+        space_wait="60s",
+        timeout="60s",
+    )
+    running.start()
+    stalled = psutil.Process(running.instances[0].pid)
+    try:
+        image = fake.content.add_image("library/alpine", "latest", [LAYER] * 2)
+        first, second = (layer.digest for layer in image.layers)
+        hold = fake.hold_body(first, HELD_AT)
+        pulling = begin(blob_url(running.instances[0], first))
+        # (The upstream sends before the fill has its room: its reservation comes after.)
+        await wait_until(lambda: hold.arrived == 1, within=60)
+        await wait_until(lambda: _reserved_now(redis_server) == b":1\r\n", within=30)
+        tree = [stalled, *stalled.children(recursive=True)]
+        for process in tree:
+            process.suspend()
+        try:
+            await wait_until(lambda: _reserved_now(redis_server) == b":0\r\n", within=30)
+            other = await start_pull(blob_url(running.instances[1], second))
+            await other.done
+            assert (other.code, other.digest) == (200, second)
+            await wait_until(
+                lambda: (
+                    redis_server.command("HEXISTS", "txregistry:index:hub", f"b|{second}")
+                    == b":1\r\n"
+                ),
+                within=30,
+            )
+            assert running.stored_blob_bytes() == LAYER
+        finally:
+            for process in tree:
+                process.resume()
+        hold.release()
+        pull = await pulling
+        await pull.done
+        assert (pull.code, pull.digest) == (200, first)
+        cached = f"cached docker.io/library/alpine@{first}"
+        await wait_until(lambda: cached in running.instances[0].log_text(), within=60)
+        assert running.stored_blob_bytes() == LAYER
+        log = running.instances[0].log_text()
+        assert f"the room reserved for {first} ({LAYER} bytes) lapsed" in log
+        assert "without keeping it" not in log
+    finally:
         running.stop()

@@ -546,6 +546,21 @@ class Ledger:
             self._reserved[digest] = member
         return bool(granted)
 
+    async def still_reserved(self, digest: str, now: float) -> bool:
+        """Whether the room reserved for ``digest`` still counts for every instance.  One
+        this process did not renew within `IN_USE_FOR` (it stalled: a paused VM, a stopped
+        process, Redis out of reach) lapsed, and another instance's admission may have
+        counted its room since: it is dropped here (no push renews it again) and False."""
+        member = self._reserved.get(digest)
+        if member is None:
+            return False
+        score = await self.redis.run(lambda r: r.zscore(self.reserved_key, member))
+        if score is not None and float(score) >= now:
+            return True
+        self._reserved.pop(digest, None)
+        await self.redis.run(lambda r: r.zrem(self.reserved_key, member))
+        return False
+
     async def unreserve(self, digest: str) -> None:
         """The fill failed: its room is free now."""
         member = self._reserved.pop(digest, None)
