@@ -119,6 +119,10 @@ def refuses_connections(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # A handshake that met the listening socket as it closed: not refused yet (the
+        # caller asks again).
+        return False
 
 
 def wait_refused(port: int, child: Child, timeout: float = 30) -> None:
