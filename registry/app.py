@@ -113,15 +113,38 @@ class RegistryApp:
             route = rewriter.rewrite_route(request, route)
         handler = self.handlers.get((route.kind, request.method))
         if handler is None:
-            # RFC 9110 section 15.5.6: a 405 says which methods the resource takes.
-            allowed = [m for m in METHODS if (route.kind, m.encode()) in self.handlers]
             raise RegistryError(
                 UNSUPPORTED,
                 {"method": request.method.decode("latin-1"), "resource": route.kind.value},
                 "method not allowed",
-                headers={"Allow": ", ".join(allowed)},
+                headers={"Allow": self._allow(route)},
             )
-        return await handler(self.ctx, request, route)
+        try:
+            return await handler(self.ctx, request, route)
+        except RegistryError as exc:
+            # A method refused by the configuration (read-only mode, deletes disabled).
+            if exc.status == 405 and "Allow" not in exc.headers:
+                exc.headers["Allow"] = self._allow(route)
+            raise
+
+    def _allow(self, route: Route) -> str:
+        """RFC 9110 section 15.5.6: a 405 says which methods the resource takes, here and
+        now: only reads in read-only mode, no DELETE while deletes are disabled."""
+        methods = [m for m in METHODS if (route.kind, m.encode()) in self.handlers]
+        config = self.ctx.config
+        if config.maintenance.readonly:
+            methods = [m for m in methods if m in ("GET", "HEAD")]
+        elif not config.storage.delete_enabled:
+            methods = [m for m in methods if m != "DELETE"]
+        return ", ".join(methods)
+
+    def _allow_unknown(self, request: IRequest, error: object) -> str:
+        """The ``Allow`` of a 405 to a method no route takes (werkzeug's ``FOO /v2/``): for
+        the API, what its resource takes; elsewhere, what werkzeug says the route takes."""
+        path = request.path
+        if path == b"/v2" or path.startswith(b"/v2/"):
+            return self._allow(parse_route(path[4:].decode("utf-8", "replace"), read=True))
+        return ", ".join(sorted(getattr(error, "valid_methods", None) or ()))
 
     def answer_failure(self, request: IRequest, failure: Failure) -> bytes:
         """
@@ -152,7 +175,9 @@ class RegistryApp:
         status = getattr(failure.value, "code", 404) or 404
         code = UNSUPPORTED if status == 405 else NOT_FOUND
         detail = {"path": request.uri.decode("latin-1")[:300]}
-        return responses.error(request, RegistryError(code, detail, status=status))
+        headers = {"Allow": self._allow_unknown(request, failure.value)} if status == 405 else {}
+        error = RegistryError(code, detail, status=status, headers=headers)
+        return responses.error(request, error)
 
     def storage_error(self, request: IRequest, failure: Failure) -> bytes:
         if getattr(request, "answered_early", False):

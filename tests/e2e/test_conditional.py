@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import pytest_twisted
 
 from tests.e2e.client import push_blob, raw_request, sha256, split_response
+from tests.e2e.conftest import Starter
 from tests.e2e.harness import InProcessRegistry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -107,15 +109,46 @@ async def test_if_range_honours_a_range_only_for_this_blob(registry: InProcessRe
         assert body == layer
 
 
+@pytest.mark.parametrize(
+    ("storage", "manifest", "blob"),
+    [
+        pytest.param({"delete_enabled": "true"}, "GET, HEAD, PUT, DELETE", "GET, HEAD, DELETE"),
+        pytest.param({}, "GET, HEAD, PUT", "GET, HEAD", id="deletes-disabled"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_a_method_a_resource_does_not_take_is_405_with_allow(
-    registry: InProcessRegistry,
+    start_registry: Starter, storage: dict[str, str], manifest: str, blob: str
 ) -> None:
+    """``Allow`` names what the resource takes with this configuration, for methods no
+    resource takes (``FOO``) too; DELETE, refused while deletes are disabled, is not in it."""
+    registry = await start_registry({"storage": storage})
     layer_digest, _, _ = await _push_image(registry)
     for method, path, allow in (
-        ("PATCH", "/v2/team/app/manifests/v1", "GET, HEAD, PUT, DELETE"),
+        ("PATCH", "/v2/team/app/manifests/v1", manifest),
         ("POST", "/v2/team/app/tags/list", "GET"),
-        ("PUT", f"/v2/team/app/blobs/{layer_digest}", "GET, HEAD, DELETE"),
+        ("PUT", f"/v2/team/app/blobs/{layer_digest}", blob),
+        ("FOO", "/v2/team/app/manifests/v1", manifest),
+        ("FOO", "/v2/", "GET, HEAD"),
+        ("DELETE", "/v2/team/app/manifests/v1", manifest),
+    ):
+        if method == "DELETE" and "DELETE" in manifest:
+            continue
+        status, headers, body = await _exchange(registry, method, path)
+        assert status == b"HTTP/1.1 405 Method Not Allowed", (method, path, status)
+        assert headers["allow"] == allow, (method, path)
+        assert [e["code"] for e in json.loads(body)["errors"]] == ["UNSUPPORTED"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_refused_in_read_only_mode_are_405_with_the_reads_in_allow(
+    start_registry: Starter,
+) -> None:
+    registry = await start_registry({"maintenance": {"readonly": "true"}})
+    for method, path, allow in (
+        ("PUT", "/v2/team/app/manifests/v1", "GET, HEAD"),
+        ("POST", "/v2/team/app/blobs/uploads/", ""),
+        ("FOO", "/v2/team/app/manifests/v1", "GET, HEAD"),
     ):
         status, headers, body = await _exchange(registry, method, path)
         assert status == b"HTTP/1.1 405 Method Not Allowed", (method, path, status)
