@@ -32,7 +32,10 @@ def manifest_too_large(limit: int) -> RegistryError:
 
 def body_too_large(limit: int) -> RegistryError:
     return RegistryError(
-        SIZE_INVALID, {"reason": "request body too large", "limit": limit}, status=413
+        SIZE_INVALID,
+        {"reason": "request body too large", "limit": limit},
+        f"request body too large: the limit is {limit} bytes",
+        status=413,
     )
 
 

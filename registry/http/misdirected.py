@@ -87,9 +87,15 @@ def _refuse_when(
     instance.dataReceived = first_data
 
 
-# Told of an answer written here, before any request exists (status, bytes sent): so that
-# it gets its access-log line like every answered request.
+# Told of an answer written here, before any request exists (status, bytes of its body, as
+# every access line counts them): so that it gets its access-log line like every answered
+# request.
 Answered = Callable[[int, int], None]
+
+
+def answered_body(answer: bytes) -> int:
+    """The bytes of a raw answer's body (after its head)."""
+    return len(answer) - answer.index(b"\r\n\r\n") - 4
 
 
 class IAnswersWithoutRequest(Interface):
@@ -100,7 +106,8 @@ class IAnswersWithoutRequest(Interface):
     """
 
     def answered_without_request(addr: object, status: int, sent: int) -> None:
-        """One access line for an answer of ``status``, ``sent`` bytes, to ``addr``."""
+        """One access line for an answer of ``status`` with a body of ``sent`` bytes, to
+        ``addr``."""
 
 
 def answered_for(factory: object, addr: object) -> Answered | None:
@@ -128,7 +135,7 @@ def answer_and_close(
     """
     transport.write(answer)
     if answered is not None:
-        answered(int(answer.split(b" ", 2)[1]), len(answer))
+        answered(int(answer.split(b" ", 2)[1]), answered_body(answer))
     if ITCPTransport.providedBy(transport) and not ISSLTransport.providedBy(transport):
         transport.loseWriteConnection()
     else:

@@ -38,6 +38,7 @@ from registry.api.errors import RegistryError
 from registry.http import (
     head_deadline,
     line_ends,
+    malformed,
     misdirected,
     oversized,
     reasons,
@@ -446,6 +447,7 @@ class RegistrySite(server.Site):
             head_deadline.limit_head_time(protocol, self.reactor.callLater, answered)
             # After the deadline's wrapper: a head refused at once starts no deadline.
             line_ends.refuse_bare_lf(protocol, answered)
+            malformed.answer_malformed(protocol, answered)
         return protocol
 
     def answered_without_request(self, addr: Any, status: int, sent: int) -> None:

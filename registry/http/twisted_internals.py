@@ -16,7 +16,8 @@ And four places where an object twisted.web hands out hides the one we need: an 
 stream's connection (its TLS peer certificate), the transport under a response body's
 ``TransportProxyProducer`` (to abort it), the producer a TCP transport holds (sendfile), and
 the HTTP/1 channel behind the protocol a `Site` builds per connection (to answer a request
-line too long for it, `registry.http.oversized`).
+line too long for it, `registry.http.oversized`).  Behind that channel, what it does with a
+malformed request (`answer_malformed_with`, for `registry.http.malformed`).
 
 And one switch with no public handle: the factory an `HTTPConnectionPool` makes per connection
 logs "Starting factory" and "Stopping factory" for every pooled connection (``noisy``, public,
@@ -86,6 +87,17 @@ def pending_request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes
     """
     ch: Any = channel
     return bytes(ch._command or b""), bytes(ch._path or b""), bytes(ch._version or b"")
+
+
+def answer_malformed_with(channel: http.HTTPChannel, answer: Callable[[], None]) -> None:
+    """
+    Make ``answer`` what ``channel`` does with a request twisted.web finds malformed (a bad
+    request line or header, a head over its size or header count, a bad body framing): its
+    ``_respondToBadRequestAndDisconnect`` writes a bare ``400`` and closes, with no body and
+    nothing the access log sees.  ``answer`` must close the connection as that does.
+    """
+    ch: Any = channel
+    ch._respondToBadRequestAndDisconnect = answer
 
 
 def use_chunked_decoder(
@@ -343,6 +355,11 @@ def problems() -> list[str]:
     when all is there).  Called once at start-up; cheap (no socket, no reactor).
     """
     found = _http1_problems(_HTTP_CHANNEL)
+    if not _uses(_HTTP_CHANNEL, "lineReceived", "_respondToBadRequestAndDisconnect"):
+        found.append(
+            f"{_qualname(_HTTP_CHANNEL)} no longer answers a malformed head through "
+            "_respondToBadRequestAndDisconnect"
+        )
     if not _assigned_in(_PROXY_PRODUCER, "__init__", "_producer"):
         found.append(f"{_qualname(_PROXY_PRODUCER)} no longer keeps its transport in _producer")
     if _H2_STREAM is not None and not _assigned_in(_H2_STREAM, "__init__", "_conn"):

@@ -1,7 +1,7 @@
 """
 Answers written before twisted.web made a request of what came (a TLS handshake on a plain
-port: 400; a head line over 16 KiB: 431; a head line ending in a bare LF: 400; a head dripped
-past ``[http] timeout``: 408) get their
+port: 400; a head line over 16 KiB: 431; a head line ending in a bare LF: 400; a head over
+16 KiB in total: 400; a head dripped past ``[http] timeout``: 408) get their
 access-log line, one each, like every answered request: they had none, so refused clients did
 not show in the log at all.
 """
@@ -14,8 +14,16 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.e2e.conftest import Starter
+from tests.e2e.test_malformed_head import LONG_HEAD
 from tests.e2e.test_misdirected import PLAIN_ON_TLS, address, client_hello, exchange
 from tests.e2e.test_slow_head import drip
+
+
+def body(answer: bytes) -> bytes:
+    """What follows the head: ``bytes=`` counts a body, as on every access line."""
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1."), answer[:80]
+    return rest
 
 
 @pytest_twisted.ensureDeferred
@@ -29,6 +37,7 @@ async def test_each_raw_answer_has_one_access_line(
         (lambda: exchange(where, client_hello()), 400),
         (lambda: exchange(where, long_line), 431),
         (lambda: exchange(where, b"GET /v2/ HTTP/1.1\nHost: 127.0.0.1\n\n"), 400),
+        (lambda: exchange(where, LONG_HEAD), 400),
         (lambda: drip(where), 408),
     ):
         before = len(access_events)
@@ -36,7 +45,7 @@ async def test_each_raw_answer_has_one_access_line(
         assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
         new = access_events[before:]
         assert [(e["status"], e["bytes"], e["method"], e["client"]) for e in new] == [
-            (status, len(answer), "-", "127.0.0.1")
+            (status, len(body(answer)), "-", "127.0.0.1")
         ], new
 
 
@@ -51,5 +60,5 @@ async def test_plain_http_on_a_tls_port_has_one_access_line(
     assert answer == PLAIN_ON_TLS
     new = access_events[before:]
     assert [(e["status"], e["bytes"], e["method"], e["client"]) for e in new] == [
-        (400, len(answer), "-", "127.0.0.1")
+        (400, len(body(answer)), "-", "127.0.0.1")
     ], new

@@ -509,6 +509,7 @@ async def test_oversized_other_body_is_refused_from_its_length(
     assert headers["connection"] == "close"
     (entry,) = json.loads(body)["errors"]
     assert entry["code"] == "SIZE_INVALID"
+    assert entry["message"] == "request body too large: the limit is 1048576 bytes"
     assert entry["detail"] == {"reason": "request body too large", "limit": 1048576}
 
 

@@ -196,6 +196,13 @@ class _ClientParsingElsewhere(_newclient.HTTP11ClientProtocol):
             self._reader = self.__dict__.pop("_parser", None)
 
 
+class _ChannelAnsweringElsewhere(http.HTTPChannel):
+    """A Twisted whose channel answers a malformed head some other way."""
+
+    def lineReceived(self, line: bytes) -> None:
+        super().lineReceived(line)  # type: ignore[no-untyped-call]
+
+
 def _accept_saying_other_things() -> None:
     """A Twisted whose accept loop words its EMFILE recovery differently."""
     print("Out of descriptors", "Could not accept new connection")
@@ -218,6 +225,7 @@ def _accept_saying_other_things() -> None:
         ("_TCP_PORT", _PortLoggingElsewhere, "doRead() no longer logs through _logger"),
         ("_ACCEPT", _accept_saying_other_things, "no longer logs 'EMFILE encountered'"),
         ("_CLIENT_PROTOCOL", _ClientParsingElsewhere, "no longer keeps the response parser"),
+        ("_HTTP_CHANNEL", _ChannelAnsweringElsewhere, "no longer answers a malformed head"),
     ],
 )
 def test_problems_name_what_a_changed_twisted_lacks(

@@ -1,0 +1,43 @@
+"""
+A request twisted.web finds malformed before it makes a `Request` of it (a bad request line or
+header line, a head over 16 KiB in total or over 500 header lines, a bad ``Content-Length`` or
+``Transfer-Encoding``, a chunked body whose framing is broken) gets a ``400`` with a sentence
+and an access line, like every other answer.  twisted.web's own answer is a bare ``HTTP/1.1
+400 Bad Request`` with no body, which the access log never saw.
+"""
+
+from __future__ import annotations
+
+from twisted.web import http
+
+from registry.http.misdirected import Answered, answered_body
+from registry.http.twisted_internals import answer_malformed_with, http1_channel
+
+_TEXT = (
+    b"The request is malformed: its request line, a header line, the size of its head "
+    b"(16 KiB, 500 header lines) or the framing of its body.\n"
+)
+_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: " + str(len(_TEXT)).encode() + b"\r\n\r\n" + _TEXT
+)
+
+
+def answer_malformed(protocol: object, answered: Answered | None = None) -> None:
+    """Give the HTTP/1 channel behind ``protocol`` (when there is one) the 400 answer."""
+    channel = http1_channel(protocol)
+    if channel is None:
+        return
+    instance: http.HTTPChannel = channel
+
+    def refuse() -> None:
+        if instance.transport is not None:
+            instance.transport.write(_ANSWER)
+            if answered is not None:
+                answered(400, answered_body(_ANSWER))
+        # As twisted.web's own: its parsing stops once the transport is disconnecting.
+        instance.loseConnection()
+
+    answer_malformed_with(instance, refuse)
