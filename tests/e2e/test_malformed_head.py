@@ -31,16 +31,14 @@ LONG_HEAD = (
     + b"".join(b"X-Filler-%02d: " % n + b"f" * 1000 + b"\r\n" for n in range(20))
     + b"\r\n"
 )
+BAD_LENGTH = b"POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n"
 
 
 @pytest.mark.parametrize(
     "request_bytes",
     [
         pytest.param(LONG_HEAD, id="head-over-16-KiB-in-short-lines"),
-        pytest.param(
-            b"POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n",
-            id="bad-content-length",
-        ),
+        pytest.param(BAD_LENGTH, id="bad-content-length"),
         pytest.param(b"GET /v2/\r\nHost: h\r\n\r\n", id="request-line-without-version"),
     ],
 )

@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.e2e.conftest import Starter
-from tests.e2e.test_malformed_head import LONG_HEAD
+from tests.e2e.test_malformed_head import BAD_LENGTH, LONG_HEAD
 from tests.e2e.test_misdirected import PLAIN_ON_TLS, address, client_hello, exchange
 from tests.e2e.test_slow_head import drip
 
@@ -38,6 +38,7 @@ async def test_each_raw_answer_has_one_access_line(
         (lambda: exchange(where, long_line), 431),
         (lambda: exchange(where, b"GET /v2/ HTTP/1.1\nHost: 127.0.0.1\n\n"), 400),
         (lambda: exchange(where, LONG_HEAD), 400),
+        (lambda: exchange(where, BAD_LENGTH), 400),
         (lambda: drip(where), 408),
     ):
         before = len(access_events)
