@@ -17,7 +17,9 @@ and skopeo and podman send empty Basic credentials (``Basic Og==``) to mean the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -37,7 +39,7 @@ from registry.auth._request import (
 from registry.auth.htpasswd import Htpasswd
 from registry.auth.interfaces import ANONYMOUS, PULL, Access, IAccessController, Principal
 from registry.auth.policy import Policy, PolicySource
-from registry.auth.ratelimit import FailureLimiter
+from registry.auth.ratelimit import FailureLimiter, fingerprint
 from registry.auth.scopes import basic_challenge, bearer_challenge
 from registry.http.forwarded import client_address
 
@@ -81,6 +83,9 @@ class _Failures:
 
     def __init__(self, limiter: FailureLimiter) -> None:
         self.limiter = limiter
+        # source -> the fingerprints of the distinct credentials being checked for it now
+        # (an entry lives only while a check runs: bounded by the connections).
+        self._checking: dict[str, Counter[bytes]] = {}
 
     def check(self, request: IRequest) -> str:
         source = source_address(request)
@@ -92,6 +97,38 @@ class _Failures:
                 headers={"Retry-After": str(retry_after)},
             )
         return source
+
+    @contextlib.contextmanager
+    def checking(self, source: str, attempt: bytes) -> Iterator[None]:
+        """
+        While ``attempt`` (credentials as sent) is checked for ``source``.  Each check in
+        flight may yet fail, so a source gets only as many distinct credentials checked at
+        once as it has failures left (the same credentials sent by parallel requests count
+        once); more get 429 at once.  Without that, a guesser sending hundreds of guesses
+        together had them all checked before the first failure was counted.
+        """
+        if not self.limiter.enabled:
+            yield
+            return
+        mark = fingerprint(attempt)
+        marks = self._checking.setdefault(source, Counter())
+        if mark not in marks and len(marks) >= self.limiter.room(source):
+            if not marks:
+                del self._checking[source]
+            raise RegistryError(
+                TOOMANYREQUESTS,
+                "too many logins being checked at once from this address",
+                headers={"Retry-After": "1"},
+            )
+        marks[mark] += 1
+        try:
+            yield
+        finally:
+            marks[mark] -= 1
+            if not marks[mark]:
+                del marks[mark]
+            if not marks:
+                self._checking.pop(source, None)
 
     def failed(
         self,
@@ -152,10 +189,11 @@ class HtpasswdAccessController:
         except MalformedCredentials as e:
             self._failures.failed(request, source, None, str(e))
             raise self._unauthorized(wanted) from None
-        if not await self.htpasswd.verify(user, password):
-            self._failures.failed(
-                request, source, user, "wrong password or unknown user", auth[1].encode()
-            )
+        attempt = auth[1].encode()
+        with self._failures.checking(source, attempt):
+            verified = await self.htpasswd.verify(user, password)
+        if not verified:
+            self._failures.failed(request, source, user, "wrong password or unknown user", attempt)
             raise self._unauthorized(wanted)
         policy = self.policy.current()
         principal = policy.principal(user)

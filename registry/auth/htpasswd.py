@@ -10,7 +10,9 @@ The file is re-read when it changes (checked at most once a second), so adding o
 user needs no restart.  bcrypt is deliberately slow (tens of milliseconds), so every check runs
 in a thread pool, never on the reactor thread.  Docker sends Basic credentials with every
 request of a pull, so a verified password is remembered for a short while (keyed by an HMAC
-with a per-process secret, never the password itself) to avoid one bcrypt per layer.
+with a per-process secret, never the password itself) to avoid one bcrypt per layer; so is a
+wrong one (the same credentials sent again are refused without a bcrypt), and parallel
+requests with the same credentials share one check.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Literal
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from registry.auth._watch import FileWatcher
@@ -37,6 +41,9 @@ _log = Logger()
 # truncate silently, the Python binding raises instead.  Truncating keeps old hashes working.
 _BCRYPT_MAX = 72
 _DEFAULT_BCRYPT_COST = 10
+# How many failed credentials are remembered (the oldest forgotten first): memory stays
+# bounded whatever a client sends.
+_FAILED_REMEMBERED = 4096
 
 
 @attrs.frozen
@@ -105,14 +112,25 @@ def _bcrypt_cost(hashed: bytes) -> int:
         return _DEFAULT_BCRYPT_COST
 
 
-def _check(entry: _Entry | None, password: bytes, dummy_cost: int) -> bool:
+# How a stand-in check for an unknown user is done: the kind of hash and its bcrypt cost.
+_Profile = tuple[Literal["bcrypt", "sha"], int]
+
+
+def _profile(entry: _Entry) -> _Profile:
+    return (entry.kind, _bcrypt_cost(entry.hashed) if entry.kind == "bcrypt" else 0)
+
+
+def _check(entry: _Entry | None, password: bytes, unknown: _Profile) -> bool:
     """Runs in a worker thread: the slow part."""
     import bcrypt  # loaded by Htpasswd() already, in the reactor thread
 
     if entry is None:
-        # Spend the same time as a real check so response timing does not reveal which
-        # user names exist (registry:2 does the same with a dummy hash).
-        bcrypt.hashpw(password[:_BCRYPT_MAX], bcrypt.gensalt(dummy_cost))
+        # Spend the time a real check of that profile spends, so that response timing does
+        # not tell which user names exist (registry:2 does a dummy bcrypt, of one cost).
+        if unknown[0] == "sha":
+            hmac.compare_digest(base64.b64encode(hashlib.sha1(password).digest()), b"")
+        else:
+            bcrypt.hashpw(password[:_BCRYPT_MAX], bcrypt.gensalt(unknown[1]))
         return False
     if entry.kind == "bcrypt":
         try:
@@ -141,9 +159,17 @@ class Htpasswd:
         self._cache_seconds = cache_seconds
         self._watcher = FileWatcher(path, clock)
         self._entries: dict[str, _Entry] = {}
-        self._dummy_cost = _DEFAULT_BCRYPT_COST
+        # The file's users' profiles and how many have each: an unknown user name is checked
+        # as one of them, picked by a keyed hash of the name (`_unknown_profile`).
+        self._profiles: list[tuple[_Profile, int]] = []
         self._cache_key = secrets.token_bytes(32)
         self._cache: dict[str, tuple[bytes, float]] = {}
+        # Credentials that failed (the same HMAC) -> until when they are answered False
+        # without a bcrypt: a client repeating a wrong password (a stale one, or someone
+        # keeping the cores busy with one header) costs a lookup, not tens of milliseconds.
+        self._failed: OrderedDict[bytes, float] = OrderedDict()
+        # Credentials being checked now -> the requests waiting for that same check.
+        self._checking: dict[bytes, list[Deferred[bool]]] = {}
         # bcrypt (0.7 MiB resident) only where an htpasswd file is configured, loaded here
         # rather than by the first check's worker thread.
         import bcrypt  # noqa: F401
@@ -158,6 +184,7 @@ class Htpasswd:
         if not self._watcher.changed():
             return
         self._cache.clear()
+        self._failed.clear()  # a password changed in the file may be right now
         try:
             with open(self.path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
@@ -172,11 +199,25 @@ class Htpasswd:
             self._entries = {}
             return
         self._entries = parse_htpasswd(text, self.path)
-        costs = Counter(
-            _bcrypt_cost(e.hashed) for e in self._entries.values() if e.kind == "bcrypt"
-        )
-        self._dummy_cost = costs.most_common(1)[0][0] if costs else _DEFAULT_BCRYPT_COST
+        self._profiles = sorted(Counter(_profile(e) for e in self._entries.values()).items())
         _log.info("loaded {n} users from {path}", n=len(self._entries), path=self.path)
+
+    def _unknown_profile(self, user: str) -> _Profile:
+        """How to check ``user`` if it is unknown: the profile of one of the file's users,
+        in proportion to how many have it, always the same for the same name (a name asked
+        again must not time differently) and not predictable without this process's key.
+        So an unknown name times as some user of the file would, whatever the mix of hash
+        kinds and bcrypt costs in it, rather than as its most common cost."""
+        total = sum(count for _profile, count in self._profiles)
+        if not total:
+            return ("bcrypt", _DEFAULT_BCRYPT_COST)
+        digest = hmac.new(self._cache_key, b"unknown\0" + user.encode(), "sha256").digest()
+        pick = int.from_bytes(digest[:8], "big") % total
+        for profile, count in self._profiles:
+            if pick < count:
+                return profile
+            pick -= count
+        return self._profiles[-1][0]
 
     def _cache_digest(self, user: str, password: bytes) -> bytes:
         return hmac.new(self._cache_key, user.encode() + b"\0" + password, "sha256").digest()
@@ -186,17 +227,44 @@ class Htpasswd:
         self._reload()
         pw = password.encode("utf-8")
         now = self._clock.seconds()
+        key = self._cache_digest(user, pw)
         cached = self._cache.get(user)
         if cached is not None:
             digest, expires = cached
-            if now < expires and hmac.compare_digest(digest, self._cache_digest(user, pw)):
+            if now < expires and hmac.compare_digest(digest, key):
                 return True
+        failed_until = self._failed.get(key)
+        if failed_until is not None:
+            if now < failed_until:
+                return False  # known wrong: no bcrypt for it again
+            del self._failed[key]
+        followers = self._checking.get(key)
+        if followers is not None:  # the same credentials are being checked: that answer
+            follower: Deferred[bool] = Deferred()
+            followers.append(follower)
+            return await follower
+        self._checking[key] = followers = []
         entry = self._entries.get(user)
-        ok: bool = await deferToThreadPool(
-            self._reactor, self._threadpool, _check, entry, pw, self._dummy_cost
-        )
-        if ok and self._cache_seconds > 0 and self._entries.get(user) is entry:
-            self._cache[user] = (self._cache_digest(user, pw), now + self._cache_seconds)
+        try:
+            ok: bool = await deferToThreadPool(
+                self._reactor, self._threadpool, _check, entry, pw, self._unknown_profile(user)
+            )
+        except BaseException:
+            failure = Failure()
+            del self._checking[key]
+            for follower in followers:
+                follower.errback(failure)
+            raise
+        del self._checking[key]
+        if self._cache_seconds > 0 and self._entries.get(user) is entry:
+            if ok:
+                self._cache[user] = (key, now + self._cache_seconds)
+            else:
+                self._failed[key] = now + self._cache_seconds
+                while len(self._failed) > _FAILED_REMEMBERED:
+                    self._failed.popitem(last=False)
+        for follower in followers:
+            follower.callback(ok)
         return ok
 
 

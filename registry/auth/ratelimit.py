@@ -17,6 +17,10 @@ than a sliding one: failures straddling two windows can add up to almost twice
 The same credentials failing again count once per window: container engines send their
 stored credentials with every request and retry, so one stale password would otherwise lock
 its whole address (a CI machine, a NAT) out.
+
+Checks in flight count too (`registry.auth.controllers`): a source may have only as many
+distinct credentials being checked at once as it has failures left, so a guesser cannot get
+hundreds of guesses checked by sending them all before the first one failed.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ _REMEMBERED = 4
 _KEY = os.urandom(16)
 
 
-def _fingerprint(attempt: bytes) -> bytes:
+def fingerprint(attempt: bytes) -> bytes:
     return hashlib.blake2b(attempt, key=_KEY, digest_size=_FINGERPRINT).digest()
 
 
@@ -75,6 +79,17 @@ class FailureLimiter:
             return None
         return max(1, math.ceil(remaining))
 
+    def room(self, source: str) -> int:
+        """How many more failures ``source`` may make before it is refused (0: refused)."""
+        entry = self._sources.get(source)
+        if entry is None:
+            return self.max_failures
+        if entry[1] == _BLOCKED:  # cooling down, or a cool-down that has ended
+            return 0 if entry[0] > self.clock.seconds() else self.max_failures
+        if self.clock.seconds() - entry[0] >= self.window:
+            return self.max_failures
+        return max(0, self.max_failures - entry[1])
+
     def record_failure(self, source: str, attempt: bytes = b"") -> bool:
         """
         Count a failed login; True when this one starts a cool-down.  ``attempt`` (the
@@ -87,7 +102,7 @@ class FailureLimiter:
         now = self.clock.seconds()
         entry = self._sources.pop(source, None)  # re-inserted below: now the newest
         started = False
-        mark = _fingerprint(attempt) if attempt else b""
+        mark = fingerprint(attempt) if attempt else b""
         if entry is not None and entry[1] == _BLOCKED and entry[0] > now:
             value = entry  # still cooling down (checked concurrently): stays so
         elif entry is None or entry[1] == _BLOCKED or now - entry[0] >= self.window:

@@ -13,6 +13,7 @@ from typing import Any
 import bcrypt
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
 from registry.auth.controllers import HtpasswdAccessController, TokenAccessController
@@ -139,6 +140,33 @@ async def test_failed_logins_are_rate_limited_and_logged(
     assert "failed login for 'alice' from 127.0.0.1" in text
     assert "refusing logins for 120s" in text
     assert "guess-secret" not in text and "wonderland" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_guesses_sent_all_at_once_are_not_all_checked(
+    tmp_path: os.PathLike[str], threadpool: Any, logs: LogCapture
+) -> None:
+    """Twenty different passwords for a user whose hash takes a while (bcrypt cost 10), sent
+    together: they were all checked (twenty 401s, then the cool-down), since the first
+    failure was counted only once its check had ended.  Now a source may have only as many
+    distinct credentials in checking as it has failures left: three checks, the rest 429."""
+    clock = Clock()
+    path = os.path.join(tmp_path, "htpasswd")
+    with open(path, "w") as f:
+        f.write(f"carol:{bcrypt.hashpw(b'right', bcrypt.gensalt(10)).decode()}\n")
+    controller = HtpasswdAccessController(
+        Htpasswd(path, reactor(), threadpool, clock),
+        Policy.from_toml(POLICY),
+        "test realm",
+        FailureLimiter(clock, max_failures=3, window=60, cooldown=120),
+    )
+    async with serving(controller) as port:
+        answers = await gatherResults(
+            [Deferred.fromCoroutine(get(port, auth=("carol", f"guess-{n}"))) for n in range(20)]
+        )
+    codes = sorted(code for code, _, _ in answers)
+    assert codes == [401] * 3 + [429] * 17, codes
+    assert logs.text().count("failed login for 'carol'") == 3
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import threading
 import bcrypt
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
 from registry.auth import htpasswd as htpasswd_module
@@ -152,3 +153,89 @@ async def test_success_cache_expires_and_is_cleared_on_reload(
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     clock.advance(2)
     assert not await db.verify("alice", "a")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_is_refused_again_without_a_bcrypt(
+    tmp_path: os.PathLike[str], threadpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until the remembered failure expires, or the file changes (the password may be
+    right now)."""
+    calls: list[object] = []
+    real = htpasswd_module._check
+
+    def counting(*args: object) -> bool:
+        calls.append(args)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(htpasswd_module, "_check", counting)
+    path = os.path.join(tmp_path, "htpasswd")
+    _write(path, f"alice:{_bcrypt('a')}\n")
+    clock = Clock()
+    db = Htpasswd(path, reactor(), threadpool, clock, cache_seconds=60)
+    for _ in range(5):
+        assert not await db.verify("alice", "wrong")
+        assert not await db.verify("ghost", "wrong")
+    assert len(calls) == 2
+    assert await db.verify("alice", "a")  # other credentials are checked
+    assert len(calls) == 3
+    clock.advance(61)
+    assert not await db.verify("alice", "wrong")
+    assert len(calls) == 4
+    _write(path, f"alice:{_bcrypt('wrong')}\n")
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    clock.advance(2)
+    assert await db.verify("alice", "wrong")
+    assert len(calls) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_parallel_checks_of_the_same_credentials_share_one_bcrypt(
+    tmp_path: os.PathLike[str], threadpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sending the same credentials with every request of a pull, many at once."""
+    calls: list[object] = []
+    real = htpasswd_module._check
+
+    def counting(*args: object) -> bool:
+        calls.append(args)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(htpasswd_module, "_check", counting)
+    path = os.path.join(tmp_path, "htpasswd")
+    _write(path, f"alice:{_bcrypt('a')}\n")
+    db = Htpasswd(path, reactor(), threadpool, Clock(), cache_seconds=0)
+    right = [Deferred.fromCoroutine(db.verify("alice", "a")) for _ in range(8)]
+    wrong = [Deferred.fromCoroutine(db.verify("alice", "b")) for _ in range(8)]
+    assert await gatherResults(right) == [True] * 8
+    assert await gatherResults(wrong) == [False] * 8
+    assert len(calls) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_user_is_checked_as_some_user_of_the_file_would_be(
+    tmp_path: os.PathLike[str], threadpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not always as the file's most common bcrypt cost: then a user with another cost, or
+    a ``{SHA}`` user, answered in another time than a name that does not exist."""
+    profiles: dict[str, object] = {}
+    real = htpasswd_module._check
+
+    def recording(entry: object, password: bytes, unknown: object) -> bool:
+        profiles.setdefault(password.decode(), unknown)
+        assert profiles[password.decode()] == unknown  # the same name, the same profile
+        return real(entry, password, unknown)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(htpasswd_module, "_check", recording)
+    path = os.path.join(tmp_path, "htpasswd")
+    sha = "{SHA}" + base64.b64encode(hashlib.sha1(b"s").digest()).decode()
+    _write(path, f"alice:{_bcrypt('a')}\nbob:{_bcrypt('b')}\ncarol:{sha}\n")
+    db = Htpasswd(path, reactor(), threadpool, Clock(), cache_seconds=0)
+    for _round in range(2):
+        for n in range(60):
+            assert not await db.verify(f"ghost-{n}", f"ghost-{n}")
+    seen = list(profiles.values())
+    assert set(seen) == {("bcrypt", 4), ("sha", 0)}, set(seen)
+    # In proportion to the file's users (two bcrypt, one {SHA}): far from all one kind.
+    assert 5 <= seen.count(("sha", 0)) <= 40, seen.count(("sha", 0))
