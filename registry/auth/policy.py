@@ -31,6 +31,10 @@ ACTIONS = frozenset({PULL, PUSH, DELETE, "*"})
 _GLOB_CHARS = re.compile(r"[a-z0-9._\-*?]+")
 
 
+# How many principals' pull patterns a policy keeps worked out (all forgotten when full).
+_PULL_PATTERNS_KEPT = 1024
+
+
 class PolicyError(ValueError):
     """The policy file is not valid; the message says where."""
 
@@ -41,6 +45,10 @@ class Glob:
 
     pattern: str
     _parts: tuple[re.Pattern[str] | None, ...] = attrs.field(repr=False, eq=False)
+    # What every matching name starts with (the pattern up to its first wildcard, less the
+    # "/" before a "**", which matches no component too): most names are refused by that
+    # one comparison, which matters when a listing checks every name of a large registry.
+    _prefix: str = attrs.field(repr=False, eq=False, default="")
 
     @classmethod
     def parse(cls, pattern: str) -> Glob:
@@ -65,9 +73,20 @@ class Glob:
                 "[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in comp
             )
             parts.append(re.compile(regex))
-        return cls(pattern, tuple(parts))
+        literal = re.split(r"[*?]", pattern, maxsplit=1)
+        prefix = literal[0]
+        if len(literal) > 1 and pattern[len(prefix) :].startswith("**"):
+            prefix = prefix.removesuffix("/")
+        return cls(pattern, tuple(parts), prefix)
+
+    @property
+    def prefix(self) -> str:
+        """What every name this pattern matches starts with."""
+        return self._prefix
 
     def matches(self, name: str) -> bool:
+        if not name.startswith(self._prefix):
+            return False
         comps = name.split("/")
         n = len(comps)
         # Positions in `comps` reachable after matching the pattern parts so far.
@@ -80,6 +99,10 @@ class Glob:
             else:
                 reachable = {i + 1 for i in reachable if i < n and part.fullmatch(comps[i])}
         return n in reachable
+
+
+# `Policy.may_pull`'s answer for a principal every name is open to.
+_EVERY_NAME: tuple[Glob, ...] = (Glob.parse("**"),)
 
 
 @attrs.frozen
@@ -118,6 +141,12 @@ class Policy:
     groups: Mapping[str, frozenset[str]] = attrs.field(factory=dict)
     anonymous_pull: tuple[Glob, ...] = ()
     authenticated_full_access: bool = False
+    # Principal -> the patterns that grant it pull (`may_pull`); a new Policy (a reloaded
+    # file) starts empty.  Bounded: principals are authenticated users, but a token server
+    # may name many.
+    _pull_patterns: dict[Principal, tuple[tuple[str, ...], tuple[Glob, ...]]] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False
+    )
 
     def current(self) -> Policy:
         return self
@@ -157,7 +186,36 @@ class Policy:
         return any(r.applies_to(principal) and r.grants(name, action) for r in self.rules)
 
     def may_pull(self, principal: Principal, name: str) -> bool:
-        return self.allows(principal, Access("repository", name, (PULL,)))
+        """As ``allows(principal, pull of name)``, from the patterns that can grant it to
+        ``principal`` (worked out once per principal): a listing asks for every name."""
+        found = self._pull_patterns.get(principal)
+        if found is None:
+            if len(self._pull_patterns) >= _PULL_PATTERNS_KEPT:
+                self._pull_patterns.clear()
+            patterns = self._patterns_pulling(principal)
+            prefixes = tuple({g.prefix for g in patterns})
+            found = self._pull_patterns[principal] = (prefixes, patterns)
+        prefixes, patterns = found
+        if patterns is _EVERY_NAME:
+            return True
+        # One comparison against every pattern's prefix refuses most names at once.
+        if not name.startswith(prefixes):
+            return False
+        return any(g.matches(name) for g in patterns)
+
+    def _patterns_pulling(self, principal: Principal) -> tuple[Glob, ...]:
+        if principal.name is None:
+            return self.anonymous_pull
+        if self.authenticated_full_access:
+            return _EVERY_NAME
+        principal = self._with_groups(principal)
+        granting = (
+            glob
+            for rule in self.rules
+            if rule.applies_to(principal) and ("*" in rule.actions or PULL in rule.actions)
+            for glob in rule.repositories
+        )
+        return (*self.anonymous_pull, *granting)
 
     def with_anonymous_pull(self, patterns: Iterable[str]) -> Policy:
         extra = tuple(Glob.parse(p) for p in patterns)

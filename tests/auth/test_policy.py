@@ -219,3 +219,24 @@ def test_double_star_spans_any_number_of_components(parts: list[str], cut: int) 
     pattern = "/".join([*prefix, "**"]) if prefix else "**"
     assert Glob.parse(pattern).matches("/".join(parts))
     assert Glob.parse("/".join(["**", parts[-1]])).matches("/".join(parts))
+
+
+_listed_comp = st.one_of(
+    st.sampled_from(["team-a", "team-ab", "public", "library", "shared", "tools", "xools"]),
+    _comp,
+)
+
+
+@given(st.lists(_listed_comp, min_size=1, max_size=4))
+def test_may_pull_answers_as_allows_does(parts: list[str]) -> None:
+    """`may_pull` (a listing's check, from each principal's patterns and their prefixes)
+    says what `allows` says of a pull, for every kind of principal."""
+    policy = Policy.from_toml(EXAMPLE)
+    name = "/".join(parts)
+    for who in (ANONYMOUS, Principal("alice"), bob(), Principal("carol"), Principal("dave")):
+        assert policy.may_pull(who, name) == policy.allows(who, repository(name, "pull")), who
+    everyone = Policy.allow_authenticated(["public/**"])
+    assert everyone.may_pull(Principal("dave"), name)
+    assert everyone.may_pull(ANONYMOUS, name) == everyone.allows(
+        ANONYMOUS, repository(name, "pull")
+    )
