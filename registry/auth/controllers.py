@@ -53,7 +53,18 @@ _log = Logger()
 def _denied(
     request: IRequest, policy: Policy, principal: Principal, wanted: Sequence[Access]
 ) -> None:
-    refused = [a.scope() for a in wanted if not policy.allows(principal, a)]
+    # Only the actions refused: pushing where one may pull names the push, not the pull.
+    refused = [
+        Access(a.type, a.name, missing).scope()
+        for a in wanted
+        if (
+            missing := tuple(
+                action
+                for action in a.actions
+                if not policy.allows(principal, Access(a.type, a.name, (action,)))
+            )
+        )
+    ]
     if refused:
         _log.info("denied {scopes} to {user!r}", scopes=" ".join(refused), user=principal.name)
         # The caller is known, only refused: the access log line names them too.

@@ -87,6 +87,12 @@ async def test_basic_auth(tmp_path: os.PathLike[str], threadpool: Any) -> None:
         assert code == 403 and "www-authenticate" not in headers
         assert body["errors"][0]["code"] == "DENIED"
         assert body["errors"][0]["detail"] == {"denied": ["repository:team/app:pull"]}
+        # Pushing where one may pull: only the push is named as refused.
+        code, body, _ = await get(
+            port, "repository:public/tools:pull,push", auth=("bob", "builder")
+        )
+        assert code == 403
+        assert body["errors"][0]["detail"] == {"denied": ["repository:public/tools:push"]}
 
         # Anonymous pull where the policy allows it, and only pull.
         code, body, _ = await get(port, "repository:public/tools:pull")
