@@ -36,6 +36,7 @@ from registry.client._streams import in_thread
 from registry.client.auth import credentials_from_config
 from registry.client.copy import CopyEvent, Endpoint, LayoutImage, RegistryImage, copy_image
 from registry.client.layout import OCILayout
+from registry.client.walk import CopyError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -349,7 +350,7 @@ async def run(
         progress.end()
         print(f"txregistry copy: {exc}", file=err, flush=True)
         return EXIT_USAGE
-    except (ClientError, OSError, ValueError) as exc:
+    except (ClientError, CopyError, OSError, ValueError) as exc:
         progress.end()
         print(f"txregistry copy: failed: {exc}", file=err, flush=True)
         return EXIT_FAILED

@@ -836,7 +836,10 @@ class RegistryClient:
                 try:
                     await blob.write_to(sink, verify=False)
                     break
-                except Unavailable:
+                except Exception as exc:
+                    sink.check()  # a write that failed (a full disk) stopped the body
+                    if not isinstance(exc, Unavailable):
+                        raise
                     await sink.close()
                     if not resume or attempt == self.session.retries:
                         raise
@@ -1001,7 +1004,9 @@ class RegistryClient:
             response = await self.session.call(
                 "DELETE",
                 upload.location,
-                scopes=self._push(upload.name),
+                # registry:2 asks a token for ``delete`` for any DELETE, an upload's too; a
+                # token server grants what it may of what is asked.
+                scopes=[f"repository:{upload.name}:pull,push,delete"],
                 ok=(204, 200, 202),
                 what="upload cancel",
             )

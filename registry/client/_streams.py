@@ -223,6 +223,11 @@ class FileSink:
 
         def failed(failure: Failure) -> None:
             self._error = self._error or failure
+            # Nothing more can be written: stop the body now rather than read the rest of it
+            # for nothing (and a producer paused for the queue would never be resumed).
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                producer.stopProducing()
 
         def next_one(_: object) -> None:
             self._writing = False
@@ -232,6 +237,11 @@ class FileSink:
             self._next()
 
         d.addCallbacks(written, failed).addBoth(next_one)
+
+    def check(self) -> None:
+        """Raise the write error, if one happened: the cause of a body that ended early."""
+        if self._error is not None:
+            self._error.raiseException()
 
     async def close(self) -> None:
         """Wait until everything queued is on disk (in the OS), then raise a write error."""

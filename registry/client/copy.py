@@ -18,9 +18,11 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.python.failure import Failure
 
 from registry.api.digests import Digest
 from registry.client._client import RegistryClient, _sniff_media_type
+from registry.client.errors import Unauthorized
 from registry.client.layout import OCILayout
 from registry.client.walk import FetchedManifest, ImageWalk
 
@@ -87,6 +89,9 @@ class Copier:
         self._on_event = on_event or (lambda event: None)
         self.result = CopyResult()
         self._done_blobs: set[str] = set()
+        # The blobs being copied -> the walks waiting for the same one (an image names each
+        # once per manifest: bounded by it).
+        self._copying: dict[str, list[Deferred[None]]] = {}
         self._top: Digest | None = None
 
     async def run(self) -> CopyResult:
@@ -164,10 +169,46 @@ class Copier:
             declared = None  # none declared (schema 1 names none)
         if str(digest) in self._done_blobs:
             return
-        self._done_blobs.add(str(digest))
-        await self._blobs.run(lambda: Deferred.fromCoroutine(self._transfer(digest, declared)))
+        # Platforms of an index often share a layer: the second manifest naming it waits for
+        # the transfer the first started (its manifest would otherwise be sent before the
+        # blob is there, and refused with MANIFEST_BLOB_UNKNOWN).
+        key = str(digest)
+        waiters = self._copying.get(key)
+        if waiters is not None:
+            waiter: Deferred[None] = Deferred()
+            waiters.append(waiter)
+            await waiter
+            return
+        self._copying[key] = waiters = []
+
+        def settle(result: object) -> object:
+            del self._copying[key]
+            for waiter in waiters:
+                if waiter.called:  # cancelled: its copy is being stopped
+                    continue
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+            return result
+
+        # Awaited here, not behind a shared call: cancelling the copy cancels the transfer.
+        transfer = self._blobs.run(lambda: Deferred.fromCoroutine(self._transfer(digest, declared)))
+        transfer.addBoth(settle)
+        await transfer
+        self._done_blobs.add(key)
 
     # -- helpers
+
+    @staticmethod
+    async def _mounted(client: RegistryClient, name: str, digest: Digest, source: str) -> bool:
+        """A cross-repository mount; False when the registry did not mount, including when it
+        refused the mount itself (registry:2 with tokens answers 401 to a token without pull on
+        the source, where txregistry opens a plain upload): the blob is then streamed."""
+        try:
+            return await client.mount_blob(name, digest, source)
+        except Unauthorized:
+            return False
 
     async def _transfer(self, digest: Digest, declared: int | None) -> None:
         """Copy one blob.  ``declared``, the size its descriptor names, bounds what a registry
@@ -182,7 +223,7 @@ class Copier:
             if (
                 isinstance(source, RegistryImage)
                 and source.client.url == target.client.url
-                and await target.client.mount_blob(target.name, digest, source.name)
+                and await self._mounted(target.client, target.name, digest, source.name)
             ):
                 self.result.blobs_mounted += 1
                 self._event("mounted", str(digest), size, "blob")

@@ -123,7 +123,7 @@ class OCILayout:
 
         def write() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            fd, temp = _new_file(dir=target.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.replace(temp, target)
@@ -141,7 +141,11 @@ class OCILayout:
         sink = FileSink(self.reactor, handle, hasher)
         done = False
         try:
-            await stream.write_to(sink, verify=False)
+            try:
+                await stream.write_to(sink, verify=False)
+            except Exception:
+                sink.check()  # a write that failed (a full disk) stopped the body
+                raise
             await sink.close()
             if Digest(dgst.algorithm, hasher.hexdigest()) != dgst:
                 raise BadResponse(None, f"blob {dgst} hashes to sha256:{hasher.hexdigest()}")
@@ -175,7 +179,7 @@ class OCILayout:
 
         def copy() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            fd, temp = _new_file(dir=target.parent, prefix=".tmp-")
             hasher = new_hash(dgst.algorithm)
             with source.open("rb") as reader, os.fdopen(fd, "wb") as writer:
                 while chunk := reader.read(1 << 20):
@@ -250,7 +254,7 @@ class OCILayout:
 
     def _write_index(self, entries: list[dict[str, Any]]) -> None:
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
-        fd, temp = tempfile.mkstemp(dir=self.root, prefix=".index-")
+        fd, temp = _new_file(dir=self.root, prefix=".index-")
         with os.fdopen(fd, "w") as handle:
             json.dump(index, handle)
         os.replace(temp, self.root / "index.json")
@@ -279,15 +283,44 @@ class OCILayout:
         return found
 
 
+def _process_umask() -> int:
+    """The umask, from /proc where Linux shows it (reading it with os.umask means setting it
+    for a moment, under every other thread's feet)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: files of a layout get the modes other files this process makes get,
+# as skopeo's do, not mkstemp's owner-only 0600 (a layout copied by one user could not be
+# served or read by another).
+_UMASK = _process_umask()
+
+
+def _new_file(dir: Path, prefix: str) -> tuple[int, str]:
+    """A new temporary file in ``dir`` (moved into place once complete), with the modes the
+    process's umask gives a new file."""
+    fd, temp = tempfile.mkstemp(dir=dir, prefix=prefix)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, temp
+
+
 def _temp_beside(target: Path) -> tuple[IO[bytes], str]:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    fd, temp = _new_file(dir=target.parent, prefix=".tmp-")
     return os.fdopen(fd, "wb"), temp
 
 
 def _temp_name(target: Path) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    fd, temp = _new_file(dir=target.parent, prefix=".tmp-")
     os.close(fd)
     return temp
 

@@ -133,6 +133,10 @@ class ImageWalk:
         document = _document(manifest)
         is_index = manifest.media_type in INDEX_TYPES or "manifests" in document
         children = index_descriptors(document) if is_index else []
+        listed = document.get("manifests") if is_index else None
+        if isinstance(listed, list) and len(children) != len(listed):
+            # Copied without it, the index would name a manifest the copy does not have.
+            raise CopyError(f"index {manifest.digest} names a manifest that is not a descriptor")
         blobs = blob_descriptors(document)
         if len(children) + len(blobs) > MAX_REFERENCES:
             raise CopyError(f"manifest {manifest.digest} names too many references")

@@ -1,7 +1,8 @@
 """
-A Docker token service on loopback for the project's registry (``[auth.token]``): it checks
-Basic credentials, grants every scope asked for, signs a JWT with a test CA's key, and logs
-each request (its ``Authorization`` and scopes) so tests can see who got what.
+A Docker token service on loopback for the project's registry (``[auth.token]``) or registry:2:
+it checks Basic credentials, grants every scope asked for (but under the names a user is
+``refused``), signs a JWT with a test CA's key, and logs each request (its ``Authorization``
+and scopes) so tests can see who got what.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class TokenService:
     sections: dict[str, dict[str, str]]
     users: dict[str, str]
     log: list[tuple[str | None, list[str]]] = attrs.field(factory=list)
+    # User -> repository names under which they get nothing (a token without that access).
+    refused: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    # The CA bundle tokens are checked against (for registries configured by hand).
+    bundle: str = ""
 
 
 class _TokenResource(Resource):
@@ -56,6 +61,8 @@ class _TokenResource(Resource):
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
+            if kind == "repository" and name.startswith(self._service.refused.get(user, ())):
+                continue
             if kind == "repository" and user != "anonymous":
                 access.append(pki.repo_access(name, *actions.split(",")))
             elif kind == "repository":
@@ -73,7 +80,7 @@ async def token_service(folder: Path, users: dict[str, str]) -> AsyncIterator[To
     ca = pki.certificate("token CA", ca_key, ca=True)
     signer = pki.certificate("token signer", key, (ca_key, ca))
     bundle = pki.write(folder / "token-ca.pem", pki.pem_cert(ca))
-    service = TokenService("", {}, users)
+    service = TokenService("", {}, users, bundle=str(bundle))
     site = Site(_TokenResource(service, key, pki.x5c(signer, ca)))
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
     service.url = f"http://127.0.0.1:{port.getHost().port}/token"

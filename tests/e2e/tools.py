@@ -57,12 +57,25 @@ class Registry2Process:
         "    v4auth: true\n    chunksize: {chunksize}\n"
     )
 
-    def __init__(self, workdir: Path, root: Path | None = None, storage: str | None = None) -> None:
+    # Bearer tokens from a token service (``TOKEN_AUTH.format(...)`` for ``auth``).
+    TOKEN_AUTH = (
+        "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n"
+        "    rootcertbundle: {bundle}\n"
+    )
+
+    def __init__(
+        self,
+        workdir: Path,
+        root: Path | None = None,
+        storage: str | None = None,
+        auth: str = "",
+    ) -> None:
         """``root``: a filesystem storage root; or ``storage``: the lines of another driver's
-        section under ``storage:`` (see `S3_STORAGE`)."""
+        section under ``storage:`` (see `S3_STORAGE`); ``auth``: an ``auth:`` section."""
         self.workdir = workdir
         self.root = root
         self.storage = storage
+        self.auth = auth
         # registry:2 (third-party) is given its address in its config file: the port is
         # probed up front rather than read back from its log.
         self.port = free_port()
@@ -72,7 +85,7 @@ class Registry2Process:
     def start(self) -> None:
         binary = require("docker-registry")
         config = self.workdir / f"registry2-{self.port}.yml"
-        text = self.CONFIG.format(root=self.root, port=self.port)
+        text = self.CONFIG.format(root=self.root, port=self.port) + self.auth
         if self.storage is not None:
             text = text.replace(f"  filesystem:\n    rootdirectory: {self.root}\n", self.storage)
         config.write_text(text)
