@@ -97,6 +97,13 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds per exchange (default 60)"
     )
     sub.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    sub.add_argument(
+        "--progress-interval",
+        type=float,
+        default=LOG_SECONDS,
+        metavar="SECONDS",
+        help=f"off a terminal, seconds between lines of bytes moved (default {LOG_SECONDS:g})",
+    )
     return sub
 
 
@@ -227,6 +234,9 @@ def format_bytes(count: float) -> str:
 # count has stood still for a tick (a stalled transfer shows where it stands).
 TICK_SECONDS = 0.25
 TICK_BYTES = 1024 * 1024
+# Off a terminal (a CI log), a line with the bytes moved this often while they move: a large
+# layer is otherwise silent until it is done.
+LOG_SECONDS = 10.0
 
 
 @attrs.define
@@ -259,6 +269,16 @@ class Progress:
             return
         self.shown_moved = moved
         self.stream.write(f"{self._line()}; {format_bytes(moved)} moved\x1b[K")
+        self.stream.flush()
+
+    def log(self, moved: int, interval: float) -> None:
+        """Off a terminal, every ``interval`` seconds: a line when bytes moved since the
+        last one, with the rate over the interval."""
+        if self.quiet or self.tty or moved == self.shown_moved:
+            return
+        rate = (moved - self.shown_moved) / interval
+        self.shown_moved = moved
+        self.stream.write(f"moving: {format_bytes(moved)} so far, {format_bytes(int(rate))}/s\n")
         self.stream.flush()
 
     def __call__(self, event: CopyEvent) -> None:
@@ -326,14 +346,20 @@ async def run(
         target = parse_image(args.destination)
         if args.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
+        if not args.progress_interval > 0:
+            raise UsageError("--progress-interval must be above 0")
         endpoints.append(await open_endpoint(reactor, source, args, "src", False))
         if target.transport == "oci":
             created = await in_thread(reactor, _created_by_us, target.location)
         endpoints.append(await open_endpoint(reactor, target, args, "dest", True))
-        ticker = LoopingCall(lambda: progress.tick(_moved(endpoints)))
+        if progress.tty:
+            ticker = LoopingCall(lambda: progress.tick(_moved(endpoints)))
+        else:
+            interval = args.progress_interval
+            ticker = LoopingCall(lambda: progress.log(_moved(endpoints), interval))
         ticker.clock = reactor
-        if progress.tty and not progress.quiet:
-            ticker.start(TICK_SECONDS, now=False)
+        if not progress.quiet:
+            ticker.start(TICK_SECONDS if progress.tty else args.progress_interval, now=False)
         try:
             result = await copy_image(
                 endpoints[0],

@@ -110,3 +110,54 @@ def test_a_stalled_transfer_shows_where_it_stands() -> None:
     quiet_copy.tick(3000)
     quiet_copy.tick(3000)  # a small copy adds no rewrite, moving or not
     assert small.getvalue() == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_blob_shows_its_bytes_in_a_log_too(
+    tls_fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """Off a terminal (stderr a pipe, as in a CI log) the layer held after 4 MiB shows as a
+    line of bytes moved every ``--progress-interval``, before the copy ends; it used to show
+    nothing until the blob was done."""
+    image = tls_fake.content.add_image("library/big", "1", [8 * 1024 * 1024])
+    hold = tls_fake.hold_body(image.layers[0].digest, 4 * 1024 * 1024)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DOCKER_CONFIG": "/nonexistent"}
+    command = [sys.executable, "-m", "registry.cli", "copy", "--progress-interval", "0.2"]
+    command += [*source_args(tls_fake, tmp_path, "library/big:1"), f"oci:{tmp_path / 'out'}:1"]
+    reader, writer = os.pipe()
+    shown = b""
+
+    def read_some() -> None:
+        nonlocal shown
+        for _ in range(1000):  # bounded: what a pipe holds, read in pieces
+            if not select.select([reader], [], [], 0)[0]:
+                return
+            data = os.read(reader, 65536)
+            if not data:  # the writing end is closed
+                return
+            shown += data
+
+    try:
+        child = await deferToThread(
+            subprocess.Popen, command, stdout=subprocess.PIPE, stderr=writer, env=env
+        )
+        try:
+            await wait_for(
+                lambda: read_some() or b"moving: 4.0 MiB so far" in shown, "4.0 MiB logged"
+            )
+        finally:
+            hold.release()
+            out, _ = await deferToThread(child.communicate, timeout=120)
+        os.close(writer)
+        writer = -1
+        read_some()
+    finally:
+        os.close(reader)
+        if writer != -1:
+            os.close(writer)
+    assert child.returncode == 0
+    assert f"copied {image.digest}: 1 manifests, 2 blobs (8.0 MiB)" in out.decode()
+    # Whole lines, one event each: the log's lines, not a terminal's rewrites.
+    assert b"\r" not in shown and b"\x1b" not in shown
+    moving = [line for line in shown.decode().splitlines() if line.startswith("moving: ")]
+    assert moving and all(line.endswith("/s") for line in moving), moving
