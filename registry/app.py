@@ -134,7 +134,8 @@ class RegistryApp:
         config = self.ctx.config
         if config.maintenance.readonly:
             methods = [m for m in methods if m in ("GET", "HEAD")]
-        elif not config.storage.delete_enabled:
+        elif not config.storage.delete_enabled and route.kind in (Kind.MANIFEST, Kind.BLOB):
+            # (Cancelling an upload is a DELETE that deletes_enabled does not govern.)
             methods = [m for m in methods if m != "DELETE"]
         return ", ".join(methods)
 
