@@ -544,8 +544,11 @@ class Session:
             # A HEAD answer has no body to name the code; these two statuses say it anyway.
             implied = {401: "UNAUTHORIZED", 403: "DENIED"}.get(status)
             errors = ((implied, "(HEAD: no body)"),) if implied else ()
-        code, message = errors[0] if errors else (None, "")
-        reason = f"{what}: {code or status} {message}".strip()
+        code = errors[0][0] if errors else None
+        # Every error of the body, not only the first (registry:2 lists UNKNOWN before the
+        # one that says what is wrong).
+        said = "; ".join(f"{c} {m}".strip() for c, m in errors[:5]) or str(status)
+        reason = f"{what}: {said}".strip()
         self.errors += 1
         if status == 404:
             raise NotFound(status, reason, code, errors)
@@ -610,12 +613,19 @@ def describe(exc: BaseException) -> str:
 
 
 def error_codes(body: bytes) -> tuple[tuple[str, str], ...]:
-    """The ``(code, message)`` pairs of an OCI error body; () when it is not one."""
+    """The ``(code, message)`` pairs of an OCI error body; () when it is not one.  A short
+    ``detail`` goes into the message: it is what names the blob a manifest lacks, say."""
     try:
         data = json.loads(body)
         found = []
         for entry in data["errors"]:
-            found.append((str(entry.get("code")), str(entry.get("message", ""))[:200]))
+            message = str(entry.get("message", ""))[:200]
+            detail = entry.get("detail")
+            if detail not in (None, "", {}, []):
+                text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True)
+                if len(text) <= 200:
+                    message = f"{message} ({text})" if message else text
+            found.append((str(entry.get("code")), message))
         return tuple(found)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return ()

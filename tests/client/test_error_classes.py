@@ -5,6 +5,7 @@ however the body is read and whatever the caller passed.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ from registry.client import (
     Unavailable,
     Upload,
 )
+from tests.client import images
 from tests.client.conftest import ClientFactory
 from tests.e2e.client import get
 from tests.e2e.conftest import Starter
@@ -325,3 +327,22 @@ async def test_closing_after_a_cancelled_open_waits_for_one_delete_at_most(
         assert [u.rsplit("/", 1)[1] for u in client.uncancelled_uploads] == ["1"]
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_error_names_its_detail_and_every_error_of_the_body(
+    start_registry: Starter, make_client: ClientFactory
+) -> None:
+    """What a manifest lacks is in the error's ``detail`` (registry:2 puts the digest there,
+    after an UNKNOWN entry): the message names it, and every entry, not only the first."""
+    client = make_client((await start_registry()).url)
+    missing = images.digest(b"a layer that was never pushed")
+    body, blobs = images.image("amd64", [])
+    for dgst, data in blobs.items():
+        await client.upload_blob("team/app", data, dgst)
+    manifest = json.loads(body)
+    manifest["layers"] = [{"mediaType": images.OCI_LAYER, "digest": missing, "size": 29}]
+    with pytest.raises(Rejected) as refused:
+        await client.put_manifest("team/app", "v1", json.dumps(manifest).encode())
+    assert refused.value.code == "MANIFEST_BLOB_UNKNOWN"
+    assert missing in str(refused.value), str(refused.value)
