@@ -14,7 +14,7 @@ import attrs
 from registry.api.digests import Digest
 from registry.sync.config import SyncConfig
 from registry.sync.filters import literal_prefix, map_name
-from registry.sync.sides import Side
+from registry.sync.sides import RepositoryMissing, Side
 
 
 @attrs.frozen
@@ -47,9 +47,19 @@ async def plan_repository(
     source: Side, target: Side, config: SyncConfig, name: str, destination: str
 ) -> list[TagPlan]:
     """Every selected tag of one repository with its digest on both sides; tags that
-    vanished from the source meanwhile are left out."""
+    vanished from the source meanwhile are left out.  A repository the remote does not have
+    is an error when a pull's ``repositories`` named it (a typo, a ``remote`` that is no
+    registry: a run copying nothing must not end ``ok``); it has no tags when it came from the
+    catalog (deleted since it was listed), or when a push names a local repository not pushed
+    yet (a sync set up before its first image)."""
+    try:
+        tags = await source.tags(name)
+    except RepositoryMissing:
+        if config.repositories.literal_names is not None and source.label == "remote":
+            raise
+        tags = []
     plans = []
-    for tag in config.tags.select(await source.tags(name)):
+    for tag in config.tags.select(tags):
         digest = await source.tag_digest(name, tag)
         if digest is None:
             continue

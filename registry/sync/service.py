@@ -35,7 +35,7 @@ from registry.sync.abandoned import UploadMarks
 from registry.sync.config import SyncConfig, parse_syncs
 from registry.sync.copier import Copier, CopyError
 from registry.sync.planner import plan_repository, source_repositories, target_name
-from registry.sync.sides import LocalSide, RemoteSide
+from registry.sync.sides import LocalSide, RemoteSide, RepositoryMissing
 from registry.sync.status import RunReport, SyncStatus
 from registry.sync.throttle import Throttle
 
@@ -60,7 +60,7 @@ def describe(exc: BaseException) -> str:
     return str(exc)[:300] or type(exc).__name__
 
 
-EXPECTED = (ClientError, RegistryError, CopyError, StorageError, ValueError)
+EXPECTED = (ClientError, RegistryError, CopyError, StorageError, ValueError, RepositoryMissing)
 
 
 class SyncService(Service):

@@ -27,6 +27,10 @@ from registry.handlers.context import RegistryContext
 _PAGE = 1000
 
 
+class RepositoryMissing(Exception):
+    """The side has no such repository (its tag list answers that it does not know it)."""
+
+
 class LocalSide:
     """This registry, through its stores."""
 
@@ -47,10 +51,11 @@ class LocalSide:
         return names
 
     async def tags(self, name: str) -> list[str]:
+        """The repository's tags; `RepositoryMissing` when there is no such repository."""
         try:
             tags, _ = await self.ctx.tags.list_tags(name)
-        except RegistryError:
-            return []
+        except RegistryError as exc:
+            raise RepositoryMissing(f"no repository {name} here ({exc.code.value})") from None
         return tags
 
     async def tag_digest(self, name: str, tag: str) -> Digest | None:
@@ -102,10 +107,12 @@ class RemoteSide:
         return [name async for name in self.client.all_repositories(page_size=_PAGE)]
 
     async def tags(self, name: str) -> list[str]:
+        """The repository's tags; `RepositoryMissing` when the remote answers 404 (an unknown
+        repository, or a ``remote`` that is not a registry's address)."""
         try:
             return [tag async for tag in self.client.all_tags(name, page_size=_PAGE)]
-        except NotFound:
-            return []
+        except NotFound as exc:
+            raise RepositoryMissing(f"the remote has no repository {name} ({exc})") from None
 
     async def tag_digest(self, name: str, tag: str) -> Digest | None:
         # A HEAD: Docker Hub does not count it against the pull rate limit.

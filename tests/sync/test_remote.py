@@ -18,6 +18,7 @@ from tests.client.conftest import ClientFactory
 from tests.e2e.client import get
 from tests.e2e.conftest import Starter
 from tests.e2e.harness import free_port, sleep
+from tests.e2e.test_notifications import push_small_image
 from tests.fakes.upstream import Switches, start_fake_upstream
 from tests.sync.helpers import metric, sync_status, wait_runs
 
@@ -162,3 +163,33 @@ async def test_blob_transfers_are_bounded_by_concurrency(
         assert got.body == image.manifest
     finally:
         await fake.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_named_repository_the_remote_does_not_have_fails_the_run(
+    start_registry: Starter,
+) -> None:
+    """A typo in ``repositories`` (plain names: no catalog is read) used to be a repository
+    with no tags: the run copied nothing and ended ``ok``, so an alert on the last success
+    never fired.  Now it is an error naming the repository; the others are copied."""
+    remote = await start_registry()
+    await push_small_image(remote.url, "team/app", "v1")
+    local = await start_registry(
+        {
+            "sync:typo": {
+                "remote": remote.url,
+                "first_run_within": "0s",
+                "repositories": "team/app team/appp",
+                "timeout": "5s",
+            }
+        }
+    )
+    status = await wait_runs(local.url, "typo")
+    assert status["last"]["result"] == "failed"
+    assert status["last_success"] is None
+    (message,) = status["last"]["error_messages"]
+    assert message.startswith("team/appp: the remote has no repository team/appp"), message
+    assert "NAME_UNKNOWN" in message
+    assert status["last"]["tags_checked"] == 1
+    response, _ = await get(f"{local.url}/v2/team/app/manifests/v1")
+    assert response.code == 200
