@@ -149,8 +149,11 @@ class StorageFacts:
                 except OSError:
                     items.append(("Disk", "unavailable"))
                 else:
-                    used = f"{_format.size(usage.used)} of {_format.size(usage.total)} "
-                    used += f"({_format.percent(usage.used, usage.total)}), "
+                    # As df counts: of what the registry may use, blocks reserved for root
+                    # left out (used + free is then the whole, and the share is df's).
+                    usable = usage.used + usage.free
+                    used = f"{_format.size(usage.used)} of {_format.size(usable)} "
+                    used += f"({_format.percent(usage.used, usable)}), "
                     used += f"{_format.size(usage.free)} free"
                     items.append(("Disk used (the whole file system)", used))
         elif config.storage.driver == "s3":

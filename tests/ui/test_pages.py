@@ -9,6 +9,7 @@ import html
 import json
 import os
 import re
+import shutil
 import time
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
@@ -337,6 +338,12 @@ def test_cache_and_storage_pages(filled: Filled) -> None:
     assert "<dt>Errors</dt><dd>0</dd>" in body
 
 
+def _bytes(text: str) -> float:
+    """A size as the pages write it (``12.3 GiB``, ``512 B``), in bytes."""
+    amount, unit = text.split()
+    return float(amount) * 1024 ** ["B", "KiB", "MiB", "GiB", "TiB"].index(unit)
+
+
 def test_storage_page_shows_the_space_the_registry_uses(filled: Filled) -> None:
     """The registry's own bytes (every blob's data), as the last gc counted them, whatever
     the driver; the file system's usage is a separate line."""
@@ -353,7 +360,23 @@ def test_storage_page_shows_the_space_the_registry_uses(filled: Filled) -> None:
         f"(as of the last gc at {_format.date(last['finished'])})"
     )
     assert f"<dt>Space used by the registry</dt><dd>{expected}</dd>" in body
-    assert "<dt>Disk used (the whole file system)</dt><dd>" in body
+    # As df shows it: used of used + free (blocks reserved for root are neither; the file
+    # system's total, the page's figure before, counted them as if the registry had them).
+    shown = re.search(
+        r"<dt>Disk used \(the whole file system\)</dt><dd>(\S+ \S+) of (\S+ \S+) "
+        r"\(([\d.]+) %\), (\S+ \S+) free</dd>",
+        body,
+    )
+    assert shown is not None, body
+    used, usable, share, free = (
+        _bytes(shown[1]),
+        _bytes(shown[2]),
+        float(shown[3]),
+        _bytes(shown[4]),
+    )
+    usage = shutil.disk_usage(filled.registry.workdir / "data")
+    assert abs(usable - (used + free)) <= 0.002 * usable + 2048, (shown[0], usage)
+    assert abs(share - 100 * used / usable) <= 0.2
     assert "<dt>Would delete</dt>" in body and "<dt>Repositories scanned</dt>" in body
     # What the collection scanned and would delete, and the space every team's blobs take, are
     # whole-registry facts: not for bob, who may pull two repositories; when it ran is.
