@@ -145,6 +145,11 @@ def _not_found(what: str) -> RegistryError:
     return RegistryError(NOT_FOUND, {"path": what[:300]}, "no such page")
 
 
+def _last_page_start(count: int, page_size: int) -> int:
+    """Where the last page of ``count`` rows begins (0 when there are none)."""
+    return max(0, (count - 1) // page_size * page_size)
+
+
 @attrs.define
 class UiApp:
     ctx: RegistryContext
@@ -317,9 +322,10 @@ class UiApp:
         rows = await _data.tag_rows(self.reader, local, [(t, dates.get(t)) for t in shown])
         token = await self.csrf.token(principal) if await self._may_delete(request, name) else None
         path = _pages.repo_url(name)
-        prev_href = (
-            _href(path, q=text, offset=max(0, offset - self.page_size) or None) if offset else ""
-        )
+        # Past the end (a stale link, a hand-made offset), "previous" is the last page there
+        # is, not another empty one before it.
+        before = min(offset - self.page_size, _last_page_start(len(matching), self.page_size))
+        prev_href = _href(path, q=text, offset=max(0, before) or None) if offset else ""
         next_href = (
             _href(path, q=text, offset=offset + self.page_size)
             if offset + self.page_size < len(matching)

@@ -316,6 +316,10 @@ def test_tags_are_paginated_and_filtered(filled: Filled) -> None:
     assert len(rest) == 10
     assert sorted(shown + rest) == [f"t{i:03d}" for i in range(60)]
     assert 'rel="prev"' in second and 'rel="next"' not in second
+    # Past the end (a stale link): an empty page whose previous page is the last one.
+    _, _, beyond = page(filled, "/ui/r/team/many?offset=100000")
+    assert rows(beyond, "tags") == []
+    assert 'href="/ui/r/team/many?offset=50" rel="prev"' in beyond
     _, _, filtered = page(filled, "/ui/r/team/many?" + urlencode({"q": "t05"}))
     assert sorted(rows(filtered, "tags")) == [f"t05{i}" for i in range(10)]
 
