@@ -17,18 +17,14 @@ from typing import Any
 
 from twisted.web import http
 
-from registry.http.misdirected import Answered, answer_and_close
+from registry.http.misdirected import Answered, answer_and_close, plain_answer
 from registry.http.twisted_internals import http1_channel
 
 
 def _answer(seconds: float) -> bytes:
-    text = f"The request head was not complete within {seconds:g} s of its first byte.\n"
-    body = text.encode()
-    return (
-        b"HTTP/1.1 408 Request Timeout\r\n"
-        b"Content-Type: text/plain; charset=utf-8\r\n"
-        b"Connection: close\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    return plain_answer(
+        "408 Request Timeout",
+        f"The request head was not complete within {seconds:g} s of its first byte.\n",
     )
 
 

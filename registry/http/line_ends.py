@@ -16,15 +16,12 @@ from typing import Any
 
 from twisted.web import http
 
-from registry.http.misdirected import Answered, answer_and_close
+from registry.http.misdirected import Answered, answer_and_close, plain_answer
 from registry.http.twisted_internals import http1_channel
 
-_TEXT = b"A line of the request head ends in a bare LF; HTTP/1.1 lines end in CRLF.\n"
-_ANSWER = (
-    b"HTTP/1.1 400 Bad Request\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Connection: close\r\n"
-    b"Content-Length: " + str(len(_TEXT)).encode() + b"\r\n\r\n" + _TEXT
+_ANSWER = plain_answer(
+    "400 Bad Request",
+    "A line of the request head ends in a bare LF; HTTP/1.1 lines end in CRLF.\n",
 )
 _HEAD_END = b"\r\n\r\n"
 

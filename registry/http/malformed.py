@@ -10,18 +10,13 @@ from __future__ import annotations
 
 from twisted.web import http
 
-from registry.http.misdirected import Answered, answered_body
+from registry.http.misdirected import Answered, answered_body, plain_answer
 from registry.http.twisted_internals import answer_malformed_with, http1_channel
 
-_TEXT = (
-    b"The request is malformed: its request line, a header line, the size of its head "
-    b"(16 KiB, 500 header lines) or the framing of its body.\n"
-)
-_ANSWER = (
-    b"HTTP/1.1 400 Bad Request\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Connection: close\r\n"
-    b"Content-Length: " + str(len(_TEXT)).encode() + b"\r\n\r\n" + _TEXT
+_ANSWER = plain_answer(
+    "400 Bad Request",
+    "The request is malformed: its request line, a header line, the size of its head "
+    "(16 KiB, 500 header lines) or the framing of its body.\n",
 )
 
 

@@ -93,6 +93,18 @@ def _refuse_when(
 Answered = Callable[[int, int], None]
 
 
+def plain_answer(status: str, text: str) -> bytes:
+    """A whole HTTP/1.1 answer of ``status`` (``"400 Bad Request"``) with ``text`` as its
+    plain-text body, closing the connection: what is written before a request exists."""
+    body = text.encode()
+    return (
+        b"HTTP/1.1 " + status.encode() + b"\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
 def answered_body(answer: bytes) -> int:
     """The bytes of a raw answer's body (after its head)."""
     return len(answer) - answer.index(b"\r\n\r\n") - 4

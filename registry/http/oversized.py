@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from twisted.web import http
 
-from registry.http.misdirected import Answered, answer_and_close
+from registry.http.misdirected import Answered, answer_and_close, plain_answer
 from registry.http.twisted_internals import http1_channel
 
 
 def _answer(limit: int) -> bytes:
-    text = f"The request line or a header line is longer than {limit} bytes.\n".encode()
-    return (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-        b"Content-Type: text/plain; charset=utf-8\r\n"
-        b"Connection: close\r\n"
-        b"Content-Length: " + str(len(text)).encode() + b"\r\n\r\n" + text
+    return plain_answer(
+        "431 Request Header Fields Too Large",
+        f"The request line or a header line is longer than {limit} bytes.\n",
     )
 
 

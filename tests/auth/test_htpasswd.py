@@ -18,6 +18,19 @@ from registry.auth.htpasswd import Htpasswd, hash_password, parse_htpasswd
 from tests.auth.conftest import LogCapture, reactor
 
 
+def counted_checks(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The real checks, each recorded (its arguments) in the list returned."""
+    calls: list[object] = []
+    real = htpasswd_module._check
+
+    def counting(*args: object) -> bool:
+        calls.append(args)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(htpasswd_module, "_check", counting)
+    return calls
+
+
 def _bcrypt(pw: str, prefix: str = "$2b$") -> str:
     return prefix + bcrypt.hashpw(pw.encode(), bcrypt.gensalt(4)).decode()[4:]
 
@@ -128,14 +141,7 @@ async def test_reload_on_change_at_most_once_a_second(
 async def test_success_cache_expires_and_is_cleared_on_reload(
     tmp_path: os.PathLike[str], threadpool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[object] = []
-    real = htpasswd_module._check
-
-    def counting(*args: object) -> bool:
-        calls.append(args)
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(htpasswd_module, "_check", counting)
+    calls = counted_checks(monkeypatch)
     path = os.path.join(tmp_path, "htpasswd")
     _write(path, f"alice:{_bcrypt('a')}\n")
     clock = Clock()
@@ -161,14 +167,7 @@ async def test_a_wrong_password_is_refused_again_without_a_bcrypt(
 ) -> None:
     """Until the remembered failure expires, or the file changes (the password may be
     right now)."""
-    calls: list[object] = []
-    real = htpasswd_module._check
-
-    def counting(*args: object) -> bool:
-        calls.append(args)
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(htpasswd_module, "_check", counting)
+    calls = counted_checks(monkeypatch)
     path = os.path.join(tmp_path, "htpasswd")
     _write(path, f"alice:{_bcrypt('a')}\n")
     clock = Clock()
@@ -195,14 +194,7 @@ async def test_parallel_checks_of_the_same_credentials_share_one_bcrypt(
     tmp_path: os.PathLike[str], threadpool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client sending the same credentials with every request of a pull, many at once."""
-    calls: list[object] = []
-    real = htpasswd_module._check
-
-    def counting(*args: object) -> bool:
-        calls.append(args)
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(htpasswd_module, "_check", counting)
+    calls = counted_checks(monkeypatch)
     path = os.path.join(tmp_path, "htpasswd")
     _write(path, f"alice:{_bcrypt('a')}\n")
     db = Htpasswd(path, reactor(), threadpool, Clock(), cache_seconds=0)
