@@ -18,6 +18,7 @@ uploads cancelled, a layout directory the copy created removed).
 from __future__ import annotations
 
 import argparse
+import getpass
 import shutil
 import signal
 import sys
@@ -192,6 +193,17 @@ async def open_endpoint(
             credentials = Credentials.parse(creds_text)
         except ValueError as exc:
             raise UsageError(f"--{side}-creds: {exc}") from None
+        if ":" not in creds_text:
+            # USER alone: the password is asked for on the terminal, as skopeo does (an
+            # empty one was sent instead).
+            if not sys.stdin.isatty():
+                raise UsageError(
+                    f"--{side}-creds {creds_text}: no password, and no terminal to ask it on "
+                    "(give USER:PASSWORD)"
+                )
+            prompt = f"Password for {credentials.username} at {image.location}: "
+            password = await in_thread(reactor, getpass.getpass, prompt)
+            credentials = Credentials(credentials.username, password)
     elif not getattr(args, f"{side}_no_creds"):
         authfile = getattr(args, f"{side}_authfile") or args.authfile
         try:

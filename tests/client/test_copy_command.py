@@ -7,11 +7,14 @@ registry; exit codes 0, 1, 2.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
+import select
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import bcrypt
@@ -320,3 +323,66 @@ async def test_a_malformed_reference_is_a_bad_command_line(
         assert len(err.splitlines()) == 1 and err.startswith(f"txregistry copy: {source}: "), err
         assert why in err
     assert not (tmp_path / "x7").exists()
+
+
+def _own_terminal() -> None:
+    """In the child: a session of its own whose controlling terminal is its stdin (the
+    pty), where getpass asks."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_without_a_password_is_asked_for_it(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``--dest-creds alice`` asks for the password on the terminal, as skopeo does (an
+    empty password was sent); without a terminal it is a usage error saying so."""
+    lines = [f"alice:{bcrypt.hashpw(b'alice-pw', bcrypt.gensalt(rounds=4)).decode()}"]
+    (tmp_path / "htpasswd").write_text("\n".join(lines) + "\n")
+    locked = await start_registry(
+        {"auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "test"}}
+    )
+    open_registry = await start_registry()
+    await push_multi(make_client(open_registry.url), "app/web", "v1")
+    source = f"docker://{open_registry.url.removeprefix('http://')}/app/web:v1"
+    host = locked.url.removeprefix("http://")
+    code, _, err = await txregistry(
+        "copy", *NO_TLS, "--dest-creds", "alice", source, f"docker://{host}/a:v1"
+    )
+    assert code == 2
+    assert err == (
+        "txregistry copy: --dest-creds alice: no password, and no terminal to ask it on "
+        "(give USER:PASSWORD)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DOCKER_CONFIG": "/nonexistent"}
+    command = [sys.executable, "-m", "registry.cli", "copy", "-q", *NO_TLS]
+    command += ["--dest-creds", "alice", source, f"docker://{host}/a:v1"]
+    terminal, other_end = pty.openpty()
+    asked = b""
+    try:
+        child = await deferToThread(
+            subprocess.Popen,
+            command,
+            stdin=other_end,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=_own_terminal,
+        )
+        for _ in range(600):  # bounded: 60 s, waiting in a thread (the registries serve)
+            if (await deferToThread(select.select, [terminal], [], [], 0.1))[0]:
+                asked += os.read(terminal, 1024)
+            if b"Password for alice at " in asked:
+                break
+        if not asked.startswith(f"Password for alice at {host}: ".encode()):
+            child.kill()
+            _, said = await deferToThread(child.communicate, timeout=30)
+            raise AssertionError(f"asked {asked!r}; stderr {said!r}")
+        os.write(terminal, b"alice-pw\n")
+        out, err_bytes = await deferToThread(child.communicate, timeout=120)
+    finally:
+        os.close(terminal)
+        os.close(other_end)
+    assert child.returncode == 0, err_bytes
+    assert "copied " in out.decode()
