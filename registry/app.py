@@ -141,11 +141,25 @@ class RegistryApp:
 
     def _allow_unknown(self, request: IRequest, error: object) -> str:
         """The ``Allow`` of a 405 to a method no route takes (werkzeug's ``FOO /v2/``): for
-        the API, what its resource takes; elsewhere, what werkzeug says the route takes."""
+        the API, what its resource takes; for the fixed pages, theirs; elsewhere, what
+        werkzeug says the route takes."""
         path = request.path
         if path == b"/v2" or path.startswith(b"/v2/"):
             return self._allow(parse_route(path[4:].decode("utf-8", "replace"), read=True))
+        fixed = self.fixed_allow(path)
+        if fixed is not None:
+            return fixed
         return ", ".join(sorted(getattr(error, "valid_methods", None) or ()))
+
+    def fixed_allow(self, path: bytes) -> str | None:
+        """The methods a page outside the API and the UI takes (the health answers, and
+        /metrics and /sync/status where they are served here); None for other paths."""
+        if path in (b"/health", b"/health/live", b"/health/ready", b"/ui"):
+            return "GET, HEAD"
+        served = metrics_on_main_port(self.ctx)
+        if served and (path in (b"/metrics", b"/sync/status") or path.startswith(b"/sync/status/")):
+            return "GET"
+        return None
 
     def answer_failure(self, request: IRequest, failure: Failure) -> bytes:
         """

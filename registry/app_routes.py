@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from registry.api.errors import NOT_FOUND, RegistryError
+from registry.api.errors import NOT_FOUND, UNSUPPORTED, RegistryError
 from registry.app import METHODS, RegistryApp, metrics_on_main_port
 from registry.handlers import monitoring
 
@@ -94,7 +94,17 @@ class KleinRoutes:
 
     @router.route("/", branch=True, methods=METHODS)
     async def elsewhere(self, request: IRequest) -> bytes:
-        raise RegistryError(NOT_FOUND, {"path": request.path.decode("latin-1")[:300]})
+        path = request.path.decode("latin-1")[:300]
+        allow = self.app.fixed_allow(request.path)
+        if allow is not None:  # a page that is there, asked with a method it does not take
+            raise RegistryError(
+                UNSUPPORTED,
+                {"method": request.method.decode("latin-1"), "path": path},
+                "method not allowed",
+                status=405,
+                headers={"Allow": allow},
+            )
+        raise RegistryError(NOT_FOUND, {"path": path})
 
     @router.handle_errors(Exception)
     def failed(self, request: IRequest, failure: Failure) -> bytes:

@@ -154,3 +154,25 @@ async def test_writes_refused_in_read_only_mode_are_405_with_the_reads_in_allow(
         assert status == b"HTTP/1.1 405 Method Not Allowed", (method, path, status)
         assert headers["allow"] == allow, (method, path)
         assert [e["code"] for e in json.loads(body)["errors"]] == ["UNSUPPORTED"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fixed_pages_answer_other_methods_with_405_and_allow(
+    registry: InProcessRegistry,
+) -> None:
+    """``POST /health`` was a 404 (as if the page were not there) and ``FOO /health`` a 405
+    listing every method; both name what the page takes now."""
+    for method, path, allow in (
+        ("POST", "/health", "GET, HEAD"),
+        ("FOO", "/health", "GET, HEAD"),
+        ("DELETE", "/health/ready", "GET, HEAD"),
+        ("PUT", "/health/live", "GET, HEAD"),
+        ("POST", "/sync/status", "GET"),
+        ("POST", "/metrics", "GET"),
+    ):
+        status, headers, body = await _exchange(registry, method, path)
+        assert status == b"HTTP/1.1 405 Method Not Allowed", (method, path, status)
+        assert headers["allow"] == allow, (method, path)
+        assert [e["code"] for e in json.loads(body)["errors"]] == ["UNSUPPORTED"]
+    status, _, _ = await _exchange(registry, "POST", "/nothing/here")
+    assert status == b"HTTP/1.1 404 Not Found"
