@@ -277,7 +277,9 @@ class UiApp:
         # Every method comes here: which one a path takes depends on the path (a delete is a
         # POST, every other page a GET), and the 405 must say so in ``Allow``.
         method = request.method.decode("latin-1")
-        name, _, action = rest.partition("/-/")
+        name, sep, action = rest.partition("/-/")
+        if sep and not action:  # ``/ui/r/team/app/-/``: no page of that name
+            raise _not_found(rest)
         if not action and rest.endswith("/") and is_valid_name(rest.rstrip("/")):
             if method not in _PAGE_METHODS:
                 raise _not_allowed(_PAGE_METHODS)

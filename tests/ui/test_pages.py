@@ -195,7 +195,13 @@ def test_layer_page_names_the_step_that_made_it(filled: Filled) -> None:
 
 
 def test_unknown_pages_are_404_pages(filled: Filled) -> None:
-    for path in ("/ui/nothing", "/ui/r/team/none", "/ui/r/team/app/-/manifest/none"):
+    for path in (
+        "/ui/nothing",
+        "/ui/r/team/none",
+        "/ui/r/team/app/-/manifest/none",
+        "/ui/r/team/app/-/",  # no page of an empty name (it was the repository's page)
+        "/ui/r/team/app/-/nope/x",
+    ):
         status, headers, body = page(filled, path)
         assert status == 404, path
         assert headers["Content-Security-Policy"] == CSP
