@@ -238,34 +238,45 @@ class Htpasswd:
             if now < failed_until:
                 return False  # known wrong: no bcrypt for it again
             del self._failed[key]
-        followers = self._checking.get(key)
-        if followers is not None:  # the same credentials are being checked: that answer
-            follower: Deferred[bool] = Deferred()
-            followers.append(follower)
-            return await follower
-        self._checking[key] = followers = []
+        waiters = self._checking.get(key)
+        if waiters is None:  # else the same credentials are being checked: that answer
+            waiters = self._checking[key] = []
+            self._start_check(key, user, pw, now)
+        # Each request waits on its own: one that is cancelled (its client left) drops out,
+        # and the check goes on for the others.
+        mine: Deferred[bool] = Deferred()
+        waiters.append(mine)
+        return await mine
+
+    def _start_check(self, key: bytes, user: str, pw: bytes, now: float) -> None:
+        """The bcrypt for ``key`` in the thread pool; its answer goes to every waiter."""
         entry = self._entries.get(user)
-        try:
-            ok: bool = await deferToThreadPool(
-                self._reactor, self._threadpool, _check, entry, pw, self._unknown_profile(user)
-            )
-        except BaseException:
-            failure = Failure()
-            del self._checking[key]
-            for follower in followers:
-                follower.errback(failure)
-            raise
-        del self._checking[key]
-        if self._cache_seconds > 0 and self._entries.get(user) is entry:
-            if ok:
-                self._cache[user] = (key, now + self._cache_seconds)
-            else:
-                self._failed[key] = now + self._cache_seconds
-                while len(self._failed) > _FAILED_REMEMBERED:
-                    self._failed.popitem(last=False)
-        for follower in followers:
-            follower.callback(ok)
-        return ok
+        check = deferToThreadPool(
+            self._reactor, self._threadpool, _check, entry, pw, self._unknown_profile(user)
+        )
+
+        def settle(result: bool | Failure) -> None:
+            waiters = self._checking.pop(key, [])
+            if (
+                not isinstance(result, Failure)
+                and self._cache_seconds > 0
+                and self._entries.get(user) is entry
+            ):
+                if result:
+                    self._cache[user] = (key, now + self._cache_seconds)
+                else:
+                    self._failed[key] = now + self._cache_seconds
+                    while len(self._failed) > _FAILED_REMEMBERED:
+                        self._failed.popitem(last=False)
+            for waiter in waiters:
+                if waiter.called:  # cancelled
+                    continue
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+
+        check.addBoth(settle)
 
 
 def hash_password(password: str, rounds: int = 10) -> str:

@@ -10,7 +10,7 @@ import threading
 import bcrypt
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.task import Clock
 
 from registry.auth import htpasswd as htpasswd_module
@@ -231,3 +231,21 @@ async def test_an_unknown_user_is_checked_as_some_user_of_the_file_would_be(
     assert set(seen) == {("bcrypt", 4), ("sha", 0)}, set(seen)
     # In proportion to the file's users (two bcrypt, one {SHA}): far from all one kind.
     assert 5 <= seen.count(("sha", 0)) <= 40, seen.count(("sha", 0))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_check_shared_by_parallel_requests_outlives_the_first_one_leaving(
+    tmp_path: os.PathLike[str], threadpool
+) -> None:
+    """The request that started a check goes away (its client left: its Deferred is
+    cancelled): the others waiting on the same check still get its answer, not the
+    cancellation."""
+    path = os.path.join(tmp_path, "htpasswd")
+    _write(path, f"alice:{_bcrypt('a')}\n")
+    db = Htpasswd(path, reactor(), threadpool, Clock(), cache_seconds=0)
+    first = Deferred.fromCoroutine(db.verify("alice", "a"))
+    second = Deferred.fromCoroutine(db.verify("alice", "a"))
+    first.cancel()
+    with pytest.raises(CancelledError):
+        await first
+    assert await second is True
