@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -606,6 +607,36 @@ async def test_a_lease_whose_holder_stopped_is_taken_over(
     writer = await driver.writer("up/data", append=True)
     await writer.close()
     assert await driver._client.call("GET", lease, missing_ok=True) is None
+
+
+def _zombie() -> subprocess.Popen[bytes]:
+    """A child killed and not reaped (the caller waits for it at the end)."""
+    killed = subprocess.Popen(["sleep", "60"])
+    killed.kill()
+    for _ in range(500):  # bounded: the kernel makes it a zombie within milliseconds
+        with open(f"/proc/{killed.pid}/stat", "rb") as stat:
+            if stat.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                return killed
+        time.sleep(0.01)
+    raise AssertionError("the killed child never became a zombie")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_killed_but_not_yet_reaped_is_taken_over(make_driver: Any) -> None:
+    """Right after a kill -9 the holder is a zombie until its parent reaps it: it writes no
+    more, and a restarted registry's retry was refused ("another request is writing") until
+    the lease went stale."""
+    driver = make_driver()
+    await (await driver.writer("up/data")).close()
+    lease = driver._key("up/data") + LEASE_SUFFIX
+    killed = _zombie()
+    try:
+        holder = {"host": socket.gethostname(), "pid": killed.pid, "id": "z"}
+        await driver._client.call("PUT", lease, body=json.dumps(holder).encode())
+        writer = await driver.writer("up/data", append=True)
+        await writer.close()
+    finally:
+        killed.wait()
 
 
 @pytest_twisted.ensureDeferred

@@ -58,7 +58,18 @@ def _holder_is_gone(body: bytes) -> bool:
         return True
     except OSError:  # it runs, as another user
         return False
-    return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits for its parent to reap it (killed, it writes no
+    more: right after a kill -9 a restarted registry would otherwise wait out the lease)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[-1].split()
+    except OSError:  # gone meanwhile, or no /proc: as os.kill said
+        return False
+    return bool(fields) and fields[0] == b"Z"
 
 
 def is_held(response: IResponse, body: bytes) -> bool:
