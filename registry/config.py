@@ -287,6 +287,10 @@ class StorageConfig:
     # How long an S3 request waits for S3's answer (status line and headers) before failing:
     # a hung S3 then gives clients a 503 rather than a wait as long as theirs.
     answertimeout: float = key(60.0, parse_positive_duration)
+    # How long a server-side copy or a multipart completion (an upload's commit) may take
+    # before S3 answers: S3 may work on one for minutes, but a stalled S3 must not hold a
+    # client's commit for ever.
+    copytimeout: float = key(600.0, parse_positive_duration)
     # How long an S3 transfer (a part upload, a download, the answer after a part) may go
     # without a byte moving either way before it fails as S3 being unavailable: a stalled S3
     # then ends requests instead of holding them for as long as the network keeps quiet.

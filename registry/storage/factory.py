@@ -49,6 +49,7 @@ def build_driver(config: Config, reactor: Any, threadpool: ThreadPool) -> IStora
                 redirect=storage.redirect,
                 spooldirectory=spool,
                 answertimeout=storage.answertimeout,
+                copytimeout=storage.copytimeout,
                 idletimeout=storage.idletimeout,
             )
             settings.credentials()

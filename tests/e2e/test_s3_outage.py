@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -45,6 +46,7 @@ HEALTH_TIMEOUT = 2.0
 
 class _Relay(ProxyServer):
     held = b""
+    hanging = False  # this connection carries a request S3 works on without answering
 
     def dataReceived(self, data: bytes) -> None:
         factory: SwitchableS3 = self.factory  # type: ignore[assignment]
@@ -52,12 +54,15 @@ class _Relay(ProxyServer):
             factory.cut -= 1
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
-        if factory.hung:
+        if factory.hang_slow and _slow_request(data):
+            self.hanging = True
+        if factory.hung or self.hanging:
             self.held += data  # as a stopped S3 process would: read later, answered later
             return
         super().dataReceived(data)
 
     def release(self) -> None:
+        self.hanging = False
         held, self.held = self.held, b""
         if held:
             super().dataReceived(held)
@@ -73,12 +78,21 @@ class _Relay(ProxyServer):
         super().connectionLost(reason)
 
 
+def _slow_request(data: bytes) -> bool:
+    """Whether ``data`` begins a server-side copy or a multipart completion."""
+    line = data.split(b"\r\n", 1)[0]
+    completion = line.startswith(b"POST ") and b"uploadId=" in line
+    return completion or (line.startswith(b"PUT ") and b"\r\nx-amz-copy-source:" in data.lower())
+
+
 class SwitchableS3(ProxyFactory):
     protocol = _Relay
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
         self.hung = False
+        # Hang only copies and completions (what S3 may take minutes over), answering the rest.
+        self.hang_slow = False
         self.cut = 0  # how many of the next requests to cut
         self.live: set[_Relay] = set()
         self.listening: IListeningPort | None = None
@@ -107,7 +121,7 @@ class SwitchableS3(ProxyFactory):
             relay.transport.abortConnection()  # type: ignore[union-attr]
 
     def come_back(self) -> None:
-        self.hung = False
+        self.hung = self.hang_slow = False
         for relay in list(self.live):
             relay.release()
         if self.listening is None:
@@ -282,6 +296,46 @@ async def test_requests_to_a_hung_s3_end_in_503_after_answertimeout(
     switchable.come_back()
     response = await treq.get(f"{registry.url}/v2/app/blobs/{missing}", timeout=30)
     assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_s3_never_answers_ends_in_503_after_copytimeout(
+    start_registry: Starter,
+    s3_server: S3Server,  # noqa: F811
+    switchable: SwitchableS3,
+) -> None:
+    """A chunked upload's commit is S3's copy and completion, which answer late and were not
+    timed at all: a stalled S3 held the client's final PUT without an answer.  Now the commit
+    gets a 503 after ``copytimeout``, and goes through once S3 is back."""
+    registry = await start_on_s3(
+        start_registry, s3_server, switchable, "commit", copytimeout="2s", chunksize="5MiB"
+    )
+    data = os.urandom(11 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    response = await treq.post(f"{registry.url}/v2/app/blobs/uploads/", timeout=30)
+    assert response.code == 202
+    location = response.headers.getRawHeaders("location")[0]
+    for start in range(0, len(data), 6 * 1024 * 1024):
+        chunk = data[start : start + 6 * 1024 * 1024]
+        response = await treq.patch(
+            registry.url + location,
+            data=chunk,
+            headers={"Content-Range": f"{start}-{start + len(chunk) - 1}"},
+            timeout=60,
+        )
+        assert response.code == 202, await response.text()
+        location = response.headers.getRawHeaders("location")[0]
+    switchable.hang_slow = True
+    commit = f"{registry.url}{location}{'&' if '?' in location else '?'}digest={digest}"
+    response = await treq.put(commit, timeout=60)
+    assert response.code == 503, await response.text()
+    [error] = json.loads(await response.content())["errors"]
+    assert "gave no answer within 2s" in error["detail"]["reason"], error
+    switchable.come_back()
+    response = await treq.put(commit, timeout=60)
+    assert response.code == 201, await response.text()
+    response = await treq.get(f"{registry.url}/v2/app/blobs/{digest}", timeout=60)
+    assert hashlib.sha256(await response.content()).hexdigest() == digest.removeprefix("sha256:")
 
 
 def _text(event: dict[str, Any]) -> str:

@@ -323,7 +323,13 @@ class S3Client:
             unbuffered=True,
             allow_redirects=False,
         )
-        if not _answers_quickly(method, query, headers, body):
+        if _answers_quickly(method, query, headers, body):
+            limit = self.settings.answertimeout
+        elif _slow_to_answer(method, query, headers):
+            # S3 may work on a copy or a completion for minutes with nothing moving: bounded
+            # all the same, or a stalled S3 held the client's commit without an answer.
+            limit = self.settings.copytimeout
+        else:
             return await sending
         expired: list[bool] = []
 
@@ -331,7 +337,6 @@ class S3Client:
             expired.append(True)
             sending.cancel()
 
-        limit = self.settings.answertimeout
         timer = self._reactor.callLater(limit, expire)
         try:
             return await sending

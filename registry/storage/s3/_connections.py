@@ -19,8 +19,8 @@ seconds while bytes should be moving, it aborts the connection, and the request 
 moving" is: while the body is sent, while the response body is read (unless the reader paused
 the connection: a slow client is not S3's fault), and while waiting for the answer to a
 request whose body was a `WatchedBody` that says so.  The wait for other answers is left to
-``answertimeout`` (small requests) or unbounded (copies and completions, which S3 may work on
-for minutes before it answers).
+``answertimeout`` (small requests) or ``copytimeout`` (copies and completions, which S3 may work
+on for minutes before it answers).
 """
 
 from __future__ import annotations

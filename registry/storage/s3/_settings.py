@@ -57,6 +57,8 @@ class S3Settings:
     spooldirectory: str | None = None
     # Seconds a request waits for S3's answer (not counting the time to send a streamed body).
     answertimeout: float = 60.0
+    # Seconds a server-side copy or a multipart completion may take before S3 answers.
+    copytimeout: float = 600.0
     # Seconds a transfer may go without a byte moving either way (None: no limit); see
     # `registry.storage.s3._connections`.
     idletimeout: float | None = 60.0
