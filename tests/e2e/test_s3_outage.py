@@ -293,6 +293,12 @@ async def test_requests_to_a_hung_s3_end_in_503_after_answertimeout(
     assert error["code"] == "UNAVAILABLE"
     assert error["message"] == "storage unavailable"
     assert "gave no answer within 1s" in error["detail"]["reason"], error
+    # A listing names what it listed, not "GET /".
+    response = await treq.get(f"{registry.url}/v2/app/tags/list", timeout=30)
+    assert response.code == 503
+    [error] = json.loads(await response.content())["errors"]
+    assert "(GET / (listing " in error["detail"]["reason"], error
+    assert "app/_manifests/tags/" in error["detail"]["reason"], error
     switchable.come_back()
     response = await treq.get(f"{registry.url}/v2/app/blobs/{missing}", timeout=30)
     assert response.code == 404

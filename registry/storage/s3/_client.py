@@ -183,6 +183,15 @@ def _answers_quickly(
     return not (method == "PUT" and "uploadId" in (query or {}))
 
 
+def _target(key: str, query: dict[str, str] | None) -> str:
+    """What a request was about, for a message: its key, or the prefix a listing asked for
+    (a bucket-level request's key is empty: "GET /" told an operator nothing)."""
+    if key:
+        return key
+    prefix = (query or {}).get("prefix")
+    return f"/ (listing {prefix})" if prefix else "/"
+
+
 class S3Client:
     """Signs and sends requests to one bucket; knows nothing of registry paths."""
 
@@ -238,7 +247,7 @@ class S3Client:
         """
         retryable = body is None or isinstance(body, bytes) or callable(body)
         delays = list(self.retry_delays) if retryable else []
-        where = f"S3 {method} {key or '/'}"
+        where = f"S3 {method} {_target(key, query)}"
         met: list[str] = []  # what each failed attempt met, for the one line that tells
         while True:
             try:
@@ -253,8 +262,8 @@ class S3Client:
                 if not delays:
                     # The failure is the one line: the caller logs it, with every attempt's.
                     raise StorageError(
-                        f"S3 at {self.endpoint.bucket_url} unreachable ({method} {key or '/'}): "
-                        + _attempts([*met, _in_words(e)])
+                        f"S3 at {self.endpoint.bucket_url} unreachable ({method} "
+                        f"{_target(key, query)}): " + _attempts([*met, _in_words(e)])
                     ) from e
                 problem = _in_words(e)
             except RequestGenerationFailed as e:
@@ -275,7 +284,7 @@ class S3Client:
                             "S3 {method} {key} answered {status} at attempt {attempt} "
                             "after: {problems}",
                             method=method,
-                            key=key or "/",
+                            key=_target(key, query),
                             status=response.code,
                             attempt=len(met) + 1,
                             problems=_attempts(met),
@@ -344,7 +353,7 @@ class S3Client:
             if expired:
                 raise StorageError(
                     f"S3 at {self.endpoint.bucket_url} gave no answer within {limit:g}s "
-                    f"({method} {key or '/'})"
+                    f"({method} {_target(key, query)})"
                 ) from exc
             raise
         finally:
