@@ -361,6 +361,7 @@ class _Level:
 
     names: Iterator[str]
     ahead: deque[tuple[str, Deferred[list[str]]]] = attrs.field(factory=deque)
+    done: bool = False  # every child entered or read ahead
 
 
 def _enterable(prefix: str, children: list[str]) -> Iterator[str]:
@@ -397,10 +398,15 @@ async def walk_folders(
         return f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES
 
     running = 0
+    # The walk waiting for a listing slot (its level has nothing read ahead, and every slot
+    # is taken by the read-ahead of levels above it).
+    slot_free: list[Deferred[None]] = []
 
     def finished(result: Any) -> Any:
         nonlocal running
         running -= 1
+        if slot_free:
+            slot_free.pop().callback(None)
         return result
 
     def read(name: str) -> Deferred[list[str]]:
@@ -415,15 +421,21 @@ async def walk_folders(
     try:
         while levels:
             level = levels[-1]
-            # A level's read-ahead is empty only once its last listing was awaited, which left
-            # a slot free; "or" makes sure a level is never left with folders unlisted.
-            while len(level.ahead) < concurrency and (running < concurrency or not level.ahead):
+            while len(level.ahead) < concurrency and running < concurrency and not level.done:
                 name = next(level.names, None)
                 if name is None:
+                    level.done = True
                     break
                 level.ahead.append((name, read(name)))
             if not level.ahead:
-                levels.pop()
+                if level.done:
+                    levels.pop()
+                    continue
+                # Every slot is held by read-ahead above: wait for one to end (one is running,
+                # so this ends), never a listing past ``concurrency``.
+                waiting: Deferred[None] = Deferred()
+                slot_free.append(waiting)
+                await waiting
                 continue
             name, listing = level.ahead.popleft()
             children = await listing
