@@ -216,12 +216,11 @@ async def test_same_registry_mounts_and_exit_codes(
         assert code == 2, (args, err)
 
 
-@pytest_twisted.ensureDeferred
-async def test_credentials_and_progress_on_a_terminal(
+async def _image_and_locked_registry(
     start_registry: Starter, make_client: ClientFactory, tmp_path: Path
-) -> None:
-    """``--dest-creds`` and ``--authfile`` reach a registry with Basic auth (without them:
-    exit 1 naming UNAUTHORIZED); on a terminal the progress is one line rewritten in place."""
+) -> tuple[str, str]:
+    """An image on an open registry (its ``docker://`` name) and the host of a registry
+    where alice logs in with ``alice-pw`` (Basic auth)."""
     lines = [f"alice:{bcrypt.hashpw(b'alice-pw', bcrypt.gensalt(rounds=4)).decode()}"]
     (tmp_path / "htpasswd").write_text("\n".join(lines) + "\n")
     locked = await start_registry(
@@ -230,7 +229,16 @@ async def test_credentials_and_progress_on_a_terminal(
     open_registry = await start_registry()
     await push_multi(make_client(open_registry.url), "app/web", "v1")
     source = f"docker://{open_registry.url.removeprefix('http://')}/app/web:v1"
-    host = locked.url.removeprefix("http://")
+    return source, locked.url.removeprefix("http://")
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_and_progress_on_a_terminal(
+    start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``--dest-creds`` and ``--authfile`` reach a registry with Basic auth (without them:
+    exit 1 naming UNAUTHORIZED); on a terminal the progress is one line rewritten in place."""
+    source, host = await _image_and_locked_registry(start_registry, make_client, tmp_path)
     code, _, err = await txregistry("copy", *NO_TLS, source, f"docker://{host}/a:v1")
     assert code == 1 and "UNAUTHORIZED" in err
     code, out, err = await txregistry(
@@ -338,15 +346,7 @@ async def test_a_user_without_a_password_is_asked_for_it(
 ) -> None:
     """``--dest-creds alice`` asks for the password on the terminal, as skopeo does (an
     empty password was sent); without a terminal it is a usage error saying so."""
-    lines = [f"alice:{bcrypt.hashpw(b'alice-pw', bcrypt.gensalt(rounds=4)).decode()}"]
-    (tmp_path / "htpasswd").write_text("\n".join(lines) + "\n")
-    locked = await start_registry(
-        {"auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "test"}}
-    )
-    open_registry = await start_registry()
-    await push_multi(make_client(open_registry.url), "app/web", "v1")
-    source = f"docker://{open_registry.url.removeprefix('http://')}/app/web:v1"
-    host = locked.url.removeprefix("http://")
+    source, host = await _image_and_locked_registry(start_registry, make_client, tmp_path)
     code, _, err = await txregistry(
         "copy", *NO_TLS, "--dest-creds", "alice", source, f"docker://{host}/a:v1"
     )
