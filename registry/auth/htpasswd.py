@@ -25,14 +25,13 @@ from collections import Counter, OrderedDict
 from typing import Literal
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from registry.auth._watch import FileWatcher
+from registry.client._inflight import Inflight
 from registry.config import file_problem
 
 _log = Logger()
@@ -168,8 +167,9 @@ class Htpasswd:
         # without a bcrypt: a client repeating a wrong password (a stale one, or someone
         # keeping the cores busy with one header) costs a lookup, not tens of milliseconds.
         self._failed: OrderedDict[bytes, float] = OrderedDict()
-        # Credentials being checked now -> the requests waiting for that same check.
-        self._checking: dict[bytes, list[Deferred[bool]]] = {}
+        # Credentials being checked now (one entry per check in flight: bounded by the
+        # connections, whatever the cap says).
+        self._checks: Inflight[bytes, bool] = Inflight(max_keys=1 << 20)
         # bcrypt (0.7 MiB resident) only where an htpasswd file is configured, loaded here
         # rather than by the first check's worker thread.
         import bcrypt  # noqa: F401
@@ -208,14 +208,14 @@ class Htpasswd:
         again must not time differently) and not predictable without this process's key.
         So an unknown name times as some user of the file would, whatever the mix of hash
         kinds and bcrypt costs in it, rather than as its most common cost."""
-        total = sum(count for _profile, count in self._profiles)
+        total = sum(count for _kind, count in self._profiles)
         if not total:
             return ("bcrypt", _DEFAULT_BCRYPT_COST)
         digest = hmac.new(self._cache_key, b"unknown\0" + user.encode(), "sha256").digest()
         pick = int.from_bytes(digest[:8], "big") % total
-        for profile, count in self._profiles:
+        for kind, count in self._profiles:
             if pick < count:
-                return profile
+                return kind
             pick -= count
         return self._profiles[-1][0]
 
@@ -238,45 +238,24 @@ class Htpasswd:
             if now < failed_until:
                 return False  # known wrong: no bcrypt for it again
             del self._failed[key]
-        waiters = self._checking.get(key)
-        if waiters is None:  # else the same credentials are being checked: that answer
-            waiters = self._checking[key] = []
-            self._start_check(key, user, pw, now)
-        # Each request waits on its own: one that is cancelled (its client left) drops out,
-        # and the check goes on for the others.
-        mine: Deferred[bool] = Deferred()
-        waiters.append(mine)
-        return await mine
+        # Parallel requests with the same credentials share one check; one that is cancelled
+        # (its client left) drops out, and the check goes on for the others.
+        return await self._checks.run(key, lambda: self._check_once(key, user, pw, now))
 
-    def _start_check(self, key: bytes, user: str, pw: bytes, now: float) -> None:
-        """The bcrypt for ``key`` in the thread pool; its answer goes to every waiter."""
+    async def _check_once(self, key: bytes, user: str, pw: bytes, now: float) -> bool:
+        """The bcrypt for ``key`` in the thread pool, its answer remembered."""
         entry = self._entries.get(user)
-        check = deferToThreadPool(
+        ok: bool = await deferToThreadPool(
             self._reactor, self._threadpool, _check, entry, pw, self._unknown_profile(user)
         )
-
-        def settle(result: bool | Failure) -> None:
-            waiters = self._checking.pop(key, [])
-            if (
-                not isinstance(result, Failure)
-                and self._cache_seconds > 0
-                and self._entries.get(user) is entry
-            ):
-                if result:
-                    self._cache[user] = (key, now + self._cache_seconds)
-                else:
-                    self._failed[key] = now + self._cache_seconds
-                    while len(self._failed) > _FAILED_REMEMBERED:
-                        self._failed.popitem(last=False)
-            for waiter in waiters:
-                if waiter.called:  # cancelled
-                    continue
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(result)
-
-        check.addBoth(settle)
+        if self._cache_seconds > 0 and self._entries.get(user) is entry:
+            if ok:
+                self._cache[user] = (key, now + self._cache_seconds)
+            else:
+                self._failed[key] = now + self._cache_seconds
+                while len(self._failed) > _FAILED_REMEMBERED:
+                    self._failed.popitem(last=False)
+        return ok
 
 
 def hash_password(password: str, rounds: int = 10) -> str:
