@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import os.path
+import re
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -79,6 +80,18 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 
 
 _STATIC = _load_static()
+
+
+# Neither a repository name nor a tag holds more than 255 characters, or any control
+# character: a search for such text matches nothing, and echoing it into the page (a NUL is
+# a parse error in HTML) or into the paging links would only carry it further.
+_SEARCH_MAX = 255
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def _search_text(request: IRequest) -> str:
+    """The ``q`` search text, without control characters and cut to what a name can hold."""
+    return _CONTROL.sub("", query(request, "q") or "")[:_SEARCH_MAX]
 
 
 def _offset(value: str | None) -> int:
@@ -224,7 +237,7 @@ class UiApp:
     async def repositories(self, request: IRequest) -> bytes:
         # The catalog with pictures: may_pull filters as the catalog does.
         principal = await self._registry_wide(request)
-        text = query(request, "q") or ""
+        text = _search_text(request)
         source = query(request, "source") or ""
         last = query(request, "last") or ""
         names, _ = await self.ctx.catalog.list_repositories()
@@ -317,7 +330,7 @@ class UiApp:
         ordered, dates = await self.tag_times.newest_first(local)
         if remembered and not ordered and not await repository_exists(self.ctx.driver, local):
             raise RegistryError(NAME_UNKNOWN, {"name": name})
-        text = query(request, "q") or ""
+        text = _search_text(request)
         matching = [t for t in ordered if text in t] if text else ordered
         offset = _offset(query(request, "offset"))
         shown = matching[offset : offset + self.page_size]

@@ -132,6 +132,21 @@ def test_search_is_a_substring_match(filled: Filled) -> None:
     assert rows(body, "repositories") == ["secret/db"]
 
 
+def test_search_text_is_echoed_without_control_characters_and_cut_to_a_names_length(
+    filled: Filled,
+) -> None:
+    # A NUL in an HTML attribute is a parse error; no name or tag holds one, nor more than
+    # 255 characters, so the page echoes (and searches) only what a name could hold.
+    _, _, body = page(filled, "/ui/?" + urlencode({"q": "l\x00i\x1bb"}))
+    assert rows(body, "repositories") == ["team/lib"]
+    assert 'name="q" type="search" value="lib"' in body
+    assert "\x00" not in body and "\x1b" not in body
+    _, _, body = page(filled, "/ui/?" + urlencode({"q": "x" * 300}))
+    assert f'value="{"x" * 255}"' in body and "x" * 256 not in body
+    _, _, body = page(filled, "/ui/r/team/lib?" + urlencode({"q": "\x00"}))
+    assert "\x00" not in body
+
+
 def test_repository_page_lists_tags_newest_first_with_details(filled: Filled) -> None:
     status, headers, body = page(filled, "/ui/r/team/app")
     assert status == 200
