@@ -25,6 +25,7 @@ from registry.client.errors import (
     NotFound,
     RateLimited,
     Rejected,
+    TooLarge,
     Unauthorized,
     Unavailable,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "RegistryImage",
     "Rejected",
     "TLSOptions",
+    "TooLarge",
     "Unauthorized",
     "Unavailable",
     "Upload",

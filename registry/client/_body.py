@@ -23,7 +23,7 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from registry.api.digests import Digest, DigestingHasher
-from registry.client.errors import BadResponse, ClientError, Unavailable
+from registry.client.errors import BadResponse, ClientError, TooLarge, Unavailable
 from registry.http import twisted_internals
 
 T = TypeVar("T")
@@ -87,7 +87,7 @@ def set_read_size(transport: object, size: int) -> None:
 
 
 class Collector(Protocol):
-    """Collect a whole (small) body; more than ``limit`` bytes fails with BadResponse."""
+    """Collect a whole (small) body; more than ``limit`` bytes fails with `TooLarge`."""
 
     def __init__(self, limit: int, what: str) -> None:
         self._limit = limit
@@ -106,7 +106,7 @@ class Collector(Protocol):
             return
         self._size += len(data)
         if self._size > self._limit:
-            self._error = BadResponse(None, f"{self._what} larger than {self._limit} bytes")
+            self._error = TooLarge(self._what, self._limit)
             self._abort()
             return
         self._parts.append(data)

@@ -44,7 +44,14 @@ from registry.client._streams import (
 from registry.client._tls import TLSOptions
 from registry.client._tokens import MAX_TOKENS
 from registry.client.auth import Credentials
-from registry.client.errors import BadResponse, ClientError, NotFound, Rejected, Unavailable
+from registry.client.errors import (
+    BadResponse,
+    ClientError,
+    NotFound,
+    Rejected,
+    TooLarge,
+    Unavailable,
+)
 from registry.http.headers import header_values
 
 # The media types come from registry.api.mediatypes, the one list the registry serves and
@@ -266,7 +273,7 @@ class BlobStream:
         """The whole body, for small blobs such as image configs."""
         if self.length is not None and self.length > max_size:
             self.abort()
-            raise BadResponse(None, f"blob of {self.length} bytes over {max_size}")
+            raise TooLarge(f"blob of {self.length} bytes", max_size)
         collector = Collector(max_size, "blob")
         self.deliver(collector, verify=verify)
         return await collector.done

@@ -77,6 +77,16 @@ class BadResponse(ClientError):
     wrong length, malformed JSON."""
 
 
+class TooLarge(BadResponse):
+    """A body larger than the limit the call was given (``limit``, in bytes): a blob read
+    whole over its ``max_size``, a manifest over the manifest limit.  The answer may be right;
+    raise the limit to take it."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(None, f"{what} larger than {limit} bytes")
+        self.limit = limit
+
+
 class Rejected(ClientError):
     """Any other 4xx: the registry refused the request (``code`` says why: ``DIGEST_INVALID``,
     ``MANIFEST_INVALID``, ``UNSUPPORTED``, ``RANGE_INVALID`` ...); or, with ``status`` None, a
@@ -89,6 +99,7 @@ __all__ = [
     "NotFound",
     "RateLimited",
     "Rejected",
+    "TooLarge",
     "Unauthorized",
     "Unavailable",
 ]

@@ -30,7 +30,7 @@ from registry.api.digests import Digest, digest_of
 from registry.client._client import OCI_INDEX, BlobStream, RegistryClient
 from registry.client._digests import as_digest
 from registry.client._streams import FileSink, in_thread, new_hash
-from registry.client.errors import BadResponse, NotFound
+from registry.client.errors import BadResponse, NotFound, TooLarge
 
 STALE_TEMP_AGE = 3600.0
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -109,7 +109,7 @@ class OCILayout:
 
         data: bytes = await in_thread(self.reactor, read)
         if len(data) > max_size:
-            raise BadResponse(None, f"{dgst} is larger than {max_size} bytes")
+            raise TooLarge(str(dgst), max_size)
         if digest_of(data, dgst.algorithm) != dgst:
             raise BadResponse(None, f"{path} does not hash to {dgst}")
         return data

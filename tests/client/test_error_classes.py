@@ -28,6 +28,7 @@ from registry.client import (
     OCILayout,
     RegistryClient,
     Rejected,
+    TooLarge,
     Unavailable,
     Upload,
 )
@@ -55,6 +56,32 @@ async def test_read_of_a_blob_with_the_wrong_bytes_is_a_bad_response(
     assert not isinstance(info.value, Unavailable)
     assert f"not {image.layers[0].digest}" in str(info.value)
     assert isinstance(info.value, ClientError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_the_callers_own_limit_is_too_large_naming_the_limit(
+    fake: FakeUpstream, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The caller's limit is not the registry's fault: a `TooLarge` (still a `BadResponse`)
+    carrying the limit, from a blob read whole, a manifest and a layout blob alike."""
+    image = fake.content.add_image("library/alpine", "latest", [4096])
+    client = make_client(fake.url)
+    blob = await client.blob("library/alpine", image.layers[0].digest)
+    with pytest.raises(TooLarge) as info:
+        await blob.read(max_size=100)
+    assert info.value.limit == 100
+    assert isinstance(info.value, BadResponse)
+    assert str(info.value) == "blob of 4096 bytes larger than 100 bytes"
+    small = make_client(fake.url, max_manifest_size=64)
+    with pytest.raises(TooLarge) as info:
+        await small.get_manifest("library/alpine", "latest")
+    assert (info.value.limit, str(info.value)) == (64, "manifest larger than 64 bytes")
+    layout = await OCILayout.create(reactor, tmp_path / "l")
+    dgst = await layout.write_bytes(b"x" * 10)
+    with pytest.raises(TooLarge) as info:
+        await layout.read_blob(dgst, max_size=5)
+    assert info.value.limit == 5
+    assert await layout.read_blob(dgst, max_size=10) == b"x" * 10
 
 
 @pytest_twisted.ensureDeferred
