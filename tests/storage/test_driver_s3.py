@@ -609,6 +609,39 @@ async def test_a_lease_whose_holder_stopped_is_taken_over(
     assert await driver._client.call("GET", lease, missing_ok=True) is None
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_holder_whose_pid_now_names_another_process_is_taken_over(
+    make_driver: Any,
+) -> None:
+    """A restarted container's registry is pid 1 again, as its killed predecessor was: the
+    lease names the pid with its start time, so a pid reused by another process (or by this
+    one) is not mistaken for the holder, and is not waited out for STALE_SECONDS."""
+    driver = make_driver()
+    await (await driver.writer("up/data")).close()
+    lease = driver._key("up/data") + LEASE_SUFFIX
+    alive, started = _running()
+    try:
+        holder = {"host": socket.gethostname(), "pid": alive.pid, "started": started, "id": "a"}
+        await driver._client.call("PUT", lease, body=json.dumps(holder).encode())
+        with pytest.raises(PathBusyError):  # the holder itself, still running
+            await driver.writer("up/data", append=True)
+        for pid in (alive.pid, os.getpid()):
+            earlier = {**holder, "pid": pid, "started": started - 1}
+            await driver._client.call("PUT", lease, body=json.dumps(earlier).encode())
+            writer = await driver.writer("up/data", append=True)
+            await writer.close()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def _running() -> tuple[subprocess.Popen[bytes], int]:
+    """A child that runs (the caller kills it) and its start time, read from /proc."""
+    alive = subprocess.Popen(["sleep", "60"])
+    with open(f"/proc/{alive.pid}/stat", "rb") as stat:
+        return alive, int(stat.read().rsplit(b")", 1)[-1].split()[19])  # field 22
+
+
 def _zombie() -> subprocess.Popen[bytes]:
     """A child killed and not reaped (the caller waits for it at the end)."""
     killed = subprocess.Popen(["sleep", "60"])

@@ -9,7 +9,8 @@ to it, for every repository.  So an appending writer first takes a lease: a smal
 to the data, created with ``If-None-Match: *`` (S3's conditional write: exactly one creator
 wins).  The holder renews it while it writes and deletes it (``If-Match`` its own version) when
 it closes.  A lease whose holder died (``kill -9``) is taken over with ``If-Match`` its
-version: at once when the holder was a process of this host that no longer runs, else once
+version: at once when the holder was a process of this host that no longer runs (its pid and
+start time tell it from a process that got the same pid since), else once
 S3's clock says it was not renewed for `STALE_SECONDS`.  Everyone else gets `PathBusyError`,
 which the upload API answers as registry:2 does a concurrent request (416 with the range).
 """
@@ -44,13 +45,20 @@ def lease_key(key: str) -> str:
 
 
 def _holder_is_gone(body: bytes) -> bool:
-    """Whether the lease names a process of this host that no longer runs."""
+    """Whether the lease names a process of this host that no longer runs: none with its pid,
+    a zombie, or one started at another time (its pid reused: a restarted container's
+    registry is pid 1 again, as its killed predecessor was)."""
     try:
         holder = json.loads(body)
         host, pid = holder["host"], int(holder["pid"])
-    except (ValueError, KeyError, TypeError):
+        started = holder.get("started")
+    except (ValueError, KeyError, TypeError, AttributeError):
         return False
-    if host != _HOST or pid == os.getpid():
+    if host != _HOST:
+        return False
+    if started is not None and started != _start_time(pid):
+        return True
+    if pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)
@@ -61,14 +69,29 @@ def _holder_is_gone(body: bytes) -> bool:
     return _is_zombie(pid)
 
 
+def _stat_fields(pid: int | str) -> list[bytes]:
+    """``/proc/<pid>/stat`` from its third field (the state) on; empty when not readable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()
+    except OSError:  # gone meanwhile, or no /proc
+        return []
+
+
+def _start_time(pid: int | str) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (the 22nd field of its stat): with the
+    pid, what names one process for as long as the host runs.  None without /proc."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
 def _is_zombie(pid: int) -> bool:
     """Whether ``pid`` has exited and waits for its parent to reap it (killed, it writes no
     more: right after a kill -9 a restarted registry would otherwise wait out the lease)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[-1].split()
-    except OSError:  # gone meanwhile, or no /proc: as os.kill said
-        return False
+    fields = _stat_fields(pid)
     return bool(fields) and fields[0] == b"Z"
 
 
@@ -172,7 +195,9 @@ class WriteLease:
 
 
 def _body() -> bytes:
-    return json.dumps({"host": _HOST, "pid": os.getpid(), "id": uuid.uuid4().hex}).encode()
+    pid = os.getpid()  # read each time: a worker forked after import is another process
+    holder = {"host": _HOST, "pid": pid, "started": _start_time(pid), "id": uuid.uuid4().hex}
+    return json.dumps(holder).encode()
 
 
 async def take_lease(
