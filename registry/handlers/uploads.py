@@ -112,10 +112,14 @@ def upload_sink(
         chunk = None
         content_range = request_header(request, "content-range")
         if content_range:  # a PUT may carry the last chunk, and is checked the same way
-            chunk = _chunk_range(content_range)
+            try:
+                chunk = parse_content_range(content_range)
+            except ValueError:
+                return UploadSink(_refuse_range(ctx, request, route, content_range), explain)
         prepare = _open_existing(ctx, request, route, chunk, length, staged)
         return UploadSink[UploadAppender | CommittedUpload](prepare, explain)
-    if route.kind is Kind.UPLOADS and method == b"POST" and "digest" in params:
+    # An empty ``digest=`` is no digest (registry:2 starts an upload for it, as for ``mount=``).
+    if route.kind is Kind.UPLOADS and method == b"POST" and params.get("digest", [""])[0]:
         if params.get("mount", [""])[0]:
             return None
         digest = _known_digest(params)
@@ -126,8 +130,24 @@ def upload_sink(
             # client would never learn of it, and nothing would ever close it).
             else _refuse_new(ctx, request, route.name, params["digest"][0])
         )
-        return UploadSink(prepare, lambda exc: _logged_error_for(method, uri, exc))
+        return UploadSink(
+            prepare,
+            lambda exc: _logged_error_for(method, uri, exc),
+            lambda appender: _drop_unannounced(ctx, route.name, appender),
+        )
     return None
+
+
+async def _drop_unannounced(
+    ctx: RegistryContext, name: str, appender: UploadAppender | CommittedUpload
+) -> None:
+    """A monolithic push whose client left mid-body: the upload it started is removed with
+    what was stored of it, since its ``Location`` was never sent (it would wait for the purge
+    otherwise, and a client that keeps breaking such pushes off would fill the disk)."""
+    if not isinstance(appender, UploadAppender):  # a commit's retry: never one of these
+        return
+    await appender.discard()
+    await ctx.uploads.cancel(name, appender.upload_id)
 
 
 def _logged_error_for(method: bytes, uri: bytes, exc: BaseException) -> RegistryError:
@@ -141,14 +161,6 @@ def _logged_error_for(method: bytes, uri: bytes, exc: BaseException) -> Registry
             uri=uri.decode("latin-1")[:300],
         )
     return error_for(exc)
-
-
-def _chunk_range(content_range: str) -> tuple[int, int]:
-    """The inclusive ``(first, last)`` a chunk's ``Content-Range`` gives."""
-    try:
-        return parse_content_range(content_range)
-    except ValueError:
-        return (-1, -1)  # never equal to a size: answered with 416 and the current range
 
 
 def _size_refusal(content_range: str, received: int) -> RegistryError:
@@ -186,9 +198,12 @@ async def _check_chunk_length(
     content_range = request_header(request, "content-range")
     if not content_range:
         return
-    first, last = _chunk_range(content_range)
+    try:
+        first, last = parse_content_range(content_range)
+    except ValueError:  # refused before the body was taken (`_refuse_range`)
+        return
     received = appender.size - appender.start
-    if first < 0 or received == last - first + 1:
+    if received == last - first + 1:
         return
     await shielded(appender.discard())
     raise _size_refusal(content_range, received)
@@ -238,7 +253,7 @@ async def _open_existing(
     start = None
     if chunk is not None:
         start, last = chunk
-        if start >= 0 and length is not None and last - start + 1 != length:
+        if length is not None and last - start + 1 != length:
             content_range = request_header(request, "content-range") or ""
             return await _refuse_chunk_length(ctx, route, content_range, start, length)
     try:
@@ -278,6 +293,21 @@ async def _refuse_new(
     raise AssertionError(f"{digest_text!r} parsed here but not in _known_digest")
 
 
+async def _refuse_range(
+    ctx: RegistryContext, request: IRequest, route: Route, content_range: str
+) -> UploadAppender:
+    """The refusal of a chunk whose ``Content-Range`` is not ``<first>-<last>`` (first no
+    more than last), after the checks of `_open_existing`; the upload stays as it was."""
+    refuse_if_readonly(ctx)
+    await authorize(ctx, request, [repository(route.name, PULL, PUSH)])
+    await ctx.uploads.size(route.name, route.reference)  # an unknown upload is a 404 first
+    raise RegistryError(
+        BLOB_UPLOAD_INVALID,
+        {"content_range": content_range[:100]},
+        "Content-Range must be <first>-<last>, the chunk's first and last byte offsets",
+    )
+
+
 async def _refuse_commit(
     ctx: RegistryContext, request: IRequest, route: Route, digest_values: list[str] | None
 ) -> UploadAppender:
@@ -304,8 +334,8 @@ def _sink(request: IRequest) -> UploadSink[UploadAppender | CommittedUpload]:
 async def start_upload(ctx: RegistryContext, request: IRequest, route: Route) -> bytes:
     refuse_if_readonly(ctx)
     name = route.name
-    digest_text = query(request, "digest")
-    # Empty ``mount=`` and ``from=`` are no mount (registry:2 starts an upload for them).
+    # Empty ``digest=``, ``mount=`` and ``from=`` are none (registry:2 starts an upload).
+    digest_text = query(request, "digest") or None
     mount = query(request, "mount") or None
     source = (query(request, "from") or None) if mount is not None else None
     # A mount can use pull on its source but does not need it (see _try_mount): the challenge

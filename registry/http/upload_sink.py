@@ -64,15 +64,20 @@ class UploadSink(Generic[W]):
 
     ``explain`` turns the reason a body is refused (no access, an unknown upload, a full
     disk) into the error the client gets; the request answers with it at once (`watch`).
+    ``abandon``, when given, is what becomes of the writer when the client leaves mid-body
+    instead of keeping it: an upload the request itself started (a monolithic ``POST``) was
+    never announced, so nobody can resume it.
     """
 
     def __init__(
         self,
         prepare: Coroutine[Any, Any, W],
         explain: Callable[[BaseException], RegistryError],
+        abandon: Callable[[W], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.received = 0
         self._explain = explain
+        self._abandon = abandon
         # The error the client gets, made once: explaining logs what is not the client's
         # doing, and a refusal is one event however many places report it.
         self._explained: RegistryError | None = None
@@ -221,6 +226,9 @@ class UploadSink(Generic[W]):
         if self._malformed:
             await self._discard(appender)
             return
+        if self._abandon is not None:
+            await self._abandoned(appender, self._abandon)
+            return
         try:
             await appender.close()
         except WriteTakenOver as exc:  # cancelled, or continued by another request, meanwhile
@@ -239,6 +247,24 @@ class UploadSink(Generic[W]):
                 name=appender.name,
                 upload=appender.upload_id,
                 size=appender.size,
+            )
+
+    async def _abandoned(
+        self, appender: W, abandon: Callable[[W], Coroutine[Any, Any, None]]
+    ) -> None:
+        try:
+            await abandon(appender)
+        except WriteTakenOver:  # cancelled, or continued by another request, meanwhile
+            pass
+        except Exception:
+            upload = appender.upload_id
+            log_failure(log, Failure(), "removing upload {upload} after disconnect", upload=upload)
+        else:
+            log.info(
+                "client left mid-upload; {name} upload {upload} removed: it was started by "
+                "that request, and nobody was told where to resume it",
+                name=appender.name,
+                upload=appender.upload_id,
             )
 
     async def _discard(self, appender: W) -> None:

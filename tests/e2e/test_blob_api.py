@@ -85,6 +85,19 @@ async def test_monolithic_post_then_get_head_range(registry: InProcessRegistry) 
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_empty_digest_or_mount_starts_an_upload(registry: InProcessRegistry) -> None:
+    """``?digest=`` and ``?mount=`` with nothing after them name nothing: an upload is
+    started, as registry:2 does, with or without a body."""
+    for query, body in (("digest=", b""), ("digest=", b"ignored"), ("mount=&from=", b"")):
+        response = await treq.post(f"{registry.url}/v2/empty/q/blobs/uploads/?{query}", data=body)
+        assert response.code == 202, (query, await response.text())
+        location = header(response, "location")
+        assert location is not None and location.startswith("/v2/empty/q/blobs/uploads/")
+        response = await treq.get(f"{registry.url}{location}")
+        assert (response.code, header(response, "range")) == (204, "0-0")
+
+
+@pytest_twisted.ensureDeferred
 async def test_ranges_with_thousands_of_digits(registry: InProcessRegistry) -> None:
     """
     Positions longer than int() converts: past the end is 416 with the OCI error, a huge last
@@ -211,12 +224,38 @@ async def test_out_of_order_chunk_is_416(registry: InProcessRegistry) -> None:
     location = await start_upload(registry.url, "order")
     response = await treq.patch(location, data=b"x" * 10, headers={"Content-Range": "0-9"})
     assert response.code == 202
-    for bad in ("20-29", "5-14", "0-9", "garbage"):
+    for bad in ("20-29", "5-14", "0-9"):
         response = await treq.patch(location, data=b"y" * 10, headers={"Content-Range": bad})
         assert response.code == 416, bad
         assert header(response, "range") == "0-9"
         assert header(response, "location") == location.removeprefix(registry.url)
         assert await error_codes(response) == ["RANGE_INVALID"]
+    # Not a range at all (the spec's ``^[0-9]+-[0-9]+$``): 400 naming the header, where a 416
+    # would tell the client to resume from a position it never sent.
+    for method in ("PATCH", "PUT"):
+        query = f"?digest={sha256(b'x' * 20)}" if method == "PUT" else ""
+        for bad in ("garbage", "10-9", "-5"):
+            response = await treq.request(
+                method, location + query, data=b"y" * 10, headers={"Content-Range": bad}
+            )
+            assert response.code == 400, (method, bad)
+            assert json.loads(await response.content()) == {
+                "errors": [
+                    {
+                        "code": "BLOB_UPLOAD_INVALID",
+                        "message": "Content-Range must be <first>-<last>, the chunk's first "
+                        "and last byte offsets",
+                        "detail": {"content_range": bad},
+                    }
+                ]
+            }
+    response = await treq.patch(
+        f"{registry.url}/v2/order/blobs/uploads/{'0' * 8}-0000-0000-0000-{'0' * 12}",
+        data=b"y",
+        headers={"Content-Range": "garbage"},
+    )
+    assert response.code == 404
+    assert await error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
     response = await treq.get(location)
     assert header(response, "range") == "0-9"
     # A last chunk sent with PUT is checked the same way, and the upload survives it.

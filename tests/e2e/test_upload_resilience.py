@@ -11,6 +11,7 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -19,6 +20,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.e2e.client import PatternBody, error_codes, header, sha256, start_upload
 from tests.e2e.conftest import Starter
@@ -83,6 +85,40 @@ async def test_client_disconnect_leaves_upload_resumable(registry: InProcessRegi
     assert response.code == 201, await response.text()
     response = await treq.get(f"{registry.url}/v2/resume/blobs/{sha256(data)}")
     assert await response.content() == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_monolithic_push_broken_off_leaves_no_upload_behind(
+    registry: InProcessRegistry, tmp_path: Path
+) -> None:
+    """A ``POST ?digest=`` carries the whole blob and its answer would have been the first
+    the client heard of the upload: broken off, nobody can resume or cancel it, so what was
+    stored goes at once rather than at the purge, days later."""
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    data = os.urandom(1_000_000)
+    path = f"/v2/broken/post/blobs/uploads/?digest={sha256(data)}"
+    uploads = tmp_path / "registry0/data/docker/registry/v2/repositories/broken/post/_uploads"
+    globalLogPublisher.addObserver(observe)
+    try:
+        await deferToThread(
+            send_partial_body, registry.url, "POST", path, len(data), data[:300_000]
+        )
+        for _ in range(400):  # bounded: 20 s for the server to see the client go
+            if any("client left mid-upload; broken/post" in line for line in lines):
+                break
+            await sleep(0.05)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    left = [line for line in lines if "client left mid-upload" in line]
+    assert len(left) == 1 and "removed" in left[0], lines
+    assert not uploads.exists() or list(uploads.iterdir()) == []
+    # The same push sent whole still works.
+    response = await treq.post(f"{registry.url}{path}", data=data)
+    assert response.code == 201, await response.text()
 
 
 @pytest_twisted.ensureDeferred
