@@ -10,6 +10,7 @@ only finishes the job (records the hash state, or commits).
 
 from __future__ import annotations
 
+import contextlib
 from urllib.parse import parse_qs, unquote
 
 from twisted.logger import Logger
@@ -278,7 +279,14 @@ async def _open_new(
     refuse_if_readonly(ctx)
     await authorize(ctx, request, [repository(name, PULL, PUSH)])
     upload_id = await ctx.uploads.start(name)
-    appender = await ctx.uploads.open(name, upload_id, coming=length)
+    try:
+        appender = await ctx.uploads.open(name, upload_id, coming=length)
+    except BaseException:
+        # No room for the announced body (or storage failed): the upload just started is
+        # nobody's, since its ``Location`` is never sent.
+        with contextlib.suppress(Exception):
+            await ctx.uploads.cancel(name, upload_id)
+        raise
     return await _staged(appender, digest)
 
 

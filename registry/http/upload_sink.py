@@ -64,9 +64,10 @@ class UploadSink(Generic[W]):
 
     ``explain`` turns the reason a body is refused (no access, an unknown upload, a full
     disk) into the error the client gets; the request answers with it at once (`watch`).
-    ``abandon``, when given, is what becomes of the writer when the client leaves mid-body
-    instead of keeping it: an upload the request itself started (a monolithic ``POST``) was
-    never announced, so nobody can resume it.
+    ``abandon``, when given, is what becomes of the writer when the body is not taken whole
+    (the client left mid-body, or it was refused) instead of keeping it: an upload the
+    request itself started (a monolithic ``POST``) was never announced, so nobody can
+    resume it.
     """
 
     def __init__(
@@ -185,7 +186,9 @@ class UploadSink(Generic[W]):
             self._idle.append(waiter)
             await waiter
         if self._error is not None:
-            if self._appender is not None:
+            if self._appender is not None and self._abandon is not None:
+                await shielded(self._abandoned(self._appender, self._abandon, "refused"))
+            elif self._appender is not None:
                 await shielded(self._appender.close())
             # As explained (and logged) once, whether or not the request could be answered
             # before its body was in.
@@ -227,7 +230,7 @@ class UploadSink(Generic[W]):
             await self._discard(appender)
             return
         if self._abandon is not None:
-            await self._abandoned(appender, self._abandon)
+            await self._abandoned(appender, self._abandon, "client left mid-upload")
             return
         try:
             await appender.close()
@@ -250,7 +253,7 @@ class UploadSink(Generic[W]):
             )
 
     async def _abandoned(
-        self, appender: W, abandon: Callable[[W], Coroutine[Any, Any, None]]
+        self, appender: W, abandon: Callable[[W], Coroutine[Any, Any, None]], why: str
     ) -> None:
         try:
             await abandon(appender)
@@ -258,11 +261,12 @@ class UploadSink(Generic[W]):
             pass
         except Exception:
             upload = appender.upload_id
-            log_failure(log, Failure(), "removing upload {upload} after disconnect", upload=upload)
+            log_failure(log, Failure(), "removing upload {upload} after its body", upload=upload)
         else:
             log.info(
-                "client left mid-upload; {name} upload {upload} removed: it was started by "
-                "that request, and nobody was told where to resume it",
+                "{why}; {name} upload {upload} removed: it was started by that request, "
+                "and nobody was told where to resume it",
+                why=why,
                 name=appender.name,
                 upload=appender.upload_id,
             )

@@ -309,6 +309,41 @@ async def test_an_upload_finished_on_a_full_disk_finishes_when_space_is_back(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_monolithic_push_that_fills_the_disk_leaves_no_upload_behind(
+    small_disk: Path, start_registry: Starter
+) -> None:
+    """A ``POST ?digest=`` that runs out of space mid-body is 503, and the upload it started
+    goes with it: its client was never told its ``Location``, so nobody could resume it."""
+    registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    url, name = registry.url, "team/mono"
+    filler = leave_free(small_disk, 1024 * 1024)
+    data = os.urandom(2 * 1024 * 1024)
+    await no_space(
+        await treq.post(f"{url}/v2/{name}/blobs/uploads/?digest={sha256(data)}", data=data)
+    )
+    uploads = small_disk / f"docker/registry/v2/repositories/{name}/_uploads"
+    assert uploads.exists()  # the upload was started, then refused room for its body
+    assert list(uploads.iterdir()) == []
+    # Chunked, the length is not known up front: the disk fills part way through the body.
+    chunk = os.urandom(64 * 1024)
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(32)) + b"0\r\n\r\n"
+    status, _, answer = split_response(
+        await raw_request(
+            url,
+            f"POST /v2/{name}/blobs/uploads/?digest={sha256(chunk * 32)} HTTP/1.1\r\n"
+            "Host: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
+            + body,
+        )
+    )
+    assert status == b"HTTP/1.1 503 Service Unavailable", answer
+    assert list(uploads.iterdir()) == []
+    assert temporary_files(small_disk) == []
+    filler.unlink()
+    response = await treq.post(f"{url}/v2/{name}/blobs/uploads/?digest={sha256(data)}", data=data)
+    assert response.code == 201, await response.text()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_refused_reservation_counts_as_a_storage_error(
     small_disk: Path, start_registry: Starter
 ) -> None:
