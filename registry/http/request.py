@@ -48,6 +48,7 @@ from registry.http import (
 from registry.http.chunked import ChunkedBodyDecoder
 from registry.http.forwarded import TrustedProxies, client_address
 from registry.http.headers import request_header
+from registry.http.host_header import MissingHost, lacks_host
 from registry.http.unbranded import UnbrandedRequest
 
 log = Logger()
@@ -63,6 +64,7 @@ _AFTER_REFUSAL_TIMEOUT = 30.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # How long a refused body is still read (and dropped) after the answer's FIN (Go: 500 ms).
 _RESET_AVOIDANCE_DELAY = 0.5
+_MISSING_HOST = MissingHost()
 
 
 class BodySink(Protocol):
@@ -182,6 +184,10 @@ class RegistryRequest(UnbrandedRequest):
             return
         self._body_limit = site.max_body_size
         method, path = self.request_line()
+        if self._speaks_http1() and lacks_host(self._pending_version(), self.requestHeaders):
+            # Answered 400 once in (`getResourceFor`): its body goes to no upload.
+            self.body_too_large = length is not None and length > self._body_limit
+            return
         self.sink = site.sink_factory(self, method, path, length) if site.sink_factory else None
         if self.sink is not None:
             transport = _innermost_transport(self.channel.transport)
@@ -195,6 +201,10 @@ class RegistryRequest(UnbrandedRequest):
                 self.sink.watch(self._body_welcome, self._body_refused)
         elif length is not None and length > self._body_limit:
             self.body_too_large = True
+
+    def _pending_version(self) -> bytes:
+        channel: Any = self.channel
+        return twisted_internals.pending_request_line(channel)[2]
 
     def _speaks_http1(self) -> bool:
         """HTTP/2 streams have their own flow control and no early answers here."""
@@ -482,6 +492,12 @@ class RegistrySite(server.Site):
             and not request.answered_early
         ):
             observer.started(request)
+        if (
+            isinstance(request, RegistryRequest)
+            and request._speaks_http1()
+            and lacks_host(request.clientproto, request.requestHeaders)
+        ):
+            return _MISSING_HOST
         return super().getResourceFor(request)  # type: ignore[no-untyped-call]
 
     def abandoned(self, request: RegistryRequest) -> None:
