@@ -65,9 +65,14 @@ HANDLERS: dict[tuple[Kind, bytes], Handler] = {
     (Kind.MANIFEST, b"HEAD"): manifests.get_manifest,
     (Kind.MANIFEST, b"PUT"): manifests.put_manifest,
     (Kind.MANIFEST, b"DELETE"): manifests.delete_manifest,
+    # HEAD wherever GET is (RFC 9110 section 9.1), the listings too: registry:2 refuses it
+    # on them, and a client checking a listing's headers (its Link, its size) need not read it.
     (Kind.TAGS, b"GET"): listings.list_tags,
+    (Kind.TAGS, b"HEAD"): listings.list_tags,
     (Kind.CATALOG, b"GET"): listings.list_catalog,
+    (Kind.CATALOG, b"HEAD"): listings.list_catalog,
     (Kind.REFERRERS, b"GET"): listings.list_referrers,
+    (Kind.REFERRERS, b"HEAD"): listings.list_referrers,
 }
 
 

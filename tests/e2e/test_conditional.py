@@ -126,7 +126,9 @@ async def test_a_method_a_resource_does_not_take_is_405_with_allow(
     layer_digest, _, _ = await _push_image(registry)
     for method, path, allow in (
         ("PATCH", "/v2/team/app/manifests/v1", manifest),
-        ("POST", "/v2/team/app/tags/list", "GET"),
+        ("POST", "/v2/team/app/tags/list", "GET, HEAD"),
+        ("PUT", "/v2/_catalog", "GET, HEAD"),
+        ("POST", f"/v2/team/app/referrers/{layer_digest}", "GET, HEAD"),
         ("PUT", f"/v2/team/app/blobs/{layer_digest}", blob),
         ("FOO", "/v2/team/app/manifests/v1", manifest),
         ("FOO", "/v2/", "GET, HEAD"),
@@ -138,6 +140,31 @@ async def test_a_method_a_resource_does_not_take_is_405_with_allow(
         assert status == b"HTTP/1.1 405 Method Not Allowed", (method, path, status)
         assert headers["allow"] == allow, (method, path)
         assert [e["code"] for e in json.loads(body)["errors"]] == ["UNSUPPORTED"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_on_the_listings_has_the_get_headers_without_the_body(
+    registry: InProcessRegistry,
+) -> None:
+    """RFC 9110 section 9.1: HEAD wherever GET; a listing's HEAD carries the same status and
+    headers (its ``Content-Length`` and ``Link`` included) and no body."""
+    layer_digest, _, _ = await _push_image(registry)
+    await push_blob(registry.url, "team/other", b"a second repository: a next page")
+    for path in (
+        "/v2/team/app/tags/list",
+        "/v2/team/app/tags/list?n=1",
+        "/v2/_catalog?n=1",
+        f"/v2/team/app/referrers/{layer_digest}",
+        "/v2/no/such/tags/list",
+    ):
+        get = await _exchange(registry, "GET", path)
+        status, headers, body = await _exchange(registry, "HEAD", path)
+        assert (status, body) == (get[0], b""), path
+        for name in ("content-type", "content-length", "link", "docker-distribution-api-version"):
+            assert headers.get(name) == get[1].get(name), (path, name)
+        assert int(headers["content-length"]) == len(get[2]) > 0, path
+        if path == "/v2/_catalog?n=1":
+            assert headers["link"] == '</v2/_catalog?last=team%2Fapp&n=1>; rel="next"'
 
 
 @pytest_twisted.ensureDeferred
