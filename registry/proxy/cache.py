@@ -266,6 +266,13 @@ class ProxyCache:
     # Blob HEADs by (upstream name, digest): a HEAD answers for one repository only.
     _heads: Inflight[tuple[str, Digest], int] = attrs.field(init=False)
     _revalidations: Inflight[tuple[str, str], Digest | StoredManifest] = attrs.field(init=False)
+    # Manifests asked for by digest and tag-list pages, by what is asked of the upstream:
+    # clients asking together (a fleet of nodes starting one pod) cost one upstream request,
+    # which Docker Hub counts against the pull limit, and one body in memory.
+    _digest_reads: Inflight[tuple[str, str], StoredManifest] = attrs.field(init=False)
+    _tag_reads: Inflight[tuple[str, int | None, str | None], tuple[list[str], bool]] = attrs.field(
+        init=False
+    )
     # (upstream name, digest) -> size: the upstream said this repository has this blob.
     _confirmed: BoundedMap[tuple[str, Digest], int] = attrs.field(init=False)
     _checked: BoundedMap[tuple[str, str], float] = attrs.field(init=False)
@@ -303,6 +310,8 @@ class ProxyCache:
         limits, clock = self.limits, self.reactor
         self._heads = Inflight(limits.inflight)
         self._revalidations = Inflight(limits.inflight)
+        self._digest_reads = Inflight(limits.inflight)
+        self._tag_reads = Inflight(limits.inflight)
         self._confirmed = BoundedMap(clock, limits.remembered, limits.confirmation_age)
         self._checked = BoundedMap(clock, limits.remembered, None)
         self._gone = BoundedMap(clock, limits.remembered, None)
@@ -508,16 +517,20 @@ class ProxyCache:
             if confirmed is None and self._foreign_fill(digest, upstream):
                 continue  # another repository's fill began meanwhile: confirm first
             self.stats.misses += 1
+            # The size this repository's upstream gave (the HEAD the handler's stat made):
+            # what the response's Content-Length was set from.
+            promised = self._confirmed.get((upstream, digest))
             try:
-                fill = await self._join_fill(local, upstream, digest)
+                fill = await self._join_fill(local, upstream, digest, promised)
             except HeldElsewhere as held:
                 return await self._from_fleet(local, upstream, digest, offset, length, held.lease)
             except StoredMeanwhile:
                 continue  # the holder stored it between our look and the lease: read it
             size = fill.size if fill.size is not None else offset + (length or 0)
             count = size - offset if length is None else length
+            claimed = promised if offset == 0 and count == promised else None
             return self._observe(
-                digest, TailProducer(fill, self.driver, offset, count), verify=False
+                digest, TailProducer(fill, self.driver, offset, count, claimed), verify=False
             )
         raise RegistryError(
             UNAVAILABLE,
@@ -778,8 +791,10 @@ class ProxyCache:
 
     async def _adopt(self, local: str, digest: Digest, size: int) -> BlobInfo | None:
         """The data is already stored (another repository, another image) and the upstream
-        confirmed this repository has it: link it here instead of downloading it again."""
-        if self.reads.skipping():
+        confirmed this repository has it: link it here instead of downloading it again.
+        Only data this cache stored (`_cached_here`): bytes a hosted repository or another
+        upstream's cache stored are not this upstream's to vouch for on a HEAD's word."""
+        if self.reads.skipping() or not await self._known(digest):
             return None
         try:
             info = await self.blobs.exists(digest)
@@ -870,11 +885,15 @@ class ProxyCache:
         with contextlib.suppress(PathNotFoundError):
             await self.driver.delete(layout.blob_dir(digest))
 
-    async def _join_fill(self, local: str, upstream: str, digest: Digest) -> Fill:
+    async def _join_fill(
+        self, local: str, upstream: str, digest: Digest, promised: int | None = None
+    ) -> Fill:
         """The running fill for ``digest`` or a new one through this repository, once the
         upstream answered: an upstream error before the body becomes an error response, not
         a broken body.  The caller has confirmed ``digest`` for this repository when a fill
-        was running; joining adds this repository to the links the fill writes."""
+        was running; joining adds this repository to the links the fill writes.  A fill
+        whose body has another size than ``promised`` (what this repository's HEAD said) is
+        not joined: one of the two answers is false, and the response was sized by the HEAD."""
         detail = {"name": local, "digest": str(digest)}
         for _attempt in range(2):
             fill = self._fills.get(digest)
@@ -900,6 +919,15 @@ class ProxyCache:
             while not fill.opened and not fill.finished:
                 await fill.changed()
             if fill.opened or fill.error is None:
+                if promised is not None and fill.size is not None and fill.size != promised:
+                    fill.links.discard(local)
+                    self._confirmed.pop((upstream, digest))
+                    raise RegistryError(
+                        UNAVAILABLE,
+                        detail,
+                        "the upstream's answers disagree on this blob's size",
+                        status=502,
+                    )
                 return fill
             if fill.through != upstream:
                 continue  # another repository's fill failed before its body: try our own path
@@ -1250,16 +1278,26 @@ class ProxyCache:
             if cached is not None:
                 self.stats.hits += 1
                 return cached
+            detail = {"name": local, "reference": reference}
+            self.stats.misses += 1
             try:
-                self.stats.misses += 1
-                fetched = await self.client.manifest(upstream, reference, "GET")
+                return await self._digest_reads.run(
+                    (local, reference), lambda: self._fetch_by_digest(local, upstream, reference)
+                )
+            except Overloaded:
+                raise overloaded(detail) from None
             except UpstreamError as exc:
-                self._upstream_failed("manifest GET", upstream, reference, exc)
-                raise upstream_error(
-                    exc, MANIFEST_UNKNOWN, {"name": local, "reference": reference}
-                ) from None
-            return (await self._store_manifest(local, fetched, None))[0]
+                raise upstream_error(exc, MANIFEST_UNKNOWN, detail) from None
         return await self._tagged(local, upstream, reference)
+
+    async def _fetch_by_digest(self, local: str, upstream: str, reference: str) -> StoredManifest:
+        """A manifest not cached, from the upstream and kept: one call for all who ask."""
+        try:
+            fetched = await self.client.manifest(upstream, reference, "GET")
+        except UpstreamError as exc:
+            self._upstream_failed("manifest GET", upstream, reference, exc)
+            raise
+        return (await self._store_manifest(local, fetched, None))[0]
 
     async def _tagged(self, local: str, upstream: str, tag: str) -> StoredManifest:
         key = (local, tag)
@@ -1478,16 +1516,19 @@ class ProxyCache:
         if n == 0:
             return [], False
         try:
-            tags, more = await self.client.tags(upstream, n, last)
+            tags, more = await self._tag_reads.run(
+                (upstream, n, last), lambda: self._upstream_tags(upstream, n, last)
+            )
             if not more:
                 # The whole list (registry:2 ignores n and last, and does not sort): sorted
                 # and paged here, as the spec has it and a hosted repository answers.
                 return paginate(sorted(tags), n, last)
             return tags, more
+        except Overloaded:
+            raise overloaded({"name": local}) from None
         except (UpstreamNotFound, UpstreamAccessDenied) as exc:
             raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
         except UpstreamError as exc:
-            self._upstream_failed("tag list", upstream, "", exc)
             try:
                 cached = await self.tags.list_tags(local, n, last)
             except RegistryError as local_error:
@@ -1502,6 +1543,19 @@ class ProxyCache:
                 raise upstream_error(exc, NAME_UNKNOWN, {"name": local}) from None
             self.stats.stale_served += 1
             return cached
+
+    async def _upstream_tags(
+        self, upstream: str, n: int | None, last: str | None
+    ) -> tuple[list[str], bool]:
+        """One page of the upstream's tag list, for all who ask it at once; a failure is
+        counted against the upstream's health once, not once per waiting client."""
+        try:
+            return await self.client.tags(upstream, n, last)
+        except (UpstreamNotFound, UpstreamAccessDenied):
+            raise
+        except UpstreamError as exc:
+            self._upstream_failed("tag list", upstream, "", exc)
+            raise
 
     async def referrers(self, local: str, upstream: str, subject: Digest) -> list[dict[str, Any]]:
         """The referrers of ``subject`` upstream: from its referrers API, or else from the

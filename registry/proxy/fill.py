@@ -50,6 +50,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IBodyProducer
@@ -71,9 +72,17 @@ SEGMENT = 8 * 1024 * 1024
 # is served from it without reading the bytes back from storage.
 RECENT = 2 * 1024 * 1024
 
+log = Logger()
+
 
 class StoreFailed(StorageError):
     """The storage failed under a fill that then had no reader left to relay the body to."""
+
+
+class SizeMismatch(Exception):
+    """A reader promised its client more (or other) bytes than the blob being filled has: an
+    upstream whose HEAD gave one size for a digest whose body has another.  The body is cut
+    short, said in one line."""
 
 
 class RelayGap(StorageError):
@@ -567,11 +576,21 @@ class TailProducer:
     body, never a wrong complete one.
     """
 
-    def __init__(self, fill: Fill, driver: IStorageDriver, offset: int, length: int) -> None:
+    def __init__(
+        self,
+        fill: Fill,
+        driver: IStorageDriver,
+        offset: int,
+        length: int,
+        whole: int | None = None,
+    ) -> None:
         self.fill = fill
         self.driver = driver
         self.offset = offset
         self.length = length
+        # The blob's size when this response claims to be the whole blob: its last byte then
+        # waits for the fill's digest check, and a fill of another size fails it.
+        self.whole = whole
         self.sent = 0
         self._inner: IBodyProducer | None = None
         self._paused = False
@@ -612,6 +631,7 @@ class TailProducer:
                 raise CancelledError("tail producer stopped")
             if fill.error is not None:
                 raise fill.error
+            self._check_size(end)
             if self._paused:
                 self._resumed = Deferred()
                 await self._resumed
@@ -622,6 +642,8 @@ class TailProducer:
             # Until the fill is verified, hold back its last byte: if the upstream body turns
             # out truncated or corrupt, no client has received a complete wrong blob.
             verified = fill.stored if fill.size is None else min(fill.stored, fill.size - 1)
+            if self.whole is not None and not fill.done:
+                verified = min(verified, self.whole - 1)
             if not fill.done and verified > position:
                 pieces = fill.recent(position, min(end, verified))
                 if pieces:
@@ -650,13 +672,38 @@ class TailProducer:
             count = int(producer.length)
             if count <= 0:
                 producer.stopProducing()
-                if not fill.finished:
-                    await fill.changed()
+                if fill.finished:  # nothing more will come: the stored blob ends early
+                    raise StorageError(f"{path} ends before byte {position}")
+                await fill.changed()
                 continue
             await self._send_stored(consumer, producer)
             position += count
             self.sent += count
             fill.reader_at(self, position)
+
+    def _check_size(self, end: int) -> None:
+        """
+        The response promised bytes up to ``end`` (and, ``whole``, the whole blob at that
+        size) from what a HEAD said; the fill's own size is the upstream body's.  Once they
+        disagree the body can only be cut short: read on past the blob's end, a finished
+        fill has nothing more to wait for, and a short "whole" blob would be a complete
+        wrong answer.
+        """
+        size = self.fill.size
+        if size is None and self.fill.done:
+            size = self.fill.stored
+        if size is None:
+            return
+        if end > size or (self.whole is not None and self.whole != size):
+            promised = self.whole if self.whole is not None else end
+            log.warn(
+                "proxy: {digest} has {size} bytes, a response promised {promised} from a "
+                "HEAD's word: cut short",
+                digest=str(self.fill.digest),
+                size=size,
+                promised=promised,
+            )
+            raise SizeMismatch(f"{self.fill.digest} has {size} bytes, not {promised}")
 
     async def _relayed(self, consumer: IConsumer, position: int, end: int) -> int:
         """One step of following a fill whose storage failed (`Fill.start_relay`); the new

@@ -98,6 +98,9 @@ class Switches:
     # Repositories the token service leaves out of the tokens it issues (Docker Hub does so
     # for private and unknown ones): their requests answer 401 insufficient_scope.
     denied: frozenset[str] = frozenset()
+    # Blob HEADs in these repositories give this size instead of the blob's (a HEAD that
+    # lies; the GET's body stays the blob).
+    head_sizes: dict[str, int] = attrs.field(factory=dict)
 
 
 class Hold:
@@ -596,7 +599,8 @@ class _RegistryResource(_Base):
         if request.method == b"HEAD" and not self.fake.switches.redirect_blob_head:
             request.setHeader(b"docker-content-digest", digest.encode())
             request.setHeader(b"content-type", b"application/octet-stream")
-            request.setHeader(b"content-length", str(blob.size).encode())
+            size = self.fake.switches.head_sizes.get(name, blob.size)
+            request.setHeader(b"content-length", str(size).encode())
             return b""
         expires = int(self.fake.reactor.seconds()) + 600
         sig = self.fake.sign(digest, expires)

@@ -381,3 +381,80 @@ async def test_an_upstream_that_claims_a_hosted_blob_gets_it_only_by_sending_it(
     assert not _link(storage_root(registry), A, blob.digest).exists()
     _, body = await _outcome(url)
     assert body != data
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fill_in_flight_does_not_make_a_hosted_copy_servable_through_a_head(
+    proxied: Proxied, fake: FakeUpstream, logs: LogCapture
+) -> None:
+    """A private hosted repository stores D.  A's fill of D is under way (its upstream cannot
+    send D: its bodies are corrupted); B's upstream confirms D with a HEAD of the right size.
+    B joins the fill, which fails: B never receives the hosted bytes, and never links them.
+    (The HEAD made B eligible to join the fill, not to be linked to whatever bytes of D the
+    storage holds.)"""
+    data = b"a hosted private layer, not the upstream's " * 6000
+    blob = BytesBlob(data)
+    fake.content.add_blob(A, blob)
+    fake.content.add_blob(B, blob)
+    registry = await proxied(default="false")
+    await push_blob(registry.url, "team/private", data)
+    root = storage_root(registry)
+    fake.switches.corrupt_blobs = True
+    held = fake.hold_body(blob.digest, after=1000)
+    url_a = f"{registry.url}/v2/docker.io/{A}/blobs/{blob.digest}"
+    url_b = f"{registry.url}/v2/docker.io/{B}/blobs/{blob.digest}"
+    through_a = _start(url_a)
+    try:
+        await wait_for(lambda: held.arrived == 1)
+        through_b = _start(url_b)
+        await wait_for(lambda: fake.count("HEAD", "blob", name=B, ref=blob.digest) == 1)
+        for _ in range(20):  # a few reactor turns: a hosted copy would be served by now
+            await wait_for(lambda: True)
+        assert not through_b.called or through_b.result[1] != data
+    finally:
+        held.release()
+    for outcome in (await through_a, await through_b):
+        assert outcome[1] != data
+    assert not _link(root, A, blob.digest).exists()
+    assert not _link(root, B, blob.digest).exists()
+    assert _serious(logs) == []
+
+
+@pytest.mark.parametrize("claimed", [2 * 300_000, 120_000], ids=["over", "under"])
+@pytest_twisted.ensureDeferred
+async def test_a_joined_fill_of_another_size_than_the_head_said_is_not_served(
+    proxied: Proxied, fake: FakeUpstream, logs: LogCapture, claimed: int
+) -> None:
+    """B's upstream HEAD gives D another size than the body A's fill is receiving: B does not
+    join (502), so it neither gets a short blob as a complete answer nor waits for bytes past
+    the blob's end (which held the reactor in a loop), and A's pull is unharmed."""
+    blob = GeneratedBlob("sized", 300_000)
+    fake.content.add_blob(A, blob)
+    fake.content.add_blob(B, blob)
+    fake.switches.head_sizes = {B: claimed}
+    registry = await proxied()
+    root = storage_root(registry)
+    held = fake.hold_body(blob.digest, after=100_000)
+    through_a = _start(_blob_url(registry.url, A, blob.digest))
+    try:
+        await wait_for(lambda: held.arrived == 1)
+        response = await treq.get(_blob_url(registry.url, B, blob.digest))
+        body = await _body_or_none(response)
+        assert response.code == 502, body
+        assert body is not None
+        assert json.loads(body)["errors"] == [
+            {
+                "code": "UNAVAILABLE",
+                "message": "the upstream's answers disagree on this blob's size",
+                "detail": {"name": f"docker.io/{B}", "digest": blob.digest},
+            }
+        ]
+    finally:
+        held.release()
+    status, data = await through_a
+    assert status == 200 and data is not None and sha256(data) == blob.digest
+    assert not _link(root, B, blob.digest).exists()
+    assert _serious(logs) == []
+    # The registry still answers at once (no loop holds its reactor).
+    response, _ = await fetch(f"{registry.url}/v2/")
+    assert response.code == 200
