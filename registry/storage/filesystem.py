@@ -232,6 +232,23 @@ class _FileWriter:
             os.unlink(self._driver._full(self._path))
 
 
+# Allocated past the data beyond this, a file holds space a writer set aside (`reserve`), not
+# the few blocks of a filesystem's own bookkeeping (an extent tree's, a partly used last block).
+_INHERITED_SLACK = 1024 * 1024
+
+
+def _release_inherited(fd: int) -> None:
+    """
+    Give back space a previous writer set aside past the data and never gave back: killed
+    (kill -9) mid-request, its process could not, and nothing else would, since a commit moves
+    the file as it is (the blob would keep tens of MiB for good, counted nowhere, as df sees
+    it).  An fstat per appender; the truncation only after such a death.
+    """
+    info = os.fstat(fd)
+    if info.st_blocks * 512 > info.st_size + _INHERITED_SLACK:
+        release_unused(fd)
+
+
 def _still_at(file: IO[bytes], full: str) -> bool:
     """Whether the open ``file`` is the one at ``full`` now (not moved, not removed)."""
     try:
@@ -683,6 +700,8 @@ class FilesystemDriver:
                 file.close()
                 raise PathNotFoundError(path)
             file.seek(0, os.SEEK_END)  # what the previous writer added before it let go
+            with _failing(f"giving back space set aside for {path}"):
+                _release_inherited(file.fileno())
             return _FileWriter(self, path, file, file.tell(), locked=True)
         return _FileWriter(self, path, file, file.tell())
 

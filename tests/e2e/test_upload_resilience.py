@@ -220,6 +220,61 @@ async def test_hash_state_is_recorded_after_each_request(
     assert "re-hashing stored data" not in registry_process.log_text()
 
 
+def _hold_partial_body(url: str, path: str, total: int, data: bytes) -> socket.socket:
+    """Send a head announcing ``total`` bytes, then ``data``; the connection stays open."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        f"PATCH {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {total}\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+    )
+    return sock
+
+
+@pytest_twisted.ensureDeferred
+async def test_space_set_aside_by_a_killed_writer_is_given_back(
+    registry_process: RegistryProcess,
+) -> None:
+    """
+    A PATCH announcing 200 MiB has space set aside ahead of its data; killed (kill -9) with
+    1 MB written, nothing of that process gives it back.  The next request on the upload (a
+    commit without a body, which sets nothing aside) does, so the blob does not carry tens of
+    MiB allocated past its end for good.
+    """
+    data = os.urandom(1_000_000)
+    location = await start_upload(registry_process.url, "killed/reserve")
+    upload_id = location.rsplit("/", 1)[1]
+    uploads = registry_process.workdir / "data/docker/registry/v2/repositories/killed/reserve"
+    data_file = uploads / "_uploads" / upload_id / "data"
+    path = location.removeprefix(registry_process.url)
+    sock = _hold_partial_body(registry_process.url, path, 200 * 1024 * 1024, data)
+    try:
+        for _ in range(400):  # bounded: 20 s for the bytes to reach the file
+            if data_file.stat().st_size == len(data):
+                break
+            await sleep(0.05)
+        assert data_file.stat().st_size == len(data)
+        assert data_file.stat().st_blocks * 512 > len(data) + 32 * 1024 * 1024  # set aside
+        registry_process.kill()
+    finally:
+        sock.close()
+    registry_process.start()
+    assert data_file.stat().st_blocks * 512 > len(data) + 32 * 1024 * 1024  # still held
+    assert await upload_range(location) == f"0-{len(data) - 1}"
+    response = await treq.put(f"{location}?digest={sha256(data)}")
+    assert response.code == 201, await response.text()
+    blob = (
+        registry_process.workdir
+        / "data/docker/registry/v2/blobs/sha256"
+        / sha256(data)[7:9]
+        / sha256(data)[7:]
+        / "data"
+    )
+    assert blob.read_bytes() == data
+    assert blob.stat().st_blocks * 512 < len(data) + 1024 * 1024
+
+
 @pytest_twisted.ensureDeferred
 async def test_small_chunks_back_to_back_then_a_kill(registry_process: RegistryProcess) -> None:
     """
