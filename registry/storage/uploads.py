@@ -55,6 +55,7 @@ from registry.storage.driver import (
     PathNotFoundError,
     StorageError,
     WriteRemoved,
+    WriteTakenOver,
 )
 from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
@@ -206,6 +207,19 @@ class UploadAppender:
         try:
             hasher = await self._settled_hasher()
             await self.store._save_state(self.name, self.upload_id, hasher, self.size, self.start)
+        except WriteTakenOver:
+            raise
+        except StorageError as exc:
+            # The bytes are stored: a 503 would tell the client they were not, and its retry
+            # of the chunk would get 416.  The state is a shortcut (without it the next
+            # request hashes the stored data again), as when it is recorded after the answer.
+            log.warn(
+                "recording the hash state of upload {upload} ({name}) failed: {error}; the "
+                "next request re-hashes the stored data",
+                upload=self.upload_id,
+                name=self.name,
+                error=str(exc),
+            )
         finally:
             self.store._handover.release(self._key)
 

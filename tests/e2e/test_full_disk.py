@@ -38,7 +38,7 @@ from tests.e2e.client import (
     start_upload,
 )
 from tests.e2e.conftest import Starter
-from tests.e2e.harness import sleep
+from tests.e2e.harness import RegistryProcess, sleep
 from tests.manifests import samples
 from tests.proxy.util import wait_for
 from tests.storage.s3server import S3Server, s3_server  # noqa: F401 - fixture
@@ -341,6 +341,44 @@ async def test_a_monolithic_push_that_fills_the_disk_leaves_no_upload_behind(
     filler.unlink()
     response = await treq.post(f"{url}/v2/{name}/blobs/uploads/?digest={sha256(data)}", data=data)
     assert response.code == 201, await response.text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunk_stored_whole_is_202_when_only_its_hash_state_finds_no_room(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """
+    With several workers the hash state is written before the answer (the next chunk may go
+    to another worker).  A chunk whose bytes all fit but whose state does not is still taken
+    (202, as with one worker, which records it after the answer): a 503 would tell the client
+    to send bytes the upload already has, and its retry would get 416.
+    """
+    (tmp_path / "process").mkdir()
+    process = RegistryProcess(
+        tmp_path / "process",
+        {"http": {"workers": "2"}, "storage": {"rootdirectory": str(small_disk)}},
+    )
+    process.start()
+    try:
+        first, second = os.urandom(200 * 1024), os.urandom(200 * 1024)
+        location = await start_upload(process.url, "team/state")
+        response = await treq.patch(location, data=first, headers={"Content-Range": "0-204799"})
+        assert response.code == 202, await response.text()
+        filler = leave_free(small_disk, len(second))  # the chunk's pages, not one more
+        response = await treq.patch(
+            location, data=second, headers={"Content-Range": "204800-409599"}
+        )
+        assert response.code == 202, await response.text()
+        assert header(response, "range") == "0-409599"
+        filler.unlink()
+        whole = first + second
+        response = await treq.put(f"{location}?digest={sha256(whole)}")
+        assert response.code == 201, await response.text()
+        response, body = await get(f"{process.url}/v2/team/state/blobs/{sha256(whole)}")
+        assert (response.code, body) == (200, whole)
+        assert "the next request re-hashes the stored data" in process.log_text()
+    finally:
+        process.stop()
 
 
 @pytest_twisted.ensureDeferred
