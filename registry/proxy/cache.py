@@ -69,7 +69,7 @@ from registry.proxy.fleet.follow import ResumingProducer
 from registry.proxy.fleet.index import HOT_ENTRIES, FleetIndex
 from registry.proxy.fleet.ledger import Ledger
 from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
-from registry.proxy.health import HeldOff, HeldOffUnavailable
+from registry.proxy.health import HeldOff, HeldOffOverloaded, HeldOffUnavailable
 from registry.proxy.index import ICacheIndex, MemoryIndex, Victim
 from registry.proxy.outage import StorageReads
 from registry.proxy.space import Reservations
@@ -143,6 +143,8 @@ def upstream_error(exc: UpstreamError, code: ErrorCode, detail: dict[str, Any]) 
         return RegistryError(UNAVAILABLE, detail, "upstream refused our credentials", status=502)
     if isinstance(exc, UpstreamBadResponse):
         return RegistryError(UNAVAILABLE, detail, "upstream answer cannot be trusted", status=502)
+    if isinstance(exc, HeldOffOverloaded):  # not asked: too many token requests in flight
+        return overloaded(detail)
     if isinstance(exc, HeldOffUnavailable):  # not asked before then (registry.proxy.health)
         headers = {"Retry-After": str(math.ceil(exc.retry_after))}
         return RegistryError(UNAVAILABLE, detail, "upstream registry unavailable", headers=headers)

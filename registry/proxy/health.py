@@ -15,6 +15,9 @@ sending the upstream one more request (and token fetch) per client request.
   503), and no request reaches the upstream.
 - Once the hold has passed, one call goes through as a probe (the others still fail at once
   until it is answered): an answer ends the outage, a failure holds the upstream off again.
+- A call that would need one more upstream token while the token table's bound of fetches
+  is in flight is not made (`HeldOffOverloaded`: 503 with ``Retry-After: 1``, as for the
+  cache's ``max_inflight``); that is the cache's overload, neither an answer nor a failure.
 
 Any answer counts as one (404, 401, a bad body: the upstream is there).  The outage is one
 event in the log: one warning when the upstream is held off, one more per failed probe (the
@@ -30,6 +33,7 @@ from typing import TypeVar
 
 from twisted.logger import Logger
 
+from registry.client._inflight import Overloaded
 from registry.proxy.errors import UpstreamError, UpstreamRateLimited, UpstreamUnavailable
 
 log = Logger()
@@ -176,6 +180,12 @@ class UpstreamHealth:
         except (UpstreamUnavailable, UpstreamRateLimited) as exc:
             self.failed(exc, kind, probe)
             raise
+        except Overloaded:
+            # Too many token requests in flight (the client's token table): this call was
+            # not made, which says nothing of the upstream (neither an answer nor a failure).
+            if probe:
+                self.probing = False  # the next call probes
+            raise HeldOffOverloaded() from None
         except UpstreamError:
             self.answered()  # an answer all the same: the upstream is there
             raise
@@ -188,8 +198,9 @@ class UpstreamHealth:
 
 
 class HeldOff(UpstreamError):
-    """What a call gets while the upstream is held off (`UpstreamHealth.refusal`): no
-    request was made, and the outage was said once already."""
+    """What a call gets when it was not made: while the upstream is held off
+    (`UpstreamHealth.refusal`; the outage was said once already), or while too many token
+    requests are in flight (`HeldOffOverloaded`).  Nothing to log per request."""
 
 
 class HeldOffUnavailable(UpstreamUnavailable, HeldOff):
@@ -200,3 +211,15 @@ class HeldOffUnavailable(UpstreamUnavailable, HeldOff):
 
 class HeldOffRateLimited(UpstreamRateLimited, HeldOff):
     pass
+
+
+class HeldOffOverloaded(HeldOffUnavailable):
+    """A call not made because too many others wait for their upstream token: the token
+    table holds a bounded number of fetches in flight (`registry.client._tokens`), and a new
+    scope beyond it raises `Overloaded`, which would otherwise reach a handler as a 500.  The
+    cache's own overload, answered as its ``max_inflight`` is (503, ``Retry-After: 1``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            None, "not asked: too many of its token requests in flight", retry_after=1.0
+        )
