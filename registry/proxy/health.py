@@ -12,7 +12,8 @@ sending the upstream one more request (and token fetch) per client request.
   the HEADs the cache revalidates tags with nor blob downloads, so those go on.
 - While held off, every upstream call fails at once with the last failure's class (so the
   cache answers as it would have: a cached tag served stale, a 429 with the time left, else
-  503), and no request reaches the upstream.
+  503), and no request reaches the upstream.  Its client is told the failure's status, not
+  its reason: that names what another request asked for (another team's repository, say).
 - Once the hold has passed, one call goes through as a probe (the others still fail at once
   until it is answered): an answer ends the outage, a failure holds the upstream off again.
 - A call that would need one more upstream token while the token table's bound of fetches
@@ -82,7 +83,7 @@ class UpstreamHealth:
         if limit is not None:
             until, error = limit
             if now < until:
-                reason = f"not asked until its rate limit ends ({error.reason})"
+                reason = f"not asked until its rate limit ends ({_state(error)})"
                 return HeldOffRateLimited(None, reason, retry_after=max(until - now, 1.0)), False
             del self.limited[kind]
         held_until = self.held_until
@@ -93,7 +94,7 @@ class UpstreamHealth:
             return None, True
         self.spared += 1
         last = self.last
-        reason = f"not asked while it is out ({last.reason if last else 'unavailable'})"
+        reason = f"not asked while it is out ({_state(last)})"
         # The next try is at the end of the hold (or once the probe under way is answered).
         left = max(held_until - now, 1.0)
         if isinstance(last, UpstreamRateLimited):
@@ -195,6 +196,15 @@ class UpstreamHealth:
             raise
         self.answered()
         return result
+
+
+def _state(failure: UpstreamError | None) -> str:
+    """What a client held off is told of the failure another request met: its status, not
+    its reason, which names what that request asked for (``manifest team/app:tag: ...``, a
+    token's scope): another team's repository, tag or digest.  The log has the reason."""
+    if failure is None or failure.status is None:
+        return "no answer"
+    return f"it answered {failure.status}"
 
 
 class HeldOff(UpstreamError):

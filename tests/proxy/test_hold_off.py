@@ -48,9 +48,8 @@ def test_the_hold_starts_after_three_failures_doubles_at_each_failed_probe_and_e
             assert _run(health, out) is out  # asked, and failed
         refused = _run(health, None)  # held off: not asked (the answer is never made)
         assert isinstance(refused, HeldOff) and isinstance(refused, UpstreamUnavailable)
-        assert refused.reason == (
-            "not asked while it is out (no answer from https://upstream.example: refused)"
-        )
+        # Not the reason of the failure (another request's): the log has that.
+        assert refused.reason == "not asked while it is out (no answer)"
         clock.advance(5)
         assert _run(health, out) is out  # the probe, which fails: held off for 10 s
         clock.advance(9)
@@ -167,8 +166,7 @@ async def test_an_upstream_that_is_out_is_not_asked_for_every_request(
         assert response.headers.getRawHeaders("Retry-After") is not None
         (error,) = json.loads(body)["errors"]
         assert error["code"] == "UNAVAILABLE"
-        assert error["detail"]["upstream"].startswith("not asked while it is out (manifest ")
-        assert error["detail"]["upstream"].endswith(": 503)")
+        assert error["detail"]["upstream"] == "not asked while it is out (it answered 503)"
         assert len(fake.log) == asked
         found, _ = await scrape(registry.url)
         assert found[("txregistry_proxy_upstream_out", (("upstream", "hub"),))] == 1
@@ -247,3 +245,79 @@ def test_the_back_line_counts_the_outages_refusals_only() -> None:
         assert _run(health, None, "blob GET") == "answer"
     (said,) = logs.saying("answers again")
     assert said[1].endswith("; 1 requests were answered without it meanwhile"), said
+
+
+TEAM_A = "teama/private"  # another team's repository: its name and tag are not bob's to see
+SECRET_TAG = "secret-release-2027"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hold_off_tells_a_client_nothing_another_request_asked_for(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """One team's requests put the upstream out; another team's request, answered at once,
+    is told the upstream's state (its last status, the time left), never what those requests
+    asked for (repository, tag): the log keeps that."""
+    fake.content.add_image(TEAM_A, SECRET_TAG, [100])
+    fake.content.add_image("teamb/other", "v1", [100])
+    registry = await proxied(hold_off="1h")
+    response, _ = await get(f"{registry.url}/v2/{TEAM_A}/manifests/none")  # its token, a 404
+    assert response.code == 404
+    fake.switches.fail_status = 503
+    with Logs() as logs:
+        for _ in range(3):  # each asks the upstream, and fails: held off
+            response, body = await get(f"{registry.url}/v2/{TEAM_A}/manifests/{SECRET_TAG}")
+            assert response.code == 503, body
+        asked = len(fake.log)
+        response, body = await get(f"{registry.url}/v2/teamb/other/manifests/v1")
+    assert response.code == 503, body
+    assert response.headers.getRawHeaders("Retry-After") in (["3600"], ["3599"])
+    assert json.loads(body) == {
+        "errors": [
+            {
+                "code": "UNAVAILABLE",
+                "message": "upstream registry unavailable",
+                "detail": {
+                    "name": "docker.io/teamb/other",
+                    "reference": "v1",
+                    "upstream": "not asked while it is out (it answered 503)",
+                },
+            }
+        ]
+    }
+    assert b"teama" not in body and SECRET_TAG.encode() not in body
+    assert len(fake.log) == asked  # not asked
+    (out,) = logs.saying("answering without asking it")
+    assert f"manifest {TEAM_A}:{SECRET_TAG}: " in out[1]  # the log has it
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rate_limit_hold_tells_a_client_nothing_another_request_asked_for(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """The same for the hold of a 429 with Retry-After: the status and the time left."""
+    fake.content.add_image(TEAM_A, SECRET_TAG, [100])
+    fake.content.add_image("teamb/other", "v1", [100])
+    registry = await proxied()
+    fake.switches.ratelimit_remaining = 0  # manifest GETs answer 429, Retry-After: 60
+    response, body = await get(f"{registry.url}/v2/{TEAM_A}/manifests/{SECRET_TAG}")
+    assert response.code == 429, body  # (its own request: told its own answer)
+    gets = fake.count("GET", "manifest")
+    response, body = await get(f"{registry.url}/v2/teamb/other/manifests/v1")
+    assert response.code == 429, body
+    assert response.headers.getRawHeaders("Retry-After") in (["60"], ["59"])
+    assert json.loads(body) == {
+        "errors": [
+            {
+                "code": "TOOMANYREQUESTS",
+                "message": "upstream rate limit reached",
+                "detail": {
+                    "name": "docker.io/teamb/other",
+                    "reference": "v1",
+                    "upstream": "not asked until its rate limit ends (it answered 429)",
+                },
+            }
+        ]
+    }
+    assert b"teama" not in body and SECRET_TAG.encode() not in body
+    assert fake.count("GET", "manifest") == gets  # not asked
