@@ -108,7 +108,8 @@ class ProxyConfig:
     # clients get 503 with Retry-After rather than a queue that grows with their requests.
     max_inflight: int = MAX_INFLIGHT
     # How long the cache stops asking an upstream that failed three times in a row (doubled
-    # at each failed try, up to a minute; registry.proxy.health); 0: it asks every time.
+    # at each failed try, up to a minute; registry.proxy.health); 0: it asks every time
+    # however often it failed (a 429's Retry-After is still waited out).
     hold_off: float = 5.0
 
 

@@ -8,8 +8,10 @@ sending the upstream one more request (and token fetch) per client request.
   the upstream off for ``[proxy:NAME] hold_off`` seconds (5 by default; 0: never), doubled
   at each failed try up to ``MAX_HOLD``.
 - A 429 with ``Retry-After`` holds off the calls of its kind (manifest GETs, blob GETs...)
-  that long (at most ``MAX_RETRY_AFTER``): Docker Hub's pull limit counts manifest GETs, not
-  the HEADs the cache revalidates tags with nor blob downloads, so those go on.
+  that long (at most ``MAX_RETRY_AFTER``, which is what its client is told too): Docker
+  Hub's pull limit counts manifest GETs, not the HEADs the cache revalidates tags with nor
+  blob downloads, so those go on.  With ``hold_off = 0`` too: that turns off the holds
+  after failures, and asking during a rate limit would only use it up.
 - While held off, every upstream call fails at once with the last failure's class (so the
   cache answers as it would have: a cached tag served stale, a 429 with the time left, else
   503), and no request reaches the upstream.  Its client is told the failure's status, not
@@ -62,7 +64,8 @@ class UpstreamHealth:
         self.name = name
         self.url = url
         self.clock = clock
-        self.first_hold = first_hold  # 0: never held off ([proxy:NAME] hold_off)
+        # 0: no hold after failures ([proxy:NAME] hold_off); a 429's Retry-After still holds.
+        self.first_hold = first_hold
         # The outage: failures in a row, the last one, until when no call is made.
         self.failures = 0
         self.last: UpstreamError | None = None
@@ -123,29 +126,16 @@ class UpstreamHealth:
 
     def failed(self, error: UpstreamError, kind: str = "manifest GET", probe: bool = False) -> None:
         """A call got no usable answer (``UpstreamUnavailable``) or a 429; ``probe``: it was
-        the call that asked once the hold had passed."""
+        the call that asked once the hold had passed.  A 429's ``Retry-After`` is waited out
+        whatever ``first_hold``: 0 turns off the holds after failures, not that."""
         if probe:
             self.probing = False
-        if self.first_hold <= 0:
-            return
-        now = self.clock()
         if isinstance(error, UpstreamRateLimited) and error.retry_after is not None:
-            # An answer (the upstream is there): only this kind of call waits, as it says.
-            self.answered()
-            hold = min(error.retry_after, MAX_RETRY_AFTER)
-            if kind not in self.limited:
-                log.warn(
-                    "proxy {upstream}: {url} rate-limits {kind} requests: {reason}; not"
-                    " asking it for {hold:.0f}s",
-                    upstream=self.name,
-                    url=self.url,
-                    kind=kind,
-                    reason=error.reason[:300],
-                    hold=hold,
-                    event="proxy_upstream_rate_limited",
-                )
-            self.limited[kind] = (now + hold, error)
+            self._rate_limited(error, kind, error.retry_after)
             return
+        if self.first_hold <= 0:
+            return  # hold_off = 0: no hold after failures
+        now = self.clock()
         self.failures += 1
         self.last = error
         if self.since is None:
@@ -170,6 +160,26 @@ class UpstreamHealth:
             hold=hold,
             event="proxy_upstream_out",
         )
+
+    def _rate_limited(self, error: UpstreamRateLimited, kind: str, retry_after: float) -> None:
+        """A 429 with ``Retry-After``: an answer (the upstream is there), and this kind of
+        call waits as it says, up to ``MAX_RETRY_AFTER``.  The error tells its client that
+        wait, not a longer one the cache does not keep to (Docker Hub's hours)."""
+        self.answered()
+        hold = min(retry_after, MAX_RETRY_AFTER)
+        error.retry_after = hold
+        if kind not in self.limited:
+            log.warn(
+                "proxy {upstream}: {url} rate-limits {kind} requests: {reason}; not"
+                " asking it for {hold:.0f}s",
+                upstream=self.name,
+                url=self.url,
+                kind=kind,
+                reason=error.reason[:300],
+                hold=hold,
+                event="proxy_upstream_rate_limited",
+            )
+        self.limited[kind] = (self.clock() + hold, error)
 
     async def call(self, make: Callable[[], Awaitable[T]], kind: str = "manifest GET") -> T:
         """Run one upstream call of ``kind`` through this state."""

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from registry.proxy.errors import UpstreamBadResponse, UpstreamRateLimited, UpstreamUnavailable
-from registry.proxy.health import HeldOff, UpstreamHealth
+from registry.proxy.health import MAX_RETRY_AFTER, HeldOff, UpstreamHealth
 from tests.e2e.client import get, sha256
 from tests.e2e.test_monitoring import scrape
 from tests.fakes.upstream import FakeUpstream
@@ -321,3 +321,79 @@ async def test_a_rate_limit_hold_tells_a_client_nothing_another_request_asked_fo
     }
     assert b"teama" not in body and SECRET_TAG.encode() not in body
     assert fake.count("GET", "manifest") == gets  # not asked
+
+
+def test_hold_off_0_still_waits_out_a_429s_retry_after() -> None:
+    """``hold_off = 0`` turns off the holds after failures, not the respect for a 429's
+    Retry-After: asking again during it would only use up the rate limit."""
+    clock = Clock()
+    health = UpstreamHealth("hub", "https://upstream.example", clock.seconds, first_hold=0)
+    limited = UpstreamRateLimited(429, "pull rate limit reached", retry_after=40.0)
+    assert _run(health, limited) is limited
+    refused = _run(health, None)
+    assert isinstance(refused, HeldOff) and isinstance(refused, UpstreamRateLimited)
+    assert refused.retry_after == 40.0
+    assert _run(health, None, "blob GET") == "answer"  # only its kind of call waits
+    clock.advance(40)
+    assert _run(health, None) == "answer"
+    slow = UpstreamRateLimited(429, "slow down")  # no Retry-After: a failure, never held
+    for _ in range(5):
+        assert _run(health, slow) is slow
+
+
+def test_a_429s_client_is_told_the_hold_applied_not_a_longer_retry_after() -> None:
+    """Docker Hub's pull limit answers a Retry-After of hours; the cache asks again after
+    `MAX_RETRY_AFTER`, and says so to the client that met the 429 as to those after it."""
+    clock = Clock()
+    health = UpstreamHealth("hub", "https://upstream.example", clock.seconds)
+    limited = UpstreamRateLimited(429, "pull rate limit reached", retry_after=21600.0)
+    assert _run(health, limited).retry_after == MAX_RETRY_AFTER == 300.0
+    assert _run(health, None).retry_after == 300.0
+    clock.advance(299.5)
+    assert _run(health, None).retry_after == 1.0
+    clock.advance(0.5)
+    assert _run(health, None) == "answer"
+
+
+@pytest.mark.parametrize(
+    ("hold_off", "retry_after", "told"),
+    [("0", 40, 40), ("5s", 21600, 300), ("0", 21600, 300)],
+    ids=["hold_off-0", "capped", "hold_off-0-capped"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_429s_retry_after_is_waited_out_and_told_as_the_hold_applied(
+    proxied: Proxied, fake: FakeUpstream, hold_off: str, retry_after: int, told: int
+) -> None:
+    """Manifest GETs answer 429 with ``Retry-After``: the client that met it and those after
+    it get 429 with the seconds until the cache asks again (the upstream's, at most 5
+    minutes), and none of them reaches the upstream meanwhile, ``hold_off = 0`` or not."""
+    fake.content.add_image("library/busybox", "latest", [100])
+    registry = await proxied(hold_off=hold_off)
+    fake.switches.ratelimit_remaining = 0
+    fake.switches.ratelimit_retry_after = retry_after
+    url = f"{registry.url}/v2/library/busybox/manifests/latest"
+    response, body = await get(url)
+    assert response.code == 429, body
+    assert response.headers.getRawHeaders("Retry-After") == [str(told)]
+    reason = "manifest library/busybox:latest: TOOMANYREQUESTS pull rate limit reached"
+    assert json.loads(body)["errors"][0]["detail"]["upstream"] == reason
+    gets = fake.count("GET", "manifest")
+    assert gets == 1
+    for _ in range(3):
+        response, body = await get(url)
+        assert fake.count("GET", "manifest") == gets  # not asked again
+        assert response.code == 429, body
+        assert response.headers.getRawHeaders("Retry-After") in ([str(told)], [str(told - 1)])
+        assert json.loads(body) == {
+            "errors": [
+                {
+                    "code": "TOOMANYREQUESTS",
+                    "message": "upstream rate limit reached",
+                    "detail": {
+                        "name": "docker.io/library/busybox",
+                        "reference": "latest",
+                        "upstream": "not asked until its rate limit ends (it answered 429)",
+                    },
+                }
+            ]
+        }
