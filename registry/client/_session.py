@@ -12,11 +12,13 @@ redirect agents would forward it.
 
 Whom we trust with credentials: the configured username and password, and the tokens bought
 with them, go only to the token realm that the registry's own origin (its URL: scheme, host
-and port) announced in a challenge, and to that origin itself.  A redirect target (a CDN) that
-answers 401 gets nothing: its challenge is not learned, no token is fetched for it, and the
-request fails with `Unauthorized`.  Only a 401 from the origin itself may change the learned
-challenge.  A registry reached over https that names a plain-http realm gets no credentials
-sent there: they would cross the network in clear text.
+and port) announced in its ``/v2/`` challenge, and to that origin itself.  A redirect target
+(a CDN) that answers 401 gets nothing: its challenge is not learned, no token is fetched for
+it, and the request fails with `Unauthorized`.  Only a 401 from the origin itself may change
+the learned challenge, and only to a realm ``/v2/`` names too (a Basic one aside when
+``/v2/`` asked for nothing: see `Session._needs_announcement`).  A registry reached over https
+that names a plain-http realm gets no credentials sent there: they would cross the network
+in clear text.
 """
 
 from __future__ import annotations
@@ -90,6 +92,14 @@ def _same_service(before: Challenge | None, after: Challenge | None) -> bool:
         after.realm,
         after.service,
     )
+
+
+def _same_realm(announced: Challenge | None, challenge: Challenge) -> bool:
+    """Whether ``/v2/`` announced the realm ``challenge`` names, in the same scheme (a Basic
+    realm is a label: it announces no token service)."""
+    if announced is None:
+        return False
+    return (announced.scheme, announced.realm) == (challenge.scheme, challenge.realm)
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -249,7 +259,11 @@ class Session:
             if response.code != 401 or attempt == 1:
                 return response
             before = self.challenge
-            await self._learn_challenge(response)
+            refused = await self._learn_challenge(response)
+            if refused is not None and key is None:
+                # No token of the announced realm to try again with: the answer stands.
+                await self.discard(response)
+                raise self.unannounced_realm(url, refused)
             if key is None and self.challenge == before:
                 return response  # Basic or nothing, and nothing new to try
             if key is not None:
@@ -279,23 +293,48 @@ class Session:
             401, f"{where} (not the registry) asked for authentication; nothing was sent to it"
         )
 
-    async def _learn_challenge(self, response: IResponse) -> None:
-        """Called only for a 401 from the registry's own origin.  A token realm other than
-        the one known is taken only when the registry's ``/v2/`` names it too (asked again
-        now): the credentials go to a realm the registry announces where every client looks
-        for it, not to one a single answer names (a path-specific proxy in front of the
-        registry, one misbehaving endpoint), which would then get them for every later
-        token."""
+    async def _learn_challenge(self, response: IResponse) -> Challenge | None:
+        """Called only for a 401 from the registry's own origin; returns the challenge it
+        refused to take (None: taken, or none there).  A token realm other than the one known
+        (none known included: a ``/v2/`` that asked for nothing) is taken only when the
+        registry's ``/v2/`` names it too (asked again now): the credentials go to a realm the
+        registry announces where every client looks for it, not to one a single answer names
+        (a path-specific proxy in front of the registry, one misbehaving endpoint), which
+        would then get them for every later token."""
         challenge = pick_challenge(header_values(response.headers, "www-authenticate"))
         if challenge is None:
-            return
-        known = self.challenge
-        if known is not None and challenge.realm != known.realm:
+            return None
+        if self._needs_announcement(challenge):
             announced = await self._ping.run("ping", self._fetch_challenge)
-            if announced is None or announced.realm != challenge.realm:
-                return  # the known realm stays; the request's 401 is its answer
+            if not _same_realm(announced, challenge):
+                return challenge  # what was known stays
         self.challenge = challenge
         self._challenge_known = True
+        return None
+
+    def _needs_announcement(self, challenge: Challenge) -> bool:
+        """Whether a path's challenge is taken only once ``/v2/`` names it too: one naming
+        another realm than the known one.  A Basic challenge when ``/v2/`` asked for nothing
+        is taken as it is: Basic sends the configured username and password only to the
+        registry's own origin (a Basic realm is a label, not a place), whom they are
+        configured for and who gets the tokens bought with them anyway, so nobody else
+        learns them.  A registry may well leave ``/v2/`` open and guard its repositories (a
+        web server's Basic auth on ``/v2/<name>/`` only)."""
+        known = self.challenge
+        if known is None:
+            return challenge.scheme != "basic"
+        return challenge.realm != known.realm
+
+    def unannounced_realm(self, url: str, challenge: Challenge) -> BadResponse:
+        """A 401 from the registry's own origin whose challenge names a realm its ``/v2/``
+        does not announce: an answer not to act on, an error for this request; nothing was
+        sent to that realm."""
+        path = urlsplit(url).path
+        realm = (challenge.realm or "")[:200]
+        return self.bad(
+            f"{path[:200]} asked for {challenge.scheme} auth with realm {realm!r}, "
+            "which the registry's /v2/ does not announce; nothing was sent there"
+        )
 
     async def ensure_challenge(self) -> None:
         if not self._challenge_known:

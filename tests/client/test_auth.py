@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from registry.client import (
+    BadResponse,
     Credentials,
     TLSOptions,
     Unauthorized,
@@ -185,6 +186,36 @@ async def test_a_realm_one_answer_names_gets_credentials_only_once_v2_names_it(
     with contextlib.suppress(Unauthorized):  # the CDN's tokens are no good here
         await client.manifest("library/alpine", "latest")
     assert fake.count(kind="cdn-token") >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_realm_only_a_path_names_gets_nothing_when_v2_names_none(
+    fake: FakeUpstream, make_client: ClientFactory
+) -> None:
+    """``/v2/`` answers 200 without a challenge, a repository path 401 naming a realm on
+    another origin: the call fails (`BadResponse`) and that realm receives nothing, however
+    often it is named; the registry's paths get no ``Authorization``."""
+    fake.switches.credentials = ("alice", "s3cret")
+    fake.switches.open_ping = True
+    fake.switches.path_realm = f"{fake.cdn_url}/token"
+    fake.content.add_image("library/alpine", "latest", [100])
+    client = make_client(fake.url, credentials=Credentials("alice", "s3cret"))
+    for _ in range(2):
+        with pytest.raises(BadResponse) as info:
+            await client.manifest("library/alpine", "latest")
+        assert info.value.reason == (
+            f"/v2/library/alpine/manifests/latest asked for bearer auth with realm "
+            f"'{fake.cdn_url}/token', which the registry's /v2/ does not announce; "
+            "nothing was sent there"
+        )
+    assert [(r.kind, r.authorization) for r in fake.log] == [
+        ("ping", None),
+        ("manifest", None),
+        ("ping", None),
+        ("manifest", None),
+        ("ping", None),
+    ]
+    assert client.session.challenge is None
 
 
 @pytest_twisted.ensureDeferred

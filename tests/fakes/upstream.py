@@ -97,6 +97,8 @@ class Switches:
     token_realm: str | None = None  # the realm the challenge names (default: our /token)
     # The realm a repository path's 401 names instead (the /v2/ ping keeps token_realm).
     path_realm: str | None = None
+    # /v2/ answers 200 without a challenge; repository paths still answer 401 with one.
+    open_ping: bool = False
     # Repositories the token service leaves out of the tokens it issues (Docker Hub does so
     # for private and unknown ones): their requests answer 401 insufficient_scope.
     denied: frozenset[str] = frozenset()
@@ -466,7 +468,8 @@ class _RegistryResource(_Base):
         if kind == "other":
             return _json_error(request, 404, "NOT_FOUND", "no such endpoint")
         scope = f"repository:{name}:pull" if name else None
-        if not self.fake.authorized(request, name):
+        open_ping = kind == "ping" and self.fake.switches.open_ping
+        if not open_ping and not self.fake.authorized(request, name):
             request.setResponseCode(401)
             denied = name in self.fake.switches.denied and request.getHeader(b"authorization")
             error = "insufficient_scope" if denied else None

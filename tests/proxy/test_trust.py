@@ -6,6 +6,7 @@ can be held until the test releases them."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.proxy.util import blob_data_path, fetch, hub_cache, reactor, storage_
 
 A = "library/alpine"  # upstream names; locally docker.io/library/...
 B = "library/busybox"
+ALICE = "Basic " + base64.b64encode(b"alice:s3cret").decode()  # the configured credentials
 
 
 @pytest.fixture
@@ -458,3 +460,95 @@ async def test_a_joined_fill_of_another_size_than_the_head_said_is_not_served(
     # The registry still answers at once (no loop holds its reactor).
     response, _ = await fetch(f"{registry.url}/v2/")
     assert response.code == 200
+
+
+def _exchanges(fake: FakeUpstream) -> list[tuple[str, str, str | None]]:
+    """What the fake received, in order: method, kind and ``Authorization`` (a Bearer
+    token's value, random, said as "Bearer")."""
+    found = []
+    for r in fake.log:
+        authorization = r.authorization
+        if authorization is not None and authorization.startswith("Bearer "):
+            authorization = "Bearer"
+        found.append((r.method, r.kind, authorization))
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_realm_only_a_repository_path_names_gets_nothing(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """The upstream's ``/v2/`` answers 200 without a challenge; its repository paths answer
+    401 naming a token realm on another origin (the CDN's ``/token``).  ``/v2/`` announces
+    no realm, so there is none to trust: each pull is 502 UNAVAILABLE, the realm gets no
+    request at all (neither the configured credentials nor a token request), and nothing is
+    learned from that answer.  Once ``/v2/`` itself names a realm, that one is used."""
+    fake.switches.credentials = ("alice", "s3cret")
+    image = fake.content.add_image(A, "latest", [100])
+    fake.switches.open_ping = True
+    fake.switches.path_realm = f"{fake.cdn_url}/token"
+    registry = await proxied(username="alice", password="s3cret")
+    url = f"{registry.url}/v2/alpine/manifests/latest"
+    for _ in range(2):
+        response, body = await fetch(url)
+        assert response.code == 502, body
+        assert json.loads(body) == {
+            "errors": [
+                {
+                    "code": "UNAVAILABLE",
+                    "message": "upstream answer cannot be trusted",
+                    "detail": {
+                        "name": "docker.io/library/alpine",
+                        "reference": "latest",
+                        "upstream": (
+                            "/v2/library/alpine/manifests/latest asked for bearer auth with "
+                            f"realm '{fake.cdn_url}/token', which the registry's /v2/ does not "
+                            "announce; nothing was sent there"
+                        ),
+                    },
+                }
+            ]
+        }
+    # Each 401 made the cache ask /v2/ again, which still named no realm.
+    assert _exchanges(fake) == [
+        ("GET", "ping", None),
+        ("GET", "manifest", None),
+        ("GET", "ping", None),
+        ("GET", "manifest", None),
+        ("GET", "ping", None),
+    ]
+    # /v2/ now names the upstream's own token service, and so do its paths.
+    fake.log.clear()
+    fake.switches.open_ping = False
+    fake.switches.path_realm = None
+    response, body = await fetch(url)
+    assert response.code == 200, body
+    assert body == image.manifest
+    assert _exchanges(fake) == [
+        ("GET", "manifest", None),
+        ("GET", "ping", None),
+        ("GET", "token", ALICE),
+        ("GET", "manifest", "Bearer"),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_path_asking_for_basic_gets_the_credentials_when_v2_asked_for_nothing(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """``/v2/`` open, the repositories behind Basic auth: the configured credentials go to
+    the upstream's own origin (the only place Basic ever sends them), without asking
+    ``/v2/`` again."""
+    fake.switches.credentials = ("alice", "s3cret")
+    fake.switches.auth = "basic"
+    fake.switches.open_ping = True
+    image = fake.content.add_image(A, "latest", [100])
+    registry = await proxied(username="alice", password="s3cret")
+    response, body = await fetch(f"{registry.url}/v2/alpine/manifests/latest")
+    assert response.code == 200, body
+    assert body == image.manifest
+    assert _exchanges(fake) == [
+        ("GET", "ping", None),
+        ("GET", "manifest", None),
+        ("GET", "manifest", ALICE),
+    ]
