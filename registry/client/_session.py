@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +93,50 @@ def _same_service(before: Challenge | None, after: Challenge | None) -> bool:
         after.realm,
         after.service,
     )
+
+
+# An authority as RFC 3986 writes it: userinfo aside, a bracketed IPv6 address or a name, and
+# an optional port (anything after the colon: checked below, so that it can be named).
+_AUTHORITY = re.compile(r"(?:.*@)?(?P<host>\[[^\]]*\]|[^:\[\]]*)(?::(?P<port>.*))?", re.DOTALL)
+# A host name's characters (RFC 3986 reg-name: unreserved, sub-delims, percent-encoding).
+_REG_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]+")
+
+
+def url_problem(url: str) -> str | None:
+    """What keeps a URL a registry sent (a redirect's ``Location``, a token realm) from being
+    requested as it says, or None.  urllib raises ``ValueError`` for several of these only
+    once the port is read ("46201:46204", "abc", 70000, a bracket missing), and twisted for
+    others only when the request is made (no host); an answer naming such a URL is one not
+    to act on, never a crash."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # brackets unbalanced, or not around an IP address
+        return "cannot be parsed"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "not an http(s) URL"
+    authority = _AUTHORITY.fullmatch(parts.netloc)
+    if authority is None:
+        return "malformed host"  # "[::1]x"
+    host, port = authority["host"], authority["port"]
+    if not host:
+        return "no host"
+    if host.startswith("["):
+        if not _is_ipv6(host[1:-1]):
+            return f"{host[:100]} is not an IPv6 address"
+    elif not _REG_NAME.fullmatch(host):
+        return f"malformed host {host[:100]!r}"
+    # (An empty port is the default one to RFC 3986, but treq refuses it.)
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        return f"port {port[:100]!r} is not a number from 1 to 65535"
+    return None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _same_realm(announced: Challenge | None, challenge: Challenge) -> bool:
@@ -368,6 +413,9 @@ class Session:
         realm = challenge.realm
         if not realm:
             raise self.bad("Bearer challenge without a realm")
+        problem = url_problem(realm)
+        if problem is not None:
+            raise self.bad(f"token realm {realm[:200]!r}: {problem}")
         key: TokenKey = (realm, challenge.service or "", " ".join(scopes))
         self._refuse_insecure_realm(realm)
         token = await self.tokens.get(key, lambda: self._fetch_token(key))
@@ -445,15 +493,26 @@ class Session:
             if response.code not in _REDIRECTS or not location:
                 return response, origin_of(url)
             await self.discard(response)
-            target = urljoin(url, location)
-            if origin_of(target)[0] not in ("http", "https"):
-                raise self.bad(f"redirect to a non-HTTP URL {target[:200]}")
-            if origin_of(url)[0] == "https" and origin_of(target)[0] != "https":
-                raise self.bad("redirect from https to plain http refused")
+            target = self._redirect_target(url, location)
             if response.code == 303 and method != "HEAD":
                 method, body = "GET", None
             url = target
         raise self.bad(f"more than {_MAX_REDIRECTS} redirects")
+
+    def _redirect_target(self, url: str, location: str) -> str:
+        """The URL a redirect from ``url`` names, or the `BadResponse` for one that cannot be
+        followed as it is: not a usable http(s) URL (`url_problem`), or plain http after
+        https."""
+        try:
+            target = urljoin(url, location)
+        except ValueError:  # brackets unbalanced, or not around an IP address
+            target = ""
+        problem = url_problem(target) if target else "cannot be parsed"
+        if problem is not None:
+            raise self.bad(f"redirect to {location[:200]!r}: {problem}")
+        if origin_of(url)[0] == "https" and origin_of(target)[0] != "https":
+            raise self.bad("redirect from https to plain http refused")
+        return target
 
     async def send(
         self,
@@ -489,9 +548,16 @@ class Session:
         kwargs: dict[str, Any] = {}
         if body is not None:
             kwargs["data"] = WatchedBody(body(), progress)
-        d = self._http.request(
-            method, url, headers=raw, allow_redirects=False, unbuffered=True, **kwargs
-        )
+        try:
+            d = self._http.request(
+                method, url, headers=raw, allow_redirects=False, unbuffered=True, **kwargs
+            )
+        except ValueError as exc:
+            # treq reads the URL before anything is sent, and refuses at once a host name
+            # IDNA refuses ("a_b", "-a", "xn--zz"): an error for this request (a URL the
+            # registry named, or one configured so), not a defect.
+            timer.cancel()
+            raise self.bad(f"cannot request {url[:200]}: {str(exc)[:200]}") from None
         try:
             response: IResponse = await d
         except ClientError:

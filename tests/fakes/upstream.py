@@ -90,6 +90,9 @@ class Switches:
     corrupt_manifests: bool = False  # manifest bodies get a trailing space (digest header kept)
     omit_manifest_digest: bool = False  # no Docker-Content-Digest on manifest answers
     redirect_blob_head: bool = False  # HEAD on a blob redirects too (some registries do)
+    # The Location a blob's redirect names instead of the CDN's ("{digest}" filled in): a URL
+    # that may not parse at all ("http://127.0.0.1:1:2/x").
+    blob_location: str | None = None
     cdn_challenge: bool = False  # the CDN answers 401 with a Bearer challenge of its own
     referrers_api: bool = True  # False: 404 on /referrers/ (Docker Hub), use the tag schema
     referrers_page: int | None = None  # referrers per page, chained by Link rel="next"
@@ -609,10 +612,11 @@ class _RegistryResource(_Base):
             return b""
         expires = int(self.fake.reactor.seconds()) + 600
         sig = self.fake.sign(digest, expires)
+        location = f"{self.fake.cdn_url}/blobs/{digest}?expires={expires}&sig={sig}"
+        if self.fake.switches.blob_location is not None:
+            location = self.fake.switches.blob_location.replace("{digest}", digest)
         request.setResponseCode(307)
-        request.setHeader(
-            b"location", f"{self.fake.cdn_url}/blobs/{digest}?expires={expires}&sig={sig}".encode()
-        )
+        request.setHeader(b"location", location.encode())
         return b""
 
     def _control(self, request: Request, path: str) -> bytes:
