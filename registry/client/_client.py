@@ -32,7 +32,14 @@ from registry.api.errors import RegistryError
 from registry.asyncutil import within_time
 from registry.client._body import BodyRelay, Collector, ConsumerWriter
 from registry.client._digests import as_digest
-from registry.client._session import BodyFactory, RateLimitStatus, Session, header, origin_of
+from registry.client._session import (
+    BodyFactory,
+    RateLimitStatus,
+    Session,
+    header,
+    origin_of,
+    url_problem,
+)
 from registry.client._streams import (
     FileSink,
     FileSource,
@@ -119,13 +126,19 @@ def _next_url(base: str, link: str | None) -> str | None:
     for target, params in re.findall(r"<([^>]*)>([^,]*)", link or ""):
         rel = re.search(r'rel\s*=\s*"?([^";]*)"?', params)
         if rel is not None and "next" in rel.group(1).lower().split():
-            return str(urljoin(base, target))
+            try:
+                return str(urljoin(base, target))
+            except ValueError:  # brackets unbalanced, or not around an IP address
+                return str(target)  # as written: the caller refuses it (`url_problem`)
     return None
 
 
 def _last_of(url: str) -> str | None:
     """The ``last`` query parameter of a next-page URL, or None (an opaque page token)."""
-    values = parse_qs(urlsplit(url).query).get("last")
+    try:
+        values = parse_qs(urlsplit(url).query).get("last")
+    except ValueError:  # a URL urllib cannot split: no ``last`` to read from it
+        return None
     return values[0] if values else None
 
 
@@ -454,7 +467,9 @@ class RegistryClient:
         and so are more than `MAX_LIST_PAGES` pages.  So is a next page on another origin:
         its names would not be the registry's, and a registry must not be able to aim the
         client (the pull-through cache, replication) at any other host; stopping there
-        instead would end the list early without saying so."""
+        instead would end the list early without saying so.  So is a next page link that
+        names no URL that can be requested (`url_problem`: a second port, a bracket
+        missing)."""
         url = self.session.url + first
         asked = {url}
         for _ in range(MAX_LIST_PAGES):
@@ -464,6 +479,11 @@ class RegistryClient:
             following = page.next_url
             if following is None or following == url:
                 return
+            problem = url_problem(following)
+            if problem is not None:
+                raise self.session.bad(
+                    f"{what}: the next page link {following[:200]!r}: {problem}; not followed"
+                )
             if origin_of(following) != self.session.origin:
                 raise self.session.bad(
                     f"{what}: the next page is on another origin ({following[:200]}); not followed"
@@ -669,7 +689,8 @@ class RegistryClient:
 
         A registry may split the list over pages chained by ``Link: <...>; rel="next"``.
         Only pages on the registry's own origin are read (a next link elsewhere is where
-        the credentials must not go, and is not followed), and at most
+        the credentials must not go, and is not followed, nor is one naming no URL that
+        can be requested), and at most
         `MAX_REFERRER_PAGES` pages and `MAX_REFERRERS` descriptors: a registry that
         chains pages forever costs a bounded amount of time and memory, and what was read
         by then is the answer."""
@@ -703,6 +724,15 @@ class RegistryClient:
                 break
             following = _next_url(url, header(response.headers, "link"))
             if following is None:
+                break
+            problem = url_problem(following)
+            if problem is not None:
+                log.warn(
+                    "{what}: next page link not followed ({problem}): {url}",
+                    what=what,
+                    problem=problem,
+                    url=following[:200],
+                )
                 break
             if origin_of(following) != self.session.origin:
                 log.warn(

@@ -190,3 +190,32 @@ async def test_a_next_page_on_another_origin_is_refused(
         assert elsewhere.asked == []
     finally:
         await port.stopListening()
+
+
+@pytest.mark.parametrize(
+    ("foreign", "problem"),
+    [
+        ("http://127.0.0.1:1:2", "port '1:2' is not a number from 1 to 65535"),
+        ("http://127.0.0.1:99999", "port '99999' is not a number from 1 to 65535"),
+        ("http://[::1", "cannot be parsed"),
+        ("http://:80", "no host"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_next_page_link_that_is_no_usable_url_is_refused(
+    opaque: tuple[str, OpaquePages], make_client: ClientFactory, foreign: str, problem: str
+) -> None:
+    """A ``Link`` whose URL cannot be requested (a second port, a bracket missing, no host)
+    ends the list as one on another origin does: a BadResponse naming it, after the names
+    read so far; never a ``ValueError`` out of urllib."""
+    url, server = opaque
+    server.foreign = foreign
+    client = make_client(url)
+    seen: list[str] = []
+    with pytest.raises(BadResponse) as info:
+        async for tag in client.all_tags("x", page_size=2):
+            seen.append(tag)
+    assert seen == ["t0", "t1", "t2", "t3"]
+    link = f"{foreign}/v2/x/tags/list?n=2&next_page=2"
+    assert str(info.value) == f"tags of x: the next page link {link!r}: {problem}; not followed"
+    assert server.asked == ["/v2/x/tags/list?n=2", "/v2/x/tags/list?n=2&next_page=1"]

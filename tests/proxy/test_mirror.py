@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
@@ -225,6 +226,26 @@ async def test_referrers_next_page_on_another_origin_is_not_followed(
     registry = await proxied()
     response, body = await fetch(f"{registry.url}/v2/alpine/referrers/{image.digest}")
     assert response.code == 200
+    first_page = sorted(listed, key=lambda d: str(d["digest"]))[:2]
+    assert body == _index_bytes(first_page)
+    assert fake.count("GET", "referrers", name=A) == 1
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:1:2", "http://[::1", "http://:80"])
+@pytest_twisted.ensureDeferred
+async def test_a_referrers_next_link_that_is_no_usable_url_is_not_followed(
+    proxied: Proxied, fake: FakeUpstream, origin: str
+) -> None:
+    """A next link naming no URL that can be requested (a second port, a bracket missing, no
+    host) is not followed either: the first page is the answer, not a 500."""
+    fake.switches.referrers_page = 2
+    fake.switches.referrers_next_origin = origin
+    image = fake.content.add_image(A, "latest", [1000], oci=True)
+    size = len(image.manifest)
+    listed = [_referrer(fake, image.digest, size, SIGNATURE, str(i)) for i in range(3)]
+    registry = await proxied()
+    response, body = await fetch(f"{registry.url}/v2/alpine/referrers/{image.digest}")
+    assert response.code == 200, body
     first_page = sorted(listed, key=lambda d: str(d["digest"]))[:2]
     assert body == _index_bytes(first_page)
     assert fake.count("GET", "referrers", name=A) == 1
