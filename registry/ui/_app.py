@@ -383,14 +383,22 @@ class UiApp:
         ref = parse_reference(reference)
         stored = await _data.stored_manifest(self.ctx, name, reference)
         parsed = _data.parse_stored(stored.body)
-        platforms: list[tuple[str, str, str, int]] = []
+        platforms: list[tuple[str, str, str, int, bool]] = []
         config = None
         layers: list[_data.Layer] = []
         subject = None
         if parsed is not None:
+            shown = parsed.manifests[: _pages.MAX_ROWS]
+            held = await _data.stored_children(self.ctx, name, [c.digest for c in shown])
             platforms = [
-                (_format.platform(c.platform), str(c.digest), c.media_type, c.size)
-                for c in parsed.manifests
+                (
+                    _format.platform(c.platform),
+                    str(c.digest),
+                    c.media_type,
+                    c.size,
+                    c.digest in held,
+                )
+                for c in shown
             ]
             local = _data.local_name(self.ctx, name)
             config = await _data.read_config(self.reader.blobs, local, parsed)
@@ -423,6 +431,7 @@ class UiApp:
             referrers_error=referrers_error,
             referrers_cut=referrers_cut,
             annotations=parsed.annotations if parsed is not None else None,
+            platform_count=len(parsed.manifests) if parsed is not None else None,
         )
         title = (
             f"{name}:{ref}" if isinstance(ref, str) else f"{name}@{_format.short_digest(str(ref))}"

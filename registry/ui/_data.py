@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from registry.api.digests import Digest
 from registry.api.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, NAME_UNKNOWN, RegistryError
+from registry.asyncutil import bounded_map
 from registry.client._bounded import BoundedMap
 from registry.handlers.context import RegistryContext
 from registry.manifests import DEFAULT_URL_POLICY, ParsedManifest, parse_manifest
@@ -24,6 +25,7 @@ from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import PathNotFoundError, StorageError
 from registry.storage.manifests import StoredManifest
+from registry.storage.repositories import revision_linked
 from registry.storage.tags import TagStore
 from registry.ui import _format
 
@@ -90,6 +92,28 @@ async def stored_manifest(
                 detail = {"name": name, "reference": str(reference), "reason": why}
                 raise RegistryError(MANIFEST_UNKNOWN, detail) from None
     return await ctx.manifests.get(name, reference)
+
+
+# Children of one index looked up at once (a stat each; an S3 HEAD each).
+CHILD_LOOKUPS = 8
+
+
+async def stored_children(
+    ctx: RegistryContext, name: str, digests: Sequence[Digest]
+) -> frozenset[Digest]:
+    """Which of an index's children ``name`` holds: a platform deleted since (or, in a cache,
+    one nobody pulled yet) is shown as such rather than as a link to a 404.  A child that
+    cannot be looked up (the storage failing) counts as held: the link says the rest."""
+    local = local_name(ctx, name)
+
+    async def held(digest: Digest) -> bool:
+        try:
+            return await revision_linked(ctx.driver, local, digest)
+        except StorageError:
+            return True
+
+    found = await bounded_map(held, digests, CHILD_LOOKUPS)
+    return frozenset(d for d, ok in zip(digests, found, strict=True) if ok)
 
 
 async def stored_blob_size(ctx: RegistryContext, name: str, digest: Digest) -> int:

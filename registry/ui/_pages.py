@@ -233,6 +233,16 @@ def _words(value: Any) -> str:
     return str(value)
 
 
+def _child_link(name: str, child: str, held: bool) -> Content:
+    """An index's platform: a link to its manifest, or, when this repository does not hold it
+    (deleted since, or in a cache not pulled yet), its digest and why there is no link."""
+    digest = tags.code(_format.short_digest(child))
+    if held:
+        return tags.a(href=manifest_url(name, child))(digest)
+    why = "This repository does not hold this manifest: deleted, or not pulled into the cache yet."
+    return tags.span(class_="missing", title=why)(digest, " (not stored here)")
+
+
 def manifest(
     name: str,
     reference: str,
@@ -241,7 +251,7 @@ def manifest(
     size: int,
     host: str,
     tag: str | None,
-    platforms: Sequence[tuple[str, str, str, int]],
+    platforms: Sequence[tuple[str, str, str, int, bool]],
     config: Mapping[str, Any] | None,
     layers: Sequence[Layer],
     referrers: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -251,6 +261,7 @@ def manifest(
     referrers_error: str | None = None,
     referrers_cut: bool = False,
     annotations: Mapping[str, str] | None = None,
+    platform_count: int | None = None,
 ) -> Content:
     parts: list[Content] = []
     summary: list[tuple[str, Content]] = [
@@ -276,17 +287,15 @@ def manifest(
                     (
                         [
                             platform,
-                            tags.a(href=manifest_url(name, child))(
-                                tags.code(_format.short_digest(child))
-                            ),
+                            _child_link(name, child, held),
                             _format.clip(child_type, 200),
                             _format.size(child_size),
                         ]
-                        for platform, child, child_type, child_size in platforms[:MAX_ROWS]
+                        for platform, child, child_type, child_size, held in platforms[:MAX_ROWS]
                     ),
                     id="platforms",
                 ),
-                _more(MAX_ROWS, len(platforms), "platforms"),
+                _more(MAX_ROWS, platform_count or len(platforms), "platforms"),
             )
         )
     if annotations:

@@ -199,6 +199,24 @@ def test_index_page_links_each_platform_to_its_manifest(filled: Filled) -> None:
         assert f"/ui/r/team/app/-/manifest/{quote(image.digest)}" in body
 
 
+def test_an_index_page_marks_a_platform_deleted_since(filled: Filled) -> None:
+    """A platform whose manifest was deleted is shown by its digest with why, not as a link
+    to a page that would answer 404; the others stay links."""
+    alice = filled.client("alice")
+    _, images = content.push_index(alice, "team/gone", "multi")
+    kept, deleted = images
+    status, _, _ = alice.request("DELETE", f"/v2/team/gone/manifests/{deleted.digest}")
+    assert status == 202
+    status, _, body = page(filled, "/ui/r/team/gone/-/manifest/multi")
+    assert status == 200
+    assert rows(body, "platforms") == ["linux/amd64", "linux/arm64"]
+    assert f'href="/ui/r/team/gone/-/manifest/{quote(kept.digest)}"' in body
+    assert f"/ui/r/team/gone/-/manifest/{quote(deleted.digest)}" not in body
+    cells = row_cells(body, "platforms", "linux/arm64")
+    assert cells[1].endswith(" (not stored here)")
+    assert 'class="missing" title="This repository does not hold this manifest' in body
+
+
 def test_layer_page_names_the_step_that_made_it(filled: Filled) -> None:
     layer = filled.image.layers[1]
     path = f"/ui/r/team/app/-/layer/{layer}?" + urlencode({"manifest": filled.image.digest})
