@@ -39,7 +39,9 @@ date, where its index may lag by a flush.  A fill writes its data, then its link
 the writer's side of the protocol below (`registry.storage.gcguard`), like a push.
 
 Any storage error during the mark aborts the run before anything is deleted (`GCAborted`);
-errors while deleting are counted and the sweep goes on.
+errors while deleting are counted and the sweep goes on.  A revision that could not be
+deleted stays, with what it references (`GarbageCollector._keep_undeleted`): no revision is
+left pointing at a blob the sweep removed.
 """
 
 from __future__ import annotations
@@ -202,6 +204,9 @@ class GarbageCollector:
     _marker: gcguard.RunMarker | None = attrs.field(default=None, init=False)
     # The marker was taken over during the sweep: nothing more is deleted.
     _lost: bool = attrs.field(default=False, init=False)
+    # A revision stayed whose references could not be read (`_keep_undeleted`): no blob is
+    # deleted, any candidate may be one it needs.
+    _blobs_unsure: bool = attrs.field(default=False, init=False)
     # Set by `stop` (a signal to the command): no storage call more before the sweep, no
     # delete more in it.
     stopped: bool = attrs.field(default=False, init=False)
@@ -475,7 +480,7 @@ class GarbageCollector:
                     edges.setdefault(found.subject, set()).add(digest)
         kept = await self._closure(name, roots, revisions, refs, edges)
         doomed: dict[str, str | None] = {}
-        for digest in sorted(revisions - kept):
+        for digest in _referencing_first(revisions - kept, refs):
             found = refs.get(digest)
             doomed[digest] = found.subject if found is not None else None
         self.stats.revisions_to_delete += len(doomed)
@@ -650,6 +655,8 @@ class GarbageCollector:
         for repository in self._repositories:
             if repository.doomed:
                 await self._delete_revisions(repository)
+        if self._blobs_unsure:
+            return
         await self._map(self._delete_blob, list(self._candidates.values()))
 
     async def _delete_revisions(self, repository: _Repository) -> None:
@@ -664,10 +671,12 @@ class GarbageCollector:
             if self._lost or self.stopped:
                 break
             doomed = gcguard.revision_doomed_path(name, digest)
+            marked = False
             try:
                 # The protocol of registry.storage.gcguard, as for blobs: doomed first, then
                 # the last look (a put after it sees doomed and fails instead of a 201).
                 await self.driver.put_content(doomed, b"")
+                marked = True
                 if await self._revision_rewritten(name, digest):
                     # Pushed again since the last look (or an index put touched it as a
                     # child): kept, with what it refers to, whose blobs must not be swept.
@@ -680,6 +689,7 @@ class GarbageCollector:
                 pass
             except Exception as exc:
                 self._error(f"{name}: cannot delete revision {digest}: {exc}")
+                await self._keep_undeleted(repository, digest_text, doomed if marked else None)
                 continue
             self.stats.revisions_deleted += 1
             deleted.add(digest_text)
@@ -697,10 +707,40 @@ class GarbageCollector:
         referrers' subjects and blobs, as for a revision revived at the last look (an index
         put touches only its children's manifest blobs, not their layers).
         """
-        name = repository.name
+        edges = await self._referrers_index(repository.name) if self.options.delete_untagged else {}
+        await self._keep_revision(repository, digest, edges)
+
+    async def _keep_undeleted(
+        self, repository: _Repository, digest: str, doomed: str | None
+    ) -> None:
+        """
+        A doomed revision whose delete failed stays, so what it references must stay too: its
+        manifest blob, config and layers, and its children (not deleted before it: see
+        `_referencing_first`), or it would answer by digest with blobs gone.  Its referrers
+        are not its references: they go or stay on their own.  When even its manifest cannot
+        be read, what it needs is unknown, and no blob is deleted in this run.  Its
+        ``doomed`` (if written: a folder standing there is not gc's) is taken back, so a push
+        of it meanwhile is not refused for a deletion that did not happen.
+        """
+        if doomed is not None:
+            with contextlib.suppress(Exception):
+                await self.driver.delete(doomed)
+        try:
+            await self._keep_revision(repository, digest, {})
+        except Exception as exc:
+            self._blobs_unsure = True
+            self._error(
+                f"{repository.name}: cannot read what manifest {digest} references: "
+                f"{describe_error(exc)}; no blob deleted in this run"
+            )
+
+    async def _keep_revision(
+        self, repository: _Repository, digest: str, edges: dict[str, set[str]]
+    ) -> None:
+        """Keep a doomed revision, with its closure (`_closure`), at the sweep: neither it,
+        nor the revisions and blobs the closure reaches, are deleted in this run."""
         refs: dict[str, ManifestRefs | None] = {}
-        edges = await self._referrers_index(name) if self.options.delete_untagged else {}
-        kept = await self._closure(name, {digest}, repository.revisions, refs, edges)
+        kept = await self._closure(repository.name, {digest}, repository.revisions, refs, edges)
         repository.kept |= kept
         for revision in kept & set(repository.doomed):
             del repository.doomed[revision]
@@ -794,6 +834,33 @@ class GarbageCollector:
     def doomed_revisions(self) -> list[tuple[str, str]]:
         """(repository, digest) of revisions deleted (or that would be), sorted."""
         return sorted((r.name, d) for r in self._repositories for d in r.doomed)
+
+
+def _referencing_first(doomed: set[str], refs: dict[str, ManifestRefs | None]) -> list[str]:
+    """
+    The revisions to delete, each before the doomed ones it references (an index before its
+    children, recursively), by digest otherwise: a revision whose delete fails keeps what it
+    references (`GarbageCollector._keep_undeleted`), which must not be gone by then.  A
+    reverse post-order of a depth-first walk; a cycle (damaged data) ends where it closes.
+    """
+    order: list[str] = []
+    visited: set[str] = set()
+    for root in sorted(doomed, reverse=True):
+        stack = [(root, False)]
+        while stack:
+            digest, finished = stack.pop()
+            if finished:
+                order.append(digest)
+                continue
+            if digest in visited:
+                continue
+            visited.add(digest)
+            stack.append((digest, True))
+            found = refs.get(digest)
+            children = found.children if found is not None else ()
+            stack.extend((child, False) for child in sorted(children) if child in doomed)
+    order.reverse()
+    return order
 
 
 async def collect_garbage(

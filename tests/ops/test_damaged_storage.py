@@ -22,13 +22,13 @@ from zope.interface import provider
 
 from registry.api.digests import Digest
 from registry.ops.gc import GCOptions, collect_garbage
-from registry.storage import layout
+from registry.storage import gcguard, layout
 from registry.storage.blobs import BlobStore
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.memory import MemoryDriver
 from tests.manifests import samples
 from tests.ops import scenario
-from tests.ops.scenario import blob_digests, revision_digests
+from tests.ops.scenario import DELETED_UNTAGGED, assert_pullable, blob_digests, revision_digests
 from tests.ops.test_cli import cli, config, start_registry
 
 __all__ = ["config", "start_registry"]
@@ -106,6 +106,36 @@ async def test_gc_keeps_the_history_of_a_tag_naming_no_revision(
     for label in ("M1", "S1", "C1", "L1", "L1b", "Lsig"):
         assert content.digests[label] in kept, label
     assert {content.digests["M1"], content.digests["S1"]} <= revision_digests(root, "app")
+
+
+@pytest_twisted.ensureDeferred
+async def test_gc_keeps_what_a_revision_it_cannot_delete_references(
+    driver: FilesystemDriver, root: Path, config: Path, start_registry: Any
+) -> None:
+    """
+    Untagged M2's folder cannot take gc's ``doomed`` (a folder with something in it stands
+    there), so M2 is not deleted: its blob, config and layers are not either (they were, and
+    M2 answered by digest with blobs gone); one error line, exit 1, the rest collected.
+    """
+    content = await scenario.build_aged(driver, root)
+    before = blob_digests(root)
+    m2 = content.digests["M2"]
+    doomed = gcguard.revision_doomed_path("app", Digest.parse(m2))
+    (root / doomed / "kept").mkdir(parents=True)
+    result = await cli("gc", "--config", str(config), "--delete-untagged")
+    assert result.code == 1, result
+    damage = f"storage damaged at {doomed}: a folder where a file should be"
+    error = f"app: cannot delete revision {m2}: {damage}"
+    assert f"error: {error}" in result.err
+    lines = result.out.splitlines()
+    assert lines[-2].startswith("gc: deleted 7 blobs, 3 untagged manifests, freed "), lines
+    assert lines[-1] == f"gc: 1 errors (first: {error})"
+    kept = {"M2", "C2", "L2"}  # SHARED: kept by other's M3 anyway
+    assert content.labels(before - blob_digests(root)) == DELETED_UNTAGGED - kept
+    assert m2 in revision_digests(root, "app")
+    assert (root / doomed / "kept").is_dir()  # not gc's to remove
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    await assert_pullable(registry.url, content, DELETED_UNTAGGED - kept)
 
 
 @pytest_twisted.ensureDeferred

@@ -22,7 +22,7 @@ from registry.manifests.references import manifest_refs
 from registry.ops import gcstatus
 from registry.ops.gc import GarbageCollector, GCAborted, GCOptions, GCStats, collect_garbage
 from registry.ops.progress import CountingDriver
-from registry.storage import layout
+from registry.storage import gcguard, layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IStorageDriver, StorageError
 from registry.storage.filesystem import FilesystemDriver
@@ -298,6 +298,112 @@ async def test_a_storage_error_in_the_sweep_is_counted_and_the_sweep_goes_on(
     assert len(collector.stats.errors) == 1
     assert doomed in collector.stats.errors[0] and "gave no answer" in collector.stats.errors[0]
     assert content.labels(blob_digests(root)) & DELETED_UNTAGGED == {"C2"}  # the others went
+
+
+class RefusedRevisionDelete(FilesystemDriver):
+    """A disk that refuses to delete one revision's folder (made immutable, or read-only for
+    the collector), and once it refused, optionally fails to read one file (an I/O error)."""
+
+    refused: str = ""
+    unreadable: str = ""
+    refusing: bool = False
+
+    async def delete(self, path: str) -> None:
+        if path == self.refused:
+            self.refusing = True
+            raise StorageError(f"deleting {path}: Operation not permitted")
+        await super().delete(path)
+
+    async def get_content(self, path: str) -> bytes:
+        if self.refusing and path == self.unreadable:
+            raise StorageError(f"reading {path}: Input/output error")
+        return await super().get_content(path)
+
+
+def refusing(driver: FilesystemDriver, root: Path, digest: str) -> RefusedRevisionDelete:
+    failing = RefusedRevisionDelete(str(root), reactor, driver._threadpool)
+    failing.refused = layout.revision_dir("app", Digest.parse(digest))
+    return failing
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_revision_that_cannot_be_deleted_keeps_what_it_references(
+    driver: FilesystemDriver, root: Path, start_registry: object
+) -> None:
+    """
+    The delete of untagged M2's folder fails: M2 stays, so its manifest blob, config and
+    layers stay too (they were swept, and M2 answered by digest with a manifest whose blobs
+    were gone); an error for it, every other untagged manifest and blob goes.
+    """
+    content = await scenario.build_aged(driver, root)
+    before = blob_digests(root)
+    m2 = content.digests["M2"]
+    failing = refusing(driver, root, m2)
+    collector = await gc(failing, delete_untagged=True)
+    stats = collector.stats
+    assert stats.errors == [
+        f"app: cannot delete revision {m2}: deleting {failing.refused}: Operation not permitted"
+    ]
+    kept = {"M2", "C2", "L2"}  # SHARED: kept by other's M3 anyway
+    assert content.labels(before - blob_digests(root)) == DELETED_UNTAGGED - kept
+    assert content.labels(set(collector.candidates)) == DELETED_UNTAGGED - kept
+    assert {content.label(d) for _, d in collector.doomed_revisions} == UNTAGGED - {"M2"}
+    assert content.labels(revision_digests(root, "app")) == {"M1", "S1", "I", "MA", "MB", "SA"} | {
+        "M2"
+    }
+    assert (stats.revisions_to_delete, stats.revisions_deleted) == (3, 3)
+    assert (stats.blobs_to_delete, stats.blobs_deleted) == (7, 7)
+    # Its ``doomed`` written before the failed delete is taken back: a push of M2 later in
+    # this run is not refused for a deletion that did not happen.
+    assert not (root / gcguard.revision_doomed_path("app", Digest.parse(m2))).exists()
+    registry = await serve(start_registry, root)
+    await assert_pullable(registry.url, content, DELETED_UNTAGGED - kept)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_index_that_cannot_be_deleted_keeps_its_children(
+    driver: FilesystemDriver, root: Path, start_registry: object
+) -> None:
+    """
+    Untagged I2 (child MC, whose digest sorts first) cannot be deleted: MC's revision is not
+    deleted before it (an index goes before its children), and both keep their blobs.
+    """
+    content = await scenario.build_aged(driver, root)
+    before = blob_digests(root)
+    assert content.digests["MC"] < content.digests["I2"]
+    collector = await gc(refusing(driver, root, content.digests["I2"]), delete_untagged=True)
+    assert len(collector.stats.errors) == 1
+    assert f"cannot delete revision {content.digests['I2']}: " in collector.stats.errors[0]
+    kept = {"I2", "MC", "CC", "LC"}
+    assert content.labels(before - blob_digests(root)) == DELETED_UNTAGGED - kept
+    assert {content.label(d) for _, d in collector.doomed_revisions} == {"M2", "S2"}
+    assert {"I2", "MC"} <= content.labels(revision_digests(root, "app"))
+    assert collector.stats.revisions_deleted == 2
+    registry = await serve(start_registry, root)
+    await assert_pullable(registry.url, content, DELETED_UNTAGGED - kept)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_revision_kept_by_a_failure_whose_references_cannot_be_read_stops_the_sweep(
+    driver: FilesystemDriver, root: Path
+) -> None:
+    """M2 cannot be deleted, then its manifest cannot be read: what it references is not
+    known, so no blob is deleted by this run (the revisions deleted took none along)."""
+    content = await scenario.build_aged(driver, root)
+    before = blob_digests(root)
+    m2 = content.digests["M2"]
+    failing = refusing(driver, root, m2)
+    failing.unreadable = layout.blob_data(Digest.parse(m2))
+    collector = await gc(failing, delete_untagged=True)
+    stats = collector.stats
+    assert stats.errors == [
+        f"app: cannot delete revision {m2}: deleting {failing.refused}: Operation not permitted",
+        f"app: cannot read what manifest {m2} references: StorageError: reading "
+        f"{failing.unreadable}: Input/output error; no blob deleted in this run",
+    ]
+    assert blob_digests(root) == before
+    assert stats.blobs_deleted == 0
+    assert m2 in revision_digests(root, "app")
 
 
 @pytest_twisted.ensureDeferred
