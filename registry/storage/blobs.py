@@ -136,10 +136,27 @@ class BlobStore:
             raise _unknown(name, digest) from None
 
     async def put_small(self, data: bytes, algorithm: str = "sha256") -> Digest:
-        """Store a small blob (a manifest, a config) given whole; idempotent."""
+        """
+        Store a small blob (a manifest, a config) given whole; idempotent.  Stored already
+        with the same size, it is kept as it is (not read back: a push does not pay for
+        hashing what is stored).  Stored with another size, the stored bytes are damaged (torn
+        by a crash without fsync, truncated by hand) and fail every pull's digest check: these
+        replace them, written as any file is (whole, in one rename or one S3 PUT), as an
+        upload of a blob does (`registry.storage.uploads`).
+        """
         digest = digest_of(data, algorithm)
-        if await self.exists(digest) is None:
-            await self.driver.put_content(layout.blob_data(digest), data)
+        stored = await self.exists(digest)
+        if stored is not None and stored.size == len(data):
+            return digest
+        path = layout.blob_data(digest)
+        if stored is not None:
+            log.warn(
+                "storage repaired at {path}: {stored} bytes stored, the blob written has {size}",
+                path=path,
+                stored=stored.size,
+                size=len(data),
+            )
+        await self.driver.put_content(path, data)
         return digest
 
     async def get_small(self, digest: Digest) -> bytes:

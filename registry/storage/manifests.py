@@ -192,7 +192,10 @@ class RecentManifests:
     A digest names its bytes for good, so an entry can never be stale: what a pull still
     checks on storage every time is that the repository has the manifest (its revision link,
     which a delete through any worker removes first) and, for a tag, where the tag points now.
-    What it saves is the blob read and the JSON parse for the media type on each pull.
+    What it saves is the blob read and the JSON parse for the media type on each pull.  Bytes
+    that do not hash to their digest are not remembered: damaged storage (served as read) is
+    rewritten by a push of the manifest (`BlobStore.put_small`), which the next pull reads.
+    (A schema1 manifest registry:2 signed is named by its payload's digest: read each time.)
     """
 
     # Larger manifests (big indexes) are read each time: they would crowd out the rest.
@@ -209,6 +212,8 @@ class RecentManifests:
     def add(self, manifest: StoredManifest) -> None:
         size = manifest.size
         if size > self.LARGEST or manifest.digest in self._entries:
+            return
+        if digest_of(manifest.body, manifest.digest.algorithm) != manifest.digest:
             return
         # Oldest first out (dicts keep insertion order): a bounded loop, at most every entry.
         while self._entries and self._used + size > self._budget:

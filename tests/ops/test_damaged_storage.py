@@ -252,6 +252,44 @@ async def test_a_push_replaces_blob_data_of_the_wrong_size(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_manifest_put_replaces_manifest_data_of_the_wrong_size(
+    driver: FilesystemDriver, root: Path, start_registry: Any, warnings: list[str]
+) -> None:
+    """
+    A manifest's data torn short (a crash without fsync, a truncation by hand) is served as
+    stored, and every client's digest check fails; putting the manifest again writes it
+    again, where "stored already" kept the damage.  The registry that served the damaged
+    bytes did not remember them: the next pull reads the repaired file.
+    """
+    content = await scenario.build_aged(driver, root)
+    digest, right = content.digests["M3"], content.data["M3"]
+    media_type = content.manifests["M3"][1]
+    data = root / layout.blob_data(Digest.parse(digest))
+    data.write_bytes(right[: len(right) // 2])
+    registry = await start_registry({"storage": {"rootdirectory": str(root)}})
+    by_digest = f"{registry.url}/v2/other/manifests/{digest}"
+    response = await treq.get(by_digest, headers={"Accept": media_type})
+    assert (response.code, await response.content()) == (200, right[: len(right) // 2])
+
+    response = await treq.put(
+        f"{registry.url}/v2/other/manifests/latest",
+        data=right,
+        headers={"Content-Type": media_type},
+    )
+    assert response.code == 201, await response.content()
+    assert response.headers.getRawHeaders("Docker-Content-Digest") == [digest]
+    assert data.read_bytes() == right
+    for url in (by_digest, f"{registry.url}/v2/other/manifests/latest"):
+        response = await treq.get(url, headers={"Accept": media_type})
+        assert (response.code, await response.content()) == (200, right), url
+        assert response.headers.getRawHeaders("Docker-Content-Digest") == [digest]
+    assert warnings == [
+        f"storage repaired at {layout.blob_data(Digest.parse(digest))}: "
+        f"{len(right) // 2} bytes stored, the blob written has {len(right)}"
+    ]
+
+
+@pytest_twisted.ensureDeferred
 async def test_index_children_never_stored_are_counted_not_reported(
     warnings: list[str],
 ) -> None:
