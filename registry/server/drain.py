@@ -32,6 +32,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import directlyProvides, implementer, providedBy
 
@@ -43,6 +44,21 @@ log = Logger()
 _TRANSPORT_DEPTH = 4
 # After aborting the connections left at the deadline, how long to wait for them to be gone.
 _ABORTED_WAIT = 1.0
+
+
+def _last_on_its_connection(request: Any) -> None:
+    """
+    Have ``request``'s answer say ``Connection: close`` (HTTP/1.x, when its head is not out
+    yet): the drain closes the connection after it, and a keep-alive client told so opens a
+    new one for its next request instead of sending it into a closing connection, where it
+    would get no answer (Go's client retries that only for idempotent requests; docker's
+    PATCH and POST are not).  Go's server does the same while it shuts down.
+    """
+    channel = getattr(request, "channel", None)
+    if not isinstance(channel, http.HTTPChannel) or request.startedWriting:
+        return
+    request.setHeader(b"connection", b"close")
+    channel.persistent = False
 
 
 @implementer(ILoggingContext)
@@ -120,6 +136,8 @@ class ConnectionTracker:
         # transport -> requests running on it (HTTP/1.x: at most one at a time, pipelining aside)
         self._connections: dict[Any, int] = {}
         self._unplaced = 0  # running requests whose connection is unknown (HTTP/2)
+        # The requests running, to be told at the drain that their answer is the last one.
+        self._running: set[Any] = set()
         self._draining = False
         self._drained: Deferred[None] | None = None
         self._cut = False  # `cut`: no drain, or no more of it
@@ -187,9 +205,13 @@ class ConnectionTracker:
             self._unplaced += 1
         else:
             self._connections[connection] += 1
-        request.notifyFinish().addBoth(self._request_finished, connection)
+        self._running.add(request)
+        if self._draining:
+            _last_on_its_connection(request)
+        request.notifyFinish().addBoth(self._request_finished, connection, request)
 
-    def _request_finished(self, result: object, connection: Any) -> None:
+    def _request_finished(self, result: object, connection: Any, request: Any) -> None:
+        self._running.discard(request)
         if connection is None:
             self._unplaced -= 1
         elif connection in self._connections:
@@ -231,6 +253,8 @@ class ConnectionTracker:
         self._draining = True
         self._drained = Deferred()
         drained = self._drained
+        for request in list(self._running):
+            _last_on_its_connection(request)
         for transport in list(self._connections):
             self._close_if_idle(transport)
         self._check_drained()

@@ -381,3 +381,62 @@ def test_a_download_the_drain_cut_is_logged_incomplete(short_single: Child, blob
     cut = CUT_ACCESS.search(log)
     assert cut is not None, log[-3000:]
     assert int(cut["bytes"]) < BLOB_SIZE
+
+
+def _read_head(sock: socket.socket) -> tuple[int, dict[str, str]]:
+    buffer = b""
+    for _ in range(1000):  # bounded: a head is a few hundred bytes
+        if b"\r\n\r\n" in buffer:
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buffer += chunk
+    head = buffer.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
+    return int(head[0].split()[1]), {k.lower(): v for k, v in headers.items()}
+
+
+def test_a_request_answered_while_draining_says_the_connection_closes(
+    registry: Child, tmp_path: Path
+) -> None:
+    """
+    A PATCH whose body is still arriving when SIGTERM (or a rolling restart's SIGHUP) comes
+    is answered with ``Connection: close``, as Go's server does while it shuts down: the
+    worker closes the connection after it, and a keep-alive client that reused it for its
+    next request (docker's PUT after the last PATCH) would get no answer, which Go's client
+    does not retry for a POST or PATCH.
+    """
+    port = registry.wait_listening()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("POST", f"/v2/{NAME}/blobs/uploads/")
+    response = connection.getresponse()
+    response.read()
+    location = response.getheader("Location")
+    assert response.status == 202 and location
+    connection.close()
+    data = os.urandom(2 * 1024 * 1024)
+    upload = tmp_path / "data/docker/registry/v2/repositories" / NAME / "_uploads"
+    data_file = upload / location.rsplit("/", 1)[1] / "data"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(
+            f"PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Length: {len(data)}\r\nContent-Range: 0-{len(data) - 1}\r\n\r\n".encode()
+            + data[: len(data) // 2]
+        )
+        for _ in range(600):  # bounded: 30 s for the first half to be stored
+            if data_file.exists() and data_file.stat().st_size >= len(data) // 2:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the first half of the body never reached the upload")
+        registry.process.send_signal(signal.SIGTERM)
+        wait_refused(port, registry)
+        sock.sendall(data[len(data) // 2 :])
+        status, headers = _read_head(sock)
+        assert status == 202, headers
+        assert headers.get("connection") == "close", headers
+        assert headers["range"] == f"0-{len(data) - 1}"
+        sock.settimeout(10)
+        assert sock.recv(1) == b""  # closed after the answer
+    assert registry.process.wait(timeout=60) == 0
