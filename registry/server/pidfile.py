@@ -26,6 +26,28 @@ log = Logger()
 _PROGRAMS = frozenset({"twistd", "twistd3", "txregistry"})
 
 
+def _check_writable(path: str) -> None:
+    """twistd writes the pid file once the application runs and fails there with a traceback
+    of twenty lines: a pid file it could not write is named here, in one line, before."""
+    folder = os.path.dirname(os.path.abspath(path))
+    why = None
+    if not os.path.isdir(folder):
+        why = f"no folder {folder}"
+    elif os.statvfs(folder).f_flag & os.ST_RDONLY:
+        why = f"{folder} is on a read-only file system"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        why = f"{folder} is not writable by this user"
+    elif os.path.isdir(path):
+        why = "a folder is there"
+    elif os.path.exists(path) and not os.access(path, os.W_OK):
+        why = "it is not writable by this user"
+    if why is not None:
+        exit_now(
+            f"cannot write the pid file {path}: {why} (give --pidfile a path this user may "
+            "write, or --pidfile= for none)"
+        )
+
+
 def clear_stale_pidfile(path: str) -> None:
     """
     Remove the pid file ``path`` (twistd's ``--pidfile``; empty: none) when it names this
@@ -35,6 +57,7 @@ def clear_stale_pidfile(path: str) -> None:
     """
     if not path:
         return
+    _check_writable(path)
     try:
         with open(path) as file:
             text = file.read()

@@ -634,6 +634,37 @@ def test_a_failed_start_leaves_no_pid_file(
     assert sorted(p.name for p in tmp_path.rglob("*.pid")) == []
 
 
+def test_a_pid_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """twistd writes its pid file once the application runs, and failed there with twenty
+    lines of traceback; the cause is named first, in one line, with exit status 1."""
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)], check=True)
+    try:
+        cases = [
+            (tmp_path / "none" / "x.pid", f"no folder {tmp_path / 'none'}"),
+            (readonly / "x.pid", f"{readonly} is on a read-only file system"),
+            (tmp_path, "a folder is there"),
+        ]
+        for pidfile, why in cases:
+            command = with_pidfile(twistd_command("--port", LOOPBACK, "--storage", "d"), pidfile)
+            result = subprocess.run(
+                command,
+                cwd=tmp_path,
+                env=child_env(None),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert_one_line(
+                result,
+                f"txregistry: cannot write the pid file {pidfile}: {why} (give --pidfile a path "
+                "this user may write, or --pidfile= for none)",
+            )
+    finally:
+        subprocess.run(["umount", str(readonly)], check=True)
+
+
 def with_pidfile(command: list[str], path: Path) -> list[str]:
     """``command`` (`twistd_command`'s) writing the pid file ``path``."""
     return [f"--pidfile={path}" if word == "--pidfile=" else word for word in command]
