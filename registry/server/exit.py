@@ -116,7 +116,14 @@ def _exit_with(status: int) -> None:
 
 
 def exit_after_reactor(reactor: object, message: str) -> None:
-    """While the reactor runs: print the line, stop the reactor, exit non-zero afterwards."""
+    """While the reactor runs: print the line, stop the reactor, exit non-zero afterwards.
+    The cause goes to the log too: a daemon's (``--logfile``) would otherwise end with the
+    stop and no word of why."""
+    from twisted.logger import Logger
+
+    Logger(namespace="registry.server.exit").error(
+        "start-up failed: {reason}", reason=" ".join(message.split())
+    )
     if not tell_supervisor(message):
         print_line(message)
     atexit.register(_exit_with, EXIT_STARTUP_FAILED)

@@ -293,19 +293,24 @@ class Supervisor:
         if not first.served.value:
             # Worker 0 said why on stderr (storage probe, configuration): one line, exit 1.
             if not self._stopping:
-                self._fail_quietly()
+                self._fail_quietly(first)
             return
         others = [self._spawn(slot) for slot in range(1, self.count)]
         for worker in others:
             yield Wait(worker.served)
             if not worker.served.value:
                 if not self._stopping:
-                    self._fail_quietly()
+                    self._fail_quietly(worker)
                 return
         self._started = True
         self.log("info", self._announce)
 
-    def _fail_quietly(self) -> None:
+    def _fail_quietly(self, worker: Worker) -> None:
+        """Stop with status 1; stderr has the worker's line, the supervisor's log (a
+        daemon's ``--logfile``) gets it here."""
+        worker.channel.read_remaining()  # its reason ("failed") may still be in the pipe
+        if worker.failure:
+            self.log("error", f"start-up failed: {worker.failure}")
         self.status = EXIT_STARTUP_FAILED
         self._stop_requested(None)
 

@@ -665,6 +665,34 @@ def test_a_pid_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
         subprocess.run(["umount", str(readonly)], check=True)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_start_up_failure_is_in_the_log_file_too(tmp_path: Path, workers: str) -> None:
+    """A daemon's log (``--logfile``) says why it stopped, not only its stderr, which a
+    service manager may not keep: the supervisor's file and the worker's alike."""
+    storage = tmp_path / "ro"
+    storage.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(storage)], check=True)
+    try:
+        config = write_config(tmp_path / "r.cfg", {"http": {"workers": workers}})
+        command = twistd_command(
+            "--config", str(config), "--port", LOOPBACK, "--storage", str(storage)
+        )
+        command[command.index("registry") : command.index("registry")] = [
+            "--logfile",
+            str(tmp_path / "registry.log"),
+        ]
+        result = subprocess.run(
+            command, cwd=tmp_path, env=child_env(None), capture_output=True, text=True, timeout=120
+        )
+        line = f"cannot use storage {storage}: read-only file system"
+        assert_one_line(result, f"txregistry: {line}")
+        logs = {p.name: p.read_text() for p in tmp_path.glob("registry.log*")}
+        assert "registry.log" in logs, sorted(logs)
+        assert f"start-up failed: {line}" in logs["registry.log"], logs
+    finally:
+        subprocess.run(["umount", str(storage)], check=True)
+
+
 def with_pidfile(command: list[str], path: Path) -> list[str]:
     """``command`` (`twistd_command`'s) writing the pid file ``path``."""
     return [f"--pidfile={path}" if word == "--pidfile=" else word for word in command]
