@@ -545,6 +545,17 @@ ENV_PREFIX = "REGISTRY_"
 OTHER_TOOLS_VARIABLES = frozenset({"REGISTRY_AUTH_FILE"})
 
 
+def _naming_variable(
+    error: ConfigError, section: str, from_environment: Mapping[tuple[str, str], str]
+) -> ConfigError:
+    """``error`` about a key of ``section``, saying which environment variable set it."""
+    text = str(error)
+    for (where, key), variable in from_environment.items():
+        if where == section and text.startswith(f"[{section}] {key}:"):
+            return ConfigError(f"{text} (from the environment variable {variable})")
+    return error
+
+
 def _apply_open_section_environment(
     raw: dict[str, dict[str, str]], environ: Mapping[str, str]
 ) -> None:
@@ -654,17 +665,24 @@ def load(
                     "digits, '.', '_' and '-' only"
                 )
             raise ConfigError(f"[{section}]: unknown section")
+    # Keys set by a variable: a value refused names the variable, not only the key.
+    from_environment: dict[tuple[str, str], str] = {}
     for section, cls in SECTIONS.items():
         for field in attrs.fields(cls):
-            value = environ.get(env_name(section, field.name))
+            variable = env_name(section, field.name)
+            value = environ.get(variable)
             if value is not None:
                 raw.setdefault(section, {})[field.name] = value
+                from_environment[(section, field.name)] = variable
     _apply_open_section_environment(raw, environ)
     for (section, name), value in (overrides or {}).items():
         raw.setdefault(section, {})[name] = value
-    parsed = {
-        section.replace(".", "_"): _parse_section(section, cls, raw.get(section, {}))
-        for section, cls in SECTIONS.items()
-    }
+        from_environment.pop((section, name), None)
+    parsed = {}
+    for section, cls in SECTIONS.items():
+        try:
+            parsed[section.replace(".", "_")] = _parse_section(section, cls, raw.get(section, {}))
+        except ConfigError as exc:
+            raise _naming_variable(exc, section, from_environment) from None
     extra = {s: v for s, v in raw.items() if s not in SECTIONS}
     return Config(**parsed, extra=extra)

@@ -117,6 +117,21 @@ def test_misspelt_environment_variable_names_the_nearest_key(variable: str, near
     )
 
 
+def test_a_value_refused_from_the_environment_names_its_variable(tmp_path: Path) -> None:
+    """The file may not have the key at all: the error says where the value came from."""
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(None, environ={"REGISTRY_HTTP_WORKERS": "zz"})
+    assert str(caught.value) == (
+        "[http] workers: 'zz' is not auto or a number of processes (1, 2, ...) "
+        "(from the environment variable REGISTRY_HTTP_WORKERS)"
+    )
+    path = tmp_path / "r.cfg"
+    path.write_text("[http]\nworkers = zz\n")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(str(path), environ={})
+    assert "environment" not in str(caught.value)
+
+
 def test_other_tools_registry_variables_are_left_alone() -> None:
     """``REGISTRY_AUTH_FILE`` is podman's, skopeo's and buildah's credentials file (and
     ``txregistry copy`` reads it): set in a shell or CI, it must not stop the registry."""
