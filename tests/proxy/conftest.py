@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor as _reactor
 
 from registry.proxy.upstream import UpstreamClient
+from tests.auth.conftest import logs  # noqa: F401 - fixture
 from tests.fakes.content import Image
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import fake, proxied, start_registry  # noqa: F401 - fixtures

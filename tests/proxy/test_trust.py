@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 
 from registry.api.digests import Digest
 from registry.api.errors import UNAVAILABLE, RegistryError
@@ -33,14 +32,6 @@ from tests.proxy.util import blob_data_path, fetch, hub_cache, reactor, storage_
 A = "library/alpine"  # upstream names; locally docker.io/library/...
 B = "library/busybox"
 ALICE = "Basic " + base64.b64encode(b"alice:s3cret").decode()  # the configured credentials
-
-
-@pytest.fixture
-def logs() -> Iterator[LogCapture]:
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
 
 
 def _serious(logs: LogCapture) -> list[str]:

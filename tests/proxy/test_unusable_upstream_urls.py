@@ -8,12 +8,10 @@ from the fill)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.logger import globalLogPublisher
 
 from tests.auth.conftest import LogCapture
 from tests.fakes.upstream import FakeUpstream
@@ -22,14 +20,6 @@ from tests.proxy.util import fetch, metric
 
 A = "library/alpine"
 PORT_RANGE = "is not a number from 1 to 65535"
-
-
-@pytest.fixture
-def logs() -> Iterator[LogCapture]:
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,30 @@ from tests.server.proc import Child, child_env
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
+def run_command(
+    tmp_path: Path, command: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``command`` (a `twistd_command`, changed or not) to its end, in ``tmp_path``."""
+    return subprocess.run(
+        command, cwd=tmp_path, env=child_env(env), capture_output=True, text=True, timeout=120
+    )
+
+
 def run_registry(
     tmp_path: Path, *arguments: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        twistd_command(*arguments),
-        cwd=tmp_path,
-        env=child_env(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_command(tmp_path, twistd_command(*arguments), env)
+
+
+@contextmanager
+def read_only_folder(path: Path) -> Iterator[Path]:
+    """A read-only tmpfs at ``path`` (made), unmounted at the end."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
@@ -173,13 +187,8 @@ def test_unreadable_configuration_file_is_one_line(
         path=config
     )
     assert_one_line(run_registry(tmp_path, "--config", str(config)), expected)
-    command = subprocess.run(
-        [sys.executable, "-m", "registry.cli", "gc", "--config", str(config)],
-        cwd=tmp_path,
-        env=child_env(None),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    command = run_command(
+        tmp_path, [sys.executable, "-m", "registry.cli", "gc", "--config", str(config)]
     )
     assert command.returncode == 2, command.stderr
     assert command.stderr.splitlines() == [expected]
@@ -365,9 +374,7 @@ def test_a_log_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     command = twistd_command("--port", LOOPBACK, "--storage", str(tmp_path / "d"))
     log = "/proc/txregistry-test/registry.log"
     command.insert(command.index("registry"), f"--logfile={log}")
-    result = subprocess.run(
-        command, cwd=tmp_path, env=child_env(None), capture_output=True, text=True, timeout=120
-    )
+    result = run_command(tmp_path, command)
     assert_one_line(
         result, f"txregistry: cannot open the log file {log}: no such file or directory"
     )
@@ -627,9 +634,7 @@ def test_a_failed_start_leaves_no_pid_file(
     command.remove("--pidfile=")
     if pidfile is not None:
         command[command.index("registry") : command.index("registry")] = ["--pidfile", pidfile]
-    result = subprocess.run(
-        command, cwd=tmp_path, env=child_env(None), capture_output=True, text=True, timeout=120
-    )
+    result = run_command(tmp_path, command)
     assert_one_line(result, f"txregistry: cannot listen on {description}: address already in use")
     assert sorted(p.name for p in tmp_path.rglob("*.pid")) == []
 
@@ -637,10 +642,7 @@ def test_a_failed_start_leaves_no_pid_file(
 def test_a_pid_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     """twistd writes its pid file once the application runs, and failed there with twenty
     lines of traceback; the cause is named first, in one line, with exit status 1."""
-    readonly = tmp_path / "ro"
-    readonly.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)], check=True)
-    try:
+    with read_only_folder(tmp_path / "ro") as readonly:
         cases = [
             (tmp_path / "none" / "x.pid", f"no folder {tmp_path / 'none'}"),
             (readonly / "x.pid", f"{readonly} is on a read-only file system"),
@@ -648,49 +650,29 @@ def test_a_pid_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
         ]
         for pidfile, why in cases:
             command = with_pidfile(twistd_command("--port", LOOPBACK, "--storage", "d"), pidfile)
-            result = subprocess.run(
-                command,
-                cwd=tmp_path,
-                env=child_env(None),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
             assert_one_line(
-                result,
+                run_command(tmp_path, command),
                 f"txregistry: cannot write the pid file {pidfile}: {why} (give --pidfile a path "
                 "this user may write, or --pidfile= for none)",
             )
-    finally:
-        subprocess.run(["umount", str(readonly)], check=True)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_start_up_failure_is_in_the_log_file_too(tmp_path: Path, workers: str) -> None:
     """A daemon's log (``--logfile``) says why it stopped, not only its stderr, which a
     service manager may not keep: the supervisor's file and the worker's alike."""
-    storage = tmp_path / "ro"
-    storage.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(storage)], check=True)
-    try:
+    with read_only_folder(tmp_path / "ro") as storage:
         config = write_config(tmp_path / "r.cfg", {"http": {"workers": workers}})
         command = twistd_command(
             "--config", str(config), "--port", LOOPBACK, "--storage", str(storage)
         )
-        command[command.index("registry") : command.index("registry")] = [
-            "--logfile",
-            str(tmp_path / "registry.log"),
-        ]
-        result = subprocess.run(
-            command, cwd=tmp_path, env=child_env(None), capture_output=True, text=True, timeout=120
-        )
+        at = command.index("registry")
+        command[at:at] = ["--logfile", str(tmp_path / "registry.log")]
         line = f"cannot use storage {storage}: read-only file system"
-        assert_one_line(result, f"txregistry: {line}")
+        assert_one_line(run_command(tmp_path, command), f"txregistry: {line}")
         logs = {p.name: p.read_text() for p in tmp_path.glob("registry.log*")}
         assert "registry.log" in logs, sorted(logs)
         assert f"start-up failed: {line}" in logs["registry.log"], logs
-    finally:
-        subprocess.run(["umount", str(storage)], check=True)
 
 
 def with_pidfile(command: list[str], path: Path) -> list[str]:
@@ -762,13 +744,9 @@ def test_a_pid_file_naming_a_running_registry_is_one_line(tmp_path: Path) -> Non
         first.wait_listening()
         running = first.process.pid
         assert pidfile.read_text().strip() == str(running)
-        second = subprocess.run(
+        second = run_command(
+            tmp_path,
             with_pidfile(twistd_command("--config", str(config), "--port", LOOPBACK), pidfile),
-            cwd=tmp_path,
-            env=child_env(None),
-            capture_output=True,
-            text=True,
-            timeout=120,
         )
         assert_one_line(
             second,
