@@ -83,8 +83,12 @@ def tag_dir(name: str, tag: str) -> str:
     return f"{REPOSITORIES}/{name}/_manifests/tags/{tag}"
 
 
+def tag_current_dir(name: str, tag: str) -> str:
+    return f"{tag_dir(name, tag)}/current"
+
+
 def tag_current_link(name: str, tag: str) -> str:
-    return f"{tag_dir(name, tag)}/current/link"
+    return f"{tag_current_dir(name, tag)}/link"
 
 
 def tag_index_dir(name: str, tag: str, digest: Digest) -> str:

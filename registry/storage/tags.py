@@ -3,10 +3,15 @@ Tags: the ``_manifests/tags/<tag>`` folders registry:2 keeps per repository.
 
 ``current/link`` is the digest the tag points at; ``index/<alg>/<hex>/link`` records every
 digest the tag ever pointed at (registry:2 writes it; its garbage collector reads it).
+
+A tag is written as registry:2 writes it, the index link, then ``current/link``, so that
+either registry reads what the other wrote; a write of the two that fails (a full disk) takes
+back what the first left (`TagStore._take_back`), so that the tag is as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -17,7 +22,13 @@ from registry.api.digests import Digest
 from registry.api.errors import NAME_UNKNOWN, RegistryError
 from registry.storage import layout
 from registry.storage.blobs import damaged
-from registry.storage.driver import IStorageDriver, NotAFileError, PathNotFoundError
+from registry.storage.driver import (
+    IEmptyFolders,
+    IStorageDriver,
+    NotAFileError,
+    PathNotFoundError,
+    StorageError,
+)
 from registry.storage.pagination import paginate, parse_count
 from registry.storage.repositories import repository_exists
 
@@ -73,11 +84,62 @@ class TagStore:
             return None
 
     async def set(self, name: str, tag: str, digest: Digest) -> None:
-        """Point ``tag`` at ``digest``: the index link first, so history is never behind."""
+        """
+        Point ``tag`` at ``digest``: the index link first, so history is never behind.  A
+        write that fails leaves the tag as it was (`_take_back`), and raises.
+        """
         data = str(digest).encode()
-        await self.driver.put_content(layout.tag_index_link(name, tag, digest), data)
-        await self.driver.put_content(layout.tag_current_link(name, tag), data)
+        index = layout.tag_index_link(name, tag, digest)
+        recorded = await self._there(index)
+        try:
+            await self.driver.put_content(index, data)
+            await self.driver.put_content(layout.tag_current_link(name, tag), data)
+        except StorageError as exc:
+            await self._take_back(name, tag, digest, recorded, exc)
+            raise
         self._notify(name, tag, digest)
+
+    async def _there(self, path: str) -> bool:
+        try:
+            await self.driver.stat(path)
+        except PathNotFoundError:
+            return False
+        return True
+
+    async def _take_back(
+        self, name: str, tag: str, digest: Digest, recorded: bool, error: StorageError
+    ) -> None:
+        """
+        After a write of `set` failed: ``current/link`` is whole, the old one or none (a
+        file is replaced by a rename), but the index link may be written, and on a
+        filesystem the folders of both writes made.  Left there, a new tag would be a folder
+        the tag list shows and no pull can follow (registry:2 lists tag folders as well), a
+        moved one would have a history entry for a digest it never named.  So the entry goes
+        unless it was there before or the tag names ``digest`` now (another request set it
+        meanwhile), then the folders left empty up to the tag's own.  Deletes need no room,
+        so this works on the disk the write found full.  It is the price of registry:2's
+        order, kept because it keeps the history never behind ``current`` (what a garbage
+        collection keeps when a tag's link names no manifest, `registry.ops.gc`), where
+        ``current`` first would need nothing taken back but leave a tag without its entry.
+        A take-back that fails is one warning: the write's failure is what is answered.
+        """
+        try:
+            if not recorded and await self.resolve(name, tag) != digest:
+                with contextlib.suppress(PathNotFoundError):
+                    await self.driver.delete(layout.tag_index_dir(name, tag, digest))
+            folders = IEmptyFolders(self.driver, None)
+            if folders is not None:
+                keep = layout.tags_dir(name)
+                await folders.remove_empty_folders(layout.tag_index_dir(name, tag, digest), keep)
+                await folders.remove_empty_folders(layout.tag_current_dir(name, tag), keep)
+        except StorageError as exc:
+            log.warn(
+                "tag {tag} of {name}: its write failed ({error}), and taking it back too: {reason}",
+                tag=tag,
+                name=name,
+                error=str(error),
+                reason=str(exc),
+            )
 
     async def remove(self, name: str, tag: str) -> bool:
         """Delete the tag's folder; False when there was no such tag."""

@@ -635,3 +635,67 @@ async def test_a_push_refused_by_a_full_s3_spool_answers_503_and_keeps_no_file_o
         response, body = await get(f"{url}/v2/{name}/blobs/{sha256(data)}")
         assert (response.code, body) == (200, data)
         await registry.stop()
+
+
+# A tmpfs counts its room in pages: a link or a small manifest takes one.
+PAGE = 4096
+
+
+async def answer(method: str, url: str) -> tuple[int, bytes]:
+    response = await treq.request(method, url)
+    return response.code, await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_the_disk_has_no_room_for_stays_as_it_was(
+    small_disk: Path, start_registry: Starter
+) -> None:
+    """
+    A new manifest pushed by tag with a few pages left: the disk fills at the tag's history
+    link (``index/``) or at its ``current/link``.  Either way the 503 leaves the tag as it
+    was (a new tag not listed, a moved one on its old manifest) and the manifest not in the
+    repository: once there is room, nothing is listed that cannot be pulled, and the same
+    push succeeds.
+    """
+    registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    url, name = registry.url, "team/app"
+    for blob in (samples.CONFIG, samples.LAYER_1, samples.LAYER_2):
+        await push_blob(url, name, blob)
+    response = await put_manifest(url, name, "moved", samples.oci_image())
+    assert response.code == 201, await response.text()
+    tags = small_disk / f"docker/registry/v2/repositories/{name}/_manifests/tags"
+    failed_at: dict[str, set[str]] = {"new": set(), "moved": set()}
+    for pages in range(6):
+        for kind in ("new", "moved"):
+            tag = f"new{pages}" if kind == "new" else "moved"
+            config = json.dumps({"pages": pages, "tag": tag}).encode()
+            await push_blob(url, name, config)
+            body = samples.oci_image(config=config)
+            listed = await answer("GET", f"{url}/v2/{name}/tags/list")
+            pulled = await answer("GET", f"{url}/v2/{name}/manifests/{tag}")
+            filler = leave_free(small_disk, pages * PAGE)
+            try:
+                response = await put_manifest(url, name, tag, body)
+                if response.code == 201:
+                    await response.content()
+                    continue
+                reason = await no_space(response)
+            finally:
+                filler.unlink()
+            failed_at[kind].add(
+                "index" if "/index/" in reason else "current" if "/current/" in reason else "other"
+            )
+            assert await answer("GET", f"{url}/v2/{name}/tags/list") == listed, reason
+            assert await answer("GET", f"{url}/v2/{name}/manifests/{tag}") == pulled, reason
+            assert (await answer("HEAD", f"{url}/v2/{name}/manifests/{tag}"))[0] == pulled[0]
+            by_digest = f"{url}/v2/{name}/manifests/{sha256(body)}"
+            assert (await answer("GET", by_digest))[0] == 404, reason
+            history = tags / tag / "index/sha256" / sha256(body).removeprefix("sha256:")
+            assert not (tags / tag).exists() if kind == "new" else not history.exists()
+            assert temporary_files(small_disk) == []
+            response = await put_manifest(url, name, tag, body)
+            assert response.code == 201, await response.text()
+            assert await answer("GET", f"{url}/v2/{name}/manifests/{tag}") == (200, body)
+    # Both writes of a tag met the full disk, for a new tag and for a moved one.
+    assert {"index", "current"} <= failed_at["new"], failed_at
+    assert {"index", "current"} <= failed_at["moved"], failed_at

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from zope.interface import directlyProvides, providedBy
 from zope.interface.verify import verifyObject
 
 from registry.api import mediatypes as mt
@@ -26,7 +27,7 @@ from registry.manifests import UrlPolicy
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import Catalog
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageFull
 from registry.storage.manifests import (
     MAX_MANIFEST_SIZE,
     IManifestStore,
@@ -618,3 +619,73 @@ async def test_put_small_writes_again_data_of_another_size(
     await driver.put_content(path, same_size)
     assert await blobs.put_small(body) == digest
     assert await driver.get_content(path) == same_size
+
+
+class _FullAt:
+    """The store's driver, refusing the writes of one path as a full disk does."""
+
+    def __init__(self, driver: IStorageDriver, *paths: str) -> None:
+        self._driver = driver
+        self._paths = paths
+        directlyProvides(self, providedBy(driver))  # IEmptyFolders for the filesystem's
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        if path in self._paths:
+            raise StorageFull(f"writing {path}: No space left on device")
+        await self._driver.put_content(path, data)
+
+
+@pytest.mark.parametrize("refused", ["index", "current"])
+@pytest_twisted.ensureDeferred
+async def test_a_tag_the_storage_refuses_is_as_it_was(
+    driver: IStorageDriver, blobs: BlobStore, refused: str
+) -> None:
+    """Either write of a tag refused: a new tag is not there, a moved one names its old
+    manifest with no history entry for the new one, and the new manifest is not in the
+    repository (the push is taken back); a manifest that was there stays."""
+    await push_image_blobs(blobs)
+    old, new = samples.oci_image(), samples.oci_image(layers=(samples.LAYER_2,))
+    await ManifestStore(driver, blobs).put(NAME, "moved", old, None)
+    digest = digest_of(new)
+
+    def path(tag: str) -> str:
+        if refused == "index":
+            return layout.tag_index_link(NAME, tag, digest)
+        return layout.tag_current_link(NAME, tag)
+
+    for tag in ("moved", "new"):
+        with pytest.raises(StorageFull):
+            await ManifestStore(_FullAt(driver, path(tag)), blobs).put(NAME, tag, new, None)
+    store = ManifestStore(driver, blobs)
+    assert await store.tags.all_tags(NAME) == ["moved"]
+    assert (await store.get(NAME, "moved")).body == old
+    history = f"{layout.tag_dir(NAME, 'moved')}/index/sha256"
+    assert await driver.list(history) == [digest_of(old).hex]
+    await raises(MANIFEST_UNKNOWN, store.get(NAME, digest))
+    # A manifest the repository had stays, by digest, whatever its tag's fate.
+    await store.put(NAME, str(digest), new, None)
+    with pytest.raises(StorageFull):
+        await ManifestStore(_FullAt(driver, path("new")), blobs).put(NAME, "new", new, None)
+    assert (await store.get(NAME, digest)).body == new
+    assert await store.tags.all_tags(NAME) == ["moved"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_that_set_a_tag_keeps_its_manifest(
+    driver: IStorageDriver, blobs: BlobStore
+) -> None:
+    """``?tag=`` tags: once one is set, a later one refused leaves the manifest (the first
+    tag names it) and the refused tag as it was."""
+    await push_image_blobs(blobs)
+    body = samples.oci_image()
+    digest = digest_of(body)
+    full = _FullAt(driver, layout.tag_current_link(NAME, "b"))
+    with pytest.raises(StorageFull):
+        await ManifestStore(full, blobs).put(NAME, "a", body, None, tags=["b"])
+    store = ManifestStore(driver, blobs)
+    assert await store.tags.all_tags(NAME) == ["a"]
+    assert (await store.get(NAME, "a")).body == body
+    assert (await store.get(NAME, digest)).body == body
