@@ -26,8 +26,12 @@ On a full disk that first rebuild walks but cannot write the index.  `Catalog.en
 then keeps the names the walk found in memory (as many as the storage holds repositories: what
 one walk holds anyway) and lists from them, kept up to date by `note_repository` and
 `forget_repository`, rather than walk again at every listing; the first entry written once there
-is room (a push) has the next listing write the index, and a process that sees the index written
-by another (`Catalog._written_elsewhere`) lists it again.
+is room (a push, or a listing that tries one, `Catalog._room_again`) has the next listing write
+the index, and a process that sees the index written by another (`Catalog._written_elsewhere`)
+lists it again.  An entry refused later, for a repository whose content was stored, does not
+fail the push: the process lists from memory the same way, from the index plus that name, and
+removes the ``complete`` marker, so that a process started meanwhile walks
+(`Catalog._not_written`).
 """
 
 from __future__ import annotations
@@ -50,7 +54,13 @@ from zope.interface import Attribute, Interface, implementer
 
 from registry.api.names import NAME_RE, is_valid_name
 from registry.storage import layout
-from registry.storage.driver import IStorageDriver, ISymbolicLinks, PathNotFoundError, StorageFull
+from registry.storage.driver import (
+    IStorageDriver,
+    ISymbolicLinks,
+    PathNotFoundError,
+    StorageError,
+    StorageFull,
+)
 from registry.storage.pagination import paginate, parse_count, repository_order
 from registry.storage.repositories import holds_repository
 
@@ -67,6 +77,19 @@ UNWRITTEN_RECHECK = 5.0
 _TURN_EVERY = 64
 # "~" is outside the name grammar, and unreserved in URLs (S3 keys stay readable).
 _SEPARATOR = "~"
+
+
+def _reason(error: StorageFull) -> object:
+    """The system's words for a full disk ("no space left on device"), else the error."""
+    cause = error.__cause__ if isinstance(error.__cause__, OSError) else None
+    return cause.strerror.lower() if cause and cause.strerror else error
+
+
+def _insert(names: list[str], name: str) -> None:
+    """Add ``name`` to sorted ``names`` unless it is there."""
+    at = bisect.bisect_left(names, repository_order(name), key=repository_order)
+    if at == len(names) or names[at] != name:
+        names.insert(at, name)
 
 
 def entry_name(name: str) -> str:
@@ -154,14 +177,53 @@ class Catalog:
         if name in self._noted:
             self._noted.move_to_end(name)
             return
-        await self.driver.put_content(entry_path(name), name.encode())
+        try:
+            await self.driver.put_content(entry_path(name), name.encode())
+        except StorageFull as exc:
+            await self._not_written(name, exc)
+            return
         self._remember(name)
-        unwritten = self._unwritten
-        if unwritten is not None:
+        if self._unwritten is not None:
             self._room = True
-            at = bisect.bisect_left(unwritten, repository_order(name), key=repository_order)
-            if at == len(unwritten) or unwritten[at] != name:
-                unwritten.insert(at, name)
+            _insert(self._unwritten, name)
+
+    async def _not_written(self, name: str, error: StorageFull) -> None:
+        """
+        The entry of a repository whose content is stored (its link, written before), refused
+        for want of room.  The entry is bookkeeping: the push stands, and this process lists
+        the name from memory, as after a start on a full disk (`ensure_index`), from the
+        index as it is plus the name.  The index is marked incomplete (a delete needs no
+        room): a process started meanwhile walks and finds the repository, this one's next
+        listing once there is room writes the index (`_written_elsewhere`), and another
+        process still listing the index lists the repository once it is written.  Before the
+        index is built (no listing yet) there is nothing to do: the walk that builds it finds
+        the repository.
+        """
+        if self._unwritten is None:
+            if not self._ready:
+                return
+            names = await self._indexed()
+            if self._unwritten is None:  # no other refusal meanwhile
+                _insert(names, name)
+                await self._from_memory(names, name, error)
+                return
+        _insert(self._unwritten, name)
+
+    async def _from_memory(self, names: list[str], name: str, error: StorageFull) -> None:
+        """List ``names`` (sorted) from now on, with one warning, and mark the index
+        incomplete (`_not_written`)."""
+        self._ready = False
+        self._room = False
+        self._unwritten = names
+        log.warn(
+            "the catalog entry of {name} cannot be written ({reason}): listing the {count}"
+            " repositories from memory until there is room",
+            name=name,
+            reason=_reason(error),
+            count=len(names),
+        )
+        with contextlib.suppress(StorageError):
+            await self.driver.delete(COMPLETE_MARKER)
 
     def _remember(self, name: str) -> None:
         self._noted[name] = None
@@ -224,11 +286,10 @@ class Catalog:
                 said = self._unwritten is not None
                 self._unwritten = sorted(self._walked, key=repository_order)
                 if not said:  # one line, whoever else waited on this walk
-                    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
                     log.warn(
                         "the catalog index cannot be written ({reason}): listing the {count}"
                         " repositories found at start from memory until there is room",
-                        reason=cause.strerror.lower() if cause and cause.strerror else exc,
+                        reason=_reason(exc),
                         count=len(self._unwritten),
                     )
                 return
@@ -238,7 +299,8 @@ class Catalog:
     async def _written_elsewhere(self) -> None:
         """While listing from memory: whether another process (another worker's push, a
         ``txregistry catalog-rebuild``) has written the index meanwhile, looked at once per
-        `UNWRITTEN_RECHECK` seconds: then the index is listed, not this process's walk."""
+        `UNWRITTEN_RECHECK` seconds: then the index is listed, not this process's walk.
+        Else whether there is room now (`_room_again`): then the next listing writes it."""
         now = self.clock.seconds() if self.clock is not None else time.monotonic()
         if now - self._unwritten_checked < UNWRITTEN_RECHECK:
             return
@@ -246,10 +308,28 @@ class Catalog:
         try:
             await self.driver.stat(COMPLETE_MARKER)
         except PathNotFoundError:
+            if await self._room_again():
+                self._room = True
             return
         self._unwritten = None
         self._ready = True
         log.info("the catalog index was written meanwhile: listing it again")
+
+    async def _room_again(self) -> bool:
+        """
+        Whether an entry can be written now: the first name listed from memory written again
+        (the same bytes, where it was written).  Without it the index would wait for a push
+        to a repository this process has no entry of, which may not come for long (a push
+        whose entry was refused was answered 201, and is not retried).
+        """
+        if not self._unwritten:
+            return False
+        name = self._unwritten[0]
+        try:
+            await self.driver.put_content(entry_path(name), name.encode())
+        except StorageError:
+            return False
+        return True
 
     def rebuild(self) -> Deferred[list[str]]:
         """

@@ -28,6 +28,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from registry import failures
 from registry.api import mediatypes as mt
 from registry.ops.health import probe_name
+from registry.storage import catalog
 from tests.e2e.client import (
     get,
     header,
@@ -699,3 +700,64 @@ async def test_a_tag_the_disk_has_no_room_for_stays_as_it_was(
     # Both writes of a tag met the full disk, for a new tag and for a moved one.
     assert {"index", "current"} <= failed_at["new"], failed_at
     assert {"index", "current"} <= failed_at["moved"], failed_at
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repository_whose_catalog_entry_finds_the_disk_full_is_listed(
+    small_disk: Path, start_registry: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A blob mounted into a new repository with one page left: its link takes the page, and
+    the catalog entry (bookkeeping for what is stored) finds the disk full.  The mount is
+    201, with one warning, and the process lists the repository from memory as after a start
+    on a full disk; a registry started meanwhile finds it by its walk.  Once there is room,
+    a listing writes the index, and another process on the same storage (another worker)
+    lists the repository from it.
+    """
+    monkeypatch.setattr(catalog, "UNWRITTEN_RECHECK", 0.2)
+    storage = {"storage": {"rootdirectory": str(small_disk)}}
+    registry = await start_registry(storage)
+    worker = await start_registry(storage)  # a second worker, on the same storage
+    url = registry.url
+    digest = await push_blob(url, "team/app", samples.LAYER_1)
+    entries = small_disk / "docker/registry/v2/txregistry/catalog/repositories"
+    logs: list[str] = []
+    observer = lambda event: logs.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    filler = leave_free(small_disk, PAGE)
+    try:
+        response = await treq.post(
+            f"{url}/v2/fresh/one/blobs/uploads/?mount={digest}&from=team/app"
+        )
+        assert response.code == 201, await response.text()
+        await response.content()
+        fill(small_disk)  # what the index's marker freed, when it was removed
+        listed = b'{"repositories":["fresh/one","team/app"]}'
+        assert await answer("GET", f"{url}/v2/_catalog") == (200, listed)
+        assert not (entries / "fresh~one").exists()
+        assert not (entries.parent / "complete").exists()
+        # A registry started now (a restart) walks: the index is marked incomplete.
+        restarted = await start_registry(storage)
+        assert await answer("GET", f"{restarted.url}/v2/_catalog") == (200, listed)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        filler.unlink()
+    [line] = [line for line in logs if "catalog entry" in line]
+    assert line == (
+        "the catalog entry of fresh/one cannot be written (no space left on device): listing"
+        " the 2 repositories from memory until there is room"
+    )
+    assert (await answer("HEAD", f"{url}/v2/fresh/one/blobs/{digest}"))[0] == 200
+    assert await answer("GET", f"{url}/v2/fresh/one/tags/list") == (
+        200,
+        b'{"name":"fresh/one","tags":[]}',
+    )
+
+    for _ in range(50):  # bounded: 10 s, fifty times UNWRITTEN_RECHECK
+        assert await answer("GET", f"{url}/v2/_catalog") == (200, listed)
+        if (entries / "fresh~one").exists() and (entries.parent / "complete").exists():
+            break
+        await sleep(0.2)
+    assert (entries / "fresh~one").read_bytes() == b"fresh/one"
+    assert (entries.parent / "complete").exists()
+    assert await answer("GET", f"{worker.url}/v2/_catalog") == (200, listed)

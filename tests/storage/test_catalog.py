@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import collections
+import errno
+import os
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, gatherResults
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from registry.api.digests import digest_of
@@ -17,13 +21,14 @@ from registry.storage.blobs import BlobStore
 from registry.storage.catalog import (
     COMPLETE_MARKER,
     NOTED_MAX,
+    UNWRITTEN_RECHECK,
     Catalog,
     ICatalog,
     entry_name,
     entry_path,
     name_of_entry,
 )
-from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageFull
 from registry.storage.filesystem import FilesystemDriver
 from tests.storage.manifest_fixtures import blobs, driver
 
@@ -267,3 +272,72 @@ async def test_noted_names_are_bounded(driver: IStorageDriver) -> None:
     await catalog.note_repository("team/app0")
     assert catalog.noted_count == NOTED_MAX
     assert await driver.get_content(entry_path("team/app0")) == b"team/app0"
+
+
+class _Full:
+    """The driver, refusing every write while ``full`` as a full disk does (deletes work)."""
+
+    def __init__(self, driver: IStorageDriver) -> None:
+        self._driver = driver
+        self.full = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        if self.full:
+            error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise StorageFull(f"writing {path}: {error.strerror}") from error
+        await self._driver.put_content(path, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_refused_for_want_of_room_is_listed_from_memory(
+    driver: IStorageDriver,
+) -> None:
+    """
+    Entries refused on a full disk: noting them does not fail (what they are about is
+    stored), the process lists them from memory with one warning, and the index is marked
+    incomplete, so that a process starting meanwhile walks.  Once there is room, the listing
+    that looks again (`UNWRITTEN_RECHECK` on) finds it, the next writes the index, and a
+    process listing the index all along lists them from then on.
+    """
+    clock = Clock()
+    storage = _Full(driver)
+    catalog, other = Catalog(storage, clock=clock), Catalog(driver)  # type: ignore[arg-type]
+    for name in ("a", "c"):
+        await registry2_repository(driver, name)
+        await catalog.note_repository(name)
+    assert await catalog.list_repositories() == (["a", "c"], False)
+    assert await other.list_repositories() == (["a", "c"], False)
+    storage.full = True
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for name in ("b", "d"):
+            await registry2_repository(driver, name)  # its link, before it is noted
+            await catalog.note_repository(name)
+            await catalog.note_repository(name)
+        everything = (["a", "b", "c", "d"], False)
+        assert await catalog.list_repositories() == everything
+        with pytest.raises(PathNotFoundError):
+            await driver.stat(COMPLETE_MARKER)
+        assert await Catalog(storage).list_repositories() == everything  # type: ignore[arg-type]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if "catalog entry" in formatEvent(e)]
+    assert lines == [
+        "the catalog entry of b cannot be written (no space left on device): listing the 3"
+        " repositories from memory until there is room"
+    ]
+    storage.full = False
+    assert await catalog.list_repositories() == everything  # not looked at again yet
+    with pytest.raises(PathNotFoundError):
+        await driver.stat(entry_path("b"))
+    clock.advance(UNWRITTEN_RECHECK)
+    assert await catalog.list_repositories() == everything
+    assert await catalog.list_repositories() == everything
+    assert await driver.get_content(entry_path("b")) == b"b"
+    assert await driver.get_content(entry_path("d")) == b"d"
+    await driver.stat(COMPLETE_MARKER)
+    assert await other.list_repositories() == everything
