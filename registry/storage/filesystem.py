@@ -9,7 +9,8 @@ writing inline beat handing chunks to a worker thread, and back-pressure bounds 
 
 Atomicity: small files are written to a temporary sibling and renamed over the target, and a
 finished upload becomes a blob by rename, so a reader never sees a half-written file, whatever
-happens to the process.  A write that fails (a full disk) removes its temporary file.
+happens to the process.  A write that fails (a full disk) removes its temporary file, and the
+folders it made for it.
 
 Errors: a missing path is `PathNotFoundError`; a folder read as a file is `NotAFileError`
 (damage, never "missing"); every other ``OSError`` (no space, no
@@ -249,6 +250,19 @@ def _release_inherited(fd: int) -> None:
         release_unused(fd)
 
 
+def _remove_made(made: list[str]) -> None:
+    """Remove the folders a failed write made, the deepest first, each only while empty
+    (``rmdir``): one that another write has put something in meanwhile stays, and so do its
+    parents; a write that finds a parent of its file gone makes it again (`_in_folder`)."""
+    for folder in reversed(made):
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
 def _still_at(file: IO[bytes], full: str) -> bool:
     """Whether the open ``file`` is the one at ``full`` now (not moved, not removed)."""
     try:
@@ -340,8 +354,9 @@ class FilesystemDriver:
         # never again after it was seen (see the module's docstring).
         self._root_seen = os.path.isdir(self.root)
 
-    def _make_folder(self, directory: str) -> None:
-        """``os.makedirs`` that makes the root only if it was never there."""
+    def _make_folder(self, directory: str, made: builtins.list[str] | None = None) -> None:
+        """``os.makedirs`` that makes the root only if it was never there; the folders it
+        makes (the root aside) are added to ``made``, parents first."""
         if directory == self.root:
             if not os.path.isdir(directory):
                 if self._root_seen:
@@ -354,11 +369,17 @@ class FilesystemDriver:
         except FileExistsError:
             return
         except FileNotFoundError:
-            self._make_folder(os.path.dirname(directory))
-            with contextlib.suppress(FileExistsError):
+            self._make_folder(os.path.dirname(directory), made)
+            try:
                 os.mkdir(directory)
+            except FileExistsError:
+                return
+        if made is not None:
+            made.append(directory)
 
-    def _in_folder(self, directory: str, make: Callable[[], T]) -> T:
+    def _in_folder(
+        self, directory: str, make: Callable[[], T], made: builtins.list[str] | None = None
+    ) -> T:
         """
         ``make()``, which puts a file in ``directory``, after making the folder; once more
         when the folder went away in between.  The upload purge removes the folders it
@@ -368,13 +389,13 @@ class FilesystemDriver:
         second miss would need the purge to win that race again, on its way up.
         """
         try:
-            self._make_folder(directory)
+            self._make_folder(directory, made)
             return make()
         except FileNotFoundError:
             # Missing for another reason (the source of a move, a root gone): no retry.
             if os.path.isdir(directory) or not os.path.isdir(self.root):
                 raise
-        self._make_folder(directory)
+        self._make_folder(directory, made)
         return make()
 
     def _missing(self, path: str) -> StorageError:
@@ -412,8 +433,15 @@ class FilesystemDriver:
             raise _storage_error(f"reading {path}", exc) from exc
 
     async def put_content(self, path: str, data: bytes) -> None:
+        """
+        A write that fails removes its temporary file and the folders it made: a full disk
+        makes folders (a tmpfs's take no room) and then refuses the file's bytes, and a
+        ``_layers/...`` folder left for a link never written made a repository of a name
+        that was never pushed (`registry.storage.repositories`).
+        """
         full = self._full(path)
         directory = os.path.dirname(full)
+        made: builtins.list[str] = []
 
         def write() -> None:
             temp = os.path.join(directory, f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
@@ -427,7 +455,11 @@ class FilesystemDriver:
                 raise
 
         with _failing(f"writing {path}"):
-            self._in_folder(directory, write)
+            try:
+                self._in_folder(directory, write, made)
+            except (OSError, StorageError):
+                _remove_made(made)
+                raise
 
     async def create(self, path: str, data: bytes) -> str:
         """

@@ -30,6 +30,7 @@ from registry.api import mediatypes as mt
 from registry.ops.health import probe_name
 from registry.storage import catalog
 from tests.e2e.client import (
+    error_codes,
     get,
     header,
     push_blob,
@@ -761,3 +762,29 @@ async def test_a_repository_whose_catalog_entry_finds_the_disk_full_is_listed(
     assert (entries / "fresh~one").read_bytes() == b"fresh/one"
     assert (entries.parent / "complete").exists()
     assert await answer("GET", f"{worker.url}/v2/_catalog") == (200, listed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_link_the_full_disk_refuses_leaves_no_repository_behind(
+    small_disk: Path, start_registry: Starter
+) -> None:
+    """A blob mounted into a new repository on a disk without a byte left: the link's write
+    fails (503) after its folders were made (they take no room on a tmpfs).  They go with
+    it: the repository that was never made stays unknown, to its tag list and to a walk."""
+    registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
+    url = registry.url
+    digest = await push_blob(url, "team/app", samples.LAYER_1)
+    filler = fill(small_disk)
+    try:
+        reason = await no_space(
+            await treq.post(f"{url}/v2/never/made/blobs/uploads/?mount={digest}&from=team/app")
+        )
+    finally:
+        filler.unlink()
+    assert "/_layers/" in reason, reason
+    response = await treq.get(f"{url}/v2/never/made/tags/list")
+    assert await error_codes(response) == ["NAME_UNKNOWN"]
+    assert response.code == 404
+    assert not (small_disk / "docker/registry/v2/repositories/never").exists()
+    assert await answer("GET", f"{url}/v2/_catalog") == (200, b'{"repositories":["team/app"]}')
+    assert temporary_files(small_disk) == []

@@ -23,6 +23,7 @@ from registry.storage.driver import (
     PathBusyError,
     PathNotFoundError,
     StorageError,
+    StorageFull,
     VersionChangedError,
 )
 from registry.storage.filesystem import FilesystemDriver
@@ -397,6 +398,31 @@ async def test_remove_empty_folders(tmp_path: Path, thread_pool: ThreadPool) -> 
         await driver.remove_empty_folders("rx/a", "r")
 
 
+@pytest.mark.parametrize("meanwhile", [False, True], ids=["alone", "meanwhile"])
+@pytest_twisted.ensureDeferred
+async def test_a_write_that_fails_removes_the_folders_it_made(
+    meanwhile: bool, tmp_path: Path, thread_pool: ThreadPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A full disk makes the folders of a write, then refuses its bytes: the folders it made
+    go (a link's folders left behind made a repository of a name never pushed), those that
+    were there stay, empty ones too, and so does one another write put a file in meanwhile.
+    """
+    driver = FilesystemDriver(str(tmp_path), reactor, thread_pool)
+    (tmp_path / "repo/kept").mkdir(parents=True)
+
+    def no_room(source: str, full: str, path: str) -> None:
+        if meanwhile:
+            (tmp_path / "repo/kept/a/other").write_bytes(b"")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(filesystem, "_replace", no_room)
+    with pytest.raises(StorageFull, match="writing repo/kept/a/b/link: No space left"):
+        await driver.put_content("repo/kept/a/b/link", b"x")
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["repo", "repo/kept", *(["repo/kept/a", "repo/kept/a/other"] * meanwhile)]
+
+
 class _PurgedMeanwhile(FilesystemDriver):
     """
     Removes one folder (``rmdir``, as the upload purge does with the folders it empties)
@@ -408,8 +434,8 @@ class _PurgedMeanwhile(FilesystemDriver):
         super().__init__(*args)
         self.victim: str | None = os.path.join(self.root, victim)
 
-    def _make_folder(self, directory: str) -> None:
-        super()._make_folder(directory)
+    def _make_folder(self, directory: str, made: list[str] | None = None) -> None:
+        super()._make_folder(directory, made)
         if directory == self.victim:
             self.victim = None
             os.rmdir(directory)
