@@ -10,9 +10,7 @@ stale).
 
 Write order matters to concurrent readers: blob data, then the revision link, then the
 referrers index, then the tag; a reader following a tag therefore always finds the rest.
-Deletion goes the other way round.  A push whose write fails after the revision's (a full
-disk) takes back what it added until a tag names the manifest (`ManifestStore._withdraw`), so
-that its error leaves the repository as it was.
+Deletion goes the other way round.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ from registry.api.names import check_tag
 from registry.manifests import (
     DEFAULT_INDEX_POLICY,
     DEFAULT_URL_POLICY,
-    Descriptor,
     IndexPolicy,
     ParsedManifest,
     UrlPolicy,
@@ -49,7 +46,7 @@ from registry.manifests import (
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.catalog import Catalog
-from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
+from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.gcguard import GcGuard
 from registry.storage.listing import digest_folders
 from registry.storage.referrers import ReferrersIndex, referrer_descriptor
@@ -318,17 +315,13 @@ class ManifestStore:
             descriptor = referrer_descriptor(manifest, digest, len(body))
             await self.referrers.add(name, manifest.subject.digest, descriptor)
         own_tag = (ref,) if isinstance(ref, str) else ()
-        new_tags = tuple(dict.fromkeys((*own_tag, *extra_tags)))
-        # The link holds the digest as pushed (sha512 included), so a GET by tag answers
-        # with the digest the client knows the manifest by.
-        try:
-            if new_tags:
-                await self.tags.set(name, new_tags[0], digest)
-        except StorageError:
-            if not existed:
-                await self._withdraw(name, digest, manifest.subject)
-            raise
-        for tag in new_tags[1:]:
+        new_tags = dict.fromkeys((*own_tag, *extra_tags))
+        for tag in new_tags:
+            # The link holds the digest as pushed (sha512 included), so a GET by tag answers
+            # with the digest the client knows the manifest by.  A tag write that fails (a
+            # full disk) leaves that tag as it was (`TagStore.set`); the manifest stays,
+            # pullable by digest, for the client's retry.  Taking its revision back would
+            # race a push of the same manifest acknowledged meanwhile in another worker.
             await self.tags.set(name, tag, digest)
         if not await self._linked(name, digest):
             # A delete of this manifest ran meanwhile (another request, another worker) and
@@ -418,25 +411,6 @@ class ManifestStore:
             f"manifest {deleting[0]} was being deleted from {name} by a garbage collection:"
             " push it again",
         )
-
-    async def _withdraw(self, name: str, digest: Digest, subject: Descriptor | None) -> None:
-        """
-        Take back the revision a push added (and its referrers entry) when a write after it
-        failed before any tag named the manifest (a full disk): the client was answered an
-        error, so the manifest must not stay half pushed, pullable by digest though the tag
-        it was pushed by is not there.  Deletes need no room.  Once a tag names it, the
-        revision stays, or that tag would be listed and never pullable; a later tag that
-        failed is as it was (`TagStore.set`).  Only a revision this push added is taken
-        back: one that was there stays with what it had.  A push of the same manifest that
-        ended (its last look at the revision in `put` included) between this push's
-        revision write and this take-back, in another worker with a page left on the disk,
-        would lose its revision: a window of a few storage calls, against a manifest left
-        half pushed by every such failure.
-        """
-        if subject is not None:
-            await self.referrers.remove(name, subject.digest, digest)
-        with contextlib.suppress(PathNotFoundError):
-            await self.driver.delete(layout.revision_dir(name, digest))
 
     async def _blob_available(self, name: str, digest: Digest) -> bool:
         return await self.blobs.is_linked(name, digest) and (

@@ -655,9 +655,9 @@ async def test_a_tag_the_disk_has_no_room_for_stays_as_it_was(
     """
     A new manifest pushed by tag with a few pages left: the disk fills at the tag's history
     link (``index/``) or at its ``current/link``.  Either way the 503 leaves the tag as it
-    was (a new tag not listed, a moved one on its old manifest) and the manifest not in the
-    repository: once there is room, nothing is listed that cannot be pulled, and the same
-    push succeeds.
+    was (a new tag not listed, a moved one on its old manifest; the manifest may stay,
+    pullable by digest, for the retry): once there is room, nothing is listed that cannot be
+    pulled, and the same push succeeds.
     """
     registry = await start_registry({"storage": {"rootdirectory": str(small_disk)}})
     url, name = registry.url, "team/app"
@@ -690,8 +690,8 @@ async def test_a_tag_the_disk_has_no_room_for_stays_as_it_was(
             assert await answer("GET", f"{url}/v2/{name}/tags/list") == listed, reason
             assert await answer("GET", f"{url}/v2/{name}/manifests/{tag}") == pulled, reason
             assert (await answer("HEAD", f"{url}/v2/{name}/manifests/{tag}"))[0] == pulled[0]
-            by_digest = f"{url}/v2/{name}/manifests/{sha256(body)}"
-            assert (await answer("GET", by_digest))[0] == 404, reason
+            status, stored = await answer("GET", f"{url}/v2/{name}/manifests/{sha256(body)}")
+            assert status == 404 or (status, stored) == (200, body), reason
             history = tags / tag / "index/sha256" / sha256(body).removeprefix("sha256:")
             assert not (tags / tag).exists() if kind == "new" else not history.exists()
             assert temporary_files(small_disk) == []
@@ -721,6 +721,9 @@ async def test_a_repository_whose_catalog_entry_finds_the_disk_full_is_listed(
     worker = await start_registry(storage)  # a second worker, on the same storage
     url = registry.url
     digest = await push_blob(url, "team/app", samples.LAYER_1)
+    # The push's upload folder goes after its answer: gone before the free space is set.
+    uploads = small_disk / "docker/registry/v2/repositories/team/app/_uploads"
+    await wait_for(lambda: not uploads.exists() or not any(uploads.iterdir()))
     entries = small_disk / "docker/registry/v2/txregistry/catalog/repositories"
     logs: list[str] = []
     observer = lambda event: logs.append(formatEvent(event))  # noqa: E731
@@ -735,7 +738,6 @@ async def test_a_repository_whose_catalog_entry_finds_the_disk_full_is_listed(
         fill(small_disk)  # what the index's marker freed, when it was removed
         listed = b'{"repositories":["fresh/one","team/app"]}'
         assert await answer("GET", f"{url}/v2/_catalog") == (200, listed)
-        assert not (entries / "fresh~one").exists()
         assert not (entries.parent / "complete").exists()
         # A registry started now (a restart) walks: the index is marked incomplete.
         restarted = await start_registry(storage)
