@@ -50,7 +50,16 @@ class TLSSettings:
 
     def __attrs_post_init__(self) -> None:
         if self.clientauth != "none" and not self.clientcas:
-            raise ValueError(f"clientauth = {self.clientauth} needs clientcas (a CA bundle)")
+            raise ValueError(
+                f"[http] clientauth = {self.clientauth} needs clientcas (a CA bundle)"
+            )
+        if self.clientcas and self.clientauth == "none":
+            # registry:2 requires a client certificate as soon as clientcas is set: a
+            # configuration brought from it must not serve everyone without a word.
+            raise ValueError(
+                "[http] clientcas is set but clientauth = none asks for no client certificate:"
+                " set clientauth = required (what registry:2 does with clientcas) or optional"
+            )
 
 
 def split_description(description: str) -> tuple[str, list[str], dict[str, str]]:

@@ -888,3 +888,43 @@ def test_client_certificates_asked_for_where_no_handshake_can_ask_are_refused(
         "txregistry: configuration error: [http] clientauth = required: no listener is ssl: "
         f"({LOOPBACK}), so no client certificate can be asked for",
     )
+
+
+@pytest.mark.parametrize(
+    ("http", "line"),
+    [
+        (
+            {"clientcas": "{ca}"},
+            "[http] clientcas is set but clientauth = none asks for no client certificate: "
+            "set clientauth = required (what registry:2 does with clientcas) or optional",
+        ),
+        (
+            {"clientauth": "optional"},
+            "[http] clientauth = optional needs clientcas (a CA bundle)",
+        ),
+    ],
+    ids=["clientcas-alone", "clientauth-alone"],
+)
+def test_client_certificate_settings_that_would_ask_nothing_are_refused(
+    tmp_path: Path, http: dict[str, str], line: str
+) -> None:
+    """registry:2 requires a client certificate as soon as ``clientcas`` is set: the same
+    configuration here, with ``clientauth`` left at ``none``, would serve everyone without a
+    word.  Refused, as a ``clientauth`` without CAs is, each in one line."""
+    from tests.auth import pki
+
+    key = pki.new_key("ec")
+    ca = pki.write(tmp_path / "ca.pem", pki.pem_cert(pki.certificate("test ca", key, ca=True)))
+    cert = pki.certificate("127.0.0.1", key, server=True)
+    pki.write(tmp_path / "server.pem", pki.pem_cert(cert))
+    pki.write(tmp_path / "server.key", pki.pem_key(key))
+    config = write_config(
+        tmp_path / "r.cfg", {"http": {k: v.format(ca=ca) for k, v in http.items()}}
+    )
+    listen = (
+        f"ssl:0:interface=127.0.0.1:privateKey={tmp_path}/server.key:certKey={tmp_path}/server.pem"
+    )
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", listen, "--storage", str(tmp_path / "d")
+    )
+    assert_one_line(result, f"txregistry: configuration error: {line}")
