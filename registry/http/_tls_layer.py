@@ -154,14 +154,13 @@ def certificate_options(kwargs: dict[str, str], tls: TLSSettings) -> ServerConte
     cert_option, cert_path = (
         ("certKey", kwargs["certKey"]) if kwargs.get("certKey") else ("privateKey", key_path)
     )
-    cert = _load_certificates(cert_option, cert_path)[0]
+    # A file holding the certificate and then its chain (a "fullchain.pem", what nginx and
+    # registry:2 serve whole) gives the chain too; extraCertChain's come after.
+    cert, *chain = _load_certificates(cert_option, cert_path)
     if _public(cert.public_key()) != _public(key.public_key()):
         raise TLSMaterialError(f"privateKey {key_path} does not match {cert_option} {cert_path}")
-    chain = (
-        _load_certificates("extraCertChain", kwargs["extraCertChain"])
-        if kwargs.get("extraCertChain")
-        else []
-    )
+    if kwargs.get("extraCertChain"):
+        chain += _load_certificates("extraCertChain", kwargs["extraCertChain"])
     cas = []
     if tls.clientauth != "none":
         assert tls.clientcas
