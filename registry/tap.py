@@ -30,7 +30,7 @@ from registry.http.tls import (
 from registry.lean_imports import inherited_listeners, keep_out
 from registry.ops.notifications import check_notifications
 from registry.proxy.config import parse_proxies
-from registry.server.exit import exit_now
+from registry.server.exit import StartupError, exit_now
 from registry.server.log_file import whole_lines
 from registry.server.pidfile import clear_stale_pidfile
 from registry.server.worker_env import WORKER_ENVIRONMENT
@@ -207,6 +207,8 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
         service = serve(config, reactor, spec, reload_on_hup=under_twistd)
     except ConfigError as exc:  # found while building: a folder to create, a file to read
         configuration_error(exc)
+    except StartupError as exc:  # not a mistake in the file: another process holds a queue
+        exit_now(str(exc))
     if spec is not None and spec.check:
         # A SIGHUP's check (registry.server.supervisor): everything start-up reads and
         # refuses before the reactor runs has passed; nothing was started.

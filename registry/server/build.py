@@ -327,6 +327,7 @@ def serve(
             root,
             worker=spec.worker if spec else 0,
             workers=spec.workers if spec else 1,
+            check=spec is not None and spec.check,
         ),
         wrap=wrap,
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from registry.config import ConfigError, load
 from registry.ops.notifications import check_notifications, parse_endpoints
 from registry.ops.notifications.config import parse_endpoint
 from registry.ops.notifications.events import Notifier, envelope, timestamp
+from registry.ops.notifications.lock import QueueInUse, QueueLock
 from registry.ops.notifications.metrics import register_notification_metrics
 from registry.ops.notifications.queue import REWRITE_RETRY, DurableQueue, LogContents, read_log
 from tests.e2e.test_full_disk import fill, small_disk  # noqa: F401 - fixture
@@ -320,3 +324,33 @@ async def test_a_rewrite_that_does_not_fit_leaves_no_new_file(
     await q.flush()
     assert path.read_bytes().endswith(b"E 202 " + event(2) + b"\n")
     assert read_log(str(path)).last == 202
+
+
+@pytest.mark.parametrize(
+    ("written", "named"),
+    [
+        ("4242 {host}\n", " (pid 4242)"),
+        ("4242 build-7\n", " (pid 4242 on build-7)"),  # a network folder
+        ("", ""),  # the holder has not written its name yet
+    ],
+)
+def test_a_held_queue_names_its_holder(tmp_path: Path, written: str, named: str) -> None:
+    """Another open file, as another process has: the flock refuses it (whatever the file
+    says), and the message names what the holder wrote."""
+    queue = str(tmp_path / "ci.log")
+    with open(queue + ".lock", "w") as holder:
+        holder.write(written.format(host=socket.gethostname()))
+        holder.flush()
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(QueueInUse) as refused:
+            QueueLock.take(queue)
+    assert str(refused.value) == (
+        f"the notifications queue {queue} is in use by another process{named}: give each"
+        " instance its own [notifications] queuedir"
+    )
+    lock = QueueLock.take(queue)  # the holder closed its file: free
+    assert (tmp_path / "ci.log.lock").read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    with pytest.raises(QueueInUse):
+        QueueLock.take(queue)
+    lock.release()
+    QueueLock.take(queue).release()

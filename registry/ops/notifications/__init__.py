@@ -29,7 +29,12 @@ _FROM_SERVICE = ("NotificationService",)
 
 
 def add_notifications(
-    config: Config, reactor: Any, parent: MultiService, worker: int = 0, workers: int = 1
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    worker: int = 0,
+    workers: int = 1,
+    check: bool = False,
 ) -> Notifier:
     """`registry.ops.notifications.service.add_notifications`, loaded when there are endpoints."""
     if not parse_endpoints(config):
@@ -40,7 +45,9 @@ def add_notifications(
         return Notifier()
     from registry.ops.notifications import service
 
-    return service.add_notifications(config, reactor, parent, worker=worker, workers=workers)
+    return service.add_notifications(
+        config, reactor, parent, worker=worker, workers=workers, check=check
+    )
 
 
 def _queue_logs_left(config: Config) -> bool:

@@ -3,7 +3,8 @@ The notification service: reads the endpoints' queues back at start, delivers, w
 queues every ``flush_interval``, and writes them a last time on stop.
 
 It owns a one-thread pool for the queue files, so that the last write at shutdown does not
-depend on the order in which other services stop their pools.
+depend on the order in which other services stop their pools, and the locks of its queue files
+(`registry.ops.notifications.lock`), released once that last write is done.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from registry.ops.notifications.config import (
 )
 from registry.ops.notifications.delivery import Endpoint
 from registry.ops.notifications.events import Notifier
+from registry.ops.notifications.lock import QueueInUse, QueueLock
 from registry.ops.notifications.queue import DurableQueue, read_log
+from registry.server.exit import StartupError
 
 log = Logger()
 
@@ -57,6 +60,7 @@ class NotificationService(Service):
         pool: ThreadPool,
         flush_interval: float,
         connections: HTTPConnectionPool | None = None,
+        locks: list[QueueLock] | None = None,
     ) -> None:
         self.notifier = notifier
         self._reactor = reactor
@@ -65,9 +69,12 @@ class NotificationService(Service):
         self._flusher: LoopingCall | None = None
         self._starting: Deferred[None] | None = None
         self._connections = connections
+        self._locks = locks or []
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        for lock in self._locks:
+            lock.claim()  # twistd may have forked into the background since they were taken
         self._pool.start()
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addErrback(lambda f: log.failure("notifications: start failed", f))
@@ -113,6 +120,8 @@ class NotificationService(Service):
             [Deferred.fromCoroutine(e.queue.flush(compact=True)) for e in self.notifier.endpoints]
         )
         self._pool.stop()
+        for lock in self._locks:
+            lock.release()
         if self._connections is not None:
             await self._connections.closeCachedConnections()
 
@@ -206,14 +215,97 @@ def _probe_write(directory: str) -> None:
     os.remove(probe)
 
 
+def _queue_key(config: Config) -> str:
+    """The key that names the queue folder, for a start-up error."""
+    if config.notifications.queuedir:
+        return "[notifications] queuedir"
+    return "[storage] rootdirectory (where the notification queues are kept)"
+
+
+def _lock(queue: str, config: Config) -> QueueLock:
+    """`QueueLock.take`, its failures as start-up errors of one line."""
+    try:
+        return QueueLock.take(queue)
+    except QueueInUse as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ConfigError(f"{_queue_key(config)}: cannot lock {queue}: {reason}") from None
+
+
+def _lock_orphans(orphans: list[str], locks: list[QueueLock]) -> tuple[str, ...]:
+    """
+    The files of ``orphans`` (`orphan_queue_files`) that worker 0 may adopt: those it could
+    lock (the locks join ``locks``).  One another live process holds is left to it, with a
+    warning: that process (of another instance on this queuedir) still writes it, so adopting
+    it would be two processes on one file, the very loss the locks prevent.
+    """
+    taken = []
+    for orphan in orphans:
+        try:
+            locks.append(QueueLock.take(orphan))
+        except QueueInUse as exc:
+            log.warn(
+                "notifications: {file} (a queue of a worker beyond [http] workers) is not"
+                " adopted: it is in use by another process{holder}; give each instance its own"
+                " [notifications] queuedir",
+                file=orphan,
+                holder=exc.holder,
+            )
+            continue
+        except OSError as exc:
+            log.warn(
+                "notifications: {file} (a queue of a worker beyond [http] workers) is not"
+                " adopted: cannot lock it: {reason}",
+                file=orphan,
+                reason=exc.strerror or str(exc),
+            )
+            continue
+        taken.append(orphan)
+    return tuple(taken)
+
+
+def _lock_queues(
+    config: Config, directory: str, names: list[str], worker: int, workers: int
+) -> tuple[list[QueueLock], dict[str, tuple[str, ...]]]:
+    """
+    Lock this process's queue file of each endpoint in ``names``, and in worker 0 the files
+    of workers that no longer run, which it adopts: (the locks, the files to adopt by
+    endpoint).  Another process holding one of this process's own files is another instance
+    on this queuedir: a `StartupError` naming it (see `registry.ops.notifications.lock`).
+    """
+    locks: list[QueueLock] = []
+    adopt: dict[str, tuple[str, ...]] = {}
+    try:
+        for name in names:
+            locks.append(_lock(queue_file(directory, name, worker), config))
+    except (StartupError, ConfigError):
+        for lock in locks:
+            lock.release()
+        raise
+    if worker == 0:
+        plain = frozenset(f"{name}.log" for name in names)
+        for name in names:
+            orphans = orphan_queue_files(directory, name, workers, plain)
+            adopt[name] = _lock_orphans(orphans, locks)
+    return locks, adopt
+
+
 def add_notifications(
-    config: Config, reactor: Any, parent: MultiService, worker: int = 0, workers: int = 1
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    worker: int = 0,
+    workers: int = 1,
+    check: bool = False,
 ) -> Notifier:
     """
     The `Notifier` for ``RegistryContext.notifier``: with ``[notifications:NAME]`` endpoints,
     their service is added to ``parent``; without, a notifier that does nothing.  ``worker``
-    picks this process's queue files (`queue_file`); worker 0 also takes over the files of
-    worker numbers from ``workers`` on (`orphan_queue_files`).
+    picks this process's queue files (`queue_file`), which it locks; worker 0 also takes over
+    the files of worker numbers from ``workers`` on (`orphan_queue_files`).  ``check``: a
+    SIGHUP's configuration check (`registry.server.supervisor`), which runs beside the
+    workers it checks for and so locks nothing (their files).
     """
     endpoints = parse_endpoints(config)
     if not endpoints:
@@ -221,18 +313,20 @@ def add_notifications(
             warn_leftover_queues(config)
         return Notifier()
     directory = queue_directory(config)
+    locks: list[QueueLock] = []
+    adopt: dict[str, tuple[str, ...]] = {}
     if directory is not None:
         try:
             os.makedirs(directory, exist_ok=True)
             _probe_write(directory)
         except OSError as exc:
-            key = (
-                "[notifications] queuedir"
-                if config.notifications.queuedir
-                else "[storage] rootdirectory (where the notification queues are kept)"
-            )
             reason = (exc.strerror or str(exc)).lower()
-            raise ConfigError(f"{key}: cannot write in {directory}: {reason}") from None
+            raise ConfigError(
+                f"{_queue_key(config)}: cannot write in {directory}: {reason}"
+            ) from None
+        if not check:
+            names = [e.name for e in endpoints]
+            locks, adopt = _lock_queues(config, directory, names, worker, workers)
         if worker == 0:
             _warn_foreign(directory, [e.name for e in endpoints])
     pool = ThreadPool(minthreads=1, maxthreads=1, name="registry-notifications")
@@ -241,27 +335,26 @@ def add_notifications(
     single = quiet_pool(HTTPConnectionPool(reactor, persistent=False))
     one_shot = HTTPClient(bounded_agent(reactor, pool=single))
     built = []
-    plain = frozenset(f"{settings.name}.log" for settings in endpoints)
     for settings in endpoints:
         path = queue_file(directory, settings.name, worker) if directory else None
-        orphans = (
-            orphan_queue_files(directory, settings.name, workers, plain)
-            if directory and worker == 0
-            else []
-        )
         queue = DurableQueue(
             path,
             reactor,
             pool,
             settings.maxevents,
             fsync=config.notifications.fsync,
-            adopt=tuple(orphans),
+            adopt=adopt.get(settings.name, ()),
         )
         shown = worker if workers > 1 else None
         built.append(Endpoint(settings, queue, reactor, client, one_shot, shown))
     notifier = Notifier(built, source_record(config), reactor)
     service = NotificationService(
-        notifier, reactor, pool, config.notifications.flush_interval, connections
+        notifier,
+        reactor,
+        pool,
+        config.notifications.flush_interval,
+        connections,
+        locks=locks,
     )
     service.setServiceParent(parent)  # type: ignore[no-untyped-call]
     log.info(
