@@ -123,6 +123,7 @@ def auth_settings(config: Config) -> AuthSettings:
 def _serving(
     config: Config,
     reactor: Any,
+    tracker: ConnectionTracker,
     endpoints: list[tuple[str, Any]],
     site: Any,
     driver: Any,
@@ -135,9 +136,8 @@ def _serving(
 ) -> RegistryService:
     """
     The root service: binds ``endpoints``, probes ``driver``, announces, drains on stop (see
-    `registry.server.service`).
+    `registry.server.service`) the connections ``tracker`` sees.
     """
-    tracker = ConnectionTracker(reactor)
     if board is not None:  # the workers take turns accepting by their open connections
         tracker.watch(board.connections_changed)
     site.requestFactory = tracker.wrap_request_factory(site.requestFactory)
@@ -301,6 +301,8 @@ def serve(
     if link is not None:
         link.setServiceParent(root)  # type: ignore[no-untyped-call]
     metrics = Metrics(tree=link.tree_metrics if link is not None else None)
+    # The stop's drain; its deadline also bounds the wait for webhook POSTs in flight.
+    tracker = ConnectionTracker(reactor)
     checks: list[Callable[[], Awaitable[None]]] = []  # start-up checks after the storage probe
 
     proxied = bool(parse_proxies(config))
@@ -328,6 +330,7 @@ def serve(
             worker=spec.worker if spec else 0,
             workers=spec.workers if spec else 1,
             check=spec is not None and spec.check,
+            time_left=tracker.time_left,
         ),
         wrap=wrap,
     )
@@ -356,6 +359,7 @@ def serve(
     serving = _serving(
         config,
         reactor,
+        tracker,
         endpoints,
         site,
         driver,

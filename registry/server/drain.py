@@ -141,6 +141,7 @@ class ConnectionTracker:
         self._draining = False
         self._drained: Deferred[None] | None = None
         self._cut = False  # `cut`: no drain, or no more of it
+        self._ends_by: float | None = None  # the drain's deadline (clock time), once it began
         # Told the number of open connections each time one opens or closes.
         self._watchers: list[Callable[[int], None]] = []
 
@@ -151,6 +152,17 @@ class ConnectionTracker:
     @property
     def requests(self) -> int:
         return sum(self._connections.values()) + self._unplaced
+
+    def time_left(self) -> float | None:
+        """
+        Seconds until the drain's deadline (0 once it passed, or after `cut`); None before a
+        drain.  What stops after the drain (a webhook POST in flight) waits no longer: the
+        stop as a whole then stays within the drain's bound, which a supervisor (and the
+        service manager) allows it.
+        """
+        if self._ends_by is None:
+            return None
+        return max(0.0, float(self._ends_by - self._clock.seconds()))
 
     def watch(self, watcher: Callable[[int], None]) -> None:
         """Call ``watcher`` with the number of open connections as each opens or closes."""
@@ -242,6 +254,7 @@ class ConnectionTracker:
         has not started yet ends as soon as it starts (a stop at once: the supervisor's
         second SIGINT, or SIGQUIT)."""
         self._cut = True
+        self._ends_by = self._clock.seconds()
         if self._drained is not None:
             self._drained.cancel()
 
@@ -251,6 +264,8 @@ class ConnectionTracker:
         abort the rest.  Returns how many connections had to be aborted.
         """
         self._draining = True
+        if self._ends_by is None:  # (a `cut` before it: the deadline passed already)
+            self._ends_by = self._clock.seconds() + limit
         self._drained = Deferred()
         drained = self._drained
         for request in list(self._running):

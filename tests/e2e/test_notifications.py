@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 
 from registry import __version__
@@ -607,6 +609,118 @@ async def test_restart_while_receiver_is_down(
     check_order(events, pushed)
     instances = [e["source"]["instanceID"] for e in events]
     assert len(set(instances)) == 2
+
+
+async def _stop_without_blocking(
+    server: RegistryProcess, sig: int, then: int | None = None
+) -> tuple[int, float]:
+    """Signal the child (``then`` too, half a second later) and wait for it in a thread (the
+    receiver answers in this reactor meanwhile): (its exit status, seconds it took)."""
+    process = server.process
+    assert process is not None
+    began = time.monotonic()
+    server.send_stop(sig)
+    if then is not None:
+        await sleep(0.5)
+        process.send_signal(then)
+    await deferToThread(server.wait_stopped)
+    return process.returncode, time.monotonic() - began
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_clean_stop_waits_for_the_post_in_flight(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """
+    SIGTERM while a POST was in flight abandoned it: its events stayed queued and the next
+    start sent them again, though the receiver had them (the reviewer: a receiver taking
+    0.8 s, SIGTERM 0.45 s after a push, 6 events received for 3 ids).  A clean stop "writes
+    everything": now it waits for that POST (bounded by the endpoint's timeout), drops the
+    events it delivered before writing the queue, and starts no other POST; the next start
+    sends only what was not delivered.
+    """
+    receiver.delay = 0.8
+    server = RegistryProcess(
+        tmp_path,
+        {"http": {"workers": "1"}, "notifications:ci": endpoint(receiver.url, timeout="1s")},
+    )
+    queue_file = tmp_path / "data" / "notifications" / "ci.log"
+    server.start()
+    try:
+        await push_images(server.url, [("team/app", "v1")])
+        await receiver.wait_for(lambda: receiver.posts == 1)  # in flight: answered in 0.8 s
+        status, took = await _stop_without_blocking(server, signal.SIGTERM)
+        assert status == 0
+        assert took < 5.0
+        await receiver.wait_for(lambda: len(receiver.events) >= 1)
+        assert receiver.posts == 1  # no POST after the one in flight
+        taken, queued = len(receiver.events), events_on_disk(queue_file)
+        receiver.delay = 0.0
+        server.start()
+        await receiver.wait_for(lambda: len(receiver.events) >= 2)
+        await sleep(0.5)  # a duplicate would come now
+    finally:
+        server.stop()
+    ids = [e["id"] for e in receiver.events]
+    assert len(ids) == len(set(ids)) == 2, ids
+    # What the receiver took was done at the stop; only the rest (a second batch) was written.
+    assert taken + queued == 2, (taken, queued)
+    log = server.log_text()
+    assert "Traceback" not in log
+    assert "POST to ci failed" not in log
+
+
+@pytest.mark.parametrize(
+    ("signals", "status", "http"),
+    [
+        pytest.param((signal.SIGTERM, None), 0, {"draintimeout": "1s"}, id="drain-deadline"),
+        pytest.param((signal.SIGQUIT, None), 128 + signal.SIGQUIT, {}, id="cut"),
+        pytest.param(
+            (signal.SIGTERM, signal.SIGQUIT), 128 + signal.SIGQUIT, {}, id="cut-while-waiting"
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_wait_for_a_post_in_flight_ends_with_the_drain(
+    tmp_path: Path,
+    receiver: WebhookReceiver,
+    signals: tuple[int, int | None],
+    status: int,
+    http: dict[str, str],
+) -> None:
+    """
+    An endpoint that does not answer, with a 30 s timeout: the stop waits for its POST no
+    longer than the drain may take (``draintimeout`` from the signal; nothing after a SIGQUIT,
+    which stops at once, also once the stop waits already), so that the process still exits
+    before a supervisor or service manager kills it.  The POST's events stay queued and go
+    after the restart.
+    """
+    receiver.hang = True
+    server = RegistryProcess(
+        tmp_path,
+        {
+            "http": {"workers": "1", **http},
+            "notifications:ci": endpoint(receiver.url, timeout="30s"),
+        },
+    )
+    queue_file = tmp_path / "data" / "notifications" / "ci.log"
+    server.start()
+    try:
+        await push_images(server.url, [("team/app", "v1")])
+        await receiver.wait_for(lambda: receiver.refused == 1)
+        await wait_until(lambda: events_on_disk(queue_file) == 2)
+        exit_status, took = await _stop_without_blocking(server, *signals)
+        assert exit_status == status
+        assert took < 8.0
+        assert events_on_disk(queue_file) == 2
+        receiver.hang = False
+        server.start()
+        await receiver.wait_for(lambda: len(receiver.events) >= 2)
+        await sleep(0.3)
+    finally:
+        server.stop()
+    assert len({e["id"] for e in receiver.events}) == len(receiver.events) == 2
+    assert "Traceback" not in server.log_text()
 
 
 @pytest_twisted.ensureDeferred

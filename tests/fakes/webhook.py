@@ -2,9 +2,12 @@
 A real webhook receiver for the notification tests: a twisted.web site on 127.0.0.1 that
 records every POST (body and headers), and can be told to answer 503 or to stop listening
 (connection refused) and come back on the same port, to redirect elsewhere (``status`` 3xx and
-``location``), to take POSTs and never answer them (``hang``), or to take them and answer 200
+``location``), to take POSTs and never answer them (``hang``), to take them and answer 200
 with a body that does not end (``endless``: chunks of ``endless[0]`` bytes every ``endless[1]``
-seconds, for at most `ENDLESS_FOR` seconds; ``cut`` counts the answers the client closed).
+seconds, for at most `ENDLESS_FOR` seconds; ``cut`` counts the answers the client closed), or
+to take them, do its work for ``delay`` seconds, then record them and answer 200 (the events
+are taken whether or not the client still waits for the answer, as a receiver that processed
+them before answering has).  ``posts`` counts the POSTs that arrived, answered or not yet.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class _Hook(Resource):
 
     def render_POST(self, request: Request) -> bytes | int:
         body = request.content.read()
+        self.receiver.posts += 1
+        self.receiver._changed()
         if self.receiver.hang:
             self.receiver.refused += 1
             self.receiver._changed()
@@ -71,6 +76,17 @@ class _Hook(Resource):
             self.receiver._changed()
             request.setResponseCode(self.receiver.status)
             return b"not now"
+        if self.receiver.delay:
+            self._later(request, body, self.receiver.delay)
+            return NOT_DONE_YET
+        self._record(request, body)
+        request.setResponseCode(self.receiver.status)
+        if self.receiver.endless is not None:
+            self._stream(request, *self.receiver.endless)
+            return NOT_DONE_YET
+        return b""
+
+    def _record(self, request: Request, body: bytes) -> None:
         headers: dict[str, list[str]] = {}
         for name, values in request.requestHeaders.getAllRawHeaders():
             headers[name.decode().lower()] = [v.decode("latin-1") for v in values]
@@ -78,11 +94,18 @@ class _Hook(Resource):
         self.receiver.deliveries.append(delivery)
         self.receiver.events.extend(delivery.events)
         self.receiver._changed()
-        request.setResponseCode(self.receiver.status)
-        if self.receiver.endless is not None:
-            self._stream(request, *self.receiver.endless)
-            return NOT_DONE_YET
-        return b""
+
+    def _later(self, request: Request, body: bytes, delay: float) -> None:
+        closed: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: closed.append(True))
+
+        def answer() -> None:
+            self._record(request, body)  # taken, whether the client still waits or not
+            if not closed:
+                request.setResponseCode(200)
+                request.finish()
+
+        reactor.callLater(delay, answer)  # type: ignore[attr-defined]
 
     def _stream(self, request: Request, size: int, interval: float) -> None:
         receiver = self.receiver
@@ -121,6 +144,8 @@ class WebhookReceiver:
         self.hang = False  # take POSTs, never answer
         self.endless: tuple[int, float] | None = None  # (chunk size, interval): see above
         self.cut = 0  # endless answers the client closed
+        self.delay = 0.0  # seconds of work before recording a POST and answering 200
+        self.posts = 0  # POSTs that arrived
         self.refused = 0  # POSTs not recorded (answered 3xx/4xx/5xx, or left hanging)
         self.port = 0
         self._listening: IListeningPort | None = None

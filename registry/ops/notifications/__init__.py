@@ -7,6 +7,7 @@ See docs/notifications.md.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from registry.ops.notifications.config import (
@@ -35,6 +36,7 @@ def add_notifications(
     worker: int = 0,
     workers: int = 1,
     check: bool = False,
+    time_left: Callable[[], float | None] | None = None,
 ) -> Notifier:
     """`registry.ops.notifications.service.add_notifications`, loaded when there are endpoints."""
     if not parse_endpoints(config):
@@ -46,7 +48,7 @@ def add_notifications(
     from registry.ops.notifications import service
 
     return service.add_notifications(
-        config, reactor, parent, worker=worker, workers=workers, check=check
+        config, reactor, parent, worker=worker, workers=workers, check=check, time_left=time_left
     )
 
 

@@ -16,6 +16,13 @@ breaker); the ``threshold``-th failure pauses ``backoff``, and each further one 
 pause up to ``maxbackoff`` (registry:2 waits ``backoff`` each time, hammering an endpoint
 that is down for long).
 
+A clean stop (`Endpoint.stop`) lets the POST in flight finish, so that the events it delivers
+are done before the queue is written for the last time: abandoned, they stayed queued and the
+next start sent them again although the endpoint had them.  Nothing else starts meanwhile: no
+further POST, no pause, no reading of the answer's body (its connection is closed).  The POST's
+own ``timeout`` bounds the wait; the service abandons it sooner (`Endpoint.abandon`) at the
+drain's deadline.
+
 Logs: one line per failed POST (not per event), one when delivery works again, and one per
 burst of dropped events.
 """
@@ -79,6 +86,9 @@ class Endpoint:
         self._failures = 0  # in a row
         self._wakeup: Deferred[None] | None = None
         self._running: Deferred[None] | None = None
+        self._posting = False  # a POST is in flight (`_post` awaits its answer)
+        self._stopping = False  # `stop` or `abandon`: no further POST, pause or body read
+        self._cancelled = False  # `abandon` cancelled the delivery loop (and its POST)
         self._burst = 0  # events dropped since the queue was last below its bound
         queue.on_drop = self._dropped
         self._headers = Headers({b"content-type": [EVENTS_MEDIA_TYPE.encode()]})
@@ -122,14 +132,32 @@ class Endpoint:
         self._running.addErrback(lambda f: f.trap(CancelledError))
         self._running.addErrback(lambda f: log.failure("notifications: delivery loop died", f))
 
-    def stop(self) -> None:
-        """Stop delivering; a POST in flight is abandoned and its events stay queued."""
+    async def stop(self) -> None:
+        """
+        Stop delivering.  A POST in flight finishes (its ``timeout`` bounds it), unless
+        `abandon` comes first: what it delivered is then done in the queue.  A loop waiting
+        for events, for a batch to fill, between tries or on an answer's body stops at once.
+        """
+        self._stopping = True
+        running = self._running
+        if running is None:
+            return
+        if not self._posting:
+            self.abandon()
+            return
+        await running  # the loop ends after this POST
+        self._running = None
+
+    def abandon(self) -> None:
+        """Stop at once: a POST in flight is abandoned, and its events stay queued."""
+        self._stopping = True
         running, self._running = self._running, None
-        if running is not None:
+        if running is not None and not running.called:
+            self._cancelled = True
             running.cancel()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             batch = self.queue.take(self.config.maxbatch)
             if not batch:
                 self._wakeup = Deferred()
@@ -141,11 +169,14 @@ class Endpoint:
                 self.queue.release()
                 await deferLater(self._reactor, self.config.batchwait)
                 batch = self.queue.take(self.config.maxbatch)
+            self._posting = True
             try:
                 problem, response = await self._post(batch)
             except BaseException:
                 self.queue.release()
                 raise
+            finally:
+                self._posting = False
             if problem is None:
                 self.queue.done(len(batch))
                 self.delivered += len(batch)
@@ -154,8 +185,10 @@ class Endpoint:
                 self.queue.release()
             if response is not None:
                 # After the bookkeeping: a stop while the body is read cancels only the read
-                # (closing the connection), the events' fate is decided by the status.
-                await _discard_body(response, self._reactor, self.config.timeout)
+                # (closing the connection), the events' fate is decided by the status.  A stop
+                # that waited for this POST reads nothing more.
+                within = 0.0 if self._stopping else self.config.timeout
+                await _discard_body(response, self._reactor, within)
             if problem is None:
                 continue
             self._failures += 1
@@ -172,8 +205,8 @@ class Endpoint:
                 failures=self._failures,
                 delay=delay,
             )
-            if delay > 0:
-                await deferLater(self._reactor, delay)  # cancelled by `stop`
+            if delay > 0 and not self._stopping:
+                await deferLater(self._reactor, delay)  # cancelled by a stop
 
     def _delay(self) -> float:
         # registry:2's breaker: a failure that makes `threshold` in a row waits `backoff`.
@@ -239,9 +272,9 @@ class Endpoint:
             self.errors += 1
             return str(exc), None
         except Exception as exc:
-            if self._running is None:
-                # `stop` cancelled the request: Twisted reports that as a request that got
-                # no answer, which is no failure of the endpoint's.
+            if self._cancelled:
+                # `abandon` cancelled the request: Twisted reports that as a request that
+                # got no answer, which is no failure of the endpoint's.
                 raise CancelledError() from exc
             self.errors += 1
             return f"{type(exc).__name__}: {exc}"[:300], None

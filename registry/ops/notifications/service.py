@@ -5,6 +5,11 @@ queues every ``flush_interval``, and writes them a last time on stop.
 It owns a one-thread pool for the queue files, so that the last write at shutdown does not
 depend on the order in which other services stop their pools, and the locks of its queue files
 (`registry.ops.notifications.lock`), released once that last write is done.
+
+A clean stop lets the POSTs in flight finish (`Endpoint.stop`) before that write, so that the
+next start does not send their events again; it waits no longer than the drain's deadline
+(``[http] draintimeout`` from the stop, brought forward to the moment of a cut), so that a
+slow endpoint does not hold the stop past what the supervisor or the service manager allows.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from treq.client import HTTPClient
@@ -39,6 +45,10 @@ from registry.server.exit import StartupError
 
 log = Logger()
 
+# How often a stop waiting for POSTs in flight looks at the drain's deadline (a cut brings it
+# forward while it waits).
+DEADLINE_CHECK = 0.1
+
 
 def source_record(config: Config) -> dict[str, str]:
     """registry:2's ``source``: this host and port, and an id that changes at each start."""
@@ -61,7 +71,11 @@ class NotificationService(Service):
         flush_interval: float,
         connections: HTTPConnectionPool | None = None,
         locks: list[QueueLock] | None = None,
+        time_left: Callable[[], float | None] | None = None,
     ) -> None:
+        """``time_left``: the seconds left before the stop's drain deadline, None before a
+        stop (`ConnectionTracker.time_left`); without it, the wait for a POST in flight at
+        stop is bounded by its endpoint's ``timeout`` only."""
         self.notifier = notifier
         self._reactor = reactor
         self._pool = pool
@@ -70,6 +84,7 @@ class NotificationService(Service):
         self._starting: Deferred[None] | None = None
         self._connections = connections
         self._locks = locks or []
+        self._time_left = time_left
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -114,8 +129,7 @@ class NotificationService(Service):
             await self._starting
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
-        for endpoint in self.notifier.endpoints:
-            endpoint.stop()
+        await self._stop_endpoints()
         await DeferredList(
             [Deferred.fromCoroutine(e.queue.flush(compact=True)) for e in self.notifier.endpoints]
         )
@@ -124,6 +138,29 @@ class NotificationService(Service):
             lock.release()
         if self._connections is not None:
             await self._connections.closeCachedConnections()
+
+    async def _stop_endpoints(self) -> None:
+        """Stop every endpoint, each POST in flight let finish (`Endpoint.stop`) until the
+        drain's deadline, when those still running are abandoned."""
+        endpoints = self.notifier.endpoints
+        stopping = DeferredList([Deferred.fromCoroutine(e.stop()) for e in endpoints])
+        if self._time_left is None:
+            await stopping
+            return
+        watch = LoopingCall(self._abandon_past_deadline)
+        watch.clock = self._reactor
+        watch.start(DEADLINE_CHECK, now=True)
+        try:
+            await stopping
+        finally:
+            watch.stop()
+
+    def _abandon_past_deadline(self) -> None:
+        assert self._time_left is not None
+        left = self._time_left()
+        if left is not None and left <= 0:
+            for endpoint in self.notifier.endpoints:
+                endpoint.abandon()
 
 
 def queue_file(directory: str, endpoint: str, worker: int = 0) -> str:
@@ -298,6 +335,7 @@ def add_notifications(
     worker: int = 0,
     workers: int = 1,
     check: bool = False,
+    time_left: Callable[[], float | None] | None = None,
 ) -> Notifier:
     """
     The `Notifier` for ``RegistryContext.notifier``: with ``[notifications:NAME]`` endpoints,
@@ -305,7 +343,8 @@ def add_notifications(
     picks this process's queue files (`queue_file`), which it locks; worker 0 also takes over
     the files of worker numbers from ``workers`` on (`orphan_queue_files`).  ``check``: a
     SIGHUP's configuration check (`registry.server.supervisor`), which runs beside the
-    workers it checks for and so locks nothing (their files).
+    workers it checks for and so locks nothing (their files).  ``time_left``: see
+    `NotificationService`.
     """
     endpoints = parse_endpoints(config)
     if not endpoints:
@@ -355,6 +394,7 @@ def add_notifications(
         config.notifications.flush_interval,
         connections,
         locks=locks,
+        time_left=time_left,
     )
     service.setServiceParent(parent)  # type: ignore[no-untyped-call]
     log.info(
