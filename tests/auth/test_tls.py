@@ -95,6 +95,29 @@ async def test_server_certificate(certs: PKI) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_certificate_file_holding_its_chain_serves_the_chain(
+    certs: PKI, tmp_path: os.PathLike[str]
+) -> None:
+    """A "fullchain.pem" (leaf, then intermediate), what nginx and registry:2 serve whole:
+    a client that trusts only the root verifies the server through the intermediate the file
+    carries.  Served the leaf alone, the handshake failed ("unable to get local issuer")."""
+    intermediate_key = pki.new_key("ec")
+    intermediate = pki.certificate(
+        "Test Intermediate", intermediate_key, (certs.ca_key, certs.ca), ca=True
+    )
+    leaf_key = pki.new_key("ec")
+    leaf = pki.certificate("localhost", leaf_key, (intermediate_key, intermediate), server=True)
+    key = pki.write(os.path.join(tmp_path, "leaf.key"), pki.pem_key(leaf_key))
+    full = pki.write(os.path.join(tmp_path, "fullchain.pem"), pki.pem_cert(leaf, intermediate))
+    endpoint = server_endpoint(
+        reactor(), f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={full}", None
+    )
+    async with serving(CONTROLLER, endpoint) as port:
+        code, body = await fetch(certs, port, "repository:public/a:pull")
+        assert (code, body["principal"]) == (200, None)
+
+
+@pytest_twisted.ensureDeferred
 async def test_mtls_required(certs: PKI) -> None:
     tls = TLSSettings(clientcas=certs.ca_path, clientauth="required")
     endpoint = server_endpoint(reactor(), certs.description(), tls)
