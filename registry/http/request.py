@@ -376,6 +376,8 @@ class RegistryRequest(UnbrandedRequest):
                 # reached its deadline): the status line went out, so the access line keeps
                 # that status, with what was sent and ``complete=false``.
                 self.cut_short = True
+                # Over HTTP/2 what is still queued for the stream never went out.
+                self.sentLength -= twisted_internals.h2_queued(self.channel) or 0
                 site.log(self)
             elif self.route_kind is None and sink is not None and not self._body_complete:
                 site.left_mid_body(self, 400 if self.body_malformed else 499)

@@ -13,7 +13,8 @@ Why private state at all: three fast paths have no public API to stand on.
   which needs the request line and HTTP version before twisted.web hands them over.
 
 And four places where an object twisted.web hands out hides the one we need: an HTTP/2
-stream's connection (its TLS peer certificate), the transport under a response body's
+stream's connection (its TLS peer certificate, and what it has queued for the stream, which
+`registry.http.responses` bounds), the transport under a response body's
 ``TransportProxyProducer`` (to abort it), the producer a TCP transport holds (sendfile), and
 the HTTP/1 channel behind the protocol a `Site` builds per connection (to answer a request
 line too long for it, `registry.http.oversized`).  Behind that channel, what it does with a
@@ -34,6 +35,7 @@ how to try a newer one).
 from __future__ import annotations
 
 import inspect
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +79,18 @@ def _h2_stream() -> type[Any] | None:
 
 
 _H2_STREAM: type[Any] | None = _h2_stream()
+
+
+def _h2_connection_class() -> type[Any] | None:
+    """twisted.web's HTTP/2 connection class, when the ``http2`` extra (h2) is installed."""
+    try:
+        from twisted.web._http2 import H2Connection
+    except ImportError:
+        return None
+    return H2Connection
+
+
+_H2_CONNECTION: type[Any] | None = _h2_connection_class()
 
 
 def pending_request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
@@ -167,6 +181,28 @@ def h2_stream_closed(stream: object) -> bool:
     # h2 keeps a stream it closed until it tidies up, then forgets it: closed either way.
     known = state.streams.get(h2_stream.streamID)
     return known is None or bool(known.closed)
+
+
+def h2_queued(stream: object) -> int | None:
+    """
+    How many body bytes of ``stream`` (an HTTP/2 stream) wait in its connection's queue for
+    that stream (``H2Connection._outboundStreamQueues[streamID]``: every write is appended
+    there whole, and the connection's sending loop frames it out as the client's flow-control
+    window and the TLS transport allow); None for anything else, and once the connection
+    forgot the stream (sent in full, reset, or the connection gone).  twisted.web pauses a
+    stream's producer only when the client's window runs out, never when the connection
+    itself cannot send, so this is the one measure of what a stream holds.
+    """
+    conn = h2_connection(stream)
+    if conn is None:
+        return None
+    connection: Any = conn
+    h2_stream: Any = stream
+    queue = connection._outboundStreamQueues.get(h2_stream.streamID)
+    if queue is None:
+        return None
+    # The queue ends with a marker object (not bytes) once the response is finished.
+    return sum(len(chunk) for chunk in queue if isinstance(chunk, (bytes, bytearray, memoryview)))
 
 
 def proxied_transport(transport: object) -> object | None:
@@ -371,6 +407,7 @@ def problems() -> list[str]:
 
         if not _assigned_in(H2Connection, "__init__", "conn"):
             found.append(f"{_qualname(H2Connection)} no longer keeps h2's connection in conn")
+        found += _h2_queue_problems(_H2_CONNECTION)
         found += _h2_library_problems()
     # Read by RegistryRequest itself: whether the client left.  (Its write of
     # _parsePOSTFormSubmission = False is not checked: a Twisted without it, 24.7 included,
@@ -411,6 +448,53 @@ def problems() -> list[str]:
     elif not _uses(_CONNECTION_POOL, "_newConnection", "_factory"):
         found.append(f"{_qualname(_CONNECTION_POOL)} no longer builds connections from _factory")
     return found
+
+
+def _h2_queue_problems(connection_class: type[Any] | None) -> list[str]:
+    """
+    What `h2_queued` relies on: a stream's writes appended to ``_outboundStreamQueues[id]``
+    and taken from there by the sending loop.  Checked on a connection with no socket: the
+    queue a stream's write lands in must be the one `h2_queued` measures.
+    """
+    if connection_class is None:
+        return []
+    name = _qualname(connection_class)
+    for method in ("writeDataToStream", "_sendPrioritisedData", "remainingOutboundWindow"):
+        if not _uses(connection_class, method, "_outboundStreamQueues"):
+            return [f"{name}.{method}() no longer uses _outboundStreamQueues"]
+    if _H2_STREAM is None:
+        return []
+    try:
+        connection: Any = object.__new__(connection_class)
+        connection._outboundStreamQueues = {1: deque()}
+        connection.conn = _ProbeWindow()
+        connection.priority = _ProbePriority()
+        connection._sendingDeferred = None
+        stream: Any = object.__new__(_H2_STREAM)
+        stream._conn, stream.streamID = connection, 1
+        connection.streams = {1: stream}
+        stream.producer = None
+        connection.writeDataToStream(1, b"abc")
+        queued = h2_queued(stream)
+    except Exception as exc:  # a Twisted this different fails here, not on a client
+        return [f"{name} failed a probe write: {exc!r}"]
+    if queued != 3:
+        return [f"{name}.writeDataToStream() no longer queues in _outboundStreamQueues"]
+    return []
+
+
+class _ProbeWindow:
+    """The h2 connection a probe `H2Connection` asks about its window: always open."""
+
+    def local_flow_control_window(self, stream_id: int) -> int:
+        return 65535
+
+
+class _ProbePriority:
+    """The priority tree of a probe `H2Connection`: nothing to schedule."""
+
+    def unblock(self, stream_id: int) -> None:
+        pass
 
 
 def _h2_library_problems() -> list[str]:

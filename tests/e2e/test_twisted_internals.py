@@ -20,6 +20,7 @@ import pytest_twisted
 from twisted.internet import abstract, tcp
 from twisted.internet.threads import deferToThread
 from twisted.web import _newclient, http
+from twisted.web._http2 import H2Connection
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
@@ -203,6 +204,14 @@ class _ChannelAnsweringElsewhere(http.HTTPChannel):
         super().lineReceived(line)  # type: ignore[no-untyped-call]
 
 
+class _H2QueueingElsewhere(H2Connection):
+    """A Twisted whose HTTP/2 connection no longer queues a stream's writes where
+    `twisted_internals.h2_queued` looks."""
+
+    def writeDataToStream(self, streamID: int, data: bytes) -> None:
+        self._queued = data
+
+
 def _accept_saying_other_things() -> None:
     """A Twisted whose accept loop words its EMFILE recovery differently."""
     print("Out of descriptors", "Could not accept new connection")
@@ -226,6 +235,7 @@ def _accept_saying_other_things() -> None:
         ("_ACCEPT", _accept_saying_other_things, "no longer logs 'EMFILE encountered'"),
         ("_CLIENT_PROTOCOL", _ClientParsingElsewhere, "no longer keeps the response parser"),
         ("_HTTP_CHANNEL", _ChannelAnsweringElsewhere, "no longer answers a malformed head"),
+        ("_H2_CONNECTION", _H2QueueingElsewhere, "no longer uses _outboundStreamQueues"),
     ],
 )
 def test_problems_name_what_a_changed_twisted_lacks(
