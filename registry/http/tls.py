@@ -50,9 +50,7 @@ class TLSSettings:
 
     def __attrs_post_init__(self) -> None:
         if self.clientauth != "none" and not self.clientcas:
-            raise ValueError(
-                f"[http] clientauth = {self.clientauth} needs clientcas (a CA bundle)"
-            )
+            raise ValueError(f"[http] clientauth = {self.clientauth} needs clientcas (a CA bundle)")
         if self.clientcas and self.clientauth == "none":
             # registry:2 requires a client certificate as soon as clientcas is set: a
             # configuration brought from it must not serve everyone without a word.

@@ -2,7 +2,7 @@
 What an HTTP/2 download holds queued does not depend on its client's flow-control window.
 twisted.web pauses a stream's producer only when the client's window runs out; a client that
 announces a huge window and stops reading filled the connection's queue of each stream with
-its whole blob.  The registry bounds each stream's queue (`responses.STREAM_QUEUE`).
+its whole blob.  The registry bounds each stream's queue (`responses.HTTP2_STREAM_QUEUE`).
 
 An in-process registry on an ``ssl:`` port with ``[http] http2 = true``, so the test can look
 at the queues through `twisted_internals`; the client is a blocking socket in a thread.
@@ -36,8 +36,8 @@ from tests.e2e.test_h2_reset import MAX_READS, headers, push
 BLOB_SIZE = 8 * 1024 * 1024
 STREAMS = 8
 HUGE_WINDOW = 2**31 - 1
-# What docs/tls.md says one stream holds queued at most (`responses.STREAM_QUEUE`).
-STREAM_QUEUE = 512 * 1024
+# What docs/tls.md says one stream holds queued at most (`responses.HTTP2_STREAM_QUEUE`).
+STREAM_QUEUE = 1024 * 1024
 
 
 @pytest_twisted.async_yield_fixture
