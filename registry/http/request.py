@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -415,6 +416,29 @@ def answer_complete(request: Any) -> bool:
     return bool(request.sentLength >= expected)
 
 
+# In an access line's text, a field's value ends at the first space, and a line at its end:
+# a value with either (an HTTP/2 path, a user name from a certificate or a Basic login) would
+# read as fields or lines of its own.  They are percent-encoded, as in a URL; the last field
+# (the agent) keeps its spaces.  The event's fields keep the values as they are.
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+_UNSAFE_LAST = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escaped(value: object, last: bool) -> str:
+    pattern = _UNSAFE_LAST if last else _UNSAFE
+    return pattern.sub(lambda m: f"%{ord(m.group()):02X}", str(value))
+
+
+def access_line(fields: dict[str, object], complete: bool) -> str:
+    """The text of an access event: ``key=value`` pairs, ``complete=false`` after ``bytes``
+    for an answer cut short (the one case to look for, as nginx marks it)."""
+    last = len(fields) - 1
+    parts = [f"{key}={_escaped(value, i == last)}" for i, (key, value) in enumerate(fields.items())]
+    if not complete:
+        parts.insert(list(fields).index("duration_ms"), "complete=false")
+    return " ".join(parts)
+
+
 @implementer(misdirected.IAnswersWithoutRequest)
 class RegistrySite(server.Site):
     """A Site with streaming bodies and one structured access-log line per request."""
@@ -481,7 +505,7 @@ class RegistrySite(server.Site):
             "user": "-",
             "agent": "-",
         }
-        line = " ".join(f"{key}={value}" for key, value in fields.items())
+        line = access_line(fields, True)
         log.info("access {line}", line=line, access=True, sendfile=False, complete=True, **fields)
 
     def getResourceFor(self, request: Any) -> Any:
@@ -561,10 +585,7 @@ class RegistrySite(server.Site):
         # observers (JSON logs), and text observers do not parse a format string per request.
         # ``complete=false`` follows ``bytes`` only on an answer cut short, the one case to
         # look for (as nginx, which also keeps the status it sent); the event always has it.
-        line = " ".join(f"{key}={value}" for key, value in fields.items())
-        if not complete:
-            cut_at = line.index(" duration_ms=")
-            line = f"{line[:cut_at]} complete=false{line[cut_at:]}"
+        line = access_line(fields, complete)
         log.info(
             "access {line}",
             line=line,
