@@ -6,6 +6,7 @@ for an ``ssl:`` description: pyOpenSSL and cryptography cost about 13 MiB in eve
 from __future__ import annotations
 
 import datetime
+import time
 from typing import Any
 
 import attrs
@@ -17,6 +18,7 @@ from OpenSSL import SSL
 from twisted.internet import interfaces
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
@@ -32,6 +34,8 @@ TLS12_CIPHERS = (
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
 AEAD_CIPHERS = AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS)
+
+log = Logger()
 
 
 def _read(option: str, path: str) -> bytes:
@@ -229,8 +233,49 @@ class _NegotiationFactory:
         return type(wrapped).__name__
 
 
+# Handshake failures said at most this many times a minute (each an info line naming the
+# client and OpenSSL's reason, as registry:2's "TLS handshake error from ..."); beyond, one
+# line a minute counts the rest: a client failing handshakes in a loop cannot fill the log.
+HANDSHAKE_LINES_PER_MINUTE = 10
+
+
+class HandshakeFailures:
+    """Says the TLS handshakes that failed, a bounded number of lines a minute."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._window = -1
+        self._said = 0
+        self._unsaid = 0
+
+    def failed(self, addr: object, error: SSL.Error) -> None:
+        """One line for this failure, unless this minute's lines were said."""
+        window = int(self._clock() // 60)
+        if window != self._window:
+            if self._unsaid:
+                log.info(
+                    "{count} more TLS handshake failures in the last minute",
+                    count=self._unsaid,
+                )
+            self._window, self._said, self._unsaid = window, 0, 0
+        if self._said >= HANDSHAKE_LINES_PER_MINUTE:
+            self._unsaid += 1
+            return
+        self._said += 1
+        log.info(
+            "TLS handshake with {client} failed: {reason}",
+            client=getattr(addr, "host", "-"),
+            reason=_openssl_reason(error),
+        )
+
+
+_HANDSHAKE_FAILURES = HandshakeFailures()
+
+
 class _TLSOrRefusal(TLSMemoryBIOFactory):
-    """TLS over TCP, answering plain HTTP sent to the port with Go's 400 (`misdirected`)."""
+    """TLS over TCP, answering plain HTTP sent to the port with Go's 400 (`misdirected`), and
+    saying the handshakes that fail (a client certificate refused, no protocol or cipher in
+    common), which leave no request and so no access line."""
 
     def buildProtocol(self, addr: interfaces.IAddress | None) -> Any:
         protocol = super().buildProtocol(addr)
@@ -238,7 +283,25 @@ class _TLSOrRefusal(TLSMemoryBIOFactory):
             misdirected.refuse_plain_http(
                 protocol, misdirected.answered_for(self.wrappedFactory, addr)
             )
+            _say_handshake_failure(protocol, addr)
         return protocol
+
+
+def _say_handshake_failure(protocol: Any, addr: object) -> None:
+    """Wrap the connection's own protocol's ``connectionLost``: the TLS layer ends it with
+    OpenSSL's error when the handshake (or a record after it) fails."""
+    inner = getattr(protocol, "wrappedProtocol", None)
+    if inner is None:
+        return
+    lost = inner.connectionLost
+
+    def connection_lost(reason: Any) -> None:
+        error = getattr(reason, "value", None)
+        if isinstance(error, SSL.Error):
+            _HANDSHAKE_FAILURES.failed(addr, error)
+        lost(reason)
+
+    inner.connectionLost = connection_lost
 
 
 @implementer(interfaces.IStreamServerEndpoint)

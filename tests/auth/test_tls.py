@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -30,7 +31,7 @@ from registry.http.tls import (
     warn_if_plain_public,
 )
 from tests.auth import pki
-from tests.auth.conftest import reactor
+from tests.auth.conftest import LogCapture, reactor
 from tests.auth.site import http_client, serving
 from tests.e2e.tools import require, run
 
@@ -131,6 +132,51 @@ async def test_mtls_required(certs: PKI) -> None:
         with pytest.raises(ResponseNeverReceived) as rogue:
             await fetch(certs, port, "repository:public/a:pull", certs.rogue_pem)
         assert "SSL" in repr(rogue.value.reasons[0].value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_handshake_is_one_line_naming_the_client_and_why(
+    certs: PKI, logs: LogCapture
+) -> None:
+    """A refused client certificate leaves no request, so no access line: the failure is
+    said, as registry:2 says "TLS handshake error from ...", once per connection."""
+    tls = TLSSettings(clientcas=certs.ca_path, clientauth="required")
+    endpoint = server_endpoint(reactor(), certs.description(), tls)
+    async with serving(CONTROLLER, endpoint) as port:
+        with pytest.raises(ResponseNeverReceived):
+            await fetch(certs, port, "repository:public/a:pull", certs.rogue_pem)
+        for _ in range(100):  # bounded: the server sees the connection end within a turn
+            if any("TLS handshake" in m for m in logs.messages()):
+                break
+            await deferLater(reactor(), 0.01, lambda: None)
+    lines = [m for m in logs.messages() if "TLS handshake" in m]
+    assert lines == ["TLS handshake with 127.0.0.1 failed: certificate verify failed"], lines
+
+
+def test_handshake_failures_are_said_a_bounded_number_of_times_a_minute(
+    logs: LogCapture,
+) -> None:
+    from OpenSSL import SSL
+
+    from registry.http._tls_layer import HANDSHAKE_LINES_PER_MINUTE, HandshakeFailures
+
+    now = [0.0]
+    failures = HandshakeFailures(clock=lambda: now[0])
+    error = SSL.Error([("SSL routines", "", "no shared cipher")])
+
+    class Peer:
+        host = "192.0.2.1"
+
+    for _ in range(HANDSHAKE_LINES_PER_MINUTE + 25):
+        failures.failed(Peer(), error)
+    now[0] = 61.0
+    failures.failed(Peer(), error)
+    lines = [m for m in logs.messages() if "TLS handshake" in m]
+    assert lines == (
+        ["TLS handshake with 192.0.2.1 failed: no shared cipher"] * HANDSHAKE_LINES_PER_MINUTE
+        + ["25 more TLS handshake failures in the last minute"]
+        + ["TLS handshake with 192.0.2.1 failed: no shared cipher"]
+    )
 
 
 @pytest_twisted.ensureDeferred
