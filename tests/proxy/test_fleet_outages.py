@@ -6,6 +6,7 @@ Redis, in front of the fake upstream.
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest_twisted
@@ -329,3 +330,60 @@ def test_an_instance_on_another_redis_db_is_refused_and_an_emptied_redis_is_not(
         assert "Traceback" not in other.log_text()
     finally:
         member.stop()
+
+
+def test_a_second_process_of_one_instance_name_is_refused(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Two processes of one ``[fleet] instance`` would take each other's fill leases and
+    in-use marks, and the second removed the first's fills in flight at its start as
+    leftovers of its own name: refused with one line, the first untouched."""
+    data = tmp_path / "shared"
+    sections = {
+        "proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"},
+        "storage": {"rootdirectory": str(data)},
+        "redis": {"addr": redis_server.addr},
+        "fleet": {"instance": "cache-1"},
+    }
+    workdir = tmp_path / "cache-1"
+    workdir.mkdir()
+    member = RegistryProcess(workdir, sections)
+    member.start()
+    try:
+        result = run_twistd(tmp_path, sections)
+        assert result.returncode == 1, result.stdout[-2000:]
+        [line] = result.stderr.splitlines()
+        prefix = f"txregistry: fleet instance cache-1 already serves the pull-through cache in {data} (host "
+        suffix = (
+            "give each instance its own [fleet] instance; if that process is gone, start "
+            "again after 30s"
+        )
+        assert line.startswith(prefix) and line.endswith(suffix), line
+        assert f"pid {member.process.pid}," in line  # type: ignore[union-attr]
+        assert "removed the unfinished fills" not in result.stdout
+    finally:
+        member.stop()
+
+
+def test_an_entry_of_an_earlier_process_with_this_pid_is_not_alive() -> None:
+    """A restarted container's registry is pid 1 again, as its killed predecessor was: the
+    start time the entry records tells the two apart, so the restart is not refused (nor
+    made to wait) as if its predecessor still served."""
+    import socket
+
+    from registry.proxy.fleet.marker import InstanceMarker
+    from registry.storage.memory import MemoryDriver
+
+    marker = InstanceMarker(MemoryDriver(), "here", fleet="cache-1")
+    entry = {
+        "id": "earlier",
+        "host": socket.gethostname(),
+        "pid": marker.pid,
+        "started": marker.started,
+        "heartbeat": time.time(),
+        "instance": "cache-1",
+    }
+    assert marker.started is not None
+    assert marker._alive(entry)
+    assert not marker._alive({**entry, "started": marker.started - 1})

@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from registry.failures import log_failure
+from registry.procinfo import start_time
 from registry.proxy.owners import running
 from registry.server.exit import StartupError
 from registry.server.probe import describe
@@ -70,6 +71,9 @@ class InstanceMarker:
     ident: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     host: str = attrs.field(factory=socket.gethostname)
     pid: int = attrs.field(factory=os.getpid)
+    # The process's start time (`registry.procinfo`): with the pid, what tells this process
+    # from an earlier one of the same pid (a restarted container's registry is pid 1 again).
+    started: int | None = attrs.field(factory=lambda: start_time("self"))
     claimed: bool = False
     # This instance's name when it is part of a fleet ([redis]); empty for a solo instance.
     fleet: str = ""
@@ -86,6 +90,7 @@ class InstanceMarker:
             "id": self.ident,
             "host": self.host,
             "pid": self.pid,
+            "started": self.started,
             "heartbeat": self.clock.time(),
         }
         if self.fleet:
@@ -103,10 +108,14 @@ class InstanceMarker:
         age = self.clock.time() - float(other.get("heartbeat", 0))
         if age > self.heartbeat * 3:
             return False
-        pid = other.get("pid")
-        if other.get("host") == self.host and isinstance(pid, int) and pid != self.pid:
-            return running(pid)
-        return True
+        pid, started = other.get("pid"), other.get("started")
+        if other.get("host") != self.host or not isinstance(pid, int):
+            return True  # another host's: its heartbeat says
+        if started is not None and started != (
+            self.started if pid == self.pid else start_time(pid)
+        ):
+            return False  # an earlier process of that pid (or none now)
+        return pid == self.pid or running(pid)
 
     async def _other_side(self) -> dict[str, Any] | None:
         """A live instance of the other kind on this storage: the solo instance, for a fleet
@@ -168,6 +177,7 @@ class InstanceMarker:
                 "[redis] cannot share it (configure the same [redis]); docs/proxy.md"
             )
         if self.fleet:
+            self._refuse_namesake(await self._read(FLEET_MARKER))
             await self._written(lambda: self._write_membership(True), starting=True)
             self.claimed = True
             return
@@ -182,6 +192,25 @@ class InstanceMarker:
             )
         await self._written(lambda: self.driver.put_content(self.path, self._document()), True)
         self.claimed = True
+
+    def _refuse_namesake(self, document: dict[str, Any] | None) -> None:
+        """
+        StartupError when another live process is this fleet instance already: two of one
+        name take each other's fill leases and in-use marks, and one removes the other's fills
+        in flight as leftovers (``fills/<instance>``).  The default name, ``<host>-<pid>``,
+        is the same for two containers that share a host name (host networking) and are both
+        pid 1.
+        """
+        for entry in self._live_members(document):
+            if entry.get("instance") != self.fleet or entry.get("id") == self.ident:
+                continue
+            age = self.clock.time() - float(entry.get("heartbeat", 0))
+            raise StartupError(
+                f"fleet instance {self.fleet} already serves the pull-through cache in "
+                f"{self.where} (host {entry.get('host')}, pid {entry.get('pid')}, heartbeat "
+                f"{max(age, 0):.0f}s ago): give each instance its own [fleet] instance; if "
+                f"that process is gone, start again after {self.heartbeat * 3:.0f}s"
+            )
 
     async def _written(self, write: Callable[[], Awaitable[None]], starting: bool = False) -> None:
         """Run ``write`` (our marker, or our entry in the fleet's); a full disk leaves the

@@ -28,6 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
+from registry.procinfo import is_zombie, start_time
 from registry.storage.driver import PathBusyError, StorageError, WriteRemoved, WriteTakenOver
 from registry.storage.s3._client import S3Client, S3Error, header, parse_http_date
 
@@ -56,7 +57,7 @@ def _holder_is_gone(body: bytes) -> bool:
         return False
     if host != _HOST:
         return False
-    if started is not None and started != _start_time(pid):
+    if started is not None and started != start_time(pid):
         return True
     if pid == os.getpid():
         return False
@@ -66,33 +67,7 @@ def _holder_is_gone(body: bytes) -> bool:
         return True
     except OSError:  # it runs, as another user
         return False
-    return _is_zombie(pid)
-
-
-def _stat_fields(pid: int | str) -> list[bytes]:
-    """``/proc/<pid>/stat`` from its third field (the state) on; empty when not readable."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[-1].split()
-    except OSError:  # gone meanwhile, or no /proc
-        return []
-
-
-def _start_time(pid: int | str) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (the 22nd field of its stat): with the
-    pid, what names one process for as long as the host runs.  None without /proc."""
-    fields = _stat_fields(pid)
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _is_zombie(pid: int) -> bool:
-    """Whether ``pid`` has exited and waits for its parent to reap it (killed, it writes no
-    more: right after a kill -9 a restarted registry would otherwise wait out the lease)."""
-    fields = _stat_fields(pid)
-    return bool(fields) and fields[0] == b"Z"
+    return is_zombie(pid)
 
 
 def is_held(response: IResponse, body: bytes) -> bool:
@@ -196,7 +171,7 @@ class WriteLease:
 
 def _body() -> bytes:
     pid = os.getpid()  # read each time: a worker forked after import is another process
-    holder = {"host": _HOST, "pid": pid, "started": _start_time(pid), "id": uuid.uuid4().hex}
+    holder = {"host": _HOST, "pid": pid, "started": start_time(pid), "id": uuid.uuid4().hex}
     return json.dumps(holder).encode()
 
 

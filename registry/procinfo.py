@@ -1,0 +1,35 @@
+"""
+What /proc says of a process: whether it exited (a zombie) and when it started.
+
+A pid alone does not name a process for long: a restarted container's registry is pid 1 again,
+as its killed predecessor was, and any pid is given to another process sooner or later.  With
+its start time (clock ticks since boot, the 22nd field of ``/proc/<pid>/stat``) it names one
+process for as long as the host runs.  Without /proc (not Linux) these know nothing: None and
+False, and callers keep to the pid.
+"""
+
+from __future__ import annotations
+
+
+def stat_fields(pid: int | str) -> list[bytes]:
+    """``/proc/<pid>/stat`` from its third field (the state) on; empty when not readable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()
+    except OSError:  # gone meanwhile, or no /proc
+        return []
+
+
+def start_time(pid: int | str) -> int | None:
+    """When ``pid`` started, in clock ticks since boot; None when not known."""
+    fields = stat_fields(pid)
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits for its parent to reap it."""
+    fields = stat_fields(pid)
+    return bool(fields) and fields[0] == b"Z"
