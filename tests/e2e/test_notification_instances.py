@@ -42,6 +42,14 @@ def _sections(root: Path, url: str, workers: str = "1", **queue: str) -> dict[st
     }
 
 
+async def _started(server: RegistryProcess) -> None:
+    """Start ``server``, waiting for it in a thread: waited for on this thread, the receiver
+    (this process's reactor) would not answer a delivery made meanwhile within the endpoint's
+    timeout, and the delivery would be sent again."""
+    server.launch()
+    await deferToThread(server.wait_serving)
+
+
 # A refused start takes a few seconds (imports, then the refusal before the reactor runs).
 REFUSED_WITHIN = 45
 
@@ -102,7 +110,7 @@ async def test_a_second_instance_on_the_same_queue_folder_is_refused(
         first.kill()
         second = RegistryProcess(tmp_path / "b", second_sections)
         receiver.status = 200
-        second.start()
+        await _started(second)
         try:
             await receiver.wait_for(lambda: len(receiver.events) >= 10)
             await sleep(0.3)  # a duplicate would come now
@@ -150,7 +158,7 @@ async def test_instances_with_their_own_queuedir_share_a_storage_folder(
             assert events_on_disk(tmp_path / name / "queue" / "ci.log") == 10
         receiver.status = 200
         for server in servers:
-            server.start()
+            await _started(server)
         await receiver.wait_for(lambda: len(receiver.events) >= 20)
         await sleep(0.3)
     finally:
@@ -232,7 +240,7 @@ async def test_a_queue_another_live_process_holds_is_not_adopted(
         assert "adopted from" not in log
         holder.kill()
         holder.wait()
-        server.start()
+        await _started(server)
         await receiver.wait_for(lambda: len(receiver.events) >= 5)
         assert [e["id"] for e in receiver.events[2:]] == ["old-1", "old-2", "old-3"]
         assert not orphan.exists()

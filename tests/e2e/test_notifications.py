@@ -656,7 +656,10 @@ async def test_a_clean_stop_waits_for_the_post_in_flight(
         assert receiver.posts == 1  # no POST after the one in flight
         taken, queued = len(receiver.events), events_on_disk(queue_file)
         receiver.delay = 0.0
-        server.start()
+        # Waited for in a thread: on this one it would hold the receiver (this process's
+        # reactor) while the restarted server delivers, past the endpoint's 1 s timeout.
+        server.launch()
+        await deferToThread(server.wait_serving)
         await receiver.wait_for(lambda: len(receiver.events) >= 2)
         await sleep(0.5)  # a duplicate would come now
     finally:
