@@ -1696,7 +1696,7 @@ class ProxyCache:
             return True
         log.warn(
             "proxy {upstream}: the room reserved for {digest} ({size} bytes) lapsed before it "
-            "was stored (this instance renewed it late): making room again",
+            "was stored (this instance renewed it late, or Redis lost it): making room again",
             upstream=self.name,
             digest=digest,
             size=fill.size,

@@ -174,7 +174,8 @@ class InstanceMarker:
                 f"txregistry fleet instance {mixed.get('instance')} (host {mixed.get('host')}, "
                 f"pid {mixed.get('pid')}, heartbeat {max(age, 0):.0f}s ago) serves the "
                 f"pull-through cache in {self.where} with [redis]; an instance without "
-                "[redis] cannot share it (configure the same [redis]); docs/proxy.md"
+                "[redis] cannot share it (configure the same [redis]; if that instance is "
+                f"gone, start again after {self.heartbeat * 3:.0f}s); docs/proxy.md"
             )
         if self.fleet:
             self._refuse_namesake(await self._read(FLEET_MARKER))
