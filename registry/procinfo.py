@@ -1,14 +1,22 @@
 """
-What /proc says of a process: whether it exited (a zombie) and when it started.
+What /proc says of a process: whether it exited (a zombie), when it started, and which pid
+namespace this process is in.
 
 A pid alone does not name a process for long: a restarted container's registry is pid 1 again,
 as its killed predecessor was, and any pid is given to another process sooner or later.  With
 its start time (clock ticks since boot, the 22nd field of ``/proc/<pid>/stat``) it names one
 process for as long as the host runs.  Without /proc (not Linux) these know nothing: None and
 False, and callers keep to the pid.
+
+Pids and start times compare only within one pid namespace: two containers sharing a host name
+(host networking) are both pid 1, each in a namespace of its own, and neither sees the other's
+processes.  A record made in another namespace (`pid_namespace` differs) says nothing this
+process can check: only its age can tell it is stale.
 """
 
 from __future__ import annotations
+
+import os
 
 
 def stat_fields(pid: int | str) -> list[bytes]:
@@ -33,3 +41,11 @@ def is_zombie(pid: int) -> bool:
     """Whether ``pid`` has exited and waits for its parent to reap it."""
     fields = stat_fields(pid)
     return bool(fields) and fields[0] == b"Z"
+
+
+def pid_namespace() -> str | None:
+    """This process's pid namespace (``pid:[4026531836]``); None when not known."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None

@@ -234,8 +234,9 @@ class _NegotiationFactory:
 
 
 # Handshake failures said at most this many times a minute (each an info line naming the
-# client and OpenSSL's reason, as registry:2's "TLS handshake error from ..."); beyond, one
-# line a minute counts the rest: a client failing handshakes in a loop cannot fill the log.
+# client and OpenSSL's reason, as registry:2's "TLS handshake error from ..."); beyond, the
+# first failure of a later minute says how many were left unsaid: a client failing
+# handshakes in a loop cannot fill the log.
 HANDSHAKE_LINES_PER_MINUTE = 10
 
 

@@ -6,8 +6,8 @@ net/http) does: "missing required Host header".  twisted.web takes it, and the r
 then build the absolute URLs it answers with (``[http] relativeurls = false``, a token realm)
 from nothing.  HTTP/1.0 requests may lack it; HTTP/2 names the host in ``:authority``.
 
-Such a request's body is never streamed into an upload: it is read as any small body (one
-over ``max_body_size`` is refused with 413 from its headers) and dropped with the answer.
+Such a request's body is never streamed into an upload: it is read (what is past
+``max_body_size`` is not kept) and dropped with the answer.
 """
 
 from __future__ import annotations

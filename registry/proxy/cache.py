@@ -917,12 +917,14 @@ class ProxyCache:
                 self._fills[digest] = fill
                 self.index.use(str(digest))
                 Deferred.fromCoroutine(self._run_fill(fill, upstream))
+            linked_before = local in fill.links  # another request of this repository's
             fill.links.add(local)
             while not fill.opened and not fill.finished:
                 await fill.changed()
             if fill.opened or fill.error is None:
                 if promised is not None and fill.size is not None and fill.size != promised:
-                    fill.links.discard(local)
+                    if not linked_before:
+                        fill.links.discard(local)
                     self._confirmed.pop((upstream, digest))
                     raise RegistryError(
                         UNAVAILABLE,

@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
@@ -373,6 +374,7 @@ def test_an_entry_of_an_earlier_process_with_this_pid_is_not_alive() -> None:
     import socket
 
     from registry.proxy.fleet.marker import InstanceMarker
+    from registry.server.exit import StartupError
     from registry.storage.memory import MemoryDriver
 
     marker = InstanceMarker(MemoryDriver(), "here", fleet="cache-1")
@@ -387,3 +389,10 @@ def test_an_entry_of_an_earlier_process_with_this_pid_is_not_alive() -> None:
     assert marker.started is not None
     assert marker._alive(entry)
     assert not marker._alive({**entry, "started": marker.started - 1})
+    # A process of another pid namespace (another container sharing the host name, both pid
+    # 1): its pid and start time mean nothing here, so its heartbeat decides, and a live one
+    # of this instance's name is refused.
+    twin = {**entry, "started": marker.started - 1, "pidns": "pid:[1]"}
+    assert marker._alive(twin)
+    with pytest.raises(StartupError, match="already serves the pull-through cache"):
+        marker._refuse_namesake({"instances": {"twin": twin}})

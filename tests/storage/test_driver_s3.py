@@ -630,6 +630,12 @@ async def test_a_holder_whose_pid_now_names_another_process_is_taken_over(
             await driver._client.call("PUT", lease, body=json.dumps(earlier).encode())
             writer = await driver.writer("up/data", append=True)
             await writer.close()
+        # A holder in another pid namespace (another container sharing the host name): its
+        # pid and start time mean nothing here, and the lease is left to its age.
+        elsewhere = {**holder, "pid": os.getpid(), "started": started - 1, "pidns": "pid:[1]"}
+        await driver._client.call("PUT", lease, body=json.dumps(elsewhere).encode())
+        with pytest.raises(PathBusyError):
+            await driver.writer("up/data", append=True)
     finally:
         alive.kill()
         alive.wait()

@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from registry.failures import log_failure
-from registry.procinfo import start_time
+from registry.procinfo import pid_namespace, start_time
 from registry.proxy.owners import running
 from registry.server.exit import StartupError
 from registry.server.probe import describe
@@ -72,8 +72,10 @@ class InstanceMarker:
     host: str = attrs.field(factory=socket.gethostname)
     pid: int = attrs.field(factory=os.getpid)
     # The process's start time (`registry.procinfo`): with the pid, what tells this process
-    # from an earlier one of the same pid (a restarted container's registry is pid 1 again).
+    # from an earlier one of the same pid in the same pid namespace.
     started: int | None = attrs.field(factory=lambda: start_time("self"))
+    # Pids and start times compare only within one pid namespace (`registry.procinfo`).
+    namespace: str | None = attrs.field(factory=pid_namespace)
     claimed: bool = False
     # This instance's name when it is part of a fleet ([redis]); empty for a solo instance.
     fleet: str = ""
@@ -91,6 +93,7 @@ class InstanceMarker:
             "host": self.host,
             "pid": self.pid,
             "started": self.started,
+            "pidns": self.namespace,
             "heartbeat": self.clock.time(),
         }
         if self.fleet:
@@ -111,6 +114,11 @@ class InstanceMarker:
         pid, started = other.get("pid"), other.get("started")
         if other.get("host") != self.host or not isinstance(pid, int):
             return True  # another host's: its heartbeat says
+        namespace = other.get("pidns")  # absent from markers of earlier versions
+        if namespace is not None and namespace != self.namespace:
+            # Another pid namespace (another container sharing the host name, or a restarted
+            # one): its pid and start time mean nothing here, its heartbeat says.
+            return True
         if started is not None and started != (
             self.started if pid == self.pid else start_time(pid)
         ):

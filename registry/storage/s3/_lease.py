@@ -9,8 +9,8 @@ to it, for every repository.  So an appending writer first takes a lease: a smal
 to the data, created with ``If-None-Match: *`` (S3's conditional write: exactly one creator
 wins).  The holder renews it while it writes and deletes it (``If-Match`` its own version) when
 it closes.  A lease whose holder died (``kill -9``) is taken over with ``If-Match`` its
-version: at once when the holder was a process of this host that no longer runs (its pid and
-start time tell it from a process that got the same pid since), else once
+version: at once when the holder was a process of this host and pid namespace that no longer
+runs (its pid and start time tell it from a process that got the same pid since), else once
 S3's clock says it was not renewed for `STALE_SECONDS`.  Everyone else gets `PathBusyError`,
 which the upload API answers as registry:2 does a concurrent request (416 with the range).
 """
@@ -28,7 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
-from registry.procinfo import is_zombie, start_time
+from registry.procinfo import is_zombie, pid_namespace, start_time
 from registry.storage.driver import PathBusyError, StorageError, WriteRemoved, WriteTakenOver
 from registry.storage.s3._client import S3Client, S3Error, header, parse_http_date
 
@@ -46,16 +46,19 @@ def lease_key(key: str) -> str:
 
 
 def _holder_is_gone(body: bytes) -> bool:
-    """Whether the lease names a process of this host that no longer runs: none with its pid,
-    a zombie, or one started at another time (its pid reused: a restarted container's
-    registry is pid 1 again, as its killed predecessor was)."""
+    """Whether the lease names a process of this host and pid namespace that no longer runs:
+    none with its pid, a zombie, or one started at another time (its pid since given to
+    another process, this one included)."""
     try:
         holder = json.loads(body)
         host, pid = holder["host"], int(holder["pid"])
         started = holder.get("started")
     except (ValueError, KeyError, TypeError, AttributeError):
         return False
-    if host != _HOST:
+    namespace = holder.get("pidns")  # absent from leases of earlier versions
+    if host != _HOST or (namespace is not None and namespace != pid_namespace()):
+        # Another host's, or another pid namespace's (a container sharing the host name, a
+        # restarted container): its pid means nothing here; the lease's age says.
         return False
     if started is not None and started != start_time(pid):
         return True
@@ -171,7 +174,13 @@ class WriteLease:
 
 def _body() -> bytes:
     pid = os.getpid()  # read each time: a worker forked after import is another process
-    holder = {"host": _HOST, "pid": pid, "started": start_time(pid), "id": uuid.uuid4().hex}
+    holder = {
+        "host": _HOST,
+        "pid": pid,
+        "started": start_time(pid),
+        "pidns": pid_namespace(),
+        "id": uuid.uuid4().hex,
+    }
     return json.dumps(holder).encode()
 
 
