@@ -30,7 +30,7 @@ from registry.http.tls import (
 from registry.lean_imports import inherited_listeners, keep_out
 from registry.ops.notifications import check_notifications
 from registry.proxy.config import parse_proxies
-from registry.server.exit import StartupError, exit_now
+from registry.server.exit import StartupError, exit_now, tell_checked
 from registry.server.log_file import whole_lines
 from registry.server.pidfile import clear_stale_pidfile
 from registry.server.worker_env import WORKER_ENVIRONMENT
@@ -203,7 +203,9 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
 
     try:
         if spec is not None and spec.check:
-            resolve(config)  # what the supervisor's own start-up refuses ([http] workers)
+            # What the supervisor's own start-up refuses ([http] workers); the number it
+            # asks for is told, since a SIGHUP does not change it.
+            checked_workers = resolve(config)
         service = serve(config, reactor, spec, reload_on_hup=under_twistd)
     except ConfigError as exc:  # found while building: a folder to create, a file to read
         configuration_error(exc)
@@ -212,6 +214,7 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
     if spec is not None and spec.check:
         # A SIGHUP's check (registry.server.supervisor): everything start-up reads and
         # refuses before the reactor runs has passed; nothing was started.
+        tell_checked(checked_workers)
         raise SystemExit(0)
     return service
 

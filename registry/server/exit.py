@@ -64,6 +64,16 @@ def tell_supervisor(message: str) -> bool:
     return parsed.get("failures_logged") is True
 
 
+def tell_checked(workers: int) -> None:
+    """In a SIGHUP's configuration check (``[http] workers > 1``): tell the supervisor the
+    number of workers the configuration now asks for, which only a restart applies."""
+    from registry.server.worker_env import CONTROL_OUT
+
+    line = json.dumps({"op": "checked", "workers": workers})
+    with contextlib.suppress(OSError):
+        os.write(CONTROL_OUT, b"\n" + line.encode() + b"\n")
+
+
 def twistd_pidfile(argv: list[str]) -> str:
     """
     The pid file twistd was told to write (``--pidfile PATH``, ``--pidfile=PATH``; empty:

@@ -649,9 +649,17 @@ class Supervisor:
         def failed(message: dict[str, Any], reply: Reply) -> None:
             holder[0].failure = str(message.get("reason", ""))
 
-        check = Worker(
-            -1, pid, PipeChannel(self.loop, read_fd, write_fd, {"failed": failed}, self.log)
-        )
+        def checked(message: dict[str, Any], reply: Reply) -> None:
+            wanted = message.get("workers")
+            if isinstance(wanted, int) and wanted != self.count:
+                self.log(
+                    "warn",
+                    f"SIGHUP: the configuration asks for {wanted} workers; {self.count} "
+                    "run until the registry is restarted ([http] workers changes only then)",
+                )
+
+        handlers = {"failed": failed, "checked": checked}
+        check = Worker(-1, pid, PipeChannel(self.loop, read_fd, write_fd, handlers, self.log))
         holder.append(check)
         self._check = check
         self._reap_check()  # it may have ended already (its SIGCHLD came before)

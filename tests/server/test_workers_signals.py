@@ -144,3 +144,24 @@ def test_a_second_sigint_or_a_sigquit_cuts_the_drain(
     assert "killing it" not in log  # each worker exited once told, none was killed
     assert "Traceback" not in log
     assert tree.child.stderr() == ""
+
+
+def test_sighup_says_a_changed_worker_count_waits_for_a_restart(tmp_path: Path) -> None:
+    """``[http] workers`` changed in the file: the rolling restart goes on with the workers
+    that run, and one line says the new number applies at the next restart (it used to be
+    ignored without a word)."""
+    tree = Tree(start_tree(tmp_path))
+    try:
+        config = tmp_path / "r.cfg"
+        config.write_text(config.read_text().replace("workers = 2", "workers = 3"))
+        tree.child.process.send_signal(signal.SIGHUP)
+        tree.child.wait_for(
+            re.compile(
+                r"SIGHUP: the configuration asks for 3 workers; 2 run until the registry is "
+                r"restarted \(\[http\] workers changes only then\)"
+            )
+        )
+        tree.child.wait_for(re.compile("SIGHUP: every worker restarted"))
+        assert len(set(tree.per_worker())) == 2
+    finally:
+        tree.child.stop()
