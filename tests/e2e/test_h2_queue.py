@@ -25,7 +25,6 @@ import h2.events
 import h2.settings
 import pytest_twisted
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
 from twisted.web._http2 import H2Connection
 
 from registry.http import twisted_internals
@@ -130,41 +129,38 @@ async def _settled_queues() -> dict[int, int]:
     return last
 
 
+async def _access_lines(events: list[dict[str, Any]], path: str) -> list[str]:
+    """The access lines of the streams' downloads, once there is one per stream (they follow
+    the last bytes, or the resets; bounded: 10 s)."""
+    for _ in range(40):
+        if sum(path in str(e.get("line")) for e in events) >= STREAMS:
+            break
+        await sleep(0.25)
+    return [str(e.get("line")) for e in events]
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_huge_window_does_not_queue_whole_blobs(
-    registry: tuple[InProcessRegistry, ssl.SSLContext],
+    registry: tuple[InProcessRegistry, ssl.SSLContext], access_events: list[dict[str, Any]]
 ) -> None:
     running, context = registry
     port = int(running.url.rsplit(":", 1)[1])
     data = bytes(range(256)) * (BLOB_SIZE // 256)
     digest = await deferToThread(push, port, context, data)
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("access"):
-            lines.append(str(event.get("line")))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        path = f"/v2/h2/reset/blobs/{digest}"
-        sock, conn = await deferToThread(_open_streams, port, context, path)
-        with sock:
-            queued = await _settled_queues()
-            assert len(queued) == STREAMS, queued
-            # The client's window would take every blob whole: the registry queued no more
-            # than its bound for any stream.
-            assert max(queued.values()) <= STREAM_QUEUE, queued
-            assert sum(queued.values()) > 0, queued
-            bodies = await deferToThread(_read_all, sock, conn)
-        for stream, body in bodies.items():
-            assert len(body) == BLOB_SIZE, (stream, len(body))
-            assert "sha256:" + hashlib.sha256(body).hexdigest() == digest, stream
-        for _ in range(40):  # the access lines follow the last bytes
-            if sum(path in line for line in lines) >= STREAMS:
-                break
-            await sleep(0.25)
-    finally:
-        globalLogPublisher.removeObserver(observe)
+    path = f"/v2/h2/reset/blobs/{digest}"
+    sock, conn = await deferToThread(_open_streams, port, context, path)
+    with sock:
+        queued = await _settled_queues()
+        assert len(queued) == STREAMS, queued
+        # The client's window would take every blob whole: the registry queued no more
+        # than its bound for any stream.
+        assert max(queued.values()) <= STREAM_QUEUE, queued
+        assert sum(queued.values()) > 0, queued
+        bodies = await deferToThread(_read_all, sock, conn)
+    for stream, body in bodies.items():
+        assert len(body) == BLOB_SIZE, (stream, len(body))
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == digest, stream
+    lines = await _access_lines(access_events, path)
     downloads = [line for line in lines if path in line]
     assert len(downloads) == STREAMS, lines
     for line in downloads:
@@ -173,7 +169,7 @@ async def test_a_huge_window_does_not_queue_whole_blobs(
 
 @pytest_twisted.ensureDeferred
 async def test_a_stream_reset_with_bytes_queued_is_not_complete(
-    registry: tuple[InProcessRegistry, ssl.SSLContext],
+    registry: tuple[InProcessRegistry, ssl.SSLContext], access_events: list[dict[str, Any]]
 ) -> None:
     """
     Streams reset while their last bytes wait in the queue: the access line says
@@ -183,27 +179,14 @@ async def test_a_stream_reset_with_bytes_queued_is_not_complete(
     running, context = registry
     port = int(running.url.rsplit(":", 1)[1])
     digest = await deferToThread(push, port, context, b"\x3c" * BLOB_SIZE)
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("access"):
-            lines.append(str(event.get("line")))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        path = f"/v2/h2/reset/blobs/{digest}"
-        sock, conn = await deferToThread(_open_streams, port, context, path)
-        with sock:
-            assert len(await _settled_queues()) == STREAMS
-            for number in range(STREAMS):
-                conn.reset_stream(1 + 2 * number)
-            await deferToThread(sock.sendall, conn.data_to_send())
-            for _ in range(40):
-                if sum(path in line for line in lines) >= STREAMS:
-                    break
-                await sleep(0.25)
-    finally:
-        globalLogPublisher.removeObserver(observe)
+    path = f"/v2/h2/reset/blobs/{digest}"
+    sock, conn = await deferToThread(_open_streams, port, context, path)
+    with sock:
+        assert len(await _settled_queues()) == STREAMS
+        for number in range(STREAMS):
+            conn.reset_stream(1 + 2 * number)
+        await deferToThread(sock.sendall, conn.data_to_send())
+        lines = await _access_lines(access_events, path)
     downloads = [line for line in lines if path in line]
     assert len(downloads) == STREAMS, lines
     for line in downloads:
