@@ -163,9 +163,16 @@ def refuse_tls(protocol: IProtocol, answered: Answered | None = None) -> None:
     _refuse_when(protocol, is_tls_handshake, TLS_ON_PLAIN_HTTP, answered)
 
 
+def looks_like_http(data: bytes) -> bool:
+    """Whether ``data`` starts as an HTTP/1.x request does (a method: capital letters).  Go's
+    server makes the same guess; anything else (a TLS alert, a record of another version) is
+    left to OpenSSL, whose failed handshake is logged as such."""
+    return bool(data) and 0x41 <= data[0] <= 0x5A
+
+
 def refuse_plain_http(protocol: IProtocol, answered: Answered | None = None) -> None:
     """
-    On a TLS port, ``protocol`` being the TLS layer (it sees the raw bytes): answer anything
-    that is not a TLS handshake with Go's 400 (`PLAIN_HTTP_ON_TLS`).
+    On a TLS port, ``protocol`` being the TLS layer (it sees the raw bytes): answer what
+    looks like an HTTP request with Go's 400 (`PLAIN_HTTP_ON_TLS`).
     """
-    _refuse_when(protocol, lambda data: not is_tls_handshake(data), PLAIN_HTTP_ON_TLS, answered)
+    _refuse_when(protocol, looks_like_http, PLAIN_HTTP_ON_TLS, answered)

@@ -13,6 +13,7 @@ import ssl
 import struct
 import termios
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,7 +22,7 @@ from twisted.internet.threads import deferToThread
 
 from tests.e2e.client import get
 from tests.e2e.conftest import Starter
-from tests.e2e.harness import InProcessRegistry
+from tests.e2e.harness import InProcessRegistry, sleep
 from tests.e2e.tools import require, run
 
 TLS_ON_PLAIN = (
@@ -167,3 +168,35 @@ async def test_plain_http_on_tls_port_gets_go_400(start_registry: Starter, tls_l
     answer = await deferToThread(over_tls)
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert answer.endswith(b"\r\n\r\n{}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_alert_on_a_tls_port_is_no_plain_http_request(
+    start_registry: Starter, tls_listen: str, access_events: list[dict[str, Any]]
+) -> None:
+    """A client that sends a TLS alert (or any record that is not a handshake) instead of a
+    ClientHello is a failed handshake, said as such, not plain HTTP answered with Go's 400
+    and an access line: only what starts as an HTTP request gets that answer."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    registry = await start_registry(None, tls_listen)
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        alert = b"\x15\x03\x03\x00\x02\x02\x28"  # TLS 1.2 record: alert, fatal, handshake failure
+        answer = await deferToThread(exchange, address(registry.url), alert)
+        for _ in range(100):  # bounded: the server sees the connection end within a turn
+            if any("TLS handshake" in line for line in lines):
+                break
+            await sleep(0.02)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not answer.startswith(b"HTTP/"), answer
+    assert [e for e in access_events if e.get("status") == 400] == []
+    assert [line for line in lines if "TLS handshake" in line] == [
+        "TLS handshake with 127.0.0.1 failed: unexpected message"
+    ], lines
