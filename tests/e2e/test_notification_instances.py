@@ -108,6 +108,10 @@ async def test_a_second_instance_on_the_same_queue_folder_is_refused(
         await push_images(first.url, [(f"team/app{i}", "v1") for i in range(5)])
         await wait_until(lambda: events_on_disk(queue) == 10)
         first.kill()
+        # A POST the first sent just before it died may still wait in the receiver's buffer:
+        # read now, it is refused (500); read after the status changes, it would be taken,
+        # and the second would deliver its events again.
+        await receiver.wait_closed()
         second = RegistryProcess(tmp_path / "b", second_sections)
         receiver.status = 200
         await _started(second)

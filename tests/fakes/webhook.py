@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
@@ -184,6 +185,20 @@ class WebhookReceiver:
         for channel in list(self._connections):
             assert channel.transport is not None
             channel.transport.loseConnection()  # answers already written still go out
+
+    async def wait_closed(self, within: float = 10.0) -> None:
+        """Until no connection has been open for a fifth of a second (bounded by ``within``
+        seconds): a POST that a sender killed a moment ago left in this side's accept queue or
+        socket buffer has then been read and answered with the `status` of that moment, not
+        with the one a test sets next.  (The quiet spell covers a connection still waiting to
+        be accepted: the reactor takes it within a few of its turns.)"""
+        quiet_turns = 0
+        for _ in range(int(within / 0.02)):
+            quiet_turns = 0 if self._connections else quiet_turns + 1
+            if quiet_turns >= 10:
+                return
+            await deferLater(reactor, 0.02)  # type: ignore[arg-type]
+        raise AssertionError(f"{len(self._connections)} connections still open")
 
     def _changed(self) -> None:
         for waiter in list(self._waiters):
