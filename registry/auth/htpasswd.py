@@ -69,7 +69,9 @@ def _hash_kind(hashed: str) -> str:
 def parse_htpasswd(text: str, source: str = "htpasswd") -> dict[str, _Entry]:
     """Parse htpasswd lines; unusable lines are logged and skipped, never fatal."""
     entries: dict[str, _Entry] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" (and "\r\n"), as for Apache and registry:2: ``splitlines`` would also
+    # split a name at U+2028 or a C1 control, and that user could not log in.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -419,9 +419,11 @@ def answer_complete(request: Any) -> bool:
 # In an access line's text, a field's value ends at the first space, and a line at its end:
 # a value with either (an HTTP/2 path, a user name from a certificate or a Basic login) would
 # read as fields or lines of its own.  They are percent-encoded, as in a URL; the last field
-# (the agent) keeps its spaces.  The event's fields keep the values as they are.
-_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
-_UNSAFE_LAST = re.compile(r"[\x00-\x1f\x7f]")
+# (the agent) keeps its spaces.  The line ends a reader splits on besides the ASCII ones
+# (Python's ``splitlines``: the C1 controls, U+2028 and U+2029) are encoded too, as their
+# code point's hexadecimal digits.  The event's fields keep the values as they are.
+_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029]")
+_UNSAFE_LAST = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _escaped(value: object, last: bool) -> str:
@@ -429,7 +431,7 @@ def _escaped(value: object, last: bool) -> str:
     if text.isprintable() and (last or " " not in text):
         return text  # nothing to encode: what nearly every value is, at a fraction of a sub
     pattern = _UNSAFE_LAST if last else _UNSAFE
-    return pattern.sub(lambda m: f"%{ord(m.group()):02X}", text)
+    return pattern.sub(lambda m: f"%{ord(m.group()):02X}", text)  # U+2028: %2028
 
 
 def access_line(fields: dict[str, object], complete: bool) -> str:

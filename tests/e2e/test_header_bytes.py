@@ -113,14 +113,16 @@ async def test_an_access_line_cannot_be_given_fields_or_lines_by_a_client(
 ) -> None:
     """A user name with a space or a line end (htpasswd takes them; so does a certificate's
     CN) and an agent with a tab are percent-encoded in the line's text, so that they read as
-    one field's value, not as fields (``user=admin``) or lines of their own; the event's
-    fields keep them as they are, for structured logs."""
+    one field's value, not as fields (``user=admin``) or lines of their own; so are the line
+    ends only some readers split on (U+2028 in the name, NEL in the agent: Python's
+    ``splitlines`` splits on both).  The event's fields keep them as they are, for
+    structured logs."""
     import base64
 
     import bcrypt
 
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
-    name = "bob user=admin status=200"
+    name = "bob user=admin\u2028status=200"
     (tmp_path / "htpasswd").write_text(f"{name}:{hashed}\n")
     registry = await start_registry(
         {"auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "edges"}}
@@ -128,9 +130,11 @@ async def test_an_access_line_cannot_be_given_fields_or_lines_by_a_client(
     token = base64.b64encode(f"{name}:pw".encode()).decode()
     status, _, _ = await send(
         registry,
-        f"GET /v2/ HTTP/1.1\r\nAuthorization: Basic {token}\r\nUser-Agent: a\tb c".encode(),
+        f"GET /v2/ HTTP/1.1\r\nAuthorization: Basic {token}\r\nUser-Agent: a\tb c".encode()
+        + b"\x85d",
     )
     assert status == b"HTTP/1.1 200 OK"
     [event] = [e for e in access_events if e["path"] == "/v2/" and e["status"] == 200]
-    assert (event["user"], event["agent"]) == (name, "a\tb c")
-    assert event["line"].endswith(" user=bob%20user=admin%20status=200 agent=a%09b c")
+    assert (event["user"], event["agent"]) == (name, "a\tb c\x85d")
+    assert event["line"].endswith(" user=bob%20user=admin%2028status=200 agent=a%09b c%85d")
+    assert len(event["line"].splitlines()) == 1
