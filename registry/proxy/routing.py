@@ -106,7 +106,14 @@ class ProxyRouter:
     def rewrite_route(self, request: IRequest, route: Route) -> Route:
         """containerd's ``?ns=<registry host>`` names the upstream a mirror request is for:
         answer from that upstream (with ``OCI-Namespace``), or 404 NAME_UNKNOWN when none is
-        configured for it so containerd tries its next host."""
+        configured for it so containerd tries its next host.
+
+        Reads only: containerd sends ``ns`` when it resolves and fetches.  A write names the
+        repository it writes, as the upload sink (which checks access and stores the body
+        before any route is rewritten) takes it, so one request has one name throughout: a
+        rewrite here would record and answer the write under a repository nobody checked."""
+        if request.method not in (b"GET", b"HEAD"):
+            return route
         values = request.args.get(b"ns") if request.args else None
         if not values or not route.name:
             return route

@@ -357,3 +357,39 @@ async def test_referrers_pages_with_containerds_ns_link_with_the_ns(
     response, body = await fetch(registry.url + link[1 : link.index(">")])
     assert header(response, "oci-namespace") == "docker.io"
     assert json.loads(body)["manifests"] == [second]
+
+
+@pytest_twisted.ensureDeferred
+async def test_containerds_ns_does_not_rename_a_write(proxied: Proxied) -> None:
+    """``?ns=`` names the upstream of a read.  On a write it is ignored: an upload's body is
+    checked and stored under the repository of its path before any route is rewritten, so a
+    final PUT given ``ns=docker.io`` was recorded (catalog, Location, events) under
+    ``docker.io/team/app``, a repository nobody checked access to, while its blob went to
+    ``team/app``.  Now both writes here name ``team/app`` only."""
+    registry = await proxied(default="false")
+    url = registry.url
+    blob = b"written with an ns"
+    digest = sha256(blob)
+    response, _ = await fetch(f"{url}/v2/team/app/blobs/uploads/", "POST")
+    assert response.code == 202
+    location = header(response, "location")
+    assert location is not None
+    separator = "&" if "?" in location else "?"
+    response, body = await fetch(
+        f"{url}{location}{separator}digest={digest}&ns=docker.io", "PUT", data=blob
+    )
+    assert response.code == 201, body
+    assert header(response, "location") == f"/v2/team/app/blobs/{digest}"
+    assert header(response, "oci-namespace") is None
+    other = b"monolithic with an ns"
+    response, body = await fetch(
+        f"{url}/v2/team/other/blobs/uploads/?digest={sha256(other)}&ns=docker.io",
+        "POST",
+        data=other,
+    )
+    assert response.code == 201, body
+    assert header(response, "location") == f"/v2/team/other/blobs/{sha256(other)}"
+    response, body = await fetch(f"{url}/v2/_catalog")
+    assert json.loads(body) == {"repositories": ["team/app", "team/other"]}
+    response, body = await fetch(f"{url}/v2/team/app/blobs/{digest}")
+    assert (response.code, body) == (200, blob)
