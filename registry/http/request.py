@@ -65,6 +65,11 @@ _AFTER_REFUSAL_TIMEOUT = 30.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # How long a refused body is still read (and dropped) after the answer's FIN (Go: 500 ms).
 _RESET_AVOIDANCE_DELAY = 0.5
+# How much of a refused body is still read (and dropped) after the answer, so that a client
+# that reads the answer only once its body is sent sees it; past this, the connection is
+# closed as for a body refused for its size (Go's server reads 256 KiB, as registry:2 does).
+# Reading every byte let any client, credentials or not, keep the reactor busy for good.
+_READ_AFTER_ANSWER = 256 * 1024
 _MISSING_HOST = MissingHost()
 
 
@@ -162,6 +167,8 @@ class RegistryRequest(UnbrandedRequest):
         self._body_complete = False
         self._continue_held = False
         self._body_started = False
+        self._read_after_answer = 0
+        self._closing_unread = False
 
     def _site(self) -> RegistrySite | None:
         site = getattr(self.channel, "site", None)
@@ -280,10 +287,13 @@ class RegistryRequest(UnbrandedRequest):
     def _close_unread(self) -> None:
         """
         After refusing a body for its size, close without reading it (it may be gigabytes).
-        As Go's server does: the answer, then a FIN, then whatever still arrives is dropped
-        and the connection closed a moment later.  Closing at once, with the body's first
-        bytes unread, would send a reset, which can reach the client before the answer.
+        As Go's server does: the answer, then a FIN, then nothing more is read and the
+        connection is closed a moment later.  Closing at once, with the body's first bytes
+        unread, would send a reset, which can reach the client before the answer; reading
+        meanwhile would take half a second of whatever the client sends (on loopback, half a
+        gigabyte).
         """
+        self._closing_unread = True
         transport: Any = self.channel.transport
         site = self._site()
         if (
@@ -294,6 +304,7 @@ class RegistryRequest(UnbrandedRequest):
             self.loseConnection()  # type: ignore[no-untyped-call]  # TLS: close_notify first
             return
         transport.loseWriteConnection()
+        transport.pauseProducing()
         site.reactor.callLater(_RESET_AVOIDANCE_DELAY, transport.abortConnection)
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
@@ -327,6 +338,11 @@ class RegistryRequest(UnbrandedRequest):
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_started = True
+
+        if self.answered_early and not self._closing_unread:
+            self._read_after_answer += len(data)
+            if self._read_after_answer > _READ_AFTER_ANSWER:
+                self._close_unread()
         if self.sink is not None:
             pending = self.sink.feed(data)
             if pending is not None and not self._paused_by_body:
