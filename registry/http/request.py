@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -304,7 +304,7 @@ class RegistryRequest(UnbrandedRequest):
             self.loseConnection()  # type: ignore[no-untyped-call]  # TLS: close_notify first
             return
         transport.loseWriteConnection()
-        transport.pauseProducing()
+        IPushProducer(transport).pauseProducing()  # a TCP transport is one
         site.reactor.callLater(_RESET_AVOIDANCE_DELAY, transport.abortConnection)
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
