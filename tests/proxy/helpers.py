@@ -47,9 +47,14 @@ class HashingConsumer:
         return "sha256:" + self.hasher.hexdigest()
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
+async def wait_until(
+    condition: Callable[[], bool], within: float = 5.0, context: Callable[[], str] | None = None
+) -> None:
+    """Poll ``condition`` until it holds, for at most ``within`` seconds; ``context`` says
+    what to show when it never does (a server's log tail, say)."""
     deadline = reactor.seconds() + within
     while not condition():
         if reactor.seconds() > deadline:
-            raise AssertionError("condition not met in time")
+            shown = context() if context is not None else ""
+            raise AssertionError(f"condition not met in time {shown}".rstrip())
         await deferLater(reactor, 0.02, lambda: None)

@@ -178,13 +178,21 @@ async def test_a_hung_redis_fails_fast_and_is_logged_once_each_way(
             answers = await pulls
             assert answers == [(200, digest)] * 40
             away = "Redis at " + redis_server.addr + " is not answering"
-            await wait_until(lambda: away in instance.log_text(), within=30)
+            await wait_until(
+                lambda: away in instance.log_text(),
+                within=30,
+                context=lambda: instance.log_text()[-4000:],
+            )
             await deferLater(reactor, 3, lambda: None)  # pushes and flushes meanwhile
             assert redis_server.process.poll() is None  # still there, still stopped
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
         back = f"Redis at {redis_server.addr} answers again"
-        await wait_until(lambda: back in instance.log_text(), within=30)
+        await wait_until(
+            lambda: back in instance.log_text(),
+            within=30,
+            context=lambda: instance.log_text()[-4000:],
+        )
         assert await _pull(blob_url(instance, digest)) == (200, digest)
     finally:
         running.stop()
