@@ -16,7 +16,7 @@ from twisted.web.iweb import IRequest
 
 from registry.http import twisted_internals
 from registry.http.forwarded import origin
-from registry.http.headers import request_header
+from registry.http.headers import header_values
 
 if TYPE_CHECKING:
     # Imported where used: only a TLS connection has a certificate, and a registry without
@@ -29,8 +29,13 @@ class MalformedCredentials(ValueError):
 
 
 def authorization(request: IRequest) -> tuple[str, str] | None:
-    """``(scheme lower-cased, credentials)`` from the Authorization header, or None."""
-    value = request_header(request, "authorization")
+    """``(scheme lower-cased, credentials)`` from the Authorization header, or None.
+
+    Of several Authorization headers, the first counts, as for registry:2 (Go's
+    ``Header.Get``) and nginx (``$http_authorization``, what a reverse proxy in front logs or
+    filters on): the caller is who they all say it is."""
+    values = header_values(request.requestHeaders, "authorization")
+    value = values[0] if values else None
     if not value:
         return None
     scheme, _, rest = value.strip().partition(" ")

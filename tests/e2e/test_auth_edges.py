@@ -160,3 +160,28 @@ async def test_token_catalog_needs_the_catalog_scope(
     status, _, body = await raw_get(registry.url, "/v2/_catalog", catalog)
     assert status == b"HTTP/1.1 200 OK"
     assert json.loads(body) == {"repositories": ["other/app", "team/app"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_of_several_authorization_headers_the_first_counts(
+    start_registry: Starter, tmp_path: Path
+) -> None:
+    """Two Authorization headers: the first says who is asking, as for registry:2 and for
+    nginx's ``$http_authorization`` (what a reverse proxy in front logs or filters on).  The
+    last one counted here, so the registry and the proxy disagreed on who was calling."""
+    import base64
+
+    registry = await htpasswd_registry(start_registry, tmp_path, max_failures=100)
+    good = "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    bad = "Basic " + base64.b64encode(b"nobody:secret").decode()
+
+    async def status(first: str, second: str) -> bytes:
+        request = (
+            f"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: {first}\r\n"
+            f"Authorization: {second}\r\nConnection: close\r\n\r\n"
+        )
+        answer: bytes = split_response(await raw_request(registry.url, request.encode()))[0]
+        return answer
+
+    assert await status(bad, good) == b"HTTP/1.1 401 Unauthorized"
+    assert await status(good, bad) == b"HTTP/1.1 200 OK"
