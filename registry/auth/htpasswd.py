@@ -94,6 +94,16 @@ def parse_htpasswd(text: str, source: str = "htpasswd") -> dict[str, _Entry]:
             entries[user] = _Entry("bcrypt", hashed.encode("ascii", "replace"))
         elif hashed.startswith("{SHA}"):
             entries[user] = _Entry("sha", hashed[5:].encode("ascii", "replace"))
+            # Accepted for migrations from Apache or nginx files; registry:2 refuses these
+            # users, so a file brought over from it can let in accounts it had shut out.
+            _log.warn(
+                "{source}:{lineno}: user {user!r} has an unsalted SHA-1 ({{SHA}}) hash: it can"
+                " log in (registry:2 refuses such users), but a copy of the file gives the"
+                " password away quickly; re-hash it with bcrypt (htpasswd -B)",
+                source=source,
+                lineno=lineno,
+                user=user,
+            )
         else:
             _log.warn(
                 "{source}:{lineno}: user {user!r} has an unsupported {kind} hash and cannot log "

@@ -62,6 +62,11 @@ def test_parse_kinds_and_refusals(logs: LogCapture) -> None:
     assert "'dave'" in text and "crypt(3) or plain text" in text
     assert ":7: not a user:hash line" in text
     assert "'alice' appears again" in text
+    assert (
+        "htpasswd:4: user 'bob' has an unsalted SHA-1 ({SHA}) hash: it can log in (registry:2"
+        " refuses such users), but a copy of the file gives the password away quickly; re-hash"
+        " it with bcrypt (htpasswd -B)"
+    ) in text
     assert "plaintext" not in text  # never log what might be a password
 
 
