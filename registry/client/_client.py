@@ -1067,9 +1067,17 @@ class RegistryClient:
         Monolithic (one PUT) for bytes, or for a file whose ``digest`` is given, when
         ``chunk_size`` is None; else PATCH chunks of ``chunk_size`` (the whole file in one
         PATCH when None) while the digest is computed, then PUT ``?digest=``; a given
-        ``digest`` is checked against it before the commit.  A chunk cut off mid-way is
-        resumed from the offset the registry reports (``retries`` times).  Pass ``upload``
-        to carry on a session from earlier (`resume_upload`).
+        ``digest`` is checked against it before the commit.  Pass ``upload`` to carry on a
+        session from earlier (`resume_upload`).
+
+        A chunk cut off mid-way (`Unavailable`) is resumed from the offset the registry
+        reports.  A registry that refuses to resume (``BLOB_UPLOAD_INVALID``, as registry:2
+        answers after a cut request, or ``BLOB_UPLOAD_UNKNOWN``, on the status GET or on the
+        resumed PATCH) gets the session cancelled (best effort) and the upload starts again
+        from byte 0 in a fresh one; ``upload``, when given, then names the new session.  A
+        monolithic PUT that fails `Unavailable` is sent again whole (bytes, or the file read
+        from its start) in a fresh session, the old one cancelled (best effort), after the
+        session's backoff.  Either way each failure counts against ``retries``.
 
         A ``digest`` the source does not hash to is `Rejected` with code ``DIGEST_INVALID``
         on either path.  A session this call opened is deleted when the call fails or is
@@ -1079,9 +1087,7 @@ class RegistryClient:
             data = source
             dgst = _as_digest(digest) if digest is not None else digest_of(data)
             if chunk_size is None and upload is None:
-                session = await self.start_upload(name)
-                async with self._abandoned_unless_done(session):
-                    return await self.finish_upload(session, dgst, _bytes_body(data))
+                return await self._upload_whole(name, dgst, _bytes_body(data))
             path, size = None, len(data)
         else:
             path, data = Path(source), b""
@@ -1090,16 +1096,33 @@ class RegistryClient:
                 # Monolithic: one PUT with the file as its body; the registry checks the
                 # digest (DIGEST_INVALID otherwise) before anything is stored.
                 dgst = _as_digest(digest)
-                session = await self.start_upload(name)
                 body = self._source(path, b"", 0, size, new_hash(dgst.algorithm), [])
-                async with self._abandoned_unless_done(session):
-                    return await self.finish_upload(session, dgst, body)
+                return await self._upload_whole(name, dgst, body)
         expected = _as_digest(digest) if digest is not None else None
         if upload is not None:  # the caller's session: theirs to resume or cancel
             return await self._upload_chunks(upload, path, data, size, expected, chunk_size)
         upload = await self.start_upload(name)
         async with self._abandoned_unless_done(upload):
             return await self._upload_chunks(upload, path, data, size, expected, chunk_size)
+
+    async def _upload_whole(self, name: str, digest: Digest, body: BodyFactory) -> Digest:
+        """POST a session and PUT the whole blob as ``body``, a factory that makes the body
+        afresh (from memory, or from the file's start): a PUT without a usable answer
+        (`Unavailable`: cut, reset, 5xx) is sent again in a new session, ``retries`` times,
+        the one it went to cancelled (best effort; a refusal is kept in
+        ``uncancelled_uploads``)."""
+        failures = 0
+        while True:
+            upload = await self.start_upload(name)
+            async with self._abandoned_unless_done(upload):
+                try:
+                    return await self.finish_upload(upload, digest, body)
+                except Unavailable:
+                    failures += 1
+                    if failures > self.session.retries:
+                        raise
+            await self._give_up(upload)
+            await self.session.pause(failures - 1)
 
     async def _upload_chunks(
         self,
@@ -1116,6 +1139,7 @@ class RegistryClient:
         hashed = 0  # bytes of the source in `hasher`: always the session's confirmed prefix
         step = chunk_size or size or 1
         failures = 0
+        resuming = False  # the last PATCH failed: the next one resumes the session
         while upload.offset < size or size == 0:
             if upload.offset > hashed:  # resumed: the registry holds more than we hashed
                 hasher.update(await self._read(path, data, hashed, upload.offset - hashed))
@@ -1132,8 +1156,23 @@ class RegistryClient:
                 failures += 1
                 if failures > self.session.retries:
                     raise
-                await self.upload_status(upload)
+                try:
+                    await self.upload_status(upload)
+                except (NotFound, Rejected) as exc:
+                    if not _resume_refused(exc):
+                        raise
+                    await self._restart(upload)
+                    hasher, hashed, resuming = new_hash(algorithm), 0, False
+                    continue
+                resuming = True
                 continue
+            except (NotFound, Rejected) as exc:
+                if not (resuming and _resume_refused(exc)):
+                    raise
+                await self._restart(upload)
+                hasher, hashed, resuming = new_hash(algorithm), 0, False
+                continue
+            resuming = False
             if upload.offset == start + length and sending:
                 hasher, hashed = sending[-1], start + length
         if upload.offset > hashed:
@@ -1145,6 +1184,13 @@ class RegistryClient:
                 await self.cancel_upload(upload)
             raise Rejected(None, f"the source hashes to {actual}, not {expected}", "DIGEST_INVALID")
         return await self.finish_upload(upload, actual)
+
+    async def _restart(self, upload: Upload) -> None:
+        """Cancel the session the registry refused to resume (`_give_up`) and point
+        ``upload`` at a fresh one, from byte 0."""
+        await self._give_up(Upload(upload.name, upload.location, upload.offset))
+        fresh = await self.start_upload(upload.name)
+        upload.location, upload.offset = fresh.location, 0
 
     async def copy_blob_from(
         self,
@@ -1187,12 +1233,23 @@ class RegistryClient:
         try:
             await self.cancel_upload(upload)
         except Exception as exc:
-            self.uncancelled_uploads.append(upload.location)
-            log.warn(
-                "upload {location} could not be cancelled: {error}",
-                location=upload.location,
-                error=exc,
-            )
+            self._not_cancelled(upload, exc)
+
+    async def _give_up(self, upload: Upload) -> None:
+        """Cancel a session the call goes on without (a fresh one replaces it): a refusal is
+        kept in ``uncancelled_uploads``; the call being cancelled meanwhile is not swallowed."""
+        try:
+            await self.cancel_upload(upload)
+        except ClientError as exc:
+            self._not_cancelled(upload, exc)
+
+    def _not_cancelled(self, upload: Upload, error: Exception) -> None:
+        self.uncancelled_uploads.append(upload.location)
+        log.warn(
+            "upload {location} could not be cancelled: {error}",
+            location=upload.location,
+            error=error,
+        )
 
     def _source(
         self,
@@ -1275,6 +1332,18 @@ def _referrers_tag(subject: Digest | str) -> str:
     """The referrers tag schema's tag for ``subject``: ``<algorithm>-<hex>``."""
     dgst = _as_digest(subject)
     return f"{dgst.algorithm}-{dgst.hex}"
+
+
+# What a registry answers for a session it will not carry on: registry:2 after a request of it
+# was cut ("upload resumed at wrong offset", a 404), or one it does not know (any more).
+_RESUME_REFUSED = frozenset({"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"})
+
+
+def _resume_refused(error: ClientError) -> bool:
+    """Whether ``error`` (a 4xx) says the upload session cannot be resumed: one of its codes,
+    not only the first (registry:2 may list ``UNKNOWN`` before the one that says why)."""
+    codes = {error.code, *(code for code, _ in error.errors)}
+    return bool(codes & _RESUME_REFUSED)
 
 
 def _range_end(value: str | None) -> int:

@@ -266,19 +266,21 @@ class Session:
             except Unavailable:
                 if last:
                     raise
-                await self._pause(attempt, None)
+                await self.pause(attempt, None)
                 continue
             if response.code in ok:
                 return response
             if not last and (response.code >= 500 or response.code == 429):
                 retry_after = self.retry_after(response.headers)
                 await self.discard(response)
-                await self._pause(attempt, retry_after)
+                await self.pause(attempt, retry_after)
                 continue
             await self.fail(response, method, what, registry=True)
         raise AssertionError("unreachable")
 
-    async def _pause(self, attempt: int, retry_after: float | None) -> None:
+    async def pause(self, attempt: int, retry_after: float | None = None) -> None:
+        """Wait before retry number ``attempt + 1``: ``backoff`` doubled at each attempt, or
+        the ``Retry-After`` asked (at most a minute)."""
         delay = self.backoff * (2**attempt) if retry_after is None else min(retry_after, 60.0)
         await deferLater(self.reactor, delay, lambda: None)
 

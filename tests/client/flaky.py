@@ -1,7 +1,7 @@
 """
 A flaky front for a registry on loopback: a reverse proxy that answers the chosen requests
-with an error status or by dropping the connection, and passes the rest through (bodies are
-small in these tests: each is read whole, both ways).
+with an error status (and code) or by dropping the connection, and passes the rest through
+(bodies are small in these tests: each is read whole, both ways).
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ from twisted.web.server import NOT_DONE_YET, Site
 # Hop-by-hop headers, and the length, which each side sets for the body it sends.
 _NOT_FORWARDED = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host"}
 
-# (method, path) -> None (pass through), an HTTP status, or "drop"
-Rule = Callable[[str, str], "int | str | None"]
+# (method, path) -> None (pass through), an HTTP status (its error code UNAVAILABLE), a status
+# and the error code to answer with, or "drop"
+Rule = Callable[[str, str], "int | str | tuple[int, str] | None"]
 
 
 @attrs.define
 class Flaky:
     url: str
     rule: Rule
-    seen: list[tuple[str, str, int | str | None]] = attrs.field(factory=list)
+    seen: list[tuple[str, str, int | str | tuple[int, str] | None]] = attrs.field(factory=list)
 
 
 class _Front(Resource):
@@ -54,10 +55,11 @@ class _Front(Resource):
         if outcome == "drop":
             request.transport.abortConnection()
             return b""
-        if isinstance(outcome, int):
-            request.setResponseCode(outcome)
+        if isinstance(outcome, int | tuple):
+            status, code = outcome if isinstance(outcome, tuple) else (outcome, "UNAVAILABLE")
+            request.setResponseCode(status)
             request.setHeader("content-type", "application/json")
-            return b'{"errors": [{"code": "UNAVAILABLE", "message": "flaky"}]}'
+            return b'{"errors": [{"code": "%s", "message": "flaky"}]}' % code.encode()
         forwarded = Deferred.fromCoroutine(self._forward(request))
         forwarded.addErrback(self._failed, request)
         return NOT_DONE_YET
