@@ -44,6 +44,7 @@ from registry.client._streams import (
     FileSink,
     FileSource,
     PipeSource,
+    SkipFirst,
     in_thread,
     new_hash,
     single_use,
@@ -856,9 +857,12 @@ class RegistryClient:
         size: int | None = None,
     ) -> int:
         """Save a blob to ``path`` (written in the thread pool, hashed on the way, the file
-        removed unless it hashes to ``digest``).  A body cut off mid-way is resumed with a
-        ``Range`` request from where it stopped (``retries`` times, when ``resume``).
-        ``size``, the size a manifest declares, bounds what is written (see `blob`)."""
+        removed unless it hashes to ``digest``).  A body cut off mid-way (`Unavailable`) is
+        resumed with a ``Range`` request from where it stopped (``retries`` times, when
+        ``resume``).  A server that ignores the ``Range`` and answers 200 with the whole
+        blob (RFC 7233 allows it) has the bytes the file already holds skipped as they come
+        (streamed, not buffered), the whole body still checked against ``digest``.  ``size``,
+        the size a manifest declares, bounds what is written (see `blob`)."""
         dgst = _as_digest(digest)
         target = Path(path)
         hasher = new_hash(dgst.algorithm)
@@ -868,10 +872,15 @@ class RegistryClient:
             sink = FileSink(self.reactor, handle, hasher)
             for attempt in range(self.session.retries + 1):
                 blob = await self.blob(name, dgst, offset=sink.written, size=size)
-                if blob.offset != sink.written:
-                    raise self.session.bad("the registry ignored the Range of a resumed download")
+                # What the file holds of this body: none when it starts where the file ends
+                # (a 206, or the first attempt); else a 200 with the whole blob, the Range
+                # ignored, whose start is skipped (`blob` refuses a range from elsewhere).
+                held = sink.written - blob.offset
+                consumer: IConsumer = sink if held == 0 else SkipFirst(sink, held)
                 try:
-                    await blob.write_to(sink, verify=False)
+                    # The file's hash checks what is written; a whole body read again past
+                    # bytes already written is checked whole as well (`BadResponse`).
+                    await blob.write_to(consumer, verify=held > 0)
                     break
                 except Exception as exc:
                     sink.check()  # a write that failed (a full disk) stopped the body

@@ -6,7 +6,8 @@ Streaming between files, sockets and hashers in constant memory.
 - `PipeSource`: a request body that is another response's body (a blob copied between two
   registries without touching the disk), its pauses passed back to the source socket.
 - `FileSink`: an `IConsumer` that writes a response body to a file in the thread pool, pausing
-  the producer while more than a few writes are queued.
+  the producer while more than a few writes are queued; `SkipFirst` in front of it drops the
+  start of a body (a resumed download the server answered whole).
 """
 
 from __future__ import annotations
@@ -250,6 +251,31 @@ class FileSink:
             await self._drained
         if self._error is not None:
             self._error.raiseException()
+
+
+@implementer(IConsumer)
+class SkipFirst:
+    """Passes what it is given on to ``consumer``, except the first ``count`` bytes, dropped
+    as they come (a resumed download the server answered whole: what the file has already
+    is read again, and not kept)."""
+
+    def __init__(self, consumer: IConsumer, count: int) -> None:
+        self._consumer = consumer
+        self.left = count
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._consumer.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        if self.left:
+            if len(data) <= self.left:
+                self.left -= len(data)
+                return
+            data, self.left = data[self.left :], 0
+        self._consumer.write(data)
 
 
 class _Tap:

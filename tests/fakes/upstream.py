@@ -81,6 +81,9 @@ class Switches:
     stall: bool = False  # accept requests, never answer
     stall_blob_after: int | None = None  # CDN sends this many bytes, then goes silent
     cut_blob_after: int | None = None  # CDN drops the connection after this many bytes
+    cut_blob_times: int | None = None  # ... of this many bodies (None: every one)
+    # The CDN ignores Range and answers 200 with the whole blob (RFC 7233 allows it).
+    ignore_range: bool = False
     blob_rate: int | None = None  # CDN bytes per second
     corrupt_blobs: bool = False  # CDN flips the first byte of every body
     # CDN bodies without Content-Length (chunked) that go on this many bytes past the blob.
@@ -686,7 +689,7 @@ class _CdnResource(_Base):
         start, end = 0, blob.size
         range_header = (request.getHeader(b"range") or b"").decode("latin-1")
         match = _RANGE_RE.match(range_header)
-        if match is not None and (match[1] or match[2]):
+        if match is not None and (match[1] or match[2]) and not self.fake.switches.ignore_range:
             if match[1]:
                 start = int(match[1])
                 end = min(int(match[2]) + 1, blob.size) if match[2] else blob.size
@@ -731,6 +734,11 @@ class _Streamer:
         self.rate = sw.blob_rate
         self.stall_after = sw.stall_blob_after
         self.cut_after = sw.cut_blob_after
+        if self.cut_after is not None and sw.cut_blob_times is not None:
+            if sw.cut_blob_times > 0:
+                sw.cut_blob_times -= 1
+            else:
+                self.cut_after = None
         self.corrupt = sw.corrupt_blobs
         self.hold_after, self.hold = fake.body_holds.get(blob.digest, (None, None))
 
