@@ -28,6 +28,7 @@ from registry.client.errors import (
     TooLarge,
     Unauthorized,
     Unavailable,
+    UntrustedCertificate,
 )
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "Unavailable",
+    "UntrustedCertificate",
     "Upload",
     "copy_image",
     "credentials_from_config",

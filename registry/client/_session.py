@@ -62,6 +62,7 @@ from registry.client.errors import (
     Rejected,
     Unauthorized,
     Unavailable,
+    UntrustedCertificate,
 )
 from registry.http.bounded_agent import bounded_agent
 from registry.http.headers import header_values
@@ -581,6 +582,10 @@ class Session:
                 raise sent from None
             self.errors += 1
             where = "{}://{}:{}".format(*origin_of(url))
+            untrusted = certificate_failure(exc)
+            if untrusted is not None:
+                # A configuration error, not an outage: `call` does not retry it.
+                raise UntrustedCertificate(where, untrusted) from exc
             raise Unavailable(None, f"no answer from {where}: {describe(exc)}") from exc
         finally:
             if timer.active():
@@ -707,6 +712,44 @@ def body_error(exc: BaseException) -> ClientError | None:
         if isinstance(reason.value, ClientError):
             return reason.value
     return None
+
+
+def certificate_failure(exc: BaseException) -> str | None:
+    """What failed, in words, when ``exc`` (twisted's failure of a request, with its nested
+    reasons) is the server's TLS certificate failing this client's verification: OpenSSL's
+    chain check ("certificate verify failed": an unknown CA, expired, not yet valid...) or
+    the host name check (service_identity); None for any other failure, a TLS alert the
+    server sent included (it refused the handshake: not our verdict on its certificate)."""
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
+    pending: list[object] = [exc]
+    while pending:
+        value = pending.pop()
+        value = getattr(value, "value", value)  # a Failure
+        if isinstance(value, VerificationError):
+            return "; ".join(_mismatch(error) for error in value.errors) or "wrong host name"
+        if isinstance(value, SSL.Error):
+            entries = value.args[0] if value.args and isinstance(value.args[0], list) else []
+            said = [str(entry[-1]) for entry in entries if isinstance(entry, tuple) and entry]
+            if any("certificate verify failed" in text for text in said):
+                return (
+                    f"{', '.join(dict.fromkeys(said))} (OpenSSL: the certificate chain does not"
+                    " lead to a CA the client trusts, or a certificate in it has expired or is"
+                    " not yet valid)"
+                )
+        pending.extend(getattr(value, "reasons", None) or [])
+    return None
+
+
+def _mismatch(error: object) -> str:
+    """One of service_identity's mismatches (`DNSMismatch`, `IPAddressMismatch`...) in words:
+    the certificate names no such host."""
+    wanted = getattr(error, "mismatched_id", None)
+    name = getattr(wanted, "hostname", None) or getattr(wanted, "ip", None) or wanted
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    return f"the certificate is not valid for {name}" if name is not None else str(error)
 
 
 def describe(exc: BaseException) -> str:

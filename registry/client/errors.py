@@ -4,7 +4,8 @@ What can go wrong talking to a registry, as exception classes a caller can act o
 Every failure raised by `registry.client` is a `ClientError`.  The class says what to do
 (``NotFound``: it is not there; ``RateLimited``: wait ``retry_after``; ``Unavailable``: no usable
 answer, try later; ``Unauthorized``: the credentials do not reach; ``BadResponse``: an answer
-that cannot be trusted, never keep anything that came with it).  ``status`` is the HTTP status
+that cannot be trusted, never keep anything that came with it; ``UntrustedCertificate``: the
+server's TLS certificate did not verify, fix the configuration).  ``status`` is the HTTP status
 (None when there was no answer); ``code`` is the first OCI error code of the error body
 (``MANIFEST_UNKNOWN``, ``BLOB_UNKNOWN``, ``DENIED`` ...) and ``errors`` all of them, as
 ``(code, message)`` pairs, when the registry sent an OCI error body.
@@ -52,7 +53,23 @@ class RateLimited(ClientError):
 
 
 class Unavailable(ClientError):
-    """No usable answer: 5xx, refused or reset connection, TLS failure, timeout, stalled body."""
+    """No usable answer: 5xx, refused or reset connection, a TLS handshake that failed for
+    another reason than the server's certificate (a TLS alert from the server, say: it
+    refused ours), timeout, stalled body."""
+
+
+class UntrustedCertificate(ClientError):
+    """The server's TLS certificate did not verify: not issued by a CA the client trusts,
+    expired or not yet valid, or not valid for the host asked for.  A configuration error
+    (the CA bundle, the URL, the server's certificate), not an outage: raised at once, never
+    retried.  No request was sent to that server.  ``host`` is its origin
+    (``https://host:port``: the registry, its token service or a host it redirected to),
+    ``failure`` what failed, in the words of OpenSSL or of the host name check."""
+
+    def __init__(self, host: str, failure: str) -> None:
+        super().__init__(None, f"the TLS certificate of {host} did not verify: {failure}")
+        self.host = host
+        self.failure = failure
 
 
 class Unauthorized(ClientError):
@@ -102,4 +119,5 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "Unavailable",
+    "UntrustedCertificate",
 ]

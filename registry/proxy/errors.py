@@ -30,6 +30,9 @@ from registry.client.errors import (
 from registry.client.errors import (
     Unavailable as UpstreamUnavailable,
 )
+from registry.client.errors import (
+    UntrustedCertificate as UpstreamUntrustedCertificate,
+)
 
 __all__ = [
     "CorruptBody",
@@ -42,6 +45,7 @@ __all__ = [
     "UpstreamRateLimited",
     "UpstreamUnauthorized",
     "UpstreamUnavailable",
+    "UpstreamUntrustedCertificate",
 ]
 
 

@@ -1,10 +1,12 @@
 """
 What the cache knows of its upstream's health, from the answers it gets: while the upstream
-is out (refusing connections, hanging, answering 5xx) or rate-limiting us, the cache stops
+is out (refusing connections, hanging, answering 5xx, showing a TLS certificate that does
+not verify) or rate-limiting us, the cache stops
 asking it for a while, instead of making every client wait for a connection timeout and
 sending the upstream one more request (and token fetch) per client request.
 
-- ``THRESHOLD`` failures in a row (no usable answer, or a 429 without ``Retry-After``) hold
+- ``THRESHOLD`` failures in a row (no usable answer, a certificate that does not verify: the
+  client raises that at once, without retries, or a 429 without ``Retry-After``) hold
   the upstream off for ``[proxy:NAME] hold_off`` seconds (5 by default; 0: never), doubled
   at each failed try up to ``MAX_HOLD``.
 - A 429 with ``Retry-After`` holds off the calls of its kind (manifest GETs, blob GETs...)
@@ -37,7 +39,12 @@ from typing import TypeVar
 from twisted.logger import Logger
 
 from registry.client._inflight import Overloaded
-from registry.proxy.errors import UpstreamError, UpstreamRateLimited, UpstreamUnavailable
+from registry.proxy.errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    UpstreamUntrustedCertificate,
+)
 
 log = Logger()
 
@@ -125,7 +132,8 @@ class UpstreamHealth:
         self.since = None
 
     def failed(self, error: UpstreamError, kind: str = "manifest GET", probe: bool = False) -> None:
-        """A call got no usable answer (``UpstreamUnavailable``) or a 429; ``probe``: it was
+        """A call got no usable answer (``UpstreamUnavailable``, or a TLS certificate that
+        did not verify: ``UpstreamUntrustedCertificate``) or a 429; ``probe``: it was
         the call that asked once the hold had passed.  A 429's ``Retry-After`` is waited out
         whatever ``first_hold``: 0 turns off the holds after failures, not that."""
         if probe:
@@ -188,7 +196,7 @@ class UpstreamHealth:
             raise refused
         try:
             result = await make()
-        except (UpstreamUnavailable, UpstreamRateLimited) as exc:
+        except (UpstreamUnavailable, UpstreamRateLimited, UpstreamUntrustedCertificate) as exc:
             self.failed(exc, kind, probe)
             raise
         except Overloaded:
@@ -212,6 +220,8 @@ def _state(failure: UpstreamError | None) -> str:
     """What a client held off is told of the failure another request met: its status, not
     its reason, which names what that request asked for (``manifest team/app:tag: ...``, a
     token's scope): another team's repository, tag or digest.  The log has the reason."""
+    if isinstance(failure, UpstreamUntrustedCertificate):
+        return "its TLS certificate did not verify"
     if failure is None or failure.status is None:
         return "no answer"
     return f"it answered {failure.status}"

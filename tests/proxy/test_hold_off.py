@@ -14,7 +14,12 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from registry.proxy.errors import UpstreamBadResponse, UpstreamRateLimited, UpstreamUnavailable
+from registry.proxy.errors import (
+    UpstreamBadResponse,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    UpstreamUntrustedCertificate,
+)
 from registry.proxy.health import MAX_RETRY_AFTER, HeldOff, UpstreamHealth
 from tests.e2e.client import get, sha256
 from tests.e2e.test_monitoring import scrape
@@ -74,6 +79,20 @@ def test_the_hold_starts_after_three_failures_doubles_at_each_failed_probe_and_e
             " answered without it meanwhile",
         ),
     ]
+
+
+def test_a_certificate_that_does_not_verify_holds_the_upstream_off_too() -> None:
+    """The client raises it at once, without retries (a configuration error): three in a
+    row hold the upstream off as an outage does, and those held off are told why."""
+    health = UpstreamHealth("hub", "https://upstream.example", Clock().seconds)
+    untrusted = UpstreamUntrustedCertificate(
+        "https://upstream.example", "certificate verify failed"
+    )
+    for _ in range(3):
+        assert _run(health, untrusted) is untrusted
+    refused = _run(health, None)
+    assert isinstance(refused, HeldOff) and isinstance(refused, UpstreamUnavailable)
+    assert refused.reason == "not asked while it is out (its TLS certificate did not verify)"
 
 
 def test_a_rate_limit_holds_off_its_kind_of_call_only_as_long_as_it_says() -> None:

@@ -11,7 +11,8 @@ from twisted.internet.task import Clock
 
 from registry.api.digests import Digest
 from registry.client._bounded import BoundedMap
-from registry.proxy.errors import UpstreamNotFound, UpstreamUnauthorized, UpstreamUnavailable
+from registry.client.errors import UntrustedCertificate
+from registry.proxy.errors import UpstreamNotFound, UpstreamUnauthorized
 from registry.proxy.upstream import UpstreamClient
 from tests.fakes.content import Image
 from tests.fakes.tls import make_test_pki
@@ -210,7 +211,8 @@ async def test_library_mapping(
 
 @pytest_twisted.ensureDeferred
 async def test_tls_upstream_with_ca_bundle(tmp_path: Path, make_client: ClientFactory) -> None:
-    """Verified against the given CA; the same server fails verification without it."""
+    """Verified against the given CA; the same server fails verification without it (at
+    once: a configuration error, not an outage)."""
     pki = make_test_pki(tmp_path)
     tls_fake = await start_fake_upstream(reactor, tls=pki.server_options)
     try:
@@ -223,7 +225,7 @@ async def test_tls_upstream_with_ca_bundle(tmp_path: Path, make_client: ClientFa
         assert len(await blob.read()) == 5000
 
         untrusting = make_client(url=tls_fake.url)
-        with pytest.raises(UpstreamUnavailable):
+        with pytest.raises(UntrustedCertificate):
             await untrusting.manifest("library/alpine", "3")
     finally:
         await tls_fake.stop()
