@@ -201,7 +201,10 @@ class _Endpoints:
             raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
         endpoint = tcp_endpoint(self._reactor, host, uri.port, self._timeout)
         if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
+            from registry.http.host_check import HostChecked  # pyOpenSSL: with TLS only
+
+            creator = HostChecked(self._policy.creatorForNetloc(uri.host, uri.port), host)
+            endpoint = wrapClientTLS(creator, endpoint)
         elif uri.scheme != b"http":
             raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
         endpoint = cancelled_as_cancelled(endpoint, uri.host, uri.port)

@@ -49,13 +49,14 @@ async def test_a_certificate_from_an_unknown_ca_fails_at_once(
     assert tls_fake.log == []
 
 
-def _certificate_for(name: str, tmp_path: Path) -> tuple[Any, str]:
+def _certificate_for(name: str, tmp_path: Path, san: bool = True) -> tuple[Any, str]:
     """Server options for a certificate valid for ``name`` only, from a CA written to a
-    file (returned: a bundle that trusts it)."""
+    file (returned: a bundle that trusts it).  ``san=False``: the name only as the subject's
+    CN, no subjectAltName (valid for no host: browsers and Go refuse it)."""
     ca_key, key = pki.new_key("ec"), pki.new_key("ec")
     ca = pki.certificate("test CA", ca_key, ca=True)
     now = dt.datetime.now(dt.UTC)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
         .issuer_name(ca.subject)
@@ -63,9 +64,12 @@ def _certificate_for(name: str, tmp_path: Path) -> tuple[Any, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
+        )
+    certificate = builder.sign(ca_key, hashes.SHA256())
     bundle = pki.write(tmp_path / "ca.pem", pki.pem_cert(ca))
     return ssl.CertificateOptions(privateKey=key, certificate=certificate), bundle
 
@@ -89,6 +93,32 @@ async def test_a_certificate_for_another_host_fails_at_once(
     with pytest.raises(UntrustedCertificate) as info:
         await client.ping()
     assert info.value.host == fake.url
+    assert info.value.failure == "the certificate is not valid for 127.0.0.1"
+    assert connections(fake) == 1
+    assert fake.log == []
+
+
+@pytest_twisted.async_yield_fixture
+async def no_san(tmp_path: Path) -> AsyncIterator[tuple[FakeUpstream, str]]:
+    """The fake over TLS with a certificate of a trusted CA that has no subjectAltName (its
+    CN names the address asked for)."""
+    options, bundle = _certificate_for("127.0.0.1", tmp_path, san=False)
+    fake = await start_fake_upstream(reactor, tls=options)
+    yield fake, bundle
+    await fake.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_without_subject_alt_names_is_valid_for_no_host(
+    no_san: tuple[FakeUpstream, str], make_client: ClientFactory
+) -> None:
+    """Trusted CA, no subjectAltName: refused like a wrong name.  Twisted's own host check
+    only logged service_identity's error for such a certificate and let the handshake go on,
+    so it was taken for any host (registry.http.host_check)."""
+    fake, bundle = no_san
+    client = make_client(fake.url, tls=TLSOptions(ca_file=bundle), retries=3, backoff=0.5)
+    with pytest.raises(UntrustedCertificate) as info:
+        await client.ping()
     assert info.value.failure == "the certificate is not valid for 127.0.0.1"
     assert connections(fake) == 1
     assert fake.log == []
