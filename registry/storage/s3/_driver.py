@@ -304,7 +304,7 @@ class S3Driver:
                 )
                 await multipart.complete(self._client, dest_key, upload_id, parts)
             except BaseException:
-                await multipart.abort(self._client, dest_key, upload_id)
+                await multipart.abort_after_failure(self._client, dest_key, upload_id)
                 raise
         await self._client.call("DELETE", source_key, missing_ok=True)
 

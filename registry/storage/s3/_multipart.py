@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 import attrs
+from twisted.logger import Logger
 
 from registry.asyncutil import bounded_map
 from registry.storage.driver import StorageError
@@ -19,6 +20,8 @@ from registry.storage.s3._client import (
     parse_xml,
 )
 from registry.storage.s3._settings import MIN_PART_SIZE, quote_key
+
+log = Logger()
 
 # Server-side part copies are cheap for us but slow for S3: run a few at once.
 COPY_CONCURRENCY = 4
@@ -67,6 +70,25 @@ async def complete(client: S3Client, key: str, upload_id: str, parts: list[Part]
 async def abort(client: S3Client, key: str, upload_id: str) -> None:
     """Abort an upload; one that is already gone is fine."""
     await client.call("DELETE", key, query={"uploadId": upload_id}, missing_ok=True)
+
+
+async def abort_after_failure(client: S3Client, key: str, upload_id: str) -> None:
+    """
+    Abort an upload on the way out of a failed operation, whose error is the one to report:
+    when S3 is away, the abort fails too, and its error ("no answer ... (DELETE key)") took
+    the place of the real cause, reading like the deletion of a blob.  Such an abort's
+    failure is one warning instead; the upload stays until ``purge-uploads`` removes it.
+    """
+    try:
+        await abort(client, key, upload_id)
+    except StorageError as exc:
+        log.warn(
+            "S3 multipart upload {upload_id} of {key} not aborted ({error}): it stays until"
+            " purge-uploads removes it",
+            upload_id=upload_id,
+            key=key,
+            error=str(exc),
+        )
 
 
 async def uploads_of(client: S3Client, key: str) -> list[str]:

@@ -708,7 +708,7 @@ async def _continue(
     try:
         parts = await multipart.copy_parts(client, key, key, upload_id, size)
     except BaseException:
-        await multipart.abort(client, key, upload_id)
+        await multipart.abort_after_failure(client, key, upload_id)
         raise
     writer = S3Writer(client, reactor, key, path, upload_id, parts, lease=lease)
     # No state refers to this upload until the writer's `close` records it: a writer that
