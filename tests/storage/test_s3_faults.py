@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -267,6 +268,8 @@ async def test_a_download_stalled_mid_body_cuts_the_clients_body(
     cut_lines = [line for line in app_lines if "body cut short" in line]
     assert len(cut_lines) == 1, app_lines
     assert "no byte sent or received for 1s (S3 stalled)" in cut_lines[0], cut_lines
+    # Named by its whole key, the root's prefix included, as every other S3 message names it.
+    assert re.search(rf"S3 read of faults/[0-9a-f]{{32}}/{blob_key} ended after", cut_lines[0])
 
 
 @pytest_twisted.ensureDeferred

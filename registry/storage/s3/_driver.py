@@ -327,7 +327,7 @@ class S3Driver:
                 response.deliverBody(_Discard())
                 raise self._client.error(206, b"", "GET", key)
             count = int(match.group(2)) - int(match.group(1)) + 1
-            return ResponseProducer(response, count, path)
+            return ResponseProducer(response, count, key)
         if response.code == 200:
             # The server ignored the range (it may when the range covers the whole object).
             if offset != 0:
@@ -338,7 +338,7 @@ class S3Driver:
             if not isinstance(size, int):
                 response.deliverBody(_Discard())
                 raise self._client.error(200, b"", "GET (no Content-Length)", key)
-            return ResponseProducer(response, size, path)
+            return ResponseProducer(response, size, key)
         content: bytes = await _read(response)
         if response.code == 404:
             raise PathNotFoundError(path)

@@ -43,10 +43,10 @@ class _Body(Protocol):
 class ResponseProducer:
     """Writes an S3 response body of ``length`` bytes into a consumer, honouring pauses."""
 
-    def __init__(self, response: IResponse, length: int, path: str) -> None:
+    def __init__(self, response: IResponse, length: int, key: str) -> None:
         self.length = length
         self._response: IResponse | None = response
-        self._path = path
+        self._key = key  # the object's key, as every S3 message names it
         self._protocol = _Body(self)
         self._consumer: IConsumer | None = None
         self._finished: Deferred[None] | None = None
@@ -61,7 +61,7 @@ class ResponseProducer:
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         response, self._response = self._response, None
         if response is None:
-            raise StorageError(f"reader for {self._path} already started")
+            raise StorageError(f"reader for {self._key} already started")
         self._consumer = consumer
         finished: Deferred[None] = Deferred(lambda _: self.stopProducing())
         self._finished = finished
@@ -128,7 +128,7 @@ class ResponseProducer:
             self._finish(None)
         else:
             error = StorageError(
-                f"S3 read of {self._path} ended after {self._written} of "
+                f"S3 read of {self._key} ended after {self._written} of "
                 f"{self.length} bytes: {describe_end(reason)}"
             )
             self._finish(Failure(error))
