@@ -66,6 +66,9 @@ async def test_a_refused_copy_is_reported_not_the_abort_after_it(
             await driver.move("mv/src", "mv/dest")
         message = str(info.value)
         assert "PUT" in message and "DELETE" not in message, message
+        # Each attempt met the same error: said once, with the count.
+        assert message.count("refused mid-body by the test front") == 1, message
+        assert message.endswith(" (4 attempts)"), message
         assert any(
             "S3 multipart upload" in line and "not aborted" in line and "purge-uploads" in line
             for line in logged

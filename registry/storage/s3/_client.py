@@ -115,7 +115,7 @@ def header(response: IResponse, name: str) -> str | None:
 
 
 # What the attempts before met, for the response of a last attempt that failed too (5xx).
-_FAILED_BEFORE: weakref.WeakKeyDictionary[IResponse, str] = weakref.WeakKeyDictionary()
+_FAILED_BEFORE: weakref.WeakKeyDictionary[IResponse, list[str]] = weakref.WeakKeyDictionary()
 
 
 def _attempts(problems: list[str]) -> str:
@@ -133,6 +133,14 @@ def _before(problems: list[str]) -> str:
     if len(problems) == 1:
         return f" (the attempt before: {problems[0]})"
     return f" (the attempts before: {_attempts(problems)})"
+
+
+def _said_before(last: str, problems: list[str]) -> str:
+    """`_before`, or only the count when every attempt met what the last one did (the
+    same error written out twice said nothing more)."""
+    if problems and all(problem == last for problem in problems):
+        return f" ({len(problems) + 1} attempts)"
+    return _before(problems)
 
 
 def _in_words(error: BaseException) -> str:
@@ -278,7 +286,7 @@ class S3Client:
                 if response.code < 500 or not delays:
                     if response.code >= 500:
                         # The caller turns it into an `S3Error`: that says what came before.
-                        _FAILED_BEFORE[response] = _before(met)
+                        _FAILED_BEFORE[response] = list(met)
                     elif met and not QUIET_RETRIES.get():
                         _log.info(
                             "S3 {method} {key} answered {status} at attempt {attempt} "
@@ -399,7 +407,7 @@ class S3Client:
     ) -> S3Error:
         """The error for an S3 answer; with the ``response`` that was the last of several
         attempts, the message also says what the attempts before it met."""
-        before = _FAILED_BEFORE.pop(response, "") if response is not None else ""
+        met = _FAILED_BEFORE.pop(response, []) if response is not None else []
         code, message = "", ""
         if body:
             try:
@@ -409,18 +417,12 @@ class S3Client:
                 message = body[:200].decode("utf-8", "replace")
         bucket = self.settings.bucket
         if status == 403 or code in _CREDENTIAL_CODES:
+            text = f"S3 refused the credentials for bucket {bucket}: {code or f'HTTP {status}'}"
+            text += f" ({message})" if message else ""
             return S3CredentialsError(
-                f"S3 refused the credentials for bucket {bucket}: {code or f'HTTP {status}'}"
-                + (f" ({message})" if message else "")
-                + before,
-                status,
-                code or "AccessDenied",
+                text + _said_before(text, met), status, code or "AccessDenied"
             )
         where = f"{method} {key or '/'}"
-        return S3Error(
-            f"S3 error on {where} in bucket {bucket}: HTTP {status} {code}"
-            + (f" ({message})" if message else "")
-            + before,
-            status,
-            code,
-        )
+        text = f"S3 error on {where} in bucket {bucket}: HTTP {status} {code}"
+        text += f" ({message})" if message else ""
+        return S3Error(text + _said_before(text, met), status, code)
