@@ -1,10 +1,11 @@
 """
 A fake Docker-Hub-like upstream registry over real HTTP on 127.0.0.1, with switches to break it.
 
-Two listeners, like Docker Hub: the registry (``/v2/...`` plus the token service at ``/token``)
-and a "CDN" on another port that serves blob bytes after a 307 from the registry.  The CDN answers
-400 to any request carrying ``Authorization``, which is how tests prove a client does not forward
-credentials across origins.  With ``cdn_challenge`` it answers 401 with a Bearer challenge of its
+Two listeners, like Docker Hub: the registry (``/v2/...``, with a catalog of every repository
+whatever its name, plus the token service at ``/token``) and a "CDN" on another port that
+serves blob bytes after a 307 from the registry.  The CDN answers 400 to any request carrying
+``Authorization``, which is how tests prove a client does not forward credentials across
+origins.  With ``cdn_challenge`` it answers 401 with a Bearer challenge of its
 own instead, naming a token service on the CDN (``/token``, logged as kind ``cdn-token``), so a
 test can see whether a client sends credentials to a realm the upstream never announced.
 
@@ -59,6 +60,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 _MANIFEST_RE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
 _TAGS_RE = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
 _REFERRERS_RE = re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<ref>[^/]+)$")
+_CATALOG_PATHS = ("/v2/_catalog", "/v2/_catalog/")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -111,6 +113,17 @@ class Switches:
     # Blob HEADs in these repositories give this size instead of the blob's (a HEAD that
     # lies; the GET's body stays the blob).
     head_sizes: dict[str, int] = attrs.field(factory=dict)
+    # Repositories the catalog leaves out (one that lists only some: an access policy, a
+    # catalog that lags behind).
+    catalog_hides: frozenset[str] = frozenset()
+    # Manifest requests (HEAD and GET) for these references (a tag or a digest) answer this
+    # status with an OCI error body, in every repository.
+    manifest_status: dict[str, int] = attrs.field(factory=dict)
+    # Manifest answers for these references carry no Docker-Content-Digest.
+    no_digest_refs: frozenset[str] = frozenset()
+    # Every request in these repositories answers (status, message): an OCI error body
+    # with code DENIED and that message, whatever it holds.
+    repository_errors: dict[str, tuple[int, str]] = attrs.field(factory=dict)
 
 
 class Hold:
@@ -450,6 +463,8 @@ class _RegistryResource(_Base):
         referrers = _REFERRERS_RE.match(path)
         if path == "/token":
             kind, name, ref = "token", None, None
+        elif path in _CATALOG_PATHS:
+            kind, name, ref = "catalog", None, None
         elif path in ("/v2/", "/v2"):
             kind, name, ref = "ping", None, None
         elif referrers is not None:
@@ -487,7 +502,12 @@ class _RegistryResource(_Base):
         if kind == "ping":
             request.setHeader(b"content-type", b"application/json")
             return b"{}"
+        if kind == "catalog":
+            return self._catalog(request)
         assert name is not None
+        refused = self.fake.switches.repository_errors.get(name)
+        if refused is not None:
+            return _json_error(request, refused[0], "DENIED", refused[1])
         repo = self.fake.content.repos.get(name)
         if repo is None:
             return _json_error(request, 404, "NAME_UNKNOWN", f"repository {name} not known")
@@ -499,6 +519,22 @@ class _RegistryResource(_Base):
         if kind == "manifest":
             return self._manifest(request, name, ref)
         return self._blob(request, name, ref)
+
+    def _catalog(self, request: Request) -> bytes:
+        """Every repository of the content, whatever its name, paginated as tags are."""
+        args = parse_qs(request.uri.decode("latin-1").partition("?")[2])
+        last = args.get("last", [""])[0]
+        hidden = self.fake.switches.catalog_hides
+        listed = sorted(name for name in self.fake.content.repos if name not in hidden)
+        page = [name for name in listed if name > last]
+        if "n" in args:
+            n = int(args["n"][0])
+            if len(page) > n:
+                page = page[:n]
+                link = f'</v2/_catalog?n={n}&last={page[-1]}>; rel="next"'
+                request.setHeader(b"link", link.encode())
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"repositories": page}).encode()
 
     def _tags(self, request: Request, name: str, tags: list[str]) -> bytes:
         """The distribution-spec pagination: ``n``, ``last`` and a ``Link`` to the next page."""
@@ -569,6 +605,9 @@ class _RegistryResource(_Base):
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/html")
             return b"<html><body><h1>404 Not Found</h1></body></html>"
+        status = sw.manifest_status.get(ref)
+        if status is not None:
+            return _json_error(request, status, "UNKNOWN", f"manifest {ref}: injected failure")
         repo = self.fake.content.repos[name]
         digest = repo.tags.get(ref, ref)
         found = repo.manifests.get(digest)
@@ -586,7 +625,7 @@ class _RegistryResource(_Base):
                 return _json_error(request, 429, "TOOMANYREQUESTS", "pull rate limit reached")
             sw.ratelimit_remaining -= 1
         self._ratelimit_headers(request)
-        if not sw.omit_manifest_digest:
+        if not sw.omit_manifest_digest and ref not in sw.no_digest_refs:
             request.setHeader(b"docker-content-digest", digest.encode())
         if sw.corrupt_manifests:
             body += b" "
@@ -629,11 +668,15 @@ class _RegistryResource(_Base):
             for key, value in changes.items():
                 if key == "credentials" and value is not None:
                     value = tuple(value)
-                if key == "denied":
+                if key in ("denied", "no_digest_refs", "catalog_hides"):
                     value = frozenset(value)
+                if key == "repository_errors":
+                    value = {name: tuple(answer) for name, answer in value.items()}
                 setattr(self.fake.switches, key, value)
             switches = attrs.asdict(self.fake.switches)
             switches["denied"] = sorted(switches["denied"])
+            switches["no_digest_refs"] = sorted(switches["no_digest_refs"])
+            switches["catalog_hides"] = sorted(switches["catalog_hides"])
             return json.dumps(switches).encode()
         if path == "/_fake/revoke":
             self.fake.revoke_tokens()
