@@ -12,6 +12,7 @@ from __future__ import annotations
 import attrs
 
 from registry.api.digests import Digest
+from registry.api.names import check_tag
 from registry.sync.config import SyncConfig
 from registry.sync.filters import literal_prefix, map_name
 from registry.sync.sides import RepositoryMissing, Side
@@ -43,11 +44,8 @@ def target_name(config: SyncConfig, name: str) -> str:
     return map_name(name, strip, config.destination)
 
 
-async def plan_repository(
-    source: Side, target: Side, config: SyncConfig, name: str, destination: str
-) -> list[TagPlan]:
-    """Every selected tag of one repository with its digest on both sides; tags that
-    vanished from the source meanwhile are left out.  A repository the remote does not have
+async def select_tags(source: Side, config: SyncConfig, name: str) -> list[str]:
+    """The repository's tags the tag filters select.  A repository the remote does not have
     is an error when a pull's ``repositories`` named it (a typo, a ``remote`` that is no
     registry: a run copying nothing must not end ``ok``); it has no tags when it came from the
     catalog (deleted since it was listed), or when a push names a local repository not pushed
@@ -58,10 +56,18 @@ async def plan_repository(
         if config.repositories.literal_names is not None and source.label == "remote":
             raise
         tags = []
-    plans = []
-    for tag in config.tags.select(tags):
-        digest = await source.tag_digest(name, tag)
-        if digest is None:
-            continue
-        plans.append(TagPlan(tag, digest, await target.tag_digest(destination, tag)))
-    return plans
+    return config.tags.select(tags)
+
+
+async def plan_tag(
+    source: Side, target: Side, name: str, destination: str, tag: str
+) -> TagPlan | None:
+    """One tag with its digest on both sides (each asked for when the tag's turn comes: a
+    failure is that tag's alone); None when it vanished from the source meanwhile.  A tag
+    that is no valid tag (a remote's list may hold anything) is refused before it is asked
+    for."""
+    check_tag(tag)
+    digest = await source.tag_digest(name, tag)
+    if digest is None:
+        return None
+    return TagPlan(tag, digest, await target.tag_digest(destination, tag))

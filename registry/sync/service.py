@@ -34,7 +34,7 @@ from registry.storage.driver import PathNotFoundError, StorageError
 from registry.sync.abandoned import UploadMarks
 from registry.sync.config import SyncConfig, parse_syncs
 from registry.sync.copier import Copier, CopyError
-from registry.sync.planner import plan_repository, source_repositories, target_name
+from registry.sync.planner import plan_tag, select_tags, source_repositories, target_name
 from registry.sync.sides import LocalSide, RemoteSide, RepositoryMissing
 from registry.sync.status import RunReport, SyncStatus
 from registry.sync.throttle import Throttle
@@ -259,17 +259,22 @@ class SyncService(Service):
         return Deferred.fromCoroutine(self._repository(copier, report, name))
 
     async def _repository(self, copier: Copier, report: RunReport, name: str) -> None:
+        """One repository's selected tags; an error in one tag (its HEAD, its copy) is that
+        tag's, and the next is copied all the same."""
         settings = self.settings
         destination = target_name(settings, name)
         try:
-            plans = await plan_repository(copier.source, copier.target, settings, name, destination)
+            tags = await select_tags(copier.source, settings, name)
         except EXPECTED as exc:
             self._error(report, name, exc)
             return
         report.counts.add("repositories")
-        for plan in plans:
-            report.counts.add("tags_checked")
+        for tag in tags:
             try:
+                plan = await plan_tag(copier.source, copier.target, name, destination, tag)
+                if plan is None:
+                    continue  # gone from the source since it was listed
+                report.counts.add("tags_checked")
                 if plan.up_to_date:
                     report.counts.add("tags_up_to_date")
                 else:
@@ -286,7 +291,7 @@ class SyncService(Service):
                 if settings.referrers:
                     await copier.copy_referrers(name, destination, plan.source)
             except EXPECTED as exc:
-                self._error(report, f"{name}:{plan.tag}", exc)
+                self._error(report, f"{name}:{tag}", exc)
 
     def _error(self, report: RunReport, where: str, exc: BaseException) -> None:
         message = f"{where}: {describe(exc)}" if where else describe(exc)
