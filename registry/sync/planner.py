@@ -12,7 +12,8 @@ from __future__ import annotations
 import attrs
 
 from registry.api.digests import Digest
-from registry.api.names import check_tag
+from registry.api.errors import RegistryError
+from registry.api.names import check_name, check_tag
 from registry.sync.config import SyncConfig
 from registry.sync.filters import literal_prefix, map_name
 from registry.sync.sides import RepositoryMissing, Side
@@ -27,6 +28,31 @@ class TagPlan:
     @property
     def up_to_date(self) -> bool:
         return self.source == self.target
+
+
+class InvalidName(ValueError):
+    """A repository name that no registry may hold (NAME_INVALID): one a remote's catalog
+    lists, or the name it would get on the receiving side."""
+
+
+def check_names(name: str, destination: str) -> None:
+    """Refuse a repository whose name, or whose name on the receiving side, is not a valid
+    repository name (the check a push's URL gets): a remote's catalog may list anything
+    (``Team/App``, ``team/app/_manifests/tags``), and such a name written to this
+    registry's storage would land inside another repository's folders."""
+    try:
+        check_name(name)
+    except RegistryError as exc:
+        reason = (exc.detail or {}).get("reason", "")
+        raise InvalidName(f"not a valid repository name ({reason}); skipped") from None
+    try:
+        check_name(destination)
+    except RegistryError as exc:
+        reason = (exc.detail or {}).get("reason", "")
+        raise InvalidName(
+            f"its name on the receiving side is not a valid repository name ({reason}), "
+            f"skipped: {destination[:300]}"
+        ) from None
 
 
 async def source_repositories(source: Side, config: SyncConfig) -> list[str]:

@@ -34,7 +34,13 @@ from registry.storage.driver import PathNotFoundError, StorageError
 from registry.sync.abandoned import UploadMarks
 from registry.sync.config import SyncConfig, parse_syncs
 from registry.sync.copier import Copier, CopyError
-from registry.sync.planner import plan_tag, select_tags, source_repositories, target_name
+from registry.sync.planner import (
+    check_names,
+    plan_tag,
+    select_tags,
+    source_repositories,
+    target_name,
+)
 from registry.sync.sides import LocalSide, RemoteSide, RepositoryMissing
 from registry.sync.status import RunReport, SyncStatus
 from registry.sync.throttle import Throttle
@@ -264,6 +270,7 @@ class SyncService(Service):
         settings = self.settings
         destination = target_name(settings, name)
         try:
+            check_names(name, destination)
             tags = await select_tags(copier.source, settings, name)
         except EXPECTED as exc:
             self._error(report, name, exc)

@@ -19,6 +19,7 @@ from typing import Any
 
 from registry.api.digests import Digest
 from registry.api.errors import RegistryError
+from registry.api.names import check_name
 from registry.client import NotFound, RegistryClient
 from registry.client.walk import FetchedManifest
 from registry.handlers.context import RegistryContext
@@ -32,7 +33,10 @@ class RepositoryMissing(Exception):
 
 
 class LocalSide:
-    """This registry, through its stores."""
+    """This registry, through its stores.  Every repository name is checked as a request's
+    is (NAME_INVALID) before a store sees it: the stores take a name as a storage path, and a
+    sync's names come from a remote's catalog (``team/app/_manifests/tags`` would be stored
+    inside ``team/app``'s own folders)."""
 
     label = "local"
 
@@ -52,6 +56,7 @@ class LocalSide:
 
     async def tags(self, name: str) -> list[str]:
         """The repository's tags; `RepositoryMissing` when there is no such repository."""
+        check_name(name)
         try:
             tags, _ = await self.ctx.tags.list_tags(name)
         except RegistryError as exc:
@@ -59,16 +64,18 @@ class LocalSide:
         return tags
 
     async def tag_digest(self, name: str, tag: str) -> Digest | None:
+        check_name(name)
         try:
             return (await self.ctx.manifests.get(name, tag)).digest
         except RegistryError:
             return None
 
     async def manifest(self, name: str, reference: str | Digest) -> FetchedManifest:
-        stored = await self.ctx.manifests.get(name, reference)
+        stored = await self.ctx.manifests.get(check_name(name), reference)
         return FetchedManifest(stored.body, stored.media_type, stored.digest)
 
     async def has_manifest(self, name: str, digest: Digest) -> bool:
+        check_name(name)
         try:
             await self.ctx.manifests.get(name, digest)
         except RegistryError:
@@ -76,11 +83,12 @@ class LocalSide:
         return True
 
     async def put_manifest(self, name: str, reference: str, body: bytes, media_type: str) -> None:
-        await self.ctx.manifests.put(name, reference, body, media_type)
+        await self.ctx.manifests.put(check_name(name), reference, body, media_type)
 
     async def has_blob(self, name: str, digest: Digest) -> bool:
         """True when the repository can serve the blob; a blob stored for another repository
         is linked here (a local mount), so its bytes are not fetched again."""
+        check_name(name)
         if await self.ctx.blobs.is_linked(name, digest):
             return await self.ctx.blobs.exists(digest) is not None
         if await self.ctx.blobs.exists(digest) is None:
@@ -89,10 +97,10 @@ class LocalSide:
         return True
 
     async def blob_size(self, name: str, digest: Digest) -> int:
-        return (await self.ctx.blobs.stat(name, digest)).size
+        return (await self.ctx.blobs.stat(check_name(name), digest)).size
 
     async def referrers(self, name: str, digest: Digest) -> list[dict[str, Any]]:
-        return await self.ctx.referrers.list_referrers(name, digest)
+        return await self.ctx.referrers.list_referrers(check_name(name), digest)
 
 
 class RemoteSide:

@@ -23,6 +23,7 @@ from twisted.web.http import PotentialDataLoss
 
 from registry.api.digests import Digest
 from registry.api.errors import DIGEST_INVALID, RegistryError
+from registry.api.names import check_name
 from registry.client import BadResponse, single_use
 from registry.storage.uploads import UploadAppender
 from registry.sync.abandoned import UploadMarks
@@ -112,6 +113,7 @@ async def pull_blob(
     records the upload as the sync's while it is open, so that a restart after a crash
     cancels it (`registry.sync.abandoned`).  ``size`` (the manifest's): a remote sending
     more fails the copy as soon as it does, rather than once the body ends."""
+    check_name(local_name)  # the stores take it as a storage path (see `LocalSide`)
     uploads = local.ctx.uploads
     blob = await remote.client.blob(remote_name, digest, size=size)
     try:
