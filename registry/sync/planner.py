@@ -15,7 +15,7 @@ from registry.api.digests import Digest
 from registry.api.errors import RegistryError
 from registry.api.names import check_name, check_tag
 from registry.sync.config import SyncConfig
-from registry.sync.filters import literal_prefix, map_name
+from registry.sync.filters import is_glob, literal_prefix, map_name
 from registry.sync.sides import RepositoryMissing, Side
 
 
@@ -55,13 +55,18 @@ def check_names(name: str, destination: str) -> None:
         ) from None
 
 
-async def source_repositories(source: Side, config: SyncConfig) -> list[str]:
-    """The repositories to copy: the names themselves when the globs are plain names (no
-    catalog needed), else the source's catalog filtered by the globs."""
-    literal = config.repositories.literal_names
-    if literal is not None:
-        return sorted(literal)
-    return sorted(name for name in await source.repositories() if config.repositories.matches(name))
+def plain_names(config: SyncConfig) -> tuple[str, ...]:
+    """The globs that are plain repository names (no wildcard): tried directly, whether or
+    not a catalog lists them."""
+    return tuple(glob for glob in config.repositories.globs if not is_glob(glob))
+
+
+async def catalog_names(source: Side, config: SyncConfig) -> list[str]:
+    """The names of the source's catalog that a glob matches; none, and no catalog read,
+    when every glob is a plain name (a registry without a catalog: Docker Hub)."""
+    if config.repositories.literal_names is not None:
+        return []
+    return [name for name in await source.repositories() if config.repositories.matches(name)]
 
 
 def target_name(config: SyncConfig, name: str) -> str:
@@ -72,14 +77,14 @@ def target_name(config: SyncConfig, name: str) -> str:
 
 async def select_tags(source: Side, config: SyncConfig, name: str) -> list[str]:
     """The repository's tags the tag filters select.  A repository the remote does not have
-    is an error when a pull's ``repositories`` named it (a typo, a ``remote`` that is no
+    is an error when a pull's ``repositories`` names it (a typo, a ``remote`` that is no
     registry: a run copying nothing must not end ``ok``); it has no tags when it came from the
     catalog (deleted since it was listed), or when a push names a local repository not pushed
     yet (a sync set up before its first image)."""
     try:
         tags = await source.tags(name)
     except RepositoryMissing:
-        if config.repositories.literal_names is not None and source.label == "remote":
+        if source.label == "remote" and name in plain_names(config):
             raise
         tags = []
     return config.tags.select(tags)

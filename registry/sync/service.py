@@ -35,10 +35,11 @@ from registry.sync.abandoned import UploadMarks
 from registry.sync.config import SyncConfig, parse_syncs
 from registry.sync.copier import Copier, CopyError
 from registry.sync.planner import (
+    catalog_names,
     check_names,
+    plain_names,
     plan_tag,
     select_tags,
-    source_repositories,
     target_name,
 )
 from registry.sync.sides import LocalSide, RemoteSide, RepositoryMissing
@@ -229,7 +230,7 @@ class SyncService(Service):
                 settings.referrers,
                 self.marks,
             )
-            names = await source_repositories(source, settings)
+            names = await self._repositories(source, report)
             workers = DeferredSemaphore(settings.concurrency)
             runs = [workers.run(self._repository_later, copier, report, name) for name in names]
             outcomes = await DeferredList(runs, consumeErrors=True)
@@ -263,6 +264,19 @@ class SyncService(Service):
 
     def _repository_later(self, copier: Copier, report: RunReport, name: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._repository(copier, report, name))
+
+    async def _repositories(self, source: LocalSide | RemoteSide, report: RunReport) -> list[str]:
+        """Every plain name of ``repositories``, tried whether or not a catalog lists it, and
+        the catalog's names the globs match; a catalog that cannot be read is an error of the
+        run, and the plain names are tried all the same."""
+        names = set(plain_names(self.settings))
+        try:
+            names.update(await catalog_names(source, self.settings))
+        except EXPECTED as exc:
+            if not names:
+                raise
+            self._error(report, "", exc)
+        return sorted(names)
 
     async def _repository(self, copier: Copier, report: RunReport, name: str) -> None:
         """One repository's selected tags; an error in one tag (its HEAD, its copy) is that

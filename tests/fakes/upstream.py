@@ -116,6 +116,8 @@ class Switches:
     # Repositories the catalog leaves out (one that lists only some: an access policy, a
     # catalog that lags behind).
     catalog_hides: frozenset[str] = frozenset()
+    # The catalog answers this status with an OCI error body (Docker Hub has no catalog).
+    catalog_status: int | None = None
     # Manifest requests (HEAD and GET) for these references (a tag or a digest) answer this
     # status with an OCI error body, in every repository.
     manifest_status: dict[str, int] = attrs.field(factory=dict)
@@ -522,6 +524,9 @@ class _RegistryResource(_Base):
 
     def _catalog(self, request: Request) -> bytes:
         """Every repository of the content, whatever its name, paginated as tags are."""
+        if self.fake.switches.catalog_status is not None:
+            status = self.fake.switches.catalog_status
+            return _json_error(request, status, "UNSUPPORTED", "no catalog here")
         args = parse_qs(request.uri.decode("latin-1").partition("?")[2])
         last = args.get("last", [""])[0]
         hidden = self.fake.switches.catalog_hides

@@ -5,6 +5,10 @@ fails is one error of the run, the others are copied.  A remote's catalog may li
 and a name such as ``team/app/_manifests/tags`` stored as it is would land inside
 ``team/app``'s own folders (whose tag list then showed ``_layers``, ``_manifests`` and
 ``_uploads``).  The local stores refuse such a name from the sync whatever its caller.
+
+A plain name beside globs (``team/* base/alpine``) is tried directly, as when all names are
+plain: a catalog that does not list it does not drop it, and a name the remote does not have
+is an error of the run.
 """
 
 from __future__ import annotations
@@ -141,5 +145,74 @@ async def test_the_local_side_refuses_a_name_no_request_could_give(
         assert fake.count(kind="blob") == 0
         with pytest.raises(PathNotFoundError):
             await driver.list(layout.REPOSITORIES)
+    finally:
+        await fake.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_name_beside_globs_is_tried_whatever_the_catalog_lists(
+    start_registry: Starter, make_client: ClientFactory
+) -> None:
+    """``repositories = team/* base/alpine`` (the docs' example) against a catalog that does
+    not list ``base/alpine`` (a registry whose catalog shows only some repositories): it is
+    copied all the same, and ``base/nonesuch``, which the remote does not have, is an error
+    of the run rather than silence."""
+    fake = await start_fake_upstream(
+        reactor, switches=Switches(auth="none", catalog_hides=frozenset({"base/alpine"}))
+    )
+    try:
+        app = fake.content.add_image("team/app", "v1", [1000])
+        alpine = fake.content.add_image("base/alpine", "3.20", [1000])
+        fake.content.add_image("other/thing", "v1", [1000])
+        local = await start_registry(
+            {
+                "sync:mixed": {
+                    "remote": fake.url,
+                    "first_run_within": "0s",
+                    "repositories": "team/* base/alpine base/nonesuch",
+                }
+            }
+        )
+        status = await wait_runs(local.url, "mixed")
+        assert fake.count("GET", "catalog") >= 1  # the catalog was read
+        assert status["last"]["result"] == "failed", status
+        (message,) = status["last"]["error_messages"]
+        assert message.startswith("base/nonesuch: the remote has no repository base/nonesuch")
+        assert status["last"]["repositories"] == 2
+        here = make_client(local.url)
+        assert (await here.get_manifest("team/app", "v1")).body == app.manifest
+        assert (await here.get_manifest("base/alpine", "3.20")).body == alpine.manifest
+        assert [name async for name in here.all_repositories()] == ["base/alpine", "team/app"]
+    finally:
+        await fake.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_names_are_copied_when_the_catalog_cannot_be_read(
+    start_registry: Starter, make_client: ClientFactory
+) -> None:
+    """A remote without a catalog (Docker Hub) and ``repositories = team/* base/alpine``:
+    the catalog's refusal is an error of the run, and ``base/alpine`` is copied all the same."""
+    fake = await start_fake_upstream(reactor, switches=Switches(auth="none", catalog_status=404))
+    try:
+        alpine = fake.content.add_image("base/alpine", "3.20", [1000])
+        fake.content.add_image("team/app", "v1", [1000])
+        local = await start_registry(
+            {
+                "sync:hub": {
+                    "remote": fake.url,
+                    "first_run_within": "0s",
+                    "repositories": "team/* base/alpine",
+                }
+            }
+        )
+        status = await wait_runs(local.url, "hub")
+        assert status["last"]["result"] == "failed", status
+        (message,) = status["last"]["error_messages"]
+        assert message.startswith("registry 404: "), message
+        assert "no catalog here" in message
+        here = make_client(local.url)
+        assert (await here.get_manifest("base/alpine", "3.20")).body == alpine.manifest
+        assert [name async for name in here.all_repositories()] == ["base/alpine"]
     finally:
         await fake.stop()
