@@ -142,8 +142,12 @@ class RemoteSide:
         return await self.client.blob_exists(name, digest) is not None
 
     async def referrers(self, name: str, digest: Digest) -> list[dict[str, Any]]:
-        # None: the remote has no referrers API (registry:2 before v3).
-        return await self.client.referrers(name, digest) or []
+        # A remote without the referrers API (registry:2 before v3) is asked for the
+        # subject's fallback tag (``sha256-<hex>``), where clients that push to it (cosign,
+        # oras, a push of this registry's) list the referrers, as `txregistry copy
+        # --referrers` reads it: a pull whose tag filters leave that tag out still brings
+        # them along.
+        return await self.client.referrers(name, digest, tag_schema=True) or []
 
 
 Side = LocalSide | RemoteSide

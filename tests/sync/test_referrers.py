@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
+from registry.api.digests import Digest
 from registry.client import NotFound
+from registry.client.copy import index_referrer
 from tests.client import images
 from tests.client.conftest import ClientFactory
 from tests.e2e.conftest import Starter
@@ -171,3 +173,46 @@ async def test_referrers_of_the_platforms_of_an_index(
     for child, referrer in ((arm64, signature), (amd64, sbom)):
         found = await upstream.referrers("out/in/multi/app", images.digest(child))
         assert [d["digest"] for d in found or []] == [images.digest(referrer)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_from_registry2_reads_the_referrers_fallback_tag(
+    registry2: Registry2Process, start_registry: Starter, make_client: ClientFactory
+) -> None:
+    """registry:2 has no referrers API: a signature pushed there is listed in its subject's
+    ``sha256-<hex>`` fallback tag (as cosign, oras and ``txregistry copy --referrers`` keep
+    it).  A pull whose tag filters leave that tag out brings the signature along all the
+    same, read from the fallback tag as ``txregistry copy --referrers`` reads it, and the
+    fallback tag itself is not copied."""
+    remote_url = f"http://{registry2.host}"
+    upstream = make_client(remote_url)
+    manifest, _ = await push_image(upstream, "signed/app", "v1")
+    signature = await push_referrer(upstream, "signed/app", manifest, "application/x.sig", b"sig")
+    await index_referrer(
+        upstream,
+        "signed/app",
+        signature,
+        images.OCI_MANIFEST,
+        Digest.parse(images.digest(signature)),
+    )
+    assert await upstream.referrers("signed/app", images.digest(manifest)) is None  # no API
+    local = await start_registry(
+        {
+            "sync:in": {
+                "remote": remote_url,
+                "first_run_within": "0s",
+                "repositories": "signed/app",
+                "tags": "v*",
+            }
+        }
+    )
+    status = await wait_runs(local.url, "in")
+    assert status["last"]["result"] == "ok", status
+    assert status["last"]["manifests"] == 2  # the image and its signature
+    here = make_client(local.url)
+    found = await here.referrers("signed/app", images.digest(manifest))
+    assert [(d["digest"], d["artifactType"]) for d in found or []] == [
+        (images.digest(signature), "application/x.sig")
+    ]
+    assert (await here.get_manifest("signed/app", images.digest(signature))).body == signature
+    assert [tag async for tag in here.all_tags("signed/app")] == ["v1"]
