@@ -29,6 +29,7 @@ from registry.asyncutil import within_time
 from registry.client import ClientError, RegistryClient
 from registry.config import Config
 from registry.handlers.context import RegistryContext
+from registry.logtext import one_line
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError, StorageError
 from registry.sync.abandoned import UploadMarks
@@ -315,7 +316,10 @@ class SyncService(Service):
                 self._error(report, f"{name}:{tag}", exc)
 
     def _error(self, report: RunReport, where: str, exc: BaseException) -> None:
-        message = f"{where}: {describe(exc)}" if where else describe(exc)
+        # Escaped: a remote chooses its error messages, the names in its catalog and its tags;
+        # a line break among them would write a log line of its own.
+        reason = one_line(describe(exc))
+        message = f"{one_line(where, 400)}: {reason}" if where else reason
         report.error(message)
         log.warn(
             "sync {sync}: {message}",
