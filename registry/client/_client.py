@@ -649,12 +649,17 @@ class RegistryClient:
         ``artifact_type``, here too when the registry did not filter), or None when the
         registry has no referrers API (a 404).  With ``tag_schema``, a registry without the
         API is asked for the spec's fallback tag (``sha256-<hex>``) instead, and the answer
-        is a list (empty when neither exists)."""
+        is a list (empty when neither exists).  The tag is looked for with a HEAD first: most
+        subjects have none, and Docker Hub (no referrers API) counts a manifest GET against
+        its pull rate limit, a HEAD not, so a mirror run over many tags costs no pulls."""
         found = await self._referrers_api(name, subject, artifact_type)
         if found is not None or not tag_schema:
             return found
+        tag = _referrers_tag(subject)
+        if await self.head_manifest(name, tag) is None:
+            return []
         try:
-            index = await self.get_manifest(name, _referrers_tag(subject), [OCI_INDEX])
+            index = await self.get_manifest(name, tag, [OCI_INDEX])
         except NotFound:
             return []
         listed = index_descriptors(index.json())

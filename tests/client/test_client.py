@@ -239,3 +239,28 @@ async def test_referrers_filtered_when_the_registry_does_not(
     assert len(every or []) == 2
     sboms = await client.referrers("library/app", image.digest, artifact_type="application/x.sbom")
     assert [d["artifactType"] for d in sboms or []] == ["application/x.sbom"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_missing_fallback_tag_costs_no_manifest_get(
+    fake: FakeUpstream, make_client: ClientFactory
+) -> None:
+    """Without a referrers API (Docker Hub), ``referrers(tag_schema=True)`` looks for the
+    ``sha256-<hex>`` tag with a HEAD: a manifest GET counts against Docker Hub's pull rate
+    limit, so a sync or copy over many subjects without referrers must cost none; a tag that
+    is there is read with one GET after its HEAD."""
+    fake.switches.referrers_api = False
+    image = fake.content.add_image("library/alpine", "3", [100])
+    client = make_client(fake.url)
+    before = len(fake.log)
+    assert await client.referrers("library/alpine", image.digest, tag_schema=True) == []
+    asked = [(r.method, r.kind) for r in fake.log[before:] if r.kind in ("manifest", "referrers")]
+    assert asked == [("GET", "referrers"), ("HEAD", "manifest")]
+    index = "application/vnd.oci.image.index.v1+json"
+    listed = json.dumps({"schemaVersion": 2, "mediaType": index, "manifests": []}).encode()
+    tag = "sha256-" + str(image.digest).split(":", 1)[1]
+    fake.content.add_manifest("library/alpine", index, listed, tag=tag)
+    before = len(fake.log)
+    assert await client.referrers("library/alpine", image.digest, tag_schema=True) == []
+    asked = [(r.method, r.kind) for r in fake.log[before:] if r.kind in ("manifest", "referrers")]
+    assert asked == [("GET", "referrers"), ("HEAD", "manifest"), ("GET", "manifest")]
