@@ -26,7 +26,6 @@ import datetime
 import hashlib
 import json
 import math
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -49,6 +48,7 @@ from joserfc.jws import JWSRegistry
 from twisted.internet.interfaces import IReactorTime
 
 from registry.auth.interfaces import Access
+from registry.logtext import one_line
 
 # Token servers in the registry:2 world sign with "EdDSA"; RFC 9864 renamed it, and joserfc
 # warns on every use.  The algorithm is fine; the warning would only fill the logs.
@@ -73,14 +73,12 @@ class _TokenRegistry(JWSRegistry):
 class InvalidToken(Exception):
     """A token that is malformed, untrusted, expired or not for us; the message is for logs.
 
-    The message may quote the token's own header values (JOSE errors do): control characters
-    are escaped, so that a token cannot write lines of its own into the log."""
+    The message may quote the token's own header values (JOSE errors do): unprintable
+    characters (controls, and the line ends only some readers split on: NEL, U+2028) are
+    escaped, so that a token cannot write lines of its own into the log."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message))
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+        super().__init__(one_line(message))
 
 
 @attrs.frozen

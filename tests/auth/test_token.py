@@ -241,3 +241,12 @@ def test_chain_is_checked_at_the_clock_time(keys: Keys, tmp_path: os.PathLike[st
 def test_needs_some_key(clock: Clock) -> None:
     with pytest.raises(ValueError):
         TokenVerifier("i", "s", clock)
+
+
+def test_a_refusals_message_cannot_write_lines_of_its_own() -> None:
+    """What a token quotes (header values, a JOSE library's error text) reaches the log in
+    the refusal's message: every unprintable character is escaped, line ends that only some
+    readers split on (NEL, U+2028) included."""
+    message = str(InvalidToken("kid 'a\nb\r\x1b[31mc\x85d\u2028e'"))
+    assert message == "kid 'a\\nb\\r\\x1b[31mc\\x85d\\u2028e'"
+    assert len(message.splitlines()) == 1
