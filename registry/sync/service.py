@@ -213,6 +213,7 @@ class SyncService(Service):
             sync_event="run_started",
         )
         # The other worker processes answer /sync/status from the saved state: keep it current.
+        self.throttle.counted = lambda amount: report.counts.add("bytes_transferred", amount)
         progress = LoopingCall(lambda: Deferred.fromCoroutine(self._save()))
         progress.clock = self.reactor
         progress.start(PROGRESS_SAVE_INTERVAL, now=True)
@@ -249,6 +250,7 @@ class SyncService(Service):
             self._error(report, "", exc)
         finally:
             progress.stop()
+            self.throttle.counted = None
             self.status.end(report, self.reactor.seconds(), result)
             await self._save()
         log.info(

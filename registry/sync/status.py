@@ -26,6 +26,7 @@ COUNTERS = (
     "blobs",
     "blobs_skipped",
     "bytes",
+    "bytes_transferred",
     "errors",
 )
 # Errors kept in the status of one run (each is also logged).

@@ -10,6 +10,7 @@ the sender down.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -31,9 +32,14 @@ class Throttle:
         self.rate = rate
         self._allowance = float(rate)
         self._updated = clock.seconds()
+        # Told of every amount passed on, limit or not: the run in progress counts them
+        # (its ``bytes_transferred``, which moves while a large blob is still in flight).
+        self.counted: Callable[[int], None] | None = None
 
     def debit(self, amount: int) -> float:
         """Take ``amount`` bytes; the seconds to pause before sending more (0: go on)."""
+        if self.counted is not None:
+            self.counted(amount)
         if self.rate <= 0:
             return 0.0
         now = self.clock.seconds()
