@@ -382,7 +382,7 @@ class UiApp:
         principal = await authorize(self.ctx, request, [repository(name, PULL)])
         ref = parse_reference(reference)
         stored = await _data.stored_manifest(self.ctx, name, reference)
-        parsed = _data.parse_stored(stored.body)
+        parsed = await _data.parse_shown(self.ctx.reactor, stored.body)
         platforms: list[tuple[str, str, str, int, bool]] = []
         config = None
         layers: list[_data.Layer] = []
@@ -445,7 +445,7 @@ class UiApp:
         manifest_ref = query(request, "manifest") or ""
         if manifest_ref:
             stored = await _data.stored_manifest(self.ctx, name, Digest.parse(manifest_ref))
-            parsed = _data.parse_stored(stored.body)
+            parsed = await _data.parse_shown(self.ctx.reactor, stored.body)
             if parsed is not None:
                 local = _data.local_name(self.ctx, name)
                 config = await _data.read_config(self.reader.blobs, local, parsed)

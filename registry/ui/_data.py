@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
 
 from registry.api.digests import Digest
 from registry.api.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, NAME_UNKNOWN, RegistryError
@@ -179,6 +180,30 @@ def parse_stored(body: bytes) -> ParsedManifest | None:
         return parse_manifest(body, None, DEFAULT_URL_POLICY)
     except RegistryError:
         return None
+
+
+# A manifest's own page parses it whole (every layer, platform and annotation).  One of 4 MiB
+# (10,000 layers) costs a quarter of a second of pure Python: on the reactor thread, every
+# request of every client waited for each view.  Past this size it is parsed in a worker
+# thread, one such parse at a time, so that the reactor keeps its turns (the interpreter
+# switches threads every few milliseconds) and a few clients reloading a large manifest's page
+# cannot hold the process.  Nothing parsed is kept: a parsed 4 MiB manifest holds tens of MiB.
+PARSE_IN_THREAD_FROM = 64 * 1024
+_LARGE_PARSES = DeferredSemaphore(1)
+
+
+async def parse_shown(reactor: Any, body: bytes) -> ParsedManifest | None:
+    """`parse_stored` for a page that shows the whole manifest (see above)."""
+    if len(body) < PARSE_IN_THREAD_FROM:
+        return parse_stored(body)
+    await _LARGE_PARSES.acquire()
+    try:
+        parsed: ParsedManifest | None = await deferToThreadPool(
+            reactor, reactor.getThreadPool(), parse_stored, body
+        )
+        return parsed
+    finally:
+        _LARGE_PARSES.release()
 
 
 async def read_config(
