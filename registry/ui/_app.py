@@ -19,7 +19,6 @@ pull.
 from __future__ import annotations
 
 import bisect
-import os.path
 import re
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -58,28 +57,13 @@ from registry.ops import gcstatus
 from registry.storage.driver import StorageError
 from registry.storage.manifests import parse_reference
 from registry.storage.repositories import repository_exists
-from registry.ui import _data, _format, _ops, _pages
+from registry.ui import _data, _format, _ops, _pages, _static
 from registry.ui._security import CsrfTokens, check_same_origin, set_page_headers
 from registry.ui._sizes import RepositorySizes
 from registry.ui._tagtimes import TagTimes
 
 log = Logger()
 
-_STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
-_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
-
-
-def _load_static() -> dict[str, tuple[bytes, str]]:
-    files = {}
-    for entry in sorted(os.listdir(_STATIC_DIR)):
-        kind = _STATIC_TYPES.get(os.path.splitext(entry)[1])
-        if kind is not None:
-            with open(os.path.join(_STATIC_DIR, entry), "rb") as file:
-                files[entry] = (file.read(), kind)
-    return files
-
-
-_STATIC = _load_static()
 
 
 # Neither a repository name nor a tag holds more than 255 characters, or any control
@@ -516,7 +500,7 @@ class UiApp:
 
     @router.route("/static/<file>", methods=["GET", "HEAD"])
     def static(self, request: IRequest, file: str) -> bytes:
-        found = _STATIC.get(file)
+        found = _static.FILES.get(file)
         if found is None:
             raise _not_found(file)
         body, kind = found

@@ -14,10 +14,9 @@ from urllib.parse import quote, urlencode
 
 from twisted.web.template import Tag, tags
 
-from registry.ui import _format
+from registry.ui import _format, _static
 from registry.ui._data import Layer, RepositoryRow, TagRow
 
-STATIC = "/ui/static"
 NAV = (("repositories", "/ui/", "Repositories"), ("cache", "/ui/cache", "Cache"))
 NAV_STORAGE = ("storage", "/ui/storage", "Storage")
 
@@ -60,8 +59,8 @@ def page(title: str, active: str, user: str | None, content: Content) -> Tag:
             # No icon: without this line browsers ask for /favicon.ico on every page.
             tags.link(rel="icon", href="data:,"),
             tags.title(f"{title} · txregistry"),
-            tags.link(rel="stylesheet", href=f"{STATIC}/ui.css"),
-            tags.script(src=f"{STATIC}/ui.js", defer="defer"),
+            tags.link(rel="stylesheet", href=_static.url("ui.css")),
+            tags.script(src=_static.url("ui.js"), defer="defer"),
         ),
         tags.body(
             tags.a(class_="skip", href="#main")("Skip to content"),

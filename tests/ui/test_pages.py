@@ -5,6 +5,7 @@ security headers, what each user sees, and the refusals of the delete action.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -572,3 +573,16 @@ def test_a_delete_token_is_accepted_after_a_restart(filled: Filled) -> None:
     status, _, answer = _post_delete(filled, "alice", "later", token, filled.url)
     assert status == 303, answer
     assert not _tag_exists(filled, "later")
+
+
+def test_the_stylesheet_and_script_are_linked_by_their_contents_version(filled: Filled) -> None:
+    """Browsers keep them an hour (``max-age``): linked under a version of their content, an
+    upgrade that changes them is fetched at once, not an hour later beside new pages."""
+    _, _, body = page(filled, "/ui/")
+    client = filled.client(None)
+    for name in ("ui.css", "ui.js"):
+        [link] = re.findall(rf'"(/ui/static/{re.escape(name)}\?v=[0-9a-f]{{12}})"', body)
+        status, headers, served = client.request("GET", link)
+        assert status == 200
+        assert link.endswith("?v=" + hashlib.sha256(served).hexdigest()[:12])
+        assert headers["Cache-Control"] == "public, max-age=3600"
