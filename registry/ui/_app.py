@@ -65,7 +65,6 @@ from registry.ui._tagtimes import TagTimes
 log = Logger()
 
 
-
 # Neither a repository name nor a tag holds more than 255 characters, or any control
 # character: a search for such text matches nothing, and echoing it into the page (a NUL is
 # a parse error in HTML) or into the paging links would only carry it further.

@@ -1,0 +1,81 @@
+"""
+A registry whose system clock is set back keeps its timers' delays.  Twisted's reactor keeps
+each timer as the wall-clock moment it is due: set back an hour, every pending timer fired an
+hour late (idle connections, upstream timeouts, the cache's heartbeat and flushes).
+
+The registry runs as a real process whose ``time.time`` reads an offset from a file (a
+``sitecustomize`` module put first on its path): a step of the wall clock as NTP or an
+operator makes one, without touching this machine's clock.  What is watched is the idle
+connection timeout (``[http] timeout``): a timer scheduled before the step.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.e2e.harness import REPO_ROOT, RegistryProcess
+
+# time.time() plus the seconds in the file next to this module (re-read at most every 50 ms
+# of the monotonic clock, which stays as it is).
+_SHIFT = """
+import os, time
+_real, _steady = time.time, time.monotonic
+_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "offset")
+_state = {"at": -1.0, "offset": 0.0}
+def _shifted():
+    now = _steady()
+    if now - _state["at"] > 0.05:
+        _state["at"] = now
+        try:
+            with open(_file) as f:
+                _state["offset"] = float(f.read() or 0)
+        except (OSError, ValueError):
+            pass
+    return _real() + _state["offset"]
+time.time = _shifted
+"""
+
+
+@pytest.mark.parametrize("step", [-3600, 3600])
+@pytest_twisted.ensureDeferred
+async def test_an_idle_connection_is_closed_on_time_after_a_clock_step(
+    tmp_path: Path, step: int
+) -> None:
+    shift = tmp_path / "shift"
+    shift.mkdir()
+    (shift / "sitecustomize.py").write_text(_SHIFT)
+    offset = shift / "offset"
+    offset.write_text("0")
+    server = RegistryProcess(
+        tmp_path,
+        {"http": {"timeout": "3s"}, "storage": {"rootdirectory": str(tmp_path / "data")}},
+        env={"PYTHONPATH": f"{shift}:{REPO_ROOT}"},
+    )
+    server.start()
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            time.sleep(0.5)  # connected, its idle timer running
+            offset.write_text(str(step))
+            sock.settimeout(20)  # far past the 3 s timeout: the bound, not a measure
+            try:
+                closed = await deferToThread(sock.recv, 1) == b""
+            except TimeoutError:
+                closed = False
+        assert closed, "the idle connection was not closed after the clock step"
+        said = "went back 3600s" if step < 0 else "jumped forward 3600s"
+        for _ in range(200):  # 10 s at most: the clocks are compared once a second
+            if f"the system clock {said}" in server.log_text():
+                break
+            await deferToThread(time.sleep, 0.05)
+        assert f"the system clock {said}" in server.log_text(), server.log_text()[-2000:]
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert "Traceback" not in log
