@@ -158,6 +158,21 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r} (use true or false)")
 
 
+UpstreamChecks = Literal["degraded", "required", "off"]
+
+
+def parse_upstream_checks(text: str) -> UpstreamChecks:
+    lowered = text.strip().lower()
+    if lowered == "required":
+        return "required"
+    if lowered in ("degraded", "off"):
+        return "degraded" if lowered == "degraded" else "off"
+    try:
+        return "degraded" if parse_bool(lowered) else "off"
+    except ValueError:
+        raise ValueError(f"not a choice: {text!r} (use true, required or false)") from None
+
+
 SendfileMode = Literal["auto", "always", "never"]
 
 
@@ -418,8 +433,10 @@ class HealthConfig:
     # stops working shows in readiness within cache + timeout seconds.
     cache: float = key(2.0, parse_duration)
     timeout: float = key(2.0, parse_positive_duration)
-    # Readiness includes each [proxy:NAME] upstream's GET /v2/.
-    upstreams: bool = key(True, parse_bool)
+    # Each [proxy:NAME] upstream's GET /v2/ in readiness: "degraded" (true) reports an
+    # outage as degraded, readiness 200, the cache serving what it holds; "required" fails
+    # readiness (503); "off" (false) leaves it out.
+    upstreams: str = key("degraded", parse_upstream_checks)
 
 
 @attrs.frozen

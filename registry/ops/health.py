@@ -85,6 +85,10 @@ class HealthCheck:
     probe: Probe
     # Part of readiness (``/health/ready``); the storage check alone also answers ``/health``.
     readiness: bool = True
+    # Set: a failure of the probe (a timeout included) passes as degraded, with this said
+    # after the reason: the dependency's outage leaves the instance serving (an upstream's,
+    # while the cache serves what it holds).
+    failure_degrades: str | None = None
 
 
 def _describe(exc: BaseException) -> str:
@@ -216,6 +220,8 @@ class HealthChecker:
         finally:
             if timer.active():
                 timer.cancel()
+        if error is not None and not degraded and check.failure_degrades:
+            error, degraded = f"{error} ({check.failure_degrades})", True
         ok = error is None or degraded
         return CheckResult(check.name, ok, error, self.clock.seconds(), degraded)
 

@@ -215,9 +215,18 @@ def add_monitoring(
         for cache in router.caches:
             loaded = loaded_probe(functools.partial(getattr, cache, "state_loaded"), "the index")
             ctx.health.add(HealthCheck(f"cache:{cache.name}", loaded))
-    if router is not None and config.health.upstreams:
+    if router is not None and config.health.upstreams != "off":
+        # By default an upstream's outage is degraded: every instance of a mirror shares its
+        # upstream, and failing readiness took them all out of the pool at once, while each
+        # could serve what it holds.
+        degrades = (
+            "cached content is served; what is not cached answers 503"
+            if config.health.upstreams == "degraded"
+            else None
+        )
         for cache in router.caches:
-            ctx.health.add(HealthCheck(f"upstream:{cache.name}", upstream_probe(cache.client.ping)))
+            probe = upstream_probe(cache.client.ping)
+            ctx.health.add(HealthCheck(f"upstream:{cache.name}", probe, failure_degrades=degrades))
     if config.debug.addr:
         try:
             endpoint = server_endpoint(reactor, normalize_description(config.debug.addr))

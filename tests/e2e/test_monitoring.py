@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
+import pytest
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
@@ -167,25 +168,46 @@ async def test_a_storage_root_that_went_away_is_not_made_again(
     assert (response.code, data) == (200, layer)
 
 
+@pytest.mark.parametrize("setting", [None, "required"])
 @pytest_twisted.ensureDeferred
-async def test_an_upstream_down_fails_readiness(start_registry: Starter) -> None:
-    """Nothing listens where [proxy:hub] points: readiness names it; /health (storage) is fine."""
+async def test_an_upstream_down_is_degraded_or_fails_readiness_when_required(
+    start_registry: Starter, setting: str | None
+) -> None:
+    """Nothing listens where [proxy:hub] points: readiness names it.  By default the check is
+    degraded and readiness 200: every instance of a mirror shares its upstream, and a 503
+    took them all out of a load balancer's pool at once, while each served what it had
+    cached.  ``[health] upstreams = required`` fails readiness instead.  /health (storage)
+    is fine either way."""
     # A port nothing listens on: probing is the point here, not a port for a server.
     nowhere = f"http://127.0.0.1:{free_port()}"
+    health = {**FAST_HEALTH, **({"upstreams": setting} if setting else {})}
     registry = await start_registry(
-        {"proxy:hub": {"remoteurl": nowhere, "prefix": "docker.io"}, "health": FAST_HEALTH}
+        {"proxy:hub": {"remoteurl": nowhere, "prefix": "docker.io"}, "health": health}
     )
 
-    async def only_the_upstream_fails() -> tuple[int, dict[str, Any]] | None:
+    async def the_upstream_checked() -> tuple[int, dict[str, Any]] | None:
         status, body = await answer(f"{registry.url}/health/ready")
-        return (status, body) if body["checks"]["cache:hub"]["status"] == "ok" else None
+        checks = body["checks"]
+        loaded = checks["cache:hub"]["status"] == "ok"
+        return (status, body) if loaded and checks["upstream:hub"]["status"] != "ok" else None
 
-    # Once the cache's index is loaded (at once: there is none), the upstream alone fails.
-    status, body = await wait_until(only_the_upstream_fails)
-    assert status == 503
-    assert body["failing"] == ["upstream:hub"]
+    # Once the cache's index is loaded (at once: there is none), the upstream alone is named.
+    status, body = await wait_until(the_upstream_checked)
     assert body["checks"]["storage"] == {"status": "ok"}
-    assert body["checks"]["upstream:hub"]["status"] == "failing"
+    upstream = body["checks"]["upstream:hub"]
+    if setting == "required":
+        assert status == 503
+        assert body["failing"] == ["upstream:hub"]
+        assert upstream["status"] == "failing"
+        assert not upstream["error"].endswith("answers 503)")
+    else:
+        assert status == 200
+        assert body["status"] == "degraded"
+        assert body["degraded"] == ["upstream:hub"]
+        assert upstream["status"] == "degraded"
+        assert upstream["error"].endswith(
+            " (cached content is served; what is not cached answers 503)"
+        ), upstream
     status, body = await answer(f"{registry.url}/health")
     assert (status, body) == (200, {"status": "ok"})
 
