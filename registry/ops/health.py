@@ -315,12 +315,19 @@ def loaded_probe(loaded: Callable[[], bool], what: str) -> Probe:
     return probe
 
 
-def upstream_probe(ping: Callable[[], Awaitable[int]]) -> Probe:
-    """An upstream is ready when ``GET /v2/`` answers below 500 (401 asks for a token: fine)."""
+def upstream_probe(
+    ping: Callable[[], Awaitable[int]], rate_limits: Callable[[], str | None] = lambda: None
+) -> Probe:
+    """An upstream is ready when ``GET /v2/`` answers below 500 (401 asks for a token: fine);
+    degraded while it rate-limits the cache (``rate_limits``: what it holds back, in words):
+    its ``/v2/`` answers, but images not cached are answered 429 meanwhile."""
 
     async def probe() -> None:
         status = await ping()
         if status >= 500:
             raise CheckFailed(f"GET /v2/ answered {status}")
+        limited = rate_limits()
+        if limited is not None:
+            raise Degraded(f"the upstream rate-limits this cache: {limited}")
 
     return probe

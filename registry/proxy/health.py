@@ -85,6 +85,16 @@ class UpstreamHealth:
         # HEADs tags are revalidated with, nor blob downloads, which go on meanwhile.
         self.limited: dict[str, tuple[float, UpstreamRateLimited]] = {}
 
+    def rate_limits(self) -> str | None:
+        """The rate limits the upstream holds this cache to now, in words (None: none): for
+        the health check and the metrics, which showed nothing while every manifest GET of
+        an image not cached was answered 429."""
+        now = self.clock()
+        left = {kind: until - now for kind, (until, _) in self.limited.items() if until > now}
+        if not left:
+            return None
+        return "; ".join(f"{kind} not asked for {s:.0f}s more" for kind, s in sorted(left.items()))
+
     def refusal(self, kind: str = "manifest GET") -> tuple[UpstreamError | None, bool]:
         """The error a call gets at once now (None: it may ask the upstream), and whether
         the call is the probe (the one that asks once the hold has passed)."""

@@ -321,6 +321,12 @@ def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
             "gauge",
             lambda c: 0 if c.client.health.held_until is None else 1,
         ),
+        (
+            "txregistry_proxy_upstream_rate_limited",
+            "1 while a 429's Retry-After holds some kind of upstream call back, else 0.",
+            "gauge",
+            lambda c: 0 if c.client.health.rate_limits() is None else 1,
+        ),
     ]
     for name, help, kind, value in families:
         metrics.collect(name, help, kind, _collector(caches, name, value))

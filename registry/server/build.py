@@ -225,7 +225,7 @@ def add_monitoring(
             else None
         )
         for cache in router.caches:
-            probe = upstream_probe(cache.client.ping)
+            probe = upstream_probe(cache.client.ping, cache.client.health.rate_limits)
             ctx.health.add(HealthCheck(f"upstream:{cache.name}", probe, failure_degrades=degrades))
     if config.debug.addr:
         try:

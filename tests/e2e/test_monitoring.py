@@ -540,3 +540,43 @@ async def test_the_health_probe_file_goes_with_the_process(tmp_path: Path) -> No
     finally:
         registry.stop()
     assert list(folder.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rate_limit_shows_in_readiness_and_the_metrics(start_registry: Starter) -> None:
+    """Docker Hub's 429 with Retry-After on manifest GETs: every image not cached is then
+    answered 429 for a while, and readiness and the metrics said nothing (its /v2/ answers,
+    and the upstream is not "out").  Now the upstream check is degraded with what is held
+    back, and ``txregistry_proxy_upstream_rate_limited`` is 1."""
+    fake: FakeUpstream = await start_fake_upstream(reactor)
+    try:
+        fake.content.add_image("library/alpine", "3", [100])
+        registry = await start_registry(
+            {"proxy:hub": {"remoteurl": fake.url, "prefix": "docker.io"}, "health": FAST_HEALTH}
+        )
+        url = registry.url
+        _status, body = await wait_until(lambda: ready_answer(f"{url}/health/ready"))
+        assert body["checks"]["upstream:hub"] == {"status": "ok"}
+        samples, _ = await scrape(url)
+        assert samples[("txregistry_proxy_upstream_rate_limited", (("upstream", "hub"),))] == 0
+        fake.switches.ratelimit_remaining = 0
+        fake.switches.ratelimit_retry_after = 7200
+        response, _ = await get(f"{url}/v2/docker.io/library/alpine/manifests/3")
+        assert response.code == 429
+
+        async def degraded() -> tuple[int, dict[str, Any]] | None:
+            status, body = await answer(f"{url}/health/ready")
+            return (status, body) if body["checks"]["upstream:hub"]["status"] != "ok" else None
+
+        status, body = await wait_until(degraded)
+        assert status == 200
+        check = body["checks"]["upstream:hub"]
+        assert check["status"] == "degraded"
+        assert check["error"].startswith(
+            "the upstream rate-limits this cache: manifest GET not asked for "
+        ), check
+        samples, _ = await scrape(url)
+        assert samples[("txregistry_proxy_upstream_rate_limited", (("upstream", "hub"),))] == 1
+        assert samples[("txregistry_proxy_upstream_out", (("upstream", "hub"),))] == 0
+    finally:
+        await fake.stop()
