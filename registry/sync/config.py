@@ -163,10 +163,15 @@ def parse_sync(name: str, values: Mapping[str, str]) -> SyncConfig:
     if authfile is not None:
         if not Path(authfile).is_file():
             raise ConfigError(f"{section} authfile: {authfile}: no such file")
+        host = urlsplit(remote).netloc
         try:
-            credentials = credentials_from_config(urlsplit(remote).netloc, authfile)
+            credentials = credentials_from_config(host, authfile)
         except ValueError as exc:
             raise ConfigError(f"{section} authfile: {exc}") from None
+        if credentials is None:
+            # Named for this sync, a file without the remote's entry is a mistake (a host
+            # spelled another way, the wrong file): running anonymously would hide it.
+            raise ConfigError(f"{section} authfile: {authfile} has no credentials for {host}")
     if kwargs.get("keyfile") and not kwargs.get("certfile"):
         raise ConfigError(f"{section} keyfile: needs certfile")
     tls = TLSOptions(

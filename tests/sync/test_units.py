@@ -91,8 +91,12 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     authfile.write_text('{"auths": {"r.example:5000": {"username": "u", "password": "p"}}}')
     found = parse_sync("a", {"remote": "https://r.example:5000", "authfile": str(authfile)})
     assert found.credentials is not None and found.credentials.username == "u"
-    other = parse_sync("a", {"remote": "https://other.example", "authfile": str(authfile)})
-    assert other.credentials is None
+    # Named for a sync, a file without its remote's entry is refused, not run anonymously.
+    with pytest.raises(ConfigError) as refused:
+        parse_sync("a", {"remote": "https://other.example", "authfile": str(authfile)})
+    assert str(refused.value) == (
+        f"[sync:a] authfile: {authfile} has no credentials for other.example"
+    )
 
 
 def test_sections_from_the_file_and_the_environment(tmp_path: Path) -> None:
