@@ -454,7 +454,13 @@ class Session:
         # so credentials are meant for it.  No redirect is followed from here.
         response = await self.send("GET", url, headers)
         if response.code != 200:
-            await self.fail(response, "GET", f"token for {scope}")
+            where = urlsplit(realm)
+            await self.fail(
+                response,
+                "GET",
+                f"{where.scheme}://{where.netloc}{where.path} refused a token for {scope}",
+                source="token service",
+            )
         body = await self.collect(response, SMALL_BODY, "token response")
         try:
             data = json.loads(body)
@@ -639,10 +645,16 @@ class Session:
         return BadResponse(None, reason)
 
     async def fail(
-        self, response: IResponse, method: str, what: str, registry: bool = False
+        self,
+        response: IResponse,
+        method: str,
+        what: str,
+        registry: bool = False,
+        source: str = "registry",
     ) -> NoReturn:
         """Raise the `ClientError` for a non-success answer (``registry``: of a registry
-        call, where a 401/403 is `AccessDenied`)."""
+        call, where a 401/403 is `AccessDenied`; ``source``: who answered, for the message:
+        a token service's refusal is not the registry's)."""
         status = response.code
         errors: tuple[tuple[str, str], ...] = ()
         if method != "HEAD":
@@ -650,20 +662,20 @@ class Session:
                 body = await self.collect(response, SMALL_BODY, "error body", quiet=True)
             except ClientError:
                 body = b""
-            errors = error_codes(body)
+            errors = error_codes(body) or token_service_words(body)
         else:
             await self.discard(response)
             # A HEAD answer has no body to name the code; these two statuses say it anyway.
             implied = {401: "UNAUTHORIZED", 403: "DENIED"}.get(status)
             errors = ((implied, "(HEAD: no body)"),) if implied else ()
-        code = errors[0][0] if errors else None
+        code = (errors[0][0] or None) if errors else None
         # Every error of the body, not only the first (registry:2 lists UNKNOWN before the
         # one that says what is wrong).
         said = "; ".join(f"{c} {m}".strip() for c, m in errors[:5]) or str(status)
         reason = f"{what}: {said}".strip()
         self.errors += 1
         if status == 404:
-            raise NotFound(status, reason, code, errors)
+            raise NotFound(status, reason, code, errors, source=source)
         if status == 429:
             raise RateLimited(status, reason, self.retry_after(response.headers), code, errors)
         if status in (401, 403):
@@ -672,12 +684,14 @@ class Session:
             # mean wrong credentials: plain Unauthorized).
             bearer = self.challenge is not None and self.challenge.scheme == "bearer"
             denied = registry and bearer
-            raise (AccessDenied if denied else Unauthorized)(status, reason, code, errors)
+            raise (AccessDenied if denied else Unauthorized)(
+                status, reason, code, errors, source=source
+            )
         if status >= 500:
-            raise Unavailable(status, reason, code, errors)
+            raise Unavailable(status, reason, code, errors, source=source)
         if 400 <= status < 500:
-            raise Rejected(status, reason, code, errors)
-        raise ClientError(status, reason, code, errors)
+            raise Rejected(status, reason, code, errors, source=source)
+        raise ClientError(status, reason, code, errors, source=source)
 
     def retry_after(self, headers: Headers) -> float | None:
         value = header(headers, "retry-after")
@@ -760,6 +774,25 @@ def describe(exc: BaseException) -> str:
         value = getattr(inner, "value", inner)
         return f"{type(exc).__name__}: {type(value).__name__}: {value}"[:300]
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def token_service_words(body: bytes) -> tuple[tuple[str, str], ...]:
+    """What a token service's refusal says, as ``(code, message)``: Docker Hub and
+    docker_auth write ``{"details": ...}``, OAuth servers ``{"error": ...,
+    "error_description": ...}``; () for anything else."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ()
+    if not isinstance(data, dict):
+        return ()
+    code = data.get("error") if isinstance(data.get("error"), str) else ""
+    words = [
+        str(data[key])[:200]
+        for key in ("details", "error_description", "message")
+        if isinstance(data.get(key), str) and data[key]
+    ]
+    return ((code or "", "; ".join(words)),) if code or words else ()
 
 
 def error_codes(body: bytes) -> tuple[tuple[str, str], ...]:

@@ -23,9 +23,11 @@ class ClientError(Exception):
         reason: str,
         code: str | None = None,
         errors: tuple[tuple[str, str], ...] = (),
+        source: str = "registry",
     ) -> None:
-        # "registry 404: ..." for an answer; without one the reason says what happened.
-        super().__init__(reason if status is None else f"registry {status}: {reason}")
+        # "registry 404: ..." for an answer ("token service 401: ..." for a token's);
+        # without one the reason says what happened.
+        super().__init__(reason if status is None else f"{source} {status}: {reason}")
         self.status = status
         self.reason = reason
         self.code = code

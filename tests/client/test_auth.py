@@ -335,3 +335,23 @@ async def test_a_redirect_within_the_registrys_origin_keeps_the_credentials(
         ]
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_service_refusal_says_who_refused_and_why(
+    fake: FakeUpstream, make_client: ClientFactory
+) -> None:
+    """Wrong credentials at Docker Hub's token service: the error names the token service
+    (not "registry 401"), its address and the scope, and carries what it said (its
+    ``{"details": ...}``), which was dropped."""
+    fake.switches.credentials = ("alice", "s3cret")
+    fake.content.add_image("library/alpine", "latest", [100])
+    client = make_client(fake.url, credentials=Credentials("alice", "wrong"), retries=0)
+    with pytest.raises(Unauthorized) as info:
+        await client.manifest("library/alpine", "latest")
+    realm = f"{fake.url}/token"
+    assert str(info.value) == (
+        f"token service 401: {realm} refused a token for repository:library/alpine:pull:"
+        " incorrect username or password"
+    )
+    assert info.value.status == 401
