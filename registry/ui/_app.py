@@ -53,6 +53,7 @@ from registry.handlers.context import RegistryContext
 from registry.handlers.manifests import delete_reference
 from registry.http.forwarded import origin
 from registry.http.headers import request_header
+from registry.logtext import one_line
 from registry.ops import gcstatus
 from registry.storage.driver import StorageError
 from registry.storage.manifests import parse_reference
@@ -361,6 +362,29 @@ class UiApp:
             return None
         return f"Deleted {value}."
 
+    async def _log_foreign_delete(
+        self, request: IRequest, name: str, refused: RegistryError
+    ) -> None:
+        """A delete a browser sent from another site (or could not say from where) is refused
+        before anything else; one warning says whose session it came with, so that a
+        security team can tell whom a cross-site attempt aimed at.  The credentials are
+        checked for that (the access line then names the user too); a refusal of them is
+        said as such."""
+        try:
+            principal = await authorize(self.ctx, request, [])  # who, not what they may do
+            who = principal.name or "anonymous"
+        except RegistryError:
+            who = "credentials not accepted"
+        reason = refused.detail.get("reason") if isinstance(refused.detail, dict) else None
+        log.warn(
+            "UI delete in {name} refused: {reason} (Origin {origin}, Referer {referer}; as {who})",
+            name=name,
+            reason=reason or refused.message,
+            origin=one_line(request_header(request, "origin") or "-", 200),
+            referer=one_line(request_header(request, "referer") or "-", 200),
+            who=who,
+        )
+
     async def _manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         principal = await authorize(self.ctx, request, [repository(name, PULL)])
         ref = parse_reference(reference)
@@ -450,7 +474,11 @@ class UiApp:
         return await self._render(request, title, "repositories", principal, content)
 
     async def _delete(self, request: IRequest, name: str) -> bytes | None:
-        check_same_origin(request)
+        try:
+            check_same_origin(request)
+        except RegistryError as refused:
+            await self._log_foreign_delete(request, name, refused)
+            raise
         principal = await authorize(self.ctx, request, [repository(name, DELETE)])
         form = _form(request)
         await self.csrf.check(principal, form.get("csrf"))

@@ -285,6 +285,16 @@ def test_delete_is_refused_without_token_cross_origin_or_without_the_right(
         assert headers["Content-Security-Policy"] == CSP
         assert reason in answer.decode(), answer
         assert _tag_exists(filled, "doomed")
+    # The cross-site attempts are each one warning naming the session they came with.
+    log = filled.registry.log_text()
+    assert (
+        "UI delete in team/lib refused: cross-origin request (Origin http://evil.example,"
+        " Referer -; as alice)"
+    ) in log, log[-3000:]
+    assert (
+        "UI delete in team/lib refused: the request's origin could not be verified (Origin -,"
+        " Referer -; as alice)"
+    ) in log
     status, headers, answer = _post_delete(filled, "alice", "doomed", token, filled.url)
     assert status == 303, answer
     location = headers["Location"]
