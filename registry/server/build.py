@@ -50,7 +50,7 @@ from registry.ops.notifications.metrics import register_notification_metrics
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
 from registry.server.balance import AcceptBoard, balanced_port_factory
-from registry.server.clock_guard import ClockGuard
+from registry.server.clock_guard import guard_clock
 from registry.server.drain import ConnectionTracker
 from registry.server.exit import StartupError, exit_now
 from registry.server.listeners import Listeners, ListeningService
@@ -274,7 +274,7 @@ def serve(
     root = OrderedMultiService(reactor)
     pool = ThreadPool(minthreads=2, maxthreads=16, name="registry-io")
     ThreadPoolService(pool).setServiceParent(root)  # type: ignore[no-untyped-call]
-    ClockGuard(reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
+    guard_clock(reactor)
     settings = auth_settings(config)
     try:
         access: IAccessController = make_access_controller(

@@ -54,23 +54,38 @@ async def test_an_idle_connection_is_closed_on_time_after_a_clock_step(
     offset.write_text("0")
     server = RegistryProcess(
         tmp_path,
-        {"http": {"timeout": "3s"}, "storage": {"rootdirectory": str(tmp_path / "data")}},
+        {"http": {"timeout": "5s"}, "storage": {"rootdirectory": str(tmp_path / "data")}},
         env={"PYTHONPATH": f"{shift}:{REPO_ROOT}"},
     )
     server.start()
     try:
         port = int(server.url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            time.sleep(0.5)  # connected, its idle timer running
-            offset.write_text(str(step))
-            sock.settimeout(20)  # far past the 3 s timeout: the bound, not a measure
-            try:
-                closed = await deferToThread(sock.recv, 1) == b""
-            except TimeoutError:
-                closed = False
+
+        def after_the_step() -> tuple[bool, bool]:
+            """(the connection made before the step closed in time, the one made right
+            after it was still open a second later): the first's timer is moved, the
+            second's, scheduled on the new clock, is not."""
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as before:
+                time.sleep(0.5)  # connected, its idle timer running
+                offset.write_text(str(step))
+                time.sleep(0.1)  # the registry reads its file again within 50 ms
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as after:
+                    try:
+                        kept = after.recv(1) != b""
+                    except TimeoutError:
+                        kept = True
+                before.settimeout(20)  # far past the 5 s timeout: the bound, not a measure
+                try:
+                    closed = before.recv(1) == b""
+                except TimeoutError:
+                    closed = False
+            return closed, kept
+
+        closed, kept = await deferToThread(after_the_step)
         assert closed, "the idle connection was not closed after the clock step"
+        assert kept, "a connection made after the step was closed at once"
         said = "went back 3600s" if step < 0 else "jumped forward 3600s"
-        for _ in range(200):  # 10 s at most: the clocks are compared once a second
+        for _ in range(200):  # 10 s at most
             if f"the system clock {said}" in server.log_text():
                 break
             await deferToThread(time.sleep, 0.05)
