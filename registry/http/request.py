@@ -296,15 +296,17 @@ class RegistryRequest(UnbrandedRequest):
         self._closing_unread = True
         transport: Any = self.channel.transport
         site = self._site()
-        if (
-            site is None
-            or not ITCPTransport.providedBy(transport)
-            or ISSLTransport.providedBy(transport)
-        ):
-            self.loseConnection()  # type: ignore[no-untyped-call]  # TLS: close_notify first
+        if site is None:
+            self.loseConnection()  # type: ignore[no-untyped-call]
             return
-        transport.loseWriteConnection()
-        IPushProducer(transport).pauseProducing()  # a TCP transport is one
+        if ISSLTransport.providedBy(transport) or not ITCPTransport.providedBy(transport):
+            # TLS: close_notify after the answer; closing waits for the client's, reading
+            # (and decrypting) whatever it sends meanwhile: paused, and cut as over TCP.
+            self.loseConnection()  # type: ignore[no-untyped-call]
+        else:
+            transport.loseWriteConnection()
+        if IPushProducer.providedBy(transport):
+            IPushProducer(transport).pauseProducing()
         site.reactor.callLater(_RESET_AVOIDANCE_DELAY, transport.abortConnection)
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
@@ -338,11 +340,13 @@ class RegistryRequest(UnbrandedRequest):
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_started = True
-
-        if self.answered_early and not self._closing_unread:
+        if self._closing_unread:
+            return  # read before the pause took hold: dropped, and no sink may resume it
+        if self.answered_early:
             self._read_after_answer += len(data)
             if self._read_after_answer > _READ_AFTER_ANSWER:
                 self._close_unread()
+                return
         if self.sink is not None:
             pending = self.sink.feed(data)
             if pending is not None and not self._paused_by_body:
@@ -367,7 +371,7 @@ class RegistryRequest(UnbrandedRequest):
             self.channel.pauseProducing()
 
     def _resume_body(self, result: object) -> None:
-        if not self._paused_by_body:
+        if not self._paused_by_body or self._closing_unread:
             return
         self._paused_by_body = False
         # A finished request has no channel attribute at all (twisted.web deletes it): the

@@ -74,8 +74,7 @@ class ClockGuard:
             call.reset(max(0.0, call.getTime() - expected))
             moved += 1
         log.warn(
-            "the system clock went back {seconds:.0f}s: {moved} timers moved to keep their"
-            " delays",
+            "the system clock went back {seconds:.0f}s: {moved} timers moved to keep their delays",
             seconds=seconds,
             moved=moved,
         )

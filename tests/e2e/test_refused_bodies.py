@@ -48,6 +48,13 @@ class RawUpload:
         self.host = host
         self._buffer = b""
 
+    @classmethod
+    def over(cls, sock: socket.socket) -> RawUpload:
+        """On a socket already connected (a TLS one, say)."""
+        upload = cls.__new__(cls)
+        upload.sock, upload.host, upload._buffer = sock, "127.0.0.1", b""
+        return upload
+
     def send_headers(self, method: str, path: str, length: int, *extra: str) -> None:
         lines = [
             f"{method} {path} HTTP/1.1",
@@ -313,6 +320,32 @@ async def test_refused_while_the_body_is_coming(registry: InProcessRegistry) -> 
     assert answer.status == 404
     assert error_code(answer) == "BLOB_UPLOAD_UNKNOWN"
     assert answer.headers["connection"] == "close"
+    assert sent < 64 * MiB
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_over_tls_the_rest_is_not_read_either(
+    start_registry: Starter, tls_listen: str, tmp_path: Path
+) -> None:
+    """The same bound over TLS: closing a TLS connection waits for the client's close_notify,
+    and meanwhile every byte it sent was read and decrypted, a 10 GiB body to its end."""
+    import ssl
+
+    registry = await start_registry({}, tls_listen)
+    context = ssl.create_default_context(cafile=str(tmp_path / "tls-ca.pem"))
+    port = int(registry.url.rsplit(":", 1)[1])
+
+    def exchange() -> tuple[Answer, int]:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with RawUpload.over(context.wrap_socket(raw, server_hostname="127.0.0.1")) as client:
+            client.send_headers("PATCH", "/v2/early/blobs/uploads/no-such-upload", 10 * 1024 * MiB)
+            client.send(os.urandom(64 * 1024))
+            answer = client.answer()
+            return answer, send_until_closed(client, 512 * MiB)
+
+    answer, sent = await deferToThread(exchange)
+    assert answer.status == 404
+    assert error_code(answer) == "BLOB_UPLOAD_UNKNOWN"
     assert sent < 64 * MiB
 
 
