@@ -9,13 +9,15 @@ instance this one is alive (which then started beside it).
 
 `guard_clock` puts a check in front of the reactor's clock (its ``seconds``, which the reactor
 itself and every timer read): each reading compares the wall clock with the monotonic one.
-A step back of more than a second moves every pending timer (``getDelayedCalls``, ``reset``:
-public ``IReactorTime`` and ``IDelayedCall``) so that it is due after what it had left, before
-the reading that saw the step is returned, so no timer is ever scheduled on the new clock
-and then moved.  The reactor notices soon enough: it sleeps for durations, not until moments,
-so it wakes when its next timer was due and reads the clock then.  A step forward is only
-reported: the timers due meanwhile run at once, and ages measured on the wall clock (the
-cache's ``ttl``, upload ages) jumped with it.  Either is one warning line.
+A step of more than a second, either way, moves every pending timer (``getDelayedCalls``,
+``reset``: public ``IReactorTime`` and ``IDelayedCall``) so that it is due after what it had
+left, before the reading that saw the step is returned, so no timer is ever scheduled on the
+new clock and then moved.  (Either way: a clock set back, then set right, moved every timer
+back and then left them all an hour overdue.)  The reactor notices soon enough: it sleeps for
+durations, not until moments, so it wakes when its next timer was due and reads the clock
+then; and it is woken (``callFromThread``) to compute its sleep again, which it may have
+begun with the moment read before the step.  Ages measured on the wall clock (the cache's
+``ttl``, upload ages) still jump with a step forward.  A step is one warning line.
 """
 
 from __future__ import annotations
@@ -57,27 +59,34 @@ class ClockGuard:
         expected = last_wall + (steady - last_steady)
         self._last = (wall, steady)  # first: moving a timer reads the clock again
         step = wall - expected
-        if step < -TOLERANCE:
-            self._stepped_back(expected, -step)
-        elif step > TOLERANCE:
-            log.warn(
-                "the system clock jumped forward {seconds:.0f}s: timers due meanwhile run at"
-                " once, and ages measured on it (the cache's ttl, upload ages) jumped with it",
-                seconds=step,
-            )
+        if abs(step) > TOLERANCE:
+            self._stepped(expected, step)
         return wall
 
-    def _stepped_back(self, expected: float, seconds: float) -> None:
+    def _stepped(self, expected: float, step: float) -> None:
         moved = 0
         for call in self.reactor.getDelayedCalls():
             # What it had left on the clock as it was, from now on the clock as it is.
             call.reset(max(0.0, call.getTime() - expected))
             moved += 1
-        log.warn(
-            "the system clock went back {seconds:.0f}s: {moved} timers moved to keep their delays",
-            seconds=seconds,
-            moved=moved,
-        )
+        # The reactor may have read its next timer's moment before this reading (it sleeps
+        # for that moment minus now): woken, it computes its sleep again.
+        self.reactor.callFromThread(lambda: None)
+        if step < 0:
+            log.warn(
+                "the system clock went back {seconds:.0f}s: {moved} timers moved to keep"
+                " their delays",
+                seconds=-step,
+                moved=moved,
+            )
+        else:
+            log.warn(
+                "the system clock jumped forward {seconds:.0f}s: {moved} timers moved to keep"
+                " their delays; ages measured on it (the cache's ttl, upload ages) jumped with"
+                " it",
+                seconds=step,
+                moved=moved,
+            )
 
 
 def guard_clock(reactor: Any) -> ClockGuard:

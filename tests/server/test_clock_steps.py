@@ -94,3 +94,52 @@ async def test_an_idle_connection_is_closed_on_time_after_a_clock_step(
         server.stop()
     log = server.log_text()
     assert "Traceback" not in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_clock_set_back_then_right_leaves_timers_on_time(tmp_path: Path) -> None:
+    """Back an hour, then right again: the timers keep their delays through both steps.
+    Moved back at the first step and left as they were at the second, every one of them was
+    an hour overdue once the clock was right (every idle connection closed at once)."""
+    shift = tmp_path / "shift"
+    shift.mkdir()
+    (shift / "sitecustomize.py").write_text(_SHIFT)
+    offset = shift / "offset"
+    offset.write_text("0")
+    server = RegistryProcess(
+        tmp_path,
+        {"http": {"timeout": "8s"}, "storage": {"rootdirectory": str(tmp_path / "data")}},
+        env={"PYTHONPATH": f"{shift}:{REPO_ROOT}"},
+    )
+    server.start()
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+
+        def round_trip() -> tuple[bool, bool]:
+            """(still open a moment after the clock is right, closed by its timeout)."""
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                time.sleep(0.5)
+                offset.write_text("-3600")
+                time.sleep(1.0)
+                offset.write_text("0")
+                sock.settimeout(1.5)  # the 8 s timeout is 5 s away: open meanwhile
+                try:
+                    open_after = sock.recv(1) != b""
+                except TimeoutError:
+                    open_after = True
+                sock.settimeout(20)  # the bound, not a measure
+                try:
+                    closed = sock.recv(1) == b""
+                except TimeoutError:
+                    closed = False
+            return open_after, closed
+
+        open_after, closed = await deferToThread(round_trip)
+        assert open_after, "the idle connection was closed as soon as the clock was right"
+        assert closed, "the idle connection was not closed by its timeout"
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert "the system clock went back 3600s" in log, log[-2000:]
+    assert "the system clock jumped forward 3600s" in log
+    assert "Traceback" not in log
