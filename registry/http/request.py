@@ -440,8 +440,8 @@ def answer_complete(request: Any) -> bool:
 # a value with either (an HTTP/2 path, a user name from a certificate or a Basic login) would
 # read as fields or lines of its own.  They are percent-encoded, as in a URL; the last field
 # (the agent) keeps its spaces.  The line ends a reader splits on besides the ASCII ones
-# (Python's ``splitlines``: the C1 controls, U+2028 and U+2029) are encoded too, as their
-# code point's hexadecimal digits.  The event's fields keep the values as they are.
+# (Python's ``splitlines``: the C1 controls, U+2028 and U+2029) are encoded too.  The
+# event's fields keep the values as they are.
 _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029]")
 _UNSAFE_LAST = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -451,7 +451,9 @@ def _escaped(value: object, last: bool) -> str:
     if text.isprintable() and (last or " " not in text):
         return text  # nothing to encode: what nearly every value is, at a fraction of a sub
     pattern = _UNSAFE_LAST if last else _UNSAFE
-    return pattern.sub(lambda m: f"%{ord(m.group()):02X}", text)  # U+2028: %2028
+    # As in a URL: the UTF-8 bytes of the character (U+2028: %E2%80%A8), so that a value
+    # decodes back to itself.
+    return pattern.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), text)
 
 
 def access_line(fields: dict[str, object], complete: bool) -> str:

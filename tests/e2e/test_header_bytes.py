@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest_twisted
 
@@ -136,5 +137,7 @@ async def test_an_access_line_cannot_be_given_fields_or_lines_by_a_client(
     assert status == b"HTTP/1.1 200 OK"
     [event] = [e for e in access_events if e["path"] == "/v2/" and e["status"] == 200]
     assert (event["user"], event["agent"]) == (name, "a\tb c\x85d")
-    assert event["line"].endswith(" user=bob%20user=admin%2028status=200 agent=a%09b c%85d")
+    line = event["line"]
+    assert line.endswith(" user=bob%20user=admin%E2%80%A8status=200 agent=a%09b c%C2%85d")
+    assert unquote(line.split(" user=")[1].split(" ")[0]) == name  # decodes back to it
     assert len(event["line"].splitlines()) == 1
