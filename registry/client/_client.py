@@ -656,8 +656,12 @@ class RegistryClient:
         if found is not None or not tag_schema:
             return found
         tag = _referrers_tag(subject)
-        if await self.head_manifest(name, tag) is None:
-            return []
+        try:
+            if await self.head_manifest(name, tag) is None:
+                return []
+        except BadResponse:
+            pass  # a HEAD without Docker-Content-Digest says only that it is there: GET it
+
         try:
             index = await self.get_manifest(name, tag, [OCI_INDEX])
         except NotFound:

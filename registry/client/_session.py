@@ -662,7 +662,9 @@ class Session:
                 body = await self.collect(response, SMALL_BODY, "error body", quiet=True)
             except ClientError:
                 body = b""
-            errors = error_codes(body) or token_service_words(body)
+            errors = error_codes(body)
+            if not errors and source != "registry":
+                errors = token_service_words(body)
         else:
             await self.discard(response)
             # A HEAD answer has no body to name the code; these two statuses say it anyway.

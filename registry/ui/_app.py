@@ -372,7 +372,7 @@ class UiApp:
         said as such."""
         try:
             principal = await authorize(self.ctx, request, [])  # who, not what they may do
-            who = principal.name or "anonymous"
+            who = one_line(principal.name, 200) if principal.name else "anonymous"
         except RegistryError:
             who = "credentials not accepted"
         reason = refused.detail.get("reason") if isinstance(refused.detail, dict) else None

@@ -264,3 +264,23 @@ async def test_a_missing_fallback_tag_costs_no_manifest_get(
     assert await client.referrers("library/alpine", image.digest, tag_schema=True) == []
     asked = [(r.method, r.kind) for r in fake.log[before:] if r.kind in ("manifest", "referrers")]
     assert asked == [("GET", "referrers"), ("HEAD", "manifest"), ("GET", "manifest")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fallback_tag_whose_head_names_no_digest_is_read_all_the_same(
+    fake: FakeUpstream, make_client: ClientFactory
+) -> None:
+    """A registry whose manifest HEAD leaves out ``Docker-Content-Digest``: the HEAD says the
+    fallback tag is there, and its GET (digest-checked) lists the referrers; a HEAD that must
+    name a digest refused it, and with it every subject's referrers."""
+    fake.switches.referrers_api = False
+    image = fake.content.add_image("library/alpine", "3", [100])
+    index = "application/vnd.oci.image.index.v1+json"
+    signature = {"mediaType": images.OCI_MANIFEST, "digest": "sha256:" + "5" * 64, "size": 10}
+    listed = json.dumps({"schemaVersion": 2, "mediaType": index, "manifests": [signature]})
+    tag = "sha256-" + str(image.digest).split(":", 1)[1]
+    fake.content.add_manifest("library/alpine", index, listed.encode(), tag=tag)
+    fake.switches.no_digest_refs = frozenset({tag})
+    client = make_client(fake.url)
+    found = await client.referrers("library/alpine", image.digest, tag_schema=True)
+    assert found == [signature]
