@@ -299,6 +299,16 @@ def send_until_closed(client: RawUpload, limit: int) -> int:
     return sent
 
 
+def refused_then_flooded(client: RawUpload) -> tuple[Answer, int]:
+    """A PATCH of an unknown upload announcing 10 GiB: its answer, then how much more went
+    out before the registry closed the connection."""
+    with client:
+        client.send_headers("PATCH", "/v2/early/blobs/uploads/no-such-upload", 10 * 1024 * MiB)
+        client.send(os.urandom(64 * 1024))
+        answer = client.answer()
+        return answer, send_until_closed(client, 512 * MiB)
+
+
 @pytest_twisted.ensureDeferred
 async def test_refused_while_the_body_is_coming(registry: InProcessRegistry) -> None:
     """
@@ -309,14 +319,7 @@ async def test_refused_while_the_body_is_coming(registry: InProcessRegistry) -> 
     sent.  (Kernel buffers take a few MiB more before the close is seen.)
     """
 
-    def exchange() -> tuple[Answer, int]:
-        with RawUpload(registry.url) as client:
-            client.send_headers("PATCH", "/v2/early/blobs/uploads/no-such-upload", 10 * 1024 * MiB)
-            client.send(os.urandom(64 * 1024))
-            answer = client.answer()
-            return answer, send_until_closed(client, 512 * MiB)
-
-    answer, sent = await deferToThread(exchange)
+    answer, sent = await deferToThread(refused_then_flooded, RawUpload(registry.url))
     assert answer.status == 404
     assert error_code(answer) == "BLOB_UPLOAD_UNKNOWN"
     assert answer.headers["connection"] == "close"
@@ -335,15 +338,11 @@ async def test_refused_over_tls_the_rest_is_not_read_either(
     context = ssl.create_default_context(cafile=str(tmp_path / "tls-ca.pem"))
     port = int(registry.url.rsplit(":", 1)[1])
 
-    def exchange() -> tuple[Answer, int]:
+    def connect() -> RawUpload:
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        with RawUpload.over(context.wrap_socket(raw, server_hostname="127.0.0.1")) as client:
-            client.send_headers("PATCH", "/v2/early/blobs/uploads/no-such-upload", 10 * 1024 * MiB)
-            client.send(os.urandom(64 * 1024))
-            answer = client.answer()
-            return answer, send_until_closed(client, 512 * MiB)
+        return RawUpload.over(context.wrap_socket(raw, server_hostname="127.0.0.1"))
 
-    answer, sent = await deferToThread(exchange)
+    answer, sent = await deferToThread(lambda: refused_then_flooded(connect()))
     assert answer.status == 404
     assert error_code(answer) == "BLOB_UPLOAD_UNKNOWN"
     assert sent < 64 * MiB

@@ -42,11 +42,9 @@ time.time = _shifted
 """
 
 
-@pytest.mark.parametrize("step", [-3600, 3600])
-@pytest_twisted.ensureDeferred
-async def test_an_idle_connection_is_closed_on_time_after_a_clock_step(
-    tmp_path: Path, step: int
-) -> None:
+def _shifted_registry(tmp_path: Path, timeout: str) -> tuple[RegistryProcess, Path]:
+    """A registry (``[http] timeout``) started with its clock shifted by the seconds written
+    to the returned file (0 at first)."""
     shift = tmp_path / "shift"
     shift.mkdir()
     (shift / "sitecustomize.py").write_text(_SHIFT)
@@ -54,10 +52,19 @@ async def test_an_idle_connection_is_closed_on_time_after_a_clock_step(
     offset.write_text("0")
     server = RegistryProcess(
         tmp_path,
-        {"http": {"timeout": "5s"}, "storage": {"rootdirectory": str(tmp_path / "data")}},
+        {"http": {"timeout": timeout}, "storage": {"rootdirectory": str(tmp_path / "data")}},
         env={"PYTHONPATH": f"{shift}:{REPO_ROOT}"},
     )
     server.start()
+    return server, offset
+
+
+@pytest.mark.parametrize("step", [-3600, 3600])
+@pytest_twisted.ensureDeferred
+async def test_an_idle_connection_is_closed_on_time_after_a_clock_step(
+    tmp_path: Path, step: int
+) -> None:
+    server, offset = _shifted_registry(tmp_path, "5s")
     try:
         port = int(server.url.rsplit(":", 1)[1])
 
@@ -101,17 +108,7 @@ async def test_a_clock_set_back_then_right_leaves_timers_on_time(tmp_path: Path)
     """Back an hour, then right again: the timers keep their delays through both steps.
     Moved back at the first step and left as they were at the second, every one of them was
     an hour overdue once the clock was right (every idle connection closed at once)."""
-    shift = tmp_path / "shift"
-    shift.mkdir()
-    (shift / "sitecustomize.py").write_text(_SHIFT)
-    offset = shift / "offset"
-    offset.write_text("0")
-    server = RegistryProcess(
-        tmp_path,
-        {"http": {"timeout": "8s"}, "storage": {"rootdirectory": str(tmp_path / "data")}},
-        env={"PYTHONPATH": f"{shift}:{REPO_ROOT}"},
-    )
-    server.start()
+    server, offset = _shifted_registry(tmp_path, "8s")
     try:
         port = int(server.url.rsplit(":", 1)[1])
 
