@@ -30,9 +30,10 @@ from twisted.protocols.portforward import (
     ProxyServer,
 )
 
+from tests.fakes.request_heads import RequestHeads
+
 reactor: Any = _reactor
 
-_MAX_HEAD = 64 * 1024
 # How long the relay waits for the server to close a cut request's connection before it
 # resets the client's anyway.
 _SERVER_GRACE = 10.0
@@ -48,55 +49,6 @@ class Cut:
     after: int
     count: int = 1
     done: int = 0
-
-
-class _Heads:
-    """Splits a client's byte stream into requests: each head, then its body's length."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._body_left = 0
-        self.offset = 0  # bytes of the stream consumed so far
-
-    def feed(self, data: bytes) -> list[tuple[str, str, int, int]]:
-        """Read on; for each request whose head ended in ``data``: its method, its path,
-        where its body starts in the stream and the body's length."""
-        started: list[tuple[str, str, int, int]] = []
-        while data:
-            if self._body_left:
-                taken = min(self._body_left, len(data))
-                self._body_left -= taken
-                self.offset += taken
-                data = data[taken:]
-                continue
-            self._buffer += data
-            data = b""
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > _MAX_HEAD:
-                    raise ValueError("request head too long for the cutting relay")
-                return started
-            head, data = self._buffer[:end], self._buffer[end + 4 :]
-            self._buffer = b""
-            self.offset += end + 4
-            method, path, length = _parse_head(head)
-            self._body_left = length
-            started.append((method, path, self.offset, length))
-        return started
-
-
-def _parse_head(head: bytes) -> tuple[str, str, int]:
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = lines[0].split(" ", 2)
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        name = name.strip().lower()
-        if name == "transfer-encoding" and "chunked" in value.lower():
-            raise ValueError("chunked request bodies are not followed by the cutting relay")
-        if name == "content-length":
-            length = int(value.strip())
-    return method, target, length
 
 
 class _ToServer(ProxyClient):
@@ -126,7 +78,7 @@ class _FromClient(ProxyServer):
     clientProtocolFactory = _ToServerFactory
 
     def connectionMade(self) -> None:
-        self._heads = _Heads()
+        self._heads = RequestHeads("the cutting relay")
         self._received = 0  # bytes of the client's stream read so far
         self._strike: int | None = None  # where in that stream the cut falls
         self.cutting = False
@@ -147,7 +99,8 @@ class _FromClient(ProxyServer):
             return
         relay: _RelayFactory = self.factory  # type: ignore[assignment]
         start, self._received = self._received, self._received + len(data)
-        for method, path, body_start, length in self._heads.feed(data):
+        for head, body_start in self._heads.feed(data):
+            method, path, length = head.method, head.target, head.length
             relay.seen.append((method, path))
             cut = next((c for c in relay.cuts if c.count > 0 and c.which(method, path)), None)
             if cut is not None and self._strike is None:

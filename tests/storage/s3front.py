@@ -27,9 +27,9 @@ from twisted.protocols.portforward import (
     ProxyServer,
 )
 
+from tests.fakes.request_heads import Head, RequestHeads
 from tests.storage.s3server import S3Server
 
-_MAX_HEAD = 64 * 1024
 # What S3 answers to a request `RecordingFront.fault` makes it refuse mid-body.
 _EARLY_ERROR = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
@@ -78,61 +78,30 @@ class Seen:
 
 
 class _RequestReader:
-    """Splits a client's byte stream into requests (S3 clients send Content-Length bodies)."""
+    """Records each request of a client's byte stream (`RequestHeads`) as a `Seen`."""
 
     def __init__(self, bucket: str, seen: list[Seen]) -> None:
         self._bucket = bucket
         self._seen = seen
-        self._buffer = b""
-        self._body_left = 0
-        self._offset = 0  # where in the connection's stream ``_buffer`` starts
+        self._heads = RequestHeads("the recording front")
 
     def feed(self, data: bytes) -> list[tuple[Seen, int]]:
         """Read on; the requests whose head ended here, each with where its body starts in
         the connection's stream."""
-        started: list[tuple[Seen, int]] = []
-        while data:
-            if self._body_left:
-                taken = min(self._body_left, len(data))
-                self._body_left -= taken
-                self._offset += taken
-                data = data[taken:]
-                continue
-            self._buffer += data
-            data = b""
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > _MAX_HEAD:
-                    raise ValueError("request head too long for the recording front")
-                return started
-            head, data = self._buffer[:end], self._buffer[end + 4 :]
-            self._buffer = b""
-            self._offset += end + 4
-            self._body_left = self._record(head)
-            started.append((self._seen[-1], self._offset))
-        return started
+        return [(self._record(head), start) for head, start in self._heads.feed(data)]
 
-    def _record(self, head: bytes) -> int:
-        lines = head.decode("latin-1").split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        parts = urlsplit(target)
+    def _record(self, head: Head) -> Seen:
+        parts = urlsplit(head.target)
         path = unquote(parts.path).lstrip("/")
         key = path[len(self._bucket) + 1 :] if path.startswith(self._bucket + "/") else ""
-        self._seen.append(
-            Seen(
-                method,
-                key,
-                parse_qs(parts.query, keep_blank_values=True),
-                headers.get("x-amz-copy-source"),
-            )
+        seen = Seen(
+            head.method,
+            key,
+            parse_qs(parts.query, keep_blank_values=True),
+            head.headers.get("x-amz-copy-source"),
         )
-        if "chunked" in headers.get("transfer-encoding", ""):
-            raise ValueError("chunked request bodies are not followed by the recording front")
-        return int(headers.get("content-length", "0"))
+        self._seen.append(seen)
+        return seen
 
 
 class _FaultyClient(ProxyClient):
