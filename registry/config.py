@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -163,10 +163,8 @@ UpstreamChecks = Literal["degraded", "required", "off"]
 
 def parse_upstream_checks(text: str) -> UpstreamChecks:
     lowered = text.strip().lower()
-    if lowered == "required":
-        return "required"
-    if lowered in ("degraded", "off"):
-        return "degraded" if lowered == "degraded" else "off"
+    if lowered in ("required", "degraded", "off"):
+        return cast(UpstreamChecks, lowered)
     try:
         return "degraded" if parse_bool(lowered) else "off"
     except ValueError:
