@@ -60,6 +60,7 @@ from registry.proxy.errors import (
     UpstreamNotFound,
     UpstreamRateLimited,
     UpstreamUnauthorized,
+    UpstreamUnavailable,
 )
 from registry.proxy.fill import Fill, FillProtocol, ObservedProducer, StoreFailed, TailProducer
 from registry.proxy.fleet import Fleet, HeldElsewhere, Lease, RedisUnavailable, StoredMeanwhile
@@ -74,7 +75,12 @@ from registry.proxy.index import ICacheIndex, MemoryIndex, Victim
 from registry.proxy.outage import StorageReads
 from registry.proxy.space import Reservations
 from registry.proxy.totals import CacheTotals
-from registry.proxy.upstream import UpstreamClient, UpstreamManifest, index_descriptors
+from registry.proxy.upstream import (
+    UpstreamBlob,
+    UpstreamClient,
+    UpstreamManifest,
+    index_descriptors,
+)
 from registry.storage import layout
 from registry.storage.blobs import BlobInfo, BlobStore
 from registry.storage.catalog import Catalog
@@ -116,6 +122,7 @@ class UpstreamStats:
     evicted_bytes: int = 0
     corrupt_blobs: int = 0
     unkept_fills: int = 0  # served without being kept (registry.proxy.space)
+    resumed_fills: int = 0  # upstream bodies cut and asked for again from where they were
 
 
 def upstream_error(exc: UpstreamError, code: ErrorCode, detail: dict[str, Any]) -> RegistryError:
@@ -174,6 +181,13 @@ HostedUses = Callable[[Digest], Awaitable[bool]]
 # A fill reads the upstream socket in reads of up to this size: each chunk costs a reactor
 # turn, a trip through the HTTP parser and a delivery to every reader, so fewer is cheaper.
 FILL_READ_SIZE = 1024 * 1024
+
+# A fill whose upstream body is cut asks for the rest (``Range``) up to this many times in a
+# row without a byte coming in between, pausing this long before the second such try, twice
+# that before the third: a CDN connection dropped once is asked again at once, an upstream
+# that keeps failing ends the fill (and its clients' bodies) within a few seconds.
+FILL_RESUMES = 3
+FILL_RESUME_PAUSE = 0.5
 
 # A fill wakes a hashing thread once this much is queued (not once per chunk): well under
 # the hash threads' high-water mark, so that a worker slow to be scheduled on a busy machine
@@ -948,15 +962,70 @@ class ProxyCache:
             raise error
         raise RegistryError(UNAVAILABLE, detail, "upstream blob fetch failed")
 
-    def _fill_hasher(self, digest: Digest) -> OffloadedHasher | None:
+    def _fill_hasher(self, digest: Digest) -> OffloadedHasher | DigestingHasher:
         """Where a fill's body is hashed: on the hash threads when the algorithm's hasher
         lets the reactor thread run meanwhile (it then receives, writes and serves the next
-        chunks while a worker hashes), else None: `BodyRelay` hashes on the reactor thread."""
+        chunks while a worker hashes), else on the reactor thread.  The fill hashes its body
+        itself, not `BodyRelay`, so that a body resumed after a cut is hashed whole."""
+        hasher = DigestingHasher(digest.algorithm)
         if self.hash_threads is None or not releases_gil(digest.algorithm):
-            return None
-        return OffloadedHasher(
-            DigestingHasher(digest.algorithm), self.hash_threads, batch=FILL_HASH_BATCH
+            return hasher
+        return OffloadedHasher(hasher, self.hash_threads, batch=FILL_HASH_BATCH)
+
+    def _resumable(self, fill: Fill, error: UpstreamUnavailable, resumes: int) -> bool:
+        """Whether a fill whose upstream body was cut (a dropped connection, a body gone
+        silent) asks for the rest: while the fill knows the blob's size and a try brings
+        bytes, or within `FILL_RESUMES` tries in a row that bring none.  Not when the fill
+        itself stopped the body (`StoreFailed` with no client left), nor while the upstream
+        is held off (`HeldOff`: its failure was said, and it is not asked meanwhile)."""
+        return (
+            not isinstance(error, HeldOff)
+            and fill.size is not None
+            and fill.stored < fill.size
+            and resumes <= FILL_RESUMES
+            and (fill.relay is None or fill.readers > 0)
         )
+
+    async def _resume_fill(
+        self, fill: Fill, upstream: str, cut: UpstreamUnavailable, resumes: int
+    ) -> tuple[UpstreamBlob, int]:
+        """The rest of a cut fill's body, and the tries in a row without a byte so far: a
+        GET from the byte the fill reached (``Range``), after a pause that grows with the
+        tries that brought nothing.  An upstream that ignores the ``Range`` answers the whole
+        blob, whose first bytes the fill drops.  Raises the last failure once not
+        `_resumable`."""
+        assert fill.size is not None
+        error = cut
+        while True:
+            if not self._resumable(fill, error, resumes):
+                raise error
+            self.stats.resumed_fills += 1
+            log.warn(
+                "proxy {upstream}: upstream body of {digest} cut: {error}; asking for the rest"
+                " from byte {position} of {size} (try {tries} of {most})",
+                upstream=self.name,
+                digest=str(fill.digest),
+                position=fill.stored,
+                size=fill.size,
+                error=error.reason[:300],
+                tries=resumes,
+                most=FILL_RESUMES,
+                event="proxy_fill_resumed",
+            )
+            if resumes > 1:
+                await sleep(self.reactor, FILL_RESUME_PAUSE * 2 ** (resumes - 2))
+            try:
+                blob = await self.client.blob(
+                    upstream, fill.digest, offset=fill.stored, size=fill.size
+                )
+            except UpstreamUnavailable as exc:
+                error = exc
+                resumes += 1
+                continue
+            if blob.offset not in (0, fill.stored):  # (the client checks it: defensive)
+                blob.abort()
+                raise UpstreamBadResponse(None, f"a resume answered from byte {blob.offset}")
+            return blob, resumes
 
     async def _run_fill(self, fill: Fill, upstream: str) -> None:
         digest = fill.digest
@@ -1050,25 +1119,43 @@ class ProxyCache:
             fill.opened = True
             fill.notify()
             hasher = self._fill_hasher(digest)
-            protocol = FillProtocol(
-                fill,
-                writer,
-                lambda n: None,
-                spool,
-                hasher,
-                store_failed,
-                clock=self.reactor,
-                stall_timeout=self.config.timeout,
-                on_reader_cut=lambda position: self._reader_cut(fill, position),
+            resumes = 0  # resumed in a row without a byte in between
+            while True:
+                protocol = FillProtocol(
+                    fill,
+                    writer,
+                    lambda n: None,
+                    spool,
+                    hasher,
+                    store_failed,
+                    clock=self.reactor,
+                    stall_timeout=self.config.timeout,
+                    on_reader_cut=lambda position: self._reader_cut(fill, position),
+                    # The bytes an upstream that ignored a resume's Range sends again.
+                    skip=fill.stored - blob.offset,
+                )
+                # Hashed by the fill (a resumed body is a part that `BodyRelay` cannot check).
+                blob.deliver(protocol, verify=False, read_size=FILL_READ_SIZE)
+                delivered = True
+                began = fill.stored
+                try:
+                    await protocol.done
+                    break
+                except UpstreamUnavailable as exc:
+                    resumes = 1 if fill.stored > began else resumes + 1
+                    if not self._resumable(fill, exc, resumes):
+                        raise
+                    await protocol.drained()  # (the next body is written after these)
+                    delivered = False
+                    blob, resumes = await self._resume_fill(fill, upstream, exc, resumes)
+            actual = (
+                (await hasher.settle()).digest()
+                if isinstance(hasher, OffloadedHasher)
+                else hasher.digest()
             )
-            blob.deliver(protocol, verify=hasher is None, read_size=FILL_READ_SIZE)
-            delivered = True
-            await protocol.done
-            if hasher is not None:
-                actual = (await hasher.settle()).digest()
-                if actual != digest:
-                    self.client.session.errors += 1
-                    raise UpstreamBadResponse(None, f"body hashes to {actual}, not {digest}")
+            if actual != digest:
+                self.client.session.errors += 1
+                raise UpstreamBadResponse(None, f"body hashes to {actual}, not {digest}")
             if fill.relay is None and writer is not None:
                 try:
                     await writer.commit()

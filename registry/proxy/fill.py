@@ -56,7 +56,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from registry.api.digests import Digest
+from registry.api.digests import Digest, DigestingHasher
 from registry.client._body import settle_body
 from registry.http import twisted_internals
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError, StorageError
@@ -367,7 +367,12 @@ class FillProtocol(Protocol):
 
     ``writer`` is None when the storage failed before the first byte: the whole body is
     relayed.  ``done`` fires when the body ended complete (and, without a ``hasher``,
-    verified), or fails with its error."""
+    verified), or fails with its error.
+
+    ``skip``: how many bytes at the start of the body the fill has already (a body resumed
+    from an upstream that ignored the ``Range`` and sent the blob from its first byte); they
+    are dropped.  `drained` waits for the writes still under way when the body ended, so that
+    the next body of a resumed fill is written after them."""
 
     def __init__(
         self,
@@ -375,13 +380,17 @@ class FillProtocol(Protocol):
         writer: IFileWriter | None,
         on_bytes: Callable[[int], None],
         spool: IFileWriter | None = None,
-        hasher: OffloadedHasher | None = None,
+        hasher: OffloadedHasher | DigestingHasher | None = None,
         on_store_failed: Callable[[BaseException], None] | None = None,
         clock: IReactorTime | None = None,
         stall_timeout: float | None = None,
         on_reader_cut: Callable[[int], None] | None = None,
+        skip: int = 0,
     ) -> None:
         self.fill = fill
+        self.skip = skip
+        self._writing = 0  # batches of writes under way
+        self._drain_waiters: list[Deferred[None]] = []
         self.clock = clock
         self.stall_timeout = stall_timeout
         self.on_reader_cut = on_reader_cut
@@ -397,6 +406,12 @@ class FillProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
             return
+        if self.skip:
+            dropped = min(self.skip, len(data))
+            self.skip -= dropped
+            data = data[dropped:]
+            if not data:
+                return
         writer = self.writer
         if self.fill.relay is not None or writer is None:
             self._relay(data)
@@ -428,11 +443,33 @@ class FillProtocol(Protocol):
         transport.pauseProducing()
 
         def written(_: object) -> None:
+            self._wrote()
             if self.fill.relay is None:
                 self.fill.written = end
             self._resume()
 
-        gatherResults(pending, consumeErrors=True).addCallbacks(written, self._write_failed)
+        def failed(failure: Failure) -> None:
+            self._wrote()
+            self._write_failed(failure)
+
+        self._writing += 1
+        gatherResults(pending, consumeErrors=True).addCallbacks(written, failed)
+
+    def _wrote(self) -> None:
+        self._writing -= 1
+        if not self._writing:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def drained(self) -> Deferred[None]:
+        """Fires once the writes (and hashing) under way when the body ended are done."""
+        waiter: Deferred[None] = Deferred()
+        if self._writing:
+            self._drain_waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
 
     def _relay(self, data: bytes) -> None:
         """A chunk after the storage failed: to the readers (through the window) only."""

@@ -286,6 +286,12 @@ def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
             lambda c: c.stats.unkept_fills,
         ),
         (
+            "txregistry_proxy_resumed_fills_total",
+            "Upstream blob bodies cut mid-way and asked for again from the byte reached.",
+            "counter",
+            lambda c: c.stats.resumed_fills,
+        ),
+        (
             "txregistry_proxy_reserved_bytes",
             "Room reserved under max_size by this instance's fills in flight.",
             "gauge",

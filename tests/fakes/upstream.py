@@ -177,6 +177,7 @@ class LoggedRequest:
     authorization: str | None
     accept: str | None
     status: int | None = None
+    range: str | None = None  # the request's Range header
 
 
 class _TrackingFactory(WrappingFactory):
@@ -422,6 +423,7 @@ class _Base(Resource):
             ref=ref,
             authorization=(request.getHeader(b"authorization") or b"").decode("latin-1") or None,
             accept=(request.getHeader(b"accept") or b"").decode("latin-1") or None,
+            range=(request.getHeader(b"range") or b"").decode("latin-1") or None,
         )
         self.fake.log.append(logged)
         return logged
