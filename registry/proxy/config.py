@@ -108,8 +108,9 @@ class ProxyConfig:
     # clients get 503 with Retry-After rather than a queue that grows with their requests.
     max_inflight: int = MAX_INFLIGHT
     # How long the cache stops asking an upstream that failed three times in a row (doubled
-    # at each failed try, up to a minute; registry.proxy.health); 0: it asks every time
-    # however often it failed (a 429's Retry-After is still waited out).
+    # at each failed try, up to a minute; registry.proxy.health), and a kind of call that met
+    # a 429 without Retry-After (doubled while the 429s go on); 0: it asks every time however
+    # often it failed or answered 429 (a 429's Retry-After is still waited out).
     hold_off: float = 5.0
 
 

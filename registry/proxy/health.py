@@ -6,28 +6,44 @@ asking it for a while, instead of making every client wait for a connection time
 sending the upstream one more request (and token fetch) per client request.
 
 - ``THRESHOLD`` failures in a row (no usable answer, a certificate that does not verify: the
-  client raises that at once, without retries, or a 429 without ``Retry-After``) hold
-  the upstream off for ``[proxy:NAME] hold_off`` seconds (5 by default; 0: never), doubled
-  at each failed try up to ``MAX_HOLD``.
-- A 429 with ``Retry-After`` holds off the calls of its kind (manifest GETs, blob GETs...)
-  that long (at most ``MAX_RETRY_AFTER``, which is what its client is told too): Docker
-  Hub's pull limit counts manifest GETs, not the HEADs the cache revalidates tags with nor
-  blob downloads, so those go on.  With ``hold_off = 0`` too: that turns off the holds
-  after failures, and asking during a rate limit would only use it up.
-- While held off, every upstream call fails at once with the last failure's class (so the
-  cache answers as it would have: a cached tag served stale, a 429 with the time left, else
-  503), and no request reaches the upstream.  Its client is told the failure's status, not
-  its reason: that names what another request asked for (another team's repository, say).
+  client raises that at once, without retries) hold the upstream off for ``[proxy:NAME]
+  hold_off`` seconds (5 by default; 0: never), doubled at each failed try up to
+  ``MAX_HOLD``.
+- A 429 is an answer (the upstream is there: it ends an outage, and is no failure towards
+  one), and it concerns its kind of call only (manifest GETs, blob GETs...): Docker Hub's
+  pull limit counts manifest GETs, not the HEADs the cache revalidates tags with nor blob
+  downloads, so those go on.  The calls of its kind are held off:
+
+  - with ``Retry-After``: that long, at most ``MAX_RETRY_AFTER``.  With ``hold_off = 0``
+    too: that turns off the holds after failures, and asking during a rate limit would only
+    use it up.
+  - without: ``hold_off`` seconds for the first 429 of its kind; a 429 to the first call of
+    that kind made after the hold doubles it (up to ``MAX_HOLD``, or ``hold_off`` if
+    longer); the first answer other than a 429 to a call of that kind starts it over (no
+    answer, a 5xx, say nothing of the rate limit: they leave it).  With ``hold_off = 0`` no
+    hold: each such 429 goes to its client as it is, without ``Retry-After``.
+
+  The client whose call met the 429 is told that hold in ``Retry-After`` (not the hours
+  Docker Hub may ask for: the cache asks again sooner), those held off the time left.  A
+  429 to a call made before its kind's hold began (calls in flight) leaves the hold as it
+  is.  ``rate_limits`` (the health check, the metrics) names the kinds held off.
+- While held off, every upstream call (of the kind rate-limited) fails at once (so the cache
+  answers as it would have: a cached tag served stale, else a 429 for a rate limit, a 503
+  for an outage, with the time left), and no request reaches the upstream.  Its client is
+  told the failure's status, not its reason: that names what another request asked for
+  (another team's repository, say).
 - Once the hold has passed, one call goes through as a probe (the others still fail at once
   until it is answered): an answer ends the outage, a failure holds the upstream off again.
 - A call that would need one more upstream token while the token table's bound of fetches
   is in flight is not made (`HeldOffOverloaded`: 503 with ``Retry-After: 1``, as for the
   cache's ``max_inflight``); that is the cache's overload, neither an answer nor a failure.
 
-Any answer counts as one (404, 401, a bad body: the upstream is there).  The outage is one
-event in the log: one warning when the upstream is held off, one more per failed probe (the
-hold doubles, so at most one a minute then), and one line when it answers again, with how many
-requests were answered without it.
+Any answer counts as one (404, 401, a 429, a bad body: the upstream is there).  The outage is
+one event in the log: one warning when the upstream is held off, one more per failed probe
+(the hold doubles, so at most one a minute then), and one line when it answers again, with how
+many requests were answered without it.  A rate limit is one warning per hold of its kind
+(``rate-limits manifest GET requests``; ``still rate-limits`` when a 429 without
+``Retry-After`` doubles the hold), not a line per request.
 """
 
 from __future__ import annotations
@@ -71,7 +87,8 @@ class UpstreamHealth:
         self.name = name
         self.url = url
         self.clock = clock
-        # 0: no hold after failures ([proxy:NAME] hold_off); a 429's Retry-After still holds.
+        # 0: no hold after failures ([proxy:NAME] hold_off), nor after a 429 without
+        # Retry-After; a 429's Retry-After still holds.
         self.first_hold = first_hold
         # The outage: failures in a row, the last one, until when no call is made.
         self.failures = 0
@@ -81,9 +98,12 @@ class UpstreamHealth:
         self.probing = False  # the call that asks once the hold has passed is in flight
         self.since: float | None = None  # when the outage began
         self.spared = 0  # calls answered at once while held off
-        # A 429 with Retry-After, by kind of call: Docker Hub limits manifest GETs, not the
-        # HEADs tags are revalidated with, nor blob downloads, which go on meanwhile.
+        # A 429's hold, by kind of call: Docker Hub limits manifest GETs, not the HEADs tags
+        # are revalidated with, nor blob downloads, which go on meanwhile.
         self.limited: dict[str, tuple[float, UpstreamRateLimited]] = {}
+        # The last hold of a 429 without Retry-After, by kind of call, until a call of that
+        # kind gets another answer: the next such 429 doubles it.
+        self.waits: dict[str, float] = {}
 
     def rate_limits(self) -> str | None:
         """The rate limits the upstream holds this cache to now, in words (None: none): for
@@ -117,8 +137,6 @@ class UpstreamHealth:
         reason = f"not asked while it is out ({_state(last)})"
         # The next try is at the end of the hold (or once the probe under way is answered).
         left = max(held_until - now, 1.0)
-        if isinstance(last, UpstreamRateLimited):
-            return HeldOffRateLimited(None, reason, retry_after=left), False
         return HeldOffUnavailable(None, reason, retry_after=left), False
 
     def answered(self) -> None:
@@ -144,12 +162,16 @@ class UpstreamHealth:
     def failed(self, error: UpstreamError, kind: str = "manifest GET", probe: bool = False) -> None:
         """A call got no usable answer (``UpstreamUnavailable``, or a TLS certificate that
         did not verify: ``UpstreamUntrustedCertificate``) or a 429; ``probe``: it was
-        the call that asked once the hold had passed.  A 429's ``Retry-After`` is waited out
-        whatever ``first_hold``: 0 turns off the holds after failures, not that."""
+        the call that asked once the hold had passed.  A 429 is an answer, and holds off its
+        kind of call only.  A 429's ``Retry-After`` is waited out whatever ``first_hold``:
+        0 turns off the holds after failures and 429s without one, not that."""
         if probe:
             self.probing = False
-        if isinstance(error, UpstreamRateLimited) and error.retry_after is not None:
-            self._rate_limited(error, kind, error.retry_after)
+        if isinstance(error, UpstreamRateLimited):
+            if error.retry_after is not None:
+                self._rate_limited(error, kind, error.retry_after)
+            else:
+                self._rate_limited_unsaid(error, kind)
             return
         if self.first_hold <= 0:
             return  # hold_off = 0: no hold after failures
@@ -199,6 +221,41 @@ class UpstreamHealth:
             )
         self.limited[kind] = (self.clock() + hold, error)
 
+    def _rate_limited_unsaid(self, error: UpstreamRateLimited, kind: str) -> None:
+        """A 429 without ``Retry-After``: an answer (the upstream is there), and this kind
+        of call waits a default: ``first_hold`` for the first such 429, doubled (up to
+        ``MAX_HOLD``, or ``first_hold`` if longer) at each one that follows its hold, until
+        a call of its kind gets another answer (`waits`).  The error tells its client that
+        wait; with ``first_hold`` 0 there is none, and the client gets the 429 as it is."""
+        self.answered()
+        now = self.clock()
+        limit = self.limited.get(kind)
+        if limit is not None and now < limit[0]:
+            # A call made before this kind's hold began: the hold stands, as its client hears.
+            error.retry_after = max(limit[0] - now, 1.0)
+            return
+        if self.first_hold <= 0:
+            return  # hold_off = 0: no hold of our own
+        previous = self.waits.get(kind)
+        if previous is None:
+            hold = self.first_hold
+        else:
+            hold = min(previous * 2, max(MAX_HOLD, self.first_hold))
+        self.waits[kind] = hold
+        error.retry_after = hold
+        log.warn(
+            "proxy {upstream}: {url} {state} {kind} requests: {reason}; not asking it for"
+            " {hold:.0f}s (it said no Retry-After)",
+            upstream=self.name,
+            url=self.url,
+            state="rate-limits" if previous is None else "still rate-limits",
+            kind=kind,
+            reason=error.reason[:300],
+            hold=hold,
+            event="proxy_upstream_rate_limited",
+        )
+        self.limited[kind] = (now + hold, error)
+
     async def call(self, make: Callable[[], Awaitable[T]], kind: str = "manifest GET") -> T:
         """Run one upstream call of ``kind`` through this state."""
         refused, probe = self.refusal(kind)
@@ -217,12 +274,14 @@ class UpstreamHealth:
             raise HeldOffOverloaded() from None
         except UpstreamError:
             self.answered()  # an answer all the same: the upstream is there
+            self.waits.pop(kind, None)  # and not a 429: its kind's next one starts over
             raise
         except BaseException:
             if probe:
                 self.probing = False  # cancelled, or a defect: the next call probes
             raise
         self.answered()
+        self.waits.pop(kind, None)
         return result
 
 

@@ -329,7 +329,7 @@ def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
         ),
         (
             "txregistry_proxy_upstream_rate_limited",
-            "1 while a 429's Retry-After holds some kind of upstream call back, else 0.",
+            "1 while a 429 holds some kind of upstream call back, else 0.",
             "gauge",
             lambda c: 0 if c.client.health.rate_limits() is None else 1,
         ),

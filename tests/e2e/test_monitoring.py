@@ -542,27 +542,33 @@ async def test_the_health_probe_file_goes_with_the_process(tmp_path: Path) -> No
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.parametrize("retry_after", [7200, None], ids=["retry-after", "no-retry-after"])
 @pytest_twisted.ensureDeferred
-async def test_a_rate_limit_shows_in_readiness_and_the_metrics(start_registry: Starter) -> None:
-    """Docker Hub's 429 with Retry-After on manifest GETs: every image not cached is then
-    answered 429 for a while, and readiness and the metrics said nothing (its /v2/ answers,
-    and the upstream is not "out").  Now the upstream check is degraded with what is held
-    back, and ``txregistry_proxy_upstream_rate_limited`` is 1."""
+async def test_a_rate_limit_shows_in_readiness_and_the_metrics(
+    start_registry: Starter, retry_after: int | None
+) -> None:
+    """Docker Hub's 429 on manifest GETs (with Retry-After, or without: held off for
+    ``hold_off``): every image not cached is then answered 429 for a while, and readiness
+    and the metrics said nothing (its /v2/ answers, and the upstream is not "out").  Now the
+    upstream check is degraded with what is held back, and
+    ``txregistry_proxy_upstream_rate_limited`` is 1."""
     fake: FakeUpstream = await start_fake_upstream(reactor)
     try:
         fake.content.add_image("library/alpine", "3", [100])
-        registry = await start_registry(
-            {"proxy:hub": {"remoteurl": fake.url, "prefix": "docker.io"}, "health": FAST_HEALTH}
-        )
+        hub = {"remoteurl": fake.url, "prefix": "docker.io", "hold_off": "1h"}
+        registry = await start_registry({"proxy:hub": hub, "health": FAST_HEALTH})
         url = registry.url
         _status, body = await wait_until(lambda: ready_answer(f"{url}/health/ready"))
         assert body["checks"]["upstream:hub"] == {"status": "ok"}
         samples, _ = await scrape(url)
         assert samples[("txregistry_proxy_upstream_rate_limited", (("upstream", "hub"),))] == 0
         fake.switches.ratelimit_remaining = 0
-        fake.switches.ratelimit_retry_after = 7200
+        fake.switches.ratelimit_retry_after = retry_after
         response, _ = await get(f"{url}/v2/docker.io/library/alpine/manifests/3")
         assert response.code == 429
+        # The cache asks again after 5 minutes at most, or after hold_off.
+        told = "300" if retry_after is not None else "3600"
+        assert response.headers.getRawHeaders("Retry-After") == [told]
 
         async def degraded() -> tuple[int, dict[str, Any]] | None:
             status, body = await answer(f"{url}/health/ready")

@@ -75,8 +75,9 @@ class Switches:
     ratelimit_limit: int = 100
     ratelimit_remaining: int = 100
     ratelimit_window: int = 21600
-    # The Retry-After of a manifest GET refused for the rate limit (``ratelimit_remaining``).
-    ratelimit_retry_after: int = 60
+    # The Retry-After of a manifest GET refused for the rate limit (``ratelimit_remaining``);
+    # None: the 429 carries none.
+    ratelimit_retry_after: int | None = 60
     fail_status: int | None = None  # every registry, token and CDN request answers this
     # Manifest requests answer a 404 page no registry sends (a proxy's or a CDN's, HTML).
     html_404_manifests: bool = False
@@ -627,7 +628,8 @@ class _RegistryResource(_Base):
         is_get = request.method == b"GET"
         if is_get:
             if sw.ratelimit_remaining <= 0:
-                request.setHeader(b"retry-after", str(sw.ratelimit_retry_after).encode())
+                if sw.ratelimit_retry_after is not None:
+                    request.setHeader(b"retry-after", str(sw.ratelimit_retry_after).encode())
                 self._ratelimit_headers(request)
                 return _json_error(request, 429, "TOOMANYREQUESTS", "pull rate limit reached")
             sw.ratelimit_remaining -= 1

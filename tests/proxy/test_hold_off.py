@@ -1,8 +1,9 @@
 """The cache stops asking an upstream that is out (`registry.proxy.health`): after three
 failures in a row, requests are answered at once (a cached tag served stale, else 503) and
-none reaches the upstream, with one warning instead of a line per request; a 429 with
-Retry-After holds off that method's requests (GET) while HEADs go on; once the hold has
-passed, one request probes, and an answer ends the outage with one line."""
+none reaches the upstream, with one warning instead of a line per request; a 429 holds off
+its kind of call (manifest GETs) while the others (HEADs, blob GETs) go on, for its
+Retry-After, or without one for ``hold_off`` doubled while the 429s go on; once the hold
+has passed, one request probes, and an answer ends the outage with one line."""
 
 from __future__ import annotations
 
@@ -20,8 +21,15 @@ from registry.proxy.errors import (
     UpstreamUnavailable,
     UpstreamUntrustedCertificate,
 )
-from registry.proxy.health import MAX_RETRY_AFTER, HeldOff, UpstreamHealth
+from registry.proxy.health import (
+    MAX_RETRY_AFTER,
+    HeldOff,
+    HeldOffRateLimited,
+    HeldOffUnavailable,
+    UpstreamHealth,
+)
 from tests.e2e.client import get, sha256
+from tests.e2e.harness import sleep
 from tests.e2e.test_monitoring import scrape
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
@@ -112,14 +120,115 @@ def test_a_rate_limit_holds_off_its_kind_of_call_only_as_long_as_it_says() -> No
     assert _run(health, None, "manifest GET") == "answer"
 
 
-def test_three_429s_without_retry_after_hold_off_with_429s() -> None:
-    health = UpstreamHealth("hub", "https://upstream.example", Clock().seconds)
-    limited = UpstreamRateLimited(429, "slow down")
-    for _ in range(3):
+KINDS = ("manifest GET", "manifest HEAD", "blob GET", "blob HEAD", "tags", "referrers")
+
+
+def test_a_429_without_retry_after_holds_off_its_kind_for_hold_off_doubled() -> None:
+    """No Retry-After: the kind of call that met the 429 waits ``hold_off`` (its client is
+    told so), doubled at each 429 that follows its hold, up to a minute; the others go on,
+    and the upstream is never "out" (a 429 is an answer).  An answer other than a 429 to
+    that kind starts the wait over; a 503 says nothing of the rate limit."""
+    clock = Clock()
+    health = UpstreamHealth("hub", "https://upstream.example", clock.seconds, first_hold=5.0)
+    with Logs() as logs:
+        for hold in (5.0, 10.0, 20.0, 40.0, 60.0, 60.0):
+            limited = UpstreamRateLimited(429, "pull rate limit reached")
+            assert _run(health, limited) is limited
+            assert limited.retry_after == hold  # what its client is told
+            for _ in range(3):
+                refused = _run(health, None)
+                assert isinstance(refused, HeldOff) and isinstance(refused, UpstreamRateLimited)
+                assert refused.retry_after == hold
+                assert refused.reason == "not asked until its rate limit ends (it answered 429)"
+            assert health.rate_limits() == f"manifest GET not asked for {hold:.0f}s more"
+            for kind in KINDS[1:]:
+                assert _run(health, None, kind) == "answer", kind
+            assert health.held_until is None  # not an outage
+            clock.advance(hold)
+            assert health.rate_limits() is None
+        assert _run(health, UpstreamUnavailable(503, "down")).status == 503
+        limited = UpstreamRateLimited(429, "pull rate limit reached")
         assert _run(health, limited) is limited
-    refused = _run(health, None, "blob GET")
-    assert isinstance(refused, HeldOff) and isinstance(refused, UpstreamRateLimited)
-    assert refused.retry_after == 5.0
+        assert limited.retry_after == 60.0  # a 503 between: still the doubled wait
+        clock.advance(60)
+        assert _run(health, None) == "answer"  # starts the wait over
+        limited = UpstreamRateLimited(429, "pull rate limit reached")
+        assert _run(health, limited) is limited
+        assert limited.retry_after == 5.0
+        # Other kinds have waits of their own.
+        blob = UpstreamRateLimited(429, "slow down")
+        assert _run(health, blob, "blob GET") is blob
+        assert blob.retry_after == 5.0
+        assert health.rate_limits() == (
+            "blob GET not asked for 5s more; manifest GET not asked for 5s more"
+        )
+    said = logs.saying("rate-limits")
+    assert [level for level, _ in said] == ["warn"] * 9, said
+    assert said[0][1] == (
+        "proxy hub: https://upstream.example rate-limits manifest GET requests: pull rate"
+        " limit reached; not asking it for 5s (it said no Retry-After)"
+    )
+    assert said[1][1] == (
+        "proxy hub: https://upstream.example still rate-limits manifest GET requests: pull"
+        " rate limit reached; not asking it for 10s (it said no Retry-After)"
+    )
+    assert said[7][1].startswith("proxy hub: https://upstream.example rate-limits manifest GET ")
+    assert said[8][1].startswith("proxy hub: https://upstream.example rate-limits blob GET ")
+    assert not logs.saying("answering without asking it")
+
+
+def test_a_429_without_retry_after_is_an_answer_that_ends_an_outage() -> None:
+    """Three 429s without Retry-After in a row are no outage; a 429 to the probe of an
+    outage ends it (the upstream is there), and holds off its kind only."""
+    clock = Clock()
+    health = UpstreamHealth("hub", "https://upstream.example", clock.seconds, first_hold=5.0)
+    for _ in range(3):
+        limited = UpstreamRateLimited(429, "slow down")
+        assert _run(health, limited) is limited
+        clock.advance(limited.retry_after or 0)
+    assert health.held_until is None
+    assert _run(health, None, "blob GET") == "answer"
+    out = UpstreamUnavailable(None, "refused")
+    for _ in range(3):
+        assert _run(health, out, "blob GET") is out
+    assert isinstance(_run(health, None, "blob GET"), HeldOffUnavailable)
+    clock.advance(5)
+    limited = UpstreamRateLimited(429, "slow down")
+    with Logs() as logs:
+        assert _run(health, limited, "tags") is limited  # the probe
+    assert health.held_until is None
+    (back,) = logs.saying("answers again")
+    assert back[0] == "info"
+    assert isinstance(_run(health, None, "tags"), HeldOffRateLimited)
+    assert _run(health, None, "blob GET") == "answer"
+
+
+def test_a_429_without_retry_after_to_a_call_made_before_the_hold_leaves_the_hold() -> None:
+    """Calls of a kind in flight when its hold began: their 429s neither double nor
+    restart the hold, and their clients are told the time left."""
+    clock = Clock()
+    health = UpstreamHealth("hub", "https://upstream.example", clock.seconds, first_hold=5.0)
+    late: list[Deferred[str]] = []
+
+    async def hanging() -> str:
+        waiting: Deferred[str] = Deferred()
+        late.append(waiting)
+        return await waiting
+
+    got: list[Any] = []
+    for _ in range(3):
+        Deferred.fromCoroutine(health.call(hanging)).addErrback(lambda f: got.append(f.value))
+    late[0].errback(UpstreamRateLimited(429, "slow down"))  # held off for 5 s
+    clock.advance(2)
+    late[1].errback(UpstreamRateLimited(429, "slow down"))
+    assert [e.retry_after for e in got] == [5.0, 3.0]
+    assert health.limited["manifest GET"][0] == 5.0 and health.waits["manifest GET"] == 5.0
+    clock.advance(3)
+    limited = UpstreamRateLimited(429, "slow down")
+    assert _run(health, limited) is limited  # the first call after the hold: doubled
+    assert limited.retry_after == 10.0
+    late[2].errback(UpstreamRateLimited(429, "slow down"))
+    assert got[2].retry_after == 10.0 and health.limited["manifest GET"][0] == 15.0
 
 
 def test_a_late_failure_of_a_call_made_before_the_hold_neither_probes_nor_doubles() -> None:
@@ -235,6 +344,110 @@ async def test_a_rate_limited_manifest_get_holds_off_manifest_gets_only(
         assert [level for level, _ in said] == ["warn"], said
         assert said[0][1].startswith(f"proxy hub: {fake.url} rate-limits manifest GET requests: ")
         assert said[0][1].endswith("; not asking it for 60s")
+        logs.assert_clean()
+
+
+@pytest_twisted.ensureDeferred
+async def test_429s_without_retry_after_hold_off_manifest_gets_only_and_not_for_long(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Manifest GETs answer 429 without Retry-After, again and again: manifest GETs are not
+    asked for ``hold_off`` (1 s), then 2 s, then 4 s (their clients get 429 with the time
+    left), and each hold is asked again after it; meanwhile tags are revalidated (HEADs) and
+    layers fetched: the upstream is not out."""
+    cached = fake.content.add_image("library/alpine", "latest", [1000])
+    busybox = fake.content.add_image("library/busybox", "latest", [1000])
+    registry = await proxied(hold_off="1s")
+    alpine = f"{registry.url}/v2/library/alpine/manifests/latest"
+    response, body = await get(alpine)
+    assert (response.code, sha256(body)) == (200, cached.digest)
+    fake.switches.ratelimit_remaining = 0  # manifest GETs answer 429,
+    fake.switches.ratelimit_retry_after = None  # without Retry-After
+    uncached = f"{registry.url}/v2/library/busybox/manifests/latest"
+    with Logs() as logs:
+        for hold in (1, 2, 4):
+            gets = fake.count("GET", "manifest")
+            response, body = await get(uncached)  # asks, and meets the 429
+            assert fake.count("GET", "manifest") == gets + 1
+            assert response.code == 429, body
+            assert response.headers.getRawHeaders("Retry-After") == [str(hold)]
+            (error,) = json.loads(body)["errors"]
+            assert error["code"] == "TOOMANYREQUESTS"
+            assert error["detail"]["upstream"] == (
+                "manifest library/busybox:latest: TOOMANYREQUESTS pull rate limit reached"
+            )
+            response, body = await get(uncached)  # held off: not asked
+            assert fake.count("GET", "manifest") == gets + 1
+            assert response.code == 429, body
+            (seconds,) = response.headers.getRawHeaders("Retry-After")
+            assert 1 <= int(seconds) <= hold
+            assert json.loads(body)["errors"][0]["detail"]["upstream"] == (
+                "not asked until its rate limit ends (it answered 429)"
+            )
+            if hold < 4:
+                await sleep(hold + 0.1)
+        # Three 429s in a row: the upstream is not out, only manifest GETs are held off.
+        heads = fake.count("HEAD", "manifest")
+        response, body = await get(alpine)
+        assert (response.code, sha256(body)) == (200, cached.digest)
+        assert fake.count("HEAD", "manifest") == heads + 1  # revalidated
+        layer = busybox.layers[0].digest
+        blobs = fake.count("GET", "cdn")
+        response, body = await get(f"{registry.url}/v2/library/busybox/blobs/{layer}")
+        assert (response.code, sha256(body)) == (200, layer)
+        assert fake.count("GET", "cdn") == blobs + 1  # fetched from the upstream
+        found, _ = await scrape(registry.url)
+        assert found[("txregistry_proxy_upstream_rate_limited", (("upstream", "hub"),))] == 1
+        assert found[("txregistry_proxy_upstream_out", (("upstream", "hub"),))] == 0
+        gets = fake.count("GET", "manifest")
+        response, body = await get(uncached)
+        assert response.code == 429, body
+        assert fake.count("GET", "manifest") == gets  # still held off
+        logs.assert_clean()
+        said = logs.saying("rate-limits")
+        assert [level for level, _ in said] == ["warn"] * 3, said
+        assert said[0][1] == (
+            f"proxy hub: {fake.url} rate-limits manifest GET requests: manifest"
+            " library/busybox:latest: TOOMANYREQUESTS pull rate limit reached; not asking it"
+            " for 1s (it said no Retry-After)"
+        )
+        assert said[2][1].startswith(f"proxy hub: {fake.url} still rate-limits manifest GET ")
+        assert said[2][1].endswith("; not asking it for 4s (it said no Retry-After)")
+        assert not logs.saying("answering without asking it")
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_429s_without_retry_after_tag_heads_and_blob_gets_still_reach_the_upstream(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Three manifest GETs in a row meet a 429 without Retry-After (each after the hold of
+    the one before): the upstream is not held off as if it were out, a cached tag is still
+    revalidated and a layer still fetched, with their bytes."""
+    cached = fake.content.add_image("library/alpine", "latest", [1000])
+    busybox = fake.content.add_image("library/busybox", "latest", [1000])
+    registry = await proxied(hold_off="200ms")
+    alpine = f"{registry.url}/v2/library/alpine/manifests/latest"
+    response, body = await get(alpine)
+    assert (response.code, sha256(body)) == (200, cached.digest)
+    fake.switches.ratelimit_remaining = 0
+    fake.switches.ratelimit_retry_after = None
+    gets = fake.count("GET", "manifest")
+    with Logs() as logs:
+        for hold in (0.2, 0.4, 0.8):
+            response, body = await get(f"{registry.url}/v2/library/busybox/manifests/latest")
+            assert response.code == 429, body
+            if hold < 0.8:
+                await sleep(hold + 0.05)
+        assert fake.count("GET", "manifest") == gets + 3  # each asked, each met a 429
+        heads = fake.count("HEAD", "manifest")
+        response, body = await get(alpine)
+        assert (response.code, sha256(body)) == (200, cached.digest)
+        assert fake.count("HEAD", "manifest") == heads + 1
+        layer = busybox.layers[0].digest
+        blobs = fake.count("GET", "cdn")
+        response, body = await get(f"{registry.url}/v2/library/busybox/blobs/{layer}")
+        assert (response.code, sha256(body)) == (200, layer)
+        assert fake.count("GET", "cdn") == blobs + 1
         logs.assert_clean()
 
 
@@ -355,9 +568,11 @@ def test_hold_off_0_still_waits_out_a_429s_retry_after() -> None:
     assert _run(health, None, "blob GET") == "answer"  # only its kind of call waits
     clock.advance(40)
     assert _run(health, None) == "answer"
-    slow = UpstreamRateLimited(429, "slow down")  # no Retry-After: a failure, never held
-    for _ in range(5):
+    for _ in range(5):  # no Retry-After: no hold with hold_off = 0, told as it is
+        slow = UpstreamRateLimited(429, "slow down")
         assert _run(health, slow) is slow
+        assert slow.retry_after is None
+    assert health.rate_limits() is None
 
 
 def test_a_429s_client_is_told_the_hold_applied_not_a_longer_retry_after() -> None:
