@@ -23,7 +23,7 @@ from registry.api.errors import (
     UNSUPPORTED,
     RegistryError,
 )
-from registry.auth.interfaces import AllowAll
+from registry.auth.interfaces import PULL, AllowAll, repository
 from registry.failures import log_failure
 from registry.front import FrontResource
 from registry.handlers import blobs, limits, listings, manifests, uploads
@@ -115,7 +115,13 @@ class RegistryApp:
         # Pull-through cache: containerd's ?ns= selects the upstream (registry.proxy.routing).
         rewriter = self.ctx.route_rewriter
         if rewriter is not None:
-            route = rewriter.rewrite_route(request, route)
+            try:
+                route = rewriter.rewrite_route(request, route)
+            except RegistryError:
+                # Which namespaces have an upstream here is told only to a caller who may
+                # read the path's repository: anyone else gets the challenge it would have.
+                await authorize(self.ctx, request, [repository(route.name, PULL)])
+                raise
         handler = self.handlers.get((route.kind, request.method))
         if handler is None:
             raise RegistryError(

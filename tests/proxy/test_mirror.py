@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from pathlib import Path
 from urllib.parse import quote
 
+import bcrypt
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
@@ -393,3 +396,33 @@ async def test_containerds_ns_does_not_rename_a_write(proxied: Proxied) -> None:
     assert json.loads(body) == {"repositories": ["team/app", "team/other"]}
     response, body = await fetch(f"{url}/v2/team/app/blobs/{digest}")
     assert (response.code, body) == (200, blob)
+
+
+@pytest_twisted.ensureDeferred
+async def test_containerds_ns_tells_which_upstreams_exist_only_to_who_may_read(
+    proxied: Proxied, tmp_path: Path
+) -> None:
+    """An ``ns=`` no upstream here is configured for is ``404 NAME_UNKNOWN`` naming it, so
+    that containerd tries its next host; a caller who may not read the path's repository
+    gets the challenge instead, as without the ``ns=``: the namespaces a cache has upstreams
+    for (``docker.io`` yes, ``quay.io`` no) are not told to anonymous callers."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "htpasswd").write_text(f"alice:{hashed}\n")
+    registry = await proxied(
+        {"auth": {}, "auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "ns"}}
+    )
+    challenges = []
+    for ns in ("docker.io", "quay.io"):
+        response, body = await fetch(f"{registry.url}/v2/library/app/manifests/latest?ns={ns}")
+        assert response.code == 401, body
+        assert [e["code"] for e in json.loads(body)["errors"]] == ["UNAUTHORIZED"]
+        challenges.append(header(response, "www-authenticate"))
+    assert challenges == ['Basic realm="ns"'] * 2
+    alice = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
+    response, body = await fetch(
+        f"{registry.url}/v2/library/app/manifests/latest?ns=quay.io", headers=alice
+    )
+    assert response.code == 404, body
+    [error] = json.loads(body)["errors"]
+    assert error["code"] == "NAME_UNKNOWN"
+    assert error["message"] == "no upstream is configured for namespace quay.io"
