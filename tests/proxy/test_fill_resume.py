@@ -9,13 +9,13 @@ import uuid
 
 import pytest
 import pytest_twisted
-import treq
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.threads import deferToThread
 
 from tests.e2e.client import get, sha256
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
+from tests.proxy.test_fill_integrity import _try_get
 from tests.proxy.test_fill_storage_failure import Logs
 from tests.proxy.util import blob_data_path, fetch, metric, storage_root, wait_for
 from tests.storage.s3server import S3Server, signed_request
@@ -115,7 +115,7 @@ async def test_resumes_that_bring_nothing_end_the_fill(
     registry = await proxied()
     url = f"{registry.url}/v2/alpine/blobs/{digest}"
     with Logs() as logs:
-        response, body = await _cut_short(url)
+        response, body = await _try_get(url)
     assert response == 200 and body is None
     assert _cdn_ranges(fake, digest) == [None] + [f"bytes={CUT}-"] * 3
     tries = [text.rsplit("(", 1)[1] for _level, text in logs.saying("asking for the rest")]
@@ -124,12 +124,3 @@ async def test_resumes_that_bring_nothing_end_the_fill(
     fake.switches.cut_blob_after = None
     response2, data = await get(url)
     assert (response2.code, sha256(data)) == (200, digest)
-
-
-async def _cut_short(url: str) -> tuple[int, bytes | None]:
-    """The status, and the body or None when it did not arrive whole."""
-    response = await treq.get(url)
-    try:
-        return response.code, await response.content()
-    except Exception:
-        return response.code, None
