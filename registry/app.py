@@ -103,7 +103,8 @@ class RegistryApp:
         refused = getattr(request, "sink", None)
         if isinstance(refused, limits.RefusedBody):
             # Refused from its Content-Length: answered already over HTTP/1.x (this answer is
-            # dropped), only now over HTTP/2, which has no early answers.
+            # dropped; over HTTP/2 the route does not run then), or only now, when the whole
+            # body came before the refusal was seen (over HTTP/2, with the headers).
             raise refused.error
         if getattr(request, "body_too_large", False):  # a chunked body past the limit
             config = self.ctx.config

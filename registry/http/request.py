@@ -10,9 +10,11 @@ of filling memory.  Other requests keep an in-memory body, refused past ``max_bo
 
 The Klein route then runs, as usual, once the body is complete, and asks the sink for the
 result.  When the sink refuses the body before it is all in (no access, an unknown upload, a
-full disk), the error is answered at once over HTTP/1.x, as registry:2 does: the rest of the
-body is read and dropped, and the connection closes after it; a body refused for its size (413)
-is not read at all, and the connection closes just after the answer.  A client that sent
+full disk), the error is answered at once.  Over HTTP/1.x, as registry:2 does, up to 256 KiB
+more of the body is read and dropped, then the connection is closed; a body refused for its
+size (413) is not read at all, and the connection closes just after the answer.  Over HTTP/2
+the answer ends the stream, whose body is not read on (its flow-control window stays shut),
+and the stream is then reset: the connection's other streams go on.  A client that sent
 ``Expect: 100-continue`` (curl, for bodies over 1 MiB) gets ``100 Continue`` only once the
 upload is open, so a refused body is never sent at all.
 """
@@ -27,11 +29,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from registry import fdlimit
@@ -63,6 +66,8 @@ _DOWNLOAD_SEND_LIMIT = 4 * 1024 * 1024
 # After an early answer, how long a client may stay silent before the connection is closed.
 _AFTER_REFUSAL_TIMEOUT = 30.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The versions that know ``Expect: 100-continue``.
+_CONTINUED = (b"HTTP/1.1", b"HTTP/2")
 # How long a refused body is still read (and dropped) after the answer's FIN (Go: 500 ms).
 _RESET_AVOIDANCE_DELAY = 0.5
 # How much of a refused body is still read (and dropped) after the answer, so that a client
@@ -203,10 +208,15 @@ class RegistryRequest(UnbrandedRequest):
                 transport.bufferSize = _UPLOAD_READ_SIZE
             # Without a body there is nothing to refuse early: the route answers (a refusal
             # included) and the connection stays open for the next request.
-            if self._speaks_http1() and length != 0:
+            if length != 0 and self._speaks_http1():
                 self._decode_chunks_in_bulk()
                 self._hold_continue()
                 self.sink.watch(self._body_welcome, self._body_refused)
+            elif length != 0:
+                # twisted.web files an HTTP/2 stream with its connection (where its answer
+                # is queued) only once this call, made as the stream is built, returns.
+                self._hold_continue()
+                site.reactor.callLater(0, self._watch_body)
         elif length is not None and length > self._body_limit:
             self.body_too_large = True
 
@@ -215,8 +225,13 @@ class RegistryRequest(UnbrandedRequest):
         return twisted_internals.pending_request_line(channel)[2]
 
     def _speaks_http1(self) -> bool:
-        """HTTP/2 streams have their own flow control and no early answers here."""
+        """Over HTTP/2 (a stream, not a channel) a body is paused and refused per stream."""
         return isinstance(self.channel, http.HTTPChannel)
+
+    def _watch_body(self) -> None:
+        """From the turn after an HTTP/2 stream's headers: ready, or refused (`gotLength`)."""
+        if self.sink is not None and not self.finished and not self._disconnected:
+            self.sink.watch(self._body_welcome, self._body_refused)
 
     def _decode_chunks_in_bulk(self) -> None:
         """A chunked upload body goes through `ChunkedBodyDecoder` instead of twisted.web's."""
@@ -242,9 +257,10 @@ class RegistryRequest(UnbrandedRequest):
         headers are in, and answer it when the sink is ready (`_body_welcome`).
         """
         expect = self.requestHeaders.getRawHeaders(b"expect")
-        channel: Any = self.channel
-        version = twisted_internals.pending_request_line(channel)[2]
-        if expect and expect[0].lower() == b"100-continue" and version == b"HTTP/1.1":
+        # (An HTTP/2 stream of twisted.web's answers it just after `gotLength`, if it is still
+        # among the headers.)
+        version = self._pending_version() if self._speaks_http1() else b"HTTP/2"
+        if expect and expect[0].lower() == b"100-continue" and version in _CONTINUED:
             self.requestHeaders.removeHeader(b"expect")
             self._continue_held = True
 
@@ -252,7 +268,10 @@ class RegistryRequest(UnbrandedRequest):
         # A client tired of waiting (curl: after 1 s) sends anyway: no "100 Continue" then.
         if self._continue_held and not self._body_started and not self._disconnected:
             self._continue_held = False
-            self.channel.transport.write(_CONTINUE)  # type: ignore[union-attr]
+            if self._speaks_http1():
+                self.channel.transport.write(_CONTINUE)  # type: ignore[union-attr]
+            else:  # an HTTP/2 stream: a HEADERS frame of its own
+                self.channel.writeHeaders(b"HTTP/2", b"100", b"Continue", Headers())
 
     def _body_refused(self, error: RegistryError) -> None:
         """Answer now; the route, once the body is in, finds the request answered."""
@@ -262,12 +281,16 @@ class RegistryRequest(UnbrandedRequest):
         close_now = self._continue_held and not self._body_started
         self._continue_held = False
         channel: Any = self.channel
+        http1 = self._speaks_http1()
         # The request line is filled in by twisted.web only once the body is in.
-        self.method, target, self.clientproto = twisted_internals.pending_request_line(channel)
-        self.uri = origin_form(target)
+        self.method, self.uri = self.request_line()
         self.path = self.uri.split(b"?", 1)[0]
-        channel.persistent = False
-        self.setHeader("Connection", "close")
+        if http1:
+            self.clientproto = self._pending_version()
+            channel.persistent = False
+            self.setHeader("Connection", "close")
+        else:  # only its stream ends (and HTTP/2 has no Connection header)
+            self.clientproto = b"HTTP/2"
         self.setHeader(*responses.API_VERSION_HEADER)
         self.setHeader("Date", http.datetimeToString())
         body = responses.error(self, error)
@@ -276,7 +299,9 @@ class RegistryRequest(UnbrandedRequest):
         site = self._site()
         if site is not None:
             site.log(self)
-        if close_now:
+        if not http1:
+            self._end_stream_unread(channel)
+        elif close_now:
             self.loseConnection()  # type: ignore[no-untyped-call]
         elif error.status == 413 or getattr(self.sink, "read_through", True) is False:
             self._close_unread()
@@ -309,11 +334,47 @@ class RegistryRequest(UnbrandedRequest):
             IPushProducer(transport).pauseProducing()
         site.reactor.callLater(_RESET_AVOIDANCE_DELAY, transport.abortConnection)
 
+    def _end_stream_unread(self, stream: Any) -> None:
+        """
+        HTTP/2: the early answer ends the stream, and the rest of the body is not read.  What
+        still arrives waits in the stream, paused, which keeps its flow-control window shut:
+        the client can send no more than the window it has (64 KiB, h2's default, which
+        twisted.web keeps).  Once the answer went out whole, the stream is reset with NO_ERROR
+        (RFC 9113, section 8.1: a server whose response is complete may so ask the client to
+        stop sending the body), and what waited is dropped (`_stream_done`).  Closing the
+        connection, as HTTP/1.1 does, would cut its other streams.
+        """
+        self._closing_unread = True
+        stream.pauseProducing()
+        twisted_internals.h2_when_done(stream, functools.partial(self._stream_done, stream))
+        sink = self.sink
+        self.finish()
+        if sink is not None:
+            # As when a client leaves mid-body: no route runs to claim what was stored.
+            sink.connection_lost(Failure(ConnectionDone("upload body refused")))
+
+    def _stream_done(self, stream: Any) -> None:
+        """
+        twisted.web is through with a stream `_end_stream_unread` ended: its answer went out
+        (then it is reset here), or the client reset it, or the connection was lost (nothing
+        to do).  What waited in the stream is dropped; its bytes go back to the connection's
+        flow-control window (not the stream's: it is closed), which the other streams share.
+        """
+        if not twisted_internals.h2_stream_closed(stream):
+            if self._disconnected:
+                return
+            twisted_internals.h2_reset(stream)
+        # Hands what waited to `handleContentChunk`, which drops it, and the body's end to
+        # `requestReceived`, which routes nothing; then acknowledges those bytes.
+        stream.resumeProducing()
+
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         # The standard phrases (`registry.http.reasons`): twisted.web lacks some (429).
         super().setResponseCode(code, message or reasons.phrase(code))
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.finished:
+            return  # answered (and ended) before its body was in: `_end_stream_unread`
         self._body_complete = True
         super().requestReceived(command, origin_form(path), version)  # type: ignore[no-untyped-call]
 

@@ -10,7 +10,10 @@ Why private state at all: three fast paths have no public API to stand on.
 - Chunked upload bodies are decoded by `registry.http.chunked.ChunkedBodyDecoder` (one copy
   instead of two); twisted.web offers no hook to choose the transfer decoder.
 - A refused upload is answered before its body is sent (`RegistryRequest._body_refused`),
-  which needs the request line and HTTP version before twisted.web hands them over.
+  which needs the request line and HTTP version before twisted.web hands them over.  Over
+  HTTP/2 the stream is then reset once its answer went out (`h2_when_done`, `h2_reset`):
+  twisted.web tells nobody when a stream's end is written, and resets only streams it has
+  not ended.
 
 And four places where an object twisted.web hands out hides the one we need: an HTTP/2
 stream's connection (its TLS peer certificate, and what it has queued for the stream, which
@@ -40,6 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import abstract, tcp
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
@@ -203,6 +207,55 @@ def h2_queued(stream: object) -> int | None:
         return None
     # The queue ends with a marker object (not bytes) once the response is finished.
     return sum(len(chunk) for chunk in queue if isinstance(chunk, (bytes, bytearray, memoryview)))
+
+
+def h2_when_done(stream: object, done: Callable[[], None]) -> bool:
+    """
+    Have ``done`` called once twisted.web is through with HTTP/2 ``stream``: its answer went
+    out whole (the connection's sending loop wrote its END_STREAM), the client reset it, or
+    the connection was lost.  Nothing public tells the first: `Request.finish` (and what
+    ``notifyFinish`` gives) fires when the end is queued behind the body, not when it is sent.
+    The connection keeps a Deferred per stream (``H2Connection._streamCleanupCallbacks``, by
+    stream id) that it fires as it forgets the stream.  False (and ``done`` never called) for
+    anything else, and once the connection forgot the stream.
+    """
+    conn = h2_connection(stream)
+    if conn is None:
+        return False
+    connection: Any = conn
+    h2_stream: Any = stream
+    cleanup = connection._streamCleanupCallbacks.get(h2_stream.streamID)
+    if cleanup is None:
+        return False
+
+    def call(result: object) -> object:
+        done()
+        return result
+
+    cleanup.addCallback(call)
+    return True
+
+
+def h2_reset(stream: object) -> None:
+    """
+    Reset HTTP/2 ``stream`` with ``NO_ERROR``, and send the frame now.  RFC 9113, section 8.1:
+    a server whose response is complete may ask the client so to stop sending the request's
+    body.  twisted.web's own reset (``H2Stream.abortConnection``) also forgets the stream,
+    which it must not do twice: this is for a stream twisted.web is through with
+    (`h2_when_done`) while h2 (``H2Connection.conn``) still takes the client's data on it.
+    Once reset, h2 drops what the client still sends on it, sending back the connection's
+    window for it and no more of the stream's.  The frame goes out through
+    ``openStreamWindow`` (acknowledging no bytes), which writes what h2 has to send.
+    """
+    conn = h2_connection(stream)
+    if conn is None:
+        return
+    connection: Any = conn
+    h2_stream: Any = stream
+    from h2.errors import ErrorCodes
+
+    connection.conn.reset_stream(h2_stream.streamID, error_code=ErrorCodes.NO_ERROR)
+    connection.openStreamWindow(h2_stream.streamID, 0)
 
 
 def proxied_transport(transport: object) -> object | None:
@@ -408,6 +461,7 @@ def problems() -> list[str]:
         if not _assigned_in(H2Connection, "__init__", "conn"):
             found.append(f"{_qualname(H2Connection)} no longer keeps h2's connection in conn")
         found += _h2_queue_problems(_H2_CONNECTION)
+        found += _h2_done_problems(_H2_CONNECTION)
         found += _h2_library_problems()
     # Read by RegistryRequest itself: whether the client left.  (Its write of
     # _parsePOSTFormSubmission = False is not checked: a Twisted without it, 24.7 included,
@@ -483,6 +537,38 @@ def _h2_queue_problems(connection_class: type[Any] | None) -> list[str]:
     return []
 
 
+def _h2_done_problems(connection_class: type[Any] | None) -> list[str]:
+    """
+    What `h2_when_done` and `h2_reset` rely on: the sending loop forgets a stream whose end it
+    wrote through ``_requestDone``, which fires the Deferred ``_streamCleanupCallbacks`` keeps
+    for the stream; and ``openStreamWindow`` to send h2's frames.  Checked on a connection
+    with no socket: a stream's end must reach what `h2_when_done` registered.
+    """
+    if connection_class is None or _H2_STREAM is None:
+        return []
+    name = _qualname(connection_class)
+    if not _uses(connection_class, "_sendPrioritisedData", "_requestDone"):
+        return [f"{name}._sendPrioritisedData() no longer ends a stream through _requestDone"]
+    if not _uses(connection_class, "openStreamWindow", "_tryToWriteControlData"):
+        return [f"{name}.openStreamWindow() no longer writes what h2 has to send"]
+    called: list[bool] = []
+    try:
+        connection: Any = object.__new__(connection_class)
+        connection._streamCleanupCallbacks = {1: Deferred()}
+        connection._outboundStreamQueues = {1: deque()}
+        connection.priority = _ProbePriority()
+        stream: Any = object.__new__(_H2_STREAM)
+        stream._conn, stream.streamID = connection, 1
+        connection.streams = {1: stream}
+        registered = h2_when_done(stream, lambda: called.append(True))
+        connection._requestDone(1)
+    except Exception as exc:  # a Twisted this different fails here, not on a client
+        return [f"{name} failed a probe stream's end: {exc!r}"]
+    if not (registered and called):
+        return [f"{name}._requestDone() no longer fires _streamCleanupCallbacks"]
+    return []
+
+
 class _ProbeWindow:
     """The h2 connection a probe `H2Connection` asks about its window: always open."""
 
@@ -496,10 +582,13 @@ class _ProbePriority:
     def unblock(self, stream_id: int) -> None:
         pass
 
+    def remove_stream(self, stream_id: int) -> None:
+        pass
+
 
 def _h2_library_problems() -> list[str]:
     """What `h2_stream_closed` reads of the h2 library: its connection's ``streams`` and a
-    stream's ``closed``."""
+    stream's ``closed``; and the reset `h2_reset` sends."""
     import h2.connection
     import h2.stream
 
@@ -508,6 +597,8 @@ def _h2_library_problems() -> list[str]:
         found.append("h2.connection.H2Connection no longer keeps its streams in streams")
     if not isinstance(getattr(h2.stream.H2Stream, "closed", None), property):
         found.append("h2.stream.H2Stream.closed is gone")
+    if not callable(getattr(h2.connection.H2Connection, "reset_stream", None)):
+        found.append("h2.connection.H2Connection.reset_stream() is gone")
     return found
 
 

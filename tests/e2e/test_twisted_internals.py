@@ -212,6 +212,15 @@ class _H2QueueingElsewhere(H2Connection):
         self._queued = data
 
 
+class _H2ForgettingElsewhere(H2Connection):
+    """A Twisted whose HTTP/2 connection forgets an ended stream without firing the Deferred
+    `twisted_internals.h2_when_done` waits on (an early answer's stream would never be
+    reset)."""
+
+    def _requestDone(self, streamID: int) -> None:
+        del self.streams[streamID]
+
+
 def _accept_saying_other_things() -> None:
     """A Twisted whose accept loop words its EMFILE recovery differently."""
     print("Out of descriptors", "Could not accept new connection")
@@ -236,6 +245,7 @@ def _accept_saying_other_things() -> None:
         ("_CLIENT_PROTOCOL", _ClientParsingElsewhere, "no longer keeps the response parser"),
         ("_HTTP_CHANNEL", _ChannelAnsweringElsewhere, "no longer answers a malformed head"),
         ("_H2_CONNECTION", _H2QueueingElsewhere, "no longer uses _outboundStreamQueues"),
+        ("_H2_CONNECTION", _H2ForgettingElsewhere, "no longer fires _streamCleanupCallbacks"),
     ],
 )
 def test_problems_name_what_a_changed_twisted_lacks(
