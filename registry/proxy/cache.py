@@ -122,7 +122,7 @@ class UpstreamStats:
     evicted_bytes: int = 0
     corrupt_blobs: int = 0
     unkept_fills: int = 0  # served without being kept (registry.proxy.space)
-    resumed_fills: int = 0  # upstream bodies cut and asked for again from where they were
+    fill_resumes: int = 0  # Range GETs asking for the rest of cut upstream bodies
 
 
 def upstream_error(exc: UpstreamError, code: ErrorCode, detail: dict[str, Any]) -> RegistryError:
@@ -183,11 +183,17 @@ HostedUses = Callable[[Digest], Awaitable[bool]]
 FILL_READ_SIZE = 1024 * 1024
 
 # A fill whose upstream body is cut asks for the rest (``Range``) up to this many times in a
-# row without a byte coming in between, pausing this long before the second such try, twice
-# that before the third: a CDN connection dropped once is asked again at once, an upstream
-# that keeps failing ends the fill (and its clients' bodies) within a few seconds.
+# row without progress in between, pausing this long before the second such try, twice that
+# before the third: a CDN connection dropped once is asked again at once, an upstream that
+# keeps failing ends the fill (and its clients' bodies) within a few seconds.  A try makes
+# progress when it brings at least ``FILL_RESUME_PROGRESS`` bytes (or the rest of the blob):
+# an upstream that cuts every body after a few bytes (or sends the blob from its start each
+# time, cut just past where it was asked to start) is not asked a thousand times.  And at
+# most ``FILL_RESUMES_MOST`` tries per fill, however much each brought.
 FILL_RESUMES = 3
 FILL_RESUME_PAUSE = 0.5
+FILL_RESUME_PROGRESS = 1024 * 1024
+FILL_RESUMES_MOST = 20
 
 # A fill wakes a hashing thread once this much is queued (not once per chunk): well under
 # the hash threads' high-water mark, so that a worker slow to be scheduled on a busy machine
@@ -974,40 +980,44 @@ class ProxyCache:
 
     def _resumable(self, fill: Fill, error: UpstreamUnavailable, resumes: int) -> bool:
         """Whether a fill whose upstream body was cut (a dropped connection, a body gone
-        silent) asks for the rest: while the fill knows the blob's size and a try brings
-        bytes, or within `FILL_RESUMES` tries in a row that bring none.  Not when the fill
-        itself stopped the body (`StoreFailed` with no client left), nor while the upstream
-        is held off (`HeldOff`: its failure was said, and it is not asked meanwhile)."""
+        silent) asks for the rest: while the fill knows the blob's size, within
+        `FILL_RESUMES` tries in a row without progress and `FILL_RESUMES_MOST` in all.  Not
+        when the fill itself stopped the body (`StoreFailed` with no client left), nor while
+        the upstream is held off (its outage was said, and it is not asked meanwhile: the
+        cut is then the fill's failure)."""
         return (
             not isinstance(error, HeldOff)
             and fill.size is not None
             and fill.stored < fill.size
             and resumes <= FILL_RESUMES
+            and fill.resumes < FILL_RESUMES_MOST
             and (fill.relay is None or fill.readers > 0)
+            and not self.client.health.holds("blob GET")
         )
 
     async def _resume_fill(
         self, fill: Fill, upstream: str, cut: UpstreamUnavailable, resumes: int
     ) -> tuple[UpstreamBlob, int]:
-        """The rest of a cut fill's body, and the tries in a row without a byte so far: a
+        """The rest of a cut fill's body, and the tries in a row without progress so far: a
         GET from the byte the fill reached (``Range``), after a pause that grows with the
         tries that brought nothing.  An upstream that ignores the ``Range`` answers the whole
         blob, whose first bytes the fill drops.  Raises the last failure once not
-        `_resumable`."""
+        `_resumable`; an upstream that no longer has the blob fails the fill at once."""
         assert fill.size is not None
         error = cut
         while True:
             if not self._resumable(fill, error, resumes):
                 raise error
-            self.stats.resumed_fills += 1
+            fill.resumes += 1
+            self.stats.fill_resumes += 1
             log.warn(
-                "proxy {upstream}: upstream body of {digest} cut: {error}; asking for the rest"
-                " from byte {position} of {size} (try {tries} of {most})",
+                "proxy {upstream}: upstream body of {digest} stopped at byte {position} of"
+                " {size}: {error}; asking for the rest (try {tries} of {most})",
                 upstream=self.name,
                 digest=str(fill.digest),
                 position=fill.stored,
                 size=fill.size,
-                error=error.reason[:300],
+                error=str(error)[:300],
                 tries=resumes,
                 most=FILL_RESUMES,
                 event="proxy_fill_resumed",
@@ -1018,6 +1028,12 @@ class ProxyCache:
                 blob = await self.client.blob(
                     upstream, fill.digest, offset=fill.stored, size=fill.size
                 )
+            except UpstreamNotFound as exc:
+                # (A 404 is a plain miss elsewhere, not logged: here it ends a fill that was
+                # under way, which is said.)
+                raise UpstreamUnavailable(
+                    exc.status, f"asked for the rest from byte {fill.stored}: {exc}"
+                ) from exc
             except UpstreamUnavailable as exc:
                 error = exc
                 resumes += 1
@@ -1134,15 +1150,21 @@ class ProxyCache:
                     # The bytes an upstream that ignored a resume's Range sends again.
                     skip=fill.stored - blob.offset,
                 )
+                began = fill.stored
                 # Hashed by the fill (a resumed body is a part that `BodyRelay` cannot check).
                 blob.deliver(protocol, verify=False, read_size=FILL_READ_SIZE)
                 delivered = True
-                began = fill.stored
                 try:
                     await protocol.done
                     break
                 except UpstreamUnavailable as exc:
-                    resumes = 1 if fill.stored > began else resumes + 1
+                    if fill.size is not None and fill.stored == fill.size:
+                        # Every byte came, without a clean end (a chunked body's last chunk
+                        # missing): the digest says whether it is the blob.
+                        break
+                    brought = fill.stored - began
+                    progress = brought >= min(FILL_RESUME_PROGRESS, (fill.size or 0) - began)
+                    resumes = 1 if progress else resumes + 1
                     if not self._resumable(fill, exc, resumes):
                         raise
                     await protocol.drained()  # (the next body is written after these)

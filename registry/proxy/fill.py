@@ -137,6 +137,7 @@ class Fill:
         # Set when the storage failed: why, and up to where the stored bytes can be read back
         # (``written`` then); from then on the fill only relays the body to its readers.
         self.relay: str | None = None
+        self.resumes = 0  # Range GETs for the rest of a cut upstream body (`ProxyCache`)
         self.base = 0
         self._waiters: list[Deferred[None]] = []
         self._room: list[Deferred[None]] = []

@@ -115,6 +115,16 @@ class UpstreamHealth:
             return None
         return "; ".join(f"{kind} not asked for {s:.0f}s more" for kind, s in sorted(left.items()))
 
+    def holds(self, kind: str) -> bool:
+        """Whether a call of ``kind`` would be refused now (`refusal`), without counting it
+        or making it the probe: for a caller deciding whether to try at all."""
+        now = self.clock()
+        limit = self.limited.get(kind)
+        if limit is not None and now < limit[0]:
+            return True
+        held_until = self.held_until
+        return held_until is not None and (now < held_until or self.probing)
+
     def refusal(self, kind: str = "manifest GET") -> tuple[UpstreamError | None, bool]:
         """The error a call gets at once now (None: it may ask the upstream), and whether
         the call is the probe (the one that asks once the hold has passed)."""

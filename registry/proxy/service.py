@@ -286,10 +286,10 @@ def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
             lambda c: c.stats.unkept_fills,
         ),
         (
-            "txregistry_proxy_resumed_fills_total",
-            "Upstream blob bodies cut mid-way and asked for again from the byte reached.",
+            "txregistry_proxy_fill_resumes_total",
+            "Range GETs asking the upstream for the rest of a blob body cut mid-way.",
             "counter",
-            lambda c: c.stats.resumed_fills,
+            lambda c: c.stats.fill_resumes,
         ),
         (
             "txregistry_proxy_reserved_bytes",

@@ -91,6 +91,9 @@ class Switches:
     corrupt_blobs: bool = False  # CDN flips the first byte of every body
     # CDN bodies without Content-Length (chunked) that go on this many bytes past the blob.
     endless_blobs: int | None = None
+    # CDN bodies without Content-Length (chunked) whose every byte is sent, then the
+    # connection closed without the last chunk.
+    unfinished_blobs: bool = False
     # CDN bodies whose Content-Length (and body) is this many bytes more than the blob's.
     padded_blobs: int | None = None
     corrupt_manifests: bool = False  # manifest bodies get a trailing space (digest header kept)
@@ -757,7 +760,7 @@ class _CdnResource(_Base):
         request.setHeader(b"content-type", b"application/octet-stream")
         sw = self.fake.switches
         extra = sw.endless_blobs if sw.endless_blobs is not None else sw.padded_blobs or 0
-        if sw.endless_blobs is None:
+        if sw.endless_blobs is None and not sw.unfinished_blobs:
             request.setHeader(b"content-length", str(end - start + extra).encode())
         if request.method == b"HEAD":
             return b""
@@ -841,6 +844,9 @@ class _Streamer:
         if self.pos >= self.end and not self.done:
             self.done = True
             self.request.unregisterProducer()
+            if self.fake.switches.unfinished_blobs:
+                self.request.channel.transport.loseConnection()
+                return
             self.request.finish()
 
     def pauseProducing(self) -> None:
