@@ -174,6 +174,8 @@ class RegistryRequest(UnbrandedRequest):
         self._body_started = False
         self._read_after_answer = 0
         self._closing_unread = False
+        # HTTP/2: the body's length, until every header is in (`gotLength`).
+        self._pending_length: tuple[int | None] | None = None
 
     def _site(self) -> RegistrySite | None:
         site = getattr(self.channel, "site", None)
@@ -192,6 +194,31 @@ class RegistryRequest(UnbrandedRequest):
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
+        if not self._speaks_http1():
+            # twisted.web's HTTP/2 stream calls this as it meets ``content-length`` among the
+            # headers, before those after it are in (an ``authorization`` sent after it was
+            # not seen by the upload: 401).  The body is set up once they all are
+            # (`_headers_complete`).
+            if self._pending_length is None:
+                self._pending_length = (length,)
+            return
+        self._start_body(length)
+
+    def parseCookies(self) -> None:
+        # twisted.web's HTTP/2 stream calls this once every header is in, before it answers
+        # ``Expect: 100-continue`` (which `_hold_continue` may take over): the first moment.
+        self._headers_complete()
+        super().parseCookies()  # type: ignore[no-untyped-call]
+
+    def _headers_complete(self) -> None:
+        """Set up an HTTP/2 body whose length came with the headers, now that they all did.
+        Also from its first data or its end (`handleContentChunk`, `requestReceived`), in
+        case a twisted.web of another day no longer calls `parseCookies` there."""
+        pending, self._pending_length = self._pending_length, None
+        if pending is not None:
+            self._start_body(pending[0])
+
+    def _start_body(self, length: int | None) -> None:
         site = self._site()
         if site is None:
             return
@@ -373,6 +400,7 @@ class RegistryRequest(UnbrandedRequest):
         super().setResponseCode(code, message or reasons.phrase(code))
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._headers_complete()
         if self.finished:
             return  # answered (and ended) before its body was in: `_end_stream_unread`
         self._body_complete = True
@@ -400,6 +428,7 @@ class RegistryRequest(UnbrandedRequest):
         return True
 
     def handleContentChunk(self, data: bytes) -> None:
+        self._headers_complete()
         self._body_started = True
         if self._closing_unread:
             return  # read before the pause took hold: dropped, and no sink may resume it

@@ -77,17 +77,21 @@ def _connect(
     return sock, conn
 
 
-def _request_headers(method: str, path: str, length: int, *extra: tuple[str, str]) -> list[Any]:
-    """The headers of a request, ``Content-Length`` last, as curl and Go's client send it
-    (twisted.web takes the body's length as soon as it comes, before the headers after it)."""
+def _request_headers(
+    method: str, path: str, length: int, *extra: tuple[str, str], length_first: bool = False
+) -> list[Any]:
+    """The headers of a request, ``Content-Length`` last, as curl and Go's client send it, or
+    first, before ``extra``."""
+    size = [("content-length", str(length))]
     return [
         (":method", method),
         (":path", path),
         (":scheme", "https"),
         (":authority", "127.0.0.1"),
+        *(size if length_first else []),
         ("content-type", "application/octet-stream"),
         *extra,
-        ("content-length", str(length)),
+        *([] if length_first else size),
     ]
 
 
@@ -341,3 +345,40 @@ def test_expect_continue_over_http2(tls_listen: str, tmp_path: Path) -> None:
             after = exchange(sock, conn, stream, None, data[FRAME:])
         assert (after.status, after.reset) == (b"201", None), after
         logged(child, r"access method=POST path=/v2/h2/after/.* status=201")
+
+
+def test_headers_after_the_content_length_count_over_http2(tls_listen: str, tmp_path: Path) -> None:
+    """
+    twisted.web's HTTP/2 stream takes the body's length as it meets ``content-length`` among
+    the headers: the upload was set up then, without the headers after it.  A push whose
+    ``authorization`` came after ``content-length`` was refused (401), and an ``expect`` there
+    was answered ``100`` by twisted.web whatever the upload's fate.  Now both count.
+    """
+    secret = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "htpasswd").write_text(f"ci:{secret}\n")
+    auth = {"auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "h2-realm"}}
+    data = bytes(range(256)) * 1024
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = f"/v2/h2/after/blobs/uploads/?digest={digest}"
+    expect = ("expect", "100-continue")
+    with h2_registry(tmp_path, tls_listen, auth) as (child, port, context):
+        sock, conn = _connect(port, context)
+        with sock:
+            headers = _request_headers(
+                "POST", path, len(data), basic("ci", "s3cret"), length_first=True
+            )
+            pushed = exchange(sock, conn, 1, headers, data)
+            refused = _request_headers("POST", path, ANNOUNCED, expect, length_first=True)
+            conn.send_headers(3, refused)
+            sock.sendall(conn.data_to_send())
+            out = Outcome()
+            while not (out.ended and out.reset is not None):  # not a byte of the body
+                assert _receive(sock, conn, 3, out, STALL), out
+        assert (pushed.status, pushed.reset) == (b"201", None), pushed
+        assert pushed.headers[b"docker-content-digest"] == digest.encode(), pushed
+        assert (out.informational, out.status, out.reset) == ([], b"401", 0), out
+        logged(
+            child,
+            r"access method=POST path=/v2/h2/after/.* status=201",
+            r"access method=POST path=/v2/h2/after/.* status=401",
+        )
