@@ -12,6 +12,7 @@ stack itself, so that the decision comes before Twisted makes its own.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any, NoReturn
 
 from twisted.application.service import IService
@@ -185,11 +186,15 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
     # Workers are processes twistd starts; a service embedded elsewhere (tests, another
     # application) is one process whatever the configuration says, and keeps every library.
     if under_twistd:
+        # A SIGHUP (a reload sent as the service starts) before its handler is installed
+        # (`HupReloader`, or the supervisor, which keeps it across its exec: an ignored signal
+        # stays ignored) is dropped rather than the end of the process.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         # Before anything below imports the reactor; a worker counts the listeners it serves.
         keep_out(config, inherited_listeners(os.environ))
     from twisted.internet import reactor
 
-    from registry.server.workers import WorkerSpec, resolve
+    from registry.server.workers import WorkerSpec, resolve, single_process_reasons
 
     spec = WorkerSpec.from_environ(os.environ)
     if spec is None:
@@ -206,6 +211,14 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
             # What the supervisor's own start-up refuses ([http] workers); the number it
             # asks for is told, since a SIGHUP does not change it.
             checked_workers = resolve(config)
+            single = single_process_reasons(config)
+            if single and spec.workers > 1:
+                # (``workers = auto`` resolves to 1 for it: the workers running would each
+                # serve it on their own, a cache or an in-memory store per process.)
+                raise ConfigError(
+                    f"only 1 worker can serve this configuration ({'; '.join(single)}), and"
+                    f" {spec.workers} run: stop the registry and start it again to apply it"
+                )
         service = serve(config, reactor, spec, reload_on_hup=under_twistd)
     except ConfigError as exc:  # found while building: a folder to create, a file to read
         configuration_error(exc)

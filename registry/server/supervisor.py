@@ -251,6 +251,7 @@ class Supervisor:
         # A SIGHUP's configuration check running (`_check_config`), a process of its own.
         self._check: Worker | None = None
         self._hup_again = False  # a SIGHUP arrived during the rolling restart running
+        self._hup_waiting = False  # a SIGHUP arrived before every worker served once
         self._holding: set[int] = set()  # slots a rolling restart replaces itself
         # Slots a rolling restart started again, until their new worker serves: it must not
         # serve a certificate that has expired (the one it replaces may not have).
@@ -304,6 +305,9 @@ class Supervisor:
                 return
         self._started = True
         self.log("info", self._announce)
+        if self._hup_waiting:
+            self._hup_waiting = False
+            self._hup(signal.SIGHUP)
 
     def _fail_quietly(self, worker: Worker) -> None:
         """Stop with status 1; stderr has the worker's line, the supervisor's log (a
@@ -584,6 +588,13 @@ class Supervisor:
 
     def _hup(self, signum: int) -> None:
         if self._stopping:
+            return
+        if not self._started:
+            # Stopping a worker that has not served yet would read as a failed start-up
+            # (exit 1): the restart waits until every worker serves.
+            if not self._hup_waiting:
+                self.log("info", "SIGHUP during start-up: every worker restarts once all serve")
+            self._hup_waiting = True
             return
         if self._rolling:
             # The workers restarted so far in this pass may have read the files before they

@@ -102,6 +102,19 @@ def resolve(config: Config) -> int:
             f"[http] workers = {wanted}: at most {most} here ({WORKERS_PER_CORE} per core: "
             "a worker is one reactor on one core, more only cost memory)"
         )
+    reasons = single_process_reasons(config)
+    if reasons:
+        if wanted > 1:
+            raise ConfigError(
+                f"[http] workers = {wanted}: only 1 worker can serve this configuration: "
+                + "; ".join(reasons)
+            )
+        return 1
+    return wanted or cores()
+
+
+def single_process_reasons(config: Config) -> list[str]:
+    """Why ``config`` can run in one process only (none: in any number of workers)."""
     reasons = []
     if config.storage.driver == "inmemory":
         reasons.append("the inmemory driver keeps everything in one process's memory")
@@ -117,14 +130,7 @@ def resolve(config: Config) -> int:
         # Twisted removes a UNIX socket's file when a port on it stops listening, which a
         # worker's port does at each restart: the socket would vanish under the others.
         reasons.append("a unix: listener's socket file would be removed by a worker stopping")
-    if reasons:
-        if wanted > 1:
-            raise ConfigError(
-                f"[http] workers = {wanted}: only 1 worker can serve this configuration: "
-                + "; ".join(reasons)
-            )
-        return 1
-    return wanted or cores()
+    return reasons
 
 
 def failures_per_worker(max_failures: int, workers: int) -> int:

@@ -10,12 +10,16 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.server.proc import child_env
 from tests.server.test_drain import BLOB_SIZE, SlowDownload, push_blob, wait_refused
 from tests.server.test_workers import WORKER_SERVING, Tree, start_tree
 
@@ -165,3 +169,96 @@ def test_sighup_says_a_changed_worker_count_waits_for_a_restart(tmp_path: Path) 
         assert len(set(tree.per_worker())) == 2
     finally:
         tree.child.stop()
+
+
+def test_sighup_refuses_a_configuration_one_process_only_can_serve_under_auto(
+    tmp_path: Path,
+) -> None:
+    """
+    ``workers = auto`` runs one process for a configuration that only one can serve (a
+    pull-through cache here); a SIGHUP that added such a section to a registry running two
+    workers restarted both with it: each ran a cache of its own on the same storage, and the
+    second was refused by the first's marker, replaced again and again.  The check now
+    refuses it, as it refuses an explicit ``workers = 2``, and the workers keep serving.
+    """
+    tree = Tree(start_tree(tmp_path, workers="auto"))
+    try:
+        config = tmp_path / "r.cfg"
+        config.write_text(
+            config.read_text() + "[proxy:hub]\nremoteurl = http://127.0.0.1:9\nprefix = docker.io\n"
+        )
+        tree.child.process.send_signal(signal.SIGHUP)
+        line = tree.child.wait_for(REFUSED)
+        assert line["cause"] == (
+            "configuration error: only 1 worker can serve this configuration (a pull-through"
+            " cache ([proxy:NAME]) runs one process per instance; for more cores run several"
+            " instances as a fleet with [redis] (docs/proxy.md)), and 2 run: stop the registry"
+            " and start it again to apply it"
+        )
+        assert set(tree.per_worker()) <= set(tree.pids.values())
+        assert _ready(tree) == (200, {"status": "ok"})
+        assert "restarting the 2 workers" not in "".join(tree.child.output)
+    finally:
+        tree.child.stop()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(word) for word in path.read_text().split()] if path.exists() else []
+
+
+def test_a_sighup_during_start_up_restarts_the_workers_once_they_serve(tmp_path: Path) -> None:
+    """
+    A SIGHUP while worker 0 is still starting (held here with SIGSTOP: a slow storage probe)
+    used to stop it, which start-up took for a failed start: the registry exited 1 without
+    a reason.  Now the restart waits until every worker serves, then replaces them all.
+    """
+    child = start_tree(tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workers := _children(child.process.pid)):
+            assert time.monotonic() < deadline and child.process.poll() is None
+            time.sleep(0.001)
+        (first,) = workers
+        os.kill(first, signal.SIGSTOP)
+        try:
+            child.process.send_signal(signal.SIGHUP)
+            child.wait_for(re.compile("SIGHUP during start-up: every worker restarts once all"))
+        finally:
+            os.kill(first, signal.SIGCONT)
+        tree = Tree(child)
+        child.wait_for(re.compile("SIGHUP: every worker restarted"))
+        started = [int(m["pid"]) for m in WORKER_SERVING.finditer("".join(child.output))]
+        assert len(started) == 4 and started[0] == first, started  # two, then their successors
+        serving = set(tree.per_worker())
+        assert serving == set(started[2:]), (serving, started)
+        assert child.process.poll() is None
+        assert "Traceback" not in "".join(child.output)
+    finally:
+        child.stop()
+
+
+def test_a_sighup_before_the_handlers_are_in_place_is_ignored(tmp_path: Path) -> None:
+    """
+    From twistd's start to the supervisor's (or a single registry's) SIGHUP handler, a
+    SIGHUP (a reload sent as the service starts) ended the process: twistd and the program
+    the supervisor runs had the default action.  Once twistd has the registry's service, the
+    signal is ignored, and an ignored signal stays ignored across the supervisor's exec.
+    """
+    script = (
+        "import signal, sys\n"
+        "from registry.tap import Options, _make_service\n"
+        "options = Options()\n"
+        "options.parseOptions(sys.argv[1:])\n"
+        "_make_service(options, under_twistd=True)\n"
+        "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN)\n"
+    )
+    for workers in ("1", "2"):
+        config = tmp_path / f"w{workers}.cfg"
+        config.write_text(f"[http]\nworkers = {workers}\n")
+        done = subprocess.run(
+            [sys.executable, "-c", script, "--config", str(config), "--port",
+             "tcp:0:interface=127.0.0.1", "--storage", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=60, env=child_env(), cwd=tmp_path,
+        )  # fmt: skip
+        assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr[-2000:]
