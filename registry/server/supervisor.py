@@ -387,6 +387,7 @@ class Supervisor:
             "tree_metrics": self._tree_metrics,
             "tree_ready": self._tree_ready,
             "failed": self._worker_failed,
+            "final_metrics": self._final_metrics,
         }
         worker = Worker(
             slot, pid, PipeChannel(self.loop, from_worker_r, to_worker_w, handlers, self.log)
@@ -459,6 +460,18 @@ class Supervisor:
             finish()
         for worker in asked:
             worker.channel.request("metrics", SCRAPE_TIMEOUT, partial(answered, worker))
+
+    def _final_metrics(self, message: dict[str, Any], reply: Reply) -> None:
+        """A worker stopping hands over its last counts: they join the totals when it exits
+        (`TreeMemory.retire`) instead of those of its last scrape."""
+        from registry.ops.metrics_tree import TreeMemory, WorkerScrape
+
+        if self._memory is None:
+            self._memory = TreeMemory()
+        self._memory.answered(
+            WorkerScrape(int(message["worker"]), int(message["pid"]), str(message["text"]))
+        )
+        reply(True)
 
     def _draining(self, worker: Worker) -> bool:
         """Whether a serving ``worker`` no longer accepts.  A worker clears its slot on the

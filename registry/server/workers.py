@@ -296,6 +296,35 @@ class WorkerLink(Service):
             _ControlProtocol(self), stdin=CONTROL_IN, stdout=CONTROL_OUT, reactor=self._reactor
         )
 
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._last_counts())
+
+    async def _last_counts(self) -> None:
+        """
+        Hand this worker's counts to the supervisor as it stops (after its drain: the root's
+        parts stop once the connections are done), so that a rolling restart does not drop
+        what it counted since the last scrape from the registry's totals.  A supervisor that
+        does not take them within `ASK_TIMEOUT` (gone, stuck) does not hold the stop.
+        """
+        if self.local_metrics is None or self.channel.closed:
+            return
+        try:
+            text: bytes = await self.local_metrics()
+            await self.channel.request(
+                "final_metrics",
+                ASK_TIMEOUT,
+                worker=self.spec.worker,
+                pid=os.getpid(),
+                text=text.decode(),
+            )
+        except Exception as exc:  # (best effort: the counts of a crash are lost too)
+            log.debug(
+                "worker {worker}: last counts not handed over: {error!r}",
+                worker=self.spec.worker,
+                error=exc,
+            )
+
     def _write(self, data: bytes) -> None:
         if self._stdio is not None:
             self._stdio.write(data)

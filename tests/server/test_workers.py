@@ -282,6 +282,33 @@ def test_sighup_restarts_every_worker(tree: Tree) -> None:
     assert tree.child.process.poll() is None
 
 
+def test_a_rolling_restart_keeps_what_the_workers_counted_since_the_last_scrape(
+    tree: Tree,
+) -> None:
+    """
+    The registry's request counters are the workers' sums plus what the workers that exited
+    had counted: that used to be their last scrape, so a SIGHUP dropped every request since
+    (the counter did not go back, it missed them).  A worker now hands its last counts to
+    the supervisor as it stops.
+    """
+
+    def served() -> float:
+        return sum(
+            value
+            for labels, value in tree.samples("txregistry_http_requests_total")
+            if labels["route"] == "base"
+        )
+
+    assert served() == 0  # (the supervisor remembers from the first scrape on)
+    for _ in range(20):
+        assert tree.request("GET", "/v2/").status == 200
+    tree.child.process.send_signal(signal.SIGHUP)
+    tree.child.wait_for(re.compile("SIGHUP: every worker restarted"))
+    assert served() == tree.made == 20
+    assert tree.request("GET", "/v2/").status == 200
+    assert served() == 21
+
+
 def test_a_sighup_during_a_rolling_restart_makes_one_more_pass(tree: Tree) -> None:
     """
     A SIGHUP while workers are being replaced used to be dropped ("running already"): the
