@@ -1135,7 +1135,7 @@ class ProxyCache:
             fill.opened = True
             fill.notify()
             hasher = self._fill_hasher(digest)
-            resumes = 0  # resumed in a row without a byte in between
+            resumes = 0  # tries in a row without progress (`FILL_RESUME_PROGRESS`)
             while True:
                 protocol = FillProtocol(
                     fill,
