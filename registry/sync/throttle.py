@@ -3,7 +3,8 @@ A bandwidth limit shared by every transfer of one sync: a token bucket in bytes.
 
 Transfers do not wait inside a write: they ask `Throttle.debit` how long to pause after
 passing some bytes on, and pause their producer (the remote's socket, or the local file
-reader) for that long.  So the bucket never holds data, only a count, and a transfer whose
+reader) for that long; and each waits for what the others owe before it starts
+(`Throttle.ready`).  So the bucket never holds data, only a count, and a transfer whose
 bytes arrive faster than the limit simply stops reading its socket now and then: TCP slows
 the sender down.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
@@ -49,6 +51,22 @@ class Throttle:
         if self._allowance >= 0:
             return 0.0
         return -self._allowance / self.rate
+
+    def owed(self) -> float:
+        """The seconds until the bytes passed so far are within the rate (0: none owed)."""
+        if self.rate <= 0:
+            return 0.0
+        elapsed = self.clock.seconds() - self._updated
+        allowance = min(float(self.rate), self._allowance + elapsed * self.rate)
+        return max(0.0, -allowance / self.rate)
+
+    async def ready(self) -> None:
+        """Wait until the bytes passed so far are within the rate: each transfer starts only
+        then.  A small blob passes in one read, before a pause could hold it back; one after
+        the other, such blobs went at the network's speed whatever the limit."""
+        delay = self.owed()
+        if delay > 0:
+            await deferLater(self.clock, delay, lambda: None)
 
 
 class PausingGate:
@@ -140,6 +158,9 @@ class ThrottledBody:
     def _passed(self, amount: int) -> None:
         self.sent += amount
         if isinstance(self.length, int) and self.sent >= self.length:
+            # Counted and owed all the same (the next transfer waits for it: `ready`): a
+            # blob read in one chunk was neither.
+            self._throttle.debit(amount)
             # Every byte is out: the body is done now, not when the (maybe paused) reader
             # notices its end.  The remote may answer at once, and the HTTP client must not
             # see the body fail after that answer.

@@ -115,6 +115,7 @@ async def pull_blob(
     more fails the copy as soon as it does, rather than once the body ends."""
     check_name(local_name)  # the stores take it as a storage path (see `LocalSide`)
     uploads = local.ctx.uploads
+    await throttle.ready()
     blob = await remote.client.blob(remote_name, digest, size=size)
     try:
         upload_id = await uploads.start(local_name)
@@ -173,6 +174,7 @@ async def push_blob(
     """Copy a local blob to the remote repository; returns its size."""
     client = remote.client
     size = await local.blob_size(local_name, digest)
+    await throttle.ready()
     upload = await client.start_upload(remote_name)
     producer: Any = await local.ctx.blobs.open(local_name, digest, 0, None)
     body = single_use(lambda: ThrottledBody(producer, throttle), "a streamed blob body")
