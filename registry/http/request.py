@@ -304,6 +304,11 @@ class RegistryRequest(UnbrandedRequest):
         """Answer now; the route, once the body is in, finds the request answered."""
         if self._body_complete or self.finished or self._disconnected or self.channel is None:
             return
+        if not self._speaks_http1() and self._reset_unseen():
+            # Refused (a write failing in the read that also carries the client's
+            # RST_STREAM) before twisted.web handed over the reset: an answer queued on the
+            # closed stream would stop the connection's sending loop, every stream with it.
+            return
         # A client still waiting for "100 Continue" will not send the body: nothing to wait for.
         close_now = self._continue_held and not self._body_started
         self._continue_held = False

@@ -33,6 +33,7 @@ import h2.events
 import pytest
 
 from tests.e2e.harness import write_config
+from tests.e2e.test_full_disk import leave_free, mounted_tmpfs
 from tests.server.proc import Child, start_registry
 
 MiB = 1024 * 1024
@@ -233,7 +234,10 @@ def _cases(tmp_path: Path) -> dict[str, Case]:
 
 @contextlib.contextmanager
 def h2_registry(
-    tmp_path: Path, tls_listen: str, sections: dict[str, dict[str, str]]
+    tmp_path: Path,
+    tls_listen: str,
+    sections: dict[str, dict[str, str]],
+    storage: Path | None = None,
 ) -> Iterator[tuple[Child, int, ssl.SSLContext]]:
     """A ``twistd -n registry`` on an ``ssl:`` port offering ``h2``, with these other
     sections: (the child, its port, a client context trusting it)."""
@@ -242,7 +246,7 @@ def h2_registry(
     )
     child = start_registry(
         tmp_path, "--config", str(config), "--port", tls_listen.format(port=0),
-        "--storage", str(tmp_path / "data"),
+        "--storage", str(storage or tmp_path / "data"),
     )  # fmt: skip
     try:
         context = ssl.create_default_context(cafile=str(tmp_path / "tls-ca.pem"))
@@ -382,3 +386,34 @@ def test_headers_after_the_content_length_count_over_http2(tls_listen: str, tmp_
             r"access method=POST path=/v2/h2/after/.* status=201",
             r"access method=POST path=/v2/h2/after/.* status=401",
         )
+
+
+def test_a_refusal_in_the_read_that_resets_its_stream_leaves_the_others_alone(
+    tls_listen: str, tmp_path: Path
+) -> None:
+    """
+    An upload refused (its write failing on a full disk) in the very read that also carries
+    the client's RST_STREAM for it: the answer was queued on a stream h2 had closed, and the
+    connection's sending loop stopped on it (a critical "Unhandled error"), so the next
+    request on the connection got its headers and never its body.  Now the refusal is taken
+    as the client's reset, and the connection goes on.
+    """
+    with mounted_tmpfs(tmp_path, 4 * MiB) as disk:
+        with h2_registry(tmp_path, tls_listen, {}, disk / "data") as (child, port, context):
+            sock, conn = _connect(port, context)
+            with sock:
+                path = "/v2/h2/full/blobs/uploads/?digest=sha256:" + "5" * 64
+                headers = _request_headers("POST", path, 0)[:-1]  # no content-length
+                conn.send_headers(1, headers)
+                conn.send_data(1, bytes(FRAME))
+                sock.sendall(conn.data_to_send())
+                time.sleep(0.5)  # the upload is open and took the first bytes
+                filler = leave_free(disk, 0)
+                conn.send_data(1, bytes(FRAME))
+                conn.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+                sock.sendall(conn.data_to_send())  # the data and the reset in one write
+                after = exchange(sock, conn, 3, _request_headers("GET", "/v2/", 0)[:4], b"")
+            filler.unlink()
+        assert (after.status, after.body, after.ended) == (b"200", b"{}", True), after
+        log = logged(child, r"access method=GET path=/v2/ status=200")
+        assert "StreamClosedError" not in log, log[-3000:]
