@@ -136,6 +136,57 @@ def parse_http_url(text: str, credentials: bool = False) -> str:
     return text
 
 
+def parse_optional_http_url(text: str) -> str:
+    """Empty (the key unused), or an http(s) URL (`parse_http_url`)."""
+    return parse_http_url(text) if text.strip() else ""
+
+
+def parse_regionendpoint(text: str) -> str:
+    """Empty (AWS), ``host[:port]`` (https, or http when ``secure`` is off), or an http(s)
+    URL: another scheme failed only at the first S3 request, naming no key."""
+    text = text.strip()
+    if "://" in text:
+        parse_http_url(text)
+    return text
+
+
+def parse_instance(text: str) -> str:
+    """A fleet instance's name: it goes into Redis keys, peer URLs' logs and every line the
+    instance writes about the fleet, so letters, digits, ``.``, ``_`` and ``-`` only."""
+    text = text.strip()
+    if text and _INSTANCE.fullmatch(text) is None:
+        raise ValueError(
+            f"{text!r}: use 1 to 64 letters, digits, '.', '_' or '-' (starting with a letter"
+            " or digit)"
+        )
+    return text
+
+
+_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def parse_repository_patterns(text: str) -> tuple[str, ...]:
+    """Repository name patterns (``team/*``, ``public/**``), each checked as the policy
+    file's are."""
+    patterns = parse_list(text)
+    if patterns:
+        from registry.auth.policy import Glob, PolicyError
+
+        for pattern in patterns:
+            try:
+                Glob.parse(pattern)
+            except PolicyError as exc:
+                raise ValueError(str(exc)) from None
+    return patterns
+
+
+def parse_realm(text: str) -> str:
+    """A Basic challenge's realm: what a client shows its user, so never empty."""
+    if not text.strip():
+        raise ValueError("empty: give the name clients show when they ask for a password")
+    return text
+
+
 def without_credentials(url: str) -> str:
     """``url`` with its ``user:password@`` left out, worked out by hand rather than by
     `urlsplit`, which refuses some URLs that errors must still show."""
@@ -287,7 +338,7 @@ class StorageConfig:
     # S3 (registry:2's key names).
     bucket: str = key("")
     region: str = key("us-east-1")
-    regionendpoint: str = key("")
+    regionendpoint: str = key("", parse_regionendpoint)
     accesskey: str = key("")
     secretkey: str = key("")
     chunksize: int = key(10 * 1024 * 1024, parse_size)
@@ -382,7 +433,7 @@ class ValidationConfig:
 @attrs.frozen
 class AuthConfig:
     policy: str = key("")
-    anonymous_pull: tuple[str, ...] = key((), parse_list)
+    anonymous_pull: tuple[str, ...] = key((), parse_repository_patterns)
     client_certificate_users: bool = key(False, parse_bool)
     max_failures: int = key(10, parse_count(0))
     failure_window: float = key(60.0, parse_duration)
@@ -392,13 +443,13 @@ class AuthConfig:
 @attrs.frozen
 class HtpasswdConfig:
     path: str = key("")
-    realm: str = key("Registry Realm")
+    realm: str = key("Registry Realm", parse_realm)
     cache_seconds: float = key(60.0, parse_duration)
 
 
 @attrs.frozen
 class TokenConfig:
-    realm: str = key("")
+    realm: str = key("", parse_optional_http_url)
     service: str = key("")
     issuer: str = key("")
     rootcertbundle: str = key("")
@@ -488,7 +539,7 @@ class FleetConfig:
     # ``listen`` may be an ssl: endpoint (privateKey=/certKey=, as --port) and ``advertise``
     # an https:// URL.
     listen: str = key("")
-    advertise: str = key("")
+    advertise: str = key("", parse_optional_http_url)
     secret: str = key("", parse_secret)
     # CA bundle that signs the instances' peer certificates, checked when a peer URL is
     # https (empty: the system's).  With it, or with an https advertise, plain-http peers
@@ -502,7 +553,7 @@ class FleetConfig:
     # A fill lease lives this long unless its holder renews it (every third of it).
     lease: float = key(15.0, parse_positive_duration)
     # This instance's name in the fleet (empty: host name and process id).
-    instance: str = key("")
+    instance: str = key("", parse_instance)
 
 
 @attrs.frozen

@@ -63,6 +63,19 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         # Would listen on nothing, and say it listens.
         ("[http]\nport =\n", "[http] port: no listening address"),
         ("[DEFAULT]\ntimeout = 1s\n[http]\n", "[DEFAULT]: not supported"),
+        # Each of these started the registry (or failed later naming no key).
+        (
+            "[auth]\nanonymous_pull = Bad[x\n",
+            "[auth] anonymous_pull: repository pattern 'Bad[x' may only use",
+        ),
+        ("[auth.token]\nrealm = notaurl\n", "[auth.token] realm: 'notaurl' is not an http(s) URL"),
+        ("[auth.htpasswd]\nrealm =\n", "[auth.htpasswd] realm: empty"),
+        ("[fleet]\nadvertise = notaurl\n", "[fleet] advertise: 'notaurl' is not an http(s) URL"),
+        ("[fleet]\ninstance = a b/c\n", "[fleet] instance: 'a b/c': use 1 to 64 letters"),
+        (
+            "[storage]\nregionendpoint = ftp://x\n",
+            "[storage] regionendpoint: 'ftp://x' is not an http(s) URL",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
