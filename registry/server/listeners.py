@@ -10,6 +10,7 @@ that arrive meanwhile wait in the kernel's backlog, not refused.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import Service
@@ -67,8 +68,9 @@ class Listeners:
             host = port.getHost()
             if hasattr(host, "port"):
                 out.append(f"{getattr(host, 'host', '')}:{host.port}")
-            else:
-                out.append(str(getattr(host, "name", host)))
+            else:  # a UNIX socket: its path, which Twisted keeps as bytes
+                name = getattr(host, "name", host)
+                out.append(os.fsdecode(name) if isinstance(name, bytes) else str(name))
         return out
 
     def bind(self) -> None:

@@ -225,3 +225,19 @@ def test_peer_tls_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
             tls_cafile=certs.ca, tls_certfile=certs.client_cert, tls_keyfile=certs.client_key
         )
     )
+
+
+def test_an_unreadable_redis_ca_file_is_refused_naming_its_key(tmp_path: Path) -> None:
+    """It failed as "cannot reach Redis at ...: Error 2 connecting ... No such file or
+    directory", naming neither the key nor the file."""
+    missing = tmp_path / "missing-ca.pem"
+    sections = {
+        "proxy:hub": {"remoteurl": "http://127.0.0.1:9", "prefix": "docker.io"},
+        "redis": {"addr": "127.0.0.1:9", "tls": "true", "tls_cafile": str(missing)},
+    }
+    result = run_twistd(tmp_path, sections, "--storage", str(tmp_path / "data"))
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert result.stderr.splitlines() == [
+        f"txregistry: configuration error: [redis] tls_cafile: cannot read {missing}"
+    ], result.stderr
+    assert "Traceback" not in result.stdout

@@ -1494,3 +1494,14 @@ def test_a_rolling_restart_does_not_replace_a_valid_certificate_with_an_expired_
         assert "Traceback" not in "".join(child.output)
     finally:
         child.stop()
+
+
+def test_a_unix_listener_is_named_by_its_path(tmp_path: Path) -> None:
+    """The start-up line names a UNIX socket by its path (it showed Twisted's bytes, b'...')."""
+    sock = tmp_path / "registry.sock"
+    child = start_registry(tmp_path, "--port", f"unix:{sock}", "--storage", "data")
+    try:
+        line = child.wait_for(re.compile(r"txregistry listening on (?P<rest>.*)"))
+        assert line["rest"] == f"unix:{sock} ({sock}), filesystem storage", line["rest"]
+    finally:
+        child.stop()

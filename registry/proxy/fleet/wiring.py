@@ -231,6 +231,10 @@ class FleetSetup:
         """The start-up check; StartupError with one line when this instance may not serve."""
         if self.fleet is not None:
             check_tls(self.config.fleet)
+            cafile = self.config.redis.tls_cafile
+            if self.config.redis.tls and cafile and not os.access(cafile, os.R_OK):
+                # (Else the connection's error names neither the key nor the file.)
+                raise StartupError(f"configuration error: [redis] tls_cafile: cannot read {cafile}")
             addr = self.config.redis.addr
             try:
                 await self.fleet.redis.ping()
