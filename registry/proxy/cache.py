@@ -1012,7 +1012,8 @@ class ProxyCache:
             self.stats.fill_resumes += 1
             log.warn(
                 "proxy {upstream}: upstream body of {digest} stopped at byte {position} of"
-                " {size}: {error}; asking for the rest (try {tries} of {most})",
+                " {size}: {error}; asking for the rest (try {tries} of {most} in a row,"
+                " {total} of {limit} in all)",
                 upstream=self.name,
                 digest=str(fill.digest),
                 position=fill.stored,
@@ -1020,6 +1021,8 @@ class ProxyCache:
                 error=str(error)[:300],
                 tries=resumes,
                 most=FILL_RESUMES,
+                total=fill.resumes,
+                limit=FILL_RESUMES_MOST,
                 event="proxy_fill_resumed",
             )
             if resumes > 1:

@@ -58,7 +58,7 @@ async def test_a_cut_upstream_body_is_resumed_from_the_byte_reached(
     assert [text for _level, text in said] == [
         f"proxy hub: upstream body of {digest} stopped at byte {CUT} of {LAYER}: connection"
         f" lost after {CUT} of {LAYER} bytes (closed by the other side); asking for the rest"
-        " (try 1 of 3)"
+        " (try 1 of 3 in a row, 1 of 20 in all)"
     ], said
     assert said[0][0] == "warn"
     logs.assert_clean()
@@ -120,7 +120,11 @@ async def test_resumes_that_bring_nothing_end_the_fill(
     assert response == 200 and body is None
     assert _cdn_ranges(fake, digest) == [None] + [f"bytes={CUT}-"] * 3
     tries = [text.rsplit("(", 1)[1] for _level, text in logs.saying("asking for the rest")]
-    assert tries == ["try 1 of 3)", "try 2 of 3)", "try 3 of 3)"]
+    assert tries == [
+        "try 1 of 3 in a row, 1 of 20 in all)",
+        "try 2 of 3 in a row, 2 of 20 in all)",
+        "try 3 of 3 in a row, 3 of 20 in all)",
+    ]
     assert not blob_data_path(storage_root(registry), digest).exists()
     fake.switches.cut_blob_after = None
     response2, data = await get(url)
@@ -144,7 +148,11 @@ async def test_resumes_that_bring_a_few_bytes_each_end_the_fill(
     assert status == 200 and body is None
     assert _cdn_ranges(fake, digest) == [None, "bytes=1000-", "bytes=2000-", "bytes=3000-"]
     tries = [text.rsplit("(", 1)[1] for _level, text in logs.saying("asking for the rest")]
-    assert tries == ["try 1 of 3)", "try 2 of 3)", "try 3 of 3)"]
+    assert tries == [
+        "try 1 of 3 in a row, 1 of 20 in all)",
+        "try 2 of 3 in a row, 2 of 20 in all)",
+        "try 3 of 3 in a row, 3 of 20 in all)",
+    ]
     logs.assert_clean()
     assert not blob_data_path(storage_root(registry), digest).exists()
 
