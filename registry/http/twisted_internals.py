@@ -508,6 +508,16 @@ def problems() -> list[str]:
         found += _h2_queue_problems(_H2_CONNECTION)
         found += _h2_done_problems(_H2_CONNECTION)
         found += _h2_window_problems(_H2_CONNECTION)
+        # RegistryRequest sets an HTTP/2 upload up in parseCookies, which the stream calls
+        # once every header is in (gotLength comes amid them), and answers 100-continue itself
+        # through the stream's writeHeaders.
+        if not _uses(_H2_STREAM, "_convertHeaders", "parseCookies"):
+            found.append(
+                f"{_qualname(_H2_STREAM)}._convertHeaders() no longer calls parseCookies once"
+                " the headers are in"
+            )
+        if not callable(getattr(_H2_STREAM, "writeHeaders", None)):
+            found.append(f"{_qualname(_H2_STREAM)}.writeHeaders() is gone")
         found += _h2_library_problems()
     # Read by RegistryRequest itself: whether the client left.  (Its write of
     # _parsePOSTFormSubmission = False is not checked: a Twisted without it, 24.7 included,

@@ -20,7 +20,7 @@ import pytest_twisted
 from twisted.internet import abstract, tcp
 from twisted.internet.threads import deferToThread
 from twisted.web import _newclient, http
-from twisted.web._http2 import H2Connection
+from twisted.web._http2 import H2Connection, H2Stream
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
@@ -229,6 +229,13 @@ class _H2SendingElsewhere(H2Connection):
         pass
 
 
+class _H2StreamParsingElsewhere(H2Stream):
+    """A Twisted whose HTTP/2 stream no longer calls parseCookies once its headers are in."""
+
+    def _convertHeaders(self, headers: Any) -> None:
+        pass
+
+
 def _accept_saying_other_things() -> None:
     """A Twisted whose accept loop words its EMFILE recovery differently."""
     print("Out of descriptors", "Could not accept new connection")
@@ -255,6 +262,7 @@ def _accept_saying_other_things() -> None:
         ("_H2_CONNECTION", _H2QueueingElsewhere, "no longer uses _outboundStreamQueues"),
         ("_H2_CONNECTION", _H2ForgettingElsewhere, "no longer fires _streamCleanupCallbacks"),
         ("_H2_CONNECTION", _H2SendingElsewhere, "no longer uses flowControlBlocked"),
+        ("_H2_STREAM", _H2StreamParsingElsewhere, "no longer calls parseCookies"),
     ],
 )
 def test_problems_name_what_a_changed_twisted_lacks(
