@@ -258,51 +258,6 @@ def h2_reset(stream: object) -> None:
     connection.openStreamWindow(h2_stream.streamID, 0)
 
 
-def h2_hold_while_window_shut(stream: object) -> None:
-    """
-    Keep twisted.web's HTTP/2 sending loop from spinning on ``stream`` while the client's
-    flow-control window for it is shut.  The loop takes the next unblocked stream from its
-    priority tree (``H2Connection.priority``); a stream with bytes queued and no window stays
-    unblocked there, so the loop picks it, sends nothing, and runs again at the next reactor
-    turn: one core busy for as long as the client does not read, and, each pass resetting the
-    connection's idle timeout, a connection that never closes.  Here such a stream is blocked
-    in the tree when twisted.web tells it its window is spent (``flowControlBlocked``), so the
-    loop waits for something it can send (``_sendingDeferred``); and a WINDOW_UPDATE, after
-    twisted.web has unblocked the streams it opens (``_handleWindowUpdate``), wakes the loop,
-    which twisted.web leaves waiting.  Per connection and per stream (instance attributes):
-    nothing else in twisted.web changes.
-    """
-    conn = h2_connection(stream)
-    if conn is None:
-        return
-    connection: Any = conn
-    h2_stream: Any = stream
-    if not connection.__dict__.get("_txregistry_wakes_on_window"):
-        connection._txregistry_wakes_on_window = True
-        handle = connection._handleWindowUpdate
-
-        def window_updated(event: object) -> None:
-            handle(event)
-            waiting = connection._sendingDeferred
-            if waiting is not None:
-                connection._sendingDeferred = None
-                waiting.callback(None)
-
-        connection._handleWindowUpdate = window_updated
-    stream_id = h2_stream.streamID
-    told = h2_stream.flowControlBlocked
-
-    def flow_control_blocked() -> None:
-        told()
-        queued = connection._outboundStreamQueues.get(stream_id)
-        # The window itself, not what is left of it once the queue is counted (twisted.web's
-        # reason to tell the stream): a stream that can still send a part must stay in.
-        if queued and connection.conn.local_flow_control_window(stream_id) <= 0:
-            connection.priority.block(stream_id)
-
-    h2_stream.flowControlBlocked = flow_control_blocked
-
-
 def proxied_transport(transport: object) -> object | None:
     """
     The transport a response body's ``TransportProxyProducer`` wraps (``_producer``; None once
@@ -507,7 +462,6 @@ def problems() -> list[str]:
             found.append(f"{_qualname(H2Connection)} no longer keeps h2's connection in conn")
         found += _h2_queue_problems(_H2_CONNECTION)
         found += _h2_done_problems(_H2_CONNECTION)
-        found += _h2_window_problems(_H2_CONNECTION)
         # RegistryRequest sets an HTTP/2 upload up in parseCookies, which the stream calls
         # once every header is in (gotLength comes amid them), and answers 100-continue itself
         # through the stream's writeHeaders.
@@ -623,27 +577,6 @@ def _h2_done_problems(connection_class: type[Any] | None) -> list[str]:
     if not (registered and called):
         return [f"{name}._requestDone() no longer fires _streamCleanupCallbacks"]
     return []
-
-
-def _h2_window_problems(connection_class: type[Any] | None) -> list[str]:
-    """What `h2_hold_while_window_shut` relies on: the sending loop tells a stream whose window
-    is spent through ``flowControlBlocked``, takes streams from ``priority`` and waits on
-    ``_sendingDeferred``; window updates go through ``_handleWindowUpdate``."""
-    if connection_class is None:
-        return []
-    name = _qualname(connection_class)
-    needs = [
-        ("_sendPrioritisedData", "flowControlBlocked"),
-        ("_sendPrioritisedData", "priority"),
-        ("_sendPrioritisedData", "_sendingDeferred"),
-        ("_sendPrioritisedData", "remainingOutboundWindow"),
-        ("dataReceived", "_handleWindowUpdate"),
-    ]
-    return [
-        f"{name}.{method}() no longer uses {attribute}"
-        for method, attribute in needs
-        if not _uses(connection_class, method, attribute)
-    ]
 
 
 class _ProbeWindow:

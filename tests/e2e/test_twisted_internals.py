@@ -221,14 +221,6 @@ class _H2ForgettingElsewhere(H2Connection):
         del self.streams[streamID]
 
 
-class _H2SendingElsewhere(H2Connection):
-    """A Twisted whose HTTP/2 sending loop no longer tells a stream its window is spent
-    (`twisted_internals.h2_hold_while_window_shut` would never hold a stream)."""
-
-    def _sendPrioritisedData(self, *args: Any) -> None:
-        pass
-
-
 class _H2StreamParsingElsewhere(H2Stream):
     """A Twisted whose HTTP/2 stream no longer calls parseCookies once its headers are in."""
 
@@ -261,7 +253,6 @@ def _accept_saying_other_things() -> None:
         ("_HTTP_CHANNEL", _ChannelAnsweringElsewhere, "no longer answers a malformed head"),
         ("_H2_CONNECTION", _H2QueueingElsewhere, "no longer uses _outboundStreamQueues"),
         ("_H2_CONNECTION", _H2ForgettingElsewhere, "no longer fires _streamCleanupCallbacks"),
-        ("_H2_CONNECTION", _H2SendingElsewhere, "no longer uses flowControlBlocked"),
         ("_H2_STREAM", _H2StreamParsingElsewhere, "no longer calls parseCookies"),
     ],
 )
