@@ -216,6 +216,12 @@ def test_a_sighup_during_start_up_restarts_the_workers_once_they_serve(tmp_path:
     child = start_tree(tmp_path)
     try:
         deadline = time.monotonic() + 60
+        # Children of twistd before it became the supervisor are not workers (a library
+        # looking for a shared object runs ldconfig, say): only the supervisor's are.
+        cmdline = Path(f"/proc/{child.process.pid}/cmdline")
+        while b"\0-c\0" not in cmdline.read_bytes():
+            assert time.monotonic() < deadline and child.process.poll() is None
+            time.sleep(0.001)
         while not (workers := _children(child.process.pid)):
             assert time.monotonic() < deadline and child.process.poll() is None
             time.sleep(0.001)

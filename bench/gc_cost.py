@@ -2,7 +2,7 @@
 What ``txregistry gc`` costs on the filesystem driver, on data written straight into the
 registry:2 layout (so that setting up takes a minute rather than 20,000 pushes):
 
-    python bench/gc.py [--repositories 1000] [--images 20] [--untagged 5] [--orphans 20000]
+    python bench/gc_cost.py [--repositories 1000] [--images 20] [--untagged 5] [--orphans 20000]
 
 Each repository holds ``--images`` images (a config, two layers and the manifest: four blobs
 of its own each), all tagged but ``--untagged`` of them; every file is dated two hours back,
