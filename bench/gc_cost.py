@@ -16,7 +16,6 @@ RSS.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -27,54 +26,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry.api.digests import Digest
+from bench.ui import blob, store_image, write
 from registry.storage import layout
 from registry.storage.catalog import COMPLETE_MARKER, entry_path
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 AGE = 2 * 3600.0
-
-
-def write(root: Path, path: str, data: bytes, mtime: float) -> None:
-    full = root / path
-    full.parent.mkdir(parents=True, exist_ok=True)
-    full.write_bytes(data)
-    os.utime(full, (mtime, mtime))
-
-
-def blob(root: Path, data: bytes, mtime: float) -> Digest:
-    digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
-    write(root, layout.blob_data(digest), data, mtime)
-    return digest
 
 
 def image(root: Path, name: str, number: int, tagged: bool, mtime: float) -> None:
     """One image of four blobs of its own, linked into ``name`` (tagged ``v<number>``)."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "n": [name, number]}).encode()
     layers = [f"{name} {number} layer {i}".encode() * 8 for i in range(2)]
-    config_digest = blob(root, config, mtime)
-    layer_digests = [blob(root, data, mtime) for data in layers]
-    body = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": str(config_digest),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": str(d),
-                    "size": len(data),
-                }
-                for d, data in zip(layer_digests, layers, strict=True)
-            ],
-        }
-    ).encode()
-    manifest = blob(root, body, mtime)
-    for digest in (config_digest, *layer_digests):
+    manifest, linked = store_image(root, config, layers, mtime)
+    for digest in linked:
         write(root, layout.layer_link(name, digest), str(digest).encode(), mtime)
     write(root, layout.revision_link(name, manifest), str(manifest).encode(), mtime)
     if tagged:

@@ -44,20 +44,19 @@ def write(root: Path, path: str, data: bytes, mtime: float | None = None) -> Non
         os.utime(full, (mtime, mtime))
 
 
-def blob(root: Path, data: bytes) -> Digest:
+def blob(root: Path, data: bytes, mtime: float | None = None) -> Digest:
     digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
-    write(root, layout.blob_data(digest), data)
+    write(root, layout.blob_data(digest), data, mtime)
     return digest
 
 
-def image(root: Path) -> tuple[Digest, list[Digest]]:
-    """One small image (config, two layers, manifest) whose blobs every repository links."""
-    config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]}, "history": []}
-    ).encode()
-    layers = [os.urandom(1024), os.urandom(2048)]
-    config_digest = blob(root, config)
-    layer_digests = [blob(root, data) for data in layers]
+def store_image(
+    root: Path, config: bytes, layers: list[bytes], mtime: float | None = None
+) -> tuple[Digest, list[Digest]]:
+    """An OCI image's blobs written into ``root``: its manifest's digest, and its config's
+    and layers' (which a repository links)."""
+    config_digest = blob(root, config, mtime)
+    layer_digests = [blob(root, data, mtime) for data in layers]
     manifest = json.dumps(
         {
             "schemaVersion": 2,
@@ -77,7 +76,15 @@ def image(root: Path) -> tuple[Digest, list[Digest]]:
             ],
         }
     ).encode()
-    return blob(root, manifest), [config_digest, *layer_digests]
+    return blob(root, manifest, mtime), [config_digest, *layer_digests]
+
+
+def image(root: Path) -> tuple[Digest, list[Digest]]:
+    """One small image (config, two layers, manifest) whose blobs every repository links."""
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]}, "history": []}
+    ).encode()
+    return store_image(root, config, [os.urandom(1024), os.urandom(2048)])
 
 
 def repository(root: Path, name: str, manifest: Digest, blobs: list[Digest]) -> None:
