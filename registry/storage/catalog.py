@@ -284,7 +284,10 @@ class Catalog:
             except StorageFull as exc:
                 self._room = False
                 said = self._unwritten is not None
-                self._unwritten = sorted(self._walked, key=repository_order)
+                # The walk's, and the entries written since it listed their folders (a push
+                # during the walk, noted while the index was not complete yet).
+                found = set(self._walked).union(await self._indexed())
+                self._unwritten = sorted(found, key=repository_order)
                 if not said:  # one line, whoever else waited on this walk
                     log.warn(
                         "the catalog index cannot be written ({reason}): listing the {count}"

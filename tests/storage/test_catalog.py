@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import CancelledError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
@@ -341,3 +341,43 @@ async def test_an_entry_refused_for_want_of_room_is_listed_from_memory(
     assert await driver.get_content(entry_path("d")) == b"d"
     await driver.stat(COMPLETE_MARKER)
     assert await other.list_repositories() == everything
+
+
+class _FullAtTheMarker(_Full):
+    """The disk fills while the first walk writes the index: its ``complete`` marker waits
+    for ``release`` and is then refused."""
+
+    def __init__(self, driver: IStorageDriver) -> None:
+        super().__init__(driver)
+        self.at_marker: Deferred[None] = Deferred()
+        self.release: Deferred[None] = Deferred()
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        if path == COMPLETE_MARKER:
+            self.at_marker.callback(None)
+            await self.release
+            self.full = True
+        await super().put_content(path, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_during_the_first_walk_is_listed_when_the_disk_fills(
+    driver: IStorageDriver,
+) -> None:
+    """
+    The first walk (at start, on storage without a complete index) lists the folders before a
+    push makes its repository; the push writes its entry; then the disk fills before the walk
+    marks the index complete.  The registry lists from memory: it listed only what the walk
+    had found (none of the pushed repository, in a CI run); now the entries written meanwhile
+    too.
+    """
+    storage = _FullAtTheMarker(driver)
+    catalog = Catalog(storage)  # type: ignore[arg-type]
+    await registry2_repository(driver, "a")
+    building = ensureDeferred(catalog.ensure_index())
+    await storage.at_marker  # walked (found "a"), indexed, now writing the marker
+    await registry2_repository(driver, "team/app")
+    await catalog.note_repository("team/app")
+    storage.release.callback(None)
+    await building
+    assert await catalog.list_repositories() == (["a", "team/app"], False)
