@@ -283,10 +283,11 @@ class Catalog:
                 await self.rebuild()
             except StorageFull as exc:
                 self._room = False
-                said = self._unwritten is not None
                 # The walk's, and the entries written since it listed their folders (a push
                 # during the walk, noted while the index was not complete yet).
                 found = set(self._walked).union(await self._indexed())
+                # (After that read: every caller that waited on the walk gets here.)
+                said = self._unwritten is not None
                 self._unwritten = sorted(found, key=repository_order)
                 if not said:  # one line, whoever else waited on this walk
                     log.warn(
