@@ -169,6 +169,16 @@ def h2_connection(stream: object) -> object | None:
     return conn
 
 
+def _h2_parts(stream: object) -> tuple[Any, int] | None:
+    """An HTTP/2 stream's connection (untyped: its private parts are read) and its id; None
+    for anything else."""
+    conn = h2_connection(stream)
+    if conn is None:
+        return None
+    h2_stream: Any = stream
+    return conn, int(h2_stream.streamID)
+
+
 def h2_stream_closed(stream: object) -> bool:
     """
     Whether ``stream`` is an HTTP/2 stream the client has already reset at the protocol level
@@ -197,12 +207,11 @@ def h2_queued(stream: object) -> int | None:
     stream's producer only when the client's window runs out, never when the connection
     itself cannot send, so this is the one measure of what a stream holds.
     """
-    conn = h2_connection(stream)
-    if conn is None:
+    found = _h2_parts(stream)
+    if found is None:
         return None
-    connection: Any = conn
-    h2_stream: Any = stream
-    queue = connection._outboundStreamQueues.get(h2_stream.streamID)
+    connection, stream_id = found
+    queue = connection._outboundStreamQueues.get(stream_id)
     if queue is None:
         return None
     # The queue ends with a marker object (not bytes) once the response is finished.
@@ -219,12 +228,11 @@ def h2_when_done(stream: object, done: Callable[[], None]) -> bool:
     stream id) that it fires as it forgets the stream.  False (and ``done`` never called) for
     anything else, and once the connection forgot the stream.
     """
-    conn = h2_connection(stream)
-    if conn is None:
+    found = _h2_parts(stream)
+    if found is None:
         return False
-    connection: Any = conn
-    h2_stream: Any = stream
-    cleanup = connection._streamCleanupCallbacks.get(h2_stream.streamID)
+    connection, stream_id = found
+    cleanup = connection._streamCleanupCallbacks.get(stream_id)
     if cleanup is None:
         return False
 
@@ -247,15 +255,14 @@ def h2_reset(stream: object) -> None:
     window for it and no more of the stream's.  The frame goes out through
     ``openStreamWindow`` (acknowledging no bytes), which writes what h2 has to send.
     """
-    conn = h2_connection(stream)
-    if conn is None:
+    found = _h2_parts(stream)
+    if found is None:
         return
-    connection: Any = conn
-    h2_stream: Any = stream
+    connection, stream_id = found
     from h2.errors import ErrorCodes
 
-    connection.conn.reset_stream(h2_stream.streamID, error_code=ErrorCodes.NO_ERROR)
-    connection.openStreamWindow(h2_stream.streamID, 0)
+    connection.conn.reset_stream(stream_id, error_code=ErrorCodes.NO_ERROR)
+    connection.openStreamWindow(stream_id, 0)
 
 
 def proxied_transport(transport: object) -> object | None:

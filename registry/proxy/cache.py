@@ -86,7 +86,7 @@ from registry.storage.blobs import BlobInfo, BlobStore
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.gcguard import GcGuard
-from registry.storage.hash_offload import HashThreads, OffloadedHasher
+from registry.storage.hash_offload import HashThreads, OffloadedHasher, all_hashed
 from registry.storage.listing import digest_folders, list_or_empty
 from registry.storage.manifests import StoredManifest
 from registry.storage.pagination import paginate
@@ -886,8 +886,7 @@ class ProxyCache:
         """After every byte of a whole read but the last was sent: remember a match; drop
         data that hashes to something else, and raise (the client's body ends a byte short,
         as for a fill whose upstream body is corrupt)."""
-        done = await hasher.settle() if isinstance(hasher, OffloadedHasher) else hasher
-        actual = done.digest()
+        actual = (await all_hashed(hasher)).digest()
         if actual == digest:
             self._verified.put(str(digest), True)
             return
@@ -1173,11 +1172,7 @@ class ProxyCache:
                     await protocol.drained()  # (the next body is written after these)
                     delivered = False
                     blob, resumes = await self._resume_fill(fill, upstream, exc, resumes)
-            actual = (
-                (await hasher.settle()).digest()
-                if isinstance(hasher, OffloadedHasher)
-                else hasher.digest()
-            )
+            actual = (await all_hashed(hasher)).digest()
             if actual != digest:
                 self.client.session.errors += 1
                 raise UpstreamBadResponse(None, f"body hashes to {actual}, not {digest}")

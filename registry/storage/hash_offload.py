@@ -149,3 +149,9 @@ class OffloadedHasher:
                 self._queued -= len(data)
                 if self._room_waiters and self._queued <= self._threads.low_water:
                     self._schedule_wake()
+
+
+async def all_hashed(hasher: DigestingHasher | OffloadedHasher) -> DigestingHasher:
+    """The hasher with every byte given to it hashed (an `OffloadedHasher` waits for its
+    queue), for its digest."""
+    return await hasher.settle() if isinstance(hasher, OffloadedHasher) else hasher

@@ -31,6 +31,7 @@ from registry.proxy.health import (
 from tests.e2e.client import get, sha256
 from tests.e2e.harness import sleep
 from tests.e2e.test_monitoring import scrape
+from tests.fakes.content import Image
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import Proxied
 from tests.proxy.test_fill_storage_failure import Logs
@@ -347,6 +348,22 @@ async def test_a_rate_limited_manifest_get_holds_off_manifest_gets_only(
         logs.assert_clean()
 
 
+async def _limited_without_retry_after(
+    proxied: Proxied, fake: FakeUpstream, hold_off: str
+) -> tuple[Any, Image, Image, str]:
+    """A cache with ``hold_off`` whose alpine:latest is cached (its manifest URL), busybox not,
+    and an upstream whose manifest GETs now answer 429 without Retry-After."""
+    cached = fake.content.add_image("library/alpine", "latest", [1000])
+    busybox = fake.content.add_image("library/busybox", "latest", [1000])
+    registry = await proxied(hold_off=hold_off)
+    alpine = f"{registry.url}/v2/library/alpine/manifests/latest"
+    response, body = await get(alpine)
+    assert (response.code, sha256(body)) == (200, cached.digest)
+    fake.switches.ratelimit_remaining = 0  # manifest GETs answer 429,
+    fake.switches.ratelimit_retry_after = None  # without Retry-After
+    return registry, cached, busybox, alpine
+
+
 @pytest_twisted.ensureDeferred
 async def test_429s_without_retry_after_hold_off_manifest_gets_only_and_not_for_long(
     proxied: Proxied, fake: FakeUpstream
@@ -355,14 +372,7 @@ async def test_429s_without_retry_after_hold_off_manifest_gets_only_and_not_for_
     asked for ``hold_off`` (1 s), then 2 s, then 4 s (their clients get 429 with the time
     left), and each hold is asked again after it; meanwhile tags are revalidated (HEADs) and
     layers fetched: the upstream is not out."""
-    cached = fake.content.add_image("library/alpine", "latest", [1000])
-    busybox = fake.content.add_image("library/busybox", "latest", [1000])
-    registry = await proxied(hold_off="1s")
-    alpine = f"{registry.url}/v2/library/alpine/manifests/latest"
-    response, body = await get(alpine)
-    assert (response.code, sha256(body)) == (200, cached.digest)
-    fake.switches.ratelimit_remaining = 0  # manifest GETs answer 429,
-    fake.switches.ratelimit_retry_after = None  # without Retry-After
+    registry, cached, busybox, alpine = await _limited_without_retry_after(proxied, fake, "1s")
     uncached = f"{registry.url}/v2/library/busybox/manifests/latest"
     with Logs() as logs:
         for hold in (1, 2, 4):
@@ -423,14 +433,7 @@ async def test_after_429s_without_retry_after_tag_heads_and_blob_gets_still_reac
     """Three manifest GETs in a row meet a 429 without Retry-After (each after the hold of
     the one before): the upstream is not held off as if it were out, a cached tag is still
     revalidated and a layer still fetched, with their bytes."""
-    cached = fake.content.add_image("library/alpine", "latest", [1000])
-    busybox = fake.content.add_image("library/busybox", "latest", [1000])
-    registry = await proxied(hold_off="200ms")
-    alpine = f"{registry.url}/v2/library/alpine/manifests/latest"
-    response, body = await get(alpine)
-    assert (response.code, sha256(body)) == (200, cached.digest)
-    fake.switches.ratelimit_remaining = 0
-    fake.switches.ratelimit_retry_after = None
+    registry, cached, busybox, alpine = await _limited_without_retry_after(proxied, fake, "200ms")
     gets = fake.count("GET", "manifest")
     with Logs() as logs:
         for hold in (0.2, 0.4, 0.8):

@@ -27,6 +27,20 @@ RATE = 1_000_000
 OVERDRAW = RATE // 2
 
 
+def _record_deficits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """How far behind its budget each throttle is after each debit, from now on."""
+    deficits: list[float] = []
+    debit = Throttle.debit
+
+    def recording_debit(self: Throttle, amount: int) -> float:
+        delay = debit(self, amount)
+        deficits.append(-self._allowance)
+        return delay
+
+    monkeypatch.setattr(Throttle, "debit", recording_debit)
+    return deficits
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_pull_with_concurrent_transfers_keeps_to_its_bandwidth(
     registry2: Registry2Process,
@@ -39,22 +53,15 @@ async def test_a_pull_with_concurrent_transfers_keeps_to_its_bandwidth(
     # others have spent the budget.
     await push_image(remote, "team/app", "v1", layers=8, layer_size=RATE // 2)
 
-    deficits: list[float] = []
+    deficits = _record_deficits(monkeypatch)
     closed_reads: list[int] = []
-    debit = Throttle.debit
     passed = PausingGate.passed
-
-    def recording_debit(self: Throttle, amount: int) -> float:
-        delay = debit(self, amount)
-        deficits.append(-self._allowance)
-        return delay
 
     def recording_passed(self: PausingGate, amount: int) -> None:
         if self._held_by_throttle:
             closed_reads.append(amount)
         passed(self, amount)
 
-    monkeypatch.setattr(Throttle, "debit", recording_debit)
     monkeypatch.setattr(PausingGate, "passed", recording_passed)
 
     # Storage that answers on a later reactor turn (S3, a worker thread), as a local disk does
@@ -111,15 +118,7 @@ async def test_small_blobs_keep_to_the_bandwidth_and_are_counted(
     counted nor owed).  Each transfer now starts once the bytes before it are within the
     rate: the budget never runs further behind than the transfers in flight at once.
     """
-    deficits: list[float] = []
-    debit = Throttle.debit
-
-    def recording_debit(self: Throttle, amount: int) -> float:
-        delay = debit(self, amount)
-        deficits.append(-self._allowance)
-        return delay
-
-    monkeypatch.setattr(Throttle, "debit", recording_debit)
+    deficits = _record_deficits(monkeypatch)
     sync = {
         "remote": f"http://{registry2.host}",
         "first_run_within": "0s",
