@@ -751,4 +751,23 @@ def load(
         except ConfigError as exc:
             raise _naming_variable(exc, section, from_environment) from None
     extra = {s: v for s, v in raw.items() if s not in SECTIONS}
-    return Config(**parsed, extra=extra)
+    config = Config(**parsed, extra=extra)
+    try:
+        _check_fleet_has_redis(config)
+    except ConfigError as exc:
+        raise _naming_variable(exc, "fleet", from_environment) from None
+    return config
+
+
+def _check_fleet_has_redis(config: Config) -> None:
+    """A ``[fleet]`` key without ``[redis] addr`` would be ignored: the instance would run as a
+    cache of its own while its operator believes it shares fills with the others."""
+    if config.redis.addr:
+        return
+    unset = FleetConfig()
+    for field in attrs.fields(FleetConfig):
+        if getattr(config.fleet, field.name) != getattr(unset, field.name):
+            raise ConfigError(
+                f"[fleet] {field.name}: needs [redis] addr (the instances of a fleet share "
+                "their state in Redis; without it this instance is a cache of its own)"
+            )

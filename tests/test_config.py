@@ -72,6 +72,9 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("[auth.htpasswd]\nrealm =\n", "[auth.htpasswd] realm: empty"),
         ("[fleet]\nadvertise = notaurl\n", "[fleet] advertise: 'notaurl' is not an http(s) URL"),
         ("[fleet]\ninstance = a b/c\n", "[fleet] instance: 'a b/c': use 1 to 64 letters"),
+        # Ignored without Redis: the instance ran as a cache of its own.
+        ("[fleet]\nlisten = tcp:5002\n", "[fleet] listen: needs [redis] addr"),
+        ("[fleet]\nlease = 30s\n", "[fleet] lease: needs [redis] addr"),
         (
             "[storage]\nregionendpoint = ftp://x\n",
             "[storage] regionendpoint: 'ftp://x' is not an http(s) URL",
@@ -272,3 +275,13 @@ def test_configuration_md_names_every_key_of_tap_cfg() -> None:
         if f"`{key}`" not in text and f"`[{section}] {key}`" not in text
     ]
     assert not missing, f"keys of tap.cfg that docs/configuration.md does not name: {missing}"
+
+
+def test_fleet_keys_load_with_redis_and_name_their_variable_without(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.cfg"
+    path.write_text("[redis]\naddr = localhost:6379\n[fleet]\nlisten = tcp:5002\n")
+    assert config.load(str(path), environ={}).fleet.listen == "tcp:5002"
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(None, environ={"REGISTRY_FLEET_SECRET": "s" * 16})
+    assert "REGISTRY_FLEET_SECRET" in str(caught.value)
+    assert "needs [redis] addr" in str(caught.value)
