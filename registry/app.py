@@ -32,7 +32,7 @@ from registry.handlers.context import RegistryContext
 from registry.http import responses
 from registry.http.forwarded import TrustedProxies
 from registry.http.request import RegistryRequest, RegistrySite
-from registry.http.routes import Kind, Route, parse_route
+from registry.http.routes import Kind, Route, UnservedNamespace, parse_route
 from registry.ops.accounting import RequestAccounting, count_upload_sinks
 from registry.proxy.errors import CorruptBody, ResumeFailed, UpstreamError
 from registry.storage.driver import StorageError, WriteTakenOver
@@ -117,12 +117,19 @@ class RegistryApp:
         rewriter = self.ctx.route_rewriter
         if rewriter is not None:
             try:
-                route = rewriter.rewrite_route(request, route)
-            except RegistryError:
+                rewritten = rewriter.rewrite_route(request, route)
+            except UnservedNamespace as exc:
                 # Which namespaces have an upstream here is told only to a caller who may
-                # read the path's repository: anyone else gets the challenge it would have.
-                await authorize(self.ctx, request, [repository(route.name, PULL)])
+                # read the name a served one would have: anyone else gets its challenge.
+                await authorize(self.ctx, request, [repository(exc.checked_name, PULL)])
                 raise
+            if rewritten.namespace:
+                # Checked before ``OCI-Namespace`` is said (the handler checks again, as
+                # for any request): a refused caller's answer is the same for a namespace
+                # served here and for one that is not.
+                await authorize(self.ctx, request, [repository(rewritten.name, PULL)])
+                request.setHeader("OCI-Namespace", rewritten.namespace)
+            route = rewritten
         handler = self.handlers.get((route.kind, request.method))
         if handler is None:
             raise RegistryError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from typing import Any
 
 import attrs
 from twisted.web.iweb import IRequest
@@ -118,9 +119,21 @@ def _check_manifest_reference(name: str, reference: str, read: bool) -> None:
         ) from None
 
 
+class UnservedNamespace(RegistryError):
+    """``?ns=`` names no upstream that serves the repository; told only to a caller who may
+    read ``checked_name``, the name a served namespace would have been asked for: anyone else
+    gets the challenge a served namespace would give them, so the answers do not tell which
+    namespaces (or upstream addresses) the cache serves."""
+
+    def __init__(self, checked_name: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checked_name = checked_name
+
+
 class IRouteRewriter(Interface):
     """Something that may send a parsed request elsewhere before its handler runs (the
     pull-through router: containerd's ``?ns=`` names the upstream a request is for)."""
 
     def rewrite_route(request: IRequest, route: Route) -> Route:
-        """The route to handle; raise a RegistryError to answer at once."""
+        """The route to handle; raise a RegistryError to answer at once (an
+        `UnservedNamespace` once the caller may read its ``checked_name``)."""

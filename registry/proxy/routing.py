@@ -23,6 +23,7 @@ refused with 405 UNSUPPORTED, as registry:2 does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,7 +35,7 @@ from zope.interface import implementer
 from registry.api.digests import Digest
 from registry.api.errors import NAME_UNKNOWN, UNSUPPORTED, RegistryError
 from registry.client._client import DOCKER_HUB_HOSTS
-from registry.http.routes import IRouteRewriter, Route
+from registry.http.routes import IRouteRewriter, Route, UnservedNamespace
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import looks_like_host
 from registry.storage.blobs import BlobInfo, IBlobStore
@@ -119,6 +120,9 @@ class ProxyRouter:
             return route
         namespace = values[0].decode("utf-8", "replace").strip().lower()
         detail = {"name": route.name, "ns": namespace[:200]}
+        # The name a caller is checked under before learning that no upstream serves this
+        # namespace: the one a configured upstream of that prefix would be asked for.
+        unserved_name = f"{_as_component(namespace)}/{route.name}"
         cache = self.by_prefix(namespace)
         if cache is not None and route.name.startswith(namespace + "/"):
             name = route.name  # the prefix in the path too (a mirror path ending in it)
@@ -127,7 +131,8 @@ class ProxyRouter:
             # upstream's prefix here (an upstream repository may itself start with it).
             cache = cache or self.by_namespace(namespace)
             if cache is None:
-                raise RegistryError(
+                raise UnservedNamespace(
+                    unserved_name,
                     NAME_UNKNOWN,
                     detail,
                     f"no upstream is configured for namespace {namespace[:200]}",
@@ -138,18 +143,25 @@ class ProxyRouter:
         # get names under another upstream's prefix): else this mirror does not serve it.
         routed = self.route(name)
         if routed is None or routed.cache is not cache:
-            raise RegistryError(
+            raise UnservedNamespace(
+                name,
                 NAME_UNKNOWN,
                 detail,
                 f"the upstream for namespace {namespace[:200]} is not asked for"
                 f" {route.name[:200]} here: the name is another upstream's",
             )
-        request.setHeader("OCI-Namespace", namespace)
+        # (``OCI-Namespace`` is said once the caller may read the name: `RegistryApp.dispatch`.)
         if name == route.name:
             return attrs.evolve(route, namespace=namespace)
         # The stores are asked for the prefixed name; the answers still name the requested
         # repository (`Route.requested_name`).
         return attrs.evolve(route, name=name, namespace=namespace, requested=route.name)
+
+
+def _as_component(namespace: str) -> str:
+    """``namespace`` as one repository name component (``host:port`` has a colon, which no
+    name has): only a pattern as wide as ``**`` grants it."""
+    return re.sub(r"[^a-z0-9._-]+", "-", namespace).strip("._-")[:200] or "unnamed"
 
 
 def registry_namespace(url: str) -> str:

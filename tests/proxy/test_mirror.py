@@ -426,3 +426,38 @@ async def test_containerds_ns_tells_which_upstreams_exist_only_to_who_may_read(
     [error] = json.loads(body)["errors"]
     assert error["code"] == "NAME_UNKNOWN"
     assert error["message"] == "no upstream is configured for namespace quay.io"
+
+
+@pytest_twisted.ensureDeferred
+async def test_containerds_ns_answers_a_refused_caller_alike_for_every_namespace(
+    proxied: Proxied, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """A caller refused the name a namespace would be served under gets the same challenge
+    whether an upstream serves that namespace (``docker.io``, or the upstream's own
+    ``host:port``) or not (``quay.io``, ``gcr.io``), and no ``OCI-Namespace``: a grant on the
+    path's repository alone (``library/**``, what Docker daemons ask for) told the namespaces
+    apart (401 for a served one, 404 for any other)."""
+    fake.content.add_image("library/app", "latest", [100])
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "htpasswd").write_text(f"alice:{hashed}\n")
+    auth = {"anonymous_pull": "library/**"}
+    registry = await proxied(
+        {"auth": auth, "auth.htpasswd": {"path": str(tmp_path / "htpasswd"), "realm": "ns"}}
+    )
+    path = f"{registry.url}/v2/library/app/manifests/latest"
+    response, body = await fetch(path)
+    assert response.code == 200, body
+    upstream_host = fake.url.split("://", 1)[1]
+    for ns in ("docker.io", upstream_host, "quay.io", "gcr.io"):
+        response, body = await fetch(f"{path}?ns={ns}")
+        assert response.code == 401, (ns, body)
+        assert [e["code"] for e in json.loads(body)["errors"]] == ["UNAUTHORIZED"]
+        assert header(response, "www-authenticate") == 'Basic realm="ns"'
+        assert header(response, "oci-namespace") is None, ns
+    alice = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
+    response, body = await fetch(f"{path}?ns=docker.io", headers=alice)
+    assert response.code == 200, body
+    assert header(response, "oci-namespace") == "docker.io"
+    response, body = await fetch(f"{path}?ns=gcr.io", headers=alice)
+    assert response.code == 404, body
+    assert header(response, "oci-namespace") is None
