@@ -490,12 +490,16 @@ class Session:
     ) -> tuple[IResponse, Origin]:
         """Send, following redirects ourselves; return the answer and the origin that gave it.
 
-        ``Authorization`` goes only to the registry's origin (scheme, host, port), on any hop
-        (a registry may redirect to another path of its own, as docker and containerd
-        expect): a redirect target elsewhere never sees it, whatever its host."""
+        ``Authorization`` goes only to the registry's origin (scheme, host, port), on the hops
+        before the chain first leaves it (a registry may redirect to another path of its own,
+        as docker and containerd expect): a redirect target elsewhere never sees it, whatever
+        its host, and neither does the registry's origin at a path another host sent us to
+        (a CDN would choose which of the registry's resources the credentials open)."""
+        own = True
         for _hop in range(_MAX_REDIRECTS + 1):
             sent = dict(headers)
-            if authorization is not None and origin_of(url) == self.origin:
+            own = own and origin_of(url) == self.origin
+            if authorization is not None and own:
                 sent["Authorization"] = authorization
             response = await self.send(method, url, sent, body)
             location = header(response.headers, "location")

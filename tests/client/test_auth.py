@@ -288,9 +288,10 @@ class _RedirectingRegistry(Resource):
 
     isLeaf = True
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, via: str = "") -> None:
         super().__init__()
         self.body = body
+        self.via = via  # another origin the blob redirect goes through first
         self.seen: list[tuple[str, str | None]] = []
 
     def render_GET(self, request: Request) -> bytes:
@@ -303,7 +304,7 @@ class _RedirectingRegistry(Resource):
             return b'{"errors":[{"code":"UNAUTHORIZED","message":"who are you"}]}'
         if path.startswith("/v2/a/b/blobs/"):
             request.setResponseCode(307)
-            request.setHeader("Location", "/store/" + path.rsplit("/", 1)[1])
+            request.setHeader("Location", self.via + "/store/" + path.rsplit("/", 1)[1])
             return b""
         if path.startswith("/store/"):
             request.setHeader("Content-Type", "application/octet-stream")
@@ -335,6 +336,55 @@ async def test_a_redirect_within_the_registrys_origin_keeps_the_credentials(
         ]
     finally:
         await port.stopListening()
+
+
+class _Bouncer(Resource):
+    """Another origin (a CDN) that sends every request back to ``target`` + its path: a path
+    of the registry's origin that it chooses."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.target = ""
+        self.seen: list[tuple[str, str | None]] = []
+
+    def render_GET(self, request: Request) -> bytes:
+        self.seen.append((request.path.decode(), request.getHeader("authorization")))
+        request.setResponseCode(302)
+        request.setHeader("Location", self.target + request.path.decode())
+        return b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redirect_back_to_the_registry_from_elsewhere_carries_no_credentials(
+    make_client: ClientFactory,
+) -> None:
+    """Credentials go to the registry's origin only on the hops before the chain leaves it: a
+    redirect target elsewhere that sends the client back to the registry, at a path it chose,
+    does not get the credentials used there (it would pick which resource they open)."""
+    bouncer = _Bouncer()
+    cdn = reactor.listenTCP(0, Site(bouncer), interface="127.0.0.1")
+    registry = _RedirectingRegistry(b"blob", via=f"http://127.0.0.1:{cdn.getHost().port}")
+    port = reactor.listenTCP(0, Site(registry), interface="127.0.0.1")
+    bouncer.target = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        client = make_client(
+            f"http://127.0.0.1:{port.getHost().port}",
+            credentials=Credentials("alice", "alice-pw"),
+            retries=0,
+        )
+        digest = images.digest(b"blob")
+        with pytest.raises(Unauthorized):
+            await (await client.blob("a/b", digest)).read()
+        basic = "Basic " + base64.b64encode(b"alice:alice-pw").decode()
+        assert (f"/v2/a/b/blobs/{digest}", basic) in registry.seen
+        assert (f"/store/{digest}", None) in registry.seen
+        assert (f"/store/{digest}", basic) not in registry.seen
+        assert {authorization for _, authorization in bouncer.seen} == {None}
+    finally:
+        await port.stopListening()
+        await cdn.stopListening()
 
 
 @pytest_twisted.ensureDeferred
