@@ -29,6 +29,7 @@ import email.utils
 import ipaddress
 import json
 import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from http.cookiejar import CookiePolicy
 from typing import Any, NoReturn
@@ -75,6 +76,11 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 Origin = tuple[str, str, int]
 BodyFactory = Callable[[], IBodyProducer]
+
+
+def _origin_text(origin: Origin) -> str:
+    scheme, host, port = origin
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def origin_of(url: str) -> Origin:
@@ -210,6 +216,11 @@ class Session:
         self.reactor = reactor
         self.url = url.rstrip("/")
         self.origin = origin_of(self.url)
+        # Answers that came from another origin than the registry's (a redirect target):
+        # `fail` says so on their errors (`ClientError.elsewhere`).
+        self._answered_elsewhere: weakref.WeakKeyDictionary[IResponse, str] = (
+            weakref.WeakKeyDictionary()
+        )
         if self.origin[0] not in ("http", "https") or not self.origin[1]:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self.timeout = timeout
@@ -304,6 +315,8 @@ class Session:
             if response.code == 401 and answered_by != self.origin:
                 await self.discard(response)
                 raise self.foreign_challenge(answered_by)
+            if answered_by != self.origin:
+                self._answered_elsewhere[response] = _origin_text(answered_by)
             if response.code != 401 or attempt == 1:
                 return response
             before = self.challenge
@@ -501,7 +514,12 @@ class Session:
             own = own and origin_of(url) == self.origin
             if authorization is not None and own:
                 sent["Authorization"] = authorization
-            response = await self.send(method, url, sent, body)
+            try:
+                response = await self.send(method, url, sent, body)
+            except ClientError as exc:
+                if origin_of(url) != self.origin:
+                    exc.elsewhere = _origin_text(origin_of(url))
+                raise
             location = header(response.headers, "location")
             if response.code not in _REDIRECTS or not location:
                 return response, origin_of(url)
@@ -680,24 +698,38 @@ class Session:
         said = "; ".join(f"{c} {m}".strip() for c, m in errors[:5]) or str(status)
         reason = f"{what}: {said}".strip()
         self.errors += 1
+        error = self._error_for(status, reason, code, errors, response, registry, source)
+        error.elsewhere = self._answered_elsewhere.get(response)
+        raise error
+
+    def _error_for(
+        self,
+        status: int,
+        reason: str,
+        code: str | None,
+        errors: tuple[tuple[str, str], ...],
+        response: IResponse,
+        registry: bool,
+        source: str,
+    ) -> ClientError:
         if status == 404:
-            raise NotFound(status, reason, code, errors, source=source)
+            return NotFound(status, reason, code, errors, source=source)
         if status == 429:
-            raise RateLimited(status, reason, self.retry_after(response.headers), code, errors)
+            return RateLimited(status, reason, self.retry_after(response.headers), code, errors)
         if status in (401, 403):
             # Refused with a token the token service issued for this very call: the
             # repository is not open to these credentials (with Basic auth, a 401 may as well
             # mean wrong credentials: plain Unauthorized).
             bearer = self.challenge is not None and self.challenge.scheme == "bearer"
             denied = registry and bearer
-            raise (AccessDenied if denied else Unauthorized)(
+            return (AccessDenied if denied else Unauthorized)(
                 status, reason, code, errors, source=source
             )
         if status >= 500:
-            raise Unavailable(status, reason, code, errors, source=source)
+            return Unavailable(status, reason, code, errors, source=source)
         if 400 <= status < 500:
-            raise Rejected(status, reason, code, errors, source=source)
-        raise ClientError(status, reason, code, errors, source=source)
+            return Rejected(status, reason, code, errors, source=source)
+        return ClientError(status, reason, code, errors, source=source)
 
     def retry_after(self, headers: Headers) -> float | None:
         value = header(headers, "retry-after")

@@ -17,6 +17,10 @@ from __future__ import annotations
 class ClientError(Exception):
     """Base of every client failure."""
 
+    # The origin (``scheme://host:port``) that failed, when it is not the registry's but a
+    # host a redirect named (a CDN serving blob bytes): the registry itself answered.
+    elsewhere: str | None = None
+
     def __init__(
         self,
         status: int | None,

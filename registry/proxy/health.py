@@ -38,7 +38,9 @@ sending the upstream one more request (and token fetch) per client request.
   is in flight is not made (`HeldOffOverloaded`: 503 with ``Retry-After: 1``, as for the
   cache's ``max_inflight``); that is the cache's overload, neither an answer nor a failure.
 
-Any answer counts as one (404, 401, a 429, a bad body: the upstream is there).  The outage is
+Any answer counts as one (404, 401, a 429, a bad body: the upstream is there), and so does a
+failure of a host the upstream redirected to (a CDN refusing, hanging or answering 5xx: the
+upstream answered with the redirect; that one download fails).  The outage is
 one event in the log: one warning when the upstream is held off, one more per failed probe
 (the hold doubles, so at most one a minute then), and one line when it answers again, with how
 many requests were answered without it.  A rate limit is one warning per hold of its kind
@@ -273,7 +275,16 @@ class UpstreamHealth:
             raise refused
         try:
             result = await make()
-        except (UpstreamUnavailable, UpstreamRateLimited, UpstreamUntrustedCertificate) as exc:
+        except (UpstreamUnavailable, UpstreamUntrustedCertificate) as exc:
+            if exc.elsewhere is not None:
+                # A host the upstream redirected to (a CDN) failed: the upstream answered
+                # (with the redirect), so that is no outage of it, and one blob's trouble
+                # there holds off nobody's manifests.
+                self.answered()
+                raise
+            self.failed(exc, kind, probe)
+            raise
+        except UpstreamRateLimited as exc:
             self.failed(exc, kind, probe)
             raise
         except Overloaded:

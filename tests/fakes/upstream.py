@@ -103,6 +103,7 @@ class Switches:
     # that may not parse at all ("http://127.0.0.1:1:2/x").
     blob_location: str | None = None
     cdn_challenge: bool = False  # the CDN answers 401 with a Bearer challenge of its own
+    cdn_status: int | None = None  # the CDN answers blob GETs this status (the registry is fine)
     referrers_api: bool = True  # False: 404 on /referrers/ (Docker Hub), use the tag schema
     referrers_page: int | None = None  # referrers per page, chained by Link rel="next"
     referrers_next_origin: str | None = None  # next links absolute, on this origin
@@ -720,6 +721,9 @@ class _CdnResource(_Base):
                 f'Bearer realm="{self.fake.cdn_url}/token",service="cdn"'.encode(),
             )
             return b'{"errors": [{"code": "UNAUTHORIZED", "message": "CDN wants a token"}]}'
+        if self.fake.switches.cdn_status is not None:
+            request.setResponseCode(self.fake.switches.cdn_status)
+            return b"<html>CDN trouble</html>"
         if request.getHeader(b"authorization") is not None:
             self.fake.cdn_auth_rejections += 1
             request.setResponseCode(400)

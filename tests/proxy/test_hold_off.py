@@ -311,6 +311,33 @@ async def test_an_upstream_that_is_out_is_not_asked_for_every_request(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_failing_redirect_target_holds_off_nothing(
+    proxied: Proxied, fake: FakeUpstream
+) -> None:
+    """Blob downloads failing at the host the upstream redirects them to (its CDN answering
+    503) fail those downloads only: the upstream answered each with its redirect, so it is
+    not out, and manifests are still asked for (three such failures held it off)."""
+    image = fake.content.add_image("library/alpine", "latest", [1000])
+    fake.content.add_image("library/busybox", "latest", [1000])
+    registry = await proxied(hold_off="1h")
+    fake.switches.cdn_status = 503
+    with Logs() as logs:
+        for _ in range(4):
+            response, body = await get(
+                f"{registry.url}/v2/library/alpine/blobs/{image.layers[0].digest}"
+            )
+            assert response.code == 503, body
+        response, body = await get(f"{registry.url}/v2/library/busybox/manifests/latest")
+        assert response.code == 200, body
+        found, _ = await scrape(registry.url)
+        assert found[("txregistry_proxy_upstream_out", (("upstream", "hub"),))] == 0
+        assert logs.saying("answering without asking it") == []
+    fake.switches.cdn_status = None
+    response, body = await get(f"{registry.url}/v2/library/alpine/blobs/{image.layers[0].digest}")
+    assert (response.code, sha256(body)) == (200, image.layers[0].digest)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_rate_limited_manifest_get_holds_off_manifest_gets_only(
     proxied: Proxied, fake: FakeUpstream
 ) -> None:
