@@ -809,7 +809,15 @@ class RegistryClient:
             start = _content_range_start(header(response.headers, "content-range"))
             if start != offset:
                 await self.session.discard(response)
-                raise self.session.bad(f"asked for bytes from {offset}, got a range from {start}")
+                said = header(response.headers, "content-range")
+                got = (
+                    f"a range from {start}"
+                    if start >= 0
+                    else f"Content-Range {said[:100]!r}"
+                    if said
+                    else "no Content-Range"
+                )
+                raise self.session.bad(f"asked for bytes from {offset}, got {got}")
         announced = self._announced_digest(response)
         if announced is not None and announced != dgst:
             await self.session.discard(response)

@@ -405,3 +405,42 @@ async def test_a_token_service_refusal_says_who_refused_and_why(
         " incorrect username or password"
     )
     assert info.value.status == 401
+
+
+class _RangeWithoutContentRange(Resource):
+    """A registry answering a range GET 206 with no ``Content-Range``, or one no parser
+    takes."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.content_range: str | None = None
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setResponseCode(206)
+        if self.content_range is not None:
+            request.setHeader("Content-Range", self.content_range)
+        return b"tail"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_206_without_a_usable_content_range_says_what_came(
+    make_client: ClientFactory,
+) -> None:
+    """Refused, saying what the answer had instead of a range "from -1"."""
+    registry = _RangeWithoutContentRange()
+    port = reactor.listenTCP(0, Site(registry), interface="127.0.0.1")
+    try:
+        client = make_client(f"http://127.0.0.1:{port.getHost().port}", retries=0)
+        digest = images.digest(b"the whole blob")
+        for content_range, said in (
+            (None, "no Content-Range"),
+            ("bits 4-7", "Content-Range 'bits 4-7'"),
+        ):
+            registry.content_range = content_range
+            with pytest.raises(BadResponse) as caught:
+                await client.blob("a/b", digest, offset=4)
+            assert str(caught.value) == f"asked for bytes from 4, got {said}"
+    finally:
+        await port.stopListening()

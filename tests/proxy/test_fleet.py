@@ -307,9 +307,10 @@ async def test_peer_endpoint_is_deny_by_default(fleet: Fleet) -> None:
     response = await treq.get(f"{peer}/v2/", headers=auth)
     assert response.code == 404
     await response.content()
-    response = await treq.get(f"{peer}/fills/hub/sha256:nothex?offset=x", headers=auth)
-    assert response.code == 400
-    await response.content()
+    for query in ("sha256:nothex?offset=x", f"{digest}?length=-7", f"{digest}?offset=-1"):
+        response = await treq.get(f"{peer}/fills/hub/{query}", headers=auth)
+        assert response.code == 400, query
+        await response.content()
 
 
 def run_twistd(tmp_path: Path, sections: dict[str, dict[str, str]], *extra: str) -> Any:

@@ -103,6 +103,8 @@ class PeerResource(Resource):
             digest = Digest.parse(parts[2])
             offset = int(request.args.get(b"offset", [b"0"])[0])
             length = int(request.args.get(b"length", [b"-1"])[0])
+            if offset < 0 or length < -1:  # (-1: to the blob's end)
+                raise ValueError(f"offset {offset}, length {length}")
         except (ValueError, RegistryError):
             request.setResponseCode(400)
             return b"bad request\n"
@@ -138,7 +140,7 @@ class PeerResource(Resource):
             request.finish()
             return
         size = fill.size
-        if length < 0:
+        if length == -1:  # to the blob's end
             length = size - offset
         if offset < 0 or offset + length > size or length <= 0:
             request.setResponseCode(416)
