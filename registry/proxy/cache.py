@@ -924,7 +924,7 @@ class ProxyCache:
                     raise RegistryError(
                         UNAVAILABLE,
                         {**detail, "upstream": bad[1]},
-                        "upstream answer cannot be trusted: its body is not this blob",
+                        "upstream answer cannot be trusted: unusable twice in a row",
                         status=502,
                         headers={"Retry-After": str(int(BAD_BODY_AGE))},
                     )

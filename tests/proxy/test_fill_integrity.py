@@ -147,7 +147,7 @@ async def test_a_blob_whose_upstream_body_is_wrong_twice_is_answered_502_meanwhi
     assert response.headers.getRawHeaders("Retry-After") == ["30"]
     [error] = json.loads(body)["errors"]
     assert error["code"] == "UNAVAILABLE"
-    assert error["message"] == "upstream answer cannot be trusted: its body is not this blob"
+    assert error["message"] == "upstream answer cannot be trusted: unusable twice in a row"
     assert error["detail"]["digest"] == layer.digest
     assert error["detail"]["upstream"].startswith("body hashes to sha256:")
     assert error["detail"]["upstream"].endswith(f", not {layer.digest}")
