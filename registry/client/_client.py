@@ -1112,18 +1112,25 @@ class RegistryClient:
         if isinstance(source, bytes):
             data = source
             dgst = _as_digest(digest) if digest is not None else digest_of(data)
+            actual = digest_of(data, dgst.algorithm)
+            if actual != dgst:  # refused before anything is sent
+                raise Rejected(
+                    None, f"the bytes given hash to {actual}, not {dgst}", "DIGEST_INVALID"
+                )
             if chunk_size is None and upload is None:
                 return await self._upload_whole(name, dgst, _bytes_body(data))
             path, size = None, len(data)
         else:
             path, data = Path(source), b""
             size = (await in_thread(self.reactor, path.stat)).st_size
-            if digest is not None and chunk_size is None and upload is None:
-                # Monolithic: one PUT with the file as its body; the registry checks the
-                # digest (DIGEST_INVALID otherwise) before anything is stored.
+            if digest is not None and chunk_size is None and upload is None and size > 0:
+                # Monolithic: one PUT with the file as its body, hashed as it is read; its
+                # last bytes go out only once the hash is known to be ``digest`` (else the
+                # request is cut short, `Rejected`): no registry commits a wrong body.
                 dgst = _as_digest(digest)
-                body = self._source(path, b"", 0, size, new_hash(dgst.algorithm), [])
-                return await self._upload_whole(name, dgst, body)
+                return await self._upload_whole(
+                    name, dgst, lambda: FileSource(self.reactor, path, 0, size, expected=dgst)
+                )
         expected = _as_digest(digest) if digest is not None else None
         if upload is not None:  # the caller's session: theirs to resume or cancel
             return await self._upload_chunks(upload, path, data, size, expected, chunk_size)
@@ -1208,7 +1215,8 @@ class RegistryClient:
             # What the registry answers a monolithic upload with a wrong digest.
             with contextlib.suppress(ClientError):
                 await self.cancel_upload(upload)
-            raise Rejected(None, f"the source hashes to {actual}, not {expected}", "DIGEST_INVALID")
+            what = "the bytes given" if path is None else str(path)
+            raise Rejected(None, f"{what} hashes to {actual}, not {expected}", "DIGEST_INVALID")
         return await self.finish_upload(upload, actual)
 
     async def _restart(self, upload: Upload) -> None:

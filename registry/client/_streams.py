@@ -27,8 +27,9 @@ from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from registry.api.digests import Digest
 from registry.client._body import settle_body
-from registry.client.errors import Unavailable
+from registry.client.errors import Rejected, Unavailable
 
 READ_SIZE = 1024 * 1024
 _MAX_QUEUED = 8  # FileSink writes waiting before the producer is paused
@@ -65,15 +66,30 @@ def _unless_stopped(work: Deferred[None], stopped: Any, stop: Any) -> Deferred[N
 @implementer(IBodyProducer)
 class FileSource:
     """``length`` bytes of ``path`` from ``offset``, fed to ``hasher`` (a hashlib object) as
-    they are sent.  One-shot: make a new one for each attempt."""
+    they are sent.  One-shot: make a new one for each attempt.
+
+    With ``expected`` (the digest the whole body must hash to: ``offset`` 0, ``length`` the
+    file's size) the last read is held back until the hash is known: a file that does not
+    hash to it fails the body with `Rejected` ``DIGEST_INVALID`` before its last bytes are
+    written, so the request is cut short and no registry can commit it."""
 
     def __init__(
-        self, reactor: Any, path: Path, offset: int, length: int, hasher: Any | None = None
+        self,
+        reactor: Any,
+        path: Path,
+        offset: int,
+        length: int,
+        hasher: Any | None = None,
+        *,
+        expected: Digest | None = None,
     ) -> None:
         self._reactor = reactor
         self._path = path
         self._offset = offset
         self.length = length
+        self._expected = expected
+        if expected is not None and hasher is None:
+            hasher = new_hash(expected.algorithm)
         self._hasher = hasher
         self._paused = False
         self._stopped = False
@@ -101,10 +117,22 @@ class FileSource:
                     break
                 if self._hasher is not None:
                     self._hasher.update(data)
+                if self.sent + len(data) >= self.length:
+                    self._check_whole()
                 self.sent += len(data)
                 consumer.write(data)
         finally:
             await in_thread(self._reactor, handle.close)
+
+    def _check_whole(self) -> None:
+        """Before the last bytes go out: the body must hash to ``expected``."""
+        if self._expected is None or self._hasher is None:
+            return
+        actual = Digest(self._expected.algorithm, self._hasher.hexdigest())
+        if actual != self._expected:
+            raise Rejected(
+                None, f"{self._path} hashes to {actual}, not {self._expected}", "DIGEST_INVALID"
+            )
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -121,19 +149,27 @@ class FileSource:
 
 
 class _Forward(Protocol):
-    """Writes a relayed response body into the request's consumer."""
+    """Writes a relayed response body into the request's consumer, one piece behind: the last
+    piece is written only once the body ended complete and verified (`ResponseDone`), so a
+    body that hashes wrong leaves the request short of its end and nothing is committed."""
 
     def __init__(self, consumer: IConsumer, done: Deferred[None], hasher: Any | None) -> None:
         self._consumer = consumer
         self._done = done
         self._hasher = hasher
+        self._held = b""
 
     def dataReceived(self, data: bytes) -> None:
         if self._hasher is not None:
             self._hasher.update(data)
-        self._consumer.write(data)
+        held, self._held = self._held, data
+        if held:
+            self._consumer.write(held)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        held, self._held = self._held, b""
+        if held and isinstance(reason.value, ResponseDone) and not self._done.called:
+            self._consumer.write(held)
         settle_body(self._done, reason, None)
 
 
