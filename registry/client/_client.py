@@ -1236,10 +1236,15 @@ class RegistryClient:
         size: int | None = None,
     ) -> int:
         """Stream a blob from another registry (or repository) into this one, through memory
-        in constant space: the source body is the upload's body, checked on the way.  With
-        ``size`` (what a manifest declares), a source sending more fails the copy as soon as
-        it does (see `blob`).  A failure of the source is raised as the source's error; the
-        upload is cancelled and nothing is committed."""
+        in constant space: the source body is the upload's body, hashed on the way, its last
+        bytes held back until the whole of it hashed to ``digest``.  With ``size`` (what a
+        manifest declares), a source sending more fails the copy as soon as it does (see
+        `blob`).  A source body cut off mid-way (`Unavailable`) is read on with a ``Range``
+        request from the byte it reached, into the same upload, up to the source's
+        ``retries`` times (a source answering the range with the whole blob has what was
+        sent already dropped).  A failure of the source is raised as the source's error (its
+        class), the message naming the source; the upload is cancelled and nothing is
+        committed."""
         dgst = _as_digest(digest)
         blob = await source.blob(source_name, dgst, size=size)
         try:
@@ -1247,10 +1252,26 @@ class RegistryClient:
         except BaseException:
             blob.abort()
             raise
-        body = single_use(lambda: PipeSource(blob), "a piped blob body")
-        async with self._abandoned_unless_done(upload):
-            await self.finish_upload(upload, dgst, body)
-        return blob.received
+        whole = size if size is not None else (blob.length if blob.whole else None)
+
+        def reopen(offset: int) -> Deferred[BlobStream]:
+            return Deferred.fromCoroutine(source.blob(source_name, dgst, offset=offset, size=whole))
+
+        pipes: list[PipeSource] = []
+
+        def make() -> PipeSource:
+            pipes.append(PipeSource(blob, dgst, reopen=reopen, retries=source.session.retries))
+            return pipes[-1]
+
+        body = single_use(make, "a piped blob body")
+        try:
+            async with self._abandoned_unless_done(upload):
+                await self.finish_upload(upload, dgst, body)
+        except ClientError as exc:
+            if pipes and pipes[0].error is exc:
+                raise _named(exc, f"source {source.url}, blob {source_name}@{dgst}") from None
+            raise
+        return pipes[0].received if pipes else 0
 
     @contextlib.asynccontextmanager
     async def _abandoned_unless_done(self, upload: Upload) -> AsyncIterator[None]:
@@ -1350,6 +1371,15 @@ class RegistryClient:
             return Digest.parse(value.strip())
         except RegistryError:
             raise self.session.bad(f"unusable Docker-Content-Digest {value[:100]!r}") from None
+
+
+def _named(error: ClientError, where: str) -> ClientError:
+    """``error`` (same class, same fields) with its message saying where it happened."""
+    named = type(error).__new__(type(error))
+    named.__dict__.update(error.__dict__)
+    named.args = (f"{where}: {error}",)
+    named.reason = f"{where}: {error.reason}"
+    return named
 
 
 def FileBodyProducer_from(data: bytes) -> FileBodyProducer:

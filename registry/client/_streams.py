@@ -28,8 +28,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from registry.api.digests import Digest
-from registry.client._body import settle_body
-from registry.client.errors import Rejected, Unavailable
+from registry.client.errors import BadResponse, ClientError, Rejected, Unavailable
 
 READ_SIZE = 1024 * 1024
 _MAX_QUEUED = 8  # FileSink writes waiting before the producer is paused
@@ -149,46 +148,154 @@ class FileSource:
 
 
 class _Forward(Protocol):
-    """Writes a relayed response body into the request's consumer, one piece behind: the last
-    piece is written only once the body ended complete and verified (`ResponseDone`), so a
-    body that hashes wrong leaves the request short of its end and nothing is committed."""
+    """Hands one relayed response body to its `PipeSource`, dropping its first ``skip``
+    bytes (a source that answered a resumed read with the whole blob)."""
 
-    def __init__(self, consumer: IConsumer, done: Deferred[None], hasher: Any | None) -> None:
-        self._consumer = consumer
-        self._done = done
-        self._hasher = hasher
-        self._held = b""
+    def __init__(self, pipe: PipeSource, skip: int) -> None:
+        self._pipe = pipe
+        self._skip = skip
+        self.taken = 0  # bytes of this body passed on
+
+    def connectionMade(self) -> None:
+        if self._pipe.paused and self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
-        if self._hasher is not None:
-            self._hasher.update(data)
-        held, self._held = self._held, data
-        if held:
-            self._consumer.write(held)
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return
+            data, self._skip = data[self._skip :], 0
+        self.taken += len(data)
+        self._pipe.take(self, data)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        held, self._held = self._held, b""
-        if held and isinstance(reason.value, ResponseDone) and not self._done.called:
-            self._consumer.write(held)
-        settle_body(self._done, reason, None)
+        self._pipe.ended(self, reason)
+
+
+Reopen = Callable[[int], "Deferred[Any]"]
 
 
 @implementer(IBodyProducer)
 class PipeSource:
-    """A request body read from an open blob response (`BlobStream`); one-shot."""
+    """A request body read from an open blob response (`BlobStream`); one-shot.
 
-    def __init__(self, blob: Any, hasher: Any | None = None) -> None:
+    The whole stream is hashed here, and passed on one piece behind: the last piece is
+    written only once the stream ended complete and hashed to ``digest``, so a body that
+    hashes wrong leaves the request short of its end and no registry commits it.
+
+    A body cut off (`Unavailable`: a lost connection, a stall) is read on from where it
+    stopped with ``reopen(offset)`` (a ``Range`` request, giving the next `BlobStream`), at most
+    ``retries`` times, each only after a body that brought bytes; a source that answers the
+    range with the whole blob has the bytes already passed on dropped.  ``error`` is the
+    source's error the body failed with, if it did.
+    """
+
+    # The body waits on another server, whose own idle timeout ends a stall: the session
+    # sending it does not time the wait (see `WatchedBody.waiting_on_source`).
+    times_itself = True
+
+    def __init__(
+        self,
+        blob: Any,
+        digest: Digest,
+        *,
+        reopen: Reopen | None = None,
+        retries: int = 0,
+    ) -> None:
         self._blob = blob
         self.length = blob.length if blob.length is not None else UNKNOWN_LENGTH
-        self._hasher = hasher
+        self._digest = digest
+        self._hasher = new_hash(digest.algorithm)
+        self._reopen = reopen
+        self._retries = retries
+        self.resumed = 0
+        self.received = 0  # bytes of the blob taken so far (the held piece included)
+        self.paused = False
+        self.error: Exception | None = None
+        self._consumer: IConsumer | None = None
         self._forward: _Forward | None = None
+        self._held = b""
         self._stopped = False
+        self._opening: Deferred[Any] | None = None
+        self._done: Deferred[None] = Deferred(lambda _: self.stopProducing())
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        done: Deferred[None] = Deferred(lambda _: self._blob.abort())
-        self._forward = _Forward(consumer, done, self._hasher)
-        self._blob.deliver(self._forward)
-        return _unless_stopped(done, lambda: self._stopped, self.stopProducing)
+        self._consumer = consumer
+        self._attach(self._blob, 0)
+        return _unless_stopped(self._done, lambda: self._stopped, self.stopProducing)
+
+    def _attach(self, blob: Any, skip: int) -> None:
+        self._blob = blob
+        self._forward = _Forward(self, skip)
+        blob.deliver(self._forward, verify=False)
+
+    def take(self, forward: _Forward, data: bytes) -> None:
+        if forward is not self._forward or self._done.called:
+            return
+        self._hasher.update(data)
+        self.received += len(data)
+        held, self._held = self._held, data
+        if held and self._consumer is not None:
+            self._consumer.write(held)
+
+    def ended(self, forward: _Forward, reason: Failure) -> None:
+        if forward is not self._forward or self._done.called or self._stopped:
+            return
+        self._forward = None
+        if isinstance(reason.value, ResponseDone):
+            actual = Digest(self._digest.algorithm, self._hasher.hexdigest())
+            if actual != self._digest:
+                self._fail(BadResponse(None, f"body hashes to {actual}, not {self._digest}"))
+                return
+            held, self._held = self._held, b""
+            if held and self._consumer is not None:
+                self._consumer.write(held)
+            self._done.callback(None)
+            return
+        error = reason.value
+        if not isinstance(error, ClientError):
+            error = Unavailable(None, f"the source's body ended: {error}")
+        if (
+            isinstance(error, Unavailable)
+            and self._reopen is not None
+            and self.resumed < self._retries
+            and forward.taken > 0
+        ):
+            self.resumed += 1
+            self._resume(error)
+            return
+        self._fail(error)
+
+    def _resume(self, cut: ClientError) -> None:
+        opening = self._reopen(self.received) if self._reopen is not None else None
+        assert opening is not None
+        self._opening = opening
+
+        def opened(blob: Any) -> None:
+            self._opening = None
+            if self._stopped or self._done.called:
+                blob.abort()
+                return
+            skip = self.received - blob.offset  # 0 for a 206 from where it stopped
+            self._attach(blob, skip)
+            if self.paused:
+                self.pauseProducing()
+
+        def failed(failure: Failure) -> None:
+            self._opening = None
+            if self._stopped or self._done.called:
+                return
+            error = failure.value
+            self._fail(error if isinstance(error, ClientError) else cut)
+
+        opening.addCallbacks(opened, failed)
+
+    def _fail(self, error: Exception) -> None:
+        self._held = b""
+        self.error = error
+        if not self._done.called:
+            self._done.errback(Failure(error))
 
     def _control(self) -> IPushProducer | None:
         if self._forward is None or self._forward.transport is None:
@@ -196,17 +303,22 @@ class PipeSource:
         return cast(IPushProducer, self._forward.transport)
 
     def pauseProducing(self) -> None:
+        self.paused = True
         control = self._control()
         if control is not None:
             control.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self.paused = False
         control = self._control()
         if control is not None:
             control.resumeProducing()
 
     def stopProducing(self) -> None:
         self._stopped = True
+        if self._opening is not None:
+            opening, self._opening = self._opening, None
+            opening.cancel()
         self._blob.abort()
 
 

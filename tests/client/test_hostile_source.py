@@ -218,7 +218,9 @@ async def test_a_layer_longer_than_declared_stops_a_copy_between_registries(
             RegistryImage(make_client(url), "x", "latest"),
             RegistryImage(destination, "copy/x", "v1"),
         )
-    assert str(info.value) == f"body of {LAYER_DIGEST} longer than 100000 bytes"
+    assert str(info.value) == (
+        f"source {url}, blob x@{LAYER_DIGEST}: body of {LAYER_DIGEST} longer than 100000 bytes"
+    )
     assert [await body for body in source.layer_bodies] == ["cut"]
     assert source.sent < CAP
     assert await destination.blob_exists("copy/x", LAYER_DIGEST) is None
@@ -234,7 +236,7 @@ async def test_a_source_failure_is_the_sources_error_not_the_destinations(
     tmp_path: Path,
 ) -> None:
     """A blob streamed from one registry into another that hashes wrong is the source's
-    BadResponse, raised as it is: not an Unavailable saying the destination did not answer.
+    BadResponse, naming the source: not an Unavailable saying the destination did not answer.
     The destination stores nothing."""
     url, source = hostile
     source.layer = "wrong-bytes"
@@ -242,7 +244,9 @@ async def test_a_source_failure_is_the_sources_error_not_the_destinations(
     with pytest.raises(BadResponse) as info:
         await destination.copy_blob_from(make_client(url), "x", "copy/x", LAYER_DIGEST)
     wrong = images.digest(bytes([LAYER[0] ^ 0xFF]) + LAYER[1:])
-    assert str(info.value) == f"body hashes to {wrong}, not {LAYER_DIGEST}"
+    assert str(info.value) == (
+        f"source {url}, blob x@{LAYER_DIGEST}: body hashes to {wrong}, not {LAYER_DIGEST}"
+    )
     # The destination did nothing wrong: none of its errors.
     assert destination.errors == 0
     assert await destination.blob_exists("copy/x", LAYER_DIGEST) is None
