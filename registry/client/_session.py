@@ -40,7 +40,7 @@ from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool, RequestGenerationFailed
 from twisted.web.http_headers import Headers
@@ -560,9 +560,16 @@ class Session:
             raw.setRawHeaders(name, [value])
         timed_out = False
         d: Deferred[Any] | None = None
+        watched: WatchedBody | None = None
+        timer: IDelayedCall
 
         def expire() -> None:
-            nonlocal timed_out
+            nonlocal timed_out, timer
+            if watched is not None and watched.waiting_on_source:
+                # The body waits on the server it is read from (a blob streamed from another
+                # registry), which times its own silence and names itself: not this one's.
+                timer = self.reactor.callLater(self.timeout, expire)
+                return
             timed_out = True
             if d is not None:
                 d.cancel()
@@ -578,7 +585,8 @@ class Session:
 
         kwargs: dict[str, Any] = {}
         if body is not None:
-            kwargs["data"] = WatchedBody(body(), progress)
+            watched = WatchedBody(body(), progress)
+            kwargs["data"] = watched
         try:
             d = self._http.request(
                 method, url, headers=raw, allow_redirects=False, unbuffered=True, **kwargs

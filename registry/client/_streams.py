@@ -448,31 +448,47 @@ class _Tap:
 class WatchedBody:
     """A request body whose progress is reported: ``on_progress(bytes written)`` after every
     write and ``on_progress(0)`` once the body is complete (the session's idle timeout is reset
-    from it, so an upload that stops moving fails instead of waiting forever)."""
+    from it, so an upload that stops moving fails instead of waiting forever).
+
+    `waiting_on_source` says when a silence is not the registry's: the body is being produced,
+    the connection has not paused it, and it comes from another server that times its own
+    silence (a `PipeSource`, whose source's idle timeout ends a stall, naming that source)."""
 
     def __init__(self, inner: IBodyProducer, on_progress: Any) -> None:
         self._inner = inner
         self._on_progress = on_progress
         self.length = inner.length
+        self._producing = False
+        self._paused = False
+
+    @property
+    def waiting_on_source(self) -> bool:
+        timed_elsewhere = bool(getattr(self._inner, "times_itself", False))
+        return timed_elsewhere and self._producing and not self._paused
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self._producing = True
         d: Deferred[None] = self._inner.startProducing(
             cast(IConsumer, _Tap(consumer, self._on_progress))
         )
 
         def sent(result: object) -> object:
+            self._producing = False
             self._on_progress(0)
             return result
 
         return d.addBoth(sent)
 
     def pauseProducing(self) -> None:
+        self._paused = True
         self._inner.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self._paused = False
         self._inner.resumeProducing()
 
     def stopProducing(self) -> None:
+        self._producing = False
         self._inner.stopProducing()
 
 

@@ -111,3 +111,71 @@ async def test_a_source_cut_every_time_fails_after_the_retries(
     assert fake.count("GET", "cdn", ref=layer.digest) == 3
     assert await destination.blob_exists("copy/big", layer.digest) is None
     assert uploads_left(tmp_path / "registry0", "copy/big") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_source_is_the_sources_stall_not_the_destinations_silence(
+    fake: FakeUpstream, start_registry: Starter, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The source's body stops after CUT bytes and stays silent; both sides have the same
+    timeout.  The destination is healthy: the error names the source and says its body
+    stalled, and counts as none of the destination's."""
+    layer = fake.content.add_image("library/big", "1", [SIZE]).layers[0]
+    fake.switches.stall_blob_after = CUT
+    destination = make_client((await start_registry()).url, timeout=1.0)
+    source = make_client(fake.url, timeout=1.0, retries=0)
+    with pytest.raises(Unavailable) as info:
+        await destination.copy_blob_from(source, "library/big", "copy/big", layer.digest)
+    assert str(info.value) == (
+        f"source {fake.url}, blob library/big@{layer.digest}: "
+        f"body stalled: nothing for 1.0s after {CUT} bytes"
+    )
+    assert destination.errors == 0
+    assert await destination.blob_exists("copy/big", layer.digest) is None
+    assert uploads_left(tmp_path / "registry0", "copy/big") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_txregistry_copy_names_a_stalled_source(
+    fake: FakeUpstream, start_registry: Starter
+) -> None:
+    """``txregistry copy --timeout 2 --retry-times 0 docker://SRC/... docker://DST/...`` with a
+    source whose layer body stalls: exit 1, the line names the source and its stall (not a
+    silence of the healthy destination)."""
+    layer = fake.content.add_image("stall/app", "v1", [MiB]).layers[0]
+    fake.switches.stall_blob_after = CUT
+    host = (await start_registry()).url.removeprefix("http://")
+    code, out, err = await txregistry(
+        "copy",
+        "-q",
+        "--timeout",
+        "2",
+        "--retry-times",
+        "0",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        f"docker://127.0.0.1:{fake.port}/stall/app:v1",
+        f"docker://{host}/st/x:v1",
+    )
+    assert (code, out) == (1, "")
+    assert err == (
+        f"txregistry copy: failed: source http://127.0.0.1:{fake.port}, "
+        f"blob stall/app@{layer.digest}: body stalled: nothing for 2.0s after {CUT} bytes\n"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_source_that_stalls_is_read_on_too(
+    fake: FakeUpstream, start_registry: Starter, make_client: ClientFactory
+) -> None:
+    """Each body of the 1 MiB layer stalls after CUT bytes: a stall is resumed as a cut is,
+    and the fourth read brings the last byte."""
+    layer = fake.content.add_image("library/slow", "1", [MiB]).layers[0]
+    fake.switches.stall_blob_after = CUT
+    destination = make_client((await start_registry()).url, timeout=0.5)
+    source = make_client(fake.url, timeout=0.5, retries=3)
+    sent = await destination.copy_blob_from(source, "library/slow", "copy/slow", layer.digest)
+    assert sent == MiB
+    assert await destination.blob_exists("copy/slow", layer.digest) == MiB
+    ranges = [r.range for r in fake.log if r.kind == "cdn" and r.ref == layer.digest]
+    assert ranges == [None, f"bytes={CUT}-", f"bytes={2 * CUT}-", f"bytes={3 * CUT}-"]

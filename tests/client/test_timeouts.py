@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from registry.client import Unavailable
 from tests.client.conftest import ClientFactory
+from tests.fakes.upstream import FakeUpstream
 
 
 class _StopsReading(Protocol):
@@ -58,6 +59,30 @@ async def test_an_upload_the_registry_stops_reading_times_out(
         call.addTimeout(30, reactor)  # a hang fails the test instead of blocking it
         with pytest.raises(Unavailable, match=r"within 0\.5s"):
             await call
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_piped_upload_the_registry_stops_reading_times_out(
+    fake: FakeUpstream, make_client: ClientFactory
+) -> None:
+    """A blob streamed from another registry into one that stops reading: the silence is
+    the destination's (its back-pressure paused the body), and its timeout says so."""
+    layer = fake.content.add_image("library/big", "1", [64 * 1024 * 1024]).layers[0]
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(_StopsReading)
+    )
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        client = make_client(url, timeout=0.5, retries=0)
+        call: Deferred[Any] = Deferred.fromCoroutine(
+            client.copy_blob_from(make_client(fake.url), "library/big", "x", layer.digest)
+        )
+        call.addTimeout(30, reactor)
+        with pytest.raises(Unavailable) as info:
+            await call
+        assert str(info.value) == f"no answer from {url} within 0.5s"
     finally:
         await port.stopListening()
 
