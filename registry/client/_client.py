@@ -602,8 +602,16 @@ class RegistryClient:
     ) -> Digest:
         """PUT ``body`` (unchanged) under a tag or its digest; returns the digest the registry
         announced, checked against the bytes.  ``media_type`` defaults to the body's
-        ``mediaType``; ``tags`` adds ``?tag=`` parameters (a PUT by digest)."""
+        ``mediaType``; ``tags`` adds ``?tag=`` parameters (a PUT by digest).  Under a digest
+        the body does not hash to, `Rejected` ``DIGEST_INVALID`` before anything is sent."""
         upstream = self.upstream_name(name)
+        algorithm = _as_digest(reference).algorithm if Digest.is_digest(reference) else "sha256"
+        mine = digest_of(body, algorithm)
+        if Digest.is_digest(reference) and mine != _as_digest(reference):
+            # Refused before anything is sent: a registry that checks nothing would keep it.
+            raise Rejected(
+                None, f"the manifest given hashes to {mine}, not {reference}", "DIGEST_INVALID"
+            )
         media_type = media_type or _sniff_media_type(body)
         if not media_type:
             raise ValueError("the manifest has no mediaType; pass media_type")
@@ -618,8 +626,6 @@ class RegistryClient:
             what=f"manifest PUT {upstream}:{reference}",
         )
         await self.session.discard(response)
-        algorithm = _as_digest(reference).algorithm if Digest.is_digest(reference) else "sha256"
-        mine = digest_of(body, algorithm)
         announced = self._announced_digest(response)
         if announced is not None and announced.algorithm == algorithm and announced != mine:
             raise self.session.bad(f"manifest PUT answered {announced}, body hashes to {mine}")

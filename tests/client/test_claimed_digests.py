@@ -143,3 +143,24 @@ async def test_a_wrong_blob_from_another_registry_is_never_committed(
             assert [r for r in registry.requests if "/manifests/" in r[1]] == []
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_manifest_put_under_a_digest_it_does_not_have_is_not_sent(
+    make_client: ClientFactory,
+) -> None:
+    manifest, _ = images.image("amd64", [b"layer"])
+    async with trusting_registry() as registry:
+        client = make_client(registry.url)
+        other = images.digest(b"other")
+        with pytest.raises(Rejected) as info:
+            await client.put_manifest("t/x", other, manifest, images.OCI_MANIFEST)
+        assert (info.value.status, info.value.code) == (None, "DIGEST_INVALID")
+        assert str(info.value) == (
+            f"the manifest given hashes to {images.digest(manifest)}, not {other}"
+        )
+        assert registry.requests == []
+        pushed = await client.put_manifest(
+            "t/x", images.digest(manifest), manifest, images.OCI_MANIFEST
+        )
+        assert str(pushed) == images.digest(manifest)
