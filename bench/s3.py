@@ -13,6 +13,11 @@ txregistry / plain ratios and peak RSS.
 client on the rest, as when S3 is another machine: on a 2-core machine SeaweedFS otherwise
 competes with the registry for the same two cores, and a push's rate then measures how the two
 share the CPU rather than whether the registry keeps up with the S3 server.
+
+``--variant NAME=VALUE`` (repeatable) also runs txregistry with the constant ``NAME`` of
+registry/storage/s3/ set to ``VALUE`` (a copy of the checkout's ``registry`` and ``twisted``
+folders in ``--workdir`` with that one line changed, e.g. ``IO_SIZE=65536``), interleaved with
+the checkout as it is, as ``--compare`` runs another checkout: what a knob's value is worth.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import contextlib
 import http.client
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -95,6 +101,30 @@ def plain_get(server: S3Server, key: str, size: int) -> None:
     assert received == size
 
 
+def variant_checkout(work: Path, assignment: str) -> Path:
+    """A copy of the checkout's code with one constant of registry/storage/s3/ set."""
+    name, _, value = assignment.partition("=")
+    if not name or not value:
+        raise SystemExit(f"--variant {assignment}: expected NAME=VALUE")
+    root = Path(__file__).resolve().parents[1]
+    target = work / f"variant-{name}"
+    shutil.rmtree(target, ignore_errors=True)
+    for folder in ("registry", "twisted"):
+        shutil.copytree(
+            root / folder, target / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    line = re.compile(rf"^{re.escape(name)} = .*$", re.MULTILINE)
+    found = [
+        path
+        for path in sorted((target / "registry" / "storage" / "s3").glob("*.py"))
+        if line.search(path.read_text())
+    ]
+    if len(found) != 1:
+        raise SystemExit(f"--variant {assignment}: {name} is set in {len(found)} files, not 1")
+    found[0].write_text(line.sub(f"{name} = {value}", found[0].read_text(), count=1))
+    return target
+
+
 def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
     action()
@@ -153,19 +183,29 @@ def settled_tree_mib(pid: int, within: float = 60.0) -> tuple[float, float]:
 def concurrent_pushes(registry: TxRegistry, blob: Path, digest: str, tag: str) -> dict[str, float]:
     """Four pushes of the blob at once; the tree's memory at rest just before, and its peak."""
     idle_rss, idle_pss = settled_tree_mib(registry.pid)
+    # A repository name from the registry's name ("before", "IO_SIZE=65536", ...).
+    tag = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-")
+    failures: list[BaseException] = []
+
+    def push(repo: str) -> None:
+        try:
+            push_monolithic(registry, repo, blob, digest)
+        except BaseException as failure:
+            failures.append(failure)
+            raise
+
     with PeakRss(registry.pid) as peak:
-        threads = [
-            threading.Thread(
-                target=push_monolithic, args=(registry, f"bench/{tag}c{i}", blob, digest)
-            )
-            for i in range(4)
-        ]
+        threads = [threading.Thread(target=push, args=(f"bench/{tag}c{i}",)) for i in range(4)]
         started = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(
+            f"{registry.name}: {len(failures)} of the 4 pushes failed: {failures[0]!r}"
+        )
     return {
         "seconds": elapsed,
         "idle rss": idle_rss,
@@ -189,6 +229,13 @@ def main() -> None:
         "--compare",
         metavar="CHECKOUT",
         help="also run txregistry from this checkout (e.g. main's), interleaved, as 'before'",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also run txregistry with this constant of registry/storage/s3/ set (repeatable)",
     )
     parser.add_argument("--workers", help="[http] workers for txregistry (default: the cores)")
     parser.add_argument(
@@ -234,6 +281,8 @@ def main() -> None:
     registries = [registry("txregistry", None)]
     if args.compare:
         registries.insert(0, registry("before", Path(args.compare).resolve()))
+    for assignment in args.variant:
+        registries.append(registry(assignment, variant_checkout(work, assignment)))
     for each in registries:
         each.start()
     figures: dict[str, list[float]] = {}

@@ -597,10 +597,11 @@ class FilesystemDriver:
     async def delete(self, path: str) -> None:
         """
         Gone from ``path`` on return; the space comes back a moment later.  The file or folder
-        is renamed into the trash, and emptied from there in the pool: freeing a large file's
-        pages takes the kernel about 70 ms per GiB, which a client committing a blob that was
-        already stored (its upload is dropped) would otherwise wait for.  Only while more
-        than `_TRASH_BACKLOG` emptyings wait for the pool does a delete wait, for one of them.
+        is renamed into the trash, and emptied from there in the pool: removing a large file
+        takes the kernel 60-240 ms per GiB (bench/unlink_cost.py), which a client committing a
+        blob that was already stored (its upload is dropped) would otherwise wait for.  Only
+        while more than `_TRASH_BACKLOG` emptyings wait for the pool does a delete wait, for
+        one of them.
         """
         full = self._full(path)
         try:

@@ -80,10 +80,10 @@ class S3Driver:
     name = "s3"
 
     # Objects above this size are moved by UploadPartCopy, ``COPY_CONCURRENCY`` parts at once,
-    # as registry:2 does above its multipartcopythresholdsize: a server copies parts in parallel
-    # where one CopyObject runs alone (on SeaweedFS, moving a 1 GiB upload to its blob path took
-    # about 2.6 s this way against 4.1-4.7 s as one CopyObject, a third of a push).  CopyObject
-    # also stops at 5 GiB.  Tests lower both to exercise the path with small objects.
+    # as registry:2 does above its multipartcopythresholdsize: a server may copy parts in
+    # parallel where one CopyObject runs alone (SeaweedFS sharing 2 cores with the registry
+    # gains nothing from it: `bench/s3.py --variant MOVE_COPY_THRESHOLD=...`, docs/storage-s3.md).
+    # CopyObject also stops at 5 GiB.  Tests lower both to exercise the path with small objects.
     copy_threshold = MOVE_COPY_THRESHOLD
     copy_part_size = MOVE_COPY_PART_SIZE
 
