@@ -3,6 +3,7 @@ Webhook notifications under an outage and a restart, and what delivery costs a p
 
     python bench/notifications.py [--pushes 10000] [--down 60] [--latency-pushes 1000]
     python bench/notifications.py --skip-durability --fsync
+    python bench/notifications.py --skip-durability --skip-latency --backlog 20000
 
 1. Durability: ``--pushes`` small images (a config blob and a manifest: two events each) into
    10 repositories, one client, against ``twistd registry`` with one endpoint, spread over
@@ -16,6 +17,10 @@ Webhook notifications under an outage and a restart, and what delivery costs a p
    With ``--fsync`` the two registries both have the endpoint, one with ``[notifications]
    fsync = false`` (the default) and one with ``fsync = true``, each queue in its registry's
    storage folder (``queuedir``'s default, so on the same disk as the blobs): what fsync costs.
+3. ``--backlog PUSHES``: the memory a backlog holds.  A registry with an endpoint whose receiver
+   never answers (its port refuses connections) and one without, both given ``PUSHES`` pushes
+   (alternating); reported is what each process tree's private memory (USS) grew by, and the
+   difference per queued event.
 
 Exits non-zero when an assertion fails.
 """
@@ -36,6 +41,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.memory import tree_memory  # noqa: E402
 from bench.run import cpu_seconds  # noqa: E402
 from tests.e2e.harness import RegistryProcess, free_port, wait_listening  # noqa: E402
 
@@ -311,6 +317,48 @@ def latency(workdir: Path, pushes: int, rounds: int, fsync: bool) -> dict[str, o
     }
 
 
+def tree_uss_kib(pid: int) -> int:
+    return sum(memory.uss for memory in tree_memory(pid))
+
+
+def backlog(workdir: Path, pushes: int) -> dict[str, object]:
+    receiver = Receiver(workdir / "backlog-received.jsonl")  # never started: refused
+    (workdir / "backlog-plain").mkdir()
+    (workdir / "backlog-queued").mkdir()
+    plain = RegistryProcess(workdir / "backlog-plain", {"log": {"accesslog": "false"}})
+    queued = RegistryProcess(workdir / "backlog-queued", endpoint_sections(receiver))
+    plain.start()
+    queued.start()
+    try:
+        clients = {"plain": Pusher(plain.url), "queued": Pusher(queued.url)}
+        for client in clients.values():  # warm-up: every code path loaded, caches filled
+            for i in range(500):
+                client.push(REPOSITORIES[i % 10], f"warm{i}")
+        time.sleep(2)
+        pids = {"plain": plain.pid, "queued": queued.pid}
+        before = {name: tree_uss_kib(pid) for name, pid in pids.items()}
+        for i in range(pushes):
+            for client in clients.values():
+                client.push(REPOSITORIES[i % 10], f"b{i:06d}")
+        for client in clients.values():
+            client.close()
+        time.sleep(2)  # the last flush_interval's events written
+        after = {name: tree_uss_kib(pid) for name, pid in pids.items()}
+    finally:
+        plain.stop()
+        queued.stop()
+    grown = {name: after[name] - before[name] for name in pids}
+    events = 2 * pushes
+    return {
+        "pushes": pushes,
+        "events_queued": events,
+        "uss_kib_before": before,
+        "uss_kib_after": after,
+        "uss_kib_grown": grown,
+        "kib_per_queued_event": round((grown["queued"] - grown["plain"]) / events, 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pushes", type=int, default=10_000)
@@ -321,6 +369,14 @@ def main() -> int:
     parser.add_argument("--latency-pushes", type=int, default=1000, help="per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-durability", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        metavar="PUSHES",
+        help="also measure the memory of a backlog of 2 x PUSHES events (receiver down)",
+    )
     parser.add_argument(
         "--fsync",
         action="store_true",
@@ -339,14 +395,21 @@ def main() -> int:
                 workdir, arguments.pushes, arguments.down, arguments.spread
             )
             print(json.dumps(results["durability"], indent=2), flush=True)
-        what = (
-            "endpoint fsync = false and true" if arguments.fsync else "without and with an endpoint"
-        )
-        print(f"latency: {what}", flush=True)
-        results["latency"] = latency(
-            workdir, arguments.latency_pushes, arguments.rounds, arguments.fsync
-        )
-        print(json.dumps(results["latency"], indent=2), flush=True)
+        if not arguments.skip_latency:
+            what = (
+                "endpoint fsync = false and true"
+                if arguments.fsync
+                else "without and with an endpoint"
+            )
+            print(f"latency: {what}", flush=True)
+            results["latency"] = latency(
+                workdir, arguments.latency_pushes, arguments.rounds, arguments.fsync
+            )
+            print(json.dumps(results["latency"], indent=2), flush=True)
+        if arguments.backlog:
+            print(f"backlog: {arguments.backlog} pushes with the receiver down", flush=True)
+            results["backlog"] = backlog(workdir, arguments.backlog)
+            print(json.dumps(results["backlog"], indent=2), flush=True)
     return 0
 
 
