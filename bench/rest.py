@@ -2,7 +2,7 @@
 Memory at rest: an idle ``twistd -n registry`` started with the default tap.cfg, the whole
 process tree (the supervisor and its ``[http] workers``).
 
-    python bench/rest.py [--workers 2] [--tree PATH] [--settle 2] [--optimize 2]
+    python bench/rest.py [--workers 2] [--tree PATH] [--settle 2] [--optimize 2] [--tls]
 
 The configuration is the repository's tap.cfg with the port moved to loopback port 0, the
 storage to a fresh folder and ``[http] workers`` set to ``--workers`` (1: one process).
@@ -13,7 +13,9 @@ process; as root, the tree's distinct resident pages (USS plus every shared page
 
 ``--tree`` measures another checkout (a worktree of an older commit, say) with this
 interpreter.  ``--optimize 2`` runs the tree with ``PYTHONOPTIMIZE=2`` (``python -OO``: no
-docstrings, no asserts).
+docstrings, no asserts).  ``--tls`` listens on ``ssl:`` instead (a self-signed certificate
+made by ``openssl``): what loading the TLS stack (pyOpenSSL, cryptography, the standard
+library's ``ssl``) adds to each process.
 """
 
 from __future__ import annotations
@@ -42,11 +44,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--optimize", type=int, default=0)
+    parser.add_argument("--tls", action="store_true", help="listen on ssl: instead of tcp:")
     args = parser.parse_args()
     tree = args.tree.resolve()
     with tempfile.TemporaryDirectory() as work:
         config = (tree / "tap.cfg").read_text()
-        config = config.replace("port = tcp:5000", "port = tcp:0:interface=127.0.0.1", 1)
+        port = "tcp:0:interface=127.0.0.1"
+        if args.tls:
+            key, cert = f"{work}/key.pem", f"{work}/cert.pem"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                 "/CN=127.0.0.1", "-keyout", key, "-out", cert],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            port = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        config = config.replace("port = tcp:5000", f"port = {port}", 1)
         config = config.replace("./registry-data", f"{work}/data", 1)
         (Path(work) / "tap.cfg").write_text(config)
         log = Path(work) / "twistd.log"
@@ -73,6 +86,7 @@ def main() -> None:
             child.terminate()
             child.wait(timeout=30)
     optimized = f", PYTHONOPTIMIZE={args.optimize}" if args.optimize else ""
+    optimized += ", ssl: listener" if args.tls else ""
     print(f"{tree}: idle, default tap.cfg, [http] workers = {args.workers}{optimized}")
     print(f"{'process':12} {'pid':>8} {'RSS MiB':>8} {'PSS MiB':>8} {'USS MiB':>8}")
     for index, each in enumerate(memory):
