@@ -176,11 +176,12 @@ async def open_endpoint(
     """The endpoint for one side: a layout, or a client for the registry (plain http when
     TLS verification is off and the registry does not speak TLS, as skopeo does)."""
     if image.transport == "oci":
-        if create:
-            return LayoutImage(await OCILayout.create(reactor, image.location), image.reference)
         try:
-            layout = await OCILayout.open(reactor, image.location)
-        except ValueError as exc:
+            if create:
+                layout = await OCILayout.create(reactor, image.location)
+            else:
+                layout = await OCILayout.open(reactor, image.location)
+        except ValueError as exc:  # not a layout: its index.json is not an OCI index
             raise UsageError(str(exc)) from None
         return LayoutImage(layout, image.reference)
     verify = getattr(args, f"{side}_tls_verify")

@@ -31,6 +31,7 @@ from registry.client._client import OCI_INDEX, BlobStream, RegistryClient
 from registry.client._digests import as_digest
 from registry.client._streams import FileSink, in_thread, new_hash
 from registry.client.errors import BadResponse, NotFound, TooLarge
+from registry.client.walk import descriptor_problem
 
 STALE_TEMP_AGE = 3600.0
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -50,6 +51,7 @@ class OCILayout:
         temporary files (a killed writer's) removed."""
         layout = cls(reactor, root)
         await in_thread(reactor, layout._create)
+        await layout.index()  # one that was there is checked before anything is written
         await in_thread(reactor, layout._remove_stale_temps, time.time() - STALE_TEMP_AGE)
         return layout
 
@@ -62,10 +64,12 @@ class OCILayout:
 
     @classmethod
     async def open(cls, reactor: Any, root: str | Path) -> OCILayout:
-        """An existing layout; ValueError when ``root`` is not one."""
+        """An existing layout; ValueError when ``root`` is not one (no ``oci-layout`` file, or
+        an ``index.json`` that is not an OCI index of valid descriptors)."""
         layout = cls(reactor, root)
         if not await in_thread(reactor, (layout.root / "oci-layout").is_file):
             raise ValueError(f"{root} is not an OCI image layout (no oci-layout file)")
+        await layout.index()
         return layout
 
     def _create(self) -> None:
@@ -195,14 +199,30 @@ class OCILayout:
     # -- index.json
 
     async def index(self) -> dict[str, Any]:
-        """``index.json`` parsed."""
+        """``index.json`` parsed; ValueError when it is not an OCI index whose ``manifests``
+        are valid descriptors (a ``mediaType``, a ``digest`` that parses, a ``size``)."""
+        path = self.root / "index.json"
 
         def read() -> Any:
-            return json.loads((self.root / "index.json").read_text())
+            try:
+                return json.loads(path.read_text())
+            except FileNotFoundError:
+                raise ValueError(
+                    f"{self.root} is not an OCI image layout (no index.json)"
+                ) from None
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"{path} is not JSON ({exc})") from None
 
         data = await in_thread(self.reactor, read)
         if not isinstance(data, dict):
-            raise ValueError(f"{self.root}/index.json is not a JSON object")
+            raise ValueError(f"{path} is not a JSON object")
+        entries = data.get("manifests", [])
+        if not isinstance(entries, list):
+            raise ValueError(f"{path} is not valid: manifests is not a list")
+        for number, entry in enumerate(entries):
+            problem = descriptor_problem(entry, f"manifests[{number}]")
+            if problem is not None:
+                raise ValueError(f"{path} is not valid: {problem}")
         return data
 
     async def resolve(self, reference: str | None) -> dict[str, Any]:
@@ -214,13 +234,20 @@ class OCILayout:
                 raise ValueError(f"{self.root} has {len(entries)} images: name one")
             return dict(entries[0])
         for entry in entries:
-            annotations = entry.get("annotations") or {}
-            if annotations.get(REF_NAME) == reference or entry.get("digest") == reference:
+            if _ref_name(entry) == reference or entry["digest"] == reference:
                 return dict(entry)
         if Digest.is_digest(reference) and await self.blob_size(reference) is not None:
             data = await self.read_blob(reference)
-            media_type = json.loads(data).get("mediaType", "")
-            return {"mediaType": media_type, "digest": reference, "size": len(data)}
+            try:
+                document = json.loads(data)
+            except (ValueError, RecursionError):
+                document = None
+            media_type = document.get("mediaType") if isinstance(document, dict) else None
+            return {
+                "mediaType": media_type if isinstance(media_type, str) else "",
+                "digest": reference,
+                "size": len(data),
+            }
         raise NotFound(None, f"{reference} not in {self.root}/index.json", "MANIFEST_UNKNOWN")
 
     async def add(self, descriptor: dict[str, Any], tag: str | None = None) -> None:
@@ -244,7 +271,7 @@ class OCILayout:
             entries = [
                 e
                 for e in index.get("manifests") or []
-                if not (tag is not None and (e.get("annotations") or {}).get(REF_NAME) == tag)
+                if not (tag is not None and _ref_name(e) == tag)
             ]
             if tag is not None or all(e.get("digest") != entry["digest"] for e in entries):
                 entries.append(entry)
@@ -269,11 +296,16 @@ class OCILayout:
                 continue
             try:
                 data = json.loads(await self.read_blob(entry["digest"]))
-            except (ValueError, KeyError, NotFound, BadResponse):
+            except (ValueError, RecursionError, NotFound, BadResponse):
                 continue
-            if (data.get("subject") or {}).get("digest") != str(subject):
+            if not isinstance(data, dict) or not isinstance(data.get("subject"), dict):
                 continue
-            kind = data.get("artifactType") or (data.get("config") or {}).get("mediaType")
+            if data["subject"].get("digest") != str(subject):
+                continue
+            config = data.get("config")
+            kind = data.get("artifactType") or (
+                config.get("mediaType") if isinstance(config, dict) else None
+            )
             if artifact_type is not None and kind != artifact_type:
                 continue
             descriptor = {k: entry[k] for k in ("mediaType", "digest", "size") if k in entry}
@@ -281,6 +313,12 @@ class OCILayout:
                 descriptor["artifactType"] = kind
             found.append(descriptor)
         return found
+
+
+def _ref_name(entry: dict[str, Any]) -> object:
+    """The tag an ``index.json`` entry is listed under (its ``ref.name`` annotation)."""
+    annotations = entry.get("annotations")
+    return annotations.get(REF_NAME) if isinstance(annotations, dict) else None
 
 
 def _process_umask() -> int:

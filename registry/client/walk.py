@@ -29,8 +29,8 @@ MAX_REFERENCES = 10_000
 
 
 class CopyError(Exception):
-    """A manifest that cannot be copied as it is (not JSON, too many references, another
-    digest than the one asked for)."""
+    """A manifest that cannot be copied as it is (not JSON, a descriptor in it that is not
+    valid, too many references, another digest than the one asked for)."""
 
 
 @attrs.frozen
@@ -69,21 +69,96 @@ def blob_descriptors(document: dict[str, Any]) -> list[dict[str, Any]]:
     or the ``fsLayers`` of a schema 1 manifest (without ``size``: schema 1 names none, and a
     made-up one would be enforced as the blob's size).  Foreign layers (with ``urls``) are
     fetched by clients from those URLs, never from a registry, so they are not copied.
+    Entries that are not descriptors are left out (`manifest_problem` names them).
     """
     found: dict[str, dict[str, Any]] = {}
     config = document.get("config")
     layers = document.get("layers")
     entries = [config] + (layers if isinstance(layers, list) else [])
     for entry in entries:
-        if not isinstance(entry, dict) or entry.get("urls"):
+        if not isinstance(entry, dict) or descriptor_problem(entry) is not None:
             continue
-        if isinstance(entry.get("digest"), str):
-            found.setdefault(entry["digest"], entry)
+        if entry.get("urls"):
+            continue
+        found.setdefault(entry["digest"], entry)
     schema1 = document.get("fsLayers")
     for layer in schema1 if isinstance(schema1, list) else []:
-        if isinstance(layer, dict) and isinstance(layer.get("blobSum"), str):
+        if isinstance(layer, dict) and _digest_problem(layer.get("blobSum")) is None:
             found.setdefault(layer["blobSum"], {"digest": layer["blobSum"]})
     return list(found.values())
+
+
+def _shown(value: object) -> str:
+    """A value from a manifest as a message shows it: JSON, ASCII only (no terminal control
+    characters from a hostile source), cut short."""
+    text = json.dumps(value, ensure_ascii=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _digest_problem(value: object) -> str | None:
+    if not isinstance(value, str):
+        return f"{_shown(value)} is not a string"
+    try:
+        Digest.parse(value)
+    except RegistryError as exc:
+        return f"{_shown(value)} is not a digest ({exc.message})"
+    return None
+
+
+def descriptor_problem(entry: object, where: str = "the descriptor") -> str | None:
+    """What makes ``entry`` (named ``where`` in the answer) not an OCI descriptor (a
+    ``mediaType`` string, a ``digest`` that parses, a ``size`` that is a non-negative
+    integer); None when it is one."""
+    if not isinstance(entry, dict):
+        return f"{where} is not a descriptor but {_shown(entry)}"
+    for key in ("mediaType", "digest", "size"):
+        if key not in entry:
+            return f"{where} has no {key}"
+    if not isinstance(entry["mediaType"], str):
+        return f"{where}.mediaType {_shown(entry['mediaType'])} is not a string"
+    problem = _digest_problem(entry["digest"])
+    if problem is not None:
+        return f"{where}.digest {problem}"
+    size = entry["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"{where}.size {_shown(size)} is not a non-negative integer"
+    return None
+
+
+def manifest_problem(document: dict[str, Any], is_index: bool) -> str | None:
+    """What makes a manifest or index refused by a copy (None: nothing): a ``config``,
+    ``layers`` entry or ``manifests`` entry that is not a descriptor, a ``layers`` or
+    ``manifests`` that is not a list, a schema 1 ``blobSum`` that is not a digest.  Copied
+    without what it names, the copy would be missing what its manifest says it holds."""
+    if is_index:
+        listed = document.get("manifests", [])
+        if not isinstance(listed, list):
+            return f"manifests is not a list but {_shown(listed)}"
+        for number, entry in enumerate(listed):
+            problem = descriptor_problem(entry, f"manifests[{number}]")
+            if problem is not None:
+                return problem
+        return None
+    if "config" in document:
+        problem = descriptor_problem(document["config"], "config")
+        if problem is not None:
+            return problem
+    layers = document.get("layers", [])
+    if not isinstance(layers, list):
+        return f"layers is not a list but {_shown(layers)}"
+    for number, entry in enumerate(layers):
+        problem = descriptor_problem(entry, f"layers[{number}]")
+        if problem is not None:
+            return problem
+    schema1 = document.get("fsLayers", [])
+    if not isinstance(schema1, list):
+        return f"fsLayers is not a list but {_shown(schema1)}"
+    for number, layer in enumerate(schema1):
+        blob_sum = layer.get("blobSum") if isinstance(layer, dict) else None
+        problem = _digest_problem(blob_sum)
+        if problem is not None:
+            return f"fsLayers[{number}].blobSum {problem}"
+    return None
 
 
 def _document(manifest: FetchedManifest) -> dict[str, Any]:
@@ -132,11 +207,11 @@ class ImageWalk:
         self._done.add(key)
         document = _document(manifest)
         is_index = manifest.media_type in INDEX_TYPES or "manifests" in document
+        problem = manifest_problem(document, is_index)
+        if problem is not None:
+            kind = "index" if is_index else "manifest"
+            raise CopyError(f"{kind} {manifest.digest} is not valid: {problem}")
         children = index_descriptors(document) if is_index else []
-        listed = document.get("manifests") if is_index else None
-        if isinstance(listed, list) and len(children) != len(listed):
-            # Copied without it, the index would name a manifest the copy does not have.
-            raise CopyError(f"index {manifest.digest} names a manifest that is not a descriptor")
         blobs = blob_descriptors(document)
         if len(children) + len(blobs) > MAX_REFERENCES:
             raise CopyError(f"manifest {manifest.digest} names too many references")
@@ -196,5 +271,7 @@ __all__ = [
     "ImageSides",
     "ImageWalk",
     "blob_descriptors",
+    "descriptor_problem",
     "gather",
+    "manifest_problem",
 ]

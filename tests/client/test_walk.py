@@ -17,7 +17,11 @@ from tests.synchronous import run_now
 
 
 def blob(name: str) -> dict[str, Any]:
-    return {"mediaType": "application/octet-stream", "digest": str(digest_of(name.encode()))}
+    return {
+        "mediaType": "application/octet-stream",
+        "digest": str(digest_of(name.encode())),
+        "size": len(name),
+    }
 
 
 class Sides:

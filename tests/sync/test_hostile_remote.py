@@ -25,6 +25,11 @@ from tests.client.test_hostile_source import (
     hostile,  # noqa: F401 - fixture
     uploads_left,
 )
+from tests.client.test_malformed_manifests import (
+    Source,
+    malformed_source,  # noqa: F401 - fixture
+    manifest,
+)
 from tests.e2e.conftest import Starter
 from tests.sync.helpers import wait_runs
 
@@ -101,3 +106,35 @@ async def test_a_layer_with_wrong_bytes_is_logged_as_the_remotes_fault(
     local = make_client(registry.url)
     assert await local.blob_exists("x", LAYER_DIGEST) is None
     assert uploads_left(tmp_path / "registry0", "x") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_manifest_with_a_malformed_descriptor_is_refused_in_one_line(
+    malformed_source: tuple[str, Source],  # noqa: F811
+    start_registry: Starter,
+    make_client: ClientFactory,
+    sync_errors: list[str],
+) -> None:
+    """A remote manifest whose config is not a descriptor: the run fails with one line
+    naming the manifest and what is wrong; nothing of it is stored."""
+    host, remote = malformed_source
+    remote.body = manifest(config="x", layers=[{"digest": 5}])
+    registry = await start_registry(
+        {
+            "sync:mirror": {
+                "remote": f"http://{host}",
+                "first_run_within": "0s",
+                "repositories": "x",
+                "interval": "1h",
+            }
+        }
+    )
+    status = await wait_runs(registry.url, "mirror")
+    assert status["last"]["result"] != "ok", status
+    assert sync_errors == [
+        f"sync mirror: x:v1: manifest {images.digest(remote.body)} is not valid: "
+        'config is not a descriptor but "x"'
+    ]
+    assert remote.blob_gets == []
+    local = make_client(registry.url)
+    assert await local.head_manifest("x", "v1") is None
