@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
+import math
+import re
 import shutil
 import signal
 import sys
@@ -36,6 +39,7 @@ from registry.client import ClientError, Credentials, RegistryClient, TLSOptions
 from registry.client._streams import in_thread
 from registry.client.auth import credentials_from_config
 from registry.client.copy import CopyEvent, Endpoint, LayoutImage, RegistryImage, copy_image
+from registry.client.errors import without_userinfo
 from registry.client.layout import OCILayout
 from registry.client.walk import CopyError
 
@@ -108,6 +112,14 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     return sub
 
 
+# A registry host as image names write it: a DNS name or a bracketed IPv6 address, then an
+# optional port.
+_HOST_RE = re.compile(
+    r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]+))?"
+)
+
+
 @attrs.frozen
 class ImageName:
     transport: str  # "docker" or "oci"
@@ -116,13 +128,56 @@ class ImageName:
     reference: str | None
 
 
-def parse_image(text: str) -> ImageName:
-    """Parse skopeo's ``docker://`` and ``oci:`` image names (UsageError otherwise)."""
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` (HOST[:PORT] of an image name) names no registry, or None."""
+    match = _HOST_RE.fullmatch(host)
+    if match is None:
+        return f"{host!r} is not a registry host (HOST[:PORT], [IPv6][:PORT])"
+    address, port = match["host"], match["port"]
+    if address.startswith("["):
+        try:
+            ipaddress.IPv6Address(address[1:-1])
+        except ValueError:
+            return f"{address!r} is not an IPv6 address"
+    if port is not None and not 0 < int(port) <= 65535:
+        return f"port {port} is out of range (1 to 65535)"
+    return None
+
+
+def _has_userinfo(rest: str) -> bool:
+    """Whether the text after ``docker://`` starts with ``USER[:PASSWORD]@`` (an ``@``
+    before the first ``/``, or one that no digest follows)."""
+    first, slash, _ = rest.partition("/")
+    if "@" not in first:
+        return False
+    if slash:
+        return True
+    try:
+        Digest.parse(first.rpartition("@")[2])
+    except RegistryError:
+        return True
+    return False
+
+
+def parse_image(text: str, side: str = "src") -> ImageName:
+    """Parse skopeo's ``docker://`` and ``oci:`` image names (UsageError otherwise).  ``side``
+    (``src``, ``dest``) names the options to give credentials with, for a name that holds
+    some."""
     if text.startswith("docker://"):
         rest = text.removeprefix("docker://")
+        if _has_userinfo(rest):
+            # Never echoed: it would show the password on the terminal and in CI logs.
+            which = "source" if side == "src" else "destination"
+            raise UsageError(
+                f"the {which} image name holds a user name or password (USER:PASSWORD@HOST); "
+                f"image names take none: give them with --{side}-creds or --authfile"
+            )
         host, _, path = rest.partition("/")
         if not host or not path:
             raise UsageError(f"{text}: expected docker://HOST/NAME[:TAG|@DIGEST]")
+        problem = _host_problem(host)
+        if problem is not None:
+            raise UsageError(f"{text}: {problem}")
         reference: str | None = None
         if "@" in path:
             path, _, reference = path.partition("@")
@@ -355,11 +410,15 @@ async def run(
     created: Path | None = None
     done = False
     try:
-        source = parse_image(args.source)
-        target = parse_image(args.destination)
+        source = parse_image(args.source, "src")
+        target = parse_image(args.destination, "dest")
         if args.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
-        if not args.progress_interval > 0:
+        if args.retry_times < 0:
+            raise UsageError(f"--retry-times must be 0 or more, not {args.retry_times}")
+        if not (math.isfinite(args.timeout) and args.timeout > 0):
+            raise UsageError(f"--timeout must be a number of seconds above 0, not {args.timeout}")
+        if not (math.isfinite(args.progress_interval) and args.progress_interval > 0):
             raise UsageError("--progress-interval must be above 0")
         endpoints.append(await open_endpoint(reactor, source, args, "src", False))
         if target.transport == "oci":
@@ -404,7 +463,7 @@ async def run(
             for location in endpoint.client.uncancelled_uploads
         ]
         what = (
-            f"the registry refused to cancel the upload {kept[0].split('?')[0]}"
+            f"the registry refused to cancel the upload {without_userinfo(kept[0].split('?')[0])}"
             + (f" (and {len(kept) - 1} more)" if len(kept) > 1 else "")
             + "; it may keep its bytes until it purges old uploads"
             if kept

@@ -64,6 +64,7 @@ from registry.client.errors import (
     Unauthorized,
     Unavailable,
     UntrustedCertificate,
+    without_userinfo,
 )
 from registry.http.bounded_agent import bounded_agent
 from registry.http.headers import header_values
@@ -215,6 +216,12 @@ class Session:
     ) -> None:
         self.reactor = reactor
         self.url = url.rstrip("/")
+        if without_userinfo(self.url) != self.url:
+            # Not repeated: it would print the password.
+            raise ValueError(
+                "the registry URL holds a user name or password (USER:PASSWORD@HOST): "
+                "pass credentials= instead"
+            )
         self.origin = origin_of(self.url)
         # Answers that came from another origin than the registry's (a redirect target):
         # `fail` says so on their errors (`ClientError.elsewhere`).
@@ -222,7 +229,7 @@ class Session:
             weakref.WeakKeyDictionary()
         )
         if self.origin[0] not in ("http", "https") or not self.origin[1]:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError(f"not an http(s) URL: {without_userinfo(url)!r}")
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff

@@ -13,6 +13,18 @@ server's TLS certificate did not verify, fix the configuration).  ``status`` is 
 
 from __future__ import annotations
 
+import re
+
+# ``scheme://USER[:PASSWORD]@``: the userinfo of a URL, never shown in a message.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
+
+
+def without_userinfo(text: str) -> str:
+    """``text`` with the userinfo of every URL in it taken out (``http://u:p@h/`` reads
+    ``http://h/``): a password in a URL someone passed or a server sent is not repeated in
+    an error message, a log or a terminal."""
+    return _USERINFO.sub(r"\1", text)
+
 
 class ClientError(Exception):
     """Base of every client failure."""
@@ -31,6 +43,7 @@ class ClientError(Exception):
     ) -> None:
         # "registry 404: ..." for an answer ("token service 401: ..." for a token's);
         # without one the reason says what happened.
+        reason = without_userinfo(reason)
         super().__init__(reason if status is None else f"{source} {status}: {reason}")
         self.status = status
         self.reason = reason

@@ -1,0 +1,108 @@
+"""
+``txregistry copy``'s command line: image names as skopeo reads them, and option values.  A
+value no copy could run with (a negative or non-finite timeout, a negative retry count, a port
+out of range, a host with a query string, a user name or password in an image name) is a bad
+command line: exit 2 with one line, before anything is asked of a registry, and a password is
+never repeated.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from registry.client import Credentials, RegistryClient
+from registry.client.errors import BadResponse, without_userinfo
+from registry.copy_command import ImageName, UsageError, parse_image
+from tests.client.test_copy_command import txregistry
+
+BAD_OPTIONS = [
+    (["--timeout", "-1"], "--timeout must be a number of seconds above 0, not -1.0"),
+    (["--timeout", "nan"], "--timeout must be a number of seconds above 0, not nan"),
+    (["--timeout", "inf"], "--timeout must be a number of seconds above 0, not inf"),
+    (["--timeout", "0"], "--timeout must be a number of seconds above 0, not 0.0"),
+    (["--retry-times", "-1"], "--retry-times must be 0 or more, not -1"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS)
+@pytest_twisted.ensureDeferred
+async def test_an_option_value_no_copy_runs_with_is_a_bad_command_line(
+    options: list[str], message: str
+) -> None:
+    code, out, err = await txregistry(
+        "copy", *options, "docker://127.0.0.1:27099/demo/app:v1", "oci:/nonexistent/out"
+    )
+    assert (code, out, err) == (2, "", f"txregistry copy: {message}\n")
+
+
+BAD_NAMES = [
+    ("docker://127.0.0.1:99999/demo/app:v1", "port 99999 is out of range (1 to 65535)"),
+    ("docker://127.0.0.1:0/demo/app:v1", "port 0 is out of range (1 to 65535)"),
+    (
+        "docker://127.0.0.1:25000?x=/demo/app:v1",
+        "'127.0.0.1:25000?x=' is not a registry host (HOST[:PORT], [IPv6][:PORT])",
+    ),
+    ("docker://[zz]:5000/demo/app:v1", "'[zz]:5000' is not a registry host (HOST[:PORT], [IPv6][:PORT])"),
+    ("docker://[1::2::3]:5000/demo/app:v1", "'[1::2::3]' is not an IPv6 address"),
+    ("docker://reg.example/demo/app?x=1", "'demo/app?x=1' is not a repository name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "message"), BAD_NAMES)
+@pytest_twisted.ensureDeferred
+async def test_a_host_no_registry_has_is_a_bad_command_line(name: str, message: str) -> None:
+    code, out, err = await txregistry("copy", name, "oci:/nonexistent/out")
+    assert (code, out) == (2, ""), err
+    assert err.startswith(f"txregistry copy: {name}: {message}"), err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "docker://alice:s3cret@127.0.0.1:25001/demo/app:v1",
+        "docker://alice:s3cret@127.0.0.1:25001",
+        "docker://alice:s3cret@registry.example/app",
+        "docker://alice@registry.example/app",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_credentials_in_an_image_name_are_refused_never_shown(name: str) -> None:
+    """A password in an image name would show in process lists and logs: refused (exit 2),
+    pointing to the options that take credentials, with neither it nor the user repeated."""
+    code, out, err = await txregistry("copy", "oci:/nonexistent/in", name)
+    assert (code, out) == (2, "")
+    assert err == (
+        "txregistry copy: the destination image name holds a user name or password "
+        "(USER:PASSWORD@HOST); image names take none: give them with --dest-creds or "
+        "--authfile\n"
+    )
+    assert "s3cret" not in err and "alice" not in err
+    code, out, err = await txregistry("copy", name, "oci:/nonexistent/out")
+    assert code == 2 and "--src-creds or --authfile" in err and "s3cret" not in err
+
+
+def test_a_digest_after_an_at_sign_is_no_user_name() -> None:
+    digest = "sha256:" + "a" * 64
+    assert parse_image(f"docker://reg.example:5000/app@{digest}") == ImageName(
+        "docker", "reg.example:5000", "app", digest
+    )
+    with pytest.raises(UsageError, match="holds a user name or password"):
+        parse_image("docker://user:pw@reg.example:5000")
+
+
+def test_the_client_never_shows_a_urls_userinfo() -> None:
+    """The library refuses a registry URL with userinfo without repeating it, and takes
+    userinfo out of every URL in an error message."""
+    with pytest.raises(ValueError) as info:
+        RegistryClient(None, "http://alice:s3cret@127.0.0.1:5000", credentials=None)
+    assert "s3cret" not in str(info.value) and "alice" not in str(info.value)
+    assert str(info.value) == (
+        "the registry URL holds a user name or password (USER:PASSWORD@HOST): "
+        "pass credentials= instead"
+    )
+    error = BadResponse(None, "redirect to 'https://u:pw@cdn.example/x?y=a@b': refused")
+    assert str(error) == "redirect to 'https://cdn.example/x?y=a@b': refused"
+    assert without_userinfo("http://h/p@q and HTTPS://a:b@c:1/") == "http://h/p@q and HTTPS://c:1/"
+    assert repr(Credentials("alice", "s3cret")) == "Credentials(username='alice', password=***)"
