@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import attrs
+from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import CancelledError, Deferred
@@ -90,6 +91,28 @@ def origin_of(url: str) -> Origin:
     scheme = parts.scheme.lower()
     port = parts.port or (443 if scheme == "https" else 80)
     return (scheme, (parts.hostname or "").lower(), port)
+
+
+def origin_text(origin: Origin) -> str:
+    """``scheme://host:port``, an IPv6 address in brackets, as a URL writes it."""
+    scheme, host, port = origin
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+class _LiteralURL(EncodedURL):
+    """A URL whose host is an IPv6 address (``http://[::1]:5000/v2/``), for treq: hyperlink's
+    `to_uri`, which treq calls on every URL, IDNA-encodes the host and refuses the address's
+    colons.  Such a host has nothing to encode: the URL is its own URI."""
+
+    def to_uri(self, *args: Any, **kwargs: Any) -> EncodedURL:
+        return self
+
+
+def _for_treq(url: str) -> str | EncodedURL:
+    """``url`` as treq is given it (`_LiteralURL` for an IPv6 host)."""
+    if "://[" not in url:
+        return url
+    return _LiteralURL.from_text(url)
 
 
 def _same_service(before: Challenge | None, after: Challenge | None) -> bool:
@@ -596,7 +619,12 @@ class Session:
             kwargs["data"] = watched
         try:
             d = self._http.request(
-                method, url, headers=raw, allow_redirects=False, unbuffered=True, **kwargs
+                method,
+                _for_treq(url),
+                headers=raw,
+                allow_redirects=False,
+                unbuffered=True,
+                **kwargs,
             )
         except ValueError as exc:
             # treq reads the URL before anything is sent, and refuses at once a host name
@@ -616,7 +644,7 @@ class Session:
                 if not timed_out:
                     raise CancelledError() from exc
                 self.errors += 1
-                where = "{}://{}:{}".format(*origin_of(url))
+                where = origin_text(origin_of(url))
                 raise Unavailable(None, f"no answer from {where} within {self.timeout}s") from None
             sent = body_error(exc)
             if sent is not None:
@@ -624,7 +652,7 @@ class Session:
                 # wrong or was cut): that source's error, not this registry's silence.
                 raise sent from None
             self.errors += 1
-            where = "{}://{}:{}".format(*origin_of(url))
+            where = origin_text(origin_of(url))
             untrusted = certificate_failure(exc)
             if untrusted is not None:
                 # A configuration error, not an outage: `call` does not retry it.

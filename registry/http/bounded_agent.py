@@ -199,11 +199,14 @@ class _Endpoints:
             host = uri.host.decode("ascii")
         except UnicodeDecodeError:
             raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]  # an IPv6 address, as a URL writes it ([::1])
         endpoint = tcp_endpoint(self._reactor, host, uri.port, self._timeout)
         if uri.scheme == b"https":
             from registry.http.host_check import HostChecked  # pyOpenSSL: with TLS only
 
-            creator = HostChecked(self._policy.creatorForNetloc(uri.host, uri.port), host)
+            netloc = host.encode("ascii")
+            creator = HostChecked(self._policy.creatorForNetloc(netloc, uri.port), host)
             endpoint = wrapClientTLS(creator, endpoint)
         elif uri.scheme != b"http":
             raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
