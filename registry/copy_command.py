@@ -5,10 +5,11 @@
     txregistry copy --referrers docker://localhost:5000/app:v1 oci:/backups/app:v1
     txregistry copy --dest-tls-verify=false oci:/backups/app:v1 docker://localhost:5000/app:v1
 
-Image names use skopeo's transports: ``docker://HOST[:PORT]/NAME[:TAG|@DIGEST]`` and
-``oci:DIR[:TAG]``.  An index is copied with all its platforms; ``--referrers`` brings the
-signatures, SBOMs and attestations that refer to each manifest.  Progress goes to stderr (one
-updating line on a terminal, one line per item otherwise), the summary to stdout.
+Image names use skopeo's transports: ``docker://HOST[:PORT]/NAME[:TAG|@DIGEST]`` (without a
+host, Docker Hub's: ``docker://alpine`` is ``docker.io/library/alpine``) and ``oci:DIR[:TAG]``.
+An index is copied with all its platforms; ``--referrers`` brings the signatures, SBOMs and
+attestations that refer to each manifest.  Progress goes to stderr (one updating line on a
+terminal, one line per item otherwise), the summary to stdout.
 
 Exit status: 0 copied, 1 the copy failed (the message says why), 2 bad command line, 130/143
 interrupted by SIGINT/SIGTERM (after the copy's own cleanup: temporary files removed, open
@@ -67,8 +68,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Add ``copy`` to the ``txregistry`` sub-commands."""
     text = "copy an image between registries and OCI layouts (skopeo's image names)"
     sub: argparse.ArgumentParser = commands.add_parser("copy", help=text, description=text)
-    sub.add_argument("source", metavar="SRC", help="docker://HOST/NAME:TAG, oci:DIR:TAG ...")
-    sub.add_argument("destination", metavar="DST", help="docker://HOST/NAME:TAG, oci:DIR:TAG ...")
+    sub.add_argument("source", metavar="SRC", help="docker://[HOST/]NAME:TAG, oci:DIR:TAG ...")
+    sub.add_argument("destination", metavar="DST", help="docker://[HOST/]NAME:TAG, oci:DIR:TAG ...")
     for side, name in (("src", "source"), ("dest", "destination")):
         sub.add_argument(
             f"--{side}-tls-verify",
@@ -112,6 +113,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     return sub
 
 
+# Docker Hub: the registry of image names without a host (``alpine``, ``myorg/app``), as
+# skopeo and docker read them; its API is served from another host than its name.
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
 # A registry host as image names write it: a DNS name or a bracketed IPv6 address, then an
 # optional port.
 _HOST_RE = re.compile(
@@ -123,9 +128,14 @@ _HOST_RE = re.compile(
 @attrs.frozen
 class ImageName:
     transport: str  # "docker" or "oci"
-    location: str  # HOST[:PORT] or DIR
+    location: str  # HOST[:PORT] (docker.io for Docker Hub) or DIR
     name: str  # repository (docker only)
     reference: str | None
+
+    @property
+    def api_host(self) -> str:
+        """Where the registry's API is: HOST[:PORT], Docker Hub's API host for docker.io."""
+        return DOCKER_HUB_API if self.location == DOCKER_HUB else self.location
 
 
 def _host_problem(host: str) -> str | None:
@@ -160,9 +170,10 @@ def _has_userinfo(rest: str) -> bool:
 
 
 def parse_image(text: str, side: str = "src") -> ImageName:
-    """Parse skopeo's ``docker://`` and ``oci:`` image names (UsageError otherwise).  ``side``
-    (``src``, ``dest``) names the options to give credentials with, for a name that holds
-    some."""
+    """Parse skopeo's ``docker://`` and ``oci:`` image names (UsageError otherwise).  A name
+    whose first component is no host (no ``.`` or ``:``, not ``localhost``) is Docker Hub's
+    (``docker://alpine`` is ``docker.io/library/alpine``).  ``side`` (``src``, ``dest``)
+    names the options to give credentials with, for a name that holds some."""
     if text.startswith("docker://"):
         rest = text.removeprefix("docker://")
         if _has_userinfo(rest):
@@ -172,12 +183,18 @@ def parse_image(text: str, side: str = "src") -> ImageName:
                 f"the {which} image name holds a user name or password (USER:PASSWORD@HOST); "
                 f"image names take none: give them with --{side}-creds or --authfile"
             )
-        host, _, path = rest.partition("/")
-        if not host or not path:
-            raise UsageError(f"{text}: expected docker://HOST/NAME[:TAG|@DIGEST]")
-        problem = _host_problem(host)
-        if problem is not None:
-            raise UsageError(f"{text}: {problem}")
+        first, slash, remainder = rest.partition("/")
+        if slash and ("." in first or ":" in first or first == "localhost"):
+            host, path = first, remainder
+            problem = _host_problem(host)
+            if problem is not None:
+                raise UsageError(f"{text}: {problem}")
+            if host == "index.docker.io":
+                host = DOCKER_HUB
+        else:
+            host, path = DOCKER_HUB, rest
+        if not path:
+            raise UsageError(f"{text}: expected docker://[HOST/]NAME[:TAG|@DIGEST]")
         reference: str | None = None
         if "@" in path:
             path, _, reference = path.partition("@")
@@ -194,6 +211,8 @@ def parse_image(text: str, side: str = "src") -> ImageName:
                         f"{text}: {reference!r} is not a tag (1 to 128 of [A-Za-z0-9_.-], "
                         "not starting with . or -)"
                     )
+        if host == DOCKER_HUB and "/" not in path:
+            path = f"library/{path}"  # Docker Hub's official images
         if not is_valid_name(path):
             raise UsageError(
                 f"{text}: {path!r} is not a repository name (lowercase letters, digits and "
@@ -271,7 +290,7 @@ async def open_endpoint(
     def client(scheme: str, retries: int) -> RegistryClient:
         return RegistryClient(
             reactor,
-            f"{scheme}://{image.location}",
+            f"{scheme}://{image.api_host}",
             credentials=credentials,
             tls=tls,
             timeout=args.timeout,

@@ -8,13 +8,23 @@ never repeated.
 
 from __future__ import annotations
 
+import argparse
+import base64
+import json
+from pathlib import Path
+
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 
 from registry.client import Credentials, RegistryClient
+from registry.client.copy import RegistryImage
 from registry.client.errors import BadResponse, without_userinfo
-from registry.copy_command import ImageName, UsageError, parse_image
+from registry.copy_command import ImageName, UsageError, add_parser, open_endpoint, parse_image
+from tests.client import images
+from tests.client.conftest import ClientFactory
 from tests.client.test_copy_command import txregistry
+from tests.e2e.harness import InProcessRegistry
 
 BAD_OPTIONS = [
     (["--timeout", "-1"], "--timeout must be a number of seconds above 0, not -1.0"),
@@ -106,3 +116,90 @@ def test_the_client_never_shows_a_urls_userinfo() -> None:
     assert str(error) == "redirect to 'https://cdn.example/x?y=a@b': refused"
     assert without_userinfo("http://h/p@q and HTTPS://a:b@c:1/") == "http://h/p@q and HTTPS://c:1/"
     assert repr(Credentials("alice", "s3cret")) == "Credentials(username='alice', password=***)"
+
+
+HUB_NAMES = [
+    ("docker://myorg/app:v1", "myorg/app", "v1"),
+    ("docker://library/alpine:3", "library/alpine", "3"),
+    ("docker://alpine", "library/alpine", None),
+    ("docker://alpine:3.20", "library/alpine", "3.20"),
+    (f"docker://alpine@sha256:{'a' * 64}", "library/alpine", f"sha256:{'a' * 64}"),
+    ("docker://docker.io/nginx:1", "library/nginx", "1"),
+    ("docker://index.docker.io/myorg/app", "myorg/app", None),
+    ("docker://a/b/c:v", "a/b/c", "v"),
+]
+
+
+@pytest.mark.parametrize(("text", "name", "reference"), HUB_NAMES)
+def test_a_name_without_a_host_is_docker_hubs(text: str, name: str, reference: str | None) -> None:
+    """As skopeo reads it: a first component without ``.`` or ``:`` that is not
+    ``localhost`` is part of a Docker Hub name; one component alone is an official image."""
+    image = parse_image(text)
+    assert image == ImageName("docker", "docker.io", name, reference)
+    assert image.api_host == "registry-1.docker.io"
+
+
+HOST_NAMES = [
+    ("docker://localhost:5000/x", "localhost:5000", "x"),
+    ("docker://localhost/x:v", "localhost", "x"),
+    ("docker://127.0.0.1:5000/x", "127.0.0.1:5000", "x"),
+    ("docker://[::1]:5000/a/b", "[::1]:5000", "a/b"),
+    ("docker://reg.example/app", "reg.example", "app"),
+    ("docker://registry-1.docker.io/library/alpine", "registry-1.docker.io", "library/alpine"),
+]
+
+
+@pytest.mark.parametrize(("text", "host", "name"), HOST_NAMES)
+def test_a_first_component_with_a_dot_or_a_port_or_localhost_is_the_host(
+    text: str, host: str, name: str
+) -> None:
+    image = parse_image(text)
+    assert (image.location, image.api_host, image.name) == (host, host, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_docker_hub_name_asks_its_api_host_with_its_stored_credentials(
+    tmp_path: Path,
+) -> None:
+    """The client for ``docker://myorg/app`` talks to registry-1.docker.io over https, with
+    what ``docker login`` stored for Docker Hub (nothing is sent: no network here)."""
+    authfile = tmp_path / "config.json"
+    secret = base64.b64encode(b"hubuser:hubpw").decode()
+    authfile.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": secret}}}))
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["copy", "--authfile", str(authfile), "docker://myorg/app:v1", "oci:x"]
+    )
+    endpoint = await open_endpoint(reactor, parse_image(args.source), args, "src", False)
+    assert isinstance(endpoint, RegistryImage)
+    try:
+        assert endpoint.client.url == "https://registry-1.docker.io"
+        assert endpoint.name == "myorg/app" and endpoint.reference == "v1"
+        assert endpoint.client.session.credentials == Credentials("hubuser", "hubpw")
+    finally:
+        await endpoint.client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_localhost_and_an_address_with_a_port_still_go_to_that_host(
+    registry: InProcessRegistry, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    body, blobs = images.image("amd64", [b"layer"])
+    client = make_client(registry.url)
+    for data in blobs.values():
+        await client.upload_blob("x", data)
+    await client.put_manifest("x", "v1", body)
+    port = registry.url.rpartition(":")[2]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        target = tmp_path / host.replace(":", "-")
+        code, out, err = await txregistry(
+            "copy",
+            "--tls-verify=false",
+            "--timeout=2",
+            "-q",
+            f"docker://{host}/x:v1",
+            f"oci:{target}",
+        )
+        assert (code, err) == (0, ""), err
+        assert out.startswith(f"copied {images.digest(body)}: 1 manifests, 2 blobs")
