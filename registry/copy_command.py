@@ -282,7 +282,7 @@ async def open_endpoint(
     elif not getattr(args, f"{side}_no_creds"):
         authfile = getattr(args, f"{side}_authfile") or args.authfile
         try:
-            credentials = credentials_from_config(image.location, authfile)
+            credentials = credentials_from_config(image.location, authfile, image.name)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     tls = _tls(getattr(args, f"{side}_cert_dir"), verify)

@@ -52,16 +52,29 @@ def default_config_paths() -> list[Path]:
     return paths
 
 
-def _keys_for(host: str) -> list[str]:
+def _keys_for(host: str, repository: str | None = None) -> list[str]:
+    """The keys of ``auths`` that hold credentials for ``repository`` at ``host``, the most
+    specific first: ``host/ns/app``, ``host/ns`` (containers-auth.json(5)'s keys scoped to a
+    repository or a namespace), then the host's own keys."""
+    scoped: list[str] = []
+    if repository:
+        hosts = ["docker.io"] if host in _DOCKER_HUB_HOSTS else [host]
+        parts = repository.split("/")
+        for end in range(len(parts), 0, -1):
+            scoped += [f"{name}/{'/'.join(parts[:end])}" for name in hosts]
     keys = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"]
     if host in _DOCKER_HUB_HOSTS:
         keys += list(_DOCKER_HUB_KEYS)
-    return keys
+    return scoped + keys
 
 
-def credentials_from_config(host: str, path: str | Path | None = None) -> Credentials | None:
+def credentials_from_config(
+    host: str, path: str | Path | None = None, repository: str | None = None
+) -> Credentials | None:
     """The credentials stored for ``host`` (``name[:port]``) in a Docker ``config.json``;
-    ``path`` None tries the usual places.  None when there are none.  A file that is not
+    ``path`` None tries the usual places.  With ``repository``, a key scoped to it or to a
+    namespace above it (``host/ns/app``, ``host/ns``: podman's ``auth.json``) is taken before
+    the host's, the most specific first.  None when there are none.  A file that is not
     valid JSON raises ValueError (a wrong ``--authfile`` should not look like anonymous)."""
     paths = [Path(path)] if path is not None else default_config_paths()
     for candidate in paths:
@@ -76,7 +89,7 @@ def credentials_from_config(host: str, path: str | Path | None = None) -> Creden
         auths = data.get("auths") if isinstance(data, dict) else None
         if not isinstance(auths, dict):
             continue
-        for key in _keys_for(host.lower()):
+        for key in _keys_for(host.lower(), repository):
             entry = auths.get(key)
             if isinstance(entry, dict):
                 found = _entry_credentials(entry)
