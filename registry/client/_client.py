@@ -80,6 +80,11 @@ DOCKER_HUB_HOSTS = frozenset(
 )
 
 
+def image_reference(name: str, reference: str) -> str:
+    """``name:tag`` or ``name@digest``, as image references are written."""
+    return f"{name}@{reference}" if Digest.is_digest(reference) else f"{name}:{reference}"
+
+
 def maps_to_library(url: str, library: bool | None) -> bool:
     """Whether the registry at ``url`` takes one-component names as ``library/<name>``:
     ``library`` when given, else only for Docker Hub's hosts."""
@@ -538,13 +543,14 @@ class RegistryClient:
         ``reference`` when that is a digest."""
         upstream = self.upstream_name(name)
         wanted = _as_digest(reference) if Digest.is_digest(reference) else None
+        shown = image_reference(upstream, reference)
         session = self.session
         response = await session.call(
             method,
             f"/v2/{upstream}/manifests/{reference}",
             scopes=self._pull(upstream),
             headers={"Accept": ", ".join(accept)},
-            what=f"manifest {upstream}:{reference}",
+            what=f"manifest {shown}",
         )
         announced = self._announced_digest(response)
         media_type = _media_type(header(response.headers, "content-type"))
@@ -554,7 +560,7 @@ class RegistryClient:
                 raise session.bad(f"HEAD {reference} answered for {announced}")
             digest = announced or wanted
             if digest is None:
-                raise session.bad(f"HEAD manifest {upstream}:{reference} without a digest")
+                raise session.bad(f"HEAD manifest {shown} without a digest")
             return Manifest(
                 digest, media_type, _content_length(response.headers), None, response.headers
             )
@@ -568,12 +574,11 @@ class RegistryClient:
                 actual = digest_of(body, expected.algorithm)
                 if actual != expected:
                     raise session.bad(
-                        f"manifest {upstream}:{reference} hashes to {actual}, "
-                        f"not the {expected} {source}"
+                        f"manifest {shown} hashes to {actual}, not the {expected} {source}"
                     )
         problem = _not_a_manifest(body)
         if problem is not None:  # a 200 from a captive portal or a broken proxy on the way
-            raise session.bad(f"manifest {upstream}:{reference} is not a manifest: {problem}")
+            raise session.bad(f"manifest {shown} is not a manifest: {problem}")
         digest = announced or wanted or digest_of(body)
         if media_type in ("", "application/json", "text/plain", "application/octet-stream"):
             media_type = _sniff_media_type(body) or media_type
@@ -623,7 +628,7 @@ class RegistryClient:
             headers={"Content-Type": media_type},
             body=_bytes_body(body),
             ok=(201, 200),
-            what=f"manifest PUT {upstream}:{reference}",
+            what=f"manifest PUT {image_reference(upstream, reference)}",
         )
         await self.session.discard(response)
         announced = self._announced_digest(response)

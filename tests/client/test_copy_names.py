@@ -203,3 +203,24 @@ async def test_localhost_and_an_address_with_a_port_still_go_to_that_host(
         )
         assert (code, err) == (0, ""), err
         assert out.startswith(f"copied {images.digest(body)}: 1 manifests, 2 blobs")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_manifest_asked_by_digest_is_named_name_at_digest(
+    registry: InProcessRegistry, tmp_path: Path
+) -> None:
+    """Errors write a manifest reference as image references are written: ``name:tag``,
+    ``name@sha256:...`` (never ``name:sha256:...``)."""
+    digest = "sha256:" + "a" * 64
+    host = registry.url.removeprefix("http://")
+    code, out, err = await txregistry(
+        "copy", "--tls-verify=false", "-q", f"docker://{host}/no/such@{digest}", f"oci:{tmp_path}/o"
+    )
+    assert (code, out) == (1, "")
+    assert err.startswith(f"txregistry copy: failed: registry 404: manifest no/such@{digest}: "), (
+        err
+    )
+    code, out, err = await txregistry(
+        "copy", "--tls-verify=false", "-q", f"docker://{host}/no/such:v9", f"oci:{tmp_path}/o"
+    )
+    assert err.startswith("txregistry copy: failed: registry 404: manifest no/such:v9: "), err

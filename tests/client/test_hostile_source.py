@@ -277,6 +277,6 @@ async def test_a_wrong_docker_content_digest_is_named(
     with pytest.raises(BadResponse) as info:
         await make_client(url).get_manifest("x", MANIFEST_DIGEST)
     assert str(info.value) == (
-        f"manifest x:{MANIFEST_DIGEST} hashes to {MANIFEST_DIGEST}, "
+        f"manifest x@{MANIFEST_DIGEST} hashes to {MANIFEST_DIGEST}, "
         f"not the {images.digest(b'other')} announced in Docker-Content-Digest"
     )
