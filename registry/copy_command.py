@@ -404,6 +404,22 @@ def _moved(endpoints: list[Endpoint]) -> int:
     return 0
 
 
+def _plain_http_hint(exc: Exception, endpoints: list[Endpoint]) -> str:
+    """For a TLS handshake that got a plain http answer (OpenSSL's "wrong version number"),
+    the option that makes the copy use http with that registry."""
+    message = str(exc)
+    if not isinstance(exc, ClientError) or "wrong version number" not in message:
+        return ""
+    for endpoint, side in zip(endpoints, ("src", "dest"), strict=False):
+        url = endpoint.client.url if isinstance(endpoint, RegistryImage) else ""
+        if url.startswith("https://") and url in message:
+            return (
+                f" (the registry at {url} answers in plain http, not TLS: "
+                f"--{side}-tls-verify=false or --tls-verify=false uses http with it)"
+            )
+    return ""
+
+
 def _created_by_us(directory: str) -> Path | None:
     """The outermost folder that creating ``directory`` would make (None: it exists), so a
     copy that fails can take away what it made and leave no empty layout behind."""
@@ -469,7 +485,11 @@ async def run(
         return EXIT_USAGE
     except (ClientError, CopyError, OSError, ValueError) as exc:
         progress.end()
-        print(f"txregistry copy: failed: {exc}", file=err, flush=True)
+        print(
+            f"txregistry copy: failed: {exc}{_plain_http_hint(exc, endpoints)}",
+            file=err,
+            flush=True,
+        )
         return EXIT_FAILED
     except CancelledError:
         if not interrupted:

@@ -224,3 +224,34 @@ async def test_a_manifest_asked_by_digest_is_named_name_at_digest(
         "copy", "--tls-verify=false", "-q", f"docker://{host}/no/such:v9", f"oci:{tmp_path}/o"
     )
     assert err.startswith("txregistry copy: failed: registry 404: manifest no/such:v9: "), err
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_to_a_plain_http_registry_says_which_option_uses_http(
+    registry: InProcessRegistry, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Without --tls-verify=false a plain http registry fails the TLS handshake ("wrong
+    version number"): the line adds the option of that side that makes the copy use http."""
+    body, blobs = images.image("amd64", [b"layer"])
+    client = make_client(registry.url)
+    for data in blobs.values():
+        await client.upload_blob("x", data)
+    await client.put_manifest("x", "v1", body)
+    host = registry.url.removeprefix("http://")
+    code, out, err = await txregistry("copy", "-q", f"docker://{host}/x:v1", f"oci:{tmp_path}/o")
+    assert (code, out) == (1, "")
+    assert "wrong version number" in err
+    assert err.endswith(
+        f" (the registry at https://{host} answers in plain http, not TLS: "
+        "--src-tls-verify=false or --tls-verify=false uses http with it)\n"
+    ), err
+    code, _, err = await txregistry(
+        "copy", "-q", "--src-tls-verify=false", f"docker://{host}/x:v1", f"oci:{tmp_path}/o:v1"
+    )
+    assert code == 0, err
+    code, _, err = await txregistry("copy", "-q", f"oci:{tmp_path}/o:v1", f"docker://{host}/y:v1")
+    assert code == 1
+    assert err.endswith(
+        f" (the registry at https://{host} answers in plain http, not TLS: "
+        "--dest-tls-verify=false or --tls-verify=false uses http with it)\n"
+    ), err
