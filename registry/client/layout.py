@@ -216,7 +216,9 @@ class OCILayout:
         data = await in_thread(self.reactor, read)
         if not isinstance(data, dict):
             raise ValueError(f"{path} is not a JSON object")
-        entries = data.get("manifests", [])
+        entries = data.get("manifests")
+        if entries is None:
+            entries = data["manifests"] = []  # absent, or null as Go writes an empty list
         if not isinstance(entries, list):
             raise ValueError(f"{path} is not valid: manifests is not a list")
         for number, entry in enumerate(entries):

@@ -125,13 +125,19 @@ def descriptor_problem(entry: object, where: str = "the descriptor") -> str | No
     return None
 
 
+def _list_or_none(value: object) -> object:
+    """``value``, with None (absent, or ``null``) read as an empty list."""
+    return [] if value is None else value
+
+
 def manifest_problem(document: dict[str, Any], is_index: bool) -> str | None:
     """What makes a manifest or index refused by a copy (None: nothing): a ``config``,
     ``layers`` entry or ``manifests`` entry that is not a descriptor, a ``layers`` or
-    ``manifests`` that is not a list, a schema 1 ``blobSum`` that is not a digest.  Copied
-    without what it names, the copy would be missing what its manifest says it holds."""
+    ``manifests`` that is not a list (``null`` is read as an empty one, as Go writes an empty
+    list), a schema 1 ``blobSum`` that is not a digest.  Copied without what it names, the
+    copy would be missing what its manifest says it holds."""
     if is_index:
-        listed = document.get("manifests", [])
+        listed = _list_or_none(document.get("manifests"))
         if not isinstance(listed, list):
             return f"manifests is not a list but {_shown(listed)}"
         for number, entry in enumerate(listed):
@@ -143,14 +149,14 @@ def manifest_problem(document: dict[str, Any], is_index: bool) -> str | None:
         problem = descriptor_problem(document["config"], "config")
         if problem is not None:
             return problem
-    layers = document.get("layers", [])
+    layers = _list_or_none(document.get("layers"))
     if not isinstance(layers, list):
         return f"layers is not a list but {_shown(layers)}"
     for number, entry in enumerate(layers):
         problem = descriptor_problem(entry, f"layers[{number}]")
         if problem is not None:
             return problem
-    schema1 = document.get("fsLayers", [])
+    schema1 = _list_or_none(document.get("fsLayers"))
     if not isinstance(schema1, list):
         return f"fsLayers is not a list but {_shown(schema1)}"
     for number, layer in enumerate(schema1):

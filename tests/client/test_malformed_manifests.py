@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from registry.client.layout import OCILayout
 from registry.client.walk import manifest_problem
 from tests.client import images
 from tests.client.test_copy_command import txregistry
@@ -138,6 +139,10 @@ def test_what_is_valid_passes() -> None:
     )
     index = {"manifests": [images.descriptor(images.OCI_MANIFEST, b"{}")]}
     assert manifest_problem(index, True) is None
+    # null, as Go writes an empty list, is an empty list; "" is not.
+    assert manifest_problem({"manifests": None}, True) is None
+    assert manifest_problem(json.loads(manifest(layers=None)), False) is None
+    assert manifest_problem(json.loads(manifest(layers="")), False) == 'layers is not a list but ""'
 
 
 def write_layout(folder: Path, index: object) -> Path:
@@ -198,3 +203,11 @@ async def test_a_layout_whose_index_is_not_json_is_not_a_layout(tmp_path: Path) 
         f"txregistry copy: {layout}/index.json is not JSON "
         "(Expecting value: line 1 column 1 (char 0))\n"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_layout_listing_null_is_an_empty_one(tmp_path: Path) -> None:
+    """``"manifests": null`` (an empty list, as Go writes it) is a layout without images."""
+    folder = write_layout(tmp_path / "empty", {"schemaVersion": 2, "manifests": None})
+    layout = await OCILayout.open(reactor, folder)
+    assert (await layout.index())["manifests"] == []
