@@ -195,6 +195,8 @@ class RegistryRequest(UnbrandedRequest):
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
         if not self._speaks_http1():
+            # (Once per connection: its sending loop waits while a client's window is shut.)
+            twisted_internals.h2_hold_while_window_shut(self.channel)
             # twisted.web's HTTP/2 stream calls this as it meets ``content-length`` among the
             # headers, before those after it are in (an ``authorization`` sent after it was
             # not seen by the upload: 401).  The body is set up once they all are

@@ -190,11 +190,8 @@ def h2_stream_closed(stream: object) -> bool:
     conn = h2_connection(stream)
     if conn is None:
         return False
-    state: Any = getattr(conn, "conn", None)  # the h2 library's H2Connection
     h2_stream: Any = stream
-    # h2 keeps a stream it closed until it tidies up, then forgets it: closed either way.
-    known = state.streams.get(h2_stream.streamID)
-    return known is None or bool(known.closed)
+    return _h2_closed(conn, h2_stream.streamID)
 
 
 def h2_queued(stream: object) -> int | None:
@@ -263,6 +260,147 @@ def h2_reset(stream: object) -> None:
 
     connection.conn.reset_stream(stream_id, error_code=ErrorCodes.NO_ERROR)
     connection.openStreamWindow(stream_id, 0)
+
+
+def h2_hold_while_window_shut(stream: object) -> None:
+    """
+    Keep the sending loop of ``stream``'s HTTP/2 connection from spinning while the client's
+    flow-control window for a stream with bytes queued is shut.  twisted.web's loop
+    (``H2Connection._sendPrioritisedData``) sends one frame of the stream its priority tree
+    (``priority``) names next and runs again on the next reactor turn; it waits on a Deferred
+    (``_sendingDeferred``) only once every stream is blocked in the tree.  A stream with bytes
+    queued and no window stays unblocked there, so the loop picks it, sends nothing, and runs
+    again: a core busy for as long as the client does not read, and the connection's idle
+    timeout, which each pass resets, never runs.
+
+    Installed once per connection, at its first request (instance attributes: the class and
+    other connections are untouched):
+
+    - The tree is wrapped (`_HeldPriority`): a stream it names is held -- blocked, and the
+      tree asked again -- when its next frame cannot go out: bytes come first in its queue and
+      its window (``conn.local_flow_control_window``: h2's, the stream's and the connection's)
+      is 0, or h2 has closed it (a frame on it would raise inside the loop and stop it for
+      good).  A queue holding only the end marker is never held: END_STREAM needs no window.
+      Checked where the loop picks, so it also holds what twisted.web unblocked meanwhile
+      (``endRequest`` unblocks whatever the window).
+    - ``dataReceived`` is wrapped: on the reactor turn after a read, once all its events are
+      handled (a stream reset in the same read is forgotten by then), every stream whose
+      window is open is told so (``windowUpdated``, which resumes its producer) and, with
+      bytes queued, unblocked, and the loop woken if it waits.  That covers a WINDOW_UPDATE on
+      a stream or the connection (twisted.web unblocks, but leaves the loop waiting),
+      SETTINGS_INITIAL_WINDOW_SIZE (which twisted.web ignores), and a stream twisted.web left
+      blocked itself because its bytes were queued while its window was shut.
+    - The loop itself (what the waiting Deferred and ``callLater`` call) is wrapped: woken
+      during a read -- twisted.web wakes it as a stream's write is queued, which a window
+      update can cause -- it runs on the next turn instead, not amid the read's events (it
+      could end a stream while twisted.web walks its streams, or send on a stream reset
+      later in the same read).
+    """
+    found = _h2_parts(stream)
+    if found is None:
+        return
+    connection, _ = found
+    if isinstance(connection.priority, _HeldPriority):
+        return
+    held = _HeldPriority(connection, connection.priority)
+    connection.priority = held
+    receive = connection.dataReceived
+    send = connection._sendPrioritisedData
+
+    def data_received(data: bytes) -> None:
+        held.busy = True
+        try:
+            receive(data)
+        finally:
+            held.busy = False
+        held.after_read()
+
+    def send_prioritised_data(*args: object) -> None:
+        if held.busy:
+            connection._reactor.callLater(0, send_prioritised_data)
+        else:
+            send(*args)
+
+    connection.dataReceived = data_received
+    connection._sendPrioritisedData = send_prioritised_data
+
+
+class _HeldPriority:
+    """
+    An `H2Connection`'s priority tree, holding the streams whose next frame cannot go out
+    (`h2_hold_while_window_shut`); every other use is the tree's own.
+    """
+
+    def __init__(self, connection: Any, tree: Any) -> None:
+        self._connection = connection
+        self._tree = tree
+        self._reopening: Any = None  # the call after a read, while one is pending
+        self.busy = False  # in a read, or in what follows it: the loop waits a turn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tree, name)
+
+    def __iter__(self) -> _HeldPriority:
+        return self
+
+    def __next__(self) -> int:
+        while True:
+            stream_id: int = next(self._tree)  # DeadlockError once every stream is blocked
+            if not self._waits(stream_id):
+                return stream_id
+            self._tree.block(stream_id)
+
+    def _waits(self, stream_id: int) -> bool:
+        """Whether no frame of ``stream_id`` can go out now: bytes come first in its queue and
+        its window is shut, or h2 has closed it (twisted.web forgets it as it handles the
+        reset)."""
+        connection = self._connection
+        queue = connection._outboundStreamQueues.get(stream_id)
+        if not queue:
+            return False  # twisted.web's own course
+        if _h2_closed(connection, stream_id):
+            return True
+        head = queue[0]
+        if not isinstance(head, (bytes, bytearray, memoryview)) or not len(head):
+            return False  # the end marker (or an empty write): no window needed
+        window: int = connection.conn.local_flow_control_window(stream_id)
+        return window <= 0
+
+    def after_read(self) -> None:
+        """What the client sent may have opened windows: look on the next reactor turn."""
+        if self._reopening is None and self._connection.streams:
+            self._reopening = self._connection._reactor.callLater(0, self._reopen)
+
+    def _reopen(self) -> None:
+        """Tell every stream whose window is open, unblock those with bytes queued, and wake
+        the loop if it waits on one."""
+        self._reopening = None
+        connection = self._connection
+        opened = False
+        self.busy = True
+        try:
+            for stream_id, h2_stream in list(connection.streams.items()):
+                if _h2_closed(connection, stream_id):
+                    continue  # reset: stays out of the loop until twisted.web forgets it
+                if connection.conn.local_flow_control_window(stream_id) <= 0:
+                    continue
+                h2_stream.windowUpdated()  # resumes a producer paused on the window
+                if connection._outboundStreamQueues.get(stream_id):
+                    self._tree.unblock(stream_id)
+                    opened = True
+        finally:
+            self.busy = False
+        waiting = connection._sendingDeferred
+        if opened and waiting is not None:
+            connection._sendingDeferred = None
+            waiting.callback(None)
+
+
+def _h2_closed(connection: Any, stream_id: int) -> bool:
+    """Whether h2 (``connection.conn``, the h2 library's H2Connection) has closed
+    ``stream_id``: it keeps a stream it closed until it tidies up, then forgets it."""
+    known = connection.conn.streams.get(stream_id)
+    return known is None or bool(known.closed)
 
 
 def proxied_transport(transport: object) -> object | None:
@@ -469,6 +607,7 @@ def problems() -> list[str]:
             found.append(f"{_qualname(H2Connection)} no longer keeps h2's connection in conn")
         found += _h2_queue_problems(_H2_CONNECTION)
         found += _h2_done_problems(_H2_CONNECTION)
+        found += _h2_hold_problems(_H2_CONNECTION)
         # RegistryRequest sets an HTTP/2 upload up in parseCookies, which the stream calls
         # once every header is in (gotLength comes amid them), and answers 100-continue itself
         # through the stream's writeHeaders.
@@ -584,6 +723,101 @@ def _h2_done_problems(connection_class: type[Any] | None) -> list[str]:
     if not (registered and called):
         return [f"{name}._requestDone() no longer fires _streamCleanupCallbacks"]
     return []
+
+
+def _h2_hold_problems(connection_class: type[Any] | None) -> list[str]:
+    """
+    What `h2_hold_while_window_shut` relies on: the sending loop (``_sendPrioritisedData``,
+    first scheduled by ``__init__`` on ``_reactor``) takes streams from ``priority`` with
+    ``next`` and sends what ``_outboundStreamQueues`` holds, waits on ``_sendingDeferred``
+    once every stream is blocked, and reads go through ``dataReceived``.  Checked on a
+    connection with no socket and a clock for reactor: a stream whose window is shut must
+    leave the loop waiting with nothing sent, and a read after its window opened must have
+    its bytes sent on the next turn.
+    """
+    if connection_class is None or _H2_STREAM is None:
+        return []
+    name = _qualname(connection_class)
+    window = _ProbeShutWindow()
+    try:
+        clock = _ProbeReactor()
+        connection: Any = connection_class(reactor=clock)
+        connection.conn = window
+        connection.transport = _ProbeTransport()
+        stream: Any = object.__new__(_H2_STREAM)
+        stream._conn, stream.streamID, stream.producer = connection, 1, None
+        connection.streams = {1: stream}
+        connection._outboundStreamQueues = {1: deque([b"abc"])}
+        connection.priority.insert_stream(1)
+        h2_hold_while_window_shut(stream)
+        clock.turn()  # the loop's first run: the stream is held
+        waits = connection._sendingDeferred is not None and not clock.calls and not window.sent
+        window.window = 65535
+        connection.dataReceived(b"")  # the probe's h2 makes no event of it
+        clock.turn()
+    except Exception as exc:  # a Twisted this different fails here, not on a client
+        return [f"{name} failed a probe of a shut flow-control window: {exc!r}"]
+    if not waits:
+        return [
+            f"{name}._sendPrioritisedData() no longer waits on _sendingDeferred while the "
+            f"one stream with bytes queued is blocked in its priority tree"
+        ]
+    if window.sent != [(1, b"abc")]:
+        return [
+            f"{name}._sendPrioritisedData(), woken after a read opened a held stream's "
+            f"window, did not send its bytes (sent {window.sent!r})"
+        ]
+    return []
+
+
+class _ProbeReactor:
+    """What a probe `H2Connection` schedules on: calls made on `turn` (those due when it
+    starts, as a reactor's turn does; a loop that reschedules itself runs once per turn)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def seconds(self) -> float:
+        return 0.0
+
+    def callLater(self, delay: float, call: Callable[..., object], *args: object) -> None:
+        self.calls.append((call, args))
+
+    def turn(self) -> None:
+        due, self.calls = self.calls, []
+        for call, args in due:
+            call(*args)
+
+
+class _ProbeShutWindow:
+    """The h2 connection of a probe `H2Connection` with one stream (1), whose window is shut
+    until ``window`` is set; records what is sent."""
+
+    max_outbound_frame_size = 16384
+
+    def __init__(self) -> None:
+        self.window = 0
+        self.sent: list[tuple[int, bytes]] = []
+        self.streams = {1: _ProbeOpenStream()}
+
+    def local_flow_control_window(self, stream_id: int) -> int:
+        return self.window
+
+    def send_data(self, stream_id: int, data: bytes) -> None:
+        self.sent.append((stream_id, bytes(data)))
+        self.window -= len(data)
+
+    def receive_data(self, data: bytes) -> list[object]:
+        return []
+
+    def data_to_send(self) -> bytes:
+        return b""
+
+
+class _ProbeOpenStream:
+    """An h2 stream as `_h2_closed` reads it: open."""
+
+    closed = False
 
 
 class _ProbeWindow:

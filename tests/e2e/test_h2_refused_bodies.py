@@ -242,7 +242,8 @@ def h2_registry(
     """A ``twistd -n registry`` on an ``ssl:`` port offering ``h2``, with these other
     sections: (the child, its port, a client context trusting it)."""
     config = write_config(
-        tmp_path / "r.cfg", {**sections, "http": {"workers": "1", "http2": "true"}}
+        tmp_path / "r.cfg",
+        {**sections, "http": {"workers": "1", "http2": "true", **sections.get("http", {})}},
     )
     child = start_registry(
         tmp_path, "--config", str(config), "--port", tls_listen.format(port=0),

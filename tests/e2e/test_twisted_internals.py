@@ -221,6 +221,18 @@ class _H2ForgettingElsewhere(H2Connection):
         del self.streams[streamID]
 
 
+class _H2PollingWhileBlocked(H2Connection):
+    """A Twisted whose HTTP/2 sending loop runs again on every reactor turn instead of
+    waiting once every stream is blocked (`twisted_internals.h2_hold_while_window_shut`
+    would hold a stream and the loop would spin all the same)."""
+
+    def _sendPrioritisedData(self, *args: Any) -> None:
+        super()._sendPrioritisedData(*args)
+        if self._sendingDeferred is not None:
+            self._sendingDeferred = None
+            self._reactor.callLater(0, self._sendPrioritisedData)
+
+
 class _H2StreamParsingElsewhere(H2Stream):
     """A Twisted whose HTTP/2 stream no longer calls parseCookies once its headers are in."""
 
@@ -254,6 +266,7 @@ def _accept_saying_other_things() -> None:
         ("_H2_CONNECTION", _H2QueueingElsewhere, "no longer uses _outboundStreamQueues"),
         ("_H2_CONNECTION", _H2ForgettingElsewhere, "no longer fires _streamCleanupCallbacks"),
         ("_H2_STREAM", _H2StreamParsingElsewhere, "no longer calls parseCookies"),
+        ("_H2_CONNECTION", _H2PollingWhileBlocked, "no longer waits on _sendingDeferred"),
     ],
 )
 def test_problems_name_what_a_changed_twisted_lacks(
