@@ -31,6 +31,7 @@ import contextlib
 import os
 import re
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -51,6 +52,9 @@ Probe = Callable[[], Awaitable[Any]]
 STORAGE = "storage"
 # The check readiness fails with while the process stops (it is not one of `checks`).
 DRAINING = "draining"
+# The storage probes whose payloads a probe may read back (`storage_probe`): a minute's worth
+# at the default cache of 2 s, more than the probes a hung storage holds back.
+PROBES_REMEMBERED = 32
 
 
 class CheckFailed(Exception):
@@ -292,12 +296,14 @@ def storage_probe(driver: IStorageDriver, writable: bool = True) -> Probe:
     looked at: pulls are served, only writes answer 503 (the module docstring).
     """
     path = f"{layout.OWN}/health/{probe_name()}"
+    # What the last probes wrote: a late write of one that timed out is no lost write.
+    written: deque[bytes] = deque(maxlen=PROBES_REMEMBERED)
 
     async def probe() -> None:
         # The check reports through its answer and its own lines, not each S3 retry's.
         QUIET_RETRIES.set(True)
         try:
-            await probe_storage(driver, readonly=not writable, path=path)
+            await probe_storage(driver, readonly=not writable, path=path, earlier=written)
         except StorageFull as exc:
             await probe_storage(driver, readonly=True)  # raises when reads fail too
             raise Degraded(f"{exc} (pulls are served; pushes answer 503)") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections import deque
 
 from registry.config import StorageConfig
 from registry.storage import layout
@@ -44,13 +45,25 @@ def describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+class ReadsBackDifferently(Exception):
+    """The probe read back other bytes than it wrote: the storage loses or mixes writes."""
+
+
 async def probe_storage(
-    driver: IStorageDriver, readonly: bool = False, path: str | None = None
+    driver: IStorageDriver,
+    readonly: bool = False,
+    path: str | None = None,
+    earlier: deque[bytes] | None = None,
 ) -> None:
     """
     Raise if the storage cannot be written, read and deleted (only read with ``readonly``:
     a read-only registry may sit on read-only storage).  With ``path`` (a probe repeated by
     the health checks) that one file is written over and kept rather than deleted each time.
+
+    ``earlier``: what the previous probes of ``path`` wrote (this probe's payload is added).
+    A probe that timed out is not called back (an S3 PUT sent is sent): once a hung storage
+    answers again, its late write may land after a newer probe's and be what that one reads
+    back, which is the storage keeping the last write it got, not losing one.
     """
     if readonly:
         with contextlib.suppress(PathNotFoundError):
@@ -58,10 +71,13 @@ async def probe_storage(
         return
     target = path or f"{PROBE_DIR}/{uuid.uuid4().hex}"
     payload = f"txregistry storage probe {target} {uuid.uuid4().hex}".encode()
+    if earlier is not None:
+        earlier.append(payload)
     await driver.put_content(target, payload)
     try:
-        if await driver.get_content(target) != payload:
-            raise OSError(0, "what was written reads back differently")
+        found = await driver.get_content(target)
+        if found != payload and (earlier is None or found not in earlier):
+            raise ReadsBackDifferently("what was written reads back differently")
     finally:
         if path is None:
             await driver.delete(target)

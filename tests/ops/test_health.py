@@ -241,3 +241,58 @@ def test_the_workers_check_fails_only_when_none_serves_or_the_instance_stops(
     (checked,) = found[0]
     status = "failing" if not checked.ok else "degraded" if checked.degraded else "ok"
     assert (status, checked.error) == expected
+
+
+class _LateWrites:
+    """Storage whose writes and reads wait until the test lets them through (a hung S3 that
+    answers again): a write lands when released, a read returns what is there then."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, bytes] = {}
+        self.writes: list[tuple[Deferred[None], str, bytes]] = []
+        self.reads: list[Deferred[None]] = []
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        d: Deferred[None] = Deferred()
+        self.writes.append((d, path, data))
+        await d
+        self.stored[path] = data
+
+    async def get_content(self, path: str) -> bytes:
+        d: Deferred[None] = Deferred()
+        self.reads.append(d)
+        await d
+        return self.stored[path]
+
+    def land(self, index: int) -> None:
+        self.writes.pop(index)[0].callback(None)
+
+    def answer_reads(self) -> None:
+        while self.reads:
+            self.reads.pop(0).callback(None)
+
+
+def test_a_late_write_of_an_earlier_storage_probe_is_no_failure() -> None:
+    """A probe that timed out on a hung storage still has its write on the way: landing after
+    the next probe's write, it is what that probe reads back.  That is the storage keeping
+    the last write it got (health flapped to 503 "reads back differently" right after S3
+    came back); other bytes than any probe wrote still fail it, in those words."""
+    storage = _LateWrites()
+    probe = storage_probe(storage)  # type: ignore[arg-type]
+    outcomes: list[Any] = []
+    first = Deferred.fromCoroutine(probe())  # hangs: its caller gave up on it
+    second = Deferred.fromCoroutine(probe())
+    storage.land(1)  # the second probe's write
+    storage.land(0)  # the first's, late
+    storage.answer_reads()
+    for d in (first, second):
+        d.addBoth(outcomes.append)
+    assert outcomes == [None, None]
+    third = Deferred.fromCoroutine(probe())
+    storage.land(0)
+    [path] = storage.stored
+    storage.stored[path] = b"other bytes"
+    storage.answer_reads()
+    failures: list[Any] = []
+    third.addErrback(failures.append)
+    assert failures and str(failures[0].value) == "what was written reads back differently"
