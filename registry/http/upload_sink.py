@@ -241,6 +241,13 @@ class UploadSink(Generic[W]):
                 upload=appender.upload_id,
                 reason=str(exc),
             )
+        except RegistryError as exc:  # gone meanwhile (cancelled, purged)
+            log.info(
+                "client left mid-upload; {name} upload {upload} not kept: {reason}",
+                name=appender.name,
+                upload=appender.upload_id,
+                reason=exc.message,
+            )
         except Exception:
             upload = appender.upload_id
             log_failure(log, Failure(), "closing upload {upload} after disconnect", upload=upload)
@@ -259,6 +266,14 @@ class UploadSink(Generic[W]):
             await abandon(appender)
         except WriteTakenOver:  # cancelled, or continued by another request, meanwhile
             pass
+        except RegistryError as exc:  # gone meanwhile (cancelled, purged): nothing to remove
+            log.info(
+                "{name} upload {upload} not removed after its body ({why}): {reason}",
+                name=appender.name,
+                upload=appender.upload_id,
+                why=why,
+                reason=exc.message,
+            )
         except Exception:
             upload = appender.upload_id
             log_failure(log, Failure(), "removing upload {upload} after its body", upload=upload)

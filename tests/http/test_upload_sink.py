@@ -228,3 +228,25 @@ def test_a_refusal_is_explained_once_however_many_report_it() -> None:
     assert isinstance(done.result, Failure) and done.result.value is watcher.refused[0]
     done.addErrback(lambda _: None)
     assert len(explained) == 1
+
+
+@pytest.mark.parametrize("closing", ["abandon", "close"])
+def test_an_upload_gone_meanwhile_is_one_line_when_its_client_leaves(closing: str) -> None:
+    """The upload was cancelled or purged while its body came: removing (or keeping) it then
+    finds nothing, a designed-for case (a critical line with a traceback was logged; the log
+    watch fails the test on one)."""
+    gone = RegistryError(BLOB_UPLOAD_UNKNOWN, {"name": "repo", "upload": "u1"})
+
+    async def abandon(writer: StubWriter) -> None:
+        raise gone
+
+    class Gone(StubWriter):
+        async def close(self) -> None:
+            raise gone
+
+    writer = Gone() if closing == "close" else StubWriter()
+    prepare: Coroutine[Any, Any, StubWriter] = _value(writer)
+    sink = UploadSink(prepare, explain, abandon if closing == "abandon" else None)
+    sink.feed(b"some")
+    sink.connection_lost(Failure(ConnectionError("client left")))
+    assert writer.written == [b"some"]
