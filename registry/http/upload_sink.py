@@ -229,31 +229,42 @@ class UploadSink(Generic[W]):
         if self._malformed:
             await self._discard(appender)
             return
+        # The connection ended after the server refused the body (and closed it), or the
+        # client left: the lines say which.
+        why = "body refused" if self._error is not None else "client left mid-upload"
         if self._abandon is not None:
-            await self._abandoned(appender, self._abandon, "client left mid-upload")
+            await self._abandoned(appender, self._abandon, why)
             return
         try:
             await appender.close()
         except WriteTakenOver as exc:  # cancelled, or continued by another request, meanwhile
             log.info(
-                "client left mid-upload; {name} upload {upload} not kept: {reason}",
+                "{why}; {name} upload {upload} not kept: {reason}",
+                why=why,
                 name=appender.name,
                 upload=appender.upload_id,
                 reason=str(exc),
             )
         except RegistryError as exc:  # gone meanwhile (cancelled, purged)
             log.info(
-                "client left mid-upload; {name} upload {upload} not kept: {reason}",
+                "{why}; {name} upload {upload} not kept: {reason}",
+                why=why,
                 name=appender.name,
                 upload=appender.upload_id,
                 reason=exc.message,
             )
         except Exception:
-            upload = appender.upload_id
-            log_failure(log, Failure(), "closing upload {upload} after disconnect", upload=upload)
+            log_failure(
+                log,
+                Failure(),
+                "{why}; closing upload {upload} failed",
+                why=why,
+                upload=appender.upload_id,
+            )
         else:
             log.info(
-                "client left mid-upload; {name} upload {upload} kept at {size} bytes",
+                "{why}; {name} upload {upload} kept at {size} bytes",
+                why=why,
                 name=appender.name,
                 upload=appender.upload_id,
                 size=appender.size,

@@ -250,3 +250,27 @@ def test_an_upload_gone_meanwhile_is_one_line_when_its_client_leaves(closing: st
     sink.feed(b"some")
     sink.connection_lost(Failure(ConnectionError("client left")))
     assert writer.written == [b"some"]
+
+
+def test_a_refused_body_whose_connection_ends_is_not_said_to_be_the_clients_leaving() -> None:
+    """The server refused the body (a storage write failed) and the connection then ended:
+    the line says the body was refused, not that the client left."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    texts: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        texts.append(formatEvent(event))
+
+    writer = StubWriter(fail_with=OSError("no space left"))
+    sink, watcher = sink_opened_by(Deferred.fromCoroutine(_value(writer)))
+    globalLogPublisher.addObserver(observe)
+    try:
+        sink.feed(b"a")
+        assert watcher.refused
+        sink.connection_lost(Failure(ConnectionError("closed after the answer")))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert writer.closed == 1
+    kept = [text for text in texts if "upload u1 kept at" in text]
+    assert kept == ["body refused; repo upload u1 kept at 0 bytes"], texts
