@@ -299,7 +299,7 @@ class S3Client:
                         )
                     return response
                 content = await treq.content(response)
-                problem = str(self.error(response.code, content, method, key))
+                problem = str(self.error(response.code, content, method, key, query=query))
             delay = delays.pop(0)
             met.append(problem)
             try:
@@ -391,28 +391,36 @@ class S3Client:
         except ResponseFailed as error:
             # Cut or stalled mid-answer: a storage failure like any other, not a crash.
             raise StorageError(
-                f"S3 at {self.endpoint.bucket_url} cut its answer to {method} {key or '/'}: "
-                + _in_words(error)
+                f"S3 at {self.endpoint.bucket_url} cut its answer to {method} "
+                f"{_target(key, query)}: " + _in_words(error)
             ) from error
         if missing_ok and response.code == 404:
             return None
         if response.code not in ok:
-            raise self.error(response.code, content, method, key, response)
+            raise self.error(response.code, content, method, key, response, query)
         if error_in_body and b"<Error>" in content[:200]:
-            raise self.error(response.code, content, method, key)
+            raise self.error(response.code, content, method, key, query=query)
         return response, content
 
     def error(
-        self, status: int, body: bytes, method: str, key: str, response: IResponse | None = None
+        self,
+        status: int,
+        body: bytes,
+        method: str,
+        key: str,
+        response: IResponse | None = None,
+        query: dict[str, str] | None = None,
     ) -> S3Error:
         """The error for an S3 answer; with the ``response`` that was the last of several
         attempts, the message also says what the attempts before it met."""
         met = _FAILED_BEFORE.pop(response, []) if response is not None else []
-        code, message = "", ""
+        code, message, endpoint = "", "", ""
         if body:
             try:
                 root = ET.fromstring(body)
                 code, message = child_text(root, "Code"), child_text(root, "Message")
+                # A bucket in another region (301 PermanentRedirect) names where it is.
+                endpoint = child_text(root, "Endpoint")
             except ET.ParseError:
                 message = body[:200].decode("utf-8", "replace")
         bucket = self.settings.bucket
@@ -422,7 +430,11 @@ class S3Client:
             return S3CredentialsError(
                 text + _said_before(text, met), status, code or "AccessDenied"
             )
-        where = f"{method} {key or '/'}"
-        text = f"S3 error on {where} in bucket {bucket}: HTTP {status} {code}"
+        where = f"{method} {_target(key, query)}"
+        text = f"S3 error on {where} in bucket {bucket}: HTTP {status}" + (
+            f" {code}" if code else ""
+        )
         text += f" ({message})" if message else ""
+        if endpoint:
+            text += f"; it is served at {endpoint[:200]} ([storage] regionendpoint, region)"
         return S3Error(text + _said_before(text, met), status, code)
