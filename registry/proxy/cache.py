@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,7 @@ from registry.proxy.fleet.peer import PeerTLSFailure, PeerUnavailable
 from registry.proxy.health import HeldOff, HeldOffOverloaded, HeldOffUnavailable
 from registry.proxy.index import ICacheIndex, MemoryIndex, Victim
 from registry.proxy.outage import StorageReads
+from registry.proxy.partials import digest_of_fill, partial_name, rehash
 from registry.proxy.space import Reservations
 from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import (
@@ -84,7 +86,13 @@ from registry.proxy.upstream import (
 from registry.storage import layout
 from registry.storage.blobs import BlobInfo, BlobStore
 from registry.storage.catalog import Catalog
-from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError, StorageError
+from registry.storage.driver import (
+    IFileWriter,
+    IStorageDriver,
+    PathBusyError,
+    PathNotFoundError,
+    StorageError,
+)
 from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher, all_hashed
 from registry.storage.listing import digest_folders, list_or_empty
@@ -123,6 +131,8 @@ class UpstreamStats:
     corrupt_blobs: int = 0
     unkept_fills: int = 0  # served without being kept (registry.proxy.space)
     fill_resumes: int = 0  # Range GETs asking for the rest of cut upstream bodies
+    # Fills that began from the bytes an interrupted fill kept (a restart: `partials`).
+    restart_resumes: int = 0
 
 
 def upstream_error(exc: UpstreamError, code: ErrorCode, detail: dict[str, Any]) -> RegistryError:
@@ -232,6 +242,12 @@ BAD_BODIES = 2
 BAD_BODY_AGE = 30.0
 
 
+class PartialMismatch(StorageError):
+    """The bytes an interrupted fill kept, and the rest the upstream sent, do not hash to the
+    blob's digest: the kept bytes are taken for damaged (a disk's, a person's), not the
+    upstream's answer (the next fill asks for the whole blob)."""
+
+
 @attrs.frozen
 class Limits:
     """How much per-key state a cache keeps.  ``inflight``: distinct upstream calls (fills,
@@ -327,6 +343,9 @@ class ProxyCache:
     )
     _eviction_scheduled: bool = False
     _swept: float = 0.0
+    # While the start-up tidies what interrupted fills left (`clean_fills`), fills wait for
+    # it here: the first fill of a blob after a restart then finds the bytes kept for it.
+    _tidying: list[Deferred[None]] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         limits, clock = self.limits, self.reactor
@@ -391,6 +410,22 @@ class ProxyCache:
         if self.fleet is not None:  # each instance clears only its own at start
             return f"{state_dir(self.name)}/fills/{self.fleet.instance}"
         return f"{state_dir(self.name)}/fills"
+
+    @property
+    def partials_dir(self) -> str:
+        """Where the bytes of interrupted fills wait for the next fill of their blob."""
+        return f"{state_dir(self.name)}/partials"
+
+    @property
+    def keeps_partials(self) -> bool:
+        """Whether an interrupted fill's bytes are kept to resume from: on the filesystem,
+        whose fill files are written in place and survive a restart (on S3 a fill is an
+        unfinished multipart upload, which cannot be read back or continued: docs)."""
+        return (
+            self.config.partial_age > 0
+            and self.spool is None
+            and getattr(self.driver, "name", "") == "filesystem"
+        )
 
     def inflight_fill(self, digest: Digest) -> Fill | None:
         """The fill of ``digest`` running here (the fleet's peers stream it)."""
@@ -1093,28 +1128,68 @@ class ProxyCache:
                 # stores, then releases): after the caller looked, before this lease.
                 if await self._cached_here(digest):
                     raise StoredMeanwhile(digest)
-            blob = await self.client.blob(upstream, digest)
             confirmed = self._confirmed.get((upstream, digest))
-            if blob.length is not None:
-                if confirmed is not None and blob.length != confirmed:
-                    # The size a client was (or will be) answered with is the HEAD's: a body
-                    # of another length is either cut short or padded, and would be written
-                    # as long as it claims.
-                    blob.abort()
-                    raise UpstreamBadResponse(
-                        None,
-                        f"GET of {digest} answers {blob.length} bytes, its HEAD said {confirmed}",
-                    )
-                fill.size = blob.length
-            else:
-                fill.size = (
+            hasher: OffloadedHasher | DigestingHasher | None = None
+            if self.keeps_partials:
+                await self._tidied()
+                writer = await self._take_partial(fill)
+            if writer is not None:
+                # The bytes an interrupted fill kept: the rest is asked for from where they
+                # end, once they are hashed (so that the upstream's connection is not left
+                # waiting meanwhile), and the whole hashes to the digest or nothing is kept.
+                fill.restart = writer.size
+                size = (
                     confirmed
                     if confirmed is not None
                     else await self.client.blob_head(upstream, digest)
                 )
-                # A body without a length (chunked) is held to the size the upstream gave:
-                # past it, the fill fails; an endless body once filled the disk.
-                blob.length = fill.size
+                if fill.restart >= size:
+                    await writer.cancel()  # (never more bytes than the blob has)
+                    writer, fill.restart = None, 0
+                else:
+                    hasher = self._fill_hasher(digest)
+                    await rehash(self.driver, fill.path, fill.restart, hasher)
+                    fill.stored = fill.written = fill.restart
+                    blob = await self.client.blob(upstream, digest, offset=fill.restart, size=size)
+                    fill.size = size
+                    self.stats.restart_resumes += 1
+                    log.info(
+                        "proxy {upstream}: resuming the fill of {digest} at byte {offset} of"
+                        " {size} from the bytes an interrupted fill kept (the upstream answered"
+                        " {answer})",
+                        upstream=self.name,
+                        digest=str(digest),
+                        offset=fill.restart,
+                        size=size,
+                        answer="the rest"
+                        if blob.offset
+                        else "the whole blob: its first bytes are dropped",
+                        event="proxy_fill_resumed_after_restart",
+                    )
+            if blob is None:
+                blob = await self.client.blob(upstream, digest)
+                if blob.length is not None:
+                    if confirmed is not None and blob.length != confirmed:
+                        # The size a client was (or will be) answered with is the HEAD's: a body
+                        # of another length is either cut short or padded, and would be written
+                        # as long as it claims.
+                        blob.abort()
+                        raise UpstreamBadResponse(
+                            None,
+                            f"GET of {digest} answers {blob.length} bytes, its HEAD said"
+                            f" {confirmed}",
+                        )
+                    fill.size = blob.length
+                else:
+                    fill.size = (
+                        confirmed
+                        if confirmed is not None
+                        else await self.client.blob_head(upstream, digest)
+                    )
+                    # A body without a length (chunked) is held to the size the upstream gave:
+                    # past it, the fill fails; an endless body once filled the disk.
+                    blob.length = fill.size
+            assert fill.size is not None
             self._confirmed.put((upstream, digest), fill.size)
             # Room under max_size before the first byte is stored; else served, not kept.
             fill.keep = await self._make_room(fill)
@@ -1122,9 +1197,10 @@ class ProxyCache:
                 if self.reads.failing is not None:
                     # Storing would wait for the storage's timeouts, for nothing.
                     raise StorageError(f"the storage cannot be read: {self.reads.failing}")
-                writer = await self.driver.writer(fill.path)
+                if writer is None:
+                    writer = await self._fill_writer(fill.path)
                 if fill.size:
-                    await writer.reserve(fill.size)
+                    await writer.reserve(fill.size - fill.restart)
                 if self.spool is not None:
                     fill.tail_path = fill.path.rsplit("/", 1)[-1]
                     spool = await self.spool.writer(fill.tail_path)
@@ -1136,7 +1212,8 @@ class ProxyCache:
                 store_failed(exc)
             fill.opened = True
             fill.notify()
-            hasher = self._fill_hasher(digest)
+            if hasher is None:
+                hasher = self._fill_hasher(digest)
             resumes = 0  # tries in a row without progress (`FILL_RESUME_PROGRESS`)
             while True:
                 protocol = FillProtocol(
@@ -1173,6 +1250,11 @@ class ProxyCache:
                     delivered = False
                     blob, resumes = await self._resume_fill(fill, upstream, exc, resumes)
             actual = (await all_hashed(hasher)).digest()
+            if actual != digest and fill.restart:
+                raise PartialMismatch(
+                    f"the {fill.restart} bytes kept from an interrupted fill and the rest from"
+                    f" the upstream hash to {actual}, not {digest}: discarded"
+                )
             if actual != digest:
                 self.client.session.errors += 1
                 raise UpstreamBadResponse(None, f"body hashes to {actual}, not {digest}")
@@ -1183,6 +1265,8 @@ class ProxyCache:
                         fill.keep = await self._make_room(fill)
                     if fill.keep:
                         await self.driver.move(fill.path, fill.final_path)
+                    if self.keeps_partials:  # (its locked file stays open until closed)
+                        await writer.close()
                 except StorageError as exc:
                     # The whole body is here and verified: served all the same, not kept.
                     store_failed(exc)
@@ -1267,11 +1351,26 @@ class ProxyCache:
                     digest=str(digest),
                     error=str(exc),
                 )
+            elif isinstance(exc, PartialMismatch):
+                log.warn(
+                    "proxy {upstream}: fill of {digest} failed: {error}",
+                    upstream=self.name,
+                    digest=str(digest),
+                    error=str(exc),
+                    event="proxy_fill_partial_mismatch",
+                )
             elif not isinstance(exc, HeldElsewhere | StoredMeanwhile | StoreFailed):
                 # (StoreFailed: said by ``store_failed`` already.)
                 # A full disk or an S3 outage is one line with its reason; a defect keeps
                 # its traceback.
                 log_failure(log, Failure(), "proxy fill of {digest} failed", digest=str(digest))
+            if writer is not None and fill.restart and self._keep_after(fill, exc):
+                # Resumed from kept bytes, and the upstream failed: they (and what came
+                # since) wait for the next fill again.
+                with contextlib.suppress(Exception):
+                    await writer.close()
+                    writer = None
+                    await self._stash(fill.path, digest)
             if writer is not None:
                 with contextlib.suppress(Exception):
                     await writer.cancel()
@@ -1325,6 +1424,165 @@ class ProxyCache:
                 upstream=self.name,
                 digest=str(digest),
                 error=str(exc),
+            )
+
+    # -- the bytes of interrupted fills (registry.proxy.partials)
+
+    def tidying_starts(self) -> None:
+        """The start-up is about to tidy interrupted fills: fills wait (`tidying_done`)."""
+        if self._tidying is None:
+            self._tidying = []
+
+    def tidying_done(self) -> None:
+        waiters, self._tidying = self._tidying or [], None
+        for waiter in waiters:
+            waiter.callback(None)
+
+    async def _tidied(self) -> None:
+        if self._tidying is not None:
+            waiter: Deferred[None] = Deferred()
+            self._tidying.append(waiter)
+            await waiter
+
+    async def _fill_writer(self, path: str) -> IFileWriter:
+        """A new fill's writer.  Where interrupted fills' bytes are kept, it holds the file's
+        lock while it writes (``append`` writers lock it: `FilesystemDriver.writer`), so that
+        no other process takes it for a dead one's while this one is alive."""
+        writer = await self.driver.writer(path)
+        if not self.keeps_partials:
+            return writer
+        await writer.close()
+        return await self.driver.writer(path, append=True)
+
+    async def _take_partial(self, fill: Fill) -> IFileWriter | None:
+        """The bytes an interrupted fill of ``fill``'s blob kept, moved to ``fill.path`` and
+        open for appending (locked), or None.  The move takes them: no other fill can."""
+        kept = f"{self.partials_dir}/{partial_name(fill.digest)}"
+        try:
+            await self.driver.move(kept, fill.path)
+        except PathNotFoundError:
+            return None
+        except StorageError as exc:
+            log.info(
+                "proxy {upstream}: cannot take the kept bytes of {digest}: {error}",
+                upstream=self.name,
+                digest=str(fill.digest),
+                error=str(exc),
+            )
+            return None
+        try:
+            writer = await self.driver.writer(fill.path, append=True)
+        except PathBusyError:
+            # A live process holds it after all (one that kept it open): leave it to it.
+            with contextlib.suppress(StorageError):
+                await self.driver.move(fill.path, kept)
+            return None
+        except StorageError:
+            with contextlib.suppress(StorageError):
+                await self.driver.delete(fill.path)
+            return None
+        if writer.size <= 0:
+            await writer.cancel()
+            return None
+        return writer
+
+    def _keep_after(self, fill: Fill, error: BaseException) -> bool:
+        """Whether a fill's bytes are worth keeping after it failed with ``error``: the
+        upstream failed (it is out, it cut the body for good), not its bytes (a body that is
+        not the blob, an upstream that no longer has it) nor the storage."""
+        return (
+            fill.relay is None
+            and isinstance(error, UpstreamError | RedisUnavailable)
+            and not isinstance(error, UpstreamBadResponse | UpstreamNotFound)
+        )
+
+    async def _stash(self, path: str, digest: Digest) -> bool:
+        """Keep the file at ``path`` (a fill's, of ``digest``) as its digest's partial,
+        unless a live process holds its lock (False: left where it is).  Of two partials of
+        one blob, the longer stays; one last written ``partial_age`` ago goes."""
+        try:
+            # (Before the writer: taking the file may give back space its fill set aside,
+            # which counts as a write.)
+            written = (await self.driver.stat(path)).modified
+            writer = await self.driver.writer(path, append=True)
+        except PathBusyError:
+            return False
+        except PathNotFoundError:
+            return True
+        kept = f"{self.partials_dir}/{partial_name(digest)}"
+        try:
+            size = writer.size
+            try:
+                other = (await self.driver.stat(kept)).size
+            except PathNotFoundError:
+                other = -1
+            if size <= 0 or other >= size or time.time() - written > self.config.partial_age:
+                await self.driver.delete(path)
+            else:
+                await self.driver.move(path, kept)
+        finally:
+            await writer.close()
+        return True
+
+    async def _stash_folder(self, folder: str) -> bool:
+        """Keep the fill files of a dead process's ``folder`` as partials (`_stash`), and
+        remove the rest; False when a live process still writes one of them (it stays)."""
+        try:
+            names = await self.driver.list(folder)
+        except PathNotFoundError:
+            return True
+        alive = False
+        for name in names:
+            path = f"{folder}/{name}"
+            digest = digest_of_fill(name)
+            if digest is not None:
+                if not await self._stash(path, digest):
+                    alive = True
+                    log.info(
+                        "proxy {upstream}: {path} is still being written by a live process:"
+                        " left to it",
+                        upstream=self.name,
+                        path=path,
+                    )
+                continue
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(path)
+        return not alive
+
+    async def prune_partials(self) -> None:
+        """Remove the kept bytes of interrupted fills older than ``partial_age``, and the
+        oldest of them beyond the room ``max_size`` leaves beside what is cached and the
+        room the fills in flight reserved."""
+        if not self.keeps_partials:
+            return
+        try:
+            names = await self.driver.list(self.partials_dir)
+        except PathNotFoundError:
+            return
+        found = []
+        for name in names:
+            with contextlib.suppress(PathNotFoundError):
+                info = await self.driver.stat(f"{self.partials_dir}/{name}")
+                found.append((info.modified, info.size, name))
+        now = time.time()
+        limit = self.config.max_size
+        room = None if limit is None else max(0, limit - self.index.size - self.space.total)
+        kept = 0
+        removed: list[str] = []
+        for modified, size, name in sorted(found, reverse=True):  # the newest first
+            if now - modified <= self.config.partial_age and (room is None or kept + size <= room):
+                kept += size
+                continue
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(f"{self.partials_dir}/{name}")
+                removed.append(name)
+        if removed:
+            log.info(
+                "proxy {upstream}: removed {count} kept partial fills (older than"
+                " partial_age, or beyond the room max_size leaves); {kept} bytes kept",
+                upstream=self.name,
+                count=len(removed),
+                kept=kept,
             )
 
     def _discarder(
@@ -1729,9 +1987,21 @@ class ProxyCache:
                         error=str(exc),
                     )
                     return 0
-                return count
-            limit = self.config.max_size
-            return await self._evict_local(None if limit is None else limit - self.space.total)
+            else:
+                limit = self.config.max_size
+                count = await self._evict_local(None if limit is None else limit - self.space.total)
+        await self.prune_partials_logged()
+        return count
+
+    async def prune_partials_logged(self) -> None:
+        try:
+            await self.prune_partials()
+        except StorageError as exc:
+            log.warn(
+                "proxy {upstream}: removing kept partial fills failed: {error}",
+                upstream=self.name,
+                error=str(exc),
+            )
 
     async def _evict_local(self, limit: int | None) -> int:
         """One instance's eviction down to ``limit`` bytes (the caller holds the lock)."""
@@ -2201,8 +2471,9 @@ class ProxyCache:
                 log_redis(
                     log, exc, "proxy {upstream}: Redis: {error}", upstream=self.name, error=str(exc)
                 )
-        with contextlib.suppress(PathNotFoundError):
-            await self.driver.delete(self.fills_dir)
+        if not self.keeps_partials or await self._stash_folder(self.fills_dir):
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.delete(self.fills_dir)
         await self._sweep_quietly()
 
     async def _sweep_quietly(self) -> None:
@@ -2235,6 +2506,8 @@ class ProxyCache:
         for name in others:
             if name in alive:
                 continue
+            if self.keeps_partials and not await self._stash_folder(f"{root}/{name}"):
+                continue  # (a process writes there still: the next sweep looks again)
             with contextlib.suppress(PathNotFoundError):
                 await self.driver.delete(f"{root}/{name}")
             await ledger.forget(name)

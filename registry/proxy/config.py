@@ -92,6 +92,10 @@ class ProxyConfig:
     # How long a fill may wait for eviction to make room under max_size before it serves its
     # clients without keeping the blob (registry.proxy.space).
     space_wait: float = 10.0
+    # How long the bytes of a fill interrupted by a restart (kill -9, a crash, a stop) are
+    # kept for the next fill of the blob to resume from (``Range``) instead of fetching it
+    # again from its first byte; 0: not kept (filesystem storage only; docs/proxy.md).
+    partial_age: float = 86400.0
     # Connect-to-first-byte bound, and the silence allowed in a blob body.
     timeout: float = 30.0
     cabundle: str | None = None
@@ -124,6 +128,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "tag_freshness": parse_duration,
     "max_size": _optional_size,
     "space_wait": parse_duration,
+    "partial_age": parse_duration,
     "timeout": parse_positive_duration,
     "cabundle": lambda t: t.strip() or None,
     "verify_reads": parse_bool,

@@ -138,6 +138,8 @@ class Fill:
         # (``written`` then); from then on the fill only relays the body to its readers.
         self.relay: str | None = None
         self.resumes = 0  # Range GETs for the rest of a cut upstream body (`ProxyCache`)
+        # Bytes taken from what an interrupted fill of the blob kept (`registry.proxy.partials`).
+        self.restart = 0
         self.base = 0
         self._waiters: list[Deferred[None]] = []
         self._room: list[Deferred[None]] = []

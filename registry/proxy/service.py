@@ -88,15 +88,20 @@ class ProxyService(MultiService):
 
     def startService(self) -> None:
         # Load the eviction state before the timers first fire (TimerService runs at once).
+        for cache in self.caches:
+            cache.tidying_starts()
         self._started = DeferredList(
             [Deferred.fromCoroutine(self._prepare(cache)) for cache in self.caches]
         )
         super().startService()  # type: ignore[no-untyped-call]
 
     async def _prepare(self, cache: ProxyCache) -> None:
-        if self._ready is not None:
-            await self._ready
-        await cache.clean_fills()
+        try:
+            if self._ready is not None:
+                await self._ready
+            await cache.clean_fills()
+        finally:
+            cache.tidying_done()
         # The counters first: one small file, read before the index (streamed from storage
         # into its database), so the UI's figures are there as soon as the instance serves.
         try:
@@ -109,6 +114,9 @@ class ProxyService(MultiService):
                 upstream=cache.name,
             )
         await cache.load_state()
+        # What is cached is known now: the kept bytes of interrupted fills beyond the room
+        # max_size leaves (or too old) go.
+        await cache.prune_partials_logged()
 
     @staticmethod
     def _flush_totals(cache: ProxyCache) -> Callable[[], Awaitable[None]]:
@@ -290,6 +298,13 @@ def register_metrics(metrics: Metrics, caches: list[ProxyCache]) -> None:
             "Range GETs asking the upstream for the rest of a blob body cut mid-way.",
             "counter",
             lambda c: c.stats.fill_resumes,
+        ),
+        (
+            "txregistry_proxy_fill_restart_resumes_total",
+            "Fills that began from the bytes an interrupted fill (a restart, a crash) kept, "
+            "asking the upstream only for the rest.",
+            "counter",
+            lambda c: c.stats.restart_resumes,
         ),
         (
             "txregistry_proxy_reserved_bytes",

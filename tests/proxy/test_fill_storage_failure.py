@@ -35,6 +35,7 @@ from tests.e2e.client import get, sha256
 from tests.e2e.test_full_disk import leave_free, mounted_tmpfs, open_in, used
 from tests.fakes.upstream import FakeUpstream, Hold
 from tests.proxy.registries import Proxied
+from tests.proxy.test_eviction_restart import wait_for_check
 from tests.proxy.util import blob_data_path, fill_files, pull, wait_for
 from tests.storage.s3front import RecordingFront, Seen, s3_front  # noqa: F401 - the fixture
 from tests.storage.s3server import S3Server, signed_request
@@ -512,6 +513,8 @@ async def test_a_fill_that_cannot_start_writing_is_served_without_keeping_it(
     digest = layer.digest
     root = tmp_path / "store"
     registry = await proxied({"storage": {"rootdirectory": str(root)}})
+    # (Once the start-up tidied what interrupted fills left in that folder.)
+    await wait_for_check(registry.url, "cache:hub")
     fills = root / "docker/registry/v2/txregistry/proxy/hub/fills"
     if fills.is_dir():
         os.rmdir(fills)
