@@ -76,6 +76,7 @@ from registry.proxy.index import ICacheIndex, MemoryIndex, Victim
 from registry.proxy.outage import StorageReads
 from registry.proxy.partials import digest_of_fill, partial_name, rehash
 from registry.proxy.space import Reservations
+from registry.proxy.spool import PARTIALS
 from registry.proxy.totals import CacheTotals
 from registry.proxy.upstream import (
     UpstreamBlob,
@@ -418,14 +419,28 @@ class ProxyCache:
 
     @property
     def keeps_partials(self) -> bool:
-        """Whether an interrupted fill's bytes are kept to resume from: on the filesystem,
-        whose fill files are written in place and survive a restart (on S3 a fill is an
-        unfinished multipart upload, which cannot be read back or continued: docs)."""
+        """Whether an interrupted fill's bytes are kept in the storage to resume from: on
+        the filesystem, whose fill files are written in place and survive a restart."""
         return (
             self.config.partial_age > 0
             and self.spool is None
             and getattr(self.driver, "name", "") == "filesystem"
         )
+
+    @property
+    def spool_keeps_partials(self) -> bool:
+        """Whether they are kept in the local spool instead (S3: a fill's multipart upload
+        cannot be read back or continued, its spool file can; `registry.proxy.spool`)."""
+        return self.config.partial_age > 0 and self.spool is not None
+
+    def _partials_place(self) -> tuple[IStorageDriver, str] | None:
+        """Where kept bytes are: a driver and a folder in it."""
+        if self.keeps_partials:
+            return self.driver, self.partials_dir
+        if self.spool_keeps_partials:
+            assert self.spool is not None
+            return self.spool, PARTIALS
+        return None
 
     def inflight_fill(self, digest: Digest) -> Fill | None:
         """The fill of ``digest`` running here (the fleet's peers stream it)."""
@@ -1130,25 +1145,39 @@ class ProxyCache:
                     raise StoredMeanwhile(digest)
             confirmed = self._confirmed.get((upstream, digest))
             hasher: OffloadedHasher | DigestingHasher | None = None
-            if self.keeps_partials:
+            if self.keeps_partials or self.spool_keeps_partials:
                 await self._tidied()
+            if self.keeps_partials:
                 writer = await self._take_partial(fill)
-            if writer is not None:
+            elif self.spool_keeps_partials:
+                spool = await self._take_spooled(fill)
+            kept = writer if self.keeps_partials else spool
+            if kept is not None:
                 # The bytes an interrupted fill kept: the rest is asked for from where they
                 # end, once they are hashed (so that the upstream's connection is not left
                 # waiting meanwhile), and the whole hashes to the digest or nothing is kept.
-                fill.restart = writer.size
+                fill.restart = kept.size
                 size = (
                     confirmed
                     if confirmed is not None
                     else await self.client.blob_head(upstream, digest)
                 )
                 if fill.restart >= size:
-                    await writer.cancel()  # (never more bytes than the blob has)
-                    writer, fill.restart = None, 0
+                    await kept.cancel()  # (never more bytes than the blob has)
+                    writer = spool = None
+                    fill.restart = 0
+                    fill.tail_driver = fill.tail_path = None
                 else:
                     hasher = self._fill_hasher(digest)
-                    await rehash(self.driver, fill.path, fill.restart, hasher)
+                    if kept is writer:
+                        await rehash(self.driver, fill.path, fill.restart, hasher)
+                    else:
+                        # S3: a new upload gets the spooled bytes first (local reads, not
+                        # the upstream's), at its own pace, as they are hashed.
+                        assert self.spool is not None and fill.tail_path is not None
+                        writer = await self.driver.writer(fill.path)
+                        await writer.reserve(size)
+                        await rehash(self.spool, fill.tail_path, fill.restart, hasher, writer)
                     fill.stored = fill.written = fill.restart
                     blob = await self.client.blob(upstream, digest, offset=fill.restart, size=size)
                     fill.size = size
@@ -1199,9 +1228,9 @@ class ProxyCache:
                     raise StorageError(f"the storage cannot be read: {self.reads.failing}")
                 if writer is None:
                     writer = await self._fill_writer(fill.path)
-                if fill.size:
+                if fill.size and not (fill.restart and self.spool is not None):
                     await writer.reserve(fill.size - fill.restart)
-                if self.spool is not None:
+                if self.spool is not None and spool is None:
                     fill.tail_path = fill.path.rsplit("/", 1)[-1]
                     spool = await self.spool.writer(fill.tail_path)
                     fill.tail_driver = self.spool
@@ -1364,13 +1393,18 @@ class ProxyCache:
                 # A full disk or an S3 outage is one line with its reason; a defect keeps
                 # its traceback.
                 log_failure(log, Failure(), "proxy fill of {digest} failed", digest=str(digest))
-            if writer is not None and fill.restart and self._keep_after(fill, exc):
+            if fill.restart and self._keep_after(fill, exc):
                 # Resumed from kept bytes, and the upstream failed: they (and what came
                 # since) wait for the next fill again.
                 with contextlib.suppress(Exception):
-                    await writer.close()
-                    writer = None
-                    await self._stash(fill.path, digest)
+                    if self.keeps_partials and writer is not None:
+                        await writer.close()
+                        writer = None
+                        await self._stash(fill.path, digest)
+                    elif self.spool is not None and spool is not None and fill.tail_path:
+                        await spool.close()
+                        spool = None
+                        await self._stash(fill.tail_path, digest, self.spool, PARTIALS)
             if writer is not None:
                 with contextlib.suppress(Exception):
                     await writer.cancel()
@@ -1486,6 +1520,25 @@ class ProxyCache:
             return None
         return writer
 
+    async def _take_spooled(self, fill: Fill) -> IFileWriter | None:
+        """`_take_partial` for bytes kept in the spool: moved to the fill's spool file and
+        open for appending, or None."""
+        spool = self.spool
+        assert spool is not None
+        tail = fill.path.rsplit("/", 1)[-1]
+        try:
+            await spool.move(f"{PARTIALS}/{partial_name(fill.digest)}", tail)
+            writer = await spool.writer(tail, append=True)
+        except StorageError:  # (none kept: PathNotFoundError)
+            with contextlib.suppress(StorageError):
+                await spool.delete(tail)
+            return None
+        if writer.size <= 0:
+            await writer.cancel()
+            return None
+        fill.tail_driver, fill.tail_path = spool, tail
+        return writer
+
     def _keep_after(self, fill: Fill, error: BaseException) -> bool:
         """Whether a fill's bytes are worth keeping after it failed with ``error``: the
         upstream failed (it is out, it cut the body for good), not its bytes (a body that is
@@ -1496,30 +1549,37 @@ class ProxyCache:
             and not isinstance(error, UpstreamBadResponse | UpstreamNotFound)
         )
 
-    async def _stash(self, path: str, digest: Digest) -> bool:
+    async def _stash(
+        self,
+        path: str,
+        digest: Digest,
+        driver: IStorageDriver | None = None,
+        folder: str | None = None,
+    ) -> bool:
         """Keep the file at ``path`` (a fill's, of ``digest``) as its digest's partial,
         unless a live process holds its lock (False: left where it is).  Of two partials of
         one blob, the longer stays; one last written ``partial_age`` ago goes."""
+        driver = driver or self.driver
         try:
             # (Before the writer: taking the file may give back space its fill set aside,
             # which counts as a write.)
-            written = (await self.driver.stat(path)).modified
-            writer = await self.driver.writer(path, append=True)
+            written = (await driver.stat(path)).modified
+            writer = await driver.writer(path, append=True)
         except PathBusyError:
             return False
         except PathNotFoundError:
             return True
-        kept = f"{self.partials_dir}/{partial_name(digest)}"
+        kept = f"{folder or self.partials_dir}/{partial_name(digest)}"
         try:
             size = writer.size
             try:
-                other = (await self.driver.stat(kept)).size
+                other = (await driver.stat(kept)).size
             except PathNotFoundError:
                 other = -1
             if size <= 0 or other >= size or time.time() - written > self.config.partial_age:
-                await self.driver.delete(path)
+                await driver.delete(path)
             else:
-                await self.driver.move(path, kept)
+                await driver.move(path, kept)
         finally:
             await writer.close()
         return True
@@ -1553,16 +1613,18 @@ class ProxyCache:
         """Remove the kept bytes of interrupted fills older than ``partial_age``, and the
         oldest of them beyond the room ``max_size`` leaves beside what is cached and the
         room the fills in flight reserved."""
-        if not self.keeps_partials:
+        place = self._partials_place()
+        if place is None:
             return
+        driver, folder = place
         try:
-            names = await self.driver.list(self.partials_dir)
+            names = await driver.list(folder)
         except PathNotFoundError:
             return
         found = []
         for name in names:
             with contextlib.suppress(PathNotFoundError):
-                info = await self.driver.stat(f"{self.partials_dir}/{name}")
+                info = await driver.stat(f"{folder}/{name}")
                 found.append((info.modified, info.size, name))
         now = time.time()
         limit = self.config.max_size
@@ -1574,7 +1636,7 @@ class ProxyCache:
                 kept += size
                 continue
             with contextlib.suppress(PathNotFoundError):
-                await self.driver.delete(f"{self.partials_dir}/{name}")
+                await driver.delete(f"{folder}/{name}")
                 removed.append(name)
         if removed:
             log.info(

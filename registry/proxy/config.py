@@ -94,7 +94,8 @@ class ProxyConfig:
     space_wait: float = 10.0
     # How long the bytes of a fill interrupted by a restart (kill -9, a crash, a stop) are
     # kept for the next fill of the blob to resume from (``Range``) instead of fetching it
-    # again from its first byte; 0: not kept (filesystem storage only; docs/proxy.md).
+    # again from its first byte; 0: not kept (in the storage on the filesystem, in the fill
+    # spool on S3; docs/proxy.md).
     partial_age: float = 86400.0
     # Connect-to-first-byte bound, and the silence allowed in a blob body.
     timeout: float = 30.0

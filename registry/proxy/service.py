@@ -52,12 +52,19 @@ log = Logger()
 class ProxyService(MultiService):
     """Start-up and periodic work of the caches; see the module docstring."""
 
-    def __init__(self, caches: list[ProxyCache], ready: Deferred[None] | None = None) -> None:
+    def __init__(
+        self,
+        caches: list[ProxyCache],
+        ready: Deferred[None] | None = None,
+        swept: Deferred[Any] | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.caches = caches
         # Fired by the start-up check of the fleet (registry.proxy.fleet.wiring): nothing is
         # cleared or loaded before this instance may serve the storage.
         self._ready = ready
+        # Fires once the fill spool's leftovers were tidied (`fill_spool`).
+        self._swept = swept
         self._started: Deferred[Any] | None = None
         self._stopped = False  # stopService ran: the caches' indexes are closed or closing
         # The periodic writes (upstream, what) that last failed on a full disk: said once, not
@@ -100,6 +107,15 @@ class ProxyService(MultiService):
             if self._ready is not None:
                 await self._ready
             await cache.clean_fills()
+            if self._swept is not None:
+                waiter: Deferred[None] = Deferred()
+
+                def passed(result: object) -> object:
+                    waiter.callback(None)
+                    return result
+
+                self._swept.addBoth(passed)
+                await waiter
         finally:
             cache.tidying_done()
         # The counters first: one small file, read before the index (streamed from storage
@@ -367,11 +383,17 @@ def build_client(config: ProxyConfig, reactor: Any) -> UpstreamClient:
     )
 
 
-def fill_spool(config: Config, reactor: Any) -> IStorageDriver | None:
+def fill_spool(
+    config: Config, reactor: Any, swept: Deferred[Any] | None = None
+) -> IStorageDriver | None:
     """A local folder for fills when the storage's partial files cannot be read while they
-    are written (S3): ``[storage] spooldirectory``, or a temporary folder of this process."""
+    are written (S3): ``[storage] spooldirectory``, or a temporary folder of this process.
+    ``swept`` fires once what dead processes left there was tidied."""
     if config.storage.driver != "s3":
+        if swept is not None:
+            swept.callback(None)
         return None
+    from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
     from registry.storage.filesystem import FilesystemDriver
@@ -379,8 +401,23 @@ def fill_spool(config: Config, reactor: Any) -> IStorageDriver | None:
     folder = spool_files.spool_folder(config.storage.spooldirectory)
     pool = ThreadPool(minthreads=1, maxthreads=4, name="registry-fill-spool")
     reactor.callWhenRunning(pool.start)
-    # What processes killed mid-fill left behind (registry.proxy.spool).
-    reactor.callWhenRunning(pool.callInThread, spool_files.sweep, config.storage.spooldirectory)
+    # What processes killed mid-fill left behind (registry.proxy.spool); their fills' bytes
+    # are kept here to resume from unless no cache keeps any (`partial_age = 0`).
+    keep = any(proxy.partial_age > 0 for proxy in parse_proxies(config))
+
+    def sweep() -> None:
+        done = deferToThreadPool(
+            reactor,
+            pool,
+            spool_files.sweep,
+            config.storage.spooldirectory,
+            folder if keep else None,
+        )
+        done.addErrback(lambda f: log_failure(log, f, "tidying the fill spool failed"))
+        if swept is not None:
+            done.chainDeferred(swept)
+
+    reactor.callWhenRunning(sweep)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     return FilesystemDriver(folder, reactor, pool)
 
@@ -406,7 +443,9 @@ def install_proxies(
         checks.append(setup.check)
     else:  # embedded without start-up checks: nothing to wait for
         setup.ready.callback(None)
-    spool = fill_spool(config, reactor)
+    # Fills wait for the spool's tidying as for the storage's (`ProxyCache.tidying_done`).
+    swept: Deferred[Any] = Deferred()
+    spool = fill_spool(config, reactor, swept)
 
     async def hosted_uses(digest: Digest) -> bool:
         names, _ = await local.catalog.list_repositories()
@@ -450,7 +489,7 @@ def install_proxies(
         )
     register_metrics(metrics, peers)
     setup.install(parent, peers)
-    ProxyService(peers, setup.ready).setServiceParent(parent)  # type: ignore[no-untyped-call]
+    ProxyService(peers, setup.ready, swept).setServiceParent(parent)  # type: ignore[no-untyped-call]
     for cache in peers:
         log.info(
             "proxy {upstream}: {url} for {names}",

@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 
 from registry.proxy.cache import ProxyCache
 from registry.proxy.config import ProxyConfig
@@ -29,6 +31,7 @@ from tests.e2e.harness import RegistryProcess
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import proxy_section
 from tests.proxy.util import blob_data_path, metric, reactor, wait_for
+from tests.storage.s3server import S3Server, signed_request
 
 MiB = 1024 * 1024
 LAYER = 24 * MiB
@@ -64,23 +67,33 @@ def _sections(fake: FakeUpstream, **overrides: str) -> dict[str, Any]:
 
 
 async def _killed_mid_layer(
-    tmp_path: Path, fake: FakeUpstream, **overrides: str
+    tmp_path: Path,
+    fake: FakeUpstream,
+    storage: dict[str, str] | None = None,
+    **overrides: str,
 ) -> tuple[RegistryProcess, str, Path, int]:
     """A registry killed (-9) while it fills a layer whose upstream body went silent at
-    ``CUT``: the process, the layer's digest, the fill file it left and its size."""
+    ``CUT``: the process, the layer's digest, the fill file it left (on S3: its spool file)
+    and its size."""
     image = fake.content.add_image("library/big", "latest", [LAYER])
     digest = image.layers[0].digest
     fake.switches.stall_blob_after = CUT
-    process = RegistryProcess(tmp_path, _sections(fake, **overrides))
+    sections = _sections(fake, **overrides)
+    if storage is not None:
+        sections["storage"] = storage
+    process = RegistryProcess(tmp_path, sections)
     process.start()
     url = f"{process.url}/v2/big/blobs/{digest}"
     client = Deferred.fromCoroutine(_try_get(url))
-    root = tmp_path / "data"
+
+    def files() -> list[Path]:
+        if storage is None:
+            return _fill_files(tmp_path / "data")
+        return sorted(p for p in (tmp_path / "spool/fills").glob("*/sha256-*") if p.is_file())
+
     # What the process wrote of the body reached its file (up to a buffer's worth).
-    await wait_for(
-        lambda: [p for p in _fill_files(root) if p.stat().st_size >= CUT - 64 * 1024], 30
-    )
-    [left] = _fill_files(root)
+    await wait_for(lambda: [p for p in files() if p.stat().st_size >= CUT - 64 * 1024], 30)
+    [left] = files()
     process.kill()
     await client
     fake.switches.stall_blob_after = None
@@ -282,3 +295,40 @@ async def test_kept_bytes_stay_within_the_room_max_size_leaves(
     await cache.prune_partials()
     # 600 bytes of room beside the 400 cached: the two newest (300 + 250) fit, 200 more not.
     assert sorted(p.name for p in partials.iterdir()) == ["sha256-middle", "sha256-new"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_s3_fill_killed_mid_layer_resumes_from_its_spool(
+    tmp_path: Path, fake: FakeUpstream, s3_server: S3Server
+) -> None:
+    """On S3 the fill's multipart upload cannot be read back, but its local spool file can:
+    the next process keeps the dead one's spooled bytes, and the next fill uploads them again
+    (from the local disk) and asks the upstream only for the rest."""
+    root = f"/restart/{uuid.uuid4().hex}"
+    storage = s3_server.storage_section(
+        root, chunksize="5MiB", spooldirectory=str(tmp_path / "spool")
+    )
+    process, digest, left, size = await _killed_mid_layer(tmp_path, fake, storage)
+    dead = left.parent
+    offset = len(process.log_text())
+    process.start()
+    try:
+        response, body = await get(f"{process.url}/v2/big/blobs/{digest}")
+        assert (response.code, len(body), sha256(body)) == (200, LAYER, digest)
+        assert _cdn_ranges(fake, digest) == [None, f"bytes={size}-"]
+        assert not dead.exists()
+        assert not list((tmp_path / "spool/fills").glob("*/partials/*"))
+        hex_ = digest.split(":", 1)[1]
+        data_url = (
+            f"{s3_server.endpoint}/{s3_server.bucket}{root}/docker/registry/v2/blobs/sha256/"
+            f"{hex_[:2]}/{hex_}/data"
+        )
+        status, stored = await deferToThread(signed_request, "GET", data_url)
+        assert (status, sha256(stored)) == (200, digest)
+        assert metric(_metrics(process.url), "txregistry_proxy_fill_restart_resumes_total") == 1
+    finally:
+        process.stop()
+    assert (
+        f"resuming the fill of {digest} at byte {size} of {LAYER} from the bytes an interrupted"
+        " fill kept (the upstream answered the rest)"
+    ) in process.log_text()[offset:]
