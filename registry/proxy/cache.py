@@ -1295,7 +1295,8 @@ class ProxyCache:
                     if fill.keep:
                         await self.driver.move(fill.path, fill.final_path)
                     if self.keeps_partials:  # (its locked file stays open until closed)
-                        await writer.close()
+                        with contextlib.suppress(StorageError):  # (evicted meanwhile: done)
+                            await writer.close()
                 except StorageError as exc:
                     # The whole body is here and verified: served all the same, not kept.
                     store_failed(exc)
@@ -1576,12 +1577,16 @@ class ProxyCache:
                 other = (await driver.stat(kept)).size
             except PathNotFoundError:
                 other = -1
-            if size <= 0 or other >= size or time.time() - written > self.config.partial_age:
-                await driver.delete(path)
-            else:
-                await driver.move(path, kept)
+            keep = size > 0 and other < size and time.time() - written <= self.config.partial_age
+            if keep:
+                await driver.move(path, kept)  # (locked: a rename keeps the lock on the file)
         finally:
-            await writer.close()
+            # Closed before a removal: a writer whose file is gone says so when closed.
+            with contextlib.suppress(StorageError):
+                await writer.close()
+        if not keep:
+            with contextlib.suppress(PathNotFoundError):
+                await driver.delete(path)
         return True
 
     async def _stash_folder(self, folder: str) -> bool:
@@ -1596,7 +1601,17 @@ class ProxyCache:
             path = f"{folder}/{name}"
             digest = digest_of_fill(name)
             if digest is not None:
-                if not await self._stash(path, digest):
+                try:
+                    taken = await self._stash(path, digest)
+                except StorageError as exc:  # (the folder's removal has the last word)
+                    log.info(
+                        "proxy {upstream}: keeping {path} failed: {error}",
+                        upstream=self.name,
+                        path=path,
+                        error=str(exc),
+                    )
+                    continue
+                if not taken:
                     alive = True
                     log.info(
                         "proxy {upstream}: {path} is still being written by a live process:"
