@@ -162,8 +162,14 @@ class CountingDriver:
     def staged_writer(self, path: str) -> Awaitable[IFileWriter]:
         return IStagedWrites(self.wrapped).staged_writer(path)
 
-    def abort_stale_writes(self, path: str, age: float, now: float) -> Awaitable[int]:
-        return IStagedWrites(self.wrapped).abort_stale_writes(path, age, now)
+    def abort_stale_writes(
+        self,
+        path: str,
+        age: float,
+        now: float,
+        owned: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> Awaitable[int]:
+        return IStagedWrites(self.wrapped).abort_stale_writes(path, age, now, owned)
 
     def remove_empty_folders(self, path: str, keep: str) -> Awaitable[int]:
         return IEmptyFolders(self.wrapped).remove_empty_folders(path, keep)

@@ -3,9 +3,13 @@ Purging abandoned uploads, as registry:2 does (``uploadpurging``): every ``inter
 uploads idle for longer than ``age``: since their start and since their data's last write, as
 the driver accounts for its writes (`IStorageDriver.write_activity`), and never while a
 request writes them.  Without it, clients that give up mid-push leave data in
-``_uploads`` forever.  On drivers with staged writes (S3), it also discards the staged blob
-writes of pushes whose process was killed mid-body (incomplete multipart uploads at a blob's
-key, invisible to readers), older than the same age.
+``_uploads`` forever.  On drivers with staged writes (S3), it also discards the unfinished
+writes nothing will finish (incomplete multipart uploads, invisible to readers), older than
+the same age: at a blob's key those of pushes or copies whose process was killed mid-write,
+below ``repositories/`` those of no upload kept (a process killed mid-request, a request
+still writing when its upload was removed).  The driver knows which of them a writer is at
+work on (S3: the write's mark or lease) and keeps those, and the uploads kept here keep
+what they will continue from.
 
 On a filesystem, the folders a purged upload leaves empty go too: its ``_uploads`` folder, its
 repository's folder when that held nothing else (no ``_manifests``, no ``_layers``, no
@@ -64,6 +68,18 @@ def _parse_started(text: str) -> float | None:
     return value.timestamp()
 
 
+async def _upload_exists(driver: IStorageDriver, path: str) -> bool:
+    """Whether ``path`` is the data of an upload that is there (its ``startedat`` is)."""
+    folder, _, name = path.rpartition("/")
+    if name != layout.UPLOAD_DATA or folder.rpartition("/")[0].rpartition("/")[2] != "_uploads":
+        return False
+    try:
+        await driver.stat(f"{folder}/startedat")
+    except (PathNotFoundError, NotAFileError):
+        return False
+    return True
+
+
 async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
     """Delete uploads idle for longer than ``age`` seconds; returns how many were removed."""
     removed = 0
@@ -116,10 +132,14 @@ async def purge_uploads(driver: IStorageDriver, age: float, now: float) -> int:
         if staged:
             log.info("purged {count} abandoned staged blob writes", count=staged)
         # Unfinished writes of upload data no upload refers to any more: a request still
-        # writing when its upload was cancelled, or whose state write failed.  An upload's
-        # data writes start after the upload, so one older than ``age`` belongs to an upload
-        # removed above (or gone already).
-        unreferenced = await driver.abort_stale_writes(layout.REPOSITORIES, age, now)
+        # writing when its upload was cancelled, or killed before it recorded its write.
+        # Those of an upload that is still there (kept above, or started since) stay while
+        # it may continue them: however old, an upload's write is its data so far.
+
+        async def owned(path: str) -> bool:
+            return await _upload_exists(driver, path)
+
+        unreferenced = await driver.abort_stale_writes(layout.REPOSITORIES, age, now, owned)
         if unreferenced:
             log.info("purged {count} abandoned upload data writes", count=unreferenced)
         removed += staged + unreferenced

@@ -129,11 +129,17 @@ class MeasuredDriver:
         opened = await self._timed("staged_writer", lambda: staged.staged_writer(path))
         return MeasuredWriter(opened, self._errors["staged_writer"])
 
-    async def abort_stale_writes(self, path: str, age: float, now: float) -> int:
+    async def abort_stale_writes(
+        self,
+        path: str,
+        age: float,
+        now: float,
+        owned: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> int:
         """`IStagedWrites.abort_stale_writes`, where the wrapped driver provides it."""
         staged = IStagedWrites(self.inner)
         return await self._timed(
-            "abort_stale_writes", lambda: staged.abort_stale_writes(path, age, now)
+            "abort_stale_writes", lambda: staged.abort_stale_writes(path, age, now, owned)
         )
 
     async def remove_empty_folders(self, path: str, keep: str) -> int:

@@ -17,7 +17,7 @@ continue: it never creates); ``cancel`` discards.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -273,10 +273,18 @@ class IStagedWrites(Interface):
         written and never touch a file already at ``path``; there is nothing to resume.
         """
 
-    def abort_stale_writes(path: str, age: float, now: float) -> Awaitable[int]:
+    def abort_stale_writes(
+        path: str,
+        age: float,
+        now: float,
+        owned: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> Awaitable[int]:
         """
-        Discard staged writes below folder ``path`` begun more than ``age`` seconds before
-        ``now`` (a process killed mid-write leaves them, invisible); returns how many.
+        Discard the unfinished writes below folder ``path`` begun more than ``age`` seconds
+        before ``now`` that no writer is at work on (a process killed mid-write leaves them,
+        invisible) and nothing will continue; returns how many.  ``owned(file)`` says whether
+        a file below ``path`` is still wanted (an upload's data the purge keeps): its
+        unfinished write that the file would be continued from stays.
         """
 
 

@@ -8,6 +8,7 @@ real SeaweedFS, through a front that records every S3 request.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -28,6 +29,7 @@ from registry.ops.purge import purge_uploads
 from registry.storage import layout
 from registry.storage.driver import PathNotFoundError
 from registry.storage.s3 import S3Driver
+from registry.storage.s3._writer import S3Writer
 from tests.e2e.harness import InProcessRegistry, sleep, start_in_process
 from tests.storage.s3front import RecordingFront, s3_front  # noqa: F401 - the fixture
 from tests.storage.s3server import S3Server
@@ -240,8 +242,18 @@ async def test_purge_aborts_staged_writes_a_killed_process_left(pushed: Pushed) 
         if await pushed.multipart_uploads():
             break
         await sleep(0.05)
-    # ...and the writer is dropped without close or cancel, as by kill -9.
     assert len(await pushed.multipart_uploads()) >= 1
+    # Written now (its mark held): kept whatever the age.
+    assert await purge_uploads(pushed.driver, 0, time.time() + 1) == 0
+    # ...and the writer is dropped without close or cancel, as by kill -9: its mark is
+    # renewed no more and names a process that is gone (one started at another time).
+    assert isinstance(writer, S3Writer)
+    mark = writer._mark
+    assert mark is not None
+    mark._renewal.stop()
+    holder = json.loads(mark._body)
+    holder["started"] = -1
+    await pushed.driver._client.call("PUT", mark.key, body=json.dumps(holder).encode())
     assert await purge_uploads(pushed.driver, 3600, time.time()) == 0  # too young
     assert await purge_uploads(pushed.driver, 0, time.time() + 1) >= 1
     for _ in range(400):  # parts still in flight from the dropped writer

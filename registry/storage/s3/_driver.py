@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import treq
@@ -43,7 +45,13 @@ from registry.storage.s3._client import (
     parse_iso_date,
     parse_xml,
 )
-from registry.storage.s3._lease import LEASE_SUFFIX, is_held, lease_key
+from registry.storage.s3._lease import (
+    LEASE_SUFFIX,
+    MARKS_FOLDER,
+    is_held,
+    lease_key,
+    start_mark,
+)
 from registry.storage.s3._reader import ResponseProducer
 from registry.storage.s3._settings import S3Settings, quote_key
 from registry.storage.s3._writer import STATE_SUFFIX, S3Writer, open_writer, state_key
@@ -297,15 +305,20 @@ class S3Driver:
                 "PUT", dest_key, headers={"x-amz-copy-source": copy_source}, error_in_body=True
             )
         else:
-            upload_id = await multipart.create(self._client, dest_key)
+            # Marked as being written while it runs, so that the upload purge leaves it alone.
+            mark = await start_mark(self._client, self._reactor, dest_key)
             try:
-                parts = await multipart.copy_parts(
-                    self._client, source_key, dest_key, upload_id, size, self.copy_part_size
-                )
-                await multipart.complete(self._client, dest_key, upload_id, parts)
-            except BaseException:
-                await multipart.abort_after_failure(self._client, dest_key, upload_id)
-                raise
+                upload_id = await multipart.create(self._client, dest_key)
+                try:
+                    parts = await multipart.copy_parts(
+                        self._client, source_key, dest_key, upload_id, size, self.copy_part_size
+                    )
+                    await multipart.complete(self._client, dest_key, upload_id, parts)
+                except BaseException:
+                    await multipart.abort_after_failure(self._client, dest_key, upload_id)
+                    raise
+            finally:
+                await mark.release()
         await self._client.call("DELETE", source_key, missing_ok=True)
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> IBodyProducer:
@@ -362,21 +375,47 @@ class S3Driver:
         """A multipart upload at the final key, completed only by ``commit`` (see _writer)."""
         return S3Writer(self._client, self._reactor, self._key(path), path, staged=True)
 
-    async def abort_stale_writes(self, path: str, age: float, now: float) -> int:
+    async def abort_stale_writes(
+        self,
+        path: str,
+        age: float,
+        now: float,
+        owned: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> int:
         """
         Abort the multipart uploads under ``path`` started more than ``age`` seconds before
-        ``now``: what a process killed mid-write left behind.  Returns how many.
+        ``now`` that nothing writes or will continue: what a process killed mid-write left
+        behind, or a write whose file was removed meanwhile.  Kept: one whose writer is at
+        work (a held `WriteMark` of its key: a staged push, a server-side copy; or the held
+        lease of an appending writer), and, for a file ``owned`` says is still wanted (an
+        upload the purge keeps), the one its state object records, or any when it has no
+        state object (registry:2's upload, whose bytes are its multipart upload).  Returns
+        how many were aborted.
         """
-        key = self._key(path)
-        stale: _List[tuple[str, str]] = []
+        stale = await self._started_before(self._key(path), now - age)
+        if not stale:
+            return 0
+        # Read after the listing: a write's mark is made before its multipart upload.
+        marked = await self._marked_keys()
+        aborted = 0
+        for upload_key, upload_id in stale:
+            if upload_key in marked or await self._continued(upload_key, upload_id, owned):
+                continue
+            await multipart.abort(self._client, upload_key, upload_id)
+            aborted += 1
+        return aborted
+
+    async def _started_before(self, key: str, when: float) -> _List[tuple[str, str]]:
+        """(key, upload id) of the multipart uploads below ``key`` started before ``when``."""
+        found: _List[tuple[str, str]] = []
         query = {"uploads": "", "prefix": key + "/"}
         for _ in range(1_000_000):  # pages; bounded
             result = await self._client.call("GET", query=query)
             assert result is not None
             page = parse_xml(result[1])
             for upload in children(page, "Upload"):
-                if now - parse_iso_date(child_text(upload, "Initiated")) >= age:
-                    stale.append((child_text(upload, "Key"), child_text(upload, "UploadId")))
+                if parse_iso_date(child_text(upload, "Initiated")) <= when:
+                    found.append((child_text(upload, "Key"), child_text(upload, "UploadId")))
             if child_text(page, "IsTruncated") != "true":
                 break
             query = {
@@ -385,9 +424,48 @@ class S3Driver:
                 "key-marker": child_text(page, "NextKeyMarker"),
                 "upload-id-marker": child_text(page, "NextUploadIdMarker"),
             }
-        for upload_key, upload_id in stale:
-            await multipart.abort(self._client, upload_key, upload_id)
-        return len(stale)
+        return found
+
+    async def _marked_keys(self) -> set[str]:
+        """The keys a writer marks as being written (`WriteMark`) and holds; the marks of
+        writers that are gone are deleted on the way."""
+        keys, _ = await self._walk(f"{self._prefix}{MARKS_FOLDER}/")
+        held: set[str] = set()
+        for mark in keys:
+            if mark.endswith("/"):
+                continue  # a folder's own entry (servers that keep folders)
+            found = await self._client.call("GET", mark, missing_ok=True)
+            if found is None:
+                continue
+            try:
+                key = json.loads(found[1])["key"]
+            except (ValueError, KeyError, TypeError):
+                key = None
+            if isinstance(key, str) and is_held(*found):
+                held.add(key)
+            else:
+                await self._client.call("DELETE", mark, missing_ok=True)
+        return held
+
+    async def _continued(
+        self, key: str, upload_id: str, owned: Callable[[str], Awaitable[bool]] | None
+    ) -> bool:
+        """Whether an appending writer holds ``key`` now, or the file will be continued from
+        multipart upload ``upload_id`` (see `abort_stale_writes`)."""
+        lease = await self._client.call("GET", lease_key(key), missing_ok=True)
+        if lease is not None and is_held(*lease):
+            return True
+        # After the lease: a writer records its multipart upload in the state, then lets go.
+        if owned is None or not await owned(key.removeprefix(self._prefix)):
+            return False
+        state = await self._client.call("GET", state_key(key), missing_ok=True)
+        if state is None:
+            return True  # registry:2's upload: its multipart upload holds its bytes
+        try:
+            recorded = json.loads(state[1].partition(b"\n")[0]).get("upload_id")
+        except (ValueError, AttributeError):
+            return True  # unreadable: what it records cannot be told
+        return bool(recorded == upload_id)
 
     async def write_activity(self, path: str, now: float) -> WriteActivity:
         """

@@ -17,6 +17,8 @@ which the upload API answers as registry:2 does a concurrent request (416 with t
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -29,6 +31,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
 from registry.procinfo import is_zombie, pid_namespace, start_time
+from registry.storage import layout
 from registry.storage.driver import PathBusyError, StorageError, WriteRemoved, WriteTakenOver
 from registry.storage.s3._client import S3Client, S3Error, header, parse_http_date
 
@@ -219,3 +222,72 @@ async def take_lease(
         etag = header(result[0], "ETag") or ""
         return WriteLease(client, reactor, lease, path, body, etag, marker)
     raise PathBusyError(f"{path} is being written by another request")
+
+
+# Marks of the writes that hold no lease (a push staged at a blob's key, a server-side copy
+# to one, any writer of a new file): where the upload purge finds whether a multipart upload
+# it lists has a writer at work.  Several writers may write one key at once (two pushes of one
+# blob), so each has its own mark, named by a hash of the key and a random part, all in one
+# folder (one per key would leave an empty folder per blob on servers that keep folders).
+MARKS_FOLDER = f"{layout.OWN}/s3writes"
+
+
+def marks_prefix(root: str, key: str) -> str:
+    """The start of the names of the marks of the writes of ``key``; ``root`` is the
+    driver's key prefix (its root directory)."""
+    return f"{root}{MARKS_FOLDER}/{hashlib.sha256(key.encode()).hexdigest()[:40]}-"
+
+
+class WriteMark:
+    """
+    A write of ``key`` at work: an object `marks_prefix` ``+`` a random name, holding the key
+    and its writer (host, pid, start time, pid namespace: `is_held` reads it as a lease's),
+    written before the multipart upload is created, renewed every `RENEW_SECONDS` while the
+    write runs, deleted when it ends.  A process killed mid-write leaves it, naming a process
+    that is gone; one of another host is taken for gone once not renewed for `STALE_SECONDS`.
+    """
+
+    def __init__(self, client: S3Client, reactor: Any, key: str) -> None:
+        self._client = client
+        self.key = marks_prefix(client.settings.key_prefix(), key) + uuid.uuid4().hex
+        holder = json.loads(_body())
+        holder["key"] = key
+        self._body = json.dumps(holder).encode()
+        self._lock = DeferredLock()
+        self._ended = False
+        self._renewal = LoopingCall(
+            lambda: self._lock.run(lambda: Deferred.fromCoroutine(self._put()))
+        )
+        self._renewal.clock = reactor
+
+    async def start(self) -> None:
+        """Write the mark (before the write it marks begins), then keep renewing it."""
+        await self._client.call("PUT", self.key, body=self._body)
+        self._renewing = self._renewal.start(RENEW_SECONDS, now=False)
+        self._renewing.addErrback(lambda failure: None)
+
+    async def _put(self) -> None:
+        if self._ended:
+            return
+        try:
+            await self._client.call("PUT", self.key, body=self._body)
+        except StorageError:
+            return  # an outage: renewed at the next turn, or lapses (the purge may abort)
+
+    async def release(self) -> None:
+        """The write ended (completed or aborted): the mark goes.  Never raises."""
+        if self._renewal.running:
+            self._renewal.stop()
+
+        async def delete() -> None:
+            self._ended = True
+            with contextlib.suppress(StorageError):
+                await self._client.call("DELETE", self.key, missing_ok=True)
+
+        await self._lock.run(lambda: Deferred.fromCoroutine(delete()))
+
+
+async def start_mark(client: S3Client, reactor: Any, key: str) -> WriteMark:
+    mark = WriteMark(client, reactor, key)
+    await mark.start()
+    return mark

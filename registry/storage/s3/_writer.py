@@ -73,7 +73,7 @@ from registry.storage.driver import (
 from registry.storage.producers import FileProducer, _PausableProducer
 from registry.storage.s3 import _multipart as multipart
 from registry.storage.s3._client import Body, S3Client, S3Error, header
-from registry.storage.s3._lease import WriteLease, take_lease
+from registry.storage.s3._lease import WriteLease, WriteMark, start_mark, take_lease
 from registry.storage.s3._multipart import Part
 from registry.storage.s3._settings import MAX_PART_SIZE, MIN_PART_SIZE
 
@@ -303,6 +303,10 @@ class S3Writer:
         # An appending writer's hold on the upload (`registry.storage.s3._lease`), given back
         # by `close` or `cancel`.
         self._lease = lease
+        # A writer without a lease marks the multipart upload it starts as being written
+        # (`registry.storage.s3._lease.WriteMark`) until it ends, so that the upload purge
+        # leaves it alone.
+        self._mark: WriteMark | None = None
         # The version of the state object this writer continued (None: there was none).  Its
         # own state is written only over that version: a writer that lost its lease while
         # paused must not overwrite the state of the request that took over.
@@ -418,6 +422,8 @@ class S3Writer:
 
     async def _create(self) -> None:
         try:
+            if self._lease is None and self._mark is None:
+                self._mark = await start_mark(self._client, self._reactor, self._key)
             self._upload_id = await multipart.create(self._client, self._key)
             self._own_upload = True
         except Exception:
@@ -550,6 +556,9 @@ class S3Writer:
         return error
 
     async def _release(self) -> None:
+        if self._mark is not None:
+            mark, self._mark = self._mark, None
+            await mark.release()
         if self._lease is not None:
             lease, self._lease = self._lease, None
             await lease.release()
@@ -602,6 +611,11 @@ class S3Writer:
                 raise
             # NoSuchUpload from the completion: aborted under this writer.
             raise await self._lost(WriteTakenOver(str(error))) from None
+        finally:
+            # Completed, or failed (the caller cancels next): the write is over either way.
+            if self._mark is not None:
+                mark, self._mark = self._mark, None
+                await mark.release()
         if not self._staged:
             await self._client.call("DELETE", state_key(self._key), missing_ok=True)
 
