@@ -37,7 +37,10 @@ is invisible to GET, HEAD and LIST, so nothing is readable there until ``commit`
 (which the upload store does only once the digest matched).  ``close`` and ``cancel`` abort the
 upload and never delete the key, which may hold the same blob committed by another push.  A
 process killed mid-write leaves an incomplete multipart upload at the key and no state object;
-``registry.ops.purge`` aborts those once they are older than the upload purge age.
+``registry.ops.purge`` aborts those once they are older than the upload purge age.  A writer
+that holds no lease (a staged one, any writer of a new file) marks its multipart upload as
+being written (`registry.storage.s3._lease.WriteMark`) from before it starts until the writer
+ends, so that the purge tells it from a killed process's, whatever the age.
 
 Until ``commit``, written data is not visible at the path (``stat``/``get_content`` raise
 PathNotFoundError), as with registry:2's S3 driver: use the writer's ``size``.
