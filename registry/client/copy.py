@@ -24,7 +24,7 @@ from registry.api.digests import Digest
 from registry.client._client import RegistryClient, _sniff_media_type
 from registry.client.errors import Unauthorized
 from registry.client.layout import OCILayout
-from registry.client.walk import FetchedManifest, ImageWalk
+from registry.client.walk import CopyError, FetchedManifest, ImageWalk
 
 
 @attrs.frozen
@@ -215,6 +215,16 @@ class Copier:
         source may send: more fails the copy as soon as it comes, before anything is kept."""
         size = declared or 0
         source, target = self.source, self.target
+        if isinstance(source, LayoutImage) and declared is not None:
+            # A registry source's answer is held to the declared size as it comes; a layout's
+            # file is looked at before anything is sent (else the copy publishes a manifest
+            # that disagrees with its blob, which no client can pull whole).
+            held = await source.layout.blob_size(digest)
+            if held is not None and held != declared:
+                raise CopyError(
+                    f"blob {digest} of {source.layout.root}: its manifest declares {declared}"
+                    f" bytes, the file holds {held}"
+                )
         if isinstance(target, RegistryImage):
             if await target.client.blob_exists(target.name, digest) is not None:
                 self.result.blobs_skipped += 1

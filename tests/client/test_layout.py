@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from registry.client import BadResponse
 from registry.client.copy import LayoutImage, RegistryImage, copy_image
 from registry.client.layout import REF_NAME, OCILayout
+from registry.client.walk import CopyError
 from tests.client import images
 from tests.client.conftest import ClientFactory
 from tests.e2e.conftest import Starter
@@ -116,3 +117,33 @@ async def test_a_damaged_blob_is_refused(tmp_path: Path) -> None:
         await other.copy_from(layout, dgst)
     assert await other.blob_size(dgst) is None
     assert [p.name for p in (tmp_path / "m" / "blobs" / "sha256").iterdir()] == []
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("off_by", [-1, 1])
+async def test_a_layout_blob_of_another_size_than_declared_is_not_copied(
+    registry: object, make_client: ClientFactory, tmp_path: Path, off_by: int
+) -> None:
+    """A layout manifest declaring another size than its blob file holds is refused before
+    its bytes are sent: a registry source is held to the declared size, and a layout copied
+    as it was published a manifest no client could pull whole."""
+    source = Layout(tmp_path / "layout")
+    body, _ = source.image("amd64", [{"f": b"x" * 3000}])
+    manifest = json.loads(body)
+    manifest["layers"][0]["size"] += off_by
+    layer = manifest["layers"][0]["digest"]
+    descriptor = {
+        "mediaType": manifest["mediaType"],
+        **source.add_blob(json.dumps(manifest).encode()),
+    }
+    source.tag(descriptor, "v1")
+    layout = await OCILayout.open(reactor, source.root)
+    client = make_client(registry.url)  # type: ignore[attr-defined]
+    with pytest.raises(CopyError) as caught:
+        await copy_image(LayoutImage(layout, "v1"), RegistryImage(client, "sized/app", "v1"))
+    declared = manifest["layers"][0]["size"]
+    assert str(caught.value) == (
+        f"blob {layer} of {source.root}: its manifest declares {declared} bytes, the file"
+        f" holds {declared - off_by}"
+    )
+    assert await client.blob_exists("sized/app", layer) is None
