@@ -25,12 +25,15 @@ from zope.interface import alsoProvides, implementer
 from registry.ops.metrics import Metrics
 from registry.storage.driver import (
     FileInfo,
+    ICutBack,
     IEmptyFolders,
     IFileWriter,
     IStagedWrites,
     IStorageDriver,
     ISymbolicLinks,
+    IUnfinishedFiles,
     PathNotFoundError,
+    Unfinished,
     WriteActivity,
 )
 
@@ -74,6 +77,8 @@ class MeasuredDriver:
             alsoProvides(self, ISymbolicLinks)  # walks of repositories/ do not follow links
         if IEmptyFolders.providedBy(inner):
             alsoProvides(self, IEmptyFolders)  # the upload purge removes the folders it empties
+        if IUnfinishedFiles.providedBy(inner):
+            alsoProvides(self, IUnfinishedFiles)  # an upload's offset where it cannot re-hash
 
     async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         started = time.monotonic()
@@ -149,6 +154,11 @@ class MeasuredDriver:
             "remove_empty_folders", lambda: folders.remove_empty_folders(path, keep)
         )
 
+    async def unfinished(self, path: str) -> Unfinished | None:
+        """`IUnfinishedFiles.unfinished`, where the wrapped driver provides it."""
+        unfinished = IUnfinishedFiles(self.inner)
+        return await self._timed("get_content", lambda: unfinished.unfinished(path))
+
     async def close(self) -> None:
         """Close the wrapped driver's connections, for drivers that have any (S3)."""
         close = getattr(self.inner, "close", None)
@@ -171,6 +181,12 @@ class MeasuredWriter:
     def __init__(self, inner: IFileWriter, errors: _ErrorCount) -> None:
         self.inner = inner
         self._errors = errors
+        if ICutBack.providedBy(inner):
+            alsoProvides(self, ICutBack)  # its `unfinished` and `cut` pass through
+
+    async def cut(self, offset: int) -> None:
+        """`ICutBack.cut`, where the wrapped writer provides it."""
+        await self._counted(lambda: ICutBack(self.inner).cut(offset))
 
     @property
     def size(self) -> int:

@@ -288,6 +288,46 @@ class IStagedWrites(Interface):
         """
 
 
+@attrs.frozen
+class Unfinished:
+    """
+    A file being written whose bytes cannot be read back until it is committed (on S3: the
+    parts of a multipart upload), so an upload cannot hash them again: its ``size``, and the
+    offsets it can be cut back to (`ICutBack.cut`), the ends of its parts (``part_ends``, 0
+    first) and any offset from ``tail_start`` to ``size`` (bytes still held readable).
+    """
+
+    size: int
+    part_ends: tuple[int, ...]
+    tail_start: int
+
+    def can_cut_to(self, offset: int) -> bool:
+        return offset in self.part_ends or self.tail_start <= offset <= self.size
+
+
+class IUnfinishedFiles(Interface):
+    """An optional driver capability: files whose unfinished bytes cannot be read back."""
+
+    def unfinished(path: str) -> Awaitable[Unfinished | None]:
+        """
+        ``path``'s unfinished file as a closed writer left it (no lease taken: a request may
+        be writing it); None when there is none, or its bytes can be read at ``path``.
+        """
+
+
+class ICutBack(Interface):
+    """An optional writer capability: an appending writer cut back before it writes."""
+
+    def unfinished() -> Unfinished | None:
+        """What the writer continues, as `IUnfinishedFiles.unfinished` says."""
+
+    def cut(offset: int) -> Awaitable[None]:
+        """
+        Drop every byte past ``offset`` (one `Unfinished.can_cut_to` allows), before any
+        write: ``size`` becomes ``offset``, and ``close`` records the file so.
+        """
+
+
 class IConditionalWrites(Interface):
     """
     An optional driver capability: small files written only if they are as the caller last

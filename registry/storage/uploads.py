@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import attrs
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -47,15 +48,17 @@ from registry.storage import layout
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import (
     LOCAL_DRIVERS,
+    ICutBack,
     IFileWriter,
     IStagedWrites,
     IStorageDriver,
+    IUnfinishedFiles,
     NotAFileError,
     PathBusyError,
     PathNotFoundError,
     StorageError,
+    Unfinished,
     WriteRemoved,
-    WriteTakenOver,
 )
 from registry.storage.gcguard import GcGuard
 from registry.storage.hash_offload import HashThreads, OffloadedHasher
@@ -63,6 +66,9 @@ from registry.storage.upload_handover import HasherHandover
 
 log = Logger()
 INLINE_ALGORITHM = "sha256"
+# How long `UploadStore.flush` waits for the uploads being written to close (a stop that cut
+# their requests): an S3 upload closes once its parts in flight are stored.
+FLUSH_WAIT = 60.0
 
 
 def range_header(size: int) -> str:
@@ -73,6 +79,18 @@ def range_header(size: int) -> str:
 def range_error(upload_id: str, size: int, detail: str) -> RegistryError:
     """416: the handler adds the upload's ``Range`` and ``Location`` headers from ``size``."""
     return RegistryError(RANGE_INVALID, {"upload": upload_id, "size": size, "reason": detail})
+
+
+def resumable_offset(unfinished: Unfinished, offsets: list[int]) -> int:
+    """
+    Where an upload whose bytes cannot be read back (`Unfinished`) continues: its size when a
+    hash state was recorded there (or it is empty); else the largest offset below with a
+    hash state that the file can be cut back to; else 0, which needs none.
+    """
+    size = unfinished.size
+    if size == 0 or size in offsets:
+        return size
+    return max((o for o in offsets if o < size and unfinished.can_cut_to(o)), default=0)
 
 
 class _HashingConsumer:
@@ -167,11 +185,21 @@ class UploadAppender:
         and the hasher is parked: a PATCH is answered while the hasher may still be catching
         up (a few MiB queued, a few ms), and its state is recorded in the background unless
         the next request takes it over first.  A process that dies before either leaves no
-        state at this offset, and the upload resumes by re-hashing the stored data.
+        state at this offset, and the upload resumes by re-hashing the stored data.  Otherwise
+        the state is recorded before the file (`_close_recorded`).
         """
         if self._closed:
             return
         self._closed = True
+        try:
+            await self._close()
+        finally:
+            self.store._ended(self)
+
+    async def _close(self) -> None:
+        if self.staged is None and not self.store.state_after_answer:
+            await self._close_recorded()
+            return
         try:
             await self.writer.close()  # a staged writer discards its bytes
         except BaseException:
@@ -181,11 +209,8 @@ class UploadAppender:
             # The upload itself never received these bytes: it stays where it was (empty).
             self.store._handover.release(self._key)
             return
-        if self.store.state_after_answer:
-            self.store._handover.release(self._key)
-            self.store._handover.park(self._key, self)
-        else:
-            await self._record_state()
+        self.store._handover.release(self._key)
+        self.store._handover.park(self._key, self)
 
     async def discard(self) -> None:
         """
@@ -202,26 +227,46 @@ class UploadAppender:
             await (self.writer.close() if self.staged is not None else self.writer.rollback())
         finally:
             self.store._handover.release(self._key)
+            self.store._ended(self)
 
-    async def _record_state(self) -> None:
+    async def _close_recorded(self) -> None:
+        """
+        Close with the hash state recorded before the file: the state at the new size goes
+        down first, then the writer records the file at that size, then the state this request
+        started from is dropped.  A process that stops anywhere in between leaves the file at
+        an offset with a hash state (where the request started, or where it ended), which an
+        upload whose stored bytes cannot be read back (S3) needs to continue.
+        """
+        store, size = self.store, self.size
+        recorded = False
         try:
-            hasher = await self._settled_hasher()
-            await self.store._save_state(self.name, self.upload_id, hasher, self.size, self.start)
-        except WriteTakenOver:
-            raise
-        except StorageError as exc:
-            # The bytes are stored: a 503 would tell the client they were not, and its retry
-            # of the chunk would get 416.  The state is a shortcut (without it the next
-            # request hashes the stored data again), as when it is recorded after the answer.
-            log.warn(
-                "recording the hash state of upload {upload} ({name}) failed: {error}; the "
-                "next request re-hashes the stored data",
-                upload=self.upload_id,
-                name=self.name,
-                error=str(exc),
-            )
+            try:
+                hasher = await self._settled_hasher()
+                if size != self.start or not self.state_at_start:
+                    await store._put_state(self.name, self.upload_id, hasher, size)
+                    recorded = size != self.start
+            except StorageError as exc:
+                # The bytes are stored: a 503 would tell the client they were not, and its
+                # retry of the chunk would get 416.  Without the state the next request hashes
+                # the stored data again, or where it cannot be read back (S3) continues from
+                # the last offset with a state.
+                log.warn(
+                    "recording the hash state of upload {upload} ({name}) failed: {error}; "
+                    "the next request re-hashes the stored data",
+                    upload=self.upload_id,
+                    name=self.name,
+                    error=str(exc),
+                )
+            try:
+                await self.writer.close()
+            except BaseException:
+                if recorded:  # the file stays where it was: no state past it
+                    with contextlib.suppress(Exception):
+                        await store._drop_state_past(self.name, self.upload_id, size)
+                raise
+            await store._after_state(self.name, self.upload_id, size, self.start)
         finally:
-            self.store._handover.release(self._key)
+            store._handover.release(self._key)
 
     async def _finish_writing(self) -> DigestingHasher:
         """Commit the data; returns the hasher with every byte in it."""
@@ -231,6 +276,7 @@ class UploadAppender:
             return await self._settled_hasher()
         finally:
             self.store._handover.release(self._key)
+            self.store._ended(self)
 
     @property
     def _key(self) -> tuple[str, str]:
@@ -316,6 +362,9 @@ class UploadStore:
     # instance may take the next PATCH at once, and must find the state there.
     state_after_answer: bool = False
     _handover: HasherHandover[UploadAppender, DigestingHasher] = attrs.field(init=False)
+    # Appenders open in this process (by id), and who waits for none to be left (`flush`).
+    _open: dict[int, UploadAppender] = attrs.field(init=False, factory=dict)
+    _none_open: list[Deferred[None]] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
         self._handover = HasherHandover(UploadAppender._settled_hasher, self._record_parked)
@@ -395,6 +444,14 @@ class UploadStore:
         registry:2's, and the data only grows: the largest of these offsets and the file's
         size is the size stored.
         """
+        if IUnfinishedFiles.providedBy(self.driver):
+            data = layout.upload_data(name, upload_id)
+            found_unfinished: list[Any] = await gather(
+                self._unfinished(data),
+                self._state_offsets(name, upload_id),
+            )
+            if found_unfinished[0] is not None:
+                return resumable_offset(found_unfinished[0], found_unfinished[1])
         found: list[Any] = await gather(
             self._file_size(name, upload_id),
             self._state_offsets(name, upload_id),
@@ -404,6 +461,9 @@ class UploadStore:
         ours: list[int] = found[1]
         theirs: list[int] = found[2]
         return max([file, *ours[-1:], *theirs[-1:]])
+
+    async def _unfinished(self, path: str) -> Unfinished | None:
+        return await IUnfinishedFiles(self.driver).unfinished(path)
 
     async def _file_size(self, name: str, upload_id: str) -> int:
         try:
@@ -425,12 +485,34 @@ class UploadStore:
             appender.name, appender.upload_id, hasher, appender.size, appender.start
         )
 
+    def _ended(self, appender: UploadAppender) -> None:
+        if self._open.pop(id(appender), None) is not None and not self._open:
+            waiting, self._none_open = self._none_open, []
+            for waiter in waiting:
+                if not waiter.called:  # (one that timed out)
+                    waiter.callback(None)
+
     async def flush(self) -> None:
         """
-        Wait until every answered request's hash state is recorded: before the process stops,
-        so that the next request on each upload resumes from its state instead of hashing the
-        stored data again.
+        Wait until every upload this process is writing is closed (the requests a stop cut
+        keep what they stored, as when their client leaves) and every answered request's hash
+        state is recorded: before the process stops, so that the next request on each upload
+        resumes from where this process left it, with its state.  At most `FLUSH_WAIT`
+        seconds for the writes.
         """
+        if self._open:
+            from twisted.internet import reactor
+
+            waiter: Deferred[None] = Deferred()
+            self._none_open.append(waiter)
+            waiter.addTimeout(FLUSH_WAIT, reactor)
+            try:
+                await waiter
+            except defer.TimeoutError:
+                log.warn(
+                    "stopping with {count} upload(s) still being written",
+                    count=len(self._open),
+                )
         await self._handover.flush()
 
     async def open(
@@ -479,6 +561,8 @@ class UploadStore:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"name": name, "upload": upload_id}) from None
         try:
             size: int = writer.size
+            if previous is None or previous.size != size:
+                size = await self._cut_to_resumable(name, upload_id, writer)
             if start is not None and start != size:
                 raise range_error(
                     upload_id, size, f"chunk starts at {start}, upload has {size} bytes"
@@ -496,9 +580,36 @@ class UploadStore:
             raise
         if offload is None and self.hash_threads is not None and releases_gil(INLINE_ALGORITHM):
             offload = OffloadedHasher(hasher, self.hash_threads)
-        return UploadAppender(
+        appender = UploadAppender(
             self, name, upload_id, writer, hasher, size, offload, state_at_start=recorded
         )
+        self._open[id(appender)] = appender
+        return appender
+
+    async def _cut_to_resumable(self, name: str, upload_id: str, writer: IFileWriter) -> int:
+        """
+        The size of the upload, cut back first where its bytes cannot be read back to hash
+        them again (S3) and it has no hash state at its end (a process stopped between
+        recording the file and its state): to the last offset with a state, else 0
+        (`resumable_offset`), as ``GET`` on the upload reports.
+        """
+        size: int = writer.size
+        cutting = ICutBack(writer, None)
+        unfinished = cutting.unfinished() if cutting is not None else None
+        if unfinished is None or size == 0:
+            return size
+        offset = resumable_offset(unfinished, await self._state_offsets(name, upload_id))
+        if offset != size:
+            log.warn(
+                "upload {upload} of {name}: no hash state at offset {size}, and its stored "
+                "bytes cannot be read back to hash them again: continued from offset {offset}",
+                upload=upload_id,
+                name=name,
+                size=size,
+                offset=offset,
+            )
+            await cutting.cut(offset)
+        return offset
 
     async def _resume_hasher(
         self, name: str, upload_id: str, size: int
@@ -536,9 +647,33 @@ class UploadStore:
         one request = one write and one delete).  States left by a killed process go with
         the upload folder at commit or cancel.
         """
+        await self._put_state(name, upload_id, hasher, size)
+        await self._after_state(name, upload_id, size, previous)
+
+    async def _put_state(
+        self, name: str, upload_id: str, hasher: DigestingHasher, size: int
+    ) -> None:
         await self.driver.put_content(
             layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, size), hasher.serialize()
         )
+
+    async def _drop_state(self, name: str, upload_id: str, size: int) -> None:
+        with contextlib.suppress(PathNotFoundError):
+            await self.driver.delete(
+                layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, size)
+            )
+
+    async def _drop_state_past(self, name: str, upload_id: str, size: int) -> None:
+        """The state at ``size`` goes, the file not having got there; with the upload's folder
+        if the upload was removed meanwhile (the state made the folder again)."""
+        if await self.exists(name, upload_id):
+            await self._drop_state(name, upload_id, size)
+        else:
+            await self._remove(name, upload_id)
+
+    async def _after_state(self, name: str, upload_id: str, size: int, previous: int) -> None:
+        """After the state at ``size``: an upload removed meanwhile is removed again (the
+        state made its folder again), and the state at ``previous`` is dropped."""
         if not await self.exists(name, upload_id):
             # Cancelled (or finished) by a request in another process while this one wrote:
             # the state just written made part of the upload's folder again, which would stay
@@ -546,10 +681,7 @@ class UploadStore:
             await self._remove(name, upload_id)
             raise WriteRemoved(f"upload {upload_id} was removed while its state was saved")
         if previous not in (0, size):
-            with contextlib.suppress(PathNotFoundError):
-                await self.driver.delete(
-                    layout.upload_hashstate(name, upload_id, INLINE_ALGORITHM, previous)
-                )
+            await self._drop_state(name, upload_id, previous)
 
     async def recover(self, name: str, upload_id: str, digest: Digest) -> CommittedUpload | None:
         """
@@ -690,6 +822,7 @@ class UploadStore:
                 raise
             finally:
                 self._handover.release(appender._key)
+                self._ended(appender)
         except RegistryError:
             await self.cancel(name, upload_id)
             raise

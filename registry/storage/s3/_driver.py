@@ -28,8 +28,10 @@ from registry.storage.driver import (
     InvalidOffsetError,
     IStagedWrites,
     IStorageDriver,
+    IUnfinishedFiles,
     PathNotFoundError,
     StorageError,
+    Unfinished,
     VersionChangedError,
     WriteActivity,
 )
@@ -54,7 +56,13 @@ from registry.storage.s3._lease import (
 )
 from registry.storage.s3._reader import ResponseProducer
 from registry.storage.s3._settings import S3Settings, quote_key
-from registry.storage.s3._writer import STATE_SUFFIX, S3Writer, open_writer, state_key
+from registry.storage.s3._writer import (
+    STATE_SUFFIX,
+    S3Writer,
+    open_writer,
+    state_key,
+    unfinished,
+)
 
 _List = list  # "list" is a method name below
 _DELETE_BATCH = 1000  # DeleteObjects' limit
@@ -83,7 +91,7 @@ def _etag(response: Any, path: str) -> str:
     return etag
 
 
-@implementer(IStorageDriver, IStagedWrites, IConditionalWrites)
+@implementer(IStorageDriver, IStagedWrites, IConditionalWrites, IUnfinishedFiles)
 class S3Driver:
     name = "s3"
 
@@ -370,6 +378,9 @@ class S3Driver:
 
     async def writer(self, path: str, append: bool = False) -> IFileWriter:
         return await open_writer(self._client, self._reactor, self._key(path), path, append)
+
+    async def unfinished(self, path: str) -> Unfinished | None:
+        return await unfinished(self._client, self._key(path), path)
 
     async def staged_writer(self, path: str) -> IFileWriter:
         """A multipart upload at the final key, completed only by ``commit`` (see _writer)."""

@@ -66,10 +66,12 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from registry.storage.driver import (
+    ICutBack,
     IFileWriter,
     PathNotFoundError,
     StorageError,
     StorageFull,
+    Unfinished,
     WriteRemoved,
     WriteTakenOver,
 )
@@ -287,7 +289,7 @@ class _FileSegment:
 _Segment = _MemorySegment | _FileSegment
 
 
-@implementer(IFileWriter)
+@implementer(IFileWriter, ICutBack)
 class S3Writer:
     def __init__(
         self,
@@ -338,6 +340,8 @@ class S3Writer:
         self._finished = False
         # Bytes appended to spooled segments and not yet in their files (see `SPOOL_BACKLOG`).
         self._unstored = 0
+        # Continued from a state object: the bytes are in parts that cannot be read back.
+        self._from_state = False
         if tail:
             self._append(tail)
             self.size += len(tail)
@@ -639,6 +643,38 @@ class S3Writer:
             # After a failure, full segments may still wait for a slot that never comes.
             self._discard_segments()
 
+    def unfinished(self) -> Unfinished | None:
+        """The file as its state object recorded it (None: not continued from one)."""
+        if not self._from_state:
+            return None
+        return _unfinished(self._parts, self.size)
+
+    async def cut(self, offset: int) -> None:
+        """
+        Drop what lies past ``offset``: the parts that end after it (they are left out of
+        the state and the completion, and the next parts take their numbers), and the tail's
+        end.  Only before any write.
+        """
+        found = self.unfinished()
+        if found is None or not found.can_cut_to(offset) or self._busy() or self._full:
+            raise StorageError(f"cannot cut {self._path} back to {offset} bytes")
+        ordered = sorted(self._parts, key=lambda part: part.number)
+        kept = [
+            part for part, end in zip(ordered, found.part_ends[1:], strict=True) if end <= offset
+        ]
+        tail = b""
+        if offset > found.tail_start:
+            tail = (await self._current.read())[: offset - found.tail_start]
+        self._current.discard()
+        self._current = self._segment()
+        self._unstored = 0
+        self._parts = kept
+        self._next_number = max((part.number for part in kept), default=0) + 1
+        self.size = sum(part.size for part in kept)
+        if tail:
+            self._append(tail)
+            self.size += len(tail)
+
     async def reserve(self, length: int) -> None:
         """Parts are sized by the writer's buffer; knowing the total changes nothing."""
 
@@ -788,15 +824,8 @@ async def _take_over_foreign_upload(client: S3Client, key: str, path: str) -> No
     )
 
 
-def _from_state(
-    client: S3Client,
-    reactor: Any,
-    key: str,
-    path: str,
-    result: tuple[IResponse, bytes],
-    lease: WriteLease,
-) -> S3Writer:
-    response, body = result
+def _parse_state(body: bytes, path: str) -> tuple[str | None, list[Part], bytes]:
+    """A state object's upload id, parts and tail."""
     line, _, tail = body.partition(b"\n")
     try:
         state = json.loads(line)
@@ -807,10 +836,41 @@ def _from_state(
         expected = int(state["size"])
     except (ValueError, KeyError, TypeError) as error:
         raise StorageError(f"unreadable upload state for {path}: {error}") from error
+    held = sum(part.size for part in parts) + len(tail)
+    if held != expected:
+        raise StorageError(f"upload state for {path} says {expected} bytes, holds {held}")
+    return upload_id, parts, tail
+
+
+def _unfinished(parts: list[Part], size: int) -> Unfinished:
+    ends = [0]
+    for part in sorted(parts, key=lambda part: part.number):
+        ends.append(ends[-1] + part.size)
+    return Unfinished(size, tuple(ends), ends[-1])
+
+
+async def unfinished(client: S3Client, key: str, path: str) -> Unfinished | None:
+    """The file a closed writer left at ``key`` (`IUnfinishedFiles.unfinished`)."""
+    result = await client.call("GET", state_key(key), missing_ok=True)
+    if result is None:
+        return None
+    _, parts, tail = _parse_state(result[1], path)
+    return _unfinished(parts, sum(part.size for part in parts) + len(tail))
+
+
+def _from_state(
+    client: S3Client,
+    reactor: Any,
+    key: str,
+    path: str,
+    result: tuple[IResponse, bytes],
+    lease: WriteLease,
+) -> S3Writer:
+    response, body = result
+    upload_id, parts, tail = _parse_state(body, path)
     etag = header(response, "ETag")
     writer = S3Writer(
         client, reactor, key, path, upload_id, parts, tail, lease=lease, state_etag=etag
     )
-    if writer.size != expected:
-        raise StorageError(f"upload state for {path} says {expected} bytes, holds {writer.size}")
+    writer._from_state = True
     return writer
