@@ -5,7 +5,10 @@ State lives in storage (``_uploads/<id>/``), so an upload continues after a rest
 another instance: the data file, the start time, and the serialised sha256 state at the offset
 reached (``txhashstates/sha256/<offset>``).  A session resumes from the state whose offset equals
 the data's size; when there is none (a registry:2 upload, or a process killed mid-request) the
-stored bytes are hashed again.
+stored bytes are hashed again, or, where they cannot be read back before the upload's commit
+(S3), the upload is cut back to the last offset with a state (`resumable_offset`), which is
+then its size for ``GET``, ``PATCH`` and ``PUT`` alike.  A request records the state at the
+offset it reached before the data file's own record (`UploadAppender._close_recorded`).
 
 Where this process is the only one serving the storage, a finished request's hasher is *parked*
 while it catches up and its state is recorded; a next request on the same upload that arrives
@@ -67,8 +70,9 @@ from registry.storage.upload_handover import HasherHandover
 log = Logger()
 INLINE_ALGORITHM = "sha256"
 # How long `UploadStore.flush` waits for the uploads being written to close (a stop that cut
-# their requests): an S3 upload closes once its parts in flight are stored.
-FLUSH_WAIT = 60.0
+# their requests): an S3 upload closes once its parts in flight are stored.  Below the 10 s a
+# supervisor of workers gives a worker past its drain.
+FLUSH_WAIT = 8.0
 
 
 def range_header(size: int) -> str:
@@ -562,7 +566,15 @@ class UploadStore:
         try:
             size: int = writer.size
             if previous is None or previous.size != size:
+                found = size
                 size = await self._cut_to_resumable(name, upload_id, writer)
+                if start is None and size != found:
+                    # A request that names no offset expects its bytes to follow all the ones
+                    # sent before: it learns where the upload goes on instead (the writer,
+                    # closed below, records the cut).
+                    raise range_error(
+                        upload_id, size, f"upload cut back from {found} to {size} bytes"
+                    )
             if start is not None and start != size:
                 raise range_error(
                     upload_id, size, f"chunk starts at {start}, upload has {size} bytes"

@@ -65,6 +65,19 @@ async def _patch(url: str, data: bytes, offset: int) -> _Response:
     )
 
 
+def _range(offset: int) -> str:
+    return f"0-{max(offset - 1, 0)}"
+
+
+def _digest(blob: bytes) -> str:
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def _closing(url: str, blob: bytes) -> str:
+    """The closing PUT's URL (the upload's, with the blob's digest)."""
+    return f"{url}{'&' if '?' in url else '?'}digest={_digest(blob)}"
+
+
 async def _resume_and_commit(
     registry: RegistryProcess, name: str, location: str, blob: bytes
 ) -> int:
@@ -75,16 +88,15 @@ async def _resume_and_commit(
     offset = int((header(response, "range") or "").split("-")[1]) + 1
     if header(response, "range") == "0-0":
         offset = 0
-    if offset:
-        # Any other offset is refused with the same range.
-        response = await _patch(url, blob[offset + 1 :], offset + 1)
-        assert response.code == 416, await response.text()
-        assert header(response, "range") == f"0-{offset - 1}"
+    # Any other offset is refused with the same range.
+    response = await _patch(url, blob[offset + 1 :], offset + 1)
+    assert response.code == 416, await response.text()
+    assert header(response, "range") == _range(offset)
     response = await _patch(url, blob[offset:], offset)
     assert response.code == 202, await response.text()
     assert header(response, "range") == f"0-{len(blob) - 1}"
-    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-    response = await treq.put(f"{url}{'&' if '?' in url else '?'}digest={digest}")
+    digest = _digest(blob)
+    response = await treq.put(_closing(url, blob))
     assert response.code == 201, await response.text()
     response = await treq.get(f"{registry.url}/v2/{name}/blobs/{digest}")
     assert response.code == 200
@@ -122,8 +134,15 @@ async def test_parts_past_the_last_hash_state(
     await driver.delete(layout.upload_hashstate(name, upload_id, "sha256", second))
     if earlier_state:
         await driver.put_content(earlier, saved)
+    expected = PART if earlier_state else 0
+    response = await treq.get(url)
+    assert header(response, "range") == _range(expected)
+    # The closing PUT (no bytes, no Content-Range) is told where the upload is, not committed.
+    response = await treq.put(_closing(url, blob))
+    assert response.code == 416, await response.text()
+    assert header(response, "range") == _range(expected)
     offset = await _resume_and_commit(registry, name, location, blob)
-    assert offset == (PART if earlier_state else 0)
+    assert offset == expected
     assert "continued from offset" in registry.log_text()
 
 
