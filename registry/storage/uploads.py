@@ -250,10 +250,15 @@ class UploadAppender:
                     await store._put_state(self.name, self.upload_id, hasher, size)
                     recorded = size != self.start
             except StorageError as exc:
+                if ICutBack.providedBy(self.writer):
+                    # The stored bytes cannot be hashed again (S3): kept without their state,
+                    # the upload would be cut back past them.  It stays where this request
+                    # found it, and the client sends the chunk again.
+                    await self.writer.rollback()
+                    raise
                 # The bytes are stored: a 503 would tell the client they were not, and its
                 # retry of the chunk would get 416.  Without the state the next request hashes
-                # the stored data again, or where it cannot be read back (S3) continues from
-                # the last offset with a state.
+                # the stored data again.
                 log.warn(
                     "recording the hash state of upload {upload} ({name}) failed: {error}; "
                     "the next request re-hashes the stored data",

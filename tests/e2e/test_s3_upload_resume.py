@@ -104,37 +104,50 @@ async def _resume_and_commit(
     return offset
 
 
-@pytest.mark.parametrize("earlier_state", [True, False], ids=["to-earlier-state", "to-zero"])
+@pytest.mark.parametrize(
+    ("first", "second", "earlier_state", "expected"),
+    [
+        pytest.param(3_000_000, 6_000_000, False, 0, id="no-state"),
+        pytest.param(PART, 6_000_000, True, PART, id="to-a-part-end"),
+        pytest.param(3_000_000, 6_000_000, True, 0, id="state-inside-a-part"),
+        pytest.param(1_000_000, 2_000_000, True, 1_000_000, id="within-the-tail"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_parts_past_the_last_hash_state(
-    registry_on_s3: RegistryProcess, s3_server: S3Server, earlier_state: bool
+    registry_on_s3: RegistryProcess,
+    s3_server: S3Server,
+    first: int,
+    second: int,
+    earlier_state: bool,
+    expected: int,
 ) -> None:
     """
-    The upload's S3 state lists parts past its last hash state (as a process stopped between
-    recording the one and the other left it): GET, PATCH and PUT agree on the last offset with
-    a hash state that is a part's end (else 0), the client resumes there, and the blob is
-    right.  (Before: GET said one offset, PATCH's 416 another, and a PATCH or PUT at the
-    upload's size failed with 503 "path not found" for good.)
+    A PATCH of ``first`` bytes, then one of ``second`` bytes whose hash state is deleted and
+    the state it started from put back (``earlier_state``) or not, as a process stopped
+    between recording the file and its hash state leaves the upload: its S3 state lists bytes
+    past its last hash state.  GET, PATCH and PUT agree on the last offset with a hash state
+    that the file can be cut back to (a part's end, or within the tail still held), else 0;
+    the client resumes there, and the blob is right.  (Before: GET said one offset, PATCH's
+    416 another, and a PATCH or PUT at the upload's size failed with 503 "path not found"
+    for good.)
     """
     registry = registry_on_s3
     name = "resume/parts"
     location, upload_id = await _start_upload(registry, name)
-    first = PART if earlier_state else 3_000_000
-    blob = os.urandom(first + 6_000_000 + 2_000_000)
+    blob = os.urandom(first + second + 2_000_000)
     url = registry.url + location
     response = await _patch(url, blob[:first], 0)
     assert response.code == 202, await response.text()
     driver = _driver(registry, s3_server)
     earlier = layout.upload_hashstate(name, upload_id, "sha256", first)
     saved = await driver.get_content(earlier)
-    second = first + 6_000_000
-    response = await _patch(url, blob[first:second], first)
+    end = first + second
+    response = await _patch(url, blob[first:end], first)
     assert response.code == 202, await response.text()
-    # The state at the end goes; the one the second PATCH started from is back (or not).
-    await driver.delete(layout.upload_hashstate(name, upload_id, "sha256", second))
+    await driver.delete(layout.upload_hashstate(name, upload_id, "sha256", end))
     if earlier_state:
         await driver.put_content(earlier, saved)
-    expected = PART if earlier_state else 0
     response = await treq.get(url)
     assert header(response, "range") == _range(expected)
     # The closing PUT (no bytes, no Content-Range) is told where the upload is, not committed.
@@ -144,6 +157,8 @@ async def test_parts_past_the_last_hash_state(
     offset = await _resume_and_commit(registry, name, location, blob)
     assert offset == expected
     assert "continued from offset" in registry.log_text()
+    assert await driver._uploads_under(driver._key(layout.repository(name))) == []
+    await driver.close()
 
 
 def _send_slowly(connection: socket.socket, body: bytes, rate: float) -> int:
@@ -199,7 +214,13 @@ async def test_patch_cut_by_the_drain_deadline_resumes(
         lease = driver._key(layout.upload_data(name, upload_id)) + LEASE_SUFFIX
         assert await driver._client.call("HEAD", lease, missing_ok=True) is None
         registry.start()
-        offset = await _resume_and_commit(registry, name, location, blob)
-        assert offset > 0
+        try:
+            offset = await _resume_and_commit(registry, name, location, blob)
+            assert offset > 0
+            # No multipart upload is left behind under the repository.
+            repository = driver._key(layout.repository(name))
+            assert await driver._uploads_under(repository) == []
+        finally:
+            await driver.close()
     finally:
         registry.stop()
