@@ -22,9 +22,10 @@ then the tail's bytes.  ``~`` never occurs in registry:2 layout names, so the st
 cannot clash with a real file, and ``list`` leaves it out.  Resuming reads the state object (one
 GET of under 5 MiB) and continues: ``size`` is the parts plus the tail, the tail is the start of
 the next segment, and new parts are numbered after the recorded ones (parts a crashed writer
-uploaded after its last ``close`` are overwritten or left out of the completion).  ``commit``
-and ``cancel`` delete the state object; ``cancel`` also aborts the upload.  A resumed file's
-cost is therefore O(5 MiB), never O(file) as in registry:2's complete-and-copy.
+uploaded after its last ``close`` are overwritten or left out of the completion; ``cut`` leaves
+the parts past an offset out the same way, for an upload cut back to its last hash state).
+``commit`` and ``cancel`` delete the state object; ``cancel`` also aborts the upload.  A resumed
+file's cost is therefore O(5 MiB), never O(file) as in registry:2's complete-and-copy.
 
 Appending to a finished object (no state object) starts from it: under 5 MiB it is read back as
 the tail, larger it becomes the first parts by server-side UploadPartCopy.  A file registry:2's
