@@ -1179,7 +1179,35 @@ class ProxyCache:
                         await writer.reserve(size)
                         await rehash(self.spool, fill.tail_path, fill.restart, hasher, writer)
                     fill.stored = fill.written = fill.restart
-                    blob = await self.client.blob(upstream, digest, offset=fill.restart, size=size)
+                    try:
+                        blob = await self.client.blob(
+                            upstream, digest, offset=fill.restart, size=size
+                        )
+                    except UpstreamError as exc:
+                        if exc.status != 416:
+                            raise
+                        # The upstream serves no range of it: the kept bytes cannot be
+                        # continued, the blob is fetched whole (kept, they would make it
+                        # unpullable for as long as they last).
+                        log.info(
+                            "proxy {upstream}: the upstream refused the rest of {digest} from"
+                            " byte {offset} ({error}): the bytes kept are dropped, the blob is"
+                            " fetched whole",
+                            upstream=self.name,
+                            digest=str(digest),
+                            offset=fill.restart,
+                            error=str(exc)[:300],
+                        )
+                        for dropped in (writer, spool):
+                            if dropped is not None:
+                                with contextlib.suppress(StorageError):
+                                    await dropped.cancel()
+                        writer = spool = None
+                        hasher = None
+                        fill.restart = fill.stored = fill.written = 0
+                        fill.tail_driver = fill.tail_path = None
+                        blob = None
+                if blob is not None and fill.restart:
                     fill.size = size
                     self.stats.restart_resumes += 1
                     log.info(
@@ -1624,12 +1652,32 @@ class ProxyCache:
                 await self.driver.delete(path)
         return not alive
 
+    async def _drop_partials(self) -> None:
+        """With ``partial_age = 0``: what was kept while it was not 0 goes too."""
+        places: list[tuple[IStorageDriver, str]] = []
+        if self.spool is not None:
+            places.append((self.spool, PARTIALS))
+        elif getattr(self.driver, "name", "") == "filesystem":
+            places.append((self.driver, self.partials_dir))
+        for driver, folder in places:
+            try:
+                names = await driver.list(folder)
+            except PathNotFoundError:
+                continue
+            await driver.delete(folder)
+            log.info(
+                "proxy {upstream}: removed {count} kept partial fills (partial_age = 0)",
+                upstream=self.name,
+                count=len(names),
+            )
+
     async def prune_partials(self) -> None:
         """Remove the kept bytes of interrupted fills older than ``partial_age``, and the
         oldest of them beyond the room ``max_size`` leaves beside what is cached and the
         room the fills in flight reserved."""
         place = self._partials_place()
         if place is None:
+            await self._drop_partials()
             return
         driver, folder = place
         try:

@@ -79,8 +79,8 @@ class NotAFileError(StorageError):
     collection take a tag for gone and delete what it points at, and let a blob read as empty.
     """
 
-    def __init__(self, path: str) -> None:
-        super().__init__(f"storage damaged at {path}: a folder where a file should be")
+    def __init__(self, path: str, what: str = "a folder") -> None:
+        super().__init__(f"storage damaged at {path}: {what} where a file should be")
         self.path = path
 
 

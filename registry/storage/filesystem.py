@@ -66,6 +66,9 @@ from registry.storage.driver import (
 from registry.storage.preallocate import release_unused, reserve_space
 from registry.storage.producers import FileProducer
 
+# What `writer(append=True)` refuses to continue (`NotAFileError`).
+_NOT_REGULAR = "a symbolic link, a FIFO, a device or a folder"
+
 log = Logger()
 T = TypeVar("T")
 _TEMP_PREFIX = ".tmp-"
@@ -708,10 +711,21 @@ class FilesystemDriver:
             if append:
                 # Continuing what is there, never creating it: an upload cancelled while this
                 # request was on its way must stay gone (its folder is not made again).
+                # Never through a symbolic link (it would write outside the root), and a FIFO
+                # or a device refuses at once instead of blocking the reactor on its open.
+                flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
                 try:
-                    fd = os.open(full, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+                    fd = os.open(full, flags | getattr(os, "O_CLOEXEC", 0))
                 except FileNotFoundError:
                     raise PathNotFoundError(path) from None
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                        raise NotAFileError(path, _NOT_REGULAR) from None
+                    raise
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    raise NotAFileError(path, _NOT_REGULAR)
+                os.set_blocking(fd, True)
                 file = os.fdopen(fd, "ab")
             else:
                 directory = os.path.dirname(full)

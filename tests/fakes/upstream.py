@@ -87,6 +87,7 @@ class Switches:
     cut_blob_times: int | None = None  # ... of this many bodies (None: every one)
     # The CDN ignores Range and answers 200 with the whole blob (RFC 7233 allows it).
     ignore_range: bool = False
+    refuse_ranges: bool = False  # the CDN answers any Range request 416 (a plain GET works)
     blob_rate: int | None = None  # CDN bytes per second
     corrupt_blobs: bool = False  # CDN flips the first byte of every body
     # CDN bodies without Content-Length (chunked) that go on this many bytes past the blob.
@@ -754,7 +755,7 @@ class _CdnResource(_Base):
                 end = min(int(match[2]) + 1, blob.size) if match[2] else blob.size
             else:
                 start = max(0, blob.size - int(match[2]))
-            if start >= blob.size or start >= end:
+            if start >= blob.size or start >= end or self.fake.switches.refuse_ranges:
                 request.setResponseCode(416)
                 request.setHeader(b"content-range", f"bytes */{blob.size}".encode())
                 return b""

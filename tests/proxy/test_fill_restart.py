@@ -27,7 +27,7 @@ from registry.storage.blobs import BlobStore
 from registry.storage.filesystem import FilesystemDriver
 from registry.storage.tags import TagStore
 from tests.e2e.client import get, sha256
-from tests.e2e.harness import RegistryProcess
+from tests.e2e.harness import RegistryProcess, write_config
 from tests.fakes.upstream import FakeUpstream
 from tests.proxy.registries import proxy_section
 from tests.proxy.util import blob_data_path, metric, reactor, wait_for
@@ -332,3 +332,82 @@ async def test_an_s3_fill_killed_mid_layer_resumes_from_its_spool(
         f"resuming the fill of {digest} at byte {size} of {LAYER} from the bytes an interrupted"
         " fill kept (the upstream answered the rest)"
     ) in process.log_text()[offset:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fifo_or_a_symbolic_link_left_as_kept_bytes_is_not_followed(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """Only regular files are taken as kept bytes: a FIFO named like a fill blocked the
+    reactor on its open at start (nothing answered, not even /v2/), and a symbolic link in
+    ``partials/`` had the fill append the upstream's bytes to the file it points at, outside
+    the storage."""
+    first = fake.content.add_image("library/one", "latest", [3 * MiB]).layers[0].digest
+    second = fake.content.add_image("library/two", "latest", [3 * MiB]).layers[0].digest
+    process = RegistryProcess(tmp_path, _sections(fake))
+    process.start()
+    process.stop()
+    cache = tmp_path / "data" / CACHE
+    (cache / "fills").mkdir(parents=True, exist_ok=True)
+    os.mkfifo(cache / "fills" / f"sha256-{first[7:]}-{uuid.uuid4().hex}")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not the registry's")
+    (cache / "partials").mkdir(parents=True, exist_ok=True)
+    (cache / "partials" / f"sha256-{second[7:]}").symlink_to(outside)
+    process.start()
+    try:
+        response, _ = await get(f"{process.url}/v2/")
+        assert response.code == 200
+        for name, digest in (("one", first), ("two", second)):
+            response, body = await get(f"{process.url}/v2/{name}/blobs/{digest}")
+            assert (response.code, sha256(body)) == (200, digest)
+            assert _cdn_ranges(fake, digest) == [None]
+        assert outside.read_bytes() == b"not the registry's"
+    finally:
+        process.stop()
+    assert "Traceback" not in process.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_kept_bytes_go_at_start_once_partial_age_is_0(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """Turning keeping off (``partial_age = 0``) after it ran removes what it kept (they
+    stayed, uncounted in the cache's size)."""
+    process, digest, _left, _size = await _killed_mid_layer(tmp_path, fake)
+    partials = tmp_path / "data" / CACHE / "partials"
+    process.start()  # (kept: moved to partials/ at start)
+    await wait_for(lambda: partials.exists() and list(partials.glob("*")))
+    process.stop()
+    sections = {**process.sections, "proxy:hub": {**process.sections["proxy:hub"]}}
+    sections["proxy:hub"]["partial_age"] = "0"
+    write_config(process.config, sections)
+    process.start()
+    try:
+        await wait_for(lambda: not partials.exists() or not list(partials.glob("*")))
+        response, body = await get(f"{process.url}/v2/big/blobs/{digest}")
+        assert (response.code, sha256(body)) == (200, digest)
+        assert _cdn_ranges(fake, digest) == [None, None]
+    finally:
+        process.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_refusing_the_rest_gets_the_blob_asked_whole(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """An upstream that answers the Range GET 416 (it serves no ranges of the blob): the kept
+    bytes are dropped and the blob fetched whole (kept, it was 503 at every pull for as long
+    as they lasted)."""
+    process, digest, _left, size = await _killed_mid_layer(tmp_path, fake)
+    fake.switches.refuse_ranges = True
+    process.start()
+    try:
+        response, body = await get(f"{process.url}/v2/big/blobs/{digest}")
+        assert (response.code, len(body), sha256(body)) == (200, LAYER, digest)
+        assert _cdn_ranges(fake, digest) == [None, f"bytes={size}-", None]
+        assert sha256(blob_data_path(tmp_path / "data", digest).read_bytes()) == digest
+        assert not list((tmp_path / "data" / CACHE / "partials").glob("*"))
+    finally:
+        process.stop()
+    assert "Traceback" not in process.log_text()
