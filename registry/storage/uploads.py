@@ -253,9 +253,11 @@ class UploadAppender:
                 if ICutBack.providedBy(self.writer):
                     # The stored bytes cannot be hashed again (S3): kept without their state,
                     # the upload would be cut back past them.  It stays where this request
-                    # found it, and the client sends the chunk again.
-                    await self.writer.rollback()
-                    raise
+                    # found it, and the client sends the chunk again.  (The storage failing,
+                    # the rollback may fail too: the failure the client is told is the first.)
+                    with contextlib.suppress(StorageError):
+                        await self.writer.rollback()
+                    raise exc
                 # The bytes are stored: a 503 would tell the client they were not, and its
                 # retry of the chunk would get 416.  Without the state the next request hashes
                 # the stored data again.

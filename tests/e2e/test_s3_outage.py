@@ -471,7 +471,8 @@ async def test_s3_gone_while_a_patch_writes_says_what_failed_first(
     switchable: SwitchableS3,
 ) -> None:
     """S3 goes away while a PATCH writes: the 503's reason is the write that failed (the
-    upload's state), not the release of the upload's write lease tried after it."""
+    hash state at the new size, which goes down before the upload's state), not the release
+    of the upload's write lease tried after it."""
     registry = await start_on_s3(start_registry, s3_server, switchable, "patch")
     response = await treq.post(f"{registry.url}/v2/app/blobs/uploads/")
     assert response.code == 202, await response.text()
@@ -497,7 +498,7 @@ async def test_s3_gone_while_a_patch_writes_says_what_failed_first(
         await driver.close()
     assert response.code == 503, answer
     reason = answer["errors"][0]["detail"]["reason"]
-    assert "~txregistry-upload" in reason and "lease" not in reason, reason
+    assert "/txhashstates/sha256/200000" in reason and "lease" not in reason, reason
 
 
 @pytest.fixture
