@@ -80,11 +80,6 @@ Origin = tuple[str, str, int]
 BodyFactory = Callable[[], IBodyProducer]
 
 
-def _origin_text(origin: Origin) -> str:
-    scheme, host, port = origin
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
 def origin_of(url: str) -> Origin:
     """(scheme, host, port) with default ports filled in: what "same origin" compares."""
     parts = urlsplit(url)
@@ -346,7 +341,7 @@ class Session:
                 await self.discard(response)
                 raise self.foreign_challenge(answered_by)
             if answered_by != self.origin:
-                self._answered_elsewhere[response] = _origin_text(answered_by)
+                self._answered_elsewhere[response] = origin_text(answered_by)
             if response.code != 401 or attempt == 1:
                 return response
             before = self.challenge
@@ -548,7 +543,7 @@ class Session:
                 response = await self.send(method, url, sent, body)
             except ClientError as exc:
                 if origin_of(url) != self.origin:
-                    exc.elsewhere = _origin_text(origin_of(url))
+                    exc.elsewhere = origin_text(origin_of(url))
                 raise
             location = header(response.headers, "location")
             if response.code not in _REDIRECTS or not location:
