@@ -130,6 +130,18 @@ def _list_or_none(value: object) -> object:
     return [] if value is None else value
 
 
+def _descriptors_problem(document: dict[str, Any], key: str) -> str | None:
+    """What is wrong with the list of descriptors at ``key`` (None: nothing)."""
+    listed = _list_or_none(document.get(key))
+    if not isinstance(listed, list):
+        return f"{key} is not a list but {_shown(listed)}"
+    for number, entry in enumerate(listed):
+        problem = descriptor_problem(entry, f"{key}[{number}]")
+        if problem is not None:
+            return problem
+    return None
+
+
 def manifest_problem(document: dict[str, Any], is_index: bool) -> str | None:
     """What makes a manifest or index refused by a copy (None: nothing): a ``config``,
     ``layers`` entry or ``manifests`` entry that is not a descriptor, a ``layers`` or
@@ -137,25 +149,14 @@ def manifest_problem(document: dict[str, Any], is_index: bool) -> str | None:
     list), a schema 1 ``blobSum`` that is not a digest.  Copied without what it names, the
     copy would be missing what its manifest says it holds."""
     if is_index:
-        listed = _list_or_none(document.get("manifests"))
-        if not isinstance(listed, list):
-            return f"manifests is not a list but {_shown(listed)}"
-        for number, entry in enumerate(listed):
-            problem = descriptor_problem(entry, f"manifests[{number}]")
-            if problem is not None:
-                return problem
-        return None
+        return _descriptors_problem(document, "manifests")
     if "config" in document:
         problem = descriptor_problem(document["config"], "config")
         if problem is not None:
             return problem
-    layers = _list_or_none(document.get("layers"))
-    if not isinstance(layers, list):
-        return f"layers is not a list but {_shown(layers)}"
-    for number, entry in enumerate(layers):
-        problem = descriptor_problem(entry, f"layers[{number}]")
-        if problem is not None:
-            return problem
+    problem = _descriptors_problem(document, "layers")
+    if problem is not None:
+        return problem
     schema1 = _list_or_none(document.get("fsLayers"))
     if not isinstance(schema1, list):
         return f"fsLayers is not a list but {_shown(schema1)}"

@@ -237,21 +237,14 @@ class UploadSink(Generic[W]):
             return
         try:
             await appender.close()
-        except WriteTakenOver as exc:  # cancelled, or continued by another request, meanwhile
+        except (WriteTakenOver, RegistryError) as exc:
+            # Cancelled, purged, or continued by another request, meanwhile.
             log.info(
                 "{why}; {name} upload {upload} not kept: {reason}",
                 why=why,
                 name=appender.name,
                 upload=appender.upload_id,
                 reason=str(exc),
-            )
-        except RegistryError as exc:  # gone meanwhile (cancelled, purged)
-            log.info(
-                "{why}; {name} upload {upload} not kept: {reason}",
-                why=why,
-                name=appender.name,
-                upload=appender.upload_id,
-                reason=exc.message,
             )
         except Exception:
             log_failure(
