@@ -51,6 +51,7 @@ from registry.client._inflight import Inflight, Overloaded
 from registry.failures import log_failure
 from registry.manifests import stored_media_type
 from registry.manifests.references import manifest_refs
+from registry.proxy import index_open
 from registry.proxy.config import MAX_INFLIGHT, ProxyConfig, looks_like_host
 from registry.proxy.errors import (
     ResumeFailed,
@@ -116,6 +117,10 @@ async def sleep(reactor: Any, seconds: float) -> None:
 
 def state_dir(upstream: str) -> str:
     return f"{layout.OWN}/proxy/{upstream}"
+
+
+class _CountStopped(Exception):
+    """The count after an unclean stop was interrupted by a stop (`stop_counting`)."""
 
 
 @attrs.define
@@ -335,6 +340,15 @@ class ProxyCache:
     # The count of a cache without a saved index failed half way (`load_state`): the index
     # is partial, and is counted again before it is saved.
     recount_pending: bool = attrs.field(init=False, default=False)
+    # Whether this process's `index_open` marker is in storage (written at start, or at a
+    # later flush when the storage refused it then), and whether the index is known to be
+    # whole: False while a count after an unclean stop is due or running, so that a stop
+    # before it ends leaves the marker for the next start.
+    _open_marked: bool = attrs.field(init=False, default=False)
+    _index_whole: bool = attrs.field(init=False, default=True)
+    # The count after an unclean stop, run beside serving (`load_state`).
+    _counting: Deferred[None] | None = attrs.field(init=False, default=None)
+    _stop_counting: bool = attrs.field(init=False, default=False)
     # One eviction (or admission of a fill's reservation) at a time; later ones queue.
     _eviction_lock: DeferredLock = attrs.field(init=False, factory=DeferredLock)
     # Upstream referrers lists read at once: each may be many pages (up to the client's
@@ -2504,7 +2518,9 @@ class ProxyCache:
                 )
             self.state_loaded = True
             return
-        blobs, manifests = await self.index.load(self.driver, state_dir(self.name))
+        folder = state_dir(self.name)
+        unclean = await self._mark_index_open(folder)
+        blobs, manifests = await self.index.load(self.driver, folder)
         log.info(
             "proxy {upstream}: {blobs} blobs, {manifests} manifests, {size} bytes cached",
             upstream=self.name,
@@ -2512,7 +2528,13 @@ class ProxyCache:
             manifests=manifests,
             size=self.index.size,
         )
-        if blobs == 0 and manifests == 0:
+        if unclean and (blobs or manifests):
+            # The saved index is usable but may lack what was cached after it was saved:
+            # counted beside serving (readiness does not wait; what the index holds is right,
+            # only incomplete), a stop meanwhile leaves the marker for the next start.
+            self._index_whole = False
+            self._counting = Deferred.fromCoroutine(self._count_after_unclean_stop())
+        elif blobs == 0 and manifests == 0:
             # No saved index (or an unusable one), or a cache that is new: what the storage
             # holds is counted again (nothing to count: a short walk).  Until that is done
             # the cache is not loaded: readiness says so, and no flush writes a partial
@@ -2531,31 +2553,89 @@ class ProxyCache:
                 )
         self.state_loaded = True
 
-    async def recount(self) -> None:
-        """The index came up empty, but the storage may hold what this cache fetched: its
-        snapshot was never written (a full disk at the last stop, a crash before the first
-        flush) or could not be read.  Register every repository's ``_layers`` links (with
-        the blobs' sizes) and manifest revisions again, as entries used now, so that
-        ``max_size`` counts them and eviction can delete them; unregistered, they would
-        hold their space for good, invisible to both."""
+    async def _mark_index_open(self, folder: str) -> bool:
+        """Write this process's `index_open` marker; whether a process before it left one
+        (it ended without saving its index: kill -9, a crash).  A storage refusing the marker
+        is no reason not to serve: a later flush writes it."""
+        unclean = False
+        try:
+            unclean = await index_open.found(self.driver, folder)
+            await index_open.write(self.driver, folder)
+            self._open_marked = True
+        except StorageError as exc:
+            log.info(
+                "proxy {upstream}: cannot write {marker} ({error}): written at a later flush",
+                upstream=self.name,
+                marker=index_open.MARKER,
+                error=str(exc),
+            )
+        return unclean
+
+    async def _count_after_unclean_stop(self) -> None:
+        try:
+            await self.recount(after_unclean_stop=True)
+        except _CountStopped:
+            return
+        except Exception:
+            # A storage failing under the walk: counted again before the next save.
+            self.recount_pending = True
+            log_failure(
+                log, Failure(), "proxy {upstream}: counting the cache failed", upstream=self.name
+            )
+        else:
+            self._index_whole = True
+        finally:
+            self._counting = None
+
+    @property
+    def counting(self) -> bool:
+        """Whether the count after an unclean stop runs (beside serving)."""
+        return self._counting is not None
+
+    async def stop_counting(self) -> None:
+        """Interrupt the count after an unclean stop, if one runs (at a stop: the index is
+        saved as it is, and the marker it leaves has the next start count again)."""
+        counting = self._counting
+        if counting is not None:
+            self._stop_counting = True
+            await counting
+
+    async def recount(self, after_unclean_stop: bool = False) -> None:
+        """The storage may hold what the index lacks: its snapshot was never written (a
+        full disk at the last stop, a crash before the first flush) or could not be read, or
+        (``after_unclean_stop``) it was written before the last content was cached.  Register
+        every repository's ``_layers`` links (with the blobs' sizes) and manifest revisions
+        the index lacks, as entries used now, so that ``max_size`` counts them and eviction
+        can delete them; unregistered, they would hold their space for good, invisible to
+        both.  Entries the index has keep their last use (the eviction order)."""
         log.info(
-            "proxy {upstream}: no saved index: counting what the storage holds (readiness"
-            " waits for it)",
+            "proxy {upstream}: {why}: counting what the storage holds ({wait})",
             upstream=self.name,
+            why=(
+                "the process before this one ended without saving its index"
+                if after_unclean_stop
+                else "no saved index"
+            ),
+            wait="serving meanwhile" if after_unclean_stop else "readiness waits for it",
         )
         links = manifests = 0
         for name in await self._repositories():
+            if self._stop_counting:
+                raise _CountStopped()
             now = self.now()
             for digest in await digest_folders(self.driver, layout.layers_dir(name)):
                 info = await self.blobs.exists(digest)
                 if info is None:
                     continue
-                # (Known already: stored or served since the start, not found again.)
-                known = await self.index.touch_blob(str(digest), now) is not None
-                await self.index.add_blob(name, str(digest), info.size, now)
+                # Known already (saved, or stored or served since the start): a use at
+                # time 0 changes nothing but says whether it is there.
+                known = await self.index.touch_blob(str(digest), 0.0) is not None
+                await self.index.add_blob(name, str(digest), info.size, 0.0 if known else now)
                 links += 0 if known else 1
+            if self._stop_counting:
+                raise _CountStopped()
             for digest in await digest_folders(self.driver, layout.revisions_dir(name)):
-                if await self.index.touch_manifest(name, str(digest), now):
+                if await self.index.touch_manifest(name, str(digest), 0.0):
                     continue
                 try:
                     body = await self.driver.get_content(layout.blob_data(digest))
@@ -2565,9 +2645,14 @@ class ProxyCache:
                 manifests += 1
         if links or manifests:
             log.warn(
-                "proxy {upstream}: the saved index was missing or empty: counted {blobs} blobs"
-                " and {manifests} manifests found in storage again ({size} bytes cached)",
+                "proxy {upstream}: {why}: counted {blobs} blobs and {manifests} manifests"
+                " found in storage again ({size} bytes cached)",
                 upstream=self.name,
+                why=(
+                    "the saved index lacked what was cached after it was saved"
+                    if after_unclean_stop
+                    else "the saved index was missing or empty"
+                ),
                 blobs=links,
                 manifests=manifests,
                 size=self.index.size,
@@ -2575,16 +2660,27 @@ class ProxyCache:
             )
             self.schedule_eviction()  # over max_size now, perhaps
 
-    async def flush_state(self) -> None:
+    async def flush_state(self, final: bool = False) -> None:
+        """Save the index (``final``: at a clean stop, after which the `index_open` marker
+        goes when the index saved is whole)."""
         if self.ledger is not None:
             await self.ledger.push(self.fleet_index(), self.now())
             return
         if not self.state_loaded:
             return  # a partial index (still loading, or counting again) is never saved
+        folder = state_dir(self.name)
         if self.recount_pending:
-            await self.recount()  # (fails again while the storage does: nothing saved)
+            # (Fails again while the storage does: nothing saved.)
+            await self.recount(after_unclean_stop=not self._index_whole)
             self.recount_pending = False
-        await self.index.flush(self.driver, state_dir(self.name))
+            self._index_whole = True
+        await self.index.flush(self.driver, folder)
+        if not self._open_marked and not final:
+            await index_open.write(self.driver, folder)
+            self._open_marked = True
+        if final and self._index_whole and self._counting is None:
+            await index_open.remove(self.driver, folder)
+            self._open_marked = False
 
     async def clean_fills(self) -> None:
         """Fills interrupted by a crash or a restart leave partial files: remove them (in a

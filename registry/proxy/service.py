@@ -198,7 +198,8 @@ class ProxyService(MultiService):
             for cache in self.caches:
                 cache.reads.stop()
                 try:
-                    await cache.flush_state()
+                    await cache.stop_counting()
+                    await cache.flush_state(final=True)
                 except RedisUnavailable as exc:
                     log_redis(
                         log,

@@ -232,6 +232,60 @@ async def test_a_restart_without_a_saved_index_counts_the_cache_again(
         process.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_restart_after_kill_9_counts_what_the_saved_index_lacked(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """Image a cached and saved at a clean stop; image b cached after the last save, then
+    ``kill -9``: the next start finds the ``index.open`` marker the killed process left, and
+    counts b into the index it read back.  Without that, b held its space for good: pulling
+    c stayed under ``max_size`` on paper while the storage held a, b and c.  The count keeps
+    the saved order, so c's pull evicts a (used before b), not b."""
+    only_a, only_b, only_c = (GeneratedBlob(s, SIZE) for s in ("ka", "kb", "kc"))
+    image_a = build_image(fake.content, "library/app", "a", [only_a])
+    image_b = build_image(fake.content, "library/app", "b", [only_b])
+    build_image(fake.content, "library/app", "c", [only_c])
+    section = proxy_section(fake.url, max_size="400KB", flush_interval="1h")
+    process = RegistryProcess(tmp_path, {"proxy:hub": section})
+    hub = tmp_path / "data/docker/registry/v2/txregistry/proxy/hub"
+    root = tmp_path / "data"
+    process.start()
+    try:
+        await pull(process.url, "app", "a")
+        with_a = metric(_metrics(process.url), "txregistry_proxy_cache_bytes")
+        assert (hub / "index.open").exists()
+        process.stop()  # a clean stop saves the index whole, and says so
+        assert not (hub / "index.open").exists()
+        offset = len(process.log_text())
+        process.start()
+        await pull(process.url, "app", "b")
+        with_b = metric(_metrics(process.url), "txregistry_proxy_cache_bytes")
+        assert with_b > with_a
+        assert "counting what the storage holds" not in process.log_text()[offset:]
+        process.kill()  # b is not in the saved index (flush_interval 1h)
+        offset = len(process.log_text())
+        process.start()
+        await wait_for_check(process.url, "cache:hub")
+        await wait_for(lambda: "found in storage again" in process.log_text()[offset:])
+        said = re.findall(r"\[registry\.proxy\.cache#warn\] (.*)", process.log_text()[offset:])
+        assert said == [
+            "proxy hub: the saved index lacked what was cached after it was saved: counted 2"
+            f" blobs and 1 manifests found in storage again ({int(with_b)} bytes cached)"
+        ], said
+        assert metric(_metrics(process.url), "txregistry_proxy_cache_bytes") == with_b
+        await pull(process.url, "app", "c")
+        await wait_for(lambda: not blob_data_path(root, only_a.digest).exists())
+        assert not blob_data_path(root, image_a.config or "").exists()
+        assert blob_data_path(root, only_b.digest).exists()
+        assert blob_data_path(root, image_b.config or "").exists()
+        assert blob_data_path(root, only_c.digest).exists()
+        assert metric(_metrics(process.url), "txregistry_proxy_cache_bytes") <= 400_000
+        process.stop()
+        assert not (hub / "index.open").exists()  # counted whole, then saved at the stop
+    finally:
+        process.stop()
+
+
 async def _cached_without_index(proxied: Proxied, fake: FakeUpstream) -> tuple[Path, Path, float]:
     """An image pulled through a cache that then stopped, its saved index removed: the
     storage root, where the index is saved, and the bytes the cache held."""
@@ -341,6 +395,47 @@ async def test_a_count_that_failed_is_done_again_before_the_index_is_saved(
         await cache.flush_state()
         assert cache.index.size == before
         assert snapshot.exists()
+    finally:
+        await cache.index.close()
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_during_the_count_after_an_unclean_stop_leaves_the_marker(
+    proxied: Proxied, fake: FakeUpstream, thread_pool: Any
+) -> None:
+    """The count after an unclean stop runs beside serving (readiness does not wait for it);
+    a stop before it ends saves the index as it is and leaves ``index.open``, so the next
+    start counts again; a count that ended lets the stop remove it."""
+    fake.content.add_image("library/alpine", "latest", [4096, 300_000])
+    first = await proxied()
+    root = storage_root(first)
+    await pull(first, "alpine", "latest")
+    await first.stop()
+    hub = root / "docker/registry/v2/txregistry/proxy/hub"
+    marker = hub / "index.open"
+    assert (hub / "index.sqlite3").exists() and not marker.exists()
+    marker.write_text("{}")  # as a process killed after its last save leaves it
+    driver = _HeldWalk(FilesystemDriver(str(root), reactor, thread_pool))
+    cache, client = _solo_cache(fake, driver)
+    try:
+        await cache.load_state()
+        assert cache.state_loaded  # serving, with the index read back
+        await wait_for(lambda: driver.held > 0)
+        stopping = Deferred.fromCoroutine(cache.stop_counting())
+        driver.released.callback(None)
+        await stopping
+        await cache.flush_state(final=True)
+        assert marker.exists()
+    finally:
+        await cache.index.close()
+        await client.close()
+    cache, client = _solo_cache(fake, FilesystemDriver(str(root), reactor, thread_pool))
+    try:
+        await cache.load_state()
+        await wait_for(lambda: not cache.counting)
+        await cache.flush_state(final=True)
+        assert not marker.exists()
     finally:
         await cache.index.close()
         await client.close()
