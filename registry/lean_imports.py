@@ -34,6 +34,19 @@ A library is kept out only when nothing the configuration can reach uses it:
 - h2: ``[http] http2`` off, and no outgoing HTTP client other than S3's (Twisted's HTTP client
   speaks HTTP/1.1 only; S3 storage never needs h2).
 
+A few standard-library modules that Twisted imports at start-up for what a worker never does
+are not kept out but loaded at their first use (`LOADED_ON_USE`, about 0.9 MiB resident
+together): the debugger ``pdb`` (with ``bdb``, ``cmd``, ``code`` and ``pprint``: twistd's
+``--debug``, never given to a worker), ``decimal`` (Perspective Broker's serializer, which
+``twisted.web.server`` imports for the base class of its requests), ``pty`` (processes spawned
+with a terminal) and ``getpass`` (twistd's passphrase prompt).  Each is imported as a module
+(``import pdb``) and used only inside functions, so a worker puts a `_LoadedOnUse` module under
+its name before Twisted is imported: Python's import system hands that to ``import pdb`` (a
+module in ``sys.modules`` is taken as imported), and the first read of an attribute imports
+the real one.  (The standard library's
+``importlib.util.LazyLoader`` cannot serve here: its module loads at the next ``import`` of
+the name, which reads ``__spec__``.)
+
 A configuration read again later (SIGHUP restarts the workers, each a new process that reads
 it) is decided again by that new process.  A process that imported Twisted's reactor before
 (a test, an application embedding the service) keeps everything: it is too late to matter.
@@ -41,9 +54,12 @@ it) is decided again by that new process.  A process that imported Twisted's rea
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
+import types
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from registry.config import Config, ConfigError, load
 from registry.server.worker_env import WORKER_ENVIRONMENT
@@ -51,6 +67,9 @@ from registry.server.worker_env import WORKER_ENVIRONMENT
 # What each library costs its importer, and the names that keep it out.
 TLS_LIBRARIES = ("OpenSSL", "ssl")
 HTTP2_LIBRARIES = ("h2",)
+# Loaded at their first use in a worker (`_LoadedOnUse`); each is imported at start-up by
+# Twisted for what a worker never does (the module docstring says what).
+LOADED_ON_USE = ("pdb", "decimal", "pty", "getpass")
 # Keeping a library out is useful only before these import it.
 _IMPORTERS = {
     "OpenSSL": ("twisted.internet.tcp", "twisted.internet.ssl", "twisted.protocols.tls"),
@@ -89,6 +108,13 @@ def _outgoing_http(config: Config) -> bool:
         or bool(config.redis.addr)
         or bool(config.fleet.listen)
     )
+
+
+def uses_http_client(config: Config) -> bool:
+    """Whether the configuration makes the registry an HTTP client of anything, S3 storage
+    included: a process that is not never needs twisted.web.client
+    (`registry.http.twisted_internals` checks that part of Twisted only in one that is)."""
+    return _outgoing_http(config) or config.storage.driver == "s3"
 
 
 def unused(config: Config, inherited: Iterable[str] = ()) -> tuple[str, ...]:
@@ -160,6 +186,36 @@ def inherited_listeners(environ: Mapping[str, str]) -> list[str]:
         return [str(listener["description"]) for listener in listeners]
     except (ValueError, TypeError, KeyError, AttributeError):
         return ["ssl:"]  # unreadable: assume TLS, keep everything
+
+
+class _LoadedOnUse(types.ModuleType):
+    """
+    A module whose first attribute read imports the real one (the module docstring says
+    why): that module then replaces this one in ``sys.modules``, and its names are copied
+    here, so that whoever holds this one reads them as plain attributes from then on.
+    Double-underscore names are not looked up (scanners of ``sys.modules`` read
+    ``__file__``; they find none, as for a built-in module, and import nothing).
+    """
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__") and attribute.endswith("__"):
+            raise AttributeError(attribute)
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, attribute)
+
+
+def load_on_use(names: Iterable[str] = LOADED_ON_USE) -> tuple[str, ...]:
+    """Put a `_LoadedOnUse` module under each of ``names`` nothing imported yet; the names."""
+    deferred = []
+    for name in names:
+        if name not in sys.modules:
+            sys.modules[name] = _LoadedOnUse(name)
+            deferred.append(name)
+    return tuple(deferred)
 
 
 def keep_out_of_worker(arguments: Sequence[str], environ: Mapping[str, str]) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ import attrs
 import pytest
 
 from registry.config import Config, HttpConfig, StorageConfig, TokenConfig
-from registry.lean_imports import unused
+from registry.lean_imports import unused, uses_http_client
 from tests.auth import pki
 from tests.e2e.harness import REPO_ROOT, write_config
 from tests.server.proc import child_env, start_registry
@@ -54,6 +54,14 @@ WORKER_NEVER = [
     "tomllib",
     "rehashes",
     "registry.handlers.debug_site",
+    # Twisted's HTTP client (a filesystem registry is no HTTP client: registry.lean_imports).
+    "twisted.web.client",
+    "twisted.web._newclient",
+    # What Twisted imports for what a worker never does, loaded at their first use only: the
+    # debugger (twistd --debug), Perspective Broker's decimals, terminals.
+    "bdb",
+    "_decimal",
+    "tty",
 ]
 
 # What twistd's plugin search imports (trial's interfaces bring unittest).
@@ -220,3 +228,53 @@ def test_a_worker_counts_the_listeners_it_inherits() -> None:
     which workers do not see) keeps TLS in, as one in the configuration does."""
     assert unused(Config(), ["tcp:5000"]) == ("OpenSSL", "ssl", "h2")
     assert unused(Config(), ["tcp:5000", "ssl:5443:privateKey=k.pem"]) == ("h2",)
+
+
+@pytest.mark.parametrize(
+    ("config", "client"),
+    [
+        (_config(), False),
+        (_config(http=HttpConfig(port=("ssl:5443:privateKey=k.pem",))), False),
+        (_config(auth_token=TokenConfig(realm="https://auth.example/token")), False),
+        (_config(storage=StorageConfig(driver="s3", regionendpoint="http://127.0.0.1:8333")), True),
+        (_config(extra={"proxy:hub": {"remoteurl": "https://registry-1.docker.io"}}), True),
+        (_config(extra={"notifications:ci": {"url": "https://ci.example/events"}}), True),
+        (_config(extra={"sync:mirror": {}}), True),
+    ],
+)
+def test_twisteds_http_client_is_checked_where_the_registry_is_one(
+    config: Config, client: bool
+) -> None:
+    assert uses_http_client(config) is client
+
+
+LOADED_ON_USE = """
+import sys
+from registry.lean_imports import load_on_use
+
+assert load_on_use(("pdb",)) == ("pdb",)
+import pdb  # what twisted.application.app does
+from twisted.application import app  # noqa: F401
+assert "bdb" not in sys.modules, "imported before its first use"
+assert not hasattr(pdb, "__file__") and "bdb" not in sys.modules  # scanners load nothing
+assert pdb.Pdb.__name__ == "Pdb" and "bdb" in sys.modules  # the first use loads it
+assert sys.modules["pdb"] is not pdb and sys.modules["pdb"].Pdb is pdb.Pdb
+assert app.pdb.runcall is sys.modules["pdb"].runcall
+assert load_on_use(("pdb",)) == ()  # imported now: left alone
+print("ok")
+"""
+
+
+def test_a_module_loaded_on_use_is_imported_at_its_first_attribute_read() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED_ON_USE],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr

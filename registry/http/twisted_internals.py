@@ -40,27 +40,33 @@ from __future__ import annotations
 import inspect
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import abstract, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
-from twisted.web import _newclient, client, http, resource, server
+from twisted.web import http, resource, server
 from twisted.web.http_headers import Headers
 
 from registry.http.chunked import ChunkedBodyDecoder
 
+if TYPE_CHECKING:
+    from twisted.web.client import HTTPConnectionPool
+
 # What `problems` checks; names, so a test can swap in a class that lacks something.
 _HTTP_CHANNEL: type[http.HTTPChannel] = http.HTTPChannel
 _REQUEST: type[http.Request] = http.Request
-_PROXY_PRODUCER: type[Any] = _newclient.TransportProxyProducer
+# The HTTP client's classes: None for Twisted's own (`_client_classes`), imported only by a
+# process that is an HTTP client, so that one that only serves never loads twisted.web.client
+# (with its cookie jar, urllib.request and endpoints: about 1 MiB per process).
+_PROXY_PRODUCER: type[Any] | None = None
 _FILE_DESCRIPTOR: type[Any] = abstract.FileDescriptor
 _TCP_SERVER: type[Any] = tcp.Server
 _CHANNEL_ATTRIBUTE = "_channel"
-_CONNECTION_POOL: type[client.HTTPConnectionPool] = client.HTTPConnectionPool
-_CLIENT_PROTOCOL: type[Any] = _newclient.HTTP11ClientProtocol
+_CONNECTION_POOL: type[Any] | None = None
+_CLIENT_PROTOCOL: type[Any] | None = None
 _TCP_PORT: type[Any] = tcp.Port
 _ACCEPT: Callable[..., Any] = tcp._accept
 # Starts of what tcp._accept logs at exhaustion (registry.server.exhaustion recognises them).
@@ -144,6 +150,18 @@ def http1_channel(protocol: object) -> http.HTTPChannel | None:
     return channel if isinstance(channel, http.HTTPChannel) else None
 
 
+def _client_classes() -> tuple[type[Any], type[Any], type[Any]]:
+    """The HTTP client's ``TransportProxyProducer``, ``HTTPConnectionPool`` and
+    ``HTTP11ClientProtocol`` (a test's stand-ins where it set them)."""
+    from twisted.web import _newclient, client
+
+    return (
+        _PROXY_PRODUCER or _newclient.TransportProxyProducer,
+        _CONNECTION_POOL or client.HTTPConnectionPool,
+        _CLIENT_PROTOCOL or _newclient.HTTP11ClientProtocol,
+    )
+
+
 def response_head_parser(protocol: object) -> object | None:
     """
     The parser of the response an HTTP client connection (`HTTP11ClientProtocol`) is reading
@@ -151,7 +169,10 @@ def response_head_parser(protocol: object) -> object | None:
     1xx head (Twisted resets the same parser) -- or None (no request, or reading a body).
     `registry.http.bounded_agent` counts a response head's bytes by it.
     """
-    parser: Any = protocol._parser if isinstance(protocol, _CLIENT_PROTOCOL) else None
+    from twisted.web import _newclient
+
+    client_protocol = _client_classes()[2]
+    parser: Any = protocol._parser if isinstance(protocol, client_protocol) else None
     if parser is None or parser.state not in (_newclient.STATUS, _newclient.HEADER):
         return None
     found: object = parser
@@ -409,7 +430,7 @@ def proxied_transport(transport: object) -> object | None:
     the response is done).  Only that one can ``abortConnection``: the proxy's
     ``stopProducing`` asks for a graceful close that a stalled TLS peer can hold open.
     """
-    if not isinstance(transport, _newclient.TransportProxyProducer):
+    if not isinstance(transport, _client_classes()[0]):
         return None
     inner: object | None = transport._producer
     return inner
@@ -448,7 +469,7 @@ def transport_buffered(transport: abstract.FileDescriptor) -> int:
     return len(buffer) - int(offset) + int(pending)
 
 
-def quiet_pool(pool: client.HTTPConnectionPool) -> client.HTTPConnectionPool:
+def quiet_pool(pool: HTTPConnectionPool) -> HTTPConnectionPool:
     """
     ``pool``, its connections' factories made silent (``noisy = False``): the pool builds one
     factory per connection from its class attribute ``_factory``, which is replaced here by a
@@ -583,10 +604,12 @@ def _http1_problems(channel_class: type[http.HTTPChannel]) -> list[str]:
     return problems
 
 
-def problems() -> list[str]:
+def problems(client: bool = True) -> list[str]:
     """
     What the functions here rely on and the installed Twisted lacks, one sentence each (empty
-    when all is there).  Called once at start-up; cheap (no socket, no reactor).
+    when all is there); the HTTP client's parts only with ``client`` (a process that is no
+    HTTP client leaves twisted.web.client unloaded).  Called once at start-up; cheap (no
+    socket, no reactor).
     """
     found = _http1_problems(_HTTP_CHANNEL)
     if not _uses(_HTTP_CHANNEL, "lineReceived", "_respondToBadRequestAndDisconnect"):
@@ -594,8 +617,6 @@ def problems() -> list[str]:
             f"{_qualname(_HTTP_CHANNEL)} no longer answers a malformed head through "
             "_respondToBadRequestAndDisconnect"
         )
-    if not _assigned_in(_PROXY_PRODUCER, "__init__", "_producer"):
-        found.append(f"{_qualname(_PROXY_PRODUCER)} no longer keeps its transport in _producer")
     if _H2_STREAM is not None and not _assigned_in(_H2_STREAM, "__init__", "_conn"):
         found.append(f"{_qualname(_H2_STREAM)} no longer keeps its connection in _conn")
     if _H2_STREAM is not None and not _assigned_in(_H2_STREAM, "__init__", "streamID"):
@@ -651,12 +672,24 @@ def problems() -> list[str]:
         if not callable(getattr(_HTTP_CHANNEL, method, None)):
             found.append(f"{_qualname(_HTTP_CHANNEL)}.{method}() is gone")
     found += _accept_log_problems(_TCP_PORT)
-    found += _client_head_problems(_CLIENT_PROTOCOL)
-    factory = getattr(_CONNECTION_POOL, "_factory", None)
+    if client:
+        found += _client_problems()
+    return found
+
+
+def _client_problems() -> list[str]:
+    """What the HTTP client's functions here (`proxied_transport`, `response_head_parser`,
+    `quiet_pool`) rely on."""
+    proxy_producer, pool, client_protocol = _client_classes()
+    found = []
+    if not _assigned_in(proxy_producer, "__init__", "_producer"):
+        found.append(f"{_qualname(proxy_producer)} no longer keeps its transport in _producer")
+    found += _client_head_problems(client_protocol)
+    factory = getattr(pool, "_factory", None)
     if not (isinstance(factory, type) and hasattr(factory, "noisy")):
-        found.append(f"{_qualname(_CONNECTION_POOL)}._factory no longer names a Factory class")
-    elif not _uses(_CONNECTION_POOL, "_newConnection", "_factory"):
-        found.append(f"{_qualname(_CONNECTION_POOL)} no longer builds connections from _factory")
+        found.append(f"{_qualname(pool)}._factory no longer names a Factory class")
+    elif not _uses(pool, "_newConnection", "_factory"):
+        found.append(f"{_qualname(pool)} no longer builds connections from _factory")
     return found
 
 
@@ -859,6 +892,8 @@ def _client_head_problems(protocol_class: type[Any]) -> list[str]:
     `response_head_parser` must see the head until its blank line, and nothing once the body
     is read.
     """
+    from twisted.web import _newclient
+
     name = _qualname(protocol_class)
     seen: list[object | None] = []
     try:

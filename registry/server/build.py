@@ -36,6 +36,7 @@ from registry.http.tls import (
     normalize_description,
     server_endpoint,
 )
+from registry.lean_imports import uses_http_client
 from registry.malloc_tuning import HeapTrimmer, limit_malloc_arenas, release_startup_memory
 from registry.ops.health import (
     HealthCheck,
@@ -261,7 +262,7 @@ def serve(
     The service tree of a serving process: the whole registry (``spec`` None), or worker
     ``spec.worker`` of a supervisor's tree.
     """
-    refuse_unknown_twisted(twisted_internals.problems())
+    refuse_unknown_twisted(twisted_internals.problems(client=uses_http_client(config)))
     if spec is None:
         config = _with_workers(config, 1, config.http.port)
     else:

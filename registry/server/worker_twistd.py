@@ -10,7 +10,9 @@ twistd's own.
 
 Before Twisted is imported, the worker reads its configuration and keeps out the libraries it
 does not use (`registry.lean_imports.keep_out_of_worker`): the standard library's ``ssl`` can
-be kept out only then, before Twisted's own imports bring it in.
+be kept out only then, before Twisted's own imports bring it in.  Likewise a few modules Twisted
+imports for what a worker never does (twistd's debugger, ``pdb``) are loaded only if used
+(`registry.lean_imports.load_on_use`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-from registry.lean_imports import keep_out_of_worker
+from registry.lean_imports import keep_out_of_worker, load_on_use
 
 
 def run() -> None:
@@ -27,6 +29,7 @@ def run() -> None:
     once the libraries the configuration does not use are kept out.
     """
     keep_out_of_worker(sys.argv[1:], os.environ)
+    load_on_use()
     from twisted.application import app
     from twisted.scripts import twistd
 
