@@ -31,9 +31,11 @@ from registry.http.tls import (
 from registry.lean_imports import inherited_listeners, keep_out
 from registry.ops.notifications import check_notifications
 from registry.proxy.config import parse_proxies
+from registry.server import daemon_status
 from registry.server.exit import StartupError, exit_now, tell_checked
 from registry.server.log_file import whole_lines
 from registry.server.pidfile import clear_stale_pidfile
+from registry.server.start_report import StartReported
 from registry.server.worker_env import WORKER_ENVIRONMENT
 
 log = Logger()
@@ -167,6 +169,7 @@ def makeService(options: Options) -> IService:
     twistd = getattr(options, "parent", None)
     if twistd is None:
         return _make_service(options, under_twistd=False)
+    daemon_status.keep_terminal(twistd)  # (before twistd forks, when it does)
     # Every process twistd runs (a single one, the supervisor before its exec, each worker)
     # logs whole lines to its --logfile, also on a full disk.
     service = _make_service(options, under_twistd=True)
@@ -177,7 +180,8 @@ def makeService(options: Options) -> IService:
 
     spec = WorkerSpec.from_environ(os.environ)
     worker = spec.worker if spec is not None else None
-    return whole_lines(service, twistd, config.log.rotatesize, config.log.rotatekeep, worker)
+    reported = StartReported(service, twistd)
+    return whole_lines(reported, twistd, config.log.rotatesize, config.log.rotatekeep, worker)
 
 
 def _make_service(options: Options, under_twistd: bool) -> IService:

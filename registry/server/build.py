@@ -50,6 +50,7 @@ from registry.ops.notifications import Notifier, add_notifications
 from registry.ops.notifications.metrics import register_notification_metrics
 from registry.ops.purge import purge_uploads
 from registry.proxy.config import parse_proxies
+from registry.server import daemon_status
 from registry.server.balance import AcceptBoard, balanced_port_factory
 from registry.server.clock_guard import guard_clock
 from registry.server.drain import ConnectionTracker
@@ -185,6 +186,7 @@ def _serving(
             addresses=", ".join(listeners.addresses()),
             driver=config.storage.driver,
         )
+        daemon_status.started()
 
     return RegistryService(
         reactor,

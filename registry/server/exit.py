@@ -18,6 +18,8 @@ import os
 import sys
 from typing import NoReturn
 
+from registry.server import daemon_status
+
 PREFIX = "txregistry: "
 EXIT_STARTUP_FAILED = 1
 
@@ -112,6 +114,9 @@ def exit_now(message: str) -> NoReturn:
     """Before the reactor runs: print the line and leave with a failure status."""
     if not tell_supervisor(message):
         print_line(message)
+    if daemon_status.pending():  # (a daemon's stderr is /dev/null: its log says it too)
+        _log_error(message)
+        daemon_status.failed(message)
     _remove_own_pidfile()
     raise SystemExit(EXIT_STARTUP_FAILED)
 
@@ -129,22 +134,20 @@ def exit_after_reactor(reactor: object, message: str) -> None:
     """While the reactor runs: print the line, stop the reactor, exit non-zero afterwards.
     The cause goes to the log too: a daemon's (``--logfile``) would otherwise end with the
     stop and no word of why."""
+    _log_error(message)
+    if not tell_supervisor(message):
+        print_line(message)
+    daemon_status.failed(message)
+    atexit.register(_exit_with, EXIT_STARTUP_FAILED)
+    reactor.stop()  # type: ignore[attr-defined]
+
+
+def _log_error(message: str) -> None:
     from twisted.logger import Logger
 
     Logger(namespace="registry.server.exit").error(
         "start-up failed: {reason}", reason=" ".join(message.split())
     )
-    if not tell_supervisor(message):
-        print_line(message)
-    atexit.register(_exit_with, EXIT_STARTUP_FAILED)
-    reactor.stop()  # type: ignore[attr-defined]
-
-
-def exit_quietly_after_reactor(reactor: object) -> None:
-    """While the reactor runs: stop it and exit non-zero, the cause already said (by a
-    worker process, on the same stderr)."""
-    atexit.register(_exit_with, EXIT_STARTUP_FAILED)
-    reactor.stop()  # type: ignore[attr-defined]
 
 
 def exit_with_status_after_reactor(status: int) -> None:

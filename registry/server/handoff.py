@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from registry.config import Config
+from registry.server import daemon_status
 from registry.server.exit import StartupError, exit_after_reactor
 from registry.server.listeners import Listeners
 from registry.server.supervisor import SPEC_ENVIRONMENT
@@ -101,6 +102,8 @@ class Handoff(Service):
         debug = self._inherited(self.debug) if self.debug is not None else []
         spec["debug"] = debug[0] if debug else None
         spec["announce"] = self._announce(self.listeners)
+        # A daemon's start is reported by the supervisor, once every worker serves.
+        spec["daemon_status"] = daemon_status.hand_over()
         env = dict(os.environ)
         env[SPEC_ENVIRONMENT] = json.dumps(spec)
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):

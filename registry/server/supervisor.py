@@ -71,7 +71,7 @@ from collections.abc import Generator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from registry.server import board, log_rotation
+from registry.server import board, daemon_status, log_rotation
 from registry.server.loop import Event, Loop, Task, Timer, Wait
 from registry.server.pipe_channel import PipeChannel, Reply
 from registry.server.worker_env import (
@@ -305,6 +305,7 @@ class Supervisor:
                 return
         self._started = True
         self.log("info", self._announce)
+        daemon_status.started()
         if self._hup_waiting:
             self._hup_waiting = False
             self._hup(signal.SIGHUP)
@@ -315,6 +316,7 @@ class Supervisor:
         worker.channel.read_remaining()  # its reason ("failed") may still be in the pipe
         if worker.failure:
             self.log("error", f"start-up failed: {worker.failure}")
+        daemon_status.failed(worker.failure or "a worker exited before serving (the log says why)")
         self.status = EXIT_STARTUP_FAILED
         self._stop_requested(None)
 
@@ -837,6 +839,7 @@ class Supervisor:
 def main() -> None:
     """The supervisor, as ``twistd registry`` execs it (`registry.server.handoff`)."""
     spec = json.loads(os.environ[SPEC_ENVIRONMENT])
+    daemon_status.adopt(spec.get("daemon_status"))
     log = Log(spec["log"])
     loop = Loop(report=lambda text: log("error", text))
     supervisor = Supervisor(loop, spec, log)

@@ -7,6 +7,7 @@ goes away for a while.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import http.server
@@ -840,3 +841,68 @@ async def test_an_http10_endpoint_gets_each_post_on_a_new_connection(
         "dropped": 0,
     }
     assert len(handler.bodies) == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_user_agent_is_cut_in_events(
+    start_registry: Starter, receiver: WebhookReceiver
+) -> None:
+    """A client's User-Agent up to the header limit (16 KiB) was copied whole into every event
+    queued, in memory and in the queue's log: about 18 times the size the docs bound."""
+    registry = await start_registry({"notifications:ci": endpoint(receiver.url)})
+    agent = "docker/27.0 " + "A" * 16_000
+    await push_small_image(registry.url, "team/app", "v1", **{"User-Agent": agent})
+    events = await receiver.wait_events(2)
+    assert [e["request"]["useragent"] for e in events] == [agent[:256]] * 2
+    notifier = notifier_of(registry)
+    await wait_until(lambda: notifier.stats()["ci"]["pending"] == 0)
+
+
+class _ClosingReceiver:
+    """Reads each POST's head, then closes the connection without answering."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.closed = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(1000):  # bounded: the test stops it well before
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(5)
+                with contextlib.suppress(OSError):
+                    connection.recv(65536)
+                self.closed += 1
+
+    def stop(self) -> None:
+        self.listener.close()
+        self._thread.join(timeout=10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_endpoint_closing_without_an_answer_is_said_in_words(
+    start_registry: Starter, captured_logs: list[str]
+) -> None:
+    closing = _ClosingReceiver()
+    try:
+        registry = await start_registry(
+            {"notifications:a": endpoint(closing.url, backoff="50ms", maxbackoff="100ms")}
+        )
+        await push_small_image(registry.url, "team/app", "v1")
+        notifier = notifier_of(registry)
+        await wait_until(lambda: notifier.stats()["a"]["errors"] >= 1)
+    finally:
+        closing.stop()
+    failures = [line for line in captured_logs if "POST to a failed" in line]
+    assert failures, captured_logs
+    assert failures[0].startswith(
+        "notifications: POST to a failed: the endpoint closed the connection without an"
+        " answer; 2 events pending, failure 1 in a row"
+    ), failures
+    assert not any("<twisted" in line for line in failures), failures

@@ -354,3 +354,38 @@ def test_a_held_queue_names_its_holder(tmp_path: Path, written: str, named: str)
         QueueLock.take(queue)
     lock.release()
     QueueLock.take(queue).release()
+
+
+@pytest_twisted.ensureDeferred
+async def test_adopting_queues_with_nothing_left_is_no_warning(
+    tmp_path: Path, one_thread_pool: ThreadPool
+) -> None:
+    """A worker beyond ``[http] workers`` whose every event was delivered left a queue with
+    nothing pending: removing it is an info line, not a warning about 0 events adopted."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    (tmp_path / "ci.worker1.log").write_bytes(b"E 1 {}\nD 1 1\n")
+    seen: list[tuple[str, str]] = []
+
+    def observe(log_event: dict[str, Any]) -> None:
+        seen.append((log_event["log_level"].name, formatEvent(log_event)))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        q = DurableQueue(
+            str(tmp_path / "ci.log"), reactor, one_thread_pool, 10,
+            adopt=(str(tmp_path / "ci.worker1.log"),),
+        )  # fmt: skip
+        await q.load()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    said = [(level, text) for level, text in seen if "ci.worker1.log" in text]
+    assert said == [
+        (
+            "info",
+            "notifications: removed ci.worker1.log (queues of workers beyond [http] workers,"
+            " every event delivered)",
+        )
+    ], seen
+    assert not (tmp_path / "ci.worker1.log").exists()
+    assert q.pending == type(q.pending)()

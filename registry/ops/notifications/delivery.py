@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
@@ -55,6 +56,21 @@ def _no_answer(result: object, timeout: float) -> NoReturn:
     # Whatever the cancelled request failed with (treq says ResponseNeverReceived wrapping a
     # CancelledError), what happened is that the endpoint did not answer in time.
     raise NoAnswer(f"no answer within {timeout:g} s")
+
+
+def _no_answer_because(exc: Exception) -> str:
+    """Why a POST got no answer, in words: Twisted's ``ResponseNeverReceived`` (and
+    ``ResponseFailed``) carry a list of failures whose text is their repr."""
+    reasons = getattr(exc, "reasons", None)
+    if not reasons:
+        return f"{type(exc).__name__}: {exc}"
+    value = getattr(reasons[0], "value", reasons[0])
+    if isinstance(value, ConnectionDone):
+        return "the endpoint closed the connection without an answer"
+    if isinstance(value, ConnectionLost):
+        return "the connection was lost before an answer"
+    text = " ".join(str(value).split())
+    return f"no answer: {type(value).__name__}: {text}" if text else type(value).__name__
 
 
 class Endpoint:
@@ -277,7 +293,7 @@ class Endpoint:
                 # got no answer, which is no failure of the endpoint's.
                 raise CancelledError() from exc
             self.errors += 1
-            return f"{type(exc).__name__}: {exc}"[:300], None
+            return _no_answer_because(exc)[:300], None
         if tuple(response.version[1:]) < (1, 1) and self._one_shot is not None:
             # An HTTP/1.0 server closes its connection after each answer, unless it says
             # otherwise in a header Twisted does not show; Twisted's pool would keep the

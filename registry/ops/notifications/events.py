@@ -83,6 +83,12 @@ def envelope(events: Sequence[bytes]) -> bytes:
     return b'{"events":[' + b",".join(events) + b"]}"
 
 
+# Of a client's User-Agent, what an event keeps: clients send up to the header limit (16 KiB),
+# and each queued event, in memory and in the queue's log, would carry all of it.  Engines'
+# own are well under this (docker's, with its UpstreamClient part, about 130 characters).
+USERAGENT_KEPT = 256
+
+
 def _header(request: IRequest, name: bytes) -> str:
     values = request.requestHeaders.getRawHeaders(name)
     return values[0].decode("latin-1") if values else ""
@@ -243,7 +249,7 @@ class Notifier:
                 "addr": client_address(request),
                 "host": forwarded.origin(request).host or "",
                 "method": request.method.decode("latin-1"),
-                "useragent": _header(request, b"user-agent"),
+                "useragent": _header(request, b"user-agent")[:USERAGENT_KEPT],
             },
             "actor": {"name": user} if user else {},
             "source": self.source,

@@ -32,7 +32,7 @@ import functools
 import json
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -62,52 +62,71 @@ class LogContents:
     damaged: int = 0
 
 
+def _records(path: str) -> Iterator[tuple[bytes, bytes]]:
+    """The log's whole lines as (kind, rest), a line at a time (a backlog read whole, and
+    split, took three times its size in memory at start); the last line, torn by a crash
+    (no newline), is left out."""
+    with open(path, "rb") as file:
+        for line in file:
+            if not line.endswith(b"\n"):
+                return
+            kind, _, rest = line[:-1].partition(b" ")
+            yield kind, rest
+
+
 def read_log(path: str) -> LogContents:
     """
     The pending events of a log file.  A damaged line (an event that is not a JSON object,
     a record that does not parse, a done range that names events the file never had) is
     skipped and counted: one bad line must neither stop the endpoint nor reach it.
+
+    Read twice: the done ranges first (they follow the events they close), then the events
+    still pending, so that done events are never held in memory.
     """
-    pending: dict[int, bytes] = {}
     done: list[tuple[int, int]] = []
     last = 0
     damaged = 0
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        for kind, rest in _records(path):
+            try:
+                if kind == b"E":
+                    last = max(last, int(rest.partition(b" ")[0]))
+                elif kind == b"D":
+                    first_text, _, last_text = rest.partition(b" ")
+                    first, final = int(first_text), int(last_text)
+                    if not 1 <= first <= final <= last:
+                        raise ValueError("not a range of events written before")
+                    done.append((first, final))
+                elif kind:
+                    raise ValueError("not a record")
+                else:
+                    raise ValueError("an empty line")
+            except ValueError:
+                if kind != b"E":  # (a damaged event line is counted in the second pass)
+                    damaged += 1
     except FileNotFoundError:
         return LogContents([], 0)
-    lines = data.split(b"\n")
-    # The last element is b"" after a complete line; anything else is a line torn by a crash.
-    for line in lines[:-1]:
-        kind, _, rest = line.partition(b" ")
-        try:
-            if kind == b"E":
-                seq_text, _, event = rest.partition(b" ")
-                seq = int(seq_text)
-                if seq < 1 or not isinstance(json.loads(event), dict):
-                    raise ValueError("not an event")
-                pending[seq] = event
-                last = max(last, seq)
-            elif kind == b"D":
-                first_text, _, last_text = rest.partition(b" ")
-                first, final = int(first_text), int(last_text)
-                if not 1 <= first <= final <= last:
-                    raise ValueError("not a range of events written before")
-                done.append((first, final))
-            else:
-                raise ValueError("not a record")
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            damaged += 1
     # Applied once, over the events there are: a range's width costs nothing.
     merged = _merged(done)
     starts = [first for first, _ in merged]
-    kept = []
-    for seq in sorted(pending):
+    pending: dict[int, bytes] = {}
+    last = 0
+    for kind, rest in _records(path):
+        if kind != b"E":
+            continue
+        try:
+            seq_text, _, event = rest.partition(b" ")
+            seq = int(seq_text)
+            if seq < 1 or not isinstance(json.loads(event), dict):
+                raise ValueError("not an event")
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            damaged += 1
+            continue
+        last = max(last, seq)
         i = bisect.bisect_right(starts, seq) - 1
         if i < 0 or seq > merged[i][1]:
-            kept.append((seq, pending[seq]))
-    return LogContents(kept, last, damaged)
+            pending[seq] = event  # (an event written twice: its last line counts)
+    return LogContents(sorted(pending.items()), last, damaged)
 
 
 def read_and_adopt(path: str, others: list[str], fsync: bool) -> tuple[LogContents, list[int]]:
@@ -145,6 +164,11 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+# Events written to a new log in pieces of this many: a backlog joined whole would take its
+# size in memory once more.
+_LINES_PER_WRITE = 1024
+
+
 def _event_lines(entries: list[Entry]) -> bytes:
     return b"".join(b"E %d %s\n" % (seq, event) for seq, event in entries)
 
@@ -164,7 +188,8 @@ def _replace(path: str, entries: list[Entry], fsync: bool) -> None:
     temp = path + ".new"
     try:
         with open(temp, "wb") as file:
-            file.write(_event_lines(entries))
+            for start in range(0, len(entries), _LINES_PER_WRITE):
+                file.write(_event_lines(entries[start : start + _LINES_PER_WRITE]))
             file.flush()
             if fsync:
                 os.fsync(file.fileno())
@@ -232,16 +257,23 @@ class DurableQueue:
             contents, counts = await deferToThreadPool(
                 self._reactor, self._pool, read_and_adopt, path, list(self.adopt), True
             )
-            log.warn(
-                "notifications: {count} undelivered events adopted from {adopted} (queues of"
-                " workers beyond [http] workers) into {path}",
-                count=sum(counts),
-                adopted=", ".join(
-                    f"{os.path.basename(other)} ({n})"
-                    for other, n in zip(self.adopt, counts, strict=True)
-                ),
-                path=path,
-            )
+            if sum(counts):
+                log.warn(
+                    "notifications: {count} undelivered events adopted from {adopted} (queues"
+                    " of workers beyond [http] workers) into {path}",
+                    count=sum(counts),
+                    adopted=", ".join(
+                        f"{os.path.basename(other)} ({n})"
+                        for other, n in zip(self.adopt, counts, strict=True)
+                    ),
+                    path=path,
+                )
+            else:  # every event of those workers was delivered: nothing to warn about
+                log.info(
+                    "notifications: removed {adopted} (queues of workers beyond [http]"
+                    " workers, every event delivered)",
+                    adopted=", ".join(os.path.basename(other) for other in self.adopt),
+                )
             self.adopt = ()
         else:
             contents = await deferToThreadPool(self._reactor, self._pool, read_log, path)

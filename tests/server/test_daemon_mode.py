@@ -1,0 +1,124 @@
+"""
+``twistd registry`` without ``-n`` (twistd's default: it daemonizes): the command's exit status
+and its stderr say how the start went, as with ``-n`` (`registry.server.daemon_status`).  A
+port in use made the command wait forever, and storage it could not use (found by the storage
+probe, or by the workers) exited 0 with the registry gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.e2e.harness import REPO_ROOT, free_port, write_config
+from tests.server.proc import child_env
+
+RUN_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def daemon_command(tmp_path: Path, port: int, storage: Path, workers: str) -> list[str]:
+    """twistd without ``-n``: it forks, and the command returns once the daemon said how."""
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": workers}})
+    return [
+        sys.executable, "-c", RUN_TWISTD,
+        "--pidfile", str(tmp_path / "x.pid"), "--logfile", str(tmp_path / "registry.log"),
+        "registry", "--config", str(config),
+        "--port", f"tcp:{port}:interface=127.0.0.1", "--storage", str(storage),
+    ]  # fmt: skip
+
+
+def run(tmp_path: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    env = child_env({"PYTHONPATH": str(REPO_ROOT)})
+    return subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90, check=False
+    )
+
+
+@contextmanager
+def port_in_use() -> Iterator[int]:
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    try:
+        yield held.getsockname()[1]
+    finally:
+        held.close()
+
+
+def daemons_of(tmp_path: Path) -> list[psutil.Process]:
+    """What is left running with this test's configuration (nothing, after a failure)."""
+    mine = str(tmp_path / "r.cfg")
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if mine in " ".join(process.info["cmdline"] or ()):
+            found.append(process)
+    return found
+
+
+def assert_failed_saying(
+    tmp_path: Path, result: subprocess.CompletedProcess[str], reason: str
+) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    # The line -n prints, whole; then twistd's waiting process prints what the daemon wrote
+    # on its status pipe (at most 98 bytes of it).
+    first, twistds, *_ = result.stderr.splitlines()
+    assert first == f"txregistry: {reason}", result.stderr
+    assert twistds == f"An error has occurred: b'{reason[:98]}'", result.stderr
+    assert f"start-up failed: {reason}" in (tmp_path / "registry.log").read_text()
+    deadline = time.monotonic() + 15
+    while daemons_of(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemons_of(tmp_path) == []
+    assert not (tmp_path / "x.pid").exists()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_fails_the_command_naming_it(tmp_path: Path, workers: str) -> None:
+    with port_in_use() as port:
+        result = run(tmp_path, daemon_command(tmp_path, port, tmp_path / "data", workers))
+    reason = f"cannot listen on tcp:{port}:interface=127.0.0.1: address already in use"
+    assert_failed_saying(tmp_path, result, reason)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_unusable_storage_found_while_serving_fails_the_command(
+    tmp_path: Path, workers: str
+) -> None:
+    """Found by the storage probe, which needs the reactor (one process), or by worker 0 in
+    its own process (2 workers): after twistd's own start had succeeded."""
+    storage = tmp_path / "a-file"
+    storage.write_text("")
+    result = run(tmp_path, daemon_command(tmp_path, free_port(), storage, workers))
+    assert_failed_saying(tmp_path, result, f"cannot use storage {storage}: not a directory")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_daemon_that_serves_exits_0_once_it_serves(tmp_path: Path, workers: str) -> None:
+    port = free_port()
+    result = run(tmp_path, daemon_command(tmp_path, port, tmp_path / "data", workers))
+    pid = None
+    try:
+        assert (result.returncode, result.stderr) == (0, "")
+        pid = int((tmp_path / "x.pid").read_text())
+        # Serving already: the command returned only once the registry (every worker) did.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=10) as answer:
+            assert answer.status == 200
+        assert "txregistry listening on" in (tmp_path / "registry.log").read_text()
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while daemons_of(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert daemons_of(tmp_path) == []
