@@ -51,9 +51,9 @@ def _check_writable(path: str) -> None:
 def clear_stale_pidfile(path: str) -> None:
     """
     Remove the pid file ``path`` (twistd's ``--pidfile``; empty: none) when it names this
-    process or a live process that is not a twistd, or is empty; leave with one line when it
-    names a running twistd.  Anything else (no file, a dead pid, a non-number) is left to
-    twistd, which removes a dead pid's file itself and names a non-number in one line.
+    process or a live process that is not a twistd, or is empty, or holds no number; leave
+    with one line when it names a running twistd.  Anything else (no file, a dead pid) is left
+    to twistd, which removes a dead pid's file itself.
     """
     if not path:
         return
@@ -72,6 +72,14 @@ def clear_stale_pidfile(path: str) -> None:
     try:
         pid = int(text)
     except ValueError:
+        # Names nobody either (a damaged file): twistd would refuse every start over it.
+        log.warn(
+            "removed the stale pid file {path}: it holds no process id ({text!r})",
+            path=path,
+            text=text.strip()[:40],
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         return
     if pid > 0 and pid != os.getpid():
         try:

@@ -730,6 +730,16 @@ def test_an_empty_pid_file_is_stale(tmp_path: Path) -> None:
     serving_with(tmp_path, with_pidfile(registry, pidfile), pidfile)
 
 
+def test_a_pid_file_holding_no_number_is_stale(tmp_path: Path) -> None:
+    """A damaged file names nobody either; twistd refused every start over it (a restart
+    loop under a service manager)."""
+    pidfile = tmp_path / "registry.pid"
+    pidfile.write_text("garbage\n")
+    config = write_config(tmp_path / "r.cfg", {"http": {"workers": "1"}})
+    registry = twistd_command("--config", str(config), "--port", LOOPBACK, "--storage", "d")
+    serving_with(tmp_path, with_pidfile(registry, pidfile), pidfile)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="a process's command line from /proc")
 def test_a_pid_file_naming_a_running_registry_is_one_line(tmp_path: Path) -> None:
     """A registry serving with that pid file (its supervisor, with workers) is a refusal, in
