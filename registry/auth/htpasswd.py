@@ -212,7 +212,10 @@ class Htpasswd:
             return
         self._entries = parse_htpasswd(text, self.path)
         self._profiles = sorted(Counter(_profile(e) for e in self._entries.values()).items())
-        _log.info("loaded {n} users from {path}", n=len(self._entries), path=self.path)
+        if self._entries:
+            _log.info("loaded {n} users from {path}", n=len(self._entries), path=self.path)
+        else:  # a registry nobody can log in to must not look healthy in its log
+            _log.warn("loaded 0 users from {path}: no user can log in", path=self.path)
 
     def _unknown_profile(self, user: str) -> _Profile:
         """How to check ``user`` if it is unknown: the profile of one of the file's users,

@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 
 from registry.auth import htpasswd as htpasswd_module
 from registry.auth.htpasswd import Htpasswd, hash_password, parse_htpasswd
@@ -68,6 +69,19 @@ def test_parse_kinds_and_refusals(logs: LogCapture) -> None:
         " it with bcrypt (htpasswd -B)"
     ) in text
     assert "plaintext" not in text  # never log what might be a password
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_without_users_is_a_warning(
+    tmp_path: os.PathLike[str], threadpool, logs: LogCapture
+) -> None:
+    """A registry nobody can log in to must not look healthy in its log."""
+    path = os.path.join(tmp_path, "htpasswd")
+    _write(path, "# no one yet\n")
+    db = Htpasswd(path, reactor(), threadpool, Clock(), cache_seconds=0)
+    assert await db.verify("alice", "pw") is False
+    said = [(e["log_level"].name, formatEvent(e)) for e in logs.events if "users" in formatEvent(e)]
+    assert said == [("warn", f"loaded 0 users from {path}: no user can log in")]
 
 
 @pytest.mark.parametrize("prefix", ["$2y$", "$2b$", "$2a$"])
