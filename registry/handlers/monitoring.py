@@ -77,7 +77,8 @@ async def metrics_answer(ctx: RegistryContext, request: IRequest) -> bytes:
     try:
         text = await tree()
     except Exception as exc:  # the supervisor is gone or stuck: say so, not a 500
-        message = f"metrics of the other workers unavailable: {exc!r}\n".encode()
+        reason = str(exc) or type(exc).__name__
+        message = f"metrics of the other workers unavailable: {reason}\n".encode()
         return responses.body(request, 503, message, "text/plain; charset=utf-8")
     return responses.body(request, 200, text, METRICS_CONTENT_TYPE)
 

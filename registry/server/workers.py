@@ -51,7 +51,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
@@ -61,7 +61,7 @@ from zope.interface import implementer
 
 from registry.config import Config, ConfigError
 from registry.http.tls import connection_factory
-from registry.server.control import Channel
+from registry.server.control import Channel, ChannelClosed
 from registry.server.worker_env import (
     CONTROL_IN,
     CONTROL_OUT,
@@ -343,8 +343,16 @@ class WorkerLink(Service):
         self.channel.send("ready", worker=self.spec.worker, pid=os.getpid())
 
     async def tree_metrics(self) -> bytes:
-        """Every worker's metrics, merged by the supervisor."""
-        text: str = await self.channel.request("tree_metrics", ASK_TIMEOUT)
+        """Every worker's metrics, merged by the supervisor; `SupervisorUnavailable` when it
+        does not answer."""
+        try:
+            text: str = await self.channel.request("tree_metrics", ASK_TIMEOUT)
+        except ChannelClosed:
+            raise SupervisorUnavailable("the supervisor is gone") from None
+        except CancelledError:
+            raise SupervisorUnavailable(
+                f"the supervisor gave no answer within {ASK_TIMEOUT:g}s"
+            ) from None
         return text.encode()
 
     async def tree_ready(self) -> TreeReady:
@@ -388,6 +396,10 @@ class TreeReady:
     stopping: bool  # the supervisor was told to stop: every worker drains
 
 
+class SupervisorUnavailable(Exception):
+    """The supervisor did not answer a worker's question (stopped, stuck, or gone)."""
+
+
 def workers_probe(link: WorkerLink) -> Any:
     """
     Readiness of the tree.  Degraded while some workers do not serve (one being replaced
@@ -398,7 +410,11 @@ def workers_probe(link: WorkerLink) -> Any:
     from registry.ops.health import CheckFailed, Degraded
 
     async def probe() -> None:
-        tree = await link.tree_ready()
+        try:
+            tree = await link.tree_ready()
+        except CancelledError:
+            # The health check's time limit: say whose answer it waited for.
+            raise CancelledError("waiting for the supervisor's answer") from None
         if tree.stopping:
             raise CheckFailed("; ".join(["the instance is stopping", *tree.stuck]))
         if tree.ready < tree.total:

@@ -1505,3 +1505,26 @@ def test_a_unix_listener_is_named_by_its_path(tmp_path: Path) -> None:
         assert line["rest"] == f"unix:{sock} ({sock}), filesystem storage", line["rest"]
     finally:
         child.stop()
+
+
+def test_a_stopped_supervisor_is_named_by_metrics_and_readiness(tree: Tree) -> None:
+    """The supervisor stopped (SIGSTOP) while the workers serve: ``/metrics`` and readiness
+    say whose answer they waited for (the scrape's body read ``CancelledError()``)."""
+    supervisor = tree.child.process.pid
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        assert tree.request("GET", "/v2/").status == 200
+        assert tree.scrape("/metrics") == (
+            503,
+            b"metrics of the other workers unavailable: the supervisor gave no answer within"
+            b" 5s\n",
+        )
+        status, body = tree.scrape("/health/ready")
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    assert status == 503
+    checks = json.loads(body)["checks"]
+    assert checks["workers"] == {
+        "status": "failing",
+        "error": "no answer within 2s (waiting for the supervisor's answer)",
+    }, body
