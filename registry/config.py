@@ -575,6 +575,21 @@ class Config:
     fleet: FleetConfig = FleetConfig()
     # Sections whose names are not fixed (``[proxy:NAME]``), raw, parsed by their owners.
     extra: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    # (section, key) -> the REGISTRY_* variable that set it: an error about the value, found
+    # by whoever parses it (open sections are parsed by their owners), names the variable.
+    from_environment: Mapping[tuple[str, str], str] = attrs.field(
+        factory=dict, eq=False, repr=False
+    )
+
+
+def naming_variable(error: ConfigError, config: Config) -> ConfigError:
+    """``error`` about a key ``config`` took from a ``REGISTRY_*`` variable, saying which
+    (the message starts ``[section] key:`` or ``[section] key = value:``)."""
+    text = str(error)
+    for (section, key), variable in config.from_environment.items():
+        if text.startswith((f"[{section}] {key}:", f"[{section}] {key} =")):
+            return ConfigError(f"{text} (from the environment variable {variable})")
+    return error
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -624,12 +639,14 @@ def _naming_variable(
 
 def _apply_open_section_environment(
     raw: dict[str, dict[str, str]], environ: Mapping[str, str]
-) -> None:
+) -> dict[tuple[str, str], str]:
     """
     Apply ``REGISTRY_*`` variables to the open sections of the file (``[proxy:NAME]``: the
     variable's prefix names the section, the rest the key), and refuse any ``REGISTRY_*``
-    variable that names no key: a misspelt one would otherwise be ignored in silence.
+    variable that names no key: a misspelt one would otherwise be ignored in silence.  The
+    keys set, with the variable that set each.
     """
+    applied: dict[tuple[str, str], str] = {}
     fixed = {
         env_name(section, field.name)
         for section, cls in SECTIONS.items()
@@ -647,7 +664,9 @@ def _apply_open_section_environment(
             continue
         for prefix, section in open_prefixes:
             if variable.startswith(prefix) and len(variable) > len(prefix):
-                raw[section][variable[len(prefix) :].lower()] = environ[variable]
+                key = variable[len(prefix) :].lower()
+                raw[section][key] = environ[variable]
+                applied[(section, key)] = variable
                 break
         else:
             candidates = sorted(fixed) + [prefix + "<KEY>" for prefix, _ in open_prefixes]
@@ -656,6 +675,7 @@ def _apply_open_section_environment(
             near = difflib.get_close_matches(variable, candidates, n=1, cutoff=0.6)
             hint = f"; did you mean {near[0]}?" if near else ""
             raise ConfigError(f"environment variable {variable}: no such key{hint}")
+    return applied
 
 
 def parse_section_values(
@@ -740,7 +760,7 @@ def load(
             if value is not None:
                 raw.setdefault(section, {})[field.name] = value
                 from_environment[(section, field.name)] = variable
-    _apply_open_section_environment(raw, environ)
+    from_environment.update(_apply_open_section_environment(raw, environ))
     for (section, name), value in (overrides or {}).items():
         raw.setdefault(section, {})[name] = value
         from_environment.pop((section, name), None)
@@ -751,7 +771,7 @@ def load(
         except ConfigError as exc:
             raise _naming_variable(exc, section, from_environment) from None
     extra = {s: v for s, v in raw.items() if s not in SECTIONS}
-    config = Config(**parsed, extra=extra)
+    config = Config(**parsed, extra=extra, from_environment=from_environment)
     try:
         _check_fleet_has_redis(config)
     except ConfigError as exc:

@@ -19,7 +19,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from registry.config import Config, ConfigError, load
+from registry.config import Config, ConfigError, load, naming_variable
 from registry.http.tls import (
     ListenerError,
     TLSSettings,
@@ -104,6 +104,8 @@ class Options(usage.Options):
 
                 parse_syncs(self.config)
         except ConfigError as exc:
+            if self.config is not None:
+                exc = naming_variable(exc, self.config)
             raise usage.UsageError(f"configuration error: {exc}") from None
         twistd = getattr(self, "parent", None)
         if twistd is not None and twistd.get("pidfile"):
@@ -205,7 +207,7 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
         try:
             count = resolve(config)
         except ConfigError as exc:
-            configuration_error(exc)
+            configuration_error(naming_variable(exc, config))
         if count > 1 and under_twistd:
             return _supervising(options, config, count, reactor)
     from registry.server.build import serve

@@ -938,3 +938,32 @@ def test_client_certificate_settings_that_would_ask_nothing_are_refused(
         tmp_path, "--config", str(config), "--port", listen, "--storage", str(tmp_path / "d")
     )
     assert_one_line(result, f"txregistry: configuration error: {line}")
+
+
+@pytest.mark.parametrize(
+    ("sections", "variable", "value", "expected"),
+    [
+        (
+            {"notifications:ci": {"url": "http://127.0.0.1:9/hook", "timeout": "1s"}},
+            "REGISTRY_NOTIFICATIONS_CI_TIMEOUT",
+            "abc",
+            "[notifications:ci] timeout: not a duration: 'abc'",
+        ),
+        ({}, "REGISTRY_HTTP_WORKERS", "9999", "[http] workers = 9999: at most"),
+    ],
+)
+def test_a_value_from_the_environment_checked_after_loading_names_its_variable(
+    tmp_path: Path, sections: dict[str, dict[str, str]], variable: str, value: str, expected: str
+) -> None:
+    """Open sections ([notifications:NAME], [proxy:NAME], [sync:NAME]) are parsed by their
+    owners, and the number of workers once the machine's cores are known: a value refused
+    there named its key but not the variable that set it."""
+    config = write_config(tmp_path / "r.cfg", sections)
+    result = run_registry(
+        tmp_path, "--config", str(config), "--port", LOOPBACK, "--storage", "d",
+        env={variable: value},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"txregistry: configuration error: {expected}"), line
+    assert line.endswith(f" (from the environment variable {variable})"), line

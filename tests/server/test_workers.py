@@ -1516,8 +1516,7 @@ def test_a_stopped_supervisor_is_named_by_metrics_and_readiness(tree: Tree) -> N
         assert tree.request("GET", "/v2/").status == 200
         assert tree.scrape("/metrics") == (
             503,
-            b"metrics of the other workers unavailable: the supervisor gave no answer within"
-            b" 5s\n",
+            b"metrics of the other workers unavailable: the supervisor gave no answer within 5s\n",
         )
         status, body = tree.scrape("/health/ready")
     finally:
