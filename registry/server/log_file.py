@@ -75,6 +75,7 @@ class WholeLineLogFile(LogFile):
         maxRotatedFiles: int = log_rotation.DEFAULT_KEEP,
     ) -> None:
         self._dropped = 0  # events not written since the last one that was
+        self.mark = ""  # what opens the bracket of the lines written here (`open_observer`)
         self._dropped_since = 0.0
         self._error = ""
         self._notice = b""  # a line about the file itself, written before the next event
@@ -155,7 +156,7 @@ class WholeLineLogFile(LogFile):
         if not self._dropped:
             return b""
         line = (
-            f"{formatTime(time.time())} [{NAMESPACE}#warn] log events dropped "
+            f"{formatTime(time.time())} [{self.mark}{NAMESPACE}#warn] log events dropped "
             f"count={self._dropped} since={formatTime(self._dropped_since)} "
             f"error={self._error}\n"
         )
@@ -182,12 +183,16 @@ def open_observer(
     path: str,
     rotate_size: int = log_rotation.DEFAULT_SIZE,
     rotate_keep: int = log_rotation.DEFAULT_KEEP,
+    mark: str = "",
 ) -> ILogObserver:
     """What twistd's ``--logfile PATH`` makes, on a `WholeLineLogFile` that rotates at
-    ``rotate_size`` bytes (0: only on SIGUSR1) and keeps ``rotate_keep`` rotated files."""
+    ``rotate_size`` bytes (0: only on SIGUSR1) and keeps ``rotate_keep`` rotated files;
+    ``mark`` (a worker's ``w1``) opens the bracket of the lines the file writes itself, as
+    `WorkerMark` opens the others."""
     log_file = WholeLineLogFile.fromFullPath(  # type: ignore[no-untyped-call]
         path, rotateLength=rotate_size, maxRotatedFiles=rotate_keep
     )
+    log_file.mark = f"{mark} " if mark else ""
     if not signal.getsignal(signal.SIGUSR1):  # twistd's own rotation, unless taken already
 
         def rotate(signum: int, frame: Any) -> None:
@@ -292,4 +297,11 @@ def whole_lines(
             return service
         return _LoggingWholeLines(service, path, base)
     pid = os.getpid()
-    return _LoggingWholeLines(service, path, lambda: WorkerMark(base(), worker, pid))
+
+    def marked() -> ILogObserver:
+        if path is None:
+            return WorkerMark(base(), worker, pid)
+        opened = open_observer(path, rotate_size, rotate_keep, mark=f"w{worker}")
+        return WorkerMark(opened, worker, pid)
+
+    return _LoggingWholeLines(service, path, marked)

@@ -26,7 +26,8 @@ LOOPBACK = "tcp:0:interface=127.0.0.1"
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
 EVENT = re.compile(rf"{STAMP} \[")
 DROPPED = re.compile(
-    rf"^{STAMP} \[registry\.server\.log_file#warn\] log events dropped count=(?P<count>\d+) "
+    rf"^{STAMP} \[(?:w(?P<worker>\d) )?registry\.server\.log_file#warn\] log events dropped "
+    rf"count=(?P<count>\d+) "
     rf"since={STAMP} error=ENOSPC \(No space left on device\)$"
 )
 ACCESS = "] access method=GET path=/v2/ status=200 "
@@ -86,13 +87,15 @@ def test_a_full_disk_leaves_whole_lines_and_a_count_of_what_was_dropped(
     files = [log] if workers == 1 else [log.with_name(f"{log.name}.worker{n}") for n in (0, 1)]
     whole_lines(log)  # the supervisor's, with workers
     written = dropped = after = 0
-    for path in files:
+    for number, path in enumerate(files):
         lines = whole_lines(path)
-        [(index, count)] = [
-            (index, int(match["count"]))
+        [(index, count, worker)] = [
+            (index, int(match["count"]), match["worker"])
             for index, line in enumerate(lines)
             if (match := DROPPED.match(line))
         ]
+        # A worker's line says whose it is, as every other line of its file does.
+        assert worker == (None if workers == 1 else str(number)), lines[index]
         accessed = [number for number, line in enumerate(lines) if ACCESS in line]
         written += len(accessed)
         dropped += count
