@@ -776,7 +776,22 @@ def load(
         _check_fleet_has_redis(config)
     except ConfigError as exc:
         raise _naming_variable(exc, "fleet", from_environment) from None
+    try:
+        _check_storage_root(config.storage)
+    except ConfigError as exc:
+        raise _naming_variable(exc, "storage", from_environment) from None
     return config
+
+
+def _check_storage_root(storage: StorageConfig) -> None:
+    """An empty folder would be the process's current directory (``/`` under systemd): the
+    data would land wherever the registry happened to start.  For S3 the root is a key
+    prefix, where empty means none."""
+    if storage.driver == "filesystem" and not storage.rootdirectory.strip():
+        raise ConfigError(
+            "[storage] rootdirectory: empty (the filesystem driver needs a folder; "
+            "without one it would store in the current directory)"
+        )
 
 
 def _check_fleet_has_redis(config: Config) -> None:

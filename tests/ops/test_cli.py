@@ -59,7 +59,12 @@ class Result:
     err: str
 
 
-def cli_sync(*arguments: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> Result:
+def cli_sync(
+    *arguments: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    cwd: Path = REPO_ROOT,
+) -> Result:
     """The command as a child process; one that does not exit in time fails the test."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     environment["PYTHONPATH"] = str(REPO_ROOT)
@@ -68,7 +73,7 @@ def cli_sync(*arguments: str, env: dict[str, str] | None = None, timeout: float 
         [sys.executable, "-m", "registry.cli", *arguments],
         capture_output=True,
         text=True,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env=environment,
         timeout=timeout,
     )
@@ -98,6 +103,19 @@ async def cli(*arguments: str, env: dict[str, str] | None = None) -> Result:
 @pytest.fixture
 def config(tmp_path: Path, root: Path) -> Path:
     return write_config(tmp_path / "tap.cfg", {"storage": {"rootdirectory": str(root)}})
+
+
+def test_empty_storage_root_is_refused(tmp_path: Path) -> None:
+    # The command runs in tmp_path: an empty root would have been walked (and written) there.
+    empty = write_config(tmp_path / "empty.cfg", {"storage": {"rootdirectory": ""}})
+    for command in ("gc", "catalog-rebuild", "reindex-referrers", "purge-uploads"):
+        result = cli_sync(command, "--config", str(empty), cwd=tmp_path)
+        assert result.code == 2, result
+        assert result.err.splitlines() == [
+            "txregistry: configuration error: [storage] rootdirectory: empty (the filesystem"
+            " driver needs a folder; without one it would store in the current directory)"
+        ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.cfg"]
 
 
 def test_help_lists_commands() -> None:

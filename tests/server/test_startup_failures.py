@@ -394,6 +394,27 @@ def test_misspelt_environment_variable_is_refused(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("where", ["file", "environment"])
+def test_empty_storage_root_is_refused(tmp_path: Path, where: str) -> None:
+    # Started in tmp_path: an empty root would have put docker/ and .trash/ there.
+    config = tmp_path / "empty-root.cfg"
+    env: dict[str, str] = {}
+    if where == "file":
+        config.write_text("[storage]\nrootdirectory =\n")
+    else:
+        config.write_text("[storage]\nrootdirectory = /nonexistent/from-file\n")
+        env["REGISTRY_STORAGE_ROOTDIRECTORY"] = ""
+    result = run_registry(tmp_path, "--config", str(config), "--port", LOOPBACK, env=env)
+    expected = (
+        "txregistry: configuration error: [storage] rootdirectory: empty (the filesystem"
+        " driver needs a folder; without one it would store in the current directory)"
+    )
+    if where == "environment":
+        expected += " (from the environment variable REGISTRY_STORAGE_ROOTDIRECTORY)"
+    assert_one_line(result, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-root.cfg"]
+
+
 def test_unknown_option(tmp_path: Path) -> None:
     result = run_registry(tmp_path, "--prot", "tcp:5000")
     assert_one_line(result, "txregistry: option --prot not recognized")
