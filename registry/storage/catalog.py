@@ -10,7 +10,13 @@ empty-ish marker file in one flat folder::
 
 so a page is one folder listing.  `Catalog.note_repository` adds a repository; the handlers
 call it (through the manifest store on a manifest push, directly on a blob link or mount),
-*after* writing the link: a rebuild drops entries whose folder no longer holds a repository.
+*after* writing the link: a rebuild drops entries whose folder no longer holds a repository,
+and looks again after each delete (a push in between is written back).  A process remembers
+the entries it wrote, and for those looks whether the entry is still there (a stat: a HEAD on
+S3) rather than write it again: a rebuild run by another process (``txregistry
+catalog-rebuild``) may have removed it.  Looking at the entry itself, rather than at a
+generation marker a rebuild would bump, costs the same one read per note (a marker read less
+often would leave pushes unlisted meanwhile), and holds whatever removed the entry.
 
 Data written by registry:2 (or by anything that does not note repositories) is found by
 `Catalog.rebuild`, a full walk of ``repositories/`` that recognises a repository as a folder
@@ -173,10 +179,15 @@ class Catalog:
     _unwritten_checked: float = attrs.field(default=float("-inf"), init=False)
 
     async def note_repository(self, name: str) -> None:
-        # Remembered per process: this runs on every blob link, and the marker rarely changes.
+        # Remembered per process: this runs on every blob link, and the entry rarely changes.
+        # The memo says what this process wrote, not what is there: a rebuild in another
+        # process (or a hand) may have removed the entry since, so a remembered name is
+        # looked at (a stat, a HEAD on S3: no write) and written again when it is gone.
         if name in self._noted:
             self._noted.move_to_end(name)
-            return
+            with contextlib.suppress(PathNotFoundError):
+                await self.driver.stat(entry_path(name))
+                return
         try:
             await self.driver.put_content(entry_path(name), name.encode())
         except StorageFull as exc:
@@ -378,6 +389,11 @@ class Catalog:
             # Checked again: it may have been created (and noted) during the walk.
             if not await self._is_repository(name):
                 await self.forget_repository(name)
+                # And after the delete: a push between that look and the delete found its
+                # entry still there (`note_repository` keeps it), and noted nothing.
+                if await self._is_repository(name):
+                    await self.driver.put_content(entry_path(name), name.encode())
+                    self._remember(name)
             await self._indexed_one(progress)
         progress.phase = "done"
         await self.driver.put_content(COMPLETE_MARKER, b"1")

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -326,6 +327,46 @@ async def test_catalog_rebuild(driver: FilesystemDriver, root: Path, config: Pat
     assert result.code == 0, result
     assert result.out.startswith("catalog-rebuild: 2 repositories (2 added, 1 removed) in ")
     assert sorted(await driver.list(ENTRIES_DIR)) == ["app", "other"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repository_pushed_again_after_a_rebuild_is_listed(
+    tmp_path: Path, start_registry: object
+) -> None:
+    """
+    A repository removed by hand, the catalog rebuilt (dropping its entry) while the
+    registry serves, then pushed again: the serving process had written its entry before,
+    and lists it again all the same, as it does after a restart.
+    """
+    root = tmp_path / "served"
+    sections = {"storage": {"rootdirectory": str(root)}}
+    registry = await start_registry(sections)  # type: ignore[operator]
+    push_blob, put_manifest = scenario.http_pushers(registry.url)
+    config_blob, layer = b'{"pushed":"again"}', b"layer"
+
+    async def push(tag: str) -> None:
+        for blob in (config_blob, layer):
+            await push_blob("zz/gone", blob)
+        body = scenario.image(config_blob, [layer])
+        await put_manifest("zz/gone", tag, body, scenario.mt.OCI_IMAGE_MANIFEST)
+
+    async def catalog() -> list[str]:
+        response = await treq.get(f"{registry.url}/v2/_catalog")
+        assert response.code == 200
+        names: list[str] = (await response.json())["repositories"]
+        return names
+
+    await push("one")
+    assert await catalog() == ["zz/gone"]
+    shutil.rmtree(root / layout.repository("zz/gone"))
+    config = write_config(tmp_path / "rebuild.cfg", sections)
+    result = await cli("catalog-rebuild", "--config", str(config))
+    assert result.code == 0, result
+    assert result.out.startswith("catalog-rebuild: 0 repositories (0 added, 1 removed) in ")
+    assert await catalog() == []
+
+    await push("two")
+    assert await catalog() == ["zz/gone"]
 
 
 @pytest_twisted.ensureDeferred

@@ -16,7 +16,7 @@ from twisted.internet import reactor
 
 from registry.storage import layout
 from registry.storage.blobs import BlobStore
-from registry.storage.catalog import ENTRIES_DIR
+from registry.storage.catalog import ENTRIES_DIR, Catalog
 from registry.storage.s3 import S3Driver
 from registry.storage.s3 import _multipart as multipart
 from registry.storage.s3._lease import LEASE_SUFFIX
@@ -53,6 +53,24 @@ async def test_catalog_rebuild_over_s3(storage: S3Storage) -> None:
     assert result.out.startswith("catalog-rebuild: 2 repositories (2 added, 1 removed) in "), result
     assert "Traceback" not in result.err
     assert sorted(await storage.driver.list(ENTRIES_DIR)) == ["app", "other"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repository_noted_again_after_a_rebuild_over_s3(storage: S3Storage) -> None:
+    """A serving process's catalog wrote an entry; a rebuild (another process) drops it with
+    the repository removed behind the registry's back; a push again lists it again."""
+    catalog = Catalog(storage.driver)
+    push_blob, _ = scenario.store_pushers(storage.driver)
+    await push_blob("zz/gone", b"layer")
+    await catalog.note_repository("zz/gone")
+    assert await catalog.list_repositories() == (["zz/gone"], False)
+    await storage.driver.delete(layout.repository("zz/gone"))
+    result = await cli("catalog-rebuild", "--config", str(storage.config))
+    assert result.code == 0, result
+    assert result.out.startswith("catalog-rebuild: 0 repositories (0 added, 1 removed) in "), result
+    await push_blob("zz/gone", b"layer")
+    await catalog.note_repository("zz/gone")
+    assert await catalog.list_repositories() == (["zz/gone"], False)
 
 
 @pytest_twisted.ensureDeferred

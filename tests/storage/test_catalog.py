@@ -274,6 +274,43 @@ async def test_noted_names_are_bounded(driver: IStorageDriver) -> None:
     assert await driver.get_content(entry_path("team/app0")) == b"team/app0"
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_entry_a_rebuild_removed_is_written_again(driver: IStorageDriver) -> None:
+    """A serving process remembers the entries it wrote; a rebuild in another process that
+    removed one (its repository was removed by hand) does not keep a push again unlisted."""
+    serving = Catalog(driver)
+    await registry2_repository(driver, "zz/gone")
+    await serving.note_repository("zz/gone")
+    await driver.delete(layout.repository("zz/gone"))
+    assert await Catalog(driver).rebuild() == []
+    await registry2_repository(driver, "zz/gone")
+    await serving.note_repository("zz/gone")
+    assert await Catalog(driver).list_repositories() == (["zz/gone"], False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_while_a_rebuild_removes_its_entry_is_listed(driver: IStorageDriver) -> None:
+    """The push lands between the rebuild's look at the folder and its delete of the entry:
+    its note still finds the entry, and the rebuild writes it back after the delete."""
+    serving = Catalog(driver)
+    await registry2_repository(driver, "zz/gone")
+    await serving.note_repository("zz/gone")
+    await driver.delete(layout.repository("zz/gone"))
+
+    class PushBeforeDelete:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(driver, name)
+
+        async def delete(self, path: str) -> None:
+            if path == entry_path("zz/gone"):
+                await registry2_repository(driver, "zz/gone")
+                await serving.note_repository("zz/gone")
+            await driver.delete(path)
+
+    assert await Catalog(PushBeforeDelete()).rebuild() == []  # type: ignore[arg-type]
+    assert await Catalog(driver).list_repositories() == (["zz/gone"], False)
+
+
 class _Full:
     """The driver, refusing every write while ``full`` as a full disk does (deletes work)."""
 
