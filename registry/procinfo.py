@@ -49,3 +49,26 @@ def pid_namespace() -> str | None:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return None
+
+
+def gone(pid: int, started: int | None, namespace: str | None) -> bool:
+    """
+    Whether a record written on this host by process ``pid`` (with its `start_time` and
+    `pid_namespace`, None in records of versions that did not write them) names a process
+    that no longer runs: none with its pid, a zombie, or one started at another time (the pid
+    since given to another process).  A record of another pid namespace is never judged
+    gone: its pid means nothing here.  This process is never gone.
+    """
+    if namespace is not None and namespace != pid_namespace():
+        return False
+    if pid == os.getpid():
+        return False
+    if started is not None and started != start_time(pid):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, as another user
+        return False
+    return is_zombie(pid)

@@ -28,6 +28,7 @@ when only that worker is being replaced (a rolling restart), the other workers s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -41,9 +42,16 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from registry import procinfo
 from registry.server.probe import probe_storage
 from registry.storage import layout
-from registry.storage.driver import QUIET_RETRIES, IStorageDriver, StorageFull
+from registry.storage.driver import (
+    QUIET_RETRIES,
+    IStorageDriver,
+    PathNotFoundError,
+    StorageError,
+    StorageFull,
+)
 
 _log = Logger()
 
@@ -254,6 +262,82 @@ def probe_name() -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", raw)[:200]
 
 
+HEALTH_DIR = f"{layout.OWN}/health"
+# Probe files of this host read by one sweep: a start does bounded work however many killed
+# processes left one (the next start takes the rest).
+SWEEP_AT_MOST = 64
+_LEGACY_PAYLOAD = b"txregistry storage probe "
+
+
+def _left_by_gone_process(name: str, content: bytes, host: str) -> bool:
+    """Whether the probe file ``name`` (``<host>-<pid>``, `probe_name`) holding ``content`` was
+    written by a process of this host and pid namespace that no longer runs."""
+    pid_text = name[len(host) + 1 :]
+    if not name.startswith(host + "-") or not pid_text.isdigit():
+        return False
+    if content.startswith(_LEGACY_PAYLOAD):
+        # Written before probes named their writer: the name's pid, judged as the project's
+        # records without a start time and namespace are.
+        return procinfo.gone(int(pid_text), None, None)
+    try:
+        record = json.loads(content)
+        pid, started, namespace = record["pid"], record.get("started"), record.get("pidns")
+    except (ValueError, KeyError, TypeError):
+        return False
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if not isinstance(started, int | None) or not isinstance(namespace, str | None):
+        return False
+    return procinfo.gone(pid, started, namespace)
+
+
+async def sweep_probe_files(driver: IStorageDriver) -> int:
+    """
+    Remove the probe files (`storage_probe`) that processes of this host killed before they
+    could remove their own (`forget_storage_probe`) left: those of processes that no longer
+    run in this pid namespace.  Other hosts' files, and other namespaces' (containers sharing
+    the host name), are left alone: their pids mean nothing here, and removing a live
+    process's file between its write and its read-back would fail its check.  Reads at most
+    `SWEEP_AT_MOST` files; returns how many were removed.
+    """
+    host = probe_name().rsplit("-", 1)[0]
+    own = probe_name()
+    try:
+        names = await driver.list(HEALTH_DIR)
+    except PathNotFoundError:
+        return 0
+    mine = [name for name in names if name.startswith(host + "-") and name != own]
+    removed = 0
+    for name in mine[:SWEEP_AT_MOST]:
+        path = f"{HEALTH_DIR}/{name}"
+        try:
+            content = await driver.get_content(path)
+        except PathNotFoundError:
+            continue  # its process stopped meanwhile, or another sweep took it
+        if _left_by_gone_process(name, content, host):
+            with contextlib.suppress(PathNotFoundError):
+                await driver.delete(path)
+            removed += 1
+    return removed
+
+
+async def sweep_probe_files_logged(driver: IStorageDriver) -> None:
+    """`sweep_probe_files` at start: one line when it removed any; a storage that fails it
+    (it passed the start-up probe) only leaves the files to the next start."""
+    QUIET_RETRIES.set(True)
+    try:
+        removed = await sweep_probe_files(driver)
+    except StorageError as exc:
+        _log.info("storage probe files of stopped processes left for now: {error}", error=exc)
+        return
+    if removed:
+        _log.info(
+            "removed {count} storage probe file(s) left by processes of this host that no"
+            " longer run",
+            count=removed,
+        )
+
+
 def forget_storage_probe(driver: IStorageDriver, reactor: Any) -> Deferred[None]:
     """
     Remove this process's probe file (`storage_probe`) as it stops: named after the
@@ -264,7 +348,7 @@ def forget_storage_probe(driver: IStorageDriver, reactor: Any) -> Deferred[None]
     async def remove() -> None:
         QUIET_RETRIES.set(True)
         with contextlib.suppress(Exception):
-            await driver.delete(f"{layout.OWN}/health/{probe_name()}")
+            await driver.delete(f"{HEALTH_DIR}/{probe_name()}")
 
     removing = Deferred.fromCoroutine(remove())
     removing.addTimeout(_FORGET_WITHIN, reactor)
@@ -295,7 +379,7 @@ def storage_probe(driver: IStorageDriver, writable: bool = True) -> Probe:
     purpose) only look at the root.  A full disk is `Degraded` while the root can still be
     looked at: pulls are served, only writes answer 503 (the module docstring).
     """
-    path = f"{layout.OWN}/health/{probe_name()}"
+    path = f"{HEALTH_DIR}/{probe_name()}"
     # What the last probes wrote: a late write of one that timed out is no lost write.
     written: deque[bytes] = deque(maxlen=PROBES_REMEMBERED)
 

@@ -43,6 +43,7 @@ from registry.ops.health import (
     HealthChecker,
     ProbeFileCleanup,
     loaded_probe,
+    sweep_probe_files_logged,
     upstream_probe,
 )
 from registry.ops.metrics import Metrics
@@ -164,6 +165,10 @@ def _serving(
                 await probe_storage(driver, readonly=True)
         except Exception as exc:
             raise StartupError(f"cannot use storage {where}: {describe(exc)}") from exc
+        # One process of the registry (the single one, or worker 0) cleans up after killed
+        # ones, once per start: bounded work, and one line at most.
+        if not config.maintenance.readonly and (link is None or link.spec.worker == 0):
+            await sweep_probe_files_logged(driver)
         for check in checks or ():  # each raises StartupError with its one line
             await check()
 

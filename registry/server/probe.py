@@ -10,11 +10,14 @@ configured `IStorageDriver`, so it checks what pushes will use (S3 included).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import uuid
 from collections import deque
 
 from registry.config import StorageConfig
+from registry.procinfo import pid_namespace, start_time
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
@@ -45,6 +48,25 @@ def describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def probe_payload(target: str) -> bytes:
+    """
+    What a probe writes: unique each time (the read-back must find this write), and naming
+    its writer as the project's other records do (host, pid, its start time and pid
+    namespace, `registry.procinfo`): a probe file that a killed process kept is removed by a
+    later one of its host (`registry.ops.health.sweep_probe_files`).
+    """
+    pid = os.getpid()
+    record = {
+        "probe": target,
+        "id": uuid.uuid4().hex,
+        "host": socket.gethostname(),
+        "pid": pid,
+        "started": start_time(pid),
+        "pidns": pid_namespace(),
+    }
+    return json.dumps(record).encode()
+
+
 class ReadsBackDifferently(Exception):
     """The probe read back other bytes than it wrote: the storage loses or mixes writes."""
 
@@ -70,7 +92,7 @@ async def probe_storage(
             await driver.stat(layout.ROOT)
         return
     target = path or f"{PROBE_DIR}/{uuid.uuid4().hex}"
-    payload = f"txregistry storage probe {target} {uuid.uuid4().hex}".encode()
+    payload = probe_payload(target)
     if earlier is not None:
         earlier.append(payload)
     await driver.put_content(target, payload)
