@@ -311,12 +311,24 @@ class Supervisor:
             self._hup(signal.SIGHUP)
 
     def _fail_quietly(self, worker: Worker) -> None:
-        """Stop with status 1; stderr has the worker's line, the supervisor's log (a
-        daemon's ``--logfile``) gets it here."""
+        """
+        Stop with status 1, after one line.  A worker that gave its reason (stderr has it too)
+        is that line; one that gave none (killed by a signal: the OOM killer, an operator; a
+        crash) is named with its pid and how it ended.  Either way the start failed rather
+        than retried: the service manager (or the ``twistd`` command of a daemon) is told at
+        once, and its own restart policy applies, as after any start-up failure.
+        """
         worker.channel.read_remaining()  # its reason ("failed") may still be in the pipe
         if worker.failure:
-            self.log("error", f"start-up failed: {worker.failure}")
-        daemon_status.failed(worker.failure or "a worker exited before serving (the log says why)")
+            reason = worker.failure
+        else:
+            _, how = self._exited.get(worker.slot, (worker.pid, "ended"))
+            reason = (
+                f"worker {worker.slot} (pid {worker.pid}) exited before serving: {how}; "
+                "the registry stops (every worker must serve once for a start to succeed)"
+            )
+        self.log("error", f"start-up failed: {reason}")
+        daemon_status.failed(reason)
         self.status = EXIT_STARTUP_FAILED
         self._stop_requested(None)
 

@@ -283,3 +283,43 @@ def test_a_sighup_before_the_handlers_are_in_place_is_ignored(tmp_path: Path) ->
             capture_output=True, text=True, timeout=60, env=child_env(), cwd=tmp_path,
         )  # fmt: skip
         assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr[-2000:]
+
+
+def _new_worker(pid: int, known: set[int], timeout: float = 60) -> int:
+    """The first worker of supervisor ``pid`` not in ``known``, as soon as it runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fresh = [worker for worker in _workers(pid) if worker not in known]
+        if fresh:
+            return fresh[0]
+        assert time.monotonic() < deadline, "no new worker"
+        time.sleep(0.001)
+
+
+def test_a_worker_killed_before_it_first_serves_is_named_as_start_up_fails(
+    tmp_path: Path,
+) -> None:
+    """
+    Worker 1 killed (the OOM killer, an operator) after worker 0 served but before it served
+    itself: the start fails, and the log used to say nothing of why (only a worker that gave
+    a reason had a line).  Now one error line names the worker, its pid and how it ended.
+    """
+    child = start_tree(tmp_path)
+    try:
+        first = int(child.wait_for(re.compile(r"worker 0 \(pid (?P<pid>\d+)\) serving"))["pid"])
+        second = _new_worker(child.process.pid, {first})
+        os.kill(second, signal.SIGKILL)
+        assert child.process.wait(timeout=60) == 1
+        child.stop()
+        log = "".join(child.output)
+        assert f"worker 1 (pid {second}) serving" not in log, "killed too late"
+        errors = [line for line in child.output if "[registry.server.supervisor#error]" in line]
+        assert len(errors) == 1, log[-3000:]
+        assert errors[0].split("#error] ")[1].strip() == (
+            f"start-up failed: worker 1 (pid {second}) exited before serving: killed by "
+            "SIGKILL; the registry stops (every worker must serve once for a start to succeed)"
+        )
+        assert "every worker stopped" in log
+    finally:
+        child.stop()
+
