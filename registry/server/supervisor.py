@@ -749,6 +749,10 @@ class Supervisor:
             finally:
                 self._holding.discard(slot)
             served = yield Wait(new.served, START_TIMEOUT)
+            if self._stopping:
+                # The supervisor stops (SIGTERM): the new worker, told to stop with the
+                # others, ending before it served is part of that stop, not a failed restart.
+                return
             if served and not new.served.value:
                 # It exited: what it read (configuration, certificates) cannot serve, and
                 # would not in the next slot either.  The workers not replaced yet keep

@@ -323,3 +323,32 @@ def test_a_worker_killed_before_it_first_serves_is_named_as_start_up_fails(
     finally:
         child.stop()
 
+
+def test_sigterm_during_a_rolling_restart_stops_without_an_error(tmp_path: Path) -> None:
+    """
+    SIGTERM while a rolling restart's new worker starts: that worker, told to stop with the
+    others, ends before it serves.  That used to be reported as a failed restart (an error
+    line saying the other workers keep serving) although the registry was stopping.
+    """
+    tree = Tree(start_tree(tmp_path))
+    child = tree.child
+    try:
+        child.process.send_signal(signal.SIGHUP)
+        child.wait_for(re.compile(rf"worker 0 \(pid {tree.pids[0]}\) stopped"))
+        new = _new_worker(child.process.pid, set(tree.pids.values()))
+        os.kill(new, signal.SIGSTOP)  # holds it before it serves
+        try:
+            assert f"(pid {new}) serving" not in "".join(child.output), "caught too late"
+            child.process.send_signal(signal.SIGTERM)
+            child.wait_for(re.compile("SIGTERM: draining every worker"))
+        finally:
+            os.kill(new, signal.SIGCONT)
+        assert child.process.wait(timeout=60) == 0
+        child.stop()
+        log = "".join(child.output)
+        assert f"worker 0 (pid {new}) stopped" in log, log[-3000:]
+        assert "#error]" not in log, log[-3000:]
+        assert "keep serving" not in log
+        assert "every worker stopped" in log
+    finally:
+        child.stop()
