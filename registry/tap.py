@@ -89,12 +89,16 @@ class Options(usage.Options):
         elif WORKER_ENVIRONMENT in os.environ:
             # A worker serves the sockets its supervisor bound, named in its spec (the
             # supervisor's --port is not on its command line): the file's [http] port, perhaps
-            # empty where --port replaced it, does not apply to it.
+            # empty where --port replaced it, does not apply to it; nor its [debug] addr, which
+            # a SIGHUP may have changed since the supervisor bound it.  A SIGHUP's check reads
+            # the file's, to refuse what a start would refuse (`_check_listeners`).
             from registry.server.workers import WorkerSpec
 
             spec = WorkerSpec.from_environ(os.environ)
-            if spec is not None and spec.listeners:
+            if spec is not None and spec.listeners and not spec.check_ports:
                 overrides[("http", "port")] = " ".join(i.description for i in spec.listeners)
+            if spec is not None and not spec.check:
+                overrides[("debug", "addr")] = spec.debug.description if spec.debug else ""
         try:
             self.config = load(self["config"], os.environ, overrides)
             parse_proxies(self.config)  # [proxy:NAME] sections are validated here too
@@ -217,6 +221,7 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
             # What the supervisor's own start-up refuses ([http] workers); the number it
             # asks for is told, since a SIGHUP does not change it.
             checked_workers = resolve(config)
+            changed = _check_listeners(config, spec, reactor)
             single = single_process_reasons(config)
             if single and spec.workers > 1:
                 # (``workers = auto`` resolves to 1 for it: the workers running would each
@@ -233,9 +238,35 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
     if spec is not None and spec.check:
         # A SIGHUP's check (registry.server.supervisor): everything start-up reads and
         # refuses before the reactor runs has passed; nothing was started.
-        tell_checked(checked_workers)
+        tell_checked(checked_workers, changed)
         raise SystemExit(0)
     return service
+
+
+def _check_listeners(config: Config, spec: Any, reactor: Any) -> list[tuple[str, str, str]]:
+    """
+    In a SIGHUP's check: the file's listening addresses validated as the supervisor's
+    start-up validates them (parsed, TLS files loaded, nothing bound), since the next start
+    reads them; and each that differs from what the workers serve, as (key, in the file,
+    served): the supervisor's sockets stay until it restarts.  ``[http] port`` is the file's
+    only where the supervisor was started without ``--port`` (``spec.check_ports``).
+    """
+    changed = []
+    if spec.check_ports:
+        try:
+            endpoints = listening_endpoints(config, reactor, auth_enabled=False, warn=False)
+        except (ValueError, OSError, ConfigError) as exc:
+            configuration_error(exc)
+        asked = ", ".join(description for description, _ in endpoints)
+        kept = ", ".join(inherited.description for inherited in spec.listeners)
+        if asked != kept:
+            changed.append(("[http] port", asked, kept))
+    # ([debug] addr's own mistakes are refused as a worker builds its listener.)
+    asked = normalize_description(config.debug.addr) if config.debug.addr else ""
+    kept = normalize_description(spec.debug.description) if spec.debug is not None else ""
+    if asked != kept:
+        changed.append(("[debug] addr", asked, kept))
+    return changed
 
 
 def _supervising(options: Options, config: Config, count: int, reactor: Any) -> IService:
@@ -255,7 +286,16 @@ def _supervising(options: Options, config: Config, count: int, reactor: Any) -> 
 
     twistd = getattr(options, "parent", None)
     command = worker_command(options["config"], options["storage"], twistd)
-    return supervise(reactor, config, count, endpoints, debug, command, twistd)
+    return supervise(
+        reactor,
+        config,
+        count,
+        endpoints,
+        debug,
+        command,
+        twistd,
+        ports_from_file=not options["port"],
+    )
 
 
 def has_syncs(config: Config) -> bool:

@@ -66,12 +66,13 @@ def tell_supervisor(message: str) -> bool:
     return parsed.get("failures_logged") is True
 
 
-def tell_checked(workers: int) -> None:
-    """In a SIGHUP's configuration check (``[http] workers > 1``): tell the supervisor the
-    number of workers the configuration now asks for, which only a restart applies."""
+def tell_checked(workers: int, listeners: list[tuple[str, str, str]]) -> None:
+    """In a SIGHUP's configuration check (``[http] workers > 1``): tell the supervisor what
+    only a restart applies: the number of workers the configuration now asks for, and each
+    listening address it changed (key, asked for, served)."""
     from registry.server.worker_env import CONTROL_OUT
 
-    line = json.dumps({"op": "checked", "workers": workers})
+    line = json.dumps({"op": "checked", "workers": workers, "listeners": listeners})
     with contextlib.suppress(OSError):
         os.write(CONTROL_OUT, b"\n" + line.encode() + b"\n")
 

@@ -143,9 +143,12 @@ def supervise(
     debug: list[tuple[str, Any]],
     command: Command,
     twistd: Any = None,
+    ports_from_file: bool = False,
 ) -> Handoff:
     """The supervisor of ``count`` workers over ``endpoints`` (and the ``[debug]`` one);
-    ``twistd``: twistd's parsed options (where to log, the pidfile)."""
+    ``twistd``: twistd's parsed options (where to log, the pidfile); ``ports_from_file``:
+    the listeners are the configuration's ``[http] port`` (no ``--port``), which a SIGHUP's
+    check then validates and compares."""
     # The ports never accept here (the workers do): this factory is never used.
     idle = Factory.forProtocol(Protocol)
     driver = config.storage.driver
@@ -163,6 +166,7 @@ def supervise(
         "commands": [command(slot) for slot in range(count)],
         "log": log_target(twistd, config.log.rotatesize, config.log.rotatekeep),
         "pidfile": (twistd.get("pidfile") or None) if twistd is not None else None,
+        "ports_from_file": ports_from_file,
     }
     return Handoff(
         reactor,

@@ -8,7 +8,8 @@ Twisted nor the web stack: about 12 MiB resident where a Twisted process idles a
 
 Start: start worker 0 and wait until it serves (it probes the storage: a failure there is its
 one line, and the supervisor exits 1 without adding another), then start the others, and log
-"listening" once all serve.
+"listening" once all serve.  Any worker that ends before it first serves fails the start
+the same way (`_fail_quietly`: its own reason, or its pid and how it ended).
 
 Supervision: a worker that exits is replaced in the same slot (same worker number, so the
 same notification queue), after a pause that doubles with each exit in a row of that slot
@@ -36,7 +37,9 @@ Signals:
   with one error line and no worker is touched.  Then one worker at a time is drained and
   replaced by a new process, which reads the configuration file and certificates again; the
   next waits until the new one serves.  The listeners themselves and the number of workers
-  stay as they are.  A new worker that still exits before serving (what the check does not
+  stay as they are (the check refuses an ``[http] port`` a start would refuse, and says in
+  one warning each that a changed ``[http] port``, ``[debug] addr`` or ``[http] workers``
+  waits for a restart; new workers serve, and name, the supervisor's sockets).  A new worker that still exits before serving (what the check does not
   do: the storage probe; or the files changed again meanwhile) sends its one-line reason
   over the control pipe and stops the rolling restart with one error line naming it: the
   workers not replaced yet keep serving with what they loaded, and the failed slot is
@@ -229,6 +232,8 @@ class Supervisor:
         self.worker_timeout = float(spec.get("worker_timeout", 0.0))
         self._commands: list[list[str]] = spec["commands"]
         self._announce: str = spec["announce"]
+        # The listeners are the file's [http] port (no --port): a SIGHUP's check reads it.
+        self._ports_from_file = bool(spec.get("ports_from_file", False))
         # (description, our descriptor, family) for the registry's ports, then [debug]'s.
         self._listeners = [
             (item["description"], _high(item["fd"]), item["family"]) for item in spec["listeners"]
@@ -677,7 +682,13 @@ class Supervisor:
         """
         text, _ = self._worker_spec(0)
         spec = json.loads(text)
-        spec.update(check=True, board=-1, failures_logged=True, refuse_expired=True)
+        spec.update(
+            check=True,
+            board=-1,
+            failures_logged=True,
+            refuse_expired=True,
+            check_ports=self._ports_from_file,
+        )
         try:
             pid, read_fd, write_fd = self._launch(self._commands[0], json.dumps(spec), [])
         except OSError as exc:
@@ -694,6 +705,14 @@ class Supervisor:
                     "warn",
                     f"SIGHUP: the configuration asks for {wanted} workers; {self.count} "
                     "run until the registry is restarted ([http] workers changes only then)",
+                )
+            # The sockets are the supervisor's, bound once: new workers serve those.
+            for key, asked, kept in message.get("listeners", ()):
+                self.log(
+                    "warn",
+                    f"SIGHUP: the configuration asks for {key} = {asked or '(not set)'}; the "
+                    f"workers keep {kept or 'none'} until the registry is restarted (listening "
+                    "addresses change only then)",
                 )
 
         handlers = {"failed": failed, "checked": checked}

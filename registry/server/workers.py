@@ -171,6 +171,9 @@ class WorkerSpec:
     # Not a worker: a SIGHUP's check of the configuration (`registry.server.supervisor`),
     # which stops once the service is built, before serving, and exits 0 if it could be.
     check: bool = False
+    # A check whose supervisor listens on the configuration's ``[http] port`` (not on
+    # ``--port``): the file's value is validated as start-up validates it, and compared.
+    check_ports: bool = False
 
     def to_environ(self) -> str:
         return json.dumps(attrs.asdict(self))
@@ -191,6 +194,7 @@ class WorkerSpec:
             board=int(data.get("board", -1)),
             refuse_expired=bool(data.get("refuse_expired", False)),
             check=bool(data.get("check", False)),
+            check_ports=bool(data.get("check_ports", False)),
         )
 
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.server.proc import child_env
+from tests.e2e.harness import write_config
+from tests.server.proc import child_env, start_registry
 from tests.server.test_drain import BLOB_SIZE, SlowDownload, push_blob, wait_refused
-from tests.server.test_workers import WORKER_SERVING, Tree, start_tree
+from tests.server.test_workers import LOOPBACK, WORKER_SERVING, Tree, start_tree
 
 
 def _ready(tree: Tree) -> tuple[int, dict[str, Any]]:
@@ -352,3 +353,80 @@ def test_sigterm_during_a_rolling_restart_stops_without_an_error(tmp_path: Path)
         assert "every worker stopped" in log
     finally:
         child.stop()
+
+
+def _start_tree_on_its_file(tmp_path: Path) -> Tree:
+    """Two workers listening where the file's ``[http] port`` says (no ``--port``)."""
+    config = write_config(
+        tmp_path / "r.cfg",
+        {"http": {"workers": "2", "port": LOOPBACK}, "debug": {"addr": LOOPBACK}},
+    )
+    return Tree(start_registry(tmp_path, "--config", str(config), "--storage", str(tmp_path / "d")))
+
+
+@pytest.mark.parametrize(
+    ("port", "cause"),
+    [
+        (
+            LOOPBACK + ":bogus=1",
+            f"configuration error: {LOOPBACK}:bogus=1: unknown tcp: option 'bogus'; known: "
+            "backlog, interface, port",
+        ),
+        ("tcp:99999", "configuration error: tcp:99999: port 99999 is out of range (0-65535)"),
+    ],
+)
+def test_sighup_refuses_an_http_port_a_start_would_refuse(
+    tmp_path: Path, port: str, cause: str
+) -> None:
+    """
+    The check read ``[http] port`` as the supervisor's sockets, not as the file says: a
+    value the next start refuses passed, and every worker was restarted.  Now the file's
+    value is validated as start-up validates it, and the SIGHUP is refused.
+    """
+    tree = _start_tree_on_its_file(tmp_path)
+    try:
+        config = tmp_path / "r.cfg"
+        config.write_text(config.read_text().replace(f"port = {LOOPBACK}", f"port = {port}"))
+        tree.child.process.send_signal(signal.SIGHUP)
+        assert tree.child.wait_for(REFUSED)["cause"] == cause
+        assert set(tree.per_worker()) <= set(tree.pids.values())
+        assert "restarting the 2 workers" not in "".join(tree.child.output)
+    finally:
+        tree.child.stop()
+
+
+def test_sighup_says_changed_listening_addresses_wait_for_a_restart(tmp_path: Path) -> None:
+    """
+    A changed ``[http] port`` or ``[debug] addr`` was taken without a word, and the new
+    workers logged the file's ``[debug] addr`` while they served the socket the supervisor
+    bound at start.  Now one warning per address says it applies at the next restart, and
+    each new worker names what it serves.
+    """
+    tree = _start_tree_on_its_file(tmp_path)
+    try:
+        config = tmp_path / "r.cfg"
+        config.write_text(
+            "[http]\nworkers = 2\nport = tcp:22050:interface=127.0.0.1\n"
+            "[debug]\naddr = tcp:22051:interface=127.0.0.1\n"
+        )
+        seen = len(tree.child.output)
+        tree.child.process.send_signal(signal.SIGHUP)
+        tree.child.wait_for(re.compile("SIGHUP: every worker restarted"))
+        log = tree.child.output[seen:]
+        warnings = [line.split("#warn] ")[1].strip() for line in log if "#warn] SIGHUP" in line]
+        assert warnings == [
+            "SIGHUP: the configuration asks for [http] port = tcp:22050:interface=127.0.0.1; "
+            f"the workers keep {LOOPBACK} until the registry is restarted (listening addresses "
+            "change only then)",
+            "SIGHUP: the configuration asks for [debug] addr = tcp:22051:interface=127.0.0.1; "
+            f"the workers keep {LOOPBACK} until the registry is restarted (listening addresses "
+            "change only then)",
+        ], "".join(log)
+        served = [line for line in log if "metrics and health on" in line]
+        assert len(served) == 2, "".join(log)
+        assert all(line.rstrip().endswith(f"metrics and health on {LOOPBACK}") for line in served)
+        assert tree.request("GET", "/v2/").status == 200
+        assert len(set(tree.per_worker()) - set(tree.pids.values())) == 2
+        assert "Traceback" not in "".join(log)
+    finally:
+        tree.child.stop()
