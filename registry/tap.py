@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.service import IService
 from twisted.logger import Logger
@@ -37,6 +37,9 @@ from registry.server.log_file import whole_lines
 from registry.server.pidfile import clear_stale_pidfile
 from registry.server.start_report import StartReported
 from registry.server.worker_env import WORKER_ENVIRONMENT
+
+if TYPE_CHECKING:  # (at run time imported where used, after `keep_out` decided)
+    from registry.server.workers import WorkerSpec
 
 log = Logger()
 
@@ -243,7 +246,7 @@ def _make_service(options: Options, under_twistd: bool) -> IService:
     return service
 
 
-def _check_listeners(config: Config, spec: Any, reactor: Any) -> list[tuple[str, str, str]]:
+def _check_listeners(config: Config, spec: WorkerSpec, reactor: Any) -> list[tuple[str, str, str]]:
     """
     In a SIGHUP's check: the file's listening addresses validated as the supervisor's
     start-up validates them (parsed, TLS files loaded, nothing bound), since the next start

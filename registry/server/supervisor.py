@@ -39,11 +39,13 @@ Signals:
   next waits until the new one serves.  The listeners themselves and the number of workers
   stay as they are (the check refuses an ``[http] port`` a start would refuse, and says in
   one warning each that a changed ``[http] port``, ``[debug] addr`` or ``[http] workers``
-  waits for a restart; new workers serve, and name, the supervisor's sockets).  A new worker that still exits before serving (what the check does not
-  do: the storage probe; or the files changed again meanwhile) sends its one-line reason
-  over the control pipe and stops the rolling restart with one error line naming it: the
-  workers not replaced yet keep serving with what they loaded, and the failed slot is
-  retried with the back-off of a crashed worker.
+  waits for a restart; new workers serve, and name, the supervisor's sockets).  A new
+  worker that still exits before serving (what the check does not do: the storage probe; or
+  the files changed again meanwhile) sends its one-line reason over the control pipe and
+  stops the rolling restart with one error line naming it: the workers not replaced yet keep
+  serving with what they loaded, and the failed slot is retried with the back-off of a
+  crashed worker.  A stop (SIGTERM) during a rolling restart ends it there: its new worker
+  stops with the others, without an error.
 - SIGUSR1: rotate the supervisor's log file (`registry.server.log_rotation`), and have every
   worker rotate its own: each is sent SIGUSR1 once it serves (before that, twistd in it may not
   have taken the signal over yet, and its default action ends a process).  Only with
