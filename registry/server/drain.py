@@ -8,10 +8,19 @@ knows each connection and the requests running on it:
 - its factory wraps the Site's, so every connection is seen open and closed;
 - its request factory wraps the Site's, so every request is seen start and finish.
 
-`ConnectionTracker.drain` (after the listeners stopped accepting) closes every connection with
-no request running, closes each other one as soon as its last request finishes (the close
-waits for the bytes still buffered to be sent), and waits until every connection is gone.
-Past the deadline the remaining connections are aborted.
+`ConnectionTracker.drain` (after the listeners stopped accepting) tells each request running
+that its answer is its connection's last (``Connection: close``), closes each such connection
+as soon as that answer is sent, and waits until every connection is gone.  Past the deadline
+the remaining connections are aborted.
+
+A connection with no request running when the drain begins is closed at once when the whole
+instance stops.  When only this worker stops (a rolling restart: the others serve on), it is
+closed once it has stayed idle for the drain's ``idle_grace`` (`IDLE_GRACE`), not at once: a
+keep-alive client between two requests (docker's PATCH after a PATCH, a load test's next
+GET) may have sent its next request already, and a close that crosses it leaves the client
+without an answer, which clients retry only for idempotent requests.  A request that
+arrives meanwhile is answered, with ``Connection: close``.  The same goes for a connection
+accepted just before the listeners closed.
 
 HTTP/2 requests do not expose their connection: an HTTP/2 connection is closed once no request
 is running anywhere.
@@ -44,6 +53,8 @@ log = Logger()
 _TRANSPORT_DEPTH = 4
 # After aborting the connections left at the deadline, how long to wait for them to be gone.
 _ABORTED_WAIT = 1.0
+# How long a connection idle when the drain begins may still bring a request (module text).
+IDLE_GRACE = 2.0
 
 
 def _last_on_its_connection(request: Any) -> None:
@@ -144,6 +155,10 @@ class ConnectionTracker:
         self._ends_by: float | None = None  # the drain's deadline (clock time), once it began
         # Told the number of open connections each time one opens or closes.
         self._watchers: list[Callable[[int], None]] = []
+        # Connections idle when the drain began (or opened during it): their close, due once
+        # they stayed idle for IDLE_GRACE.
+        self._idle_closes: dict[Any, Any] = {}
+        self._idle_grace = 0.0  # the drain's (`drain`)
 
     @property
     def connections(self) -> int:
@@ -189,12 +204,13 @@ class ConnectionTracker:
     def _opened(self, transport: Any) -> None:
         self._connections[transport] = 0
         self._tell_watchers()
-        if self._draining:  # accepted just before the listeners closed
-            self._close_if_idle(transport)
+        if self._draining:  # accepted just before the listeners closed: its request comes
+            self._close_after_grace(transport)
 
     def _closed(self, transport: Any) -> None:
         if self._connections.pop(transport, None) is not None:
             self._tell_watchers()
+        self._cancel_idle_close(transport)
         self._check_drained()
 
     def _tell_watchers(self) -> None:
@@ -217,6 +233,7 @@ class ConnectionTracker:
             self._unplaced += 1
         else:
             self._connections[connection] += 1
+            self._cancel_idle_close(connection)  # closed after this answer instead
         self._running.add(request)
         if self._draining:
             _last_on_its_connection(request)
@@ -231,11 +248,35 @@ class ConnectionTracker:
             if self._draining:
                 self._close_if_idle(connection)
         if self._draining and self._unplaced == 0:
+            # (HTTP/2 connections were kept while requests of unknown connection ran; those
+            # in their grace keep it.)
             for transport in list(self._connections):
-                self._close_if_idle(transport)
+                if transport not in self._idle_closes:
+                    self._close_if_idle(transport)
         self._check_drained()
 
     # Draining
+
+    def _close_after_grace(self, transport: Any) -> None:
+        """Close ``transport`` if it is still idle `IDLE_GRACE` from now (or at the drain's
+        deadline, if sooner)."""
+        if self._connections.get(transport) != 0 or transport in self._idle_closes:
+            return
+        grace = min(self._idle_grace, self.time_left() or 0.0)
+        if grace <= 0:
+            self._close_if_idle(transport)
+            return
+
+        def due() -> None:
+            self._idle_closes.pop(transport, None)
+            self._close_if_idle(transport)
+
+        self._idle_closes[transport] = self._clock.callLater(grace, due)
+
+    def _cancel_idle_close(self, transport: Any) -> None:
+        pending = self._idle_closes.pop(transport, None)
+        if pending is not None and pending.active():
+            pending.cancel()
 
     def _close_if_idle(self, transport: Any) -> None:
         if self._connections.get(transport) != 0:
@@ -258,11 +299,13 @@ class ConnectionTracker:
         if self._drained is not None:
             self._drained.cancel()
 
-    async def drain(self, limit: float) -> int:
+    async def drain(self, limit: float, idle_grace: float = 0.0) -> int:
         """
-        Close connections as their requests finish; after ``limit`` seconds (or at `cut`)
+        Close connections as their requests finish (those idle now once idle for
+        ``idle_grace``: the module text says when); after ``limit`` seconds (or at `cut`)
         abort the rest.  Returns how many connections had to be aborted.
         """
+        self._idle_grace = idle_grace
         self._draining = True
         if self._ends_by is None:  # (a `cut` before it: the deadline passed already)
             self._ends_by = self._clock.seconds() + limit
@@ -271,7 +314,7 @@ class ConnectionTracker:
         for request in list(self._running):
             _last_on_its_connection(request)
         for transport in list(self._connections):
-            self._close_if_idle(transport)
+            self._close_after_grace(transport)
         self._check_drained()
         if drained.called:
             return 0
@@ -292,6 +335,8 @@ class ConnectionTracker:
         finally:
             if timer.active():
                 timer.cancel()
+        for transport in list(self._idle_closes):
+            self._cancel_idle_close(transport)
         remaining = list(self._connections)
         log.warn(
             "{why}: cutting {connections} connection(s) with {requests} request(s) still running",

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from registry.failures import log_failure
-from registry.server.drain import ConnectionTracker
+from registry.server.drain import IDLE_GRACE, ConnectionTracker
 from registry.server.exit import StartupError, exit_after_reactor, exit_with_status_after_reactor
 from registry.server.listeners import Listeners
 
@@ -216,11 +216,30 @@ class RegistryService(MultiService):
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
+    async def _idle_grace(self) -> float:
+        """How long keep-alive connections idle at the drain may still bring a request
+        (`registry.server.drain`): `IDLE_GRACE` when only this worker stops (a rolling
+        restart: the other workers serve, and a client's next request must not be lost in
+        between), none when the whole instance stops or when the supervisor does not say."""
+        health = self._health
+        if health is None or health.instance_stopping is None or self._cutting:
+            return 0.0
+        asking: Deferred[bool] = Deferred.fromCoroutine(_asked(health.instance_stopping))
+        timer = self._reactor.callLater(ASK_LIMIT, asking.cancel)
+        try:
+            whole = await asking
+        except Exception:  # (a CancelledError too: no answer in time)
+            return 0.0
+        finally:
+            if timer.active():
+                timer.cancel()
+        return 0.0 if whole else IDLE_GRACE
+
     async def _stop(self) -> None:
         if self._health is not None:
             self._health.stopping(self._doing)
         await self.listeners.stop_listening()
-        await self.tracker.drain(self.drain_timeout)
+        await self.tracker.drain(self.drain_timeout, idle_grace=await self._idle_grace())
         if self._flush is not None:
             try:
                 await self._flush()
@@ -238,6 +257,12 @@ class RegistryService(MultiService):
 
 # How often a stop that takes long says what it still waits for.
 STOP_REPORT_EVERY = 10.0
+# How long a draining worker waits for the supervisor to say whether the whole instance stops.
+ASK_LIMIT = 2.0
+
+
+async def _asked(question: Callable[[], Awaitable[bool]]) -> bool:
+    return await question()
 
 
 def _part_name(service: object) -> str:
