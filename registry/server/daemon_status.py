@@ -32,11 +32,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 from collections.abc import MutableMapping
 from typing import Any
 
 # How much of a reason twistd's waiting process reads (its ``os.read(pipe, 100)``).
 _READ_BY_TWISTD = 100
+# What a daemon holds from `take_over` until its reactor handles them (`release_signals`).
+HELD_UNTIL_HANDLED = frozenset({signal.SIGTERM, signal.SIGQUIT})
 _fd: int | None = None
 # The stderr of the command that daemonized (`keep_terminal`).
 _terminal: int | None = None
@@ -50,6 +53,12 @@ def keep_terminal(twistd_options: MutableMapping[str, Any] | None) -> None:
         return
     with contextlib.suppress(OSError):
         _terminal = os.dup(2)
+    # Until its reactor runs, the daemon twistd forks has no handler for these: their default
+    # would end it unheard (from the moment its pid file names it), its caller waiting for
+    # ever.  Held from before the fork until `release_signals`; the waiting process keeps
+    # them held too, for as long as it waits.  (SIGINT is left alone: Ctrl-C still ends the
+    # wait.)
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_UNTIL_HANDLED)
 
 
 def take_over(twistd_options: MutableMapping[str, Any] | None) -> None:
@@ -64,6 +73,12 @@ def take_over(twistd_options: MutableMapping[str, Any] | None) -> None:
     twistd_options["statusPipe"] = None
     _fd = fd
     atexit.register(_ended_before_serving)
+
+
+def release_signals() -> None:
+    """The reactor handles the signals `keep_terminal` held: what came meanwhile is
+    delivered."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_UNTIL_HANDLED)
 
 
 def adopt(handed: dict[str, int] | None) -> None:

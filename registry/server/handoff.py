@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,7 @@ from registry.config import Config
 from registry.server import daemon_status
 from registry.server.exit import StartupError, exit_after_reactor
 from registry.server.listeners import Listeners
-from registry.server.supervisor import SPEC_ENVIRONMENT
+from registry.server.supervisor import HELD_ACROSS_EXEC, SPEC_ENVIRONMENT
 from registry.server.workers import family_of
 
 log = Logger()
@@ -109,11 +110,17 @@ class Handoff(Service):
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             if stream is not None:
                 stream.flush()
+        # Held until the supervisor has its handlers (`registry.server.supervisor`): the
+        # interpreter it starts takes a while, and until then a SIGTERM would end it without a
+        # word, and a daemon's caller would wait for ever (`registry.server.daemon_status`).
+        # The mask survives the exec; what arrives meanwhile is delivered once it has them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_ACROSS_EXEC)
         try:
             # twistd's arguments follow, unread: `ps` and `pgrep -f` then tell which
             # configuration this supervisor runs, as they do for its workers.
             self._exec(sys.executable, [sys.executable, "-c", SUPERVISOR, *sys.argv[1:]], env)
         except OSError as exc:  # E2BIG, ENOMEM...: still this process, which must not idle
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_ACROSS_EXEC)
             reason = exc.strerror or str(exc)
             exit_after_reactor(self.reactor, f"cannot start the supervisor: {reason.lower()}")
 

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from registry.failures import log_failure
+from registry.server import daemon_status
 from registry.server.drain import IDLE_GRACE, ConnectionTracker
 from registry.server.exit import StartupError, exit_after_reactor, exit_with_status_after_reactor
 from registry.server.listeners import Listeners
@@ -97,6 +98,10 @@ class RegistryService(MultiService):
             # Now: the reactor has installed its own SIGINT handler, which this replaces.
             signal.signal(signal.SIGINT, self._sigint)
             signal.signal(signal.SIGQUIT, self._sigquit)
+        # A daemon held SIGTERM from before twistd forked (`registry.server.daemon_status`):
+        # handled from now on.  (A supervisor's handoff holds it across its exec instead: a
+        # stop requested before the exec would be lost after it.)
+        daemon_status.release_signals()
         d = Deferred.fromCoroutine(self._checks())
         d.addCallbacks(self._started, self._failed)
 

@@ -42,3 +42,9 @@ class StartReported(MultiService):
         except BaseException as exc:
             daemon_status.failed(_reason(exc))
             raise
+
+    def stopService(self) -> Any:
+        # Stopped before it served (SIGTERM while the storage probe waited): said now, for
+        # twistd then ends the process with that signal, and no exit handler runs.
+        daemon_status.failed("stopped before it served (the log says why)")
+        return super().stopService()  # type: ignore[no-untyped-call]

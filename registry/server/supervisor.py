@@ -91,6 +91,9 @@ if TYPE_CHECKING:
 
 # The variable ``twistd registry`` hands the supervisor's settings over in.
 SPEC_ENVIRONMENT = "TXREGISTRY_SUPERVISOR"
+# Signals ``twistd registry`` blocks before its exec into the supervisor, which unblocks them
+# once it handles them (`Supervisor.start`): until then their default would end it unheard.
+HELD_ACROSS_EXEC = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1})
 # The worker's side (WORKER_ENVIRONMENT, CONTROL_IN, ...): registry.server.worker_env.
 # Descriptors the supervisor keeps are moved at least this high, out of the way of the
 # numbers they get in a worker.
@@ -280,6 +283,8 @@ class Supervisor:
         self.loop.on_signal(signal.SIGQUIT, self._cut)
         self.loop.on_signal(signal.SIGHUP, self._hup)
         self.loop.on_signal(signal.SIGUSR1, self._usr1)
+        # Delivered now, if one came while the exec's interpreter started (`HELD_ACROSS_EXEC`).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_ACROSS_EXEC)
         self.loop.run_task(self._start())
         if self._board >= 0 and self.worker_timeout > 0:
             self.loop.call_later(self._watch_every(), self._watch)
@@ -388,8 +393,10 @@ class Supervisor:
                 argv,
                 env,
                 file_actions=[(os.POSIX_SPAWN_DUP2, own, theirs) for own, theirs in moves],
-                # Python ignores SIGPIPE for itself; a child starts with the defaults.
+                # Python ignores SIGPIPE for itself; a child starts with the defaults, and
+                # with no signal blocked.
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                setsigmask=(),
             )
         except BaseException:
             os.close(from_worker_r)

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -121,4 +122,126 @@ def test_a_daemon_that_serves_exits_0_once_it_serves(tmp_path: Path, workers: st
         deadline = time.monotonic() + 30
         while daemons_of(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.1)
+    assert daemons_of(tmp_path) == []
+
+
+@contextmanager
+def silent_s3() -> Iterator[int]:
+    """A port that accepts connections and never answers: a storage probe that waits."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        for _ in range(3000):  # bounded: 10 minutes at most
+            if stop.is_set():
+                return
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        for each in held:
+            each.close()
+        listener.close()
+
+
+def wait_for_pid(path: Path, child: subprocess.Popen[str]) -> int:
+    for _ in range(60_000):  # bounded: 60 s
+        text = path.read_text().strip() if path.exists() else ""
+        if text:
+            return int(text)
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.001)
+    raise AssertionError("no pid file")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_daemon_stopped_while_it_starts_fails_the_command(tmp_path: Path, workers: str) -> None:
+    """
+    SIGTERM while the start waits (one process: the storage probe; two workers: the
+    supervisor just after its exec, or worker 0's probe): the command exits 1 saying so.  It
+    waited for ever: twistd ends its process with the signal (no exit handler runs), and a
+    supervisor not yet handling SIGTERM was ended by it without a word.
+    """
+    with silent_s3() as port:
+        config = write_config(
+            tmp_path / "r.cfg",
+            {
+                "http": {"workers": workers},
+                "storage": {
+                    "driver": "s3", "bucket": "b", "accesskey": "a", "secretkey": "s",
+                    "region": "us-east-1", "regionendpoint": f"http://127.0.0.1:{port}",
+                },
+            },
+        )  # fmt: skip
+        command = [
+            sys.executable, "-c", RUN_TWISTD,
+            "--pidfile", str(tmp_path / "x.pid"), "--logfile", str(tmp_path / "registry.log"),
+            "registry", "--config", str(config), "--port", f"tcp:{free_port()}:interface=127.0.0.1",
+        ]  # fmt: skip
+        env = child_env({"PYTHONPATH": str(REPO_ROOT)})
+        child = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            os.kill(wait_for_pid(tmp_path / "x.pid", child), signal.SIGTERM)
+            _, stderr = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+        assert child.returncode == 1, stderr
+        assert stderr.splitlines()[0] == "txregistry: stopped before it served (the log says why)"
+        deadline = time.monotonic() + 30
+        while daemons_of(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemons_of(tmp_path) == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_sigterm_as_soon_as_the_daemon_is_there_is_never_lost(
+    tmp_path: Path, workers: str
+) -> None:
+    """
+    SIGTERM as soon as the pid file names the daemon: before its reactor runs, twistd has no
+    handler for it, and with workers the daemon then execs into a supervisor whose
+    interpreter takes a while to install its own; either way the signal's default ended it
+    without a word, and the caller waited for ever.  It is held until handled now.
+    """
+    command = daemon_command(tmp_path, free_port(), tmp_path / "data", workers)
+    env = child_env({"PYTHONPATH": str(REPO_ROOT)})
+    child = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        os.kill(wait_for_pid(tmp_path / "x.pid", child), signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    # Stopped before it served, or (the signal handled just after) once it served: either
+    # way said, and the signal not lost (nothing left running).
+    if child.returncode == 1:
+        assert stderr.splitlines()[0] == (
+            "txregistry: stopped before it served (the log says why)"
+        ), stderr
+    else:
+        assert (child.returncode, stderr) == (0, "")
+    deadline = time.monotonic() + 30
+    while daemons_of(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert daemons_of(tmp_path) == []
