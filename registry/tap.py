@@ -12,6 +12,7 @@ stack itself, so that the decision comes before Twisted makes its own.
 from __future__ import annotations
 
 import os
+import re
 import signal
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -262,14 +263,34 @@ def _check_listeners(config: Config, spec: WorkerSpec, reactor: Any) -> list[tup
             configuration_error(exc)
         asked = ", ".join(description for description, _ in endpoints)
         kept = ", ".join(inherited.description for inherited in spec.listeners)
-        if asked != kept:
+        if [_same_endpoint_key(d) for d, _ in endpoints] != [
+            _same_endpoint_key(i.description) for i in spec.listeners
+        ]:
             changed.append(("[http] port", asked, kept))
     # ([debug] addr's own mistakes are refused as a worker builds its listener.)
     asked = normalize_description(config.debug.addr) if config.debug.addr else ""
     kept = normalize_description(spec.debug.description) if spec.debug is not None else ""
-    if asked != kept:
+    if _same_endpoint_key(asked) != _same_endpoint_key(kept):
         changed.append(("[debug] addr", asked, kept))
     return changed
+
+
+# The endpoint kinds whose first positional argument is the port.
+_PORT_FIRST = ("tcp", "tcp6", "ssl")
+
+
+def _same_endpoint_key(description: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``description`` as what it means rather than how it is written: the kind and its
+    options, sorted (``tcp:port=5000:interface=::1`` and ``tcp:5000:interface=::1`` are the
+    same listener)."""
+    parts = re.split(r"(?<!\\):", normalize_description(description)) if description else [""]
+    kind, options = parts[0].lower(), {}
+    for position, part in enumerate(parts[1:]):
+        key, equals, value = part.partition("=")
+        if not equals:
+            key, value = ("port" if position == 0 and kind in _PORT_FIRST else str(position)), key
+        options[key] = value
+    return kind, tuple(sorted(options.items()))
 
 
 def _supervising(options: Options, config: Config, count: int, reactor: Any) -> IService:

@@ -430,3 +430,22 @@ def test_sighup_says_changed_listening_addresses_wait_for_a_restart(tmp_path: Pa
         assert "Traceback" not in "".join(log)
     finally:
         tree.child.stop()
+
+
+def test_sighup_says_nothing_of_the_same_addresses_written_another_way(tmp_path: Path) -> None:
+    """``tcp:port=0:interface=127.0.0.1`` is the listener ``tcp:0:interface=127.0.0.1``
+    already serves: no warning that it waits for a restart."""
+    tree = _start_tree_on_its_file(tmp_path)
+    try:
+        same = "tcp:interface=127.0.0.1:port=0"
+        (tmp_path / "r.cfg").write_text(
+            f"[http]\nworkers = 2\nport = {same}\n[debug]\naddr = {same}\n"
+        )
+        seen = len(tree.child.output)
+        tree.child.process.send_signal(signal.SIGHUP)
+        tree.child.wait_for(re.compile("SIGHUP: every worker restarted"))
+        log = "".join(tree.child.output[seen:])
+        assert "#warn] SIGHUP" not in log, log
+        assert "Traceback" not in log
+    finally:
+        tree.child.stop()
