@@ -51,6 +51,16 @@ def pid_namespace() -> str | None:
         return None
 
 
+def boot_id() -> str | None:
+    """This boot of this machine's kernel (random at each boot, so two machines differ even
+    where their host names and root pid namespaces are the same); None when not known."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            return file.read().strip() or None
+    except OSError:
+        return None
+
+
 def gone(pid: int, started: int | None, namespace: str | None) -> bool:
     """
     Whether a record written on this host by process ``pid`` (with its `start_time` and
@@ -63,8 +73,9 @@ def gone(pid: int, started: int | None, namespace: str | None) -> bool:
         return False
     if pid == os.getpid():
         return False
-    if started is not None and started != start_time(pid):
-        return True
+    now = start_time(pid) if started is not None else None
+    if now is not None and now != started:
+        return True  # (None: gone, or hidden by /proc's hidepid: asked below)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

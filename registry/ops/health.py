@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import socket
 from collections import deque
@@ -286,6 +287,11 @@ def _left_by_gone_process(name: str, content: bytes, host: str) -> bool:
         return False
     if record.get("host") != socket.gethostname() or not isinstance(pid, int):
         return False
+    if record.get("boot") != procinfo.boot_id():
+        # Another machine of the same host name (cloned, or containers given one name:
+        # their root pid namespaces look the same), or an earlier boot: its pid means
+        # nothing here.
+        return False
     if not isinstance(started, int | None) or not isinstance(namespace, str | None):
         return False
     return procinfo.gone(pid, started, namespace)
@@ -308,7 +314,9 @@ async def sweep_probe_files(driver: IStorageDriver) -> int:
         return 0
     mine = [name for name in names if name.startswith(host + "-") and name != own]
     removed = 0
-    for name in mine[:SWEEP_AT_MOST]:
+    # A sample, not the first ones listed: files never judged gone (another namespace's, a
+    # live process's) would otherwise fill every start's share.
+    for name in random.sample(mine, min(len(mine), SWEEP_AT_MOST)):
         path = f"{HEALTH_DIR}/{name}"
         try:
             content = await driver.get_content(path)

@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 
 from registry.config import StorageConfig
-from registry.procinfo import pid_namespace, start_time
+from registry.procinfo import boot_id, pid_namespace, start_time
 from registry.storage import layout
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
@@ -63,6 +63,7 @@ def probe_payload(target: str) -> bytes:
         "pid": pid,
         "started": start_time(pid),
         "pidns": pid_namespace(),
+        "boot": boot_id(),
     }
     return json.dumps(record).encode()
 

@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from registry.ops.health import probe_name, sweep_probe_files
-from registry.procinfo import pid_namespace, start_time
+from registry.procinfo import boot_id, pid_namespace, start_time
 from registry.storage import layout
 from registry.storage.s3 import S3Driver
 from tests.e2e.harness import RegistryProcess
@@ -36,7 +36,9 @@ def dead_pid() -> int:
     return child.pid
 
 
-def record(pid: int, host: str | None = None, namespace: str | None = None) -> bytes:
+def record(
+    pid: int, host: str | None = None, namespace: str | None = None, boot: str | None = None
+) -> bytes:
     return json.dumps(
         {
             "probe": "x",
@@ -45,6 +47,7 @@ def record(pid: int, host: str | None = None, namespace: str | None = None) -> b
             "pid": pid,
             "started": start_time(pid),
             "pidns": namespace or pid_namespace(),
+            "boot": boot or boot_id(),
         }
     ).encode()
 
@@ -72,6 +75,8 @@ def test_probe_files_of_killed_processes_go_at_the_next_start(tmp_path: Path) ->
             f"{HOST}-{other}": record(other, namespace="pid:[1]"),
             # Another host sharing the storage.
             f"elsewhere-{legacy}": record(legacy, host="elsewhere"),
+            # Another machine of the same host name (its root pid namespace looks the same).
+            f"{HOST}-{dead_pid()}": record(other, boot="another-machine"),
         }
         for name, content in kept.items():
             (health / name).write_bytes(content)
@@ -97,6 +102,7 @@ async def test_probe_objects_of_killed_processes_go_over_s3(s3_server: S3Server)
             f"{HOST}-{os.getpid()}": record(os.getpid()),
             f"{HOST}-{other}": record(other, namespace="pid:[1]"),
             f"elsewhere-{gone}": record(gone, host="elsewhere"),
+            f"{HOST}-{dead_pid()}": record(gone, boot="another-machine"),
         }
         for name, content in kept.items():
             await driver.put_content(f"{HEALTH_DIR}/{name}", content)
