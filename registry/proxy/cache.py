@@ -2624,17 +2624,26 @@ class ProxyCache:
                 raise _CountStopped()
             now = self.now()
             for digest in await digest_folders(self.driver, layout.layers_dir(name)):
+                if self._stop_counting:
+                    raise _CountStopped()
+                # Known already (saved, or stored or served since the start): a use at
+                # time 0 changes nothing but gives its size; only this repository's link
+                # may be new.  The storage is asked only about blobs the index lacks (on S3,
+                # a HEAD each).
+                known = await self.index.touch_blob(str(digest), 0.0)
+                if known is not None:
+                    await self.index.add_blob(name, str(digest), known, 0.0)
+                    continue
                 info = await self.blobs.exists(digest)
                 if info is None:
                     continue
-                # Known already (saved, or stored or served since the start): a use at
-                # time 0 changes nothing but says whether it is there.
-                known = await self.index.touch_blob(str(digest), 0.0) is not None
-                await self.index.add_blob(name, str(digest), info.size, 0.0 if known else now)
-                links += 0 if known else 1
+                await self.index.add_blob(name, str(digest), info.size, now)
+                links += 1
             if self._stop_counting:
                 raise _CountStopped()
             for digest in await digest_folders(self.driver, layout.revisions_dir(name)):
+                if self._stop_counting:
+                    raise _CountStopped()
                 if await self.index.touch_manifest(name, str(digest), 0.0):
                     continue
                 try:

@@ -439,3 +439,45 @@ async def test_a_stop_during_the_count_after_an_unclean_stop_leaves_the_marker(
     finally:
         await cache.index.close()
         await client.close()
+
+
+class _CountedStats:
+    """A storage driver that counts the stats of blob data (what `BlobStore.exists` asks:
+    on S3, a HEAD each)."""
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+        self.blob_stats = 0
+
+    async def stat(self, path: str) -> Any:
+        if path.endswith("/data") and "/blobs/" in path:
+            self.blob_stats += 1
+        return await self._driver.stat(path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_count_after_an_unclean_stop_asks_the_storage_only_what_the_index_lacks(
+    proxied: Proxied, fake: FakeUpstream, thread_pool: Any
+) -> None:
+    """Every unclean restart counts the cache again: blobs the saved index has are not looked
+    up in the storage (on S3 a HEAD each, for the whole cache)."""
+    fake.content.add_image("library/alpine", "latest", [4096, 300_000])
+    first = await proxied()
+    root = storage_root(first)
+    await pull(first, "alpine", "latest")
+    await first.stop()
+    hub = root / "docker/registry/v2/txregistry/proxy/hub"
+    (hub / "index.open").write_text("{}")  # as a process killed after its last save leaves it
+    driver = _CountedStats(FilesystemDriver(str(root), reactor, thread_pool))
+    cache, client = _solo_cache(fake, driver)
+    try:
+        await cache.load_state()
+        await wait_for(lambda: not cache.counting)
+        assert driver.blob_stats == 0
+        assert cache.index.size > 300_000
+    finally:
+        await cache.index.close()
+        await client.close()
