@@ -55,6 +55,7 @@ it) is decided again by that new process.  A process that imported Twisted's rea
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import sys
 import types
@@ -213,7 +214,11 @@ def load_on_use(names: Iterable[str] = LOADED_ON_USE) -> tuple[str, ...]:
     deferred = []
     for name in names:
         if name not in sys.modules:
-            sys.modules[name] = _LoadedOnUse(name)
+            stand_in = _LoadedOnUse(name)
+            # Its spec is the real one's (found, not loaded): what `importlib.util.find_spec`
+            # answers for a module already in sys.modules.
+            stand_in.__spec__ = importlib.util.find_spec(name)
+            sys.modules[name] = stand_in
             deferred.append(name)
     return tuple(deferred)
 

@@ -253,6 +253,8 @@ import sys
 from registry.lean_imports import load_on_use
 
 assert load_on_use(("pdb",)) == ("pdb",)
+import importlib.util
+assert importlib.util.find_spec("pdb").name == "pdb" and "bdb" not in sys.modules
 import pdb  # what twisted.application.app does
 from twisted.application import app  # noqa: F401
 assert "bdb" not in sys.modules, "imported before its first use"
