@@ -66,16 +66,19 @@ def gone(pid: int, started: int | None, namespace: str | None) -> bool:
     Whether a record written on this host by process ``pid`` (with its `start_time` and
     `pid_namespace`, None in records of versions that did not write them) names a process
     that no longer runs: none with its pid, a zombie, or one started at another time (the pid
-    since given to another process).  A record of another pid namespace is never judged
-    gone: its pid means nothing here.  This process is never gone.
+    since given to another process, this one included).  A record of another pid namespace
+    is never judged gone: its pid means nothing here.
     """
     if namespace is not None and namespace != pid_namespace():
         return False
-    if pid == os.getpid():
-        return False
     now = start_time(pid) if started is not None else None
     if now is not None and now != started:
-        return True  # (None: gone, or hidden by /proc's hidepid: asked below)
+        # (This pid started at another time: an earlier process of this very pid, a
+        # container's pid 1 before its restart, included.  None: gone, or hidden by /proc's
+        # hidepid: asked below.)
+        return True
+    if pid == os.getpid():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

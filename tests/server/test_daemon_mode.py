@@ -166,6 +166,24 @@ def wait_for_pid(path: Path, child: subprocess.Popen[str]) -> int:
     raise AssertionError("no pid file")
 
 
+def terminated_once_there(tmp_path: Path, command: list[str]) -> tuple[int, str]:
+    """Run the daemonizing ``command``, SIGTERM the daemon as soon as its pid file names it;
+    the command's status and stderr."""
+    env = child_env({"PYTHONPATH": str(REPO_ROOT)})
+    child = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        os.kill(wait_for_pid(tmp_path / "x.pid", child), signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    return child.returncode, stderr
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_daemon_stopped_while_it_starts_fails_the_command(tmp_path: Path, workers: str) -> None:
     """
@@ -190,19 +208,8 @@ def test_a_daemon_stopped_while_it_starts_fails_the_command(tmp_path: Path, work
             "--pidfile", str(tmp_path / "x.pid"), "--logfile", str(tmp_path / "registry.log"),
             "registry", "--config", str(config), "--port", f"tcp:{free_port()}:interface=127.0.0.1",
         ]  # fmt: skip
-        env = child_env({"PYTHONPATH": str(REPO_ROOT)})
-        child = subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        try:
-            os.kill(wait_for_pid(tmp_path / "x.pid", child), signal.SIGTERM)
-            _, stderr = child.communicate(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.communicate()
-        assert child.returncode == 1, stderr
+        returncode, stderr = terminated_once_there(tmp_path, command)
+        assert returncode == 1, stderr
         assert stderr.splitlines()[0] == "txregistry: stopped before it served (the log says why)"
         deadline = time.monotonic() + 30
         while daemons_of(tmp_path) and time.monotonic() < deadline:
@@ -221,26 +228,15 @@ def test_a_sigterm_as_soon_as_the_daemon_is_there_is_never_lost(
     without a word, and the caller waited for ever.  It is held until handled now.
     """
     command = daemon_command(tmp_path, free_port(), tmp_path / "data", workers)
-    env = child_env({"PYTHONPATH": str(REPO_ROOT)})
-    child = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        os.kill(wait_for_pid(tmp_path / "x.pid", child), signal.SIGTERM)
-        _, stderr = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
+    returncode, stderr = terminated_once_there(tmp_path, command)
     # Stopped before it served, or (the signal handled just after) once it served: either
     # way said, and the signal not lost (nothing left running).
-    if child.returncode == 1:
+    if returncode == 1:
         assert stderr.splitlines()[0] == (
             "txregistry: stopped before it served (the log says why)"
         ), stderr
     else:
-        assert (child.returncode, stderr) == (0, "")
+        assert (returncode, stderr) == (0, "")
     deadline = time.monotonic() + 30
     while daemons_of(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.1)

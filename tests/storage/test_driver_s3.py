@@ -636,6 +636,12 @@ async def test_a_holder_whose_pid_now_names_another_process_is_taken_over(
         await driver._client.call("PUT", lease, body=json.dumps(elsewhere).encode())
         with pytest.raises(PathBusyError):
             await driver.writer("up/data", append=True)
+        # A holder on another machine of the same host name (cloned machines, containers
+        # given one name): the root pid namespace reads the same there, its boot id does not.
+        namesake = {**holder, "pid": _dead_pid(), "started": None, "boot": "another-machine"}
+        await driver._client.call("PUT", lease, body=json.dumps(namesake).encode())
+        with pytest.raises(PathBusyError):
+            await driver.writer("up/data", append=True)
     finally:
         alive.kill()
         alive.wait()

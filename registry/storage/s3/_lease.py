@@ -30,7 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
-from registry.procinfo import is_zombie, pid_namespace, start_time
+from registry.procinfo import boot_id, gone, pid_namespace, start_time
 from registry.storage import layout
 from registry.storage.driver import PathBusyError, StorageError, WriteRemoved, WriteTakenOver
 from registry.storage.s3._client import S3Client, S3Error, header, parse_http_date
@@ -59,21 +59,16 @@ def _holder_is_gone(body: bytes) -> bool:
     except (ValueError, KeyError, TypeError, AttributeError):
         return False
     namespace = holder.get("pidns")  # absent from leases of earlier versions
+    boot = holder.get("boot")  # likewise
+    if boot is not None and boot != boot_id():
+        # Another machine of the same host name (its root pid namespace reads the same), or
+        # an earlier boot: its pid means nothing here; the lease's age says.
+        return False
     if host != _HOST or (namespace is not None and namespace != pid_namespace()):
         # Another host's, or another pid namespace's (a container sharing the host name, a
         # restarted container): its pid means nothing here; the lease's age says.
         return False
-    if started is not None and started != start_time(pid):
-        return True
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # it runs, as another user
-        return False
-    return is_zombie(pid)
+    return gone(pid, started, namespace)
 
 
 def is_held(response: IResponse, body: bytes) -> bool:
@@ -182,6 +177,7 @@ def _body() -> bytes:
         "pid": pid,
         "started": start_time(pid),
         "pidns": pid_namespace(),
+        "boot": boot_id(),
         "id": uuid.uuid4().hex,
     }
     return json.dumps(holder).encode()
