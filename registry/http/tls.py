@@ -151,6 +151,9 @@ def check_description(description: str) -> None:
         raise ValueError(f"{description}: needs one port number ({kind}:5000)")
     if int(port_text) > 65535:
         raise ValueError(f"{description}: port {port_text} is out of range (0-65535)")
+    backlog = kwargs.get("backlog")
+    if backlog is not None and not (backlog.isdigit() and int(backlog) > 0):
+        raise ValueError(f"{description}: backlog is a number of connections, not {backlog!r}")
 
 
 def connection_factory(

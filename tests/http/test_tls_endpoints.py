@@ -32,6 +32,11 @@ def test_registry2_addresses_are_tcp(typed: str, endpoint: str) -> None:
         ("tcp:5000:interfce=::1", "unknown tcp: option 'interfce'; did you mean interface?"),
         ("tcp:5000:bakclog=5", "unknown tcp: option 'bakclog'; did you mean backlog?"),
         ("tcp:http", "tcp:http: needs one port number (tcp:5000)"),
+        (
+            "tcp:5000:backlog=abc",
+            "tcp:5000:backlog=abc: backlog is a number of connections, not 'abc'",
+        ),
+        ("tcp:5000:backlog=0", "backlog is a number of connections, not '0'"),
         ("unix:/x:mdoe=600", "unknown unix: option 'mdoe'; did you mean mode?"),
         ("ssl:5443:privatekey=k.pem", "unknown ssl: option 'privatekey'; did you mean privateKey?"),
     ],
