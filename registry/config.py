@@ -67,6 +67,19 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
+def parse_size_at_least(minimum: int, unit: str) -> Callable[[str], int]:
+    """`parse_size`, refusing less than ``minimum`` bytes (``unit``: how the message writes
+    it): a limit of 0 would refuse every request it applies to."""
+
+    def parse(text: str) -> int:
+        size = parse_size(text)
+        if size < minimum:
+            raise ValueError(f"must be at least {unit}: {text!r}")
+        return size
+
+    return parse
+
+
 def parse_duration(text: str) -> float:
     """``30s``, ``5m``, ``168h``, ``7d``, ``1h30m``, ``120`` -> seconds."""
     text = text.strip()
@@ -313,7 +326,7 @@ class HttpConfig:
     sendfile: str = key("auto", parse_sendfile)
     clientcas: str = key("")
     clientauth: str = key("none", parse_choice("none", "optional", "required"))
-    max_body_size: int = key(1024 * 1024, parse_size)
+    max_body_size: int = key(1024 * 1024, parse_size_at_least(1024, "1KiB"))
     timeout: float = key(300.0, parse_positive_duration)
     # Reverse proxies whose X-Forwarded-* / Forwarded headers are believed (http/forwarded.py).
     trusted_proxies: tuple[str, ...] = key((), parse_trusted_proxies)
@@ -333,7 +346,7 @@ class StorageConfig:
     rootdirectory: str = key("./registry-data")
     delete_enabled: bool = key(False, parse_bool)
     fsync: bool = key(False, parse_bool)
-    max_manifest_size: int = key(4 * 1024 * 1024, parse_size)
+    max_manifest_size: int = key(4 * 1024 * 1024, parse_size_at_least(1024, "1KiB"))
     redirect: bool = key(False, parse_bool)
     # S3 (registry:2's key names).
     bucket: str = key("")

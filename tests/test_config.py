@@ -285,3 +285,17 @@ def test_fleet_keys_load_with_redis_and_name_their_variable_without(tmp_path: Pa
         config.load(None, environ={"REGISTRY_FLEET_SECRET": "s" * 16})
     assert "REGISTRY_FLEET_SECRET" in str(caught.value)
     assert "needs [redis] addr" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [("http", "max_body_size"), ("storage", "max_manifest_size")]
+)
+def test_a_body_limit_of_nothing_is_refused(section: str, key: str) -> None:
+    """A limit of 0 refused every manifest (or every small body) the registry is sent."""
+    variable = f"REGISTRY_{section.upper()}_{key.upper()}"
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(None, environ={variable: "0"})
+    assert str(caught.value) == (
+        f"[{section}] {key}: must be at least 1KiB: '0' (from the environment variable {variable})"
+    )
+    assert getattr(getattr(config.load(None, environ={variable: "1KiB"}), section), key) == 1024
