@@ -39,7 +39,10 @@ from typing import Any
 # How much of a reason twistd's waiting process reads (its ``os.read(pipe, 100)``).
 _READ_BY_TWISTD = 100
 # What a daemon holds from `take_over` until its reactor handles them (`release_signals`).
-HELD_UNTIL_HANDLED = frozenset({signal.SIGTERM, signal.SIGQUIT})
+HELD_UNTIL_HANDLED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+# The process that ran ``twistd`` (`keep_terminal`), and a signal its daemon held (`_hold`).
+_command_pid: int | None = None
+_held: int | None = None
 _fd: int | None = None
 # The stderr of the command that daemonized (`keep_terminal`).
 _terminal: int | None = None
@@ -55,10 +58,23 @@ def keep_terminal(twistd_options: MutableMapping[str, Any] | None) -> None:
         _terminal = os.dup(2)
     # Until its reactor runs, the daemon twistd forks has no handler for these: their default
     # would end it unheard (from the moment its pid file names it), its caller waiting for
-    # ever.  Held from before the fork until `release_signals`; the waiting process keeps
-    # them held too, for as long as it waits.  (SIGINT is left alone: Ctrl-C still ends the
-    # wait.)
-    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_UNTIL_HANDLED)
+    # ever.  A handler set before the fork is the daemon's too: there it holds the signal
+    # until `release_signals`; in the command itself (before the fork, or waiting for the
+    # daemon) the signal does what it always did.
+    global _command_pid
+    _command_pid = os.getpid()
+    for signum in HELD_UNTIL_HANDLED:
+        signal.signal(signum, _hold)
+
+
+def _hold(signum: int, frame: Any) -> None:
+    global _held
+    if os.getpid() == _command_pid:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if _held is None:
+        _held = signum
 
 
 def take_over(twistd_options: MutableMapping[str, Any] | None) -> None:
@@ -76,9 +92,17 @@ def take_over(twistd_options: MutableMapping[str, Any] | None) -> None:
 
 
 def release_signals() -> None:
-    """The reactor handles the signals `keep_terminal` held: what came meanwhile is
-    delivered."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_UNTIL_HANDLED)
+    """The serving process handles its signals now: one the daemon held (`keep_terminal`)
+    is delivered again, to them."""
+    global _held
+    held, _held = _held, None
+    if held is not None:
+        os.kill(os.getpid(), held)
+
+
+def held_signal() -> int | None:
+    """The signal the daemon held, not yet delivered (a stop asked for before it served)."""
+    return _held
 
 
 def adopt(handed: dict[str, int] | None) -> None:

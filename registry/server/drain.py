@@ -86,6 +86,10 @@ class _TrackedProtocol(proxyForInterface(IProtocol, "_protocol")):  # type: igno
         self._tracker._opened(transport)
         self._protocol.makeConnection(transport)
 
+    def dataReceived(self, data: bytes) -> None:
+        self._tracker._bytes_came(self.transport)
+        self._protocol.dataReceived(data)
+
     def connectionLost(self, reason: Failure) -> None:
         # The connection counts as gone once its protocol knows (its requests logged as cut):
         # a drain waiting for it goes on only then.
@@ -159,6 +163,8 @@ class ConnectionTracker:
         # they stayed idle for IDLE_GRACE.
         self._idle_closes: dict[Any, Any] = {}
         self._idle_grace = 0.0  # the drain's (`drain`)
+        # Of those, the ones bytes came on since: a request's head may be arriving.
+        self._heads_coming: set[Any] = set()
 
     @property
     def connections(self) -> int:
@@ -269,11 +275,22 @@ class ConnectionTracker:
 
         def due() -> None:
             self._idle_closes.pop(transport, None)
+            if transport in self._heads_coming:
+                # A request's head is on its way (bytes came, no request yet): it gets the
+                # same grace again, within the drain's deadline.
+                self._heads_coming.discard(transport)
+                self._close_after_grace(transport)
+                return
             self._close_if_idle(transport)
 
         self._idle_closes[transport] = self._clock.callLater(grace, due)
 
+    def _bytes_came(self, transport: Any) -> None:
+        if transport in self._idle_closes:
+            self._heads_coming.add(transport)
+
     def _cancel_idle_close(self, transport: Any) -> None:
+        self._heads_coming.discard(transport)
         pending = self._idle_closes.pop(transport, None)
         if pending is not None and pending.active():
             pending.cancel()

@@ -98,6 +98,11 @@ class Handoff(Service):
         return out
 
     def _hand_over(self) -> None:
+        if daemon_status.held_signal() is not None:
+            # A stop asked for before the reactor ran (a daemon's SIGTERM, held): the
+            # supervisor is not started; the stop is said (`registry.server.daemon_status`).
+            exit_after_reactor(self.reactor, "stopped before it served (the log says why)")
+            return
         spec = dict(self._settings)
         spec["listeners"] = self._inherited(self.listeners)
         debug = self._inherited(self.debug) if self.debug is not None else []

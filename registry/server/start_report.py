@@ -19,6 +19,10 @@ def _reason(exc: BaseException) -> str:
     return f"start-up failed: {type(exc).__name__}: {exc}"
 
 
+def _stopped_before_serving() -> None:
+    daemon_status.failed("stopped before it served (the log says why)")
+
+
 class StartReported(MultiService):
     """``service``, taking twistd's status pipe over once twistd daemonized (it does so just
     before it starts the services), and reporting a start that raised on it."""
@@ -30,6 +34,13 @@ class StartReported(MultiService):
 
     def privilegedStartService(self) -> None:
         daemon_status.take_over(self._twistd)
+        if daemon_status.pending():
+            from twisted.internet import reactor
+
+            # Stopped before it served (SIGTERM while the storage probe waited): said once the
+            # services have stopped, for twistd then ends the process with that signal, and
+            # no exit handler runs.
+            reactor.addSystemEventTrigger("after", "shutdown", _stopped_before_serving)
         try:
             super().privilegedStartService()  # type: ignore[no-untyped-call]
         except BaseException as exc:
@@ -42,9 +53,3 @@ class StartReported(MultiService):
         except BaseException as exc:
             daemon_status.failed(_reason(exc))
             raise
-
-    def stopService(self) -> Any:
-        # Stopped before it served (SIGTERM while the storage probe waited): said now, for
-        # twistd then ends the process with that signal, and no exit handler runs.
-        daemon_status.failed("stopped before it served (the log says why)")
-        return super().stopService()  # type: ignore[no-untyped-call]

@@ -308,6 +308,8 @@ class Supervisor:
             if not self._stopping:
                 self._fail_quietly(first)
             return
+        if self._stopping:
+            return  # (told to stop while worker 0 started: no other worker is started)
         others = [self._spawn(slot) for slot in range(1, self.count)]
         for worker in others:
             yield Wait(worker.served)

@@ -241,3 +241,42 @@ def test_a_sigterm_as_soon_as_the_daemon_is_there_is_never_lost(
     while daemons_of(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert daemons_of(tmp_path) == []
+
+
+HOLDING = """
+import os, signal, sys, time
+from registry.server import daemon_status
+
+daemon_status.keep_terminal({"nodaemon": False})  # what twistd registry does before it forks
+child = os.fork()
+if child == 0:  # the daemon: a SIGTERM before its reactor runs is held, not its end
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert daemon_status.held_signal() == signal.SIGTERM
+    seen = []
+    signal.signal(signal.SIGTERM, lambda *_: seen.append("handled"))  # the reactor's, later
+    daemon_status.release_signals()
+    time.sleep(0.1)
+    os._exit(0 if seen == ["handled"] and daemon_status.held_signal() is None else 3)
+_, status = os.waitpid(child, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+os.kill(os.getpid(), signal.SIGTERM)  # the command itself: ended by it, as always
+time.sleep(5)
+sys.exit(4)
+"""
+
+
+def test_a_signal_is_held_by_the_daemon_only() -> None:
+    """Before twistd forks, the registry sets a handler the daemon inherits: there a SIGTERM
+    waits until the reactor handles it.  The command itself is ended by it as before (it was
+    blocked there too, and a SIGTERM before the fork was lost: the registry started anyway and
+    the command exited 0)."""
+    done = subprocess.run(
+        [sys.executable, "-c", HOLDING],
+        cwd=REPO_ROOT,
+        env=child_env({"PYTHONPATH": str(REPO_ROOT)}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGTERM, (done.returncode, done.stderr)

@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from registry.server.drain import IDLE_GRACE
 from tests.e2e.harness import write_config
 from tests.server.proc import Child, start_registry
 
@@ -515,3 +516,24 @@ def test_a_request_on_a_connection_idle_when_a_worker_drains(
         assert sock.recv(1) == b""  # closed after the answer
     worker.wait(timeout=60)  # (not our child: no status to read)
     two_workers.wait_for(re.compile(r"worker \d \(pid \d+\) serving"))
+
+
+def test_a_request_head_arriving_across_the_grace_is_answered(two_workers: Child) -> None:
+    """A request whose head had begun to arrive when the idle grace ran out was cut without an
+    answer: bytes on the connection renew the grace (within the drain's deadline)."""
+    port = two_workers.wait_listening()
+    request = b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(request)
+        status, headers, body = _answer(sock)
+        assert (status, body) == (200, b"{}"), headers
+        worker = _worker_serving(two_workers.process.pid, sock)
+        worker.send_signal(signal.SIGTERM)
+        two_workers.wait_for(re.compile(r"SIGTERM: no longer accepting"))
+        time.sleep(0.5)
+        sock.sendall(request[:10])  # the head begins within the grace...
+        time.sleep(IDLE_GRACE + 1.0)  # ...and ends after it
+        sock.sendall(request[10:])
+        status, headers, body = _answer(sock)
+        assert (status, body, headers.get("connection")) == (200, b"{}", "close"), headers
+    worker.wait(timeout=60)
