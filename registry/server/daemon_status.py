@@ -89,12 +89,18 @@ def take_over(twistd_options: MutableMapping[str, Any] | None) -> None:
     twistd_options["statusPipe"] = None
     _fd = fd
     atexit.register(_ended_before_serving)
+    # From here the signals wait in the kernel: the reactor's handlers, installed when it
+    # runs, must not take a stop that an exec into the supervisor would then lose; the
+    # serving process releases them (`release_signals`), the supervisor once its handlers
+    # are in (the mask survives the exec).
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_UNTIL_HANDLED)
 
 
 def release_signals() -> None:
     """The serving process handles its signals now: one the daemon held (`keep_terminal`)
     is delivered again, to them."""
     global _held
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_UNTIL_HANDLED)
     held, _held = _held, None
     if held is not None:
         os.kill(os.getpid(), held)
