@@ -38,7 +38,8 @@ from typing import Any
 
 # How much of a reason twistd's waiting process reads (its ``os.read(pipe, 100)``).
 _READ_BY_TWISTD = 100
-# What a daemon holds from `take_over` until its reactor handles them (`release_signals`).
+# The stop signals a daemon holds until its serving process handles them (`keep_terminal`,
+# `take_over`, `release_signals`).
 HELD_UNTIL_HANDLED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 # The process that ran ``twistd`` (`keep_terminal`), and a signal its daemon held (`_hold`).
 _command_pid: int | None = None

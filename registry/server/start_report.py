@@ -5,7 +5,7 @@ daemonized it (`registry.server.daemon_status` says why the registry does that, 
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -41,15 +41,16 @@ class StartReported(MultiService):
             # services have stopped, for twistd then ends the process with that signal, and
             # no exit handler runs.
             reactor.addSystemEventTrigger("after", "shutdown", _stopped_before_serving)
-        try:
-            super().privilegedStartService()  # type: ignore[no-untyped-call]
-        except BaseException as exc:
-            daemon_status.failed(_reason(exc))
-            raise
+        _reporting(super().privilegedStartService)
 
     def startService(self) -> None:
-        try:
-            super().startService()  # type: ignore[no-untyped-call]
-        except BaseException as exc:
-            daemon_status.failed(_reason(exc))
-            raise
+        _reporting(super().startService)
+
+
+def _reporting(start: Callable[[], None]) -> None:
+    """Run ``start``; a start that raises is reported on the status pipe, then raised."""
+    try:
+        start()
+    except BaseException as exc:
+        daemon_status.failed(_reason(exc))
+        raise
